@@ -1,0 +1,571 @@
+//! The lifecycle side of the QueuesManager: what a job is, its attempts, and how it
+//! moves from pending to a terminal state.
+
+use crate::ids::{FencingToken, JobId, QueueId, Timestamp, WorkerId};
+use crate::resources::Resources;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use thiserror::Error;
+
+slotmap::new_key_type! {
+    /// A job's slot in the ResourceManager's table (internal; clients use [`JobId`]).
+    pub struct JobKey;
+}
+
+/// What a worker runs.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum JobKind {
+    /// A program run as a child process.
+    Command {
+        /// Program and arguments; at least the program.
+        argv: Vec<String>,
+        /// Extra environment variables.
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+        /// Working directory (the worker's own when absent).
+        #[serde(default)]
+        cwd: Option<String>,
+    },
+    /// A handler registered by name on a worker, called with JSON arguments.
+    Function {
+        /// The handler's name (`lqsm.echo`, `billing.invoice`).
+        handler: String,
+        /// Its arguments.
+        #[serde(default)]
+        args: serde_json::Value,
+    },
+}
+
+impl JobKind {
+    /// The handler a function job needs, or `None` for a command job.
+    pub fn handler(&self) -> Option<&str> {
+        match self {
+            JobKind::Command { .. } => None,
+            JobKind::Function { handler, .. } => Some(handler),
+        }
+    }
+}
+
+/// How a failed attempt is retried: up to `max_attempts` tries in all, waiting
+/// `min(backoff_cap, backoff_base · 2^(n-1))` after failure `n`, shortened by up to
+/// `jitter` (a fraction) at random so that retries of many jobs spread out.
+#[derive(Clone, Copy, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryPolicy {
+    /// Attempts in all, counting the first; 1 means no retry.
+    pub max_attempts: u32,
+    /// Wait after the first failure.
+    pub backoff_base: Duration,
+    /// Longest wait.
+    pub backoff_cap: Duration,
+    /// Fraction (0..=1) of the wait that may be taken off at random.
+    pub jitter: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 1,
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(300),
+            jitter: 0.2,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Checks ranges; the message names the bad field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_attempts == 0 {
+            return Err("max_attempts must be at least 1".into());
+        }
+        if self.max_attempts > 1000 {
+            return Err(format!("max_attempts {} is above 1000", self.max_attempts));
+        }
+        if !self.jitter.is_finite() || !(0.0..=1.0).contains(&self.jitter) {
+            return Err(format!("jitter {} is not between 0 and 1", self.jitter));
+        }
+        if self.backoff_cap < self.backoff_base {
+            return Err("backoff_cap is shorter than backoff_base".into());
+        }
+        Ok(())
+    }
+
+    /// The wait before the retry that follows failure number `failures` (1-based).
+    /// `unit` is a uniform random number in [0, 1) supplied by the caller.
+    pub fn backoff(&self, failures: u32, unit: f64) -> Duration {
+        let exponent = failures.saturating_sub(1).min(63);
+        let factor = 1u64 << exponent;
+        let base_ms = u64::try_from(self.backoff_base.as_millis()).unwrap_or(u64::MAX);
+        let cap_ms = u64::try_from(self.backoff_cap.as_millis()).unwrap_or(u64::MAX);
+        let wait_ms = base_ms.saturating_mul(factor).min(cap_ms);
+        let cut = (wait_ms as f64 * self.jitter * unit.clamp(0.0, 1.0)) as u64;
+        Duration::from_millis(wait_ms - cut.min(wait_ms))
+    }
+}
+
+/// A submission as the core receives it: the JobServer has parsed it and chosen the id.
+/// Options left out take the queue's defaults.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    /// The id the JobServer chose (UUIDv7).
+    pub id: JobId,
+    /// The leaf queue's path, as text (validated here).
+    pub queue: String,
+    /// What to run.
+    pub kind: JobKind,
+    /// Resources it needs; the queue's default when absent.
+    #[serde(default)]
+    pub request: Option<Resources>,
+    /// Higher runs first; the queue's default when absent.
+    #[serde(default)]
+    pub priority: Option<i32>,
+    /// Not to start before this instant (a delay or an ETA).
+    #[serde(default)]
+    pub not_before: Option<Timestamp>,
+    /// Give up if it has not started by this instant.
+    #[serde(default)]
+    pub expires_at: Option<Timestamp>,
+    /// Longest an attempt may run; the queue's default when absent.
+    #[serde(default)]
+    pub timeout: Option<Duration>,
+    /// How failures are retried; the queue's default when absent.
+    #[serde(default)]
+    pub retry: Option<RetryPolicy>,
+    /// Same key in the same queue within the retention window: same job.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// Labels a worker must carry (`gpu=a100`).
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
+    /// Free-form tags for filtering.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+impl SubmitRequest {
+    /// A function job for `queue` with every option left to the queue.
+    pub fn function(id: JobId, queue: &str, handler: &str, args: serde_json::Value) -> Self {
+        Self::new(
+            id,
+            queue,
+            JobKind::Function {
+                handler: handler.into(),
+                args,
+            },
+        )
+    }
+
+    /// A submission of `kind` to `queue` with every option left to the queue.
+    pub fn new(id: JobId, queue: &str, kind: JobKind) -> Self {
+        Self {
+            id,
+            queue: queue.into(),
+            kind,
+            request: None,
+            priority: None,
+            not_before: None,
+            expires_at: None,
+            timeout: None,
+            retry: None,
+            idempotency_key: None,
+            selector: BTreeMap::new(),
+            tags: Vec::new(),
+        }
+    }
+}
+
+/// A job's settings once the queue's defaults are applied. Fixed after submission.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// What to run.
+    pub kind: JobKind,
+    /// Resources each attempt holds.
+    pub request: Resources,
+    /// Higher runs first.
+    pub priority: i32,
+    /// Give up if not started by then.
+    pub expires_at: Option<Timestamp>,
+    /// Longest an attempt may run.
+    pub timeout: Option<Duration>,
+    /// How failures are retried.
+    pub retry: RetryPolicy,
+    /// The submission's idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Labels a worker must carry.
+    pub selector: BTreeMap<String, String>,
+    /// Free-form tags.
+    pub tags: Vec<String>,
+}
+
+/// Where a job is in its life.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting: ready, or delayed until its not-before time.
+    Pending,
+    /// Assigned to a worker that has not yet confirmed it runs.
+    Scheduled,
+    /// Confirmed running on its worker.
+    Running,
+    /// Finished successfully.
+    Succeeded,
+    /// Failed with no retries left.
+    Failed,
+    /// Cancelled by a client, or by deletion of its queue.
+    Cancelled,
+    /// Not started before its expiry.
+    Expired,
+}
+
+impl JobState {
+    /// True for the four states a job never leaves.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled | JobState::Expired
+        )
+    }
+
+    /// True while an attempt holds resources.
+    pub fn is_active(self) -> bool {
+        matches!(self, JobState::Scheduled | JobState::Running)
+    }
+}
+
+/// How one attempt ended.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// It succeeded, with an optional result.
+    Succeeded {
+        /// The handler's return value, if any.
+        result: Option<serde_json::Value>,
+        /// The exit code of a command.
+        exit_code: Option<i32>,
+    },
+    /// It failed.
+    Failed {
+        /// The exit code of a command.
+        exit_code: Option<i32>,
+        /// What went wrong.
+        message: String,
+    },
+    /// It ran past its timeout and was killed.
+    TimedOut,
+    /// Its worker stopped answering, or lost it.
+    Lost,
+    /// Preemption took its resources back; it does not count as a failure.
+    Preempted,
+    /// The job was cancelled while this attempt held resources.
+    Cancelled,
+}
+
+impl AttemptOutcome {
+    /// True when this outcome uses up one of the job's attempts.
+    pub fn counts_as_failure(&self) -> bool {
+        matches!(
+            self,
+            AttemptOutcome::Failed { .. } | AttemptOutcome::TimedOut | AttemptOutcome::Lost
+        )
+    }
+}
+
+/// One try at running a job.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct Attempt {
+    /// 1 for the first attempt.
+    pub number: u32,
+    /// The attempt's fencing token.
+    pub token: FencingToken,
+    /// The worker it was given to.
+    pub worker: WorkerId,
+    /// When it was assigned.
+    pub scheduled_at: Timestamp,
+    /// When the worker confirmed it runs.
+    pub started_at: Option<Timestamp>,
+    /// When it ended.
+    pub finished_at: Option<Timestamp>,
+    /// How it ended.
+    pub outcome: Option<AttemptOutcome>,
+}
+
+/// Why a job ended the way it did, for clients.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Termination {
+    /// Succeeded; the result of the last attempt.
+    Succeeded {
+        /// The handler's return value, if any.
+        result: Option<serde_json::Value>,
+        /// The command's exit code.
+        exit_code: Option<i32>,
+    },
+    /// Failed with no attempts left; the last attempt's outcome says how.
+    Failed {
+        /// The last attempt's outcome.
+        last: AttemptOutcome,
+    },
+    /// Cancelled, with the reason.
+    Cancelled {
+        /// Who or what cancelled it.
+        reason: String,
+    },
+    /// Expired before it could start.
+    Expired,
+}
+
+/// A job as the core holds it.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// Its id.
+    pub id: JobId,
+    /// The leaf queue it belongs to.
+    pub queue: QueueId,
+    /// Submission order across the cluster (FIFO tie-break).
+    pub seq: u64,
+    /// Where it is in its life.
+    pub state: JobState,
+    /// When it was accepted.
+    pub submitted_at: Timestamp,
+    /// Not to be scheduled before this instant (ETA, delay or retry backoff).
+    pub not_before: Option<Timestamp>,
+    /// Its settings.
+    pub spec: Box<JobSpec>,
+    /// Every attempt so far, the current one last.
+    pub attempts: Vec<Attempt>,
+    /// Attempts that counted against `max_attempts`.
+    pub failures: u32,
+    /// Set once, when the job reaches a terminal state.
+    pub termination: Option<Termination>,
+    /// When it reached a terminal state.
+    pub finished_at: Option<Timestamp>,
+    /// Internal: when the job last became ready (for wait-time figures).
+    pub(crate) ready_since: Timestamp,
+    /// Internal: its rank under its queue's ordering policy.
+    pub(crate) rank: i64,
+    /// Internal: interned placement constraint (selector + kind).
+    pub(crate) constraint: crate::workers::ConstraintId,
+    /// Internal: the worker holding the current attempt.
+    pub(crate) worker: Option<crate::workers::WorkerKey>,
+    /// Internal: whether the current attempt was handed to its worker.
+    pub(crate) delivered: bool,
+}
+
+impl Job {
+    /// The current attempt, while one holds resources.
+    pub fn current_attempt(&self) -> Option<&Attempt> {
+        if self.state.is_active() {
+            self.attempts.last()
+        } else {
+            None
+        }
+    }
+
+    /// The current attempt's token, while one holds resources.
+    pub fn current_token(&self) -> Option<FencingToken> {
+        self.current_attempt().map(|a| a.token)
+    }
+}
+
+/// What a worker reports about a finished attempt.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttemptReport {
+    /// The job.
+    pub job: JobId,
+    /// The attempt's token, as it was assigned.
+    pub token: FencingToken,
+    /// How it went.
+    pub result: ReportedResult,
+}
+
+/// The part of an attempt's end a worker can know.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ReportedResult {
+    /// It succeeded.
+    Succeeded {
+        /// The handler's return value.
+        #[serde(default)]
+        result: Option<serde_json::Value>,
+        /// The command's exit code.
+        #[serde(default)]
+        exit_code: Option<i32>,
+    },
+    /// It failed.
+    Failed {
+        /// The command's exit code.
+        #[serde(default)]
+        exit_code: Option<i32>,
+        /// What went wrong.
+        message: String,
+    },
+    /// The worker killed it at its timeout.
+    TimedOut,
+}
+
+/// A refused submission, naming the field to fix.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum SubmitError {
+    /// The queue does not exist or the path is malformed.
+    #[error(transparent)]
+    Queue(#[from] crate::queues::QueueError),
+    /// Jobs only go to leaves.
+    #[error("queue `{0}` has child queues; submit to one of its leaves")]
+    NotALeaf(String),
+    /// The queue is stopped or draining.
+    #[error("queue `{path}` is {state:?} and accepts no new jobs")]
+    NotAccepting {
+        /// The queue.
+        path: String,
+        /// Its state.
+        state: crate::queues::QueueState,
+    },
+    /// A field is out of range.
+    #[error("{field}: {reason}")]
+    InvalidField {
+        /// The offending field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The id is already taken by another job.
+    #[error("job id {0} is already in use")]
+    DuplicateId(JobId),
+    /// The queue's pending limit is reached.
+    #[error("queue `{path}` has {pending} pending jobs (max_pending {max})")]
+    QueueFull {
+        /// The queue.
+        path: String,
+        /// Its pending count.
+        pending: u64,
+        /// Its limit.
+        max: u64,
+    },
+    /// The queue's admission policy refused it.
+    #[error("queue `{path}`: admission policy `{policy}` refused the job: {reason}")]
+    Refused {
+        /// The queue.
+        path: String,
+        /// The policy's name.
+        policy: String,
+        /// Its reason.
+        reason: String,
+    },
+}
+
+impl SubmitRequest {
+    /// Checks the fields that need no state, so bad input is refused before anything changes.
+    pub(crate) fn validate(&self) -> Result<(), SubmitError> {
+        let invalid =
+            |field: &'static str, reason: String| SubmitError::InvalidField { field, reason };
+        match &self.kind {
+            JobKind::Command { argv, .. } => {
+                if argv.first().is_none_or(|p| p.is_empty()) {
+                    return Err(invalid("kind.argv", "must name a program".into()));
+                }
+            }
+            JobKind::Function { handler, .. } => {
+                if handler.is_empty() || handler.len() > 256 {
+                    return Err(invalid(
+                        "kind.handler",
+                        "must be 1 to 256 characters".into(),
+                    ));
+                }
+            }
+        }
+        if let Some(retry) = &self.retry {
+            retry.validate().map_err(|r| invalid("retry", r))?;
+        }
+        if let Some(key) = &self.idempotency_key
+            && (key.is_empty() || key.len() > 256)
+        {
+            return Err(invalid(
+                "idempotency_key",
+                "must be 1 to 256 characters".into(),
+            ));
+        }
+        if let Some(timeout) = self.timeout
+            && timeout.is_zero()
+        {
+            return Err(invalid("timeout", "must be above zero".into()));
+        }
+        if let (Some(nb), Some(exp)) = (self.not_before, self.expires_at)
+            && exp <= nb
+        {
+            return Err(invalid(
+                "expires_at",
+                "is not after not_before, so the job could never run".into(),
+            ));
+        }
+        if self.selector.len() > 64 {
+            return Err(invalid("selector", "at most 64 labels".into()));
+        }
+        if self.tags.len() > 64 {
+            return Err(invalid("tags", "at most 64 tags".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A uniform number in [0, 1) derived from a seed and two values: the core's only
+/// randomness, so the same seed replays the same decisions.
+pub(crate) fn unit_random(seed: u64, a: u64, b: u64) -> f64 {
+    // SplitMix64 finaliser over the mixed inputs.
+    let mut z = seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.rotate_left(32);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(10),
+            jitter: 0.0,
+        };
+        let waits: Vec<u64> = (1..=6).map(|n| policy.backoff(n, 0.5).as_secs()).collect();
+        assert_eq!(waits, vec![1, 2, 4, 8, 10, 10]);
+    }
+
+    #[test]
+    fn jitter_only_shortens_within_its_fraction() {
+        let policy = RetryPolicy {
+            jitter: 0.5,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(policy.backoff(1, 0.0), Duration::from_secs(1));
+        assert_eq!(policy.backoff(1, 0.999_999), Duration::from_millis(501));
+    }
+
+    #[test]
+    fn unit_random_is_deterministic_and_in_range() {
+        let a = unit_random(7, 1, 2);
+        assert_eq!(a, unit_random(7, 1, 2));
+        assert_ne!(a, unit_random(8, 1, 2));
+        for i in 0..1000 {
+            let u = unit_random(42, i, i * 3);
+            assert!((0.0..1.0).contains(&u));
+        }
+    }
+
+    #[test]
+    fn retry_policy_validation_names_the_problem() {
+        let bad = RetryPolicy {
+            max_attempts: 0,
+            ..RetryPolicy::default()
+        };
+        assert!(bad.validate().expect_err("zero").contains("max_attempts"));
+    }
+}

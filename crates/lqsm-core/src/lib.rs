@@ -1,0 +1,37 @@
+//! LQSM's deterministic core: the queue tree and its jobs (the QueuesManager), the
+//! workers and the unified allocation algorithm (the ResourceManager), the timers
+//! behind retries, timeouts, ETAs and heartbeats, and the policy traits that make
+//! each scheduling step pluggable.
+//!
+//! No I/O, no clock, no randomness: time is passed in as `now`, randomness comes
+//! from a seed, and every outcome the shell must act on is returned as
+//! [`Effects`]. The same inputs always give the same state and the same effects.
+
+pub mod effects;
+mod hashing;
+pub mod ids;
+pub mod jobs;
+pub mod policy;
+pub mod queues;
+pub mod resource_manager;
+pub mod resources;
+pub mod scheduler;
+mod timers;
+pub mod workers;
+
+pub use effects::{Assignment, Effects, Kill, KillReason, Record};
+pub use ids::{FencingToken, JobId, QueueId, Timestamp, WorkerId};
+pub use jobs::{
+    Attempt, AttemptOutcome, AttemptReport, Job, JobKind, JobSpec, JobState, ReportedResult,
+    RetryPolicy, SubmitError, SubmitRequest, Termination,
+};
+pub use policy::Policies;
+pub use queues::{
+    JobDefaults, QueueConfig, QueueError, QueuePath, QueueState, QueueStats, QueueUpdate,
+};
+pub use resource_manager::{
+    Config, ConfigError, JobError, PassReport, PollOutcome, PreemptionConfig, QueueView, ROOT,
+    RefusalReason, RefusedReport, ResourceManager, Submitted, WorkerError, WorkerPoll,
+};
+pub use resources::{MiB, Millicores, ResourceName, Resources};
+pub use workers::{Worker, WorkerRegistration, WorkerState};

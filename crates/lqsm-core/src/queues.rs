@@ -1,0 +1,551 @@
+//! The configuration side of the QueuesManager: queue paths, per-queue settings,
+//! lifecycle states, counters, and the tree node that carries them.
+
+use crate::ids::QueueId;
+use crate::jobs::{JobKey, RetryPolicy};
+use crate::resources::Resources;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+
+/// Deepest allowed queue: `root` plus this many levels.
+pub const MAX_QUEUE_DEPTH: usize = 16;
+
+/// A dot path from `root` (`root.eng.ml`). Each segment is `[a-z0-9_-]{1,64}`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct QueuePath(Arc<str>);
+
+impl QueuePath {
+    /// Validates `path`: it starts at `root`, every segment follows the naming rule,
+    /// and it is at most [`MAX_QUEUE_DEPTH`] levels below root.
+    pub fn parse(path: &str) -> Result<Self, QueueError> {
+        let mut segments = path.split('.');
+        if segments.next() != Some("root") {
+            return Err(QueueError::InvalidPath {
+                path: path.to_owned(),
+                reason: "a queue path starts with `root` (e.g. `root.etl`)".into(),
+            });
+        }
+        let mut depth = 0;
+        for segment in segments {
+            depth += 1;
+            let valid = !segment.is_empty()
+                && segment.len() <= 64
+                && segment.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                });
+            if !valid {
+                return Err(QueueError::InvalidPath {
+                    path: path.to_owned(),
+                    reason: format!("segment `{segment}` must be 1 to 64 of a-z, 0-9, `_` and `-`"),
+                });
+            }
+        }
+        if depth > MAX_QUEUE_DEPTH {
+            return Err(QueueError::InvalidPath {
+                path: path.to_owned(),
+                reason: format!("it is {depth} levels deep (max {MAX_QUEUE_DEPTH})"),
+            });
+        }
+        Ok(Self(path.into()))
+    }
+
+    /// The root queue's path.
+    pub fn root() -> Self {
+        Self("root".into())
+    }
+
+    /// The path as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The parent's path, or `None` for root.
+    pub fn parent(&self) -> Option<QueuePath> {
+        self.0.rsplit_once('.').map(|(p, _)| Self(p.into()))
+    }
+
+    /// The last segment.
+    pub fn name(&self) -> &str {
+        self.0.rsplit_once('.').map_or(&self.0, |(_, n)| n)
+    }
+
+    /// True when `self` is `other` or lies under it.
+    pub fn is_within(&self, other: &QueuePath) -> bool {
+        self.0 == other.0
+            || (self.0.starts_with(&*other.0)
+                && self.0.as_bytes().get(other.0.len()) == Some(&b'.'))
+    }
+}
+
+impl TryFrom<String> for QueuePath {
+    type Error = QueueError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<QueuePath> for String {
+    fn from(p: QueuePath) -> String {
+        p.0.to_string()
+    }
+}
+
+impl std::borrow::Borrow<str> for QueuePath {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for QueuePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for QueuePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Whether a queue accepts submissions and dispatches what it holds.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueState {
+    /// Accepts submissions and dispatches them.
+    Running,
+    /// Accepts nothing new; still dispatches and runs what it holds.
+    Stopped,
+    /// Accepts nothing new and starts nothing new; running attempts finish,
+    /// pending jobs wait until the queue is started again.
+    Draining,
+}
+
+/// Job options a queue applies when a submission leaves them out.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobDefaults {
+    /// Resources a job asks for when it names none.
+    pub request: Resources,
+    /// Priority when none is given (higher runs first).
+    pub priority: i32,
+    /// Attempt timeout when none is given.
+    pub timeout: Option<Duration>,
+    /// Retry policy when none is given.
+    pub retry: RetryPolicy,
+}
+
+impl Default for JobDefaults {
+    fn default() -> Self {
+        Self {
+            request: Resources::cores(1, 256),
+            priority: 0,
+            timeout: None,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// The settings of one queue.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Guaranteed share, in percent of the parent's guarantee. Siblings sum to at most 100.
+    pub capacity: f64,
+    /// Elastic ceiling, in percent of the parent's ceiling; at least `capacity`.
+    pub max_capacity: f64,
+    /// Breaks ties between siblings with equal standing (higher first); at least 1.
+    pub weight: u32,
+    /// Most attempts of this leaf running at once.
+    pub max_running: Option<u32>,
+    /// Most pending jobs this leaf holds; submissions past it are refused.
+    pub max_pending: Option<u64>,
+    /// Options for submissions that leave them out.
+    pub defaults: JobDefaults,
+    /// Name of the ordering policy for this leaf's pending jobs.
+    pub ordering: String,
+    /// Name of the placement policy for this leaf's jobs.
+    pub placement: String,
+    /// Name of the admission policy for submissions to this leaf.
+    pub admission: String,
+    /// Whether preemption may take attempts back from this queue (and below it).
+    pub preemptable: bool,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 0.0,
+            max_capacity: 100.0,
+            weight: 1,
+            max_running: None,
+            max_pending: None,
+            defaults: JobDefaults::default(),
+            ordering: crate::policy::PRIORITY_FIFO.into(),
+            placement: crate::policy::BEST_FIT.into(),
+            admission: crate::policy::ACCEPT_ALL.into(),
+            preemptable: true,
+        }
+    }
+}
+
+impl QueueConfig {
+    /// A config with the given guarantee and ceiling and defaults elsewhere.
+    pub fn with_capacity(capacity: f64, max_capacity: f64) -> Self {
+        Self {
+            capacity,
+            max_capacity,
+            ..Self::default()
+        }
+    }
+
+    /// Checks the fields that need no knowledge of the tree.
+    pub fn validate(&self, path: &QueuePath) -> Result<(), QueueError> {
+        let invalid = |field: &str, reason: String| QueueError::InvalidConfig {
+            path: path.clone(),
+            field: field.to_owned(),
+            reason,
+        };
+        if !self.capacity.is_finite() || !(0.0..=100.0).contains(&self.capacity) {
+            return Err(invalid(
+                "capacity",
+                format!("{} is not a percentage between 0 and 100", self.capacity),
+            ));
+        }
+        if !self.max_capacity.is_finite() || !(0.0..=100.0).contains(&self.max_capacity) {
+            return Err(invalid(
+                "max_capacity",
+                format!(
+                    "{} is not a percentage between 0 and 100",
+                    self.max_capacity
+                ),
+            ));
+        }
+        if self.max_capacity < self.capacity {
+            return Err(invalid(
+                "max_capacity",
+                format!(
+                    "{}% is below capacity {}%",
+                    self.max_capacity, self.capacity
+                ),
+            ));
+        }
+        if self.weight == 0 {
+            return Err(invalid("weight", "must be at least 1".into()));
+        }
+        if self.max_running == Some(0) {
+            return Err(invalid(
+                "max_running",
+                "must be at least 1 (stop or drain the queue to run nothing)".into(),
+            ));
+        }
+        self.defaults
+            .retry
+            .validate()
+            .map_err(|reason| invalid("defaults.retry", reason))?;
+        Ok(())
+    }
+}
+
+/// A partial change to a queue's settings; absent fields stay as they are.
+#[derive(Clone, PartialEq, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueUpdate {
+    /// New guarantee, percent of the parent's.
+    pub capacity: Option<f64>,
+    /// New ceiling, percent of the parent's.
+    pub max_capacity: Option<f64>,
+    /// New tie-breaking weight.
+    pub weight: Option<u32>,
+    /// New running limit; `Some(None)` removes it.
+    pub max_running: Option<Option<u32>>,
+    /// New pending limit; `Some(None)` removes it.
+    pub max_pending: Option<Option<u64>>,
+    /// New job defaults.
+    pub defaults: Option<JobDefaults>,
+    /// New ordering policy name.
+    pub ordering: Option<String>,
+    /// New placement policy name.
+    pub placement: Option<String>,
+    /// New admission policy name.
+    pub admission: Option<String>,
+    /// New preemptable flag.
+    pub preemptable: Option<bool>,
+}
+
+impl QueueUpdate {
+    /// `config` with this update applied.
+    pub fn apply_to(&self, config: &QueueConfig) -> QueueConfig {
+        let mut c = config.clone();
+        if let Some(v) = self.capacity {
+            c.capacity = v;
+        }
+        if let Some(v) = self.max_capacity {
+            c.max_capacity = v;
+        }
+        if let Some(v) = self.weight {
+            c.weight = v;
+        }
+        if let Some(v) = self.max_running {
+            c.max_running = v;
+        }
+        if let Some(v) = self.max_pending {
+            c.max_pending = v;
+        }
+        if let Some(v) = &self.defaults {
+            c.defaults = v.clone();
+        }
+        if let Some(v) = &self.ordering {
+            c.ordering = v.clone();
+        }
+        if let Some(v) = &self.placement {
+            c.placement = v.clone();
+        }
+        if let Some(v) = &self.admission {
+            c.admission = v.clone();
+        }
+        if let Some(v) = self.preemptable {
+            c.preemptable = v;
+        }
+        c
+    }
+}
+
+/// Running totals of a duration: enough for a mean and a maximum.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct DurationStats {
+    /// How many durations were recorded.
+    pub count: u64,
+    /// Their sum, in milliseconds.
+    pub total_ms: u64,
+    /// The longest, in milliseconds.
+    pub max_ms: u64,
+}
+
+impl DurationStats {
+    /// Records one duration.
+    pub fn record(&mut self, d: Duration) {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.count += 1;
+        self.total_ms = self.total_ms.saturating_add(ms);
+        self.max_ms = self.max_ms.max(ms);
+    }
+
+    /// The mean, if anything was recorded.
+    pub fn mean(&self) -> Option<Duration> {
+        (self.count > 0).then(|| Duration::from_millis(self.total_ms / self.count))
+    }
+}
+
+/// A leaf's counters. Parents' figures are sums over their leaves.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct QueueStats {
+    /// Jobs waiting (ready or delayed).
+    pub pending: u64,
+    /// Jobs accepted since the queue was created.
+    pub submitted: u64,
+    /// Jobs that succeeded.
+    pub succeeded: u64,
+    /// Jobs that failed for good.
+    pub failed: u64,
+    /// Jobs cancelled.
+    pub cancelled: u64,
+    /// Jobs that expired before they could start.
+    pub expired: u64,
+    /// Time from becoming ready to being scheduled, per attempt.
+    pub wait: DurationStats,
+    /// Time from being scheduled to finishing, per attempt.
+    pub run: DurationStats,
+}
+
+/// A refused queue operation, saying what to fix.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum QueueError {
+    /// The path breaks the naming rules.
+    #[error("queue path `{path}` is invalid: {reason}")]
+    InvalidPath {
+        /// The path given.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No queue has that path.
+    #[error("queue `{path}` does not exist (known: {known})")]
+    NotFound {
+        /// The path asked for.
+        path: String,
+        /// A few existing paths, to spot a typo.
+        known: String,
+    },
+    /// A queue with that path exists already.
+    #[error("queue `{0}` already exists")]
+    AlreadyExists(QueuePath),
+    /// A field of the config is out of range.
+    #[error("queue `{path}`: {field}: {reason}")]
+    InvalidConfig {
+        /// The queue concerned.
+        path: QueuePath,
+        /// The offending field.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The guarantees of a parent's children would exceed 100%.
+    #[error("capacity of children of `{parent}` would sum to {sum}% (max 100%)")]
+    CapacityOverflow {
+        /// The parent whose children are concerned.
+        parent: QueuePath,
+        /// The sum they would reach.
+        sum: f64,
+    },
+    /// A policy name is not registered.
+    #[error("queue `{path}`: unknown {kind} policy `{name}` (known: {known})")]
+    UnknownPolicy {
+        /// The queue concerned.
+        path: QueuePath,
+        /// Which kind of policy (ordering, placement, admission).
+        kind: &'static str,
+        /// The name given.
+        name: String,
+        /// The registered names.
+        known: String,
+    },
+    /// Creating a child under a leaf that holds jobs would strand them.
+    #[error("queue `{0}` holds jobs, so it cannot become a parent; move or finish its jobs first")]
+    ParentHoldsJobs(QueuePath),
+    /// Deleting a queue with jobs needs `force`.
+    #[error("queue `{path}` holds {jobs} unfinished job(s); delete with force to cancel them")]
+    HoldsJobs {
+        /// The queue asked to delete.
+        path: QueuePath,
+        /// How many unfinished jobs it (and its subtree) holds.
+        jobs: u64,
+    },
+    /// Root cannot be deleted or given a capacity.
+    #[error("the root queue cannot be {0}")]
+    Root(&'static str),
+}
+
+/// Key of a queue in its parent's selection set: ordered so that the first entry is
+/// the child to serve next (lowest dominant share ÷ guarantee, then highest weight).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub(crate) struct SelectionKey {
+    /// 0 for children with a guarantee, 1 for those without (served only after).
+    pub class: u8,
+    /// `f64::to_bits` of a non-negative ratio, which orders like the float.
+    pub ratio_bits: u64,
+    /// `u32::MAX - weight`, so a higher weight sorts first.
+    pub inverse_weight: u32,
+    /// The child itself; makes keys unique.
+    pub queue: QueueId,
+}
+
+/// Key of a pending job in its leaf: policy rank, then FIFO.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub(crate) struct PendingKey {
+    pub rank: i64,
+    pub seq: u64,
+    pub job: JobKey,
+}
+
+/// One node of the queue tree, with the scheduler's bookkeeping beside the config.
+#[derive(Debug)]
+pub(crate) struct QueueNode {
+    pub id: QueueId,
+    pub path: QueuePath,
+    pub parent: Option<QueueId>,
+    pub children: Vec<QueueId>,
+    pub config: QueueConfig,
+    pub state: QueueState,
+    /// Guarantee as a fraction of the whole cluster (product down the path).
+    pub abs_guarantee: f64,
+    /// Ceiling as a fraction of the whole cluster.
+    pub abs_max: f64,
+    /// Resources held by attempts in this subtree.
+    pub used: Resources,
+    /// Attempts scheduled or running in this subtree.
+    pub running: u64,
+    /// Unfinished jobs in this subtree (pending, delayed, scheduled, running).
+    pub unfinished: u64,
+    pub stats: QueueStats,
+    /// Leaf: jobs ready to be scheduled, in dispatch order.
+    pub ready: BTreeSet<PendingKey>,
+    /// Leaf: attempts holding resources, by fencing token (newest last).
+    pub attempts: BTreeSet<(crate::ids::FencingToken, JobKey)>,
+    /// Internal node: children that can take work now, best first.
+    pub eligible_children: BTreeSet<SelectionKey>,
+    /// This node's key in its parent's `eligible_children`, when it is in there.
+    pub key_in_parent: Option<SelectionKey>,
+    /// Set when the head job would lift this subtree past its ceiling; cleared when
+    /// resources in the subtree are released or the cluster changes.
+    pub at_ceiling: bool,
+    /// Set for the rest of a pass when the head job fit on no worker.
+    pub skipped_in_pass: bool,
+    /// Since when this leaf has been below its guarantee with demand it could not place.
+    pub starved_since: Option<crate::ids::Timestamp>,
+    pub ordering: Arc<dyn crate::policy::OrderingPolicy>,
+    pub placement: Arc<dyn crate::policy::PlacementPolicy>,
+    pub admission: Arc<dyn crate::policy::AdmissionPolicy>,
+}
+
+impl QueueNode {
+    pub fn is_leaf(&self) -> bool {
+        self.children.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_validated_with_reasons() {
+        assert!(QueuePath::parse("root").is_ok());
+        assert!(QueuePath::parse("root.eng.ml-2_x").is_ok());
+        for bad in [
+            "", "eng", "root.", "root..a", "root.Eng", "root.a b", "rooty.a",
+        ] {
+            assert!(QueuePath::parse(bad).is_err(), "{bad} accepted");
+        }
+        let long = format!("root.{}", "a".repeat(65));
+        assert!(QueuePath::parse(&long).is_err());
+        let deep16 = format!("root{}", ".a".repeat(16));
+        assert!(QueuePath::parse(&deep16).is_ok());
+        let deep17 = format!("root{}", ".a".repeat(17));
+        let err = QueuePath::parse(&deep17).expect_err("too deep");
+        assert!(err.to_string().contains("17 levels deep"), "{err}");
+    }
+
+    #[test]
+    fn path_relations() {
+        let p = QueuePath::parse("root.eng.ml").expect("valid");
+        assert_eq!(p.name(), "ml");
+        assert_eq!(p.parent().map(|p| p.to_string()), Some("root.eng".into()));
+        assert!(p.is_within(&QueuePath::parse("root.eng").expect("valid")));
+        assert!(!p.is_within(&QueuePath::parse("root.en").expect("valid")));
+        assert!(QueuePath::root().parent().is_none());
+    }
+
+    #[test]
+    fn config_validation_names_the_field() {
+        let path = QueuePath::parse("root.a").expect("valid");
+        let err = QueueConfig::with_capacity(50.0, 40.0)
+            .validate(&path)
+            .expect_err("max below capacity");
+        assert!(err.to_string().contains("max_capacity"), "{err}");
+        let err = QueueConfig::with_capacity(-1.0, 40.0)
+            .validate(&path)
+            .expect_err("negative");
+        assert!(err.to_string().contains("capacity"), "{err}");
+        assert!(
+            QueueConfig::with_capacity(f64::NAN, 100.0)
+                .validate(&path)
+                .is_err()
+        );
+    }
+}

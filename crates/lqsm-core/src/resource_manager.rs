@@ -1,0 +1,1600 @@
+//! The ResourceManager state machine: the queue tree, the jobs, the workers and the
+//! timers, changed only through the commands below. Every command takes `now`; none
+//! does I/O. What the shell must do afterwards accumulates in [`Effects`], taken with
+//! [`ResourceManager::take_effects`].
+
+use crate::effects::{Assignment, Effects, Kill, KillReason, Record};
+use crate::hashing::HashMap;
+use crate::ids::{FencingToken, JobId, QueueId, Timestamp, WorkerId};
+use crate::jobs::{
+    AttemptOutcome, AttemptReport, Job, JobKey, JobSpec, JobState, ReportedResult, SubmitError,
+    SubmitRequest, Termination, unit_random,
+};
+use crate::policy::{AdmissionContext, Policies, PreemptionPolicy};
+use crate::queues::{
+    PendingKey, QueueConfig, QueueError, QueueNode, QueuePath, QueueState, QueueStats, QueueUpdate,
+};
+use crate::resources::{MiB, Millicores, Resources};
+use crate::timers::{Timer, Timers};
+use crate::workers::{Candidates, Worker, WorkerIndex, WorkerKey, WorkerRegistration, WorkerState};
+use serde::{Deserialize, Serialize};
+use slotmap::SlotMap;
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+
+/// The root queue's id.
+pub const ROOT: QueueId = QueueId(0);
+
+/// Largest request component accepted, so sums can never overflow.
+const MAX_CPU_MILLICORES: u64 = 1 << 40;
+const MAX_MEMORY_MIB: u64 = 1 << 40;
+const MAX_GPUS: u32 = 1 << 16;
+const MAX_CUSTOM: u64 = 1 << 40;
+
+/// Preemption settings for the whole cluster.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PreemptionConfig {
+    /// The cluster switch.
+    pub enabled: bool,
+    /// How long a queue below its guarantee waits with unmet demand before preemption acts.
+    pub delay: Duration,
+    /// Fraction of a guarantee treated as noise on both sides, so rounding never thrashes.
+    pub dead_zone: f64,
+    /// The name of the preemption policy.
+    pub policy: String,
+}
+
+impl Default for PreemptionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            delay: Duration::from_secs(15),
+            dead_zone: 0.05,
+            policy: crate::policy::NEWEST_OVER_GUARANTEE.into(),
+        }
+    }
+}
+
+/// Cluster-wide settings of the ResourceManager.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// A worker that has not polled for this long is lost.
+    pub heartbeat_timeout: Duration,
+    /// Finished jobs (and their idempotency keys) are kept this long.
+    pub retention: Duration,
+    /// Preemption settings.
+    pub preemption: PreemptionConfig,
+    /// A pass stops after this many leaves whose next job fit on no worker; the rest
+    /// wait for the next change. Bounds the cost of passes over a full cluster.
+    pub max_skips_per_pass: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            heartbeat_timeout: Duration::from_secs(10),
+            retention: Duration::from_secs(24 * 3600),
+            preemption: PreemptionConfig::default(),
+            max_skips_per_pass: 64,
+        }
+    }
+}
+
+/// A refused configuration.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum ConfigError {
+    /// The preemption policy is not registered.
+    #[error("preemption.policy: unknown policy `{name}` (known: {known})")]
+    UnknownPreemptionPolicy {
+        /// The name given.
+        name: String,
+        /// The registered names.
+        known: String,
+    },
+    /// The dead zone is not a fraction.
+    #[error("preemption.dead_zone: {0} is not between 0 and 0.5")]
+    DeadZone(f64),
+    /// The heartbeat timeout is zero.
+    #[error("heartbeat_timeout: must be above zero")]
+    HeartbeatTimeout,
+}
+
+/// A refused job command.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum JobError {
+    /// No job has that id (it may have been purged after its retention).
+    #[error("job {0} does not exist")]
+    NotFound(JobId),
+    /// The job already reached a terminal state.
+    #[error("job {id} already finished ({state:?})")]
+    AlreadyFinished {
+        /// The job.
+        id: JobId,
+        /// Its terminal state.
+        state: JobState,
+    },
+}
+
+/// A refused worker command.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum WorkerError {
+    /// The worker never registered (or was forgotten).
+    #[error("worker {0} is not registered; register first")]
+    Unknown(WorkerId),
+    /// The worker missed its heartbeat; its attempts were requeued.
+    #[error("worker {0} was declared lost; register again")]
+    Lost(WorkerId),
+    /// A registration field is out of range.
+    #[error("{field}: {reason}")]
+    InvalidField {
+        /// The offending field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// How a submission was taken.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Submitted {
+    /// A new job was created.
+    Created(JobId),
+    /// The idempotency key matched this existing job; nothing was created.
+    Existing(JobId),
+}
+
+impl Submitted {
+    /// The job's id either way.
+    pub fn id(self) -> JobId {
+        match self {
+            Submitted::Created(id) | Submitted::Existing(id) => id,
+        }
+    }
+}
+
+/// Why a worker's report about an attempt was refused.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RefusalReason {
+    /// No such job (purged, or never existed).
+    UnknownJob,
+    /// The token is not the job's current attempt on this worker.
+    StaleAttempt,
+}
+
+/// A refused report.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct RefusedReport {
+    /// The job named.
+    pub job: JobId,
+    /// The token named.
+    pub token: FencingToken,
+    /// Why it was refused.
+    pub reason: RefusalReason,
+}
+
+/// One poll: a heartbeat, the attempts the worker still runs and those it finished.
+#[derive(Clone, PartialEq, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerPoll {
+    /// Attempts running on the worker now.
+    #[serde(default)]
+    pub running: Vec<(JobId, FencingToken)>,
+    /// Attempts that ended since the last poll.
+    #[serde(default)]
+    pub finished: Vec<AttemptReport>,
+}
+
+/// What the core made of a poll.
+#[derive(Clone, PartialEq, Debug, Default)]
+pub struct PollOutcome {
+    /// Reports that were refused (the worker drops them).
+    pub refused: Vec<RefusedReport>,
+    /// Reports that were accepted.
+    pub accepted: usize,
+}
+
+/// Figures of one scheduling pass.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct PassReport {
+    /// Attempts assigned.
+    pub placed: u64,
+    /// Leaves passed over because their next job fit on no worker.
+    pub skipped: u64,
+    /// Attempts taken back by preemption.
+    pub preempted: u64,
+    /// Whether the pass did anything at all (false: nothing had changed).
+    pub ran: bool,
+}
+
+/// A read-only view of one queue.
+#[derive(Clone, Copy)]
+pub struct QueueView<'a> {
+    rm: &'a ResourceManager,
+    node: &'a QueueNode,
+}
+
+impl<'a> QueueView<'a> {
+    /// Its id.
+    pub fn id(&self) -> QueueId {
+        self.node.id
+    }
+    /// Its path.
+    pub fn path(&self) -> &'a QueuePath {
+        &self.node.path
+    }
+    /// Its settings.
+    pub fn config(&self) -> &'a QueueConfig {
+        &self.node.config
+    }
+    /// Its lifecycle state.
+    pub fn state(&self) -> QueueState {
+        self.node.state
+    }
+    /// True when it holds jobs rather than queues.
+    pub fn is_leaf(&self) -> bool {
+        self.node.is_leaf()
+    }
+    /// Its children's paths.
+    pub fn children(&self) -> Vec<&'a QueuePath> {
+        self.node
+            .children
+            .iter()
+            .map(|c| &self.rm.node(*c).path)
+            .collect()
+    }
+    /// Its guarantee as a fraction of the cluster.
+    pub fn abs_guarantee(&self) -> f64 {
+        self.node.abs_guarantee
+    }
+    /// Its ceiling as a fraction of the cluster.
+    pub fn abs_max(&self) -> f64 {
+        self.node.abs_max
+    }
+    /// Resources its subtree's attempts hold.
+    pub fn used(&self) -> &'a Resources {
+        &self.node.used
+    }
+    /// Its dominant share of the cluster.
+    pub fn dominant_share(&self) -> f64 {
+        self.node.used.dominant_share(&self.rm.total)
+    }
+    /// Attempts scheduled or running in its subtree.
+    pub fn running(&self) -> u64 {
+        self.node.running
+    }
+    /// Jobs not yet finished in its subtree.
+    pub fn unfinished(&self) -> u64 {
+        self.node.unfinished
+    }
+    /// Counters summed over its subtree's leaves.
+    pub fn stats(&self) -> QueueStats {
+        let mut sum = QueueStats::default();
+        self.rm.for_each_leaf(self.node.id, &mut |leaf| {
+            let s = &leaf.stats;
+            sum.pending += s.pending;
+            sum.submitted += s.submitted;
+            sum.succeeded += s.succeeded;
+            sum.failed += s.failed;
+            sum.cancelled += s.cancelled;
+            sum.expired += s.expired;
+            for (total, part) in [(&mut sum.wait, &s.wait), (&mut sum.run, &s.run)] {
+                total.count += part.count;
+                total.total_ms += part.total_ms;
+                total.max_ms = total.max_ms.max(part.max_ms);
+            }
+        });
+        sum
+    }
+}
+
+/// The ResourceManager's whole state: see the module documentation.
+pub struct ResourceManager {
+    pub(crate) config: Config,
+    pub(crate) policies: Policies,
+    pub(crate) preemption_policy: Arc<dyn PreemptionPolicy>,
+    pub(crate) seed: u64,
+    /// Indexed by `QueueId`; `None` once deleted (ids are never reused).
+    pub(crate) queues: Vec<Option<QueueNode>>,
+    pub(crate) queue_ids: HashMap<QueuePath, QueueId>,
+    /// Paths of deleted queues, so their finished jobs still name them.
+    pub(crate) deleted_paths: HashMap<QueueId, QueuePath>,
+    pub(crate) jobs: SlotMap<JobKey, Job>,
+    pub(crate) job_ids: HashMap<JobId, JobKey>,
+    pub(crate) idempotency: HashMap<(QueueId, String), JobKey>,
+    pub(crate) workers: SlotMap<WorkerKey, Worker>,
+    pub(crate) worker_ids: HashMap<WorkerId, WorkerKey>,
+    pub(crate) index: WorkerIndex,
+    /// Capacity of the workers that take work: what shares are shares of.
+    pub(crate) total: Resources,
+    pub(crate) timers: Timers,
+    pub(crate) effects: Effects,
+    pub(crate) next_seq: u64,
+    pub(crate) next_token: u64,
+    /// Something changed that a pass could act on.
+    pub(crate) dirty: bool,
+    /// Shares or guarantees changed: every selection key must be recomputed.
+    pub(crate) keys_stale: bool,
+    /// Leaves below their guarantee whose demand could not be placed.
+    pub(crate) starved: BTreeSet<QueueId>,
+    /// Leaves passed over in the current pass.
+    pub(crate) skipped: Vec<QueueId>,
+}
+
+impl std::fmt::Debug for ResourceManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResourceManager")
+            .field("queues", &self.queue_ids.len())
+            .field("jobs", &self.jobs.len())
+            .field("workers", &self.workers.len())
+            .field("total", &self.total)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResourceManager {
+    /// A cluster with only the root queue, no workers and no jobs. `seed` keys the
+    /// core's hashing and its only randomness (retry jitter).
+    pub fn new(config: Config, policies: Policies, seed: u64) -> Result<Self, ConfigError> {
+        let preemption_policy =
+            policies
+                .preemption(&config.preemption.policy)
+                .map_err(|known| ConfigError::UnknownPreemptionPolicy {
+                    name: config.preemption.policy.clone(),
+                    known,
+                })?;
+        let dz = config.preemption.dead_zone;
+        if !dz.is_finite() || !(0.0..=0.5).contains(&dz) {
+            return Err(ConfigError::DeadZone(dz));
+        }
+        if config.heartbeat_timeout.is_zero() {
+            return Err(ConfigError::HeartbeatTimeout);
+        }
+        let root_config = QueueConfig::with_capacity(100.0, 100.0);
+        let root = QueueNode {
+            id: ROOT,
+            path: QueuePath::root(),
+            parent: None,
+            children: Vec::new(),
+            ordering: policies.ordering(&root_config.ordering).expect("built-in"),
+            placement: policies
+                .placement(&root_config.placement)
+                .expect("built-in"),
+            admission: policies
+                .admission(&root_config.admission)
+                .expect("built-in"),
+            config: root_config,
+            state: QueueState::Running,
+            abs_guarantee: 1.0,
+            abs_max: 1.0,
+            used: Resources::default(),
+            running: 0,
+            unfinished: 0,
+            stats: QueueStats::default(),
+            ready: BTreeSet::new(),
+            attempts: BTreeSet::new(),
+            eligible_children: BTreeSet::new(),
+            key_in_parent: None,
+            at_ceiling: false,
+            skipped_in_pass: false,
+            starved_since: None,
+        };
+        let mut queue_ids = crate::hashing::map(seed);
+        queue_ids.insert(QueuePath::root(), ROOT);
+        Ok(Self {
+            config,
+            policies,
+            preemption_policy,
+            seed,
+            queues: vec![Some(root)],
+            queue_ids,
+            deleted_paths: crate::hashing::map(seed),
+            jobs: SlotMap::with_key(),
+            job_ids: crate::hashing::map(seed),
+            idempotency: crate::hashing::map(seed),
+            workers: SlotMap::with_key(),
+            worker_ids: crate::hashing::map(seed),
+            index: WorkerIndex::new(seed),
+            total: Resources::default(),
+            timers: Timers::default(),
+            effects: Effects::default(),
+            next_seq: 1,
+            next_token: 1,
+            dirty: false,
+            keys_stale: false,
+            starved: BTreeSet::new(),
+            skipped: Vec::new(),
+        })
+    }
+
+    /// Everything the shell must do since the last call.
+    pub fn take_effects(&mut self) -> Effects {
+        std::mem::take(&mut self.effects)
+    }
+
+    /// The cluster-wide settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    // ----- reads -------------------------------------------------------------------
+
+    pub(crate) fn node(&self, id: QueueId) -> &QueueNode {
+        self.queues[id.0 as usize]
+            .as_ref()
+            .expect("queue ids held internally refer to live queues")
+    }
+
+    pub(crate) fn node_mut(&mut self, id: QueueId) -> &mut QueueNode {
+        self.queues[id.0 as usize]
+            .as_mut()
+            .expect("queue ids held internally refer to live queues")
+    }
+
+    fn lookup_queue(&self, path: &str) -> Result<QueueId, QueueError> {
+        if let Some(id) = self.queue_ids.get(path) {
+            return Ok(*id);
+        }
+        QueuePath::parse(path)?;
+        Err(QueueError::NotFound {
+            path: path.to_owned(),
+            known: self.known_queues(),
+        })
+    }
+
+    fn known_queues(&self) -> String {
+        let mut known: Vec<&str> = self.queue_ids.keys().map(QueuePath::as_str).collect();
+        known.sort_unstable();
+        let more = known.len().saturating_sub(8);
+        known.truncate(8);
+        let mut text = known.join(", ");
+        if more > 0 {
+            text.push_str(&format!(" and {more} more"));
+        }
+        text
+    }
+
+    /// The queue at `path`.
+    pub fn queue(&self, path: &str) -> Result<QueueView<'_>, QueueError> {
+        let id = self.lookup_queue(path)?;
+        Ok(QueueView {
+            rm: self,
+            node: self.node(id),
+        })
+    }
+
+    /// Every queue, parents before children, siblings in creation order.
+    pub fn queues(&self) -> Vec<QueueView<'_>> {
+        let mut out = Vec::with_capacity(self.queue_ids.len());
+        let mut stack = vec![ROOT];
+        while let Some(id) = stack.pop() {
+            let node = self.node(id);
+            out.push(QueueView { rm: self, node });
+            stack.extend(node.children.iter().rev());
+        }
+        out
+    }
+
+    /// The path of the queue with this id, live or deleted.
+    pub fn queue_path(&self, id: QueueId) -> Option<&QueuePath> {
+        match self.queues.get(id.0 as usize) {
+            Some(Some(node)) => Some(&node.path),
+            _ => self.deleted_paths.get(&id),
+        }
+    }
+
+    pub(crate) fn for_each_leaf(&self, id: QueueId, f: &mut dyn FnMut(&QueueNode)) {
+        let node = self.node(id);
+        if node.is_leaf() {
+            f(node);
+        }
+        for child in &node.children {
+            self.for_each_leaf(*child, f);
+        }
+    }
+
+    /// The job with this id.
+    pub fn job(&self, id: JobId) -> Option<&Job> {
+        self.job_ids.get(&id).map(|k| &self.jobs[*k])
+    }
+
+    pub(crate) fn job_by_key(&self, key: JobKey) -> Option<&Job> {
+        self.jobs.get(key)
+    }
+
+    /// How many jobs the core holds (all states, until purged).
+    pub fn job_count(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// The worker with this id.
+    pub fn worker(&self, id: WorkerId) -> Option<&Worker> {
+        self.worker_ids.get(&id).map(|k| &self.workers[*k])
+    }
+
+    /// Every worker, in no particular order.
+    pub fn workers(&self) -> impl Iterator<Item = &Worker> {
+        self.workers.values()
+    }
+
+    /// Capacity of the workers that take work.
+    pub fn total(&self) -> &Resources {
+        &self.total
+    }
+
+    /// When [`tick`](Self::tick) next has something to do.
+    pub fn next_timer(&self) -> Option<Timestamp> {
+        self.timers.next_due()
+    }
+
+    /// True when a [`schedule`](Self::schedule) call could change anything.
+    pub fn needs_pass(&self) -> bool {
+        self.dirty
+    }
+
+    // ----- queues --------------------------------------------------------------------
+
+    fn resolve_policies(
+        &self,
+        path: &QueuePath,
+        config: &QueueConfig,
+    ) -> Result<
+        (
+            Arc<dyn crate::policy::OrderingPolicy>,
+            Arc<dyn crate::policy::PlacementPolicy>,
+            Arc<dyn crate::policy::AdmissionPolicy>,
+        ),
+        QueueError,
+    > {
+        let unknown = |kind: &'static str, name: &str, known: String| QueueError::UnknownPolicy {
+            path: path.clone(),
+            kind,
+            name: name.to_owned(),
+            known,
+        };
+        let ordering = self
+            .policies
+            .ordering(&config.ordering)
+            .map_err(|k| unknown("ordering", &config.ordering, k))?;
+        let placement = self
+            .policies
+            .placement(&config.placement)
+            .map_err(|k| unknown("placement", &config.placement, k))?;
+        let admission = self
+            .policies
+            .admission(&config.admission)
+            .map_err(|k| unknown("admission", &config.admission, k))?;
+        Ok((ordering, placement, admission))
+    }
+
+    fn check_sibling_capacity(
+        &self,
+        parent: QueueId,
+        changed: Option<QueueId>,
+        capacity: f64,
+    ) -> Result<(), QueueError> {
+        let parent_node = self.node(parent);
+        let others: f64 = parent_node
+            .children
+            .iter()
+            .filter(|c| Some(**c) != changed)
+            .map(|c| self.node(*c).config.capacity)
+            .sum();
+        let sum = others + capacity;
+        if sum > 100.0 + 1e-9 {
+            return Err(QueueError::CapacityOverflow {
+                parent: parent_node.path.clone(),
+                sum,
+            });
+        }
+        Ok(())
+    }
+
+    /// Creates a queue under an existing parent. A leaf parent must hold no jobs.
+    pub fn create_queue(&mut self, path: &str, config: QueueConfig) -> Result<QueueId, QueueError> {
+        let path = QueuePath::parse(path)?;
+        if self.queue_ids.contains_key(&path) {
+            return Err(QueueError::AlreadyExists(path));
+        }
+        let parent_path = path
+            .parent()
+            .ok_or(QueueError::AlreadyExists(QueuePath::root()))?;
+        let parent = self.lookup_queue(parent_path.as_str())?;
+        config.validate(&path)?;
+        let (ordering, placement, admission) = self.resolve_policies(&path, &config)?;
+        let parent_node = self.node(parent);
+        if parent_node.is_leaf() && parent_node.unfinished > 0 {
+            return Err(QueueError::ParentHoldsJobs(parent_node.path.clone()));
+        }
+        self.check_sibling_capacity(parent, None, config.capacity)?;
+
+        let id = QueueId(u32::try_from(self.queues.len()).expect("fewer than 2^32 queues"));
+        let parent_node = self.node(parent);
+        let node = QueueNode {
+            id,
+            path: path.clone(),
+            parent: Some(parent),
+            children: Vec::new(),
+            abs_guarantee: parent_node.abs_guarantee * config.capacity / 100.0,
+            abs_max: parent_node.abs_max * config.max_capacity / 100.0,
+            state: parent_node.state,
+            config,
+            used: Resources::default(),
+            running: 0,
+            unfinished: 0,
+            stats: QueueStats::default(),
+            ready: BTreeSet::new(),
+            attempts: BTreeSet::new(),
+            eligible_children: BTreeSet::new(),
+            key_in_parent: None,
+            at_ceiling: false,
+            skipped_in_pass: false,
+            starved_since: None,
+            ordering,
+            placement,
+            admission,
+        };
+        self.queues.push(Some(node));
+        self.node_mut(parent).children.push(id);
+        self.queue_ids.insert(path, id);
+        self.effects.records.push(Record::Queue(id));
+        Ok(id)
+    }
+
+    /// Changes a queue's settings. Guarantees and ceilings below it follow at once.
+    pub fn update_queue(&mut self, path: &str, update: &QueueUpdate) -> Result<(), QueueError> {
+        let id = self.lookup_queue(path)?;
+        let node = self.node(id);
+        if id == ROOT && (update.capacity.is_some() || update.max_capacity.is_some()) {
+            return Err(QueueError::Root("given a capacity (it is always 100%)"));
+        }
+        let config = update.apply_to(&node.config);
+        config.validate(&node.path)?;
+        let (ordering, placement, admission) = self.resolve_policies(&node.path, &config)?;
+        if let Some(parent) = node.parent {
+            self.check_sibling_capacity(parent, Some(id), config.capacity)?;
+        }
+        let reorder = node.config.ordering != config.ordering;
+        let node = self.node_mut(id);
+        node.config = config;
+        node.ordering = ordering;
+        node.placement = placement;
+        node.admission = admission;
+        if reorder {
+            self.rerank(id);
+        }
+        self.recompute_absolute(id);
+        self.keys_stale = true;
+        self.dirty = true;
+        self.effects.records.push(Record::Queue(id));
+        Ok(())
+    }
+
+    /// Ranks a leaf's ready jobs again after its ordering policy changed.
+    fn rerank(&mut self, id: QueueId) {
+        let node = self.node_mut(id);
+        let ready = std::mem::take(&mut node.ready);
+        let ordering = node.ordering.clone();
+        let mut reranked = BTreeSet::new();
+        for key in ready {
+            let job = &mut self.jobs[key.job];
+            job.rank = ordering.rank(&job.spec);
+            reranked.insert(PendingKey {
+                rank: job.rank,
+                seq: job.seq,
+                job: key.job,
+            });
+        }
+        self.node_mut(id).ready = reranked;
+    }
+
+    fn recompute_absolute(&mut self, id: QueueId) {
+        let (g, m) = match self.node(id).parent {
+            Some(p) => {
+                let parent = self.node(p);
+                let c = &self.node(id).config;
+                (
+                    parent.abs_guarantee * c.capacity / 100.0,
+                    parent.abs_max * c.max_capacity / 100.0,
+                )
+            }
+            None => (1.0, 1.0),
+        };
+        let node = self.node_mut(id);
+        node.abs_guarantee = g;
+        node.abs_max = m;
+        for child in node.children.clone() {
+            self.recompute_absolute(child);
+        }
+    }
+
+    fn set_subtree_state(&mut self, id: QueueId, state: QueueState) {
+        let node = self.node_mut(id);
+        node.state = state;
+        let children = node.children.clone();
+        if children.is_empty() {
+            self.refresh_up(id);
+        }
+        self.effects.records.push(Record::Queue(id));
+        for child in children {
+            self.set_subtree_state(child, state);
+        }
+    }
+
+    /// Stops a queue and everything under it: nothing new is accepted; what it holds
+    /// still runs.
+    pub fn stop_queue(&mut self, path: &str) -> Result<(), QueueError> {
+        let id = self.lookup_queue(path)?;
+        self.set_subtree_state(id, QueueState::Stopped);
+        Ok(())
+    }
+
+    /// Drains a queue and everything under it: nothing new is accepted or started;
+    /// running attempts finish, pending jobs wait for `start`.
+    pub fn drain_queue(&mut self, path: &str) -> Result<(), QueueError> {
+        let id = self.lookup_queue(path)?;
+        self.set_subtree_state(id, QueueState::Draining);
+        Ok(())
+    }
+
+    /// Starts a queue and everything under it again.
+    pub fn start_queue(&mut self, path: &str) -> Result<(), QueueError> {
+        let id = self.lookup_queue(path)?;
+        self.set_subtree_state(id, QueueState::Running);
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Deletes a queue and its subtree. With unfinished jobs this needs `force`, and
+    /// then every one of them is cancelled with a reason saying so.
+    pub fn delete_queue(
+        &mut self,
+        path: &str,
+        force: bool,
+        now: Timestamp,
+    ) -> Result<u64, QueueError> {
+        let id = self.lookup_queue(path)?;
+        if id == ROOT {
+            return Err(QueueError::Root("deleted"));
+        }
+        let node = self.node(id);
+        if node.unfinished > 0 && !force {
+            return Err(QueueError::HoldsJobs {
+                path: node.path.clone(),
+                jobs: node.unfinished,
+            });
+        }
+        let doomed_path = node.path.clone();
+        let doomed: Vec<JobKey> = self
+            .jobs
+            .iter()
+            .filter(|(_, job)| !job.state.is_terminal())
+            .filter(|(_, job)| {
+                self.queue_path(job.queue)
+                    .is_some_and(|p| p.is_within(&doomed_path))
+            })
+            .map(|(key, _)| key)
+            .collect();
+        let reason = format!("queue {doomed_path} was deleted");
+        let cancelled = doomed.len() as u64;
+        for key in doomed {
+            self.cancel_key(key, &reason, now);
+        }
+        let parent = self.node(id).parent.expect("only root has no parent");
+        self.remove_from_parent_set(id);
+        self.node_mut(parent).children.retain(|c| *c != id);
+        self.drop_subtree(id);
+        self.keys_stale = true;
+        self.dirty = true;
+        Ok(cancelled)
+    }
+
+    fn remove_from_parent_set(&mut self, id: QueueId) {
+        let node = self.node_mut(id);
+        let (Some(key), Some(parent)) = (node.key_in_parent.take(), node.parent) else {
+            return;
+        };
+        self.node_mut(parent).eligible_children.remove(&key);
+        self.refresh_up(parent);
+    }
+
+    fn drop_subtree(&mut self, id: QueueId) {
+        let node = self.queues[id.0 as usize]
+            .take()
+            .expect("queue ids held internally refer to live queues");
+        for child in &node.children {
+            self.drop_subtree(*child);
+        }
+        self.queue_ids.remove(&node.path);
+        self.starved.remove(&id);
+        self.effects.records.push(Record::QueueDeleted {
+            id,
+            path: node.path.clone(),
+        });
+        self.deleted_paths.insert(id, node.path);
+    }
+
+    // ----- jobs ----------------------------------------------------------------------
+
+    fn validate_request(request: &Resources) -> Result<(), SubmitError> {
+        let invalid = |reason: String| SubmitError::InvalidField {
+            field: "request",
+            reason,
+        };
+        if request.cpu.0 == 0 && request.memory.0 == 0 {
+            return Err(invalid("must ask for some cpu or memory".into()));
+        }
+        if request.cpu > Millicores(MAX_CPU_MILLICORES) {
+            return Err(invalid(format!(
+                "cpu {} millicores is absurd",
+                request.cpu.0
+            )));
+        }
+        if request.memory > MiB(MAX_MEMORY_MIB) {
+            return Err(invalid(format!(
+                "memory {} MiB is absurd",
+                request.memory.0
+            )));
+        }
+        if request.gpu > MAX_GPUS {
+            return Err(invalid(format!("{} gpus is absurd", request.gpu)));
+        }
+        if let Some((name, amount)) = request.customs().iter().find(|(_, a)| *a > MAX_CUSTOM) {
+            return Err(invalid(format!("{amount} of {name:?} is absurd")));
+        }
+        Ok(())
+    }
+
+    /// Accepts a job into a leaf queue, or says precisely why not. A repeated
+    /// idempotency key returns the original job and changes nothing.
+    pub fn submit(&mut self, req: SubmitRequest, now: Timestamp) -> Result<Submitted, SubmitError> {
+        req.validate()?;
+        let queue = self.lookup_queue(&req.queue)?;
+        let node = self.node(queue);
+        if !node.is_leaf() {
+            return Err(SubmitError::NotALeaf(req.queue));
+        }
+        if let Some(key) = &req.idempotency_key
+            && let Some(existing) = self.idempotency.get(&(queue, key.clone()))
+        {
+            return Ok(Submitted::Existing(self.jobs[*existing].id));
+        }
+        if node.state != QueueState::Running {
+            return Err(SubmitError::NotAccepting {
+                path: req.queue,
+                state: node.state,
+            });
+        }
+        if self.job_ids.contains_key(&req.id) {
+            return Err(SubmitError::DuplicateId(req.id));
+        }
+        if let Some(expires_at) = req.expires_at
+            && expires_at <= now
+        {
+            return Err(SubmitError::InvalidField {
+                field: "expires_at",
+                reason: "is already in the past".into(),
+            });
+        }
+        if let Some(max) = node.config.max_pending
+            && node.stats.pending >= max
+        {
+            return Err(SubmitError::QueueFull {
+                path: req.queue,
+                pending: node.stats.pending,
+                max,
+            });
+        }
+        let defaults = &node.config.defaults;
+        let spec = JobSpec {
+            request: req.request.unwrap_or_else(|| defaults.request.clone()),
+            priority: req.priority.unwrap_or(defaults.priority),
+            expires_at: req.expires_at,
+            timeout: req.timeout.or(defaults.timeout),
+            retry: req.retry.unwrap_or(defaults.retry),
+            idempotency_key: req.idempotency_key,
+            selector: req.selector,
+            tags: req.tags,
+            kind: req.kind,
+        };
+        Self::validate_request(&spec.request)?;
+        let constraint = self
+            .index
+            .constraint_for(&spec.selector, spec.kind.handler());
+        let node = self.node(queue);
+        let admission = AdmissionContext {
+            queue: &node.path,
+            stats: &node.stats,
+            spec: &spec,
+            now,
+            candidates: Candidates {
+                index: &self.index,
+                workers: &self.workers,
+                classes: self.index.classes_for(constraint),
+            },
+        };
+        if let Err(reason) = node.admission.admit(&admission) {
+            return Err(SubmitError::Refused {
+                path: req.queue,
+                policy: node.admission.name().to_owned(),
+                reason,
+            });
+        }
+        let rank = node.ordering.rank(&spec);
+
+        let id = req.id;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let expires_at = spec.expires_at;
+        let idempotency_key = spec.idempotency_key.clone();
+        let not_before = req.not_before.filter(|t| *t > now);
+        let key = self.jobs.insert(Job {
+            id,
+            queue,
+            seq,
+            state: JobState::Pending,
+            submitted_at: now,
+            not_before,
+            spec: Box::new(spec),
+            attempts: Vec::new(),
+            failures: 0,
+            termination: None,
+            finished_at: None,
+            ready_since: now,
+            rank,
+            constraint,
+            worker: None,
+            delivered: false,
+        });
+        self.job_ids.insert(id, key);
+        if let Some(k) = idempotency_key {
+            self.idempotency.insert((queue, k), key);
+        }
+        let leaf = self.node_mut(queue);
+        leaf.stats.submitted += 1;
+        leaf.stats.pending += 1;
+        self.add_unfinished(queue, 1);
+        if let Some(at) = expires_at {
+            self.timers.set(at, Timer::Expire(key));
+        }
+        match not_before {
+            Some(at) => self.timers.set(at, Timer::Release(key)),
+            None => self.make_ready(key, now),
+        }
+        self.effects.records.push(Record::Job(id));
+        Ok(Submitted::Created(id))
+    }
+
+    fn add_unfinished(&mut self, leaf: QueueId, delta: i64) {
+        let mut at = Some(leaf);
+        while let Some(id) = at {
+            let node = self.node_mut(id);
+            node.unfinished = node.unfinished.saturating_add_signed(delta);
+            at = node.parent;
+        }
+    }
+
+    /// Puts a pending job into its leaf's ready set.
+    fn make_ready(&mut self, key: JobKey, now: Timestamp) {
+        let job = &mut self.jobs[key];
+        job.not_before = None;
+        job.ready_since = now;
+        let entry = PendingKey {
+            rank: job.rank,
+            seq: job.seq,
+            job: key,
+        };
+        let queue = job.queue;
+        let leaf = self.node_mut(queue);
+        let was_empty = leaf.ready.is_empty();
+        leaf.ready.insert(entry);
+        if was_empty {
+            self.refresh_up(queue);
+        }
+        self.dirty = true;
+    }
+
+    fn pending_key(&self, key: JobKey) -> PendingKey {
+        let job = &self.jobs[key];
+        PendingKey {
+            rank: job.rank,
+            seq: job.seq,
+            job: key,
+        }
+    }
+
+    /// Cancels a job: a pending one at once; one with an attempt is killed on its
+    /// worker and cancelled in the same step (a late report from it is refused).
+    pub fn cancel(&mut self, id: JobId, reason: &str, now: Timestamp) -> Result<(), JobError> {
+        let key = *self.job_ids.get(&id).ok_or(JobError::NotFound(id))?;
+        let state = self.jobs[key].state;
+        if state.is_terminal() {
+            return Err(JobError::AlreadyFinished { id, state });
+        }
+        self.cancel_key(key, reason, now);
+        Ok(())
+    }
+
+    fn cancel_key(&mut self, key: JobKey, reason: &str, now: Timestamp) {
+        if self.jobs[key].state.is_active() {
+            self.end_attempt(
+                key,
+                AttemptOutcome::Cancelled,
+                Some(KillReason::Cancelled),
+                now,
+            );
+        }
+        self.terminate(
+            key,
+            Termination::Cancelled {
+                reason: reason.to_owned(),
+            },
+            now,
+        );
+    }
+
+    /// Moves a job that holds no attempt to a terminal state, once.
+    fn terminate(&mut self, key: JobKey, termination: Termination, now: Timestamp) {
+        let pending_entry = self.pending_key(key);
+        let job = &mut self.jobs[key];
+        debug_assert!(!job.state.is_terminal() && !job.state.is_active());
+        let state = match &termination {
+            Termination::Succeeded { .. } => JobState::Succeeded,
+            Termination::Failed { .. } => JobState::Failed,
+            Termination::Cancelled { .. } => JobState::Cancelled,
+            Termination::Expired => JobState::Expired,
+        };
+        let was_pending = job.state == JobState::Pending;
+        job.state = state;
+        job.termination = Some(termination);
+        job.finished_at = Some(now);
+        job.not_before = None;
+        let (id, queue) = (job.id, job.queue);
+        if self
+            .queues
+            .get(queue.0 as usize)
+            .is_some_and(Option::is_some)
+        {
+            let leaf = self.node_mut(queue);
+            if was_pending {
+                leaf.stats.pending -= 1;
+                if leaf.ready.remove(&pending_entry) && leaf.ready.is_empty() {
+                    self.refresh_up(queue);
+                }
+            }
+            let stats = &mut self.node_mut(queue).stats;
+            match state {
+                JobState::Succeeded => stats.succeeded += 1,
+                JobState::Failed => stats.failed += 1,
+                JobState::Cancelled => stats.cancelled += 1,
+                _ => stats.expired += 1,
+            }
+            self.add_unfinished(queue, -1);
+        }
+        self.timers
+            .set(now.after(self.config.retention), Timer::Purge(key));
+        self.effects.records.push(Record::Job(id));
+        self.effects.finished.push(id);
+    }
+
+    /// Ends the current attempt of an active job: frees its resources, records the
+    /// outcome, optionally asks its worker to kill it. The job is left `Pending`
+    /// (not ready); the caller decides what comes next.
+    fn end_attempt(
+        &mut self,
+        key: JobKey,
+        outcome: AttemptOutcome,
+        kill: Option<KillReason>,
+        now: Timestamp,
+    ) {
+        let job = &mut self.jobs[key];
+        debug_assert!(job.state.is_active());
+        let worker_key = job.worker.take().expect("an active job has a worker");
+        let attempt = job
+            .attempts
+            .last_mut()
+            .expect("an active job has an attempt");
+        attempt.finished_at = Some(now);
+        let token = attempt.token;
+        let scheduled_at = attempt.scheduled_at;
+        if outcome.counts_as_failure() {
+            job.failures += 1;
+        }
+        attempt.outcome = Some(outcome);
+        job.state = JobState::Pending;
+        job.delivered = false;
+        let (id, queue, request) = (job.id, job.queue, job.spec.request.clone());
+
+        let worker = &mut self.workers[worker_key];
+        worker.used.sub(&request);
+        worker.attempts.remove(&key);
+        if worker.indexed.is_some() {
+            self.index.upsert(worker_key, worker);
+        }
+        if let Some(reason) = kill {
+            self.effects.kills.push(Kill {
+                worker: worker.id,
+                job: id,
+                token,
+                reason,
+            });
+        }
+
+        if self
+            .queues
+            .get(queue.0 as usize)
+            .is_some_and(Option::is_some)
+        {
+            let leaf = self.node_mut(queue);
+            leaf.attempts.remove(&(token, key));
+            leaf.stats.run.record(now.since(scheduled_at));
+            leaf.stats.pending += 1;
+            let mut at = Some(queue);
+            while let Some(id) = at {
+                let node = self.node_mut(id);
+                node.used.sub(&request);
+                node.running -= 1;
+                node.at_ceiling = false;
+                at = node.parent;
+            }
+            self.refresh_up(queue);
+        }
+        self.effects.records.push(Record::Job(id));
+        self.dirty = true;
+    }
+
+    /// Ends an attempt that failed, timed out or was lost: retried after its backoff
+    /// while attempts remain, failed for good otherwise.
+    fn fail_attempt(
+        &mut self,
+        key: JobKey,
+        outcome: AttemptOutcome,
+        kill: Option<KillReason>,
+        now: Timestamp,
+    ) {
+        self.end_attempt(key, outcome.clone(), kill, now);
+        let job = &self.jobs[key];
+        if job.failures >= job.spec.retry.max_attempts {
+            self.terminate(key, Termination::Failed { last: outcome }, now);
+            return;
+        }
+        let jitter = unit_random(self.seed, job.seq, u64::from(job.failures));
+        let wait = job.spec.retry.backoff(job.failures, jitter);
+        self.requeue(key, now.after(wait), now);
+    }
+
+    /// Puts a job whose attempt ended back to pending, ready at `at`.
+    fn requeue(&mut self, key: JobKey, at: Timestamp, now: Timestamp) {
+        if at <= now {
+            self.make_ready(key, now);
+        } else {
+            self.jobs[key].not_before = Some(at);
+            self.timers.set(at, Timer::Release(key));
+        }
+    }
+
+    /// Takes an attempt back for preemption: it goes back to pending, ready at once,
+    /// without counting as a failure.
+    pub(crate) fn preempt_attempt(&mut self, key: JobKey, now: Timestamp) {
+        self.end_attempt(
+            key,
+            AttemptOutcome::Preempted,
+            Some(KillReason::Preempted),
+            now,
+        );
+        self.make_ready(key, now);
+    }
+
+    // ----- workers -------------------------------------------------------------------
+
+    /// Registers a worker, or updates one that registers again. A worker that was
+    /// lost comes back empty: its old attempts were requeued when it was lost.
+    pub fn register_worker(
+        &mut self,
+        reg: WorkerRegistration,
+        now: Timestamp,
+    ) -> Result<(), WorkerError> {
+        let invalid = |field: &'static str, reason: &str| WorkerError::InvalidField {
+            field,
+            reason: reason.to_owned(),
+        };
+        if reg.name.is_empty() || reg.name.len() > 256 {
+            return Err(invalid("name", "must be 1 to 256 characters"));
+        }
+        let c = &reg.capacity;
+        if c.cpu.0 == 0 && c.memory.0 == 0 {
+            return Err(invalid("capacity", "must offer some cpu or memory"));
+        }
+        if c.cpu.0 > MAX_CPU_MILLICORES || c.memory.0 > MAX_MEMORY_MIB || c.gpu > MAX_GPUS {
+            return Err(invalid("capacity", "is absurdly large"));
+        }
+        if !reg.serves_commands && reg.handlers.is_empty() {
+            return Err(invalid(
+                "handlers",
+                "a worker that runs no commands must serve at least one handler",
+            ));
+        }
+        let class = self.index.class_for(&reg);
+        let deadline = now.after(self.config.heartbeat_timeout);
+        let key = match self.worker_ids.get(&reg.id) {
+            Some(key) => {
+                let key = *key;
+                let worker = &mut self.workers[key];
+                if worker.state == WorkerState::Active {
+                    self.total.sub(&worker.capacity);
+                }
+                self.index.remove(worker);
+                worker.name = reg.name;
+                worker.capacity = reg.capacity;
+                worker.labels = reg.labels;
+                worker.serves_commands = reg.serves_commands;
+                worker.handlers = reg.handlers;
+                worker.class = class;
+                worker.state = WorkerState::Active;
+                worker.registered_at = now;
+                worker.heartbeat_deadline = deadline;
+                key
+            }
+            None => {
+                let key = self.workers.insert(Worker {
+                    id: reg.id,
+                    name: reg.name,
+                    capacity: reg.capacity,
+                    used: Resources::default(),
+                    labels: reg.labels,
+                    serves_commands: reg.serves_commands,
+                    handlers: reg.handlers,
+                    state: WorkerState::Active,
+                    registered_at: now,
+                    heartbeat_deadline: deadline,
+                    attempts: BTreeSet::new(),
+                    outbox: Vec::new(),
+                    class,
+                    indexed: None,
+                    heartbeat_timer: None,
+                });
+                self.worker_ids.insert(reg.id, key);
+                key
+            }
+        };
+        let worker = &mut self.workers[key];
+        self.total.add(&worker.capacity);
+        self.index.upsert(key, worker);
+        self.arm_heartbeat(key);
+        self.effects.records.push(Record::Worker(reg.id));
+        self.keys_stale = true;
+        self.dirty = true;
+        Ok(())
+    }
+
+    fn arm_heartbeat(&mut self, key: WorkerKey) {
+        let worker = &mut self.workers[key];
+        if worker.heartbeat_timer.is_none() {
+            worker.heartbeat_timer = Some(worker.heartbeat_deadline);
+            self.timers
+                .set(worker.heartbeat_deadline, Timer::Heartbeat(key));
+        }
+    }
+
+    fn worker_key(&self, id: WorkerId) -> Result<WorkerKey, WorkerError> {
+        let key = *self.worker_ids.get(&id).ok_or(WorkerError::Unknown(id))?;
+        if self.workers[key].state == WorkerState::Lost {
+            return Err(WorkerError::Lost(id));
+        }
+        Ok(key)
+    }
+
+    /// A worker's poll: heartbeat, finished attempts, and the attempts it runs. An
+    /// attempt handed to it that it neither runs nor reports is treated as lost; one it
+    /// runs that is not current is killed.
+    pub fn worker_polled(
+        &mut self,
+        id: WorkerId,
+        poll: &WorkerPoll,
+        now: Timestamp,
+    ) -> Result<PollOutcome, WorkerError> {
+        let worker_key = self.worker_key(id)?;
+        self.workers[worker_key].heartbeat_deadline = now.after(self.config.heartbeat_timeout);
+        self.arm_heartbeat(worker_key);
+
+        let mut outcome = PollOutcome::default();
+        for report in &poll.finished {
+            match self.current_attempt_on(worker_key, report.job, report.token) {
+                Ok(key) => {
+                    outcome.accepted += 1;
+                    self.apply_report(key, &report.result, now);
+                }
+                Err(reason) => outcome.refused.push(RefusedReport {
+                    job: report.job,
+                    token: report.token,
+                    reason,
+                }),
+            }
+        }
+        for (job, token) in &poll.running {
+            match self.current_attempt_on(worker_key, *job, *token) {
+                Ok(key) => {
+                    let job = &mut self.jobs[key];
+                    if job.state == JobState::Scheduled {
+                        job.state = JobState::Running;
+                        if let Some(a) = job.attempts.last_mut() {
+                            a.started_at = Some(now);
+                        }
+                        self.effects.records.push(Record::Job(job.id));
+                    }
+                }
+                Err(_) => self.effects.kills.push(Kill {
+                    worker: id,
+                    job: *job,
+                    token: *token,
+                    reason: KillReason::Stale,
+                }),
+            }
+        }
+        let mut reported: Vec<FencingToken> = poll
+            .running
+            .iter()
+            .map(|(_, t)| *t)
+            .chain(poll.finished.iter().map(|r| r.token))
+            .collect();
+        reported.sort_unstable();
+        let vanished: Vec<JobKey> = self.workers[worker_key]
+            .attempts
+            .iter()
+            .copied()
+            .filter(|key| {
+                let job = &self.jobs[*key];
+                let token = job.current_token().expect("worker attempts are active");
+                job.delivered && reported.binary_search(&token).is_err()
+            })
+            .collect();
+        for key in vanished {
+            self.fail_attempt(key, AttemptOutcome::Lost, None, now);
+        }
+        Ok(outcome)
+    }
+
+    fn current_attempt_on(
+        &self,
+        worker: WorkerKey,
+        id: JobId,
+        token: FencingToken,
+    ) -> Result<JobKey, RefusalReason> {
+        let key = *self.job_ids.get(&id).ok_or(RefusalReason::UnknownJob)?;
+        let job = &self.jobs[key];
+        if job.worker == Some(worker) && job.current_token() == Some(token) {
+            Ok(key)
+        } else {
+            Err(RefusalReason::StaleAttempt)
+        }
+    }
+
+    fn apply_report(&mut self, key: JobKey, result: &ReportedResult, now: Timestamp) {
+        match result {
+            ReportedResult::Succeeded { result, exit_code } => {
+                let outcome = AttemptOutcome::Succeeded {
+                    result: result.clone(),
+                    exit_code: *exit_code,
+                };
+                self.end_attempt(key, outcome, None, now);
+                self.terminate(
+                    key,
+                    Termination::Succeeded {
+                        result: result.clone(),
+                        exit_code: *exit_code,
+                    },
+                    now,
+                );
+            }
+            ReportedResult::Failed { exit_code, message } => {
+                let outcome = AttemptOutcome::Failed {
+                    exit_code: *exit_code,
+                    message: message.clone(),
+                };
+                self.fail_attempt(key, outcome, None, now);
+            }
+            ReportedResult::TimedOut => self.fail_attempt(key, AttemptOutcome::TimedOut, None, now),
+        }
+    }
+
+    /// Hands over the attempts assigned to a worker since it last took them. Call
+    /// only once the records of those assignments are durable.
+    pub fn take_assignments(&mut self, id: WorkerId) -> Result<Vec<Assignment>, WorkerError> {
+        let key = self.worker_key(id)?;
+        let outbox = std::mem::take(&mut self.workers[key].outbox);
+        let mut out = Vec::with_capacity(outbox.len());
+        for job_key in outbox {
+            let Some(job) = self.jobs.get_mut(job_key) else {
+                continue;
+            };
+            if job.worker != Some(key) || job.delivered {
+                continue;
+            }
+            job.delivered = true;
+            let attempt = job.attempts.last().expect("an active job has an attempt");
+            out.push(Assignment {
+                worker: id,
+                job: job.id,
+                attempt: attempt.number,
+                token: attempt.token,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Takes a worker out of scheduling: it finishes what it runs and gets nothing new.
+    pub fn drain_worker(&mut self, id: WorkerId) -> Result<(), WorkerError> {
+        let key = self.worker_key(id)?;
+        let worker = &mut self.workers[key];
+        if worker.state == WorkerState::Active {
+            self.total.sub(&worker.capacity);
+            worker.state = WorkerState::Draining;
+            self.index.remove(worker);
+            self.keys_stale = true;
+            self.effects.records.push(Record::Worker(id));
+        }
+        Ok(())
+    }
+
+    fn lose_worker(&mut self, key: WorkerKey, now: Timestamp) {
+        let worker = &mut self.workers[key];
+        if worker.state == WorkerState::Active {
+            self.total.sub(&worker.capacity);
+        }
+        worker.state = WorkerState::Lost;
+        worker.outbox.clear();
+        self.index.remove(worker);
+        let id = worker.id;
+        let attempts: Vec<JobKey> = worker.attempts.iter().copied().collect();
+        for job in attempts {
+            self.fail_attempt(job, AttemptOutcome::Lost, None, now);
+        }
+        self.keys_stale = true;
+        self.dirty = true;
+        self.effects.records.push(Record::Worker(id));
+    }
+
+    // ----- time ----------------------------------------------------------------------
+
+    /// Fires every timer due at `now`: delayed jobs become ready, expired ones expire,
+    /// attempts past their timeout are killed, silent workers are lost, finished jobs
+    /// past retention are purged, and due preemption makes the next pass act.
+    pub fn tick(&mut self, now: Timestamp) {
+        while let Some((at, timer)) = self.timers.pop_due(now) {
+            match timer {
+                Timer::Release(key) => {
+                    let Some(job) = self.jobs.get(key) else {
+                        continue;
+                    };
+                    if job.state == JobState::Pending && job.not_before.is_some_and(|t| t <= now) {
+                        self.make_ready(key, now);
+                    }
+                }
+                Timer::Expire(key) => {
+                    let Some(job) = self.jobs.get(key) else {
+                        continue;
+                    };
+                    if job.state == JobState::Pending
+                        && job.spec.expires_at.is_some_and(|t| t <= now)
+                    {
+                        self.terminate(key, Termination::Expired, now);
+                    }
+                }
+                Timer::AttemptTimeout(key, token) => {
+                    let Some(job) = self.jobs.get(key) else {
+                        continue;
+                    };
+                    if job.current_token() == Some(token) {
+                        self.fail_attempt(
+                            key,
+                            AttemptOutcome::TimedOut,
+                            Some(KillReason::TimedOut),
+                            now,
+                        );
+                    }
+                }
+                Timer::Heartbeat(key) => {
+                    let Some(worker) = self.workers.get_mut(key) else {
+                        continue;
+                    };
+                    worker.heartbeat_timer = None;
+                    if worker.state == WorkerState::Lost {
+                        continue;
+                    }
+                    if worker.heartbeat_deadline <= now {
+                        self.lose_worker(key, now);
+                    } else {
+                        self.arm_heartbeat(key);
+                    }
+                }
+                Timer::Purge(key) => {
+                    let Some(job) = self.jobs.get(key) else {
+                        continue;
+                    };
+                    if job
+                        .finished_at
+                        .is_some_and(|f| f.after(self.config.retention) <= now)
+                    {
+                        self.purge(key);
+                    }
+                }
+                Timer::PreemptionDue => {
+                    let _ = at;
+                    self.dirty = true;
+                }
+            }
+        }
+    }
+
+    fn purge(&mut self, key: JobKey) {
+        let job = self.jobs.remove(key).expect("purged jobs exist");
+        self.job_ids.remove(&job.id);
+        if let Some(k) = job.spec.idempotency_key {
+            self.idempotency.remove(&(job.queue, k));
+        }
+        self.effects.records.push(Record::JobPurged(job.id));
+    }
+
+    // ----- checks for tests ----------------------------------------------------------
+
+    /// Verifies the bookkeeping that every rule relies on: worker and queue usage
+    /// equal the sum of their attempts, no worker is over-committed, each active job
+    /// is held by exactly one worker and one leaf. Returns the first violation found.
+    pub fn check_consistency(&self) -> Result<(), String> {
+        let mut by_worker: std::collections::HashMap<WorkerKey, Resources> = Default::default();
+        let mut by_queue: std::collections::HashMap<QueueId, (Resources, u64)> = Default::default();
+        let mut tokens = HashSet::new();
+        for (key, job) in &self.jobs {
+            if !job.state.is_active() {
+                if job.worker.is_some() {
+                    return Err(format!("inactive job {} still names a worker", job.id));
+                }
+                continue;
+            }
+            let token = job.current_token().ok_or("active job without attempt")?;
+            if !tokens.insert(token) {
+                return Err(format!("token {token} held twice"));
+            }
+            let worker = job.worker.ok_or("active job without worker")?;
+            if !self.workers[worker].attempts.contains(&key) {
+                return Err(format!("job {} not in its worker's attempts", job.id));
+            }
+            by_worker.entry(worker).or_default().add(&job.spec.request);
+            let mut at = Some(job.queue);
+            while let Some(q) = at {
+                let e = by_queue.entry(q).or_default();
+                e.0.add(&job.spec.request);
+                e.1 += 1;
+                at = self.node(q).parent;
+            }
+            if !self.node(job.queue).attempts.contains(&(token, key)) {
+                return Err(format!("job {} not in its leaf's attempts", job.id));
+            }
+        }
+        for (key, worker) in &self.workers {
+            let expected = by_worker.remove(&key).unwrap_or_default();
+            if worker.used != expected {
+                return Err(format!(
+                    "worker {} used {:?} != {:?}",
+                    worker.name, worker.used, expected
+                ));
+            }
+            if !worker.used.fits_in(&worker.capacity) {
+                return Err(format!(
+                    "worker {} over-committed: {:?}",
+                    worker.name, worker.used
+                ));
+            }
+        }
+        for view in self.queues() {
+            let (used, running) = by_queue.remove(&view.id()).unwrap_or_default();
+            if *view.used() != used || view.running() != running {
+                return Err(format!("queue {} used/running out of step", view.path()));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,540 @@
+//! The unified allocation algorithm: hierarchical capacity scheduling with Dominant
+//! Resource Fairness, elastic sharing up to each ceiling, pluggable ordering and
+//! placement, and preemption for queues starved below their guarantee.
+//!
+//! Every internal queue keeps its children that can take work in an ordered set keyed
+//! by (dominant share ÷ guarantee, weight). Choosing the next job is a walk from the
+//! root along the first entry of each set; after a placement only the keys on the
+//! job's path change. Both cost O(depth · log fan-out), so a decision grows with the
+//! logarithm of the number of queues, and a pass with nothing new to do returns at once.
+
+use crate::effects::{Assignment, Record};
+use crate::ids::{FencingToken, QueueId, Timestamp};
+use crate::jobs::{Attempt, JobKey, JobState};
+use crate::policy::PreemptionRequest;
+use crate::queues::{QueueState, SelectionKey};
+use crate::resource_manager::{PassReport, ROOT, ResourceManager};
+use crate::resources::Resources;
+use crate::timers::Timer;
+use crate::workers::{Candidates, ConstraintId, WorkerKey};
+
+/// Slack for float comparisons of shares against guarantees and ceilings.
+const EPSILON: f64 = 1e-9;
+
+/// Ready jobs looked at to size a starved queue's need.
+const NEED_SCAN_LIMIT: usize = 100_000;
+
+impl ResourceManager {
+    /// Runs one scheduling pass: places as many ready jobs as fit, in the order the
+    /// algorithm dictates, and preempts for queues starved past the delay. Returns at
+    /// once when nothing changed since the last pass.
+    pub fn schedule(&mut self, now: Timestamp) -> PassReport {
+        if !self.dirty {
+            return PassReport::default();
+        }
+        self.dirty = false;
+        if self.keys_stale {
+            self.rebuild_selection();
+        }
+        let mut report = PassReport {
+            ran: true,
+            ..PassReport::default()
+        };
+        self.place_ready(now, &mut report);
+        if self.config.preemption.enabled {
+            self.track_starvation(now);
+            if self.preempt_for_starved(now, &mut report) > 0 {
+                self.unskip_all();
+                self.place_ready(now, &mut report);
+            }
+        }
+        self.unskip_all();
+        report
+    }
+
+    /// Recomputes every selection key, after the cluster's size or a guarantee changed.
+    fn rebuild_selection(&mut self) {
+        self.keys_stale = false;
+        let mut leaves = Vec::new();
+        for node in self.queues.iter_mut().flatten() {
+            node.eligible_children.clear();
+            node.key_in_parent = None;
+            node.at_ceiling = false;
+            if node.is_leaf() {
+                leaves.push(node.id);
+            }
+        }
+        for leaf in leaves {
+            self.refresh_up(leaf);
+        }
+    }
+
+    /// Whether a queue can take work now (before looking at worker fit).
+    fn eligible(&self, id: QueueId) -> bool {
+        let node = self.node(id);
+        if node.at_ceiling || node.state == QueueState::Draining {
+            return false;
+        }
+        if !node.is_leaf() {
+            return !node.eligible_children.is_empty();
+        }
+        let under_running_limit = node
+            .config
+            .max_running
+            .is_none_or(|max| node.running < u64::from(max));
+        !node.ready.is_empty() && !node.skipped_in_pass && under_running_limit
+    }
+
+    fn selection_key(&self, id: QueueId) -> SelectionKey {
+        let node = self.node(id);
+        let share = node.used.dominant_share(&self.total);
+        let (class, ratio) = if node.abs_guarantee > 0.0 {
+            (0, share / node.abs_guarantee)
+        } else {
+            (1, share)
+        };
+        SelectionKey {
+            class,
+            ratio_bits: ratio.max(0.0).to_bits(),
+            inverse_weight: u32::MAX - node.config.weight,
+            queue: id,
+        }
+    }
+
+    /// Brings the selection sets from `id` up to the root in line with its current
+    /// usage and eligibility.
+    pub(crate) fn refresh_up(&mut self, id: QueueId) {
+        let mut at = id;
+        while let Some(parent) = self.node(at).parent {
+            let wanted = self.eligible(at).then(|| self.selection_key(at));
+            let node = self.node_mut(at);
+            let old = node.key_in_parent;
+            if old != wanted {
+                node.key_in_parent = wanted;
+                let siblings = &mut self.node_mut(parent).eligible_children;
+                if let Some(k) = old {
+                    siblings.remove(&k);
+                }
+                if let Some(k) = wanted {
+                    siblings.insert(k);
+                }
+            }
+            at = parent;
+        }
+    }
+
+    /// The leaf the algorithm serves next: the first eligible child at every level.
+    fn next_leaf(&self) -> Option<QueueId> {
+        let mut at = ROOT;
+        loop {
+            let node = self.node(at);
+            if node.is_leaf() {
+                return (at != ROOT || self.eligible(ROOT)).then_some(at);
+            }
+            at = node.eligible_children.first()?.queue;
+        }
+    }
+
+    /// The highest queue on the leaf's path whose ceiling `request` would break.
+    fn ceiling_hit(&self, leaf: QueueId, request: &Resources) -> Option<QueueId> {
+        let mut hit = None;
+        let mut at = leaf;
+        while let Some(parent) = self.node(at).parent {
+            let node = self.node(at);
+            if node.used.dominant_share_with(request, &self.total) > node.abs_max + EPSILON {
+                hit = Some(at);
+            }
+            at = parent;
+        }
+        hit
+    }
+
+    fn place_ready(&mut self, now: Timestamp, report: &mut PassReport) {
+        // Requests that fit nowhere this pass; resources only shrink during the loop,
+        // so a request at least as large with the same constraint fails too.
+        let mut unfit: Vec<(ConstraintId, Resources)> = Vec::new();
+        while let Some(leaf) = self.next_leaf() {
+            let head = *self
+                .node(leaf)
+                .ready
+                .first()
+                .expect("an eligible leaf has a ready job");
+            let job = &self.jobs[head.job];
+            let constraint = job.constraint;
+            if let Some(capped) = self.ceiling_hit(leaf, &job.spec.request) {
+                self.node_mut(capped).at_ceiling = true;
+                self.refresh_up(capped);
+                continue;
+            }
+            let known_unfit = unfit
+                .iter()
+                .any(|(c, r)| *c == constraint && r.fits_in(&job.spec.request));
+            let chosen = if known_unfit {
+                None
+            } else {
+                let candidates = Candidates {
+                    index: &self.index,
+                    workers: &self.workers,
+                    classes: self.index.classes_for(constraint),
+                };
+                let node = self.node(leaf);
+                node.placement
+                    .place(&job.spec.request, &candidates)
+                    .filter(|w| self.fits_on(*w, head.job))
+            };
+            match chosen {
+                Some(worker) => {
+                    self.assign(leaf, head.job, worker, now);
+                    report.placed += 1;
+                }
+                None => {
+                    if !known_unfit && unfit.len() < 16 {
+                        unfit.push((constraint, job.spec.request.clone()));
+                    }
+                    self.node_mut(leaf).skipped_in_pass = true;
+                    self.skipped.push(leaf);
+                    self.refresh_up(leaf);
+                    report.skipped += 1;
+                    if self.skipped.len() >= self.config.max_skips_per_pass {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Guards against a placement policy choosing a worker that cannot take the job.
+    fn fits_on(&self, worker: WorkerKey, job: JobKey) -> bool {
+        let Some(w) = self.workers.get(worker) else {
+            return false;
+        };
+        let job = &self.jobs[job];
+        w.indexed.is_some()
+            && self.index.class_accepts(w.class, job.constraint)
+            && job.spec.request.fits_in(&w.free())
+    }
+
+    fn unskip_all(&mut self) {
+        for leaf in std::mem::take(&mut self.skipped) {
+            if let Some(Some(node)) = self.queues.get_mut(leaf.0 as usize) {
+                node.skipped_in_pass = false;
+                self.refresh_up(leaf);
+            }
+        }
+    }
+
+    /// Gives the head job of `leaf` to `worker` as a new attempt.
+    fn assign(&mut self, leaf: QueueId, key: JobKey, worker_key: WorkerKey, now: Timestamp) {
+        let token = FencingToken(self.next_token);
+        self.next_token += 1;
+        let worker = &mut self.workers[worker_key];
+        let job = &mut self.jobs[key];
+        let number = u32::try_from(job.attempts.len() + 1).unwrap_or(u32::MAX);
+        job.attempts.push(Attempt {
+            number,
+            token,
+            worker: worker.id,
+            scheduled_at: now,
+            started_at: None,
+            finished_at: None,
+            outcome: None,
+        });
+        job.state = JobState::Scheduled;
+        job.worker = Some(worker_key);
+        job.delivered = false;
+        let wait = now.since(job.ready_since);
+        let request = &job.spec.request;
+        worker.used.add(request);
+        worker.attempts.insert(key);
+        worker.outbox.push(key);
+        self.index.upsert(worker_key, worker);
+        self.effects.assignments.push(Assignment {
+            worker: worker.id,
+            job: job.id,
+            attempt: number,
+            token,
+        });
+        self.effects.records.push(Record::Job(job.id));
+        if let Some(timeout) = job.spec.timeout {
+            self.timers
+                .set(now.after(timeout), Timer::AttemptTimeout(key, token));
+        }
+
+        let node = self.queues[leaf.0 as usize].as_mut().expect("leaf is live");
+        node.ready.pop_first();
+        node.attempts.insert((token, key));
+        node.stats.pending -= 1;
+        node.stats.wait.record(wait);
+        let mut at = Some(leaf);
+        while let Some(id) = at {
+            let node = self.queues[id.0 as usize]
+                .as_mut()
+                .expect("ancestors are live");
+            node.used.add(request);
+            node.running += 1;
+            at = node.parent;
+        }
+        self.refresh_up(leaf);
+    }
+
+    // ----- preemption ----------------------------------------------------------------
+
+    fn share_ratio(&self, id: QueueId) -> f64 {
+        let node = self.node(id);
+        let share = node.used.dominant_share(&self.total);
+        if node.abs_guarantee > 0.0 {
+            share / node.abs_guarantee
+        } else if share > 0.0 {
+            f64::INFINITY
+        } else {
+            0.0
+        }
+    }
+
+    /// Marks leaves that were passed over while below their guarantee as starved (the
+    /// clock starts at the first such pass) and clears those no longer starved.
+    fn track_starvation(&mut self, now: Timestamp) {
+        let below = 1.0 - self.config.preemption.dead_zone;
+        let skipped = self.skipped.clone();
+        for leaf in skipped {
+            if self.node(leaf).abs_guarantee > 0.0
+                && self.share_ratio(leaf) < below
+                && self.node(leaf).starved_since.is_none()
+            {
+                self.node_mut(leaf).starved_since = Some(now);
+                self.starved.insert(leaf);
+                let due = now.after(self.config.preemption.delay);
+                self.timers.set(due, Timer::PreemptionDue);
+            }
+        }
+        let starved: Vec<QueueId> = self.starved.iter().copied().collect();
+        for leaf in starved {
+            let node = self.node(leaf);
+            let still = node.state != QueueState::Draining
+                && !node.ready.is_empty()
+                && self.share_ratio(leaf) < below;
+            if !still {
+                self.node_mut(leaf).starved_since = None;
+                self.starved.remove(&leaf);
+            }
+        }
+    }
+
+    /// What `leaf` needs to reach its guarantee (at least its next job), bounded by
+    /// what it has ready.
+    fn starved_need(&self, leaf: QueueId) -> Option<(Resources, ConstraintId)> {
+        let node = self.node(leaf);
+        let head = node.ready.first()?;
+        let constraint = self.jobs[head.job].constraint;
+        let mut need = Resources::default();
+        for entry in node.ready.iter().take(NEED_SCAN_LIMIT) {
+            let request = &self.jobs[entry.job].spec.request;
+            if !need.is_zero()
+                && node.used.dominant_share_with(&need, &self.total) >= node.abs_guarantee - EPSILON
+            {
+                break;
+            }
+            need.add(request);
+        }
+        Some((need, constraint))
+    }
+
+    fn preempt_for_starved(&mut self, now: Timestamp, report: &mut PassReport) -> u64 {
+        let delay = self.config.preemption.delay;
+        let mut due: Vec<(f64, QueueId)> = self
+            .starved
+            .iter()
+            .filter(|leaf| {
+                self.node(**leaf)
+                    .starved_since
+                    .is_some_and(|since| since.after(delay) <= now)
+            })
+            .map(|leaf| (self.share_ratio(*leaf), *leaf))
+            .collect();
+        due.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let mut taken = 0;
+        for (_, starved) in due {
+            let Some((need, constraint)) = self.starved_need(starved) else {
+                continue;
+            };
+            let request = PreemptionRequest {
+                starved,
+                need: need.clone(),
+                constraint,
+                dead_zone: self.config.preemption.dead_zone,
+            };
+            let victims = self
+                .preemption_policy
+                .select_victims(&request, &PreemptionView { rm: self });
+            let mut freed = Resources::default();
+            for victim in victims {
+                if need.fits_in(&freed) {
+                    break;
+                }
+                if !self.may_preempt(victim.job, victim.token, starved, constraint) {
+                    continue;
+                }
+                freed.add(&self.jobs[victim.job].spec.request);
+                self.preempt_attempt(victim.job, now);
+                taken += 1;
+            }
+            // The starved queue's clock starts again; it is served before anyone in
+            // the placement that follows, and if it still falls short the delay
+            // applies afresh, so preemption never fires back to back.
+            self.node_mut(starved).starved_since = None;
+            self.starved.remove(&starved);
+        }
+        report.preempted += taken;
+        taken
+    }
+
+    /// The core's own rules for a victim, whatever the policy proposed: the attempt is
+    /// current, on a worker that can run the starved queue's job, in a preemptable
+    /// queue that is not the starved one, and taking it leaves every queue on its path
+    /// (below the common ancestor) at or above its guarantee.
+    fn may_preempt(
+        &self,
+        key: JobKey,
+        token: FencingToken,
+        starved: QueueId,
+        constraint: ConstraintId,
+    ) -> bool {
+        let Some(job) = self.jobs.get(key) else {
+            return false;
+        };
+        if job.current_token() != Some(token) || job.queue == starved {
+            return false;
+        }
+        let Some(worker) = job.worker.and_then(|w| self.workers.get(w)) else {
+            return false;
+        };
+        if !self.index.class_accepts(worker.class, constraint) {
+            return false;
+        }
+        let mut starved_path = Vec::new();
+        let mut at = Some(starved);
+        while let Some(id) = at {
+            starved_path.push(id);
+            at = self.node(id).parent;
+        }
+        let request = &job.spec.request;
+        let mut at = job.queue;
+        while !starved_path.contains(&at) {
+            let node = self.node(at);
+            if !node.config.preemptable {
+                return false;
+            }
+            let after = node.used.minus(request).dominant_share(&self.total);
+            if after < node.abs_guarantee - EPSILON {
+                return false;
+            }
+            let before = node.used.dominant_share(&self.total);
+            if before <= node.abs_guarantee * (1.0 + self.config.preemption.dead_zone)
+                && node.abs_guarantee > 0.0
+            {
+                return false;
+            }
+            match node.parent {
+                Some(p) => at = p,
+                None => break,
+            }
+        }
+        true
+    }
+}
+
+/// A running attempt as preemption sees it.
+#[derive(Clone, Debug)]
+pub struct RunningAttempt {
+    /// The job.
+    pub job: JobKey,
+    /// The attempt's token.
+    pub token: FencingToken,
+    /// The worker running it.
+    pub worker: WorkerKey,
+}
+
+/// What a preemption policy may look at: queues, their usage and guarantees, and
+/// their running attempts.
+pub struct PreemptionView<'a> {
+    rm: &'a ResourceManager,
+}
+
+impl PreemptionView<'_> {
+    /// Capacity of the workers that take work.
+    pub fn total(&self) -> &Resources {
+        &self.rm.total
+    }
+
+    /// Leaves that hold at least one attempt, in id order.
+    pub fn leaves_with_attempts(&self) -> Vec<QueueId> {
+        self.rm
+            .queues
+            .iter()
+            .flatten()
+            .filter(|n| n.is_leaf() && !n.attempts.is_empty())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// Resources held by a queue's subtree.
+    pub fn used(&self, queue: QueueId) -> &Resources {
+        &self.rm.node(queue).used
+    }
+
+    /// A queue's guarantee as a fraction of the cluster.
+    pub fn abs_guarantee(&self, queue: QueueId) -> f64 {
+        self.rm.node(queue).abs_guarantee
+    }
+
+    /// A queue's parent.
+    pub fn parent(&self, queue: QueueId) -> Option<QueueId> {
+        self.rm.node(queue).parent
+    }
+
+    /// Whether the queue and every ancestor allow preemption.
+    pub fn preemptable(&self, queue: QueueId) -> bool {
+        let mut at = Some(queue);
+        while let Some(id) = at {
+            let node = self.rm.node(id);
+            if !node.config.preemptable {
+                return false;
+            }
+            at = node.parent;
+        }
+        true
+    }
+
+    /// A leaf's attempts, newest first.
+    pub fn attempts_newest_first(
+        &self,
+        leaf: QueueId,
+    ) -> impl Iterator<Item = RunningAttempt> + '_ {
+        self.rm
+            .node(leaf)
+            .attempts
+            .iter()
+            .rev()
+            .filter_map(|(token, key)| {
+                let job = self.rm.job_by_key(*key)?;
+                Some(RunningAttempt {
+                    job: *key,
+                    token: *token,
+                    worker: job.worker?,
+                })
+            })
+    }
+
+    /// The resources a job's attempt holds.
+    pub fn request_of(&self, job: JobKey) -> &Resources {
+        &self.rm.jobs[job].spec.request
+    }
+
+    /// Whether the worker could run jobs with this constraint.
+    pub fn worker_accepts(&self, worker: WorkerKey, constraint: ConstraintId) -> bool {
+        self.rm
+            .workers
+            .get(worker)
+            .is_some_and(|w| self.rm.index.class_accepts(w.class, constraint))
+    }
+}

@@ -1,0 +1,115 @@
+//! The one timer structure behind everything driven by time. Entries are never
+//! removed early: each names what it is for, and is checked against the current state
+//! when it fires, so cancelling a timer is free and a stale one does nothing.
+
+use crate::ids::{FencingToken, Timestamp};
+use crate::jobs::JobKey;
+use crate::workers::WorkerKey;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+/// What a timer is for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Timer {
+    /// A delayed job (ETA, delay or retry backoff) may become ready.
+    Release(JobKey),
+    /// A pending job may have expired.
+    Expire(JobKey),
+    /// An attempt may have run past its timeout.
+    AttemptTimeout(JobKey, FencingToken),
+    /// A worker may have missed its heartbeat.
+    Heartbeat(WorkerKey),
+    /// A finished job may have passed its retention.
+    Purge(JobKey),
+    /// A starved queue may have waited past the preemption delay.
+    PreemptionDue,
+}
+
+#[derive(Debug)]
+struct Entry {
+    at: Timestamp,
+    seq: u64,
+    timer: Timer,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// A min-heap of timers; ties fire in the order they were set.
+#[derive(Debug, Default)]
+pub(crate) struct Timers {
+    heap: BinaryHeap<Reverse<Entry>>,
+    seq: u64,
+}
+
+impl Timers {
+    pub fn set(&mut self, at: Timestamp, timer: Timer) {
+        self.seq += 1;
+        self.heap.push(Reverse(Entry {
+            at,
+            seq: self.seq,
+            timer,
+        }));
+    }
+
+    /// The next timer due at or before `now`, if any.
+    pub fn pop_due(&mut self, now: Timestamp) -> Option<(Timestamp, Timer)> {
+        if self.heap.peek()?.0.at > now {
+            return None;
+        }
+        self.heap.pop().map(|Reverse(e)| (e.at, e.timer))
+    }
+
+    /// When the earliest timer is due.
+    pub fn next_due(&self) -> Option<Timestamp> {
+        self.heap.peek().map(|Reverse(e)| e.at)
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timers_fire_in_time_order_then_setting_order() {
+        let mut t = Timers::default();
+        t.set(Timestamp(30), Timer::PreemptionDue);
+        t.set(Timestamp(10), Timer::Release(JobKey::default()));
+        t.set(Timestamp(10), Timer::Purge(JobKey::default()));
+        assert_eq!(t.next_due(), Some(Timestamp(10)));
+        assert_eq!(t.pop_due(Timestamp(9)), None);
+        assert!(matches!(
+            t.pop_due(Timestamp(10)),
+            Some((_, Timer::Release(_)))
+        ));
+        assert!(matches!(
+            t.pop_due(Timestamp(10)),
+            Some((_, Timer::Purge(_)))
+        ));
+        assert_eq!(t.pop_due(Timestamp(29)), None);
+        assert!(matches!(
+            t.pop_due(Timestamp(100)),
+            Some((_, Timer::PreemptionDue))
+        ));
+        assert_eq!(t.len(), 0);
+    }
+}

@@ -1,0 +1,363 @@
+//! The cluster side of the ResourceManager: workers, their resources, and the index
+//! that finds a worker for a job in logarithmic time.
+
+use crate::hashing::HashMap;
+use crate::ids::{Timestamp, WorkerId};
+use crate::jobs::JobKey;
+use crate::resources::Resources;
+use serde::{Deserialize, Serialize};
+use slotmap::SlotMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+slotmap::new_key_type! {
+    /// A worker's slot in the ResourceManager's table (internal; clients use [`WorkerId`]).
+    pub struct WorkerKey;
+}
+
+/// The handler name that lets a worker serve every function.
+pub const ANY_HANDLER: &str = "*";
+
+/// What a worker says about itself when it registers.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerRegistration {
+    /// Its id.
+    pub id: WorkerId,
+    /// A name for people (`gpu-node-7`).
+    pub name: String,
+    /// What it offers.
+    pub capacity: Resources,
+    /// Labels jobs can select on.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Whether it runs command jobs.
+    #[serde(default = "yes")]
+    pub serves_commands: bool,
+    /// Function handlers it runs; `*` means all.
+    #[serde(default)]
+    pub handlers: BTreeSet<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Whether a worker takes new work.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    /// Takes new work.
+    Active,
+    /// Takes nothing new; finishes what it runs.
+    Draining,
+    /// Missed its heartbeat; its attempts were requeued. It must register again.
+    Lost,
+}
+
+/// A worker as the core holds it.
+#[derive(Clone, Debug)]
+pub struct Worker {
+    /// Its id.
+    pub id: WorkerId,
+    /// Its name.
+    pub name: String,
+    /// What it offers in all.
+    pub capacity: Resources,
+    /// What its attempts hold.
+    pub used: Resources,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Whether it runs commands.
+    pub serves_commands: bool,
+    /// The handlers it runs.
+    pub handlers: BTreeSet<String>,
+    /// Whether it takes work.
+    pub state: WorkerState,
+    /// When it registered (last).
+    pub registered_at: Timestamp,
+    /// It is lost if it has not polled by then.
+    pub heartbeat_deadline: Timestamp,
+    /// Jobs whose current attempt it holds.
+    pub(crate) attempts: BTreeSet<JobKey>,
+    /// Attempts assigned but not yet handed over in a poll answer.
+    pub(crate) outbox: Vec<JobKey>,
+    pub(crate) class: ClassId,
+    /// Its key in its class's free-resource index while it takes work.
+    pub(crate) indexed: Option<FreeKey>,
+    /// Deadline the pending heartbeat timer was set for.
+    pub(crate) heartbeat_timer: Option<Timestamp>,
+}
+
+impl Worker {
+    /// What is left for new attempts.
+    pub fn free(&self) -> Resources {
+        self.capacity.minus(&self.used)
+    }
+
+    /// How many attempts it holds.
+    pub fn attempt_count(&self) -> usize {
+        self.attempts.len()
+    }
+}
+
+/// Identifies a group of workers that accept the same jobs (same labels and kinds).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct ClassId(pub(crate) u32);
+
+/// Identifies an interned job constraint (selector plus kind/handler).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default)]
+pub struct ConstraintId(pub(crate) u32);
+
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+struct ClassSignature {
+    labels: BTreeMap<String, String>,
+    serves_commands: bool,
+    handlers: BTreeSet<String>,
+}
+
+impl ClassSignature {
+    fn accepts(&self, constraint: &ConstraintSignature) -> bool {
+        let kind_ok = match &constraint.handler {
+            None => self.serves_commands,
+            Some(h) => self.handlers.contains(h) || self.handlers.contains(ANY_HANDLER),
+        };
+        kind_ok
+            && constraint
+                .selector
+                .iter()
+                .all(|(k, v)| self.labels.get(k) == Some(v))
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+struct ConstraintSignature {
+    selector: BTreeMap<String, String>,
+    handler: Option<String>,
+}
+
+/// A worker's position in its class's index: ordered by free cpu, then memory, then gpus.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub(crate) struct FreeKey {
+    cpu: u64,
+    memory: u64,
+    gpu: u32,
+    worker: WorkerKey,
+}
+
+impl FreeKey {
+    fn of(key: WorkerKey, free: &Resources) -> Self {
+        Self {
+            cpu: free.cpu.0,
+            memory: free.memory.0,
+            gpu: free.gpu,
+            worker: key,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct WorkerClass {
+    signature: ClassSignature,
+    free: BTreeSet<FreeKey>,
+}
+
+#[derive(Debug)]
+struct Constraint {
+    signature: ConstraintSignature,
+    classes: Vec<ClassId>,
+}
+
+/// Workers that take work, grouped into classes and ordered by free resources, plus
+/// the interned job constraints and which classes satisfy each.
+#[derive(Debug)]
+pub struct WorkerIndex {
+    classes: Vec<WorkerClass>,
+    class_ids: HashMap<ClassSignature, ClassId>,
+    constraints: Vec<Constraint>,
+    /// Fast path for the common constraint: no selector, keyed by handler ("" = command).
+    plain_constraints: HashMap<String, ConstraintId>,
+    constraint_ids: HashMap<ConstraintSignature, ConstraintId>,
+}
+
+impl WorkerIndex {
+    pub(crate) fn new(seed: u64) -> Self {
+        Self {
+            classes: Vec::new(),
+            class_ids: crate::hashing::map(seed),
+            constraints: Vec::new(),
+            plain_constraints: crate::hashing::map(seed),
+            constraint_ids: crate::hashing::map(seed),
+        }
+    }
+
+    /// The class for a worker's labels and kinds, created on first sight.
+    pub(crate) fn class_for(&mut self, registration: &WorkerRegistration) -> ClassId {
+        let signature = ClassSignature {
+            labels: registration.labels.clone(),
+            serves_commands: registration.serves_commands,
+            handlers: registration.handlers.clone(),
+        };
+        if let Some(id) = self.class_ids.get(&signature) {
+            return *id;
+        }
+        let id =
+            ClassId(u32::try_from(self.classes.len()).expect("fewer than 2^32 worker classes"));
+        for constraint in &mut self.constraints {
+            if signature.accepts(&constraint.signature) {
+                constraint.classes.push(id);
+            }
+        }
+        self.class_ids.insert(signature.clone(), id);
+        self.classes.push(WorkerClass {
+            signature,
+            free: BTreeSet::new(),
+        });
+        id
+    }
+
+    /// The interned constraint of a job with this selector and handler (`None`: command).
+    pub(crate) fn constraint_for(
+        &mut self,
+        selector: &BTreeMap<String, String>,
+        handler: Option<&str>,
+    ) -> ConstraintId {
+        if selector.is_empty()
+            && let Some(id) = self.plain_constraints.get(handler.unwrap_or(""))
+        {
+            return *id;
+        }
+        let signature = ConstraintSignature {
+            selector: selector.clone(),
+            handler: handler.map(str::to_owned),
+        };
+        if let Some(id) = self.constraint_ids.get(&signature) {
+            return *id;
+        }
+        let id = ConstraintId(
+            u32::try_from(self.constraints.len()).expect("fewer than 2^32 constraints"),
+        );
+        let classes = self
+            .classes
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.signature.accepts(&signature))
+            .map(|(i, _)| ClassId(i as u32))
+            .collect();
+        if selector.is_empty() {
+            self.plain_constraints
+                .insert(handler.unwrap_or("").to_owned(), id);
+        }
+        self.constraint_ids.insert(signature.clone(), id);
+        self.constraints.push(Constraint { signature, classes });
+        id
+    }
+
+    /// Whether workers of `class` accept jobs with `constraint`.
+    pub(crate) fn class_accepts(&self, class: ClassId, constraint: ConstraintId) -> bool {
+        self.constraints[constraint.0 as usize]
+            .classes
+            .contains(&class)
+    }
+
+    /// The classes whose workers accept jobs with `constraint`.
+    pub(crate) fn classes_for(&self, constraint: ConstraintId) -> &[ClassId] {
+        &self.constraints[constraint.0 as usize].classes
+    }
+
+    /// Puts a worker in (or moves it within) its class's index.
+    pub(crate) fn upsert(&mut self, key: WorkerKey, worker: &mut Worker) {
+        self.remove(worker);
+        let entry = FreeKey::of(key, &worker.free());
+        self.classes[worker.class.0 as usize].free.insert(entry);
+        worker.indexed = Some(entry);
+    }
+
+    /// Takes a worker out of the index (it takes no work).
+    pub(crate) fn remove(&mut self, worker: &mut Worker) {
+        if let Some(entry) = worker.indexed.take() {
+            self.classes[worker.class.0 as usize].free.remove(&entry);
+        }
+    }
+}
+
+/// The workers a placement policy may choose from for one job: those of the classes
+/// that accept it and take work. Every query returns only workers whose free
+/// resources fit the request.
+pub struct Candidates<'a> {
+    pub(crate) index: &'a WorkerIndex,
+    pub(crate) workers: &'a SlotMap<WorkerKey, Worker>,
+    pub(crate) classes: &'a [ClassId],
+}
+
+impl<'a> Candidates<'a> {
+    fn fits(&self, entry: &FreeKey, request: &Resources) -> bool {
+        if entry.memory < request.memory.0 || entry.gpu < request.gpu {
+            return false;
+        }
+        if request.customs().is_empty() {
+            return true;
+        }
+        let worker = &self.workers[entry.worker];
+        request.fits_in(&worker.free())
+    }
+
+    /// The fitting worker with the least free cpu (then memory): best fit, packs tightly.
+    pub fn smallest_fitting(&self, request: &Resources) -> Option<WorkerKey> {
+        let from = FreeKey {
+            cpu: request.cpu.0,
+            memory: 0,
+            gpu: 0,
+            worker: WorkerKey::default(),
+        };
+        self.classes
+            .iter()
+            .filter_map(|class| {
+                self.index.classes[class.0 as usize]
+                    .free
+                    .range(from..)
+                    .find(|entry| self.fits(entry, request))
+            })
+            .min()
+            .map(|entry| entry.worker)
+    }
+
+    /// The fitting worker with the most free cpu (then memory): spreads load.
+    pub fn largest_fitting(&self, request: &Resources) -> Option<WorkerKey> {
+        self.classes
+            .iter()
+            .filter_map(|class| {
+                self.index.classes[class.0 as usize]
+                    .free
+                    .iter()
+                    .rev()
+                    .take_while(|entry| entry.cpu >= request.cpu.0)
+                    .find(|entry| self.fits(entry, request))
+            })
+            .max()
+            .map(|entry| entry.worker)
+    }
+
+    /// True when some candidate could run `request` once idle (its capacity fits).
+    pub fn any_capable(&self, request: &Resources) -> bool {
+        self.classes.iter().any(|class| {
+            self.index.classes[class.0 as usize]
+                .free
+                .iter()
+                .any(|entry| request.fits_in(&self.workers[entry.worker].capacity))
+        })
+    }
+
+    /// Every candidate whose free resources fit `request`, least free cpu first.
+    pub fn fitting(
+        &self,
+        request: &'a Resources,
+    ) -> impl Iterator<Item = (WorkerKey, &'a Worker)> + '_ {
+        self.classes.iter().flat_map(move |class| {
+            self.index.classes[class.0 as usize]
+                .free
+                .iter()
+                .filter(move |entry| self.fits(entry, request))
+                .map(|entry| (entry.worker, &self.workers[entry.worker]))
+        })
+    }
+}
