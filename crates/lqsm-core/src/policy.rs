@@ -240,10 +240,10 @@ impl PreemptionPolicy for NewestOverGuarantee {
         let ratio = |leaf: QueueId, used: &Resources| {
             let g = view.abs_guarantee(leaf);
             let share = used.dominant_share(total);
-            if g > 0.0 {
-                share / g
-            } else {
-                f64::INFINITY.min(share * 1e12)
+            match (g > 0.0, share > 0.0) {
+                (true, _) => share / g,
+                (false, true) => f64::INFINITY,
+                (false, false) => 0.0,
             }
         };
         let mut freed = Resources::default();
@@ -253,7 +253,9 @@ impl PreemptionPolicy for NewestOverGuarantee {
                 .iter()
                 .filter(|(leaf, _)| cursors.get(leaf).is_some_and(|c| !c.is_empty()))
                 .map(|(leaf, u)| (*leaf, ratio(*leaf, u)))
-                .filter(|(_, r)| *r > over_limit)
+                // The dead zone decides who is a candidate at all; once chosen, a
+                // queue gives back down to its guarantee (the core stops it there).
+                .filter(|(_, r)| *r > 1.0)
                 .max_by(|a, b| a.1.total_cmp(&b.1))
             else {
                 break;

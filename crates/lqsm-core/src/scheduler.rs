@@ -428,12 +428,6 @@ impl ResourceManager {
             if after < node.abs_guarantee - EPSILON {
                 return false;
             }
-            let before = node.used.dominant_share(&self.total);
-            if before <= node.abs_guarantee * (1.0 + self.config.preemption.dead_zone)
-                && node.abs_guarantee > 0.0
-            {
-                return false;
-            }
             match node.parent {
                 Some(p) => at = p,
                 None => break,

@@ -1,0 +1,321 @@
+//! Scenarios that pin the YARN CapacityScheduler semantics the allocation algorithm
+//! follows: guarantees, elastic sharing up to ceilings, preemption, DRF and nesting.
+
+mod support;
+
+use lqsm_core::*;
+use std::time::Duration;
+use support::{Sim, one_core};
+
+/// 100 one-core workers: 100 cpus in all.
+fn hundred_cpus(sim: &mut Sim) {
+    for i in 0..100 {
+        sim.worker(&format!("w{i}"), 1, 1000);
+    }
+}
+
+fn seventy_thirty(preemption: bool, a_max: f64, b_max: f64) -> Sim {
+    let mut config = Config::default();
+    config.preemption.enabled = preemption;
+    config.preemption.delay = Duration::from_secs(10);
+    // These workers never poll; keep them from being declared lost.
+    config.heartbeat_timeout = Duration::from_secs(3600);
+    let mut sim = Sim::new(config);
+    sim.queue("root.a", 70.0, a_max);
+    sim.queue("root.b", 30.0, b_max);
+    hundred_cpus(&mut sim);
+    sim
+}
+
+fn assert_near(actual: f64, expected: f64, tolerance: f64, what: &str) {
+    assert!(
+        (actual - expected).abs() <= tolerance,
+        "{what}: {actual} is not within {tolerance} of {expected}"
+    );
+}
+
+#[test]
+fn flooded_queues_split_by_guarantee_seventy_thirty() {
+    let mut sim = seventy_thirty(false, 100.0, 100.0);
+    sim.submit_n("root.a", 500, one_core());
+    sim.submit_n("root.b", 500, one_core());
+    let report = sim.pass();
+    assert_eq!(report.placed, 100);
+    assert_near(sim.used_cores("root.a"), 70.0, 1.0, "root.a cpus");
+    assert_near(sim.used_cores("root.b"), 30.0, 1.0, "root.b cpus");
+    sim.check();
+}
+
+#[test]
+fn split_holds_as_attempts_finish_and_are_replaced() {
+    let mut sim = seventy_thirty(false, 100.0, 100.0);
+    let a = sim.submit_n("root.a", 600, one_core());
+    let b = sim.submit_n("root.b", 600, one_core());
+    sim.pass();
+    for round in 0..5 {
+        // Every worker finishes what it runs; the freed capacity is shared again.
+        let workers: Vec<WorkerId> = sim.rm.workers().map(|w| w.id).collect();
+        for w in workers {
+            sim.poll_running(w);
+            let held: Vec<JobId> = sim.received[&w].iter().map(|(j, _)| *j).collect();
+            for job in held {
+                sim.succeed(w, job);
+            }
+        }
+        sim.pass();
+        assert_near(sim.used_cores("root.a"), 70.0, 1.0, &format!("round {round} a"));
+        assert_near(sim.used_cores("root.b"), 30.0, 1.0, &format!("round {round} b"));
+    }
+    let done = |ids: &[JobId]| ids.iter().filter(|j| sim.state(**j) == JobState::Succeeded).count();
+    assert_eq!(done(&a), 350);
+    assert_eq!(done(&b), 150);
+    sim.check();
+}
+
+#[test]
+fn idle_capacity_is_lent_up_to_max_capacity() {
+    let mut sim = seventy_thirty(false, 90.0, 100.0);
+    sim.submit_n("root.a", 500, one_core());
+    sim.pass();
+    assert_near(sim.used_cores("root.a"), 90.0, 1e-9, "root.a grows to its 90% ceiling");
+    assert_eq!(sim.rm.queue("root.a").unwrap().stats().pending, 410);
+
+    let mut sim = seventy_thirty(false, 100.0, 100.0);
+    sim.submit_n("root.a", 500, one_core());
+    sim.pass();
+    assert_near(sim.used_cores("root.a"), 100.0, 1e-9, "root.a takes the whole idle cluster");
+    sim.check();
+}
+
+#[test]
+fn returning_queue_regains_its_guarantee_within_delay_plus_one_pass() {
+    let mut sim = seventy_thirty(true, 100.0, 100.0);
+    sim.submit_n("root.a", 500, one_core());
+    sim.pass();
+    assert_near(sim.used_cores("root.a"), 100.0, 1e-9, "a borrowed everything");
+
+    sim.advance(Duration::from_secs(1));
+    sim.submit_n("root.b", 500, one_core());
+    let report = sim.pass();
+    assert_eq!(report.preempted, 0, "no preemption before the delay");
+    assert_eq!(sim.used_cores("root.b"), 0.0);
+
+    sim.advance(Duration::from_secs(9));
+    assert_eq!(sim.pass().preempted, 0, "9 s of waiting is still inside the 10 s delay");
+    sim.advance(Duration::from_secs(1));
+    let report = sim.pass();
+    assert_near(report.preempted as f64, 30.0, 1.0, "attempts taken back");
+    assert_near(sim.used_cores("root.b"), 30.0, 1.0, "root.b after delay + one pass");
+    assert_near(sim.used_cores("root.a"), 70.0, 1.0, "root.a keeps its guarantee");
+    let preempted_kills = sim
+        .log
+        .kills
+        .iter()
+        .filter(|k| k.reason == KillReason::Preempted)
+        .count();
+    assert_eq!(preempted_kills as u64, report.preempted);
+
+    // Victims go back to pending without using up an attempt.
+    let victim = sim.log.kills[0].job;
+    let job = sim.rm.job(victim).unwrap();
+    assert_eq!(job.state, JobState::Pending);
+    assert_eq!(job.failures, 0);
+    assert_eq!(job.attempts[0].outcome, Some(AttemptOutcome::Preempted));
+
+    // And nothing thrashes afterwards.
+    for _ in 0..5 {
+        sim.advance(Duration::from_secs(11));
+        let report = sim.pass();
+        assert_eq!(report.preempted, 0);
+    }
+    sim.check();
+}
+
+#[test]
+fn preemption_off_means_the_borrower_keeps_what_it_runs() {
+    let mut sim = seventy_thirty(false, 100.0, 100.0);
+    sim.submit_n("root.a", 500, one_core());
+    sim.pass();
+    sim.submit_n("root.b", 500, one_core());
+    sim.advance(Duration::from_secs(60));
+    let report = sim.pass();
+    assert_eq!(report.preempted, 0);
+    assert_eq!(sim.used_cores("root.a"), 100.0);
+}
+
+#[test]
+fn a_queue_that_opted_out_is_never_preempted() {
+    let mut sim = seventy_thirty(true, 100.0, 100.0);
+    sim.rm
+        .update_queue(
+            "root.a",
+            &QueueUpdate {
+                preemptable: Some(false),
+                ..QueueUpdate::default()
+            },
+        )
+        .unwrap();
+    sim.submit_n("root.a", 500, one_core());
+    sim.pass();
+    sim.submit_n("root.b", 500, one_core());
+    sim.pass();
+    sim.advance(Duration::from_secs(30));
+    let report = sim.pass();
+    assert_eq!(report.preempted, 0);
+    assert_eq!(sim.used_cores("root.a"), 100.0);
+}
+
+#[test]
+fn drf_equalises_dominant_shares_of_cpu_heavy_and_memory_heavy_queues() {
+    let mut sim = Sim::new(Config::default());
+    sim.queue("root.cpu", 50.0, 100.0);
+    sim.queue("root.mem", 50.0, 100.0);
+    // 10 workers of 10 cores and 100 GiB: 100 cores, 1000 GiB.
+    for i in 0..10 {
+        sim.worker(&format!("w{i}"), 10, 100 * 1024);
+    }
+    // cpu-heavy: 2 cores + 4 GiB (2% cpu, 0.4% memory).
+    sim.submit_n("root.cpu", 200, Resources::cores(2, 4 * 1024));
+    // memory-heavy: 0.5 core + 20 GiB (0.5% cpu, 2% memory).
+    let mem_job = Resources::new(Millicores(500), MiB(20 * 1024), 0);
+    sim.submit_n("root.mem", 200, mem_job);
+    sim.pass();
+    let cpu_share = sim.rm.queue("root.cpu").unwrap().dominant_share();
+    let mem_share = sim.rm.queue("root.mem").unwrap().dominant_share();
+    assert!(cpu_share > 0.3 && mem_share > 0.3, "{cpu_share} {mem_share}");
+    assert_near(cpu_share, mem_share, 0.021, "dominant shares (one job apart at most)");
+    sim.check();
+}
+
+#[test]
+fn guarantees_nest_in_a_three_level_tree() {
+    let mut sim = Sim::new(Config::default());
+    sim.queue("root.eng", 60.0, 100.0);
+    sim.queue("root.ops", 40.0, 100.0);
+    sim.queue("root.eng.ml", 50.0, 100.0);
+    sim.queue("root.eng.web", 50.0, 100.0);
+    sim.queue("root.eng.ml.train", 80.0, 100.0);
+    sim.queue("root.eng.ml.serve", 20.0, 100.0);
+    hundred_cpus(&mut sim);
+    for leaf in ["root.eng.ml.train", "root.eng.ml.serve", "root.eng.web", "root.ops"] {
+        sim.submit_n(leaf, 300, one_core());
+    }
+    sim.pass();
+    assert_near(sim.used_cores("root.ops"), 40.0, 1.0, "ops");
+    assert_near(sim.used_cores("root.eng"), 60.0, 1.0, "eng");
+    assert_near(sim.used_cores("root.eng.web"), 30.0, 1.0, "web");
+    assert_near(sim.used_cores("root.eng.ml"), 30.0, 1.0, "ml");
+    assert_near(sim.used_cores("root.eng.ml.train"), 24.0, 1.0, "train");
+    assert_near(sim.used_cores("root.eng.ml.serve"), 6.0, 1.0, "serve");
+    sim.check();
+}
+
+#[test]
+fn nested_idle_capacity_goes_to_the_sibling_first() {
+    // ml idle: web may borrow eng's share before ops gets anything beyond its own.
+    let mut sim = Sim::new(Config::default());
+    sim.queue("root.eng", 60.0, 100.0);
+    sim.queue("root.ops", 40.0, 100.0);
+    sim.queue("root.eng.ml", 50.0, 100.0);
+    sim.queue("root.eng.web", 50.0, 100.0);
+    hundred_cpus(&mut sim);
+    sim.submit_n("root.eng.web", 300, one_core());
+    sim.submit_n("root.ops", 300, one_core());
+    sim.pass();
+    assert_near(sim.used_cores("root.eng.web"), 60.0, 1.0, "web takes eng's whole guarantee");
+    assert_near(sim.used_cores("root.ops"), 40.0, 1.0, "ops");
+}
+
+#[test]
+fn weight_breaks_ties_between_equal_queues() {
+    let mut sim = Sim::new(Config::default());
+    sim.queue("root.light", 50.0, 100.0);
+    sim.queue("root.heavy", 50.0, 100.0);
+    sim.rm
+        .update_queue(
+            "root.heavy",
+            &QueueUpdate {
+                weight: Some(5),
+                ..QueueUpdate::default()
+            },
+        )
+        .unwrap();
+    sim.worker("only", 1, 1000);
+    sim.submit_n("root.light", 1, one_core());
+    sim.submit_n("root.heavy", 1, one_core());
+    sim.pass();
+    assert_eq!(sim.used_cores("root.heavy"), 1.0);
+    assert_eq!(sim.used_cores("root.light"), 0.0);
+}
+
+#[test]
+fn max_running_caps_a_leaf() {
+    let mut sim = seventy_thirty(false, 100.0, 100.0);
+    sim.rm
+        .update_queue(
+            "root.a",
+            &QueueUpdate {
+                max_running: Some(Some(5)),
+                ..QueueUpdate::default()
+            },
+        )
+        .unwrap();
+    sim.submit_n("root.a", 50, one_core());
+    sim.pass();
+    assert_eq!(sim.rm.queue("root.a").unwrap().running(), 5);
+}
+
+#[test]
+fn placement_honours_labels_kinds_and_fit() {
+    let mut sim = Sim::new(Config::default());
+    sim.queue("root.q", 100.0, 100.0);
+    let plain = sim.worker("plain", 8, 8000);
+    let gpu = sim.worker_with("gpu", Resources::new(Millicores(8000), MiB(8000), 2), &[("accel", "a100")]);
+    let mut req = sim.request("root.q", Resources::new(Millicores(1000), MiB(100), 1));
+    req.selector.insert("accel".into(), "a100".into());
+    let gpu_job = sim.submit(req).unwrap().id();
+    let mut req = sim.request("root.q", Resources::cores(1, 100));
+    req.selector.insert("accel".into(), "tpu".into());
+    let nowhere = sim.submit(req).unwrap().id();
+    let too_big = sim.submit_n("root.q", 1, Resources::cores(9, 100))[0];
+    sim.pass();
+    assert_eq!(sim.rm.job(gpu_job).unwrap().current_attempt().unwrap().worker, gpu);
+    assert_eq!(sim.state(nowhere), JobState::Pending);
+    assert_eq!(sim.state(too_big), JobState::Pending);
+    let _ = plain;
+    sim.check();
+}
+
+#[test]
+fn best_fit_packs_and_spread_spreads() {
+    let mut sim = Sim::new(Config::default());
+    sim.queue("root.pack", 50.0, 100.0);
+    sim.queue("root.wide", 50.0, 100.0);
+    sim.rm
+        .update_queue(
+            "root.wide",
+            &QueueUpdate {
+                placement: Some(policy::SPREAD.into()),
+                ..QueueUpdate::default()
+            },
+        )
+        .unwrap();
+    let small = sim.worker("small", 2, 1000);
+    let big = sim.worker("big", 16, 1000);
+    let packed = sim.submit_n("root.pack", 1, one_core())[0];
+    sim.pass();
+    assert_eq!(sim.rm.job(packed).unwrap().current_attempt().unwrap().worker, small);
+    let spread = sim.submit_n("root.wide", 1, one_core())[0];
+    sim.pass();
+    assert_eq!(sim.rm.job(spread).unwrap().current_attempt().unwrap().worker, big);
+}
+
+#[test]
+fn a_pass_with_nothing_new_does_nothing() {
+    let mut sim = seventy_thirty(false, 100.0, 100.0);
+    sim.submit_n("root.a", 500, one_core());
+    assert!(sim.pass().ran);
+    let again = sim.pass();
+    assert!(!again.ran);
+    assert_eq!(again.placed, 0);
+}

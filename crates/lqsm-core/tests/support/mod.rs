@@ -1,0 +1,189 @@
+//! A small harness around the ResourceManager: a manual clock, numbered ids, and
+//! workers that do what a test tells them.
+#![allow(dead_code, clippy::unwrap_used, missing_docs)]
+
+use lqsm_core::*;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use uuid::Uuid;
+
+pub struct Sim {
+    pub rm: ResourceManager,
+    pub now: Timestamp,
+    next_id: u128,
+    /// Every effect taken so far, for assertions.
+    pub log: Effects,
+    /// Attempts each worker was handed.
+    pub received: BTreeMap<WorkerId, std::collections::BTreeSet<(JobId, FencingToken)>>,
+}
+
+pub fn job_id(n: u128) -> JobId {
+    JobId(Uuid::from_u128(n))
+}
+
+impl Sim {
+    pub fn new(config: Config) -> Self {
+        Self::with_policies(config, Policies::default())
+    }
+
+    pub fn with_policies(config: Config, policies: Policies) -> Self {
+        Self {
+            rm: ResourceManager::new(config, policies, 7).unwrap(),
+            now: Timestamp(1_000_000),
+            next_id: 1,
+            log: Effects::default(),
+            received: BTreeMap::new(),
+        }
+    }
+
+    pub fn queue(&mut self, path: &str, capacity: f64, max: f64) {
+        self.rm
+            .create_queue(path, QueueConfig::with_capacity(capacity, max))
+            .unwrap();
+    }
+
+    pub fn fresh_id(&mut self) -> u128 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    pub fn worker_with(&mut self, name: &str, capacity: Resources, labels: &[(&str, &str)]) -> WorkerId {
+        let id = WorkerId(Uuid::from_u128(self.fresh_id() | (1 << 100)));
+        let labels: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.rm
+            .register_worker(
+                WorkerRegistration {
+                    id,
+                    name: name.into(),
+                    capacity,
+                    labels,
+                    serves_commands: true,
+                    handlers: ["*".to_string()].into(),
+                },
+                self.now,
+            )
+            .unwrap();
+        id
+    }
+
+    pub fn worker(&mut self, name: &str, cores: u64, memory_mib: u64) -> WorkerId {
+        self.worker_with(name, Resources::cores(cores, memory_mib), &[])
+    }
+
+    pub fn request(&mut self, queue: &str, request: Resources) -> SubmitRequest {
+        let id = job_id(self.fresh_id());
+        let mut req = SubmitRequest::function(id, queue, "lqsm.noop", serde_json::Value::Null);
+        req.request = Some(request);
+        req
+    }
+
+    pub fn submit(&mut self, req: SubmitRequest) -> Result<Submitted, SubmitError> {
+        self.rm.submit(req, self.now)
+    }
+
+    pub fn submit_n(&mut self, queue: &str, n: usize, request: Resources) -> Vec<JobId> {
+        (0..n)
+            .map(|_| {
+                let req = self.request(queue, request.clone());
+                self.submit(req).unwrap().id()
+            })
+            .collect()
+    }
+
+    /// Runs timers and one pass, and records the effects.
+    pub fn pass(&mut self) -> PassReport {
+        self.rm.tick(self.now);
+        let report = self.rm.schedule(self.now);
+        self.drain_effects();
+        report
+    }
+
+    pub fn drain_effects(&mut self) {
+        let e = self.rm.take_effects();
+        self.log.records.extend(e.records);
+        self.log.assignments.extend(e.assignments);
+        self.log.kills.extend(e.kills);
+        self.log.finished.extend(e.finished);
+    }
+
+    pub fn advance(&mut self, d: Duration) {
+        self.now = self.now.after(d);
+    }
+
+    /// The worker polls: reports as running every attempt it received that is still
+    /// current (a well-behaved worker that obeyed its kills), then takes new ones.
+    pub fn poll_running(&mut self, worker: WorkerId) -> Vec<Assignment> {
+        let running: Vec<(JobId, FencingToken)> = self
+            .received
+            .get(&worker)
+            .into_iter()
+            .flatten()
+            .filter(|(j, t)| self.rm.job(*j).and_then(|job| job.current_token()) == Some(*t))
+            .copied()
+            .collect();
+        let poll = WorkerPoll {
+            running,
+            finished: vec![],
+        };
+        self.rm.worker_polled(worker, &poll, self.now).unwrap();
+        let got = self.rm.take_assignments(worker).unwrap();
+        let held = self.received.entry(worker).or_default();
+        held.retain(|(j, t)| self.rm.job(*j).and_then(|job| job.current_token()) == Some(*t));
+        held.extend(got.iter().map(|a| (a.job, a.token)));
+        self.drain_effects();
+        got
+    }
+
+    pub fn report(&mut self, worker: WorkerId, job: JobId, result: ReportedResult) -> PollOutcome {
+        let token = self.rm.job(job).unwrap().current_token().unwrap();
+        self.report_token(worker, job, token, result)
+    }
+
+    pub fn report_token(
+        &mut self,
+        worker: WorkerId,
+        job: JobId,
+        token: FencingToken,
+        result: ReportedResult,
+    ) -> PollOutcome {
+        let poll = WorkerPoll {
+            running: vec![],
+            finished: vec![AttemptReport { job, token, result }],
+        };
+        let out = self.rm.worker_polled(worker, &poll, self.now).unwrap();
+        self.drain_effects();
+        out
+    }
+
+    pub fn succeed(&mut self, worker: WorkerId, job: JobId) -> PollOutcome {
+        self.report(
+            worker,
+            job,
+            ReportedResult::Succeeded {
+                result: None,
+                exit_code: Some(0),
+            },
+        )
+    }
+
+    pub fn used_cores(&self, queue: &str) -> f64 {
+        self.rm.queue(queue).unwrap().used().cpu.0 as f64 / 1000.0
+    }
+
+    pub fn state(&self, job: JobId) -> JobState {
+        self.rm.job(job).unwrap().state
+    }
+
+    pub fn check(&self) {
+        if let Err(e) = self.rm.check_consistency() {
+            panic!("inconsistent: {e}");
+        }
+    }
+}
+
+pub fn one_core() -> Resources {
+    Resources::cores(1, 100)
+}
