@@ -460,6 +460,8 @@ pub(crate) struct QueueNode {
     pub path: QueuePath,
     pub parent: Option<QueueId>,
     pub children: Vec<QueueId>,
+    /// Sum of the children's `capacity`, kept so adding a child is O(1).
+    pub children_capacity: f64,
     pub config: QueueConfig,
     pub state: QueueState,
     /// Guarantee as a fraction of the whole cluster (product down the path).
@@ -475,6 +477,9 @@ pub(crate) struct QueueNode {
     pub stats: QueueStats,
     /// Leaf: jobs ready to be scheduled, in dispatch order.
     pub ready: BTreeSet<PendingKey>,
+    /// Leaf: ready jobs that no registered worker could run even when idle; set aside
+    /// so they do not block the queue, and put back when a worker registers.
+    pub parked: BTreeSet<PendingKey>,
     /// Leaf: attempts holding resources, by fencing token (newest last).
     pub attempts: BTreeSet<(crate::ids::FencingToken, JobKey)>,
     /// Internal node: children that can take work now, best first.

@@ -322,6 +322,8 @@ pub struct ResourceManager {
     pub(crate) starved: BTreeSet<QueueId>,
     /// Leaves passed over in the current pass.
     pub(crate) skipped: Vec<QueueId>,
+    /// Leaves holding parked jobs.
+    pub(crate) parked_leaves: BTreeSet<QueueId>,
 }
 
 impl std::fmt::Debug for ResourceManager {
@@ -359,6 +361,7 @@ impl ResourceManager {
             path: QueuePath::root(),
             parent: None,
             children: Vec::new(),
+            children_capacity: 0.0,
             ordering: policies.ordering(&root_config.ordering).expect("built-in"),
             placement: policies
                 .placement(&root_config.placement)
@@ -375,6 +378,7 @@ impl ResourceManager {
             unfinished: 0,
             stats: QueueStats::default(),
             ready: BTreeSet::new(),
+            parked: BTreeSet::new(),
             attempts: BTreeSet::new(),
             eligible_children: BTreeSet::new(),
             key_in_parent: None,
@@ -407,6 +411,7 @@ impl ResourceManager {
             keys_stale: false,
             starved: BTreeSet::new(),
             skipped: Vec::new(),
+            parked_leaves: BTreeSet::new(),
         })
     }
 
@@ -577,13 +582,8 @@ impl ResourceManager {
         capacity: f64,
     ) -> Result<(), QueueError> {
         let parent_node = self.node(parent);
-        let others: f64 = parent_node
-            .children
-            .iter()
-            .filter(|c| Some(**c) != changed)
-            .map(|c| self.node(*c).config.capacity)
-            .sum();
-        let sum = others + capacity;
+        let replaced = changed.map_or(0.0, |c| self.node(c).config.capacity);
+        let sum = parent_node.children_capacity - replaced + capacity;
         if sum > 100.0 + 1e-9 {
             return Err(QueueError::CapacityOverflow {
                 parent: parent_node.path.clone(),
@@ -618,6 +618,7 @@ impl ResourceManager {
             path: path.clone(),
             parent: Some(parent),
             children: Vec::new(),
+            children_capacity: 0.0,
             abs_guarantee: parent_node.abs_guarantee * config.capacity / 100.0,
             abs_max: parent_node.abs_max * config.max_capacity / 100.0,
             state: parent_node.state,
@@ -627,6 +628,7 @@ impl ResourceManager {
             unfinished: 0,
             stats: QueueStats::default(),
             ready: BTreeSet::new(),
+            parked: BTreeSet::new(),
             attempts: BTreeSet::new(),
             eligible_children: BTreeSet::new(),
             key_in_parent: None,
@@ -637,8 +639,11 @@ impl ResourceManager {
             placement,
             admission,
         };
+        let capacity = node.config.capacity;
         self.queues.push(Some(node));
-        self.node_mut(parent).children.push(id);
+        let parent_node = self.node_mut(parent);
+        parent_node.children.push(id);
+        parent_node.children_capacity += capacity;
         self.queue_ids.insert(path, id);
         self.effects.records.push(Record::Queue(id));
         Ok(id)
@@ -658,6 +663,10 @@ impl ResourceManager {
             self.check_sibling_capacity(parent, Some(id), config.capacity)?;
         }
         let reorder = node.config.ordering != config.ordering;
+        let capacity_change = config.capacity - node.config.capacity;
+        if let Some(parent) = node.parent {
+            self.node_mut(parent).children_capacity += capacity_change;
+        }
         let node = self.node_mut(id);
         node.config = config;
         node.ordering = ordering;
@@ -676,19 +685,26 @@ impl ResourceManager {
     /// Ranks a leaf's ready jobs again after its ordering policy changed.
     fn rerank(&mut self, id: QueueId) {
         let node = self.node_mut(id);
-        let ready = std::mem::take(&mut node.ready);
         let ordering = node.ordering.clone();
-        let mut reranked = BTreeSet::new();
-        for key in ready {
-            let job = &mut self.jobs[key.job];
-            job.rank = ordering.rank(&job.spec);
-            reranked.insert(PendingKey {
-                rank: job.rank,
-                seq: job.seq,
-                job: key.job,
-            });
-        }
-        self.node_mut(id).ready = reranked;
+        let ready = std::mem::take(&mut node.ready);
+        let parked = std::mem::take(&mut node.parked);
+        let mut rerank = |set: BTreeSet<PendingKey>| -> BTreeSet<PendingKey> {
+            set.into_iter()
+                .map(|key| {
+                    let job = &mut self.jobs[key.job];
+                    job.rank = ordering.rank(&job.spec);
+                    PendingKey {
+                        rank: job.rank,
+                        seq: job.seq,
+                        job: key.job,
+                    }
+                })
+                .collect()
+        };
+        let (ready, parked) = (rerank(ready), rerank(parked));
+        let node = self.node_mut(id);
+        node.ready = ready;
+        node.parked = parked;
     }
 
     fn recompute_absolute(&mut self, id: QueueId) {
@@ -785,7 +801,10 @@ impl ResourceManager {
         }
         let parent = self.node(id).parent.expect("only root has no parent");
         self.remove_from_parent_set(id);
-        self.node_mut(parent).children.retain(|c| *c != id);
+        let capacity = self.node(id).config.capacity;
+        let parent_node = self.node_mut(parent);
+        parent_node.children.retain(|c| *c != id);
+        parent_node.children_capacity -= capacity;
         self.drop_subtree(id);
         self.keys_stale = true;
         self.dirty = true;
@@ -1061,6 +1080,7 @@ impl ResourceManager {
             let leaf = self.node_mut(queue);
             if was_pending {
                 leaf.stats.pending -= 1;
+                leaf.parked.remove(&pending_entry);
                 if leaf.ready.remove(&pending_entry) && leaf.ready.is_empty() {
                     self.refresh_up(queue);
                 }
@@ -1264,10 +1284,23 @@ impl ResourceManager {
         self.total.add(&worker.capacity);
         self.index.upsert(key, worker);
         self.arm_heartbeat(key);
+        self.unpark_all();
         self.effects.records.push(Record::Worker(reg.id));
         self.keys_stale = true;
         self.dirty = true;
         Ok(())
+    }
+
+    /// A new or changed worker may run jobs that nothing could run before.
+    fn unpark_all(&mut self) {
+        for leaf in std::mem::take(&mut self.parked_leaves) {
+            let Some(Some(node)) = self.queues.get_mut(leaf.0 as usize) else {
+                continue;
+            };
+            let parked = std::mem::take(&mut node.parked);
+            node.ready.extend(parked);
+            self.refresh_up(leaf);
+        }
     }
 
     fn arm_heartbeat(&mut self, key: WorkerKey) {

@@ -153,6 +153,8 @@ impl ResourceManager {
         // Requests that fit nowhere this pass; resources only shrink during the loop,
         // so a request at least as large with the same constraint fails too.
         let mut unfit: Vec<(ConstraintId, Resources)> = Vec::new();
+        // Whether some worker could run a request when idle, memoised for the pass.
+        let mut capable: Vec<(ConstraintId, Resources, bool)> = Vec::new();
         while let Some(leaf) = self.next_leaf() {
             let head = *self
                 .node(leaf)
@@ -188,8 +190,13 @@ impl ResourceManager {
                     report.placed += 1;
                 }
                 None => {
+                    let request = job.spec.request.clone();
+                    if !self.could_ever_run(constraint, &request, &mut capable) {
+                        self.park(leaf, head);
+                        continue;
+                    }
                     if !known_unfit && unfit.len() < 16 {
-                        unfit.push((constraint, job.spec.request.clone()));
+                        unfit.push((constraint, request));
                     }
                     self.node_mut(leaf).skipped_in_pass = true;
                     self.skipped.push(leaf);
@@ -201,6 +208,47 @@ impl ResourceManager {
                 }
             }
         }
+    }
+
+    /// Whether some worker taking work could run `request` once idle. Larger requests
+    /// than one known incapable are incapable too, smaller than one known capable are
+    /// capable, so a pass asks the workers about few distinct requests.
+    fn could_ever_run(
+        &self,
+        constraint: ConstraintId,
+        request: &Resources,
+        memo: &mut Vec<(ConstraintId, Resources, bool)>,
+    ) -> bool {
+        for (c, r, capable) in memo.iter() {
+            if *c != constraint {
+                continue;
+            }
+            if *capable && request.fits_in(r) {
+                return true;
+            }
+            if !*capable && r.fits_in(request) {
+                return false;
+            }
+        }
+        let answer = Candidates {
+            index: &self.index,
+            workers: &self.workers,
+            classes: self.index.classes_for(constraint),
+        }
+        .any_capable(request);
+        if memo.len() < 16 {
+            memo.push((constraint, request.clone(), answer));
+        }
+        answer
+    }
+
+    /// Sets a ready job aside until a worker registers, so it does not block its leaf.
+    fn park(&mut self, leaf: QueueId, entry: crate::queues::PendingKey) {
+        let node = self.node_mut(leaf);
+        node.ready.remove(&entry);
+        node.parked.insert(entry);
+        self.parked_leaves.insert(leaf);
+        self.refresh_up(leaf);
     }
 
     /// Guards against a placement policy choosing a worker that cannot take the job.

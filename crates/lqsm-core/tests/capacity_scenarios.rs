@@ -57,16 +57,30 @@ fn split_holds_as_attempts_finish_and_are_replaced() {
         let workers: Vec<WorkerId> = sim.rm.workers().map(|w| w.id).collect();
         for w in workers {
             sim.poll_running(w);
-            let held: Vec<JobId> = sim.received[&w].iter().map(|(j, _)| *j).collect();
+            let held: Vec<JobId> = sim.still_running(w, None).iter().map(|(j, _)| *j).collect();
             for job in held {
                 sim.succeed(w, job);
             }
         }
         sim.pass();
-        assert_near(sim.used_cores("root.a"), 70.0, 1.0, &format!("round {round} a"));
-        assert_near(sim.used_cores("root.b"), 30.0, 1.0, &format!("round {round} b"));
+        assert_near(
+            sim.used_cores("root.a"),
+            70.0,
+            1.0,
+            &format!("round {round} a"),
+        );
+        assert_near(
+            sim.used_cores("root.b"),
+            30.0,
+            1.0,
+            &format!("round {round} b"),
+        );
     }
-    let done = |ids: &[JobId]| ids.iter().filter(|j| sim.state(**j) == JobState::Succeeded).count();
+    let done = |ids: &[JobId]| {
+        ids.iter()
+            .filter(|j| sim.state(**j) == JobState::Succeeded)
+            .count()
+    };
     assert_eq!(done(&a), 350);
     assert_eq!(done(&b), 150);
     sim.check();
@@ -77,13 +91,23 @@ fn idle_capacity_is_lent_up_to_max_capacity() {
     let mut sim = seventy_thirty(false, 90.0, 100.0);
     sim.submit_n("root.a", 500, one_core());
     sim.pass();
-    assert_near(sim.used_cores("root.a"), 90.0, 1e-9, "root.a grows to its 90% ceiling");
+    assert_near(
+        sim.used_cores("root.a"),
+        90.0,
+        1e-9,
+        "root.a grows to its 90% ceiling",
+    );
     assert_eq!(sim.rm.queue("root.a").unwrap().stats().pending, 410);
 
     let mut sim = seventy_thirty(false, 100.0, 100.0);
     sim.submit_n("root.a", 500, one_core());
     sim.pass();
-    assert_near(sim.used_cores("root.a"), 100.0, 1e-9, "root.a takes the whole idle cluster");
+    assert_near(
+        sim.used_cores("root.a"),
+        100.0,
+        1e-9,
+        "root.a takes the whole idle cluster",
+    );
     sim.check();
 }
 
@@ -92,7 +116,12 @@ fn returning_queue_regains_its_guarantee_within_delay_plus_one_pass() {
     let mut sim = seventy_thirty(true, 100.0, 100.0);
     sim.submit_n("root.a", 500, one_core());
     sim.pass();
-    assert_near(sim.used_cores("root.a"), 100.0, 1e-9, "a borrowed everything");
+    assert_near(
+        sim.used_cores("root.a"),
+        100.0,
+        1e-9,
+        "a borrowed everything",
+    );
 
     sim.advance(Duration::from_secs(1));
     sim.submit_n("root.b", 500, one_core());
@@ -101,12 +130,26 @@ fn returning_queue_regains_its_guarantee_within_delay_plus_one_pass() {
     assert_eq!(sim.used_cores("root.b"), 0.0);
 
     sim.advance(Duration::from_secs(9));
-    assert_eq!(sim.pass().preempted, 0, "9 s of waiting is still inside the 10 s delay");
+    assert_eq!(
+        sim.pass().preempted,
+        0,
+        "9 s of waiting is still inside the 10 s delay"
+    );
     sim.advance(Duration::from_secs(1));
     let report = sim.pass();
     assert_near(report.preempted as f64, 30.0, 1.0, "attempts taken back");
-    assert_near(sim.used_cores("root.b"), 30.0, 1.0, "root.b after delay + one pass");
-    assert_near(sim.used_cores("root.a"), 70.0, 1.0, "root.a keeps its guarantee");
+    assert_near(
+        sim.used_cores("root.b"),
+        30.0,
+        1.0,
+        "root.b after delay + one pass",
+    );
+    assert_near(
+        sim.used_cores("root.a"),
+        70.0,
+        1.0,
+        "root.a keeps its guarantee",
+    );
     let preempted_kills = sim
         .log
         .kills
@@ -182,8 +225,16 @@ fn drf_equalises_dominant_shares_of_cpu_heavy_and_memory_heavy_queues() {
     sim.pass();
     let cpu_share = sim.rm.queue("root.cpu").unwrap().dominant_share();
     let mem_share = sim.rm.queue("root.mem").unwrap().dominant_share();
-    assert!(cpu_share > 0.3 && mem_share > 0.3, "{cpu_share} {mem_share}");
-    assert_near(cpu_share, mem_share, 0.021, "dominant shares (one job apart at most)");
+    assert!(
+        cpu_share > 0.3 && mem_share > 0.3,
+        "{cpu_share} {mem_share}"
+    );
+    assert_near(
+        cpu_share,
+        mem_share,
+        0.021,
+        "dominant shares (one job apart at most)",
+    );
     sim.check();
 }
 
@@ -197,7 +248,12 @@ fn guarantees_nest_in_a_three_level_tree() {
     sim.queue("root.eng.ml.train", 80.0, 100.0);
     sim.queue("root.eng.ml.serve", 20.0, 100.0);
     hundred_cpus(&mut sim);
-    for leaf in ["root.eng.ml.train", "root.eng.ml.serve", "root.eng.web", "root.ops"] {
+    for leaf in [
+        "root.eng.ml.train",
+        "root.eng.ml.serve",
+        "root.eng.web",
+        "root.ops",
+    ] {
         sim.submit_n(leaf, 300, one_core());
     }
     sim.pass();
@@ -222,7 +278,12 @@ fn nested_idle_capacity_goes_to_the_sibling_first() {
     sim.submit_n("root.eng.web", 300, one_core());
     sim.submit_n("root.ops", 300, one_core());
     sim.pass();
-    assert_near(sim.used_cores("root.eng.web"), 60.0, 1.0, "web takes eng's whole guarantee");
+    assert_near(
+        sim.used_cores("root.eng.web"),
+        60.0,
+        1.0,
+        "web takes eng's whole guarantee",
+    );
     assert_near(sim.used_cores("root.ops"), 40.0, 1.0, "ops");
 }
 
@@ -270,7 +331,11 @@ fn placement_honours_labels_kinds_and_fit() {
     let mut sim = Sim::new(Config::default());
     sim.queue("root.q", 100.0, 100.0);
     let plain = sim.worker("plain", 8, 8000);
-    let gpu = sim.worker_with("gpu", Resources::new(Millicores(8000), MiB(8000), 2), &[("accel", "a100")]);
+    let gpu = sim.worker_with(
+        "gpu",
+        Resources::new(Millicores(8000), MiB(8000), 2),
+        &[("accel", "a100")],
+    );
     let mut req = sim.request("root.q", Resources::new(Millicores(1000), MiB(100), 1));
     req.selector.insert("accel".into(), "a100".into());
     let gpu_job = sim.submit(req).unwrap().id();
@@ -279,7 +344,15 @@ fn placement_honours_labels_kinds_and_fit() {
     let nowhere = sim.submit(req).unwrap().id();
     let too_big = sim.submit_n("root.q", 1, Resources::cores(9, 100))[0];
     sim.pass();
-    assert_eq!(sim.rm.job(gpu_job).unwrap().current_attempt().unwrap().worker, gpu);
+    assert_eq!(
+        sim.rm
+            .job(gpu_job)
+            .unwrap()
+            .current_attempt()
+            .unwrap()
+            .worker,
+        gpu
+    );
     assert_eq!(sim.state(nowhere), JobState::Pending);
     assert_eq!(sim.state(too_big), JobState::Pending);
     let _ = plain;
@@ -304,10 +377,26 @@ fn best_fit_packs_and_spread_spreads() {
     let big = sim.worker("big", 16, 1000);
     let packed = sim.submit_n("root.pack", 1, one_core())[0];
     sim.pass();
-    assert_eq!(sim.rm.job(packed).unwrap().current_attempt().unwrap().worker, small);
+    assert_eq!(
+        sim.rm
+            .job(packed)
+            .unwrap()
+            .current_attempt()
+            .unwrap()
+            .worker,
+        small
+    );
     let spread = sim.submit_n("root.wide", 1, one_core())[0];
     sim.pass();
-    assert_eq!(sim.rm.job(spread).unwrap().current_attempt().unwrap().worker, big);
+    assert_eq!(
+        sim.rm
+            .job(spread)
+            .unwrap()
+            .current_attempt()
+            .unwrap()
+            .worker,
+        big
+    );
 }
 
 #[test]

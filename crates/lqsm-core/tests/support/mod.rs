@@ -47,7 +47,12 @@ impl Sim {
         self.next_id
     }
 
-    pub fn worker_with(&mut self, name: &str, capacity: Resources, labels: &[(&str, &str)]) -> WorkerId {
+    pub fn worker_with(
+        &mut self,
+        name: &str,
+        capacity: Resources,
+        labels: &[(&str, &str)],
+    ) -> WorkerId {
         let id = WorkerId(Uuid::from_u128(self.fresh_id() | (1 << 100)));
         let labels: BTreeMap<String, String> = labels
             .iter()
@@ -113,26 +118,40 @@ impl Sim {
         self.now = self.now.after(d);
     }
 
-    /// The worker polls: reports as running every attempt it received that is still
-    /// current (a well-behaved worker that obeyed its kills), then takes new ones.
-    pub fn poll_running(&mut self, worker: WorkerId) -> Vec<Assignment> {
-        let running: Vec<(JobId, FencingToken)> = self
-            .received
+    /// What this worker still runs: every attempt it was handed that is still current
+    /// (a well-behaved worker that obeyed its kills), except `but`.
+    pub fn still_running(
+        &self,
+        worker: WorkerId,
+        but: Option<JobId>,
+    ) -> Vec<(JobId, FencingToken)> {
+        self.received
             .get(&worker)
             .into_iter()
             .flatten()
-            .filter(|(j, t)| self.rm.job(*j).and_then(|job| job.current_token()) == Some(*t))
+            .filter(|(j, t)| {
+                Some(*j) != but && self.rm.job(*j).and_then(|job| job.current_token()) == Some(*t)
+            })
             .copied()
-            .collect();
+            .collect()
+    }
+
+    /// The worker polls twice, as a real one does: reports what it runs and takes new
+    /// attempts, then reports those as started too.
+    pub fn poll_running(&mut self, worker: WorkerId) -> Vec<Assignment> {
         let poll = WorkerPoll {
-            running,
+            running: self.still_running(worker, None),
             finished: vec![],
         };
         self.rm.worker_polled(worker, &poll, self.now).unwrap();
         let got = self.rm.take_assignments(worker).unwrap();
         let held = self.received.entry(worker).or_default();
-        held.retain(|(j, t)| self.rm.job(*j).and_then(|job| job.current_token()) == Some(*t));
         held.extend(got.iter().map(|a| (a.job, a.token)));
+        let poll = WorkerPoll {
+            running: self.still_running(worker, None),
+            finished: vec![],
+        };
+        self.rm.worker_polled(worker, &poll, self.now).unwrap();
         self.drain_effects();
         got
     }
@@ -150,7 +169,7 @@ impl Sim {
         result: ReportedResult,
     ) -> PollOutcome {
         let poll = WorkerPoll {
-            running: vec![],
+            running: self.still_running(worker, Some(job)),
             finished: vec![AttemptReport { job, token, result }],
         };
         let out = self.rm.worker_polled(worker, &poll, self.now).unwrap();

@@ -1,0 +1,777 @@
+//! The life of a job and of a worker: success, retries with backoff, timeouts, lost
+//! workers, fencing, idempotency, delays and expiry, cancellation, queue lifecycle,
+//! and the precise errors bad input gets.
+
+mod support;
+
+use lqsm_core::*;
+use std::time::Duration;
+use support::{Sim, job_id, one_core};
+
+fn sim_with_queue() -> (Sim, WorkerId) {
+    let mut sim = Sim::new(Config::default());
+    sim.queue("root.q", 100.0, 100.0);
+    let w = sim.worker("w", 4, 4000);
+    (sim, w)
+}
+
+fn retrying(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts,
+        backoff_base: Duration::from_secs(2),
+        backoff_cap: Duration::from_secs(60),
+        jitter: 0.0,
+    }
+}
+
+fn failed(message: &str) -> ReportedResult {
+    ReportedResult::Failed {
+        exit_code: Some(3),
+        message: message.into(),
+    }
+}
+
+#[test]
+fn submitted_job_is_assigned_run_and_succeeds_once() {
+    let (mut sim, w) = sim_with_queue();
+    let id = sim.submit_n("root.q", 1, one_core())[0];
+    assert_eq!(sim.state(id), JobState::Pending);
+    sim.pass();
+    assert_eq!(sim.state(id), JobState::Scheduled);
+    let got = sim.poll_running(w);
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].job, got[0].attempt), (id, 1));
+    sim.poll_running(w);
+    assert_eq!(sim.state(id), JobState::Running);
+    let out = sim.report(
+        w,
+        id,
+        ReportedResult::Succeeded {
+            result: Some(serde_json::json!({"ok": true})),
+            exit_code: None,
+        },
+    );
+    assert_eq!(out.accepted, 1);
+    let job = sim.rm.job(id).unwrap();
+    assert_eq!(job.state, JobState::Succeeded);
+    assert!(matches!(
+        &job.termination,
+        Some(Termination::Succeeded { result: Some(v), .. }) if v["ok"] == true
+    ));
+    assert_eq!(sim.log.finished, vec![id]);
+    assert!(sim.log.records.contains(&Record::Job(id)));
+    // A duplicate report of the same attempt is refused: completed exactly once.
+    let again = sim.report_token(
+        w,
+        id,
+        got[0].token,
+        ReportedResult::Succeeded {
+            result: None,
+            exit_code: None,
+        },
+    );
+    assert_eq!(again.refused[0].reason, RefusalReason::StaleAttempt);
+    assert_eq!(sim.log.finished, vec![id]);
+    assert_eq!(sim.rm.worker(w).unwrap().used, Resources::default());
+    sim.check();
+}
+
+#[test]
+fn failed_attempt_is_retried_after_exponential_backoff_then_fails_for_good() {
+    let (mut sim, w) = sim_with_queue();
+    let mut req = sim.request("root.q", one_core());
+    req.retry = Some(retrying(3));
+    let id = sim.submit(req).unwrap().id();
+    let mut tokens = Vec::new();
+    for (attempt, backoff) in [(1, 2), (2, 4)] {
+        sim.pass();
+        sim.poll_running(w);
+        let token = sim.rm.job(id).unwrap().current_token().unwrap();
+        tokens.push(token);
+        sim.report(w, id, failed("boom"));
+        let job = sim.rm.job(id).unwrap();
+        assert_eq!(job.state, JobState::Pending, "attempt {attempt} is retried");
+        assert_eq!(job.failures, attempt);
+        assert_eq!(
+            job.not_before,
+            Some(sim.now.after(Duration::from_secs(backoff)))
+        );
+        // Not before the backoff has passed.
+        sim.advance(Duration::from_secs(backoff) - Duration::from_millis(1));
+        sim.pass();
+        assert_eq!(sim.state(id), JobState::Pending);
+        sim.advance(Duration::from_millis(1));
+    }
+    sim.pass();
+    sim.poll_running(w);
+    let third = sim.rm.job(id).unwrap().current_attempt().unwrap().clone();
+    assert_eq!(third.number, 3);
+    assert!(tokens.iter().all(|t| *t < third.token), "tokens only grow");
+    sim.report(w, id, failed("still broken"));
+    let job = sim.rm.job(id).unwrap();
+    assert_eq!(job.state, JobState::Failed);
+    assert_eq!(job.attempts.len(), 3);
+    assert!(matches!(
+        &job.termination,
+        Some(Termination::Failed { last: AttemptOutcome::Failed { message, exit_code: Some(3) } }) if message == "still broken"
+    ));
+    sim.check();
+}
+
+#[test]
+fn attempt_past_its_timeout_is_killed_and_retried() {
+    let (mut sim, w) = sim_with_queue();
+    let mut req = sim.request("root.q", one_core());
+    req.timeout = Some(Duration::from_secs(30));
+    req.retry = Some(retrying(2));
+    let id = sim.submit(req).unwrap().id();
+    sim.pass();
+    sim.poll_running(w);
+    let token = sim.rm.job(id).unwrap().current_token().unwrap();
+    sim.advance(Duration::from_secs(29));
+    sim.poll_running(w);
+    sim.pass();
+    assert_eq!(sim.state(id), JobState::Running);
+    sim.advance(Duration::from_secs(1));
+    sim.pass();
+    let kill = sim.log.kills.last().unwrap().clone();
+    assert_eq!(
+        (kill.job, kill.token, kill.reason),
+        (id, token, KillReason::TimedOut)
+    );
+    let job = sim.rm.job(id).unwrap();
+    assert_eq!(job.attempts[0].outcome, Some(AttemptOutcome::TimedOut));
+    assert_eq!(job.state, JobState::Pending);
+    // A late success from the killed attempt is refused.
+    let late = sim.report_token(
+        w,
+        id,
+        token,
+        ReportedResult::Succeeded {
+            result: None,
+            exit_code: Some(0),
+        },
+    );
+    assert_eq!(late.refused.len(), 1);
+    assert_ne!(sim.state(id), JobState::Succeeded);
+    sim.check();
+}
+
+#[test]
+fn lost_worker_attempts_are_requeued_once_and_its_late_reports_refused() {
+    let mut sim = Sim::new(Config::default());
+    sim.queue("root.q", 100.0, 100.0);
+    let lost = sim.worker("lost", 2, 2000);
+    let ids = sim.submit_n("root.q", 2, one_core());
+    sim.pass();
+    sim.poll_running(lost);
+    let tokens: Vec<FencingToken> = ids
+        .iter()
+        .map(|j| sim.rm.job(*j).unwrap().current_token().unwrap())
+        .collect();
+    let healthy = sim.worker("healthy", 2, 2000);
+    sim.advance(Duration::from_secs(9));
+    sim.poll_running(healthy);
+    sim.pass();
+    assert!(ids.iter().all(|j| sim.state(*j) == JobState::Running));
+    sim.advance(Duration::from_secs(1));
+    sim.pass();
+    assert_eq!(sim.rm.worker(lost).unwrap().state, WorkerState::Lost);
+    for id in &ids {
+        let job = sim.rm.job(*id).unwrap();
+        assert_eq!(job.attempts[0].outcome, Some(AttemptOutcome::Lost));
+        assert_eq!(job.failures, 1);
+        // Default retry policy has one attempt: lost means failed for good.
+        assert_eq!(job.state, JobState::Failed);
+    }
+    // The lost worker's report is refused until it registers again...
+    let poll = WorkerPoll {
+        running: vec![],
+        finished: vec![AttemptReport {
+            job: ids[0],
+            token: tokens[0],
+            result: ReportedResult::Succeeded {
+                result: None,
+                exit_code: Some(0),
+            },
+        }],
+    };
+    assert_eq!(
+        sim.rm.worker_polled(lost, &poll, sim.now),
+        Err(WorkerError::Lost(lost))
+    );
+    // ...and after it does, the stale token is refused.
+    sim.rm
+        .register_worker(
+            WorkerRegistration {
+                id: lost,
+                name: "lost".into(),
+                capacity: Resources::cores(2, 2000),
+                labels: Default::default(),
+                serves_commands: true,
+                handlers: Default::default(),
+            },
+            sim.now,
+        )
+        .unwrap();
+    let out = sim.rm.worker_polled(lost, &poll, sim.now).unwrap();
+    assert_eq!(out.refused[0].reason, RefusalReason::StaleAttempt);
+    assert_eq!(sim.state(ids[0]), JobState::Failed);
+    sim.check();
+}
+
+#[test]
+fn lost_worker_attempt_with_retries_left_runs_again_elsewhere() {
+    let mut sim = Sim::new(Config::default());
+    sim.queue("root.q", 100.0, 100.0);
+    let first = sim.worker("first", 1, 1000);
+    let mut req = sim.request("root.q", one_core());
+    req.retry = Some(RetryPolicy {
+        backoff_base: Duration::ZERO,
+        ..retrying(2)
+    });
+    let id = sim.submit(req).unwrap().id();
+    sim.pass();
+    sim.poll_running(first);
+    let second = sim.worker("second", 1, 1000);
+    sim.advance(Duration::from_secs(10));
+    sim.poll_running(second);
+    sim.pass();
+    let job = sim.rm.job(id).unwrap();
+    assert_eq!(job.state, JobState::Scheduled);
+    assert_eq!(job.current_attempt().unwrap().worker, second);
+    assert_eq!(job.attempts.len(), 2);
+    sim.check();
+}
+
+#[test]
+fn attempt_handed_over_but_not_reported_is_treated_as_lost() {
+    let (mut sim, w) = sim_with_queue();
+    let mut req = sim.request("root.q", one_core());
+    req.retry = Some(RetryPolicy {
+        backoff_base: Duration::ZERO,
+        ..retrying(2)
+    });
+    let id = sim.submit(req).unwrap().id();
+    sim.pass();
+    assert_eq!(sim.rm.take_assignments(w).unwrap().len(), 1);
+    // The worker's next poll does not mention it (the answer never reached it).
+    sim.rm
+        .worker_polled(w, &WorkerPoll::default(), sim.now)
+        .unwrap();
+    let job = sim.rm.job(id).unwrap();
+    assert_eq!(job.attempts[0].outcome, Some(AttemptOutcome::Lost));
+    assert_eq!(job.state, JobState::Pending);
+    sim.check();
+}
+
+#[test]
+fn a_worker_running_a_stale_attempt_is_told_to_kill_it() {
+    let (mut sim, w) = sim_with_queue();
+    let id = sim.submit_n("root.q", 1, one_core())[0];
+    sim.pass();
+    sim.poll_running(w);
+    let token = sim.rm.job(id).unwrap().current_token().unwrap();
+    sim.rm.cancel(id, "by test", sim.now).unwrap();
+    sim.drain_effects();
+    let poll = WorkerPoll {
+        running: vec![(id, token)],
+        finished: vec![],
+    };
+    sim.rm.worker_polled(w, &poll, sim.now).unwrap();
+    sim.drain_effects();
+    let kinds: Vec<KillReason> = sim.log.kills.iter().map(|k| k.reason).collect();
+    assert_eq!(kinds, vec![KillReason::Cancelled, KillReason::Stale]);
+}
+
+#[test]
+fn idempotency_key_returns_the_original_job_within_retention() {
+    let (mut sim, _) = sim_with_queue();
+    sim.queue("root.other", 0.0, 100.0);
+    let mut first = sim.request("root.q", one_core());
+    first.idempotency_key = Some("order-42".into());
+    let original = sim.submit(first.clone()).unwrap();
+    assert!(matches!(original, Submitted::Created(_)));
+    let mut again = first.clone();
+    again.id = job_id(999_999);
+    assert_eq!(
+        sim.submit(again.clone()).unwrap(),
+        Submitted::Existing(original.id())
+    );
+    assert_eq!(sim.rm.job_count(), 1);
+    // Same key, other queue: a different job.
+    let mut elsewhere = again.clone();
+    elsewhere.queue = "root.other".into();
+    assert!(matches!(
+        sim.submit(elsewhere).unwrap(),
+        Submitted::Created(_)
+    ));
+    // After the original finished and passed its retention, the key is free again.
+    sim.rm.cancel(original.id(), "done", sim.now).unwrap();
+    sim.advance(Duration::from_secs(24 * 3600));
+    sim.pass();
+    assert!(sim.rm.job(original.id()).is_none());
+    assert!(sim.log.records.contains(&Record::JobPurged(original.id())));
+    again.id = job_id(1_000_000);
+    assert!(matches!(sim.submit(again).unwrap(), Submitted::Created(_)));
+}
+
+#[test]
+fn delayed_job_waits_for_its_eta() {
+    let (mut sim, w) = sim_with_queue();
+    let mut req = sim.request("root.q", one_core());
+    req.not_before = Some(sim.now.after(Duration::from_secs(60)));
+    let id = sim.submit(req).unwrap().id();
+    sim.pass();
+    assert_eq!(sim.state(id), JobState::Pending);
+    sim.advance(Duration::from_secs(59));
+    sim.poll_running(w);
+    sim.pass();
+    assert_eq!(sim.state(id), JobState::Pending);
+    assert_eq!(
+        sim.rm.next_timer(),
+        Some(sim.now.after(Duration::from_secs(1)))
+    );
+    sim.advance(Duration::from_secs(1));
+    sim.pass();
+    assert_eq!(sim.state(id), JobState::Scheduled);
+}
+
+#[test]
+fn pending_job_past_its_expiry_expires_and_a_started_one_does_not() {
+    let mut sim = Sim::new(Config::default());
+    sim.queue("root.q", 100.0, 100.0);
+    let mut late = sim.request("root.q", one_core());
+    late.expires_at = Some(sim.now.after(Duration::from_secs(5)));
+    let late = sim.submit(late).unwrap().id();
+    sim.advance(Duration::from_secs(5));
+    sim.pass();
+    assert_eq!(sim.state(late), JobState::Expired);
+    assert_eq!(sim.rm.queue("root.q").unwrap().stats().expired, 1);
+
+    let w = sim.worker("w", 1, 1000);
+    let mut started = sim.request("root.q", one_core());
+    started.expires_at = Some(sim.now.after(Duration::from_secs(5)));
+    let started = sim.submit(started).unwrap().id();
+    sim.pass();
+    sim.poll_running(w);
+    sim.advance(Duration::from_secs(6));
+    sim.poll_running(w);
+    sim.pass();
+    assert_eq!(sim.state(started), JobState::Running);
+}
+
+#[test]
+fn cancel_pending_and_running_jobs() {
+    let mut sim = Sim::new(Config::default());
+    sim.queue("root.q", 100.0, 100.0);
+    let w = sim.worker("w", 1, 1000);
+    let ids = sim.submit_n("root.q", 2, one_core());
+    sim.pass();
+    sim.poll_running(w);
+    let (running, pending) = (ids[0], ids[1]);
+    assert_eq!(sim.state(running), JobState::Running);
+    sim.rm.cancel(pending, "not needed", sim.now).unwrap();
+    assert_eq!(sim.state(pending), JobState::Cancelled);
+    let token = sim.rm.job(running).unwrap().current_token().unwrap();
+    sim.rm.cancel(running, "not needed", sim.now).unwrap();
+    sim.drain_effects();
+    assert_eq!(sim.state(running), JobState::Cancelled);
+    let kill = sim.log.kills.last().unwrap();
+    assert_eq!(
+        (kill.job, kill.token, kill.reason),
+        (running, token, KillReason::Cancelled)
+    );
+    assert_eq!(sim.rm.worker(w).unwrap().used, Resources::default());
+    assert_eq!(
+        sim.rm.cancel(running, "again", sim.now),
+        Err(JobError::AlreadyFinished {
+            id: running,
+            state: JobState::Cancelled
+        })
+    );
+    assert_eq!(
+        sim.rm.cancel(job_id(5), "x", sim.now),
+        Err(JobError::NotFound(job_id(5)))
+    );
+    let stats = sim.rm.queue("root.q").unwrap().stats();
+    assert_eq!((stats.cancelled, stats.pending), (2, 0));
+    sim.check();
+}
+
+#[test]
+fn stopped_queue_refuses_new_jobs_but_runs_what_it_has() {
+    let (mut sim, _) = sim_with_queue();
+    let held = sim.submit_n("root.q", 1, one_core())[0];
+    sim.rm.stop_queue("root.q").unwrap();
+    let req = sim.request("root.q", one_core());
+    assert!(matches!(
+        sim.submit(req),
+        Err(SubmitError::NotAccepting { .. })
+    ));
+    sim.pass();
+    assert_eq!(sim.state(held), JobState::Scheduled);
+    sim.rm.start_queue("root.q").unwrap();
+    let req = sim.request("root.q", one_core());
+    assert!(sim.submit(req).is_ok());
+}
+
+#[test]
+fn draining_queue_starts_nothing_until_started_again() {
+    let (mut sim, w) = sim_with_queue();
+    let running = sim.submit_n("root.q", 1, one_core())[0];
+    sim.pass();
+    sim.poll_running(w);
+    sim.rm.drain_queue("root.q").unwrap();
+    let waiting = sim.submit_n("root.other_not_there", 0, one_core());
+    assert!(waiting.is_empty());
+    let req = sim.request("root.q", one_core());
+    assert!(matches!(
+        sim.submit(req),
+        Err(SubmitError::NotAccepting { .. })
+    ));
+    sim.rm.start_queue("root.q").unwrap();
+    let later = sim.submit_n("root.q", 1, one_core())[0];
+    sim.rm.drain_queue("root.q").unwrap();
+    sim.pass();
+    assert_eq!(
+        sim.state(later),
+        JobState::Pending,
+        "draining: nothing new starts"
+    );
+    sim.succeed(w, running);
+    assert_eq!(
+        sim.state(running),
+        JobState::Succeeded,
+        "running attempts finish"
+    );
+    sim.rm.start_queue("root.q").unwrap();
+    sim.pass();
+    assert_eq!(sim.state(later), JobState::Scheduled);
+}
+
+#[test]
+fn deleting_a_queue_with_jobs_needs_force_and_cancels_them_with_a_reason() {
+    let (mut sim, w) = sim_with_queue();
+    let ids = sim.submit_n("root.q", 3, Resources::cores(2, 100));
+    sim.pass();
+    sim.poll_running(w);
+    let err = sim.rm.delete_queue("root.q", false, sim.now).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "queue `root.q` holds 3 unfinished job(s); delete with force to cancel them"
+    );
+    assert_eq!(sim.rm.delete_queue("root.q", true, sim.now), Ok(3));
+    sim.drain_effects();
+    for id in &ids {
+        let job = sim.rm.job(*id).unwrap();
+        assert_eq!(job.state, JobState::Cancelled);
+        assert!(
+            matches!(&job.termination, Some(Termination::Cancelled { reason }) if reason == "queue root.q was deleted")
+        );
+        assert_eq!(sim.rm.queue_path(job.queue).unwrap().as_str(), "root.q");
+    }
+    assert_eq!(
+        sim.log.kills.len(),
+        2,
+        "the two running attempts are killed"
+    );
+    assert!(sim.rm.queue("root.q").is_err());
+    assert_eq!(sim.rm.worker(w).unwrap().used, Resources::default());
+    // The capacity it held is free for a new queue.
+    sim.queue("root.fresh", 100.0, 100.0);
+    sim.check();
+}
+
+#[test]
+fn queue_changes_are_validated_with_precise_errors() {
+    let mut sim = Sim::new(Config::default());
+    sim.queue("root.a", 70.0, 100.0);
+    let err = sim
+        .rm
+        .create_queue("root.b", QueueConfig::with_capacity(40.0, 100.0))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "capacity of children of `root` would sum to 110% (max 100%)"
+    );
+    let err = sim
+        .rm
+        .create_queue("root.x.y", QueueConfig::default())
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("queue `root.x` does not exist (known: root, root.a"),
+        "{err}"
+    );
+    let err = sim
+        .rm
+        .create_queue("root.Bad", QueueConfig::default())
+        .unwrap_err();
+    assert!(matches!(err, QueueError::InvalidPath { .. }), "{err}");
+    let err = sim
+        .rm
+        .create_queue("root.a", QueueConfig::default())
+        .unwrap_err();
+    assert_eq!(
+        err,
+        QueueError::AlreadyExists(QueuePath::parse("root.a").unwrap())
+    );
+    let mut cfg = QueueConfig::default();
+    cfg.ordering = "random".into();
+    let err = sim.rm.create_queue("root.c", cfg).unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "unknown ordering policy `random` (known: fifo, priority-fifo, smallest-first)"
+        ),
+        "{err}"
+    );
+    let err = sim
+        .rm
+        .update_queue(
+            "root.a",
+            &QueueUpdate {
+                capacity: Some(101.0),
+                ..QueueUpdate::default()
+            },
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("capacity"), "{err}");
+    assert!(matches!(
+        sim.rm.delete_queue("root", true, sim.now),
+        Err(QueueError::Root(_))
+    ));
+    // A leaf holding jobs cannot grow children.
+    sim.submit_n("root.a", 1, one_core());
+    let err = sim
+        .rm
+        .create_queue("root.a.child", QueueConfig::default())
+        .unwrap_err();
+    assert_eq!(
+        err,
+        QueueError::ParentHoldsJobs(QueuePath::parse("root.a").unwrap())
+    );
+}
+
+#[test]
+fn bad_submissions_are_refused_with_the_field_named_and_nothing_stored() {
+    let mut sim = Sim::new(Config::default());
+    sim.queue("root.eng", 50.0, 100.0);
+    sim.queue("root.eng.ml", 100.0, 100.0);
+    let cases: Vec<(SubmitRequest, &str)> = vec![
+        (
+            sim.request("root.etl", one_core()),
+            "queue `root.etl` does not exist (known: root, root.eng, root.eng.ml)",
+        ),
+        (
+            sim.request("root.eng", one_core()),
+            "queue `root.eng` has child queues; submit to one of its leaves",
+        ),
+        (
+            sim.request("etl", one_core()),
+            "queue path `etl` is invalid",
+        ),
+        (
+            sim.request("root.eng.ml", Resources::default()),
+            "request: must ask for some cpu or memory",
+        ),
+        (
+            sim.request(
+                "root.eng.ml",
+                Resources::new(Millicores(u64::MAX), MiB(1), 0),
+            ),
+            "request: cpu",
+        ),
+        (
+            {
+                let mut r = sim.request("root.eng.ml", one_core());
+                r.kind = JobKind::Command {
+                    argv: vec![],
+                    env: Default::default(),
+                    cwd: None,
+                };
+                r
+            },
+            "kind.argv: must name a program",
+        ),
+        (
+            {
+                let mut r = sim.request("root.eng.ml", one_core());
+                r.retry = Some(RetryPolicy {
+                    max_attempts: 0,
+                    ..RetryPolicy::default()
+                });
+                r
+            },
+            "retry: max_attempts must be at least 1",
+        ),
+        (
+            {
+                let mut r = sim.request("root.eng.ml", one_core());
+                r.expires_at = Some(Timestamp(1));
+                r
+            },
+            "expires_at: is already in the past",
+        ),
+    ];
+    for (req, expected) in cases {
+        let err = sim.submit(req).unwrap_err();
+        assert!(
+            err.to_string().starts_with(expected),
+            "got `{err}`, want `{expected}`"
+        );
+    }
+    assert_eq!(sim.rm.job_count(), 0);
+    let req = sim.request("root.eng.ml", one_core());
+    let id = req.id;
+    sim.submit(req.clone()).unwrap();
+    assert_eq!(sim.submit(req), Err(SubmitError::DuplicateId(id)));
+}
+
+#[test]
+fn max_pending_refuses_submissions_beyond_the_limit() {
+    let (mut sim, _) = sim_with_queue();
+    sim.rm
+        .update_queue(
+            "root.q",
+            &QueueUpdate {
+                max_pending: Some(Some(2)),
+                ..QueueUpdate::default()
+            },
+        )
+        .unwrap();
+    sim.submit_n("root.q", 2, one_core());
+    let req = sim.request("root.q", one_core());
+    let err = sim.submit(req).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "queue `root.q` has 2 pending jobs (max_pending 2)"
+    );
+}
+
+#[test]
+fn bad_worker_registrations_are_refused() {
+    let mut sim = Sim::new(Config::default());
+    let reg = |name: &str, capacity: Resources| WorkerRegistration {
+        id: WorkerId(uuid::Uuid::from_u128(1)),
+        name: name.into(),
+        capacity,
+        labels: Default::default(),
+        serves_commands: true,
+        handlers: Default::default(),
+    };
+    let err = sim
+        .rm
+        .register_worker(reg("", one_core()), sim.now)
+        .unwrap_err();
+    assert!(err.to_string().starts_with("name:"), "{err}");
+    let err = sim
+        .rm
+        .register_worker(reg("w", Resources::default()), sim.now)
+        .unwrap_err();
+    assert!(err.to_string().starts_with("capacity:"), "{err}");
+    assert!(sim.rm.workers().next().is_none());
+    let unknown = WorkerId(uuid::Uuid::from_u128(77));
+    assert_eq!(
+        sim.rm
+            .worker_polled(unknown, &WorkerPoll::default(), sim.now),
+        Err(WorkerError::Unknown(unknown))
+    );
+}
+
+#[test]
+fn drained_worker_gets_nothing_new_and_finishes_what_it_runs() {
+    let (mut sim, w) = sim_with_queue();
+    let first = sim.submit_n("root.q", 1, one_core())[0];
+    sim.pass();
+    sim.poll_running(w);
+    sim.rm.drain_worker(w).unwrap();
+    let second = sim.submit_n("root.q", 1, one_core())[0];
+    sim.pass();
+    assert_eq!(sim.state(second), JobState::Pending);
+    sim.succeed(w, first);
+    assert_eq!(sim.state(first), JobState::Succeeded);
+    assert_eq!(sim.rm.worker(w).unwrap().state, WorkerState::Draining);
+}
+
+#[test]
+fn queue_counters_follow_the_jobs() {
+    let (mut sim, w) = sim_with_queue();
+    let ids = sim.submit_n("root.q", 3, one_core());
+    sim.advance(Duration::from_millis(250));
+    sim.pass();
+    sim.poll_running(w);
+    sim.advance(Duration::from_millis(1000));
+    sim.succeed(w, ids[0]);
+    sim.report(w, ids[1], failed("x"));
+    let view = sim.rm.queue("root.q").unwrap();
+    let stats = view.stats();
+    assert_eq!(
+        (
+            stats.submitted,
+            stats.pending,
+            stats.succeeded,
+            stats.failed
+        ),
+        (3, 0, 1, 1)
+    );
+    assert_eq!(view.running(), 1);
+    assert_eq!(stats.wait.mean(), Some(Duration::from_millis(250)));
+    assert_eq!(stats.run.max_ms, 1000);
+    let root = sim.rm.queue("root").unwrap();
+    assert_eq!(root.stats().submitted, 3);
+    assert_eq!(root.running(), 1);
+}
+
+#[test]
+fn command_jobs_only_go_to_workers_that_run_commands() {
+    let mut sim = Sim::new(Config::default());
+    sim.queue("root.q", 100.0, 100.0);
+    let fn_only = WorkerId(uuid::Uuid::from_u128(50));
+    sim.rm
+        .register_worker(
+            WorkerRegistration {
+                id: fn_only,
+                name: "functions".into(),
+                capacity: Resources::cores(4, 4000),
+                labels: Default::default(),
+                serves_commands: false,
+                handlers: ["lqsm.echo".to_string()].into(),
+            },
+            sim.now,
+        )
+        .unwrap();
+    let mut cmd = sim.request("root.q", one_core());
+    cmd.kind = JobKind::Command {
+        argv: vec!["true".into()],
+        env: Default::default(),
+        cwd: None,
+    };
+    let cmd = sim.submit(cmd).unwrap().id();
+    let mut other = sim.request("root.q", one_core());
+    other.kind = JobKind::Function {
+        handler: "billing.invoice".into(),
+        args: serde_json::Value::Null,
+    };
+    let other = sim.submit(other).unwrap().id();
+    let mut echo = sim.request("root.q", one_core());
+    echo.kind = JobKind::Function {
+        handler: "lqsm.echo".into(),
+        args: serde_json::json!([1]),
+    };
+    let echo = sim.submit(echo).unwrap().id();
+    sim.pass();
+    assert_eq!(sim.state(cmd), JobState::Pending);
+    assert_eq!(sim.state(other), JobState::Pending);
+    assert_eq!(
+        sim.state(echo),
+        JobState::Scheduled,
+        "jobs nobody can run do not block the queue"
+    );
+    // A worker that runs commands arrives: the set-aside command job runs.
+    sim.worker("commands", 1, 1000);
+    sim.pass();
+    assert_eq!(sim.state(cmd), JobState::Scheduled);
+    assert_eq!(sim.state(other), JobState::Pending);
+    sim.check();
+}
