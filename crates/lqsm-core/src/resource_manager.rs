@@ -308,7 +308,8 @@ pub struct ResourceManager {
     pub(crate) workers: SlotMap<WorkerKey, Worker>,
     pub(crate) worker_ids: HashMap<WorkerId, WorkerKey>,
     pub(crate) index: WorkerIndex,
-    /// Capacity of the workers that take work: what shares are shares of.
+    /// What shares are shares of: the capacity of active workers plus what draining
+    /// workers still run (so no queue's share can exceed 1).
     pub(crate) total: Resources,
     pub(crate) timers: Timers,
     pub(crate) effects: Effects,
@@ -525,7 +526,8 @@ impl ResourceManager {
         self.workers.values()
     }
 
-    /// Capacity of the workers that take work.
+    /// What shares are shares of: capacity of active workers plus what draining
+    /// workers still run.
     pub fn total(&self) -> &Resources {
         &self.total
     }
@@ -1130,6 +1132,11 @@ impl ResourceManager {
 
         let worker = &mut self.workers[worker_key];
         worker.used.sub(&request);
+        if worker.state == WorkerState::Draining {
+            // A draining worker counts in the cluster only with what it still runs.
+            self.total.sub(&request);
+            self.keys_stale = true;
+        }
         worker.attempts.remove(&key);
         if worker.indexed.is_some() {
             self.index.upsert(worker_key, worker);
@@ -1243,9 +1250,7 @@ impl ResourceManager {
             Some(key) => {
                 let key = *key;
                 let worker = &mut self.workers[key];
-                if worker.state == WorkerState::Active {
-                    self.total.sub(&worker.capacity);
-                }
+                self.total.sub(worker.share_of_total());
                 self.index.remove(worker);
                 worker.name = reg.name;
                 worker.capacity = reg.capacity;
@@ -1465,6 +1470,7 @@ impl ResourceManager {
         if worker.state == WorkerState::Active {
             self.total.sub(&worker.capacity);
             worker.state = WorkerState::Draining;
+            self.total.add(worker.share_of_total());
             self.index.remove(worker);
             self.keys_stale = true;
             self.effects.records.push(Record::Worker(id));
@@ -1474,9 +1480,7 @@ impl ResourceManager {
 
     fn lose_worker(&mut self, key: WorkerKey, now: Timestamp) {
         let worker = &mut self.workers[key];
-        if worker.state == WorkerState::Active {
-            self.total.sub(&worker.capacity);
-        }
+        self.total.sub(worker.share_of_total());
         worker.state = WorkerState::Lost;
         worker.outbox.clear();
         self.index.remove(worker);

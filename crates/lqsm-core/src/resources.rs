@@ -101,7 +101,7 @@ impl fmt::Debug for Resources {
 
 impl Resources {
     /// A vector of cpu, memory and gpus with no custom resources.
-    pub fn new(cpu: Millicores, memory: MiB, gpu: u32) -> Self {
+    pub const fn new(cpu: Millicores, memory: MiB, gpu: u32) -> Self {
         Self {
             cpu,
             memory,

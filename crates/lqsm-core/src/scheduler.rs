@@ -437,9 +437,10 @@ impl ResourceManager {
     }
 
     /// The core's own rules for a victim, whatever the policy proposed: the attempt is
-    /// current, on a worker that can run the starved queue's job, in a preemptable
-    /// queue that is not the starved one, and taking it leaves every queue on its path
-    /// (below the common ancestor) at or above its guarantee.
+    /// current, on a worker that can run the starved queue's job, in a queue that is
+    /// not the starved one, and no queue on its path opted out or would drop below its
+    /// guarantee. That holds for shared ancestors of the starved queue too: the freed
+    /// resources may go to a needier queue elsewhere, so an ancestor must afford them.
     fn may_preempt(
         &self,
         key: JobKey,
@@ -459,15 +460,9 @@ impl ResourceManager {
         if !self.index.class_accepts(worker.class, constraint) {
             return false;
         }
-        let mut starved_path = Vec::new();
-        let mut at = Some(starved);
-        while let Some(id) = at {
-            starved_path.push(id);
-            at = self.node(id).parent;
-        }
         let request = &job.spec.request;
         let mut at = job.queue;
-        while !starved_path.contains(&at) {
+        while let Some(parent) = self.node(at).parent {
             let node = self.node(at);
             if !node.config.preemptable {
                 return false;
@@ -476,10 +471,7 @@ impl ResourceManager {
             if after < node.abs_guarantee - EPSILON {
                 return false;
             }
-            match node.parent {
-                Some(p) => at = p,
-                None => break,
-            }
+            at = parent;
         }
         true
     }
