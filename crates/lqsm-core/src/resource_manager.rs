@@ -678,6 +678,8 @@ impl ResourceManager {
             self.rerank(id);
         }
         self.recompute_absolute(id);
+        // Ceilings moved: jobs set aside as too big for them may fit now.
+        self.unpark_all();
         self.keys_stale = true;
         self.dirty = true;
         self.effects.records.push(Record::Queue(id));
@@ -730,6 +732,7 @@ impl ResourceManager {
     }
 
     fn set_subtree_state(&mut self, id: QueueId, state: QueueState) {
+        self.dirty = true;
         let node = self.node_mut(id);
         node.state = state;
         let children = node.children.clone();
@@ -762,7 +765,6 @@ impl ResourceManager {
     pub fn start_queue(&mut self, path: &str) -> Result<(), QueueError> {
         let id = self.lookup_queue(path)?;
         self.set_subtree_state(id, QueueState::Running);
-        self.dirty = true;
         Ok(())
     }
 
@@ -1012,8 +1014,12 @@ impl ResourceManager {
         let leaf = self.node_mut(queue);
         let was_empty = leaf.ready.is_empty();
         leaf.ready.insert(entry);
+        let is_head = leaf.ready.first() == Some(&entry);
         if was_empty {
             self.refresh_up(queue);
+        }
+        if is_head {
+            self.head_changed(queue);
         }
         self.dirty = true;
     }
@@ -1083,8 +1089,14 @@ impl ResourceManager {
             if was_pending {
                 leaf.stats.pending -= 1;
                 leaf.parked.remove(&pending_entry);
-                if leaf.ready.remove(&pending_entry) && leaf.ready.is_empty() {
-                    self.refresh_up(queue);
+                let was_head = leaf.ready.first() == Some(&pending_entry);
+                if leaf.ready.remove(&pending_entry) {
+                    if leaf.ready.is_empty() {
+                        self.refresh_up(queue);
+                    }
+                    if was_head {
+                        self.head_changed(queue);
+                    }
                 }
             }
             let stats = &mut self.node_mut(queue).stats;
@@ -1472,7 +1484,9 @@ impl ResourceManager {
             worker.state = WorkerState::Draining;
             self.total.add(worker.share_of_total());
             self.index.remove(worker);
+            // Shares change, and jobs only this worker could run must be set aside.
             self.keys_stale = true;
+            self.dirty = true;
             self.effects.records.push(Record::Worker(id));
         }
         Ok(())

@@ -164,6 +164,15 @@ impl ResourceManager {
             let job = &self.jobs[head.job];
             let constraint = job.constraint;
             if let Some(capped) = self.ceiling_hit(leaf, &job.spec.request) {
+                // A job that no worker could run, or that alone is beyond a ceiling,
+                // would hold the subtree at its ceiling for nothing: set it aside.
+                let request = job.spec.request.clone();
+                let beyond =
+                    request.dominant_share(&self.total) > self.node(capped).abs_max + EPSILON;
+                if beyond || !self.could_ever_run(constraint, &request, &mut capable) {
+                    self.park(leaf, head);
+                    continue;
+                }
                 self.node_mut(capped).at_ceiling = true;
                 self.refresh_up(capped);
                 continue;
@@ -260,6 +269,22 @@ impl ResourceManager {
         w.indexed.is_some()
             && self.index.class_accepts(w.class, job.constraint)
             && job.spec.request.fits_in(&w.free())
+    }
+
+    /// Forgets ceiling marks on the path of a leaf whose next job changed: they were
+    /// made for the old head, and a smaller new one may fit under the ceiling.
+    pub(crate) fn head_changed(&mut self, leaf: QueueId) {
+        let mut changed = false;
+        let mut at = Some(leaf);
+        while let Some(id) = at {
+            let node = self.node_mut(id);
+            changed |= std::mem::replace(&mut node.at_ceiling, false);
+            at = node.parent;
+        }
+        if changed {
+            self.refresh_up(leaf);
+        }
+        self.dirty = true;
     }
 
     fn unskip_all(&mut self) {

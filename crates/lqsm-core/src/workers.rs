@@ -97,7 +97,8 @@ impl Worker {
     /// What it contributes to the cluster's total: all of it while active, what it
     /// still runs while draining, nothing once lost.
     pub fn share_of_total(&self) -> &Resources {
-        static NOTHING: Resources = Resources::new(crate::resources::Millicores(0), crate::resources::MiB(0), 0);
+        static NOTHING: Resources =
+            Resources::new(crate::resources::Millicores(0), crate::resources::MiB(0), 0);
         match self.state {
             WorkerState::Active => &self.capacity,
             WorkerState::Draining => &self.used,

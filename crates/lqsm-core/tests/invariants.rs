@@ -115,7 +115,13 @@ fn build() -> World {
     sim.queue("root.b", 35.0, 60.0);
     sim.queue("root.c", 25.0, 100.0);
     sim.rm
-        .update_queue("root.c", &QueueUpdate { preemptable: Some(false), ..QueueUpdate::default() })
+        .update_queue(
+            "root.c",
+            &QueueUpdate {
+                preemptable: Some(false),
+                ..QueueUpdate::default()
+            },
+        )
         .expect("valid update");
     let mut world = World {
         sim,
@@ -140,8 +146,18 @@ impl World {
 
     fn apply(&mut self, op: &Op) -> Result<(), TestCaseError> {
         match op {
-            Op::Submit { leaf, cores, mib, priority, attempts, timeout_s, delay_s } => {
-                let mut req = self.sim.request(LEAVES[*leaf], Resources::cores(*cores, *mib));
+            Op::Submit {
+                leaf,
+                cores,
+                mib,
+                priority,
+                attempts,
+                timeout_s,
+                delay_s,
+            } => {
+                let mut req = self
+                    .sim
+                    .request(LEAVES[*leaf], Resources::cores(*cores, *mib));
                 req.priority = Some(*priority);
                 req.retry = Some(RetryPolicy {
                     max_attempts: *attempts,
@@ -163,9 +179,22 @@ impl World {
                 let id = self.sim.worker(&name, *cores, *mib);
                 self.workers.push(id);
             }
-            Op::Poll { worker, finish, succeed, repeat_old_report } => {
-                let Some(w) = self.pick_worker(*worker) else { return Ok(()) };
-                if self.silent.contains(&w) || self.sim.rm.worker(w).is_some_and(|x| x.state == WorkerState::Lost) {
+            Op::Poll {
+                worker,
+                finish,
+                succeed,
+                repeat_old_report,
+            } => {
+                let Some(w) = self.pick_worker(*worker) else {
+                    return Ok(());
+                };
+                if self.silent.contains(&w)
+                    || self
+                        .sim
+                        .rm
+                        .worker(w)
+                        .is_some_and(|x| x.state == WorkerState::Lost)
+                {
                     return Ok(());
                 }
                 let running = self.sim.still_running(w, None);
@@ -176,9 +205,15 @@ impl World {
                         job: *job,
                         token: *token,
                         result: if *succeed {
-                            ReportedResult::Succeeded { result: None, exit_code: Some(0) }
+                            ReportedResult::Succeeded {
+                                result: None,
+                                exit_code: Some(0),
+                            }
                         } else {
-                            ReportedResult::Failed { exit_code: Some(1), message: "x".into() }
+                            ReportedResult::Failed {
+                                exit_code: Some(1),
+                                message: "x".into(),
+                            }
                         },
                     })
                     .collect();
@@ -189,19 +224,36 @@ impl World {
                     stale = Some(old.clone());
                     finished.push(old.clone());
                 }
-                let poll = WorkerPoll { running: still.to_vec(), finished: finished.clone() };
-                let out = self.sim.rm.worker_polled(w, &poll, self.sim.now).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let poll = WorkerPoll {
+                    running: still.to_vec(),
+                    finished: finished.clone(),
+                };
+                let out = self
+                    .sim
+                    .rm
+                    .worker_polled(w, &poll, self.sim.now)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 if let Some(old) = stale {
                     prop_assert!(
-                        out.refused.iter().any(|r| r.job == old.job && r.token == old.token),
+                        out.refused
+                            .iter()
+                            .any(|r| r.job == old.job && r.token == old.token),
                         "a repeated report must be refused"
                     );
                 }
                 for r in finished {
                     self.sent_reports.push((w, r));
                 }
-                let got = self.sim.rm.take_assignments(w).map_err(|e| TestCaseError::fail(e.to_string()))?;
-                self.sim.received.entry(w).or_default().extend(got.iter().map(|a| (a.job, a.token)));
+                let got = self
+                    .sim
+                    .rm
+                    .take_assignments(w)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                self.sim
+                    .received
+                    .entry(w)
+                    .or_default()
+                    .extend(got.iter().map(|a| (a.job, a.token)));
                 self.sim.drain_effects();
             }
             Op::Silence { worker } => {
@@ -231,8 +283,20 @@ impl World {
                     QueueChange::Stop => rm.stop_queue(path),
                     QueueChange::Drain => rm.drain_queue(path),
                     QueueChange::Start => rm.start_queue(path),
-                    QueueChange::MaxCapacity(m) => rm.update_queue(path, &QueueUpdate { max_capacity: Some(*m), ..QueueUpdate::default() }),
-                    QueueChange::MaxRunning(m) => rm.update_queue(path, &QueueUpdate { max_running: Some(*m), ..QueueUpdate::default() }),
+                    QueueChange::MaxCapacity(m) => rm.update_queue(
+                        path,
+                        &QueueUpdate {
+                            max_capacity: Some(*m),
+                            ..QueueUpdate::default()
+                        },
+                    ),
+                    QueueChange::MaxRunning(m) => rm.update_queue(
+                        path,
+                        &QueueUpdate {
+                            max_running: Some(*m),
+                            ..QueueUpdate::default()
+                        },
+                    ),
                 };
             }
             Op::Pass => self.pass_and_check()?,
@@ -244,7 +308,10 @@ impl World {
     /// Invariants that hold after every step.
     fn check_always(&mut self) -> Result<(), TestCaseError> {
         // No worker over-committed; usage equals the sum of attempts; one holder per attempt.
-        self.sim.rm.check_consistency().map_err(TestCaseError::fail)?;
+        self.sim
+            .rm
+            .check_consistency()
+            .map_err(TestCaseError::fail)?;
         // A job is terminal at most once.
         for id in std::mem::take(&mut self.sim.log.finished) {
             prop_assert!(self.finished_once.insert(id), "job {id} finished twice");
@@ -281,7 +348,10 @@ impl World {
                 let view = rm.queue(p.as_str()).expect("live queue");
                 prop_assert!(
                     view.dominant_share() <= view.abs_max() + EPS,
-                    "{} above its ceiling: {} > {}", p, view.dominant_share(), view.abs_max()
+                    "{} above its ceiling: {} > {}",
+                    p,
+                    view.dominant_share(),
+                    view.abs_max()
                 );
                 path = p.parent();
             }
@@ -302,7 +372,10 @@ impl World {
                 prop_assert!(view.config().preemptable, "preempted from opted-out {}", p);
                 prop_assert!(
                     view.dominant_share() >= view.abs_guarantee() - EPS,
-                    "preemption took {} below its guarantee: {} < {}", p, view.dominant_share(), view.abs_guarantee()
+                    "preemption took {} below its guarantee: {} < {}",
+                    p,
+                    view.dominant_share(),
+                    view.abs_guarantee()
                 );
                 path = p.parent();
             }
@@ -312,13 +385,20 @@ impl World {
         // fits on a worker that takes work, unless the leaf may not start anything
         // (draining, at max_running) or a ceiling on its path is within one job.
         let largest = Resources::cores(MAX_JOB_CORES, MAX_JOB_MIB);
-        let active: Vec<&Worker> = rm.workers().filter(|w| w.state == WorkerState::Active).collect();
+        let active: Vec<&Worker> = rm
+            .workers()
+            .filter(|w| w.state == WorkerState::Active)
+            .collect();
         for leaf in LEAVES {
             let view = rm.queue(leaf).expect("leaf exists");
             if view.state() == QueueState::Draining {
                 continue;
             }
-            if view.config().max_running.is_some_and(|m| view.running() >= u64::from(m)) {
+            if view
+                .config()
+                .max_running
+                .is_some_and(|m| view.running() >= u64::from(m))
+            {
                 continue;
             }
             let mut near_ceiling = false;
@@ -337,12 +417,19 @@ impl World {
                 .jobs
                 .iter()
                 .filter_map(|id| rm.job(*id))
-                .filter(|j| j.queue == view.id() && j.state == JobState::Pending && j.not_before.is_none())
+                .filter(|j| {
+                    j.queue == view.id() && j.state == JobState::Pending && j.not_before.is_none()
+                })
                 .filter(|j| active.iter().any(|w| j.spec.request.fits_in(&w.capacity)))
                 .min_by_key(|j| (-i64::from(j.spec.priority), j.seq));
             if let Some(head) = head {
                 let fits = active.iter().any(|w| head.spec.request.fits_in(&w.free()));
-                prop_assert!(!fits, "{}'s next job {:?} fits but was left pending", leaf, head.spec.request);
+                prop_assert!(
+                    !fits,
+                    "{}'s next job {:?} fits but was left pending",
+                    leaf,
+                    head.spec.request
+                );
             }
         }
         Ok(())

@@ -775,3 +775,66 @@ fn command_jobs_only_go_to_workers_that_run_commands() {
     assert_eq!(sim.state(other), JobState::Pending);
     sim.check();
 }
+
+#[test]
+fn cancelling_a_blocked_head_lets_the_next_job_run() {
+    let mut sim = Sim::new(Config::default());
+    sim.queue("root.q", 100.0, 100.0);
+    sim.worker("w", 2, 2000);
+    let first = sim.submit_n("root.q", 1, one_core())[0];
+    let big = sim.submit_n("root.q", 1, Resources::cores(2, 100))[0];
+    let small = sim.submit_n("root.q", 1, one_core())[0];
+    sim.pass();
+    assert_eq!(sim.state(first), JobState::Scheduled);
+    assert_eq!(
+        sim.state(small),
+        JobState::Pending,
+        "FIFO: the big head waits, so does the rest"
+    );
+    sim.rm.cancel(big, "too big", sim.now).unwrap();
+    sim.pass();
+    assert_eq!(sim.state(small), JobState::Scheduled);
+}
+
+#[test]
+fn stopping_a_draining_queue_resumes_dispatch() {
+    let (mut sim, _) = sim_with_queue();
+    let id = sim.submit_n("root.q", 1, one_core())[0];
+    sim.rm.drain_queue("root.q").unwrap();
+    sim.pass();
+    assert_eq!(sim.state(id), JobState::Pending);
+    sim.rm.stop_queue("root.q").unwrap();
+    sim.pass();
+    assert_eq!(sim.state(id), JobState::Scheduled);
+}
+
+#[test]
+fn draining_the_only_worker_big_enough_sets_its_jobs_aside() {
+    let mut sim = Sim::new(Config::default());
+    sim.queue("root.q", 100.0, 100.0);
+    let big = sim.worker_with("big", Resources::cores(8, 8000), &[("size", "big")]);
+    sim.worker("small", 2, 2000);
+    let mut filler = sim.request("root.q", one_core());
+    filler.selector.insert("size".into(), "big".into());
+    sim.submit(filler).unwrap();
+    let huge = sim.submit_n("root.q", 1, Resources::cores(8, 100))[0];
+    let tiny = sim.submit_n("root.q", 1, one_core())[0];
+    sim.pass();
+    assert_eq!(
+        sim.state(tiny),
+        JobState::Pending,
+        "FIFO: tiny waits behind the 8-core head"
+    );
+    sim.rm.drain_worker(big).unwrap();
+    sim.pass();
+    assert_eq!(
+        sim.state(huge),
+        JobState::Pending,
+        "nothing can run it now; it is set aside"
+    );
+    assert_eq!(
+        sim.state(tiny),
+        JobState::Scheduled,
+        "and no longer blocks the queue"
+    );
+}

@@ -68,14 +68,23 @@ impl PreemptionPolicy for OldestAnywhere {
     fn name(&self) -> &str {
         "oldest-anywhere"
     }
-    fn select_victims(&self, _request: &PreemptionRequest, view: &PreemptionView<'_>) -> Vec<Victim> {
+    fn select_victims(
+        &self,
+        _request: &PreemptionRequest,
+        view: &PreemptionView<'_>,
+    ) -> Vec<Victim> {
         let mut all: Vec<_> = view
             .leaves_with_attempts()
             .into_iter()
             .flat_map(|leaf| view.attempts_newest_first(leaf).collect::<Vec<_>>())
             .collect();
         all.sort_by_key(|a| a.token);
-        all.into_iter().map(|a| Victim { job: a.job, token: a.token }).collect()
+        all.into_iter()
+            .map(|a| Victim {
+                job: a.job,
+                token: a.token,
+            })
+            .collect()
     }
 }
 
@@ -97,7 +106,9 @@ fn queue_with(sim: &mut Sim, path: &str, capacity: f64, config: impl FnOnce(&mut
 #[test]
 fn custom_ordering_decides_which_job_runs_first() {
     let mut sim = Sim::with_policies(Config::default(), policies());
-    queue_with(&mut sim, "root.q", 100.0, |c| c.ordering = "lowest-priority-first".into());
+    queue_with(&mut sim, "root.q", 100.0, |c| {
+        c.ordering = "lowest-priority-first".into()
+    });
     sim.worker("one-slot", 1, 1000);
     let mut urgent = sim.request("root.q", one_core());
     urgent.priority = Some(10);
@@ -129,7 +140,9 @@ fn builtin_ordering_runs_higher_priority_first() {
 #[test]
 fn custom_admission_refuses_with_its_reason() {
     let mut sim = Sim::with_policies(Config::default(), policies());
-    queue_with(&mut sim, "root.q", 100.0, |c| c.admission = "team-tag-required".into());
+    queue_with(&mut sim, "root.q", 100.0, |c| {
+        c.admission = "team-tag-required".into()
+    });
     let req = sim.request("root.q", one_core());
     let err = sim.submit(req).unwrap_err();
     assert_eq!(
@@ -144,11 +157,17 @@ fn custom_admission_refuses_with_its_reason() {
 #[test]
 fn builtin_require_capable_worker_refuses_jobs_nothing_can_run() {
     let mut sim = Sim::new(Config::default());
-    queue_with(&mut sim, "root.q", 100.0, |c| c.admission = policy::REQUIRE_CAPABLE_WORKER.into());
+    queue_with(&mut sim, "root.q", 100.0, |c| {
+        c.admission = policy::REQUIRE_CAPABLE_WORKER.into()
+    });
     sim.worker("small", 2, 1000);
     let req = sim.request("root.q", Resources::cores(3, 100));
     let err = sim.submit(req).unwrap_err();
-    assert!(err.to_string().contains("no worker that accepts this job offers"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("no worker that accepts this job offers"),
+        "{err}"
+    );
     let req = sim.request("root.q", Resources::cores(2, 100));
     assert!(sim.submit(req).is_ok());
 }
@@ -156,13 +175,18 @@ fn builtin_require_capable_worker_refuses_jobs_nothing_can_run() {
 #[test]
 fn custom_placement_chooses_the_worker() {
     let mut sim = Sim::with_policies(Config::default(), policies());
-    queue_with(&mut sim, "root.q", 100.0, |c| c.placement = "prefer-zone-a".into());
+    queue_with(&mut sim, "root.q", 100.0, |c| {
+        c.placement = "prefer-zone-a".into()
+    });
     sim.worker_with("b-tight", Resources::cores(1, 1000), &[("zone", "b")]);
     let zone_a = sim.worker_with("a-roomy", Resources::cores(64, 64000), &[("zone", "a")]);
     let id = sim.submit_n("root.q", 1, one_core())[0];
     sim.pass();
     // Best fit would have picked the one-core worker in zone b.
-    assert_eq!(sim.rm.job(id).unwrap().current_attempt().unwrap().worker, zone_a);
+    assert_eq!(
+        sim.rm.job(id).unwrap().current_attempt().unwrap().worker,
+        zone_a
+    );
 }
 
 #[test]
