@@ -334,13 +334,14 @@ pub struct Job {
     /// Not to be scheduled before this instant (ETA, delay or retry backoff).
     pub not_before: Option<Timestamp>,
     /// Its settings.
-    pub spec: Box<JobSpec>,
+    pub spec: JobSpec,
     /// Every attempt so far, the current one last.
     pub attempts: Vec<Attempt>,
     /// Attempts that counted against `max_attempts`.
     pub failures: u32,
-    /// Set once, when the job reaches a terminal state.
-    pub termination: Option<Termination>,
+    /// Set once, when the job reaches a terminal state (boxed: most jobs the core
+    /// holds are pending, and this keeps them small).
+    pub termination: Option<Box<Termination>>,
     /// When it reached a terminal state.
     pub finished_at: Option<Timestamp>,
     /// Internal: when the job last became ready (for wait-time figures).
@@ -351,6 +352,10 @@ pub struct Job {
     pub(crate) constraint: crate::workers::ConstraintId,
     /// Internal: the worker holding the current attempt.
     pub(crate) worker: Option<crate::workers::WorkerKey>,
+    /// Internal: the job's position in that worker's `attempts`.
+    pub(crate) worker_slot: u32,
+    /// Internal: where a pending job waits.
+    pub(crate) waiting: Waiting,
     /// Internal: whether the current attempt was handed to its worker.
     pub(crate) delivered: bool,
 }
@@ -369,6 +374,17 @@ impl Job {
     pub fn current_token(&self) -> Option<FencingToken> {
         self.current_attempt().map(|a| a.token)
     }
+}
+
+/// Where a pending job waits (internal bookkeeping for lazy removal).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Waiting {
+    /// Not waiting in a leaf's queues: delayed, active or finished.
+    Not,
+    /// In its leaf's ready queue.
+    Ready,
+    /// Set aside in its leaf's parked list.
+    Parked,
 }
 
 /// What a worker reports about a finished attempt.

@@ -445,12 +445,87 @@ pub(crate) struct SelectionKey {
     pub queue: QueueId,
 }
 
-/// Key of a pending job in its leaf: policy rank, then FIFO.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
-pub(crate) struct PendingKey {
-    pub rank: i64,
-    pub seq: u64,
-    pub job: JobKey,
+/// A leaf's ready jobs in dispatch order: by rank under the queue's ordering policy,
+/// then first come first served. Each rank is a FIFO deque, so taking the next job is
+/// O(1) and touches little memory. Entries of jobs that stopped waiting (cancelled,
+/// expired) are dropped lazily when they reach the front; `len` counts live ones.
+#[derive(Debug, Default)]
+pub(crate) struct ReadyQueue {
+    buckets: std::collections::BTreeMap<i64, std::collections::VecDeque<JobKey>>,
+    live: usize,
+}
+
+impl ReadyQueue {
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Adds a job behind the others of its rank.
+    pub fn push_back(&mut self, rank: i64, job: JobKey) {
+        self.buckets.entry(rank).or_default().push_back(job);
+        self.live += 1;
+    }
+
+    /// Adds a job ahead of the others of its rank (it had already been dispatched once).
+    pub fn push_front(&mut self, rank: i64, job: JobKey) {
+        self.buckets.entry(rank).or_default().push_front(job);
+        self.live += 1;
+    }
+
+    /// The next live job, dropping dead entries in front of it.
+    pub fn head(&mut self, is_live: impl Fn(JobKey) -> bool) -> Option<JobKey> {
+        loop {
+            let mut bucket = self.buckets.first_entry()?;
+            match bucket.get().front() {
+                None => {
+                    bucket.remove();
+                }
+                Some(job) if is_live(*job) => return Some(*job),
+                Some(_) => {
+                    bucket.get_mut().pop_front();
+                }
+            }
+        }
+    }
+
+    /// Removes the entry `head` just returned.
+    pub fn pop_head(&mut self) {
+        if let Some(mut bucket) = self.buckets.first_entry() {
+            bucket.get_mut().pop_front();
+            if bucket.get().is_empty() {
+                bucket.remove();
+            }
+            self.live -= 1;
+        }
+    }
+
+    /// A live entry died in place (its job stopped waiting); it is dropped lazily.
+    pub fn forget_one(&mut self) {
+        self.live -= 1;
+    }
+
+    /// Live jobs in dispatch order.
+    pub fn iter_live<'a>(
+        &'a self,
+        is_live: impl Fn(JobKey) -> bool + 'a,
+    ) -> impl Iterator<Item = JobKey> + 'a {
+        self.buckets
+            .values()
+            .flatten()
+            .copied()
+            .filter(move |j| is_live(*j))
+    }
+
+    /// Empties the queue, returning the live jobs in dispatch order.
+    pub fn drain_live(&mut self, is_live: impl Fn(JobKey) -> bool) -> Vec<JobKey> {
+        let jobs = self.iter_live(is_live).collect();
+        *self = Self::default();
+        jobs
+    }
 }
 
 /// One node of the queue tree, with the scheduler's bookkeeping beside the config.
@@ -476,12 +551,17 @@ pub(crate) struct QueueNode {
     pub unfinished: u64,
     pub stats: QueueStats,
     /// Leaf: jobs ready to be scheduled, in dispatch order.
-    pub ready: BTreeSet<PendingKey>,
-    /// Leaf: ready jobs that no registered worker could run even when idle; set aside
-    /// so they do not block the queue, and put back when a worker registers.
-    pub parked: BTreeSet<PendingKey>,
-    /// Leaf: attempts holding resources, by fencing token (newest last).
-    pub attempts: BTreeSet<(crate::ids::FencingToken, JobKey)>,
+    pub ready: ReadyQueue,
+    /// Leaf: ready jobs that no worker could run even when idle (or that alone exceed
+    /// a ceiling), set aside so they do not block the queue, in their former order.
+    /// Put back when a worker registers or a ceiling changes. Dropped lazily.
+    pub parked: Vec<JobKey>,
+    /// Leaf: attempts holding resources in the order they were made (tokens grow, so
+    /// newest last). Ended attempts are dropped lazily: an entry is live only while
+    /// its token is its job's current one.
+    pub attempts: Vec<(crate::ids::FencingToken, JobKey)>,
+    /// Leaf: entries of `attempts` known to be dead.
+    pub dead_attempts: usize,
     /// Internal node: children that can take work now, best first.
     pub eligible_children: BTreeSet<SelectionKey>,
     /// This node's key in its parent's `eligible_children`, when it is in there.

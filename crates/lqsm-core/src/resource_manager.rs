@@ -6,13 +6,15 @@
 use crate::effects::{Assignment, Effects, Kill, KillReason, Record};
 use crate::hashing::HashMap;
 use crate::ids::{FencingToken, JobId, QueueId, Timestamp, WorkerId};
+use crate::jobs::Waiting;
 use crate::jobs::{
     AttemptOutcome, AttemptReport, Job, JobKey, JobSpec, JobState, ReportedResult, SubmitError,
     SubmitRequest, Termination, unit_random,
 };
 use crate::policy::{AdmissionContext, Policies, PreemptionPolicy};
+use crate::queues::ReadyQueue;
 use crate::queues::{
-    PendingKey, QueueConfig, QueueError, QueueNode, QueuePath, QueueState, QueueStats, QueueUpdate,
+    QueueConfig, QueueError, QueueNode, QueuePath, QueueState, QueueStats, QueueUpdate,
 };
 use crate::resources::{MiB, Millicores, Resources};
 use crate::timers::{Timer, Timers};
@@ -270,6 +272,20 @@ impl<'a> QueueView<'a> {
     pub fn unfinished(&self) -> u64 {
         self.node.unfinished
     }
+    /// The job this leaf dispatches next, if it has a ready one.
+    pub fn next_job(&self) -> Option<JobId> {
+        self.node
+            .ready
+            .iter_live(|k| {
+                self.rm
+                    .jobs
+                    .get(k)
+                    .is_some_and(|j| j.waiting == Waiting::Ready)
+            })
+            .next()
+            .map(|k| self.rm.jobs[k].id)
+    }
+
     /// Counters summed over its subtree's leaves.
     pub fn stats(&self) -> QueueStats {
         let mut sum = QueueStats::default();
@@ -378,9 +394,10 @@ impl ResourceManager {
             running: 0,
             unfinished: 0,
             stats: QueueStats::default(),
-            ready: BTreeSet::new(),
-            parked: BTreeSet::new(),
-            attempts: BTreeSet::new(),
+            ready: ReadyQueue::default(),
+            parked: Vec::new(),
+            attempts: Vec::new(),
+            dead_attempts: 0,
             eligible_children: BTreeSet::new(),
             key_in_parent: None,
             at_ceiling: false,
@@ -629,9 +646,10 @@ impl ResourceManager {
             running: 0,
             unfinished: 0,
             stats: QueueStats::default(),
-            ready: BTreeSet::new(),
-            parked: BTreeSet::new(),
-            attempts: BTreeSet::new(),
+            ready: ReadyQueue::default(),
+            parked: Vec::new(),
+            attempts: Vec::new(),
+            dead_attempts: 0,
             eligible_children: BTreeSet::new(),
             key_in_parent: None,
             at_ceiling: false,
@@ -690,25 +708,21 @@ impl ResourceManager {
     fn rerank(&mut self, id: QueueId) {
         let node = self.node_mut(id);
         let ordering = node.ordering.clone();
-        let ready = std::mem::take(&mut node.ready);
-        let parked = std::mem::take(&mut node.parked);
-        let mut rerank = |set: BTreeSet<PendingKey>| -> BTreeSet<PendingKey> {
-            set.into_iter()
-                .map(|key| {
-                    let job = &mut self.jobs[key.job];
-                    job.rank = ordering.rank(&job.spec);
-                    PendingKey {
-                        rank: job.rank,
-                        seq: job.seq,
-                        job: key.job,
-                    }
-                })
-                .collect()
-        };
-        let (ready, parked) = (rerank(ready), rerank(parked));
-        let node = self.node_mut(id);
-        node.ready = ready;
-        node.parked = parked;
+        let mut ready = std::mem::take(&mut node.ready);
+        let jobs = &mut self.jobs;
+        let live = ready.drain_live(|k| jobs.get(k).is_some_and(|j| j.waiting == Waiting::Ready));
+        for key in live {
+            let job = &mut self.jobs[key];
+            job.rank = ordering.rank(&job.spec);
+            ready.push_back(job.rank, key);
+        }
+        let parked = self.node(id).parked.clone();
+        for key in parked {
+            if let Some(job) = self.jobs.get_mut(key) {
+                job.rank = ordering.rank(&job.spec);
+            }
+        }
+        self.node_mut(id).ready = ready;
     }
 
     fn recompute_absolute(&mut self, id: QueueId) {
@@ -961,7 +975,7 @@ impl ResourceManager {
             state: JobState::Pending,
             submitted_at: now,
             not_before,
-            spec: Box::new(spec),
+            spec,
             attempts: Vec::new(),
             failures: 0,
             termination: None,
@@ -970,6 +984,8 @@ impl ResourceManager {
             rank,
             constraint,
             worker: None,
+            worker_slot: 0,
+            waiting: Waiting::Not,
             delivered: false,
         });
         self.job_ids.insert(id, key);
@@ -985,7 +1001,7 @@ impl ResourceManager {
         }
         match not_before {
             Some(at) => self.timers.set(at, Timer::Release(key)),
-            None => self.make_ready(key, now),
+            None => self.make_ready(key, now, false),
         }
         self.effects.records.push(Record::Job(id));
         Ok(Submitted::Created(id))
@@ -1000,37 +1016,36 @@ impl ResourceManager {
         }
     }
 
-    /// Puts a pending job into its leaf's ready set.
-    fn make_ready(&mut self, key: JobKey, now: Timestamp) {
+    /// Puts a pending job into its leaf's ready queue: behind the others of its rank,
+    /// or ahead of them for a job that had already been dispatched (preempted).
+    fn make_ready(&mut self, key: JobKey, now: Timestamp, front: bool) {
         let job = &mut self.jobs[key];
         job.not_before = None;
         job.ready_since = now;
-        let entry = PendingKey {
-            rank: job.rank,
-            seq: job.seq,
-            job: key,
-        };
-        let queue = job.queue;
+        job.waiting = Waiting::Ready;
+        let (rank, queue) = (job.rank, job.queue);
         let leaf = self.node_mut(queue);
         let was_empty = leaf.ready.is_empty();
-        leaf.ready.insert(entry);
-        let is_head = leaf.ready.first() == Some(&entry);
+        if front {
+            leaf.ready.push_front(rank, key);
+        } else {
+            leaf.ready.push_back(rank, key);
+        }
         if was_empty {
             self.refresh_up(queue);
         }
-        if is_head {
+        if was_empty || front {
             self.head_changed(queue);
         }
         self.dirty = true;
     }
 
-    fn pending_key(&self, key: JobKey) -> PendingKey {
-        let job = &self.jobs[key];
-        PendingKey {
-            rank: job.rank,
-            seq: job.seq,
-            job: key,
-        }
+    /// The next job of a leaf, if it has a ready one.
+    pub(crate) fn leaf_head(&mut self, leaf: QueueId) -> Option<JobKey> {
+        let jobs = &self.jobs;
+        let node = self.queues[leaf.0 as usize].as_mut()?;
+        node.ready
+            .head(|k| jobs.get(k).is_some_and(|j| j.waiting == Waiting::Ready))
     }
 
     /// Cancels a job: a pending one at once; one with an attempt is killed on its
@@ -1065,7 +1080,6 @@ impl ResourceManager {
 
     /// Moves a job that holds no attempt to a terminal state, once.
     fn terminate(&mut self, key: JobKey, termination: Termination, now: Timestamp) {
-        let pending_entry = self.pending_key(key);
         let job = &mut self.jobs[key];
         debug_assert!(!job.state.is_terminal() && !job.state.is_active());
         let state = match &termination {
@@ -1075,8 +1089,10 @@ impl ResourceManager {
             Termination::Expired => JobState::Expired,
         };
         let was_pending = job.state == JobState::Pending;
+        let was_ready = job.waiting == Waiting::Ready;
+        job.waiting = Waiting::Not;
         job.state = state;
-        job.termination = Some(termination);
+        job.termination = Some(Box::new(termination));
         job.finished_at = Some(now);
         job.not_before = None;
         let (id, queue) = (job.id, job.queue);
@@ -1088,15 +1104,13 @@ impl ResourceManager {
             let leaf = self.node_mut(queue);
             if was_pending {
                 leaf.stats.pending -= 1;
-                leaf.parked.remove(&pending_entry);
-                let was_head = leaf.ready.first() == Some(&pending_entry);
-                if leaf.ready.remove(&pending_entry) {
+                if was_ready {
+                    leaf.ready.forget_one();
                     if leaf.ready.is_empty() {
                         self.refresh_up(queue);
                     }
-                    if was_head {
-                        self.head_changed(queue);
-                    }
+                    // The leaf's next job may have changed to one that fits.
+                    self.head_changed(queue);
                 }
             }
             let stats = &mut self.node_mut(queue).stats;
@@ -1142,6 +1156,12 @@ impl ResourceManager {
         job.delivered = false;
         let (id, queue, request) = (job.id, job.queue, job.spec.request.clone());
 
+        let slot = job.worker_slot as usize;
+        let worker = &mut self.workers[worker_key];
+        worker.attempts.swap_remove(slot);
+        if let Some(moved) = worker.attempts.get(slot) {
+            self.jobs[*moved].worker_slot = slot as u32;
+        }
         let worker = &mut self.workers[worker_key];
         worker.used.sub(&request);
         if worker.state == WorkerState::Draining {
@@ -1149,7 +1169,6 @@ impl ResourceManager {
             self.total.sub(&request);
             self.keys_stale = true;
         }
-        worker.attempts.remove(&key);
         if worker.indexed.is_some() {
             self.index.upsert(worker_key, worker);
         }
@@ -1168,7 +1187,11 @@ impl ResourceManager {
             .is_some_and(Option::is_some)
         {
             let leaf = self.node_mut(queue);
-            leaf.attempts.remove(&(token, key));
+            leaf.dead_attempts += 1;
+            if leaf.dead_attempts * 2 > leaf.attempts.len() && leaf.attempts.len() >= 32 {
+                self.compact_leaf_attempts(queue);
+            }
+            let leaf = self.node_mut(queue);
             leaf.stats.run.record(now.since(scheduled_at));
             leaf.stats.pending += 1;
             let mut at = Some(queue);
@@ -1183,6 +1206,19 @@ impl ResourceManager {
         }
         self.effects.records.push(Record::Job(id));
         self.dirty = true;
+    }
+
+    /// Drops a leaf's dead attempt entries (amortised: run when half are dead).
+    fn compact_leaf_attempts(&mut self, leaf: QueueId) {
+        let mut entries = std::mem::take(&mut self.node_mut(leaf).attempts);
+        entries.retain(|(token, key)| {
+            self.jobs
+                .get(*key)
+                .is_some_and(|j| j.current_token() == Some(*token))
+        });
+        let node = self.node_mut(leaf);
+        node.attempts = entries;
+        node.dead_attempts = 0;
     }
 
     /// Ends an attempt that failed, timed out or was lost: retried after its backoff
@@ -1208,7 +1244,7 @@ impl ResourceManager {
     /// Puts a job whose attempt ended back to pending, ready at `at`.
     fn requeue(&mut self, key: JobKey, at: Timestamp, now: Timestamp) {
         if at <= now {
-            self.make_ready(key, now);
+            self.make_ready(key, now, false);
         } else {
             self.jobs[key].not_before = Some(at);
             self.timers.set(at, Timer::Release(key));
@@ -1224,7 +1260,7 @@ impl ResourceManager {
             Some(KillReason::Preempted),
             now,
         );
-        self.make_ready(key, now);
+        self.make_ready(key, now, true);
     }
 
     // ----- workers -------------------------------------------------------------------
@@ -1287,7 +1323,7 @@ impl ResourceManager {
                     state: WorkerState::Active,
                     registered_at: now,
                     heartbeat_deadline: deadline,
-                    attempts: BTreeSet::new(),
+                    attempts: Vec::new(),
                     outbox: Vec::new(),
                     class,
                     indexed: None,
@@ -1308,15 +1344,27 @@ impl ResourceManager {
         Ok(())
     }
 
-    /// A new or changed worker may run jobs that nothing could run before.
+    /// A new or changed worker, or a raised ceiling, may let set-aside jobs run: they
+    /// go back to the front of their leaves, in the order they had.
     fn unpark_all(&mut self) {
         for leaf in std::mem::take(&mut self.parked_leaves) {
             let Some(Some(node)) = self.queues.get_mut(leaf.0 as usize) else {
                 continue;
             };
             let parked = std::mem::take(&mut node.parked);
-            node.ready.extend(parked);
+            for key in parked.into_iter().rev() {
+                let Some(job) = self.jobs.get_mut(key) else {
+                    continue;
+                };
+                if job.waiting != Waiting::Parked {
+                    continue;
+                }
+                job.waiting = Waiting::Ready;
+                let rank = job.rank;
+                self.node_mut(leaf).ready.push_front(rank, key);
+            }
             self.refresh_up(leaf);
+            self.head_changed(leaf);
         }
     }
 
@@ -1521,7 +1569,7 @@ impl ResourceManager {
                         continue;
                     };
                     if job.state == JobState::Pending && job.not_before.is_some_and(|t| t <= now) {
-                        self.make_ready(key, now);
+                        self.make_ready(key, now, false);
                     }
                 }
                 Timer::Expire(key) => {
@@ -1598,7 +1646,14 @@ impl ResourceManager {
         let mut by_worker: std::collections::HashMap<WorkerKey, Resources> = Default::default();
         let mut by_queue: std::collections::HashMap<QueueId, (Resources, u64)> = Default::default();
         let mut tokens = HashSet::new();
+        let mut ready: std::collections::HashMap<QueueId, usize> = Default::default();
         for (key, job) in &self.jobs {
+            if job.waiting == Waiting::Ready {
+                if job.state != JobState::Pending || job.not_before.is_some() {
+                    return Err(format!("job {} is ready but {:?}", job.id, job.state));
+                }
+                *ready.entry(job.queue).or_default() += 1;
+            }
             if !job.state.is_active() {
                 if job.worker.is_some() {
                     return Err(format!("inactive job {} still names a worker", job.id));
@@ -1621,7 +1676,8 @@ impl ResourceManager {
                 e.1 += 1;
                 at = self.node(q).parent;
             }
-            if !self.node(job.queue).attempts.contains(&(token, key)) {
+            let leaf = self.node(job.queue);
+            if !leaf.attempts.contains(&(token, key)) {
                 return Err(format!("job {} not in its leaf's attempts", job.id));
             }
         }
@@ -1641,6 +1697,14 @@ impl ResourceManager {
             }
         }
         for view in self.queues() {
+            let expected = ready.remove(&view.id()).unwrap_or_default();
+            if view.node.ready.len() != expected {
+                return Err(format!(
+                    "queue {} counts {} ready jobs, holds {expected}",
+                    view.path(),
+                    view.node.ready.len()
+                ));
+            }
             let (used, running) = by_queue.remove(&view.id()).unwrap_or_default();
             if *view.used() != used || view.running() != running {
                 return Err(format!("queue {} used/running out of step", view.path()));

@@ -156,12 +156,12 @@ impl ResourceManager {
         // Whether some worker could run a request when idle, memoised for the pass.
         let mut capable: Vec<(ConstraintId, Resources, bool)> = Vec::new();
         while let Some(leaf) = self.next_leaf() {
-            let head = *self
-                .node(leaf)
-                .ready
-                .first()
-                .expect("an eligible leaf has a ready job");
-            let job = &self.jobs[head.job];
+            let Some(head) = self.leaf_head(leaf) else {
+                // Only dead entries were left: the leaf has nothing ready after all.
+                self.refresh_up(leaf);
+                continue;
+            };
+            let job = &self.jobs[head];
             let constraint = job.constraint;
             if let Some(capped) = self.ceiling_hit(leaf, &job.spec.request) {
                 // A job that no worker could run, or that alone is beyond a ceiling,
@@ -191,11 +191,11 @@ impl ResourceManager {
                 let node = self.node(leaf);
                 node.placement
                     .place(&job.spec.request, &candidates)
-                    .filter(|w| self.fits_on(*w, head.job))
+                    .filter(|w| self.fits_on(*w, head))
             };
             match chosen {
                 Some(worker) => {
-                    self.assign(leaf, head.job, worker, now);
+                    self.assign(leaf, head, worker, now);
                     report.placed += 1;
                 }
                 None => {
@@ -252,10 +252,11 @@ impl ResourceManager {
     }
 
     /// Sets a ready job aside until a worker registers, so it does not block its leaf.
-    fn park(&mut self, leaf: QueueId, entry: crate::queues::PendingKey) {
+    fn park(&mut self, leaf: QueueId, head: JobKey) {
+        self.jobs[head].waiting = crate::jobs::Waiting::Parked;
         let node = self.node_mut(leaf);
-        node.ready.remove(&entry);
-        node.parked.insert(entry);
+        node.ready.pop_head();
+        node.parked.push(head);
         self.parked_leaves.insert(leaf);
         self.refresh_up(leaf);
     }
@@ -303,6 +304,8 @@ impl ResourceManager {
         let worker = &mut self.workers[worker_key];
         let job = &mut self.jobs[key];
         let number = u32::try_from(job.attempts.len() + 1).unwrap_or(u32::MAX);
+        // Most jobs run once: room for one attempt, not the default four.
+        job.attempts.reserve_exact(1);
         job.attempts.push(Attempt {
             number,
             token,
@@ -313,12 +316,15 @@ impl ResourceManager {
             outcome: None,
         });
         job.state = JobState::Scheduled;
+        job.waiting = crate::jobs::Waiting::Not;
         job.worker = Some(worker_key);
         job.delivered = false;
         let wait = now.since(job.ready_since);
         let request = &job.spec.request;
         worker.used.add(request);
-        worker.attempts.insert(key);
+        job.worker_slot =
+            u32::try_from(worker.attempts.len()).expect("fewer than 2^32 attempts per worker");
+        worker.attempts.push(key);
         worker.outbox.push(key);
         self.index.upsert(worker_key, worker);
         self.effects.assignments.push(Assignment {
@@ -334,8 +340,8 @@ impl ResourceManager {
         }
 
         let node = self.queues[leaf.0 as usize].as_mut().expect("leaf is live");
-        node.ready.pop_first();
-        node.attempts.insert((token, key));
+        node.ready.pop_head();
+        node.attempts.push((token, key));
         node.stats.pending -= 1;
         node.stats.wait.record(wait);
         let mut at = Some(leaf);
@@ -397,11 +403,16 @@ impl ResourceManager {
     /// what it has ready.
     fn starved_need(&self, leaf: QueueId) -> Option<(Resources, ConstraintId)> {
         let node = self.node(leaf);
-        let head = node.ready.first()?;
-        let constraint = self.jobs[head.job].constraint;
+        let live = |k: JobKey| {
+            self.jobs
+                .get(k)
+                .is_some_and(|j| j.waiting == crate::jobs::Waiting::Ready)
+        };
+        let head = node.ready.iter_live(live).next()?;
+        let constraint = self.jobs[head].constraint;
         let mut need = Resources::default();
-        for entry in node.ready.iter().take(NEED_SCAN_LIMIT) {
-            let request = &self.jobs[entry.job].spec.request;
+        for key in node.ready.iter_live(live).take(NEED_SCAN_LIMIT) {
+            let request = &self.jobs[key].spec.request;
             if !need.is_zero()
                 && node.used.dominant_share_with(&need, &self.total) >= node.abs_guarantee - EPSILON
             {
@@ -531,7 +542,7 @@ impl PreemptionView<'_> {
             .queues
             .iter()
             .flatten()
-            .filter(|n| n.is_leaf() && !n.attempts.is_empty())
+            .filter(|n| n.is_leaf() && n.attempts.len() > n.dead_attempts)
             .map(|n| n.id)
             .collect()
     }
@@ -576,6 +587,9 @@ impl PreemptionView<'_> {
             .rev()
             .filter_map(|(token, key)| {
                 let job = self.rm.job_by_key(*key)?;
+                if job.current_token() != Some(*token) {
+                    return None;
+                }
                 Some(RunningAttempt {
                     job: *key,
                     token: *token,

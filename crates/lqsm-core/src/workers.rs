@@ -77,8 +77,8 @@ pub struct Worker {
     pub registered_at: Timestamp,
     /// It is lost if it has not polled by then.
     pub heartbeat_deadline: Timestamp,
-    /// Jobs whose current attempt it holds.
-    pub(crate) attempts: BTreeSet<JobKey>,
+    /// Jobs whose current attempt it holds; each job knows its position here.
+    pub(crate) attempts: Vec<JobKey>,
     /// Attempts assigned but not yet handed over in a poll answer.
     pub(crate) outbox: Vec<JobKey>,
     pub(crate) class: ClassId,

@@ -413,15 +413,7 @@ impl World {
             if near_ceiling {
                 continue;
             }
-            let head = self
-                .jobs
-                .iter()
-                .filter_map(|id| rm.job(*id))
-                .filter(|j| {
-                    j.queue == view.id() && j.state == JobState::Pending && j.not_before.is_none()
-                })
-                .filter(|j| active.iter().any(|w| j.spec.request.fits_in(&w.capacity)))
-                .min_by_key(|j| (-i64::from(j.spec.priority), j.seq));
+            let head = view.next_job().and_then(|id| rm.job(id));
             if let Some(head) = head {
                 let fits = active.iter().any(|w| head.spec.request.fits_in(&w.free()));
                 prop_assert!(

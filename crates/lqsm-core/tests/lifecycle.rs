@@ -55,7 +55,7 @@ fn submitted_job_is_assigned_run_and_succeeds_once() {
     let job = sim.rm.job(id).unwrap();
     assert_eq!(job.state, JobState::Succeeded);
     assert!(matches!(
-        &job.termination,
+        job.termination.as_deref(),
         Some(Termination::Succeeded { result: Some(v), .. }) if v["ok"] == true
     ));
     assert_eq!(sim.log.finished, vec![id]);
@@ -112,7 +112,7 @@ fn failed_attempt_is_retried_after_exponential_backoff_then_fails_for_good() {
     assert_eq!(job.state, JobState::Failed);
     assert_eq!(job.attempts.len(), 3);
     assert!(matches!(
-        &job.termination,
+        job.termination.as_deref(),
         Some(Termination::Failed { last: AttemptOutcome::Failed { message, exit_code: Some(3) } }) if message == "still broken"
     ));
     sim.check();
@@ -467,7 +467,7 @@ fn deleting_a_queue_with_jobs_needs_force_and_cancels_them_with_a_reason() {
         let job = sim.rm.job(*id).unwrap();
         assert_eq!(job.state, JobState::Cancelled);
         assert!(
-            matches!(&job.termination, Some(Termination::Cancelled { reason }) if reason == "queue root.q was deleted")
+            matches!(job.termination.as_deref(), Some(Termination::Cancelled { reason }) if reason == "queue root.q was deleted")
         );
         assert_eq!(sim.rm.queue_path(job.queue).unwrap().as_str(), "root.q");
     }
