@@ -5,6 +5,8 @@ use crate::ids::{FencingToken, JobId, QueueId, Timestamp, WorkerId};
 use crate::resources::Resources;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -13,36 +15,116 @@ slotmap::new_key_type! {
     pub struct JobKey;
 }
 
+/// A JSON value kept as its compact text: the core never looks inside arguments or
+/// results, and text costs a fraction of a parsed tree's memory.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Json(Box<serde_json::value::RawValue>);
+
+impl Json {
+    /// JSON `null`.
+    pub fn null() -> Self {
+        Self::from_value(&serde_json::Value::Null)
+    }
+
+    /// The compact text of `value`.
+    pub fn from_value(value: &serde_json::Value) -> Self {
+        Self(serde_json::value::to_raw_value(value).expect("a JSON value always serialises"))
+    }
+
+    /// Checks that `text` is JSON and keeps it as it is.
+    pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::value::RawValue::from_string(text.to_owned()).map(Self)
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The value, parsed.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(self.0.get()).expect("held text is valid JSON")
+    }
+}
+
+impl Default for Json {
+    fn default() -> Self {
+        Self::null()
+    }
+}
+
+impl From<serde_json::Value> for Json {
+    fn from(value: serde_json::Value) -> Self {
+        Self::from_value(&value)
+    }
+}
+
+impl PartialEq for Json {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl fmt::Debug for Json {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A program to run as a child process.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Command {
+    /// Program and arguments; at least the program.
+    pub argv: Vec<String>,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory (the worker's own when absent).
+    #[serde(default)]
+    pub cwd: Option<String>,
+}
+
 /// What a worker runs.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum JobKind {
-    /// A program run as a child process.
-    Command {
-        /// Program and arguments; at least the program.
-        argv: Vec<String>,
-        /// Extra environment variables.
-        #[serde(default)]
-        env: BTreeMap<String, String>,
-        /// Working directory (the worker's own when absent).
-        #[serde(default)]
-        cwd: Option<String>,
-    },
+    /// A program run as a child process (boxed: function jobs are the common case
+    /// and should not pay for a command's fields).
+    Command(Box<Command>),
     /// A handler registered by name on a worker, called with JSON arguments.
     Function {
-        /// The handler's name (`lqsm.echo`, `billing.invoice`).
-        handler: String,
+        /// The handler's name (`lqsm.echo`, `billing.invoice`); shared between jobs.
+        handler: Arc<str>,
         /// Its arguments.
         #[serde(default)]
-        args: serde_json::Value,
+        args: Json,
     },
 }
 
 impl JobKind {
+    /// A command job running `argv` with no extra environment in the worker's directory.
+    pub fn command<S: Into<String>>(argv: impl IntoIterator<Item = S>) -> Self {
+        JobKind::Command(Box::new(Command {
+            argv: argv.into_iter().map(Into::into).collect(),
+            env: BTreeMap::new(),
+            cwd: None,
+        }))
+    }
+
+    /// A function job calling `handler` with `args`.
+    pub fn function(handler: &str, args: serde_json::Value) -> Self {
+        JobKind::Function {
+            handler: handler.into(),
+            args: Json::from_value(&args),
+        }
+    }
+
     /// The handler a function job needs, or `None` for a command job.
     pub fn handler(&self) -> Option<&str> {
         match self {
-            JobKind::Command { .. } => None,
+            JobKind::Command(_) => None,
             JobKind::Function { handler, .. } => Some(handler),
         }
     }
@@ -149,14 +231,7 @@ pub struct SubmitRequest {
 impl SubmitRequest {
     /// A function job for `queue` with every option left to the queue.
     pub fn function(id: JobId, queue: &str, handler: &str, args: serde_json::Value) -> Self {
-        Self::new(
-            id,
-            queue,
-            JobKind::Function {
-                handler: handler.into(),
-                args,
-            },
-        )
+        Self::new(id, queue, JobKind::function(handler, args))
     }
 
     /// A submission of `kind` to `queue` with every option left to the queue.
@@ -180,6 +255,7 @@ impl SubmitRequest {
 
 /// A job's settings once the queue's defaults are applied. Fixed after submission.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(from = "JobSpecRecord", into = "JobSpecRecord")]
 pub struct JobSpec {
     /// What to run.
     pub kind: JobKind,
@@ -187,18 +263,138 @@ pub struct JobSpec {
     pub request: Resources,
     /// Higher runs first.
     pub priority: i32,
-    /// Give up if not started by then.
-    pub expires_at: Option<Timestamp>,
     /// Longest an attempt may run.
     pub timeout: Option<Duration>,
     /// How failures are retried.
     pub retry: RetryPolicy,
+    /// Options most jobs leave out, boxed so that those jobs stay small.
+    extras: Option<Box<JobExtras>>,
+}
+
+#[derive(Clone, PartialEq, Debug, Default)]
+struct JobExtras {
+    expires_at: Option<Timestamp>,
+    idempotency_key: Option<String>,
+    selector: BTreeMap<String, String>,
+    tags: Vec<String>,
+}
+
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
+impl JobSpec {
+    /// Give up if not started by then.
+    pub fn expires_at(&self) -> Option<Timestamp> {
+        self.extras.as_ref().and_then(|e| e.expires_at)
+    }
+
     /// The submission's idempotency key.
-    pub idempotency_key: Option<String>,
+    pub fn idempotency_key(&self) -> Option<&str> {
+        self.extras
+            .as_ref()
+            .and_then(|e| e.idempotency_key.as_deref())
+    }
+
     /// Labels a worker must carry.
-    pub selector: BTreeMap<String, String>,
+    pub fn selector(&self) -> &BTreeMap<String, String> {
+        self.extras.as_ref().map_or(&NO_LABELS, |e| &e.selector)
+    }
+
     /// Free-form tags.
-    pub tags: Vec<String>,
+    pub fn tags(&self) -> &[String] {
+        self.extras.as_ref().map_or(&[], |e| &e.tags)
+    }
+
+    fn from_parts(
+        kind: JobKind,
+        request: Resources,
+        priority: i32,
+        timeout: Option<Duration>,
+        retry: RetryPolicy,
+        extras: JobExtras,
+    ) -> Self {
+        let extras = (extras != JobExtras::default()).then(|| Box::new(extras));
+        Self {
+            kind,
+            request,
+            priority,
+            timeout,
+            retry,
+            extras,
+        }
+    }
+}
+
+/// The flat, serialisable form of a [`JobSpec`].
+#[derive(Serialize, Deserialize)]
+struct JobSpecRecord {
+    kind: JobKind,
+    request: Resources,
+    priority: i32,
+    #[serde(default)]
+    timeout: Option<Duration>,
+    retry: RetryPolicy,
+    #[serde(default)]
+    expires_at: Option<Timestamp>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+    #[serde(default)]
+    selector: BTreeMap<String, String>,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+impl From<JobSpecRecord> for JobSpec {
+    fn from(r: JobSpecRecord) -> Self {
+        let extras = JobExtras {
+            expires_at: r.expires_at,
+            idempotency_key: r.idempotency_key,
+            selector: r.selector,
+            tags: r.tags,
+        };
+        JobSpec::from_parts(r.kind, r.request, r.priority, r.timeout, r.retry, extras)
+    }
+}
+
+impl From<JobSpec> for JobSpecRecord {
+    fn from(s: JobSpec) -> Self {
+        let extras = s.extras.map(|b| *b).unwrap_or_default();
+        Self {
+            kind: s.kind,
+            request: s.request,
+            priority: s.priority,
+            timeout: s.timeout,
+            retry: s.retry,
+            expires_at: extras.expires_at,
+            idempotency_key: extras.idempotency_key,
+            selector: extras.selector,
+            tags: extras.tags,
+        }
+    }
+}
+
+impl SubmitRequest {
+    /// The job's settings: this submission's options, the queue's defaults for the
+    /// ones it left out.
+    pub(crate) fn resolve(
+        self,
+        defaults: &crate::queues::JobDefaults,
+    ) -> (JobSpec, Option<Timestamp>) {
+        let extras = JobExtras {
+            expires_at: self.expires_at,
+            idempotency_key: self.idempotency_key,
+            selector: self.selector,
+            tags: self.tags,
+        };
+        let spec = JobSpec::from_parts(
+            self.kind,
+            self.request.unwrap_or_else(|| defaults.request.clone()),
+            self.priority.unwrap_or(defaults.priority),
+            self.timeout.or(defaults.timeout),
+            self.retry.unwrap_or(defaults.retry),
+            extras,
+        );
+        (spec, self.not_before)
+    }
 }
 
 /// Where a job is in its life.
@@ -243,7 +439,7 @@ pub enum AttemptOutcome {
     /// It succeeded, with an optional result.
     Succeeded {
         /// The handler's return value, if any.
-        result: Option<serde_json::Value>,
+        result: Option<Json>,
         /// The exit code of a command.
         exit_code: Option<i32>,
     },
@@ -300,7 +496,7 @@ pub enum Termination {
     /// Succeeded; the result of the last attempt.
     Succeeded {
         /// The handler's return value, if any.
-        result: Option<serde_json::Value>,
+        result: Option<Json>,
         /// The command's exit code.
         exit_code: Option<i32>,
     },
@@ -407,7 +603,7 @@ pub enum ReportedResult {
     Succeeded {
         /// The handler's return value.
         #[serde(default)]
-        result: Option<serde_json::Value>,
+        result: Option<Json>,
         /// The command's exit code.
         #[serde(default)]
         exit_code: Option<i32>,
@@ -480,8 +676,8 @@ impl SubmitRequest {
         let invalid =
             |field: &'static str, reason: String| SubmitError::InvalidField { field, reason };
         match &self.kind {
-            JobKind::Command { argv, .. } => {
-                if argv.first().is_none_or(|p| p.is_empty()) {
+            JobKind::Command(command) => {
+                if command.argv.first().is_none_or(|p| p.is_empty()) {
                     return Err(invalid("kind.argv", "must name a program".into()));
                 }
             }

@@ -8,7 +8,7 @@ use crate::hashing::HashMap;
 use crate::ids::{FencingToken, JobId, QueueId, Timestamp, WorkerId};
 use crate::jobs::Waiting;
 use crate::jobs::{
-    AttemptOutcome, AttemptReport, Job, JobKey, JobSpec, JobState, ReportedResult, SubmitError,
+    AttemptOutcome, AttemptReport, Job, JobKey, JobKind, JobState, ReportedResult, SubmitError,
     SubmitRequest, Termination, unit_random,
 };
 use crate::policy::{AdmissionContext, Policies, PreemptionPolicy};
@@ -925,22 +925,16 @@ impl ResourceManager {
                 max,
             });
         }
-        let defaults = &node.config.defaults;
-        let spec = JobSpec {
-            request: req.request.unwrap_or_else(|| defaults.request.clone()),
-            priority: req.priority.unwrap_or(defaults.priority),
-            expires_at: req.expires_at,
-            timeout: req.timeout.or(defaults.timeout),
-            retry: req.retry.unwrap_or(defaults.retry),
-            idempotency_key: req.idempotency_key,
-            selector: req.selector,
-            tags: req.tags,
-            kind: req.kind,
-        };
+        let (id, queue_path) = (req.id, req.queue.clone());
+        let (mut spec, not_before) = req.resolve(&node.config.defaults);
         Self::validate_request(&spec.request)?;
         let constraint = self
             .index
-            .constraint_for(&spec.selector, spec.kind.handler());
+            .constraint_for(spec.selector(), spec.kind.handler());
+        if let JobKind::Function { handler, .. } = &mut spec.kind {
+            // One shared copy of each handler name, however many jobs name it.
+            *handler = self.index.intern_handler(handler);
+        }
         let node = self.node(queue);
         let admission = AdmissionContext {
             queue: &node.path,
@@ -955,19 +949,18 @@ impl ResourceManager {
         };
         if let Err(reason) = node.admission.admit(&admission) {
             return Err(SubmitError::Refused {
-                path: req.queue,
+                path: queue_path,
                 policy: node.admission.name().to_owned(),
                 reason,
             });
         }
         let rank = node.ordering.rank(&spec);
 
-        let id = req.id;
         let seq = self.next_seq;
         self.next_seq += 1;
-        let expires_at = spec.expires_at;
-        let idempotency_key = spec.idempotency_key.clone();
-        let not_before = req.not_before.filter(|t| *t > now);
+        let expires_at = spec.expires_at();
+        let idempotency_key = spec.idempotency_key().map(str::to_owned);
+        let not_before = not_before.filter(|t| *t > now);
         let key = self.jobs.insert(Job {
             id,
             queue,
@@ -1577,7 +1570,7 @@ impl ResourceManager {
                         continue;
                     };
                     if job.state == JobState::Pending
-                        && job.spec.expires_at.is_some_and(|t| t <= now)
+                        && job.spec.expires_at().is_some_and(|t| t <= now)
                     {
                         self.terminate(key, Termination::Expired, now);
                     }
@@ -1631,8 +1624,8 @@ impl ResourceManager {
     fn purge(&mut self, key: JobKey) {
         let job = self.jobs.remove(key).expect("purged jobs exist");
         self.job_ids.remove(&job.id);
-        if let Some(k) = job.spec.idempotency_key {
-            self.idempotency.remove(&(job.queue, k));
+        if let Some(k) = job.spec.idempotency_key() {
+            self.idempotency.remove(&(job.queue, k.to_owned()));
         }
         self.effects.records.push(Record::JobPurged(job.id));
     }

@@ -189,6 +189,8 @@ pub struct WorkerIndex {
     /// Fast path for the common constraint: no selector, keyed by handler ("" = command).
     plain_constraints: HashMap<String, ConstraintId>,
     constraint_ids: HashMap<ConstraintSignature, ConstraintId>,
+    /// One shared copy of every handler name jobs have used.
+    handler_names: std::collections::HashSet<std::sync::Arc<str>, foldhash::quality::FixedState>,
 }
 
 impl WorkerIndex {
@@ -199,6 +201,9 @@ impl WorkerIndex {
             constraints: Vec::new(),
             plain_constraints: crate::hashing::map(seed),
             constraint_ids: crate::hashing::map(seed),
+            handler_names: std::collections::HashSet::with_hasher(
+                foldhash::quality::FixedState::with_seed(seed),
+            ),
         }
     }
 
@@ -262,6 +267,16 @@ impl WorkerIndex {
         self.constraint_ids.insert(signature.clone(), id);
         self.constraints.push(Constraint { signature, classes });
         id
+    }
+
+    /// The shared copy of a handler name.
+    pub(crate) fn intern_handler(&mut self, name: &str) -> std::sync::Arc<str> {
+        if let Some(shared) = self.handler_names.get(name) {
+            return shared.clone();
+        }
+        let shared: std::sync::Arc<str> = name.into();
+        self.handler_names.insert(shared.clone());
+        shared
     }
 
     /// Whether workers of `class` accept jobs with `constraint`.

@@ -47,7 +47,7 @@ fn submitted_job_is_assigned_run_and_succeeds_once() {
         w,
         id,
         ReportedResult::Succeeded {
-            result: Some(serde_json::json!({"ok": true})),
+            result: Some(serde_json::json!({"ok": true}).into()),
             exit_code: None,
         },
     );
@@ -56,7 +56,7 @@ fn submitted_job_is_assigned_run_and_succeeds_once() {
     assert_eq!(job.state, JobState::Succeeded);
     assert!(matches!(
         job.termination.as_deref(),
-        Some(Termination::Succeeded { result: Some(v), .. }) if v["ok"] == true
+        Some(Termination::Succeeded { result: Some(v), .. }) if v.to_value()["ok"] == true
     ));
     assert_eq!(sim.log.finished, vec![id]);
     assert!(sim.log.records.contains(&Record::Job(id)));
@@ -585,11 +585,7 @@ fn bad_submissions_are_refused_with_the_field_named_and_nothing_stored() {
         (
             {
                 let mut r = sim.request("root.eng.ml", one_core());
-                r.kind = JobKind::Command {
-                    argv: vec![],
-                    env: Default::default(),
-                    cwd: None,
-                };
+                r.kind = JobKind::command(Vec::<String>::new());
                 r
             },
             "kind.argv: must name a program",
@@ -742,23 +738,13 @@ fn command_jobs_only_go_to_workers_that_run_commands() {
         )
         .unwrap();
     let mut cmd = sim.request("root.q", one_core());
-    cmd.kind = JobKind::Command {
-        argv: vec!["true".into()],
-        env: Default::default(),
-        cwd: None,
-    };
+    cmd.kind = JobKind::command(["true"]);
     let cmd = sim.submit(cmd).unwrap().id();
     let mut other = sim.request("root.q", one_core());
-    other.kind = JobKind::Function {
-        handler: "billing.invoice".into(),
-        args: serde_json::Value::Null,
-    };
+    other.kind = JobKind::function("billing.invoice", serde_json::Value::Null);
     let other = sim.submit(other).unwrap().id();
     let mut echo = sim.request("root.q", one_core());
-    echo.kind = JobKind::Function {
-        handler: "lqsm.echo".into(),
-        args: serde_json::json!([1]),
-    };
+    echo.kind = JobKind::function("lqsm.echo", serde_json::json!([1]));
     let echo = sim.submit(echo).unwrap().id();
     sim.pass();
     assert_eq!(sim.state(cmd), JobState::Pending);

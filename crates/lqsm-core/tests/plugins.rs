@@ -34,7 +34,7 @@ impl AdmissionPolicy for TeamTagRequired {
         "team-tag-required"
     }
     fn admit(&self, ctx: &AdmissionContext<'_>) -> Result<(), String> {
-        if ctx.spec.tags.iter().any(|t| t.starts_with("team:")) {
+        if ctx.spec.tags().iter().any(|t| t.starts_with("team:")) {
             Ok(())
         } else {
             Err(format!("jobs in {} need a `team:` tag", ctx.queue))
