@@ -77,3 +77,62 @@ fn idle_pass(bencher: Bencher) {
     rm.schedule(NOW);
     bencher.bench_local(|| black_box(rm.schedule(NOW)));
 }
+
+/// Submitting jobs into 1,000 leaves (validation, defaults, indexing), per job.
+#[divan::bench(sample_count = 5, sample_size = 1)]
+fn submit_100k(bencher: Bencher) {
+    const N: usize = 100_000;
+    bencher
+        .counter(ItemsCount::new(N))
+        .with_inputs(|| {
+            let rm = cluster(1_000, 0);
+            let requests: Vec<SubmitRequest> = (0..N)
+                .map(|j| {
+                    let mut req = SubmitRequest::function(
+                        JobId(Uuid::from_u128(j as u128 + 1)),
+                        &format!("root.q{}", j % 1_000),
+                        "lqsm.noop",
+                        serde_json::Value::Null,
+                    );
+                    req.request = Some(Resources::cores(1, 64));
+                    req
+                })
+                .collect();
+            (rm, requests)
+        })
+        .bench_local_values(|(mut rm, requests)| {
+            for req in requests {
+                rm.submit(req, NOW).expect("valid job");
+            }
+            rm
+        });
+}
+
+/// A full cluster with 1,000 queues of waiting jobs: one attempt ends and the pass
+/// that follows gives its slot to the neediest queue.
+#[divan::bench(sample_count = 200)]
+fn saturated_pass_after_one_finish(bencher: Bencher) {
+    let mut rm = cluster(1_000, 0);
+    // Fill every worker (5,000 × 256 cores) and leave 200,000 jobs waiting.
+    for j in 0..(WORKERS * 256 + 200_000) {
+        let mut req = SubmitRequest::function(
+            JobId(Uuid::from_u128(j as u128 + 1)),
+            &format!("root.q{}", j % 1_000),
+            "lqsm.noop",
+            serde_json::Value::Null,
+        );
+        req.request = Some(Resources::cores(1, 64));
+        rm.submit(req, NOW).expect("valid job");
+    }
+    rm.schedule(NOW);
+    let mut finished = 0u128;
+    bencher.bench_local(|| {
+        // Cancelling a running attempt frees one core, like a finish does.
+        finished += 1;
+        rm.cancel(JobId(Uuid::from_u128(finished)), "bench", NOW)
+            .expect("running job");
+        let report = rm.schedule(NOW);
+        rm.take_effects();
+        black_box(report)
+    });
+}

@@ -26,6 +26,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 
+/// A queue's ordering, placement and admission policies, looked up by name.
+type ResolvedPolicies = (
+    Arc<dyn crate::policy::OrderingPolicy>,
+    Arc<dyn crate::policy::PlacementPolicy>,
+    Arc<dyn crate::policy::AdmissionPolicy>,
+);
+
 /// The root queue's id.
 pub const ROOT: QueueId = QueueId(0);
 
@@ -565,14 +572,7 @@ impl ResourceManager {
         &self,
         path: &QueuePath,
         config: &QueueConfig,
-    ) -> Result<
-        (
-            Arc<dyn crate::policy::OrderingPolicy>,
-            Arc<dyn crate::policy::PlacementPolicy>,
-            Arc<dyn crate::policy::AdmissionPolicy>,
-        ),
-        QueueError,
-    > {
+    ) -> Result<ResolvedPolicies, QueueError> {
         let unknown = |kind: &'static str, name: &str, known: String| QueueError::UnknownPolicy {
             path: path.clone(),
             kind,
@@ -1540,7 +1540,7 @@ impl ResourceManager {
         worker.outbox.clear();
         self.index.remove(worker);
         let id = worker.id;
-        let attempts: Vec<JobKey> = worker.attempts.iter().copied().collect();
+        let attempts: Vec<JobKey> = worker.attempts.clone();
         for job in attempts {
             self.fail_attempt(job, AttemptOutcome::Lost, None, now);
         }

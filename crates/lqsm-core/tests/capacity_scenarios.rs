@@ -1,5 +1,6 @@
 //! Scenarios that pin the YARN CapacityScheduler semantics the allocation algorithm
 //! follows: guarantees, elastic sharing up to ceilings, preemption, DRF and nesting.
+#![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 
 mod support;
 
@@ -407,4 +408,56 @@ fn a_pass_with_nothing_new_does_nothing() {
     let again = sim.pass();
     assert!(!again.ran);
     assert_eq!(again.placed, 0);
+}
+
+#[test]
+fn a_hundred_thousand_leaf_queues_work() {
+    let mut sim = Sim::new(Config::default());
+    for i in 0..100 {
+        sim.queue(&format!("root.t{i}"), 1.0, 100.0);
+        for j in 0..1_000 {
+            sim.queue(&format!("root.t{i}.q{j}"), 0.1, 100.0);
+        }
+    }
+    assert_eq!(sim.rm.queues().len(), 100_101);
+    for i in 0..20 {
+        sim.worker(&format!("w{i}"), 64, 64_000);
+    }
+    let mut ids = Vec::new();
+    for k in 0..1_000 {
+        let leaf = format!("root.t{}.q{}", k % 100, (k * 7) % 1_000);
+        ids.extend(sim.submit_n(&leaf, 1, one_core()));
+    }
+    let report = sim.pass();
+    assert_eq!(report.placed, 1_000);
+    assert!(ids.iter().all(|j| sim.state(*j) == JobState::Scheduled));
+    assert_eq!(sim.used_cores("root"), 1_000.0);
+    sim.check();
+}
+
+#[test]
+fn the_deepest_tree_nests_guarantees_all_the_way_down() {
+    let mut sim = Sim::new(Config::default());
+    let mut path = String::from("root");
+    for depth in 1..=16 {
+        path.push_str(&format!(".d{depth}"));
+        sim.queue(&path, 50.0, 100.0);
+        let sibling = format!("{}.s", path.rsplit_once('.').unwrap().0);
+        sim.queue(&sibling, 50.0, 100.0);
+    }
+    let too_deep = format!("{path}.x");
+    assert!(matches!(
+        sim.rm.create_queue(&too_deep, QueueConfig::default()),
+        Err(QueueError::InvalidPath { .. })
+    ));
+    hundred_cpus(&mut sim);
+    sim.submit_n(&path, 10, one_core());
+    sim.pass();
+    let deepest = sim.rm.queue(&path).unwrap();
+    assert!((deepest.abs_guarantee() - 0.5f64.powi(16)).abs() < 1e-15);
+    assert_eq!(
+        deepest.running(),
+        10,
+        "idle capacity flows down to the only demand"
+    );
 }

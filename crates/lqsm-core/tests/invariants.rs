@@ -1,5 +1,6 @@
 //! Property tests: random sequences of submissions, polls, finishes, failures, worker
 //! loss, queue changes and time, with the system's invariants checked after every step.
+#![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 
 mod support;
 

@@ -1,6 +1,7 @@
 //! The life of a job and of a worker: success, retries with backoff, timeouts, lost
 //! workers, fencing, idempotency, delays and expiry, cancellation, queue lifecycle,
 //! and the precise errors bad input gets.
+#![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 
 mod support;
 
@@ -517,8 +518,10 @@ fn queue_changes_are_validated_with_precise_errors() {
         err,
         QueueError::AlreadyExists(QueuePath::parse("root.a").unwrap())
     );
-    let mut cfg = QueueConfig::default();
-    cfg.ordering = "random".into();
+    let cfg = QueueConfig {
+        ordering: "random".into(),
+        ..QueueConfig::default()
+    };
     let err = sim.rm.create_queue("root.c", cfg).unwrap_err();
     assert!(
         err.to_string().contains(

@@ -1,5 +1,6 @@
 //! Custom policies plug in where the built-ins do, and the core still enforces its
 //! rules whatever a policy returns.
+#![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 
 mod support;
 
