@@ -364,3 +364,38 @@ impl Policies {
             .ok_or_else(|| names(&self.preemption))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::{JobKind, SubmitRequest};
+    use crate::queues::JobDefaults;
+
+    fn spec(priority: i32, cores: u64) -> JobSpec {
+        let mut req = SubmitRequest::new(
+            crate::ids::JobId(uuid::Uuid::nil()),
+            "root.q",
+            JobKind::function("h", serde_json::Value::Null),
+        );
+        req.priority = Some(priority);
+        req.request = Some(Resources::cores(cores, 10));
+        req.resolve(&JobDefaults::default()).0
+    }
+
+    #[test]
+    fn builtin_orderings_rank_as_documented() {
+        assert!(PriorityFifo.rank(&spec(5, 1)) < PriorityFifo.rank(&spec(1, 1)));
+        assert_eq!(Fifo.rank(&spec(5, 1)), Fifo.rank(&spec(-5, 9)));
+        assert!(SmallestFirst.rank(&spec(0, 1)) < SmallestFirst.rank(&spec(0, 2)));
+    }
+
+    #[test]
+    fn registry_lists_known_names_when_one_is_missing() {
+        let policies = Policies::default();
+        assert_eq!(
+            policies.placement("nearest").expect_err("unknown"),
+            "best-fit, spread"
+        );
+        assert!(policies.admission(REQUIRE_CAPABLE_WORKER).is_ok());
+    }
+}

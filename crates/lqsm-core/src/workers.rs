@@ -318,7 +318,7 @@ pub struct Candidates<'a> {
 
 impl<'a> Candidates<'a> {
     fn fits(&self, entry: &FreeKey, request: &Resources) -> bool {
-        if entry.memory < request.memory.0 || entry.gpu < request.gpu {
+        if entry.cpu < request.cpu.0 || entry.memory < request.memory.0 || entry.gpu < request.gpu {
             return false;
         }
         if request.customs().is_empty() {
@@ -386,5 +386,109 @@ impl<'a> Candidates<'a> {
                 .filter(move |entry| self.fits(entry, request))
                 .map(|entry| (entry.worker, &self.workers[entry.worker]))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::WorkerId;
+
+    fn registration(
+        labels: &[(&str, &str)],
+        commands: bool,
+        handlers: &[&str],
+    ) -> WorkerRegistration {
+        WorkerRegistration {
+            id: WorkerId(uuid::Uuid::nil()),
+            name: "w".into(),
+            capacity: Resources::cores(4, 4096),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            serves_commands: commands,
+            handlers: handlers.iter().map(|h| h.to_string()).collect(),
+        }
+    }
+
+    fn worker(index: &mut WorkerIndex, reg: &WorkerRegistration, used: Resources) -> Worker {
+        Worker {
+            id: reg.id,
+            name: reg.name.clone(),
+            capacity: reg.capacity.clone(),
+            used,
+            labels: reg.labels.clone(),
+            serves_commands: reg.serves_commands,
+            handlers: reg.handlers.clone(),
+            state: WorkerState::Active,
+            registered_at: Timestamp(0),
+            heartbeat_deadline: Timestamp(0),
+            attempts: Vec::new(),
+            outbox: Vec::new(),
+            class: index.class_for(reg),
+            indexed: None,
+            heartbeat_timer: None,
+        }
+    }
+
+    #[test]
+    fn constraints_match_classes_by_labels_and_kind() {
+        let mut index = WorkerIndex::new(1);
+        let gpu = index.class_for(&registration(&[("gpu", "a100")], true, &[]));
+        let fns = index.class_for(&registration(&[], false, &["billing.invoice"]));
+        let any = index.class_for(&registration(&[], false, &[ANY_HANDLER]));
+        let no_labels = BTreeMap::new();
+        let want_gpu: BTreeMap<String, String> = [("gpu".to_string(), "a100".to_string())].into();
+        let command = index.constraint_for(&no_labels, None);
+        let gpu_command = index.constraint_for(&want_gpu, None);
+        let invoice = index.constraint_for(&no_labels, Some("billing.invoice"));
+        let other = index.constraint_for(&no_labels, Some("other"));
+        assert_eq!(index.classes_for(command), &[gpu]);
+        assert_eq!(index.classes_for(gpu_command), &[gpu]);
+        assert_eq!(index.classes_for(invoice), &[fns, any]);
+        assert_eq!(index.classes_for(other), &[any]);
+        // Interning: the same constraint twice is one id.
+        assert_eq!(index.constraint_for(&want_gpu, None), gpu_command);
+        // A class created later joins the constraints it satisfies.
+        let late = index.class_for(&registration(&[("gpu", "a100"), ("zone", "b")], true, &[]));
+        assert_eq!(index.classes_for(gpu_command), &[gpu, late]);
+    }
+
+    #[test]
+    fn best_fit_and_spread_choose_opposite_ends() {
+        let mut index = WorkerIndex::new(1);
+        let mut workers: SlotMap<WorkerKey, Worker> = SlotMap::with_key();
+        let reg = registration(&[], true, &[]);
+        let mut keys = Vec::new();
+        for used_cores in [3, 0, 2] {
+            let w = worker(&mut index, &reg, Resources::cores(used_cores, 0));
+            let key = workers.insert(w);
+            index.upsert(key, &mut workers[key]);
+            keys.push(key);
+        }
+        let command = index.constraint_for(&BTreeMap::new(), None);
+        let candidates = Candidates {
+            index: &index,
+            workers: &workers,
+            classes: index.classes_for(command),
+        };
+        let one = Resources::cores(1, 100);
+        assert_eq!(
+            candidates.smallest_fitting(&one),
+            Some(keys[0]),
+            "1 core free: tightest"
+        );
+        assert_eq!(
+            candidates.largest_fitting(&one),
+            Some(keys[1]),
+            "4 cores free: roomiest"
+        );
+        let three = Resources::cores(3, 100);
+        assert_eq!(candidates.smallest_fitting(&three), Some(keys[1]));
+        assert_eq!(candidates.smallest_fitting(&Resources::cores(5, 1)), None);
+        assert!(candidates.any_capable(&Resources::cores(4, 4096)));
+        assert!(!candidates.any_capable(&Resources::cores(4, 4097)));
+        assert_eq!(candidates.fitting(&three).count(), 1);
     }
 }
