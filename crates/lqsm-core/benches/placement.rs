@@ -42,19 +42,23 @@ fn cluster(leaves: usize, jobs: usize) -> ResourceManager {
         )
         .expect("valid worker");
     }
-    let queues: Vec<String> = (0..leaves).map(|i| format!("root.q{i}")).collect();
     for j in 0..jobs {
-        let mut req = SubmitRequest::function(
-            JobId(Uuid::from_u128(j as u128 + 1)),
-            &queues[j % leaves],
-            "lqsm.noop",
-            serde_json::Value::Null,
-        );
-        req.request = Some(Resources::cores(1, 64));
-        rm.submit(req, NOW).expect("valid job");
+        rm.submit(one_core_job(j, leaves), NOW).expect("valid job");
     }
     rm.take_effects();
     rm
+}
+
+/// The `j`th one-core no-op job, for leaf `j % leaves`.
+fn one_core_job(j: usize, leaves: usize) -> SubmitRequest {
+    let mut req = SubmitRequest::function(
+        JobId(Uuid::from_u128(j as u128 + 1)),
+        &format!("root.q{}", j % leaves),
+        "lqsm.noop",
+        serde_json::Value::Null,
+    );
+    req.request = Some(Resources::cores(1, 64));
+    req
 }
 
 /// One pass placing a million pending jobs on 5,000 workers.
@@ -86,18 +90,7 @@ fn submit_100k(bencher: Bencher) {
         .counter(ItemsCount::new(N))
         .with_inputs(|| {
             let rm = cluster(1_000, 0);
-            let requests: Vec<SubmitRequest> = (0..N)
-                .map(|j| {
-                    let mut req = SubmitRequest::function(
-                        JobId(Uuid::from_u128(j as u128 + 1)),
-                        &format!("root.q{}", j % 1_000),
-                        "lqsm.noop",
-                        serde_json::Value::Null,
-                    );
-                    req.request = Some(Resources::cores(1, 64));
-                    req
-                })
-                .collect();
+            let requests: Vec<SubmitRequest> = (0..N).map(|j| one_core_job(j, 1_000)).collect();
             (rm, requests)
         })
         .bench_local_values(|(mut rm, requests)| {
@@ -115,14 +108,7 @@ fn saturated_pass_after_one_finish(bencher: Bencher) {
     let mut rm = cluster(1_000, 0);
     // Fill every worker (5,000 × 256 cores) and leave 200,000 jobs waiting.
     for j in 0..(WORKERS * 256 + 200_000) {
-        let mut req = SubmitRequest::function(
-            JobId(Uuid::from_u128(j as u128 + 1)),
-            &format!("root.q{}", j % 1_000),
-            "lqsm.noop",
-            serde_json::Value::Null,
-        );
-        req.request = Some(Resources::cores(1, 64));
-        rm.submit(req, NOW).expect("valid job");
+        rm.submit(one_core_job(j, 1_000), NOW).expect("valid job");
     }
     rm.schedule(NOW);
     let mut finished = 0u128;

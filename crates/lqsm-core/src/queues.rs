@@ -528,6 +528,13 @@ impl ReadyQueue {
     }
 }
 
+/// A queue's ordering, placement and admission policies, looked up by name.
+pub(crate) type QueuePolicies = (
+    Arc<dyn crate::policy::OrderingPolicy>,
+    Arc<dyn crate::policy::PlacementPolicy>,
+    Arc<dyn crate::policy::AdmissionPolicy>,
+);
+
 /// One node of the queue tree, with the scheduler's bookkeeping beside the config.
 #[derive(Debug)]
 pub(crate) struct QueueNode {
@@ -579,6 +586,43 @@ pub(crate) struct QueueNode {
 }
 
 impl QueueNode {
+    /// A running, empty queue; the caller sets its absolute shares.
+    pub fn new(
+        id: QueueId,
+        path: QueuePath,
+        parent: Option<QueueId>,
+        config: QueueConfig,
+        (ordering, placement, admission): QueuePolicies,
+    ) -> Self {
+        Self {
+            id,
+            path,
+            parent,
+            children: Vec::new(),
+            children_capacity: 0.0,
+            config,
+            state: QueueState::Running,
+            abs_guarantee: 0.0,
+            abs_max: 0.0,
+            used: Resources::default(),
+            running: 0,
+            unfinished: 0,
+            stats: QueueStats::default(),
+            ready: ReadyQueue::default(),
+            parked: Vec::new(),
+            attempts: Vec::new(),
+            dead_attempts: 0,
+            eligible_children: BTreeSet::new(),
+            key_in_parent: None,
+            at_ceiling: false,
+            skipped_in_pass: false,
+            starved_since: None,
+            ordering,
+            placement,
+            admission,
+        }
+    }
+
     pub fn is_leaf(&self) -> bool {
         self.children.is_empty()
     }

@@ -12,7 +12,6 @@ use crate::jobs::{
     SubmitRequest, Termination, unit_random,
 };
 use crate::policy::{AdmissionContext, Policies, PreemptionPolicy};
-use crate::queues::ReadyQueue;
 use crate::queues::{
     QueueConfig, QueueError, QueueNode, QueuePath, QueueState, QueueStats, QueueUpdate,
 };
@@ -25,13 +24,6 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
-
-/// A queue's ordering, placement and admission policies, looked up by name.
-type ResolvedPolicies = (
-    Arc<dyn crate::policy::OrderingPolicy>,
-    Arc<dyn crate::policy::PlacementPolicy>,
-    Arc<dyn crate::policy::AdmissionPolicy>,
-);
 
 /// The root queue's id.
 pub const ROOT: QueueId = QueueId(0);
@@ -380,37 +372,18 @@ impl ResourceManager {
             return Err(ConfigError::HeartbeatTimeout);
         }
         let root_config = QueueConfig::with_capacity(100.0, 100.0);
-        let root = QueueNode {
-            id: ROOT,
-            path: QueuePath::root(),
-            parent: None,
-            children: Vec::new(),
-            children_capacity: 0.0,
-            ordering: policies.ordering(&root_config.ordering).expect("built-in"),
-            placement: policies
+        let root_policies = (
+            policies.ordering(&root_config.ordering).expect("built-in"),
+            policies
                 .placement(&root_config.placement)
                 .expect("built-in"),
-            admission: policies
+            policies
                 .admission(&root_config.admission)
                 .expect("built-in"),
-            config: root_config,
-            state: QueueState::Running,
-            abs_guarantee: 1.0,
-            abs_max: 1.0,
-            used: Resources::default(),
-            running: 0,
-            unfinished: 0,
-            stats: QueueStats::default(),
-            ready: ReadyQueue::default(),
-            parked: Vec::new(),
-            attempts: Vec::new(),
-            dead_attempts: 0,
-            eligible_children: BTreeSet::new(),
-            key_in_parent: None,
-            at_ceiling: false,
-            skipped_in_pass: false,
-            starved_since: None,
-        };
+        );
+        let mut root = QueueNode::new(ROOT, QueuePath::root(), None, root_config, root_policies);
+        root.abs_guarantee = 1.0;
+        root.abs_max = 1.0;
         let mut queue_ids = crate::hashing::map(seed);
         queue_ids.insert(QueuePath::root(), ROOT);
         Ok(Self {
@@ -572,7 +545,7 @@ impl ResourceManager {
         &self,
         path: &QueuePath,
         config: &QueueConfig,
-    ) -> Result<ResolvedPolicies, QueueError> {
+    ) -> Result<crate::queues::QueuePolicies, QueueError> {
         let unknown = |kind: &'static str, name: &str, known: String| QueueError::UnknownPolicy {
             path: path.clone(),
             kind,
@@ -623,7 +596,7 @@ impl ResourceManager {
             .ok_or(QueueError::AlreadyExists(QueuePath::root()))?;
         let parent = self.lookup_queue(parent_path.as_str())?;
         config.validate(&path)?;
-        let (ordering, placement, admission) = self.resolve_policies(&path, &config)?;
+        let policies = self.resolve_policies(&path, &config)?;
         let parent_node = self.node(parent);
         if parent_node.is_leaf() && parent_node.unfinished > 0 {
             return Err(QueueError::ParentHoldsJobs(parent_node.path.clone()));
@@ -632,33 +605,10 @@ impl ResourceManager {
 
         let id = QueueId(u32::try_from(self.queues.len()).expect("fewer than 2^32 queues"));
         let parent_node = self.node(parent);
-        let node = QueueNode {
-            id,
-            path: path.clone(),
-            parent: Some(parent),
-            children: Vec::new(),
-            children_capacity: 0.0,
-            abs_guarantee: parent_node.abs_guarantee * config.capacity / 100.0,
-            abs_max: parent_node.abs_max * config.max_capacity / 100.0,
-            state: parent_node.state,
-            config,
-            used: Resources::default(),
-            running: 0,
-            unfinished: 0,
-            stats: QueueStats::default(),
-            ready: ReadyQueue::default(),
-            parked: Vec::new(),
-            attempts: Vec::new(),
-            dead_attempts: 0,
-            eligible_children: BTreeSet::new(),
-            key_in_parent: None,
-            at_ceiling: false,
-            skipped_in_pass: false,
-            starved_since: None,
-            ordering,
-            placement,
-            admission,
-        };
+        let mut node = QueueNode::new(id, path.clone(), Some(parent), config, policies);
+        node.abs_guarantee = parent_node.abs_guarantee * node.config.capacity / 100.0;
+        node.abs_max = parent_node.abs_max * node.config.max_capacity / 100.0;
+        node.state = parent_node.state;
         let capacity = node.config.capacity;
         self.queues.push(Some(node));
         let parent_node = self.node_mut(parent);

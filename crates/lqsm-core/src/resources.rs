@@ -177,6 +177,10 @@ impl Resources {
     /// they added, so reaching below zero would be a bookkeeping bug.
     pub fn sub(&mut self, other: &Resources) {
         debug_assert!(other.fits_in(self), "subtracting {other:?} from {self:?}");
+        self.saturating_sub(other);
+    }
+
+    fn saturating_sub(&mut self, other: &Resources) {
         self.cpu.0 = self.cpu.0.saturating_sub(other.cpu.0);
         self.memory.0 = self.memory.0.saturating_sub(other.memory.0);
         self.gpu = self.gpu.saturating_sub(other.gpu);
@@ -196,13 +200,7 @@ impl Resources {
     /// `self - other` as a new vector (saturating at zero per component).
     pub fn minus(&self, other: &Resources) -> Resources {
         let mut out = self.clone();
-        out.cpu.0 = out.cpu.0.saturating_sub(other.cpu.0);
-        out.memory.0 = out.memory.0.saturating_sub(other.memory.0);
-        out.gpu = out.gpu.saturating_sub(other.gpu);
-        for (name, amount) in &other.custom {
-            let current = out.custom(name.as_str());
-            out.set_custom(name.clone(), current.saturating_sub(*amount));
-        }
+        out.saturating_sub(other);
         out
     }
 
