@@ -88,7 +88,7 @@ pub struct Command {
 
 /// What a worker runs.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum JobKind {
     /// A program run as a child process (boxed: function jobs are the common case
     /// and should not pay for a command's fields).
@@ -434,7 +434,7 @@ impl JobState {
 
 /// How one attempt ended.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum AttemptOutcome {
     /// It succeeded, with an optional result.
     Succeeded {
@@ -458,6 +458,9 @@ pub enum AttemptOutcome {
     Preempted,
     /// The job was cancelled while this attempt held resources.
     Cancelled,
+    /// After a restart its worker did not reclaim it within the grace period; it
+    /// does not count as a failure.
+    NotReclaimed,
 }
 
 impl AttemptOutcome {
@@ -491,7 +494,7 @@ pub struct Attempt {
 
 /// Why a job ended the way it did, for clients.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Termination {
     /// Succeeded; the result of the last attempt.
     Succeeded {
@@ -597,7 +600,7 @@ pub struct AttemptReport {
 
 /// The part of an attempt's end a worker can know.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum ReportedResult {
     /// It succeeded.
     Succeeded {
@@ -770,6 +773,32 @@ mod tests {
             let u = unit_random(42, i, i * 3);
             assert!((0.0..1.0).contains(&u));
         }
+    }
+
+    #[test]
+    fn specs_round_trip_through_json_with_their_arguments_as_text() {
+        let mut req = SubmitRequest::function(
+            JobId(uuid::Uuid::nil()),
+            "root.q",
+            "billing.invoice",
+            serde_json::json!({"invoice": 42, "lines": [1, 2]}),
+        );
+        req.tags = vec!["team:data".into()];
+        let (spec, _) = req.resolve(&crate::queues::JobDefaults::default());
+        let text = serde_json::to_string(&spec).expect("serialises");
+        let back: JobSpec = serde_json::from_str(&text).expect("deserialises");
+        assert_eq!(back, spec);
+        assert_eq!(back.tags(), ["team:data".to_string()]);
+        let JobKind::Function { args, .. } = &back.kind else {
+            panic!("function job");
+        };
+        assert_eq!(args.as_str(), r#"{"invoice":42,"lines":[1,2]}"#);
+        let command = JobKind::command(["echo", "hi"]);
+        let text = serde_json::to_string(&command).expect("serialises");
+        assert_eq!(
+            serde_json::from_str::<JobKind>(&text).expect("back"),
+            command
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod ids;
 pub mod jobs;
 pub mod policy;
 pub mod queues;
+pub mod recovery;
 pub mod resource_manager;
 pub mod resources;
 pub mod scheduler;
@@ -29,6 +30,7 @@ pub use policy::Policies;
 pub use queues::{
     JobDefaults, QueueConfig, QueueError, QueuePath, QueueState, QueueStats, QueueUpdate,
 };
+pub use recovery::{JobRecord, QueueRecord, RestoreError, RestoreInput, RestoreReport};
 pub use resource_manager::{
     Config, ConfigError, JobError, PassReport, PollOutcome, PreemptionConfig, QueueView, ROOT,
     RefusalReason, RefusedReport, ResourceManager, Submitted, WorkerError, WorkerPoll,

@@ -340,6 +340,8 @@ pub struct ResourceManager {
     pub(crate) skipped: Vec<QueueId>,
     /// Leaves holding parked jobs.
     pub(crate) parked_leaves: BTreeSet<QueueId>,
+    /// Restored attempts waiting for their worker to reclaim them, by worker.
+    pub(crate) unclaimed: HashMap<WorkerId, Vec<JobKey>>,
 }
 
 impl std::fmt::Debug for ResourceManager {
@@ -410,6 +412,7 @@ impl ResourceManager {
             starved: BTreeSet::new(),
             skipped: Vec::new(),
             parked_leaves: BTreeSet::new(),
+            unclaimed: crate::hashing::map(seed),
         })
     }
 
@@ -950,7 +953,7 @@ impl ResourceManager {
         Ok(Submitted::Created(id))
     }
 
-    fn add_unfinished(&mut self, leaf: QueueId, delta: i64) {
+    pub(crate) fn add_unfinished(&mut self, leaf: QueueId, delta: i64) {
         let mut at = Some(leaf);
         while let Some(id) = at {
             let node = self.node_mut(id);
@@ -961,7 +964,7 @@ impl ResourceManager {
 
     /// Puts a pending job into its leaf's ready queue: behind the others of its rank,
     /// or ahead of them for a job that had already been dispatched (preempted).
-    fn make_ready(&mut self, key: JobKey, now: Timestamp, front: bool) {
+    pub(crate) fn make_ready(&mut self, key: JobKey, now: Timestamp, front: bool) {
         let job = &mut self.jobs[key];
         job.not_before = None;
         job.ready_since = now;
@@ -1073,8 +1076,9 @@ impl ResourceManager {
 
     /// Ends the current attempt of an active job: frees its resources, records the
     /// outcome, optionally asks its worker to kill it. The job is left `Pending`
-    /// (not ready); the caller decides what comes next.
-    fn end_attempt(
+    /// (not ready); the caller decides what comes next. An attempt not yet reclaimed
+    /// after a restart holds no resources, so only its record changes.
+    pub(crate) fn end_attempt(
         &mut self,
         key: JobKey,
         outcome: AttemptOutcome,
@@ -1083,14 +1087,14 @@ impl ResourceManager {
     ) {
         let job = &mut self.jobs[key];
         debug_assert!(job.state.is_active());
-        let worker_key = job.worker.take().expect("an active job has a worker");
+        let worker_key = job.worker.take();
         let attempt = job
             .attempts
             .last_mut()
             .expect("an active job has an attempt");
         attempt.finished_at = Some(now);
-        let token = attempt.token;
-        let scheduled_at = attempt.scheduled_at;
+        let (token, scheduled_at, worker_id) =
+            (attempt.token, attempt.scheduled_at, attempt.worker);
         if outcome.counts_as_failure() {
             job.failures += 1;
         }
@@ -1098,57 +1102,62 @@ impl ResourceManager {
         job.state = JobState::Pending;
         job.delivered = false;
         let (id, queue, request) = (job.id, job.queue, job.spec.request.clone());
+        if let Some(reason) = kill {
+            self.effects.kills.push(Kill {
+                worker: worker_id,
+                job: id,
+                token,
+                reason,
+            });
+        }
+        if let Some(worker_key) = worker_key {
+            self.release_on_worker(worker_key, key, &request);
+        }
+        if let Some(Some(leaf)) = self.queues.get_mut(queue.0 as usize) {
+            leaf.stats.run.record(now.since(scheduled_at));
+            leaf.stats.pending += 1;
+            if worker_key.is_some() {
+                self.release_on_path(queue, &request);
+            }
+        }
+        self.effects.records.push(Record::Job(id));
+        self.dirty = true;
+    }
 
-        let slot = job.worker_slot as usize;
+    fn release_on_worker(&mut self, worker_key: WorkerKey, job: JobKey, request: &Resources) {
+        let slot = self.jobs[job].worker_slot as usize;
         let worker = &mut self.workers[worker_key];
         worker.attempts.swap_remove(slot);
         if let Some(moved) = worker.attempts.get(slot) {
             self.jobs[*moved].worker_slot = slot as u32;
         }
         let worker = &mut self.workers[worker_key];
-        worker.used.sub(&request);
+        worker.used.sub(request);
         if worker.state == WorkerState::Draining {
             // A draining worker counts in the cluster only with what it still runs.
-            self.total.sub(&request);
+            self.total.sub(request);
             self.keys_stale = true;
         }
         if worker.indexed.is_some() {
             self.index.upsert(worker_key, worker);
         }
-        if let Some(reason) = kill {
-            self.effects.kills.push(Kill {
-                worker: worker.id,
-                job: id,
-                token,
-                reason,
-            });
-        }
+    }
 
-        if self
-            .queues
-            .get(queue.0 as usize)
-            .is_some_and(Option::is_some)
-        {
-            let leaf = self.node_mut(queue);
-            leaf.dead_attempts += 1;
-            if leaf.dead_attempts * 2 > leaf.attempts.len() && leaf.attempts.len() >= 32 {
-                self.compact_leaf_attempts(queue);
-            }
-            let leaf = self.node_mut(queue);
-            leaf.stats.run.record(now.since(scheduled_at));
-            leaf.stats.pending += 1;
-            let mut at = Some(queue);
-            while let Some(id) = at {
-                let node = self.node_mut(id);
-                node.used.sub(&request);
-                node.running -= 1;
-                node.at_ceiling = false;
-                at = node.parent;
-            }
-            self.refresh_up(queue);
+    fn release_on_path(&mut self, leaf: QueueId, request: &Resources) {
+        let node = self.node_mut(leaf);
+        node.dead_attempts += 1;
+        if node.dead_attempts * 2 > node.attempts.len() && node.attempts.len() >= 32 {
+            self.compact_leaf_attempts(leaf);
         }
-        self.effects.records.push(Record::Job(id));
-        self.dirty = true;
+        let mut at = Some(leaf);
+        while let Some(id) = at {
+            let node = self.node_mut(id);
+            node.used.sub(request);
+            node.running -= 1;
+            node.at_ceiling = false;
+            at = node.parent;
+        }
+        self.refresh_up(leaf);
     }
 
     /// Drops a leaf's dead attempt entries (amortised: run when half are dead).
@@ -1278,7 +1287,11 @@ impl ResourceManager {
         };
         let worker = &mut self.workers[key];
         self.total.add(&worker.capacity);
-        self.index.upsert(key, worker);
+        // A worker with attempts to reclaim takes no new work until its first poll
+        // has said which of them it still runs.
+        if !self.unclaimed.contains_key(&reg.id) {
+            self.index.upsert(key, worker);
+        }
         self.arm_heartbeat(key);
         self.unpark_all();
         self.effects.records.push(Record::Worker(reg.id));
@@ -1340,6 +1353,15 @@ impl ResourceManager {
         let worker_key = self.worker_key(id)?;
         self.workers[worker_key].heartbeat_deadline = now.after(self.config.heartbeat_timeout);
         self.arm_heartbeat(worker_key);
+        if self.unclaimed.contains_key(&id) {
+            let listed: Vec<(JobId, FencingToken)> = poll
+                .running
+                .iter()
+                .copied()
+                .chain(poll.finished.iter().map(|r| (r.job, r.token)))
+                .collect();
+            self.reclaim(worker_key, &listed, now);
+        }
 
         let mut outcome = PollOutcome::default();
         for report in &poll.finished {
@@ -1563,6 +1585,7 @@ impl ResourceManager {
                         self.purge(key);
                     }
                 }
+                Timer::Reclaim(key, token) => self.reclaim_expired(key, token, now),
                 Timer::PreemptionDue => {
                     let _ = at;
                     self.dirty = true;
@@ -1607,7 +1630,13 @@ impl ResourceManager {
             if !tokens.insert(token) {
                 return Err(format!("token {token} held twice"));
             }
-            let worker = job.worker.ok_or("active job without worker")?;
+            let Some(worker) = job.worker else {
+                let awaited = self.unclaimed.values().any(|keys| keys.contains(&key));
+                if !awaited {
+                    return Err(format!("active job {} has no worker", job.id));
+                }
+                continue;
+            };
             if !self.workers[worker].attempts.contains(&key) {
                 return Err(format!("job {} not in its worker's attempts", job.id));
             }

@@ -23,6 +23,8 @@ pub(crate) enum Timer {
     Purge(JobKey),
     /// A starved queue may have waited past the preemption delay.
     PreemptionDue,
+    /// A restored attempt's grace period for being reclaimed may have ended.
+    Reclaim(JobKey, FencingToken),
 }
 
 #[derive(Debug)]

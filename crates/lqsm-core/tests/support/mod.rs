@@ -74,6 +74,23 @@ impl Sim {
         id
     }
 
+    /// A known worker registers again (after a restart of the server).
+    pub fn worker_back(&mut self, id: WorkerId, cores: u64) {
+        self.rm
+            .register_worker(
+                WorkerRegistration {
+                    id,
+                    name: "back".into(),
+                    capacity: Resources::cores(cores, cores * 1000),
+                    labels: BTreeMap::new(),
+                    serves_commands: true,
+                    handlers: ["*".to_string()].into(),
+                },
+                self.now,
+            )
+            .unwrap();
+    }
+
     pub fn worker(&mut self, name: &str, cores: u64, memory_mib: u64) -> WorkerId {
         self.worker_with(name, Resources::cores(cores, memory_mib), &[])
     }

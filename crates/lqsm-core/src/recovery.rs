@@ -1,0 +1,432 @@
+//! Durable records of queues and jobs, and rebuilding the ResourceManager from them.
+//!
+//! A restart is work-preserving: attempts that were scheduled or running are not
+//! requeued at once. They wait, holding no resources, for their worker to register
+//! again and list them in its first poll (then they are *reclaimed* as they were);
+//! those still unclaimed when the grace period ends go back to pending without
+//! counting as a failure.
+
+use crate::effects::Record;
+use crate::ids::{FencingToken, JobId, QueueId, Timestamp, WorkerId};
+use crate::jobs::{Attempt, AttemptOutcome, Job, JobKey, JobSpec, JobState, Termination, Waiting};
+use crate::policy::Policies;
+use crate::queues::{QueueConfig, QueueError, QueuePath, QueueState, QueueUpdate};
+use crate::resource_manager::{Config, ConfigError, ResourceManager};
+use crate::timers::Timer;
+use crate::workers::WorkerKey;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use thiserror::Error;
+
+/// Everything durable about a queue.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct QueueRecord {
+    /// Its path.
+    pub path: QueuePath,
+    /// Its settings.
+    pub config: QueueConfig,
+    /// Its lifecycle state.
+    pub state: QueueState,
+}
+
+/// Everything durable about a job.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Its id.
+    pub id: JobId,
+    /// Its leaf queue (possibly deleted since, for a finished job).
+    pub queue: QueuePath,
+    /// Submission order across the cluster.
+    pub seq: u64,
+    /// Where it is in its life.
+    pub state: JobState,
+    /// When it was accepted.
+    pub submitted_at: Timestamp,
+    /// Not to be scheduled before then.
+    pub not_before: Option<Timestamp>,
+    /// Its settings.
+    pub spec: JobSpec,
+    /// Every attempt so far, the current one last.
+    pub attempts: Vec<Attempt>,
+    /// Attempts that counted against `max_attempts`.
+    pub failures: u32,
+    /// How it ended.
+    pub termination: Option<Termination>,
+    /// When it ended.
+    pub finished_at: Option<Timestamp>,
+}
+
+/// What restoring needs besides the records.
+#[derive(Clone, Debug, Default)]
+pub struct RestoreInput {
+    /// Every queue but root may be here, in any order; root's record sets its settings.
+    pub queues: Vec<QueueRecord>,
+    /// Every job the store holds, in any order.
+    pub jobs: Vec<JobRecord>,
+    /// The persisted high-water mark of fencing tokens (see [`ResourceManager::next_token`]).
+    pub next_token: u64,
+}
+
+/// A store whose records cannot be rebuilt into a consistent state.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum RestoreError {
+    /// The cluster settings are invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A queue record is refused by today's rules.
+    #[error("stored queue `{path}` cannot be restored: {error}")]
+    Queue {
+        /// The queue.
+        path: QueuePath,
+        /// Why.
+        error: QueueError,
+    },
+    /// A job record is inconsistent.
+    #[error("stored job {id} cannot be restored: {reason}")]
+    Job {
+        /// The job.
+        id: JobId,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Figures of a restore.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct RestoreReport {
+    /// Queues rebuilt (root included).
+    pub queues: usize,
+    /// Jobs pending again (ready or delayed).
+    pub pending: usize,
+    /// Attempts waiting to be reclaimed by their workers.
+    pub awaiting_reclaim: usize,
+    /// Finished jobs kept until their retention ends.
+    pub finished: usize,
+}
+
+impl ResourceManager {
+    /// The durable record of a job, as it is now.
+    pub fn job_record(&self, id: JobId) -> Option<JobRecord> {
+        let job = self.job(id)?;
+        Some(JobRecord {
+            id: job.id,
+            queue: self.queue_path(job.queue)?.clone(),
+            seq: job.seq,
+            state: job.state,
+            submitted_at: job.submitted_at,
+            not_before: job.not_before,
+            spec: job.spec.clone(),
+            attempts: job.attempts.clone(),
+            failures: job.failures,
+            termination: job.termination.as_deref().cloned(),
+            finished_at: job.finished_at,
+        })
+    }
+
+    /// The durable record of a live queue.
+    pub fn queue_record(&self, id: QueueId) -> Option<QueueRecord> {
+        let node = self.queues.get(id.0 as usize)?.as_ref()?;
+        Some(QueueRecord {
+            path: node.path.clone(),
+            config: node.config.clone(),
+            state: node.state,
+        })
+    }
+
+    /// The next fencing token to be handed out. Persist it with every commit that
+    /// holds assignments, so tokens keep growing across restarts.
+    pub fn next_token(&self) -> u64 {
+        self.next_token
+    }
+
+    /// Rebuilds the ResourceManager from its records at `now`. Running attempts wait
+    /// `grace` for their workers to reclaim them.
+    pub fn restore(
+        config: Config,
+        policies: Policies,
+        seed: u64,
+        mut input: RestoreInput,
+        now: Timestamp,
+        grace: Duration,
+    ) -> Result<(Self, RestoreReport), RestoreError> {
+        let mut rm = ResourceManager::new(config, policies, seed)?;
+        let mut report = RestoreReport {
+            queues: 1,
+            ..RestoreReport::default()
+        };
+        // Parents before children.
+        input.queues.sort_by(|a, b| {
+            depth(&a.path)
+                .cmp(&depth(&b.path))
+                .then(a.path.cmp(&b.path))
+        });
+        for record in input.queues {
+            let failed = |error| RestoreError::Queue {
+                path: record.path.clone(),
+                error,
+            };
+            if record.path == QueuePath::root() {
+                let update = QueueUpdate {
+                    max_running: Some(record.config.max_running),
+                    max_pending: Some(record.config.max_pending),
+                    defaults: Some(record.config.defaults.clone()),
+                    ordering: Some(record.config.ordering.clone()),
+                    placement: Some(record.config.placement.clone()),
+                    admission: Some(record.config.admission.clone()),
+                    weight: Some(record.config.weight),
+                    preemptable: Some(record.config.preemptable),
+                    ..QueueUpdate::default()
+                };
+                rm.update_queue("root", &update).map_err(failed)?;
+            } else {
+                rm.create_queue(record.path.as_str(), record.config.clone())
+                    .map_err(failed)?;
+                report.queues += 1;
+            }
+            let id = rm.queue_ids[&record.path];
+            rm.node_mut(id).state = record.state;
+        }
+
+        let mut max_token = input.next_token;
+        let mut max_seq = 0;
+        for record in input.jobs {
+            max_seq = max_seq.max(record.seq);
+            if let Some(last) = record.attempts.last() {
+                max_token = max_token.max(last.token.0 + 1);
+            }
+            match rm.restore_job(record, now, grace)? {
+                JobState::Pending => report.pending += 1,
+                JobState::Scheduled | JobState::Running => report.awaiting_reclaim += 1,
+                _ => report.finished += 1,
+            }
+        }
+        rm.next_token = rm.next_token.max(max_token);
+        rm.next_seq = max_seq + 1;
+        rm.keys_stale = true;
+        rm.dirty = true;
+        // Restoring writes nothing new; what is stored is already the truth.
+        rm.take_effects();
+        Ok((rm, report))
+    }
+
+    fn tombstone_for(&mut self, path: &QueuePath) -> QueueId {
+        if let Some((id, _)) = self.deleted_paths.iter().find(|(_, p)| *p == path) {
+            return *id;
+        }
+        let id = QueueId(u32::try_from(self.queues.len()).expect("fewer than 2^32 queues"));
+        self.queues.push(None);
+        self.deleted_paths.insert(id, path.clone());
+        id
+    }
+
+    fn restore_job(
+        &mut self,
+        record: JobRecord,
+        now: Timestamp,
+        grace: Duration,
+    ) -> Result<JobState, RestoreError> {
+        let id = record.id;
+        let invalid = |reason: &str| RestoreError::Job {
+            id,
+            reason: reason.to_owned(),
+        };
+        if self.job_ids.contains_key(&id) {
+            return Err(invalid("stored twice"));
+        }
+        let live_queue = self.queue_ids.get(&record.queue).copied();
+        let queue = match (live_queue, record.state.is_terminal()) {
+            (Some(q), _) if self.node(q).is_leaf() => q,
+            (_, true) => self.tombstone_for(&record.queue),
+            _ => {
+                return Err(invalid(&format!(
+                    "unfinished but its queue `{}` is not a leaf",
+                    record.queue
+                )));
+            }
+        };
+        if record.state.is_active() && record.attempts.is_empty() {
+            return Err(invalid("active without an attempt"));
+        }
+        let constraint = self
+            .index
+            .constraint_for(record.spec.selector(), record.spec.kind.handler());
+        let rank = match self.queues[queue.0 as usize].as_ref() {
+            Some(node) => node.ordering.rank(&record.spec),
+            None => 0,
+        };
+        let state = record.state;
+        let expires_at = record.spec.expires_at();
+        let timeout = record.spec.timeout;
+        let idempotency_key = record.spec.idempotency_key().map(str::to_owned);
+        let key = self.jobs.insert(Job {
+            id,
+            queue,
+            seq: record.seq,
+            state,
+            submitted_at: record.submitted_at,
+            not_before: record.not_before,
+            spec: record.spec,
+            attempts: record.attempts,
+            failures: record.failures,
+            termination: record.termination.map(Box::new),
+            finished_at: record.finished_at,
+            ready_since: now,
+            rank,
+            constraint,
+            worker: None,
+            worker_slot: 0,
+            waiting: Waiting::Not,
+            delivered: false,
+        });
+        self.job_ids.insert(id, key);
+        if let Some(k) = idempotency_key {
+            self.idempotency.insert((queue, k), key);
+        }
+        if state.is_terminal() {
+            let finished = self.jobs[key].finished_at.unwrap_or(now);
+            self.timers
+                .set(finished.after(self.config.retention), Timer::Purge(key));
+            return Ok(state);
+        }
+        self.add_unfinished(queue, 1);
+        if let Some(at) = expires_at {
+            self.timers.set(at, Timer::Expire(key));
+        }
+        if state == JobState::Pending {
+            self.node_mut(queue).stats.pending += 1;
+            match self.jobs[key].not_before.filter(|t| *t > now) {
+                Some(at) => self.timers.set(at, Timer::Release(key)),
+                None => self.make_ready(key, now, false),
+            }
+            return Ok(state);
+        }
+        // Scheduled or running: wait for the worker to reclaim it.
+        let attempt = self.jobs[key].attempts.last().expect("checked above");
+        let (token, worker, scheduled_at) = (attempt.token, attempt.worker, attempt.scheduled_at);
+        self.unclaimed.entry(worker).or_default().push(key);
+        self.timers
+            .set(now.after(grace), Timer::Reclaim(key, token));
+        if let Some(timeout) = timeout {
+            self.timers.set(
+                scheduled_at.after(timeout),
+                Timer::AttemptTimeout(key, token),
+            );
+        }
+        Ok(state)
+    }
+
+    /// Claims the attempts a returning worker lists (running or just finished) and
+    /// requeues the ones it no longer has. Called on its first poll after a restart.
+    pub(crate) fn reclaim(
+        &mut self,
+        worker_key: WorkerKey,
+        listed: &[(JobId, FencingToken)],
+        now: Timestamp,
+    ) {
+        let worker_id = self.workers[worker_key].id;
+        let Some(waiting) = self.unclaimed.remove(&worker_id) else {
+            return;
+        };
+        for key in waiting {
+            let Some(job) = self.jobs.get(key) else {
+                continue;
+            };
+            let Some(token) = job.current_token() else {
+                continue; // ended while it waited (cancelled, timed out)
+            };
+            if job.worker.is_some() {
+                continue;
+            }
+            if listed.contains(&(job.id, token)) {
+                self.claim(key, worker_key);
+            } else {
+                self.requeue_unclaimed(key, now);
+            }
+        }
+        if self.workers[worker_key].state == crate::workers::WorkerState::Active {
+            let worker = &mut self.workers[worker_key];
+            self.index.upsert(worker_key, worker);
+        }
+    }
+
+    /// Attaches a restored attempt to the worker that runs it, as if just assigned.
+    fn claim(&mut self, key: JobKey, worker_key: WorkerKey) {
+        let job = &mut self.jobs[key];
+        let token = job.current_token().expect("claimed attempts are current");
+        let (queue, request) = (job.queue, job.spec.request.clone());
+        let worker = &mut self.workers[worker_key];
+        job.worker = Some(worker_key);
+        job.delivered = true;
+        job.worker_slot = u32::try_from(worker.attempts.len()).expect("fewer than 2^32 attempts");
+        worker.attempts.push(key);
+        worker.used.add(&request);
+        let node = self.node_mut(queue);
+        node.attempts.push((token, key));
+        let mut at = Some(queue);
+        while let Some(id) = at {
+            let node = self.node_mut(id);
+            node.used.add(&request);
+            node.running += 1;
+            at = node.parent;
+        }
+        self.refresh_up(queue);
+        let id = self.jobs[key].id;
+        self.effects.records.push(Record::Job(id));
+    }
+
+    /// A restored attempt nobody reclaimed goes back to the front of its leaf; the
+    /// restart was not the job's fault, so it does not count as a failure.
+    pub(crate) fn requeue_unclaimed(&mut self, key: JobKey, now: Timestamp) {
+        self.end_attempt(key, AttemptOutcome::NotReclaimed, None, now);
+        self.make_ready(key, now, true);
+    }
+
+    /// Fired by a reclaim timer: requeues the attempt if it is still unclaimed, and
+    /// lets its worker take work once nothing of it is awaited any more.
+    pub(crate) fn reclaim_expired(&mut self, key: JobKey, token: FencingToken, now: Timestamp) {
+        let Some(job) = self.jobs.get(key) else {
+            return;
+        };
+        let Some(worker) = job.attempts.last().map(|a| a.worker) else {
+            return;
+        };
+        if job.current_token() == Some(token) && job.worker.is_none() {
+            self.requeue_unclaimed(key, now);
+        }
+        self.forget_unclaimed(worker, key);
+    }
+
+    fn forget_unclaimed(&mut self, worker: WorkerId, key: JobKey) {
+        let Some(list) = self.unclaimed.get_mut(&worker) else {
+            return;
+        };
+        list.retain(|k| *k != key);
+        if !list.is_empty() {
+            return;
+        }
+        self.unclaimed.remove(&worker);
+        if let Some(wk) = self.worker_ids.get(&worker).copied()
+            && self.workers[wk].state == crate::workers::WorkerState::Active
+            && self.workers[wk].indexed.is_none()
+        {
+            let w = &mut self.workers[wk];
+            self.index.upsert(wk, w);
+            self.dirty = true;
+        }
+    }
+}
+
+fn depth(path: &QueuePath) -> usize {
+    path.as_str().matches('.').count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth_counts_levels_below_root() {
+        assert_eq!(depth(&QueuePath::root()), 0);
+        assert_eq!(depth(&QueuePath::parse("root.a.b").expect("valid")), 2);
+    }
+}

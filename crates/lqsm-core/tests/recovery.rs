@@ -1,0 +1,273 @@
+//! Rebuilding the ResourceManager from its records: nothing is lost, running attempts
+//! are reclaimed by their workers or requeued after the grace period.
+#![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
+
+mod support;
+
+use lqsm_core::*;
+use std::time::Duration;
+use support::{Sim, one_core};
+
+const GRACE: Duration = Duration::from_secs(30);
+
+/// What a store would hold: every queue and job record, and the token high-water mark.
+fn records(sim: &Sim, jobs: &[JobId]) -> RestoreInput {
+    let queues = sim
+        .rm
+        .queues()
+        .iter()
+        .map(|q| sim.rm.queue_record(q.id()).unwrap())
+        .collect();
+    let jobs = jobs
+        .iter()
+        .filter_map(|id| sim.rm.job_record(*id))
+        .collect();
+    RestoreInput {
+        queues,
+        jobs,
+        next_token: sim.rm.next_token(),
+    }
+}
+
+fn restored(sim: &Sim, jobs: &[JobId], after: Duration) -> Sim {
+    // Records survive a round trip through JSON, as they would through a store.
+    let input = records(sim, jobs);
+    let queues: Vec<QueueRecord> =
+        serde_json::from_str(&serde_json::to_string(&input.queues).unwrap()).unwrap();
+    let job_records: Vec<JobRecord> =
+        serde_json::from_str(&serde_json::to_string(&input.jobs).unwrap()).unwrap();
+    let input = RestoreInput {
+        queues,
+        jobs: job_records,
+        ..input
+    };
+    let mut next = Sim::new(sim.rm.config().clone());
+    next.now = sim.now.after(after);
+    let (rm, _) = ResourceManager::restore(
+        sim.rm.config().clone(),
+        Policies::default(),
+        9,
+        input,
+        next.now,
+        GRACE,
+    )
+    .unwrap();
+    next.rm = rm;
+    next
+}
+
+struct Before {
+    sim: Sim,
+    jobs: Vec<JobId>,
+    w1: WorkerId,
+    w2: WorkerId,
+    on_w1: Vec<JobId>,
+    on_w2: Vec<JobId>,
+    pending: Vec<JobId>,
+    delayed: JobId,
+    done: JobId,
+}
+
+fn before_restart() -> Before {
+    let mut sim = Sim::new(Config::default());
+    sim.queue("root.eng", 60.0, 100.0);
+    sim.queue("root.eng.ml", 100.0, 100.0);
+    sim.queue("root.ops", 40.0, 100.0);
+    sim.rm.stop_queue("root.ops").unwrap();
+    let w1 = sim.worker("w1", 2, 2000);
+    let w2 = sim.worker("w2", 1, 1000);
+    let done = sim.submit_n("root.eng.ml", 1, one_core())[0];
+    sim.pass();
+    sim.poll_running(w1);
+    sim.poll_running(w2);
+    let holder = sim.rm.job(done).unwrap().current_attempt().unwrap().worker;
+    sim.succeed(holder, done);
+    let running = sim.submit_n("root.eng.ml", 3, one_core());
+    sim.pass();
+    sim.poll_running(w1);
+    sim.poll_running(w2);
+    let on = |w: WorkerId| -> Vec<JobId> {
+        running
+            .iter()
+            .copied()
+            .filter(|j| sim.rm.job(*j).unwrap().current_attempt().unwrap().worker == w)
+            .collect()
+    };
+    let (on_w1, on_w2) = (on(w1), on(w2));
+    let mut idem = sim.request("root.eng.ml", one_core());
+    idem.idempotency_key = Some("nightly".into());
+    let mut pending = vec![sim.submit(idem).unwrap().id()];
+    pending.extend(sim.submit_n("root.eng.ml", 2, one_core()));
+    let mut late = sim.request("root.eng.ml", one_core());
+    late.not_before = Some(sim.now.after(Duration::from_secs(3600)));
+    let delayed = sim.submit(late).unwrap().id();
+    let mut jobs = vec![done, delayed];
+    jobs.extend(&running);
+    jobs.extend(&pending);
+    Before {
+        sim,
+        jobs,
+        w1,
+        w2,
+        on_w1,
+        on_w2,
+        pending,
+        delayed,
+        done,
+    }
+}
+
+#[test]
+fn restore_keeps_queues_and_every_job_in_its_state() {
+    let b = before_restart();
+    let sim = restored(&b.sim, &b.jobs, Duration::from_secs(5));
+    assert_eq!(sim.rm.queues().len(), 4);
+    assert_eq!(
+        sim.rm.queue("root.ops").unwrap().state(),
+        QueueState::Stopped
+    );
+    assert_eq!(sim.rm.queue("root.eng").unwrap().config().capacity, 60.0);
+    assert_eq!(sim.state(b.done), JobState::Succeeded);
+    assert_eq!(sim.state(b.delayed), JobState::Pending);
+    for id in &b.pending {
+        assert_eq!(sim.state(*id), JobState::Pending);
+    }
+    for id in b.on_w1.iter().chain(&b.on_w2) {
+        assert_eq!(
+            sim.state(*id),
+            JobState::Running,
+            "awaits reclaim, not requeued"
+        );
+    }
+    let ml = sim.rm.queue("root.eng.ml").unwrap();
+    assert_eq!(ml.unfinished(), 7);
+    assert_eq!(ml.running(), 0, "unclaimed attempts hold no resources");
+    assert_eq!(ml.stats().pending, 4);
+    sim.check();
+}
+
+#[test]
+fn returning_worker_reclaims_what_it_runs_and_the_rest_is_requeued() {
+    let b = before_restart();
+    let mut sim = restored(&b.sim, &b.jobs, Duration::from_secs(5));
+    assert_eq!(b.on_w1.len(), 2);
+    // w1 comes back running only the first of its two attempts.
+    sim.worker_back(b.w1, 2);
+    let kept = b.on_w1[0];
+    let token = b.sim.rm.job(kept).unwrap().current_token().unwrap();
+    let poll = WorkerPoll {
+        running: vec![(kept, token)],
+        finished: vec![],
+    };
+    sim.rm.worker_polled(b.w1, &poll, sim.now).unwrap();
+    let job = sim.rm.job(kept).unwrap();
+    assert_eq!(job.state, JobState::Running);
+    assert_eq!(sim.rm.worker(b.w1).unwrap().used, one_core());
+    let dropped = sim.rm.job(b.on_w1[1]).unwrap();
+    assert_eq!(dropped.state, JobState::Pending);
+    assert_eq!(
+        dropped.attempts.last().unwrap().outcome,
+        Some(AttemptOutcome::NotReclaimed)
+    );
+    assert_eq!(dropped.failures, 0);
+    // Its report is accepted as usual.
+    let out = sim.report_token(
+        b.w1,
+        kept,
+        token,
+        ReportedResult::Succeeded {
+            result: None,
+            exit_code: Some(0),
+        },
+    );
+    assert_eq!(out.accepted, 1);
+    assert_eq!(sim.state(kept), JobState::Succeeded);
+    sim.check();
+}
+
+#[test]
+fn attempts_nobody_reclaims_are_requeued_after_the_grace_period_with_fresh_tokens() {
+    let b = before_restart();
+    let mut sim = restored(&b.sim, &b.jobs, Duration::from_secs(5));
+    let old_max = b
+        .jobs
+        .iter()
+        .filter_map(|j| b.sim.rm.job(*j))
+        .flat_map(|j| j.attempts.iter().map(|a| a.token))
+        .max()
+        .unwrap();
+    sim.advance(GRACE - Duration::from_millis(1));
+    sim.pass();
+    assert_eq!(sim.state(b.on_w2[0]), JobState::Running);
+    sim.advance(Duration::from_millis(1));
+    let fresh = sim.worker("fresh", 8, 8000);
+    sim.pass();
+    for id in b.on_w1.iter().chain(&b.on_w2) {
+        let job = sim.rm.job(*id).unwrap();
+        assert_eq!(job.state, JobState::Scheduled, "requeued and placed again");
+        let attempt = job.current_attempt().unwrap();
+        assert_eq!(attempt.worker, fresh);
+        assert!(
+            attempt.token > old_max,
+            "tokens keep growing across restarts"
+        );
+    }
+    sim.check();
+}
+
+#[test]
+fn a_returning_worker_takes_no_new_work_before_its_first_poll() {
+    let b = before_restart();
+    let mut sim = restored(&b.sim, &b.jobs, Duration::from_secs(5));
+    sim.worker_back(b.w2, 1);
+    sim.pass();
+    assert_eq!(sim.rm.worker(b.w2).unwrap().attempt_count(), 0);
+    let token = b.sim.rm.job(b.on_w2[0]).unwrap().current_token().unwrap();
+    let poll = WorkerPoll {
+        running: vec![(b.on_w2[0], token)],
+        finished: vec![],
+    };
+    sim.rm.worker_polled(b.w2, &poll, sim.now).unwrap();
+    assert_eq!(sim.rm.worker(b.w2).unwrap().attempt_count(), 1);
+    sim.check();
+}
+
+#[test]
+fn idempotency_keys_survive_a_restart() {
+    let b = before_restart();
+    let mut sim = restored(&b.sim, &b.jobs, Duration::from_secs(5));
+    let mut again = sim.request("root.eng.ml", one_core());
+    again.idempotency_key = Some("nightly".into());
+    assert_eq!(
+        sim.submit(again).unwrap(),
+        Submitted::Existing(b.pending[0])
+    );
+    let fresh = sim.submit_n("root.eng.ml", 1, one_core())[0];
+    let seqs: Vec<u64> = b.jobs.iter().map(|j| sim.rm.job(*j).unwrap().seq).collect();
+    assert!(
+        sim.rm.job(fresh).unwrap().seq > *seqs.iter().max().unwrap(),
+        "FIFO order continues"
+    );
+}
+
+#[test]
+fn a_job_in_a_queue_that_is_gone_is_refused_by_name() {
+    let b = before_restart();
+    let mut input = records(&b.sim, &b.jobs);
+    input.queues.retain(|q| q.path.as_str() != "root.eng.ml");
+    let err = ResourceManager::restore(
+        Config::default(),
+        Policies::default(),
+        1,
+        input,
+        b.sim.now,
+        GRACE,
+    )
+    .err()
+    .unwrap();
+    assert!(
+        err.to_string()
+            .contains("its queue `root.eng.ml` is not a leaf"),
+        "{err}"
+    );
+}
