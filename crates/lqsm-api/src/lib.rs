@@ -1,0 +1,590 @@
+//! The JSON of LQSM's HTTP API (`/v1`). One definition per concept, used by the
+//! server, the client, the CLI and the worker alike. Times are milliseconds since the
+//! Unix epoch (`*_ms` fields), durations milliseconds, memory MiB, cpu in cores.
+//! Every request type refuses unknown fields, so a typo is an error, not a default.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Every error answer: `{"error": {"code": ..., "message": ..., "field": ...}}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong, for people and for programs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code (`invalid_field`, `not_found`, `unauthorized`...).
+    pub code: String,
+    /// What happened and what to do about it.
+    pub message: String,
+    /// The offending field, when one is to blame (`jobs[3].resources.cpu`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// Resources a job asks for or a worker offers. Absent fields take defaults.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// CPU cores (fractions allowed, down to 0.001).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f64>,
+    /// Memory in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
+    /// Whole GPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<u32>,
+    /// Named custom resources (`{"licence": 2}`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub custom: BTreeMap<String, u64>,
+}
+
+/// Resource amounts in answers: every field present.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ResourceFigures {
+    /// CPU cores.
+    pub cpu: f64,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// GPUs.
+    pub gpu: u32,
+    /// Custom resources.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub custom: BTreeMap<String, u64>,
+}
+
+/// What a job runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum JobKind {
+    /// A program, run as a child process in its own process group.
+    Command {
+        /// Program and arguments.
+        argv: Vec<String>,
+        /// Extra environment variables.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        env: BTreeMap<String, String>,
+        /// Working directory.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cwd: Option<String>,
+    },
+    /// A handler registered on workers, called with JSON arguments.
+    Function {
+        /// Handler name (`lqsm.echo`).
+        handler: String,
+        /// Arguments.
+        #[serde(default)]
+        #[schema(value_type = Object)]
+        args: serde_json::Value,
+    },
+}
+
+/// How failed attempts are retried. Absent fields take the queue's defaults.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Attempts in all, counting the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Wait after the first failure, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_base_ms: Option<u64>,
+    /// Longest wait, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_cap_ms: Option<u64>,
+    /// Fraction (0..=1) of a wait taken off at random.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<f64>,
+}
+
+/// A job submission (`POST /v1/jobs`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitJob {
+    /// Leaf queue path (`root.default`).
+    pub queue: String,
+    /// What to run.
+    pub kind: JobKind,
+    /// Resources per attempt; the queue's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// Higher runs first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    /// Start no sooner than this many ms from now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    /// Start no sooner than this instant (an ETA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_ms: Option<u64>,
+    /// Give up if not started by this instant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+    /// Longest an attempt may run, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Retry policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+    /// Same key in the same queue within retention: the same job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Labels a worker must carry.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: BTreeMap<String, String>,
+    /// Free-form tags.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+impl SubmitJob {
+    /// A function job with every option left to the queue.
+    pub fn function(queue: &str, handler: &str, args: serde_json::Value) -> Self {
+        Self::new(
+            queue,
+            JobKind::Function {
+                handler: handler.into(),
+                args,
+            },
+        )
+    }
+
+    /// A submission of `kind` with every option left to the queue.
+    pub fn new(queue: &str, kind: JobKind) -> Self {
+        Self {
+            queue: queue.into(),
+            kind,
+            resources: None,
+            priority: None,
+            delay_ms: None,
+            not_before_ms: None,
+            expires_at_ms: None,
+            timeout_ms: None,
+            retry: None,
+            idempotency_key: None,
+            selector: BTreeMap::new(),
+            tags: Vec::new(),
+        }
+    }
+}
+
+/// The answer to a submission.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Submitted {
+    /// The job's id.
+    pub id: Uuid,
+    /// False when an idempotency key matched an existing job.
+    pub created: bool,
+}
+
+/// A batch submission (`POST /v1/jobs/batch`), up to 10,000 jobs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitBatch {
+    /// The jobs, each validated and answered on its own.
+    pub jobs: Vec<SubmitJob>,
+}
+
+/// The answer to one item of a batch: an id, or the error for that item.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BatchItem {
+    /// The job's id, when accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Uuid>,
+    /// False when an idempotency key matched an existing job.
+    #[serde(default)]
+    pub created: bool,
+    /// Why this item was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+}
+
+/// The answer to a batch, in submission order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BatchResult {
+    /// One item per submitted job.
+    pub results: Vec<BatchItem>,
+    /// How many were accepted.
+    pub accepted: usize,
+}
+
+/// One attempt at a job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AttemptView {
+    /// 1 for the first.
+    pub number: u32,
+    /// Its fencing token.
+    pub token: u64,
+    /// The worker it ran on.
+    pub worker: Uuid,
+    /// When it was assigned.
+    pub scheduled_at_ms: u64,
+    /// When the worker confirmed it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<u64>,
+    /// When it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
+    /// How it ended: succeeded, failed, timed_out, lost, preempted, cancelled, not_reclaimed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// The failure's message or exit code, when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A job as clients see it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobView {
+    /// Its id.
+    pub id: Uuid,
+    /// Its queue.
+    pub queue: String,
+    /// pending, scheduled, running, succeeded, failed, cancelled or expired.
+    pub state: String,
+    /// What it runs.
+    pub kind: JobKind,
+    /// Resources per attempt.
+    pub resources: ResourceFigures,
+    /// Its priority.
+    pub priority: i32,
+    /// When it was accepted.
+    pub submitted_at_ms: u64,
+    /// Not to start before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_ms: Option<u64>,
+    /// Gives up if not started by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+    /// Attempt timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// Its tags.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Every attempt, the latest last.
+    pub attempts: Vec<AttemptView>,
+    /// The result of a succeeded function job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
+    /// The exit code of the last attempt of a command job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why it failed, was cancelled or expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
+}
+
+/// A page of jobs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobList {
+    /// The jobs, oldest first.
+    pub jobs: Vec<JobView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Default job options of a queue.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueueDefaults {
+    /// Resources of a job that names none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// Priority of a job that names none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    /// Attempt timeout of a job that names none, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Retry policy of a job that names none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+}
+
+/// A queue's settings. In a create every absent field takes its default; in an update
+/// absent fields stay as they are.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    /// Guaranteed share, percent of the parent's (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<f64>,
+    /// Elastic ceiling, percent of the parent's (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_capacity: Option<f64>,
+    /// Tie-breaking weight (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    /// Most attempts running at once; 0 removes the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_running: Option<u32>,
+    /// Most jobs pending; 0 removes the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending: Option<u64>,
+    /// Job defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defaults: Option<QueueDefaults>,
+    /// Ordering policy name (priority-fifo, fifo, smallest-first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering: Option<String>,
+    /// Placement policy name (best-fit, spread).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<String>,
+    /// Admission policy name (accept-all, require-capable-worker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission: Option<String>,
+    /// Whether preemption may take attempts back from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preemptable: Option<bool>,
+}
+
+/// `POST /v1/queues`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateQueue {
+    /// The new queue's path; its parent must exist.
+    pub path: String,
+    /// Its settings.
+    #[serde(flatten)]
+    pub settings: QueueSettings,
+}
+
+/// A queue with live figures; `children` holds the subtree.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct QueueView {
+    /// Its path.
+    pub path: String,
+    /// running, stopped or draining.
+    pub state: String,
+    /// Guaranteed share, percent of the parent's.
+    pub capacity: f64,
+    /// Ceiling, percent of the parent's.
+    pub max_capacity: f64,
+    /// Guarantee as a fraction of the cluster.
+    pub abs_guarantee: f64,
+    /// Ceiling as a fraction of the cluster.
+    pub abs_max: f64,
+    /// Resources its guarantee amounts to today.
+    pub guaranteed: ResourceFigures,
+    /// Resources its attempts hold.
+    pub used: ResourceFigures,
+    /// Jobs pending in its subtree.
+    pub pending: u64,
+    /// Attempts running in its subtree.
+    pub running: u64,
+    /// Jobs submitted, succeeded, failed, cancelled and expired in its subtree.
+    pub counts: QueueCounts,
+    /// Its settings.
+    pub settings: QueueSettings,
+    /// Its children.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<QueueView>,
+}
+
+/// Lifetime counters of a queue's subtree.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct QueueCounts {
+    /// Accepted.
+    pub submitted: u64,
+    /// Succeeded.
+    pub succeeded: u64,
+    /// Failed for good.
+    pub failed: u64,
+    /// Cancelled.
+    pub cancelled: u64,
+    /// Expired.
+    pub expired: u64,
+    /// Mean wait from ready to scheduled, ms.
+    pub mean_wait_ms: u64,
+    /// Mean run time, ms.
+    pub mean_run_ms: u64,
+}
+
+/// `POST /v1/workers`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterWorker {
+    /// The worker's id (keep it across reconnects so running attempts are recognised).
+    pub id: Uuid,
+    /// A name for people.
+    pub name: String,
+    /// What it offers.
+    pub capacity: Resources,
+    /// Labels jobs select on.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Whether it runs command jobs (default true).
+    #[serde(default = "yes")]
+    pub serves_commands: bool,
+    /// Handlers it runs; `*` for all.
+    #[serde(default)]
+    pub handlers: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// An attempt a worker holds, by job and token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttemptRef {
+    /// The job.
+    pub job: Uuid,
+    /// The attempt's token.
+    pub token: u64,
+}
+
+/// How an attempt ended, as the worker saw it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AttemptResult {
+    /// It succeeded.
+    Succeeded {
+        /// A function's return value.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<Object>)]
+        result: Option<serde_json::Value>,
+        /// A command's exit code.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
+    },
+    /// It failed.
+    Failed {
+        /// A command's exit code.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
+        /// What went wrong.
+        message: String,
+    },
+    /// The worker killed it at its timeout.
+    TimedOut,
+}
+
+/// A finished attempt in a poll.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FinishedAttempt {
+    /// The job.
+    pub job: Uuid,
+    /// The attempt's token.
+    pub token: u64,
+    /// How it went.
+    pub result: AttemptResult,
+}
+
+/// `POST /v1/workers/{id}/poll`: heartbeat, reports and a long-poll for work.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PollRequest {
+    /// Attempts running on the worker now.
+    #[serde(default)]
+    pub running: Vec<AttemptRef>,
+    /// Attempts that ended since the last poll.
+    #[serde(default)]
+    pub finished: Vec<FinishedAttempt>,
+    /// How long to wait for new work when there is none (default 0, max 30,000).
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// A new attempt for the worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Assignment {
+    /// The job.
+    pub job: Uuid,
+    /// The attempt's token: report with it.
+    pub token: u64,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// The job's queue.
+    pub queue: String,
+    /// What to run.
+    pub kind: JobKind,
+    /// Resources granted.
+    pub resources: ResourceFigures,
+    /// Kill it after this long, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// An attempt the worker must stop.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct KillOrder {
+    /// The job.
+    pub job: Uuid,
+    /// The attempt's token.
+    pub token: u64,
+    /// cancelled, timed_out, preempted or stale.
+    pub reason: String,
+}
+
+/// A report the server refused (the worker drops it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RefusedReport {
+    /// The job.
+    pub job: Uuid,
+    /// The attempt's token.
+    pub token: u64,
+    /// unknown_job or stale_attempt.
+    pub reason: String,
+}
+
+/// The answer to a poll.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PollResponse {
+    /// New attempts to start.
+    pub assignments: Vec<Assignment>,
+    /// Attempts to stop.
+    pub kill: Vec<KillOrder>,
+    /// Reports refused.
+    pub refused: Vec<RefusedReport>,
+}
+
+/// A worker as the cluster sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WorkerView {
+    /// Its id.
+    pub id: Uuid,
+    /// Its name.
+    pub name: String,
+    /// active, draining or lost.
+    pub state: String,
+    /// What it offers.
+    pub capacity: ResourceFigures,
+    /// What its attempts hold.
+    pub used: ResourceFigures,
+    /// Attempts it holds.
+    pub attempts: usize,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `GET /v1/cluster`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterSummary {
+    /// Workers by state.
+    pub workers: BTreeMap<String, usize>,
+    /// What shares are shares of.
+    pub total: ResourceFigures,
+    /// What attempts hold.
+    pub used: ResourceFigures,
+    /// Jobs held, by state.
+    pub jobs: BTreeMap<String, u64>,
+    /// Number of queues.
+    pub queues: usize,
+}
