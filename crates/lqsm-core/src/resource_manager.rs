@@ -511,6 +511,11 @@ impl ResourceManager {
         self.jobs.get(key)
     }
 
+    /// Every job the core holds (all states, until purged), in no particular order.
+    pub fn jobs(&self) -> impl Iterator<Item = &Job> {
+        self.jobs.values()
+    }
+
     /// How many jobs the core holds (all states, until purged).
     pub fn job_count(&self) -> usize {
         self.jobs.len()

@@ -1,0 +1,156 @@
+//! Server settings: defaults, then the optional TOML file, then flags and `LQSM_*`
+//! variables (applied by the CLI). A commented example is `lqsm.example.toml`.
+
+use lqsm_api as api;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the server can be told.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Where the embedded store keeps its files.
+    pub data_dir: PathBuf,
+    /// Allow listening beyond loopback without tokens.
+    pub insecure: bool,
+    /// Bearer tokens and their roles. None: no authentication (loopback only).
+    pub tokens: Vec<TokenConfig>,
+    /// Queues created at start when missing.
+    pub queues: Vec<QueueDecl>,
+    /// Scheduler and timer settings.
+    pub scheduler: SchedulerConfig,
+    /// Size limits.
+    pub limits: Limits,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7420)),
+            data_dir: PathBuf::from("./lqsm-data"),
+            insecure: false,
+            tokens: Vec::new(),
+            queues: Vec::new(),
+            scheduler: SchedulerConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A bearer token and what it may do.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The secret.
+    pub token: String,
+    /// admin, submitter or worker.
+    pub role: RoleName,
+    /// For submitters: queue patterns (`root.etl.*`, `root.default`, `*`).
+    #[serde(default)]
+    pub queues: Vec<String>,
+}
+
+/// The roles a token can have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoleName {
+    /// Everything.
+    Admin,
+    /// Submit, read and cancel jobs in its queues.
+    Submitter,
+    /// The worker endpoints.
+    Worker,
+}
+
+/// A queue declared in the config.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueDecl {
+    /// Its path.
+    pub path: String,
+    /// Its settings.
+    #[serde(flatten)]
+    pub settings: api::QueueSettings,
+}
+
+/// Scheduler and timer settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// A worker silent this long is lost.
+    pub heartbeat_timeout_ms: u64,
+    /// Finished jobs are kept this long.
+    pub retention_ms: u64,
+    /// After a restart, running attempts wait this long to be reclaimed.
+    pub reclaim_grace_ms: u64,
+    /// Longest a poll waits for work.
+    pub max_poll_wait_ms: u64,
+    /// Preemption on or off.
+    pub preemption: bool,
+    /// How long a starved queue waits before preemption acts.
+    pub preemption_delay_ms: u64,
+    /// Fraction of a guarantee treated as noise.
+    pub preemption_dead_zone: f64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_timeout_ms: 10_000,
+            retention_ms: 24 * 3600 * 1000,
+            reclaim_grace_ms: 30_000,
+            max_poll_wait_ms: 4_000,
+            preemption: false,
+            preemption_delay_ms: 15_000,
+            preemption_dead_zone: 0.05,
+        }
+    }
+}
+
+impl SchedulerConfig {
+    /// The core's settings.
+    pub fn core(&self) -> lqsm_core::Config {
+        let mut c = lqsm_core::Config {
+            heartbeat_timeout: Duration::from_millis(self.heartbeat_timeout_ms),
+            retention: Duration::from_millis(self.retention_ms),
+            ..lqsm_core::Config::default()
+        };
+        c.preemption.enabled = self.preemption;
+        c.preemption.delay = Duration::from_millis(self.preemption_delay_ms);
+        c.preemption.dead_zone = self.preemption_dead_zone;
+        c
+    }
+}
+
+/// Size limits of requests.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest job (its kind: argv, env or args), bytes.
+    pub max_job_bytes: usize,
+    /// Largest request body, bytes.
+    pub max_request_bytes: usize,
+    /// Most jobs in one batch.
+    pub max_batch: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_job_bytes: 1 << 20,
+            max_request_bytes: 16 << 20,
+            max_batch: 10_000,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Reads a TOML file on top of the defaults.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}

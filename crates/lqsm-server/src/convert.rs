@@ -1,0 +1,389 @@
+//! Between the wire (lqsm-api) and the domain (lqsm-core): requests are validated
+//! here with errors that name the offending field; views are built from core state.
+
+use crate::error::ApiError;
+use lqsm_api as api;
+use lqsm_core as core;
+use lqsm_core::{JobId, MiB, Millicores, ResourceName, Timestamp};
+use std::time::Duration;
+
+/// Longest delay, timeout or backoff accepted (a year), so sums cannot overflow.
+const MAX_MS: u64 = 365 * 24 * 3600 * 1000;
+
+fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::invalid_field(field, message)
+}
+
+fn millis(field: &str, ms: u64) -> Result<Duration, ApiError> {
+    if ms > MAX_MS {
+        return Err(invalid(field, format!("{ms} ms is more than a year")));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+/// Wire resources to a core vector; `base` fills absent fields.
+pub fn resources(
+    field: &str,
+    r: &api::Resources,
+    base: &core::Resources,
+) -> Result<core::Resources, ApiError> {
+    let mut out = base.clone();
+    if let Some(cpu) = r.cpu {
+        if !cpu.is_finite() || cpu < 0.0 || cpu > 1e9 {
+            return Err(invalid(
+                &format!("{field}.cpu"),
+                format!("{cpu} is not a number of cores"),
+            ));
+        }
+        out.cpu = Millicores((cpu * 1000.0).round() as u64);
+    }
+    if let Some(mem) = r.memory_mib {
+        out.memory = MiB(mem);
+    }
+    if let Some(gpu) = r.gpu {
+        out.gpu = gpu;
+    }
+    for (name, amount) in &r.custom {
+        let name = ResourceName::new(name)
+            .map_err(|e| invalid(&format!("{field}.custom"), e.to_string()))?;
+        out.set_custom(name, *amount);
+    }
+    Ok(out)
+}
+
+/// Core resources as wire figures.
+pub fn figures(r: &core::Resources) -> api::ResourceFigures {
+    api::ResourceFigures {
+        cpu: r.cpu.0 as f64 / 1000.0,
+        memory_mib: r.memory.0,
+        gpu: r.gpu,
+        custom: r
+            .customs()
+            .iter()
+            .map(|(n, a)| (n.as_str().to_owned(), *a))
+            .collect(),
+    }
+}
+
+fn retry(
+    field: &str,
+    r: &api::RetrySpec,
+    base: core::RetryPolicy,
+) -> Result<core::RetryPolicy, ApiError> {
+    let mut out = base;
+    if let Some(n) = r.max_attempts {
+        out.max_attempts = n;
+    }
+    if let Some(ms) = r.backoff_base_ms {
+        out.backoff_base = millis(&format!("{field}.backoff_base_ms"), ms)?;
+    }
+    if let Some(ms) = r.backoff_cap_ms {
+        out.backoff_cap = millis(&format!("{field}.backoff_cap_ms"), ms)?;
+    }
+    if let Some(j) = r.jitter {
+        out.jitter = j;
+    }
+    out.validate().map_err(|reason| invalid(field, reason))?;
+    Ok(out)
+}
+
+/// Wire job kind to core kind.
+pub fn kind(field: &str, k: &api::JobKind) -> Result<core::JobKind, ApiError> {
+    Ok(match k {
+        api::JobKind::Command { argv, env, cwd } => {
+            core::JobKind::Command(Box::new(core::jobs::Command {
+                argv: argv.clone(),
+                env: env.clone(),
+                cwd: cwd.clone(),
+            }))
+        }
+        api::JobKind::Function { handler, args } => {
+            if handler.is_empty() {
+                return Err(invalid(&format!("{field}.handler"), "must not be empty"));
+            }
+            core::JobKind::function(handler, args.clone())
+        }
+    })
+}
+
+/// Core job kind to wire kind.
+pub fn kind_view(k: &core::JobKind) -> api::JobKind {
+    match k {
+        core::JobKind::Command(c) => api::JobKind::Command {
+            argv: c.argv.clone(),
+            env: c.env.clone(),
+            cwd: c.cwd.clone(),
+        },
+        core::JobKind::Function { handler, args } => api::JobKind::Function {
+            handler: handler.to_string(),
+            args: args.to_value(),
+        },
+    }
+}
+
+/// A wire submission to a core one with a fresh id. Queue defaults for absent options
+/// are applied by the core; only what the wire alone can check is checked here.
+pub fn submission(
+    field: &str,
+    id: JobId,
+    job: &api::SubmitJob,
+    now: Timestamp,
+) -> Result<core::SubmitRequest, ApiError> {
+    let mut req =
+        core::SubmitRequest::new(id, &job.queue, kind(&format!("{field}.kind"), &job.kind)?);
+    if let Some(r) = &job.resources {
+        let base = core::Resources::cores(1, 256);
+        let resolved = resources(&format!("{field}.resources"), r, &base)?;
+        req.request = Some(resolved);
+    }
+    req.priority = job.priority;
+    req.not_before = match (job.delay_ms, job.not_before_ms) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                &format!("{field}.delay_ms"),
+                "give delay_ms or not_before_ms, not both",
+            ));
+        }
+        (Some(ms), None) => Some(now.after(millis(&format!("{field}.delay_ms"), ms)?)),
+        (None, Some(at)) => Some(Timestamp(at)),
+        (None, None) => None,
+    };
+    req.expires_at = job.expires_at_ms.map(Timestamp);
+    if let Some(ms) = job.timeout_ms {
+        if ms == 0 {
+            return Err(invalid(
+                &format!("{field}.timeout_ms"),
+                "must be above zero",
+            ));
+        }
+        req.timeout = Some(millis(&format!("{field}.timeout_ms"), ms)?);
+    }
+    if let Some(r) = &job.retry {
+        req.retry = Some(retry(
+            &format!("{field}.retry"),
+            r,
+            core::RetryPolicy::default(),
+        )?);
+    }
+    req.idempotency_key = job.idempotency_key.clone();
+    req.selector = job.selector.clone();
+    req.tags = job.tags.clone();
+    Ok(req)
+}
+
+/// Queue settings on the wire to a core config, starting from `base`.
+pub fn queue_config(
+    s: &api::QueueSettings,
+    base: &core::QueueConfig,
+) -> Result<core::QueueConfig, ApiError> {
+    let mut c = base.clone();
+    if let Some(v) = s.capacity {
+        c.capacity = v;
+    }
+    if let Some(v) = s.max_capacity {
+        c.max_capacity = v;
+    }
+    if let Some(v) = s.weight {
+        c.weight = v;
+    }
+    if let Some(v) = s.max_running {
+        c.max_running = (v > 0).then_some(v);
+    }
+    if let Some(v) = s.max_pending {
+        c.max_pending = (v > 0).then_some(v);
+    }
+    if let Some(d) = &s.defaults {
+        if let Some(r) = &d.resources {
+            c.defaults.request = resources("defaults.resources", r, &c.defaults.request)?;
+        }
+        if let Some(p) = d.priority {
+            c.defaults.priority = p;
+        }
+        if let Some(ms) = d.timeout_ms {
+            c.defaults.timeout = (ms > 0).then(|| Duration::from_millis(ms.min(MAX_MS)));
+        }
+        if let Some(r) = &d.retry {
+            c.defaults.retry = retry("defaults.retry", r, c.defaults.retry)?;
+        }
+    }
+    if let Some(v) = &s.ordering {
+        c.ordering = v.clone();
+    }
+    if let Some(v) = &s.placement {
+        c.placement = v.clone();
+    }
+    if let Some(v) = &s.admission {
+        c.admission = v.clone();
+    }
+    if let Some(v) = s.preemptable {
+        c.preemptable = v;
+    }
+    Ok(c)
+}
+
+/// A core queue config as wire settings.
+pub fn queue_settings(c: &core::QueueConfig) -> api::QueueSettings {
+    api::QueueSettings {
+        capacity: Some(c.capacity),
+        max_capacity: Some(c.max_capacity),
+        weight: Some(c.weight),
+        max_running: Some(c.max_running.unwrap_or(0)),
+        max_pending: Some(c.max_pending.unwrap_or(0)),
+        defaults: Some(api::QueueDefaults {
+            resources: Some(api::Resources {
+                cpu: Some(c.defaults.request.cpu.0 as f64 / 1000.0),
+                memory_mib: Some(c.defaults.request.memory.0),
+                gpu: Some(c.defaults.request.gpu),
+                custom: Default::default(),
+            }),
+            priority: Some(c.defaults.priority),
+            timeout_ms: Some(c.defaults.timeout.map_or(0, |d| d.as_millis() as u64)),
+            retry: Some(api::RetrySpec {
+                max_attempts: Some(c.defaults.retry.max_attempts),
+                backoff_base_ms: Some(c.defaults.retry.backoff_base.as_millis() as u64),
+                backoff_cap_ms: Some(c.defaults.retry.backoff_cap.as_millis() as u64),
+                jitter: Some(c.defaults.retry.jitter),
+            }),
+        }),
+        ordering: Some(c.ordering.clone()),
+        placement: Some(c.placement.clone()),
+        admission: Some(c.admission.clone()),
+        preemptable: Some(c.preemptable),
+    }
+}
+
+fn state_name(s: core::JobState) -> &'static str {
+    match s {
+        core::JobState::Pending => "pending",
+        core::JobState::Scheduled => "scheduled",
+        core::JobState::Running => "running",
+        core::JobState::Succeeded => "succeeded",
+        core::JobState::Failed => "failed",
+        core::JobState::Cancelled => "cancelled",
+        core::JobState::Expired => "expired",
+    }
+}
+
+/// Parses a job state name from a query string.
+pub fn parse_state(name: &str) -> Result<core::JobState, ApiError> {
+    use core::JobState::*;
+    let all = [
+        Pending, Scheduled, Running, Succeeded, Failed, Cancelled, Expired,
+    ];
+    all.into_iter()
+        .find(|s| state_name(*s) == name)
+        .ok_or_else(|| {
+            invalid(
+                "state",
+                format!("`{name}` is not a job state (pending, scheduled, running, succeeded, failed, cancelled, expired)"),
+            )
+        })
+}
+
+fn outcome_name(o: &core::AttemptOutcome) -> (&'static str, Option<String>) {
+    use core::AttemptOutcome::*;
+    match o {
+        Succeeded { .. } => ("succeeded", None),
+        Failed { exit_code, message } => (
+            "failed",
+            Some(match exit_code {
+                Some(code) => format!("exit code {code}: {message}"),
+                None => message.clone(),
+            }),
+        ),
+        TimedOut => ("timed_out", None),
+        Lost => ("lost", None),
+        Preempted => ("preempted", None),
+        Cancelled => ("cancelled", None),
+        NotReclaimed => ("not_reclaimed", None),
+    }
+}
+
+/// A job as clients see it.
+pub fn job_view(job: &core::Job, queue: &str) -> api::JobView {
+    let (result, exit_code, reason) = match job.termination.as_deref() {
+        Some(core::Termination::Succeeded { result, exit_code }) => (
+            result.as_ref().map(core::jobs::Json::to_value),
+            *exit_code,
+            None,
+        ),
+        Some(core::Termination::Failed { last }) => {
+            let (name, message) = outcome_name(last);
+            let exit = match last {
+                core::AttemptOutcome::Failed { exit_code, .. } => *exit_code,
+                _ => None,
+            };
+            (
+                None,
+                exit,
+                Some(message.unwrap_or_else(|| name.replace('_', " "))),
+            )
+        }
+        Some(core::Termination::Cancelled { reason }) => (None, None, Some(reason.clone())),
+        Some(core::Termination::Expired) => {
+            (None, None, Some("not started before it expired".into()))
+        }
+        None => (None, None, None),
+    };
+    api::JobView {
+        id: job.id.0,
+        queue: queue.to_owned(),
+        state: state_name(job.state).to_owned(),
+        kind: kind_view(&job.spec.kind),
+        resources: figures(&job.spec.request),
+        priority: job.spec.priority,
+        submitted_at_ms: job.submitted_at.0,
+        not_before_ms: job.not_before.map(|t| t.0),
+        expires_at_ms: job.spec.expires_at().map(|t| t.0),
+        timeout_ms: job.spec.timeout.map(|d| d.as_millis() as u64),
+        max_attempts: job.spec.retry.max_attempts,
+        tags: job.spec.tags().to_vec(),
+        attempts: job
+            .attempts
+            .iter()
+            .map(|a| {
+                let (outcome, message) = match &a.outcome {
+                    Some(o) => {
+                        let (n, m) = outcome_name(o);
+                        (Some(n.to_owned()), m)
+                    }
+                    None => (None, None),
+                };
+                api::AttemptView {
+                    number: a.number,
+                    token: a.token.0,
+                    worker: a.worker.0,
+                    scheduled_at_ms: a.scheduled_at.0,
+                    started_at_ms: a.started_at.map(|t| t.0),
+                    finished_at_ms: a.finished_at.map(|t| t.0),
+                    outcome,
+                    message,
+                }
+            })
+            .collect(),
+        result,
+        exit_code,
+        reason,
+        finished_at_ms: job.finished_at.map(|t| t.0),
+    }
+}
+
+/// Wire attempt result to core.
+pub fn reported(r: &api::AttemptResult) -> core::ReportedResult {
+    match r {
+        api::AttemptResult::Succeeded { result, exit_code } => core::ReportedResult::Succeeded {
+            result: result.as_ref().map(core::jobs::Json::from_value),
+            exit_code: *exit_code,
+        },
+        api::AttemptResult::Failed { exit_code, message } => core::ReportedResult::Failed {
+            exit_code: *exit_code,
+            message: message.clone(),
+        },
+        api::AttemptResult::TimedOut => core::ReportedResult::TimedOut,
+    }
+}
+
+/// Name of a job state, as the API spells it.
+pub fn job_state_name(s: core::JobState) -> &'static str {
+    state_name(s)
+}

@@ -1,0 +1,179 @@
+//! Every error the API answers: a status and `{"error":{"code","message","field"}}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use lqsm_api::{ErrorBody, ErrorDetail};
+use lqsm_core::{JobError, QueueError, SubmitError, WorkerError};
+
+/// An error answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// The body.
+    pub detail: ErrorDetail,
+}
+
+impl ApiError {
+    /// Any error.
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            detail: ErrorDetail {
+                code: code.to_owned(),
+                message: message.into(),
+                field: None,
+            },
+        }
+    }
+
+    /// The same error, blaming `field`.
+    pub fn at(mut self, field: impl Into<String>) -> Self {
+        self.detail.field = Some(field.into());
+        self
+    }
+
+    /// A field with a bad value (400).
+    pub fn invalid_field(field: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            format!("{field}: {message}"),
+        )
+        .at(field)
+    }
+
+    /// Something that does not exist (404).
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// The store or runtime failed (503).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    /// Prefixes the blamed field with the item's place in a batch.
+    pub fn in_item(mut self, prefix: &str) -> Self {
+        self.detail.field = Some(match self.detail.field.take() {
+            Some(f) => format!("{prefix}.{f}"),
+            None => prefix.to_owned(),
+        });
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(ErrorBody { error: self.detail })).into_response()
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> Self {
+        let (status, code, field) = match &e {
+            QueueError::InvalidPath { .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                Some("path".to_owned()),
+            ),
+            QueueError::NotFound { .. } => {
+                (StatusCode::NOT_FOUND, "not_found", Some("queue".to_owned()))
+            }
+            QueueError::AlreadyExists(_) => {
+                (StatusCode::CONFLICT, "conflict", Some("path".to_owned()))
+            }
+            QueueError::InvalidConfig { field, .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                Some(field.clone()),
+            ),
+            QueueError::CapacityOverflow { .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                Some("capacity".to_owned()),
+            ),
+            QueueError::UnknownPolicy { kind, .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                Some((*kind).to_owned()),
+            ),
+            QueueError::ParentHoldsJobs(_) => {
+                (StatusCode::CONFLICT, "conflict", Some("path".to_owned()))
+            }
+            QueueError::HoldsJobs { .. } => {
+                (StatusCode::CONFLICT, "conflict", Some("force".to_owned()))
+            }
+            QueueError::Root(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                Some("path".to_owned()),
+            ),
+        };
+        let mut err = Self::new(status, code, e.to_string());
+        err.detail.field = field;
+        err
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::Queue(q) => ApiError::from(q).at("queue"),
+            SubmitError::NotALeaf(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_field", e.to_string()).at("queue")
+            }
+            SubmitError::NotAccepting { .. } => {
+                Self::new(StatusCode::CONFLICT, "not_accepting", e.to_string()).at("queue")
+            }
+            SubmitError::InvalidField { field, .. } => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_field", e.to_string())
+                    .at(wire_field(field))
+            }
+            SubmitError::DuplicateId(_) => {
+                Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            SubmitError::QueueFull { .. } => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string()).at("queue")
+            }
+            SubmitError::Refused { .. } => {
+                Self::new(StatusCode::FORBIDDEN, "refused", e.to_string())
+            }
+        }
+    }
+}
+
+/// The wire name of a core field.
+fn wire_field(core_field: &str) -> &str {
+    match core_field {
+        "request" => "resources",
+        "expires_at" => "expires_at_ms",
+        "timeout" => "timeout_ms",
+        other => other,
+    }
+}
+
+impl From<JobError> for ApiError {
+    fn from(e: JobError) -> Self {
+        match e {
+            JobError::NotFound(_) => Self::not_found(e.to_string()).at("id"),
+            JobError::AlreadyFinished { .. } => {
+                Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+        }
+    }
+}
+
+impl From<WorkerError> for ApiError {
+    fn from(e: WorkerError) -> Self {
+        match e {
+            WorkerError::Unknown(_) | WorkerError::Lost(_) => {
+                Self::new(StatusCode::CONFLICT, "register_again", e.to_string()).at("id")
+            }
+            WorkerError::InvalidField { field, .. } => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_field", e.to_string()).at(field)
+            }
+        }
+    }
+}

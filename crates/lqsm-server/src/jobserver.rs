@@ -1,0 +1,900 @@
+//! The JobServer: the `/v1` HTTP API. Handlers parse, validate and authorise in
+//! parallel, then hand commands to the ResourceManager runtime and answer once the
+//! runtime says the change is durable.
+
+use crate::auth::{Auth, Role};
+use crate::config::Limits;
+use crate::convert;
+use crate::error::ApiError;
+use crate::resource_manager::{QueueOp, Runtime, Stopped, wall_clock};
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use lqsm_api as api;
+use lqsm_core::{JobId, QueueUpdate, ResourceManager, WorkerId, WorkerPoll};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use utoipa::OpenApi;
+use uuid::Uuid;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The runtime.
+    pub runtime: Runtime,
+    /// Tokens.
+    pub auth: Arc<Auth>,
+    /// Limits.
+    pub limits: Limits,
+    /// Set once the state is restored and the server serves.
+    pub ready: Arc<AtomicBool>,
+    /// Renders `/metrics`.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+impl From<Stopped> for ApiError {
+    fn from(_: Stopped) -> Self {
+        ApiError::unavailable(
+            "the server is shutting down or its store failed; retry against a healthy server",
+        )
+    }
+}
+
+/// A JSON body whose errors name the field at fault.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body is larger than the server's limit (limits.max_request_bytes)",
+                )
+            } else {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.body_text())
+            }
+        })?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Parses JSON, blaming the field at fault.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the body is not valid JSON: {inner}"),
+            );
+        }
+        let message = inner.to_string();
+        let message = message
+            .split(" at line ")
+            .next()
+            .unwrap_or(&message)
+            .to_owned();
+        let code = if message.starts_with("unknown field") {
+            "unknown_field"
+        } else {
+            "invalid_field"
+        };
+        let field = if path == "." { String::new() } else { path };
+        let text = if field.is_empty() {
+            message
+        } else {
+            format!("{field}: {message}")
+        };
+        let err = ApiError::new(StatusCode::BAD_REQUEST, code, text);
+        if field.is_empty() { err } else { err.at(field) }
+    })
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn prefixed(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// Checks and converts one wire job; `field` prefixes error fields in a batch.
+fn prepare(
+    state: &AppState,
+    role: &Role,
+    field: &str,
+    job: &api::SubmitJob,
+    now: lqsm_core::Timestamp,
+) -> ApiResult<lqsm_core::SubmitRequest> {
+    role.require_queue(&job.queue)
+        .map_err(|e| e.at(prefixed(field, "queue")))?;
+    let size = serde_json::to_vec(&job.kind).map_or(0, |v| v.len());
+    if size > state.limits.max_job_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the job's kind is {size} bytes (limit {}, limits.max_job_bytes)",
+                state.limits.max_job_bytes
+            ),
+        )
+        .at(prefixed(field, "kind")));
+    }
+    let id = JobId(Uuid::now_v7());
+    let req = convert::submission(field, id, job, now).map_err(|e| {
+        // `submission` names fields as `{field}.x`; a single job has no prefix.
+        match &e.detail.field {
+            Some(f) if field.is_empty() => {
+                let f = f.trim_start_matches('.').to_owned();
+                let mut e = e.clone();
+                e.detail.message = e.detail.message.trim_start_matches('.').to_owned();
+                e.at(f)
+            }
+            _ => e,
+        }
+    })?;
+    Ok(req)
+}
+
+#[utoipa::path(post, path = "/v1/jobs", request_body = api::SubmitJob,
+    responses((status = 201, body = api::Submitted), (status = 200, description = "idempotency key matched", body = api::Submitted), (status = "4XX", body = api::ErrorBody)))]
+async fn submit_job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(job): ApiJson<api::SubmitJob>,
+) -> ApiResult<Response> {
+    let role = state.auth.role(&headers)?;
+    let req = prepare(&state, &role, "", &job, wall_clock())?;
+    let mut results = state.runtime.submit(vec![req]).await?;
+    let result = results
+        .pop()
+        .ok_or_else(|| ApiError::unavailable("no answer"))?;
+    let submitted = result.map_err(ApiError::from)?;
+    let (status, created) = match submitted {
+        lqsm_core::Submitted::Created(_) => (StatusCode::CREATED, true),
+        lqsm_core::Submitted::Existing(_) => (StatusCode::OK, false),
+    };
+    Ok((
+        status,
+        Json(api::Submitted {
+            id: submitted.id().0,
+            created,
+        }),
+    )
+        .into_response())
+}
+
+#[utoipa::path(post, path = "/v1/jobs/batch", request_body = api::SubmitBatch,
+    responses((status = 200, body = api::BatchResult), (status = "4XX", body = api::ErrorBody)))]
+async fn submit_batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(batch): ApiJson<api::SubmitBatch>,
+) -> ApiResult<Json<api::BatchResult>> {
+    let role = state.auth.role(&headers)?;
+    if batch.jobs.len() > state.limits.max_batch {
+        return Err(ApiError::invalid_field(
+            "jobs",
+            format!(
+                "{} jobs in one batch (limit {})",
+                batch.jobs.len(),
+                state.limits.max_batch
+            ),
+        ));
+    }
+    let now = wall_clock();
+    let mut items: Vec<Option<api::BatchItem>> = Vec::with_capacity(batch.jobs.len());
+    let mut valid = Vec::with_capacity(batch.jobs.len());
+    for (i, job) in batch.jobs.iter().enumerate() {
+        match prepare(&state, &role, &format!("jobs[{i}]"), job, now) {
+            Ok(req) => {
+                valid.push(req);
+                items.push(None);
+            }
+            Err(e) => items.push(Some(api::BatchItem {
+                id: None,
+                created: false,
+                error: Some(e.detail),
+            })),
+        }
+    }
+    let mut results = state.runtime.submit(valid).await?.into_iter();
+    let mut accepted = 0;
+    let results = items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            if let Some(refused) = item {
+                return refused;
+            }
+            match results.next() {
+                Some(Ok(s)) => {
+                    accepted += 1;
+                    api::BatchItem {
+                        id: Some(s.id().0),
+                        created: matches!(s, lqsm_core::Submitted::Created(_)),
+                        error: None,
+                    }
+                }
+                Some(Err(e)) => api::BatchItem {
+                    id: None,
+                    created: false,
+                    error: Some(ApiError::from(e).in_item(&format!("jobs[{i}]")).detail),
+                },
+                None => api::BatchItem {
+                    id: None,
+                    created: false,
+                    error: Some(ApiError::unavailable("no answer").detail),
+                },
+            }
+        })
+        .collect();
+    Ok(Json(api::BatchResult { results, accepted }))
+}
+
+fn parse_job_id(text: &str) -> ApiResult<JobId> {
+    Uuid::parse_str(text)
+        .map(JobId)
+        .map_err(|_| ApiError::invalid_field("id", format!("`{text}` is not a job id (a UUID)")))
+}
+
+fn parse_worker_id(text: &str) -> ApiResult<WorkerId> {
+    Uuid::parse_str(text)
+        .map(WorkerId)
+        .map_err(|_| ApiError::invalid_field("id", format!("`{text}` is not a worker id (a UUID)")))
+}
+
+/// The job's view and queue, or 404.
+async fn view_job(state: &AppState, id: JobId) -> ApiResult<api::JobView> {
+    state
+        .runtime
+        .read(move |rm| {
+            let job = rm.job(id)?;
+            let queue = rm.queue_path(job.queue)?.to_string();
+            Some(convert::job_view(job, &queue))
+        })
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "job {id} does not exist (it may have passed its retention)"
+            ))
+            .at("id")
+        })
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}", params(("id" = String, Path)), responses((status = 200, body = api::JobView), (status = "4XX", body = api::ErrorBody)))]
+async fn get_job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<api::JobView>> {
+    let role = state.auth.role(&headers)?;
+    let view = view_job(&state, parse_job_id(&id)?).await?;
+    role.require_queue(&view.queue)?;
+    Ok(Json(view))
+}
+
+/// Filters of a job listing.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// Only this queue (and below it).
+    queue: Option<String>,
+    /// Only this state.
+    state: Option<String>,
+    /// Only jobs with this tag.
+    tag: Option<String>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Page size (default 100, at most 1,000).
+    limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/v1/jobs", params(ListQuery), responses((status = 200, body = api::JobList), (status = "4XX", body = api::ErrorBody)))]
+async fn list_jobs(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<api::JobList>> {
+    let role = state.auth.role(&headers)?;
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", e.body_text()))?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::invalid_field(
+            "limit",
+            format!("{limit} is not between 1 and 1000"),
+        ));
+    }
+    let wanted_state = q.state.as_deref().map(convert::parse_state).transpose()?;
+    let after = q
+        .cursor
+        .as_deref()
+        .map(parse_job_id)
+        .transpose()
+        .map_err(|e| e.at("cursor"))?;
+    match (&role, &q.queue) {
+        (Role::Admin, _) => {}
+        (_, Some(queue)) => role.require_queue(queue)?,
+        (_, None) => role.require_admin().map_err(|_| {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "give `queue` to list jobs with this token",
+            )
+        })?,
+    }
+    let queue = q.queue.clone();
+    let tag = q.tag.clone();
+    let page = state
+        .runtime
+        .read(move |rm: &ResourceManager| {
+            let prefix = queue
+                .as_deref()
+                .and_then(|q| lqsm_core::QueuePath::parse(q).ok());
+            let mut ids: Vec<(JobId, String)> = Vec::new();
+            let mut matching: Vec<JobId> = rm
+                .jobs()
+                .filter(|j| wanted_state.is_none_or(|s| j.state == s))
+                .filter(|j| after.is_none_or(|a| j.id > a))
+                .filter(|j| tag.as_ref().is_none_or(|t| j.spec.tags().contains(t)))
+                .filter(|j| {
+                    prefix
+                        .as_ref()
+                        .is_none_or(|p| rm.queue_path(j.queue).is_some_and(|q| q.is_within(p)))
+                })
+                .map(|j| j.id)
+                .collect();
+            matching.sort_unstable();
+            let more = matching.len() > limit;
+            matching.truncate(limit);
+            for id in matching {
+                if let Some(job) = rm.job(id) {
+                    let q = rm
+                        .queue_path(job.queue)
+                        .map(|p| p.to_string())
+                        .unwrap_or_default();
+                    ids.push((id, q));
+                }
+            }
+            let jobs: Vec<api::JobView> = ids
+                .iter()
+                .filter_map(|(id, q)| rm.job(*id).map(|j| convert::job_view(j, q)))
+                .collect();
+            let next_cursor = if more {
+                jobs.last().map(|j| j.id.to_string())
+            } else {
+                None
+            };
+            api::JobList { jobs, next_cursor }
+        })
+        .await?;
+    Ok(Json(page))
+}
+
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", params(("id" = String, Path)), responses((status = 200, body = api::JobView), (status = "4XX", body = api::ErrorBody)))]
+async fn cancel_job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<api::JobView>> {
+    let role = state.auth.role(&headers)?;
+    let id = parse_job_id(&id)?;
+    let view = view_job(&state, id).await?;
+    role.require_queue(&view.queue)?;
+    state
+        .runtime
+        .cancel(id, "cancelled by a client".into())
+        .await??;
+    Ok(Json(view_job(&state, id).await?))
+}
+
+/// How long to wait.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+struct WaitQuery {
+    /// Milliseconds (default 30,000, at most 300,000).
+    timeout_ms: Option<u64>,
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}/wait", params(("id" = String, Path), WaitQuery), responses((status = 200, body = api::JobView), (status = "4XX", body = api::ErrorBody)))]
+async fn wait_job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<api::JobView>> {
+    let role = state.auth.role(&headers)?;
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", e.body_text()))?;
+    let id = parse_job_id(&id)?;
+    let view = view_job(&state, id).await?;
+    role.require_queue(&view.queue)?;
+    let timeout = q.timeout_ms.unwrap_or(30_000).min(300_000);
+    state
+        .runtime
+        .wait_job(id, Duration::from_millis(timeout))
+        .await?;
+    Ok(Json(view_job(&state, id).await?))
+}
+
+fn queue_view(rm: &ResourceManager, view: lqsm_core::QueueView<'_>, deep: bool) -> api::QueueView {
+    let stats = view.stats();
+    let total = rm.total();
+    let g = view.abs_guarantee();
+    let guaranteed = lqsm_core::Resources::new(
+        lqsm_core::Millicores((total.cpu.0 as f64 * g) as u64),
+        lqsm_core::MiB((total.memory.0 as f64 * g) as u64),
+        (f64::from(total.gpu) * g) as u32,
+    );
+    let children = if deep {
+        view.children()
+            .into_iter()
+            .filter_map(|p| rm.queue(p.as_str()).ok())
+            .map(|c| queue_view(rm, c, true))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    api::QueueView {
+        path: view.path().to_string(),
+        state: format!("{:?}", view.state()).to_lowercase(),
+        capacity: view.config().capacity,
+        max_capacity: view.config().max_capacity,
+        abs_guarantee: g,
+        abs_max: view.abs_max(),
+        guaranteed: convert::figures(&guaranteed),
+        used: convert::figures(view.used()),
+        pending: stats.pending,
+        running: view.running(),
+        counts: api::QueueCounts {
+            submitted: stats.submitted,
+            succeeded: stats.succeeded,
+            failed: stats.failed,
+            cancelled: stats.cancelled,
+            expired: stats.expired,
+            mean_wait_ms: stats.wait.mean().map_or(0, |d| d.as_millis() as u64),
+            mean_run_ms: stats.run.mean().map_or(0, |d| d.as_millis() as u64),
+        },
+        settings: convert::queue_settings(view.config()),
+        children,
+    }
+}
+
+#[utoipa::path(get, path = "/v1/queues", responses((status = 200, body = api::QueueView)))]
+async fn list_queues(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Json<api::QueueView>> {
+    state.auth.role(&headers)?;
+    let tree = state
+        .runtime
+        .read(|rm| rm.queue("root").map(|root| queue_view(rm, root, true)))
+        .await?
+        .map_err(ApiError::from)?;
+    Ok(Json(tree))
+}
+
+#[utoipa::path(post, path = "/v1/queues", request_body = api::CreateQueue, responses((status = 201, body = api::QueueView), (status = "4XX", body = api::ErrorBody)))]
+async fn create_queue(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<api::CreateQueue>,
+) -> ApiResult<Response> {
+    state.auth.role(&headers)?.require_admin()?;
+    let config = convert::queue_config(&req.settings, &lqsm_core::QueueConfig::default())?;
+    state
+        .runtime
+        .queue(QueueOp::Create(req.path.clone(), config))
+        .await??;
+    let view = get_queue_view(&state, req.path).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+async fn get_queue_view(state: &AppState, path: String) -> ApiResult<api::QueueView> {
+    state
+        .runtime
+        .read(move |rm| rm.queue(&path).map(|q| queue_view(rm, q, true)))
+        .await?
+        .map_err(ApiError::from)
+}
+
+#[utoipa::path(get, path = "/v1/queues/{path}", params(("path" = String, Path)), responses((status = 200, body = api::QueueView), (status = "4XX", body = api::ErrorBody)))]
+async fn get_queue(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(path): Path<String>,
+) -> ApiResult<Json<api::QueueView>> {
+    state.auth.role(&headers)?;
+    Ok(Json(get_queue_view(&state, path).await?))
+}
+
+#[utoipa::path(patch, path = "/v1/queues/{path}", params(("path" = String, Path)), request_body = api::QueueSettings, responses((status = 200, body = api::QueueView), (status = "4XX", body = api::ErrorBody)))]
+async fn update_queue(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(path): Path<String>,
+    ApiJson(settings): ApiJson<api::QueueSettings>,
+) -> ApiResult<Json<api::QueueView>> {
+    state.auth.role(&headers)?.require_admin()?;
+    let p = path.clone();
+    let current = state
+        .runtime
+        .read(move |rm| rm.queue(&p).map(|q| q.config().clone()))
+        .await?
+        .map_err(ApiError::from)?;
+    let config = convert::queue_config(&settings, &current)?;
+    let update = QueueUpdate {
+        capacity: Some(config.capacity),
+        max_capacity: Some(config.max_capacity),
+        weight: Some(config.weight),
+        max_running: Some(config.max_running),
+        max_pending: Some(config.max_pending),
+        defaults: Some(config.defaults.clone()),
+        ordering: Some(config.ordering.clone()),
+        placement: Some(config.placement.clone()),
+        admission: Some(config.admission.clone()),
+        preemptable: Some(config.preemptable),
+    };
+    let update = if path == "root" {
+        QueueUpdate {
+            capacity: None,
+            max_capacity: None,
+            ..update
+        }
+    } else {
+        update
+    };
+    state
+        .runtime
+        .queue(QueueOp::Update(path.clone(), update))
+        .await??;
+    Ok(Json(get_queue_view(&state, path).await?))
+}
+
+async fn queue_action(
+    state: &AppState,
+    headers: &HeaderMap,
+    op: QueueOp,
+    path: String,
+) -> ApiResult<Json<api::QueueView>> {
+    state.auth.role(headers)?.require_admin()?;
+    state.runtime.queue(op).await??;
+    Ok(Json(get_queue_view(state, path).await?))
+}
+
+#[utoipa::path(post, path = "/v1/queues/{path}/stop", params(("path" = String, Path)), responses((status = 200, body = api::QueueView)))]
+async fn stop_queue(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(path): Path<String>,
+) -> ApiResult<Json<api::QueueView>> {
+    queue_action(&state, &headers, QueueOp::Stop(path.clone()), path).await
+}
+
+#[utoipa::path(post, path = "/v1/queues/{path}/start", params(("path" = String, Path)), responses((status = 200, body = api::QueueView)))]
+async fn start_queue(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(path): Path<String>,
+) -> ApiResult<Json<api::QueueView>> {
+    queue_action(&state, &headers, QueueOp::Start(path.clone()), path).await
+}
+
+#[utoipa::path(post, path = "/v1/queues/{path}/drain", params(("path" = String, Path)), responses((status = 200, body = api::QueueView)))]
+async fn drain_queue(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(path): Path<String>,
+) -> ApiResult<Json<api::QueueView>> {
+    queue_action(&state, &headers, QueueOp::Drain(path.clone()), path).await
+}
+
+/// Deleting a queue that holds jobs needs `force=true`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+struct DeleteQuery {
+    /// Cancel its unfinished jobs.
+    #[serde(default)]
+    force: bool,
+}
+
+#[utoipa::path(delete, path = "/v1/queues/{path}", params(("path" = String, Path), DeleteQuery), responses((status = 204), (status = "4XX", body = api::ErrorBody)))]
+async fn delete_queue(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(path): Path<String>,
+    query: Result<Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<StatusCode> {
+    state.auth.role(&headers)?.require_admin()?;
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", e.body_text()))?;
+    state
+        .runtime
+        .queue(QueueOp::Delete(path, q.force))
+        .await??;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/v1/workers", request_body = api::RegisterWorker, responses((status = 200, body = api::WorkerView), (status = "4XX", body = api::ErrorBody)))]
+async fn register_worker(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(reg): ApiJson<api::RegisterWorker>,
+) -> ApiResult<Json<api::WorkerView>> {
+    state.auth.role(&headers)?.require_worker()?;
+    let capacity = convert::resources("capacity", &reg.capacity, &lqsm_core::Resources::default())?;
+    let id = WorkerId(reg.id);
+    let registration = lqsm_core::WorkerRegistration {
+        id,
+        name: reg.name,
+        capacity,
+        labels: reg.labels,
+        serves_commands: reg.serves_commands,
+        handlers: reg.handlers.into_iter().collect(),
+    };
+    state.runtime.register(registration).await??;
+    let view = state
+        .runtime
+        .read(move |rm| rm.worker(id).map(worker_view))
+        .await?;
+    view.map(Json)
+        .ok_or_else(|| ApiError::not_found("worker vanished"))
+}
+
+fn worker_view(w: &lqsm_core::Worker) -> api::WorkerView {
+    api::WorkerView {
+        id: w.id.0,
+        name: w.name.clone(),
+        state: format!("{:?}", w.state).to_lowercase(),
+        capacity: convert::figures(&w.capacity),
+        used: convert::figures(&w.used),
+        attempts: w.attempt_count(),
+        labels: w.labels.clone(),
+    }
+}
+
+#[utoipa::path(post, path = "/v1/workers/{id}/poll", params(("id" = String, Path)), request_body = api::PollRequest, responses((status = 200, body = api::PollResponse), (status = "4XX", body = api::ErrorBody)))]
+async fn poll_worker(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    ApiJson(poll): ApiJson<api::PollRequest>,
+) -> ApiResult<Json<api::PollResponse>> {
+    state.auth.role(&headers)?.require_worker()?;
+    let id = parse_worker_id(&id)?;
+    let core_poll = WorkerPoll {
+        running: poll
+            .running
+            .iter()
+            .map(|r| (JobId(r.job), lqsm_core::FencingToken(r.token)))
+            .collect(),
+        finished: poll
+            .finished
+            .iter()
+            .map(|f| lqsm_core::AttemptReport {
+                job: JobId(f.job),
+                token: lqsm_core::FencingToken(f.token),
+                result: convert::reported(&f.result),
+            })
+            .collect(),
+    };
+    let answer = state
+        .runtime
+        .poll(id, core_poll, Duration::from_millis(poll.wait_ms))
+        .await??;
+    Ok(Json(answer.response))
+}
+
+#[utoipa::path(post, path = "/v1/workers/{id}/drain", params(("id" = String, Path)), responses((status = 200, body = api::WorkerView), (status = "4XX", body = api::ErrorBody)))]
+async fn drain_worker(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<api::WorkerView>> {
+    state.auth.role(&headers)?.require_worker()?;
+    let id = parse_worker_id(&id)?;
+    state.runtime.drain_worker(id).await??;
+    let view = state
+        .runtime
+        .read(move |rm| rm.worker(id).map(worker_view))
+        .await?;
+    view.map(Json)
+        .ok_or_else(|| ApiError::not_found("worker vanished"))
+}
+
+#[utoipa::path(get, path = "/v1/workers", responses((status = 200, body = Vec<api::WorkerView>)))]
+async fn list_workers(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<api::WorkerView>>> {
+    state.auth.role(&headers)?;
+    let mut workers = state
+        .runtime
+        .read(|rm| rm.workers().map(worker_view).collect::<Vec<_>>())
+        .await?;
+    workers.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Json(workers))
+}
+
+#[utoipa::path(get, path = "/v1/cluster", responses((status = 200, body = api::ClusterSummary)))]
+async fn cluster(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Json<api::ClusterSummary>> {
+    state.auth.role(&headers)?;
+    let summary = state
+        .runtime
+        .read(|rm| {
+            let mut workers = std::collections::BTreeMap::new();
+            for w in rm.workers() {
+                *workers
+                    .entry(format!("{:?}", w.state).to_lowercase())
+                    .or_insert(0) += 1;
+            }
+            let mut jobs = std::collections::BTreeMap::new();
+            for j in rm.jobs() {
+                *jobs
+                    .entry(convert::job_state_name(j.state).to_owned())
+                    .or_insert(0) += 1;
+            }
+            let used = rm
+                .queue("root")
+                .map(|r| r.used().clone())
+                .unwrap_or_default();
+            api::ClusterSummary {
+                workers,
+                total: convert::figures(rm.total()),
+                used: convert::figures(&used),
+                jobs,
+                queues: rm.queues().len(),
+            }
+        })
+        .await?;
+    Ok(Json(summary))
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.ready.load(Ordering::Relaxed) {
+        "ready".into_response()
+    } else {
+        ApiError::unavailable("restoring state").into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
+    state.runtime.read(crate::metrics::record_gauges).await?;
+    let text = state
+        .metrics
+        .as_ref()
+        .map(|h| h.render())
+        .unwrap_or_default();
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint; see /v1/openapi.json")
+}
+
+/// The OpenAPI document of `/v1`.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "LQSM",
+        description = "Multi-tenant job queue and scheduler: the JobServer API."
+    ),
+    paths(
+        submit_job,
+        submit_batch,
+        get_job,
+        list_jobs,
+        cancel_job,
+        wait_job,
+        list_queues,
+        create_queue,
+        get_queue,
+        update_queue,
+        stop_queue,
+        start_queue,
+        drain_queue,
+        delete_queue,
+        register_worker,
+        poll_worker,
+        drain_worker,
+        list_workers,
+        cluster
+    ),
+    components(schemas(
+        api::ErrorBody,
+        api::ErrorDetail,
+        api::Resources,
+        api::ResourceFigures,
+        api::JobKind,
+        api::RetrySpec,
+        api::SubmitJob,
+        api::Submitted,
+        api::SubmitBatch,
+        api::BatchItem,
+        api::BatchResult,
+        api::AttemptView,
+        api::JobView,
+        api::JobList,
+        api::QueueDefaults,
+        api::QueueSettings,
+        api::CreateQueue,
+        api::QueueView,
+        api::QueueCounts,
+        api::RegisterWorker,
+        api::AttemptRef,
+        api::AttemptResult,
+        api::FinishedAttempt,
+        api::PollRequest,
+        api::Assignment,
+        api::KillOrder,
+        api::RefusedReport,
+        api::PollResponse,
+        api::WorkerView,
+        api::ClusterSummary
+    ))
+)]
+pub struct ApiDoc;
+
+/// The whole HTTP API.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.limits.max_request_bytes;
+    Router::new()
+        .route("/v1/jobs", post(submit_job).get(list_jobs))
+        .route("/v1/jobs/batch", post(submit_batch))
+        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/v1/jobs/{id}/wait", get(wait_job))
+        .route("/v1/queues", get(list_queues).post(create_queue))
+        .route(
+            "/v1/queues/{path}",
+            get(get_queue).patch(update_queue).delete(delete_queue),
+        )
+        .route("/v1/queues/{path}/stop", post(stop_queue))
+        .route("/v1/queues/{path}/start", post(start_queue))
+        .route("/v1/queues/{path}/drain", post(drain_queue))
+        .route("/v1/workers", post(register_worker).get(list_workers))
+        .route("/v1/workers/{id}/poll", post(poll_worker))
+        .route("/v1/workers/{id}/drain", post(drain_worker))
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}

@@ -1,0 +1,203 @@
+//! LQSM's server: the JobServer HTTP API and the ResourceManager runtime over a
+//! durable store, in one process with nothing else to install.
+
+pub mod auth;
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod jobserver;
+pub mod metrics;
+pub mod resource_manager;
+
+use crate::config::ServerConfig;
+use lqsm_core::{JobRecord, QueueRecord, ResourceManager, RestoreInput};
+use lqsm_store::{EmbeddedStore, Store};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+use thiserror::Error;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// A setting is wrong.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] lqsm_store::StoreError),
+    /// The stored state cannot be rebuilt.
+    #[error(transparent)]
+    Restore(#[from] lqsm_core::RestoreError),
+    /// Listening failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Rebuilds the core from the store (or starts a fresh cluster with `root.default`).
+pub fn restore(store: &dyn Store, config: &ServerConfig) -> Result<ResourceManager, ServerError> {
+    let snapshot = store.load()?;
+    // The low bits of a UUIDv7 are random: a fresh seed per process.
+    let seed = uuid::Uuid::now_v7().as_u128() as u64;
+    let core_config = config.scheduler.core();
+    let now = resource_manager::wall_clock();
+    let corrupt = |what: String| lqsm_store::StoreError::Corrupt { what };
+    let fresh = snapshot.queues.is_empty() && snapshot.jobs.is_empty();
+    let mut rm = if fresh {
+        let mut rm = ResourceManager::new(core_config, resource_manager::policies(), seed)
+            .map_err(|e| ServerError::Config(e.to_string()))?;
+        rm.create_queue(
+            "root.default",
+            lqsm_core::QueueConfig::with_capacity(100.0, 100.0),
+        )
+        .map_err(|e| ServerError::Config(e.to_string()))?;
+        rm
+    } else {
+        let queues = snapshot
+            .queues
+            .iter()
+            .map(|(path, bytes)| {
+                serde_json::from_slice::<QueueRecord>(bytes)
+                    .map_err(|e| corrupt(format!("queue `{path}`: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let jobs = snapshot
+            .jobs
+            .iter()
+            .map(|(key, bytes)| {
+                serde_json::from_slice::<JobRecord>(bytes)
+                    .map_err(|e| corrupt(format!("job {}: {e}", uuid::Uuid::from_bytes(*key))))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_token = snapshot
+            .meta
+            .iter()
+            .find(|(k, _)| k == resource_manager::NEXT_TOKEN)
+            .and_then(|(_, v)| v.as_slice().try_into().ok())
+            .map_or(0, u64::from_le_bytes);
+        let input = RestoreInput {
+            queues,
+            jobs,
+            next_token,
+        };
+        let grace = Duration::from_millis(config.scheduler.reclaim_grace_ms);
+        let (rm, report) = ResourceManager::restore(
+            core_config,
+            resource_manager::policies(),
+            seed,
+            input,
+            now,
+            grace,
+        )?;
+        tracing::info!(
+            queues = report.queues,
+            pending = report.pending,
+            awaiting_reclaim = report.awaiting_reclaim,
+            finished = report.finished,
+            "restored state"
+        );
+        rm
+    };
+    apply_declared_queues(&mut rm, config)?;
+    Ok(rm)
+}
+
+/// Creates the queues the config declares; a declared queue that exists with other
+/// settings is a conflict, reported rather than merged.
+fn apply_declared_queues(
+    rm: &mut ResourceManager,
+    config: &ServerConfig,
+) -> Result<(), ServerError> {
+    let mut declared = config.queues.clone();
+    declared.sort_by_key(|q| q.path.matches('.').count());
+    for decl in &declared {
+        let wanted = convert::queue_config(&decl.settings, &lqsm_core::QueueConfig::default())
+            .map_err(|e| {
+                ServerError::Config(format!("queue `{}`: {}", decl.path, e.detail.message))
+            })?;
+        if let Ok(existing) = rm.queue(&decl.path) {
+            if existing.config() != &wanted {
+                return Err(ServerError::Config(format!(
+                    "queue `{}` in the config differs from the stored queue (config: {:?}; stored: {:?}); \
+                     change it through the API (`PATCH /v1/queues/{}`) or make the config match",
+                    decl.path,
+                    convert::queue_settings(&wanted),
+                    convert::queue_settings(existing.config()),
+                    decl.path
+                )));
+            }
+            continue;
+        }
+        rm.create_queue(&decl.path, wanted)
+            .map_err(|e| ServerError::Config(format!("queue `{}`: {e}", decl.path)))?;
+    }
+    Ok(())
+}
+
+/// Runs the server until `shutdown` resolves: stops accepting, lets requests in
+/// flight finish and the commit in flight land, then returns. `on_listening` is told
+/// the bound address (useful with port 0).
+pub async fn serve(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), ServerError> {
+    if config.tokens.is_empty() && !config.listen.ip().is_loopback() && !config.insecure {
+        return Err(ServerError::Config(format!(
+            "refusing to listen on {} without tokens: configure tokens, listen on loopback, or pass --insecure",
+            config.listen
+        )));
+    }
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .ok();
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&config.data_dir)?);
+    let mut rm = restore(store.as_ref(), &config)?;
+    // What starting changed (a fresh tree, declared queues) is durable before serving.
+    let effects = rm.take_effects();
+    let batch = resource_manager::write_batch(&rm, &effects);
+    if !batch.is_empty() {
+        store.commit(&batch)?;
+    }
+    let longest_poll = Duration::from_millis(config.scheduler.max_poll_wait_ms);
+    let (runtime, actor) = resource_manager::spawn(rm, store, longest_poll);
+    let state = jobserver::AppState {
+        runtime,
+        auth: Arc::new(auth::Auth::new(&config.tokens)),
+        limits: config.limits.clone(),
+        ready: Arc::new(AtomicBool::new(true)),
+        metrics,
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "serving");
+    on_listening(addr);
+    axum::serve(listener, jobserver::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|source| ServerError::Listen { addr, source })?;
+    // Every handle is gone: the actor finishes the batch in flight and stops.
+    match actor.await {
+        Ok(result) => result.map_err(ServerError::from),
+        Err(e) => Err(ServerError::Config(format!(
+            "resource manager task failed: {e}"
+        ))),
+    }
+}

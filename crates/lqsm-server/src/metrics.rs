@@ -1,0 +1,39 @@
+//! Prometheus figures: counters as things happen, gauges computed at scrape time.
+
+use lqsm_core::{Effects, ResourceManager};
+
+/// Counts what a committed batch did.
+pub fn record_effects(rm: &ResourceManager, effects: &Effects) {
+    metrics::counter!("lqsm_attempts_started_total").increment(effects.assignments.len() as u64);
+    for id in &effects.finished {
+        let Some(job) = rm.job(*id) else { continue };
+        let queue = rm
+            .queue_path(job.queue)
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        let state = crate::convert::job_state_name(job.state);
+        metrics::counter!("lqsm_jobs_finished_total", "queue" => queue, "state" => state)
+            .increment(1);
+    }
+}
+
+/// Counts accepted submissions by queue.
+pub fn record_submitted(queue: &str, n: u64) {
+    metrics::counter!("lqsm_jobs_submitted_total", "queue" => queue.to_owned()).increment(n);
+}
+
+/// Sets the per-queue gauges from the current state.
+pub fn record_gauges(rm: &ResourceManager) {
+    for view in rm.queues() {
+        let queue = view.path().to_string();
+        let stats = view.stats();
+        metrics::gauge!("lqsm_queue_pending", "queue" => queue.clone()).set(stats.pending as f64);
+        metrics::gauge!("lqsm_queue_running", "queue" => queue.clone()).set(view.running() as f64);
+        let used = view.used();
+        metrics::gauge!("lqsm_queue_used_cpu_cores", "queue" => queue.clone())
+            .set(used.cpu.0 as f64 / 1000.0);
+        metrics::gauge!("lqsm_queue_used_memory_mib", "queue" => queue).set(used.memory.0 as f64);
+    }
+    metrics::gauge!("lqsm_workers").set(rm.workers().count() as f64);
+    metrics::gauge!("lqsm_jobs_held").set(rm.job_count() as f64);
+}

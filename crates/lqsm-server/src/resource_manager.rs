@@ -1,0 +1,603 @@
+//! The ResourceManager runtime: one task owns the core state. Handlers send it
+//! commands; it applies every command waiting in its channel as one batch, runs the
+//! timers and one scheduling pass, commits everything the batch changed to the store
+//! in one durable write (the group commit), and only then answers, hands out
+//! assignments and wakes waiters.
+
+use crate::convert;
+use lqsm_api as api;
+use lqsm_core::{
+    Effects, FencingToken, JobError, JobId, KillReason, Policies, PollOutcome, QueueError, Record,
+    RefusalReason, ResourceManager, SubmitError, SubmitRequest, Submitted, Timestamp, WorkerError,
+    WorkerId, WorkerPoll, WorkerRegistration,
+};
+use lqsm_store::{Store, WriteBatch};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+
+/// Most commands applied in one batch.
+const MAX_BATCH: usize = 8192;
+
+/// A read of the state, run after the batch it arrived in is durable.
+pub type Read = Box<dyn FnOnce(&ResourceManager) + Send>;
+
+/// A change to the queue tree.
+pub enum QueueOp {
+    /// Create a queue.
+    Create(String, lqsm_core::QueueConfig),
+    /// Change a queue's settings.
+    Update(String, lqsm_core::QueueUpdate),
+    /// Stop a queue.
+    Stop(String),
+    /// Start a queue.
+    Start(String),
+    /// Drain a queue.
+    Drain(String),
+    /// Delete a queue (force: cancel its jobs).
+    Delete(String, bool),
+}
+
+/// What a poll gets back.
+#[derive(Debug, Default)]
+pub struct PollAnswer {
+    /// The wire answer.
+    pub response: api::PollResponse,
+}
+
+enum Command {
+    Submit {
+        jobs: Vec<SubmitRequest>,
+        reply: oneshot::Sender<Vec<Result<Submitted, SubmitError>>>,
+    },
+    Cancel {
+        id: JobId,
+        reason: String,
+        reply: oneshot::Sender<Result<(), JobError>>,
+    },
+    Queue {
+        op: QueueOp,
+        reply: oneshot::Sender<Result<(), QueueError>>,
+    },
+    Register {
+        registration: WorkerRegistration,
+        reply: oneshot::Sender<Result<(), WorkerError>>,
+    },
+    DrainWorker {
+        id: WorkerId,
+        reply: oneshot::Sender<Result<(), WorkerError>>,
+    },
+    Poll {
+        worker: WorkerId,
+        poll: WorkerPoll,
+        wait: Duration,
+        reply: oneshot::Sender<Result<PollAnswer, WorkerError>>,
+    },
+    WaitJob {
+        id: JobId,
+        wait: Duration,
+        reply: oneshot::Sender<()>,
+    },
+    Read(Read),
+}
+
+/// Where a reply goes once the batch is durable.
+enum Reply {
+    Submit(
+        oneshot::Sender<Vec<Result<Submitted, SubmitError>>>,
+        Vec<Result<Submitted, SubmitError>>,
+    ),
+    Cancel(oneshot::Sender<Result<(), JobError>>, Result<(), JobError>),
+    Queue(
+        oneshot::Sender<Result<(), QueueError>>,
+        Result<(), QueueError>,
+    ),
+    Worker(
+        oneshot::Sender<Result<(), WorkerError>>,
+        Result<(), WorkerError>,
+    ),
+}
+
+struct WaitingPoll {
+    deadline: Instant,
+    refused: Vec<api::RefusedReport>,
+    reply: oneshot::Sender<Result<PollAnswer, WorkerError>>,
+}
+
+/// A cloneable handle to the runtime.
+#[derive(Clone)]
+pub struct Runtime {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+/// The runtime stopped (the store failed, or the server is shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("the resource manager has stopped")]
+pub struct Stopped;
+
+impl Runtime {
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, Stopped> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// Submits jobs; each answer comes once the batch holding it is durable.
+    pub async fn submit(
+        &self,
+        jobs: Vec<SubmitRequest>,
+    ) -> Result<Vec<Result<Submitted, SubmitError>>, Stopped> {
+        self.call(|reply| Command::Submit { jobs, reply }).await
+    }
+
+    /// Cancels a job.
+    pub async fn cancel(&self, id: JobId, reason: String) -> Result<Result<(), JobError>, Stopped> {
+        self.call(|reply| Command::Cancel { id, reason, reply })
+            .await
+    }
+
+    /// Changes the queue tree.
+    pub async fn queue(&self, op: QueueOp) -> Result<Result<(), QueueError>, Stopped> {
+        self.call(|reply| Command::Queue { op, reply }).await
+    }
+
+    /// Registers a worker.
+    pub async fn register(
+        &self,
+        registration: WorkerRegistration,
+    ) -> Result<Result<(), WorkerError>, Stopped> {
+        self.call(|reply| Command::Register {
+            registration,
+            reply,
+        })
+        .await
+    }
+
+    /// Drains a worker.
+    pub async fn drain_worker(&self, id: WorkerId) -> Result<Result<(), WorkerError>, Stopped> {
+        self.call(|reply| Command::DrainWorker { id, reply }).await
+    }
+
+    /// A worker's poll; waits up to `wait` for new work.
+    pub async fn poll(
+        &self,
+        worker: WorkerId,
+        poll: WorkerPoll,
+        wait: Duration,
+    ) -> Result<Result<PollAnswer, WorkerError>, Stopped> {
+        self.call(|reply| Command::Poll {
+            worker,
+            poll,
+            wait,
+            reply,
+        })
+        .await
+    }
+
+    /// Returns when the job is finished, or `wait` has passed.
+    pub async fn wait_job(&self, id: JobId, wait: Duration) -> Result<(), Stopped> {
+        self.call(|reply| Command::WaitJob { id, wait, reply })
+            .await
+    }
+
+    /// Runs `f` on the state once everything before it is durable.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&ResourceManager) -> T + Send + 'static,
+    ) -> Result<T, Stopped> {
+        let (tx, rx) = oneshot::channel();
+        let read: Read = Box::new(move |rm| {
+            let _ = tx.send(f(rm));
+        });
+        self.tx.send(Command::Read(read)).map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+}
+
+/// Milliseconds since the epoch, never going backwards within the process.
+struct Clock {
+    last: u64,
+}
+
+impl Clock {
+    fn now(&mut self) -> Timestamp {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.last = self.last.max(wall);
+        Timestamp(self.last)
+    }
+}
+
+/// The current wall-clock time in ms (for handlers that need `now` to validate).
+pub fn wall_clock() -> Timestamp {
+    Timestamp(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    )
+}
+
+/// The actor's state.
+pub struct Actor {
+    rm: ResourceManager,
+    store: Arc<dyn Store>,
+    rx: mpsc::UnboundedReceiver<Command>,
+    clock: Clock,
+    waiting_polls: HashMap<WorkerId, WaitingPoll>,
+    waiting_jobs: HashMap<JobId, Vec<(Instant, oneshot::Sender<()>)>>,
+    kills: HashMap<WorkerId, Vec<api::KillOrder>>,
+    longest_poll: Duration,
+}
+
+/// Encodes what a batch changed into one store write.
+pub fn write_batch(rm: &ResourceManager, effects: &Effects) -> WriteBatch {
+    let mut batch = WriteBatch::default();
+    let mut seen = HashSet::new();
+    for record in &effects.records {
+        match record {
+            Record::Job(id) => {
+                if !seen.insert(*id) {
+                    continue;
+                }
+                if let Some(r) = rm.job_record(*id) {
+                    let bytes = serde_json::to_vec(&r).expect("job records always serialise");
+                    batch.jobs.push((*id.0.as_bytes(), bytes));
+                }
+            }
+            Record::JobPurged(id) => batch.deleted_jobs.push(*id.0.as_bytes()),
+            Record::Queue(id) => {
+                if let Some(r) = rm.queue_record(*id) {
+                    let bytes = serde_json::to_vec(&r).expect("queue records always serialise");
+                    batch.queues.push((r.path.to_string(), bytes));
+                }
+            }
+            Record::QueueDeleted { path, .. } => batch.deleted_queues.push(path.to_string()),
+            Record::Worker(_) => {}
+        }
+    }
+    if !effects.assignments.is_empty() {
+        batch.meta.push((
+            NEXT_TOKEN.to_owned(),
+            rm.next_token().to_le_bytes().to_vec(),
+        ));
+    }
+    batch
+}
+
+/// Meta key of the fencing-token high-water mark.
+pub const NEXT_TOKEN: &str = "next_token";
+
+fn kill_reason(r: KillReason) -> &'static str {
+    match r {
+        KillReason::Cancelled => "cancelled",
+        KillReason::TimedOut => "timed_out",
+        KillReason::Preempted => "preempted",
+        KillReason::Stale => "stale",
+    }
+}
+
+fn refusal(r: &lqsm_core::RefusedReport) -> api::RefusedReport {
+    api::RefusedReport {
+        job: r.job.0,
+        token: r.token.0,
+        reason: match r.reason {
+            RefusalReason::UnknownJob => "unknown_job",
+            RefusalReason::StaleAttempt => "stale_attempt",
+        }
+        .to_owned(),
+    }
+}
+
+/// Starts the actor on the current tokio runtime.
+pub fn spawn(
+    rm: ResourceManager,
+    store: Arc<dyn Store>,
+    longest_poll: Duration,
+) -> (
+    Runtime,
+    tokio::task::JoinHandle<Result<(), lqsm_store::StoreError>>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let actor = Actor {
+        rm,
+        store,
+        rx,
+        clock: Clock { last: 0 },
+        waiting_polls: HashMap::new(),
+        waiting_jobs: HashMap::new(),
+        kills: HashMap::new(),
+        longest_poll,
+    };
+    (Runtime { tx }, tokio::spawn(actor.run()))
+}
+
+impl Actor {
+    /// Runs until every handle is dropped, or the store fails (then nothing more is
+    /// answered: what was not durable was never acknowledged).
+    async fn run(mut self) -> Result<(), lqsm_store::StoreError> {
+        loop {
+            let wake = self.next_wake();
+            let first = tokio::select! {
+                cmd = self.rx.recv() => match cmd {
+                    Some(cmd) => Some(cmd),
+                    None => return Ok(()),
+                },
+                _ = tokio::time::sleep_until(wake.into()) => None,
+            };
+            let mut batch = Vec::with_capacity(64);
+            batch.extend(first);
+            while batch.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(cmd) => batch.push(cmd),
+                    Err(_) => break,
+                }
+            }
+            self.step(batch).await?;
+        }
+    }
+
+    fn next_wake(&self) -> Instant {
+        let mut wake = Instant::now() + Duration::from_secs(1);
+        if let Some(at) = self.rm.next_timer() {
+            let now = wall_clock();
+            let until = Duration::from_millis(at.0.saturating_sub(now.0));
+            wake = wake.min(Instant::now() + until);
+        }
+        for poll in self.waiting_polls.values() {
+            wake = wake.min(poll.deadline);
+        }
+        for waits in self.waiting_jobs.values() {
+            for (deadline, _) in waits {
+                wake = wake.min(*deadline);
+            }
+        }
+        wake
+    }
+
+    async fn step(&mut self, batch: Vec<Command>) -> Result<(), lqsm_store::StoreError> {
+        let now = self.clock.now();
+        let mut replies = Vec::new();
+        let mut reads = Vec::new();
+        let mut polls = Vec::new();
+        let mut job_waits = Vec::new();
+        for cmd in batch {
+            match cmd {
+                Command::Submit { jobs, reply } => {
+                    let results = jobs.into_iter().map(|j| self.rm.submit(j, now)).collect();
+                    replies.push(Reply::Submit(reply, results));
+                }
+                Command::Cancel { id, reason, reply } => {
+                    replies.push(Reply::Cancel(reply, self.rm.cancel(id, &reason, now)));
+                }
+                Command::Queue { op, reply } => {
+                    let result = match op {
+                        QueueOp::Create(path, config) => {
+                            self.rm.create_queue(&path, config).map(|_| ())
+                        }
+                        QueueOp::Update(path, update) => self.rm.update_queue(&path, &update),
+                        QueueOp::Stop(path) => self.rm.stop_queue(&path),
+                        QueueOp::Start(path) => self.rm.start_queue(&path),
+                        QueueOp::Drain(path) => self.rm.drain_queue(&path),
+                        QueueOp::Delete(path, force) => {
+                            self.rm.delete_queue(&path, force, now).map(|_| ())
+                        }
+                    };
+                    replies.push(Reply::Queue(reply, result));
+                }
+                Command::Register {
+                    registration,
+                    reply,
+                } => {
+                    replies.push(Reply::Worker(
+                        reply,
+                        self.rm.register_worker(registration, now),
+                    ));
+                }
+                Command::DrainWorker { id, reply } => {
+                    replies.push(Reply::Worker(reply, self.rm.drain_worker(id)));
+                }
+                Command::Poll {
+                    worker,
+                    poll,
+                    wait,
+                    reply,
+                } => {
+                    let outcome = self.rm.worker_polled(worker, &poll, now);
+                    polls.push((worker, outcome, wait.min(self.longest_poll), reply));
+                }
+                Command::WaitJob { id, wait, reply } => job_waits.push((id, wait, reply)),
+                Command::Read(read) => reads.push(read),
+            }
+        }
+        self.rm.tick(now);
+        let started = Instant::now();
+        let pass = self.rm.schedule(now);
+        if pass.ran {
+            metrics::histogram!("lqsm_schedule_seconds").record(started.elapsed().as_secs_f64());
+        }
+        let effects = self.rm.take_effects();
+        let write = write_batch(&self.rm, &effects);
+        if !write.is_empty() {
+            let store = self.store.clone();
+            let started = Instant::now();
+            tokio::task::spawn_blocking(move || store.commit(&write))
+                .await
+                .map_err(|e| {
+                    lqsm_store::StoreError::Engine(format!("commit task failed: {e}"))
+                })??;
+            metrics::histogram!("lqsm_store_commit_seconds")
+                .record(started.elapsed().as_secs_f64());
+        }
+        // Durable: now answer, hand out work and wake waiters.
+        crate::metrics::record_effects(&self.rm, &effects);
+        for reply in replies {
+            match reply {
+                Reply::Submit(tx, r) => {
+                    self.count_submitted(&r);
+                    let _ = tx.send(r);
+                }
+                Reply::Cancel(tx, r) => {
+                    let _ = tx.send(r);
+                }
+                Reply::Queue(tx, r) => {
+                    let _ = tx.send(r);
+                }
+                Reply::Worker(tx, r) => {
+                    let _ = tx.send(r);
+                }
+            }
+        }
+        for kill in &effects.kills {
+            self.kills
+                .entry(kill.worker)
+                .or_default()
+                .push(api::KillOrder {
+                    job: kill.job.0,
+                    token: kill.token.0,
+                    reason: kill_reason(kill.reason).to_owned(),
+                });
+        }
+        for (worker, outcome, wait, reply) in polls {
+            self.park_poll(worker, outcome, wait, reply);
+        }
+        for (id, wait, reply) in job_waits {
+            let finished = self.rm.job(id).is_none_or(|j| j.state.is_terminal());
+            if finished || wait.is_zero() {
+                let _ = reply.send(());
+            } else {
+                self.waiting_jobs
+                    .entry(id)
+                    .or_default()
+                    .push((Instant::now() + wait, reply));
+            }
+        }
+        for id in &effects.finished {
+            for (_, reply) in self.waiting_jobs.remove(id).unwrap_or_default() {
+                let _ = reply.send(());
+            }
+        }
+        self.answer_due_polls();
+        self.expire_job_waits();
+        for read in reads {
+            read(&self.rm);
+        }
+        Ok(())
+    }
+
+    fn count_submitted(&self, results: &[Result<Submitted, SubmitError>]) {
+        let mut by_queue: HashMap<lqsm_core::QueueId, u64> = HashMap::new();
+        for r in results {
+            if let Ok(Submitted::Created(id)) = r
+                && let Some(job) = self.rm.job(*id)
+            {
+                *by_queue.entry(job.queue).or_default() += 1;
+            }
+        }
+        for (queue, n) in by_queue {
+            if let Some(path) = self.rm.queue_path(queue) {
+                crate::metrics::record_submitted(path.as_str(), n);
+            }
+        }
+    }
+
+    fn park_poll(
+        &mut self,
+        worker: WorkerId,
+        outcome: Result<PollOutcome, WorkerError>,
+        wait: Duration,
+        reply: oneshot::Sender<Result<PollAnswer, WorkerError>>,
+    ) {
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        // A newer poll replaces an older one still waiting.
+        if let Some(old) = self.waiting_polls.remove(&worker) {
+            let _ = old.reply.send(Ok(PollAnswer {
+                response: api::PollResponse {
+                    refused: old.refused,
+                    ..api::PollResponse::default()
+                },
+            }));
+        }
+        self.waiting_polls.insert(
+            worker,
+            WaitingPoll {
+                deadline: Instant::now() + wait,
+                refused: outcome.refused.iter().map(refusal).collect(),
+                reply,
+            },
+        );
+    }
+
+    /// Answers every waiting poll that has work, kills, or no time left.
+    fn answer_due_polls(&mut self) {
+        let now = Instant::now();
+        let workers: Vec<WorkerId> = self.waiting_polls.keys().copied().collect();
+        for worker in workers {
+            let assignments = self.rm.take_assignments(worker).unwrap_or_default();
+            let kills = self.kills.remove(&worker).unwrap_or_default();
+            let due = self.waiting_polls[&worker].deadline <= now;
+            if assignments.is_empty() && kills.is_empty() && !due {
+                continue;
+            }
+            let Some(poll) = self.waiting_polls.remove(&worker) else {
+                continue;
+            };
+            let assignments = assignments
+                .into_iter()
+                .filter_map(|a| {
+                    let job = self.rm.job(a.job)?;
+                    Some(api::Assignment {
+                        job: a.job.0,
+                        token: a.token.0,
+                        attempt: a.attempt,
+                        queue: self.rm.queue_path(job.queue)?.to_string(),
+                        kind: convert::kind_view(&job.spec.kind),
+                        resources: convert::figures(&job.spec.request),
+                        timeout_ms: job.spec.timeout.map(|d| d.as_millis() as u64),
+                    })
+                })
+                .collect();
+            let _ = poll.reply.send(Ok(PollAnswer {
+                response: api::PollResponse {
+                    assignments,
+                    kill: kills,
+                    refused: poll.refused,
+                },
+            }));
+        }
+    }
+
+    fn expire_job_waits(&mut self) {
+        let now = Instant::now();
+        self.waiting_jobs.retain(|_, waits| {
+            let mut i = 0;
+            while i < waits.len() {
+                if waits[i].0 <= now || waits[i].1.is_closed() {
+                    let (_, reply) = waits.swap_remove(i);
+                    let _ = reply.send(());
+                } else {
+                    i += 1;
+                }
+            }
+            !waits.is_empty()
+        });
+    }
+}
+
+/// The policies this server knows (today: the built-ins).
+pub fn policies() -> Policies {
+    Policies::default()
+}
+
+/// Token type re-exported for handlers.
+pub type Token = FencingToken;
