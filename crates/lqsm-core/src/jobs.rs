@@ -101,6 +101,13 @@ pub enum JobKind {
         #[serde(default)]
         args: Json,
     },
+    /// A command or function too large to hold in memory: the shell keeps the real
+    /// kind in its store and fetches it when the job is dispatched or shown. The core
+    /// needs only what placement needs.
+    Stored {
+        /// The handler of a function job; `None` for a command.
+        handler: Option<Arc<str>>,
+    },
 }
 
 impl JobKind {
@@ -124,8 +131,11 @@ impl JobKind {
     /// The handler a function job needs, or `None` for a command job.
     pub fn handler(&self) -> Option<&str> {
         match self {
-            JobKind::Command(_) => None,
-            JobKind::Function { handler, .. } => Some(handler),
+            JobKind::Command(_) | JobKind::Stored { handler: None } => None,
+            JobKind::Function { handler, .. }
+            | JobKind::Stored {
+                handler: Some(handler),
+            } => Some(handler),
         }
     }
 }
@@ -684,7 +694,10 @@ impl SubmitRequest {
                     return Err(invalid("kind.argv", "must name a program".into()));
                 }
             }
-            JobKind::Function { handler, .. } => {
+            JobKind::Function { handler, .. }
+            | JobKind::Stored {
+                handler: Some(handler),
+            } => {
                 if handler.is_empty() || handler.len() > 256 {
                     return Err(invalid(
                         "kind.handler",
@@ -692,6 +705,7 @@ impl SubmitRequest {
                     ));
                 }
             }
+            JobKind::Stored { handler: None } => {}
         }
         if let Some(retry) = &self.retry {
             retry.validate().map_err(|r| invalid("retry", r))?;

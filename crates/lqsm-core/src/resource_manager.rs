@@ -889,9 +889,13 @@ impl ResourceManager {
         let constraint = self
             .index
             .constraint_for(spec.selector(), spec.kind.handler());
-        if let JobKind::Function { handler, .. } = &mut spec.kind {
+        match &mut spec.kind {
             // One shared copy of each handler name, however many jobs name it.
-            *handler = self.index.intern_handler(handler);
+            JobKind::Function { handler, .. }
+            | JobKind::Stored {
+                handler: Some(handler),
+            } => *handler = self.index.intern_handler(handler),
+            _ => {}
         }
         let node = self.node(queue);
         let admission = AdmissionContext {

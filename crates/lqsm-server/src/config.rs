@@ -136,6 +136,9 @@ pub struct Limits {
     pub max_request_bytes: usize,
     /// Most jobs in one batch.
     pub max_batch: usize,
+    /// A job whose kind (argv, env, args) is larger than this stays in the store and
+    /// is read when dispatched, so memory grows with the number of jobs, not their size.
+    pub inline_payload_bytes: usize,
 }
 
 impl Default for Limits {
@@ -144,6 +147,7 @@ impl Default for Limits {
             max_job_bytes: 1 << 20,
             max_request_bytes: 16 << 20,
             max_batch: 10_000,
+            inline_payload_bytes: 1024,
         }
     }
 }

@@ -118,6 +118,11 @@ pub fn kind_view(k: &core::JobKind) -> api::JobKind {
             handler: handler.to_string(),
             args: args.to_value(),
         },
+        // Only shown when the store could not be read: say so rather than invent.
+        core::JobKind::Stored { handler } => api::JobKind::Function {
+            handler: handler.as_deref().unwrap_or("(command)").to_owned(),
+            args: serde_json::json!({"unavailable": "the job's payload is in the store"}),
+        },
     }
 }
 

@@ -36,6 +36,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Renders `/metrics`.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The store, for payloads kept out of memory.
+    pub store: Arc<dyn lqsm_store::Store>,
 }
 
 impl From<Stopped> for ApiError {
@@ -120,7 +122,7 @@ fn prepare(
     field: &str,
     job: &api::SubmitJob,
     now: lqsm_core::Timestamp,
-) -> ApiResult<lqsm_core::SubmitRequest> {
+) -> ApiResult<(lqsm_core::SubmitRequest, Option<Vec<u8>>)> {
     role.require_queue(&job.queue)
         .map_err(|e| e.at(prefixed(field, "queue")))?;
     let size = serde_json::to_vec(&job.kind).map_or(0, |v| v.len());
@@ -148,7 +150,23 @@ fn prepare(
             _ => e,
         }
     })?;
-    Ok(req)
+    Ok(offload(req, size, state.limits.inline_payload_bytes))
+}
+
+/// Keeps a large kind out of memory: the core gets a stub, the store the real thing.
+fn offload(
+    mut req: lqsm_core::SubmitRequest,
+    size: usize,
+    inline_limit: usize,
+) -> (lqsm_core::SubmitRequest, Option<Vec<u8>>) {
+    if size <= inline_limit {
+        return (req, None);
+    }
+    let handler = req.kind.handler().map(Into::into);
+    let stub = lqsm_core::JobKind::Stored { handler };
+    let kind = std::mem::replace(&mut req.kind, stub);
+    let bytes = serde_json::to_vec(&kind).expect("job kinds always serialise");
+    (req, Some(bytes))
 }
 
 #[utoipa::path(post, path = "/v1/jobs", request_body = api::SubmitJob,
@@ -261,12 +279,13 @@ fn parse_worker_id(text: &str) -> ApiResult<WorkerId> {
 
 /// The job's view and queue, or 404.
 async fn view_job(state: &AppState, id: JobId) -> ApiResult<api::JobView> {
-    state
+    let (mut view, stored) = state
         .runtime
         .read(move |rm| {
             let job = rm.job(id)?;
             let queue = rm.queue_path(job.queue)?.to_string();
-            Some(convert::job_view(job, &queue))
+            let stored = matches!(job.spec.kind, lqsm_core::JobKind::Stored { .. });
+            Some((convert::job_view(job, &queue), stored))
         })
         .await?
         .ok_or_else(|| {
@@ -274,7 +293,20 @@ async fn view_job(state: &AppState, id: JobId) -> ApiResult<api::JobView> {
                 "job {id} does not exist (it may have passed its retention)"
             ))
             .at("id")
+        })?;
+    if stored {
+        let store = state.store.clone();
+        let key = *id.0.as_bytes();
+        let found = tokio::task::spawn_blocking(move || {
+            crate::resource_manager::fetch_kinds(store.as_ref(), &[key])
         })
+        .await
+        .unwrap_or_default();
+        if let Some(kind) = found.into_values().next() {
+            view.kind = kind;
+        }
+    }
+    Ok(view)
 }
 
 #[utoipa::path(get, path = "/v1/jobs/{id}", params(("id" = String, Path)), responses((status = 200, body = api::JobView), (status = "4XX", body = api::ErrorBody)))]

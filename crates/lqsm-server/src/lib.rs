@@ -167,13 +167,14 @@ pub async fn serve(
         store.commit(&batch)?;
     }
     let longest_poll = Duration::from_millis(config.scheduler.max_poll_wait_ms);
-    let (runtime, actor) = resource_manager::spawn(rm, store, longest_poll);
+    let (runtime, actor) = resource_manager::spawn(rm, store.clone(), longest_poll);
     let state = jobserver::AppState {
         runtime,
         auth: Arc::new(auth::Auth::new(&config.tokens)),
         limits: config.limits.clone(),
         ready: Arc::new(AtomicBool::new(true)),
         metrics,
+        store,
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -48,7 +48,7 @@ pub struct PollAnswer {
 
 enum Command {
     Submit {
-        jobs: Vec<SubmitRequest>,
+        jobs: Vec<(SubmitRequest, Option<Vec<u8>>)>,
         reply: oneshot::Sender<Vec<Result<Submitted, SubmitError>>>,
     },
     Cancel {
@@ -126,10 +126,11 @@ impl Runtime {
         rx.await.map_err(|_| Stopped)
     }
 
-    /// Submits jobs; each answer comes once the batch holding it is durable.
+    /// Submits jobs, each with the payload to store when its kind is `Stored`; each
+    /// answer comes once the batch holding it is durable.
     pub async fn submit(
         &self,
-        jobs: Vec<SubmitRequest>,
+        jobs: Vec<(SubmitRequest, Option<Vec<u8>>)>,
     ) -> Result<Vec<Result<Submitted, SubmitError>>, Stopped> {
         self.call(|reply| Command::Submit { jobs, reply }).await
     }
@@ -365,10 +366,20 @@ impl Actor {
         let mut reads = Vec::new();
         let mut polls = Vec::new();
         let mut job_waits = Vec::new();
+        let mut payloads = Vec::new();
         for cmd in batch {
             match cmd {
                 Command::Submit { jobs, reply } => {
-                    let results = jobs.into_iter().map(|j| self.rm.submit(j, now)).collect();
+                    let results = jobs
+                        .into_iter()
+                        .map(|(job, payload)| {
+                            let result = self.rm.submit(job, now);
+                            if let (Ok(Submitted::Created(id)), Some(bytes)) = (&result, payload) {
+                                payloads.push((*id.0.as_bytes(), bytes));
+                            }
+                            result
+                        })
+                        .collect();
                     replies.push(Reply::Submit(reply, results));
                 }
                 Command::Cancel { id, reason, reply } => {
@@ -421,7 +432,8 @@ impl Actor {
             metrics::histogram!("lqsm_schedule_seconds").record(started.elapsed().as_secs_f64());
         }
         let effects = self.rm.take_effects();
-        let write = write_batch(&self.rm, &effects);
+        let mut write = write_batch(&self.rm, &effects);
+        write.payloads = payloads;
         if !write.is_empty() {
             let store = self.store.clone();
             let started = Instant::now();
@@ -552,16 +564,30 @@ impl Actor {
             let Some(poll) = self.waiting_polls.remove(&worker) else {
                 continue;
             };
+            let stored: Vec<lqsm_store::JobKey> = assignments
+                .iter()
+                .filter(|a| {
+                    self.rm
+                        .job(a.job)
+                        .is_some_and(|j| matches!(j.spec.kind, lqsm_core::JobKind::Stored { .. }))
+                })
+                .map(|a| *a.job.0.as_bytes())
+                .collect();
+            let mut fetched = fetch_kinds(self.store.as_ref(), &stored);
             let assignments = assignments
                 .into_iter()
                 .filter_map(|a| {
                     let job = self.rm.job(a.job)?;
+                    let kind = match fetched.remove(a.job.0.as_bytes()) {
+                        Some(kind) => kind,
+                        None => convert::kind_view(&job.spec.kind),
+                    };
                     Some(api::Assignment {
                         job: a.job.0,
                         token: a.token.0,
                         attempt: a.attempt,
                         queue: self.rm.queue_path(job.queue)?.to_string(),
-                        kind: convert::kind_view(&job.spec.kind),
+                        kind,
                         resources: convert::figures(&job.spec.request),
                         timeout_ms: job.spec.timeout.map(|d| d.as_millis() as u64),
                     })
@@ -591,6 +617,31 @@ impl Actor {
             }
             !waits.is_empty()
         });
+    }
+}
+
+/// Reads the kinds of jobs whose payload is in the store. A read failure leaves them
+/// out (the caller shows the stub) and is logged.
+pub fn fetch_kinds(
+    store: &dyn Store,
+    keys: &[lqsm_store::JobKey],
+) -> HashMap<lqsm_store::JobKey, api::JobKind> {
+    if keys.is_empty() {
+        return HashMap::new();
+    }
+    match store.payloads(keys) {
+        Ok(found) => keys
+            .iter()
+            .zip(found)
+            .filter_map(|(key, bytes)| {
+                let kind: lqsm_core::JobKind = serde_json::from_slice(&bytes?).ok()?;
+                Some((*key, convert::kind_view(&kind)))
+            })
+            .collect(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read job payloads");
+            HashMap::new()
+        }
     }
 }
 
