@@ -392,6 +392,7 @@ pub struct QueueView {
     pub settings: QueueSettings,
     /// Its children.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(no_recursion)]
     pub children: Vec<QueueView>,
 }
 

@@ -158,3 +158,25 @@ impl ServerConfig {
         toml::from_str(text).map_err(|e| e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../lqsm.example.toml");
+        let text = std::fs::read_to_string(path).expect("example exists");
+        let config = ServerConfig::from_toml(&text).expect("example parses");
+        assert_eq!(config.tokens.len(), 3);
+        assert_eq!(config.queues.len(), 3);
+        assert_eq!(config.queues[1].path, "root.etl.daily");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let err = ServerConfig::from_toml("listen = \"127.0.0.1:1\"\nlisten_port = 5\n")
+            .expect_err("typo");
+        assert!(err.contains("listen_port"), "{err}");
+    }
+}

@@ -29,7 +29,7 @@ pub fn resources(
 ) -> Result<core::Resources, ApiError> {
     let mut out = base.clone();
     if let Some(cpu) = r.cpu {
-        if !cpu.is_finite() || cpu < 0.0 || cpu > 1e9 {
+        if !cpu.is_finite() || !(0.0..=1e9).contains(&cpu) {
             return Err(invalid(
                 &format!("{field}.cpu"),
                 format!("{cpu} is not a number of cores"),

@@ -930,3 +930,48 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The OpenAPI document checked into docs/ is the one the server serves. Run with
+    /// `LQSM_BLESS=1` to rewrite it after changing the API.
+    #[test]
+    fn checked_in_openapi_document_is_current() {
+        let generated = ApiDoc::openapi().to_pretty_json().expect("serialises") + "\n";
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json");
+        if std::env::var_os("LQSM_BLESS").is_some() {
+            std::fs::write(&path, &generated).expect("writable docs/");
+        }
+        let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            checked_in == generated,
+            "docs/openapi.json is stale: run `LQSM_BLESS=1 cargo test -p lqsm-server checked_in_openapi` and commit it"
+        );
+    }
+
+    #[test]
+    fn json_errors_name_the_field_at_fault() {
+        let err = parse_json::<api::SubmitJob>(
+            br#"{"queue": "root.q", "kind": {"type": "function", "handler": 5}}"#,
+        )
+        .expect_err("handler must be a string");
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        // `kind` is a tagged union, parsed as a whole: the error names it and says why.
+        assert_eq!(err.detail.field.as_deref(), Some("kind"));
+        assert!(
+            err.detail.message.contains("expected a string"),
+            "{}",
+            err.detail.message
+        );
+        let err = parse_json::<api::SubmitJob>(
+            br#"{"queue": "root.q", "kind": {"type": "function", "handler": "h"}, "prio": 1}"#,
+        )
+        .expect_err("unknown field");
+        assert_eq!(err.detail.code, "unknown_field");
+        assert_eq!(err.detail.field.as_deref(), Some("prio"));
+        let err = parse_json::<api::SubmitJob>(b"{").expect_err("syntax");
+        assert_eq!(err.detail.code, "invalid_json");
+    }
+}
