@@ -486,6 +486,10 @@ pub struct FinishedAttempt {
     pub token: u64,
     /// How it went.
     pub result: AttemptResult,
+    /// Its captured output (stdout and stderr), already capped by the worker; the
+    /// server keeps the last `limits.max_log_bytes` of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<String>,
 }
 
 /// `POST /v1/workers/{id}/poll`: heartbeat, reports and a long-poll for work.

@@ -139,6 +139,8 @@ pub struct Limits {
     /// A job whose kind (argv, env, args) is larger than this stays in the store and
     /// is read when dispatched, so memory grows with the number of jobs, not their size.
     pub inline_payload_bytes: usize,
+    /// Most captured output kept per job (the tail is kept).
+    pub max_log_bytes: usize,
 }
 
 impl Default for Limits {
@@ -148,6 +150,7 @@ impl Default for Limits {
             max_request_bytes: 16 << 20,
             max_batch: 10_000,
             inline_payload_bytes: 1024,
+            max_log_bytes: 1 << 20,
         }
     }
 }

@@ -436,6 +436,34 @@ async fn cancel_job(
     Ok(Json(view_job(&state, id).await?))
 }
 
+#[utoipa::path(get, path = "/v1/jobs/{id}/logs", params(("id" = String, Path)),
+    responses((status = 200, description = "the captured output of the job's last reported attempt", content_type = "text/plain", body = String), (status = "4XX", body = api::ErrorBody)))]
+async fn job_logs(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let role = state.auth.role(&headers)?;
+    let id = parse_job_id(&id)?;
+    let view = view_job(&state, id).await?;
+    role.require_queue(&view.queue)?;
+    let store = state.store.clone();
+    let key = *id.0.as_bytes();
+    let logs = tokio::task::spawn_blocking(move || store.logs(&key))
+        .await
+        .map_err(|_| ApiError::unavailable("log read failed"))?
+        .map_err(|e| ApiError::unavailable(e.to_string()))?
+        .unwrap_or_default();
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        logs,
+    )
+        .into_response())
+}
+
 /// How long to wait.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -726,9 +754,27 @@ async fn poll_worker(
             })
             .collect(),
     };
+    let cap = state.limits.max_log_bytes;
+    let logs = poll
+        .finished
+        .iter()
+        .filter_map(|f| {
+            let text = f.logs.as_deref()?;
+            // Keep the tail: the end of the output says how it ended.
+            let mut start = text.len().saturating_sub(cap);
+            while !text.is_char_boundary(start) {
+                start += 1;
+            }
+            Some((
+                JobId(f.job),
+                lqsm_core::FencingToken(f.token),
+                text.as_bytes()[start..].to_vec(),
+            ))
+        })
+        .collect();
     let answer = state
         .runtime
-        .poll(id, core_poll, Duration::from_millis(poll.wait_ms))
+        .poll(id, core_poll, logs, Duration::from_millis(poll.wait_ms))
         .await??;
     Ok(Json(answer.response))
 }
@@ -852,6 +898,7 @@ async fn not_found() -> ApiError {
         list_jobs,
         cancel_job,
         wait_job,
+        job_logs,
         list_queues,
         create_queue,
         get_queue,
@@ -910,6 +957,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/jobs/{id}/wait", get(wait_job))
+        .route("/v1/jobs/{id}/logs", get(job_logs))
         .route("/v1/queues", get(list_queues).post(create_queue))
         .route(
             "/v1/queues/{path}",

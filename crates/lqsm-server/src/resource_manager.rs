@@ -71,6 +71,7 @@ enum Command {
     Poll {
         worker: WorkerId,
         poll: WorkerPoll,
+        logs: Vec<(JobId, FencingToken, Vec<u8>)>,
         wait: Duration,
         reply: oneshot::Sender<Result<PollAnswer, WorkerError>>,
     },
@@ -163,16 +164,19 @@ impl Runtime {
         self.call(|reply| Command::DrainWorker { id, reply }).await
     }
 
-    /// A worker's poll; waits up to `wait` for new work.
+    /// A worker's poll, with the logs of the attempts it reports finished; waits up to
+    /// `wait` for new work.
     pub async fn poll(
         &self,
         worker: WorkerId,
         poll: WorkerPoll,
+        logs: Vec<(JobId, FencingToken, Vec<u8>)>,
         wait: Duration,
     ) -> Result<Result<PollAnswer, WorkerError>, Stopped> {
         self.call(|reply| Command::Poll {
             worker,
             poll,
+            logs,
             wait,
             reply,
         })
@@ -367,6 +371,7 @@ impl Actor {
         let mut polls = Vec::new();
         let mut job_waits = Vec::new();
         let mut payloads = Vec::new();
+        let mut job_logs = Vec::new();
         for cmd in batch {
             match cmd {
                 Command::Submit { jobs, reply } => {
@@ -415,10 +420,23 @@ impl Actor {
                 Command::Poll {
                     worker,
                     poll,
+                    logs,
                     wait,
                     reply,
                 } => {
                     let outcome = self.rm.worker_polled(worker, &poll, now);
+                    if let Ok(outcome) = &outcome {
+                        // Logs of refused reports belong to stale attempts: dropped.
+                        for (job, token, log) in logs {
+                            let refused = outcome
+                                .refused
+                                .iter()
+                                .any(|r| r.job == job && r.token == token);
+                            if !refused {
+                                job_logs.push((*job.0.as_bytes(), log));
+                            }
+                        }
+                    }
                     polls.push((worker, outcome, wait.min(self.longest_poll), reply));
                 }
                 Command::WaitJob { id, wait, reply } => job_waits.push((id, wait, reply)),
@@ -434,6 +452,7 @@ impl Actor {
         let effects = self.rm.take_effects();
         let mut write = write_batch(&self.rm, &effects);
         write.payloads = payloads;
+        write.logs = job_logs;
         if !write.is_empty() {
             let store = self.store.clone();
             let started = Instant::now();

@@ -31,6 +31,7 @@ use crate::{JobKey, Snapshot, Store, WriteBatch};
 pub struct Model {
     jobs: BTreeMap<JobKey, Vec<u8>>,
     payloads: BTreeMap<JobKey, Vec<u8>>,
+    logs: BTreeMap<JobKey, Vec<u8>>,
     queues: BTreeMap<String, Vec<u8>>,
     meta: BTreeMap<String, Vec<u8>>,
 }
@@ -50,6 +51,9 @@ impl Model {
         for (key, payload) in &batch.payloads {
             self.payloads.insert(*key, payload.clone());
         }
+        for (key, log) in &batch.logs {
+            self.logs.insert(*key, log.clone());
+        }
         for (path, record) in &batch.queues {
             self.queues.insert(path.clone(), record.clone());
         }
@@ -59,6 +63,7 @@ impl Model {
         for key in &batch.deleted_jobs {
             self.jobs.remove(key);
             self.payloads.remove(key);
+            self.logs.remove(key);
         }
         for path in &batch.deleted_queues {
             self.queues.remove(path);
@@ -85,6 +90,11 @@ impl Model {
     /// What [`Store::payloads`] must return for `jobs`.
     pub fn payloads(&self, jobs: &[JobKey]) -> Vec<Option<Vec<u8>>> {
         jobs.iter().map(|k| self.payloads.get(k).cloned()).collect()
+    }
+
+    /// What [`Store::logs`] must return for `job`.
+    pub fn logs(&self, job: &JobKey) -> Option<Vec<u8>> {
+        self.logs.get(job).cloned()
     }
 
     /// Every job key that has a payload, in key order.
@@ -603,6 +613,38 @@ pub fn payloads_come_back_in_request_order<S: Store>(new_store: impl Fn() -> S) 
     );
 }
 
+/// Logs are stored per job, the last write wins, and they go with the job.
+pub fn logs_are_overwritten_and_deleted_with_their_job<S: Store>(new_store: impl Fn() -> S) {
+    let store = new_store();
+    let mut model = Model::new();
+    let mut batch = WriteBatch::new();
+    batch.jobs.push((job_key(1), record(1, 40)));
+    batch.jobs.push((job_key(2), record(2, 40)));
+    batch.logs.push((job_key(1), b"first attempt\n".to_vec()));
+    batch.logs.push((job_key(2), b"other job\n".to_vec()));
+    commit(&store, &mut model, &batch);
+    let mut batch = WriteBatch::new();
+    batch.logs.push((job_key(1), b"second attempt\n".to_vec()));
+    commit(&store, &mut model, &batch);
+    for key in [job_key(1), job_key(2), job_key(3)] {
+        let got = store
+            .logs(&key)
+            .unwrap_or_else(|e| panic!("logs failed: {e}"));
+        assert_eq!(got, model.logs(&key), "logs of job {key:?}");
+    }
+    let mut batch = WriteBatch::new();
+    batch.deleted_jobs.push(job_key(1));
+    commit(&store, &mut model, &batch);
+    let got = store
+        .logs(&job_key(1))
+        .unwrap_or_else(|e| panic!("logs failed: {e}"));
+    assert_eq!(got, None, "a deleted job keeps no logs");
+    assert_eq!(
+        store.logs(&job_key(2)).ok().flatten(),
+        model.logs(&job_key(2))
+    );
+}
+
 /// Writes one `#[test]` per conformance check (all but
 /// [`failed_commit_applies_nothing`](crate::conformance::failed_commit_applies_nothing)).
 ///
@@ -670,6 +712,10 @@ macro_rules! conformance_tests {
         #[test]
         fn concurrent_commits_all_land() {
             $crate::conformance::concurrent_commits_all_land($new_store);
+        }
+        #[test]
+        fn logs_are_overwritten_and_deleted_with_their_job() {
+            $crate::conformance::logs_are_overwritten_and_deleted_with_their_job($new_store);
         }
         #[test]
         fn payloads_come_back_in_request_order() {

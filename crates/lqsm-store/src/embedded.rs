@@ -24,6 +24,7 @@ pub struct EmbeddedStore {
     db: Database,
     jobs: Keyspace,
     payloads: Keyspace,
+    logs: Keyspace,
     queues: Keyspace,
     meta: Keyspace,
     /// Dropped last (fields drop in order), so the lock outlives the engine.
@@ -55,6 +56,7 @@ impl EmbeddedStore {
         Ok(Self {
             jobs: keyspace("jobs")?,
             payloads: keyspace("payloads")?,
+            logs: keyspace("logs")?,
             queues: keyspace("queues")?,
             meta: keyspace("meta")?,
             db,
@@ -86,8 +88,8 @@ impl EmbeddedStore {
             budget -= 1;
             Ok(())
         };
-        // Deletions of jobs are two operations each (record and payload).
-        let operations = batch.len() + batch.deleted_jobs.len();
+        // Deletions of jobs are three operations each (record, payload, logs).
+        let operations = batch.len() + 2 * batch.deleted_jobs.len();
         let mut writes = OwnedWriteBatch::with_capacity(self.db.clone(), operations)
             .durability(Some(PersistMode::SyncAll));
         // Writes first, deletions after: within a batch, deletion wins. Until `commit` below,
@@ -99,6 +101,10 @@ impl EmbeddedStore {
         for (key, payload) in &batch.payloads {
             step()?;
             writes.insert(&self.payloads, key.as_slice(), payload.as_slice());
+        }
+        for (key, log) in &batch.logs {
+            step()?;
+            writes.insert(&self.logs, key.as_slice(), log.as_slice());
         }
         for (path, record) in &batch.queues {
             step()?;
@@ -112,6 +118,7 @@ impl EmbeddedStore {
             step()?;
             writes.remove(&self.jobs, key.as_slice());
             writes.remove(&self.payloads, key.as_slice());
+            writes.remove(&self.logs, key.as_slice());
         }
         for path in &batch.deleted_queues {
             step()?;
@@ -153,6 +160,11 @@ impl Store for EmbeddedStore {
                 Ok(found.map(|payload| payload.to_vec()))
             })
             .collect()
+    }
+
+    fn logs(&self, job: &JobKey) -> Result<Option<Vec<u8>>, StoreError> {
+        let found = self.logs.get(job).map_err(engine)?;
+        Ok(found.map(|log| log.to_vec()))
     }
 }
 
@@ -219,6 +231,9 @@ mod tests {
         }
         fn payloads(&self, jobs: &[JobKey]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
             self.store.payloads(jobs)
+        }
+        fn logs(&self, job: &JobKey) -> Result<Option<Vec<u8>>, StoreError> {
+            self.store.logs(job)
         }
     }
 

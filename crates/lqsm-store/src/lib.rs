@@ -39,7 +39,9 @@ pub struct WriteBatch {
     /// Job payloads (arguments, argv, env) kept out of the server's memory; written once with
     /// the job.
     pub payloads: Vec<(JobKey, Vec<u8>)>,
-    /// Jobs to delete (record and payload), e.g. after retention.
+    /// Captured output of jobs' attempts (what a worker uploaded), insert or overwrite.
+    pub logs: Vec<(JobKey, Vec<u8>)>,
+    /// Jobs to delete (record, payload and logs), e.g. after retention.
     pub deleted_jobs: Vec<JobKey>,
     /// Queue records by queue path (e.g. "root.etl"), insert or overwrite.
     pub queues: Vec<(String, Vec<u8>)>,
@@ -64,6 +66,7 @@ impl WriteBatch {
     pub fn len(&self) -> usize {
         self.jobs.len()
             + self.payloads.len()
+            + self.logs.len()
             + self.deleted_jobs.len()
             + self.queues.len()
             + self.deleted_queues.len()
@@ -105,6 +108,9 @@ impl WriteBatch {
                 format!("the payload of job {}", JobKeyHex(key))
             })?;
         }
+        for (key, log) in &self.logs {
+            value(log.len(), &|| format!("the logs of job {}", JobKeyHex(key)))?;
+        }
         for (path, record) in &self.queues {
             name(path, "queue path")?;
             value(record.len(), &|| format!("the record of queue `{path}`"))?;
@@ -125,6 +131,7 @@ impl WriteBatch {
     pub fn clear(&mut self) {
         self.jobs.clear();
         self.payloads.clear();
+        self.logs.clear();
         self.deleted_jobs.clear();
         self.queues.clear();
         self.deleted_queues.clear();
@@ -230,4 +237,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Payloads of these jobs, in the same order (None for a job without one).
     fn payloads(&self, jobs: &[JobKey]) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
+
+    /// The logs stored for a job (None when it has none, or is gone).
+    fn logs(&self, job: &JobKey) -> Result<Option<Vec<u8>>, StoreError>;
 }

@@ -9,6 +9,7 @@ use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefiniti
 
 const JOBS: TableDefinition<&JobKey, &[u8]> = TableDefinition::new("jobs");
 const PAYLOADS: TableDefinition<&JobKey, &[u8]> = TableDefinition::new("payloads");
+const LOGS: TableDefinition<&JobKey, &[u8]> = TableDefinition::new("logs");
 const QUEUES: TableDefinition<&str, &[u8]> = TableDefinition::new("queues");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -29,6 +30,7 @@ impl RedbStore {
         let txn = db.begin_write().map_err(engine)?;
         txn.open_table(JOBS).map_err(engine)?;
         txn.open_table(PAYLOADS).map_err(engine)?;
+        txn.open_table(LOGS).map_err(engine)?;
         txn.open_table(QUEUES).map_err(engine)?;
         txn.open_table(META).map_err(engine)?;
         txn.commit().map_err(engine)?;
@@ -46,6 +48,7 @@ impl Store for RedbStore {
         {
             let mut jobs = txn.open_table(JOBS).map_err(engine)?;
             let mut payloads = txn.open_table(PAYLOADS).map_err(engine)?;
+            let mut logs = txn.open_table(LOGS).map_err(engine)?;
             let mut queues = txn.open_table(QUEUES).map_err(engine)?;
             let mut meta = txn.open_table(META).map_err(engine)?;
             for (key, record) in &batch.jobs {
@@ -53,6 +56,9 @@ impl Store for RedbStore {
             }
             for (key, payload) in &batch.payloads {
                 payloads.insert(key, payload.as_slice()).map_err(engine)?;
+            }
+            for (key, log) in &batch.logs {
+                logs.insert(key, log.as_slice()).map_err(engine)?;
             }
             for (path, record) in &batch.queues {
                 queues
@@ -66,6 +72,7 @@ impl Store for RedbStore {
             for key in &batch.deleted_jobs {
                 jobs.remove(key).map_err(engine)?;
                 payloads.remove(key).map_err(engine)?;
+                logs.remove(key).map_err(engine)?;
             }
             for path in &batch.deleted_queues {
                 queues.remove(path.as_str()).map_err(engine)?;
@@ -97,6 +104,19 @@ impl Store for RedbStore {
                 Ok(found.map(|payload| payload.value().to_vec()))
             })
             .collect()
+    }
+
+    fn logs(&self, job: &JobKey) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read_log(job)
+    }
+}
+
+impl RedbStore {
+    fn read_log(&self, job: &JobKey) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(engine)?;
+        let table = txn.open_table(LOGS).map_err(engine)?;
+        let found = table.get(job).map_err(engine)?;
+        Ok(found.map(|log| log.value().to_vec()))
     }
 }
 
