@@ -158,6 +158,17 @@ pub async fn serve(
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .ok();
+    if let Some(handle) = metrics.clone() {
+        // Histogram samples pile up until drained; without a scrape nothing would drain
+        // them, so drain on a timer.
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                handle.run_upkeep();
+            }
+        });
+    }
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&config.data_dir)?);
     let mut rm = restore(store.as_ref(), &config)?;
     // What starting changed (a fresh tree, declared queues) is durable before serving.
