@@ -201,14 +201,28 @@ pub async fn serve(
         })?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "serving");
     on_listening(addr);
+    // The actor stops only when every handle is gone, or when the store failed: then
+    // nothing more can be made durable, and the server stops too (fail-stop), so a
+    // supervisor restarts it on the durable state.
+    let (actor_done_tx, actor_done_rx) = tokio::sync::oneshot::channel::<()>();
+    let actor = tokio::spawn(async move {
+        let result = actor.await;
+        let _ = actor_done_tx.send(());
+        result
+    });
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = actor_done_rx => tracing::error!("the resource manager stopped; shutting down"),
+        }
+    };
     axum::serve(listener, jobserver::router(state))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(stop)
         .await
         .map_err(|source| ServerError::Listen { addr, source })?;
-    // Every handle is gone: the actor finishes the batch in flight and stops.
     match actor.await {
-        Ok(result) => result.map_err(ServerError::from),
-        Err(e) => Err(ServerError::Config(format!(
+        Ok(Ok(result)) => result.map_err(ServerError::from),
+        Ok(Err(e)) | Err(e) => Err(ServerError::Config(format!(
             "resource manager task failed: {e}"
         ))),
     }

@@ -493,7 +493,11 @@ impl Actor {
                     reason: kill_reason(kill.reason).to_owned(),
                 });
         }
+        // Only polls that may have something new are looked at (and those out of time).
+        let mut touched: HashSet<WorkerId> = effects.assignments.iter().map(|a| a.worker).collect();
+        touched.extend(effects.kills.iter().map(|k| k.worker));
         for (worker, outcome, wait, reply) in polls {
+            touched.insert(worker);
             self.park_poll(worker, outcome, wait, reply);
         }
         for (id, wait, reply) in job_waits {
@@ -512,7 +516,7 @@ impl Actor {
                 let _ = reply.send(());
             }
         }
-        self.answer_due_polls();
+        self.answer_due_polls(&touched);
         self.expire_job_waits();
         for read in reads {
             read(&self.rm);
@@ -569,10 +573,16 @@ impl Actor {
         );
     }
 
-    /// Answers every waiting poll that has work, kills, or no time left.
-    fn answer_due_polls(&mut self) {
+    /// Answers the waiting polls in `touched` that have work or kills, and every one
+    /// out of time.
+    fn answer_due_polls(&mut self, touched: &HashSet<WorkerId>) {
         let now = Instant::now();
-        let workers: Vec<WorkerId> = self.waiting_polls.keys().copied().collect();
+        let workers: Vec<WorkerId> = self
+            .waiting_polls
+            .iter()
+            .filter(|(worker, poll)| poll.deadline <= now || touched.contains(worker))
+            .map(|(worker, _)| *worker)
+            .collect();
         for worker in workers {
             let assignments = self.rm.take_assignments(worker).unwrap_or_default();
             let kills = self.kills.remove(&worker).unwrap_or_default();
