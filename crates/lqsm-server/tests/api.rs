@@ -1,0 +1,659 @@
+//! The life of a job through the real server: submission (single, batch,
+//! idempotent), a worker taking and reporting it, retries, timeouts, cancellation,
+//! fencing of stale reports, lost workers, the queue API, metrics and the OpenAPI
+//! document. Each test starts its own server, so they run in parallel.
+#![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
+
+mod support;
+
+use lqsm_api as api;
+use serde_json::json;
+use support::{DEADLINE, Server, SimWorker, eventually, finished, function_job};
+use uuid::Uuid;
+
+fn outcomes(view: &api::JobView) -> Vec<Option<String>> {
+    view.attempts.iter().map(|a| a.outcome.clone()).collect()
+}
+
+#[test]
+fn submitted_job_runs_on_a_worker_and_its_result_is_kept() {
+    let server = Server::start();
+    let api = server.api();
+    let mut worker = SimWorker::register(&api, "echo");
+    let id = api.submit(&api::SubmitJob::function(
+        "root.default",
+        "echo",
+        json!({"x": 42}),
+    ));
+
+    // A wait that times out answers with the job as it is.
+    let early: api::JobView = api
+        .get(&format!("/v1/jobs/{id}/wait?timeout_ms=100"))
+        .expect(200);
+    assert_eq!(early.id, id);
+    assert!(
+        ["pending", "scheduled"].contains(&early.state.as_str()),
+        "{}",
+        early.state
+    );
+
+    let a = worker.next_assignment();
+    assert_eq!(a.job, id);
+    assert_eq!(a.attempt, 1);
+    assert_eq!(a.queue, "root.default");
+    assert_eq!(
+        a.kind,
+        api::JobKind::Function {
+            handler: "echo".into(),
+            args: json!({"x": 42})
+        }
+    );
+
+    // A client waiting for the job is answered when it finishes.
+    let waiter = {
+        let api = api.clone();
+        std::thread::spawn(move || api.get(&format!("/v1/jobs/{id}/wait?timeout_ms=10000")))
+    };
+    let resp = worker.succeed(&a, json!({"echoed": 42}));
+    assert!(resp.refused.is_empty(), "{resp:?}");
+
+    let waited: api::JobView = waiter.join().unwrap().expect(200);
+    assert_eq!(waited.state, "succeeded");
+    assert_eq!(waited.result, Some(json!({"echoed": 42})));
+
+    let view = api.job(id);
+    assert_eq!(view.state, "succeeded");
+    assert_eq!(view.result, Some(json!({"echoed": 42})));
+    assert_eq!(view.queue, "root.default");
+    assert!(view.finished_at_ms.is_some());
+    assert_eq!(view.attempts.len(), 1);
+    assert_eq!(view.attempts[0].worker, worker.id);
+    assert_eq!(view.attempts[0].token, a.token);
+    assert_eq!(view.attempts[0].outcome.as_deref(), Some("succeeded"));
+}
+
+#[test]
+fn batch_answers_every_item_and_names_the_field_of_each_invalid_one() {
+    let server = Server::start();
+    let api = server.api();
+    let mut jobs: Vec<api::SubmitJob> = (0..500)
+        .map(|i| api::SubmitJob::function("root.default", "batch", json!({ "i": i })))
+        .collect();
+    jobs[3].resources = Some(api::Resources {
+        cpu: Some(-1.0),
+        ..api::Resources::default()
+    });
+    jobs[77].queue = "root.nope".into();
+    jobs[250].timeout_ms = Some(0);
+    jobs[499].retry = Some(api::RetrySpec {
+        max_attempts: Some(0),
+        ..api::RetrySpec::default()
+    });
+    let invalid = [
+        (3, "jobs[3].resources.cpu"),
+        (77, "jobs[77].queue"),
+        (250, "jobs[250].timeout_ms"),
+        (499, "jobs[499].retry"),
+    ];
+
+    let result: api::BatchResult = api
+        .post("/v1/jobs/batch", &api::SubmitBatch { jobs })
+        .expect(200);
+
+    assert_eq!(result.results.len(), 500);
+    assert_eq!(result.accepted, 496);
+    for (i, field) in invalid {
+        let item = &result.results[i];
+        assert_eq!(item.id, None, "item {i}");
+        let error = item.error.as_ref().unwrap_or_else(|| panic!("item {i}"));
+        assert_eq!(error.field.as_deref(), Some(field), "item {i}: {error:?}");
+        assert!(!error.message.is_empty());
+    }
+    let mut ids = Vec::new();
+    for (i, item) in result.results.iter().enumerate() {
+        if invalid.iter().any(|(j, _)| *j == i) {
+            continue;
+        }
+        assert!(item.error.is_none(), "item {i}: {item:?}");
+        assert!(item.created, "item {i}");
+        ids.push(item.id.unwrap());
+    }
+    let distinct: std::collections::HashSet<Uuid> = ids.iter().copied().collect();
+    assert_eq!(distinct.len(), 496);
+    // Accepted items are real jobs with their own arguments.
+    let view = api.job(result.results[4].id.unwrap());
+    assert_eq!(view.state, "pending");
+    assert_eq!(
+        view.kind,
+        api::JobKind::Function {
+            handler: "batch".into(),
+            args: json!({"i": 4})
+        }
+    );
+    let unknown = &result.results[77].error.as_ref().unwrap();
+    assert_eq!(unknown.code, "not_found");
+    assert!(
+        unknown.message.contains("root.default"),
+        "the error names the known queues: {}",
+        unknown.message
+    );
+}
+
+#[test]
+fn same_idempotency_key_in_the_same_queue_is_the_same_job() {
+    let server = Server::start();
+    let api = server.api();
+    api.create_queue(json!({"path": "root.other"}));
+    let mut job = function_job("root.default", "idem");
+    job.idempotency_key = Some("order-17".into());
+
+    let first: api::Submitted = api.post("/v1/jobs", &job).expect(201);
+    assert!(first.created);
+    let again: api::Submitted = api.post("/v1/jobs", &job).expect(200);
+    assert_eq!(again.id, first.id);
+    assert!(!again.created);
+
+    // In a batch too.
+    let batch: api::BatchResult = api
+        .post(
+            "/v1/jobs/batch",
+            &api::SubmitBatch {
+                jobs: vec![job.clone()],
+            },
+        )
+        .expect(200);
+    assert_eq!(batch.results[0].id, Some(first.id));
+    assert!(!batch.results[0].created);
+
+    // The key is per queue.
+    job.queue = "root.other".into();
+    let elsewhere: api::Submitted = api.post("/v1/jobs", &job).expect(201);
+    assert_ne!(elsewhere.id, first.id);
+    assert!(elsewhere.created);
+}
+
+#[test]
+fn failed_attempt_is_retried_after_its_backoff_then_succeeds() {
+    let server = Server::start();
+    let api = server.api();
+    let mut worker = SimWorker::register(&api, "flaky");
+    let mut job = function_job("root.default", "flaky");
+    job.retry = Some(api::RetrySpec {
+        max_attempts: Some(2),
+        backoff_base_ms: Some(200),
+        jitter: Some(0.0),
+        ..api::RetrySpec::default()
+    });
+    let id = api.submit(&job);
+
+    let first = worker.next_assignment();
+    assert_eq!((first.job, first.attempt), (id, 1));
+    let resp = worker.poll(
+        &[finished(
+            &first,
+            api::AttemptResult::Failed {
+                exit_code: None,
+                message: "disk full".into(),
+            },
+        )],
+        0,
+    );
+    assert!(resp.refused.is_empty(), "{resp:?}");
+    assert!(
+        resp.assignments.is_empty(),
+        "no retry before the backoff: {resp:?}"
+    );
+
+    let between = api.job(id);
+    assert_eq!(between.state, "pending");
+    assert_eq!(between.attempts.len(), 1);
+    assert_eq!(between.attempts[0].outcome.as_deref(), Some("failed"));
+    assert_eq!(between.attempts[0].message.as_deref(), Some("disk full"));
+
+    let second = worker.next_assignment();
+    assert_eq!((second.job, second.attempt), (id, 2));
+    assert_ne!(second.token, first.token);
+    let view = api.job(id);
+    let failed_at = view.attempts[0].finished_at_ms.unwrap();
+    let retried_at = view.attempts[1].scheduled_at_ms;
+    assert!(
+        retried_at >= failed_at + 200,
+        "retried {} ms after the failure, backoff is 200 ms",
+        retried_at - failed_at
+    );
+
+    worker.succeed(&second, json!("ok"));
+    let done = api.job(id);
+    assert_eq!(done.state, "succeeded");
+    assert_eq!(
+        outcomes(&done),
+        [Some("failed".into()), Some("succeeded".into())]
+    );
+}
+
+#[test]
+fn attempt_past_its_timeout_is_killed_and_the_job_fails() {
+    let server = Server::start();
+    let api = server.api();
+    let mut worker = SimWorker::register(&api, "slow");
+    let mut job = function_job("root.default", "slow");
+    job.timeout_ms = Some(300);
+    let id = api.submit(&job);
+
+    let a = worker.next_assignment();
+    assert_eq!(a.timeout_ms, Some(300));
+    // The worker keeps saying it runs the attempt, and never reports it.
+    let kill = eventually("a kill order", DEADLINE, || {
+        let resp = worker.poll(&[], 100);
+        resp.kill.into_iter().next()
+    });
+    assert_eq!(kill.job, id);
+    assert_eq!(kill.token, a.token);
+    assert_eq!(kill.reason, "timed_out");
+
+    let view = api.wait_for_state(id, "failed");
+    assert_eq!(view.max_attempts, 1);
+    assert_eq!(view.attempts.len(), 1);
+    assert_eq!(view.attempts[0].outcome.as_deref(), Some("timed_out"));
+    let ran = view.attempts[0].finished_at_ms.unwrap() - view.attempts[0].scheduled_at_ms;
+    assert!(ran >= 300, "killed after {ran} ms, timeout is 300 ms");
+    assert!(view.reason.is_some());
+}
+
+#[test]
+fn cancelling_a_pending_job_cancels_it_once() {
+    let server = Server::start();
+    let api = server.api();
+    // No worker runs this handler: the job stays pending.
+    let id = api.submit(&function_job("root.default", "nobody"));
+    assert_eq!(api.job(id).state, "pending");
+
+    let view: api::JobView = api
+        .post(&format!("/v1/jobs/{id}/cancel"), &json!({}))
+        .expect(200);
+    assert_eq!(view.state, "cancelled");
+    assert_eq!(view.reason.as_deref(), Some("cancelled by a client"));
+    assert!(view.attempts.is_empty());
+    assert_eq!(api.job(id).state, "cancelled");
+
+    let again = api
+        .post(&format!("/v1/jobs/{id}/cancel"), &json!({}))
+        .expect_error(409);
+    assert_eq!(again.code, "conflict");
+}
+
+#[test]
+fn cancelling_a_running_job_orders_its_worker_to_kill_it() {
+    let server = Server::start();
+    let api = server.api();
+    let mut worker = SimWorker::register(&api, "long");
+    let id = api.submit(&function_job("root.default", "long"));
+    let a = worker.next_assignment();
+    worker.poll(&[], 0);
+    assert_eq!(api.job(id).state, "running");
+
+    let view: api::JobView = api
+        .post(&format!("/v1/jobs/{id}/cancel"), &json!({}))
+        .expect(200);
+    assert_eq!(view.state, "cancelled");
+    assert_eq!(view.attempts[0].outcome.as_deref(), Some("cancelled"));
+
+    let resp = worker.poll(&[], 0);
+    let first = resp
+        .kill
+        .iter()
+        .find(|k| k.job == id)
+        .unwrap_or_else(|| panic!("no kill order for the cancelled job: {resp:?}"));
+    assert_eq!(first.token, a.token);
+    assert_eq!(first.reason, "cancelled");
+
+    // A report that crosses the cancel is refused and changes nothing.
+    let late = worker.poll(&[finished(&a, api::AttemptResult::TimedOut)], 0);
+    assert_eq!(late.refused.len(), 1, "{late:?}");
+    assert_eq!(late.refused[0].reason, "stale_attempt");
+    assert_eq!(api.job(id).state, "cancelled");
+}
+
+#[test]
+fn report_with_a_stale_token_is_refused() {
+    let server = Server::start();
+    let api = server.api();
+    let mut worker = SimWorker::register(&api, "fenced");
+    let id = api.submit(&function_job("root.default", "fenced"));
+    let a = worker.next_assignment();
+
+    let forged = api::Assignment {
+        token: a.token + 1000,
+        ..a.clone()
+    };
+    let resp = worker.poll(
+        &[finished(
+            &forged,
+            api::AttemptResult::Succeeded {
+                result: None,
+                exit_code: None,
+            },
+        )],
+        0,
+    );
+    assert_eq!(
+        resp.refused,
+        [api::RefusedReport {
+            job: id,
+            token: a.token + 1000,
+            reason: "stale_attempt".into()
+        }]
+    );
+    let unknown = Uuid::now_v7();
+    let resp = worker.poll(
+        &[api::FinishedAttempt {
+            job: unknown,
+            token: 1,
+            result: api::AttemptResult::TimedOut,
+            logs: None,
+        }],
+        0,
+    );
+    assert_eq!(resp.refused.len(), 1);
+    assert_eq!(resp.refused[0].reason, "unknown_job");
+    // The real attempt is untouched and can still report.
+    assert_eq!(api.job(id).state, "running");
+    let resp = worker.succeed(&a, json!(1));
+    assert!(resp.refused.is_empty(), "{resp:?}");
+    let view = api.job(id);
+    assert_eq!(view.state, "succeeded");
+    assert_eq!(view.attempts.len(), 1);
+}
+
+#[test]
+fn lost_worker_attempt_is_requeued_once_and_its_late_report_refused() {
+    let server = Server::builder()
+        .arg("--heartbeat-timeout-ms")
+        .arg("500")
+        .start();
+    let api = server.api();
+    let mut first = SimWorker::register(&api, "lossy");
+    let mut job = function_job("root.default", "lossy");
+    job.retry = Some(api::RetrySpec {
+        max_attempts: Some(3),
+        backoff_base_ms: Some(0),
+        jitter: Some(0.0),
+        ..api::RetrySpec::default()
+    });
+    let id = api.submit(&job);
+    let taken = first.next_assignment();
+    assert_eq!(taken.job, id);
+
+    // The first worker goes silent; a second one keeps polling.
+    let mut second = SimWorker::register(&api, "lossy");
+    second.poll_wait_ms = 100; // Well inside its own heartbeat timeout.
+    let again = second.next_assignment();
+    assert_eq!(again.job, id);
+    assert_eq!(again.attempt, 2);
+    let workers: Vec<api::WorkerView> = api.get("/v1/workers").expect(200);
+    let lost = workers.iter().find(|w| w.id == first.id).unwrap();
+    assert_eq!(lost.state, "lost");
+
+    // The first worker comes back with its report: told to register again...
+    let report = finished(
+        &taken,
+        api::AttemptResult::Succeeded {
+            result: Some(json!("late")),
+            exit_code: None,
+        },
+    );
+    let err = first
+        .poll_raw(std::slice::from_ref(&report), 0)
+        .expect_error(409);
+    assert_eq!(err.code, "register_again");
+    // ... and once registered, its report is refused.
+    first.register_again();
+    first.running.clear();
+    let resp = first.poll(&[report], 0);
+    assert_eq!(resp.refused.len(), 1, "{resp:?}");
+    assert_eq!(resp.refused[0].reason, "stale_attempt");
+    assert_eq!(resp.refused[0].token, taken.token);
+
+    second.succeed(&again, json!("on time"));
+    let view = api.job(id);
+    assert_eq!(view.state, "succeeded");
+    assert_eq!(view.result, Some(json!("on time")));
+    assert_eq!(
+        outcomes(&view),
+        [Some("lost".into()), Some("succeeded".into())]
+    );
+    // The first worker polled after the attempt was scheduled: it was lost no sooner
+    // than the heartbeat timeout after that.
+    let silent = view.attempts[0].finished_at_ms.unwrap() - view.attempts[0].scheduled_at_ms;
+    assert!(
+        silent >= 500,
+        "lost after {silent} ms, heartbeat timeout is 500 ms"
+    );
+}
+
+/// Arguments well over `limits.inline_payload_bytes` (1 KiB by default), so the server
+/// keeps the job's payload in its store rather than in memory.
+fn big_args() -> serde_json::Value {
+    json!({"blob": "x".repeat(4000), "n": 7})
+}
+
+#[test]
+fn large_payload_reaches_the_worker_whole() {
+    let server = Server::start();
+    let api = server.api();
+    let mut worker = SimWorker::register(&api, "big");
+    let kind = api::JobKind::Function {
+        handler: "big".into(),
+        args: big_args(),
+    };
+    let id = api.submit(&api::SubmitJob::new("root.default", kind.clone()));
+    assert_eq!(api.job(id).kind, kind);
+
+    let a = worker.next_assignment();
+    assert_eq!(a.job, id);
+    assert_eq!(a.kind, kind);
+    worker.succeed(&a, json!("ok"));
+    let done: api::JobView = api
+        .get(&format!("/v1/jobs/{id}/wait?timeout_ms=5000"))
+        .expect(200);
+    assert_eq!(done.state, "succeeded");
+    assert_eq!(done.kind, kind);
+
+    // A large command, and a large job in a batch, too.
+    let command = api::JobKind::Command {
+        argv: vec!["echo".into(), "y".repeat(3000)],
+        env: Default::default(),
+        cwd: None,
+    };
+    let batch: api::BatchResult = api
+        .post(
+            "/v1/jobs/batch",
+            &api::SubmitBatch {
+                jobs: vec![api::SubmitJob::new("root.default", command.clone())],
+            },
+        )
+        .expect(200);
+    let cid = batch.results[0].id.unwrap();
+    assert_eq!(api.job(cid).kind, command);
+    let cancelled: api::JobView = api
+        .post(&format!("/v1/jobs/{cid}/cancel"), &json!({}))
+        .expect(200);
+    assert_eq!(cancelled.kind, command);
+}
+
+#[test]
+fn job_listing_shows_large_payloads_whole() {
+    let server = Server::start();
+    let api = server.api();
+    let kind = api::JobKind::Function {
+        handler: "listed".into(),
+        args: big_args(),
+    };
+    let id = api.submit(&api::SubmitJob::new("root.default", kind.clone()));
+    assert_eq!(api.job(id).kind, kind);
+
+    let list: api::JobList = api.get("/v1/jobs?queue=root.default").expect(200);
+    let listed = list.jobs.iter().find(|j| j.id == id).unwrap();
+    if listed.kind != kind {
+        let shown = serde_json::to_string(&listed.kind).unwrap();
+        panic!(
+            "GET /v1/jobs shows the job with a large payload as {} instead of its kind \
+             (which GET /v1/jobs/{{id}} shows)",
+            &shown[..shown.len().min(200)]
+        );
+    }
+}
+
+fn child<'a>(view: &'a api::QueueView, path: &str) -> &'a api::QueueView {
+    view.children
+        .iter()
+        .find(|c| c.path == path)
+        .unwrap_or_else(|| panic!("{path} is not a child of {}", view.path))
+}
+
+#[test]
+fn queues_are_created_listed_updated_stopped_started_drained_and_deleted() {
+    let server = Server::start();
+    let api = server.api();
+
+    // Children of root may not promise more than 100% between them.
+    let err = api
+        .post("/v1/queues", &json!({"path": "root.etl", "capacity": 30}))
+        .expect_error(400);
+    assert_eq!(err.field.as_deref(), Some("capacity"));
+    assert!(err.message.contains("130%"), "{}", err.message);
+
+    let default: api::QueueView = api
+        .patch("/v1/queues/root.default", &json!({"capacity": 70}))
+        .expect(200);
+    assert_eq!(default.capacity, 70.0);
+    let etl = api.create_queue(json!({"path": "root.etl", "capacity": 30}));
+    assert_eq!(etl.path, "root.etl");
+    assert_eq!(etl.state, "running");
+    assert_eq!(etl.capacity, 30.0);
+    let daily = api.create_queue(json!({"path": "root.etl.daily", "capacity": 100}));
+    assert_eq!(daily.path, "root.etl.daily");
+    let dup = api
+        .post("/v1/queues", &json!({"path": "root.etl"}))
+        .expect_error(409);
+    assert_eq!(dup.field.as_deref(), Some("path"));
+
+    let tree: api::QueueView = api.get("/v1/queues").expect(200);
+    assert_eq!(tree.path, "root");
+    assert_eq!(child(&tree, "root.default").capacity, 70.0);
+    let etl = child(&tree, "root.etl");
+    assert_eq!(child(etl, "root.etl.daily").capacity, 100.0);
+
+    let got: api::QueueView = api.get("/v1/queues/root.etl").expect(200);
+    assert_eq!(got.capacity, 30.0);
+    assert_eq!(got.children.len(), 1);
+
+    // An update changes what it names and keeps the rest.
+    let updated: api::QueueView = api
+        .patch(
+            "/v1/queues/root.etl",
+            &json!({"max_capacity": 50, "weight": 3}),
+        )
+        .expect(200);
+    assert_eq!(updated.capacity, 30.0);
+    assert_eq!(updated.max_capacity, 50.0);
+    assert_eq!(updated.settings.weight, Some(3));
+
+    // Jobs go to leaves only.
+    let not_leaf = api
+        .post("/v1/jobs", &function_job("root.etl", "q"))
+        .expect_error(400);
+    assert_eq!(not_leaf.field.as_deref(), Some("queue"));
+
+    let leaf = "root.etl.daily";
+    let stopped: api::QueueView = api
+        .post(&format!("/v1/queues/{leaf}/stop"), &json!({}))
+        .expect(200);
+    assert_eq!(stopped.state, "stopped");
+    let refused = api
+        .post("/v1/jobs", &function_job(leaf, "q"))
+        .expect_error(409);
+    assert_eq!(refused.code, "not_accepting");
+    assert_eq!(refused.field.as_deref(), Some("queue"));
+
+    let started: api::QueueView = api
+        .post(&format!("/v1/queues/{leaf}/start"), &json!({}))
+        .expect(200);
+    assert_eq!(started.state, "running");
+    let held = api.submit(&function_job(leaf, "q"));
+
+    let draining: api::QueueView = api
+        .post(&format!("/v1/queues/{leaf}/drain"), &json!({}))
+        .expect(200);
+    assert_eq!(draining.state, "draining");
+    let refused = api
+        .post("/v1/jobs", &function_job(leaf, "q"))
+        .expect_error(409);
+    assert_eq!(refused.code, "not_accepting");
+    assert_eq!(api.job(held).state, "pending");
+
+    // Deleting a queue that holds jobs needs force, which cancels them.
+    let err = api.delete(&format!("/v1/queues/{leaf}")).expect_error(409);
+    assert_eq!(err.code, "conflict");
+    assert!(err.message.contains("force"), "{}", err.message);
+    api.delete(&format!("/v1/queues/{leaf}?force=true"))
+        .expect_status(204);
+    let cancelled = api.job(held);
+    assert_eq!(cancelled.state, "cancelled");
+    assert!(
+        cancelled
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("root.etl.daily") && r.contains("deleted")),
+        "{:?}",
+        cancelled.reason
+    );
+    let gone = api.get(&format!("/v1/queues/{leaf}")).expect_error(404);
+    assert!(gone.message.contains("known:"), "{}", gone.message);
+    // An empty queue goes without force.
+    api.delete("/v1/queues/root.etl").expect_status(204);
+    let tree: api::QueueView = api.get("/v1/queues").expect(200);
+    assert!(tree.children.iter().all(|c| c.path != "root.etl"));
+    api.delete("/v1/queues/root").expect_error(400);
+}
+
+#[test]
+fn metrics_count_submissions() {
+    let server = Server::start();
+    let api = server.api();
+    for _ in 0..3 {
+        api.submit(&function_job("root.default", "metered"));
+    }
+    let metrics = api.get("/metrics");
+    metrics.expect_status(200);
+    let line = metrics
+        .body
+        .lines()
+        .find(|l| l.starts_with("lqsm_jobs_submitted_total{queue=\"root.default\"}"))
+        .unwrap_or_else(|| panic!("no submission counter in:\n{}", metrics.body));
+    assert_eq!(line.rsplit(' ').next(), Some("3"), "{line}");
+}
+
+#[test]
+fn openapi_document_lists_the_routes() {
+    let server = Server::start();
+    let api = server.api();
+    let reply = api.try_get("/v1/openapi.json").unwrap_or_else(|e| {
+        panic!(
+            "GET /v1/openapi.json got no answer ({e}); the server's log ends with:\n{}",
+            server.log_tail()
+        )
+    });
+    let doc: serde_json::Value = reply.expect(200);
+    let paths = doc["paths"].as_object().expect("paths is an object");
+    for path in [
+        "/v1/jobs",
+        "/v1/jobs/batch",
+        "/v1/jobs/{id}",
+        "/v1/queues",
+        "/v1/workers/{id}/poll",
+    ] {
+        assert!(paths.contains_key(path), "{path} is not in the document");
+    }
+    assert_eq!(api.get("/healthz").body, "ok");
+}

@@ -1,0 +1,171 @@
+//! Bearer tokens and roles: who may call what, and the refusal to listen beyond
+//! loopback without tokens.
+#![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
+
+mod support;
+
+use lqsm_api as api;
+use serde_json::json;
+use support::{Server, SimWorker, function_job};
+
+const TOKENS: &str = r#"
+[[tokens]]
+token = "admin-secret"
+role = "admin"
+
+[[tokens]]
+token = "etl-secret"
+role = "submitter"
+queues = ["root.etl.*"]
+
+[[tokens]]
+token = "worker-secret"
+role = "worker"
+"#;
+
+fn assert_code(reply: &support::Reply, status: u16, code: &str, what: &str) {
+    let error = reply.expect_error(status);
+    assert_eq!(error.code, code, "{what}: {error:?}");
+}
+
+#[test]
+fn tokens_decide_who_may_do_what() {
+    let server = Server::builder().config(TOKENS).start();
+    let anonymous = server.api();
+    let admin = server.api_as("admin-secret");
+    let submitter = server.api_as("etl-secret");
+    let worker = server.api_as("worker-secret");
+    let stranger = server.api_as("guessed-secret");
+
+    // Probes stay open; everything else needs a known token.
+    assert_eq!(anonymous.get("/healthz").status, 200);
+    assert_eq!(anonymous.get("/readyz").status, 200);
+    let job = function_job("root.default", "auth");
+    for (api, who) in [(&anonymous, "no token"), (&stranger, "unknown token")] {
+        assert_code(&api.get("/v1/queues"), 401, "unauthorized", who);
+        assert_code(&api.post("/v1/jobs", &job), 401, "unauthorized", who);
+        assert_code(&api.get("/v1/workers"), 401, "unauthorized", who);
+    }
+
+    // The admin sets up the queues.
+    admin.create_queue(json!({"path": "root.etl"}));
+    admin.create_queue(json!({"path": "root.etl.x", "capacity": 100}));
+    let foreign = admin.submit(&job);
+
+    // A submitter works in its queues only.
+    let denied = submitter.post("/v1/jobs", &job).expect_error(403);
+    assert_eq!(denied.code, "forbidden");
+    assert_eq!(denied.field.as_deref(), Some("queue"));
+    assert!(denied.message.contains("root.etl.*"), "{}", denied.message);
+    let own = submitter.submit(&function_job("root.etl.x", "auth"));
+    assert_eq!(submitter.job(own).queue, "root.etl.x");
+    let batch: api::BatchResult = submitter
+        .post(
+            "/v1/jobs/batch",
+            &api::SubmitBatch {
+                jobs: vec![function_job("root.etl.x", "auth"), job.clone()],
+            },
+        )
+        .expect(200);
+    assert_eq!(batch.accepted, 1);
+    assert_eq!(batch.results[1].error.as_ref().unwrap().code, "forbidden");
+    assert_code(
+        &submitter.get(&format!("/v1/jobs/{foreign}")),
+        403,
+        "forbidden",
+        "reading a job of another queue",
+    );
+    assert_code(
+        &submitter.post(&format!("/v1/jobs/{foreign}/cancel"), &json!({})),
+        403,
+        "forbidden",
+        "cancelling a job of another queue",
+    );
+    assert_eq!(admin.job(foreign).state, "pending");
+    let list: api::JobList = submitter.get("/v1/jobs?queue=root.etl.x").expect(200);
+    assert_eq!(list.jobs.len(), 2);
+    assert_code(
+        &submitter.get("/v1/jobs"),
+        403,
+        "forbidden",
+        "listing every queue",
+    );
+    assert_code(
+        &submitter.post("/v1/queues", &json!({"path": "root.etl.y"})),
+        403,
+        "forbidden",
+        "creating a queue",
+    );
+    // ... and may not act as a worker.
+    let registration = api::RegisterWorker {
+        id: uuid::Uuid::now_v7(),
+        name: "intruder".into(),
+        capacity: api::Resources {
+            cpu: Some(1.0),
+            ..api::Resources::default()
+        },
+        labels: Default::default(),
+        serves_commands: true,
+        handlers: Vec::new(),
+    };
+    assert_code(
+        &submitter.post("/v1/workers", &registration),
+        403,
+        "forbidden",
+        "a submitter registering a worker",
+    );
+    assert_code(
+        &submitter.post(
+            &format!("/v1/workers/{}/poll", registration.id),
+            &api::PollRequest::default(),
+        ),
+        403,
+        "forbidden",
+        "a submitter polling",
+    );
+
+    // A worker token works the worker endpoints and nothing about jobs.
+    assert_code(
+        &worker.post("/v1/jobs", &function_job("root.etl.x", "auth")),
+        403,
+        "forbidden",
+        "a worker submitting",
+    );
+    assert_code(
+        &worker.get(&format!("/v1/jobs/{own}")),
+        403,
+        "forbidden",
+        "a worker reading a job",
+    );
+    assert_code(
+        &worker.post(&format!("/v1/jobs/{own}/cancel"), &json!({})),
+        403,
+        "forbidden",
+        "a worker cancelling a job",
+    );
+    let run = submitter.submit(&function_job("root.etl.x", "auth-run"));
+    let mut sim = SimWorker::register(&worker, "auth-run");
+    let a = sim.next_assignment();
+    assert_eq!(a.job, run);
+    sim.succeed(&a, json!("done"));
+    assert_eq!(submitter.job(run).state, "succeeded");
+
+    // The submitter may cancel in its own queue.
+    let cancelled: api::JobView = submitter
+        .post(
+            &format!("/v1/jobs/{}/cancel", batch.results[0].id.unwrap()),
+            &json!({}),
+        )
+        .expect(200);
+    assert_eq!(cancelled.state, "cancelled");
+}
+
+#[test]
+fn server_refuses_to_listen_beyond_loopback_without_tokens() {
+    let (status, stderr) = Server::builder().start_expecting_refusal("0.0.0.0:0");
+    assert!(!status.success(), "exited with {status}");
+    assert!(
+        stderr.contains("--insecure"),
+        "the refusal should say how to override it; stderr:\n{stderr}"
+    );
+}
