@@ -38,12 +38,30 @@ pub fn resources(
         out.cpu = Millicores((cpu * 1000.0).round() as u64);
     }
     if let Some(mem) = r.memory_mib {
+        if mem > 1 << 40 {
+            return Err(invalid(
+                &format!("{field}.memory_mib"),
+                format!("{mem} MiB is absurd"),
+            ));
+        }
         out.memory = MiB(mem);
     }
     if let Some(gpu) = r.gpu {
+        if gpu > 1 << 16 {
+            return Err(invalid(
+                &format!("{field}.gpu"),
+                format!("{gpu} gpus is absurd"),
+            ));
+        }
         out.gpu = gpu;
     }
     for (name, amount) in &r.custom {
+        if *amount > 1 << 40 {
+            return Err(invalid(
+                &format!("{field}.custom.{name}"),
+                format!("{amount} is absurd"),
+            ));
+        }
         let name = ResourceName::new(name)
             .map_err(|e| invalid(&format!("{field}.custom"), e.to_string()))?;
         out.set_custom(name, *amount);

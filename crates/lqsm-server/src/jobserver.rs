@@ -94,7 +94,24 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         } else {
             "invalid_field"
         };
-        let field = if path == "." { String::new() } else { path };
+        let mut field = if path == "." { String::new() } else { path };
+        // A missing field is reported at its parent: name the field itself.
+        if let Some(missing) = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next())
+        {
+            field = if field.is_empty() {
+                missing.to_owned()
+            } else {
+                format!("{field}.{missing}")
+            };
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "missing_field",
+                format!("{field}: is required"),
+            )
+            .at(field);
+        }
         let text = if field.is_empty() {
             message
         } else {
@@ -344,8 +361,7 @@ async fn list_jobs(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<api::JobList>> {
     let role = state.auth.role(&headers)?;
-    let Query(q) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", e.body_text()))?;
+    let Query(q) = query.map_err(|e| query_error(&e))?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > 1000 {
         return Err(ApiError::invalid_field(
@@ -373,13 +389,12 @@ async fn list_jobs(
     }
     let queue = q.queue.clone();
     let tag = q.tag.clone();
-    let page = state
+    let (mut page, stored) = state
         .runtime
         .read(move |rm: &ResourceManager| {
             let prefix = queue
                 .as_deref()
                 .and_then(|q| lqsm_core::QueuePath::parse(q).ok());
-            let mut ids: Vec<(JobId, String)> = Vec::new();
             let mut matching: Vec<JobId> = rm
                 .jobs()
                 .filter(|j| wanted_state.is_none_or(|s| j.state == s))
@@ -395,27 +410,39 @@ async fn list_jobs(
             matching.sort_unstable();
             let more = matching.len() > limit;
             matching.truncate(limit);
+            let mut jobs = Vec::with_capacity(matching.len());
+            let mut stored = Vec::new();
             for id in matching {
-                if let Some(job) = rm.job(id) {
-                    let q = rm
-                        .queue_path(job.queue)
-                        .map(|p| p.to_string())
-                        .unwrap_or_default();
-                    ids.push((id, q));
+                let Some(job) = rm.job(id) else { continue };
+                let Some(queue) = rm.queue_path(job.queue) else {
+                    continue;
+                };
+                if matches!(job.spec.kind, lqsm_core::JobKind::Stored { .. }) {
+                    stored.push(*id.0.as_bytes());
                 }
+                jobs.push(convert::job_view(job, queue.as_str()));
             }
-            let jobs: Vec<api::JobView> = ids
-                .iter()
-                .filter_map(|(id, q)| rm.job(*id).map(|j| convert::job_view(j, q)))
-                .collect();
             let next_cursor = if more {
                 jobs.last().map(|j| j.id.to_string())
             } else {
                 None
             };
-            api::JobList { jobs, next_cursor }
+            (api::JobList { jobs, next_cursor }, stored)
         })
         .await?;
+    if !stored.is_empty() {
+        let store = state.store.clone();
+        let mut kinds = tokio::task::spawn_blocking(move || {
+            crate::resource_manager::fetch_kinds(store.as_ref(), &stored)
+        })
+        .await
+        .unwrap_or_default();
+        for view in &mut page.jobs {
+            if let Some(kind) = kinds.remove(view.id.as_bytes()) {
+                view.kind = kind;
+            }
+        }
+    }
     Ok(Json(page))
 }
 
@@ -480,8 +507,7 @@ async fn wait_job(
     query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<api::JobView>> {
     let role = state.auth.role(&headers)?;
-    let Query(q) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", e.body_text()))?;
+    let Query(q) = query.map_err(|e| query_error(&e))?;
     let id = parse_job_id(&id)?;
     let view = view_job(&state, id).await?;
     role.require_queue(&view.queue)?;
@@ -554,15 +580,46 @@ async fn list_queues(
 async fn create_queue(
     State(state): State<AppState>,
     headers: HeaderMap,
-    ApiJson(req): ApiJson<api::CreateQueue>,
+    ApiJson(body): ApiJson<serde_json::Value>,
 ) -> ApiResult<Response> {
     state.auth.role(&headers)?.require_admin()?;
-    let config = convert::queue_config(&req.settings, &lqsm_core::QueueConfig::default())?;
+    // `CreateQueue` is `path` plus the settings; parsed in two steps so that errors in
+    // the settings keep their field names (a flattened struct would lose them).
+    let mut body = match body {
+        serde_json::Value::Object(map) => map,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                "the body must be a JSON object with `path` and the queue's settings",
+            ));
+        }
+    };
+    let path = match body.remove("path") {
+        Some(serde_json::Value::String(p)) => p,
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "path",
+                "must be a string like `root.etl`",
+            ));
+        }
+        None => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "missing_field",
+                "path: is required",
+            )
+            .at("path"));
+        }
+    };
+    let text = serde_json::to_vec(&body).map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let settings: api::QueueSettings = parse_json(&text)?;
+    let config = convert::queue_config(&settings, &lqsm_core::QueueConfig::default())?;
     state
         .runtime
-        .queue(QueueOp::Create(req.path.clone(), config))
+        .queue(QueueOp::Create(path.clone(), config))
         .await??;
-    let view = get_queue_view(&state, req.path).await?;
+    let view = get_queue_view(&state, path).await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
@@ -682,8 +739,7 @@ async fn delete_queue(
     query: Result<Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<StatusCode> {
     state.auth.role(&headers)?.require_admin()?;
-    let Query(q) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", e.body_text()))?;
+    let Query(q) = query.map_err(|e| query_error(&e))?;
     state
         .runtime
         .queue(QueueOp::Delete(path, q.force))
@@ -880,6 +936,37 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }
 
+/// A query-string error, naming the parameter when the message does.
+fn query_error(e: &axum::extract::rejection::QueryRejection) -> ApiError {
+    let text = e.body_text();
+    let message = text
+        .trim_start_matches("Failed to deserialize query string: ")
+        .to_owned();
+    let field = message
+        .split('`')
+        .nth(1)
+        .filter(|_| message.contains("field `"))
+        .map(str::to_owned);
+    let code = if message.starts_with("unknown field") {
+        "unknown_field"
+    } else {
+        "invalid_field"
+    };
+    let err = ApiError::new(StatusCode::BAD_REQUEST, code, message);
+    match field {
+        Some(f) => err.at(f),
+        None => err,
+    }
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method; see /v1/openapi.json",
+    )
+}
+
 async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint; see /v1/openapi.json")
 }
@@ -975,6 +1062,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }

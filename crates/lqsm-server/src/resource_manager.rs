@@ -484,14 +484,19 @@ impl Actor {
             }
         }
         for kill in &effects.kills {
-            self.kills
-                .entry(kill.worker)
-                .or_default()
-                .push(api::KillOrder {
-                    job: kill.job.0,
-                    token: kill.token.0,
-                    reason: kill_reason(kill.reason).to_owned(),
-                });
+            let orders = self.kills.entry(kill.worker).or_default();
+            // One order per attempt: a cancel and a stale report may name the same one.
+            if orders
+                .iter()
+                .any(|o| o.job == kill.job.0 && o.token == kill.token.0)
+            {
+                continue;
+            }
+            orders.push(api::KillOrder {
+                job: kill.job.0,
+                token: kill.token.0,
+                reason: kill_reason(kill.reason).to_owned(),
+            });
         }
         // Only polls that may have something new are looked at (and those out of time).
         let mut touched: HashSet<WorkerId> = effects.assignments.iter().map(|a| a.worker).collect();

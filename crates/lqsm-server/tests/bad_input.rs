@@ -293,8 +293,8 @@ fn bad_input_of_every_class_is_answered_with_the_field_to_blame() {
             "/v1/jobs",
             job_with(json!({"resources": {"memory_mib": 1_u64 << 50}})),
         )
-        .field("resources")
-        .mentions("memory"),
+        .field("resources.memory_mib")
+        .mentions("absurd"),
         case(
             "no resources at all",
             "POST",
@@ -543,6 +543,7 @@ fn missing_required_field_is_named() {
             "/v1/jobs",
             json!({"kind": {"type": "function", "handler": "h"}}),
         )
+        .answer(400, "missing_field")
         .field("queue"),
         case(
             "queue without a path",
@@ -550,6 +551,7 @@ fn missing_required_field_is_named() {
             "/v1/queues",
             json!({"capacity": 5}),
         )
+        .answer(400, "missing_field")
         .field("path"),
     ];
     let wrong = check(&api, &cases);

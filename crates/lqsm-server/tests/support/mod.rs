@@ -92,7 +92,7 @@ fn locate_binary() -> PathBuf {
     bin
 }
 
-/// The most recently changed `.rs` file under `crates/*/src`.
+/// The most recently changed `.rs` file of the crates the `lqsm` binary is built from.
 fn newest_source(crates: &Path) -> Option<(PathBuf, SystemTime)> {
     fn walk(dir: &Path, newest: &mut Option<(PathBuf, SystemTime)>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
@@ -115,9 +115,16 @@ fn newest_source(crates: &Path) -> Option<(PathBuf, SystemTime)> {
             }
         }
     }
+    // Only the crates the binary is built from: others changing must not matter.
     let mut newest = None;
-    for krate in std::fs::read_dir(crates).ok()?.flatten() {
-        walk(&krate.path().join("src"), &mut newest);
+    for krate in [
+        "lqsm-core",
+        "lqsm-api",
+        "lqsm-store",
+        "lqsm-server",
+        "lqsm-cli",
+    ] {
+        walk(&crates.join(krate).join("src"), &mut newest);
     }
     newest
 }
