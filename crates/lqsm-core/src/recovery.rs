@@ -8,7 +8,9 @@
 
 use crate::effects::Record;
 use crate::ids::{FencingToken, JobId, QueueId, Timestamp, WorkerId};
-use crate::jobs::{Attempt, AttemptOutcome, Job, JobKey, JobSpec, JobState, Termination, Waiting};
+use crate::jobs::{
+    Attempt, AttemptOutcome, Job, JobKey, JobKind, JobSpec, JobState, Termination, Waiting,
+};
 use crate::policy::Policies;
 use crate::queues::{QueueConfig, QueueError, QueuePath, QueueState, QueueUpdate};
 use crate::resource_manager::{Config, ConfigError, ResourceManager};
@@ -250,6 +252,15 @@ impl ResourceManager {
         let constraint = self
             .index
             .constraint_for(record.spec.selector(), record.spec.kind.handler());
+        let mut record = record;
+        match &mut record.spec.kind {
+            // One shared copy of each handler name, as for submissions.
+            JobKind::Function { handler, .. }
+            | JobKind::Stored {
+                handler: Some(handler),
+            } => *handler = self.index.intern_handler(handler),
+            _ => {}
+        }
         let rank = match self.queues[queue.0 as usize].as_ref() {
             Some(node) => node.ordering.rank(&record.spec),
             None => 0,

@@ -43,7 +43,9 @@ pub enum ServerError {
 
 /// Rebuilds the core from the store (or starts a fresh cluster with `root.default`).
 pub fn restore(store: &dyn Store, config: &ServerConfig) -> Result<ResourceManager, ServerError> {
-    let snapshot = store.load()?;
+    let started = std::time::Instant::now();
+    let mut snapshot = store.load()?;
+    let loaded = started.elapsed();
     // The low bits of a UUIDv7 are random: a fresh seed per process.
     let seed = uuid::Uuid::now_v7().as_u128() as u64;
     let core_config = config.scheduler.core();
@@ -68,14 +70,8 @@ pub fn restore(store: &dyn Store, config: &ServerConfig) -> Result<ResourceManag
                     .map_err(|e| corrupt(format!("queue `{path}`: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let jobs = snapshot
-            .jobs
-            .iter()
-            .map(|(key, bytes)| {
-                serde_json::from_slice::<JobRecord>(bytes)
-                    .map_err(|e| corrupt(format!("job {}: {e}", uuid::Uuid::from_bytes(*key))))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let jobs = decode_jobs(std::mem::take(&mut snapshot.jobs))?;
+        let decoded = started.elapsed();
         let next_token = snapshot
             .meta
             .iter()
@@ -97,6 +93,9 @@ pub fn restore(store: &dyn Store, config: &ServerConfig) -> Result<ResourceManag
             grace,
         )?;
         tracing::info!(
+            load_ms = loaded.as_millis() as u64,
+            decode_ms = (decoded - loaded).as_millis() as u64,
+            restore_ms = (started.elapsed() - decoded).as_millis() as u64,
             queues = report.queues,
             pending = report.pending,
             awaiting_reclaim = report.awaiting_reclaim,
@@ -107,6 +106,56 @@ pub fn restore(store: &dyn Store, config: &ServerConfig) -> Result<ResourceManag
     };
     apply_declared_queues(&mut rm, config)?;
     Ok(rm)
+}
+
+/// Decodes job records on every core, freeing each raw record once decoded.
+fn decode_jobs(raw: Vec<(lqsm_store::JobKey, Vec<u8>)>) -> Result<Vec<JobRecord>, ServerError> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .max(1);
+    let per_thread = raw.len().div_ceil(threads).max(1);
+    let mut chunks = Vec::with_capacity(threads);
+    let mut rest = raw;
+    while rest.len() > per_thread {
+        let tail = rest.split_off(per_thread);
+        chunks.push(rest);
+        rest = tail;
+    }
+    chunks.push(rest);
+    let decode = |chunk: Vec<(lqsm_store::JobKey, Vec<u8>)>| {
+        chunk
+            .into_iter()
+            .map(|(key, bytes)| {
+                serde_json::from_slice::<JobRecord>(&bytes).map_err(|e| {
+                    lqsm_store::StoreError::Corrupt {
+                        what: format!("job {}: {e}", uuid::Uuid::from_bytes(key)),
+                    }
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let decoded: Vec<Result<Vec<JobRecord>, lqsm_store::StoreError>> =
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = chunks
+                .into_iter()
+                .map(|chunk| scope.spawn(move || decode(chunk)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(lqsm_store::StoreError::Corrupt {
+                            what: "a job record could not be decoded".into(),
+                        })
+                    })
+                })
+                .collect()
+        });
+    let mut jobs = Vec::new();
+    for part in decoded {
+        jobs.extend(part?);
+    }
+    Ok(jobs)
 }
 
 /// Creates the queues the config declares; a declared queue that exists with other
