@@ -1,0 +1,552 @@
+//! A typed async client of LQSM's `/v1` HTTP API, over the wire types of `lqsm-api`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use lqsm_client::Client;
+//! use std::time::Duration;
+//!
+//! let client = Client::new("http://127.0.0.1:7420", None)?;
+//! // Celery's `task.delay(...)` and `result.get(timeout=...)`:
+//! let handle = client
+//!     .delay("root.default", "lqsm.echo", serde_json::json!({"hello": "world"}))
+//!     .await?;
+//! let result = handle.get(Duration::from_secs(30)).await?;
+//! assert_eq!(result["hello"], "world");
+//! # Ok(()) }
+//! ```
+//!
+//! Every call answers with the server's type or a [`ClientError`] that says what
+//! happened and what to do about it. A `Client` is cheap to clone: clones share
+//! their connection pool.
+
+mod error;
+mod handle;
+#[cfg(feature = "test-server")]
+pub mod test_server;
+
+pub use error::ClientError;
+pub use handle::{JobFailed, JobHandle};
+
+use error::root_cause;
+use lqsm_api as api;
+use reqwest::header::{AUTHORIZATION, HeaderValue};
+use reqwest::{Method, RequestBuilder, StatusCode, Url};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// How long an ordinary call may take before it fails with [`ClientError::Timeout`].
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Extra time given to calls that wait on the server (long-polls, job waits) beyond
+/// the wait itself.
+const WAIT_MARGIN: Duration = Duration::from_secs(10);
+
+/// Filters of [`Client::list_jobs`]; `None` means "any".
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    /// Only jobs of this queue and the queues below it.
+    pub queue: Option<String>,
+    /// Only jobs in this state (`pending`, `running`, `succeeded`...).
+    pub state: Option<String>,
+    /// Only jobs carrying this tag.
+    pub tag: Option<String>,
+}
+
+/// A connection to one LQSM server.
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    http: reqwest::Client,
+    base: Url,
+    /// The base URL as people wrote it, for messages.
+    shown: String,
+    auth: Option<HeaderValue>,
+    timeout: Duration,
+}
+
+/// A borrowed batch, so submitting one does not copy the jobs.
+#[derive(Serialize)]
+struct BatchRef<'a> {
+    jobs: &'a [api::SubmitJob],
+}
+
+impl Client {
+    /// A client of the server at `base_url` (`http://host:7420`; a path prefix is
+    /// kept), sending `token` as a bearer token when given. Nothing is contacted yet.
+    pub fn new(base_url: &str, token: Option<String>) -> Result<Self, ClientError> {
+        let invalid = |reason: String| ClientError::InvalidUrl {
+            url: base_url.to_owned(),
+            reason,
+        };
+        let base = Url::parse(base_url).map_err(|e| invalid(e.to_string()))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(invalid(format!(
+                "scheme `{}` is not http or https",
+                base.scheme()
+            )));
+        }
+        if base.cannot_be_a_base() {
+            return Err(invalid("it cannot have paths appended".into()));
+        }
+        let auth = match token {
+            Some(token) => {
+                let mut value = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+                    .map_err(|_| ClientError::Unauthorized {
+                        message: "the token contains characters an HTTP header cannot carry".into(),
+                    })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| invalid(format!("cannot set up the HTTP client: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                shown: base_url.trim_end_matches('/').to_owned(),
+                base,
+                auth,
+                timeout: DEFAULT_REQUEST_TIMEOUT,
+            }),
+        })
+    }
+
+    /// The same client with another limit on ordinary calls (default 30 s). Calls that
+    /// wait on the server get their wait on top of a margin, whatever this says.
+    pub fn with_request_timeout(self, timeout: Duration) -> Self {
+        let inner = Inner {
+            http: self.inner.http.clone(),
+            base: self.inner.base.clone(),
+            shown: self.inner.shown.clone(),
+            auth: self.inner.auth.clone(),
+            timeout,
+        };
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The server's base URL, as given.
+    pub fn base_url(&self) -> &str {
+        &self.inner.shown
+    }
+
+    // --- jobs ---
+
+    /// Submits one job (`POST /v1/jobs`). `created` is false when its idempotency key
+    /// matched an existing job, whose id is returned.
+    pub async fn submit(&self, job: &api::SubmitJob) -> Result<api::Submitted, ClientError> {
+        let req = self.request(Method::POST, &["v1", "jobs"]).json(job);
+        self.send(req, "a submission answer").await
+    }
+
+    /// Submits up to 10,000 jobs at once (`POST /v1/jobs/batch`); each is answered on
+    /// its own, in order.
+    pub async fn submit_batch(
+        &self,
+        jobs: &[api::SubmitJob],
+    ) -> Result<api::BatchResult, ClientError> {
+        let req = self
+            .request(Method::POST, &["v1", "jobs", "batch"])
+            .json(&BatchRef { jobs });
+        self.send(req, "a batch answer").await
+    }
+
+    /// A job as it is now (`GET /v1/jobs/{id}`).
+    pub async fn job(&self, id: Uuid) -> Result<api::JobView, ClientError> {
+        let req = self.request(Method::GET, &["v1", "jobs", &id.to_string()]);
+        self.send(req, "a job").await
+    }
+
+    /// A page of at most `limit` jobs (server default 100, at most 1,000) matching
+    /// `filter`, oldest first, after `cursor` (the previous page's `next_cursor`).
+    pub async fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        cursor: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<api::JobList, ClientError> {
+        let mut url = self.url(&["v1", "jobs"]);
+        {
+            let mut query = url.query_pairs_mut();
+            let pairs = [
+                ("queue", filter.queue.as_deref()),
+                ("state", filter.state.as_deref()),
+                ("tag", filter.tag.as_deref()),
+                ("cursor", cursor),
+            ];
+            for (name, value) in pairs {
+                if let Some(value) = value {
+                    query.append_pair(name, value);
+                }
+            }
+            if let Some(limit) = limit {
+                query.append_pair("limit", &limit.to_string());
+            }
+        }
+        let url = strip_empty_query(url);
+        let req = self.request_url(Method::GET, url);
+        self.send(req, "a job list").await
+    }
+
+    /// Cancels a job (`POST /v1/jobs/{id}/cancel`) and answers with its new state. A
+    /// running attempt is killed by its worker.
+    pub async fn cancel(&self, id: Uuid) -> Result<api::JobView, ClientError> {
+        let req = self.request(Method::POST, &["v1", "jobs", &id.to_string(), "cancel"]);
+        self.send(req, "a job").await
+    }
+
+    /// Waits until the job is finished or `timeout` (at most 300 s, the server's
+    /// limit) has passed, and answers with the job as it then is, finished or not
+    /// (`GET /v1/jobs/{id}/wait`).
+    pub async fn wait(&self, id: Uuid, timeout: Duration) -> Result<api::JobView, ClientError> {
+        let timeout_ms = timeout.as_millis().min(300_000) as u64;
+        let mut url = self.url(&["v1", "jobs", &id.to_string(), "wait"]);
+        url.query_pairs_mut()
+            .append_pair("timeout_ms", &timeout_ms.to_string());
+        let req = self
+            .request_url(Method::GET, url)
+            .timeout(Duration::from_millis(timeout_ms) + WAIT_MARGIN);
+        self.send(req, "a job").await
+    }
+
+    /// The captured output (stdout and stderr) of the job's last reported attempt;
+    /// empty when there is none (`GET /v1/jobs/{id}/logs`).
+    pub async fn logs(&self, id: Uuid) -> Result<String, ClientError> {
+        let req = self.request(Method::GET, &["v1", "jobs", &id.to_string(), "logs"]);
+        let (_, bytes) = self.exchange(req).await?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Submits a function job with the queue's defaults and answers with a handle to
+    /// its result: Celery's `task.delay(args)`.
+    pub async fn delay(
+        &self,
+        queue: &str,
+        handler: &str,
+        args: serde_json::Value,
+    ) -> Result<JobHandle, ClientError> {
+        let submitted = self
+            .submit(&api::SubmitJob::function(queue, handler, args))
+            .await?;
+        Ok(JobHandle::new(self.clone(), submitted.id))
+    }
+
+    // --- queues ---
+
+    /// The whole queue tree with live figures (`GET /v1/queues`).
+    pub async fn queues(&self) -> Result<api::QueueView, ClientError> {
+        let req = self.request(Method::GET, &["v1", "queues"]);
+        self.send(req, "a queue tree").await
+    }
+
+    /// One queue and its subtree (`GET /v1/queues/{path}`).
+    pub async fn queue(&self, path: &str) -> Result<api::QueueView, ClientError> {
+        let req = self.request(Method::GET, &["v1", "queues", path]);
+        self.send(req, "a queue").await
+    }
+
+    /// Creates a queue under an existing parent (`POST /v1/queues`).
+    pub async fn create_queue(
+        &self,
+        queue: &api::CreateQueue,
+    ) -> Result<api::QueueView, ClientError> {
+        let req = self.request(Method::POST, &["v1", "queues"]).json(queue);
+        self.send(req, "a queue").await
+    }
+
+    /// Changes the settings given in `settings`; the others stay as they are
+    /// (`PATCH /v1/queues/{path}`).
+    pub async fn update_queue(
+        &self,
+        path: &str,
+        settings: &api::QueueSettings,
+    ) -> Result<api::QueueView, ClientError> {
+        let req = self
+            .request(Method::PATCH, &["v1", "queues", path])
+            .json(settings);
+        self.send(req, "a queue").await
+    }
+
+    /// Stops a queue: it accepts nothing new but runs what it holds.
+    pub async fn stop_queue(&self, path: &str) -> Result<api::QueueView, ClientError> {
+        self.queue_action(path, "stop").await
+    }
+
+    /// Starts a stopped or draining queue again.
+    pub async fn start_queue(&self, path: &str) -> Result<api::QueueView, ClientError> {
+        self.queue_action(path, "start").await
+    }
+
+    /// Drains a queue: it accepts and starts nothing; running attempts finish.
+    pub async fn drain_queue(&self, path: &str) -> Result<api::QueueView, ClientError> {
+        self.queue_action(path, "drain").await
+    }
+
+    async fn queue_action(&self, path: &str, action: &str) -> Result<api::QueueView, ClientError> {
+        let req = self.request(Method::POST, &["v1", "queues", path, action]);
+        self.send(req, "a queue").await
+    }
+
+    /// Deletes a queue. One that holds unfinished jobs needs `force`, which cancels
+    /// them (`DELETE /v1/queues/{path}`).
+    pub async fn delete_queue(&self, path: &str, force: bool) -> Result<(), ClientError> {
+        let mut url = self.url(&["v1", "queues", path]);
+        if force {
+            url.query_pairs_mut().append_pair("force", "true");
+        }
+        let req = self.request_url(Method::DELETE, url);
+        self.exchange(req).await.map(|_| ())
+    }
+
+    // --- workers ---
+
+    /// Registers a worker, or registers it again under the same id after the server
+    /// restarted or lost it (`POST /v1/workers`).
+    pub async fn register_worker(
+        &self,
+        registration: &api::RegisterWorker,
+    ) -> Result<api::WorkerView, ClientError> {
+        let req = self
+            .request(Method::POST, &["v1", "workers"])
+            .json(registration);
+        self.send(req, "a worker").await
+    }
+
+    /// A worker's poll: heartbeat, finished reports and a long-poll for work of up to
+    /// `poll.wait_ms` (`POST /v1/workers/{id}/poll`).
+    ///
+    /// The request is encoded before this returns, so `poll` is only borrowed for the
+    /// call and the returned future owns everything it needs (it can be spawned).
+    pub fn poll(
+        &self,
+        worker: Uuid,
+        poll: &api::PollRequest,
+    ) -> impl Future<Output = Result<api::PollResponse, ClientError>> + Send + 'static {
+        let body = serde_json::to_vec(poll).expect("a poll request always encodes as JSON");
+        let wait = Duration::from_millis(poll.wait_ms);
+        let client = self.clone();
+        let req = self
+            .request(
+                Method::POST,
+                &["v1", "workers", &worker.to_string(), "poll"],
+            )
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )
+            .timeout(wait + WAIT_MARGIN);
+        async move { client.send(req.body(body), "a poll answer").await }
+    }
+
+    /// Tells the server to give the worker nothing new; its running attempts finish
+    /// (`POST /v1/workers/{id}/drain`).
+    pub async fn drain_worker(&self, worker: Uuid) -> Result<api::WorkerView, ClientError> {
+        let req = self.request(
+            Method::POST,
+            &["v1", "workers", &worker.to_string(), "drain"],
+        );
+        self.send(req, "a worker").await
+    }
+
+    /// Every worker the cluster knows, by name (`GET /v1/workers`).
+    pub async fn workers(&self) -> Result<Vec<api::WorkerView>, ClientError> {
+        let req = self.request(Method::GET, &["v1", "workers"]);
+        self.send(req, "a worker list").await
+    }
+
+    /// Cluster totals: workers and jobs by state, resources (`GET /v1/cluster`).
+    pub async fn cluster(&self) -> Result<api::ClusterSummary, ClientError> {
+        let req = self.request(Method::GET, &["v1", "cluster"]);
+        self.send(req, "a cluster summary").await
+    }
+
+    /// Whether the server has restored its state and serves (`GET /readyz`): `false`
+    /// while it restores, an error when it cannot be reached.
+    pub async fn ready(&self) -> Result<bool, ClientError> {
+        let req = self.request(Method::GET, &["readyz"]);
+        match self.exchange(req).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.status() == Some(503) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    // --- plumbing ---
+
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.inner.base.clone();
+        url.path_segments_mut()
+            .expect("checked in new(): the base URL can have paths appended")
+            .pop_if_empty()
+            .extend(segments);
+        url
+    }
+
+    fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
+        self.request_url(method, self.url(segments))
+    }
+
+    fn request_url(&self, method: Method, url: Url) -> RequestBuilder {
+        let req = self
+            .inner
+            .http
+            .request(method, url)
+            .timeout(self.inner.timeout);
+        match &self.inner.auth {
+            Some(auth) => req.header(AUTHORIZATION, auth.clone()),
+            None => req,
+        }
+    }
+
+    /// Sends and decodes a JSON answer of type `T`.
+    async fn send<T: DeserializeOwned>(
+        &self,
+        req: RequestBuilder,
+        what: &'static str,
+    ) -> Result<T, ClientError> {
+        let (status, bytes) = self.exchange(req).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            url: self.inner.shown.clone(),
+            status: status.as_u16(),
+            what,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Sends, and answers with the body of a 2xx answer or the error the server gave.
+    async fn exchange(&self, req: RequestBuilder) -> Result<(StatusCode, Vec<u8>), ClientError> {
+        let (client, req) = req.build_split();
+        let req = req.map_err(|e| self.transport(e, None))?;
+        let timeout = req.timeout().copied();
+        let answer = client
+            .execute(req)
+            .await
+            .map_err(|e| self.transport(e, timeout))?;
+        let status = answer.status();
+        let bytes = answer
+            .bytes()
+            .await
+            .map_err(|e| self.transport(e, timeout))?;
+        if status.is_success() {
+            return Ok((status, bytes.to_vec()));
+        }
+        Err(self.refusal(status, &bytes))
+    }
+
+    fn transport(&self, err: reqwest::Error, timeout: Option<Duration>) -> ClientError {
+        if err.is_timeout() {
+            return ClientError::Timeout {
+                url: self.inner.shown.clone(),
+                after: timeout.unwrap_or(self.inner.timeout),
+            };
+        }
+        ClientError::Unreachable {
+            url: self.inner.shown.clone(),
+            cause: root_cause(&err),
+            source: err,
+        }
+    }
+
+    fn refusal(&self, status: StatusCode, body: &[u8]) -> ClientError {
+        let detail = match serde_json::from_slice::<api::ErrorBody>(body) {
+            Ok(body) => body.error,
+            // Not the server's error shape (a proxy's page, say): show what came.
+            Err(_) => {
+                let text = String::from_utf8_lossy(body);
+                let text: String = text.trim().chars().take(300).collect();
+                api::ErrorDetail {
+                    code: format!("http_{}", status.as_u16()),
+                    message: if text.is_empty() {
+                        format!("the server answered {status} with no explanation")
+                    } else {
+                        text
+                    },
+                    field: None,
+                }
+            }
+        };
+        match status {
+            StatusCode::UNAUTHORIZED => ClientError::Unauthorized {
+                message: detail.message,
+            },
+            StatusCode::FORBIDDEN => ClientError::Forbidden {
+                message: detail.message,
+            },
+            _ => ClientError::Api {
+                status: status.as_u16(),
+                error: detail,
+            },
+        }
+    }
+}
+
+/// `url::Url` leaves a bare `?` behind when no pair was appended.
+fn strip_empty_query(mut url: Url) -> Url {
+    if url.query() == Some("") {
+        url.set_query(None);
+    }
+    url
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn urls_keep_a_path_prefix_and_escape_segments() {
+        let client = Client::new("http://127.0.0.1:7420/lqsm/", None).unwrap();
+        assert_eq!(
+            client.url(&["v1", "queues", "root.a b"]).as_str(),
+            "http://127.0.0.1:7420/lqsm/v1/queues/root.a%20b"
+        );
+        let client = Client::new("http://127.0.0.1:7420", None).unwrap();
+        assert_eq!(
+            client.url(&["v1", "queues", "a/b"]).as_str(),
+            "http://127.0.0.1:7420/v1/queues/a%2Fb"
+        );
+    }
+
+    #[test]
+    fn unusable_urls_are_refused_with_an_example() {
+        for bad in ["127.0.0.1:7420", "ftp://x", "not a url"] {
+            let err = Client::new(bad, None).unwrap_err();
+            assert!(
+                matches!(err, ClientError::InvalidUrl { .. }),
+                "{bad}: {err}"
+            );
+            assert!(err.to_string().contains("http://127.0.0.1:7420"), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_reported_as_unreachable_with_a_hint() {
+        // A port that was just free: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let client = Client::new(&format!("http://127.0.0.1:{port}"), None).unwrap();
+        let err = client.cluster().await.unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, ClientError::Unreachable { .. }), "{text}");
+        assert!(text.contains(&format!("http://127.0.0.1:{port}")), "{text}");
+        assert!(text.to_lowercase().contains("refused"), "{text}");
+        assert!(text.contains("LQSM_SERVER"), "{text}");
+        assert!(err.is_transient());
+    }
+}

@@ -1,0 +1,248 @@
+//! Every route of the client against the real `lqsm server` binary.
+//!
+//! Build the binary first (`cargo build -p lqsm-cli`, same target dir and profile);
+//! without it these tests are skipped, unless `LQSM_REQUIRE_SERVER=1`.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use lqsm_api as api;
+use lqsm_client::test_server::TestServer;
+use lqsm_client::{Client, ClientError, JobFailed, JobFilter};
+use serde_json::json;
+use std::time::Duration;
+use uuid::Uuid;
+
+fn echo(queue: &str) -> api::SubmitJob {
+    api::SubmitJob::function(queue, "lqsm.echo", json!({"n": 1}))
+}
+
+#[tokio::test]
+async fn queue_routes_create_change_and_delete_a_queue() {
+    let Some(server) = TestServer::start().await else {
+        return;
+    };
+    let client = server.client();
+    let created = client
+        .create_queue(&api::CreateQueue {
+            path: "root.etl".into(),
+            settings: api::QueueSettings {
+                max_capacity: Some(50.0),
+                ..Default::default()
+            },
+        })
+        .await
+        .unwrap();
+    assert_eq!(created.path, "root.etl");
+    assert_eq!(created.max_capacity, 50.0);
+    let tree = client.queues().await.unwrap();
+    assert!(tree.children.iter().any(|q| q.path == "root.etl"));
+    let updated = client
+        .update_queue(
+            "root.etl",
+            &api::QueueSettings {
+                weight: Some(3),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.settings.weight, Some(3));
+    assert_eq!(updated.max_capacity, 50.0, "untouched settings stay");
+    assert_eq!(
+        client.stop_queue("root.etl").await.unwrap().state,
+        "stopped"
+    );
+    assert_eq!(
+        client.start_queue("root.etl").await.unwrap().state,
+        "running"
+    );
+    client.submit(&echo("root.etl")).await.unwrap();
+    assert_eq!(
+        client.drain_queue("root.etl").await.unwrap().state,
+        "draining"
+    );
+    // It holds a pending job: deleting needs force.
+    let err = client.delete_queue("root.etl", false).await.unwrap_err();
+    assert_eq!(err.status(), Some(409), "{err}");
+    client.delete_queue("root.etl", true).await.unwrap();
+    let err = client.queue("root.etl").await.unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+}
+
+#[tokio::test]
+async fn job_routes_submit_list_page_and_cancel() {
+    let Some(server) = TestServer::start().await else {
+        return;
+    };
+    let client = server.client();
+    let mut tagged = echo("root.default");
+    tagged.tags = vec!["nightly".into()];
+    let first = client.submit(&tagged).await.unwrap();
+    assert!(first.created);
+    let batch = client
+        .submit_batch(&[
+            echo("root.default"),
+            echo("root.nope"),
+            echo("root.default"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(batch.accepted, 2);
+    let refused = batch.results[1].error.as_ref().unwrap();
+    assert_eq!(
+        refused.field.as_deref(),
+        Some("jobs[1].queue"),
+        "{refused:?}"
+    );
+
+    // Pages of one, oldest first, until the cursor runs out.
+    let filter = JobFilter {
+        queue: Some("root.default".into()),
+        ..JobFilter::default()
+    };
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = client
+            .list_jobs(&filter, cursor.as_deref(), Some(1))
+            .await
+            .unwrap();
+        seen.extend(page.jobs.iter().map(|j| j.id));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[0], first.id);
+    let nightly = client
+        .list_jobs(
+            &JobFilter {
+                tag: Some("nightly".into()),
+                state: Some("pending".into()),
+                ..JobFilter::default()
+            },
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(nightly.jobs.len(), 1);
+
+    let cancelled = client.cancel(first.id).await.unwrap();
+    assert_eq!(cancelled.state, "cancelled");
+    assert_eq!(client.job(first.id).await.unwrap().state, "cancelled");
+    let err = lqsm_client::JobHandle::new(client.clone(), first.id)
+        .get(Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, JobFailed::Cancelled { .. }), "{err}");
+    assert_eq!(client.logs(first.id).await.unwrap(), "");
+    let summary = client.cluster().await.unwrap();
+    assert_eq!(summary.jobs.get("pending"), Some(&2));
+}
+
+#[tokio::test]
+async fn get_gives_up_at_its_timeout_when_nothing_runs_the_job() {
+    let Some(server) = TestServer::start().await else {
+        return;
+    };
+    let handle = server
+        .client()
+        .delay("root.default", "lqsm.noop", json!(null))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let err = handle.get(Duration::from_millis(300)).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    match &err {
+        JobFailed::Timeout { state, .. } => assert_eq!(state, "pending"),
+        other => panic!("expected a timeout, got {other}"),
+    }
+    assert!(err.to_string().contains("get() again"), "{err}");
+}
+
+#[tokio::test]
+async fn server_errors_carry_the_message_and_the_field_at_fault() {
+    let Some(server) = TestServer::start().await else {
+        return;
+    };
+    let client = server.client();
+    let err = client.submit(&echo("root.nope")).await.unwrap_err();
+    match &err {
+        ClientError::Api { status, error } => {
+            assert_eq!(*status, 404);
+            assert_eq!(error.field.as_deref(), Some("queue"));
+        }
+        other => panic!("expected an API error, got {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains("root.nope") && text.contains("field `queue`"),
+        "{text}"
+    );
+    let err = client.job(Uuid::now_v7()).await.unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+}
+
+#[tokio::test]
+async fn worker_routes_register_poll_and_drain() {
+    let Some(server) = TestServer::start().await else {
+        return;
+    };
+    let client = server.client();
+    let id = Uuid::now_v7();
+    let view = client
+        .register_worker(&api::RegisterWorker {
+            id,
+            name: "w".into(),
+            capacity: api::Resources {
+                cpu: Some(2.0),
+                memory_mib: Some(1024),
+                ..Default::default()
+            },
+            labels: Default::default(),
+            serves_commands: true,
+            handlers: vec!["*".into()],
+        })
+        .await
+        .unwrap();
+    assert_eq!(view.id, id);
+    let job = client.submit(&echo("root.default")).await.unwrap();
+    let answer = client
+        .poll(
+            id,
+            &api::PollRequest {
+                wait_ms: 2000,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.assignments.len(), 1);
+    assert_eq!(answer.assignments[0].job, job.id);
+    assert_eq!(client.drain_worker(id).await.unwrap().state, "draining");
+    assert_eq!(client.workers().await.unwrap().len(), 1);
+    // A worker the server does not know is told to register again.
+    let err = client
+        .poll(Uuid::now_v7(), &api::PollRequest::default())
+        .await
+        .unwrap_err();
+    assert!(err.is_register_again(), "{err}");
+}
+
+#[tokio::test]
+async fn a_server_with_tokens_refuses_a_missing_or_wrong_token_with_a_hint() {
+    let Some(server) = TestServer::start_with(&["--admin-token", "s3cret"]).await else {
+        return;
+    };
+    let err = server.client().cluster().await.unwrap_err();
+    assert!(matches!(err, ClientError::Unauthorized { .. }), "{err}");
+    assert!(err.to_string().contains("LQSM_TOKEN"), "{err}");
+    let wrong = Client::new(server.url(), Some("nope".into())).unwrap();
+    assert!(matches!(
+        wrong.cluster().await.unwrap_err(),
+        ClientError::Unauthorized { .. }
+    ));
+    let right = Client::new(server.url(), Some("s3cret".into())).unwrap();
+    assert_eq!(right.cluster().await.unwrap().queues, 2);
+}

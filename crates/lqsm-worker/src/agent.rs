@@ -1,0 +1,1142 @@
+//! The poll loop: one task owns the worker's state (attempts, reports, GPU pool) and
+//! talks to the server; attempts run in their own tasks and report back through a
+//! channel.
+//!
+//! One poll is current at a time. It carries the heartbeat, every attempt running
+//! and every report not yet acknowledged, and waits for work. Reports stay until a
+//! poll that carried them is answered, so a network error or a server restart loses
+//! none. When an attempt finishes during a long-poll, the poll is replaced by a new
+//! one (the server answers the old one empty), so results reach the server at once.
+
+use crate::cgroup::MemoryLimits;
+use crate::executor::{self, CommandSpec, Ending, ExecOptions, Stop};
+use crate::handlers::{Call, CatchPanic, Handler, HandlerFuture, HandlerResult, panic_message};
+use crate::{RunSummary, WorkerError};
+use lqsm_api as api;
+use lqsm_client::{Client, ClientError};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep_until};
+use uuid::Uuid;
+
+/// An attempt: its job and fencing token.
+pub(crate) type AttemptKey = (Uuid, u64);
+
+/// How many attempts the dedupe memory remembers beyond those running.
+const REMEMBERED_ATTEMPTS: usize = 100_000;
+
+/// Polls replaced but not yet answered; beyond this a finished attempt waits for the
+/// current poll instead of replacing it.
+const MAX_REPLACED_POLLS: usize = 4;
+
+/// How long reports may take to reach the server once everything has stopped.
+const FINAL_FLUSH: Duration = Duration::from_secs(5);
+
+/// How long a kill-now waits for the killed attempts to be reaped.
+const KILL_WAIT: Duration = Duration::from_secs(2);
+
+/// Timing and limits the loop works with.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    pub poll_wait: Duration,
+    pub cut_short_after: Duration,
+    pub kill_grace: Duration,
+    pub log_cap: usize,
+    pub drain_grace: Duration,
+    pub backoff_cap: Duration,
+    pub serves_commands: bool,
+}
+
+/// A running attempt.
+struct Running {
+    /// Orders to the attempt's task.
+    stop: watch::Sender<Stop>,
+    /// GPU indices it holds, back to the pool when it ends.
+    gpus: Vec<u32>,
+}
+
+/// An attempt's end, from its task.
+pub(crate) struct Done {
+    key: AttemptKey,
+    result: api::AttemptResult,
+    logs: Option<String>,
+}
+
+/// The answer of a call made in the background.
+enum Net {
+    Registered {
+        seq: u64,
+        result: Result<api::WorkerView, ClientError>,
+    },
+    Polled {
+        seq: u64,
+        /// Reports numbered below this were in the poll.
+        carried_below: u64,
+        result: Result<api::PollResponse, ClientError>,
+    },
+    Drained(Result<api::WorkerView, ClientError>),
+}
+
+/// The call the loop waits on.
+struct Current {
+    seq: u64,
+    sent_at: Instant,
+    /// A poll that waits for work (as opposed to a registration or a quick poll).
+    long_poll: bool,
+}
+
+/// Finished attempts not yet acknowledged, numbered in order of finishing.
+#[derive(Default)]
+struct Reports {
+    items: Vec<api::FinishedAttempt>,
+    first_seq: u64,
+}
+
+impl Reports {
+    fn push(&mut self, report: api::FinishedAttempt) {
+        self.items.push(report);
+    }
+
+    /// The number the next report will get.
+    fn end_seq(&self) -> u64 {
+        self.first_seq + self.items.len() as u64
+    }
+
+    /// Drops every report numbered below `end`: a poll carrying them was answered
+    /// (accepted or refused, they are done with).
+    fn acknowledge_below(&mut self, end: u64) {
+        let n = end
+            .saturating_sub(self.first_seq)
+            .min(self.items.len() as u64);
+        self.items.drain(..n as usize);
+        self.first_seq += n;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+/// The attempts already started, so that one handed out twice runs once.
+pub(crate) struct SeenAttempts {
+    set: HashSet<AttemptKey>,
+    order: VecDeque<AttemptKey>,
+    capacity: usize,
+}
+
+impl SeenAttempts {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            set: HashSet::new(),
+            order: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    /// Remembers `key`; false if it was already known.
+    pub(crate) fn insert(&mut self, key: AttemptKey) -> bool {
+        if !self.set.insert(key) {
+            return false;
+        }
+        self.order.push_back(key);
+        if self.order.len() > self.capacity
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        true
+    }
+}
+
+/// Exponential backoff with jitter, so a fleet of workers does not reconnect in step.
+struct Backoff {
+    failures: u32,
+    cap: Duration,
+    rng: u64,
+}
+
+impl Backoff {
+    fn new(cap: Duration, seed: u64) -> Self {
+        Self {
+            failures: 0,
+            cap,
+            rng: seed | 1,
+        }
+    }
+
+    /// The wait before the next try: 100 ms doubling per failure up to the cap, of
+    /// which a random half is taken off.
+    fn next_delay(&mut self) -> Duration {
+        let full = Duration::from_millis(100)
+            .saturating_mul(1 << self.failures.min(16))
+            .min(self.cap);
+        self.failures = self.failures.saturating_add(1);
+        // splitmix64
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let fraction = (z >> 11) as f64 / (1u64 << 53) as f64;
+        full.mul_f64(0.5 + 0.5 * fraction)
+    }
+
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// The worker's state, owned by the poll loop.
+pub(crate) struct Agent {
+    client: Client,
+    id: Uuid,
+    registration: api::RegisterWorker,
+    settings: Settings,
+    handlers: HashMap<String, Handler>,
+    handler_names: String,
+    limits: Option<Arc<MemoryLimits>>,
+    free_gpus: Vec<u32>,
+    has_gpus: bool,
+    running: HashMap<AttemptKey, Running>,
+    seen: SeenAttempts,
+    reports: Reports,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
+    net_tx: mpsc::UnboundedSender<Net>,
+    net_rx: mpsc::UnboundedReceiver<Net>,
+    current: Option<Current>,
+    calls: Vec<JoinHandle<()>>,
+    next_seq: u64,
+    registered: bool,
+    backoff: Backoff,
+    retry_at: Option<Instant>,
+    replace_at: Option<Instant>,
+    replaced: usize,
+    summary: RunSummary,
+}
+
+impl Agent {
+    pub(crate) fn new(
+        client: Client,
+        registration: api::RegisterWorker,
+        settings: Settings,
+        handlers: HashMap<String, Handler>,
+        limits: Option<Arc<MemoryLimits>>,
+        gpus: Vec<u32>,
+    ) -> Self {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let (net_tx, net_rx) = mpsc::unbounded_channel();
+        let mut names: Vec<&str> = handlers.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        let handler_names = names.join(", ");
+        let seed = registration.id.as_u128() as u64;
+        Self {
+            client,
+            id: registration.id,
+            backoff: Backoff::new(settings.backoff_cap, seed),
+            registration,
+            settings,
+            handlers,
+            handler_names,
+            limits,
+            has_gpus: !gpus.is_empty(),
+            free_gpus: gpus,
+            running: HashMap::new(),
+            seen: SeenAttempts::new(REMEMBERED_ATTEMPTS),
+            reports: Reports::default(),
+            done_tx,
+            done_rx,
+            net_tx,
+            net_rx,
+            current: None,
+            calls: Vec::new(),
+            next_seq: 0,
+            registered: false,
+            retry_at: None,
+            replace_at: None,
+            replaced: 0,
+            summary: RunSummary::default(),
+        }
+    }
+
+    /// Runs until `shutdown` (then drains) or a kill order, or until the server
+    /// refuses this worker for good.
+    pub(crate) async fn run(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+        mut kill: watch::Receiver<bool>,
+    ) -> Result<RunSummary, WorkerError> {
+        tokio::pin!(shutdown);
+        let mut draining = false;
+        let mut kill_open = true;
+        let mut drain_deadline: Option<Instant> = None;
+        let mut stopped_all = false;
+        let mut flush_deadline: Option<Instant> = None;
+        let outcome = loop {
+            if *kill.borrow() {
+                self.kill_now().await;
+                break Ok(());
+            }
+            // Whatever finished meanwhile rides on the next poll.
+            while let Ok(done) = self.done_rx.try_recv() {
+                self.on_done(done);
+            }
+            if draining && self.running.is_empty() {
+                if self.reports.is_empty() {
+                    break Ok(());
+                }
+                let deadline = *flush_deadline.get_or_insert(Instant::now() + FINAL_FLUSH);
+                if Instant::now() >= deadline {
+                    tracing::warn!(
+                        reports = self.reports.items.len(),
+                        "shutting down with attempts the server was not told about"
+                    );
+                    break Ok(());
+                }
+            }
+            if self.current.is_none() && self.retry_at.is_none_or(|t| t <= Instant::now()) {
+                self.retry_at = None;
+                if self.registered {
+                    let quick = draining && self.running.is_empty();
+                    self.send_poll(if quick {
+                        Duration::ZERO
+                    } else {
+                        self.settings.poll_wait
+                    });
+                } else {
+                    self.send_registration();
+                }
+            }
+            tokio::select! {
+                biased;
+                changed = kill.changed(), if kill_open => {
+                    if changed.is_err() {
+                        kill_open = false;
+                    }
+                }
+                () = &mut shutdown, if !draining => {
+                    draining = true;
+                    drain_deadline = Some(Instant::now() + self.settings.drain_grace);
+                    self.begin_drain();
+                }
+                Some(net) = self.net_rx.recv() => {
+                    if let Err(e) = self.on_net(net) {
+                        break Err(e);
+                    }
+                }
+                Some(done) = self.done_rx.recv() => self.on_done(done),
+                () = sleep_until_opt(self.replace_at) => self.replace_current_poll(),
+                () = sleep_until_opt(self.retry_at), if self.current.is_none() => {}
+                () = sleep_until_opt(drain_deadline), if !stopped_all => {
+                    stopped_all = true;
+                    tracing::warn!(
+                        attempts = self.running.len(),
+                        "drain grace over: stopping the attempts still running"
+                    );
+                    self.stop_all(Stop::Graceful("the worker shut down before it finished".into()));
+                }
+                () = sleep_until_opt(flush_deadline), if draining && self.running.is_empty() => {}
+            }
+        };
+        if outcome.is_err() {
+            // Refused for good: nothing may outlive the worker.
+            self.kill_now().await;
+        }
+        for call in self.calls.drain(..) {
+            call.abort();
+        }
+        self.summary.unreported = self.reports.items.len();
+        outcome.map(|()| self.summary)
+    }
+
+    // --- talking to the server ---
+
+    fn next_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    fn spawn_call(&mut self, call: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.calls.retain(|c| !c.is_finished());
+        self.calls.push(tokio::spawn(call));
+    }
+
+    fn send_registration(&mut self) {
+        let seq = self.next_seq();
+        let client = self.client.clone();
+        let registration = self.registration.clone();
+        let tx = self.net_tx.clone();
+        self.spawn_call(async move {
+            let result = client.register_worker(&registration).await;
+            let _ = tx.send(Net::Registered { seq, result });
+        });
+        self.current = Some(Current {
+            seq,
+            sent_at: Instant::now(),
+            long_poll: false,
+        });
+    }
+
+    fn send_poll(&mut self, wait: Duration) {
+        let seq = self.next_seq();
+        let request = api::PollRequest {
+            running: self
+                .running
+                .keys()
+                .map(|&(job, token)| api::AttemptRef { job, token })
+                .collect(),
+            finished: std::mem::take(&mut self.reports.items),
+            wait_ms: wait.as_millis() as u64,
+        };
+        let call = self.client.poll(self.id, &request);
+        // The request is encoded: the reports stay here until acknowledged.
+        self.reports.items = request.finished;
+        let carried_below = self.reports.end_seq();
+        let tx = self.net_tx.clone();
+        self.spawn_call(async move {
+            let result = call.await;
+            let _ = tx.send(Net::Polled {
+                seq,
+                carried_below,
+                result,
+            });
+        });
+        self.current = Some(Current {
+            seq,
+            sent_at: Instant::now(),
+            long_poll: !wait.is_zero(),
+        });
+        self.replace_at = None;
+    }
+
+    fn begin_drain(&mut self) {
+        tracing::info!(worker = %self.id, running = self.running.len(), "draining: taking no new work");
+        if !self.registered {
+            return;
+        }
+        let client = self.client.clone();
+        let id = self.id;
+        let tx = self.net_tx.clone();
+        self.spawn_call(async move {
+            let _ = tx.send(Net::Drained(client.drain_worker(id).await));
+        });
+        // A long-poll waiting for work would only delay the end.
+        if self.running.is_empty() {
+            self.replace_current_poll();
+        }
+    }
+
+    /// Makes the current long-poll stale so that the loop sends a new one at once.
+    /// The server answers the stale one empty; if its answer was already on the way,
+    /// its assignments are ignored (the server treats them as lost, since the new
+    /// poll does not list them, and runs them again).
+    fn replace_current_poll(&mut self) {
+        self.replace_at = None;
+        if self.current.as_ref().is_some_and(|c| c.long_poll) {
+            self.current = None;
+            self.replaced += 1;
+        }
+    }
+
+    /// After an attempt finished: replace the current long-poll once it is old enough
+    /// that an answer to it is unlikely to be on the way.
+    fn hurry_report(&mut self) {
+        let Some(current) = &self.current else {
+            return;
+        };
+        if !current.long_poll || self.replace_at.is_some() || self.replaced >= MAX_REPLACED_POLLS {
+            return;
+        }
+        self.replace_at = Some(current.sent_at + self.settings.cut_short_after);
+    }
+
+    fn on_net(&mut self, net: Net) -> Result<(), WorkerError> {
+        match net {
+            Net::Registered { seq, result } => {
+                if self.current.as_ref().is_some_and(|c| c.seq == seq) {
+                    self.current = None;
+                }
+                match result {
+                    Ok(view) => {
+                        tracing::info!(worker = %self.id, name = %view.name, "registered");
+                        self.registered = true;
+                        self.backoff.reset();
+                        Ok(())
+                    }
+                    Err(e) if e.is_transient() => {
+                        self.retry_later(&e, "registration");
+                        Ok(())
+                    }
+                    Err(e) => Err(WorkerError::Refused(e)),
+                }
+            }
+            Net::Polled {
+                seq,
+                carried_below,
+                result,
+            } => {
+                let is_current = self.current.as_ref().is_some_and(|c| c.seq == seq);
+                if is_current {
+                    self.current = None;
+                    self.replace_at = None;
+                } else {
+                    self.replaced = self.replaced.saturating_sub(1);
+                }
+                match result {
+                    Ok(answer) => {
+                        self.on_answer(answer, carried_below, is_current);
+                        Ok(())
+                    }
+                    Err(_) if !is_current => Ok(()),
+                    Err(e) if e.is_register_again() => {
+                        tracing::info!(worker = %self.id, "the server asks this worker to register again (it restarted or lost it); running attempts are kept");
+                        self.registered = false;
+                        Ok(())
+                    }
+                    Err(e @ (ClientError::Unauthorized { .. } | ClientError::Forbidden { .. })) => {
+                        Err(WorkerError::Refused(e))
+                    }
+                    Err(e) => {
+                        self.retry_later(&e, "poll");
+                        Ok(())
+                    }
+                }
+            }
+            Net::Drained(result) => {
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "could not tell the server this worker drains; it stops taking work anyway");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn retry_later(&mut self, error: &ClientError, what: &str) {
+        let delay = self.backoff.next_delay();
+        tracing::warn!(error = %error, retry_in = ?delay, "{what} failed; running attempts continue");
+        self.retry_at = Some(Instant::now() + delay);
+    }
+
+    fn on_answer(&mut self, answer: api::PollResponse, carried_below: u64, is_current: bool) {
+        self.reports.acknowledge_below(carried_below);
+        for refused in &answer.refused {
+            tracing::debug!(job = %refused.job, token = refused.token, reason = %refused.reason, "report refused");
+        }
+        for order in answer.kill {
+            if let Some(running) = self.running.get(&(order.job, order.token)) {
+                tracing::info!(job = %order.job, token = order.token, reason = %order.reason, "stopping an attempt on the server's order");
+                let reason = format!("stopped on the server's order ({})", order.reason);
+                running
+                    .stop
+                    .send_if_modified(|stop| escalate(stop, Stop::Graceful(reason)));
+            }
+        }
+        if !is_current {
+            if !answer.assignments.is_empty() {
+                tracing::warn!(
+                    count = answer.assignments.len(),
+                    "assignments arrived on a replaced poll; not started (the server runs them again)"
+                );
+            }
+            return;
+        }
+        self.backoff.reset();
+        for assignment in answer.assignments {
+            self.start(assignment);
+        }
+    }
+
+    // --- attempts ---
+
+    /// Starts an assignment, unless it was started before.
+    pub(crate) fn start(&mut self, assignment: api::Assignment) {
+        let key = (assignment.job, assignment.token);
+        if self.running.contains_key(&key) || !self.seen.insert(key) {
+            tracing::warn!(job = %key.0, token = key.1, "the same attempt was assigned twice; it runs once");
+            return;
+        }
+        self.summary.started += 1;
+        let timeout = assignment.timeout_ms.map(Duration::from_millis);
+        match assignment.kind {
+            api::JobKind::Function { handler, args } => {
+                let Some(found) = self.handlers.get(&handler) else {
+                    let message = format!(
+                        "this worker has no handler `{handler}` (it serves: {})",
+                        self.handler_names
+                    );
+                    self.finish_now(key, failed(message));
+                    return;
+                };
+                // A handler may panic before it even returns its future.
+                let call = std::panic::catch_unwind(AssertUnwindSafe(|| found.call(args)));
+                match call {
+                    Ok(Call::Done(result)) => self.finish_now(key, function_result(result)),
+                    Ok(Call::Pending(call)) => self.spawn_function(key, call, timeout),
+                    Err(panic) => self.finish_now(key, failed(panic_message(panic.as_ref()))),
+                }
+            }
+            api::JobKind::Command { argv, env, cwd } => {
+                if !self.settings.serves_commands {
+                    self.finish_now(key, failed("this worker does not run command jobs".into()));
+                    return;
+                }
+                let gpus = self.take_gpus(assignment.resources.gpu);
+                let mut env: Vec<(String, String)> = env.into_iter().collect();
+                env.extend([
+                    ("LQSM_JOB_ID".to_owned(), assignment.job.to_string()),
+                    ("LQSM_ATTEMPT".to_owned(), assignment.attempt.to_string()),
+                    ("LQSM_QUEUE".to_owned(), assignment.queue),
+                    ("LQSM_CPUS".to_owned(), assignment.resources.cpu.to_string()),
+                    (
+                        "LQSM_MEMORY_MIB".to_owned(),
+                        assignment.resources.memory_mib.to_string(),
+                    ),
+                ]);
+                if self.has_gpus {
+                    // Granted none: see none.
+                    let visible: Vec<String> = gpus.iter().map(u32::to_string).collect();
+                    env.push(("CUDA_VISIBLE_DEVICES".to_owned(), visible.join(",")));
+                }
+                let spec = CommandSpec { argv, env, cwd };
+                self.spawn_command(key, spec, timeout, assignment.resources.memory_mib, gpus);
+            }
+        }
+    }
+
+    fn take_gpus(&mut self, wanted: u32) -> Vec<u32> {
+        let wanted = wanted as usize;
+        if wanted == 0 {
+            return Vec::new();
+        }
+        if wanted > self.free_gpus.len() {
+            tracing::warn!(
+                wanted,
+                free = self.free_gpus.len(),
+                "an attempt was granted more GPUs than are free here; it gets those that are"
+            );
+        }
+        let split = self.free_gpus.len().saturating_sub(wanted);
+        self.free_gpus.split_off(split)
+    }
+
+    fn finish_now(&mut self, key: AttemptKey, result: api::AttemptResult) {
+        self.on_done(Done {
+            key,
+            result,
+            logs: None,
+        });
+    }
+
+    fn spawn_function(&mut self, key: AttemptKey, call: HandlerFuture, timeout: Option<Duration>) {
+        let (stop_tx, mut stop_rx) = watch::channel(Stop::Run);
+        self.running.insert(
+            key,
+            Running {
+                stop: stop_tx,
+                gpus: Vec::new(),
+            },
+        );
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            let deadline = timeout.map(|t| Instant::now() + t);
+            let call = CatchPanic(call);
+            tokio::pin!(call);
+            let result = loop {
+                tokio::select! {
+                    result = &mut call => break function_result(result),
+                    () = sleep_until_opt(deadline) => break api::AttemptResult::TimedOut,
+                    changed = stop_rx.changed() => {
+                        if changed.is_err() {
+                            // Nobody can stop it any more: let it finish.
+                            break function_result(call.await);
+                        }
+                        let order = stop_rx.borrow_and_update().clone();
+                        if let Stop::Graceful(reason) | Stop::Now(reason) = order {
+                            break failed(reason);
+                        }
+                    }
+                }
+            };
+            let _ = done.send(Done {
+                key,
+                result,
+                logs: None,
+            });
+        });
+    }
+
+    fn spawn_command(
+        &mut self,
+        key: AttemptKey,
+        spec: CommandSpec,
+        timeout: Option<Duration>,
+        memory_mib: u64,
+        gpus: Vec<u32>,
+    ) {
+        let (stop_tx, stop_rx) = watch::channel(Stop::Run);
+        self.running.insert(
+            key,
+            Running {
+                stop: stop_tx,
+                gpus,
+            },
+        );
+        let options = ExecOptions {
+            timeout,
+            grace: self.settings.kill_grace,
+            log_cap: self.settings.log_cap,
+        };
+        let limits = self.limits.clone();
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            let cgroup = limits.and_then(|l| match l.attempt(&format!("a{}", key.1), memory_mib) {
+                Ok(cg) => Some(cg),
+                Err(e) => {
+                    tracing::warn!(error = %e, job = %key.0, "no memory limit for this attempt: cannot create its cgroup");
+                    None
+                }
+            });
+            let outcome = executor::run_command(spec, &options, stop_rx, cgroup.as_ref()).await;
+            if let Some(cg) = cgroup {
+                let _ = tokio::task::spawn_blocking(move || cg.remove()).await;
+            }
+            let result = command_result(&outcome, memory_mib);
+            let logs = (!outcome.output.is_empty()).then_some(outcome.output);
+            let _ = done.send(Done { key, result, logs });
+        });
+    }
+
+    fn on_done(&mut self, done: Done) {
+        if let Some(running) = self.running.remove(&done.key) {
+            self.free_gpus.extend(running.gpus);
+        }
+        match &done.result {
+            api::AttemptResult::Succeeded { .. } => self.summary.succeeded += 1,
+            _ => self.summary.failed += 1,
+        }
+        self.reports.push(api::FinishedAttempt {
+            job: done.key.0,
+            token: done.key.1,
+            result: done.result,
+            logs: done.logs,
+        });
+        self.hurry_report();
+    }
+
+    fn stop_all(&mut self, order: Stop) {
+        for running in self.running.values() {
+            running
+                .stop
+                .send_if_modified(|stop| escalate(stop, order.clone()));
+        }
+    }
+
+    /// Kills every attempt's processes, waits briefly for them to be reaped, and tells
+    /// the server what it can in a moment.
+    async fn kill_now(&mut self) {
+        self.summary.killed = self.running.len();
+        self.stop_all(Stop::Now("the worker was killed".into()));
+        let deadline = Instant::now() + KILL_WAIT;
+        while !self.running.is_empty() {
+            tokio::select! {
+                Some(done) = self.done_rx.recv() => self.on_done(done),
+                () = sleep_until(deadline) => break,
+            }
+        }
+        if self.registered && !self.reports.is_empty() {
+            let call = self.client.poll(
+                self.id,
+                &api::PollRequest {
+                    running: Vec::new(),
+                    finished: std::mem::take(&mut self.reports.items),
+                    wait_ms: 0,
+                },
+            );
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), call).await {
+                self.reports = Reports::default();
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn reports(&self) -> &[api::FinishedAttempt] {
+        &self.reports.items
+    }
+
+    #[cfg(test)]
+    pub(crate) fn running_count(&self) -> usize {
+        self.running.len()
+    }
+
+    #[cfg(test)]
+    pub(crate) async fn next_done(&mut self) {
+        if let Some(done) = self.done_rx.recv().await {
+            self.on_done(done);
+        }
+    }
+}
+
+/// Orders only escalate: a graceful stop does not undo a kill.
+fn escalate(current: &mut Stop, order: Stop) -> bool {
+    let rank = |s: &Stop| match s {
+        Stop::Run => 0,
+        Stop::Graceful(_) => 1,
+        Stop::Now(_) => 2,
+    };
+    if rank(&order) > rank(current) {
+        *current = order;
+        true
+    } else {
+        false
+    }
+}
+
+fn failed(message: String) -> api::AttemptResult {
+    api::AttemptResult::Failed {
+        exit_code: None,
+        message,
+    }
+}
+
+fn function_result(result: HandlerResult) -> api::AttemptResult {
+    match result {
+        Ok(value) => api::AttemptResult::Succeeded {
+            result: Some(value),
+            exit_code: None,
+        },
+        Err(message) => failed(message),
+    }
+}
+
+fn command_result(outcome: &executor::CommandOutcome, memory_mib: u64) -> api::AttemptResult {
+    match &outcome.ending {
+        Ending::Exited(0) => api::AttemptResult::Succeeded {
+            result: None,
+            exit_code: Some(0),
+        },
+        Ending::Exited(code) => {
+            let last = outcome.last_line();
+            let message = if outcome.memory_exceeded {
+                format!("exit code {code} after exceeding its memory limit of {memory_mib} MiB")
+            } else if last.is_empty() {
+                format!("exit code {code} (no output)")
+            } else {
+                format!("exit code {code}: {last}")
+            };
+            api::AttemptResult::Failed {
+                exit_code: Some(*code),
+                message,
+            }
+        }
+        Ending::Signalled(signal) => {
+            let name = nix::sys::signal::Signal::try_from(*signal)
+                .map_or_else(|_| "unknown".to_owned(), |s| s.as_str().to_owned());
+            let message = if outcome.memory_exceeded {
+                format!("killed by the kernel for exceeding its memory limit of {memory_mib} MiB")
+            } else {
+                format!("killed by signal {signal} ({name})")
+            };
+            failed(message)
+        }
+        Ending::TimedOut => api::AttemptResult::TimedOut,
+        Ending::Stopped(reason) => failed(reason.clone()),
+        Ending::SpawnFailed(message) => failed(message.clone()),
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    fn agent() -> Agent {
+        let client = Client::new("http://127.0.0.1:9", None).unwrap();
+        let registration = api::RegisterWorker {
+            id: Uuid::now_v7(),
+            name: "test".into(),
+            capacity: api::Resources::default(),
+            labels: Default::default(),
+            serves_commands: true,
+            handlers: Vec::new(),
+        };
+        let settings = Settings {
+            poll_wait: Duration::from_secs(2),
+            cut_short_after: Duration::from_millis(25),
+            kill_grace: Duration::from_millis(200),
+            log_cap: 1024,
+            drain_grace: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(5),
+            serves_commands: true,
+        };
+        let handlers = crate::handlers::BUILTIN_HANDLERS
+            .iter()
+            .filter_map(|n| Some(((*n).to_owned(), Handler::builtin(n)?)))
+            .collect();
+        Agent::new(client, registration, settings, handlers, None, vec![0, 1])
+    }
+
+    fn assignment(kind: api::JobKind, token: u64) -> api::Assignment {
+        api::Assignment {
+            job: Uuid::now_v7(),
+            token,
+            attempt: 1,
+            queue: "root.default".into(),
+            kind,
+            resources: api::ResourceFigures {
+                cpu: 0.5,
+                memory_mib: 64,
+                gpu: 0,
+                custom: Default::default(),
+            },
+            timeout_ms: None,
+        }
+    }
+
+    fn echo(args: serde_json::Value) -> api::JobKind {
+        api::JobKind::Function {
+            handler: "lqsm.echo".into(),
+            args,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_attempt_assigned_twice_runs_once() {
+        let mut agent = agent();
+        let a = assignment(echo(json!(1)), 7);
+        agent.start(a.clone());
+        agent.start(a.clone());
+        assert_eq!(agent.reports().len(), 1);
+        // Even after its report left, the same (job, token) is not run again.
+        agent.reports.acknowledge_below(u64::MAX);
+        agent.start(a);
+        assert!(agent.reports().is_empty());
+        assert_eq!(agent.summary.started, 1);
+    }
+
+    #[tokio::test]
+    async fn a_new_token_for_the_same_job_is_a_new_attempt() {
+        let mut agent = agent();
+        let mut a = assignment(echo(json!(1)), 7);
+        agent.start(a.clone());
+        a.token = 8;
+        agent.start(a);
+        assert_eq!(agent.reports().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_handler_fails_naming_the_ones_served() {
+        let mut agent = agent();
+        agent.start(assignment(
+            api::JobKind::Function {
+                handler: "billing.nope".into(),
+                args: json!(null),
+            },
+            1,
+        ));
+        match &agent.reports()[0].result {
+            api::AttemptResult::Failed { message, .. } => {
+                assert!(message.contains("billing.nope"), "{message}");
+                assert!(message.contains("lqsm.echo"), "{message}");
+            }
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_handler_that_panics_before_returning_a_future_fails_its_attempt() {
+        let mut agent = agent();
+        let custom: crate::handlers::CustomHandler =
+            Arc::new(|_args| -> HandlerFuture { panic!("sync boom") });
+        agent
+            .handlers
+            .insert("bad.sync".into(), Handler::Custom(custom));
+        agent.start(assignment(
+            api::JobKind::Function {
+                handler: "bad.sync".into(),
+                args: json!(null),
+            },
+            1,
+        ));
+        match &agent.reports()[0].result {
+            api::AttemptResult::Failed { message, .. } => {
+                assert_eq!(message, "the handler panicked: sync boom")
+            }
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_command_sees_its_job_in_the_environment_and_its_gpus() {
+        let mut agent = agent();
+        let mut a = assignment(
+            api::JobKind::Command {
+                argv: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    "echo $LQSM_JOB_ID $LQSM_ATTEMPT $LQSM_QUEUE $LQSM_CPUS $LQSM_MEMORY_MIB gpus=$CUDA_VISIBLE_DEVICES $MINE".into(),
+                ],
+                env: [("MINE".to_owned(), "mine".to_owned())].into(),
+                cwd: None,
+            },
+            3,
+        );
+        a.resources.gpu = 1;
+        let job = a.job;
+        agent.start(a);
+        assert_eq!(agent.running_count(), 1);
+        assert!(agent.free_gpus.len() == 1, "one of two GPUs is taken");
+        tokio::time::timeout(Duration::from_secs(10), agent.next_done())
+            .await
+            .unwrap();
+        assert_eq!(agent.free_gpus.len(), 2, "the GPU is back in the pool");
+        let report = &agent.reports()[0];
+        assert_eq!(
+            report.result,
+            api::AttemptResult::Succeeded {
+                result: None,
+                exit_code: Some(0)
+            }
+        );
+        assert_eq!(
+            report.logs.as_deref(),
+            Some(format!("{job} 1 root.default 0.5 64 gpus=1 mine\n").as_str())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_command_reports_its_exit_code_and_last_line() {
+        let mut agent = agent();
+        agent.start(assignment(
+            api::JobKind::Command {
+                argv: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    "echo no such table >&2; exit 4".into(),
+                ],
+                env: Default::default(),
+                cwd: None,
+            },
+            1,
+        ));
+        tokio::time::timeout(Duration::from_secs(10), agent.next_done())
+            .await
+            .unwrap();
+        assert_eq!(
+            agent.reports()[0].result,
+            api::AttemptResult::Failed {
+                exit_code: Some(4),
+                message: "exit code 4: no such table".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_function_past_its_timeout_reports_timed_out() {
+        let mut agent = agent();
+        let mut a = assignment(
+            api::JobKind::Function {
+                handler: "lqsm.sleep".into(),
+                args: json!(30),
+            },
+            1,
+        );
+        a.timeout_ms = Some(50);
+        agent.start(a);
+        tokio::time::timeout(Duration::from_secs(5), agent.next_done())
+            .await
+            .unwrap();
+        assert_eq!(agent.reports()[0].result, api::AttemptResult::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn a_kill_order_stops_a_sleeping_function() {
+        let mut agent = agent();
+        let a = assignment(
+            api::JobKind::Function {
+                handler: "lqsm.sleep".into(),
+                args: json!({"seconds": 30}),
+            },
+            1,
+        );
+        let (job, token) = (a.job, a.token);
+        agent.start(a);
+        agent.on_answer(
+            api::PollResponse {
+                kill: vec![api::KillOrder {
+                    job,
+                    token,
+                    reason: "cancelled".into(),
+                }],
+                ..Default::default()
+            },
+            0,
+            true,
+        );
+        tokio::time::timeout(Duration::from_secs(5), agent.next_done())
+            .await
+            .unwrap();
+        match &agent.reports()[0].result {
+            api::AttemptResult::Failed { message, .. } => {
+                assert!(message.contains("cancelled"), "{message}")
+            }
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reports_are_dropped_only_once_a_poll_carrying_them_is_answered() {
+        let mut reports = Reports::default();
+        let report = |n: u64| api::FinishedAttempt {
+            job: Uuid::nil(),
+            token: n,
+            result: api::AttemptResult::TimedOut,
+            logs: None,
+        };
+        reports.push(report(1));
+        reports.push(report(2));
+        let carried = reports.end_seq();
+        reports.push(report(3));
+        reports.acknowledge_below(carried);
+        assert_eq!(reports.items.len(), 1);
+        assert_eq!(reports.items[0].token, 3);
+        // An older answer arriving late changes nothing.
+        reports.acknowledge_below(carried);
+        assert_eq!(reports.items.len(), 1);
+    }
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter() {
+        let mut backoff = Backoff::new(Duration::from_secs(5), 42);
+        let first = backoff.next_delay();
+        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+        for _ in 0..20 {
+            let d = backoff.next_delay();
+            assert!(d <= Duration::from_secs(5), "{d:?}");
+        }
+        assert!(backoff.next_delay() >= Duration::from_millis(2500));
+        backoff.reset();
+        assert!(backoff.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn the_dedupe_memory_is_bounded() {
+        let mut seen = SeenAttempts::new(2);
+        assert!(seen.insert((Uuid::nil(), 1)));
+        assert!(!seen.insert((Uuid::nil(), 1)));
+        assert!(seen.insert((Uuid::nil(), 2)));
+        assert!(seen.insert((Uuid::nil(), 3)));
+        assert_eq!(seen.set.len(), 2);
+    }
+}

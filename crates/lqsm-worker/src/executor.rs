@@ -1,0 +1,638 @@
+//! Runs one command attempt: a child process in its own process group, its stdout and
+//! stderr captured together (the tail, up to a cap), a timeout, and stop orders.
+//!
+//! An attempt's processes end with it: when the main process exits, whatever it left
+//! behind in its group is killed; on a timeout or a stop the whole group gets SIGTERM,
+//! a grace period, then SIGKILL. If the future is dropped half-way the group is
+//! killed too.
+
+pub use crate::cgroup::AttemptCgroup;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep, sleep_until};
+
+/// Variables of the worker's own environment a job never sees.
+const HIDDEN_ENV: &[&str] = &["LQSM_TOKEN"];
+
+/// How long output may keep coming after the group was killed (a process that left
+/// the group can hold the pipe open forever).
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// How often to look whether a group whose leader exited still has live members.
+const GROUP_CHECK: Duration = Duration::from_millis(20);
+
+/// What to run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommandSpec {
+    /// Program and arguments; the program is looked up in `PATH`.
+    pub argv: Vec<String>,
+    /// Variables added to (or replacing those of) the worker's environment.
+    pub env: Vec<(String, String)>,
+    /// Working directory; the worker's own when absent.
+    pub cwd: Option<String>,
+}
+
+/// How to run it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecOptions {
+    /// Kill it after this long.
+    pub timeout: Option<Duration>,
+    /// Between SIGTERM and SIGKILL.
+    pub grace: Duration,
+    /// Most bytes of output kept (the last ones).
+    pub log_cap: usize,
+}
+
+impl Default for ExecOptions {
+    fn default() -> Self {
+        Self {
+            timeout: None,
+            grace: Duration::from_secs(10),
+            log_cap: 1024 * 1024,
+        }
+    }
+}
+
+/// An order to an attempt in progress, sent through a `watch` channel. Orders only
+/// escalate: `Run` → `Graceful` → `Now`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Keep running.
+    Run,
+    /// SIGTERM, the grace period, then SIGKILL; the reason is reported.
+    Graceful(String),
+    /// SIGKILL at once; the reason is reported.
+    Now(String),
+}
+
+/// How a command ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// Its main process exited with this code.
+    Exited(i32),
+    /// Its main process was killed by this signal, not by the worker.
+    Signalled(i32),
+    /// It reached its timeout and was killed.
+    TimedOut,
+    /// It was stopped by an order, for this reason.
+    Stopped(String),
+    /// It could not be started.
+    SpawnFailed(String),
+}
+
+/// What came of running a command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandOutcome {
+    /// How it ended.
+    pub ending: Ending,
+    /// Its stdout and stderr as they interleaved, the tail kept; when bytes were
+    /// dropped a first line says how many.
+    pub output: String,
+    /// Whether the kernel killed something in it for exceeding its memory limit.
+    pub memory_exceeded: bool,
+}
+
+impl CommandOutcome {
+    fn spawn_failed(message: String) -> Self {
+        Self {
+            ending: Ending::SpawnFailed(message),
+            output: String::new(),
+            memory_exceeded: false,
+        }
+    }
+
+    /// The last non-empty line of output, shortened to 200 characters.
+    pub fn last_line(&self) -> &str {
+        let line = self
+            .output
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .unwrap_or("");
+        match line.char_indices().nth(200) {
+            Some((end, _)) => &line[..end],
+            None => line,
+        }
+    }
+}
+
+/// Runs `spec` to its end. `stop` carries orders; a closed channel means no more
+/// orders will come. With `cgroup`, the process runs inside it.
+pub async fn run_command(
+    spec: CommandSpec,
+    opts: &ExecOptions,
+    mut stop: watch::Receiver<Stop>,
+    cgroup: Option<&AttemptCgroup>,
+) -> CommandOutcome {
+    let Some(program) = spec.argv.first() else {
+        return CommandOutcome::spawn_failed("the command is empty (argv has no program)".into());
+    };
+    let (reader, writer) = match std::io::pipe() {
+        Ok(pipe) => pipe,
+        Err(e) => return CommandOutcome::spawn_failed(format!("cannot create a pipe: {e}")),
+    };
+    let writer_too = match writer.try_clone() {
+        Ok(w) => w,
+        Err(e) => return CommandOutcome::spawn_failed(format!("cannot create a pipe: {e}")),
+    };
+    let mut cmd = match cgroup {
+        // The shell moves itself into the cgroup before it becomes the program, so
+        // nothing the program starts can escape the limit.
+        Some(cg) => {
+            let mut cmd = tokio::process::Command::new("/bin/sh");
+            cmd.arg("-c")
+                .arg("echo $$ > \"$0\" && exec \"$@\"")
+                .arg(cg.procs_file())
+                .args(&spec.argv);
+            cmd
+        }
+        None => {
+            let mut cmd = tokio::process::Command::new(program);
+            cmd.args(&spec.argv[1..]);
+            cmd
+        }
+    };
+    for name in HIDDEN_ENV {
+        cmd.env_remove(name);
+    }
+    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(writer_too)
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(cwd) = &spec.cwd {
+        cmd.current_dir(cwd);
+    }
+    let spawned = cmd.spawn();
+    // The command holds our copies of the pipe's write end: without them, end of
+    // output means every process that could write is gone.
+    drop(cmd);
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            let place = spec
+                .cwd
+                .as_deref()
+                .map(|d| format!(" in `{d}`"))
+                .unwrap_or_default();
+            return CommandOutcome::spawn_failed(format!("cannot start `{program}`{place}: {e}"));
+        }
+    };
+    let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) else {
+        return CommandOutcome::spawn_failed("the child exited before it could be watched".into());
+    };
+    let mut group = ProcessGroup {
+        pgid: Pid::from_raw(pid),
+        cgroup_kill: cgroup.and_then(AttemptCgroup::kill_file),
+        done: false,
+    };
+    let mut reader = match tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader)) {
+        Ok(r) => r,
+        Err(e) => {
+            group.kill();
+            let _ = child.wait().await;
+            return CommandOutcome::spawn_failed(format!("cannot read the command's output: {e}"));
+        }
+    };
+
+    let mut output = TailBuffer::new(opts.log_cap);
+    let mut buf = vec![0u8; 16 * 1024];
+    let timeout_at = opts.timeout.map(|t| Instant::now() + t);
+    // Why the worker is ending it, and when SIGKILL follows SIGTERM.
+    let mut stopping: Option<(Ending, Instant)> = None;
+    let mut killed_at: Option<Instant> = None;
+    let mut status = None;
+    let mut eof = false;
+    let mut orders_open = true;
+    loop {
+        if status.is_some() && eof && !group.alive() {
+            break;
+        }
+        if killed_at.is_some_and(|at| at.elapsed() >= SETTLE) && status.is_some() {
+            // Killed a while ago and still not settled: something left the group
+            // and holds the pipe; stop waiting for it.
+            break;
+        }
+        tokio::select! {
+            read = reader.read(&mut buf), if !eof => match read {
+                Ok(0) | Err(_) => eof = true,
+                Ok(n) => output.push(&buf[..n]),
+            },
+            exit = child.wait(), if status.is_none() => {
+                status = Some(exit);
+                if stopping.is_none() {
+                    // Whatever it left behind goes with it.
+                    group.kill();
+                    killed_at = Some(Instant::now());
+                }
+            }
+            () = sleep_until_opt(timeout_at), if stopping.is_none() && status.is_none() => {
+                group.terminate();
+                stopping = Some((Ending::TimedOut, Instant::now() + opts.grace));
+            }
+            changed = stop.changed(), if orders_open => {
+                if changed.is_err() {
+                    orders_open = false;
+                    continue;
+                }
+                let order = stop.borrow_and_update().clone();
+                match order {
+                    Stop::Run => {}
+                    Stop::Graceful(reason) => {
+                        if stopping.is_none() && killed_at.is_none() {
+                            group.terminate();
+                            stopping = Some((Ending::Stopped(reason), Instant::now() + opts.grace));
+                        }
+                    }
+                    Stop::Now(reason) => {
+                        if killed_at.is_none() {
+                            group.kill();
+                            killed_at = Some(Instant::now());
+                        }
+                        if stopping.is_none() && status.is_none() {
+                            stopping = Some((Ending::Stopped(reason), Instant::now()));
+                        }
+                    }
+                }
+            }
+            () = sleep_until_opt(stopping.as_ref().map(|s| s.1)), if stopping.is_some() && killed_at.is_none() => {
+                group.kill();
+                killed_at = Some(Instant::now());
+            }
+            () = sleep(GROUP_CHECK), if status.is_some() => {}
+        }
+    }
+    // The whole group is gone (or killed and given up on).
+    group.done = true;
+    let memory_exceeded = cgroup.is_some_and(AttemptCgroup::oom_killed);
+    let ending = match (stopping, status) {
+        (Some((why, _)), _) => why,
+        (None, Some(Ok(status))) => match (status.code(), status.signal()) {
+            (Some(code), _) => Ending::Exited(code),
+            (None, Some(signal)) => Ending::Signalled(signal),
+            (None, None) => Ending::Exited(-1),
+        },
+        (None, Some(Err(e))) => Ending::SpawnFailed(format!("cannot learn how it ended: {e}")),
+        (None, None) => Ending::SpawnFailed("it vanished".into()),
+    };
+    CommandOutcome {
+        ending,
+        output: output.finish(),
+        memory_exceeded,
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The process group of one attempt; killed on drop unless it is known to be gone.
+struct ProcessGroup {
+    pgid: Pid,
+    cgroup_kill: Option<PathBuf>,
+    done: bool,
+}
+
+impl ProcessGroup {
+    fn terminate(&self) {
+        let _ = killpg(self.pgid, Signal::SIGTERM);
+        // A stopped process handles SIGTERM only once continued.
+        let _ = killpg(self.pgid, Signal::SIGCONT);
+    }
+
+    fn kill(&self) {
+        let _ = killpg(self.pgid, Signal::SIGKILL);
+        if let Some(file) = &self.cgroup_kill {
+            // Also reaches processes that left the group but not the cgroup.
+            let _ = std::fs::write(file, "1");
+        }
+    }
+
+    /// Whether a live (not zombie) process is still in the group.
+    fn alive(&self) -> bool {
+        if killpg(self.pgid, None).is_err() {
+            return false;
+        }
+        // Zombies answer signal 0 too; they are dead, only not yet reaped by init.
+        group_has_live_member(self.pgid.as_raw())
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if !self.done {
+            self.kill();
+        }
+    }
+}
+
+/// Looks through /proc for a process of group `pgid` that is not a zombie; `true`
+/// when /proc cannot tell (better to wait than to leave a process behind).
+fn group_has_live_member(pgid: i32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if let Some((state, group)) = state_and_group(&stat)
+            && group == pgid
+            && state != 'Z'
+            && state != 'X'
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// State and process group from a `/proc/<pid>/stat` line: `pid (comm) S ppid pgrp …`;
+/// `comm` may hold spaces and parentheses, so parse from the last `)`.
+pub(crate) fn state_and_group(stat: &str) -> Option<(char, i32)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let _ppid = fields.next()?;
+    let group = fields.next()?.parse().ok()?;
+    Some((state, group))
+}
+
+/// Keeps the last `cap` bytes written to it.
+struct TailBuffer {
+    cap: usize,
+    bytes: VecDeque<u8>,
+    dropped: u64,
+}
+
+impl TailBuffer {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            bytes: VecDeque::new(),
+            dropped: 0,
+        }
+    }
+
+    fn push(&mut self, chunk: &[u8]) {
+        self.bytes.extend(chunk);
+        let excess = self.bytes.len().saturating_sub(self.cap);
+        if excess > 0 {
+            self.bytes.drain(..excess);
+            self.dropped += excess as u64;
+        }
+    }
+
+    fn finish(mut self) -> String {
+        let bytes = self.bytes.make_contiguous();
+        let mut start = 0;
+        if self.dropped > 0 {
+            // The cut may have split a character: skip its continuation bytes.
+            while start < bytes.len().min(3) && bytes[start] & 0b1100_0000 == 0b1000_0000 {
+                start += 1;
+            }
+        }
+        let text = String::from_utf8_lossy(&bytes[start..]);
+        if self.dropped == 0 {
+            return text.into_owned();
+        }
+        let dropped = self.dropped + start as u64;
+        format!("[lqsm: {dropped} earlier bytes of output were dropped]\n{text}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn sh(script: &str) -> CommandSpec {
+        CommandSpec {
+            argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            ..CommandSpec::default()
+        }
+    }
+
+    fn quick() -> ExecOptions {
+        ExecOptions {
+            timeout: Some(Duration::from_secs(20)),
+            grace: Duration::from_millis(300),
+            log_cap: 1024 * 1024,
+        }
+    }
+
+    async fn run(spec: CommandSpec, opts: &ExecOptions) -> CommandOutcome {
+        let (_tx, rx) = watch::channel(Stop::Run);
+        run_command(spec, opts, rx, None).await
+    }
+
+    /// Whether a live process has this pid (zombies count as gone).
+    fn alive(pid: i32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => state_and_group(&stat).is_some_and(|(s, _)| s != 'Z' && s != 'X'),
+            Err(_) => false,
+        }
+    }
+
+    fn pids_in(output: &str) -> Vec<i32> {
+        output
+            .lines()
+            .filter_map(|l| l.strip_prefix("pid "))
+            .map(|p| p.trim().parse().unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn exit_codes_are_recorded() {
+        let ok = run(sh("exit 0"), &quick()).await;
+        assert_eq!(ok.ending, Ending::Exited(0));
+        let failed = run(sh("echo first; echo 'it broke' >&2; exit 3"), &quick()).await;
+        assert_eq!(failed.ending, Ending::Exited(3));
+        assert_eq!(failed.last_line(), "it broke");
+    }
+
+    #[tokio::test]
+    async fn stdout_and_stderr_are_captured_together_in_order() {
+        let out = run(sh("echo one; echo two >&2; echo three"), &quick()).await;
+        assert_eq!(out.output, "one\ntwo\nthree\n");
+    }
+
+    #[tokio::test]
+    async fn output_beyond_the_cap_keeps_the_tail_and_says_what_was_dropped() {
+        let opts = ExecOptions {
+            log_cap: 1000,
+            ..quick()
+        };
+        // 20,000 lines of "line N", then a last line.
+        let out = run(
+            sh("i=0; while [ $i -lt 20000 ]; do echo line $i; i=$((i+1)); done; echo the end"),
+            &opts,
+        )
+        .await;
+        assert_eq!(out.ending, Ending::Exited(0));
+        assert!(
+            out.output.ends_with("line 19999\nthe end\n"),
+            "{}",
+            out.output
+        );
+        let (note, tail) = out.output.split_once('\n').unwrap();
+        assert!(
+            note.starts_with("[lqsm: ") && note.contains("dropped"),
+            "{note}"
+        );
+        assert_eq!(tail.len(), 1000);
+    }
+
+    #[tokio::test]
+    async fn environment_and_working_directory_are_the_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = sh("echo \"$GREETING\"; pwd; echo \"token=${LQSM_TOKEN:-none}\"");
+        spec.env = vec![("GREETING".into(), "hello there".into())];
+        spec.cwd = Some(dir.path().to_str().unwrap().into());
+        let out = run(spec, &quick()).await;
+        let canonical = dir.path().canonicalize().unwrap();
+        assert_eq!(
+            out.output,
+            format!("hello there\n{}\ntoken=none\n", canonical.display())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_a_spawn_failure_naming_it() {
+        let spec = CommandSpec {
+            argv: vec!["/nonexistent/lqsm-test-program".into()],
+            ..CommandSpec::default()
+        };
+        let out = run(spec, &quick()).await;
+        match out.ending {
+            Ending::SpawnFailed(message) => {
+                assert!(
+                    message.contains("/nonexistent/lqsm-test-program"),
+                    "{message}"
+                )
+            }
+            other => panic!("expected a spawn failure, got {other:?}"),
+        }
+        let empty = run(CommandSpec::default(), &quick()).await;
+        assert!(matches!(empty.ending, Ending::SpawnFailed(_)));
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_group_even_processes_ignoring_sigterm() {
+        let opts = ExecOptions {
+            timeout: Some(Duration::from_millis(300)),
+            grace: Duration::from_millis(300),
+            log_cap: 4096,
+        };
+        // SIGTERM is ignored by the shell and, inherited, by both sleeps: only the
+        // SIGKILL after the grace period can end them.
+        let started = std::time::Instant::now();
+        let out = run(
+            sh("trap '' TERM; sleep 30 & echo pid $!; sleep 30 & echo pid $!; wait"),
+            &opts,
+        )
+        .await;
+        assert_eq!(out.ending, Ending::TimedOut);
+        let elapsed = started.elapsed();
+        assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
+        let pids = pids_in(&out.output);
+        assert_eq!(pids.len(), 2, "{}", out.output);
+        for pid in pids {
+            assert!(!alive(pid), "background process {pid} survived the timeout");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_background_process_left_behind_by_a_finished_command_is_killed() {
+        let out = run(sh("sleep 30 & echo pid $!; exit 0"), &quick()).await;
+        assert_eq!(out.ending, Ending::Exited(0));
+        let pids = pids_in(&out.output);
+        assert_eq!(pids.len(), 1);
+        assert!(!alive(pids[0]), "the leftover sleep survived");
+    }
+
+    #[tokio::test]
+    async fn a_graceful_stop_lets_the_command_clean_up_within_the_grace() {
+        let opts = ExecOptions {
+            grace: Duration::from_secs(10),
+            ..quick()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let ready = dir.path().join("ready");
+        let script = format!(
+            "trap 'echo cleaning up; exit 7' TERM; touch '{}'; while :; do sleep 0.05; done",
+            ready.display()
+        );
+        let (tx, rx) = watch::channel(Stop::Run);
+        let task = tokio::spawn(async move { run_command(sh(&script), &opts, rx, None).await });
+        // The file appears once the trap is in place.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !ready.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the command never got ready"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let started = std::time::Instant::now();
+        tx.send_replace(Stop::Graceful("cancelled".into()));
+        let out = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(out.ending, Ending::Stopped("cancelled".into()));
+        assert!(out.output.contains("cleaning up"), "{}", out.output);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn stop_now_kills_at_once_without_waiting_for_the_grace() {
+        let opts = ExecOptions {
+            grace: Duration::from_secs(30),
+            ..quick()
+        };
+        let (tx, rx) = watch::channel(Stop::Run);
+        let task = tokio::spawn(async move {
+            run_command(sh("trap '' TERM; sleep 30"), &opts, rx, None).await
+        });
+        tx.send_replace(Stop::Now("worker shutting down".into()));
+        let out = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("a kill does not wait for the 30 s grace")
+            .unwrap();
+        assert_eq!(out.ending, Ending::Stopped("worker shutting down".into()));
+    }
+
+    #[test]
+    fn proc_stat_lines_with_odd_command_names_parse() {
+        let line = "1234 (my (odd) prog) S 1 1230 1230 0 -1";
+        assert_eq!(state_and_group(line), Some(('S', 1230)));
+        assert_eq!(state_and_group("garbage"), None);
+    }
+
+    #[test]
+    fn a_tail_cut_inside_a_character_does_not_start_with_garbage() {
+        let mut tail = TailBuffer::new(4);
+        tail.push("aé€".as_bytes()); // 1 + 2 + 3 bytes: the cut falls inside 'é'
+        let text = tail.finish();
+        assert!(text.ends_with('€'), "{text}");
+        assert!(!text.contains('\u{FFFD}'), "{text}");
+    }
+}

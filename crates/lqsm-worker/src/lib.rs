@@ -1,0 +1,397 @@
+//! LQSM's worker agent as a library: it registers with a server, long-polls for
+//! attempts, runs them — commands as child processes in their own process group,
+//! functions as async handlers — and reports how they ended.
+//!
+//! A Rust program serves its own functions by registering handlers by name, as
+//! Celery's `@app.task` does:
+//!
+//! ```no_run
+//! use lqsm_worker::{WorkerBuilder, WorkerConfig};
+//! use serde_json::{Value, json};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let worker = WorkerBuilder::new(WorkerConfig::new("http://127.0.0.1:7420"))
+//!     .handler("billing.invoice", |args: Value| async move {
+//!         let total = args["amount"].as_f64().ok_or("`amount` must be a number")?;
+//!         Ok::<_, String>(json!({"invoice": 1, "total": total * 1.2}))
+//!     })
+//!     .build()?;
+//! // Runs until Ctrl-C, then drains: takes nothing new, lets running attempts finish.
+//! worker.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Guarantees
+//!
+//! - The worker's id is a UUIDv7 made when it is built and kept for the life of the
+//!   process: after a server restart it registers again under the same id and lists
+//!   what it runs, so the server reclaims those attempts instead of running them
+//!   again.
+//! - An attempt (job, fencing token) handed out twice runs once.
+//! - A report is kept until a poll that carried it is answered; network errors and
+//!   server restarts are retried with exponential backoff and jitter (capped at
+//!   [`WorkerConfig::backoff_cap`]) while attempts keep running.
+//! - A command's processes end with its attempt: on a timeout or a stop order its
+//!   whole process group gets SIGTERM, [`WorkerConfig::kill_grace`], then SIGKILL;
+//!   whatever it leaves behind when its main process exits is killed.
+//! - Memory limits are enforced with cgroup v2 only where the worker may create
+//!   cgroups with the memory controller; [`Worker::memory_enforced`] says whether.
+//!
+//! # Reporting latency
+//!
+//! When an attempt finishes while a long-poll waits, the worker replaces that poll
+//! with a new one carrying the report (the server answers the old one empty). If the
+//! server had already answered the old poll with new work, that work is not started
+//! and the server counts it as lost (and runs it again): the poll protocol cannot
+//! tell an answer in flight from one never sent. To make this rare, a poll is
+//! replaced only once it is [`WorkerConfig::cut_short_after`] old: a poll that old
+//! has found nothing to hand out.
+
+mod agent;
+mod cgroup;
+mod config;
+pub mod executor;
+mod handlers;
+
+pub use config::{Capacity, WorkerConfig, detect_capacity};
+pub use handlers::{BUILTIN_HANDLERS, HandlerFuture, HandlerResult};
+
+use agent::{Agent, Settings};
+use cgroup::MemoryLimits;
+use handlers::{CustomHandler, Handler};
+use lqsm_client::{Client, ClientError};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// Why a worker could not be built or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The configuration cannot work; the message says what to change.
+    #[error("worker configuration: {0}")]
+    Config(String),
+    /// The server refused this worker for good (its token, or its registration).
+    #[error("the server refused this worker: {0}")]
+    Refused(#[source] ClientError),
+    /// The client could not be set up (a bad server URL).
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+/// What a worker is about to offer, to show at start.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StartupReport {
+    /// The worker's id, kept for the life of the process.
+    pub id: Uuid,
+    /// Its name.
+    pub name: String,
+    /// What it offers.
+    pub capacity: Capacity,
+    /// The handlers it serves, sorted.
+    pub handlers: Vec<String>,
+    /// Whether it runs command jobs.
+    pub serves_commands: bool,
+    /// Whether commands' memory is limited to what they were granted.
+    pub memory_enforced: bool,
+    /// Why memory is not limited, when it is not.
+    pub memory_note: Option<String>,
+}
+
+/// What a worker did, when [`Worker::run`] returns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Attempts started.
+    pub started: u64,
+    /// Attempts that succeeded.
+    pub succeeded: u64,
+    /// Attempts that failed, timed out or were stopped.
+    pub failed: u64,
+    /// Attempts still running when the worker was killed.
+    pub killed: usize,
+    /// Finished attempts the server could not be told about before returning.
+    pub unreported: usize,
+}
+
+/// Kills a running worker's attempts at once and makes [`Worker::run`] return: the
+/// second Ctrl-C. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct KillSwitch {
+    tx: Arc<watch::Sender<bool>>,
+}
+
+impl KillSwitch {
+    /// Kills every attempt's process group (SIGKILL, no grace) and stops the worker.
+    /// Works before and during [`Worker::run`].
+    pub fn kill_now(&self) {
+        self.tx.send_replace(true);
+    }
+}
+
+/// Sets up a worker: its configuration and the handlers it serves.
+pub struct WorkerBuilder {
+    config: WorkerConfig,
+    handlers: HashMap<String, Handler>,
+    problems: Vec<String>,
+}
+
+impl WorkerBuilder {
+    /// A worker with `config` serving the built-in handlers ([`BUILTIN_HANDLERS`]).
+    pub fn new(config: WorkerConfig) -> Self {
+        let handlers = BUILTIN_HANDLERS
+            .iter()
+            .filter_map(|name| Some(((*name).to_owned(), Handler::builtin(name)?)))
+            .collect();
+        Self {
+            config,
+            handlers,
+            problems: Vec::new(),
+        }
+    }
+
+    /// Serves function jobs for handler `name` with `f`, called with the job's
+    /// arguments. `Ok(value)` succeeds with `value` (encoded as JSON) as the job's
+    /// result; `Err(e)` fails the attempt with `e` as its message. A panic fails the
+    /// attempt too. Stops and timeouts drop the future, so `f` should await rather
+    /// than block.
+    pub fn handler<F, Fut, T, E>(mut self, name: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(serde_json::Value) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        T: Serialize,
+        E: Display,
+    {
+        let name = name.into();
+        if name.is_empty() || name == "*" {
+            self.problems
+                .push(format!("`{name}` cannot be a handler name"));
+            return self;
+        }
+        if name.starts_with("lqsm.") {
+            self.problems.push(format!(
+                "handler name `{name}`: names starting with `lqsm.` are reserved for built-ins"
+            ));
+            return self;
+        }
+        if self.handlers.contains_key(&name) {
+            self.problems
+                .push(format!("handler `{name}` is registered twice"));
+            return self;
+        }
+        let custom: CustomHandler = Arc::new(move |args| {
+            let call = f(args);
+            Box::pin(async move {
+                match call.await {
+                    Ok(value) => serde_json::to_value(value).map_err(|e| {
+                        format!("the handler's result cannot be encoded as JSON: {e}")
+                    }),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+        });
+        self.handlers.insert(name, Handler::Custom(custom));
+        self
+    }
+
+    /// Checks the configuration, makes the worker's id and sets up memory limits
+    /// (saying once, in the log, if they cannot be enforced). Contacts no server.
+    pub fn build(self) -> Result<Worker, WorkerError> {
+        if let Some(problem) = self.problems.first() {
+            return Err(WorkerError::Config(problem.clone()));
+        }
+        let config = self.config;
+        check(&config)?;
+        let client = Client::new(&config.server, config.token.clone())?;
+        let id = Uuid::now_v7();
+        let (limits, memory_note) = if !config.memory_limits {
+            (None, Some("disabled in the configuration".to_owned()))
+        } else if !config.serves_commands {
+            (None, Some("this worker runs no commands".to_owned()))
+        } else {
+            match MemoryLimits::detect(id) {
+                Ok(limits) => (Some(Arc::new(limits)), None),
+                Err(why) => {
+                    tracing::warn!("memory limits of commands are not enforced: {why}");
+                    (None, Some(why))
+                }
+            }
+        };
+        let mut handlers: Vec<String> = self.handlers.keys().cloned().collect();
+        handlers.sort_unstable();
+        let startup = StartupReport {
+            id,
+            name: config.name.clone(),
+            capacity: config.capacity.clone(),
+            handlers: handlers.clone(),
+            serves_commands: config.serves_commands,
+            memory_enforced: limits.is_some(),
+            memory_note,
+        };
+        let registration = lqsm_api::RegisterWorker {
+            id,
+            name: config.name.clone(),
+            capacity: config.capacity.to_wire(),
+            labels: config.labels.clone(),
+            serves_commands: config.serves_commands,
+            handlers,
+        };
+        let settings = Settings {
+            poll_wait: config.poll_wait,
+            cut_short_after: config.cut_short_after,
+            kill_grace: config.kill_grace,
+            log_cap: config.log_cap_bytes,
+            drain_grace: config.drain_grace,
+            backoff_cap: config.backoff_cap,
+            serves_commands: config.serves_commands,
+        };
+        let agent = Agent::new(
+            client,
+            registration,
+            settings,
+            self.handlers,
+            limits,
+            config.capacity.gpus.clone(),
+        );
+        let (tx, rx) = watch::channel(false);
+        Ok(Worker {
+            agent,
+            startup,
+            kill_tx: Arc::new(tx),
+            kill_rx: rx,
+        })
+    }
+}
+
+/// Refuses settings that cannot work, naming the field.
+fn check(config: &WorkerConfig) -> Result<(), WorkerError> {
+    let bad = |message: String| Err(WorkerError::Config(message));
+    if !config.capacity.cpus.is_finite() || config.capacity.cpus < 0.0 {
+        return bad(format!(
+            "capacity.cpus is {}; give a non-negative number of cores",
+            config.capacity.cpus
+        ));
+    }
+    if config.poll_wait.as_millis() > 30_000 {
+        return bad(format!(
+            "poll_wait is {:?}; the server waits at most 30 s, and it must stay below its heartbeat timeout (10 s by default)",
+            config.poll_wait
+        ));
+    }
+    Ok(())
+}
+
+/// A worker ready to run.
+pub struct Worker {
+    agent: Agent,
+    startup: StartupReport,
+    kill_tx: Arc<watch::Sender<bool>>,
+    kill_rx: watch::Receiver<bool>,
+}
+
+impl Worker {
+    /// Its id: a UUIDv7 made at build, kept for the life of the process.
+    pub fn id(&self) -> Uuid {
+        self.startup.id
+    }
+
+    /// What it offers and whether memory limits are enforced.
+    pub fn startup(&self) -> &StartupReport {
+        &self.startup
+    }
+
+    /// Whether commands' memory is limited (cgroup v2) to what they were granted.
+    pub fn memory_enforced(&self) -> bool {
+        self.startup.memory_enforced
+    }
+
+    /// A handle that kills every attempt and stops [`run`](Self::run) at once.
+    pub fn kill_switch(&self) -> KillSwitch {
+        KillSwitch {
+            tx: self.kill_tx.clone(),
+        }
+    }
+
+    /// Registers and serves until `shutdown` completes, then drains: asks the server
+    /// for nothing new, lets running attempts finish for up to
+    /// [`WorkerConfig::drain_grace`] (then stops them), reports them, and returns.
+    /// [`KillSwitch::kill_now`] ends everything at once. Returns an error only when
+    /// the server refuses the worker for good (its token or its registration); its
+    /// attempts are killed then.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<RunSummary, WorkerError> {
+        // The sender lives in `self.kill_tx` and every KillSwitch; keep one alive for
+        // the whole run so the channel never reads as closed.
+        let _keep = self.kill_tx;
+        self.agent.run(shutdown, self.kill_rx).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn config() -> WorkerConfig {
+        let mut config = WorkerConfig::new("http://127.0.0.1:7420");
+        config.memory_limits = false;
+        config
+    }
+
+    #[test]
+    fn registered_handlers_are_served_with_the_builtins() {
+        let worker = WorkerBuilder::new(config())
+            .handler("billing.invoice", |_args| async {
+                Ok::<_, String>(serde_json::json!(1))
+            })
+            .build()
+            .unwrap();
+        assert_eq!(
+            worker.startup().handlers,
+            vec![
+                "billing.invoice",
+                "lqsm.echo",
+                "lqsm.fail",
+                "lqsm.noop",
+                "lqsm.sleep"
+            ]
+        );
+        assert!(!worker.memory_enforced());
+    }
+
+    #[test]
+    fn reserved_and_duplicate_handler_names_are_refused() {
+        let h = |_args| async { Ok::<_, String>(()) };
+        let err = WorkerBuilder::new(config())
+            .handler("lqsm.echo", h)
+            .build()
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("reserved"), "{err}");
+        let err = WorkerBuilder::new(config())
+            .handler("a", h)
+            .handler("a", h)
+            .build()
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_server_url_is_refused_at_build() {
+        let mut config = config();
+        config.server = "localhost:7420".into();
+        let err = WorkerBuilder::new(config).build().err().unwrap();
+        assert!(err.to_string().contains("http://"), "{err}");
+    }
+
+    #[test]
+    fn each_worker_gets_its_own_stable_id() {
+        let a = WorkerBuilder::new(config()).build().unwrap();
+        let b = WorkerBuilder::new(config()).build().unwrap();
+        assert_ne!(a.id(), b.id());
+        assert_eq!(a.id(), a.startup().id);
+        assert_eq!(a.id().get_version_num(), 7);
+    }
+}
