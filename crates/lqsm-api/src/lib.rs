@@ -505,6 +505,11 @@ pub struct PollRequest {
     /// How long to wait for new work when there is none (default 0, max 30,000).
     #[serde(default)]
     pub wait_ms: u64,
+    /// The highest `seq` of the poll answers this worker has processed. Attempts from
+    /// later answers (still in flight, e.g. on a replaced long-poll) are not yet
+    /// expected in `running`. Reset to 0 on registering again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack: Option<u64>,
 }
 
 /// A new attempt for the worker.
@@ -552,6 +557,9 @@ pub struct RefusedReport {
 /// The answer to a poll.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PollResponse {
+    /// This answer's number: echo the highest one processed as `ack` in later polls.
+    #[serde(default)]
+    pub seq: u64,
     /// New attempts to start.
     pub assignments: Vec<Assignment>,
     /// Attempts to stop.

@@ -566,7 +566,8 @@ pub struct Job {
     /// Internal: where a pending job waits.
     pub(crate) waiting: Waiting,
     /// Internal: whether the current attempt was handed to its worker.
-    pub(crate) delivered: bool,
+    /// 0 until handed over; then the number of the poll answer that carried it.
+    pub(crate) delivered_in: u64,
 }
 
 impl Job {

@@ -287,7 +287,7 @@ impl ResourceManager {
             worker: None,
             worker_slot: 0,
             waiting: Waiting::Not,
-            delivered: false,
+            delivered_in: 0,
         });
         self.job_ids.insert(id, key);
         if let Some(k) = idempotency_key {
@@ -367,7 +367,8 @@ impl ResourceManager {
         let (queue, request) = (job.queue, job.spec.request.clone());
         let worker = &mut self.workers[worker_key];
         job.worker = Some(worker_key);
-        job.delivered = true;
+        // Listed by the worker itself: known to it whatever it acknowledged.
+        job.delivered_in = 1;
         job.worker_slot = u32::try_from(worker.attempts.len()).expect("fewer than 2^32 attempts");
         worker.attempts.push(key);
         worker.used.add(&request);

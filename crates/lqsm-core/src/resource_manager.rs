@@ -187,6 +187,11 @@ pub struct WorkerPoll {
     /// Attempts that ended since the last poll.
     #[serde(default)]
     pub finished: Vec<AttemptReport>,
+    /// The highest answer number (see [`ResourceManager::answer_seq`]) the worker has
+    /// seen. Attempts carried by later answers are not yet expected in `running`.
+    /// `None`: every answer handed out is assumed seen.
+    #[serde(default)]
+    pub acked: Option<u64>,
 }
 
 /// What the core made of a poll.
@@ -941,7 +946,7 @@ impl ResourceManager {
             worker: None,
             worker_slot: 0,
             waiting: Waiting::Not,
-            delivered: false,
+            delivered_in: 0,
         });
         self.job_ids.insert(id, key);
         if let Some(k) = idempotency_key {
@@ -1109,7 +1114,7 @@ impl ResourceManager {
         }
         attempt.outcome = Some(outcome);
         job.state = JobState::Pending;
-        job.delivered = false;
+        job.delivered_in = 0;
         let (id, queue, request) = (job.id, job.queue, job.spec.request.clone());
         if let Some(reason) = kill {
             self.effects.kills.push(Kill {
@@ -1270,6 +1275,8 @@ impl ResourceManager {
                 worker.state = WorkerState::Active;
                 worker.registered_at = now;
                 worker.heartbeat_deadline = deadline;
+                // A worker that registers again counts answers afresh.
+                worker.answers = 0;
                 key
             }
             None => {
@@ -1286,6 +1293,7 @@ impl ResourceManager {
                     heartbeat_deadline: deadline,
                     attempts: Vec::new(),
                     outbox: Vec::new(),
+                    answers: 0,
                     class,
                     indexed: None,
                     heartbeat_timer: None,
@@ -1420,7 +1428,11 @@ impl ResourceManager {
             .filter(|key| {
                 let job = &self.jobs[*key];
                 let token = job.current_token().expect("worker attempts are active");
-                job.delivered && reported.binary_search(&token).is_err()
+                // Only an attempt carried by an answer the worker says it has seen
+                // can be missing: a later answer may still be on its way to it.
+                job.delivered_in != 0
+                    && poll.acked.is_none_or(|seen| job.delivered_in <= seen)
+                    && reported.binary_search(&token).is_err()
             })
             .collect();
         for key in vanished {
@@ -1476,16 +1488,21 @@ impl ResourceManager {
     /// only once the records of those assignments are durable.
     pub fn take_assignments(&mut self, id: WorkerId) -> Result<Vec<Assignment>, WorkerError> {
         let key = self.worker_key(id)?;
-        let outbox = std::mem::take(&mut self.workers[key].outbox);
+        let worker = &mut self.workers[key];
+        let outbox = std::mem::take(&mut worker.outbox);
+        if !outbox.is_empty() {
+            worker.answers += 1;
+        }
+        let answer = worker.answers;
         let mut out = Vec::with_capacity(outbox.len());
         for job_key in outbox {
             let Some(job) = self.jobs.get_mut(job_key) else {
                 continue;
             };
-            if job.worker != Some(key) || job.delivered {
+            if job.worker != Some(key) || job.delivered_in != 0 {
                 continue;
             }
-            job.delivered = true;
+            job.delivered_in = answer;
             let attempt = job.attempts.last().expect("an active job has an attempt");
             out.push(Assignment {
                 worker: id,
@@ -1495,6 +1512,13 @@ impl ResourceManager {
             });
         }
         Ok(out)
+    }
+
+    /// The number of the latest poll answer that carried assignments to this worker
+    /// (0 before the first). Sent with every answer; the worker echoes the highest it
+    /// has seen in `WorkerPoll::acked`.
+    pub fn answer_seq(&self, id: WorkerId) -> u64 {
+        self.worker(id).map_or(0, |w| w.answers)
     }
 
     /// Takes a worker out of scheduling: it finishes what it runs and gets nothing new.

@@ -318,7 +318,7 @@ impl ResourceManager {
         job.state = JobState::Scheduled;
         job.waiting = crate::jobs::Waiting::Not;
         job.worker = Some(worker_key);
-        job.delivered = false;
+        job.delivered_in = 0;
         let wait = now.since(job.ready_since);
         let request = &job.spec.request;
         worker.used.add(request);

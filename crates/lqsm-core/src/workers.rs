@@ -81,6 +81,8 @@ pub struct Worker {
     pub(crate) attempts: Vec<JobKey>,
     /// Attempts assigned but not yet handed over in a poll answer.
     pub(crate) outbox: Vec<JobKey>,
+    /// Poll answers that carried assignments, counted from its registration.
+    pub(crate) answers: u64,
     pub(crate) class: ClassId,
     /// Its key in its class's free-resource index while it takes work.
     pub(crate) indexed: Option<FreeKey>,
@@ -426,6 +428,7 @@ mod tests {
             heartbeat_deadline: Timestamp(0),
             attempts: Vec::new(),
             outbox: Vec::new(),
+            answers: 0,
             class: index.class_for(reg),
             indexed: None,
             heartbeat_timer: None,

@@ -228,6 +228,7 @@ impl World {
                 let poll = WorkerPoll {
                     running: still.to_vec(),
                     finished: finished.clone(),
+                    acked: None,
                 };
                 let out = self
                     .sim

@@ -196,6 +196,7 @@ fn lost_worker_attempts_are_requeued_once_and_its_late_reports_refused() {
                 exit_code: Some(0),
             },
         }],
+        acked: None,
     };
     assert_eq!(
         sim.rm.worker_polled(lost, &poll, sim.now),
@@ -278,6 +279,7 @@ fn a_worker_running_a_stale_attempt_is_told_to_kill_it() {
     let poll = WorkerPoll {
         running: vec![(id, token)],
         finished: vec![],
+        acked: None,
     };
     sim.rm.worker_polled(w, &poll, sim.now).unwrap();
     sim.drain_effects();
@@ -826,4 +828,40 @@ fn draining_the_only_worker_big_enough_sets_its_jobs_aside() {
         JobState::Scheduled,
         "and no longer blocks the queue"
     );
+}
+
+#[test]
+fn an_attempt_in_an_answer_the_worker_has_not_seen_is_not_lost() {
+    let (mut sim, w) = sim_with_queue();
+    let first = sim.submit_n("root.q", 1, one_core())[0];
+    sim.pass();
+    assert_eq!(sim.rm.take_assignments(w).unwrap().len(), 1);
+    let seen = sim.rm.answer_seq(w);
+    let token = sim.rm.job(first).unwrap().current_token().unwrap();
+    // A second answer carries another attempt; the worker polls again before it
+    // arrives (its long-poll was replaced), acknowledging only the first answer.
+    let second = sim.submit_n("root.q", 1, one_core())[0];
+    sim.pass();
+    assert_eq!(sim.rm.take_assignments(w).unwrap().len(), 1);
+    let early = WorkerPoll {
+        running: vec![(first, token)],
+        finished: vec![],
+        acked: Some(seen),
+    };
+    sim.rm.worker_polled(w, &early, sim.now).unwrap();
+    assert_eq!(
+        sim.state(second),
+        JobState::Scheduled,
+        "not yet expected, so not lost"
+    );
+    // Once the worker has seen that answer and still does not list it, it is lost.
+    let late = WorkerPoll {
+        running: vec![(first, token)],
+        finished: vec![],
+        acked: Some(sim.rm.answer_seq(w)),
+    };
+    sim.rm.worker_polled(w, &late, sim.now).unwrap();
+    let job = sim.rm.job(second).unwrap();
+    assert_eq!(job.attempts[0].outcome, Some(AttemptOutcome::Lost));
+    sim.check();
 }

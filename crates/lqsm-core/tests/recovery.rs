@@ -158,6 +158,7 @@ fn returning_worker_reclaims_what_it_runs_and_the_rest_is_requeued() {
     let poll = WorkerPoll {
         running: vec![(kept, token)],
         finished: vec![],
+        acked: None,
     };
     sim.rm.worker_polled(b.w1, &poll, sim.now).unwrap();
     let job = sim.rm.job(kept).unwrap();
@@ -226,6 +227,7 @@ fn a_returning_worker_takes_no_new_work_before_its_first_poll() {
     let poll = WorkerPoll {
         running: vec![(b.on_w2[0], token)],
         finished: vec![],
+        acked: None,
     };
     sim.rm.worker_polled(b.w2, &poll, sim.now).unwrap();
     assert_eq!(sim.rm.worker(b.w2).unwrap().attempt_count(), 1);

@@ -809,6 +809,7 @@ async fn poll_worker(
                 result: convert::reported(&f.result),
             })
             .collect(),
+        acked: poll.ack,
     };
     let cap = state.limits.max_log_bytes;
     let logs = poll

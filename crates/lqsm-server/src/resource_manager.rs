@@ -563,6 +563,7 @@ impl Actor {
         if let Some(old) = self.waiting_polls.remove(&worker) {
             let _ = old.reply.send(Ok(PollAnswer {
                 response: api::PollResponse {
+                    seq: self.rm.answer_seq(worker),
                     refused: old.refused,
                     ..api::PollResponse::default()
                 },
@@ -627,8 +628,10 @@ impl Actor {
                     })
                 })
                 .collect();
+            let seq = self.rm.answer_seq(worker);
             let _ = poll.reply.send(Ok(PollAnswer {
                 response: api::PollResponse {
+                    seq,
                     assignments,
                     kill: kills,
                     refused: poll.refused,

@@ -110,6 +110,7 @@ fn finish_everything(api: Api, handler: &'static str, load: Load) -> JoinHandle<
                 running: Vec::new(),
                 finished: report.clone(),
                 wait_ms: 50,
+                ack: None,
             };
             let Ok(reply) = api.try_post(&format!("/v1/workers/{id}/poll"), &poll) else {
                 break;

@@ -211,6 +211,8 @@ pub(crate) struct Agent {
     current: Option<Current>,
     calls: Vec<JoinHandle<()>>,
     next_seq: u64,
+    /// The highest poll-answer number processed since registering (sent as `ack`).
+    answers_seen: u64,
     registered: bool,
     backoff: Backoff,
     retry_at: Option<Instant>,
@@ -254,6 +256,7 @@ impl Agent {
             net_rx,
             current: None,
             calls: Vec::new(),
+            answers_seen: 0,
             next_seq: 0,
             registered: false,
             retry_at: None,
@@ -391,6 +394,7 @@ impl Agent {
                 .collect(),
             finished: std::mem::take(&mut self.reports.items),
             wait_ms: wait.as_millis() as u64,
+            ack: Some(self.answers_seen),
         };
         let call = self.client.poll(self.id, &request);
         // The request is encoded: the reports stay here until acknowledged.
@@ -431,9 +435,9 @@ impl Agent {
     }
 
     /// Makes the current long-poll stale so that the loop sends a new one at once.
-    /// The server answers the stale one empty; if its answer was already on the way,
-    /// its assignments are ignored (the server treats them as lost, since the new
-    /// poll does not list them, and runs them again).
+    /// The server answers the stale one empty; if its answer was already on the way
+    /// with assignments, they are started when it arrives: the new poll's `ack` tells
+    /// the server that answer was not yet seen, so it does not count them as lost.
     fn replace_current_poll(&mut self) {
         self.replace_at = None;
         if self.current.as_ref().is_some_and(|c| c.long_poll) {
@@ -464,6 +468,8 @@ impl Agent {
                     Ok(view) => {
                         tracing::info!(worker = %self.id, name = %view.name, "registered");
                         self.registered = true;
+                        // The server numbers its answers afresh for a new registration.
+                        self.answers_seen = 0;
                         self.backoff.reset();
                         Ok(())
                     }
@@ -535,16 +541,12 @@ impl Agent {
                     .send_if_modified(|stop| escalate(stop, Stop::Graceful(reason)));
             }
         }
-        if !is_current {
-            if !answer.assignments.is_empty() {
-                tracing::warn!(
-                    count = answer.assignments.len(),
-                    "assignments arrived on a replaced poll; not started (the server runs them again)"
-                );
-            }
-            return;
+        // Assignments count even on a replaced poll: the server handed them over, and
+        // the `ack` of later polls tells it which answers arrived.
+        self.answers_seen = self.answers_seen.max(answer.seq);
+        if is_current {
+            self.backoff.reset();
         }
-        self.backoff.reset();
         for assignment in answer.assignments {
             self.start(assignment);
         }
@@ -754,6 +756,7 @@ impl Agent {
                     running: Vec::new(),
                     finished: std::mem::take(&mut self.reports.items),
                     wait_ms: 0,
+                    ack: Some(self.answers_seen),
                 },
             );
             if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), call).await {

@@ -41,11 +41,12 @@
 //!
 //! When an attempt finishes while a long-poll waits, the worker replaces that poll
 //! with a new one carrying the report (the server answers the old one empty). If the
-//! server had already answered the old poll with new work, that work is not started
-//! and the server counts it as lost (and runs it again): the poll protocol cannot
-//! tell an answer in flight from one never sent. To make this rare, a poll is
-//! replaced only once it is [`WorkerConfig::cut_short_after`] old: a poll that old
-//! has found nothing to hand out.
+//! server had already answered the old poll with new work, that answer still arrives
+//! and its attempts start: every answer is numbered (`seq`) and every poll says the
+//! highest number the worker has processed (`ack`), so the server expects an attempt
+//! in `running` only once the answer carrying it has been seen. A poll is replaced
+//! once it is [`WorkerConfig::cut_short_after`] old, so that reports of attempts
+//! finishing close together share one poll.
 
 mod agent;
 mod cgroup;

@@ -159,6 +159,7 @@ impl Sim {
         let poll = WorkerPoll {
             running: self.still_running(worker, None),
             finished: vec![],
+            acked: None,
         };
         self.rm.worker_polled(worker, &poll, self.now).unwrap();
         let got = self.rm.take_assignments(worker).unwrap();
@@ -167,6 +168,7 @@ impl Sim {
         let poll = WorkerPoll {
             running: self.still_running(worker, None),
             finished: vec![],
+            acked: None,
         };
         self.rm.worker_polled(worker, &poll, self.now).unwrap();
         self.drain_effects();
@@ -188,6 +190,7 @@ impl Sim {
         let poll = WorkerPoll {
             running: self.still_running(worker, Some(job)),
             finished: vec![AttemptReport { job, token, result }],
+            acked: None,
         };
         let out = self.rm.worker_polled(worker, &poll, self.now).unwrap();
         self.drain_effects();

@@ -628,6 +628,7 @@ impl SimWorker {
             running: self.running.clone(),
             finished: finished.to_vec(),
             wait_ms,
+            ack: None,
         };
         self.api
             .post(&format!("/v1/workers/{}/poll", self.id), &req)
