@@ -13,8 +13,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+/// A no-op job; `LOAD_PAYLOAD_BYTES` pads its arguments to that size.
 fn job(i: usize) -> SubmitJob {
-    SubmitJob::function("root.default", "lqsm.noop", serde_json::json!({ "n": i }))
+    let pad = std::env::var("LOAD_PAYLOAD_BYTES").ok().and_then(|v| v.parse::<usize>().ok());
+    let args = match pad {
+        Some(n) => serde_json::json!({ "n": i, "blob": "x".repeat(n) }),
+        None => serde_json::json!({ "n": i }),
+    };
+    SubmitJob::function("root.default", "lqsm.noop", args)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
