@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 /// A no-op job; `LOAD_PAYLOAD_BYTES` pads its arguments to that size.
 fn job(i: usize) -> SubmitJob {
-    let pad = std::env::var("LOAD_PAYLOAD_BYTES").ok().and_then(|v| v.parse::<usize>().ok());
+    let pad = std::env::var("LOAD_PAYLOAD_BYTES")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok());
     let args = match pad {
         Some(n) => serde_json::json!({ "n": i, "blob": "x".repeat(n) }),
         None => serde_json::json!({ "n": i }),

@@ -276,3 +276,65 @@ pub async fn serve(
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn declared(path: &str, capacity: f64) -> config::QueueDecl {
+        config::QueueDecl {
+            path: path.into(),
+            settings: lqsm_api::QueueSettings {
+                capacity: Some(capacity),
+                ..lqsm_api::QueueSettings::default()
+            },
+        }
+    }
+
+    fn core() -> ResourceManager {
+        ResourceManager::new(
+            lqsm_core::Config::default(),
+            lqsm_core::Policies::default(),
+            1,
+        )
+        .expect("valid")
+    }
+
+    #[test]
+    fn declared_queues_are_created_parents_first_and_kept_when_equal() {
+        let mut rm = core();
+        let config = ServerConfig {
+            queues: vec![
+                declared("root.etl.daily", 100.0),
+                declared("root.etl", 60.0),
+            ],
+            ..ServerConfig::default()
+        };
+        apply_declared_queues(&mut rm, &config).expect("created");
+        assert!(rm.queue("root.etl.daily").is_ok());
+        // Applying the same declarations again (a restart) changes nothing.
+        apply_declared_queues(&mut rm, &config).expect("unchanged");
+    }
+
+    #[test]
+    fn a_declared_queue_that_differs_from_the_stored_one_is_reported() {
+        let mut rm = core();
+        rm.create_queue(
+            "root.etl",
+            lqsm_core::QueueConfig::with_capacity(40.0, 100.0),
+        )
+        .expect("stored");
+        let config = ServerConfig {
+            queues: vec![declared("root.etl", 60.0)],
+            ..ServerConfig::default()
+        };
+        let err = apply_declared_queues(&mut rm, &config).expect_err("conflict");
+        let text = err.to_string();
+        assert!(
+            text.contains("queue `root.etl` in the config differs from the stored queue"),
+            "{text}"
+        );
+        assert!(text.contains("PATCH /v1/queues/root.etl"), "{text}");
+        assert_eq!(rm.queue("root.etl").expect("kept").config().capacity, 40.0);
+    }
+}
