@@ -490,6 +490,10 @@ pub struct FinishedAttempt {
     /// server keeps the last `limits.max_log_bytes` of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logs: Option<String>,
+    /// When the worker started it (ms since the epoch); recorded if the server had
+    /// not yet seen it running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<u64>,
 }
 
 /// `POST /v1/workers/{id}/poll`: heartbeat, reports and a long-poll for work.

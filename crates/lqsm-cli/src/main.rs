@@ -1,10 +1,14 @@
-//! `lqsm`: the one binary.
+//! `lqsm`: the one binary — server, worker, standalone, and the client commands.
 
-use anyhow::Context;
-use clap::{Parser, Subcommand};
-use lqsm_server::config::ServerConfig;
-use std::net::SocketAddr;
-use std::path::PathBuf;
+mod bench;
+mod jobs;
+mod queues;
+mod run;
+mod units;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use lqsm_client::Client;
+use std::process::ExitCode;
 
 // The server allocates per request and per record; mimalloc is measurably faster
 // than the system allocator there (docs/BENCHMARKS.md).
@@ -15,110 +19,119 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    /// The server's URL.
+    #[arg(
+        long,
+        global = true,
+        env = "LQSM_SERVER",
+        default_value = "http://127.0.0.1:7420"
+    )]
+    server: String,
+    /// Bearer token.
+    #[arg(long, global = true, env = "LQSM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Human)]
+    output: Output,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How results are printed.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned tables and readable figures.
+    Human,
+    /// JSON, for scripts.
+    Json,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the server: the HTTP API and the scheduler over the embedded store.
-    Server(ServerArgs),
+    Server(run::ServerArgs),
+    /// Run a worker that takes jobs from the server.
+    Worker(run::WorkerArgs),
+    /// Run a server and one worker in one process: a working LQSM in one command.
+    Standalone(run::StandaloneArgs),
+    /// Submit a job: `lqsm submit -- CMD ARGS...` or `lqsm submit --function NAME`.
+    Submit(jobs::SubmitArgs),
+    /// Inspect and control jobs.
+    #[command(subcommand)]
+    Job(jobs::JobCommand),
+    /// Create, change and inspect queues.
+    #[command(subcommand)]
+    Queue(queues::QueueCommand),
+    /// Inspect and drain workers.
+    #[command(subcommand)]
+    Workers(queues::WorkersCommand),
+    /// The cluster at a glance.
+    Cluster,
+    /// Load-test the cluster: submit jobs and measure rates and latencies.
+    Bench(bench::BenchArgs),
 }
 
-#[derive(clap::Args)]
-struct ServerArgs {
-    /// TOML settings file (see lqsm.example.toml).
-    #[arg(long, env = "LQSM_CONFIG")]
-    config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:7420].
-    #[arg(long, env = "LQSM_LISTEN")]
-    listen: Option<SocketAddr>,
-    /// Data directory [default: ./lqsm-data].
-    #[arg(long, env = "LQSM_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// Listen beyond loopback even without tokens.
-    #[arg(long, env = "LQSM_INSECURE")]
-    insecure: bool,
-    /// An admin token (adds to those in the config file).
-    #[arg(long, env = "LQSM_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
-    /// Heartbeat timeout of workers, ms [default: 10000].
-    #[arg(long, env = "LQSM_HEARTBEAT_TIMEOUT_MS")]
-    heartbeat_timeout_ms: Option<u64>,
-    /// How long finished jobs are kept, ms [default: 86400000].
-    #[arg(long, env = "LQSM_RETENTION_MS")]
-    retention_ms: Option<u64>,
-    /// After a restart, how long running attempts wait for their workers, ms [default: 30000].
-    #[arg(long, env = "LQSM_RECLAIM_GRACE_MS")]
-    reclaim_grace_ms: Option<u64>,
-}
-
-impl ServerArgs {
-    fn into_config(self) -> anyhow::Result<ServerConfig> {
-        let mut config = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read config file {}", path.display()))?;
-                ServerConfig::from_toml(&text)
-                    .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?
+/// What a command prints, as text or JSON.
+pub fn print(output: Output, human: &str, json: &impl serde::Serialize) {
+    match output {
+        Output::Human => {
+            #[allow(clippy::print_stdout)] // Printing is this binary's job.
+            {
+                print!("{human}");
+                if !human.ends_with('\n') && !human.is_empty() {
+                    println!();
+                }
             }
-            None => ServerConfig::default(),
-        };
-        if let Some(v) = self.listen {
-            config.listen = v;
         }
-        if let Some(v) = self.data_dir {
-            config.data_dir = v;
+        Output::Json => {
+            let text = serde_json::to_string_pretty(json)
+                .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{text}");
+            }
         }
-        config.insecure |= self.insecure;
-        if let Some(token) = self.admin_token {
-            config.tokens.push(lqsm_server::config::TokenConfig {
-                token,
-                role: lqsm_server::config::RoleName::Admin,
-                queues: Vec::new(),
-            });
-        }
-        if let Some(v) = self.heartbeat_timeout_ms {
-            config.scheduler.heartbeat_timeout_ms = v;
-        }
-        if let Some(v) = self.retention_ms {
-            config.scheduler.retention_ms = v;
-        }
-        if let Some(v) = self.reclaim_grace_ms {
-            config.scheduler.reclaim_grace_ms = v;
-        }
-        Ok(config)
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+fn client(cli: &Cli) -> anyhow::Result<Client> {
+    Client::new(&cli.server, cli.token.clone()).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
+}
+
+/// Runs the command; `Ok(code)` is the process's exit code.
+fn execute(cli: Cli) -> anyhow::Result<u8> {
+    let output = cli.output;
+    match &cli.command {
+        Command::Server(args) => {
+            runtime()?.block_on(run::server(args.clone()))?;
+            Ok(0)
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        Command::Worker(args) => {
+            let client_config = (cli.server.clone(), cli.token.clone());
+            runtime()?.block_on(run::worker(client_config, args.clone()))?;
+            Ok(0)
+        }
+        Command::Standalone(args) => {
+            runtime()?.block_on(run::standalone(args.clone()))?;
+            Ok(0)
+        }
+        Command::Submit(args) => runtime()?.block_on(jobs::submit(&client(&cli)?, args, output)),
+        Command::Job(cmd) => runtime()?.block_on(jobs::job(&client(&cli)?, cmd, output)),
+        Command::Queue(cmd) => runtime()?.block_on(queues::queue(&client(&cli)?, cmd, output)),
+        Command::Workers(cmd) => runtime()?.block_on(queues::workers(&client(&cli)?, cmd, output)),
+        Command::Cluster => runtime()?.block_on(queues::cluster(&client(&cli)?, output)),
+        Command::Bench(args) => {
+            runtime()?.block_on(bench::run(&cli.server, cli.token.clone(), args, output))
+        }
     }
-    tracing::info!("shutting down");
 }
 
-#[allow(clippy::print_stdout)] // The listening line is the binary's output.
-fn announce(addr: SocketAddr) {
-    println!("lqsm server listening on http://{addr}");
-}
-
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -127,15 +140,20 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.command {
-        Command::Server(args) => {
-            let config = args.into_config()?;
-            let runtime =
-                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime
-                .block_on(lqsm_server::serve(config, shutdown_signal(), announce))
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+    match execute(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            // A client error already says what happened and what to do; its causes
+            // would only repeat it. Other errors read best with their causes.
+            let text = match e.downcast_ref::<lqsm_client::ClientError>() {
+                Some(client_error) => client_error.to_string(),
+                None => format!("{e:#}"),
+            };
+            #[allow(clippy::print_stderr)] // The one place errors reach a person.
+            {
+                eprintln!("lqsm: {text}");
+            }
+            ExitCode::FAILURE
         }
     }
-    Ok(())
 }

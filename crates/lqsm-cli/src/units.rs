@@ -7,7 +7,9 @@ use std::time::Duration;
 /// KiB/MiB/GiB/TiB, Ki/Mi/Gi/Ti) are powers of 1024.
 pub fn parse_mib(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
     let value: f64 = number
         .parse()
@@ -17,7 +19,11 @@ pub fn parse_mib(text: &str) -> Result<u64, String> {
         "k" | "ki" | "kib" | "kb" => 1.0 / 1024.0,
         "g" | "gi" | "gib" | "gb" => 1024.0,
         "t" | "ti" | "tib" | "tb" => 1024.0 * 1024.0,
-        other => return Err(format!("`{text}`: unknown size unit `{other}` (use K, M, G or T)")),
+        other => {
+            return Err(format!(
+                "`{text}`: unknown size unit `{other}` (use K, M, G or T)"
+            ));
+        }
     };
     let mib = value * factor;
     if !mib.is_finite() || mib < 0.0 || mib > (1u64 << 40) as f64 {
@@ -30,10 +36,11 @@ pub fn parse_mib(text: &str) -> Result<u64, String> {
 /// bare number is seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    if let Ok(seconds) = t.parse::<f64>() {
-        if seconds.is_finite() && seconds >= 0.0 {
-            return Ok(Duration::from_secs_f64(seconds));
-        }
+    if let Ok(seconds) = t.parse::<f64>()
+        && seconds.is_finite()
+        && seconds >= 0.0
+    {
+        return Ok(Duration::from_secs_f64(seconds));
     }
     let bad = || format!("`{text}` is not a duration (examples: 500ms, 30s, 5m, 1h30m)");
     let mut total = Duration::ZERO;
@@ -42,13 +49,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(bad());
     }
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
         if digits == 0 {
             return Err(bad());
         }
         let value: f64 = rest[..digits].parse().map_err(|_| bad())?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let seconds = match &rest[..unit_len] {
             "ms" => value / 1000.0,
             "s" => value,
@@ -145,7 +156,11 @@ mod tests {
         assert_eq!(parse_mib("8G"), Ok(8192));
         assert_eq!(parse_mib("1.5Gi"), Ok(1536));
         assert_eq!(parse_mib("2048K"), Ok(2));
-        assert!(parse_mib("8X").unwrap_err().contains("unknown size unit"));
+        assert!(
+            parse_mib("8X")
+                .expect_err("bad unit")
+                .contains("unknown size unit")
+        );
         assert!(parse_mib("lots").is_err());
     }
 
@@ -174,7 +189,13 @@ mod tests {
 
     #[test]
     fn tables_align_columns() {
-        let t = table(&["ID", "STATE"], &[vec!["a".into(), "running".into()], vec!["bbbb".into(), "ok".into()]]);
+        let t = table(
+            &["ID", "STATE"],
+            &[
+                vec!["a".into(), "running".into()],
+                vec!["bbbb".into(), "ok".into()],
+            ],
+        );
         assert_eq!(t, "ID    STATE\na     running\nbbbb  ok\n");
     }
 }

@@ -607,6 +607,10 @@ pub struct AttemptReport {
     pub token: FencingToken,
     /// How it went.
     pub result: ReportedResult,
+    /// When the worker started it, if it says (kept when the core had not seen it
+    /// running; never later than the report).
+    #[serde(default)]
+    pub started_at: Option<Timestamp>,
 }
 
 /// The part of an attempt's end a worker can know.

@@ -1385,6 +1385,15 @@ impl ResourceManager {
             match self.current_attempt_on(worker_key, report.job, report.token) {
                 Ok(key) => {
                     outcome.accepted += 1;
+                    if let Some(attempt) = self.jobs[key].attempts.last_mut()
+                        && attempt.started_at.is_none()
+                    {
+                        attempt.started_at = Some(
+                            report
+                                .started_at
+                                .map_or(now, |t| t.max(attempt.scheduled_at).min(now)),
+                        );
+                    }
                     self.apply_report(key, &report.result, now);
                 }
                 Err(reason) => outcome.refused.push(RefusedReport {

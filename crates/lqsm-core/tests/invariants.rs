@@ -216,6 +216,7 @@ impl World {
                                 message: "x".into(),
                             }
                         },
+                        started_at: None,
                     })
                     .collect();
                 let mut stale = None;

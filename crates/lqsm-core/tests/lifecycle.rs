@@ -195,6 +195,7 @@ fn lost_worker_attempts_are_requeued_once_and_its_late_reports_refused() {
                 result: None,
                 exit_code: Some(0),
             },
+            started_at: None,
         }],
         acked: None,
     };

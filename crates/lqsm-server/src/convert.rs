@@ -310,8 +310,10 @@ fn outcome_name(o: &core::AttemptOutcome) -> (&'static str, Option<String>) {
         Failed { exit_code, message } => (
             "failed",
             Some(match exit_code {
-                Some(code) => format!("exit code {code}: {message}"),
-                None => message.clone(),
+                Some(code) if !message.contains("exit code") => {
+                    format!("exit code {code}: {message}")
+                }
+                _ => message.clone(),
             }),
         ),
         TimedOut => ("timed_out", None),

@@ -807,6 +807,7 @@ async fn poll_worker(
                 job: JobId(f.job),
                 token: lqsm_core::FencingToken(f.token),
                 result: convert::reported(&f.result),
+                started_at: f.started_at_ms.map(lqsm_core::Timestamp),
             })
             .collect(),
         acked: poll.ack,

@@ -55,9 +55,11 @@ pub fn restore(store: &dyn Store, config: &ServerConfig) -> Result<ResourceManag
     let mut rm = if fresh {
         let mut rm = ResourceManager::new(core_config, resource_manager::policies(), seed)
             .map_err(|e| ServerError::Config(e.to_string()))?;
+        // No guarantee: alone it still gets the whole cluster (idle capacity is lent),
+        // and new queues can be given guarantees without first shrinking it.
         rm.create_queue(
             "root.default",
-            lqsm_core::QueueConfig::with_capacity(100.0, 100.0),
+            lqsm_core::QueueConfig::with_capacity(0.0, 100.0),
         )
         .map_err(|e| ServerError::Config(e.to_string()))?;
         rm

@@ -104,6 +104,7 @@ fn finish_everything(api: Api, handler: &'static str, load: Load) -> JoinHandle<
                         exit_code: None,
                     },
                     logs: None,
+                    started_at_ms: None,
                 })
                 .collect();
             let poll = api::PollRequest {

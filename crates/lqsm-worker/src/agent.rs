@@ -57,6 +57,15 @@ struct Running {
     stop: watch::Sender<Stop>,
     /// GPU indices it holds, back to the pool when it ends.
     gpus: Vec<u32>,
+    /// When it started, ms since the epoch (reported with its end).
+    started_at_ms: u64,
+}
+
+/// Now, in ms since the Unix epoch.
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// An attempt's end, from its task.
@@ -640,6 +649,7 @@ impl Agent {
             Running {
                 stop: stop_tx,
                 gpus: Vec::new(),
+                started_at_ms: epoch_ms(),
             },
         );
         let done = self.done_tx.clone();
@@ -685,6 +695,7 @@ impl Agent {
             Running {
                 stop: stop_tx,
                 gpus,
+                started_at_ms: epoch_ms(),
             },
         );
         let options = ExecOptions {
@@ -713,8 +724,10 @@ impl Agent {
     }
 
     fn on_done(&mut self, done: Done) {
+        let mut started_at_ms = None;
         if let Some(running) = self.running.remove(&done.key) {
             self.free_gpus.extend(running.gpus);
+            started_at_ms = Some(running.started_at_ms);
         }
         match &done.result {
             api::AttemptResult::Succeeded { .. } => self.summary.succeeded += 1,
@@ -725,6 +738,7 @@ impl Agent {
             token: done.key.1,
             result: done.result,
             logs: done.logs,
+            started_at_ms,
         });
         self.hurry_report();
     }
@@ -1106,6 +1120,7 @@ mod tests {
             token: n,
             result: api::AttemptResult::TimedOut,
             logs: None,
+            started_at_ms: None,
         };
         reports.push(report(1));
         reports.push(report(2));

@@ -189,7 +189,12 @@ impl Sim {
     ) -> PollOutcome {
         let poll = WorkerPoll {
             running: self.still_running(worker, Some(job)),
-            finished: vec![AttemptReport { job, token, result }],
+            finished: vec![AttemptReport {
+                job,
+                token,
+                result,
+                started_at: None,
+            }],
             acked: None,
         };
         let out = self.rm.worker_polled(worker, &poll, self.now).unwrap();

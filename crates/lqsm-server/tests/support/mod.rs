@@ -691,5 +691,6 @@ pub fn finished(a: &api::Assignment, result: api::AttemptResult) -> api::Finishe
         token: a.token,
         result,
         logs: None,
+        started_at_ms: None,
     }
 }

@@ -1,0 +1,398 @@
+//! `lqsm submit` and `lqsm job ...`.
+
+use crate::units::{parse_duration, parse_mib, parse_pair, show_cores, show_mib, show_ms, table};
+use crate::{Output, print};
+use indicatif::{ProgressBar, ProgressStyle};
+use lqsm_api as api;
+use lqsm_client::{Client, JobFilter};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use uuid::Uuid;
+
+/// Options of `lqsm submit`.
+#[derive(clap::Args)]
+pub struct SubmitArgs {
+    /// Leaf queue to submit to.
+    #[arg(short, long, default_value = "root.default")]
+    queue: String,
+    /// Run this registered function instead of a command.
+    #[arg(long)]
+    function: Option<String>,
+    /// The function's arguments, as JSON.
+    #[arg(long, requires = "function")]
+    args: Option<String>,
+    /// CPU cores per attempt.
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Memory per attempt, e.g. 512M, 2G.
+    #[arg(long, value_parser = parse_mib)]
+    memory: Option<u64>,
+    /// GPUs per attempt.
+    #[arg(long)]
+    gpus: Option<u32>,
+    /// Higher runs first.
+    #[arg(long, allow_negative_numbers = true)]
+    priority: Option<i32>,
+    /// Retries after a failure (attempts in all = retries + 1).
+    #[arg(long)]
+    retries: Option<u32>,
+    /// Longest an attempt may run, e.g. 30s, 10m.
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Start no sooner than this from now, e.g. 5m.
+    #[arg(long, value_parser = parse_duration, conflicts_with = "at")]
+    delay: Option<Duration>,
+    /// Start no sooner than this instant (RFC 3339, e.g. 2026-12-01T09:00:00Z).
+    #[arg(long, value_parser = parse_instant)]
+    at: Option<u64>,
+    /// Give up if not started within this long, e.g. 1h.
+    #[arg(long, value_parser = parse_duration)]
+    expires: Option<Duration>,
+    /// Same key in the same queue: the same job.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// A label the worker must carry, KEY=VALUE (repeatable).
+    #[arg(long = "label", value_parser = parse_pair)]
+    labels: Vec<(String, String)>,
+    /// A tag (repeatable).
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// Wait for the job and exit with its exit code (1 if it failed otherwise).
+    #[arg(long)]
+    wait: bool,
+    /// Submit this many copies.
+    #[arg(long, default_value_t = 1)]
+    count: usize,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+fn parse_instant(text: &str) -> Result<u64, String> {
+    let t = humantime::parse_rfc3339_weak(text)
+        .map_err(|e| format!("`{text}` is not an instant like 2026-12-01T09:00:00Z: {e}"))?;
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .map_err(|_| format!("`{text}` is before 1970"))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl SubmitArgs {
+    fn job(&self) -> anyhow::Result<api::SubmitJob> {
+        let kind = match (&self.function, self.command.is_empty()) {
+            (Some(handler), true) => {
+                let args = match &self.args {
+                    Some(text) => serde_json::from_str(text)
+                        .map_err(|e| anyhow::anyhow!("--args is not JSON: {e}"))?,
+                    None => serde_json::Value::Null,
+                };
+                api::JobKind::Function {
+                    handler: handler.clone(),
+                    args,
+                }
+            }
+            (None, false) => api::JobKind::Command {
+                argv: self.command.clone(),
+                env: Default::default(),
+                cwd: None,
+            },
+            (Some(_), false) => {
+                anyhow::bail!("give either --function or a command after `--`, not both")
+            }
+            (None, true) => anyhow::bail!(
+                "nothing to run: give a command after `--` (lqsm submit -- echo hi) or --function NAME"
+            ),
+        };
+        let mut job = api::SubmitJob::new(&self.queue, kind);
+        if self.cpus.is_some() || self.memory.is_some() || self.gpus.is_some() {
+            job.resources = Some(api::Resources {
+                cpu: self.cpus,
+                memory_mib: self.memory,
+                gpu: self.gpus,
+                custom: Default::default(),
+            });
+        }
+        job.priority = self.priority;
+        job.timeout_ms = self.timeout.map(|d| d.as_millis() as u64);
+        job.delay_ms = self.delay.map(|d| d.as_millis() as u64);
+        job.not_before_ms = self.at;
+        job.expires_at_ms = self.expires.map(|d| now_ms() + d.as_millis() as u64);
+        job.retry = self.retries.map(|r| api::RetrySpec {
+            max_attempts: Some(r.saturating_add(1)),
+            ..api::RetrySpec::default()
+        });
+        job.idempotency_key = self.idempotency_key.clone();
+        job.selector = self.labels.iter().cloned().collect();
+        job.tags = self.tags.clone();
+        Ok(job)
+    }
+}
+
+/// `lqsm submit`.
+pub async fn submit(client: &Client, args: &SubmitArgs, output: Output) -> anyhow::Result<u8> {
+    let job = args.job()?;
+    anyhow::ensure!(args.count >= 1, "--count must be at least 1");
+    if args.count == 1 {
+        let submitted = client.submit(&job).await?;
+        if !args.wait {
+            let human = submitted.id.to_string();
+            print(
+                output,
+                &human,
+                &serde_json::json!({ "id": submitted.id, "created": submitted.created }),
+            );
+            return Ok(0);
+        }
+        let view = wait_for(client, submitted.id, None).await?;
+        print(output, &describe(&view), &view);
+        return Ok(exit_code(&view));
+    }
+    let bar = ProgressBar::new(args.count as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} submitted ({per_sec})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    if output == Output::Json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut ids = Vec::with_capacity(args.count);
+    let mut left = args.count;
+    while left > 0 {
+        let n = left.min(1000);
+        let batch: Vec<api::SubmitJob> = (0..n).map(|_| job.clone()).collect();
+        let result = client.submit_batch(&batch).await?;
+        for item in result.results {
+            match (item.id, item.error) {
+                (Some(id), _) => ids.push(id),
+                (None, Some(e)) => anyhow::bail!("{}", e.message),
+                (None, None) => {
+                    anyhow::bail!("the server answered an item with neither id nor error")
+                }
+            }
+        }
+        left -= n;
+        bar.inc(n as u64);
+    }
+    bar.finish_and_clear();
+    if args.wait {
+        let mut worst = 0;
+        for id in &ids {
+            let view = wait_for(client, *id, None).await?;
+            worst = worst.max(exit_code(&view));
+        }
+        print(output, &format!("{} jobs finished", ids.len()), &ids);
+        return Ok(worst);
+    }
+    let human = ids
+        .iter()
+        .map(Uuid::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    print(output, &human, &serde_json::json!({ "ids": ids }));
+    Ok(0)
+}
+
+/// Waits until the job is finished (or `limit` passes).
+async fn wait_for(
+    client: &Client,
+    id: Uuid,
+    limit: Option<Duration>,
+) -> anyhow::Result<api::JobView> {
+    let started = std::time::Instant::now();
+    loop {
+        let left = limit.map_or(Duration::from_secs(300), |l| {
+            l.saturating_sub(started.elapsed())
+        });
+        let view = client.wait(id, left.min(Duration::from_secs(300))).await?;
+        let finished = matches!(
+            view.state.as_str(),
+            "succeeded" | "failed" | "cancelled" | "expired"
+        );
+        if finished || limit.is_some_and(|l| started.elapsed() >= l) {
+            return Ok(view);
+        }
+    }
+}
+
+/// The exit code of a finished job: a command's own code, else 0 for success, 1 otherwise.
+fn exit_code(view: &api::JobView) -> u8 {
+    match (view.state.as_str(), view.exit_code) {
+        (_, Some(code)) => u8::try_from(code.clamp(0, 255)).unwrap_or(1),
+        ("succeeded", None) => 0,
+        _ => 1,
+    }
+}
+
+fn ago(ms: u64) -> String {
+    format!("{} ago", show_ms(now_ms().saturating_sub(ms)))
+}
+
+/// A job as a person reads it.
+fn describe(view: &api::JobView) -> String {
+    let what = match &view.kind {
+        api::JobKind::Command { argv, .. } => argv.join(" "),
+        api::JobKind::Function { handler, .. } => format!("{handler}(…)"),
+    };
+    let mut lines = vec![
+        format!("id:         {}", view.id),
+        format!("queue:      {}", view.queue),
+        format!("state:      {}", view.state),
+        format!("runs:       {what}"),
+        format!(
+            "resources:  {} cpu, {}{}",
+            show_cores(view.resources.cpu),
+            show_mib(view.resources.memory_mib),
+            if view.resources.gpu > 0 {
+                format!(", {} gpu", view.resources.gpu)
+            } else {
+                String::new()
+            }
+        ),
+        format!("submitted:  {}", ago(view.submitted_at_ms)),
+        format!(
+            "attempts:   {} of {}",
+            view.attempts.len(),
+            view.max_attempts
+        ),
+    ];
+    for a in &view.attempts {
+        let ran = match (a.started_at_ms, a.finished_at_ms) {
+            (Some(s), Some(f)) => format!(", ran {}", show_ms(f.saturating_sub(s))),
+            (Some(_), None) => ", running".into(),
+            _ => String::new(),
+        };
+        let outcome = a.outcome.as_deref().unwrap_or("in progress");
+        let message = a
+            .message
+            .as_deref()
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default();
+        lines.push(format!(
+            "  #{} on {}{ran} — {outcome}{message}",
+            a.number, a.worker
+        ));
+    }
+    if let Some(code) = view.exit_code {
+        lines.push(format!("exit code:  {code}"));
+    }
+    if let Some(result) = &view.result {
+        lines.push(format!("result:     {result}"));
+    }
+    if let Some(reason) = &view.reason {
+        lines.push(format!("reason:     {reason}"));
+    }
+    lines.join("\n") + "\n"
+}
+
+/// `lqsm job ...`.
+#[derive(clap::Subcommand)]
+pub enum JobCommand {
+    /// Show a job.
+    Get {
+        /// The job's id.
+        id: Uuid,
+    },
+    /// List jobs, newest last.
+    List {
+        /// Only this queue (and below).
+        #[arg(short, long)]
+        queue: Option<String>,
+        /// Only this state.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only jobs with this tag.
+        #[arg(long)]
+        tag: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Cancel a job (a running one is killed on its worker).
+    Cancel {
+        /// The job's id.
+        id: Uuid,
+    },
+    /// Wait for a job to finish; exits with its exit code.
+    Wait {
+        /// The job's id.
+        id: Uuid,
+        /// Give up after this long, e.g. 30s.
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<Duration>,
+    },
+    /// Print the captured output of a job.
+    Logs {
+        /// The job's id.
+        id: Uuid,
+    },
+}
+
+/// Runs `lqsm job ...`.
+pub async fn job(client: &Client, cmd: &JobCommand, output: Output) -> anyhow::Result<u8> {
+    match cmd {
+        JobCommand::Get { id } => {
+            let view = client.job(*id).await?;
+            print(output, &describe(&view), &view);
+        }
+        JobCommand::List {
+            queue,
+            state,
+            tag,
+            limit,
+        } => {
+            let filter = JobFilter {
+                queue: queue.clone(),
+                state: state.clone(),
+                tag: tag.clone(),
+            };
+            let page = client.list_jobs(&filter, None, Some(*limit)).await?;
+            let rows: Vec<Vec<String>> = page
+                .jobs
+                .iter()
+                .map(|j| {
+                    vec![
+                        j.id.to_string(),
+                        j.queue.clone(),
+                        j.state.clone(),
+                        j.attempts.len().to_string(),
+                        ago(j.submitted_at_ms),
+                    ]
+                })
+                .collect();
+            print(
+                output,
+                &table(&["ID", "QUEUE", "STATE", "ATTEMPTS", "SUBMITTED"], &rows),
+                &page,
+            );
+        }
+        JobCommand::Cancel { id } => {
+            let view = client.cancel(*id).await?;
+            print(output, &describe(&view), &view);
+        }
+        JobCommand::Wait { id, timeout } => {
+            let view = wait_for(client, *id, *timeout).await?;
+            print(output, &describe(&view), &view);
+            let finished = matches!(
+                view.state.as_str(),
+                "succeeded" | "failed" | "cancelled" | "expired"
+            );
+            if !finished {
+                anyhow::bail!("job {id} is still {} after the timeout", view.state);
+            }
+            return Ok(exit_code(&view));
+        }
+        JobCommand::Logs { id } => {
+            let logs = client.logs(*id).await?;
+            print(
+                output,
+                &logs,
+                &serde_json::json!({ "id": id, "logs": logs }),
+            );
+        }
+    }
+    Ok(0)
+}

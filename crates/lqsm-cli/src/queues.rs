@@ -1,0 +1,338 @@
+//! `lqsm queue ...`, `lqsm workers ...` and `lqsm cluster`.
+
+use crate::units::{show_cores, show_mib, table};
+use crate::{Output, print};
+use lqsm_api as api;
+use lqsm_client::Client;
+use uuid::Uuid;
+
+/// A queue's settings on the command line; absent flags leave a setting alone.
+#[derive(clap::Args, Clone)]
+pub struct SettingsArgs {
+    /// Guaranteed share, percent of the parent's.
+    #[arg(long)]
+    capacity: Option<f64>,
+    /// Elastic ceiling, percent of the parent's.
+    #[arg(long)]
+    max_capacity: Option<f64>,
+    /// Tie-breaking weight.
+    #[arg(long)]
+    weight: Option<u32>,
+    /// Most attempts running at once (0: no limit).
+    #[arg(long)]
+    max_running: Option<u32>,
+    /// Most jobs pending (0: no limit).
+    #[arg(long)]
+    max_pending: Option<u64>,
+    /// Ordering policy (priority-fifo, fifo, smallest-first).
+    #[arg(long)]
+    ordering: Option<String>,
+    /// Placement policy (best-fit, spread).
+    #[arg(long)]
+    placement: Option<String>,
+    /// Admission policy (accept-all, require-capable-worker).
+    #[arg(long)]
+    admission: Option<String>,
+    /// Whether preemption may take attempts back from it.
+    #[arg(long)]
+    preemptable: Option<bool>,
+}
+
+impl SettingsArgs {
+    fn settings(&self) -> api::QueueSettings {
+        api::QueueSettings {
+            capacity: self.capacity,
+            max_capacity: self.max_capacity,
+            weight: self.weight,
+            max_running: self.max_running,
+            max_pending: self.max_pending,
+            defaults: None,
+            ordering: self.ordering.clone(),
+            placement: self.placement.clone(),
+            admission: self.admission.clone(),
+            preemptable: self.preemptable,
+        }
+    }
+}
+
+/// `lqsm queue ...`.
+#[derive(clap::Subcommand)]
+pub enum QueueCommand {
+    /// Create a queue under an existing parent.
+    Create {
+        /// Its path, e.g. root.etl.
+        path: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Change a queue's settings.
+    Update {
+        /// Its path.
+        path: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// The queue tree with live figures.
+    List,
+    /// One queue in detail.
+    Show {
+        /// Its path.
+        path: String,
+    },
+    /// Accept nothing new; keep running what it holds.
+    Stop {
+        /// Its path.
+        path: String,
+    },
+    /// Accept and run jobs again.
+    Start {
+        /// Its path.
+        path: String,
+    },
+    /// Accept and start nothing new; let running jobs finish.
+    Drain {
+        /// Its path.
+        path: String,
+    },
+    /// Delete a queue (with --force, cancelling its unfinished jobs).
+    Delete {
+        /// Its path.
+        path: String,
+        /// Cancel its unfinished jobs.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn percent(f: f64) -> String {
+    let p = f * 100.0;
+    if (p - p.round()).abs() < 0.05 {
+        format!("{}%", p.round() as i64)
+    } else {
+        format!("{p:.1}%")
+    }
+}
+
+/// One line per queue, drawn as a tree.
+fn tree(root: &api::QueueView) -> String {
+    fn walk(
+        q: &api::QueueView,
+        prefix: &str,
+        last: bool,
+        is_root: bool,
+        rows: &mut Vec<Vec<String>>,
+    ) {
+        let name = q.path.rsplit('.').next().unwrap_or(&q.path);
+        let label = if is_root {
+            name.to_owned()
+        } else {
+            format!("{prefix}{}{name}", if last { "└─ " } else { "├─ " })
+        };
+        rows.push(vec![
+            label,
+            q.state.clone(),
+            percent(q.abs_guarantee),
+            percent(q.abs_max),
+            format!(
+                "{} / {}",
+                show_cores(q.used.cpu),
+                show_cores(q.guaranteed.cpu)
+            ),
+            show_mib(q.used.memory_mib),
+            q.pending.to_string(),
+            q.running.to_string(),
+        ]);
+        let child_prefix = if is_root {
+            String::new()
+        } else {
+            format!("{prefix}{}", if last { "   " } else { "│  " })
+        };
+        for (i, c) in q.children.iter().enumerate() {
+            walk(c, &child_prefix, i + 1 == q.children.len(), false, rows);
+        }
+    }
+    let mut rows = Vec::new();
+    walk(root, "", true, true, &mut rows);
+    table(
+        &[
+            "QUEUE",
+            "STATE",
+            "GUARANTEE",
+            "MAX",
+            "CPU USED / GUAR.",
+            "MEMORY",
+            "PENDING",
+            "RUNNING",
+        ],
+        &rows,
+    )
+}
+
+fn detail(q: &api::QueueView) -> String {
+    let s = &q.settings;
+    let or_none = |v: Option<u64>| match v {
+        Some(0) | None => "none".to_owned(),
+        Some(n) => n.to_string(),
+    };
+    format!(
+        "queue:        {}\nstate:        {}\ncapacity:     {}% of parent ({} of cluster), max {}% ({})\nused:         {} cpu, {}\npending:      {}\nrunning:      {}\nmax running:  {}\nmax pending:  {}\npolicies:     ordering {}, placement {}, admission {}\npreemptable:  {}\nsubmitted:    {}  succeeded {}  failed {}  cancelled {}  expired {}\nmean wait:    {} ms, mean run {} ms\n",
+        q.path,
+        q.state,
+        q.capacity,
+        percent(q.abs_guarantee),
+        q.max_capacity,
+        percent(q.abs_max),
+        show_cores(q.used.cpu),
+        show_mib(q.used.memory_mib),
+        q.pending,
+        q.running,
+        or_none(s.max_running.map(u64::from)),
+        or_none(s.max_pending),
+        s.ordering.as_deref().unwrap_or("-"),
+        s.placement.as_deref().unwrap_or("-"),
+        s.admission.as_deref().unwrap_or("-"),
+        s.preemptable.unwrap_or(true),
+        q.counts.submitted,
+        q.counts.succeeded,
+        q.counts.failed,
+        q.counts.cancelled,
+        q.counts.expired,
+        q.counts.mean_wait_ms,
+        q.counts.mean_run_ms,
+    )
+}
+
+/// Runs `lqsm queue ...`.
+pub async fn queue(client: &Client, cmd: &QueueCommand, output: Output) -> anyhow::Result<u8> {
+    let view = match cmd {
+        QueueCommand::Create { path, settings } => {
+            let req = api::CreateQueue {
+                path: path.clone(),
+                settings: settings.settings(),
+            };
+            client.create_queue(&req).await?
+        }
+        QueueCommand::Update { path, settings } => {
+            client.update_queue(path, &settings.settings()).await?
+        }
+        QueueCommand::List => {
+            let root = client.queues().await?;
+            print(output, &tree(&root), &root);
+            return Ok(0);
+        }
+        QueueCommand::Show { path } => client.queue(path).await?,
+        QueueCommand::Stop { path } => client.stop_queue(path).await?,
+        QueueCommand::Start { path } => client.start_queue(path).await?,
+        QueueCommand::Drain { path } => client.drain_queue(path).await?,
+        QueueCommand::Delete { path, force } => {
+            client.delete_queue(path, *force).await?;
+            print(
+                output,
+                &format!("deleted {path}"),
+                &serde_json::json!({ "deleted": path }),
+            );
+            return Ok(0);
+        }
+    };
+    print(output, &detail(&view), &view);
+    Ok(0)
+}
+
+/// `lqsm workers ...`.
+#[derive(clap::Subcommand)]
+pub enum WorkersCommand {
+    /// Every worker the cluster knows.
+    List,
+    /// Take a worker out of scheduling; it finishes what it runs.
+    Drain {
+        /// The worker's id.
+        id: Uuid,
+    },
+}
+
+fn worker_rows(workers: &[api::WorkerView]) -> Vec<Vec<String>> {
+    workers
+        .iter()
+        .map(|w| {
+            vec![
+                w.name.clone(),
+                w.id.to_string(),
+                w.state.clone(),
+                format!(
+                    "{} / {}",
+                    show_cores(w.used.cpu),
+                    show_cores(w.capacity.cpu)
+                ),
+                format!(
+                    "{} / {}",
+                    show_mib(w.used.memory_mib),
+                    show_mib(w.capacity.memory_mib)
+                ),
+                w.attempts.to_string(),
+            ]
+        })
+        .collect()
+}
+
+const WORKER_HEADER: [&str; 6] = [
+    "NAME",
+    "ID",
+    "STATE",
+    "CPU USED / CAP.",
+    "MEMORY USED / CAP.",
+    "ATTEMPTS",
+];
+
+/// Runs `lqsm workers ...`.
+pub async fn workers(client: &Client, cmd: &WorkersCommand, output: Output) -> anyhow::Result<u8> {
+    match cmd {
+        WorkersCommand::List => {
+            let workers = client.workers().await?;
+            print(
+                output,
+                &table(&WORKER_HEADER, &worker_rows(&workers)),
+                &workers,
+            );
+        }
+        WorkersCommand::Drain { id } => {
+            let view = client.drain_worker(*id).await?;
+            let rows = worker_rows(std::slice::from_ref(&view));
+            print(output, &table(&WORKER_HEADER, &rows), &view);
+        }
+    }
+    Ok(0)
+}
+
+/// Runs `lqsm cluster`.
+pub async fn cluster(client: &Client, output: Output) -> anyhow::Result<u8> {
+    let c = client.cluster().await?;
+    let counts = |m: &std::collections::BTreeMap<String, u64>| {
+        if m.is_empty() {
+            "none".to_owned()
+        } else {
+            m.iter()
+                .map(|(k, v)| format!("{v} {k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    let workers: std::collections::BTreeMap<String, u64> = c
+        .workers
+        .iter()
+        .map(|(k, v)| (k.clone(), *v as u64))
+        .collect();
+    let human = format!(
+        "workers:   {}\ncapacity:  {} cpu, {}, {} gpu\nused:      {} cpu, {}, {} gpu\njobs:      {}\nqueues:    {}\n",
+        counts(&workers),
+        show_cores(c.total.cpu),
+        show_mib(c.total.memory_mib),
+        c.total.gpu,
+        show_cores(c.used.cpu),
+        show_mib(c.used.memory_mib),
+        c.used.gpu,
+        counts(&c.jobs),
+        c.queues,
+    );
+    print(output, &human, &c);
+    Ok(0)
+}

@@ -1,0 +1,289 @@
+//! The long-running commands: `server`, `worker` and `standalone`.
+
+use crate::units::{parse_mib, parse_pair};
+use anyhow::Context;
+use lqsm_server::config::ServerConfig;
+use lqsm_worker::{WorkerBuilder, WorkerConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tokio::sync::watch;
+
+/// Settings of `lqsm server` (and of the server inside `lqsm standalone`).
+#[derive(clap::Args, Clone)]
+pub struct ServerArgs {
+    /// TOML settings file (see lqsm.example.toml).
+    #[arg(long, env = "LQSM_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7420].
+    #[arg(long, env = "LQSM_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Data directory [default: ./lqsm-data].
+    #[arg(long, env = "LQSM_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Listen beyond loopback even without tokens.
+    #[arg(long, env = "LQSM_INSECURE")]
+    insecure: bool,
+    /// An admin token (adds to those in the config file).
+    #[arg(long, env = "LQSM_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Heartbeat timeout of workers, ms [default: 10000].
+    #[arg(long, env = "LQSM_HEARTBEAT_TIMEOUT_MS")]
+    heartbeat_timeout_ms: Option<u64>,
+    /// How long finished jobs are kept, ms [default: 86400000].
+    #[arg(long, env = "LQSM_RETENTION_MS")]
+    retention_ms: Option<u64>,
+    /// After a restart, how long running attempts wait for their workers, ms [default: 30000].
+    #[arg(long, env = "LQSM_RECLAIM_GRACE_MS")]
+    reclaim_grace_ms: Option<u64>,
+}
+
+impl ServerArgs {
+    fn into_config(self) -> anyhow::Result<ServerConfig> {
+        let mut config = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                ServerConfig::from_toml(&text)
+                    .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?
+            }
+            None => ServerConfig::default(),
+        };
+        if let Some(v) = self.listen {
+            config.listen = v;
+        }
+        if let Some(v) = self.data_dir {
+            config.data_dir = v;
+        }
+        config.insecure |= self.insecure;
+        if let Some(token) = self.admin_token {
+            config.tokens.push(lqsm_server::config::TokenConfig {
+                token,
+                role: lqsm_server::config::RoleName::Admin,
+                queues: Vec::new(),
+            });
+        }
+        if let Some(v) = self.heartbeat_timeout_ms {
+            config.scheduler.heartbeat_timeout_ms = v;
+        }
+        if let Some(v) = self.retention_ms {
+            config.scheduler.retention_ms = v;
+        }
+        if let Some(v) = self.reclaim_grace_ms {
+            config.scheduler.reclaim_grace_ms = v;
+        }
+        Ok(config)
+    }
+}
+
+/// Settings of `lqsm worker` (and of the worker inside `lqsm standalone`).
+#[derive(clap::Args, Clone)]
+pub struct WorkerArgs {
+    /// CPU cores to offer [default: all of this machine's].
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Memory to offer, e.g. 8G or 512M [default: all of this machine's].
+    #[arg(long, value_parser = parse_mib)]
+    memory: Option<u64>,
+    /// GPUs to offer [default: those nvidia-smi lists].
+    #[arg(long)]
+    gpus: Option<u32>,
+    /// A custom resource to offer, NAME=AMOUNT (repeatable), e.g. licence=2.
+    #[arg(long = "resource", value_parser = parse_pair)]
+    resources: Vec<(String, String)>,
+    /// A label jobs can select on, KEY=VALUE (repeatable).
+    #[arg(long = "label", value_parser = parse_pair)]
+    labels: Vec<(String, String)>,
+    /// The worker's name [default: the host name].
+    #[arg(long)]
+    name: Option<String>,
+    /// Run only function handlers, no command jobs.
+    #[arg(long)]
+    no_commands: bool,
+}
+
+impl WorkerArgs {
+    fn into_config(self, server: String, token: Option<String>) -> anyhow::Result<WorkerConfig> {
+        let mut config = WorkerConfig::new(server);
+        config.token = token;
+        if let Some(cpus) = self.cpus {
+            anyhow::ensure!(
+                cpus.is_finite() && cpus > 0.0,
+                "--cpus {cpus}: give a number of cores above 0"
+            );
+            config.capacity.cpus = cpus;
+        }
+        if let Some(mib) = self.memory {
+            config.capacity.memory_mib = mib;
+        }
+        if let Some(gpus) = self.gpus {
+            let detected = config.capacity.gpus.clone();
+            config.capacity.gpus = (0..gpus)
+                .map(|i| detected.get(i as usize).copied().unwrap_or(i))
+                .collect();
+        }
+        for (name, amount) in self.resources {
+            let amount: u64 = amount.parse().map_err(|_| {
+                anyhow::anyhow!("--resource {name}={amount}: the amount must be a whole number")
+            })?;
+            config.capacity.custom.insert(name, amount);
+        }
+        config.labels.extend(self.labels);
+        if let Some(name) = self.name {
+            config.name = name;
+        }
+        config.serves_commands = !self.no_commands;
+        Ok(config)
+    }
+}
+
+/// `lqsm standalone`: server settings plus worker settings.
+#[derive(clap::Args, Clone)]
+pub struct StandaloneArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    worker: WorkerArgs,
+}
+
+/// Resolves with the number of SIGTERM/Ctrl-C signals received so far, once per signal.
+fn signals() -> watch::Receiver<u32> {
+    let (tx, rx) = watch::channel(0u32);
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        loop {
+            #[cfg(unix)]
+            let got_term = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let got_term = std::future::pending::<()>();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = got_term => {}
+            }
+            tx.send_modify(|n| *n += 1);
+        }
+    });
+    rx
+}
+
+async fn signal_number(mut rx: watch::Receiver<u32>, n: u32) {
+    let _ = rx.wait_for(|count| *count >= n).await;
+}
+
+#[allow(clippy::print_stdout)] // The listening line is the command's output.
+fn announce(addr: SocketAddr) {
+    println!("lqsm server listening on http://{addr}");
+}
+
+/// `lqsm server`.
+pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    let config = args.into_config()?;
+    let signals = signals();
+    lqsm_server::serve(config, signal_number(signals, 1), announce)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Runs a worker until the first signal (drain), or the second (kill now).
+async fn run_worker(config: WorkerConfig, signals: watch::Receiver<u32>) -> anyhow::Result<()> {
+    let worker = WorkerBuilder::new(config)
+        .build()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let report = worker.startup().clone();
+    tracing::info!(
+        id = %report.id,
+        name = %report.name,
+        cpus = report.capacity.cpus,
+        memory_mib = report.capacity.memory_mib,
+        gpus = report.capacity.gpus.len(),
+        memory_enforced = report.memory_enforced,
+        "worker starting"
+    );
+    if let Some(note) = &report.memory_note {
+        tracing::warn!("{note}");
+    }
+    let kill = worker.kill_switch();
+    let second = signals.clone();
+    tokio::spawn(async move {
+        signal_number(second, 2).await;
+        tracing::warn!("second signal: killing running jobs");
+        kill.kill_now();
+    });
+    let summary = worker
+        .run(signal_number(signals, 1))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tracing::info!(
+        started = summary.started,
+        succeeded = summary.succeeded,
+        failed = summary.failed,
+        killed = summary.killed,
+        "worker stopped"
+    );
+    Ok(())
+}
+
+/// `lqsm worker`.
+pub async fn worker(
+    (server, token): (String, Option<String>),
+    args: WorkerArgs,
+) -> anyhow::Result<()> {
+    let config = args.into_config(server, token)?;
+    run_worker(config, signals()).await
+}
+
+/// `lqsm standalone`: the server and one worker in one process. The first signal
+/// drains the worker, then stops the server; a second kills running jobs.
+pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
+    let config = args.server.into_config()?;
+    let token = config
+        .tokens
+        .iter()
+        .find(|t| t.role == lqsm_server::config::RoleName::Admin)
+        .map(|t| t.token.clone());
+    if !config.tokens.is_empty() && token.is_none() {
+        anyhow::bail!(
+            "standalone needs an admin token for its own worker when tokens are configured (--admin-token)"
+        );
+    }
+    let signals = signals();
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    let (worker_done_tx, worker_done_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(lqsm_server::serve(
+        config,
+        async move {
+            let _ = worker_done_rx.await;
+        },
+        move |addr| {
+            announce(addr);
+            let _ = addr_tx.send(addr);
+        },
+    ));
+    let addr = match addr_rx.await {
+        Ok(addr) => addr,
+        Err(_) => {
+            // The server stopped before listening: its error says why.
+            return match server.await {
+                Ok(Err(e)) => Err(anyhow::anyhow!("{e}")),
+                _ => Err(anyhow::anyhow!("the server stopped before it could listen")),
+            };
+        }
+    };
+    let url = format!("http://{addr}");
+    let worker_config = args.worker.into_config(url, token)?;
+    let worker_result = run_worker(worker_config, signals).await;
+    let _ = worker_done_tx.send(());
+    let server_result = server
+        .await
+        .map_err(|e| anyhow::anyhow!("server task failed: {e}"))?
+        .map_err(|e| anyhow::anyhow!("{e}"));
+    worker_result.and(server_result)
+}
