@@ -561,7 +561,8 @@ pub struct RefusedReport {
 /// The answer to a poll.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PollResponse {
-    /// This answer's number: echo the highest one processed as `ack` in later polls.
+    /// This answer's number when it carries assignments (0 when it carries none): echo
+    /// the highest one processed as `ack` in later polls.
     #[serde(default)]
     pub seq: u64,
     /// New attempts to start.

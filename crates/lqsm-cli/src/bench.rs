@@ -29,8 +29,11 @@ pub struct BenchArgs {
     #[arg(long)]
     rate: Option<f64>,
     /// Run `lqsm.sleep` for this many ms instead of `lqsm.noop`.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "command")]
     sleep_ms: Option<u64>,
+    /// Run this program (no arguments) as a command job instead, e.g. `true`.
+    #[arg(long)]
+    command: Option<String>,
     /// Queue to submit to.
     #[arg(short, long, default_value = "root.default")]
     queue: String,
@@ -80,13 +83,21 @@ fn percentiles(mut samples: Vec<u64>) -> Percentiles {
 }
 
 fn job(args: &BenchArgs, tag: &str) -> api::SubmitJob {
-    let mut job = match args.sleep_ms {
-        Some(ms) => api::SubmitJob::function(
+    let mut job = match (&args.command, args.sleep_ms) {
+        (Some(program), _) => api::SubmitJob::new(
+            &args.queue,
+            api::JobKind::Command {
+                argv: vec![program.clone()],
+                env: Default::default(),
+                cwd: None,
+            },
+        ),
+        (None, Some(ms)) => api::SubmitJob::function(
             &args.queue,
             "lqsm.sleep",
             serde_json::json!(ms as f64 / 1000.0),
         ),
-        None => api::SubmitJob::function(&args.queue, "lqsm.noop", serde_json::Value::Null),
+        (None, None) => api::SubmitJob::function(&args.queue, "lqsm.noop", serde_json::Value::Null),
     };
     job.tags = vec![tag.to_owned()];
     job.resources = Some(api::Resources {

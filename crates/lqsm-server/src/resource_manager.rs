@@ -563,7 +563,7 @@ impl Actor {
         if let Some(old) = self.waiting_polls.remove(&worker) {
             let _ = old.reply.send(Ok(PollAnswer {
                 response: api::PollResponse {
-                    seq: self.rm.answer_seq(worker),
+                    seq: 0,
                     refused: old.refused,
                     ..api::PollResponse::default()
                 },
@@ -609,7 +609,7 @@ impl Actor {
                 .map(|a| *a.job.0.as_bytes())
                 .collect();
             let mut fetched = fetch_kinds(self.store.as_ref(), &stored);
-            let assignments = assignments
+            let assignments: Vec<api::Assignment> = assignments
                 .into_iter()
                 .filter_map(|a| {
                     let job = self.rm.job(a.job)?;
@@ -628,7 +628,13 @@ impl Actor {
                     })
                 })
                 .collect();
-            let seq = self.rm.answer_seq(worker);
+            // Only an answer that carries assignments has a number: an empty one must
+            // not let the worker acknowledge an answer still on its way to it.
+            let seq = if assignments.is_empty() {
+                0
+            } else {
+                self.rm.answer_seq(worker)
+            };
             let _ = poll.reply.send(Ok(PollAnswer {
                 response: api::PollResponse {
                     seq,

@@ -663,3 +663,35 @@ fn openapi_document_lists_the_routes() {
     }
     assert_eq!(api.get("/healthz").body, "ok");
 }
+
+/// Regression: an empty answer used to carry the latest answer number, so a worker
+/// that read it before a larger answer with assignments acknowledged that answer too
+/// early, and the server counted its attempts as lost.
+#[test]
+fn only_answers_with_assignments_are_numbered_and_an_unseen_one_loses_nothing() {
+    let server = Server::start();
+    let api = server.api();
+    let mut worker = SimWorker::register(&api, "numbered");
+    let empty = worker.poll(&[], 0);
+    assert_eq!((empty.seq, empty.assignments.len()), (0, 0));
+    let first = api.submit(&function_job("root.default", "numbered"));
+    let carrying = worker.poll(&[], 2000);
+    assert_eq!(carrying.assignments.len(), 1);
+    assert_eq!(carrying.assignments[0].job, first);
+    assert!(carrying.seq >= 1);
+    let after = worker.poll(&[], 0);
+    assert_eq!(after.seq, 0, "an empty answer has no number");
+    // A poll that acknowledges less than the carrying answer, and does not list its
+    // attempt, loses nothing.
+    let req = api::PollRequest {
+        running: Vec::new(),
+        finished: Vec::new(),
+        wait_ms: 0,
+        ack: Some(carrying.seq - 1),
+    };
+    api.post(&format!("/v1/workers/{}/poll", worker.id), &req)
+        .expect::<api::PollResponse>(200);
+    let job: api::JobView = api.get(&format!("/v1/jobs/{first}")).expect(200);
+    assert_ne!(job.state, "failed", "{job:?}");
+    assert_eq!(job.attempts.len(), 1);
+}

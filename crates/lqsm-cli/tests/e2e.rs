@@ -1,0 +1,389 @@
+//! End to end: the real `lqsm server`, `lqsm worker` and `lqsm standalone` processes
+//! on loopback ports with temporary data directories, driven through the `lqsm` CLI
+//! the way a person would drive them.
+#![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
+
+mod e2e_support;
+
+use e2e_support::{Cli, Cluster, DEADLINE, Standalone, finished, process_gone};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// The ids `lqsm submit --count N -o json` printed.
+fn submit_many(cli: &Cli, args: &[&str]) -> Vec<Uuid> {
+    let mut all = vec!["submit"];
+    all.extend_from_slice(args);
+    let printed: serde_json::Value = cli.json(&all);
+    printed["ids"]
+        .as_array()
+        .unwrap_or_else(|| panic!("`lqsm submit --count` printed no ids: {printed}"))
+        .iter()
+        .map(|id| id.as_str().unwrap().parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn submit_wait_returns_the_command_exit_code_and_logs_keep_both_streams() {
+    let c = Cluster::start(&[], &[("w1", 1), ("w2", 1)]);
+
+    let ran = c.cli.run(&[
+        "-o",
+        "json",
+        "submit",
+        "--wait",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 0",
+    ]);
+    assert_eq!(ran.code(), Some(0), "{ran:#?}\n{}", c.logs());
+    let job: lqsm_api::JobView = ran.json();
+    assert_eq!(job.state, "succeeded", "{job:#?}");
+
+    let logs = c.cli.run(&["job", "logs", &job.id.to_string()]);
+    logs.success();
+    let lines: Vec<&str> = logs.stdout.lines().map(str::trim).collect();
+    assert!(lines.contains(&"out"), "stdout line missing: {logs:#?}");
+    assert!(lines.contains(&"err"), "stderr line missing: {logs:#?}");
+
+    let ran = c
+        .cli
+        .run(&["-o", "json", "submit", "--wait", "--", "sh", "-c", "exit 3"]);
+    assert_eq!(ran.code(), Some(3), "{ran:#?}\n{}", c.logs());
+    let failed_id = ran.json::<lqsm_api::JobView>().id;
+    let job = c.cli.job(failed_id);
+    assert_eq!(job.state, "failed", "{job:#?}");
+    assert_eq!(job.exit_code, Some(3), "{job:#?}");
+}
+
+/// Kills the process on drop if it is still the `sleep 300` the job left behind, so
+/// a failing test leaves nothing running.
+struct Orphan(u32);
+
+impl Drop for Orphan {
+    fn drop(&mut self) {
+        if !process_gone(self.0, ORPHAN_CMDLINE) {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
+}
+
+const ORPHAN_CMDLINE: &str = "sleep\0300\0";
+
+#[test]
+fn a_timeout_kills_the_whole_process_group_leaving_no_orphan() {
+    let c = Cluster::start(&[], &[("w1", 1)]);
+    let pidfile = c.path("grandchild.pid");
+    let script = format!("sleep 300 & echo $! > '{}'; wait", pidfile.display());
+
+    let id = c
+        .cli
+        .submit(&["--timeout", "1s", "--", "sh", "-c", &script]);
+    let job = c.wait_finished(id);
+
+    let pid: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap_or_else(|e| panic!("the job did not write {}: {e}", pidfile.display()))
+        .trim()
+        .parse()
+        .unwrap();
+    let _orphan = Orphan(pid);
+    assert_eq!(job.state, "failed", "{job:#?}");
+    assert_eq!(job.attempts.len(), 1, "{job:#?}");
+    assert_eq!(
+        job.attempts[0].outcome.as_deref(),
+        Some("timed_out"),
+        "{job:#?}"
+    );
+    assert!(
+        process_gone(pid, ORPHAN_CMDLINE),
+        "the grandchild `sleep 300` (pid {pid}) outlived its timed-out job"
+    );
+}
+
+/// The most attempts that ran at the same time, from the jobs' own timestamps
+/// (an attempt holds its resources from its start to its end).
+fn most_at_once(jobs: &[lqsm_api::JobView]) -> usize {
+    let mut edges: Vec<(u64, i32)> = Vec::new();
+    for a in jobs.iter().flat_map(|j| &j.attempts) {
+        let start = a.started_at_ms.unwrap_or(a.scheduled_at_ms);
+        let end = a.finished_at_ms.expect("a finished job's attempts ended");
+        edges.push((start, 1));
+        edges.push((end, -1));
+    }
+    // An end and a start at the same millisecond do not overlap.
+    edges.sort();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, step) in edges {
+        now += step;
+        most = most.max(now);
+    }
+    most as usize
+}
+
+#[test]
+fn a_worker_never_runs_more_than_its_cpus_allow() {
+    let c = Cluster::start(&[], &[("w1", 2)]);
+    let ids = submit_many(&c.cli, &["--count", "6", "--cpus", "1", "--", "sleep", "1"]);
+    assert_eq!(ids.len(), 6);
+
+    let mut busy_samples = 0;
+    let jobs = c.eventually("the six jobs to finish", || {
+        let w1 = c.worker_view("w1").expect("w1 is listed");
+        assert!(
+            w1.used.cpu <= 2.0 + 1e-9,
+            "w1 holds more cpu than it has: {w1:#?}"
+        );
+        assert!(
+            w1.attempts <= 2,
+            "w1 runs more attempts than it has cpus: {w1:#?}"
+        );
+        if w1.attempts > 0 {
+            busy_samples += 1;
+        }
+        let jobs = c.cli.jobs();
+        (jobs.len() == 6 && jobs.iter().all(finished)).then_some(jobs)
+    });
+    assert!(busy_samples > 0, "no sample saw the worker busy");
+    for job in &jobs {
+        assert_eq!(job.state, "succeeded", "{job:#?}\n{}", c.logs());
+        assert_eq!(job.attempts.len(), 1, "{job:#?}");
+    }
+    assert_eq!(most_at_once(&jobs), 2, "{jobs:#?}");
+}
+
+#[test]
+fn a_job_on_a_killed_worker_is_retried_on_another() {
+    let mut c = Cluster::start(&["--heartbeat-timeout-ms", "1000"], &[("w1", 1), ("w2", 1)]);
+    let id = c.cli.submit(&["--retries", "1", "--", "sleep", "2"]);
+    let running = c.wait_state(id, "running");
+    let first_worker = running.attempts[0].worker;
+    let victim = c.worker_name(first_worker);
+
+    c.worker(&victim).kill_9();
+    let job = c.wait_finished(id);
+
+    assert_eq!(job.state, "succeeded", "{job:#?}\n{}", c.logs());
+    assert_eq!(job.attempts.len(), 2, "{job:#?}");
+    assert_eq!(job.attempts[0].worker, first_worker, "{job:#?}");
+    assert_eq!(job.attempts[0].outcome.as_deref(), Some("lost"), "{job:#?}");
+    assert_ne!(job.attempts[1].worker, first_worker, "{job:#?}");
+    assert_eq!(
+        job.attempts[1].outcome.as_deref(),
+        Some("succeeded"),
+        "{job:#?}"
+    );
+    let killed = c.worker_view(&victim).expect("the killed worker is listed");
+    assert_eq!(killed.state, "lost", "{killed:#?}");
+}
+
+#[test]
+fn running_jobs_survive_a_server_restart_and_are_recorded_once() {
+    let mut c = Cluster::start(&[], &[("w1", 2), ("w2", 2)]);
+    let ids = submit_many(&c.cli, &["--count", "4", "--", "sleep", "2"]);
+    assert_eq!(ids.len(), 4);
+    c.eventually("the four jobs to run", || {
+        let jobs = c.cli.jobs();
+        (jobs.len() == 4 && jobs.iter().all(|j| j.state == "running")).then_some(())
+    });
+
+    let status = c.server.terminate();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the server should exit with 0 after SIGTERM; its log:\n{}",
+        c.server.log_tail()
+    );
+    c.server.start_again();
+
+    let jobs = c.eventually("the four jobs to finish after the restart", || {
+        let jobs = c.cli.jobs();
+        (jobs.len() == 4 && jobs.iter().all(finished)).then_some(jobs)
+    });
+    for job in &jobs {
+        assert_eq!(job.state, "succeeded", "{job:#?}\n{}", c.logs());
+        assert_eq!(job.attempts.len(), 1, "{job:#?}");
+        assert_eq!(
+            job.attempts[0].outcome.as_deref(),
+            Some("succeeded"),
+            "{job:#?}"
+        );
+    }
+    let held = jobs_by_state(&c.cli);
+    assert_eq!(
+        held,
+        BTreeMap::from([("succeeded".to_owned(), 4)]),
+        "jobs by state"
+    );
+    for name in ["w1", "w2"] {
+        let w = c.worker_view(name).expect("the worker is listed");
+        assert_eq!(w.state, "active", "{w:#?}");
+    }
+}
+
+/// Jobs the cluster holds by state, without zero counts (`lqsm cluster -o json`).
+fn jobs_by_state(cli: &Cli) -> BTreeMap<String, u64> {
+    let mut jobs = cli.cluster().jobs;
+    jobs.retain(|_, n| *n > 0);
+    jobs
+}
+
+#[test]
+fn a_drained_worker_takes_no_new_jobs() {
+    let c = Cluster::start(&[], &[("w1", 1), ("w2", 1)]);
+    let w1 = c.worker_view("w1").unwrap();
+    let w2 = c.worker_view("w2").unwrap();
+
+    let drained: lqsm_api::WorkerView = c.cli.json(&["workers", "drain", &w1.id.to_string()]);
+    assert_eq!(drained.state, "draining", "{drained:#?}");
+    assert_eq!(c.worker_view("w1").unwrap().state, "draining");
+
+    let ids = submit_many(&c.cli, &["--count", "3", "--", "true"]);
+    for id in ids {
+        let job = c.wait_finished(id);
+        assert_eq!(job.state, "succeeded", "{job:#?}");
+        assert!(
+            job.attempts.iter().all(|a| a.worker == w2.id),
+            "a job ran on the drained worker: {job:#?}"
+        );
+    }
+    assert_eq!(c.worker_view("w1").unwrap().state, "draining");
+}
+
+#[test]
+fn sigterm_lets_a_worker_finish_its_job_then_exit_0() {
+    let mut c = Cluster::start(&[], &[("w1", 1)]);
+    let id = c.cli.submit(&["--", "sleep", "2"]);
+    c.wait_state(id, "running");
+
+    c.worker("w1").terminate();
+    let status = c.worker("w1").wait_exit(DEADLINE);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the worker should exit with 0 after SIGTERM; its log:\n{}",
+        c.logs()
+    );
+
+    // The worker reports before it exits.
+    let job = c.cli.job(id);
+    assert_eq!(job.state, "succeeded", "{job:#?}\n{}", c.logs());
+    assert_eq!(job.attempts.len(), 1, "{job:#?}");
+}
+
+#[test]
+fn cli_prints_trees_and_json_and_refuses_bad_input_with_a_reason() {
+    let c = Cluster::start(&[], &[]);
+
+    c.cli
+        .run(&["queue", "create", "root.etl", "--capacity", "30"])
+        .success();
+
+    let tree = c.cli.run(&["queue", "list"]);
+    tree.success();
+    assert!(
+        tree.stdout.lines().any(|l| l.starts_with("root ")),
+        "no root line: {tree:#?}"
+    );
+    assert!(
+        tree.stdout.lines().any(|l| l.contains("└─ etl")),
+        "root.etl is not drawn as the last child of root: {tree:#?}"
+    );
+
+    let root: lqsm_api::QueueView = c.cli.json(&["queue", "list"]);
+    let etl = root
+        .children
+        .iter()
+        .find(|q| q.path == "root.etl")
+        .unwrap_or_else(|| panic!("root.etl missing from the JSON tree: {root:#?}"));
+    assert_eq!(etl.capacity, 30.0, "{etl:#?}");
+
+    let unknown = c.cli.run(&["submit", "--queue", "root.nope", "--", "true"]);
+    assert_refused(&unknown, "root.nope");
+
+    let unreachable = e2e_support::run_lqsm(
+        &["--server", "http://127.0.0.1:9", "submit", "--", "true"],
+        e2e_support::COMMAND_DEADLINE,
+    );
+    assert_refused(&unreachable, "cannot reach");
+
+    let bad_size = c.cli.run(&["submit", "--memory", "8X", "--", "true"]);
+    assert_refused(&bad_size, "8X");
+    assert!(bad_size.stderr.contains("size"), "{bad_size:#?}");
+
+    let printed: serde_json::Value = c.cli.json(&["submit", "--", "true"]);
+    let id = printed["id"].as_str().unwrap_or_default();
+    assert!(
+        id.parse::<Uuid>().is_ok(),
+        "`lqsm submit -o json` printed no job id: {printed}"
+    );
+}
+
+/// Asserts the command failed, said `needle` on stderr, and did not panic.
+fn assert_refused(ran: &e2e_support::Ran, needle: &str) {
+    assert!(
+        !ran.status.success(),
+        "`{}` should fail: {ran:#?}",
+        ran.command
+    );
+    assert!(ran.stderr.contains(needle), "expected `{needle}`: {ran:#?}");
+    assert!(!ran.stderr.contains("panicked"), "{ran:#?}");
+    assert!(!ran.stderr.contains("backtrace"), "{ran:#?}");
+}
+
+#[test]
+fn bench_with_its_own_worker_completes_every_job() {
+    let c = Cluster::start(&[], &[]);
+    let ran = c.cli.run(&[
+        "-o",
+        "json",
+        "bench",
+        "-n",
+        "500",
+        "--batch",
+        "100",
+        "--workers",
+        "1",
+        "--timeout-s",
+        "25",
+    ]);
+    assert_eq!(ran.code(), Some(0), "{ran:#?}\n{}", c.logs());
+    let report: serde_json::Value = ran.json();
+    assert_eq!(report["completed"], 500, "{report:#}");
+    assert_eq!(report["failed"], 0, "{report:#}");
+    for rate in ["submit_rate", "completion_rate"] {
+        let value = report[rate].as_f64().unwrap_or_default();
+        assert!(value > 0.0, "{rate} should be positive: {report:#}");
+    }
+}
+
+#[test]
+fn standalone_alone_runs_a_command_job() {
+    let dir = tempfile::TempDir::with_prefix("lqsm-e2e-").unwrap();
+    let mut standalone = Standalone::start(dir.path());
+
+    let ran = standalone.cli.run(&[
+        "-o",
+        "json",
+        "submit",
+        "--wait",
+        "--",
+        "sh",
+        "-c",
+        "echo standalone-ok",
+    ]);
+    assert_eq!(ran.code(), Some(0), "{ran:#?}\n{}", standalone.log_tail());
+    let job: lqsm_api::JobView = ran.json();
+    assert_eq!(job.state, "succeeded", "{job:#?}");
+    let logs = standalone.cli.run(&["job", "logs", &job.id.to_string()]);
+    assert!(logs.success().stdout.contains("standalone-ok"), "{logs:#?}");
+
+    let status = standalone.terminate();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "standalone should exit with 0 after SIGTERM; its log:\n{}",
+        standalone.log_tail()
+    );
+}
