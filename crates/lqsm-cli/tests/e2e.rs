@@ -70,7 +70,7 @@ impl Drop for Orphan {
     }
 }
 
-const ORPHAN_CMDLINE: &str = "sleep\0300\0";
+const ORPHAN_CMDLINE: &str = "sleep\x00300\x00";
 
 #[test]
 fn a_timeout_kills_the_whole_process_group_leaving_no_orphan() {
@@ -216,10 +216,38 @@ fn running_jobs_survive_a_server_restart_and_are_recorded_once() {
         BTreeMap::from([("succeeded".to_owned(), 4)]),
         "jobs by state"
     );
+    let counts = queue_counts(&c.cli, "root.default");
+    assert_eq!(counts.succeeded, 4, "{counts:#?}");
+    assert_eq!(counts.failed, 0, "{counts:#?}");
     for name in ["w1", "w2"] {
         let w = c.worker_view(name).expect("the worker is listed");
         assert_eq!(w.state, "active", "{w:#?}");
     }
+}
+
+/// The lifetime counters of a queue (`lqsm queue show PATH -o json`).
+fn queue_counts(cli: &Cli, path: &str) -> lqsm_api::QueueCounts {
+    cli.json::<lqsm_api::QueueView>(&["queue", "show", path])
+        .counts
+}
+
+#[test]
+fn queue_counters_survive_a_server_restart() {
+    let mut c = Cluster::start(&[], &[("w1", 1)]);
+    c.cli.run(&["submit", "--wait", "--", "true"]).success();
+    let before = queue_counts(&c.cli, "root.default");
+    assert_eq!((before.submitted, before.succeeded), (1, 1), "{before:#?}");
+
+    let status = c.server.terminate();
+    assert_eq!(status.code(), Some(0), "{}", c.server.log_tail());
+    c.server.start_again();
+
+    let after = queue_counts(&c.cli, "root.default");
+    assert_eq!(
+        (after.submitted, after.succeeded),
+        (before.submitted, before.succeeded),
+        "the lifetime counters of root.default changed across a restart: {after:#?}"
+    );
 }
 
 /// Jobs the cluster holds by state, without zero counts (`lqsm cluster -o json`).

@@ -4,7 +4,6 @@
 //!
 //! Every wait polls with a deadline; a wait that runs out panics with what it waited
 //! for and the end of every process's log.
-#![allow(clippy::unwrap_used, missing_docs, dead_code)]
 
 use lqsm_api as api;
 use serde::de::DeserializeOwned;
