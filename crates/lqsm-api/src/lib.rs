@@ -386,7 +386,8 @@ pub struct QueueView {
     pub pending: u64,
     /// Attempts running in its subtree.
     pub running: u64,
-    /// Jobs submitted, succeeded, failed, cancelled and expired in its subtree.
+    /// Jobs submitted, succeeded, failed, cancelled and expired in its subtree (after
+    /// a restart: counted again from the jobs kept within retention).
     pub counts: QueueCounts,
     /// Its settings.
     pub settings: QueueSettings,

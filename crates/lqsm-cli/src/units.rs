@@ -14,14 +14,15 @@ pub fn parse_mib(text: &str) -> Result<u64, String> {
     let value: f64 = number
         .parse()
         .map_err(|_| format!("`{text}` is not a size (examples: 512, 512M, 8G)"))?;
-    let factor = match unit.trim().to_ascii_lowercase().as_str() {
+    let unit = unit.trim();
+    let factor = match unit.to_ascii_lowercase().as_str() {
         "" | "m" | "mi" | "mib" | "mb" => 1.0,
         "k" | "ki" | "kib" | "kb" => 1.0 / 1024.0,
         "g" | "gi" | "gib" | "gb" => 1024.0,
         "t" | "ti" | "tib" | "tb" => 1024.0 * 1024.0,
-        other => {
+        _ => {
             return Err(format!(
-                "`{text}`: unknown size unit `{other}` (use K, M, G or T)"
+                "`{text}`: unknown size unit `{unit}` (use K, M, G or T)"
             ));
         }
     };

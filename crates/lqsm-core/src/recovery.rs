@@ -293,6 +293,23 @@ impl ResourceManager {
         if let Some(k) = idempotency_key {
             self.idempotency.insert((queue, k), key);
         }
+        // Counters are rebuilt from the jobs still held (within retention).
+        if let Some(Some(node)) = self.queues.get_mut(queue.0 as usize) {
+            let stats = &mut node.stats;
+            stats.submitted += 1;
+            match state {
+                JobState::Succeeded => stats.succeeded += 1,
+                JobState::Failed => stats.failed += 1,
+                JobState::Cancelled => stats.cancelled += 1,
+                JobState::Expired => stats.expired += 1,
+                _ => {}
+            }
+            for attempt in &self.jobs[key].attempts {
+                if let Some(finished) = attempt.finished_at {
+                    stats.run.record(finished.since(attempt.scheduled_at));
+                }
+            }
+        }
         if state.is_terminal() {
             let finished = self.jobs[key].finished_at.unwrap_or(now);
             self.timers

@@ -437,7 +437,15 @@ impl Actor {
                             }
                         }
                     }
-                    polls.push((worker, outcome, wait.min(self.longest_poll), reply));
+                    // A worker waiting in a long-poll is alive but silent: answer it well
+                    // before its heartbeat deadline.
+                    let heartbeat = self.rm.config().heartbeat_timeout / 2;
+                    polls.push((
+                        worker,
+                        outcome,
+                        wait.min(self.longest_poll).min(heartbeat),
+                        reply,
+                    ));
                 }
                 Command::WaitJob { id, wait, reply } => job_waits.push((id, wait, reply)),
                 Command::Read(read) => reads.push(read),
