@@ -700,6 +700,3 @@ pub fn fetch_kinds(
 pub fn policies() -> Policies {
     Policies::default()
 }
-
-/// Token type re-exported for handlers.
-pub type Token = FencingToken;
