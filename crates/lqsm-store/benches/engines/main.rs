@@ -106,7 +106,12 @@ fn open_fresh<S: Engine>() -> (tempfile::TempDir, S) {
 #[divan::bench(types = [EmbeddedStore, RedbStore], sample_count = 60, sample_size = 1)]
 fn commit_batch_of_1000_jobs<S: Engine>(bencher: Bencher) {
     let (_dir, store) = open_fresh::<S>();
-    let next = Cell::new(0u64);
+    bench_batch_commits(bencher, &store, 0);
+}
+
+/// Times group commits of `BATCH_JOBS` new jobs, numbered from `first`.
+fn bench_batch_commits<S: Engine>(bencher: Bencher, store: &S, first: u64) {
+    let next = Cell::new(first);
     bencher
         .counter(ItemsCount::new(BATCH_JOBS))
         .with_inputs(|| {
@@ -123,15 +128,7 @@ fn commit_batch_of_1000_jobs<S: Engine>(bencher: Bencher) {
 fn commit_batch_of_1000_jobs_onto_1m<S: Engine>(bencher: Bencher) {
     let dir = filled::<S>();
     let store = S::open_in(dir.path()).expect("reopen");
-    let next = Cell::new(LOAD_JOBS);
-    bencher
-        .counter(ItemsCount::new(BATCH_JOBS))
-        .with_inputs(|| {
-            let first = next.get();
-            next.set(first + BATCH_JOBS);
-            jobs(first, BATCH_JOBS)
-        })
-        .bench_local_refs(|batch| store.commit(batch).expect("commit"));
+    bench_batch_commits(bencher, &store, LOAD_JOBS);
 }
 
 /// (1c) Sustained: 1,000,000 more jobs in 1,000 group commits of 1,000, onto a store that
