@@ -287,10 +287,31 @@ pub struct JobView {
     pub finished_at_ms: Option<u64>,
 }
 
+/// The order of a job listing, by submission time (`order` of `GET /v1/jobs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ListOrder {
+    /// Oldest first: the default, so that paging never skips a job submitted meanwhile.
+    #[default]
+    Oldest,
+    /// Newest first: what a person looking at recent work wants.
+    Newest,
+}
+
+impl ListOrder {
+    /// The name used on the wire (`oldest`, `newest`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListOrder::Oldest => "oldest",
+            ListOrder::Newest => "newest",
+        }
+    }
+}
+
 /// A page of jobs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobList {
-    /// The jobs, oldest first.
+    /// The jobs, in the order asked for (oldest first by default).
     pub jobs: Vec<JobView>,
     /// Pass as `cursor` for the next page; absent on the last page.
     #[serde(default, skip_serializing_if = "Option::is_none")]

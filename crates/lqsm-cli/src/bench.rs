@@ -223,6 +223,7 @@ pub async fn run(
         queue: Some(args.queue.clone()),
         state: None,
         tag: Some(tag.clone()),
+        ..JobFilter::default()
     };
     let mut cursor: Option<String> = None;
     loop {

@@ -1,6 +1,8 @@
 //! `lqsm submit` and `lqsm job ...`.
 
-use crate::units::{parse_duration, parse_mib, parse_pair, show_cores, show_mib, show_ms, table};
+use crate::units::{
+    parse_duration, parse_mib, parse_pair, parse_resource, show_cores, show_mib, show_ms, table,
+};
 use crate::{Output, print};
 use indicatif::{ProgressBar, ProgressStyle};
 use lqsm_api as api;
@@ -29,6 +31,10 @@ pub struct SubmitArgs {
     /// GPUs per attempt.
     #[arg(long)]
     gpus: Option<u32>,
+    /// A custom resource per attempt, NAME=N (repeatable), e.g. licence=1; a worker
+    /// offering it (`lqsm worker --resource licence=2`) runs the job.
+    #[arg(long = "resource", value_parser = parse_resource)]
+    resources: Vec<(String, u64)>,
     /// Higher runs first.
     #[arg(long, allow_negative_numbers = true)]
     priority: Option<i32>,
@@ -108,12 +114,16 @@ impl SubmitArgs {
             ),
         };
         let mut job = api::SubmitJob::new(&self.queue, kind);
-        if self.cpus.is_some() || self.memory.is_some() || self.gpus.is_some() {
+        let asks_resources = self.cpus.is_some()
+            || self.memory.is_some()
+            || self.gpus.is_some()
+            || !self.resources.is_empty();
+        if asks_resources {
             job.resources = Some(api::Resources {
                 cpu: self.cpus,
                 memory_mib: self.memory,
                 gpu: self.gpus,
-                custom: Default::default(),
+                custom: self.resources.iter().cloned().collect(),
             });
         }
         job.priority = self.priority;
@@ -296,7 +306,7 @@ pub enum JobCommand {
         /// The job's id.
         id: Uuid,
     },
-    /// List jobs, newest last.
+    /// List jobs, newest first (a page at a time; says how to see more).
     List {
         /// Only this queue (and below).
         #[arg(short, long)]
@@ -307,9 +317,18 @@ pub enum JobCommand {
         /// Only jobs with this tag.
         #[arg(long)]
         tag: Option<String>,
-        /// At most this many.
+        /// Oldest first instead.
+        #[arg(long)]
+        oldest: bool,
+        /// At most this many per page (1 to 1000).
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Start after this job (the cursor a previous listing printed).
+        #[arg(long, conflicts_with = "all")]
+        cursor: Option<String>,
+        /// Every matching job, page after page.
+        #[arg(long)]
+        all: bool,
     },
     /// Cancel a job (a running one is killed on its worker).
     Cancel {
@@ -342,14 +361,29 @@ pub async fn job(client: &Client, cmd: &JobCommand, output: Output) -> anyhow::R
             queue,
             state,
             tag,
+            oldest,
             limit,
+            cursor,
+            all,
         } => {
             let filter = JobFilter {
                 queue: queue.clone(),
                 state: state.clone(),
                 tag: tag.clone(),
+                order: if *oldest {
+                    api::ListOrder::Oldest
+                } else {
+                    api::ListOrder::Newest
+                },
             };
-            let page = client.list_jobs(&filter, None, Some(*limit)).await?;
+            let mut page = client
+                .list_jobs(&filter, cursor.as_deref(), Some(*limit))
+                .await?;
+            while *all && let Some(next) = page.next_cursor.take() {
+                let more = client.list_jobs(&filter, Some(&next), Some(*limit)).await?;
+                page.jobs.extend(more.jobs);
+                page.next_cursor = more.next_cursor;
+            }
             let rows: Vec<Vec<String>> = page
                 .jobs
                 .iter()
@@ -368,6 +402,11 @@ pub async fn job(client: &Client, cmd: &JobCommand, output: Output) -> anyhow::R
                 &table(&["ID", "QUEUE", "STATE", "ATTEMPTS", "SUBMITTED"], &rows),
                 &page,
             );
+            if let (Output::Human, Some(next)) = (output, &page.next_cursor) {
+                eprintln!(
+                    "more jobs match: `lqsm job list --cursor {next}` for the next page, `--all` for every one"
+                );
+            }
         }
         JobCommand::Cancel { id } => {
             let view = client.cancel(*id).await?;

@@ -1,6 +1,6 @@
 //! The long-running commands: `server`, `worker` and `standalone`.
 
-use crate::units::{parse_mib, parse_pair};
+use crate::units::{parse_mib, parse_pair, parse_resource};
 use anyhow::Context;
 use lqsm_server::config::ServerConfig;
 use lqsm_worker::{WorkerBuilder, WorkerConfig};
@@ -88,8 +88,8 @@ pub struct WorkerArgs {
     #[arg(long)]
     gpus: Option<u32>,
     /// A custom resource to offer, NAME=AMOUNT (repeatable), e.g. licence=2.
-    #[arg(long = "resource", value_parser = parse_pair)]
-    resources: Vec<(String, String)>,
+    #[arg(long = "resource", value_parser = parse_resource)]
+    resources: Vec<(String, u64)>,
     /// A label jobs can select on, KEY=VALUE (repeatable).
     #[arg(long = "label", value_parser = parse_pair)]
     labels: Vec<(String, String)>,
@@ -121,12 +121,7 @@ impl WorkerArgs {
                 .map(|i| detected.get(i as usize).copied().unwrap_or(i))
                 .collect();
         }
-        for (name, amount) in self.resources {
-            let amount: u64 = amount.parse().map_err(|_| {
-                anyhow::anyhow!("--resource {name}={amount}: the amount must be a whole number")
-            })?;
-            config.capacity.custom.insert(name, amount);
-        }
+        config.capacity.custom.extend(self.resources);
         config.labels.extend(self.labels);
         if let Some(name) = self.name {
             config.name = name;

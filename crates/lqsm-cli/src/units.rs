@@ -83,6 +83,15 @@ pub fn parse_pair(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// A custom resource amount, `NAME=N` with N a whole number (`licence=2`).
+pub fn parse_resource(text: &str) -> Result<(String, u64), String> {
+    let (name, amount) = parse_pair(text)?;
+    let amount = amount
+        .parse()
+        .map_err(|_| format!("`{text}`: the amount `{amount}` must be a whole number"))?;
+    Ok((name, amount))
+}
+
 /// MiB as a person reads it: `512 MiB`, `8.0 GiB`.
 pub fn show_mib(mib: u64) -> String {
     if mib >= 1024 * 1024 {

@@ -250,6 +250,38 @@ fn queue_counters_survive_a_server_restart() {
     );
 }
 
+#[test]
+fn a_declared_queue_changed_through_the_api_does_not_stop_a_restart() {
+    let config_dir = tempfile::TempDir::with_prefix("lqsm-config-").unwrap();
+    let config = config_dir.path().join("lqsm.toml");
+    std::fs::write(
+        &config,
+        "[[queues]]\npath = \"root.etl\"\ncapacity = 60.0\nmax_capacity = 100.0\n",
+    )
+    .unwrap();
+    let mut c = Cluster::start(&["--config", config.to_str().unwrap()], &[]);
+    let declared: lqsm_api::QueueView = c.cli.json(&["queue", "show", "root.etl"]);
+    assert_eq!(declared.capacity, 60.0, "{declared:#?}");
+
+    c.cli
+        .run(&["queue", "update", "root.etl", "--capacity", "40"])
+        .success();
+    let status = c.server.terminate();
+    assert_eq!(status.code(), Some(0), "{}", c.server.log_tail());
+    c.server.start_again();
+
+    let kept: lqsm_api::QueueView = c.cli.json(&["queue", "show", "root.etl"]);
+    assert_eq!(
+        kept.capacity, 40.0,
+        "the API's change must survive the restart: {kept:#?}"
+    );
+    let log = c.server.log_tail();
+    assert!(
+        log.contains("capacity: config 60.0, stored 40.0"),
+        "the server must warn about the difference: {log}"
+    );
+}
+
 /// Jobs the cluster holds by state, without zero counts (`lqsm cluster -o json`).
 fn jobs_by_state(cli: &Cli) -> BTreeMap<String, u64> {
     let mut jobs = cli.cluster().jobs;
@@ -345,6 +377,82 @@ fn cli_prints_trees_and_json_and_refuses_bad_input_with_a_reason() {
     assert!(
         id.parse::<Uuid>().is_ok(),
         "`lqsm submit -o json` printed no job id: {printed}"
+    );
+}
+
+#[test]
+fn job_list_shows_the_newest_first_and_says_how_to_see_more() {
+    let c = Cluster::start(&[], &[]);
+    // No worker: the jobs stay pending, so the listing is stable.
+    let ids: Vec<Uuid> = (0..5).map(|_| c.cli.submit(&["--", "true"])).collect();
+    let newest_first: Vec<Uuid> = ids.iter().rev().copied().collect();
+
+    let first_page = c.cli.run(&["job", "list", "--limit", "2"]);
+    first_page.success();
+    let shown: Vec<&str> = first_page
+        .stdout
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        shown,
+        [newest_first[0].to_string(), newest_first[1].to_string()],
+        "the first page must hold the two newest jobs: {first_page:#?}"
+    );
+    assert!(
+        first_page.stderr.contains("--cursor") && first_page.stderr.contains("--all"),
+        "a partial listing must say how to see more: {first_page:#?}"
+    );
+
+    let page: lqsm_api::JobList = c.cli.json(&["job", "list", "--limit", "2"]);
+    let cursor = page.next_cursor.expect("three more jobs match");
+    let second: lqsm_api::JobList =
+        c.cli
+            .json(&["job", "list", "--limit", "2", "--cursor", cursor.as_str()]);
+    let second_ids: Vec<Uuid> = second.jobs.iter().map(|j| j.id).collect();
+    assert_eq!(second_ids, newest_first[2..4], "{second:#?}");
+
+    let all: lqsm_api::JobList = c.cli.json(&["job", "list", "--limit", "2", "--all"]);
+    let all_ids: Vec<Uuid> = all.jobs.iter().map(|j| j.id).collect();
+    assert_eq!(all_ids, newest_first, "{all:#?}");
+    assert_eq!(all.next_cursor, None);
+
+    let oldest: lqsm_api::JobList = c.cli.json(&["job", "list", "--oldest", "--limit", "1"]);
+    assert_eq!(oldest.jobs.first().map(|j| j.id), Some(ids[0]));
+
+    let everything = c.cli.run(&["job", "list"]);
+    everything.success();
+    assert!(
+        !everything.stderr.contains("--cursor"),
+        "a complete listing must not promise more: {everything:#?}"
+    );
+}
+
+#[test]
+fn submit_asks_for_custom_resources_that_only_a_worker_offering_them_fits() {
+    let mut c = Cluster::start(&[], &[("plain", 2)]);
+    let id = c.cli.submit(&["--resource", "licence=1", "--", "true"]);
+    let job = c.cli.job(id);
+    assert_eq!(
+        job.resources.custom.get("licence"),
+        Some(&1),
+        "the request must carry the custom resource: {job:#?}"
+    );
+    assert_eq!(job.state, "pending", "no worker offers a licence: {job:#?}");
+
+    let bad = c
+        .cli
+        .run(&["submit", "--resource", "licence=two", "--", "true"]);
+    assert_refused(&bad, "licence=two");
+
+    c.add_worker_with("licensed", &["--cpus", "2", "--resource", "licence=1"]);
+    let done = c.wait_finished(id);
+    assert_eq!(done.state, "succeeded", "{done:#?}");
+    assert_eq!(
+        done.attempts.last().map(|a| c.worker_name(a.worker)),
+        Some("licensed".to_owned()),
+        "{done:#?}"
     );
 }
 

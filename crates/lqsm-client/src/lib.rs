@@ -54,6 +54,8 @@ pub struct JobFilter {
     pub state: Option<String>,
     /// Only jobs carrying this tag.
     pub tag: Option<String>,
+    /// Oldest (the default) or newest first.
+    pub order: api::ListOrder,
 }
 
 /// A connection to one LQSM server.
@@ -171,7 +173,7 @@ impl Client {
     }
 
     /// A page of at most `limit` jobs (server default 100, at most 1,000) matching
-    /// `filter`, oldest first, after `cursor` (the previous page's `next_cursor`).
+    /// `filter`, in `filter.order`, after `cursor` (the previous page's `next_cursor`).
     pub async fn list_jobs(
         &self,
         filter: &JobFilter,
@@ -185,6 +187,7 @@ impl Client {
                 ("queue", filter.queue.as_deref()),
                 ("state", filter.state.as_deref()),
                 ("tag", filter.tag.as_deref()),
+                ("order", Some(filter.order.as_str())),
                 ("cursor", cursor),
             ];
             for (name, value) in pairs {

@@ -348,6 +348,8 @@ struct ListQuery {
     state: Option<String>,
     /// Only jobs with this tag.
     tag: Option<String>,
+    /// `oldest` (default) or `newest` first, by submission time.
+    order: Option<api::ListOrder>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,
     /// Page size (default 100, at most 1,000).
@@ -389,6 +391,7 @@ async fn list_jobs(
     }
     let queue = q.queue.clone();
     let tag = q.tag.clone();
+    let order = q.order.unwrap_or_default();
     let (mut page, stored) = state
         .runtime
         .read(move |rm: &ResourceManager| {
@@ -398,7 +401,12 @@ async fn list_jobs(
             let mut matching: Vec<JobId> = rm
                 .jobs()
                 .filter(|j| wanted_state.is_none_or(|s| j.state == s))
-                .filter(|j| after.is_none_or(|a| j.id > a))
+                .filter(|j| {
+                    after.is_none_or(|a| match order {
+                        api::ListOrder::Oldest => j.id > a,
+                        api::ListOrder::Newest => j.id < a,
+                    })
+                })
                 .filter(|j| tag.as_ref().is_none_or(|t| j.spec.tags().contains(t)))
                 .filter(|j| {
                     prefix
@@ -407,7 +415,10 @@ async fn list_jobs(
                 })
                 .map(|j| j.id)
                 .collect();
-            matching.sort_unstable();
+            match order {
+                api::ListOrder::Oldest => matching.sort_unstable(),
+                api::ListOrder::Newest => matching.sort_unstable_by(|a, b| b.cmp(a)),
+            }
             let more = matching.len() > limit;
             matching.truncate(limit);
             let mut jobs = Vec::with_capacity(matching.len());
@@ -1017,6 +1028,7 @@ async fn not_found() -> ApiError {
         api::AttemptView,
         api::JobView,
         api::JobList,
+        api::ListOrder,
         api::QueueDefaults,
         api::QueueSettings,
         api::CreateQueue,

@@ -106,7 +106,9 @@ pub fn restore(store: &dyn Store, config: &ServerConfig) -> Result<ResourceManag
         );
         rm
     };
-    apply_declared_queues(&mut rm, config)?;
+    for warning in apply_declared_queues(&mut rm, config)? {
+        tracing::warn!("{warning}");
+    }
     Ok(rm)
 }
 
@@ -160,36 +162,73 @@ fn decode_jobs(raw: Vec<(lqsm_store::JobKey, Vec<u8>)>) -> Result<Vec<JobRecord>
     Ok(jobs)
 }
 
-/// Creates the queues the config declares; a declared queue that exists with other
-/// settings is a conflict, reported rather than merged.
+/// Creates the queues the config declares that do not exist yet.
+///
+/// The rule for everything the config declares: the config creates what is missing and
+/// never overrides what is stored. A declared queue changed since through the API keeps
+/// its stored settings (the API's change is the newer decision), so a restart is always
+/// possible; each difference comes back as a warning to log, in wire terms.
 fn apply_declared_queues(
     rm: &mut ResourceManager,
     config: &ServerConfig,
-) -> Result<(), ServerError> {
+) -> Result<Vec<String>, ServerError> {
     let mut declared = config.queues.clone();
     declared.sort_by_key(|q| q.path.matches('.').count());
+    let mut warnings = Vec::new();
     for decl in &declared {
         let wanted = convert::queue_config(&decl.settings, &lqsm_core::QueueConfig::default())
             .map_err(|e| {
                 ServerError::Config(format!("queue `{}`: {}", decl.path, e.detail.message))
             })?;
         if let Ok(existing) = rm.queue(&decl.path) {
-            if existing.config() != &wanted {
-                return Err(ServerError::Config(format!(
-                    "queue `{}` in the config differs from the stored queue (config: {:?}; stored: {:?}); \
-                     change it through the API (`PATCH /v1/queues/{}`) or make the config match",
+            let differences = settings_differences(
+                &convert::queue_settings(&wanted),
+                &convert::queue_settings(existing.config()),
+            );
+            if !differences.is_empty() {
+                warnings.push(format!(
+                    "queue `{}` in the config differs from the stored queue, which is kept \
+                     (changed through the API since it was declared): {}; \
+                     make the config match, or change the queue with `lqsm queue update {}`",
                     decl.path,
-                    convert::queue_settings(&wanted),
-                    convert::queue_settings(existing.config()),
+                    differences.join(", "),
                     decl.path
-                )));
+                ));
             }
             continue;
         }
         rm.create_queue(&decl.path, wanted)
             .map_err(|e| ServerError::Config(format!("queue `{}`: {e}", decl.path)))?;
     }
-    Ok(())
+    Ok(warnings)
+}
+
+/// The settings that differ, as `name: config X, stored Y` with wire names and values.
+fn settings_differences(
+    declared: &lqsm_api::QueueSettings,
+    stored: &lqsm_api::QueueSettings,
+) -> Vec<String> {
+    let as_fields = |settings: &lqsm_api::QueueSettings| match serde_json::to_value(settings) {
+        Ok(serde_json::Value::Object(fields)) => fields,
+        _ => serde_json::Map::new(),
+    };
+    let declared = as_fields(declared);
+    let stored = as_fields(stored);
+    let mut names: Vec<&String> = declared.keys().chain(stored.keys()).collect();
+    names.sort();
+    names.dedup();
+    let shown = |v: Option<&serde_json::Value>| v.map_or("unset".to_owned(), |v| v.to_string());
+    names
+        .into_iter()
+        .filter(|name| declared.get(*name) != stored.get(*name))
+        .map(|name| {
+            format!(
+                "{name}: config {}, stored {}",
+                shown(declared.get(name)),
+                shown(stored.get(name))
+            )
+        })
+        .collect()
 }
 
 /// Runs the server until `shutdown` resolves: stops accepting, lets requests in
@@ -312,14 +351,16 @@ mod tests {
             ],
             ..ServerConfig::default()
         };
-        apply_declared_queues(&mut rm, &config).expect("created");
+        let warnings = apply_declared_queues(&mut rm, &config).expect("created");
+        assert!(warnings.is_empty(), "{warnings:?}");
         assert!(rm.queue("root.etl.daily").is_ok());
         // Applying the same declarations again (a restart) changes nothing.
-        apply_declared_queues(&mut rm, &config).expect("unchanged");
+        let warnings = apply_declared_queues(&mut rm, &config).expect("unchanged");
+        assert!(warnings.is_empty(), "{warnings:?}");
     }
 
     #[test]
-    fn a_declared_queue_that_differs_from_the_stored_one_is_reported() {
+    fn a_declared_queue_changed_through_the_api_keeps_its_stored_settings_with_a_warning() {
         let mut rm = core();
         rm.create_queue(
             "root.etl",
@@ -330,13 +371,19 @@ mod tests {
             queues: vec![declared("root.etl", 60.0)],
             ..ServerConfig::default()
         };
-        let err = apply_declared_queues(&mut rm, &config).expect_err("conflict");
-        let text = err.to_string();
+        let warnings = apply_declared_queues(&mut rm, &config).expect("a restart is possible");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        let text = &warnings[0];
         assert!(
             text.contains("queue `root.etl` in the config differs from the stored queue"),
             "{text}"
         );
-        assert!(text.contains("PATCH /v1/queues/root.etl"), "{text}");
+        assert!(
+            text.contains("capacity: config 60.0, stored 40.0"),
+            "{text}"
+        );
+        assert!(text.contains("lqsm queue update root.etl"), "{text}");
+        assert!(!text.contains("Some("), "no Rust debug output: {text}");
         assert_eq!(rm.queue("root.etl").expect("kept").config().capacity, 40.0);
     }
 }

@@ -259,18 +259,21 @@ pub struct Worker {
 impl Worker {
     /// Starts `lqsm worker --server URL --cpus N --memory 1G --name NAME`.
     pub fn start(dir: &Path, url: &str, name: &str, cpus: u32) -> Worker {
+        let cpus = cpus.to_string();
+        Worker::start_with(dir, url, name, &["--cpus", &cpus, "--memory", "1G"])
+    }
+
+    /// Starts `lqsm worker --server URL --name NAME ARGS...`.
+    pub fn start_with(dir: &Path, url: &str, name: &str, args: &[&str]) -> Worker {
         let log = dir.join(format!("worker-{name}.log"));
         let stderr = File::create(&log).expect("create a log file");
         let child = lqsm("info")
             .arg("worker")
             .arg("--server")
             .arg(url)
-            .arg("--cpus")
-            .arg(cpus.to_string())
-            .arg("--memory")
-            .arg("1G")
             .arg("--name")
             .arg(name)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -448,9 +451,9 @@ impl Cli {
         self.json(&["job", "get", &id.to_string()])
     }
 
-    /// `lqsm job list -o json`.
+    /// `lqsm job list --all -o json`: every job, newest first.
     pub fn jobs(&self) -> Vec<api::JobView> {
-        self.json::<api::JobList>(&["job", "list"]).jobs
+        self.json::<api::JobList>(&["job", "list", "--all"]).jobs
     }
 
     /// `lqsm workers list -o json`.
@@ -503,9 +506,20 @@ impl Cluster {
     /// Starts a worker and waits until the server lists it as active.
     pub fn add_worker(&mut self, name: &str, cpus: u32) {
         let worker = Worker::start(self.dir.path(), &self.server.url(), name, cpus);
+        self.push_active(worker);
+    }
+
+    /// Starts `lqsm worker ... ARGS` and waits until the server lists it as active.
+    pub fn add_worker_with(&mut self, name: &str, args: &[&str]) {
+        let worker = Worker::start_with(self.dir.path(), &self.server.url(), name, args);
+        self.push_active(worker);
+    }
+
+    fn push_active(&mut self, worker: Worker) {
+        let name = worker.name.clone();
         self.workers.push(worker);
         self.eventually(&format!("worker {name} to be active"), || {
-            self.worker_view(name).filter(|w| w.state == "active")
+            self.worker_view(&name).filter(|w| w.state == "active")
         });
     }
 
