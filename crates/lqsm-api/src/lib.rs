@@ -384,6 +384,36 @@ pub struct CreateQueue {
     pub settings: QueueSettings,
 }
 
+/// Many queues to create in one request (`POST /v1/queues/batch`), applied in order, so
+/// a parent listed before its children is created first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CreateQueues {
+    /// The queues, each `path` plus its settings, as for `POST /v1/queues`.
+    pub queues: Vec<CreateQueue>,
+}
+
+/// The answer to one queue of a batch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct QueueBatchItem {
+    /// The queue's path, as given (empty when the item had none).
+    pub path: String,
+    /// True when this request created it; false when it already existed with exactly
+    /// these settings (so importing the same file twice is harmless) or was refused.
+    pub created: bool,
+    /// Why this item was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+}
+
+/// The answer to a batch of queues, in request order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct QueueBatchResult {
+    /// One item per queue of the request.
+    pub results: Vec<QueueBatchItem>,
+    /// How many were created.
+    pub created: usize,
+}
+
 /// A queue with live figures; `children` holds the subtree.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct QueueView {

@@ -102,6 +102,92 @@ pub enum QueueCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Create many queues from a file: TOML `[[queues]]` tables as in the server's
+    /// config, or JSON (`{"queues": [...]}` or an array), each `path` plus settings,
+    /// parents first. Queues that exist with the same settings are left alone, so
+    /// importing a file twice is harmless.
+    Import {
+        /// The file (`.json` is read as JSON, anything else as TOML).
+        file: std::path::PathBuf,
+    },
+}
+
+/// Queues sent per request by `lqsm queue import` (the server takes up to 10,000).
+const IMPORT_CHUNK: usize = 5_000;
+
+/// Reads the queues of an import file.
+fn read_import_file(file: &std::path::Path) -> anyhow::Result<Vec<api::CreateQueue>> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("cannot read `{}`: {e}", file.display()))?;
+    let is_json = file.extension().is_some_and(|e| e == "json");
+    let document: serde_json::Value = if is_json {
+        serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("`{}` is not valid JSON: {e}", file.display()))?
+    } else {
+        let table: toml::Table = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("`{}` is not valid TOML: {e}", file.display()))?;
+        serde_json::to_value(table)?
+    };
+    let items = match document {
+        serde_json::Value::Array(items) => items,
+        serde_json::Value::Object(mut map) => match map.remove("queues") {
+            Some(serde_json::Value::Array(items)) => items,
+            _ => anyhow::bail!(
+                "`{}` has no list of queues: give `[[queues]]` tables (TOML) or a `queues` array (JSON)",
+                file.display()
+            ),
+        },
+        _ => anyhow::bail!("`{}` must hold a list of queues", file.display()),
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            serde_json::from_value(item)
+                .map_err(|e| anyhow::anyhow!("queue {} of `{}`: {e}", i + 1, file.display()))
+        })
+        .collect()
+}
+
+/// Runs `lqsm queue import FILE`: sends the queues in chunks, in file order.
+async fn import(client: &Client, file: &std::path::Path, output: Output) -> anyhow::Result<u8> {
+    let queues = read_import_file(file)?;
+    let progress = match output {
+        Output::Human => indicatif::ProgressBar::new(queues.len() as u64),
+        Output::Json => indicatif::ProgressBar::hidden(),
+    };
+    let mut results = Vec::with_capacity(queues.len());
+    for chunk in queues.chunks(IMPORT_CHUNK) {
+        let answer = client.create_queues(chunk).await?;
+        progress.inc(chunk.len() as u64);
+        results.extend(answer.results);
+    }
+    progress.finish_and_clear();
+    let created = results.iter().filter(|r| r.created).count();
+    let refused: Vec<&api::QueueBatchItem> = results.iter().filter(|r| r.error.is_some()).collect();
+    let unchanged = results.len() - created - refused.len();
+    let mut human = format!(
+        "created {created}, unchanged {unchanged}, refused {}",
+        refused.len()
+    );
+    for item in refused.iter().take(10) {
+        if let Some(error) = &item.error {
+            human.push_str(&format!("\n  {}: {}", item.path, error.message));
+        }
+    }
+    if refused.len() > 10 {
+        human.push_str(&format!(
+            "\n  ... and {} more (-o json lists all)",
+            refused.len() - 10
+        ));
+    }
+    let summary = serde_json::json!({
+        "created": created,
+        "unchanged": unchanged,
+        "refused": refused,
+    });
+    print(output, &human, &summary);
+    Ok(if refused.is_empty() { 0 } else { 1 })
 }
 
 fn percent(f: f64) -> String {
@@ -212,6 +298,7 @@ pub async fn queue(client: &Client, cmd: &QueueCommand, output: Output) -> anyho
             };
             client.create_queue(&req).await?
         }
+        QueueCommand::Import { file } => return import(client, file, output).await,
         QueueCommand::Update { path, settings } => {
             client.update_queue(path, &settings.settings()).await?
         }

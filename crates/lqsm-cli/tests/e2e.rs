@@ -282,6 +282,51 @@ fn a_declared_queue_changed_through_the_api_does_not_stop_a_restart() {
     );
 }
 
+#[test]
+fn queue_import_creates_a_file_of_queues_once_and_reports_the_bad_ones() {
+    let c = Cluster::start(&[], &[]);
+    c.cli
+        .run(&["queue", "update", "root.default", "--capacity", "10"])
+        .success();
+    let mut toml = String::from("[[queues]]\npath = \"root.users\"\ncapacity = 90.0\n");
+    for i in 0..300 {
+        toml.push_str(&format!(
+            "[[queues]]\npath = \"root.users.u{i}\"\ncapacity = 0.25\n"
+        ));
+    }
+    let good = c.path("queues.toml");
+    std::fs::write(&good, &toml).unwrap();
+    let first = c.cli.run(&["queue", "import", good.to_str().unwrap()]);
+    first.success();
+    assert!(
+        first.stdout.contains("created 301, unchanged 0, refused 0"),
+        "{first:#?}"
+    );
+    let u299: lqsm_api::QueueView = c.cli.json(&["queue", "show", "root.users.u299"]);
+    assert_eq!(u299.capacity, 0.25, "{u299:#?}");
+
+    let again = c.cli.run(&["queue", "import", good.to_str().unwrap()]);
+    again.success();
+    assert!(
+        again.stdout.contains("created 0, unchanged 301, refused 0"),
+        "{again:#?}"
+    );
+
+    let bad = c.path("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"queues": [{"path": "root.users.extra"}, {"path": "root.users.over", "capacity": 150}]}"#,
+    )
+    .unwrap();
+    let refused = c.cli.run(&["queue", "import", bad.to_str().unwrap()]);
+    assert_eq!(refused.code(), Some(1), "{refused:#?}");
+    assert!(
+        refused.stdout.contains("created 1, unchanged 0, refused 1")
+            && refused.stdout.contains("root.users.over"),
+        "{refused:#?}"
+    );
+}
+
 /// Jobs the cluster holds by state, without zero counts (`lqsm cluster -o json`).
 fn jobs_by_state(cli: &Cli) -> BTreeMap<String, u64> {
     let mut jobs = cli.cluster().jobs;

@@ -270,6 +270,22 @@ impl Client {
         self.send(req, "a queue").await
     }
 
+    /// Creates many queues in one request and one commit (`POST /v1/queues/batch`), in
+    /// order (list parents first); each item says created, unchanged or why refused.
+    pub async fn create_queues(
+        &self,
+        queues: &[api::CreateQueue],
+    ) -> Result<api::QueueBatchResult, ClientError> {
+        #[derive(serde::Serialize)]
+        struct BatchRef<'a> {
+            queues: &'a [api::CreateQueue],
+        }
+        let req = self
+            .request(Method::POST, &["v1", "queues", "batch"])
+            .json(&BatchRef { queues });
+        self.send(req, "a queue batch answer").await
+    }
+
     /// Changes the settings given in `settings`; the others stay as they are
     /// (`PATCH /v1/queues/{path}`).
     pub async fn update_queue(

@@ -594,8 +594,18 @@ async fn create_queue(
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> ApiResult<Response> {
     state.auth.role(&headers)?.require_admin()?;
-    // `CreateQueue` is `path` plus the settings; parsed in two steps so that errors in
-    // the settings keep their field names (a flattened struct would lose them).
+    let (path, config) = parse_create_queue(body)?;
+    state
+        .runtime
+        .queue(QueueOp::Create(path.clone(), config))
+        .await??;
+    let view = get_queue_view(&state, path).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// `CreateQueue` is `path` plus the settings; parsed in two steps so that errors in the
+/// settings keep their field names (a flattened struct would lose them).
+fn parse_create_queue(body: serde_json::Value) -> ApiResult<(String, lqsm_core::QueueConfig)> {
     let mut body = match body {
         serde_json::Value::Object(map) => map,
         _ => {
@@ -626,12 +636,92 @@ async fn create_queue(
     let text = serde_json::to_vec(&body).map_err(|e| ApiError::unavailable(e.to_string()))?;
     let settings: api::QueueSettings = parse_json(&text)?;
     let config = convert::queue_config(&settings, &lqsm_core::QueueConfig::default())?;
-    state
-        .runtime
-        .queue(QueueOp::Create(path.clone(), config))
-        .await??;
-    let view = get_queue_view(&state, path).await?;
-    Ok((StatusCode::CREATED, Json(view)).into_response())
+    Ok((path, config))
+}
+
+#[utoipa::path(post, path = "/v1/queues/batch", request_body = api::CreateQueues,
+    responses((status = 200, body = api::QueueBatchResult), (status = "4XX", body = api::ErrorBody)))]
+async fn create_queues(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> ApiResult<Json<api::QueueBatchResult>> {
+    state.auth.role(&headers)?.require_admin()?;
+    let items = match body {
+        serde_json::Value::Object(mut map) => match map.remove("queues") {
+            Some(serde_json::Value::Array(items)) => items,
+            Some(_) => return Err(ApiError::invalid_field("queues", "must be an array")),
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "missing_field",
+                    "queues: is required",
+                )
+                .at("queues"));
+            }
+        },
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                "the body must be a JSON object with `queues`, an array of queues",
+            ));
+        }
+    };
+    if items.len() > state.limits.max_batch {
+        return Err(ApiError::invalid_field(
+            "queues",
+            format!(
+                "{} queues in one batch (limit {}); send them in several requests, parents first",
+                items.len(),
+                state.limits.max_batch
+            ),
+        ));
+    }
+    let mut results: Vec<api::QueueBatchItem> = Vec::with_capacity(items.len());
+    let mut valid = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let given_path = item
+            .get("path")
+            .and_then(|p| p.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        match parse_create_queue(item) {
+            Ok(queue) => valid.push(queue),
+            Err(e) => {
+                results.push(api::QueueBatchItem {
+                    path: given_path,
+                    created: false,
+                    error: Some(e.in_item(&format!("queues[{i}]")).detail),
+                });
+                continue;
+            }
+        }
+        // A placeholder, filled in from the runtime's answer below.
+        results.push(api::QueueBatchItem {
+            path: given_path,
+            created: false,
+            error: None,
+        });
+    }
+    let mut answers = state.runtime.create_queues(valid).await?.into_iter();
+    let mut created = 0;
+    for (i, item) in results.iter_mut().enumerate() {
+        if item.error.is_some() {
+            continue;
+        }
+        match answers.next() {
+            Some(Ok(was_created)) => {
+                item.created = was_created;
+                created += usize::from(was_created);
+            }
+            Some(Err(e)) => {
+                item.error = Some(ApiError::from(e).in_item(&format!("queues[{i}]")).detail);
+            }
+            None => item.error = Some(ApiError::unavailable("no answer").detail),
+        }
+    }
+    Ok(Json(api::QueueBatchResult { results, created }))
 }
 
 async fn get_queue_view(state: &AppState, path: String) -> ApiResult<api::QueueView> {
@@ -1001,6 +1091,7 @@ async fn not_found() -> ApiError {
         job_logs,
         list_queues,
         create_queue,
+        create_queues,
         get_queue,
         update_queue,
         stop_queue,
@@ -1032,6 +1123,9 @@ async fn not_found() -> ApiError {
         api::QueueDefaults,
         api::QueueSettings,
         api::CreateQueue,
+        api::CreateQueues,
+        api::QueueBatchItem,
+        api::QueueBatchResult,
         api::QueueView,
         api::QueueCounts,
         api::RegisterWorker,
@@ -1060,6 +1154,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/wait", get(wait_job))
         .route("/v1/jobs/{id}/logs", get(job_logs))
         .route("/v1/queues", get(list_queues).post(create_queue))
+        .route("/v1/queues/batch", post(create_queues))
         .route(
             "/v1/queues/{path}",
             get(get_queue).patch(update_queue).delete(delete_queue),

@@ -60,6 +60,10 @@ enum Command {
         op: QueueOp,
         reply: oneshot::Sender<Result<(), QueueError>>,
     },
+    CreateQueues {
+        queues: Vec<(String, lqsm_core::QueueConfig)>,
+        reply: oneshot::Sender<Vec<Result<bool, QueueError>>>,
+    },
     Register {
         registration: WorkerRegistration,
         reply: oneshot::Sender<Result<(), WorkerError>>,
@@ -93,6 +97,10 @@ enum Reply {
     Queue(
         oneshot::Sender<Result<(), QueueError>>,
         Result<(), QueueError>,
+    ),
+    Queues(
+        oneshot::Sender<Vec<Result<bool, QueueError>>>,
+        Vec<Result<bool, QueueError>>,
     ),
     Worker(
         oneshot::Sender<Result<(), WorkerError>>,
@@ -145,6 +153,16 @@ impl Runtime {
     /// Changes the queue tree.
     pub async fn queue(&self, op: QueueOp) -> Result<Result<(), QueueError>, Stopped> {
         self.call(|reply| Command::Queue { op, reply }).await
+    }
+
+    /// Creates queues in order, all in one commit. Each answer is `Ok(true)` when created,
+    /// `Ok(false)` when the queue already existed with exactly these settings.
+    pub async fn create_queues(
+        &self,
+        queues: Vec<(String, lqsm_core::QueueConfig)>,
+    ) -> Result<Vec<Result<bool, QueueError>>, Stopped> {
+        self.call(|reply| Command::CreateQueues { queues, reply })
+            .await
     }
 
     /// Registers a worker.
@@ -405,6 +423,16 @@ impl Actor {
                     };
                     replies.push(Reply::Queue(reply, result));
                 }
+                Command::CreateQueues { queues, reply } => {
+                    let results = queues
+                        .into_iter()
+                        .map(|(path, config)| match self.rm.queue(&path) {
+                            Ok(existing) if existing.config() == &config => Ok(false),
+                            _ => self.rm.create_queue(&path, config).map(|_| true),
+                        })
+                        .collect();
+                    replies.push(Reply::Queues(reply, results));
+                }
                 Command::Register {
                     registration,
                     reply,
@@ -481,6 +509,9 @@ impl Actor {
                     let _ = tx.send(r);
                 }
                 Reply::Cancel(tx, r) => {
+                    let _ = tx.send(r);
+                }
+                Reply::Queues(tx, r) => {
                     let _ = tx.send(r);
                 }
                 Reply::Queue(tx, r) => {

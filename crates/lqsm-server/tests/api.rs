@@ -513,6 +513,79 @@ fn child<'a>(view: &'a api::QueueView, path: &str) -> &'a api::QueueView {
 }
 
 #[test]
+fn a_queue_batch_creates_in_order_names_each_bad_field_and_can_be_sent_twice() {
+    let server = Server::start();
+    let api = server.api();
+    api.patch("/v1/queues/root.default", &json!({"capacity": 50}))
+        .expect_status(200);
+    let batch = json!({"queues": [
+        {"path": "root.teams", "capacity": 40},
+        {"path": "root.teams.a", "capacity": 50, "max_running": 3},
+        {"path": "root.teams.b", "capacity": 150},
+        {"path": "root.teams.c", "capcity": 10},
+        {"capacity": 10},
+        {"path": "root.nowhere.x"},
+        {"path": "root.teams.d", "capacity": 50},
+    ]});
+    let first: api::QueueBatchResult = api.post("/v1/queues/batch", &batch).expect(200);
+    let created: Vec<bool> = first.results.iter().map(|r| r.created).collect();
+    assert_eq!(
+        created,
+        [true, true, false, false, false, false, true],
+        "{first:#?}"
+    );
+    assert_eq!(first.created, 3);
+    let field = |i: usize| {
+        first.results[i]
+            .error
+            .as_ref()
+            .and_then(|e| e.field.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(field(2), "queues[2].capacity", "{first:#?}");
+    assert_eq!(field(3), "queues[3].capcity", "{first:#?}");
+    assert_eq!(field(4), "queues[4].path", "{first:#?}");
+    assert!(
+        first.results[5]
+            .error
+            .as_ref()
+            .is_some_and(|e| e.message.contains("root.nowhere")),
+        "{first:#?}"
+    );
+    let a: api::QueueView = api.get("/v1/queues/root.teams.a").expect(200);
+    assert_eq!(a.settings.max_running, Some(3), "{a:#?}");
+
+    // The same batch again: what exists with these settings is left alone.
+    let again: api::QueueBatchResult = api.post("/v1/queues/batch", &batch).expect(200);
+    assert_eq!(again.created, 0, "{again:#?}");
+    for i in [0, 1, 6] {
+        assert!(
+            again.results[i].error.is_none() && !again.results[i].created,
+            "{again:#?}"
+        );
+    }
+    // Same path, other settings: refused, the stored queue kept.
+    let changed: api::QueueBatchResult = api
+        .post(
+            "/v1/queues/batch",
+            &json!({"queues": [{"path": "root.teams.a", "capacity": 20}]}),
+        )
+        .expect(200);
+    assert!(changed.results[0].error.is_some(), "{changed:#?}");
+    let a: api::QueueView = api.get("/v1/queues/root.teams.a").expect(200);
+    assert_eq!(a.capacity, 50.0, "{a:#?}");
+
+    let not_a_list = api
+        .post("/v1/queues/batch", &json!({"queues": {"path": "root.x"}}))
+        .expect_error(400);
+    assert_eq!(
+        not_a_list.field.as_deref(),
+        Some("queues"),
+        "{not_a_list:?}"
+    );
+}
+
+#[test]
 fn queues_are_created_listed_updated_stopped_started_drained_and_deleted() {
     let server = Server::start();
     let api = server.api();
