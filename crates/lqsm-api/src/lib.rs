@@ -322,9 +322,13 @@ pub struct JobList {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueueDefaults {
-    /// Resources of a job that names none.
+    /// Resources of a command job that names none (default 1 cpu, 256 MiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
+    /// Resources of a function job that names none (default 0.05 cpu, 32 MiB: functions
+    /// run inside the worker's process, many at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function_resources: Option<Resources>,
     /// Priority of a job that names none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<i32>,

@@ -395,9 +395,18 @@ impl SubmitRequest {
             selector: self.selector,
             tags: self.tags,
         };
+        let is_function = matches!(
+            self.kind,
+            JobKind::Function { .. } | JobKind::Stored { handler: Some(_) }
+        );
+        let default_request = if is_function {
+            &defaults.function_request
+        } else {
+            &defaults.request
+        };
         let spec = JobSpec::from_parts(
             self.kind,
-            self.request.unwrap_or_else(|| defaults.request.clone()),
+            self.request.unwrap_or_else(|| default_request.clone()),
             self.priority.unwrap_or(defaults.priority),
             self.timeout.or(defaults.timeout),
             self.retry.unwrap_or(defaults.retry),

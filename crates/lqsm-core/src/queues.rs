@@ -3,7 +3,7 @@
 
 use crate::ids::QueueId;
 use crate::jobs::{JobKey, RetryPolicy};
-use crate::resources::Resources;
+use crate::resources::{MiB, Millicores, Resources};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::fmt;
@@ -126,12 +126,20 @@ pub enum QueueState {
     Draining,
 }
 
+/// What a function job asks for by default: a twentieth of a core and 32 MiB, so a
+/// 2-cpu worker runs 40 in-process handlers at once (a whole core each would run two).
+pub const DEFAULT_FUNCTION_REQUEST: Resources = Resources::new(Millicores(50), MiB(32), 0);
+
 /// Job options a queue applies when a submission leaves them out.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JobDefaults {
-    /// Resources a job asks for when it names none.
+    /// Resources a command job asks for when it names none.
     pub request: Resources,
+    /// Resources a function job asks for when it names none. Smaller than a command's:
+    /// a function runs inside the worker's own process, mostly waiting on I/O, so a
+    /// worker runs many at once; a handler that burns cpu should ask for it.
+    pub function_request: Resources,
     /// Priority when none is given (higher runs first).
     pub priority: i32,
     /// Attempt timeout when none is given.
@@ -144,6 +152,7 @@ impl Default for JobDefaults {
     fn default() -> Self {
         Self {
             request: Resources::cores(1, 256),
+            function_request: DEFAULT_FUNCTION_REQUEST,
             priority: 0,
             timeout: None,
             retry: RetryPolicy::default(),

@@ -866,3 +866,35 @@ fn an_attempt_in_an_answer_the_worker_has_not_seen_is_not_lost() {
     assert_eq!(job.attempts[0].outcome, Some(AttemptOutcome::Lost));
     sim.check();
 }
+
+#[test]
+fn a_function_job_without_resources_asks_a_twentieth_of_a_core_and_a_command_a_whole_one() {
+    let (mut sim, w) = sim_with_queue();
+    let function =
+        SubmitRequest::function(job_id(900), "root.q", "lqsm.noop", serde_json::Value::Null);
+    let command = SubmitRequest::new(job_id(901), "root.q", JobKind::command(["true"]));
+    sim.submit(function).unwrap();
+    sim.submit(command).unwrap();
+    let request = |sim: &Sim, n: u128| sim.rm.job(job_id(n)).unwrap().spec.request.clone();
+    assert_eq!(
+        request(&sim, 900),
+        Resources::new(Millicores(50), MiB(32), 0)
+    );
+    assert_eq!(request(&sim, 901), Resources::cores(1, 256));
+
+    // A 4-cpu worker runs 80 default function jobs at once, not 4.
+    for n in 0..100 {
+        let req = SubmitRequest::function(
+            job_id(1000 + n),
+            "root.q",
+            "lqsm.noop",
+            serde_json::Value::Null,
+        );
+        sim.submit(req).unwrap();
+    }
+    sim.pass();
+    let worker = sim.rm.worker(w).unwrap();
+    // The command (a whole core) and 60 functions fill the worker's 4 cpus.
+    assert_eq!(worker.used.cpu, Millicores(4000), "{worker:?}");
+    assert_eq!(worker.attempt_count(), 61, "{worker:?}");
+}

@@ -219,6 +219,13 @@ pub fn queue_config(
         if let Some(r) = &d.resources {
             c.defaults.request = resources("defaults.resources", r, &c.defaults.request)?;
         }
+        if let Some(r) = &d.function_resources {
+            c.defaults.function_request = resources(
+                "defaults.function_resources",
+                r,
+                &c.defaults.function_request,
+            )?;
+        }
         if let Some(p) = d.priority {
             c.defaults.priority = p;
         }
@@ -244,6 +251,16 @@ pub fn queue_config(
     Ok(c)
 }
 
+/// A queue's default request as wire resources (every field present).
+fn default_resources(r: &core::Resources) -> api::Resources {
+    api::Resources {
+        cpu: Some(r.cpu.0 as f64 / 1000.0),
+        memory_mib: Some(r.memory.0),
+        gpu: Some(r.gpu),
+        custom: Default::default(),
+    }
+}
+
 /// A core queue config as wire settings.
 pub fn queue_settings(c: &core::QueueConfig) -> api::QueueSettings {
     api::QueueSettings {
@@ -253,12 +270,8 @@ pub fn queue_settings(c: &core::QueueConfig) -> api::QueueSettings {
         max_running: Some(c.max_running.unwrap_or(0)),
         max_pending: Some(c.max_pending.unwrap_or(0)),
         defaults: Some(api::QueueDefaults {
-            resources: Some(api::Resources {
-                cpu: Some(c.defaults.request.cpu.0 as f64 / 1000.0),
-                memory_mib: Some(c.defaults.request.memory.0),
-                gpu: Some(c.defaults.request.gpu),
-                custom: Default::default(),
-            }),
+            resources: Some(default_resources(&c.defaults.request)),
+            function_resources: Some(default_resources(&c.defaults.function_request)),
             priority: Some(c.defaults.priority),
             timeout_ms: Some(c.defaults.timeout.map_or(0, |d| d.as_millis() as u64)),
             retry: Some(api::RetrySpec {
