@@ -77,3 +77,17 @@ impl Timestamp {
         Duration::from_millis(self.0.saturating_sub(earlier.0))
     }
 }
+
+slotmap::new_key_type! {
+    /// A job's slot in the ResourceManager's table (internal; clients use [`JobId`]).
+    pub struct JobKey;
+}
+
+slotmap::new_key_type! {
+    /// A worker's slot in the ResourceManager's table (internal; clients use [`WorkerId`]).
+    pub struct WorkerKey;
+}
+
+/// Identifies an interned job constraint (selector plus kind/handler).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default)]
+pub struct ConstraintId(pub(crate) u32);

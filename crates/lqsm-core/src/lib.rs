@@ -15,8 +15,14 @@ pub mod policy;
 pub mod queues;
 pub mod recovery;
 pub mod resource_manager;
+
+/// What preemption policies see of the running attempts (kept at this path for the
+/// plugins written against it; the types live in [`policy`]).
+pub mod scheduler {
+    pub use crate::policy::{PreemptionView, RunningAttempt};
+}
 pub mod resources;
-pub mod scheduler;
+mod retry;
 mod timers;
 pub mod workers;
 
