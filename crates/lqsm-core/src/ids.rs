@@ -91,3 +91,8 @@ slotmap::new_key_type! {
 /// Identifies an interned job constraint (selector plus kind/handler).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default)]
 pub struct ConstraintId(pub(crate) u32);
+
+/// Names one long-poll call. The shell chooses it (any number unique among the polls
+/// it has waiting) and finds the call to answer by it in [`crate::PollAnswer`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct PollTicket(pub u64);

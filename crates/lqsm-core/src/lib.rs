@@ -26,8 +26,8 @@ mod retry;
 mod timers;
 pub mod workers;
 
-pub use effects::{Assignment, Effects, Kill, KillReason, Record};
-pub use ids::{FencingToken, JobId, QueueId, Timestamp, WorkerId};
+pub use effects::{Assignment, Effects, Kill, KillReason, PollAnswer, Record};
+pub use ids::{FencingToken, JobId, PollTicket, QueueId, Timestamp, WorkerId};
 pub use jobs::{
     Attempt, AttemptOutcome, AttemptReport, Job, JobKind, JobSpec, JobState, ReportedResult,
     RetryPolicy, SubmitError, SubmitRequest, Termination,

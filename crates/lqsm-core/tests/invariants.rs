@@ -100,6 +100,7 @@ struct World {
     silent: BTreeSet<WorkerId>,
     jobs: Vec<JobId>,
     last_token: FencingToken,
+    handed_out: std::collections::BTreeSet<FencingToken>,
     finished_once: HashSet<JobId>,
     sent_reports: Vec<(WorkerId, AttemptReport)>,
 }
@@ -130,6 +131,7 @@ fn build() -> World {
         silent: BTreeSet::new(),
         jobs: Vec::new(),
         last_token: FencingToken(0),
+        handed_out: Default::default(),
         finished_once: HashSet::new(),
         sent_reports: Vec::new(),
     };
@@ -231,14 +233,13 @@ impl World {
                     finished: finished.clone(),
                     acked: None,
                 };
-                let out = self
-                    .sim
-                    .rm
-                    .worker_polled(w, &poll, self.sim.now)
-                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                // The poll does not wait: its answer hands over what the worker was
+                // given since its last one.
+                let answer = self.sim.take_assignments(w, &poll);
                 if let Some(old) = stale {
                     prop_assert!(
-                        out.refused
+                        answer
+                            .refused
                             .iter()
                             .any(|r| r.job == old.job && r.token == old.token),
                         "a repeated report must be refused"
@@ -247,11 +248,7 @@ impl World {
                 for r in finished {
                     self.sent_reports.push((w, r));
                 }
-                let got = self
-                    .sim
-                    .rm
-                    .take_assignments(w)
-                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let got = answer.assignments;
                 self.sim
                     .received
                     .entry(w)
@@ -319,10 +316,13 @@ impl World {
         for id in std::mem::take(&mut self.sim.log.finished) {
             prop_assert!(self.finished_once.insert(id), "job {id} finished twice");
         }
-        // Tokens only grow: no attempt is ever handed out twice.
+        // No attempt is ever handed out twice.
         for a in std::mem::take(&mut self.sim.log.assignments) {
-            prop_assert!(a.token > self.last_token, "token {} reused", a.token);
-            self.last_token = a.token;
+            prop_assert!(
+                self.handed_out.insert(a.token),
+                "token {} handed out twice",
+                a.token
+            );
         }
         for id in &self.jobs {
             if let Some(job) = self.sim.rm.job(*id) {
@@ -337,14 +337,22 @@ impl World {
         self.sim.rm.tick(self.sim.now);
         self.sim.drain_effects();
         let kills_before = self.sim.log.kills.len();
-        let assignments_before = self.sim.log.assignments.len();
         self.sim.rm.schedule(self.sim.now);
         self.sim.drain_effects();
         let rm = &self.sim.rm;
         let total = rm.total().clone();
 
-        for a in &self.sim.log.assignments[assignments_before..] {
-            let job = rm.job(a.job).expect("assigned job exists");
+        // Tokens only grow: the attempts this pass made hold tokens above all before.
+        let made: Vec<(JobId, FencingToken)> = rm
+            .jobs()
+            .flat_map(|j| j.attempts.iter().map(move |a| (j.id, a.token)))
+            .filter(|(_, token)| *token > self.last_token)
+            .collect();
+        if let Some(highest) = made.iter().map(|(_, t)| *t).max() {
+            self.last_token = highest;
+        }
+        for (id, _) in &made {
+            let job = rm.job(*id).expect("assigned job exists");
             let mut path = rm.queue_path(job.queue).cloned();
             while let Some(p) = path {
                 // A queue that received work stays within its ceiling.

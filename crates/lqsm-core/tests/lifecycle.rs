@@ -257,7 +257,8 @@ fn attempt_handed_over_but_not_reported_is_treated_as_lost() {
     });
     let id = sim.submit(req).unwrap().id();
     sim.pass();
-    assert_eq!(sim.rm.take_assignments(w).unwrap().len(), 1);
+    let answer = sim.take_assignments(w, &WorkerPoll::default());
+    assert_eq!(answer.assignments.len(), 1);
     // The worker's next poll does not mention it (the answer never reached it).
     sim.rm
         .worker_polled(w, &WorkerPoll::default(), sim.now)
@@ -836,14 +837,21 @@ fn an_attempt_in_an_answer_the_worker_has_not_seen_is_not_lost() {
     let (mut sim, w) = sim_with_queue();
     let first = sim.submit_n("root.q", 1, one_core())[0];
     sim.pass();
-    assert_eq!(sim.rm.take_assignments(w).unwrap().len(), 1);
-    let seen = sim.rm.answer_seq(w);
+    let answer = sim.take_assignments(w, &WorkerPoll::default());
+    assert_eq!(answer.assignments.len(), 1);
+    let seen = answer.seq;
     let token = sim.rm.job(first).unwrap().current_token().unwrap();
     // A second answer carries another attempt; the worker polls again before it
     // arrives (its long-poll was replaced), acknowledging only the first answer.
     let second = sim.submit_n("root.q", 1, one_core())[0];
     sim.pass();
-    assert_eq!(sim.rm.take_assignments(w).unwrap().len(), 1);
+    let listed = WorkerPoll {
+        running: vec![(first, token)],
+        finished: vec![],
+        acked: Some(seen),
+    };
+    let answer = sim.take_assignments(w, &listed);
+    assert_eq!(answer.assignments.len(), 1);
     let early = WorkerPoll {
         running: vec![(first, token)],
         finished: vec![],
@@ -859,7 +867,7 @@ fn an_attempt_in_an_answer_the_worker_has_not_seen_is_not_lost() {
     let late = WorkerPoll {
         running: vec![(first, token)],
         finished: vec![],
-        acked: Some(sim.rm.answer_seq(w)),
+        acked: Some(answer.seq),
     };
     sim.rm.worker_polled(w, &late, sim.now).unwrap();
     let job = sim.rm.job(second).unwrap();

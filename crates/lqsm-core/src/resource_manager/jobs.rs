@@ -349,7 +349,7 @@ impl ResourceManager {
         job.delivered_in = 0;
         let (id, queue, request) = (job.id, job.queue, job.spec.request.clone());
         if let Some(reason) = kill {
-            self.effects.kills.push(Kill {
+            self.order_kill(Kill {
                 worker: worker_id,
                 job: id,
                 token,

@@ -12,14 +12,16 @@
 //! - `scheduler`: the allocation algorithm (one pass) and preemption.
 
 mod jobs;
+mod polls;
 mod queues;
 mod scheduler;
 mod timers;
 mod workers;
 
+pub use crate::effects::{RefusalReason, RefusedReport};
 pub use jobs::{JobError, Submitted};
 pub use queues::QueueView;
-pub use workers::{PollOutcome, RefusalReason, RefusedReport, WorkerError, WorkerPoll};
+pub use workers::{PollOutcome, WorkerError, WorkerPoll};
 
 use crate::effects::Effects;
 use crate::hashing::HashMap;
@@ -83,6 +85,9 @@ pub struct Config {
     pub retention: Duration,
     /// Preemption settings.
     pub preemption: PreemptionConfig,
+    /// Longest a worker's long-poll waits for work (it is also cut to half the
+    /// heartbeat timeout, so a waiting worker is never taken for lost).
+    pub max_poll_wait: Duration,
     /// A pass stops after this many leaves whose next job fit on no worker; the rest
     /// wait for the next change. Bounds the cost of passes over a full cluster.
     pub max_skips_per_pass: usize,
@@ -94,6 +99,7 @@ impl Default for Config {
             heartbeat_timeout: Duration::from_secs(10),
             retention: Duration::from_secs(24 * 3600),
             preemption: PreemptionConfig::default(),
+            max_poll_wait: Duration::from_secs(4),
             max_skips_per_pass: 64,
         }
     }
@@ -167,6 +173,12 @@ pub struct ResourceManager {
     pub(crate) parked_leaves: BTreeSet<QueueId>,
     /// Restored attempts waiting for their worker to reclaim them, by worker.
     pub(crate) unclaimed: HashMap<WorkerId, Vec<JobKey>>,
+    /// Long-polls waiting for work, by worker (at most one each).
+    pub(crate) parked_polls: HashMap<WorkerKey, polls::ParkedPoll>,
+    /// Kill orders not yet sent, by worker, one per attempt.
+    pub(crate) kill_orders: HashMap<WorkerKey, Vec<crate::effects::Kill>>,
+    /// Workers whose waiting poll may have something to answer.
+    pub(crate) to_answer: BTreeSet<WorkerKey>,
 }
 
 impl std::fmt::Debug for ResourceManager {
@@ -238,11 +250,17 @@ impl ResourceManager {
             skipped: Vec::new(),
             parked_leaves: BTreeSet::new(),
             unclaimed: crate::hashing::map(seed),
+            parked_polls: crate::hashing::map(seed),
+            kill_orders: crate::hashing::map(seed),
+            to_answer: BTreeSet::new(),
         })
     }
 
-    /// Everything the shell must do since the last call.
+    /// Everything the shell must do since the last call. Waiting polls that have
+    /// work, kill orders or no more time to wait are answered here, so call it after
+    /// the batch's commands, [`tick`](Self::tick) and [`schedule`](Self::schedule).
     pub fn take_effects(&mut self) -> Effects {
+        self.answer_polls();
         std::mem::take(&mut self.effects)
     }
 

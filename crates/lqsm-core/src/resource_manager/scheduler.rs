@@ -10,7 +10,7 @@
 
 use super::queues::SelectionKey;
 use super::{PassReport, ROOT, ResourceManager};
-use crate::effects::{Assignment, Record};
+use crate::effects::Record;
 use crate::ids::{FencingToken, QueueId, Timestamp};
 use crate::jobs::{Attempt, JobKey, JobState};
 use crate::policy::{PreemptionFacts, PreemptionRequest, PreemptionView, RunningAttempt};
@@ -328,12 +328,8 @@ impl ResourceManager {
         worker.attempts.push(key);
         worker.outbox.push(key);
         self.index.upsert(worker_key, worker);
-        self.effects.assignments.push(Assignment {
-            worker: worker.id,
-            job: job.id,
-            attempt: number,
-            token,
-        });
+        self.effects.attempts_made += 1;
+        self.to_answer.insert(worker_key);
         self.effects.records.push(Record::Job(job.id));
         if let Some(timeout) = job.spec.timeout {
             self.timers

@@ -72,6 +72,7 @@ impl ResourceManager {
                     }
                 }
                 Timer::Reclaim(key, token) => self.reclaim_expired(key, token, now),
+                Timer::PollDue(key, ticket) => self.poll_due(key, ticket),
                 Timer::PreemptionDue => {
                     let _ = at;
                     self.dirty = true;

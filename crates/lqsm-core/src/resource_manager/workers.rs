@@ -2,7 +2,7 @@
 //! draining.
 
 use super::{MAX_CPU_MILLICORES, MAX_GPUS, MAX_MEMORY_MIB, ResourceManager};
-use crate::effects::{Assignment, Kill, KillReason, Record};
+use crate::effects::{Kill, KillReason, Record, RefusalReason, RefusedReport};
 use crate::ids::{FencingToken, JobId, Timestamp, WorkerId};
 use crate::jobs::Waiting;
 use crate::jobs::{AttemptOutcome, AttemptReport, JobKey, JobState, ReportedResult, Termination};
@@ -31,26 +31,6 @@ pub enum WorkerError {
     },
 }
 
-/// Why a worker's report about an attempt was refused.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum RefusalReason {
-    /// No such job (purged, or never existed).
-    UnknownJob,
-    /// The token is not the job's current attempt on this worker.
-    StaleAttempt,
-}
-
-/// A refused report.
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub struct RefusedReport {
-    /// The job named.
-    pub job: JobId,
-    /// The token named.
-    pub token: FencingToken,
-    /// Why it was refused.
-    pub reason: RefusalReason,
-}
-
 /// One poll: a heartbeat, the attempts the worker still runs and those it finished.
 #[derive(Clone, PartialEq, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,7 +41,7 @@ pub struct WorkerPoll {
     /// Attempts that ended since the last poll.
     #[serde(default)]
     pub finished: Vec<AttemptReport>,
-    /// The highest answer number (see [`ResourceManager::answer_seq`]) the worker has
+    /// The highest answer number ([`crate::PollAnswer::seq`]) the worker has
     /// seen. Attempts carried by later answers are not yet expected in `running`.
     /// `None`: every answer handed out is assumed seen.
     #[serde(default)]
@@ -262,7 +242,7 @@ impl ResourceManager {
                         self.effects.records.push(Record::Job(job.id));
                     }
                 }
-                Err(_) => self.effects.kills.push(Kill {
+                Err(_) => self.order_kill(Kill {
                     worker: id,
                     job: *job,
                     token: *token,
@@ -340,38 +320,8 @@ impl ResourceManager {
         }
     }
 
-    /// Hands over the attempts assigned to a worker since it last took them. Call
-    /// only once the records of those assignments are durable.
-    pub fn take_assignments(&mut self, id: WorkerId) -> Result<Vec<Assignment>, WorkerError> {
-        let key = self.worker_key(id)?;
-        let worker = &mut self.workers[key];
-        let outbox = std::mem::take(&mut worker.outbox);
-        if !outbox.is_empty() {
-            worker.answers += 1;
-        }
-        let answer = worker.answers;
-        let mut out = Vec::with_capacity(outbox.len());
-        for job_key in outbox {
-            let Some(job) = self.jobs.get_mut(job_key) else {
-                continue;
-            };
-            if job.worker != Some(key) || job.delivered_in != 0 {
-                continue;
-            }
-            job.delivered_in = answer;
-            let attempt = job.attempts.last().expect("an active job has an attempt");
-            out.push(Assignment {
-                worker: id,
-                job: job.id,
-                attempt: attempt.number,
-                token: attempt.token,
-            });
-        }
-        Ok(out)
-    }
-
     /// The number of the latest poll answer that carried assignments to this worker
-    /// (0 before the first). Sent with every answer; the worker echoes the highest it
+    /// (0 before the first). Sent with that answer; the worker echoes the highest it
     /// has seen in `WorkerPoll::acked`.
     pub fn answer_seq(&self, id: WorkerId) -> u64 {
         self.worker(id).map_or(0, |w| w.answers)
