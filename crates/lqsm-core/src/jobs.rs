@@ -598,8 +598,8 @@ pub enum SubmitError {
     /// A field is out of range.
     #[error("{field}: {reason}")]
     InvalidField {
-        /// The offending field.
-        field: &'static str,
+        /// The offending field, as the wire names it.
+        field: String,
         /// What is wrong.
         reason: String,
     },
@@ -631,8 +631,10 @@ pub enum SubmitError {
 impl SubmitRequest {
     /// Checks the fields that need no state, so bad input is refused before anything changes.
     pub(crate) fn validate(&self) -> Result<(), SubmitError> {
-        let invalid =
-            |field: &'static str, reason: String| SubmitError::InvalidField { field, reason };
+        let invalid = |field: &str, reason: String| SubmitError::InvalidField {
+            field: field.to_owned(),
+            reason,
+        };
         match &self.kind {
             JobKind::Command(command) => {
                 if command.argv.first().is_none_or(|p| p.is_empty()) {
@@ -666,14 +668,14 @@ impl SubmitRequest {
         if let Some(timeout) = self.timeout
             && timeout.is_zero()
         {
-            return Err(invalid("timeout", "must be above zero".into()));
+            return Err(invalid("timeout_ms", "must be above zero".into()));
         }
         if let (Some(nb), Some(exp)) = (self.not_before, self.expires_at)
             && exp <= nb
         {
             return Err(invalid(
-                "expires_at",
-                "is not after not_before, so the job could never run".into(),
+                "expires_at_ms",
+                "is not after not_before_ms, so the job could never run".into(),
             ));
         }
         if self.selector.len() > 64 {

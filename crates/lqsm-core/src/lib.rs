@@ -41,5 +41,5 @@ pub use resource_manager::{
     Config, ConfigError, JobError, PassReport, PollOutcome, PreemptionConfig, QueueView, ROOT,
     RefusalReason, RefusedReport, ResourceManager, Submitted, WorkerError, WorkerPoll,
 };
-pub use resources::{MiB, Millicores, ResourceName, Resources};
+pub use resources::{BadAmount, MiB, Millicores, ResourceName, Resources};
 pub use workers::{Worker, WorkerRegistration, WorkerState};

@@ -202,7 +202,23 @@ impl Default for QueueConfig {
     }
 }
 
+/// A running or pending limit as the wire gives it: 0 means no limit. The one place
+/// that meaning is decided; configs built through it never hold `Some(0)`.
+pub fn limit<T: Default + PartialEq>(n: T) -> Option<T> {
+    (n != T::default()).then_some(n)
+}
+
 impl QueueConfig {
+    /// The running limit in force: `max_running`, where 0 means no limit.
+    pub fn running_limit(&self) -> Option<u32> {
+        self.max_running.and_then(limit)
+    }
+
+    /// The pending limit in force: `max_pending`, where 0 means no limit.
+    pub fn pending_limit(&self) -> Option<u64> {
+        self.max_pending.and_then(limit)
+    }
+
     /// A config with the given guarantee and ceiling and defaults elsewhere.
     pub fn with_capacity(capacity: f64, max_capacity: f64) -> Self {
         Self {
@@ -246,11 +262,8 @@ impl QueueConfig {
         if self.weight == 0 {
             return Err(invalid("weight", "must be at least 1".into()));
         }
-        if self.max_running == Some(0) {
-            return Err(invalid(
-                "max_running",
-                "must be at least 1 (stop or drain the queue to run nothing)".into(),
-            ));
+        if let Err(bad) = self.defaults.request.check("defaults.resources") {
+            return Err(invalid(&bad.field, bad.reason));
         }
         self.defaults
             .retry

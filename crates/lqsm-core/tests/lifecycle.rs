@@ -580,14 +580,14 @@ fn bad_submissions_are_refused_with_the_field_named_and_nothing_stored() {
         ),
         (
             sim.request("root.eng.ml", Resources::default()),
-            "request: must ask for some cpu or memory",
+            "resources: must have some cpu or memory",
         ),
         (
             sim.request(
                 "root.eng.ml",
                 Resources::new(Millicores(u64::MAX), MiB(1), 0),
             ),
-            "request: cpu",
+            "resources.cpu: ",
         ),
         (
             {
@@ -614,7 +614,7 @@ fn bad_submissions_are_refused_with_the_field_named_and_nothing_stored() {
                 r.expires_at = Some(Timestamp(1));
                 r
             },
-            "expires_at: is already in the past",
+            "expires_at_ms: is already in the past",
         ),
     ];
     for (req, expected) in cases {
@@ -873,4 +873,64 @@ fn an_attempt_in_an_answer_the_worker_has_not_seen_is_not_lost() {
     let job = sim.rm.job(second).unwrap();
     assert_eq!(job.attempts[0].outcome, Some(AttemptOutcome::Lost));
     sim.check();
+}
+
+#[test]
+fn a_running_or_pending_limit_of_zero_means_no_limit() {
+    let (mut sim, _) = sim_with_queue();
+    let zero = QueueUpdate {
+        max_running: Some(Some(0)),
+        max_pending: Some(Some(0)),
+        ..QueueUpdate::default()
+    };
+    sim.rm.update_queue("root.q", &zero).unwrap();
+    let config = sim.rm.queue("root.q").unwrap().config().clone();
+    assert_eq!(
+        (config.max_running, config.max_pending),
+        (None, None),
+        "kept as none"
+    );
+    let ids = sim.submit_n("root.q", 3, one_core());
+    sim.pass();
+    assert!(ids.iter().all(|id| sim.state(*id) == JobState::Scheduled));
+    let mut created = QueueConfig::with_capacity(0.0, 100.0);
+    created.max_running = Some(0);
+    sim.rm.create_queue("root.z", created).unwrap();
+    assert_eq!(
+        sim.rm.queue("root.z").unwrap().config().running_limit(),
+        None
+    );
+    assert_eq!(queues::limit(0_u32), None);
+    assert_eq!(queues::limit(5_u32), Some(5));
+}
+
+#[test]
+fn every_resource_vector_is_checked_against_the_same_bounds_naming_the_wire_field() {
+    let mut sim = Sim::new(Config::default());
+    let mut defaults = QueueConfig::with_capacity(10.0, 100.0);
+    defaults.defaults.request = Resources::new(Millicores(1000), MiB(1 << 41), 0);
+    let err = sim.rm.create_queue("root.a", defaults).unwrap_err();
+    assert!(
+        err.to_string().contains("defaults.resources.memory_mib"),
+        "{err}"
+    );
+    let reg = WorkerRegistration {
+        id: WorkerId(uuid::Uuid::from_u128(5)),
+        name: "w".into(),
+        capacity: Resources::new(Millicores(1000), MiB(1), 1 << 17),
+        labels: Default::default(),
+        serves_commands: true,
+        handlers: Default::default(),
+    };
+    let err = sim.rm.register_worker(reg, sim.now).unwrap_err();
+    assert!(
+        matches!(&err, WorkerError::InvalidField { field, .. } if field == "capacity.gpu"),
+        "{err}"
+    );
+    let mut huge = one_core();
+    huge.set_custom(ResourceName::new("licences").unwrap(), 1 << 41);
+    assert_eq!(
+        huge.check("resources").unwrap_err().field,
+        "resources.custom.licences"
+    );
 }

@@ -1,7 +1,7 @@
 //! Job commands: submission (with every check of a request), cancellation, and
 //! the end of attempts (success, failure with retry, loss, preemption).
 
-use super::{MAX_CPU_MILLICORES, MAX_CUSTOM, MAX_GPUS, MAX_MEMORY_MIB, ResourceManager};
+use super::ResourceManager;
 use crate::effects::{Kill, KillReason, Record};
 use crate::ids::{JobId, QueueId, Timestamp};
 use crate::jobs::Waiting;
@@ -11,7 +11,7 @@ use crate::jobs::{
 };
 use crate::policy::AdmissionContext;
 use crate::queues::QueueState;
-use crate::resources::{MiB, Millicores, Resources};
+use crate::resources::Resources;
 use crate::timers::Timer;
 use crate::workers::{Candidates, WorkerKey, WorkerState};
 use thiserror::Error;
@@ -51,35 +51,6 @@ impl Submitted {
 }
 
 impl ResourceManager {
-    pub(crate) fn validate_request(request: &Resources) -> Result<(), SubmitError> {
-        let invalid = |reason: String| SubmitError::InvalidField {
-            field: "request",
-            reason,
-        };
-        if request.cpu.0 == 0 && request.memory.0 == 0 {
-            return Err(invalid("must ask for some cpu or memory".into()));
-        }
-        if request.cpu > Millicores(MAX_CPU_MILLICORES) {
-            return Err(invalid(format!(
-                "cpu {} millicores is absurd",
-                request.cpu.0
-            )));
-        }
-        if request.memory > MiB(MAX_MEMORY_MIB) {
-            return Err(invalid(format!(
-                "memory {} MiB is absurd",
-                request.memory.0
-            )));
-        }
-        if request.gpu > MAX_GPUS {
-            return Err(invalid(format!("{} gpus is absurd", request.gpu)));
-        }
-        if let Some((name, amount)) = request.customs().iter().find(|(_, a)| *a > MAX_CUSTOM) {
-            return Err(invalid(format!("{amount} of {name:?} is absurd")));
-        }
-        Ok(())
-    }
-
     /// Accepts a job into a leaf queue, or says precisely why not. A repeated
     /// idempotency key returns the original job and changes nothing.
     pub fn submit(&mut self, req: SubmitRequest, now: Timestamp) -> Result<Submitted, SubmitError> {
@@ -107,11 +78,11 @@ impl ResourceManager {
             && expires_at <= now
         {
             return Err(SubmitError::InvalidField {
-                field: "expires_at",
+                field: "expires_at_ms".into(),
                 reason: "is already in the past".into(),
             });
         }
-        if let Some(max) = node.config.max_pending
+        if let Some(max) = node.config.pending_limit()
             && node.stats.pending >= max
         {
             return Err(SubmitError::QueueFull {
@@ -122,7 +93,12 @@ impl ResourceManager {
         }
         let (id, queue_path) = (req.id, req.queue.clone());
         let (mut spec, not_before) = req.resolve(&node.config.defaults);
-        Self::validate_request(&spec.request)?;
+        spec.request
+            .check("resources")
+            .map_err(|bad| SubmitError::InvalidField {
+                field: bad.field,
+                reason: bad.reason,
+            })?;
         let constraint = self
             .index
             .constraint_for(spec.selector(), spec.kind.handler());

@@ -44,12 +44,6 @@ use thiserror::Error;
 /// The root queue's id.
 pub const ROOT: QueueId = QueueId(0);
 
-/// Largest request component accepted, so sums can never overflow.
-pub(crate) const MAX_CPU_MILLICORES: u64 = 1 << 40;
-pub(crate) const MAX_MEMORY_MIB: u64 = 1 << 40;
-pub(crate) const MAX_GPUS: u32 = 1 << 16;
-pub(crate) const MAX_CUSTOM: u64 = 1 << 40;
-
 /// Preemption settings for the whole cluster.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -434,6 +434,10 @@ impl ResourceManager {
             .parent()
             .ok_or(QueueError::AlreadyExists(QueuePath::root()))?;
         let parent = self.lookup_queue(parent_path.as_str())?;
+        let mut config = config;
+        // A limit of 0 is no limit: kept as none, so equal settings compare equal.
+        config.max_running = config.running_limit();
+        config.max_pending = config.pending_limit();
         config.validate(&path)?;
         let policies = self.resolve_policies(&path, &config)?;
         let parent_node = self.node(parent);
@@ -465,7 +469,9 @@ impl ResourceManager {
         if id == ROOT && (update.capacity.is_some() || update.max_capacity.is_some()) {
             return Err(QueueError::Root("given a capacity (it is always 100%)"));
         }
-        let config = update.apply_to(&node.config);
+        let mut config = update.apply_to(&node.config);
+        config.max_running = config.running_limit();
+        config.max_pending = config.pending_limit();
         config.validate(&node.path)?;
         let (ordering, placement, admission) = self.resolve_policies(&node.path, &config)?;
         if let Some(parent) = node.parent {

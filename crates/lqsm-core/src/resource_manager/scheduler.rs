@@ -81,7 +81,7 @@ impl ResourceManager {
         }
         let under_running_limit = node
             .config
-            .max_running
+            .running_limit()
             .is_none_or(|max| node.running < u64::from(max));
         !node.ready.is_empty() && !node.skipped_in_pass && under_running_limit
     }

@@ -1,7 +1,7 @@
 //! Worker commands: registration, the poll (heartbeat, reports, running list) and
 //! draining.
 
-use super::{MAX_CPU_MILLICORES, MAX_GPUS, MAX_MEMORY_MIB, ResourceManager};
+use super::ResourceManager;
 use crate::effects::{Kill, KillReason, Record, RefusalReason, RefusedReport};
 use crate::ids::{FencingToken, JobId, Timestamp, WorkerId};
 use crate::jobs::Waiting;
@@ -24,8 +24,8 @@ pub enum WorkerError {
     /// A registration field is out of range.
     #[error("{field}: {reason}")]
     InvalidField {
-        /// The offending field.
-        field: &'static str,
+        /// The offending field, as the wire names it.
+        field: String,
         /// What is wrong.
         reason: String,
     },
@@ -65,20 +65,19 @@ impl ResourceManager {
         reg: WorkerRegistration,
         now: Timestamp,
     ) -> Result<(), WorkerError> {
-        let invalid = |field: &'static str, reason: &str| WorkerError::InvalidField {
-            field,
+        let invalid = |field: &str, reason: &str| WorkerError::InvalidField {
+            field: field.to_owned(),
             reason: reason.to_owned(),
         };
         if reg.name.is_empty() || reg.name.len() > 256 {
             return Err(invalid("name", "must be 1 to 256 characters"));
         }
-        let c = &reg.capacity;
-        if c.cpu.0 == 0 && c.memory.0 == 0 {
-            return Err(invalid("capacity", "must offer some cpu or memory"));
-        }
-        if c.cpu.0 > MAX_CPU_MILLICORES || c.memory.0 > MAX_MEMORY_MIB || c.gpu > MAX_GPUS {
-            return Err(invalid("capacity", "is absurdly large"));
-        }
+        reg.capacity
+            .check("capacity")
+            .map_err(|bad| WorkerError::InvalidField {
+                field: bad.field,
+                reason: bad.reason,
+            })?;
         if !reg.serves_commands && reg.handlers.is_empty() {
             return Err(invalid(
                 "handlers",
