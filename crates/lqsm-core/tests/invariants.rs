@@ -101,6 +101,8 @@ struct World {
     jobs: Vec<JobId>,
     last_token: FencingToken,
     handed_out: std::collections::BTreeSet<FencingToken>,
+    /// Every token seen on an attempt, with its job.
+    token_owner: std::collections::BTreeMap<FencingToken, JobId>,
     finished_once: HashSet<JobId>,
     sent_reports: Vec<(WorkerId, AttemptReport)>,
 }
@@ -132,6 +134,7 @@ fn build() -> World {
         jobs: Vec::new(),
         last_token: FencingToken(0),
         handed_out: Default::default(),
+        token_owner: Default::default(),
         finished_once: HashSet::new(),
         sent_reports: Vec::new(),
     };
@@ -342,12 +345,30 @@ impl World {
         let rm = &self.sim.rm;
         let total = rm.total().clone();
 
-        // Tokens only grow: the attempts this pass made hold tokens above all before.
-        let made: Vec<(JobId, FencingToken)> = rm
-            .jobs()
-            .flat_map(|j| j.attempts.iter().map(move |a| (j.id, a.token)))
-            .filter(|(_, token)| *token > self.last_token)
-            .collect();
+        // Tokens only grow: an attempt this pass made holds a token above every
+        // earlier one, and no token ever names two attempts.
+        let mut made: Vec<(JobId, FencingToken)> = Vec::new();
+        for job in rm.jobs() {
+            for attempt in &job.attempts {
+                match self.token_owner.get(&attempt.token) {
+                    Some(owner) => {
+                        prop_assert_eq!(*owner, job.id, "token {} reused", attempt.token);
+                    }
+                    None => {
+                        prop_assert!(
+                            attempt.token > self.last_token,
+                            "token {} is not above the earlier {}",
+                            attempt.token,
+                            self.last_token
+                        );
+                        made.push((job.id, attempt.token));
+                    }
+                }
+            }
+        }
+        for (id, token) in &made {
+            self.token_owner.insert(*token, *id);
+        }
         if let Some(highest) = made.iter().map(|(_, t)| *t).max() {
             self.last_token = highest;
         }
