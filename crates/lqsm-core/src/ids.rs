@@ -1,4 +1,6 @@
-//! Identities and time, as newtypes so that one cannot be passed where another is meant.
+//! Identities and time, as newtypes so that one cannot be passed where another is meant;
+//! also the internal slot keys, here so that every module below the ResourceManager
+//! can name jobs and workers without depending on one another.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -15,16 +15,17 @@ pub mod policy;
 pub mod queues;
 pub mod recovery;
 pub mod resource_manager;
-
-/// What preemption policies see of the running attempts (kept at this path for the
-/// plugins written against it; the types live in [`policy`]).
-pub mod scheduler {
-    pub use crate::policy::{PreemptionView, RunningAttempt};
-}
 pub mod resources;
 mod retry;
 mod timers;
 pub mod workers;
+
+/// What preemption policies see of the running attempts (kept at this path for the
+/// plugins written against it; the types live in [`policy`], the algorithm in
+/// [`resource_manager`]).
+pub mod scheduler {
+    pub use crate::policy::{PreemptionView, RunningAttempt};
+}
 
 pub use effects::{Assignment, Effects, Kill, KillReason, PollAnswer, Record};
 pub use ids::{FencingToken, JobId, PollTicket, QueueId, Timestamp, WorkerId};

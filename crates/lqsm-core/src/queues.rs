@@ -1,5 +1,6 @@
-//! The configuration side of the QueuesManager: queue paths, per-queue settings,
-//! lifecycle states, counters, and the tree node that carries them.
+//! The configuration side of the QueuesManager: queue paths, per-queue settings and
+//! their checks, lifecycle states and counters. The tree node that carries them at
+//! run time lives with the QueuesManager's commands (`resource_manager/queues.rs`).
 
 use crate::resources::Resources;
 use crate::retry::RetryPolicy;
