@@ -11,12 +11,12 @@
 //! - `timers`: what happens when time passes;
 //! - `scheduler`: the allocation algorithm (one pass) and preemption.
 
-mod jobs;
-mod polls;
-mod queues;
-mod scheduler;
-mod timers;
-mod workers;
+pub(crate) mod jobs;
+pub(crate) mod polls;
+pub(crate) mod queues;
+pub(crate) mod scheduler;
+pub(crate) mod timers;
+pub(crate) mod workers;
 
 pub use crate::effects::{RefusalReason, RefusedReport};
 pub use jobs::{JobError, Submitted};
