@@ -1,7 +1,7 @@
 //! What the core asks its shell to do. The runtime persists `records` in one commit
-//! and only then sends `kills`, hands out assignments and answers clients.
+//! and only then sends `answers` to the workers' polls and answers clients.
 
-use crate::ids::{FencingToken, JobId, QueueId, WorkerId};
+use crate::ids::{FencingToken, JobId, PollTicket, QueueId, WorkerId};
 use crate::queues::QueuePath;
 
 /// Something whose durable copy must be brought up to date. Records name the entity;
@@ -52,8 +52,7 @@ pub struct Kill {
     pub reason: KillReason,
 }
 
-/// A new attempt given to a worker (it waits in the worker's outbox until a poll
-/// takes it, see `ResourceManager::take_assignments`).
+/// A new attempt given to a worker, as carried by a [`PollAnswer`].
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Assignment {
     /// The worker.
@@ -66,14 +65,59 @@ pub struct Assignment {
     pub token: FencingToken,
 }
 
+/// Why a worker's report about an attempt was refused.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RefusalReason {
+    /// No such job (purged, or never existed).
+    UnknownJob,
+    /// The token is not the job's current attempt on this worker.
+    StaleAttempt,
+}
+
+/// A refused report.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct RefusedReport {
+    /// The job named.
+    pub job: JobId,
+    /// The token named.
+    pub token: FencingToken,
+    /// Why it was refused.
+    pub reason: RefusalReason,
+}
+
+/// The answer to one long-poll: the attempts the worker must start and those it must
+/// stop. The only way either reaches a worker.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct PollAnswer {
+    /// The worker that polled.
+    pub worker: WorkerId,
+    /// The poll call being answered (as the shell named it).
+    pub ticket: PollTicket,
+    /// The answer's number when it carries assignments, counted from the worker's
+    /// registration; 0 when it carries none, so that an empty answer never lets a
+    /// worker acknowledge a numbered one still on its way to it.
+    pub seq: u64,
+    /// New attempts to start, in the order they were made.
+    pub assignments: Vec<Assignment>,
+    /// Attempts to stop, one order per attempt.
+    pub kills: Vec<Kill>,
+    /// The poll's reports that were refused (the worker drops them).
+    pub refused: Vec<RefusedReport>,
+}
+
 /// Everything the core produced since the shell last took its effects.
 #[derive(Clone, Debug, Default)]
 pub struct Effects {
     /// What to persist, in order.
     pub records: Vec<Record>,
-    /// New attempts, in the order they were made.
-    pub assignments: Vec<Assignment>,
-    /// Attempts to stop.
+    /// Answers to send to waiting polls once `records` are durable: the one dispatch
+    /// effect, carrying every new attempt and kill order to its worker.
+    pub answers: Vec<PollAnswer>,
+    /// How many attempts were made (each took a fresh fencing token, so the token
+    /// high-water mark must be persisted with the batch).
+    pub attempts_made: u64,
+    /// Attempts ordered stopped, in the order decided: an account for metrics and
+    /// tests. The orders themselves reach workers through `answers`.
     pub kills: Vec<Kill>,
     /// Jobs that reached a terminal state (to wake waiting clients).
     pub finished: Vec<JobId>,
@@ -83,7 +127,8 @@ impl Effects {
     /// True when there is nothing to do.
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
-            && self.assignments.is_empty()
+            && self.answers.is_empty()
+            && self.attempts_made == 0
             && self.kills.is_empty()
             && self.finished.is_empty()
     }

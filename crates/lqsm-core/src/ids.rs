@@ -1,4 +1,6 @@
-//! Identities and time, as newtypes so that one cannot be passed where another is meant.
+//! Identities and time, as newtypes so that one cannot be passed where another is meant;
+//! also the internal slot keys, here so that every module below the ResourceManager
+//! can name jobs and workers without depending on one another.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -77,3 +79,22 @@ impl Timestamp {
         Duration::from_millis(self.0.saturating_sub(earlier.0))
     }
 }
+
+slotmap::new_key_type! {
+    /// A job's slot in the ResourceManager's table (internal; clients use [`JobId`]).
+    pub struct JobKey;
+}
+
+slotmap::new_key_type! {
+    /// A worker's slot in the ResourceManager's table (internal; clients use [`WorkerId`]).
+    pub struct WorkerKey;
+}
+
+/// Identifies an interned job constraint (selector plus kind/handler).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default)]
+pub struct ConstraintId(pub(crate) u32);
+
+/// Names one long-poll call. The shell chooses it (any number unique among the polls
+/// it has waiting) and finds the call to answer by it in [`crate::PollAnswer`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct PollTicket(pub u64);

@@ -10,10 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 
-slotmap::new_key_type! {
-    /// A job's slot in the ResourceManager's table (internal; clients use [`JobId`]).
-    pub struct JobKey;
-}
+pub use crate::ids::JobKey;
+pub use crate::retry::RetryPolicy;
 
 /// A JSON value kept as its compact text: the core never looks inside arguments or
 /// results, and text costs a fraction of a parsed tree's memory.
@@ -137,64 +135,6 @@ impl JobKind {
                 handler: Some(handler),
             } => Some(handler),
         }
-    }
-}
-
-/// How a failed attempt is retried: up to `max_attempts` tries in all, waiting
-/// `min(backoff_cap, backoff_base · 2^(n-1))` after failure `n`, shortened by up to
-/// `jitter` (a fraction) at random so that retries of many jobs spread out.
-#[derive(Clone, Copy, PartialEq, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetryPolicy {
-    /// Attempts in all, counting the first; 1 means no retry.
-    pub max_attempts: u32,
-    /// Wait after the first failure.
-    pub backoff_base: Duration,
-    /// Longest wait.
-    pub backoff_cap: Duration,
-    /// Fraction (0..=1) of the wait that may be taken off at random.
-    pub jitter: f64,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 1,
-            backoff_base: Duration::from_secs(1),
-            backoff_cap: Duration::from_secs(300),
-            jitter: 0.2,
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// Checks ranges; the message names the bad field.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.max_attempts == 0 {
-            return Err("max_attempts must be at least 1".into());
-        }
-        if self.max_attempts > 1000 {
-            return Err(format!("max_attempts {} is above 1000", self.max_attempts));
-        }
-        if !self.jitter.is_finite() || !(0.0..=1.0).contains(&self.jitter) {
-            return Err(format!("jitter {} is not between 0 and 1", self.jitter));
-        }
-        if self.backoff_cap < self.backoff_base {
-            return Err("backoff_cap is shorter than backoff_base".into());
-        }
-        Ok(())
-    }
-
-    /// The wait before the retry that follows failure number `failures` (1-based).
-    /// `unit` is a uniform random number in [0, 1) supplied by the caller.
-    pub fn backoff(&self, failures: u32, unit: f64) -> Duration {
-        let exponent = failures.saturating_sub(1).min(63);
-        let factor = 1u64 << exponent;
-        let base_ms = u64::try_from(self.backoff_base.as_millis()).unwrap_or(u64::MAX);
-        let cap_ms = u64::try_from(self.backoff_cap.as_millis()).unwrap_or(u64::MAX);
-        let wait_ms = base_ms.saturating_mul(factor).min(cap_ms);
-        let cut = (wait_ms as f64 * self.jitter * unit.clamp(0.0, 1.0)) as u64;
-        Duration::from_millis(wait_ms - cut.min(wait_ms))
     }
 }
 
@@ -567,9 +507,9 @@ pub struct Job {
     /// Internal: its rank under its queue's ordering policy.
     pub(crate) rank: i64,
     /// Internal: interned placement constraint (selector + kind).
-    pub(crate) constraint: crate::workers::ConstraintId,
+    pub(crate) constraint: crate::ids::ConstraintId,
     /// Internal: the worker holding the current attempt.
-    pub(crate) worker: Option<crate::workers::WorkerKey>,
+    pub(crate) worker: Option<crate::ids::WorkerKey>,
     /// Internal: the job's position in that worker's `attempts`.
     pub(crate) worker_slot: u32,
     /// Internal: where a pending job waits.
@@ -667,8 +607,8 @@ pub enum SubmitError {
     /// A field is out of range.
     #[error("{field}: {reason}")]
     InvalidField {
-        /// The offending field.
-        field: &'static str,
+        /// The offending field, as the wire names it.
+        field: String,
         /// What is wrong.
         reason: String,
     },
@@ -700,8 +640,10 @@ pub enum SubmitError {
 impl SubmitRequest {
     /// Checks the fields that need no state, so bad input is refused before anything changes.
     pub(crate) fn validate(&self) -> Result<(), SubmitError> {
-        let invalid =
-            |field: &'static str, reason: String| SubmitError::InvalidField { field, reason };
+        let invalid = |field: &str, reason: String| SubmitError::InvalidField {
+            field: field.to_owned(),
+            reason,
+        };
         match &self.kind {
             JobKind::Command(command) => {
                 if command.argv.first().is_none_or(|p| p.is_empty()) {
@@ -735,14 +677,14 @@ impl SubmitRequest {
         if let Some(timeout) = self.timeout
             && timeout.is_zero()
         {
-            return Err(invalid("timeout", "must be above zero".into()));
+            return Err(invalid("timeout_ms", "must be above zero".into()));
         }
         if let (Some(nb), Some(exp)) = (self.not_before, self.expires_at)
             && exp <= nb
         {
             return Err(invalid(
-                "expires_at",
-                "is not after not_before, so the job could never run".into(),
+                "expires_at_ms",
+                "is not after not_before_ms, so the job could never run".into(),
             ));
         }
         if self.selector.len() > 64 {

@@ -16,12 +16,19 @@ pub mod queues;
 pub mod recovery;
 pub mod resource_manager;
 pub mod resources;
-pub mod scheduler;
+mod retry;
 mod timers;
 pub mod workers;
 
-pub use effects::{Assignment, Effects, Kill, KillReason, Record};
-pub use ids::{FencingToken, JobId, QueueId, Timestamp, WorkerId};
+/// What preemption policies see of the running attempts (kept at this path for the
+/// plugins written against it; the types live in [`policy`], the algorithm in
+/// [`resource_manager`]).
+pub mod scheduler {
+    pub use crate::policy::{PreemptionView, RunningAttempt};
+}
+
+pub use effects::{Assignment, Effects, Kill, KillReason, PollAnswer, Record};
+pub use ids::{FencingToken, JobId, PollTicket, QueueId, Timestamp, WorkerId};
 pub use jobs::{
     Attempt, AttemptOutcome, AttemptReport, Job, JobKind, JobSpec, JobState, ReportedResult,
     RetryPolicy, SubmitError, SubmitRequest, Termination,
@@ -35,5 +42,5 @@ pub use resource_manager::{
     Config, ConfigError, JobError, PassReport, PollOutcome, PreemptionConfig, QueueView, ROOT,
     RefusalReason, RefusedReport, ResourceManager, Submitted, WorkerError, WorkerPoll,
 };
-pub use resources::{MiB, Millicores, ResourceName, Resources};
+pub use resources::{BadAmount, MiB, Millicores, ResourceName, Resources};
 pub use workers::{Worker, WorkerRegistration, WorkerState};

@@ -5,28 +5,27 @@
 //! the core applies and enforces its invariants whatever a policy returns.
 
 use crate::hashing::HashMap;
+use crate::ids::ConstraintId;
 use crate::ids::{FencingToken, QueueId, Timestamp};
-use crate::jobs::{JobKey, JobSpec};
+use crate::ids::{JobKey, WorkerKey};
+use crate::jobs::JobSpec;
 use crate::queues::{QueuePath, QueueStats};
 use crate::resources::Resources;
-use crate::scheduler::PreemptionView;
-use crate::workers::{Candidates, ConstraintId, WorkerKey};
+use crate::workers::Candidates;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-/// Built-in ordering: higher priority first, then first come first served.
-pub const PRIORITY_FIFO: &str = "priority-fifo";
+// The names of the policies a queue gets unless it names others live with the queue
+// settings that default to them.
+pub use crate::queues::{ACCEPT_ALL, BEST_FIT, PRIORITY_FIFO};
+
 /// Built-in ordering: first come first served, ignoring priority.
 pub const FIFO: &str = "fifo";
 /// Built-in ordering: smallest dominant request first (more jobs done sooner).
 pub const SMALLEST_FIRST: &str = "smallest-first";
-/// Built-in placement: the fitting worker with the least free resources.
-pub const BEST_FIT: &str = "best-fit";
 /// Built-in placement: the fitting worker with the most free resources.
 pub const SPREAD: &str = "spread";
-/// Built-in admission: accept every valid submission.
-pub const ACCEPT_ALL: &str = "accept-all";
 /// Built-in admission: refuse jobs no registered worker could ever run.
 pub const REQUIRE_CAPABLE_WORKER: &str = "require-capable-worker";
 /// Built-in preemption: newest attempts of the queues furthest over their guarantee.
@@ -103,6 +102,92 @@ pub trait PreemptionPolicy: Send + Sync + fmt::Debug {
     /// that opted out, and stops once `request.need` is freed.
     fn select_victims(&self, request: &PreemptionRequest, view: &PreemptionView<'_>)
     -> Vec<Victim>;
+}
+
+/// A running attempt as preemption sees it.
+#[derive(Clone, Debug)]
+pub struct RunningAttempt {
+    /// The job.
+    pub job: JobKey,
+    /// The attempt's token.
+    pub token: FencingToken,
+    /// The worker running it.
+    pub worker: WorkerKey,
+}
+
+/// The state a [`PreemptionView`] shows, provided by the ResourceManager. A trait so
+/// that this module, below the ResourceManager, never needs to name it.
+pub(crate) trait PreemptionFacts {
+    fn total(&self) -> &Resources;
+    fn leaves_with_attempts(&self) -> Vec<QueueId>;
+    fn used(&self, queue: QueueId) -> &Resources;
+    fn abs_guarantee(&self, queue: QueueId) -> f64;
+    fn parent(&self, queue: QueueId) -> Option<QueueId>;
+    fn preemptable(&self, queue: QueueId) -> bool;
+    fn attempts_newest_first(&self, leaf: QueueId)
+    -> Box<dyn Iterator<Item = RunningAttempt> + '_>;
+    fn request_of(&self, job: JobKey) -> &Resources;
+    fn worker_accepts(&self, worker: WorkerKey, constraint: ConstraintId) -> bool;
+}
+
+/// What a preemption policy may look at: queues, their usage and guarantees, and
+/// their running attempts.
+pub struct PreemptionView<'a> {
+    facts: &'a dyn PreemptionFacts,
+}
+
+impl<'a> PreemptionView<'a> {
+    pub(crate) fn new(facts: &'a dyn PreemptionFacts) -> Self {
+        Self { facts }
+    }
+
+    /// Capacity of the workers that take work.
+    pub fn total(&self) -> &Resources {
+        self.facts.total()
+    }
+
+    /// Leaves that hold at least one attempt, in id order.
+    pub fn leaves_with_attempts(&self) -> Vec<QueueId> {
+        self.facts.leaves_with_attempts()
+    }
+
+    /// Resources held by a queue's subtree.
+    pub fn used(&self, queue: QueueId) -> &Resources {
+        self.facts.used(queue)
+    }
+
+    /// A queue's guarantee as a fraction of the cluster.
+    pub fn abs_guarantee(&self, queue: QueueId) -> f64 {
+        self.facts.abs_guarantee(queue)
+    }
+
+    /// A queue's parent.
+    pub fn parent(&self, queue: QueueId) -> Option<QueueId> {
+        self.facts.parent(queue)
+    }
+
+    /// Whether the queue and every ancestor allow preemption.
+    pub fn preemptable(&self, queue: QueueId) -> bool {
+        self.facts.preemptable(queue)
+    }
+
+    /// A leaf's attempts, newest first.
+    pub fn attempts_newest_first(
+        &self,
+        leaf: QueueId,
+    ) -> impl Iterator<Item = RunningAttempt> + '_ {
+        self.facts.attempts_newest_first(leaf)
+    }
+
+    /// The resources a job's attempt holds.
+    pub fn request_of(&self, job: JobKey) -> &Resources {
+        self.facts.request_of(job)
+    }
+
+    /// Whether the worker could run jobs with this constraint.
+    pub fn worker_accepts(&self, worker: WorkerKey, constraint: ConstraintId) -> bool {
+        self.facts.worker_accepts(worker, constraint)
+    }
 }
 
 /// Higher priority first, then FIFO.

@@ -1,15 +1,24 @@
-//! The configuration side of the QueuesManager: queue paths, per-queue settings,
-//! lifecycle states, counters, and the tree node that carries them.
+//! The configuration side of the QueuesManager: queue paths, per-queue settings and
+//! their checks, lifecycle states and counters. The tree node that carries them at
+//! run time lives with the QueuesManager's commands (`resource_manager/queues.rs`).
 
-use crate::ids::QueueId;
-use crate::jobs::{JobKey, RetryPolicy};
 use crate::resources::{MiB, Millicores, Resources};
+use crate::retry::RetryPolicy;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
+
+/// The ordering policy a queue gets unless it names another: higher priority first,
+/// then first come first served.
+pub const PRIORITY_FIFO: &str = "priority-fifo";
+/// The placement policy a queue gets unless it names another: the fitting worker with
+/// the least free resources.
+pub const BEST_FIT: &str = "best-fit";
+/// The admission policy a queue gets unless it names another: accept every valid
+/// submission.
+pub const ACCEPT_ALL: &str = "accept-all";
 
 /// Deepest allowed queue: `root` plus this many levels.
 pub const MAX_QUEUE_DEPTH: usize = 16;
@@ -195,15 +204,31 @@ impl Default for QueueConfig {
             max_running: None,
             max_pending: None,
             defaults: JobDefaults::default(),
-            ordering: crate::policy::PRIORITY_FIFO.into(),
-            placement: crate::policy::BEST_FIT.into(),
-            admission: crate::policy::ACCEPT_ALL.into(),
+            ordering: PRIORITY_FIFO.into(),
+            placement: BEST_FIT.into(),
+            admission: ACCEPT_ALL.into(),
             preemptable: true,
         }
     }
 }
 
+/// A running or pending limit as the wire gives it: 0 means no limit. The one place
+/// that meaning is decided; configs built through it never hold `Some(0)`.
+pub fn limit<T: Default + PartialEq>(n: T) -> Option<T> {
+    (n != T::default()).then_some(n)
+}
+
 impl QueueConfig {
+    /// The running limit in force: `max_running`, where 0 means no limit.
+    pub fn running_limit(&self) -> Option<u32> {
+        self.max_running.and_then(limit)
+    }
+
+    /// The pending limit in force: `max_pending`, where 0 means no limit.
+    pub fn pending_limit(&self) -> Option<u64> {
+        self.max_pending.and_then(limit)
+    }
+
     /// A config with the given guarantee and ceiling and defaults elsewhere.
     pub fn with_capacity(capacity: f64, max_capacity: f64) -> Self {
         Self {
@@ -247,11 +272,15 @@ impl QueueConfig {
         if self.weight == 0 {
             return Err(invalid("weight", "must be at least 1".into()));
         }
-        if self.max_running == Some(0) {
-            return Err(invalid(
-                "max_running",
-                "must be at least 1 (stop or drain the queue to run nothing)".into(),
-            ));
+        if let Err(bad) = self.defaults.request.check("defaults.resources") {
+            return Err(invalid(&bad.field, bad.reason));
+        }
+        if let Err(bad) = self
+            .defaults
+            .function_request
+            .check("defaults.function_resources")
+        {
+            return Err(invalid(&bad.field, bad.reason));
         }
         self.defaults
             .retry
@@ -438,203 +467,6 @@ pub enum QueueError {
     /// Root cannot be deleted or given a capacity.
     #[error("the root queue cannot be {0}")]
     Root(&'static str),
-}
-
-/// Key of a queue in its parent's selection set: ordered so that the first entry is
-/// the child to serve next (lowest dominant share ÷ guarantee, then highest weight).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
-pub(crate) struct SelectionKey {
-    /// 0 for children with a guarantee, 1 for those without (served only after).
-    pub class: u8,
-    /// `f64::to_bits` of a non-negative ratio, which orders like the float.
-    pub ratio_bits: u64,
-    /// `u32::MAX - weight`, so a higher weight sorts first.
-    pub inverse_weight: u32,
-    /// The child itself; makes keys unique.
-    pub queue: QueueId,
-}
-
-/// A leaf's ready jobs in dispatch order: by rank under the queue's ordering policy,
-/// then first come first served. Each rank is a FIFO deque, so taking the next job is
-/// O(1) and touches little memory. Entries of jobs that stopped waiting (cancelled,
-/// expired) are dropped lazily when they reach the front; `len` counts live ones.
-#[derive(Debug, Default)]
-pub(crate) struct ReadyQueue {
-    buckets: std::collections::BTreeMap<i64, std::collections::VecDeque<JobKey>>,
-    live: usize,
-}
-
-impl ReadyQueue {
-    pub fn len(&self) -> usize {
-        self.live
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.live == 0
-    }
-
-    /// Adds a job behind the others of its rank.
-    pub fn push_back(&mut self, rank: i64, job: JobKey) {
-        self.buckets.entry(rank).or_default().push_back(job);
-        self.live += 1;
-    }
-
-    /// Adds a job ahead of the others of its rank (it had already been dispatched once).
-    pub fn push_front(&mut self, rank: i64, job: JobKey) {
-        self.buckets.entry(rank).or_default().push_front(job);
-        self.live += 1;
-    }
-
-    /// The next live job, dropping dead entries in front of it.
-    pub fn head(&mut self, is_live: impl Fn(JobKey) -> bool) -> Option<JobKey> {
-        loop {
-            let mut bucket = self.buckets.first_entry()?;
-            match bucket.get().front() {
-                None => {
-                    bucket.remove();
-                }
-                Some(job) if is_live(*job) => return Some(*job),
-                Some(_) => {
-                    bucket.get_mut().pop_front();
-                }
-            }
-        }
-    }
-
-    /// Removes the entry `head` just returned.
-    pub fn pop_head(&mut self) {
-        if let Some(mut bucket) = self.buckets.first_entry() {
-            bucket.get_mut().pop_front();
-            if bucket.get().is_empty() {
-                bucket.remove();
-            }
-            self.live -= 1;
-        }
-    }
-
-    /// A live entry died in place (its job stopped waiting); it is dropped lazily.
-    pub fn forget_one(&mut self) {
-        self.live -= 1;
-    }
-
-    /// Live jobs in dispatch order.
-    pub fn iter_live<'a>(
-        &'a self,
-        is_live: impl Fn(JobKey) -> bool + 'a,
-    ) -> impl Iterator<Item = JobKey> + 'a {
-        self.buckets
-            .values()
-            .flatten()
-            .copied()
-            .filter(move |j| is_live(*j))
-    }
-
-    /// Empties the queue, returning the live jobs in dispatch order.
-    pub fn drain_live(&mut self, is_live: impl Fn(JobKey) -> bool) -> Vec<JobKey> {
-        let jobs = self.iter_live(is_live).collect();
-        *self = Self::default();
-        jobs
-    }
-}
-
-/// A queue's ordering, placement and admission policies, looked up by name.
-pub(crate) type QueuePolicies = (
-    Arc<dyn crate::policy::OrderingPolicy>,
-    Arc<dyn crate::policy::PlacementPolicy>,
-    Arc<dyn crate::policy::AdmissionPolicy>,
-);
-
-/// One node of the queue tree, with the scheduler's bookkeeping beside the config.
-#[derive(Debug)]
-pub(crate) struct QueueNode {
-    pub id: QueueId,
-    pub path: QueuePath,
-    pub parent: Option<QueueId>,
-    pub children: Vec<QueueId>,
-    /// Sum of the children's `capacity`, kept so adding a child is O(1).
-    pub children_capacity: f64,
-    pub config: QueueConfig,
-    pub state: QueueState,
-    /// Guarantee as a fraction of the whole cluster (product down the path).
-    pub abs_guarantee: f64,
-    /// Ceiling as a fraction of the whole cluster.
-    pub abs_max: f64,
-    /// Resources held by attempts in this subtree.
-    pub used: Resources,
-    /// Attempts scheduled or running in this subtree.
-    pub running: u64,
-    /// Unfinished jobs in this subtree (pending, delayed, scheduled, running).
-    pub unfinished: u64,
-    pub stats: QueueStats,
-    /// Leaf: jobs ready to be scheduled, in dispatch order.
-    pub ready: ReadyQueue,
-    /// Leaf: ready jobs that no worker could run even when idle (or that alone exceed
-    /// a ceiling), set aside so they do not block the queue, in their former order.
-    /// Put back when a worker registers or a ceiling changes. Dropped lazily.
-    pub parked: Vec<JobKey>,
-    /// Leaf: attempts holding resources in the order they were made (tokens grow, so
-    /// newest last). Ended attempts are dropped lazily: an entry is live only while
-    /// its token is its job's current one.
-    pub attempts: Vec<(crate::ids::FencingToken, JobKey)>,
-    /// Leaf: entries of `attempts` known to be dead.
-    pub dead_attempts: usize,
-    /// Internal node: children that can take work now, best first.
-    pub eligible_children: BTreeSet<SelectionKey>,
-    /// This node's key in its parent's `eligible_children`, when it is in there.
-    pub key_in_parent: Option<SelectionKey>,
-    /// Set when the head job would lift this subtree past its ceiling; cleared when
-    /// resources in the subtree are released or the cluster changes.
-    pub at_ceiling: bool,
-    /// Set for the rest of a pass when the head job fit on no worker.
-    pub skipped_in_pass: bool,
-    /// Since when this leaf has been below its guarantee with demand it could not place.
-    pub starved_since: Option<crate::ids::Timestamp>,
-    pub ordering: Arc<dyn crate::policy::OrderingPolicy>,
-    pub placement: Arc<dyn crate::policy::PlacementPolicy>,
-    pub admission: Arc<dyn crate::policy::AdmissionPolicy>,
-}
-
-impl QueueNode {
-    /// A running, empty queue; the caller sets its absolute shares.
-    pub fn new(
-        id: QueueId,
-        path: QueuePath,
-        parent: Option<QueueId>,
-        config: QueueConfig,
-        (ordering, placement, admission): QueuePolicies,
-    ) -> Self {
-        Self {
-            id,
-            path,
-            parent,
-            children: Vec::new(),
-            children_capacity: 0.0,
-            config,
-            state: QueueState::Running,
-            abs_guarantee: 0.0,
-            abs_max: 0.0,
-            used: Resources::default(),
-            running: 0,
-            unfinished: 0,
-            stats: QueueStats::default(),
-            ready: ReadyQueue::default(),
-            parked: Vec::new(),
-            attempts: Vec::new(),
-            dead_attempts: 0,
-            eligible_children: BTreeSet::new(),
-            key_in_parent: None,
-            at_ceiling: false,
-            skipped_in_pass: false,
-            starved_since: None,
-            ordering,
-            placement,
-            admission,
-        }
-    }
-
-    pub fn is_leaf(&self) -> bool {
-        self.children.is_empty()
-    }
 }
 
 #[cfg(test)]

@@ -238,6 +238,75 @@ impl Resources {
     }
 }
 
+/// Largest cpu amount accepted in a request or a capacity (about a billion cores), so
+/// that sums of many can never overflow.
+pub const MAX_CPU_MILLICORES: u64 = 1 << 40;
+/// Largest memory amount accepted (a million TiB).
+pub const MAX_MEMORY_MIB: u64 = 1 << 40;
+/// Largest gpu count accepted.
+pub const MAX_GPUS: u32 = 1 << 16;
+/// Largest amount of a custom resource accepted.
+pub const MAX_CUSTOM: u64 = 1 << 40;
+
+/// A resource vector that breaks a rule: the wire name of the bad amount (such as
+/// `resources.cpu` or `capacity.custom.licences`) and what is wrong with it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct BadAmount {
+    /// The wire field.
+    pub field: String,
+    /// What is wrong, for a person.
+    pub reason: String,
+}
+
+impl Resources {
+    /// Checks the rules every request and capacity obeys: some cpu or memory, and no
+    /// amount above its bound. `field` is the wire name of the whole vector
+    /// (`resources`, `capacity`, `defaults.resources`); a bad amount is named below
+    /// it as the wire names it (`cpu` in cores, `memory_mib`, `gpu`, `custom.NAME`).
+    pub fn check(&self, field: &str) -> Result<(), BadAmount> {
+        let bad = |part: &str, reason: String| BadAmount {
+            field: if part.is_empty() {
+                field.to_owned()
+            } else {
+                format!("{field}.{part}")
+            },
+            reason,
+        };
+        if self.cpu.0 == 0 && self.memory.0 == 0 {
+            return Err(bad("", "must have some cpu or memory".into()));
+        }
+        if self.cpu.0 > MAX_CPU_MILLICORES {
+            return Err(bad(
+                "cpu",
+                format!(
+                    "{} cores is absurd (at most {})",
+                    self.cpu.0 as f64 / 1000.0,
+                    MAX_CPU_MILLICORES / 1000
+                ),
+            ));
+        }
+        if self.memory.0 > MAX_MEMORY_MIB {
+            return Err(bad(
+                "memory_mib",
+                format!("{} MiB is absurd (at most {MAX_MEMORY_MIB})", self.memory.0),
+            ));
+        }
+        if self.gpu > MAX_GPUS {
+            return Err(bad(
+                "gpu",
+                format!("{} gpus is absurd (at most {MAX_GPUS})", self.gpu),
+            ));
+        }
+        if let Some((name, amount)) = self.customs().iter().find(|(_, a)| *a > MAX_CUSTOM) {
+            return Err(bad(
+                &format!("custom.{}", name.as_str()),
+                format!("{amount} is absurd (at most {MAX_CUSTOM})"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,9 +2,7 @@
 //! removed early: each names what it is for, and is checked against the current state
 //! when it fires, so cancelling a timer is free and a stale one does nothing.
 
-use crate::ids::{FencingToken, Timestamp};
-use crate::jobs::JobKey;
-use crate::workers::WorkerKey;
+use crate::ids::{FencingToken, JobKey, PollTicket, Timestamp, WorkerKey};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
@@ -25,6 +23,8 @@ pub(crate) enum Timer {
     PreemptionDue,
     /// A restored attempt's grace period for being reclaimed may have ended.
     Reclaim(JobKey, FencingToken),
+    /// A worker's long-poll may have waited as long as it may.
+    PollDue(WorkerKey, PollTicket),
 }
 
 #[derive(Debug)]

@@ -2,17 +2,14 @@
 //! that finds a worker for a job in logarithmic time.
 
 use crate::hashing::HashMap;
+use crate::ids::JobKey;
 use crate::ids::{Timestamp, WorkerId};
-use crate::jobs::JobKey;
 use crate::resources::Resources;
 use serde::{Deserialize, Serialize};
 use slotmap::SlotMap;
 use std::collections::{BTreeMap, BTreeSet};
 
-slotmap::new_key_type! {
-    /// A worker's slot in the ResourceManager's table (internal; clients use [`WorkerId`]).
-    pub struct WorkerKey;
-}
+pub use crate::ids::{ConstraintId, WorkerKey};
 
 /// The handler name that lets a worker serve every function.
 pub const ANY_HANDLER: &str = "*";
@@ -117,10 +114,6 @@ impl Worker {
 /// Identifies a group of workers that accept the same jobs (same labels and kinds).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
 pub struct ClassId(pub(crate) u32);
-
-/// Identifies an interned job constraint (selector plus kind/handler).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default)]
-pub struct ConstraintId(pub(crate) u32);
 
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 struct ClassSignature {

@@ -100,6 +100,9 @@ struct World {
     silent: BTreeSet<WorkerId>,
     jobs: Vec<JobId>,
     last_token: FencingToken,
+    handed_out: std::collections::BTreeSet<FencingToken>,
+    /// Every token seen on an attempt, with its job.
+    token_owner: std::collections::BTreeMap<FencingToken, JobId>,
     finished_once: HashSet<JobId>,
     sent_reports: Vec<(WorkerId, AttemptReport)>,
 }
@@ -130,6 +133,8 @@ fn build() -> World {
         silent: BTreeSet::new(),
         jobs: Vec::new(),
         last_token: FencingToken(0),
+        handed_out: Default::default(),
+        token_owner: Default::default(),
         finished_once: HashSet::new(),
         sent_reports: Vec::new(),
     };
@@ -231,14 +236,13 @@ impl World {
                     finished: finished.clone(),
                     acked: None,
                 };
-                let out = self
-                    .sim
-                    .rm
-                    .worker_polled(w, &poll, self.sim.now)
-                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                // The poll does not wait: its answer hands over what the worker was
+                // given since its last one.
+                let answer = self.sim.take_assignments(w, &poll);
                 if let Some(old) = stale {
                     prop_assert!(
-                        out.refused
+                        answer
+                            .refused
                             .iter()
                             .any(|r| r.job == old.job && r.token == old.token),
                         "a repeated report must be refused"
@@ -247,11 +251,7 @@ impl World {
                 for r in finished {
                     self.sent_reports.push((w, r));
                 }
-                let got = self
-                    .sim
-                    .rm
-                    .take_assignments(w)
-                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let got = answer.assignments;
                 self.sim
                     .received
                     .entry(w)
@@ -319,10 +319,13 @@ impl World {
         for id in std::mem::take(&mut self.sim.log.finished) {
             prop_assert!(self.finished_once.insert(id), "job {id} finished twice");
         }
-        // Tokens only grow: no attempt is ever handed out twice.
+        // No attempt is ever handed out twice.
         for a in std::mem::take(&mut self.sim.log.assignments) {
-            prop_assert!(a.token > self.last_token, "token {} reused", a.token);
-            self.last_token = a.token;
+            prop_assert!(
+                self.handed_out.insert(a.token),
+                "token {} handed out twice",
+                a.token
+            );
         }
         for id in &self.jobs {
             if let Some(job) = self.sim.rm.job(*id) {
@@ -337,14 +340,40 @@ impl World {
         self.sim.rm.tick(self.sim.now);
         self.sim.drain_effects();
         let kills_before = self.sim.log.kills.len();
-        let assignments_before = self.sim.log.assignments.len();
         self.sim.rm.schedule(self.sim.now);
         self.sim.drain_effects();
         let rm = &self.sim.rm;
         let total = rm.total().clone();
 
-        for a in &self.sim.log.assignments[assignments_before..] {
-            let job = rm.job(a.job).expect("assigned job exists");
+        // Tokens only grow: an attempt this pass made holds a token above every
+        // earlier one, and no token ever names two attempts.
+        let mut made: Vec<(JobId, FencingToken)> = Vec::new();
+        for job in rm.jobs() {
+            for attempt in &job.attempts {
+                match self.token_owner.get(&attempt.token) {
+                    Some(owner) => {
+                        prop_assert_eq!(*owner, job.id, "token {} reused", attempt.token);
+                    }
+                    None => {
+                        prop_assert!(
+                            attempt.token > self.last_token,
+                            "token {} is not above the earlier {}",
+                            attempt.token,
+                            self.last_token
+                        );
+                        made.push((job.id, attempt.token));
+                    }
+                }
+            }
+        }
+        for (id, token) in &made {
+            self.token_owner.insert(*token, *id);
+        }
+        if let Some(highest) = made.iter().map(|(_, t)| *t).max() {
+            self.last_token = highest;
+        }
+        for (id, _) in &made {
+            let job = rm.job(*id).expect("assigned job exists");
             let mut path = rm.queue_path(job.queue).cloned();
             while let Some(p) = path {
                 // A queue that received work stays within its ceiling.

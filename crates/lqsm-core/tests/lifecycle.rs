@@ -257,7 +257,8 @@ fn attempt_handed_over_but_not_reported_is_treated_as_lost() {
     });
     let id = sim.submit(req).unwrap().id();
     sim.pass();
-    assert_eq!(sim.rm.take_assignments(w).unwrap().len(), 1);
+    let answer = sim.take_assignments(w, &WorkerPoll::default());
+    assert_eq!(answer.assignments.len(), 1);
     // The worker's next poll does not mention it (the answer never reached it).
     sim.rm
         .worker_polled(w, &WorkerPoll::default(), sim.now)
@@ -579,14 +580,14 @@ fn bad_submissions_are_refused_with_the_field_named_and_nothing_stored() {
         ),
         (
             sim.request("root.eng.ml", Resources::default()),
-            "request: must ask for some cpu or memory",
+            "resources: must have some cpu or memory",
         ),
         (
             sim.request(
                 "root.eng.ml",
                 Resources::new(Millicores(u64::MAX), MiB(1), 0),
             ),
-            "request: cpu",
+            "resources.cpu: ",
         ),
         (
             {
@@ -613,7 +614,7 @@ fn bad_submissions_are_refused_with_the_field_named_and_nothing_stored() {
                 r.expires_at = Some(Timestamp(1));
                 r
             },
-            "expires_at: is already in the past",
+            "expires_at_ms: is already in the past",
         ),
     ];
     for (req, expected) in cases {
@@ -836,14 +837,21 @@ fn an_attempt_in_an_answer_the_worker_has_not_seen_is_not_lost() {
     let (mut sim, w) = sim_with_queue();
     let first = sim.submit_n("root.q", 1, one_core())[0];
     sim.pass();
-    assert_eq!(sim.rm.take_assignments(w).unwrap().len(), 1);
-    let seen = sim.rm.answer_seq(w);
+    let answer = sim.take_assignments(w, &WorkerPoll::default());
+    assert_eq!(answer.assignments.len(), 1);
+    let seen = answer.seq;
     let token = sim.rm.job(first).unwrap().current_token().unwrap();
     // A second answer carries another attempt; the worker polls again before it
     // arrives (its long-poll was replaced), acknowledging only the first answer.
     let second = sim.submit_n("root.q", 1, one_core())[0];
     sim.pass();
-    assert_eq!(sim.rm.take_assignments(w).unwrap().len(), 1);
+    let listed = WorkerPoll {
+        running: vec![(first, token)],
+        finished: vec![],
+        acked: Some(seen),
+    };
+    let answer = sim.take_assignments(w, &listed);
+    assert_eq!(answer.assignments.len(), 1);
     let early = WorkerPoll {
         running: vec![(first, token)],
         finished: vec![],
@@ -859,7 +867,7 @@ fn an_attempt_in_an_answer_the_worker_has_not_seen_is_not_lost() {
     let late = WorkerPoll {
         running: vec![(first, token)],
         finished: vec![],
-        acked: Some(sim.rm.answer_seq(w)),
+        acked: Some(answer.seq),
     };
     sim.rm.worker_polled(w, &late, sim.now).unwrap();
     let job = sim.rm.job(second).unwrap();
@@ -897,4 +905,64 @@ fn a_function_job_without_resources_asks_a_twentieth_of_a_core_and_a_command_a_w
     // The command (a whole core) and 60 functions fill the worker's 4 cpus.
     assert_eq!(worker.used.cpu, Millicores(4000), "{worker:?}");
     assert_eq!(worker.attempt_count(), 61, "{worker:?}");
+}
+
+#[test]
+fn a_running_or_pending_limit_of_zero_means_no_limit() {
+    let (mut sim, _) = sim_with_queue();
+    let zero = QueueUpdate {
+        max_running: Some(Some(0)),
+        max_pending: Some(Some(0)),
+        ..QueueUpdate::default()
+    };
+    sim.rm.update_queue("root.q", &zero).unwrap();
+    let config = sim.rm.queue("root.q").unwrap().config().clone();
+    assert_eq!(
+        (config.max_running, config.max_pending),
+        (None, None),
+        "kept as none"
+    );
+    let ids = sim.submit_n("root.q", 3, one_core());
+    sim.pass();
+    assert!(ids.iter().all(|id| sim.state(*id) == JobState::Scheduled));
+    let mut created = QueueConfig::with_capacity(0.0, 100.0);
+    created.max_running = Some(0);
+    sim.rm.create_queue("root.z", created).unwrap();
+    assert_eq!(
+        sim.rm.queue("root.z").unwrap().config().running_limit(),
+        None
+    );
+    assert_eq!(queues::limit(0_u32), None);
+    assert_eq!(queues::limit(5_u32), Some(5));
+}
+
+#[test]
+fn every_resource_vector_is_checked_against_the_same_bounds_naming_the_wire_field() {
+    let mut sim = Sim::new(Config::default());
+    let mut defaults = QueueConfig::with_capacity(10.0, 100.0);
+    defaults.defaults.request = Resources::new(Millicores(1000), MiB(1 << 41), 0);
+    let err = sim.rm.create_queue("root.a", defaults).unwrap_err();
+    assert!(
+        err.to_string().contains("defaults.resources.memory_mib"),
+        "{err}"
+    );
+    let reg = WorkerRegistration {
+        id: WorkerId(uuid::Uuid::from_u128(5)),
+        name: "w".into(),
+        capacity: Resources::new(Millicores(1000), MiB(1), 1 << 17),
+        labels: Default::default(),
+        serves_commands: true,
+        handlers: Default::default(),
+    };
+    let err = sim.rm.register_worker(reg, sim.now).unwrap_err();
+    assert!(
+        matches!(&err, WorkerError::InvalidField { field, .. } if field == "capacity.gpu"),
+        "{err}"
+    );
+    let mut huge = one_core();
+    huge.set_custom(ResourceName::new("licences").unwrap(), 1 << 41);
+    assert_eq!(
+        huge.check("resources").unwrap_err().field,
+        "resources.custom.licences"
+    );
 }

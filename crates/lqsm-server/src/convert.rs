@@ -1,5 +1,8 @@
-//! Between the wire (lqsm-api) and the domain (lqsm-core): requests are validated
-//! here with errors that name the offending field; views are built from core state.
+//! Between the wire (lqsm-api) and the domain (lqsm-core): wire values are turned into
+//! core ones (refusing only what cannot be represented, such as a cpu amount that is
+//! not a number) and views are built from core state. The rules a value must obey
+//! (bounds, non-empty names, positive timeouts, what a limit of 0 means) are the
+//! core's, which names the wire field it refuses.
 
 use crate::error::ApiError;
 use lqsm_api as api;
@@ -21,7 +24,8 @@ fn millis(field: &str, ms: u64) -> Result<Duration, ApiError> {
     Ok(Duration::from_millis(ms))
 }
 
-/// Wire resources to a core vector; `base` fills absent fields.
+/// Wire resources to a core vector; `base` fills absent fields. The core checks the
+/// bounds (`Resources::check`).
 pub fn resources(
     field: &str,
     r: &api::Resources,
@@ -29,39 +33,22 @@ pub fn resources(
 ) -> Result<core::Resources, ApiError> {
     let mut out = base.clone();
     if let Some(cpu) = r.cpu {
-        if !cpu.is_finite() || !(0.0..=1e9).contains(&cpu) {
+        if !cpu.is_finite() || cpu < 0.0 {
             return Err(invalid(
                 &format!("{field}.cpu"),
                 format!("{cpu} is not a number of cores"),
             ));
         }
+        // Saturates: an absurd amount stays absurd for the core to refuse.
         out.cpu = Millicores((cpu * 1000.0).round() as u64);
     }
     if let Some(mem) = r.memory_mib {
-        if mem > 1 << 40 {
-            return Err(invalid(
-                &format!("{field}.memory_mib"),
-                format!("{mem} MiB is absurd"),
-            ));
-        }
         out.memory = MiB(mem);
     }
     if let Some(gpu) = r.gpu {
-        if gpu > 1 << 16 {
-            return Err(invalid(
-                &format!("{field}.gpu"),
-                format!("{gpu} gpus is absurd"),
-            ));
-        }
         out.gpu = gpu;
     }
     for (name, amount) in &r.custom {
-        if *amount > 1 << 40 {
-            return Err(invalid(
-                &format!("{field}.custom.{name}"),
-                format!("{amount} is absurd"),
-            ));
-        }
         let name = ResourceName::new(name)
             .map_err(|e| invalid(&format!("{field}.custom"), e.to_string()))?;
         out.set_custom(name, *amount);
@@ -101,13 +88,13 @@ fn retry(
     if let Some(j) = r.jitter {
         out.jitter = j;
     }
-    out.validate().map_err(|reason| invalid(field, reason))?;
+    // The core checks the ranges (`RetryPolicy::validate`) where the policy is used.
     Ok(out)
 }
 
-/// Wire job kind to core kind.
-pub fn kind(field: &str, k: &api::JobKind) -> Result<core::JobKind, ApiError> {
-    Ok(match k {
+/// Wire job kind to core kind (the core checks the program and handler names).
+pub fn kind(k: &api::JobKind) -> core::JobKind {
+    match k {
         api::JobKind::Command { argv, env, cwd } => {
             core::JobKind::Command(Box::new(core::jobs::Command {
                 argv: argv.clone(),
@@ -115,13 +102,8 @@ pub fn kind(field: &str, k: &api::JobKind) -> Result<core::JobKind, ApiError> {
                 cwd: cwd.clone(),
             }))
         }
-        api::JobKind::Function { handler, args } => {
-            if handler.is_empty() {
-                return Err(invalid(&format!("{field}.handler"), "must not be empty"));
-            }
-            core::JobKind::function(handler, args.clone())
-        }
-    })
+        api::JobKind::Function { handler, args } => core::JobKind::function(handler, args.clone()),
+    }
 }
 
 /// Core job kind to wire kind.
@@ -152,8 +134,7 @@ pub fn submission(
     job: &api::SubmitJob,
     now: Timestamp,
 ) -> Result<core::SubmitRequest, ApiError> {
-    let mut req =
-        core::SubmitRequest::new(id, &job.queue, kind(&format!("{field}.kind"), &job.kind)?);
+    let mut req = core::SubmitRequest::new(id, &job.queue, kind(&job.kind));
     if let Some(r) = &job.resources {
         let base = core::Resources::cores(1, 256);
         let resolved = resources(&format!("{field}.resources"), r, &base)?;
@@ -173,12 +154,6 @@ pub fn submission(
     };
     req.expires_at = job.expires_at_ms.map(Timestamp);
     if let Some(ms) = job.timeout_ms {
-        if ms == 0 {
-            return Err(invalid(
-                &format!("{field}.timeout_ms"),
-                "must be above zero",
-            ));
-        }
         req.timeout = Some(millis(&format!("{field}.timeout_ms"), ms)?);
     }
     if let Some(r) = &job.retry {
@@ -210,10 +185,10 @@ pub fn queue_config(
         c.weight = v;
     }
     if let Some(v) = s.max_running {
-        c.max_running = (v > 0).then_some(v);
+        c.max_running = core::queues::limit(v);
     }
     if let Some(v) = s.max_pending {
-        c.max_pending = (v > 0).then_some(v);
+        c.max_pending = core::queues::limit(v);
     }
     if let Some(d) = &s.defaults {
         if let Some(r) = &d.resources {

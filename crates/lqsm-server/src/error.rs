@@ -127,9 +127,10 @@ impl From<SubmitError> for ApiError {
             SubmitError::NotAccepting { .. } => {
                 Self::new(StatusCode::CONFLICT, "not_accepting", e.to_string()).at("queue")
             }
-            SubmitError::InvalidField { field, .. } => {
-                Self::new(StatusCode::BAD_REQUEST, "invalid_field", e.to_string())
-                    .at(wire_field(field))
+            SubmitError::InvalidField { ref field, .. } => {
+                // The core names fields as the wire does.
+                let field = field.clone();
+                Self::new(StatusCode::BAD_REQUEST, "invalid_field", e.to_string()).at(field)
             }
             SubmitError::DuplicateId(_) => {
                 Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
@@ -141,16 +142,6 @@ impl From<SubmitError> for ApiError {
                 Self::new(StatusCode::FORBIDDEN, "refused", e.to_string())
             }
         }
-    }
-}
-
-/// The wire name of a core field.
-fn wire_field(core_field: &str) -> &str {
-    match core_field {
-        "request" => "resources",
-        "expires_at" => "expires_at_ms",
-        "timeout" => "timeout_ms",
-        other => other,
     }
 }
 
@@ -171,7 +162,8 @@ impl From<WorkerError> for ApiError {
             WorkerError::Unknown(_) | WorkerError::Lost(_) => {
                 Self::new(StatusCode::CONFLICT, "register_again", e.to_string()).at("id")
             }
-            WorkerError::InvalidField { field, .. } => {
+            WorkerError::InvalidField { ref field, .. } => {
+                let field = field.clone();
                 Self::new(StatusCode::BAD_REQUEST, "invalid_field", e.to_string()).at(field)
             }
         }

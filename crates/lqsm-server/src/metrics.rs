@@ -4,7 +4,7 @@ use lqsm_core::{Effects, ResourceManager};
 
 /// Counts what a committed batch did.
 pub fn record_effects(rm: &ResourceManager, effects: &Effects) {
-    metrics::counter!("lqsm_attempts_started_total").increment(effects.assignments.len() as u64);
+    metrics::counter!("lqsm_attempts_started_total").increment(effects.attempts_made);
     for id in &effects.finished {
         let Some(job) = rm.job(*id) else { continue };
         let queue = rm

@@ -1,13 +1,14 @@
 //! The ResourceManager runtime: one task owns the core state. Handlers send it
 //! commands; it applies every command waiting in its channel as one batch, runs the
 //! timers and one scheduling pass, commits everything the batch changed to the store
-//! in one durable write (the group commit), and only then answers, hands out
-//! assignments and wakes waiters.
+//! in one durable write (the group commit), and only then answers, sends the poll
+//! answers the core composed and wakes waiters. The worker protocol's rules (which
+//! poll to answer when, with what) are the core's; this shell only carries them.
 
 use crate::convert;
 use lqsm_api as api;
 use lqsm_core::{
-    Effects, FencingToken, JobError, JobId, KillReason, Policies, PollOutcome, QueueError, Record,
+    Effects, FencingToken, JobError, JobId, KillReason, Policies, PollTicket, QueueError, Record,
     RefusalReason, ResourceManager, SubmitError, SubmitRequest, Submitted, Timestamp, WorkerError,
     WorkerId, WorkerPoll, WorkerRegistration,
 };
@@ -106,12 +107,10 @@ enum Reply {
         oneshot::Sender<Result<(), WorkerError>>,
         Result<(), WorkerError>,
     ),
-}
-
-struct WaitingPoll {
-    deadline: Instant,
-    refused: Vec<api::RefusedReport>,
-    reply: oneshot::Sender<Result<PollAnswer, WorkerError>>,
+    PollRefused(
+        oneshot::Sender<Result<PollAnswer, WorkerError>>,
+        WorkerError,
+    ),
 }
 
 /// A cloneable handle to the runtime.
@@ -251,10 +250,10 @@ pub struct Actor {
     store: Arc<dyn Store>,
     rx: mpsc::UnboundedReceiver<Command>,
     clock: Clock,
-    waiting_polls: HashMap<WorkerId, WaitingPoll>,
+    /// Where the answer to each waiting poll goes, by the ticket the core knows it by.
+    waiting_polls: HashMap<PollTicket, oneshot::Sender<Result<PollAnswer, WorkerError>>>,
+    next_ticket: u64,
     waiting_jobs: HashMap<JobId, Vec<(Instant, oneshot::Sender<()>)>>,
-    kills: HashMap<WorkerId, Vec<api::KillOrder>>,
-    longest_poll: Duration,
 }
 
 /// Encodes what a batch changed into one store write.
@@ -283,7 +282,7 @@ pub fn write_batch(rm: &ResourceManager, effects: &Effects) -> WriteBatch {
             Record::Worker(_) => {}
         }
     }
-    if !effects.assignments.is_empty() {
+    if effects.attempts_made > 0 {
         batch.meta.push((
             NEXT_TOKEN.to_owned(),
             rm.next_token().to_le_bytes().to_vec(),
@@ -326,15 +325,16 @@ pub fn spawn(
     tokio::task::JoinHandle<Result<(), lqsm_store::StoreError>>,
 ) {
     let (tx, rx) = mpsc::unbounded_channel();
+    let mut rm = rm;
+    rm.set_max_poll_wait(longest_poll);
     let actor = Actor {
         rm,
         store,
         rx,
         clock: Clock { last: 0 },
         waiting_polls: HashMap::new(),
+        next_ticket: 0,
         waiting_jobs: HashMap::new(),
-        kills: HashMap::new(),
-        longest_poll,
     };
     (Runtime { tx }, tokio::spawn(actor.run()))
 }
@@ -371,9 +371,6 @@ impl Actor {
             let until = Duration::from_millis(at.0.saturating_sub(now.0));
             wake = wake.min(Instant::now() + until);
         }
-        for poll in self.waiting_polls.values() {
-            wake = wake.min(poll.deadline);
-        }
         for waits in self.waiting_jobs.values() {
             for (deadline, _) in waits {
                 wake = wake.min(*deadline);
@@ -386,7 +383,6 @@ impl Actor {
         let now = self.clock.now();
         let mut replies = Vec::new();
         let mut reads = Vec::new();
-        let mut polls = Vec::new();
         let mut job_waits = Vec::new();
         let mut payloads = Vec::new();
         let mut job_logs = Vec::new();
@@ -452,28 +448,20 @@ impl Actor {
                     wait,
                     reply,
                 } => {
-                    let outcome = self.rm.worker_polled(worker, &poll, now);
-                    if let Ok(outcome) = &outcome {
-                        // Logs of refused reports belong to stale attempts: dropped.
-                        for (job, token, log) in logs {
-                            let refused = outcome
-                                .refused
-                                .iter()
-                                .any(|r| r.job == job && r.token == token);
-                            if !refused {
-                                job_logs.push((*job.0.as_bytes(), log));
-                            }
+                    self.next_ticket += 1;
+                    let ticket = PollTicket(self.next_ticket);
+                    match self.rm.long_poll(worker, ticket, &poll, wait, now) {
+                        Ok(outcome) => {
+                            job_logs.extend(
+                                outcome
+                                    .accepted_logs(logs)
+                                    .into_iter()
+                                    .map(|(job, log)| (*job.0.as_bytes(), log)),
+                            );
+                            self.waiting_polls.insert(ticket, reply);
                         }
+                        Err(e) => replies.push(Reply::PollRefused(reply, e)),
                     }
-                    // A worker waiting in a long-poll is alive but silent: answer it well
-                    // before its heartbeat deadline.
-                    let heartbeat = self.rm.config().heartbeat_timeout / 2;
-                    polls.push((
-                        worker,
-                        outcome,
-                        wait.min(self.longest_poll).min(heartbeat),
-                        reply,
-                    ));
                 }
                 Command::WaitJob { id, wait, reply } => job_waits.push((id, wait, reply)),
                 Command::Read(read) => reads.push(read),
@@ -520,29 +508,10 @@ impl Actor {
                 Reply::Worker(tx, r) => {
                     let _ = tx.send(r);
                 }
+                Reply::PollRefused(tx, e) => {
+                    let _ = tx.send(Err(e));
+                }
             }
-        }
-        for kill in &effects.kills {
-            let orders = self.kills.entry(kill.worker).or_default();
-            // One order per attempt: a cancel and a stale report may name the same one.
-            if orders
-                .iter()
-                .any(|o| o.job == kill.job.0 && o.token == kill.token.0)
-            {
-                continue;
-            }
-            orders.push(api::KillOrder {
-                job: kill.job.0,
-                token: kill.token.0,
-                reason: kill_reason(kill.reason).to_owned(),
-            });
-        }
-        // Only polls that may have something new are looked at (and those out of time).
-        let mut touched: HashSet<WorkerId> = effects.assignments.iter().map(|a| a.worker).collect();
-        touched.extend(effects.kills.iter().map(|k| k.worker));
-        for (worker, outcome, wait, reply) in polls {
-            touched.insert(worker);
-            self.park_poll(worker, outcome, wait, reply);
         }
         for (id, wait, reply) in job_waits {
             let finished = self.rm.job(id).is_none_or(|j| j.state.is_terminal());
@@ -560,7 +529,7 @@ impl Actor {
                 let _ = reply.send(());
             }
         }
-        self.answer_due_polls(&touched);
+        self.send_answers(effects.answers);
         self.expire_job_waits();
         for read in reads {
             read(&self.rm);
@@ -584,61 +553,15 @@ impl Actor {
         }
     }
 
-    fn park_poll(
-        &mut self,
-        worker: WorkerId,
-        outcome: Result<PollOutcome, WorkerError>,
-        wait: Duration,
-        reply: oneshot::Sender<Result<PollAnswer, WorkerError>>,
-    ) {
-        let outcome = match outcome {
-            Ok(o) => o,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return;
-            }
-        };
-        // A newer poll replaces an older one still waiting.
-        if let Some(old) = self.waiting_polls.remove(&worker) {
-            let _ = old.reply.send(Ok(PollAnswer {
-                response: api::PollResponse {
-                    seq: 0,
-                    refused: old.refused,
-                    ..api::PollResponse::default()
-                },
-            }));
-        }
-        self.waiting_polls.insert(
-            worker,
-            WaitingPoll {
-                deadline: Instant::now() + wait,
-                refused: outcome.refused.iter().map(refusal).collect(),
-                reply,
-            },
-        );
-    }
-
-    /// Answers the waiting polls in `touched` that have work or kills, and every one
-    /// out of time.
-    fn answer_due_polls(&mut self, touched: &HashSet<WorkerId>) {
-        let now = Instant::now();
-        let workers: Vec<WorkerId> = self
-            .waiting_polls
-            .iter()
-            .filter(|(worker, poll)| poll.deadline <= now || touched.contains(worker))
-            .map(|(worker, _)| *worker)
-            .collect();
-        for worker in workers {
-            let assignments = self.rm.take_assignments(worker).unwrap_or_default();
-            let kills = self.kills.remove(&worker).unwrap_or_default();
-            let due = self.waiting_polls[&worker].deadline <= now;
-            if assignments.is_empty() && kills.is_empty() && !due {
-                continue;
-            }
-            let Some(poll) = self.waiting_polls.remove(&worker) else {
+    /// Sends the answers the core composed to the polls waiting for them, with what
+    /// a worker needs to run each new attempt.
+    fn send_answers(&mut self, answers: Vec<lqsm_core::PollAnswer>) {
+        for answer in answers {
+            let Some(reply) = self.waiting_polls.remove(&answer.ticket) else {
                 continue;
             };
-            let stored: Vec<lqsm_store::JobKey> = assignments
+            let stored: Vec<lqsm_store::JobKey> = answer
+                .assignments
                 .iter()
                 .filter(|a| {
                     self.rm
@@ -648,7 +571,8 @@ impl Actor {
                 .map(|a| *a.job.0.as_bytes())
                 .collect();
             let mut fetched = fetch_kinds(self.store.as_ref(), &stored);
-            let assignments: Vec<api::Assignment> = assignments
+            let assignments: Vec<api::Assignment> = answer
+                .assignments
                 .into_iter()
                 .filter_map(|a| {
                     let job = self.rm.job(a.job)?;
@@ -667,19 +591,21 @@ impl Actor {
                     })
                 })
                 .collect();
-            // Only an answer that carries assignments has a number: an empty one must
-            // not let the worker acknowledge an answer still on its way to it.
-            let seq = if assignments.is_empty() {
-                0
-            } else {
-                self.rm.answer_seq(worker)
-            };
-            let _ = poll.reply.send(Ok(PollAnswer {
+            let kill = answer
+                .kills
+                .iter()
+                .map(|k| api::KillOrder {
+                    job: k.job.0,
+                    token: k.token.0,
+                    reason: kill_reason(k.reason).to_owned(),
+                })
+                .collect();
+            let _ = reply.send(Ok(PollAnswer {
                 response: api::PollResponse {
-                    seq,
+                    seq: answer.seq,
                     assignments,
-                    kill: kills,
-                    refused: poll.refused,
+                    kill,
+                    refused: answer.refused.iter().map(refusal).collect(),
                 },
             }));
         }

@@ -637,6 +637,15 @@ fn queues_are_created_listed_updated_stopped_started_drained_and_deleted() {
     assert_eq!(updated.capacity, 30.0);
     assert_eq!(updated.max_capacity, 50.0);
     assert_eq!(updated.settings.weight, Some(3));
+    // A limit of 0 is no limit, on the way in and on the way out.
+    let unlimited: api::QueueView = api
+        .patch(
+            "/v1/queues/root.etl",
+            &json!({"max_running": 0, "max_pending": 0}),
+        )
+        .expect(200);
+    assert_eq!(unlimited.settings.max_running, Some(0));
+    assert_eq!(unlimited.settings.max_pending, Some(0));
 
     // Jobs go to leaves only.
     let not_leaf = api

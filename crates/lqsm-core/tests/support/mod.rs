@@ -12,9 +12,23 @@ pub struct Sim {
     pub now: Timestamp,
     next_id: u128,
     /// Every effect taken so far, for assertions.
-    pub log: Effects,
+    pub log: Log,
+    next_ticket: u64,
     /// Attempts each worker was handed.
     pub received: BTreeMap<WorkerId, std::collections::BTreeSet<(JobId, FencingToken)>>,
+}
+
+/// What the core produced, kept for assertions.
+#[derive(Debug, Default)]
+pub struct Log {
+    pub records: Vec<Record>,
+    /// Every poll answer, in the order given.
+    pub answers: Vec<PollAnswer>,
+    /// The assignments those answers carried.
+    pub assignments: Vec<Assignment>,
+    /// Every kill decided (the orders reach workers in answers).
+    pub kills: Vec<Kill>,
+    pub finished: Vec<JobId>,
 }
 
 pub fn job_id(n: u128) -> JobId {
@@ -31,7 +45,8 @@ impl Sim {
             rm: ResourceManager::new(config, policies, 7).unwrap(),
             now: Timestamp(1_000_000),
             next_id: 1,
-            log: Effects::default(),
+            log: Log::default(),
+            next_ticket: 1,
             received: BTreeMap::new(),
         }
     }
@@ -126,7 +141,12 @@ impl Sim {
     pub fn drain_effects(&mut self) {
         let e = self.rm.take_effects();
         self.log.records.extend(e.records);
-        self.log.assignments.extend(e.assignments);
+        for answer in &e.answers {
+            self.log
+                .assignments
+                .extend(answer.assignments.iter().cloned());
+        }
+        self.log.answers.extend(e.answers);
         self.log.kills.extend(e.kills);
         self.log.finished.extend(e.finished);
     }
@@ -161,8 +181,7 @@ impl Sim {
             finished: vec![],
             acked: None,
         };
-        self.rm.worker_polled(worker, &poll, self.now).unwrap();
-        let got = self.rm.take_assignments(worker).unwrap();
+        let got = self.take_assignments(worker, &poll).assignments;
         let held = self.received.entry(worker).or_default();
         held.extend(got.iter().map(|a| (a.job, a.token)));
         let poll = WorkerPoll {
@@ -173,6 +192,33 @@ impl Sim {
         self.rm.worker_polled(worker, &poll, self.now).unwrap();
         self.drain_effects();
         got
+    }
+
+    /// A poll that does not wait: its answer hands over whatever the worker has been
+    /// given since its last answer.
+    pub fn take_assignments(&mut self, worker: WorkerId, poll: &WorkerPoll) -> PollAnswer {
+        let ticket = self.ticket();
+        self.rm
+            .long_poll(worker, ticket, poll, Duration::ZERO, self.now)
+            .unwrap();
+        self.drain_effects();
+        self.answer_to(ticket)
+            .expect("a poll that does not wait is answered at once")
+    }
+
+    /// A fresh poll ticket.
+    pub fn ticket(&mut self) -> PollTicket {
+        self.next_ticket += 1;
+        PollTicket(self.next_ticket)
+    }
+
+    /// The answer given to the poll with this ticket, if any yet.
+    pub fn answer_to(&self, ticket: PollTicket) -> Option<PollAnswer> {
+        self.log
+            .answers
+            .iter()
+            .find(|a| a.ticket == ticket)
+            .cloned()
     }
 
     pub fn report(&mut self, worker: WorkerId, job: JobId, result: ReportedResult) -> PollOutcome {

@@ -8,12 +8,13 @@
 //! job's path change. Both cost O(depth · log fan-out), so a decision grows with the
 //! logarithm of the number of queues, and a pass with nothing new to do returns at once.
 
-use crate::effects::{Assignment, Record};
+use super::queues::SelectionKey;
+use super::{PassReport, ROOT, ResourceManager};
+use crate::effects::Record;
 use crate::ids::{FencingToken, QueueId, Timestamp};
 use crate::jobs::{Attempt, JobKey, JobState};
-use crate::policy::PreemptionRequest;
-use crate::queues::{QueueState, SelectionKey};
-use crate::resource_manager::{PassReport, ROOT, ResourceManager};
+use crate::policy::{PreemptionFacts, PreemptionRequest, PreemptionView, RunningAttempt};
+use crate::queues::QueueState;
 use crate::resources::Resources;
 use crate::timers::Timer;
 use crate::workers::{Candidates, ConstraintId, WorkerKey};
@@ -80,7 +81,7 @@ impl ResourceManager {
         }
         let under_running_limit = node
             .config
-            .max_running
+            .running_limit()
             .is_none_or(|max| node.running < u64::from(max));
         !node.ready.is_empty() && !node.skipped_in_pass && under_running_limit
     }
@@ -327,12 +328,8 @@ impl ResourceManager {
         worker.attempts.push(key);
         worker.outbox.push(key);
         self.index.upsert(worker_key, worker);
-        self.effects.assignments.push(Assignment {
-            worker: worker.id,
-            job: job.id,
-            attempt: number,
-            token,
-        });
+        self.effects.attempts_made += 1;
+        self.to_answer.insert(worker_key);
         self.effects.records.push(Record::Job(job.id));
         if let Some(timeout) = job.spec.timeout {
             self.timers
@@ -449,7 +446,7 @@ impl ResourceManager {
             };
             let victims = self
                 .preemption_policy
-                .select_victims(&request, &PreemptionView { rm: self });
+                .select_victims(&request, &PreemptionView::new(self));
             let mut freed = Resources::default();
             for victim in victims {
                 if need.fits_in(&freed) {
@@ -513,33 +510,13 @@ impl ResourceManager {
     }
 }
 
-/// A running attempt as preemption sees it.
-#[derive(Clone, Debug)]
-pub struct RunningAttempt {
-    /// The job.
-    pub job: JobKey,
-    /// The attempt's token.
-    pub token: FencingToken,
-    /// The worker running it.
-    pub worker: WorkerKey,
-}
-
-/// What a preemption policy may look at: queues, their usage and guarantees, and
-/// their running attempts.
-pub struct PreemptionView<'a> {
-    rm: &'a ResourceManager,
-}
-
-impl PreemptionView<'_> {
-    /// Capacity of the workers that take work.
-    pub fn total(&self) -> &Resources {
-        &self.rm.total
+impl PreemptionFacts for ResourceManager {
+    fn total(&self) -> &Resources {
+        &self.total
     }
 
-    /// Leaves that hold at least one attempt, in id order.
-    pub fn leaves_with_attempts(&self) -> Vec<QueueId> {
-        self.rm
-            .queues
+    fn leaves_with_attempts(&self) -> Vec<QueueId> {
+        self.queues
             .iter()
             .flatten()
             .filter(|n| n.is_leaf() && n.attempts.len() > n.dead_attempts)
@@ -547,26 +524,22 @@ impl PreemptionView<'_> {
             .collect()
     }
 
-    /// Resources held by a queue's subtree.
-    pub fn used(&self, queue: QueueId) -> &Resources {
-        &self.rm.node(queue).used
+    fn used(&self, queue: QueueId) -> &Resources {
+        &self.node(queue).used
     }
 
-    /// A queue's guarantee as a fraction of the cluster.
-    pub fn abs_guarantee(&self, queue: QueueId) -> f64 {
-        self.rm.node(queue).abs_guarantee
+    fn abs_guarantee(&self, queue: QueueId) -> f64 {
+        self.node(queue).abs_guarantee
     }
 
-    /// A queue's parent.
-    pub fn parent(&self, queue: QueueId) -> Option<QueueId> {
-        self.rm.node(queue).parent
+    fn parent(&self, queue: QueueId) -> Option<QueueId> {
+        self.node(queue).parent
     }
 
-    /// Whether the queue and every ancestor allow preemption.
-    pub fn preemptable(&self, queue: QueueId) -> bool {
+    fn preemptable(&self, queue: QueueId) -> bool {
         let mut at = Some(queue);
         while let Some(id) = at {
-            let node = self.rm.node(id);
+            let node = self.node(id);
             if !node.config.preemptable {
                 return false;
             }
@@ -575,39 +548,36 @@ impl PreemptionView<'_> {
         true
     }
 
-    /// A leaf's attempts, newest first.
-    pub fn attempts_newest_first(
+    fn attempts_newest_first(
         &self,
         leaf: QueueId,
-    ) -> impl Iterator<Item = RunningAttempt> + '_ {
-        self.rm
-            .node(leaf)
-            .attempts
-            .iter()
-            .rev()
-            .filter_map(|(token, key)| {
-                let job = self.rm.job_by_key(*key)?;
-                if job.current_token() != Some(*token) {
-                    return None;
-                }
-                Some(RunningAttempt {
-                    job: *key,
-                    token: *token,
-                    worker: job.worker?,
-                })
-            })
+    ) -> Box<dyn Iterator<Item = RunningAttempt> + '_> {
+        Box::new(
+            self.node(leaf)
+                .attempts
+                .iter()
+                .rev()
+                .filter_map(|(token, key)| {
+                    let job = self.job_by_key(*key)?;
+                    if job.current_token() != Some(*token) {
+                        return None;
+                    }
+                    Some(RunningAttempt {
+                        job: *key,
+                        token: *token,
+                        worker: job.worker?,
+                    })
+                }),
+        )
     }
 
-    /// The resources a job's attempt holds.
-    pub fn request_of(&self, job: JobKey) -> &Resources {
-        &self.rm.jobs[job].spec.request
+    fn request_of(&self, job: JobKey) -> &Resources {
+        &self.jobs[job].spec.request
     }
 
-    /// Whether the worker could run jobs with this constraint.
-    pub fn worker_accepts(&self, worker: WorkerKey, constraint: ConstraintId) -> bool {
-        self.rm
-            .workers
+    fn worker_accepts(&self, worker: WorkerKey, constraint: ConstraintId) -> bool {
+        self.workers
             .get(worker)
-            .is_some_and(|w| self.rm.index.class_accepts(w.class, constraint))
+            .is_some_and(|w| self.index.class_accepts(w.class, constraint))
     }
 }

@@ -1,0 +1,444 @@
+//! Job commands: submission (with every check of a request), cancellation, and
+//! the end of attempts (success, failure with retry, loss, preemption).
+
+use super::ResourceManager;
+use crate::effects::{Kill, KillReason, Record};
+use crate::ids::{JobId, QueueId, Timestamp};
+use crate::jobs::Waiting;
+use crate::jobs::{
+    AttemptOutcome, Job, JobKey, JobKind, JobState, SubmitError, SubmitRequest, Termination,
+    unit_random,
+};
+use crate::policy::AdmissionContext;
+use crate::queues::QueueState;
+use crate::resources::Resources;
+use crate::timers::Timer;
+use crate::workers::{Candidates, WorkerKey, WorkerState};
+use thiserror::Error;
+
+/// A refused job command.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum JobError {
+    /// No job has that id (it may have been purged after its retention).
+    #[error("job {0} does not exist")]
+    NotFound(JobId),
+    /// The job already reached a terminal state.
+    #[error("job {id} already finished ({state:?})")]
+    AlreadyFinished {
+        /// The job.
+        id: JobId,
+        /// Its terminal state.
+        state: JobState,
+    },
+}
+
+/// How a submission was taken.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Submitted {
+    /// A new job was created.
+    Created(JobId),
+    /// The idempotency key matched this existing job; nothing was created.
+    Existing(JobId),
+}
+
+impl Submitted {
+    /// The job's id either way.
+    pub fn id(self) -> JobId {
+        match self {
+            Submitted::Created(id) | Submitted::Existing(id) => id,
+        }
+    }
+}
+
+impl ResourceManager {
+    /// Accepts a job into a leaf queue, or says precisely why not. A repeated
+    /// idempotency key returns the original job and changes nothing.
+    pub fn submit(&mut self, req: SubmitRequest, now: Timestamp) -> Result<Submitted, SubmitError> {
+        req.validate()?;
+        let queue = self.lookup_queue(&req.queue)?;
+        let node = self.node(queue);
+        if !node.is_leaf() {
+            return Err(SubmitError::NotALeaf(req.queue));
+        }
+        if let Some(key) = &req.idempotency_key
+            && let Some(existing) = self.idempotency.get(&(queue, key.clone()))
+        {
+            return Ok(Submitted::Existing(self.jobs[*existing].id));
+        }
+        if node.state != QueueState::Running {
+            return Err(SubmitError::NotAccepting {
+                path: req.queue,
+                state: node.state,
+            });
+        }
+        if self.job_ids.contains_key(&req.id) {
+            return Err(SubmitError::DuplicateId(req.id));
+        }
+        if let Some(expires_at) = req.expires_at
+            && expires_at <= now
+        {
+            return Err(SubmitError::InvalidField {
+                field: "expires_at_ms".into(),
+                reason: "is already in the past".into(),
+            });
+        }
+        if let Some(max) = node.config.pending_limit()
+            && node.stats.pending >= max
+        {
+            return Err(SubmitError::QueueFull {
+                path: req.queue,
+                pending: node.stats.pending,
+                max,
+            });
+        }
+        let (id, queue_path) = (req.id, req.queue.clone());
+        let (mut spec, not_before) = req.resolve(&node.config.defaults);
+        spec.request
+            .check("resources")
+            .map_err(|bad| SubmitError::InvalidField {
+                field: bad.field,
+                reason: bad.reason,
+            })?;
+        let constraint = self
+            .index
+            .constraint_for(spec.selector(), spec.kind.handler());
+        match &mut spec.kind {
+            // One shared copy of each handler name, however many jobs name it.
+            JobKind::Function { handler, .. }
+            | JobKind::Stored {
+                handler: Some(handler),
+            } => *handler = self.index.intern_handler(handler),
+            _ => {}
+        }
+        let node = self.node(queue);
+        let admission = AdmissionContext {
+            queue: &node.path,
+            stats: &node.stats,
+            spec: &spec,
+            now,
+            candidates: Candidates {
+                index: &self.index,
+                workers: &self.workers,
+                classes: self.index.classes_for(constraint),
+            },
+        };
+        if let Err(reason) = node.admission.admit(&admission) {
+            return Err(SubmitError::Refused {
+                path: queue_path,
+                policy: node.admission.name().to_owned(),
+                reason,
+            });
+        }
+        let rank = node.ordering.rank(&spec);
+
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let expires_at = spec.expires_at();
+        let idempotency_key = spec.idempotency_key().map(str::to_owned);
+        let not_before = not_before.filter(|t| *t > now);
+        let key = self.jobs.insert(Job {
+            id,
+            queue,
+            seq,
+            state: JobState::Pending,
+            submitted_at: now,
+            not_before,
+            spec,
+            attempts: Vec::new(),
+            failures: 0,
+            termination: None,
+            finished_at: None,
+            ready_since: now,
+            rank,
+            constraint,
+            worker: None,
+            worker_slot: 0,
+            waiting: Waiting::Not,
+            delivered_in: 0,
+        });
+        self.job_ids.insert(id, key);
+        if let Some(k) = idempotency_key {
+            self.idempotency.insert((queue, k), key);
+        }
+        let leaf = self.node_mut(queue);
+        leaf.stats.submitted += 1;
+        leaf.stats.pending += 1;
+        self.add_unfinished(queue, 1);
+        if let Some(at) = expires_at {
+            self.timers.set(at, Timer::Expire(key));
+        }
+        match not_before {
+            Some(at) => self.timers.set(at, Timer::Release(key)),
+            None => self.make_ready(key, now, false),
+        }
+        self.effects.records.push(Record::Job(id));
+        Ok(Submitted::Created(id))
+    }
+
+    pub(crate) fn add_unfinished(&mut self, leaf: QueueId, delta: i64) {
+        let mut at = Some(leaf);
+        while let Some(id) = at {
+            let node = self.node_mut(id);
+            node.unfinished = node.unfinished.saturating_add_signed(delta);
+            at = node.parent;
+        }
+    }
+
+    /// Puts a pending job into its leaf's ready queue: behind the others of its rank,
+    /// or ahead of them for a job that had already been dispatched (preempted).
+    pub(crate) fn make_ready(&mut self, key: JobKey, now: Timestamp, front: bool) {
+        let job = &mut self.jobs[key];
+        job.not_before = None;
+        job.ready_since = now;
+        job.waiting = Waiting::Ready;
+        let (rank, queue) = (job.rank, job.queue);
+        let leaf = self.node_mut(queue);
+        let was_empty = leaf.ready.is_empty();
+        if front {
+            leaf.ready.push_front(rank, key);
+        } else {
+            leaf.ready.push_back(rank, key);
+        }
+        if was_empty {
+            self.refresh_up(queue);
+        }
+        if was_empty || front {
+            self.head_changed(queue);
+        }
+        self.dirty = true;
+    }
+
+    /// The next job of a leaf, if it has a ready one.
+    pub(crate) fn leaf_head(&mut self, leaf: QueueId) -> Option<JobKey> {
+        let jobs = &self.jobs;
+        let node = self.queues[leaf.0 as usize].as_mut()?;
+        node.ready
+            .head(|k| jobs.get(k).is_some_and(|j| j.waiting == Waiting::Ready))
+    }
+
+    /// Cancels a job: a pending one at once; one with an attempt is killed on its
+    /// worker and cancelled in the same step (a late report from it is refused).
+    pub fn cancel(&mut self, id: JobId, reason: &str, now: Timestamp) -> Result<(), JobError> {
+        let key = *self.job_ids.get(&id).ok_or(JobError::NotFound(id))?;
+        let state = self.jobs[key].state;
+        if state.is_terminal() {
+            return Err(JobError::AlreadyFinished { id, state });
+        }
+        self.cancel_key(key, reason, now);
+        Ok(())
+    }
+
+    pub(crate) fn cancel_key(&mut self, key: JobKey, reason: &str, now: Timestamp) {
+        if self.jobs[key].state.is_active() {
+            self.end_attempt(
+                key,
+                AttemptOutcome::Cancelled,
+                Some(KillReason::Cancelled),
+                now,
+            );
+        }
+        self.terminate(
+            key,
+            Termination::Cancelled {
+                reason: reason.to_owned(),
+            },
+            now,
+        );
+    }
+
+    /// Moves a job that holds no attempt to a terminal state, once.
+    pub(crate) fn terminate(&mut self, key: JobKey, termination: Termination, now: Timestamp) {
+        let job = &mut self.jobs[key];
+        debug_assert!(!job.state.is_terminal() && !job.state.is_active());
+        let state = match &termination {
+            Termination::Succeeded { .. } => JobState::Succeeded,
+            Termination::Failed { .. } => JobState::Failed,
+            Termination::Cancelled { .. } => JobState::Cancelled,
+            Termination::Expired => JobState::Expired,
+        };
+        let was_pending = job.state == JobState::Pending;
+        let was_ready = job.waiting == Waiting::Ready;
+        job.waiting = Waiting::Not;
+        job.state = state;
+        job.termination = Some(Box::new(termination));
+        job.finished_at = Some(now);
+        job.not_before = None;
+        let (id, queue) = (job.id, job.queue);
+        if self
+            .queues
+            .get(queue.0 as usize)
+            .is_some_and(Option::is_some)
+        {
+            let leaf = self.node_mut(queue);
+            if was_pending {
+                leaf.stats.pending -= 1;
+                if was_ready {
+                    leaf.ready.forget_one();
+                    if leaf.ready.is_empty() {
+                        self.refresh_up(queue);
+                    }
+                    // The leaf's next job may have changed to one that fits.
+                    self.head_changed(queue);
+                }
+            }
+            let stats = &mut self.node_mut(queue).stats;
+            match state {
+                JobState::Succeeded => stats.succeeded += 1,
+                JobState::Failed => stats.failed += 1,
+                JobState::Cancelled => stats.cancelled += 1,
+                _ => stats.expired += 1,
+            }
+            self.add_unfinished(queue, -1);
+        }
+        self.timers
+            .set(now.after(self.config.retention), Timer::Purge(key));
+        self.effects.records.push(Record::Job(id));
+        self.effects.finished.push(id);
+    }
+
+    /// Ends the current attempt of an active job: frees its resources, records the
+    /// outcome, optionally asks its worker to kill it. The job is left `Pending`
+    /// (not ready); the caller decides what comes next. An attempt not yet reclaimed
+    /// after a restart holds no resources, so only its record changes.
+    pub(crate) fn end_attempt(
+        &mut self,
+        key: JobKey,
+        outcome: AttemptOutcome,
+        kill: Option<KillReason>,
+        now: Timestamp,
+    ) {
+        let job = &mut self.jobs[key];
+        debug_assert!(job.state.is_active());
+        let worker_key = job.worker.take();
+        let attempt = job
+            .attempts
+            .last_mut()
+            .expect("an active job has an attempt");
+        attempt.finished_at = Some(now);
+        let (token, scheduled_at, worker_id) =
+            (attempt.token, attempt.scheduled_at, attempt.worker);
+        if outcome.counts_as_failure() {
+            job.failures += 1;
+        }
+        attempt.outcome = Some(outcome);
+        job.state = JobState::Pending;
+        job.delivered_in = 0;
+        let (id, queue, request) = (job.id, job.queue, job.spec.request.clone());
+        if let Some(reason) = kill {
+            self.order_kill(Kill {
+                worker: worker_id,
+                job: id,
+                token,
+                reason,
+            });
+        }
+        if let Some(worker_key) = worker_key {
+            self.release_on_worker(worker_key, key, &request);
+        }
+        if let Some(Some(leaf)) = self.queues.get_mut(queue.0 as usize) {
+            leaf.stats.run.record(now.since(scheduled_at));
+            leaf.stats.pending += 1;
+            if worker_key.is_some() {
+                self.release_on_path(queue, &request);
+            }
+        }
+        self.effects.records.push(Record::Job(id));
+        self.dirty = true;
+    }
+
+    pub(crate) fn release_on_worker(
+        &mut self,
+        worker_key: WorkerKey,
+        job: JobKey,
+        request: &Resources,
+    ) {
+        let slot = self.jobs[job].worker_slot as usize;
+        let worker = &mut self.workers[worker_key];
+        worker.attempts.swap_remove(slot);
+        if let Some(moved) = worker.attempts.get(slot) {
+            self.jobs[*moved].worker_slot = slot as u32;
+        }
+        let worker = &mut self.workers[worker_key];
+        worker.used.sub(request);
+        if worker.state == WorkerState::Draining {
+            // A draining worker counts in the cluster only with what it still runs.
+            self.total.sub(request);
+            self.keys_stale = true;
+        }
+        if worker.indexed.is_some() {
+            self.index.upsert(worker_key, worker);
+        }
+    }
+
+    pub(crate) fn release_on_path(&mut self, leaf: QueueId, request: &Resources) {
+        let node = self.node_mut(leaf);
+        node.dead_attempts += 1;
+        if node.dead_attempts * 2 > node.attempts.len() && node.attempts.len() >= 32 {
+            self.compact_leaf_attempts(leaf);
+        }
+        let mut at = Some(leaf);
+        while let Some(id) = at {
+            let node = self.node_mut(id);
+            node.used.sub(request);
+            node.running -= 1;
+            node.at_ceiling = false;
+            at = node.parent;
+        }
+        self.refresh_up(leaf);
+    }
+
+    /// Drops a leaf's dead attempt entries (amortised: run when half are dead).
+    pub(crate) fn compact_leaf_attempts(&mut self, leaf: QueueId) {
+        let mut entries = std::mem::take(&mut self.node_mut(leaf).attempts);
+        entries.retain(|(token, key)| {
+            self.jobs
+                .get(*key)
+                .is_some_and(|j| j.current_token() == Some(*token))
+        });
+        let node = self.node_mut(leaf);
+        node.attempts = entries;
+        node.dead_attempts = 0;
+    }
+
+    /// Ends an attempt that failed, timed out or was lost: retried after its backoff
+    /// while attempts remain, failed for good otherwise.
+    pub(crate) fn fail_attempt(
+        &mut self,
+        key: JobKey,
+        outcome: AttemptOutcome,
+        kill: Option<KillReason>,
+        now: Timestamp,
+    ) {
+        self.end_attempt(key, outcome.clone(), kill, now);
+        let job = &self.jobs[key];
+        if job.failures >= job.spec.retry.max_attempts {
+            self.terminate(key, Termination::Failed { last: outcome }, now);
+            return;
+        }
+        let jitter = unit_random(self.seed, job.seq, u64::from(job.failures));
+        let wait = job.spec.retry.backoff(job.failures, jitter);
+        self.requeue(key, now.after(wait), now);
+    }
+
+    /// Puts a job whose attempt ended back to pending, ready at `at`.
+    pub(crate) fn requeue(&mut self, key: JobKey, at: Timestamp, now: Timestamp) {
+        if at <= now {
+            self.make_ready(key, now, false);
+        } else {
+            self.jobs[key].not_before = Some(at);
+            self.timers.set(at, Timer::Release(key));
+        }
+    }
+
+    /// Takes an attempt back for preemption: it goes back to pending, ready at once,
+    /// without counting as a failure.
+    pub(crate) fn preempt_attempt(&mut self, key: JobKey, now: Timestamp) {
+        self.end_attempt(
+            key,
+            AttemptOutcome::Preempted,
+            Some(KillReason::Preempted),
+            now,
+        );
+        self.make_ready(key, now, true);
+    }
+}

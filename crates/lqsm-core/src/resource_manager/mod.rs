@@ -1,0 +1,392 @@
+//! The ResourceManager state machine: the queue tree, the jobs, the workers and the
+//! timers, changed only through commands. Every command takes `now`; none does I/O.
+//! What the shell must do afterwards accumulates in [`Effects`], taken with
+//! [`ResourceManager::take_effects`].
+//!
+//! The state lives here; the commands are split by the part of the seed they serve,
+//! each an `impl ResourceManager` block in its own module:
+//! - `queues`: the QueuesManager: the queue tree, its settings and lifecycle;
+//! - `jobs`: submission, cancellation and the end of attempts;
+//! - `workers`: registration, polls (the worker protocol) and draining;
+//! - `timers`: what happens when time passes;
+//! - `scheduler`: the allocation algorithm (one pass) and preemption.
+
+pub(crate) mod jobs;
+pub(crate) mod polls;
+pub(crate) mod queues;
+pub(crate) mod scheduler;
+pub(crate) mod timers;
+pub(crate) mod workers;
+
+pub use crate::effects::{RefusalReason, RefusedReport};
+pub use jobs::{JobError, Submitted};
+pub use queues::QueueView;
+pub use workers::{PollOutcome, WorkerError, WorkerPoll};
+
+use crate::effects::Effects;
+use crate::hashing::HashMap;
+use crate::ids::{JobId, QueueId, Timestamp, WorkerId};
+use crate::jobs::Waiting;
+use crate::jobs::{Job, JobKey, JobState};
+use crate::policy::{Policies, PreemptionPolicy};
+use crate::queues::{QueueConfig, QueuePath};
+use crate::resources::Resources;
+use crate::timers::Timers;
+use crate::workers::{Worker, WorkerIndex, WorkerKey};
+use queues::QueueNode;
+use serde::{Deserialize, Serialize};
+use slotmap::SlotMap;
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+
+/// The root queue's id.
+pub const ROOT: QueueId = QueueId(0);
+
+/// Preemption settings for the whole cluster.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PreemptionConfig {
+    /// The cluster switch.
+    pub enabled: bool,
+    /// How long a queue below its guarantee waits with unmet demand before preemption acts.
+    pub delay: Duration,
+    /// Fraction of a guarantee treated as noise on both sides, so rounding never thrashes.
+    pub dead_zone: f64,
+    /// The name of the preemption policy.
+    pub policy: String,
+}
+
+impl Default for PreemptionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            delay: Duration::from_secs(15),
+            dead_zone: 0.05,
+            policy: crate::policy::NEWEST_OVER_GUARANTEE.into(),
+        }
+    }
+}
+
+/// Cluster-wide settings of the ResourceManager.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// A worker that has not polled for this long is lost.
+    pub heartbeat_timeout: Duration,
+    /// Finished jobs (and their idempotency keys) are kept this long.
+    pub retention: Duration,
+    /// Preemption settings.
+    pub preemption: PreemptionConfig,
+    /// Longest a worker's long-poll waits for work (it is also cut to half the
+    /// heartbeat timeout, so a waiting worker is never taken for lost).
+    pub max_poll_wait: Duration,
+    /// A pass stops after this many leaves whose next job fit on no worker; the rest
+    /// wait for the next change. Bounds the cost of passes over a full cluster.
+    pub max_skips_per_pass: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            heartbeat_timeout: Duration::from_secs(10),
+            retention: Duration::from_secs(24 * 3600),
+            preemption: PreemptionConfig::default(),
+            max_poll_wait: Duration::from_secs(4),
+            max_skips_per_pass: 64,
+        }
+    }
+}
+
+/// A refused configuration.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum ConfigError {
+    /// The preemption policy is not registered.
+    #[error("preemption.policy: unknown policy `{name}` (known: {known})")]
+    UnknownPreemptionPolicy {
+        /// The name given.
+        name: String,
+        /// The registered names.
+        known: String,
+    },
+    /// The dead zone is not a fraction.
+    #[error("preemption.dead_zone: {0} is not between 0 and 0.5")]
+    DeadZone(f64),
+    /// The heartbeat timeout is zero.
+    #[error("heartbeat_timeout: must be above zero")]
+    HeartbeatTimeout,
+}
+
+/// Figures of one scheduling pass.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct PassReport {
+    /// Attempts assigned.
+    pub placed: u64,
+    /// Leaves passed over because their next job fit on no worker.
+    pub skipped: u64,
+    /// Attempts taken back by preemption.
+    pub preempted: u64,
+    /// Whether the pass did anything at all (false: nothing had changed).
+    pub ran: bool,
+}
+
+/// The ResourceManager's whole state: see the module documentation.
+pub struct ResourceManager {
+    pub(crate) config: Config,
+    pub(crate) policies: Policies,
+    pub(crate) preemption_policy: Arc<dyn PreemptionPolicy>,
+    pub(crate) seed: u64,
+    /// Indexed by `QueueId`; `None` once deleted (ids are never reused).
+    pub(crate) queues: Vec<Option<QueueNode>>,
+    pub(crate) queue_ids: HashMap<QueuePath, QueueId>,
+    /// Paths of deleted queues, so their finished jobs still name them.
+    pub(crate) deleted_paths: HashMap<QueueId, QueuePath>,
+    pub(crate) jobs: SlotMap<JobKey, Job>,
+    pub(crate) job_ids: HashMap<JobId, JobKey>,
+    pub(crate) idempotency: HashMap<(QueueId, String), JobKey>,
+    pub(crate) workers: SlotMap<WorkerKey, Worker>,
+    pub(crate) worker_ids: HashMap<WorkerId, WorkerKey>,
+    pub(crate) index: WorkerIndex,
+    /// What shares are shares of: the capacity of active workers plus what draining
+    /// workers still run (so no queue's share can exceed 1).
+    pub(crate) total: Resources,
+    pub(crate) timers: Timers,
+    pub(crate) effects: Effects,
+    pub(crate) next_seq: u64,
+    pub(crate) next_token: u64,
+    /// Something changed that a pass could act on.
+    pub(crate) dirty: bool,
+    /// Shares or guarantees changed: every selection key must be recomputed.
+    pub(crate) keys_stale: bool,
+    /// Leaves below their guarantee whose demand could not be placed.
+    pub(crate) starved: BTreeSet<QueueId>,
+    /// Leaves passed over in the current pass.
+    pub(crate) skipped: Vec<QueueId>,
+    /// Leaves holding parked jobs.
+    pub(crate) parked_leaves: BTreeSet<QueueId>,
+    /// Restored attempts waiting for their worker to reclaim them, by worker.
+    pub(crate) unclaimed: HashMap<WorkerId, Vec<JobKey>>,
+    /// Long-polls waiting for work, by worker (at most one each).
+    pub(crate) parked_polls: HashMap<WorkerKey, polls::ParkedPoll>,
+    /// Kill orders not yet sent, by worker, one per attempt.
+    pub(crate) kill_orders: HashMap<WorkerKey, Vec<crate::effects::Kill>>,
+    /// Workers whose waiting poll may have something to answer.
+    pub(crate) to_answer: BTreeSet<WorkerKey>,
+}
+
+impl std::fmt::Debug for ResourceManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResourceManager")
+            .field("queues", &self.queue_ids.len())
+            .field("jobs", &self.jobs.len())
+            .field("workers", &self.workers.len())
+            .field("total", &self.total)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResourceManager {
+    /// A cluster with only the root queue, no workers and no jobs. `seed` keys the
+    /// core's hashing and its only randomness (retry jitter).
+    pub fn new(config: Config, policies: Policies, seed: u64) -> Result<Self, ConfigError> {
+        let preemption_policy =
+            policies
+                .preemption(&config.preemption.policy)
+                .map_err(|known| ConfigError::UnknownPreemptionPolicy {
+                    name: config.preemption.policy.clone(),
+                    known,
+                })?;
+        let dz = config.preemption.dead_zone;
+        if !dz.is_finite() || !(0.0..=0.5).contains(&dz) {
+            return Err(ConfigError::DeadZone(dz));
+        }
+        if config.heartbeat_timeout.is_zero() {
+            return Err(ConfigError::HeartbeatTimeout);
+        }
+        let root_config = QueueConfig::with_capacity(100.0, 100.0);
+        let root_policies = (
+            policies.ordering(&root_config.ordering).expect("built-in"),
+            policies
+                .placement(&root_config.placement)
+                .expect("built-in"),
+            policies
+                .admission(&root_config.admission)
+                .expect("built-in"),
+        );
+        let mut root = QueueNode::new(ROOT, QueuePath::root(), None, root_config, root_policies);
+        root.abs_guarantee = 1.0;
+        root.abs_max = 1.0;
+        let mut queue_ids = crate::hashing::map(seed);
+        queue_ids.insert(QueuePath::root(), ROOT);
+        Ok(Self {
+            config,
+            policies,
+            preemption_policy,
+            seed,
+            queues: vec![Some(root)],
+            queue_ids,
+            deleted_paths: crate::hashing::map(seed),
+            jobs: SlotMap::with_key(),
+            job_ids: crate::hashing::map(seed),
+            idempotency: crate::hashing::map(seed),
+            workers: SlotMap::with_key(),
+            worker_ids: crate::hashing::map(seed),
+            index: WorkerIndex::new(seed),
+            total: Resources::default(),
+            timers: Timers::default(),
+            effects: Effects::default(),
+            next_seq: 1,
+            next_token: 1,
+            dirty: false,
+            keys_stale: false,
+            starved: BTreeSet::new(),
+            skipped: Vec::new(),
+            parked_leaves: BTreeSet::new(),
+            unclaimed: crate::hashing::map(seed),
+            parked_polls: crate::hashing::map(seed),
+            kill_orders: crate::hashing::map(seed),
+            to_answer: BTreeSet::new(),
+        })
+    }
+
+    /// Everything the shell must do since the last call. Waiting polls that have
+    /// work, kill orders or no more time to wait are answered here, so call it after
+    /// the batch's commands, [`tick`](Self::tick) and [`schedule`](Self::schedule).
+    pub fn take_effects(&mut self) -> Effects {
+        self.answer_polls();
+        std::mem::take(&mut self.effects)
+    }
+
+    /// The cluster-wide settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The job with this id.
+    pub fn job(&self, id: JobId) -> Option<&Job> {
+        self.job_ids.get(&id).map(|k| &self.jobs[*k])
+    }
+
+    pub(crate) fn job_by_key(&self, key: JobKey) -> Option<&Job> {
+        self.jobs.get(key)
+    }
+
+    /// Every job the core holds (all states, until purged), in no particular order.
+    pub fn jobs(&self) -> impl Iterator<Item = &Job> {
+        self.jobs.values()
+    }
+
+    /// How many jobs the core holds (all states, until purged).
+    pub fn job_count(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// The worker with this id.
+    pub fn worker(&self, id: WorkerId) -> Option<&Worker> {
+        self.worker_ids.get(&id).map(|k| &self.workers[*k])
+    }
+
+    /// Every worker, in no particular order.
+    pub fn workers(&self) -> impl Iterator<Item = &Worker> {
+        self.workers.values()
+    }
+
+    /// What shares are shares of: capacity of active workers plus what draining
+    /// workers still run.
+    pub fn total(&self) -> &Resources {
+        &self.total
+    }
+
+    /// When [`tick`](Self::tick) next has something to do.
+    pub fn next_timer(&self) -> Option<Timestamp> {
+        self.timers.next_due()
+    }
+
+    /// True when a [`schedule`](Self::schedule) call could change anything.
+    pub fn needs_pass(&self) -> bool {
+        self.dirty
+    }
+
+    // ----- checks for tests ----------------------------------------------------------
+
+    /// Verifies the bookkeeping that every rule relies on: worker and queue usage
+    /// equal the sum of their attempts, no worker is over-committed, each active job
+    /// is held by exactly one worker and one leaf. Returns the first violation found.
+    pub fn check_consistency(&self) -> Result<(), String> {
+        let mut by_worker: std::collections::HashMap<WorkerKey, Resources> = Default::default();
+        let mut by_queue: std::collections::HashMap<QueueId, (Resources, u64)> = Default::default();
+        let mut tokens = HashSet::new();
+        let mut ready: std::collections::HashMap<QueueId, usize> = Default::default();
+        for (key, job) in &self.jobs {
+            if job.waiting == Waiting::Ready {
+                if job.state != JobState::Pending || job.not_before.is_some() {
+                    return Err(format!("job {} is ready but {:?}", job.id, job.state));
+                }
+                *ready.entry(job.queue).or_default() += 1;
+            }
+            if !job.state.is_active() {
+                if job.worker.is_some() {
+                    return Err(format!("inactive job {} still names a worker", job.id));
+                }
+                continue;
+            }
+            let token = job.current_token().ok_or("active job without attempt")?;
+            if !tokens.insert(token) {
+                return Err(format!("token {token} held twice"));
+            }
+            let Some(worker) = job.worker else {
+                let awaited = self.unclaimed.values().any(|keys| keys.contains(&key));
+                if !awaited {
+                    return Err(format!("active job {} has no worker", job.id));
+                }
+                continue;
+            };
+            if !self.workers[worker].attempts.contains(&key) {
+                return Err(format!("job {} not in its worker's attempts", job.id));
+            }
+            by_worker.entry(worker).or_default().add(&job.spec.request);
+            let mut at = Some(job.queue);
+            while let Some(q) = at {
+                let e = by_queue.entry(q).or_default();
+                e.0.add(&job.spec.request);
+                e.1 += 1;
+                at = self.node(q).parent;
+            }
+            let leaf = self.node(job.queue);
+            if !leaf.attempts.contains(&(token, key)) {
+                return Err(format!("job {} not in its leaf's attempts", job.id));
+            }
+        }
+        for (key, worker) in &self.workers {
+            let expected = by_worker.remove(&key).unwrap_or_default();
+            if worker.used != expected {
+                return Err(format!(
+                    "worker {} used {:?} != {:?}",
+                    worker.name, worker.used, expected
+                ));
+            }
+            if !worker.used.fits_in(&worker.capacity) {
+                return Err(format!(
+                    "worker {} over-committed: {:?}",
+                    worker.name, worker.used
+                ));
+            }
+        }
+        for view in self.queues() {
+            let expected = ready.remove(&view.id()).unwrap_or_default();
+            if view.node.ready.len() != expected {
+                return Err(format!(
+                    "queue {} counts {} ready jobs, holds {expected}",
+                    view.path(),
+                    view.node.ready.len()
+                ));
+            }
+            let (used, running) = by_queue.remove(&view.id()).unwrap_or_default();
+            if *view.used() != used || view.running() != running {
+                return Err(format!("queue {} used/running out of step", view.path()));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,92 @@
+//! What happens when time passes: delayed jobs become ready, pending jobs expire,
+//! attempts time out, silent workers are lost and finished jobs are purged.
+
+use super::ResourceManager;
+use crate::effects::{KillReason, Record};
+use crate::ids::Timestamp;
+use crate::jobs::{AttemptOutcome, JobKey, JobState, Termination};
+use crate::timers::Timer;
+use crate::workers::WorkerState;
+
+impl ResourceManager {
+    /// Fires every timer due at `now`: delayed jobs become ready, expired ones expire,
+    /// attempts past their timeout are killed, silent workers are lost, finished jobs
+    /// past retention are purged, and due preemption makes the next pass act.
+    pub fn tick(&mut self, now: Timestamp) {
+        while let Some((at, timer)) = self.timers.pop_due(now) {
+            match timer {
+                Timer::Release(key) => {
+                    let Some(job) = self.jobs.get(key) else {
+                        continue;
+                    };
+                    if job.state == JobState::Pending && job.not_before.is_some_and(|t| t <= now) {
+                        self.make_ready(key, now, false);
+                    }
+                }
+                Timer::Expire(key) => {
+                    let Some(job) = self.jobs.get(key) else {
+                        continue;
+                    };
+                    if job.state == JobState::Pending
+                        && job.spec.expires_at().is_some_and(|t| t <= now)
+                    {
+                        self.terminate(key, Termination::Expired, now);
+                    }
+                }
+                Timer::AttemptTimeout(key, token) => {
+                    let Some(job) = self.jobs.get(key) else {
+                        continue;
+                    };
+                    if job.current_token() == Some(token) {
+                        self.fail_attempt(
+                            key,
+                            AttemptOutcome::TimedOut,
+                            Some(KillReason::TimedOut),
+                            now,
+                        );
+                    }
+                }
+                Timer::Heartbeat(key) => {
+                    let Some(worker) = self.workers.get_mut(key) else {
+                        continue;
+                    };
+                    worker.heartbeat_timer = None;
+                    if worker.state == WorkerState::Lost {
+                        continue;
+                    }
+                    if worker.heartbeat_deadline <= now {
+                        self.lose_worker(key, now);
+                    } else {
+                        self.arm_heartbeat(key);
+                    }
+                }
+                Timer::Purge(key) => {
+                    let Some(job) = self.jobs.get(key) else {
+                        continue;
+                    };
+                    if job
+                        .finished_at
+                        .is_some_and(|f| f.after(self.config.retention) <= now)
+                    {
+                        self.purge(key);
+                    }
+                }
+                Timer::Reclaim(key, token) => self.reclaim_expired(key, token, now),
+                Timer::PollDue(key, ticket) => self.poll_due(key, ticket),
+                Timer::PreemptionDue => {
+                    let _ = at;
+                    self.dirty = true;
+                }
+            }
+        }
+    }
+
+    pub(crate) fn purge(&mut self, key: JobKey) {
+        let job = self.jobs.remove(key).expect("purged jobs exist");
+        self.job_ids.remove(&job.id);
+        if let Some(k) = job.spec.idempotency_key() {
+            self.idempotency.remove(&(job.queue, k.to_owned()));
+        }
+        self.effects.records.push(Record::JobPurged(job.id));
+    }
+}

@@ -1,0 +1,361 @@
+//! Worker commands: registration, the poll (heartbeat, reports, running list) and
+//! draining.
+
+use super::ResourceManager;
+use crate::effects::{Kill, KillReason, Record, RefusalReason, RefusedReport};
+use crate::ids::{FencingToken, JobId, Timestamp, WorkerId};
+use crate::jobs::Waiting;
+use crate::jobs::{AttemptOutcome, AttemptReport, JobKey, JobState, ReportedResult, Termination};
+use crate::resources::Resources;
+use crate::timers::Timer;
+use crate::workers::{Worker, WorkerKey, WorkerRegistration, WorkerState};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// A refused worker command.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum WorkerError {
+    /// The worker never registered (or was forgotten).
+    #[error("worker {0} is not registered; register first")]
+    Unknown(WorkerId),
+    /// The worker missed its heartbeat; its attempts were requeued.
+    #[error("worker {0} was declared lost; register again")]
+    Lost(WorkerId),
+    /// A registration field is out of range.
+    #[error("{field}: {reason}")]
+    InvalidField {
+        /// The offending field, as the wire names it.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// One poll: a heartbeat, the attempts the worker still runs and those it finished.
+#[derive(Clone, PartialEq, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerPoll {
+    /// Attempts running on the worker now.
+    #[serde(default)]
+    pub running: Vec<(JobId, FencingToken)>,
+    /// Attempts that ended since the last poll.
+    #[serde(default)]
+    pub finished: Vec<AttemptReport>,
+    /// The highest answer number ([`crate::PollAnswer::seq`]) the worker has
+    /// seen. Attempts carried by later answers are not yet expected in `running`.
+    /// `None`: every answer handed out is assumed seen.
+    #[serde(default)]
+    pub acked: Option<u64>,
+}
+
+/// What the core made of a poll.
+#[derive(Clone, PartialEq, Debug, Default)]
+pub struct PollOutcome {
+    /// Reports that were refused (the worker drops them).
+    pub refused: Vec<RefusedReport>,
+    /// Reports that were accepted.
+    pub accepted: usize,
+}
+
+impl ResourceManager {
+    /// Registers a worker, or updates one that registers again. A worker that was
+    /// lost comes back empty: its old attempts were requeued when it was lost.
+    pub fn register_worker(
+        &mut self,
+        reg: WorkerRegistration,
+        now: Timestamp,
+    ) -> Result<(), WorkerError> {
+        let invalid = |field: &str, reason: &str| WorkerError::InvalidField {
+            field: field.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if reg.name.is_empty() || reg.name.len() > 256 {
+            return Err(invalid("name", "must be 1 to 256 characters"));
+        }
+        reg.capacity
+            .check("capacity")
+            .map_err(|bad| WorkerError::InvalidField {
+                field: bad.field,
+                reason: bad.reason,
+            })?;
+        if !reg.serves_commands && reg.handlers.is_empty() {
+            return Err(invalid(
+                "handlers",
+                "a worker that runs no commands must serve at least one handler",
+            ));
+        }
+        let class = self.index.class_for(&reg);
+        let deadline = now.after(self.config.heartbeat_timeout);
+        let key = match self.worker_ids.get(&reg.id) {
+            Some(key) => {
+                let key = *key;
+                let worker = &mut self.workers[key];
+                self.total.sub(worker.share_of_total());
+                self.index.remove(worker);
+                worker.name = reg.name;
+                worker.capacity = reg.capacity;
+                worker.labels = reg.labels;
+                worker.serves_commands = reg.serves_commands;
+                worker.handlers = reg.handlers;
+                worker.class = class;
+                worker.state = WorkerState::Active;
+                worker.registered_at = now;
+                worker.heartbeat_deadline = deadline;
+                // A worker that registers again counts answers afresh.
+                worker.answers = 0;
+                key
+            }
+            None => {
+                let key = self.workers.insert(Worker {
+                    id: reg.id,
+                    name: reg.name,
+                    capacity: reg.capacity,
+                    used: Resources::default(),
+                    labels: reg.labels,
+                    serves_commands: reg.serves_commands,
+                    handlers: reg.handlers,
+                    state: WorkerState::Active,
+                    registered_at: now,
+                    heartbeat_deadline: deadline,
+                    attempts: Vec::new(),
+                    outbox: Vec::new(),
+                    answers: 0,
+                    class,
+                    indexed: None,
+                    heartbeat_timer: None,
+                });
+                self.worker_ids.insert(reg.id, key);
+                key
+            }
+        };
+        let worker = &mut self.workers[key];
+        self.total.add(&worker.capacity);
+        // A worker with attempts to reclaim takes no new work until its first poll
+        // has said which of them it still runs.
+        if !self.unclaimed.contains_key(&reg.id) {
+            self.index.upsert(key, worker);
+        }
+        self.arm_heartbeat(key);
+        self.unpark_all();
+        self.effects.records.push(Record::Worker(reg.id));
+        self.keys_stale = true;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// A new or changed worker, or a raised ceiling, may let set-aside jobs run: they
+    /// go back to the front of their leaves, in the order they had.
+    pub(crate) fn unpark_all(&mut self) {
+        for leaf in std::mem::take(&mut self.parked_leaves) {
+            let Some(Some(node)) = self.queues.get_mut(leaf.0 as usize) else {
+                continue;
+            };
+            let parked = std::mem::take(&mut node.parked);
+            for key in parked.into_iter().rev() {
+                let Some(job) = self.jobs.get_mut(key) else {
+                    continue;
+                };
+                if job.waiting != Waiting::Parked {
+                    continue;
+                }
+                job.waiting = Waiting::Ready;
+                let rank = job.rank;
+                self.node_mut(leaf).ready.push_front(rank, key);
+            }
+            self.refresh_up(leaf);
+            self.head_changed(leaf);
+        }
+    }
+
+    pub(crate) fn arm_heartbeat(&mut self, key: WorkerKey) {
+        let worker = &mut self.workers[key];
+        if worker.heartbeat_timer.is_none() {
+            worker.heartbeat_timer = Some(worker.heartbeat_deadline);
+            self.timers
+                .set(worker.heartbeat_deadline, Timer::Heartbeat(key));
+        }
+    }
+
+    pub(crate) fn worker_key(&self, id: WorkerId) -> Result<WorkerKey, WorkerError> {
+        let key = *self.worker_ids.get(&id).ok_or(WorkerError::Unknown(id))?;
+        if self.workers[key].state == WorkerState::Lost {
+            return Err(WorkerError::Lost(id));
+        }
+        Ok(key)
+    }
+
+    /// A worker's poll: heartbeat, finished attempts, and the attempts it runs. An
+    /// attempt handed to it that it neither runs nor reports is treated as lost; one it
+    /// runs that is not current is killed.
+    pub fn worker_polled(
+        &mut self,
+        id: WorkerId,
+        poll: &WorkerPoll,
+        now: Timestamp,
+    ) -> Result<PollOutcome, WorkerError> {
+        let worker_key = self.worker_key(id)?;
+        self.workers[worker_key].heartbeat_deadline = now.after(self.config.heartbeat_timeout);
+        self.arm_heartbeat(worker_key);
+        if self.unclaimed.contains_key(&id) {
+            let listed: Vec<(JobId, FencingToken)> = poll
+                .running
+                .iter()
+                .copied()
+                .chain(poll.finished.iter().map(|r| (r.job, r.token)))
+                .collect();
+            self.reclaim(worker_key, &listed, now);
+        }
+
+        let mut outcome = PollOutcome::default();
+        for report in &poll.finished {
+            match self.current_attempt_on(worker_key, report.job, report.token) {
+                Ok(key) => {
+                    outcome.accepted += 1;
+                    if let Some(attempt) = self.jobs[key].attempts.last_mut()
+                        && attempt.started_at.is_none()
+                    {
+                        attempt.started_at = Some(
+                            report
+                                .started_at
+                                .map_or(now, |t| t.max(attempt.scheduled_at).min(now)),
+                        );
+                    }
+                    self.apply_report(key, &report.result, now);
+                }
+                Err(reason) => outcome.refused.push(RefusedReport {
+                    job: report.job,
+                    token: report.token,
+                    reason,
+                }),
+            }
+        }
+        for (job, token) in &poll.running {
+            match self.current_attempt_on(worker_key, *job, *token) {
+                Ok(key) => {
+                    let job = &mut self.jobs[key];
+                    if job.state == JobState::Scheduled {
+                        job.state = JobState::Running;
+                        if let Some(a) = job.attempts.last_mut() {
+                            a.started_at = Some(now);
+                        }
+                        self.effects.records.push(Record::Job(job.id));
+                    }
+                }
+                Err(_) => self.order_kill(Kill {
+                    worker: id,
+                    job: *job,
+                    token: *token,
+                    reason: KillReason::Stale,
+                }),
+            }
+        }
+        let mut reported: Vec<FencingToken> = poll
+            .running
+            .iter()
+            .map(|(_, t)| *t)
+            .chain(poll.finished.iter().map(|r| r.token))
+            .collect();
+        reported.sort_unstable();
+        let vanished: Vec<JobKey> = self.workers[worker_key]
+            .attempts
+            .iter()
+            .copied()
+            .filter(|key| {
+                let job = &self.jobs[*key];
+                let token = job.current_token().expect("worker attempts are active");
+                // Only an attempt carried by an answer the worker says it has seen
+                // can be missing: a later answer may still be on its way to it.
+                job.delivered_in != 0
+                    && poll.acked.is_none_or(|seen| job.delivered_in <= seen)
+                    && reported.binary_search(&token).is_err()
+            })
+            .collect();
+        for key in vanished {
+            self.fail_attempt(key, AttemptOutcome::Lost, None, now);
+        }
+        Ok(outcome)
+    }
+
+    pub(crate) fn current_attempt_on(
+        &self,
+        worker: WorkerKey,
+        id: JobId,
+        token: FencingToken,
+    ) -> Result<JobKey, RefusalReason> {
+        let key = *self.job_ids.get(&id).ok_or(RefusalReason::UnknownJob)?;
+        let job = &self.jobs[key];
+        if job.worker == Some(worker) && job.current_token() == Some(token) {
+            Ok(key)
+        } else {
+            Err(RefusalReason::StaleAttempt)
+        }
+    }
+
+    pub(crate) fn apply_report(&mut self, key: JobKey, result: &ReportedResult, now: Timestamp) {
+        match result {
+            ReportedResult::Succeeded { result, exit_code } => {
+                let outcome = AttemptOutcome::Succeeded {
+                    result: result.clone(),
+                    exit_code: *exit_code,
+                };
+                self.end_attempt(key, outcome, None, now);
+                self.terminate(
+                    key,
+                    Termination::Succeeded {
+                        result: result.clone(),
+                        exit_code: *exit_code,
+                    },
+                    now,
+                );
+            }
+            ReportedResult::Failed { exit_code, message } => {
+                let outcome = AttemptOutcome::Failed {
+                    exit_code: *exit_code,
+                    message: message.clone(),
+                };
+                self.fail_attempt(key, outcome, None, now);
+            }
+            ReportedResult::TimedOut => self.fail_attempt(key, AttemptOutcome::TimedOut, None, now),
+        }
+    }
+
+    /// The number of the latest poll answer that carried assignments to this worker
+    /// (0 before the first). Sent with that answer; the worker echoes the highest it
+    /// has seen in `WorkerPoll::acked`.
+    pub fn answer_seq(&self, id: WorkerId) -> u64 {
+        self.worker(id).map_or(0, |w| w.answers)
+    }
+
+    /// Takes a worker out of scheduling: it finishes what it runs and gets nothing new.
+    pub fn drain_worker(&mut self, id: WorkerId) -> Result<(), WorkerError> {
+        let key = self.worker_key(id)?;
+        let worker = &mut self.workers[key];
+        if worker.state == WorkerState::Active {
+            self.total.sub(&worker.capacity);
+            worker.state = WorkerState::Draining;
+            self.total.add(worker.share_of_total());
+            self.index.remove(worker);
+            // Shares change, and jobs only this worker could run must be set aside.
+            self.keys_stale = true;
+            self.dirty = true;
+            self.effects.records.push(Record::Worker(id));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn lose_worker(&mut self, key: WorkerKey, now: Timestamp) {
+        let worker = &mut self.workers[key];
+        self.total.sub(worker.share_of_total());
+        worker.state = WorkerState::Lost;
+        worker.outbox.clear();
+        self.index.remove(worker);
+        let id = worker.id;
+        let attempts: Vec<JobKey> = worker.attempts.clone();
+        for job in attempts {
+            self.fail_attempt(job, AttemptOutcome::Lost, None, now);
+        }
+        self.keys_stale = true;
+        self.dirty = true;
+        self.effects.records.push(Record::Worker(id));
+    }
+}

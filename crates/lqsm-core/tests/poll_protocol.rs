@@ -1,0 +1,282 @@
+//! The worker poll protocol's delivery rules (docs/PROTOCOL.md): one waiting poll per
+//! worker, answered as soon as there is work or kill orders, else when its capped wait
+//! is over; numbered answers; one kill order per attempt; logs of refused reports
+//! dropped.
+#![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
+
+mod support;
+
+use lqsm_core::*;
+use std::time::Duration;
+use support::{Sim, one_core};
+
+fn sim_with_queue() -> (Sim, WorkerId) {
+    let mut sim = Sim::new(Config::default());
+    sim.queue("root.q", 100.0, 100.0);
+    let w = sim.worker("w", 4, 4000);
+    (sim, w)
+}
+
+/// Parks a long-poll that lists `running` and asks to wait `wait`; returns its ticket.
+fn park(sim: &mut Sim, w: WorkerId, poll: &WorkerPoll, wait: Duration) -> PollTicket {
+    let ticket = sim.ticket();
+    sim.rm.long_poll(w, ticket, poll, wait, sim.now).unwrap();
+    sim.drain_effects();
+    ticket
+}
+
+#[test]
+fn a_waiting_poll_is_answered_as_soon_as_work_is_assigned() {
+    let (mut sim, w) = sim_with_queue();
+    let ticket = park(&mut sim, w, &WorkerPoll::default(), Duration::from_secs(3));
+    assert!(
+        sim.answer_to(ticket).is_none(),
+        "nothing to say yet: it waits"
+    );
+    let id = sim.submit_n("root.q", 1, one_core())[0];
+    sim.pass();
+    let answer = sim
+        .answer_to(ticket)
+        .expect("answered in the batch that assigned");
+    assert_eq!(answer.worker, w);
+    assert_eq!(answer.assignments.len(), 1);
+    assert_eq!(answer.assignments[0].job, id);
+    assert_eq!(answer.seq, 1);
+}
+
+#[test]
+fn a_waiting_poll_with_nothing_to_say_is_answered_empty_when_its_wait_is_over() {
+    let (mut sim, w) = sim_with_queue();
+    let ticket = park(&mut sim, w, &WorkerPoll::default(), Duration::from_secs(3));
+    sim.advance(Duration::from_millis(2999));
+    sim.pass();
+    assert!(sim.answer_to(ticket).is_none(), "still within its wait");
+    sim.advance(Duration::from_millis(1));
+    sim.pass();
+    let answer = sim.answer_to(ticket).expect("its wait is over");
+    assert_eq!(
+        (answer.seq, answer.assignments.len(), answer.kills.len()),
+        (0, 0, 0)
+    );
+}
+
+#[test]
+fn the_wait_is_capped_by_the_longest_poll_and_by_half_the_heartbeat_timeout() {
+    let config = Config {
+        heartbeat_timeout: Duration::from_secs(10),
+        max_poll_wait: Duration::from_secs(30),
+        ..Config::default()
+    };
+    let mut sim = Sim::new(config);
+    sim.queue("root.q", 100.0, 100.0);
+    let w = sim.worker("w", 4, 4000);
+    assert_eq!(
+        sim.rm.poll_wait(Duration::from_secs(60)),
+        Duration::from_secs(5),
+        "half the heartbeat timeout: a waiting worker must not be taken for lost"
+    );
+    sim.rm.set_max_poll_wait(Duration::from_secs(2));
+    assert_eq!(
+        sim.rm.poll_wait(Duration::from_secs(60)),
+        Duration::from_secs(2)
+    );
+    assert_eq!(
+        sim.rm.poll_wait(Duration::from_secs(1)),
+        Duration::from_secs(1)
+    );
+
+    let ticket = park(&mut sim, w, &WorkerPoll::default(), Duration::from_secs(60));
+    sim.advance(Duration::from_secs(2));
+    sim.pass();
+    assert!(
+        sim.answer_to(ticket).is_some(),
+        "answered after the capped wait"
+    );
+}
+
+#[test]
+fn a_poll_that_does_not_wait_is_answered_in_its_own_batch() {
+    let (mut sim, w) = sim_with_queue();
+    let ticket = park(&mut sim, w, &WorkerPoll::default(), Duration::ZERO);
+    let answer = sim.answer_to(ticket).expect("answered at once");
+    assert_eq!(answer.seq, 0);
+}
+
+#[test]
+fn a_replaced_poll_is_answered_empty_with_its_own_refusals() {
+    let (mut sim, w) = sim_with_queue();
+    let id = sim.submit_n("root.q", 1, one_core())[0];
+    sim.pass();
+    sim.poll_running(w);
+    let token = sim.rm.job(id).unwrap().current_token().unwrap();
+    sim.succeed(w, id);
+    // The worker repeats the report (say it never saw the answer) in a waiting poll.
+    let repeat = WorkerPoll {
+        running: vec![],
+        finished: vec![AttemptReport {
+            job: id,
+            token,
+            result: ReportedResult::Succeeded {
+                result: None,
+                exit_code: Some(0),
+            },
+            started_at: None,
+        }],
+        acked: None,
+    };
+    let first = park(&mut sim, w, &repeat, Duration::from_secs(3));
+    assert!(sim.answer_to(first).is_none());
+    // Meanwhile work arrives, but a newer poll replaces the waiting one before the
+    // answer goes out: the work goes to the newer poll.
+    sim.submit_n("root.q", 1, one_core());
+    sim.rm.tick(sim.now);
+    sim.rm.schedule(sim.now);
+    let second = sim.ticket();
+    sim.rm
+        .long_poll(
+            w,
+            second,
+            &WorkerPoll::default(),
+            Duration::from_secs(3),
+            sim.now,
+        )
+        .unwrap();
+    sim.drain_effects();
+    let replaced = sim.answer_to(first).expect("the replaced poll is answered");
+    assert_eq!(replaced.seq, 0);
+    assert!(replaced.assignments.is_empty() && replaced.kills.is_empty());
+    assert_eq!(
+        replaced.refused.len(),
+        1,
+        "its refusals still reach the worker"
+    );
+    assert_eq!(replaced.refused[0].reason, RefusalReason::StaleAttempt);
+    let newer = sim.answer_to(second).expect("the newer poll gets the work");
+    assert_eq!(newer.assignments.len(), 1);
+    assert!(newer.refused.is_empty());
+}
+
+#[test]
+fn only_answers_carrying_assignments_are_numbered_counting_from_registration() {
+    let (mut sim, w) = sim_with_queue();
+    let empty = sim.take_assignments(w, &WorkerPoll::default());
+    assert_eq!(empty.seq, 0);
+    sim.submit_n("root.q", 1, one_core());
+    sim.pass();
+    let running = sim.still_running(w, None);
+    let first = sim.take_assignments(w, &WorkerPoll::default());
+    assert_eq!((first.seq, first.assignments.len()), (1, 1));
+    let held: Vec<(JobId, FencingToken)> = running
+        .into_iter()
+        .chain(first.assignments.iter().map(|a| (a.job, a.token)))
+        .collect();
+    let listing = WorkerPoll {
+        running: held.clone(),
+        finished: vec![],
+        acked: Some(first.seq),
+    };
+    assert_eq!(sim.take_assignments(w, &listing).seq, 0, "empty again");
+    sim.submit_n("root.q", 1, one_core());
+    sim.pass();
+    assert_eq!(sim.take_assignments(w, &listing).seq, 2);
+    // A worker that registers again counts afresh.
+    sim.worker_back(w, 4);
+    sim.submit_n("root.q", 1, one_core());
+    sim.pass();
+    let again = sim.take_assignments(w, &WorkerPoll::default());
+    assert_eq!(again.seq, 1);
+}
+
+#[test]
+fn an_attempt_killed_for_two_reasons_gets_one_kill_order() {
+    let (mut sim, w) = sim_with_queue();
+    let id = sim.submit_n("root.q", 1, one_core())[0];
+    sim.pass();
+    sim.poll_running(w);
+    let token = sim.rm.job(id).unwrap().current_token().unwrap();
+    sim.rm.cancel(id, "not needed", sim.now).unwrap();
+    // The worker, not yet told, still lists the attempt: stale, killed again.
+    let answer = sim.take_assignments(
+        w,
+        &WorkerPoll {
+            running: vec![(id, token)],
+            finished: vec![],
+            acked: None,
+        },
+    );
+    assert_eq!(answer.kills.len(), 1, "{:?}", answer.kills);
+    assert_eq!(answer.kills[0].reason, KillReason::Cancelled);
+    assert_eq!((answer.kills[0].job, answer.kills[0].token), (id, token));
+    // Both decisions are on the account; the order went out once.
+    assert_eq!(sim.log.kills.len(), 2);
+    let later = sim.take_assignments(w, &WorkerPoll::default());
+    assert!(later.kills.is_empty(), "an order is sent once");
+}
+
+#[test]
+fn a_kill_order_wakes_a_waiting_poll() {
+    let (mut sim, w) = sim_with_queue();
+    let id = sim.submit_n("root.q", 1, one_core())[0];
+    sim.pass();
+    sim.poll_running(w);
+    let running = WorkerPoll {
+        running: sim.still_running(w, None),
+        finished: vec![],
+        acked: None,
+    };
+    let ticket = park(&mut sim, w, &running, Duration::from_secs(3));
+    assert!(sim.answer_to(ticket).is_none());
+    sim.rm.cancel(id, "stop", sim.now).unwrap();
+    sim.drain_effects();
+    let answer = sim.answer_to(ticket).expect("woken by the kill order");
+    assert_eq!(answer.kills.len(), 1);
+    assert_eq!(answer.kills[0].job, id);
+}
+
+#[test]
+fn logs_of_refused_reports_are_dropped() {
+    let (mut sim, w) = sim_with_queue();
+    let id = sim.submit_n("root.q", 1, one_core())[0];
+    sim.pass();
+    sim.poll_running(w);
+    let token = sim.rm.job(id).unwrap().current_token().unwrap();
+    let stale = FencingToken(token.0 + 1000);
+    let report = |token| AttemptReport {
+        job: id,
+        token,
+        result: ReportedResult::Succeeded {
+            result: None,
+            exit_code: Some(0),
+        },
+        started_at: None,
+    };
+    let poll = WorkerPoll {
+        running: vec![],
+        finished: vec![report(stale), report(token)],
+        acked: None,
+    };
+    let outcome = sim.rm.worker_polled(w, &poll, sim.now).unwrap();
+    assert_eq!(outcome.refused.len(), 1);
+    let kept = outcome.accepted_logs(vec![(id, stale, "old"), (id, token, "current")]);
+    assert_eq!(kept, vec![(id, "current")]);
+}
+
+#[test]
+fn an_unknown_worker_poll_is_refused_and_nothing_waits() {
+    let (mut sim, _) = sim_with_queue();
+    let stranger = WorkerId(uuid::Uuid::from_u128(99));
+    let ticket = sim.ticket();
+    let err = sim
+        .rm
+        .long_poll(
+            stranger,
+            ticket,
+            &WorkerPoll::default(),
+            Duration::ZERO,
+            sim.now,
+        )
+        .unwrap_err();
+    assert_eq!(err, WorkerError::Unknown(stranger));
+    sim.drain_effects();
+    assert!(sim.answer_to(ticket).is_none());
+}
