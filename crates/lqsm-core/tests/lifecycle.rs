@@ -966,3 +966,25 @@ fn every_resource_vector_is_checked_against_the_same_bounds_naming_the_wire_fiel
         "resources.custom.licences"
     );
 }
+
+#[test]
+fn a_missing_queue_in_a_large_tree_is_reported_with_the_children_of_its_nearest_ancestor() {
+    let mut sim = Sim::new(Config::default());
+    sim.queue("root.users", 50.0, 100.0);
+    for i in 0..100 {
+        sim.queue(&format!("root.users.u{i:03}"), 0.5, 100.0);
+    }
+    let Err(err) = sim.rm.queue("root.users.u1000.inbox") else {
+        panic!("root.users.u1000.inbox does not exist");
+    };
+    let err = err.to_string();
+    assert!(
+        err.starts_with(
+            "queue `root.users.u1000.inbox` does not exist (known: root.users.u000, root.users.u001"
+        ),
+        "{err}"
+    );
+    assert!(err.ends_with("and 92 more)"), "{err}");
+    assert!(sim.rm.find_queue("root.users.u1000").is_none());
+    assert!(sim.rm.find_queue("root.users.u099").is_some());
+}

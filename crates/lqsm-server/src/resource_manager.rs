@@ -422,8 +422,8 @@ impl Actor {
                 Command::CreateQueues { queues, reply } => {
                     let results = queues
                         .into_iter()
-                        .map(|(path, config)| match self.rm.queue(&path) {
-                            Ok(existing) if existing.config() == &config => Ok(false),
+                        .map(|(path, config)| match self.rm.find_queue(&path) {
+                            Some(existing) if existing.config() == &config => Ok(false),
                             _ => self.rm.create_queue(&path, config).map(|_| true),
                         })
                         .collect();

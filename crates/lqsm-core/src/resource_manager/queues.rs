@@ -325,20 +325,52 @@ impl ResourceManager {
         QueuePath::parse(path)?;
         Err(QueueError::NotFound {
             path: path.to_owned(),
-            known: self.known_queues(),
+            known: self.known_queues_near(path),
         })
     }
 
-    pub(crate) fn known_queues(&self) -> String {
-        let mut known: Vec<&str> = self.queue_ids.keys().map(QueuePath::as_str).collect();
+    /// A few existing queues to spot a typo in `path` by: all of them (sorted) in a small
+    /// tree; in a large one, children of the nearest ancestor that exists. A miss must
+    /// cost a few lookups, not a sort of 100,000 paths: it is on the scheduler's thread.
+    pub(crate) fn known_queues_near(&self, path: &str) -> String {
+        const SHOWN: usize = 8;
+        const SMALL_TREE: usize = 64;
+        let (mut known, total): (Vec<&str>, usize) = if self.queue_ids.len() <= SMALL_TREE {
+            let all = self.queue_ids.keys().map(QueuePath::as_str).collect();
+            (all, self.queue_ids.len())
+        } else {
+            let mut ancestor = ROOT;
+            let mut prefix = path;
+            while let Some((parent, _)) = prefix.rsplit_once('.') {
+                if let Some(id) = self.queue_ids.get(parent) {
+                    ancestor = *id;
+                    break;
+                }
+                prefix = parent;
+            }
+            let children = &self.node(ancestor).children;
+            let first = children.iter().take(SHOWN);
+            let shown = first.map(|c| self.node(*c).path.as_str()).collect();
+            (shown, children.len())
+        };
         known.sort_unstable();
-        let more = known.len().saturating_sub(8);
-        known.truncate(8);
+        known.truncate(SHOWN);
+        let more = total.saturating_sub(known.len());
         let mut text = known.join(", ");
         if more > 0 {
             text.push_str(&format!(" and {more} more"));
         }
         text
+    }
+
+    /// The queue at `path`, or `None`; unlike [`ResourceManager::queue`] a miss costs
+    /// nothing (no error message to build).
+    pub fn find_queue(&self, path: &str) -> Option<QueueView<'_>> {
+        let id = *self.queue_ids.get(path)?;
+        Some(QueueView {
+            rm: self,
+            node: self.node(id),
+        })
     }
 
     /// The queue at `path`.
