@@ -335,6 +335,11 @@ pub enum WorkersCommand {
         /// The worker's id.
         id: Uuid,
     },
+    /// Put a drained worker back to work.
+    Undrain {
+        /// The worker's id.
+        id: Uuid,
+    },
 }
 
 fn worker_rows(workers: &[api::WorkerView]) -> Vec<Vec<String>> {
@@ -383,6 +388,11 @@ pub async fn workers(client: &Client, cmd: &WorkersCommand, output: Output) -> a
         }
         WorkersCommand::Drain { id } => {
             let view = client.drain_worker(*id).await?;
+            let rows = worker_rows(std::slice::from_ref(&view));
+            print(output, &table(&WORKER_HEADER, &rows), &view);
+        }
+        WorkersCommand::Undrain { id } => {
+            let view = client.undrain_worker(*id).await?;
             let rows = worker_rows(std::slice::from_ref(&view));
             print(output, &table(&WORKER_HEADER, &rows), &view);
         }

@@ -335,7 +335,7 @@ fn jobs_by_state(cli: &Cli) -> BTreeMap<String, u64> {
 }
 
 #[test]
-fn a_drained_worker_takes_no_new_jobs() {
+fn a_drained_worker_takes_no_new_jobs_until_undrained() {
     let c = Cluster::start(&[], &[("w1", 1), ("w2", 1)]);
     let w1 = c.worker_view("w1").unwrap();
     let w2 = c.worker_view("w2").unwrap();
@@ -354,6 +354,18 @@ fn a_drained_worker_takes_no_new_jobs() {
         );
     }
     assert_eq!(c.worker_view("w1").unwrap().state, "draining");
+
+    let back: lqsm_api::WorkerView = c.cli.json(&["workers", "undrain", &w1.id.to_string()]);
+    assert_eq!(back.state, "active", "{back:#?}");
+    // With w2 drained in turn, the next job can only go to w1.
+    c.cli.run(&["workers", "drain", &w2.id.to_string()]).success();
+    let after = c.cli.submit(&["--", "true"]);
+    let job = c.wait_finished(after);
+    assert_eq!(job.state, "succeeded", "{job:#?}");
+    assert!(
+        job.attempts.iter().all(|a| a.worker == w1.id),
+        "the undrained worker must take work again: {job:#?}"
+    );
 }
 
 #[test]

@@ -344,6 +344,15 @@ impl Client {
         self.send(req, "a worker").await
     }
 
+    /// Puts a draining worker back to work (`POST /v1/workers/{id}/undrain`).
+    pub async fn undrain_worker(&self, worker: Uuid) -> Result<api::WorkerView, ClientError> {
+        let req = self.request(
+            Method::POST,
+            &["v1", "workers", &worker.to_string(), "undrain"],
+        );
+        self.send(req, "a worker").await
+    }
+
     /// A worker's poll: heartbeat, finished reports and a long-poll for work of up to
     /// `poll.wait_ms` (`POST /v1/workers/{id}/poll`).
     ///

@@ -46,6 +46,9 @@ enum Op {
     DrainWorker {
         worker: usize,
     },
+    UndrainWorker {
+        worker: usize,
+    },
     Cancel {
         job: usize,
     },
@@ -80,6 +83,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(worker, finish, succeed, repeat_old_report)| Op::Poll { worker, finish, succeed, repeat_old_report }),
         1 => (0..8usize).prop_map(|worker| Op::Silence { worker }),
         1 => (0..8usize).prop_map(|worker| Op::DrainWorker { worker }),
+        1 => (0..8usize).prop_map(|worker| Op::UndrainWorker { worker }),
         1 => (0..200usize).prop_map(|job| Op::Cancel { job }),
         3 => (1..8u64).prop_map(|secs| Op::Advance { secs }),
         1 => (0..LEAVES.len(), prop_oneof![
@@ -267,6 +271,11 @@ impl World {
             Op::DrainWorker { worker } => {
                 if let Some(w) = self.pick_worker(*worker) {
                     let _ = self.sim.rm.drain_worker(w);
+                }
+            }
+            Op::UndrainWorker { worker } => {
+                if let Some(w) = self.pick_worker(*worker) {
+                    let _ = self.sim.rm.undrain_worker(w);
                 }
             }
             Op::Cancel { job } => {

@@ -698,6 +698,34 @@ fn drained_worker_gets_nothing_new_and_finishes_what_it_runs() {
 }
 
 #[test]
+fn an_undrained_worker_takes_new_work_again() {
+    let (mut sim, w) = sim_with_queue();
+    sim.rm.drain_worker(w).unwrap();
+    let waiting = sim.submit_n("root.q", 1, one_core())[0];
+    sim.pass();
+    assert_eq!(sim.state(waiting), JobState::Pending);
+    assert_eq!(
+        sim.rm.total().cpu,
+        Millicores(0),
+        "a drained idle worker offers nothing"
+    );
+
+    sim.rm.undrain_worker(w).unwrap();
+    assert_eq!(sim.rm.worker(w).unwrap().state, WorkerState::Active);
+    assert_eq!(sim.rm.total().cpu, Millicores(4000));
+    sim.pass();
+    assert_eq!(sim.state(waiting), JobState::Scheduled);
+    // Undraining an active worker changes nothing; a lost or unknown one is refused.
+    sim.rm.undrain_worker(w).unwrap();
+    let unknown = WorkerId(uuid::Uuid::from_u128(77));
+    assert_eq!(
+        sim.rm.undrain_worker(unknown),
+        Err(WorkerError::Unknown(unknown))
+    );
+    sim.check();
+}
+
+#[test]
 fn queue_counters_follow_the_jobs() {
     let (mut sim, w) = sim_with_queue();
     let ids = sim.submit_n("root.q", 3, one_core());

@@ -955,6 +955,23 @@ async fn drain_worker(
         .ok_or_else(|| ApiError::not_found("worker vanished"))
 }
 
+#[utoipa::path(post, path = "/v1/workers/{id}/undrain", params(("id" = String, Path)), responses((status = 200, body = api::WorkerView), (status = "4XX", body = api::ErrorBody)))]
+async fn undrain_worker(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<api::WorkerView>> {
+    state.auth.role(&headers)?.require_worker()?;
+    let id = parse_worker_id(&id)?;
+    state.runtime.undrain_worker(id).await??;
+    let view = state
+        .runtime
+        .read(move |rm| rm.worker(id).map(worker_view))
+        .await?;
+    view.map(Json)
+        .ok_or_else(|| ApiError::not_found("worker vanished"))
+}
+
 #[utoipa::path(get, path = "/v1/workers", responses((status = 200, body = Vec<api::WorkerView>)))]
 async fn list_workers(
     State(state): State<AppState>,
@@ -1101,6 +1118,7 @@ async fn not_found() -> ApiError {
         register_worker,
         poll_worker,
         drain_worker,
+        undrain_worker,
         list_workers,
         cluster
     ),
@@ -1165,6 +1183,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/workers", post(register_worker).get(list_workers))
         .route("/v1/workers/{id}/poll", post(poll_worker))
         .route("/v1/workers/{id}/drain", post(drain_worker))
+        .route("/v1/workers/{id}/undrain", post(undrain_worker))
         .route("/v1/cluster", get(cluster))
         .route("/v1/openapi.json", get(openapi))
         .route("/healthz", get(healthz))

@@ -73,6 +73,10 @@ enum Command {
         id: WorkerId,
         reply: oneshot::Sender<Result<(), WorkerError>>,
     },
+    UndrainWorker {
+        id: WorkerId,
+        reply: oneshot::Sender<Result<(), WorkerError>>,
+    },
     Poll {
         worker: WorkerId,
         poll: WorkerPoll,
@@ -179,6 +183,12 @@ impl Runtime {
     /// Drains a worker.
     pub async fn drain_worker(&self, id: WorkerId) -> Result<Result<(), WorkerError>, Stopped> {
         self.call(|reply| Command::DrainWorker { id, reply }).await
+    }
+
+    /// Puts a draining worker back to work.
+    pub async fn undrain_worker(&self, id: WorkerId) -> Result<Result<(), WorkerError>, Stopped> {
+        self.call(|reply| Command::UndrainWorker { id, reply })
+            .await
     }
 
     /// A worker's poll, with the logs of the attempts it reports finished; waits up to
@@ -437,6 +447,9 @@ impl Actor {
                         reply,
                         self.rm.register_worker(registration, now),
                     ));
+                }
+                Command::UndrainWorker { id, reply } => {
+                    replies.push(Reply::Worker(reply, self.rm.undrain_worker(id)));
                 }
                 Command::DrainWorker { id, reply } => {
                     replies.push(Reply::Worker(reply, self.rm.drain_worker(id)));

@@ -343,6 +343,28 @@ impl ResourceManager {
         Ok(())
     }
 
+    /// Puts a draining worker back to work: it takes new attempts again and its whole
+    /// capacity counts in the cluster total. An active worker stays as it is; a lost
+    /// one must register again.
+    pub fn undrain_worker(&mut self, id: WorkerId) -> Result<(), WorkerError> {
+        let key = self.worker_key(id)?;
+        let worker = &mut self.workers[key];
+        if worker.state != WorkerState::Draining {
+            return Ok(());
+        }
+        self.total.sub(worker.share_of_total());
+        worker.state = WorkerState::Active;
+        self.total.add(&worker.capacity);
+        if !self.unclaimed.contains_key(&id) {
+            self.index.upsert(key, worker);
+        }
+        self.unpark_all();
+        self.keys_stale = true;
+        self.dirty = true;
+        self.effects.records.push(Record::Worker(id));
+        Ok(())
+    }
+
     pub(crate) fn lose_worker(&mut self, key: WorkerKey, now: Timestamp) {
         let worker = &mut self.workers[key];
         self.total.sub(worker.share_of_total());
