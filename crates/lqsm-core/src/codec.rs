@@ -322,6 +322,19 @@ fn put_spec(out: &mut Vec<u8>, spec: &JobSpec) {
     }
 }
 
+/// The name of a job state, as the wire and the store's indexes spell it.
+pub fn state_name(state: JobState) -> &'static str {
+    match state {
+        JobState::Pending => "pending",
+        JobState::Scheduled => "scheduled",
+        JobState::Running => "running",
+        JobState::Succeeded => "succeeded",
+        JobState::Failed => "failed",
+        JobState::Cancelled => "cancelled",
+        JobState::Expired => "expired",
+    }
+}
+
 fn state_tag(state: JobState) -> u8 {
     match state {
         JobState::Pending => 0,
@@ -805,6 +818,14 @@ mod tests {
             record.attempts[0].outcome = Some(outcome.clone());
             record.termination = Some(termination.clone());
             assert_eq!(decode_job(&encode_job(&record)), Ok(record.clone()));
+        }
+    }
+
+    #[test]
+    fn state_names_are_the_wire_names() {
+        for state in (0..7).map(|tag| state_from(tag).expect("a state")) {
+            let wire = serde_json::to_value(state).expect("serialises");
+            assert_eq!(wire.as_str(), Some(state_name(state)));
         }
     }
 
