@@ -7,6 +7,7 @@
 //! from a seed, and every outcome the shell must act on is returned as
 //! [`Effects`]. The same inputs always give the same state and the same effects.
 
+pub mod codec;
 pub mod effects;
 mod hashing;
 pub mod ids;

@@ -13,8 +13,10 @@ use std::time::Duration;
 pub struct ServerConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Where the embedded store keeps its files.
+    /// The data directory: where the embedded store keeps its files.
     pub data_dir: PathBuf,
+    /// Which store backend holds the durable state.
+    pub store: StoreConfig,
     /// Allow listening beyond loopback without tokens.
     pub insecure: bool,
     /// Bearer tokens and their roles. None: no authentication (loopback only).
@@ -32,11 +34,55 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7420)),
             data_dir: PathBuf::from("./lqsm-data"),
+            store: StoreConfig::default(),
             insecure: false,
             tokens: Vec::new(),
             queues: Vec::new(),
             scheduler: SchedulerConfig::default(),
             limits: Limits::default(),
+        }
+    }
+}
+
+/// The `[store]` section: the backend and the lease this server writes under.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The backend; `embedded` (the default) keeps everything in `data_dir`.
+    pub backend: StoreBackend,
+    /// The name this server holds the store's lease under. Keep it the same across restarts
+    /// of one server, so that a restart takes the lease over at once.
+    pub node: String,
+    /// How long the lease lasts unless renewed (it is renewed every third of this).
+    pub lease_ttl_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: StoreBackend::Embedded,
+            node: "lqsm-server".to_owned(),
+            lease_ttl_ms: 30_000,
+        }
+    }
+}
+
+/// The store backends this build has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum StoreBackend {
+    /// One data directory, nothing to install (`lqsm_store::EmbeddedStore`).
+    Embedded,
+}
+
+impl TryFrom<String> for StoreBackend {
+    type Error = String;
+    fn try_from(name: String) -> Result<Self, String> {
+        match name.as_str() {
+            "embedded" => Ok(Self::Embedded),
+            other => Err(format!(
+                "store.backend `{other}` is not a backend this build has; use \"embedded\" (the default)"
+            )),
         }
     }
 }
@@ -174,6 +220,23 @@ mod tests {
         assert_eq!(config.tokens.len(), 3);
         assert_eq!(config.queues.len(), 3);
         assert_eq!(config.queues[1].path, "root.etl.daily");
+    }
+
+    #[test]
+    fn the_store_defaults_to_the_embedded_backend() {
+        let config = ServerConfig::from_toml("").expect("empty config");
+        assert_eq!(config.store.backend, StoreBackend::Embedded);
+        let config = ServerConfig::from_toml("[store]\nbackend = \"embedded\"\nnode = \"a\"\n")
+            .expect("explicit embedded");
+        assert_eq!(config.store.node, "a");
+    }
+
+    #[test]
+    fn an_unknown_store_backend_is_refused_naming_the_field() {
+        let err = ServerConfig::from_toml("[store]\nbackend = \"postgres\"\n")
+            .expect_err("no such backend");
+        assert!(err.contains("store.backend `postgres`"), "{err}");
+        assert!(err.contains("embedded"), "{err}");
     }
 
     #[test]

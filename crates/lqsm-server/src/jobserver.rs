@@ -182,8 +182,7 @@ fn offload(
     let handler = req.kind.handler().map(Into::into);
     let stub = lqsm_core::JobKind::Stored { handler };
     let kind = std::mem::replace(&mut req.kind, stub);
-    let bytes = serde_json::to_vec(&kind).expect("job kinds always serialise");
-    (req, Some(bytes))
+    (req, Some(lqsm_core::codec::encode_payload(&kind)))
 }
 
 #[utoipa::path(post, path = "/v1/jobs", request_body = api::SubmitJob,

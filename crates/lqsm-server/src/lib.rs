@@ -9,9 +9,10 @@ pub mod jobserver;
 pub mod metrics;
 pub mod resource_manager;
 
-use crate::config::ServerConfig;
-use lqsm_core::{JobRecord, QueueRecord, ResourceManager, RestoreInput};
-use lqsm_store::{EmbeddedStore, Store};
+use crate::config::{ServerConfig, StoreBackend};
+use lqsm_core::codec::{self, CodecError};
+use lqsm_core::{JobRecord, ResourceManager, RestoreInput};
+use lqsm_store::{EmbeddedStore, Lease, Store};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +32,15 @@ pub enum ServerError {
     /// The stored state cannot be rebuilt.
     #[error(transparent)]
     Restore(#[from] lqsm_core::RestoreError),
+    /// A stored record was written by a newer LQSM: the data is fine, this binary is too
+    /// old for it.
+    #[error("stored {what} cannot be read: {source}")]
+    NewerFormat {
+        /// Which record, e.g. "job 0190…".
+        what: String,
+        /// The format found and the newest this build reads.
+        source: CodecError,
+    },
     /// Listening failed.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -41,16 +51,28 @@ pub enum ServerError {
     },
 }
 
+/// Meta key saying that every job record is in the current format with its index fields
+/// (data of the first releases is JSON and has no index; [`upgrade_records`] rewrites it).
+pub const RECORDS_UPGRADED: &str = "records_upgraded";
+
 /// Rebuilds the core from the store (or starts a fresh cluster with `root.default`).
 pub fn restore(store: &dyn Store, config: &ServerConfig) -> Result<ResourceManager, ServerError> {
+    restore_and_check(store, config).map(|(rm, _)| rm)
+}
+
+/// As [`restore`], and says whether the store's records still need [`upgrade_records`].
+fn restore_and_check(
+    store: &dyn Store,
+    config: &ServerConfig,
+) -> Result<(ResourceManager, bool), ServerError> {
     let started = std::time::Instant::now();
     let mut snapshot = store.load()?;
+    let needs_upgrade = !snapshot.meta.iter().any(|(k, _)| k == RECORDS_UPGRADED);
     let loaded = started.elapsed();
     // The low bits of a UUIDv7 are random: a fresh seed per process.
     let seed = uuid::Uuid::now_v7().as_u128() as u64;
     let core_config = config.scheduler.core();
     let now = resource_manager::wall_clock();
-    let corrupt = |what: String| lqsm_store::StoreError::Corrupt { what };
     let fresh = snapshot.queues.is_empty() && snapshot.jobs.is_empty();
     let mut rm = if fresh {
         let mut rm = ResourceManager::new(core_config, resource_manager::policies(), seed)
@@ -68,8 +90,7 @@ pub fn restore(store: &dyn Store, config: &ServerConfig) -> Result<ResourceManag
             .queues
             .iter()
             .map(|(path, bytes)| {
-                serde_json::from_slice::<QueueRecord>(bytes)
-                    .map_err(|e| corrupt(format!("queue `{path}`: {e}")))
+                codec::decode_queue(bytes).map_err(|e| record_error(format!("queue `{path}`"), e))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let jobs = decode_jobs(std::mem::take(&mut snapshot.jobs))?;
@@ -109,7 +130,62 @@ pub fn restore(store: &dyn Store, config: &ServerConfig) -> Result<ResourceManag
     for warning in apply_declared_queues(&mut rm, config)? {
         tracing::warn!("{warning}");
     }
-    Ok(rm)
+    Ok((rm, needs_upgrade))
+}
+
+/// Jobs rewritten per commit by [`upgrade_records`]: each commit stays well under a second.
+const UPGRADE_BATCH: usize = 50_000;
+
+/// Rewrites every job and queue record in the current format, with the index fields the
+/// store's reads need, then marks the store upgraded ([`RECORDS_UPGRADED`]). Done once, on
+/// the first start of a release with indexes over data of an older one; a crash half-way
+/// only means it runs again. Returns the number of jobs rewritten.
+pub fn upgrade_records(
+    store: &dyn Store,
+    rm: &ResourceManager,
+    epoch: lqsm_store::Epoch,
+) -> Result<usize, ServerError> {
+    let mut batch = lqsm_store::WriteBatch {
+        epoch,
+        ..lqsm_store::WriteBatch::default()
+    };
+    let mut rewritten = 0;
+    for job in rm.jobs() {
+        if let Some(record) = rm.job_record(job.id) {
+            batch.jobs.push(resource_manager::job_entry(&record));
+            rewritten += 1;
+        }
+        if batch.jobs.len() == UPGRADE_BATCH {
+            store.commit(&batch)?;
+            batch.jobs.clear();
+        }
+    }
+    for view in rm.queues() {
+        if let Some(record) = rm.queue_record(view.id()) {
+            batch
+                .queues
+                .push((record.path.to_string(), codec::encode_queue(&record)));
+        }
+    }
+    batch.meta.push((
+        RECORDS_UPGRADED.to_owned(),
+        codec::CURRENT_FORMAT.to_le_bytes().to_vec(),
+    ));
+    store.commit(&batch)?;
+    Ok(rewritten)
+}
+
+/// A record that cannot be decoded: written by a newer LQSM, or damaged.
+fn record_error(what: String, error: CodecError) -> ServerError {
+    match error {
+        CodecError::NewerFormat { .. } => ServerError::NewerFormat {
+            what,
+            source: error,
+        },
+        CodecError::Corrupt(why) => ServerError::Store(lqsm_store::StoreError::Corrupt {
+            what: format!("{what}: {why}"),
+        }),
+    }
 }
 
 /// Decodes job records on every core, freeing each raw record once decoded.
@@ -127,39 +203,85 @@ fn decode_jobs(raw: Vec<(lqsm_store::JobKey, Vec<u8>)>) -> Result<Vec<JobRecord>
     }
     chunks.push(rest);
     let decode = |chunk: Vec<(lqsm_store::JobKey, Vec<u8>)>| {
+        let mut decoder = codec::JobDecoder::default();
         chunk
             .into_iter()
             .map(|(key, bytes)| {
-                serde_json::from_slice::<JobRecord>(&bytes).map_err(|e| {
-                    lqsm_store::StoreError::Corrupt {
-                        what: format!("job {}: {e}", uuid::Uuid::from_bytes(key)),
-                    }
-                })
+                decoder
+                    .decode(&bytes)
+                    .map_err(|e| record_error(format!("job {}", uuid::Uuid::from_bytes(key)), e))
             })
             .collect::<Result<Vec<_>, _>>()
     };
-    let decoded: Vec<Result<Vec<JobRecord>, lqsm_store::StoreError>> =
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = chunks
-                .into_iter()
-                .map(|chunk| scope.spawn(move || decode(chunk)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(lqsm_store::StoreError::Corrupt {
-                            what: "a job record could not be decoded".into(),
-                        })
-                    })
+    let decoded: Vec<Result<Vec<JobRecord>, ServerError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| scope.spawn(move || decode(chunk)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(ServerError::Store(lqsm_store::StoreError::Corrupt {
+                        what: "a job record could not be decoded".into(),
+                    }))
                 })
-                .collect()
-        });
+            })
+            .collect()
+    });
     let mut jobs = Vec::new();
     for part in decoded {
         jobs.extend(part?);
     }
     Ok(jobs)
+}
+
+/// Opens the store the config names (`[store] backend`).
+pub fn open_store(config: &ServerConfig) -> Result<Arc<dyn Store>, ServerError> {
+    match config.store.backend {
+        StoreBackend::Embedded => Ok(Arc::new(EmbeddedStore::open(&config.data_dir)?)),
+    }
+}
+
+/// Takes the store's lease for this server (a new epoch, which fences any earlier writer)
+/// and keeps renewing it every third of its time to live while the returned task runs.
+pub fn take_lease(
+    store: &Arc<dyn Store>,
+    config: &ServerConfig,
+) -> Result<(Lease, tokio::task::JoinHandle<()>), ServerError> {
+    let ttl = Duration::from_millis(config.store.lease_ttl_ms.max(1));
+    let now = resource_manager::wall_clock().0;
+    let lease = store.acquire_lease(&config.store.node, ttl, now)?;
+    let renewing = {
+        let store = store.clone();
+        let mut lease = lease.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(ttl / 3);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let store = store.clone();
+                let current = lease.clone();
+                let renewed = tokio::task::spawn_blocking(move || {
+                    store.renew_lease(&current, ttl, resource_manager::wall_clock().0)
+                })
+                .await;
+                match renewed {
+                    Ok(Ok(renewed)) => lease = renewed,
+                    // Commits at this epoch are refused from now on, which stops the server.
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "the store's lease could not be renewed");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "the lease renewal task failed");
+                        return;
+                    }
+                }
+            }
+        })
+    };
+    Ok((lease, renewing))
 }
 
 /// Creates the queues the config declares that do not exist yet.
@@ -259,23 +381,33 @@ pub async fn serve(
             }
         });
     }
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&config.data_dir)?);
-    let mut rm = restore(store.as_ref(), &config)?;
+    let store = open_store(&config)?;
+    let (lease, renewing) = take_lease(&store, &config)?;
+    let (mut rm, needs_upgrade) = restore_and_check(store.as_ref(), &config)?;
+    if needs_upgrade {
+        let started = std::time::Instant::now();
+        let jobs = upgrade_records(store.as_ref(), &rm, lease.epoch)?;
+        tracing::info!(
+            jobs,
+            ms = started.elapsed().as_millis() as u64,
+            "rewrote the stored records in the current format, with their index"
+        );
+    }
     // What starting changed (a fresh tree, declared queues) is durable before serving.
     let effects = rm.take_effects();
-    let batch = resource_manager::write_batch(&rm, &effects);
+    let batch = resource_manager::write_batch(&rm, &effects, lease.epoch);
     if !batch.is_empty() {
         store.commit(&batch)?;
     }
     let longest_poll = Duration::from_millis(config.scheduler.max_poll_wait_ms);
-    let (runtime, actor) = resource_manager::spawn(rm, store.clone(), longest_poll);
+    let (runtime, actor) = resource_manager::spawn(rm, store.clone(), lease.epoch, longest_poll);
     let state = jobserver::AppState {
         runtime,
         auth: Arc::new(auth::Auth::new(&config.tokens)),
         limits: config.limits.clone(),
         ready: Arc::new(AtomicBool::new(true)),
         metrics,
-        store,
+        store: store.clone(),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -310,7 +442,13 @@ pub async fn serve(
         .with_graceful_shutdown(stop)
         .await
         .map_err(|source| ServerError::Listen { addr, source })?;
-    match actor.await {
+    renewing.abort();
+    let result = actor.await;
+    // Let the next server take over at once (a restart of this one would anyway).
+    if let Err(e) = store.resign_lease(&lease) {
+        tracing::warn!(error = %e, "could not resign the store's lease");
+    }
+    match result {
         Ok(Ok(result)) => result.map_err(ServerError::from),
         Ok(Err(e)) | Err(e) => Err(ServerError::Config(format!(
             "resource manager task failed: {e}"

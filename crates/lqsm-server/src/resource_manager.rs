@@ -12,7 +12,8 @@ use lqsm_core::{
     RefusalReason, ResourceManager, SubmitError, SubmitRequest, Submitted, Timestamp, WorkerError,
     WorkerId, WorkerPoll, WorkerRegistration,
 };
-use lqsm_store::{Store, WriteBatch};
+use lqsm_core::{JobRecord, codec};
+use lqsm_store::{Epoch, JobIndex, JobWrite, Store, WriteBatch};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -264,11 +265,18 @@ pub struct Actor {
     waiting_polls: HashMap<PollTicket, oneshot::Sender<Result<PollAnswer, WorkerError>>>,
     next_ticket: u64,
     waiting_jobs: HashMap<JobId, Vec<(Instant, oneshot::Sender<()>)>>,
+    /// The epoch of this server's lease: every commit carries it, so that the store refuses
+    /// them once another server has taken over.
+    epoch: Epoch,
 }
 
-/// Encodes what a batch changed into one store write.
-pub fn write_batch(rm: &ResourceManager, effects: &Effects) -> WriteBatch {
-    let mut batch = WriteBatch::default();
+/// Encodes what a batch changed into one store write at `epoch`, in the current record
+/// format ([`lqsm_core::codec`]).
+pub fn write_batch(rm: &ResourceManager, effects: &Effects, epoch: Epoch) -> WriteBatch {
+    let mut batch = WriteBatch {
+        epoch,
+        ..WriteBatch::default()
+    };
     let mut seen = HashSet::new();
     for record in &effects.records {
         match record {
@@ -277,15 +285,15 @@ pub fn write_batch(rm: &ResourceManager, effects: &Effects) -> WriteBatch {
                     continue;
                 }
                 if let Some(r) = rm.job_record(*id) {
-                    let bytes = serde_json::to_vec(&r).expect("job records always serialise");
-                    batch.jobs.push((*id.0.as_bytes(), bytes));
+                    batch.jobs.push(job_entry(&r));
                 }
             }
             Record::JobPurged(id) => batch.deleted_jobs.push(*id.0.as_bytes()),
             Record::Queue(id) => {
                 if let Some(r) = rm.queue_record(*id) {
-                    let bytes = serde_json::to_vec(&r).expect("queue records always serialise");
-                    batch.queues.push((r.path.to_string(), bytes));
+                    batch
+                        .queues
+                        .push((r.path.to_string(), codec::encode_queue(&r)));
                 }
             }
             Record::QueueDeleted { path, .. } => batch.deleted_queues.push(path.to_string()),
@@ -299,6 +307,19 @@ pub fn write_batch(rm: &ResourceManager, effects: &Effects) -> WriteBatch {
         ));
     }
     batch
+}
+
+/// A job record as the store keeps it: encoded, with the fields the store indexes.
+pub fn job_entry(record: &JobRecord) -> JobWrite {
+    JobWrite {
+        key: *record.id.0.as_bytes(),
+        record: codec::encode_job(record),
+        index: JobIndex {
+            queue: record.queue.to_string(),
+            state: codec::state_name(record.state).to_owned(),
+            tags: record.spec.tags().to_vec(),
+        },
+    }
 }
 
 /// Meta key of the fencing-token high-water mark.
@@ -329,6 +350,7 @@ fn refusal(r: &lqsm_core::RefusedReport) -> api::RefusedReport {
 pub fn spawn(
     rm: ResourceManager,
     store: Arc<dyn Store>,
+    epoch: Epoch,
     longest_poll: Duration,
 ) -> (
     Runtime,
@@ -345,6 +367,7 @@ pub fn spawn(
         waiting_polls: HashMap::new(),
         next_ticket: 0,
         waiting_jobs: HashMap::new(),
+        epoch,
     };
     (Runtime { tx }, tokio::spawn(actor.run()))
 }
@@ -487,7 +510,7 @@ impl Actor {
             metrics::histogram!("lqsm_schedule_seconds").record(started.elapsed().as_secs_f64());
         }
         let effects = self.rm.take_effects();
-        let mut write = write_batch(&self.rm, &effects);
+        let mut write = write_batch(&self.rm, &effects, self.epoch);
         write.payloads = payloads;
         write.logs = job_logs;
         if !write.is_empty() {
@@ -655,7 +678,13 @@ pub fn fetch_kinds(
             .iter()
             .zip(found)
             .filter_map(|(key, bytes)| {
-                let kind: lqsm_core::JobKind = serde_json::from_slice(&bytes?).ok()?;
+                let kind = match codec::decode_payload(&bytes?) {
+                    Ok(kind) => kind,
+                    Err(e) => {
+                        tracing::error!(job = %uuid::Uuid::from_bytes(*key), error = %e, "cannot decode a job's payload");
+                        return None;
+                    }
+                };
                 Some((*key, convert::kind_view(&kind)))
             })
             .collect(),

@@ -5,21 +5,36 @@
 //! journal as a single checksummed entry and fsynced before `commit` returns, so after a crash
 //! the journal replays every acknowledged batch and drops a torn last one whole.
 
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode, Readable};
 
 use crate::data_dir::DataDir;
-use crate::{JobKey, Snapshot, Store, StoreError, WriteBatch};
+use crate::{
+    Epoch, JobCount, JobFilter, JobIndex, JobKey, JobPage, JobQuery, Lease, Order, Snapshot, Store,
+    StoreError, WriteBatch,
+};
 
 /// The engine's directory inside the data directory.
 const ENGINE_DIR: &str = "fjall";
+
+/// Keys of the `lease` keyspace.
+const EPOCH_KEY: &[u8] = b"epoch";
+const LEASE_KEY: &[u8] = b"lease";
 
 /// The default [`Store`]: an embedded database in one data directory.
 ///
 /// Every commit is made durable (fsync) before `commit` returns. Commits from several
 /// threads are safe; each is its own atomic unit. Only one `EmbeddedStore` may have a
 /// directory open at a time, in this process or any other.
+///
+/// Next to each job record it keeps secondary indexes (by queue, by state, by tag: an entry
+/// `name ++ job key` per job) and a count per queue and state, all changed in the same
+/// engine batch as the record, so they never disagree with it.
 pub struct EmbeddedStore {
     db: Database,
     jobs: Keyspace,
@@ -27,8 +42,27 @@ pub struct EmbeddedStore {
     logs: Keyspace,
     queues: Keyspace,
     meta: Keyspace,
+    /// Job key → its [`JobIndex`], to find the index entries to remove when it changes.
+    job_index: Keyspace,
+    by_queue: Keyspace,
+    by_state: Keyspace,
+    by_tag: Keyspace,
+    /// `queue ++ state` → number of jobs (u64 little-endian).
+    counts: Keyspace,
+    /// The epoch and the lease.
+    lease: Keyspace,
+    /// One writer at a time: a commit reads the index entries it replaces, and the epoch it
+    /// checks must not change before it lands. Holds the current epoch and lease.
+    writer: Mutex<Term>,
     /// Dropped last (fields drop in order), so the lock outlives the engine.
     dir: DataDir,
+}
+
+/// The current epoch and lease, as last made durable.
+#[derive(Debug, Clone, Default)]
+struct Term {
+    epoch: Epoch,
+    lease: Option<Lease>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -53,20 +87,40 @@ impl EmbeddedStore {
             db.keyspace(name, KeyspaceCreateOptions::default)
                 .map_err(engine)
         };
-        Ok(Self {
-            jobs: keyspace("jobs")?,
+        let jobs = keyspace("jobs")?;
+        let job_index = keyspace("job_index")?;
+        let lease = keyspace("lease")?;
+        let term = read_term(&lease)?;
+        let store = Self {
+            jobs,
             payloads: keyspace("payloads")?,
             logs: keyspace("logs")?,
             queues: keyspace("queues")?,
             meta: keyspace("meta")?,
+            job_index,
+            by_queue: keyspace("by_queue")?,
+            by_state: keyspace("by_state")?,
+            by_tag: keyspace("by_tag")?,
+            counts: keyspace("counts")?,
+            lease,
+            writer: Mutex::new(term),
             db,
             dir,
-        })
+        };
+        Ok(store)
     }
 
     /// The data directory this store holds.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Term> {
+        // A panic while holding the lock leaves the term as last made durable (it is only
+        // replaced after a successful write), so the poison carries no broken state.
+        self.writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Commits `batch`; with `fail_after`, fails instead after adding that many operations
@@ -76,10 +130,14 @@ impl EmbeddedStore {
         batch: &WriteBatch,
         fail_after: Option<usize>,
     ) -> Result<(), StoreError> {
+        batch.check_limits()?;
+        let term = self.writer();
+        if batch.epoch != term.epoch {
+            return Err(fenced(batch.epoch, &term));
+        }
         if batch.is_empty() && fail_after.is_none() {
             return Ok(());
         }
-        batch.check_limits()?;
         let mut budget = fail_after.unwrap_or(usize::MAX);
         let mut step = || {
             if budget == 0 {
@@ -88,15 +146,16 @@ impl EmbeddedStore {
             budget -= 1;
             Ok(())
         };
+        let changes = self.index_changes(batch)?;
         // Deletions of jobs are three operations each (record, payload, logs).
-        let operations = batch.len() + 2 * batch.deleted_jobs.len();
+        let operations = batch.len() + 2 * batch.deleted_jobs.len() + changes.len();
         let mut writes = OwnedWriteBatch::with_capacity(self.db.clone(), operations)
             .durability(Some(PersistMode::SyncAll));
         // Writes first, deletions after: within a batch, deletion wins. Until `commit` below,
         // all of this is in memory only; an early return drops it and applies nothing.
-        for (key, record) in &batch.jobs {
+        for job in &batch.jobs {
             step()?;
-            writes.insert(&self.jobs, key.as_slice(), record.as_slice());
+            writes.insert(&self.jobs, job.key.as_slice(), job.record.as_slice());
         }
         for (key, payload) in &batch.payloads {
             step()?;
@@ -124,8 +183,347 @@ impl EmbeddedStore {
             step()?;
             writes.remove(&self.queues, path.as_bytes());
         }
+        changes.write(self, &mut writes);
         step()?;
         writes.commit().map_err(engine)
+    }
+
+    /// The index entries and counts `batch` changes: each job's final index (after the
+    /// batch) against the one stored, netted so that each engine key is written at most
+    /// once.
+    fn index_changes(&self, batch: &WriteBatch) -> Result<IndexChanges, StoreError> {
+        let mut last: HashMap<JobKey, Option<&JobIndex>> = HashMap::new();
+        for job in &batch.jobs {
+            last.insert(job.key, Some(&job.index));
+        }
+        for key in &batch.deleted_jobs {
+            last.insert(*key, None);
+        }
+        let mut changes = IndexChanges::default();
+        for (key, new) in last {
+            let old = match self.job_index.get(key).map_err(engine)? {
+                Some(bytes) => Some(decode_index(&bytes)?),
+                None => None,
+            };
+            if old.as_ref() == new {
+                continue;
+            }
+            if let Some(old) = &old {
+                changes.entries(old, &key, false);
+                *changes.counts.entry(count_key(old)).or_default() -= 1;
+            }
+            match new {
+                Some(new) => {
+                    changes.entries(new, &key, true);
+                    *changes.counts.entry(count_key(new)).or_default() += 1;
+                    changes.job_index.insert(key, Some(encode_index(new)));
+                }
+                None => {
+                    changes.job_index.insert(key, None);
+                }
+            }
+        }
+        changes.counts.retain(|_, delta| *delta != 0);
+        for (key, delta) in &changes.counts {
+            let stored = match self.counts.get(key).map_err(engine)? {
+                Some(bytes) => decode_count(&bytes)?,
+                None => 0,
+            };
+            let now = stored
+                .checked_add_signed(*delta)
+                .ok_or_else(|| StoreError::Corrupt {
+                    what: format!("a job count of {stored} changed by {delta}"),
+                })?;
+            changes.count_values.insert(key.clone(), now);
+        }
+        Ok(changes)
+    }
+
+    /// Writes the term durably, then keeps it.
+    fn store_term(&self, term: &mut Term, new: Term) -> Result<(), StoreError> {
+        let mut writes = OwnedWriteBatch::with_capacity(self.db.clone(), 2)
+            .durability(Some(PersistMode::SyncAll));
+        writes.insert(&self.lease, EPOCH_KEY, new.epoch.to_be_bytes().as_slice());
+        match &new.lease {
+            Some(lease) => writes.insert(&self.lease, LEASE_KEY, encode_lease(lease)),
+            None => writes.remove(&self.lease, LEASE_KEY),
+        }
+        writes.commit().map_err(engine)?;
+        *term = new;
+        Ok(())
+    }
+
+    /// Pages through one of the secondary indexes.
+    fn page_of_index(
+        &self,
+        snapshot: &fjall::Snapshot,
+        index: &Keyspace,
+        name: &str,
+        query: &JobQuery,
+    ) -> Result<JobPage, StoreError> {
+        let prefix = index_prefix(name);
+        let mut upper = prefix.clone();
+        upper.extend_from_slice(&[0xFF; 16]);
+        let mut lower = prefix.clone();
+        lower.extend_from_slice(&[0; 16]);
+        let range = match (query.order, query.after) {
+            (_, None) => (Bound::Included(lower), Bound::Included(upper)),
+            (Order::OldestFirst, Some(after)) => {
+                let mut from = prefix.clone();
+                from.extend_from_slice(&after);
+                (Bound::Excluded(from), Bound::Included(upper))
+            }
+            (Order::NewestFirst, Some(after)) => {
+                let mut to = prefix.clone();
+                to.extend_from_slice(&after);
+                (Bound::Included(lower), Bound::Excluded(to))
+            }
+        };
+        let iter = snapshot.range(index, range);
+        let keys = take_page(iter, query, |entry_key| {
+            entry_key
+                .get(prefix.len()..)
+                .and_then(|k| JobKey::try_from(k).ok())
+        })?;
+        self.page_of_keys(snapshot, keys, query.limit.max(1))
+    }
+
+    /// Reads the records of `keys` (one more than a page when there is a next page).
+    fn page_of_keys(
+        &self,
+        snapshot: &fjall::Snapshot,
+        keys: Vec<JobKey>,
+        limit: usize,
+    ) -> Result<JobPage, StoreError> {
+        let mut page = JobPage::default();
+        let more = keys.len() > limit;
+        for key in keys.into_iter().take(limit) {
+            let record = snapshot
+                .get(&self.jobs, key)
+                .map_err(engine)?
+                .ok_or_else(|| StoreError::Corrupt {
+                    what: format!(
+                        "the index names job {} but its record is missing",
+                        crate::JobKeyHex(&key)
+                    ),
+                })?;
+            page.jobs.push((key, record.to_vec()));
+        }
+        if more {
+            page.next = page.jobs.last().map(|(key, _)| *key);
+        }
+        Ok(page)
+    }
+}
+
+/// The index entries and counts one commit changes.
+#[derive(Default)]
+struct IndexChanges {
+    /// Per keyspace (0 queue, 1 state, 2 tag): entry key → present after the commit.
+    entries: [BTreeMap<Vec<u8>, bool>; 3],
+    /// Job key → its new index (None: removed).
+    job_index: HashMap<JobKey, Option<Vec<u8>>>,
+    /// Count key → change.
+    counts: BTreeMap<Vec<u8>, i64>,
+    /// Count key → value after the commit.
+    count_values: BTreeMap<Vec<u8>, u64>,
+}
+
+impl IndexChanges {
+    fn entries(&mut self, index: &JobIndex, key: &JobKey, present: bool) {
+        let mut set = |which: usize, name: &str| {
+            let mut entry = index_prefix(name);
+            entry.extend_from_slice(key);
+            let slot = self.entries[which].entry(entry).or_insert(present);
+            // Removed then added back (or the reverse) within one commit: the later wins.
+            *slot = present;
+        };
+        set(0, &index.queue);
+        set(1, &index.state);
+        for tag in &index.tags {
+            set(2, tag);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.entries.iter().map(BTreeMap::len).sum::<usize>()
+            + self.job_index.len()
+            + self.count_values.len()
+    }
+
+    fn write(self, store: &EmbeddedStore, writes: &mut OwnedWriteBatch) {
+        let keyspaces = [&store.by_queue, &store.by_state, &store.by_tag];
+        for (entries, keyspace) in self.entries.into_iter().zip(keyspaces) {
+            for (entry, present) in entries {
+                if present {
+                    writes.insert(keyspace, entry, b"".as_slice());
+                } else {
+                    writes.remove(keyspace, entry);
+                }
+            }
+        }
+        for (key, index) in self.job_index {
+            match index {
+                Some(bytes) => writes.insert(&store.job_index, key.as_slice(), bytes),
+                None => writes.remove(&store.job_index, key.as_slice()),
+            }
+        }
+        for (key, count) in self.count_values {
+            if count == 0 {
+                writes.remove(&store.counts, key);
+            } else {
+                writes.insert(&store.counts, key, count.to_le_bytes().as_slice());
+            }
+        }
+    }
+}
+
+/// Collects up to `limit + 1` job keys from an iterator in the query's order.
+fn take_page(
+    iter: fjall::Iter,
+    query: &JobQuery,
+    job_key: impl Fn(&[u8]) -> Option<JobKey>,
+) -> Result<Vec<JobKey>, StoreError> {
+    let wanted = query.limit.max(1) + 1;
+    let mut keys = Vec::with_capacity(wanted.min(1024));
+    let mut push = |entry: fjall::Guard| -> Result<bool, StoreError> {
+        let key = entry.key().map_err(engine)?;
+        let job = job_key(&key).ok_or_else(|| StoreError::Corrupt {
+            what: format!("an index entry of {} bytes names no job", key.len()),
+        })?;
+        keys.push(job);
+        Ok(keys.len() < wanted)
+    };
+    match query.order {
+        Order::OldestFirst => {
+            for entry in iter {
+                if !push(entry)? {
+                    break;
+                }
+            }
+        }
+        Order::NewestFirst => {
+            for entry in iter.rev() {
+                if !push(entry)? {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(keys)
+}
+
+/// A name as an index prefix: its length (2 bytes, big-endian) then its bytes, so that no
+/// name's entries run into another's. Names are at most [`crate::MAX_NAME_BYTES`].
+fn index_prefix(name: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + name.len() + 16);
+    out.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    out.extend_from_slice(name.as_bytes());
+    out
+}
+
+fn count_key(index: &JobIndex) -> Vec<u8> {
+    let mut key = index_prefix(&index.queue);
+    key.extend_from_slice(index.state.as_bytes());
+    key
+}
+
+fn decode_count(bytes: &[u8]) -> Result<u64, StoreError> {
+    <[u8; 8]>::try_from(bytes)
+        .map(u64::from_le_bytes)
+        .map_err(|_| StoreError::Corrupt {
+            what: format!("a job count of {} bytes (counts are 8)", bytes.len()),
+        })
+}
+
+fn encode_index(index: &JobIndex) -> Vec<u8> {
+    let mut out = index_prefix(&index.queue);
+    out.extend_from_slice(&index_prefix(&index.state));
+    out.extend_from_slice(&(index.tags.len() as u16).to_be_bytes());
+    for tag in &index.tags {
+        out.extend_from_slice(&index_prefix(tag));
+    }
+    out
+}
+
+/// Reads length-prefixed names written by [`index_prefix`].
+struct Names<'a>(&'a [u8]);
+
+impl<'a> Names<'a> {
+    fn u16(&mut self) -> Option<u16> {
+        let (head, rest) = self.0.split_first_chunk::<2>()?;
+        self.0 = rest;
+        Some(u16::from_be_bytes(*head))
+    }
+
+    fn name(&mut self) -> Option<String> {
+        let len = usize::from(self.u16()?);
+        let bytes = self.0.get(..len)?;
+        self.0 = &self.0[len..];
+        String::from_utf8(bytes.to_vec()).ok()
+    }
+}
+
+fn decode_index(bytes: &[u8]) -> Result<JobIndex, StoreError> {
+    let mut names = Names(bytes);
+    let decode = |names: &mut Names<'_>| -> Option<JobIndex> {
+        let queue = names.name()?;
+        let state = names.name()?;
+        let count = names.u16()?;
+        let tags = (0..count)
+            .map(|_| names.name())
+            .collect::<Option<Vec<_>>>()?;
+        Some(JobIndex { queue, state, tags })
+    };
+    match decode(&mut names) {
+        Some(index) if names.0.is_empty() => Ok(index),
+        _ => Err(StoreError::Corrupt {
+            what: "a job's index entry cannot be read".to_string(),
+        }),
+    }
+}
+
+fn encode_lease(lease: &Lease) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + lease.holder.len());
+    out.extend_from_slice(&lease.epoch.to_be_bytes());
+    out.extend_from_slice(&lease.expires_at_ms.to_be_bytes());
+    out.extend_from_slice(lease.holder.as_bytes());
+    out
+}
+
+fn read_term(keyspace: &Keyspace) -> Result<Term, StoreError> {
+    let bad = |what: &str| StoreError::Corrupt {
+        what: format!("the stored {what} cannot be read"),
+    };
+    let epoch = match keyspace.get(EPOCH_KEY).map_err(engine)? {
+        Some(bytes) => <[u8; 8]>::try_from(&*bytes)
+            .map(u64::from_be_bytes)
+            .map_err(|_| bad("epoch"))?,
+        None => 0,
+    };
+    let lease = match keyspace.get(LEASE_KEY).map_err(engine)? {
+        Some(bytes) => {
+            let (epoch, rest) = bytes.split_first_chunk::<8>().ok_or_else(|| bad("lease"))?;
+            let (expires, holder) = rest.split_first_chunk::<8>().ok_or_else(|| bad("lease"))?;
+            Some(Lease {
+                holder: String::from_utf8(holder.to_vec()).map_err(|_| bad("lease holder"))?,
+                epoch: u64::from_be_bytes(*epoch),
+                expires_at_ms: u64::from_be_bytes(*expires),
+            })
+        }
+        None => None,
+    };
+    Ok(Term { epoch, lease })
+}
+
+fn fenced(writer: Epoch, term: &Term) -> StoreError {
+    StoreError::Fenced {
+        writer,
+        current: term.epoch,
+        holder: term
+            .lease
+            .as_ref()
+            .map_or_else(|| "nobody".to_string(), |l| l.holder.clone()),
     }
 }
 
@@ -165,6 +563,128 @@ impl Store for EmbeddedStore {
     fn logs(&self, job: &JobKey) -> Result<Option<Vec<u8>>, StoreError> {
         let found = self.logs.get(job).map_err(engine)?;
         Ok(found.map(|log| log.to_vec()))
+    }
+
+    fn job(&self, key: &JobKey) -> Result<Option<Vec<u8>>, StoreError> {
+        let found = self.jobs.get(key).map_err(engine)?;
+        Ok(found.map(|record| record.to_vec()))
+    }
+
+    fn jobs(&self, query: &JobQuery) -> Result<JobPage, StoreError> {
+        let snapshot = self.db.snapshot();
+        let index = match &query.filter {
+            JobFilter::All => None,
+            JobFilter::Queue(name) => Some((&self.by_queue, name)),
+            JobFilter::State(name) => Some((&self.by_state, name)),
+            JobFilter::Tag(name) => Some((&self.by_tag, name)),
+        };
+        if let Some((keyspace, name)) = index {
+            return self.page_of_index(&snapshot, keyspace, name, query);
+        }
+        let range: (Bound<JobKey>, Bound<JobKey>) = match (query.order, query.after) {
+            (_, None) => (Bound::Unbounded, Bound::Unbounded),
+            (Order::OldestFirst, Some(after)) => (Bound::Excluded(after), Bound::Unbounded),
+            (Order::NewestFirst, Some(after)) => (Bound::Unbounded, Bound::Excluded(after)),
+        };
+        let iter = snapshot.range(&self.jobs, range);
+        let keys = take_page(iter, query, |key| JobKey::try_from(key).ok())?;
+        self.page_of_keys(&snapshot, keys, query.limit.max(1))
+    }
+
+    fn counts(&self) -> Result<Vec<JobCount>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.db.snapshot().iter(&self.counts) {
+            let (key, value) = entry.into_inner().map_err(engine)?;
+            let mut names = Names(&key);
+            let queue = names.name().ok_or_else(|| StoreError::Corrupt {
+                what: "a job count's key cannot be read".to_string(),
+            })?;
+            let state = String::from_utf8(names.0.to_vec()).map_err(|_| StoreError::Corrupt {
+                what: "a job count's state is not UTF-8".to_string(),
+            })?;
+            out.push(JobCount {
+                queue,
+                state,
+                count: decode_count(&value)?,
+            });
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn epoch(&self) -> Result<Epoch, StoreError> {
+        Ok(self.writer().epoch)
+    }
+
+    fn lease(&self) -> Result<Option<Lease>, StoreError> {
+        Ok(self.writer().lease.clone())
+    }
+
+    fn acquire_lease(&self, holder: &str, ttl: Duration, now_ms: u64) -> Result<Lease, StoreError> {
+        let mut term = self.writer();
+        if let Some(current) = &term.lease
+            && current.holder != holder
+            && current.is_live(now_ms)
+        {
+            return Err(StoreError::LeaseHeld {
+                holder: current.holder.clone(),
+                epoch: current.epoch,
+                remaining_ms: current.expires_at_ms - now_ms,
+            });
+        }
+        let lease = Lease {
+            holder: holder.to_string(),
+            epoch: term.epoch + 1,
+            expires_at_ms: crate::expiry(now_ms, ttl),
+        };
+        let new = Term {
+            epoch: lease.epoch,
+            lease: Some(lease.clone()),
+        };
+        self.store_term(&mut term, new)?;
+        Ok(lease)
+    }
+
+    fn renew_lease(&self, lease: &Lease, ttl: Duration, now_ms: u64) -> Result<Lease, StoreError> {
+        let mut term = self.writer();
+        check_current(lease, &term)?;
+        let renewed = Lease {
+            expires_at_ms: crate::expiry(now_ms, ttl),
+            ..lease.clone()
+        };
+        let new = Term {
+            epoch: term.epoch,
+            lease: Some(renewed.clone()),
+        };
+        self.store_term(&mut term, new)?;
+        Ok(renewed)
+    }
+
+    fn resign_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        let mut term = self.writer();
+        check_current(lease, &term)?;
+        let new = Term {
+            epoch: term.epoch,
+            lease: None,
+        };
+        self.store_term(&mut term, new)
+    }
+}
+
+/// Refuses a renewal or resignation of a lease that is not the current one.
+fn check_current(lease: &Lease, term: &Term) -> Result<(), StoreError> {
+    let lost = |why: String| StoreError::LeaseLost {
+        holder: lease.holder.clone(),
+        epoch: lease.epoch,
+        why,
+    };
+    match &term.lease {
+        Some(current) if current.epoch == lease.epoch && current.holder == lease.holder => Ok(()),
+        Some(current) => Err(lost(format!(
+            "epoch {} was granted to `{}`",
+            current.epoch, current.holder
+        ))),
+        None => Err(lost("it was resigned".to_string())),
     }
 }
 
@@ -235,6 +755,40 @@ mod tests {
         fn logs(&self, job: &JobKey) -> Result<Option<Vec<u8>>, StoreError> {
             self.store.logs(job)
         }
+        fn job(&self, key: &JobKey) -> Result<Option<Vec<u8>>, StoreError> {
+            self.store.job(key)
+        }
+        fn jobs(&self, query: &JobQuery) -> Result<JobPage, StoreError> {
+            self.store.jobs(query)
+        }
+        fn counts(&self) -> Result<Vec<JobCount>, StoreError> {
+            self.store.counts()
+        }
+        fn epoch(&self) -> Result<Epoch, StoreError> {
+            self.store.epoch()
+        }
+        fn lease(&self) -> Result<Option<Lease>, StoreError> {
+            self.store.lease()
+        }
+        fn acquire_lease(
+            &self,
+            holder: &str,
+            ttl: Duration,
+            now_ms: u64,
+        ) -> Result<Lease, StoreError> {
+            self.store.acquire_lease(holder, ttl, now_ms)
+        }
+        fn renew_lease(
+            &self,
+            lease: &Lease,
+            ttl: Duration,
+            now_ms: u64,
+        ) -> Result<Lease, StoreError> {
+            self.store.renew_lease(lease, ttl, now_ms)
+        }
+        fn resign_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+            self.store.resign_lease(lease)
+        }
     }
 
     fn fresh() -> TestStore {
@@ -250,18 +804,18 @@ mod tests {
         TestStore { store, dir }
     }
 
-    crate::conformance_tests!(new_store: fresh, reopen: reopen);
+    crate::store_testsuite!(new_store: fresh, reopen: reopen);
 
     #[test]
     fn commit_failing_half_way_applies_nothing() {
-        crate::conformance::failed_commit_applies_nothing(fresh, |test, batch| {
+        crate::testsuite::failed_commit_applies_nothing(fresh, |test, batch| {
             test.store.commit_inner(batch, Some(batch.len() / 2))
         });
     }
 
     #[test]
     fn commit_failing_after_every_write_applies_nothing() {
-        crate::conformance::failed_commit_applies_nothing(fresh, |test, batch| {
+        crate::testsuite::failed_commit_applies_nothing(fresh, |test, batch| {
             test.store.commit_inner(batch, Some(batch.len()))
         });
     }

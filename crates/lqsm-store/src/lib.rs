@@ -5,18 +5,133 @@
 //! durably (the group commit), and only then answers clients. At start it reads everything
 //! back with [`Store::load`].
 //!
-//! Records are opaque bytes here: the server encodes them. Storage is a trait, [`Store`], so
-//! that backends can be swapped; every backend must pass the checks of [`conformance`]. The
-//! default backend is [`EmbeddedStore`]: one data directory, nothing to install.
+//! Records are opaque bytes here: the server encodes them (`lqsm_core::codec`). Next to each
+//! job record, a batch carries the few fields the store indexes ([`JobIndex`]: queue, state,
+//! tags), so that the reads a JobServer needs ([`Store::job`], [`Store::jobs`],
+//! [`Store::counts`]) are answered by the store itself.
+//!
+//! A writer holds a **lease** and writes at its **epoch**: every commit carries the epoch
+//! ([`WriteBatch::epoch`]) and a commit from an older epoch is refused
+//! ([`StoreError::Fenced`]), so a deposed leader cannot overwrite its successor's writes.
+//!
+//! Storage is a trait, [`Store`], so that backends can be swapped; every backend must pass
+//! the checks of the test kit (module `testsuite`, cargo feature `testsuite`). The default
+//! backend is [`EmbeddedStore`]: one data directory, nothing to install.
 
 mod data_dir;
 mod embedded;
 
-pub mod conformance;
+#[cfg(any(test, feature = "testsuite"))]
+pub mod testsuite;
 
 pub use embedded::EmbeddedStore;
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// A leader's term. Each lease acquisition makes a new, larger epoch; a fresh store is at
+/// epoch 0 (no lease ever taken).
+pub type Epoch = u64;
+
+/// What the store indexes of a job, next to its opaque record.
+#[derive(Debug, Default, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JobIndex {
+    /// Its leaf queue's path, e.g. "root.etl".
+    pub queue: String,
+    /// Its state's name, e.g. "pending".
+    pub state: String,
+    /// Its tags.
+    pub tags: Vec<String>,
+}
+
+/// A job record to insert or overwrite, with what the store indexes of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobWrite {
+    /// The job's key (its UUIDv7: byte order is submission order).
+    pub key: JobKey,
+    /// The encoded record, opaque to the store.
+    pub record: Vec<u8>,
+    /// Queue, state and tags, kept in the store's secondary indexes.
+    pub index: JobIndex,
+}
+
+/// Which jobs a listing wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobFilter {
+    /// Every job.
+    All,
+    /// The jobs of one queue.
+    Queue(String),
+    /// The jobs in one state.
+    State(String),
+    /// The jobs carrying one tag.
+    Tag(String),
+}
+
+/// The order of a listing, by submission (key) order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Oldest first.
+    OldestFirst,
+    /// Newest first.
+    NewestFirst,
+}
+
+/// One page of a job listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobQuery {
+    /// Which jobs.
+    pub filter: JobFilter,
+    /// In which order.
+    pub order: Order,
+    /// Start strictly after this key (in `order`): the `next` of the previous page.
+    pub after: Option<JobKey>,
+    /// At most this many jobs (at least 1 is asked for; 0 is read as 1).
+    pub limit: usize,
+}
+
+/// A page of jobs: `(key, record)` in the order asked.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct JobPage {
+    /// The jobs.
+    pub jobs: Vec<(JobKey, Vec<u8>)>,
+    /// The cursor of the next page, or `None` when this page is the last.
+    pub next: Option<JobKey>,
+}
+
+/// The number of jobs of one queue in one state.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct JobCount {
+    /// The queue.
+    pub queue: String,
+    /// The state.
+    pub state: String,
+    /// How many (never 0: empty groups are left out).
+    pub count: u64,
+}
+
+/// The right to write, held by one named writer until it expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// Who holds it (e.g. a host name and process id).
+    pub holder: String,
+    /// The epoch its holder writes at.
+    pub epoch: Epoch,
+    /// When it lapses unless renewed, in milliseconds since the Unix epoch.
+    pub expires_at_ms: u64,
+}
+
+impl Lease {
+    /// Whether the lease still holds at `now_ms`.
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        now_ms < self.expires_at_ms
+    }
+}
+
+/// How long a lease lasts, added to `now_ms` without overflow.
+pub(crate) fn expiry(now_ms: u64, ttl: Duration) -> u64 {
+    now_ms.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+}
 
 /// The longest queue path or meta name a store accepts, in bytes. Longer ones are refused
 /// with [`StoreError::TooLarge`] (the server's own limits are far below).
@@ -34,8 +149,11 @@ pub type JobKey = [u8; 16];
 /// batch is absent afterwards. Writing the same key twice in one batch keeps the last value.
 #[derive(Debug, Default, Clone)]
 pub struct WriteBatch {
-    /// Job records to insert or overwrite.
-    pub jobs: Vec<(JobKey, Vec<u8>)>,
+    /// The writer's epoch (that of its lease; 0 while no lease was ever taken). A batch of
+    /// another epoch than the store's current one is refused with [`StoreError::Fenced`].
+    pub epoch: Epoch,
+    /// Job records to insert or overwrite, with their index fields.
+    pub jobs: Vec<JobWrite>,
     /// Job payloads (arguments, argv, env) kept out of the server's memory; written once with
     /// the job.
     pub payloads: Vec<(JobKey, Vec<u8>)>,
@@ -98,10 +216,15 @@ impl WriteBatch {
                 max: MAX_NAME_BYTES,
             })
         };
-        for (key, record) in &self.jobs {
-            value(record.len(), &|| {
-                format!("the record of job {}", JobKeyHex(key))
+        for job in &self.jobs {
+            value(job.record.len(), &|| {
+                format!("the record of job {}", JobKeyHex(&job.key))
             })?;
+            name(&job.index.queue, "queue path")?;
+            name(&job.index.state, "job state")?;
+            for tag in &job.index.tags {
+                name(tag, "tag")?;
+            }
         }
         for (key, payload) in &self.payloads {
             value(payload.len(), &|| {
@@ -140,7 +263,7 @@ impl WriteBatch {
 }
 
 /// Shows a job key as the hex of its UUID, for error messages.
-struct JobKeyHex<'a>(&'a JobKey);
+pub(crate) struct JobKeyHex<'a>(&'a JobKey);
 
 impl std::fmt::Display for JobKeyHex<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -210,6 +333,43 @@ pub enum StoreError {
         /// The limit in bytes.
         max: usize,
     },
+    /// The batch was written at an epoch that is not the store's current one: another writer
+    /// has taken the lease since, and this one must stop writing.
+    #[error(
+        "this server is no longer the leader: it writes at epoch {writer} but the store is at epoch {current} (lease held by `{holder}`); nothing of this batch was stored. Stop this server or restart it so that it rejoins under the current leader"
+    )]
+    Fenced {
+        /// The epoch the refused batch carried.
+        writer: Epoch,
+        /// The store's current epoch.
+        current: Epoch,
+        /// Who holds the current lease ("nobody" when it was resigned).
+        holder: String,
+    },
+    /// Another writer holds a live lease.
+    #[error(
+        "the lease is held by `{holder}` (epoch {epoch}) for another {remaining_ms} ms; wait for it to lapse or stop that server"
+    )]
+    LeaseHeld {
+        /// The current holder.
+        holder: String,
+        /// Its epoch.
+        epoch: Epoch,
+        /// How long its lease still runs.
+        remaining_ms: u64,
+    },
+    /// A renewal or resignation named a lease that is no longer current.
+    #[error(
+        "the lease of `{holder}` at epoch {epoch} is no longer current ({why}); stop writing and acquire a new lease"
+    )]
+    LeaseLost {
+        /// The holder named in the request.
+        holder: String,
+        /// The epoch named in the request.
+        epoch: Epoch,
+        /// What happened instead (e.g. "epoch 4 was granted to `b`").
+        why: String,
+    },
     /// The engine refuses writes after a write to disk failed, since it can no longer tell
     /// what reached the disk.
     #[error(
@@ -225,11 +385,16 @@ pub enum StoreError {
 
 /// Durable storage for LQSM's jobs, queues and named values.
 ///
-/// Implementations must pass every check of [`conformance`].
+/// Implementations must pass every check of the test kit (`testsuite` feature). The trait
+/// is synchronous: callers on an async runtime call it from a blocking thread (see
+/// docs/ARCHITECTURE.md, "Storage").
 pub trait Store: Send + Sync + 'static {
     /// Applies the whole batch atomically and durably: after `Ok`, a crash (kill -9, power
     /// loss) cannot lose any of it; after `Err`, none of it is applied. May be called from
     /// several threads at once; each call is its own atomic unit.
+    ///
+    /// A batch whose [`WriteBatch::epoch`] is not the store's current epoch is refused with
+    /// [`StoreError::Fenced`], even an empty one.
     fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError>;
 
     /// Everything needed to rebuild state at start (payloads are NOT included).
@@ -240,4 +405,35 @@ pub trait Store: Send + Sync + 'static {
 
     /// The logs stored for a job (None when it has none, or is gone).
     fn logs(&self, job: &JobKey) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// One job's record (None when there is no such job).
+    fn job(&self, key: &JobKey) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// A page of jobs matching `query.filter`, in `query.order`, after `query.after`.
+    fn jobs(&self, query: &JobQuery) -> Result<JobPage, StoreError>;
+
+    /// The number of jobs per queue and state, sorted by queue then state.
+    fn counts(&self) -> Result<Vec<JobCount>, StoreError>;
+
+    /// The current epoch: that of the last lease acquired (0 if none ever was).
+    fn epoch(&self) -> Result<Epoch, StoreError>;
+
+    /// The current lease, if one was acquired and not resigned (it may have lapsed).
+    fn lease(&self) -> Result<Option<Lease>, StoreError>;
+
+    /// Takes the lease for `holder` until `now_ms + ttl`, with a new epoch one above the
+    /// current one, made durable before returning. Refused with [`StoreError::LeaseHeld`]
+    /// while another holder's lease is live. A holder acquiring again (e.g. after a
+    /// restart) also gets a new epoch, which fences its own earlier writers.
+    fn acquire_lease(&self, holder: &str, ttl: Duration, now_ms: u64) -> Result<Lease, StoreError>;
+
+    /// Extends `lease` to `now_ms + ttl`. Only its holder at its epoch may, and only while
+    /// it is current (a lapsed lease nobody else took can still be renewed); otherwise
+    /// [`StoreError::LeaseLost`].
+    fn renew_lease(&self, lease: &Lease, ttl: Duration, now_ms: u64) -> Result<Lease, StoreError>;
+
+    /// Gives `lease` up so that another writer can acquire at once. The epoch stays (so
+    /// writes at it are still accepted until someone acquires); [`StoreError::LeaseLost`]
+    /// when it is no longer current.
+    fn resign_lease(&self, lease: &Lease) -> Result<(), StoreError>;
 }

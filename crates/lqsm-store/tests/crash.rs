@@ -9,7 +9,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
-use lqsm_store::conformance::{job_key, record};
+use lqsm_store::testsuite::{job_key, job_write, record};
 use lqsm_store::{EmbeddedStore, Store, WriteBatch};
 
 /// Set in the child: the data directory to commit into.
@@ -22,7 +22,7 @@ const ACKS_BEFORE_KILL: u64 = 40;
 fn batch(n: u64) -> WriteBatch {
     let mut batch = WriteBatch::new();
     for j in n * JOBS_PER_BATCH..(n + 1) * JOBS_PER_BATCH {
-        batch.jobs.push((job_key(j), record(j, 400)));
+        batch.jobs.push(job_write(j, record(j, 400)));
         batch.payloads.push((job_key(j), record(!j, 100)));
     }
     batch

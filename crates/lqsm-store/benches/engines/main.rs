@@ -11,7 +11,9 @@ use std::path::Path;
 
 use divan::counter::ItemsCount;
 use divan::{Bencher, black_box};
-use lqsm_store::{EmbeddedStore, JobKey, Store, StoreError, WriteBatch};
+use lqsm_store::{
+    EmbeddedStore, JobIndex, JobKey, JobWrite, Snapshot, Store, StoreError, WriteBatch,
+};
 
 mod redb_store;
 
@@ -43,11 +45,15 @@ const BATCH_JOBS: u64 = 1_000;
 const LOAD_JOBS: u64 = 1_000_000;
 
 /// An engine under test: a store that can be opened in a directory.
-trait Engine: Store + Sized {
+trait Engine: Sized {
     /// The type's name, to tell the crashing child which engine to fill.
     const NAME: &str;
     /// Opens (or creates) the store in `dir`.
     fn open_in(dir: &Path) -> Result<Self, StoreError>;
+    /// A durable group commit.
+    fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError>;
+    /// Everything, as at a restart.
+    fn load(&self) -> Result<Snapshot, StoreError>;
 }
 
 impl Engine for EmbeddedStore {
@@ -55,12 +61,24 @@ impl Engine for EmbeddedStore {
     fn open_in(dir: &Path) -> Result<Self, StoreError> {
         EmbeddedStore::open(dir)
     }
+    fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        Store::commit(self, batch)
+    }
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        Store::load(self)
+    }
 }
 
 impl Engine for RedbStore {
     const NAME: &str = "RedbStore";
     fn open_in(dir: &Path) -> Result<Self, StoreError> {
         RedbStore::open(dir)
+    }
+    fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        RedbStore::commit(self, batch)
+    }
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        RedbStore::load(self)
     }
 }
 
@@ -85,11 +103,24 @@ fn bytes(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Index fields like the server's: a few queues, pending.
+fn index(n: u64) -> JobIndex {
+    JobIndex {
+        queue: format!("root.q{}", n % 4),
+        state: "pending".to_string(),
+        tags: Vec::new(),
+    }
+}
+
 /// `count` new jobs from `first`, each with its record and payload.
 fn jobs(first: u64, count: u64) -> WriteBatch {
     let mut batch = WriteBatch::new();
     for n in first..first + count {
-        batch.jobs.push((key(n), bytes(n, RECORD_BYTES)));
+        batch.jobs.push(JobWrite {
+            key: key(n),
+            record: bytes(n, RECORD_BYTES),
+            index: index(n),
+        });
         batch.payloads.push((key(n), bytes(!n, PAYLOAD_BYTES)));
     }
     batch
@@ -189,7 +220,11 @@ fn commit_single_job<S: Engine>(bencher: Bencher) {
             let n = next.get();
             next.set(n + 1);
             let mut batch = WriteBatch::new();
-            batch.jobs.push((key(n), bytes(n, RECORD_BYTES)));
+            batch.jobs.push(JobWrite {
+                key: key(n),
+                record: bytes(n, RECORD_BYTES),
+                index: index(n),
+            });
             batch
         })
         .bench_local_refs(|batch| store.commit(batch).expect("commit"));

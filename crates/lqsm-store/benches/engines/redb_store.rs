@@ -1,10 +1,11 @@
 //! The store on redb (a copy-on-write B-tree), the engine that was measured against fjall and
-//! not chosen. It passed the whole conformance suite before it was measured; it lives here
-//! only so that the comparison can be run again.
+//! not chosen. It passed the whole conformance suite of the time (before the store gained
+//! indexes, reads and leases) before it was measured; it lives here only so that the
+//! comparison of commits and loads can be run again, and implements only those.
 
 use std::path::Path;
 
-use lqsm_store::{JobKey, Snapshot, Store, StoreError, WriteBatch};
+use lqsm_store::{JobKey, Snapshot, StoreError, WriteBatch};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 const JOBS: TableDefinition<&JobKey, &[u8]> = TableDefinition::new("jobs");
@@ -13,7 +14,7 @@ const LOGS: TableDefinition<&JobKey, &[u8]> = TableDefinition::new("logs");
 const QUEUES: TableDefinition<&str, &[u8]> = TableDefinition::new("queues");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
-/// [`Store`] on redb, default durability (every commit fsynced before it returns).
+/// Commits and loads on redb, default durability (every commit fsynced before it returns).
 pub struct RedbStore {
     db: redb::Database,
 }
@@ -38,8 +39,9 @@ impl RedbStore {
     }
 }
 
-impl Store for RedbStore {
-    fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+impl RedbStore {
+    /// As `Store::commit` (without indexes or epochs).
+    pub fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -51,8 +53,9 @@ impl Store for RedbStore {
             let mut logs = txn.open_table(LOGS).map_err(engine)?;
             let mut queues = txn.open_table(QUEUES).map_err(engine)?;
             let mut meta = txn.open_table(META).map_err(engine)?;
-            for (key, record) in &batch.jobs {
-                jobs.insert(key, record.as_slice()).map_err(engine)?;
+            for job in &batch.jobs {
+                jobs.insert(&job.key, job.record.as_slice())
+                    .map_err(engine)?;
             }
             for (key, payload) in &batch.payloads {
                 payloads.insert(key, payload.as_slice()).map_err(engine)?;
@@ -81,7 +84,8 @@ impl Store for RedbStore {
         txn.commit().map_err(engine)
     }
 
-    fn load(&self) -> Result<Snapshot, StoreError> {
+    /// As `Store::load`.
+    pub fn load(&self) -> Result<Snapshot, StoreError> {
         let txn = self.db.begin_read().map_err(engine)?;
         let jobs_table = txn.open_table(JOBS).map_err(engine)?;
         let len = usize::try_from(jobs_table.len().map_err(engine)?).unwrap_or(0);
@@ -93,30 +97,6 @@ impl Store for RedbStore {
         let queues = read_named(&txn.open_table(QUEUES).map_err(engine)?)?;
         let meta = read_named(&txn.open_table(META).map_err(engine)?)?;
         Ok(Snapshot { jobs, queues, meta })
-    }
-
-    fn payloads(&self, jobs: &[JobKey]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        let txn = self.db.begin_read().map_err(engine)?;
-        let table = txn.open_table(PAYLOADS).map_err(engine)?;
-        jobs.iter()
-            .map(|key| {
-                let found = table.get(key).map_err(engine)?;
-                Ok(found.map(|payload| payload.value().to_vec()))
-            })
-            .collect()
-    }
-
-    fn logs(&self, job: &JobKey) -> Result<Option<Vec<u8>>, StoreError> {
-        self.read_log(job)
-    }
-}
-
-impl RedbStore {
-    fn read_log(&self, job: &JobKey) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read().map_err(engine)?;
-        let table = txn.open_table(LOGS).map_err(engine)?;
-        let found = table.get(job).map_err(engine)?;
-        Ok(found.map(|log| log.value().to_vec()))
     }
 }
 

@@ -1,4 +1,4 @@
-//! The checks every [`Store`] backend must pass.
+//! The test kit: the checks every [`Store`] backend must pass (cargo feature `testsuite`).
 //!
 //! Each check is a function that panics (like a failed `assert!`) when the backend breaks the
 //! contract. A backend's tests call them with:
@@ -7,12 +7,13 @@
 //! - `reopen`: closes a store and opens the same storage again (same data directory, same
 //!   database), as a restart of the server would.
 //!
-//! The quickest way to run them all is the [`conformance_tests!`](crate::conformance_tests)
+//! The quickest way to run them all is the [`store_testsuite!`](crate::store_testsuite)
 //! macro, which writes one `#[test]` per check:
 //!
 //! ```ignore
+//! // Cargo.toml: [dev-dependencies] lqsm-store = { path = "..", features = ["testsuite"] }
 //! mod conformance {
-//!     lqsm_store::conformance_tests!(new_store: my_backend::fresh, reopen: my_backend::reopen);
+//!     lqsm_store::store_testsuite!(new_store: my_backend::fresh, reopen: my_backend::reopen);
 //! }
 //! ```
 //!
@@ -22,14 +23,18 @@
 //! Expected contents come from [`Model`], a plain in-memory rendering of the contract.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use crate::{JobKey, Snapshot, Store, WriteBatch};
+use crate::{
+    JobCount, JobFilter, JobIndex, JobKey, JobPage, JobQuery, JobWrite, Order, Snapshot, Store,
+    StoreError, WriteBatch,
+};
 
 /// The contract in memory: applies batches as a backend must, and says what
-/// [`Store::load`] and [`Store::payloads`] must return.
+/// [`Store::load`], [`Store::payloads`] and the reads must return.
 #[derive(Debug, Default, Clone)]
 pub struct Model {
-    jobs: BTreeMap<JobKey, Vec<u8>>,
+    jobs: BTreeMap<JobKey, (Vec<u8>, JobIndex)>,
     payloads: BTreeMap<JobKey, Vec<u8>>,
     logs: BTreeMap<JobKey, Vec<u8>>,
     queues: BTreeMap<String, Vec<u8>>,
@@ -45,8 +50,9 @@ impl Model {
     /// Applies a committed batch: writes in order (the last write of a key wins), then
     /// deletions (a key both written and deleted in one batch ends deleted).
     pub fn apply(&mut self, batch: &WriteBatch) {
-        for (key, record) in &batch.jobs {
-            self.jobs.insert(*key, record.clone());
+        for job in &batch.jobs {
+            self.jobs
+                .insert(job.key, (job.record.clone(), job.index.clone()));
         }
         for (key, payload) in &batch.payloads {
             self.payloads.insert(*key, payload.clone());
@@ -73,7 +79,11 @@ impl Model {
     /// What [`Store::load`] must return.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
-            jobs: self.jobs.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            jobs: self
+                .jobs
+                .iter()
+                .map(|(k, (v, _))| (*k, v.clone()))
+                .collect(),
             queues: self
                 .queues
                 .iter()
@@ -97,6 +107,68 @@ impl Model {
         self.logs.get(job).cloned()
     }
 
+    /// What [`Store::job`] must return.
+    pub fn job(&self, key: &JobKey) -> Option<Vec<u8>> {
+        self.jobs.get(key).map(|(record, _)| record.clone())
+    }
+
+    /// What [`Store::jobs`] must return for `query`.
+    pub fn jobs(&self, query: &JobQuery) -> JobPage {
+        let matches = |index: &JobIndex| match &query.filter {
+            JobFilter::All => true,
+            JobFilter::Queue(q) => index.queue == *q,
+            JobFilter::State(s) => index.state == *s,
+            JobFilter::Tag(t) => index.tags.contains(t),
+        };
+        let after = |key: &JobKey| match (query.after, query.order) {
+            (None, _) => true,
+            (Some(a), Order::OldestFirst) => *key > a,
+            (Some(a), Order::NewestFirst) => *key < a,
+        };
+        let selected = self
+            .jobs
+            .iter()
+            .filter(|(k, (_, index))| matches(index) && after(k));
+        let limit = query.limit.max(1);
+        let mut jobs: Vec<(JobKey, Vec<u8>)> = match query.order {
+            Order::OldestFirst => selected
+                .take(limit + 1)
+                .map(|(k, (r, _))| (*k, r.clone()))
+                .collect(),
+            Order::NewestFirst => selected
+                .rev()
+                .take(limit + 1)
+                .map(|(k, (r, _))| (*k, r.clone()))
+                .collect(),
+        };
+        let more = jobs.len() > limit;
+        jobs.truncate(limit);
+        let next = if more {
+            jobs.last().map(|(k, _)| *k)
+        } else {
+            None
+        };
+        JobPage { jobs, next }
+    }
+
+    /// What [`Store::counts`] must return.
+    pub fn counts(&self) -> Vec<JobCount> {
+        let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for (_, index) in self.jobs.values() {
+            *counts
+                .entry((index.queue.clone(), index.state.clone()))
+                .or_default() += 1;
+        }
+        counts
+            .into_iter()
+            .map(|((queue, state), count)| JobCount {
+                queue,
+                state,
+                count,
+            })
+            .collect()
+    }
+
     /// Every job key that has a payload, in key order.
     pub fn payload_keys(&self) -> Vec<JobKey> {
         self.payloads.keys().copied().collect()
@@ -111,6 +183,38 @@ pub fn job_key(n: u64) -> JobKey {
     // The rest varies too, so that a backend comparing only a prefix is caught.
     key[8..].copy_from_slice(&(n.wrapping_mul(0x9E37_79B9_7F4A_7C15)).to_le_bytes());
     key
+}
+
+/// The queues, states and tags [`job_write`] spreads jobs over.
+pub const QUEUES: [&str; 3] = ["root.a", "root.b", "root.a.deep"];
+/// See [`QUEUES`].
+pub const STATES: [&str; 4] = ["pending", "running", "succeeded", "failed"];
+
+/// The index fields of job number `n`: its queue and state cycle through [`QUEUES`] and
+/// [`STATES`] (at different periods, so every pair occurs), every 5th job is tagged
+/// `five`, every 7th `seven`.
+pub fn index_of(n: u64) -> JobIndex {
+    let mut tags = Vec::new();
+    if n.is_multiple_of(5) {
+        tags.push("five".to_string());
+    }
+    if n.is_multiple_of(7) {
+        tags.push("seven".to_string());
+    }
+    JobIndex {
+        queue: QUEUES[(n % 3) as usize].to_string(),
+        state: STATES[(n % 4) as usize].to_string(),
+        tags,
+    }
+}
+
+/// Job number `n` with `record` and the index fields of [`index_of`].
+pub fn job_write(n: u64, record: Vec<u8>) -> JobWrite {
+    JobWrite {
+        key: job_key(n),
+        record,
+        index: index_of(n),
+    }
 }
 
 /// `len` bytes that depend on `seed` and on the position, so that a record swapped,
@@ -138,6 +242,76 @@ fn assert_loads<S: Store>(store: &S, model: &Model, when: &str) {
     assert_same_entries("job", &loaded.jobs, &expected.jobs, when);
     assert_same_entries("queue", &loaded.queues, &expected.queues, when);
     assert_same_entries("meta", &loaded.meta, &expected.meta, when);
+    assert_reads(store, model, when);
+}
+
+/// Every filter the reads offer, for the jobs of [`job_write`].
+fn filters() -> Vec<JobFilter> {
+    let mut filters = vec![JobFilter::All];
+    filters.extend(QUEUES.iter().map(|q| JobFilter::Queue(q.to_string())));
+    filters.push(JobFilter::Queue("root.none".to_string()));
+    filters.extend(STATES.iter().map(|s| JobFilter::State(s.to_string())));
+    for tag in ["five", "seven", "none"] {
+        filters.push(JobFilter::Tag(tag.to_string()));
+    }
+    filters
+}
+
+/// Checks the reads (job by key, listings in both orders page by page, counts) against the
+/// model. With more than 5,000 jobs only the first two pages of each listing are walked.
+fn assert_reads<S: Store>(store: &S, model: &Model, when: &str) {
+    let counts = store
+        .counts()
+        .unwrap_or_else(|e| panic!("counts {when} failed: {e}"));
+    assert_eq!(counts, model.counts(), "job counts {when}");
+    let walk_all = model.jobs.len() <= 5_000;
+    for filter in filters() {
+        for order in [Order::OldestFirst, Order::NewestFirst] {
+            let mut query = JobQuery {
+                filter: filter.clone(),
+                order,
+                after: None,
+                limit: 37,
+            };
+            for page_no in 0.. {
+                let got = store
+                    .jobs(&query)
+                    .unwrap_or_else(|e| panic!("listing {query:?} {when} failed: {e}"));
+                let want = model.jobs(&query);
+                assert_page(&got, &want, &query, when);
+                match want.next {
+                    Some(next) if walk_all || page_no < 1 => query.after = Some(next),
+                    _ => break,
+                }
+            }
+        }
+    }
+    for key in model.jobs.keys().step_by(97).take(50) {
+        let got = store
+            .job(key)
+            .unwrap_or_else(|e| panic!("job {key:?} {when} failed: {e}"));
+        assert!(got == model.job(key), "job {key:?} read {when}");
+    }
+    let missing = job_key(u64::MAX);
+    assert_eq!(
+        store.job(&missing).ok().flatten(),
+        None,
+        "a job never written {when}"
+    );
+}
+
+fn assert_page(got: &JobPage, want: &JobPage, query: &JobQuery, when: &str) {
+    let keys = |page: &JobPage| page.jobs.iter().map(|(k, _)| *k).collect::<Vec<_>>();
+    assert_eq!(
+        keys(got),
+        keys(want),
+        "keys listed for {query:?} {when} (oldest or newest first, after the cursor)"
+    );
+    assert!(
+        got.jobs == want.jobs,
+        "records listed for {query:?} {when} differ from those committed"
+    );
+    assert_eq!(got.next, want.next, "next cursor for {query:?} {when}");
 }
 
 fn assert_same_entries<K: std::fmt::Debug + PartialEq>(
@@ -208,7 +382,7 @@ fn commit<S: Store>(store: &S, model: &mut Model, batch: &WriteBatch) {
 fn jobs_batch(first: u64, count: u64, record_len: usize, payload_len: usize) -> WriteBatch {
     let mut batch = WriteBatch::new();
     for n in first..first + count {
-        batch.jobs.push((job_key(n), record(n, record_len)));
+        batch.jobs.push(job_write(n, record(n, record_len)));
         batch
             .payloads
             .push((job_key(n), record(n ^ 0xFFFF, payload_len)));
@@ -278,9 +452,9 @@ pub fn writes_overwrite_earlier_values<S: Store>(new_store: impl Fn() -> S) {
     commit(&store, &mut model, &mixed_batch(1));
 
     let mut batch = WriteBatch::new();
-    batch.jobs.push((job_key(100), b"running".to_vec()));
-    batch.jobs.push((job_key(101), b"first".to_vec()));
-    batch.jobs.push((job_key(101), b"second, last".to_vec()));
+    batch.jobs.push(job_write(100, b"running".to_vec()));
+    batch.jobs.push(job_write(101, b"first".to_vec()));
+    batch.jobs.push(job_write(101, b"second, last".to_vec()));
     batch
         .queues
         .push(("root.etl".to_string(), b"stopped".to_vec()));
@@ -411,7 +585,7 @@ pub fn failed_commit_applies_nothing<S: Store>(
     commit(&store, &mut model, &jobs_batch(10_000, 100, 400, 100));
 
     let mut doomed = jobs_batch(20_000, 2_000, 400, 100);
-    doomed.jobs.push((job_key(10_000), b"overwritten".to_vec()));
+    doomed.jobs.push(job_write(10_000, b"overwritten".to_vec()));
     doomed.deleted_jobs.push(job_key(10_001));
     doomed.queues.push(("root.new".to_string(), b"q".to_vec()));
     doomed.deleted_queues.push("root.etl".to_string());
@@ -482,7 +656,7 @@ pub fn committed_batch_survives_reopen<S: Store>(
     commit(&store, &mut model, &mixed_batch(1));
     commit(&store, &mut model, &jobs_batch(1_000, 500, 400, 100));
     let mut changes = WriteBatch::new();
-    changes.jobs.push((job_key(1_000), b"succeeded".to_vec()));
+    changes.jobs.push(job_write(1_000, b"succeeded".to_vec()));
     changes.deleted_jobs.push(job_key(1_001));
     changes.deleted_queues.push("root.ml".to_string());
     changes
@@ -511,7 +685,7 @@ pub fn large_payloads_round_trip<S: Store>(new_store: impl Fn() -> S) {
     let store = new_store();
     let mut model = Model::new();
     let mut batch = jobs_batch(0, 8, 400, MIB);
-    batch.jobs.push((job_key(100), record(100, MIB)));
+    batch.jobs.push(job_write(100, record(100, MIB)));
     commit(&store, &mut model, &batch);
     commit(&store, &mut model, &jobs_batch(8, 1, 400, MIB + 1));
     assert_loads(&store, &model, "after 1 MiB records");
@@ -584,7 +758,7 @@ pub fn payloads_come_back_in_request_order<S: Store>(new_store: impl Fn() -> S) 
     let store = new_store();
     let mut model = Model::new();
     let mut batch = jobs_batch(0, 10, 50, 30);
-    batch.jobs.push((job_key(50), b"no payload".to_vec()));
+    batch.jobs.push(job_write(50, b"no payload".to_vec()));
     commit(&store, &mut model, &batch);
 
     let asked = [
@@ -618,8 +792,8 @@ pub fn logs_are_overwritten_and_deleted_with_their_job<S: Store>(new_store: impl
     let store = new_store();
     let mut model = Model::new();
     let mut batch = WriteBatch::new();
-    batch.jobs.push((job_key(1), record(1, 40)));
-    batch.jobs.push((job_key(2), record(2, 40)));
+    batch.jobs.push(job_write(1, record(1, 40)));
+    batch.jobs.push(job_write(2, record(2, 40)));
     batch.logs.push((job_key(1), b"first attempt\n".to_vec()));
     batch.logs.push((job_key(2), b"other job\n".to_vec()));
     commit(&store, &mut model, &batch);
@@ -645,81 +819,418 @@ pub fn logs_are_overwritten_and_deleted_with_their_job<S: Store>(new_store: impl
     );
 }
 
+/// Reads follow every change: a job whose state or tags change moves between listings and
+/// counts, a deleted job leaves every listing, the count of an emptied group goes away.
+pub fn reads_follow_changes_and_deletions<S: Store>(new_store: impl Fn() -> S) {
+    let store = new_store();
+    let mut model = Model::new();
+    commit(&store, &mut model, &jobs_batch(0, 300, 40, 0));
+    assert_loads(&store, &model, "after 300 jobs");
+
+    let mut batch = WriteBatch::new();
+    for n in (0..300).step_by(3) {
+        let mut job = job_write(n, record(n + 1, 20));
+        job.index.state = "succeeded".to_string();
+        job.index.tags = vec!["rerun".to_string(), "five".to_string()];
+        batch.jobs.push(job);
+    }
+    // Written twice in one batch: the second index wins.
+    let mut first = job_write(1, b"first".to_vec());
+    first.index.queue = "root.first".to_string();
+    batch.jobs.push(first);
+    batch.jobs.push(job_write(1, b"second".to_vec()));
+    // Written and deleted in one batch: gone from every index.
+    batch.jobs.push(job_write(2, b"doomed".to_vec()));
+    batch
+        .deleted_jobs
+        .extend([job_key(2), job_key(4), job_key(7)]);
+    commit(&store, &mut model, &batch);
+    assert_loads(&store, &model, "after state and tag changes and deletions");
+
+    // Every job of one group deleted: its count disappears.
+    let mut batch = WriteBatch::new();
+    batch.deleted_jobs = (0..300).filter(|n| n % 3 == 1).map(job_key).collect();
+    commit(&store, &mut model, &batch);
+    assert_loads(&store, &model, "after deleting a whole queue's jobs");
+    assert!(
+        store
+            .counts()
+            .unwrap_or_else(|e| panic!("counts failed: {e}"))
+            .iter()
+            .all(|c| c.queue != QUEUES[1]),
+        "no count is left for a queue without jobs"
+    );
+}
+
+/// The reads with 1,000,000 jobs stored: counts, the first pages of every listing both
+/// ways, a page from a cursor in the middle, and jobs by key. Committed in batches of
+/// 50,000 with 16-byte records.
+pub fn million_jobs_are_listed_and_counted<S: Store>(new_store: impl Fn() -> S) {
+    const JOBS: u64 = 1_000_000;
+    const BATCH: u64 = 50_000;
+    let store = new_store();
+    for first in (0..JOBS).step_by(BATCH as usize) {
+        let mut batch = WriteBatch::new();
+        batch.jobs = (first..first + BATCH)
+            .map(|n| job_write(n, n.to_be_bytes().repeat(2)))
+            .collect();
+        store
+            .commit(&batch)
+            .unwrap_or_else(|e| panic!("commit of jobs {first}.. failed: {e}"));
+    }
+    // Expected answers come from the numbering rule of `index_of`, not from a model of a
+    // million entries.
+    let matches = |filter: &JobFilter, n: u64| {
+        let index = index_of(n);
+        match filter {
+            JobFilter::All => true,
+            JobFilter::Queue(q) => index.queue == *q,
+            JobFilter::State(s) => index.state == *s,
+            JobFilter::Tag(t) => index.tags.contains(t),
+        }
+    };
+    let mut want_counts: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for n in 0..JOBS {
+        let index = index_of(n);
+        *want_counts.entry((index.queue, index.state)).or_default() += 1;
+    }
+    let want_counts: Vec<JobCount> = want_counts
+        .into_iter()
+        .map(|((queue, state), count)| JobCount {
+            queue,
+            state,
+            count,
+        })
+        .collect();
+    assert_eq!(
+        store
+            .counts()
+            .unwrap_or_else(|e| panic!("counts failed: {e}")),
+        want_counts,
+        "counts of 1,000,000 jobs"
+    );
+    for filter in filters() {
+        for (order, after) in [
+            (Order::OldestFirst, None),
+            (Order::NewestFirst, None),
+            (Order::OldestFirst, Some(JOBS / 2)),
+            (Order::NewestFirst, Some(JOBS / 2)),
+        ] {
+            let query = JobQuery {
+                filter: filter.clone(),
+                order,
+                after: after.map(job_key),
+                limit: 100,
+            };
+            let got = store
+                .jobs(&query)
+                .unwrap_or_else(|e| panic!("listing {query:?} failed: {e}"));
+            let wanted: Vec<u64> = match order {
+                Order::OldestFirst => (after.map_or(0, |a| a + 1)..JOBS)
+                    .filter(|n| matches(&filter, *n))
+                    .take(101)
+                    .collect(),
+                Order::NewestFirst => (0..after.unwrap_or(JOBS))
+                    .rev()
+                    .filter(|n| matches(&filter, *n))
+                    .take(101)
+                    .collect(),
+            };
+            let want = JobPage {
+                jobs: wanted
+                    .iter()
+                    .take(100)
+                    .map(|n| (job_key(*n), n.to_be_bytes().repeat(2)))
+                    .collect(),
+                next: (wanted.len() > 100).then(|| job_key(wanted[99])),
+            };
+            assert_page(&got, &want, &query, "with 1,000,000 jobs");
+        }
+    }
+    for n in (0..JOBS).step_by(99_991) {
+        assert_eq!(
+            store.job(&job_key(n)).ok().flatten(),
+            Some(n.to_be_bytes().repeat(2)),
+            "job {n} of 1,000,000"
+        );
+    }
+}
+
+/// Epochs fence stale writers: after a new lease is taken, a batch of an older epoch is
+/// refused with [`StoreError::Fenced`] and applies nothing; the epoch survives a reopen.
+pub fn stale_epoch_is_fenced<S: Store>(new_store: impl Fn() -> S, reopen: impl Fn(S) -> S) {
+    const TTL: Duration = Duration::from_secs(10);
+    let store = new_store();
+    let mut model = Model::new();
+    assert_eq!(store.epoch().ok(), Some(0), "a fresh store is at epoch 0");
+    commit(&store, &mut model, &mixed_batch(1));
+
+    let lease = store
+        .acquire_lease("server-a", TTL, 1_000)
+        .unwrap_or_else(|e| panic!("acquire failed: {e}"));
+    assert_eq!(lease.epoch, 1, "acquiring makes a new epoch");
+    let mut stale = mixed_batch(2);
+    stale.epoch = 0;
+    let refused = store.commit(&stale);
+    match &refused {
+        Err(StoreError::Fenced {
+            writer: 0,
+            current: 1,
+            holder,
+        }) => assert_eq!(holder, "server-a"),
+        other => panic!("a batch of epoch 0 after epoch 1 began must be fenced, got {other:?}"),
+    }
+    let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(message.contains("no longer the leader"), "{message}");
+    assert!(
+        store.commit(&WriteBatch::new()).is_err(),
+        "even an empty batch of a stale epoch is refused"
+    );
+    assert_loads(&store, &model, "after a fenced batch");
+
+    let mut current = mixed_batch(3);
+    current.epoch = 1;
+    commit(&store, &mut model, &current);
+
+    // Server b takes over once a's lease lapsed; a's writes are fenced from then on.
+    let b = store
+        .acquire_lease("server-b", TTL, 1_000 + 10_000)
+        .unwrap_or_else(|e| panic!("acquire after expiry failed: {e}"));
+    assert_eq!(b.epoch, 2);
+    let mut from_a = mixed_batch(4);
+    from_a.epoch = 1;
+    assert!(matches!(
+        store.commit(&from_a),
+        Err(StoreError::Fenced {
+            writer: 1,
+            current: 2,
+            ..
+        })
+    ));
+    let mut future = mixed_batch(5);
+    future.epoch = 3;
+    assert!(
+        matches!(store.commit(&future), Err(StoreError::Fenced { .. })),
+        "an epoch never granted is refused too"
+    );
+
+    let store = reopen(store);
+    assert_eq!(store.epoch().ok(), Some(2), "the epoch is durable");
+    assert_eq!(
+        store.lease().ok().flatten(),
+        Some(b),
+        "the lease is durable"
+    );
+    assert!(matches!(
+        store.commit(&from_a),
+        Err(StoreError::Fenced { .. })
+    ));
+    assert_loads(&store, &model, "after fencing and a reopen");
+}
+
+/// Leases: one live holder at a time; renew only by the current holder at its epoch;
+/// resigning lets another acquire at once; every acquisition makes a new epoch.
+pub fn leases_have_one_holder_at_a_time<S: Store>(new_store: impl Fn() -> S) {
+    const TTL: Duration = Duration::from_millis(5_000);
+    let store = new_store();
+    let ok = |what: &str, result: Result<crate::Lease, StoreError>| {
+        result.unwrap_or_else(|e| panic!("{what} failed: {e}"))
+    };
+    assert_eq!(store.lease().ok().flatten(), None);
+    let a = ok("acquire by a", store.acquire_lease("a", TTL, 100));
+    assert_eq!(
+        (a.holder.as_str(), a.epoch, a.expires_at_ms),
+        ("a", 1, 5_100)
+    );
+
+    match store.acquire_lease("b", TTL, 5_099) {
+        Err(StoreError::LeaseHeld {
+            holder,
+            epoch: 1,
+            remaining_ms: 1,
+        }) => assert_eq!(holder, "a"),
+        other => panic!("b must wait for a's live lease, got {other:?}"),
+    }
+    let a = ok("renew by a", store.renew_lease(&a, TTL, 5_000));
+    assert_eq!(
+        (a.epoch, a.expires_at_ms),
+        (1, 10_000),
+        "renewing keeps the epoch"
+    );
+    assert!(matches!(
+        store.acquire_lease("b", TTL, 9_999),
+        Err(StoreError::LeaseHeld { .. })
+    ));
+
+    // A holder acquiring again (a restart) fences its own earlier writers.
+    let a2 = ok("acquire again by a", store.acquire_lease("a", TTL, 9_000));
+    assert_eq!(a2.epoch, 2);
+    assert!(
+        matches!(
+            store.renew_lease(&a, TTL, 9_001),
+            Err(StoreError::LeaseLost { epoch: 1, .. })
+        ),
+        "a lease of an older epoch cannot be renewed"
+    );
+
+    // A lapsed lease nobody took can still be renewed by its holder.
+    let a2 = ok("late renew by a", store.renew_lease(&a2, TTL, 20_000));
+    let b = ok(
+        "acquire by b after expiry",
+        store.acquire_lease("b", TTL, 30_000),
+    );
+    assert_eq!(b.epoch, 3);
+    let lost = store.renew_lease(&a2, TTL, 30_001);
+    assert!(
+        matches!(lost, Err(StoreError::LeaseLost { .. })),
+        "only the current holder renews, got {lost:?}"
+    );
+    let message = lost.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(message.contains("granted to `b`"), "{message}");
+    assert!(matches!(
+        store.resign_lease(&a2),
+        Err(StoreError::LeaseLost { .. })
+    ));
+
+    // Resigning frees the lease at once; the epoch stays until someone acquires.
+    store
+        .resign_lease(&b)
+        .unwrap_or_else(|e| panic!("resign by b failed: {e}"));
+    assert_eq!(store.lease().ok().flatten(), None);
+    assert_eq!(store.epoch().ok(), Some(3));
+    let c = ok(
+        "acquire by c after b resigned",
+        store.acquire_lease("c", TTL, 30_002),
+    );
+    assert_eq!(c.epoch, 4);
+    assert!(matches!(
+        store.resign_lease(&b),
+        Err(StoreError::LeaseLost { .. })
+    ));
+}
+
+/// Records are opaque: whatever bytes are written come back unchanged, including records
+/// whose header names a format newer than any this build knows (the store never judges a
+/// record's format; the codec above it does), JSON text and empty records.
+pub fn records_are_stored_as_opaque_bytes<S: Store>(new_store: impl Fn() -> S) {
+    let store = new_store();
+    let mut model = Model::new();
+    let mut batch = WriteBatch::new();
+    let newer = {
+        let mut bytes = vec![0xB7, 0x63];
+        bytes.extend_from_slice(b"a record of format 99");
+        bytes
+    };
+    batch.jobs.push(job_write(1, newer.clone()));
+    batch
+        .jobs
+        .push(job_write(2, br#"{"id":"format 0 is JSON"}"#.to_vec()));
+    batch.jobs.push(job_write(3, Vec::new()));
+    batch.jobs.push(job_write(4, vec![0, 0xFF, 0, 0xB7]));
+    batch.queues.push(("root.q".to_string(), newer.clone()));
+    batch.payloads.push((job_key(1), newer.clone()));
+    commit(&store, &mut model, &batch);
+    assert_loads(&store, &model, "after records of every format");
+    assert_eq!(store.job(&job_key(1)).ok().flatten(), Some(newer.clone()));
+    assert_eq!(store.job(&job_key(3)).ok().flatten(), Some(Vec::new()));
+    assert_payloads(&store, &model, &[job_key(1)], "of a newer format");
+}
+
 /// Writes one `#[test]` per conformance check (all but
-/// [`failed_commit_applies_nothing`](crate::conformance::failed_commit_applies_nothing)).
+/// [`failed_commit_applies_nothing`](crate::testsuite::failed_commit_applies_nothing)).
 ///
 /// `new_store` is a path or closure returning a fresh, empty store on each call; `reopen`
 /// one taking a store and returning it closed and opened again.
 ///
 /// ```ignore
-/// lqsm_store::conformance_tests!(new_store: fresh_store, reopen: reopen_store);
+/// lqsm_store::store_testsuite!(new_store: fresh_store, reopen: reopen_store);
 /// ```
 #[macro_export]
-macro_rules! conformance_tests {
+macro_rules! store_testsuite {
     (new_store: $new_store:expr, reopen: $reopen:expr $(,)?) => {
         #[test]
+        fn reads_follow_changes_and_deletions() {
+            $crate::testsuite::reads_follow_changes_and_deletions($new_store);
+        }
+        #[test]
+        fn million_jobs_are_listed_and_counted() {
+            $crate::testsuite::million_jobs_are_listed_and_counted($new_store);
+        }
+        #[test]
+        fn stale_epoch_is_fenced() {
+            $crate::testsuite::stale_epoch_is_fenced($new_store, $reopen);
+        }
+        #[test]
+        fn leases_have_one_holder_at_a_time() {
+            $crate::testsuite::leases_have_one_holder_at_a_time($new_store);
+        }
+        #[test]
+        fn records_are_stored_as_opaque_bytes() {
+            $crate::testsuite::records_are_stored_as_opaque_bytes($new_store);
+        }
+        #[test]
         fn empty_store_loads_nothing() {
-            $crate::conformance::empty_store_loads_nothing($new_store);
+            $crate::testsuite::empty_store_loads_nothing($new_store);
         }
         #[test]
         fn empty_batch_changes_nothing() {
-            $crate::conformance::empty_batch_changes_nothing($new_store);
+            $crate::testsuite::empty_batch_changes_nothing($new_store);
         }
         #[test]
         fn committed_batch_is_loaded() {
-            $crate::conformance::committed_batch_is_loaded($new_store);
+            $crate::testsuite::committed_batch_is_loaded($new_store);
         }
         #[test]
         fn writes_overwrite_earlier_values() {
-            $crate::conformance::writes_overwrite_earlier_values($new_store);
+            $crate::testsuite::writes_overwrite_earlier_values($new_store);
         }
         #[test]
         fn deleted_job_loses_record_and_payload() {
-            $crate::conformance::deleted_job_loses_record_and_payload($new_store);
+            $crate::testsuite::deleted_job_loses_record_and_payload($new_store);
         }
         #[test]
         fn deleted_queue_is_gone() {
-            $crate::conformance::deleted_queue_is_gone($new_store);
+            $crate::testsuite::deleted_queue_is_gone($new_store);
         }
         #[test]
         fn meta_value_is_overwritten() {
-            $crate::conformance::meta_value_is_overwritten($new_store);
+            $crate::testsuite::meta_value_is_overwritten($new_store);
         }
         #[test]
         fn deletion_wins_within_a_batch() {
-            $crate::conformance::deletion_wins_within_a_batch($new_store);
+            $crate::testsuite::deletion_wins_within_a_batch($new_store);
         }
         #[test]
         fn deleting_missing_records_is_harmless() {
-            $crate::conformance::deleting_missing_records_is_harmless($new_store);
+            $crate::testsuite::deleting_missing_records_is_harmless($new_store);
         }
         #[test]
         fn oversized_name_fails_the_whole_batch() {
-            $crate::conformance::oversized_name_fails_the_whole_batch($new_store);
+            $crate::testsuite::oversized_name_fails_the_whole_batch($new_store);
         }
         #[test]
         fn committed_batch_survives_reopen() {
-            $crate::conformance::committed_batch_survives_reopen($new_store, $reopen);
+            $crate::testsuite::committed_batch_survives_reopen($new_store, $reopen);
         }
         #[test]
         fn large_payloads_round_trip() {
-            $crate::conformance::large_payloads_round_trip($new_store);
+            $crate::testsuite::large_payloads_round_trip($new_store);
         }
         #[test]
         fn many_small_records_load_in_key_order() {
-            $crate::conformance::many_small_records_load_in_key_order($new_store);
+            $crate::testsuite::many_small_records_load_in_key_order($new_store);
         }
         #[test]
         fn concurrent_commits_all_land() {
-            $crate::conformance::concurrent_commits_all_land($new_store);
+            $crate::testsuite::concurrent_commits_all_land($new_store);
         }
         #[test]
         fn logs_are_overwritten_and_deleted_with_their_job() {
-            $crate::conformance::logs_are_overwritten_and_deleted_with_their_job($new_store);
+            $crate::testsuite::logs_are_overwritten_and_deleted_with_their_job($new_store);
         }
         #[test]
         fn payloads_come_back_in_request_order() {
-            $crate::conformance::payloads_come_back_in_request_order($new_store);
+            $crate::testsuite::payloads_come_back_in_request_order($new_store);
         }
     };
 }
