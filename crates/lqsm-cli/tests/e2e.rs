@@ -358,7 +358,9 @@ fn a_drained_worker_takes_no_new_jobs_until_undrained() {
     let back: lqsm_api::WorkerView = c.cli.json(&["workers", "undrain", &w1.id.to_string()]);
     assert_eq!(back.state, "active", "{back:#?}");
     // With w2 drained in turn, the next job can only go to w1.
-    c.cli.run(&["workers", "drain", &w2.id.to_string()]).success();
+    c.cli
+        .run(&["workers", "drain", &w2.id.to_string()])
+        .success();
     let after = c.cli.submit(&["--", "true"]);
     let job = c.wait_finished(after);
     assert_eq!(job.state, "succeeded", "{job:#?}");

@@ -840,6 +840,7 @@ mod tests {
             path: QueuePath::parse("root.etl").expect("valid"),
             config: QueueConfig::with_capacity(30.0, 100.0),
             state: QueueState::Stopped,
+            counters: None,
         };
         let json = serde_json::to_vec(&queue).expect("serialises");
         assert_eq!(decode_queue(&json), Ok(queue.clone()));

@@ -12,7 +12,7 @@ use crate::jobs::{
     Attempt, AttemptOutcome, Job, JobKey, JobKind, JobSpec, JobState, Termination, Waiting,
 };
 use crate::policy::Policies;
-use crate::queues::{QueueConfig, QueueError, QueuePath, QueueState, QueueUpdate};
+use crate::queues::{QueueConfig, QueueError, QueuePath, QueueState, QueueStats, QueueUpdate};
 use crate::resource_manager::{Config, ConfigError, ResourceManager};
 use crate::timers::Timer;
 use crate::workers::WorkerKey;
@@ -29,6 +29,11 @@ pub struct QueueRecord {
     pub config: QueueConfig,
     /// Its lifecycle state.
     pub state: QueueState,
+    /// Its lifetime counters (`pending` is not kept: it is counted from the jobs). Absent
+    /// in records written before they were kept, whose counters are then rebuilt from
+    /// the jobs still held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters: Option<QueueStats>,
 }
 
 /// Everything durable about a job.
@@ -132,6 +137,10 @@ impl ResourceManager {
             path: node.path.clone(),
             config: node.config.clone(),
             state: node.state,
+            counters: Some(QueueStats {
+                pending: 0,
+                ..node.stats
+            }),
         })
     }
 
@@ -162,6 +171,7 @@ impl ResourceManager {
                 .cmp(&depth(&b.path))
                 .then(a.path.cmp(&b.path))
         });
+        let mut durable_counters = Vec::new();
         for record in input.queues {
             let failed = |error| RestoreError::Queue {
                 path: record.path.clone(),
@@ -187,6 +197,9 @@ impl ResourceManager {
             }
             let id = rm.queue_ids[&record.path];
             rm.node_mut(id).state = record.state;
+            if let Some(counters) = record.counters {
+                durable_counters.push((id, counters));
+            }
         }
 
         let mut max_token = input.next_token;
@@ -201,6 +214,15 @@ impl ResourceManager {
                 JobState::Scheduled | JobState::Running => report.awaiting_reclaim += 1,
                 _ => report.finished += 1,
             }
+        }
+        // Counters kept durably win over those rebuilt from the jobs still held, which
+        // miss every job purged after retention; only `pending` comes from the jobs.
+        for (id, counters) in durable_counters {
+            let node = rm.node_mut(id);
+            node.stats = QueueStats {
+                pending: node.stats.pending,
+                ..counters
+            };
         }
         rm.next_token = rm.next_token.max(max_token);
         rm.next_seq = max_seq + 1;

@@ -273,3 +273,48 @@ fn a_job_in_a_queue_that_is_gone_is_refused_by_name() {
         "{err}"
     );
 }
+
+#[test]
+fn lifetime_counters_survive_retention_and_a_restart() {
+    let mut sim = Sim::new(Config::default());
+    sim.queue("root.q", 100.0, 100.0);
+    let w = sim.worker("w", 4, 4000);
+    let ids = sim.submit_n("root.q", 3, one_core());
+    sim.pass();
+    sim.poll_running(w);
+    sim.advance(Duration::from_millis(1500));
+    sim.succeed(w, ids[0]);
+    sim.succeed(w, ids[1]);
+    sim.rm.cancel(ids[2], "not needed", sim.now).unwrap();
+    let pending = sim.submit_n("root.q", 1, Resources::cores(8, 100))[0];
+    let before = sim.rm.queue("root.q").unwrap().stats();
+    assert_eq!(
+        (
+            before.submitted,
+            before.succeeded,
+            before.cancelled,
+            before.pending
+        ),
+        (4, 2, 1, 1),
+        "{before:?}"
+    );
+    assert_eq!(before.run.count, 3, "three attempts ended: {before:?}");
+
+    // Past retention the finished jobs are purged; only the pending one is still held.
+    sim.advance(sim.rm.config().retention + Duration::from_secs(1));
+    sim.pass();
+    for id in &ids {
+        assert!(sim.rm.job(*id).is_none(), "job {id:?} should be purged");
+    }
+    let after = restored(&sim, &[pending], Duration::from_secs(5));
+    let stats = after.rm.queue("root.q").unwrap().stats();
+    assert_eq!(
+        QueueStats {
+            pending: before.pending,
+            ..stats
+        },
+        before,
+        "the lifetime counters must come back as they were"
+    );
+    assert_eq!(stats.pending, 1);
+}

@@ -278,6 +278,7 @@ pub fn write_batch(rm: &ResourceManager, effects: &Effects, epoch: Epoch) -> Wri
         ..WriteBatch::default()
     };
     let mut seen = HashSet::new();
+    let mut seen_queues = HashSet::new();
     for record in &effects.records {
         match record {
             Record::Job(id) => {
@@ -290,6 +291,9 @@ pub fn write_batch(rm: &ResourceManager, effects: &Effects, epoch: Epoch) -> Wri
             }
             Record::JobPurged(id) => batch.deleted_jobs.push(*id.0.as_bytes()),
             Record::Queue(id) => {
+                if !seen_queues.insert(*id) {
+                    continue;
+                }
                 if let Some(r) = rm.queue_record(*id) {
                     batch
                         .queues

@@ -163,6 +163,8 @@ impl ResourceManager {
         let leaf = self.node_mut(queue);
         leaf.stats.submitted += 1;
         leaf.stats.pending += 1;
+        // Lifetime counters are durable: they outlive retention and restarts.
+        self.effects.records.push(Record::Queue(queue));
         self.add_unfinished(queue, 1);
         if let Some(at) = expires_at {
             self.timers.set(at, Timer::Expire(key));
@@ -288,6 +290,7 @@ impl ResourceManager {
                 JobState::Cancelled => stats.cancelled += 1,
                 _ => stats.expired += 1,
             }
+            self.effects.records.push(Record::Queue(queue));
             self.add_unfinished(queue, -1);
         }
         self.timers
@@ -338,6 +341,7 @@ impl ResourceManager {
         if let Some(Some(leaf)) = self.queues.get_mut(queue.0 as usize) {
             leaf.stats.run.record(now.since(scheduled_at));
             leaf.stats.pending += 1;
+            self.effects.records.push(Record::Queue(queue));
             if worker_key.is_some() {
                 self.release_on_path(queue, &request);
             }

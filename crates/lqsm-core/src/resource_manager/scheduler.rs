@@ -341,6 +341,7 @@ impl ResourceManager {
         node.attempts.push((token, key));
         node.stats.pending -= 1;
         node.stats.wait.record(wait);
+        self.effects.records.push(Record::Queue(leaf));
         let mut at = Some(leaf);
         while let Some(id) = at {
             let node = self.queues[id.0 as usize]
