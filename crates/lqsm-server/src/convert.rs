@@ -313,8 +313,8 @@ fn outcome_name(o: &core::AttemptOutcome) -> (&'static str, Option<String>) {
 }
 
 /// A job as clients see it.
-pub fn job_view(job: &core::Job, queue: &str) -> api::JobView {
-    let (result, exit_code, reason) = match job.termination.as_deref() {
+pub fn job_view(job: &core::JobRecord, queue: &str) -> api::JobView {
+    let (result, exit_code, reason) = match job.termination.as_ref() {
         Some(core::Termination::Succeeded { result, exit_code }) => (
             result.as_ref().map(core::jobs::Json::to_value),
             *exit_code,
@@ -399,4 +399,52 @@ pub fn reported(r: &api::AttemptResult) -> core::ReportedResult {
 /// Name of a job state, as the API spells it.
 pub fn job_state_name(s: core::JobState) -> &'static str {
     state_name(s)
+}
+
+/// A poll's answer as the wire carries it.
+pub fn poll_response(dispatch: crate::resource_manager::Dispatch) -> api::PollResponse {
+    api::PollResponse {
+        seq: dispatch.seq,
+        assignments: dispatch
+            .assignments
+            .into_iter()
+            .map(|a| api::Assignment {
+                job: a.job.0,
+                token: a.token.0,
+                attempt: a.attempt,
+                queue: a.queue,
+                kind: kind_view(&a.kind),
+                resources: figures(&a.request),
+                timeout_ms: a.timeout.map(|d| d.as_millis() as u64),
+            })
+            .collect(),
+        kill: dispatch
+            .kills
+            .iter()
+            .map(|k| api::KillOrder {
+                job: k.job.0,
+                token: k.token.0,
+                reason: match k.reason {
+                    core::KillReason::Cancelled => "cancelled",
+                    core::KillReason::TimedOut => "timed_out",
+                    core::KillReason::Preempted => "preempted",
+                    core::KillReason::Stale => "stale",
+                }
+                .to_owned(),
+            })
+            .collect(),
+        refused: dispatch
+            .refused
+            .iter()
+            .map(|r| api::RefusedReport {
+                job: r.job.0,
+                token: r.token.0,
+                reason: match r.reason {
+                    core::RefusalReason::UnknownJob => "unknown_job",
+                    core::RefusalReason::StaleAttempt => "stale_attempt",
+                }
+                .to_owned(),
+            })
+            .collect(),
+    }
 }

@@ -6,7 +6,9 @@ use crate::auth::{Auth, Role};
 use crate::config::Limits;
 use crate::convert;
 use crate::error::ApiError;
-use crate::resource_manager::{QueueOp, Runtime, Stopped, wall_clock};
+use crate::resource_manager::{QueueOp, wall_clock};
+use crate::scheduler::{JobListing, Scheduler, SchedulerError};
+use crate::view::{ClusterView, QueueSnapshot};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -14,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use lqsm_api as api;
-use lqsm_core::{JobId, QueueUpdate, ResourceManager, WorkerId, WorkerPoll};
+use lqsm_core::{JobId, QueueUpdate, WorkerId, WorkerPoll};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
@@ -26,8 +28,8 @@ use uuid::Uuid;
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
-    /// The runtime.
-    pub runtime: Runtime,
+    /// The scheduler (the only way handlers reach the state).
+    pub scheduler: Arc<dyn Scheduler>,
     /// Tokens.
     pub auth: Arc<Auth>,
     /// Limits.
@@ -36,15 +38,21 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Renders `/metrics`.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    /// The store, for payloads kept out of memory.
-    pub store: Arc<dyn lqsm_store::Store>,
 }
 
-impl From<Stopped> for ApiError {
-    fn from(_: Stopped) -> Self {
-        ApiError::unavailable(
-            "the server is shutting down or its store failed; retry against a healthy server",
-        )
+impl From<SchedulerError> for ApiError {
+    fn from(e: SchedulerError) -> Self {
+        match e {
+            SchedulerError::Stopped => ApiError::unavailable(
+                "the server is shutting down or its store failed; retry against a healthy server",
+            ),
+            SchedulerError::Restoring => ApiError::unavailable(
+                "the server is restoring its state from the store; retry once /readyz answers 200",
+            ),
+            SchedulerError::Read(why) => {
+                ApiError::unavailable(format!("reading the store failed: {why}; retry later"))
+            }
+        }
     }
 }
 
@@ -194,7 +202,7 @@ async fn submit_job(
 ) -> ApiResult<Response> {
     let role = state.auth.role(&headers)?;
     let req = prepare(&state, &role, "", &job, wall_clock())?;
-    let mut results = state.runtime.submit(vec![req]).await?;
+    let mut results = state.scheduler.submit(vec![req]).await?;
     let result = results
         .pop()
         .ok_or_else(|| ApiError::unavailable("no answer"))?;
@@ -247,7 +255,7 @@ async fn submit_batch(
             })),
         }
     }
-    let mut results = state.runtime.submit(valid).await?.into_iter();
+    let mut results = state.scheduler.submit(valid).await?.into_iter();
     let mut accepted = 0;
     let results = items
         .into_iter()
@@ -293,36 +301,15 @@ fn parse_worker_id(text: &str) -> ApiResult<WorkerId> {
         .map_err(|_| ApiError::invalid_field("id", format!("`{text}` is not a worker id (a UUID)")))
 }
 
-/// The job's view and queue, or 404.
+/// The job's view as acknowledged, or 404.
 async fn view_job(state: &AppState, id: JobId) -> ApiResult<api::JobView> {
-    let (mut view, stored) = state
-        .runtime
-        .read(move |rm| {
-            let job = rm.job(id)?;
-            let queue = rm.queue_path(job.queue)?.to_string();
-            let stored = matches!(job.spec.kind, lqsm_core::JobKind::Stored { .. });
-            Some((convert::job_view(job, &queue), stored))
-        })
-        .await?
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "job {id} does not exist (it may have passed its retention)"
-            ))
-            .at("id")
-        })?;
-    if stored {
-        let store = state.store.clone();
-        let key = *id.0.as_bytes();
-        let found = tokio::task::spawn_blocking(move || {
-            crate::resource_manager::fetch_kinds(store.as_ref(), &[key])
-        })
-        .await
-        .unwrap_or_default();
-        if let Some(kind) = found.into_values().next() {
-            view.kind = kind;
-        }
-    }
-    Ok(view)
+    let record = state.scheduler.job(id).await?.ok_or_else(|| {
+        ApiError::not_found(format!(
+            "job {id} does not exist (it may have passed its retention)"
+        ))
+        .at("id")
+    })?;
+    Ok(convert::job_view(&record, record.queue.as_str()))
 }
 
 #[utoipa::path(get, path = "/v1/jobs/{id}", params(("id" = String, Path)), responses((status = 200, body = api::JobView), (status = "4XX", body = api::ErrorBody)))]
@@ -388,72 +375,29 @@ async fn list_jobs(
             )
         })?,
     }
-    let queue = q.queue.clone();
-    let tag = q.tag.clone();
-    let order = q.order.unwrap_or_default();
-    let (mut page, stored) = state
-        .runtime
-        .read(move |rm: &ResourceManager| {
-            let prefix = queue
-                .as_deref()
-                .and_then(|q| lqsm_core::QueuePath::parse(q).ok());
-            let mut matching: Vec<JobId> = rm
-                .jobs()
-                .filter(|j| wanted_state.is_none_or(|s| j.state == s))
-                .filter(|j| {
-                    after.is_none_or(|a| match order {
-                        api::ListOrder::Oldest => j.id > a,
-                        api::ListOrder::Newest => j.id < a,
-                    })
-                })
-                .filter(|j| tag.as_ref().is_none_or(|t| j.spec.tags().contains(t)))
-                .filter(|j| {
-                    prefix
-                        .as_ref()
-                        .is_none_or(|p| rm.queue_path(j.queue).is_some_and(|q| q.is_within(p)))
-                })
-                .map(|j| j.id)
-                .collect();
-            match order {
-                api::ListOrder::Oldest => matching.sort_unstable(),
-                api::ListOrder::Newest => matching.sort_unstable_by(|a, b| b.cmp(a)),
-            }
-            let more = matching.len() > limit;
-            matching.truncate(limit);
-            let mut jobs = Vec::with_capacity(matching.len());
-            let mut stored = Vec::new();
-            for id in matching {
-                let Some(job) = rm.job(id) else { continue };
-                let Some(queue) = rm.queue_path(job.queue) else {
-                    continue;
-                };
-                if matches!(job.spec.kind, lqsm_core::JobKind::Stored { .. }) {
-                    stored.push(*id.0.as_bytes());
-                }
-                jobs.push(convert::job_view(job, queue.as_str()));
-            }
-            let next_cursor = if more {
-                jobs.last().map(|j| j.id.to_string())
-            } else {
-                None
-            };
-            (api::JobList { jobs, next_cursor }, stored)
-        })
-        .await?;
-    if !stored.is_empty() {
-        let store = state.store.clone();
-        let mut kinds = tokio::task::spawn_blocking(move || {
-            crate::resource_manager::fetch_kinds(store.as_ref(), &stored)
-        })
-        .await
-        .unwrap_or_default();
-        for view in &mut page.jobs {
-            if let Some(kind) = kinds.remove(view.id.as_bytes()) {
-                view.kind = kind;
-            }
-        }
-    }
-    Ok(Json(page))
+    let listing = JobListing {
+        queue: q.queue.clone(),
+        state: wanted_state,
+        tag: q.tag.clone(),
+        order: match q.order.unwrap_or_default() {
+            api::ListOrder::Oldest => lqsm_store::Order::OldestFirst,
+            api::ListOrder::Newest => lqsm_store::Order::NewestFirst,
+        },
+        after,
+        limit,
+    };
+    let page = state.scheduler.jobs(listing).await?;
+    let jobs: Vec<api::JobView> = page
+        .jobs
+        .iter()
+        .map(|record| convert::job_view(record, record.queue.as_str()))
+        .collect();
+    let next_cursor = if page.more {
+        jobs.last().map(|j| j.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(api::JobList { jobs, next_cursor }))
 }
 
 #[utoipa::path(post, path = "/v1/jobs/{id}/cancel", params(("id" = String, Path)), responses((status = 200, body = api::JobView), (status = "4XX", body = api::ErrorBody)))]
@@ -467,7 +411,7 @@ async fn cancel_job(
     let view = view_job(&state, id).await?;
     role.require_queue(&view.queue)?;
     state
-        .runtime
+        .scheduler
         .cancel(id, "cancelled by a client".into())
         .await??;
     Ok(Json(view_job(&state, id).await?))
@@ -484,13 +428,7 @@ async fn job_logs(
     let id = parse_job_id(&id)?;
     let view = view_job(&state, id).await?;
     role.require_queue(&view.queue)?;
-    let store = state.store.clone();
-    let key = *id.0.as_bytes();
-    let logs = tokio::task::spawn_blocking(move || store.logs(&key))
-        .await
-        .map_err(|_| ApiError::unavailable("log read failed"))?
-        .map_err(|e| ApiError::unavailable(e.to_string()))?
-        .unwrap_or_default();
+    let logs = state.scheduler.logs(id).await?.unwrap_or_default();
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,
@@ -523,41 +461,54 @@ async fn wait_job(
     role.require_queue(&view.queue)?;
     let timeout = q.timeout_ms.unwrap_or(30_000).min(300_000);
     state
-        .runtime
+        .scheduler
         .wait_job(id, Duration::from_millis(timeout))
         .await?;
     Ok(Json(view_job(&state, id).await?))
 }
 
-fn queue_view(rm: &ResourceManager, view: lqsm_core::QueueView<'_>, deep: bool) -> api::QueueView {
-    let stats = view.stats();
-    let total = rm.total();
-    let g = view.abs_guarantee();
+/// A queue tree as the wire shows it, `depth` levels of children deep (None: all).
+fn queue_view(
+    cluster: &ClusterView,
+    queue: &QueueSnapshot,
+    depth: Option<usize>,
+    page: Option<(&Option<String>, usize)>,
+) -> api::QueueView {
+    let stats = &queue.stats;
+    let total = &cluster.total;
+    let g = queue.abs_guarantee;
     let guaranteed = lqsm_core::Resources::new(
         lqsm_core::Millicores((total.cpu.0 as f64 * g) as u64),
         lqsm_core::MiB((total.memory.0 as f64 * g) as u64),
         (f64::from(total.gpu) * g) as u32,
     );
-    let children = if deep {
-        view.children()
-            .into_iter()
-            .filter_map(|p| rm.queue(p.as_str()).ok())
-            .map(|c| queue_view(rm, c, true))
-            .collect()
-    } else {
-        Vec::new()
+    let children = match depth {
+        Some(0) => Vec::new(),
+        _ => {
+            let deeper = depth.map(|d| d - 1);
+            let listed = queue.children.iter().filter(|p| match page {
+                Some((Some(after), _)) => p.as_str() > after.as_str(),
+                _ => true,
+            });
+            let limit = page.map_or(usize::MAX, |(_, limit)| limit);
+            listed
+                .filter_map(|p| cluster.queue(p))
+                .take(limit)
+                .map(|c| queue_view(cluster, c, deeper, None))
+                .collect()
+        }
     };
     api::QueueView {
-        path: view.path().to_string(),
-        state: format!("{:?}", view.state()).to_lowercase(),
-        capacity: view.config().capacity,
-        max_capacity: view.config().max_capacity,
+        path: queue.path.clone(),
+        state: format!("{:?}", queue.state).to_lowercase(),
+        capacity: queue.config.capacity,
+        max_capacity: queue.config.max_capacity,
         abs_guarantee: g,
-        abs_max: view.abs_max(),
+        abs_max: queue.abs_max,
         guaranteed: convert::figures(&guaranteed),
-        used: convert::figures(view.used()),
+        used: convert::figures(&queue.used),
         pending: stats.pending,
-        running: view.running(),
+        running: queue.running,
         counts: api::QueueCounts {
             submitted: stats.submitted,
             succeeded: stats.succeeded,
@@ -567,23 +518,105 @@ fn queue_view(rm: &ResourceManager, view: lqsm_core::QueueView<'_>, deep: bool) 
             mean_wait_ms: stats.wait.mean().map_or(0, |d| d.as_millis() as u64),
             mean_run_ms: stats.run.mean().map_or(0, |d| d.as_millis() as u64),
         },
-        settings: convert::queue_settings(view.config()),
+        settings: convert::queue_settings(&queue.config),
         children,
     }
 }
 
-#[utoipa::path(get, path = "/v1/queues", responses((status = 200, body = api::QueueView)))]
+/// The core's "no such queue", naming a few queues that do exist.
+fn queue_not_found(cluster: &ClusterView, path: &str) -> ApiError {
+    let known: Vec<&str> = cluster.queues.keys().take(5).map(String::as_str).collect();
+    ApiError::from(lqsm_core::QueueError::NotFound {
+        path: path.to_owned(),
+        known: known.join(", "),
+    })
+}
+
+/// Trees up to this many queues are answered whole by default.
+const WHOLE_TREE_QUEUES: usize = 1000;
+
+/// How much of a queue tree to answer.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+struct TreeQuery {
+    /// Levels of children to include (0: the queue alone). Default: the whole tree when
+    /// it holds at most 1,000 queues, else 1.
+    depth: Option<usize>,
+    /// Only the direct children whose path sorts after this one (the path of the last
+    /// child of the previous page, also given in the `lqsm-next-cursor` header).
+    cursor: Option<String>,
+    /// At most this many direct children (1..=1000; default: all when the tree is
+    /// answered whole, else 1,000).
+    limit: Option<usize>,
+}
+
+/// The tree at `path` as `query` asks, with the cursor of the next page of its direct
+/// children when there are more.
+fn queue_tree(
+    cluster: &ClusterView,
+    path: &str,
+    query: &TreeQuery,
+) -> ApiResult<(api::QueueView, Option<String>)> {
+    let queue = cluster
+        .queue(path)
+        .ok_or_else(|| queue_not_found(cluster, path))?;
+    if let Some(limit) = query.limit
+        && !(1..=1000).contains(&limit)
+    {
+        return Err(ApiError::invalid_field(
+            "limit",
+            format!("{limit} is not between 1 and 1000"),
+        ));
+    }
+    // Counting the subtree stops at the threshold: cheap however large the tree.
+    let small = cluster.subtree(path).take(WHOLE_TREE_QUEUES + 1).count() <= WHOLE_TREE_QUEUES;
+    let depth = query.depth.or(if small { None } else { Some(1) });
+    let limit = query.limit.unwrap_or(if small && query.cursor.is_none() {
+        usize::MAX
+    } else {
+        1000
+    });
+    let view = queue_view(cluster, queue, depth, Some((&query.cursor, limit)));
+    let remaining = queue
+        .children
+        .iter()
+        .filter(|p| {
+            query
+                .cursor
+                .as_ref()
+                .is_none_or(|after| p.as_str() > after.as_str())
+        })
+        .count();
+    let next = if depth != Some(0) && remaining > view.children.len() {
+        view.children.last().map(|c| c.path.clone())
+    } else {
+        None
+    };
+    Ok((view, next))
+}
+
+/// Answers a queue tree, with the next page's cursor in a header.
+fn tree_response(view: api::QueueView, next: Option<String>) -> Response {
+    let mut response = Json(view).into_response();
+    if let Some(next) = next
+        && let Ok(value) = axum::http::HeaderValue::from_str(&next)
+    {
+        response.headers_mut().insert("lqsm-next-cursor", value);
+    }
+    response
+}
+
+#[utoipa::path(get, path = "/v1/queues", params(TreeQuery), responses((status = 200, body = api::QueueView, headers(("lqsm-next-cursor" = String, description = "the cursor of the next page of the root's children, when there are more"))), (status = "4XX", body = api::ErrorBody)))]
 async fn list_queues(
     State(state): State<AppState>,
     headers: HeaderMap,
-) -> ApiResult<Json<api::QueueView>> {
+    query: Result<Query<TreeQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
     state.auth.role(&headers)?;
-    let tree = state
-        .runtime
-        .read(|rm| rm.queue("root").map(|root| queue_view(rm, root, true)))
-        .await?
-        .map_err(ApiError::from)?;
-    Ok(Json(tree))
+    let Query(q) = query.map_err(|e| query_error(&e))?;
+    let cluster = state.scheduler.view().await?;
+    let (view, next) = queue_tree(&cluster, "root", &q)?;
+    Ok(tree_response(view, next))
 }
 
 #[utoipa::path(post, path = "/v1/queues", request_body = api::CreateQueue, responses((status = 201, body = api::QueueView), (status = "4XX", body = api::ErrorBody)))]
@@ -595,7 +628,7 @@ async fn create_queue(
     state.auth.role(&headers)?.require_admin()?;
     let (path, config) = parse_create_queue(body)?;
     state
-        .runtime
+        .scheduler
         .queue(QueueOp::Create(path.clone(), config))
         .await??;
     let view = get_queue_view(&state, path).await?;
@@ -703,7 +736,7 @@ async fn create_queues(
             error: None,
         });
     }
-    let mut answers = state.runtime.create_queues(valid).await?.into_iter();
+    let mut answers = state.scheduler.create_queues(valid).await?.into_iter();
     let mut created = 0;
     for (i, item) in results.iter_mut().enumerate() {
         if item.error.is_some() {
@@ -723,12 +756,13 @@ async fn create_queues(
     Ok(Json(api::QueueBatchResult { results, created }))
 }
 
+/// The queue's whole tree as of the last commit (which holds any change answered).
 async fn get_queue_view(state: &AppState, path: String) -> ApiResult<api::QueueView> {
-    state
-        .runtime
-        .read(move |rm| rm.queue(&path).map(|q| queue_view(rm, q, true)))
-        .await?
-        .map_err(ApiError::from)
+    let cluster = state.scheduler.view().await?;
+    let queue = cluster
+        .queue(&path)
+        .ok_or_else(|| queue_not_found(&cluster, &path))?;
+    Ok(queue_view(&cluster, queue, None, None))
 }
 
 #[utoipa::path(get, path = "/v1/queues/{path}", params(("path" = String, Path)), responses((status = 200, body = api::QueueView), (status = "4XX", body = api::ErrorBody)))]
@@ -750,11 +784,11 @@ async fn update_queue(
 ) -> ApiResult<Json<api::QueueView>> {
     state.auth.role(&headers)?.require_admin()?;
     let p = path.clone();
-    let current = state
-        .runtime
-        .read(move |rm| rm.queue(&p).map(|q| q.config().clone()))
-        .await?
-        .map_err(ApiError::from)?;
+    let state_view = state.scheduler.view().await?;
+    let current = state_view
+        .queue(&p)
+        .map(|q| q.config.clone())
+        .ok_or_else(|| queue_not_found(&state_view, &p))?;
     let config = convert::queue_config(&settings, &current)?;
     let update = QueueUpdate {
         capacity: Some(config.capacity),
@@ -778,7 +812,7 @@ async fn update_queue(
         update
     };
     state
-        .runtime
+        .scheduler
         .queue(QueueOp::Update(path.clone(), update))
         .await??;
     Ok(Json(get_queue_view(&state, path).await?))
@@ -791,7 +825,7 @@ async fn queue_action(
     path: String,
 ) -> ApiResult<Json<api::QueueView>> {
     state.auth.role(headers)?.require_admin()?;
-    state.runtime.queue(op).await??;
+    state.scheduler.queue(op).await??;
     Ok(Json(get_queue_view(state, path).await?))
 }
 
@@ -841,7 +875,7 @@ async fn delete_queue(
     state.auth.role(&headers)?.require_admin()?;
     let Query(q) = query.map_err(|e| query_error(&e))?;
     state
-        .runtime
+        .scheduler
         .queue(QueueOp::Delete(path, q.force))
         .await??;
     Ok(StatusCode::NO_CONTENT)
@@ -864,23 +898,29 @@ async fn register_worker(
         serves_commands: reg.serves_commands,
         handlers: reg.handlers.into_iter().collect(),
     };
-    state.runtime.register(registration).await??;
-    let view = state
-        .runtime
-        .read(move |rm| rm.worker(id).map(worker_view))
-        .await?;
-    view.map(Json)
+    state.scheduler.register(registration).await??;
+    worker_by_id(&state, id).await
+}
+
+/// The worker's view as of the last commit (which holds any change answered).
+async fn worker_by_id(state: &AppState, id: WorkerId) -> ApiResult<Json<api::WorkerView>> {
+    let cluster = state.scheduler.view().await?;
+    cluster
+        .workers
+        .iter()
+        .find(|w| w.id == id)
+        .map(|w| Json(worker_view(w)))
         .ok_or_else(|| ApiError::not_found("worker vanished"))
 }
 
-fn worker_view(w: &lqsm_core::Worker) -> api::WorkerView {
+fn worker_view(w: &crate::view::WorkerSnapshot) -> api::WorkerView {
     api::WorkerView {
         id: w.id.0,
         name: w.name.clone(),
         state: format!("{:?}", w.state).to_lowercase(),
         capacity: convert::figures(&w.capacity),
         used: convert::figures(&w.used),
-        attempts: w.attempt_count(),
+        attempts: w.attempts,
         labels: w.labels.clone(),
     }
 }
@@ -930,11 +970,11 @@ async fn poll_worker(
             ))
         })
         .collect();
-    let answer = state
-        .runtime
+    let dispatch = state
+        .scheduler
         .poll(id, core_poll, logs, Duration::from_millis(poll.wait_ms))
         .await??;
-    Ok(Json(answer.response))
+    Ok(Json(convert::poll_response(dispatch)))
 }
 
 #[utoipa::path(post, path = "/v1/workers/{id}/drain", params(("id" = String, Path)), responses((status = 200, body = api::WorkerView), (status = "4XX", body = api::ErrorBody)))]
@@ -945,13 +985,8 @@ async fn drain_worker(
 ) -> ApiResult<Json<api::WorkerView>> {
     state.auth.role(&headers)?.require_worker()?;
     let id = parse_worker_id(&id)?;
-    state.runtime.drain_worker(id).await??;
-    let view = state
-        .runtime
-        .read(move |rm| rm.worker(id).map(worker_view))
-        .await?;
-    view.map(Json)
-        .ok_or_else(|| ApiError::not_found("worker vanished"))
+    state.scheduler.drain_worker(id).await??;
+    worker_by_id(&state, id).await
 }
 
 #[utoipa::path(post, path = "/v1/workers/{id}/undrain", params(("id" = String, Path)), responses((status = 200, body = api::WorkerView), (status = "4XX", body = api::ErrorBody)))]
@@ -962,13 +997,8 @@ async fn undrain_worker(
 ) -> ApiResult<Json<api::WorkerView>> {
     state.auth.role(&headers)?.require_worker()?;
     let id = parse_worker_id(&id)?;
-    state.runtime.undrain_worker(id).await??;
-    let view = state
-        .runtime
-        .read(move |rm| rm.worker(id).map(worker_view))
-        .await?;
-    view.map(Json)
-        .ok_or_else(|| ApiError::not_found("worker vanished"))
+    state.scheduler.undrain_worker(id).await??;
+    worker_by_id(&state, id).await
 }
 
 #[utoipa::path(get, path = "/v1/workers", responses((status = 200, body = Vec<api::WorkerView>)))]
@@ -977,12 +1007,8 @@ async fn list_workers(
     headers: HeaderMap,
 ) -> ApiResult<Json<Vec<api::WorkerView>>> {
     state.auth.role(&headers)?;
-    let mut workers = state
-        .runtime
-        .read(|rm| rm.workers().map(worker_view).collect::<Vec<_>>())
-        .await?;
-    workers.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Json(workers))
+    let cluster = state.scheduler.view().await?;
+    Ok(Json(cluster.workers.iter().map(worker_view).collect()))
 }
 
 #[utoipa::path(get, path = "/v1/cluster", responses((status = 200, body = api::ClusterSummary)))]
@@ -991,35 +1017,25 @@ async fn cluster(
     headers: HeaderMap,
 ) -> ApiResult<Json<api::ClusterSummary>> {
     state.auth.role(&headers)?;
-    let summary = state
-        .runtime
-        .read(|rm| {
-            let mut workers = std::collections::BTreeMap::new();
-            for w in rm.workers() {
-                *workers
-                    .entry(format!("{:?}", w.state).to_lowercase())
-                    .or_insert(0) += 1;
-            }
-            let mut jobs = std::collections::BTreeMap::new();
-            for j in rm.jobs() {
-                *jobs
-                    .entry(convert::job_state_name(j.state).to_owned())
-                    .or_insert(0) += 1;
-            }
-            let used = rm
-                .queue("root")
-                .map(|r| r.used().clone())
-                .unwrap_or_default();
-            api::ClusterSummary {
-                workers,
-                total: convert::figures(rm.total()),
-                used: convert::figures(&used),
-                jobs,
-                queues: rm.queues().len(),
-            }
-        })
-        .await?;
-    Ok(Json(summary))
+    let cluster = state.scheduler.view().await?;
+    let jobs = state.scheduler.job_counts().await?;
+    let mut workers = std::collections::BTreeMap::new();
+    for w in cluster.workers.iter() {
+        *workers
+            .entry(format!("{:?}", w.state).to_lowercase())
+            .or_insert(0) += 1;
+    }
+    let used = cluster
+        .queue("root")
+        .map(|r| r.used.clone())
+        .unwrap_or_default();
+    Ok(Json(api::ClusterSummary {
+        workers,
+        total: convert::figures(&cluster.total),
+        used: convert::figures(&used),
+        jobs,
+        queues: cluster.queues.len(),
+    }))
 }
 
 async fn healthz() -> &'static str {
@@ -1027,15 +1043,42 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.ready.load(Ordering::Relaxed) {
+    if state.ready.load(Ordering::Acquire) {
         "ready".into_response()
     } else {
-        ApiError::unavailable("restoring state").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({
+                "status": "restoring",
+                "error": {
+                    "code": "unavailable",
+                    "message": "the server is restoring its state from the store; it serves once this answers 200"
+                }
+            })),
+        )
+            .into_response()
     }
 }
 
+/// Answers every API call 503 `unavailable` until the state is restored (probes,
+/// metrics and the API document answer at once).
+async fn until_ready(
+    State(state): State<AppState>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path();
+    if state.ready.load(Ordering::Acquire)
+        || !path.starts_with("/v1/")
+        || path == "/v1/openapi.json"
+    {
+        return next.run(request).await;
+    }
+    ApiError::from(SchedulerError::Restoring).into_response()
+}
+
 async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
-    state.runtime.read(crate::metrics::record_gauges).await?;
+    crate::metrics::record_gauges(&*state.scheduler.view().await?);
     let text = state
         .metrics
         .as_ref()
@@ -1191,6 +1234,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            until_ready,
+        ))
         .with_state(state)
 }
 

@@ -8,15 +8,18 @@ pub mod error;
 pub mod jobserver;
 pub mod metrics;
 pub mod resource_manager;
+pub mod scheduler;
+pub mod view;
 
 use crate::config::{ServerConfig, StoreBackend};
 use lqsm_core::codec::{self, CodecError};
 use lqsm_core::{JobRecord, ResourceManager, RestoreInput};
 use lqsm_store::{EmbeddedStore, Lease, Store};
 use std::future::Future;
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use thiserror::Error;
 
@@ -355,11 +358,23 @@ fn settings_differences(
 
 /// Runs the server until `shutdown` resolves: stops accepting, lets requests in
 /// flight finish and the commit in flight land, then returns. `on_listening` is told
-/// the bound address (useful with port 0).
+/// the bound address (useful with port 0) as soon as it listens, before the state is
+/// restored: until then `/readyz` answers 503 and API calls 503 `unavailable`.
 pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), ServerError> {
+    serve_after(config, shutdown, on_listening, async {}).await
+}
+
+/// As [`serve`], restoring the state only once `before_restore` resolves (tests hold the
+/// server in its restoring phase with it).
+pub async fn serve_after(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_listening: impl FnOnce(SocketAddr),
+    before_restore: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     if config.tokens.is_empty() && !config.listen.ip().is_loopback() && !config.insecure {
         return Err(ServerError::Config(format!(
@@ -381,33 +396,14 @@ pub async fn serve(
             }
         });
     }
-    let store = open_store(&config)?;
-    let (lease, renewing) = take_lease(&store, &config)?;
-    let (mut rm, needs_upgrade) = restore_and_check(store.as_ref(), &config)?;
-    if needs_upgrade {
-        let started = std::time::Instant::now();
-        let jobs = upgrade_records(store.as_ref(), &rm, lease.epoch)?;
-        tracing::info!(
-            jobs,
-            ms = started.elapsed().as_millis() as u64,
-            "rewrote the stored records in the current format, with their index"
-        );
-    }
-    // What starting changed (a fresh tree, declared queues) is durable before serving.
-    let effects = rm.take_effects();
-    let batch = resource_manager::write_batch(&rm, &effects, lease.epoch);
-    if !batch.is_empty() {
-        store.commit(&batch)?;
-    }
-    let longest_poll = Duration::from_millis(config.scheduler.max_poll_wait_ms);
-    let (runtime, actor) = resource_manager::spawn(rm, store.clone(), lease.epoch, longest_poll);
+    let starting = Arc::new(scheduler::Starting::default());
+    let ready = Arc::new(AtomicBool::new(false));
     let state = jobserver::AppState {
-        runtime,
+        scheduler: starting.clone(),
         auth: Arc::new(auth::Auth::new(&config.tokens)),
         limits: config.limits.clone(),
-        ready: Arc::new(AtomicBool::new(true)),
+        ready: ready.clone(),
         metrics,
-        store: store.clone(),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -421,32 +417,59 @@ pub async fn serve(
             addr: config.listen,
             source,
         })?;
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "serving");
+    // Serve probes (and 503s) while the state is restored.
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let http = tokio::spawn(
+        axum::serve(listener, jobserver::router(state))
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+            })
+            .into_future(),
+    );
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "listening; restoring state");
     on_listening(addr);
+    before_restore.await;
+    let started = match start_scheduler(&config).await {
+        Ok(started) => started,
+        Err(e) => {
+            let _ = stop_tx.send(());
+            let _ = http.await;
+            return Err(e);
+        }
+    };
+    let Started {
+        store,
+        lease,
+        renewing,
+        scheduler,
+        actor,
+    } = started;
+    starting.ready(scheduler);
+    ready.store(true, Ordering::Release);
+    tracing::info!(%addr, "serving");
     // The actor stops only when every handle is gone, or when the store failed: then
     // nothing more can be made durable, and the server stops too (fail-stop), so a
     // supervisor restarts it on the durable state.
-    let (actor_done_tx, actor_done_rx) = tokio::sync::oneshot::channel::<()>();
-    let actor = tokio::spawn(async move {
-        let result = actor.await;
-        let _ = actor_done_tx.send(());
-        result
-    });
-    let stop = async move {
-        tokio::select! {
-            _ = shutdown => {}
-            _ = actor_done_rx => tracing::error!("the resource manager stopped; shutting down"),
-        }
-    };
-    axum::serve(listener, jobserver::router(state))
-        .with_graceful_shutdown(stop)
-        .await
-        .map_err(|source| ServerError::Listen { addr, source })?;
+    let actor = tokio::spawn(actor);
+    let actor_abort = actor.abort_handle();
+    tokio::select! {
+        _ = shutdown => {}
+        _ = wait_finished(&actor_abort) => tracing::error!("the resource manager stopped; shutting down"),
+    }
+    let _ = stop_tx.send(());
+    let served = http.await;
     renewing.abort();
+    // Every handle is dropped with the router: the actor lands its last commit and ends.
+    drop(starting);
     let result = actor.await;
     // Let the next server take over at once (a restart of this one would anyway).
     if let Err(e) = store.resign_lease(&lease) {
         tracing::warn!(error = %e, "could not resign the store's lease");
+    }
+    match served {
+        Ok(Ok(())) => {}
+        Ok(Err(source)) => return Err(ServerError::Listen { addr, source }),
+        Err(e) => return Err(ServerError::Config(format!("HTTP task failed: {e}"))),
     }
     match result {
         Ok(Ok(result)) => result.map_err(ServerError::from),
@@ -454,6 +477,85 @@ pub async fn serve(
             "resource manager task failed: {e}"
         ))),
     }
+}
+
+/// Resolves once the task behind `handle` has finished.
+async fn wait_finished(handle: &tokio::task::AbortHandle) {
+    let mut every = tokio::time::interval(Duration::from_millis(100));
+    while !handle.is_finished() {
+        every.tick().await;
+    }
+}
+
+/// What a restored server runs on.
+struct Started {
+    store: Arc<dyn Store>,
+    lease: Lease,
+    renewing: tokio::task::JoinHandle<()>,
+    scheduler: Arc<dyn scheduler::Scheduler>,
+    actor: tokio::task::JoinHandle<Result<(), lqsm_store::StoreError>>,
+}
+
+/// Opens the store, takes its lease, restores the state (off the async threads) and
+/// starts the actor.
+async fn start_scheduler(config: &ServerConfig) -> Result<Started, ServerError> {
+    let store = open_store(config)?;
+    let (lease, renewing) = take_lease(&store, config)?;
+    let restored = {
+        let store = store.clone();
+        let config = config.clone();
+        let epoch = lease.epoch;
+        tokio::task::spawn_blocking(move || -> Result<ResourceManager, ServerError> {
+            let (mut rm, needs_upgrade) = restore_and_check(store.as_ref(), &config)?;
+            if needs_upgrade {
+                let started = std::time::Instant::now();
+                let jobs = upgrade_records(store.as_ref(), &rm, epoch)?;
+                tracing::info!(
+                    jobs,
+                    ms = started.elapsed().as_millis() as u64,
+                    "rewrote the stored records in the current format, with their index"
+                );
+            }
+            // What starting changed (a fresh tree, declared queues) is durable before
+            // serving.
+            let effects = rm.take_effects();
+            let batch = resource_manager::write_batch(&rm, &effects, epoch);
+            if !batch.is_empty() {
+                store.commit(&batch)?;
+            }
+            Ok(rm)
+        })
+        .await
+    };
+    let rm = match restored {
+        Ok(Ok(rm)) => rm,
+        Ok(Err(e)) => {
+            renewing.abort();
+            return Err(e);
+        }
+        Err(e) => {
+            renewing.abort();
+            return Err(ServerError::Config(format!("restore task failed: {e}")));
+        }
+    };
+    let longest_poll = Duration::from_millis(config.scheduler.max_poll_wait_ms);
+    let published = view::Published::default();
+    let (runtime, actor) = resource_manager::spawn(
+        rm,
+        store.clone(),
+        lease.epoch,
+        longest_poll,
+        published.clone(),
+    );
+    let scheduler: Arc<dyn scheduler::Scheduler> =
+        Arc::new(scheduler::InProcess::new(runtime, store.clone(), published));
+    Ok(Started {
+        store,
+        lease,
+        renewing,
+        scheduler,
+        actor,
+    })
 }
 
 #[cfg(test)]

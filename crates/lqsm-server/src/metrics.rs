@@ -22,18 +22,17 @@ pub fn record_submitted(queue: &str, n: u64) {
     metrics::counter!("lqsm_jobs_submitted_total", "queue" => queue.to_owned()).increment(n);
 }
 
-/// Sets the per-queue gauges from the current state.
-pub fn record_gauges(rm: &ResourceManager) {
-    for view in rm.queues() {
-        let queue = view.path().to_string();
-        let stats = view.stats();
-        metrics::gauge!("lqsm_queue_pending", "queue" => queue.clone()).set(stats.pending as f64);
-        metrics::gauge!("lqsm_queue_running", "queue" => queue.clone()).set(view.running() as f64);
-        let used = view.used();
-        metrics::gauge!("lqsm_queue_used_cpu_cores", "queue" => queue.clone())
-            .set(used.cpu.0 as f64 / 1000.0);
-        metrics::gauge!("lqsm_queue_used_memory_mib", "queue" => queue).set(used.memory.0 as f64);
+/// Sets the per-queue gauges from the last published view.
+pub fn record_gauges(view: &crate::view::ClusterView) {
+    for queue in view.queues.values() {
+        let stats = &queue.stats;
+        let name = queue.path.clone();
+        metrics::gauge!("lqsm_queue_pending", "queue" => name.clone()).set(stats.pending as f64);
+        metrics::gauge!("lqsm_queue_running", "queue" => name.clone()).set(queue.running as f64);
+        metrics::gauge!("lqsm_queue_used_cpu_cores", "queue" => name.clone())
+            .set(queue.used.cpu.0 as f64 / 1000.0);
+        metrics::gauge!("lqsm_queue_used_memory_mib", "queue" => name)
+            .set(queue.used.memory.0 as f64);
     }
-    metrics::gauge!("lqsm_workers").set(rm.workers().count() as f64);
-    metrics::gauge!("lqsm_jobs_held").set(rm.job_count() as f64);
+    metrics::gauge!("lqsm_workers").set(view.workers.len() as f64);
 }

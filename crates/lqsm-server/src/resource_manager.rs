@@ -5,12 +5,12 @@
 //! answers the core composed and wakes waiters. The worker protocol's rules (which
 //! poll to answer when, with what) are the core's; this shell only carries them.
 
-use crate::convert;
-use lqsm_api as api;
+use crate::scheduler::SchedulerError;
+use crate::view::{Published, ViewBuilder};
 use lqsm_core::{
-    Effects, FencingToken, JobError, JobId, KillReason, Policies, PollTicket, QueueError, Record,
-    RefusalReason, ResourceManager, SubmitError, SubmitRequest, Submitted, Timestamp, WorkerError,
-    WorkerId, WorkerPoll, WorkerRegistration,
+    Effects, FencingToken, JobError, JobId, Kill, Policies, PollTicket, QueueError, Record,
+    RefusedReport, ResourceManager, Resources, SubmitError, SubmitRequest, Submitted, Timestamp,
+    WorkerError, WorkerId, WorkerPoll, WorkerRegistration,
 };
 use lqsm_core::{JobRecord, codec};
 use lqsm_store::{Epoch, JobIndex, JobWrite, Store, WriteBatch};
@@ -21,9 +21,6 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Most commands applied in one batch.
 const MAX_BATCH: usize = 8192;
-
-/// A read of the state, run after the batch it arrived in is durable.
-pub type Read = Box<dyn FnOnce(&ResourceManager) + Send>;
 
 /// A change to the queue tree.
 pub enum QueueOp {
@@ -41,11 +38,36 @@ pub enum QueueOp {
     Delete(String, bool),
 }
 
-/// What a poll gets back.
+/// What a poll gets back, in the core's terms (the JobServer renders it for the wire).
 #[derive(Debug, Default)]
-pub struct PollAnswer {
-    /// The wire answer.
-    pub response: api::PollResponse,
+pub struct Dispatch {
+    /// The answer's number (0 when it carries no assignment).
+    pub seq: u64,
+    /// Attempts to start, with what the worker needs to run each.
+    pub assignments: Vec<DispatchedAttempt>,
+    /// Attempts to stop.
+    pub kills: Vec<Kill>,
+    /// The poll's reports that were refused.
+    pub refused: Vec<RefusedReport>,
+}
+
+/// One attempt handed to a worker.
+#[derive(Debug)]
+pub struct DispatchedAttempt {
+    /// The job.
+    pub job: JobId,
+    /// The attempt's fencing token.
+    pub token: FencingToken,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// The job's leaf queue.
+    pub queue: String,
+    /// What to run (the stored payload when it was kept out of memory).
+    pub kind: lqsm_core::JobKind,
+    /// What it holds while running.
+    pub request: Resources,
+    /// How long it may run.
+    pub timeout: Option<Duration>,
 }
 
 enum Command {
@@ -83,14 +105,13 @@ enum Command {
         poll: WorkerPoll,
         logs: Vec<(JobId, FencingToken, Vec<u8>)>,
         wait: Duration,
-        reply: oneshot::Sender<Result<PollAnswer, WorkerError>>,
+        reply: oneshot::Sender<Result<Dispatch, WorkerError>>,
     },
     WaitJob {
         id: JobId,
         wait: Duration,
         reply: oneshot::Sender<()>,
     },
-    Read(Read),
 }
 
 /// Where a reply goes once the batch is durable.
@@ -112,10 +133,7 @@ enum Reply {
         oneshot::Sender<Result<(), WorkerError>>,
         Result<(), WorkerError>,
     ),
-    PollRefused(
-        oneshot::Sender<Result<PollAnswer, WorkerError>>,
-        WorkerError,
-    ),
+    PollRefused(oneshot::Sender<Result<Dispatch, WorkerError>>, WorkerError),
 }
 
 /// A cloneable handle to the runtime.
@@ -124,19 +142,16 @@ pub struct Runtime {
     tx: mpsc::UnboundedSender<Command>,
 }
 
-/// The runtime stopped (the store failed, or the server is shutting down).
-#[derive(Debug, thiserror::Error)]
-#[error("the resource manager has stopped")]
-pub struct Stopped;
-
 impl Runtime {
     async fn call<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
-    ) -> Result<T, Stopped> {
+    ) -> Result<T, SchedulerError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(make(tx)).map_err(|_| Stopped)?;
-        rx.await.map_err(|_| Stopped)
+        self.tx
+            .send(make(tx))
+            .map_err(|_| SchedulerError::Stopped)?;
+        rx.await.map_err(|_| SchedulerError::Stopped)
     }
 
     /// Submits jobs, each with the payload to store when its kind is `Stored`; each
@@ -144,18 +159,22 @@ impl Runtime {
     pub async fn submit(
         &self,
         jobs: Vec<(SubmitRequest, Option<Vec<u8>>)>,
-    ) -> Result<Vec<Result<Submitted, SubmitError>>, Stopped> {
+    ) -> Result<Vec<Result<Submitted, SubmitError>>, SchedulerError> {
         self.call(|reply| Command::Submit { jobs, reply }).await
     }
 
     /// Cancels a job.
-    pub async fn cancel(&self, id: JobId, reason: String) -> Result<Result<(), JobError>, Stopped> {
+    pub async fn cancel(
+        &self,
+        id: JobId,
+        reason: String,
+    ) -> Result<Result<(), JobError>, SchedulerError> {
         self.call(|reply| Command::Cancel { id, reason, reply })
             .await
     }
 
     /// Changes the queue tree.
-    pub async fn queue(&self, op: QueueOp) -> Result<Result<(), QueueError>, Stopped> {
+    pub async fn queue(&self, op: QueueOp) -> Result<Result<(), QueueError>, SchedulerError> {
         self.call(|reply| Command::Queue { op, reply }).await
     }
 
@@ -164,7 +183,7 @@ impl Runtime {
     pub async fn create_queues(
         &self,
         queues: Vec<(String, lqsm_core::QueueConfig)>,
-    ) -> Result<Vec<Result<bool, QueueError>>, Stopped> {
+    ) -> Result<Vec<Result<bool, QueueError>>, SchedulerError> {
         self.call(|reply| Command::CreateQueues { queues, reply })
             .await
     }
@@ -173,7 +192,7 @@ impl Runtime {
     pub async fn register(
         &self,
         registration: WorkerRegistration,
-    ) -> Result<Result<(), WorkerError>, Stopped> {
+    ) -> Result<Result<(), WorkerError>, SchedulerError> {
         self.call(|reply| Command::Register {
             registration,
             reply,
@@ -182,12 +201,18 @@ impl Runtime {
     }
 
     /// Drains a worker.
-    pub async fn drain_worker(&self, id: WorkerId) -> Result<Result<(), WorkerError>, Stopped> {
+    pub async fn drain_worker(
+        &self,
+        id: WorkerId,
+    ) -> Result<Result<(), WorkerError>, SchedulerError> {
         self.call(|reply| Command::DrainWorker { id, reply }).await
     }
 
     /// Puts a draining worker back to work.
-    pub async fn undrain_worker(&self, id: WorkerId) -> Result<Result<(), WorkerError>, Stopped> {
+    pub async fn undrain_worker(
+        &self,
+        id: WorkerId,
+    ) -> Result<Result<(), WorkerError>, SchedulerError> {
         self.call(|reply| Command::UndrainWorker { id, reply })
             .await
     }
@@ -200,7 +225,7 @@ impl Runtime {
         poll: WorkerPoll,
         logs: Vec<(JobId, FencingToken, Vec<u8>)>,
         wait: Duration,
-    ) -> Result<Result<PollAnswer, WorkerError>, Stopped> {
+    ) -> Result<Result<Dispatch, WorkerError>, SchedulerError> {
         self.call(|reply| Command::Poll {
             worker,
             poll,
@@ -212,22 +237,9 @@ impl Runtime {
     }
 
     /// Returns when the job is finished, or `wait` has passed.
-    pub async fn wait_job(&self, id: JobId, wait: Duration) -> Result<(), Stopped> {
+    pub async fn wait_job(&self, id: JobId, wait: Duration) -> Result<(), SchedulerError> {
         self.call(|reply| Command::WaitJob { id, wait, reply })
             .await
-    }
-
-    /// Runs `f` on the state once everything before it is durable.
-    pub async fn read<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&ResourceManager) -> T + Send + 'static,
-    ) -> Result<T, Stopped> {
-        let (tx, rx) = oneshot::channel();
-        let read: Read = Box::new(move |rm| {
-            let _ = tx.send(f(rm));
-        });
-        self.tx.send(Command::Read(read)).map_err(|_| Stopped)?;
-        rx.await.map_err(|_| Stopped)
     }
 }
 
@@ -262,12 +274,14 @@ pub struct Actor {
     rx: mpsc::UnboundedReceiver<Command>,
     clock: Clock,
     /// Where the answer to each waiting poll goes, by the ticket the core knows it by.
-    waiting_polls: HashMap<PollTicket, oneshot::Sender<Result<PollAnswer, WorkerError>>>,
+    waiting_polls: HashMap<PollTicket, oneshot::Sender<Result<Dispatch, WorkerError>>>,
     next_ticket: u64,
     waiting_jobs: HashMap<JobId, Vec<(Instant, oneshot::Sender<()>)>>,
     /// The epoch of this server's lease: every commit carries it, so that the store refuses
     /// them once another server has taken over.
     epoch: Epoch,
+    /// Publishes the queue, worker and capacity view after each commit.
+    views: ViewBuilder,
 }
 
 /// Encodes what a batch changed into one store write at `epoch`, in the current record
@@ -329,33 +343,13 @@ pub fn job_entry(record: &JobRecord) -> JobWrite {
 /// Meta key of the fencing-token high-water mark.
 pub const NEXT_TOKEN: &str = "next_token";
 
-fn kill_reason(r: KillReason) -> &'static str {
-    match r {
-        KillReason::Cancelled => "cancelled",
-        KillReason::TimedOut => "timed_out",
-        KillReason::Preempted => "preempted",
-        KillReason::Stale => "stale",
-    }
-}
-
-fn refusal(r: &lqsm_core::RefusedReport) -> api::RefusedReport {
-    api::RefusedReport {
-        job: r.job.0,
-        token: r.token.0,
-        reason: match r.reason {
-            RefusalReason::UnknownJob => "unknown_job",
-            RefusalReason::StaleAttempt => "stale_attempt",
-        }
-        .to_owned(),
-    }
-}
-
 /// Starts the actor on the current tokio runtime.
 pub fn spawn(
     rm: ResourceManager,
     store: Arc<dyn Store>,
     epoch: Epoch,
     longest_poll: Duration,
+    published: Published,
 ) -> (
     Runtime,
     tokio::task::JoinHandle<Result<(), lqsm_store::StoreError>>,
@@ -363,6 +357,7 @@ pub fn spawn(
     let (tx, rx) = mpsc::unbounded_channel();
     let mut rm = rm;
     rm.set_max_poll_wait(longest_poll);
+    let views = ViewBuilder::new(&rm, published);
     let actor = Actor {
         rm,
         store,
@@ -372,6 +367,7 @@ pub fn spawn(
         next_ticket: 0,
         waiting_jobs: HashMap::new(),
         epoch,
+        views,
     };
     (Runtime { tx }, tokio::spawn(actor.run()))
 }
@@ -419,7 +415,6 @@ impl Actor {
     async fn step(&mut self, batch: Vec<Command>) -> Result<(), lqsm_store::StoreError> {
         let now = self.clock.now();
         let mut replies = Vec::new();
-        let mut reads = Vec::new();
         let mut job_waits = Vec::new();
         let mut payloads = Vec::new();
         let mut job_logs = Vec::new();
@@ -504,7 +499,6 @@ impl Actor {
                     }
                 }
                 Command::WaitJob { id, wait, reply } => job_waits.push((id, wait, reply)),
-                Command::Read(read) => reads.push(read),
             }
         }
         self.rm.tick(now);
@@ -528,7 +522,11 @@ impl Actor {
             metrics::histogram!("lqsm_store_commit_seconds")
                 .record(started.elapsed().as_secs_f64());
         }
-        // Durable: now answer, hand out work and wake waiters.
+        // Durable: publish what readers see, then answer (so an answered change is
+        // visible to the next read), hand out work and wake waiters.
+        let started = Instant::now();
+        self.views.update(&self.rm, &effects);
+        metrics::histogram!("lqsm_view_publish_seconds").record(started.elapsed().as_secs_f64());
         crate::metrics::record_effects(&self.rm, &effects);
         for reply in replies {
             match reply {
@@ -571,9 +569,6 @@ impl Actor {
         }
         self.send_answers(effects.answers);
         self.expire_job_waits();
-        for read in reads {
-            read(&self.rm);
-        }
         Ok(())
     }
 
@@ -611,42 +606,31 @@ impl Actor {
                 .map(|a| *a.job.0.as_bytes())
                 .collect();
             let mut fetched = fetch_kinds(self.store.as_ref(), &stored);
-            let assignments: Vec<api::Assignment> = answer
+            let assignments = answer
                 .assignments
                 .into_iter()
                 .filter_map(|a| {
                     let job = self.rm.job(a.job)?;
                     let kind = match fetched.remove(a.job.0.as_bytes()) {
                         Some(kind) => kind,
-                        None => convert::kind_view(&job.spec.kind),
+                        None => job.spec.kind.clone(),
                     };
-                    Some(api::Assignment {
-                        job: a.job.0,
-                        token: a.token.0,
+                    Some(DispatchedAttempt {
+                        job: a.job,
+                        token: a.token,
                         attempt: a.attempt,
                         queue: self.rm.queue_path(job.queue)?.to_string(),
                         kind,
-                        resources: convert::figures(&job.spec.request),
-                        timeout_ms: job.spec.timeout.map(|d| d.as_millis() as u64),
+                        request: job.spec.request.clone(),
+                        timeout: job.spec.timeout,
                     })
                 })
                 .collect();
-            let kill = answer
-                .kills
-                .iter()
-                .map(|k| api::KillOrder {
-                    job: k.job.0,
-                    token: k.token.0,
-                    reason: kill_reason(k.reason).to_owned(),
-                })
-                .collect();
-            let _ = reply.send(Ok(PollAnswer {
-                response: api::PollResponse {
-                    seq: answer.seq,
-                    assignments,
-                    kill,
-                    refused: answer.refused.iter().map(refusal).collect(),
-                },
+            let _ = reply.send(Ok(Dispatch {
+                seq: answer.seq,
+                assignments,
+                kills: answer.kills,
+                refused: answer.refused,
             }));
         }
     }
@@ -673,7 +657,7 @@ impl Actor {
 pub fn fetch_kinds(
     store: &dyn Store,
     keys: &[lqsm_store::JobKey],
-) -> HashMap<lqsm_store::JobKey, api::JobKind> {
+) -> HashMap<lqsm_store::JobKey, lqsm_core::JobKind> {
     if keys.is_empty() {
         return HashMap::new();
     }
@@ -689,7 +673,7 @@ pub fn fetch_kinds(
                         return None;
                     }
                 };
-                Some((*key, convert::kind_view(&kind)))
+                Some((*key, kind))
             })
             .collect(),
         Err(e) => {
