@@ -1,0 +1,234 @@
+//! Reads through the seam: job reads from the store's indexes (a job is readable as soon
+//! as its submission is answered), listings by queue subtree, state and tag with cursors
+//! in both orders, queue trees by depth and page, and `/readyz` while restoring.
+#![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
+
+mod support;
+
+use lqsm_api as api;
+use serde_json::json;
+use support::{DEADLINE, Server, eventually, function_job};
+use uuid::Uuid;
+
+#[test]
+fn a_job_is_readable_and_listed_as_soon_as_its_submission_is_answered() {
+    let server = Server::start();
+    let api = server.api();
+    for _ in 0..20 {
+        let id = api.submit(&function_job("root.default", "nobody"));
+        assert_eq!(api.job(id).id, id);
+        let newest: api::JobList = api
+            .get("/v1/jobs?queue=root.default&order=newest&limit=1")
+            .expect(200);
+        assert_eq!(newest.jobs.first().map(|j| j.id), Some(id));
+    }
+}
+
+/// Every page of a listing, following `next_cursor`.
+fn all_pages(api: &support::Api, query: &str) -> Vec<Uuid> {
+    let mut ids = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let url = match &cursor {
+            Some(c) => format!("/v1/jobs?{query}&limit=2&cursor={c}"),
+            None => format!("/v1/jobs?{query}&limit=2"),
+        };
+        let page: api::JobList = api.get(&url).expect(200);
+        assert!(page.jobs.len() <= 2, "{url}: a page holds at most `limit`");
+        ids.extend(page.jobs.iter().map(|j| j.id));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return ids,
+        }
+    }
+}
+
+#[test]
+fn listings_by_queue_subtree_state_and_tag_page_with_cursors_in_both_orders() {
+    let server = Server::start();
+    let api = server.api();
+    for path in ["root.team", "root.team.x", "root.team.y", "root.other"] {
+        api.create_queue(json!({"path": path, "capacity": 0.0}));
+    }
+    let mut submitted = Vec::new();
+    for i in 0..9 {
+        let queue = ["root.team.x", "root.team.y", "root.other"][i % 3];
+        let mut job = function_job(queue, "nobody");
+        if i % 2 == 0 {
+            job.tags = vec!["even".into()];
+        }
+        submitted.push((api.submit(&job), queue, i % 2 == 0));
+    }
+    let cancelled = submitted[3].0;
+    api.post(&format!("/v1/jobs/{cancelled}/cancel"), &json!({}))
+        .expect_status(200);
+
+    let expect = |keep: &dyn Fn(Uuid, &str, bool) -> bool| -> Vec<Uuid> {
+        submitted
+            .iter()
+            .filter(|(id, q, even)| keep(*id, q, *even))
+            .map(|(id, _, _)| *id)
+            .collect()
+    };
+    let in_team = expect(&|_, q, _| q.starts_with("root.team."));
+    assert_eq!(in_team.len(), 6);
+    assert_eq!(all_pages(&api, "queue=root.team"), in_team);
+    let mut newest = in_team.clone();
+    newest.reverse();
+    assert_eq!(all_pages(&api, "queue=root.team&order=newest"), newest);
+    // A leaf is read from its own index.
+    assert_eq!(
+        all_pages(&api, "queue=root.team.x"),
+        expect(&|_, q, _| q == "root.team.x")
+    );
+    // The prefix of a queue's name is not its subtree.
+    assert!(all_pages(&api, "queue=root.tea").is_empty());
+    // Tag, and tag with a queue subtree, both orders.
+    let even = expect(&|_, _, even| even);
+    assert_eq!(all_pages(&api, "tag=even"), even);
+    let even_in_team = expect(&|_, q, even| even && q.starts_with("root.team."));
+    let mut even_in_team_newest = even_in_team.clone();
+    even_in_team_newest.reverse();
+    assert_eq!(all_pages(&api, "tag=even&queue=root.team"), even_in_team);
+    assert_eq!(
+        all_pages(&api, "tag=even&queue=root.team&order=newest"),
+        even_in_team_newest
+    );
+    // State, alone and with a subtree.
+    assert_eq!(all_pages(&api, "state=cancelled"), vec![cancelled]);
+    assert_eq!(
+        all_pages(&api, "state=pending&queue=root.team"),
+        in_team
+            .iter()
+            .copied()
+            .filter(|id| *id != cancelled)
+            .collect::<Vec<_>>()
+    );
+    assert!(all_pages(&api, "state=cancelled&queue=root.other").is_empty());
+}
+
+/// `GET url` and the `lqsm-next-cursor` header.
+fn tree(base: &str, query: &str) -> (api::QueueView, Option<String>) {
+    let reply = reqwest::blocking::get(format!("{base}/v1/queues{query}")).unwrap();
+    assert_eq!(reply.status().as_u16(), 200);
+    let next = reply
+        .headers()
+        .get("lqsm-next-cursor")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (reply.json().unwrap(), next)
+}
+
+#[test]
+fn queue_trees_answer_by_depth_and_page_their_children() {
+    let server = Server::start();
+    let api = server.api();
+    for i in 0..5 {
+        api.create_queue(json!({"path": format!("root.p{i}"), "capacity": 0.0}));
+        api.create_queue(json!({"path": format!("root.p{i}.leaf"), "capacity": 0.0}));
+    }
+    // A small tree is answered whole by default.
+    let (whole, next) = tree(server.base(), "");
+    assert_eq!(next, None);
+    assert_eq!(whole.children.len(), 6);
+    assert!(whole.children.iter().any(|c| c.children.len() == 1));
+    // Depth 1: the children, without theirs.
+    let (shallow, _) = tree(server.base(), "?depth=1");
+    assert_eq!(shallow.children.len(), 6);
+    assert!(shallow.children.iter().all(|c| c.children.is_empty()));
+    // Pages of two children, following the cursor.
+    let mut seen = Vec::new();
+    let mut query = "?depth=0&limit=2".to_owned();
+    let (alone, _) = tree(server.base(), &query);
+    assert!(alone.children.is_empty(), "depth 0 is the queue alone");
+    query = "?limit=2".to_owned();
+    loop {
+        let (page, next) = tree(server.base(), &query);
+        assert!(page.children.len() <= 2);
+        seen.extend(page.children.iter().map(|c| c.path.clone()));
+        match next {
+            Some(cursor) => query = format!("?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            "root.default",
+            "root.p0",
+            "root.p1",
+            "root.p2",
+            "root.p3",
+            "root.p4"
+        ]
+    );
+    let bad = api.get("/v1/queues?limit=0").expect_error(400);
+    assert_eq!(bad.field.as_deref(), Some("limit"));
+}
+
+#[test]
+fn a_large_queue_tree_is_answered_one_level_and_one_page_at_a_time() {
+    let server = Server::start();
+    let api = server.api();
+    let queues: Vec<_> = (0..1100)
+        .map(|i| json!({"path": format!("root.q{i:04}"), "capacity": 0.0}))
+        .collect();
+    let created: api::QueueBatchResult = api
+        .post("/v1/queues/batch", &json!({"queues": queues}))
+        .expect(200);
+    assert_eq!(created.created, 1100);
+    let (first, next) = tree(server.base(), "");
+    assert_eq!(first.children.len(), 1000, "a page of the root's children");
+    let cursor = next.expect("a cursor to the rest");
+    let (rest, next) = tree(server.base(), &format!("?cursor={cursor}"));
+    assert_eq!(rest.children.len(), 101, "the rest, root.default included");
+    assert_eq!(next, None);
+    // The cluster view counts every queue without listing them.
+    let cluster: api::ClusterSummary = api.get("/v1/cluster").expect(200);
+    assert_eq!(cluster.queues, 1102);
+}
+
+#[test]
+fn readyz_answers_503_and_the_api_unavailable_while_the_store_is_restoring() {
+    let data = tempfile::tempdir().unwrap();
+    let config = lqsm_server::config::ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data.path().to_owned(),
+        ..lqsm_server::config::ServerConfig::default()
+    };
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (restore_tx, restore_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(lqsm_server::serve_after(
+            config,
+            async move {
+                let _ = stop_rx.await;
+            },
+            move |addr| addr_tx.send(addr).unwrap(),
+            async move {
+                let _ = restore_rx.await;
+            },
+        ))
+    });
+    let addr = addr_rx.recv_timeout(DEADLINE).unwrap();
+    let api = support::Api::new(&format!("http://{addr}"), None);
+
+    assert_eq!(api.get("/healthz").status, 200);
+    let restoring = api.get("/readyz");
+    assert_eq!(restoring.status, 503);
+    let body: serde_json::Value = restoring.json();
+    assert_eq!(body["status"], "restoring");
+    assert_eq!(body["error"]["code"], "unavailable");
+    let refused = api.get("/v1/cluster").expect_error(503);
+    assert_eq!(refused.code, "unavailable");
+    assert!(refused.message.contains("restoring"), "{}", refused.message);
+
+    restore_tx.send(()).unwrap();
+    eventually("the server to be ready", DEADLINE, || {
+        (api.get("/readyz").status == 200).then_some(())
+    });
+    api.get("/v1/cluster").expect::<api::ClusterSummary>(200);
+    stop_tx.send(()).unwrap();
+    server.join().unwrap().unwrap();
+}
