@@ -249,10 +249,32 @@ impl Client {
 
     // --- queues ---
 
-    /// The whole queue tree with live figures (`GET /v1/queues`).
+    /// The whole queue tree with live figures (`GET /v1/queues`). A large tree is
+    /// answered a page of the root's children at a time: the pages are joined here.
     pub async fn queues(&self) -> Result<api::QueueView, ClientError> {
-        let req = self.request(Method::GET, &["v1", "queues"]);
-        self.send(req, "a queue tree").await
+        // Deeper than any queue path, so every page holds whole subtrees.
+        const ALL_LEVELS: &str = "1000";
+        const PAGE: usize = 1000;
+        let page_size = PAGE.to_string();
+        let first = self
+            .request(Method::GET, &["v1", "queues"])
+            .query(&[("depth", ALL_LEVELS), ("limit", page_size.as_str())]);
+        let mut tree: api::QueueView = self.send(first, "a queue tree").await?;
+        let mut last_page = tree.children.len();
+        while last_page == PAGE {
+            let Some(cursor) = tree.children.last().map(|c| c.path.clone()) else {
+                break;
+            };
+            let next = self.request(Method::GET, &["v1", "queues"]).query(&[
+                ("depth", ALL_LEVELS),
+                ("limit", page_size.as_str()),
+                ("cursor", cursor.as_str()),
+            ]);
+            let page: api::QueueView = self.send(next, "a queue tree").await?;
+            last_page = page.children.len();
+            tree.children.extend(page.children);
+        }
+        Ok(tree)
     }
 
     /// One queue and its subtree (`GET /v1/queues/{path}`).

@@ -3,9 +3,12 @@
 //! Start a server, then:
 //!   cargo run --release -p lqsm-server --example load -- http://127.0.0.1:7420 batch 200 1000 4
 //!   cargo run --release -p lqsm-server --example load -- http://127.0.0.1:7420 single 10 64
+//!   cargo run --release -p lqsm-server --example load -- http://127.0.0.1:7420 single 10 64 8
 //!
 //! `batch BATCHES SIZE CLIENTS`: BATCHES batches of SIZE no-op jobs from CLIENTS clients.
-//! `single SECONDS CLIENTS`: one job per request from CLIENTS clients for SECONDS.
+//! `single SECONDS CLIENTS [LISTERS]`: one job per request from CLIENTS clients for SECONDS,
+//! while LISTERS clients (default 0) each list the queue's newest 100 jobs 20 times a
+//! second (`GET /v1/jobs?queue=root.default&order=newest&limit=100`).
 #![allow(clippy::unwrap_used, clippy::print_stdout, missing_docs)]
 
 use lqsm_api::{SubmitBatch, SubmitJob};
@@ -87,9 +90,34 @@ async fn main() {
             );
         }
         "single" => {
-            let (seconds, clients) = (num(3, 10), num(4, 64));
+            let (seconds, clients, listers) = (num(3, 10), num(4, 64), num(5, 0));
             let deadline = Instant::now() + Duration::from_secs(seconds as u64);
             let started = Instant::now();
+            let mut listing = Vec::new();
+            for _ in 0..listers {
+                let (client, base) = (client.clone(), base.clone());
+                listing.push(tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    let mut every = tokio::time::interval(Duration::from_millis(50));
+                    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                    while Instant::now() < deadline {
+                        every.tick().await;
+                        let t = Instant::now();
+                        let res = client
+                            .get(format!(
+                                "{base}/v1/jobs?queue=root.default&order=newest&limit=100"
+                            ))
+                            .send()
+                            .await
+                            .unwrap();
+                        assert!(res.status().is_success());
+                        let list: lqsm_api::JobList = res.json().await.unwrap();
+                        assert_eq!(list.jobs.len(), 100);
+                        latencies.push(t.elapsed());
+                    }
+                    latencies
+                }));
+            }
             let mut tasks = Vec::new();
             for c in 0..clients {
                 let (client, base) = (client.clone(), base.clone());
@@ -126,6 +154,20 @@ async fn main() {
                 percentile(&all, 0.99).as_secs_f64() * 1e3,
                 all.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
             );
+            let mut lists = Vec::new();
+            for t in listing {
+                lists.extend(t.await.unwrap());
+            }
+            if listers > 0 {
+                lists.sort_unstable();
+                println!(
+                    "lists: {} from {listers} clients ({:.1}/s); latency p50 {:.2} ms, p99 {:.2} ms",
+                    lists.len(),
+                    lists.len() as f64 / secs,
+                    percentile(&lists, 0.5).as_secs_f64() * 1e3,
+                    percentile(&lists, 0.99).as_secs_f64() * 1e3,
+                );
+            }
         }
         other => panic!("unknown mode {other}: use batch or single"),
     }

@@ -35,4 +35,5 @@ pub fn record_gauges(view: &crate::view::ClusterView) {
             .set(queue.used.memory.0 as f64);
     }
     metrics::gauge!("lqsm_workers").set(view.workers.len() as f64);
+    metrics::gauge!("lqsm_jobs_held").set(view.jobs_held as f64);
 }

@@ -65,6 +65,8 @@ pub struct ClusterView {
     pub workers: Arc<Vec<WorkerSnapshot>>,
     /// The resources all workers offer.
     pub total: Resources,
+    /// The number of jobs the scheduler holds (unfinished, and finished within retention).
+    pub jobs_held: usize,
 }
 
 impl ClusterView {
@@ -128,6 +130,7 @@ impl ViewBuilder {
         }
         current.workers = Arc::new(workers(rm));
         current.total = rm.total().clone();
+        current.jobs_held = rm.job_count();
         published.set(Arc::new(current.clone()));
         Self { current, published }
     }
@@ -139,6 +142,7 @@ impl ViewBuilder {
         let mut subtrees: BTreeSet<String> = BTreeSet::new();
         let mut removed: Vec<String> = Vec::new();
         let mut workers_changed = false;
+        let mut purged = false;
         let mut dirty_ids: BTreeSet<QueueId> = BTreeSet::new();
         for record in &effects.records {
             match record {
@@ -148,7 +152,7 @@ impl ViewBuilder {
                         dirty_ids.insert(job.queue);
                     }
                 }
-                Record::JobPurged(_) => {}
+                Record::JobPurged(_) => purged = true,
                 Record::Queue(id) => {
                     let Some(path) = rm.queue_path(*id) else {
                         continue;
@@ -177,6 +181,7 @@ impl ViewBuilder {
             && removed.is_empty()
             && !workers_changed
             && !total_changed
+            && !purged
         {
             return;
         }
@@ -234,6 +239,7 @@ impl ViewBuilder {
                 }
             }
         }
+        self.current.jobs_held = rm.job_count();
         if workers_changed {
             self.current.workers = Arc::new(workers(rm));
         }
