@@ -33,8 +33,8 @@ pub struct QueueSnapshot {
     pub running: u64,
     /// Counters (sums over the leaves for a parent).
     pub stats: QueueStats,
-    /// Paths of its children, in order.
-    pub children: Vec<String>,
+    /// Paths of its children, in order (shared between views until the shape changes).
+    pub children: Arc<Vec<String>>,
 }
 
 /// One worker as of the last commit.
@@ -137,19 +137,28 @@ impl ViewBuilder {
 
     /// Rebuilds what a committed batch changed and publishes the result (nothing is
     /// published when nothing changed).
+    ///
+    /// A parent's counters are sums over its leaves and its children a list: recounting
+    /// either for `root` of 100,000 queues on every commit would cost milliseconds. So a
+    /// changed leaf's counters are applied to its ancestors as a difference, and a
+    /// parent's list of children is kept until the tree's shape changes; only a change of
+    /// shape (a queue created or deleted, a guarantee changed) recounts, along the path
+    /// from that queue to the root.
     pub fn update(&mut self, rm: &ResourceManager, effects: &Effects) {
-        let mut dirty: BTreeSet<String> = BTreeSet::new();
-        let mut subtrees: BTreeSet<String> = BTreeSet::new();
+        // Queues whose own figures changed (a leaf's counters, a queue's settings or state).
+        let mut touched: BTreeSet<String> = BTreeSet::new();
+        // Queues to rebuild whole, counters summed and children listed.
+        let mut recount: BTreeSet<String> = BTreeSet::new();
         let mut removed: Vec<String> = Vec::new();
         let mut workers_changed = false;
         let mut purged = false;
-        let mut dirty_ids: BTreeSet<QueueId> = BTreeSet::new();
+        let mut job_queues: BTreeSet<QueueId> = BTreeSet::new();
         for record in &effects.records {
             match record {
                 Record::Job(id) => {
                     workers_changed = true;
                     if let Some(job) = rm.job(*id) {
-                        dirty_ids.insert(job.queue);
+                        job_queues.insert(job.queue);
                     }
                 }
                 Record::JobPurged(_) => purged = true,
@@ -159,49 +168,53 @@ impl ViewBuilder {
                     };
                     let path = path.to_string();
                     let Ok(view) = rm.queue(&path) else { continue };
-                    // A new guarantee or maximum changes the absolute shares of
-                    // everything below; anything else only this queue and its parents.
-                    let reshaped = self.current.queues.get(&path).is_none_or(|old| {
-                        old.config.capacity != view.config().capacity
-                            || old.config.max_capacity != view.config().max_capacity
-                    });
-                    if reshaped && !view.is_leaf() {
-                        subtrees.insert(path);
-                    } else {
-                        dirty_ids.insert(*id);
+                    match self.current.queues.get(&path) {
+                        None => {
+                            recount.insert(path.clone());
+                            recount.extend(ancestors(&path));
+                        }
+                        // A new guarantee or maximum changes the absolute shares of
+                        // everything below.
+                        Some(old)
+                            if old.config.capacity != view.config().capacity
+                                || old.config.max_capacity != view.config().max_capacity =>
+                        {
+                            let mut stack = vec![path.clone()];
+                            while let Some(at) = stack.pop() {
+                                if let Ok(q) = rm.queue(&at) {
+                                    stack.extend(q.children().iter().map(|p| p.to_string()));
+                                }
+                                recount.insert(at);
+                            }
+                            recount.extend(ancestors(&path));
+                        }
+                        Some(_) => {
+                            touched.insert(path);
+                        }
                     }
                 }
-                Record::QueueDeleted { path, .. } => removed.push(path.to_string()),
+                Record::QueueDeleted { path, .. } => {
+                    let path = path.to_string();
+                    recount.extend(ancestors(&path));
+                    removed.push(path);
+                }
                 Record::Worker(_) => workers_changed = true,
             }
         }
+        for id in job_queues {
+            if let Some(path) = rm.queue_path(id) {
+                touched.insert(path.to_string());
+            }
+        }
         let total_changed = rm.total() != &self.current.total;
-        if dirty_ids.is_empty()
-            && subtrees.is_empty()
+        if touched.is_empty()
+            && recount.is_empty()
             && removed.is_empty()
             && !workers_changed
             && !total_changed
             && !purged
         {
             return;
-        }
-        for id in dirty_ids {
-            if let Some(path) = rm.queue_path(id) {
-                dirty.insert(path.to_string());
-            }
-        }
-        for root in &subtrees {
-            dirty.insert(root.clone());
-            if let Ok(view) = rm.queue(root) {
-                let mut stack: Vec<String> =
-                    view.children().iter().map(|p| p.to_string()).collect();
-                while let Some(path) = stack.pop() {
-                    if let Ok(child) = rm.queue(&path) {
-                        stack.extend(child.children().iter().map(|p| p.to_string()));
-                    }
-                    dirty.insert(path);
-                }
-            }
         }
         for path in &removed {
             let below: Vec<String> = self
@@ -214,20 +227,49 @@ impl ViewBuilder {
             for p in below {
                 self.current.queues.remove(&p);
             }
-            dirty.insert(path.clone());
         }
-        // Parents sum their leaves and list their children: refresh every ancestor.
-        let touched: Vec<String> = dirty.iter().cloned().collect();
-        for path in touched {
-            let mut at = path.as_str();
-            while let Some(dot) = at.rfind('.') {
-                at = &at[..dot];
-                if !dirty.insert(at.to_owned()) {
-                    break;
-                }
+        // Each touched queue: its own figures now; its counters' change goes up the tree.
+        let mut deltas: BTreeMap<String, StatsDelta> = BTreeMap::new();
+        for path in &touched {
+            if recount.contains(path) {
+                continue;
             }
+            let Ok(view) = rm.queue(path) else {
+                self.current.queues.remove(path);
+                continue;
+            };
+            let Some(old) = self.current.queues.get(path).cloned() else {
+                recount.insert(path.clone());
+                continue;
+            };
+            let fresh = if view.is_leaf() {
+                let fresh = QueueSnapshot {
+                    stats: view.stats(),
+                    ..own_figures(rm, path, &old)
+                };
+                let delta = StatsDelta::between(&old.stats, &fresh.stats);
+                for ancestor in ancestors(path) {
+                    deltas.entry(ancestor).or_default().add(&delta);
+                }
+                fresh
+            } else {
+                own_figures(rm, path, &old)
+            };
+            self.current.queues.insert(path.clone(), Arc::new(fresh));
         }
-        for path in dirty {
+        for (path, delta) in deltas {
+            if recount.contains(&path) {
+                continue;
+            }
+            let Some(old) = self.current.queues.get(&path).cloned() else {
+                recount.insert(path);
+                continue;
+            };
+            let mut fresh = own_figures(rm, &path, &old);
+            delta.apply(&mut fresh.stats);
+            self.current.queues.insert(path, Arc::new(fresh));
+        }
+        for path in recount {
             match rm.queue(&path) {
                 Ok(view) => {
                     self.current
@@ -250,6 +292,115 @@ impl ViewBuilder {
     }
 }
 
+/// The paths above `path`, nearest first (`root.a.b` → `root.a`, `root`).
+fn ancestors(path: &str) -> impl Iterator<Item = String> + '_ {
+    let mut at = path;
+    std::iter::from_fn(move || {
+        let dot = at.rfind('.')?;
+        at = &at[..dot];
+        Some(at.to_owned())
+    })
+}
+
+/// A queue's own figures from the core (each O(1)), keeping its counters and children
+/// from `old`.
+fn own_figures(rm: &ResourceManager, path: &str, old: &QueueSnapshot) -> QueueSnapshot {
+    let Ok(view) = rm.queue(path) else {
+        return old.clone();
+    };
+    QueueSnapshot {
+        path: old.path.clone(),
+        state: view.state(),
+        config: view.config().clone(),
+        abs_guarantee: view.abs_guarantee(),
+        abs_max: view.abs_max(),
+        used: view.used().clone(),
+        running: view.running(),
+        stats: old.stats,
+        children: old.children.clone(),
+    }
+}
+
+/// The change of a leaf's counters, applied to its ancestors' sums. Counts are applied
+/// modulo 2^64, which is exact since every sum stays in range; maxima only grow.
+#[derive(Debug, Default, Clone, Copy)]
+struct StatsDelta {
+    counts: [u64; 6],
+    wait: [u64; 2],
+    run: [u64; 2],
+    wait_max: u64,
+    run_max: u64,
+}
+
+impl StatsDelta {
+    fn between(old: &QueueStats, new: &QueueStats) -> Self {
+        let counts = |s: &QueueStats| {
+            [
+                s.pending,
+                s.submitted,
+                s.succeeded,
+                s.failed,
+                s.cancelled,
+                s.expired,
+            ]
+        };
+        let (o, n) = (counts(old), counts(new));
+        let mut delta = StatsDelta {
+            wait: [
+                new.wait.count.wrapping_sub(old.wait.count),
+                new.wait.total_ms.wrapping_sub(old.wait.total_ms),
+            ],
+            run: [
+                new.run.count.wrapping_sub(old.run.count),
+                new.run.total_ms.wrapping_sub(old.run.total_ms),
+            ],
+            wait_max: new.wait.max_ms,
+            run_max: new.run.max_ms,
+            ..StatsDelta::default()
+        };
+        for (i, d) in delta.counts.iter_mut().enumerate() {
+            *d = n[i].wrapping_sub(o[i]);
+        }
+        delta
+    }
+
+    fn add(&mut self, other: &StatsDelta) {
+        for (a, b) in self.counts.iter_mut().zip(other.counts) {
+            *a = a.wrapping_add(b);
+        }
+        for (a, b) in self.wait.iter_mut().zip(other.wait) {
+            *a = a.wrapping_add(b);
+        }
+        for (a, b) in self.run.iter_mut().zip(other.run) {
+            *a = a.wrapping_add(b);
+        }
+        self.wait_max = self.wait_max.max(other.wait_max);
+        self.run_max = self.run_max.max(other.run_max);
+    }
+
+    fn apply(&self, stats: &mut QueueStats) {
+        for (field, d) in [
+            &mut stats.pending,
+            &mut stats.submitted,
+            &mut stats.succeeded,
+            &mut stats.failed,
+            &mut stats.cancelled,
+            &mut stats.expired,
+        ]
+        .into_iter()
+        .zip(self.counts)
+        {
+            *field = field.wrapping_add(d);
+        }
+        stats.wait.count = stats.wait.count.wrapping_add(self.wait[0]);
+        stats.wait.total_ms = stats.wait.total_ms.wrapping_add(self.wait[1]);
+        stats.run.count = stats.run.count.wrapping_add(self.run[0]);
+        stats.run.total_ms = stats.run.total_ms.wrapping_add(self.run[1]);
+        stats.wait.max_ms = stats.wait.max_ms.max(self.wait_max);
+        stats.run.max_ms = stats.run.max_ms.max(self.run_max);
+    }
+}
+
 fn snapshot(rm: &ResourceManager, id: QueueId) -> QueueSnapshot {
     let path = rm.queue_path(id).map(|p| p.to_string()).unwrap_or_default();
     let Ok(view) = rm.queue(&path) else {
@@ -262,7 +413,7 @@ fn snapshot(rm: &ResourceManager, id: QueueId) -> QueueSnapshot {
             used: Resources::default(),
             running: 0,
             stats: QueueStats::default(),
-            children: Vec::new(),
+            children: Arc::default(),
         };
     };
     QueueSnapshot {
@@ -274,7 +425,7 @@ fn snapshot(rm: &ResourceManager, id: QueueId) -> QueueSnapshot {
         used: view.used().clone(),
         running: view.running(),
         stats: view.stats(),
-        children: view.children().iter().map(|p| p.to_string()).collect(),
+        children: Arc::new(view.children().iter().map(|p| p.to_string()).collect()),
     }
 }
 
@@ -293,4 +444,88 @@ fn workers(rm: &ResourceManager) -> Vec<WorkerSnapshot> {
         .collect();
     all.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
     all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lqsm_core::{JobId, SubmitRequest, Timestamp};
+
+    /// What a reader sees of a queue, for comparing an incremental view with a full one.
+    fn figures(view: &ClusterView) -> Vec<String> {
+        view.queues
+            .values()
+            .map(|q| {
+                format!(
+                    "{} {:?} {:?} {} {:?} {:?} {} {}",
+                    q.path,
+                    q.state,
+                    q.stats,
+                    q.running,
+                    q.used,
+                    q.children,
+                    q.abs_guarantee,
+                    q.abs_max
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_incremental_view_equals_one_built_from_scratch_after_every_commit() {
+        let mut rm = ResourceManager::new(
+            lqsm_core::Config::default(),
+            lqsm_core::Policies::default(),
+            7,
+        )
+        .expect("valid");
+        let published = Published::default();
+        let mut builder = ViewBuilder::new(&rm, published.clone());
+        let mut check = |rm: &mut ResourceManager, step: &str| {
+            let effects = rm.take_effects();
+            builder.update(rm, &effects);
+            let fresh = ViewBuilder::new(rm, Published::default());
+            assert_eq!(
+                figures(&published.latest()),
+                figures(&fresh.current),
+                "after {step}"
+            );
+        };
+        let config = |c| lqsm_core::QueueConfig::with_capacity(c, 100.0);
+        rm.create_queue("root.a", config(50.0)).expect("created");
+        rm.create_queue("root.a.x", config(50.0)).expect("created");
+        rm.create_queue("root.a.y", config(50.0)).expect("created");
+        rm.create_queue("root.b", config(50.0)).expect("created");
+        check(&mut rm, "creating queues");
+        let mut ids = Vec::new();
+        for (i, queue) in ["root.a.x", "root.a.y", "root.b", "root.a.x"]
+            .iter()
+            .enumerate()
+        {
+            let id = JobId(uuid::Uuid::now_v7());
+            let job = SubmitRequest::function(id, queue, "h", serde_json::json!({}));
+            rm.submit(job, Timestamp(1_000 + i as u64))
+                .expect("accepted");
+            ids.push(id);
+            check(&mut rm, "a submission");
+        }
+        rm.cancel(ids[0], "test", Timestamp(2_000))
+            .expect("cancelled");
+        check(&mut rm, "a cancel");
+        let update = lqsm_core::QueueUpdate {
+            capacity: Some(20.0),
+            ..lqsm_core::QueueUpdate::default()
+        };
+        rm.update_queue("root.a", &update).expect("updated");
+        check(&mut rm, "a new guarantee");
+        rm.stop_queue("root.b").expect("stopped");
+        check(&mut rm, "a stop");
+        rm.create_queue("root.a.z", config(0.0)).expect("created");
+        check(&mut rm, "a queue under a parent with jobs");
+        rm.delete_queue("root.a.y", true, Timestamp(3_000))
+            .expect("deleted");
+        check(&mut rm, "a deletion");
+        rm.tick(Timestamp(4_000));
+        check(&mut rm, "a tick");
+    }
 }
