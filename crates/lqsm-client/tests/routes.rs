@@ -246,3 +246,40 @@ async fn a_server_with_tokens_refuses_a_missing_or_wrong_token_with_a_hint() {
     let right = Client::new(server.url(), Some("s3cret".into())).unwrap();
     assert_eq!(right.cluster().await.unwrap().queues, 2);
 }
+
+#[tokio::test]
+async fn the_queue_tree_of_more_than_a_page_is_joined_whole() {
+    let Some(server) = TestServer::start().await else {
+        return;
+    };
+    let client = server.client();
+    // More queues than the server answers at once (1,000 children a page), each with a
+    // child, so both the pages and the depth must be followed.
+    let queue = |path: String| api::CreateQueue {
+        path,
+        settings: api::QueueSettings {
+            capacity: Some(0.0),
+            ..Default::default()
+        },
+    };
+    let mut queues = Vec::new();
+    for i in 0..1001 {
+        queues.push(queue(format!("root.t{i:04}")));
+        queues.push(queue(format!("root.t{i:04}.leaf")));
+    }
+    let created = client.create_queues(&queues).await.unwrap();
+    assert_eq!(created.created, 2002);
+    let tree = client.queues().await.unwrap();
+    assert_eq!(
+        tree.children.len(),
+        1002,
+        "root.default and the 1,001 queues"
+    );
+    assert!(
+        tree.children
+            .iter()
+            .filter(|q| q.path.starts_with("root.t"))
+            .all(|q| q.children.len() == 1),
+        "every subtree whole"
+    );
+}
