@@ -450,11 +450,15 @@ pub async fn serve_after(
     // The actor stops only when every handle is gone, or when the store failed: then
     // nothing more can be made durable, and the server stops too (fail-stop), so a
     // supervisor restarts it on the durable state.
-    let actor = tokio::spawn(actor);
-    let actor_abort = actor.abort_handle();
+    let (actor_done_tx, actor_done_rx) = tokio::sync::oneshot::channel::<()>();
+    let actor = tokio::spawn(async move {
+        let result = actor.await;
+        let _ = actor_done_tx.send(());
+        result
+    });
     tokio::select! {
         _ = shutdown => {}
-        _ = wait_finished(&actor_abort) => tracing::error!("the resource manager stopped; shutting down"),
+        _ = actor_done_rx => tracing::error!("the resource manager stopped; shutting down"),
     }
     let _ = stop_tx.send(());
     let served = http.await;
@@ -476,14 +480,6 @@ pub async fn serve_after(
         Ok(Err(e)) | Err(e) => Err(ServerError::Config(format!(
             "resource manager task failed: {e}"
         ))),
-    }
-}
-
-/// Resolves once the task behind `handle` has finished.
-async fn wait_finished(handle: &tokio::task::AbortHandle) {
-    let mut every = tokio::time::interval(Duration::from_millis(100));
-    while !handle.is_finished() {
-        every.tick().await;
     }
 }
 
