@@ -756,23 +756,30 @@ async fn create_queues(
     Ok(Json(api::QueueBatchResult { results, created }))
 }
 
-/// The queue's whole tree as of the last commit (which holds any change answered).
+/// The queue's tree as of the last commit (which holds any change answered): whole
+/// when small, else one level and the first page of its children.
 async fn get_queue_view(state: &AppState, path: String) -> ApiResult<api::QueueView> {
     let cluster = state.scheduler.view().await?;
-    let queue = cluster
-        .queue(&path)
-        .ok_or_else(|| queue_not_found(&cluster, &path))?;
-    Ok(queue_view(&cluster, queue, None, None))
+    let whole_when_small = TreeQuery {
+        depth: None,
+        cursor: None,
+        limit: None,
+    };
+    Ok(queue_tree(&cluster, &path, &whole_when_small)?.0)
 }
 
-#[utoipa::path(get, path = "/v1/queues/{path}", params(("path" = String, Path)), responses((status = 200, body = api::QueueView), (status = "4XX", body = api::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/queues/{path}", params(("path" = String, Path), TreeQuery), responses((status = 200, body = api::QueueView, headers(("lqsm-next-cursor" = String, description = "the cursor of the next page of the queue's children, when there are more"))), (status = "4XX", body = api::ErrorBody)))]
 async fn get_queue(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(path): Path<String>,
-) -> ApiResult<Json<api::QueueView>> {
+    query: Result<Query<TreeQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
     state.auth.role(&headers)?;
-    Ok(Json(get_queue_view(&state, path).await?))
+    let Query(q) = query.map_err(|e| query_error(&e))?;
+    let cluster = state.scheduler.view().await?;
+    let (view, next) = queue_tree(&cluster, &path, &q)?;
+    Ok(tree_response(view, next))
 }
 
 #[utoipa::path(patch, path = "/v1/queues/{path}", params(("path" = String, Path)), request_body = api::QueueSettings, responses((status = 200, body = api::QueueView), (status = "4XX", body = api::ErrorBody)))]

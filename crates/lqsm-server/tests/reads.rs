@@ -107,7 +107,7 @@ fn listings_by_queue_subtree_state_and_tag_page_with_cursors_in_both_orders() {
     assert!(all_pages(&api, "state=cancelled&queue=root.other").is_empty());
 }
 
-/// `GET url` and the `lqsm-next-cursor` header.
+/// `GET /v1/queues{rest}` and its `lqsm-next-cursor` header.
 fn tree(base: &str, query: &str) -> (api::QueueView, Option<String>) {
     let reply = reqwest::blocking::get(format!("{base}/v1/queues{query}")).unwrap();
     assert_eq!(reply.status().as_u16(), 200);
@@ -140,6 +140,15 @@ fn queue_trees_answer_by_depth_and_page_their_children() {
     let mut query = "?depth=0&limit=2".to_owned();
     let (alone, _) = tree(server.base(), &query);
     assert!(alone.children.is_empty(), "depth 0 is the queue alone");
+    let (one, _) = tree(server.base(), "/root.p0?depth=0");
+    assert_eq!(one.path, "root.p0");
+    assert!(one.children.is_empty());
+    let (whole, _) = tree(server.base(), "/root.p0");
+    assert_eq!(
+        whole.children.len(),
+        1,
+        "a small subtree is whole by default"
+    );
     query = "?limit=2".to_owned();
     loop {
         let (page, next) = tree(server.base(), &query);
@@ -182,6 +191,10 @@ fn a_large_queue_tree_is_answered_one_level_and_one_page_at_a_time() {
     let (rest, next) = tree(server.base(), &format!("?cursor={cursor}"));
     assert_eq!(rest.children.len(), 101, "the rest, root.default included");
     assert_eq!(next, None);
+    // A queue by its path answers the same way.
+    let (by_path, next) = tree(server.base(), "/root");
+    assert_eq!(by_path.children.len(), 1000);
+    assert!(next.is_some());
     // The cluster view counts every queue without listing them.
     let cluster: api::ClusterSummary = api.get("/v1/cluster").expect(200);
     assert_eq!(cluster.queues, 1102);
