@@ -21,8 +21,6 @@
 
 mod error;
 mod handle;
-#[cfg(feature = "test-server")]
-pub mod test_server;
 
 pub use error::ClientError;
 pub use handle::{JobFailed, JobHandle};

@@ -5,8 +5,8 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use lqsm_api as api;
-use lqsm_client::test_server::TestServer;
 use lqsm_client::{Client, ClientError, JobFailed, JobFilter};
+use lqsm_testkit::TestServer;
 use serde_json::json;
 use std::time::Duration;
 use uuid::Uuid;
@@ -17,9 +17,7 @@ fn echo(queue: &str) -> api::SubmitJob {
 
 #[tokio::test]
 async fn queue_routes_create_change_and_delete_a_queue() {
-    let Some(server) = TestServer::start().await else {
-        return;
-    };
+    let server = TestServer::start().await;
     let client = server.client();
     let created = client
         .create_queue(&api::CreateQueue {
@@ -70,9 +68,7 @@ async fn queue_routes_create_change_and_delete_a_queue() {
 
 #[tokio::test]
 async fn job_routes_submit_list_page_and_cancel() {
-    let Some(server) = TestServer::start().await else {
-        return;
-    };
+    let server = TestServer::start().await;
     let client = server.client();
     let mut tagged = echo("root.default");
     tagged.tags = vec!["nightly".into()];
@@ -143,9 +139,7 @@ async fn job_routes_submit_list_page_and_cancel() {
 
 #[tokio::test]
 async fn get_gives_up_at_its_timeout_when_nothing_runs_the_job() {
-    let Some(server) = TestServer::start().await else {
-        return;
-    };
+    let server = TestServer::start().await;
     let handle = server
         .client()
         .delay("root.default", "lqsm.noop", json!(null))
@@ -163,9 +157,7 @@ async fn get_gives_up_at_its_timeout_when_nothing_runs_the_job() {
 
 #[tokio::test]
 async fn server_errors_carry_the_message_and_the_field_at_fault() {
-    let Some(server) = TestServer::start().await else {
-        return;
-    };
+    let server = TestServer::start().await;
     let client = server.client();
     let err = client.submit(&echo("root.nope")).await.unwrap_err();
     match &err {
@@ -186,9 +178,7 @@ async fn server_errors_carry_the_message_and_the_field_at_fault() {
 
 #[tokio::test]
 async fn worker_routes_register_poll_and_drain() {
-    let Some(server) = TestServer::start().await else {
-        return;
-    };
+    let server = TestServer::start().await;
     let client = server.client();
     let id = Uuid::now_v7();
     let view = client
@@ -232,9 +222,7 @@ async fn worker_routes_register_poll_and_drain() {
 
 #[tokio::test]
 async fn a_server_with_tokens_refuses_a_missing_or_wrong_token_with_a_hint() {
-    let Some(server) = TestServer::start_with(&["--admin-token", "s3cret"]).await else {
-        return;
-    };
+    let server = TestServer::with_admin_token("s3cret").await;
     let err = server.client().cluster().await.unwrap_err();
     assert!(matches!(err, ClientError::Unauthorized { .. }), "{err}");
     assert!(err.to_string().contains("LQSM_TOKEN"), "{err}");

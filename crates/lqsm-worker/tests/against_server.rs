@@ -5,8 +5,8 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use lqsm_api as api;
-use lqsm_client::test_server::TestServer;
 use lqsm_client::{Client, JobFailed};
+use lqsm_testkit::TestServer;
 use lqsm_worker::{Capacity, RunSummary, WorkerBuilder, WorkerConfig, WorkerError};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -142,9 +142,7 @@ fn alive(pid: i32) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_job_succeeds_and_its_output_is_in_its_logs() {
-    let Some(server) = TestServer::start().await else {
-        return;
-    };
+    let server = TestServer::start().await;
     let client = server.client();
     let worker = start_worker(WorkerBuilder::new(config(&server)), &client).await;
     let job = client
@@ -165,9 +163,7 @@ async fn a_command_job_succeeds_and_its_output_is_in_its_logs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_command_records_its_exit_code_and_last_line() {
-    let Some(server) = TestServer::start().await else {
-        return;
-    };
+    let server = TestServer::start().await;
     let client = server.client();
     let worker = start_worker(WorkerBuilder::new(config(&server)), &client).await;
     let job = client
@@ -201,9 +197,7 @@ async fn a_failing_command_records_its_exit_code_and_last_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn function_jobs_return_their_results_through_delay_and_get() {
-    let Some(server) = TestServer::start().await else {
-        return;
-    };
+    let server = TestServer::start().await;
     let client = server.client();
     let builder =
         WorkerBuilder::new(config(&server)).handler("math.add", |args: Value| async move {
@@ -247,9 +241,7 @@ async fn function_jobs_return_their_results_through_delay_and_get() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timed_out_command_leaves_no_process_behind() {
-    let Some(server) = TestServer::start().await else {
-        return;
-    };
+    let server = TestServer::start().await;
     let client = server.client();
     let worker = start_worker(WorkerBuilder::new(config(&server)), &client).await;
     let dir = tempfile::tempdir().unwrap();
@@ -288,9 +280,7 @@ async fn a_timed_out_command_leaves_no_process_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_running_job_stops_its_process() {
-    let Some(server) = TestServer::start().await else {
-        return;
-    };
+    let server = TestServer::start().await;
     let client = server.client();
     let worker = start_worker(WorkerBuilder::new(config(&server)), &client).await;
     let dir = tempfile::tempdir().unwrap();
@@ -333,9 +323,7 @@ async fn cancelling_a_running_job_stops_its_process() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_running_work_before_returning() {
-    let Some(server) = TestServer::start().await else {
-        return;
-    };
+    let server = TestServer::start().await;
     let client = server.client();
     let worker = start_worker(WorkerBuilder::new(config(&server)), &client).await;
     let handle = client
@@ -358,9 +346,7 @@ async fn shutdown_drains_running_work_before_returning() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_attempt_survives_a_server_restart_and_is_reported_after_it() {
-    let Some(mut server) = TestServer::start().await else {
-        return;
-    };
+    let mut server = TestServer::start().await;
     let client = server.client();
     let mut config = config(&server);
     config.backoff_cap = Duration::from_millis(200);

@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout, missing_docs)]
 
 use lqsm_api as api;
-use lqsm_client::test_server::TestServer;
+use lqsm_testkit::TestServer;
 use lqsm_worker::{Capacity, WorkerBuilder, WorkerConfig};
 use std::time::{Duration, Instant};
 
@@ -67,9 +67,7 @@ async fn wait_for_succeeded(client: &lqsm_client::Client, expected: u64) {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "a measurement: run with --ignored --nocapture, in release"]
 async fn noop_jobs_through_one_worker() {
-    let Some(server) = TestServer::start().await else {
-        return;
-    };
+    let server = TestServer::start().await;
     let client = server.client();
     let total: usize = std::env::var("LQSM_BENCH_JOBS")
         .ok()
