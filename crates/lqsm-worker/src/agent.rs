@@ -1287,6 +1287,86 @@ mod tests {
     }
 
     #[test]
+    fn fencing_leaves_room_before_the_heartbeat_timeout_and_polls_fit_in_it() {
+        let secs = Duration::from_secs;
+        // The default 10 s heartbeat: fence at 8 s, long-polls of at most 2 s.
+        assert_eq!(fence_after(secs(10)), secs(8));
+        assert_eq!(longest_poll_wait(fence_after(secs(10))), secs(2));
+        // The margin is at least a second and at most three…
+        assert_eq!(fence_after(secs(4)), secs(3));
+        assert_eq!(fence_after(secs(60)), secs(57));
+        // …and never more than half a tiny timeout.
+        assert_eq!(
+            fence_after(Duration::from_millis(1000)),
+            Duration::from_millis(500)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_worker_silent_too_long_kills_its_attempts_and_does_not_report_them() {
+        let mut agent = agent();
+        assert_eq!(
+            agent.fence_deadline(),
+            None,
+            "nothing runs: nothing to fence"
+        );
+        agent.learn_heartbeat_timeout(Some(2_000));
+        agent.note_contact(Instant::now() - Duration::from_secs(10));
+        agent.start(assignment(
+            api::JobKind::Command {
+                argv: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    "trap '' TERM; sleep 30".into(),
+                ],
+                env: Default::default(),
+                cwd: None,
+            },
+            1,
+        ));
+        let deadline = agent.fence_deadline().expect("an attempt runs");
+        assert!(deadline <= Instant::now(), "the fence time has passed");
+        agent.fence();
+        assert_eq!(agent.fence_deadline(), None, "fenced once");
+        tokio::time::timeout(Duration::from_secs(5), agent.next_done())
+            .await
+            .expect("a fenced attempt is killed at once, not after a grace");
+        assert_eq!(agent.running_count(), 0);
+        assert!(
+            agent.reports().is_empty(),
+            "a fenced attempt is not reported: {:?}",
+            agent.reports()
+        );
+        assert_eq!(agent.summary.fenced, 1);
+    }
+
+    #[tokio::test]
+    async fn an_answer_moves_the_fence_time_to_when_its_call_was_sent() {
+        let mut agent = agent();
+        agent.learn_heartbeat_timeout(Some(10_000));
+        agent.start(assignment(
+            api::JobKind::Function {
+                handler: "lqsm.sleep".into(),
+                args: json!(30),
+            },
+            1,
+        ));
+        let early = Instant::now() - Duration::from_secs(5);
+        agent.note_contact(early);
+        assert_eq!(agent.fence_deadline(), Some(early + Duration::from_secs(8)));
+        // An answer to an older call (a replaced poll) does not move it back.
+        agent.note_contact(early - Duration::from_secs(1));
+        assert_eq!(agent.fence_deadline(), Some(early + Duration::from_secs(8)));
+        let later = Instant::now();
+        agent.note_contact(later);
+        assert_eq!(agent.fence_deadline(), Some(later + Duration::from_secs(8)));
+        // Long-polls shrink to fit the fence time (4 s: fence at 3 s, polls of
+        // at most 0.75 s instead of the configured 2 s).
+        agent.learn_heartbeat_timeout(Some(4_000));
+        assert_eq!(agent.long_poll_wait(), Duration::from_millis(750));
+    }
+
+    #[test]
     fn the_dedupe_memory_is_bounded() {
         let mut seen = SeenAttempts::new(2);
         assert!(seen.insert((Uuid::nil(), 1)));
