@@ -69,10 +69,9 @@ const SWEEP_WAIT: Duration = Duration::from_millis(10);
 /// jobs, before starting threads or a runtime:
 ///
 /// ```no_run
-/// fn main() {
-///     lqsm_worker::supervisor::run_if_asked();
-///     // … build and run the worker …
-/// }
+/// // First line of `main`:
+/// lqsm_worker::supervisor::run_if_asked();
+/// // … then start the runtime, build and run the worker …
 /// ```
 pub fn run_if_asked() {
     let mut args = std::env::args_os();

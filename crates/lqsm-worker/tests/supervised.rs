@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+/// A test: builds the future that runs it.
+type TestFn = fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
 fn main() {
     lqsm_worker::supervisor::run_if_asked();
-    let tests: Vec<(
-        &str,
-        fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
-    )> = vec![
+    let tests: Vec<(&str, TestFn)> = vec![
         (
             "exit_codes_signals_and_output_come_through_the_supervisor",
             || Box::pin(exit_codes_signals_and_output_come_through_the_supervisor()),
