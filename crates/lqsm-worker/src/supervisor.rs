@@ -286,12 +286,10 @@ impl Tree {
     /// supervisor inherits every orphan below it, so "no child left" means no
     /// process of the attempt is left.
     fn kill_all(&mut self) {
-        let _ = killpg(self.child, Signal::SIGKILL);
-        loop {
+        // No child at all means nothing is left, without reading /proc: the usual
+        // case of a command that exited leaving nothing behind.
+        while self.reap_ready() {
             kill_descendants();
-            if !self.reap_ready() {
-                return;
-            }
             std::thread::sleep(SWEEP_WAIT);
         }
     }
