@@ -15,7 +15,6 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::collections::VecDeque;
 use std::ffi::OsString;
-use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -327,8 +326,9 @@ fn command_line(spec: &CommandSpec, cgroup: Option<&AttemptCgroup>) -> Vec<OsStr
 
 /// Runs `spec` under an attempt supervisor (`supervisor`, started with the hidden
 /// argument): orders go to it through a pipe, and it reports how the command ended
-/// once every process of the attempt is gone. Dropping this future closes the order
-/// pipe, which makes the supervisor kill everything, as the worker's death does.
+/// once every process of the attempt is gone. Dropping this future closes the
+/// control socket, which makes the supervisor kill everything, as the worker's death
+/// does.
 async fn run_supervised(
     spec: &CommandSpec,
     opts: &ExecOptions,
@@ -337,16 +337,21 @@ async fn run_supervised(
     cgroup: Option<&AttemptCgroup>,
 ) -> CommandOutcome {
     let program = spec.argv.first().map(String::as_str).unwrap_or_default();
-    let pipes = (std::io::pipe(), std::io::pipe(), std::io::pipe());
-    let (
-        (output_reader, output_writer),
-        (status_reader, status_writer),
-        (order_reader, order_writer),
-    ) = match pipes {
-        (Ok(output), Ok(status), Ok(orders)) => (output, status, orders),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+    // Bounds the descriptors opened for attempts still waiting to start, too.
+    let slot = SPAWN_SLOTS.acquire().await;
+    // The output pipe, and one socket both ways to the supervisor: orders in,
+    // status lines out (two descriptors kept per attempt, as many as a direct child
+    // with its output pipe).
+    let channels = (std::io::pipe(), std::os::unix::net::UnixStream::pair());
+    let ((output_reader, output_writer), (control, supervisor_end)) = match channels {
+        (Ok(output), Ok(control)) => (output, control),
+        (Err(e), _) | (_, Err(e)) => {
             return CommandOutcome::spawn_failed(format!("cannot create a pipe: {e}"));
         }
+    };
+    let supervisor_end_too = match supervisor_end.try_clone() {
+        Ok(end) => end,
+        Err(e) => return CommandOutcome::spawn_failed(format!("cannot create a pipe: {e}")),
     };
     let mut cmd = tokio::process::Command::new(supervisor);
     cmd.arg0(crate::supervisor::SUPERVISOR_NAME)
@@ -357,8 +362,8 @@ async fn run_supervised(
         cmd.env_remove(name);
     }
     cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(order_reader)
-        .stdout(status_writer)
+        .stdin(OwnedFd::from(supervisor_end))
+        .stdout(OwnedFd::from(supervisor_end_too))
         .stderr(output_writer)
         // Its own group: a signal to the worker's group (Ctrl-C in a terminal)
         // must not kill the supervisor before it has killed the command.
@@ -371,31 +376,33 @@ async fn run_supervised(
         .as_deref()
         .map(|d| format!(" in `{d}`"))
         .unwrap_or_default();
-    let spawned = cmd.spawn();
-    // Only the supervisor may hold the other ends: end of file then means it is gone.
-    drop(cmd);
+    let spawned = spawn_off_the_runtime(cmd).await;
+    drop(slot);
     let mut supervisor_process = match spawned {
         Ok(child) => child,
         Err(e) => {
             return CommandOutcome::spawn_failed(format!("cannot start `{program}`{place}: {e}"));
         }
     };
-    let mut orders = SupervisorOrders {
-        pipe: order_writer,
-        cgroup_kill: cgroup.and_then(AttemptCgroup::kill_file),
-    };
-    let readers = (
+    let cgroup_kill = cgroup.and_then(AttemptCgroup::kill_file);
+    let channels = (
         tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(output_reader)),
-        tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(status_reader)),
+        control
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixStream::from_std(control)),
     );
-    let (mut output_pipe, mut status_pipe) = match readers {
-        (Ok(output), Ok(status)) => (output, status),
+    let (mut output_pipe, (mut status_pipe, order_pipe)) = match channels {
+        (Ok(output), Ok(control)) => (output, control.into_split()),
         (Err(e), _) | (_, Err(e)) => {
-            orders.kill();
-            drop(orders);
+            // Our end of the control socket is closed: the supervisor kills
+            // everything and exits.
             let _ = supervisor_process.wait().await;
             return CommandOutcome::spawn_failed(format!("cannot read the command's output: {e}"));
         }
+    };
+    let mut orders = SupervisorOrders {
+        pipe: order_pipe,
+        cgroup_kill,
     };
 
     let mut output = TailBuffer::new(opts.log_cap);
@@ -496,23 +503,48 @@ async fn run_supervised(
     }
 }
 
-/// The worker's end of a supervisor's order pipe.
+/// Starting a process (a fork and an exec) blocks its thread for a millisecond or
+/// more; a worker handed hundreds of attempts at once would hold the runtime's
+/// threads with them and delay its polls — long enough, on a small machine, to make
+/// it fence itself. So processes start on the blocking pool, a few at a time.
+static SPAWN_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
+/// Starts `cmd` on the blocking pool, then drops it: it holds our copies of the
+/// other pipe ends, and only the child may hold them (end of file then means it is
+/// gone).
+async fn spawn_off_the_runtime(
+    mut cmd: tokio::process::Command,
+) -> std::io::Result<tokio::process::Child> {
+    tokio::task::spawn_blocking(move || {
+        let spawned = cmd.spawn();
+        drop(cmd);
+        spawned
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(std::io::Error::other(format!(
+            "the start was interrupted: {e}"
+        )))
+    })
+}
+
+/// The worker's end of a supervisor's control socket, for orders.
 struct SupervisorOrders {
-    pipe: std::io::PipeWriter,
+    pipe: tokio::net::unix::OwnedWriteHalf,
     cgroup_kill: Option<PathBuf>,
 }
 
 impl SupervisorOrders {
     /// SIGTERM to the command's process group.
     fn terminate(&mut self) {
-        // One byte into an empty pipe never blocks; a closed pipe means the
+        // One byte into an empty socket never blocks; a closed one means the
         // supervisor is already gone.
-        let _ = self.pipe.write_all(b"T");
+        let _ = self.pipe.try_write(b"T");
     }
 
     /// SIGKILL to every process of the attempt.
     fn kill(&mut self) {
-        let _ = self.pipe.write_all(b"K");
+        let _ = self.pipe.try_write(b"K");
         if let Some(file) = &self.cgroup_kill {
             // Also reaches processes that left the group but not the cgroup.
             let _ = std::fs::write(file, "1");

@@ -9,7 +9,7 @@
 //!
 //! - makes itself a *child subreaper*, so that whatever the command starts — even a
 //!   `setsid` daemon that double-forked — stays its descendant;
-//! - notices the worker's death three ways: the end of the order pipe from the
+//! - notices the worker's death three ways: the end of its control socket to the
 //!   worker (the kernel closes it whatever killed the worker, also when the worker
 //!   died before the supervisor got going), a parent-death signal, and its parent
 //!   process id changing;
@@ -17,11 +17,12 @@
 //!   exits, SIGKILLs every descendant (found in /proc), reaps them until it has no
 //!   child left, reports how the command ended and exits.
 //!
-//! Its file descriptors: 0 carries orders from the worker (`T`: SIGTERM to the
-//! command's process group; `K`: kill everything; end of file: the worker is gone,
-//! kill everything); 1 carries status lines to the worker (`started PID`, then one of
-//! `exited CODE`, `signalled SIGNAL`, `spawn-failed MESSAGE`); 2 is the command's
-//! output, given to it as both its stdout and stderr.
+//! Its file descriptors 0 and 1 are one socket to the worker: it reads orders on
+//! 0 (`T`: SIGTERM to the command's process group; `K`: kill everything; end of
+//! file: the worker is gone, kill everything) and writes status lines on 1
+//! (`started PID`, then one of `exited CODE`, `signalled SIGNAL`,
+//! `spawn-failed MESSAGE`); 2 is the command's output, given to it as both its
+//! stdout and stderr.
 //!
 //! A binary that runs a worker must call [`run_if_asked`] first thing in `main`:
 //! `lqsm` does, and so must a program of one's own built on this crate
@@ -252,7 +253,7 @@ fn wait_for_order(orders: Option<&std::fs::File>, wake: &Wake) -> Order {
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Order::None,
-        // A broken order pipe means the same as its end.
+        // A broken control socket means the same as its end.
         Err(_) => Order::WorkerGone,
     }
 }
