@@ -251,6 +251,11 @@ pub(crate) struct Agent {
     next_seq: u64,
     /// The highest poll-answer number processed since registering (sent as `ack`).
     answers_seen: u64,
+    /// The `ack` polls carry: `answers_seen` as of the last moment no replaced poll
+    /// was still waiting for its answer. An answer to a replaced poll may arrive
+    /// after one with a higher number; acknowledging the higher number before it
+    /// did would make the server count the attempts of the late answer as lost.
+    acked: u64,
     registered: bool,
     backoff: Backoff,
     retry_at: Option<Instant>,
@@ -303,6 +308,7 @@ impl Agent {
             current: None,
             calls: Vec::new(),
             answers_seen: 0,
+            acked: 0,
             next_seq: 0,
             registered: false,
             retry_at: None,
@@ -450,7 +456,7 @@ impl Agent {
                 .collect(),
             finished: std::mem::take(&mut self.reports.items),
             wait_ms: wait.as_millis() as u64,
-            ack: Some(self.answers_seen),
+            ack: Some(self.ack()),
         };
         let call = self.client.poll(self.id, &request);
         // The request is encoded: the reports stay here until acknowledged.
@@ -534,6 +540,7 @@ impl Agent {
                         self.registered = true;
                         // The server numbers its answers afresh for a new registration.
                         self.answers_seen = 0;
+                        self.acked = 0;
                         self.backoff.reset();
                         Ok(())
                     }
@@ -563,7 +570,10 @@ impl Agent {
                         self.on_answer(answer, carried_below, is_current);
                         Ok(())
                     }
-                    Err(_) if !is_current => Ok(()),
+                    Err(e) if !is_current => {
+                        tracing::debug!(error = %e, "a replaced poll failed; its reports ride on the current one");
+                        Ok(())
+                    }
                     Err(e) if e.is_register_again() => {
                         tracing::info!(worker = %self.id, "the server asks this worker to register again (it restarted or lost it); running attempts are kept");
                         self.registered = false;
@@ -658,6 +668,15 @@ impl Agent {
             heartbeat_timeout = ?self.heartbeat_timeout,
             "no answer from the server for too long: killing this worker's attempts before the server may declare them lost and run them elsewhere"
         );
+    }
+
+    /// What the next poll acknowledges: every answer numbered up to it has been
+    /// processed (see `acked`).
+    fn ack(&mut self) -> u64 {
+        if self.replaced == 0 {
+            self.acked = self.answers_seen;
+        }
+        self.acked
     }
 
     fn retry_later(&mut self, error: &ClientError, what: &str) {
@@ -901,13 +920,14 @@ impl Agent {
             }
         }
         if self.registered && !self.reports.is_empty() {
+            let ack = self.ack();
             let call = self.client.poll(
                 self.id,
                 &api::PollRequest {
                     running: Vec::new(),
                     finished: std::mem::take(&mut self.reports.items),
                     wait_ms: 0,
-                    ack: Some(self.answers_seen),
+                    ack: Some(ack),
                 },
             );
             if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), call).await {
@@ -1364,6 +1384,26 @@ mod tests {
         // at most 0.75 s instead of the configured 2 s).
         agent.learn_heartbeat_timeout(Some(4_000));
         assert_eq!(agent.long_poll_wait(), Duration::from_millis(750));
+    }
+
+    #[tokio::test]
+    async fn an_answer_is_not_acknowledged_while_an_earlier_one_may_still_arrive() {
+        let mut agent = agent();
+        let answer = |seq| api::PollResponse {
+            seq,
+            ..Default::default()
+        };
+        agent.on_answer(answer(1), 0, true);
+        assert_eq!(agent.ack(), 1);
+        // A poll was replaced; the current one is answered first, with number 3,
+        // while the replaced one may still bring number 2.
+        agent.replaced = 1;
+        agent.on_answer(answer(3), 0, true);
+        assert_eq!(agent.ack(), 1, "answer 2 may still be on its way");
+        // The replaced poll's answer arrives: now everything up to 3 was seen.
+        agent.replaced = 0;
+        agent.on_answer(answer(2), 0, false);
+        assert_eq!(agent.ack(), 3);
     }
 
     #[test]
