@@ -53,7 +53,9 @@
 //! server had already answered the old poll with new work, that answer still arrives
 //! and its attempts start: every answer is numbered (`seq`) and every poll says the
 //! highest number the worker has processed (`ack`), so the server expects an attempt
-//! in `running` only once the answer carrying it has been seen. A poll is replaced
+//! in `running` only once the answer carrying it has been seen. Answers to replaced
+//! polls may arrive out of order, so a number is acknowledged only once no replaced
+//! poll is still waiting for its answer. A poll is replaced
 //! once it is [`WorkerConfig::cut_short_after`] old, so that reports of attempts
 //! finishing close together share one poll.
 
