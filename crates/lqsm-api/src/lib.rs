@@ -646,6 +646,12 @@ pub struct WorkerView {
     pub attempts: usize,
     /// Its labels.
     pub labels: BTreeMap<String, String>,
+    /// The server's heartbeat timeout, ms: after this long without a poll the
+    /// server declares the worker lost and runs its attempts elsewhere. Given in the
+    /// answer to a registration, so that a worker cut off from the server can stop
+    /// its attempts before that happens; absent elsewhere and from older servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_timeout_ms: Option<u64>,
 }
 
 /// `GET /v1/cluster`.

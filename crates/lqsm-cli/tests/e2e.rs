@@ -155,7 +155,10 @@ fn a_worker_never_runs_more_than_its_cpus_allow() {
 
 #[test]
 fn a_job_on_a_killed_worker_is_retried_on_another() {
-    let mut c = Cluster::start(&["--heartbeat-timeout-ms", "1000"], &[("w1", 1), ("w2", 1)]);
+    // 3 s: the surviving worker stops its attempts after 2 s without an answer
+    // (self-fencing); a shorter timeout would let a loaded machine's slow answer
+    // stop the retry too.
+    let mut c = Cluster::start(&["--heartbeat-timeout-ms", "3000"], &[("w1", 1), ("w2", 1)]);
     let id = c.cli.submit(&["--retries", "1", "--", "sleep", "2"]);
     let running = c.wait_state(id, "running");
     let first_worker = running.attempts[0].worker;

@@ -867,7 +867,15 @@ async fn register_worker(
     state.runtime.register(registration).await??;
     let view = state
         .runtime
-        .read(move |rm| rm.worker(id).map(worker_view))
+        .read(move |rm| {
+            let heartbeat_timeout_ms = rm.config().heartbeat_timeout.as_millis() as u64;
+            rm.worker(id).map(|w| api::WorkerView {
+                // The worker fences itself by it (stops its attempts before the
+                // server may declare them lost).
+                heartbeat_timeout_ms: Some(heartbeat_timeout_ms),
+                ..worker_view(w)
+            })
+        })
         .await?;
     view.map(Json)
         .ok_or_else(|| ApiError::not_found("worker vanished"))
@@ -882,6 +890,7 @@ fn worker_view(w: &lqsm_core::Worker) -> api::WorkerView {
         used: convert::figures(&w.used),
         attempts: w.attempt_count(),
         labels: w.labels.clone(),
+        heartbeat_timeout_ms: None,
     }
 }
 
@@ -948,7 +957,15 @@ async fn drain_worker(
     state.runtime.drain_worker(id).await??;
     let view = state
         .runtime
-        .read(move |rm| rm.worker(id).map(worker_view))
+        .read(move |rm| {
+            let heartbeat_timeout_ms = rm.config().heartbeat_timeout.as_millis() as u64;
+            rm.worker(id).map(|w| api::WorkerView {
+                // The worker fences itself by it (stops its attempts before the
+                // server may declare them lost).
+                heartbeat_timeout_ms: Some(heartbeat_timeout_ms),
+                ..worker_view(w)
+            })
+        })
         .await?;
     view.map(Json)
         .ok_or_else(|| ApiError::not_found("worker vanished"))

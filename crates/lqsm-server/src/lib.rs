@@ -443,6 +443,10 @@ pub async fn serve(
         .await
         .map_err(|source| ServerError::Listen { addr, source })?;
     renewing.abort();
+    // Wait until the renewal task is gone with its handle on the store, so that when
+    // `serve` returns the data directory is free (a server restarted in the same
+    // process must be able to open it).
+    let _ = renewing.await;
     let result = actor.await;
     // Let the next server take over at once (a restart of this one would anyway).
     if let Err(e) = store.resign_lease(&lease) {

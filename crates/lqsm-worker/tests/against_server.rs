@@ -63,6 +63,9 @@ fn config(server: &TestServer) -> WorkerConfig {
     };
     config.kill_grace = Duration::from_millis(300);
     config.poll_wait = Duration::from_millis(1000);
+    // The test harness cannot serve as the attempts' supervisor; the supervised
+    // path is tested by tests/supervised.rs and the lqsm binary's tests.
+    config.supervise_commands = false;
     config
 }
 

@@ -37,6 +37,8 @@ async fn start_worker(
         ..Capacity::default()
     };
     config.memory_limits = false;
+    // The test harness cannot serve as the attempts' supervisor.
+    config.supervise_commands = false;
     let worker = WorkerBuilder::new(config).build().unwrap();
     let id = worker.id();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
