@@ -30,6 +30,6 @@ until curl -sf $URL/readyz >/dev/null; do sleep 0.02; done
 END=$(date +%s.%N)
 echo "restart to ready: $(echo "$END - $START" | bc) s"
 grep VmRSS /proc/$PID/status
-grep -a "restored state" "$DIR/err2" | sed 's/\x1b\[[0-9;]*m//g'
+grep -a -e "opened the store" -e "restored state" "$DIR/err2" | sed 's/\x1b\[[0-9;]*m//g'
 curl -s $URL/v1/cluster; echo
 kill $PID; wait $PID 2>/dev/null
