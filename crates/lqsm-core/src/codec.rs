@@ -549,9 +549,10 @@ impl<'a> Reader<'a> {
     }
 
     fn resources(&mut self) -> Result<Resources, CodecError> {
-        let mut resources = Resources::new(Millicores(self.varint()?), MiB(self.varint()?), {
-            self.u32()?
-        });
+        let cpu = Millicores(self.varint()?);
+        let memory = MiB(self.varint()?);
+        let gpu = self.u32()?;
+        let mut resources = Resources::new(cpu, memory, gpu);
         let count = self.len()?;
         for _ in 0..count {
             let name = ResourceName::new(self.str()?).map_err(|e| corrupt(e.to_string()))?;

@@ -381,8 +381,15 @@ pub async fn serve(
             }
         });
     }
+    let opening = std::time::Instant::now();
     let store = open_store(&config)?;
     let (lease, renewing) = take_lease(&store, &config)?;
+    // After a crash, opening replays the store's journal: often the longest part of a restart.
+    tracing::info!(
+        open_ms = opening.elapsed().as_millis() as u64,
+        epoch = lease.epoch,
+        "opened the store and took its lease"
+    );
     let (mut rm, needs_upgrade) = restore_and_check(store.as_ref(), &config)?;
     if needs_upgrade {
         let started = std::time::Instant::now();
