@@ -395,6 +395,21 @@ pub enum JobState {
     Expired,
 }
 
+/// The wire's snake_case name (`succeeded`), for messages people read.
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            JobState::Pending => "pending",
+            JobState::Scheduled => "scheduled",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+            JobState::Expired => "expired",
+        })
+    }
+}
+
 impl JobState {
     /// True for the four states a job never leaves.
     pub fn is_terminal(self) -> bool {
@@ -616,7 +631,7 @@ pub enum SubmitError {
     #[error("queue `{0}` has child queues; submit to one of its leaves")]
     NotALeaf(String),
     /// The queue is stopped or draining.
-    #[error("queue `{path}` is {state:?} and accepts no new jobs")]
+    #[error("queue `{path}` is {state} and accepts no new jobs")]
     NotAccepting {
         /// The queue.
         path: String,
@@ -811,6 +826,21 @@ mod tests {
             .expect("present");
         let back: JobSpec = serde_json::from_value(old).expect("old record reads");
         assert_eq!(back.submitted_by(), None);
+    }
+
+    #[test]
+    fn messages_name_states_and_amounts_as_the_wire_does() {
+        let err = SubmitError::NotAccepting {
+            path: "root.etl".into(),
+            state: crate::queues::QueueState::Stopped,
+        };
+        assert_eq!(
+            err.to_string(),
+            "queue `root.etl` is stopped and accepts no new jobs"
+        );
+        assert_eq!(JobState::Succeeded.to_string(), "succeeded");
+        let r = crate::Resources::cores(1, 256);
+        assert_eq!(r.to_string(), "1 cpu, 256 MiB, 0 gpu");
     }
 
     #[test]
