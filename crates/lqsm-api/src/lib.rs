@@ -5,6 +5,26 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+mod time;
+mod vocabulary;
+
+pub use time::epoch_ms;
+pub use vocabulary::{
+    AttemptOutcome, ErrorCode, JobState, KillReason, QueueState, RefusalReason, UnknownName,
+    WorkerState,
+};
+
+/// The worker protocol version this release speaks (`RegisterWorker.protocol`).
+/// Version 1 is the protocol before registrations carried a version; version 2 adds
+/// the `protocol` field and nothing else, so a version-1 worker is served as before.
+pub const WORKER_PROTOCOL: u32 = 2;
+
+/// The oldest worker protocol version this release's server accepts.
+pub const OLDEST_WORKER_PROTOCOL: u32 = 1;
+
+/// `JobView.submitted_by` of a job submitted to a server without tokens.
+pub const ANONYMOUS: &str = "anonymous";
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -18,8 +38,8 @@ pub struct ErrorBody {
 /// What went wrong, for people and for programs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
-    /// Stable machine-readable code (`invalid_field`, `not_found`, `unauthorized`...).
-    pub code: String,
+    /// Stable machine-readable code.
+    pub code: ErrorCode,
     /// What happened and what to do about it.
     pub message: String,
     /// The offending field, when one is to blame (`jobs[3].resources.cpu`).
@@ -64,6 +84,7 @@ pub struct ResourceFigures {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum JobKind {
     /// A program, run as a child process in its own process group.
+    #[schema(title = "CommandJob")]
     Command {
         /// Program and arguments.
         argv: Vec<String>,
@@ -75,6 +96,7 @@ pub enum JobKind {
         cwd: Option<String>,
     },
     /// A handler registered on workers, called with JSON arguments.
+    #[schema(title = "FunctionJob")]
     Function {
         /// Handler name (`lqsm.echo`).
         handler: String,
@@ -231,9 +253,9 @@ pub struct AttemptView {
     /// When it ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at_ms: Option<u64>,
-    /// How it ended: succeeded, failed, timed_out, lost, preempted, cancelled, not_reclaimed.
+    /// How it ended; absent while it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<String>,
+    pub outcome: Option<AttemptOutcome>,
     /// The failure's message or exit code, when it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -246,8 +268,8 @@ pub struct JobView {
     pub id: Uuid,
     /// Its queue.
     pub queue: String,
-    /// pending, scheduled, running, succeeded, failed, cancelled or expired.
-    pub state: String,
+    /// Where it is in its life.
+    pub state: JobState,
     /// What it runs.
     pub kind: JobKind,
     /// Resources per attempt.
@@ -256,6 +278,10 @@ pub struct JobView {
     pub priority: i32,
     /// When it was accepted.
     pub submitted_at_ms: u64,
+    /// Who submitted it: the name of the caller's token, or `anonymous` on a server
+    /// without tokens. Empty from servers older than this field.
+    #[serde(default)]
+    pub submitted_by: String,
     /// Not to start before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before_ms: Option<u64>,
@@ -423,8 +449,8 @@ pub struct QueueBatchResult {
 pub struct QueueView {
     /// Its path.
     pub path: String,
-    /// running, stopped or draining.
-    pub state: String,
+    /// Whether it accepts and runs jobs.
+    pub state: QueueState,
     /// Guaranteed share, percent of the parent's.
     pub capacity: f64,
     /// Ceiling, percent of the parent's.
@@ -490,10 +516,19 @@ pub struct RegisterWorker {
     /// Handlers it runs; `*` for all.
     #[serde(default)]
     pub handlers: Vec<String>,
+    /// The worker protocol version it speaks ([`WORKER_PROTOCOL`]); absent means 1, the
+    /// version before registrations carried one.
+    #[serde(default = "protocol_one")]
+    #[schema(default = 1, minimum = 1)]
+    pub protocol: u32,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn protocol_one() -> u32 {
+    1
 }
 
 /// An attempt a worker holds, by job and token.
@@ -511,6 +546,7 @@ pub struct AttemptRef {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AttemptResult {
     /// It succeeded.
+    #[schema(title = "AttemptSucceeded")]
     Succeeded {
         /// A function's return value.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -521,6 +557,7 @@ pub enum AttemptResult {
         exit_code: Option<i32>,
     },
     /// It failed.
+    #[schema(title = "AttemptFailed")]
     Failed {
         /// A command's exit code.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -529,6 +566,7 @@ pub enum AttemptResult {
         message: String,
     },
     /// The worker killed it at its timeout.
+    #[schema(title = "AttemptTimedOut")]
     TimedOut,
 }
 
@@ -599,8 +637,8 @@ pub struct KillOrder {
     pub job: Uuid,
     /// The attempt's token.
     pub token: u64,
-    /// cancelled, timed_out, preempted or stale.
-    pub reason: String,
+    /// Why.
+    pub reason: KillReason,
 }
 
 /// A report the server refused (the worker drops it).
@@ -610,8 +648,8 @@ pub struct RefusedReport {
     pub job: Uuid,
     /// The attempt's token.
     pub token: u64,
-    /// unknown_job or stale_attempt.
-    pub reason: String,
+    /// Why.
+    pub reason: RefusalReason,
 }
 
 /// The answer to a poll.
@@ -636,8 +674,8 @@ pub struct WorkerView {
     pub id: Uuid,
     /// Its name.
     pub name: String,
-    /// active, draining or lost.
-    pub state: String,
+    /// Where it is in its life.
+    pub state: WorkerState,
     /// What it offers.
     pub capacity: ResourceFigures,
     /// What its attempts hold.
@@ -652,13 +690,13 @@ pub struct WorkerView {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ClusterSummary {
     /// Workers by state.
-    pub workers: BTreeMap<String, usize>,
+    pub workers: BTreeMap<WorkerState, usize>,
     /// What shares are shares of.
     pub total: ResourceFigures,
     /// What attempts hold.
     pub used: ResourceFigures,
     /// Jobs held, by state.
-    pub jobs: BTreeMap<String, u64>,
+    pub jobs: BTreeMap<JobState, u64>,
     /// Number of queues.
     pub queues: usize,
 }

@@ -262,9 +262,7 @@ impl JobSpec {
 
     /// Who submitted it (a token's name); `None` on a server without tokens.
     pub fn submitted_by(&self) -> Option<&str> {
-        self.extras
-            .as_ref()
-            .and_then(|e| e.submitted_by.as_deref())
+        self.extras.as_ref().and_then(|e| e.submitted_by.as_deref())
     }
 
     fn from_parts(

@@ -61,13 +61,6 @@ struct Running {
     started_at_ms: u64,
 }
 
-/// Now, in ms since the Unix epoch.
-fn epoch_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// An attempt's end, from its task.
 pub(crate) struct Done {
     key: AttemptKey,
@@ -649,7 +642,7 @@ impl Agent {
             Running {
                 stop: stop_tx,
                 gpus: Vec::new(),
-                started_at_ms: epoch_ms(),
+                started_at_ms: api::epoch_ms(),
             },
         );
         let done = self.done_tx.clone();
@@ -695,7 +688,7 @@ impl Agent {
             Running {
                 stop: stop_tx,
                 gpus,
-                started_at_ms: epoch_ms(),
+                started_at_ms: api::epoch_ms(),
             },
         );
         let options = ExecOptions {
@@ -887,6 +880,7 @@ mod tests {
             labels: Default::default(),
             serves_commands: true,
             handlers: Vec::new(),
+            protocol: api::WORKER_PROTOCOL,
         };
         let settings = Settings {
             poll_wait: Duration::from_secs(2),
@@ -1094,7 +1088,7 @@ mod tests {
                 kill: vec![api::KillOrder {
                     job,
                     token,
-                    reason: "cancelled".into(),
+                    reason: api::KillReason::Cancelled,
                 }],
                 ..Default::default()
             },

@@ -238,6 +238,7 @@ impl WorkerBuilder {
             labels: config.labels.clone(),
             serves_commands: config.serves_commands,
             handlers,
+            protocol: lqsm_api::WORKER_PROTOCOL,
         };
         let settings = Settings {
             poll_wait: config.poll_wait,
