@@ -6,9 +6,11 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+mod json;
 mod time;
 mod vocabulary;
 
+pub use json::RawJson;
 pub use time::epoch_ms;
 pub use vocabulary::{
     AttemptOutcome, ErrorCode, JobState, KillReason, QueueState, RefusalReason, UnknownName,
@@ -80,8 +82,10 @@ pub struct ResourceFigures {
 }
 
 /// What a job runs.
+// Read through `JobKindFields`: serde buffers an internally tagged enum's content,
+// and buffered content cannot hand `args` over as raw text.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case", try_from = "JobKindFields")]
 pub enum JobKind {
     /// A program, run as a child process in its own process group.
     #[schema(title = "CommandJob")]
@@ -100,11 +104,78 @@ pub enum JobKind {
     Function {
         /// Handler name (`lqsm.echo`).
         handler: String,
-        /// Arguments.
+        /// Arguments, any JSON (`null` when absent), handed to the handler as sent.
         #[serde(default)]
-        #[schema(value_type = Object)]
-        args: serde_json::Value,
+        #[schema(value_type = Value)]
+        args: RawJson,
     },
+}
+
+/// The `type` of a [`JobKind`].
+#[derive(Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum JobKindType {
+    Command,
+    Function,
+}
+
+/// Every field a [`JobKind`] may have, read in one pass so `args` stays raw.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobKindFields {
+    #[serde(rename = "type")]
+    kind: JobKindType,
+    #[serde(default)]
+    argv: Option<Vec<String>>,
+    #[serde(default)]
+    env: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    cwd: Option<String>,
+    #[serde(default)]
+    handler: Option<String>,
+    #[serde(default)]
+    args: Option<RawJson>,
+}
+
+impl TryFrom<JobKindFields> for JobKind {
+    type Error = String;
+
+    fn try_from(f: JobKindFields) -> Result<Self, String> {
+        // The same words serde uses, so that the server reports the field at fault.
+        let unknown = |name: &str, kind: &str| {
+            format!("unknown field `{name}`: a {kind} job does not take it")
+        };
+        match f.kind {
+            JobKindType::Command => {
+                if f.handler.is_some() {
+                    return Err(unknown("handler", "command"));
+                }
+                if f.args.is_some() {
+                    return Err(unknown("args", "command"));
+                }
+                Ok(JobKind::Command {
+                    argv: f.argv.ok_or("missing field `argv`")?,
+                    env: f.env.unwrap_or_default(),
+                    cwd: f.cwd,
+                })
+            }
+            JobKindType::Function => {
+                for (name, present) in [
+                    ("argv", f.argv.is_some()),
+                    ("env", f.env.is_some()),
+                    ("cwd", f.cwd.is_some()),
+                ] {
+                    if present {
+                        return Err(unknown(name, "function"));
+                    }
+                }
+                Ok(JobKind::Function {
+                    handler: f.handler.ok_or("missing field `handler`")?,
+                    args: f.args.unwrap_or_default(),
+                })
+            }
+        }
+    }
 }
 
 /// How failed attempts are retried. Absent fields take the queue's defaults.
@@ -168,6 +239,11 @@ pub struct SubmitJob {
 impl SubmitJob {
     /// A function job with every option left to the queue.
     pub fn function(queue: &str, handler: &str, args: serde_json::Value) -> Self {
+        Self::function_raw(queue, handler, RawJson::from_value(&args))
+    }
+
+    /// A function job whose arguments are already JSON text.
+    pub fn function_raw(queue: &str, handler: &str, args: RawJson) -> Self {
         Self::new(
             queue,
             JobKind::Function {
@@ -699,4 +775,70 @@ pub struct ClusterSummary {
     pub jobs: BTreeMap<JobState, u64>,
     /// Number of queues.
     pub queues: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(text: &str) -> Result<JobKind, String> {
+        serde_json::from_str::<JobKind>(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_job_kind_reads_each_type_with_only_its_own_fields() {
+        let function = kind(r#"{"type":"function","handler":"h","args":{"b":1,"a":2}}"#)
+            .expect("a function job");
+        let JobKind::Function { handler, args } = &function else {
+            panic!("{function:?}");
+        };
+        assert_eq!(handler, "h");
+        assert_eq!(args.as_str(), r#"{"b":1,"a":2}"#);
+        assert_eq!(
+            kind(r#"{"type":"function","handler":"h"}"#).expect("no args"),
+            JobKind::Function {
+                handler: "h".into(),
+                args: RawJson::null()
+            }
+        );
+        assert_eq!(
+            kind(r#"{"type":"command","argv":["true"]}"#).expect("a command job"),
+            JobKind::Command {
+                argv: vec!["true".into()],
+                env: BTreeMap::new(),
+                cwd: None
+            }
+        );
+        let err = kind(r#"{"type":"command","argv":["true"],"handler":"h"}"#).expect_err("mixed");
+        assert!(err.starts_with("unknown field `handler`"), "{err}");
+        let err = kind(r#"{"type":"function","handler":"h","argv":[]}"#).expect_err("mixed");
+        assert!(err.starts_with("unknown field `argv`"), "{err}");
+        let err = kind(r#"{"type":"command"}"#).expect_err("no argv");
+        assert!(err.starts_with("missing field `argv`"), "{err}");
+        let err = kind(r#"{"type":"shell"}"#).expect_err("no such type");
+        assert!(err.contains("unknown variant `shell`"), "{err}");
+        let err = kind(r#"{"type":"function","handler":"h","prio":1}"#).expect_err("typo");
+        assert!(err.contains("unknown field `prio`"), "{err}");
+    }
+
+    #[test]
+    fn a_job_kind_writes_the_same_json_it_always_did() {
+        let function = JobKind::Function {
+            handler: "h".into(),
+            args: RawJson::parse(r#"{"x":1}"#).expect("json"),
+        };
+        assert_eq!(
+            serde_json::to_string(&function).expect("serialises"),
+            r#"{"type":"function","handler":"h","args":{"x":1}}"#
+        );
+        let command = JobKind::Command {
+            argv: vec!["echo".into()],
+            env: BTreeMap::new(),
+            cwd: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&command).expect("serialises"),
+            r#"{"type":"command","argv":["echo"]}"#
+        );
+    }
 }

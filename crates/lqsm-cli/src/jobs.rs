@@ -85,10 +85,11 @@ impl SubmitArgs {
     fn job(&self) -> anyhow::Result<api::SubmitJob> {
         let kind = match (&self.function, self.command.is_empty()) {
             (Some(handler), true) => {
+                // Checked to be JSON, then sent as typed.
                 let args = match &self.args {
-                    Some(text) => serde_json::from_str(text)
+                    Some(text) => api::RawJson::parse(text.trim())
                         .map_err(|e| anyhow::anyhow!("--args is not JSON: {e}"))?,
-                    None => serde_json::Value::Null,
+                    None => api::RawJson::null(),
                 };
                 api::JobKind::Function {
                     handler: handler.clone(),

@@ -134,7 +134,7 @@ mod tests {
             state,
             kind: JobKind::Function {
                 handler: "h".into(),
-                args: serde_json::Value::Null,
+                args: lqsm_api::RawJson::null(),
             },
             resources: ResourceFigures::default(),
             priority: 0,

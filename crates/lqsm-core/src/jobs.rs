@@ -30,6 +30,16 @@ impl Json {
         Self(serde_json::value::to_raw_value(value).expect("a JSON value always serialises"))
     }
 
+    /// Text already checked to be JSON (by a deserialiser), kept as it is.
+    pub fn from_raw(raw: Box<serde_json::value::RawValue>) -> Self {
+        Self(raw)
+    }
+
+    /// The checked text, to carry on without parsing it.
+    pub fn to_raw(&self) -> Box<serde_json::value::RawValue> {
+        self.0.clone()
+    }
+
     /// Checks that `text` is JSON and keeps it as it is.
     pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
         serde_json::value::RawValue::from_string(text.to_owned()).map(Self)

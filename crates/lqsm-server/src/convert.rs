@@ -102,7 +102,11 @@ pub fn kind(k: &api::JobKind) -> core::JobKind {
                 cwd: cwd.clone(),
             }))
         }
-        api::JobKind::Function { handler, args } => core::JobKind::function(handler, args.clone()),
+        // The arguments' text goes on as it came: checked JSON, never parsed here.
+        api::JobKind::Function { handler, args } => core::JobKind::Function {
+            handler: handler.as_str().into(),
+            args: core::jobs::Json::from_raw(args.clone().into_raw()),
+        },
     }
 }
 
@@ -116,12 +120,14 @@ pub fn kind_view(k: &core::JobKind) -> api::JobKind {
         },
         core::JobKind::Function { handler, args } => api::JobKind::Function {
             handler: handler.to_string(),
-            args: args.to_value(),
+            args: api::RawJson::from_raw(args.to_raw()),
         },
         // Only shown when the store could not be read: say so rather than invent.
         core::JobKind::Stored { handler } => api::JobKind::Function {
             handler: handler.as_deref().unwrap_or("(command)").to_owned(),
-            args: serde_json::json!({"unavailable": "the job's payload is in the store"}),
+            args: api::RawJson::from_value(
+                &serde_json::json!({"unavailable": "the job's payload is in the store"}),
+            ),
         },
     }
 }

@@ -1231,8 +1231,9 @@ mod tests {
         )
         .expect_err("handler must be a string");
         assert_eq!(err.status, StatusCode::BAD_REQUEST);
-        // `kind` is a tagged union, parsed as a whole: the error names it and says why.
-        assert_eq!(err.detail.field.as_deref(), Some("kind"));
+        // `kind` is read field by field (so that `args` stays raw): the error names
+        // the field inside it and says why.
+        assert_eq!(err.detail.field.as_deref(), Some("kind.handler"));
         assert!(
             err.detail.message.contains("expected a string"),
             "{}",

@@ -45,7 +45,7 @@ fn submitted_job_runs_on_a_worker_and_its_result_is_kept() {
         a.kind,
         api::JobKind::Function {
             handler: "echo".into(),
-            args: json!({"x": 42})
+            args: json!({"x": 42}).into()
         }
     );
 
@@ -130,7 +130,7 @@ fn batch_answers_every_item_and_names_the_field_of_each_invalid_one() {
         view.kind,
         api::JobKind::Function {
             handler: "batch".into(),
-            args: json!({"i": 4})
+            args: json!({"i": 4}).into()
         }
     );
     let unknown = &result.results[77].error.as_ref().unwrap();
@@ -469,7 +469,7 @@ fn large_payload_reaches_the_worker_whole() {
     let mut worker = SimWorker::register(&api, "big");
     let kind = api::JobKind::Function {
         handler: "big".into(),
-        args: big_args(),
+        args: big_args().into(),
     };
     let id = api.submit(&api::SubmitJob::new("root.default", kind.clone()));
     assert_eq!(api.job(id).kind, kind);
@@ -512,7 +512,7 @@ fn job_listing_shows_large_payloads_whole() {
     let api = server.api();
     let kind = api::JobKind::Function {
         handler: "listed".into(),
-        args: big_args(),
+        args: big_args().into(),
     };
     let id = api.submit(&api::SubmitJob::new("root.default", kind.clone()));
     assert_eq!(api.job(id).kind, kind);
@@ -800,4 +800,28 @@ fn only_answers_with_assignments_are_numbered_and_an_unseen_one_loses_nothing() 
     let job: api::JobView = api.get(&format!("/v1/jobs/{first}")).expect(200);
     assert_ne!(job.state, api::JobState::Failed, "{job:?}");
     assert_eq!(job.attempts.len(), 1);
+}
+
+#[test]
+fn function_args_reach_the_worker_and_the_job_view_as_the_submitter_wrote_them() {
+    // Keys out of order and a number spelled `1.50`: a server that parsed the args into
+    // a tree and wrote them out again would sort the keys and respell the number.
+    let server = Server::start();
+    let api = server.api();
+    let mut worker = SimWorker::register(&api, "verbatim");
+    let args = r#"{"z":1,"a":[1.50,"x"]}"#;
+    let body = format!(
+        r#"{{"queue":"root.default","kind":{{"type":"function","handler":"verbatim","args":{args}}}}}"#
+    );
+    let submitted: api::Submitted = api.raw("POST", "/v1/jobs", body).expect(201);
+    let a = worker.next_assignment();
+    let api::JobKind::Function { args: sent, .. } = &a.kind else {
+        panic!("a function job: {a:?}");
+    };
+    assert_eq!(sent.as_str(), args);
+    let view = api.job(submitted.id);
+    let api::JobKind::Function { args: shown, .. } = &view.kind else {
+        panic!("a function job: {view:?}");
+    };
+    assert_eq!(shown.as_str(), args);
 }

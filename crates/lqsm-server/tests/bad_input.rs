@@ -493,7 +493,7 @@ fn batch_item_over_max_job_bytes_is_refused_alone() {
     let mut big = function_job("root.default", "h");
     big.kind = api::JobKind::Function {
         handler: "h".into(),
-        args: json!("a".repeat(2000)),
+        args: json!("a".repeat(2000)).into(),
     };
     let batch = api::SubmitBatch {
         jobs: vec![function_job("root.default", "h"), big],

@@ -486,7 +486,7 @@ fn sigterm_exits_with_code_0_and_keeps_every_job() {
             view.kind,
             api::JobKind::Function {
                 handler: "kept".into(),
-                args: json!({ "i": i })
+                args: json!({ "i": i }).into()
             }
         );
     }

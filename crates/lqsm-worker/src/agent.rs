@@ -575,6 +575,14 @@ impl Agent {
                     self.finish_now(key, failed(message));
                     return;
                 };
+                // Handlers work on a tree: the arguments' text is parsed here, once.
+                let args = match args.to_value() {
+                    Ok(args) => args,
+                    Err(e) => {
+                        self.finish_now(key, failed(format!("the job's args are not JSON: {e}")));
+                        return;
+                    }
+                };
                 // A handler may panic before it even returns its future.
                 let call = std::panic::catch_unwind(AssertUnwindSafe(|| found.call(args)));
                 match call {
@@ -918,7 +926,7 @@ mod tests {
     fn echo(args: serde_json::Value) -> api::JobKind {
         api::JobKind::Function {
             handler: "lqsm.echo".into(),
-            args,
+            args: args.into(),
         }
     }
 
@@ -952,7 +960,7 @@ mod tests {
         agent.start(assignment(
             api::JobKind::Function {
                 handler: "billing.nope".into(),
-                args: json!(null),
+                args: json!(null).into(),
             },
             1,
         ));
@@ -976,7 +984,7 @@ mod tests {
         agent.start(assignment(
             api::JobKind::Function {
                 handler: "bad.sync".into(),
-                args: json!(null),
+                args: json!(null).into(),
             },
             1,
         ));
@@ -1059,7 +1067,7 @@ mod tests {
         let mut a = assignment(
             api::JobKind::Function {
                 handler: "lqsm.sleep".into(),
-                args: json!(30),
+                args: json!(30).into(),
             },
             1,
         );
@@ -1077,7 +1085,7 @@ mod tests {
         let a = assignment(
             api::JobKind::Function {
                 handler: "lqsm.sleep".into(),
-                args: json!({"seconds": 30}),
+                args: json!({"seconds": 30}).into(),
             },
             1,
         );
