@@ -11,7 +11,7 @@ mod time;
 mod vocabulary;
 
 pub use json::RawJson;
-pub use time::epoch_ms;
+pub use time::{epoch_ms, human_duration};
 pub use vocabulary::{
     AttemptOutcome, ErrorCode, JobState, KillReason, QueueState, RefusalReason, UnknownName,
     WorkerState,

@@ -34,7 +34,8 @@ pub enum ClientError {
     },
     /// The server accepted the connection but did not answer in time.
     #[error(
-        "the LQSM server at {url} did not answer within {after:?}; it may be overloaded or stuck (check its log and /readyz)"
+        "the LQSM server at {url} did not answer within {}; it may be overloaded or stuck (check its log and /readyz)",
+        lqsm_api::human_duration(*after)
     )]
     Timeout {
         /// The server's base URL.

@@ -46,7 +46,8 @@ pub enum JobFailed {
     },
     /// It had not finished when the wait ended; it may still finish.
     #[error(
-        "job {id} is still {state} after waiting {waited:?}; call get() again to keep waiting, or cancel it"
+        "job {id} is still {state} after waiting {}; call get() again to keep waiting, or cancel it",
+        lqsm_api::human_duration(*waited)
     )]
     Timeout {
         /// The job.
