@@ -458,6 +458,16 @@ fn cli_prints_trees_and_json_and_refuses_bad_input_with_a_reason() {
         id.parse::<Uuid>().is_ok(),
         "`lqsm submit -o json` printed no job id: {printed}"
     );
+
+    // `job get` says who submitted it and names states as the API does.
+    let shown = c.cli.run(&["job", "get", id]);
+    shown.success();
+    assert!(
+        shown.stdout.contains(" by anonymous"),
+        "no submitter in: {shown:#?}"
+    );
+    let bad_state = c.cli.run(&["job", "list", "--state", "done"]);
+    assert_refused(&bad_state, "`done` is not a job state");
 }
 
 #[test]

@@ -556,6 +556,29 @@ mod tests {
         }
     }
 
+    #[test]
+    fn refusals_keep_the_servers_code_and_other_bodies_their_message() {
+        let client = Client::new("http://127.0.0.1:9", None).unwrap();
+        let err = client.refusal(
+            StatusCode::CONFLICT,
+            br#"{"error":{"code":"register_again","message":"unknown worker","field":"id"}}"#,
+        );
+        assert_eq!(err.code(), Some(api::ErrorCode::RegisterAgain));
+        assert!(err.is_register_again());
+        // A code newer than this client: the server's message still reaches the person.
+        let err = client.refusal(
+            StatusCode::BAD_REQUEST,
+            br#"{"error":{"code":"brand_new_code","message":"try the other thing"}}"#,
+        );
+        assert_eq!(err.code(), None);
+        assert_eq!(err.status(), Some(400));
+        assert!(err.to_string().contains("try the other thing"), "{err}");
+        // Not LQSM's shape at all (a proxy's page).
+        let err = client.refusal(StatusCode::BAD_GATEWAY, b"<html>bad gateway</html>");
+        assert!(err.is_transient());
+        assert!(err.to_string().contains("bad gateway"), "{err}");
+    }
+
     #[tokio::test]
     async fn a_closed_port_is_reported_as_unreachable_with_a_hint() {
         // A port that was just free: nothing listens there.
