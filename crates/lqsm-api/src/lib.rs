@@ -592,8 +592,8 @@ pub struct RegisterWorker {
     /// Handlers it runs; `*` for all.
     #[serde(default)]
     pub handlers: Vec<String>,
-    /// The worker protocol version it speaks ([`WORKER_PROTOCOL`]); absent means 1, the
-    /// version before registrations carried one.
+    /// The worker protocol version it speaks (this release speaks 2); absent means 1,
+    /// the version before registrations carried one.
     #[serde(default = "protocol_one")]
     #[schema(default = 1, minimum = 1)]
     pub protocol: u32,
