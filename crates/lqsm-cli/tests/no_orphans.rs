@@ -136,7 +136,11 @@ fn killing_a_worker_ends_every_process_of_its_jobs_and_the_job_completes_once() 
         || c.logs(),
         || Some(c.cli.job(job)).filter(e2e_support::finished),
     );
-    assert_eq!(finished.state, "succeeded", "{finished:#?}");
+    assert_eq!(
+        finished.state,
+        lqsm_api::JobState::Succeeded,
+        "{finished:#?}"
+    );
     // Were the first run still alive, it would complete now.
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(runs(&dir, job), (2, 1), "started twice, completed once");
@@ -177,7 +181,11 @@ fn killing_standalone_ends_every_process_of_its_jobs_and_the_job_completes_once(
         || standalone.log_tail(),
         || Some(standalone.cli.job(job)).filter(e2e_support::finished),
     );
-    assert_eq!(finished.state, "succeeded", "{finished:#?}");
+    assert_eq!(
+        finished.state,
+        lqsm_api::JobState::Succeeded,
+        "{finished:#?}"
+    );
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(runs(&marks, job), (2, 1), "started twice, completed once");
 }
@@ -231,18 +239,23 @@ fn a_worker_cut_off_from_the_server_stops_its_jobs_before_they_run_elsewhere() {
         || c.logs(),
         || Some(c.cli.job(job)).filter(e2e_support::finished),
     );
-    assert_eq!(finished.state, "succeeded", "{finished:#?}");
+    assert_eq!(
+        finished.state,
+        lqsm_api::JobState::Succeeded,
+        "{finished:#?}"
+    );
     assert_eq!(finished.attempts.len(), 2, "{finished:#?}");
     assert_eq!(
-        finished.attempts[0].outcome.as_deref(),
-        Some("lost"),
+        finished.attempts[0].outcome,
+        Some(lqsm_api::AttemptOutcome::Lost),
         "{finished:#?}"
     );
 
     // Healed, the cut-off worker comes back and nothing completes a second time.
     proxy.heal();
     c.eventually("the cut-off worker to be back", || {
-        c.worker_view("cut").filter(|w| w.state == "active")
+        c.worker_view("cut")
+            .filter(|w| w.state == lqsm_api::WorkerState::Active)
     });
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(runs(&dir, job), (2, 1), "started twice, completed once");
@@ -280,7 +293,12 @@ fn a_short_network_blip_does_not_stop_a_healthy_workers_jobs() {
         || c.logs(),
         || Some(c.cli.job(job)).filter(e2e_support::finished),
     );
-    assert_eq!(finished.state, "succeeded", "{finished:#?}\n{}", c.logs());
+    assert_eq!(
+        finished.state,
+        lqsm_api::JobState::Succeeded,
+        "{finished:#?}\n{}",
+        c.logs()
+    );
     assert_eq!(finished.attempts.len(), 1, "{finished:#?}");
     assert_eq!(runs(&dir, job), (1, 1), "started once, completed once");
 }
@@ -306,7 +324,12 @@ const KILL_CLEAR_OF_THE_END: Duration = Duration::from_millis(1000);
 /// ending and the server acknowledging it (see [`KILL_CLEAR_OF_THE_END`]).
 fn clear_to_kill(dir: &Path, jobs: &[api::JobView], victim: Uuid) -> bool {
     jobs.iter()
-        .filter(|j| matches!(j.state.as_str(), "scheduled" | "running"))
+        .filter(|j| {
+            matches!(
+                j.state,
+                lqsm_api::JobState::Scheduled | lqsm_api::JobState::Running
+            )
+        })
         .filter(|j| j.attempts.last().is_some_and(|a| a.worker == victim))
         .all(|j| {
             let marks = dir.join(format!("{}.runs", j.id));
@@ -410,7 +433,9 @@ fn reported_scenario_short_jobs_with_worker_kills_complete_once_each() {
     let mut rerun = 0;
     for id in &ids {
         let (starts, done) = runs(&dir, *id);
-        let succeeded = jobs.get(id).is_some_and(|j| j.state == "succeeded");
+        let succeeded = jobs
+            .get(id)
+            .is_some_and(|j| j.state == lqsm_api::JobState::Succeeded);
         if !succeeded || done == 0 {
             lost += 1;
         }

@@ -47,16 +47,16 @@ async fn queue_routes_create_change_and_delete_a_queue() {
     assert_eq!(updated.max_capacity, 50.0, "untouched settings stay");
     assert_eq!(
         client.stop_queue("root.etl").await.unwrap().state,
-        "stopped"
+        lqsm_api::QueueState::Stopped
     );
     assert_eq!(
         client.start_queue("root.etl").await.unwrap().state,
-        "running"
+        lqsm_api::QueueState::Running
     );
     client.submit(&echo("root.etl")).await.unwrap();
     assert_eq!(
         client.drain_queue("root.etl").await.unwrap().state,
-        "draining"
+        lqsm_api::QueueState::Draining
     );
     // It holds a pending job: deleting needs force.
     let err = client.delete_queue("root.etl", false).await.unwrap_err();
@@ -114,7 +114,7 @@ async fn job_routes_submit_list_page_and_cancel() {
         .list_jobs(
             &JobFilter {
                 tag: Some("nightly".into()),
-                state: Some("pending".into()),
+                state: Some(api::JobState::Pending),
                 ..JobFilter::default()
             },
             None,
@@ -125,8 +125,11 @@ async fn job_routes_submit_list_page_and_cancel() {
     assert_eq!(nightly.jobs.len(), 1);
 
     let cancelled = client.cancel(first.id).await.unwrap();
-    assert_eq!(cancelled.state, "cancelled");
-    assert_eq!(client.job(first.id).await.unwrap().state, "cancelled");
+    assert_eq!(cancelled.state, lqsm_api::JobState::Cancelled);
+    assert_eq!(
+        client.job(first.id).await.unwrap().state,
+        lqsm_api::JobState::Cancelled
+    );
     let err = lqsm_client::JobHandle::new(client.clone(), first.id)
         .get(Duration::from_secs(5))
         .await
@@ -134,7 +137,7 @@ async fn job_routes_submit_list_page_and_cancel() {
     assert!(matches!(err, JobFailed::Cancelled { .. }), "{err}");
     assert_eq!(client.logs(first.id).await.unwrap(), "");
     let summary = client.cluster().await.unwrap();
-    assert_eq!(summary.jobs.get("pending"), Some(&2));
+    assert_eq!(summary.jobs.get(&api::JobState::Pending), Some(&2));
 }
 
 #[tokio::test]
@@ -149,7 +152,7 @@ async fn get_gives_up_at_its_timeout_when_nothing_runs_the_job() {
     let err = handle.get(Duration::from_millis(300)).await.unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(5));
     match &err {
-        JobFailed::Timeout { state, .. } => assert_eq!(state, "pending"),
+        JobFailed::Timeout { state, .. } => assert_eq!(*state, api::JobState::Pending),
         other => panic!("expected a timeout, got {other}"),
     }
     assert!(err.to_string().contains("get() again"), "{err}");
@@ -193,6 +196,7 @@ async fn worker_routes_register_poll_and_drain() {
             labels: Default::default(),
             serves_commands: true,
             handlers: vec!["*".into()],
+            protocol: api::WORKER_PROTOCOL,
         })
         .await
         .unwrap();
@@ -210,7 +214,10 @@ async fn worker_routes_register_poll_and_drain() {
         .unwrap();
     assert_eq!(answer.assignments.len(), 1);
     assert_eq!(answer.assignments[0].job, job.id);
-    assert_eq!(client.drain_worker(id).await.unwrap().state, "draining");
+    assert_eq!(
+        client.drain_worker(id).await.unwrap().state,
+        lqsm_api::WorkerState::Draining
+    );
     assert_eq!(client.workers().await.unwrap().len(), 1);
     // A worker the server does not know is told to register again.
     let err = client

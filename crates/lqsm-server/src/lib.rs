@@ -367,6 +367,7 @@ pub async fn serve(
             config.listen
         )));
     }
+    let auth = auth::Auth::new(&config.tokens).map_err(ServerError::Config)?;
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .ok();
@@ -410,7 +411,7 @@ pub async fn serve(
     let (runtime, actor) = resource_manager::spawn(rm, store.clone(), lease.epoch, longest_poll);
     let state = jobserver::AppState {
         runtime,
-        auth: Arc::new(auth::Auth::new(&config.tokens)),
+        auth: Arc::new(auth),
         limits: config.limits.clone(),
         ready: Arc::new(AtomicBool::new(true)),
         metrics,

@@ -8,15 +8,15 @@
 use crate::convert;
 use lqsm_api as api;
 use lqsm_core::{
-    Effects, FencingToken, JobError, JobId, KillReason, Policies, PollTicket, QueueError, Record,
-    RefusalReason, ResourceManager, SubmitError, SubmitRequest, Submitted, Timestamp, WorkerError,
-    WorkerId, WorkerPoll, WorkerRegistration,
+    Effects, FencingToken, JobError, JobId, Policies, PollTicket, QueueError, Record,
+    ResourceManager, SubmitError, SubmitRequest, Submitted, Timestamp, WorkerError, WorkerId,
+    WorkerPoll, WorkerRegistration,
 };
 use lqsm_core::{JobRecord, codec};
 use lqsm_store::{Epoch, JobIndex, JobWrite, Store, WriteBatch};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most commands applied in one batch.
@@ -238,21 +238,14 @@ struct Clock {
 
 impl Clock {
     fn now(&mut self) -> Timestamp {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        self.last = self.last.max(wall);
+        self.last = self.last.max(lqsm_api::epoch_ms());
         Timestamp(self.last)
     }
 }
 
 /// The current wall-clock time in ms (for handlers that need `now` to validate).
 pub fn wall_clock() -> Timestamp {
-    Timestamp(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
-    )
+    Timestamp(lqsm_api::epoch_ms())
 }
 
 /// The actor's state.
@@ -329,24 +322,11 @@ pub fn job_entry(record: &JobRecord) -> JobWrite {
 /// Meta key of the fencing-token high-water mark.
 pub const NEXT_TOKEN: &str = "next_token";
 
-fn kill_reason(r: KillReason) -> &'static str {
-    match r {
-        KillReason::Cancelled => "cancelled",
-        KillReason::TimedOut => "timed_out",
-        KillReason::Preempted => "preempted",
-        KillReason::Stale => "stale",
-    }
-}
-
 fn refusal(r: &lqsm_core::RefusedReport) -> api::RefusedReport {
     api::RefusedReport {
         job: r.job.0,
         token: r.token.0,
-        reason: match r.reason {
-            RefusalReason::UnknownJob => "unknown_job",
-            RefusalReason::StaleAttempt => "stale_attempt",
-        }
-        .to_owned(),
+        reason: crate::convert::refusal_reason(r.reason),
     }
 }
 
@@ -637,7 +617,7 @@ impl Actor {
                 .map(|k| api::KillOrder {
                     job: k.job.0,
                     token: k.token.0,
-                    reason: kill_reason(k.reason).to_owned(),
+                    reason: crate::convert::kill_reason(k.reason),
                 })
                 .collect();
             let _ = reply.send(Ok(PollAnswer {

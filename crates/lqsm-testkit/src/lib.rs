@@ -104,6 +104,7 @@ impl TestServer {
     pub async fn with_admin_token(token: &str) -> TestServer {
         Self::start_with(|c| {
             c.tokens.push(TokenConfig {
+                name: Some("test-admin".to_owned()),
                 token: token.to_owned(),
                 role: RoleName::Admin,
                 queues: Vec::new(),

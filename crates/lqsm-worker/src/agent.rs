@@ -88,13 +88,6 @@ struct Running {
     started_at_ms: u64,
 }
 
-/// Now, in ms since the Unix epoch.
-fn epoch_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// An attempt's end, from its task.
 pub(crate) struct Done {
     key: AttemptKey,
@@ -731,6 +724,14 @@ impl Agent {
                     self.finish_now(key, failed(message));
                     return;
                 };
+                // Handlers work on a tree: the arguments' text is parsed here, once.
+                let args = match args.to_value() {
+                    Ok(args) => args,
+                    Err(e) => {
+                        self.finish_now(key, failed(format!("the job's args are not JSON: {e}")));
+                        return;
+                    }
+                };
                 // A handler may panic before it even returns its future.
                 let call = std::panic::catch_unwind(AssertUnwindSafe(|| found.call(args)));
                 match call {
@@ -798,7 +799,7 @@ impl Agent {
             Running {
                 stop: stop_tx,
                 gpus: Vec::new(),
-                started_at_ms: epoch_ms(),
+                started_at_ms: api::epoch_ms(),
             },
         );
         let done = self.done_tx.clone();
@@ -844,7 +845,7 @@ impl Agent {
             Running {
                 stop: stop_tx,
                 gpus,
-                started_at_ms: epoch_ms(),
+                started_at_ms: api::epoch_ms(),
             },
         );
         let options = ExecOptions {
@@ -1044,6 +1045,7 @@ mod tests {
             labels: Default::default(),
             serves_commands: true,
             handlers: Vec::new(),
+            protocol: api::WORKER_PROTOCOL,
         };
         let settings = Settings {
             poll_wait: Duration::from_secs(2),
@@ -1082,7 +1084,7 @@ mod tests {
     fn echo(args: serde_json::Value) -> api::JobKind {
         api::JobKind::Function {
             handler: "lqsm.echo".into(),
-            args,
+            args: args.into(),
         }
     }
 
@@ -1116,7 +1118,7 @@ mod tests {
         agent.start(assignment(
             api::JobKind::Function {
                 handler: "billing.nope".into(),
-                args: json!(null),
+                args: json!(null).into(),
             },
             1,
         ));
@@ -1140,7 +1142,7 @@ mod tests {
         agent.start(assignment(
             api::JobKind::Function {
                 handler: "bad.sync".into(),
-                args: json!(null),
+                args: json!(null).into(),
             },
             1,
         ));
@@ -1223,7 +1225,7 @@ mod tests {
         let mut a = assignment(
             api::JobKind::Function {
                 handler: "lqsm.sleep".into(),
-                args: json!(30),
+                args: json!(30).into(),
             },
             1,
         );
@@ -1241,7 +1243,7 @@ mod tests {
         let a = assignment(
             api::JobKind::Function {
                 handler: "lqsm.sleep".into(),
-                args: json!({"seconds": 30}),
+                args: json!({"seconds": 30}).into(),
             },
             1,
         );
@@ -1252,7 +1254,7 @@ mod tests {
                 kill: vec![api::KillOrder {
                     job,
                     token,
-                    reason: "cancelled".into(),
+                    reason: api::KillReason::Cancelled,
                 }],
                 ..Default::default()
             },
@@ -1367,7 +1369,7 @@ mod tests {
         agent.start(assignment(
             api::JobKind::Function {
                 handler: "lqsm.sleep".into(),
-                args: json!(30),
+                args: json!(30).into(),
             },
             1,
         ));

@@ -256,6 +256,7 @@ impl WorkerBuilder {
             labels: config.labels.clone(),
             serves_commands: config.serves_commands,
             handlers,
+            protocol: lqsm_api::WORKER_PROTOCOL,
         };
         let supervisor = (config.serves_commands && config.supervise_commands)
             .then(|| std::path::PathBuf::from(SELF_EXE));
@@ -303,8 +304,8 @@ fn check(config: &WorkerConfig) -> Result<(), WorkerError> {
     }
     if config.poll_wait.as_millis() > 30_000 {
         return bad(format!(
-            "poll_wait is {:?}; the server waits at most 30 s, and it must stay below its heartbeat timeout (10 s by default)",
-            config.poll_wait
+            "poll_wait is {}; the server waits at most 30 s, and it must stay below its heartbeat timeout (10 s by default)",
+            lqsm_api::human_duration(config.poll_wait)
         ));
     }
     Ok(())

@@ -85,7 +85,7 @@ async fn noop_jobs_through_one_worker() {
         let started = Instant::now();
         let id = client.submit(&noop()).await.unwrap().id;
         let view = client.wait(id, Duration::from_secs(10)).await.unwrap();
-        assert_eq!(view.state, "succeeded");
+        assert_eq!(view.state, lqsm_api::JobState::Succeeded);
         let elapsed = started.elapsed();
         if elapsed > Duration::from_millis(20) {
             // Where the time went, by the server's clock (ms).

@@ -478,10 +478,7 @@ impl Cli {
 
 /// Whether a job has reached a state it never leaves.
 pub fn finished(job: &api::JobView) -> bool {
-    matches!(
-        job.state.as_str(),
-        "succeeded" | "failed" | "cancelled" | "expired"
-    )
+    job.state.is_terminal()
 }
 
 /// A temporary directory, a server and workers, torn down on drop (workers first).
@@ -535,7 +532,8 @@ impl Cluster {
         let name = worker.name.clone();
         self.workers.push(worker);
         self.eventually(&format!("worker {name} to be active"), || {
-            self.worker_view(&name).filter(|w| w.state == "active")
+            self.worker_view(&name)
+                .filter(|w| w.state == lqsm_api::WorkerState::Active)
         });
     }
 
@@ -589,7 +587,7 @@ impl Cluster {
     }
 
     /// Polls the job until it is in `state`.
-    pub fn wait_state(&self, id: Uuid, state: &str) -> api::JobView {
+    pub fn wait_state(&self, id: Uuid, state: api::JobState) -> api::JobView {
         self.eventually(&format!("job {id} to be {state}"), || {
             let job = self.cli.job(id);
             assert!(

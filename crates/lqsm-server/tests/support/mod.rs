@@ -475,7 +475,7 @@ impl Api {
     }
 
     /// Polls the job until it is in `state`.
-    pub fn wait_for_state(&self, id: Uuid, state: &str) -> api::JobView {
+    pub fn wait_for_state(&self, id: Uuid, state: api::JobState) -> api::JobView {
         eventually(&format!("job {id} to be {state}"), DEADLINE, || {
             let view = self.job(id);
             (view.state == state).then_some(view)
@@ -522,6 +522,7 @@ impl SimWorker {
             labels: Default::default(),
             serves_commands: false,
             handlers: vec![handler.to_owned()],
+            protocol: api::WORKER_PROTOCOL,
         };
         let mut worker = SimWorker {
             api: api.clone(),
@@ -538,7 +539,7 @@ impl SimWorker {
     pub fn register_again(&mut self) {
         let view: api::WorkerView = self.api.post("/v1/workers", &self.registration).expect(200);
         assert_eq!(view.id, self.id);
-        assert_eq!(view.state, "active");
+        assert_eq!(view.state, lqsm_api::WorkerState::Active);
     }
 
     /// Points the worker at another server address (after a restart).
