@@ -874,13 +874,18 @@ async fn register_worker(
         handlers: reg.handlers.into_iter().collect(),
     };
     state.runtime.register(registration).await??;
+    worker_answer(&state, id).await
+}
+
+/// A worker as its own calls (register, drain, undrain) answer it: with the heartbeat
+/// timeout, by which the worker fences itself (stops its attempts before the server may
+/// declare them lost).
+async fn worker_answer(state: &AppState, id: WorkerId) -> ApiResult<Json<api::WorkerView>> {
     let view = state
         .runtime
         .read(move |rm| {
             let heartbeat_timeout_ms = rm.config().heartbeat_timeout.as_millis() as u64;
             rm.worker(id).map(|w| api::WorkerView {
-                // The worker fences itself by it (stops its attempts before the
-                // server may declare them lost).
                 heartbeat_timeout_ms: Some(heartbeat_timeout_ms),
                 ..worker_view(w)
             })
@@ -987,20 +992,7 @@ async fn drain_worker(
     state.auth.role(&headers)?.require_worker()?;
     let id = parse_worker_id(&id)?;
     state.runtime.drain_worker(id).await??;
-    let view = state
-        .runtime
-        .read(move |rm| {
-            let heartbeat_timeout_ms = rm.config().heartbeat_timeout.as_millis() as u64;
-            rm.worker(id).map(|w| api::WorkerView {
-                // The worker fences itself by it (stops its attempts before the
-                // server may declare them lost).
-                heartbeat_timeout_ms: Some(heartbeat_timeout_ms),
-                ..worker_view(w)
-            })
-        })
-        .await?;
-    view.map(Json)
-        .ok_or_else(|| ApiError::not_found("worker vanished"))
+    worker_answer(&state, id).await
 }
 
 #[utoipa::path(post, path = "/v1/workers/{id}/undrain", params(("id" = String, Path)), responses((status = 200, body = api::WorkerView), (status = "4XX", body = api::ErrorBody)))]
@@ -1012,12 +1004,7 @@ async fn undrain_worker(
     state.auth.role(&headers)?.require_worker()?;
     let id = parse_worker_id(&id)?;
     state.runtime.undrain_worker(id).await??;
-    let view = state
-        .runtime
-        .read(move |rm| rm.worker(id).map(worker_view))
-        .await?;
-    view.map(Json)
-        .ok_or_else(|| ApiError::not_found("worker vanished"))
+    worker_answer(&state, id).await
 }
 
 #[utoipa::path(get, path = "/v1/workers", responses((status = 200, body = Vec<api::WorkerView>)))]
