@@ -427,7 +427,7 @@ pub struct QueueDefaults {
     /// Resources of a command job that names none (default 1 cpu, 256 MiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
-    /// Resources of a function job that names none (default 0.05 cpu, 32 MiB: functions
+    /// Resources of a function job that names none (default 0.01 cpu, 16 MiB: functions
     /// run inside the worker's process, many at once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub function_resources: Option<Resources>,
