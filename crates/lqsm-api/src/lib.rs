@@ -5,6 +5,28 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+mod json;
+mod time;
+mod vocabulary;
+
+pub use json::RawJson;
+pub use time::{epoch_ms, human_duration};
+pub use vocabulary::{
+    AttemptOutcome, ErrorCode, JobState, KillReason, QueueState, RefusalReason, UnknownName,
+    WorkerState,
+};
+
+/// The worker protocol version this release speaks (`RegisterWorker.protocol`).
+/// Version 1 is the protocol before registrations carried a version; version 2 adds
+/// the `protocol` field and nothing else, so a version-1 worker is served as before.
+pub const WORKER_PROTOCOL: u32 = 2;
+
+/// The oldest worker protocol version this release's server accepts.
+pub const OLDEST_WORKER_PROTOCOL: u32 = 1;
+
+/// `JobView.submitted_by` of a job submitted to a server without tokens.
+pub const ANONYMOUS: &str = "anonymous";
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -18,8 +40,8 @@ pub struct ErrorBody {
 /// What went wrong, for people and for programs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
-    /// Stable machine-readable code (`invalid_field`, `not_found`, `unauthorized`...).
-    pub code: String,
+    /// Stable machine-readable code.
+    pub code: ErrorCode,
     /// What happened and what to do about it.
     pub message: String,
     /// The offending field, when one is to blame (`jobs[3].resources.cpu`).
@@ -60,10 +82,13 @@ pub struct ResourceFigures {
 }
 
 /// What a job runs.
+// Read through `JobKindFields`: serde buffers an internally tagged enum's content,
+// and buffered content cannot hand `args` over as raw text.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case", try_from = "JobKindFields")]
 pub enum JobKind {
     /// A program, run as a child process in its own process group.
+    #[schema(title = "CommandJob")]
     Command {
         /// Program and arguments.
         argv: Vec<String>,
@@ -75,14 +100,82 @@ pub enum JobKind {
         cwd: Option<String>,
     },
     /// A handler registered on workers, called with JSON arguments.
+    #[schema(title = "FunctionJob")]
     Function {
         /// Handler name (`lqsm.echo`).
         handler: String,
-        /// Arguments.
+        /// Arguments, any JSON (`null` when absent), handed to the handler as sent.
         #[serde(default)]
-        #[schema(value_type = Object)]
-        args: serde_json::Value,
+        #[schema(value_type = Value)]
+        args: RawJson,
     },
+}
+
+/// The `type` of a [`JobKind`].
+#[derive(Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum JobKindType {
+    Command,
+    Function,
+}
+
+/// Every field a [`JobKind`] may have, read in one pass so `args` stays raw.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobKindFields {
+    #[serde(rename = "type")]
+    kind: JobKindType,
+    #[serde(default)]
+    argv: Option<Vec<String>>,
+    #[serde(default)]
+    env: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    cwd: Option<String>,
+    #[serde(default)]
+    handler: Option<String>,
+    #[serde(default)]
+    args: Option<RawJson>,
+}
+
+impl TryFrom<JobKindFields> for JobKind {
+    type Error = String;
+
+    fn try_from(f: JobKindFields) -> Result<Self, String> {
+        // The same words serde uses, so that the server reports the field at fault.
+        let unknown = |name: &str, kind: &str| {
+            format!("unknown field `{name}`: a {kind} job does not take it")
+        };
+        match f.kind {
+            JobKindType::Command => {
+                if f.handler.is_some() {
+                    return Err(unknown("handler", "command"));
+                }
+                if f.args.is_some() {
+                    return Err(unknown("args", "command"));
+                }
+                Ok(JobKind::Command {
+                    argv: f.argv.ok_or("missing field `argv`")?,
+                    env: f.env.unwrap_or_default(),
+                    cwd: f.cwd,
+                })
+            }
+            JobKindType::Function => {
+                for (name, present) in [
+                    ("argv", f.argv.is_some()),
+                    ("env", f.env.is_some()),
+                    ("cwd", f.cwd.is_some()),
+                ] {
+                    if present {
+                        return Err(unknown(name, "function"));
+                    }
+                }
+                Ok(JobKind::Function {
+                    handler: f.handler.ok_or("missing field `handler`")?,
+                    args: f.args.unwrap_or_default(),
+                })
+            }
+        }
+    }
 }
 
 /// How failed attempts are retried. Absent fields take the queue's defaults.
@@ -146,6 +239,11 @@ pub struct SubmitJob {
 impl SubmitJob {
     /// A function job with every option left to the queue.
     pub fn function(queue: &str, handler: &str, args: serde_json::Value) -> Self {
+        Self::function_raw(queue, handler, RawJson::from_value(&args))
+    }
+
+    /// A function job whose arguments are already JSON text.
+    pub fn function_raw(queue: &str, handler: &str, args: RawJson) -> Self {
         Self::new(
             queue,
             JobKind::Function {
@@ -231,9 +329,9 @@ pub struct AttemptView {
     /// When it ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at_ms: Option<u64>,
-    /// How it ended: succeeded, failed, timed_out, lost, preempted, cancelled, not_reclaimed.
+    /// How it ended; absent while it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<String>,
+    pub outcome: Option<AttemptOutcome>,
     /// The failure's message or exit code, when it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -246,8 +344,8 @@ pub struct JobView {
     pub id: Uuid,
     /// Its queue.
     pub queue: String,
-    /// pending, scheduled, running, succeeded, failed, cancelled or expired.
-    pub state: String,
+    /// Where it is in its life.
+    pub state: JobState,
     /// What it runs.
     pub kind: JobKind,
     /// Resources per attempt.
@@ -256,6 +354,10 @@ pub struct JobView {
     pub priority: i32,
     /// When it was accepted.
     pub submitted_at_ms: u64,
+    /// Who submitted it: the name of the caller's token, or `anonymous` on a server
+    /// without tokens. Empty from servers older than this field.
+    #[serde(default)]
+    pub submitted_by: String,
     /// Not to start before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before_ms: Option<u64>,
@@ -325,7 +427,7 @@ pub struct QueueDefaults {
     /// Resources of a command job that names none (default 1 cpu, 256 MiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
-    /// Resources of a function job that names none (default 0.05 cpu, 32 MiB: functions
+    /// Resources of a function job that names none (default 0.01 cpu, 16 MiB: functions
     /// run inside the worker's process, many at once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub function_resources: Option<Resources>,
@@ -423,8 +525,8 @@ pub struct QueueBatchResult {
 pub struct QueueView {
     /// Its path.
     pub path: String,
-    /// running, stopped or draining.
-    pub state: String,
+    /// Whether it accepts and runs jobs.
+    pub state: QueueState,
     /// Guaranteed share, percent of the parent's.
     pub capacity: f64,
     /// Ceiling, percent of the parent's.
@@ -490,10 +592,19 @@ pub struct RegisterWorker {
     /// Handlers it runs; `*` for all.
     #[serde(default)]
     pub handlers: Vec<String>,
+    /// The worker protocol version it speaks (this release speaks 2); absent means 1,
+    /// the version before registrations carried one.
+    #[serde(default = "protocol_one")]
+    #[schema(default = 1, minimum = 1)]
+    pub protocol: u32,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn protocol_one() -> u32 {
+    1
 }
 
 /// An attempt a worker holds, by job and token.
@@ -511,6 +622,7 @@ pub struct AttemptRef {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AttemptResult {
     /// It succeeded.
+    #[schema(title = "AttemptSucceeded")]
     Succeeded {
         /// A function's return value.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -521,6 +633,7 @@ pub enum AttemptResult {
         exit_code: Option<i32>,
     },
     /// It failed.
+    #[schema(title = "AttemptFailed")]
     Failed {
         /// A command's exit code.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -529,6 +642,7 @@ pub enum AttemptResult {
         message: String,
     },
     /// The worker killed it at its timeout.
+    #[schema(title = "AttemptTimedOut")]
     TimedOut,
 }
 
@@ -599,8 +713,8 @@ pub struct KillOrder {
     pub job: Uuid,
     /// The attempt's token.
     pub token: u64,
-    /// cancelled, timed_out, preempted or stale.
-    pub reason: String,
+    /// Why.
+    pub reason: KillReason,
 }
 
 /// A report the server refused (the worker drops it).
@@ -610,8 +724,8 @@ pub struct RefusedReport {
     pub job: Uuid,
     /// The attempt's token.
     pub token: u64,
-    /// unknown_job or stale_attempt.
-    pub reason: String,
+    /// Why.
+    pub reason: RefusalReason,
 }
 
 /// The answer to a poll.
@@ -636,8 +750,8 @@ pub struct WorkerView {
     pub id: Uuid,
     /// Its name.
     pub name: String,
-    /// active, draining or lost.
-    pub state: String,
+    /// Where it is in its life.
+    pub state: WorkerState,
     /// What it offers.
     pub capacity: ResourceFigures,
     /// What its attempts hold.
@@ -646,19 +760,91 @@ pub struct WorkerView {
     pub attempts: usize,
     /// Its labels.
     pub labels: BTreeMap<String, String>,
+    /// The server's heartbeat timeout, ms: after this long without a poll the
+    /// server declares the worker lost and runs its attempts elsewhere. Given in the
+    /// answer to a registration, so that a worker cut off from the server can stop
+    /// its attempts before that happens; absent elsewhere and from older servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_timeout_ms: Option<u64>,
 }
 
 /// `GET /v1/cluster`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ClusterSummary {
     /// Workers by state.
-    pub workers: BTreeMap<String, usize>,
+    pub workers: BTreeMap<WorkerState, usize>,
     /// What shares are shares of.
     pub total: ResourceFigures,
     /// What attempts hold.
     pub used: ResourceFigures,
     /// Jobs held, by state.
-    pub jobs: BTreeMap<String, u64>,
+    pub jobs: BTreeMap<JobState, u64>,
     /// Number of queues.
     pub queues: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(text: &str) -> Result<JobKind, String> {
+        serde_json::from_str::<JobKind>(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_job_kind_reads_each_type_with_only_its_own_fields() {
+        let function = kind(r#"{"type":"function","handler":"h","args":{"b":1,"a":2}}"#)
+            .expect("a function job");
+        let JobKind::Function { handler, args } = &function else {
+            panic!("{function:?}");
+        };
+        assert_eq!(handler, "h");
+        assert_eq!(args.as_str(), r#"{"b":1,"a":2}"#);
+        assert_eq!(
+            kind(r#"{"type":"function","handler":"h"}"#).expect("no args"),
+            JobKind::Function {
+                handler: "h".into(),
+                args: RawJson::null()
+            }
+        );
+        assert_eq!(
+            kind(r#"{"type":"command","argv":["true"]}"#).expect("a command job"),
+            JobKind::Command {
+                argv: vec!["true".into()],
+                env: BTreeMap::new(),
+                cwd: None
+            }
+        );
+        let err = kind(r#"{"type":"command","argv":["true"],"handler":"h"}"#).expect_err("mixed");
+        assert!(err.starts_with("unknown field `handler`"), "{err}");
+        let err = kind(r#"{"type":"function","handler":"h","argv":[]}"#).expect_err("mixed");
+        assert!(err.starts_with("unknown field `argv`"), "{err}");
+        let err = kind(r#"{"type":"command"}"#).expect_err("no argv");
+        assert!(err.starts_with("missing field `argv`"), "{err}");
+        let err = kind(r#"{"type":"shell"}"#).expect_err("no such type");
+        assert!(err.contains("unknown variant `shell`"), "{err}");
+        let err = kind(r#"{"type":"function","handler":"h","prio":1}"#).expect_err("typo");
+        assert!(err.contains("unknown field `prio`"), "{err}");
+    }
+
+    #[test]
+    fn a_job_kind_writes_the_same_json_it_always_did() {
+        let function = JobKind::Function {
+            handler: "h".into(),
+            args: RawJson::parse(r#"{"x":1}"#).expect("json"),
+        };
+        assert_eq!(
+            serde_json::to_string(&function).expect("serialises"),
+            r#"{"type":"function","handler":"h","args":{"x":1}}"#
+        );
+        let command = JobKind::Command {
+            argv: vec!["echo".into()],
+            env: BTreeMap::new(),
+            cwd: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&command).expect("serialises"),
+            r#"{"type":"command","argv":["echo"]}"#
+        );
+    }
 }

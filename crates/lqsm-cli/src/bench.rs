@@ -231,7 +231,7 @@ pub async fn run(
             .list_jobs(&filter, cursor.as_deref(), Some(1000))
             .await?;
         for j in &page.jobs {
-            if j.state != "succeeded" {
+            if j.state != api::JobState::Succeeded {
                 failed += 1;
             }
             if let Some(a) = j.attempts.last() {

@@ -7,7 +7,7 @@ use crate::{Output, print};
 use indicatif::{ProgressBar, ProgressStyle};
 use lqsm_api as api;
 use lqsm_client::{Client, JobFilter};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 use uuid::Uuid;
 
 /// Options of `lqsm submit`.
@@ -81,20 +81,15 @@ fn parse_instant(text: &str) -> Result<u64, String> {
         .map_err(|_| format!("`{text}` is before 1970"))
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl SubmitArgs {
     fn job(&self) -> anyhow::Result<api::SubmitJob> {
         let kind = match (&self.function, self.command.is_empty()) {
             (Some(handler), true) => {
+                // Checked to be JSON, then sent as typed.
                 let args = match &self.args {
-                    Some(text) => serde_json::from_str(text)
+                    Some(text) => api::RawJson::parse(text.trim())
                         .map_err(|e| anyhow::anyhow!("--args is not JSON: {e}"))?,
-                    None => serde_json::Value::Null,
+                    None => api::RawJson::null(),
                 };
                 api::JobKind::Function {
                     handler: handler.clone(),
@@ -130,7 +125,7 @@ impl SubmitArgs {
         job.timeout_ms = self.timeout.map(|d| d.as_millis() as u64);
         job.delay_ms = self.delay.map(|d| d.as_millis() as u64);
         job.not_before_ms = self.at;
-        job.expires_at_ms = self.expires.map(|d| now_ms() + d.as_millis() as u64);
+        job.expires_at_ms = self.expires.map(|d| api::epoch_ms() + d.as_millis() as u64);
         job.retry = self.retries.map(|r| api::RetrySpec {
             max_attempts: Some(r.saturating_add(1)),
             ..api::RetrySpec::default()
@@ -218,11 +213,7 @@ async fn wait_for(
             l.saturating_sub(started.elapsed())
         });
         let view = client.wait(id, left.min(Duration::from_secs(300))).await?;
-        let finished = matches!(
-            view.state.as_str(),
-            "succeeded" | "failed" | "cancelled" | "expired"
-        );
-        if finished || limit.is_some_and(|l| started.elapsed() >= l) {
+        if view.state.is_terminal() || limit.is_some_and(|l| started.elapsed() >= l) {
             return Ok(view);
         }
     }
@@ -230,15 +221,15 @@ async fn wait_for(
 
 /// The exit code of a finished job: a command's own code, else 0 for success, 1 otherwise.
 fn exit_code(view: &api::JobView) -> u8 {
-    match (view.state.as_str(), view.exit_code) {
+    match (view.state, view.exit_code) {
         (_, Some(code)) => u8::try_from(code.clamp(0, 255)).unwrap_or(1),
-        ("succeeded", None) => 0,
+        (api::JobState::Succeeded, None) => 0,
         _ => 1,
     }
 }
 
 fn ago(ms: u64) -> String {
-    format!("{} ago", show_ms(now_ms().saturating_sub(ms)))
+    format!("{} ago", show_ms(api::epoch_ms().saturating_sub(ms)))
 }
 
 /// A job as a person reads it.
@@ -262,7 +253,15 @@ fn describe(view: &api::JobView) -> String {
                 String::new()
             }
         ),
-        format!("submitted:  {}", ago(view.submitted_at_ms)),
+        format!(
+            "submitted:  {} by {}",
+            ago(view.submitted_at_ms),
+            if view.submitted_by.is_empty() {
+                "(not recorded by this server)"
+            } else {
+                &view.submitted_by
+            }
+        ),
         format!(
             "attempts:   {} of {}",
             view.attempts.len(),
@@ -275,7 +274,7 @@ fn describe(view: &api::JobView) -> String {
             (Some(_), None) => ", running".into(),
             _ => String::new(),
         };
-        let outcome = a.outcome.as_deref().unwrap_or("in progress");
+        let outcome = a.outcome.map_or("in progress", api::AttemptOutcome::as_str);
         let message = a
             .message
             .as_deref()
@@ -311,9 +310,10 @@ pub enum JobCommand {
         /// Only this queue (and below).
         #[arg(short, long)]
         queue: Option<String>,
-        /// Only this state.
+        /// Only this state (pending, scheduled, running, succeeded, failed, cancelled,
+        /// expired).
         #[arg(long)]
-        state: Option<String>,
+        state: Option<api::JobState>,
         /// Only jobs with this tag.
         #[arg(long)]
         tag: Option<String>,
@@ -368,7 +368,7 @@ pub async fn job(client: &Client, cmd: &JobCommand, output: Output) -> anyhow::R
         } => {
             let filter = JobFilter {
                 queue: queue.clone(),
-                state: state.clone(),
+                state: *state,
                 tag: tag.clone(),
                 order: if *oldest {
                     api::ListOrder::Oldest
@@ -391,7 +391,7 @@ pub async fn job(client: &Client, cmd: &JobCommand, output: Output) -> anyhow::R
                     vec![
                         j.id.to_string(),
                         j.queue.clone(),
-                        j.state.clone(),
+                        j.state.to_string(),
                         j.attempts.len().to_string(),
                         ago(j.submitted_at_ms),
                     ]
@@ -415,11 +415,7 @@ pub async fn job(client: &Client, cmd: &JobCommand, output: Output) -> anyhow::R
         JobCommand::Wait { id, timeout } => {
             let view = wait_for(client, *id, *timeout).await?;
             print(output, &describe(&view), &view);
-            let finished = matches!(
-                view.state.as_str(),
-                "succeeded" | "failed" | "cancelled" | "expired"
-            );
-            if !finished {
+            if !view.state.is_terminal() {
                 anyhow::bail!("job {id} is still {} after the timeout", view.state);
             }
             return Ok(exit_code(&view));

@@ -132,6 +132,9 @@ fn execute(cli: Cli) -> anyhow::Result<u8> {
 }
 
 fn main() -> ExitCode {
+    // Before anything else: when a worker starts this binary again to supervise a
+    // command attempt, this is that supervisor, and it never returns.
+    lqsm_worker::supervisor::run_if_asked();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

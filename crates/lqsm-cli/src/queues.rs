@@ -216,7 +216,7 @@ fn tree(root: &api::QueueView) -> String {
         };
         rows.push(vec![
             label,
-            q.state.clone(),
+            q.state.to_string(),
             percent(q.abs_guarantee),
             percent(q.abs_max),
             format!(
@@ -349,7 +349,7 @@ fn worker_rows(workers: &[api::WorkerView]) -> Vec<Vec<String>> {
             vec![
                 w.name.clone(),
                 w.id.to_string(),
-                w.state.clone(),
+                w.state.to_string(),
                 format!(
                     "{} / {}",
                     show_cores(w.used.cpu),
@@ -403,7 +403,9 @@ pub async fn workers(client: &Client, cmd: &WorkersCommand, output: Output) -> a
 /// Runs `lqsm cluster`.
 pub async fn cluster(client: &Client, output: Output) -> anyhow::Result<u8> {
     let c = client.cluster().await?;
-    let counts = |m: &std::collections::BTreeMap<String, u64>| {
+    fn counts<K: std::fmt::Display>(
+        m: &std::collections::BTreeMap<K, impl std::fmt::Display>,
+    ) -> String {
         if m.is_empty() {
             "none".to_owned()
         } else {
@@ -412,15 +414,10 @@ pub async fn cluster(client: &Client, output: Output) -> anyhow::Result<u8> {
                 .collect::<Vec<_>>()
                 .join(", ")
         }
-    };
-    let workers: std::collections::BTreeMap<String, u64> = c
-        .workers
-        .iter()
-        .map(|(k, v)| (k.clone(), *v as u64))
-        .collect();
+    }
     let human = format!(
         "workers:   {}\ncapacity:  {} cpu, {}, {} gpu\nused:      {} cpu, {}, {} gpu\njobs:      {}\nqueues:    {}\n",
-        counts(&workers),
+        counts(&c.workers),
         show_cores(c.total.cpu),
         show_mib(c.total.memory_mib),
         c.total.gpu,

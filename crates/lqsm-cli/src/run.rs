@@ -23,7 +23,8 @@ pub struct ServerArgs {
     /// Listen beyond loopback even without tokens.
     #[arg(long, env = "LQSM_INSECURE")]
     insecure: bool,
-    /// An admin token (adds to those in the config file).
+    /// An admin token (adds to those in the config file; its jobs are submitted by
+    /// `command-line-admin`).
     #[arg(long, env = "LQSM_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
     /// Heartbeat timeout of workers, ms [default: 10000].
@@ -57,6 +58,7 @@ impl ServerArgs {
         config.insecure |= self.insecure;
         if let Some(token) = self.admin_token {
             config.tokens.push(lqsm_server::config::TokenConfig {
+                name: Some("command-line-admin".into()),
                 token,
                 role: lqsm_server::config::RoleName::Admin,
                 queues: Vec::new(),

@@ -38,7 +38,7 @@ fn submit_wait_returns_the_command_exit_code_and_logs_keep_both_streams() {
     ]);
     assert_eq!(ran.code(), Some(0), "{ran:#?}\n{}", c.logs());
     let job: lqsm_api::JobView = ran.json();
-    assert_eq!(job.state, "succeeded", "{job:#?}");
+    assert_eq!(job.state, lqsm_api::JobState::Succeeded, "{job:#?}");
 
     let logs = c.cli.run(&["job", "logs", &job.id.to_string()]);
     logs.success();
@@ -52,7 +52,7 @@ fn submit_wait_returns_the_command_exit_code_and_logs_keep_both_streams() {
     assert_eq!(ran.code(), Some(3), "{ran:#?}\n{}", c.logs());
     let failed_id = ran.json::<lqsm_api::JobView>().id;
     let job = c.cli.job(failed_id);
-    assert_eq!(job.state, "failed", "{job:#?}");
+    assert_eq!(job.state, lqsm_api::JobState::Failed, "{job:#?}");
     assert_eq!(job.exit_code, Some(3), "{job:#?}");
 }
 
@@ -89,11 +89,11 @@ fn a_timeout_kills_the_whole_process_group_leaving_no_orphan() {
         .parse()
         .unwrap();
     let _orphan = Orphan(pid);
-    assert_eq!(job.state, "failed", "{job:#?}");
+    assert_eq!(job.state, lqsm_api::JobState::Failed, "{job:#?}");
     assert_eq!(job.attempts.len(), 1, "{job:#?}");
     assert_eq!(
-        job.attempts[0].outcome.as_deref(),
-        Some("timed_out"),
+        job.attempts[0].outcome,
+        Some(lqsm_api::AttemptOutcome::TimedOut),
         "{job:#?}"
     );
     assert!(
@@ -147,7 +147,12 @@ fn a_worker_never_runs_more_than_its_cpus_allow() {
     });
     assert!(busy_samples > 0, "no sample saw the worker busy");
     for job in &jobs {
-        assert_eq!(job.state, "succeeded", "{job:#?}\n{}", c.logs());
+        assert_eq!(
+            job.state,
+            lqsm_api::JobState::Succeeded,
+            "{job:#?}\n{}",
+            c.logs()
+        );
         assert_eq!(job.attempts.len(), 1, "{job:#?}");
     }
     assert_eq!(most_at_once(&jobs), 2, "{jobs:#?}");
@@ -155,27 +160,39 @@ fn a_worker_never_runs_more_than_its_cpus_allow() {
 
 #[test]
 fn a_job_on_a_killed_worker_is_retried_on_another() {
-    let mut c = Cluster::start(&["--heartbeat-timeout-ms", "1000"], &[("w1", 1), ("w2", 1)]);
+    // 3 s: the surviving worker stops its attempts after 2 s without an answer
+    // (self-fencing); a shorter timeout would let a loaded machine's slow answer
+    // stop the retry too.
+    let mut c = Cluster::start(&["--heartbeat-timeout-ms", "3000"], &[("w1", 1), ("w2", 1)]);
     let id = c.cli.submit(&["--retries", "1", "--", "sleep", "2"]);
-    let running = c.wait_state(id, "running");
+    let running = c.wait_state(id, lqsm_api::JobState::Running);
     let first_worker = running.attempts[0].worker;
     let victim = c.worker_name(first_worker);
 
     c.worker(&victim).kill_9();
     let job = c.wait_finished(id);
 
-    assert_eq!(job.state, "succeeded", "{job:#?}\n{}", c.logs());
+    assert_eq!(
+        job.state,
+        lqsm_api::JobState::Succeeded,
+        "{job:#?}\n{}",
+        c.logs()
+    );
     assert_eq!(job.attempts.len(), 2, "{job:#?}");
     assert_eq!(job.attempts[0].worker, first_worker, "{job:#?}");
-    assert_eq!(job.attempts[0].outcome.as_deref(), Some("lost"), "{job:#?}");
+    assert_eq!(
+        job.attempts[0].outcome,
+        Some(lqsm_api::AttemptOutcome::Lost),
+        "{job:#?}"
+    );
     assert_ne!(job.attempts[1].worker, first_worker, "{job:#?}");
     assert_eq!(
-        job.attempts[1].outcome.as_deref(),
-        Some("succeeded"),
+        job.attempts[1].outcome,
+        Some(lqsm_api::AttemptOutcome::Succeeded),
         "{job:#?}"
     );
     let killed = c.worker_view(&victim).expect("the killed worker is listed");
-    assert_eq!(killed.state, "lost", "{killed:#?}");
+    assert_eq!(killed.state, lqsm_api::WorkerState::Lost, "{killed:#?}");
 }
 
 #[test]
@@ -185,7 +202,8 @@ fn running_jobs_survive_a_server_restart_and_are_recorded_once() {
     assert_eq!(ids.len(), 4);
     c.eventually("the four jobs to run", || {
         let jobs = c.cli.jobs();
-        (jobs.len() == 4 && jobs.iter().all(|j| j.state == "running")).then_some(())
+        (jobs.len() == 4 && jobs.iter().all(|j| j.state == lqsm_api::JobState::Running))
+            .then_some(())
     });
 
     let status = c.server.terminate();
@@ -202,18 +220,23 @@ fn running_jobs_survive_a_server_restart_and_are_recorded_once() {
         (jobs.len() == 4 && jobs.iter().all(finished)).then_some(jobs)
     });
     for job in &jobs {
-        assert_eq!(job.state, "succeeded", "{job:#?}\n{}", c.logs());
+        assert_eq!(
+            job.state,
+            lqsm_api::JobState::Succeeded,
+            "{job:#?}\n{}",
+            c.logs()
+        );
         assert_eq!(job.attempts.len(), 1, "{job:#?}");
         assert_eq!(
-            job.attempts[0].outcome.as_deref(),
-            Some("succeeded"),
+            job.attempts[0].outcome,
+            Some(lqsm_api::AttemptOutcome::Succeeded),
             "{job:#?}"
         );
     }
     let held = jobs_by_state(&c.cli);
     assert_eq!(
         held,
-        BTreeMap::from([("succeeded".to_owned(), 4)]),
+        BTreeMap::from([(lqsm_api::JobState::Succeeded, 4)]),
         "jobs by state"
     );
     let counts = queue_counts(&c.cli, "root.default");
@@ -221,7 +244,7 @@ fn running_jobs_survive_a_server_restart_and_are_recorded_once() {
     assert_eq!(counts.failed, 0, "{counts:#?}");
     for name in ["w1", "w2"] {
         let w = c.worker_view(name).expect("the worker is listed");
-        assert_eq!(w.state, "active", "{w:#?}");
+        assert_eq!(w.state, lqsm_api::WorkerState::Active, "{w:#?}");
     }
 }
 
@@ -328,7 +351,7 @@ fn queue_import_creates_a_file_of_queues_once_and_reports_the_bad_ones() {
 }
 
 /// Jobs the cluster holds by state, without zero counts (`lqsm cluster -o json`).
-fn jobs_by_state(cli: &Cli) -> BTreeMap<String, u64> {
+fn jobs_by_state(cli: &Cli) -> BTreeMap<lqsm_api::JobState, u64> {
     let mut jobs = cli.cluster().jobs;
     jobs.retain(|_, n| *n > 0);
     jobs
@@ -341,29 +364,39 @@ fn a_drained_worker_takes_no_new_jobs_until_undrained() {
     let w2 = c.worker_view("w2").unwrap();
 
     let drained: lqsm_api::WorkerView = c.cli.json(&["workers", "drain", &w1.id.to_string()]);
-    assert_eq!(drained.state, "draining", "{drained:#?}");
-    assert_eq!(c.worker_view("w1").unwrap().state, "draining");
+    assert_eq!(
+        drained.state,
+        lqsm_api::WorkerState::Draining,
+        "{drained:#?}"
+    );
+    assert_eq!(
+        c.worker_view("w1").unwrap().state,
+        lqsm_api::WorkerState::Draining
+    );
 
     let ids = submit_many(&c.cli, &["--count", "3", "--", "true"]);
     for id in ids {
         let job = c.wait_finished(id);
-        assert_eq!(job.state, "succeeded", "{job:#?}");
+        assert_eq!(job.state, lqsm_api::JobState::Succeeded, "{job:#?}");
         assert!(
             job.attempts.iter().all(|a| a.worker == w2.id),
             "a job ran on the drained worker: {job:#?}"
         );
     }
-    assert_eq!(c.worker_view("w1").unwrap().state, "draining");
+    assert_eq!(
+        c.worker_view("w1").unwrap().state,
+        lqsm_api::WorkerState::Draining
+    );
 
     let back: lqsm_api::WorkerView = c.cli.json(&["workers", "undrain", &w1.id.to_string()]);
-    assert_eq!(back.state, "active", "{back:#?}");
+    assert_eq!(back.state, lqsm_api::WorkerState::Active, "{back:#?}");
     // With w2 drained in turn, the next job can only go to w1.
     c.cli
         .run(&["workers", "drain", &w2.id.to_string()])
         .success();
     let after = c.cli.submit(&["--", "true"]);
     let job = c.wait_finished(after);
-    assert_eq!(job.state, "succeeded", "{job:#?}");
+    assert_eq!(job.state, lqsm_api::JobState::Succeeded, "{job:#?}");
     assert!(
         job.attempts.iter().all(|a| a.worker == w1.id),
         "the undrained worker must take work again: {job:#?}"
@@ -374,7 +407,7 @@ fn a_drained_worker_takes_no_new_jobs_until_undrained() {
 fn sigterm_lets_a_worker_finish_its_job_then_exit_0() {
     let mut c = Cluster::start(&[], &[("w1", 1)]);
     let id = c.cli.submit(&["--", "sleep", "2"]);
-    c.wait_state(id, "running");
+    c.wait_state(id, lqsm_api::JobState::Running);
 
     c.worker("w1").terminate();
     let status = c.worker("w1").wait_exit(DEADLINE);
@@ -387,7 +420,12 @@ fn sigterm_lets_a_worker_finish_its_job_then_exit_0() {
 
     // The worker reports before it exits.
     let job = c.cli.job(id);
-    assert_eq!(job.state, "succeeded", "{job:#?}\n{}", c.logs());
+    assert_eq!(
+        job.state,
+        lqsm_api::JobState::Succeeded,
+        "{job:#?}\n{}",
+        c.logs()
+    );
     assert_eq!(job.attempts.len(), 1, "{job:#?}");
 }
 
@@ -437,6 +475,16 @@ fn cli_prints_trees_and_json_and_refuses_bad_input_with_a_reason() {
         id.parse::<Uuid>().is_ok(),
         "`lqsm submit -o json` printed no job id: {printed}"
     );
+
+    // `job get` says who submitted it and names states as the API does.
+    let shown = c.cli.run(&["job", "get", id]);
+    shown.success();
+    assert!(
+        shown.stdout.contains(" by anonymous"),
+        "no submitter in: {shown:#?}"
+    );
+    let bad_state = c.cli.run(&["job", "list", "--state", "done"]);
+    assert_refused(&bad_state, "`done` is not a job state");
 }
 
 #[test]
@@ -498,7 +546,11 @@ fn submit_asks_for_custom_resources_that_only_a_worker_offering_them_fits() {
         Some(&1),
         "the request must carry the custom resource: {job:#?}"
     );
-    assert_eq!(job.state, "pending", "no worker offers a licence: {job:#?}");
+    assert_eq!(
+        job.state,
+        lqsm_api::JobState::Pending,
+        "no worker offers a licence: {job:#?}"
+    );
 
     let bad = c
         .cli
@@ -507,7 +559,7 @@ fn submit_asks_for_custom_resources_that_only_a_worker_offering_them_fits() {
 
     c.add_worker_with("licensed", &["--cpus", "2", "--resource", "licence=1"]);
     let done = c.wait_finished(id);
-    assert_eq!(done.state, "succeeded", "{done:#?}");
+    assert_eq!(done.state, lqsm_api::JobState::Succeeded, "{done:#?}");
     assert_eq!(
         done.attempts.last().map(|a| c.worker_name(a.worker)),
         Some("licensed".to_owned()),
@@ -570,7 +622,7 @@ fn standalone_alone_runs_a_command_job() {
     ]);
     assert_eq!(ran.code(), Some(0), "{ran:#?}\n{}", standalone.log_tail());
     let job: lqsm_api::JobView = ran.json();
-    assert_eq!(job.state, "succeeded", "{job:#?}");
+    assert_eq!(job.state, lqsm_api::JobState::Succeeded, "{job:#?}");
     let logs = standalone.cli.run(&["job", "logs", &job.id.to_string()]);
     assert!(logs.success().stdout.contains("standalone-ok"), "{logs:#?}");
 

@@ -1,6 +1,6 @@
 //! What can go wrong talking to the server, told so that a person knows what to do.
 
-use lqsm_api::ErrorDetail;
+use lqsm_api::{ErrorCode, ErrorDetail};
 use std::time::Duration;
 
 /// Where the hint about tokens points people.
@@ -34,7 +34,8 @@ pub enum ClientError {
     },
     /// The server accepted the connection but did not answer in time.
     #[error(
-        "the LQSM server at {url} did not answer within {after:?}; it may be overloaded or stuck (check its log and /readyz)"
+        "the LQSM server at {url} did not answer within {}; it may be overloaded or stuck (check its log and /readyz)",
+        lqsm_api::human_duration(*after)
     )]
     Timeout {
         /// The server's base URL.
@@ -63,6 +64,15 @@ pub enum ClientError {
         status: u16,
         /// The server's error body: code, message, and the field at fault.
         error: ErrorDetail,
+    },
+    /// The server refused the request with a body that is not LQSM's error shape (a
+    /// proxy's page, say, or an error code newer than this client).
+    #[error("the server answered HTTP {status}: {message}")]
+    Http {
+        /// HTTP status.
+        status: u16,
+        /// The start of the body, or what the status means when there was none.
+        message: String,
     },
     /// The server answered something that is not what this client expects.
     #[error(
@@ -94,19 +104,21 @@ impl ClientError {
     /// The HTTP status the server answered with, if it answered.
     pub fn status(&self) -> Option<u16> {
         match self {
-            Self::Api { status, .. } | Self::Decode { status, .. } => Some(*status),
+            Self::Api { status, .. } | Self::Decode { status, .. } | Self::Http { status, .. } => {
+                Some(*status)
+            }
             Self::Unauthorized { .. } => Some(401),
             Self::Forbidden { .. } => Some(403),
             _ => None,
         }
     }
 
-    /// The server's machine-readable error code (`not_found`, `register_again`...).
-    pub fn code(&self) -> Option<&str> {
+    /// The server's machine-readable error code, when it answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            Self::Api { error, .. } => Some(&error.code),
-            Self::Unauthorized { .. } => Some("unauthorized"),
-            Self::Forbidden { .. } => Some("forbidden"),
+            Self::Api { error, .. } => Some(error.code),
+            Self::Unauthorized { .. } => Some(ErrorCode::Unauthorized),
+            Self::Forbidden { .. } => Some(ErrorCode::Forbidden),
             _ => None,
         }
     }
@@ -118,7 +130,7 @@ impl ClientError {
 
     /// Whether the server asks a worker to register again (it restarted or lost it).
     pub fn is_register_again(&self) -> bool {
-        self.code() == Some("register_again")
+        self.code() == Some(ErrorCode::RegisterAgain)
     }
 
     /// Whether trying the same request later may work: the server was unreachable,
@@ -126,7 +138,9 @@ impl ClientError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Unreachable { .. } | Self::Timeout { .. } => true,
-            Self::Api { status, .. } | Self::Decode { status, .. } => *status >= 500,
+            Self::Api { status, .. } | Self::Decode { status, .. } | Self::Http { status, .. } => {
+                *status >= 500
+            }
             _ => false,
         }
     }
@@ -146,11 +160,11 @@ pub(crate) fn root_cause(err: &reqwest::Error) -> String {
 mod tests {
     use super::*;
 
-    fn api(status: u16, code: &str, field: Option<&str>) -> ClientError {
+    fn api(status: u16, code: ErrorCode, field: Option<&str>) -> ClientError {
         ClientError::Api {
             status,
             error: ErrorDetail {
-                code: code.into(),
+                code,
                 message: "queue `root.nope` does not exist (known: root.default)".into(),
                 field: field.map(Into::into),
             },
@@ -159,14 +173,14 @@ mod tests {
 
     #[test]
     fn api_errors_show_the_servers_message_and_field() {
-        let text = api(404, "not_found", Some("queue")).to_string();
+        let text = api(404, ErrorCode::NotFound, Some("queue")).to_string();
         assert!(
             text.starts_with("queue `root.nope` does not exist"),
             "{text}"
         );
         assert!(text.contains("field `queue`"), "{text}");
         assert!(text.contains("404"), "{text}");
-        let text = api(404, "not_found", None).to_string();
+        let text = api(404, ErrorCode::NotFound, None).to_string();
         assert!(!text.contains("field"), "{text}");
     }
 
@@ -189,10 +203,10 @@ mod tests {
 
     #[test]
     fn only_unreachable_slow_and_5xx_answers_are_transient() {
-        assert!(api(503, "unavailable", None).is_transient());
-        assert!(!api(400, "invalid_field", None).is_transient());
-        assert!(!api(409, "register_again", None).is_transient());
-        assert!(api(409, "register_again", Some("id")).is_register_again());
+        assert!(api(503, ErrorCode::Unavailable, None).is_transient());
+        assert!(!api(400, ErrorCode::InvalidField, None).is_transient());
+        assert!(!api(409, ErrorCode::RegisterAgain, None).is_transient());
+        assert!(api(409, ErrorCode::RegisterAgain, Some("id")).is_register_again());
         assert!(
             ClientError::Timeout {
                 url: "http://x".into(),

@@ -1,7 +1,7 @@
 //! Celery's `AsyncResult`: a handle to a submitted job and its eventual result.
 
 use crate::{Client, ClientError};
-use lqsm_api::JobView;
+use lqsm_api::{JobState, JobView};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -46,13 +46,14 @@ pub enum JobFailed {
     },
     /// It had not finished when the wait ended; it may still finish.
     #[error(
-        "job {id} is still {state} after waiting {waited:?}; call get() again to keep waiting, or cancel it"
+        "job {id} is still {state} after waiting {}; call get() again to keep waiting, or cancel it",
+        lqsm_api::human_duration(*waited)
     )]
     Timeout {
         /// The job.
         id: Uuid,
         /// Its state when the wait ended.
-        state: String,
+        state: JobState,
         /// How long [`JobHandle::get`] waited.
         waited: Duration,
     },
@@ -104,21 +105,21 @@ impl JobHandle {
 }
 
 /// The outcome of a finished job, or the state of one not finished yet.
-fn outcome(view: JobView) -> Result<Result<serde_json::Value, JobFailed>, String> {
+fn outcome(view: JobView) -> Result<Result<serde_json::Value, JobFailed>, JobState> {
     let id = view.id;
     let reason = view
         .reason
         .unwrap_or_else(|| "the server gave no reason".to_owned());
-    match view.state.as_str() {
-        "succeeded" => Ok(Ok(view.result.unwrap_or(serde_json::Value::Null))),
-        "failed" => Ok(Err(JobFailed::Failed {
+    match view.state {
+        JobState::Succeeded => Ok(Ok(view.result.unwrap_or(serde_json::Value::Null))),
+        JobState::Failed => Ok(Err(JobFailed::Failed {
             id,
             reason,
             exit_code: view.exit_code,
         })),
-        "cancelled" => Ok(Err(JobFailed::Cancelled { id, reason })),
-        "expired" => Ok(Err(JobFailed::Expired { id, reason })),
-        _ => Err(view.state),
+        JobState::Cancelled => Ok(Err(JobFailed::Cancelled { id, reason })),
+        JobState::Expired => Ok(Err(JobFailed::Expired { id, reason })),
+        JobState::Pending | JobState::Scheduled | JobState::Running => Err(view.state),
     }
 }
 
@@ -127,18 +128,19 @@ mod tests {
     use super::*;
     use lqsm_api::{JobKind, ResourceFigures};
 
-    fn view(state: &str, result: Option<serde_json::Value>, reason: Option<&str>) -> JobView {
+    fn view(state: JobState, result: Option<serde_json::Value>, reason: Option<&str>) -> JobView {
         JobView {
             id: Uuid::nil(),
             queue: "root.default".into(),
-            state: state.into(),
+            state,
             kind: JobKind::Function {
                 handler: "h".into(),
-                args: serde_json::Value::Null,
+                args: lqsm_api::RawJson::null(),
             },
             resources: ResourceFigures::default(),
             priority: 0,
             submitted_at_ms: 0,
+            submitted_by: "anonymous".into(),
             not_before_ms: None,
             expires_at_ms: None,
             timeout_ms: None,
@@ -154,9 +156,9 @@ mod tests {
 
     #[test]
     fn a_succeeded_job_gives_its_result_and_a_failed_one_its_reason() {
-        let ok = outcome(view("succeeded", Some(serde_json::json!(42)), None));
+        let ok = outcome(view(JobState::Succeeded, Some(serde_json::json!(42)), None));
         assert!(matches!(ok, Ok(Ok(v)) if v == 42));
-        let failed = outcome(view("failed", None, Some("exit code 3: boom")));
+        let failed = outcome(view(JobState::Failed, None, Some("exit code 3: boom")));
         match failed {
             Ok(Err(e @ JobFailed::Failed { .. })) => {
                 assert!(e.to_string().contains("exit code 3: boom"), "{e}");
@@ -164,9 +166,12 @@ mod tests {
             other => panic!("expected a failure, got {other:?}"),
         }
         assert!(matches!(
-            outcome(view("cancelled", None, None)),
+            outcome(view(JobState::Cancelled, None, None)),
             Ok(Err(JobFailed::Cancelled { .. }))
         ));
-        assert!(matches!(outcome(view("running", None, None)), Err(s) if s == "running"));
+        assert!(matches!(
+            outcome(view(JobState::Running, None, None)),
+            Err(JobState::Running)
+        ));
     }
 }

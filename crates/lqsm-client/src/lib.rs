@@ -21,8 +21,6 @@
 
 mod error;
 mod handle;
-#[cfg(feature = "test-server")]
-pub mod test_server;
 
 pub use error::ClientError;
 pub use handle::{JobFailed, JobHandle};
@@ -50,8 +48,8 @@ const WAIT_MARGIN: Duration = Duration::from_secs(10);
 pub struct JobFilter {
     /// Only jobs of this queue and the queues below it.
     pub queue: Option<String>,
-    /// Only jobs in this state (`pending`, `running`, `succeeded`...).
-    pub state: Option<String>,
+    /// Only jobs in this state.
+    pub state: Option<api::JobState>,
     /// Only jobs carrying this tag.
     pub tag: Option<String>,
     /// Oldest (the default) or newest first.
@@ -185,7 +183,7 @@ impl Client {
             let mut query = url.query_pairs_mut();
             let pairs = [
                 ("queue", filter.queue.as_deref()),
-                ("state", filter.state.as_deref()),
+                ("state", filter.state.map(api::JobState::as_str)),
                 ("tag", filter.tag.as_deref()),
                 ("order", Some(filter.order.as_str())),
                 ("cursor", cursor),
@@ -513,19 +511,24 @@ impl Client {
     fn refusal(&self, status: StatusCode, body: &[u8]) -> ClientError {
         let detail = match serde_json::from_slice::<api::ErrorBody>(body) {
             Ok(body) => body.error,
-            // Not the server's error shape (a proxy's page, say): show what came.
+            // Not the server's error shape (a proxy's page, or a code newer than this
+            // client): show the message if there is one, else what came.
             Err(_) => {
-                let text = String::from_utf8_lossy(body);
-                let text: String = text.trim().chars().take(300).collect();
-                api::ErrorDetail {
-                    code: format!("http_{}", status.as_u16()),
-                    message: if text.is_empty() {
-                        format!("the server answered {status} with no explanation")
+                let message = serde_json::from_slice::<serde_json::Value>(body)
+                    .ok()
+                    .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+                    .unwrap_or_else(|| {
+                        let text = String::from_utf8_lossy(body);
+                        text.trim().chars().take(300).collect()
+                    });
+                return ClientError::Http {
+                    status: status.as_u16(),
+                    message: if message.is_empty() {
+                        format!("no explanation ({status})")
                     } else {
-                        text
+                        message
                     },
-                    field: None,
-                }
+                };
             }
         };
         match status {
@@ -580,6 +583,29 @@ mod tests {
             );
             assert!(err.to_string().contains("http://127.0.0.1:7420"), "{err}");
         }
+    }
+
+    #[test]
+    fn refusals_keep_the_servers_code_and_other_bodies_their_message() {
+        let client = Client::new("http://127.0.0.1:9", None).unwrap();
+        let err = client.refusal(
+            StatusCode::CONFLICT,
+            br#"{"error":{"code":"register_again","message":"unknown worker","field":"id"}}"#,
+        );
+        assert_eq!(err.code(), Some(api::ErrorCode::RegisterAgain));
+        assert!(err.is_register_again());
+        // A code newer than this client: the server's message still reaches the person.
+        let err = client.refusal(
+            StatusCode::BAD_REQUEST,
+            br#"{"error":{"code":"brand_new_code","message":"try the other thing"}}"#,
+        );
+        assert_eq!(err.code(), None);
+        assert_eq!(err.status(), Some(400));
+        assert!(err.to_string().contains("try the other thing"), "{err}");
+        // Not LQSM's shape at all (a proxy's page).
+        let err = client.refusal(StatusCode::BAD_GATEWAY, b"<html>bad gateway</html>");
+        assert!(err.is_transient());
+        assert!(err.to_string().contains("bad gateway"), "{err}");
     }
 
     #[tokio::test]

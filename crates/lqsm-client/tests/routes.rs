@@ -5,8 +5,8 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use lqsm_api as api;
-use lqsm_client::test_server::TestServer;
 use lqsm_client::{Client, ClientError, JobFailed, JobFilter};
+use lqsm_testkit::TestServer;
 use serde_json::json;
 use std::time::Duration;
 use uuid::Uuid;
@@ -17,9 +17,7 @@ fn echo(queue: &str) -> api::SubmitJob {
 
 #[tokio::test]
 async fn queue_routes_create_change_and_delete_a_queue() {
-    let Some(server) = TestServer::start().await else {
-        return;
-    };
+    let server = TestServer::start().await;
     let client = server.client();
     let created = client
         .create_queue(&api::CreateQueue {
@@ -49,16 +47,16 @@ async fn queue_routes_create_change_and_delete_a_queue() {
     assert_eq!(updated.max_capacity, 50.0, "untouched settings stay");
     assert_eq!(
         client.stop_queue("root.etl").await.unwrap().state,
-        "stopped"
+        lqsm_api::QueueState::Stopped
     );
     assert_eq!(
         client.start_queue("root.etl").await.unwrap().state,
-        "running"
+        lqsm_api::QueueState::Running
     );
     client.submit(&echo("root.etl")).await.unwrap();
     assert_eq!(
         client.drain_queue("root.etl").await.unwrap().state,
-        "draining"
+        lqsm_api::QueueState::Draining
     );
     // It holds a pending job: deleting needs force.
     let err = client.delete_queue("root.etl", false).await.unwrap_err();
@@ -70,9 +68,7 @@ async fn queue_routes_create_change_and_delete_a_queue() {
 
 #[tokio::test]
 async fn job_routes_submit_list_page_and_cancel() {
-    let Some(server) = TestServer::start().await else {
-        return;
-    };
+    let server = TestServer::start().await;
     let client = server.client();
     let mut tagged = echo("root.default");
     tagged.tags = vec!["nightly".into()];
@@ -118,7 +114,7 @@ async fn job_routes_submit_list_page_and_cancel() {
         .list_jobs(
             &JobFilter {
                 tag: Some("nightly".into()),
-                state: Some("pending".into()),
+                state: Some(api::JobState::Pending),
                 ..JobFilter::default()
             },
             None,
@@ -129,8 +125,11 @@ async fn job_routes_submit_list_page_and_cancel() {
     assert_eq!(nightly.jobs.len(), 1);
 
     let cancelled = client.cancel(first.id).await.unwrap();
-    assert_eq!(cancelled.state, "cancelled");
-    assert_eq!(client.job(first.id).await.unwrap().state, "cancelled");
+    assert_eq!(cancelled.state, lqsm_api::JobState::Cancelled);
+    assert_eq!(
+        client.job(first.id).await.unwrap().state,
+        lqsm_api::JobState::Cancelled
+    );
     let err = lqsm_client::JobHandle::new(client.clone(), first.id)
         .get(Duration::from_secs(5))
         .await
@@ -138,14 +137,12 @@ async fn job_routes_submit_list_page_and_cancel() {
     assert!(matches!(err, JobFailed::Cancelled { .. }), "{err}");
     assert_eq!(client.logs(first.id).await.unwrap(), "");
     let summary = client.cluster().await.unwrap();
-    assert_eq!(summary.jobs.get("pending"), Some(&2));
+    assert_eq!(summary.jobs.get(&api::JobState::Pending), Some(&2));
 }
 
 #[tokio::test]
 async fn get_gives_up_at_its_timeout_when_nothing_runs_the_job() {
-    let Some(server) = TestServer::start().await else {
-        return;
-    };
+    let server = TestServer::start().await;
     let handle = server
         .client()
         .delay("root.default", "lqsm.noop", json!(null))
@@ -155,7 +152,7 @@ async fn get_gives_up_at_its_timeout_when_nothing_runs_the_job() {
     let err = handle.get(Duration::from_millis(300)).await.unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(5));
     match &err {
-        JobFailed::Timeout { state, .. } => assert_eq!(state, "pending"),
+        JobFailed::Timeout { state, .. } => assert_eq!(*state, api::JobState::Pending),
         other => panic!("expected a timeout, got {other}"),
     }
     assert!(err.to_string().contains("get() again"), "{err}");
@@ -163,9 +160,7 @@ async fn get_gives_up_at_its_timeout_when_nothing_runs_the_job() {
 
 #[tokio::test]
 async fn server_errors_carry_the_message_and_the_field_at_fault() {
-    let Some(server) = TestServer::start().await else {
-        return;
-    };
+    let server = TestServer::start().await;
     let client = server.client();
     let err = client.submit(&echo("root.nope")).await.unwrap_err();
     match &err {
@@ -186,9 +181,7 @@ async fn server_errors_carry_the_message_and_the_field_at_fault() {
 
 #[tokio::test]
 async fn worker_routes_register_poll_and_drain() {
-    let Some(server) = TestServer::start().await else {
-        return;
-    };
+    let server = TestServer::start().await;
     let client = server.client();
     let id = Uuid::now_v7();
     let view = client
@@ -203,6 +196,7 @@ async fn worker_routes_register_poll_and_drain() {
             labels: Default::default(),
             serves_commands: true,
             handlers: vec!["*".into()],
+            protocol: api::WORKER_PROTOCOL,
         })
         .await
         .unwrap();
@@ -220,7 +214,10 @@ async fn worker_routes_register_poll_and_drain() {
         .unwrap();
     assert_eq!(answer.assignments.len(), 1);
     assert_eq!(answer.assignments[0].job, job.id);
-    assert_eq!(client.drain_worker(id).await.unwrap().state, "draining");
+    assert_eq!(
+        client.drain_worker(id).await.unwrap().state,
+        lqsm_api::WorkerState::Draining
+    );
     assert_eq!(client.workers().await.unwrap().len(), 1);
     // A worker the server does not know is told to register again.
     let err = client
@@ -232,9 +229,7 @@ async fn worker_routes_register_poll_and_drain() {
 
 #[tokio::test]
 async fn a_server_with_tokens_refuses_a_missing_or_wrong_token_with_a_hint() {
-    let Some(server) = TestServer::start_with(&["--admin-token", "s3cret"]).await else {
-        return;
-    };
+    let server = TestServer::with_admin_token("s3cret").await;
     let err = server.client().cluster().await.unwrap_err();
     assert!(matches!(err, ClientError::Unauthorized { .. }), "{err}");
     assert!(err.to_string().contains("LQSM_TOKEN"), "{err}");
@@ -249,9 +244,7 @@ async fn a_server_with_tokens_refuses_a_missing_or_wrong_token_with_a_hint() {
 
 #[tokio::test]
 async fn the_queue_tree_of_more_than_a_page_is_joined_whole() {
-    let Some(server) = TestServer::start().await else {
-        return;
-    };
+    let server = TestServer::start().await;
     let client = server.client();
     // More queues than the server answers at once (1,000 children a page), each with a
     // child, so both the pages and the depth must be followed.

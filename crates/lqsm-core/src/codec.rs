@@ -320,6 +320,7 @@ fn put_spec(out: &mut Vec<u8>, spec: &JobSpec) {
     for tag in spec.tags() {
         put_str(out, tag);
     }
+    put_opt(out, spec.submitted_by(), put_str);
 }
 
 /// The name of a job state, as the wire and the store's indexes spell it.
@@ -549,9 +550,10 @@ impl<'a> Reader<'a> {
     }
 
     fn resources(&mut self) -> Result<Resources, CodecError> {
-        let mut resources = Resources::new(Millicores(self.varint()?), MiB(self.varint()?), {
-            self.u32()?
-        });
+        let cpu = Millicores(self.varint()?);
+        let memory = MiB(self.varint()?);
+        let gpu = self.u32()?;
+        let mut resources = Resources::new(cpu, memory, gpu);
         let count = self.len()?;
         for _ in 0..count {
             let name = ResourceName::new(self.str()?).map_err(|e| corrupt(e.to_string()))?;
@@ -605,6 +607,7 @@ impl<'a> Reader<'a> {
         for _ in 0..count {
             tags.push(self.string()?);
         }
+        let submitted_by = self.opt(Self::string)?;
         // A submission with every option given resolves to exactly these settings: the
         // defaults are never consulted (the timeout's default is none).
         let request = SubmitRequest {
@@ -620,6 +623,7 @@ impl<'a> Reader<'a> {
             idempotency_key,
             selector,
             tags,
+            submitted_by,
         };
         let defaults = JobDefaults {
             timeout: None,
@@ -719,6 +723,7 @@ mod tests {
             idempotency_key: Some("inv-1".into()),
             selector: BTreeMap::from([("zone".into(), "eu".into())]),
             tags: vec!["nightly".into(), "billing".into()],
+            submitted_by: Some("etl".into()),
         };
         let spec = request.resolve(&JobDefaults::default()).0;
         let attempt = |number: u32, outcome| Attempt {
@@ -920,10 +925,10 @@ mod tests {
         "b7010190000000007000800000000000000108726f6f742e65746cac0203bcc5eee5a23401a8ccee",
         "e5a2340003027368022d63076563686f20c3bc010141013101042f746d70dc0b80040101076c6963",
         "656e6365020d01d80405030080e59a773c00000000000000d03f01a8460105696e762d3101047a6f",
-        "6e6502657502076e696768746c790762696c6c696e670301e8070000000000000000000000000000",
-        "004de90701cc0801b00901010111066b696c6c656402d00f0000000000000000000000000000004d",
-        "ea0701cc0801b009010303b8170000000000000000000000000000004deb0701cc0801b009010001",
-        "0c7b226f6b223a5b312c325d7d0100020100010c7b226f6b223a5b312c325d7d010001b0f3eee5a2",
-        "34",
+        "6e6502657502076e696768746c790762696c6c696e67010365746c0301e807000000000000000000",
+        "0000000000004de90701cc0801b00901010111066b696c6c656402d00f0000000000000000000000",
+        "000000004dea0701cc0801b009010303b8170000000000000000000000000000004deb0701cc0801",
+        "b0090100010c7b226f6b223a5b312c325d7d0100020100010c7b226f6b223a5b312c325d7d010001",
+        "b0f3eee5a234",
     );
 }

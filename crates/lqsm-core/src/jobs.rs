@@ -30,6 +30,16 @@ impl Json {
         Self(serde_json::value::to_raw_value(value).expect("a JSON value always serialises"))
     }
 
+    /// Text already checked to be JSON (by a deserialiser), kept as it is.
+    pub fn from_raw(raw: Box<serde_json::value::RawValue>) -> Self {
+        Self(raw)
+    }
+
+    /// The checked text, to carry on without parsing it.
+    pub fn to_raw(&self) -> Box<serde_json::value::RawValue> {
+        self.0.clone()
+    }
+
     /// Checks that `text` is JSON and keeps it as it is.
     pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
         serde_json::value::RawValue::from_string(text.to_owned()).map(Self)
@@ -176,6 +186,10 @@ pub struct SubmitRequest {
     /// Free-form tags for filtering.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Who submitted it (the name of the caller's token); `None` when the server has no
+    /// tokens, so that such jobs carry nothing extra.
+    #[serde(default)]
+    pub submitted_by: Option<String>,
 }
 
 impl SubmitRequest {
@@ -199,6 +213,7 @@ impl SubmitRequest {
             idempotency_key: None,
             selector: BTreeMap::new(),
             tags: Vec::new(),
+            submitted_by: None,
         }
     }
 }
@@ -227,6 +242,7 @@ struct JobExtras {
     idempotency_key: Option<String>,
     selector: BTreeMap<String, String>,
     tags: Vec<String>,
+    submitted_by: Option<String>,
 }
 
 static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
@@ -252,6 +268,11 @@ impl JobSpec {
     /// Free-form tags.
     pub fn tags(&self) -> &[String] {
         self.extras.as_ref().map_or(&[], |e| &e.tags)
+    }
+
+    /// Who submitted it (a token's name); `None` on a server without tokens.
+    pub fn submitted_by(&self) -> Option<&str> {
+        self.extras.as_ref().and_then(|e| e.submitted_by.as_deref())
     }
 
     fn from_parts(
@@ -291,6 +312,9 @@ struct JobSpecRecord {
     selector: BTreeMap<String, String>,
     #[serde(default)]
     tags: Vec<String>,
+    // Absent in records written before jobs named their submitter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    submitted_by: Option<String>,
 }
 
 impl From<JobSpecRecord> for JobSpec {
@@ -300,6 +324,7 @@ impl From<JobSpecRecord> for JobSpec {
             idempotency_key: r.idempotency_key,
             selector: r.selector,
             tags: r.tags,
+            submitted_by: r.submitted_by,
         };
         JobSpec::from_parts(r.kind, r.request, r.priority, r.timeout, r.retry, extras)
     }
@@ -318,6 +343,7 @@ impl From<JobSpec> for JobSpecRecord {
             idempotency_key: extras.idempotency_key,
             selector: extras.selector,
             tags: extras.tags,
+            submitted_by: extras.submitted_by,
         }
     }
 }
@@ -334,6 +360,7 @@ impl SubmitRequest {
             idempotency_key: self.idempotency_key,
             selector: self.selector,
             tags: self.tags,
+            submitted_by: self.submitted_by,
         };
         let is_function = matches!(
             self.kind,
@@ -374,6 +401,21 @@ pub enum JobState {
     Cancelled,
     /// Not started before its expiry.
     Expired,
+}
+
+/// The wire's snake_case name (`succeeded`), for messages people read.
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            JobState::Pending => "pending",
+            JobState::Scheduled => "scheduled",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+            JobState::Expired => "expired",
+        })
+    }
 }
 
 impl JobState {
@@ -597,7 +639,7 @@ pub enum SubmitError {
     #[error("queue `{0}` has child queues; submit to one of its leaves")]
     NotALeaf(String),
     /// The queue is stopped or draining.
-    #[error("queue `{path}` is {state:?} and accepts no new jobs")]
+    #[error("queue `{path}` is {state} and accepts no new jobs")]
     NotAccepting {
         /// The queue.
         path: String,
@@ -769,6 +811,44 @@ mod tests {
             serde_json::from_str::<JobKind>(&text).expect("back"),
             command
         );
+    }
+
+    #[test]
+    fn a_spec_keeps_its_submitter_and_old_records_read_as_anonymous() {
+        let mut req = SubmitRequest::function(
+            JobId(uuid::Uuid::nil()),
+            "root.q",
+            "h",
+            serde_json::json!({}),
+        );
+        req.submitted_by = Some("ci-bot".into());
+        let (spec, _) = req.resolve(&crate::queues::JobDefaults::default());
+        let text = serde_json::to_string(&spec).expect("serialises");
+        let back: JobSpec = serde_json::from_str(&text).expect("deserialises");
+        assert_eq!(back.submitted_by(), Some("ci-bot"));
+        // A record written before jobs named their submitter.
+        let mut old: serde_json::Value = serde_json::from_str(&text).expect("json");
+        old.as_object_mut()
+            .expect("object")
+            .remove("submitted_by")
+            .expect("present");
+        let back: JobSpec = serde_json::from_value(old).expect("old record reads");
+        assert_eq!(back.submitted_by(), None);
+    }
+
+    #[test]
+    fn messages_name_states_and_amounts_as_the_wire_does() {
+        let err = SubmitError::NotAccepting {
+            path: "root.etl".into(),
+            state: crate::queues::QueueState::Stopped,
+        };
+        assert_eq!(
+            err.to_string(),
+            "queue `root.etl` is stopped and accepts no new jobs"
+        );
+        assert_eq!(JobState::Succeeded.to_string(), "succeeded");
+        let r = crate::Resources::cores(1, 256);
+        assert_eq!(r.to_string(), "1 cpu, 256 MiB, 0 gpu");
     }
 
     #[test]

@@ -277,7 +277,7 @@ impl AdmissionPolicy for RequireCapableWorker {
             return Ok(());
         }
         Err(format!(
-            "no worker that accepts this job offers {:?} even when idle",
+            "no worker that accepts this job offers {} even when idle",
             ctx.spec.request
         ))
     }

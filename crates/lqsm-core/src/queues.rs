@@ -135,9 +135,21 @@ pub enum QueueState {
     Draining,
 }
 
-/// What a function job asks for by default: a twentieth of a core and 32 MiB, so a
-/// 2-cpu worker runs 40 in-process handlers at once (a whole core each would run two).
-pub const DEFAULT_FUNCTION_REQUEST: Resources = Resources::new(Millicores(50), MiB(32), 0);
+/// The wire's snake_case name (`stopped`), for messages people read.
+impl fmt::Display for QueueState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            QueueState::Running => "running",
+            QueueState::Stopped => "stopped",
+            QueueState::Draining => "draining",
+        })
+    }
+}
+
+/// What a function job asks for by default: a hundredth of a core and 16 MiB, so a
+/// 2-cpu worker runs up to 200 in-process handlers at once (a whole core each would run
+/// two); measured in docs/BENCHMARKS.md.
+pub const DEFAULT_FUNCTION_REQUEST: Resources = Resources::new(Millicores(10), MiB(16), 0);
 
 /// Job options a queue applies when a submission leaves them out.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]

@@ -99,6 +99,23 @@ impl fmt::Debug for Resources {
     }
 }
 
+/// In the wire's units, for messages people read: `0.05 cpu, 32 MiB, 0 gpu, licence 2`.
+impl fmt::Display for Resources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} cpu, {} MiB, {} gpu",
+            self.cpu.0 as f64 / 1000.0,
+            self.memory.0,
+            self.gpu
+        )?;
+        for (name, amount) in &self.custom {
+            write!(f, ", {} {amount}", name.as_str())?;
+        }
+        Ok(())
+    }
+}
+
 impl Resources {
     /// A vector of cpu, memory and gpus with no custom resources.
     pub const fn new(cpu: Millicores, memory: MiB, gpu: u32) -> Self {

@@ -904,7 +904,7 @@ fn an_attempt_in_an_answer_the_worker_has_not_seen_is_not_lost() {
 }
 
 #[test]
-fn a_function_job_without_resources_asks_a_twentieth_of_a_core_and_a_command_a_whole_one() {
+fn a_function_job_without_resources_asks_a_hundredth_of_a_core_and_a_command_a_whole_one() {
     let (mut sim, w) = sim_with_queue();
     let function =
         SubmitRequest::function(job_id(900), "root.q", "lqsm.noop", serde_json::Value::Null);
@@ -914,12 +914,12 @@ fn a_function_job_without_resources_asks_a_twentieth_of_a_core_and_a_command_a_w
     let request = |sim: &Sim, n: u128| sim.rm.job(job_id(n)).unwrap().spec.request.clone();
     assert_eq!(
         request(&sim, 900),
-        Resources::new(Millicores(50), MiB(32), 0)
+        Resources::new(Millicores(10), MiB(16), 0)
     );
     assert_eq!(request(&sim, 901), Resources::cores(1, 256));
 
-    // A 4-cpu worker runs 80 default function jobs at once, not 4.
-    for n in 0..100 {
+    // A 4-cpu, 4000-MiB worker runs hundreds of default function jobs at once, not 4.
+    for n in 0..300 {
         let req = SubmitRequest::function(
             job_id(1000 + n),
             "root.q",
@@ -930,9 +930,9 @@ fn a_function_job_without_resources_asks_a_twentieth_of_a_core_and_a_command_a_w
     }
     sim.pass();
     let worker = sim.rm.worker(w).unwrap();
-    // The command (a whole core) and 60 functions fill the worker's 4 cpus.
-    assert_eq!(worker.used.cpu, Millicores(4000), "{worker:?}");
-    assert_eq!(worker.attempt_count(), 61, "{worker:?}");
+    // The command (256 MiB) and 234 functions (16 MiB each) fill its memory.
+    assert_eq!(worker.used.memory, MiB(4000), "{worker:?}");
+    assert_eq!(worker.attempt_count(), 235, "{worker:?}");
 }
 
 #[test]

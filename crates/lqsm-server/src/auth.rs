@@ -1,11 +1,13 @@
 //! Bearer tokens and roles: `admin` may do everything, `submitter` may submit, read
 //! and cancel jobs in the queues its patterns match, `worker` may use the worker
-//! endpoints. With no tokens configured everyone is admin (the server then listens on
-//! loopback only).
+//! endpoints. Every token has a name, the caller's identity (recorded as the submitter
+//! of its jobs). With no tokens configured everyone is admin and `anonymous` (the
+//! server then listens on loopback only).
 
 use crate::config::{RoleName, TokenConfig};
 use crate::error::ApiError;
 use axum::http::{HeaderMap, StatusCode};
+use lqsm_api::ErrorCode;
 use std::collections::HashMap;
 
 /// What a caller may do.
@@ -19,27 +21,78 @@ pub enum Role {
     Worker,
 }
 
+/// Who is calling and what they may do.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Caller {
+    /// The token's name (`anonymous` on a server without tokens).
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+}
+
+impl Caller {
+    /// The submitter recorded in a job: the token's name, none on an open server
+    /// (shown as `anonymous`), so that such jobs carry nothing extra.
+    pub fn submitter(&self) -> Option<String> {
+        (self.name != lqsm_api::ANONYMOUS).then(|| self.name.clone())
+    }
+}
+
 /// The configured tokens.
 #[derive(Clone, Debug, Default)]
 pub struct Auth {
-    tokens: HashMap<String, Role>,
+    tokens: HashMap<String, Caller>,
 }
 
 impl Auth {
-    /// From the config's tokens.
-    pub fn new(tokens: &[TokenConfig]) -> Self {
-        let tokens = tokens
-            .iter()
-            .map(|t| {
-                let role = match t.role {
-                    RoleName::Admin => Role::Admin,
-                    RoleName::Submitter => Role::Submitter(t.queues.clone()),
-                    RoleName::Worker => Role::Worker,
-                };
-                (t.token.clone(), role)
-            })
-            .collect();
-        Self { tokens }
+    /// From the config's tokens, naming the unnamed ones `<role>-<n>` (with a warning);
+    /// refuses two tokens with one name or one secret, since a name is an identity.
+    pub fn new(tokens: &[TokenConfig]) -> Result<Self, String> {
+        let mut unnamed: HashMap<RoleName, usize> = HashMap::new();
+        let mut names = std::collections::HashSet::new();
+        let mut callers = HashMap::new();
+        for (index, t) in tokens.iter().enumerate() {
+            let name = match &t.name {
+                Some(name) => {
+                    if name.trim().is_empty() || name == lqsm_api::ANONYMOUS {
+                        return Err(format!(
+                            "tokens[{index}].name: `{name}` cannot name a token (empty, or reserved for callers of a server without tokens); choose another"
+                        ));
+                    }
+                    name.clone()
+                }
+                None => {
+                    let n = unnamed.entry(t.role).or_insert(0);
+                    *n += 1;
+                    let derived = format!("{}-{n}", t.role);
+                    tracing::warn!(
+                        token = index,
+                        name = %derived,
+                        "a [[tokens]] entry has no `name`; it is called `{derived}` (its jobs record that as their submitter); add `name = \"...\"` to give it a lasting identity"
+                    );
+                    derived
+                }
+            };
+            if !names.insert(name.clone()) {
+                return Err(format!(
+                    "tokens[{index}]: two tokens are named `{name}`; give each token its own `name`"
+                ));
+            }
+            let role = match t.role {
+                RoleName::Admin => Role::Admin,
+                RoleName::Submitter => Role::Submitter(t.queues.clone()),
+                RoleName::Worker => Role::Worker,
+            };
+            if callers
+                .insert(t.token.clone(), Caller { name, role })
+                .is_some()
+            {
+                return Err(format!(
+                    "tokens[{index}]: the same secret is configured twice; each token needs its own"
+                ));
+            }
+        }
+        Ok(Self { tokens: callers })
     }
 
     /// True when no token is configured.
@@ -49,11 +102,20 @@ impl Auth {
 
     /// The caller's role, or 401.
     pub fn role(&self, headers: &HeaderMap) -> Result<Role, ApiError> {
+        self.caller(headers).map(|c| c.role)
+    }
+
+    /// The caller's identity and role, or 401.
+    pub fn caller(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
         if self.is_open() {
-            return Ok(Role::Admin);
+            return Ok(Caller {
+                name: lqsm_api::ANONYMOUS.to_owned(),
+                role: Role::Admin,
+            });
         }
-        let unauthorized =
-            |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
+        let unauthorized = |message: &str| {
+            ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
+        };
         let header = headers
             .get(axum::http::header::AUTHORIZATION)
             .ok_or_else(|| unauthorized("missing `Authorization: Bearer <token>` header"))?;
@@ -70,7 +132,7 @@ impl Auth {
 }
 
 fn forbidden(message: String) -> ApiError {
-    ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
 }
 
 /// Whether `pattern` covers queue `path`: exact, `*`, or `prefix.*` (the prefix and
@@ -133,5 +195,69 @@ mod tests {
         assert!(pattern_matches("root.default", "root.default"));
         assert!(!pattern_matches("root.default", "root.default.x"));
         assert!(pattern_matches("*", "root.anything"));
+    }
+
+    fn token(name: Option<&str>, secret: &str, role: RoleName) -> TokenConfig {
+        TokenConfig {
+            name: name.map(str::to_owned),
+            token: secret.into(),
+            role,
+            queues: vec!["*".into()],
+        }
+    }
+
+    fn caller_of(auth: &Auth, secret: &str) -> Caller {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            axum::http::header::AUTHORIZATION,
+            format!("Bearer {secret}").parse().expect("header"),
+        );
+        auth.caller(&headers).expect("known token")
+    }
+
+    #[test]
+    fn unnamed_tokens_get_stable_names_by_role_and_order() {
+        let auth = Auth::new(&[
+            token(None, "a1", RoleName::Admin),
+            token(Some("etl"), "s1", RoleName::Submitter),
+            token(None, "s2", RoleName::Submitter),
+            token(None, "a2", RoleName::Admin),
+        ])
+        .expect("valid");
+        assert_eq!(caller_of(&auth, "a1").name, "admin-1");
+        assert_eq!(caller_of(&auth, "a2").name, "admin-2");
+        assert_eq!(caller_of(&auth, "s1").name, "etl");
+        assert_eq!(caller_of(&auth, "s2").name, "submitter-1");
+        assert_eq!(caller_of(&auth, "s1").submitter().as_deref(), Some("etl"));
+    }
+
+    #[test]
+    fn a_name_is_an_identity_so_duplicates_and_anonymous_are_refused() {
+        let err = Auth::new(&[
+            token(Some("ci"), "a", RoleName::Admin),
+            token(Some("ci"), "b", RoleName::Worker),
+        ])
+        .expect_err("duplicate");
+        assert!(err.contains("two tokens are named `ci`"), "{err}");
+        let err = Auth::new(&[
+            token(Some("admin-1"), "a", RoleName::Admin),
+            token(None, "b", RoleName::Admin),
+        ])
+        .expect_err("derived name collides");
+        assert!(err.contains("`admin-1`"), "{err}");
+        let err =
+            Auth::new(&[token(Some("anonymous"), "a", RoleName::Admin)]).expect_err("reserved");
+        assert!(err.contains("reserved"), "{err}");
+    }
+
+    #[test]
+    fn an_open_server_calls_everyone_anonymous_and_records_no_submitter() {
+        let caller = Auth::new(&[])
+            .expect("valid")
+            .caller(&HeaderMap::new())
+            .expect("open");
+        assert_eq!(caller.name, "anonymous");
+        assert_eq!(caller.role, Role::Admin);
+        assert_eq!(caller.submitter(), None);
     }
 }

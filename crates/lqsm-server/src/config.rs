@@ -91,6 +91,10 @@ impl TryFrom<String> for StoreBackend {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
+    /// Who the token is: recorded as the submitter of its jobs (`submitted_by`). Tokens
+    /// without one get `<role>-<n>` (the n-th unnamed token of that role) and a warning.
+    #[serde(default)]
+    pub name: Option<String>,
     /// The secret.
     pub token: String,
     /// admin, submitter or worker.
@@ -101,7 +105,7 @@ pub struct TokenConfig {
 }
 
 /// The roles a token can have.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RoleName {
     /// Everything.
@@ -110,6 +114,23 @@ pub enum RoleName {
     Submitter,
     /// The worker endpoints.
     Worker,
+}
+
+impl RoleName {
+    /// The name in the config (`admin`, `submitter`, `worker`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoleName::Admin => "admin",
+            RoleName::Submitter => "submitter",
+            RoleName::Worker => "worker",
+        }
+    }
+}
+
+impl std::fmt::Display for RoleName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A queue declared in the config.

@@ -102,7 +102,11 @@ pub fn kind(k: &api::JobKind) -> core::JobKind {
                 cwd: cwd.clone(),
             }))
         }
-        api::JobKind::Function { handler, args } => core::JobKind::function(handler, args.clone()),
+        // The arguments' text goes on as it came: checked JSON, never parsed here.
+        api::JobKind::Function { handler, args } => core::JobKind::Function {
+            handler: handler.as_str().into(),
+            args: core::jobs::Json::from_raw(args.clone().into_raw()),
+        },
     }
 }
 
@@ -116,12 +120,14 @@ pub fn kind_view(k: &core::JobKind) -> api::JobKind {
         },
         core::JobKind::Function { handler, args } => api::JobKind::Function {
             handler: handler.to_string(),
-            args: args.to_value(),
+            args: api::RawJson::from_raw(args.to_raw()),
         },
         // Only shown when the store could not be read: say so rather than invent.
         core::JobKind::Stored { handler } => api::JobKind::Function {
             handler: handler.as_deref().unwrap_or("(command)").to_owned(),
-            args: serde_json::json!({"unavailable": "the job's payload is in the store"}),
+            args: api::RawJson::from_value(
+                &serde_json::json!({"unavailable": "the job's payload is in the store"}),
+            ),
         },
     }
 }
@@ -263,40 +269,82 @@ pub fn queue_settings(c: &core::QueueConfig) -> api::QueueSettings {
     }
 }
 
-fn state_name(s: core::JobState) -> &'static str {
+/// A core job state as the wire names it.
+pub fn job_state(s: core::JobState) -> api::JobState {
     match s {
-        core::JobState::Pending => "pending",
-        core::JobState::Scheduled => "scheduled",
-        core::JobState::Running => "running",
-        core::JobState::Succeeded => "succeeded",
-        core::JobState::Failed => "failed",
-        core::JobState::Cancelled => "cancelled",
-        core::JobState::Expired => "expired",
+        core::JobState::Pending => api::JobState::Pending,
+        core::JobState::Scheduled => api::JobState::Scheduled,
+        core::JobState::Running => api::JobState::Running,
+        core::JobState::Succeeded => api::JobState::Succeeded,
+        core::JobState::Failed => api::JobState::Failed,
+        core::JobState::Cancelled => api::JobState::Cancelled,
+        core::JobState::Expired => api::JobState::Expired,
+    }
+}
+
+/// A wire job state as the core's.
+pub fn core_job_state(s: api::JobState) -> core::JobState {
+    match s {
+        api::JobState::Pending => core::JobState::Pending,
+        api::JobState::Scheduled => core::JobState::Scheduled,
+        api::JobState::Running => core::JobState::Running,
+        api::JobState::Succeeded => core::JobState::Succeeded,
+        api::JobState::Failed => core::JobState::Failed,
+        api::JobState::Cancelled => core::JobState::Cancelled,
+        api::JobState::Expired => core::JobState::Expired,
     }
 }
 
 /// Parses a job state name from a query string.
 pub fn parse_state(name: &str) -> Result<core::JobState, ApiError> {
-    use core::JobState::*;
-    let all = [
-        Pending, Scheduled, Running, Succeeded, Failed, Cancelled, Expired,
-    ];
-    all.into_iter()
-        .find(|s| state_name(*s) == name)
-        .ok_or_else(|| {
-            invalid(
-                "state",
-                format!("`{name}` is not a job state (pending, scheduled, running, succeeded, failed, cancelled, expired)"),
-            )
-        })
+    name.parse::<api::JobState>()
+        .map(core_job_state)
+        .map_err(|e| invalid("state", e.to_string()))
 }
 
-fn outcome_name(o: &core::AttemptOutcome) -> (&'static str, Option<String>) {
+/// A core worker state as the wire names it.
+pub fn worker_state(s: core::WorkerState) -> api::WorkerState {
+    match s {
+        core::WorkerState::Active => api::WorkerState::Active,
+        core::WorkerState::Draining => api::WorkerState::Draining,
+        core::WorkerState::Lost => api::WorkerState::Lost,
+    }
+}
+
+/// A core queue state as the wire names it.
+pub fn queue_state(s: core::QueueState) -> api::QueueState {
+    match s {
+        core::QueueState::Running => api::QueueState::Running,
+        core::QueueState::Stopped => api::QueueState::Stopped,
+        core::QueueState::Draining => api::QueueState::Draining,
+    }
+}
+
+/// Why the core stops an attempt, as the wire names it.
+pub fn kill_reason(r: core::KillReason) -> api::KillReason {
+    match r {
+        core::KillReason::Cancelled => api::KillReason::Cancelled,
+        core::KillReason::TimedOut => api::KillReason::TimedOut,
+        core::KillReason::Preempted => api::KillReason::Preempted,
+        core::KillReason::Stale => api::KillReason::Stale,
+    }
+}
+
+/// Why the core refused a report, as the wire names it.
+pub fn refusal_reason(r: core::RefusalReason) -> api::RefusalReason {
+    match r {
+        core::RefusalReason::UnknownJob => api::RefusalReason::UnknownJob,
+        core::RefusalReason::StaleAttempt => api::RefusalReason::StaleAttempt,
+    }
+}
+
+/// How an attempt ended, and the failure's message when it failed.
+fn outcome(o: &core::AttemptOutcome) -> (api::AttemptOutcome, Option<String>) {
     use core::AttemptOutcome::*;
     match o {
-        Succeeded { .. } => ("succeeded", None),
+        Succeeded { .. } => (api::AttemptOutcome::Succeeded, None),
         Failed { exit_code, message } => (
-            "failed",
+            api::AttemptOutcome::Failed,
             Some(match exit_code {
                 Some(code) if !message.contains("exit code") => {
                     format!("exit code {code}: {message}")
@@ -304,11 +352,11 @@ fn outcome_name(o: &core::AttemptOutcome) -> (&'static str, Option<String>) {
                 _ => message.clone(),
             }),
         ),
-        TimedOut => ("timed_out", None),
-        Lost => ("lost", None),
-        Preempted => ("preempted", None),
-        Cancelled => ("cancelled", None),
-        NotReclaimed => ("not_reclaimed", None),
+        TimedOut => (api::AttemptOutcome::TimedOut, None),
+        Lost => (api::AttemptOutcome::Lost, None),
+        Preempted => (api::AttemptOutcome::Preempted, None),
+        Cancelled => (api::AttemptOutcome::Cancelled, None),
+        NotReclaimed => (api::AttemptOutcome::NotReclaimed, None),
     }
 }
 
@@ -321,7 +369,7 @@ pub fn job_view(job: &core::JobRecord, queue: &str) -> api::JobView {
             None,
         ),
         Some(core::Termination::Failed { last }) => {
-            let (name, message) = outcome_name(last);
+            let (name, message) = outcome(last);
             let exit = match last {
                 core::AttemptOutcome::Failed { exit_code, .. } => *exit_code,
                 _ => None,
@@ -329,7 +377,7 @@ pub fn job_view(job: &core::JobRecord, queue: &str) -> api::JobView {
             (
                 None,
                 exit,
-                Some(message.unwrap_or_else(|| name.replace('_', " "))),
+                Some(message.unwrap_or_else(|| name.as_str().replace('_', " "))),
             )
         }
         Some(core::Termination::Cancelled { reason }) => (None, None, Some(reason.clone())),
@@ -341,11 +389,12 @@ pub fn job_view(job: &core::JobRecord, queue: &str) -> api::JobView {
     api::JobView {
         id: job.id.0,
         queue: queue.to_owned(),
-        state: state_name(job.state).to_owned(),
+        state: job_state(job.state),
         kind: kind_view(&job.spec.kind),
         resources: figures(&job.spec.request),
         priority: job.spec.priority,
         submitted_at_ms: job.submitted_at.0,
+        submitted_by: job.spec.submitted_by().unwrap_or(api::ANONYMOUS).to_owned(),
         not_before_ms: job.not_before.map(|t| t.0),
         expires_at_ms: job.spec.expires_at().map(|t| t.0),
         timeout_ms: job.spec.timeout.map(|d| d.as_millis() as u64),
@@ -357,8 +406,8 @@ pub fn job_view(job: &core::JobRecord, queue: &str) -> api::JobView {
             .map(|a| {
                 let (outcome, message) = match &a.outcome {
                     Some(o) => {
-                        let (n, m) = outcome_name(o);
-                        (Some(n.to_owned()), m)
+                        let (n, m) = outcome(o);
+                        (Some(n), m)
                     }
                     None => (None, None),
                 };
@@ -396,11 +445,6 @@ pub fn reported(r: &api::AttemptResult) -> core::ReportedResult {
     }
 }
 
-/// Name of a job state, as the API spells it.
-pub fn job_state_name(s: core::JobState) -> &'static str {
-    state_name(s)
-}
-
 /// A poll's answer as the wire carries it.
 pub fn poll_response(dispatch: crate::resource_manager::Dispatch) -> api::PollResponse {
     api::PollResponse {
@@ -424,13 +468,7 @@ pub fn poll_response(dispatch: crate::resource_manager::Dispatch) -> api::PollRe
             .map(|k| api::KillOrder {
                 job: k.job.0,
                 token: k.token.0,
-                reason: match k.reason {
-                    core::KillReason::Cancelled => "cancelled",
-                    core::KillReason::TimedOut => "timed_out",
-                    core::KillReason::Preempted => "preempted",
-                    core::KillReason::Stale => "stale",
-                }
-                .to_owned(),
+                reason: kill_reason(k.reason),
             })
             .collect(),
         refused: dispatch
@@ -439,11 +477,7 @@ pub fn poll_response(dispatch: crate::resource_manager::Dispatch) -> api::PollRe
             .map(|r| api::RefusedReport {
                 job: r.job.0,
                 token: r.token.0,
-                reason: match r.reason {
-                    core::RefusalReason::UnknownJob => "unknown_job",
-                    core::RefusalReason::StaleAttempt => "stale_attempt",
-                }
-                .to_owned(),
+                reason: refusal_reason(r.reason),
             })
             .collect(),
     }

@@ -2,7 +2,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use lqsm_api::{ErrorBody, ErrorDetail};
+use lqsm_api::{ErrorBody, ErrorCode, ErrorDetail};
 use lqsm_core::{JobError, QueueError, SubmitError, WorkerError};
 
 /// An error answer.
@@ -16,11 +16,11 @@ pub struct ApiError {
 
 impl ApiError {
     /// Any error.
-    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
             detail: ErrorDetail {
-                code: code.to_owned(),
+                code,
                 message: message.into(),
                 field: None,
             },
@@ -38,7 +38,7 @@ impl ApiError {
         let message = message.into();
         Self::new(
             StatusCode::BAD_REQUEST,
-            "invalid_field",
+            ErrorCode::InvalidField,
             format!("{field}: {message}"),
         )
         .at(field)
@@ -46,12 +46,16 @@ impl ApiError {
 
     /// Something that does not exist (404).
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
     }
 
     /// The store or runtime failed (503).
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            message,
+        )
     }
 
     /// Prefixes the blamed field with the item's place in a batch.
@@ -75,39 +79,47 @@ impl From<QueueError> for ApiError {
         let (status, code, field) = match &e {
             QueueError::InvalidPath { .. } => (
                 StatusCode::BAD_REQUEST,
-                "invalid_field",
+                ErrorCode::InvalidField,
                 Some("path".to_owned()),
             ),
-            QueueError::NotFound { .. } => {
-                (StatusCode::NOT_FOUND, "not_found", Some("queue".to_owned()))
-            }
-            QueueError::AlreadyExists(_) => {
-                (StatusCode::CONFLICT, "conflict", Some("path".to_owned()))
-            }
+            QueueError::NotFound { .. } => (
+                StatusCode::NOT_FOUND,
+                ErrorCode::NotFound,
+                Some("queue".to_owned()),
+            ),
+            QueueError::AlreadyExists(_) => (
+                StatusCode::CONFLICT,
+                ErrorCode::Conflict,
+                Some("path".to_owned()),
+            ),
             QueueError::InvalidConfig { field, .. } => (
                 StatusCode::BAD_REQUEST,
-                "invalid_field",
+                ErrorCode::InvalidField,
                 Some(field.clone()),
             ),
             QueueError::CapacityOverflow { .. } => (
                 StatusCode::BAD_REQUEST,
-                "invalid_field",
+                ErrorCode::InvalidField,
                 Some("capacity".to_owned()),
             ),
             QueueError::UnknownPolicy { kind, .. } => (
                 StatusCode::BAD_REQUEST,
-                "invalid_field",
+                ErrorCode::InvalidField,
                 Some((*kind).to_owned()),
             ),
-            QueueError::ParentHoldsJobs(_) => {
-                (StatusCode::CONFLICT, "conflict", Some("path".to_owned()))
-            }
-            QueueError::HoldsJobs { .. } => {
-                (StatusCode::CONFLICT, "conflict", Some("force".to_owned()))
-            }
+            QueueError::ParentHoldsJobs(_) => (
+                StatusCode::CONFLICT,
+                ErrorCode::Conflict,
+                Some("path".to_owned()),
+            ),
+            QueueError::HoldsJobs { .. } => (
+                StatusCode::CONFLICT,
+                ErrorCode::Conflict,
+                Some("force".to_owned()),
+            ),
             QueueError::Root(_) => (
                 StatusCode::BAD_REQUEST,
-                "invalid_field",
+                ErrorCode::InvalidField,
                 Some("path".to_owned()),
             ),
         };
@@ -121,25 +133,36 @@ impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
         match e {
             SubmitError::Queue(q) => ApiError::from(q).at("queue"),
-            SubmitError::NotALeaf(_) => {
-                Self::new(StatusCode::BAD_REQUEST, "invalid_field", e.to_string()).at("queue")
-            }
+            SubmitError::NotALeaf(_) => Self::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidField,
+                e.to_string(),
+            )
+            .at("queue"),
             SubmitError::NotAccepting { .. } => {
-                Self::new(StatusCode::CONFLICT, "not_accepting", e.to_string()).at("queue")
+                Self::new(StatusCode::CONFLICT, ErrorCode::NotAccepting, e.to_string()).at("queue")
             }
             SubmitError::InvalidField { ref field, .. } => {
                 // The core names fields as the wire does.
                 let field = field.clone();
-                Self::new(StatusCode::BAD_REQUEST, "invalid_field", e.to_string()).at(field)
+                Self::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::InvalidField,
+                    e.to_string(),
+                )
+                .at(field)
             }
             SubmitError::DuplicateId(_) => {
-                Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
+                Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, e.to_string())
             }
-            SubmitError::QueueFull { .. } => {
-                Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string()).at("queue")
-            }
+            SubmitError::QueueFull { .. } => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::QueueFull,
+                e.to_string(),
+            )
+            .at("queue"),
             SubmitError::Refused { .. } => {
-                Self::new(StatusCode::FORBIDDEN, "refused", e.to_string())
+                Self::new(StatusCode::FORBIDDEN, ErrorCode::Refused, e.to_string())
             }
         }
     }
@@ -150,7 +173,7 @@ impl From<JobError> for ApiError {
         match e {
             JobError::NotFound(_) => Self::not_found(e.to_string()).at("id"),
             JobError::AlreadyFinished { .. } => {
-                Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
+                Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, e.to_string())
             }
         }
     }
@@ -159,12 +182,20 @@ impl From<JobError> for ApiError {
 impl From<WorkerError> for ApiError {
     fn from(e: WorkerError) -> Self {
         match e {
-            WorkerError::Unknown(_) | WorkerError::Lost(_) => {
-                Self::new(StatusCode::CONFLICT, "register_again", e.to_string()).at("id")
-            }
+            WorkerError::Unknown(_) | WorkerError::Lost(_) => Self::new(
+                StatusCode::CONFLICT,
+                ErrorCode::RegisterAgain,
+                e.to_string(),
+            )
+            .at("id"),
             WorkerError::InvalidField { ref field, .. } => {
                 let field = field.clone();
-                Self::new(StatusCode::BAD_REQUEST, "invalid_field", e.to_string()).at(field)
+                Self::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::InvalidField,
+                    e.to_string(),
+                )
+                .at(field)
             }
         }
     }

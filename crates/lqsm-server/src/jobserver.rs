@@ -2,7 +2,7 @@
 //! parallel, then hand commands to the ResourceManager runtime and answer once the
 //! runtime says the change is durable.
 
-use crate::auth::{Auth, Role};
+use crate::auth::{Auth, Caller, Role};
 use crate::config::Limits;
 use crate::convert;
 use crate::error::ApiError;
@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use lqsm_api as api;
+use lqsm_api::ErrorCode;
 use lqsm_core::{JobId, QueueUpdate, WorkerId, WorkerPoll};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -67,11 +68,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
+                    ErrorCode::PayloadTooLarge,
                     "the request body is larger than the server's limit (limits.max_request_bytes)",
                 )
             } else {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.body_text())
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::InvalidBody,
+                    e.body_text(),
+                )
             }
         })?;
         parse_json(&bytes).map(ApiJson)
@@ -87,7 +92,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         if inner.is_syntax() || inner.is_eof() {
             return ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "invalid_json",
+                ErrorCode::InvalidJson,
                 format!("the body is not valid JSON: {inner}"),
             );
         }
@@ -98,9 +103,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             .unwrap_or(&message)
             .to_owned();
         let code = if message.starts_with("unknown field") {
-            "unknown_field"
+            ErrorCode::UnknownField
         } else {
-            "invalid_field"
+            ErrorCode::InvalidField
         };
         let mut field = if path == "." { String::new() } else { path };
         // A missing field is reported at its parent: name the field itself.
@@ -115,7 +120,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             };
             return ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "missing_field",
+                ErrorCode::MissingField,
                 format!("{field}: is required"),
             )
             .at(field);
@@ -143,18 +148,20 @@ fn prefixed(prefix: &str, name: &str) -> String {
 /// Checks and converts one wire job; `field` prefixes error fields in a batch.
 fn prepare(
     state: &AppState,
-    role: &Role,
+    caller: &Caller,
     field: &str,
     job: &api::SubmitJob,
     now: lqsm_core::Timestamp,
 ) -> ApiResult<(lqsm_core::SubmitRequest, Option<Vec<u8>>)> {
-    role.require_queue(&job.queue)
+    caller
+        .role
+        .require_queue(&job.queue)
         .map_err(|e| e.at(prefixed(field, "queue")))?;
     let size = serde_json::to_vec(&job.kind).map_or(0, |v| v.len());
     if size > state.limits.max_job_bytes {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             format!(
                 "the job's kind is {size} bytes (limit {}, limits.max_job_bytes)",
                 state.limits.max_job_bytes
@@ -163,7 +170,7 @@ fn prepare(
         .at(prefixed(field, "kind")));
     }
     let id = JobId(Uuid::now_v7());
-    let req = convert::submission(field, id, job, now).map_err(|e| {
+    let mut req = convert::submission(field, id, job, now).map_err(|e| {
         // `submission` names fields as `{field}.x`; a single job has no prefix.
         match &e.detail.field {
             Some(f) if field.is_empty() => {
@@ -175,6 +182,7 @@ fn prepare(
             _ => e,
         }
     })?;
+    req.submitted_by = caller.submitter();
     Ok(offload(req, size, state.limits.inline_payload_bytes))
 }
 
@@ -200,8 +208,8 @@ async fn submit_job(
     headers: HeaderMap,
     ApiJson(job): ApiJson<api::SubmitJob>,
 ) -> ApiResult<Response> {
-    let role = state.auth.role(&headers)?;
-    let req = prepare(&state, &role, "", &job, wall_clock())?;
+    let caller = state.auth.caller(&headers)?;
+    let req = prepare(&state, &caller, "", &job, wall_clock())?;
     let mut results = state.scheduler.submit(vec![req]).await?;
     let result = results
         .pop()
@@ -228,7 +236,7 @@ async fn submit_batch(
     headers: HeaderMap,
     ApiJson(batch): ApiJson<api::SubmitBatch>,
 ) -> ApiResult<Json<api::BatchResult>> {
-    let role = state.auth.role(&headers)?;
+    let caller = state.auth.caller(&headers)?;
     if batch.jobs.len() > state.limits.max_batch {
         return Err(ApiError::invalid_field(
             "jobs",
@@ -243,7 +251,7 @@ async fn submit_batch(
     let mut items: Vec<Option<api::BatchItem>> = Vec::with_capacity(batch.jobs.len());
     let mut valid = Vec::with_capacity(batch.jobs.len());
     for (i, job) in batch.jobs.iter().enumerate() {
-        match prepare(&state, &role, &format!("jobs[{i}]"), job, now) {
+        match prepare(&state, &caller, &format!("jobs[{i}]"), job, now) {
             Ok(req) => {
                 valid.push(req);
                 items.push(None);
@@ -370,7 +378,7 @@ async fn list_jobs(
         (_, None) => role.require_admin().map_err(|_| {
             ApiError::new(
                 StatusCode::FORBIDDEN,
-                "forbidden",
+                ErrorCode::Forbidden,
                 "give `queue` to list jobs with this token",
             )
         })?,
@@ -500,7 +508,7 @@ fn queue_view(
     };
     api::QueueView {
         path: queue.path.clone(),
-        state: format!("{:?}", queue.state).to_lowercase(),
+        state: convert::queue_state(queue.state),
         capacity: queue.config.capacity,
         max_capacity: queue.config.max_capacity,
         abs_guarantee: g,
@@ -643,7 +651,7 @@ fn parse_create_queue(body: serde_json::Value) -> ApiResult<(String, lqsm_core::
         _ => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "invalid_field",
+                ErrorCode::InvalidField,
                 "the body must be a JSON object with `path` and the queue's settings",
             ));
         }
@@ -659,7 +667,7 @@ fn parse_create_queue(body: serde_json::Value) -> ApiResult<(String, lqsm_core::
         None => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "missing_field",
+                ErrorCode::MissingField,
                 "path: is required",
             )
             .at("path"));
@@ -686,7 +694,7 @@ async fn create_queues(
             None => {
                 return Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
-                    "missing_field",
+                    ErrorCode::MissingField,
                     "queues: is required",
                 )
                 .at("queues"));
@@ -695,7 +703,7 @@ async fn create_queues(
         _ => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "invalid_field",
+                ErrorCode::InvalidField,
                 "the body must be a JSON object with `queues`, an array of queues",
             ));
         }
@@ -895,6 +903,7 @@ async fn register_worker(
     ApiJson(reg): ApiJson<api::RegisterWorker>,
 ) -> ApiResult<Json<api::WorkerView>> {
     state.auth.role(&headers)?.require_worker()?;
+    check_protocol(reg.protocol)?;
     let capacity = convert::resources("capacity", &reg.capacity, &lqsm_core::Resources::default())?;
     let id = WorkerId(reg.id);
     let registration = lqsm_core::WorkerRegistration {
@@ -906,29 +915,60 @@ async fn register_worker(
         handlers: reg.handlers.into_iter().collect(),
     };
     state.scheduler.register(registration).await??;
-    worker_by_id(&state, id).await
+    worker_answer(&state, id).await
 }
 
-/// The worker's view as of the last commit (which holds any change answered).
-async fn worker_by_id(state: &AppState, id: WorkerId) -> ApiResult<Json<api::WorkerView>> {
+/// A worker as its own calls (register, drain, undrain) answer it, as of the last
+/// commit (which holds any change answered): with the heartbeat timeout, by which the
+/// worker fences itself (stops its attempts before the server may declare them lost).
+async fn worker_answer(state: &AppState, id: WorkerId) -> ApiResult<Json<api::WorkerView>> {
     let cluster = state.scheduler.view().await?;
     cluster
         .workers
         .iter()
         .find(|w| w.id == id)
-        .map(|w| Json(worker_view(w)))
+        .map(|w| {
+            Json(api::WorkerView {
+                heartbeat_timeout_ms: Some(cluster.heartbeat_timeout_ms),
+                ..worker_view(w)
+            })
+        })
         .ok_or_else(|| ApiError::not_found("worker vanished"))
+}
+
+/// Refuses a worker whose protocol version this server cannot serve, saying which side
+/// to upgrade.
+fn check_protocol(version: u32) -> ApiResult<()> {
+    let accepted = api::OLDEST_WORKER_PROTOCOL..=api::WORKER_PROTOCOL;
+    if accepted.contains(&version) {
+        return Ok(());
+    }
+    let (oldest, newest) = (api::OLDEST_WORKER_PROTOCOL, api::WORKER_PROTOCOL);
+    let advice = if version > newest {
+        "upgrade the LQSM server, or run a worker of the server's release"
+    } else {
+        "upgrade the worker to the server's release"
+    };
+    Err(ApiError::new(
+        StatusCode::BAD_REQUEST,
+        ErrorCode::IncompatibleProtocol,
+        format!(
+            "the worker speaks protocol {version}, this server accepts protocols {oldest} to {newest}: {advice}"
+        ),
+    )
+    .at("protocol"))
 }
 
 fn worker_view(w: &crate::view::WorkerSnapshot) -> api::WorkerView {
     api::WorkerView {
         id: w.id.0,
         name: w.name.clone(),
-        state: format!("{:?}", w.state).to_lowercase(),
+        state: convert::worker_state(w.state),
         capacity: convert::figures(&w.capacity),
         used: convert::figures(&w.used),
         attempts: w.attempts,
         labels: w.labels.clone(),
+        heartbeat_timeout_ms: None,
     }
 }
 
@@ -993,7 +1033,7 @@ async fn drain_worker(
     state.auth.role(&headers)?.require_worker()?;
     let id = parse_worker_id(&id)?;
     state.scheduler.drain_worker(id).await??;
-    worker_by_id(&state, id).await
+    worker_answer(&state, id).await
 }
 
 #[utoipa::path(post, path = "/v1/workers/{id}/undrain", params(("id" = String, Path)), responses((status = 200, body = api::WorkerView), (status = "4XX", body = api::ErrorBody)))]
@@ -1005,7 +1045,7 @@ async fn undrain_worker(
     state.auth.role(&headers)?.require_worker()?;
     let id = parse_worker_id(&id)?;
     state.scheduler.undrain_worker(id).await??;
-    worker_by_id(&state, id).await
+    worker_answer(&state, id).await
 }
 
 #[utoipa::path(get, path = "/v1/workers", responses((status = 200, body = Vec<api::WorkerView>)))]
@@ -1025,12 +1065,15 @@ async fn cluster(
 ) -> ApiResult<Json<api::ClusterSummary>> {
     state.auth.role(&headers)?;
     let cluster = state.scheduler.view().await?;
-    let jobs = state.scheduler.job_counts().await?;
+    let mut jobs = std::collections::BTreeMap::new();
+    for (name, count) in state.scheduler.job_counts().await? {
+        if let Ok(job_state) = convert::parse_state(&name) {
+            *jobs.entry(convert::job_state(job_state)).or_insert(0) += count;
+        }
+    }
     let mut workers = std::collections::BTreeMap::new();
     for w in cluster.workers.iter() {
-        *workers
-            .entry(format!("{:?}", w.state).to_lowercase())
-            .or_insert(0) += 1;
+        *workers.entry(convert::worker_state(w.state)).or_insert(0) += 1;
     }
     let used = cluster
         .queue("root")
@@ -1117,9 +1160,9 @@ fn query_error(e: &axum::extract::rejection::QueryRejection) -> ApiError {
         .filter(|_| message.contains("field `"))
         .map(str::to_owned);
     let code = if message.starts_with("unknown field") {
-        "unknown_field"
+        ErrorCode::UnknownField
     } else {
-        "invalid_field"
+        ErrorCode::InvalidField
     };
     let err = ApiError::new(StatusCode::BAD_REQUEST, code, message);
     match field {
@@ -1131,7 +1174,7 @@ fn query_error(e: &axum::extract::rejection::QueryRejection) -> ApiError {
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "this endpoint does not take that method; see /v1/openapi.json",
     )
 }
@@ -1275,8 +1318,9 @@ mod tests {
         )
         .expect_err("handler must be a string");
         assert_eq!(err.status, StatusCode::BAD_REQUEST);
-        // `kind` is a tagged union, parsed as a whole: the error names it and says why.
-        assert_eq!(err.detail.field.as_deref(), Some("kind"));
+        // `kind` is read field by field (so that `args` stays raw): the error names
+        // the field inside it and says why.
+        assert_eq!(err.detail.field.as_deref(), Some("kind.handler"));
         assert!(
             err.detail.message.contains("expected a string"),
             "{}",
@@ -1286,9 +1330,9 @@ mod tests {
             br#"{"queue": "root.q", "kind": {"type": "function", "handler": "h"}, "prio": 1}"#,
         )
         .expect_err("unknown field");
-        assert_eq!(err.detail.code, "unknown_field");
+        assert_eq!(err.detail.code, ErrorCode::UnknownField);
         assert_eq!(err.detail.field.as_deref(), Some("prio"));
         let err = parse_json::<api::SubmitJob>(b"{").expect_err("syntax");
-        assert_eq!(err.detail.code, "invalid_json");
+        assert_eq!(err.detail.code, ErrorCode::InvalidJson);
     }
 }

@@ -382,6 +382,7 @@ pub async fn serve_after(
             config.listen
         )));
     }
+    let auth = auth::Auth::new(&config.tokens).map_err(ServerError::Config)?;
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .ok();
@@ -400,7 +401,7 @@ pub async fn serve_after(
     let ready = Arc::new(AtomicBool::new(false));
     let state = jobserver::AppState {
         scheduler: starting.clone(),
-        auth: Arc::new(auth::Auth::new(&config.tokens)),
+        auth: Arc::new(auth),
         limits: config.limits.clone(),
         ready: ready.clone(),
         metrics,
@@ -463,7 +464,12 @@ pub async fn serve_after(
     let _ = stop_tx.send(());
     let served = http.await;
     renewing.abort();
-    // Every handle is dropped with the router: the actor lands its last commit and ends.
+    // Wait until the renewal task is gone with its handle on the store, so that when
+    // `serve` returns the data directory is free (a server restarted in the same
+    // process must be able to open it).
+    let _ = renewing.await;
+    // Every handle is dropped with the router and this one: the actor lands its last
+    // commit and ends.
     drop(starting);
     let result = actor.await;
     // Let the next server take over at once (a restart of this one would anyway).
@@ -495,8 +501,15 @@ struct Started {
 /// Opens the store, takes its lease, restores the state (off the async threads) and
 /// starts the actor.
 async fn start_scheduler(config: &ServerConfig) -> Result<Started, ServerError> {
+    let opening = std::time::Instant::now();
     let store = open_store(config)?;
     let (lease, renewing) = take_lease(&store, config)?;
+    // After a crash, opening replays the store's journal: often the longest part of a restart.
+    tracing::info!(
+        open_ms = opening.elapsed().as_millis() as u64,
+        epoch = lease.epoch,
+        "opened the store and took its lease"
+    );
     let restored = {
         let store = store.clone();
         let config = config.clone();
@@ -527,10 +540,12 @@ async fn start_scheduler(config: &ServerConfig) -> Result<Started, ServerError> 
         Ok(Ok(rm)) => rm,
         Ok(Err(e)) => {
             renewing.abort();
+            let _ = renewing.await;
             return Err(e);
         }
         Err(e) => {
             renewing.abort();
+            let _ = renewing.await;
             return Err(ServerError::Config(format!("restore task failed: {e}")));
         }
     };

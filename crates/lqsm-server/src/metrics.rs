@@ -11,7 +11,7 @@ pub fn record_effects(rm: &ResourceManager, effects: &Effects) {
             .queue_path(job.queue)
             .map(|p| p.to_string())
             .unwrap_or_default();
-        let state = crate::convert::job_state_name(job.state);
+        let state = crate::convert::job_state(job.state).as_str();
         metrics::counter!("lqsm_jobs_finished_total", "queue" => queue, "state" => state)
             .increment(1);
     }

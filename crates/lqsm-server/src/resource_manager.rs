@@ -16,7 +16,7 @@ use lqsm_core::{JobRecord, codec};
 use lqsm_store::{Epoch, JobIndex, JobWrite, Store, WriteBatch};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most commands applied in one batch.
@@ -250,21 +250,14 @@ struct Clock {
 
 impl Clock {
     fn now(&mut self) -> Timestamp {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        self.last = self.last.max(wall);
+        self.last = self.last.max(lqsm_api::epoch_ms());
         Timestamp(self.last)
     }
 }
 
 /// The current wall-clock time in ms (for handlers that need `now` to validate).
 pub fn wall_clock() -> Timestamp {
-    Timestamp(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
-    )
+    Timestamp(lqsm_api::epoch_ms())
 }
 
 /// The actor's state.

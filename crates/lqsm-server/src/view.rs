@@ -67,6 +67,9 @@ pub struct ClusterView {
     pub total: Resources,
     /// The number of jobs the scheduler holds (unfinished, and finished within retention).
     pub jobs_held: usize,
+    /// How long a worker may go without polling before its attempts are lost (a setting
+    /// of the server, fixed while it runs).
+    pub heartbeat_timeout_ms: u64,
 }
 
 impl ClusterView {
@@ -131,6 +134,7 @@ impl ViewBuilder {
         current.workers = Arc::new(workers(rm));
         current.total = rm.total().clone();
         current.jobs_held = rm.job_count();
+        current.heartbeat_timeout_ms = rm.config().heartbeat_timeout.as_millis() as u64;
         published.set(Arc::new(current.clone()));
         Self { current, published }
     }

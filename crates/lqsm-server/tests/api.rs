@@ -11,8 +11,8 @@ use serde_json::json;
 use support::{DEADLINE, Server, SimWorker, eventually, finished, function_job};
 use uuid::Uuid;
 
-fn outcomes(view: &api::JobView) -> Vec<Option<String>> {
-    view.attempts.iter().map(|a| a.outcome.clone()).collect()
+fn outcomes(view: &api::JobView) -> Vec<Option<api::AttemptOutcome>> {
+    view.attempts.iter().map(|a| a.outcome).collect()
 }
 
 #[test]
@@ -32,7 +32,7 @@ fn submitted_job_runs_on_a_worker_and_its_result_is_kept() {
         .expect(200);
     assert_eq!(early.id, id);
     assert!(
-        ["pending", "scheduled"].contains(&early.state.as_str()),
+        [api::JobState::Pending, api::JobState::Scheduled].contains(&early.state),
         "{}",
         early.state
     );
@@ -45,7 +45,7 @@ fn submitted_job_runs_on_a_worker_and_its_result_is_kept() {
         a.kind,
         api::JobKind::Function {
             handler: "echo".into(),
-            args: json!({"x": 42})
+            args: json!({"x": 42}).into()
         }
     );
 
@@ -58,18 +58,21 @@ fn submitted_job_runs_on_a_worker_and_its_result_is_kept() {
     assert!(resp.refused.is_empty(), "{resp:?}");
 
     let waited: api::JobView = waiter.join().unwrap().expect(200);
-    assert_eq!(waited.state, "succeeded");
+    assert_eq!(waited.state, lqsm_api::JobState::Succeeded);
     assert_eq!(waited.result, Some(json!({"echoed": 42})));
 
     let view = api.job(id);
-    assert_eq!(view.state, "succeeded");
+    assert_eq!(view.state, lqsm_api::JobState::Succeeded);
     assert_eq!(view.result, Some(json!({"echoed": 42})));
     assert_eq!(view.queue, "root.default");
     assert!(view.finished_at_ms.is_some());
     assert_eq!(view.attempts.len(), 1);
     assert_eq!(view.attempts[0].worker, worker.id);
     assert_eq!(view.attempts[0].token, a.token);
-    assert_eq!(view.attempts[0].outcome.as_deref(), Some("succeeded"));
+    assert_eq!(
+        view.attempts[0].outcome,
+        Some(lqsm_api::AttemptOutcome::Succeeded)
+    );
 }
 
 #[test]
@@ -122,16 +125,16 @@ fn batch_answers_every_item_and_names_the_field_of_each_invalid_one() {
     assert_eq!(distinct.len(), 496);
     // Accepted items are real jobs with their own arguments.
     let view = api.job(result.results[4].id.unwrap());
-    assert_eq!(view.state, "pending");
+    assert_eq!(view.state, lqsm_api::JobState::Pending);
     assert_eq!(
         view.kind,
         api::JobKind::Function {
             handler: "batch".into(),
-            args: json!({"i": 4})
+            args: json!({"i": 4}).into()
         }
     );
     let unknown = &result.results[77].error.as_ref().unwrap();
-    assert_eq!(unknown.code, "not_found");
+    assert_eq!(unknown.code, lqsm_api::ErrorCode::NotFound);
     assert!(
         unknown.message.contains("root.default"),
         "the error names the known queues: {}",
@@ -205,9 +208,12 @@ fn failed_attempt_is_retried_after_its_backoff_then_succeeds() {
     );
 
     let between = api.job(id);
-    assert_eq!(between.state, "pending");
+    assert_eq!(between.state, lqsm_api::JobState::Pending);
     assert_eq!(between.attempts.len(), 1);
-    assert_eq!(between.attempts[0].outcome.as_deref(), Some("failed"));
+    assert_eq!(
+        between.attempts[0].outcome,
+        Some(lqsm_api::AttemptOutcome::Failed)
+    );
     assert_eq!(between.attempts[0].message.as_deref(), Some("disk full"));
 
     let second = worker.next_assignment();
@@ -224,10 +230,13 @@ fn failed_attempt_is_retried_after_its_backoff_then_succeeds() {
 
     worker.succeed(&second, json!("ok"));
     let done = api.job(id);
-    assert_eq!(done.state, "succeeded");
+    assert_eq!(done.state, lqsm_api::JobState::Succeeded);
     assert_eq!(
         outcomes(&done),
-        [Some("failed".into()), Some("succeeded".into())]
+        [
+            Some(api::AttemptOutcome::Failed),
+            Some(api::AttemptOutcome::Succeeded)
+        ]
     );
 }
 
@@ -249,12 +258,15 @@ fn attempt_past_its_timeout_is_killed_and_the_job_fails() {
     });
     assert_eq!(kill.job, id);
     assert_eq!(kill.token, a.token);
-    assert_eq!(kill.reason, "timed_out");
+    assert_eq!(kill.reason, lqsm_api::KillReason::TimedOut);
 
-    let view = api.wait_for_state(id, "failed");
+    let view = api.wait_for_state(id, api::JobState::Failed);
     assert_eq!(view.max_attempts, 1);
     assert_eq!(view.attempts.len(), 1);
-    assert_eq!(view.attempts[0].outcome.as_deref(), Some("timed_out"));
+    assert_eq!(
+        view.attempts[0].outcome,
+        Some(lqsm_api::AttemptOutcome::TimedOut)
+    );
     let ran = view.attempts[0].finished_at_ms.unwrap() - view.attempts[0].scheduled_at_ms;
     assert!(ran >= 300, "killed after {ran} ms, timeout is 300 ms");
     assert!(view.reason.is_some());
@@ -266,20 +278,20 @@ fn cancelling_a_pending_job_cancels_it_once() {
     let api = server.api();
     // No worker runs this handler: the job stays pending.
     let id = api.submit(&function_job("root.default", "nobody"));
-    assert_eq!(api.job(id).state, "pending");
+    assert_eq!(api.job(id).state, lqsm_api::JobState::Pending);
 
     let view: api::JobView = api
         .post(&format!("/v1/jobs/{id}/cancel"), &json!({}))
         .expect(200);
-    assert_eq!(view.state, "cancelled");
+    assert_eq!(view.state, lqsm_api::JobState::Cancelled);
     assert_eq!(view.reason.as_deref(), Some("cancelled by a client"));
     assert!(view.attempts.is_empty());
-    assert_eq!(api.job(id).state, "cancelled");
+    assert_eq!(api.job(id).state, lqsm_api::JobState::Cancelled);
 
     let again = api
         .post(&format!("/v1/jobs/{id}/cancel"), &json!({}))
         .expect_error(409);
-    assert_eq!(again.code, "conflict");
+    assert_eq!(again.code, lqsm_api::ErrorCode::Conflict);
 }
 
 #[test]
@@ -290,13 +302,16 @@ fn cancelling_a_running_job_orders_its_worker_to_kill_it() {
     let id = api.submit(&function_job("root.default", "long"));
     let a = worker.next_assignment();
     worker.poll(&[], 0);
-    assert_eq!(api.job(id).state, "running");
+    assert_eq!(api.job(id).state, lqsm_api::JobState::Running);
 
     let view: api::JobView = api
         .post(&format!("/v1/jobs/{id}/cancel"), &json!({}))
         .expect(200);
-    assert_eq!(view.state, "cancelled");
-    assert_eq!(view.attempts[0].outcome.as_deref(), Some("cancelled"));
+    assert_eq!(view.state, lqsm_api::JobState::Cancelled);
+    assert_eq!(
+        view.attempts[0].outcome,
+        Some(lqsm_api::AttemptOutcome::Cancelled)
+    );
 
     let resp = worker.poll(&[], 0);
     let first = resp
@@ -305,13 +320,16 @@ fn cancelling_a_running_job_orders_its_worker_to_kill_it() {
         .find(|k| k.job == id)
         .unwrap_or_else(|| panic!("no kill order for the cancelled job: {resp:?}"));
     assert_eq!(first.token, a.token);
-    assert_eq!(first.reason, "cancelled");
+    assert_eq!(first.reason, lqsm_api::KillReason::Cancelled);
 
     // A report that crosses the cancel is refused and changes nothing.
     let late = worker.poll(&[finished(&a, api::AttemptResult::TimedOut)], 0);
     assert_eq!(late.refused.len(), 1, "{late:?}");
-    assert_eq!(late.refused[0].reason, "stale_attempt");
-    assert_eq!(api.job(id).state, "cancelled");
+    assert_eq!(
+        late.refused[0].reason,
+        lqsm_api::RefusalReason::StaleAttempt
+    );
+    assert_eq!(api.job(id).state, lqsm_api::JobState::Cancelled);
 }
 
 #[test]
@@ -341,7 +359,7 @@ fn report_with_a_stale_token_is_refused() {
         [api::RefusedReport {
             job: id,
             token: a.token + 1000,
-            reason: "stale_attempt".into()
+            reason: api::RefusalReason::StaleAttempt
         }]
     );
     let unknown = Uuid::now_v7();
@@ -356,13 +374,13 @@ fn report_with_a_stale_token_is_refused() {
         0,
     );
     assert_eq!(resp.refused.len(), 1);
-    assert_eq!(resp.refused[0].reason, "unknown_job");
+    assert_eq!(resp.refused[0].reason, lqsm_api::RefusalReason::UnknownJob);
     // The real attempt is untouched and can still report.
-    assert_eq!(api.job(id).state, "running");
+    assert_eq!(api.job(id).state, lqsm_api::JobState::Running);
     let resp = worker.succeed(&a, json!(1));
     assert!(resp.refused.is_empty(), "{resp:?}");
     let view = api.job(id);
-    assert_eq!(view.state, "succeeded");
+    assert_eq!(view.state, lqsm_api::JobState::Succeeded);
     assert_eq!(view.attempts.len(), 1);
 }
 
@@ -393,7 +411,7 @@ fn lost_worker_attempt_is_requeued_once_and_its_late_report_refused() {
     assert_eq!(again.attempt, 2);
     let workers: Vec<api::WorkerView> = api.get("/v1/workers").expect(200);
     let lost = workers.iter().find(|w| w.id == first.id).unwrap();
-    assert_eq!(lost.state, "lost");
+    assert_eq!(lost.state, lqsm_api::WorkerState::Lost);
 
     // The first worker comes back with its report: told to register again...
     let report = finished(
@@ -406,22 +424,28 @@ fn lost_worker_attempt_is_requeued_once_and_its_late_report_refused() {
     let err = first
         .poll_raw(std::slice::from_ref(&report), 0)
         .expect_error(409);
-    assert_eq!(err.code, "register_again");
+    assert_eq!(err.code, lqsm_api::ErrorCode::RegisterAgain);
     // ... and once registered, its report is refused.
     first.register_again();
     first.running.clear();
     let resp = first.poll(&[report], 0);
     assert_eq!(resp.refused.len(), 1, "{resp:?}");
-    assert_eq!(resp.refused[0].reason, "stale_attempt");
+    assert_eq!(
+        resp.refused[0].reason,
+        lqsm_api::RefusalReason::StaleAttempt
+    );
     assert_eq!(resp.refused[0].token, taken.token);
 
     second.succeed(&again, json!("on time"));
     let view = api.job(id);
-    assert_eq!(view.state, "succeeded");
+    assert_eq!(view.state, lqsm_api::JobState::Succeeded);
     assert_eq!(view.result, Some(json!("on time")));
     assert_eq!(
         outcomes(&view),
-        [Some("lost".into()), Some("succeeded".into())]
+        [
+            Some(api::AttemptOutcome::Lost),
+            Some(api::AttemptOutcome::Succeeded)
+        ]
     );
     // The first worker polled after the attempt was scheduled: it was lost no sooner
     // than the heartbeat timeout after that.
@@ -445,7 +469,7 @@ fn large_payload_reaches_the_worker_whole() {
     let mut worker = SimWorker::register(&api, "big");
     let kind = api::JobKind::Function {
         handler: "big".into(),
-        args: big_args(),
+        args: big_args().into(),
     };
     let id = api.submit(&api::SubmitJob::new("root.default", kind.clone()));
     assert_eq!(api.job(id).kind, kind);
@@ -457,7 +481,7 @@ fn large_payload_reaches_the_worker_whole() {
     let done: api::JobView = api
         .get(&format!("/v1/jobs/{id}/wait?timeout_ms=5000"))
         .expect(200);
-    assert_eq!(done.state, "succeeded");
+    assert_eq!(done.state, lqsm_api::JobState::Succeeded);
     assert_eq!(done.kind, kind);
 
     // A large command, and a large job in a batch, too.
@@ -488,7 +512,7 @@ fn job_listing_shows_large_payloads_whole() {
     let api = server.api();
     let kind = api::JobKind::Function {
         handler: "listed".into(),
-        args: big_args(),
+        args: big_args().into(),
     };
     let id = api.submit(&api::SubmitJob::new("root.default", kind.clone()));
     assert_eq!(api.job(id).kind, kind);
@@ -608,7 +632,7 @@ fn queues_are_created_listed_updated_stopped_started_drained_and_deleted() {
     assert_eq!(default.capacity, 70.0);
     let etl = api.create_queue(json!({"path": "root.etl", "capacity": 30}));
     assert_eq!(etl.path, "root.etl");
-    assert_eq!(etl.state, "running");
+    assert_eq!(etl.state, lqsm_api::QueueState::Running);
     assert_eq!(etl.capacity, 30.0);
     let daily = api.create_queue(json!({"path": "root.etl.daily", "capacity": 100}));
     assert_eq!(daily.path, "root.etl.daily");
@@ -657,37 +681,37 @@ fn queues_are_created_listed_updated_stopped_started_drained_and_deleted() {
     let stopped: api::QueueView = api
         .post(&format!("/v1/queues/{leaf}/stop"), &json!({}))
         .expect(200);
-    assert_eq!(stopped.state, "stopped");
+    assert_eq!(stopped.state, lqsm_api::QueueState::Stopped);
     let refused = api
         .post("/v1/jobs", &function_job(leaf, "q"))
         .expect_error(409);
-    assert_eq!(refused.code, "not_accepting");
+    assert_eq!(refused.code, lqsm_api::ErrorCode::NotAccepting);
     assert_eq!(refused.field.as_deref(), Some("queue"));
 
     let started: api::QueueView = api
         .post(&format!("/v1/queues/{leaf}/start"), &json!({}))
         .expect(200);
-    assert_eq!(started.state, "running");
+    assert_eq!(started.state, lqsm_api::QueueState::Running);
     let held = api.submit(&function_job(leaf, "q"));
 
     let draining: api::QueueView = api
         .post(&format!("/v1/queues/{leaf}/drain"), &json!({}))
         .expect(200);
-    assert_eq!(draining.state, "draining");
+    assert_eq!(draining.state, lqsm_api::QueueState::Draining);
     let refused = api
         .post("/v1/jobs", &function_job(leaf, "q"))
         .expect_error(409);
-    assert_eq!(refused.code, "not_accepting");
-    assert_eq!(api.job(held).state, "pending");
+    assert_eq!(refused.code, lqsm_api::ErrorCode::NotAccepting);
+    assert_eq!(api.job(held).state, lqsm_api::JobState::Pending);
 
     // Deleting a queue that holds jobs needs force, which cancels them.
     let err = api.delete(&format!("/v1/queues/{leaf}")).expect_error(409);
-    assert_eq!(err.code, "conflict");
+    assert_eq!(err.code, lqsm_api::ErrorCode::Conflict);
     assert!(err.message.contains("force"), "{}", err.message);
     api.delete(&format!("/v1/queues/{leaf}?force=true"))
         .expect_status(204);
     let cancelled = api.job(held);
-    assert_eq!(cancelled.state, "cancelled");
+    assert_eq!(cancelled.state, lqsm_api::JobState::Cancelled);
     assert!(
         cancelled
             .reason
@@ -774,6 +798,30 @@ fn only_answers_with_assignments_are_numbered_and_an_unseen_one_loses_nothing() 
     api.post(&format!("/v1/workers/{}/poll", worker.id), &req)
         .expect::<api::PollResponse>(200);
     let job: api::JobView = api.get(&format!("/v1/jobs/{first}")).expect(200);
-    assert_ne!(job.state, "failed", "{job:?}");
+    assert_ne!(job.state, api::JobState::Failed, "{job:?}");
     assert_eq!(job.attempts.len(), 1);
+}
+
+#[test]
+fn function_args_reach_the_worker_and_the_job_view_as_the_submitter_wrote_them() {
+    // Keys out of order and a number spelled `1.50`: a server that parsed the args into
+    // a tree and wrote them out again would sort the keys and respell the number.
+    let server = Server::start();
+    let api = server.api();
+    let mut worker = SimWorker::register(&api, "verbatim");
+    let args = r#"{"z":1,"a":[1.50,"x"]}"#;
+    let body = format!(
+        r#"{{"queue":"root.default","kind":{{"type":"function","handler":"verbatim","args":{args}}}}}"#
+    );
+    let submitted: api::Submitted = api.raw("POST", "/v1/jobs", body).expect(201);
+    let a = worker.next_assignment();
+    let api::JobKind::Function { args: sent, .. } = &a.kind else {
+        panic!("a function job: {a:?}");
+    };
+    assert_eq!(sent.as_str(), args);
+    let view = api.job(submitted.id);
+    let api::JobKind::Function { args: shown, .. } = &view.kind else {
+        panic!("a function job: {view:?}");
+    };
+    assert_eq!(shown.as_str(), args);
 }

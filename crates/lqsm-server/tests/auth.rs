@@ -5,6 +5,7 @@
 mod support;
 
 use lqsm_api as api;
+use lqsm_api::ErrorCode;
 use serde_json::json;
 use support::{Server, SimWorker, function_job};
 
@@ -23,7 +24,7 @@ token = "worker-secret"
 role = "worker"
 "#;
 
-fn assert_code(reply: &support::Reply, status: u16, code: &str, what: &str) {
+fn assert_code(reply: &support::Reply, status: u16, code: ErrorCode, what: &str) {
     let error = reply.expect_error(status);
     assert_eq!(error.code, code, "{what}: {error:?}");
 }
@@ -42,9 +43,14 @@ fn tokens_decide_who_may_do_what() {
     assert_eq!(anonymous.get("/readyz").status, 200);
     let job = function_job("root.default", "auth");
     for (api, who) in [(&anonymous, "no token"), (&stranger, "unknown token")] {
-        assert_code(&api.get("/v1/queues"), 401, "unauthorized", who);
-        assert_code(&api.post("/v1/jobs", &job), 401, "unauthorized", who);
-        assert_code(&api.get("/v1/workers"), 401, "unauthorized", who);
+        assert_code(&api.get("/v1/queues"), 401, ErrorCode::Unauthorized, who);
+        assert_code(
+            &api.post("/v1/jobs", &job),
+            401,
+            ErrorCode::Unauthorized,
+            who,
+        );
+        assert_code(&api.get("/v1/workers"), 401, ErrorCode::Unauthorized, who);
     }
 
     // The admin sets up the queues.
@@ -54,7 +60,7 @@ fn tokens_decide_who_may_do_what() {
 
     // A submitter works in its queues only.
     let denied = submitter.post("/v1/jobs", &job).expect_error(403);
-    assert_eq!(denied.code, "forbidden");
+    assert_eq!(denied.code, lqsm_api::ErrorCode::Forbidden);
     assert_eq!(denied.field.as_deref(), Some("queue"));
     assert!(denied.message.contains("root.etl.*"), "{}", denied.message);
     let own = submitter.submit(&function_job("root.etl.x", "auth"));
@@ -68,32 +74,35 @@ fn tokens_decide_who_may_do_what() {
         )
         .expect(200);
     assert_eq!(batch.accepted, 1);
-    assert_eq!(batch.results[1].error.as_ref().unwrap().code, "forbidden");
+    assert_eq!(
+        batch.results[1].error.as_ref().unwrap().code,
+        lqsm_api::ErrorCode::Forbidden
+    );
     assert_code(
         &submitter.get(&format!("/v1/jobs/{foreign}")),
         403,
-        "forbidden",
+        ErrorCode::Forbidden,
         "reading a job of another queue",
     );
     assert_code(
         &submitter.post(&format!("/v1/jobs/{foreign}/cancel"), &json!({})),
         403,
-        "forbidden",
+        ErrorCode::Forbidden,
         "cancelling a job of another queue",
     );
-    assert_eq!(admin.job(foreign).state, "pending");
+    assert_eq!(admin.job(foreign).state, lqsm_api::JobState::Pending);
     let list: api::JobList = submitter.get("/v1/jobs?queue=root.etl.x").expect(200);
     assert_eq!(list.jobs.len(), 2);
     assert_code(
         &submitter.get("/v1/jobs"),
         403,
-        "forbidden",
+        ErrorCode::Forbidden,
         "listing every queue",
     );
     assert_code(
         &submitter.post("/v1/queues", &json!({"path": "root.etl.y"})),
         403,
-        "forbidden",
+        ErrorCode::Forbidden,
         "creating a queue",
     );
     // ... and may not act as a worker.
@@ -107,11 +116,12 @@ fn tokens_decide_who_may_do_what() {
         labels: Default::default(),
         serves_commands: true,
         handlers: Vec::new(),
+        protocol: api::WORKER_PROTOCOL,
     };
     assert_code(
         &submitter.post("/v1/workers", &registration),
         403,
-        "forbidden",
+        ErrorCode::Forbidden,
         "a submitter registering a worker",
     );
     assert_code(
@@ -120,7 +130,7 @@ fn tokens_decide_who_may_do_what() {
             &api::PollRequest::default(),
         ),
         403,
-        "forbidden",
+        ErrorCode::Forbidden,
         "a submitter polling",
     );
 
@@ -128,19 +138,19 @@ fn tokens_decide_who_may_do_what() {
     assert_code(
         &worker.post("/v1/jobs", &function_job("root.etl.x", "auth")),
         403,
-        "forbidden",
+        ErrorCode::Forbidden,
         "a worker submitting",
     );
     assert_code(
         &worker.get(&format!("/v1/jobs/{own}")),
         403,
-        "forbidden",
+        ErrorCode::Forbidden,
         "a worker reading a job",
     );
     assert_code(
         &worker.post(&format!("/v1/jobs/{own}/cancel"), &json!({})),
         403,
-        "forbidden",
+        ErrorCode::Forbidden,
         "a worker cancelling a job",
     );
     let run = submitter.submit(&function_job("root.etl.x", "auth-run"));
@@ -148,7 +158,7 @@ fn tokens_decide_who_may_do_what() {
     let a = sim.next_assignment();
     assert_eq!(a.job, run);
     sim.succeed(&a, json!("done"));
-    assert_eq!(submitter.job(run).state, "succeeded");
+    assert_eq!(submitter.job(run).state, lqsm_api::JobState::Succeeded);
 
     // The submitter may cancel in its own queue.
     let cancelled: api::JobView = submitter
@@ -157,7 +167,7 @@ fn tokens_decide_who_may_do_what() {
             &json!({}),
         )
         .expect(200);
-    assert_eq!(cancelled.state, "cancelled");
+    assert_eq!(cancelled.state, lqsm_api::JobState::Cancelled);
 }
 
 #[test]
@@ -168,4 +178,49 @@ fn server_refuses_to_listen_beyond_loopback_without_tokens() {
         stderr.contains("--insecure"),
         "the refusal should say how to override it; stderr:\n{stderr}"
     );
+}
+
+#[test]
+fn a_job_records_the_name_of_the_token_that_submitted_it_across_a_restart() {
+    let mut server = Server::builder()
+        .config(
+            r#"
+[[tokens]]
+name = "ci-bot"
+token = "ci-secret"
+role = "submitter"
+queues = ["*"]
+
+[[tokens]]
+token = "admin-secret"
+role = "admin"
+"#,
+        )
+        .start();
+    let job = function_job("root.default", "who");
+    let by_bot = server.api_as("ci-secret").submit(&job);
+    // An unnamed token is known by its role and place: the first unnamed admin.
+    let by_admin = server.api_as("admin-secret").submit(&job);
+    let admin = server.api_as("admin-secret");
+    assert_eq!(admin.job(by_bot).submitted_by, "ci-bot");
+    assert_eq!(admin.job(by_admin).submitted_by, "admin-1");
+    assert!(
+        server.log_tail().contains("has no `name`"),
+        "the unnamed token is warned about:\n{}",
+        server.log_tail()
+    );
+
+    server.stop();
+    server.restart();
+    let admin = server.api_as("admin-secret");
+    assert_eq!(admin.job(by_bot).submitted_by, "ci-bot");
+    assert_eq!(admin.job(by_admin).submitted_by, "admin-1");
+}
+
+#[test]
+fn jobs_on_a_server_without_tokens_are_submitted_by_anonymous() {
+    let server = Server::start();
+    let api = server.api();
+    let id = api.submit(&function_job("root.default", "who"));
+    assert_eq!(api.job(id).submitted_by, api::ANONYMOUS);
 }

@@ -5,6 +5,7 @@
 mod support;
 
 use lqsm_api as api;
+use lqsm_api::ErrorCode;
 use serde_json::json;
 use support::{Api, Server, function_job};
 
@@ -18,8 +19,8 @@ struct Case {
     path: String,
     body: String,
     status: u16,
-    /// The error code; empty: any code.
-    code: &'static str,
+    /// The error code; `None`: any code.
+    code: Option<ErrorCode>,
     /// The field the error must blame; `None`: no particular field.
     field: Option<&'static str>,
     /// Accept a field below `field` too (`kind.type` for `kind`).
@@ -35,7 +36,7 @@ fn case(what: &'static str, method: &'static str, path: &str, body: serde_json::
         path: path.to_owned(),
         body: body.to_string(),
         status: 400,
-        code: "invalid_field",
+        code: Some(ErrorCode::InvalidField),
         field: None,
         under: false,
         mentions: "",
@@ -47,7 +48,7 @@ impl Case {
         self.body = body.to_owned();
         self
     }
-    fn answer(mut self, status: u16, code: &'static str) -> Self {
+    fn answer(mut self, status: u16, code: Option<ErrorCode>) -> Self {
         self.status = status;
         self.code = code;
         self
@@ -89,14 +90,21 @@ fn check(api: &Api, cases: &[Case]) -> Vec<String> {
             continue;
         };
         let right = reply.status == c.status
-            && (c.code.is_empty() || error.code == c.code)
+            && c.code.is_none_or(|code| error.code == code)
             && blames(&error, c)
             && !error.message.is_empty()
             && error.message.contains(c.mentions);
         if !right {
             wrong.push(format!(
                 "{}: {} {}: expected {} {} field {:?} mentioning {:?}; got {} {error:?}",
-                c.what, c.method, c.path, c.status, c.code, c.field, c.mentions, reply.status
+                c.what,
+                c.method,
+                c.path,
+                c.status,
+                c.code.map_or("any code", ErrorCode::as_str),
+                c.field,
+                c.mentions,
+                reply.status
             ));
         }
     }
@@ -132,13 +140,13 @@ fn bad_input_of_every_class_is_answered_with_the_field_to_blame() {
         // Not JSON.
         case("truncated JSON", "POST", "/v1/jobs", json!(null))
             .raw(r#"{"queue":"#)
-            .answer(400, "invalid_json"),
+            .answer(400, Some(ErrorCode::InvalidJson)),
         case("not JSON", "POST", "/v1/jobs", json!(null))
             .raw("queue=root.default")
-            .answer(400, "invalid_json"),
+            .answer(400, Some(ErrorCode::InvalidJson)),
         case("empty body", "POST", "/v1/jobs", json!(null))
             .raw("")
-            .answer(400, "invalid_json"),
+            .answer(400, Some(ErrorCode::InvalidJson)),
         // Wrong types.
         case(
             "queue as a number",
@@ -196,7 +204,7 @@ fn bad_input_of_every_class_is_answered_with_the_field_to_blame() {
             "/v1/jobs",
             job_with(json!({"bogus": 1})),
         )
-        .answer(400, "unknown_field")
+        .answer(400, Some(ErrorCode::UnknownField))
         .field("bogus"),
         case(
             "unknown nested field",
@@ -204,7 +212,7 @@ fn bad_input_of_every_class_is_answered_with_the_field_to_blame() {
             "/v1/jobs",
             job_with(json!({"resources": {"gpus": 1}})),
         )
-        .answer(400, "unknown_field")
+        .answer(400, Some(ErrorCode::UnknownField))
         .field("resources.gpus"),
         case(
             "unknown queue setting",
@@ -212,7 +220,7 @@ fn bad_input_of_every_class_is_answered_with_the_field_to_blame() {
             "/v1/queues/root.default",
             json!({"capacityy": 5}),
         )
-        .answer(400, "unknown_field")
+        .answer(400, Some(ErrorCode::UnknownField))
         .field("capacityy"),
         case(
             "unknown poll field",
@@ -220,7 +228,7 @@ fn bad_input_of_every_class_is_answered_with_the_field_to_blame() {
             &format!("/v1/workers/{}/poll", uuid::Uuid::now_v7()),
             json!({"wait": 5}),
         )
-        .answer(400, "unknown_field")
+        .answer(400, Some(ErrorCode::UnknownField))
         .field("wait"),
         // Sizes.
         case(
@@ -230,7 +238,7 @@ fn bad_input_of_every_class_is_answered_with_the_field_to_blame() {
             json!(null),
         )
         .raw(&huge_body)
-        .answer(413, "payload_too_large")
+        .answer(413, Some(ErrorCode::PayloadTooLarge))
         .mentions("max_request_bytes"),
         case(
             "args over max_job_bytes",
@@ -238,7 +246,7 @@ fn bad_input_of_every_class_is_answered_with_the_field_to_blame() {
             "/v1/jobs",
             job_with(json!({"kind": {"type": "function", "handler": "h", "args": big_args}})),
         )
-        .answer(413, "payload_too_large")
+        .answer(413, Some(ErrorCode::PayloadTooLarge))
         .field("kind")
         .mentions("max_job_bytes"),
         // Queue names.
@@ -400,7 +408,7 @@ fn bad_input_of_every_class_is_answered_with_the_field_to_blame() {
             "/v1/jobs",
             job_with(json!({"queue": "root.nope"})),
         )
-        .answer(404, "not_found")
+        .answer(404, Some(ErrorCode::NotFound))
         .field("queue")
         .mentions("known: root, root.default"),
         case(
@@ -410,7 +418,7 @@ fn bad_input_of_every_class_is_answered_with_the_field_to_blame() {
             json!(null),
         )
         .raw("")
-        .answer(404, "not_found")
+        .answer(404, Some(ErrorCode::NotFound))
         .field("queue")
         .mentions("known:"),
         case(
@@ -420,7 +428,7 @@ fn bad_input_of_every_class_is_answered_with_the_field_to_blame() {
             json!(null),
         )
         .raw("")
-        .answer(404, "not_found")
+        .answer(404, Some(ErrorCode::NotFound))
         .field("id"),
         case(
             "cancel of an unknown job",
@@ -428,11 +436,11 @@ fn bad_input_of_every_class_is_answered_with_the_field_to_blame() {
             &format!("/v1/jobs/{unknown_job}/cancel"),
             json!({}),
         )
-        .answer(404, "not_found")
+        .answer(404, Some(ErrorCode::NotFound))
         .field("id"),
         case("unknown endpoint", "GET", "/v1/nothing", json!(null))
             .raw("")
-            .answer(404, "not_found"),
+            .answer(404, Some(ErrorCode::NotFound)),
         // Malformed ids.
         case(
             "malformed job id",
@@ -485,7 +493,7 @@ fn batch_item_over_max_job_bytes_is_refused_alone() {
     let mut big = function_job("root.default", "h");
     big.kind = api::JobKind::Function {
         handler: "h".into(),
-        args: json!("a".repeat(2000)),
+        args: json!("a".repeat(2000)).into(),
     };
     let batch = api::SubmitBatch {
         jobs: vec![function_job("root.default", "h"), big],
@@ -494,7 +502,7 @@ fn batch_item_over_max_job_bytes_is_refused_alone() {
     assert_eq!(result.accepted, 1);
     assert!(result.results[0].id.is_some());
     let error = result.results[1].error.as_ref().unwrap();
-    assert_eq!(error.code, "payload_too_large");
+    assert_eq!(error.code, lqsm_api::ErrorCode::PayloadTooLarge);
     assert_eq!(error.field.as_deref(), Some("jobs[1].kind"));
     assert_still_up(&api);
 }
@@ -524,7 +532,7 @@ fn queue_creation_errors_name_the_field() {
             "/v1/queues",
             json!({"path": "root.x", "capacityy": 5}),
         )
-        .answer(400, "unknown_field")
+        .answer(400, Some(ErrorCode::UnknownField))
         .field("capacityy"),
     ];
     let wrong = check(&api, &cases);
@@ -543,7 +551,7 @@ fn missing_required_field_is_named() {
             "/v1/jobs",
             json!({"kind": {"type": "function", "handler": "h"}}),
         )
-        .answer(400, "missing_field")
+        .answer(400, Some(ErrorCode::MissingField))
         .field("queue"),
         case(
             "queue without a path",
@@ -551,7 +559,7 @@ fn missing_required_field_is_named() {
             "/v1/queues",
             json!({"capacity": 5}),
         )
-        .answer(400, "missing_field")
+        .answer(400, Some(ErrorCode::MissingField))
         .field("path"),
     ];
     let wrong = check(&api, &cases);
@@ -571,7 +579,7 @@ fn wrong_method_is_answered_with_an_error_body() {
             json!(null),
         )
         .raw("")
-        .answer(405, ""),
+        .answer(405, None),
     ];
     let wrong = check(&api, &cases);
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));

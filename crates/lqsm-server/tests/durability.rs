@@ -89,6 +89,7 @@ fn finish_everything(api: Api, handler: &'static str, load: Load) -> JoinHandle<
             labels: Default::default(),
             serves_commands: false,
             handlers: vec![handler.to_owned()],
+            protocol: api::WORKER_PROTOCOL,
         };
         api.post("/v1/workers", &registration).expect_status(200);
         let mut holding: Vec<api::Assignment> = Vec::new();
@@ -147,7 +148,7 @@ fn all_jobs(api: &Api) -> HashMap<Uuid, api::JobView> {
 fn succeeded_attempts(view: &api::JobView) -> usize {
     view.attempts
         .iter()
-        .filter(|a| a.outcome.as_deref() == Some("succeeded"))
+        .filter(|a| a.outcome == Some(lqsm_api::AttemptOutcome::Succeeded))
         .count()
 }
 
@@ -156,7 +157,7 @@ fn assert_all_stored(
     api: &Api,
     stored: &HashMap<Uuid, api::JobView>,
     acked: &[Uuid],
-    states: &[&str],
+    states: &[api::JobState],
 ) {
     let missing: Vec<(Uuid, u16)> = acked
         .iter()
@@ -170,9 +171,9 @@ fn assert_all_stored(
         acked.len(),
         &missing[..missing.len().min(20)]
     );
-    let wrong: Vec<(Uuid, &str)> = acked
+    let wrong: Vec<(Uuid, api::JobState)> = acked
         .iter()
-        .map(|id| (*id, stored[id].state.as_str()))
+        .map(|id| (*id, stored[id].state))
         .filter(|(_, s)| !states.contains(s))
         .collect();
     assert!(
@@ -209,12 +210,12 @@ fn acknowledged_submissions_survive_kill_9_mid_load() {
     server.restart();
     let api = server.api();
     let stored = all_jobs(&api);
-    assert_all_stored(&api, &stored, &acked, &["pending"]);
+    assert_all_stored(&api, &stored, &acked, &[api::JobState::Pending]);
     // The last acknowledgements before the kill are the ones most at risk: read them
     // one by one too.
     for ids in &per_thread {
         for id in &ids[ids.len().saturating_sub(10)..] {
-            assert_eq!(api.job(*id).state, "pending");
+            assert_eq!(api.job(*id).state, lqsm_api::JobState::Pending);
         }
     }
     // Large payloads live in the store beside the job records: each came back whole.
@@ -269,11 +270,16 @@ fn acknowledged_reports_survive_kill_9_and_no_job_finishes_twice() {
         &api,
         &stored,
         &acked,
-        &["pending", "scheduled", "running", "succeeded"],
+        &[
+            api::JobState::Pending,
+            api::JobState::Scheduled,
+            api::JobState::Running,
+            api::JobState::Succeeded,
+        ],
     );
     for id in &finished {
         let view = &stored[id];
-        assert_eq!(view.state, "succeeded", "{view:?}");
+        assert_eq!(view.state, lqsm_api::JobState::Succeeded, "{view:?}");
         assert_eq!(succeeded_attempts(view), 1, "{view:?}");
         assert_eq!(view.result, Some(json!("done")));
     }
@@ -293,7 +299,7 @@ fn running_attempt_survives(restart: impl FnOnce(&mut Server)) {
     let id = api.submit(&function_job("root.default", "keep"));
     let a = worker.next_assignment();
     worker.poll(&[], 0);
-    assert_eq!(api.job(id).state, "running");
+    assert_eq!(api.job(id).state, lqsm_api::JobState::Running);
 
     restart(&mut server);
     let api = server.api();
@@ -301,24 +307,27 @@ fn running_attempt_survives(restart: impl FnOnce(&mut Server)) {
 
     // The new process does not know the worker yet...
     let err = worker.poll_raw(&[], 0).expect_error(409);
-    assert_eq!(err.code, "register_again");
+    assert_eq!(err.code, lqsm_api::ErrorCode::RegisterAgain);
     // ... which registers again under its id and says what it still runs.
     worker.register_again();
     let resp = worker.poll(&[], 0);
     assert!(resp.kill.is_empty(), "{resp:?}");
     assert!(resp.assignments.is_empty(), "{resp:?}");
     let view = api.job(id);
-    assert_eq!(view.state, "running");
+    assert_eq!(view.state, lqsm_api::JobState::Running);
     assert_eq!(view.attempts.len(), 1);
     assert_eq!(view.attempts[0].token, a.token);
 
     let resp = worker.succeed(&a, json!("kept"));
     assert!(resp.refused.is_empty(), "{resp:?}");
     let view = api.job(id);
-    assert_eq!(view.state, "succeeded");
+    assert_eq!(view.state, lqsm_api::JobState::Succeeded);
     assert_eq!(view.result, Some(json!("kept")));
     assert_eq!(view.attempts.len(), 1);
-    assert_eq!(view.attempts[0].outcome.as_deref(), Some("succeeded"));
+    assert_eq!(
+        view.attempts[0].outcome,
+        Some(lqsm_api::AttemptOutcome::Succeeded)
+    );
 }
 
 #[test]
@@ -360,9 +369,16 @@ fn attempt_not_reclaimed_within_the_grace_runs_again_elsewhere() {
     assert!(second.token > first.token, "{second:?} after {first:?}");
     other.succeed(&second, json!("second time"));
     let view = api.job(id);
-    assert_eq!(view.state, "succeeded");
-    let outcomes: Vec<Option<&str>> = view.attempts.iter().map(|a| a.outcome.as_deref()).collect();
-    assert_eq!(outcomes, [Some("not_reclaimed"), Some("succeeded")]);
+    assert_eq!(view.state, lqsm_api::JobState::Succeeded);
+    let outcomes: Vec<Option<lqsm_api::AttemptOutcome>> =
+        view.attempts.iter().map(|a| a.outcome).collect();
+    assert_eq!(
+        outcomes,
+        [
+            Some(lqsm_api::AttemptOutcome::NotReclaimed),
+            Some(lqsm_api::AttemptOutcome::Succeeded)
+        ]
+    );
 
     // Its late report is refused.
     gone.reconnect(&api);
@@ -370,7 +386,10 @@ fn attempt_not_reclaimed_within_the_grace_runs_again_elsewhere() {
     gone.running.clear();
     let resp = gone.succeed(&first, json!("too late"));
     assert_eq!(resp.refused.len(), 1, "{resp:?}");
-    assert_eq!(resp.refused[0].reason, "stale_attempt");
+    assert_eq!(
+        resp.refused[0].reason,
+        lqsm_api::RefusalReason::StaleAttempt
+    );
     assert_eq!(api.job(id).result, Some(json!("second time")));
 }
 
@@ -406,16 +425,16 @@ fn queues_keys_tokens_and_finished_jobs_survive_kill_9() {
     let default: api::QueueView = api.get("/v1/queues/root.default").expect(200);
     assert_eq!(default.settings.weight, Some(5));
     let paused: api::QueueView = api.get("/v1/queues/root.paused").expect(200);
-    assert_eq!(paused.state, "stopped");
+    assert_eq!(paused.state, lqsm_api::QueueState::Stopped);
     let refused = api
         .post("/v1/jobs", &function_job("root.paused", "x"))
         .expect_error(409);
-    assert_eq!(refused.code, "not_accepting");
+    assert_eq!(refused.code, lqsm_api::ErrorCode::NotAccepting);
 
     api.get("/v1/queues/root.gone").expect_error(404);
     let reply = api.get(&format!("/v1/jobs/{orphan}"));
     let view: api::JobView = reply.expect(200);
-    assert_eq!(view.state, "cancelled");
+    assert_eq!(view.state, lqsm_api::JobState::Cancelled);
     assert_eq!(view.queue, "root.gone");
 
     let again: api::Submitted = api.post("/v1/jobs", &keyed).expect(200);
@@ -423,7 +442,7 @@ fn queues_keys_tokens_and_finished_jobs_survive_kill_9() {
     assert!(!again.created);
 
     let view = api.job(done);
-    assert_eq!(view.state, "succeeded");
+    assert_eq!(view.state, lqsm_api::JobState::Succeeded);
     assert_eq!(view.result, Some(json!(42)));
     // Fencing tokens keep growing across restarts.
     let mut worker = SimWorker::register(&api, "done");
@@ -462,16 +481,16 @@ fn sigterm_exits_with_code_0_and_keeps_every_job() {
     let api = server.api();
     for (i, id) in ids.iter().enumerate() {
         let view = api.job(*id);
-        assert_eq!(view.state, "pending");
+        assert_eq!(view.state, lqsm_api::JobState::Pending);
         assert_eq!(
             view.kind,
             api::JobKind::Function {
                 handler: "kept".into(),
-                args: json!({ "i": i })
+                args: json!({ "i": i }).into()
             }
         );
     }
-    assert_eq!(api.job(cancelled).state, "cancelled");
+    assert_eq!(api.job(cancelled).state, lqsm_api::JobState::Cancelled);
     api.get("/v1/queues/root.kept").expect_status(200);
     // A large payload is read back from the store when its job is dispatched.
     let mut worker = SimWorker::register(&api, "kept-large");

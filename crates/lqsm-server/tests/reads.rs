@@ -234,7 +234,7 @@ fn readyz_answers_503_and_the_api_unavailable_while_the_store_is_restoring() {
     assert_eq!(body["status"], "restoring");
     assert_eq!(body["error"]["code"], "unavailable");
     let refused = api.get("/v1/cluster").expect_error(503);
-    assert_eq!(refused.code, "unavailable");
+    assert_eq!(refused.code, api::ErrorCode::Unavailable);
     assert!(refused.message.contains("restoring"), "{}", refused.message);
 
     restore_tx.send(()).unwrap();

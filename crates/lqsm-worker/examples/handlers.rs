@@ -33,8 +33,16 @@ async fn invoice(args: Value) -> Result<Value, String> {
     }))
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // First thing, before any thread starts: when the worker starts this program
+    // again to supervise a command attempt, this runs the supervisor and never
+    // returns. It is what guarantees that no process of a command job outlives the
+    // worker, even one killed with SIGKILL.
+    lqsm_worker::supervisor::run_if_asked();
+    tokio::runtime::Runtime::new()?.block_on(serve_and_call())
+}
+
+async fn serve_and_call() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -39,6 +39,31 @@ const FINAL_FLUSH: Duration = Duration::from_secs(5);
 /// How long a kill-now waits for the killed attempts to be reaped.
 const KILL_WAIT: Duration = Duration::from_secs(2);
 
+/// The reason a fenced attempt is stopped with; such an attempt is not reported.
+const FENCED: &str = "stopped by its worker: the server could not be reached for too long";
+
+/// How long after the send time of its last answered call a worker cut off from
+/// the server stops its attempts (fences itself), for a server heartbeat timeout of
+/// `heartbeat_timeout`. The server declares the worker lost no earlier than its
+/// heartbeat timeout after it received that call, which was after it was sent: so
+/// fencing at the timeout less a margin ends the attempts before they can be run
+/// elsewhere. The margin (a fifth of the timeout, at least 1 s and at most 3 s, and
+/// never more than half of it) covers killing and reaping them on a loaded machine.
+pub(crate) fn fence_after(heartbeat_timeout: Duration) -> Duration {
+    let margin = (heartbeat_timeout / 5)
+        .clamp(Duration::from_secs(1), Duration::from_secs(3))
+        .min(heartbeat_timeout / 2);
+    heartbeat_timeout - margin
+}
+
+/// The longest wait a worker asks of a long-poll when it fences after `fence`:
+/// a quarter of it, so that a healthy worker, whose last answered poll may be one
+/// whole long-poll old while the next one waits, is answered well before it would
+/// fence.
+pub(crate) fn longest_poll_wait(fence: Duration) -> Duration {
+    fence / 4
+}
+
 /// Timing and limits the loop works with.
 #[derive(Clone, Debug)]
 pub(crate) struct Settings {
@@ -49,6 +74,8 @@ pub(crate) struct Settings {
     pub drain_grace: Duration,
     pub backoff_cap: Duration,
     pub serves_commands: bool,
+    /// The program that supervises command attempts (see `crate::supervisor`).
+    pub supervisor: Option<std::path::PathBuf>,
 }
 
 /// A running attempt.
@@ -59,13 +86,6 @@ struct Running {
     gpus: Vec<u32>,
     /// When it started, ms since the epoch (reported with its end).
     started_at_ms: u64,
-}
-
-/// Now, in ms since the Unix epoch.
-fn epoch_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// An attempt's end, from its task.
@@ -79,10 +99,12 @@ pub(crate) struct Done {
 enum Net {
     Registered {
         seq: u64,
+        sent_at: Instant,
         result: Result<api::WorkerView, ClientError>,
     },
     Polled {
         seq: u64,
+        sent_at: Instant,
         /// Reports numbered below this were in the poll.
         carried_below: u64,
         result: Result<api::PollResponse, ClientError>,
@@ -222,12 +244,25 @@ pub(crate) struct Agent {
     next_seq: u64,
     /// The highest poll-answer number processed since registering (sent as `ack`).
     answers_seen: u64,
+    /// The `ack` polls carry: `answers_seen` as of the last moment no replaced poll
+    /// was still waiting for its answer. An answer to a replaced poll may arrive
+    /// after one with a higher number; acknowledging the higher number before it
+    /// did would make the server count the attempts of the late answer as lost.
+    acked: u64,
     registered: bool,
     backoff: Backoff,
     retry_at: Option<Instant>,
     replace_at: Option<Instant>,
     replaced: usize,
     summary: RunSummary,
+    /// The server's heartbeat timeout, learnt when registering (older servers do not
+    /// say: then the worker cannot fence itself).
+    heartbeat_timeout: Option<Duration>,
+    /// When the last call the server answered was sent: the server has heard from
+    /// this worker since at least then.
+    last_contact: Option<Instant>,
+    /// Attempts stopped because the server could not be reached; not reported.
+    fenced: HashSet<AttemptKey>,
 }
 
 impl Agent {
@@ -266,12 +301,16 @@ impl Agent {
             current: None,
             calls: Vec::new(),
             answers_seen: 0,
+            acked: 0,
             next_seq: 0,
             registered: false,
             retry_at: None,
             replace_at: None,
             replaced: 0,
             summary: RunSummary::default(),
+            heartbeat_timeout: None,
+            last_contact: None,
+            fenced: HashSet::new(),
         }
     }
 
@@ -317,12 +356,13 @@ impl Agent {
                     self.send_poll(if quick {
                         Duration::ZERO
                     } else {
-                        self.settings.poll_wait
+                        self.long_poll_wait()
                     });
                 } else {
                     self.send_registration();
                 }
             }
+            let fence_at = self.fence_deadline();
             tokio::select! {
                 biased;
                 changed = kill.changed(), if kill_open => {
@@ -342,6 +382,7 @@ impl Agent {
                 }
                 Some(done) = self.done_rx.recv() => self.on_done(done),
                 () = sleep_until_opt(self.replace_at) => self.replace_current_poll(),
+                () = sleep_until_opt(fence_at) => self.fence(),
                 () = sleep_until_opt(self.retry_at), if self.current.is_none() => {}
                 () = sleep_until_opt(drain_deadline), if !stopped_all => {
                     stopped_all = true;
@@ -382,13 +423,18 @@ impl Agent {
         let client = self.client.clone();
         let registration = self.registration.clone();
         let tx = self.net_tx.clone();
+        let sent_at = Instant::now();
         self.spawn_call(async move {
             let result = client.register_worker(&registration).await;
-            let _ = tx.send(Net::Registered { seq, result });
+            let _ = tx.send(Net::Registered {
+                seq,
+                sent_at,
+                result,
+            });
         });
         self.current = Some(Current {
             seq,
-            sent_at: Instant::now(),
+            sent_at,
             long_poll: false,
         });
     }
@@ -403,24 +449,26 @@ impl Agent {
                 .collect(),
             finished: std::mem::take(&mut self.reports.items),
             wait_ms: wait.as_millis() as u64,
-            ack: Some(self.answers_seen),
+            ack: Some(self.ack()),
         };
         let call = self.client.poll(self.id, &request);
         // The request is encoded: the reports stay here until acknowledged.
         self.reports.items = request.finished;
         let carried_below = self.reports.end_seq();
         let tx = self.net_tx.clone();
+        let sent_at = Instant::now();
         self.spawn_call(async move {
             let result = call.await;
             let _ = tx.send(Net::Polled {
                 seq,
+                sent_at,
                 carried_below,
                 result,
             });
         });
         self.current = Some(Current {
             seq,
-            sent_at: Instant::now(),
+            sent_at,
             long_poll: !wait.is_zero(),
         });
         self.replace_at = None;
@@ -469,16 +517,23 @@ impl Agent {
 
     fn on_net(&mut self, net: Net) -> Result<(), WorkerError> {
         match net {
-            Net::Registered { seq, result } => {
+            Net::Registered {
+                seq,
+                sent_at,
+                result,
+            } => {
                 if self.current.as_ref().is_some_and(|c| c.seq == seq) {
                     self.current = None;
                 }
                 match result {
                     Ok(view) => {
                         tracing::info!(worker = %self.id, name = %view.name, "registered");
+                        self.note_contact(sent_at);
+                        self.learn_heartbeat_timeout(view.heartbeat_timeout_ms);
                         self.registered = true;
                         // The server numbers its answers afresh for a new registration.
                         self.answers_seen = 0;
+                        self.acked = 0;
                         self.backoff.reset();
                         Ok(())
                     }
@@ -491,6 +546,7 @@ impl Agent {
             }
             Net::Polled {
                 seq,
+                sent_at,
                 carried_below,
                 result,
             } => {
@@ -503,10 +559,14 @@ impl Agent {
                 }
                 match result {
                     Ok(answer) => {
+                        self.note_contact(sent_at);
                         self.on_answer(answer, carried_below, is_current);
                         Ok(())
                     }
-                    Err(_) if !is_current => Ok(()),
+                    Err(e) if !is_current => {
+                        tracing::debug!(error = %e, "a replaced poll failed; its reports ride on the current one");
+                        Ok(())
+                    }
                     Err(e) if e.is_register_again() => {
                         tracing::info!(worker = %self.id, "the server asks this worker to register again (it restarted or lost it); running attempts are kept");
                         self.registered = false;
@@ -528,6 +588,88 @@ impl Agent {
                 Ok(())
             }
         }
+    }
+
+    /// The server answered a call sent at `sent_at`: it heard from this worker then
+    /// or later.
+    fn note_contact(&mut self, sent_at: Instant) {
+        self.last_contact = Some(self.last_contact.map_or(sent_at, |t| t.max(sent_at)));
+    }
+
+    fn learn_heartbeat_timeout(&mut self, heartbeat_timeout_ms: Option<u64>) {
+        let learnt = heartbeat_timeout_ms
+            .filter(|&ms| ms > 0)
+            .map(Duration::from_millis);
+        if learnt.is_none() && self.heartbeat_timeout.is_none() {
+            tracing::warn!(
+                "the server does not tell its heartbeat timeout (an older version): this worker cannot stop its attempts when cut off from it, so a network partition may run a job twice"
+            );
+        }
+        if let Some(timeout) = learnt
+            && self.heartbeat_timeout != learnt
+        {
+            tracing::info!(
+                heartbeat_timeout = ?timeout,
+                fence_after = ?fence_after(timeout),
+                "attempts are stopped if the server cannot be reached for the fence time"
+            );
+        }
+        self.heartbeat_timeout = learnt;
+    }
+
+    /// How long a long-poll may wait: the configured wait, at most
+    /// [`longest_poll_wait`] once the server's heartbeat timeout is known.
+    fn long_poll_wait(&self) -> Duration {
+        match self.heartbeat_timeout {
+            Some(timeout) => self
+                .settings
+                .poll_wait
+                .min(longest_poll_wait(fence_after(timeout))),
+            None => self.settings.poll_wait,
+        }
+    }
+
+    /// When the attempts must be stopped if the server stays silent; none while no
+    /// attempt is left to stop.
+    fn fence_deadline(&self) -> Option<Instant> {
+        let timeout = self.heartbeat_timeout?;
+        let contact = self.last_contact?;
+        if self.running.keys().all(|key| self.fenced.contains(key)) {
+            return None;
+        }
+        Some(contact + fence_after(timeout))
+    }
+
+    /// Self-fencing: the server has not answered for so long that it may soon
+    /// declare this worker lost and run its attempts elsewhere. Kill them all now,
+    /// and do not report them: to the server they are lost, and run again.
+    fn fence(&mut self) {
+        let silent = self.last_contact.map(|t| t.elapsed()).unwrap_or_default();
+        let mut stopped = 0;
+        for (key, running) in &self.running {
+            if self.fenced.insert(*key) {
+                stopped += 1;
+                running
+                    .stop
+                    .send_if_modified(|stop| escalate(stop, Stop::Now(FENCED.into())));
+            }
+        }
+        tracing::warn!(
+            worker = %self.id,
+            attempts = stopped,
+            silent_for = ?silent,
+            heartbeat_timeout = ?self.heartbeat_timeout,
+            "no answer from the server for too long: killing this worker's attempts before the server may declare them lost and run them elsewhere"
+        );
+    }
+
+    /// What the next poll acknowledges: every answer numbered up to it has been
+    /// processed (see `acked`).
+    fn ack(&mut self) -> u64 {
+        if self.replaced == 0 {
+            self.acked = self.answers_seen;
+        }
+        self.acked
     }
 
     fn retry_later(&mut self, error: &ClientError, what: &str) {
@@ -581,6 +723,14 @@ impl Agent {
                     );
                     self.finish_now(key, failed(message));
                     return;
+                };
+                // Handlers work on a tree: the arguments' text is parsed here, once.
+                let args = match args.to_value() {
+                    Ok(args) => args,
+                    Err(e) => {
+                        self.finish_now(key, failed(format!("the job's args are not JSON: {e}")));
+                        return;
+                    }
                 };
                 // A handler may panic before it even returns its future.
                 let call = std::panic::catch_unwind(AssertUnwindSafe(|| found.call(args)));
@@ -649,7 +799,7 @@ impl Agent {
             Running {
                 stop: stop_tx,
                 gpus: Vec::new(),
-                started_at_ms: epoch_ms(),
+                started_at_ms: api::epoch_ms(),
             },
         );
         let done = self.done_tx.clone();
@@ -695,13 +845,14 @@ impl Agent {
             Running {
                 stop: stop_tx,
                 gpus,
-                started_at_ms: epoch_ms(),
+                started_at_ms: api::epoch_ms(),
             },
         );
         let options = ExecOptions {
             timeout,
             grace: self.settings.kill_grace,
             log_cap: self.settings.log_cap,
+            supervisor: self.settings.supervisor.clone(),
         };
         let limits = self.limits.clone();
         let done = self.done_tx.clone();
@@ -728,6 +879,12 @@ impl Agent {
         if let Some(running) = self.running.remove(&done.key) {
             self.free_gpus.extend(running.gpus);
             started_at_ms = Some(running.started_at_ms);
+        }
+        if self.fenced.remove(&done.key) && done.result == failed(FENCED.to_owned()) {
+            // Killed by the fence: the server will find it missing and run it again.
+            // One that ended on its own before the kill is reported as it ended.
+            self.summary.fenced += 1;
+            return;
         }
         match &done.result {
             api::AttemptResult::Succeeded { .. } => self.summary.succeeded += 1,
@@ -764,13 +921,14 @@ impl Agent {
             }
         }
         if self.registered && !self.reports.is_empty() {
+            let ack = self.ack();
             let call = self.client.poll(
                 self.id,
                 &api::PollRequest {
                     running: Vec::new(),
                     finished: std::mem::take(&mut self.reports.items),
                     wait_ms: 0,
-                    ack: Some(self.answers_seen),
+                    ack: Some(ack),
                 },
             );
             if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), call).await {
@@ -887,6 +1045,7 @@ mod tests {
             labels: Default::default(),
             serves_commands: true,
             handlers: Vec::new(),
+            protocol: api::WORKER_PROTOCOL,
         };
         let settings = Settings {
             poll_wait: Duration::from_secs(2),
@@ -896,6 +1055,7 @@ mod tests {
             drain_grace: Duration::from_secs(1),
             backoff_cap: Duration::from_secs(5),
             serves_commands: true,
+            supervisor: None,
         };
         let handlers = crate::handlers::BUILTIN_HANDLERS
             .iter()
@@ -924,7 +1084,7 @@ mod tests {
     fn echo(args: serde_json::Value) -> api::JobKind {
         api::JobKind::Function {
             handler: "lqsm.echo".into(),
-            args,
+            args: args.into(),
         }
     }
 
@@ -958,7 +1118,7 @@ mod tests {
         agent.start(assignment(
             api::JobKind::Function {
                 handler: "billing.nope".into(),
-                args: json!(null),
+                args: json!(null).into(),
             },
             1,
         ));
@@ -982,7 +1142,7 @@ mod tests {
         agent.start(assignment(
             api::JobKind::Function {
                 handler: "bad.sync".into(),
-                args: json!(null),
+                args: json!(null).into(),
             },
             1,
         ));
@@ -1065,7 +1225,7 @@ mod tests {
         let mut a = assignment(
             api::JobKind::Function {
                 handler: "lqsm.sleep".into(),
-                args: json!(30),
+                args: json!(30).into(),
             },
             1,
         );
@@ -1083,7 +1243,7 @@ mod tests {
         let a = assignment(
             api::JobKind::Function {
                 handler: "lqsm.sleep".into(),
-                args: json!({"seconds": 30}),
+                args: json!({"seconds": 30}).into(),
             },
             1,
         );
@@ -1094,7 +1254,7 @@ mod tests {
                 kill: vec![api::KillOrder {
                     job,
                     token,
-                    reason: "cancelled".into(),
+                    reason: api::KillReason::Cancelled,
                 }],
                 ..Default::default()
             },
@@ -1146,6 +1306,106 @@ mod tests {
         assert!(backoff.next_delay() >= Duration::from_millis(2500));
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn fencing_leaves_room_before_the_heartbeat_timeout_and_polls_fit_in_it() {
+        let secs = Duration::from_secs;
+        // The default 10 s heartbeat: fence at 8 s, long-polls of at most 2 s.
+        assert_eq!(fence_after(secs(10)), secs(8));
+        assert_eq!(longest_poll_wait(fence_after(secs(10))), secs(2));
+        // The margin is at least a second and at most three…
+        assert_eq!(fence_after(secs(4)), secs(3));
+        assert_eq!(fence_after(secs(60)), secs(57));
+        // …and never more than half a tiny timeout.
+        assert_eq!(
+            fence_after(Duration::from_millis(1000)),
+            Duration::from_millis(500)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_worker_silent_too_long_kills_its_attempts_and_does_not_report_them() {
+        let mut agent = agent();
+        assert_eq!(
+            agent.fence_deadline(),
+            None,
+            "nothing runs: nothing to fence"
+        );
+        agent.learn_heartbeat_timeout(Some(2_000));
+        agent.note_contact(Instant::now() - Duration::from_secs(10));
+        agent.start(assignment(
+            api::JobKind::Command {
+                argv: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    "trap '' TERM; sleep 30".into(),
+                ],
+                env: Default::default(),
+                cwd: None,
+            },
+            1,
+        ));
+        let deadline = agent.fence_deadline().expect("an attempt runs");
+        assert!(deadline <= Instant::now(), "the fence time has passed");
+        agent.fence();
+        assert_eq!(agent.fence_deadline(), None, "fenced once");
+        tokio::time::timeout(Duration::from_secs(5), agent.next_done())
+            .await
+            .expect("a fenced attempt is killed at once, not after a grace");
+        assert_eq!(agent.running_count(), 0);
+        assert!(
+            agent.reports().is_empty(),
+            "a fenced attempt is not reported: {:?}",
+            agent.reports()
+        );
+        assert_eq!(agent.summary.fenced, 1);
+    }
+
+    #[tokio::test]
+    async fn an_answer_moves_the_fence_time_to_when_its_call_was_sent() {
+        let mut agent = agent();
+        agent.learn_heartbeat_timeout(Some(10_000));
+        agent.start(assignment(
+            api::JobKind::Function {
+                handler: "lqsm.sleep".into(),
+                args: json!(30).into(),
+            },
+            1,
+        ));
+        let early = Instant::now() - Duration::from_secs(5);
+        agent.note_contact(early);
+        assert_eq!(agent.fence_deadline(), Some(early + Duration::from_secs(8)));
+        // An answer to an older call (a replaced poll) does not move it back.
+        agent.note_contact(early - Duration::from_secs(1));
+        assert_eq!(agent.fence_deadline(), Some(early + Duration::from_secs(8)));
+        let later = Instant::now();
+        agent.note_contact(later);
+        assert_eq!(agent.fence_deadline(), Some(later + Duration::from_secs(8)));
+        // Long-polls shrink to fit the fence time (4 s: fence at 3 s, polls of
+        // at most 0.75 s instead of the configured 2 s).
+        agent.learn_heartbeat_timeout(Some(4_000));
+        assert_eq!(agent.long_poll_wait(), Duration::from_millis(750));
+    }
+
+    #[tokio::test]
+    async fn an_answer_is_not_acknowledged_while_an_earlier_one_may_still_arrive() {
+        let mut agent = agent();
+        let answer = |seq| api::PollResponse {
+            seq,
+            ..Default::default()
+        };
+        agent.on_answer(answer(1), 0, true);
+        assert_eq!(agent.ack(), 1);
+        // A poll was replaced; the current one is answered first, with number 3,
+        // while the replaced one may still bring number 2.
+        agent.replaced = 1;
+        agent.on_answer(answer(3), 0, true);
+        assert_eq!(agent.ack(), 1, "answer 2 may still be on its way");
+        // The replaced poll's answer arrives: now everything up to 3 was seen.
+        agent.replaced = 0;
+        agent.on_answer(answer(2), 0, false);
+        assert_eq!(agent.ack(), 3);
     }
 
     #[test]

@@ -128,6 +128,11 @@ pub struct WorkerConfig {
     pub backoff_cap: Duration,
     /// Whether to try cgroup v2 memory limits for commands (default true).
     pub memory_limits: bool,
+    /// Whether every command attempt runs under a supervisor process that kills
+    /// all its processes when the worker dies, even by SIGKILL (default true). It
+    /// needs [`crate::supervisor::run_if_asked`] called first thing in `main`; turn
+    /// it off only where a command outliving a killed worker is acceptable.
+    pub supervise_commands: bool,
 }
 
 impl WorkerConfig {
@@ -148,6 +153,7 @@ impl WorkerConfig {
             drain_grace: Duration::from_secs(60),
             backoff_cap: Duration::from_secs(5),
             memory_limits: true,
+            supervise_commands: true,
         }
     }
 }

@@ -5,14 +5,19 @@
 //! behind in its group is killed; on a timeout or a stop the whole group gets SIGTERM,
 //! a grace period, then SIGKILL. If the future is dropped half-way the group is
 //! killed too.
+//!
+//! With [`ExecOptions::supervisor`] set (as a worker does), the command runs under
+//! an attempt supervisor ([`crate::supervisor`]), which also kills the processes that
+//! left the group, and kills everything when the worker itself dies.
 
 pub use crate::cgroup::AttemptCgroup;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::collections::VecDeque;
+use std::ffi::OsString;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -49,6 +54,10 @@ pub struct ExecOptions {
     pub grace: Duration,
     /// Most bytes of output kept (the last ones).
     pub log_cap: usize,
+    /// The program to run as the attempt's supervisor (a binary whose `main` calls
+    /// [`crate::supervisor::run_if_asked`] first). Without one, the command is the
+    /// worker's own child: a worker killed with SIGKILL leaves its processes running.
+    pub supervisor: Option<PathBuf>,
 }
 
 impl Default for ExecOptions {
@@ -57,6 +66,7 @@ impl Default for ExecOptions {
             timeout: None,
             grace: Duration::from_secs(10),
             log_cap: 1024 * 1024,
+            supervisor: None,
         }
     }
 }
@@ -136,6 +146,9 @@ pub async fn run_command(
     let Some(program) = spec.argv.first() else {
         return CommandOutcome::spawn_failed("the command is empty (argv has no program)".into());
     };
+    if let Some(supervisor) = &opts.supervisor {
+        return run_supervised(&spec, opts, supervisor, stop, cgroup).await;
+    }
     let (reader, writer) = match std::io::pipe() {
         Ok(pipe) => pipe,
         Err(e) => return CommandOutcome::spawn_failed(format!("cannot create a pipe: {e}")),
@@ -292,6 +305,296 @@ pub async fn run_command(
     }
 }
 
+/// The argv to start: the command itself, or, with a cgroup, a shell that moves
+/// itself into the cgroup before it becomes the program, so that nothing the program
+/// starts can escape the limit.
+fn command_line(spec: &CommandSpec, cgroup: Option<&AttemptCgroup>) -> Vec<OsString> {
+    match cgroup {
+        Some(cg) => {
+            let mut argv: Vec<OsString> = vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo $$ > \"$0\" && exec \"$@\"".into(),
+                cg.procs_file().into(),
+            ];
+            argv.extend(spec.argv.iter().map(OsString::from));
+            argv
+        }
+        None => spec.argv.iter().map(OsString::from).collect(),
+    }
+}
+
+/// Runs `spec` under an attempt supervisor (`supervisor`, started with the hidden
+/// argument): orders go to it through a pipe, and it reports how the command ended
+/// once every process of the attempt is gone. Dropping this future closes the
+/// control socket, which makes the supervisor kill everything, as the worker's death
+/// does.
+async fn run_supervised(
+    spec: &CommandSpec,
+    opts: &ExecOptions,
+    supervisor: &Path,
+    mut stop: watch::Receiver<Stop>,
+    cgroup: Option<&AttemptCgroup>,
+) -> CommandOutcome {
+    let program = spec.argv.first().map(String::as_str).unwrap_or_default();
+    // Bounds the descriptors opened for attempts still waiting to start, too.
+    let slot = SPAWN_SLOTS.acquire().await;
+    // The output pipe, and one socket both ways to the supervisor: orders in,
+    // status lines out (two descriptors kept per attempt, as many as a direct child
+    // with its output pipe).
+    let channels = (std::io::pipe(), std::os::unix::net::UnixStream::pair());
+    let ((output_reader, output_writer), (control, supervisor_end)) = match channels {
+        (Ok(output), Ok(control)) => (output, control),
+        (Err(e), _) | (_, Err(e)) => {
+            return CommandOutcome::spawn_failed(format!("cannot create a pipe: {e}"));
+        }
+    };
+    let supervisor_end_too = match supervisor_end.try_clone() {
+        Ok(end) => end,
+        Err(e) => return CommandOutcome::spawn_failed(format!("cannot create a pipe: {e}")),
+    };
+    let mut cmd = tokio::process::Command::new(supervisor);
+    cmd.arg0(crate::supervisor::SUPERVISOR_NAME)
+        .arg(crate::supervisor::SUPERVISOR_ARG)
+        .arg(std::process::id().to_string())
+        .args(command_line(spec, cgroup));
+    for name in HIDDEN_ENV {
+        cmd.env_remove(name);
+    }
+    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(OwnedFd::from(supervisor_end))
+        .stdout(OwnedFd::from(supervisor_end_too))
+        .stderr(output_writer)
+        // Its own group: a signal to the worker's group (Ctrl-C in a terminal)
+        // must not kill the supervisor before it has killed the command.
+        .process_group(0);
+    if let Some(cwd) = &spec.cwd {
+        cmd.current_dir(cwd);
+    }
+    let place = spec
+        .cwd
+        .as_deref()
+        .map(|d| format!(" in `{d}`"))
+        .unwrap_or_default();
+    let spawned = spawn_off_the_runtime(cmd).await;
+    drop(slot);
+    let mut supervisor_process = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            return CommandOutcome::spawn_failed(format!("cannot start `{program}`{place}: {e}"));
+        }
+    };
+    let cgroup_kill = cgroup.and_then(AttemptCgroup::kill_file);
+    let channels = (
+        tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(output_reader)),
+        control
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixStream::from_std(control)),
+    );
+    let (mut output_pipe, (mut status_pipe, order_pipe)) = match channels {
+        (Ok(output), Ok(control)) => (output, control.into_split()),
+        (Err(e), _) | (_, Err(e)) => {
+            // Our end of the control socket is closed: the supervisor kills
+            // everything and exits.
+            let _ = supervisor_process.wait().await;
+            return CommandOutcome::spawn_failed(format!("cannot read the command's output: {e}"));
+        }
+    };
+    let mut orders = SupervisorOrders {
+        pipe: order_pipe,
+        cgroup_kill,
+    };
+
+    let mut output = TailBuffer::new(opts.log_cap);
+    let mut status_text = Vec::new();
+    let mut status_buf = [0u8; 256];
+    let mut buf = vec![0u8; 16 * 1024];
+    let timeout_at = opts.timeout.map(|t| Instant::now() + t);
+    let mut stopping: Option<(Ending, Instant)> = None;
+    let mut killed = false;
+    let mut exited: Option<(std::io::Result<std::process::ExitStatus>, Instant)> = None;
+    let mut output_eof = false;
+    let mut status_eof = false;
+    let mut orders_open = true;
+    loop {
+        if let Some((_, at)) = &exited
+            && status_eof
+            && (output_eof || at.elapsed() >= SETTLE)
+        {
+            // Everything of the attempt is gone; output still open after that can
+            // only be held by a process that was handed the pipe from outside.
+            break;
+        }
+        tokio::select! {
+            read = output_pipe.read(&mut buf), if !output_eof => match read {
+                Ok(0) | Err(_) => output_eof = true,
+                Ok(n) => output.push(&buf[..n]),
+            },
+            read = status_pipe.read(&mut status_buf), if !status_eof => match read {
+                Ok(0) | Err(_) => status_eof = true,
+                Ok(n) => status_text.extend_from_slice(&status_buf[..n]),
+            },
+            exit = supervisor_process.wait(), if exited.is_none() => {
+                exited = Some((exit, Instant::now()));
+            }
+            () = sleep_until_opt(timeout_at), if stopping.is_none() && exited.is_none() => {
+                orders.terminate();
+                stopping = Some((Ending::TimedOut, Instant::now() + opts.grace));
+            }
+            changed = stop.changed(), if orders_open => {
+                if changed.is_err() {
+                    orders_open = false;
+                    continue;
+                }
+                let order = stop.borrow_and_update().clone();
+                match order {
+                    Stop::Run => {}
+                    Stop::Graceful(reason) => {
+                        if stopping.is_none() && !killed && exited.is_none() {
+                            orders.terminate();
+                            stopping = Some((Ending::Stopped(reason), Instant::now() + opts.grace));
+                        }
+                    }
+                    Stop::Now(reason) => {
+                        if !killed {
+                            orders.kill();
+                            killed = true;
+                        }
+                        if stopping.is_none() && exited.is_none() {
+                            stopping = Some((Ending::Stopped(reason), Instant::now()));
+                        }
+                    }
+                }
+            }
+            () = sleep_until_opt(stopping.as_ref().map(|s| s.1)), if stopping.is_some() && !killed => {
+                orders.kill();
+                killed = true;
+            }
+            () = sleep(GROUP_CHECK), if exited.is_some() => {}
+        }
+    }
+    let memory_exceeded = cgroup.is_some_and(AttemptCgroup::oom_killed);
+    let report = SupervisorReport::parse(&String::from_utf8_lossy(&status_text));
+    if report.ending.is_none()
+        && let Some(pid) = report.started
+    {
+        // The supervisor itself was killed before it could clean up: do what it
+        // can no longer do for the command's group.
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    let ending = match (stopping, report.ending, exited) {
+        (Some((why, _)), _, _) => why,
+        (None, Some(SupervisedEnding::SpawnFailed(e)), _) => {
+            Ending::SpawnFailed(format!("cannot start `{program}`{place}: {e}"))
+        }
+        (None, Some(SupervisedEnding::Ended(ending)), _) => ending,
+        (None, None, Some((Ok(status), _))) => Ending::SpawnFailed(format!(
+            "the attempt's supervisor ended without saying how the command ended ({status})"
+        )),
+        (None, None, Some((Err(e), _))) => Ending::SpawnFailed(format!(
+            "cannot learn how the attempt's supervisor ended: {e}"
+        )),
+        (None, None, None) => Ending::SpawnFailed("it vanished".into()),
+    };
+    CommandOutcome {
+        ending,
+        output: output.finish(),
+        memory_exceeded,
+    }
+}
+
+/// Starting a process (a fork and an exec) blocks its thread for a millisecond or
+/// more; a worker handed hundreds of attempts at once would hold the runtime's
+/// threads with them and delay its polls — long enough, on a small machine, to make
+/// it fence itself. So processes start on the blocking pool, a few at a time.
+static SPAWN_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
+/// Starts `cmd` on the blocking pool, then drops it: it holds our copies of the
+/// other pipe ends, and only the child may hold them (end of file then means it is
+/// gone).
+async fn spawn_off_the_runtime(
+    mut cmd: tokio::process::Command,
+) -> std::io::Result<tokio::process::Child> {
+    tokio::task::spawn_blocking(move || {
+        let spawned = cmd.spawn();
+        drop(cmd);
+        spawned
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(std::io::Error::other(format!(
+            "the start was interrupted: {e}"
+        )))
+    })
+}
+
+/// The worker's end of a supervisor's control socket, for orders.
+struct SupervisorOrders {
+    pipe: tokio::net::unix::OwnedWriteHalf,
+    cgroup_kill: Option<PathBuf>,
+}
+
+impl SupervisorOrders {
+    /// SIGTERM to the command's process group.
+    fn terminate(&mut self) {
+        // One byte into an empty socket never blocks; a closed one means the
+        // supervisor is already gone.
+        let _ = self.pipe.try_write(b"T");
+    }
+
+    /// SIGKILL to every process of the attempt.
+    fn kill(&mut self) {
+        let _ = self.pipe.try_write(b"K");
+        if let Some(file) = &self.cgroup_kill {
+            // Also reaches processes that left the group but not the cgroup.
+            let _ = std::fs::write(file, "1");
+        }
+    }
+}
+
+/// How the supervisor says the command ended.
+enum SupervisedEnding {
+    Ended(Ending),
+    SpawnFailed(String),
+}
+
+/// What a supervisor wrote on its status pipe.
+struct SupervisorReport {
+    /// The command's main process (and process group).
+    started: Option<i32>,
+    ending: Option<SupervisedEnding>,
+}
+
+impl SupervisorReport {
+    fn parse(text: &str) -> Self {
+        let mut report = Self {
+            started: None,
+            ending: None,
+        };
+        for line in text.lines() {
+            let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+            match word {
+                "started" => report.started = rest.trim().parse().ok(),
+                "exited" => {
+                    if let Ok(code) = rest.trim().parse() {
+                        report.ending = Some(SupervisedEnding::Ended(Ending::Exited(code)));
+                    }
+                }
+                "signalled" => {
+                    if let Ok(signal) = rest.trim().parse() {
+                        report.ending = Some(SupervisedEnding::Ended(Ending::Signalled(signal)));
+                    }
+                }
+                "spawn-failed" => {
+                    report.ending = Some(SupervisedEnding::SpawnFailed(rest.to_owned()));
+                }
+                _ => {}
+            }
+        }
+        report
+    }
+}
+
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => sleep_until(at).await,
@@ -435,6 +738,7 @@ mod tests {
             timeout: Some(Duration::from_secs(20)),
             grace: Duration::from_millis(300),
             log_cap: 1024 * 1024,
+            supervisor: None,
         }
     }
 
@@ -540,6 +844,7 @@ mod tests {
             timeout: Some(Duration::from_millis(300)),
             grace: Duration::from_millis(300),
             log_cap: 4096,
+            supervisor: None,
         };
         // SIGTERM is ignored by the shell and, inherited, by both sleeps: only the
         // SIGKILL after the grace period can end them.

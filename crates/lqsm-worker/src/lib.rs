@@ -34,6 +34,15 @@
 //! - A command's processes end with its attempt: on a timeout or a stop order its
 //!   whole process group gets SIGTERM, [`WorkerConfig::kill_grace`], then SIGKILL;
 //!   whatever it leaves behind when its main process exits is killed.
+//! - No process of an attempt outlives the worker: each command runs under its own
+//!   supervisor process ([`supervisor`]), which kills every process the command
+//!   started — also those that left its process group — when the worker dies, even
+//!   by SIGKILL. A program built on this crate calls [`supervisor::run_if_asked`]
+//!   first thing in `main`.
+//! - A worker cut off from the server stops its attempts before the server may
+//!   declare them lost (self-fencing): once nothing it sent has been answered for the
+//!   server's heartbeat timeout less a margin, it kills them and does not report
+//!   them, so that the server runs them again elsewhere while no copy runs here.
 //! - Memory limits are enforced with cgroup v2 only where the worker may create
 //!   cgroups with the memory controller; [`Worker::memory_enforced`] says whether.
 //!
@@ -44,7 +53,9 @@
 //! server had already answered the old poll with new work, that answer still arrives
 //! and its attempts start: every answer is numbered (`seq`) and every poll says the
 //! highest number the worker has processed (`ack`), so the server expects an attempt
-//! in `running` only once the answer carrying it has been seen. A poll is replaced
+//! in `running` only once the answer carrying it has been seen. Answers to replaced
+//! polls may arrive out of order, so a number is acknowledged only once no replaced
+//! poll is still waiting for its answer. A poll is replaced
 //! once it is [`WorkerConfig::cut_short_after`] old, so that reports of attempts
 //! finishing close together share one poll.
 
@@ -53,6 +64,7 @@ mod cgroup;
 mod config;
 pub mod executor;
 mod handlers;
+pub mod supervisor;
 
 pub use config::{Capacity, WorkerConfig, detect_capacity};
 pub use handlers::{BUILTIN_HANDLERS, HandlerFuture, HandlerResult};
@@ -68,6 +80,9 @@ use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::watch;
 use uuid::Uuid;
+
+/// The running program, even if its file was replaced or deleted since it started.
+const SELF_EXE: &str = "/proc/self/exe";
 
 /// Why a worker could not be built or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +128,9 @@ pub struct RunSummary {
     pub failed: u64,
     /// Attempts still running when the worker was killed.
     pub killed: usize,
+    /// Attempts the worker stopped because the server could not be reached for
+    /// too long (not reported: the server runs them again).
+    pub fenced: u64,
     /// Finished attempts the server could not be told about before returning.
     pub unreported: usize,
 }
@@ -238,7 +256,10 @@ impl WorkerBuilder {
             labels: config.labels.clone(),
             serves_commands: config.serves_commands,
             handlers,
+            protocol: lqsm_api::WORKER_PROTOCOL,
         };
+        let supervisor = (config.serves_commands && config.supervise_commands)
+            .then(|| std::path::PathBuf::from(SELF_EXE));
         let settings = Settings {
             poll_wait: config.poll_wait,
             cut_short_after: config.cut_short_after,
@@ -247,6 +268,7 @@ impl WorkerBuilder {
             drain_grace: config.drain_grace,
             backoff_cap: config.backoff_cap,
             serves_commands: config.serves_commands,
+            supervisor,
         };
         let agent = Agent::new(
             client,
@@ -275,10 +297,15 @@ fn check(config: &WorkerConfig) -> Result<(), WorkerError> {
             config.capacity.cpus
         ));
     }
+    if config.serves_commands && config.supervise_commands && !supervisor::hook_called() {
+        return bad(
+            "command jobs run under a supervisor that is this program started again: call `lqsm_worker::supervisor::run_if_asked()` first thing in `main` (or set `supervise_commands = false`, or `serves_commands = false`)".to_owned(),
+        );
+    }
     if config.poll_wait.as_millis() > 30_000 {
         return bad(format!(
-            "poll_wait is {:?}; the server waits at most 30 s, and it must stay below its heartbeat timeout (10 s by default)",
-            config.poll_wait
+            "poll_wait is {}; the server waits at most 30 s, and it must stay below its heartbeat timeout (10 s by default)",
+            lqsm_api::human_duration(config.poll_wait)
         ));
     }
     Ok(())
@@ -337,6 +364,8 @@ mod tests {
     fn config() -> WorkerConfig {
         let mut config = WorkerConfig::new("http://127.0.0.1:7420");
         config.memory_limits = false;
+        // A test binary cannot be its own attempts' supervisor.
+        config.supervise_commands = false;
         config
     }
 

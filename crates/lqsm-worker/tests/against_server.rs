@@ -5,8 +5,8 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use lqsm_api as api;
-use lqsm_client::test_server::TestServer;
 use lqsm_client::{Client, JobFailed};
+use lqsm_testkit::TestServer;
 use lqsm_worker::{Capacity, RunSummary, WorkerBuilder, WorkerConfig, WorkerError};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -63,6 +63,9 @@ fn config(server: &TestServer) -> WorkerConfig {
     };
     config.kill_grace = Duration::from_millis(300);
     config.poll_wait = Duration::from_millis(1000);
+    // The test harness cannot serve as the attempts' supervisor; the supervised
+    // path is tested by tests/supervised.rs and the lqsm binary's tests.
+    config.supervise_commands = false;
     config
 }
 
@@ -115,10 +118,7 @@ fn command(script: &str) -> api::SubmitJob {
 async fn finished(client: &Client, id: Uuid) -> api::JobView {
     let view = client.wait(id, DEADLINE).await.unwrap();
     assert!(
-        matches!(
-            view.state.as_str(),
-            "succeeded" | "failed" | "cancelled" | "expired"
-        ),
+        view.state.is_terminal(),
         "job still {} after {DEADLINE:?}: {view:?}",
         view.state
     );
@@ -142,9 +142,7 @@ fn alive(pid: i32) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_job_succeeds_and_its_output_is_in_its_logs() {
-    let Some(server) = TestServer::start().await else {
-        return;
-    };
+    let server = TestServer::start().await;
     let client = server.client();
     let worker = start_worker(WorkerBuilder::new(config(&server)), &client).await;
     let job = client
@@ -154,7 +152,7 @@ async fn a_command_job_succeeds_and_its_output_is_in_its_logs() {
         .await
         .unwrap();
     let view = finished(&client, job.id).await;
-    assert_eq!(view.state, "succeeded", "{view:?}");
+    assert_eq!(view.state, lqsm_api::JobState::Succeeded, "{view:?}");
     assert_eq!(view.exit_code, Some(0));
     assert_eq!(view.attempts[0].worker, worker.id);
     let logs = client.logs(job.id).await.unwrap();
@@ -165,9 +163,7 @@ async fn a_command_job_succeeds_and_its_output_is_in_its_logs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_command_records_its_exit_code_and_last_line() {
-    let Some(server) = TestServer::start().await else {
-        return;
-    };
+    let server = TestServer::start().await;
     let client = server.client();
     let worker = start_worker(WorkerBuilder::new(config(&server)), &client).await;
     let job = client
@@ -177,7 +173,7 @@ async fn a_failing_command_records_its_exit_code_and_last_line() {
         .await
         .unwrap();
     let view = finished(&client, job.id).await;
-    assert_eq!(view.state, "failed", "{view:?}");
+    assert_eq!(view.state, lqsm_api::JobState::Failed, "{view:?}");
     assert_eq!(view.exit_code, Some(3));
     let reason = view.reason.unwrap_or_default();
     assert!(reason.contains("cannot open input.csv"), "{reason}");
@@ -201,9 +197,7 @@ async fn a_failing_command_records_its_exit_code_and_last_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn function_jobs_return_their_results_through_delay_and_get() {
-    let Some(server) = TestServer::start().await else {
-        return;
-    };
+    let server = TestServer::start().await;
     let client = server.client();
     let builder =
         WorkerBuilder::new(config(&server)).handler("math.add", |args: Value| async move {
@@ -247,9 +241,7 @@ async fn function_jobs_return_their_results_through_delay_and_get() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timed_out_command_leaves_no_process_behind() {
-    let Some(server) = TestServer::start().await else {
-        return;
-    };
+    let server = TestServer::start().await;
     let client = server.client();
     let worker = start_worker(WorkerBuilder::new(config(&server)), &client).await;
     let dir = tempfile::tempdir().unwrap();
@@ -262,10 +254,10 @@ async fn a_timed_out_command_leaves_no_process_behind() {
     job.timeout_ms = Some(500);
     let id = client.submit(&job).await.unwrap().id;
     let view = finished(&client, id).await;
-    assert_eq!(view.state, "failed", "{view:?}");
+    assert_eq!(view.state, lqsm_api::JobState::Failed, "{view:?}");
     assert_eq!(
-        view.attempts[0].outcome.as_deref(),
-        Some("timed_out"),
+        view.attempts[0].outcome,
+        Some(lqsm_api::AttemptOutcome::TimedOut),
         "{view:?}"
     );
     let pid: i32 = std::fs::read_to_string(&pid_file)
@@ -288,9 +280,7 @@ async fn a_timed_out_command_leaves_no_process_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_running_job_stops_its_process() {
-    let Some(server) = TestServer::start().await else {
-        return;
-    };
+    let server = TestServer::start().await;
     let client = server.client();
     let worker = start_worker(WorkerBuilder::new(config(&server)), &client).await;
     let dir = tempfile::tempdir().unwrap();
@@ -319,7 +309,7 @@ async fn cancelling_a_running_job_stops_its_process() {
         .parse()
         .unwrap();
     let view = client.cancel(id).await.unwrap();
-    assert_eq!(view.state, "cancelled");
+    assert_eq!(view.state, lqsm_api::JobState::Cancelled);
     let deadline = Instant::now() + Duration::from_secs(5);
     while alive(pid) {
         assert!(
@@ -333,9 +323,7 @@ async fn cancelling_a_running_job_stops_its_process() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_running_work_before_returning() {
-    let Some(server) = TestServer::start().await else {
-        return;
-    };
+    let server = TestServer::start().await;
     let client = server.client();
     let worker = start_worker(WorkerBuilder::new(config(&server)), &client).await;
     let handle = client
@@ -343,7 +331,7 @@ async fn shutdown_drains_running_work_before_returning() {
         .await
         .unwrap();
     let deadline = Instant::now() + DEADLINE;
-    while handle.view().await.unwrap().state != "running" {
+    while handle.view().await.unwrap().state != lqsm_api::JobState::Running {
         assert!(Instant::now() < deadline, "the job never ran");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -351,16 +339,17 @@ async fn shutdown_drains_running_work_before_returning() {
     assert_eq!(summary.succeeded, 1, "{summary:?}");
     assert_eq!(summary.unreported, 0, "{summary:?}");
     // The result reached the server before run() returned.
-    assert_eq!(handle.view().await.unwrap().state, "succeeded");
+    assert_eq!(
+        handle.view().await.unwrap().state,
+        lqsm_api::JobState::Succeeded
+    );
     let workers = client.workers().await.unwrap();
-    assert_eq!(workers[0].state, "draining");
+    assert_eq!(workers[0].state, lqsm_api::WorkerState::Draining);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_attempt_survives_a_server_restart_and_is_reported_after_it() {
-    let Some(mut server) = TestServer::start().await else {
-        return;
-    };
+    let mut server = TestServer::start().await;
     let client = server.client();
     let mut config = config(&server);
     config.backoff_cap = Duration::from_millis(200);
@@ -377,7 +366,7 @@ async fn a_running_attempt_survives_a_server_restart_and_is_reported_after_it() 
         .unwrap()
         .id;
     let deadline = Instant::now() + DEADLINE;
-    while client.job(id).await.unwrap().state != "running" {
+    while client.job(id).await.unwrap().state != lqsm_api::JobState::Running {
         assert!(Instant::now() < deadline, "the job never ran");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -385,7 +374,7 @@ async fn a_running_attempt_survives_a_server_restart_and_is_reported_after_it() 
     // The restarted server waits for the worker to reclaim the attempt.
     std::fs::write(&go, "").unwrap();
     let view = finished(&client, id).await;
-    assert_eq!(view.state, "succeeded", "{view:?}");
+    assert_eq!(view.state, lqsm_api::JobState::Succeeded, "{view:?}");
     assert_eq!(view.attempts.len(), 1, "reclaimed, not run again: {view:?}");
     assert_eq!(client.logs(id).await.unwrap(), "started\ndone\n");
     worker.stop().await;

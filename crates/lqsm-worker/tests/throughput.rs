@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout, missing_docs)]
 
 use lqsm_api as api;
-use lqsm_client::test_server::TestServer;
+use lqsm_testkit::TestServer;
 use lqsm_worker::{Capacity, WorkerBuilder, WorkerConfig};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,8 @@ async fn start_worker(
         ..Capacity::default()
     };
     config.memory_limits = false;
+    // The test harness cannot serve as the attempts' supervisor.
+    config.supervise_commands = false;
     let worker = WorkerBuilder::new(config).build().unwrap();
     let id = worker.id();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -67,9 +69,7 @@ async fn wait_for_succeeded(client: &lqsm_client::Client, expected: u64) {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "a measurement: run with --ignored --nocapture, in release"]
 async fn noop_jobs_through_one_worker() {
-    let Some(server) = TestServer::start().await else {
-        return;
-    };
+    let server = TestServer::start().await;
     let client = server.client();
     let total: usize = std::env::var("LQSM_BENCH_JOBS")
         .ok()
@@ -85,7 +85,7 @@ async fn noop_jobs_through_one_worker() {
         let started = Instant::now();
         let id = client.submit(&noop()).await.unwrap().id;
         let view = client.wait(id, Duration::from_secs(10)).await.unwrap();
-        assert_eq!(view.state, "succeeded");
+        assert_eq!(view.state, lqsm_api::JobState::Succeeded);
         let elapsed = started.elapsed();
         if elapsed > Duration::from_millis(20) {
             // Where the time went, by the server's clock (ms).

@@ -5,6 +5,10 @@
 //! Every wait polls with a deadline; a wait that runs out panics with what it waited
 //! for and the end of every process's log.
 
+#![allow(dead_code)] // Each test binary uses its own part of the harness.
+
+pub mod fault_proxy;
+
 use lqsm_api as api;
 use serde::de::DeserializeOwned;
 use std::fs::File;
@@ -290,6 +294,11 @@ impl Worker {
         tail(&self.log)
     }
 
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Sends SIGTERM; the process keeps running until it chooses to exit.
     pub fn terminate(&self) {
         sigterm(self.child.as_ref().expect("the worker runs").id());
@@ -469,10 +478,7 @@ impl Cli {
 
 /// Whether a job has reached a state it never leaves.
 pub fn finished(job: &api::JobView) -> bool {
-    matches!(
-        job.state.as_str(),
-        "succeeded" | "failed" | "cancelled" | "expired"
-    )
+    job.state.is_terminal()
 }
 
 /// A temporary directory, a server and workers, torn down on drop (workers first).
@@ -505,7 +511,14 @@ impl Cluster {
 
     /// Starts a worker and waits until the server lists it as active.
     pub fn add_worker(&mut self, name: &str, cpus: u32) {
-        let worker = Worker::start(self.dir.path(), &self.server.url(), name, cpus);
+        let url = self.server.url();
+        self.add_worker_via(name, cpus, &url);
+    }
+
+    /// Starts a worker that reaches the server at `url` (a proxy in front of it,
+    /// say) and waits until the server lists it as active.
+    pub fn add_worker_via(&mut self, name: &str, cpus: u32, url: &str) {
+        let worker = Worker::start(self.dir.path(), url, name, cpus);
         self.push_active(worker);
     }
 
@@ -519,7 +532,8 @@ impl Cluster {
         let name = worker.name.clone();
         self.workers.push(worker);
         self.eventually(&format!("worker {name} to be active"), || {
-            self.worker_view(&name).filter(|w| w.state == "active")
+            self.worker_view(&name)
+                .filter(|w| w.state == lqsm_api::WorkerState::Active)
         });
     }
 
@@ -573,7 +587,7 @@ impl Cluster {
     }
 
     /// Polls the job until it is in `state`.
-    pub fn wait_state(&self, id: Uuid, state: &str) -> api::JobView {
+    pub fn wait_state(&self, id: Uuid, state: api::JobState) -> api::JobView {
         self.eventually(&format!("job {id} to be {state}"), || {
             let job = self.cli.job(id);
             assert!(
@@ -607,13 +621,20 @@ pub struct Standalone {
 impl Standalone {
     /// `lqsm standalone --listen 127.0.0.1:0 --data-dir <dir>/data`, ready.
     pub fn start(dir: &Path) -> Standalone {
-        let log = dir.join("standalone.log");
+        Standalone::start_with(dir, &[], "standalone.log")
+    }
+
+    /// Like [`Standalone::start`], with `extra` arguments, logging to `log_name` in
+    /// `dir` (give each start on the same directory its own).
+    pub fn start_with(dir: &Path, extra: &[&str], log_name: &str) -> Standalone {
+        let log = dir.join(log_name);
         let mut cmd = lqsm("info");
         cmd.arg("standalone")
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
-            .arg(dir.join("data"));
+            .arg(dir.join("data"))
+            .args(extra);
         let (child, addr) = spawn_listening(cmd, &log);
         Standalone {
             child: Some(child),
@@ -625,6 +646,13 @@ impl Standalone {
     /// The end of its log.
     pub fn log_tail(&self) -> String {
         tail(&self.log)
+    }
+
+    /// SIGKILL: the process (server and worker) dies at once.
+    pub fn kill_9(&mut self) {
+        let mut child = self.child.take().expect("standalone runs");
+        child.kill().expect("SIGKILL standalone");
+        child.wait().expect("reap standalone");
     }
 
     /// SIGTERM; waits for the process to exit and returns its exit status.

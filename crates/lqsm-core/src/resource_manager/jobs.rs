@@ -23,7 +23,7 @@ pub enum JobError {
     #[error("job {0} does not exist")]
     NotFound(JobId),
     /// The job already reached a terminal state.
-    #[error("job {id} already finished ({state:?})")]
+    #[error("job {id} already finished ({state})")]
     AlreadyFinished {
         /// The job.
         id: JobId,

@@ -24,8 +24,8 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{OnceLock, mpsc};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use uuid::Uuid;
 
@@ -48,85 +48,9 @@ pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
     }
 }
 
-/// The `lqsm` binary built by `cargo build -p lqsm-cli`, checked to be newer than
-/// every source file it is built from (a stale binary would test old code).
+/// The `lqsm` binary, fresh (see [`lqsm_testkit::lqsm_binary`]).
 pub fn binary() -> PathBuf {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(locate_binary).clone()
-}
-
-fn locate_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("LQSM_TEST_BIN") {
-        return PathBuf::from(path);
-    }
-    let exe = std::env::current_exe().expect("the test knows its own path");
-    // <target>/<profile>/deps/<test-binary>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executables live in <target>/<profile>/deps");
-    let bin = profile_dir.join(format!("lqsm{}", std::env::consts::EXE_SUFFIX));
-    let built = std::fs::metadata(&bin)
-        .and_then(|m| m.modified())
-        .unwrap_or_else(|_| {
-            panic!(
-                "the server binary {} does not exist: run `cargo build -p lqsm-cli` first (same \
-                 CARGO_TARGET_DIR and profile; `cargo test` alone does not build it), or set \
-                 LQSM_TEST_BIN to an lqsm binary",
-                bin.display()
-            )
-        });
-    let crates = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("lqsm-server lives in crates/");
-    if let Some((source, changed)) = newest_source(crates)
-        && changed > built
-    {
-        panic!(
-            "the server binary {} is older than {}: run `cargo build -p lqsm-cli` again so \
-             these tests run the current code",
-            bin.display(),
-            source.display()
-        );
-    }
-    bin
-}
-
-/// The most recently changed `.rs` file of the crates the `lqsm` binary is built from.
-fn newest_source(crates: &Path) -> Option<(PathBuf, SystemTime)> {
-    fn walk(dir: &Path, newest: &mut Option<(PathBuf, SystemTime)>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(&path, newest);
-                continue;
-            }
-            if path.extension().is_none_or(|e| e != "rs") {
-                continue;
-            }
-            let Ok(changed) = entry.metadata().and_then(|m| m.modified()) else {
-                continue;
-            };
-            if newest.as_ref().is_none_or(|(_, t)| changed > *t) {
-                *newest = Some((path, changed));
-            }
-        }
-    }
-    // Only the crates the binary is built from: others changing must not matter.
-    let mut newest = None;
-    for krate in [
-        "lqsm-core",
-        "lqsm-api",
-        "lqsm-store",
-        "lqsm-server",
-        "lqsm-cli",
-    ] {
-        walk(&crates.join(krate).join("src"), &mut newest);
-    }
-    newest
+    lqsm_testkit::lqsm_binary()
 }
 
 /// How to start a server.
@@ -551,7 +475,7 @@ impl Api {
     }
 
     /// Polls the job until it is in `state`.
-    pub fn wait_for_state(&self, id: Uuid, state: &str) -> api::JobView {
+    pub fn wait_for_state(&self, id: Uuid, state: api::JobState) -> api::JobView {
         eventually(&format!("job {id} to be {state}"), DEADLINE, || {
             let view = self.job(id);
             (view.state == state).then_some(view)
@@ -598,6 +522,7 @@ impl SimWorker {
             labels: Default::default(),
             serves_commands: false,
             handlers: vec![handler.to_owned()],
+            protocol: api::WORKER_PROTOCOL,
         };
         let mut worker = SimWorker {
             api: api.clone(),
@@ -614,7 +539,7 @@ impl SimWorker {
     pub fn register_again(&mut self) {
         let view: api::WorkerView = self.api.post("/v1/workers", &self.registration).expect(200);
         assert_eq!(view.id, self.id);
-        assert_eq!(view.state, "active");
+        assert_eq!(view.state, lqsm_api::WorkerState::Active);
     }
 
     /// Points the worker at another server address (after a restart).

@@ -1,0 +1,103 @@
+//! Worker protocol versions: a worker of the previous protocol (its registration
+//! carries no `protocol`) is served as before, one of a newer major version is refused
+//! with a message naming both versions and what to upgrade.
+#![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
+
+mod support;
+
+use lqsm_api as api;
+use serde_json::json;
+use support::{Server, function_job};
+use uuid::Uuid;
+
+/// A registration exactly as a protocol-1 worker sent it: no `protocol` field.
+fn version_one_registration(id: Uuid, handler: &str) -> serde_json::Value {
+    json!({
+        "id": id,
+        "name": "old-worker",
+        "capacity": {"cpu": 2.0, "memory_mib": 1024},
+        "serves_commands": false,
+        "handlers": [handler],
+    })
+}
+
+#[test]
+fn a_worker_of_the_previous_protocol_registers_polls_and_runs_a_job() {
+    let server = Server::start();
+    let api = server.api();
+    let id = Uuid::now_v7();
+    let view: api::WorkerView = api
+        .post("/v1/workers", &version_one_registration(id, "proto.v1"))
+        .expect(200);
+    assert_eq!(view.state, api::WorkerState::Active);
+
+    let job = api.submit(&function_job("root.default", "proto.v1"));
+    let poll = support::eventually("the old worker to get the job", support::DEADLINE, || {
+        let answer: api::PollResponse = api
+            .post(
+                &format!("/v1/workers/{id}/poll"),
+                &json!({"running": [], "finished": [], "wait_ms": 200}),
+            )
+            .expect(200);
+        (!answer.assignments.is_empty()).then_some(answer)
+    });
+    let assignment = &poll.assignments[0];
+    assert_eq!(assignment.job, job);
+    let _: api::PollResponse = api
+        .post(
+            &format!("/v1/workers/{id}/poll"),
+            &json!({
+                "ack": poll.seq,
+                "finished": [{
+                    "job": assignment.job,
+                    "token": assignment.token,
+                    "result": {"type": "succeeded", "result": "done"},
+                }],
+            }),
+        )
+        .expect(200);
+    let done = api.job(job);
+    assert_eq!(done.state, api::JobState::Succeeded, "{done:?}");
+}
+
+#[test]
+fn a_worker_of_a_newer_major_protocol_is_refused_with_what_to_upgrade() {
+    let server = Server::start();
+    let api = server.api();
+    let mut registration = version_one_registration(Uuid::now_v7(), "proto.v9");
+    let too_new = api::WORKER_PROTOCOL + 1;
+    registration["protocol"] = json!(too_new);
+    let error = api.post("/v1/workers", &registration).expect_error(400);
+    assert_eq!(
+        error.code,
+        api::ErrorCode::IncompatibleProtocol,
+        "{error:?}"
+    );
+    assert_eq!(error.field.as_deref(), Some("protocol"));
+    let expected = format!(
+        "the worker speaks protocol {too_new}, this server accepts protocols {} to {}: upgrade the LQSM server",
+        api::OLDEST_WORKER_PROTOCOL,
+        api::WORKER_PROTOCOL
+    );
+    assert!(error.message.starts_with(&expected), "{}", error.message);
+
+    // Version 0 never existed: refused too, with the advice to upgrade the worker.
+    registration["protocol"] = json!(0);
+    let error = api.post("/v1/workers", &registration).expect_error(400);
+    assert_eq!(error.code, api::ErrorCode::IncompatibleProtocol);
+    assert!(
+        error.message.contains("upgrade the worker"),
+        "{}",
+        error.message
+    );
+}
+
+#[test]
+fn the_current_protocol_is_accepted() {
+    let server = Server::start();
+    let api = server.api();
+    let mut registration = version_one_registration(Uuid::now_v7(), "proto.v2");
+    registration["protocol"] = json!(api::WORKER_PROTOCOL);
+    let view: api::WorkerView = api.post("/v1/workers", &registration).expect(200);
+    assert_eq!(view.state, api::WorkerState::Active);
+}

@@ -1,0 +1,388 @@
+//! The per-attempt supervisor: a small process between the worker and a command, so
+//! that no process of an attempt outlives the worker, however the worker dies.
+//!
+//! A process group alone cannot promise that: when the worker is killed with
+//! SIGKILL (by a person, or by the kernel's OOM killer) nothing is left to signal the
+//! group, and a command may leave its group anyway (`setsid`, a double fork). So
+//! every command attempt runs under a supervisor, the worker's own binary started
+//! again with a hidden first argument ([`SUPERVISOR_ARG`]). The supervisor:
+//!
+//! - makes itself a *child subreaper*, so that whatever the command starts — even a
+//!   `setsid` daemon that double-forked — stays its descendant;
+//! - notices the worker's death three ways: the end of its control socket to the
+//!   worker (the kernel closes it whatever killed the worker, also when the worker
+//!   died before the supervisor got going), a parent-death signal, and its parent
+//!   process id changing;
+//! - on the worker's death, on a kill order, or when the command's main process
+//!   exits, SIGKILLs every descendant (found in /proc), reaps them until it has no
+//!   child left, reports how the command ended and exits.
+//!
+//! Its file descriptors 0 and 1 are one socket to the worker: it reads orders on
+//! 0 (`T`: SIGTERM to the command's process group; `K`: kill everything; end of
+//! file: the worker is gone, kill everything) and writes status lines on 1
+//! (`started PID`, then one of `exited CODE`, `signalled SIGNAL`,
+//! `spawn-failed MESSAGE`); 2 is the command's output, given to it as both its
+//! stdout and stderr.
+//!
+//! A binary that runs a worker must call [`run_if_asked`] first thing in `main`:
+//! `lqsm` does, and so must a program of one's own built on this crate
+//! (see `examples/handlers.rs`).
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{Pid, getpid, getppid};
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// The hidden first argument that turns a worker's binary into an attempt's
+/// supervisor. Not meant to be typed by people.
+pub const SUPERVISOR_ARG: &str = "__lqsm-attempt-supervisor";
+
+/// The name the supervisor shows in `ps`.
+pub(crate) const SUPERVISOR_NAME: &str = "lqsm-attempt-supervisor";
+
+/// Set once [`run_if_asked`] has been called in this process (and returned): the
+/// binary can then serve as its own attempts' supervisor.
+static HOOK_CALLED: AtomicBool = AtomicBool::new(false);
+
+/// How often the supervisor looks whether its parent changed, in case both the
+/// pipe and the parent-death signal were missed.
+const PARENT_CHECK: Duration = Duration::from_millis(250);
+
+/// While killing the tree, how long to wait for children to die between two sweeps.
+const SWEEP_WAIT: Duration = Duration::from_millis(10);
+
+/// Becomes an attempt's supervisor when this process was started as one (its first
+/// argument is [`SUPERVISOR_ARG`]), and then never returns: it exits once the
+/// attempt's processes are all gone. Otherwise returns at once, having noted that
+/// this binary can supervise attempts.
+///
+/// Call it first thing in `main` of every binary that runs a worker with command
+/// jobs, before starting threads or a runtime:
+///
+/// ```no_run
+/// // First line of `main`:
+/// lqsm_worker::supervisor::run_if_asked();
+/// // … then start the runtime, build and run the worker …
+/// ```
+pub fn run_if_asked() {
+    let mut args = std::env::args_os();
+    if args.nth(1).as_deref() != Some(OsStr::new(SUPERVISOR_ARG)) {
+        HOOK_CALLED.store(true, Ordering::SeqCst);
+        return;
+    }
+    let rest: Vec<OsString> = args.collect();
+    std::process::exit(supervise(&rest));
+}
+
+/// Whether [`run_if_asked`] was called in this process.
+pub(crate) fn hook_called() -> bool {
+    HOOK_CALLED.load(Ordering::SeqCst)
+}
+
+/// The supervisor's life: `args` are the worker's pid, then the command's argv.
+fn supervise(args: &[OsString]) -> i32 {
+    let mut status_out = std::io::stdout().lock();
+    let mut report = |line: &str| {
+        // Nobody may be reading any more (the worker died): nothing to do then.
+        let _ = writeln!(status_out, "{line}");
+        let _ = status_out.flush();
+    };
+    let Some((worker, argv)) = args.split_first() else {
+        report("spawn-failed the supervisor was started without a command");
+        return 2;
+    };
+    let Some(worker) = worker
+        .to_str()
+        .and_then(|p| p.parse::<i32>().ok())
+        .map(Pid::from_raw)
+    else {
+        report("spawn-failed the supervisor was started without the worker's pid");
+        return 2;
+    };
+    let Some((program, program_args)) = argv.split_first() else {
+        report("spawn-failed the command is empty (argv has no program)");
+        return 2;
+    };
+    let wake = match Wake::install() {
+        Ok(wake) => wake,
+        Err(e) => {
+            report(&format!(
+                "spawn-failed the attempt's supervisor cannot watch signals: {e}"
+            ));
+            return 2;
+        }
+    };
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        report(&format!(
+            "spawn-failed the attempt's supervisor cannot become a subreaper: {e}"
+        ));
+        return 2;
+    }
+    // SIGUSR1 is caught (it only wakes the loop), so the signal cannot kill the
+    // supervisor before it has cleaned up.
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGUSR1);
+    if getppid() != worker {
+        // The worker died before the parent-death signal was armed.
+        return 0;
+    }
+    let output = match std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(|out| Ok((out.try_clone()?, out)))
+    {
+        Ok(pair) => pair,
+        Err(e) => {
+            report(&format!(
+                "spawn-failed cannot hand the command its output pipe: {e}"
+            ));
+            return 2;
+        }
+    };
+    let spawned = std::process::Command::new(program)
+        .args(program_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(output.0))
+        .stderr(Stdio::from(output.1))
+        .process_group(0)
+        .spawn();
+    let child = match spawned {
+        Ok(child) => Pid::from_raw(child.id() as i32),
+        Err(e) => {
+            report(&format!("spawn-failed {e}"));
+            return 0;
+        }
+    };
+    report(&format!("started {child}"));
+
+    let mut tree = Tree {
+        child,
+        main_status: None,
+    };
+    let orders = match std::io::stdin().as_fd().try_clone_to_owned() {
+        Ok(fd) => Some(std::fs::File::from(fd)),
+        Err(_) => None,
+    };
+    loop {
+        tree.reap_ready();
+        if tree.main_status.is_some() {
+            break;
+        }
+        if getppid() != worker {
+            // Orphaned: the worker is gone, and with it whoever wanted a result.
+            tree.kill_all();
+            return 0;
+        }
+        match wait_for_order(orders.as_ref(), &wake) {
+            Order::None => {}
+            Order::Terminate => {
+                let _ = killpg(child, Signal::SIGTERM);
+                // A stopped process handles SIGTERM only once continued.
+                let _ = killpg(child, Signal::SIGCONT);
+            }
+            Order::Kill => {
+                let _ = killpg(child, Signal::SIGKILL);
+                kill_descendants();
+            }
+            Order::WorkerGone => {
+                tree.kill_all();
+                return 0;
+            }
+        }
+    }
+    // The main process ended: whatever it left behind goes with it.
+    tree.kill_all();
+    match tree.main_status {
+        Some(WaitStatus::Exited(_, code)) => report(&format!("exited {code}")),
+        Some(WaitStatus::Signaled(_, signal, _)) => report(&format!("signalled {}", signal as i32)),
+        _ => report("exited -1"),
+    }
+    0
+}
+
+/// What the worker asked for, if anything.
+enum Order {
+    None,
+    Terminate,
+    Kill,
+    WorkerGone,
+}
+
+/// Waits a moment for an order from the worker or a signal (a child ended, the
+/// parent died), whichever comes first.
+fn wait_for_order(orders: Option<&std::fs::File>, wake: &Wake) -> Order {
+    let mut fds = vec![PollFd::new(wake.reader.as_fd(), PollFlags::POLLIN)];
+    if let Some(file) = orders {
+        fds.push(PollFd::new(file.as_fd(), PollFlags::POLLIN));
+    }
+    let timeout =
+        PollTimeout::try_from(PARENT_CHECK.as_millis() as i32).unwrap_or(PollTimeout::MAX);
+    match poll(&mut fds, timeout) {
+        Ok(0) | Err(_) => return Order::None,
+        Ok(_) => {}
+    }
+    let orders_ready = fds
+        .get(1)
+        .and_then(PollFd::revents)
+        .is_some_and(|r| !r.is_empty());
+    drop(fds);
+    wake.drain();
+    let Some(mut file) = orders.filter(|_| orders_ready) else {
+        return Order::None;
+    };
+    let mut buf = [0u8; 64];
+    match file.read(&mut buf) {
+        Ok(0) => Order::WorkerGone,
+        Ok(n) => {
+            let got = &buf[..n];
+            if got.contains(&b'K') {
+                Order::Kill
+            } else if got.contains(&b'T') {
+                Order::Terminate
+            } else {
+                Order::None
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Order::None,
+        // A broken control socket means the same as its end.
+        Err(_) => Order::WorkerGone,
+    }
+}
+
+/// The command's main process and how it ended, once it has.
+struct Tree {
+    child: Pid,
+    main_status: Option<WaitStatus>,
+}
+
+impl Tree {
+    /// Reaps every child that has ended; true while some child is still alive.
+    fn reap_ready(&mut self) -> bool {
+        loop {
+            match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => return true,
+                Ok(status) => {
+                    if status.pid() == Some(self.child)
+                        && matches!(status, WaitStatus::Exited(..) | WaitStatus::Signaled(..))
+                    {
+                        self.main_status = Some(status);
+                    }
+                }
+                Err(Errno::EINTR) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// SIGKILLs every descendant and reaps until none is left. As a subreaper the
+    /// supervisor inherits every orphan below it, so "no child left" means no
+    /// process of the attempt is left.
+    fn kill_all(&mut self) {
+        // No child at all means nothing is left, without reading /proc: the usual
+        // case of a command that exited leaving nothing behind.
+        while self.reap_ready() {
+            kill_descendants();
+            std::thread::sleep(SWEEP_WAIT);
+        }
+    }
+}
+
+/// SIGKILLs every process below this one.
+fn kill_descendants() {
+    for pid in descendants_of(getpid()) {
+        let _ = kill(pid, Signal::SIGKILL);
+    }
+}
+
+/// The processes below `root`, from the parent links in /proc.
+fn descendants_of(root: Pid) -> Vec<Pid> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if let Some(parent) = parent_in_stat(&stat) {
+            children.entry(parent).or_default().push(pid);
+        }
+    }
+    let mut found = Vec::new();
+    let mut next = vec![root.as_raw()];
+    while let Some(pid) = next.pop() {
+        if let Some(below) = children.get(&pid) {
+            for &child in below {
+                found.push(Pid::from_raw(child));
+                next.push(child);
+            }
+        }
+    }
+    found
+}
+
+/// The parent pid from a `/proc/<pid>/stat` line: `pid (comm) S ppid …`; `comm`
+/// may hold spaces and parentheses, so parse from the last `)`.
+fn parent_in_stat(stat: &str) -> Option<i32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let _state = fields.next()?;
+    fields.next()?.parse().ok()
+}
+
+/// A self-pipe written to on SIGCHLD and on the parent-death signal, so that the
+/// supervisor's wait wakes for either without a race.
+struct Wake {
+    reader: OwnedFd,
+}
+
+impl Wake {
+    fn install() -> std::io::Result<Self> {
+        let (reader, writer) = UnixStream::pair()?;
+        reader.set_nonblocking(true)?;
+        signal_hook::low_level::pipe::register(signal_hook::consts::SIGCHLD, writer.try_clone()?)?;
+        signal_hook::low_level::pipe::register(signal_hook::consts::SIGUSR1, writer)?;
+        Ok(Self {
+            reader: OwnedFd::from(reader),
+        })
+    }
+
+    fn drain(&self) {
+        let Ok(fd) = self.reader.try_clone() else {
+            return;
+        };
+        let mut stream = UnixStream::from(fd);
+        let mut buf = [0u8; 64];
+        while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_parent_is_read_from_stat_lines_with_odd_command_names() {
+        assert_eq!(
+            parent_in_stat("1234 (my (odd) prog) S 77 1230 1230 0"),
+            Some(77)
+        );
+        assert_eq!(parent_in_stat("garbage"), None);
+    }
+}

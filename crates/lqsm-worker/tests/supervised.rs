@@ -1,0 +1,253 @@
+//! The executor's promises, kept when commands run under the attempt supervisor
+//! (this test binary, started again with the hidden argument), plus what only the
+//! supervisor can do: kill processes that left the command's process group.
+//!
+//! `harness = false`: `main` must call `supervisor::run_if_asked()` before anything.
+#![allow(clippy::unwrap_used, clippy::print_stdout, missing_docs)]
+
+use lqsm_worker::executor::{CommandOutcome, CommandSpec, Ending, ExecOptions, Stop, run_command};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// A test: builds the future that runs it.
+type TestFn = fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
+fn main() {
+    lqsm_worker::supervisor::run_if_asked();
+    let tests: Vec<(&str, TestFn)> = vec![
+        (
+            "exit_codes_signals_and_output_come_through_the_supervisor",
+            || Box::pin(exit_codes_signals_and_output_come_through_the_supervisor()),
+        ),
+        (
+            "a_missing_program_or_directory_is_a_spawn_failure_naming_it",
+            || Box::pin(a_missing_program_or_directory_is_a_spawn_failure_naming_it()),
+        ),
+        ("environment_and_working_directory_are_the_jobs", || {
+            Box::pin(environment_and_working_directory_are_the_jobs())
+        }),
+        (
+            "timeout_kills_the_whole_group_even_processes_ignoring_sigterm",
+            || Box::pin(timeout_kills_the_whole_group_even_processes_ignoring_sigterm()),
+        ),
+        (
+            "processes_that_left_the_group_die_when_the_command_exits",
+            || Box::pin(processes_that_left_the_group_die_when_the_command_exits()),
+        ),
+        (
+            "a_graceful_stop_lets_the_command_clean_up_and_a_kill_ends_escapees",
+            || Box::pin(a_graceful_stop_lets_the_command_clean_up_and_a_kill_ends_escapees()),
+        ),
+        ("dropping_the_attempt_kills_every_process_of_it", || {
+            Box::pin(dropping_the_attempt_kills_every_process_of_it())
+        }),
+    ];
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut ran = 0;
+    for (name, test) in tests {
+        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        print!("test {name} ... ");
+        runtime.block_on(test());
+        println!("ok");
+        ran += 1;
+    }
+    println!("\ntest result: ok. {ran} passed");
+}
+
+fn supervised() -> ExecOptions {
+    ExecOptions {
+        timeout: Some(Duration::from_secs(20)),
+        grace: Duration::from_millis(300),
+        log_cap: 1024 * 1024,
+        supervisor: Some(PathBuf::from("/proc/self/exe")),
+    }
+}
+
+fn sh(script: &str) -> CommandSpec {
+    CommandSpec {
+        argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        ..CommandSpec::default()
+    }
+}
+
+async fn run(spec: CommandSpec, opts: &ExecOptions) -> CommandOutcome {
+    let (_tx, rx) = watch::channel(Stop::Run);
+    run_command(spec, opts, rx, None).await
+}
+
+/// Whether a live process has this pid (zombies count as gone).
+fn alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .next();
+    !matches!(state, Some("Z" | "X") | None)
+}
+
+fn pids_in(output: &str) -> Vec<i32> {
+    output
+        .lines()
+        .filter_map(|l| l.strip_prefix("pid "))
+        .map(|p| p.trim().parse().unwrap())
+        .collect()
+}
+
+/// Waits until `file` holds `n` pids, one a line.
+async fn pids_from(file: &Path, n: usize) -> Vec<i32> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let pids: Vec<i32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        if pids.len() >= n && text.ends_with('\n') {
+            return pids;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {pids:?} in {}",
+            file.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn all_gone(pids: &[i32]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|&p| alive(p)) {
+        let left: Vec<i32> = pids.iter().copied().filter(|&p| alive(p)).collect();
+        assert!(Instant::now() < deadline, "still alive: {left:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A script that leaves behind a background child and a `setsid` process (a new
+/// session, out of the command's process group) that ignores SIGTERM, each writing
+/// its pid to `pids`, then does `rest`.
+fn escaping_script(pids: &Path, rest: &str) -> String {
+    let pids = pids.display();
+    format!(
+        "sleep 300 & echo $! >> '{pids}'; \
+         setsid sh -c 'trap \"\" TERM; echo $$ >> \"$0\"; sleep 300 & echo $! >> \"$0\"; wait' '{pids}' & \
+         {rest}"
+    )
+}
+
+async fn exit_codes_signals_and_output_come_through_the_supervisor() {
+    let ok = run(sh("echo one; echo two >&2; echo three"), &supervised()).await;
+    assert_eq!(ok.ending, Ending::Exited(0));
+    assert_eq!(ok.output, "one\ntwo\nthree\n");
+    let failed = run(sh("echo 'it broke' >&2; exit 3"), &supervised()).await;
+    assert_eq!(failed.ending, Ending::Exited(3));
+    assert_eq!(failed.last_line(), "it broke");
+    let killed = run(sh("kill -KILL $$"), &supervised()).await;
+    assert_eq!(killed.ending, Ending::Signalled(9));
+}
+
+async fn a_missing_program_or_directory_is_a_spawn_failure_naming_it() {
+    let spec = CommandSpec {
+        argv: vec!["/nonexistent/lqsm-test-program".into()],
+        ..CommandSpec::default()
+    };
+    let out = run(spec, &supervised()).await;
+    match out.ending {
+        Ending::SpawnFailed(m) => assert!(m.contains("/nonexistent/lqsm-test-program"), "{m}"),
+        other => panic!("expected a spawn failure, got {other:?}"),
+    }
+    let mut spec = sh("true");
+    spec.cwd = Some("/nonexistent/lqsm-dir".into());
+    match run(spec, &supervised()).await.ending {
+        Ending::SpawnFailed(m) => assert!(m.contains("/nonexistent/lqsm-dir"), "{m}"),
+        other => panic!("expected a spawn failure, got {other:?}"),
+    }
+}
+
+async fn environment_and_working_directory_are_the_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = sh("echo \"$GREETING\"; pwd; echo \"token=${LQSM_TOKEN:-none}\"");
+    spec.env = vec![("GREETING".into(), "hello there".into())];
+    spec.cwd = Some(dir.path().to_str().unwrap().into());
+    let out = run(spec, &supervised()).await;
+    let canonical = dir.path().canonicalize().unwrap();
+    assert_eq!(
+        out.output,
+        format!("hello there\n{}\ntoken=none\n", canonical.display())
+    );
+}
+
+async fn timeout_kills_the_whole_group_even_processes_ignoring_sigterm() {
+    let opts = ExecOptions {
+        timeout: Some(Duration::from_millis(300)),
+        ..supervised()
+    };
+    let out = run(
+        sh("trap '' TERM; sleep 30 & echo pid $!; sleep 30 & echo pid $!; wait"),
+        &opts,
+    )
+    .await;
+    assert_eq!(out.ending, Ending::TimedOut);
+    let pids = pids_in(&out.output);
+    assert_eq!(pids.len(), 2, "{}", out.output);
+    all_gone(&pids).await;
+}
+
+async fn processes_that_left_the_group_die_when_the_command_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pids");
+    let script = escaping_script(
+        &file,
+        &format!(
+            "while [ $(wc -l < '{}') -lt 3 ]; do sleep 0.02; done; exit 0",
+            file.display()
+        ),
+    );
+    let out = run(sh(&script), &supervised()).await;
+    assert_eq!(out.ending, Ending::Exited(0), "{}", out.output);
+    // The outcome comes once everything is gone: no waiting needed, but allow the
+    // kernel a moment to update /proc.
+    all_gone(&pids_from(&file, 3).await).await;
+}
+
+async fn a_graceful_stop_lets_the_command_clean_up_and_a_kill_ends_escapees() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pids");
+    let script = escaping_script(
+        &file,
+        "trap 'echo cleaning up; exit 7' TERM; while :; do sleep 0.05; done",
+    );
+    let (tx, rx) = watch::channel(Stop::Run);
+    let opts = ExecOptions {
+        grace: Duration::from_secs(10),
+        ..supervised()
+    };
+    let task = tokio::spawn(async move { run_command(sh(&script), &opts, rx, None).await });
+    let pids = pids_from(&file, 3).await;
+    tx.send_replace(Stop::Graceful("cancelled".into()));
+    let out = tokio::time::timeout(Duration::from_secs(8), task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.ending, Ending::Stopped("cancelled".into()));
+    assert!(out.output.contains("cleaning up"), "{}", out.output);
+    all_gone(&pids).await;
+}
+
+async fn dropping_the_attempt_kills_every_process_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pids");
+    let script = escaping_script(&file, "trap '' TERM; sleep 300");
+    let (_tx, rx) = watch::channel(Stop::Run);
+    let opts = supervised();
+    let task = tokio::spawn(async move { run_command(sh(&script), &opts, rx, None).await });
+    let pids = pids_from(&file, 3).await;
+    task.abort();
+    let _ = task.await;
+    all_gone(&pids).await;
+}
