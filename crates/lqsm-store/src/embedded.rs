@@ -192,7 +192,8 @@ impl EmbeddedStore {
     /// batch) against the one stored, netted so that each engine key is written at most
     /// once.
     fn index_changes(&self, batch: &WriteBatch) -> Result<IndexChanges, StoreError> {
-        let mut last: HashMap<JobKey, Option<&JobIndex>> = HashMap::new();
+        let mut last: HashMap<JobKey, Option<&JobIndex>> =
+            HashMap::with_capacity(batch.jobs.len() + batch.deleted_jobs.len());
         for job in &batch.jobs {
             last.insert(job.key, Some(&job.index));
         }
@@ -208,13 +209,19 @@ impl EmbeddedStore {
             if old.as_ref() == new {
                 continue;
             }
+            // Only the entries that differ are written: a job changing state keeps its
+            // queue and tag entries (most commits are state changes).
+            match (&old, new) {
+                (Some(old), Some(new)) => changes.differences(old, new, &key),
+                (Some(old), None) => changes.entries(old, &key, false),
+                (None, Some(new)) => changes.entries(new, &key, true),
+                (None, None) => {}
+            }
             if let Some(old) = &old {
-                changes.entries(old, &key, false);
                 *changes.counts.entry(count_key(old)).or_default() -= 1;
             }
             match new {
                 Some(new) => {
-                    changes.entries(new, &key, true);
                     *changes.counts.entry(count_key(new)).or_default() += 1;
                     changes.job_index.insert(key, Some(encode_index(new)));
                 }
@@ -330,18 +337,42 @@ struct IndexChanges {
 }
 
 impl IndexChanges {
+    /// Sets the entry of job `key` under `name` in index `which` (0 queue, 1 state,
+    /// 2 tag) to present or absent after the commit.
+    fn set(&mut self, which: usize, name: &str, key: &JobKey, present: bool) {
+        let mut entry = index_prefix(name);
+        entry.extend_from_slice(key);
+        let slot = self.entries[which].entry(entry).or_insert(present);
+        // Removed then added back (or the reverse) within one commit: the later wins.
+        *slot = present;
+    }
+
+    /// Every entry of `index`, present or absent.
     fn entries(&mut self, index: &JobIndex, key: &JobKey, present: bool) {
-        let mut set = |which: usize, name: &str| {
-            let mut entry = index_prefix(name);
-            entry.extend_from_slice(key);
-            let slot = self.entries[which].entry(entry).or_insert(present);
-            // Removed then added back (or the reverse) within one commit: the later wins.
-            *slot = present;
-        };
-        set(0, &index.queue);
-        set(1, &index.state);
+        self.set(0, &index.queue, key, present);
+        self.set(1, &index.state, key, present);
         for tag in &index.tags {
-            set(2, tag);
+            self.set(2, tag, key, present);
+        }
+    }
+
+    /// Only the entries that differ between a job's stored index and its new one.
+    fn differences(&mut self, old: &JobIndex, new: &JobIndex, key: &JobKey) {
+        if old.queue != new.queue {
+            self.set(0, &old.queue, key, false);
+            self.set(0, &new.queue, key, true);
+        }
+        if old.state != new.state {
+            self.set(1, &old.state, key, false);
+            self.set(1, &new.state, key, true);
+        }
+        if old.tags != new.tags {
+            for tag in old.tags.iter().filter(|t| !new.tags.contains(t)) {
+                self.set(2, tag, key, false);
+            }
+            for tag in new.tags.iter().filter(|t| !old.tags.contains(t)) {
+                self.set(2, tag, key, true);
+            }
         }
     }
 
