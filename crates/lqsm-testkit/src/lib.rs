@@ -40,5 +40,6 @@ pub use http::{Api, Reply, SimWorker, finished_attempt, function_job};
 pub use in_process::{BlockingTestServer, TestServer, toml_settings};
 pub use process::{Ran, ServerProcess, WorkerProcess, process_gone, run_lqsm};
 pub use wait::{
-    DEADLINE, POLL_EVERY, eventually, eventually_async, eventually_explained, eventually_within,
+    DEADLINE, POLL_EVERY, eventually, eventually_async, eventually_async_within,
+    eventually_explained, eventually_within,
 };

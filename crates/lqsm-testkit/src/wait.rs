@@ -44,18 +44,30 @@ pub fn eventually_explained<T>(
 }
 
 /// [`eventually`] for async checks.
-pub async fn eventually_async<T, F>(what: &str, mut f: impl FnMut() -> F) -> T
+pub async fn eventually_async<T, F>(what: &str, f: impl FnMut() -> F) -> T
 where
     F: Future<Output = Option<T>>,
 {
-    let give_up = Instant::now() + DEADLINE;
+    eventually_async_within(what, DEADLINE, f).await
+}
+
+/// [`eventually_within`] for async checks.
+pub async fn eventually_async_within<T, F>(
+    what: &str,
+    deadline: Duration,
+    mut f: impl FnMut() -> F,
+) -> T
+where
+    F: Future<Output = Option<T>>,
+{
+    let give_up = Instant::now() + deadline;
     loop {
         if let Some(v) = f().await {
             return v;
         }
         assert!(
             Instant::now() < give_up,
-            "timed out after {DEADLINE:?} waiting for {what}"
+            "timed out after {deadline:?} waiting for {what}"
         );
         tokio::time::sleep(POLL_EVERY).await;
     }
