@@ -28,6 +28,13 @@ const ENGINE_DIR: &str = "fjall";
 /// million jobs spent seconds replaying it; this is the engine's minimum.
 const MAX_JOURNAL_BYTES: u64 = 64 << 20;
 
+/// Background threads for flushes and compactions. One: with two or more, fjall's first
+/// worker hands every compaction to the others and, while they are busy, keeps taking the
+/// same message back and sending it again, a busy loop that cost about a seventh of the
+/// server's cpu end to end on two cores (profiled). Flushes and compactions then run in
+/// turn, which a server that commits in groups keeps up with.
+const ENGINE_WORKERS: usize = 1;
+
 /// The keyspace where earlier releases kept each job's index fields (dropped at open).
 const RETIRED_JOB_INDEX: &str = "job_index";
 
@@ -89,6 +96,7 @@ impl EmbeddedStore {
         let dir = DataDir::acquire(dir)?;
         let db = Database::builder(dir.path().join(ENGINE_DIR))
             .max_journaling_size(MAX_JOURNAL_BYTES)
+            .worker_threads(ENGINE_WORKERS)
             .open()
             .map_err(engine)?;
         let keyspace = |name: &str| {
