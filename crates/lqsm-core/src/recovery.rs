@@ -216,6 +216,10 @@ impl ResourceManager {
 
         let mut max_token = input.next_token;
         let mut max_seq = 0;
+        // Grown once, not by doubling: each doubling copies the table into fresh memory
+        // the kernel must zero first, a large part of a restart with millions of jobs.
+        rm.jobs.reserve(input.jobs.len());
+        rm.job_ids.reserve(input.jobs.len());
         for record in input.jobs {
             max_seq = max_seq.max(record.seq);
             if let Some(last) = record.attempts.last() {
