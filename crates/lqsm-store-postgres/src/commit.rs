@@ -13,25 +13,33 @@ use uuid::Uuid;
 use crate::pool::Connection;
 use crate::sql;
 
-/// Writes the job rows and moves their counts: `old` reads the rows as they were before
-/// the statement (every part of one statement sees the same snapshot), `written` as they
-/// are after, and the difference goes to `lqsm_job_counts`.
+/// Writes the job rows and moves their counts. Rows that exist are updated, joined to
+/// themselves as `old` for the values they had (every part of one statement sees the same
+/// snapshot, taken before it changes anything); the others are inserted. The difference
+/// goes to `lqsm_job_counts`. A plain UPDATE, not `INSERT ... ON CONFLICT DO UPDATE`: the
+/// latter also locks each row it overwrites, one more WAL record per job (measured: the
+/// three-writes lifecycle at 12,700 jobs/s with it, see docs/BENCHMARKS.md). No other
+/// writer can insert the same keys meanwhile: commits hold the lease row's lock.
 const UPSERT_JOBS: &str = "
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[])
         AS i(key, queue, state, record)
-), old AS (
-    SELECT queue, state FROM lqsm_jobs WHERE key = ANY($1::uuid[])
-), written AS (
-    INSERT INTO lqsm_jobs AS j (key, queue, state, record)
+), updated AS (
+    UPDATE lqsm_jobs j SET queue = i.queue, state = i.state, record = i.record
+    FROM input i, lqsm_jobs old
+    WHERE j.key = i.key AND old.key = i.key
+    RETURNING j.key, j.queue, j.state, old.queue AS old_queue, old.state AS old_state
+), inserted AS (
+    INSERT INTO lqsm_jobs (key, queue, state, record)
     SELECT key, queue, state, record FROM input
-    ON CONFLICT (key) DO UPDATE
-        SET queue = excluded.queue, state = excluded.state, record = excluded.record
-    RETURNING j.queue, j.state
+    WHERE key NOT IN (SELECT key FROM updated)
+    RETURNING queue, state
 ), delta AS (
-    SELECT queue, state, 1 AS n FROM written
+    SELECT queue, state, 1 AS n FROM inserted
     UNION ALL
-    SELECT queue, state, -1 FROM old
+    SELECT queue, state, 1 FROM updated
+    UNION ALL
+    SELECT old_queue, old_state, -1 FROM updated
 )
 INSERT INTO lqsm_job_counts AS c (queue, state, jobs)
 SELECT queue, state, sum(n) FROM delta GROUP BY queue, state HAVING sum(n) <> 0
