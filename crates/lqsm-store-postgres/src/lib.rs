@@ -1,0 +1,602 @@
+//! LQSM's PostgreSQL storage backend: the [`Store`] contract kept in one PostgreSQL
+//! database (one schema of it), which several LQSM servers can share.
+//!
+//! ```no_run
+//! use lqsm_store_postgres::{PostgresOptions, PostgresStore};
+//!
+//! let mut options = PostgresOptions::new("postgresql://lqsm@db1:5432/lqsm");
+//! options.password_file = Some("/etc/lqsm/pg-password".into());
+//! let store = PostgresStore::open(&options)?;
+//! # Ok::<(), lqsm_store_postgres::PostgresError>(())
+//! ```
+//!
+//! The design, its measurements and its limits are in this crate's README.md.
+
+mod commit;
+mod config;
+mod migrations;
+mod pool;
+
+pub use config::{DEFAULT_SCHEMA, PostgresOptions, SslMode};
+pub use migrations::SCHEMA_VERSION;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use lqsm_store::{
+    Epoch, JobCount, JobFilter, JobKey, JobPage, JobQuery, Lease, Order, Snapshot, Store,
+    StoreError, WriteBatch,
+};
+use postgres::Transaction;
+use postgres::types::{FromSql, ToSql};
+use uuid::Uuid;
+
+use crate::pool::Pool;
+
+/// Why the store could not be opened. Each message says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum PostgresError {
+    /// The options cannot be used as they are.
+    #[error("PostgreSQL store configuration: {0}")]
+    Config(String),
+    /// PostgreSQL did not accept a connection.
+    #[error(
+        "cannot connect to PostgreSQL at {target}: {detail}; check that PostgreSQL runs and \
+         accepts connections from this host, and the user, password and sslmode"
+    )]
+    Connect {
+        /// Host, port, database and user (never the password).
+        target: String,
+        /// The driver's error with its causes.
+        detail: String,
+        /// The driver's error.
+        source: postgres::Error,
+    },
+    /// The database holds a schema written by a newer LQSM that this one cannot use.
+    #[error(
+        "the LQSM schema `{schema}` is at version {found}, written by a newer LQSM, which \
+         needs servers of schema version {compatible_from} or later; this server knows \
+         version {known}. Upgrade this server (or point it at another schema)"
+    )]
+    SchemaTooNew {
+        /// The schema.
+        schema: String,
+        /// Its version.
+        found: i32,
+        /// The oldest version its newest migration accepts.
+        compatible_from: i32,
+        /// The newest version this build knows.
+        known: i32,
+    },
+    /// A migration failed; the transaction was rolled back, so the schema is as it was.
+    #[error(
+        "the schema migration to version {version} failed: {detail}; the schema was left as it \
+         was. Check that the user may create tables in the schema"
+    )]
+    Migration {
+        /// The migration that failed.
+        version: i32,
+        /// The database's error with its causes.
+        detail: String,
+        /// The database's error.
+        source: postgres::Error,
+    },
+    /// Another statement failed while opening.
+    #[error("{action} failed: {detail}")]
+    Sql {
+        /// What was being done.
+        action: &'static str,
+        /// The database's error with its causes.
+        detail: String,
+        /// The database's error.
+        source: postgres::Error,
+    },
+}
+
+impl From<PostgresError> for StoreError {
+    fn from(err: PostgresError) -> Self {
+        StoreError::Engine(err.to_string())
+    }
+}
+
+/// The [`Store`] on PostgreSQL.
+///
+/// Every commit is one transaction, committed with the database's own durability
+/// (`synchronous_commit`, on by default) before `commit` returns. It locks the lease row
+/// first and checks the batch's epoch against it, so commits are serialised with each
+/// other and with lease changes across every server sharing the database: a commit either
+/// lands before a new epoch is granted or is refused after.
+pub struct PostgresStore {
+    pool: Pool,
+    schema: String,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects, creates the schema if needed and brings it to [`SCHEMA_VERSION`]. Password,
+    /// TLS mode and user come from the URL, then `options`, then the environment
+    /// (`PGPASSWORD`, `PGSSLMODE`, `PGUSER`).
+    ///
+    /// Fails with [`PostgresError::SchemaTooNew`] when a newer LQSM migrated the schema
+    /// beyond what this one can use.
+    pub fn open(options: &PostgresOptions) -> Result<Self, PostgresError> {
+        let resolved = options.resolve(&|name| std::env::var(name).ok())?;
+        let pool = Pool::new(
+            resolved,
+            options.ssl_root_cert.as_deref(),
+            options.max_connections,
+        )?;
+        {
+            let mut connection = pool.get()?;
+            migrations::migrate(
+                &mut connection.client,
+                &options.schema,
+                migrations::MIGRATIONS,
+            )?;
+        }
+        Ok(Self {
+            pool,
+            schema: options.schema.clone(),
+        })
+    }
+
+    /// [`open`](Self::open) with the default options for `url`.
+    pub fn connect(url: &str) -> Result<Self, PostgresError> {
+        Self::open(&PostgresOptions::new(url))
+    }
+
+    /// The schema this store keeps its tables in.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    fn connection(&self) -> Result<pool::Lent<'_>, StoreError> {
+        self.pool.get().map_err(StoreError::from)
+    }
+
+    /// Runs `work` in one transaction on a pooled connection and commits it.
+    fn in_transaction<T>(
+        &self,
+        work: impl FnOnce(&mut Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut connection = self.connection()?;
+        let mut tx = connection
+            .client
+            .transaction()
+            .map_err(sql("starting a transaction"))?;
+        let value = work(&mut tx)?;
+        tx.commit().map_err(sql("committing"))?;
+        Ok(value)
+    }
+}
+
+/// The current term, as the lease row holds it.
+pub(crate) struct Term {
+    pub(crate) epoch: Epoch,
+    pub(crate) lease: Option<Lease>,
+}
+
+impl Term {
+    fn fenced(&self, writer: Epoch) -> StoreError {
+        StoreError::Fenced {
+            writer,
+            current: self.epoch,
+            holder: self
+                .lease
+                .as_ref()
+                .map_or_else(|| "nobody".to_string(), |l| l.holder.clone()),
+        }
+    }
+}
+
+/// Reads the lease row and locks it until the transaction ends.
+pub(crate) const LOCK_LEASE: &str =
+    "SELECT epoch, holder, expires_at_ms FROM lqsm_lease FOR UPDATE";
+
+/// Reads the lease row without locking it.
+const READ_LEASE: &str = "SELECT epoch, holder, expires_at_ms FROM lqsm_lease";
+
+/// Reads the lease row, locking it until the transaction ends when `lock`.
+pub(crate) fn read_term(
+    client: &mut impl postgres::GenericClient,
+    lock: bool,
+) -> Result<Term, StoreError> {
+    read_term_with(client, if lock { LOCK_LEASE } else { READ_LEASE })
+}
+
+/// Reads the lease row with `query` (one of [`LOCK_LEASE`] and [`READ_LEASE`], as text or
+/// prepared).
+pub(crate) fn read_term_with<Q: postgres::ToStatement + ?Sized>(
+    client: &mut impl postgres::GenericClient,
+    query: &Q,
+) -> Result<Term, StoreError> {
+    let row = client
+        .query_opt(query, &[])
+        .map_err(sql("reading the lease"))?
+        .ok_or_else(|| StoreError::Corrupt {
+            what: "the lease row is missing from lqsm_lease".to_string(),
+        })?;
+    let epoch = unsigned(column::<i64>(&row, 0)?, "epoch")?;
+    let holder: Option<String> = column(&row, 1)?;
+    let expires: Option<i64> = column(&row, 2)?;
+    let lease = match (holder, expires) {
+        (Some(holder), Some(expires)) => Some(Lease {
+            holder,
+            epoch,
+            expires_at_ms: unsigned(expires, "lease expiry")?,
+        }),
+        _ => None,
+    };
+    Ok(Term { epoch, lease })
+}
+
+fn write_term(tx: &mut Transaction<'_>, term: &Term) -> Result<(), StoreError> {
+    let holder = term.lease.as_ref().map(|l| l.holder.as_str());
+    let expires = term.lease.as_ref().map(|l| signed(l.expires_at_ms));
+    tx.execute(
+        "UPDATE lqsm_lease SET epoch = $1, holder = $2, expires_at_ms = $3",
+        &[&signed(term.epoch), &holder, &expires],
+    )
+    .map_err(sql("writing the lease"))?;
+    Ok(())
+}
+
+/// A lease's expiry, `now_ms + ttl`, kept within what a bigint column holds.
+fn expiry(now_ms: u64, ttl: Duration) -> u64 {
+    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    now_ms.saturating_add(ttl_ms).min(i64::MAX as u64)
+}
+
+/// A u64 in a bigint column; values over `i64::MAX` (none in practice: epochs count
+/// acquisitions, times are milliseconds) are clamped.
+pub(crate) fn signed(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn unsigned(value: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt {
+        what: format!("the stored {what} is negative ({value})"),
+    })
+}
+
+/// A column of a row, with a type mismatch reported as a damaged schema instead of a panic.
+pub(crate) fn column<'a, T: FromSql<'a>>(
+    row: &'a postgres::Row,
+    index: usize,
+) -> Result<T, StoreError> {
+    row.try_get(index).map_err(|e| StoreError::Corrupt {
+        what: format!("a column of the LQSM schema has an unexpected type ({e})"),
+    })
+}
+
+fn job_key(row: &postgres::Row, index: usize) -> Result<JobKey, StoreError> {
+    Ok(column::<Uuid>(row, index)?.into_bytes())
+}
+
+/// Maps the driver's errors onto what an operator can act on.
+pub(crate) fn sql(action: &'static str) -> impl Fn(postgres::Error) -> StoreError {
+    move |err| {
+        if err.is_closed() {
+            return StoreError::Engine(format!(
+                "the connection to PostgreSQL closed while {action}; check that PostgreSQL \
+                 runs and is reachable (a commit cut off this way may or may not have landed)"
+            ));
+        }
+        StoreError::Engine(format!(
+            "PostgreSQL failed while {action}: {}",
+            with_causes(&err)
+        ))
+    }
+}
+
+/// An error and its causes, "outer: inner: innermost" (the driver's own message is often
+/// only "db error", with PostgreSQL's words in its cause).
+pub(crate) fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(inner) = cause {
+        let inner_text = inner.to_string();
+        if !text.contains(&inner_text) {
+            text.push_str(": ");
+            text.push_str(&inner_text);
+        }
+        cause = inner.source();
+    }
+    text
+}
+
+impl Store for PostgresStore {
+    fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        batch.check_limits()?;
+        let mut connection = self.connection()?;
+        if batch.is_empty() {
+            // Nothing to write, but a stale writer must still hear that it is fenced.
+            let term = read_term(&mut connection.client, false)?;
+            if term.epoch != batch.epoch {
+                return Err(term.fenced(batch.epoch));
+            }
+            return Ok(());
+        }
+        commit::commit(&mut connection, batch)
+    }
+
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        let mut connection = self.connection()?;
+        // One point in time for all three, even while other servers commit.
+        let mut tx = connection
+            .client
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .map_err(sql("starting the load"))?;
+        let mut jobs = Vec::new();
+        let mut rows = tx
+            .query_raw(
+                "SELECT key, record FROM lqsm_jobs ORDER BY key",
+                std::iter::empty::<&(dyn ToSql + Sync)>(),
+            )
+            .map_err(sql("loading the jobs"))?;
+        while let Some(row) = postgres::fallible_iterator::FallibleIterator::next(&mut rows)
+            .map_err(sql("loading the jobs"))?
+        {
+            jobs.push((job_key(&row, 0)?, column::<Vec<u8>>(&row, 1)?));
+        }
+        drop(rows);
+        let named = |tx: &mut Transaction<'_>, query: &str| -> Result<_, StoreError> {
+            tx.query(query, &[])
+                .map_err(sql("loading queues and meta"))?
+                .iter()
+                .map(|row| Ok((column::<String>(row, 0)?, column::<Vec<u8>>(row, 1)?)))
+                .collect::<Result<Vec<_>, StoreError>>()
+        };
+        let queues = named(
+            &mut tx,
+            "SELECT path, record FROM lqsm_queues ORDER BY path",
+        )?;
+        let meta = named(&mut tx, "SELECT name, value FROM lqsm_meta ORDER BY name")?;
+        tx.commit().map_err(sql("ending the load"))?;
+        Ok(Snapshot { jobs, queues, meta })
+    }
+
+    fn payloads(&self, jobs: &[JobKey]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<Uuid> = jobs.iter().map(|k| Uuid::from_bytes(*k)).collect();
+        let mut connection = self.connection()?;
+        let statement = connection
+            .statement("SELECT key, payload FROM lqsm_payloads WHERE key = ANY($1)")
+            .map_err(sql("reading payloads"))?;
+        let rows = connection
+            .client
+            .query(&statement, &[&keys])
+            .map_err(sql("reading payloads"))?;
+        let mut found = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            found.insert(job_key(row, 0)?, column::<Vec<u8>>(row, 1)?);
+        }
+        Ok(jobs.iter().map(|k| found.get(k).cloned()).collect())
+    }
+
+    fn logs(&self, job: &JobKey) -> Result<Option<Vec<u8>>, StoreError> {
+        self.by_key(
+            "SELECT logs FROM lqsm_logs WHERE key = $1",
+            job,
+            "reading logs",
+        )
+    }
+
+    fn job(&self, key: &JobKey) -> Result<Option<Vec<u8>>, StoreError> {
+        self.by_key(
+            "SELECT record FROM lqsm_jobs WHERE key = $1",
+            key,
+            "reading a job",
+        )
+    }
+
+    fn jobs(&self, query: &JobQuery) -> Result<JobPage, StoreError> {
+        let limit = query.limit.max(1);
+        let (text, name) = listing_sql(query);
+        let after = query.after.map(Uuid::from_bytes);
+        // One more than a page, to tell whether there is a next page.
+        let fetch = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(3);
+        if let Some(name) = &name {
+            params.push(name);
+        }
+        if let Some(after) = &after {
+            params.push(after);
+        }
+        params.push(&fetch);
+        let mut connection = self.connection()?;
+        let statement = connection.statement(&text).map_err(sql("listing jobs"))?;
+        let rows = connection
+            .client
+            .query(&statement, &params)
+            .map_err(sql("listing jobs"))?;
+        let mut page = JobPage::default();
+        for row in rows.iter().take(limit) {
+            page.jobs
+                .push((job_key(row, 0)?, column::<Vec<u8>>(row, 1)?));
+        }
+        if rows.len() > limit {
+            page.next = page.jobs.last().map(|(key, _)| *key);
+        }
+        Ok(page)
+    }
+
+    fn counts(&self) -> Result<Vec<JobCount>, StoreError> {
+        let mut connection = self.connection()?;
+        let rows = connection
+            .client
+            .query(
+                "SELECT queue, state, jobs FROM lqsm_job_counts WHERE jobs > 0
+                 ORDER BY queue, state",
+                &[],
+            )
+            .map_err(sql("reading job counts"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(JobCount {
+                    queue: column(row, 0)?,
+                    state: column(row, 1)?,
+                    count: unsigned(column(row, 2)?, "job count")?,
+                })
+            })
+            .collect()
+    }
+
+    fn epoch(&self) -> Result<Epoch, StoreError> {
+        let mut connection = self.connection()?;
+        Ok(read_term(&mut connection.client, false)?.epoch)
+    }
+
+    fn lease(&self) -> Result<Option<Lease>, StoreError> {
+        let mut connection = self.connection()?;
+        Ok(read_term(&mut connection.client, false)?.lease)
+    }
+
+    fn acquire_lease(&self, holder: &str, ttl: Duration, now_ms: u64) -> Result<Lease, StoreError> {
+        self.in_transaction(|tx| {
+            let term = read_term(tx, true)?;
+            if let Some(current) = &term.lease
+                && current.holder != holder
+                && current.is_live(now_ms)
+            {
+                return Err(StoreError::LeaseHeld {
+                    holder: current.holder.clone(),
+                    epoch: current.epoch,
+                    remaining_ms: current.expires_at_ms - now_ms,
+                });
+            }
+            let lease = Lease {
+                holder: holder.to_string(),
+                epoch: term.epoch + 1,
+                expires_at_ms: expiry(now_ms, ttl),
+            };
+            write_term(
+                tx,
+                &Term {
+                    epoch: lease.epoch,
+                    lease: Some(lease.clone()),
+                },
+            )?;
+            Ok(lease)
+        })
+    }
+
+    fn renew_lease(&self, lease: &Lease, ttl: Duration, now_ms: u64) -> Result<Lease, StoreError> {
+        self.in_transaction(|tx| {
+            let term = read_term(tx, true)?;
+            check_current(lease, &term)?;
+            let renewed = Lease {
+                expires_at_ms: expiry(now_ms, ttl),
+                ..lease.clone()
+            };
+            write_term(
+                tx,
+                &Term {
+                    epoch: term.epoch,
+                    lease: Some(renewed.clone()),
+                },
+            )?;
+            Ok(renewed)
+        })
+    }
+
+    fn resign_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.in_transaction(|tx| {
+            let term = read_term(tx, true)?;
+            check_current(lease, &term)?;
+            write_term(
+                tx,
+                &Term {
+                    epoch: term.epoch,
+                    lease: None,
+                },
+            )
+        })
+    }
+}
+
+impl PostgresStore {
+    /// One bytea column of the row with key `key`.
+    fn by_key(
+        &self,
+        query: &str,
+        key: &JobKey,
+        action: &'static str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut connection = self.connection()?;
+        let statement = connection.statement(query).map_err(sql(action))?;
+        let row = connection
+            .client
+            .query_opt(&statement, &[&Uuid::from_bytes(*key)])
+            .map_err(sql(action))?;
+        row.map(|row| column::<Vec<u8>>(&row, 0)).transpose()
+    }
+}
+
+/// The SQL of a listing and the name its filter compares with. Parameters, in order: the
+/// name (unless listing all), the cursor (if any), the row limit.
+fn listing_sql(query: &JobQuery) -> (String, Option<String>) {
+    let (from, key, name, filter) = match &query.filter {
+        JobFilter::All => ("lqsm_jobs j", "j.key", None, None),
+        JobFilter::Queue(name) => ("lqsm_jobs j", "j.key", Some(name), Some("j.queue")),
+        JobFilter::State(name) => ("lqsm_jobs j", "j.key", Some(name), Some("j.state")),
+        JobFilter::Tag(name) => (
+            "lqsm_job_tags t JOIN lqsm_jobs j ON j.key = t.key",
+            "t.key",
+            Some(name),
+            Some("t.tag"),
+        ),
+    };
+    let mut conditions = Vec::with_capacity(2);
+    let mut next_param = 1;
+    if let Some(column) = filter {
+        conditions.push(format!("{column} = ${next_param}"));
+        next_param += 1;
+    }
+    let (direction, beyond) = match query.order {
+        Order::OldestFirst => ("ASC", ">"),
+        Order::NewestFirst => ("DESC", "<"),
+    };
+    if query.after.is_some() {
+        conditions.push(format!("{key} {beyond} ${next_param}"));
+        next_param += 1;
+    }
+    let condition = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
+    };
+    let text = format!(
+        "SELECT j.key, j.record FROM {from} {condition} ORDER BY {key} {direction} LIMIT ${next_param}"
+    );
+    (text, name.cloned())
+}
+
+/// Refuses a renewal or resignation of a lease that is not the current one.
+fn check_current(lease: &Lease, term: &Term) -> Result<(), StoreError> {
+    let lost = |why: String| StoreError::LeaseLost {
+        holder: lease.holder.clone(),
+        epoch: lease.epoch,
+        why,
+    };
+    match &term.lease {
+        Some(current) if current.epoch == lease.epoch && current.holder == lease.holder => Ok(()),
+        Some(current) => Err(lost(format!(
+            "epoch {} was granted to `{}`",
+            current.epoch, current.holder
+        ))),
+        None => Err(lost("it was resigned".to_string())),
+    }
+}

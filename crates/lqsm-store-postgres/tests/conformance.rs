@@ -1,0 +1,374 @@
+//! The store's contract against a real PostgreSQL: the whole conformance kit, fencing
+//! between two servers sharing one database, and the schema version checks.
+//!
+//! Needs PostgreSQL at `LQSM_TEST_POSTGRES_URL` (default
+//! `postgresql://postgres@127.0.0.1:5432/test`, trust auth). Each test works in a schema of
+//! its own, dropped at its end. When PostgreSQL does not answer, the tests fail saying so.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use lqsm_store::testsuite::{Model, job_key, job_write};
+use lqsm_store::{
+    Epoch, JobCount, JobKey, JobPage, JobQuery, Lease, Snapshot, Store, StoreError, WriteBatch,
+};
+use lqsm_store_postgres::{PostgresError, PostgresOptions, PostgresStore, SslMode};
+
+fn url() -> String {
+    std::env::var("LQSM_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/test".to_string())
+}
+
+/// A schema of its own for one test, dropped when the test ends (also when it fails).
+struct Schema {
+    name: String,
+}
+
+impl Schema {
+    fn new() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let name = format!(
+            "lqsm_test_{}_{}_{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        Self { name }
+    }
+
+    fn options(&self) -> PostgresOptions {
+        let mut options = PostgresOptions::new(url()).with_schema(&self.name);
+        options.ssl_mode = Some(SslMode::Disable);
+        options
+    }
+
+    fn open(&self) -> PostgresStore {
+        PostgresStore::open(&self.options()).unwrap_or_else(|e| {
+            panic!(
+                "{e}\nThese tests need PostgreSQL at {} (trust auth, database `test`); start \
+                 it, or point LQSM_TEST_POSTGRES_URL at one",
+                url()
+            )
+        })
+    }
+
+    /// Runs SQL in this schema on a connection of its own.
+    fn execute(&self, sql: &str) {
+        let mut client = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
+        client
+            .batch_execute(&format!("SET search_path = {}; {sql}", self.name))
+            .unwrap();
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        if let Ok(mut client) = postgres::Client::connect(&url(), postgres::NoTls) {
+            let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
+        }
+    }
+}
+
+/// A store in its own schema. Fields drop in order: connections close before the schema
+/// is dropped.
+struct TestStore {
+    store: PostgresStore,
+    schema: Schema,
+}
+
+fn fresh() -> TestStore {
+    let schema = Schema::new();
+    TestStore {
+        store: schema.open(),
+        schema,
+    }
+}
+
+fn reopen(test: TestStore) -> TestStore {
+    let TestStore { store, schema } = test;
+    drop(store);
+    TestStore {
+        store: schema.open(),
+        schema,
+    }
+}
+
+impl Store for TestStore {
+    fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        self.store.commit(batch)
+    }
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        self.store.load()
+    }
+    fn payloads(&self, jobs: &[JobKey]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        self.store.payloads(jobs)
+    }
+    fn logs(&self, job: &JobKey) -> Result<Option<Vec<u8>>, StoreError> {
+        self.store.logs(job)
+    }
+    fn job(&self, key: &JobKey) -> Result<Option<Vec<u8>>, StoreError> {
+        self.store.job(key)
+    }
+    fn jobs(&self, query: &JobQuery) -> Result<JobPage, StoreError> {
+        self.store.jobs(query)
+    }
+    fn counts(&self) -> Result<Vec<JobCount>, StoreError> {
+        self.store.counts()
+    }
+    fn epoch(&self) -> Result<Epoch, StoreError> {
+        self.store.epoch()
+    }
+    fn lease(&self) -> Result<Option<Lease>, StoreError> {
+        self.store.lease()
+    }
+    fn acquire_lease(&self, holder: &str, ttl: Duration, now_ms: u64) -> Result<Lease, StoreError> {
+        self.store.acquire_lease(holder, ttl, now_ms)
+    }
+    fn renew_lease(&self, lease: &Lease, ttl: Duration, now_ms: u64) -> Result<Lease, StoreError> {
+        self.store.renew_lease(lease, ttl, now_ms)
+    }
+    fn resign_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.store.resign_lease(lease)
+    }
+}
+
+lqsm_store::store_testsuite!(new_store: fresh, reopen: reopen);
+
+#[test]
+fn commit_failing_half_way_through_its_transaction_applies_nothing() {
+    // A meta name with a NUL byte is refused by PostgreSQL (text cannot hold one) when its
+    // statement runs, after the jobs, payloads and queues of the batch were written inside
+    // the transaction: the rollback must take all of them back.
+    lqsm_store::testsuite::failed_commit_applies_nothing(fresh, |test, batch| {
+        let mut failing = batch.clone();
+        failing.meta.push(("bad\0name".to_string(), b"x".to_vec()));
+        test.store.commit(&failing)
+    });
+}
+
+#[test]
+fn a_commit_at_the_old_epoch_is_refused_after_another_server_takes_the_lease() {
+    const TTL: Duration = Duration::from_secs(10);
+    let schema = Schema::new();
+    let server_a = schema.open();
+    let server_b = schema.open();
+    let mut model = Model::new();
+
+    let lease_a = server_a.acquire_lease("server-a", TTL, 1_000).unwrap();
+    let mut batch = WriteBatch::new();
+    batch.epoch = lease_a.epoch;
+    batch.jobs.push(job_write(1, b"from a".to_vec()));
+    batch.meta.push(("next_token".to_string(), b"1".to_vec()));
+    server_a.commit(&batch).unwrap();
+    model.apply(&batch);
+
+    // a's lease lapses; b takes over through its own connections.
+    let lease_b = server_b.acquire_lease("server-b", TTL, 20_000).unwrap();
+    assert_eq!(lease_b.epoch, lease_a.epoch + 1);
+
+    let mut stale = WriteBatch::new();
+    stale.epoch = lease_a.epoch;
+    stale.jobs.push(job_write(1, b"overwritten by a".to_vec()));
+    stale.jobs.push(job_write(2, b"new from a".to_vec()));
+    stale.payloads.push((job_key(2), b"payload".to_vec()));
+    stale.queues.push(("root.a".to_string(), b"q".to_vec()));
+    stale.meta.push(("next_token".to_string(), b"2".to_vec()));
+    stale.deleted_jobs.push(lqsm_store::testsuite::deletion(1));
+    match server_a.commit(&stale) {
+        Err(StoreError::Fenced {
+            writer,
+            current,
+            holder,
+        }) => {
+            assert_eq!((writer, current), (lease_a.epoch, lease_b.epoch));
+            assert_eq!(holder, "server-b");
+        }
+        other => panic!("a's commit at its old epoch must be fenced, got {other:?}"),
+    }
+    assert!(matches!(
+        server_a.renew_lease(&lease_a, TTL, 20_001),
+        Err(StoreError::LeaseLost { .. })
+    ));
+
+    // Nothing of a's refused batch landed, as either server reads it.
+    for server in [&server_a, &server_b] {
+        assert_eq!(server.load().unwrap(), model.snapshot());
+        assert_eq!(server.payloads(&[job_key(2)]).unwrap(), vec![None]);
+        assert_eq!(server.counts().unwrap(), model.counts());
+    }
+    let mut from_b = WriteBatch::new();
+    from_b.epoch = lease_b.epoch;
+    from_b.jobs.push(job_write(3, b"from b".to_vec()));
+    server_b.commit(&from_b).unwrap();
+    model.apply(&from_b);
+    assert_eq!(server_a.load().unwrap(), model.snapshot());
+}
+
+#[test]
+fn commits_racing_a_lease_change_either_land_before_it_or_are_fenced() {
+    // Server a commits as fast as it can while b takes the lease: every commit a was told
+    // succeeded is stored, and none of those a was told were fenced.
+    const TTL: Duration = Duration::from_secs(10);
+    let schema = Schema::new();
+    let server_a = schema.open();
+    let server_b = schema.open();
+    let lease_a = server_a.acquire_lease("server-a", TTL, 0).unwrap();
+    let outcomes = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let mut outcomes = Vec::new();
+            // Until fenced: b takes the lease while a is still writing.
+            for n in 0..1_000_000u64 {
+                let mut batch = WriteBatch::new();
+                batch.epoch = lease_a.epoch;
+                batch.jobs.push(job_write(n, n.to_be_bytes().to_vec()));
+                let fenced = match server_a.commit(&batch) {
+                    Ok(()) => false,
+                    Err(StoreError::Fenced { .. }) => true,
+                    Err(e) => panic!("commit {n} failed: {e}"),
+                };
+                outcomes.push((n, fenced));
+                if fenced {
+                    break;
+                }
+            }
+            outcomes
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        server_b.acquire_lease("server-b", TTL, 60_000).unwrap();
+        writer.join().unwrap()
+    });
+    let stored: Vec<JobKey> = server_b
+        .load()
+        .unwrap()
+        .jobs
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    let landed: Vec<JobKey> = outcomes
+        .iter()
+        .filter(|(_, fenced)| !fenced)
+        .map(|(n, _)| job_key(*n))
+        .collect();
+    assert_eq!(
+        outcomes.last().map(|(_, fenced)| *fenced),
+        Some(true),
+        "a's last commit was fenced"
+    );
+    assert!(!landed.is_empty(), "a committed before b took over");
+    assert_eq!(
+        stored, landed,
+        "exactly the acknowledged commits are stored"
+    );
+}
+
+#[test]
+fn reopening_applies_no_migration_twice() {
+    let schema = Schema::new();
+    drop(schema.open());
+    drop(schema.open());
+    let mut client = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
+    let rows = client
+        .query(
+            &format!(
+                "SELECT version FROM {}.lqsm_schema_version ORDER BY version",
+                schema.name
+            ),
+            &[],
+        )
+        .unwrap();
+    let versions: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(
+        versions,
+        (1..=lqsm_store_postgres::SCHEMA_VERSION).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_newer_schema_marked_compatible_is_used() {
+    let schema = Schema::new();
+    let store = schema.open();
+    let mut batch = WriteBatch::new();
+    batch.meta.push(("next_token".to_string(), b"7".to_vec()));
+    store.commit(&batch).unwrap();
+    drop(store);
+    let ours = lqsm_store_postgres::SCHEMA_VERSION;
+    schema.execute(&format!(
+        "CREATE INDEX lqsm_meta_by_value ON lqsm_meta (value);
+         INSERT INTO lqsm_schema_version (version, compatible_from, description)
+         VALUES ({}, {ours}, 'an index only: older servers may go on')",
+        ours + 1
+    ));
+
+    let store = schema.open();
+    assert_eq!(store.load().unwrap().meta.len(), 1);
+    store.commit(&batch).unwrap();
+}
+
+#[test]
+fn a_newer_schema_not_marked_compatible_is_refused() {
+    let schema = Schema::new();
+    drop(schema.open());
+    let ours = lqsm_store_postgres::SCHEMA_VERSION;
+    schema.execute(&format!(
+        "INSERT INTO lqsm_schema_version (version, compatible_from, description)
+         VALUES ({}, {}, 'a new layout older servers would corrupt')",
+        ours + 1,
+        ours + 1
+    ));
+    match PostgresStore::open(&schema.options()) {
+        Err(PostgresError::SchemaTooNew {
+            found,
+            compatible_from,
+            known,
+            ..
+        }) => {
+            assert_eq!((found, compatible_from, known), (ours + 1, ours + 1, ours));
+        }
+        other => panic!("a schema newer than this server must be refused, got {other:?}"),
+    }
+    let message = PostgresStore::open(&schema.options())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("Upgrade this server"), "{message}");
+}
+
+#[test]
+fn an_unreachable_database_is_named_in_the_error() {
+    // Port 1 on loopback: nothing listens there.
+    let mut options = PostgresOptions::new("postgresql://lqsm@127.0.0.1:1/lqsm");
+    options.ssl_mode = Some(SslMode::Disable);
+    let message = PostgresStore::open(&options).err().unwrap().to_string();
+    assert!(
+        message.contains("cannot connect to PostgreSQL at 127.0.0.1:1/lqsm as `lqsm`"),
+        "{message}"
+    );
+}
+
+#[test]
+fn sslmode_require_connects_encrypted() {
+    // The test server has TLS on (`ssl = on`) with a certificate no authority here signed:
+    // `require` without a root certificate encrypts without authenticating, as libpq does.
+    let schema = Schema::new();
+    let mut options = schema.options();
+    options.ssl_mode = Some(SslMode::Require);
+    let store = PostgresStore::open(&options).unwrap();
+    let mut batch = WriteBatch::new();
+    batch.meta.push(("over".to_string(), b"tls".to_vec()));
+    store.commit(&batch).unwrap();
+    let mut client = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
+    let encrypted: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+             WHERE a.application_name = 'lqsm' AND s.ssl",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(encrypted >= 1, "the store's connection is encrypted");
+    assert_eq!(store.load().unwrap().meta.len(), 1);
+}
