@@ -20,6 +20,11 @@ pub struct ServerArgs {
     /// Data directory [default: ./lqsm-data].
     #[arg(long, env = "LQSM_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Where the state is kept: `embedded` (in the data directory; the default) or a
+    /// PostgreSQL URL (`postgresql://user@host:5432/database`; the password may come from
+    /// PGPASSWORD).
+    #[arg(long, env = "LQSM_STORE", value_name = "embedded|URL")]
+    store: Option<String>,
     /// Listen beyond loopback even without tokens.
     #[arg(long, env = "LQSM_INSECURE")]
     insecure: bool,
@@ -55,6 +60,21 @@ impl ServerArgs {
         if let Some(v) = self.data_dir {
             config.data_dir = v;
         }
+        match self.store.as_deref() {
+            None => {}
+            Some("embedded") => {
+                config.store.backend = lqsm_server::config::StoreBackend::Embedded;
+                config.store.url = None;
+            }
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                config.store.backend = lqsm_server::config::StoreBackend::Postgres;
+                config.store.url = Some(url.to_owned());
+            }
+            Some(other) => anyhow::bail!(
+                "--store `{other}` is neither `embedded` nor a PostgreSQL URL (postgresql://user@host:5432/database)"
+            ),
+        }
+        config.store.check().map_err(|e| anyhow::anyhow!(e))?;
         config.insecure |= self.insecure;
         if let Some(token) = self.admin_token {
             config.tokens.push(lqsm_server::config::TokenConfig {

@@ -55,6 +55,20 @@ pub struct StoreConfig {
     pub node: String,
     /// How long the lease lasts unless renewed (it is renewed every third of this).
     pub lease_ttl_ms: u64,
+    /// `postgres` only: the database, as a URL (`postgresql://user@host:5432/db`) or libpq
+    /// `key=value` pairs. The password and TLS mode may instead come from
+    /// `password_file`/`sslmode` or the environment (`PGPASSWORD`, `PGSSLMODE`).
+    pub url: Option<String>,
+    /// `postgres` only: the schema LQSM's tables live in (default `lqsm`).
+    pub schema: Option<String>,
+    /// `postgres` only: a file holding the password, used when the URL has none.
+    pub password_file: Option<PathBuf>,
+    /// `postgres` only: `disable`, `prefer` or `require`, used when the URL has none.
+    pub sslmode: Option<String>,
+    /// `postgres` only: certificate authorities (PEM) to check the server's certificate.
+    pub ssl_root_cert: Option<PathBuf>,
+    /// `postgres` only: the most connections this server opens (default 8).
+    pub max_connections: Option<usize>,
 }
 
 impl Default for StoreConfig {
@@ -63,6 +77,59 @@ impl Default for StoreConfig {
             backend: StoreBackend::Embedded,
             node: "lqsm-server".to_owned(),
             lease_ttl_ms: 30_000,
+            url: None,
+            schema: None,
+            password_file: None,
+            sslmode: None,
+            ssl_root_cert: None,
+            max_connections: None,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The PostgreSQL options of `backend = "postgres"`, or why they cannot be used.
+    pub fn postgres_options(&self) -> Result<lqsm_store_postgres::PostgresOptions, String> {
+        let url = self.url.clone().ok_or_else(|| {
+            "store.url is required with store.backend = \"postgres\" (e.g. \"postgresql://lqsm@db1:5432/lqsm\")"
+                .to_owned()
+        })?;
+        let mut options = lqsm_store_postgres::PostgresOptions::new(url);
+        if let Some(schema) = &self.schema {
+            options.schema.clone_from(schema);
+        }
+        options.password_file.clone_from(&self.password_file);
+        options.ssl_root_cert.clone_from(&self.ssl_root_cert);
+        if let Some(mode) = &self.sslmode {
+            options.ssl_mode = Some(mode.parse().map_err(|e| format!("store.sslmode: {e}"))?);
+        }
+        if let Some(n) = self.max_connections {
+            options.max_connections = n;
+        }
+        Ok(options)
+    }
+
+    /// Refuses settings that do not fit the backend (a URL for the embedded store, a
+    /// PostgreSQL store without one).
+    pub fn check(&self) -> Result<(), String> {
+        match self.backend {
+            StoreBackend::Postgres => self.postgres_options().map(|_| ()),
+            StoreBackend::Embedded => {
+                let postgres_only = [
+                    ("url", self.url.is_some()),
+                    ("schema", self.schema.is_some()),
+                    ("password_file", self.password_file.is_some()),
+                    ("sslmode", self.sslmode.is_some()),
+                    ("ssl_root_cert", self.ssl_root_cert.is_some()),
+                    ("max_connections", self.max_connections.is_some()),
+                ];
+                match postgres_only.iter().find(|(_, set)| *set) {
+                    Some((name, _)) => Err(format!(
+                        "store.{name} is a setting of the PostgreSQL store, but store.backend is \"embedded\"; set backend = \"postgres\" or remove it"
+                    )),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }
@@ -73,6 +140,8 @@ impl Default for StoreConfig {
 pub enum StoreBackend {
     /// One data directory, nothing to install (`lqsm_store::EmbeddedStore`).
     Embedded,
+    /// A PostgreSQL database (`lqsm_store_postgres::PostgresStore`), at `store.url`.
+    Postgres,
 }
 
 impl TryFrom<String> for StoreBackend {
@@ -80,8 +149,9 @@ impl TryFrom<String> for StoreBackend {
     fn try_from(name: String) -> Result<Self, String> {
         match name.as_str() {
             "embedded" => Ok(Self::Embedded),
+            "postgres" => Ok(Self::Postgres),
             other => Err(format!(
-                "store.backend `{other}` is not a backend this build has; use \"embedded\" (the default)"
+                "store.backend `{other}` is not a backend this build has; use \"embedded\" (the default) or \"postgres\""
             )),
         }
     }
@@ -225,7 +295,9 @@ impl Default for Limits {
 impl ServerConfig {
     /// Reads a TOML file on top of the defaults.
     pub fn from_toml(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        let config: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.store.check()?;
+        Ok(config)
     }
 }
 
@@ -253,10 +325,46 @@ mod tests {
     }
 
     #[test]
+    fn the_postgres_backend_takes_its_url_and_secrets_from_the_store_section() {
+        let config = ServerConfig::from_toml(
+            "[store]\nbackend = \"postgres\"\nurl = \"postgresql://lqsm@db1/lqsm\"\nschema = \"prod\"\nsslmode = \"require\"\npassword_file = \"/etc/lqsm/pg\"\n",
+        )
+        .expect("a postgres store");
+        let options = config.store.postgres_options().expect("usable");
+        assert_eq!(options.url, "postgresql://lqsm@db1/lqsm");
+        assert_eq!(options.schema, "prod");
+        assert_eq!(
+            options.ssl_mode,
+            Some(lqsm_store_postgres::SslMode::Require)
+        );
+        assert_eq!(
+            options.password_file.as_deref(),
+            Some(std::path::Path::new("/etc/lqsm/pg"))
+        );
+    }
+
+    #[test]
+    fn store_settings_that_do_not_fit_the_backend_are_refused_naming_the_field() {
+        let err = ServerConfig::from_toml("[store]\nbackend = \"postgres\"\n").expect_err("no url");
+        assert!(err.contains("store.url is required"), "{err}");
+        let err = ServerConfig::from_toml("[store]\nurl = \"postgresql://db1/lqsm\"\n")
+            .expect_err("a url for the embedded store");
+        assert!(
+            err.contains("store.url is a setting of the PostgreSQL store"),
+            "{err}"
+        );
+        let err = ServerConfig::from_toml(
+            "[store]\nbackend = \"postgres\"\nurl = \"postgresql://db1/x\"\nsslmode = \"maybe\"\n",
+        )
+        .expect_err("an unknown sslmode");
+        assert!(err.contains("store.sslmode"), "{err}");
+    }
+
+    #[test]
     fn an_unknown_store_backend_is_refused_naming_the_field() {
-        let err = ServerConfig::from_toml("[store]\nbackend = \"postgres\"\n")
-            .expect_err("no such backend");
-        assert!(err.contains("store.backend `postgres`"), "{err}");
+        let err =
+            ServerConfig::from_toml("[store]\nbackend = \"mysql\"\n").expect_err("no such backend");
+        assert!(err.contains("store.backend `mysql`"), "{err}");
         assert!(err.contains("embedded"), "{err}");
     }
 

@@ -287,14 +287,25 @@ fn decode_jobs(raw: Vec<(lqsm_store::JobKey, Vec<u8>)>) -> Result<Vec<JobRecord>
 pub fn open_store(config: &ServerConfig) -> Result<Arc<dyn Store>, ServerError> {
     match config.store.backend {
         StoreBackend::Embedded => Ok(Arc::new(EmbeddedStore::open(&config.data_dir)?)),
+        StoreBackend::Postgres => {
+            let options = config
+                .store
+                .postgres_options()
+                .map_err(ServerError::Config)?;
+            let store = lqsm_store_postgres::PostgresStore::open(&options)
+                .map_err(|e| ServerError::Store(e.into()))?;
+            Ok(Arc::new(store))
+        }
     }
 }
 
 /// Takes the store's lease for this server (a new epoch, which fences any earlier writer)
 /// and keeps renewing it every third of its time to live while the returned task runs.
+/// Blocks on the store: call it from a blocking thread, as every store call.
 pub fn take_lease(
     store: &Arc<dyn Store>,
     config: &ServerConfig,
+    runtime: &tokio::runtime::Handle,
 ) -> Result<(Lease, tokio::task::JoinHandle<()>), ServerError> {
     let ttl = Duration::from_millis(config.store.lease_ttl_ms.max(1));
     let now = resource_manager::wall_clock().0;
@@ -302,7 +313,7 @@ pub fn take_lease(
     let renewing = {
         let store = store.clone();
         let mut lease = lease.clone();
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let mut every = tokio::time::interval(ttl / 3);
             every.tick().await;
             loop {
@@ -517,7 +528,8 @@ pub async fn serve_after(
     drop(starting);
     let result = actor.await;
     // Let the next server take over at once (a restart of this one would anyway).
-    if let Err(e) = store.resign_lease(&lease) {
+    let resigned = tokio::task::spawn_blocking(move || store.resign_lease(&lease)).await;
+    if let Ok(Err(e)) = resigned {
         tracing::warn!(error = %e, "could not resign the store's lease");
     }
     match served {
@@ -546,8 +558,18 @@ struct Started {
 /// starts the actor.
 async fn start_scheduler(config: &ServerConfig) -> Result<Started, ServerError> {
     let opening = std::time::Instant::now();
-    let store = open_store(config)?;
-    let (lease, renewing) = take_lease(&store, config)?;
+    // Opening replays a journal or connects to a database: off the async threads.
+    let (store, lease, renewing) = {
+        let config = config.clone();
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let store = open_store(&config)?;
+            let (lease, renewing) = take_lease(&store, &config, &runtime)?;
+            Ok::<_, ServerError>((store, lease, renewing))
+        })
+        .await
+        .map_err(|e| ServerError::Config(format!("opening the store failed: {e}")))??
+    };
     // After a crash, opening replays the store's journal: often the longest part of a restart.
     tracing::info!(
         open_ms = opening.elapsed().as_millis() as u64,

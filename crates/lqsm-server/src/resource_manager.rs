@@ -582,7 +582,7 @@ impl Actor {
                 let _ = reply.send(());
             }
         }
-        self.send_answers(effects.answers);
+        self.send_answers(effects.answers).await;
         self.expire_job_waits();
         Ok(())
     }
@@ -604,23 +604,34 @@ impl Actor {
     }
 
     /// Sends the answers the core composed to the polls waiting for them, with what
-    /// a worker needs to run each new attempt.
-    fn send_answers(&mut self, answers: Vec<lqsm_core::PollAnswer>) {
+    /// a worker needs to run each new attempt (the kinds kept in the store read in one
+    /// call, on a blocking thread).
+    async fn send_answers(&mut self, answers: Vec<lqsm_core::PollAnswer>) {
+        let stored: Vec<lqsm_store::JobKey> = answers
+            .iter()
+            .flat_map(|answer| &answer.assignments)
+            .filter(|a| {
+                self.rm
+                    .job(a.job)
+                    .is_some_and(|j| matches!(j.spec.kind, lqsm_core::JobKind::Stored { .. }))
+            })
+            .map(|a| *a.job.0.as_bytes())
+            .collect();
+        let mut fetched = if stored.is_empty() {
+            HashMap::new()
+        } else {
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || fetch_kinds(store.as_ref(), &stored))
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "reading job payloads failed");
+                    HashMap::new()
+                })
+        };
         for answer in answers {
             let Some(reply) = self.waiting_polls.remove(&answer.ticket) else {
                 continue;
             };
-            let stored: Vec<lqsm_store::JobKey> = answer
-                .assignments
-                .iter()
-                .filter(|a| {
-                    self.rm
-                        .job(a.job)
-                        .is_some_and(|j| matches!(j.spec.kind, lqsm_core::JobKind::Stored { .. }))
-                })
-                .map(|a| *a.job.0.as_bytes())
-                .collect();
-            let mut fetched = fetch_kinds(self.store.as_ref(), &stored);
             let assignments = answer
                 .assignments
                 .into_iter()
