@@ -131,6 +131,19 @@ fn execute(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
+/// Keeps the kernel from backing this process's memory with transparent huge pages. The
+/// allocator asks for them, and the kernel then zeroes a whole 2 MiB page the first time
+/// any byte of it is touched, again each time the allocator has given freed memory back:
+/// with the short-lived buffers of every group commit, that zeroing took a fifth of the
+/// server's cpu end to end (profiled; docs/BENCHMARKS.md). Children inherit the setting,
+/// so the supervisor of a command job turns it back off for the job
+/// (`lqsm_worker::supervisor`).
+fn refuse_transparent_huge_pages() {
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        tracing::debug!(error = %e, "cannot turn transparent huge pages off for this process");
+    }
+}
+
 fn main() -> ExitCode {
     // Before anything else: when a worker starts this binary again to supervise a
     // command attempt, this is that supervisor, and it never returns.
@@ -143,6 +156,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Server(_) | Command::Worker(_) | Command::Standalone(_)
+    ) {
+        refuse_transparent_huge_pages();
+    }
     match execute(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

@@ -1,11 +1,12 @@
-//! The `lqsm` binary as a person runs it. (Having tests here also makes
-//! `cargo test --workspace` build the binary that the server's tests start.)
+//! The `lqsm` binary as a person runs it.
 #![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 
 use std::process::Command;
 
+/// The binary as it is, environment included (`lqsm_testkit::process::lqsm_command`
+/// would clear `LQSM_*` and set the log level).
 fn lqsm() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_lqsm"))
+    Command::new(lqsm_testkit::lqsm_binary())
 }
 
 #[test]

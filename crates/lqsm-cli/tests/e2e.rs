@@ -5,7 +5,8 @@
 
 mod e2e_support;
 
-use e2e_support::{Cli, Cluster, DEADLINE, Standalone, finished, process_gone};
+use e2e_support::{Cli, Cluster, finished};
+use lqsm_testkit::{DEADLINE, Ran, ServerProcess, process_gone, run_lqsm};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
@@ -213,7 +214,7 @@ fn running_jobs_survive_a_server_restart_and_are_recorded_once() {
         "the server should exit with 0 after SIGTERM; its log:\n{}",
         c.server.log_tail()
     );
-    c.server.start_again();
+    c.server.restart();
 
     let jobs = c.eventually("the four jobs to finish after the restart", || {
         let jobs = c.cli.jobs();
@@ -263,7 +264,7 @@ fn queue_counters_survive_a_server_restart() {
 
     let status = c.server.terminate();
     assert_eq!(status.code(), Some(0), "{}", c.server.log_tail());
-    c.server.start_again();
+    c.server.restart();
 
     let after = queue_counts(&c.cli, "root.default");
     assert_eq!(
@@ -291,7 +292,7 @@ fn a_declared_queue_changed_through_the_api_does_not_stop_a_restart() {
         .success();
     let status = c.server.terminate();
     assert_eq!(status.code(), Some(0), "{}", c.server.log_tail());
-    c.server.start_again();
+    c.server.restart();
 
     let kept: lqsm_api::QueueView = c.cli.json(&["queue", "show", "root.etl"]);
     assert_eq!(
@@ -409,7 +410,7 @@ fn sigterm_lets_a_worker_finish_its_job_then_exit_0() {
     let id = c.cli.submit(&["--", "sleep", "2"]);
     c.wait_state(id, lqsm_api::JobState::Running);
 
-    c.worker("w1").terminate();
+    c.worker("w1").sigterm();
     let status = c.worker("w1").wait_exit(DEADLINE);
     assert_eq!(
         status.code(),
@@ -459,9 +460,9 @@ fn cli_prints_trees_and_json_and_refuses_bad_input_with_a_reason() {
     let unknown = c.cli.run(&["submit", "--queue", "root.nope", "--", "true"]);
     assert_refused(&unknown, "root.nope");
 
-    let unreachable = e2e_support::run_lqsm(
+    let unreachable = run_lqsm(
         &["--server", "http://127.0.0.1:9", "submit", "--", "true"],
-        e2e_support::COMMAND_DEADLINE,
+        DEADLINE,
     );
     assert_refused(&unreachable, "cannot reach");
 
@@ -568,7 +569,7 @@ fn submit_asks_for_custom_resources_that_only_a_worker_offering_them_fits() {
 }
 
 /// Asserts the command failed, said `needle` on stderr, and did not panic.
-fn assert_refused(ran: &e2e_support::Ran, needle: &str) {
+fn assert_refused(ran: &Ran, needle: &str) {
     assert!(
         !ran.status.success(),
         "`{}` should fail: {ran:#?}",
@@ -607,10 +608,10 @@ fn bench_with_its_own_worker_completes_every_job() {
 
 #[test]
 fn standalone_alone_runs_a_command_job() {
-    let dir = tempfile::TempDir::with_prefix("lqsm-e2e-").unwrap();
-    let mut standalone = Standalone::start(dir.path());
+    let mut standalone = ServerProcess::builder().standalone().start();
+    let cli = Cli::new(&standalone.url());
 
-    let ran = standalone.cli.run(&[
+    let ran = cli.run(&[
         "-o",
         "json",
         "submit",
@@ -623,7 +624,7 @@ fn standalone_alone_runs_a_command_job() {
     assert_eq!(ran.code(), Some(0), "{ran:#?}\n{}", standalone.log_tail());
     let job: lqsm_api::JobView = ran.json();
     assert_eq!(job.state, lqsm_api::JobState::Succeeded, "{job:#?}");
-    let logs = standalone.cli.run(&["job", "logs", &job.id.to_string()]);
+    let logs = cli.run(&["job", "logs", &job.id.to_string()]);
     assert!(logs.success().stdout.contains("standalone-ok"), "{logs:#?}");
 
     let status = standalone.terminate();

@@ -16,11 +16,10 @@
 
 mod e2e_support;
 
-use e2e_support::fault_proxy::FaultProxy;
-use e2e_support::{Cluster, Standalone, eventually_or, process_gone};
+use e2e_support::{Cli, Cluster};
 use lqsm_api as api;
+use lqsm_testkit::{DEADLINE, FaultProxy, ServerProcess, eventually_explained, process_gone};
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 use uuid::Uuid;
@@ -130,7 +129,7 @@ fn killing_a_worker_ends_every_process_of_its_jobs_and_the_job_completes_once() 
     first_run.assert_gone_within(PROCESSES_END_WITHIN, "after kill -9 of the worker");
 
     c.add_worker("w2", 1);
-    let finished = eventually_or(
+    let finished = eventually_explained(
         "the job to complete on w2",
         Duration::from_secs(60),
         || c.logs(),
@@ -153,14 +152,12 @@ fn killing_standalone_ends_every_process_of_its_jobs_and_the_job_completes_once(
     let dir = tempfile::TempDir::with_prefix("lqsm-e2e-").unwrap();
     let marks = dir.path().join("marks");
     std::fs::create_dir(&marks).unwrap();
-    let mut standalone = Standalone::start_with(dir.path(), &[], "standalone-1.log");
-    let job =
-        standalone
-            .cli
-            .submit(&["--retries", "3", "--", "sh", "-c", &escaping_job(&marks, 8)]);
-    let pids = eventually_or(
+    let mut standalone = ServerProcess::builder().standalone().start();
+    let cli = Cli::new(&standalone.url());
+    let job = cli.submit(&["--retries", "3", "--", "sh", "-c", &escaping_job(&marks, 8)]);
+    let pids = eventually_explained(
         "the job to start its processes",
-        Duration::from_secs(20),
+        DEADLINE,
         || standalone.log_tail(),
         || attempt_pids(&marks, job, 1),
     );
@@ -170,16 +167,12 @@ fn killing_standalone_ends_every_process_of_its_jobs_and_the_job_completes_once(
     first_run.assert_gone_within(PROCESSES_END_WITHIN, "after kill -9 of standalone");
 
     // Started again, it waits a moment for the old worker, then runs the job anew.
-    let standalone = Standalone::start_with(
-        dir.path(),
-        &["--reclaim-grace-ms", "1000"],
-        "standalone-2.log",
-    );
-    let finished = eventually_or(
+    standalone.restart_with(&["--reclaim-grace-ms", "1000"]);
+    let finished = eventually_explained(
         "the job to complete after the restart",
         Duration::from_secs(60),
         || standalone.log_tail(),
-        || Some(standalone.cli.job(job)).filter(e2e_support::finished),
+        || Some(cli.job(job)).filter(e2e_support::finished),
     );
     assert_eq!(
         finished.state,
@@ -194,13 +187,7 @@ fn killing_standalone_ends_every_process_of_its_jobs_and_the_job_completes_once(
 fn a_worker_cut_off_from_the_server_stops_its_jobs_before_they_run_elsewhere() {
     let heartbeat = Duration::from_secs(5);
     let mut c = Cluster::start(&["--heartbeat-timeout-ms", "5000"], &[]);
-    let server: SocketAddr = c
-        .server
-        .url()
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let proxy = FaultProxy::start(server);
+    let proxy = FaultProxy::start(c.server.addr());
     c.add_worker_via("cut", 1, &proxy.url());
     let dir = c.path("marks");
     std::fs::create_dir(&dir).unwrap();
@@ -226,14 +213,14 @@ fn a_worker_cut_off_from_the_server_stops_its_jobs_before_they_run_elsewhere() {
         "the job ran again before its first run was stopped\n{}",
         c.logs()
     );
-    let second = eventually_or(
+    let second = eventually_explained(
         "the job to run again on the healthy worker",
-        Duration::from_secs(30),
+        DEADLINE,
         || c.logs(),
         || attempt_pids(&dir, job, 2),
     );
     let second_run = Leftovers::new(&second);
-    let finished = eventually_or(
+    let finished = eventually_explained(
         "the job to complete on the healthy worker",
         Duration::from_secs(60),
         || c.logs(),
@@ -267,13 +254,7 @@ fn a_short_network_blip_does_not_stop_a_healthy_workers_jobs() {
     // The default heartbeat timeout (10 s): the worker fences 8 s after its last
     // answered poll and polls at most every 2 s, so a 2 s outage is well inside.
     let mut c = Cluster::start(&[], &[]);
-    let server: SocketAddr = c
-        .server
-        .url()
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let proxy = FaultProxy::start(server);
+    let proxy = FaultProxy::start(c.server.addr());
     c.add_worker_via("blip", 1, &proxy.url());
     let dir = c.path("marks");
     std::fs::create_dir(&dir).unwrap();
@@ -287,7 +268,7 @@ fn a_short_network_blip_does_not_stop_a_healthy_workers_jobs() {
     std::thread::sleep(Duration::from_secs(2));
     proxy.heal();
 
-    let finished = eventually_or(
+    let finished = eventually_explained(
         "the job to complete",
         Duration::from_secs(60),
         || c.logs(),
@@ -396,7 +377,7 @@ fn reported_scenario_short_jobs_with_worker_kills_complete_once_each() {
     for kill in 0..kills {
         // Spread the kills over the run.
         let due = (kill + 1) * total / (kills + 2);
-        eventually_or(
+        eventually_explained(
             &format!("{due} jobs to complete before kill {}", kill + 1),
             Duration::from_secs(120),
             || c.logs(),
@@ -405,7 +386,7 @@ fn reported_scenario_short_jobs_with_worker_kills_complete_once_each() {
         let victim = live.remove(kill % live.len());
         let victim_id = c.worker_view(&victim).unwrap().id;
         if !kill_any_time {
-            eventually_or(
+            eventually_explained(
                 "a moment clear of a job's end to kill the worker",
                 Duration::from_secs(60),
                 || c.logs(),
@@ -418,7 +399,7 @@ fn reported_scenario_short_jobs_with_worker_kills_complete_once_each() {
         live.push(replacement);
     }
     let budget = Duration::from_secs(120) + SHORT_JOB * (total as u32) / 2;
-    eventually_or(
+    eventually_explained(
         "every job to finish",
         budget,
         || c.logs(),

@@ -1,7 +1,5 @@
-//! Every route of the client against the real `lqsm server` binary.
-//!
-//! Build the binary first (`cargo build -p lqsm-cli`, same target dir and profile);
-//! without it these tests are skipped, unless `LQSM_REQUIRE_SERVER=1`.
+//! Every route of the client against a real server (in-process, through
+//! `lqsm_testkit::TestServer`).
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use lqsm_api as api;

@@ -2,6 +2,7 @@
 //! and only then sends `answers` to the workers' polls and answers clients.
 
 use crate::ids::{FencingToken, JobId, PollTicket, QueueId, WorkerId};
+use crate::jobs::JobState;
 use crate::queues::QueuePath;
 
 /// Something whose durable copy must be brought up to date. Records name the entity;
@@ -12,7 +13,16 @@ pub enum Record {
     /// A job was created or changed.
     Job(JobId),
     /// A finished job passed its retention and is gone from the core.
-    JobPurged(JobId),
+    JobPurged {
+        /// Its id.
+        id: JobId,
+        /// Its leaf queue.
+        queue: QueuePath,
+        /// Its state in the last record handed out for storage (`None`: none was).
+        recorded: Option<JobState>,
+        /// Its tags.
+        tags: Vec<String>,
+    },
     /// A queue was created or changed.
     Queue(QueueId),
     /// A queue was deleted.

@@ -559,6 +559,10 @@ pub struct Job {
     /// Internal: whether the current attempt was handed to its worker.
     /// 0 until handed over; then the number of the poll answer that carried it.
     pub(crate) delivered_in: u64,
+    /// Internal: its state in the last record handed out for storage
+    /// ([`ResourceManager::record_job`](crate::ResourceManager::record_job)); `None` before
+    /// the first.
+    pub(crate) recorded: Option<JobState>,
 }
 
 impl Job {

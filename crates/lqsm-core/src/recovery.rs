@@ -112,6 +112,18 @@ pub struct RestoreReport {
 }
 
 impl ResourceManager {
+    /// Hands out job `id`'s durable record for storage, with the job's state in the record
+    /// handed out before (`None` for its first): the shell gives the store both, so that a
+    /// store keeping its own indexes knows which entries to replace without reading them.
+    /// The record handed out becomes the one the next call compares with, so call this once
+    /// per job and commit, with commits applied in order (a failed commit stops the writer).
+    pub fn record_job(&mut self, id: JobId) -> Option<(JobRecord, Option<JobState>)> {
+        let record = self.job_record(id)?;
+        let key = *self.job_ids.get(&id)?;
+        let previous = self.jobs[key].recorded.replace(record.state);
+        Some((record, previous))
+    }
+
     /// The durable record of a job, as it is now.
     pub fn job_record(&self, id: JobId) -> Option<JobRecord> {
         let job = self.job(id)?;
@@ -204,6 +216,10 @@ impl ResourceManager {
 
         let mut max_token = input.next_token;
         let mut max_seq = 0;
+        // Grown once, not by doubling: each doubling copies the table into fresh memory
+        // the kernel must zero first, a large part of a restart with millions of jobs.
+        rm.jobs.reserve(input.jobs.len());
+        rm.job_ids.reserve(input.jobs.len());
         for record in input.jobs {
             max_seq = max_seq.max(record.seq);
             if let Some(last) = record.attempts.last() {
@@ -310,6 +326,8 @@ impl ResourceManager {
             worker_slot: 0,
             waiting: Waiting::Not,
             delivered_in: 0,
+            // Restored from the store, which holds this very state.
+            recorded: Some(state),
         });
         self.job_ids.insert(id, key);
         if let Some(k) = idempotency_key {

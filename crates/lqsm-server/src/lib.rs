@@ -58,19 +58,39 @@ pub enum ServerError {
 /// (data of the first releases is JSON and has no index; [`upgrade_records`] rewrites it).
 pub const RECORDS_UPGRADED: &str = "records_upgraded";
 
+/// Meta key of an upgrade's progress: the key of the last job [`upgrade_records`] rewrote,
+/// committed with it, so that an upgrade interrupted by a crash resumes after it (the
+/// store's counts would count a job rewritten twice twice).
+pub const UPGRADE_PROGRESS: &str = "records_upgrade_progress";
+
+/// Whether the stored records need [`upgrade_records`], and from where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upgrade {
+    /// Every record is current.
+    Done,
+    /// Rewrite the jobs after this key (all of them for `None`).
+    After(Option<lqsm_store::JobKey>),
+}
+
 /// Rebuilds the core from the store (or starts a fresh cluster with `root.default`).
 pub fn restore(store: &dyn Store, config: &ServerConfig) -> Result<ResourceManager, ServerError> {
     restore_and_check(store, config).map(|(rm, _)| rm)
 }
 
 /// As [`restore`], and says whether the store's records still need [`upgrade_records`].
-fn restore_and_check(
+pub fn restore_and_check(
     store: &dyn Store,
     config: &ServerConfig,
-) -> Result<(ResourceManager, bool), ServerError> {
+) -> Result<(ResourceManager, Upgrade), ServerError> {
     let started = std::time::Instant::now();
     let mut snapshot = store.load()?;
-    let needs_upgrade = !snapshot.meta.iter().any(|(k, _)| k == RECORDS_UPGRADED);
+    let meta = |name: &str| snapshot.meta.iter().find(|(k, _)| k == name);
+    let upgrade = match meta(RECORDS_UPGRADED) {
+        Some(_) => Upgrade::Done,
+        None => Upgrade::After(
+            meta(UPGRADE_PROGRESS).and_then(|(_, key)| lqsm_store::JobKey::try_from(&key[..]).ok()),
+        ),
+    };
     let loaded = started.elapsed();
     // The low bits of a UUIDv7 are random: a fresh seed per process.
     let seed = uuid::Uuid::now_v7().as_u128() as u64;
@@ -133,34 +153,58 @@ fn restore_and_check(
     for warning in apply_declared_queues(&mut rm, config)? {
         tracing::warn!("{warning}");
     }
-    Ok((rm, needs_upgrade))
+    Ok((rm, upgrade))
 }
 
 /// Jobs rewritten per commit by [`upgrade_records`]: each commit stays well under a second.
 const UPGRADE_BATCH: usize = 50_000;
 
+/// Hands memory the allocator holds free back to the system. A restore frees as much as
+/// it keeps (the raw records, decoding buffers); mimalloc would return it over the next
+/// seconds, so a server would report ready at up to half again its steady size.
+fn return_freed_memory() {
+    #[cfg(feature = "mimalloc")]
+    #[allow(unsafe_code)]
+    // SAFETY: `mi_collect` takes no pointers and may be called from any thread at any time;
+    // with `force` it frees what every heap of the process holds free.
+    unsafe {
+        libmimalloc_sys::mi_collect(true);
+    }
+}
+
 /// Rewrites every job and queue record in the current format, with the index fields the
 /// store's reads need, then marks the store upgraded ([`RECORDS_UPGRADED`]). Done once, on
-/// the first start of a release with indexes over data of an older one; a crash half-way
-/// only means it runs again. Returns the number of jobs rewritten.
+/// the first start of a release with indexes over data of an older one, which kept none:
+/// jobs are written as new to the index, in key order, each commit recording how far it got
+/// ([`UPGRADE_PROGRESS`]), so that a crash half-way resumes `after` the last job rewritten.
+/// Returns the number of jobs rewritten.
 pub fn upgrade_records(
     store: &dyn Store,
     rm: &ResourceManager,
     epoch: lqsm_store::Epoch,
+    after: Option<lqsm_store::JobKey>,
 ) -> Result<usize, ServerError> {
     let mut batch = lqsm_store::WriteBatch {
         epoch,
         ..lqsm_store::WriteBatch::default()
     };
+    let mut ids: Vec<lqsm_core::JobId> = rm.jobs().map(|job| job.id).collect();
+    ids.sort_unstable();
     let mut rewritten = 0;
-    for job in rm.jobs() {
-        if let Some(record) = rm.job_record(job.id) {
-            batch.jobs.push(resource_manager::job_entry(&record));
+    for id in ids {
+        let key = *id.0.as_bytes();
+        if after.is_some_and(|after| key <= after) {
+            continue;
+        }
+        if let Some(record) = rm.job_record(id) {
+            batch.jobs.push(resource_manager::job_entry(&record, None));
             rewritten += 1;
         }
         if batch.jobs.len() == UPGRADE_BATCH {
+            batch.meta.push((UPGRADE_PROGRESS.to_owned(), key.to_vec()));
             store.commit(&batch)?;
             batch.jobs.clear();
+            batch.meta.clear();
         }
     }
     for view in rm.queues() {
@@ -515,10 +559,10 @@ async fn start_scheduler(config: &ServerConfig) -> Result<Started, ServerError> 
         let config = config.clone();
         let epoch = lease.epoch;
         tokio::task::spawn_blocking(move || -> Result<ResourceManager, ServerError> {
-            let (mut rm, needs_upgrade) = restore_and_check(store.as_ref(), &config)?;
-            if needs_upgrade {
+            let (mut rm, upgrade) = restore_and_check(store.as_ref(), &config)?;
+            if let Upgrade::After(after) = upgrade {
                 let started = std::time::Instant::now();
-                let jobs = upgrade_records(store.as_ref(), &rm, epoch)?;
+                let jobs = upgrade_records(store.as_ref(), &rm, epoch, after)?;
                 tracing::info!(
                     jobs,
                     ms = started.elapsed().as_millis() as u64,
@@ -528,10 +572,11 @@ async fn start_scheduler(config: &ServerConfig) -> Result<Started, ServerError> 
             // What starting changed (a fresh tree, declared queues) is durable before
             // serving.
             let effects = rm.take_effects();
-            let batch = resource_manager::write_batch(&rm, &effects, epoch);
+            let batch = resource_manager::write_batch(&mut rm, &effects, epoch);
             if !batch.is_empty() {
                 store.commit(&batch)?;
             }
+            return_freed_memory();
             Ok(rm)
         })
         .await

@@ -12,8 +12,8 @@ use lqsm_core::{
     RefusedReport, ResourceManager, Resources, SubmitError, SubmitRequest, Submitted, Timestamp,
     WorkerError, WorkerId, WorkerPoll, WorkerRegistration,
 };
-use lqsm_core::{JobRecord, codec};
-use lqsm_store::{Epoch, JobIndex, JobWrite, Store, WriteBatch};
+use lqsm_core::{JobRecord, JobState, codec};
+use lqsm_store::{Epoch, JobDeletion, JobIndex, JobWrite, Store, WriteBatch};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -278,8 +278,10 @@ pub struct Actor {
 }
 
 /// Encodes what a batch changed into one store write at `epoch`, in the current record
-/// format ([`lqsm_core::codec`]).
-pub fn write_batch(rm: &ResourceManager, effects: &Effects, epoch: Epoch) -> WriteBatch {
+/// format ([`lqsm_core::codec`]), with each job's previous index. The batch must then be
+/// committed before the next one is built (or the writer stop), since the core now counts
+/// these records as written.
+pub fn write_batch(rm: &mut ResourceManager, effects: &Effects, epoch: Epoch) -> WriteBatch {
     let mut batch = WriteBatch {
         epoch,
         ..WriteBatch::default()
@@ -292,11 +294,23 @@ pub fn write_batch(rm: &ResourceManager, effects: &Effects, epoch: Epoch) -> Wri
                 if !seen.insert(*id) {
                     continue;
                 }
-                if let Some(r) = rm.job_record(*id) {
-                    batch.jobs.push(job_entry(&r));
+                if let Some((r, previous)) = rm.record_job(*id) {
+                    batch.jobs.push(job_entry(&r, previous));
                 }
             }
-            Record::JobPurged(id) => batch.deleted_jobs.push(*id.0.as_bytes()),
+            Record::JobPurged {
+                id,
+                queue,
+                recorded,
+                tags,
+            } => batch.deleted_jobs.push(JobDeletion {
+                key: *id.0.as_bytes(),
+                previous: recorded.map(|state| JobIndex {
+                    queue: queue.to_string(),
+                    state: codec::state_name(state).to_owned(),
+                    tags: tags.clone(),
+                }),
+            }),
             Record::Queue(id) => {
                 if !seen_queues.insert(*id) {
                     continue;
@@ -320,16 +334,24 @@ pub fn write_batch(rm: &ResourceManager, effects: &Effects, epoch: Epoch) -> Wri
     batch
 }
 
-/// A job record as the store keeps it: encoded, with the fields the store indexes.
-pub fn job_entry(record: &JobRecord) -> JobWrite {
+/// A job record as the store keeps it: encoded, with the fields the store indexes, and
+/// those of the record written before (in state `previous`; `None` when the store holds
+/// none). A job's queue and tags never change, only its state.
+pub fn job_entry(record: &JobRecord, previous: Option<JobState>) -> JobWrite {
+    let index = JobIndex {
+        queue: record.queue.to_string(),
+        state: codec::state_name(record.state).to_owned(),
+        tags: record.spec.tags().to_vec(),
+    };
+    let previous = previous.map(|state| JobIndex {
+        state: codec::state_name(state).to_owned(),
+        ..index.clone()
+    });
     JobWrite {
         key: *record.id.0.as_bytes(),
         record: codec::encode_job(record),
-        index: JobIndex {
-            queue: record.queue.to_string(),
-            state: codec::state_name(record.state).to_owned(),
-            tags: record.spec.tags().to_vec(),
-        },
+        index,
+        previous,
     }
 }
 
@@ -501,7 +523,7 @@ impl Actor {
             metrics::histogram!("lqsm_schedule_seconds").record(started.elapsed().as_secs_f64());
         }
         let effects = self.rm.take_effects();
-        let mut write = write_batch(&self.rm, &effects, self.epoch);
+        let mut write = write_batch(&mut self.rm, &effects, self.epoch);
         write.payloads = payloads;
         write.logs = job_logs;
         if !write.is_empty() {
@@ -679,4 +701,258 @@ pub fn fetch_kinds(
 /// The policies this server knows (today: the built-ins).
 pub fn policies() -> Policies {
     Policies::default()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
+
+    use super::*;
+    use crate::config::ServerConfig;
+    use lqsm_core::{
+        AttemptReport, JobId, QueueConfig, ReportedResult, SubmitRequest, WorkerRegistration,
+    };
+    use lqsm_store::{EmbeddedStore, JobFilter, JobQuery, Order};
+    use std::collections::BTreeMap;
+
+    /// Jobs per (queue, state) as the core holds them.
+    fn core_counts(rm: &ResourceManager) -> BTreeMap<(String, String), u64> {
+        let mut counts = BTreeMap::new();
+        for job in rm.jobs() {
+            let queue = rm.queue_path(job.queue).unwrap().to_string();
+            let state = codec::state_name(job.state).to_owned();
+            *counts.entry((queue, state)).or_default() += 1;
+        }
+        counts
+    }
+
+    /// Jobs per (queue, state) as the store's index counts them.
+    fn store_counts(store: &EmbeddedStore) -> BTreeMap<(String, String), u64> {
+        store
+            .counts()
+            .unwrap()
+            .into_iter()
+            .map(|c| ((c.queue, c.state), c.count))
+            .collect()
+    }
+
+    /// Every job the store lists under `filter`, as ids in key order.
+    fn listed(store: &EmbeddedStore, filter: JobFilter) -> Vec<JobId> {
+        let page = store
+            .jobs(&JobQuery {
+                filter,
+                order: Order::OldestFirst,
+                after: None,
+                limit: 100_000,
+            })
+            .unwrap();
+        page.jobs
+            .into_iter()
+            .map(|(key, _)| JobId(uuid::Uuid::from_bytes(key)))
+            .collect()
+    }
+
+    /// The store's index agrees with the core: counts, and the listing of every state and
+    /// tag.
+    fn assert_index_matches(rm: &ResourceManager, store: &EmbeddedStore, when: &str) {
+        assert_eq!(store_counts(store), core_counts(rm), "counts {when}");
+        let mut by_state: BTreeMap<&str, Vec<JobId>> = BTreeMap::new();
+        let mut tagged = Vec::new();
+        for job in rm.jobs() {
+            by_state
+                .entry(codec::state_name(job.state))
+                .or_default()
+                .push(job.id);
+            if job.spec.tags().iter().any(|t| t == "odd") {
+                tagged.push(job.id);
+            }
+        }
+        for state in [
+            "pending",
+            "scheduled",
+            "running",
+            "succeeded",
+            "failed",
+            "cancelled",
+        ] {
+            let mut want = by_state.remove(state).unwrap_or_default();
+            want.sort();
+            assert_eq!(
+                listed(store, JobFilter::State(state.to_owned())),
+                want,
+                "jobs listed as {state} {when}"
+            );
+        }
+        assert!(by_state.is_empty(), "states not checked: {by_state:?}");
+        tagged.sort();
+        assert_eq!(
+            listed(store, JobFilter::Tag("odd".to_owned())),
+            tagged,
+            "tagged jobs {when}"
+        );
+        assert_eq!(
+            store.load().unwrap().jobs.len(),
+            rm.jobs().count(),
+            "records {when}"
+        );
+    }
+
+    /// Hands the batch's records to the store, as the actor does after each batch.
+    fn commit(rm: &mut ResourceManager, store: &EmbeddedStore) -> Effects {
+        let effects = rm.take_effects();
+        let batch = write_batch(rm, &effects, 0);
+        store.commit(&batch).unwrap();
+        effects
+    }
+
+    /// The store keeps its index from the previous index the writer passes (it never reads
+    /// its own back): through submissions, assignments, starts, successes, failures with
+    /// retries, cancellations, purges after retention and restarts (after which attempts
+    /// are requeued), the store's counts and listings stay those of the core.
+    #[test]
+    fn the_store_index_follows_every_job_through_its_life_its_purge_and_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ServerConfig {
+            data_dir: dir.path().join("data"),
+            ..ServerConfig::default()
+        };
+        config.scheduler.retention_ms = 5_000;
+        config.scheduler.reclaim_grace_ms = 1_000;
+        let store = EmbeddedStore::open(&config.data_dir).unwrap();
+        let mut rm = crate::restore(&store, &config).unwrap();
+        for queue in ["root.a", "root.b"] {
+            rm.create_queue(queue, QueueConfig::with_capacity(50.0, 100.0))
+                .unwrap();
+        }
+        commit(&mut rm, &store);
+        let mut now = wall_clock().0;
+        let mut ticket = 0;
+        let mut worker = None;
+        let mut running: Vec<(JobId, FencingToken)> = Vec::new();
+        let mut submitted = 0u64;
+        let mut states_seen = std::collections::BTreeSet::new();
+        for step in 0..60u64 {
+            now += 700;
+            let at = Timestamp(now);
+            if step % 20 == 19 {
+                // A restart: the core is rebuilt from the store; the worker comes back
+                // under a new id, so its attempts are requeued after the grace.
+                drop(rm);
+                rm = crate::restore(&store, &config).unwrap();
+                commit(&mut rm, &store);
+                assert_index_matches(&rm, &store, &format!("after the restart at {step}"));
+                worker = None;
+                running.clear();
+            }
+            let id = match worker {
+                Some(id) => id,
+                None => {
+                    let id = WorkerId(uuid::Uuid::now_v7());
+                    let registration = WorkerRegistration {
+                        id,
+                        name: format!("w{step}"),
+                        capacity: Resources::cores(3, 4096),
+                        labels: BTreeMap::new(),
+                        serves_commands: true,
+                        handlers: ["*".to_owned()].into(),
+                    };
+                    rm.register_worker(registration, at).unwrap();
+                    worker = Some(id);
+                    id
+                }
+            };
+            for queue in ["root.a", "root.b"] {
+                submitted += 1;
+                let mut job = SubmitRequest::function(
+                    JobId(uuid::Uuid::now_v7()),
+                    queue,
+                    "h",
+                    serde_json::json!({}),
+                );
+                job.request = Some(Resources::cores(1, 64));
+                if submitted % 2 == 1 {
+                    job.tags = vec!["odd".to_owned()];
+                }
+                if submitted.is_multiple_of(5) {
+                    job.retry = Some(lqsm_core::RetryPolicy {
+                        max_attempts: 2,
+                        backoff_base: Duration::from_millis(500),
+                        backoff_cap: Duration::from_millis(500),
+                        jitter: 0.0,
+                    });
+                }
+                rm.submit(job, at).unwrap();
+            }
+            commit(&mut rm, &store);
+            states_seen.extend(store_counts(&store).into_keys().map(|(_, s)| s));
+            let pending = rm
+                .jobs()
+                .find(|j| j.state == JobState::Pending)
+                .map(|j| j.id);
+            if step % 7 == 3
+                && let Some(pending) = pending
+            {
+                rm.cancel(pending, "test", at).unwrap();
+            }
+            // The worker reports what it ran: alternately a success and a failure.
+            let finished = running
+                .drain(..)
+                .enumerate()
+                .map(|(i, (job, token))| AttemptReport {
+                    job,
+                    token,
+                    result: if (i as u64 + step).is_multiple_of(3) {
+                        ReportedResult::Failed {
+                            exit_code: None,
+                            message: "boom".to_owned(),
+                        }
+                    } else {
+                        ReportedResult::Succeeded {
+                            result: None,
+                            exit_code: None,
+                        }
+                    },
+                    started_at: None,
+                })
+                .collect();
+            ticket += 1;
+            let poll = WorkerPoll {
+                running: Vec::new(),
+                finished,
+                acked: None,
+            };
+            rm.long_poll(id, PollTicket(ticket), &poll, Duration::ZERO, at)
+                .unwrap();
+            rm.tick(at);
+            rm.schedule(at);
+            let effects = commit(&mut rm, &store);
+            for answer in effects.answers {
+                running.extend(answer.assignments.iter().map(|a| (a.job, a.token)));
+            }
+            // Half of what was assigned is seen running before it finishes.
+            if step % 2 == 0 && !running.is_empty() {
+                ticket += 1;
+                let poll = WorkerPoll {
+                    running: running.clone(),
+                    finished: Vec::new(),
+                    acked: None,
+                };
+                rm.long_poll(id, PollTicket(ticket), &poll, Duration::ZERO, at)
+                    .unwrap();
+                commit(&mut rm, &store);
+            }
+            assert_index_matches(&rm, &store, &format!("at step {step}"));
+            states_seen.extend(store_counts(&store).into_keys().map(|(_, s)| s));
+        }
+        for state in ["pending", "running", "succeeded", "failed", "cancelled"] {
+            assert!(
+                states_seen.contains(state),
+                "no job was {state}: {states_seen:?}"
+            );
+        }
+        assert!(
+            (rm.jobs().count() as u64) < submitted,
+            "finished jobs were purged after their retention"
+        );
+    }
 }

@@ -165,7 +165,7 @@ impl ViewBuilder {
                         job_queues.insert(job.queue);
                     }
                 }
-                Record::JobPurged(_) => purged = true,
+                Record::JobPurged { .. } => purged = true,
                 Record::Queue(id) => {
                     let Some(path) = rm.queue_path(*id) else {
                         continue;

@@ -4,11 +4,11 @@
 //! document. Each test starts its own server, so they run in parallel.
 #![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 
-mod support;
-
 use lqsm_api as api;
+use lqsm_testkit::{
+    BlockingTestServer, ServerProcess, SimWorker, eventually, finished_attempt, function_job,
+};
 use serde_json::json;
-use support::{DEADLINE, Server, SimWorker, eventually, finished, function_job};
 use uuid::Uuid;
 
 fn outcomes(view: &api::JobView) -> Vec<Option<api::AttemptOutcome>> {
@@ -17,7 +17,7 @@ fn outcomes(view: &api::JobView) -> Vec<Option<api::AttemptOutcome>> {
 
 #[test]
 fn submitted_job_runs_on_a_worker_and_its_result_is_kept() {
-    let server = Server::start();
+    let server = BlockingTestServer::start();
     let api = server.api();
     let mut worker = SimWorker::register(&api, "echo");
     let id = api.submit(&api::SubmitJob::function(
@@ -77,7 +77,7 @@ fn submitted_job_runs_on_a_worker_and_its_result_is_kept() {
 
 #[test]
 fn batch_answers_every_item_and_names_the_field_of_each_invalid_one() {
-    let server = Server::start();
+    let server = BlockingTestServer::start();
     let api = server.api();
     let mut jobs: Vec<api::SubmitJob> = (0..500)
         .map(|i| api::SubmitJob::function("root.default", "batch", json!({ "i": i })))
@@ -144,7 +144,7 @@ fn batch_answers_every_item_and_names_the_field_of_each_invalid_one() {
 
 #[test]
 fn same_idempotency_key_in_the_same_queue_is_the_same_job() {
-    let server = Server::start();
+    let server = BlockingTestServer::start();
     let api = server.api();
     api.create_queue(json!({"path": "root.other"}));
     let mut job = function_job("root.default", "idem");
@@ -177,7 +177,7 @@ fn same_idempotency_key_in_the_same_queue_is_the_same_job() {
 
 #[test]
 fn failed_attempt_is_retried_after_its_backoff_then_succeeds() {
-    let server = Server::start();
+    let server = BlockingTestServer::start();
     let api = server.api();
     let mut worker = SimWorker::register(&api, "flaky");
     let mut job = function_job("root.default", "flaky");
@@ -192,7 +192,7 @@ fn failed_attempt_is_retried_after_its_backoff_then_succeeds() {
     let first = worker.next_assignment();
     assert_eq!((first.job, first.attempt), (id, 1));
     let resp = worker.poll(
-        &[finished(
+        &[finished_attempt(
             &first,
             api::AttemptResult::Failed {
                 exit_code: None,
@@ -242,7 +242,7 @@ fn failed_attempt_is_retried_after_its_backoff_then_succeeds() {
 
 #[test]
 fn attempt_past_its_timeout_is_killed_and_the_job_fails() {
-    let server = Server::start();
+    let server = BlockingTestServer::start();
     let api = server.api();
     let mut worker = SimWorker::register(&api, "slow");
     let mut job = function_job("root.default", "slow");
@@ -252,7 +252,7 @@ fn attempt_past_its_timeout_is_killed_and_the_job_fails() {
     let a = worker.next_assignment();
     assert_eq!(a.timeout_ms, Some(300));
     // The worker keeps saying it runs the attempt, and never reports it.
-    let kill = eventually("a kill order", DEADLINE, || {
+    let kill = eventually("a kill order", || {
         let resp = worker.poll(&[], 100);
         resp.kill.into_iter().next()
     });
@@ -274,7 +274,7 @@ fn attempt_past_its_timeout_is_killed_and_the_job_fails() {
 
 #[test]
 fn cancelling_a_pending_job_cancels_it_once() {
-    let server = Server::start();
+    let server = BlockingTestServer::start();
     let api = server.api();
     // No worker runs this handler: the job stays pending.
     let id = api.submit(&function_job("root.default", "nobody"));
@@ -296,7 +296,7 @@ fn cancelling_a_pending_job_cancels_it_once() {
 
 #[test]
 fn cancelling_a_running_job_orders_its_worker_to_kill_it() {
-    let server = Server::start();
+    let server = BlockingTestServer::start();
     let api = server.api();
     let mut worker = SimWorker::register(&api, "long");
     let id = api.submit(&function_job("root.default", "long"));
@@ -323,7 +323,7 @@ fn cancelling_a_running_job_orders_its_worker_to_kill_it() {
     assert_eq!(first.reason, lqsm_api::KillReason::Cancelled);
 
     // A report that crosses the cancel is refused and changes nothing.
-    let late = worker.poll(&[finished(&a, api::AttemptResult::TimedOut)], 0);
+    let late = worker.poll(&[finished_attempt(&a, api::AttemptResult::TimedOut)], 0);
     assert_eq!(late.refused.len(), 1, "{late:?}");
     assert_eq!(
         late.refused[0].reason,
@@ -334,7 +334,7 @@ fn cancelling_a_running_job_orders_its_worker_to_kill_it() {
 
 #[test]
 fn report_with_a_stale_token_is_refused() {
-    let server = Server::start();
+    let server = BlockingTestServer::start();
     let api = server.api();
     let mut worker = SimWorker::register(&api, "fenced");
     let id = api.submit(&function_job("root.default", "fenced"));
@@ -345,7 +345,7 @@ fn report_with_a_stale_token_is_refused() {
         ..a.clone()
     };
     let resp = worker.poll(
-        &[finished(
+        &[finished_attempt(
             &forged,
             api::AttemptResult::Succeeded {
                 result: None,
@@ -386,10 +386,7 @@ fn report_with_a_stale_token_is_refused() {
 
 #[test]
 fn lost_worker_attempt_is_requeued_once_and_its_late_report_refused() {
-    let server = Server::builder()
-        .arg("--heartbeat-timeout-ms")
-        .arg("500")
-        .start();
+    let server = BlockingTestServer::start_with(|c| c.scheduler.heartbeat_timeout_ms = 500);
     let api = server.api();
     let mut first = SimWorker::register(&api, "lossy");
     let mut job = function_job("root.default", "lossy");
@@ -414,7 +411,7 @@ fn lost_worker_attempt_is_requeued_once_and_its_late_report_refused() {
     assert_eq!(lost.state, lqsm_api::WorkerState::Lost);
 
     // The first worker comes back with its report: told to register again...
-    let report = finished(
+    let report = finished_attempt(
         &taken,
         api::AttemptResult::Succeeded {
             result: Some(json!("late")),
@@ -464,7 +461,7 @@ fn big_args() -> serde_json::Value {
 
 #[test]
 fn large_payload_reaches_the_worker_whole() {
-    let server = Server::start();
+    let server = BlockingTestServer::start();
     let api = server.api();
     let mut worker = SimWorker::register(&api, "big");
     let kind = api::JobKind::Function {
@@ -508,7 +505,7 @@ fn large_payload_reaches_the_worker_whole() {
 
 #[test]
 fn job_listing_shows_large_payloads_whole() {
-    let server = Server::start();
+    let server = BlockingTestServer::start();
     let api = server.api();
     let kind = api::JobKind::Function {
         handler: "listed".into(),
@@ -538,7 +535,7 @@ fn child<'a>(view: &'a api::QueueView, path: &str) -> &'a api::QueueView {
 
 #[test]
 fn a_queue_batch_creates_in_order_names_each_bad_field_and_can_be_sent_twice() {
-    let server = Server::start();
+    let server = BlockingTestServer::start();
     let api = server.api();
     api.patch("/v1/queues/root.default", &json!({"capacity": 50}))
         .expect_status(200);
@@ -611,7 +608,7 @@ fn a_queue_batch_creates_in_order_names_each_bad_field_and_can_be_sent_twice() {
 
 #[test]
 fn queues_are_created_listed_updated_stopped_started_drained_and_deleted() {
-    let server = Server::start();
+    let server = BlockingTestServer::start();
     let api = server.api();
 
     // A fresh server's root.default has no guarantee, only the whole cluster lent.
@@ -731,7 +728,8 @@ fn queues_are_created_listed_updated_stopped_started_drained_and_deleted() {
 
 #[test]
 fn metrics_count_submissions() {
-    let server = Server::start();
+    // A process of its own: the metrics recorder is one per process.
+    let server = ServerProcess::start();
     let api = server.api();
     for _ in 0..3 {
         api.submit(&function_job("root.default", "metered"));
@@ -748,14 +746,11 @@ fn metrics_count_submissions() {
 
 #[test]
 fn openapi_document_lists_the_routes() {
-    let server = Server::start();
+    let server = BlockingTestServer::start();
     let api = server.api();
-    let reply = api.try_get("/v1/openapi.json").unwrap_or_else(|e| {
-        panic!(
-            "GET /v1/openapi.json got no answer ({e}); the server's log ends with:\n{}",
-            server.log_tail()
-        )
-    });
+    let reply = api
+        .try_get("/v1/openapi.json")
+        .unwrap_or_else(|e| panic!("GET /v1/openapi.json got no answer: {e}"));
     let doc: serde_json::Value = reply.expect(200);
     let paths = doc["paths"].as_object().expect("paths is an object");
     for path in [
@@ -775,7 +770,7 @@ fn openapi_document_lists_the_routes() {
 /// early, and the server counted its attempts as lost.
 #[test]
 fn only_answers_with_assignments_are_numbered_and_an_unseen_one_loses_nothing() {
-    let server = Server::start();
+    let server = BlockingTestServer::start();
     let api = server.api();
     let mut worker = SimWorker::register(&api, "numbered");
     let empty = worker.poll(&[], 0);
@@ -806,7 +801,7 @@ fn only_answers_with_assignments_are_numbered_and_an_unseen_one_loses_nothing() 
 fn function_args_reach_the_worker_and_the_job_view_as_the_submitter_wrote_them() {
     // Keys out of order and a number spelled `1.50`: a server that parsed the args into
     // a tree and wrote them out again would sort the keys and respell the number.
-    let server = Server::start();
+    let server = BlockingTestServer::start();
     let api = server.api();
     let mut worker = SimWorker::register(&api, "verbatim");
     let args = r#"{"z":1,"a":[1.50,"x"]}"#;

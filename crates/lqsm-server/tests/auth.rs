@@ -2,12 +2,12 @@
 //! loopback without tokens.
 #![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 
-mod support;
-
 use lqsm_api as api;
 use lqsm_api::ErrorCode;
+use lqsm_testkit::{
+    BlockingTestServer, Reply, ServerProcess, SimWorker, function_job, toml_settings,
+};
 use serde_json::json;
-use support::{Server, SimWorker, function_job};
 
 const TOKENS: &str = r#"
 [[tokens]]
@@ -24,14 +24,14 @@ token = "worker-secret"
 role = "worker"
 "#;
 
-fn assert_code(reply: &support::Reply, status: u16, code: ErrorCode, what: &str) {
+fn assert_code(reply: &Reply, status: u16, code: ErrorCode, what: &str) {
     let error = reply.expect_error(status);
     assert_eq!(error.code, code, "{what}: {error:?}");
 }
 
 #[test]
 fn tokens_decide_who_may_do_what() {
-    let server = Server::builder().config(TOKENS).start();
+    let server = BlockingTestServer::start_with(toml_settings(TOKENS));
     let anonymous = server.api();
     let admin = server.api_as("admin-secret");
     let submitter = server.api_as("etl-secret");
@@ -172,7 +172,8 @@ fn tokens_decide_who_may_do_what() {
 
 #[test]
 fn server_refuses_to_listen_beyond_loopback_without_tokens() {
-    let (status, stderr) = Server::builder().start_expecting_refusal("0.0.0.0:0");
+    let ran = ServerProcess::builder().start_expecting_refusal("0.0.0.0:0".parse().unwrap());
+    let (status, stderr) = (ran.status, ran.stderr);
     assert!(!status.success(), "exited with {status}");
     assert!(
         stderr.contains("--insecure"),
@@ -182,7 +183,7 @@ fn server_refuses_to_listen_beyond_loopback_without_tokens() {
 
 #[test]
 fn a_job_records_the_name_of_the_token_that_submitted_it_across_a_restart() {
-    let mut server = Server::builder()
+    let mut server = ServerProcess::builder()
         .config(
             r#"
 [[tokens]]
@@ -219,7 +220,7 @@ role = "admin"
 
 #[test]
 fn jobs_on_a_server_without_tokens_are_submitted_by_anonymous() {
-    let server = Server::start();
+    let server = BlockingTestServer::start();
     let api = server.api();
     let id = api.submit(&function_job("root.default", "who"));
     assert_eq!(api.job(id).submitted_by, api::ANONYMOUS);

@@ -2,12 +2,10 @@
 //! naming the field to blame, and the server stays up.
 #![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 
-mod support;
-
 use lqsm_api as api;
 use lqsm_api::ErrorCode;
+use lqsm_testkit::{Api, BlockingTestServer, function_job, toml_settings};
 use serde_json::json;
-use support::{Api, Server, function_job};
 
 /// Small limits, so size checks are cheap to reach.
 const LIMITS: &str = "[limits]\nmax_request_bytes = 65536\nmax_job_bytes = 1024\n";
@@ -128,7 +126,7 @@ fn job_with(extra: serde_json::Value) -> serde_json::Value {
 
 #[test]
 fn bad_input_of_every_class_is_answered_with_the_field_to_blame() {
-    let server = Server::builder().config(LIMITS).start();
+    let server = BlockingTestServer::start_with(toml_settings(LIMITS));
     let api = server.api();
     let unknown_job = uuid::Uuid::now_v7();
     let big_args = "a".repeat(2000);
@@ -488,7 +486,7 @@ fn bad_input_of_every_class_is_answered_with_the_field_to_blame() {
 
 #[test]
 fn batch_item_over_max_job_bytes_is_refused_alone() {
-    let server = Server::builder().config(LIMITS).start();
+    let server = BlockingTestServer::start_with(toml_settings(LIMITS));
     let api = server.api();
     let mut big = function_job("root.default", "h");
     big.kind = api::JobKind::Function {
@@ -509,7 +507,7 @@ fn batch_item_over_max_job_bytes_is_refused_alone() {
 
 #[test]
 fn queue_creation_errors_name_the_field() {
-    let server = Server::start();
+    let server = BlockingTestServer::start();
     let api = server.api();
     let cases = vec![
         case(
@@ -542,7 +540,7 @@ fn queue_creation_errors_name_the_field() {
 
 #[test]
 fn missing_required_field_is_named() {
-    let server = Server::start();
+    let server = BlockingTestServer::start();
     let api = server.api();
     let cases = vec![
         case(
@@ -569,7 +567,7 @@ fn missing_required_field_is_named() {
 
 #[test]
 fn wrong_method_is_answered_with_an_error_body() {
-    let server = Server::start();
+    let server = BlockingTestServer::start();
     let api = server.api();
     let cases = vec![
         case(

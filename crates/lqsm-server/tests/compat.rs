@@ -148,7 +148,7 @@ fn upgrading_old_data_indexes_it_for_the_store_reads() {
         store.counts().unwrap().is_empty(),
         "the first release kept no index"
     );
-    let rewritten = lqsm_server::upgrade_records(&store, &rm, 0).unwrap();
+    let rewritten = lqsm_server::upgrade_records(&store, &rm, 0, None).unwrap();
     assert_eq!(rewritten, 7);
     let count = |queue: &str, state: &str| {
         store
@@ -197,6 +197,53 @@ fn upgrading_old_data_indexes_it_for_the_store_reads() {
 }
 
 #[test]
+fn an_upgrade_interrupted_by_a_crash_resumes_without_counting_a_job_twice() {
+    let dir = fixture_copy();
+    let data = dir.path().join("data");
+    let store = EmbeddedStore::open(&data).unwrap();
+    let (rm, upgrade) = lqsm_server::restore_and_check(&store, &config(&data)).unwrap();
+    assert_eq!(upgrade, lqsm_server::Upgrade::After(None));
+    // What a crash after the first of several upgrade commits leaves: the first three jobs
+    // (in key order) rewritten and indexed, with the progress mark committed alongside.
+    let mut ids: Vec<JobId> = rm.jobs().map(|job| job.id).collect();
+    ids.sort();
+    let mut first = lqsm_store::WriteBatch::new();
+    for id in &ids[..3] {
+        let record = rm.job_record(*id).unwrap();
+        first
+            .jobs
+            .push(lqsm_server::resource_manager::job_entry(&record, None));
+    }
+    first.meta.push((
+        lqsm_server::UPGRADE_PROGRESS.to_owned(),
+        ids[2].0.as_bytes().to_vec(),
+    ));
+    store.commit(&first).unwrap();
+    drop(rm);
+
+    let (rm, upgrade) = lqsm_server::restore_and_check(&store, &config(&data)).unwrap();
+    assert_eq!(
+        upgrade,
+        lqsm_server::Upgrade::After(Some(*ids[2].0.as_bytes()))
+    );
+    let after = match upgrade {
+        lqsm_server::Upgrade::After(after) => after,
+        lqsm_server::Upgrade::Done => unreachable!(),
+    };
+    let rewritten = lqsm_server::upgrade_records(&store, &rm, 0, after).unwrap();
+    assert_eq!(rewritten, 4, "only the jobs the first run did not reach");
+    let total: u64 = store.counts().unwrap().iter().map(|c| c.count).sum();
+    assert_eq!(
+        total,
+        7,
+        "every job counted once: {:?}",
+        store.counts().unwrap()
+    );
+    let (_, upgrade) = lqsm_server::restore_and_check(&store, &config(&data)).unwrap();
+    assert_eq!(upgrade, lqsm_server::Upgrade::Done);
+}
+
+#[test]
 fn old_records_rewritten_in_the_new_format_read_back_the_same() {
     let dir = fixture_copy();
     let data = dir.path().join("data");
@@ -208,7 +255,7 @@ fn old_records_rewritten_in_the_new_format_read_back_the_same() {
         let record = rm.job_record(job.id).unwrap();
         batch
             .jobs
-            .push(lqsm_server::resource_manager::job_entry(&record));
+            .push(lqsm_server::resource_manager::job_entry(&record, None));
     }
     for path in ["root.etl", "root.ml", "root.default"] {
         let id = rm.queue(path).unwrap().id();
@@ -248,6 +295,7 @@ fn a_record_of_a_newer_format_stops_the_restore_as_newer_not_corrupt() {
         key: *Uuid::now_v7().as_bytes(),
         record: newer,
         index: lqsm_store::JobIndex::default(),
+        previous: None,
     });
     store.commit(&batch).unwrap();
     let err = lqsm_server::restore(&store, &config(&data)).unwrap_err();

@@ -3,16 +3,13 @@
 //! graceful restart, and SIGTERM ends the process cleanly.
 #![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 
-mod support;
-
 use lqsm_api as api;
+use lqsm_testkit::{Api, ServerProcess, SimWorker, eventually, function_job};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
-use support::{Api, Server, SimWorker, eventually, function_job};
 use uuid::Uuid;
 
 /// Load long enough to be killed in the middle of, short enough to check quickly.
@@ -186,7 +183,7 @@ fn assert_all_stored(
 
 #[test]
 fn acknowledged_submissions_survive_kill_9_mid_load() {
-    let mut server = Server::start();
+    let mut server = ServerProcess::start();
     let api = server.api();
     let load = Load::default();
     let small = job_of("unserved", 10);
@@ -197,7 +194,7 @@ fn acknowledged_submissions_survive_kill_9_mid_load() {
         submit_batches(api.clone(), small.clone(), load.clone()),
         submit_batches(api.clone(), large.clone(), load.clone()),
     ];
-    eventually("the load to get going", Duration::from_secs(20), || {
+    eventually("the load to get going", || {
         (load.submitted.load(Ordering::Relaxed) >= ACKED_BEFORE_KILL).then_some(())
     });
     server.kill_9();
@@ -234,7 +231,7 @@ fn acknowledged_submissions_survive_kill_9_mid_load() {
 
 #[test]
 fn acknowledged_reports_survive_kill_9_and_no_job_finishes_twice() {
-    let mut server = Server::start();
+    let mut server = ServerProcess::start();
     let api = server.api();
     let load = Load::default();
     let submitters = vec![
@@ -243,7 +240,7 @@ fn acknowledged_reports_survive_kill_9_and_no_job_finishes_twice() {
         submit_batches(api.clone(), job_of("load", 2000), load.clone()),
     ];
     let worker = finish_everything(api.clone(), "load", load.clone());
-    eventually("the load to get going", Duration::from_secs(20), || {
+    eventually("the load to get going", || {
         let enough = load.submitted.load(Ordering::Relaxed) >= ACKED_BEFORE_KILL
             && load.finished.load(Ordering::Relaxed) >= 1000;
         enough.then_some(())
@@ -292,8 +289,8 @@ fn acknowledged_reports_survive_kill_9_and_no_job_finishes_twice() {
 
 /// A worker holds a running attempt while `restart` takes the server down and up
 /// again; the worker registers again, says it still runs the attempt, and reports it.
-fn running_attempt_survives(restart: impl FnOnce(&mut Server)) {
-    let mut server = Server::start();
+fn running_attempt_survives(restart: impl FnOnce(&mut ServerProcess)) {
+    let mut server = ServerProcess::start();
     let api = server.api();
     let mut worker = SimWorker::register(&api, "keep");
     let id = api.submit(&function_job("root.default", "keep"));
@@ -348,7 +345,7 @@ fn running_attempt_survives_kill_9() {
 
 #[test]
 fn attempt_not_reclaimed_within_the_grace_runs_again_elsewhere() {
-    let mut server = Server::builder()
+    let mut server = ServerProcess::builder()
         .arg("--reclaim-grace-ms")
         .arg("500")
         .start();
@@ -395,7 +392,7 @@ fn attempt_not_reclaimed_within_the_grace_runs_again_elsewhere() {
 
 #[test]
 fn queues_keys_tokens_and_finished_jobs_survive_kill_9() {
-    let mut server = Server::start();
+    let mut server = ServerProcess::start();
     let api = server.api();
     // Queue settings and states.
     api.patch("/v1/queues/root.default", &json!({"weight": 5}))
@@ -458,7 +455,7 @@ fn queues_keys_tokens_and_finished_jobs_survive_kill_9() {
 
 #[test]
 fn sigterm_exits_with_code_0_and_keeps_every_job() {
-    let mut server = Server::start();
+    let mut server = ServerProcess::start();
     let api = server.api();
     let mut ids: Vec<Uuid> = (0..3)
         .map(|i| {

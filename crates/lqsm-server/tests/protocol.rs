@@ -3,11 +3,9 @@
 //! with a message naming both versions and what to upgrade.
 #![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 
-mod support;
-
 use lqsm_api as api;
+use lqsm_testkit::{BlockingTestServer, eventually, function_job};
 use serde_json::json;
-use support::{Server, function_job};
 use uuid::Uuid;
 
 /// A registration exactly as a protocol-1 worker sent it: no `protocol` field.
@@ -23,7 +21,7 @@ fn version_one_registration(id: Uuid, handler: &str) -> serde_json::Value {
 
 #[test]
 fn a_worker_of_the_previous_protocol_registers_polls_and_runs_a_job() {
-    let server = Server::start();
+    let server = BlockingTestServer::start();
     let api = server.api();
     let id = Uuid::now_v7();
     let view: api::WorkerView = api
@@ -32,7 +30,7 @@ fn a_worker_of_the_previous_protocol_registers_polls_and_runs_a_job() {
     assert_eq!(view.state, api::WorkerState::Active);
 
     let job = api.submit(&function_job("root.default", "proto.v1"));
-    let poll = support::eventually("the old worker to get the job", support::DEADLINE, || {
+    let poll = eventually("the old worker to get the job", || {
         let answer: api::PollResponse = api
             .post(
                 &format!("/v1/workers/{id}/poll"),
@@ -62,7 +60,7 @@ fn a_worker_of_the_previous_protocol_registers_polls_and_runs_a_job() {
 
 #[test]
 fn a_worker_of_a_newer_major_protocol_is_refused_with_what_to_upgrade() {
-    let server = Server::start();
+    let server = BlockingTestServer::start();
     let api = server.api();
     let mut registration = version_one_registration(Uuid::now_v7(), "proto.v9");
     let too_new = api::WORKER_PROTOCOL + 1;
@@ -94,7 +92,7 @@ fn a_worker_of_a_newer_major_protocol_is_refused_with_what_to_upgrade() {
 
 #[test]
 fn the_current_protocol_is_accepted() {
-    let server = Server::start();
+    let server = BlockingTestServer::start();
     let api = server.api();
     let mut registration = version_one_registration(Uuid::now_v7(), "proto.v2");
     registration["protocol"] = json!(api::WORKER_PROTOCOL);

@@ -3,16 +3,14 @@
 //! in both orders, queue trees by depth and page, and `/readyz` while restoring.
 #![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 
-mod support;
-
 use lqsm_api as api;
+use lqsm_testkit::{Api, BlockingTestServer, DEADLINE, eventually, function_job};
 use serde_json::json;
-use support::{DEADLINE, Server, eventually, function_job};
 use uuid::Uuid;
 
 #[test]
 fn a_job_is_readable_and_listed_as_soon_as_its_submission_is_answered() {
-    let server = Server::start();
+    let server = BlockingTestServer::start();
     let api = server.api();
     for _ in 0..20 {
         let id = api.submit(&function_job("root.default", "nobody"));
@@ -25,7 +23,7 @@ fn a_job_is_readable_and_listed_as_soon_as_its_submission_is_answered() {
 }
 
 /// Every page of a listing, following `next_cursor`.
-fn all_pages(api: &support::Api, query: &str) -> Vec<Uuid> {
+fn all_pages(api: &Api, query: &str) -> Vec<Uuid> {
     let mut ids = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -45,7 +43,7 @@ fn all_pages(api: &support::Api, query: &str) -> Vec<Uuid> {
 
 #[test]
 fn listings_by_queue_subtree_state_and_tag_page_with_cursors_in_both_orders() {
-    let server = Server::start();
+    let server = BlockingTestServer::start();
     let api = server.api();
     for path in ["root.team", "root.team.x", "root.team.y", "root.other"] {
         api.create_queue(json!({"path": path, "capacity": 0.0}));
@@ -120,30 +118,30 @@ fn tree(base: &str, query: &str) -> (api::QueueView, Option<String>) {
 
 #[test]
 fn queue_trees_answer_by_depth_and_page_their_children() {
-    let server = Server::start();
+    let server = BlockingTestServer::start();
     let api = server.api();
     for i in 0..5 {
         api.create_queue(json!({"path": format!("root.p{i}"), "capacity": 0.0}));
         api.create_queue(json!({"path": format!("root.p{i}.leaf"), "capacity": 0.0}));
     }
     // A small tree is answered whole by default.
-    let (whole, next) = tree(server.base(), "");
+    let (whole, next) = tree(server.url(), "");
     assert_eq!(next, None);
     assert_eq!(whole.children.len(), 6);
     assert!(whole.children.iter().any(|c| c.children.len() == 1));
     // Depth 1: the children, without theirs.
-    let (shallow, _) = tree(server.base(), "?depth=1");
+    let (shallow, _) = tree(server.url(), "?depth=1");
     assert_eq!(shallow.children.len(), 6);
     assert!(shallow.children.iter().all(|c| c.children.is_empty()));
     // Pages of two children, following the cursor.
     let mut seen = Vec::new();
     let mut query = "?depth=0&limit=2".to_owned();
-    let (alone, _) = tree(server.base(), &query);
+    let (alone, _) = tree(server.url(), &query);
     assert!(alone.children.is_empty(), "depth 0 is the queue alone");
-    let (one, _) = tree(server.base(), "/root.p0?depth=0");
+    let (one, _) = tree(server.url(), "/root.p0?depth=0");
     assert_eq!(one.path, "root.p0");
     assert!(one.children.is_empty());
-    let (whole, _) = tree(server.base(), "/root.p0");
+    let (whole, _) = tree(server.url(), "/root.p0");
     assert_eq!(
         whole.children.len(),
         1,
@@ -151,7 +149,7 @@ fn queue_trees_answer_by_depth_and_page_their_children() {
     );
     query = "?limit=2".to_owned();
     loop {
-        let (page, next) = tree(server.base(), &query);
+        let (page, next) = tree(server.url(), &query);
         assert!(page.children.len() <= 2);
         seen.extend(page.children.iter().map(|c| c.path.clone()));
         match next {
@@ -176,7 +174,7 @@ fn queue_trees_answer_by_depth_and_page_their_children() {
 
 #[test]
 fn a_large_queue_tree_is_answered_one_level_and_one_page_at_a_time() {
-    let server = Server::start();
+    let server = BlockingTestServer::start();
     let api = server.api();
     let queues: Vec<_> = (0..1100)
         .map(|i| json!({"path": format!("root.q{i:04}"), "capacity": 0.0}))
@@ -185,14 +183,14 @@ fn a_large_queue_tree_is_answered_one_level_and_one_page_at_a_time() {
         .post("/v1/queues/batch", &json!({"queues": queues}))
         .expect(200);
     assert_eq!(created.created, 1100);
-    let (first, next) = tree(server.base(), "");
+    let (first, next) = tree(server.url(), "");
     assert_eq!(first.children.len(), 1000, "a page of the root's children");
     let cursor = next.expect("a cursor to the rest");
-    let (rest, next) = tree(server.base(), &format!("?cursor={cursor}"));
+    let (rest, next) = tree(server.url(), &format!("?cursor={cursor}"));
     assert_eq!(rest.children.len(), 101, "the rest, root.default included");
     assert_eq!(next, None);
     // A queue by its path answers the same way.
-    let (by_path, next) = tree(server.base(), "/root");
+    let (by_path, next) = tree(server.url(), "/root");
     assert_eq!(by_path.children.len(), 1000);
     assert!(next.is_some());
     // The cluster view counts every queue without listing them.
@@ -225,7 +223,7 @@ fn readyz_answers_503_and_the_api_unavailable_while_the_store_is_restoring() {
         ))
     });
     let addr = addr_rx.recv_timeout(DEADLINE).unwrap();
-    let api = support::Api::new(&format!("http://{addr}"), None);
+    let api = Api::new(&format!("http://{addr}"), None);
 
     assert_eq!(api.get("/healthz").status, 200);
     let restoring = api.get("/readyz");
@@ -238,7 +236,7 @@ fn readyz_answers_503_and_the_api_unavailable_while_the_store_is_restoring() {
     assert!(refused.message.contains("restoring"), "{}", refused.message);
 
     restore_tx.send(()).unwrap();
-    eventually("the server to be ready", DEADLINE, || {
+    eventually("the server to be ready", || {
         (api.get("/readyz").status == 200).then_some(())
     });
     api.get("/v1/cluster").expect::<api::ClusterSummary>(200);

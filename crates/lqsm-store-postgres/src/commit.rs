@@ -94,7 +94,7 @@ const DELETE_QUEUES: &str = "DELETE FROM lqsm_queues WHERE path = ANY($1::text[]
 
 /// The keys of the jobs a batch deletes.
 fn deleted_keys(batch: &WriteBatch) -> impl Iterator<Item = &JobKey> {
-    batch.deleted_jobs.iter()
+    batch.deleted_jobs.iter().map(|deletion| &deletion.key)
 }
 
 /// What a batch leaves behind, as the arrays the statements bind.

@@ -177,7 +177,7 @@ fn a_commit_at_the_old_epoch_is_refused_after_another_server_takes_the_lease() {
     stale.payloads.push((job_key(2), b"payload".to_vec()));
     stale.queues.push(("root.a".to_string(), b"q".to_vec()));
     stale.meta.push(("next_token".to_string(), b"2".to_vec()));
-    stale.deleted_jobs.push(job_key(1));
+    stale.deleted_jobs.push(lqsm_store::testsuite::deletion(1));
     match server_a.commit(&stale) {
         Err(StoreError::Fenced {
             writer,

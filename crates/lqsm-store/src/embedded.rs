@@ -5,7 +5,7 @@
 //! journal as a single checksummed entry and fsynced before `commit` returns, so after a crash
 //! the journal replays every acknowledged batch and drops a torn last one whole.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -21,6 +21,22 @@ use crate::{
 
 /// The engine's directory inside the data directory.
 const ENGINE_DIR: &str = "fjall";
+
+/// The most journal the engine keeps before it flushes the memtables holding its oldest
+/// part: what a restart after kill -9 replays. The engine's default (512 MiB) let the small
+/// index keyspaces, which never fill a memtable, pin the whole journal, so a restart with a
+/// million jobs spent seconds replaying it; this is the engine's minimum.
+const MAX_JOURNAL_BYTES: u64 = 64 << 20;
+
+/// Background threads for flushes and compactions. One: with two or more, fjall's first
+/// worker hands every compaction to the others and, while they are busy, keeps taking the
+/// same message back and sending it again, a busy loop that cost about a seventh of the
+/// server's cpu end to end on two cores (profiled). Flushes and compactions then run in
+/// turn, which a server that commits in groups keeps up with.
+const ENGINE_WORKERS: usize = 1;
+
+/// The keyspace where earlier releases kept each job's index fields (dropped at open).
+const RETIRED_JOB_INDEX: &str = "job_index";
 
 /// Keys of the `lease` keyspace.
 const EPOCH_KEY: &[u8] = b"epoch";
@@ -42,8 +58,6 @@ pub struct EmbeddedStore {
     logs: Keyspace,
     queues: Keyspace,
     meta: Keyspace,
-    /// Job key → its [`JobIndex`], to find the index entries to remove when it changes.
-    job_index: Keyspace,
     by_queue: Keyspace,
     by_state: Keyspace,
     by_tag: Keyspace,
@@ -51,8 +65,8 @@ pub struct EmbeddedStore {
     counts: Keyspace,
     /// The epoch and the lease.
     lease: Keyspace,
-    /// One writer at a time: a commit reads the index entries it replaces, and the epoch it
-    /// checks must not change before it lands. Holds the current epoch and lease.
+    /// One writer at a time: a commit reads the counts it changes, and the epoch it checks
+    /// must not change before it lands. Holds the current epoch and lease.
     writer: Mutex<Term>,
     /// Dropped last (fields drop in order), so the lock outlives the engine.
     dir: DataDir,
@@ -81,6 +95,8 @@ impl EmbeddedStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let dir = DataDir::acquire(dir)?;
         let db = Database::builder(dir.path().join(ENGINE_DIR))
+            .max_journaling_size(MAX_JOURNAL_BYTES)
+            .worker_threads(ENGINE_WORKERS)
             .open()
             .map_err(engine)?;
         let keyspace = |name: &str| {
@@ -88,7 +104,12 @@ impl EmbeddedStore {
                 .map_err(engine)
         };
         let jobs = keyspace("jobs")?;
-        let job_index = keyspace("job_index")?;
+        // Data written by the releases that read each job's index back kept it in a keyspace
+        // of its own; the writer now passes it, so that copy is dropped.
+        if db.keyspace_exists(RETIRED_JOB_INDEX) {
+            let retired = keyspace(RETIRED_JOB_INDEX)?;
+            db.delete_keyspace(retired).map_err(engine)?;
+        }
         let lease = keyspace("lease")?;
         let term = read_term(&lease)?;
         let store = Self {
@@ -97,7 +118,6 @@ impl EmbeddedStore {
             logs: keyspace("logs")?,
             queues: keyspace("queues")?,
             meta: keyspace("meta")?,
-            job_index,
             by_queue: keyspace("by_queue")?,
             by_state: keyspace("by_state")?,
             by_tag: keyspace("by_tag")?,
@@ -146,9 +166,9 @@ impl EmbeddedStore {
             budget -= 1;
             Ok(())
         };
-        let changes = self.index_changes(batch)?;
-        // Deletions of jobs are three operations each (record, payload, logs).
-        let operations = batch.len() + 2 * batch.deleted_jobs.len() + changes.len();
+        // Deletions of jobs are three operations each (record, payload, logs); a job's
+        // index changes are about two more.
+        let operations = batch.len() + 2 * batch.deleted_jobs.len() + 2 * batch.jobs.len();
         let mut writes = OwnedWriteBatch::with_capacity(self.db.clone(), operations)
             .durability(Some(PersistMode::SyncAll));
         // Writes first, deletions after: within a batch, deletion wins. Until `commit` below,
@@ -173,77 +193,96 @@ impl EmbeddedStore {
             step()?;
             writes.insert(&self.meta, name.as_bytes(), value.as_slice());
         }
-        for key in &batch.deleted_jobs {
+        for deletion in &batch.deleted_jobs {
             step()?;
-            writes.remove(&self.jobs, key.as_slice());
-            writes.remove(&self.payloads, key.as_slice());
-            writes.remove(&self.logs, key.as_slice());
+            let key = deletion.key.as_slice();
+            writes.remove(&self.jobs, key);
+            writes.remove(&self.payloads, key);
+            writes.remove(&self.logs, key);
         }
         for path in &batch.deleted_queues {
             step()?;
             writes.remove(&self.queues, path.as_bytes());
         }
-        changes.write(self, &mut writes);
+        self.write_index_changes(batch, &mut writes)?;
         step()?;
         writes.commit().map_err(engine)
     }
 
-    /// The index entries and counts `batch` changes: each job's final index (after the
-    /// batch) against the one stored, netted so that each engine key is written at most
-    /// once.
-    fn index_changes(&self, batch: &WriteBatch) -> Result<IndexChanges, StoreError> {
-        let mut last: HashMap<JobKey, Option<&JobIndex>> =
+    /// Adds to `writes` the index entries and counts `batch` changes: each job's index after
+    /// the batch against the one the writer says it had before ([`crate::JobWrite::previous`]),
+    /// so nothing of the index is read back; only the few counts touched are.
+    fn write_index_changes(
+        &self,
+        batch: &WriteBatch,
+        writes: &mut OwnedWriteBatch,
+    ) -> Result<(), StoreError> {
+        // Job key → (index before the batch, index after it). The writer sends each job at
+        // most once per batch; a job sent twice keeps its first `previous` and last index.
+        let mut jobs: HashMap<JobKey, (Option<&JobIndex>, Option<&JobIndex>)> =
             HashMap::with_capacity(batch.jobs.len() + batch.deleted_jobs.len());
         for job in &batch.jobs {
-            last.insert(job.key, Some(&job.index));
+            jobs.entry(job.key)
+                .or_insert((job.previous.as_ref(), None))
+                .1 = Some(&job.index);
         }
-        for key in &batch.deleted_jobs {
-            last.insert(*key, None);
+        for deletion in &batch.deleted_jobs {
+            jobs.entry(deletion.key)
+                .or_insert((deletion.previous.as_ref(), None))
+                .1 = None;
         }
-        let mut changes = IndexChanges::default();
-        for (key, new) in last {
-            let old = match self.job_index.get(key).map_err(engine)? {
-                Some(bytes) => Some(decode_index(&bytes)?),
-                None => None,
-            };
-            if old.as_ref() == new {
+        let mut counts: HashMap<(&str, &str), i64> = HashMap::new();
+        let keyspaces = [&self.by_queue, &self.by_state, &self.by_tag];
+        // After netting per job, each entry key occurs once: it ends in the job's key.
+        let mut set = |which: usize, name: &str, key: &JobKey, present: bool| {
+            let mut entry = index_prefix(name);
+            entry.extend_from_slice(key);
+            if present {
+                writes.insert(keyspaces[which], entry, b"".as_slice());
+            } else {
+                writes.remove(keyspaces[which], entry);
+            }
+        };
+        for (key, (old, new)) in &jobs {
+            if old == new {
                 continue;
             }
-            // Only the entries that differ are written: a job changing state keeps its
-            // queue and tag entries (most commits are state changes).
-            match (&old, new) {
-                (Some(old), Some(new)) => changes.differences(old, new, &key),
-                (Some(old), None) => changes.entries(old, &key, false),
-                (None, Some(new)) => changes.entries(new, &key, true),
+            match (old, new) {
+                (Some(old), Some(new)) => index_differences(old, new, key, &mut set),
+                (Some(old), None) => index_entries(old, key, false, &mut set),
+                (None, Some(new)) => index_entries(new, key, true, &mut set),
                 (None, None) => {}
             }
-            if let Some(old) = &old {
-                *changes.counts.entry(count_key(old)).or_default() -= 1;
+            if let Some(old) = old {
+                *counts.entry((&old.queue, &old.state)).or_default() -= 1;
             }
-            match new {
-                Some(new) => {
-                    *changes.counts.entry(count_key(new)).or_default() += 1;
-                    changes.job_index.insert(key, Some(encode_index(new)));
-                }
-                None => {
-                    changes.job_index.insert(key, None);
-                }
+            if let Some(new) = new {
+                *counts.entry((&new.queue, &new.state)).or_default() += 1;
             }
         }
-        changes.counts.retain(|_, delta| *delta != 0);
-        for (key, delta) in &changes.counts {
-            let stored = match self.counts.get(key).map_err(engine)? {
+        for ((queue, state), delta) in counts {
+            if delta == 0 {
+                continue;
+            }
+            let key = count_key(queue, state);
+            let stored = match self.counts.get(&key).map_err(engine)? {
                 Some(bytes) => decode_count(&bytes)?,
                 None => 0,
             };
             let now = stored
-                .checked_add_signed(*delta)
+                .checked_add_signed(delta)
                 .ok_or_else(|| StoreError::Corrupt {
-                    what: format!("a job count of {stored} changed by {delta}"),
+                    what: format!(
+                        "the count of `{state}` jobs in `{queue}` ({stored}) changed by {delta}"
+                    ),
                 })?;
-            changes.count_values.insert(key.clone(), now);
+            if now == 0 {
+                writes.remove(&self.counts, key);
+            } else {
+                writes.insert(&self.counts, key, now.to_le_bytes().as_slice());
+            }
         }
-        Ok(changes)
+        Ok(())
     }
 
     /// Writes the term durably, then keeps it.
@@ -323,88 +362,42 @@ impl EmbeddedStore {
     }
 }
 
-/// The index entries and counts one commit changes.
-#[derive(Default)]
-struct IndexChanges {
-    /// Per keyspace (0 queue, 1 state, 2 tag): entry key → present after the commit.
-    entries: [BTreeMap<Vec<u8>, bool>; 3],
-    /// Job key → its new index (None: removed).
-    job_index: HashMap<JobKey, Option<Vec<u8>>>,
-    /// Count key → change.
-    counts: BTreeMap<Vec<u8>, i64>,
-    /// Count key → value after the commit.
-    count_values: BTreeMap<Vec<u8>, u64>,
+/// Sets (or removes) every index entry of a job: in index 0 (queue), 1 (state), 2 (tag).
+fn index_entries(
+    index: &JobIndex,
+    key: &JobKey,
+    present: bool,
+    set: &mut impl FnMut(usize, &str, &JobKey, bool),
+) {
+    set(0, &index.queue, key, present);
+    set(1, &index.state, key, present);
+    for tag in &index.tags {
+        set(2, tag, key, present);
+    }
 }
 
-impl IndexChanges {
-    /// Sets the entry of job `key` under `name` in index `which` (0 queue, 1 state,
-    /// 2 tag) to present or absent after the commit.
-    fn set(&mut self, which: usize, name: &str, key: &JobKey, present: bool) {
-        let mut entry = index_prefix(name);
-        entry.extend_from_slice(key);
-        let slot = self.entries[which].entry(entry).or_insert(present);
-        // Removed then added back (or the reverse) within one commit: the later wins.
-        *slot = present;
+/// Changes only the entries that differ between a job's old index and its new one: a job
+/// changing state keeps its queue and tag entries (most commits are state changes).
+fn index_differences(
+    old: &JobIndex,
+    new: &JobIndex,
+    key: &JobKey,
+    set: &mut impl FnMut(usize, &str, &JobKey, bool),
+) {
+    if old.queue != new.queue {
+        set(0, &old.queue, key, false);
+        set(0, &new.queue, key, true);
     }
-
-    /// Every entry of `index`, present or absent.
-    fn entries(&mut self, index: &JobIndex, key: &JobKey, present: bool) {
-        self.set(0, &index.queue, key, present);
-        self.set(1, &index.state, key, present);
-        for tag in &index.tags {
-            self.set(2, tag, key, present);
-        }
+    if old.state != new.state {
+        set(1, &old.state, key, false);
+        set(1, &new.state, key, true);
     }
-
-    /// Only the entries that differ between a job's stored index and its new one.
-    fn differences(&mut self, old: &JobIndex, new: &JobIndex, key: &JobKey) {
-        if old.queue != new.queue {
-            self.set(0, &old.queue, key, false);
-            self.set(0, &new.queue, key, true);
+    if old.tags != new.tags {
+        for tag in old.tags.iter().filter(|t| !new.tags.contains(t)) {
+            set(2, tag, key, false);
         }
-        if old.state != new.state {
-            self.set(1, &old.state, key, false);
-            self.set(1, &new.state, key, true);
-        }
-        if old.tags != new.tags {
-            for tag in old.tags.iter().filter(|t| !new.tags.contains(t)) {
-                self.set(2, tag, key, false);
-            }
-            for tag in new.tags.iter().filter(|t| !old.tags.contains(t)) {
-                self.set(2, tag, key, true);
-            }
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.entries.iter().map(BTreeMap::len).sum::<usize>()
-            + self.job_index.len()
-            + self.count_values.len()
-    }
-
-    fn write(self, store: &EmbeddedStore, writes: &mut OwnedWriteBatch) {
-        let keyspaces = [&store.by_queue, &store.by_state, &store.by_tag];
-        for (entries, keyspace) in self.entries.into_iter().zip(keyspaces) {
-            for (entry, present) in entries {
-                if present {
-                    writes.insert(keyspace, entry, b"".as_slice());
-                } else {
-                    writes.remove(keyspace, entry);
-                }
-            }
-        }
-        for (key, index) in self.job_index {
-            match index {
-                Some(bytes) => writes.insert(&store.job_index, key.as_slice(), bytes),
-                None => writes.remove(&store.job_index, key.as_slice()),
-            }
-        }
-        for (key, count) in self.count_values {
-            if count == 0 {
-                writes.remove(&store.counts, key);
-            } else {
-                writes.insert(&store.counts, key, count.to_le_bytes().as_slice());
-            }
+        for tag in new.tags.iter().filter(|t| !old.tags.contains(t)) {
+            set(2, tag, key, true);
         }
     }
 }
@@ -453,9 +446,9 @@ fn index_prefix(name: &str) -> Vec<u8> {
     out
 }
 
-fn count_key(index: &JobIndex) -> Vec<u8> {
-    let mut key = index_prefix(&index.queue);
-    key.extend_from_slice(index.state.as_bytes());
+fn count_key(queue: &str, state: &str) -> Vec<u8> {
+    let mut key = index_prefix(queue);
+    key.extend_from_slice(state.as_bytes());
     key
 }
 
@@ -465,16 +458,6 @@ fn decode_count(bytes: &[u8]) -> Result<u64, StoreError> {
         .map_err(|_| StoreError::Corrupt {
             what: format!("a job count of {} bytes (counts are 8)", bytes.len()),
         })
-}
-
-fn encode_index(index: &JobIndex) -> Vec<u8> {
-    let mut out = index_prefix(&index.queue);
-    out.extend_from_slice(&index_prefix(&index.state));
-    out.extend_from_slice(&(index.tags.len() as u16).to_be_bytes());
-    for tag in &index.tags {
-        out.extend_from_slice(&index_prefix(tag));
-    }
-    out
 }
 
 /// Reads length-prefixed names written by [`index_prefix`].
@@ -492,25 +475,6 @@ impl<'a> Names<'a> {
         let bytes = self.0.get(..len)?;
         self.0 = &self.0[len..];
         String::from_utf8(bytes.to_vec()).ok()
-    }
-}
-
-fn decode_index(bytes: &[u8]) -> Result<JobIndex, StoreError> {
-    let mut names = Names(bytes);
-    let decode = |names: &mut Names<'_>| -> Option<JobIndex> {
-        let queue = names.name()?;
-        let state = names.name()?;
-        let count = names.u16()?;
-        let tags = (0..count)
-            .map(|_| names.name())
-            .collect::<Option<Vec<_>>>()?;
-        Some(JobIndex { queue, state, tags })
-    };
-    match decode(&mut names) {
-        Some(index) if names.0.is_empty() => Ok(index),
-        _ => Err(StoreError::Corrupt {
-            what: "a job's index entry cannot be read".to_string(),
-        }),
     }
 }
 

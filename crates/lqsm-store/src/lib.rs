@@ -8,7 +8,10 @@
 //! Records are opaque bytes here: the server encodes them (`lqsm_core::codec`). Next to each
 //! job record, a batch carries the few fields the store indexes ([`JobIndex`]: queue, state,
 //! tags), so that the reads a JobServer needs ([`Store::job`], [`Store::jobs`],
-//! [`Store::counts`]) are answered by the store itself.
+//! [`Store::counts`]) are answered by the store itself. The writer also passes the index
+//! each job had before the batch ([`JobWrite::previous`], [`JobDeletion::previous`]): it
+//! holds every job in memory anyway, and a backend that keeps its indexes by hand (the
+//! embedded one) then never reads its own index back on the hot path.
 //!
 //! A writer holds a **lease** and writes at its **epoch**: every commit carries the epoch
 //! ([`WriteBatch::epoch`]) and a commit from an older epoch is refused
@@ -53,6 +56,21 @@ pub struct JobWrite {
     pub record: Vec<u8>,
     /// Queue, state and tags, kept in the store's secondary indexes.
     pub index: JobIndex,
+    /// The index this job had in the store before this batch: `None` for a job the store
+    /// does not hold yet. The writer must give it exactly (it is what the writer's last
+    /// committed batch wrote, or what it loaded); a backend may rely on it instead of
+    /// reading its index back, and its reads are undefined when it is wrong.
+    pub previous: Option<JobIndex>,
+}
+
+/// A job to delete (record, payload and logs), e.g. after retention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobDeletion {
+    /// The job's key.
+    pub key: JobKey,
+    /// The index the job had in the store before this batch (`None` when the store does not
+    /// hold it), with the same promise as [`JobWrite::previous`].
+    pub previous: Option<JobIndex>,
 }
 
 /// Which jobs a listing wants.
@@ -160,7 +178,7 @@ pub struct WriteBatch {
     /// Captured output of jobs' attempts (what a worker uploaded), insert or overwrite.
     pub logs: Vec<(JobKey, Vec<u8>)>,
     /// Jobs to delete (record, payload and logs), e.g. after retention.
-    pub deleted_jobs: Vec<JobKey>,
+    pub deleted_jobs: Vec<JobDeletion>,
     /// Queue records by queue path (e.g. "root.etl"), insert or overwrite.
     pub queues: Vec<(String, Vec<u8>)>,
     /// Queues to delete, by path.
@@ -216,15 +234,16 @@ impl WriteBatch {
                 max: MAX_NAME_BYTES,
             })
         };
+        let index = |index: &JobIndex| {
+            name(&index.queue, "queue path")?;
+            name(&index.state, "job state")?;
+            index.tags.iter().try_for_each(|tag| name(tag, "tag"))
+        };
         for job in &self.jobs {
             value(job.record.len(), &|| {
                 format!("the record of job {}", JobKeyHex(&job.key))
             })?;
-            name(&job.index.queue, "queue path")?;
-            name(&job.index.state, "job state")?;
-            for tag in &job.index.tags {
-                name(tag, "tag")?;
-            }
+            index(&job.index)?;
         }
         for (key, payload) in &self.payloads {
             value(payload.len(), &|| {

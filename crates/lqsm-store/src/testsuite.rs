@@ -26,8 +26,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::{
-    JobCount, JobFilter, JobIndex, JobKey, JobPage, JobQuery, JobWrite, Order, Snapshot, Store,
-    StoreError, WriteBatch,
+    JobCount, JobDeletion, JobFilter, JobIndex, JobKey, JobPage, JobQuery, JobWrite, Order,
+    Snapshot, Store, StoreError, WriteBatch,
 };
 
 /// The contract in memory: applies batches as a backend must, and says what
@@ -66,14 +66,28 @@ impl Model {
         for (name, value) in &batch.meta {
             self.meta.insert(name.clone(), value.clone());
         }
-        for key in &batch.deleted_jobs {
-            self.jobs.remove(key);
-            self.payloads.remove(key);
-            self.logs.remove(key);
+        for deletion in &batch.deleted_jobs {
+            self.jobs.remove(&deletion.key);
+            self.payloads.remove(&deletion.key);
+            self.logs.remove(&deletion.key);
         }
         for path in &batch.deleted_queues {
             self.queues.remove(path);
         }
+    }
+
+    /// `batch` with what a writer must tell the store: each job's index before the batch
+    /// ([`JobWrite::previous`], [`JobDeletion::previous`]), as this model holds it.
+    pub fn with_previous(&self, batch: &WriteBatch) -> WriteBatch {
+        let previous = |key: &JobKey| self.jobs.get(key).map(|(_, index)| index.clone());
+        let mut batch = batch.clone();
+        for job in &mut batch.jobs {
+            job.previous = previous(&job.key);
+        }
+        for deletion in &mut batch.deleted_jobs {
+            deletion.previous = previous(&deletion.key);
+        }
+        batch
     }
 
     /// What [`Store::load`] must return.
@@ -208,12 +222,23 @@ pub fn index_of(n: u64) -> JobIndex {
     }
 }
 
-/// Job number `n` with `record` and the index fields of [`index_of`].
+/// Job number `n` with `record` and the index fields of [`index_of`], as a new job (no
+/// previous index: [`Model::with_previous`] fills it in for a job the store holds).
 pub fn job_write(n: u64, record: Vec<u8>) -> JobWrite {
     JobWrite {
         key: job_key(n),
         record,
         index: index_of(n),
+        previous: None,
+    }
+}
+
+/// The deletion of job number `n` (its previous index is filled in by
+/// [`Model::with_previous`]).
+pub fn deletion(n: u64) -> JobDeletion {
+    JobDeletion {
+        key: job_key(n),
+        previous: None,
     }
 }
 
@@ -370,11 +395,14 @@ fn describe(payload: &Option<Vec<u8>>) -> String {
     }
 }
 
+/// Commits `batch` as a writer does, with each job's previous index filled in from `model`,
+/// then applies it to `model`.
 fn commit<S: Store>(store: &S, model: &mut Model, batch: &WriteBatch) {
+    let batch = model.with_previous(batch);
     store
-        .commit(batch)
+        .commit(&batch)
         .unwrap_or_else(|e| panic!("commit of {} operations failed: {e}", batch.len()));
-    model.apply(batch);
+    model.apply(&batch);
 }
 
 /// A batch with `count` jobs numbered from `first`, each with a record of `record_len`
@@ -478,7 +506,7 @@ pub fn deleted_job_loses_record_and_payload<S: Store>(new_store: impl Fn() -> S)
     commit(&store, &mut model, &jobs_batch(0, 10, 400, 100));
 
     let mut batch = WriteBatch::new();
-    batch.deleted_jobs = vec![job_key(3), job_key(7)];
+    batch.deleted_jobs = vec![deletion(3), deletion(7)];
     commit(&store, &mut model, &batch);
 
     let loaded = store.load().unwrap_or_else(|e| panic!("load failed: {e}"));
@@ -545,7 +573,7 @@ pub fn deletion_wins_within_a_batch<S: Store>(new_store: impl Fn() -> S) {
     let store = new_store();
     let mut model = Model::new();
     let mut batch = jobs_batch(0, 3, 40, 10);
-    batch.deleted_jobs.push(job_key(1));
+    batch.deleted_jobs.push(deletion(1));
     batch.queues.push(("root.gone".to_string(), b"q".to_vec()));
     batch.deleted_queues.push("root.gone".to_string());
     commit(&store, &mut model, &batch);
@@ -563,7 +591,7 @@ pub fn deleting_missing_records_is_harmless<S: Store>(new_store: impl Fn() -> S)
     let mut model = Model::new();
     commit(&store, &mut model, &mixed_batch(1));
     let mut batch = WriteBatch::new();
-    batch.deleted_jobs.push(job_key(999_999));
+    batch.deleted_jobs.push(deletion(999_999));
     batch.deleted_queues.push("root.never".to_string());
     commit(&store, &mut model, &batch);
     assert_loads(&store, &model, "after deleting missing records");
@@ -586,13 +614,14 @@ pub fn failed_commit_applies_nothing<S: Store>(
 
     let mut doomed = jobs_batch(20_000, 2_000, 400, 100);
     doomed.jobs.push(job_write(10_000, b"overwritten".to_vec()));
-    doomed.deleted_jobs.push(job_key(10_001));
+    doomed.deleted_jobs.push(deletion(10_001));
     doomed.queues.push(("root.new".to_string(), b"q".to_vec()));
     doomed.deleted_queues.push("root.etl".to_string());
     doomed
         .meta
         .push(("next_token".to_string(), b"doomed".to_vec()));
 
+    let doomed = model.with_previous(&doomed);
     let outcome = commit_failing(&store, &doomed);
     assert!(
         outcome.is_err(),
@@ -619,7 +648,7 @@ pub fn oversized_name_fails_the_whole_batch<S: Store>(new_store: impl Fn() -> S)
     commit(&store, &mut model, &mixed_batch(1));
 
     let mut batch = jobs_batch(20_000, 2_000, 400, 100);
-    batch.deleted_jobs.push(job_key(100));
+    batch.deleted_jobs.push(deletion(100));
     batch
         .meta
         .push(("next_token".to_string(), b"doomed".to_vec()));
@@ -657,7 +686,7 @@ pub fn committed_batch_survives_reopen<S: Store>(
     commit(&store, &mut model, &jobs_batch(1_000, 500, 400, 100));
     let mut changes = WriteBatch::new();
     changes.jobs.push(job_write(1_000, b"succeeded".to_vec()));
-    changes.deleted_jobs.push(job_key(1_001));
+    changes.deleted_jobs.push(deletion(1_001));
     changes.deleted_queues.push("root.ml".to_string());
     changes
         .meta
@@ -807,7 +836,7 @@ pub fn logs_are_overwritten_and_deleted_with_their_job<S: Store>(new_store: impl
         assert_eq!(got, model.logs(&key), "logs of job {key:?}");
     }
     let mut batch = WriteBatch::new();
-    batch.deleted_jobs.push(job_key(1));
+    batch.deleted_jobs.push(deletion(1));
     commit(&store, &mut model, &batch);
     let got = store
         .logs(&job_key(1))
@@ -843,13 +872,13 @@ pub fn reads_follow_changes_and_deletions<S: Store>(new_store: impl Fn() -> S) {
     batch.jobs.push(job_write(2, b"doomed".to_vec()));
     batch
         .deleted_jobs
-        .extend([job_key(2), job_key(4), job_key(7)]);
+        .extend([deletion(2), deletion(4), deletion(7)]);
     commit(&store, &mut model, &batch);
     assert_loads(&store, &model, "after state and tag changes and deletions");
 
     // Every job of one group deleted: its count disappears.
     let mut batch = WriteBatch::new();
-    batch.deleted_jobs = (0..300).filter(|n| n % 3 == 1).map(job_key).collect();
+    batch.deleted_jobs = (0..300).filter(|n| n % 3 == 1).map(deletion).collect();
     commit(&store, &mut model, &batch);
     assert_loads(&store, &model, "after deleting a whole queue's jobs");
     assert!(

@@ -81,6 +81,9 @@ pub fn run_if_asked() {
         return;
     }
     let rest: Vec<OsString> = args.collect();
+    // The worker may run without transparent huge pages (the `lqsm` binary turns them off
+    // for itself); the command it runs gets the system's default, as if started by hand.
+    let _ = nix::sys::prctl::set_thp_disable(false);
     std::process::exit(supervise(&rest));
 }
 

@@ -1,21 +1,16 @@
-//! The worker library in-process against the real `lqsm server` binary.
-//!
-//! Build the binary first (`cargo build -p lqsm-cli`, same target dir and profile);
-//! without it these tests are skipped, unless `LQSM_REQUIRE_SERVER=1`.
+//! The worker library in-process against a real server (in-process too, through
+//! `lqsm_testkit::TestServer`).
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use lqsm_api as api;
 use lqsm_client::{Client, JobFailed};
-use lqsm_testkit::TestServer;
+use lqsm_testkit::{DEADLINE, TestServer, eventually_async, eventually_async_within};
 use lqsm_worker::{Capacity, RunSummary, WorkerBuilder, WorkerConfig, WorkerError};
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
-
-/// Longest any single wait in these tests may take.
-const DEADLINE: Duration = Duration::from_secs(15);
 
 fn init_logs() {
     let _ = tracing_subscriber::fmt()
@@ -78,15 +73,11 @@ async fn start_worker(builder: WorkerBuilder, client: &Client) -> RunningWorker 
         let _ = rx.await;
     }));
     // Registered once the server lists it.
-    let deadline = Instant::now() + DEADLINE;
-    loop {
+    eventually_async("the worker to register", || async {
         let workers = client.workers().await.unwrap();
-        if workers.iter().any(|w| w.id == id) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the worker never registered");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        workers.iter().any(|w| w.id == id).then_some(())
+    })
+    .await;
     RunningWorker {
         id,
         shutdown: Some(tx),
@@ -267,14 +258,12 @@ async fn a_timed_out_command_leaves_no_process_behind() {
         .unwrap();
     // The server may record the timeout from its own timer a moment before the
     // worker's SIGKILL lands: allow the kill grace.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while alive(pid) {
-        assert!(
-            Instant::now() < deadline,
-            "background sleep {pid} survived the timeout"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually_async_within(
+        &format!("background sleep {pid} to end with the timeout"),
+        Duration::from_secs(5),
+        || async { (!alive(pid)).then_some(()) },
+    )
+    .await;
     worker.stop().await;
 }
 
@@ -293,31 +282,19 @@ async fn cancelling_a_running_job_stops_its_process() {
         .await
         .unwrap()
         .id;
-    let deadline = Instant::now() + DEADLINE;
-    while !pid_file.exists()
-        || std::fs::read_to_string(&pid_file)
-            .unwrap()
-            .trim()
-            .is_empty()
-    {
-        assert!(Instant::now() < deadline, "the job never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid: i32 = eventually_async("the job to start", || async {
+        let text = std::fs::read_to_string(&pid_file).unwrap_or_default();
+        text.trim().parse().ok()
+    })
+    .await;
     let view = client.cancel(id).await.unwrap();
     assert_eq!(view.state, lqsm_api::JobState::Cancelled);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while alive(pid) {
-        assert!(
-            Instant::now() < deadline,
-            "the cancelled job's process survived"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually_async_within(
+        "the cancelled job's process to end",
+        Duration::from_secs(5),
+        || async { (!alive(pid)).then_some(()) },
+    )
+    .await;
     worker.stop().await;
 }
 
@@ -330,11 +307,10 @@ async fn shutdown_drains_running_work_before_returning() {
         .delay("root.default", "lqsm.sleep", json!(0.5))
         .await
         .unwrap();
-    let deadline = Instant::now() + DEADLINE;
-    while handle.view().await.unwrap().state != lqsm_api::JobState::Running {
-        assert!(Instant::now() < deadline, "the job never ran");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually_async("the job to run", || async {
+        (handle.view().await.unwrap().state == lqsm_api::JobState::Running).then_some(())
+    })
+    .await;
     let summary = worker.stop().await;
     assert_eq!(summary.succeeded, 1, "{summary:?}");
     assert_eq!(summary.unreported, 0, "{summary:?}");
@@ -365,11 +341,10 @@ async fn a_running_attempt_survives_a_server_restart_and_is_reported_after_it() 
         .await
         .unwrap()
         .id;
-    let deadline = Instant::now() + DEADLINE;
-    while client.job(id).await.unwrap().state != lqsm_api::JobState::Running {
-        assert!(Instant::now() < deadline, "the job never ran");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually_async("the job to run", || async {
+        (client.job(id).await.unwrap().state == lqsm_api::JobState::Running).then_some(())
+    })
+    .await;
     server.restart().await;
     // The restarted server waits for the worker to reclaim the attempt.
     std::fs::write(&go, "").unwrap();

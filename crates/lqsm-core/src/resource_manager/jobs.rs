@@ -155,6 +155,7 @@ impl ResourceManager {
             worker_slot: 0,
             waiting: Waiting::Not,
             delivered_in: 0,
+            recorded: None,
         });
         self.job_ids.insert(id, key);
         if let Some(k) = idempotency_key {

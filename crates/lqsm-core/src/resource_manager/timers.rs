@@ -87,6 +87,15 @@ impl ResourceManager {
         if let Some(k) = job.spec.idempotency_key() {
             self.idempotency.remove(&(job.queue, k.to_owned()));
         }
-        self.effects.records.push(Record::JobPurged(job.id));
+        let queue = self
+            .queue_path(job.queue)
+            .cloned()
+            .expect("a job's queue outlives it");
+        self.effects.records.push(Record::JobPurged {
+            id: job.id,
+            queue,
+            recorded: job.recorded,
+            tags: job.spec.tags().to_vec(),
+        });
     }
 }

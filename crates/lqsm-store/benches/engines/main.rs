@@ -120,6 +120,7 @@ fn jobs(first: u64, count: u64) -> WriteBatch {
             key: key(n),
             record: bytes(n, RECORD_BYTES),
             index: index(n),
+            previous: None,
         });
         batch.payloads.push((key(n), bytes(!n, PAYLOAD_BYTES)));
     }
@@ -224,6 +225,7 @@ fn commit_single_job<S: Engine>(bencher: Bencher) {
                 key: key(n),
                 record: bytes(n, RECORD_BYTES),
                 index: index(n),
+                previous: None,
             });
             batch
         })

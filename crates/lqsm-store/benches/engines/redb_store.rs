@@ -72,7 +72,8 @@ impl RedbStore {
                 meta.insert(name.as_str(), value.as_slice())
                     .map_err(engine)?;
             }
-            for key in &batch.deleted_jobs {
+            for deletion in &batch.deleted_jobs {
+                let key = &deletion.key;
                 jobs.remove(key).map_err(engine)?;
                 payloads.remove(key).map_err(engine)?;
                 logs.remove(key).map_err(engine)?;
