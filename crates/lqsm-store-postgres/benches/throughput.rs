@@ -23,7 +23,7 @@
 use std::time::{Duration, Instant};
 
 use lqsm_store::testsuite::{job_key, job_write};
-use lqsm_store::{JobWrite, Store, WriteBatch};
+use lqsm_store::{JobIndex, JobWrite, Store, WriteBatch};
 use lqsm_store_postgres::{PostgresOptions, PostgresStore, SslMode};
 use postgres::types::Type;
 use uuid::Uuid;
@@ -62,11 +62,16 @@ fn record(n: u64, write: u8) -> Vec<u8> {
 }
 
 /// Job `n` in state `state`, in one of 100 queues, tagged as the test kit tags (every 5th
-/// `five`, every 7th `seven`).
-fn job(n: u64, state: &str, write: u8) -> JobWrite {
+/// `five`, every 7th `seven`); `previous` is the state it was committed in before, if any
+/// (the contract wants the writer to say; this backend does not need it).
+fn job(n: u64, state: &str, previous: Option<&str>, write: u8) -> JobWrite {
     let mut job = job_write(n, record(n, write));
     job.index.queue = format!("root.q{}", n % 100);
     job.index.state = state.to_string();
+    job.previous = previous.map(|before| JobIndex {
+        state: before.to_string(),
+        ..job.index.clone()
+    });
     job
 }
 
@@ -104,7 +109,7 @@ fn submit(jobs: u64) -> f64 {
         batch.jobs.clear();
         batch
             .jobs
-            .extend((first..first + BATCH).map(|n| job(n, "pending", 1)));
+            .extend((first..first + BATCH).map(|n| job(n, "pending", None, 1)));
         store.commit(&batch).unwrap();
     }
     jobs as f64 / start.elapsed().as_secs_f64()
@@ -120,11 +125,16 @@ fn lifecycle(jobs: u64) -> f64 {
     batch.epoch = epoch;
     let start = Instant::now();
     for first in (0..jobs).step_by(BATCH as usize) {
-        for (state, write) in [("pending", 1), ("running", 2), ("succeeded", 3)] {
+        let writes = [
+            ("pending", None, 1),
+            ("running", Some("pending"), 2),
+            ("succeeded", Some("running"), 3),
+        ];
+        for (state, previous, write) in writes {
             batch.jobs.clear();
             batch
                 .jobs
-                .extend((first..first + BATCH).map(|n| job(n, state, write)));
+                .extend((first..first + BATCH).map(|n| job(n, state, previous, write)));
             store.commit(&batch).unwrap();
         }
     }
