@@ -14,7 +14,7 @@
 //!   `INSERT ... SELECT FROM unnest($1::uuid[], ...)` with binary array parameters against
 //!   `COPY ... FROM STDIN BINARY`, into a table of the shape of `lqsm_jobs`;
 //! - `submit`: `PostgresStore::commit` of batches of 1,000 new jobs (200-byte records,
-//!   100 queues, every 5th job tagged, every 7th too);
+//!   100 queues, every 5th job tagged, every 7th too), then `load` of them all;
 //! - `lifecycle`: the three durable writes of each job, each a commit of 1,000 jobs:
 //!   accepted (insert), assigned (state and record change), finished (the same).
 
@@ -96,7 +96,9 @@ fn fresh_store() -> PostgresStore {
     PostgresStore::open(&options).unwrap()
 }
 
-fn submit(jobs: u64) -> f64 {
+/// Commits `jobs` new jobs; returns their rate and, as a restart would, the rate at which
+/// `load` then reads them all back.
+fn submit(jobs: u64) -> (f64, f64) {
     let store = fresh_store();
     let epoch = store
         .acquire_lease("bench", Duration::from_secs(600), 0)
@@ -112,7 +114,12 @@ fn submit(jobs: u64) -> f64 {
             .extend((first..first + BATCH).map(|n| job(n, "pending", None, 1)));
         store.commit(&batch).unwrap();
     }
-    jobs as f64 / start.elapsed().as_secs_f64()
+    let submitted = jobs as f64 / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let loaded = store.load().unwrap().jobs.len();
+    let load_rate = loaded as f64 / start.elapsed().as_secs_f64();
+    assert_eq!(loaded as u64, jobs, "every job is loaded");
+    (submitted, load_rate)
 }
 
 fn lifecycle(jobs: u64) -> f64 {
@@ -219,8 +226,9 @@ fn main() {
         report("copy from stdin binary", rates);
     }
     if wanted("submit") {
-        let rates = (0..runs).map(|_| submit(jobs)).collect();
+        let (rates, loads): (Vec<f64>, Vec<f64>) = (0..runs).map(|_| submit(jobs)).unzip();
         report("PostgresStore: commits of 1,000 new jobs", rates);
+        report("PostgresStore: load() of them all", loads);
     }
     if wanted("lifecycle") {
         let rates = (0..runs).map(|_| lifecycle(jobs)).collect();
