@@ -372,3 +372,26 @@ fn sslmode_require_connects_encrypted() {
     assert!(encrypted >= 1, "the store's connection is encrypted");
     assert_eq!(store.load().unwrap().meta.len(), 1);
 }
+
+#[test]
+fn leases_judged_by_the_database_clock_hold_against_another_server() {
+    const TTL: Duration = Duration::from_secs(60);
+    let schema = Schema::new();
+    let server_a = schema.open();
+    let server_b = schema.open();
+    let before = server_a.database_now_ms().unwrap();
+    let lease = server_a.acquire_lease("server-a", TTL, before).unwrap();
+    let now = server_b.database_now_ms().unwrap();
+    assert!(now >= before, "the database's clock does not go back");
+    match server_b.acquire_lease("server-b", TTL, now) {
+        Err(StoreError::LeaseHeld {
+            holder,
+            remaining_ms,
+            ..
+        }) => {
+            assert_eq!(holder, "server-a");
+            assert_eq!(remaining_ms, lease.expires_at_ms - now);
+        }
+        other => panic!("b must wait for a's lease by the database's clock, got {other:?}"),
+    }
+}
