@@ -18,8 +18,8 @@ use crate::sql;
 /// snapshot, taken before it changes anything); the others are inserted. The difference
 /// goes to `lqsm_job_counts`. A plain UPDATE, not `INSERT ... ON CONFLICT DO UPDATE`: the
 /// latter also locks each row it overwrites, one more WAL record per job (measured: the
-/// three-writes lifecycle at 12,700 jobs/s with it, see docs/BENCHMARKS.md). No other
-/// writer can insert the same keys meanwhile: commits hold the lease row's lock.
+/// three-writes lifecycle 8-17% slower with it, docs/BENCHMARKS.md). No other writer can
+/// insert the same keys meanwhile: commits hold the lease row's lock.
 const UPSERT_JOBS: &str = "
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[])

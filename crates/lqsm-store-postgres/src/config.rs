@@ -148,8 +148,8 @@ impl PostgresOptions {
         // Every statement LQSM sends is meant to walk an index (a commit touches 1,000 rows of
         // millions; a listing reads a page). Prepared once per connection, a statement keeps
         // the plan made when its tables were small, and that plan scans them whole: measured,
-        // commits of 1,000 new jobs fell to 8,000 jobs/s at 100,000 jobs, 100 ms a commit
-        // in one sequential scan of the tag table. Hence no sequential scans, and no JIT
+        // commits of 1,000 new jobs ran at 8,000 jobs/s over the first 100,000 jobs, 100 ms
+        // a commit (on average) in a sequential scan of the tag table. Hence no sequential scans, and no JIT
         // (which the penalty's huge costs would trigger, 90 ms of compiling per statement).
         config.options(&format!(
             "-c search_path={} -c enable_seqscan=off -c jit=off",

@@ -157,6 +157,22 @@ impl PostgresStore {
         &self.schema
     }
 
+    /// The database's clock, in milliseconds since the Unix epoch. Servers sharing the
+    /// database pass it as `now_ms` to the lease calls, so that every lease is judged by
+    /// one clock whatever their own clocks say (the reading is a round trip old when used,
+    /// which a lease's time to live of seconds absorbs).
+    pub fn database_now_ms(&self) -> Result<u64, StoreError> {
+        let mut connection = self.connection()?;
+        let row = connection
+            .client
+            .query_one(
+                "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+                &[],
+            )
+            .map_err(sql("reading the database's clock"))?;
+        unsigned(column(&row, 0)?, "database clock")
+    }
+
     fn connection(&self) -> Result<pool::Lent<'_>, StoreError> {
         self.pool.get().map_err(StoreError::from)
     }

@@ -217,6 +217,7 @@ fn commits_racing_a_lease_change_either_land_before_it_or_are_fenced() {
     let server_a = schema.open();
     let server_b = schema.open();
     let lease_a = server_a.acquire_lease("server-a", TTL, 0).unwrap();
+    let committed = AtomicU64::new(0);
     let outcomes = std::thread::scope(|scope| {
         let writer = scope.spawn(|| {
             let mut outcomes = Vec::new();
@@ -234,10 +235,19 @@ fn commits_racing_a_lease_change_either_land_before_it_or_are_fenced() {
                 if fenced {
                     break;
                 }
+                committed.fetch_add(1, Ordering::Relaxed);
             }
             outcomes
         });
-        std::thread::sleep(Duration::from_millis(20));
+        // b takes over once a is well under way.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while committed.load(Ordering::Relaxed) < 10 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a did not commit 10 batches in 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
         server_b.acquire_lease("server-b", TTL, 60_000).unwrap();
         writer.join().unwrap()
     });
@@ -371,4 +381,27 @@ fn sslmode_require_connects_encrypted() {
         .get(0);
     assert!(encrypted >= 1, "the store's connection is encrypted");
     assert_eq!(store.load().unwrap().meta.len(), 1);
+}
+
+#[test]
+fn leases_judged_by_the_database_clock_hold_against_another_server() {
+    const TTL: Duration = Duration::from_secs(60);
+    let schema = Schema::new();
+    let server_a = schema.open();
+    let server_b = schema.open();
+    let before = server_a.database_now_ms().unwrap();
+    let lease = server_a.acquire_lease("server-a", TTL, before).unwrap();
+    let now = server_b.database_now_ms().unwrap();
+    assert!(now >= before, "the database's clock does not go back");
+    match server_b.acquire_lease("server-b", TTL, now) {
+        Err(StoreError::LeaseHeld {
+            holder,
+            remaining_ms,
+            ..
+        }) => {
+            assert_eq!(holder, "server-a");
+            assert_eq!(remaining_ms, lease.expires_at_ms - now);
+        }
+        other => panic!("b must wait for a's lease by the database's clock, got {other:?}"),
+    }
 }
