@@ -299,6 +299,14 @@ pub fn open_store(config: &ServerConfig) -> Result<Arc<dyn Store>, ServerError> 
     }
 }
 
+/// Now, by the clock leases are judged by: the store's when it has a shared one (a
+/// database's), else this machine's.
+fn lease_clock(store: &dyn Store) -> Result<u64, lqsm_store::StoreError> {
+    Ok(store
+        .clock_ms()?
+        .unwrap_or_else(|| resource_manager::wall_clock().0))
+}
+
 /// Takes the store's lease for this server (a new epoch, which fences any earlier writer)
 /// and keeps renewing it every third of its time to live while the returned task runs.
 /// Blocks on the store: call it from a blocking thread, as every store call.
@@ -308,8 +316,7 @@ pub fn take_lease(
     runtime: &tokio::runtime::Handle,
 ) -> Result<(Lease, tokio::task::JoinHandle<()>), ServerError> {
     let ttl = Duration::from_millis(config.store.lease_ttl_ms.max(1));
-    let now = resource_manager::wall_clock().0;
-    let lease = store.acquire_lease(&config.store.node, ttl, now)?;
+    let lease = store.acquire_lease(&config.store.node, ttl, lease_clock(store.as_ref())?)?;
     let renewing = {
         let store = store.clone();
         let mut lease = lease.clone();
@@ -321,7 +328,7 @@ pub fn take_lease(
                 let store = store.clone();
                 let current = lease.clone();
                 let renewed = tokio::task::spawn_blocking(move || {
-                    store.renew_lease(&current, ttl, resource_manager::wall_clock().0)
+                    store.renew_lease(&current, ttl, lease_clock(store.as_ref())?)
                 })
                 .await;
                 match renewed {

@@ -329,6 +329,10 @@ pub(crate) fn with_causes(err: &dyn std::error::Error) -> String {
 }
 
 impl Store for PostgresStore {
+    fn clock_ms(&self) -> Result<Option<u64>, StoreError> {
+        self.database_now_ms().map(Some)
+    }
+
     fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
         batch.check_limits()?;
         let mut connection = self.connection()?;

@@ -451,6 +451,14 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::LeaseLost`].
     fn renew_lease(&self, lease: &Lease, ttl: Duration, now_ms: u64) -> Result<Lease, StoreError>;
 
+    /// The clock leases are judged by, in milliseconds since the Unix epoch, when the store
+    /// has one that every server sharing it reads (a database's): servers pass it as
+    /// `now_ms` to the lease calls, so that their own clocks' drift cannot make two of them
+    /// believe they hold the lease. `None` (the default): use the local clock.
+    fn clock_ms(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+
     /// Gives `lease` up so that another writer can acquire at once. The epoch stays (so
     /// writes at it are still accepted until someone acquires); [`StoreError::LeaseLost`]
     /// when it is no longer current.
