@@ -223,9 +223,7 @@ pub(crate) fn commit(connection: &mut Connection, batch: &WriteBatch) -> Result<
     // Locked until the transaction ends: a lease cannot change hands mid-commit, and
     // commits from several threads or servers run one after the other.
     let term = crate::read_term_with(&mut tx, &lock_lease)?;
-    if term.epoch != batch.epoch {
-        return Err(term.fenced(batch.epoch));
-    }
+    term.check_writer(batch.epoch)?;
     let writing = sql("writing a batch");
     if !arrays.job_keys.is_empty() {
         tx.execute(

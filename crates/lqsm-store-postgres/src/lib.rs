@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use lqsm_store::{
     Epoch, JobCount, JobFilter, JobKey, JobPage, JobQuery, Lease, Order, Snapshot, Store,
-    StoreError, WriteBatch,
+    StoreError, Term, WriteBatch,
 };
 use postgres::Transaction;
 use postgres::types::{FromSql, ToSql};
@@ -193,25 +193,6 @@ impl PostgresStore {
     }
 }
 
-/// The current term, as the lease row holds it.
-pub(crate) struct Term {
-    pub(crate) epoch: Epoch,
-    pub(crate) lease: Option<Lease>,
-}
-
-impl Term {
-    fn fenced(&self, writer: Epoch) -> StoreError {
-        StoreError::Fenced {
-            writer,
-            current: self.epoch,
-            holder: self
-                .lease
-                .as_ref()
-                .map_or_else(|| "nobody".to_string(), |l| l.holder.clone()),
-        }
-    }
-}
-
 /// Reads the lease row and locks it until the transaction ends.
 pub(crate) const LOCK_LEASE: &str =
     "SELECT epoch, holder, expires_at_ms FROM lqsm_lease FOR UPDATE";
@@ -262,12 +243,6 @@ fn write_term(tx: &mut Transaction<'_>, term: &Term) -> Result<(), StoreError> {
     )
     .map_err(sql("writing the lease"))?;
     Ok(())
-}
-
-/// A lease's expiry, `now_ms + ttl`, kept within what a bigint column holds.
-fn expiry(now_ms: u64, ttl: Duration) -> u64 {
-    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-    now_ms.saturating_add(ttl_ms).min(i64::MAX as u64)
 }
 
 /// A u64 in a bigint column; values over `i64::MAX` (none in practice: epochs count
@@ -339,10 +314,7 @@ impl Store for PostgresStore {
         if batch.is_empty() {
             // Nothing to write, but a stale writer must still hear that it is fenced.
             let term = read_term(&mut connection.client, false)?;
-            if term.epoch != batch.epoch {
-                return Err(term.fenced(batch.epoch));
-            }
-            return Ok(());
+            return term.check_writer(batch.epoch);
         }
         commit::commit(&mut connection, batch)
     }
@@ -486,63 +458,24 @@ impl Store for PostgresStore {
 
     fn acquire_lease(&self, holder: &str, ttl: Duration, now_ms: u64) -> Result<Lease, StoreError> {
         self.in_transaction(|tx| {
-            let term = read_term(tx, true)?;
-            if let Some(current) = &term.lease
-                && current.holder != holder
-                && current.is_live(now_ms)
-            {
-                return Err(StoreError::LeaseHeld {
-                    holder: current.holder.clone(),
-                    epoch: current.epoch,
-                    remaining_ms: current.expires_at_ms - now_ms,
-                });
-            }
-            let lease = Lease {
-                holder: holder.to_string(),
-                epoch: term.epoch + 1,
-                expires_at_ms: expiry(now_ms, ttl),
-            };
-            write_term(
-                tx,
-                &Term {
-                    epoch: lease.epoch,
-                    lease: Some(lease.clone()),
-                },
-            )?;
-            Ok(lease)
+            let term = read_term(tx, true)?.acquired(holder, ttl, now_ms)?;
+            write_term(tx, &term)?;
+            Ok(term.lease.expect("an acquired term has a lease"))
         })
     }
 
     fn renew_lease(&self, lease: &Lease, ttl: Duration, now_ms: u64) -> Result<Lease, StoreError> {
         self.in_transaction(|tx| {
-            let term = read_term(tx, true)?;
-            check_current(lease, &term)?;
-            let renewed = Lease {
-                expires_at_ms: expiry(now_ms, ttl),
-                ..lease.clone()
-            };
-            write_term(
-                tx,
-                &Term {
-                    epoch: term.epoch,
-                    lease: Some(renewed.clone()),
-                },
-            )?;
-            Ok(renewed)
+            let term = read_term(tx, true)?.renewed(lease, ttl, now_ms)?;
+            write_term(tx, &term)?;
+            Ok(term.lease.expect("a renewed term has a lease"))
         })
     }
 
     fn resign_lease(&self, lease: &Lease) -> Result<(), StoreError> {
         self.in_transaction(|tx| {
-            let term = read_term(tx, true)?;
-            check_current(lease, &term)?;
-            write_term(
-                tx,
-                &Term {
-                    epoch: term.epoch,
-                    lease: None,
-                },
-            )
+            let term = read_term(tx, true)?.resigned(lease)?;
+            write_term(tx, &term)
         })
     }
 }
@@ -602,21 +535,4 @@ fn listing_sql(query: &JobQuery) -> (String, Option<String>) {
         "SELECT j.key, j.record FROM {from} {condition} ORDER BY {key} {direction} LIMIT ${next_param}"
     );
     (text, name.cloned())
-}
-
-/// Refuses a renewal or resignation of a lease that is not the current one.
-fn check_current(lease: &Lease, term: &Term) -> Result<(), StoreError> {
-    let lost = |why: String| StoreError::LeaseLost {
-        holder: lease.holder.clone(),
-        epoch: lease.epoch,
-        why,
-    };
-    match &term.lease {
-        Some(current) if current.epoch == lease.epoch && current.holder == lease.holder => Ok(()),
-        Some(current) => Err(lost(format!(
-            "epoch {} was granted to `{}`",
-            current.epoch, current.holder
-        ))),
-        None => Err(lost("it was resigned".to_string())),
-    }
 }

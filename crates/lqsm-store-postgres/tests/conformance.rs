@@ -11,9 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use lqsm_store::testsuite::{Model, job_key, job_write};
-use lqsm_store::{
-    Epoch, JobCount, JobKey, JobPage, JobQuery, Lease, Snapshot, Store, StoreError, WriteBatch,
-};
+use lqsm_store::{JobKey, Store, StoreError, WriteBatch};
 use lqsm_store_postgres::{PostgresError, PostgresOptions, PostgresStore, SslMode};
 
 fn url() -> String {
@@ -73,66 +71,26 @@ impl Drop for Schema {
     }
 }
 
-/// A store in its own schema. Fields drop in order: connections close before the schema
-/// is dropped.
-struct TestStore {
-    store: PostgresStore,
-    schema: Schema,
-}
+/// A store in its own schema (connections close before the schema is dropped).
+type TestStore = lqsm_store::testsuite::Guarded<PostgresStore, Schema>;
 
 fn fresh() -> TestStore {
     let schema = Schema::new();
     TestStore {
         store: schema.open(),
-        schema,
+        guard: schema,
     }
 }
 
 fn reopen(test: TestStore) -> TestStore {
-    let TestStore { store, schema } = test;
+    let TestStore {
+        store,
+        guard: schema,
+    } = test;
     drop(store);
     TestStore {
         store: schema.open(),
-        schema,
-    }
-}
-
-impl Store for TestStore {
-    fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
-        self.store.commit(batch)
-    }
-    fn load(&self) -> Result<Snapshot, StoreError> {
-        self.store.load()
-    }
-    fn payloads(&self, jobs: &[JobKey]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        self.store.payloads(jobs)
-    }
-    fn logs(&self, job: &JobKey) -> Result<Option<Vec<u8>>, StoreError> {
-        self.store.logs(job)
-    }
-    fn job(&self, key: &JobKey) -> Result<Option<Vec<u8>>, StoreError> {
-        self.store.job(key)
-    }
-    fn jobs(&self, query: &JobQuery) -> Result<JobPage, StoreError> {
-        self.store.jobs(query)
-    }
-    fn counts(&self) -> Result<Vec<JobCount>, StoreError> {
-        self.store.counts()
-    }
-    fn epoch(&self) -> Result<Epoch, StoreError> {
-        self.store.epoch()
-    }
-    fn lease(&self) -> Result<Option<Lease>, StoreError> {
-        self.store.lease()
-    }
-    fn acquire_lease(&self, holder: &str, ttl: Duration, now_ms: u64) -> Result<Lease, StoreError> {
-        self.store.acquire_lease(holder, ttl, now_ms)
-    }
-    fn renew_lease(&self, lease: &Lease, ttl: Duration, now_ms: u64) -> Result<Lease, StoreError> {
-        self.store.renew_lease(lease, ttl, now_ms)
-    }
-    fn resign_lease(&self, lease: &Lease) -> Result<(), StoreError> {
-        self.store.resign_lease(lease)
+        guard: schema,
     }
 }
 

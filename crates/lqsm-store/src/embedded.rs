@@ -16,7 +16,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistM
 use crate::data_dir::DataDir;
 use crate::{
     Epoch, JobCount, JobFilter, JobIndex, JobKey, JobPage, JobQuery, Lease, Order, Snapshot, Store,
-    StoreError, WriteBatch,
+    StoreError, Term, WriteBatch,
 };
 
 /// The engine's directory inside the data directory.
@@ -70,13 +70,6 @@ pub struct EmbeddedStore {
     writer: Mutex<Term>,
     /// Dropped last (fields drop in order), so the lock outlives the engine.
     dir: DataDir,
-}
-
-/// The current epoch and lease, as last made durable.
-#[derive(Debug, Clone, Default)]
-struct Term {
-    epoch: Epoch,
-    lease: Option<Lease>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -152,9 +145,7 @@ impl EmbeddedStore {
     ) -> Result<(), StoreError> {
         batch.check_limits()?;
         let term = self.writer();
-        if batch.epoch != term.epoch {
-            return Err(fenced(batch.epoch, &term));
-        }
+        term.check_writer(batch.epoch)?;
         if batch.is_empty() && fail_after.is_none() {
             return Ok(());
         }
@@ -511,17 +502,6 @@ fn read_term(keyspace: &Keyspace) -> Result<Term, StoreError> {
     Ok(Term { epoch, lease })
 }
 
-fn fenced(writer: Epoch, term: &Term) -> StoreError {
-    StoreError::Fenced {
-        writer,
-        current: term.epoch,
-        holder: term
-            .lease
-            .as_ref()
-            .map_or_else(|| "nobody".to_string(), |l| l.holder.clone()),
-    }
-}
-
 impl Store for EmbeddedStore {
     fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
         self.commit_inner(batch, None)
@@ -617,69 +597,22 @@ impl Store for EmbeddedStore {
 
     fn acquire_lease(&self, holder: &str, ttl: Duration, now_ms: u64) -> Result<Lease, StoreError> {
         let mut term = self.writer();
-        if let Some(current) = &term.lease
-            && current.holder != holder
-            && current.is_live(now_ms)
-        {
-            return Err(StoreError::LeaseHeld {
-                holder: current.holder.clone(),
-                epoch: current.epoch,
-                remaining_ms: current.expires_at_ms - now_ms,
-            });
-        }
-        let lease = Lease {
-            holder: holder.to_string(),
-            epoch: term.epoch + 1,
-            expires_at_ms: crate::expiry(now_ms, ttl),
-        };
-        let new = Term {
-            epoch: lease.epoch,
-            lease: Some(lease.clone()),
-        };
+        let new = term.acquired(holder, ttl, now_ms)?;
         self.store_term(&mut term, new)?;
-        Ok(lease)
+        Ok(term.lease.clone().expect("an acquired term has a lease"))
     }
 
     fn renew_lease(&self, lease: &Lease, ttl: Duration, now_ms: u64) -> Result<Lease, StoreError> {
         let mut term = self.writer();
-        check_current(lease, &term)?;
-        let renewed = Lease {
-            expires_at_ms: crate::expiry(now_ms, ttl),
-            ..lease.clone()
-        };
-        let new = Term {
-            epoch: term.epoch,
-            lease: Some(renewed.clone()),
-        };
+        let new = term.renewed(lease, ttl, now_ms)?;
         self.store_term(&mut term, new)?;
-        Ok(renewed)
+        Ok(term.lease.clone().expect("a renewed term has a lease"))
     }
 
     fn resign_lease(&self, lease: &Lease) -> Result<(), StoreError> {
         let mut term = self.writer();
-        check_current(lease, &term)?;
-        let new = Term {
-            epoch: term.epoch,
-            lease: None,
-        };
+        let new = term.resigned(lease)?;
         self.store_term(&mut term, new)
-    }
-}
-
-/// Refuses a renewal or resignation of a lease that is not the current one.
-fn check_current(lease: &Lease, term: &Term) -> Result<(), StoreError> {
-    let lost = |why: String| StoreError::LeaseLost {
-        holder: lease.holder.clone(),
-        epoch: lease.epoch,
-        why,
-    };
-    match &term.lease {
-        Some(current) if current.epoch == lease.epoch && current.holder == lease.holder => Ok(()),
-        Some(current) => Err(lost(format!(
-            "epoch {} was granted to `{}`",
-            current.epoch, current.holder
-        ))),
-        None => Err(lost("it was resigned".to_string())),
     }
 }
 
@@ -732,71 +665,19 @@ mod tests {
     use tempfile::TempDir;
 
     /// A store with the temporary directory it lives in (removed when dropped).
-    struct TestStore {
-        store: EmbeddedStore,
-        dir: TempDir,
-    }
-
-    impl Store for TestStore {
-        fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
-            self.store.commit(batch)
-        }
-        fn load(&self) -> Result<Snapshot, StoreError> {
-            self.store.load()
-        }
-        fn payloads(&self, jobs: &[JobKey]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-            self.store.payloads(jobs)
-        }
-        fn logs(&self, job: &JobKey) -> Result<Option<Vec<u8>>, StoreError> {
-            self.store.logs(job)
-        }
-        fn job(&self, key: &JobKey) -> Result<Option<Vec<u8>>, StoreError> {
-            self.store.job(key)
-        }
-        fn jobs(&self, query: &JobQuery) -> Result<JobPage, StoreError> {
-            self.store.jobs(query)
-        }
-        fn counts(&self) -> Result<Vec<JobCount>, StoreError> {
-            self.store.counts()
-        }
-        fn epoch(&self) -> Result<Epoch, StoreError> {
-            self.store.epoch()
-        }
-        fn lease(&self) -> Result<Option<Lease>, StoreError> {
-            self.store.lease()
-        }
-        fn acquire_lease(
-            &self,
-            holder: &str,
-            ttl: Duration,
-            now_ms: u64,
-        ) -> Result<Lease, StoreError> {
-            self.store.acquire_lease(holder, ttl, now_ms)
-        }
-        fn renew_lease(
-            &self,
-            lease: &Lease,
-            ttl: Duration,
-            now_ms: u64,
-        ) -> Result<Lease, StoreError> {
-            self.store.renew_lease(lease, ttl, now_ms)
-        }
-        fn resign_lease(&self, lease: &Lease) -> Result<(), StoreError> {
-            self.store.resign_lease(lease)
-        }
-    }
+    type TestStore = crate::testsuite::Guarded<EmbeddedStore, TempDir>;
 
     fn fresh() -> TestStore {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(&dir.path().join("data")).unwrap();
-        TestStore { store, dir }
+        TestStore { store, guard: dir }
     }
 
     fn reopen(test: TestStore) -> TestStore {
-        let TestStore { store, dir } = test;
+        let TestStore { store, guard } = test;
         drop(store);
-        let store = EmbeddedStore::open(&dir.path().join("data")).unwrap();
-        TestStore { store, dir }
+        let store = EmbeddedStore::open(&guard.path().join("data")).unwrap();
+        TestStore { store, guard }
     }
 
     crate::store_testsuite!(new_store: fresh, reopen: reopen);

@@ -146,9 +146,104 @@ impl Lease {
     }
 }
 
-/// How long a lease lasts, added to `now_ms` without overflow.
-pub(crate) fn expiry(now_ms: u64, ttl: Duration) -> u64 {
-    now_ms.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+/// When a lease taken or renewed at `now_ms` for `ttl` lapses, without overflow and within
+/// what a signed 64-bit column holds.
+pub fn expiry(now_ms: u64, ttl: Duration) -> u64 {
+    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    now_ms.saturating_add(ttl_ms).min(i64::MAX as u64)
+}
+
+/// A store's current epoch and lease, and the rules that change them. Every backend keeps
+/// one durably and applies these rules under its own lock (a mutex, a locked row), so that
+/// all backends grant, renew, resign and fence alike.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Term {
+    /// The epoch of the last lease acquired (0 if none ever was).
+    pub epoch: Epoch,
+    /// The current lease, if one was acquired and not resigned (it may have lapsed).
+    pub lease: Option<Lease>,
+}
+
+impl Term {
+    /// The term after `holder` takes the lease at `now_ms` for `ttl`: a new epoch, one above
+    /// this one. Refused with [`StoreError::LeaseHeld`] while another holder's lease is live.
+    pub fn acquired(&self, holder: &str, ttl: Duration, now_ms: u64) -> Result<Term, StoreError> {
+        if let Some(current) = &self.lease
+            && current.holder != holder
+            && current.is_live(now_ms)
+        {
+            return Err(StoreError::LeaseHeld {
+                holder: current.holder.clone(),
+                epoch: current.epoch,
+                remaining_ms: current.expires_at_ms - now_ms,
+            });
+        }
+        let lease = Lease {
+            holder: holder.to_string(),
+            epoch: self.epoch + 1,
+            expires_at_ms: expiry(now_ms, ttl),
+        };
+        Ok(Term {
+            epoch: lease.epoch,
+            lease: Some(lease),
+        })
+    }
+
+    /// The term after `lease` is extended to `now_ms + ttl`; [`StoreError::LeaseLost`] when
+    /// it is not the current lease.
+    pub fn renewed(&self, lease: &Lease, ttl: Duration, now_ms: u64) -> Result<Term, StoreError> {
+        self.check_current(lease)?;
+        Ok(Term {
+            epoch: self.epoch,
+            lease: Some(Lease {
+                expires_at_ms: expiry(now_ms, ttl),
+                ..lease.clone()
+            }),
+        })
+    }
+
+    /// The term after `lease` is given up (the epoch stays); [`StoreError::LeaseLost`] when
+    /// it is not the current lease.
+    pub fn resigned(&self, lease: &Lease) -> Result<Term, StoreError> {
+        self.check_current(lease)?;
+        Ok(Term {
+            epoch: self.epoch,
+            lease: None,
+        })
+    }
+
+    /// Refuses a batch written at `writer` unless it is this term's epoch.
+    pub fn check_writer(&self, writer: Epoch) -> Result<(), StoreError> {
+        if writer == self.epoch {
+            return Ok(());
+        }
+        Err(StoreError::Fenced {
+            writer,
+            current: self.epoch,
+            holder: self
+                .lease
+                .as_ref()
+                .map_or_else(|| "nobody".to_string(), |l| l.holder.clone()),
+        })
+    }
+
+    fn check_current(&self, lease: &Lease) -> Result<(), StoreError> {
+        let lost = |why: String| StoreError::LeaseLost {
+            holder: lease.holder.clone(),
+            epoch: lease.epoch,
+            why,
+        };
+        match &self.lease {
+            Some(current) if current.epoch == lease.epoch && current.holder == lease.holder => {
+                Ok(())
+            }
+            Some(current) => Err(lost(format!(
+                "epoch {} was granted to `{}`",
+                current.epoch, current.holder
+            ))),
+            None => Err(lost("it was resigned".to_string())),
+        }
+    }
 }
 
 /// The longest queue path or meta name a store accepts, in bytes. Longer ones are refused

@@ -30,6 +30,69 @@ use crate::{
     Snapshot, Store, StoreError, WriteBatch,
 };
 
+/// A store kept together with what must outlive it (its temporary directory, its database
+/// schema), passing every call on to the store. Fields drop in order: the store closes
+/// before the guard removes its storage.
+#[derive(Debug)]
+pub struct Guarded<S, G> {
+    /// The store under test.
+    pub store: S,
+    /// What the store's storage lives in, removed when dropped.
+    pub guard: G,
+}
+
+impl<S: Store, G: Send + Sync + 'static> Store for Guarded<S, G> {
+    fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        self.store.commit(batch)
+    }
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        self.store.load()
+    }
+    fn payloads(&self, jobs: &[JobKey]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        self.store.payloads(jobs)
+    }
+    fn logs(&self, job: &JobKey) -> Result<Option<Vec<u8>>, StoreError> {
+        self.store.logs(job)
+    }
+    fn job(&self, key: &JobKey) -> Result<Option<Vec<u8>>, StoreError> {
+        self.store.job(key)
+    }
+    fn jobs(&self, query: &JobQuery) -> Result<JobPage, StoreError> {
+        self.store.jobs(query)
+    }
+    fn counts(&self) -> Result<Vec<JobCount>, StoreError> {
+        self.store.counts()
+    }
+    fn epoch(&self) -> Result<crate::Epoch, StoreError> {
+        self.store.epoch()
+    }
+    fn lease(&self) -> Result<Option<crate::Lease>, StoreError> {
+        self.store.lease()
+    }
+    fn clock_ms(&self) -> Result<Option<u64>, StoreError> {
+        self.store.clock_ms()
+    }
+    fn acquire_lease(
+        &self,
+        holder: &str,
+        ttl: Duration,
+        now_ms: u64,
+    ) -> Result<crate::Lease, StoreError> {
+        self.store.acquire_lease(holder, ttl, now_ms)
+    }
+    fn renew_lease(
+        &self,
+        lease: &crate::Lease,
+        ttl: Duration,
+        now_ms: u64,
+    ) -> Result<crate::Lease, StoreError> {
+        self.store.renew_lease(lease, ttl, now_ms)
+    }
+    fn resign_lease(&self, lease: &crate::Lease) -> Result<(), StoreError> {
+        self.store.resign_lease(lease)
+    }
+}
+
 /// The contract in memory: applies batches as a backend must, and says what
 /// [`Store::load`], [`Store::payloads`] and the reads must return.
 #[derive(Debug, Default, Clone)]
