@@ -96,16 +96,23 @@ fn fresh_store() -> PostgresStore {
     PostgresStore::open(&options).unwrap()
 }
 
+/// A fresh store under this bench's lease, and an empty batch at its epoch.
+fn leased_store() -> (PostgresStore, WriteBatch) {
+    let store = fresh_store();
+    let lease = store
+        .acquire_lease("bench", Duration::from_secs(600), 0)
+        .unwrap();
+    let batch = WriteBatch {
+        epoch: lease.epoch,
+        ..WriteBatch::default()
+    };
+    (store, batch)
+}
+
 /// Commits `jobs` new jobs; returns their rate and, as a restart would, the rate at which
 /// `load` then reads them all back.
 fn submit(jobs: u64) -> (f64, f64) {
-    let store = fresh_store();
-    let epoch = store
-        .acquire_lease("bench", Duration::from_secs(600), 0)
-        .unwrap()
-        .epoch;
-    let mut batch = WriteBatch::new();
-    batch.epoch = epoch;
+    let (store, mut batch) = leased_store();
     let start = Instant::now();
     for first in (0..jobs).step_by(BATCH as usize) {
         batch.jobs.clear();
@@ -123,13 +130,7 @@ fn submit(jobs: u64) -> (f64, f64) {
 }
 
 fn lifecycle(jobs: u64) -> f64 {
-    let store = fresh_store();
-    let epoch = store
-        .acquire_lease("bench", Duration::from_secs(600), 0)
-        .unwrap()
-        .epoch;
-    let mut batch = WriteBatch::new();
-    batch.epoch = epoch;
+    let (store, mut batch) = leased_store();
     let start = Instant::now();
     for first in (0..jobs).step_by(BATCH as usize) {
         let writes = [
