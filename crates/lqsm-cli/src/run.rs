@@ -23,7 +23,12 @@ pub struct ServerArgs {
     /// Where the state is kept: `embedded` (in the data directory; the default) or a
     /// PostgreSQL URL (`postgresql://user@host:5432/database`; the password may come from
     /// PGPASSWORD).
-    #[arg(long, env = "LQSM_STORE", value_name = "embedded|URL")]
+    #[arg(
+        long,
+        env = "LQSM_STORE",
+        value_name = "embedded|URL",
+        hide_env_values = true
+    )]
     store: Option<String>,
     /// Listen beyond loopback even without tokens.
     #[arg(long, env = "LQSM_INSECURE")]
@@ -63,15 +68,23 @@ impl ServerArgs {
         match self.store.as_deref() {
             None => {}
             Some("embedded") => {
-                config.store.backend = lqsm_server::config::StoreBackend::Embedded;
-                config.store.url = None;
+                // Whatever a config file said of a PostgreSQL store no longer applies.
+                config.store = lqsm_server::config::StoreConfig {
+                    node: config.store.node.clone(),
+                    lease_ttl_ms: config.store.lease_ttl_ms,
+                    ..lqsm_server::config::StoreConfig::default()
+                };
             }
-            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Some(url)
+                if url.starts_with("postgres://")
+                    || url.starts_with("postgresql://")
+                    || url.contains('=') =>
+            {
                 config.store.backend = lqsm_server::config::StoreBackend::Postgres;
                 config.store.url = Some(url.to_owned());
             }
             Some(other) => anyhow::bail!(
-                "--store `{other}` is neither `embedded` nor a PostgreSQL URL (postgresql://user@host:5432/database)"
+                "--store `{other}` is neither `embedded` nor a PostgreSQL URL (postgresql://user@host:5432/database, or libpq's host=... dbname=...)"
             ),
         }
         config.store.check().map_err(|e| anyhow::anyhow!(e))?;

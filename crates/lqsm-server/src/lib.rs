@@ -165,8 +165,10 @@ const UPGRADE_BATCH: usize = 50_000;
 fn return_freed_memory() {
     #[cfg(feature = "mimalloc")]
     #[allow(unsafe_code)]
-    // SAFETY: `mi_collect` takes no pointers and may be called from any thread at any time;
-    // with `force` it frees what every heap of the process holds free.
+    // SAFETY: `mi_collect` takes no pointers and may be called from any thread at any time.
+    // With `force` it returns what the calling thread's heap, the heaps of threads that
+    // have ended and the shared arenas hold free: the restore loaded on this thread and
+    // decoded on threads that have ended.
     unsafe {
         libmimalloc_sys::mi_collect(true);
     }
@@ -190,6 +192,12 @@ pub fn upgrade_records(
     };
     let mut ids: Vec<lqsm_core::JobId> = rm.jobs().map(|job| job.id).collect();
     ids.sort_unstable();
+    // The release before this one also upgraded in batches, but marked no progress: what it
+    // indexed before it stopped is in the index already and is written as such.
+    let indexed = match after {
+        None => indexed_jobs(store)?,
+        Some(_) => std::collections::HashSet::new(),
+    };
     let mut rewritten = 0;
     for id in ids {
         let key = *id.0.as_bytes();
@@ -197,7 +205,10 @@ pub fn upgrade_records(
             continue;
         }
         if let Some(record) = rm.job_record(id) {
-            batch.jobs.push(resource_manager::job_entry(&record, None));
+            let previous = indexed.contains(&key).then_some(record.state);
+            batch
+                .jobs
+                .push(resource_manager::job_entry(&record, previous));
             rewritten += 1;
         }
         if batch.jobs.len() == UPGRADE_BATCH {
@@ -220,6 +231,33 @@ pub fn upgrade_records(
     ));
     store.commit(&batch)?;
     Ok(rewritten)
+}
+
+/// The jobs the store's index lists (under any state): none for data of the first
+/// releases, which kept no index.
+fn indexed_jobs(
+    store: &dyn Store,
+) -> Result<std::collections::HashSet<lqsm_store::JobKey>, ServerError> {
+    let mut indexed = std::collections::HashSet::new();
+    let states: std::collections::BTreeSet<String> =
+        store.counts()?.into_iter().map(|c| c.state).collect();
+    for state in states {
+        let mut query = lqsm_store::JobQuery {
+            filter: lqsm_store::JobFilter::State(state),
+            order: lqsm_store::Order::OldestFirst,
+            after: None,
+            limit: 10_000,
+        };
+        loop {
+            let page = store.jobs(&query)?;
+            indexed.extend(page.jobs.iter().map(|(key, _)| *key));
+            match page.next {
+                Some(next) => query.after = Some(next),
+                None => break,
+            }
+        }
+    }
+    Ok(indexed)
 }
 
 /// A record that cannot be decoded: written by a newer LQSM, or damaged.
@@ -299,6 +337,9 @@ pub fn open_store(config: &ServerConfig) -> Result<Arc<dyn Store>, ServerError> 
     }
 }
 
+/// How soon a failed lease renewal is tried again.
+const LEASE_RETRY: Duration = Duration::from_secs(1);
+
 /// Now, by the clock leases are judged by: the store's when it has a shared one (a
 /// database's), else this machine's.
 fn lease_clock(store: &dyn Store) -> Result<u64, lqsm_store::StoreError> {
@@ -323,24 +364,41 @@ pub fn take_lease(
         runtime.spawn(async move {
             let mut every = tokio::time::interval(ttl / 3);
             every.tick().await;
+            let mut renewed_at = std::time::Instant::now();
             loop {
                 every.tick().await;
-                let store = store.clone();
-                let current = lease.clone();
-                let renewed = tokio::task::spawn_blocking(move || {
-                    store.renew_lease(&current, ttl, lease_clock(store.as_ref())?)
-                })
-                .await;
-                match renewed {
-                    Ok(Ok(renewed)) => lease = renewed,
-                    // Commits at this epoch are refused from now on, which stops the server.
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, "the store's lease could not be renewed");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "the lease renewal task failed");
-                        return;
+                // A failed renewal (a database restarting, a network blip) is retried until
+                // the lease would have lapsed; a lease another server took is given up.
+                loop {
+                    let store = store.clone();
+                    let current = lease.clone();
+                    let renewed = tokio::task::spawn_blocking(move || {
+                        store.renew_lease(&current, ttl, lease_clock(store.as_ref())?)
+                    })
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(lqsm_store::StoreError::Engine(format!("renewal task: {e}")))
+                    });
+                    match renewed {
+                        Ok(renewed) => {
+                            lease = renewed;
+                            renewed_at = std::time::Instant::now();
+                            break;
+                        }
+                        // Commits at this epoch are refused from now on, which stops the
+                        // server.
+                        Err(e @ lqsm_store::StoreError::LeaseLost { .. }) => {
+                            tracing::error!(error = %e, "the store's lease was lost");
+                            return;
+                        }
+                        Err(e) if renewed_at.elapsed() >= ttl => {
+                            tracing::error!(error = %e, "the store's lease lapsed: it could not be renewed in time");
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the store's lease could not be renewed; retrying");
+                            tokio::time::sleep(LEASE_RETRY.min(ttl / 10)).await;
+                        }
                     }
                 }
             }

@@ -609,6 +609,7 @@ impl Actor {
     async fn send_answers(&mut self, answers: Vec<lqsm_core::PollAnswer>) {
         let stored: Vec<lqsm_store::JobKey> = answers
             .iter()
+            .filter(|answer| self.waiting_polls.contains_key(&answer.ticket))
             .flat_map(|answer| &answer.assignments)
             .filter(|a| {
                 self.rm

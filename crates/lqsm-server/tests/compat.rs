@@ -244,6 +244,39 @@ fn an_upgrade_interrupted_by_a_crash_resumes_without_counting_a_job_twice() {
 }
 
 #[test]
+fn an_upgrade_left_half_done_by_the_previous_release_is_finished_without_counting_twice() {
+    let dir = fixture_copy();
+    let data = dir.path().join("data");
+    let store = EmbeddedStore::open(&data).unwrap();
+    let (rm, _) = lqsm_server::restore_and_check(&store, &config(&data)).unwrap();
+    // The previous release rewrote and indexed three jobs, then stopped, leaving no
+    // progress mark.
+    let mut ids: Vec<JobId> = rm.jobs().map(|job| job.id).collect();
+    ids.sort();
+    let mut first = lqsm_store::WriteBatch::new();
+    for id in &ids[..3] {
+        let record = rm.job_record(*id).unwrap();
+        first
+            .jobs
+            .push(lqsm_server::resource_manager::job_entry(&record, None));
+    }
+    store.commit(&first).unwrap();
+    drop(rm);
+
+    let (rm, upgrade) = lqsm_server::restore_and_check(&store, &config(&data)).unwrap();
+    assert_eq!(upgrade, lqsm_server::Upgrade::After(None));
+    let rewritten = lqsm_server::upgrade_records(&store, &rm, 0, None).unwrap();
+    assert_eq!(rewritten, 7);
+    let total: u64 = store.counts().unwrap().iter().map(|c| c.count).sum();
+    assert_eq!(
+        total,
+        7,
+        "every job counted once: {:?}",
+        store.counts().unwrap()
+    );
+}
+
+#[test]
 fn old_records_rewritten_in_the_new_format_read_back_the_same() {
     let dir = fixture_copy();
     let data = dir.path().join("data");

@@ -260,13 +260,10 @@ impl EmbeddedStore {
                 Some(bytes) => decode_count(&bytes)?,
                 None => 0,
             };
-            let now = stored
-                .checked_add_signed(delta)
-                .ok_or_else(|| StoreError::Corrupt {
-                    what: format!(
-                        "the count of `{state}` jobs in `{queue}` ({stored}) changed by {delta}"
-                    ),
-                })?;
+            // A count is derived, shown and never decided on: one that would go below zero
+            // (an index out of step with the records) stays at zero rather than refusing
+            // every later commit, which would stop the server at each restart.
+            let now = stored.saturating_add_signed(delta);
             if now == 0 {
                 writes.remove(&self.counts, key);
             } else {
