@@ -114,6 +114,23 @@ enum Command {
     },
 }
 
+/// A batch applied to the core: what to write, and what to answer once it is written.
+struct Applied {
+    effects: Effects,
+    write: WriteBatch,
+    replies: Vec<Reply>,
+    /// Awaited jobs: whether to answer at once (finished in this batch's state, or no
+    /// wait), and otherwise how long to wait.
+    job_waits: Vec<(JobId, bool, Duration, oneshot::Sender<()>)>,
+}
+
+/// A batch whose commit is on its way to disk.
+struct InFlight {
+    commit: tokio::task::JoinHandle<Result<(), lqsm_store::StoreError>>,
+    started: Instant,
+    applied: Applied,
+}
+
 /// Where a reply goes once the batch is durable.
 enum Reply {
     Submit(
@@ -390,15 +407,33 @@ pub fn spawn(
 impl Actor {
     /// Runs until every handle is dropped, or the store fails (then nothing more is
     /// answered: what was not durable was never acknowledged).
+    ///
+    /// Two batches are in the pipeline at most: while one batch's commit is on its way to
+    /// disk, the next is applied to the core. The next is committed (and so answered) only
+    /// after the first is durable, so answers keep their order and nothing is answered
+    /// before it is durable.
     async fn run(mut self) -> Result<(), lqsm_store::StoreError> {
+        let mut in_flight: Option<InFlight> = None;
         loop {
             let wake = self.next_wake();
             let first = tokio::select! {
                 cmd = self.rx.recv() => match cmd {
                     Some(cmd) => Some(cmd),
-                    None => return Ok(()),
+                    None => {
+                        if let Some(landing) = in_flight.take() {
+                            self.land(landing).await?;
+                        }
+                        return Ok(());
+                    }
                 },
                 _ = tokio::time::sleep_until(wake.into()) => None,
+                // Nothing new came while the commit was on its way: answer as soon as it lands.
+                landed = async { (&mut in_flight.as_mut().expect("guarded").commit).await },
+                    if in_flight.is_some() => {
+                    let landing = in_flight.take().expect("guarded");
+                    self.finish_landed(landing, landed).await?;
+                    continue;
+                }
             };
             let mut batch = Vec::with_capacity(64);
             batch.extend(first);
@@ -408,8 +443,50 @@ impl Actor {
                     Err(_) => break,
                 }
             }
-            self.step(batch).await?;
+            let applied = self.apply(batch);
+            // Commits land in order: the batch before must be durable first.
+            if let Some(landing) = in_flight.take() {
+                self.land(landing).await?;
+            }
+            in_flight = self.commit(applied).await;
         }
+    }
+
+    /// Starts committing what `applied` changed; a batch that changed nothing durable is
+    /// answered at once.
+    async fn commit(&mut self, mut applied: Applied) -> Option<InFlight> {
+        let write = std::mem::take(&mut applied.write);
+        if write.is_empty() {
+            self.finish(applied).await;
+            return None;
+        }
+        let store = self.store.clone();
+        let started = Instant::now();
+        let commit = tokio::task::spawn_blocking(move || store.commit(&write));
+        Some(InFlight {
+            commit,
+            started,
+            applied,
+        })
+    }
+
+    /// Waits for a commit in flight, then answers its batch.
+    async fn land(&mut self, mut landing: InFlight) -> Result<(), lqsm_store::StoreError> {
+        let landed = (&mut landing.commit).await;
+        self.finish_landed(landing, landed).await
+    }
+
+    async fn finish_landed(
+        &mut self,
+        landing: InFlight,
+        landed: Result<Result<(), lqsm_store::StoreError>, tokio::task::JoinError>,
+    ) -> Result<(), lqsm_store::StoreError> {
+        landed
+            .map_err(|e| lqsm_store::StoreError::Engine(format!("commit task failed: {e}")))??;
+        metrics::histogram!("lqsm_store_commit_seconds")
+            .record(landing.started.elapsed().as_secs_f64());
+        self.finish(landing.applied).await;
+        Ok(())
     }
 
     fn next_wake(&self) -> Instant {
@@ -427,7 +504,9 @@ impl Actor {
         wake
     }
 
-    async fn step(&mut self, batch: Vec<Command>) -> Result<(), lqsm_store::StoreError> {
+    /// Applies a batch of commands to the core, runs the timers and a scheduling pass, and
+    /// says what to write and, once it is durable, what to answer.
+    fn apply(&mut self, batch: Vec<Command>) -> Applied {
         let now = self.clock.now();
         let mut replies = Vec::new();
         let mut job_waits = Vec::new();
@@ -526,19 +605,32 @@ impl Actor {
         let mut write = write_batch(&mut self.rm, &effects, self.epoch);
         write.payloads = payloads;
         write.logs = job_logs;
-        if !write.is_empty() {
-            let store = self.store.clone();
-            let started = Instant::now();
-            tokio::task::spawn_blocking(move || store.commit(&write))
-                .await
-                .map_err(|e| {
-                    lqsm_store::StoreError::Engine(format!("commit task failed: {e}"))
-                })??;
-            metrics::histogram!("lqsm_store_commit_seconds")
-                .record(started.elapsed().as_secs_f64());
+        // Whether each awaited job is finished is decided now, by the state this batch
+        // makes durable (the next batch may already be applied when this one lands).
+        let job_waits = job_waits
+            .into_iter()
+            .map(|(id, wait, reply)| {
+                let finished = self.rm.job(id).is_none_or(|j| j.state.is_terminal());
+                (id, finished || wait.is_zero(), wait, reply)
+            })
+            .collect();
+        Applied {
+            effects,
+            write,
+            replies,
+            job_waits,
         }
-        // Durable: publish what readers see, then answer (so an answered change is
-        // visible to the next read), hand out work and wake waiters.
+    }
+
+    /// Answers a batch once it is durable: publishes what readers see, then answers (so an
+    /// answered change is visible to the next read), hands out work and wakes waiters.
+    async fn finish(&mut self, applied: Applied) {
+        let Applied {
+            effects,
+            replies,
+            job_waits,
+            ..
+        } = applied;
         let started = Instant::now();
         self.views.update(&self.rm, &effects);
         metrics::histogram!("lqsm_view_publish_seconds").record(started.elapsed().as_secs_f64());
@@ -566,9 +658,8 @@ impl Actor {
                 }
             }
         }
-        for (id, wait, reply) in job_waits {
-            let finished = self.rm.job(id).is_none_or(|j| j.state.is_terminal());
-            if finished || wait.is_zero() {
+        for (id, answer_now, wait, reply) in job_waits {
+            if answer_now {
                 let _ = reply.send(());
             } else {
                 self.waiting_jobs
@@ -584,7 +675,6 @@ impl Actor {
         }
         self.send_answers(effects.answers).await;
         self.expire_job_waits();
-        Ok(())
     }
 
     fn count_submitted(&self, results: &[Result<Submitted, SubmitError>]) {
