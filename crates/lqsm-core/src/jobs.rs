@@ -190,6 +190,9 @@ pub struct SubmitRequest {
     /// tokens, so that such jobs carry nothing extra.
     #[serde(default)]
     pub submitted_by: Option<String>,
+    /// Keys a queue's `key_limits` apply to (`customer` → `acme`).
+    #[serde(default)]
+    pub keys: BTreeMap<String, String>,
 }
 
 impl SubmitRequest {
@@ -214,6 +217,7 @@ impl SubmitRequest {
             selector: BTreeMap::new(),
             tags: Vec::new(),
             submitted_by: None,
+            keys: BTreeMap::new(),
         }
     }
 }
@@ -243,6 +247,7 @@ struct JobExtras {
     selector: BTreeMap<String, String>,
     tags: Vec<String>,
     submitted_by: Option<String>,
+    keys: BTreeMap<String, String>,
 }
 
 static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
@@ -273,6 +278,28 @@ impl JobSpec {
     /// Who submitted it (a token's name); `None` on a server without tokens.
     pub fn submitted_by(&self) -> Option<&str> {
         self.extras.as_ref().and_then(|e| e.submitted_by.as_deref())
+    }
+
+    /// Keys a queue's per-key rate limits apply to (`customer` → `acme`).
+    pub fn keys(&self) -> &BTreeMap<String, String> {
+        self.extras.as_ref().map_or(&NO_LABELS, |e| &e.keys)
+    }
+
+    /// The spec with these keys (records keep them apart from the rest of the spec).
+    pub(crate) fn with_keys(mut self, keys: BTreeMap<String, String>) -> Self {
+        if !keys.is_empty() {
+            self.extras.get_or_insert_with(Box::default).keys = keys;
+        }
+        self
+    }
+
+    /// The spec without keys (what a record of format 1 held).
+    #[cfg(test)]
+    pub(crate) fn without_keys(mut self) -> Self {
+        if let Some(extras) = &mut self.extras {
+            extras.keys.clear();
+        }
+        self
     }
 
     fn from_parts(
@@ -315,6 +342,9 @@ struct JobSpecRecord {
     // Absent in records written before jobs named their submitter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     submitted_by: Option<String>,
+    // Absent in records written before jobs carried keys.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    keys: BTreeMap<String, String>,
 }
 
 impl From<JobSpecRecord> for JobSpec {
@@ -325,6 +355,7 @@ impl From<JobSpecRecord> for JobSpec {
             selector: r.selector,
             tags: r.tags,
             submitted_by: r.submitted_by,
+            keys: r.keys,
         };
         JobSpec::from_parts(r.kind, r.request, r.priority, r.timeout, r.retry, extras)
     }
@@ -344,6 +375,7 @@ impl From<JobSpec> for JobSpecRecord {
             selector: extras.selector,
             tags: extras.tags,
             submitted_by: extras.submitted_by,
+            keys: extras.keys,
         }
     }
 }
@@ -361,6 +393,7 @@ impl SubmitRequest {
             selector: self.selector,
             tags: self.tags,
             submitted_by: self.submitted_by,
+            keys: self.keys,
         };
         let is_function = matches!(
             self.kind,
@@ -633,6 +666,9 @@ pub enum ReportedResult {
     TimedOut,
 }
 
+/// Most keys one job may carry.
+pub const MAX_JOB_KEYS: usize = 16;
+
 /// A refused submission, naming the field to fix.
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum SubmitError {
@@ -738,6 +774,18 @@ impl SubmitRequest {
         }
         if self.tags.len() > 64 {
             return Err(invalid("tags", "at most 64 tags".into()));
+        }
+        if self.keys.len() > MAX_JOB_KEYS {
+            return Err(invalid("keys", format!("at most {MAX_JOB_KEYS} keys")));
+        }
+        for (name, value) in &self.keys {
+            crate::queues::check_key_name(name).map_err(|reason| invalid("keys", reason))?;
+            if value.is_empty() || value.len() > 256 {
+                return Err(invalid(
+                    &format!("keys.{name}"),
+                    "must be 1 to 256 characters".into(),
+                ));
+            }
         }
         Ok(())
     }

@@ -83,7 +83,10 @@ impl ResourceManager {
             .config
             .running_limit()
             .is_none_or(|max| node.running < u64::from(max));
-        !node.ready.is_empty() && !node.skipped_in_pass && under_running_limit
+        !node.ready.is_empty()
+            && !node.skipped_in_pass
+            && under_running_limit
+            && node.rate_held_until.is_none()
     }
 
     fn selection_key(&self, id: QueueId) -> SelectionKey {
@@ -162,6 +165,10 @@ impl ResourceManager {
                 self.refresh_up(leaf);
                 continue;
             };
+            if let Some(until) = self.limits_allow_at(leaf, head, now) {
+                self.hold_for_rate_limit(leaf, head, until);
+                continue;
+            }
             let job = &self.jobs[head];
             let constraint = job.constraint;
             if let Some(capped) = self.ceiling_hit(leaf, &job.spec.request) {
@@ -300,6 +307,7 @@ impl ResourceManager {
 
     /// Gives the head job of `leaf` to `worker` as a new attempt.
     fn assign(&mut self, leaf: QueueId, key: JobKey, worker_key: WorkerKey, now: Timestamp) {
+        self.spend_rate_tokens(leaf, key, now);
         let token = FencingToken(self.next_token);
         self.next_token += 1;
         let worker = &mut self.workers[worker_key];

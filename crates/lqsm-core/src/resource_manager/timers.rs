@@ -73,6 +73,7 @@ impl ResourceManager {
                 }
                 Timer::Reclaim(key, token) => self.reclaim_expired(key, token, now),
                 Timer::PollDue(key, ticket) => self.poll_due(key, ticket),
+                Timer::RateLimit(leaf) => self.rate_limit_due(leaf, now),
                 Timer::PreemptionDue => {
                     let _ = at;
                     self.dirty = true;
