@@ -135,6 +135,17 @@ impl RateLimit {
         Self { rate, burst }
     }
 
+    /// A limit as a queue setting gives it: a rate whose count is 0 (`0`, `0/s`) means
+    /// no limit, as a running limit of 0 does; an absent burst is 1. The burst's bounds
+    /// are checked with the rest of the settings ([`RateLimit::check`]).
+    pub fn from_setting(rate: &str, burst: Option<u32>) -> Result<Option<Self>, String> {
+        let count = rate.split_once('/').map_or(rate, |(count, _)| count);
+        if count.trim().parse::<u64>() == Ok(0) {
+            return Ok(None);
+        }
+        Ok(Some(Self::new(Rate::parse(rate)?, burst.unwrap_or(1))))
+    }
+
     /// Checks the burst (the rate is checked when it is read), naming `field`'s parts.
     pub fn check(&self, field: &str) -> Result<(), (String, String)> {
         if self.rate.count == 0 || self.rate.count > MAX_RATE_COUNT {
