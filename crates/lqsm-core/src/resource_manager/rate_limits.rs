@@ -19,12 +19,21 @@ use super::ResourceManager;
 use crate::effects::Record;
 use crate::hashing::HashMap;
 use crate::ids::{JobId, QueueId, Timestamp};
-use crate::jobs::JobKey;
+use crate::jobs::{JobKey, JobKind};
 use crate::rate_limits::{Bucket, RateLimit};
 use crate::timers::Timer;
 
 /// Fewest buckets of one key name kept before a sweep of full ones.
 const MIN_SWEEP_AT: usize = 64;
+
+/// A bucket seen for the first time: full, or, after a restore at `restored_at`, empty
+/// at that instant (as empty as it may have been left before the restart).
+fn new_bucket(restored_at: Option<Timestamp>, limit: &RateLimit) -> Bucket {
+    match restored_at {
+        Some(at) => Bucket::emptied_at(at, limit),
+        None => Bucket::default(),
+    }
+}
 
 /// The buckets of one key name of a leaf, by key value.
 #[derive(Debug)]
@@ -35,13 +44,9 @@ pub(crate) struct KeyBuckets {
 }
 
 impl ResourceManager {
-    /// A bucket seen for the first time: full, or, within one burst of a restore, as
-    /// empty as it may have been left before the restart.
+    /// A bucket seen for the first time (see [`new_bucket`]).
     fn new_bucket(&self, limit: &RateLimit) -> Bucket {
-        match self.rate_limits_restored_at {
-            Some(at) => Bucket::emptied_at(at, limit),
-            None => Bucket::default(),
-        }
+        new_bucket(self.rate_limits_restored_at, limit)
     }
 
     /// The handler's cluster-wide limit, if the job has a handler that has one.
@@ -103,68 +108,68 @@ impl ResourceManager {
         until
     }
 
-    /// Spends one token of every limit on `job`, dispatched at `now`.
+    /// Spends one token of every limit on `job`, dispatched at `now`. Allocates only
+    /// for a bucket it makes.
     pub(crate) fn spend_rate_tokens(&mut self, leaf: QueueId, job: JobKey, now: Timestamp) {
-        if let Some((name, limit)) = self.handler_limit(job) {
-            let limit = *limit;
-            let mut bucket = self
-                .handler_buckets
-                .get(name)
-                .copied()
-                .unwrap_or_else(|| self.new_bucket(&limit));
-            bucket.spend(&limit, now);
-            let name = self.jobs[job]
-                .spec
-                .kind
-                .handler()
-                .map(std::sync::Arc::<str>::from)
-                .expect("a job with a handler limit has a handler");
-            self.handler_buckets.insert(name, bucket);
-        }
-        if !self.node(leaf).config.has_rate_limits() {
-            return;
-        }
-        if let Some(limit) = self.node(leaf).config.rate_limit {
-            let fresh = self.new_bucket(&limit);
-            self.node_mut(leaf)
-                .rate_bucket
-                .get_or_insert(fresh)
-                .spend(&limit, now);
-        }
-        let key_limits: Vec<(String, RateLimit, String)> = {
-            let keys = self.jobs[job].spec.keys();
-            self.node(leaf)
-                .config
-                .key_limits
-                .iter()
-                .filter_map(|(name, limit)| {
-                    keys.get(name)
-                        .map(|value| (name.clone(), *limit, value.clone()))
-                })
-                .collect()
+        let restored_at = self.rate_limits_restored_at;
+        let handler = match &self.jobs[job].spec.kind {
+            JobKind::Function { handler, .. }
+            | JobKind::Stored {
+                handler: Some(handler),
+            } => Some(handler),
+            JobKind::Command(_) | JobKind::Stored { handler: None } => None,
         };
-        for (name, limit, value) in key_limits {
-            let fresh = self.new_bucket(&limit);
-            let seed = self.seed;
-            let named = self
-                .node_mut(leaf)
+        if let Some(handler) = handler
+            && let Some(limit) = self.config.handler_limits.get(&**handler)
+        {
+            match self.handler_buckets.get_mut(&**handler) {
+                Some(bucket) => bucket.spend(limit, now),
+                None => {
+                    let mut bucket = new_bucket(restored_at, limit);
+                    bucket.spend(limit, now);
+                    self.handler_buckets.insert(handler.clone(), bucket);
+                }
+            }
+        }
+        let seed = self.seed;
+        let keys = self.jobs[job].spec.keys();
+        let node = self.queues[leaf.0 as usize]
+            .as_mut()
+            .expect("a leaf dispatching is live");
+        if let Some(limit) = &node.config.rate_limit {
+            node.rate_bucket
+                .get_or_insert_with(|| new_bucket(restored_at, limit))
+                .spend(limit, now);
+        }
+        for (name, limit) in &node.config.key_limits {
+            let Some(value) = keys.get(name) else {
+                continue;
+            };
+            if !node.key_buckets.contains_key(name) {
+                node.key_buckets.insert(
+                    name.clone(),
+                    KeyBuckets {
+                        buckets: crate::hashing::map(seed),
+                        sweep_at: MIN_SWEEP_AT,
+                    },
+                );
+            }
+            let named = node
                 .key_buckets
-                .entry(name)
-                .or_insert_with(|| KeyBuckets {
-                    buckets: crate::hashing::map(seed),
-                    sweep_at: MIN_SWEEP_AT,
-                });
-            if !named.buckets.contains_key(value.as_str()) && named.buckets.len() >= named.sweep_at
-            {
+                .get_mut(name)
+                .expect("inserted just above if missing");
+            if let Some(bucket) = named.buckets.get_mut(value.as_str()) {
+                bucket.spend(limit, now);
+                continue;
+            }
+            if named.buckets.len() >= named.sweep_at {
                 // Full buckets are the same as new ones: dropping them changes nothing.
                 named.buckets.retain(|_, b| !b.is_full(now));
                 named.sweep_at = (named.buckets.len() * 2).max(MIN_SWEEP_AT);
             }
-            named
-                .buckets
-                .entry(value)
-                .or_insert(fresh)
-                .spend(&limit, now);
+            let mut bucket = new_bucket(restored_at, limit);
+            bucket.spend(limit, now);
+            named.buckets.insert(value.clone(), bucket);
         }
     }
 
