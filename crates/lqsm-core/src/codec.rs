@@ -128,7 +128,12 @@ pub fn encode_job(record: &JobRecord) -> Vec<u8> {
     put_opt(w, record.termination.as_ref(), put_termination);
     put_opt(w, record.finished_at, |w, t| put_varint(w, t.0));
     // Format 2's fields.
-    put_map(w, record.spec.keys());
+    let keys = record.spec.keys();
+    put_varint(w, keys.iter().count() as u64);
+    for (name, value) in keys.iter() {
+        put_str(w, name);
+        put_str(w, value);
+    }
     put_opt(w, record.rate_limited_until, |w, t| put_varint(w, t.0));
     out
 }

@@ -247,8 +247,68 @@ struct JobExtras {
     selector: BTreeMap<String, String>,
     tags: Vec<String>,
     submitted_by: Option<String>,
-    keys: BTreeMap<String, String>,
+    keys: JobKeys,
 }
+
+/// A job's keys (`customer` → `acme`), packed in one allocation in name order: the
+/// scheduler reads them at every dispatch under a per-key limit, and one short run of
+/// bytes costs far fewer cache misses than a map of strings. Each entry is the name's
+/// length (u32, little-endian), the name, the value's length, the value.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct JobKeys(Option<Box<[u8]>>);
+
+impl JobKeys {
+    /// The keys of `map`.
+    pub fn from_map(map: &BTreeMap<String, String>) -> Self {
+        let size = map.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
+        let mut bytes = Vec::with_capacity(size);
+        for (name, value) in map {
+            for text in [name, value] {
+                let len = u32::try_from(text.len()).expect("a key is far shorter than 4 GiB");
+                bytes.extend_from_slice(&len.to_le_bytes());
+                bytes.extend_from_slice(text.as_bytes());
+            }
+        }
+        Self((!bytes.is_empty()).then(|| bytes.into_boxed_slice()))
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// `(name, value)` pairs in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        let mut rest: &[u8] = self.0.as_deref().unwrap_or_default();
+        let mut text = move || {
+            let (len, tail) = rest.split_first_chunk::<4>()?;
+            let (bytes, tail) = tail.split_at(u32::from_le_bytes(*len) as usize);
+            rest = tail;
+            Some(std::str::from_utf8(bytes).expect("keys are built from text"))
+        };
+        std::iter::from_fn(move || Some((text()?, text()?)))
+    }
+
+    /// The value of key `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
+    }
+
+    /// The keys as a map.
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        self.iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for JobKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+static NO_KEYS: JobKeys = JobKeys(None);
 
 static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 
@@ -281,14 +341,14 @@ impl JobSpec {
     }
 
     /// Keys a queue's per-key rate limits apply to (`customer` → `acme`).
-    pub fn keys(&self) -> &BTreeMap<String, String> {
-        self.extras.as_ref().map_or(&NO_LABELS, |e| &e.keys)
+    pub fn keys(&self) -> &JobKeys {
+        self.extras.as_ref().map_or(&NO_KEYS, |e| &e.keys)
     }
 
     /// The spec with these keys (records keep them apart from the rest of the spec).
     pub(crate) fn with_keys(mut self, keys: BTreeMap<String, String>) -> Self {
         if !keys.is_empty() {
-            self.extras.get_or_insert_with(Box::default).keys = keys;
+            self.extras.get_or_insert_with(Box::default).keys = JobKeys::from_map(&keys);
         }
         self
     }
@@ -297,7 +357,7 @@ impl JobSpec {
     #[cfg(test)]
     pub(crate) fn without_keys(mut self) -> Self {
         if let Some(extras) = &mut self.extras {
-            extras.keys.clear();
+            extras.keys = JobKeys::default();
         }
         self
     }
@@ -355,7 +415,7 @@ impl From<JobSpecRecord> for JobSpec {
             selector: r.selector,
             tags: r.tags,
             submitted_by: r.submitted_by,
-            keys: r.keys,
+            keys: JobKeys::from_map(&r.keys),
         };
         JobSpec::from_parts(r.kind, r.request, r.priority, r.timeout, r.retry, extras)
     }
@@ -375,7 +435,7 @@ impl From<JobSpec> for JobSpecRecord {
             selector: extras.selector,
             tags: extras.tags,
             submitted_by: extras.submitted_by,
-            keys: extras.keys,
+            keys: extras.keys.to_map(),
         }
     }
 }
@@ -393,7 +453,7 @@ impl SubmitRequest {
             selector: self.selector,
             tags: self.tags,
             submitted_by: self.submitted_by,
-            keys: self.keys,
+            keys: JobKeys::from_map(&self.keys),
         };
         let is_function = matches!(
             self.kind,

@@ -433,7 +433,7 @@ pub fn job_view(job: &core::JobRecord, queue: &str, now: Timestamp) -> api::JobV
         timeout_ms: job.spec.timeout.map(|d| d.as_millis() as u64),
         max_attempts: job.spec.retry.max_attempts,
         tags: job.spec.tags().to_vec(),
-        keys: job.spec.keys().clone(),
+        keys: job.spec.keys().to_map(),
         rate_limited_until_ms: job
             .rate_limited_until
             .filter(|until| job.state == core::JobState::Pending && *until > now)

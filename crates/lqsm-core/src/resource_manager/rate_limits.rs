@@ -102,7 +102,7 @@ impl ResourceManager {
             let bucket = node
                 .key_buckets
                 .get(name)
-                .and_then(|k| k.buckets.get(value.as_str()));
+                .and_then(|k| k.buckets.get(value));
             consider(bucket, limit);
         }
         until
@@ -158,7 +158,7 @@ impl ResourceManager {
                 .key_buckets
                 .get_mut(name)
                 .expect("inserted just above if missing");
-            if let Some(bucket) = named.buckets.get_mut(value.as_str()) {
+            if let Some(bucket) = named.buckets.get_mut(value) {
                 bucket.spend(limit, now);
                 continue;
             }
@@ -169,7 +169,7 @@ impl ResourceManager {
             }
             let mut bucket = new_bucket(restored_at, limit);
             bucket.spend(limit, now);
-            named.buckets.insert(value.clone(), bucket);
+            named.buckets.insert(value.to_owned(), bucket);
         }
     }
 
