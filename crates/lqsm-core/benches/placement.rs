@@ -85,7 +85,9 @@ fn place_one_million(bencher: Bencher, leaves: usize) {
 fn generous_limits(leaves: usize, jobs: usize, keys: bool) -> ResourceManager {
     let generous = RateLimit::new(Rate::parse("1000000/s").expect("valid"), 1_000_000);
     let mut config = Config::default();
-    config.handler_limits.insert("lqsm.noop".into(), generous);
+    config
+        .handler_rate_limits
+        .insert("lqsm.noop".into(), generous);
     let mut rm = ResourceManager::new(config, Policies::default(), 42).expect("valid config");
     let share = 100.0 / leaves as f64;
     for i in 0..leaves {

@@ -143,7 +143,7 @@ fn each_key_value_has_its_own_bucket_and_jobs_without_the_key_are_free() {
 fn a_handler_limit_holds_across_queues() {
     let mut config = config();
     config
-        .handler_limits
+        .handler_rate_limits
         .insert("billing.invoice".into(), limit("2/m", 1));
     let mut sim = Sim::new(config);
     sim.queue("root.a", 50.0, 100.0);
@@ -288,18 +288,21 @@ fn bad_limits_are_refused_naming_the_field() {
     req.keys = BTreeMap::from([("customer".to_owned(), String::new())]);
     let err = sim.submit(req).unwrap_err();
     assert!(err.to_string().starts_with("keys.customer"), "{err}");
-    let mut handler_limits = BTreeMap::new();
-    handler_limits.insert("h".to_owned(), limit("1/s", 0));
+    let mut handler_rate_limits = BTreeMap::new();
+    handler_rate_limits.insert("h".to_owned(), limit("1/s", 0));
     let err = ResourceManager::new(
         Config {
-            handler_limits,
+            handler_rate_limits,
             ..Config::default()
         },
         Policies::default(),
         1,
     )
     .unwrap_err();
-    assert!(err.to_string().contains("handler_limits.h.burst"), "{err}");
+    assert!(
+        err.to_string().contains("handler_rate_limits.h.burst"),
+        "{err}"
+    );
 }
 
 #[test]

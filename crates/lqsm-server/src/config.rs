@@ -189,7 +189,7 @@ impl SchedulerConfig {
         let mut c = lqsm_core::Config {
             heartbeat_timeout: Duration::from_millis(self.heartbeat_timeout_ms),
             retention: Duration::from_millis(self.retention_ms),
-            handler_limits: self.handler_rate_limits.clone(),
+            handler_rate_limits: self.handler_rate_limits.clone(),
             ..lqsm_core::Config::default()
         };
         c.preemption.enabled = self.preemption;
@@ -247,7 +247,7 @@ mod tests {
         assert_eq!(config.tokens.len(), 3);
         assert_eq!(config.queues.len(), 4);
         assert_eq!(config.queues[1].path, "root.etl.daily");
-        let limit = config.scheduler.core().handler_limits["billing.invoice"];
+        let limit = config.scheduler.core().handler_rate_limits["billing.invoice"];
         assert_eq!((limit.rate.to_string(), limit.burst), ("10/m".into(), 1));
     }
 

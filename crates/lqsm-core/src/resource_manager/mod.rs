@@ -90,7 +90,7 @@ pub struct Config {
     pub max_skips_per_pass: usize,
     /// Rate limits per handler (task) name, across every queue, as Celery's
     /// `@task(rate_limit=...)`: one bucket per handler.
-    pub handler_limits: BTreeMap<String, RateLimit>,
+    pub handler_rate_limits: BTreeMap<String, RateLimit>,
 }
 
 impl Default for Config {
@@ -101,7 +101,7 @@ impl Default for Config {
             preemption: PreemptionConfig::default(),
             max_poll_wait: Duration::from_secs(4),
             max_skips_per_pass: 64,
-            handler_limits: BTreeMap::new(),
+            handler_rate_limits: BTreeMap::new(),
         }
     }
 }
@@ -126,7 +126,7 @@ pub enum ConfigError {
     /// A handler's rate limit is out of range.
     #[error("{field}: {reason}")]
     HandlerLimit {
-        /// The offending field (`handler_limits.<handler>.burst`).
+        /// The offending field (`handler_rate_limits.<handler>.burst`).
         field: String,
         /// What is wrong.
         reason: String,
@@ -223,9 +223,9 @@ impl ResourceManager {
         if config.heartbeat_timeout.is_zero() {
             return Err(ConfigError::HeartbeatTimeout);
         }
-        for (handler, limit) in &config.handler_limits {
+        for (handler, limit) in &config.handler_rate_limits {
             limit
-                .check(&format!("handler_limits.{handler}"))
+                .check(&format!("handler_rate_limits.{handler}"))
                 .map_err(|(field, reason)| ConfigError::HandlerLimit { field, reason })?;
         }
         let root_config = QueueConfig::with_capacity(100.0, 100.0);

@@ -51,12 +51,12 @@ impl ResourceManager {
 
     /// The handler's cluster-wide limit, if the job has a handler that has one.
     fn handler_limit(&self, job: JobKey) -> Option<(&str, &RateLimit)> {
-        if self.config.handler_limits.is_empty() {
+        if self.config.handler_rate_limits.is_empty() {
             return None;
         }
         let handler = self.jobs[job].spec.kind.handler()?;
         self.config
-            .handler_limits
+            .handler_rate_limits
             .get_key_value(handler)
             .map(|(h, l)| (h.as_str(), l))
     }
@@ -120,7 +120,7 @@ impl ResourceManager {
             JobKind::Command(_) | JobKind::Stored { handler: None } => None,
         };
         if let Some(handler) = handler
-            && let Some(limit) = self.config.handler_limits.get(&**handler)
+            && let Some(limit) = self.config.handler_rate_limits.get(&**handler)
         {
             match self.handler_buckets.get_mut(&**handler) {
                 Some(bucket) => bucket.spend(limit, now),
