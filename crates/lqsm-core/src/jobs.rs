@@ -683,6 +683,8 @@ pub(crate) enum Waiting {
     Ready,
     /// Set aside in its leaf's parked list.
     Parked,
+    /// Set aside by a per-key or per-handler rate limit, in that limit's hold.
+    RateLimited,
 }
 
 /// What a worker reports about a finished attempt.

@@ -2,7 +2,7 @@
 //! removed early: each names what it is for, and is checked against the current state
 //! when it fires, so cancelling a timer is free and a stale one does nothing.
 
-use crate::ids::{FencingToken, JobKey, PollTicket, QueueId, Timestamp, WorkerKey};
+use crate::ids::{FencingToken, HoldKey, JobKey, PollTicket, QueueId, Timestamp, WorkerKey};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
@@ -27,6 +27,8 @@ pub(crate) enum Timer {
     PollDue(WorkerKey, PollTicket),
     /// A leaf held back by a rate limit may dispatch again.
     RateLimit(QueueId),
+    /// A per-key or per-handler limit may let the next job it holds start.
+    GiveBack(HoldKey),
 }
 
 #[derive(Debug)]

@@ -116,27 +116,116 @@ fn a_retry_spends_a_token_like_a_first_attempt() {
     assert_eq!(sim.rm.job(id).unwrap().attempts.len(), 2);
 }
 
-#[test]
-fn each_key_value_has_its_own_bucket_and_jobs_without_the_key_are_free() {
-    let settings = QueueConfig {
-        key_limits: BTreeMap::from([("customer".to_owned(), limit("1/s", 1))]),
+fn per_customer(rate: &str, burst: u32) -> QueueConfig {
+    QueueConfig {
+        key_limits: BTreeMap::from([("customer".to_owned(), limit(rate, burst))]),
         ..QueueConfig::with_capacity(100.0, 100.0)
-    };
-    let mut sim = sim_with("root.q", settings);
+    }
+}
+
+#[test]
+fn each_key_value_has_its_own_bucket_and_a_held_customer_does_not_delay_the_others() {
+    let mut sim = sim_with("root.q", per_customer("1/s", 1));
     let acme = keyed(&mut sim, "root.q", "customer", "acme");
+    let acme_again = keyed(&mut sim, "root.q", "customer", "acme");
     let globex = keyed(&mut sim, "root.q", "customer", "globex");
     let free = sim.submit_n("root.q", 1, one_core())[0];
-    let acme_again = keyed(&mut sim, "root.q", "customer", "acme");
     let other_key = keyed(&mut sim, "root.q", "region", "eu");
     sim.pass();
-    assert_eq!(scheduled(&sim, &[acme, globex, free]), 3);
+    assert_eq!(scheduled(&sim, &[acme, globex, free, other_key]), 4);
     assert_eq!(sim.state(acme_again), JobState::Pending);
-    assert!(sim.rm.rate_limited_until(acme_again).is_some());
-    // Order within a queue stays strict: the job behind the held one waits with it.
-    assert_eq!(sim.state(other_key), JobState::Pending);
+    let until = sim.now.after(Duration::from_secs(1));
+    assert_eq!(sim.rm.rate_limited_until(acme_again), Some(until));
+    assert_eq!(sim.rm.next_timer(), Some(until));
+    assert!(!sim.rm.needs_pass(), "nothing to do before the timer");
+    sim.check();
     sim.advance(Duration::from_secs(1));
     sim.pass();
-    assert_eq!(scheduled(&sim, &[acme_again, other_key]), 2);
+    assert_eq!(sim.state(acme_again), JobState::Scheduled);
+    assert_eq!(sim.rm.rate_limited_until(acme_again), None);
+    assert_eq!(sim.rm.rate_limited_job_count(), 0);
+    sim.check();
+}
+
+#[test]
+fn a_customers_jobs_start_in_their_order_one_token_at_a_time() {
+    let mut sim = sim_with("root.q", per_customer("2/s", 1));
+    let jobs: Vec<JobId> = (0..4)
+        .map(|_| keyed(&mut sim, "root.q", "customer", "acme"))
+        .collect();
+    // A later job of the same customer waits behind the held ones, even submitted
+    // when the bucket would allow it.
+    sim.pass();
+    for (n, id) in jobs.iter().enumerate() {
+        assert_eq!(
+            scheduled(&sim, &jobs),
+            n + 1,
+            "after {n} intervals: {:?}",
+            jobs.iter().map(|j| sim.state(*j)).collect::<Vec<_>>()
+        );
+        assert_eq!(sim.state(*id), JobState::Scheduled);
+        sim.advance(Duration::from_millis(500));
+        sim.pass();
+    }
+    let starts: Vec<u64> = jobs
+        .iter()
+        .map(|j| sim.rm.job(*j).unwrap().attempts[0].scheduled_at.0)
+        .collect();
+    assert!(starts.windows(2).all(|w| w[1] - w[0] == 500), "{starts:?}");
+    sim.check();
+}
+
+#[test]
+fn a_cancelled_held_job_does_not_stop_the_ones_behind_it() {
+    let mut sim = Sim::new(config());
+    sim.rm
+        .create_queue("root.q", per_customer("1/s", 1))
+        .unwrap();
+    let acme = keyed(&mut sim, "root.q", "customer", "acme");
+    let second = keyed(&mut sim, "root.q", "customer", "acme");
+    let third = keyed(&mut sim, "root.q", "customer", "acme");
+    // No worker yet: the first job is given its token only when it starts.
+    sim.pass();
+    sim.worker("w", 1, 1000);
+    sim.pass();
+    assert_eq!(sim.state(acme), JobState::Scheduled);
+    // The limit gives the second job back after a second; it cannot start (the worker
+    // is full) and is cancelled: the limit gives the third back at once.
+    sim.advance(Duration::from_secs(1));
+    sim.pass();
+    assert_eq!(sim.state(second), JobState::Pending);
+    assert_eq!(sim.rm.rate_limited_until(second), None, "given back");
+    sim.rm.cancel(second, "changed my mind", sim.now).unwrap();
+    sim.pass();
+    assert_eq!(sim.rm.rate_limited_until(third), None, "given back in turn");
+    sim.rm.cancel(acme, "done", sim.now).unwrap();
+    sim.pass();
+    assert_eq!(sim.state(third), JobState::Scheduled);
+    sim.check();
+}
+
+#[test]
+fn removing_a_key_limit_gives_its_held_jobs_back_in_order() {
+    let mut sim = sim_with("root.q", per_customer("1/m", 1));
+    let jobs: Vec<JobId> = (0..3)
+        .map(|_| keyed(&mut sim, "root.q", "customer", "acme"))
+        .collect();
+    sim.pass();
+    assert_eq!(scheduled(&sim, &jobs), 1);
+    assert_eq!(sim.rm.rate_limited_job_count(), 2);
+    sim.rm
+        .update_queue(
+            "root.q",
+            &QueueUpdate {
+                key_limits: Some(BTreeMap::new()),
+                ..QueueUpdate::default()
+            },
+        )
+        .unwrap();
+    sim.pass();
+    assert_eq!(scheduled(&sim, &jobs), 3);
+    assert_eq!(sim.rm.rate_limited_job_count(), 0);
+    sim.check();
 }
 
 #[test]
@@ -373,5 +462,106 @@ proptest! {
                 );
             }
         }
+    }
+}
+
+/// Whether the starts (ms, sorted) keep `n ≤ burst + count × span / 1000` for a limit of
+/// `count` per second.
+fn within_bound(starts: &[u64], count: u32, burst: u32) -> Result<(), String> {
+    for i in 0..starts.len() {
+        for j in i..starts.len() {
+            let n = (j - i + 1) as u64;
+            let span_ms = starts[j] - starts[i];
+            if n.saturating_sub(u64::from(burst)) * 1000 > u64::from(count) * span_ms {
+                return Err(format!(
+                    "{n} starts within {span_ms} ms under {count}/s burst {burst}: {starts:?}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+// Per customer and per handler, the starts in any window stay within burst + rate × T,
+// held jobs are cancelled and the server restarts on the way, and every job that was
+// not cancelled starts in the end.
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #[test]
+    fn held_jobs_keep_each_key_and_handler_bound_and_all_start_in_the_end(
+        key_count in 1..20u32,
+        key_burst in 1..4u32,
+        handler_count in 1..30u32,
+        steps in proptest::collection::vec(
+            (0..200u64, proptest::collection::vec((0..3usize, any::<bool>()), 0..4), proptest::option::of(0..8usize)),
+            1..40,
+        ),
+        restart_at in 0..40usize,
+    ) {
+        let mut config = config();
+        config
+            .handler_rate_limits
+            .insert("h1".into(), limit(&format!("{handler_count}/s"), 2));
+        let mut sim = Sim::new(config);
+        sim.rm
+            .create_queue("root.q", per_customer(&format!("{key_count}/s"), key_burst))
+            .unwrap();
+        sim.worker("big", 100_000, 100_000_000);
+        let mut cancelled = Vec::new();
+        for (i, (gap, submits, cancel)) in steps.iter().enumerate() {
+            if i == restart_at {
+                sim = restart(&mut sim, Duration::from_millis(*gap), Duration::from_millis(50));
+                sim.worker("back", 100_000, 100_000_000);
+            }
+            sim.advance(Duration::from_millis(*gap));
+            for (customer, first_handler) in submits {
+                let id = support::job_id(sim.fresh_id());
+                let handler = if *first_handler { "h1" } else { "h2" };
+                let mut req = SubmitRequest::function(id, "root.q", handler, serde_json::json!({}));
+                req.request = Some(one_core());
+                req.keys = BTreeMap::from([("customer".to_owned(), format!("c{customer}"))]);
+                sim.submit(req).unwrap();
+            }
+            if let Some(nth) = cancel {
+                let pending: Vec<JobId> = sim
+                    .rm
+                    .jobs()
+                    .filter(|j| j.state == JobState::Pending)
+                    .map(|j| j.id)
+                    .collect();
+                if let Some(id) = pending.get(*nth) {
+                    sim.rm.cancel(*id, "test", sim.now).unwrap();
+                    cancelled.push(*id);
+                }
+            }
+            sim.pass();
+            sim.check();
+        }
+        for _ in 0..400 {
+            sim.advance(Duration::from_millis(100));
+            sim.pass();
+        }
+        let mut by_customer: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        let mut h1 = Vec::new();
+        for job in sim.rm.jobs() {
+            if !cancelled.contains(&job.id) {
+                prop_assert!(!job.attempts.is_empty(), "job {} never started: {:?}", job.id, job);
+            }
+            let customer = job.spec.keys().get("customer").unwrap().to_owned();
+            let is_h1 = job.spec.kind.handler() == Some("h1");
+            for a in &job.attempts {
+                by_customer.entry(customer.clone()).or_default().push(a.scheduled_at.0);
+                if is_h1 {
+                    h1.push(a.scheduled_at.0);
+                }
+            }
+        }
+        for starts in by_customer.values_mut() {
+            starts.sort_unstable();
+            prop_assert!(within_bound(starts, key_count, key_burst).is_ok(), "{:?}", within_bound(starts, key_count, key_burst));
+        }
+        h1.sort_unstable();
+        prop_assert!(within_bound(&h1, handler_count, 2).is_ok(), "{:?}", within_bound(&h1, handler_count, 2));
+        prop_assert_eq!(sim.rm.rate_limited_job_count(), 0);
     }
 }

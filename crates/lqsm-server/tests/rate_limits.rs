@@ -71,7 +71,7 @@ fn a_limited_queue_starts_jobs_no_faster_than_its_limit_and_says_until_when() {
 }
 
 #[test]
-fn each_customer_has_its_own_bucket() {
+fn each_customer_has_its_own_bucket_and_a_held_one_does_not_delay_the_others() {
     let server = BlockingTestServer::start();
     let api = server.api();
     api.create_queue(json!({
@@ -85,8 +85,10 @@ fn each_customer_has_its_own_bucket() {
         api.submit(&job)
     };
     let acme = keyed("acme");
-    let globex = keyed("globex");
     let acme_again = keyed("acme");
+    let globex = keyed("globex");
+    // The held customer's next job is set aside: the other customer's job behind it
+    // starts at once.
     let got: Vec<Uuid> = assignments(&mut worker, 2).iter().map(|a| a.job).collect();
     assert_eq!(got, vec![acme, globex]);
     let held = api.job(acme_again);

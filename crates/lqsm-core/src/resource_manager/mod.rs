@@ -32,7 +32,7 @@ use crate::jobs::Waiting;
 use crate::jobs::{Job, JobKey, JobState};
 use crate::policy::{Policies, PreemptionPolicy};
 use crate::queues::{QueueConfig, QueuePath};
-use crate::rate_limits::{Bucket, RateLimit};
+use crate::rate_limits::RateLimit;
 use crate::resources::Resources;
 use crate::timers::Timers;
 use crate::workers::{Worker, WorkerIndex, WorkerKey};
@@ -189,7 +189,13 @@ pub struct ResourceManager {
     /// Workers whose waiting poll may have something to answer.
     pub(crate) to_answer: BTreeSet<WorkerKey>,
     /// One bucket per limited handler that has dispatched since the start.
-    pub(crate) handler_buckets: HashMap<Arc<str>, Bucket>,
+    pub(crate) handler_buckets: HashMap<Arc<str>, rate_limits::Cell>,
+    /// Jobs set aside by per-key and per-handler limits, one hold per limit.
+    pub(crate) holds: SlotMap<crate::ids::HoldKey, rate_limits::Hold>,
+    /// Each job set aside by a hold, with the instant it is expected to start.
+    pub(crate) held_until: BTreeMap<JobKey, Timestamp>,
+    /// Each job a hold gave back and that was not dispatched yet, with its hold.
+    pub(crate) released: BTreeMap<JobKey, crate::ids::HoldKey>,
     /// When this state was restored, if it was: buckets not seen since start empty then.
     pub(crate) rate_limits_restored_at: Option<Timestamp>,
 }
@@ -272,6 +278,9 @@ impl ResourceManager {
             kill_orders: crate::hashing::map(seed),
             to_answer: BTreeSet::new(),
             handler_buckets: crate::hashing::map(seed),
+            holds: SlotMap::with_key(),
+            held_until: BTreeMap::new(),
+            released: BTreeMap::new(),
             rate_limits_restored_at: None,
         })
     }

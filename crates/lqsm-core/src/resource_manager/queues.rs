@@ -564,12 +564,19 @@ impl ResourceManager {
                 node.rate_bucket = None;
             }
         }
-        if node.config.key_limits != config.key_limits {
+        let key_limits_changed = node.config.key_limits != config.key_limits;
+        if key_limits_changed {
             node.rate_held_until = None;
-            node.key_buckets
-                .retain(|name, _| config.key_limits.contains_key(name));
         }
         node.config = config;
+        if key_limits_changed {
+            // Held jobs go back in order; the limits now in force sort them again.
+            self.release_key_holds(id);
+            let node = self.node_mut(id);
+            let kept = &node.config.key_limits;
+            node.key_buckets.retain(|name, _| kept.contains_key(name));
+        }
+        let node = self.node_mut(id);
         node.ordering = ordering;
         node.placement = placement;
         node.admission = admission;
