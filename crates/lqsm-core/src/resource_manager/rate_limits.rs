@@ -237,10 +237,24 @@ impl ResourceManager {
     /// for a bucket it makes.
     pub(crate) fn spend_rate_tokens(&mut self, leaf: QueueId, job: JobKey, now: Timestamp) {
         let restored_at = self.rate_limits_restored_at;
-        if let Some((handler, limit)) = self.handler_limit(job) {
-            let (handler, limit) = (handler.clone(), *limit);
-            if let Some(cell) = self.cell_mut(&HeldBy::Handler(handler), &limit, now) {
-                cell.bucket.spend(&limit, now);
+        let handler = match &self.jobs[job].spec.kind {
+            JobKind::Function { handler, .. }
+            | JobKind::Stored {
+                handler: Some(handler),
+            } => Some(handler),
+            JobKind::Command(_) | JobKind::Stored { handler: None } => None,
+        };
+        if let Some(handler) = handler
+            && let Some(limit) = self.config.handler_rate_limits.get(&**handler)
+        {
+            match self.handler_buckets.get_mut(&**handler) {
+                Some(cell) => cell.bucket.spend(limit, now),
+                None => {
+                    let mut bucket = new_bucket(restored_at, limit);
+                    bucket.spend(limit, now);
+                    let cell = Cell { bucket, hold: None };
+                    self.handler_buckets.insert(handler.clone(), cell);
+                }
             }
         }
         if self.node(leaf).config.has_rate_limits() {
