@@ -482,9 +482,9 @@ fn within_bound(starts: &[u64], count: u32, burst: u32) -> Result<(), String> {
     Ok(())
 }
 
-// Per customer and per handler, the starts in any window stay within burst + rate × T,
-// held jobs are cancelled and the server restarts on the way, and every job that was
-// not cancelled starts in the end.
+// Per queue, per customer and per handler, the starts in any window stay within
+// burst + rate × T while held jobs are cancelled and the server restarts on the way, and
+// every job that was not cancelled starts in the end.
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
     #[test]
@@ -497,15 +497,18 @@ proptest! {
             1..40,
         ),
         restart_at in 0..40usize,
+        queue_count in proptest::option::of(1..60u32),
     ) {
         let mut config = config();
         config
             .handler_rate_limits
             .insert("h1".into(), limit(&format!("{handler_count}/s"), 2));
         let mut sim = Sim::new(config);
-        sim.rm
-            .create_queue("root.q", per_customer(&format!("{key_count}/s"), key_burst))
-            .unwrap();
+        let settings = QueueConfig {
+            rate_limit: queue_count.map(|count| limit(&format!("{count}/s"), 3)),
+            ..per_customer(&format!("{key_count}/s"), key_burst)
+        };
+        sim.rm.create_queue("root.q", settings).unwrap();
         sim.worker("big", 100_000, 100_000_000);
         let mut cancelled = Vec::new();
         for (i, (gap, submits, cancel)) in steps.iter().enumerate() {
@@ -537,9 +540,14 @@ proptest! {
             sim.pass();
             sim.check();
         }
-        for _ in 0..400 {
+        for _ in 0..600 {
             sim.advance(Duration::from_millis(100));
             sim.pass();
+        }
+        let mut all = starts(&sim);
+        if let Some(count) = queue_count {
+            all.sort_unstable();
+            prop_assert!(within_bound(&all, count, 3).is_ok(), "{:?}", within_bound(&all, count, 3));
         }
         let mut by_customer: BTreeMap<String, Vec<u64>> = BTreeMap::new();
         let mut h1 = Vec::new();

@@ -333,17 +333,19 @@ impl ResourceManager {
         self.jobs[job].waiting = Waiting::RateLimited;
         self.held_until.insert(job, until);
         self.effects.records.push(Record::Job(self.jobs[job].id));
-        // A job given back and held again goes back to the front: it is the oldest.
         let given_back = self.released.remove(&job);
-        if let Some(other) = given_back.filter(|h| Some(*h) != self.cell(&by).and_then(|c| c.hold))
-        {
+        let cell = self
+            .cell_mut(&by, &limit, now)
+            .expect("the leaf being scheduled is live");
+        let bucket = cell.bucket;
+        let existing = cell.hold;
+        // Given back by this very hold and held again: back to its front, it is the
+        // oldest there. Given back by another: that one gives back its next.
+        let again = given_back.is_some() && given_back == existing;
+        if let Some(other) = given_back.filter(|_| !again) {
             self.give_back_done(other, now);
         }
-        let Some(cell) = self.cell_mut(&by, &limit, now) else {
-            return;
-        };
-        let bucket = cell.bucket;
-        let hold = match cell.hold {
+        let hold = match existing {
             Some(hold) => hold,
             None => {
                 let hold = self.holds.insert(Hold {
@@ -360,11 +362,9 @@ impl ResourceManager {
             }
         };
         let entry = &mut self.holds[hold];
-        if given_back.is_some() {
+        if again {
             entry.jobs.push_front(job);
-            if entry.out == Some(job) {
-                entry.out = None;
-            }
+            entry.out = None;
         } else {
             entry.jobs.push_back(job);
         }
