@@ -196,6 +196,20 @@ pub struct RetrySpec {
     pub jitter: Option<f64>,
 }
 
+/// A limit on how often jobs start: `rate` (`100/s`, `10/m`, `5/h`) sustained, and up to
+/// `burst` at once after a quiet spell. Every attempt's dispatch counts, retries included.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// Starts per second, minute or hour: `100/s`, `10/m`, `5/h`. In a queue's settings a
+    /// rate of `0` (or `0/s`) removes the limit.
+    pub rate: String,
+    /// Starts allowed back to back after a quiet spell (default 1: evenly spaced, as
+    /// Celery spaces them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
 /// A job submission (`POST /v1/jobs`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -234,6 +248,9 @@ pub struct SubmitJob {
     /// Free-form tags.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// Keys the queue's `key_limits` apply to, e.g. `{"customer": "acme"}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub keys: BTreeMap<String, String>,
 }
 
 impl SubmitJob {
@@ -268,6 +285,7 @@ impl SubmitJob {
             idempotency_key: None,
             selector: BTreeMap::new(),
             tags: Vec::new(),
+            keys: BTreeMap::new(),
         }
     }
 }
@@ -372,6 +390,12 @@ pub struct JobView {
     /// Its tags.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// Its keys (for per-key rate limits).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub keys: BTreeMap<String, String>,
+    /// While pending and held back by a rate limit: the instant the limit allows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limited_until_ms: Option<u64>,
     /// Every attempt, the latest last.
     pub attempts: Vec<AttemptView>,
     /// The result of a succeeded function job.
@@ -477,6 +501,14 @@ pub struct QueueSettings {
     /// Whether preemption may take attempts back from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preemptable: Option<bool>,
+    /// A leaf's limit on how often its jobs start (retries included); absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSpec>,
+    /// A leaf's limits per job key, by key name: `{"customer": {"rate": "5/s"}}` gives
+    /// each customer its own bucket. In an update the map replaces the old one (`{}`
+    /// removes them all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_limits: Option<BTreeMap<String, RateLimitSpec>>,
 }
 
 /// `POST /v1/queues`.
@@ -546,6 +578,9 @@ pub struct QueueView {
     /// Jobs submitted, succeeded, failed, cancelled and expired in its subtree (after
     /// a restart: counted again from the jobs kept within retention).
     pub counts: QueueCounts,
+    /// While a rate limit holds this leaf's next job back: the instant it allows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limited_until_ms: Option<u64>,
     /// Its settings.
     pub settings: QueueSettings,
     /// Its children.

@@ -62,6 +62,10 @@ pub struct SubmitArgs {
     /// A tag (repeatable).
     #[arg(long = "tag")]
     tags: Vec<String>,
+    /// A key the queue's per-key rate limits apply to, NAME=VALUE (repeatable), e.g.
+    /// customer=acme.
+    #[arg(long = "key", value_parser = parse_pair)]
+    keys: Vec<(String, String)>,
     /// Wait for the job and exit with its exit code (1 if it failed otherwise).
     #[arg(long)]
     wait: bool,
@@ -133,6 +137,7 @@ impl SubmitArgs {
         job.idempotency_key = self.idempotency_key.clone();
         job.selector = self.labels.iter().cloned().collect();
         job.tags = self.tags.clone();
+        job.keys = self.keys.iter().cloned().collect();
         Ok(job)
     }
 }
@@ -228,6 +233,16 @@ fn exit_code(view: &api::JobView) -> u8 {
     }
 }
 
+/// `rate limited until 2026-11-30T17:00:00.250Z (in 250ms)`.
+pub fn rate_limited_until(until_ms: u64) -> String {
+    let at = UNIX_EPOCH + Duration::from_millis(until_ms);
+    format!(
+        "rate limited until {} (in {})",
+        humantime::format_rfc3339_millis(at),
+        show_ms(until_ms.saturating_sub(api::epoch_ms()))
+    )
+}
+
 fn ago(ms: u64) -> String {
     format!("{} ago", show_ms(api::epoch_ms().saturating_sub(ms)))
 }
@@ -243,6 +258,15 @@ fn describe(view: &api::JobView) -> String {
         format!("queue:      {}", view.queue),
         format!("state:      {}", view.state),
         format!("runs:       {what}"),
+    ];
+    if let Some(until) = view.rate_limited_until_ms {
+        lines.push(format!("waiting:    {}", rate_limited_until(until)));
+    }
+    if !view.keys.is_empty() {
+        let keys: Vec<String> = view.keys.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        lines.push(format!("keys:       {}", keys.join(", ")));
+    }
+    lines.extend([
         format!(
             "resources:  {} cpu, {}{}",
             show_cores(view.resources.cpu),
@@ -267,7 +291,7 @@ fn describe(view: &api::JobView) -> String {
             view.attempts.len(),
             view.max_attempts
         ),
-    ];
+    ]);
     for a in &view.attempts {
         let ran = match (a.started_at_ms, a.finished_at_ms) {
             (Some(s), Some(f)) => format!(", ran {}", show_ms(f.saturating_sub(s))),

@@ -36,6 +36,33 @@ pub struct SettingsArgs {
     /// Whether preemption may take attempts back from it.
     #[arg(long)]
     preemptable: Option<bool>,
+    /// Most job starts per second, minute or hour, e.g. 100/s, 10/m (0: no limit);
+    /// retries count.
+    #[arg(long)]
+    rate_limit: Option<String>,
+    /// Starts allowed at once after a quiet spell (default 1), with --rate-limit.
+    #[arg(long, requires = "rate_limit")]
+    burst: Option<u32>,
+    /// A limit per job key, NAME=RATE[:BURST] (repeatable), e.g. customer=5/s: each
+    /// value of the key (`lqsm submit --key customer=acme`) gets its own. Replaces the
+    /// queue's key limits; NAME=0 removes them.
+    #[arg(long = "key-limit", value_parser = parse_key_limit)]
+    key_limits: Vec<(String, api::RateLimitSpec)>,
+}
+
+/// `customer=5/s` or `customer=5/s:10` (a burst of 10).
+fn parse_key_limit(text: &str) -> Result<(String, api::RateLimitSpec), String> {
+    let (name, limit) = crate::units::parse_pair(text)?;
+    let (rate, burst) = match limit.split_once(':') {
+        Some((rate, burst)) => {
+            let burst = burst
+                .parse()
+                .map_err(|_| format!("`{text}`: the burst `{burst}` must be a whole number"))?;
+            (rate.to_owned(), Some(burst))
+        }
+        None => (limit, None),
+    };
+    Ok((name, api::RateLimitSpec { rate, burst }))
 }
 
 impl SettingsArgs {
@@ -51,6 +78,12 @@ impl SettingsArgs {
             placement: self.placement.clone(),
             admission: self.admission.clone(),
             preemptable: self.preemptable,
+            rate_limit: self.rate_limit.as_ref().map(|rate| api::RateLimitSpec {
+                rate: rate.clone(),
+                burst: self.burst,
+            }),
+            key_limits: (!self.key_limits.is_empty())
+                .then(|| self.key_limits.iter().cloned().collect()),
         }
     }
 }
@@ -254,6 +287,33 @@ fn tree(root: &api::QueueView) -> String {
     )
 }
 
+fn show_limit(limit: &api::RateLimitSpec) -> String {
+    format!("{} (burst {})", limit.rate, limit.burst.unwrap_or(1))
+}
+
+/// The rate limit lines of a queue's detail; empty when it has none.
+fn rate_limit_lines(q: &api::QueueView) -> String {
+    let s = &q.settings;
+    let mut out = String::new();
+    if let Some(limit) = &s.rate_limit {
+        out.push_str(&format!("rate limit:   {}\n", show_limit(limit)));
+    }
+    if let Some(limits) = s.key_limits.as_ref().filter(|l| !l.is_empty()) {
+        let each: Vec<String> = limits
+            .iter()
+            .map(|(name, limit)| format!("{name} {}", show_limit(limit)))
+            .collect();
+        out.push_str(&format!("key limits:   {} (per value)\n", each.join(", ")));
+    }
+    if let Some(until) = q.rate_limited_until_ms {
+        out.push_str(&format!(
+            "waiting:      next job {}\n",
+            crate::jobs::rate_limited_until(until)
+        ));
+    }
+    out
+}
+
 fn detail(q: &api::QueueView) -> String {
     let s = &q.settings;
     let or_none = |v: Option<u64>| match v {
@@ -285,7 +345,7 @@ fn detail(q: &api::QueueView) -> String {
         q.counts.expired,
         q.counts.mean_wait_ms,
         q.counts.mean_run_ms,
-    )
+    ) + &rate_limit_lines(q)
 }
 
 /// Runs `lqsm queue ...`.

@@ -635,3 +635,75 @@ fn standalone_alone_runs_a_command_job() {
         standalone.log_tail()
     );
 }
+
+#[test]
+fn queue_rate_limits_are_set_and_shown_and_a_held_job_says_until_when() {
+    // The CLI against an in-process server, and a worker played by the test: nothing
+    // here needs a server or worker process.
+    let server = lqsm_testkit::BlockingTestServer::start();
+    let cli = Cli::new(server.url());
+    cli.run(&[
+        "queue",
+        "create",
+        "root.limited",
+        "--rate-limit",
+        "1/m",
+        "--burst",
+        "1",
+        "--key-limit",
+        "customer=5/s:2",
+    ])
+    .success();
+    let shown = cli.run(&["queue", "show", "root.limited"]);
+    shown.success();
+    assert!(
+        shown.stdout.contains("rate limit:   1/m (burst 1)"),
+        "{shown:#?}"
+    );
+    assert!(
+        shown
+            .stdout
+            .contains("key limits:   customer 5/s (burst 2) (per value)"),
+        "{shown:#?}"
+    );
+    let updated: lqsm_api::QueueView =
+        cli.json(&["queue", "update", "root.limited", "--rate-limit", "2/m"]);
+    let limit = updated.settings.rate_limit.unwrap();
+    assert_eq!((limit.rate.as_str(), limit.burst), ("2/m", Some(1)));
+    assert_refused(
+        &cli.run(&["queue", "update", "root.limited", "--rate-limit", "10/d"]),
+        "100/s",
+    );
+
+    let mut worker = lqsm_testkit::SimWorker::register(&server.api(), "limited");
+    let submit = || {
+        cli.submit(&[
+            "--queue",
+            "root.limited",
+            "--function",
+            "limited",
+            "--key",
+            "customer=acme",
+        ])
+    };
+    let first = submit();
+    assert_eq!(worker.next_assignment().job, first);
+    let second = submit();
+    let held = cli.run(&["job", "get", &second.to_string()]);
+    held.success();
+    assert!(
+        held.stdout.contains("waiting:    rate limited until "),
+        "{held:#?}"
+    );
+    assert!(
+        held.stdout.contains("keys:       customer=acme"),
+        "{held:#?}"
+    );
+    let queue = cli.run(&["queue", "show", "root.limited"]);
+    assert!(
+        queue
+            .stdout
+            .contains("waiting:      next job rate limited until "),
+        "{queue:#?}"
+    );
+}

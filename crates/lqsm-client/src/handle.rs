@@ -146,6 +146,8 @@ mod tests {
             timeout_ms: None,
             max_attempts: 1,
             tags: Vec::new(),
+            keys: Default::default(),
+            rate_limited_until_ms: None,
             attempts: Vec::new(),
             result,
             exit_code: Some(3),

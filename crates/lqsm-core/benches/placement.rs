@@ -28,6 +28,16 @@ fn cluster(leaves: usize, jobs: usize) -> ResourceManager {
         )
         .expect("valid queue");
     }
+    register_workers(&mut rm);
+    for j in 0..jobs {
+        rm.submit(one_core_job(j, leaves), NOW).expect("valid job");
+    }
+    rm.take_effects();
+    rm
+}
+
+/// `WORKERS` workers of 256 cores.
+fn register_workers(rm: &mut ResourceManager) {
     for i in 0..WORKERS {
         rm.register_worker(
             WorkerRegistration {
@@ -42,11 +52,6 @@ fn cluster(leaves: usize, jobs: usize) -> ResourceManager {
         )
         .expect("valid worker");
     }
-    for j in 0..jobs {
-        rm.submit(one_core_job(j, leaves), NOW).expect("valid job");
-    }
-    rm.take_effects();
-    rm
 }
 
 /// The `j`th one-core no-op job, for leaf `j % leaves`.
@@ -67,6 +72,56 @@ fn place_one_million(bencher: Bencher, leaves: usize) {
     bencher
         .counter(ItemsCount::new(JOBS))
         .with_inputs(|| cluster(leaves, JOBS))
+        .bench_local_values(|mut rm| {
+            let report = rm.schedule(NOW);
+            assert_eq!(report.placed, JOBS as u64);
+            rm
+        });
+}
+
+/// Limits generous enough never to bind: every leaf a queue limit and the handler a
+/// cluster-wide limit; with `keys`, every job also a key (one of 10 per leaf) under a
+/// per-key limit. What limits cost a pass that places as much as it would without them.
+fn generous_limits(leaves: usize, jobs: usize, keys: bool) -> ResourceManager {
+    let generous = RateLimit::new(Rate::parse("1000000/s").expect("valid"), 1_000_000);
+    let mut config = Config::default();
+    config
+        .handler_rate_limits
+        .insert("lqsm.noop".into(), generous);
+    let mut rm = ResourceManager::new(config, Policies::default(), 42).expect("valid config");
+    let share = 100.0 / leaves as f64;
+    for i in 0..leaves {
+        let mut settings = QueueConfig {
+            rate_limit: Some(generous),
+            ..QueueConfig::with_capacity(share, 100.0)
+        };
+        if keys {
+            settings.key_limits = [("customer".to_owned(), generous)].into();
+        }
+        rm.create_queue(&format!("root.q{i}"), settings)
+            .expect("valid queue");
+    }
+    register_workers(&mut rm);
+    for j in 0..jobs {
+        let mut req = one_core_job(j, leaves);
+        if keys {
+            req.keys = [("customer".to_owned(), format!("c{}", j % 10_000))].into();
+        }
+        rm.submit(req, NOW).expect("valid job");
+    }
+    rm.take_effects();
+    rm
+}
+
+/// One pass placing a million pending jobs from 1,000 leaves on 5,000 workers, with
+/// [`generous_limits`]: `queue_handler` (queue and handler limits) or
+/// `queue_handler_key` (and per-key limits, every job carrying a key).
+#[divan::bench(args = ["queue_handler", "queue_handler_key"], sample_count = 3, sample_size = 1)]
+fn place_one_million_rate_limited(bencher: Bencher, limits: &str) {
+    let keys = limits.ends_with("key");
+    bencher
+        .counter(ItemsCount::new(JOBS))
+        .with_inputs(|| generous_limits(1_000, JOBS, keys))
         .bench_local_values(|mut rm| {
             let report = rm.schedule(NOW);
             assert_eq!(report.placed, JOBS as u64);

@@ -9,15 +9,19 @@
 //!   the format number as a LEB128 varint — followed by a compact positional binary body.
 //!   Integers are LEB128 varints (signed ones zigzag-encoded), strings and lists carry their
 //!   length first, optional values a 0/1 byte. JSON values inside a job (function arguments,
-//!   results) stay JSON text, so the core never parses them.
+//!   results) stay JSON text, so the core never parses them. Still read, no longer written.
+//! - **format 2**, written today: format 1 with two fields after a job record's last: the
+//!   job's `keys` (a map, for per-key rate limits) and, optional, the instant until which a
+//!   rate limit held it back. Queue and payload bodies are the same as in format 1.
 //!
 //! A record whose format is newer than [`CURRENT_FORMAT`] is refused with
 //! [`CodecError::NewerFormat`]: it is not damaged, it was written by a newer LQSM.
 //!
-//! Format 1 is positional: **any** change to what a job record holds (a field added,
+//! Formats 1 and 2 are positional: **any** change to what a job record holds (a field added,
 //! removed, reordered, an enum variant added) must come with a new format number here and a
-//! decoder kept for the older one. The test `format_1_bytes_are_stable` pins the exact bytes
-//! of a full record so that such a change cannot go unnoticed.
+//! decoder kept for the older one. The tests `format_2_bytes_are_stable` and
+//! `format_1_bytes_still_read` pin the exact bytes of a full record in each format, so
+//! that such a change cannot go unnoticed.
 //!
 //! Queue records are few (one per queue) and hold nested, often-changing settings, so their
 //! format 1 body is the JSON text of the record behind the same header: the version is there,
@@ -38,7 +42,7 @@ use thiserror::Error;
 use uuid::Uuid;
 
 /// The format this build writes, and the newest it reads.
-pub const CURRENT_FORMAT: u32 = 1;
+pub const CURRENT_FORMAT: u32 = 2;
 
 /// First byte of every record of format 1 or later. JSON text (format 0) never starts with
 /// it: it is not valid UTF-8 as a first byte.
@@ -123,6 +127,14 @@ pub fn encode_job(record: &JobRecord) -> Vec<u8> {
     put_varint(w, u64::from(record.failures));
     put_opt(w, record.termination.as_ref(), put_termination);
     put_opt(w, record.finished_at, |w, t| put_varint(w, t.0));
+    // Format 2's fields.
+    let keys = record.spec.keys();
+    put_varint(w, keys.iter().count() as u64);
+    for (name, value) in keys.iter() {
+        put_str(w, name);
+        put_str(w, value);
+    }
+    put_opt(w, record.rate_limited_until, |w, t| put_varint(w, t.0));
     out
 }
 
@@ -148,7 +160,7 @@ impl JobDecoder {
         let mut r = Reader::new(body);
         let id = JobId(Uuid::from_bytes(r.array()?));
         let queue = self.queue(r.str()?)?;
-        let record = JobRecord {
+        let mut record = JobRecord {
             id,
             queue,
             seq: r.varint()?,
@@ -167,7 +179,13 @@ impl JobDecoder {
             failures: r.u32()?,
             termination: r.opt(Reader::termination)?,
             finished_at: r.opt(|r| Ok(Timestamp(r.varint()?)))?,
+            rate_limited_until: None,
         };
+        if format >= 2 {
+            let keys = r.map()?;
+            record.spec = record.spec.with_keys(keys);
+            record.rate_limited_until = r.opt(Reader::timestamp)?;
+        }
         r.finish()?;
         Ok(record)
     }
@@ -624,6 +642,7 @@ impl<'a> Reader<'a> {
             selector,
             tags,
             submitted_by,
+            keys: BTreeMap::new(),
         };
         let defaults = JobDefaults {
             timeout: None,
@@ -724,6 +743,7 @@ mod tests {
             selector: BTreeMap::from([("zone".into(), "eu".into())]),
             tags: vec!["nightly".into(), "billing".into()],
             submitted_by: Some("etl".into()),
+            keys: BTreeMap::from([("customer".into(), "acme".into())]),
         };
         let spec = request.resolve(&JobDefaults::default()).0;
         let attempt = |number: u32, outcome| Attempt {
@@ -766,6 +786,17 @@ mod tests {
                 exit_code: Some(0),
             }),
             finished_at: Some(Timestamp(1_796_046_830_000)),
+            rate_limited_until: Some(Timestamp(1_796_046_824_500)),
+        }
+    }
+
+    /// [`full_record`] as format 1 held it: without format 2's fields.
+    fn full_record_of_format_1() -> JobRecord {
+        let record = full_record();
+        JobRecord {
+            spec: record.spec.clone().without_keys(),
+            rate_limited_until: None,
+            ..record
         }
     }
 
@@ -784,6 +815,7 @@ mod tests {
             failures: 0,
             termination: None,
             finished_at: None,
+            rate_limited_until: None,
         }
     }
 
@@ -911,15 +943,37 @@ mod tests {
         );
     }
 
-    /// Pins the exact bytes of format 1. If this fails, the encoding changed: give the new
-    /// encoding a new format number, keep a decoder for format 1, and only then update the
+    /// Pins the exact bytes of format 2. If this fails, the encoding changed: give the new
+    /// encoding a new format number, keep a decoder for format 2, and only then update the
     /// expected bytes here.
     #[test]
-    fn format_1_bytes_are_stable() {
+    fn format_2_bytes_are_stable() {
         let bytes = encode_job(&full_record());
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(hex, FULL_RECORD_FORMAT_1);
+        assert_eq!(hex, FULL_RECORD_FORMAT_2);
     }
+
+    /// Records written by the releases that wrote format 1 still read, as they were.
+    #[test]
+    fn format_1_bytes_still_read() {
+        let bytes: Vec<u8> = (0..FULL_RECORD_FORMAT_1.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&FULL_RECORD_FORMAT_1[i..i + 2], 16).expect("hex"))
+            .collect();
+        assert_eq!(format_of(&bytes), Ok(1));
+        assert_eq!(decode_job(&bytes), Ok(full_record_of_format_1()));
+    }
+
+    const FULL_RECORD_FORMAT_2: &str = concat!(
+        "b7020190000000007000800000000000000108726f6f742e65746cac0203bcc5eee5a23401a8ccee",
+        "e5a2340003027368022d63076563686f20c3bc010141013101042f746d70dc0b80040101076c6963",
+        "656e6365020d01d80405030080e59a773c00000000000000d03f01a8460105696e762d3101047a6f",
+        "6e6502657502076e696768746c790762696c6c696e67010365746c0301e807000000000000000000",
+        "0000000000004de90701cc0801b00901010111066b696c6c656402d00f0000000000000000000000",
+        "000000004dea0701cc0801b009010303b8170000000000000000000000000000004deb0701cc0801",
+        "b0090100010c7b226f6b223a5b312c325d7d0100020100010c7b226f6b223a5b312c325d7d010001",
+        "b0f3eee5a2340108637573746f6d65720461636d6501b4c8eee5a234",
+    );
 
     const FULL_RECORD_FORMAT_1: &str = concat!(
         "b7010190000000007000800000000000000108726f6f742e65746cac0203bcc5eee5a23401a8ccee",

@@ -86,6 +86,11 @@ slotmap::new_key_type! {
 }
 
 slotmap::new_key_type! {
+    /// The jobs one per-key or per-handler rate limit holds back (internal).
+    pub struct HoldKey;
+}
+
+slotmap::new_key_type! {
     /// A worker's slot in the ResourceManager's table (internal; clients use [`WorkerId`]).
     pub struct WorkerKey;
 }

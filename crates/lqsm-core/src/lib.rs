@@ -14,6 +14,7 @@ pub mod ids;
 pub mod jobs;
 pub mod policy;
 pub mod queues;
+pub mod rate_limits;
 pub mod recovery;
 pub mod resource_manager;
 pub mod resources;
@@ -38,6 +39,7 @@ pub use policy::Policies;
 pub use queues::{
     JobDefaults, QueueConfig, QueueError, QueuePath, QueueState, QueueStats, QueueUpdate,
 };
+pub use rate_limits::{Rate, RateLimit, RatePeriod};
 pub use recovery::{JobRecord, QueueRecord, RestoreError, RestoreInput, RestoreReport};
 pub use resource_manager::{
     Config, ConfigError, JobError, PassReport, PollOutcome, PreemptionConfig, QueueView, ROOT,

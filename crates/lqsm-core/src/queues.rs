@@ -2,9 +2,11 @@
 //! their checks, lifecycle states and counters. The tree node that carries them at
 //! run time lives with the QueuesManager's commands (`resource_manager/queues.rs`).
 
+use crate::rate_limits::{MAX_KEY_LIMITS, RateLimit};
 use crate::resources::{MiB, Millicores, Resources};
 use crate::retry::RetryPolicy;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -205,6 +207,13 @@ pub struct QueueConfig {
     pub admission: String,
     /// Whether preemption may take attempts back from this queue (and below it).
     pub preemptable: bool,
+    /// Leaf: most dispatches of its jobs over time, retries included. None: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// Leaf: a limit per job key, by key name (`customer`): each value of that key
+    /// (`acme`) has its own bucket. A job without the key is not limited by it.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub key_limits: BTreeMap<String, RateLimit>,
 }
 
 impl Default for QueueConfig {
@@ -220,6 +229,8 @@ impl Default for QueueConfig {
             placement: BEST_FIT.into(),
             admission: ACCEPT_ALL.into(),
             preemptable: true,
+            rate_limit: None,
+            key_limits: BTreeMap::new(),
         }
     }
 }
@@ -298,7 +309,49 @@ impl QueueConfig {
             .retry
             .validate()
             .map_err(|reason| invalid("defaults.retry", reason))?;
+        if let Some(limit) = &self.rate_limit {
+            limit
+                .check("rate_limit")
+                .map_err(|(field, reason)| invalid(&field, reason))?;
+        }
+        if self.key_limits.len() > MAX_KEY_LIMITS {
+            return Err(invalid(
+                "key_limits",
+                format!("{} limits (max {MAX_KEY_LIMITS})", self.key_limits.len()),
+            ));
+        }
+        for (name, limit) in &self.key_limits {
+            check_key_name(name).map_err(|reason| invalid("key_limits", reason))?;
+            limit
+                .check(&format!("key_limits.{name}"))
+                .map_err(|(field, reason)| invalid(&field, reason))?;
+        }
         Ok(())
+    }
+
+    /// Whether any rate limit of this queue's own applies to its jobs.
+    pub fn has_rate_limits(&self) -> bool {
+        self.rate_limit.is_some() || !self.key_limits.is_empty()
+    }
+}
+
+/// Longest name of a job key (`customer`).
+pub const MAX_KEY_NAME: usize = 64;
+
+/// Checks the name of a job key: 1 to [`MAX_KEY_NAME`] of `a-z`, `0-9`, `_`, `-` and `.`,
+/// the same rule for a job's `keys` and a queue's `key_limits`.
+pub fn check_key_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_KEY_NAME
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-' || b == b'.'
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "key name `{name}` must be 1 to {MAX_KEY_NAME} of a-z, 0-9, `_`, `-` and `.`"
+        ))
     }
 }
 
@@ -326,6 +379,10 @@ pub struct QueueUpdate {
     pub admission: Option<String>,
     /// New preemptable flag.
     pub preemptable: Option<bool>,
+    /// New rate limit; `Some(None)` removes it.
+    pub rate_limit: Option<Option<RateLimit>>,
+    /// New per-key limits, replacing the old ones (an empty map removes them all).
+    pub key_limits: Option<BTreeMap<String, RateLimit>>,
 }
 
 impl QueueUpdate {
@@ -361,6 +418,12 @@ impl QueueUpdate {
         }
         if let Some(v) = self.preemptable {
             c.preemptable = v;
+        }
+        if let Some(v) = self.rate_limit {
+            c.rate_limit = v;
+        }
+        if let Some(v) = &self.key_limits {
+            c.key_limits = v.clone();
         }
         c
     }

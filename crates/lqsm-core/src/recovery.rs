@@ -61,6 +61,10 @@ pub struct JobRecord {
     pub termination: Option<Termination>,
     /// When it ended.
     pub finished_at: Option<Timestamp>,
+    /// While a rate limit holds it back: until when. A reader compares it with the time:
+    /// the record is not rewritten when the hold ends, only when the job changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limited_until: Option<Timestamp>,
 }
 
 /// What restoring needs besides the records.
@@ -139,6 +143,7 @@ impl ResourceManager {
             failures: job.failures,
             termination: job.termination.as_deref().cloned(),
             finished_at: job.finished_at,
+            rate_limited_until: self.rate_limited_until(id),
         })
     }
 
@@ -173,6 +178,8 @@ impl ResourceManager {
         grace: Duration,
     ) -> Result<(Self, RestoreReport), RestoreError> {
         let mut rm = ResourceManager::new(config, policies, seed)?;
+        // What was spent before the restart is not known: every bucket starts empty.
+        rm.rate_limits_restored_at = Some(now);
         let mut report = RestoreReport {
             queues: 1,
             ..RestoreReport::default()
@@ -199,6 +206,8 @@ impl ResourceManager {
                     admission: Some(record.config.admission.clone()),
                     weight: Some(record.config.weight),
                     preemptable: Some(record.config.preemptable),
+                    rate_limit: Some(record.config.rate_limit),
+                    key_limits: Some(record.config.key_limits.clone()),
                     ..QueueUpdate::default()
                 };
                 rm.update_queue("root", &update).map_err(failed)?;

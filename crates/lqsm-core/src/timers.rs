@@ -2,7 +2,7 @@
 //! removed early: each names what it is for, and is checked against the current state
 //! when it fires, so cancelling a timer is free and a stale one does nothing.
 
-use crate::ids::{FencingToken, JobKey, PollTicket, Timestamp, WorkerKey};
+use crate::ids::{FencingToken, HoldKey, JobKey, PollTicket, QueueId, Timestamp, WorkerKey};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
@@ -25,6 +25,10 @@ pub(crate) enum Timer {
     Reclaim(JobKey, FencingToken),
     /// A worker's long-poll may have waited as long as it may.
     PollDue(WorkerKey, PollTicket),
+    /// A leaf held back by a rate limit may dispatch again.
+    RateLimit(QueueId),
+    /// A per-key or per-handler limit may let the next job it holds start.
+    GiveBack(HoldKey),
 }
 
 #[derive(Debug)]

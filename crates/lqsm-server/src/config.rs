@@ -3,6 +3,7 @@
 
 use lqsm_api as api;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -232,6 +233,9 @@ pub struct SchedulerConfig {
     pub preemption_delay_ms: u64,
     /// Fraction of a guarantee treated as noise.
     pub preemption_dead_zone: f64,
+    /// Rate limits per handler (task) name, across every queue, as Celery's
+    /// `@task(rate_limit=...)`: `"billing.invoice" = { rate = "10/m", burst = 1 }`.
+    pub handler_rate_limits: BTreeMap<String, lqsm_core::RateLimit>,
 }
 
 impl Default for SchedulerConfig {
@@ -244,6 +248,7 @@ impl Default for SchedulerConfig {
             preemption: false,
             preemption_delay_ms: 15_000,
             preemption_dead_zone: 0.05,
+            handler_rate_limits: BTreeMap::new(),
         }
     }
 }
@@ -254,6 +259,7 @@ impl SchedulerConfig {
         let mut c = lqsm_core::Config {
             heartbeat_timeout: Duration::from_millis(self.heartbeat_timeout_ms),
             retention: Duration::from_millis(self.retention_ms),
+            handler_rate_limits: self.handler_rate_limits.clone(),
             ..lqsm_core::Config::default()
         };
         c.preemption.enabled = self.preemption;
@@ -311,8 +317,19 @@ mod tests {
         let text = std::fs::read_to_string(path).expect("example exists");
         let config = ServerConfig::from_toml(&text).expect("example parses");
         assert_eq!(config.tokens.len(), 3);
-        assert_eq!(config.queues.len(), 3);
+        assert_eq!(config.queues.len(), 4);
         assert_eq!(config.queues[1].path, "root.etl.daily");
+        let limit = config.scheduler.core().handler_rate_limits["billing.invoice"];
+        assert_eq!((limit.rate.to_string(), limit.burst), ("10/m".into(), 1));
+    }
+
+    #[test]
+    fn a_bad_handler_rate_limit_is_refused_saying_how_to_write_it() {
+        let err = ServerConfig::from_toml(
+            "[scheduler.handler_rate_limits]\n\"h\" = { rate = \"10 per second\" }\n",
+        )
+        .expect_err("bad rate");
+        assert!(err.contains("100/s"), "{err}");
     }
 
     #[test]

@@ -172,7 +172,22 @@ pub fn submission(
     req.idempotency_key = job.idempotency_key.clone();
     req.selector = job.selector.clone();
     req.tags = job.tags.clone();
+    req.keys = job.keys.clone();
     Ok(req)
+}
+
+/// A wire rate limit to the core's; `None` for a rate of 0 (no limit).
+fn rate_limit(field: &str, spec: &api::RateLimitSpec) -> Result<Option<core::RateLimit>, ApiError> {
+    core::RateLimit::from_setting(&spec.rate, spec.burst)
+        .map_err(|reason| invalid(&format!("{field}.rate"), reason))
+}
+
+/// A core rate limit as the wire writes it.
+fn rate_limit_spec(limit: &core::RateLimit) -> api::RateLimitSpec {
+    api::RateLimitSpec {
+        rate: limit.rate.to_string(),
+        burst: Some(limit.burst),
+    }
 }
 
 /// Queue settings on the wire to a core config, starting from `base`.
@@ -229,6 +244,17 @@ pub fn queue_config(
     if let Some(v) = s.preemptable {
         c.preemptable = v;
     }
+    if let Some(spec) = &s.rate_limit {
+        c.rate_limit = rate_limit("rate_limit", spec)?;
+    }
+    if let Some(limits) = &s.key_limits {
+        c.key_limits.clear();
+        for (name, spec) in limits {
+            if let Some(limit) = rate_limit(&format!("key_limits.{name}"), spec)? {
+                c.key_limits.insert(name.clone(), limit);
+            }
+        }
+    }
     Ok(c)
 }
 
@@ -266,6 +292,13 @@ pub fn queue_settings(c: &core::QueueConfig) -> api::QueueSettings {
         placement: Some(c.placement.clone()),
         admission: Some(c.admission.clone()),
         preemptable: Some(c.preemptable),
+        rate_limit: c.rate_limit.as_ref().map(rate_limit_spec),
+        key_limits: (!c.key_limits.is_empty()).then(|| {
+            c.key_limits
+                .iter()
+                .map(|(name, limit)| (name.clone(), rate_limit_spec(limit)))
+                .collect()
+        }),
     }
 }
 
@@ -360,8 +393,8 @@ fn outcome(o: &core::AttemptOutcome) -> (api::AttemptOutcome, Option<String>) {
     }
 }
 
-/// A job as clients see it.
-pub fn job_view(job: &core::JobRecord, queue: &str) -> api::JobView {
+/// A job as clients see it at `now` (a rate limit's hold shows only while it lasts).
+pub fn job_view(job: &core::JobRecord, queue: &str, now: Timestamp) -> api::JobView {
     let (result, exit_code, reason) = match job.termination.as_ref() {
         Some(core::Termination::Succeeded { result, exit_code }) => (
             result.as_ref().map(core::jobs::Json::to_value),
@@ -400,6 +433,11 @@ pub fn job_view(job: &core::JobRecord, queue: &str) -> api::JobView {
         timeout_ms: job.spec.timeout.map(|d| d.as_millis() as u64),
         max_attempts: job.spec.retry.max_attempts,
         tags: job.spec.tags().to_vec(),
+        keys: job.spec.keys().to_map(),
+        rate_limited_until_ms: job
+            .rate_limited_until
+            .filter(|until| job.state == core::JobState::Pending && *until > now)
+            .map(|t| t.0),
         attempts: job
             .attempts
             .iter()

@@ -331,7 +331,11 @@ async fn view_job(state: &AppState, id: JobId) -> ApiResult<api::JobView> {
         ))
         .at("id")
     })?;
-    Ok(convert::job_view(&record, record.queue.as_str()))
+    Ok(convert::job_view(
+        &record,
+        record.queue.as_str(),
+        crate::resource_manager::wall_clock(),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/jobs/{id}", params(("id" = String, Path)), responses((status = 200, body = api::JobView), (status = "4XX", body = api::ErrorBody)))]
@@ -409,10 +413,11 @@ async fn list_jobs(
         limit,
     };
     let page = state.scheduler.jobs(listing).await?;
+    let now = crate::resource_manager::wall_clock();
     let jobs: Vec<api::JobView> = page
         .jobs
         .iter()
-        .map(|record| convert::job_view(record, record.queue.as_str()))
+        .map(|record| convert::job_view(record, record.queue.as_str(), now))
         .collect();
     let next_cursor = if page.more {
         jobs.last().map(|j| j.id.to_string())
@@ -540,6 +545,10 @@ fn queue_view(
             mean_wait_ms: stats.wait.mean().map_or(0, |d| d.as_millis() as u64),
             mean_run_ms: stats.run.mean().map_or(0, |d| d.as_millis() as u64),
         },
+        rate_limited_until_ms: queue
+            .rate_limited_until
+            .filter(|until| *until > crate::resource_manager::wall_clock())
+            .map(|t| t.0),
         settings: convert::queue_settings(&queue.config),
         children,
     }
@@ -830,6 +839,8 @@ async fn update_queue(
         placement: Some(config.placement.clone()),
         admission: Some(config.admission.clone()),
         preemptable: Some(config.preemptable),
+        rate_limit: Some(config.rate_limit),
+        key_limits: Some(config.key_limits.clone()),
     };
     let update = if path == "root" {
         QueueUpdate {
@@ -1235,6 +1246,7 @@ async fn not_found() -> ApiError {
         api::ResourceFigures,
         api::JobKind,
         api::RetrySpec,
+        api::RateLimitSpec,
         api::SubmitJob,
         api::Submitted,
         api::SubmitBatch,

@@ -35,6 +35,9 @@ pub struct QueueSnapshot {
     pub stats: QueueStats,
     /// Paths of its children, in order (shared between views until the shape changes).
     pub children: Arc<Vec<String>>,
+    /// Until when a rate limit held its next job back, as of the last change to the
+    /// queue (a reader compares it with the time).
+    pub rate_limited_until: Option<lqsm_core::Timestamp>,
 }
 
 /// One worker as of the last commit.
@@ -322,6 +325,7 @@ fn own_figures(rm: &ResourceManager, path: &str, old: &QueueSnapshot) -> QueueSn
         running: view.running(),
         stats: old.stats,
         children: old.children.clone(),
+        rate_limited_until: view.rate_limited_until(),
     }
 }
 
@@ -418,6 +422,7 @@ fn snapshot(rm: &ResourceManager, id: QueueId) -> QueueSnapshot {
             running: 0,
             stats: QueueStats::default(),
             children: Arc::default(),
+            rate_limited_until: None,
         };
     };
     QueueSnapshot {
@@ -430,6 +435,7 @@ fn snapshot(rm: &ResourceManager, id: QueueId) -> QueueSnapshot {
         running: view.running(),
         stats: view.stats(),
         children: Arc::new(view.children().iter().map(|p| p.to_string()).collect()),
+        rate_limited_until: view.rate_limited_until(),
     }
 }
 

@@ -251,6 +251,10 @@ impl ResourceManager {
 
     /// Moves a job that holds no attempt to a terminal state, once.
     pub(crate) fn terminate(&mut self, key: JobKey, termination: Termination, now: Timestamp) {
+        if !self.held_until.is_empty() || !self.released.is_empty() {
+            // A rate limit's hold gives back its next job if this one was its.
+            self.forget_rate_limited(key, now);
+        }
         let job = &mut self.jobs[key];
         debug_assert!(!job.state.is_terminal() && !job.state.is_active());
         let state = match &termination {

@@ -9,11 +9,13 @@
 //! - `jobs`: submission, cancellation and the end of attempts;
 //! - `workers`: registration, polls (the worker protocol) and draining;
 //! - `timers`: what happens when time passes;
+//! - `rate_limits`: the buckets behind queue, key and handler rate limits;
 //! - `scheduler`: the allocation algorithm (one pass) and preemption.
 
 pub(crate) mod jobs;
 pub(crate) mod polls;
 pub(crate) mod queues;
+pub(crate) mod rate_limits;
 pub(crate) mod scheduler;
 pub(crate) mod timers;
 pub(crate) mod workers;
@@ -30,13 +32,14 @@ use crate::jobs::Waiting;
 use crate::jobs::{Job, JobKey, JobState};
 use crate::policy::{Policies, PreemptionPolicy};
 use crate::queues::{QueueConfig, QueuePath};
+use crate::rate_limits::RateLimit;
 use crate::resources::Resources;
 use crate::timers::Timers;
 use crate::workers::{Worker, WorkerIndex, WorkerKey};
 use queues::QueueNode;
 use serde::{Deserialize, Serialize};
 use slotmap::SlotMap;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
@@ -85,6 +88,9 @@ pub struct Config {
     /// A pass stops after this many leaves whose next job fit on no worker; the rest
     /// wait for the next change. Bounds the cost of passes over a full cluster.
     pub max_skips_per_pass: usize,
+    /// Rate limits per handler (task) name, across every queue, as Celery's
+    /// `@task(rate_limit=...)`: one bucket per handler.
+    pub handler_rate_limits: BTreeMap<String, RateLimit>,
 }
 
 impl Default for Config {
@@ -95,6 +101,7 @@ impl Default for Config {
             preemption: PreemptionConfig::default(),
             max_poll_wait: Duration::from_secs(4),
             max_skips_per_pass: 64,
+            handler_rate_limits: BTreeMap::new(),
         }
     }
 }
@@ -116,6 +123,14 @@ pub enum ConfigError {
     /// The heartbeat timeout is zero.
     #[error("heartbeat_timeout: must be above zero")]
     HeartbeatTimeout,
+    /// A handler's rate limit is out of range.
+    #[error("{field}: {reason}")]
+    HandlerLimit {
+        /// The offending field (`handler_rate_limits.<handler>.burst`).
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// Figures of one scheduling pass.
@@ -173,6 +188,16 @@ pub struct ResourceManager {
     pub(crate) kill_orders: HashMap<WorkerKey, Vec<crate::effects::Kill>>,
     /// Workers whose waiting poll may have something to answer.
     pub(crate) to_answer: BTreeSet<WorkerKey>,
+    /// One bucket per limited handler that has dispatched since the start.
+    pub(crate) handler_buckets: HashMap<Arc<str>, rate_limits::Cell>,
+    /// Jobs set aside by per-key and per-handler limits, one hold per limit.
+    pub(crate) holds: SlotMap<crate::ids::HoldKey, rate_limits::Hold>,
+    /// Each job set aside by a hold, with the instant it is expected to start.
+    pub(crate) held_until: BTreeMap<JobKey, Timestamp>,
+    /// Each job a hold gave back and that was not dispatched yet, with its hold.
+    pub(crate) released: BTreeMap<JobKey, crate::ids::HoldKey>,
+    /// When this state was restored, if it was: buckets not seen since start empty then.
+    pub(crate) rate_limits_restored_at: Option<Timestamp>,
 }
 
 impl std::fmt::Debug for ResourceManager {
@@ -203,6 +228,11 @@ impl ResourceManager {
         }
         if config.heartbeat_timeout.is_zero() {
             return Err(ConfigError::HeartbeatTimeout);
+        }
+        for (handler, limit) in &config.handler_rate_limits {
+            limit
+                .check(&format!("handler_rate_limits.{handler}"))
+                .map_err(|(field, reason)| ConfigError::HandlerLimit { field, reason })?;
         }
         let root_config = QueueConfig::with_capacity(100.0, 100.0);
         let root_policies = (
@@ -247,6 +277,11 @@ impl ResourceManager {
             parked_polls: crate::hashing::map(seed),
             kill_orders: crate::hashing::map(seed),
             to_answer: BTreeSet::new(),
+            handler_buckets: crate::hashing::map(seed),
+            holds: SlotMap::with_key(),
+            held_until: BTreeMap::new(),
+            released: BTreeMap::new(),
+            rate_limits_restored_at: None,
         })
     }
 

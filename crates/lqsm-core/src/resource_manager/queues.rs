@@ -160,6 +160,15 @@ pub(crate) struct QueueNode {
     pub skipped_in_pass: bool,
     /// Since when this leaf has been below its guarantee with demand it could not place.
     pub starved_since: Option<crate::ids::Timestamp>,
+    /// Leaf: set while a rate limit holds its next job back, until the instant it
+    /// allows it (a timer clears it then); the leaf sits out meanwhile.
+    pub rate_held_until: Option<Timestamp>,
+    /// Leaf: the job the current hold is for (its next job when the hold began).
+    pub rate_held_job: Option<JobKey>,
+    /// Leaf: the bucket of its `rate_limit`, made at its first dispatch.
+    pub rate_bucket: Option<crate::rate_limits::Bucket>,
+    /// Leaf: the buckets of its `key_limits`, by key name, then key value.
+    pub key_buckets: std::collections::BTreeMap<String, super::rate_limits::KeyBuckets>,
     pub ordering: Arc<dyn crate::policy::OrderingPolicy>,
     pub placement: Arc<dyn crate::policy::PlacementPolicy>,
     pub admission: Arc<dyn crate::policy::AdmissionPolicy>,
@@ -197,6 +206,10 @@ impl QueueNode {
             at_ceiling: false,
             skipped_in_pass: false,
             starved_since: None,
+            rate_held_until: None,
+            rate_held_job: None,
+            rate_bucket: None,
+            key_buckets: std::collections::BTreeMap::new(),
             ordering,
             placement,
             admission,
@@ -268,6 +281,10 @@ impl<'a> QueueView<'a> {
     pub fn unfinished(&self) -> u64 {
         self.node.unfinished
     }
+    /// Until when a rate limit holds this leaf's next job back, while one does.
+    pub fn rate_limited_until(&self) -> Option<Timestamp> {
+        self.node.rate_held_until
+    }
     /// The job this leaf dispatches next, if it has a ready one.
     pub fn next_job(&self) -> Option<JobId> {
         self.node
@@ -300,6 +317,22 @@ impl<'a> QueueView<'a> {
             }
         });
         sum
+    }
+}
+
+/// Rate limits apply to the jobs of a leaf; a queue with children holds none.
+fn rate_limits_on_parent(path: &QueuePath, config: &QueueConfig) -> QueueError {
+    let field = if config.rate_limit.is_some() {
+        "rate_limit"
+    } else {
+        "key_limits"
+    };
+    QueueError::InvalidConfig {
+        path: path.clone(),
+        field: field.to_owned(),
+        reason: "limits the jobs of a leaf queue, and this queue has (or would get) child \
+                 queues; set it on the leaves, or remove it before adding children"
+            .to_owned(),
     }
 }
 
@@ -476,6 +509,12 @@ impl ResourceManager {
         if parent_node.is_leaf() && parent_node.unfinished > 0 {
             return Err(QueueError::ParentHoldsJobs(parent_node.path.clone()));
         }
+        if parent_node.config.has_rate_limits() {
+            return Err(rate_limits_on_parent(
+                &parent_node.path,
+                &parent_node.config,
+            ));
+        }
         self.check_sibling_capacity(parent, None, config.capacity)?;
 
         let id = QueueId(u32::try_from(self.queues.len()).expect("fewer than 2^32 queues"));
@@ -509,13 +548,35 @@ impl ResourceManager {
         if let Some(parent) = node.parent {
             self.check_sibling_capacity(parent, Some(id), config.capacity)?;
         }
+        if !node.is_leaf() && config.has_rate_limits() {
+            return Err(rate_limits_on_parent(&node.path, &config));
+        }
         let reorder = node.config.ordering != config.ordering;
         let capacity_change = config.capacity - node.config.capacity;
         if let Some(parent) = node.parent {
             self.node_mut(parent).children_capacity += capacity_change;
         }
         let node = self.node_mut(id);
+        if node.config.rate_limit != config.rate_limit {
+            // A changed limit starts from the state of the old one's bucket.
+            node.rate_held_until = None;
+            if config.rate_limit.is_none() {
+                node.rate_bucket = None;
+            }
+        }
+        let key_limits_changed = node.config.key_limits != config.key_limits;
+        if key_limits_changed {
+            node.rate_held_until = None;
+        }
         node.config = config;
+        if key_limits_changed {
+            // Held jobs go back in order; the limits now in force sort them again.
+            self.release_key_holds(id);
+            let node = self.node_mut(id);
+            let kept = &node.config.key_limits;
+            node.key_buckets.retain(|name, _| kept.contains_key(name));
+        }
+        let node = self.node_mut(id);
         node.ordering = ordering;
         node.placement = placement;
         node.admission = admission;

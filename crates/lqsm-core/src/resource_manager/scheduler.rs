@@ -9,6 +9,7 @@
 //! logarithm of the number of queues, and a pass with nothing new to do returns at once.
 
 use super::queues::SelectionKey;
+use super::rate_limits::Verdict;
 use super::{PassReport, ROOT, ResourceManager};
 use crate::effects::Record;
 use crate::ids::{FencingToken, QueueId, Timestamp};
@@ -83,7 +84,10 @@ impl ResourceManager {
             .config
             .running_limit()
             .is_none_or(|max| node.running < u64::from(max));
-        !node.ready.is_empty() && !node.skipped_in_pass && under_running_limit
+        !node.ready.is_empty()
+            && !node.skipped_in_pass
+            && under_running_limit
+            && node.rate_held_until.is_none()
     }
 
     fn selection_key(&self, id: QueueId) -> SelectionKey {
@@ -162,6 +166,17 @@ impl ResourceManager {
                 self.refresh_up(leaf);
                 continue;
             };
+            match self.rate_verdict(leaf, head, now) {
+                None => {}
+                Some(Verdict::HoldLeaf(until)) => {
+                    self.hold_for_rate_limit(leaf, head, until);
+                    continue;
+                }
+                Some(Verdict::SetAside(until, by, limit)) => {
+                    self.set_aside(leaf, head, (until, by, limit), now);
+                    continue;
+                }
+            }
             let job = &self.jobs[head];
             let constraint = job.constraint;
             if let Some(capped) = self.ceiling_hit(leaf, &job.spec.request) {
@@ -171,7 +186,7 @@ impl ResourceManager {
                 let beyond =
                     request.dominant_share(&self.total) > self.node(capped).abs_max + EPSILON;
                 if beyond || !self.could_ever_run(constraint, &request, &mut capable) {
-                    self.park(leaf, head);
+                    self.park(leaf, head, now);
                     continue;
                 }
                 self.node_mut(capped).at_ceiling = true;
@@ -202,7 +217,7 @@ impl ResourceManager {
                 None => {
                     let request = job.spec.request.clone();
                     if !self.could_ever_run(constraint, &request, &mut capable) {
-                        self.park(leaf, head);
+                        self.park(leaf, head, now);
                         continue;
                     }
                     if !known_unfit && unfit.len() < 16 {
@@ -253,7 +268,11 @@ impl ResourceManager {
     }
 
     /// Sets a ready job aside until a worker registers, so it does not block its leaf.
-    fn park(&mut self, leaf: QueueId, head: JobKey) {
+    fn park(&mut self, leaf: QueueId, head: JobKey, now: Timestamp) {
+        if !self.released.is_empty() {
+            // A job a rate limit gave back, parked: the limit gives back the next one.
+            self.forget_rate_limited(head, now);
+        }
         self.jobs[head].waiting = crate::jobs::Waiting::Parked;
         let node = self.node_mut(leaf);
         node.ready.pop_head();
@@ -300,6 +319,7 @@ impl ResourceManager {
 
     /// Gives the head job of `leaf` to `worker` as a new attempt.
     fn assign(&mut self, leaf: QueueId, key: JobKey, worker_key: WorkerKey, now: Timestamp) {
+        self.spend_rate_tokens(leaf, key, now);
         let token = FencingToken(self.next_token);
         self.next_token += 1;
         let worker = &mut self.workers[worker_key];

@@ -73,6 +73,8 @@ impl ResourceManager {
                 }
                 Timer::Reclaim(key, token) => self.reclaim_expired(key, token, now),
                 Timer::PollDue(key, ticket) => self.poll_due(key, ticket),
+                Timer::RateLimit(leaf) => self.rate_limit_due(leaf, now),
+                Timer::GiveBack(hold) => self.give_back(hold),
                 Timer::PreemptionDue => {
                     let _ = at;
                     self.dirty = true;
