@@ -214,6 +214,14 @@ pub struct RateLimitSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitJob {
+    /// The job's id, chosen by the client: a UUIDv7 (time-ordered; listings sort by it).
+    /// Sending the same id with the same submission again is safe (a retry after a lost
+    /// answer): the answer names the same job, with `created: false`. The same id with a
+    /// different submission is refused with 409 naming `id` (arguments larger than the
+    /// server's inline limit are kept apart and not compared). Without it the server picks
+    /// one. A finished job's id is free again once the job has passed its retention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Uuid>,
     /// Leaf queue path (`root.default`).
     pub queue: String,
     /// What to run.
@@ -273,6 +281,7 @@ impl SubmitJob {
     /// A submission of `kind` with every option left to the queue.
     pub fn new(queue: &str, kind: JobKind) -> Self {
         Self {
+            id: None,
             queue: queue.into(),
             kind,
             resources: None,
@@ -295,7 +304,7 @@ impl SubmitJob {
 pub struct Submitted {
     /// The job's id.
     pub id: Uuid,
-    /// False when an idempotency key matched an existing job.
+    /// False when an idempotency key, or a client-chosen id, matched an existing job.
     pub created: bool,
 }
 

@@ -756,8 +756,11 @@ pub enum SubmitError {
         /// What is wrong.
         reason: String,
     },
-    /// The id is already taken by another job.
-    #[error("job id {0} is already in use")]
+    /// The id is already taken by another job (a different submission, or another
+    /// submitter's).
+    #[error(
+        "job id {0} is already in use by a different job; choose a new id for a new job (the same id with the same submission names the existing job)"
+    )]
     DuplicateId(JobId),
     /// The queue's pending limit is reached.
     #[error("queue `{path}` has {pending} pending jobs (max_pending {max})")]

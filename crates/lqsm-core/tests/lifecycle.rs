@@ -327,6 +327,34 @@ fn idempotency_key_returns_the_original_job_within_retention() {
 }
 
 #[test]
+fn the_same_id_with_the_same_submission_is_the_same_job_even_in_a_stopped_queue() {
+    let (mut sim, _) = sim_with_queue();
+    let first = sim.request("root.q", one_core());
+    let original = sim.submit(first.clone()).unwrap();
+    assert!(matches!(original, Submitted::Created(_)));
+    // A retry after a lost answer, once the queue stopped: still the same job.
+    sim.rm.stop_queue("root.q").unwrap();
+    assert_eq!(
+        sim.submit(first.clone()).unwrap(),
+        Submitted::Existing(original.id())
+    );
+    assert_eq!(sim.rm.job_count(), 1);
+    // The same id for another submission, or from another submitter: refused.
+    let mut other = first.clone();
+    other.priority = Some(3);
+    assert_eq!(
+        sim.submit(other).unwrap_err(),
+        SubmitError::DuplicateId(original.id())
+    );
+    let mut someone_else = first;
+    someone_else.submitted_by = Some("mallory".into());
+    assert_eq!(
+        sim.submit(someone_else).unwrap_err(),
+        SubmitError::DuplicateId(original.id())
+    );
+}
+
+#[test]
 fn delayed_job_waits_for_its_eta() {
     let (mut sim, w) = sim_with_queue();
     let mut req = sim.request("root.q", one_core());
@@ -633,7 +661,10 @@ fn bad_submissions_are_refused_with_the_field_named_and_nothing_stored() {
     let req = sim.request("root.eng.ml", one_core());
     let id = req.id;
     sim.submit(req.clone()).unwrap();
-    assert_eq!(sim.submit(req), Err(SubmitError::DuplicateId(id)));
+    // The same id for a different submission (the same one again is the same job).
+    let mut different = req;
+    different.priority = Some(1);
+    assert_eq!(sim.submit(different), Err(SubmitError::DuplicateId(id)));
 }
 
 #[test]

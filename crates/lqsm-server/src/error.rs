@@ -153,7 +153,7 @@ impl From<SubmitError> for ApiError {
                 .at(field)
             }
             SubmitError::DuplicateId(_) => {
-                Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, e.to_string())
+                Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, e.to_string()).at("id")
             }
             SubmitError::QueueFull { .. } => Self::new(
                 StatusCode::TOO_MANY_REQUESTS,

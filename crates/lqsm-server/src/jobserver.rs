@@ -183,7 +183,19 @@ fn prepare(
         )
         .at(prefixed(field, "kind")));
     }
-    let id = JobId(Uuid::now_v7());
+    let id = match job.id {
+        None => JobId(Uuid::now_v7()),
+        Some(id) if id.get_version_num() == 7 => JobId(id),
+        Some(id) => {
+            return Err(ApiError::invalid_field(
+                &prefixed(field, "id"),
+                format!(
+                    "{id} is a version {} UUID; a job id must be a UUIDv7 (time-ordered), or be left out for the server to choose",
+                    id.get_version_num()
+                ),
+            ));
+        }
+    };
     let mut req = convert::submission(field, id, job, now).map_err(|e| {
         // `submission` names fields as `{field}.x`; a single job has no prefix.
         match &e.detail.field {

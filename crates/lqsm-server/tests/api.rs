@@ -176,6 +176,50 @@ fn same_idempotency_key_in_the_same_queue_is_the_same_job() {
 }
 
 #[test]
+fn a_client_chosen_id_sent_again_names_the_same_job_and_a_different_job_under_it_is_refused() {
+    let server = BlockingTestServer::start();
+    let api = server.api();
+    let id = Uuid::now_v7();
+    let mut job = function_job("root.default", "client-id");
+    job.id = Some(id);
+
+    let first: api::Submitted = api.post("/v1/jobs", &job).expect(201);
+    assert_eq!((first.id, first.created), (id, true));
+    // A retry after a lost answer, alone or in a batch: the same job.
+    let again: api::Submitted = api.post("/v1/jobs", &job).expect(200);
+    assert_eq!((again.id, again.created), (id, false));
+    let batch: api::BatchResult = api
+        .post(
+            "/v1/jobs/batch",
+            &api::SubmitBatch {
+                jobs: vec![job.clone()],
+            },
+        )
+        .expect(200);
+    assert_eq!(batch.results[0].id, Some(id));
+    assert!(!batch.results[0].created);
+    assert_eq!(api.job(id).id, id);
+
+    // Another submission under the same id: a conflict naming `id`.
+    let mut other = job.clone();
+    other.priority = Some(9);
+    let error = api.post("/v1/jobs", &other).expect_error(409);
+    assert_eq!(error.field.as_deref(), Some("id"), "{error:?}");
+    assert!(
+        error.message.contains("already in use"),
+        "{}",
+        error.message
+    );
+
+    // Only time-ordered ids: a UUIDv4 is refused, naming the field.
+    let mut v4 = function_job("root.default", "client-id");
+    v4.id = Some(Uuid::from_u128(0x4d2f_0c1e_8a3b_4c5d_9e6f_7a8b_9c0d_1e2f));
+    let error = api.post("/v1/jobs", &v4).expect_error(400);
+    assert_eq!(error.field.as_deref(), Some("id"), "{error:?}");
+    assert!(error.message.contains("UUIDv7"), "{}", error.message);
+}
+
+#[test]
 fn failed_attempt_is_retried_after_its_backoff_then_succeeds() {
     let server = BlockingTestServer::start();
     let api = server.api();

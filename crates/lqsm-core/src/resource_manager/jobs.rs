@@ -65,14 +65,23 @@ impl ResourceManager {
         {
             return Ok(Submitted::Existing(self.jobs[*existing].id));
         }
+        // A client-chosen id sent again: the same submission is the same job (a retry after
+        // a lost answer), whatever the queue's state since; anything else is a conflict.
+        if let Some(&existing) = self.job_ids.get(&req.id) {
+            let id = req.id;
+            let defaults = node.config.defaults.clone();
+            let (spec, _) = req.resolve(&defaults);
+            let job = &self.jobs[existing];
+            if job.queue == queue && job.spec == spec {
+                return Ok(Submitted::Existing(id));
+            }
+            return Err(SubmitError::DuplicateId(id));
+        }
         if node.state != QueueState::Running {
             return Err(SubmitError::NotAccepting {
                 path: req.queue,
                 state: node.state,
             });
-        }
-        if self.job_ids.contains_key(&req.id) {
-            return Err(SubmitError::DuplicateId(req.id));
         }
         if let Some(expires_at) = req.expires_at
             && expires_at <= now
