@@ -443,6 +443,32 @@ impl ListOrder {
     }
 }
 
+/// A bulk cancel (`POST /v1/jobs/cancel`): every unfinished job matching all the criteria
+/// given (at least one).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelJobs {
+    /// A queue: its jobs and those of every queue under it (`root` for all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// A tag the jobs carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// pending, scheduled or running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<JobState>,
+    /// Why, kept with each job (default "cancelled by a client").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// What a bulk cancel did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CancelledJobs {
+    /// How many jobs were cancelled.
+    pub cancelled: u64,
+}
+
 /// A page of jobs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobList {

@@ -354,10 +354,24 @@ pub enum JobCommand {
         #[arg(long)]
         all: bool,
     },
-    /// Cancel a job (a running one is killed on its worker).
+    /// Cancel a job (a running one is killed on its worker), or every unfinished job of a
+    /// queue (and below), a tag or a state: `lqsm job cancel --queue root.etl --tag nightly`.
     Cancel {
         /// The job's id.
-        id: Uuid,
+        #[arg(required_unless_present_any = ["queue", "tag", "state"], conflicts_with_all = ["queue", "tag", "state", "reason"])]
+        id: Option<Uuid>,
+        /// Every unfinished job of this queue and the queues under it (`root` for all).
+        #[arg(short, long)]
+        queue: Option<String>,
+        /// Every unfinished job with this tag.
+        #[arg(long)]
+        tag: Option<String>,
+        /// Every job in this state (pending, scheduled or running).
+        #[arg(long)]
+        state: Option<api::JobState>,
+        /// Why (kept with each job).
+        #[arg(long)]
+        reason: Option<String>,
     },
     /// Wait for a job to finish; exits with its exit code.
     Wait {
@@ -432,10 +446,28 @@ pub async fn job(client: &Client, cmd: &JobCommand, output: Output) -> anyhow::R
                 );
             }
         }
-        JobCommand::Cancel { id } => {
-            let view = client.cancel(*id).await?;
-            print(output, &describe(&view), &view);
-        }
+        JobCommand::Cancel {
+            id,
+            queue,
+            tag,
+            state,
+            reason,
+        } => match id {
+            Some(id) => {
+                let view = client.cancel(*id).await?;
+                print(output, &describe(&view), &view);
+            }
+            None => {
+                let selection = api::CancelJobs {
+                    queue: queue.clone(),
+                    tag: tag.clone(),
+                    state: *state,
+                    reason: reason.clone(),
+                };
+                let done = client.cancel_jobs(&selection).await?;
+                print(output, &format!("cancelled {} jobs", done.cancelled), &done);
+            }
+        },
         JobCommand::Wait { id, timeout } => {
             let view = wait_for(client, *id, *timeout).await?;
             print(output, &describe(&view), &view);

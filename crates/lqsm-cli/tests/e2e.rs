@@ -707,3 +707,32 @@ fn queue_rate_limits_are_set_and_shown_and_a_held_job_says_until_when() {
         "{queue:#?}"
     );
 }
+
+#[test]
+fn job_cancel_takes_one_job_or_every_job_of_a_tag() {
+    let c = Cluster::start(&[], &[]);
+    // No worker: the jobs stay pending.
+    let tagged: Vec<Uuid> = (0..3)
+        .map(|_| c.cli.submit(&["--tag", "nightly", "--", "true"]))
+        .collect();
+    let other = c.cli.submit(&["--", "true"]);
+
+    let bulk = c
+        .cli
+        .run(&["job", "cancel", "--tag", "nightly", "--reason", "bad input"]);
+    bulk.success();
+    assert!(bulk.stdout.contains("cancelled 3 jobs"), "{bulk:#?}");
+    for id in &tagged {
+        assert_eq!(c.cli.job(*id).state, lqsm_api::JobState::Cancelled);
+    }
+    assert_eq!(c.cli.job(other).state, lqsm_api::JobState::Pending);
+
+    // Naming a job and a selection at once is refused before anything is sent.
+    let both = c
+        .cli
+        .run(&["job", "cancel", &other.to_string(), "--tag", "nightly"]);
+    assert_ne!(both.code(), Some(0), "{both:#?}");
+    let one = c.cli.run(&["job", "cancel", &other.to_string()]);
+    one.success();
+    assert_eq!(c.cli.job(other).state, lqsm_api::JobState::Cancelled);
+}

@@ -209,6 +209,18 @@ impl Client {
         self.send(req, "a job").await
     }
 
+    /// Cancels every unfinished job matching all the criteria given
+    /// (`POST /v1/jobs/cancel`).
+    pub async fn cancel_jobs(
+        &self,
+        selection: &api::CancelJobs,
+    ) -> Result<api::CancelledJobs, ClientError> {
+        let req = self
+            .request(Method::POST, &["v1", "jobs", "cancel"])
+            .json(selection);
+        self.send(req, "a bulk cancel answer").await
+    }
+
     /// Waits until the job is finished or `timeout` (at most 300 s, the server's
     /// limit) has passed, and answers with the job as it then is, finished or not
     /// (`GET /v1/jobs/{id}/wait`).

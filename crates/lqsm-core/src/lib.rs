@@ -42,8 +42,9 @@ pub use queues::{
 pub use rate_limits::{Rate, RateLimit, RatePeriod};
 pub use recovery::{JobRecord, QueueRecord, RestoreError, RestoreInput, RestoreReport};
 pub use resource_manager::{
-    Config, ConfigError, JobError, PassReport, PollOutcome, PreemptionConfig, QueueView, ROOT,
-    RefusalReason, RefusedReport, ResourceManager, Submitted, WorkerError, WorkerPoll,
+    Config, ConfigError, JobError, JobSelection, PassReport, PollOutcome, PreemptionConfig,
+    QueueView, ROOT, RefusalReason, RefusedReport, ResourceManager, SelectionError, Submitted,
+    WorkerError, WorkerPoll,
 };
 pub use resources::{BadAmount, MiB, Millicores, ResourceName, Resources};
 pub use workers::{Worker, WorkerRegistration, WorkerState};

@@ -1052,3 +1052,75 @@ fn a_missing_queue_in_a_large_tree_is_reported_with_the_children_of_its_nearest_
     assert!(sim.rm.find_queue("root.users.u1000").is_none());
     assert!(sim.rm.find_queue("root.users.u099").is_some());
 }
+
+#[test]
+fn a_bulk_cancel_takes_every_unfinished_job_matching_all_its_criteria() {
+    let (mut sim, _) = sim_with_queue();
+    sim.queue("root.team", 0.0, 100.0);
+    sim.queue("root.team.etl", 0.0, 100.0);
+    sim.queue("root.team.ml", 0.0, 100.0);
+    let submit = |sim: &mut Sim, queue: &str, tag: Option<&str>| {
+        let mut req = sim.request(queue, Resources::cores(1000, 1));
+        req.tags = tag.map(|t| vec![t.to_owned()]).unwrap_or_default();
+        sim.submit(req).unwrap().id()
+    };
+    let etl_nightly = submit(&mut sim, "root.team.etl", Some("nightly"));
+    let etl_other = submit(&mut sim, "root.team.etl", None);
+    let ml_nightly = submit(&mut sim, "root.team.ml", Some("nightly"));
+    let elsewhere = submit(&mut sim, "root.q", Some("nightly"));
+    let finished = submit(&mut sim, "root.team.ml", Some("nightly"));
+    sim.rm.cancel(finished, "earlier", sim.now).unwrap();
+
+    // The subtree of root.team, with the tag: two jobs; the finished one is left alone.
+    let selection = JobSelection {
+        queue: Some("root.team".into()),
+        tag: Some("nightly".into()),
+        state: None,
+    };
+    let mut cancelled = sim.rm.cancel_selected(&selection, "bulk", sim.now).unwrap();
+    cancelled.sort();
+    let mut want = vec![etl_nightly, ml_nightly];
+    want.sort();
+    assert_eq!(cancelled, want);
+    for id in [etl_nightly, ml_nightly] {
+        assert_eq!(sim.rm.job(id).unwrap().state, JobState::Cancelled);
+    }
+    for id in [etl_other, elsewhere] {
+        assert_eq!(sim.rm.job(id).unwrap().state, JobState::Pending);
+    }
+    // By state alone.
+    let pending = JobSelection {
+        state: Some(JobState::Pending),
+        ..JobSelection::default()
+    };
+    assert_eq!(
+        sim.rm
+            .cancel_selected(&pending, "bulk", sim.now)
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // Refused, cancelling nothing: no criterion, a finished state, an unknown queue.
+    assert_eq!(
+        sim.rm
+            .cancel_selected(&JobSelection::default(), "x", sim.now),
+        Err(SelectionError::Empty)
+    );
+    let finished_state = JobSelection {
+        state: Some(JobState::Succeeded),
+        ..JobSelection::default()
+    };
+    assert!(matches!(
+        sim.rm.cancel_selected(&finished_state, "x", sim.now),
+        Err(SelectionError::FinishedState("succeeded"))
+    ));
+    let unknown = JobSelection {
+        queue: Some("root.nope".into()),
+        ..JobSelection::default()
+    };
+    assert!(matches!(
+        sim.rm.cancel_selected(&unknown, "x", sim.now),
+        Err(SelectionError::Queue(_))
+    ));
+}

@@ -179,6 +179,18 @@ impl From<JobError> for ApiError {
     }
 }
 
+impl From<lqsm_core::SelectionError> for ApiError {
+    fn from(e: lqsm_core::SelectionError) -> Self {
+        match e {
+            lqsm_core::SelectionError::Queue(q) => Self::from(q),
+            lqsm_core::SelectionError::Empty => Self::invalid_field("queue", e.to_string()),
+            lqsm_core::SelectionError::FinishedState(_) => {
+                Self::invalid_field("state", e.to_string())
+            }
+        }
+    }
+}
+
 impl From<WorkerError> for ApiError {
     fn from(e: WorkerError) -> Self {
         match e {

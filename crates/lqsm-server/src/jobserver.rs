@@ -456,6 +456,34 @@ async fn cancel_job(
     Ok(Json(view_job(&state, id).await?))
 }
 
+#[utoipa::path(post, path = "/v1/jobs/cancel", request_body = api::CancelJobs,
+    responses((status = 200, body = api::CancelledJobs), (status = "4XX", body = api::ErrorBody)))]
+async fn cancel_jobs(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<api::CancelJobs>,
+) -> ApiResult<Json<api::CancelledJobs>> {
+    let role = state.auth.role(&headers)?;
+    // A submitter cancels within the queues it may use; only an admin across them all.
+    match &body.queue {
+        Some(queue) => role.require_queue(queue).map_err(|e| e.at("queue"))?,
+        None => role.require_admin()?,
+    }
+    let state_filter = body.state.map(convert::core_job_state);
+    let selection = lqsm_core::JobSelection {
+        queue: body.queue,
+        tag: body.tag,
+        state: state_filter,
+    };
+    let reason = body
+        .reason
+        .unwrap_or_else(|| "cancelled by a client".to_owned());
+    let cancelled = state.scheduler.cancel_selected(selection, reason).await??;
+    Ok(Json(api::CancelledJobs {
+        cancelled: cancelled as u64,
+    }))
+}
+
 #[utoipa::path(get, path = "/v1/jobs/{id}/logs", params(("id" = String, Path)),
     responses((status = 200, description = "the captured output of the job's last reported attempt", content_type = "text/plain", body = String), (status = "4XX", body = api::ErrorBody)))]
 async fn job_logs(
@@ -1233,6 +1261,7 @@ async fn not_found() -> ApiError {
         get_job,
         list_jobs,
         cancel_job,
+        cancel_jobs,
         wait_job,
         job_logs,
         list_queues,
@@ -1299,6 +1328,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/batch", post(submit_batch))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/v1/jobs/cancel", post(cancel_jobs))
         .route("/v1/jobs/{id}/wait", get(wait_job))
         .route("/v1/jobs/{id}/logs", get(job_logs))
         .route("/v1/queues", get(list_queues).post(create_queue))

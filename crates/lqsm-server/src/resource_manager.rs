@@ -80,6 +80,11 @@ enum Command {
         reason: String,
         reply: oneshot::Sender<Result<(), JobError>>,
     },
+    CancelSelected {
+        selection: lqsm_core::JobSelection,
+        reason: String,
+        reply: oneshot::Sender<Result<usize, lqsm_core::SelectionError>>,
+    },
     Queue {
         op: QueueOp,
         reply: oneshot::Sender<Result<(), QueueError>>,
@@ -138,6 +143,10 @@ enum Reply {
         Vec<Result<Submitted, SubmitError>>,
     ),
     Cancel(oneshot::Sender<Result<(), JobError>>, Result<(), JobError>),
+    CancelSelected(
+        oneshot::Sender<Result<usize, lqsm_core::SelectionError>>,
+        Result<usize, lqsm_core::SelectionError>,
+    ),
     Queue(
         oneshot::Sender<Result<(), QueueError>>,
         Result<(), QueueError>,
@@ -188,6 +197,20 @@ impl Runtime {
     ) -> Result<Result<(), JobError>, SchedulerError> {
         self.call(|reply| Command::Cancel { id, reason, reply })
             .await
+    }
+
+    /// Cancels every unfinished job a selection matches.
+    pub async fn cancel_selected(
+        &self,
+        selection: lqsm_core::JobSelection,
+        reason: String,
+    ) -> Result<Result<usize, lqsm_core::SelectionError>, SchedulerError> {
+        self.call(|reply| Command::CancelSelected {
+            selection,
+            reason,
+            reply,
+        })
+        .await
     }
 
     /// Changes the queue tree.
@@ -530,6 +553,17 @@ impl Actor {
                 Command::Cancel { id, reason, reply } => {
                     replies.push(Reply::Cancel(reply, self.rm.cancel(id, &reason, now)));
                 }
+                Command::CancelSelected {
+                    selection,
+                    reason,
+                    reply,
+                } => {
+                    let result = self
+                        .rm
+                        .cancel_selected(&selection, &reason, now)
+                        .map(|ids| ids.len());
+                    replies.push(Reply::CancelSelected(reply, result));
+                }
                 Command::Queue { op, reply } => {
                     let result = match op {
                         QueueOp::Create(path, config) => {
@@ -642,6 +676,9 @@ impl Actor {
                     let _ = tx.send(r);
                 }
                 Reply::Cancel(tx, r) => {
+                    let _ = tx.send(r);
+                }
+                Reply::CancelSelected(tx, r) => {
                     let _ = tx.send(r);
                 }
                 Reply::Queues(tx, r) => {

@@ -77,6 +77,12 @@ pub trait Scheduler: Send + Sync + 'static {
     ) -> Answer<'_, Vec<Result<Submitted, SubmitError>>>;
     /// Cancels a job.
     fn cancel(&self, id: JobId, reason: String) -> Answer<'_, Result<(), JobError>>;
+    /// Cancels every unfinished job a selection matches; says how many.
+    fn cancel_selected(
+        &self,
+        selection: lqsm_core::JobSelection,
+        reason: String,
+    ) -> Answer<'_, Result<usize, lqsm_core::SelectionError>>;
     /// Changes the queue tree.
     fn queue(&self, op: QueueOp) -> Answer<'_, Result<(), QueueError>>;
     /// Creates queues in order, in one commit: `Ok(true)` created, `Ok(false)` existed
@@ -175,6 +181,14 @@ impl Scheduler for InProcess {
 
     fn cancel(&self, id: JobId, reason: String) -> Answer<'_, Result<(), JobError>> {
         Box::pin(self.runtime.cancel(id, reason))
+    }
+
+    fn cancel_selected(
+        &self,
+        selection: lqsm_core::JobSelection,
+        reason: String,
+    ) -> Answer<'_, Result<usize, lqsm_core::SelectionError>> {
+        Box::pin(self.runtime.cancel_selected(selection, reason))
     }
 
     fn queue(&self, op: QueueOp) -> Answer<'_, Result<(), QueueError>> {
@@ -421,6 +435,13 @@ impl Scheduler for Starting {
     }
     fn cancel(&self, id: JobId, reason: String) -> Answer<'_, Result<(), JobError>> {
         forward!(self.cancel(id, reason))
+    }
+    fn cancel_selected(
+        &self,
+        selection: lqsm_core::JobSelection,
+        reason: String,
+    ) -> Answer<'_, Result<usize, lqsm_core::SelectionError>> {
+        forward!(self.cancel_selected(selection, reason))
     }
     fn queue(&self, op: QueueOp) -> Answer<'_, Result<(), QueueError>> {
         forward!(self.queue(op))

@@ -225,3 +225,61 @@ fn jobs_on_a_server_without_tokens_are_submitted_by_anonymous() {
     let id = api.submit(&function_job("root.default", "who"));
     assert_eq!(api.job(id).submitted_by, api::ANONYMOUS);
 }
+
+#[test]
+fn a_bulk_cancel_stays_within_the_callers_queues() {
+    let server = BlockingTestServer::start_with(toml_settings(TOKENS));
+    let admin = server.api_as("admin-secret");
+    let submitter = server.api_as("etl-secret");
+    admin.create_queue(json!({"path": "root.etl"}));
+    admin.create_queue(json!({"path": "root.etl.daily"}));
+    admin.create_queue(json!({"path": "root.ml"}));
+    let mut nightly = function_job("root.etl.daily", "nobody-runs-this");
+    nightly.tags = vec!["nightly".into()];
+    let in_etl = submitter.submit(&nightly);
+    nightly.queue = "root.ml".into();
+    let in_ml = admin.submit(&nightly);
+
+    // Within its queues, a submitter may.
+    let done: api::CancelledJobs = submitter
+        .post(
+            "/v1/jobs/cancel",
+            &json!({"queue": "root.etl.daily", "tag": "nightly", "reason": "bad input file"}),
+        )
+        .expect(200);
+    assert_eq!(done.cancelled, 1);
+    let view = submitter.job(in_etl);
+    assert_eq!(view.state, api::JobState::Cancelled);
+    // Beyond them, or across every queue, it may not.
+    assert_code(
+        &submitter.post("/v1/jobs/cancel", &json!({"queue": "root.ml"})),
+        403,
+        ErrorCode::Forbidden,
+        "another team's queue",
+    );
+    assert_code(
+        &submitter.post("/v1/jobs/cancel", &json!({"tag": "nightly"})),
+        403,
+        ErrorCode::Forbidden,
+        "every queue",
+    );
+    assert_eq!(admin.job(in_ml).state, api::JobState::Pending);
+    // Bad selections are refused naming the field, cancelling nothing.
+    let error = admin.post("/v1/jobs/cancel", &json!({})).expect_error(400);
+    assert_eq!(error.field.as_deref(), Some("queue"), "{error:?}");
+    let error = admin
+        .post("/v1/jobs/cancel", &json!({"state": "succeeded"}))
+        .expect_error(400);
+    assert_eq!(error.field.as_deref(), Some("state"), "{error:?}");
+    let error = admin
+        .post("/v1/jobs/cancel", &json!({"queue": "root.nope"}))
+        .expect_error(404);
+    assert_eq!(error.field.as_deref(), Some("queue"), "{error:?}");
+    assert_eq!(admin.job(in_ml).state, api::JobState::Pending);
+    // An admin may cancel across every queue.
+    let done: api::CancelledJobs = admin
+        .post("/v1/jobs/cancel", &json!({"tag": "nightly"}))
+        .expect(200);
+    assert_eq!(done.cancelled, 1);
+    assert_eq!(admin.job(in_ml).state, api::JobState::Cancelled);
+}

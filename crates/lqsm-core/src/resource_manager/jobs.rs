@@ -32,6 +32,34 @@ pub enum JobError {
     },
 }
 
+/// Which unfinished jobs a bulk cancel takes ([`ResourceManager::cancel_selected`]): every
+/// criterion given must match, and at least one must be given.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobSelection {
+    /// A queue: its jobs and those of every queue under it.
+    pub queue: Option<String>,
+    /// A tag the job carries.
+    pub tag: Option<String>,
+    /// An unfinished state: pending, scheduled or running.
+    pub state: Option<JobState>,
+}
+
+/// Why a bulk cancel was refused; nothing was cancelled.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SelectionError {
+    /// No criterion: cancelling every job of the cluster must not be one slip away.
+    #[error(
+        "name at least one of queue, tag and state (to cancel every unfinished job, name the queue `root`)"
+    )]
+    Empty,
+    /// A terminal state selects nothing to cancel.
+    #[error("state: `{0}` jobs are already finished; choose pending, scheduled or running")]
+    FinishedState(&'static str),
+    /// The queue does not exist.
+    #[error(transparent)]
+    Queue(#[from] crate::queues::QueueError),
+}
+
 /// How a submission was taken.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Submitted {
@@ -226,6 +254,59 @@ impl ResourceManager {
         let node = self.queues[leaf.0 as usize].as_mut()?;
         node.ready
             .head(|k| jobs.get(k).is_some_and(|j| j.waiting == Waiting::Ready))
+    }
+
+    /// Cancels every unfinished job `selection` matches, as [`Self::cancel`] does one;
+    /// returns their ids.
+    pub fn cancel_selected(
+        &mut self,
+        selection: &JobSelection,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<Vec<JobId>, SelectionError> {
+        if *selection == JobSelection::default() {
+            return Err(SelectionError::Empty);
+        }
+        if let Some(state) = selection.state
+            && state.is_terminal()
+        {
+            return Err(SelectionError::FinishedState(crate::codec::state_name(
+                state,
+            )));
+        }
+        let queue = match &selection.queue {
+            Some(path) => Some(self.lookup_queue(path)?),
+            None => None,
+        };
+        let within = |rm: &Self, mut at: Option<QueueId>, ancestor: QueueId| {
+            while let Some(q) = at {
+                if q == ancestor {
+                    return true;
+                }
+                at = rm.node(q).parent;
+            }
+            false
+        };
+        let keys: Vec<JobKey> = self
+            .jobs
+            .iter()
+            .filter(|(_, job)| {
+                !job.state.is_terminal()
+                    && selection.state.is_none_or(|s| job.state == s)
+                    && selection
+                        .tag
+                        .as_ref()
+                        .is_none_or(|t| job.spec.tags().iter().any(|tag| tag == t))
+                    && queue.is_none_or(|q| within(self, Some(job.queue), q))
+            })
+            .map(|(key, _)| key)
+            .collect();
+        let mut ids = Vec::with_capacity(keys.len());
+        for key in keys {
+            ids.push(self.jobs[key].id);
+            self.cancel_key(key, reason, now);
+        }
+        Ok(ids)
     }
 
     /// Cancels a job: a pending one at once; one with an attempt is killed on its

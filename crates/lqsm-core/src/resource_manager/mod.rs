@@ -21,7 +21,7 @@ pub(crate) mod timers;
 pub(crate) mod workers;
 
 pub use crate::effects::{RefusalReason, RefusedReport};
-pub use jobs::{JobError, Submitted};
+pub use jobs::{JobError, JobSelection, SelectionError, Submitted};
 pub use queues::QueueView;
 pub use workers::{PollOutcome, WorkerError, WorkerPoll};
 
