@@ -405,6 +405,9 @@ pub struct JobView {
     /// While pending and held back by a rate limit: the instant the limit allows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limited_until_ms: Option<u64>,
+    /// For a re-run (`POST /v1/jobs/{id}/retry`): the finished job it runs again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<Uuid>,
     /// Every attempt, the latest last.
     pub attempts: Vec<AttemptView>,
     /// The result of a succeeded function job.

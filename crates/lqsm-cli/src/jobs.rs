@@ -292,6 +292,9 @@ fn describe(view: &api::JobView) -> String {
             view.max_attempts
         ),
     ]);
+    if let Some(of) = view.retry_of {
+        lines.push(format!("retry of:   {of}"));
+    }
     for a in &view.attempts {
         let ran = match (a.started_at_ms, a.finished_at_ms) {
             (Some(s), Some(f)) => format!(", ran {}", show_ms(f.saturating_sub(s))),
@@ -372,6 +375,11 @@ pub enum JobCommand {
         /// Why (kept with each job).
         #[arg(long)]
         reason: Option<String>,
+    },
+    /// Run a finished job again: a new job with the same settings, linked to the old one.
+    Retry {
+        /// The finished job's id.
+        id: Uuid,
     },
     /// Wait for a job to finish; exits with its exit code.
     Wait {
@@ -468,6 +476,14 @@ pub async fn job(client: &Client, cmd: &JobCommand, output: Output) -> anyhow::R
                 print(output, &format!("cancelled {} jobs", done.cancelled), &done);
             }
         },
+        JobCommand::Retry { id } => {
+            let submitted = client.retry(*id).await?;
+            print(
+                output,
+                &format!("{} (runs {id} again)", submitted.id),
+                &submitted,
+            );
+        }
         JobCommand::Wait { id, timeout } => {
             let view = wait_for(client, *id, *timeout).await?;
             print(output, &describe(&view), &view);

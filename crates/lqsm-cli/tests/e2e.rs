@@ -735,4 +735,15 @@ fn job_cancel_takes_one_job_or_every_job_of_a_tag() {
     let one = c.cli.run(&["job", "cancel", &other.to_string()]);
     one.success();
     assert_eq!(c.cli.job(other).state, lqsm_api::JobState::Cancelled);
+
+    // A cancelled job runs again as a new job, linked to it.
+    let again: lqsm_api::Submitted = c.cli.json(&["job", "retry", &other.to_string()]);
+    assert_ne!(again.id, other);
+    let shown = c.cli.run(&["job", "get", &again.id.to_string()]);
+    shown.success();
+    assert!(
+        shown.stdout.contains(&format!("retry of:   {other}")),
+        "{shown:#?}"
+    );
+    assert_eq!(c.cli.job(other).state, lqsm_api::JobState::Cancelled);
 }

@@ -209,6 +209,13 @@ impl Client {
         self.send(req, "a job").await
     }
 
+    /// Runs a finished job again: a new job with the same settings, linked to it by
+    /// `retry_of` (`POST /v1/jobs/{id}/retry`); the finished job is never reopened.
+    pub async fn retry(&self, id: Uuid) -> Result<api::Submitted, ClientError> {
+        let req = self.request(Method::POST, &["v1", "jobs", &id.to_string(), "retry"]);
+        self.send(req, "a submission answer").await
+    }
+
     /// Cancels every unfinished job matching all the criteria given
     /// (`POST /v1/jobs/cancel`).
     pub async fn cancel_jobs(

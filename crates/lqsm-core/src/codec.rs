@@ -135,6 +135,9 @@ pub fn encode_job(record: &JobRecord) -> Vec<u8> {
         put_str(w, value);
     }
     put_opt(w, record.rate_limited_until, |w, t| put_varint(w, t.0));
+    put_opt(w, record.spec.retry_of(), |w, id| {
+        w.extend_from_slice(id.0.as_bytes())
+    });
     out
 }
 
@@ -185,6 +188,8 @@ impl JobDecoder {
             let keys = r.map()?;
             record.spec = record.spec.with_keys(keys);
             record.rate_limited_until = r.opt(Reader::timestamp)?;
+            let retry_of = r.opt(|r| Ok(JobId(Uuid::from_bytes(r.array()?))))?;
+            record.spec = record.spec.with_retry_of(retry_of);
         }
         r.finish()?;
         Ok(record)
@@ -643,6 +648,7 @@ impl<'a> Reader<'a> {
             tags,
             submitted_by,
             keys: BTreeMap::new(),
+            retry_of: None,
         };
         let defaults = JobDefaults {
             timeout: None,
@@ -744,6 +750,7 @@ mod tests {
             tags: vec!["nightly".into(), "billing".into()],
             submitted_by: Some("etl".into()),
             keys: BTreeMap::from([("customer".into(), "acme".into())]),
+            retry_of: None,
         };
         let spec = request.resolve(&JobDefaults::default()).0;
         let attempt = |number: u32, outcome| Attempt {
@@ -953,6 +960,15 @@ mod tests {
         assert_eq!(hex, FULL_RECORD_FORMAT_2);
     }
 
+    #[test]
+    fn a_re_run_keeps_its_link_to_the_job_it_runs_again() {
+        let mut record = full_record();
+        record.spec = record.spec.with_retry_of(Some(JobId(uuid(5))));
+        let decoded = decode_job(&encode_job(&record)).expect("decodes");
+        assert_eq!(decoded.spec.retry_of(), Some(JobId(uuid(5))));
+        assert_eq!(decoded, record);
+    }
+
     /// Records written by the releases that wrote format 1 still read, as they were.
     #[test]
     fn format_1_bytes_still_read() {
@@ -972,7 +988,7 @@ mod tests {
         "0000000000004de90701cc0801b00901010111066b696c6c656402d00f0000000000000000000000",
         "000000004dea0701cc0801b009010303b8170000000000000000000000000000004deb0701cc0801",
         "b0090100010c7b226f6b223a5b312c325d7d0100020100010c7b226f6b223a5b312c325d7d010001",
-        "b0f3eee5a2340108637573746f6d65720461636d6501b4c8eee5a234",
+        "b0f3eee5a2340108637573746f6d65720461636d6501b4c8eee5a23400",
     );
 
     const FULL_RECORD_FORMAT_1: &str = concat!(

@@ -193,6 +193,9 @@ pub struct SubmitRequest {
     /// Keys a queue's `key_limits` apply to (`customer` → `acme`).
     #[serde(default)]
     pub keys: BTreeMap<String, String>,
+    /// The finished job this one runs again (`lqsm job retry`), kept as a link.
+    #[serde(default)]
+    pub retry_of: Option<JobId>,
 }
 
 impl SubmitRequest {
@@ -218,6 +221,7 @@ impl SubmitRequest {
             tags: Vec::new(),
             submitted_by: None,
             keys: BTreeMap::new(),
+            retry_of: None,
         }
     }
 }
@@ -248,6 +252,7 @@ struct JobExtras {
     tags: Vec<String>,
     submitted_by: Option<String>,
     keys: JobKeys,
+    retry_of: Option<JobId>,
 }
 
 /// A job's keys (`customer` → `acme`), packed in one allocation in name order: the
@@ -340,6 +345,19 @@ impl JobSpec {
         self.extras.as_ref().and_then(|e| e.submitted_by.as_deref())
     }
 
+    /// The finished job this one runs again, if it is a re-run.
+    pub fn retry_of(&self) -> Option<JobId> {
+        self.extras.as_ref().and_then(|e| e.retry_of)
+    }
+
+    /// The spec as a re-run of job `of` (records keep the link apart from the rest).
+    pub(crate) fn with_retry_of(mut self, of: Option<JobId>) -> Self {
+        if of.is_some() {
+            self.extras.get_or_insert_with(Box::default).retry_of = of;
+        }
+        self
+    }
+
     /// Keys a queue's per-key rate limits apply to (`customer` → `acme`).
     pub fn keys(&self) -> &JobKeys {
         self.extras.as_ref().map_or(&NO_KEYS, |e| &e.keys)
@@ -405,6 +423,9 @@ struct JobSpecRecord {
     // Absent in records written before jobs carried keys.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     keys: BTreeMap<String, String>,
+    // Absent in records written before jobs could be re-run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retry_of: Option<JobId>,
 }
 
 impl From<JobSpecRecord> for JobSpec {
@@ -416,6 +437,7 @@ impl From<JobSpecRecord> for JobSpec {
             tags: r.tags,
             submitted_by: r.submitted_by,
             keys: JobKeys::from_map(&r.keys),
+            retry_of: r.retry_of,
         };
         JobSpec::from_parts(r.kind, r.request, r.priority, r.timeout, r.retry, extras)
     }
@@ -436,6 +458,7 @@ impl From<JobSpec> for JobSpecRecord {
             tags: extras.tags,
             submitted_by: extras.submitted_by,
             keys: extras.keys.to_map(),
+            retry_of: extras.retry_of,
         }
     }
 }
@@ -454,6 +477,7 @@ impl SubmitRequest {
             tags: self.tags,
             submitted_by: self.submitted_by,
             keys: JobKeys::from_map(&self.keys),
+            retry_of: self.retry_of,
         };
         let is_function = matches!(
             self.kind,

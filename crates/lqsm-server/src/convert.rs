@@ -438,6 +438,7 @@ pub fn job_view(job: &core::JobRecord, queue: &str, now: Timestamp) -> api::JobV
             .rate_limited_until
             .filter(|until| job.state == core::JobState::Pending && *until > now)
             .map(|t| t.0),
+        retry_of: job.spec.retry_of().map(|id| id.0),
         attempts: job
             .attempts
             .iter()

@@ -456,6 +456,74 @@ async fn cancel_job(
     Ok(Json(view_job(&state, id).await?))
 }
 
+#[utoipa::path(post, path = "/v1/jobs/{id}/retry", params(("id" = String, Path)),
+    responses((status = 201, description = "a new job running the finished one again", body = api::Submitted), (status = "4XX", body = api::ErrorBody)))]
+async fn retry_job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let caller = state.auth.caller(&headers)?;
+    let id = parse_job_id(&id)?;
+    let record = state.scheduler.job(id).await?.ok_or_else(|| {
+        ApiError::not_found(format!(
+            "job {id} does not exist (it may have passed its retention)"
+        ))
+        .at("id")
+    })?;
+    caller.role.require_queue(record.queue.as_str())?;
+    if !record.state.is_terminal() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::Conflict,
+            format!(
+                "job {id} is {}: only a finished job is run again (it is never reopened)",
+                convert::job_state(record.state)
+            ),
+        )
+        .at("id"));
+    }
+    if matches!(record.spec.kind, lqsm_core::JobKind::Stored { .. }) {
+        return Err(ApiError::unavailable(format!(
+            "the arguments of job {id} cannot be read from the store; try again"
+        )));
+    }
+    // The same settings, to run now: without the original's idempotency key (it names the
+    // original) and expiry, and submitted by whoever asks.
+    let spec = &record.spec;
+    let mut req = lqsm_core::SubmitRequest::new(
+        JobId(Uuid::now_v7()),
+        record.queue.as_str(),
+        spec.kind.clone(),
+    );
+    req.request = Some(spec.request.clone());
+    req.priority = Some(spec.priority);
+    req.timeout = spec.timeout;
+    req.retry = Some(spec.retry.clone());
+    req.selector = spec.selector().clone();
+    req.tags = spec.tags().to_vec();
+    req.keys = spec.keys().to_map();
+    req.submitted_by = caller.submitter();
+    req.retry_of = Some(id);
+    let size = serde_json::to_vec(&convert::kind_view(&spec.kind)).map_or(0, |v| v.len());
+    let submission = offload(req, size, state.limits.inline_payload_bytes);
+    let submitted = state
+        .scheduler
+        .submit(vec![submission])
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::unavailable("no answer"))?
+        .map_err(ApiError::from)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(api::Submitted {
+            id: submitted.id().0,
+            created: true,
+        }),
+    )
+        .into_response())
+}
+
 #[utoipa::path(post, path = "/v1/jobs/cancel", request_body = api::CancelJobs,
     responses((status = 200, body = api::CancelledJobs), (status = "4XX", body = api::ErrorBody)))]
 async fn cancel_jobs(
@@ -1262,6 +1330,7 @@ async fn not_found() -> ApiError {
         list_jobs,
         cancel_job,
         cancel_jobs,
+        retry_job,
         wait_job,
         job_logs,
         list_queues,
@@ -1329,6 +1398,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/jobs/cancel", post(cancel_jobs))
+        .route("/v1/jobs/{id}/retry", post(retry_job))
         .route("/v1/jobs/{id}/wait", get(wait_job))
         .route("/v1/jobs/{id}/logs", get(job_logs))
         .route("/v1/queues", get(list_queues).post(create_queue))

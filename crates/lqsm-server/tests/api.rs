@@ -220,6 +220,58 @@ fn a_client_chosen_id_sent_again_names_the_same_job_and_a_different_job_under_it
 }
 
 #[test]
+fn a_finished_job_is_run_again_as_a_new_linked_job_and_never_reopened() {
+    let server = BlockingTestServer::start();
+    let api = server.api();
+    let mut job = api::SubmitJob::function("root.default", "rerun", json!({"n": 7}));
+    job.priority = Some(4);
+    job.tags = vec!["nightly".into()];
+    job.idempotency_key = Some("once".into());
+    let original = api.submit(&job);
+
+    // Not finished yet: refused, naming the job.
+    let error = api
+        .post(&format!("/v1/jobs/{original}/retry"), &json!({}))
+        .expect_error(409);
+    assert_eq!(error.field.as_deref(), Some("id"), "{error:?}");
+
+    let mut worker = SimWorker::register(&api, "rerun");
+    let a = worker.next_assignment();
+    worker.poll(
+        &[finished_attempt(
+            &a,
+            api::AttemptResult::Failed {
+                exit_code: None,
+                message: "bad input".into(),
+            },
+        )],
+        0,
+    );
+    let failed = api.wait_for_state(original, api::JobState::Failed);
+
+    let again: api::Submitted = api
+        .post(&format!("/v1/jobs/{original}/retry"), &json!({}))
+        .expect(201);
+    assert_ne!(again.id, original);
+    let rerun = api.job(again.id);
+    assert_eq!(rerun.retry_of, Some(original));
+    assert!(!rerun.state.is_terminal(), "{:?}", rerun.state);
+    assert_eq!(rerun.priority, 4);
+    assert_eq!(rerun.tags, vec!["nightly".to_owned()]);
+    assert_eq!(rerun.kind, job.kind);
+    let b = worker.next_assignment();
+    assert_eq!(b.job, again.id, "the new job runs, with the same arguments");
+    assert_eq!(b.kind, job.kind);
+    // The original stays as it ended.
+    assert_eq!(api.job(original), failed);
+    // An unknown job: 404 naming the id.
+    let error = api
+        .post(&format!("/v1/jobs/{}/retry", Uuid::now_v7()), &json!({}))
+        .expect_error(404);
+    assert_eq!(error.field.as_deref(), Some("id"), "{error:?}");
+}
+
+#[test]
 fn failed_attempt_is_retried_after_its_backoff_then_succeeds() {
     let server = BlockingTestServer::start();
     let api = server.api();
