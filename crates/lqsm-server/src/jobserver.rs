@@ -499,7 +499,7 @@ async fn retry_job(
     req.request = Some(spec.request.clone());
     req.priority = Some(spec.priority);
     req.timeout = spec.timeout;
-    req.retry = Some(spec.retry.clone());
+    req.retry = Some(spec.retry);
     req.selector = spec.selector().clone();
     req.tags = spec.tags().to_vec();
     req.keys = spec.keys().to_map();
