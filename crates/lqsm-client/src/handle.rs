@@ -148,6 +148,7 @@ mod tests {
             tags: Vec::new(),
             keys: Default::default(),
             rate_limited_until_ms: None,
+            retry_of: None,
             attempts: Vec::new(),
             result,
             exit_code: Some(3),
