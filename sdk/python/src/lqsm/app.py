@@ -127,7 +127,7 @@ class App:
         """Declares a task: `@app.task` or `@app.task(queue=..., ...)`.
 
         Options (all optional): `name` (the handler name workers serve; default
-        `module.qualname`), `queue` (leaf queue path), `retries` (attempts after the
+        `module.function_name`, as Celery), `queue` (leaf queue path), `retries` (attempts after the
         first), `retry_backoff` / `retry_backoff_max` (seconds before the first retry /
         at most), `timeout` (seconds an attempt may run), `resources` (`{"cpu": 0.5,
         "memory": "512M", "gpu": 1, "custom": {"licence": 1}}`), `priority` (higher runs
@@ -146,13 +146,14 @@ class App:
 
 
 def _name_of(function: Callable[..., Any]) -> str:
-    qualname = getattr(function, "__qualname__", getattr(function, "__name__", None))
-    if not isinstance(qualname, str) or "<" in qualname:
+    # Celery's rule: the module and the function's own name.
+    name = getattr(function, "__name__", None)
+    if not isinstance(name, str) or name.startswith("<"):
         raise ValueError(
-            f"cannot derive a task name for {function!r} (a lambda or a nested function): "
+            f"cannot derive a task name for {function!r} (a lambda has none): "
             "give one with @app.task(name='...')"
         )
-    return f"{function.__module__}.{qualname}"
+    return f"{function.__module__}.{name}"
 
 
 class TaskOptions:
@@ -167,7 +168,7 @@ class TaskOptions:
     @classmethod
     def from_kwargs(cls, options: Mapping[str, Any], function: Optional[Callable[..., Any]]) -> "TaskOptions":
         """Reads the keyword options of `App.task` (see its doc) for `function`, whose
-        `module.qualname` is the default name (None: only check the options)."""
+        `module.function_name` is the default name (None: only check the options)."""
         options = dict(options)
         name = options.pop("name", None)
         if name is None:
