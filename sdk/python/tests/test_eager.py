@@ -88,5 +88,5 @@ def test_calling_a_task_directly_runs_the_function() -> None:
         return 2 * x
 
     assert double(21) == 42
-    assert double.__name__ == "double"
+    assert double.name == "test_eager.double"
 

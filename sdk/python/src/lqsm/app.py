@@ -222,7 +222,7 @@ class TaskOptions:
 def _priority(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not -(2**31) <= value < 2**31:
         raise ValueError(f"priority takes an int (higher runs first), got {value!r}")
-    return value
+    return int(value)
 
 
 def _epoch_ms(option: str, when: dt.datetime) -> int:
@@ -242,7 +242,7 @@ class Task(Generic[R]):
         self.app = app
         self.function = function
         self.options = options
-        functools.update_wrapper(self, function)  # type: ignore[arg-type]
+        functools.update_wrapper(self, function)
 
     @property
     def name(self) -> str:
@@ -255,7 +255,7 @@ class Task(Generic[R]):
     def __call__(self, *args: Any, **kwargs: Any) -> R:
         return self.function(*args, **kwargs)
 
-    def delay(self, *args: Any, **kwargs: Any) -> Union[AsyncResult, EagerResult]:
+    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
         """Submits `task(*args, **kwargs)`; `apply_async` with no options."""
         return self.apply_async(args, kwargs)
 
@@ -271,7 +271,7 @@ class Task(Generic[R]):
         queue: Optional[str] = None,
         idempotency_key: Optional[str] = None,
         **unsupported: Any,
-    ) -> Union[AsyncResult, EagerResult]:
+    ) -> AsyncResult:
         """Submits the task as a function job and returns its handle.
 
         `countdown` (seconds from now) or `eta` (a timezone-aware datetime): not to

@@ -99,30 +99,32 @@ class AsyncResult:
                 raise
 
 
-class EagerResult:
+class EagerResult(AsyncResult):
     """What an eager call (`App(eager=True)`) produced: finished on return, never
-    contacts a server. Offers `AsyncResult`'s interface."""
+    contacts a server."""
 
     def __init__(self, state: str, value: Any, error: Optional[TaskError]) -> None:
         self.id = str(uuid.uuid4())
-        self.state = state
+        self._state = state
         self._value = value
         self._error = error
 
     def __repr__(self) -> str:
-        return f"<EagerResult {self.id} {self.state}>"
+        return f"<EagerResult {self.id} {self._state}>"
 
-    def ready(self) -> bool:
-        """Always true: the call has run."""
-        return True
+    def fetch(self) -> Dict[str, Any]:
+        """The part of a `JobView` an eager call has: id, state, and result or reason."""
+        view: Dict[str, Any] = {"id": self.id, "state": self._state}
+        if self._error is not None:
+            view["reason"] = self._error.reason
+        else:
+            view["result"] = self._value
+        return view
 
-    def successful(self) -> bool:
-        """Whether the function returned."""
-        return self.state == "succeeded"
-
-    def failed(self) -> bool:
-        """Whether the function raised (or returned what JSON cannot carry)."""
-        return self.state != "succeeded"
+    @property
+    def state(self) -> str:
+        """`succeeded`, or `failed` if the function raised."""
+        return self._state
 
     @property
     def result(self) -> Any:
