@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -34,31 +35,28 @@ def free_loopback_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The URL of a running `lqsm standalone`, ready to serve."""
-    data_dir = tmp_path_factory.mktemp("lqsm-data")
-    log_path = data_dir.parent / "lqsm-standalone.log"
+@contextmanager
+def standalone(data_dir: Path, *extra_args: str) -> Iterator[str]:
+    """Runs `lqsm standalone` with `extra_args` until the block ends; yields its URL
+    once it is ready to serve."""
+    log_path = data_dir / "lqsm-standalone.log"
     port = free_loopback_port()
     url = f"http://127.0.0.1:{port}"
     # The server reads LQSM_* settings from the environment: keep the caller's out.
     env = {k: v for k, v in os.environ.items() if not k.startswith("LQSM_")}
     env["RUST_LOG"] = "warn"
+    command = [
+        str(lqsm_binary()),
+        "standalone",
+        "--listen", f"127.0.0.1:{port}",
+        "--server", url,
+        "--data-dir", str(data_dir / "data"),
+        "--cpus", "2",
+        "--memory", "2G",
+        *extra_args,
+    ]
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [
-                str(lqsm_binary()),
-                "standalone",
-                "--listen", f"127.0.0.1:{port}",
-                "--server", url,
-                "--data-dir", str(data_dir / "data"),
-                "--cpus", "2",
-                "--memory", "2G",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         _wait_until_ready(url, process, log_path)
         yield url
@@ -69,6 +67,13 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a running `lqsm standalone` without tokens, shared by the session."""
+    with standalone(tmp_path_factory.mktemp("lqsm")) as url:
+        yield url
 
 
 def _wait_until_ready(url: str, process: "subprocess.Popen[bytes]", log_path: Path) -> None:
