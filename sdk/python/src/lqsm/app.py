@@ -127,9 +127,9 @@ class App:
         """Declares a task: `@app.task` or `@app.task(queue=..., ...)`.
 
         Options (all optional): `name` (the handler name workers serve; default
-        `module.function_name`, as Celery), `queue` (leaf queue path), `retries` (attempts after the
-        first), `retry_backoff` / `retry_backoff_max` (seconds before the first retry /
-        at most), `timeout` (seconds an attempt may run), `resources` (`{"cpu": 0.5,
+        `module.function_name`, as in Celery), `queue` (leaf queue path), `retries`
+        (attempts after the first), `retry_backoff` / `retry_backoff_max` (seconds
+        before the first retry / at most), `timeout` (seconds an attempt may run), `resources` (`{"cpu": 0.5,
         "memory": "512M", "gpu": 1, "custom": {"licence": 1}}`), `priority` (higher runs
         first), `tags`, `selector` (labels a worker must carry). Any other option raises
         `UnsupportedOption`; absent ones take the queue's defaults on the server.
