@@ -1,0 +1,150 @@
+"""The HTTP conversation with an LQSM server: requests, error answers, and the
+compatibility check at first contact."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Dict, Optional, Tuple
+
+import httpx
+
+from ._version import __version__
+from .errors import ApiError, IncompatibleServer, ServerUnreachable
+
+#: The oldest server release this SDK was tested against. The wire contract is the
+#: `/v1` path prefix; the release number only rules out servers from before it.
+OLDEST_SERVER_VERSION: Tuple[int, int, int] = (0, 1, 0)
+
+#: The endpoints the SDK calls: a server whose API document lacks one is refused at
+#: first contact instead of failing later on a 404.
+REQUIRED_PATHS = ("/v1/jobs", "/v1/jobs/{id}", "/v1/jobs/{id}/wait", "/v1/jobs/{id}/cancel")
+
+
+def parse_version(text: str) -> Tuple[int, int, int]:
+    """`"0.1.0"` as `(0, 1, 0)`; a pre-release or build suffix is ignored."""
+    core = text.split("-", 1)[0].split("+", 1)[0]
+    parts = core.split(".")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise IncompatibleServer(
+            f"the server reports version `{text}`, which is not MAJOR.MINOR.PATCH; "
+            "is the URL that of an LQSM server?"
+        )
+    return (int(parts[0]), int(parts[1]), int(parts[2]))
+
+
+class ServerConnection:
+    """One HTTP client per app, shared by its tasks and results (httpx clients are
+    thread-safe). The first request checks the server's version once."""
+
+    def __init__(self, url: str, token: Optional[str], request_timeout: float) -> None:
+        self.url = url.rstrip("/")
+        headers = {"User-Agent": f"lqsm-python/{__version__}"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        self._client = httpx.Client(base_url=self.url, headers=headers, timeout=request_timeout)
+        self._request_timeout = request_timeout
+        self._checked_version: Optional[str] = None
+        self._check_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Closes the connections the client keeps open."""
+        self._client.close()
+
+    def server_version(self) -> str:
+        """The server's release, checked for compatibility on the first call."""
+        with self._check_lock:
+            if self._checked_version is None:
+                self._checked_version = self._check_server()
+            return self._checked_version
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Optional[Dict[str, Any]] = None,
+        extra_timeout: float = 0.0,
+    ) -> Any:
+        """Sends a request and returns the decoded JSON answer; an error answer raises
+        `ApiError`. `extra_timeout` lengthens the read timeout for long polls."""
+        self.server_version()
+        return self._send(method, path, json=json, params=params, extra_timeout=extra_timeout)
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Optional[Dict[str, Any]] = None,
+        extra_timeout: float = 0.0,
+    ) -> Any:
+        timeout = httpx.Timeout(self._request_timeout + extra_timeout)
+        try:
+            response = self._client.request(method, path, json=json, params=params, timeout=timeout)
+        except httpx.TransportError as e:
+            raise ServerUnreachable(
+                f"cannot reach the LQSM server at {self.url} ({type(e).__name__}: {e}); "
+                "check the URL, or start one with `lqsm standalone`"
+            ) from e
+        if response.is_success:
+            return response.json()
+        raise _api_error(response)
+
+    def _check_server(self) -> str:
+        # The server has no version endpoint; the OpenAPI document it serves carries the
+        # release in `info.version` and lists the paths it serves.
+        try:
+            document = self._send("GET", "/v1/openapi.json")
+        except ApiError as e:
+            if e.status == 404:
+                raise IncompatibleServer(
+                    f"{self.url} serves no /v1/openapi.json: it is not an LQSM server, "
+                    f"or one older than {'.'.join(map(str, OLDEST_SERVER_VERSION))}"
+                ) from e
+            raise
+        info = document.get("info") if isinstance(document, dict) else None
+        version = info.get("version") if isinstance(info, dict) else None
+        if not isinstance(version, str):
+            raise IncompatibleServer(
+                f"{self.url}/v1/openapi.json has no `info.version`: is the URL that of an LQSM server?"
+            )
+        oldest = ".".join(map(str, OLDEST_SERVER_VERSION))
+        if parse_version(version) < OLDEST_SERVER_VERSION:
+            raise IncompatibleServer(
+                f"the LQSM server at {self.url} is version {version}; this SDK "
+                f"(lqsm {__version__}) needs {oldest} or newer: upgrade the server"
+            )
+        paths = document.get("paths", {})
+        missing = [p for p in REQUIRED_PATHS if p not in paths]
+        if missing:
+            raise IncompatibleServer(
+                f"the LQSM server at {self.url} (version {version}) does not serve "
+                f"{', '.join(missing)}, which this SDK (lqsm {__version__}) needs"
+            )
+        return version
+
+
+def _api_error(response: httpx.Response) -> ApiError:
+    """The server's error answer as an `ApiError`; an answer that is not LQSM's error
+    shape (a proxy's page, say) keeps its status and the start of its text."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    detail = body.get("error") if isinstance(body, dict) else None
+    if isinstance(detail, dict) and isinstance(detail.get("code"), str):
+        field = detail.get("field")
+        return ApiError(
+            response.status_code,
+            detail["code"],
+            str(detail.get("message", "")),
+            field if isinstance(field, str) else None,
+        )
+    return ApiError(
+        response.status_code,
+        "unexpected_response",
+        f"HTTP {response.status_code} from {response.request.url} without an LQSM error body: "
+        f"{response.text[:200]!r}",
+    )

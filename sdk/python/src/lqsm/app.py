@@ -1,0 +1,346 @@
+"""`App` and its tasks: Celery's shape over LQSM's HTTP API.
+
+A task call becomes a function job: its handler is the task's name, its arguments the
+JSON envelope `{"args": [...], "kwargs": {...}}` (see `arguments.encode_call`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import time
+from typing import Any, Callable, Dict, Generic, Mapping, Optional, Sequence, TypeVar, Union, overload
+
+from ._server import ServerConnection
+from .arguments import encode_call, resources_spec, round_trip, seconds_to_ms, str_list, str_map
+from .errors import TaskError, UnsupportedOption
+from .result import AsyncResult, EagerResult
+
+R = TypeVar("R")
+
+#: Celery task options LQSM does not offer (yet), with what to do instead.
+_UNSUPPORTED_TASK_OPTIONS: Dict[str, str] = {
+    "bind": "tasks run on workers that LQSM's Python SDK does not provide yet, so there is no task instance to bind",
+    "max_retries": "use retries= (attempts after the first)",
+    "time_limit": "use timeout= (seconds an attempt may run)",
+    "soft_time_limit": "LQSM has one hard limit per attempt: use timeout=",
+    "rate_limit": "rate limits live on queues and handlers on the server: see docs/RATE_LIMITS.md",
+    "default_retry_delay": "use retry_backoff= (seconds before the first retry)",
+    "autoretry_for": "every failure is retried up to retries=; exceptions are not told apart",
+    "acks_late": "LQSM tracks attempts itself: a lost worker's attempt is retried, see docs/RELIABILITY.md",
+    "serializer": "arguments always travel as JSON",
+    "ignore_result": "results are always kept for the server's retention",
+    "expires": "give expires= to apply_async()",
+}
+
+#: Celery `apply_async` options LQSM does not offer (yet), with what to do instead.
+_UNSUPPORTED_SUBMIT_OPTIONS: Dict[str, str] = {
+    "task_id": "the server assigns job ids; use idempotency_key= to make a resubmission the same job",
+    "link": "canvas (chains, callbacks) does not exist in LQSM yet",
+    "link_error": "canvas (chains, callbacks) does not exist in LQSM yet",
+    "serializer": "arguments always travel as JSON",
+    "routing_key": "route with queue=",
+    "exchange": "route with queue=",
+    "retry": "submission is one HTTP request; a refused one raises ApiError",
+    "headers": "LQSM jobs carry tags= and keys= instead",
+    "time_limit": "set timeout= on the task",
+    "soft_time_limit": "set timeout= on the task",
+}
+
+
+def _refuse(kind: str, options: Mapping[str, Any], known: Mapping[str, str], supported: str) -> None:
+    if not options:
+        return
+    name = sorted(options)[0]
+    hint = known.get(name, f"the options are: {supported}")
+    raise UnsupportedOption(f"{kind} option `{name}` is not supported: {hint}")
+
+
+class App:
+    """A connection to an LQSM server and the tasks declared on it.
+
+    `url` is the server's (`lqsm standalone` listens on `http://127.0.0.1:7420`);
+    `token` a bearer token when the server requires one. With `eager=True` tasks run
+    in this process at `.delay()` and no server is contacted (Celery's
+    `task_always_eager`), for unit tests. `request_timeout` bounds each HTTP request
+    (seconds), beyond the time `get()` asks the server to wait.
+    """
+
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:7420",
+        token: Optional[str] = None,
+        *,
+        eager: bool = False,
+        request_timeout: float = 30.0,
+    ) -> None:
+        self.eager = eager
+        self._server = ServerConnection(url, token, request_timeout)
+
+    @property
+    def url(self) -> str:
+        """The server's URL."""
+        return self._server.url
+
+    def server_version(self) -> str:
+        """The server's release. The first request of an app checks it (and that the
+        server serves the endpoints the SDK needs), raising `IncompatibleServer`."""
+        return self._server.server_version()
+
+    def close(self) -> None:
+        """Closes the app's HTTP connections."""
+        self._server.close()
+
+    def __enter__(self) -> "App":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def AsyncResult(self, job_id: str) -> AsyncResult:  # noqa: N802 (Celery's name)
+        """A handle on a job submitted earlier, by its id."""
+        return AsyncResult(job_id, self._server)
+
+    @overload
+    def task(self, function: Callable[..., R]) -> "Task[R]": ...
+
+    @overload
+    def task(
+        self,
+        *,
+        name: Optional[str] = None,
+        queue: str = "root.default",
+        retries: Optional[int] = None,
+        retry_backoff: Optional[float] = None,
+        retry_backoff_max: Optional[float] = None,
+        timeout: Optional[float] = None,
+        resources: Optional[Mapping[str, Any]] = None,
+        priority: Optional[int] = None,
+        tags: Optional[Sequence[str]] = None,
+        selector: Optional[Mapping[str, str]] = None,
+        **unsupported: Any,
+    ) -> Callable[[Callable[..., R]], "Task[R]"]: ...
+
+    def task(
+        self, function: Optional[Callable[..., Any]] = None, **options: Any
+    ) -> Union["Task[Any]", Callable[[Callable[..., Any]], "Task[Any]"]]:
+        """Declares a task: `@app.task` or `@app.task(queue=..., ...)`.
+
+        Options (all optional): `name` (the handler name workers serve; default
+        `module.function_name`, as in Celery), `queue` (leaf queue path), `retries`
+        (attempts after the first), `retry_backoff` / `retry_backoff_max` (seconds
+        before the first retry / at most), `timeout` (seconds an attempt may run), `resources` (`{"cpu": 0.5,
+        "memory": "512M", "gpu": 1, "custom": {"licence": 1}}`), `priority` (higher runs
+        first), `tags`, `selector` (labels a worker must carry). Any other option raises
+        `UnsupportedOption`; absent ones take the queue's defaults on the server.
+        """
+        if function is not None:
+            return Task(self, function, TaskOptions.from_kwargs(options, function))
+
+        def declare(f: Callable[..., Any]) -> "Task[Any]":
+            return Task(self, f, TaskOptions.from_kwargs(options, f))
+
+        # Check the options where they are written, before the decorator is applied.
+        TaskOptions.from_kwargs(options, None)
+        return declare
+
+
+def _name_of(function: Callable[..., Any]) -> str:
+    # Celery's rule: the module and the function's own name.
+    name = getattr(function, "__name__", None)
+    if not isinstance(name, str) or name.startswith("<"):
+        raise ValueError(
+            f"cannot derive a task name for {function!r} (a lambda has none): "
+            "give one with @app.task(name='...')"
+        )
+    return f"{function.__module__}.{name}"
+
+
+class TaskOptions:
+    """A task's settings, checked and converted to the server's units once, at
+    declaration."""
+
+    def __init__(self, name: str, queue: str, job_fields: Dict[str, Any]) -> None:
+        self.name = name
+        self.queue = queue
+        self.job_fields = job_fields
+
+    @classmethod
+    def from_kwargs(cls, options: Mapping[str, Any], function: Optional[Callable[..., Any]]) -> "TaskOptions":
+        """Reads the keyword options of `App.task` (see its doc) for `function`, whose
+        `module.function_name` is the default name (None: only check the options)."""
+        options = dict(options)
+        name = options.pop("name", None)
+        if name is None:
+            name = _name_of(function) if function is not None else "<task>"
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"name takes a non-empty str, got {name!r}")
+        queue = options.pop("queue", "root.default")
+        if not isinstance(queue, str):
+            raise TypeError(f"queue takes a queue path such as 'root.default', got {queue!r}")
+        fields: Dict[str, Any] = {}
+        retry: Dict[str, Any] = {}
+        retries = options.pop("retries", None)
+        if retries is not None:
+            if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+                raise ValueError(f"retries takes a non-negative int (attempts after the first), got {retries!r}")
+            retry["max_attempts"] = retries + 1
+        backoff = options.pop("retry_backoff", None)
+        if backoff is not None:
+            retry["backoff_base_ms"] = seconds_to_ms("retry_backoff", backoff)
+        backoff_max = options.pop("retry_backoff_max", None)
+        if backoff_max is not None:
+            retry["backoff_cap_ms"] = seconds_to_ms("retry_backoff_max", backoff_max)
+        if retry:
+            fields["retry"] = retry
+        timeout = options.pop("timeout", None)
+        if timeout is not None:
+            fields["timeout_ms"] = seconds_to_ms("timeout", timeout)
+        resources = options.pop("resources", None)
+        if resources is not None:
+            if not isinstance(resources, Mapping):
+                raise TypeError(f"resources takes a dict such as {{'cpu': 0.5, 'memory': '512M'}}, got {resources!r}")
+            fields["resources"] = resources_spec(resources)
+        priority = options.pop("priority", None)
+        if priority is not None:
+            fields["priority"] = _priority(priority)
+        tags = options.pop("tags", None)
+        if tags is not None:
+            fields["tags"] = str_list("tags", tags)
+        selector = options.pop("selector", None)
+        if selector is not None:
+            fields["selector"] = str_map("selector", selector)
+        _refuse(
+            "task",
+            options,
+            _UNSUPPORTED_TASK_OPTIONS,
+            "name, queue, retries, retry_backoff, retry_backoff_max, timeout, resources, priority, tags, selector",
+        )
+        return cls(name, queue, fields)
+
+
+def _priority(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not -(2**31) <= value < 2**31:
+        raise ValueError(f"priority takes an int (higher runs first), got {value!r}")
+    return int(value)
+
+
+def _epoch_ms(option: str, when: dt.datetime) -> int:
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError(
+            f"{option} must be timezone-aware (a naive datetime is ambiguous): "
+            "e.g. datetime.now(timezone.utc) + timedelta(minutes=5)"
+        )
+    return max(0, int(when.timestamp() * 1000))
+
+
+class Task(Generic[R]):
+    """A declared task. Calling it runs the function here and now; `delay` and
+    `apply_async` submit it as a job (or, on an eager app, run it in this process)."""
+
+    def __init__(self, app: App, function: Callable[..., R], options: TaskOptions) -> None:
+        self.app = app
+        self.function = function
+        self.options = options
+        functools.update_wrapper(self, function)
+
+    @property
+    def name(self) -> str:
+        """The handler name a worker serves this task under."""
+        return self.options.name
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} queue={self.options.queue}>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> R:
+        return self.function(*args, **kwargs)
+
+    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        """Submits `task(*args, **kwargs)`; `apply_async` with no options."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(
+        self,
+        args: Optional[Sequence[Any]] = None,
+        kwargs: Optional[Mapping[str, Any]] = None,
+        *,
+        countdown: Optional[float] = None,
+        eta: Optional[dt.datetime] = None,
+        expires: Union[float, dt.datetime, None] = None,
+        priority: Optional[int] = None,
+        queue: Optional[str] = None,
+        idempotency_key: Optional[str] = None,
+        **unsupported: Any,
+    ) -> AsyncResult:
+        """Submits the task as a function job and returns its handle.
+
+        `countdown` (seconds from now) or `eta` (a timezone-aware datetime): not to
+        start before. `expires` (seconds from now, or an aware datetime): give up if not
+        started by then. `priority` and `queue` override the task's. `idempotency_key`:
+        a resubmission with the same key in the same queue returns the same job.
+        Arguments JSON cannot carry raise `TypeError` here; a refused submission raises
+        `ApiError`.
+        """
+        _refuse(
+            "apply_async",
+            unsupported,
+            _UNSUPPORTED_SUBMIT_OPTIONS,
+            "countdown, eta, expires, priority, queue, idempotency_key",
+        )
+        envelope = encode_call(self.name, tuple(args or ()), dict(kwargs or {}))
+        job = self._job(envelope, countdown, eta, expires, priority, queue, idempotency_key)
+        if self.app.eager:
+            return self._run_eagerly(envelope)
+        submitted = self.app._server.request("POST", "/v1/jobs", json=job)
+        return AsyncResult(str(submitted["id"]), self.app._server)
+
+    def _job(
+        self,
+        envelope: Dict[str, Any],
+        countdown: Optional[float],
+        eta: Optional[dt.datetime],
+        expires: Union[float, dt.datetime, None],
+        priority: Optional[int],
+        queue: Optional[str],
+        idempotency_key: Optional[str],
+    ) -> Dict[str, Any]:
+        job: Dict[str, Any] = {
+            "queue": queue if queue is not None else self.options.queue,
+            "kind": {"type": "function", "handler": self.name, "args": envelope},
+        }
+        job.update(self.options.job_fields)
+        if countdown is not None and eta is not None:
+            raise ValueError("give countdown= or eta=, not both")
+        if countdown is not None:
+            job["delay_ms"] = seconds_to_ms("countdown", countdown)
+        if eta is not None:
+            job["not_before_ms"] = _epoch_ms("eta", eta)
+        if expires is not None:
+            if isinstance(expires, dt.datetime):
+                job["expires_at_ms"] = _epoch_ms("expires", expires)
+            else:
+                # The server takes an instant: a relative expiry is counted from this
+                # machine's clock.
+                job["expires_at_ms"] = int(time.time() * 1000) + seconds_to_ms("expires", expires)
+        if priority is not None:
+            job["priority"] = _priority(priority)
+        if idempotency_key is not None:
+            if not isinstance(idempotency_key, str) or not idempotency_key:
+                raise TypeError(f"idempotency_key takes a non-empty str, got {idempotency_key!r}")
+            job["idempotency_key"] = idempotency_key
+        return job
+
+    def _run_eagerly(self, envelope: Dict[str, Any]) -> EagerResult:
+        # The function sees its arguments as a worker would: through JSON and back.
+        received = round_trip(envelope)
+        try:
+            value = self.function(*received["args"], **received["kwargs"])
+        except Exception as e:  # noqa: BLE001 (a task's failure, whatever it is)
+            error = TaskError("eager", "failed", f"{type(e).__name__}: {e}")
+            error.__cause__ = e
+            return EagerResult("failed", None, error)
+        try:
+            return EagerResult("succeeded", round_trip(value), None)
+        except (TypeError, ValueError) as e:
+            reason = f"the task returned what JSON cannot carry ({e}): return JSON values"
+            return EagerResult("failed", None, TaskError("eager", "failed", reason))

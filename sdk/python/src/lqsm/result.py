@@ -1,0 +1,154 @@
+"""Handles on submitted jobs: `AsyncResult` asks the server, `EagerResult` holds what
+an in-process (eager) call produced."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, Dict, Optional
+
+from .errors import ApiError, TaskError, TimeoutError
+
+if TYPE_CHECKING:
+    from ._server import ServerConnection
+
+#: States after which a job never changes.
+FINISHED_STATES = frozenset({"succeeded", "failed", "cancelled", "expired"})
+
+#: The longest wait the server grants one `/wait` request (ms); longer waits loop.
+_LONGEST_SERVER_WAIT_MS = 300_000
+
+
+class AsyncResult:
+    """A submitted job, by id. Every property asks the server afresh, as Celery's does.
+
+    `state` is LQSM's: `pending`, `scheduled`, `running`, `succeeded`, `failed`,
+    `cancelled` (revoked) or `expired`.
+    """
+
+    def __init__(self, job_id: str, server: "ServerConnection") -> None:
+        self.id = job_id
+        self._server = server
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult {self.id}>"
+
+    def fetch(self) -> Dict[str, Any]:
+        """The job as the server shows it (`JobView` in docs/openapi.json)."""
+        view: Dict[str, Any] = self._server.request("GET", f"/v1/jobs/{self.id}")
+        return view
+
+    @property
+    def state(self) -> str:
+        """Where the job is in its life."""
+        return str(self.fetch()["state"])
+
+    def ready(self) -> bool:
+        """Whether the job has finished, in success or not."""
+        return self.state in FINISHED_STATES
+
+    def successful(self) -> bool:
+        """Whether the job succeeded."""
+        return self.state == "succeeded"
+
+    def failed(self) -> bool:
+        """Whether the job finished without success (failed, cancelled or expired)."""
+        state = self.state
+        return state in FINISHED_STATES and state != "succeeded"
+
+    @property
+    def result(self) -> Any:
+        """The return value once succeeded; the `TaskError` once finished otherwise
+        (returned, not raised, as Celery does); None while unfinished."""
+        return _outcome(self.fetch(), raise_error=False)
+
+    def get(self, timeout: Optional[float] = None) -> Any:
+        """Waits for the job and returns its result; raises `TaskError` if it failed,
+        was cancelled or expired, and `lqsm.TimeoutError` (a `TimeoutError`) if it has
+        not finished after `timeout` seconds (None: wait as long as it takes). The
+        server holds each request until the job finishes, so no polling interval."""
+        if timeout is not None and (timeout < 0 or timeout != timeout):
+            raise ValueError(f"timeout takes a non-negative number of seconds or None, got {timeout!r}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if deadline is None:
+                wait_ms = _LONGEST_SERVER_WAIT_MS
+            else:
+                wait_ms = min(_LONGEST_SERVER_WAIT_MS, max(0, int((deadline - time.monotonic()) * 1000)))
+            view = self._server.request(
+                "GET",
+                f"/v1/jobs/{self.id}/wait",
+                params={"timeout_ms": wait_ms},
+                extra_timeout=wait_ms / 1000,
+            )
+            if view["state"] in FINISHED_STATES:
+                return _outcome(view, raise_error=True)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"job {self.id} is still {view['state']} after {timeout} s; "
+                    "call get() again to keep waiting, or revoke() it"
+                )
+
+    def revoke(self) -> None:
+        """Cancels the job: a pending one never runs, a running attempt is stopped.
+        A job that has already finished is left as it is (as Celery does)."""
+        try:
+            self._server.request("POST", f"/v1/jobs/{self.id}/cancel")
+        except ApiError as e:
+            if e.code != "conflict":
+                raise
+
+
+class EagerResult(AsyncResult):
+    """What an eager call (`App(eager=True)`) produced: finished on return, never
+    contacts a server."""
+
+    def __init__(self, state: str, value: Any, error: Optional[TaskError]) -> None:
+        self.id = str(uuid.uuid4())
+        self._state = state
+        self._value = value
+        self._error = error
+
+    def __repr__(self) -> str:
+        return f"<EagerResult {self.id} {self._state}>"
+
+    def fetch(self) -> Dict[str, Any]:
+        """The part of a `JobView` an eager call has: id, state, and result or reason."""
+        view: Dict[str, Any] = {"id": self.id, "state": self._state}
+        if self._error is not None:
+            view["reason"] = self._error.reason
+        else:
+            view["result"] = self._value
+        return view
+
+    @property
+    def state(self) -> str:
+        """`succeeded`, or `failed` if the function raised."""
+        return self._state
+
+    @property
+    def result(self) -> Any:
+        """The return value, or the `TaskError` if the function raised."""
+        return self._error if self._error is not None else self._value
+
+    def get(self, timeout: Optional[float] = None) -> Any:
+        """The return value; raises `TaskError` (its `__cause__` the function's own
+        exception) if the function raised. `timeout` is accepted for symmetry."""
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def revoke(self) -> None:
+        """Nothing to cancel: the call has run."""
+
+
+def _outcome(view: Dict[str, Any], raise_error: bool) -> Any:
+    state = view["state"]
+    if state == "succeeded":
+        return view.get("result")
+    if state not in FINISHED_STATES:
+        return None
+    error = TaskError(str(view["id"]), state, view.get("reason"))
+    if raise_error:
+        raise error
+    return error

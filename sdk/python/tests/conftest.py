@@ -1,0 +1,97 @@
+"""A real LQSM for the tests: `lqsm standalone` (server and one worker with the
+built-in handlers `lqsm.echo`, `lqsm.fail`, ...) on a free loopback port with a
+temporary data directory, started once per session."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+import lqsm
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+READY_DEADLINE_S = 60.0
+
+
+def lqsm_binary() -> Path:
+    """The `lqsm` binary under test: $LQSM_BIN, else the workspace's debug build."""
+    binary = Path(os.environ.get("LQSM_BIN", REPO_ROOT / "target" / "debug" / "lqsm"))
+    if not binary.is_file():
+        pytest.fail(f"{binary} does not exist: build it with `cargo build -p lqsm-cli` (or set LQSM_BIN)")
+    return binary
+
+
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def standalone(data_dir: Path, *extra_args: str) -> Iterator[str]:
+    """Runs `lqsm standalone` with `extra_args` until the block ends; yields its URL
+    once it is ready to serve."""
+    log_path = data_dir / "lqsm-standalone.log"
+    port = free_loopback_port()
+    url = f"http://127.0.0.1:{port}"
+    # The server reads LQSM_* settings from the environment: keep the caller's out.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LQSM_")}
+    env["RUST_LOG"] = "warn"
+    command = [
+        str(lqsm_binary()),
+        "standalone",
+        "--listen", f"127.0.0.1:{port}",
+        "--server", url,
+        "--data-dir", str(data_dir / "data"),
+        "--cpus", "2",
+        "--memory", "2G",
+        *extra_args,
+    ]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        _wait_until_ready(url, process, log_path)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a running `lqsm standalone` without tokens, shared by the session."""
+    with standalone(tmp_path_factory.mktemp("lqsm")) as url:
+        yield url
+
+
+def _wait_until_ready(url: str, process: "subprocess.Popen[bytes]", log_path: Path) -> None:
+    deadline = time.monotonic() + READY_DEADLINE_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"lqsm standalone exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    pytest.fail(f"lqsm standalone at {url} not ready after {READY_DEADLINE_S} s:\n{log_path.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def app(server_url: str) -> Iterator[lqsm.App]:
+    """An app on the session's server."""
+    with lqsm.App(server_url) as app:
+        yield app

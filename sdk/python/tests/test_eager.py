@@ -1,0 +1,92 @@
+"""`App(eager=True)`: tasks run in this process at `.delay()`, for users' unit tests.
+The app's URL points nowhere: an eager app must never contact a server."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Dict, List
+
+import pytest
+
+import lqsm
+
+NOWHERE = "http://127.0.0.1:1"
+
+
+def test_an_eager_task_runs_in_process_and_returns_its_value() -> None:
+    app = lqsm.App(NOWHERE, eager=True)
+
+    @app.task
+    def add(x: int, y: int = 0) -> int:
+        return x + y
+
+    result = add.delay(2, y=3)
+
+    assert result.get() == 5
+    assert result.state == "succeeded" and result.ready() and result.successful()
+    assert result.result == 5
+
+
+def test_an_eager_task_sees_its_arguments_as_a_worker_would() -> None:
+    app = lqsm.App(NOWHERE, eager=True)
+    seen: List[Any] = []
+
+    @app.task
+    def record(items: Any, mapping: Dict[str, Any]) -> None:
+        seen.extend([items, mapping])
+
+    record.delay((1, 2), {"a": (3,)})
+
+    assert seen == [[1, 2], {"a": [3]}]
+
+
+def test_an_eager_task_that_raises_gives_task_error_with_the_cause() -> None:
+    app = lqsm.App(NOWHERE, eager=True)
+
+    @app.task
+    def explode() -> None:
+        raise ValueError("bad input")
+
+    result = explode.delay()
+
+    with pytest.raises(lqsm.TaskError) as raised:
+        result.get()
+    assert raised.value.state == "failed"
+    assert raised.value.reason == "ValueError: bad input"
+    assert isinstance(raised.value.__cause__, ValueError)
+    assert result.failed() and isinstance(result.result, lqsm.TaskError)
+
+
+def test_an_eager_task_returning_what_json_cannot_carry_fails() -> None:
+    app = lqsm.App(NOWHERE, eager=True)
+
+    @app.task
+    def give_set() -> Any:
+        return {1, 2}
+
+    with pytest.raises(lqsm.TaskError, match="JSON"):
+        give_set.delay().get()
+
+
+def test_eager_apply_async_checks_its_options_as_a_submission_would() -> None:
+    app = lqsm.App(NOWHERE, eager=True)
+
+    @app.task
+    def noop() -> None: ...
+
+    with pytest.raises(lqsm.UnsupportedOption, match="link"):
+        noop.apply_async(link=noop)
+    with pytest.raises(ValueError, match="not both"):
+        noop.apply_async(countdown=1, eta=dt.datetime.now(dt.timezone.utc))
+
+
+def test_calling_a_task_directly_runs_the_function() -> None:
+    app = lqsm.App(NOWHERE)
+
+    @app.task
+    def double(x: int) -> int:
+        return 2 * x
+
+    assert double(21) == 42
+    assert double.name == "test_eager.double"
+
