@@ -336,13 +336,20 @@ fn parse_worker_id(text: &str) -> ApiResult<WorkerId> {
 }
 
 /// The job's view as acknowledged, or 404.
+/// A job that is not (or no longer) there.
+fn no_such_job(id: JobId) -> ApiError {
+    ApiError::not_found(format!(
+        "job {id} does not exist (it may have passed its retention)"
+    ))
+    .at("id")
+}
+
 async fn view_job(state: &AppState, id: JobId) -> ApiResult<api::JobView> {
-    let record = state.scheduler.job(id).await?.ok_or_else(|| {
-        ApiError::not_found(format!(
-            "job {id} does not exist (it may have passed its retention)"
-        ))
-        .at("id")
-    })?;
+    let record = state
+        .scheduler
+        .job(id)
+        .await?
+        .ok_or_else(|| no_such_job(id))?;
     Ok(convert::job_view(
         &record,
         record.queue.as_str(),
@@ -465,12 +472,11 @@ async fn retry_job(
 ) -> ApiResult<Response> {
     let caller = state.auth.caller(&headers)?;
     let id = parse_job_id(&id)?;
-    let record = state.scheduler.job(id).await?.ok_or_else(|| {
-        ApiError::not_found(format!(
-            "job {id} does not exist (it may have passed its retention)"
-        ))
-        .at("id")
-    })?;
+    let record = state
+        .scheduler
+        .job(id)
+        .await?
+        .ok_or_else(|| no_such_job(id))?;
     caller.role.require_queue(record.queue.as_str())?;
     if !record.state.is_terminal() {
         return Err(ApiError::new(

@@ -196,15 +196,10 @@ fn upgrading_old_data_indexes_it_for_the_store_reads() {
     check_fixture_state(&again);
 }
 
-#[test]
-fn an_upgrade_interrupted_by_a_crash_resumes_without_counting_a_job_twice() {
-    let dir = fixture_copy();
-    let data = dir.path().join("data");
-    let store = EmbeddedStore::open(&data).unwrap();
-    let (rm, upgrade) = lqsm_server::restore_and_check(&store, &config(&data)).unwrap();
-    assert_eq!(upgrade, lqsm_server::Upgrade::After(None));
-    // What a crash after the first of several upgrade commits leaves: the first three jobs
-    // (in key order) rewritten and indexed, with the progress mark committed alongside.
+/// Rewrites and indexes the first three jobs in key order, as the first commit of an
+/// upgrade does, with or without the progress mark this release commits alongside; returns
+/// the last job rewritten.
+fn upgrade_first_three(store: &EmbeddedStore, rm: &ResourceManager, mark_progress: bool) -> JobId {
     let mut ids: Vec<JobId> = rm.jobs().map(|job| job.id).collect();
     ids.sort();
     let mut first = lqsm_store::WriteBatch::new();
@@ -214,17 +209,32 @@ fn an_upgrade_interrupted_by_a_crash_resumes_without_counting_a_job_twice() {
             .jobs
             .push(lqsm_server::resource_manager::job_entry(&record, None));
     }
-    first.meta.push((
-        lqsm_server::UPGRADE_PROGRESS.to_owned(),
-        ids[2].0.as_bytes().to_vec(),
-    ));
+    if mark_progress {
+        first.meta.push((
+            lqsm_server::UPGRADE_PROGRESS.to_owned(),
+            ids[2].0.as_bytes().to_vec(),
+        ));
+    }
     store.commit(&first).unwrap();
+    ids[2]
+}
+
+#[test]
+fn an_upgrade_interrupted_by_a_crash_resumes_without_counting_a_job_twice() {
+    let dir = fixture_copy();
+    let data = dir.path().join("data");
+    let store = EmbeddedStore::open(&data).unwrap();
+    let (rm, upgrade) = lqsm_server::restore_and_check(&store, &config(&data)).unwrap();
+    assert_eq!(upgrade, lqsm_server::Upgrade::After(None));
+    // What a crash after the first of several upgrade commits leaves: the first three jobs
+    // (in key order) rewritten and indexed, with the progress mark committed alongside.
+    let last = upgrade_first_three(&store, &rm, true);
     drop(rm);
 
     let (rm, upgrade) = lqsm_server::restore_and_check(&store, &config(&data)).unwrap();
     assert_eq!(
         upgrade,
-        lqsm_server::Upgrade::After(Some(*ids[2].0.as_bytes()))
+        lqsm_server::Upgrade::After(Some(*last.0.as_bytes()))
     );
     let after = match upgrade {
         lqsm_server::Upgrade::After(after) => after,
@@ -251,16 +261,7 @@ fn an_upgrade_left_half_done_by_the_previous_release_is_finished_without_countin
     let (rm, _) = lqsm_server::restore_and_check(&store, &config(&data)).unwrap();
     // The previous release rewrote and indexed three jobs, then stopped, leaving no
     // progress mark.
-    let mut ids: Vec<JobId> = rm.jobs().map(|job| job.id).collect();
-    ids.sort();
-    let mut first = lqsm_store::WriteBatch::new();
-    for id in &ids[..3] {
-        let record = rm.job_record(*id).unwrap();
-        first
-            .jobs
-            .push(lqsm_server::resource_manager::job_entry(&record, None));
-    }
-    store.commit(&first).unwrap();
+    upgrade_first_three(&store, &rm, false);
     drop(rm);
 
     let (rm, upgrade) = lqsm_server::restore_and_check(&store, &config(&data)).unwrap();
