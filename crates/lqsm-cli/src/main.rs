@@ -19,7 +19,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// The server's URL.
+    /// The server's URL, or several comma-separated (a call moves on from one it cannot
+    /// reach).
     #[arg(
         long,
         global = true,

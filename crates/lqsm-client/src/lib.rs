@@ -56,7 +56,9 @@ pub struct JobFilter {
     pub order: api::ListOrder,
 }
 
-/// A connection to one LQSM server.
+/// A connection to an LQSM server, or to one of several: given several URLs, a call
+/// that cannot connect to the current one moves on to the next (a call that never
+/// connected was never received, so moving on is safe for every call).
 #[derive(Clone, Debug)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -65,11 +67,33 @@ pub struct Client {
 #[derive(Debug)]
 struct Inner {
     http: reqwest::Client,
-    base: Url,
-    /// The base URL as people wrote it, for messages.
+    /// The servers' base URLs, in the order given.
+    bases: Vec<Url>,
+    /// Which of them calls go to now.
+    current: std::sync::atomic::AtomicUsize,
+    /// The base URLs as people wrote them, for messages.
     shown: String,
     auth: Option<HeaderValue>,
     timeout: Duration,
+}
+
+/// One server's base URL, checked.
+fn parse_base(text: &str) -> Result<Url, ClientError> {
+    let invalid = |reason: String| ClientError::InvalidUrl {
+        url: text.to_owned(),
+        reason,
+    };
+    let base = Url::parse(text).map_err(|e| invalid(e.to_string()))?;
+    if !matches!(base.scheme(), "http" | "https") {
+        return Err(invalid(format!(
+            "scheme `{}` is not http or https",
+            base.scheme()
+        )));
+    }
+    if base.cannot_be_a_base() {
+        return Err(invalid("it cannot have paths appended".into()));
+    }
+    Ok(base)
 }
 
 /// A borrowed batch, so submitting one does not copy the jobs.
@@ -80,22 +104,14 @@ struct BatchRef<'a> {
 
 impl Client {
     /// A client of the server at `base_url` (`http://host:7420`; a path prefix is
-    /// kept), sending `token` as a bearer token when given. Nothing is contacted yet.
+    /// kept), or of several servers given as a comma-separated list
+    /// (`http://a:7420,http://b:7420`), sending `token` as a bearer token when given.
+    /// Nothing is contacted yet.
     pub fn new(base_url: &str, token: Option<String>) -> Result<Self, ClientError> {
-        let invalid = |reason: String| ClientError::InvalidUrl {
-            url: base_url.to_owned(),
-            reason,
-        };
-        let base = Url::parse(base_url).map_err(|e| invalid(e.to_string()))?;
-        if !matches!(base.scheme(), "http" | "https") {
-            return Err(invalid(format!(
-                "scheme `{}` is not http or https",
-                base.scheme()
-            )));
-        }
-        if base.cannot_be_a_base() {
-            return Err(invalid("it cannot have paths appended".into()));
-        }
+        let bases = base_url
+            .split(',')
+            .map(|one| parse_base(one.trim()))
+            .collect::<Result<Vec<_>, _>>()?;
         let auth = match token {
             Some(token) => {
                 let mut value = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
@@ -111,12 +127,21 @@ impl Client {
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .build()
-            .map_err(|e| invalid(format!("cannot set up the HTTP client: {e}")))?;
+            .map_err(|e| ClientError::InvalidUrl {
+                url: base_url.to_owned(),
+                reason: format!("cannot set up the HTTP client: {e}"),
+            })?;
+        let shown = base_url
+            .split(',')
+            .map(|one| one.trim().trim_end_matches('/'))
+            .collect::<Vec<_>>()
+            .join(",");
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
-                shown: base_url.trim_end_matches('/').to_owned(),
-                base,
+                shown,
+                bases,
+                current: std::sync::atomic::AtomicUsize::new(0),
                 auth,
                 timeout: DEFAULT_REQUEST_TIMEOUT,
             }),
@@ -128,7 +153,8 @@ impl Client {
     pub fn with_request_timeout(self, timeout: Duration) -> Self {
         let inner = Inner {
             http: self.inner.http.clone(),
-            base: self.inner.base.clone(),
+            bases: self.inner.bases.clone(),
+            current: std::sync::atomic::AtomicUsize::new(self.current()),
             shown: self.inner.shown.clone(),
             auth: self.inner.auth.clone(),
             timeout,
@@ -138,9 +164,16 @@ impl Client {
         }
     }
 
-    /// The server's base URL, as given.
+    /// The servers' base URLs, as given.
     pub fn base_url(&self) -> &str {
         &self.inner.shown
+    }
+
+    /// Which of the servers calls go to now.
+    fn current(&self) -> usize {
+        self.inner
+            .current
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     // --- jobs ---
@@ -454,7 +487,7 @@ impl Client {
     // --- plumbing ---
 
     fn url(&self, segments: &[&str]) -> Url {
-        let mut url = self.inner.base.clone();
+        let mut url = self.inner.bases[self.current()].clone();
         url.path_segments_mut()
             .expect("checked in new(): the base URL can have paths appended")
             .pop_if_empty()
@@ -496,12 +529,27 @@ impl Client {
     /// Sends, and answers with the body of a 2xx answer or the error the server gave.
     async fn exchange(&self, req: RequestBuilder) -> Result<(StatusCode, Vec<u8>), ClientError> {
         let (client, req) = req.build_split();
-        let req = req.map_err(|e| self.transport(e, None))?;
+        let mut req = req.map_err(|e| self.transport(e, None))?;
         let timeout = req.timeout().copied();
-        let answer = client
-            .execute(req)
-            .await
-            .map_err(|e| self.transport(e, timeout))?;
+        let mut moves = 0;
+        let answer = loop {
+            let again = (self.inner.bases.len() > 1)
+                .then(|| req.try_clone())
+                .flatten();
+            match client.execute(req).await {
+                Ok(answer) => break answer,
+                // Not connected, so not received: the next server may take it.
+                Err(e) if e.is_connect() && moves + 1 < self.inner.bases.len() => {
+                    let Some(mut next) = again else {
+                        return Err(self.transport(e, timeout));
+                    };
+                    *next.url_mut() = self.move_on(next.url());
+                    req = next;
+                    moves += 1;
+                }
+                Err(e) => return Err(self.transport(e, timeout)),
+            }
+        };
         let status = answer.status();
         let bytes = answer
             .bytes()
@@ -511,6 +559,38 @@ impl Client {
             return Ok((status, bytes.to_vec()));
         }
         Err(self.refusal(status, &bytes))
+    }
+
+    /// Makes the next server the current one; answers `url` (made for the current one)
+    /// made for it.
+    fn move_on(&self, url: &Url) -> Url {
+        let bases = &self.inner.bases;
+        let from = bases
+            .iter()
+            .position(|base| {
+                url.as_str()
+                    .starts_with(base.as_str().trim_end_matches('/'))
+            })
+            .unwrap_or_else(|| self.current());
+        // Calls failing at once move on once: the first moves, the others follow it.
+        let to = match self.inner.current.compare_exchange(
+            from,
+            (from + 1) % bases.len(),
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        ) {
+            Ok(_) => (from + 1) % bases.len(),
+            Err(now) if now != from => now,
+            Err(_) => (from + 1) % bases.len(),
+        };
+        let rest = url
+            .path()
+            .strip_prefix(bases[from].path().trim_end_matches('/'))
+            .unwrap_or(url.path());
+        let mut moved = bases[to].clone();
+        moved.set_path(&format!("{}{rest}", bases[to].path().trim_end_matches('/')));
+        moved.set_query(url.query());
+        moved
     }
 
     fn transport(&self, err: reqwest::Error, timeout: Option<Duration>) -> ClientError {

@@ -274,3 +274,33 @@ async fn the_queue_tree_of_more_than_a_page_is_joined_whole() {
         "every subtree whole"
     );
 }
+
+/// A loopback port nothing listens on (bound, then released).
+fn dead_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn a_client_of_several_servers_moves_on_from_one_it_cannot_reach() {
+    let server = TestServer::start().await;
+    let dead = format!("http://127.0.0.1:{}", dead_port());
+    let client = Client::new(&format!("{dead}, {}", server.url()), None).unwrap();
+    // The first server cannot be reached: the call goes to the second, and so do the next.
+    let submitted = client.submit(&echo("root.default")).await.unwrap();
+    assert!(submitted.created);
+    let job = client.job(submitted.id).await.unwrap();
+    assert_eq!(job.id, submitted.id);
+
+    // When none can be reached, the error names them all.
+    let nowhere = Client::new(&format!("{dead},{dead}/"), None).unwrap();
+    match nowhere.job(submitted.id).await {
+        Err(ClientError::Unreachable { url, .. }) => assert_eq!(url, format!("{dead},{dead}")),
+        other => panic!("expected unreachable, got {other:?}"),
+    }
+    // A list with a bad URL is refused naming it.
+    match Client::new(&format!("{dead},ftp://x"), None) {
+        Err(ClientError::InvalidUrl { url, .. }) => assert_eq!(url, "ftp://x"),
+        other => panic!("expected an invalid URL, got {other:?}"),
+    }
+}
