@@ -854,6 +854,22 @@ pub struct ClusterSummary {
     pub jobs: BTreeMap<JobState, u64>,
     /// Number of queues.
     pub queues: usize,
+    /// The store, and the server that writes to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreSummary>,
+}
+
+/// The store and its writer (the lease holder).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StoreSummary {
+    /// `embedded` or `postgres`.
+    pub backend: String,
+    /// The name the writing server holds the lease under (`[store] node`).
+    pub leader: String,
+    /// The leader's term: each new lease is one higher.
+    pub epoch: u64,
+    /// When the lease lapses unless renewed (ms since the Unix epoch).
+    pub lease_expires_at_ms: u64,
 }
 
 #[cfg(test)]

@@ -475,7 +475,7 @@ pub async fn cluster(client: &Client, output: Output) -> anyhow::Result<u8> {
                 .join(", ")
         }
     }
-    let human = format!(
+    let mut human = format!(
         "workers:   {}\ncapacity:  {} cpu, {}, {} gpu\nused:      {} cpu, {}, {} gpu\njobs:      {}\nqueues:    {}\n",
         counts(&c.workers),
         show_cores(c.total.cpu),
@@ -487,6 +487,18 @@ pub async fn cluster(client: &Client, output: Output) -> anyhow::Result<u8> {
         counts(&c.jobs),
         c.queues,
     );
+    if let Some(store) = &c.store {
+        let lapses_in = store
+            .lease_expires_at_ms
+            .saturating_sub(lqsm_api::epoch_ms());
+        human.push_str(&format!(
+            "store:     {}, written by `{}` (epoch {}, lease renewed, lapses in {:.1} s)\n",
+            store.backend,
+            store.leader,
+            store.epoch,
+            lapses_in as f64 / 1000.0
+        ));
+    }
     print(output, &human, &c);
     Ok(0)
 }

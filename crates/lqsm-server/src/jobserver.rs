@@ -1218,12 +1218,20 @@ async fn cluster(
         .queue("root")
         .map(|r| r.used.clone())
         .unwrap_or_default();
+    let status = state.scheduler.store_status().await?;
+    let store = status.lease.map(|lease| api::StoreSummary {
+        backend: status.backend.to_owned(),
+        leader: lease.holder,
+        epoch: lease.epoch,
+        lease_expires_at_ms: lease.expires_at_ms,
+    });
     Ok(Json(api::ClusterSummary {
         workers,
         total: convert::figures(&cluster.total),
         used: convert::figures(&used),
         jobs,
         queues: cluster.queues.len(),
+        store,
     }))
 }
 

@@ -337,6 +337,14 @@ pub fn open_store(config: &ServerConfig) -> Result<Arc<dyn Store>, ServerError> 
     }
 }
 
+/// The lease this server holds, as `/metrics` shows it.
+fn publish_lease(lease: &Lease) {
+    ::metrics::gauge!("lqsm_store_epoch").set(lease.epoch as f64);
+    ::metrics::gauge!("lqsm_lease_expires_at_seconds").set(lease.expires_at_ms as f64 / 1000.0);
+    // This server leads: it holds the lease its commits are fenced by.
+    ::metrics::gauge!("lqsm_leader").set(1.0);
+}
+
 /// How soon a failed lease renewal is tried again.
 const LEASE_RETRY: Duration = Duration::from_secs(1);
 
@@ -355,12 +363,16 @@ pub fn take_lease(
     store: &Arc<dyn Store>,
     config: &ServerConfig,
     runtime: &tokio::runtime::Handle,
+    current: &tokio::sync::watch::Sender<Option<Lease>>,
 ) -> Result<(Lease, tokio::task::JoinHandle<()>), ServerError> {
     let ttl = Duration::from_millis(config.store.lease_ttl_ms.max(1));
     let lease = store.acquire_lease(&config.store.node, ttl, lease_clock(store.as_ref())?)?;
+    publish_lease(&lease);
+    current.send_replace(Some(lease.clone()));
     let renewing = {
         let store = store.clone();
         let mut lease = lease.clone();
+        let lease_updates = current.clone();
         runtime.spawn(async move {
             let mut every = tokio::time::interval(ttl / 3);
             every.tick().await;
@@ -381,6 +393,8 @@ pub fn take_lease(
                     });
                     match renewed {
                         Ok(renewed) => {
+                            publish_lease(&renewed);
+                            lease_updates.send_replace(Some(renewed.clone()));
                             lease = renewed;
                             renewed_at = std::time::Instant::now();
                             break;
@@ -593,6 +607,7 @@ pub async fn serve_after(
     drop(starting);
     let result = actor.await;
     // Let the next server take over at once (a restart of this one would anyway).
+    ::metrics::gauge!("lqsm_leader").set(0.0);
     let resigned = tokio::task::spawn_blocking(move || store.resign_lease(&lease)).await;
     if let Ok(Err(e)) = resigned {
         tracing::warn!(error = %e, "could not resign the store's lease");
@@ -624,12 +639,13 @@ struct Started {
 async fn start_scheduler(config: &ServerConfig) -> Result<Started, ServerError> {
     let opening = std::time::Instant::now();
     // Opening replays a journal or connects to a database: off the async threads.
+    let (current_lease, lease_updates) = tokio::sync::watch::channel(None);
     let (store, lease, renewing) = {
         let config = config.clone();
         let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let store = open_store(&config)?;
-            let (lease, renewing) = take_lease(&store, &config, &runtime)?;
+            let (lease, renewing) = take_lease(&store, &config, &runtime, &current_lease)?;
             Ok::<_, ServerError>((store, lease, renewing))
         })
         .await
@@ -690,8 +706,14 @@ async fn start_scheduler(config: &ServerConfig) -> Result<Started, ServerError> 
         longest_poll,
         published.clone(),
     );
-    let scheduler: Arc<dyn scheduler::Scheduler> =
-        Arc::new(scheduler::InProcess::new(runtime, store.clone(), published));
+    let backend = match config.store.backend {
+        StoreBackend::Embedded => "embedded",
+        StoreBackend::Postgres => "postgres",
+    };
+    let scheduler: Arc<dyn scheduler::Scheduler> = Arc::new(
+        scheduler::InProcess::new(runtime, store.clone(), published)
+            .with_lease(backend, lease_updates),
+    );
     Ok(Started {
         store,
         lease,

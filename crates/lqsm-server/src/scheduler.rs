@@ -117,6 +117,8 @@ pub trait Scheduler: Send + Sync + 'static {
     fn view(&self) -> Answer<'_, Arc<ClusterView>>;
     /// The number of jobs held in each state (states with none left out).
     fn job_counts(&self) -> Answer<'_, BTreeMap<String, u64>>;
+    /// The store and the lease this server writes under.
+    fn store_status(&self) -> Answer<'_, StoreStatus>;
 }
 
 /// The scheduler of this process: the actor for changes, the store and the published
@@ -126,16 +128,41 @@ pub struct InProcess {
     runtime: Runtime,
     store: Arc<dyn Store>,
     view: Published,
+    backend: &'static str,
+    lease: tokio::sync::watch::Receiver<Option<lqsm_store::Lease>>,
+}
+
+/// The store and who writes to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreStatus {
+    /// `embedded` or `postgres`.
+    pub backend: &'static str,
+    /// The lease this server writes under, as of its last renewal.
+    pub lease: Option<lqsm_store::Lease>,
 }
 
 impl InProcess {
     /// Wraps the actor's handle, the store it commits to and the views it publishes.
     pub fn new(runtime: Runtime, store: Arc<dyn Store>, view: Published) -> Self {
+        let (_, lease) = tokio::sync::watch::channel(None);
         Self {
             runtime,
             store,
             view,
+            backend: "embedded",
+            lease,
         }
+    }
+
+    /// The same, naming its backend and following the lease it writes under.
+    pub fn with_lease(
+        mut self,
+        backend: &'static str,
+        lease: tokio::sync::watch::Receiver<Option<lqsm_store::Lease>>,
+    ) -> Self {
+        self.backend = backend;
+        self.lease = lease;
+        self
     }
 
     async fn blocking<T: Send + 'static>(
@@ -250,6 +277,14 @@ impl Scheduler for InProcess {
     fn view(&self) -> Answer<'_, Arc<ClusterView>> {
         let view = self.view.latest();
         Box::pin(async move { Ok(view) })
+    }
+
+    fn store_status(&self) -> Answer<'_, StoreStatus> {
+        let status = StoreStatus {
+            backend: self.backend,
+            lease: self.lease.borrow().clone(),
+        };
+        Box::pin(async move { Ok(status) })
     }
 
     fn job_counts(&self) -> Answer<'_, BTreeMap<String, u64>> {
@@ -484,6 +519,9 @@ impl Scheduler for Starting {
     }
     fn view(&self) -> Answer<'_, Arc<ClusterView>> {
         forward!(self.view())
+    }
+    fn store_status(&self) -> Answer<'_, StoreStatus> {
+        forward!(self.store_status())
     }
     fn job_counts(&self) -> Answer<'_, BTreeMap<String, u64>> {
         forward!(self.job_counts())

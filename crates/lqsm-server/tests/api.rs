@@ -838,6 +838,24 @@ fn metrics_count_submissions() {
         .find(|l| l.starts_with("lqsm_jobs_submitted_total{queue=\"root.default\"}"))
         .unwrap_or_else(|| panic!("no submission counter in:\n{}", metrics.body));
     assert_eq!(line.rsplit(' ').next(), Some("3"), "{line}");
+    // This server leads, at the epoch its lease gave it.
+    let gauge = |name: &str| {
+        metrics
+            .body
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no gauge {name} in:\n{}", metrics.body))
+    };
+    assert_eq!(gauge("lqsm_leader"), 1.0);
+    let cluster: api::ClusterSummary = api.get("/v1/cluster").expect(200);
+    let store = cluster.store.expect("the store and its writer");
+    assert_eq!(gauge("lqsm_store_epoch"), store.epoch as f64);
+    assert_eq!(store.backend, "embedded");
+    assert_eq!(store.leader, "lqsm-server");
+    assert!(store.epoch >= 1);
+    assert!(store.lease_expires_at_ms > lqsm_api::epoch_ms());
 }
 
 #[test]

@@ -85,6 +85,9 @@ fn a_server_on_postgres_keeps_jobs_results_and_reads_across_a_restart() {
     let ids: Vec<_> = pending.jobs.iter().map(|j| j.id).collect();
     assert_eq!(ids, vec![waiting], "listed from the database's index");
     let cluster: api::ClusterSummary = api.get("/v1/cluster").expect(200);
+    let store = cluster.store.as_ref().expect("the store and its writer");
+    assert_eq!(store.backend, "postgres");
+    assert_eq!(store.epoch, 2, "a new epoch at the restart");
     assert_eq!(
         cluster.jobs.get(&api::JobState::Pending),
         Some(&1),
