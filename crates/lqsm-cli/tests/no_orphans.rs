@@ -20,7 +20,7 @@ use e2e_support::{Cli, Cluster};
 use lqsm_api as api;
 use lqsm_testkit::{DEADLINE, FaultProxy, ServerProcess, eventually_explained, process_gone};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 use uuid::Uuid;
 
@@ -110,20 +110,32 @@ impl Drop for Leftovers {
     }
 }
 
-#[test]
-fn killing_a_worker_ends_every_process_of_its_jobs_and_the_job_completes_once() {
-    let mut c = Cluster::start(&["--heartbeat-timeout-ms", HEARTBEAT_MS], &[("w1", 1)]);
+/// Submits an [`escaping_job`] of `seconds` to `c` (`submit_args` go before the
+/// command) and waits until its first attempt has started all its processes: answers
+/// its marks directory, its id and those processes.
+fn start_escaping_job(
+    c: &Cluster,
+    seconds: u32,
+    submit_args: &[&str],
+) -> (PathBuf, Uuid, Leftovers) {
     let dir = c.path("marks");
     std::fs::create_dir(&dir).unwrap();
-    // Long enough that, were the first run left running, it would complete after
-    // the job was requeued and run again.
-    let job = c
-        .cli
-        .submit(&["--retries", "3", "--", "sh", "-c", &escaping_job(&dir, 8)]);
+    let script = escaping_job(&dir, seconds);
+    let mut args = submit_args.to_vec();
+    args.extend(["--", "sh", "-c", &script]);
+    let job = c.cli.submit(&args);
     let pids = c.eventually("the job to start its processes", || {
         attempt_pids(&dir, job, 1)
     });
-    let first_run = Leftovers::new(&pids);
+    (dir, job, Leftovers::new(&pids))
+}
+
+#[test]
+fn killing_a_worker_ends_every_process_of_its_jobs_and_the_job_completes_once() {
+    let mut c = Cluster::start(&["--heartbeat-timeout-ms", HEARTBEAT_MS], &[("w1", 1)]);
+    // Long enough that, were the first run left running, it would complete after
+    // the job was requeued and run again.
+    let (dir, job, first_run) = start_escaping_job(&c, 8, &["--retries", "3"]);
 
     c.worker("w1").kill_9();
     first_run.assert_gone_within(PROCESSES_END_WITHIN, "after kill -9 of the worker");
@@ -189,17 +201,9 @@ fn a_worker_cut_off_from_the_server_stops_its_jobs_before_they_run_elsewhere() {
     let mut c = Cluster::start(&["--heartbeat-timeout-ms", "5000"], &[]);
     let proxy = FaultProxy::start(c.server.addr());
     c.add_worker_via("cut", 1, &proxy.url());
-    let dir = c.path("marks");
-    std::fs::create_dir(&dir).unwrap();
     // Runs well past the heartbeat timeout: only fencing stops it completing on
     // the cut-off worker while it runs again on the other one.
-    let job = c
-        .cli
-        .submit(&["--retries", "3", "--", "sh", "-c", &escaping_job(&dir, 12)]);
-    let pids = c.eventually("the job to start on the worker", || {
-        attempt_pids(&dir, job, 1)
-    });
-    let first_run = Leftovers::new(&pids);
+    let (dir, job, first_run) = start_escaping_job(&c, 12, &["--retries", "3"]);
     c.add_worker("healthy", 1);
 
     proxy.partition();
@@ -256,13 +260,7 @@ fn a_short_network_blip_does_not_stop_a_healthy_workers_jobs() {
     let mut c = Cluster::start(&[], &[]);
     let proxy = FaultProxy::start(c.server.addr());
     c.add_worker_via("blip", 1, &proxy.url());
-    let dir = c.path("marks");
-    std::fs::create_dir(&dir).unwrap();
-    let job = c.cli.submit(&["--", "sh", "-c", &escaping_job(&dir, 6)]);
-    let pids = c.eventually("the job to start on the worker", || {
-        attempt_pids(&dir, job, 1)
-    });
-    let _first_run = Leftovers::new(&pids);
+    let (dir, job, _first_run) = start_escaping_job(&c, 6, &[]);
 
     proxy.partition();
     std::thread::sleep(Duration::from_secs(2));

@@ -122,15 +122,20 @@ impl ResourceManager {
     /// The record handed out becomes the one the next call compares with, so call this once
     /// per job and commit, with commits applied in order (a failed commit stops the writer).
     pub fn record_job(&mut self, id: JobId) -> Option<(JobRecord, Option<JobState>)> {
-        let record = self.job_record(id)?;
         let key = *self.job_ids.get(&id)?;
+        let record = self.record_of(key)?;
         let previous = self.jobs[key].recorded.replace(record.state);
         Some((record, previous))
     }
 
     /// The durable record of a job, as it is now.
     pub fn job_record(&self, id: JobId) -> Option<JobRecord> {
-        let job = self.job(id)?;
+        self.record_of(*self.job_ids.get(&id)?)
+    }
+
+    /// The durable record of the job at `key`, as it is now.
+    fn record_of(&self, key: JobKey) -> Option<JobRecord> {
+        let job = self.jobs.get(key)?;
         Some(JobRecord {
             id: job.id,
             queue: self.queue_path(job.queue)?.clone(),
@@ -143,7 +148,7 @@ impl ResourceManager {
             failures: job.failures,
             termination: job.termination.as_deref().cloned(),
             finished_at: job.finished_at,
-            rate_limited_until: self.rate_limited_until(id),
+            rate_limited_until: self.rate_limited_until_of(key),
         })
     }
 

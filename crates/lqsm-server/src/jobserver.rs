@@ -236,11 +236,22 @@ async fn submit_job(
 ) -> ApiResult<Response> {
     let caller = state.auth.caller(&headers)?;
     let req = prepare(&state, &caller, "", &job, wall_clock())?;
-    let mut results = state.scheduler.submit(vec![req]).await?;
-    let result = results
+    submit_one(&state, req).await
+}
+
+/// Submits one job and answers as `POST /v1/jobs` does: 201 when it was created, 200
+/// when an idempotency key or a client-chosen id named an existing job.
+async fn submit_one(
+    state: &AppState,
+    submission: (lqsm_core::SubmitRequest, Option<Vec<u8>>),
+) -> ApiResult<Response> {
+    let submitted = state
+        .scheduler
+        .submit(vec![submission])
+        .await?
         .pop()
-        .ok_or_else(|| ApiError::unavailable("no answer"))?;
-    let submitted = result.map_err(ApiError::from)?;
+        .ok_or_else(|| ApiError::unavailable("no answer"))?
+        .map_err(ApiError::from)?;
     let (status, created) = match submitted {
         lqsm_core::Submitted::Created(_) => (StatusCode::CREATED, true),
         lqsm_core::Submitted::Existing(_) => (StatusCode::OK, false),
@@ -512,22 +523,12 @@ async fn retry_job(
     req.submitted_by = caller.submitter();
     req.retry_of = Some(id);
     let size = serde_json::to_vec(&convert::kind_view(&spec.kind)).map_or(0, |v| v.len());
-    let submission = offload(req, size, state.limits.inline_payload_bytes);
-    let submitted = state
-        .scheduler
-        .submit(vec![submission])
-        .await?
-        .pop()
-        .ok_or_else(|| ApiError::unavailable("no answer"))?
-        .map_err(ApiError::from)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(api::Submitted {
-            id: submitted.id().0,
-            created: true,
-        }),
+    // A fresh id: always a new job (201).
+    submit_one(
+        &state,
+        offload(req, size, state.limits.inline_payload_bytes),
     )
-        .into_response())
+    .await
 }
 
 #[utoipa::path(post, path = "/v1/jobs/cancel", request_body = api::CancelJobs,

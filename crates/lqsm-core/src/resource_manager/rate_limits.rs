@@ -495,7 +495,11 @@ impl ResourceManager {
 
     /// Until when a rate limit holds job `id` back, while one does.
     pub fn rate_limited_until(&self, id: JobId) -> Option<Timestamp> {
-        let key = *self.job_ids.get(&id)?;
+        self.rate_limited_until_of(*self.job_ids.get(&id)?)
+    }
+
+    /// [`Self::rate_limited_until`] of the job at `key`.
+    pub(crate) fn rate_limited_until_of(&self, key: JobKey) -> Option<Timestamp> {
         if let Some(until) = self.held_until.get(&key) {
             return Some(*until);
         }
