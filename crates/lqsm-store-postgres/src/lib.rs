@@ -24,8 +24,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use lqsm_store::{
-    Epoch, JobCount, JobFilter, JobKey, JobPage, JobQuery, Lease, Order, Snapshot, Store,
-    StoreError, Term, WriteBatch,
+    Epoch, JobCount, JobFilter, JobKey, JobPage, JobQuery, Lease, Order, ServerInfo, Snapshot,
+    Store, StoreError, Term, WriteBatch,
 };
 use postgres::Transaction;
 use postgres::types::{FromSql, ToSql};
@@ -478,7 +478,54 @@ impl Store for PostgresStore {
             write_term(tx, &term)
         })
     }
+
+    fn announce(&self, server: &ServerInfo) -> Result<(), StoreError> {
+        let mut connection = self.connection()?;
+        connection
+            .client
+            .execute(
+                "INSERT INTO lqsm_servers (node, address, seen_at_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (node) DO UPDATE
+                 SET address = excluded.address, seen_at_ms = excluded.seen_at_ms",
+                &[&server.node, &server.address, &signed(server.seen_at_ms)],
+            )
+            .map_err(sql("announcing this server"))?;
+        // Servers gone for a day are forgotten (renamed or removed for good).
+        connection
+            .client
+            .execute(
+                "DELETE FROM lqsm_servers WHERE seen_at_ms < $1",
+                &[&signed(
+                    server.seen_at_ms.saturating_sub(FORGET_SERVERS_AFTER_MS),
+                )],
+            )
+            .map_err(sql("forgetting servers long gone"))?;
+        Ok(())
+    }
+
+    fn servers(&self) -> Result<Vec<ServerInfo>, StoreError> {
+        let mut connection = self.connection()?;
+        let rows = connection
+            .client
+            .query(
+                "SELECT node, address, seen_at_ms FROM lqsm_servers ORDER BY node",
+                &[],
+            )
+            .map_err(sql("listing the servers"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(ServerInfo {
+                    node: column(row, 0)?,
+                    address: column(row, 1)?,
+                    seen_at_ms: unsigned(column(row, 2)?, "server seen time")?,
+                })
+            })
+            .collect()
+    }
 }
+
+/// How long a server that stopped announcing itself stays listed.
+const FORGET_SERVERS_AFTER_MS: u64 = 24 * 3600 * 1000;
 
 impl PostgresStore {
     /// One bytea column of the row with key `key`.

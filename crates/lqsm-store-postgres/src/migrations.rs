@@ -24,11 +24,12 @@ pub(crate) struct Migration {
 }
 
 /// Every migration this build knows, in order.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    compatible_from: 1,
-    description: "jobs with queue, state and tag indexes and counts; payloads, logs, queues, meta; the lease",
-    sql: r#"
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        compatible_from: 1,
+        description: "jobs with queue, state and tag indexes and counts; payloads, logs, queues, meta; the lease",
+        sql: r#"
 CREATE TABLE lqsm_lease (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     epoch bigint NOT NULL,
@@ -65,10 +66,24 @@ CREATE TABLE lqsm_logs (key uuid PRIMARY KEY, logs bytea NOT NULL);
 CREATE TABLE lqsm_queues (path text COLLATE "C" PRIMARY KEY, record bytea NOT NULL);
 CREATE TABLE lqsm_meta (name text COLLATE "C" PRIMARY KEY, value bytea NOT NULL);
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        // Only adds a table: a server of version 1 works on as before.
+        compatible_from: 1,
+        description: "the servers sharing the database, with their addresses",
+        sql: r#"
+CREATE TABLE lqsm_servers (
+    node text COLLATE "C" PRIMARY KEY,
+    address text NOT NULL,
+    seen_at_ms bigint NOT NULL
+);
+"#,
+    },
+];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Brings the schema `schema` up to [`SCHEMA_VERSION`], or checks that a newer one is
 /// marked compatible with it.

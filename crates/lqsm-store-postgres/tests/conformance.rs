@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use lqsm_store::testsuite::{Model, job_key, job_write};
-use lqsm_store::{JobKey, Store, StoreError, WriteBatch};
+use lqsm_store::{JobKey, ServerInfo, Store, StoreError, WriteBatch};
 use lqsm_store_postgres::{PostgresError, PostgresOptions, PostgresStore, SslMode};
 
 fn url() -> String {
@@ -366,4 +366,69 @@ fn leases_judged_by_the_database_clock_hold_against_another_server() {
         }
         other => panic!("b must wait for a's lease by the database's clock, got {other:?}"),
     }
+}
+
+#[test]
+fn a_database_of_the_previous_schema_is_upgraded_keeping_its_data() {
+    let schema = Schema::new();
+    let store = schema.open();
+    let mut batch = WriteBatch::new();
+    batch.meta.push(("next_token".to_string(), b"7".to_vec()));
+    store.commit(&batch).unwrap();
+    drop(store);
+    // Back to version 1: the servers table is the only thing version 2 added.
+    schema.execute(
+        "DROP TABLE lqsm_servers;
+         DELETE FROM lqsm_schema_version WHERE version = 2",
+    );
+
+    let store = schema.open();
+    assert_eq!(store.load().unwrap().meta.len(), 1, "the data is kept");
+    let server = ServerInfo {
+        node: "a".into(),
+        address: "http://127.0.0.1:1".into(),
+        seen_at_ms: 1,
+    };
+    store.announce(&server).expect("version 2's table is there");
+}
+
+#[test]
+fn servers_announce_themselves_and_are_listed_with_their_last_address() {
+    let schema = Schema::new();
+    let store = schema.open();
+    let now = store.database_now_ms().unwrap();
+    let announce = |node: &str, address: &str, seen_at_ms: u64| {
+        store
+            .announce(&ServerInfo {
+                node: node.into(),
+                address: address.into(),
+                seen_at_ms,
+            })
+            .unwrap();
+    };
+    announce("b", "http://127.0.0.1:2", now);
+    announce("a", "http://127.0.0.1:1", now);
+    announce("b", "http://127.0.0.1:3", now + 1);
+    let listed: Vec<(String, String, u64)> = store
+        .servers()
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.node, s.address, s.seen_at_ms))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            ("a".into(), "http://127.0.0.1:1".into(), now),
+            ("b".into(), "http://127.0.0.1:3".into(), now + 1),
+        ]
+    );
+    // A server silent for more than a day is forgotten at the next announcement.
+    announce("c", "http://127.0.0.1:4", now + 25 * 3600 * 1000);
+    let nodes: Vec<String> = store
+        .servers()
+        .unwrap()
+        .into_iter()
+        .map(|s| s.node)
+        .collect();
+    assert_eq!(nodes, vec!["c".to_string()]);
 }

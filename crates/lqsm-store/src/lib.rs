@@ -146,6 +146,17 @@ impl Lease {
     }
 }
 
+/// A server sharing the store, as it last announced itself ([`Store::announce`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// Its name (the one it holds the lease under when it leads).
+    pub node: String,
+    /// Where the others reach its HTTP API, e.g. `http://10.0.0.5:7420`.
+    pub address: String,
+    /// When it last announced itself, by the lease clock (ms since the Unix epoch).
+    pub seen_at_ms: u64,
+}
+
 /// When a lease taken or renewed at `now_ms` for `ttl` lapses, without overflow and within
 /// what a signed 64-bit column holds.
 pub fn expiry(now_ms: u64, ttl: Duration) -> u64 {
@@ -558,4 +569,18 @@ pub trait Store: Send + Sync + 'static {
     /// writes at it are still accepted until someone acquires); [`StoreError::LeaseLost`]
     /// when it is no longer current.
     fn resign_lease(&self, lease: &Lease) -> Result<(), StoreError>;
+
+    /// Records that `server` is alive and where it answers, for the other servers sharing
+    /// the store (a follower finds the leader's address this way). Not fenced: every
+    /// server announces itself, leader or not. The default keeps nothing (a store only one
+    /// server can open has no one to tell).
+    fn announce(&self, server: &ServerInfo) -> Result<(), StoreError> {
+        let _ = server;
+        Ok(())
+    }
+
+    /// Every server that announced itself, by node name, with when it was last seen.
+    fn servers(&self) -> Result<Vec<ServerInfo>, StoreError> {
+        Ok(Vec::new())
+    }
 }
