@@ -870,6 +870,23 @@ pub struct StoreSummary {
     pub epoch: u64,
     /// When the lease lapses unless renewed (ms since the Unix epoch).
     pub lease_expires_at_ms: u64,
+    /// The servers sharing the store (PostgreSQL), each as it last announced itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<ServerSummary>,
+}
+
+/// A server sharing the store.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ServerSummary {
+    /// Its name (`[store] node`).
+    pub node: String,
+    /// Where the others reach it.
+    pub address: String,
+    /// Whether it holds the lease: the leader, which runs the ResourceManager.
+    pub leader: bool,
+    /// When it last announced itself (ms since the Unix epoch); a server announces
+    /// itself every lease renewal interval.
+    pub seen_at_ms: u64,
 }
 
 #[cfg(test)]

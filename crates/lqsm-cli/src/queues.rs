@@ -498,6 +498,16 @@ pub async fn cluster(client: &Client, output: Output) -> anyhow::Result<u8> {
             store.epoch,
             lapses_in as f64 / 1000.0
         ));
+        for server in &store.servers {
+            let seen_ago = lqsm_api::epoch_ms().saturating_sub(server.seen_at_ms);
+            human.push_str(&format!(
+                "server:    {} at {}{} (seen {:.1} s ago)\n",
+                server.node,
+                server.address,
+                if server.leader { ", leading" } else { "" },
+                seen_ago as f64 / 1000.0
+            ));
+        }
     }
     print(output, &human, &c);
     Ok(0)

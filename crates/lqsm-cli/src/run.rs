@@ -30,6 +30,14 @@ pub struct ServerArgs {
         hide_env_values = true
     )]
     store: Option<String>,
+    /// The name this server leads under, unique among the servers sharing a PostgreSQL
+    /// store and kept across its restarts [default: host name and port].
+    #[arg(long, env = "LQSM_NODE")]
+    node: Option<String>,
+    /// The URL the other servers reach this one at [default: http:// and --listen, with
+    /// the host name when listening on every interface].
+    #[arg(long, env = "LQSM_ADVERTISE")]
+    advertise: Option<String>,
     /// Listen beyond loopback even without tokens.
     #[arg(long, env = "LQSM_INSECURE")]
     insecure: bool,
@@ -72,6 +80,7 @@ impl ServerArgs {
                 config.store = lqsm_server::config::StoreConfig {
                     node: config.store.node.clone(),
                     lease_ttl_ms: config.store.lease_ttl_ms,
+                    lease_renew_ms: config.store.lease_renew_ms,
                     ..lqsm_server::config::StoreConfig::default()
                 };
             }
@@ -86,6 +95,12 @@ impl ServerArgs {
             Some(other) => anyhow::bail!(
                 "--store `{other}` is neither `embedded` nor a PostgreSQL URL (postgresql://user@host:5432/database, or libpq's host=... dbname=...)"
             ),
+        }
+        if let Some(node) = self.node {
+            config.store.node = Some(node);
+        }
+        if let Some(advertise) = self.advertise {
+            config.advertise = Some(advertise);
         }
         config.store.check().map_err(|e| anyhow::anyhow!(e))?;
         config.insecure |= self.insecure;

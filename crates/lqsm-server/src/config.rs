@@ -14,6 +14,10 @@ use std::time::Duration;
 pub struct ServerConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// The URL other servers reach this one at (followers hand calls to the leader
+    /// there). Default: `http://` and the listening address, with this machine's host
+    /// name when listening on every interface.
+    pub advertise: Option<String>,
     /// The data directory: where the embedded store keeps its files.
     pub data_dir: PathBuf,
     /// Which store backend holds the durable state.
@@ -34,6 +38,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7420)),
+            advertise: None,
             data_dir: PathBuf::from("./lqsm-data"),
             store: StoreConfig::default(),
             insecure: false,
@@ -51,11 +56,16 @@ impl Default for ServerConfig {
 pub struct StoreConfig {
     /// The backend; `embedded` (the default) keeps everything in `data_dir`.
     pub backend: StoreBackend,
-    /// The name this server holds the store's lease under. Keep it the same across restarts
-    /// of one server, so that a restart takes the lease over at once.
-    pub node: String,
-    /// How long the lease lasts unless renewed (it is renewed every third of this).
+    /// The name this server holds the store's lease under; unique among the servers
+    /// sharing a store. Keep it the same across restarts of one server, so that a restart
+    /// takes the lease over at once. Default: host name and port, e.g. `db1:7420`.
+    pub node: Option<String>,
+    /// How long the lease lasts unless renewed: how long a failed leader's successor
+    /// waits before taking over.
     pub lease_ttl_ms: u64,
+    /// How often the leader renews its lease (well under `lease_ttl_ms`, so that a slow
+    /// renewal or two never costs it the lease).
+    pub lease_renew_ms: u64,
     /// `postgres` only: the database, as a URL (`postgresql://user@host:5432/db`) or libpq
     /// `key=value` pairs. The password and TLS mode may instead come from
     /// `password_file`/`sslmode` or the environment (`PGPASSWORD`, `PGSSLMODE`).
@@ -76,8 +86,9 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             backend: StoreBackend::Embedded,
-            node: "lqsm-server".to_owned(),
-            lease_ttl_ms: 30_000,
+            node: None,
+            lease_ttl_ms: 5_000,
+            lease_renew_ms: 1_000,
             url: None,
             schema: None,
             password_file: None,
@@ -113,6 +124,15 @@ impl StoreConfig {
     /// Refuses settings that do not fit the backend (a URL for the embedded store, a
     /// PostgreSQL store without one).
     pub fn check(&self) -> Result<(), String> {
+        if self.lease_renew_ms == 0 || self.lease_renew_ms.saturating_mul(2) > self.lease_ttl_ms {
+            return Err(format!(
+                "store.lease_renew_ms ({}) must be above 0 and at most half of store.lease_ttl_ms ({}), so that a late renewal does not cost the lease",
+                self.lease_renew_ms, self.lease_ttl_ms
+            ));
+        }
+        if self.node.as_deref().is_some_and(str::is_empty) {
+            return Err("store.node must not be empty".to_owned());
+        }
         match self.backend {
             StoreBackend::Postgres => self.postgres_options().map(|_| ()),
             StoreBackend::Embedded => {
@@ -338,7 +358,7 @@ mod tests {
         assert_eq!(config.store.backend, StoreBackend::Embedded);
         let config = ServerConfig::from_toml("[store]\nbackend = \"embedded\"\nnode = \"a\"\n")
             .expect("explicit embedded");
-        assert_eq!(config.store.node, "a");
+        assert_eq!(config.store.node.as_deref(), Some("a"));
     }
 
     #[test]

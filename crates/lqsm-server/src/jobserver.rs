@@ -39,6 +39,10 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Renders `/metrics`.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Whether this server leads, follows (and whom) or is starting.
+    pub role: tokio::sync::watch::Receiver<crate::leadership::Role>,
+    /// Passes calls to the leader while this server follows.
+    pub forwarder: crate::forwarding::Forwarder,
 }
 
 impl From<SchedulerError> for ApiError {
@@ -53,6 +57,9 @@ impl From<SchedulerError> for ApiError {
             SchedulerError::Read(why) => {
                 ApiError::unavailable(format!("reading the store failed: {why}; retry later"))
             }
+            SchedulerError::NotLeader => ApiError::unavailable(
+                "this server does not lead and no leader is known yet (an election takes a few seconds); retry shortly",
+            ),
         }
     }
 }
@@ -1222,6 +1229,16 @@ async fn cluster(
     let status = state.scheduler.store_status().await?;
     let store = status.lease.map(|lease| api::StoreSummary {
         backend: status.backend.to_owned(),
+        servers: status
+            .servers
+            .into_iter()
+            .map(|server| api::ServerSummary {
+                leader: server.node == lease.holder,
+                node: server.node,
+                address: server.address,
+                seen_at_ms: server.seen_at_ms,
+            })
+            .collect(),
         leader: lease.holder,
         epoch: lease.epoch,
         lease_expires_at_ms: lease.expires_at_ms,
@@ -1276,7 +1293,10 @@ async fn until_ready(
 }
 
 async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
-    crate::metrics::record_gauges(&*state.scheduler.view().await?);
+    // Only the leader holds queues and workers; a follower shows its own figures.
+    if let Ok(view) = state.scheduler.view().await {
+        crate::metrics::record_gauges(&view);
+    }
     let text = state
         .metrics
         .as_ref()
@@ -1399,7 +1419,9 @@ async fn not_found() -> ApiError {
         api::RefusedReport,
         api::PollResponse,
         api::WorkerView,
-        api::ClusterSummary
+        api::ClusterSummary,
+        api::StoreSummary,
+        api::ServerSummary
     ))
 )]
 pub struct ApiDoc;
@@ -1440,6 +1462,10 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             until_ready,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::forwarding::to_leader,
         ))
         .with_state(state)
 }

@@ -5,7 +5,9 @@ pub mod auth;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod forwarding;
 pub mod jobserver;
+pub mod leadership;
 pub mod metrics;
 pub mod resource_manager;
 pub mod scheduler;
@@ -14,12 +16,12 @@ pub mod view;
 use crate::config::{ServerConfig, StoreBackend};
 use lqsm_core::codec::{self, CodecError};
 use lqsm_core::{JobRecord, ResourceManager, RestoreInput};
-use lqsm_store::{EmbeddedStore, Lease, Store};
+use lqsm_store::{EmbeddedStore, Store};
 use std::future::Future;
 use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -162,7 +164,7 @@ const UPGRADE_BATCH: usize = 50_000;
 /// Hands memory the allocator holds free back to the system. A restore frees as much as
 /// it keeps (the raw records, decoding buffers); mimalloc would return it over the next
 /// seconds, so a server would report ready at up to half again its steady size.
-fn return_freed_memory() {
+pub(crate) fn return_freed_memory() {
     #[cfg(feature = "mimalloc")]
     #[allow(unsafe_code)]
     // SAFETY: `mi_collect` takes no pointers and may be called from any thread at any time.
@@ -337,90 +339,6 @@ pub fn open_store(config: &ServerConfig) -> Result<Arc<dyn Store>, ServerError> 
     }
 }
 
-/// The lease this server holds, as `/metrics` shows it.
-fn publish_lease(lease: &Lease) {
-    ::metrics::gauge!("lqsm_store_epoch").set(lease.epoch as f64);
-    ::metrics::gauge!("lqsm_lease_expires_at_seconds").set(lease.expires_at_ms as f64 / 1000.0);
-    // This server leads: it holds the lease its commits are fenced by.
-    ::metrics::gauge!("lqsm_leader").set(1.0);
-}
-
-/// How soon a failed lease renewal is tried again.
-const LEASE_RETRY: Duration = Duration::from_secs(1);
-
-/// Now, by the clock leases are judged by: the store's when it has a shared one (a
-/// database's), else this machine's.
-fn lease_clock(store: &dyn Store) -> Result<u64, lqsm_store::StoreError> {
-    Ok(store
-        .clock_ms()?
-        .unwrap_or_else(|| resource_manager::wall_clock().0))
-}
-
-/// Takes the store's lease for this server (a new epoch, which fences any earlier writer)
-/// and keeps renewing it every third of its time to live while the returned task runs.
-/// Blocks on the store: call it from a blocking thread, as every store call.
-pub fn take_lease(
-    store: &Arc<dyn Store>,
-    config: &ServerConfig,
-    runtime: &tokio::runtime::Handle,
-    current: &tokio::sync::watch::Sender<Option<Lease>>,
-) -> Result<(Lease, tokio::task::JoinHandle<()>), ServerError> {
-    let ttl = Duration::from_millis(config.store.lease_ttl_ms.max(1));
-    let lease = store.acquire_lease(&config.store.node, ttl, lease_clock(store.as_ref())?)?;
-    publish_lease(&lease);
-    current.send_replace(Some(lease.clone()));
-    let renewing = {
-        let store = store.clone();
-        let mut lease = lease.clone();
-        let lease_updates = current.clone();
-        runtime.spawn(async move {
-            let mut every = tokio::time::interval(ttl / 3);
-            every.tick().await;
-            let mut renewed_at = std::time::Instant::now();
-            loop {
-                every.tick().await;
-                // A failed renewal (a database restarting, a network blip) is retried until
-                // the lease would have lapsed; a lease another server took is given up.
-                loop {
-                    let store = store.clone();
-                    let current = lease.clone();
-                    let renewed = tokio::task::spawn_blocking(move || {
-                        store.renew_lease(&current, ttl, lease_clock(store.as_ref())?)
-                    })
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(lqsm_store::StoreError::Engine(format!("renewal task: {e}")))
-                    });
-                    match renewed {
-                        Ok(renewed) => {
-                            publish_lease(&renewed);
-                            lease_updates.send_replace(Some(renewed.clone()));
-                            lease = renewed;
-                            renewed_at = std::time::Instant::now();
-                            break;
-                        }
-                        // Commits at this epoch are refused from now on, which stops the
-                        // server.
-                        Err(e @ lqsm_store::StoreError::LeaseLost { .. }) => {
-                            tracing::error!(error = %e, "the store's lease was lost");
-                            return;
-                        }
-                        Err(e) if renewed_at.elapsed() >= ttl => {
-                            tracing::error!(error = %e, "the store's lease lapsed: it could not be renewed in time");
-                            return;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "the store's lease could not be renewed; retrying");
-                            tokio::time::sleep(LEASE_RETRY.min(ttl / 10)).await;
-                        }
-                    }
-                }
-            }
-        })
-    };
-    Ok((lease, renewing))
-}
-
 /// Creates the queues the config declares that do not exist yet.
 ///
 /// The rule for everything the config declares: the config creates what is missing and
@@ -531,15 +449,9 @@ pub async fn serve_after(
             }
         });
     }
-    let starting = Arc::new(scheduler::Starting::default());
+    let switch = Arc::new(scheduler::Switch::default());
     let ready = Arc::new(AtomicBool::new(false));
-    let state = jobserver::AppState {
-        scheduler: starting.clone(),
-        auth: Arc::new(auth),
-        limits: config.limits.clone(),
-        ready: ready.clone(),
-        metrics,
-    };
+    let (role, role_updates) = tokio::sync::watch::channel(leadership::Role::Starting);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Listen {
@@ -552,6 +464,16 @@ pub async fn serve_after(
             addr: config.listen,
             source,
         })?;
+    let identity = leadership::Identity::of(&config, addr);
+    let state = jobserver::AppState {
+        scheduler: switch.clone(),
+        auth: Arc::new(auth),
+        limits: config.limits.clone(),
+        ready: ready.clone(),
+        metrics,
+        role: role_updates,
+        forwarder: forwarding::Forwarder::new(&identity.node),
+    };
     // Serve probes (and 503s) while the state is restored.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let http = tokio::spawn(
@@ -561,166 +483,67 @@ pub async fn serve_after(
             })
             .into_future(),
     );
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "listening; restoring state");
+    tracing::info!(%addr, node = %identity.node, data_dir = %config.data_dir.display(), "listening; restoring state");
     on_listening(addr);
     before_restore.await;
-    let started = match start_scheduler(&config).await {
-        Ok(started) => started,
+    let opening = std::time::Instant::now();
+    // Opening replays a journal or connects to a database: off the async threads.
+    let opened = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || open_store(&config))
+            .await
+            .unwrap_or_else(|e| {
+                Err(ServerError::Config(format!(
+                    "opening the store failed: {e}"
+                )))
+            })
+    };
+    let store = match opened {
+        Ok(store) => store,
         Err(e) => {
             let _ = stop_tx.send(());
             let _ = http.await;
             return Err(e);
         }
     };
-    let Started {
-        store,
-        lease,
-        renewing,
-        scheduler,
-        actor,
-    } = started;
-    starting.ready(scheduler);
-    ready.store(true, Ordering::Release);
-    tracing::info!(%addr, "serving");
-    // The actor stops only when every handle is gone, or when the store failed: then
-    // nothing more can be made durable, and the server stops too (fail-stop), so a
-    // supervisor restarts it on the durable state.
-    let (actor_done_tx, actor_done_rx) = tokio::sync::oneshot::channel::<()>();
-    let actor = tokio::spawn(async move {
-        let result = actor.await;
-        let _ = actor_done_tx.send(());
-        result
-    });
-    tokio::select! {
-        _ = shutdown => {}
-        _ = actor_done_rx => tracing::error!("the resource manager stopped; shutting down"),
-    }
+    // After a crash, opening replays the store's journal: often the longest part of a restart.
+    tracing::info!(
+        open_ms = opening.elapsed().as_millis() as u64,
+        "opened the store"
+    );
+    let announcing = leadership::announce(
+        store.clone(),
+        identity.clone(),
+        Duration::from_millis(config.store.lease_renew_ms.max(1)),
+    );
+    let (lease, _) = tokio::sync::watch::channel(None);
+    let led = leadership::run(
+        leadership::Context {
+            config,
+            identity,
+            store: store.clone(),
+            switch: switch.clone(),
+            role,
+            ready,
+            lease,
+        },
+        shutdown,
+    )
+    .await;
+    announcing.abort();
+    let _ = announcing.await;
     let _ = stop_tx.send(());
     let served = http.await;
-    renewing.abort();
-    // Wait until the renewal task is gone with its handle on the store, so that when
-    // `serve` returns the data directory is free (a server restarted in the same
-    // process must be able to open it).
-    let _ = renewing.await;
-    // Every handle is dropped with the router and this one: the actor lands its last
-    // commit and ends.
-    drop(starting);
-    let result = actor.await;
-    // Let the next server take over at once (a restart of this one would anyway).
-    ::metrics::gauge!("lqsm_leader").set(0.0);
-    let resigned = tokio::task::spawn_blocking(move || store.resign_lease(&lease)).await;
-    if let Ok(Err(e)) = resigned {
-        tracing::warn!(error = %e, "could not resign the store's lease");
-    }
+    // The last handle on the store goes on a blocking thread: closing a database
+    // connection blocks.
+    switch.set(None);
+    let _ = tokio::task::spawn_blocking(move || drop(store)).await;
     match served {
         Ok(Ok(())) => {}
         Ok(Err(source)) => return Err(ServerError::Listen { addr, source }),
         Err(e) => return Err(ServerError::Config(format!("HTTP task failed: {e}"))),
     }
-    match result {
-        Ok(Ok(result)) => result.map_err(ServerError::from),
-        Ok(Err(e)) | Err(e) => Err(ServerError::Config(format!(
-            "resource manager task failed: {e}"
-        ))),
-    }
-}
-
-/// What a restored server runs on.
-struct Started {
-    store: Arc<dyn Store>,
-    lease: Lease,
-    renewing: tokio::task::JoinHandle<()>,
-    scheduler: Arc<dyn scheduler::Scheduler>,
-    actor: tokio::task::JoinHandle<Result<(), lqsm_store::StoreError>>,
-}
-
-/// Opens the store, takes its lease, restores the state (off the async threads) and
-/// starts the actor.
-async fn start_scheduler(config: &ServerConfig) -> Result<Started, ServerError> {
-    let opening = std::time::Instant::now();
-    // Opening replays a journal or connects to a database: off the async threads.
-    let (current_lease, lease_updates) = tokio::sync::watch::channel(None);
-    let (store, lease, renewing) = {
-        let config = config.clone();
-        let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || {
-            let store = open_store(&config)?;
-            let (lease, renewing) = take_lease(&store, &config, &runtime, &current_lease)?;
-            Ok::<_, ServerError>((store, lease, renewing))
-        })
-        .await
-        .map_err(|e| ServerError::Config(format!("opening the store failed: {e}")))??
-    };
-    // After a crash, opening replays the store's journal: often the longest part of a restart.
-    tracing::info!(
-        open_ms = opening.elapsed().as_millis() as u64,
-        epoch = lease.epoch,
-        "opened the store and took its lease"
-    );
-    let restored = {
-        let store = store.clone();
-        let config = config.clone();
-        let epoch = lease.epoch;
-        tokio::task::spawn_blocking(move || -> Result<ResourceManager, ServerError> {
-            let (mut rm, upgrade) = restore_and_check(store.as_ref(), &config)?;
-            if let Upgrade::After(after) = upgrade {
-                let started = std::time::Instant::now();
-                let jobs = upgrade_records(store.as_ref(), &rm, epoch, after)?;
-                tracing::info!(
-                    jobs,
-                    ms = started.elapsed().as_millis() as u64,
-                    "rewrote the stored records in the current format, with their index"
-                );
-            }
-            // What starting changed (a fresh tree, declared queues) is durable before
-            // serving.
-            let effects = rm.take_effects();
-            let batch = resource_manager::write_batch(&mut rm, &effects, epoch);
-            if !batch.is_empty() {
-                store.commit(&batch)?;
-            }
-            return_freed_memory();
-            Ok(rm)
-        })
-        .await
-    };
-    let rm = match restored {
-        Ok(Ok(rm)) => rm,
-        Ok(Err(e)) => {
-            renewing.abort();
-            let _ = renewing.await;
-            return Err(e);
-        }
-        Err(e) => {
-            renewing.abort();
-            let _ = renewing.await;
-            return Err(ServerError::Config(format!("restore task failed: {e}")));
-        }
-    };
-    let longest_poll = Duration::from_millis(config.scheduler.max_poll_wait_ms);
-    let published = view::Published::default();
-    let (runtime, actor) = resource_manager::spawn(
-        rm,
-        store.clone(),
-        lease.epoch,
-        longest_poll,
-        published.clone(),
-    );
-    let backend = match config.store.backend {
-        StoreBackend::Embedded => "embedded",
-        StoreBackend::Postgres => "postgres",
-    };
-    let scheduler: Arc<dyn scheduler::Scheduler> = Arc::new(
-        scheduler::InProcess::new(runtime, store.clone(), published)
-            .with_lease(backend, lease_updates),
-    );
-    Ok(Started {
-        store,
-        lease,
-        renewing,
-        scheduler,
-        actor,
-    })
+    led
 }
 
 #[cfg(test)]

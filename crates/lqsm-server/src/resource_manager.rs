@@ -315,6 +315,9 @@ pub struct Actor {
     epoch: Epoch,
     /// Publishes the queue, worker and capacity view after each commit.
     views: ViewBuilder,
+    /// Told when the actor must end even though handles remain (the server steps down or
+    /// shuts down while long-polls hold handles).
+    stop: Arc<tokio::sync::Notify>,
 }
 
 /// Encodes what a batch changed into one store write at `epoch`, in the current record
@@ -405,14 +408,12 @@ pub fn spawn(
     epoch: Epoch,
     longest_poll: Duration,
     published: Published,
-) -> (
-    Runtime,
-    tokio::task::JoinHandle<Result<(), lqsm_store::StoreError>>,
-) {
+) -> Spawned {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut rm = rm;
     rm.set_max_poll_wait(longest_poll);
     let views = ViewBuilder::new(&rm, published);
+    let stop = Arc::new(tokio::sync::Notify::new());
     let actor = Actor {
         rm,
         store,
@@ -423,8 +424,25 @@ pub fn spawn(
         waiting_jobs: HashMap::new(),
         epoch,
         views,
+        stop: stop.clone(),
     };
-    (Runtime { tx }, tokio::spawn(actor.run()))
+    Spawned {
+        runtime: Runtime { tx },
+        actor: tokio::spawn(actor.run()),
+        stop,
+    }
+}
+
+/// A running actor.
+pub struct Spawned {
+    /// The handle commands are sent through.
+    pub runtime: Runtime,
+    /// The actor's task: it ends when every handle is gone, when it is stopped, or when
+    /// the store fails.
+    pub actor: tokio::task::JoinHandle<Result<(), lqsm_store::StoreError>>,
+    /// Stops the actor: the commit in flight lands and is answered, calls still queued or
+    /// waiting answer [`SchedulerError::Stopped`].
+    pub stop: Arc<tokio::sync::Notify>,
 }
 
 impl Actor {
@@ -450,6 +468,12 @@ impl Actor {
                     }
                 },
                 _ = tokio::time::sleep_until(wake.into()) => None,
+                () = self.stop.notified() => {
+                    if let Some(landing) = in_flight.take() {
+                        self.land(landing).await?;
+                    }
+                    return Ok(());
+                }
                 // Nothing new came while the commit was on its way: answer as soon as it lands.
                 landed = async { (&mut in_flight.as_mut().expect("guarded").commit).await },
                     if in_flight.is_some() => {

@@ -18,7 +18,7 @@ use lqsm_store::{JobFilter, JobKey, JobQuery, Order, Store};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Why the scheduler could not answer at all (as opposed to refusing a request).
@@ -33,6 +33,10 @@ pub enum SchedulerError {
     /// A read from the store failed.
     #[error("{0}")]
     Read(String),
+    /// This server does not lead: it answers reads of jobs from the store and hands every
+    /// other call to the leader, and none is known right now (an election is under way).
+    #[error("this server does not lead and no leader is known yet")]
+    NotLeader,
 }
 
 /// What every scheduler call returns: a boxed future, so that the trait is object-safe.
@@ -126,10 +130,8 @@ pub trait Scheduler: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct InProcess {
     runtime: Runtime,
-    store: Arc<dyn Store>,
     view: Published,
-    backend: &'static str,
-    lease: tokio::sync::watch::Receiver<Option<lqsm_store::Lease>>,
+    reads: StoreReads,
 }
 
 /// The store and who writes to it.
@@ -137,32 +139,32 @@ pub struct InProcess {
 pub struct StoreStatus {
     /// `embedded` or `postgres`.
     pub backend: &'static str,
-    /// The lease this server writes under, as of its last renewal.
+    /// The lease the leader writes under, as this server last saw it.
     pub lease: Option<lqsm_store::Lease>,
+    /// The servers sharing the store, as they last announced themselves.
+    pub servers: Vec<lqsm_store::ServerInfo>,
 }
 
-impl InProcess {
-    /// Wraps the actor's handle, the store it commits to and the views it publishes.
-    pub fn new(runtime: Runtime, store: Arc<dyn Store>, view: Published) -> Self {
-        let (_, lease) = tokio::sync::watch::channel(None);
-        Self {
-            runtime,
-            store,
-            view,
-            backend: "embedded",
-            lease,
-        }
-    }
+/// Reads answered from the store itself, which every server can do, leader or not.
+#[derive(Clone)]
+pub struct StoreReads {
+    store: Arc<dyn Store>,
+    backend: &'static str,
+    lease: tokio::sync::watch::Receiver<Option<lqsm_store::Lease>>,
+}
 
-    /// The same, naming its backend and following the lease it writes under.
-    pub fn with_lease(
-        mut self,
+impl StoreReads {
+    /// Reads from `store` (a `backend` store), showing the lease `lease` follows.
+    pub fn new(
+        store: Arc<dyn Store>,
         backend: &'static str,
         lease: tokio::sync::watch::Receiver<Option<lqsm_store::Lease>>,
     ) -> Self {
-        self.backend = backend;
-        self.lease = lease;
-        self
+        Self {
+            store,
+            backend,
+            lease,
+        }
     }
 
     async fn blocking<T: Send + 'static>(
@@ -173,6 +175,67 @@ impl InProcess {
         tokio::task::spawn_blocking(move || read(store.as_ref()))
             .await
             .map_err(|e| SchedulerError::Read(format!("a read task failed: {e}")))?
+    }
+
+    fn job(&self, id: JobId) -> Answer<'_, Option<JobRead>> {
+        Box::pin(self.blocking(move |store| {
+            let key = *id.0.as_bytes();
+            match store.job(&key).map_err(read_error)? {
+                Some(bytes) => decode(store, &key, &bytes).map(Some),
+                None => Ok(None),
+            }
+        }))
+    }
+
+    fn jobs(&self, view: Arc<ClusterView>, listing: JobListing) -> Answer<'_, JobReadPage> {
+        Box::pin(self.blocking(move |store| list(store, &view, &listing)))
+    }
+
+    fn logs(&self, id: JobId) -> Answer<'_, Option<Vec<u8>>> {
+        Box::pin(self.blocking(move |store| store.logs(id.0.as_bytes()).map_err(read_error)))
+    }
+
+    fn store_status(&self) -> Answer<'_, StoreStatus> {
+        let backend = self.backend;
+        let lease = self.lease.borrow().clone();
+        Box::pin(async move {
+            let servers = self
+                .blocking(|store| store.servers().map_err(read_error))
+                .await?;
+            Ok(StoreStatus {
+                backend,
+                lease,
+                servers,
+            })
+        })
+    }
+
+    fn job_counts(&self) -> Answer<'_, BTreeMap<String, u64>> {
+        Box::pin(self.blocking(|store| {
+            let mut by_state = BTreeMap::new();
+            for count in store.counts().map_err(read_error)? {
+                *by_state.entry(count.state).or_insert(0) += count.count;
+            }
+            Ok(by_state)
+        }))
+    }
+}
+
+impl InProcess {
+    /// Wraps the actor's handle, the store it commits to and the views it publishes.
+    pub fn new(runtime: Runtime, store: Arc<dyn Store>, view: Published) -> Self {
+        let (_, lease) = tokio::sync::watch::channel(None);
+        Self {
+            runtime,
+            view,
+            reads: StoreReads::new(store, "embedded", lease),
+        }
+    }
+
+    /// The same, reading with `reads` (which names the backend and follows the lease).
+    pub fn with_reads(mut self, reads: StoreReads) -> Self {
+        self.reads = reads;
+        self
     }
 }
 
@@ -256,22 +319,15 @@ impl Scheduler for InProcess {
     }
 
     fn job(&self, id: JobId) -> Answer<'_, Option<JobRead>> {
-        Box::pin(self.blocking(move |store| {
-            let key = *id.0.as_bytes();
-            match store.job(&key).map_err(read_error)? {
-                Some(bytes) => decode(store, &key, &bytes).map(Some),
-                None => Ok(None),
-            }
-        }))
+        self.reads.job(id)
     }
 
     fn jobs(&self, listing: JobListing) -> Answer<'_, JobReadPage> {
-        let view = self.view.latest();
-        Box::pin(self.blocking(move |store| list(store, &view, &listing)))
+        self.reads.jobs(self.view.latest(), listing)
     }
 
     fn logs(&self, id: JobId) -> Answer<'_, Option<Vec<u8>>> {
-        Box::pin(self.blocking(move |store| store.logs(id.0.as_bytes()).map_err(read_error)))
+        self.reads.logs(id)
     }
 
     fn view(&self) -> Answer<'_, Arc<ClusterView>> {
@@ -280,21 +336,100 @@ impl Scheduler for InProcess {
     }
 
     fn store_status(&self) -> Answer<'_, StoreStatus> {
-        let status = StoreStatus {
-            backend: self.backend,
-            lease: self.lease.borrow().clone(),
-        };
-        Box::pin(async move { Ok(status) })
+        self.reads.store_status()
     }
 
     fn job_counts(&self) -> Answer<'_, BTreeMap<String, u64>> {
-        Box::pin(self.blocking(|store| {
-            let mut by_state = BTreeMap::new();
-            for count in store.counts().map_err(read_error)? {
-                *by_state.entry(count.state).or_insert(0) += count.count;
-            }
-            Ok(by_state)
-        }))
+        self.reads.job_counts()
+    }
+}
+
+/// The scheduler of a server that does not lead: it reads jobs from the store (so a job
+/// any server acknowledged is readable here at once) and refuses everything else with
+/// [`SchedulerError::NotLeader`]. Calls that need the leader never reach it when the
+/// server runs normally: the JobServer hands them to the leader over HTTP first.
+#[derive(Clone)]
+pub struct Follower {
+    reads: StoreReads,
+}
+
+impl Follower {
+    /// A follower reading with `reads`.
+    pub fn new(reads: StoreReads) -> Self {
+        Self { reads }
+    }
+}
+
+fn not_leader<'a, T: Send + 'a>() -> Answer<'a, T> {
+    Box::pin(async { Err(SchedulerError::NotLeader) })
+}
+
+impl Scheduler for Follower {
+    fn submit(
+        &self,
+        _jobs: Vec<(SubmitRequest, Option<Vec<u8>>)>,
+    ) -> Answer<'_, Vec<Result<Submitted, SubmitError>>> {
+        not_leader()
+    }
+    fn cancel(&self, _id: JobId, _reason: String) -> Answer<'_, Result<(), JobError>> {
+        not_leader()
+    }
+    fn cancel_selected(
+        &self,
+        _selection: lqsm_core::JobSelection,
+        _reason: String,
+    ) -> Answer<'_, Result<usize, lqsm_core::SelectionError>> {
+        not_leader()
+    }
+    fn queue(&self, _op: QueueOp) -> Answer<'_, Result<(), QueueError>> {
+        not_leader()
+    }
+    fn create_queues(
+        &self,
+        _queues: Vec<(String, lqsm_core::QueueConfig)>,
+    ) -> Answer<'_, Vec<Result<bool, QueueError>>> {
+        not_leader()
+    }
+    fn register(&self, _registration: WorkerRegistration) -> Answer<'_, Result<(), WorkerError>> {
+        not_leader()
+    }
+    fn drain_worker(&self, _id: WorkerId) -> Answer<'_, Result<(), WorkerError>> {
+        not_leader()
+    }
+    fn undrain_worker(&self, _id: WorkerId) -> Answer<'_, Result<(), WorkerError>> {
+        not_leader()
+    }
+    fn poll(
+        &self,
+        _worker: WorkerId,
+        _poll: WorkerPoll,
+        _logs: Vec<(JobId, FencingToken, Vec<u8>)>,
+        _wait: Duration,
+    ) -> Answer<'_, Result<Dispatch, WorkerError>> {
+        not_leader()
+    }
+    fn wait_job(&self, _id: JobId, _wait: Duration) -> Answer<'_, ()> {
+        not_leader()
+    }
+    fn job(&self, id: JobId) -> Answer<'_, Option<JobRead>> {
+        self.reads.job(id)
+    }
+    fn jobs(&self, listing: JobListing) -> Answer<'_, JobReadPage> {
+        // Without the leader's queue tree a parent queue's leaves are unknown: the
+        // JobServer hands listings by queue to the leader.
+        self.reads.jobs(Arc::new(ClusterView::default()), listing)
+    }
+    fn logs(&self, id: JobId) -> Answer<'_, Option<Vec<u8>>> {
+        self.reads.logs(id)
+    }
+    fn view(&self) -> Answer<'_, Arc<ClusterView>> {
+        not_leader()
+    }
+    fn job_counts(&self) -> Answer<'_, BTreeMap<String, u64>> {
+        self.reads.job_counts()
+    }
+    fn store_status(&self) -> Answer<'_, StoreStatus> {
+        self.reads.store_status()
     }
 }
 
@@ -428,40 +563,47 @@ fn list(
     Ok(page)
 }
 
-/// The scheduler until the server has restored its state: every call answers
-/// [`SchedulerError::Restoring`]; once [`Starting::ready`] is given the real one, every
-/// call goes to it.
+/// The scheduler this server answers with now, switched as its role changes: none while
+/// it restores its state (every call answers [`SchedulerError::Restoring`]), the actor in
+/// this process while it leads, a [`Follower`] while another server leads.
 #[derive(Default)]
-pub struct Starting {
-    inner: OnceLock<Arc<dyn Scheduler>>,
+pub struct Switch {
+    current: std::sync::RwLock<Option<Arc<dyn Scheduler>>>,
 }
 
-impl Starting {
-    /// Hands over to the restored scheduler (only the first call counts).
-    pub fn ready(&self, scheduler: Arc<dyn Scheduler>) {
-        let _ = self.inner.set(scheduler);
+impl Switch {
+    /// Answers with `scheduler` from now on (`None`: restoring).
+    pub fn set(&self, scheduler: Option<Arc<dyn Scheduler>>) {
+        // A poisoned lock only means a panic elsewhere while it was held; the value is
+        // a plain pointer and still whole.
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = scheduler;
     }
 
     /// Whether the server is restored.
     pub fn is_ready(&self) -> bool {
-        self.inner.get().is_some()
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
     }
 
-    fn get(&self) -> Result<&Arc<dyn Scheduler>, SchedulerError> {
-        self.inner.get().ok_or(SchedulerError::Restoring)
+    fn get(&self) -> Result<Arc<dyn Scheduler>, SchedulerError> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(SchedulerError::Restoring)
     }
 }
 
 macro_rules! forward {
-    ($self:ident . $method:ident ( $($arg:expr),* )) => {
-        match $self.get() {
-            Ok(inner) => inner.$method($($arg),*),
-            Err(e) => Box::pin(async move { Err(e) }),
-        }
-    };
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {{
+        let current = $self.get();
+        Box::pin(async move { current?.$method($($arg),*).await })
+    }};
 }
 
-impl Scheduler for Starting {
+impl Scheduler for Switch {
     fn submit(
         &self,
         jobs: Vec<(SubmitRequest, Option<Vec<u8>>)>,

@@ -151,14 +151,27 @@ impl PostgresOptions {
         // commits of 1,000 new jobs ran at 8,000 jobs/s over the first 100,000 jobs, 100 ms
         // a commit (on average) in a sequential scan of the tag table. Hence no sequential scans, and no JIT
         // (which the penalty's huge costs would trigger, 90 ms of compiling per statement).
+        // A server paused mid-commit (SIGSTOP, a frozen VM) would hold the lease row's lock
+        // for as long as it is paused, and no other server could take the lease over:
+        // PostgreSQL ends a session idle inside a transaction after
+        // IDLE_IN_TRANSACTION_MS, which releases it. A server never idles inside one: each
+        // commit is sent whole.
         config.options(&format!(
-            "-c search_path={} -c enable_seqscan=off -c jit=off",
+            "-c search_path={} -c enable_seqscan=off -c jit=off -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}",
             self.schema
         ));
-        config.application_name("lqsm");
+        // The URL may name the connections (`?application_name=`), to tell servers apart in
+        // pg_stat_activity.
+        if config.get_application_name().is_none() {
+            config.application_name("lqsm");
+        }
         Ok(Resolved { config, ssl_mode })
     }
 }
+
+/// How long PostgreSQL lets a session of this store sit idle inside a transaction before
+/// ending it (and releasing its locks), in milliseconds: under the shortest sensible lease.
+const IDLE_IN_TRANSACTION_MS: u64 = 2_000;
 
 /// A configuration ready to connect with.
 pub(crate) struct Resolved {

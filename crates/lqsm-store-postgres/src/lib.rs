@@ -458,6 +458,9 @@ impl Store for PostgresStore {
 
     fn acquire_lease(&self, holder: &str, ttl: Duration, now_ms: u64) -> Result<Lease, StoreError> {
         self.in_transaction(|tx| {
+            // A would-be leader does not queue behind a stuck session's lock: it tries again.
+            tx.batch_execute("SET LOCAL lock_timeout = '1s'")
+                .map_err(sql("limiting the wait for the lease"))?;
             let term = read_term(tx, true)?.acquired(holder, ttl, now_ms)?;
             write_term(tx, &term)?;
             Ok(term.lease.expect("an acquired term has a lease"))

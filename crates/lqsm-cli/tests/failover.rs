@@ -1,0 +1,444 @@
+//! High availability on PostgreSQL, with real `lqsm server` and `lqsm worker` processes
+//! sharing one database: one leads, the others follow and pass calls on; a killed,
+//! paused or disconnected leader is replaced, and nothing acknowledged is lost or run
+//! twice.
+//!
+//! Needs PostgreSQL at 127.0.0.1:5432 (trust auth, database `test`), or
+//! `LQSM_TEST_POSTGRES_URL`. Each test works in a schema of its own, dropped at its end.
+#![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
+#![allow(clippy::print_stdout)] // Each run prints its acknowledged, lost and twice-run counts.
+
+use lqsm_api as api;
+use lqsm_testkit::wait::{eventually_explained, eventually_within};
+use lqsm_testkit::{ServerProcess, WorkerProcess};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+use uuid::Uuid;
+
+fn url() -> String {
+    std::env::var("LQSM_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+fn database() -> postgres::Client {
+    postgres::Client::connect(&url(), postgres::NoTls)
+        .unwrap_or_else(|e| panic!("this test needs PostgreSQL at {} ({e}); start it", url()))
+}
+
+/// A schema of the test's own, dropped when it ends (also when it fails).
+struct Schema(String);
+
+impl Schema {
+    fn new() -> Schema {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        Schema(format!(
+            "lqsm_failover_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ))
+    }
+
+    fn count(&self, sql_from_where: &str) -> i64 {
+        let row = database()
+            .query_one(
+                &format!("SELECT count(*) FROM {}.{sql_from_where}", self.0),
+                &[],
+            )
+            .unwrap();
+        row.get(0)
+    }
+
+    /// Cuts every database connection of this test's servers.
+    fn terminate_connections(&self) -> i64 {
+        let row = database()
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                 WHERE application_name = $1",
+                &[&self.0],
+            )
+            .unwrap();
+        row.get(0)
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        if let Ok(mut client) = postgres::Client::connect(&url(), postgres::NoTls) {
+            let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0));
+        }
+    }
+}
+
+/// Several servers on one schema; server `i` is node `s{i}`.
+struct Servers {
+    servers: Vec<Option<ServerProcess>>,
+    workers: Vec<WorkerProcess>,
+    schema: Schema,
+    /// Marks written by the jobs themselves; last, so removed after the processes stop.
+    dir: TempDir,
+}
+
+impl Servers {
+    /// Starts `n` servers one after the other: the first leads.
+    fn start(n: usize) -> Servers {
+        let schema = Schema::new();
+        let mut servers = Servers {
+            servers: Vec::new(),
+            workers: Vec::new(),
+            schema,
+            dir: TempDir::with_prefix("lqsm-failover-").unwrap(),
+        };
+        for i in 0..n {
+            let server = ServerProcess::builder().config(&servers.config(i)).start();
+            servers.servers.push(Some(server));
+        }
+        servers.wait_for_leader(Duration::from_secs(30));
+        servers
+    }
+
+    fn config(&self, i: usize) -> String {
+        format!(
+            "[store]\nbackend = \"postgres\"\nurl = \"{}?application_name={}\"\nschema = \"{}\"\nsslmode = \"disable\"\nnode = \"s{i}\"\n",
+            url(),
+            self.schema.0,
+            self.schema.0
+        )
+    }
+
+    fn server(&self, i: usize) -> &ServerProcess {
+        self.servers[i].as_ref().expect("this server runs")
+    }
+
+    fn running(&self) -> impl Iterator<Item = (usize, &ServerProcess)> {
+        self.servers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
+    }
+
+    /// Every running server's URL, comma-separated (as workers and clients take them).
+    fn urls(&self) -> String {
+        self.servers
+            .iter()
+            .flatten()
+            .map(ServerProcess::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn logs(&self) -> String {
+        let mut text = String::new();
+        for (i, server) in self.running() {
+            text.push_str(&format!("--- server s{i}:\n{}\n", server.log_tail()));
+        }
+        for worker in &self.workers {
+            text.push_str(&format!(
+                "--- worker {}:\n{}\n",
+                worker.name(),
+                worker.log_tail()
+            ));
+        }
+        text
+    }
+
+    /// The store as server `i` reports it: who leads, at which epoch, which servers.
+    fn store_seen_by(&self, i: usize) -> Option<api::StoreSummary> {
+        let reply = self.server(i).api().try_get("/v1/cluster").ok()?;
+        if reply.status != 200 {
+            return None;
+        }
+        reply.json::<api::ClusterSummary>().store
+    }
+
+    /// Waits until every running server agrees on a live leader among them; returns its
+    /// index and epoch.
+    fn wait_for_leader(&self, deadline: Duration) -> (usize, u64) {
+        eventually_explained(
+            "every server to agree on one running leader",
+            deadline,
+            || self.logs(),
+            || {
+                let seen: Vec<api::StoreSummary> = self
+                    .running()
+                    .map(|(i, _)| self.store_seen_by(i))
+                    .collect::<Option<_>>()?;
+                let first = seen.first()?;
+                let leader: usize = first.leader.strip_prefix('s')?.parse().ok()?;
+                let agreed = seen
+                    .iter()
+                    .all(|s| s.leader == first.leader && s.epoch == first.epoch);
+                (agreed && self.servers.get(leader)?.is_some()).then_some((leader, first.epoch))
+            },
+        )
+    }
+
+    fn start_worker(&mut self, name: &str) {
+        let worker = WorkerProcess::start(&self.urls(), name, &["--cpus", "4", "--memory", "1G"]);
+        self.workers.push(worker);
+    }
+
+    fn marks(&self) -> std::path::PathBuf {
+        self.dir.path().join("completed")
+    }
+
+    /// A command job with a client-chosen id that appends its id to the marks file.
+    fn marking_job(&self, id: Uuid) -> api::SubmitJob {
+        let mut job = api::SubmitJob::function("root.default", "unused", serde_json::json!({}));
+        job.id = Some(id);
+        job.kind = api::JobKind::Command {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                format!("echo {id} >> {}", self.marks().display()),
+            ],
+            env: Default::default(),
+            cwd: None,
+        };
+        job
+    }
+
+    /// Submits `job` to the servers in turn starting at `first`, the same job (same id)
+    /// again after a refusal or a connection error, until one acknowledges it.
+    fn submit_until_acknowledged(&self, job: &api::SubmitJob, first: usize) -> usize {
+        let started = Instant::now();
+        let n = self.servers.len();
+        for attempt in 0.. {
+            let i = (first + attempt) % n;
+            if let Some(server) = &self.servers[i]
+                && let Ok(reply) = server.api().try_post("/v1/jobs", job)
+                && (reply.status == 200 || reply.status == 201)
+            {
+                return i;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no server acknowledged a job for a minute:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        unreachable!()
+    }
+
+    /// A job's state as any running server answers it.
+    fn job_state(&self, id: Uuid) -> Option<api::JobState> {
+        self.running().find_map(|(_, server)| {
+            let reply = server.api().try_get(&format!("/v1/jobs/{id}")).ok()?;
+            (reply.status == 200).then(|| reply.json::<api::JobView>().state)
+        })
+    }
+
+    /// How many times each job's command ran to completion.
+    fn completions(&self) -> HashMap<Uuid, usize> {
+        let text = std::fs::read_to_string(self.marks()).unwrap_or_default();
+        let mut counts = HashMap::new();
+        for line in text.lines() {
+            let id: Uuid = line.trim().parse().unwrap();
+            *counts.entry(id).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Waits until every acknowledged job succeeded, then checks that each ran to
+    /// completion exactly once and that nothing else ran.
+    fn assert_each_completed_once(&self, acknowledged: &[Uuid]) {
+        eventually_explained(
+            "every acknowledged job to succeed",
+            Duration::from_secs(120),
+            || {
+                let unfinished: Vec<_> = acknowledged
+                    .iter()
+                    .map(|id| (id, self.job_state(*id)))
+                    .filter(|(_, state)| *state != Some(api::JobState::Succeeded))
+                    .collect();
+                format!("not succeeded: {unfinished:?}\n{}", self.logs())
+            },
+            || {
+                acknowledged
+                    .iter()
+                    .all(|id| self.job_state(*id) == Some(api::JobState::Succeeded))
+                    .then_some(())
+            },
+        );
+        let completions = self.completions();
+        let twice: Vec<_> = completions.iter().filter(|(_, n)| **n > 1).collect();
+        let missing: Vec<_> = acknowledged
+            .iter()
+            .filter(|id| !completions.contains_key(id))
+            .collect();
+        println!(
+            "acknowledged {}, lost {}, completed twice {}",
+            acknowledged.len(),
+            missing.len(),
+            twice.len()
+        );
+        assert!(twice.is_empty(), "jobs completed twice: {twice:?}");
+        assert!(
+            missing.is_empty(),
+            "acknowledged jobs never run: {missing:?}"
+        );
+        assert_eq!(completions.len(), acknowledged.len());
+    }
+
+    fn signal(&self, i: usize, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.server(i).pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+#[test]
+fn kill_9_of_the_leader_under_load_loses_nothing_and_runs_nothing_twice() {
+    let mut servers = Servers::start(3);
+    let (leader, epoch) = servers.wait_for_leader(Duration::from_secs(30));
+    servers.start_worker("w1");
+    servers.start_worker("w2");
+    let mut acknowledged = Vec::new();
+    let mut killed_at = None;
+    for n in 0..150 {
+        let id = Uuid::now_v7();
+        let job = servers.marking_job(id);
+        servers.submit_until_acknowledged(&job, n);
+        acknowledged.push(id);
+        if n == 50 {
+            servers.servers[leader].as_mut().unwrap().kill_9();
+            servers.servers[leader] = None;
+            killed_at = Some(Instant::now());
+        }
+    }
+    let (new_leader, new_epoch) = servers.wait_for_leader(Duration::from_secs(30));
+    println!(
+        "new leader s{new_leader} at epoch {new_epoch}, {:?} after the kill",
+        killed_at.map(|t| t.elapsed())
+    );
+    assert_ne!(new_leader, leader);
+    assert!(new_epoch > epoch);
+    servers.assert_each_completed_once(&acknowledged);
+
+    // The killed server comes back as a follower, and every server lists all three.
+    let server = ServerProcess::builder()
+        .config(&servers.config(leader))
+        .start();
+    servers.servers[leader] = Some(server);
+    let (leader_now, _) = servers.wait_for_leader(Duration::from_secs(30));
+    assert_eq!(
+        leader_now, new_leader,
+        "a restarted server does not take over"
+    );
+    let store = servers.store_seen_by(leader).unwrap();
+    let nodes: Vec<(&str, bool)> = store
+        .servers
+        .iter()
+        .map(|s| (s.node.as_str(), s.leader))
+        .collect();
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    assert_eq!(nodes.iter().filter(|(_, leads)| *leads).count(), 1);
+}
+
+#[test]
+fn a_paused_leader_is_fenced_when_it_wakes_and_none_of_its_writes_land() {
+    let servers = Servers::start(2);
+    let (old, _) = servers.wait_for_leader(Duration::from_secs(30));
+    let other = 1 - old;
+    servers.signal(old, "STOP");
+    // (Asked of the follower's own figures: its other reads would go to the paused leader.)
+    eventually_within("the follower to take over", Duration::from_secs(30), || {
+        let reply = servers.server(other).api().try_get("/metrics").ok()?;
+        reply.body.contains("lqsm_leader 1").then_some(())
+    });
+    let new = other;
+    let epoch = servers.store_seen_by(other).unwrap().epoch;
+
+    // A submission sent to the paused leader waits in its socket; it wakes still
+    // believing it leads, and its commit is refused.
+    let id = Uuid::now_v7();
+    let job = servers.marking_job(id);
+    let paused = servers.server(old).api();
+    let sent = std::thread::spawn(move || paused.try_post("/v1/jobs", &job).map(|r| r.status));
+    std::thread::sleep(Duration::from_millis(300));
+    servers.signal(old, "CONT");
+    let status = sent.join().unwrap().expect("an answer");
+    assert_eq!(status, 503, "{}", servers.logs());
+    assert_eq!(
+        servers
+            .schema
+            .count(&format!("lqsm_jobs WHERE key = '{id}'")),
+        0,
+        "the deposed leader's write did not land"
+    );
+    let (leader, epoch_now) = servers.wait_for_leader(Duration::from_secs(30));
+    assert_eq!((leader, epoch_now), (new, epoch), "the new leader stays");
+
+    // Through the old leader, now a follower, the same job is acknowledged by the new.
+    let job = servers.marking_job(id);
+    let reply = servers.server(old).api().post("/v1/jobs", &job);
+    assert!(reply.status == 200 || reply.status == 201, "{}", reply.body);
+    assert_eq!(
+        servers
+            .schema
+            .count(&format!("lqsm_jobs WHERE key = '{id}'")),
+        1
+    );
+    let metrics = servers.server(old).api().get("/metrics").body;
+    assert!(metrics.contains("lqsm_leader 0"), "{metrics}");
+}
+
+#[test]
+fn cut_database_connections_are_reopened_and_lose_nothing_acknowledged() {
+    let mut servers = Servers::start(2);
+    servers.start_worker("w1");
+    let mut acknowledged = Vec::new();
+    for n in 0..60 {
+        let id = Uuid::now_v7();
+        servers.submit_until_acknowledged(&servers.marking_job(id), n);
+        acknowledged.push(id);
+        if n % 20 == 10 {
+            assert!(servers.schema.terminate_connections() > 0);
+        }
+    }
+    servers.wait_for_leader(Duration::from_secs(30));
+    servers.assert_each_completed_once(&acknowledged);
+}
+
+#[test]
+fn one_leader_under_steady_load_and_every_server_restarted_at_once_keeps_the_state() {
+    let mut servers = Servers::start(2);
+    let (_, epoch) = servers.wait_for_leader(Duration::from_secs(30));
+    servers.start_worker("w1");
+    let mut acknowledged = Vec::new();
+    let started = Instant::now();
+    let mut n = 0;
+    // Steady load through both servers for a while: the lease never changes hands.
+    while started.elapsed() < Duration::from_secs(8) {
+        let id = Uuid::now_v7();
+        servers.submit_until_acknowledged(&servers.marking_job(id), n);
+        acknowledged.push(id);
+        n += 1;
+    }
+    for i in 0..2 {
+        let store = servers.store_seen_by(i).unwrap();
+        assert_eq!(
+            store.epoch, epoch,
+            "the lease changed hands under steady load"
+        );
+    }
+    servers.assert_each_completed_once(&acknowledged);
+
+    // Every server killed at once, then restarted: the state is intact.
+    for server in servers.servers.iter_mut().flatten() {
+        server.kill_9();
+    }
+    for server in servers.servers.iter_mut().flatten() {
+        server.restart();
+    }
+    servers.wait_for_leader(Duration::from_secs(30));
+    for id in &acknowledged {
+        assert_eq!(servers.job_state(*id), Some(api::JobState::Succeeded));
+    }
+    assert_eq!(servers.schema.count("lqsm_jobs"), acknowledged.len() as i64);
+}

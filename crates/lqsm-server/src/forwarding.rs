@@ -1,0 +1,206 @@
+//! A follower hands calls to the leader.
+//!
+//! A server that does not lead answers the reads the store can answer itself (a job, its
+//! logs, listings that need no queue tree, probes, metrics, the API document) and passes
+//! every other call to the leader's advertised address unchanged, returning the leader's
+//! answer unchanged: the same token is checked there, the same errors come back, and a
+//! worker's long-poll waits there. So every server serves the whole API, and clients and
+//! workers may talk to any of them.
+//!
+//! A passed call carries [`FORWARDED_BY`]; a server that receives one while not leading
+//! (the leader changed while it travelled) answers 503 rather than pass it on again.
+
+use crate::error::ApiError;
+use crate::jobserver::AppState;
+use crate::leadership::Role;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use std::time::Duration;
+
+/// The header a passed call carries: the name of the server that passed it.
+pub const FORWARDED_BY: HeaderName = HeaderName::from_static("x-lqsm-forwarded-by");
+
+/// How long connecting to the leader may take before the call is answered 503.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The HTTP client a follower passes calls with.
+#[derive(Clone)]
+pub struct Forwarder {
+    client: reqwest::Client,
+    node: String,
+}
+
+impl Forwarder {
+    /// A forwarder for the server named `node`.
+    pub fn new(node: &str) -> Self {
+        let client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            // Long-polls wait at the leader as long as they asked: no overall timeout.
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_default();
+        Self {
+            client,
+            node: node.to_owned(),
+        }
+    }
+
+    async fn pass(&self, leader: &str, request: Request, body_limit: usize) -> Response {
+        let (parts, body) = request.into_parts();
+        let bytes = match axum::body::to_bytes(body, body_limit).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                return ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    lqsm_api::ErrorCode::PayloadTooLarge,
+                    format!("the request body could not be read: {e}"),
+                )
+                .into_response();
+            }
+        };
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let url = format!("{}{path}", leader.trim_end_matches('/'));
+        let mut outgoing = self.client.request(parts.method.clone(), &url).body(bytes);
+        for (name, value) in &parts.headers {
+            if name != header::HOST && name != header::CONTENT_LENGTH && name != header::CONNECTION
+            {
+                outgoing = outgoing.header(name, value);
+            }
+        }
+        outgoing = outgoing.header(FORWARDED_BY, &self.node);
+        let answer = match outgoing.send().await {
+            Ok(answer) => answer,
+            Err(e) => {
+                return ApiError::unavailable(format!(
+                    "this server does not lead, and the leader at {leader} did not answer ({e}); retry shortly: a new leader is elected within seconds"
+                ))
+                .into_response();
+            }
+        };
+        let status = answer.status();
+        let headers = answer.headers().clone();
+        let body = match answer.bytes().await {
+            Ok(body) => body,
+            Err(e) => {
+                return ApiError::unavailable(format!(
+                    "the leader at {leader} stopped answering mid-way ({e}); retry"
+                ))
+                .into_response();
+            }
+        };
+        let mut response = Response::new(Body::from(body));
+        *response.status_mut() = status;
+        for name in [header::CONTENT_TYPE, header::RETRY_AFTER, header::LOCATION] {
+            if let Some(value) = headers.get(&name) {
+                response.headers_mut().insert(name, value.clone());
+            }
+        }
+        response
+    }
+}
+
+/// Whether a follower answers `request` itself, from the store.
+fn answered_locally(request: &Request) -> bool {
+    let path = request.uri().path();
+    if !path.starts_with("/v1/") || path == "/v1/openapi.json" {
+        return true;
+    }
+    if request.method() != Method::GET {
+        return false;
+    }
+    let query = request.uri().query().unwrap_or("");
+    let has = |name: &str| {
+        query
+            .split('&')
+            .any(|pair| pair.split('=').next() == Some(name))
+    };
+    let segments: Vec<&str> = path.trim_start_matches("/v1/").split('/').collect();
+    match segments.as_slice() {
+        // A job, unless the caller waits for it to finish (the leader wakes waiters).
+        ["jobs", _] => !has("wait"),
+        ["jobs", _, "logs"] => true,
+        // A listing within a queue needs the queue tree, which only the leader holds.
+        ["jobs"] => !has("queue"),
+        _ => false,
+    }
+}
+
+/// Passes calls a follower cannot answer to the leader.
+pub(crate) async fn to_leader(
+    State(state): State<AppState>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let role = state.role.borrow().clone();
+    let Role::Follower { leader } = role else {
+        return next.run(request).await;
+    };
+    if answered_locally(&request) {
+        return next.run(request).await;
+    }
+    if let Some(by) = request.headers().get(FORWARDED_BY) {
+        let by = by.to_str().unwrap_or("another server").to_owned();
+        return ApiError::unavailable(format!(
+            "{by} passed this call here as to the leader, but this server no longer leads; retry"
+        ))
+        .into_response();
+    }
+    match leader {
+        Some(leader) => {
+            state
+                .forwarder
+                .pass(&leader, request, state.limits.max_request_bytes)
+                .await
+        }
+        None => ApiError::from(crate::scheduler::SchedulerError::NotLeader).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(uri: &str) -> Request {
+        Request::builder()
+            .uri(uri)
+            .body(Body::empty())
+            .expect("valid request")
+    }
+
+    #[test]
+    fn reads_of_jobs_are_answered_locally_and_everything_else_goes_to_the_leader() {
+        for local in [
+            "/healthz",
+            "/metrics",
+            "/v1/openapi.json",
+            "/v1/jobs/0190f0f0-0000-7000-8000-000000000000",
+            "/v1/jobs/0190f0f0-0000-7000-8000-000000000000/logs",
+            "/v1/jobs?state=pending&limit=10",
+        ] {
+            assert!(answered_locally(&get(local)), "{local}");
+        }
+        for passed in [
+            "/v1/jobs/0190f0f0-0000-7000-8000-000000000000?wait=5s",
+            "/v1/jobs/0190f0f0-0000-7000-8000-000000000000/wait",
+            "/v1/jobs?queue=root.etl",
+            "/v1/queues",
+            "/v1/workers",
+            "/v1/cluster",
+        ] {
+            assert!(!answered_locally(&get(passed)), "{passed}");
+        }
+        let post = Request::builder()
+            .method(Method::POST)
+            .uri("/v1/jobs")
+            .body(Body::empty())
+            .expect("valid request");
+        assert!(!answered_locally(&post));
+    }
+}

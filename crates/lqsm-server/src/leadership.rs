@@ -1,0 +1,461 @@
+//! Which server runs the ResourceManager.
+//!
+//! Every server sharing a store serves the whole HTTP API; one at a time **leads**: it
+//! holds the store's lease, has the state restored in its core and commits at the lease's
+//! epoch. The others **follow**: they read jobs from the store themselves and hand every
+//! other call to the leader (see `jobserver`'s forwarding). A follower watches the lease
+//! and takes it once it lapses or is given up, then restores the state from the store
+//! and leads; its new epoch fences every later commit of the old leader.
+//!
+//! The leader renews its lease every `lease_renew_ms` and steps down by its own monotonic
+//! clock before the lease can have lapsed by the store's clock, counting from when it
+//! sent its last successful renewal. A leader that steps down (or whose commit is fenced)
+//! drops its core and follows; nothing it acknowledged is lost, since it acknowledged
+//! only what was durable.
+//!
+//! The embedded store is opened by one process only: its server always leads, and a
+//! failure of its store stops the server (fail-stop), as it always did.
+
+use crate::config::{ServerConfig, StoreBackend};
+use crate::scheduler::{Follower, InProcess, StoreReads, Switch};
+use crate::{ServerError, Upgrade, resource_manager, view};
+use lqsm_store::{Lease, ServerInfo, Store, StoreError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// What this server is now; the JobServer routes calls by it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Restoring the state (to lead) or opening the store: API calls answer 503.
+    Starting,
+    /// Runs the ResourceManager: answers every call itself.
+    Leader,
+    /// Another server leads, reachable at this address when known.
+    Follower {
+        /// The leader's advertised URL, or `None` while no leader is known (an election
+        /// is under way, or the store cannot be read).
+        leader: Option<String>,
+    },
+}
+
+/// How often a follower reads the lease: the longest a failover waits after a leader gave
+/// its lease up (a SIGTERM), and well under any lease's time to live.
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
+
+/// How soon a failed lease renewal is tried again.
+const RENEW_RETRY: Duration = Duration::from_millis(250);
+
+/// This server as the others see it.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The name it leads under.
+    pub node: String,
+    /// Where the others reach it.
+    pub address: String,
+}
+
+impl Identity {
+    /// The configured node name and address, or those derived from the bound address.
+    pub fn of(config: &ServerConfig, bound: std::net::SocketAddr) -> Self {
+        let host = || {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "localhost".to_owned())
+        };
+        let node = config
+            .store
+            .node
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}", host(), bound.port()));
+        let address = config.advertise.clone().unwrap_or_else(|| {
+            if bound.ip().is_unspecified() {
+                format!("http://{}:{}", host(), bound.port())
+            } else {
+                format!("http://{bound}")
+            }
+        });
+        Self { node, address }
+    }
+}
+
+/// Everything the role loop works with.
+pub(crate) struct Context {
+    pub(crate) config: ServerConfig,
+    pub(crate) identity: Identity,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) switch: Arc<Switch>,
+    pub(crate) role: watch::Sender<Role>,
+    pub(crate) ready: Arc<AtomicBool>,
+    /// The lease as this server last saw it (its own while it leads).
+    pub(crate) lease: watch::Sender<Option<Lease>>,
+}
+
+impl Context {
+    fn backend(&self) -> &'static str {
+        match self.config.store.backend {
+            StoreBackend::Embedded => "embedded",
+            StoreBackend::Postgres => "postgres",
+        }
+    }
+
+    fn reads(&self) -> StoreReads {
+        StoreReads::new(self.store.clone(), self.backend(), self.lease.subscribe())
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::from_millis(self.config.store.lease_ttl_ms.max(1))
+    }
+
+    fn renew_every(&self) -> Duration {
+        Duration::from_millis(self.config.store.lease_renew_ms.max(1))
+    }
+
+    /// Only a store several servers share has followers; the embedded one is this
+    /// process's alone.
+    fn shared(&self) -> bool {
+        self.config.store.backend == StoreBackend::Postgres
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || work(store.as_ref()))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Engine(format!("a store task failed: {e}"))))
+    }
+}
+
+/// Now, by the clock leases are judged by: the store's when it has a shared one (a
+/// database's), else this machine's.
+pub(crate) fn lease_clock(store: &dyn Store) -> Result<u64, StoreError> {
+    Ok(store
+        .clock_ms()?
+        .unwrap_or_else(|| resource_manager::wall_clock().0))
+}
+
+/// The lease this server holds, as `/metrics` shows it.
+fn publish_lease(lease: &Lease) {
+    ::metrics::gauge!("lqsm_store_epoch").set(lease.epoch as f64);
+    ::metrics::gauge!("lqsm_lease_expires_at_seconds").set(lease.expires_at_ms as f64 / 1000.0);
+    ::metrics::gauge!("lqsm_leader").set(1.0);
+}
+
+/// Tells the other servers, every renewal interval, that this one is alive and where.
+pub(crate) fn announce(
+    store: Arc<dyn Store>,
+    identity: Identity,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let store = store.clone();
+            let identity = identity.clone();
+            let announced = tokio::task::spawn_blocking(move || {
+                store.announce(&ServerInfo {
+                    node: identity.node,
+                    address: identity.address,
+                    seen_at_ms: lease_clock(store.as_ref())?,
+                })
+            })
+            .await;
+            if let Ok(Err(e)) = announced {
+                tracing::warn!(error = %e, "could not announce this server in the store");
+            }
+        }
+    })
+}
+
+/// How a spell of leading ended.
+enum Led {
+    /// The server is shutting down; the lease was given up.
+    ShutDown,
+    /// The lease was lost, lapsed or fenced (or, on a shared store, the store failed):
+    /// follow, and lead again once elected.
+    SteppedDown,
+}
+
+/// Leads or follows until `shutdown` resolves.
+pub(crate) async fn run(
+    ctx: Context,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServerError> {
+    tokio::pin!(shutdown);
+    let mut followed = false;
+    loop {
+        let node = ctx.identity.node.clone();
+        let ttl = ctx.ttl();
+        let acquired = ctx
+            .blocking(move |store| store.acquire_lease(&node, ttl, lease_clock(store)?))
+            .await;
+        match acquired {
+            Ok(lease) => {
+                if followed {
+                    ::metrics::counter!("lqsm_failovers_total").increment(1);
+                    tracing::info!(epoch = lease.epoch, "took the lease over: leading");
+                }
+                match lead(&ctx, lease, &mut shutdown).await? {
+                    Led::ShutDown => return Ok(()),
+                    Led::SteppedDown => {}
+                }
+            }
+            Err(StoreError::LeaseHeld { .. }) if ctx.shared() => {}
+            Err(e) if ctx.shared() => {
+                tracing::warn!(error = %e, "could not take the store's lease; following");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        followed = true;
+        if !follow(&ctx, &mut shutdown).await {
+            return Ok(());
+        }
+    }
+}
+
+/// Follows until the lease is free to take (true) or the server shuts down (false).
+async fn follow(
+    ctx: &Context,
+    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> bool {
+    ::metrics::gauge!("lqsm_leader").set(0.0);
+    ctx.switch.set(Some(Arc::new(Follower::new(ctx.reads()))));
+    if !matches!(*ctx.role.borrow(), Role::Follower { .. }) {
+        ctx.role.send_replace(Role::Follower { leader: None });
+    }
+    ctx.ready.store(true, Ordering::Release);
+    let mut ticks = tokio::time::interval(FOLLOW_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.as_mut() => return false,
+            _ = ticks.tick() => {}
+        }
+        let seen = ctx
+            .blocking(|store| {
+                let now = lease_clock(store)?;
+                Ok((now, store.lease()?, store.servers()?))
+            })
+            .await;
+        let (now, lease, servers) = match seen {
+            Ok(seen) => seen,
+            Err(e) => {
+                // Keep handing calls to the last leader known: it may well still lead.
+                tracing::warn!(error = %e, "could not read the store's lease");
+                continue;
+            }
+        };
+        ctx.lease.send_replace(lease.clone());
+        let Some(lease) = lease.filter(|l| l.is_live(now) && l.holder != ctx.identity.node) else {
+            // Lapsed, given up, or this server's own from before a restart: take it.
+            return true;
+        };
+        let leader = servers
+            .into_iter()
+            .find(|s| s.node == lease.holder)
+            .map(|s| s.address);
+        let role = Role::Follower { leader };
+        if *ctx.role.borrow() != role {
+            tracing::info!(leader = %lease.holder, epoch = lease.epoch, ?role, "following");
+            ctx.role.send_replace(role);
+        }
+    }
+}
+
+/// Restores the state, leads until the lease is lost or the server shuts down.
+async fn lead(
+    ctx: &Context,
+    lease: Lease,
+    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Result<Led, ServerError> {
+    publish_lease(&lease);
+    ctx.lease.send_replace(Some(lease.clone()));
+    ctx.role.send_replace(Role::Starting);
+    ctx.switch.set(None);
+    ctx.ready.store(false, Ordering::Release);
+    let (lost_tx, mut lost) = tokio::sync::oneshot::channel::<StoreError>();
+    let renewing = tokio::spawn(renew(
+        ctx.store.clone(),
+        lease.clone(),
+        ctx.ttl(),
+        ctx.renew_every(),
+        ctx.lease.clone(),
+        lost_tx,
+    ));
+    let restored = {
+        let store = ctx.store.clone();
+        let config = ctx.config.clone();
+        let epoch = lease.epoch;
+        tokio::task::spawn_blocking(move || restore_to_lead(store.as_ref(), &config, epoch))
+            .await
+            .unwrap_or_else(|e| Err(ServerError::Config(format!("restore task failed: {e}"))))
+    };
+    let rm = match restored {
+        Ok(rm) => rm,
+        Err(ServerError::Store(e)) if ctx.shared() => {
+            renewing.abort();
+            tracing::warn!(error = %e, "could not restore the state to lead; following");
+            return Ok(Led::SteppedDown);
+        }
+        Err(e) => {
+            renewing.abort();
+            return Err(e);
+        }
+    };
+    let longest_poll = Duration::from_millis(ctx.config.scheduler.max_poll_wait_ms);
+    let published = view::Published::default();
+    let spawned = resource_manager::spawn(
+        rm,
+        ctx.store.clone(),
+        lease.epoch,
+        longest_poll,
+        published.clone(),
+    );
+    let mut actor = spawned.actor;
+    ctx.switch.set(Some(Arc::new(
+        InProcess::new(spawned.runtime, ctx.store.clone(), published).with_reads(ctx.reads()),
+    )));
+    ctx.role.send_replace(Role::Leader);
+    ctx.ready.store(true, Ordering::Release);
+    tracing::info!(epoch = lease.epoch, node = %ctx.identity.node, "leading");
+    let outcome = tokio::select! {
+        () = shutdown.as_mut() => None,
+        ended = &mut actor => Some(match ended {
+            Ok(Ok(())) => StoreError::Engine("the resource manager stopped".into()),
+            Ok(Err(e)) => e,
+            Err(e) => StoreError::Engine(format!("the resource manager task failed: {e}")),
+        }),
+        why = &mut lost => Some(why.unwrap_or_else(|_| StoreError::Engine("the lease renewal stopped".into()))),
+    };
+    // Whatever ended it, the actor stops: the commit in flight lands (or is fenced), and
+    // nothing more is dispatched under this lease.
+    spawned.stop.notify_one();
+    ctx.switch.set(None);
+    let ended = if actor.is_finished() {
+        None
+    } else {
+        Some(actor.await)
+    };
+    renewing.abort();
+    let _ = renewing.await;
+    ::metrics::gauge!("lqsm_leader").set(0.0);
+    match outcome {
+        None => {
+            let store = ctx.store.clone();
+            let resigned = tokio::task::spawn_blocking(move || store.resign_lease(&lease)).await;
+            if let Ok(Err(e)) = resigned {
+                tracing::warn!(error = %e, "could not give the store's lease up");
+            }
+            match ended {
+                Some(Ok(Err(e))) => Err(e.into()),
+                _ => Ok(Led::ShutDown),
+            }
+        }
+        Some(why) if ctx.shared() => {
+            tracing::error!(error = %why, epoch = lease.epoch, "stepping down: following from now on");
+            ctx.role.send_replace(Role::Follower { leader: None });
+            Ok(Led::SteppedDown)
+        }
+        Some(why) => {
+            tracing::error!(error = %why, "the resource manager stopped; shutting down");
+            Err(why.into())
+        }
+    }
+}
+
+/// Restores the core from the store, upgrades old records, and makes what starting
+/// changed durable at `epoch` before anything is served.
+fn restore_to_lead(
+    store: &dyn Store,
+    config: &ServerConfig,
+    epoch: lqsm_store::Epoch,
+) -> Result<lqsm_core::ResourceManager, ServerError> {
+    let (mut rm, upgrade) = crate::restore_and_check(store, config)?;
+    if let Upgrade::After(after) = upgrade {
+        let started = Instant::now();
+        let jobs = crate::upgrade_records(store, &rm, epoch, after)?;
+        tracing::info!(
+            jobs,
+            ms = started.elapsed().as_millis() as u64,
+            "rewrote the stored records in the current format, with their index"
+        );
+    }
+    let effects = rm.take_effects();
+    let batch = resource_manager::write_batch(&mut rm, &effects, epoch);
+    if !batch.is_empty() {
+        store.commit(&batch)?;
+    }
+    crate::return_freed_memory();
+    Ok(rm)
+}
+
+/// Renews `lease` every `every` until it is lost, telling `lost` why. It is given up by
+/// this server's monotonic clock a fifth of its time to live before it could lapse
+/// (counting from when the last successful renewal was sent), so that the leader stops
+/// before any other server can take over.
+async fn renew(
+    store: Arc<dyn Store>,
+    mut lease: Lease,
+    ttl: Duration,
+    every: Duration,
+    updates: watch::Sender<Option<Lease>>,
+    lost: tokio::sync::oneshot::Sender<StoreError>,
+) {
+    let margin = ttl / 5;
+    let mut valid_until = Instant::now() + ttl - margin;
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        loop {
+            let sent = Instant::now();
+            let attempt = {
+                let store = store.clone();
+                let current = lease.clone();
+                tokio::task::spawn_blocking(move || {
+                    store.renew_lease(&current, ttl, lease_clock(store.as_ref())?)
+                })
+            };
+            let renewed = match tokio::time::timeout_at(valid_until.into(), attempt).await {
+                Ok(Ok(renewed)) => renewed,
+                Ok(Err(e)) => Err(StoreError::Engine(format!("renewal task: {e}"))),
+                Err(_) => {
+                    let _ = lost.send(StoreError::Engine(format!(
+                        "the lease of epoch {} could not be renewed in time",
+                        lease.epoch
+                    )));
+                    return;
+                }
+            };
+            match renewed {
+                Ok(renewed) => {
+                    publish_lease(&renewed);
+                    updates.send_replace(Some(renewed.clone()));
+                    lease = renewed;
+                    valid_until = sent + ttl - margin;
+                    break;
+                }
+                Err(e @ StoreError::LeaseLost { .. }) => {
+                    let _ = lost.send(e);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the store's lease could not be renewed; retrying");
+                    if Instant::now() + RENEW_RETRY >= valid_until {
+                        let _ = lost.send(e);
+                        return;
+                    }
+                    tokio::time::sleep(RENEW_RETRY).await;
+                }
+            }
+        }
+    }
+}
