@@ -426,8 +426,7 @@ impl ResourceManager {
             }
         }
         if self.workers[worker_key].state == crate::workers::WorkerState::Active {
-            let worker = &mut self.workers[worker_key];
-            self.index.upsert(worker_key, worker);
+            self.take_work(worker_key);
         }
     }
 
@@ -492,9 +491,7 @@ impl ResourceManager {
             && self.workers[wk].state == crate::workers::WorkerState::Active
             && self.workers[wk].indexed.is_none()
         {
-            let w = &mut self.workers[wk];
-            self.index.upsert(wk, w);
-            self.dirty = true;
+            self.take_work(wk);
         }
     }
 }

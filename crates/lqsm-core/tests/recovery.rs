@@ -318,3 +318,111 @@ fn lifetime_counters_survive_retention_and_a_restart() {
     );
     assert_eq!(stats.pending, 1);
 }
+
+/// After a restart, the jobs waiting for work are looked at before any worker is back:
+/// none can take them, so they are set aside until one can. The worker returning with
+/// attempts to reclaim can take work only once its first poll has reclaimed them, and
+/// from then on it must get the jobs set aside — those pending at the restart and those
+/// submitted while it was not yet back — not only the ones submitted later.
+#[test]
+fn a_returning_worker_gets_the_jobs_set_aside_while_it_reclaimed_its_attempts() {
+    let mut sim = Sim::new(Config::default());
+    sim.queue("root.q", 100.0, 100.0);
+    let w = sim.worker("w", 4, 4000);
+    let running = sim.submit_n("root.q", 2, one_core());
+    sim.pass();
+    sim.poll_running(w);
+    // Submitted just before the server is killed: no pass has placed it yet.
+    let pending_at_restart = sim.submit_n("root.q", 1, one_core())[0];
+    let mut jobs = running.clone();
+    jobs.push(pending_at_restart);
+    let tokens: Vec<FencingToken> = running
+        .iter()
+        .map(|j| sim.rm.job(*j).unwrap().current_token().unwrap())
+        .collect();
+
+    let mut sim = restored(&sim, &jobs, Duration::from_secs(1));
+    // No worker is back yet: the pending job is set aside.
+    sim.pass();
+    assert_eq!(sim.state(pending_at_restart), JobState::Pending);
+    // The worker is told to register again; the scheduler looks before its first poll.
+    sim.worker_back(w, 4);
+    let submitted_meanwhile = sim.submit_n("root.q", 1, one_core())[0];
+    sim.pass();
+    assert_eq!(sim.rm.worker(w).unwrap().attempt_count(), 0);
+    // Its first poll lists the attempt it still runs and reports the one that ended
+    // while the server was down.
+    let poll = WorkerPoll {
+        running: vec![(running[0], tokens[0])],
+        finished: vec![AttemptReport {
+            job: running[1],
+            token: tokens[1],
+            result: ReportedResult::Succeeded {
+                result: None,
+                exit_code: Some(0),
+            },
+            started_at: None,
+        }],
+        acked: Some(0),
+    };
+    let answer = sim.take_assignments(w, &poll);
+    assert_eq!(sim.state(running[0]), JobState::Running);
+    assert_eq!(sim.state(running[1]), JobState::Succeeded);
+    sim.pass();
+    for id in [pending_at_restart, submitted_meanwhile] {
+        let job = sim.rm.job(id).unwrap();
+        assert_eq!(job.state, JobState::Scheduled, "job {id:?} left pending");
+        assert_eq!(job.current_attempt().unwrap().worker, w);
+    }
+    assert_eq!(sim.rm.worker(w).unwrap().attempt_count(), 3);
+    // They reach the worker in its next answer, numbered from its new registration.
+    let poll = WorkerPoll {
+        running: vec![(running[0], tokens[0])],
+        finished: vec![],
+        acked: Some(answer.seq),
+    };
+    let next = sim.take_assignments(w, &poll);
+    let mut handed: Vec<JobId> = answer
+        .assignments
+        .iter()
+        .chain(&next.assignments)
+        .map(|a| a.job)
+        .collect();
+    handed.sort();
+    let mut expected = vec![pending_at_restart, submitted_meanwhile];
+    expected.sort();
+    assert_eq!(handed, expected);
+    sim.check();
+}
+
+/// The same when the returning worker's attempts are given up at the end of the grace
+/// period instead (it registered, but did not poll in time): from then on it takes
+/// work, the jobs set aside meanwhile included.
+#[test]
+fn a_worker_whose_reclaim_expired_gets_the_jobs_set_aside_meanwhile() {
+    // Not declared lost while the grace period runs.
+    let mut sim = Sim::new(Config {
+        heartbeat_timeout: GRACE * 2,
+        ..Config::default()
+    });
+    sim.queue("root.q", 100.0, 100.0);
+    let w = sim.worker("w", 4, 4000);
+    let running = sim.submit_n("root.q", 1, one_core())[0];
+    sim.pass();
+    sim.poll_running(w);
+    let pending_at_restart = sim.submit_n("root.q", 1, one_core())[0];
+
+    let mut sim = restored(&sim, &[running, pending_at_restart], Duration::from_secs(1));
+    sim.pass();
+    sim.worker_back(w, 4);
+    sim.pass();
+    assert_eq!(sim.state(pending_at_restart), JobState::Pending);
+    sim.advance(GRACE);
+    sim.pass();
+    for id in [running, pending_at_restart] {
+        let job = sim.rm.job(id).unwrap();
+        assert_eq!(job.state, JobState::Scheduled, "job {id:?} left pending");
+        assert_eq!(job.current_attempt().unwrap().worker, w);
+    }
+    sim.check();
+}

@@ -128,19 +128,29 @@ impl ResourceManager {
                 key
             }
         };
-        let worker = &mut self.workers[key];
-        self.total.add(&worker.capacity);
+        self.total.add(&self.workers[key].capacity);
         // A worker with attempts to reclaim takes no new work until its first poll
-        // has said which of them it still runs.
+        // has said which of them it still runs; that poll lets it take work.
         if !self.unclaimed.contains_key(&reg.id) {
-            self.index.upsert(key, worker);
+            self.take_work(key);
         }
         self.arm_heartbeat(key);
-        self.unpark_all();
         self.effects.records.push(Record::Worker(reg.id));
         self.keys_stale = true;
         self.dirty = true;
         Ok(())
+    }
+
+    /// Lets a worker take new work: it joins the placement index, and the jobs set
+    /// aside because no worker taking work could run them get another look, since
+    /// this one may. Every way a worker starts taking work goes through here (a
+    /// registration, an undrain, the end of its reclaim after a restart): a job
+    /// parked while the worker was held back would otherwise never be looked at again.
+    pub(crate) fn take_work(&mut self, key: WorkerKey) {
+        let worker = &mut self.workers[key];
+        self.index.upsert(key, worker);
+        self.unpark_all();
+        self.dirty = true;
     }
 
     /// A new or changed worker, or a raised ceiling, may let set-aside jobs run: they
@@ -356,9 +366,8 @@ impl ResourceManager {
         worker.state = WorkerState::Active;
         self.total.add(&worker.capacity);
         if !self.unclaimed.contains_key(&id) {
-            self.index.upsert(key, worker);
+            self.take_work(key);
         }
-        self.unpark_all();
         self.keys_stale = true;
         self.dirty = true;
         self.effects.records.push(Record::Worker(id));
