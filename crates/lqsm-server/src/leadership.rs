@@ -143,7 +143,6 @@ pub(crate) fn lease_clock(store: &dyn Store) -> Result<u64, StoreError> {
 fn publish_lease(lease: &Lease) {
     ::metrics::gauge!("lqsm_store_epoch").set(lease.epoch as f64);
     ::metrics::gauge!("lqsm_lease_expires_at_seconds").set(lease.expires_at_ms as f64 / 1000.0);
-    ::metrics::gauge!("lqsm_leader").set(1.0);
 }
 
 /// Tells the other servers, every renewal interval, that this one is alive and where.
@@ -324,6 +323,8 @@ async fn lead(
     )));
     ctx.role.send_replace(Role::Leader);
     ctx.ready.store(true, Ordering::Release);
+    // Set once it dispatches (restored, actor running), not when the lease was taken.
+    ::metrics::gauge!("lqsm_leader").set(1.0);
     tracing::info!(epoch = lease.epoch, node = %ctx.identity.node, "leading");
     let outcome = tokio::select! {
         () = shutdown.as_mut() => None,
