@@ -442,3 +442,59 @@ fn one_leader_under_steady_load_and_every_server_restarted_at_once_keeps_the_sta
     }
     assert_eq!(servers.schema.count("lqsm_jobs"), acknowledged.len() as i64);
 }
+
+#[test]
+fn a_server_that_cannot_reach_postgres_answers_503_to_writes_and_recovers() {
+    let schema = Schema::new();
+    let database: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
+    let proxy = lqsm_testkit::FaultProxy::start(database);
+    let through_proxy = url().replace("127.0.0.1:5432", &proxy.addr().to_string());
+    let server = ServerProcess::builder()
+        .config(&format!(
+            "[store]\nbackend = \"postgres\"\nurl = \"{through_proxy}\"\nschema = \"{}\"\nsslmode = \"disable\"\nnode = \"s0\"\n",
+            schema.0
+        ))
+        .start();
+    let api = server.api();
+    let job = |id: Uuid| {
+        let mut job = api::SubmitJob::function("root.default", "pg.nobody", serde_json::json!({}));
+        job.id = Some(id);
+        job
+    };
+    let before = Uuid::now_v7();
+    api.post("/v1/jobs", &job(before)).expect_status(201);
+
+    // PostgreSQL unreachable: connections reset, new ones refused.
+    let proxy_addr = proxy.addr();
+    drop(proxy);
+    let refused: Vec<Uuid> = (0..5)
+        .map(|_| {
+            let id = Uuid::now_v7();
+            let reply = api.post("/v1/jobs", &job(id));
+            assert_eq!(
+                reply.status, 503,
+                "a write is never acknowledged: {}",
+                reply.body
+            );
+            id
+        })
+        .collect();
+
+    // Reachable again: the server leads again and acknowledges; what it refused is absent,
+    // what it acknowledged before is there.
+    let _proxy = lqsm_testkit::FaultProxy::start_at(proxy_addr, database);
+    let after = Uuid::now_v7();
+    eventually_within(
+        "writes to be acknowledged again",
+        Duration::from_secs(30),
+        || {
+            let reply = api.try_post("/v1/jobs", &job(after)).ok()?;
+            (reply.status == 201).then_some(())
+        },
+    );
+    assert_eq!(api.job(before).state, api::JobState::Pending);
+    for id in refused {
+        api.get(&format!("/v1/jobs/{id}")).expect_status(404);
+    }
+    assert_eq!(schema.count("lqsm_jobs"), 2);
+}

@@ -44,6 +44,9 @@ pub enum Role {
 /// its lease up (a SIGTERM), and well under any lease's time to live.
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
 
+/// How long a stopping actor may take to land its commit in flight.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// How soon a failed lease renewal is tried again.
 const RENEW_RETRY: Duration = Duration::from_millis(250);
 
@@ -339,10 +342,22 @@ async fn lead(
     // nothing more is dispatched under this lease.
     spawned.stop.notify_one();
     ctx.switch.set(None);
+    // A commit stuck on an unreachable database would hold the actor: it is given up
+    // after STOP_GRACE (its callers are answered 503; if it lands after all, it landed
+    // at this epoch, before any successor's, and the successor restores it).
     let ended = if actor.is_finished() {
         None
     } else {
-        Some(actor.await)
+        match tokio::time::timeout(STOP_GRACE, &mut actor).await {
+            Ok(ended) => Some(ended),
+            Err(_) => {
+                tracing::warn!(
+                    "the resource manager did not stop in time (a commit is stuck); abandoning it"
+                );
+                actor.abort();
+                None
+            }
+        }
     };
     renewing.abort();
     let _ = renewing.await;

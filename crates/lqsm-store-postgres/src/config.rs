@@ -160,6 +160,20 @@ impl PostgresOptions {
             "-c search_path={} -c enable_seqscan=off -c jit=off -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}",
             self.schema
         ));
+        // A database that stops answering (a network partition, a crashed host) must fail
+        // the calls waiting on it within seconds, not hang them: the leader then steps
+        // down and another server, or this one later, takes over. Settings in the URL win.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(std::time::Duration::from_secs(5));
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(std::time::Duration::from_secs(10));
+        }
+        config
+            .keepalives(true)
+            .keepalives_idle(std::time::Duration::from_secs(5))
+            .keepalives_interval(std::time::Duration::from_secs(1))
+            .keepalives_retries(5);
         // The URL may name the connections (`?application_name=`), to tell servers apart in
         // pg_stat_activity.
         if config.get_application_name().is_none() {

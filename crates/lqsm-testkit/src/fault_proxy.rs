@@ -30,7 +30,18 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Listens on a random loopback port and forwards every connection to `target`.
     pub fn start(target: SocketAddr) -> FaultProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        Self::start_at(SocketAddr::from(([127, 0, 0, 1], 0)), target)
+    }
+
+    /// Listens on `listen` (e.g. the address of a proxy dropped before, to bring a path
+    /// back) and forwards every connection to `target`. A dropped proxy refuses
+    /// connections and has closed every one it forwarded: the target looks down.
+    pub fn start_at(listen: SocketAddr, target: SocketAddr) -> FaultProxy {
+        // A proxy just dropped lets its port go within one CHECK_EVERY.
+        let listener =
+            crate::wait::eventually(&format!("the proxy's port {listen} to be free"), || {
+                TcpListener::bind(listen).ok()
+            });
         let addr = listener.local_addr().expect("the proxy's address");
         listener
             .set_nonblocking(true)
@@ -43,6 +54,11 @@ impl FaultProxy {
         let accept_shared = shared.clone();
         std::thread::spawn(move || accept_loop(&listener, target, &accept_shared));
         FaultProxy { addr, shared }
+    }
+
+    /// The proxy's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// `http://ADDR` of the proxy.
