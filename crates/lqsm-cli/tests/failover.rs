@@ -292,6 +292,22 @@ impl Servers {
     }
 }
 
+/// Whether a connection to `port` holds bytes its (paused) server has not read yet.
+fn bytes_waiting(port: u16) -> bool {
+    let out = std::process::Command::new("ss")
+        .args([
+            "-tnH",
+            "state",
+            "established",
+            &format!("( sport = :{port} )"),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|line| line.split_whitespace().next().is_some_and(|q| q != "0"))
+}
+
 #[test]
 fn kill_9_of_the_leader_under_load_loses_nothing_and_runs_nothing_twice() {
     let mut servers = Servers::start(3);
@@ -360,7 +376,12 @@ fn a_paused_leader_is_fenced_when_it_wakes_and_none_of_its_writes_land() {
     let job = servers.marking_job(id);
     let paused = servers.server(old).api();
     let sent = std::thread::spawn(move || paused.try_post("/v1/jobs", &job).map(|r| r.status));
-    std::thread::sleep(Duration::from_millis(300));
+    let port = servers.server(old).addr().port();
+    eventually_within(
+        "the request to wait in the paused server's socket",
+        Duration::from_secs(10),
+        || bytes_waiting(port).then_some(()),
+    );
     servers.signal(old, "CONT");
     let status = sent.join().unwrap().expect("an answer");
     assert_eq!(status, 503, "{}", servers.logs());
@@ -426,6 +447,16 @@ fn one_leader_under_steady_load_and_every_server_restarted_at_once_keeps_the_sta
             store.epoch, epoch,
             "the lease changed hands under steady load"
         );
+        // Every server answers the reads of the leader's view (a follower from a snapshot
+        // of the leader's answer).
+        let workers: Vec<api::WorkerView> = servers.server(i).api().get("/v1/workers").expect(200);
+        assert_eq!(workers.len(), 1);
+        let queue: api::QueueView = servers
+            .server(i)
+            .api()
+            .get("/v1/queues/root.default")
+            .expect(200);
+        assert_eq!(queue.path, "root.default");
     }
     servers.assert_each_completed_once(&acknowledged);
 

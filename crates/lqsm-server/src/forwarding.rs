@@ -9,6 +9,13 @@
 //!
 //! A passed call carries [`FORWARDED_BY`]; a server that receives one while not leading
 //! (the leader changed while it travelled) answers 503 rather than pass it on again.
+//!
+//! Reads of what only the leader holds in memory (the queue tree, the workers, the
+//! cluster summary) are answered from a snapshot: the leader's answer to the same call
+//! (same path, query and token) of at most [`SNAPSHOT_TTL`] ago. So however many clients
+//! read through followers, each follower asks the leader at most once per second per
+//! distinct read, and reads scale with servers; the price is that such a read through a
+//! follower may be up to a second old.
 
 use crate::error::ApiError;
 use crate::jobserver::AppState;
@@ -17,10 +24,43 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// The header a passed call carries: the name of the server that passed it.
 pub const FORWARDED_BY: HeaderName = HeaderName::from_static("x-lqsm-forwarded-by");
+
+/// How old a follower's snapshot of a leader's read may be.
+pub const SNAPSHOT_TTL: Duration = Duration::from_secs(1);
+
+/// Most snapshots a follower keeps (distinct paths, queries and tokens); past it they are
+/// all dropped, which costs one call to the leader each.
+const MAX_SNAPSHOTS: usize = 1024;
+
+/// A read's path and query, and the token it was made with.
+type SnapshotKey = (String, Vec<u8>);
+
+/// A leader's answer, kept to answer the same read again.
+#[derive(Clone)]
+struct Snapshot {
+    taken: std::time::Instant,
+    status: StatusCode,
+    content_type: Option<axum::http::HeaderValue>,
+    body: axum::body::Bytes,
+}
+
+impl Snapshot {
+    fn response(&self) -> Response {
+        let mut response = Response::new(Body::from(self.body.clone()));
+        *response.status_mut() = self.status;
+        if let Some(value) = &self.content_type {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, value.clone());
+        }
+        response
+    }
+}
 
 /// How long connecting to the leader may take before the call is answered 503.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -30,6 +70,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Forwarder {
     client: reqwest::Client,
     node: String,
+    snapshots: std::sync::Arc<std::sync::Mutex<HashMap<SnapshotKey, Snapshot>>>,
 }
 
 impl Forwarder {
@@ -45,7 +86,59 @@ impl Forwarder {
         Self {
             client,
             node: node.to_owned(),
+            snapshots: std::sync::Arc::default(),
         }
+    }
+
+    /// Answers a read of the leader's view from a snapshot of at most [`SNAPSHOT_TTL`],
+    /// asking the leader when there is none.
+    async fn read_view(&self, leader: &str, request: Request, body_limit: usize) -> Response {
+        let key = (
+            request
+                .uri()
+                .path_and_query()
+                .map_or_else(String::new, |p| p.as_str().to_owned()),
+            request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .map_or_else(Vec::new, |v| v.as_bytes().to_vec()),
+        );
+        let fresh = self
+            .snapshots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+            .filter(|s| s.taken.elapsed() < SNAPSHOT_TTL)
+            .cloned();
+        if let Some(snapshot) = fresh {
+            return snapshot.response();
+        }
+        let taken = std::time::Instant::now();
+        let response = self.pass(leader, request, body_limit).await;
+        if response.status() != StatusCode::OK {
+            return response;
+        }
+        let (parts, body) = response.into_parts();
+        let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
+            return ApiError::unavailable("the leader's answer could not be read; retry")
+                .into_response();
+        };
+        let snapshot = Snapshot {
+            taken,
+            status: parts.status,
+            content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
+            body,
+        };
+        let mut snapshots = self
+            .snapshots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if snapshots.len() >= MAX_SNAPSHOTS {
+            snapshots.clear();
+        }
+        snapshots.insert(key, snapshot.clone());
+        drop(snapshots);
+        snapshot.response()
     }
 
     async fn pass(&self, leader: &str, request: Request, body_limit: usize) -> Response {
@@ -106,6 +199,19 @@ impl Forwarder {
     }
 }
 
+/// Whether `request` reads what only the leader holds in memory (answered from a
+/// snapshot of the leader's answer).
+fn reads_the_leaders_view(request: &Request) -> bool {
+    if request.method() != Method::GET {
+        return false;
+    }
+    let path = request.uri().path();
+    path == "/v1/cluster"
+        || path == "/v1/workers"
+        || path == "/v1/queues"
+        || path.starts_with("/v1/queues/")
+}
+
 /// Whether a follower answers `request` itself, from the store.
 fn answered_locally(request: &Request) -> bool {
     let path = request.uri().path();
@@ -153,6 +259,12 @@ pub(crate) async fn to_leader(
         .into_response();
     }
     match leader {
+        Some(leader) if reads_the_leaders_view(&request) => {
+            state
+                .forwarder
+                .read_view(&leader, request, state.limits.max_request_bytes)
+                .await
+        }
         Some(leader) => {
             state
                 .forwarder
