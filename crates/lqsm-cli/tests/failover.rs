@@ -354,6 +354,25 @@ fn kill_9_of_the_leader_under_load_loses_nothing_and_runs_nothing_twice() {
         .collect();
     assert_eq!(nodes.len(), 3, "{nodes:?}");
     assert_eq!(nodes.iter().filter(|(_, leads)| *leads).count(), 1);
+    // `lqsm cluster`, given every server, shows them with the one leading.
+    let shown = lqsm_testkit::run_lqsm(
+        &["cluster", "--server", &servers.urls()],
+        Duration::from_secs(30),
+    );
+    let text = &shown.success().stdout;
+    for i in 0..3 {
+        assert!(text.contains(&format!("server:    s{i} at ")), "{text}");
+    }
+    assert!(
+        text.contains(&format!(
+            "s{new_leader} at {}, leading",
+            servers.server(new_leader).url()
+        )),
+        "{text}"
+    );
+    // The new leader counted its takeover.
+    let metrics = servers.server(new_leader).api().get("/metrics").body;
+    assert!(metrics.contains("lqsm_failovers_total 1"), "{metrics}");
 }
 
 #[test]
