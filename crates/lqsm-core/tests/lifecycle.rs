@@ -456,36 +456,130 @@ fn stopped_queue_refuses_new_jobs_but_runs_what_it_has() {
 
 #[test]
 fn draining_queue_starts_nothing_until_started_again() {
-    let (mut sim, w) = sim_with_queue();
+    let mut sim = Sim::new(Config::default());
+    sim.queue("root.q", 100.0, 100.0);
+    sim.queue("root.other", 0.0, 100.0);
+    let w = sim.worker("w", 4, 4000);
+
+    // Before draining: one attempt runs, one runs and will fail into a retry, two wait
+    // (submitted, never passed), and one waits for an ETA that falls inside the drain.
     let running = sim.submit_n("root.q", 1, one_core())[0];
+    let mut req = sim.request("root.q", one_core());
+    req.retry = Some(retrying(2));
+    let retried = sim.submit(req).unwrap().id();
     sim.pass();
-    sim.poll_running(w);
+    let started = sim.poll_running(w);
+    assert_eq!(started.len(), 2);
+    assert_eq!(sim.state(running), JobState::Running);
+    assert_eq!(sim.state(retried), JobState::Running);
+    let queued_req = sim.request("root.q", one_core());
+    let queued = [
+        sim.submit(queued_req.clone()).unwrap().id(),
+        sim.submit_n("root.q", 1, one_core())[0],
+    ];
+    let mut delayed = sim.request("root.q", one_core());
+    delayed.not_before = Some(sim.now.after(Duration::from_secs(30)));
+    let delayed = sim.submit(delayed).unwrap().id();
+    let waiting: Vec<JobId> = queued.iter().copied().chain([delayed, retried]).collect();
+
     sim.rm.drain_queue("root.q").unwrap();
-    let waiting = sim.submit_n("root.other_not_there", 0, one_core());
-    assert!(waiting.is_empty());
-    let req = sim.request("root.q", one_core());
-    assert!(matches!(
-        sim.submit(req),
-        Err(SubmitError::NotAccepting { .. })
-    ));
-    sim.rm.start_queue("root.q").unwrap();
-    let later = sim.submit_n("root.q", 1, one_core())[0];
-    sim.rm.drain_queue("root.q").unwrap();
-    sim.pass();
     assert_eq!(
-        sim.state(later),
-        JobState::Pending,
-        "draining: nothing new starts"
+        sim.rm.queue("root.q").unwrap().state(),
+        QueueState::Draining
     );
+
+    // While draining: the running attempt that fails goes back to waiting (its
+    // backoff ends inside the drain); a new submission is refused and leaves no job; the
+    // same submission again is the job it already is; another queue still takes work.
+    sim.report(w, retried, failed("boom"));
+    assert_eq!(sim.state(retried), JobState::Pending);
+    let refused = sim.request("root.q", one_core());
+    let refused_id = refused.id;
+    assert!(matches!(
+        sim.submit(refused),
+        Err(SubmitError::NotAccepting {
+            state: QueueState::Draining,
+            ..
+        })
+    ));
+    assert!(
+        sim.rm.job(refused_id).is_none(),
+        "a refused job is not kept"
+    );
+    assert_eq!(
+        sim.submit(queued_req).unwrap(),
+        Submitted::Existing(queued[0])
+    );
+    let elsewhere = sim.submit_n("root.other", 1, one_core())[0];
+
+    // A worker with room polls again and again for a minute of simulated time (past the
+    // delayed job's ETA and the retry's backoff): nothing of the draining queue starts.
+    let mut handed = Vec::new();
+    for round in 0..12 {
+        sim.advance(Duration::from_secs(5));
+        sim.pass();
+        handed.extend(sim.poll_running(w).into_iter().map(|a| a.job));
+        for id in &waiting {
+            assert_eq!(
+                sim.state(*id),
+                JobState::Pending,
+                "round {round}: draining, so {id:?} does not start"
+            );
+        }
+        let free = {
+            let worker = sim.rm.worker(w).unwrap();
+            worker.capacity.cpu.0 - worker.used.cpu.0
+        };
+        assert!(
+            free >= 2000,
+            "round {round}: the worker has room ({free} m)"
+        );
+    }
+    assert_eq!(
+        handed,
+        vec![elsewhere],
+        "the worker took work from the running queue, none from the draining one"
+    );
+    assert!(
+        sim.log
+            .assignments
+            .iter()
+            .all(|a| !waiting.contains(&a.job) || a.job == retried && a.attempt == 1),
+        "no attempt of a waiting job was handed out while draining"
+    );
+    // Running attempts still finish while draining.
     sim.succeed(w, running);
     assert_eq!(
         sim.state(running),
         JobState::Succeeded,
         "running attempts finish"
     );
+    sim.succeed(w, elsewhere);
+    sim.pass();
+    assert!(sim.poll_running(w).is_empty());
+    assert!(waiting.iter().all(|id| sim.state(*id) == JobState::Pending));
+
+    // Started again: every waiting job starts, the retry as its second attempt.
     sim.rm.start_queue("root.q").unwrap();
     sim.pass();
-    assert_eq!(sim.state(later), JobState::Scheduled);
+    let mut got: Vec<JobId> = sim.poll_running(w).into_iter().map(|a| a.job).collect();
+    got.sort();
+    let mut want = waiting.clone();
+    want.sort();
+    assert_eq!(got, want, "started again: everything waiting starts");
+    for id in &waiting {
+        assert_eq!(sim.state(*id), JobState::Running);
+    }
+    assert_eq!(
+        sim.rm
+            .job(retried)
+            .unwrap()
+            .current_attempt()
+            .unwrap()
+            .number,
+        2
+    );
+    sim.check();
 }
 
 #[test]
