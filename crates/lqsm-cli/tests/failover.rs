@@ -12,70 +12,30 @@ use lqsm_api as api;
 use lqsm_testkit::wait::{eventually_explained, eventually_within};
 use lqsm_testkit::{ServerProcess, WorkerProcess};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use uuid::Uuid;
 
-fn url() -> String {
-    std::env::var("LQSM_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/test".to_owned())
-}
+use lqsm_testkit::postgres::{TestSchema, connect, url};
 
-fn database() -> postgres::Client {
-    postgres::Client::connect(&url(), postgres::NoTls)
-        .unwrap_or_else(|e| panic!("this test needs PostgreSQL at {} ({e}); start it", url()))
-}
-
-/// A schema of the test's own, dropped when it ends (also when it fails).
-struct Schema(String);
-
-impl Schema {
-    fn new() -> Schema {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        Schema(format!(
-            "lqsm_failover_{}_{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ))
-    }
-
-    fn count(&self, sql_from_where: &str) -> i64 {
-        let row = database()
-            .query_one(
-                &format!("SELECT count(*) FROM {}.{sql_from_where}", self.0),
-                &[],
-            )
-            .unwrap();
-        row.get(0)
-    }
-
-    /// Cuts every database connection of this test's servers.
-    fn terminate_connections(&self) -> i64 {
-        let row = database()
-            .query_one(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-                 WHERE application_name = $1",
-                &[&self.0],
-            )
-            .unwrap();
-        row.get(0)
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        if let Ok(mut client) = postgres::Client::connect(&url(), postgres::NoTls) {
-            let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0));
-        }
-    }
+/// Cuts every database connection of the servers using `schema` (they name their
+/// connections after it).
+fn terminate_connections(schema: &TestSchema) -> i64 {
+    let row = connect()
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE application_name = $1",
+            &[&schema.name],
+        )
+        .unwrap();
+    row.get(0)
 }
 
 /// Several servers on one schema; server `i` is node `s{i}`.
 struct Servers {
     servers: Vec<Option<ServerProcess>>,
     workers: Vec<WorkerProcess>,
-    schema: Schema,
+    schema: TestSchema,
     /// Marks written by the jobs themselves; last, so removed after the processes stop.
     dir: TempDir,
 }
@@ -83,7 +43,7 @@ struct Servers {
 impl Servers {
     /// Starts `n` servers one after the other: the first leads.
     fn start(n: usize) -> Servers {
-        let schema = Schema::new();
+        let schema = TestSchema::new("lqsm_failover");
         let mut servers = Servers {
             servers: Vec::new(),
             workers: Vec::new(),
@@ -102,8 +62,8 @@ impl Servers {
         format!(
             "[store]\nbackend = \"postgres\"\nurl = \"{}?application_name={}\"\nschema = \"{}\"\nsslmode = \"disable\"\nnode = \"s{i}\"\n",
             url(),
-            self.schema.0,
-            self.schema.0
+            self.schema.name,
+            self.schema.name
         )
     }
 
@@ -438,7 +398,7 @@ fn cut_database_connections_are_reopened_and_lose_nothing_acknowledged() {
         servers.submit_until_acknowledged(&servers.marking_job(id), n);
         acknowledged.push(id);
         if n % 20 == 10 {
-            assert!(servers.schema.terminate_connections() > 0);
+            assert!(terminate_connections(&servers.schema) > 0);
         }
     }
     servers.wait_for_leader(Duration::from_secs(30));
@@ -495,14 +455,14 @@ fn one_leader_under_steady_load_and_every_server_restarted_at_once_keeps_the_sta
 
 #[test]
 fn a_server_that_cannot_reach_postgres_answers_503_to_writes_and_recovers() {
-    let schema = Schema::new();
+    let schema = TestSchema::new("lqsm_failover");
     let database: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
     let proxy = lqsm_testkit::FaultProxy::start(database);
     let through_proxy = url().replace("127.0.0.1:5432", &proxy.addr().to_string());
     let server = ServerProcess::builder()
         .config(&format!(
             "[store]\nbackend = \"postgres\"\nurl = \"{through_proxy}\"\nschema = \"{}\"\nsslmode = \"disable\"\nnode = \"s0\"\n",
-            schema.0
+            schema.name
         ))
         .start();
     let api = server.api();

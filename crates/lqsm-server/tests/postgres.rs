@@ -7,48 +7,13 @@
 use lqsm_api as api;
 use lqsm_server::config::StoreBackend;
 use lqsm_testkit::{BlockingTestServer, SimWorker, function_job};
-use std::sync::atomic::{AtomicU64, Ordering};
 
-fn url() -> String {
-    std::env::var("LQSM_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-/// A schema of the test's own, dropped when it ends (also when it fails).
-struct Schema(String);
-
-impl Schema {
-    fn new() -> Schema {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        Schema(format!(
-            "lqsm_server_test_{}_{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ))
-    }
-
-    fn rows(&self, table: &str) -> i64 {
-        let mut client = postgres::Client::connect(&url(), postgres::NoTls)
-            .unwrap_or_else(|e| panic!("this test needs PostgreSQL at {} ({e}); start it", url()));
-        let row = client
-            .query_one(&format!("SELECT count(*) FROM {}.{table}", self.0), &[])
-            .unwrap();
-        row.get(0)
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        if let Ok(mut client) = postgres::Client::connect(&url(), postgres::NoTls) {
-            let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0));
-        }
-    }
-}
+use lqsm_testkit::postgres::{TestSchema, url};
 
 #[test]
 fn a_server_on_postgres_keeps_jobs_results_and_reads_across_a_restart() {
-    let schema = Schema::new();
-    let name = schema.0.clone();
+    let schema = TestSchema::new("lqsm_server_test");
+    let name = schema.name.clone();
     let mut server = BlockingTestServer::start_with(move |config| {
         config.store.backend = StoreBackend::Postgres;
         config.store.url = Some(url());
@@ -64,7 +29,7 @@ fn a_server_on_postgres_keeps_jobs_results_and_reads_across_a_restart() {
     api.wait_for_state(done, api::JobState::Succeeded);
     let waiting = api.submit(&function_job("root.default", "pg.nobody"));
     assert_eq!(
-        schema.rows("lqsm_jobs"),
+        schema.count("lqsm_jobs"),
         2,
         "both jobs are rows of the schema"
     );

@@ -255,14 +255,19 @@ fn reopening_applies_no_migration_twice() {
     );
 }
 
-#[test]
-fn a_newer_schema_marked_compatible_is_used() {
-    let schema = Schema::new();
+/// Stores one named value in `schema` and closes the store; returns the batch that did.
+fn store_one_meta_value(schema: &Schema) -> WriteBatch {
     let store = schema.open();
     let mut batch = WriteBatch::new();
     batch.meta.push(("next_token".to_string(), b"7".to_vec()));
     store.commit(&batch).unwrap();
-    drop(store);
+    batch
+}
+
+#[test]
+fn a_newer_schema_marked_compatible_is_used() {
+    let schema = Schema::new();
+    let batch = store_one_meta_value(&schema);
     let ours = lqsm_store_postgres::SCHEMA_VERSION;
     schema.execute(&format!(
         "CREATE INDEX lqsm_meta_by_value ON lqsm_meta (value);
@@ -371,11 +376,7 @@ fn leases_judged_by_the_database_clock_hold_against_another_server() {
 #[test]
 fn a_database_of_the_previous_schema_is_upgraded_keeping_its_data() {
     let schema = Schema::new();
-    let store = schema.open();
-    let mut batch = WriteBatch::new();
-    batch.meta.push(("next_token".to_string(), b"7".to_vec()));
-    store.commit(&batch).unwrap();
-    drop(store);
+    store_one_meta_value(&schema);
     // Back to version 1: the servers table is the only thing version 2 added.
     schema.execute(
         "DROP TABLE lqsm_servers;

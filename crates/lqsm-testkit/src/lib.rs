@@ -31,6 +31,7 @@ pub mod binary;
 pub mod fault_proxy;
 pub mod http;
 pub mod in_process;
+pub mod postgres;
 pub mod process;
 pub mod wait;
 
