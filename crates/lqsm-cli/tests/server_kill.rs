@@ -1,0 +1,277 @@
+//! `kill -9` of a real `lqsm server` (embedded store) several times while real `lqsm
+//! worker`s run its jobs across the kills: nothing acknowledged is lost and nothing runs
+//! to completion twice, counted from the jobs' own side.
+//!
+//! A submitter submits command jobs with ids it chooses; each job appends its id to a
+//! marks file. When a submission fails (the server is down, or died before it answered)
+//! the submitter sends the same job, same id, again until the server acknowledges it:
+//! a job the dead server had stored is then the same job, not a second one.
+#![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
+#![allow(clippy::print_stdout)] // Each run prints its acknowledged, lost and twice-run counts.
+
+use lqsm_api as api;
+use lqsm_testkit::wait::eventually_explained;
+use lqsm_testkit::{Api, ServerProcess, WorkerProcess};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+use uuid::Uuid;
+
+/// Jobs submitted in all.
+const JOBS: usize = 150;
+/// The server is killed once this many jobs are acknowledged, each time.
+const KILL_AT: [usize; 3] = [40, 80, 120];
+
+/// A command job with a client-chosen id that appends its id to `marks` (after a short
+/// sleep, so that kills find jobs running on the workers).
+fn marking_job(id: Uuid, marks: &Path) -> api::SubmitJob {
+    let mut job = api::SubmitJob::function("root.default", "unused", serde_json::json!({}));
+    job.id = Some(id);
+    job.kind = api::JobKind::Command {
+        argv: vec![
+            "sh".into(),
+            "-c".into(),
+            format!("sleep 0.2; echo {id} >> '{}'", marks.display()),
+        ],
+        env: Default::default(),
+        cwd: None,
+    };
+    job
+}
+
+/// How many times each job's command ran to completion.
+fn completions(marks: &Path) -> HashMap<Uuid, usize> {
+    let text = std::fs::read_to_string(marks).unwrap_or_default();
+    let mut counts = HashMap::new();
+    for line in text.lines() {
+        let id: Uuid = line.trim().parse().unwrap();
+        *counts.entry(id).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// What the submitter did so far, shared with the test's thread.
+#[derive(Clone, Default)]
+struct Progress {
+    /// Ids the server acknowledged, in order.
+    acknowledged: Arc<Mutex<Vec<Uuid>>>,
+    /// Submissions that failed (no answer, or not a 200/201) and were sent again.
+    failures: Arc<AtomicUsize>,
+}
+
+impl Progress {
+    fn acknowledged(&self) -> usize {
+        self.acknowledged.lock().unwrap().len()
+    }
+}
+
+/// Submits [`JOBS`] marking jobs one after the other, each the same job (same id) again
+/// after a failure until the server acknowledges it.
+fn submitter(api: Api, marks: PathBuf, progress: Progress) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        for _ in 0..JOBS {
+            let id = Uuid::now_v7();
+            let job = marking_job(id, &marks);
+            let started = Instant::now();
+            loop {
+                match api.try_post("/v1/jobs", &job) {
+                    Ok(reply) if reply.status == 200 || reply.status == 201 => {
+                        let submitted: api::Submitted = reply.json();
+                        assert_eq!(submitted.id, id, "the server kept the client's id");
+                        break;
+                    }
+                    _ => {
+                        progress.failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(90),
+                    "job {id} was not acknowledged for 90 s"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            progress.acknowledged.lock().unwrap().push(id);
+        }
+    })
+}
+
+/// Every job the server holds, by id, through the paged listing.
+fn all_jobs(api: &Api) -> Option<HashMap<Uuid, api::JobView>> {
+    let mut jobs = HashMap::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/jobs?limit=1000&cursor={c}"),
+            None => "/v1/jobs?limit=1000".to_owned(),
+        };
+        let reply = api.try_get(&path).ok()?;
+        if reply.status != 200 {
+            return None;
+        }
+        let page: api::JobList = reply.json();
+        jobs.extend(page.jobs.into_iter().map(|j| (j.id, j)));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => return Some(jobs),
+        }
+    }
+}
+
+fn workers(api: &Api) -> Option<Vec<api::WorkerView>> {
+    let reply = api.try_get("/v1/workers").ok()?;
+    (reply.status == 200).then(|| reply.json())
+}
+
+fn logs(server: &ServerProcess, workers: &[WorkerProcess]) -> String {
+    let mut text = format!("--- server log:\n{}\n", server.log_tail());
+    for w in workers {
+        text.push_str(&format!("--- worker {} log:\n{}\n", w.name(), w.log_tail()));
+    }
+    text
+}
+
+#[test]
+fn kill_9_of_the_server_with_workers_running_loses_nothing_and_runs_nothing_twice() {
+    let dir = TempDir::with_prefix("lqsm-server-kill-").unwrap();
+    let marks = dir.path().join("completed");
+    let mut server = ServerProcess::start();
+    let api = server.api();
+    let processes: Vec<WorkerProcess> = ["w1", "w2"]
+        .iter()
+        .map(|name| WorkerProcess::start(&server.url(), name, &["--cpus", "4", "--memory", "1G"]))
+        .collect();
+    eventually_explained(
+        "both workers to be active",
+        Duration::from_secs(30),
+        || logs(&server, &processes),
+        || {
+            let active = workers(&api)?
+                .iter()
+                .filter(|w| w.state == api::WorkerState::Active)
+                .count();
+            (active == 2).then_some(())
+        },
+    );
+
+    let progress = Progress::default();
+    let submitting = submitter(api.clone(), marks.clone(), progress.clone());
+    let mut in_flight_at_kills = Vec::new();
+    let mut running_at_kills = Vec::new();
+    for kill_at in KILL_AT {
+        eventually_explained(
+            &format!("{kill_at} jobs to be acknowledged"),
+            Duration::from_secs(90),
+            || logs(&server, &processes),
+            || (progress.acknowledged() >= kill_at).then_some(()),
+        );
+        // Acknowledged jobs not yet completed: they are pending or running as the
+        // server dies.
+        let done = completions(&marks);
+        let in_flight = progress
+            .acknowledged
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|id| !done.contains_key(id))
+            .count();
+        in_flight_at_kills.push(in_flight);
+        // And what the workers run as it dies, as the server last said.
+        let running = all_jobs(&api)
+            .unwrap_or_default()
+            .values()
+            .filter(|j| j.state == api::JobState::Running)
+            .count();
+        running_at_kills.push(running);
+        let failures = progress.failures.load(Ordering::Relaxed);
+        server.kill_9();
+        // The submitter meets the dead server and keeps sending the same job.
+        eventually_explained(
+            "a submission to fail while the server is down",
+            Duration::from_secs(30),
+            || logs(&server, &processes),
+            || (progress.failures.load(Ordering::Relaxed) > failures).then_some(()),
+        );
+        server.restart();
+    }
+    submitting.join().unwrap();
+    let acknowledged = progress.acknowledged.lock().unwrap().clone();
+    assert_eq!(acknowledged.len(), JOBS);
+    assert_eq!(
+        acknowledged.iter().collect::<HashSet<_>>().len(),
+        JOBS,
+        "distinct ids"
+    );
+
+    // Every acknowledged job succeeds, and then no worker runs anything any more.
+    let api = server.api();
+    eventually_explained(
+        "every acknowledged job to succeed and the workers to be idle",
+        Duration::from_secs(120),
+        || {
+            let jobs = all_jobs(&api).unwrap_or_default();
+            let unfinished: Vec<_> = acknowledged
+                .iter()
+                .map(|id| (id, jobs.get(id).map(|j| j.state)))
+                .filter(|(_, state)| *state != Some(api::JobState::Succeeded))
+                .collect();
+            format!(
+                "not succeeded: {unfinished:?}\n{}",
+                logs(&server, &processes)
+            )
+        },
+        || {
+            let jobs = all_jobs(&api)?;
+            let all_succeeded = acknowledged.iter().all(|id| {
+                jobs.get(id)
+                    .is_some_and(|j| j.state == api::JobState::Succeeded)
+            });
+            let idle = workers(&api)?.iter().all(|w| w.attempts == 0);
+            (all_succeeded && idle).then_some(())
+        },
+    );
+    let jobs = all_jobs(&api).unwrap();
+    assert_eq!(
+        jobs.len(),
+        JOBS,
+        "the server holds exactly the acknowledged jobs"
+    );
+
+    let completions = completions(&marks);
+    let lost: Vec<&Uuid> = acknowledged
+        .iter()
+        .filter(|id| !completions.contains_key(id))
+        .collect();
+    let twice: Vec<(&Uuid, &usize)> = completions.iter().filter(|(_, n)| **n > 1).collect();
+    let rerun = jobs.values().filter(|j| j.attempts.len() > 1).count();
+    println!(
+        "acknowledged {}, lost {}, completed twice {} (server kills {}, submissions sent \
+         again {}, acknowledged but unfinished at each kill {:?}, running at each kill {:?}, jobs \
+         with more than one attempt {rerun})",
+        acknowledged.len(),
+        lost.len(),
+        twice.len(),
+        KILL_AT.len(),
+        progress.failures.load(Ordering::Relaxed),
+        in_flight_at_kills,
+        running_at_kills,
+    );
+    let twice_views: Vec<&api::JobView> = twice.iter().filter_map(|(id, _)| jobs.get(id)).collect();
+    assert!(
+        twice.is_empty(),
+        "jobs completed twice: {twice:?}\n{twice_views:#?}\n{}",
+        logs(&server, &processes)
+    );
+    assert!(lost.is_empty(), "acknowledged jobs never run: {lost:?}");
+    assert!(
+        completions.keys().all(|id| acknowledged.contains(id)),
+        "only acknowledged jobs ran"
+    );
+    assert!(
+        running_at_kills.iter().any(|n| *n > 0),
+        "no kill found a job running: the test proved nothing"
+    );
+}
