@@ -45,7 +45,7 @@ pub struct ServerArgs {
     /// `command-line-admin`).
     #[arg(long, env = "LQSM_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
-    /// Heartbeat timeout of workers, ms [default: 10000].
+    /// Heartbeat timeout of workers, ms [default: 20000].
     #[arg(long, env = "LQSM_HEARTBEAT_TIMEOUT_MS")]
     heartbeat_timeout_ms: Option<u64>,
     /// How long finished jobs are kept, ms [default: 86400000].

@@ -864,6 +864,16 @@ impl SubmitRequest {
         if self.tags.len() > 64 {
             return Err(invalid("tags", "at most 64 tags".into()));
         }
+        // Tags are indexed by the store as text: bounded, and free of control characters
+        // (a database's text cannot hold NUL).
+        for (i, tag) in self.tags.iter().enumerate() {
+            if tag.is_empty() || tag.len() > 256 || tag.chars().any(char::is_control) {
+                return Err(invalid(
+                    &format!("tags[{i}]"),
+                    "must be 1 to 256 characters, none of them a control character".into(),
+                ));
+            }
+        }
         if self.keys.len() > MAX_JOB_KEYS {
             return Err(invalid("keys", format!("at most {MAX_JOB_KEYS} keys")));
         }

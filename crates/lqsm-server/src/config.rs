@@ -261,7 +261,7 @@ pub struct SchedulerConfig {
 impl Default for SchedulerConfig {
     fn default() -> Self {
         Self {
-            heartbeat_timeout_ms: 10_000,
+            heartbeat_timeout_ms: 20_000,
             retention_ms: 24 * 3600 * 1000,
             reclaim_grace_ms: 30_000,
             max_poll_wait_ms: 4_000,

@@ -33,9 +33,12 @@ pub const FORWARDED_BY: HeaderName = HeaderName::from_static("x-lqsm-forwarded-b
 /// How old a follower's snapshot of a leader's read may be.
 pub const SNAPSHOT_TTL: Duration = Duration::from_secs(1);
 
-/// Most snapshots a follower keeps (distinct paths, queries and tokens); past it they are
-/// all dropped, which costs one call to the leader each.
+/// Most snapshots a follower keeps (distinct paths, queries and tokens); when it is
+/// reached the stale ones are dropped, and while it still is, reads go to the leader.
 const MAX_SNAPSHOTS: usize = 1024;
+
+/// The largest answer kept as a snapshot (a larger one is passed on each time).
+const MAX_SNAPSHOT_BYTES: usize = 1 << 20;
 
 /// A read's path and query, and the token it was made with.
 type SnapshotKey = (String, Vec<u8>);
@@ -45,7 +48,7 @@ type SnapshotKey = (String, Vec<u8>);
 struct Snapshot {
     taken: std::time::Instant,
     status: StatusCode,
-    content_type: Option<axum::http::HeaderValue>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 }
 
@@ -53,14 +56,14 @@ impl Snapshot {
     fn response(&self) -> Response {
         let mut response = Response::new(Body::from(self.body.clone()));
         *response.status_mut() = self.status;
-        if let Some(value) = &self.content_type {
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, value.clone());
-        }
+        *response.headers_mut() = self.headers.clone();
         response
     }
 }
+
+/// The longest a passed call may take: the longest wait a call may ask for (5 min) and a
+/// margin.
+const LONGEST_PASSED_CALL: Duration = Duration::from_secs(330);
 
 /// How long connecting to the leader may take before the call is answered 503.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -79,7 +82,9 @@ impl Forwarder {
         let client = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
-            // Long-polls wait at the leader as long as they asked: no overall timeout.
+            // Long-polls and waits wait at the leader as long as they asked, up to 5 min;
+            // a leader that stops answering is given up earlier, when the role changes.
+            .timeout(LONGEST_PASSED_CALL)
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .unwrap_or_default();
@@ -126,18 +131,21 @@ impl Forwarder {
         let snapshot = Snapshot {
             taken,
             status: parts.status,
-            content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
+            headers: parts.headers,
             body,
         };
-        let mut snapshots = self
-            .snapshots
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if snapshots.len() >= MAX_SNAPSHOTS {
-            snapshots.clear();
+        if snapshot.body.len() <= MAX_SNAPSHOT_BYTES {
+            let mut snapshots = self
+                .snapshots
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if snapshots.len() >= MAX_SNAPSHOTS {
+                snapshots.retain(|_, s| s.taken.elapsed() < SNAPSHOT_TTL);
+            }
+            if snapshots.len() < MAX_SNAPSHOTS {
+                snapshots.insert(key, snapshot.clone());
+            }
         }
-        snapshots.insert(key, snapshot.clone());
-        drop(snapshots);
         snapshot.response()
     }
 
@@ -162,8 +170,7 @@ impl Forwarder {
         let url = format!("{}{path}", leader.trim_end_matches('/'));
         let mut outgoing = self.client.request(parts.method.clone(), &url).body(bytes);
         for (name, value) in &parts.headers {
-            if name != header::HOST && name != header::CONTENT_LENGTH && name != header::CONNECTION
-            {
+            if !is_hop_by_hop(name) {
                 outgoing = outgoing.header(name, value);
             }
         }
@@ -190,13 +197,31 @@ impl Forwarder {
         };
         let mut response = Response::new(Body::from(body));
         *response.status_mut() = status;
-        for name in [header::CONTENT_TYPE, header::RETRY_AFTER, header::LOCATION] {
-            if let Some(value) = headers.get(&name) {
-                response.headers_mut().insert(name, value.clone());
+        for (name, value) in &headers {
+            if !is_hop_by_hop(name) {
+                response.headers_mut().append(name, value.clone());
             }
         }
         response
     }
+}
+
+/// Headers that describe one connection, not the message: never passed on, either way.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [
+        header::CONNECTION,
+        header::HOST,
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::TE,
+        header::TRAILER,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+        header::EXPECT,
+    ]
+    .contains(name)
+        || name.as_str() == "keep-alive"
 }
 
 /// Whether `request` reads what only the leader holds in memory (answered from a
@@ -238,6 +263,21 @@ fn answered_locally(request: &Request) -> bool {
     }
 }
 
+/// Resolves once this server no longer passes calls to `leader`.
+async fn leader_replaced(role: &mut tokio::sync::watch::Receiver<Role>, leader: &str) {
+    loop {
+        let still =
+            matches!(&*role.borrow_and_update(), Role::Follower { leader: Some(l) } if l == leader);
+        if !still {
+            return;
+        }
+        if role.changed().await.is_err() {
+            // The server is going away; its shutdown ends the call.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// Passes calls a follower cannot answer to the leader.
 pub(crate) async fn to_leader(
     State(state): State<AppState>,
@@ -259,17 +299,25 @@ pub(crate) async fn to_leader(
         .into_response();
     }
     match leader {
-        Some(leader) if reads_the_leaders_view(&request) => {
-            state
-                .forwarder
-                .read_view(&leader, request, state.limits.max_request_bytes)
-                .await
-        }
         Some(leader) => {
-            state
-                .forwarder
-                .pass(&leader, request, state.limits.max_request_bytes)
-                .await
+            let mut role = state.role.clone();
+            let limit = state.limits.max_request_bytes;
+            let passed = async {
+                if reads_the_leaders_view(&request) {
+                    state.forwarder.read_view(&leader, request, limit).await
+                } else {
+                    state.forwarder.pass(&leader, request, limit).await
+                }
+            };
+            // A call waiting on a leader that has since been replaced (paused, cut off)
+            // is answered at once, for the caller to retry with the new one.
+            tokio::select! {
+                answer = passed => answer,
+                () = leader_replaced(&mut role, &leader) => ApiError::unavailable(format!(
+                    "the leader at {leader} was replaced while this call waited for it; retry"
+                ))
+                .into_response(),
+            }
         }
         None => ApiError::from(crate::scheduler::SchedulerError::NotLeader).into_response(),
     }

@@ -51,7 +51,7 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 const RENEW_RETRY: Duration = Duration::from_millis(250);
 
 /// This server as the others see it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     /// The name it leads under.
     pub node: String,
@@ -176,6 +176,35 @@ pub(crate) fn announce(
     })
 }
 
+/// Why this server must not start under its node name: another server, at another
+/// address, announced itself under it within the last few renewal intervals. Two servers
+/// of one name would each take the lease from the other as their own.
+pub(crate) fn node_in_use(
+    servers: &[ServerInfo],
+    identity: &Identity,
+    now_ms: u64,
+    renew_every: Duration,
+) -> Option<String> {
+    let recent_ms = u64::try_from(renew_every.as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_mul(3);
+    servers
+        .iter()
+        .find(|s| {
+            s.node == identity.node
+                && s.address != identity.address
+                && now_ms.saturating_sub(s.seen_at_ms) < recent_ms
+        })
+        .map(|other| {
+            format!(
+                "[store] node `{}` is in use by the server at {} (seen {} ms ago); give each server sharing the store its own node name",
+                other.node,
+                other.address,
+                now_ms.saturating_sub(other.seen_at_ms)
+            )
+        })
+}
+
 /// How a spell of leading ended.
 enum Led {
     /// The server is shutting down; the lease was given up.
@@ -195,6 +224,9 @@ pub(crate) async fn run(
     loop {
         let node = ctx.identity.node.clone();
         let ttl = ctx.ttl();
+        // The lease runs from the database's clock as read after this instant: counting
+        // from here, this server's own clock never believes in it longer than it lasts.
+        let asked = Instant::now();
         let acquired = ctx
             .blocking(move |store| store.acquire_lease(&node, ttl, lease_clock(store)?))
             .await;
@@ -204,7 +236,7 @@ pub(crate) async fn run(
                     ::metrics::counter!("lqsm_failovers_total").increment(1);
                     tracing::info!(epoch = lease.epoch, "took the lease over: leading");
                 }
-                match lead(&ctx, lease, &mut shutdown).await? {
+                match lead(&ctx, lease, asked, &mut shutdown).await? {
                     Led::ShutDown => return Ok(()),
                     Led::SteppedDown => {}
                 }
@@ -275,6 +307,7 @@ async fn follow(
 async fn lead(
     ctx: &Context,
     lease: Lease,
+    asked: Instant,
     shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> Result<Led, ServerError> {
     publish_lease(&lease);
@@ -286,18 +319,28 @@ async fn lead(
     let renewing = tokio::spawn(renew(
         ctx.store.clone(),
         lease.clone(),
+        asked,
         ctx.ttl(),
         ctx.renew_every(),
         ctx.lease.clone(),
         lost_tx,
     ));
-    let restored = {
+    let restoring = {
         let store = ctx.store.clone();
         let config = ctx.config.clone();
         let epoch = lease.epoch;
         tokio::task::spawn_blocking(move || restore_to_lead(store.as_ref(), &config, epoch))
-            .await
-            .unwrap_or_else(|e| Err(ServerError::Config(format!("restore task failed: {e}"))))
+    };
+    // A shutdown during a long restore gives the lease up at once rather than after it.
+    let restored = tokio::select! {
+        restored = restoring => restored
+            .unwrap_or_else(|e| Err(ServerError::Config(format!("restore task failed: {e}")))),
+        () = shutdown.as_mut() => {
+            renewing.abort();
+            let _ = renewing.await;
+            resign(ctx, lease).await;
+            return Ok(Led::ShutDown);
+        }
     };
     let rm = match restored {
         Ok(rm) => rm,
@@ -364,11 +407,7 @@ async fn lead(
     ::metrics::gauge!("lqsm_leader").set(0.0);
     match outcome {
         None => {
-            let store = ctx.store.clone();
-            let resigned = tokio::task::spawn_blocking(move || store.resign_lease(&lease)).await;
-            if let Ok(Err(e)) = resigned {
-                tracing::warn!(error = %e, "could not give the store's lease up");
-            }
+            resign(ctx, lease).await;
             match ended {
                 Some(Ok(Err(e))) => Err(e.into()),
                 _ => Ok(Led::ShutDown),
@@ -383,6 +422,21 @@ async fn lead(
             tracing::error!(error = %why, "the resource manager stopped; shutting down");
             Err(why.into())
         }
+    }
+}
+
+/// Gives the lease up, so that a follower takes over at once; waits at most
+/// [`STOP_GRACE`] for the store (a stuck database must not hold the shutdown).
+async fn resign(ctx: &Context, lease: Lease) {
+    let store = ctx.store.clone();
+    let resigning = tokio::task::spawn_blocking(move || store.resign_lease(&lease));
+    match tokio::time::timeout(STOP_GRACE, resigning).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "could not give the store's lease up"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "giving the store's lease up failed"),
+        Err(_) => tracing::warn!(
+            "the store did not answer in time to give the lease up; it lapses by itself"
+        ),
     }
 }
 
@@ -419,13 +473,14 @@ fn restore_to_lead(
 async fn renew(
     store: Arc<dyn Store>,
     mut lease: Lease,
+    asked: Instant,
     ttl: Duration,
     every: Duration,
     updates: watch::Sender<Option<Lease>>,
     lost: tokio::sync::oneshot::Sender<StoreError>,
 ) {
     let margin = ttl / 5;
-    let mut valid_until = Instant::now() + ttl - margin;
+    let mut valid_until = asked + ttl - margin;
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
@@ -473,5 +528,51 @@ async fn renew(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_name_announced_lately_from_another_address_is_refused() {
+        let me = Identity {
+            node: "a".into(),
+            address: "http://10.0.0.1:7420".into(),
+        };
+        let seen = |node: &str, address: &str, seen_at_ms: u64| ServerInfo {
+            node: node.into(),
+            address: address.into(),
+            seen_at_ms,
+        };
+        let second = Duration::from_secs(1);
+        let other = [seen("a", "http://10.0.0.2:7420", 10_000)];
+        let refusal = node_in_use(&other, &me, 11_000, second).expect("refused");
+        assert!(
+            refusal.contains("node `a` is in use by the server at http://10.0.0.2:7420"),
+            "{refusal}"
+        );
+        // Long silent: that server is gone (renamed, moved), the name is free.
+        assert_eq!(node_in_use(&other, &me, 14_000, second), None);
+        // Its own earlier announcement (a restart) and other names are fine.
+        assert_eq!(
+            node_in_use(
+                &[seen("a", "http://10.0.0.1:7420", 10_900)],
+                &me,
+                11_000,
+                second
+            ),
+            None
+        );
+        assert_eq!(
+            node_in_use(
+                &[seen("b", "http://10.0.0.2:7420", 10_900)],
+                &me,
+                11_000,
+                second
+            ),
+            None
+        );
     }
 }

@@ -408,6 +408,9 @@ fn settings_differences(
         .collect()
 }
 
+/// How long a stopping server lets its HTTP calls in flight finish.
+const HTTP_DRAIN: Duration = Duration::from_secs(5);
+
 /// Runs the server until `shutdown` resolves: stops accepting, lets requests in
 /// flight finish and the commit in flight land, then returns. `on_listening` is told
 /// the bound address (useful with port 0) as soon as it listens, before the state is
@@ -511,6 +514,35 @@ pub async fn serve_after(
         open_ms = opening.elapsed().as_millis() as u64,
         "opened the store"
     );
+    if config.store.backend == StoreBackend::Postgres {
+        let checked = {
+            let store = store.clone();
+            let identity = identity.clone();
+            let renew_every = Duration::from_millis(config.store.lease_renew_ms.max(1));
+            tokio::task::spawn_blocking(move || {
+                let now = leadership::lease_clock(store.as_ref())?;
+                let servers = store.servers()?;
+                Ok::<_, lqsm_store::StoreError>(leadership::node_in_use(
+                    &servers,
+                    &identity,
+                    now,
+                    renew_every,
+                ))
+            })
+            .await
+            .unwrap_or_else(|e| Err(lqsm_store::StoreError::Engine(e.to_string())))
+        };
+        let refusal = match checked {
+            Ok(refusal) => refusal.map(ServerError::Config),
+            Err(e) => Some(ServerError::Store(e)),
+        };
+        if let Some(e) = refusal {
+            let _ = stop_tx.send(());
+            let _ = http.await;
+            let _ = tokio::task::spawn_blocking(move || drop(store)).await;
+            return Err(e);
+        }
+    }
     let announcing = leadership::announce(
         store.clone(),
         identity.clone(),
@@ -533,7 +565,16 @@ pub async fn serve_after(
     announcing.abort();
     let _ = announcing.await;
     let _ = stop_tx.send(());
-    let served = http.await;
+    // Calls in flight finish; a follower's calls waiting at the leader (long-polls, waits
+    // of minutes) are cut after HTTP_DRAIN.
+    let mut http = http;
+    let served = match tokio::time::timeout(HTTP_DRAIN, &mut http).await {
+        Ok(served) => served,
+        Err(_) => {
+            http.abort();
+            Ok(Ok(()))
+        }
+    };
     // The last handle on the store goes on a blocking thread: closing a database
     // connection blocks.
     switch.set(None);

@@ -168,6 +168,20 @@ fn bad_input_of_every_class_is_answered_with_the_field_to_blame() {
         )
         .field("priority"),
         case(
+            "a tag holding a NUL character",
+            "POST",
+            "/v1/jobs",
+            job_with(json!({"tags": ["fine", "bad\u{0}tag"]})),
+        )
+        .field("tags[1]"),
+        case(
+            "a tag over 256 characters",
+            "POST",
+            "/v1/jobs",
+            job_with(json!({"tags": ["t".repeat(257)]})),
+        )
+        .field("tags[0]"),
+        case(
             "unknown job kind",
             "POST",
             "/v1/jobs",

@@ -188,6 +188,7 @@ impl PostgresOptions {
 const IDLE_IN_TRANSACTION_MS: u64 = 2_000;
 
 /// A configuration ready to connect with.
+#[derive(Clone)]
 pub(crate) struct Resolved {
     pub(crate) config: postgres::Config,
     pub(crate) ssl_mode: SslMode,

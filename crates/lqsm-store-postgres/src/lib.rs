@@ -108,8 +108,15 @@ impl From<PostgresError> for StoreError {
 /// lands before a new epoch is granted or is refused after.
 pub struct PostgresStore {
     pool: Pool,
+    /// Connections of their own for the lease and the servers table: however busy the
+    /// reads and commits keep the main pool, a leader's renewal never waits behind them
+    /// (it would lose the lease to a busy afternoon).
+    lease_pool: Pool,
     schema: String,
 }
+
+/// Connections of the lease pool: a renewal (clock, then renewal) and an announcement.
+const LEASE_CONNECTIONS: usize = 2;
 
 impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -128,6 +135,11 @@ impl PostgresStore {
     /// beyond what this one can use.
     pub fn open(options: &PostgresOptions) -> Result<Self, PostgresError> {
         let resolved = options.resolve(&|name| std::env::var(name).ok())?;
+        let lease_pool = Pool::new(
+            resolved.clone(),
+            options.ssl_root_cert.as_deref(),
+            LEASE_CONNECTIONS,
+        )?;
         let pool = Pool::new(
             resolved,
             options.ssl_root_cert.as_deref(),
@@ -143,6 +155,7 @@ impl PostgresStore {
         }
         Ok(Self {
             pool,
+            lease_pool,
             schema: options.schema.clone(),
         })
     }
@@ -162,7 +175,7 @@ impl PostgresStore {
     /// one clock whatever their own clocks say (the reading is a round trip old when used,
     /// which a lease's time to live of seconds absorbs).
     pub fn database_now_ms(&self) -> Result<u64, StoreError> {
-        let mut connection = self.connection()?;
+        let mut connection = self.lease_connection()?;
         let row = connection
             .client
             .query_one(
@@ -177,12 +190,16 @@ impl PostgresStore {
         self.pool.get().map_err(StoreError::from)
     }
 
-    /// Runs `work` in one transaction on a pooled connection and commits it.
-    fn in_transaction<T>(
+    fn lease_connection(&self) -> Result<pool::Lent<'_>, StoreError> {
+        self.lease_pool.get().map_err(StoreError::from)
+    }
+
+    /// Runs `work` in one transaction on a connection of the lease pool and commits it.
+    fn in_lease_transaction<T>(
         &self,
         work: impl FnOnce(&mut Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut connection = self.connection()?;
+        let mut connection = self.lease_connection()?;
         let mut tx = connection
             .client
             .transaction()
@@ -447,17 +464,17 @@ impl Store for PostgresStore {
     }
 
     fn epoch(&self) -> Result<Epoch, StoreError> {
-        let mut connection = self.connection()?;
+        let mut connection = self.lease_connection()?;
         Ok(read_term(&mut connection.client, false)?.epoch)
     }
 
     fn lease(&self) -> Result<Option<Lease>, StoreError> {
-        let mut connection = self.connection()?;
+        let mut connection = self.lease_connection()?;
         Ok(read_term(&mut connection.client, false)?.lease)
     }
 
     fn acquire_lease(&self, holder: &str, ttl: Duration, now_ms: u64) -> Result<Lease, StoreError> {
-        self.in_transaction(|tx| {
+        self.in_lease_transaction(|tx| {
             // A would-be leader does not queue behind a stuck session's lock: it tries again.
             tx.batch_execute("SET LOCAL lock_timeout = '1s'")
                 .map_err(sql("limiting the wait for the lease"))?;
@@ -468,7 +485,7 @@ impl Store for PostgresStore {
     }
 
     fn renew_lease(&self, lease: &Lease, ttl: Duration, now_ms: u64) -> Result<Lease, StoreError> {
-        self.in_transaction(|tx| {
+        self.in_lease_transaction(|tx| {
             let term = read_term(tx, true)?.renewed(lease, ttl, now_ms)?;
             write_term(tx, &term)?;
             Ok(term.lease.expect("a renewed term has a lease"))
@@ -476,14 +493,14 @@ impl Store for PostgresStore {
     }
 
     fn resign_lease(&self, lease: &Lease) -> Result<(), StoreError> {
-        self.in_transaction(|tx| {
+        self.in_lease_transaction(|tx| {
             let term = read_term(tx, true)?.resigned(lease)?;
             write_term(tx, &term)
         })
     }
 
     fn announce(&self, server: &ServerInfo) -> Result<(), StoreError> {
-        let mut connection = self.connection()?;
+        let mut connection = self.lease_connection()?;
         connection
             .client
             .execute(
@@ -507,7 +524,7 @@ impl Store for PostgresStore {
     }
 
     fn servers(&self) -> Result<Vec<ServerInfo>, StoreError> {
-        let mut connection = self.connection()?;
+        let mut connection = self.lease_connection()?;
         let rows = connection
             .client
             .query(

@@ -1311,7 +1311,9 @@ mod tests {
     #[test]
     fn fencing_leaves_room_before_the_heartbeat_timeout_and_polls_fit_in_it() {
         let secs = Duration::from_secs;
-        // The default 10 s heartbeat: fence at 8 s, long-polls of at most 2 s.
+        // The default 20 s heartbeat: fence at 17 s (the server caps long-polls at 4 s).
+        assert_eq!(fence_after(secs(20)), secs(17));
+        // A 10 s heartbeat: fence at 8 s, long-polls of at most 2 s.
         assert_eq!(fence_after(secs(10)), secs(8));
         assert_eq!(longest_poll_wait(fence_after(secs(10))), secs(2));
         // The margin is at least a second and at most three…

@@ -112,7 +112,7 @@ pub struct WorkerConfig {
     /// Whether it runs command jobs (default true).
     pub serves_commands: bool,
     /// Longest wait of one poll for new work (default 2 s; keep it well below the
-    /// server's heartbeat timeout, 10 s by default).
+    /// server's heartbeat timeout, 20 s by default).
     pub poll_wait: Duration,
     /// When an attempt finishes during a long-poll at least this old, the poll is
     /// replaced by a new one carrying the report (default 25 ms). See the crate docs.

@@ -304,7 +304,7 @@ fn check(config: &WorkerConfig) -> Result<(), WorkerError> {
     }
     if config.poll_wait.as_millis() > 30_000 {
         return bad(format!(
-            "poll_wait is {}; the server waits at most 30 s, and it must stay below its heartbeat timeout (10 s by default)",
+            "poll_wait is {}; the server waits at most 30 s, and it must stay below its heartbeat timeout (20 s by default)",
             lqsm_api::human_duration(config.poll_wait)
         ));
     }
