@@ -508,3 +508,64 @@ fn a_server_that_cannot_reach_postgres_answers_503_to_writes_and_recovers() {
     }
     assert_eq!(schema.count("lqsm_jobs"), 2);
 }
+
+#[test]
+fn a_queue_rate_limit_holds_across_a_failover() {
+    let mut servers = Servers::start(2);
+    let (leader, _) = servers.wait_for_leader(Duration::from_secs(30));
+    let (rate, burst) = (4.0, 2.0);
+    servers
+        .server(1 - leader)
+        .api()
+        .post(
+            "/v1/queues",
+            &serde_json::json!({
+                "path": "root.limited",
+                "capacity": 0.0,
+                "max_capacity": 100.0,
+                "rate_limit": {"rate": "4/s", "burst": 2},
+            }),
+        )
+        .expect_status(201);
+    servers.start_worker("w1");
+    let mut acknowledged = Vec::new();
+    for n in 0..24 {
+        let id = Uuid::now_v7();
+        let mut job = servers.marking_job(id);
+        job.queue = "root.limited".into();
+        servers.submit_until_acknowledged(&job, n);
+        acknowledged.push(id);
+    }
+    // Kill the leader while the limit spaces the jobs out.
+    eventually_within("a few jobs to start", Duration::from_secs(30), || {
+        (servers.completions().len() >= 6).then_some(())
+    });
+    servers.servers[leader].as_mut().unwrap().kill_9();
+    servers.servers[leader] = None;
+    servers.assert_each_completed_once(&acknowledged);
+
+    // Dispatch times as the leaders recorded them: in any window of length T, at most
+    // burst + rate × T attempts started, before, across and after the failover.
+    let mut dispatched: Vec<u64> = acknowledged
+        .iter()
+        .map(|id| {
+            let view: api::JobView = servers
+                .server(1 - leader)
+                .api()
+                .get(&format!("/v1/jobs/{id}"))
+                .expect(200);
+            view.attempts.last().unwrap().scheduled_at_ms
+        })
+        .collect();
+    dispatched.sort_unstable();
+    for i in 0..dispatched.len() {
+        for j in i..dispatched.len() {
+            let window_s = (dispatched[j] - dispatched[i]) as f64 / 1000.0;
+            let starts = (j - i + 1) as f64;
+            assert!(
+                starts <= burst + rate * window_s + 1e-9,
+                "{starts} starts within {window_s} s exceed {burst} + {rate}/s: {dispatched:?}"
+            );
+        }
+    }
+}
