@@ -25,9 +25,10 @@ use std::time::{Duration, Instant, SystemTime};
 use uuid::Uuid;
 
 /// The server's heartbeat timeout in these tests: short, so that lost attempts are
-/// requeued soon, yet with room for a loaded machine (the worker fences itself a
-/// second before it, and polls at most every 0.75 s).
-const HEARTBEAT_MS: &str = "4000";
+/// requeued soon, yet with room for a loaded machine (a healthy worker fences itself
+/// 4.8 s after its last answered poll, and polls at least every 1.2 s: a surviving
+/// worker that fenced spuriously would stop, and could run twice, a job the test counts).
+const HEARTBEAT_MS: &str = "6000";
 
 /// How long every process of a killed worker's attempts may take to end.
 const PROCESSES_END_WITHIN: Duration = Duration::from_secs(5);
@@ -255,9 +256,10 @@ fn a_worker_cut_off_from_the_server_stops_its_jobs_before_they_run_elsewhere() {
 
 #[test]
 fn a_short_network_blip_does_not_stop_a_healthy_workers_jobs() {
-    // The default heartbeat timeout (10 s): the worker fences 8 s after its last
-    // answered poll and polls at most every 2 s, so a 2 s outage is well inside.
-    let mut c = Cluster::start(&[], &[]);
+    // A 10 s heartbeat timeout (named, not left to the default): the worker fences 8 s
+    // after its last answered poll and polls at least every 2 s, so a 2 s outage is
+    // well inside.
+    let mut c = Cluster::start(&["--heartbeat-timeout-ms", "10000"], &[]);
     let proxy = FaultProxy::start(c.server.addr());
     c.add_worker_via("blip", 1, &proxy.url());
     let (dir, job, _first_run) = start_escaping_job(&c, 6, &[]);
