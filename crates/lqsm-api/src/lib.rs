@@ -859,6 +859,84 @@ pub struct ClusterSummary {
     pub store: Option<StoreSummary>,
 }
 
+/// A periodic schedule to create (`POST /v1/schedules`): at each fire time it submits one
+/// job from `job`. Exactly one of `cron` and `every_ms`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSchedule {
+    /// Its name: 1 to 128 letters, digits, `.`, `_`, `-`.
+    pub name: String,
+    /// A cron expression: 5 fields (minute hour day-of-month month day-of-week), or 6 with
+    /// seconds first, or `@hourly`, `@daily`...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    /// The IANA time zone `cron` is read in (default `UTC`); daylight saving is followed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// A fixed interval instead of `cron`, counted from creation (at least 1000 ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_ms: Option<u64>,
+    /// The job each fire submits (its `id`, `delay_ms`, `not_before_ms`, `expires_at_ms`
+    /// and `idempotency_key` are each fire's own, so they are refused here).
+    pub job: SubmitJob,
+    /// Fire times missed while no server could fire them: `skip`, `run_once` (default:
+    /// one job for all of them) or `catch_up` (the latest `catch_up_max`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub misfire: Option<String>,
+    /// With `misfire = catch_up`: the most missed fires made up (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up_max: Option<u32>,
+    /// A fire while the previous fire's job has not finished: `allow` (default) or `skip`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap: Option<String>,
+}
+
+/// A schedule with its state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleView {
+    /// Its name.
+    pub name: String,
+    /// Its cron expression, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    /// The time zone of `cron`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// Its interval, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_ms: Option<u64>,
+    /// The queue its jobs go to.
+    pub queue: String,
+    /// What its jobs run.
+    pub kind: JobKind,
+    /// `skip`, `run_once` or `catch_up`.
+    pub misfire: String,
+    /// With `catch_up`: the most missed fires made up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up_max: Option<u32>,
+    /// `allow` or `skip`.
+    pub overlap: String,
+    /// Paused schedules do not fire.
+    pub paused: bool,
+    /// When it was created (ms since the Unix epoch).
+    pub created_at_ms: u64,
+    /// Its next fire time (absent while paused, or when the trigger never fires again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_fire_ms: Option<u64>,
+    /// The last fire time handled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fire_ms: Option<u64>,
+    /// The job of the last fire that made one (every job of the schedule is tagged
+    /// `schedule:NAME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_job: Option<Uuid>,
+    /// Why the last fire made no job, if it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Jobs made so far.
+    pub fired: u64,
+}
+
 /// The store and its writer (the lease holder).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct StoreSummary {

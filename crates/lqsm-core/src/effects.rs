@@ -34,6 +34,10 @@ pub enum Record {
     },
     /// A worker registered, changed state or was lost.
     Worker(WorkerId),
+    /// A schedule was created, fired, paused or resumed (by name).
+    Schedule(String),
+    /// A schedule was deleted (by name).
+    ScheduleDeleted(String),
 }
 
 /// Why an attempt must be stopped on its worker.

@@ -95,6 +95,11 @@ slotmap::new_key_type! {
     pub struct WorkerKey;
 }
 
+slotmap::new_key_type! {
+    /// A schedule's slot in the ResourceManager's table (internal; clients use its name).
+    pub struct ScheduleKey;
+}
+
 /// Identifies an interned job constraint (selector plus kind/handler).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default)]
 pub struct ConstraintId(pub(crate) u32);

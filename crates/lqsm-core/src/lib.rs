@@ -19,6 +19,7 @@ pub mod recovery;
 pub mod resource_manager;
 pub mod resources;
 mod retry;
+pub mod schedules;
 mod timers;
 pub mod workers;
 

@@ -76,6 +76,8 @@ pub struct RestoreInput {
     pub jobs: Vec<JobRecord>,
     /// The persisted high-water mark of fencing tokens (see [`ResourceManager::next_token`]).
     pub next_token: u64,
+    /// Every stored schedule, in any order.
+    pub schedules: Vec<crate::schedules::ScheduleRecord>,
 }
 
 /// A store whose records cannot be rebuilt into a consistent state.
@@ -99,6 +101,14 @@ pub enum RestoreError {
         id: JobId,
         /// Why.
         reason: String,
+    },
+    /// A schedule record is refused by today's rules.
+    #[error("stored schedule `{name}` cannot be restored: {error}")]
+    Schedule {
+        /// The schedule.
+        name: String,
+        /// Why.
+        error: crate::schedules::ScheduleError,
     },
 }
 
@@ -256,6 +266,11 @@ impl ResourceManager {
         }
         rm.next_token = rm.next_token.max(max_token);
         rm.next_seq = max_seq + 1;
+        for schedule in input.schedules {
+            let name = schedule.spec.name.clone();
+            rm.restore_schedule(schedule)
+                .map_err(|error| RestoreError::Schedule { name, error })?;
+        }
         rm.keys_stale = true;
         rm.dirty = true;
         // Restoring writes nothing new; what is stored is already the truth.

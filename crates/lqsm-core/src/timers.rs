@@ -2,7 +2,9 @@
 //! removed early: each names what it is for, and is checked against the current state
 //! when it fires, so cancelling a timer is free and a stale one does nothing.
 
-use crate::ids::{FencingToken, HoldKey, JobKey, PollTicket, QueueId, Timestamp, WorkerKey};
+use crate::ids::{
+    FencingToken, HoldKey, JobKey, PollTicket, QueueId, ScheduleKey, Timestamp, WorkerKey,
+};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
@@ -29,6 +31,8 @@ pub(crate) enum Timer {
     RateLimit(QueueId),
     /// A per-key or per-handler limit may let the next job it holds start.
     GiveBack(HoldKey),
+    /// A schedule may be due to fire.
+    Schedule(ScheduleKey),
 }
 
 #[derive(Debug)]

@@ -26,6 +26,7 @@ fn records(sim: &Sim, jobs: &[JobId]) -> RestoreInput {
         queues,
         jobs,
         next_token: sim.rm.next_token(),
+        schedules: Vec::new(),
     }
 }
 

@@ -174,6 +174,19 @@ fn prepare(
     job: &api::SubmitJob,
     now: lqsm_core::Timestamp,
 ) -> ApiResult<(lqsm_core::SubmitRequest, Option<Vec<u8>>)> {
+    let (req, size) = prepare_request(state, caller, field, job, now)?;
+    Ok(offload(req, size, state.limits.inline_payload_bytes))
+}
+
+/// A submission checked and converted, with its kind's size in bytes; the payload still
+/// in it (a schedule keeps its template whole).
+pub(crate) fn prepare_request(
+    state: &AppState,
+    caller: &Caller,
+    field: &str,
+    job: &api::SubmitJob,
+    now: lqsm_core::Timestamp,
+) -> ApiResult<(lqsm_core::SubmitRequest, usize)> {
     caller
         .role
         .require_queue(&job.queue)
@@ -216,7 +229,7 @@ fn prepare(
         }
     })?;
     req.submitted_by = caller.submitter();
-    Ok(offload(req, size, state.limits.inline_payload_bytes))
+    Ok((req, size))
 }
 
 /// Keeps a large kind out of memory: the core gets a stub, the store the real thing.
@@ -1382,7 +1395,13 @@ async fn not_found() -> ApiError {
         drain_worker,
         undrain_worker,
         list_workers,
-        cluster
+        cluster,
+        crate::schedule_api::create_schedule,
+        crate::schedule_api::list_schedules,
+        crate::schedule_api::get_schedule,
+        crate::schedule_api::pause_schedule,
+        crate::schedule_api::resume_schedule,
+        crate::schedule_api::delete_schedule
     ),
     components(schemas(
         api::ErrorBody,
@@ -1420,6 +1439,8 @@ async fn not_found() -> ApiError {
         api::PollResponse,
         api::WorkerView,
         api::ClusterSummary,
+        api::CreateSchedule,
+        api::ScheduleView,
         api::StoreSummary,
         api::ServerSummary
     ))
@@ -1452,6 +1473,22 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/workers/{id}/drain", post(drain_worker))
         .route("/v1/workers/{id}/undrain", post(undrain_worker))
         .route("/v1/cluster", get(cluster))
+        .route(
+            "/v1/schedules",
+            post(crate::schedule_api::create_schedule).get(crate::schedule_api::list_schedules),
+        )
+        .route(
+            "/v1/schedules/{name}",
+            get(crate::schedule_api::get_schedule).delete(crate::schedule_api::delete_schedule),
+        )
+        .route(
+            "/v1/schedules/{name}/pause",
+            post(crate::schedule_api::pause_schedule),
+        )
+        .route(
+            "/v1/schedules/{name}/resume",
+            post(crate::schedule_api::resume_schedule),
+        )
         .route("/v1/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

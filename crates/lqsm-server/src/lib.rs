@@ -10,6 +10,7 @@ pub mod jobserver;
 pub mod leadership;
 pub mod metrics;
 pub mod resource_manager;
+pub mod schedule_api;
 pub mod scheduler;
 pub mod view;
 
@@ -126,10 +127,23 @@ pub fn restore_and_check(
             .find(|(k, _)| k == resource_manager::NEXT_TOKEN)
             .and_then(|(_, v)| v.as_slice().try_into().ok())
             .map_or(0, u64::from_le_bytes);
+        let schedules = snapshot
+            .meta
+            .iter()
+            .filter(|(k, _)| k.starts_with(resource_manager::SCHEDULE_PREFIX))
+            .map(|(k, v)| {
+                serde_json::from_slice(v).map_err(|e| {
+                    ServerError::Store(lqsm_store::StoreError::Corrupt {
+                        what: format!("the stored schedule `{k}`: {e}"),
+                    })
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let input = RestoreInput {
             queues,
             jobs,
             next_token,
+            schedules,
         };
         let grace = Duration::from_millis(config.scheduler.reclaim_grace_ms);
         let (rm, report) = ResourceManager::restore(

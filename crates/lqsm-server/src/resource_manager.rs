@@ -7,6 +7,7 @@
 
 use crate::scheduler::SchedulerError;
 use crate::view::{Published, ViewBuilder};
+use lqsm_core::schedules::{ScheduleError, ScheduleRecord, ScheduleSpec};
 use lqsm_core::{
     Effects, FencingToken, JobError, JobId, Kill, Policies, PollTicket, QueueError, Record,
     RefusedReport, ResourceManager, Resources, SubmitError, SubmitRequest, Submitted, Timestamp,
@@ -37,6 +38,21 @@ pub enum QueueOp {
     /// Delete a queue (force: cancel its jobs).
     Delete(String, bool),
 }
+
+/// A change to the periodic schedules.
+pub enum ScheduleOp {
+    /// Create a schedule.
+    Create(Box<ScheduleSpec>),
+    /// Pause a schedule.
+    Pause(String),
+    /// Resume a paused schedule.
+    Resume(String),
+    /// Delete a schedule.
+    Delete(String),
+}
+
+/// What the store keeps a schedule under, in the named values.
+pub const SCHEDULE_PREFIX: &str = "schedule/";
 
 /// What a poll gets back, in the core's terms (the JobServer renders it for the wire).
 #[derive(Debug, Default)]
@@ -117,6 +133,13 @@ enum Command {
         wait: Duration,
         reply: oneshot::Sender<()>,
     },
+    Schedule {
+        op: ScheduleOp,
+        reply: oneshot::Sender<Result<Option<ScheduleRecord>, ScheduleError>>,
+    },
+    Schedules {
+        reply: oneshot::Sender<Vec<ScheduleRecord>>,
+    },
 }
 
 /// A batch applied to the core: what to write, and what to answer once it is written.
@@ -160,6 +183,10 @@ enum Reply {
         Result<(), WorkerError>,
     ),
     PollRefused(oneshot::Sender<Result<Dispatch, WorkerError>>, WorkerError),
+    Schedule(
+        oneshot::Sender<Result<Option<ScheduleRecord>, ScheduleError>>,
+        Result<Option<ScheduleRecord>, ScheduleError>,
+    ),
 }
 
 /// A cloneable handle to the runtime.
@@ -216,6 +243,19 @@ impl Runtime {
     /// Changes the queue tree.
     pub async fn queue(&self, op: QueueOp) -> Result<Result<(), QueueError>, SchedulerError> {
         self.call(|reply| Command::Queue { op, reply }).await
+    }
+
+    /// Changes the schedules; answers with the schedule as it is now (`None` once deleted).
+    pub async fn schedule(
+        &self,
+        op: ScheduleOp,
+    ) -> Result<Result<Option<ScheduleRecord>, ScheduleError>, SchedulerError> {
+        self.call(|reply| Command::Schedule { op, reply }).await
+    }
+
+    /// Every schedule with its state, in name order.
+    pub async fn schedules(&self) -> Result<Vec<ScheduleRecord>, SchedulerError> {
+        self.call(|reply| Command::Schedules { reply }).await
     }
 
     /// Creates queues in order, all in one commit. Each answer is `Ok(true)` when created,
@@ -331,6 +371,8 @@ pub fn write_batch(rm: &mut ResourceManager, effects: &Effects, epoch: Epoch) ->
     };
     let mut seen = HashSet::new();
     let mut seen_queues = HashSet::new();
+    let mut schedules: std::collections::BTreeMap<String, Option<Vec<u8>>> =
+        std::collections::BTreeMap::new();
     for record in &effects.records {
         match record {
             Record::Job(id) => {
@@ -366,6 +408,21 @@ pub fn write_batch(rm: &mut ResourceManager, effects: &Effects, epoch: Epoch) ->
             }
             Record::QueueDeleted { path, .. } => batch.deleted_queues.push(path.to_string()),
             Record::Worker(_) => {}
+            // The last change of a schedule in the batch decides whether it is written
+            // or deleted.
+            Record::Schedule(name) | Record::ScheduleDeleted(name) => {
+                let state = rm
+                    .schedule_named(name)
+                    .and_then(|record| serde_json::to_vec(record).ok());
+                schedules.insert(name.clone(), state);
+            }
+        }
+    }
+    for (name, state) in schedules {
+        let key = format!("{SCHEDULE_PREFIX}{name}");
+        match state {
+            Some(bytes) => batch.meta.push((key, bytes)),
+            None => batch.deleted_meta.push(key),
         }
     }
     if effects.attempts_made > 0 {
@@ -603,6 +660,27 @@ impl Actor {
                     };
                     replies.push(Reply::Queue(reply, result));
                 }
+                Command::Schedule { op, reply } => {
+                    let result = match op {
+                        ScheduleOp::Create(spec) => {
+                            self.rm.create_schedule(*spec, now).map(|r| Some(r.clone()))
+                        }
+                        ScheduleOp::Pause(name) => self
+                            .rm
+                            .pause_schedule(&name, true, now)
+                            .map(|r| Some(r.clone())),
+                        ScheduleOp::Resume(name) => self
+                            .rm
+                            .pause_schedule(&name, false, now)
+                            .map(|r| Some(r.clone())),
+                        ScheduleOp::Delete(name) => self.rm.delete_schedule(&name).map(|()| None),
+                    };
+                    replies.push(Reply::Schedule(reply, result));
+                }
+                Command::Schedules { reply } => {
+                    // A read: answered at once, it changes nothing to make durable.
+                    let _ = reply.send(self.rm.schedules().cloned().collect());
+                }
                 Command::CreateQueues { queues, reply } => {
                     let results = queues
                         .into_iter()
@@ -716,6 +794,9 @@ impl Actor {
                 }
                 Reply::PollRefused(tx, e) => {
                     let _ = tx.send(Err(e));
+                }
+                Reply::Schedule(tx, r) => {
+                    let _ = tx.send(r);
                 }
             }
         }

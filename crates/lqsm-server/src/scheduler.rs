@@ -8,8 +8,9 @@
 //! data: the scheduler's own refusals as the core's error types, and
 //! [`SchedulerError`] when the scheduler cannot answer at all.
 
-use crate::resource_manager::{Dispatch, QueueOp, Runtime};
+use crate::resource_manager::{Dispatch, QueueOp, Runtime, ScheduleOp};
 use crate::view::{ClusterView, Published};
+use lqsm_core::schedules::{ScheduleError, ScheduleRecord};
 use lqsm_core::{
     FencingToken, JobError, JobId, JobRecord, JobState, QueueError, SubmitError, SubmitRequest,
     Submitted, WorkerError, WorkerId, WorkerPoll, WorkerRegistration, codec,
@@ -123,6 +124,12 @@ pub trait Scheduler: Send + Sync + 'static {
     fn job_counts(&self) -> Answer<'_, BTreeMap<String, u64>>;
     /// The store and the lease this server writes under.
     fn store_status(&self) -> Answer<'_, StoreStatus>;
+    /// Changes the periodic schedules; answers with the schedule as it is now (`None`
+    /// once deleted).
+    fn schedule(&self, op: ScheduleOp)
+    -> Answer<'_, Result<Option<ScheduleRecord>, ScheduleError>>;
+    /// Every schedule with its state, in name order.
+    fn schedules(&self) -> Answer<'_, Vec<ScheduleRecord>>;
 }
 
 /// The scheduler of this process: the actor for changes, the store and the published
@@ -318,6 +325,17 @@ impl Scheduler for InProcess {
         Box::pin(self.runtime.wait_job(id, wait))
     }
 
+    fn schedule(
+        &self,
+        op: ScheduleOp,
+    ) -> Answer<'_, Result<Option<ScheduleRecord>, ScheduleError>> {
+        Box::pin(self.runtime.schedule(op))
+    }
+
+    fn schedules(&self) -> Answer<'_, Vec<ScheduleRecord>> {
+        Box::pin(self.runtime.schedules())
+    }
+
     fn job(&self, id: JobId) -> Answer<'_, Option<JobRead>> {
         self.reads.job(id)
     }
@@ -409,6 +427,15 @@ impl Scheduler for Follower {
         not_leader()
     }
     fn wait_job(&self, _id: JobId, _wait: Duration) -> Answer<'_, ()> {
+        not_leader()
+    }
+    fn schedule(
+        &self,
+        _op: ScheduleOp,
+    ) -> Answer<'_, Result<Option<ScheduleRecord>, ScheduleError>> {
+        not_leader()
+    }
+    fn schedules(&self) -> Answer<'_, Vec<ScheduleRecord>> {
         not_leader()
     }
     fn job(&self, id: JobId) -> Answer<'_, Option<JobRead>> {
@@ -649,6 +676,15 @@ impl Scheduler for Switch {
     }
     fn wait_job(&self, id: JobId, wait: Duration) -> Answer<'_, ()> {
         forward!(self.wait_job(id, wait))
+    }
+    fn schedule(
+        &self,
+        op: ScheduleOp,
+    ) -> Answer<'_, Result<Option<ScheduleRecord>, ScheduleError>> {
+        forward!(self.schedule(op))
+    }
+    fn schedules(&self) -> Answer<'_, Vec<ScheduleRecord>> {
+        forward!(self.schedules())
     }
     fn job(&self, id: JobId) -> Answer<'_, Option<JobRead>> {
         forward!(self.job(id))

@@ -206,6 +206,7 @@ impl ViewBuilder {
                     removed.push(path);
                 }
                 Record::Worker(_) => workers_changed = true,
+                Record::Schedule(_) | Record::ScheduleDeleted(_) => {}
             }
         }
         for id in job_queues {

@@ -92,6 +92,8 @@ ON CONFLICT (queue, state) DO UPDATE SET jobs = c.jobs + excluded.jobs";
 
 const DELETE_QUEUES: &str = "DELETE FROM lqsm_queues WHERE path = ANY($1::text[])";
 
+const DELETE_META: &str = "DELETE FROM lqsm_meta WHERE name = ANY($1::text[])";
+
 /// The keys of the jobs a batch deletes.
 fn deleted_keys(batch: &WriteBatch) -> impl Iterator<Item = &JobKey> {
     batch.deleted_jobs.iter().map(|deletion| &deletion.key)
@@ -116,6 +118,7 @@ struct Arrays<'a> {
     meta_values: Vec<&'a [u8]>,
     deleted_jobs: Vec<Uuid>,
     deleted_queues: Vec<&'a str>,
+    deleted_meta: Vec<&'a str>,
 }
 
 impl<'a> Arrays<'a> {
@@ -123,9 +126,11 @@ impl<'a> Arrays<'a> {
         let deleted: HashSet<&JobKey> = deleted_keys(batch).collect();
         let deleted_queues: HashSet<&str> =
             batch.deleted_queues.iter().map(String::as_str).collect();
+        let deleted_meta: HashSet<&str> = batch.deleted_meta.iter().map(String::as_str).collect();
         let mut arrays = Arrays {
             deleted_jobs: deleted.iter().map(|k| Uuid::from_bytes(**k)).collect(),
             deleted_queues: deleted_queues.iter().copied().collect(),
+            deleted_meta: deleted_meta.iter().copied().collect(),
             ..Arrays::default()
         };
         // Walked from the end, so the first entry seen of a key is its last write.
@@ -167,7 +172,7 @@ impl<'a> Arrays<'a> {
         }
         let mut seen: HashSet<&str> = HashSet::with_capacity(batch.meta.len());
         for (name, value) in batch.meta.iter().rev() {
-            if seen.insert(name) {
+            if !deleted_meta.contains(name.as_str()) && seen.insert(name) {
                 arrays.meta_names.push(name);
                 arrays.meta_values.push(value);
             }
@@ -196,6 +201,7 @@ pub(crate) fn commit(connection: &mut Connection, batch: &WriteBatch) -> Result<
         UPSERT_META,
         DELETE_JOBS,
         DELETE_QUEUES,
+        DELETE_META,
     ] {
         statements.push(
             connection
@@ -213,8 +219,9 @@ pub(crate) fn commit(connection: &mut Connection, batch: &WriteBatch) -> Result<
         upsert_meta,
         delete_jobs,
         delete_queues,
-    ] = <[postgres::Statement; 9]>::try_from(statements)
-        .expect("nine statements were prepared above");
+        delete_meta,
+    ] = <[postgres::Statement; 10]>::try_from(statements)
+        .expect("ten statements were prepared above");
 
     let mut tx = connection
         .client
@@ -271,6 +278,10 @@ pub(crate) fn commit(connection: &mut Connection, batch: &WriteBatch) -> Result<
     }
     if !arrays.deleted_queues.is_empty() {
         tx.execute(&delete_queues, &[&arrays.deleted_queues])
+            .map_err(&writing)?;
+    }
+    if !arrays.deleted_meta.is_empty() {
+        tx.execute(&delete_meta, &[&arrays.deleted_meta])
             .map_err(&writing)?;
     }
     tx.commit().map_err(sql("committing a batch"))

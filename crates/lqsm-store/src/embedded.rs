@@ -195,6 +195,10 @@ impl EmbeddedStore {
             step()?;
             writes.remove(&self.queues, path.as_bytes());
         }
+        for name in &batch.deleted_meta {
+            step()?;
+            writes.remove(&self.meta, name.as_bytes());
+        }
         self.write_index_changes(batch, &mut writes)?;
         step()?;
         writes.commit().map_err(engine)

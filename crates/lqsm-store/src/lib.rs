@@ -291,6 +291,8 @@ pub struct WriteBatch {
     pub deleted_queues: Vec<String>,
     /// Small named values (e.g. "next_token"), insert or overwrite.
     pub meta: Vec<(String, Vec<u8>)>,
+    /// Named values to delete, by name.
+    pub deleted_meta: Vec<String>,
 }
 
 impl WriteBatch {
@@ -313,6 +315,7 @@ impl WriteBatch {
             + self.queues.len()
             + self.deleted_queues.len()
             + self.meta.len()
+            + self.deleted_meta.len()
     }
 
     /// Checks every name and value against [`MAX_NAME_BYTES`] and [`MAX_VALUE_BYTES`].
@@ -366,6 +369,9 @@ impl WriteBatch {
         for path in &self.deleted_queues {
             name(path, "queue path")?;
         }
+        for meta_name in &self.deleted_meta {
+            name(meta_name, "meta name")?;
+        }
         for (meta_name, meta_value) in &self.meta {
             name(meta_name, "meta name")?;
             value(meta_value.len(), &|| {
@@ -383,6 +389,7 @@ impl WriteBatch {
         self.deleted_jobs.clear();
         self.queues.clear();
         self.deleted_queues.clear();
+        self.deleted_meta.clear();
         self.meta.clear();
     }
 }

@@ -137,6 +137,9 @@ impl Model {
         for path in &batch.deleted_queues {
             self.queues.remove(path);
         }
+        for name in &batch.deleted_meta {
+            self.meta.remove(name);
+        }
     }
 
     /// `batch` with what a writer must tell the store: each job's index before the batch
@@ -604,6 +607,34 @@ pub fn deleted_queue_is_gone<S: Store>(new_store: impl Fn() -> S) {
     let paths: Vec<&str> = loaded.queues.iter().map(|(p, _)| p.as_str()).collect();
     assert_eq!(paths, ["root", "root.default", "root.ml"]);
     assert_loads(&store, &model, "after deleting a queue");
+}
+
+/// A deleted meta value is gone once the commit returns; a deletion wins
+/// over a write of the same name in its batch; deleting a name never written is a no-op.
+pub fn meta_value_is_deleted<S: Store>(new_store: impl Fn() -> S) {
+    let store = new_store();
+    let mut model = Model::new();
+    let mut batch = WriteBatch::new();
+    for name in ["schedule/a", "schedule/b", "schedule/c"] {
+        batch
+            .meta
+            .push((name.to_string(), name.as_bytes().to_vec()));
+    }
+    commit(&store, &mut model, &batch);
+    let mut batch = WriteBatch::new();
+    batch.deleted_meta.push("schedule/a".to_string());
+    batch
+        .meta
+        .push(("schedule/b".to_string(), b"rewritten".to_vec()));
+    batch.deleted_meta.push("schedule/b".to_string());
+    batch.deleted_meta.push("schedule/never".to_string());
+    commit(&store, &mut model, &batch);
+    let loaded = store.load().unwrap_or_else(|e| panic!("load failed: {e}"));
+    assert_eq!(
+        loaded.meta,
+        vec![("schedule/c".to_string(), b"schedule/c".to_vec())]
+    );
+    assert_loads(&store, &model, "after deleting meta values");
 }
 
 /// A meta value written again replaces the previous one; others are untouched.
@@ -1259,6 +1290,10 @@ macro_rules! store_testsuite {
         #[test]
         fn records_are_stored_as_opaque_bytes() {
             $crate::testsuite::records_are_stored_as_opaque_bytes($new_store);
+        }
+        #[test]
+        fn meta_value_is_deleted() {
+            $crate::testsuite::meta_value_is_deleted($new_store);
         }
         #[test]
         fn empty_store_loads_nothing() {

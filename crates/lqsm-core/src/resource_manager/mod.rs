@@ -17,6 +17,7 @@ pub(crate) mod polls;
 pub(crate) mod queues;
 pub(crate) mod rate_limits;
 pub(crate) mod scheduler;
+pub(crate) mod schedules;
 pub(crate) mod timers;
 pub(crate) mod workers;
 
@@ -198,6 +199,9 @@ pub struct ResourceManager {
     pub(crate) released: BTreeMap<JobKey, crate::ids::HoldKey>,
     /// When this state was restored, if it was: buckets not seen since start empty then.
     pub(crate) rate_limits_restored_at: Option<Timestamp>,
+    /// Periodic schedules, and their slots by name.
+    pub(crate) schedules: SlotMap<crate::ids::ScheduleKey, schedules::ScheduleEntry>,
+    pub(crate) schedule_names: BTreeMap<String, crate::ids::ScheduleKey>,
 }
 
 impl std::fmt::Debug for ResourceManager {
@@ -282,6 +286,8 @@ impl ResourceManager {
             held_until: BTreeMap::new(),
             released: BTreeMap::new(),
             rate_limits_restored_at: None,
+            schedules: SlotMap::with_key(),
+            schedule_names: BTreeMap::new(),
         })
     }
 

@@ -75,6 +75,7 @@ impl ResourceManager {
                 Timer::PollDue(key, ticket) => self.poll_due(key, ticket),
                 Timer::RateLimit(leaf) => self.rate_limit_due(leaf, now),
                 Timer::GiveBack(hold) => self.give_back(hold),
+                Timer::Schedule(key) => self.fire_schedule(key, now),
                 Timer::PreemptionDue => {
                     let _ = at;
                     self.dirty = true;

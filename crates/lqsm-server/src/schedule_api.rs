@@ -1,0 +1,266 @@
+//! The JobServer's schedule endpoints (`/v1/schedules`): periodic schedules, Celery beat
+//! inside the scheduler. A token may manage a schedule when it may submit to the
+//! schedule's queue.
+
+use crate::convert;
+use crate::error::ApiError;
+use crate::jobserver::{ApiJson, AppState, prepare_request};
+use crate::resource_manager::{ScheduleOp, wall_clock};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use lqsm_api as api;
+use lqsm_api::ErrorCode;
+use lqsm_core::schedules::{
+    Misfire, Overlap, ScheduleError, ScheduleRecord, ScheduleSpec, Trigger,
+};
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Missed fires made up by `catch_up` when the request names no count.
+const DEFAULT_CATCH_UP: u32 = 10;
+
+impl From<ScheduleError> for ApiError {
+    fn from(e: ScheduleError) -> Self {
+        match &e {
+            ScheduleError::InvalidField { field, .. } => {
+                ApiError::invalid_field(field, e.to_string())
+            }
+            ScheduleError::Exists(_) => {
+                ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, e.to_string()).at("name")
+            }
+            ScheduleError::NotFound(_) => ApiError::not_found(e.to_string()),
+        }
+    }
+}
+
+/// The core's schedule as the wire shows it.
+pub fn schedule_view(record: &ScheduleRecord) -> api::ScheduleView {
+    let spec = &record.spec;
+    let (cron, timezone, every_ms) = match &spec.trigger {
+        Trigger::Cron { expr, timezone } => (Some(expr.clone()), Some(timezone.clone()), None),
+        Trigger::Every { interval_ms } => (None, None, Some(*interval_ms)),
+    };
+    let (misfire, catch_up_max) = match spec.misfire {
+        Misfire::Skip => ("skip", None),
+        Misfire::RunOnce => ("run_once", None),
+        Misfire::CatchUp { max } => ("catch_up", Some(max)),
+    };
+    api::ScheduleView {
+        name: spec.name.clone(),
+        cron,
+        timezone,
+        every_ms,
+        queue: spec.job.queue.clone(),
+        kind: convert::kind_view(&spec.job.kind),
+        misfire: misfire.to_owned(),
+        catch_up_max,
+        overlap: match spec.overlap {
+            Overlap::Allow => "allow",
+            Overlap::Skip => "skip",
+        }
+        .to_owned(),
+        paused: record.paused,
+        created_at_ms: record.created_at.0,
+        next_fire_ms: (!record.paused)
+            .then_some(record.next_fire)
+            .flatten()
+            .map(|t| t.0),
+        last_fire_ms: record.last_fire.map(|t| t.0),
+        last_job: record.last_job.map(|id| id.0),
+        last_error: record.last_error.clone(),
+        fired: record.fired,
+    }
+}
+
+/// The wire's request in the core's terms, checked as far as needs no state.
+fn spec_of(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &api::CreateSchedule,
+) -> ApiResult<ScheduleSpec> {
+    let caller = state.auth.caller(headers)?;
+    let trigger = match (&body.cron, body.every_ms) {
+        (Some(expr), None) => Trigger::Cron {
+            expr: expr.clone(),
+            timezone: body.timezone.clone().unwrap_or_else(|| "UTC".to_owned()),
+        },
+        (None, Some(interval_ms)) => {
+            if body.timezone.is_some() {
+                return Err(ApiError::invalid_field(
+                    "timezone",
+                    "a time zone goes with `cron`, not with `every_ms`",
+                ));
+            }
+            Trigger::Every { interval_ms }
+        }
+        _ => {
+            return Err(ApiError::invalid_field(
+                "cron",
+                "give exactly one of `cron` (e.g. \"0 3 * * *\") and `every_ms`",
+            ));
+        }
+    };
+    for (field, set) in [
+        ("job.id", body.job.id.is_some()),
+        ("job.delay_ms", body.job.delay_ms.is_some()),
+    ] {
+        if set {
+            return Err(ApiError::invalid_field(
+                field,
+                "each fire gives its job its own id and start time",
+            ));
+        }
+    }
+    let (mut job, _) = prepare_request(state, &caller, "job", &body.job, wall_clock())?;
+    // Each fire gives the job its own id; this one is a placeholder.
+    job.id = lqsm_core::JobId(uuid::Uuid::nil());
+    let misfire = match (body.misfire.as_deref(), body.catch_up_max) {
+        (None | Some("run_once"), None) => Misfire::RunOnce,
+        (Some("skip"), None) => Misfire::Skip,
+        (Some("catch_up"), max) => Misfire::CatchUp {
+            max: max.unwrap_or(DEFAULT_CATCH_UP),
+        },
+        (_, Some(_)) => {
+            return Err(ApiError::invalid_field(
+                "catch_up_max",
+                "goes with `misfire = \"catch_up\"`",
+            ));
+        }
+        (Some(other), None) => {
+            return Err(ApiError::invalid_field(
+                "misfire",
+                format!("`{other}` is not one of skip, run_once, catch_up"),
+            ));
+        }
+    };
+    let overlap = match body.overlap.as_deref() {
+        None | Some("allow") => Overlap::Allow,
+        Some("skip") => Overlap::Skip,
+        Some(other) => {
+            return Err(ApiError::invalid_field(
+                "overlap",
+                format!("`{other}` is not one of allow, skip"),
+            ));
+        }
+    };
+    Ok(ScheduleSpec {
+        name: body.name.clone(),
+        trigger,
+        job,
+        misfire,
+        overlap,
+    })
+}
+
+/// The schedule named, if the caller may manage it (404 when there is none).
+async fn schedule_for(
+    state: &AppState,
+    headers: &HeaderMap,
+    name: &str,
+) -> ApiResult<ScheduleRecord> {
+    let role = state.auth.role(headers)?;
+    let record = state
+        .scheduler
+        .schedules()
+        .await?
+        .into_iter()
+        .find(|s| s.spec.name == name)
+        .ok_or_else(|| ApiError::from(ScheduleError::NotFound(name.to_owned())))?;
+    role.require_queue(&record.spec.job.queue)?;
+    Ok(record)
+}
+
+async fn change(state: &AppState, op: ScheduleOp) -> ApiResult<Option<ScheduleRecord>> {
+    Ok(state.scheduler.schedule(op).await??)
+}
+
+/// Creates a periodic schedule.
+#[utoipa::path(post, path = "/v1/schedules", request_body = api::CreateSchedule,
+    responses((status = 201, body = api::ScheduleView), (status = "4XX", body = api::ErrorBody)))]
+pub(crate) async fn create_schedule(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<api::CreateSchedule>,
+) -> ApiResult<Response> {
+    let spec = spec_of(&state, &headers, &body)?;
+    let record = change(&state, ScheduleOp::Create(Box::new(spec)))
+        .await?
+        .ok_or_else(|| ApiError::unavailable("no answer"))?;
+    Ok((StatusCode::CREATED, Json(schedule_view(&record))).into_response())
+}
+
+/// Lists the schedules the token may manage, in name order.
+#[utoipa::path(get, path = "/v1/schedules",
+    responses((status = 200, body = Vec<api::ScheduleView>)))]
+pub(crate) async fn list_schedules(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<api::ScheduleView>>> {
+    let role = state.auth.role(&headers)?;
+    let schedules = state.scheduler.schedules().await?;
+    Ok(Json(
+        schedules
+            .iter()
+            .filter(|s| role.require_queue(&s.spec.job.queue).is_ok())
+            .map(schedule_view)
+            .collect(),
+    ))
+}
+
+/// One schedule, with its next and last fire.
+#[utoipa::path(get, path = "/v1/schedules/{name}",
+    responses((status = 200, body = api::ScheduleView), (status = 404, body = api::ErrorBody)))]
+pub(crate) async fn get_schedule(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<api::ScheduleView>> {
+    let record = schedule_for(&state, &headers, &name).await?;
+    Ok(Json(schedule_view(&record)))
+}
+
+/// Pauses a schedule: it fires nothing until resumed.
+#[utoipa::path(post, path = "/v1/schedules/{name}/pause",
+    responses((status = 200, body = api::ScheduleView), (status = 404, body = api::ErrorBody)))]
+pub(crate) async fn pause_schedule(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<api::ScheduleView>> {
+    schedule_for(&state, &headers, &name).await?;
+    let record = change(&state, ScheduleOp::Pause(name))
+        .await?
+        .ok_or_else(|| ApiError::unavailable("no answer"))?;
+    Ok(Json(schedule_view(&record)))
+}
+
+/// Resumes a paused schedule at its next fire time (what came due meanwhile is not made
+/// up).
+#[utoipa::path(post, path = "/v1/schedules/{name}/resume",
+    responses((status = 200, body = api::ScheduleView), (status = 404, body = api::ErrorBody)))]
+pub(crate) async fn resume_schedule(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<api::ScheduleView>> {
+    schedule_for(&state, &headers, &name).await?;
+    let record = change(&state, ScheduleOp::Resume(name))
+        .await?
+        .ok_or_else(|| ApiError::unavailable("no answer"))?;
+    Ok(Json(schedule_view(&record)))
+}
+
+/// Deletes a schedule; the jobs it made stay.
+#[utoipa::path(delete, path = "/v1/schedules/{name}",
+    responses((status = 204), (status = 404, body = api::ErrorBody)))]
+pub(crate) async fn delete_schedule(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    schedule_for(&state, &headers, &name).await?;
+    change(&state, ScheduleOp::Delete(name)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,125 @@
+//! Periodic schedules through the HTTP API: created, fired once per fire time, kept
+//! across a restart, paused, resumed, deleted; bad requests name their field.
+#![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
+
+use lqsm_api as api;
+use lqsm_testkit::wait::eventually;
+use lqsm_testkit::{Api, BlockingTestServer, function_job};
+use serde_json::json;
+use std::collections::BTreeMap;
+
+fn every_second(name: &str) -> serde_json::Value {
+    json!({
+        "name": name,
+        "every_ms": 1000,
+        "job": {"queue": "root.default", "kind": {"type": "function", "handler": "tick", "args": {}}},
+    })
+}
+
+/// The schedule's jobs, counted by id (each fire names its own).
+fn fired_jobs(api: &Api, name: &str) -> BTreeMap<uuid::Uuid, usize> {
+    let page: api::JobList = api
+        .get(&format!("/v1/jobs?tag=schedule:{name}&limit=1000"))
+        .expect(200);
+    let mut ids = BTreeMap::new();
+    for job in page.jobs {
+        *ids.entry(job.id).or_insert(0) += 1;
+    }
+    ids
+}
+
+#[test]
+fn a_schedule_fires_once_per_time_across_a_restart_and_until_deleted() {
+    let mut server = BlockingTestServer::start();
+    let api = server.api();
+    let created: api::ScheduleView = api.post("/v1/schedules", &every_second("tick")).expect(201);
+    assert_eq!(created.every_ms, Some(1000));
+    assert_eq!(created.misfire, "run_once");
+    assert!(created.next_fire_ms.is_some());
+    eventually("two fires", || {
+        (fired_jobs(&api, "tick").len() >= 2).then_some(())
+    });
+    let view: api::ScheduleView = api.get("/v1/schedules/tick").expect(200);
+    assert!(view.fired >= 2, "{view:?}");
+    assert!(view.last_job.is_some() && view.last_fire_ms.is_some());
+
+    // Across a restart the schedule goes on, and no fire time makes a second job.
+    server.restart();
+    let api = server.api();
+    let before = fired_jobs(&api, "tick").len();
+    eventually("a fire after the restart", || {
+        (fired_jobs(&api, "tick").len() > before).then_some(())
+    });
+    assert!(fired_jobs(&api, "tick").values().all(|n| *n == 1));
+    let listed: Vec<api::ScheduleView> = api.get("/v1/schedules").expect(200);
+    assert_eq!(listed.len(), 1);
+
+    // Paused: nothing fires; resumed: it goes on.
+    let paused: api::ScheduleView = api.post("/v1/schedules/tick/pause", &json!({})).expect(200);
+    assert!(paused.paused && paused.next_fire_ms.is_none());
+    let at_pause = fired_jobs(&api, "tick").len();
+    let resumed: api::ScheduleView = api
+        .post("/v1/schedules/tick/resume", &json!({}))
+        .expect(200);
+    assert!(!resumed.paused);
+    assert!(fired_jobs(&api, "tick").len() <= at_pause + 1);
+    eventually("a fire after resuming", || {
+        (fired_jobs(&api, "tick").len() > at_pause).then_some(())
+    });
+
+    api.delete("/v1/schedules/tick").expect_status(204);
+    api.get("/v1/schedules/tick").expect_error(404);
+    server.restart();
+    let api = server.api();
+    let listed: Vec<api::ScheduleView> = api.get("/v1/schedules").expect(200);
+    assert!(
+        listed.is_empty(),
+        "a deleted schedule stays deleted: {listed:?}"
+    );
+    // The jobs it made stay.
+    assert!(!fired_jobs(&api, "tick").is_empty());
+}
+
+#[test]
+fn bad_schedules_are_refused_naming_the_field() {
+    let server = BlockingTestServer::start();
+    let api = server.api();
+    let field = |body: serde_json::Value| api.post("/v1/schedules", &body).expect_error(400).field;
+    let mut cron = every_second("c");
+    cron["every_ms"] = json!(null);
+    cron["cron"] = json!("61 * * * *");
+    assert_eq!(field(cron.clone()).as_deref(), Some("trigger.expr"));
+    cron["cron"] = json!("0 3 * * *");
+    cron["timezone"] = json!("Mars/Olympus");
+    assert_eq!(field(cron.clone()).as_deref(), Some("trigger.timezone"));
+    let mut both = every_second("b");
+    both["cron"] = json!("* * * * *");
+    assert_eq!(field(both).as_deref(), Some("cron"));
+    let mut fast = every_second("f");
+    fast["every_ms"] = json!(10);
+    assert_eq!(field(fast).as_deref(), Some("trigger.interval_ms"));
+    let mut nowhere = every_second("n");
+    nowhere["job"]["queue"] = json!("root.nowhere");
+    assert_eq!(field(nowhere).as_deref(), Some("job.queue"));
+    let mut named = every_second("bad name");
+    named["name"] = json!("bad name");
+    assert_eq!(field(named).as_deref(), Some("name"));
+    let mut delayed = every_second("d");
+    delayed["job"]["delay_ms"] = json!(100);
+    assert_eq!(field(delayed).as_deref(), Some("job.delay_ms"));
+    let mut misfire = every_second("m");
+    misfire["misfire"] = json!("sometimes");
+    assert_eq!(field(misfire).as_deref(), Some("misfire"));
+    api.post("/v1/schedules", &every_second("twice"))
+        .expect_status(201);
+    let again = api
+        .post("/v1/schedules", &every_second("twice"))
+        .expect_error(409);
+    assert_eq!(again.field.as_deref(), Some("name"));
+    api.get("/v1/schedules/none").expect_error(404);
+    // Nothing refused was kept.
+    let listed: Vec<api::ScheduleView> = api.get("/v1/schedules").expect(200);
+    assert_eq!(listed.len(), 1);
+    // Still serving.
+    api.submit(&function_job("root.default", "after"));
+}
