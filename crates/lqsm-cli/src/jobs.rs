@@ -10,9 +10,10 @@ use lqsm_client::{Client, JobFilter};
 use std::time::{Duration, UNIX_EPOCH};
 use uuid::Uuid;
 
-/// Options of `lqsm submit`.
+/// What a job runs and asks for: the options `lqsm submit` and `lqsm schedule create`
+/// share.
 #[derive(clap::Args)]
-pub struct SubmitArgs {
+pub struct JobArgs {
     /// Leaf queue to submit to.
     #[arg(short, long, default_value = "root.default")]
     queue: String,
@@ -44,6 +45,26 @@ pub struct SubmitArgs {
     /// Longest an attempt may run, e.g. 30s, 10m.
     #[arg(long, value_parser = parse_duration)]
     timeout: Option<Duration>,
+    /// A label the worker must carry, KEY=VALUE (repeatable).
+    #[arg(long = "label", value_parser = parse_pair)]
+    labels: Vec<(String, String)>,
+    /// A tag (repeatable).
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// A key the queue's per-key rate limits apply to, NAME=VALUE (repeatable), e.g.
+    /// customer=acme.
+    #[arg(long = "key", value_parser = parse_pair)]
+    keys: Vec<(String, String)>,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+/// Options of `lqsm submit`.
+#[derive(clap::Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    job: JobArgs,
     /// Start no sooner than this from now, e.g. 5m.
     #[arg(long, value_parser = parse_duration, conflicts_with = "at")]
     delay: Option<Duration>,
@@ -56,25 +77,12 @@ pub struct SubmitArgs {
     /// Same key in the same queue: the same job.
     #[arg(long)]
     idempotency_key: Option<String>,
-    /// A label the worker must carry, KEY=VALUE (repeatable).
-    #[arg(long = "label", value_parser = parse_pair)]
-    labels: Vec<(String, String)>,
-    /// A tag (repeatable).
-    #[arg(long = "tag")]
-    tags: Vec<String>,
-    /// A key the queue's per-key rate limits apply to, NAME=VALUE (repeatable), e.g.
-    /// customer=acme.
-    #[arg(long = "key", value_parser = parse_pair)]
-    keys: Vec<(String, String)>,
     /// Wait for the job and exit with its exit code (1 if it failed otherwise).
     #[arg(long)]
     wait: bool,
     /// Submit this many copies.
     #[arg(long, default_value_t = 1)]
     count: usize,
-    /// The command and its arguments, after `--`.
-    #[arg(last = true)]
-    command: Vec<String>,
 }
 
 fn parse_instant(text: &str) -> Result<u64, String> {
@@ -85,8 +93,10 @@ fn parse_instant(text: &str) -> Result<u64, String> {
         .map_err(|_| format!("`{text}` is before 1970"))
 }
 
-impl SubmitArgs {
-    fn job(&self) -> anyhow::Result<api::SubmitJob> {
+impl JobArgs {
+    /// The job these options describe, with no times or identity of its own (those are
+    /// each submission's).
+    pub fn job(&self) -> anyhow::Result<api::SubmitJob> {
         let kind = match (&self.function, self.command.is_empty()) {
             (Some(handler), true) => {
                 // Checked to be JSON, then sent as typed.
@@ -109,7 +119,7 @@ impl SubmitArgs {
                 anyhow::bail!("give either --function or a command after `--`, not both")
             }
             (None, true) => anyhow::bail!(
-                "nothing to run: give a command after `--` (lqsm submit -- echo hi) or --function NAME"
+                "nothing to run: give a command after `--` (e.g. `-- echo hi`) or --function NAME"
             ),
         };
         let mut job = api::SubmitJob::new(&self.queue, kind);
@@ -127,17 +137,24 @@ impl SubmitArgs {
         }
         job.priority = self.priority;
         job.timeout_ms = self.timeout.map(|d| d.as_millis() as u64);
-        job.delay_ms = self.delay.map(|d| d.as_millis() as u64);
-        job.not_before_ms = self.at;
-        job.expires_at_ms = self.expires.map(|d| api::epoch_ms() + d.as_millis() as u64);
         job.retry = self.retries.map(|r| api::RetrySpec {
             max_attempts: Some(r.saturating_add(1)),
             ..api::RetrySpec::default()
         });
-        job.idempotency_key = self.idempotency_key.clone();
         job.selector = self.labels.iter().cloned().collect();
         job.tags = self.tags.clone();
         job.keys = self.keys.iter().cloned().collect();
+        Ok(job)
+    }
+}
+
+impl SubmitArgs {
+    fn job(&self) -> anyhow::Result<api::SubmitJob> {
+        let mut job = self.job.job()?;
+        job.delay_ms = self.delay.map(|d| d.as_millis() as u64);
+        job.not_before_ms = self.at;
+        job.expires_at_ms = self.expires.map(|d| api::epoch_ms() + d.as_millis() as u64);
+        job.idempotency_key = self.idempotency_key.clone();
         Ok(job)
     }
 }

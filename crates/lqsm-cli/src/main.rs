@@ -4,6 +4,7 @@ mod bench;
 mod jobs;
 mod queues;
 mod run;
+mod schedules;
 mod units;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -66,6 +67,9 @@ enum Command {
     /// Inspect and drain workers.
     #[command(subcommand)]
     Workers(queues::WorkersCommand),
+    /// Periodic schedules: cron or a fixed interval, each fire submitting one job.
+    #[command(subcommand)]
+    Schedule(schedules::ScheduleCommand),
     /// The cluster at a glance.
     Cluster,
     /// Load-test the cluster: submit jobs and measure rates and latencies.
@@ -125,6 +129,9 @@ fn execute(cli: Cli) -> anyhow::Result<u8> {
         Command::Job(cmd) => runtime()?.block_on(jobs::job(&client(&cli)?, cmd, output)),
         Command::Queue(cmd) => runtime()?.block_on(queues::queue(&client(&cli)?, cmd, output)),
         Command::Workers(cmd) => runtime()?.block_on(queues::workers(&client(&cli)?, cmd, output)),
+        Command::Schedule(cmd) => {
+            runtime()?.block_on(schedules::schedule(&client(&cli)?, cmd, output))
+        }
         Command::Cluster => runtime()?.block_on(queues::cluster(&client(&cli)?, output)),
         Command::Bench(args) => {
             runtime()?.block_on(bench::run(&cli.server, cli.token.clone(), args, output))

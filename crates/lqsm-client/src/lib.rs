@@ -402,6 +402,59 @@ impl Client {
         self.exchange(req).await.map(|_| ())
     }
 
+    // --- schedules ---
+
+    /// Creates a periodic schedule (`POST /v1/schedules`): at each fire time it submits
+    /// one job from `schedule.job`, tagged `schedule:NAME`.
+    pub async fn create_schedule(
+        &self,
+        schedule: &api::CreateSchedule,
+    ) -> Result<api::ScheduleView, ClientError> {
+        let req = self
+            .request(Method::POST, &["v1", "schedules"])
+            .json(schedule);
+        self.send(req, "a schedule").await
+    }
+
+    /// Every schedule the token may manage, in name order (`GET /v1/schedules`).
+    pub async fn schedules(&self) -> Result<Vec<api::ScheduleView>, ClientError> {
+        let req = self.request(Method::GET, &["v1", "schedules"]);
+        self.send(req, "a schedule list").await
+    }
+
+    /// One schedule, with its next and last fire (`GET /v1/schedules/{name}`).
+    pub async fn schedule(&self, name: &str) -> Result<api::ScheduleView, ClientError> {
+        let req = self.request(Method::GET, &["v1", "schedules", name]);
+        self.send(req, "a schedule").await
+    }
+
+    /// Pauses a schedule: it fires nothing until resumed
+    /// (`POST /v1/schedules/{name}/pause`).
+    pub async fn pause_schedule(&self, name: &str) -> Result<api::ScheduleView, ClientError> {
+        self.schedule_action(name, "pause").await
+    }
+
+    /// Resumes a paused schedule at its next fire time; what came due meanwhile is not
+    /// made up (`POST /v1/schedules/{name}/resume`).
+    pub async fn resume_schedule(&self, name: &str) -> Result<api::ScheduleView, ClientError> {
+        self.schedule_action(name, "resume").await
+    }
+
+    async fn schedule_action(
+        &self,
+        name: &str,
+        action: &str,
+    ) -> Result<api::ScheduleView, ClientError> {
+        let req = self.request(Method::POST, &["v1", "schedules", name, action]);
+        self.send(req, "a schedule").await
+    }
+
+    /// Deletes a schedule; the jobs it made stay (`DELETE /v1/schedules/{name}`).
+    pub async fn delete_schedule(&self, name: &str) -> Result<(), ClientError> {
+        let req = self.request(Method::DELETE, &["v1", "schedules", name]);
+        self.exchange(req).await.map(|_| ())
+    }
+
     // --- workers ---
 
     /// Registers a worker, or registers it again under the same id after the server

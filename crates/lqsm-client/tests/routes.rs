@@ -304,3 +304,74 @@ async fn a_client_of_several_servers_moves_on_from_one_it_cannot_reach() {
         other => panic!("expected an invalid URL, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn schedule_routes_create_list_pause_resume_and_delete() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    let create = api::CreateSchedule {
+        name: "tick".into(),
+        cron: None,
+        timezone: None,
+        every_ms: Some(60_000),
+        job: echo("root.default"),
+        misfire: Some("skip".into()),
+        catch_up_max: None,
+        overlap: Some("skip".into()),
+    };
+    let created = client.create_schedule(&create).await.unwrap();
+    assert_eq!(created.name, "tick");
+    assert_eq!(created.every_ms, Some(60_000));
+    assert_eq!(
+        (created.misfire.as_str(), created.overlap.as_str()),
+        ("skip", "skip")
+    );
+    assert!(!created.paused);
+    assert!(created.next_fire_ms.is_some());
+    // The same name again is a conflict naming the field.
+    let err = client.create_schedule(&create).await.unwrap_err();
+    assert_eq!(err.status(), Some(409), "{err}");
+    let listed = client.schedules().await.unwrap();
+    assert_eq!(
+        listed.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["tick"]
+    );
+    assert_eq!(client.schedule("tick").await.unwrap().queue, "root.default");
+    let paused = client.pause_schedule("tick").await.unwrap();
+    assert!(paused.paused && paused.next_fire_ms.is_none(), "{paused:?}");
+    let resumed = client.resume_schedule("tick").await.unwrap();
+    assert!(
+        !resumed.paused && resumed.next_fire_ms.is_some(),
+        "{resumed:?}"
+    );
+    client.delete_schedule("tick").await.unwrap();
+    assert!(client.schedule("tick").await.unwrap_err().is_not_found());
+    assert!(
+        client
+            .delete_schedule("tick")
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
+    assert!(
+        client
+            .pause_schedule("tick")
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
+    assert!(client.schedules().await.unwrap().is_empty());
+
+    // A bad cron expression is refused with the field at fault.
+    let err = client
+        .create_schedule(&api::CreateSchedule {
+            name: "bad".into(),
+            cron: Some("61 * * * *".into()),
+            every_ms: None,
+            ..create
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(400), "{err}");
+    assert!(err.to_string().contains("61 * * * *"), "{err}");
+}
