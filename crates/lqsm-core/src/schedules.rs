@@ -163,7 +163,14 @@ impl Compiled {
                     .seconds(croner::parser::Seconds::Optional)
                     .build()
                     .parse(expr)
-                    .map_err(|e| invalid("trigger.expr", format!("`{expr}`: {e}")))?;
+                    .map_err(|e| {
+                        invalid(
+                            "trigger.expr",
+                            format!(
+                                "`{expr}`: {e} (five fields: minute 0-59, hour 0-23, day of month 1-31, month 1-12, day of week 0-7; or six with seconds 0-59 first)"
+                            ),
+                        )
+                    })?;
                 Ok(Compiled::Cron(Box::new(cron), tz))
             }
             Trigger::Every { interval_ms } => {

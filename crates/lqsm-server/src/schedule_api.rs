@@ -24,8 +24,15 @@ const DEFAULT_CATCH_UP: u32 = 10;
 impl From<ScheduleError> for ApiError {
     fn from(e: ScheduleError) -> Self {
         match &e {
-            ScheduleError::InvalidField { field, .. } => {
-                ApiError::invalid_field(field, e.to_string())
+            ScheduleError::InvalidField { field, reason } => {
+                // The core names the trigger's parts; the wire has them at the top level.
+                let field = match field.as_str() {
+                    "trigger.expr" => "cron",
+                    "trigger.timezone" => "timezone",
+                    "trigger.interval_ms" => "every_ms",
+                    other => other,
+                };
+                ApiError::invalid_field(field, reason.clone())
             }
             ScheduleError::Exists(_) => {
                 ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, e.to_string()).at("name")
@@ -117,8 +124,12 @@ fn spec_of(
     // Each fire gives the job its own id; this one is a placeholder.
     job.id = lqsm_core::JobId(uuid::Uuid::nil());
     let misfire = match (body.misfire.as_deref(), body.catch_up_max) {
-        (None | Some("run_once"), None) => Misfire::RunOnce,
-        (Some("skip"), None) => Misfire::Skip,
+        (Some(other), _) if !matches!(other, "skip" | "run_once" | "catch_up") => {
+            return Err(ApiError::invalid_field(
+                "misfire",
+                format!("`{other}` is not one of skip, run_once, catch_up"),
+            ));
+        }
         (Some("catch_up"), max) => Misfire::CatchUp {
             max: max.unwrap_or(DEFAULT_CATCH_UP),
         },
@@ -128,12 +139,8 @@ fn spec_of(
                 "goes with `misfire = \"catch_up\"`",
             ));
         }
-        (Some(other), None) => {
-            return Err(ApiError::invalid_field(
-                "misfire",
-                format!("`{other}` is not one of skip, run_once, catch_up"),
-            ));
-        }
+        (Some("skip"), None) => Misfire::Skip,
+        _ => Misfire::RunOnce,
     };
     let overlap = match body.overlap.as_deref() {
         None | Some("allow") => Overlap::Allow,
