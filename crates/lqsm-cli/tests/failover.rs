@@ -8,6 +8,8 @@
 #![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 #![allow(clippy::print_stdout)] // Each run prints its acknowledged, lost and twice-run counts.
 
+mod e2e_support;
+
 use lqsm_api as api;
 use lqsm_testkit::wait::{eventually_explained, eventually_within};
 use lqsm_testkit::{ServerProcess, WorkerProcess};
@@ -145,18 +147,7 @@ impl Servers {
 
     /// A command job with a client-chosen id that appends its id to the marks file.
     fn marking_job(&self, id: Uuid) -> api::SubmitJob {
-        let mut job = api::SubmitJob::function("root.default", "unused", serde_json::json!({}));
-        job.id = Some(id);
-        job.kind = api::JobKind::Command {
-            argv: vec![
-                "sh".into(),
-                "-c".into(),
-                format!("echo {id} >> {}", self.marks().display()),
-            ],
-            env: Default::default(),
-            cwd: None,
-        };
-        job
+        e2e_support::marking_job(id, &self.marks(), "")
     }
 
     /// Submits `job` to the servers in turn starting at `first`, the same job (same id)
@@ -192,13 +183,7 @@ impl Servers {
 
     /// How many times each job's command ran to completion.
     fn completions(&self) -> HashMap<Uuid, usize> {
-        let text = std::fs::read_to_string(self.marks()).unwrap_or_default();
-        let mut counts = HashMap::new();
-        for line in text.lines() {
-            let id: Uuid = line.trim().parse().unwrap();
-            *counts.entry(id).or_insert(0) += 1;
-        }
-        counts
+        e2e_support::completions(&self.marks())
     }
 
     /// Waits until every acknowledged job succeeded, then checks that each ran to

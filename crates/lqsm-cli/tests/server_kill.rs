@@ -9,6 +9,8 @@
 #![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 #![allow(clippy::print_stdout)] // Each run prints its acknowledged, lost and twice-run counts.
 
+mod e2e_support;
+
 use lqsm_api as api;
 use lqsm_testkit::wait::eventually_explained;
 use lqsm_testkit::{Api, ServerProcess, WorkerProcess};
@@ -29,29 +31,11 @@ const KILL_AT: [usize; 3] = [40, 80, 120];
 /// A command job with a client-chosen id that appends its id to `marks` (after a short
 /// sleep, so that kills find jobs running on the workers).
 fn marking_job(id: Uuid, marks: &Path) -> api::SubmitJob {
-    let mut job = api::SubmitJob::function("root.default", "unused", serde_json::json!({}));
-    job.id = Some(id);
-    job.kind = api::JobKind::Command {
-        argv: vec![
-            "sh".into(),
-            "-c".into(),
-            format!("sleep 0.2; echo {id} >> '{}'", marks.display()),
-        ],
-        env: Default::default(),
-        cwd: None,
-    };
-    job
+    e2e_support::marking_job(id, marks, "sleep 0.2")
 }
 
-/// How many times each job's command ran to completion.
 fn completions(marks: &Path) -> HashMap<Uuid, usize> {
-    let text = std::fs::read_to_string(marks).unwrap_or_default();
-    let mut counts = HashMap::new();
-    for line in text.lines() {
-        let id: Uuid = line.trim().parse().unwrap();
-        *counts.entry(id).or_insert(0) += 1;
-    }
-    counts
+    e2e_support::completions(marks)
 }
 
 /// What the submitter did so far, shared with the test's thread.

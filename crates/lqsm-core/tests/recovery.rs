@@ -12,22 +12,7 @@ const GRACE: Duration = Duration::from_secs(30);
 
 /// What a store would hold: every queue and job record, and the token high-water mark.
 fn records(sim: &Sim, jobs: &[JobId]) -> RestoreInput {
-    let queues = sim
-        .rm
-        .queues()
-        .iter()
-        .map(|q| sim.rm.queue_record(q.id()).unwrap())
-        .collect();
-    let jobs = jobs
-        .iter()
-        .filter_map(|id| sim.rm.job_record(*id))
-        .collect();
-    RestoreInput {
-        queues,
-        jobs,
-        next_token: sim.rm.next_token(),
-        schedules: Vec::new(),
-    }
+    sim.stored(Some(jobs))
 }
 
 fn restored(sim: &Sim, jobs: &[JobId], after: Duration) -> Sim {

@@ -87,24 +87,7 @@ fn a_restored_schedule_fires_missed_times_by_its_policy_and_never_twice() {
 
         // Stored, then no server for 23.5 s: the fires at +10, +15, +20 and +25 s are
         // missed (the last of them 3.5 s late by the time a server restores).
-        let record = sim.rm.schedule_named("nightly").unwrap().clone();
-        let jobs: Vec<JobRecord> = sim
-            .rm
-            .jobs()
-            .map(|j| sim.rm.job_record(j.id).unwrap())
-            .collect();
-        let queues = sim
-            .rm
-            .queues()
-            .iter()
-            .map(|q| sim.rm.queue_record(q.id()).unwrap())
-            .collect();
-        let input = RestoreInput {
-            queues,
-            jobs,
-            next_token: sim.rm.next_token(),
-            schedules: vec![record],
-        };
+        let input = sim.stored(None);
         sim.advance(Duration::from_millis(23_500));
         let (rm, _) = ResourceManager::restore(
             Config::default(),

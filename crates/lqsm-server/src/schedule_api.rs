@@ -183,6 +183,20 @@ async fn change(state: &AppState, op: ScheduleOp) -> ApiResult<Option<ScheduleRe
     Ok(state.scheduler.schedule(op).await??)
 }
 
+/// Applies `op` to the schedule named, if the caller may manage it, and shows the result.
+async fn changed(
+    state: &AppState,
+    headers: &HeaderMap,
+    name: String,
+    op: fn(String) -> ScheduleOp,
+) -> ApiResult<Json<api::ScheduleView>> {
+    schedule_for(state, headers, &name).await?;
+    let record = change(state, op(name))
+        .await?
+        .ok_or_else(|| ApiError::unavailable("no answer"))?;
+    Ok(Json(schedule_view(&record)))
+}
+
 /// Creates a periodic schedule.
 #[utoipa::path(post, path = "/v1/schedules", request_body = api::CreateSchedule,
     responses((status = 201, body = api::ScheduleView), (status = "4XX", body = api::ErrorBody)))]
@@ -236,11 +250,7 @@ pub(crate) async fn pause_schedule(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> ApiResult<Json<api::ScheduleView>> {
-    schedule_for(&state, &headers, &name).await?;
-    let record = change(&state, ScheduleOp::Pause(name))
-        .await?
-        .ok_or_else(|| ApiError::unavailable("no answer"))?;
-    Ok(Json(schedule_view(&record)))
+    changed(&state, &headers, name, ScheduleOp::Pause).await
 }
 
 /// Resumes a paused schedule at its next fire time (what came due meanwhile is not made
@@ -252,11 +262,7 @@ pub(crate) async fn resume_schedule(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> ApiResult<Json<api::ScheduleView>> {
-    schedule_for(&state, &headers, &name).await?;
-    let record = change(&state, ScheduleOp::Resume(name))
-        .await?
-        .ok_or_else(|| ApiError::unavailable("no answer"))?;
-    Ok(Json(schedule_view(&record)))
+    changed(&state, &headers, name, ScheduleOp::Resume).await
 }
 
 /// Deletes a schedule; the jobs it made stay.

@@ -211,3 +211,41 @@ impl Drop for Cluster {
         self.workers.clear();
     }
 }
+
+/// A command job with a client-chosen id that runs `before` (e.g. `sleep 0.2`, or
+/// nothing), then appends its id to `marks`: a line per run that completed, counted by
+/// [`completions`].
+pub fn marking_job(id: Uuid, marks: &std::path::Path, before: &str) -> api::SubmitJob {
+    let mut job = api::SubmitJob::function("root.default", "unused", serde_json::json!({}));
+    job.id = Some(id);
+    let mark = format!("echo {id} >> '{}'", marks.display());
+    job.kind = api::JobKind::Command {
+        argv: vec![
+            "sh".into(),
+            "-c".into(),
+            if before.is_empty() {
+                mark
+            } else {
+                format!("{before}; {mark}")
+            },
+        ],
+        env: Default::default(),
+        cwd: None,
+    };
+    job
+}
+
+/// How many times each job's command ran to completion, from the marks file of
+/// [`marking_job`].
+pub fn completions(marks: &std::path::Path) -> std::collections::HashMap<Uuid, usize> {
+    let text = std::fs::read_to_string(marks).unwrap_or_default();
+    let mut counts = std::collections::HashMap::new();
+    for line in text.lines() {
+        let id: Uuid = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("a mark that is no job id: {line:?} ({e})"));
+        *counts.entry(id).or_insert(0) += 1;
+    }
+    counts
+}

@@ -131,6 +131,30 @@ impl Sim {
     }
 
     /// Runs timers and one pass, and records the effects.
+    /// What a store would hold: every queue, the jobs named (every job for `None`), every
+    /// schedule, and the token high-water mark.
+    pub fn stored(&self, jobs: Option<&[JobId]>) -> RestoreInput {
+        let queues = self
+            .rm
+            .queues()
+            .iter()
+            .map(|q| self.rm.queue_record(q.id()).unwrap())
+            .collect();
+        let ids: Vec<JobId> = match jobs {
+            Some(ids) => ids.to_vec(),
+            None => self.rm.jobs().map(|j| j.id).collect(),
+        };
+        RestoreInput {
+            queues,
+            jobs: ids
+                .iter()
+                .filter_map(|id| self.rm.job_record(*id))
+                .collect(),
+            next_token: self.rm.next_token(),
+            schedules: self.rm.schedules().cloned().collect(),
+        }
+    }
+
     pub fn pass(&mut self) -> PassReport {
         self.rm.tick(self.now);
         let report = self.rm.schedule(self.now);
