@@ -1,10 +1,10 @@
 #!/bin/bash
-# What 10,000 schedules firing every second cost the submission path: three runs, each on
-# a fresh release `lqsm server` (embedded store): batched submissions alone
-# (`load URL batch 200 1000 4`), then SCHEDULES schedules created (every 1 s, a no-op
-# function job each, in root.default, no worker: the jobs stay pending) and, once they
-# fire, the same submissions again. Prints both rates per run, the jobs the schedules
-# made meanwhile, and the median ratio.
+# What 10,000 schedules firing every second cost the submission path: three runs, each
+# of two fresh release `lqsm server`s (embedded store): on the first, batched submissions
+# alone (`load URL batch 200 1000 4`); on the second, SCHEDULES schedules are created
+# (every 1 s, a no-op function job each, in root.default, no worker: the jobs stay
+# pending) and, once they fire, the same submissions. Prints both rates per run, the jobs
+# the schedules made meanwhile, and the median ratio.
 # Build first:
 #   cargo build --release -p lqsm-cli && cargo build --release -p lqsm-server --example load
 # Usage: scripts/bench-schedules.sh [SCHEDULES]       (default 10000; env PORT, DIR)
@@ -21,13 +21,18 @@ for b in "$BIN" "$LOAD"; do
 done
 rate() { grep -oE '= [0-9]+ jobs/s' | grep -oE '[0-9]+'; }
 fired() { curl -sf "$URL/v1/cluster" | grep -oE '"pending":[0-9]+' | grep -oE '[0-9]+'; }
-RATIOS=()
-for run in 1 2 3; do
+fresh() {
     rm -rf "$DIR"; mkdir -p "$DIR"
     RUST_LOG=warn $BIN server --listen 127.0.0.1:$PORT --data-dir "$DIR/data" > "$DIR/server.log" 2>&1 &
     SERVER=$!
     until curl -sf $URL/readyz >/dev/null; do sleep 0.05; done
+}
+RATIOS=()
+for run in 1 2 3; do
+    fresh
     ALONE=$($LOAD $URL batch 200 1000 4 | rate)
+    kill $SERVER; wait $SERVER 2>/dev/null
+    fresh
     # Many schedules at once: 16 clients creating them.
     python3 - "$URL" "$SCHEDULES" <<'EOF'
 import json, sys, urllib.request
