@@ -891,6 +891,34 @@ pub struct CreateSchedule {
     pub overlap: Option<String>,
 }
 
+/// A change to a schedule (`PATCH /v1/schedules/{name}`): each field given replaces the
+/// schedule's; what the schedule did (last fire, last job, count) is kept.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSchedule {
+    /// A new cron expression (replaces an interval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    /// A new time zone for the cron expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// A new interval (replaces a cron expression).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_ms: Option<u64>,
+    /// A new job template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<SubmitJob>,
+    /// A new misfire policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub misfire: Option<String>,
+    /// With `misfire = catch_up`: the most missed fires made up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up_max: Option<u32>,
+    /// A new overlap policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap: Option<String>,
+}
+
 /// A schedule with its state.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ScheduleView {

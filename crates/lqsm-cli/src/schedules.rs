@@ -24,6 +24,9 @@ pub enum ScheduleCommand {
         /// Its name.
         name: String,
     },
+    /// Change a schedule's trigger or policies (what it did is kept; its job template is
+    /// changed through `PATCH /v1/schedules/NAME`, or by deleting and creating it).
+    Update(Box<UpdateArgs>),
     /// Pause a schedule: it fires nothing until resumed.
     Pause {
         /// Its name.
@@ -109,6 +112,47 @@ pub struct CreateArgs {
     overlap: Option<Overlap>,
     #[command(flatten)]
     job: JobArgs,
+}
+
+/// Options of `lqsm schedule update`: each one given replaces the schedule's.
+#[derive(clap::Args)]
+pub struct UpdateArgs {
+    /// The schedule's name.
+    name: String,
+    /// A new cron expression (replaces an interval).
+    #[arg(long, conflicts_with = "every")]
+    cron: Option<String>,
+    /// A new IANA time zone for the cron expression.
+    #[arg(long = "tz", conflicts_with = "every", value_name = "ZONE")]
+    timezone: Option<String>,
+    /// A new interval (replaces a cron expression), e.g. 30s, 5m, 1h.
+    #[arg(long, value_parser = parse_every, value_name = "DURATION")]
+    every: Option<Duration>,
+    /// A new misfire policy: skip, run-once or catch-up.
+    #[arg(long, value_enum)]
+    misfire: Option<Misfire>,
+    /// With catch-up: the most missed fires made up.
+    #[arg(long, value_name = "N")]
+    catch_up_max: Option<u32>,
+    /// A new overlap policy: allow or skip.
+    #[arg(long, value_enum)]
+    overlap: Option<Overlap>,
+}
+
+impl UpdateArgs {
+    fn request(&self) -> api::UpdateSchedule {
+        api::UpdateSchedule {
+            cron: self.cron.clone(),
+            timezone: self.timezone.clone(),
+            every_ms: self
+                .every
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            job: None,
+            misfire: self.misfire.map(|m| m.wire().to_owned()),
+            catch_up_max: self.catch_up_max,
+            overlap: self.overlap.map(|o| o.wire().to_owned()),
+        }
+    }
 }
 
 /// An interval of `--every`: a duration of at least a second, in whole milliseconds.
@@ -348,6 +392,10 @@ pub async fn schedule(
             return Ok(0);
         }
         ScheduleCommand::Get { name } => client.schedule(name).await?,
+        ScheduleCommand::Update(args) => client
+            .update_schedule(&args.name, &args.request())
+            .await
+            .map_err(refused)?,
         ScheduleCommand::Pause { name } => client.pause_schedule(name).await?,
         ScheduleCommand::Resume { name } => client.resume_schedule(name).await?,
         ScheduleCommand::Delete { name } => {

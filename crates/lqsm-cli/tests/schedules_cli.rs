@@ -78,6 +78,18 @@ fn a_schedule_fires_tagged_jobs_and_is_paused_resumed_and_deleted() {
         listed(&c, "tick").filter(|s| s.fired > at_pause)
     });
 
+    let updated: api::ScheduleView = c.cli.json(&[
+        "schedule",
+        "update",
+        "tick",
+        "--every",
+        "2s",
+        "--overlap",
+        "skip",
+    ]);
+    assert_eq!(updated.every_ms, Some(2000), "{updated:?}");
+    assert_eq!(updated.overlap, "skip");
+    assert!(updated.fired > at_pause, "what it did is kept: {updated:?}");
     let got: api::ScheduleView = c.cli.json(&["schedule", "get", "tick"]);
     assert!(got.last_job.is_some(), "{got:?}");
     let deleted: serde_json::Value = c.cli.json(&["schedule", "delete", "tick"]);

@@ -428,6 +428,19 @@ impl Client {
         self.send(req, "a schedule").await
     }
 
+    /// Changes a schedule's trigger, template or policies; what it did is kept
+    /// (`PATCH /v1/schedules/{name}`).
+    pub async fn update_schedule(
+        &self,
+        name: &str,
+        change: &api::UpdateSchedule,
+    ) -> Result<api::ScheduleView, ClientError> {
+        let req = self
+            .request(Method::PATCH, &["v1", "schedules", name])
+            .json(change);
+        self.send(req, "a schedule").await
+    }
+
     /// Pauses a schedule: it fires nothing until resumed
     /// (`POST /v1/schedules/{name}/pause`).
     pub async fn pause_schedule(&self, name: &str) -> Result<api::ScheduleView, ClientError> {

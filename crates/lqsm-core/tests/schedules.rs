@@ -242,3 +242,35 @@ fn bad_schedules_are_refused_naming_the_field() {
     ));
     assert!(sim.log.records.is_empty() || sim.rm.schedules().count() == 1);
 }
+
+#[test]
+fn an_updated_schedule_keeps_its_history_and_fires_on_its_new_trigger() {
+    let mut sim = sim();
+    let created = sim.now.0;
+    let spec = every_second("tick", &mut sim);
+    sim.rm.create_schedule(spec.clone(), sim.now).unwrap();
+    sim.advance(Duration::from_millis(2000));
+    sim.pass();
+    assert_eq!(jobs_by_fire(&sim, "tick").len(), 2);
+    let mut slower = spec;
+    slower.trigger = Trigger::Every { interval_ms: 5000 };
+    let updated = sim.rm.update_schedule(slower, sim.now).unwrap();
+    assert_eq!(updated.fired, 2, "what it did is kept");
+    // Still counted from the creation: the next multiple of 5 s after now.
+    assert_eq!(updated.next_fire, Some(Timestamp(created + 5000)));
+    for _ in 0..10 {
+        sim.advance(Duration::from_millis(1000));
+        sim.pass();
+    }
+    let fires: Vec<u64> = jobs_by_fire(&sim, "tick")
+        .keys()
+        .map(|t| t - created)
+        .collect();
+    assert_eq!(fires, vec![1000, 2000, 5000, 10_000]);
+    let mut missing = every_second("none", &mut sim);
+    missing.name = "none".into();
+    assert!(matches!(
+        sim.rm.update_schedule(missing, sim.now),
+        Err(ScheduleError::NotFound(_))
+    ));
+}

@@ -28,6 +28,9 @@ pub struct ServerConfig {
     pub tokens: Vec<TokenConfig>,
     /// Queues created at start when missing.
     pub queues: Vec<QueueDecl>,
+    /// Periodic schedules created at start when missing (`[[schedules]]`, the fields of
+    /// `POST /v1/schedules`).
+    pub schedules: Vec<api::CreateSchedule>,
     /// Scheduler and timer settings.
     pub scheduler: SchedulerConfig,
     /// Size limits.
@@ -44,6 +47,7 @@ impl Default for ServerConfig {
             insecure: false,
             tokens: Vec::new(),
             queues: Vec::new(),
+            schedules: Vec::new(),
             scheduler: SchedulerConfig::default(),
             limits: Limits::default(),
         }

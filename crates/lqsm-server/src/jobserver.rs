@@ -1399,6 +1399,7 @@ async fn not_found() -> ApiError {
         crate::schedule_api::create_schedule,
         crate::schedule_api::list_schedules,
         crate::schedule_api::get_schedule,
+        crate::schedule_api::update_schedule,
         crate::schedule_api::pause_schedule,
         crate::schedule_api::resume_schedule,
         crate::schedule_api::delete_schedule
@@ -1440,6 +1441,7 @@ async fn not_found() -> ApiError {
         api::WorkerView,
         api::ClusterSummary,
         api::CreateSchedule,
+        api::UpdateSchedule,
         api::ScheduleView,
         api::StoreSummary,
         api::ServerSummary
@@ -1479,7 +1481,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/v1/schedules/{name}",
-            get(crate::schedule_api::get_schedule).delete(crate::schedule_api::delete_schedule),
+            get(crate::schedule_api::get_schedule)
+                .patch(crate::schedule_api::update_schedule)
+                .delete(crate::schedule_api::delete_schedule),
         )
         .route(
             "/v1/schedules/{name}/pause",

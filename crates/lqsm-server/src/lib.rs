@@ -169,6 +169,9 @@ pub fn restore_and_check(
     for warning in apply_declared_queues(&mut rm, config)? {
         tracing::warn!("{warning}");
     }
+    for warning in apply_declared_schedules(&mut rm, config)? {
+        tracing::warn!("{warning}");
+    }
     Ok((rm, upgrade))
 }
 
@@ -390,6 +393,40 @@ fn apply_declared_queues(
         }
         rm.create_queue(&decl.path, wanted)
             .map_err(|e| ServerError::Config(format!("queue `{}`: {e}", decl.path)))?;
+    }
+    Ok(warnings)
+}
+
+/// Creates the schedules the config declares that do not exist yet, under the rule of
+/// declared queues: the config creates what is missing and never overrides what is stored
+/// (a schedule changed through the API since keeps its settings, with a warning).
+fn apply_declared_schedules(
+    rm: &mut ResourceManager,
+    config: &ServerConfig,
+) -> Result<Vec<String>, ServerError> {
+    let mut warnings = Vec::new();
+    for decl in &config.schedules {
+        let refused = |what: String| {
+            ServerError::Config(format!("schedule `{}` in the config: {what}", decl.name))
+        };
+        let spec = schedule_api::declared_spec(decl).map_err(|e| {
+            refused(format!(
+                "{}{}",
+                e.detail.field.map(|f| format!("{f}: ")).unwrap_or_default(),
+                e.detail.message
+            ))
+        })?;
+        match rm.schedule_named(&spec.name) {
+            Some(stored) if stored.spec == spec => {}
+            Some(_) => warnings.push(format!(
+                "schedule `{}` in the config differs from the stored schedule, which is kept (changed through the API since it was declared); make the config match, or change it with PATCH /v1/schedules/{}",
+                spec.name, spec.name
+            )),
+            None => {
+                rm.create_schedule(spec, resource_manager::wall_clock())
+                    .map_err(|e| refused(e.to_string()))?;
+            }
+        }
     }
     Ok(warnings)
 }

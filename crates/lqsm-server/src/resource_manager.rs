@@ -46,6 +46,8 @@ pub enum QueueOp {
 pub enum ScheduleOp {
     /// Create a schedule.
     Create(Box<ScheduleSpec>),
+    /// Replace a schedule's trigger, template and policies.
+    Update(Box<ScheduleSpec>),
     /// Pause a schedule.
     Pause(String),
     /// Resume a paused schedule.
@@ -672,6 +674,9 @@ impl Actor {
                     let result = match op {
                         ScheduleOp::Create(spec) => {
                             self.rm.create_schedule(*spec, now).map(|r| Some(r.clone()))
+                        }
+                        ScheduleOp::Update(spec) => {
+                            self.rm.update_schedule(*spec, now).map(|r| Some(r.clone()))
                         }
                         ScheduleOp::Pause(name) => self
                             .rm

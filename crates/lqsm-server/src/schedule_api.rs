@@ -81,37 +81,43 @@ pub fn schedule_view(record: &ScheduleRecord) -> api::ScheduleView {
     }
 }
 
-/// The wire's request in the core's terms, checked as far as needs no state.
-fn spec_of(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: &api::CreateSchedule,
-) -> ApiResult<ScheduleSpec> {
-    let caller = state.auth.caller(headers)?;
-    let trigger = match (&body.cron, body.every_ms) {
-        (Some(expr), None) => Trigger::Cron {
+/// The trigger a request names: exactly one of `cron` (in `timezone`, UTC by default) and
+/// `every_ms`.
+fn trigger_of(
+    cron: Option<&String>,
+    every_ms: Option<u64>,
+    timezone: Option<&String>,
+) -> ApiResult<Trigger> {
+    match (cron, every_ms) {
+        (Some(expr), None) => Ok(Trigger::Cron {
             expr: expr.clone(),
-            timezone: body.timezone.clone().unwrap_or_else(|| "UTC".to_owned()),
-        },
+            timezone: timezone.cloned().unwrap_or_else(|| "UTC".to_owned()),
+        }),
         (None, Some(interval_ms)) => {
-            if body.timezone.is_some() {
+            if timezone.is_some() {
                 return Err(ApiError::invalid_field(
                     "timezone",
                     "a time zone goes with `cron`, not with `every_ms`",
                 ));
             }
-            Trigger::Every { interval_ms }
+            Ok(Trigger::Every { interval_ms })
         }
-        _ => {
-            return Err(ApiError::invalid_field(
-                "cron",
-                "give exactly one of `cron` (e.g. \"0 3 * * *\") and `every_ms`",
-            ));
-        }
-    };
+        _ => Err(ApiError::invalid_field(
+            "cron",
+            "give exactly one of `cron` (e.g. \"0 3 * * *\") and `every_ms`",
+        )),
+    }
+}
+
+/// The job template a request names, checked as a submission by the caller would be.
+fn template_of(
+    state: &AppState,
+    caller: &crate::auth::Caller,
+    job: &api::SubmitJob,
+) -> ApiResult<lqsm_core::SubmitRequest> {
     for (field, set) in [
-        ("job.id", body.job.id.is_some()),
-        ("job.delay_ms", body.job.delay_ms.is_some()),
+        ("job.id", job.id.is_some()),
+        ("job.delay_ms", job.delay_ms.is_some()),
     ] {
         if set {
             return Err(ApiError::invalid_field(
@@ -120,10 +126,14 @@ fn spec_of(
             ));
         }
     }
-    let (mut job, _) = prepare_request(state, &caller, "job", &body.job, wall_clock())?;
+    let (mut job, _) = prepare_request(state, caller, "job", job, wall_clock())?;
     // Each fire gives the job its own id; this one is a placeholder.
     job.id = lqsm_core::JobId(uuid::Uuid::nil());
-    let misfire = match (body.misfire.as_deref(), body.catch_up_max) {
+    Ok(job)
+}
+
+fn misfire_of(misfire: Option<&str>, catch_up_max: Option<u32>) -> ApiResult<Misfire> {
+    Ok(match (misfire, catch_up_max) {
         (Some(other), _) if !matches!(other, "skip" | "run_once" | "catch_up") => {
             return Err(ApiError::invalid_field(
                 "misfire",
@@ -141,24 +151,103 @@ fn spec_of(
         }
         (Some("skip"), None) => Misfire::Skip,
         _ => Misfire::RunOnce,
-    };
-    let overlap = match body.overlap.as_deref() {
-        None | Some("allow") => Overlap::Allow,
-        Some("skip") => Overlap::Skip,
-        Some(other) => {
-            return Err(ApiError::invalid_field(
-                "overlap",
-                format!("`{other}` is not one of allow, skip"),
-            ));
-        }
-    };
+    })
+}
+
+fn overlap_of(overlap: Option<&str>) -> ApiResult<Overlap> {
+    match overlap {
+        None | Some("allow") => Ok(Overlap::Allow),
+        Some("skip") => Ok(Overlap::Skip),
+        Some(other) => Err(ApiError::invalid_field(
+            "overlap",
+            format!("`{other}` is not one of allow, skip"),
+        )),
+    }
+}
+
+/// The wire's request in the core's terms, checked as far as needs no state.
+fn spec_of(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &api::CreateSchedule,
+) -> ApiResult<ScheduleSpec> {
+    let caller = state.auth.caller(headers)?;
     Ok(ScheduleSpec {
         name: body.name.clone(),
-        trigger,
-        job,
-        misfire,
-        overlap,
+        trigger: trigger_of(body.cron.as_ref(), body.every_ms, body.timezone.as_ref())?,
+        job: template_of(state, &caller, &body.job)?,
+        misfire: misfire_of(body.misfire.as_deref(), body.catch_up_max)?,
+        overlap: overlap_of(body.overlap.as_deref())?,
     })
+}
+
+/// A schedule declared in the config file, in the core's terms; its jobs are submitted as
+/// `config`.
+pub(crate) fn declared_spec(decl: &api::CreateSchedule) -> Result<ScheduleSpec, ApiError> {
+    if decl.job.id.is_some() || decl.job.delay_ms.is_some() {
+        return Err(ApiError::invalid_field(
+            "job",
+            "each fire gives its job its own id and start time (leave out id and delay_ms)",
+        ));
+    }
+    let mut job = convert::submission(
+        "job",
+        lqsm_core::JobId(uuid::Uuid::nil()),
+        &decl.job,
+        wall_clock(),
+    )?;
+    job.submitted_by = Some("config".to_owned());
+    Ok(ScheduleSpec {
+        name: decl.name.clone(),
+        trigger: trigger_of(decl.cron.as_ref(), decl.every_ms, decl.timezone.as_ref())?,
+        job,
+        misfire: misfire_of(decl.misfire.as_deref(), decl.catch_up_max)?,
+        overlap: overlap_of(decl.overlap.as_deref())?,
+    })
+}
+
+/// `current` with what `patch` changes.
+fn updated(
+    state: &AppState,
+    headers: &HeaderMap,
+    mut spec: ScheduleSpec,
+    patch: &api::UpdateSchedule,
+) -> ApiResult<ScheduleSpec> {
+    let caller = state.auth.caller(headers)?;
+    spec.trigger = match (&patch.cron, patch.every_ms, &spec.trigger) {
+        (None, None, Trigger::Cron { expr, timezone }) => Trigger::Cron {
+            expr: expr.clone(),
+            timezone: patch.timezone.clone().unwrap_or_else(|| timezone.clone()),
+        },
+        (None, None, every @ Trigger::Every { .. }) => {
+            if patch.timezone.is_some() {
+                return Err(ApiError::invalid_field(
+                    "timezone",
+                    "this schedule has an interval, not a cron expression",
+                ));
+            }
+            every.clone()
+        }
+        (cron, every_ms, _) => trigger_of(cron.as_ref(), every_ms, patch.timezone.as_ref())?,
+    };
+    if let Some(job) = &patch.job {
+        spec.job = template_of(state, &caller, job)?;
+    }
+    if patch.misfire.is_some() || patch.catch_up_max.is_some() {
+        let current = match spec.misfire {
+            Misfire::CatchUp { .. } => "catch_up",
+            Misfire::Skip => "skip",
+            Misfire::RunOnce => "run_once",
+        };
+        spec.misfire = misfire_of(
+            Some(patch.misfire.as_deref().unwrap_or(current)),
+            patch.catch_up_max,
+        )?;
+    }
+    if patch.overlap.is_some() {
+        spec.overlap = overlap_of(patch.overlap.as_deref())?;
+    }
+    Ok(spec)
 }
 
 /// The schedule named, if the caller may manage it (404 when there is none).
@@ -239,6 +328,23 @@ pub(crate) async fn get_schedule(
     Path(name): Path<String>,
 ) -> ApiResult<Json<api::ScheduleView>> {
     let record = schedule_for(&state, &headers, &name).await?;
+    Ok(Json(schedule_view(&record)))
+}
+
+/// Changes a schedule's trigger, template or policies; what it did is kept.
+#[utoipa::path(patch, path = "/v1/schedules/{name}", request_body = api::UpdateSchedule,
+    responses((status = 200, body = api::ScheduleView), (status = "4XX", body = api::ErrorBody)))]
+pub(crate) async fn update_schedule(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    ApiJson(patch): ApiJson<api::UpdateSchedule>,
+) -> ApiResult<Json<api::ScheduleView>> {
+    let current = schedule_for(&state, &headers, &name).await?;
+    let spec = updated(&state, &headers, current.spec, &patch)?;
+    let record = change(&state, ScheduleOp::Update(Box::new(spec)))
+        .await?
+        .ok_or_else(|| ApiError::unavailable("no answer"))?;
     Ok(Json(schedule_view(&record)))
 }
 

@@ -123,3 +123,76 @@ fn bad_schedules_are_refused_naming_the_field() {
     // Still serving.
     api.submit(&function_job("root.default", "after"));
 }
+
+#[test]
+fn an_update_changes_the_trigger_and_keeps_the_history() {
+    let server = BlockingTestServer::start();
+    let api = server.api();
+    api.post("/v1/schedules", &every_second("tick"))
+        .expect_status(201);
+    eventually("a fire", || {
+        (fired_jobs(&api, "tick").len() >= 1).then_some(())
+    });
+    let updated: api::ScheduleView = api
+        .patch(
+            "/v1/schedules/tick",
+            &json!({"cron": "0 3 * * *", "timezone": "Europe/Paris", "overlap": "skip"}),
+        )
+        .expect(200);
+    assert_eq!(updated.cron.as_deref(), Some("0 3 * * *"));
+    assert_eq!(updated.every_ms, None);
+    assert_eq!(updated.overlap, "skip");
+    assert_eq!(
+        updated.misfire, "run_once",
+        "what the patch leaves out is kept"
+    );
+    assert!(updated.fired >= 1, "what it did is kept: {updated:?}");
+    let next = updated.next_fire_ms.unwrap();
+    assert!(
+        next > lqsm_api::epoch_ms() + 60_000,
+        "next at 03:00 Paris time, not in a second"
+    );
+    let fired = fired_jobs(&api, "tick").len();
+    // A time zone alone changes the cron's zone; on an interval it is refused.
+    let paris_utc: api::ScheduleView = api
+        .patch("/v1/schedules/tick", &json!({"timezone": "UTC"}))
+        .expect(200);
+    assert_eq!(paris_utc.timezone.as_deref(), Some("UTC"));
+    api.patch("/v1/schedules/tick", &json!({"every_ms": 60_000}))
+        .expect_status(200);
+    let err = api
+        .patch("/v1/schedules/tick", &json!({"timezone": "UTC"}))
+        .expect_error(400);
+    assert_eq!(err.field.as_deref(), Some("timezone"));
+    let err = api
+        .patch("/v1/schedules/tick", &json!({"every": 5}))
+        .expect_error(400);
+    assert_eq!(err.field.as_deref(), Some("every"));
+    api.patch("/v1/schedules/none", &json!({}))
+        .expect_error(404);
+    assert!(fired_jobs(&api, "tick").len() <= fired + 1);
+}
+
+#[test]
+fn a_schedule_declared_in_the_config_is_created_once_and_kept_as_changed() {
+    let declared: api::CreateSchedule = serde_json::from_value(every_second("declared")).unwrap();
+    let mut server = BlockingTestServer::start_with(move |c| c.schedules = vec![declared]);
+    let api = server.api();
+    let listed: Vec<api::ScheduleView> = api.get("/v1/schedules").expect(200);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].name, "declared");
+    eventually("a fire", || {
+        (fired_jobs(&api, "declared").len() >= 1).then_some(())
+    });
+    // Changed through the API: a restart with the same declaration keeps the change.
+    api.patch("/v1/schedules/declared", &json!({"every_ms": 60_000}))
+        .expect_status(200);
+    server.restart();
+    let api = server.api();
+    let view: api::ScheduleView = api.get("/v1/schedules/declared").expect(200);
+    assert_eq!(view.every_ms, Some(60_000));
+    let job: api::JobView = api
+        .get(&format!("/v1/jobs/{}", view.last_job.unwrap()))
+        .expect(200);
+    assert_eq!(job.submitted_by, "config");
+}

@@ -108,6 +108,35 @@ impl ResourceManager {
         key
     }
 
+    /// Replaces a schedule's trigger, template and policies (the schedule named in
+    /// `spec`), keeping what it did: its last fire, last job and count. It fires next at
+    /// the new trigger's first time after `now` (and after its last fire); an interval
+    /// still counts from the schedule's creation.
+    pub fn update_schedule(
+        &mut self,
+        spec: ScheduleSpec,
+        now: Timestamp,
+    ) -> Result<&ScheduleRecord, ScheduleError> {
+        let key = *self
+            .schedule_names
+            .get(&spec.name)
+            .ok_or_else(|| ScheduleError::NotFound(spec.name.clone()))?;
+        self.check_template(&spec)?;
+        let created_at = self.schedules[key].record.created_at;
+        let compiled = Compiled::new(&spec.trigger, created_at)?;
+        let entry = &mut self.schedules[key];
+        let after = entry.record.last_fire.map_or(now, |last| last.max(now));
+        entry.record.next_fire = compiled.next_after(after);
+        entry.record.spec = spec;
+        entry.compiled = compiled;
+        if let (false, Some(at)) = (entry.record.paused, entry.record.next_fire) {
+            self.timers.set(at, Timer::Schedule(key));
+        }
+        let name = entry.record.spec.name.clone();
+        self.effects.records.push(Record::Schedule(name));
+        Ok(&self.schedules[key].record)
+    }
+
     /// Deletes a schedule; the jobs it made stay.
     pub fn delete_schedule(&mut self, name: &str) -> Result<(), ScheduleError> {
         let key = self
