@@ -108,6 +108,8 @@ impl ServerArgs {
             config.tokens.push(lqsm_server::config::TokenConfig {
                 name: Some("command-line-admin".into()),
                 token,
+                token_file: None,
+                token_env: None,
                 role: lqsm_server::config::RoleName::Admin,
                 queues: Vec::new(),
             });

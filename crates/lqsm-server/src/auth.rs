@@ -84,7 +84,7 @@ impl Auth {
                 RoleName::Worker => Role::Worker,
             };
             if callers
-                .insert(t.token.clone(), Caller { name, role })
+                .insert(t.secret(index)?, Caller { name, role })
                 .is_some()
             {
                 return Err(format!(
@@ -201,6 +201,8 @@ mod tests {
         TokenConfig {
             name: name.map(str::to_owned),
             token: secret.into(),
+            token_file: None,
+            token_env: None,
             role,
             queues: vec!["*".into()],
         }
@@ -259,5 +261,57 @@ mod tests {
         assert_eq!(caller.name, "anonymous");
         assert_eq!(caller.role, Role::Admin);
         assert_eq!(caller.submitter(), None);
+    }
+}
+
+#[cfg(test)]
+mod secret_sources {
+    use super::*;
+
+    fn entry(token: &str, file: Option<std::path::PathBuf>, env: Option<&str>) -> TokenConfig {
+        TokenConfig {
+            name: Some("ops".into()),
+            token: token.into(),
+            token_file: file,
+            token_env: env.map(str::to_owned),
+            role: RoleName::Admin,
+            queues: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_secret_comes_inline_from_a_file_or_from_the_environment() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "from-a-file\n").expect("written");
+        assert_eq!(entry("inline", None, None).secret(0).unwrap(), "inline");
+        assert_eq!(
+            entry("", Some(file.clone()), None).secret(0).unwrap(),
+            "from-a-file"
+        );
+        // PATH is set in every test environment; a real deployment names its own variable.
+        let path = std::env::var("PATH").expect("PATH is set");
+        assert_eq!(entry("", None, Some("PATH")).secret(0).unwrap(), path);
+        let auth = Auth::new(&[entry("", Some(file.clone()), None)]).expect("valid");
+        assert!(!auth.is_open());
+    }
+
+    #[test]
+    fn a_missing_or_doubled_secret_is_refused_naming_the_entry() {
+        let err = |t: TokenConfig| t.secret(2).unwrap_err();
+        assert!(err(entry("", None, None)).starts_with("tokens[2].token:"));
+        assert!(
+            err(entry("x", Some("/nowhere".into()), None)).contains("one way only"),
+            "{}",
+            err(entry("x", Some("/nowhere".into()), None))
+        );
+        assert!(
+            err(entry("", Some("/nowhere/secret".into()), None))
+                .starts_with("tokens[2].token_file: cannot read /nowhere/secret")
+        );
+        assert!(
+            err(entry("", None, Some("LQSM_SURELY_UNSET_VARIABLE")))
+                .starts_with("tokens[2].token_env:")
+        );
     }
 }

@@ -190,13 +190,64 @@ pub struct TokenConfig {
     /// without one get `<role>-<n>` (the n-th unnamed token of that role) and a warning.
     #[serde(default)]
     pub name: Option<String>,
-    /// The secret.
+    /// The secret, inline. Better kept out of the config file: `token_file` or
+    /// `token_env` instead (exactly one of the three).
+    #[serde(default)]
     pub token: String,
+    /// A file holding the secret (surrounding whitespace ignored), e.g. a mounted secret.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// An environment variable holding the secret.
+    #[serde(default)]
+    pub token_env: Option<String>,
     /// admin, submitter or worker.
     pub role: RoleName,
     /// For submitters: queue patterns (`root.etl.*`, `root.default`, `*`).
     #[serde(default)]
     pub queues: Vec<String>,
+}
+
+impl TokenConfig {
+    /// The secret, from wherever this entry says it is; `index` names the entry in errors.
+    pub fn secret(&self, index: usize) -> Result<String, String> {
+        let field = |name: &str| format!("tokens[{index}].{name}");
+        match (self.token.is_empty(), &self.token_file, &self.token_env) {
+            (false, None, None) => Ok(self.token.clone()),
+            (true, Some(path), None) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    format!(
+                        "{}: cannot read {} ({e})",
+                        field("token_file"),
+                        path.display()
+                    )
+                })?;
+                let secret = text.trim();
+                if secret.is_empty() {
+                    return Err(format!(
+                        "{}: {} is empty",
+                        field("token_file"),
+                        path.display()
+                    ));
+                }
+                Ok(secret.to_owned())
+            }
+            (true, None, Some(var)) => match std::env::var(var) {
+                Ok(secret) if !secret.trim().is_empty() => Ok(secret.trim().to_owned()),
+                _ => Err(format!(
+                    "{}: the environment variable {var} is unset or empty",
+                    field("token_env")
+                )),
+            },
+            (true, None, None) => Err(format!(
+                "{}: each token needs its secret: `token`, `token_file` or `token_env`",
+                field("token")
+            )),
+            _ => Err(format!(
+                "{}: give the secret one way only: `token`, `token_file` or `token_env`",
+                field("token")
+            )),
+        }
+    }
 }
 
 /// The roles a token can have.

@@ -63,6 +63,8 @@ impl TestServer {
             c.tokens.push(TokenConfig {
                 name: Some("test-admin".to_owned()),
                 token: token.to_owned(),
+                token_file: None,
+                token_env: None,
                 role: RoleName::Admin,
                 queues: Vec::new(),
             })
