@@ -265,6 +265,7 @@ mod tests {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 mod secret_sources {
     use super::*;
 
