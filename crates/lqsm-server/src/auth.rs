@@ -1,6 +1,8 @@
 //! Bearer tokens and roles: `admin` may do everything, `submitter` may submit, read
-//! and cancel jobs in the queues its patterns match, `worker` may use the worker
-//! endpoints. Every token has a name, the caller's identity (recorded as the submitter
+//! and cancel jobs (and manage schedules) in the queues its patterns match, `reader` may
+//! only read them, `worker` may use the worker endpoints. What shows the whole cluster
+//! (every worker, the cluster summary, `/metrics`, listings across all queues) needs an
+//! admin token or one whose patterns cover every queue (`*`). Every token has a name, the caller's identity (recorded as the submitter
 //! of its jobs). With no tokens configured everyone is admin and `anonymous` (the
 //! server then listens on loopback only).
 
@@ -19,6 +21,8 @@ pub enum Role {
     Submitter(Vec<String>),
     /// Worker endpoints.
     Worker,
+    /// Reads in matching queues.
+    Reader(Vec<String>),
 }
 
 /// Who is calling and what they may do.
@@ -82,6 +86,7 @@ impl Auth {
                 RoleName::Admin => Role::Admin,
                 RoleName::Submitter => Role::Submitter(t.queues.clone()),
                 RoleName::Worker => Role::Worker,
+                RoleName::Reader => Role::Reader(t.queues.clone()),
             };
             if callers
                 .insert(t.secret(index)?, Caller { name, role })
@@ -150,6 +155,18 @@ pub fn pattern_matches(pattern: &str, path: &str) -> bool {
     }
 }
 
+/// 403 unless one of `patterns` covers `queue`.
+fn covered(patterns: &[String], queue: &str) -> Result<(), ApiError> {
+    if patterns.iter().any(|p| pattern_matches(p, queue)) {
+        Ok(())
+    } else {
+        Err(forbidden(format!(
+            "this token may not use queue `{queue}` (it may use: {})",
+            patterns.join(", ")
+        )))
+    }
+}
+
 impl Role {
     /// 403 unless admin.
     pub fn require_admin(&self) -> Result<(), ApiError> {
@@ -163,22 +180,49 @@ impl Role {
     pub fn require_worker(&self) -> Result<(), ApiError> {
         match self {
             Role::Admin | Role::Worker => Ok(()),
-            Role::Submitter(_) => Err(forbidden("this needs a worker or admin token".into())),
+            Role::Submitter(_) | Role::Reader(_) => {
+                Err(forbidden("this needs a worker or admin token".into()))
+            }
         }
     }
 
-    /// 403 unless admin, or a submitter whose patterns cover `queue`.
+    /// 403 unless admin, or a submitter whose patterns cover `queue`: the right to change
+    /// things in a queue (submit, cancel, retry, manage schedules).
     pub fn require_queue(&self, queue: &str) -> Result<(), ApiError> {
         match self {
             Role::Admin => Ok(()),
-            Role::Submitter(patterns) if patterns.iter().any(|p| pattern_matches(p, queue)) => {
+            Role::Submitter(patterns) => covered(patterns, queue),
+            Role::Reader(_) => Err(forbidden(
+                "a reader token may read, not change anything".into(),
+            )),
+            Role::Worker => Err(forbidden("a worker token may not use job endpoints".into())),
+        }
+    }
+
+    /// 403 unless admin, or a submitter or reader whose patterns cover `queue`: the right
+    /// to read a queue, its jobs and its schedules.
+    pub fn require_read(&self, queue: &str) -> Result<(), ApiError> {
+        match self {
+            Role::Admin => Ok(()),
+            Role::Submitter(patterns) | Role::Reader(patterns) => covered(patterns, queue),
+            Role::Worker => Err(forbidden("a worker token may not use job endpoints".into())),
+        }
+    }
+
+    /// 403 unless the token may read everything: admin, or a submitter or reader whose
+    /// patterns cover every queue (`*`). What shows the whole cluster needs it.
+    pub fn require_everything(&self) -> Result<(), ApiError> {
+        match self {
+            Role::Admin => Ok(()),
+            Role::Submitter(patterns) | Role::Reader(patterns)
+                if patterns.iter().any(|p| p == "*") =>
+            {
                 Ok(())
             }
-            Role::Submitter(patterns) => Err(forbidden(format!(
-                "this token may not use queue `{queue}` (it may use: {})",
-                patterns.join(", ")
-            ))),
-            Role::Worker => Err(forbidden("a worker token may not use job endpoints".into())),
+            _ => Err(forbidden(
+                "this shows the whole cluster: it needs an admin token, or one whose queues are `*`"
+                    .into(),
+            )),
         }
     }
 }

@@ -202,7 +202,7 @@ pub struct TokenConfig {
     pub token_env: Option<String>,
     /// admin, submitter or worker.
     pub role: RoleName,
-    /// For submitters: queue patterns (`root.etl.*`, `root.default`, `*`).
+    /// For submitters and readers: queue patterns (`root.etl.*`, `root.default`, `*`).
     #[serde(default)]
     pub queues: Vec<String>,
 }
@@ -260,15 +260,18 @@ pub enum RoleName {
     Submitter,
     /// The worker endpoints.
     Worker,
+    /// Read jobs, queues and schedules in its queues; change nothing.
+    Reader,
 }
 
 impl RoleName {
-    /// The name in the config (`admin`, `submitter`, `worker`).
+    /// The name in the config (`admin`, `submitter`, `worker`, `reader`).
     pub fn as_str(self) -> &'static str {
         match self {
             RoleName::Admin => "admin",
             RoleName::Submitter => "submitter",
             RoleName::Worker => "worker",
+            RoleName::Reader => "reader",
         }
     }
 }

@@ -396,7 +396,7 @@ async fn get_job(
 ) -> ApiResult<Json<api::JobView>> {
     let role = state.auth.role(&headers)?;
     let view = view_job(&state, parse_job_id(&id)?).await?;
-    role.require_queue(&view.queue)?;
+    role.require_read(&view.queue)?;
     Ok(Json(view))
 }
 
@@ -442,8 +442,8 @@ async fn list_jobs(
         .map_err(|e| e.at("cursor"))?;
     match (&role, &q.queue) {
         (Role::Admin, _) => {}
-        (_, Some(queue)) => role.require_queue(queue)?,
-        (_, None) => role.require_admin().map_err(|_| {
+        (_, Some(queue)) => role.require_read(queue)?,
+        (_, None) => role.require_everything().map_err(|_| {
             ApiError::new(
                 StatusCode::FORBIDDEN,
                 ErrorCode::Forbidden,
@@ -589,7 +589,7 @@ async fn job_logs(
     let role = state.auth.role(&headers)?;
     let id = parse_job_id(&id)?;
     let view = view_job(&state, id).await?;
-    role.require_queue(&view.queue)?;
+    role.require_read(&view.queue)?;
     let logs = state.scheduler.logs(id).await?.unwrap_or_default();
     Ok((
         [(
@@ -620,7 +620,7 @@ async fn wait_job(
     let Query(q) = query.map_err(|e| query_error(&e))?;
     let id = parse_job_id(&id)?;
     let view = view_job(&state, id).await?;
-    role.require_queue(&view.queue)?;
+    role.require_read(&view.queue)?;
     let timeout = q.timeout_ms.unwrap_or(30_000).min(300_000);
     state
         .scheduler
@@ -778,7 +778,8 @@ async fn list_queues(
     headers: HeaderMap,
     query: Result<Query<TreeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    state.auth.role(&headers)?;
+    // The whole tree; a token limited to some queues reads their subtrees by path.
+    state.auth.role(&headers)?.require_everything()?;
     let Query(q) = query.map_err(|e| query_error(&e))?;
     let cluster = state.scheduler.view().await?;
     let (view, next) = queue_tree(&cluster, "root", &q)?;
@@ -941,7 +942,7 @@ async fn get_queue(
     Path(path): Path<String>,
     query: Result<Query<TreeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    state.auth.role(&headers)?;
+    state.auth.role(&headers)?.require_read(&path)?;
     let Query(q) = query.map_err(|e| query_error(&e))?;
     let cluster = state.scheduler.view().await?;
     let (view, next) = queue_tree(&cluster, &path, &q)?;
@@ -1213,7 +1214,10 @@ async fn list_workers(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Vec<api::WorkerView>>> {
-    state.auth.role(&headers)?;
+    let role = state.auth.role(&headers)?;
+    if role != Role::Worker {
+        role.require_everything()?;
+    }
     let cluster = state.scheduler.view().await?;
     Ok(Json(cluster.workers.iter().map(worker_view).collect()))
 }
@@ -1223,7 +1227,7 @@ async fn cluster(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> ApiResult<Json<api::ClusterSummary>> {
-    state.auth.role(&headers)?;
+    state.auth.role(&headers)?.require_everything()?;
     let cluster = state.scheduler.view().await?;
     let mut jobs = std::collections::BTreeMap::new();
     for (name, count) in state.scheduler.job_counts().await? {
@@ -1305,7 +1309,8 @@ async fn until_ready(
     ApiError::from(SchedulerError::Restoring).into_response()
 }
 
-async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    state.auth.role(&headers)?.require_everything()?;
     // Only the leader holds queues and workers; a follower shows its own figures.
     if let Ok(view) = state.scheduler.view().await {
         crate::metrics::record_gauges(&view);

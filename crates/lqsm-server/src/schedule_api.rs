@@ -250,11 +250,13 @@ fn updated(
     Ok(spec)
 }
 
-/// The schedule named, if the caller may manage it (404 when there is none).
+/// The schedule named, if the caller may read it, or change it with `change` (404 when
+/// there is none).
 async fn schedule_for(
     state: &AppState,
     headers: &HeaderMap,
     name: &str,
+    change: bool,
 ) -> ApiResult<ScheduleRecord> {
     let role = state.auth.role(headers)?;
     let record = state
@@ -264,7 +266,11 @@ async fn schedule_for(
         .into_iter()
         .find(|s| s.spec.name == name)
         .ok_or_else(|| ApiError::from(ScheduleError::NotFound(name.to_owned())))?;
-    role.require_queue(&record.spec.job.queue)?;
+    if change {
+        role.require_queue(&record.spec.job.queue)?;
+    } else {
+        role.require_read(&record.spec.job.queue)?;
+    }
     Ok(record)
 }
 
@@ -279,7 +285,7 @@ async fn changed(
     name: String,
     op: fn(String) -> ScheduleOp,
 ) -> ApiResult<Json<api::ScheduleView>> {
-    schedule_for(state, headers, &name).await?;
+    schedule_for(state, headers, &name, true).await?;
     let record = change(state, op(name))
         .await?
         .ok_or_else(|| ApiError::unavailable("no answer"))?;
@@ -313,7 +319,7 @@ pub(crate) async fn list_schedules(
     Ok(Json(
         schedules
             .iter()
-            .filter(|s| role.require_queue(&s.spec.job.queue).is_ok())
+            .filter(|s| role.require_read(&s.spec.job.queue).is_ok())
             .map(schedule_view)
             .collect(),
     ))
@@ -327,7 +333,7 @@ pub(crate) async fn get_schedule(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> ApiResult<Json<api::ScheduleView>> {
-    let record = schedule_for(&state, &headers, &name).await?;
+    let record = schedule_for(&state, &headers, &name, false).await?;
     Ok(Json(schedule_view(&record)))
 }
 
@@ -340,7 +346,7 @@ pub(crate) async fn update_schedule(
     Path(name): Path<String>,
     ApiJson(patch): ApiJson<api::UpdateSchedule>,
 ) -> ApiResult<Json<api::ScheduleView>> {
-    let current = schedule_for(&state, &headers, &name).await?;
+    let current = schedule_for(&state, &headers, &name, true).await?;
     let spec = updated(&state, &headers, current.spec, &patch)?;
     let record = change(&state, ScheduleOp::Update(Box::new(spec)))
         .await?
@@ -379,7 +385,7 @@ pub(crate) async fn delete_schedule(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    schedule_for(&state, &headers, &name).await?;
+    schedule_for(&state, &headers, &name, true).await?;
     change(&state, ScheduleOp::Delete(name)).await?;
     Ok(StatusCode::NO_CONTENT)
 }

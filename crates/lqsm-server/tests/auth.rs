@@ -283,3 +283,80 @@ fn a_bulk_cancel_stays_within_the_callers_queues() {
     assert_eq!(done.cancelled, 1);
     assert_eq!(admin.job(in_ml).state, api::JobState::Cancelled);
 }
+
+#[test]
+fn a_reader_reads_its_queues_and_changes_nothing_and_cluster_views_need_every_queue() {
+    let tokens = format!(
+        "{TOKENS}
+[[tokens]]
+name = \"auditor\"
+token = \"reader-secret\"
+role = \"reader\"
+queues = [\"root.etl.*\"]
+
+[[tokens]]
+name = \"watcher\"
+token = \"all-reader-secret\"
+role = \"reader\"
+queues = [\"*\"]
+"
+    );
+    let server = BlockingTestServer::start_with(toml_settings(&tokens));
+    let admin = server.api_as("admin-secret");
+    admin.create_queue(json!({"path": "root.etl"}));
+    admin.create_queue(json!({"path": "root.etl.x"}));
+    let submitter = server.api_as("etl-secret");
+    let id = submitter.submit(&function_job("root.etl.x", "audited"));
+    let other = admin.submit(&function_job("root.default", "elsewhere"));
+
+    let reader = server.api_as("reader-secret");
+    // Reads within its queues.
+    let job: api::JobView = reader.get(&format!("/v1/jobs/{id}")).expect(200);
+    assert_eq!(job.id, id);
+    let listed: api::JobList = reader.get("/v1/jobs?queue=root.etl.x").expect(200);
+    assert_eq!(listed.jobs.len(), 1);
+    reader.get("/v1/queues/root.etl").expect_status(200);
+    // Nothing outside them, and nothing that changes anything.
+    let forbidden = |reply: &Reply, what: &str| assert_code(reply, 403, ErrorCode::Forbidden, what);
+    forbidden(
+        &reader.get(&format!("/v1/jobs/{other}")),
+        "another queue's job",
+    );
+    forbidden(
+        &reader.get("/v1/jobs?queue=root.default"),
+        "another queue's jobs",
+    );
+    forbidden(
+        &reader.post("/v1/jobs", &function_job("root.etl.x", "no")),
+        "a submission",
+    );
+    forbidden(
+        &reader.post(&format!("/v1/jobs/{id}/cancel"), &json!({})),
+        "a cancel",
+    );
+    // The whole cluster needs every queue.
+    for path in [
+        "/v1/queues",
+        "/v1/workers",
+        "/v1/cluster",
+        "/metrics",
+        "/v1/jobs",
+    ] {
+        forbidden(&reader.get(path), path);
+        forbidden(&submitter.get(path), path);
+    }
+    let watcher = server.api_as("all-reader-secret");
+    for path in [
+        "/v1/queues",
+        "/v1/workers",
+        "/v1/cluster",
+        "/metrics",
+        "/v1/jobs",
+    ] {
+        watcher.get(path).expect_status(200);
+    }
+    forbidden(
+        &watcher.post("/v1/jobs", &function_job("root.default", "no")),
+        "a reader of everything submits nothing",
+    );
+}
