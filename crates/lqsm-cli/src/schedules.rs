@@ -86,19 +86,19 @@ impl Overlap {
     }
 }
 
-/// Options of `lqsm schedule create`.
+/// When a schedule fires and its policies: the options `create` and `update` share (in
+/// an update each one given replaces the schedule's).
 #[derive(clap::Args)]
-pub struct CreateArgs {
-    /// The schedule's name: 1 to 128 letters, digits, `.`, `_`, `-`.
-    name: String,
+pub struct TriggerArgs {
     /// When to fire: a cron expression of 5 fields (minute hour day-of-month month
     /// day-of-week), 6 with seconds first, or @hourly, @daily...
-    #[arg(long, required_unless_present = "every", conflicts_with = "every")]
+    #[arg(long, conflicts_with = "every")]
     cron: Option<String>,
     /// The IANA time zone --cron is read in, e.g. Europe/Paris (default UTC).
     #[arg(long = "tz", conflicts_with = "every", value_name = "ZONE")]
     timezone: Option<String>,
-    /// Fire at a fixed interval from now instead, e.g. 30s, 5m, 1h (at least 1s).
+    /// Fire at a fixed interval instead, e.g. 30s, 5m, 1h (at least 1s), counted from
+    /// the schedule's creation.
     #[arg(long, value_parser = parse_every, value_name = "DURATION")]
     every: Option<Duration>,
     /// Fire times missed while no server ran: skip, run-once (default) or catch-up.
@@ -110,6 +110,22 @@ pub struct CreateArgs {
     /// A fire while the previous fire's job is unfinished: allow (default) or skip.
     #[arg(long, value_enum)]
     overlap: Option<Overlap>,
+}
+
+impl TriggerArgs {
+    fn every_ms(&self) -> Option<u64> {
+        self.every
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// Options of `lqsm schedule create`.
+#[derive(clap::Args)]
+pub struct CreateArgs {
+    /// The schedule's name: 1 to 128 letters, digits, `.`, `_`, `-`.
+    name: String,
+    #[command(flatten)]
+    trigger: TriggerArgs,
     #[command(flatten)]
     job: JobArgs,
 }
@@ -119,38 +135,21 @@ pub struct CreateArgs {
 pub struct UpdateArgs {
     /// The schedule's name.
     name: String,
-    /// A new cron expression (replaces an interval).
-    #[arg(long, conflicts_with = "every")]
-    cron: Option<String>,
-    /// A new IANA time zone for the cron expression.
-    #[arg(long = "tz", conflicts_with = "every", value_name = "ZONE")]
-    timezone: Option<String>,
-    /// A new interval (replaces a cron expression), e.g. 30s, 5m, 1h.
-    #[arg(long, value_parser = parse_every, value_name = "DURATION")]
-    every: Option<Duration>,
-    /// A new misfire policy: skip, run-once or catch-up.
-    #[arg(long, value_enum)]
-    misfire: Option<Misfire>,
-    /// With catch-up: the most missed fires made up.
-    #[arg(long, value_name = "N")]
-    catch_up_max: Option<u32>,
-    /// A new overlap policy: allow or skip.
-    #[arg(long, value_enum)]
-    overlap: Option<Overlap>,
+    #[command(flatten)]
+    trigger: TriggerArgs,
 }
 
 impl UpdateArgs {
     fn request(&self) -> api::UpdateSchedule {
+        let t = &self.trigger;
         api::UpdateSchedule {
-            cron: self.cron.clone(),
-            timezone: self.timezone.clone(),
-            every_ms: self
-                .every
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            cron: t.cron.clone(),
+            timezone: t.timezone.clone(),
+            every_ms: t.every_ms(),
             job: None,
-            misfire: self.misfire.map(|m| m.wire().to_owned()),
-            catch_up_max: self.catch_up_max,
-            overlap: self.overlap.map(|o| o.wire().to_owned()),
+            misfire: t.misfire.map(|m| m.wire().to_owned()),
+            catch_up_max: t.catch_up_max,
+            overlap: t.overlap.map(|o| o.wire().to_owned()),
         }
     }
 }
@@ -171,20 +170,24 @@ fn parse_every(text: &str) -> Result<Duration, String> {
 
 impl CreateArgs {
     fn request(&self) -> anyhow::Result<api::CreateSchedule> {
-        if self.catch_up_max.is_some() && self.misfire != Some(Misfire::CatchUp) {
+        let t = &self.trigger;
+        if t.cron.is_none() && t.every.is_none() {
+            anyhow::bail!(
+                "--cron or --every: say when the schedule fires (e.g. --cron \"0 3 * * *\" or --every 5m)"
+            );
+        }
+        if t.catch_up_max.is_some() && t.misfire != Some(Misfire::CatchUp) {
             anyhow::bail!("--catch-up-max goes with --misfire catch-up");
         }
         Ok(api::CreateSchedule {
             name: self.name.clone(),
-            cron: self.cron.clone(),
-            timezone: self.timezone.clone(),
-            every_ms: self
-                .every
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            cron: t.cron.clone(),
+            timezone: t.timezone.clone(),
+            every_ms: t.every_ms(),
             job: self.job.job()?,
-            misfire: self.misfire.map(|m| m.wire().to_owned()),
-            catch_up_max: self.catch_up_max,
-            overlap: self.overlap.map(|o| o.wire().to_owned()),
+            misfire: t.misfire.map(|m| m.wire().to_owned()),
+            catch_up_max: t.catch_up_max,
+            overlap: t.overlap.map(|o| o.wire().to_owned()),
         })
     }
 }
