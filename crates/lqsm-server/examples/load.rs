@@ -27,6 +27,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+/// Submits no-op jobs `first..first + size` in one batch request; how many were accepted.
+async fn submit_batch(client: &reqwest::Client, base: &str, first: usize, size: usize) -> usize {
+    let body = SubmitBatch {
+        jobs: (0..size).map(|i| job(first + i)).collect(),
+    };
+    let res = client
+        .post(format!("{base}/v1/jobs/batch"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+    let out: lqsm_api::BatchResult = res.json().await.unwrap();
+    out.accepted
+}
+
 /// A no-op job; `LOAD_PAYLOAD_BYTES` pads its arguments to that size.
 fn job(i: usize) -> SubmitJob {
     let pad = std::env::var("LOAD_PAYLOAD_BYTES")
@@ -75,18 +91,7 @@ async fn main() {
                         if b >= batches {
                             return accepted;
                         }
-                        let body = SubmitBatch {
-                            jobs: (0..size).map(|i| job(b * size + i)).collect(),
-                        };
-                        let res = client
-                            .post(format!("{base}/v1/jobs/batch"))
-                            .json(&body)
-                            .send()
-                            .await
-                            .unwrap();
-                        assert!(res.status().is_success(), "{}", res.text().await.unwrap());
-                        let out: lqsm_api::BatchResult = res.json().await.unwrap();
-                        accepted += out.accepted;
+                        accepted += submit_batch(&client, &base, b * size, size).await;
                     }
                 }));
             }
@@ -426,20 +431,10 @@ async fn workers(base: &str, n: usize, seconds: usize, jobs: usize) {
                 // Counted before the answer, so that the four do not overshoot.
                 stats.submitted.fetch_add(BATCH as u64, Ordering::Relaxed);
                 let b = next_batch.fetch_add(1, Ordering::Relaxed);
-                let body = SubmitBatch {
-                    jobs: (0..BATCH).map(|i| job(b * BATCH + i)).collect(),
-                };
-                let res = client
-                    .post(format!("{base}/v1/jobs/batch"))
-                    .json(&body)
-                    .send()
-                    .await
-                    .unwrap();
-                assert!(res.status().is_success(), "{}", res.text().await.unwrap());
-                let out: lqsm_api::BatchResult = res.json().await.unwrap();
+                let accepted = submit_batch(&client, &base, b * BATCH, BATCH).await;
                 stats
                     .submitted
-                    .fetch_sub((BATCH - out.accepted) as u64, Ordering::Relaxed);
+                    .fetch_sub((BATCH - accepted) as u64, Ordering::Relaxed);
             }
         }));
     }

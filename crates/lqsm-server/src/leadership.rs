@@ -364,9 +364,11 @@ async fn lead(
         published.clone(),
     );
     let mut actor = spawned.actor;
-    ctx.switch.set(Some(Arc::new(
-        InProcess::new(spawned.runtime, ctx.store.clone(), published).with_reads(ctx.reads()),
-    )));
+    ctx.switch.set(Some(Arc::new(InProcess::new(
+        spawned.runtime,
+        published,
+        ctx.reads(),
+    ))));
     ctx.role.send_replace(Role::Leader);
     ctx.ready.store(true, Ordering::Release);
     // Set once it dispatches (restored, actor running), not when the lease was taken.

@@ -229,20 +229,14 @@ impl StoreReads {
 }
 
 impl InProcess {
-    /// Wraps the actor's handle, the store it commits to and the views it publishes.
-    pub fn new(runtime: Runtime, store: Arc<dyn Store>, view: Published) -> Self {
-        let (_, lease) = tokio::sync::watch::channel(None);
+    /// Wraps the actor's handle and the views it publishes, reading the store with
+    /// `reads`.
+    pub fn new(runtime: Runtime, view: Published, reads: StoreReads) -> Self {
         Self {
             runtime,
             view,
-            reads: StoreReads::new(store, "embedded", lease),
+            reads,
         }
-    }
-
-    /// The same, reading with `reads` (which names the backend and follows the lease).
-    pub fn with_reads(mut self, reads: StoreReads) -> Self {
-        self.reads = reads;
-        self
     }
 }
 
@@ -604,14 +598,6 @@ impl Switch {
         // A poisoned lock only means a panic elsewhere while it was held; the value is
         // a plain pointer and still whole.
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = scheduler;
-    }
-
-    /// Whether the server is restored.
-    pub fn is_ready(&self) -> bool {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
     }
 
     fn get(&self) -> Result<Arc<dyn Scheduler>, SchedulerError> {

@@ -24,6 +24,15 @@ token = "worker-secret"
 role = "worker"
 "#;
 
+/// What shows the whole cluster: only admins and tokens covering every queue read it.
+const WHOLE_CLUSTER: [&str; 5] = [
+    "/v1/queues",
+    "/v1/workers",
+    "/v1/cluster",
+    "/metrics",
+    "/v1/jobs",
+];
+
 fn assert_code(reply: &Reply, status: u16, code: ErrorCode, what: &str) {
     let error = reply.expect_error(status);
     assert_eq!(error.code, code, "{what}: {error:?}");
@@ -335,24 +344,12 @@ queues = [\"*\"]
         "a cancel",
     );
     // The whole cluster needs every queue.
-    for path in [
-        "/v1/queues",
-        "/v1/workers",
-        "/v1/cluster",
-        "/metrics",
-        "/v1/jobs",
-    ] {
+    for path in WHOLE_CLUSTER {
         forbidden(&reader.get(path), path);
         forbidden(&submitter.get(path), path);
     }
     let watcher = server.api_as("all-reader-secret");
-    for path in [
-        "/v1/queues",
-        "/v1/workers",
-        "/v1/cluster",
-        "/metrics",
-        "/v1/jobs",
-    ] {
+    for path in WHOLE_CLUSTER {
         watcher.get(path).expect_status(200);
     }
     forbidden(
