@@ -212,52 +212,59 @@ impl ResourceManager {
         };
         let (due, next) = due_times(&entry.compiled, first, now);
         let chosen = to_fire(&due, record.spec.misfire, now);
-        let spec = record.spec.clone();
-        let mut state = record.clone();
+        let name = record.spec.name.clone();
+        let overlap = record.spec.overlap;
+        // What the fires change, written back once they are done (submitting needs the
+        // whole core).
+        let (mut last_fire, mut last_job, mut last_error, mut fired) = (
+            record.last_fire,
+            record.last_job,
+            record.last_error.clone(),
+            record.fired,
+        );
         for fire in chosen {
-            if state.last_fire.is_some_and(|last| fire <= last) {
+            if last_fire.is_some_and(|last| fire <= last) {
                 continue;
             }
-            state.last_fire = Some(fire);
-            let previous_runs = spec.overlap == Overlap::Skip
-                && state
-                    .last_job
+            last_fire = Some(fire);
+            let previous_runs = overlap == Overlap::Skip
+                && last_job
                     .and_then(|id| self.job(id))
                     .is_some_and(|job| !job.state.is_terminal());
             if previous_runs {
-                state.last_error = Some(format!(
+                last_error = Some(format!(
                     "the fire at {} ms was skipped: the previous run is still running (overlap = skip)",
                     fire.0
                 ));
                 continue;
             }
-            let mut job = spec.job.clone();
-            job.id = fire_job_id(&spec.name, fire);
-            job.tags.push(schedule_tag(&spec.name));
+            let mut job = self.schedules[key].record.spec.job.clone();
+            job.id = fire_job_id(&name, fire);
+            job.tags.push(schedule_tag(&name));
             match self.submit(job, now) {
                 Ok(submitted) => {
-                    state.last_job = Some(submitted.id());
-                    state.last_error = None;
-                    state.fired += 1;
+                    last_job = Some(submitted.id());
+                    last_error = None;
+                    fired += 1;
                 }
                 Err(e) => {
-                    state.last_error = Some(format!("the fire at {} ms made no job: {e}", fire.0));
+                    last_error = Some(format!("the fire at {} ms made no job: {e}", fire.0));
                 }
             }
         }
         // Missed times the policy did not fire are handled too: never fired later.
         if let Some(last_due) = due.last() {
-            state.last_fire = Some(state.last_fire.map_or(*last_due, |l| l.max(*last_due)));
+            last_fire = Some(last_fire.map_or(*last_due, |l| l.max(*last_due)));
         }
-        state.next_fire = next;
         if let Some(at) = next {
             self.timers.set(at, Timer::Schedule(key));
         }
-        self.effects
-            .records
-            .push(Record::Schedule(spec.name.clone()));
-        if let Some(entry) = self.schedules.get_mut(key) {
-            entry.record = state;
-        }
+        let record = &mut self.schedules[key].record;
+        record.last_fire = last_fire;
+        record.last_job = last_job;
+        record.last_error = last_error;
+        record.fired = fired;
+        record.next_fire = next;
+        self.effects.records.push(Record::Schedule(name));
     }
 }
