@@ -10,9 +10,12 @@
 //!   Integers are LEB128 varints (signed ones zigzag-encoded), strings and lists carry their
 //!   length first, optional values a 0/1 byte. JSON values inside a job (function arguments,
 //!   results) stay JSON text, so the core never parses them. Still read, no longer written.
-//! - **format 2**, written today: format 1 with two fields after a job record's last: the
+//! - **format 2**: format 1 with two fields after a job record's last: the
 //!   job's `keys` (a map, for per-key rate limits) and, optional, the instant until which a
 //!   rate limit held it back. Queue and payload bodies are the same as in format 1.
+//! - **format 3**, written today: format 2 with two optional fields after the last: the
+//!   jobs the job waits for (its parents in order, when it may run, whether it receives
+//!   their results) and the workflow it belongs to (the workflow's id, the node's name).
 //!
 //! A record whose format is newer than [`CURRENT_FORMAT`] is refused with
 //! [`CodecError::NewerFormat`]: it is not damaged, it was written by a newer LQSM.
@@ -29,8 +32,8 @@
 
 use crate::ids::{FencingToken, JobId, Timestamp, WorkerId};
 use crate::jobs::{
-    Attempt, AttemptOutcome, Command, JobKind, JobSpec, JobState, Json, RetryPolicy, SubmitRequest,
-    Termination,
+    Attempt, AttemptOutcome, Command, Dependencies, JobKind, JobSpec, JobState, Json, RetryPolicy,
+    RunWhen, SubmitRequest, Termination, WorkflowNode,
 };
 use crate::queues::{JobDefaults, QueuePath};
 use crate::recovery::{JobRecord, QueueRecord};
@@ -42,7 +45,7 @@ use thiserror::Error;
 use uuid::Uuid;
 
 /// The format this build writes, and the newest it reads.
-pub const CURRENT_FORMAT: u32 = 2;
+pub const CURRENT_FORMAT: u32 = 3;
 
 /// First byte of every record of format 1 or later. JSON text (format 0) never starts with
 /// it: it is not valid UTF-8 as a first byte.
@@ -138,6 +141,22 @@ pub fn encode_job(record: &JobRecord) -> Vec<u8> {
     put_opt(w, record.spec.retry_of(), |w, id| {
         w.extend_from_slice(id.0.as_bytes())
     });
+    // Format 3's fields.
+    put_opt(w, record.spec.depends(), |w, depends| {
+        put_varint(w, depends.parents.len() as u64);
+        for parent in &depends.parents {
+            w.extend_from_slice(parent.0.as_bytes());
+        }
+        w.push(match depends.run_when {
+            RunWhen::AllSucceeded => 0,
+            RunWhen::AllFinished => 1,
+        });
+        w.push(u8::from(depends.pass_results));
+    });
+    put_opt(w, record.spec.workflow(), |w, node| {
+        w.extend_from_slice(node.workflow.as_bytes());
+        put_str(w, &node.name);
+    });
     out
 }
 
@@ -190,6 +209,37 @@ impl JobDecoder {
             record.rate_limited_until = r.opt(Reader::timestamp)?;
             let retry_of = r.opt(|r| Ok(JobId(Uuid::from_bytes(r.array()?))))?;
             record.spec = record.spec.with_retry_of(retry_of);
+        }
+        if format >= 3 {
+            let depends = r.opt(|r| {
+                let count = r.len()?;
+                let mut parents = Vec::with_capacity(count.min(crate::jobs::MAX_PARENTS));
+                for _ in 0..count {
+                    parents.push(JobId(Uuid::from_bytes(r.array()?)));
+                }
+                let run_when = match r.byte()? {
+                    0 => RunWhen::AllSucceeded,
+                    1 => RunWhen::AllFinished,
+                    other => return Err(corrupt(format!("a run-when tag {other}"))),
+                };
+                let pass_results = match r.byte()? {
+                    0 => false,
+                    1 => true,
+                    other => return Err(corrupt(format!("a flag {other}"))),
+                };
+                Ok(Dependencies {
+                    parents,
+                    run_when,
+                    pass_results,
+                })
+            })?;
+            let workflow = r.opt(|r| {
+                Ok(WorkflowNode {
+                    workflow: Uuid::from_bytes(r.array()?),
+                    name: r.string()?,
+                })
+            })?;
+            record.spec = record.spec.with_dependencies(depends, workflow);
         }
         r.finish()?;
         Ok(record)
@@ -649,6 +699,8 @@ impl<'a> Reader<'a> {
             submitted_by,
             keys: BTreeMap::new(),
             retry_of: None,
+            depends: None,
+            workflow: None,
         };
         let defaults = JobDefaults {
             timeout: None,
@@ -751,6 +803,8 @@ mod tests {
             submitted_by: Some("etl".into()),
             keys: BTreeMap::from([("customer".into(), "acme".into())]),
             retry_of: None,
+            depends: None,
+            workflow: None,
         };
         let spec = request.resolve(&JobDefaults::default()).0;
         let attempt = |number: u32, outcome| Attempt {
@@ -950,14 +1004,44 @@ mod tests {
         );
     }
 
-    /// Pins the exact bytes of format 2. If this fails, the encoding changed: give the new
-    /// encoding a new format number, keep a decoder for format 2, and only then update the
+    /// Pins the exact bytes of format 3. If this fails, the encoding changed: give the new
+    /// encoding a new format number, keep a decoder for format 3, and only then update the
     /// expected bytes here.
     #[test]
-    fn format_2_bytes_are_stable() {
+    fn format_3_bytes_are_stable() {
         let bytes = encode_job(&full_record());
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(hex, FULL_RECORD_FORMAT_2);
+        assert_eq!(hex, FULL_RECORD_FORMAT_3);
+        let mut record = full_record();
+        record.spec = record.spec.with_dependencies(
+            Some(Dependencies {
+                parents: vec![JobId(uuid(6)), JobId(uuid(7))],
+                run_when: RunWhen::AllFinished,
+                pass_results: true,
+            }),
+            Some(WorkflowNode {
+                workflow: uuid(8),
+                name: "report".into(),
+            }),
+        );
+        let bytes = encode_job(&record);
+        let tail: String = bytes[bytes.len() - 60..]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(tail, FORMAT_3_DEPENDENCIES);
+        assert_eq!(decode_job(&bytes), Ok(record));
+    }
+
+    /// Records written by the releases that wrote format 2 still read, as they were.
+    #[test]
+    fn format_2_bytes_still_read() {
+        let bytes: Vec<u8> = (0..FULL_RECORD_FORMAT_2.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&FULL_RECORD_FORMAT_2[i..i + 2], 16).expect("hex"))
+            .collect();
+        assert_eq!(format_of(&bytes), Ok(2));
+        assert_eq!(decode_job(&bytes), Ok(full_record()));
     }
 
     #[test]
@@ -979,6 +1063,24 @@ mod tests {
         assert_eq!(format_of(&bytes), Ok(1));
         assert_eq!(decode_job(&bytes), Ok(full_record_of_format_1()));
     }
+
+    const FULL_RECORD_FORMAT_3: &str = concat!(
+        "b7030190000000007000800000000000000108726f6f742e65746cac0203bcc5eee5a23401a8ccee",
+        "e5a2340003027368022d63076563686f20c3bc010141013101042f746d70dc0b80040101076c6963",
+        "656e6365020d01d80405030080e59a773c00000000000000d03f01a8460105696e762d3101047a6f",
+        "6e6502657502076e696768746c790762696c6c696e67010365746c0301e807000000000000000000",
+        "0000000000004de90701cc0801b00901010111066b696c6c656402d00f0000000000000000000000",
+        "000000004dea0701cc0801b009010303b8170000000000000000000000000000004deb0701cc0801",
+        "b0090100010c7b226f6b223a5b312c325d7d0100020100010c7b226f6b223a5b312c325d7d010001",
+        "b0f3eee5a2340108637573746f6d65720461636d6501b4c8eee5a234000000",
+    );
+
+    /// The last bytes of a record with parents and a workflow: both options set, then
+    /// two parents, `all_finished`, results passed, the workflow's id and the name.
+    const FORMAT_3_DEPENDENCIES: &str = concat!(
+        "0102000000000000000000000000000000060000000000000000000000000000000701010100000000",
+        "000000000000000000000008067265706f7274",
+    );
 
     const FULL_RECORD_FORMAT_2: &str = concat!(
         "b7020190000000007000800000000000000108726f6f742e65746cac0203bcc5eee5a23401a8ccee",

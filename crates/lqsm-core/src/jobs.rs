@@ -148,6 +148,68 @@ impl JobKind {
     }
 }
 
+/// When a job that depends on others may run, once each of its parents has ended
+/// (after its own retries).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunWhen {
+    /// Every parent succeeded; a parent that failed, was cancelled or expired cancels
+    /// this job with reason `dependency_failed` naming it.
+    #[default]
+    AllSucceeded,
+    /// Every parent ended, however it ended.
+    AllFinished,
+}
+
+impl RunWhen {
+    /// The wire's name (`all_succeeded`).
+    pub fn name(self) -> &'static str {
+        match self {
+            RunWhen::AllSucceeded => "all_succeeded",
+            RunWhen::AllFinished => "all_finished",
+        }
+    }
+}
+
+/// The jobs a job waits for: its parents, in the order their results are passed.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dependencies {
+    /// The parents, in order (a chord's callback lists its group's members in order).
+    pub parents: Vec<JobId>,
+    /// When it may run.
+    #[serde(default)]
+    pub run_when: RunWhen,
+    /// Whether the worker receives the parents' results with the job (a chain's link, a
+    /// chord's callback).
+    #[serde(default)]
+    pub pass_results: bool,
+}
+
+/// Most parents one job may wait for: a chord's callback waits for its whole group.
+pub const MAX_PARENTS: usize = 10_000;
+
+/// The workflow a job was submitted in, and its node's name there.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowNode {
+    /// The workflow's id (the server chose it, a UUIDv7).
+    pub workflow: uuid::Uuid,
+    /// The node's name, unique in its workflow.
+    pub name: String,
+}
+
+impl WorkflowNode {
+    /// The tag every job of workflow `id` carries, by which the store lists them and a
+    /// cancel finds them.
+    pub fn tag_of(id: uuid::Uuid) -> String {
+        format!("{WORKFLOW_TAG_PREFIX}{id}")
+    }
+}
+
+/// Tags starting with this are the workflows' own (see [`WorkflowNode::tag_of`]).
+pub const WORKFLOW_TAG_PREFIX: &str = "workflow=";
+
 /// A submission as the core receives it: the JobServer has parsed it and chosen the id.
 /// Options left out take the queue's defaults.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
@@ -196,6 +258,12 @@ pub struct SubmitRequest {
     /// The finished job this one runs again (`lqsm job retry`), kept as a link.
     #[serde(default)]
     pub retry_of: Option<JobId>,
+    /// The jobs it waits for.
+    #[serde(default)]
+    pub depends: Option<Dependencies>,
+    /// The workflow it belongs to.
+    #[serde(default)]
+    pub workflow: Option<WorkflowNode>,
 }
 
 impl SubmitRequest {
@@ -222,6 +290,8 @@ impl SubmitRequest {
             submitted_by: None,
             keys: BTreeMap::new(),
             retry_of: None,
+            depends: None,
+            workflow: None,
         }
     }
 }
@@ -253,6 +323,8 @@ struct JobExtras {
     submitted_by: Option<String>,
     keys: JobKeys,
     retry_of: Option<JobId>,
+    depends: Option<Dependencies>,
+    workflow: Option<WorkflowNode>,
 }
 
 /// A job's keys (`customer` → `acme`), packed in one allocation in name order: the
@@ -358,6 +430,30 @@ impl JobSpec {
         self
     }
 
+    /// The jobs it waits for, if any.
+    pub fn depends(&self) -> Option<&Dependencies> {
+        self.extras.as_ref().and_then(|e| e.depends.as_ref())
+    }
+
+    /// The workflow it belongs to, if any.
+    pub fn workflow(&self) -> Option<&WorkflowNode> {
+        self.extras.as_ref().and_then(|e| e.workflow.as_ref())
+    }
+
+    /// The spec with these parents and workflow (records keep them apart from the rest).
+    pub(crate) fn with_dependencies(
+        mut self,
+        depends: Option<Dependencies>,
+        workflow: Option<WorkflowNode>,
+    ) -> Self {
+        if depends.is_some() || workflow.is_some() {
+            let extras = self.extras.get_or_insert_with(Box::default);
+            extras.depends = depends;
+            extras.workflow = workflow;
+        }
+        self
+    }
+
     /// Keys a queue's per-key rate limits apply to (`customer` → `acme`).
     pub fn keys(&self) -> &JobKeys {
         self.extras.as_ref().map_or(&NO_KEYS, |e| &e.keys)
@@ -426,6 +522,11 @@ struct JobSpecRecord {
     // Absent in records written before jobs could be re-run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     retry_of: Option<JobId>,
+    // Absent in records written before jobs could depend on others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    depends: Option<Dependencies>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    workflow: Option<WorkflowNode>,
 }
 
 impl From<JobSpecRecord> for JobSpec {
@@ -438,6 +539,8 @@ impl From<JobSpecRecord> for JobSpec {
             submitted_by: r.submitted_by,
             keys: JobKeys::from_map(&r.keys),
             retry_of: r.retry_of,
+            depends: r.depends,
+            workflow: r.workflow,
         };
         JobSpec::from_parts(r.kind, r.request, r.priority, r.timeout, r.retry, extras)
     }
@@ -459,6 +562,8 @@ impl From<JobSpec> for JobSpecRecord {
             submitted_by: extras.submitted_by,
             keys: extras.keys.to_map(),
             retry_of: extras.retry_of,
+            depends: extras.depends,
+            workflow: extras.workflow,
         }
     }
 }
@@ -470,14 +575,20 @@ impl SubmitRequest {
         self,
         defaults: &crate::queues::JobDefaults,
     ) -> (JobSpec, Option<Timestamp>) {
+        let mut tags = self.tags;
+        if let Some(node) = &self.workflow {
+            tags.push(WorkflowNode::tag_of(node.workflow));
+        }
         let extras = JobExtras {
             expires_at: self.expires_at,
             idempotency_key: self.idempotency_key,
             selector: self.selector,
-            tags: self.tags,
+            tags,
             submitted_by: self.submitted_by,
             keys: JobKeys::from_map(&self.keys),
             retry_of: self.retry_of,
+            depends: self.depends.filter(|d| !d.parents.is_empty()),
+            workflow: self.workflow,
         };
         let is_function = matches!(
             self.kind,
@@ -709,6 +820,8 @@ pub(crate) enum Waiting {
     Parked,
     /// Set aside by a per-key or per-handler rate limit, in that limit's hold.
     RateLimited,
+    /// Waiting for parents that have not ended yet.
+    Blocked,
 }
 
 /// What a worker reports about a finished attempt.
@@ -873,6 +986,42 @@ impl SubmitRequest {
                     "must be 1 to 256 characters, none of them a control character".into(),
                 ));
             }
+            if tag.starts_with(WORKFLOW_TAG_PREFIX) {
+                return Err(invalid(
+                    &format!("tags[{i}]"),
+                    format!(
+                        "tags starting with `{WORKFLOW_TAG_PREFIX}` name workflows and are set by the server"
+                    ),
+                ));
+            }
+        }
+        if let Some(depends) = &self.depends {
+            if depends.parents.len() > MAX_PARENTS {
+                return Err(invalid("after", format!("at most {MAX_PARENTS} parents")));
+            }
+            if depends.parents.contains(&self.id) {
+                return Err(invalid("after", "a job cannot wait for itself".into()));
+            }
+            let mut seen = std::collections::HashSet::with_capacity(depends.parents.len());
+            if let Some(twice) = depends.parents.iter().find(|p| !seen.insert(**p)) {
+                return Err(invalid("after", format!("names job {twice} twice")));
+            }
+            if depends.pass_results && self.kind.handler().is_none() {
+                return Err(invalid(
+                    "pass_results",
+                    "only function jobs receive their parents' results; a command cannot".into(),
+                ));
+            }
+        }
+        if let Some(node) = &self.workflow
+            && (node.name.is_empty()
+                || node.name.len() > 128
+                || node.name.chars().any(char::is_control))
+        {
+            return Err(invalid(
+                "name",
+                "must be 1 to 128 characters, none of them a control character".into(),
+            ));
         }
         if self.keys.len() > MAX_JOB_KEYS {
             return Err(invalid("keys", format!("at most {MAX_JOB_KEYS} keys")));

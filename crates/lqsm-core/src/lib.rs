@@ -33,8 +33,8 @@ pub mod scheduler {
 pub use effects::{Assignment, Effects, Kill, KillReason, PollAnswer, Record};
 pub use ids::{FencingToken, JobId, PollTicket, QueueId, Timestamp, WorkerId};
 pub use jobs::{
-    Attempt, AttemptOutcome, AttemptReport, Job, JobKind, JobSpec, JobState, ReportedResult,
-    RetryPolicy, SubmitError, SubmitRequest, Termination,
+    Attempt, AttemptOutcome, AttemptReport, Dependencies, Job, JobKind, JobSpec, JobState,
+    ReportedResult, RetryPolicy, RunWhen, SubmitError, SubmitRequest, Termination, WorkflowNode,
 };
 pub use policy::Policies;
 pub use queues::{
@@ -43,9 +43,9 @@ pub use queues::{
 pub use rate_limits::{Rate, RateLimit, RatePeriod};
 pub use recovery::{JobRecord, QueueRecord, RestoreError, RestoreInput, RestoreReport};
 pub use resource_manager::{
-    Config, ConfigError, JobError, JobSelection, PassReport, PollOutcome, PreemptionConfig,
-    QueueView, ROOT, RefusalReason, RefusedReport, ResourceManager, SelectionError, Submitted,
-    WorkerError, WorkerPoll,
+    Config, ConfigError, JobError, JobSelection, MAX_WORKFLOW_NODES, PassReport, PollOutcome,
+    PreemptionConfig, QueueView, ROOT, RefusalReason, RefusedReport, ResourceManager,
+    SelectionError, Submitted, WorkerError, WorkerPoll, WorkflowError,
 };
 pub use resources::{BadAmount, MiB, Millicores, ResourceName, Resources};
 pub use workers::{Worker, WorkerRegistration, WorkerState};

@@ -244,12 +244,17 @@ impl ResourceManager {
         // the kernel must zero first, a large part of a restart with millions of jobs.
         rm.jobs.reserve(input.jobs.len());
         rm.job_ids.reserve(input.jobs.len());
+        let mut dependents = Vec::new();
         for record in input.jobs {
             max_seq = max_seq.max(record.seq);
             if let Some(last) = record.attempts.last() {
                 max_token = max_token.max(last.token.0 + 1);
             }
-            match rm.restore_job(record, now, grace)? {
+            let (state, key) = rm.restore_job(record, now, grace)?;
+            if rm.jobs[key].spec.depends().is_some() {
+                dependents.push(key);
+            }
+            match state {
                 JobState::Pending => report.pending += 1,
                 JobState::Scheduled | JobState::Running => report.awaiting_reclaim += 1,
                 _ => report.finished += 1,
@@ -275,6 +280,9 @@ impl ResourceManager {
         rm.dirty = true;
         // Restoring writes nothing new; what is stored is already the truth.
         rm.take_effects();
+        // Except for a dependent whose parent's outcome is gone: it is cancelled, and that
+        // is written by the first commit.
+        rm.link_restored(dependents, now);
         Ok((rm, report))
     }
 
@@ -293,7 +301,7 @@ impl ResourceManager {
         record: JobRecord,
         now: Timestamp,
         grace: Duration,
-    ) -> Result<JobState, RestoreError> {
+    ) -> Result<(JobState, JobKey), RestoreError> {
         let id = record.id;
         let invalid = |reason: &str| RestoreError::Job {
             id,
@@ -383,7 +391,7 @@ impl ResourceManager {
             let finished = self.jobs[key].finished_at.unwrap_or(now);
             self.timers
                 .set(finished.after(self.config.retention), Timer::Purge(key));
-            return Ok(state);
+            return Ok((state, key));
         }
         self.add_unfinished(queue, 1);
         if let Some(at) = expires_at {
@@ -391,11 +399,15 @@ impl ResourceManager {
         }
         if state == JobState::Pending {
             self.node_mut(queue).stats.pending += 1;
+            if self.jobs[key].spec.depends().is_some() {
+                // Waits, runs or is cancelled once every job is in (`link_restored`).
+                return Ok((state, key));
+            }
             match self.jobs[key].not_before.filter(|t| *t > now) {
                 Some(at) => self.timers.set(at, Timer::Release(key)),
                 None => self.make_ready(key, now, false),
             }
-            return Ok(state);
+            return Ok((state, key));
         }
         // Scheduled or running: wait for the worker to reclaim it.
         let attempt = self.jobs[key].attempts.last().expect("checked above");
@@ -409,7 +421,7 @@ impl ResourceManager {
                 Timer::AttemptTimeout(key, token),
             );
         }
-        Ok(state)
+        Ok((state, key))
     }
 
     /// Claims the attempts a returning worker lists (running or just finished) and

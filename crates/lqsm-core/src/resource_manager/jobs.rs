@@ -2,6 +2,7 @@
 //! the end of attempts (success, failure with retry, loss, preemption).
 
 use super::ResourceManager;
+use super::workflows::Parents;
 use crate::effects::{Kill, KillReason, Record};
 use crate::ids::{JobId, QueueId, Timestamp};
 use crate::jobs::Waiting;
@@ -60,6 +61,14 @@ pub enum SelectionError {
     Queue(#[from] crate::queues::QueueError),
 }
 
+/// A submission that passed every check ([`ResourceManager::check_submission`]).
+pub(crate) enum Checked {
+    /// It names an existing job (same idempotency key, or the same id and submission).
+    Existing(JobId),
+    /// The job to take in (boxed: a job is large next to an id).
+    New(Box<Job>),
+}
+
 /// How a submission was taken.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Submitted {
@@ -82,6 +91,22 @@ impl ResourceManager {
     /// Accepts a job into a leaf queue, or says precisely why not. A repeated
     /// idempotency key returns the original job and changes nothing.
     pub fn submit(&mut self, req: SubmitRequest, now: Timestamp) -> Result<Submitted, SubmitError> {
+        match self.check_submission(req, now, 0)? {
+            Checked::Existing(id) => Ok(Submitted::Existing(id)),
+            Checked::New(job) => Ok(Submitted::Created(self.insert_job(*job, now))),
+        }
+    }
+
+    /// Every check of a submission, changing nothing the caller could see: the job it
+    /// would create, or the existing job it names. `also_pending` counts jobs of the same
+    /// request (a workflow) already checked for the same queue, so that the queue's
+    /// pending limit holds for them together.
+    pub(crate) fn check_submission(
+        &mut self,
+        req: SubmitRequest,
+        now: Timestamp,
+        also_pending: u64,
+    ) -> Result<Checked, SubmitError> {
         req.validate()?;
         let queue = self.lookup_queue(&req.queue)?;
         let node = self.node(queue);
@@ -91,7 +116,7 @@ impl ResourceManager {
         if let Some(key) = &req.idempotency_key
             && let Some(existing) = self.idempotency.get(&(queue, key.clone()))
         {
-            return Ok(Submitted::Existing(self.jobs[*existing].id));
+            return Ok(Checked::Existing(self.jobs[*existing].id));
         }
         // A client-chosen id sent again: the same submission is the same job (a retry after
         // a lost answer), whatever the queue's state since; anything else is a conflict.
@@ -101,7 +126,7 @@ impl ResourceManager {
             let (spec, _) = req.resolve(&defaults);
             let job = &self.jobs[existing];
             if job.queue == queue && job.spec == spec {
-                return Ok(Submitted::Existing(id));
+                return Ok(Checked::Existing(id));
             }
             return Err(SubmitError::DuplicateId(id));
         }
@@ -120,12 +145,24 @@ impl ResourceManager {
             });
         }
         if let Some(max) = node.config.pending_limit()
-            && node.stats.pending >= max
+            && node.stats.pending + also_pending >= max
         {
             return Err(SubmitError::QueueFull {
                 path: req.queue,
-                pending: node.stats.pending,
+                pending: node.stats.pending + also_pending,
                 max,
+            });
+        }
+        if let Some(depends) = &req.depends
+            && req.workflow.is_none()
+            && let Some(unknown) = depends
+                .parents
+                .iter()
+                .find(|p| !self.job_ids.contains_key(p))
+        {
+            return Err(SubmitError::InvalidField {
+                field: "after".into(),
+                reason: format!("job {unknown} does not exist (or has passed its retention)"),
             });
         }
         let (id, queue_path) = (req.id, req.queue.clone());
@@ -167,19 +204,13 @@ impl ResourceManager {
             });
         }
         let rank = node.ordering.rank(&spec);
-
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let expires_at = spec.expires_at();
-        let idempotency_key = spec.idempotency_key().map(str::to_owned);
-        let not_before = not_before.filter(|t| *t > now);
-        let key = self.jobs.insert(Job {
+        Ok(Checked::New(Box::new(Job {
             id,
             queue,
-            seq,
+            seq: 0,
             state: JobState::Pending,
             submitted_at: now,
-            not_before,
+            not_before: not_before.filter(|t| *t > now),
             spec,
             attempts: Vec::new(),
             failures: 0,
@@ -193,7 +224,18 @@ impl ResourceManager {
             waiting: Waiting::Not,
             delivered_in: 0,
             recorded: None,
-        });
+        })))
+    }
+
+    /// Takes in a job every check passed ([`Self::check_submission`]); its parents, if it
+    /// has any, are already held.
+    pub(crate) fn insert_job(&mut self, mut job: Job, now: Timestamp) -> JobId {
+        job.seq = self.next_seq;
+        self.next_seq += 1;
+        let (id, queue, not_before) = (job.id, job.queue, job.not_before);
+        let expires_at = job.spec.expires_at();
+        let idempotency_key = job.spec.idempotency_key().map(str::to_owned);
+        let key = self.jobs.insert(job);
         self.job_ids.insert(id, key);
         if let Some(k) = idempotency_key {
             self.idempotency.insert((queue, k), key);
@@ -204,15 +246,19 @@ impl ResourceManager {
         // Lifetime counters are durable: they outlive retention and restarts.
         self.effects.records.push(Record::Queue(queue));
         self.add_unfinished(queue, 1);
+        self.effects.records.push(Record::Job(id));
         if let Some(at) = expires_at {
             self.timers.set(at, Timer::Expire(key));
         }
-        match not_before {
-            Some(at) => self.timers.set(at, Timer::Release(key)),
-            None => self.make_ready(key, now, false),
+        match self.link_parents(key) {
+            Parents::Ended => match not_before {
+                Some(at) => self.timers.set(at, Timer::Release(key)),
+                None => self.make_ready(key, now, false),
+            },
+            Parents::Waiting => {}
+            Parents::Failed(reason) => self.cancel_key(key, &reason, now),
         }
-        self.effects.records.push(Record::Job(id));
-        Ok(Submitted::Created(id))
+        id
     }
 
     pub(crate) fn add_unfinished(&mut self, leaf: QueueId, delta: i64) {
@@ -303,6 +349,10 @@ impl ResourceManager {
             .collect();
         let mut ids = Vec::with_capacity(keys.len());
         for key in keys {
+            // Cancelling a parent may have cancelled this one as its dependent already.
+            if self.jobs[key].state.is_terminal() {
+                continue;
+            }
             ids.push(self.jobs[key].id);
             self.cancel_key(key, reason, now);
         }
@@ -355,6 +405,7 @@ impl ResourceManager {
         };
         let was_pending = job.state == JobState::Pending;
         let was_ready = job.waiting == Waiting::Ready;
+        let was_blocked = job.waiting == Waiting::Blocked;
         job.waiting = Waiting::Not;
         job.state = state;
         job.termination = Some(Box::new(termination));
@@ -392,6 +443,10 @@ impl ResourceManager {
             .set(now.after(self.config.retention), Timer::Purge(key));
         self.effects.records.push(Record::Job(id));
         self.effects.finished.push(id);
+        if was_blocked {
+            self.blocked.remove(&key);
+        }
+        self.dependencies_ended(key, now);
     }
 
     /// Ends the current attempt of an active job: frees its resources, records the

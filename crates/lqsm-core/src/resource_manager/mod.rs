@@ -20,11 +20,13 @@ pub(crate) mod scheduler;
 pub(crate) mod schedules;
 pub(crate) mod timers;
 pub(crate) mod workers;
+pub(crate) mod workflows;
 
 pub use crate::effects::{RefusalReason, RefusedReport};
 pub use jobs::{JobError, JobSelection, SelectionError, Submitted};
 pub use queues::QueueView;
 pub use workers::{PollOutcome, WorkerError, WorkerPoll};
+pub use workflows::{MAX_WORKFLOW_NODES, WorkflowError};
 
 use crate::effects::Effects;
 use crate::hashing::HashMap;
@@ -202,6 +204,14 @@ pub struct ResourceManager {
     /// Periodic schedules, and their slots by name.
     pub(crate) schedules: SlotMap<crate::ids::ScheduleKey, schedules::ScheduleEntry>,
     pub(crate) schedule_names: BTreeMap<String, crate::ids::ScheduleKey>,
+    /// Jobs waiting for parents, with how many of them have not ended.
+    pub(crate) blocked: HashMap<JobKey, u32>,
+    /// Each job that others wait for, with those dependents (kept until it is purged).
+    pub(crate) children: HashMap<JobKey, Vec<JobKey>>,
+    /// Parents that ended and whose dependents are still to be released or cancelled.
+    pub(crate) ended_parents: Vec<JobKey>,
+    /// Whether `ended_parents` is being worked through (further ends only join it).
+    pub(crate) ending_parents: bool,
 }
 
 impl std::fmt::Debug for ResourceManager {
@@ -288,6 +298,10 @@ impl ResourceManager {
             rate_limits_restored_at: None,
             schedules: SlotMap::with_key(),
             schedule_names: BTreeMap::new(),
+            blocked: crate::hashing::map(seed),
+            children: crate::hashing::map(seed),
+            ended_parents: Vec::new(),
+            ending_parents: false,
         })
     }
 
@@ -360,6 +374,30 @@ impl ResourceManager {
         let mut tokens = HashSet::new();
         let mut ready: std::collections::HashMap<QueueId, usize> = Default::default();
         for (key, job) in &self.jobs {
+            let unmet = self.blocked.get(&key).copied();
+            if (job.waiting == Waiting::Blocked) != unmet.is_some() {
+                return Err(format!(
+                    "job {} is {:?} but counted blocked {unmet:?}",
+                    job.id, job.waiting
+                ));
+            }
+            if let Some(unmet) = unmet {
+                let parents = &job
+                    .spec
+                    .depends()
+                    .ok_or("a blocked job has parents")?
+                    .parents;
+                let running = parents
+                    .iter()
+                    .filter(|p| self.job(**p).is_some_and(|j| !j.state.is_terminal()))
+                    .count();
+                if job.state != JobState::Pending || running != unmet as usize || unmet == 0 {
+                    return Err(format!(
+                        "blocked job {} is {:?} and waits for {unmet} of {running} running parents",
+                        job.id, job.state
+                    ));
+                }
+            }
             if job.waiting == Waiting::Ready {
                 if job.state != JobState::Pending || job.not_before.is_some() {
                     return Err(format!("job {} is ready but {:?}", job.id, job.state));

@@ -19,7 +19,10 @@ impl ResourceManager {
                     let Some(job) = self.jobs.get(key) else {
                         continue;
                     };
-                    if job.state == JobState::Pending && job.not_before.is_some_and(|t| t <= now) {
+                    if job.state == JobState::Pending
+                        && job.waiting != crate::jobs::Waiting::Blocked
+                        && job.not_before.is_some_and(|t| t <= now)
+                    {
                         self.make_ready(key, now, false);
                     }
                 }
@@ -64,9 +67,12 @@ impl ResourceManager {
                     let Some(job) = self.jobs.get(key) else {
                         continue;
                     };
+                    // A job a dependent still waits on is kept; the dependent's end
+                    // purges it then.
                     if job
                         .finished_at
                         .is_some_and(|f| f.after(self.config.retention) <= now)
+                        && !self.needed_by_dependents(key)
                     {
                         self.purge(key);
                     }
@@ -86,6 +92,7 @@ impl ResourceManager {
 
     pub(crate) fn purge(&mut self, key: JobKey) {
         let job = self.jobs.remove(key).expect("purged jobs exist");
+        self.children.remove(&key);
         self.job_ids.remove(&job.id);
         if let Some(k) = job.spec.idempotency_key() {
             self.idempotency.remove(&(job.queue, k.to_owned()));

@@ -1,0 +1,386 @@
+//! Jobs that wait for others: a job's parents, the release of its dependents the moment
+//! the last parent ends, the cancellation of those whose parent failed, and workflows
+//! (a whole graph of jobs submitted at once).
+//!
+//! A dependent is `Pending` and `Waiting::Blocked` while a parent has not ended, counted
+//! in `blocked` (parents still running). Each parent lists its dependents in `children`
+//! until it is purged; a parent is not purged while a dependent has not ended, so its
+//! result stays readable for as long as a dependent may need it, whatever the retention.
+
+use super::ResourceManager;
+use crate::ids::{JobId, Timestamp};
+use crate::jobs::{JobKey, JobState, RunWhen, SubmitError, SubmitRequest, Waiting};
+use crate::timers::Timer;
+use std::collections::HashMap;
+use thiserror::Error;
+
+/// Most jobs one workflow may hold.
+pub const MAX_WORKFLOW_NODES: usize = 10_000;
+
+/// Where a new dependent stands with its parents.
+pub(crate) enum Parents {
+    /// None, or every one ended as the dependent needs: it may run.
+    Ended,
+    /// Some have not ended: it waits.
+    Waiting,
+    /// One ended in a way the dependent cannot run after: the reason to cancel it.
+    Failed(String),
+}
+
+/// A refused workflow: nothing of it was created.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum WorkflowError {
+    /// No node, or more than [`MAX_WORKFLOW_NODES`].
+    #[error("nodes: a workflow holds 1 to {MAX_WORKFLOW_NODES} jobs, this one {0}")]
+    Size(usize),
+    /// A node's parents form a cycle through it.
+    #[error("nodes[{index}].after: `{name}` waits for itself through {path}")]
+    Cycle {
+        /// The node's position in the request.
+        index: usize,
+        /// Its name.
+        name: String,
+        /// The cycle, as node names joined by ` -> `.
+        path: String,
+    },
+    /// A parent is neither in the workflow nor an existing job.
+    #[error("nodes[{index}].after: job {parent} does not exist (or has passed its retention)")]
+    UnknownParent {
+        /// The node's position in the request.
+        index: usize,
+        /// The parent named.
+        parent: JobId,
+    },
+    /// One node was refused.
+    #[error("nodes[{index}]: {error}")]
+    Node {
+        /// Its position in the request.
+        index: usize,
+        /// Why.
+        error: SubmitError,
+    },
+}
+
+impl WorkflowError {
+    /// The refused node's position, when one node is to blame.
+    pub fn index(&self) -> Option<usize> {
+        match self {
+            WorkflowError::Size(_) => None,
+            WorkflowError::Cycle { index, .. }
+            | WorkflowError::UnknownParent { index, .. }
+            | WorkflowError::Node { index, .. } => Some(*index),
+        }
+    }
+}
+
+impl ResourceManager {
+    /// Takes in a whole graph of jobs at once, or none of it: each node is checked as a
+    /// submission is, the parents it names must be nodes of the request or jobs held,
+    /// and no node may wait for itself. Nodes are taken in parents-first order; the
+    /// answer lists their ids in request order.
+    pub fn submit_workflow(
+        &mut self,
+        nodes: Vec<SubmitRequest>,
+        now: Timestamp,
+    ) -> Result<Vec<JobId>, WorkflowError> {
+        if nodes.is_empty() || nodes.len() > MAX_WORKFLOW_NODES {
+            return Err(WorkflowError::Size(nodes.len()));
+        }
+        let order = self.parents_first(&nodes)?;
+        let ids: Vec<JobId> = nodes.iter().map(|n| n.id).collect();
+        let mut checked = Vec::with_capacity(nodes.len());
+        let mut pending_by_queue: HashMap<String, u64> = HashMap::new();
+        for (index, node) in nodes.into_iter().enumerate() {
+            let also = pending_by_queue.entry(node.queue.clone()).or_default();
+            let job = match self.check_submission(node, now, *also) {
+                Ok(super::jobs::Checked::New(job)) => job,
+                Ok(super::jobs::Checked::Existing(id)) => {
+                    return Err(WorkflowError::Node {
+                        index,
+                        error: SubmitError::DuplicateId(id),
+                    });
+                }
+                Err(error) => return Err(WorkflowError::Node { index, error }),
+            };
+            *also += 1;
+            checked.push(Some(job));
+        }
+        for index in order {
+            let job = checked[index].take().expect("each node is taken once");
+            self.insert_job(*job, now);
+        }
+        Ok(ids)
+    }
+
+    /// The nodes' positions, each after its parents in the request; refuses a cycle, a
+    /// parent that is neither a node nor a held job, and two nodes with one id or name.
+    fn parents_first(&self, nodes: &[SubmitRequest]) -> Result<Vec<usize>, WorkflowError> {
+        let mut position = HashMap::with_capacity(nodes.len());
+        let mut names = std::collections::HashSet::with_capacity(nodes.len());
+        for (index, node) in nodes.iter().enumerate() {
+            let duplicate = |field: &str, reason: String| WorkflowError::Node {
+                index,
+                error: SubmitError::InvalidField {
+                    field: field.into(),
+                    reason,
+                },
+            };
+            if position.insert(node.id, index).is_some() || self.job_ids.contains_key(&node.id) {
+                return Err(duplicate("id", format!("job id {} is taken", node.id)));
+            }
+            if let Some(workflow) = &node.workflow
+                && !names.insert(workflow.name.as_str())
+            {
+                return Err(duplicate(
+                    "name",
+                    format!("`{}` names two nodes", workflow.name),
+                ));
+            }
+        }
+        // Kahn's algorithm over the parents inside the request.
+        let mut waiting_for = vec![0usize; nodes.len()];
+        let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+        for (index, node) in nodes.iter().enumerate() {
+            for parent in node.depends.iter().flat_map(|d| &d.parents) {
+                match position.get(parent) {
+                    Some(&p) => {
+                        waiting_for[index] += 1;
+                        dependents[p].push(index);
+                    }
+                    None if self.job_ids.contains_key(parent) => {}
+                    None => {
+                        return Err(WorkflowError::UnknownParent {
+                            index,
+                            parent: *parent,
+                        });
+                    }
+                }
+            }
+        }
+        let mut order: Vec<usize> = (0..nodes.len()).filter(|i| waiting_for[*i] == 0).collect();
+        let mut next = 0;
+        while let Some(&at) = order.get(next) {
+            next += 1;
+            for &d in &dependents[at] {
+                waiting_for[d] -= 1;
+                if waiting_for[d] == 0 {
+                    order.push(d);
+                }
+            }
+        }
+        if order.len() < nodes.len() {
+            let index = (0..nodes.len())
+                .find(|i| waiting_for[*i] > 0)
+                .expect("some node is left");
+            return Err(cycle_through(nodes, &position, &waiting_for, index));
+        }
+        Ok(order)
+    }
+
+    /// Registers a new job with its parents, all of them held: where it stands.
+    pub(crate) fn link_parents(&mut self, key: JobKey) -> Parents {
+        let Some(depends) = self.jobs[key].spec.depends() else {
+            return Parents::Ended;
+        };
+        let run_when = depends.run_when;
+        let parents = depends.parents.clone();
+        let mut unmet = 0u32;
+        let mut failed = None;
+        for parent in parents {
+            let Some(&parent_key) = self.job_ids.get(&parent) else {
+                // Only a restore can get here (a submission checks its parents are held,
+                // and a parent is kept while a dependent has not ended): its outcome is
+                // not known, so it cannot have succeeded.
+                if run_when == RunWhen::AllSucceeded {
+                    failed.get_or_insert_with(|| {
+                        format!("dependency_failed: parent job {parent} is no longer held")
+                    });
+                }
+                continue;
+            };
+            self.children.entry(parent_key).or_default().push(key);
+            let state = self.jobs[parent_key].state;
+            if !state.is_terminal() {
+                unmet += 1;
+            } else if run_when == RunWhen::AllSucceeded && state != JobState::Succeeded {
+                failed.get_or_insert_with(|| dependency_failed(parent, state));
+            }
+        }
+        if let Some(reason) = failed {
+            return Parents::Failed(reason);
+        }
+        if unmet == 0 {
+            return Parents::Ended;
+        }
+        self.jobs[key].waiting = Waiting::Blocked;
+        self.blocked.insert(key, unmet);
+        Parents::Waiting
+    }
+
+    /// A job just ended: its blocked dependents are released or cancelled, and the
+    /// parents it kept from being purged may go. Dependents cancelled here end in turn;
+    /// they are worked through from a list, not by recursion, so a chain of any length
+    /// fails through in constant stack.
+    pub(crate) fn dependencies_ended(&mut self, key: JobKey, now: Timestamp) {
+        if self.jobs[key].spec.depends().is_some() {
+            self.parents_may_go(key, now);
+        }
+        if !self.children.contains_key(&key) {
+            return;
+        }
+        self.ended_parents.push(key);
+        if self.ending_parents {
+            return;
+        }
+        self.ending_parents = true;
+        while let Some(parent) = self.ended_parents.pop() {
+            self.release_children(parent, now);
+        }
+        self.ending_parents = false;
+    }
+
+    fn release_children(&mut self, parent: JobKey, now: Timestamp) {
+        let Some(children) = self.children.get(&parent).cloned() else {
+            return;
+        };
+        let (parent_id, state) = (self.jobs[parent].id, self.jobs[parent].state);
+        for child in children {
+            let Some(unmet) = self.blocked.get_mut(&child) else {
+                continue;
+            };
+            let run_when = self.jobs[child].spec.depends().map(|d| d.run_when);
+            if state != JobState::Succeeded && run_when == Some(RunWhen::AllSucceeded) {
+                self.cancel_key(child, &dependency_failed(parent_id, state), now);
+                continue;
+            }
+            *unmet -= 1;
+            if *unmet == 0 {
+                self.blocked.remove(&child);
+                self.unblock(child, now);
+            }
+        }
+    }
+
+    /// A dependent whose parents all ended as it needs: ready, or delayed to its ETA.
+    fn unblock(&mut self, key: JobKey, now: Timestamp) {
+        let job = &mut self.jobs[key];
+        job.waiting = Waiting::Not;
+        match job.not_before.filter(|t| *t > now) {
+            Some(at) => self.timers.set(at, Timer::Release(key)),
+            None => self.make_ready(key, now, false),
+        }
+    }
+
+    /// A dependent ended: each ended parent past its retention that was kept for it is
+    /// purged now unless another dependent still needs it.
+    fn parents_may_go(&mut self, key: JobKey, now: Timestamp) {
+        let Some(depends) = self.jobs[key].spec.depends() else {
+            return;
+        };
+        for parent in &depends.parents {
+            let Some(&parent_key) = self.job_ids.get(parent) else {
+                continue;
+            };
+            if self.jobs[parent_key]
+                .finished_at
+                .is_some_and(|f| f.after(self.config.retention) <= now)
+            {
+                self.timers.set(now, Timer::Purge(parent_key));
+            }
+        }
+    }
+
+    /// Whether a dependent of this job has not ended yet (then it is kept, past its
+    /// retention if need be).
+    pub(crate) fn needed_by_dependents(&self, key: JobKey) -> bool {
+        self.children.get(&key).is_some_and(|children| {
+            children
+                .iter()
+                .any(|c| self.jobs.get(*c).is_some_and(|j| !j.state.is_terminal()))
+        })
+    }
+
+    /// After a restore: every job with parents is linked to them, and each pending one
+    /// waits, runs or is cancelled as its parents' states say (held in any order, so
+    /// this runs once all are in). Cancellations are written by the next commit.
+    pub(crate) fn link_restored(&mut self, dependents: Vec<JobKey>, now: Timestamp) {
+        let mut to_settle = Vec::new();
+        for key in dependents {
+            if self.jobs[key].state == JobState::Pending {
+                to_settle.push(key);
+                continue;
+            }
+            // Ended or running: only the purge guard needs the link.
+            let parents = self.jobs[key]
+                .spec
+                .depends()
+                .map(|d| d.parents.clone())
+                .unwrap_or_default();
+            for parent in parents {
+                if let Some(&parent_key) = self.job_ids.get(&parent) {
+                    self.children.entry(parent_key).or_default().push(key);
+                }
+            }
+        }
+        for key in to_settle {
+            match self.link_parents(key) {
+                Parents::Ended => self.unblock(key, now),
+                Parents::Waiting => {}
+                Parents::Failed(reason) => self.cancel_key(key, &reason, now),
+            }
+        }
+    }
+
+    /// How many parents a blocked job still waits for (`None` when it waits for none).
+    pub fn waiting_for_parents(&self, id: JobId) -> Option<u32> {
+        self.blocked.get(self.job_ids.get(&id)?).copied()
+    }
+}
+
+fn dependency_failed(parent: JobId, state: JobState) -> String {
+    format!("dependency_failed: parent job {parent} {state}")
+}
+
+/// The error for a cycle through node `start` (one that is left waiting).
+fn cycle_through(
+    nodes: &[SubmitRequest],
+    position: &HashMap<JobId, usize>,
+    waiting_for: &[usize],
+    start: usize,
+) -> WorkflowError {
+    let name = |i: usize| {
+        nodes[i]
+            .workflow
+            .as_ref()
+            .map_or_else(|| nodes[i].id.to_string(), |w| w.name.clone())
+    };
+    // Walk parents that are still waiting: every such node has one, so the walk
+    // reaches a node it has seen, and the part from there on is a cycle.
+    let mut seen = HashMap::new();
+    let mut path = Vec::new();
+    let mut at = start;
+    loop {
+        if let Some(&first) = seen.get(&at) {
+            let cycle: Vec<usize> = path[first..].to_vec();
+            let names: Vec<String> = cycle
+                .iter()
+                .chain(std::iter::once(&at))
+                .map(|i| name(*i))
+                .collect();
+            return WorkflowError::Cycle {
+                index: at,
+                name: name(at),
+                path: names.join(" -> "),
+            };
+        }
+        seen.insert(at, path.len());
+        path.push(at);
+        at = nodes[at]
+            .depends
+            .iter()
+            .flat_map(|d| &d.parents)
+            .filter_map(|p| position.get(p).copied())
+            .find(|p| waiting_for[*p] > 0)
+            .expect("a node left waiting has a parent left waiting");
+    }
+}
