@@ -13,8 +13,8 @@ mod vocabulary;
 pub use json::RawJson;
 pub use time::{epoch_ms, human_duration};
 pub use vocabulary::{
-    AttemptOutcome, ErrorCode, JobState, KillReason, QueueState, RefusalReason, UnknownName,
-    WorkerState,
+    AttemptOutcome, ErrorCode, JobState, KillReason, QueueState, RefusalReason, RunWhen,
+    UnknownName, WorkerState, WorkflowState,
 };
 
 /// The worker protocol version this release speaks (`RegisterWorker.protocol`).
@@ -259,6 +259,21 @@ pub struct SubmitJob {
     /// Keys the queue's `key_limits` apply to, e.g. `{"customer": "acme"}`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub keys: BTreeMap<String, String>,
+    /// In a workflow: the node's name, unique in the workflow, by which other nodes name
+    /// it in `after`. Refused outside a workflow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The jobs this one waits for, in order (the order their results are passed in):
+    /// ids of existing jobs the caller may read, or, in a workflow, names of its nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+    /// When it may run once its parents ended (default `all_succeeded`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_when: Option<RunWhen>,
+    /// Whether the worker receives the parents' results, in `after`'s order, with the job
+    /// (`Assignment.inputs`): a chain's next link, a chord's callback. Function jobs only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pass_results: bool,
 }
 
 impl SubmitJob {
@@ -295,8 +310,88 @@ impl SubmitJob {
             selector: BTreeMap::new(),
             tags: Vec::new(),
             keys: BTreeMap::new(),
+            name: None,
+            after: Vec::new(),
+            run_when: None,
+            pass_results: false,
         }
     }
+
+    /// This job named `name`, as a workflow node.
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// This job waiting for `parents` (node names in a workflow, or job ids).
+    pub fn after<S: ToString>(mut self, parents: impl IntoIterator<Item = S>) -> Self {
+        self.after = parents.into_iter().map(|p| p.to_string()).collect();
+        self
+    }
+
+    /// This job running when its parents ended as `run_when` says.
+    pub fn when(mut self, run_when: RunWhen) -> Self {
+        self.run_when = Some(run_when);
+        self
+    }
+
+    /// This job receiving its parents' results.
+    pub fn with_results(mut self) -> Self {
+        self.pass_results = true;
+        self
+    }
+}
+
+/// A workflow (`POST /v1/workflows`): a graph of jobs taken whole or refused whole, with
+/// the refused node named. Nodes wait for each other by name (`after`) and may wait for
+/// existing jobs by id. A group is a workflow of nodes that wait for nothing; a chain, one
+/// whose every node waits for the one before and receives its result; a chord, a group
+/// and one node that waits for all of it and receives their results in order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitWorkflow {
+    /// The jobs, each with a `name` (at most 10,000).
+    pub nodes: Vec<SubmitJob>,
+}
+
+/// A node of a submitted workflow.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WorkflowNodeId {
+    /// Its name.
+    pub name: String,
+    /// Its job's id.
+    pub id: Uuid,
+}
+
+/// The answer to a workflow's submission.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WorkflowSubmitted {
+    /// The workflow's id (the group's id, for a group).
+    pub id: Uuid,
+    /// Its nodes' job ids, in the order submitted.
+    pub nodes: Vec<WorkflowNodeId>,
+}
+
+/// A workflow with the state and result of each node (`GET /v1/workflows/{id}`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WorkflowView {
+    /// Its id.
+    pub id: Uuid,
+    /// Where it is, from its jobs' states.
+    pub state: WorkflowState,
+    /// How many nodes are in each state.
+    pub counts: BTreeMap<JobState, u64>,
+    /// Every node as a job, in submission order (each with `name` and `after`).
+    pub nodes: Vec<JobView>,
+}
+
+/// The parents' results a job receives (`GET /v1/jobs/{id}/inputs`), in `after`'s order;
+/// `null` for a parent that did not succeed (under `all_finished`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobInputs {
+    /// The parents' results.
+    #[schema(value_type = Vec<Object>)]
+    pub inputs: Vec<serde_json::Value>,
 }
 
 /// The answer to a submission.
@@ -408,6 +503,21 @@ pub struct JobView {
     /// For a re-run (`POST /v1/jobs/{id}/retry`): the finished job it runs again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_of: Option<Uuid>,
+    /// The workflow it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<Uuid>,
+    /// Its node's name in the workflow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The jobs it waits for, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<Uuid>,
+    /// When it may run once they ended (with `after`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_when: Option<RunWhen>,
+    /// Whether it receives their results.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pass_results: bool,
     /// Every attempt, the latest last.
     pub attempts: Vec<AttemptView>,
     /// The result of a succeeded function job.
@@ -777,6 +887,15 @@ pub struct Assignment {
     /// Kill it after this long, ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// For a job that receives its parents' results: those results, in order, when they
+    /// are small enough to travel with the assignment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub inputs: Option<Vec<serde_json::Value>>,
+    /// For a job that receives its parents' results and they are too large to travel with
+    /// the assignment: the path to read them from (`GET /v1/jobs/{id}/inputs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs_path: Option<String>,
 }
 
 /// An attempt the worker must stop.

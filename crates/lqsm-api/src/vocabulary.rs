@@ -131,6 +131,32 @@ impl JobState {
 }
 
 wire_enum! {
+    /// When a job that waits for others may run, once each parent has ended (after its
+    /// own retries).
+    RunWhen, "run-when condition" {
+        /// Every parent succeeded; otherwise it is cancelled with reason
+        /// `dependency_failed` naming the parent.
+        AllSucceeded => "all_succeeded",
+        /// Every parent ended, however it ended.
+        AllFinished => "all_finished",
+    }
+}
+
+wire_enum! {
+    /// Where a workflow is, from its jobs' states.
+    WorkflowState, "workflow state" {
+        /// Some job has not ended.
+        Running => "running",
+        /// Every job succeeded.
+        Succeeded => "succeeded",
+        /// Every job ended, and one failed or expired.
+        Failed => "failed",
+        /// Every job ended, none failed, and one was cancelled.
+        Cancelled => "cancelled",
+    }
+}
+
+wire_enum! {
     /// How an attempt ended.
     AttemptOutcome, "attempt outcome" {
         /// It succeeded.

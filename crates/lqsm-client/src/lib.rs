@@ -19,9 +19,11 @@
 //! happened and what to do about it. A `Client` is cheap to clone: clones share
 //! their connection pool.
 
+mod canvas;
 mod error;
 mod handle;
 
+pub use canvas::{chain, chord, group};
 pub use error::ClientError;
 pub use handle::{JobFailed, JobHandle};
 
@@ -295,6 +297,63 @@ impl Client {
             .submit(&api::SubmitJob::function(queue, handler, args))
             .await?;
         Ok(JobHandle::new(self.clone(), submitted.id))
+    }
+
+    /// The parents' results a job receives (`GET /v1/jobs/{id}/inputs`): what a worker
+    /// reads when an assignment's `inputs_path` says they were too large to travel with it.
+    pub async fn job_inputs(&self, id: Uuid) -> Result<api::JobInputs, ClientError> {
+        let req = self.request(Method::GET, &["v1", "jobs", &id.to_string(), "inputs"]);
+        self.send(req, "a job's inputs").await
+    }
+
+    // --- workflows ---
+
+    /// Submits a workflow whole (`POST /v1/workflows`): build one with [`chain`],
+    /// [`group`] or [`chord`], or name the nodes and their `after` yourself.
+    pub async fn submit_workflow(
+        &self,
+        workflow: &api::SubmitWorkflow,
+    ) -> Result<api::WorkflowSubmitted, ClientError> {
+        let req = self
+            .request(Method::POST, &["v1", "workflows"])
+            .json(workflow);
+        self.send(req, "a workflow submission answer").await
+    }
+
+    /// A workflow with each node's state and result (`GET /v1/workflows/{id}`).
+    pub async fn workflow(&self, id: Uuid) -> Result<api::WorkflowView, ClientError> {
+        let req = self.request(Method::GET, &["v1", "workflows", &id.to_string()]);
+        self.send(req, "a workflow").await
+    }
+
+    /// Cancels every unfinished node of a workflow (`POST /v1/workflows/{id}/cancel`).
+    pub async fn cancel_workflow(&self, id: Uuid) -> Result<api::CancelledJobs, ClientError> {
+        let req = self.request(
+            Method::POST,
+            &["v1", "workflows", &id.to_string(), "cancel"],
+        );
+        self.send(req, "a cancel answer").await
+    }
+
+    /// Waits until every node of the workflow has ended or `timeout` has passed, and
+    /// answers with the workflow as it then is.
+    pub async fn wait_workflow(
+        &self,
+        id: Uuid,
+        timeout: Duration,
+    ) -> Result<api::WorkflowView, ClientError> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let view = self.workflow(id).await?;
+            let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else {
+                return Ok(view);
+            };
+            // Each unfinished node is waited on in turn, on the server: no polling loop.
+            let Some(open) = view.nodes.iter().find(|n| !n.state.is_terminal()) else {
+                return Ok(view);
+            };
+            self.wait(open.id, left).await?;
+        }
     }
 
     // --- queues ---

@@ -176,6 +176,70 @@ pub fn submission(
     Ok(req)
 }
 
+/// The jobs a job waits for: `after`'s entries resolved by `parent` (given each entry's
+/// field and text), with the condition and whether results are passed.
+pub fn dependencies(
+    field: &str,
+    job: &api::SubmitJob,
+    mut parent: impl FnMut(&str, &str) -> Result<JobId, ApiError>,
+) -> Result<Option<core::Dependencies>, ApiError> {
+    let at = |name: &str| {
+        if field.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{field}.{name}")
+        }
+    };
+    if job.after.is_empty() {
+        for (name, set) in [
+            ("run_when", job.run_when.is_some()),
+            ("pass_results", job.pass_results),
+        ] {
+            if set {
+                return Err(invalid(
+                    &at(name),
+                    "goes with `after` (the jobs to wait for)",
+                ));
+            }
+        }
+        return Ok(None);
+    }
+    if job.after.len() > core::jobs::MAX_PARENTS {
+        return Err(invalid(
+            &at("after"),
+            format!(
+                "{} parents (at most {})",
+                job.after.len(),
+                core::jobs::MAX_PARENTS
+            ),
+        ));
+    }
+    let parents = job
+        .after
+        .iter()
+        .enumerate()
+        .map(|(i, text)| parent(&at(&format!("after[{i}]")), text))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(core::Dependencies {
+        parents,
+        run_when: match job.run_when {
+            Some(api::RunWhen::AllFinished) => core::RunWhen::AllFinished,
+            Some(api::RunWhen::AllSucceeded) | None => core::RunWhen::AllSucceeded,
+        },
+        pass_results: job.pass_results,
+    }))
+}
+
+/// An `after` entry that must be a job id.
+pub fn parent_id(field: &str, text: &str) -> Result<JobId, ApiError> {
+    uuid::Uuid::parse_str(text).map(JobId).map_err(|_| {
+        invalid(
+            field,
+            format!("`{text}` is not a job id (names of nodes are only known inside a workflow)"),
+        )
+    })
+}
+
 /// A wire rate limit to the core's; `None` for a rate of 0 (no limit).
 fn rate_limit(field: &str, spec: &api::RateLimitSpec) -> Result<Option<core::RateLimit>, ApiError> {
     core::RateLimit::from_setting(&spec.rate, spec.burst)
@@ -439,6 +503,18 @@ pub fn job_view(job: &core::JobRecord, queue: &str, now: Timestamp) -> api::JobV
             .filter(|until| job.state == core::JobState::Pending && *until > now)
             .map(|t| t.0),
         retry_of: job.spec.retry_of().map(|id| id.0),
+        workflow: job.spec.workflow().map(|w| w.workflow),
+        name: job.spec.workflow().map(|w| w.name.clone()),
+        after: job
+            .spec
+            .depends()
+            .map(|d| d.parents.iter().map(|p| p.0).collect())
+            .unwrap_or_default(),
+        run_when: job.spec.depends().map(|d| match d.run_when {
+            core::RunWhen::AllSucceeded => api::RunWhen::AllSucceeded,
+            core::RunWhen::AllFinished => api::RunWhen::AllFinished,
+        }),
+        pass_results: job.spec.depends().is_some_and(|d| d.pass_results),
         attempts: job
             .attempts
             .iter()
@@ -499,6 +575,14 @@ pub fn poll_response(dispatch: crate::resource_manager::Dispatch) -> api::PollRe
                 kind: kind_view(&a.kind),
                 resources: figures(&a.request),
                 timeout_ms: a.timeout.map(|d| d.as_millis() as u64),
+                inputs_path: matches!(a.inputs, Some(crate::resource_manager::Inputs::Elsewhere))
+                    .then(|| format!("/v1/jobs/{}/inputs", a.job)),
+                inputs: match a.inputs {
+                    Some(crate::resource_manager::Inputs::Inline(values)) => {
+                        Some(values.iter().map(core::jobs::Json::to_value).collect())
+                    }
+                    _ => None,
+                },
             })
             .collect(),
         kill: dispatch

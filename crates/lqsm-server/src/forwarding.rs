@@ -257,6 +257,8 @@ fn answered_locally(request: &Request) -> bool {
         // A job, unless the caller waits for it to finish (the leader wakes waiters).
         ["jobs", _] => !has("wait"),
         ["jobs", _, "logs"] => true,
+        // Read from the store, as jobs are.
+        ["jobs", _, "inputs"] | ["workflows", _] => true,
         // A listing within a queue needs the queue tree, which only the leader holds.
         ["jobs"] => !has("queue"),
         _ => false,

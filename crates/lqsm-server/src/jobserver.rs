@@ -174,8 +174,56 @@ fn prepare(
     job: &api::SubmitJob,
     now: lqsm_core::Timestamp,
 ) -> ApiResult<(lqsm_core::SubmitRequest, Option<Vec<u8>>)> {
-    let (req, size) = prepare_request(state, caller, field, job, now)?;
+    let (mut req, size) = prepare_request(state, caller, field, job, now)?;
+    if job.name.is_some() {
+        return Err(ApiError::invalid_field(
+            &prefixed(field, "name"),
+            "only a workflow's nodes have names (POST /v1/workflows)",
+        ));
+    }
+    req.depends = convert::dependencies(field, job, convert::parent_id)?;
     Ok(offload(req, size, state.limits.inline_payload_bytes))
+}
+
+/// 403 unless the caller may read every job `req` waits for that is not in `ours` (a
+/// workflow's own nodes), naming the `after` entry. Unknown parents are left to the core,
+/// which refuses them.
+pub(crate) async fn check_parents_readable(
+    state: &AppState,
+    caller: &Caller,
+    field: &str,
+    req: &lqsm_core::SubmitRequest,
+    ours: &std::collections::HashSet<JobId>,
+) -> ApiResult<()> {
+    let Some(depends) = &req.depends else {
+        return Ok(());
+    };
+    if caller.role.require_everything().is_ok() {
+        return Ok(());
+    }
+    let outside: Vec<(usize, JobId)> = depends
+        .parents
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(_, p)| !ours.contains(p))
+        .collect();
+    if outside.is_empty() {
+        return Ok(());
+    }
+    let records = state
+        .scheduler
+        .jobs_by_id(outside.iter().map(|(_, id)| *id).collect())
+        .await?;
+    for ((i, _), record) in outside.iter().zip(records) {
+        if let Some(record) = record {
+            caller
+                .role
+                .require_read(record.queue.as_str())
+                .map_err(|e| e.at(prefixed(field, &format!("after[{i}]"))))?;
+        }
+    }
+    Ok(())
 }
 
 /// A submission checked and converted, with its kind's size in bytes; the payload still
@@ -233,7 +281,7 @@ pub(crate) fn prepare_request(
 }
 
 /// Keeps a large kind out of memory: the core gets a stub, the store the real thing.
-fn offload(
+pub(crate) fn offload(
     mut req: lqsm_core::SubmitRequest,
     size: usize,
     inline_limit: usize,
@@ -256,6 +304,7 @@ async fn submit_job(
 ) -> ApiResult<Response> {
     let caller = state.auth.caller(&headers)?;
     let req = prepare(&state, &caller, "", &job, wall_clock())?;
+    check_parents_readable(&state, &caller, "", &req.0, &Default::default()).await?;
     submit_one(&state, req).await
 }
 
@@ -308,7 +357,14 @@ async fn submit_batch(
     let mut items: Vec<Option<api::BatchItem>> = Vec::with_capacity(batch.jobs.len());
     let mut valid = Vec::with_capacity(batch.jobs.len());
     for (i, job) in batch.jobs.iter().enumerate() {
-        match prepare(&state, &caller, &format!("jobs[{i}]"), job, now) {
+        let field = format!("jobs[{i}]");
+        let prepared = match prepare(&state, &caller, &field, job, now) {
+            Ok(req) => check_parents_readable(&state, &caller, &field, &req.0, &Default::default())
+                .await
+                .map(|()| req),
+            Err(e) => Err(e),
+        };
+        match prepared {
             Ok(req) => {
                 valid.push(req);
                 items.push(None);
@@ -538,7 +594,13 @@ async fn retry_job(
     req.timeout = spec.timeout;
     req.retry = Some(spec.retry);
     req.selector = spec.selector().clone();
-    req.tags = spec.tags().to_vec();
+    // A re-run runs alone: it waits for nothing and is no workflow's node.
+    req.tags = spec
+        .tags()
+        .iter()
+        .filter(|t| !t.starts_with(lqsm_core::jobs::WORKFLOW_TAG_PREFIX))
+        .cloned()
+        .collect();
     req.keys = spec.keys().to_map();
     req.submitted_by = caller.submitter();
     req.retry_of = Some(id);
@@ -1407,7 +1469,11 @@ async fn not_found() -> ApiError {
         crate::schedule_api::update_schedule,
         crate::schedule_api::pause_schedule,
         crate::schedule_api::resume_schedule,
-        crate::schedule_api::delete_schedule
+        crate::schedule_api::delete_schedule,
+        crate::workflow_api::submit_workflow,
+        crate::workflow_api::get_workflow,
+        crate::workflow_api::cancel_workflow,
+        crate::workflow_api::job_inputs
     ),
     components(schemas(
         api::ErrorBody,
@@ -1449,7 +1515,14 @@ async fn not_found() -> ApiError {
         api::UpdateSchedule,
         api::ScheduleView,
         api::StoreSummary,
-        api::ServerSummary
+        api::ServerSummary,
+        api::RunWhen,
+        api::SubmitWorkflow,
+        api::WorkflowNodeId,
+        api::WorkflowSubmitted,
+        api::WorkflowState,
+        api::WorkflowView,
+        api::JobInputs
     ))
 )]
 pub struct ApiDoc;
@@ -1466,6 +1539,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/retry", post(retry_job))
         .route("/v1/jobs/{id}/wait", get(wait_job))
         .route("/v1/jobs/{id}/logs", get(job_logs))
+        .route("/v1/jobs/{id}/inputs", get(crate::workflow_api::job_inputs))
+        .route("/v1/workflows", post(crate::workflow_api::submit_workflow))
+        .route("/v1/workflows/{id}", get(crate::workflow_api::get_workflow))
+        .route(
+            "/v1/workflows/{id}/cancel",
+            post(crate::workflow_api::cancel_workflow),
+        )
         .route("/v1/queues", get(list_queues).post(create_queue))
         .route("/v1/queues/batch", post(create_queues))
         .route(

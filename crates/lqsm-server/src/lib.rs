@@ -13,6 +13,7 @@ pub mod resource_manager;
 pub mod schedule_api;
 pub mod scheduler;
 pub mod view;
+pub mod workflow_api;
 
 use crate::config::{ServerConfig, StoreBackend};
 use lqsm_core::codec::{self, CodecError};

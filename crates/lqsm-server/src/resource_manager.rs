@@ -89,6 +89,44 @@ pub struct DispatchedAttempt {
     pub request: Resources,
     /// How long it may run.
     pub timeout: Option<Duration>,
+    /// For a job that receives its parents' results: those results, or where to read them.
+    pub inputs: Option<Inputs>,
+}
+
+/// The parents' results a dispatched job receives.
+#[derive(Debug)]
+pub enum Inputs {
+    /// In `after`'s order (`null` for a parent that did not succeed).
+    Inline(Vec<lqsm_core::jobs::Json>),
+    /// Too large to travel with the assignment: the worker reads them
+    /// (`GET /v1/jobs/{id}/inputs`), so no poll answer grows with a chord's size.
+    Elsewhere,
+}
+
+/// Parents' results larger than this in all travel by reference ([`Inputs::Elsewhere`]).
+pub const INLINE_INPUTS_BYTES: usize = 256 * 1024;
+
+/// The parents' results a job receives, from what `rm` holds (parents are kept while a
+/// dependent has not ended), or `None` when it receives none.
+fn inputs_of(rm: &ResourceManager, job: &lqsm_core::Job) -> Option<Inputs> {
+    let depends = job.spec.depends().filter(|d| d.pass_results)?;
+    let mut size = 0;
+    let mut values = Vec::with_capacity(depends.parents.len().min(1024));
+    for parent in &depends.parents {
+        let result = match rm.job(*parent).and_then(|p| p.termination.as_deref()) {
+            Some(lqsm_core::Termination::Succeeded {
+                result: Some(result),
+                ..
+            }) => result.clone(),
+            _ => lqsm_core::jobs::Json::null(),
+        };
+        size += result.as_str().len();
+        if size > INLINE_INPUTS_BYTES {
+            return Some(Inputs::Elsewhere);
+        }
+        values.push(result);
+    }
+    Some(Inputs::Inline(values))
 }
 
 enum Command {
@@ -100,6 +138,10 @@ enum Command {
         id: JobId,
         reason: String,
         reply: oneshot::Sender<Result<(), JobError>>,
+    },
+    SubmitWorkflow {
+        nodes: Vec<(SubmitRequest, Option<Vec<u8>>)>,
+        reply: oneshot::Sender<Result<Vec<JobId>, lqsm_core::WorkflowError>>,
     },
     CancelSelected {
         selection: lqsm_core::JobSelection,
@@ -170,6 +212,10 @@ enum Reply {
         oneshot::Sender<Vec<Result<Submitted, SubmitError>>>,
         Vec<Result<Submitted, SubmitError>>,
     ),
+    SubmitWorkflow(
+        oneshot::Sender<Result<Vec<JobId>, lqsm_core::WorkflowError>>,
+        Result<Vec<JobId>, lqsm_core::WorkflowError>,
+    ),
     Cancel(oneshot::Sender<Result<(), JobError>>, Result<(), JobError>),
     CancelSelected(
         oneshot::Sender<Result<usize, lqsm_core::SelectionError>>,
@@ -219,6 +265,15 @@ impl Runtime {
         jobs: Vec<(SubmitRequest, Option<Vec<u8>>)>,
     ) -> Result<Vec<Result<Submitted, SubmitError>>, SchedulerError> {
         self.call(|reply| Command::Submit { jobs, reply }).await
+    }
+
+    /// Submits a workflow: every node or none; answers once it is durable.
+    pub async fn submit_workflow(
+        &self,
+        nodes: Vec<(SubmitRequest, Option<Vec<u8>>)>,
+    ) -> Result<Result<Vec<JobId>, lqsm_core::WorkflowError>, SchedulerError> {
+        self.call(|reply| Command::SubmitWorkflow { nodes, reply })
+            .await
     }
 
     /// Cancels a job.
@@ -641,6 +696,23 @@ impl Actor {
                         .collect();
                     replies.push(Reply::Submit(reply, results));
                 }
+                Command::SubmitWorkflow { nodes, reply } => {
+                    let mut stored = Vec::new();
+                    let requests = nodes
+                        .into_iter()
+                        .map(|(job, payload)| {
+                            if let Some(bytes) = payload {
+                                stored.push((*job.id.0.as_bytes(), bytes));
+                            }
+                            job
+                        })
+                        .collect();
+                    let result = self.rm.submit_workflow(requests, now);
+                    if result.is_ok() {
+                        payloads.extend(stored);
+                    }
+                    replies.push(Reply::SubmitWorkflow(reply, result));
+                }
                 Command::Cancel { id, reason, reply } => {
                     replies.push(Reply::Cancel(reply, self.rm.cancel(id, &reason, now)));
                 }
@@ -790,6 +862,14 @@ impl Actor {
                     self.count_submitted(&r);
                     let _ = tx.send(r);
                 }
+                Reply::SubmitWorkflow(tx, r) => {
+                    if let Ok(ids) = &r {
+                        let created: Vec<_> =
+                            ids.iter().map(|id| Ok(Submitted::Created(*id))).collect();
+                        self.count_submitted(&created);
+                    }
+                    let _ = tx.send(r);
+                }
                 Reply::Cancel(tx, r) => {
                     let _ = tx.send(r);
                 }
@@ -895,6 +975,7 @@ impl Actor {
                         kind,
                         request: job.spec.request.clone(),
                         timeout: job.spec.timeout,
+                        inputs: inputs_of(&self.rm, job),
                     })
                 })
                 .collect();

@@ -126,6 +126,19 @@ fn template_of(
             ));
         }
     }
+    for (field, set) in [
+        ("job.name", job.name.is_some()),
+        ("job.after", !job.after.is_empty()),
+        ("job.run_when", job.run_when.is_some()),
+        ("job.pass_results", job.pass_results),
+    ] {
+        if set {
+            return Err(ApiError::invalid_field(
+                field,
+                "a schedule's job waits for no other job (submit a workflow from a handler instead)",
+            ));
+        }
+    }
     let (mut job, _) = prepare_request(state, caller, "job", job, wall_clock())?;
     // Each fire gives the job its own id; this one is a placeholder.
     job.id = lqsm_core::JobId(uuid::Uuid::nil());

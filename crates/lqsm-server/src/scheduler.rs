@@ -80,6 +80,11 @@ pub trait Scheduler: Send + Sync + 'static {
         &self,
         jobs: Vec<(SubmitRequest, Option<Vec<u8>>)>,
     ) -> Answer<'_, Vec<Result<Submitted, SubmitError>>>;
+    /// Submits a workflow: every node or none (ids in request order).
+    fn submit_workflow(
+        &self,
+        nodes: Vec<(SubmitRequest, Option<Vec<u8>>)>,
+    ) -> Answer<'_, Result<Vec<JobId>, lqsm_core::WorkflowError>>;
     /// Cancels a job.
     fn cancel(&self, id: JobId, reason: String) -> Answer<'_, Result<(), JobError>>;
     /// Cancels every unfinished job a selection matches; says how many.
@@ -116,6 +121,8 @@ pub trait Scheduler: Send + Sync + 'static {
     fn job(&self, id: JobId) -> Answer<'_, Option<JobRead>>;
     /// A page of jobs.
     fn jobs(&self, listing: JobListing) -> Answer<'_, JobReadPage>;
+    /// Many jobs by id, in one read task (each `None` when there is no such job).
+    fn jobs_by_id(&self, ids: Vec<JobId>) -> Answer<'_, Vec<Option<JobRead>>>;
     /// The captured output of a job's last reported attempt.
     fn logs(&self, id: JobId) -> Answer<'_, Option<Vec<u8>>>;
     /// Queues, workers and capacity as of the last commit.
@@ -191,6 +198,20 @@ impl StoreReads {
                 Some(bytes) => decode(store, &key, &bytes).map(Some),
                 None => Ok(None),
             }
+        }))
+    }
+
+    fn jobs_by_id(&self, ids: Vec<JobId>) -> Answer<'_, Vec<Option<JobRead>>> {
+        Box::pin(self.blocking(move |store| {
+            ids.iter()
+                .map(|id| {
+                    let key = *id.0.as_bytes();
+                    match store.job(&key).map_err(read_error)? {
+                        Some(bytes) => decode(store, &key, &bytes).map(Some),
+                        None => Ok(None),
+                    }
+                })
+                .collect()
         }))
     }
 
@@ -270,6 +291,13 @@ impl Scheduler for InProcess {
         Box::pin(self.runtime.submit(jobs))
     }
 
+    fn submit_workflow(
+        &self,
+        nodes: Vec<(SubmitRequest, Option<Vec<u8>>)>,
+    ) -> Answer<'_, Result<Vec<JobId>, lqsm_core::WorkflowError>> {
+        Box::pin(self.runtime.submit_workflow(nodes))
+    }
+
     fn cancel(&self, id: JobId, reason: String) -> Answer<'_, Result<(), JobError>> {
         Box::pin(self.runtime.cancel(id, reason))
     }
@@ -334,6 +362,10 @@ impl Scheduler for InProcess {
         self.reads.job(id)
     }
 
+    fn jobs_by_id(&self, ids: Vec<JobId>) -> Answer<'_, Vec<Option<JobRead>>> {
+        self.reads.jobs_by_id(ids)
+    }
+
     fn jobs(&self, listing: JobListing) -> Answer<'_, JobReadPage> {
         self.reads.jobs(self.view.latest(), listing)
     }
@@ -381,6 +413,12 @@ impl Scheduler for Follower {
         &self,
         _jobs: Vec<(SubmitRequest, Option<Vec<u8>>)>,
     ) -> Answer<'_, Vec<Result<Submitted, SubmitError>>> {
+        not_leader()
+    }
+    fn submit_workflow(
+        &self,
+        _nodes: Vec<(SubmitRequest, Option<Vec<u8>>)>,
+    ) -> Answer<'_, Result<Vec<JobId>, lqsm_core::WorkflowError>> {
         not_leader()
     }
     fn cancel(&self, _id: JobId, _reason: String) -> Answer<'_, Result<(), JobError>> {
@@ -434,6 +472,10 @@ impl Scheduler for Follower {
     }
     fn job(&self, id: JobId) -> Answer<'_, Option<JobRead>> {
         self.reads.job(id)
+    }
+
+    fn jobs_by_id(&self, ids: Vec<JobId>) -> Answer<'_, Vec<Option<JobRead>>> {
+        self.reads.jobs_by_id(ids)
     }
     fn jobs(&self, listing: JobListing) -> Answer<'_, JobReadPage> {
         // Without the leader's queue tree a parent queue's leaves are unknown: the
@@ -623,6 +665,12 @@ impl Scheduler for Switch {
     ) -> Answer<'_, Vec<Result<Submitted, SubmitError>>> {
         forward!(self.submit(jobs))
     }
+    fn submit_workflow(
+        &self,
+        nodes: Vec<(SubmitRequest, Option<Vec<u8>>)>,
+    ) -> Answer<'_, Result<Vec<JobId>, lqsm_core::WorkflowError>> {
+        forward!(self.submit_workflow(nodes))
+    }
     fn cancel(&self, id: JobId, reason: String) -> Answer<'_, Result<(), JobError>> {
         forward!(self.cancel(id, reason))
     }
@@ -674,6 +722,9 @@ impl Scheduler for Switch {
     }
     fn job(&self, id: JobId) -> Answer<'_, Option<JobRead>> {
         forward!(self.job(id))
+    }
+    fn jobs_by_id(&self, ids: Vec<JobId>) -> Answer<'_, Vec<Option<JobRead>>> {
+        forward!(self.jobs_by_id(ids))
     }
     fn jobs(&self, listing: JobListing) -> Answer<'_, JobReadPage> {
         forward!(self.jobs(listing))

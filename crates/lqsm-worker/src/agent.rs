@@ -732,6 +732,30 @@ impl Agent {
                         return;
                     }
                 };
+                // A job that receives its parents' results gets them with its own
+                // arguments: `{"args": ..., "inputs": [...]}`.
+                let args = match (assignment.inputs, assignment.inputs_path) {
+                    (Some(inputs), _) => serde_json::json!({"args": args, "inputs": inputs}),
+                    (None, Some(_)) => {
+                        // Too large to come with the assignment: read them first.
+                        let (client, handler, job) =
+                            (self.client.clone(), found.clone(), assignment.job);
+                        let call: HandlerFuture = Box::pin(async move {
+                            let inputs = client
+                                .job_inputs(job)
+                                .await
+                                .map_err(|e| format!("reading the parents' results failed: {e}"))?;
+                            let args = serde_json::json!({"args": args, "inputs": inputs.inputs});
+                            match handler.call(args) {
+                                Call::Done(result) => result,
+                                Call::Pending(call) => call.await,
+                            }
+                        });
+                        self.spawn_function(key, call, timeout);
+                        return;
+                    }
+                    (None, None) => args,
+                };
                 // A handler may panic before it even returns its future.
                 let call = std::panic::catch_unwind(AssertUnwindSafe(|| found.call(args)));
                 match call {
@@ -1078,6 +1102,8 @@ mod tests {
                 custom: Default::default(),
             },
             timeout_ms: None,
+            inputs: None,
+            inputs_path: None,
         }
     }
 
