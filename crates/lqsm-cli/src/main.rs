@@ -6,6 +6,7 @@ mod queues;
 mod run;
 mod schedules;
 mod units;
+mod workflows;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use lqsm_client::Client;
@@ -70,6 +71,9 @@ enum Command {
     /// Periodic schedules: cron or a fixed interval, each fire submitting one job.
     #[command(subcommand)]
     Schedule(schedules::ScheduleCommand),
+    /// Workflows: graphs of jobs (chains, groups, chords) submitted whole from a file.
+    #[command(subcommand)]
+    Workflow(workflows::WorkflowCommand),
     /// The cluster at a glance.
     Cluster,
     /// Load-test the cluster: submit jobs and measure rates and latencies.
@@ -131,6 +135,9 @@ fn execute(cli: Cli) -> anyhow::Result<u8> {
         Command::Workers(cmd) => runtime()?.block_on(queues::workers(&client(&cli)?, cmd, output)),
         Command::Schedule(cmd) => {
             runtime()?.block_on(schedules::schedule(&client(&cli)?, cmd, output))
+        }
+        Command::Workflow(cmd) => {
+            runtime()?.block_on(workflows::workflow(&client(&cli)?, cmd, output))
         }
         Command::Cluster => runtime()?.block_on(queues::cluster(&client(&cli)?, output)),
         Command::Bench(args) => {

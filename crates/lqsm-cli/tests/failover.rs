@@ -617,3 +617,53 @@ fn a_schedule_fires_every_time_exactly_once_across_a_failover() {
         "every second once, none lost or doubled across the failover: gaps {gaps:?}"
     );
 }
+
+#[test]
+fn a_workflow_runs_through_a_failover_each_node_once_and_in_order() {
+    let mut servers = Servers::start(2);
+    let (leader, _) = servers.wait_for_leader(Duration::from_secs(30));
+    servers.start_worker("wf-w1");
+    let ids: Vec<Uuid> = (0..6).map(|_| Uuid::now_v7()).collect();
+    let nodes: Vec<api::SubmitJob> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let node = e2e_support::marking_job(*id, &servers.marks(), "sleep 0.3")
+                .named(&format!("step{i}"));
+            if i == 0 {
+                node
+            } else {
+                node.after([format!("step{}", i - 1)])
+            }
+        })
+        .collect();
+    // Submitted through the follower, which passes it to the leader.
+    let submitted: api::WorkflowSubmitted = servers
+        .server(1 - leader)
+        .api()
+        .post("/v1/workflows", &api::SubmitWorkflow { nodes })
+        .expect(201);
+    eventually_explained(
+        "two steps to complete",
+        Duration::from_secs(60),
+        || servers.logs(),
+        || (servers.completions().len() >= 2).then_some(()),
+    );
+    servers.servers[leader].as_mut().unwrap().kill_9();
+    servers.servers[leader] = None;
+    servers.wait_for_leader(Duration::from_secs(30));
+    servers.assert_each_completed_once(&ids);
+    // One after the other, in the chain's order.
+    let order: Vec<Uuid> = std::fs::read_to_string(servers.marks())
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert_eq!(order, ids);
+    let view: api::WorkflowView = servers
+        .server(1 - leader)
+        .api()
+        .get(&format!("/v1/workflows/{}", submitted.id))
+        .expect(200);
+    assert_eq!(view.state, api::WorkflowState::Succeeded);
+}

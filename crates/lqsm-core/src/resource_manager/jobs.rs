@@ -349,12 +349,11 @@ impl ResourceManager {
             .collect();
         let mut ids = Vec::with_capacity(keys.len());
         for key in keys {
-            // Cancelling a parent may have cancelled this one as its dependent already.
-            if self.jobs[key].state.is_terminal() {
-                continue;
-            }
             ids.push(self.jobs[key].id);
-            self.cancel_key(key, reason, now);
+            // Cancelling a parent may have cancelled this one as its dependent already.
+            if !self.jobs[key].state.is_terminal() {
+                self.cancel_key(key, reason, now);
+            }
         }
         Ok(ids)
     }

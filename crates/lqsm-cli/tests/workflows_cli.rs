@@ -1,0 +1,97 @@
+//! `lqsm workflow ...` against a real `lqsm server` and `lqsm worker`: a chord from a
+//! YAML file runs with its callback getting the group's results in order, the graph is
+//! drawn, a cancel reaches every unfinished node, and a bad file is refused naming the
+//! node and field.
+#![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
+
+mod e2e_support;
+
+use e2e_support::Cluster;
+use lqsm_api as api;
+use serde_json::json;
+
+const CHORD: &str = "\
+nodes:
+  - name: part-a
+    queue: root.default
+    kind: {type: function, handler: lqsm.echo, args: 1}
+  - name: part-b
+    queue: root.default
+    kind: {type: function, handler: lqsm.echo, args: 2}
+  - name: part-c
+    queue: root.default
+    kind: {type: function, handler: lqsm.echo, args: 3}
+  - name: total
+    queue: root.default
+    kind: {type: function, handler: lqsm.echo, args: sum}
+    after: [part-a, part-b, part-c]
+    pass_results: true
+";
+
+#[test]
+fn a_chord_from_yaml_runs_and_is_drawn() {
+    let c = Cluster::start(&[], &[("w1", 2)]);
+    let file = c.path("chord.yaml");
+    std::fs::write(&file, CHORD).unwrap();
+    let file = file.to_str().unwrap();
+
+    let done: api::WorkflowView = c.cli.json(&["workflow", "submit", file, "--wait"]);
+    assert_eq!(done.state, api::WorkflowState::Succeeded, "{done:?}");
+    let total = done
+        .nodes
+        .iter()
+        .find(|n| n.name.as_deref() == Some("total"))
+        .unwrap();
+    assert_eq!(
+        total.result,
+        Some(json!({"args": "sum", "inputs": [1, 2, 3]}))
+    );
+
+    let drawn = c
+        .cli
+        .run(&["workflow", "get", &done.id.to_string()])
+        .success()
+        .stdout
+        .clone();
+    assert!(
+        drawn.starts_with(&format!("workflow {} succeeded (4 succeeded)", done.id)),
+        "{drawn}"
+    );
+    assert!(drawn.contains("└─ total"), "{drawn}");
+    assert!(drawn.contains("(also after part-b, part-c)"), "{drawn}");
+
+    // A chain that waits on a long first step: cancelled whole.
+    let chain = c.path("chain.json");
+    std::fs::write(
+        &chain,
+        json!({"nodes": [
+            {"name": "slow", "queue": "root.default", "kind": {"type": "function", "handler": "lqsm.sleep", "args": 60}},
+            {"name": "after", "queue": "root.default", "kind": {"type": "function", "handler": "lqsm.noop"}, "after": ["slow"]},
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let submitted: api::WorkflowSubmitted =
+        c.cli.json(&["workflow", "submit", chain.to_str().unwrap()]);
+    let cancelled: api::CancelledJobs =
+        c.cli
+            .json(&["workflow", "cancel", &submitted.id.to_string()]);
+    assert_eq!(cancelled.cancelled, 2);
+    let view: api::WorkflowView = c.cli.json(&["workflow", "get", &submitted.id.to_string()]);
+    assert_eq!(view.state, api::WorkflowState::Cancelled);
+
+    // A node naming a parent that is not there: refused, naming the node and the entry.
+    let bad = c.path("bad.yaml");
+    std::fs::write(
+        &bad,
+        CHORD.replace("[part-a, part-b, part-c]", "[part-a, part-z]"),
+    )
+    .unwrap();
+    let ran = c.cli.run(&["workflow", "submit", bad.to_str().unwrap()]);
+    assert_ne!(ran.code(), Some(0));
+    assert!(
+        ran.stderr.contains("nodes[3].after[1]") && ran.stderr.contains("part-z"),
+        "{}",
+        ran.stderr
+    );
+}
