@@ -244,6 +244,11 @@ pub struct SubmitJob {
     /// Longest an attempt may run, ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// When an attempt is warned that its time runs out, ms (before `timeout_ms`): a
+    /// command gets the worker's soft-timeout signal (SIGUSR1 by default), a handler a
+    /// notice it can wait for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soft_timeout_ms: Option<u64>,
     /// Retry policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySpec>,
@@ -305,6 +310,7 @@ impl SubmitJob {
             not_before_ms: None,
             expires_at_ms: None,
             timeout_ms: None,
+            soft_timeout_ms: None,
             retry: None,
             idempotency_key: None,
             selector: BTreeMap::new(),
@@ -489,6 +495,13 @@ pub struct JobView {
     /// Attempt timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// When an attempt is warned that its time runs out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soft_timeout_ms: Option<u64>,
+    /// The latest state the job reported of itself while running (`update_state`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub progress: Option<serde_json::Value>,
     /// Attempts allowed.
     pub max_attempts: u32,
     /// Its tags.
@@ -791,13 +804,19 @@ fn protocol_one() -> u32 {
 }
 
 /// An attempt a worker holds, by job and token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AttemptRef {
     /// The job.
     pub job: Uuid,
     /// The attempt's token.
     pub token: u64,
+    /// The latest state the attempt reported of itself (Celery's `update_state`): small
+    /// JSON (at most 4 KiB), shown as the job's `progress`. Send it in every poll while
+    /// the attempt runs; the server keeps it when it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub progress: Option<serde_json::Value>,
 }
 
 /// How an attempt ended, as the worker saw it.
@@ -827,6 +846,17 @@ pub enum AttemptResult {
     /// The worker killed it at its timeout.
     #[schema(title = "AttemptTimedOut")]
     TimedOut,
+    /// The job asked to be run again (Celery's `self.retry(countdown=...)`; a command
+    /// exits with code 75): not a failure, but it uses one of the job's attempts.
+    #[schema(title = "AttemptRetry")]
+    Retry {
+        /// Wait this long before the next attempt; the retry policy's backoff when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        countdown_ms: Option<u64>,
+        /// Why.
+        #[serde(default)]
+        message: String,
+    },
 }
 
 /// A finished attempt in a poll.
@@ -887,6 +917,10 @@ pub struct Assignment {
     /// Kill it after this long, ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Warn it after this long, ms: a command gets the worker's soft-timeout signal, a
+    /// handler a notice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soft_timeout_ms: Option<u64>,
     /// For a job that receives its parents' results: those results, in order, when they
     /// are small enough to travel with the assignment.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -173,6 +173,8 @@ wire_enum! {
         Cancelled => "cancelled",
         /// Its worker did not confirm stopping it in time.
         NotReclaimed => "not_reclaimed",
+        /// The job asked to be run again (Celery's `self.retry`): it used an attempt.
+        RetryRequested => "retry_requested",
     }
 }
 

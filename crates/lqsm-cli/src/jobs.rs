@@ -45,6 +45,10 @@ pub struct JobArgs {
     /// Longest an attempt may run, e.g. 30s, 10m.
     #[arg(long, value_parser = parse_duration)]
     timeout: Option<Duration>,
+    /// Warn an attempt after this long (a command gets the worker's soft-timeout signal,
+    /// SIGUSR1 by default), before --timeout kills it.
+    #[arg(long, value_parser = parse_duration)]
+    soft_timeout: Option<Duration>,
     /// A label the worker must carry, KEY=VALUE (repeatable).
     #[arg(long = "label", value_parser = parse_pair)]
     labels: Vec<(String, String)>,
@@ -137,6 +141,7 @@ impl JobArgs {
         }
         job.priority = self.priority;
         job.timeout_ms = self.timeout.map(|d| d.as_millis() as u64);
+        job.soft_timeout_ms = self.soft_timeout.map(|d| d.as_millis() as u64);
         job.retry = self.retries.map(|r| api::RetrySpec {
             max_attempts: Some(r.saturating_add(1)),
             ..api::RetrySpec::default()
@@ -278,6 +283,26 @@ fn describe(view: &api::JobView) -> String {
     ];
     if let Some(until) = view.rate_limited_until_ms {
         lines.push(format!("waiting:    {}", rate_limited_until(until)));
+    }
+    if let Some(progress) = &view.progress {
+        lines.push(format!("progress:   {progress}"));
+    }
+    if let (Some(workflow), Some(name)) = (view.workflow, &view.name) {
+        lines.push(format!("workflow:   {workflow} (node {name})"));
+    }
+    if !view.after.is_empty() {
+        let shown: Vec<String> = view.after.iter().take(3).map(Uuid::to_string).collect();
+        let more = view.after.len().saturating_sub(3);
+        let when = view.run_when.unwrap_or(api::RunWhen::AllSucceeded);
+        lines.push(format!(
+            "after:      {}{} ({when})",
+            shown.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        ));
     }
     if !view.keys.is_empty() {
         let keys: Vec<String> = view.keys.iter().map(|(k, v)| format!("{k}={v}")).collect();

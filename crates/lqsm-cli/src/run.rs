@@ -151,6 +151,20 @@ pub struct WorkerArgs {
     /// Run only function handlers, no command jobs.
     #[arg(long)]
     no_commands: bool,
+    /// The signal a command gets at its soft time limit (`--soft-timeout` of a job).
+    #[arg(long, default_value = "SIGUSR1", value_parser = parse_signal)]
+    soft_timeout_signal: nix::sys::signal::Signal,
+}
+
+fn parse_signal(text: &str) -> Result<nix::sys::signal::Signal, String> {
+    let name = text.to_ascii_uppercase();
+    let name = if name.starts_with("SIG") {
+        name
+    } else {
+        format!("SIG{name}")
+    };
+    name.parse()
+        .map_err(|_| format!("`{text}` is not a signal name (SIGUSR1, SIGINT, ...)"))
 }
 
 impl WorkerArgs {
@@ -179,6 +193,7 @@ impl WorkerArgs {
             config.name = name;
         }
         config.serves_commands = !self.no_commands;
+        config.soft_timeout_signal = self.soft_timeout_signal;
         Ok(config)
     }
 }

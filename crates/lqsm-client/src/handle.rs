@@ -144,6 +144,8 @@ mod tests {
             not_before_ms: None,
             expires_at_ms: None,
             timeout_ms: None,
+            soft_timeout_ms: None,
+            progress: None,
             max_attempts: 1,
             tags: Vec::new(),
             keys: Default::default(),

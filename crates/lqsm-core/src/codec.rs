@@ -157,6 +157,8 @@ pub fn encode_job(record: &JobRecord) -> Vec<u8> {
         w.extend_from_slice(node.workflow.as_bytes());
         put_str(w, &node.name);
     });
+    put_opt(w, record.spec.soft_timeout(), put_duration);
+    put_opt(w, record.progress.as_ref().map(Json::as_str), put_str);
     out
 }
 
@@ -202,6 +204,7 @@ impl JobDecoder {
             termination: r.opt(Reader::termination)?,
             finished_at: r.opt(|r| Ok(Timestamp(r.varint()?)))?,
             rate_limited_until: None,
+            progress: None,
         };
         if format >= 2 {
             let keys = r.map()?;
@@ -240,6 +243,9 @@ impl JobDecoder {
                 })
             })?;
             record.spec = record.spec.with_dependencies(depends, workflow);
+            let soft_timeout = r.opt(Reader::duration)?;
+            record.spec = record.spec.with_soft_timeout(soft_timeout);
+            record.progress = r.opt(Reader::json)?;
         }
         r.finish()?;
         Ok(record)
@@ -455,6 +461,11 @@ fn put_outcome(out: &mut Vec<u8>, outcome: &AttemptOutcome) {
         AttemptOutcome::Preempted => out.push(4),
         AttemptOutcome::Cancelled => out.push(5),
         AttemptOutcome::NotReclaimed => out.push(6),
+        AttemptOutcome::RetryRequested { countdown, message } => {
+            out.push(7);
+            put_opt(out, *countdown, put_duration);
+            put_str(out, message);
+        }
     }
 }
 
@@ -701,6 +712,7 @@ impl<'a> Reader<'a> {
             retry_of: None,
             depends: None,
             workflow: None,
+            soft_timeout: None,
         };
         let defaults = JobDefaults {
             timeout: None,
@@ -728,6 +740,10 @@ impl<'a> Reader<'a> {
             4 => AttemptOutcome::Preempted,
             5 => AttemptOutcome::Cancelled,
             6 => AttemptOutcome::NotReclaimed,
+            7 => AttemptOutcome::RetryRequested {
+                countdown: self.opt(Self::duration)?,
+                message: self.string()?,
+            },
             other => return Err(corrupt(format!("attempt outcome {other}"))),
         })
     }
@@ -805,6 +821,7 @@ mod tests {
             retry_of: None,
             depends: None,
             workflow: None,
+            soft_timeout: None,
         };
         let spec = request.resolve(&JobDefaults::default()).0;
         let attempt = |number: u32, outcome| Attempt {
@@ -848,6 +865,7 @@ mod tests {
             }),
             finished_at: Some(Timestamp(1_796_046_830_000)),
             rate_limited_until: Some(Timestamp(1_796_046_824_500)),
+            progress: None,
         }
     }
 
@@ -877,6 +895,7 @@ mod tests {
             termination: None,
             finished_at: None,
             rate_limited_until: None,
+            progress: None,
         }
     }
 
@@ -1024,8 +1043,14 @@ mod tests {
                 name: "report".into(),
             }),
         );
+        record.spec = record
+            .spec
+            .with_soft_timeout(Some(Duration::from_millis(1500)));
+        record.progress = Some(Json::from_value(&json!({"pct": 50})));
         let bytes = encode_job(&record);
-        let tail: String = bytes[bytes.len() - 60..]
+        // From the options after `retry_of` on (four absent ones in the plain record).
+        let plain = encode_job(&full_record()).len();
+        let tail: String = bytes[plain - 4..]
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
@@ -1042,6 +1067,16 @@ mod tests {
             .collect();
         assert_eq!(format_of(&bytes), Ok(2));
         assert_eq!(decode_job(&bytes), Ok(full_record()));
+    }
+
+    #[test]
+    fn a_retry_the_job_asked_for_keeps_its_countdown_and_message() {
+        let mut record = full_record();
+        record.attempts[0].outcome = Some(AttemptOutcome::RetryRequested {
+            countdown: Some(Duration::from_secs(30)),
+            message: "the API is busy".into(),
+        });
+        assert_eq!(decode_job(&encode_job(&record)), Ok(record));
     }
 
     #[test]
@@ -1072,14 +1107,15 @@ mod tests {
         "0000000000004de90701cc0801b00901010111066b696c6c656402d00f0000000000000000000000",
         "000000004dea0701cc0801b009010303b8170000000000000000000000000000004deb0701cc0801",
         "b0090100010c7b226f6b223a5b312c325d7d0100020100010c7b226f6b223a5b312c325d7d010001",
-        "b0f3eee5a2340108637573746f6d65720461636d6501b4c8eee5a234000000",
+        "b0f3eee5a2340108637573746f6d65720461636d6501b4c8eee5a2340000000000",
     );
 
-    /// The last bytes of a record with parents and a workflow: both options set, then
-    /// two parents, `all_finished`, results passed, the workflow's id and the name.
+    /// The last bytes of a record with every field of format 3: two parents,
+    /// `all_finished`, results passed; the workflow's id and the node's name; a soft
+    /// timeout of 1.5 s; a progress of `{"pct":50}`.
     const FORMAT_3_DEPENDENCIES: &str = concat!(
         "0102000000000000000000000000000000060000000000000000000000000000000701010100000000",
-        "000000000000000000000008067265706f7274",
+        "000000000000000000000008067265706f7274010180cab5ee01010a7b22706374223a35307d",
     );
 
     const FULL_RECORD_FORMAT_2: &str = concat!(

@@ -258,6 +258,10 @@ pub struct SubmitRequest {
     /// The finished job this one runs again (`lqsm job retry`), kept as a link.
     #[serde(default)]
     pub retry_of: Option<JobId>,
+    /// When an attempt is warned that its time runs out (a command gets a signal, a
+    /// handler a notice), before `timeout` kills it.
+    #[serde(default)]
+    pub soft_timeout: Option<Duration>,
     /// The jobs it waits for.
     #[serde(default)]
     pub depends: Option<Dependencies>,
@@ -292,6 +296,7 @@ impl SubmitRequest {
             retry_of: None,
             depends: None,
             workflow: None,
+            soft_timeout: None,
         }
     }
 }
@@ -325,6 +330,7 @@ struct JobExtras {
     retry_of: Option<JobId>,
     depends: Option<Dependencies>,
     workflow: Option<WorkflowNode>,
+    soft_timeout: Option<Duration>,
 }
 
 /// A job's keys (`customer` → `acme`), packed in one allocation in name order: the
@@ -440,6 +446,19 @@ impl JobSpec {
         self.extras.as_ref().and_then(|e| e.workflow.as_ref())
     }
 
+    /// When an attempt is warned that its time runs out, if it is.
+    pub fn soft_timeout(&self) -> Option<Duration> {
+        self.extras.as_ref().and_then(|e| e.soft_timeout)
+    }
+
+    /// The spec with this soft timeout (records keep it apart from the rest).
+    pub(crate) fn with_soft_timeout(mut self, soft_timeout: Option<Duration>) -> Self {
+        if soft_timeout.is_some() {
+            self.extras.get_or_insert_with(Box::default).soft_timeout = soft_timeout;
+        }
+        self
+    }
+
     /// The spec with these parents and workflow (records keep them apart from the rest).
     pub(crate) fn with_dependencies(
         mut self,
@@ -527,6 +546,8 @@ struct JobSpecRecord {
     depends: Option<Dependencies>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     workflow: Option<WorkflowNode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    soft_timeout: Option<Duration>,
 }
 
 impl From<JobSpecRecord> for JobSpec {
@@ -541,6 +562,7 @@ impl From<JobSpecRecord> for JobSpec {
             retry_of: r.retry_of,
             depends: r.depends,
             workflow: r.workflow,
+            soft_timeout: r.soft_timeout,
         };
         JobSpec::from_parts(r.kind, r.request, r.priority, r.timeout, r.retry, extras)
     }
@@ -564,6 +586,7 @@ impl From<JobSpec> for JobSpecRecord {
             retry_of: extras.retry_of,
             depends: extras.depends,
             workflow: extras.workflow,
+            soft_timeout: extras.soft_timeout,
         }
     }
 }
@@ -589,6 +612,7 @@ impl SubmitRequest {
             retry_of: self.retry_of,
             depends: self.depends.filter(|d| !d.parents.is_empty()),
             workflow: self.workflow,
+            soft_timeout: self.soft_timeout,
         };
         let is_function = matches!(
             self.kind,
@@ -687,6 +711,15 @@ pub enum AttemptOutcome {
     Preempted,
     /// The job was cancelled while this attempt held resources.
     Cancelled,
+    /// The job asked to be retried (Celery's `self.retry`): not a failure, but it uses
+    /// one of the job's attempts, and the next waits `countdown` (the retry policy's
+    /// backoff when absent).
+    RetryRequested {
+        /// How long to wait before the next attempt.
+        countdown: Option<Duration>,
+        /// Why, as the job said.
+        message: String,
+    },
     /// After a restart its worker did not reclaim it within the grace period; it
     /// does not count as a failure.
     NotReclaimed,
@@ -697,7 +730,10 @@ impl AttemptOutcome {
     pub fn counts_as_failure(&self) -> bool {
         matches!(
             self,
-            AttemptOutcome::Failed { .. } | AttemptOutcome::TimedOut | AttemptOutcome::Lost
+            AttemptOutcome::Failed { .. }
+                | AttemptOutcome::TimedOut
+                | AttemptOutcome::Lost
+                | AttemptOutcome::RetryRequested { .. }
         )
     }
 }
@@ -863,6 +899,15 @@ pub enum ReportedResult {
     },
     /// The worker killed it at its timeout.
     TimedOut,
+    /// The job asked to be run again (not a failure; it uses an attempt).
+    Retry {
+        /// How long to wait first; the retry policy's backoff when absent.
+        #[serde(default)]
+        countdown: Option<Duration>,
+        /// Why.
+        #[serde(default)]
+        message: String,
+    },
 }
 
 /// Most keys one job may carry.
@@ -962,6 +1007,19 @@ impl SubmitRequest {
             && timeout.is_zero()
         {
             return Err(invalid("timeout_ms", "must be above zero".into()));
+        }
+        if let Some(soft) = self.soft_timeout {
+            if soft.is_zero() {
+                return Err(invalid("soft_timeout_ms", "must be above zero".into()));
+            }
+            if let Some(hard) = self.timeout
+                && soft >= hard
+            {
+                return Err(invalid(
+                    "soft_timeout_ms",
+                    "must be shorter than timeout_ms, so that it warns before the kill".into(),
+                ));
+            }
         }
         if let (Some(nb), Some(exp)) = (self.not_before, self.expires_at)
             && exp <= nb

@@ -65,6 +65,9 @@ pub struct JobRecord {
     /// the record is not rewritten when the hold ends, only when the job changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limited_until: Option<Timestamp>,
+    /// The state the job last reported of itself while running (`update_state`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<crate::jobs::Json>,
 }
 
 /// What restoring needs besides the records.
@@ -159,6 +162,7 @@ impl ResourceManager {
             termination: job.termination.as_deref().cloned(),
             finished_at: job.finished_at,
             rate_limited_until: self.rate_limited_until_of(key),
+            progress: self.progress.get(&key).cloned(),
         })
     }
 
@@ -341,6 +345,7 @@ impl ResourceManager {
             None => 0,
         };
         let state = record.state;
+        let progress = record.progress.take();
         let expires_at = record.spec.expires_at();
         let timeout = record.spec.timeout;
         let idempotency_key = record.spec.idempotency_key().map(str::to_owned);
@@ -367,6 +372,9 @@ impl ResourceManager {
             recorded: Some(state),
         });
         self.job_ids.insert(id, key);
+        if let Some(progress) = progress {
+            self.progress.insert(key, progress);
+        }
         if let Some(k) = idempotency_key {
             self.idempotency.insert((queue, k), key);
         }

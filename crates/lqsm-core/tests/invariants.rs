@@ -239,6 +239,7 @@ impl World {
                     running: still.to_vec(),
                     finished: finished.clone(),
                     acked: None,
+                    progress: Vec::new(),
                 };
                 // The poll does not wait: its answer hands over what the worker was
                 // given since its last one.

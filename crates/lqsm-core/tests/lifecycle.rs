@@ -198,6 +198,7 @@ fn lost_worker_attempts_are_requeued_once_and_its_late_reports_refused() {
             started_at: None,
         }],
         acked: None,
+        progress: Vec::new(),
     };
     assert_eq!(
         sim.rm.worker_polled(lost, &poll, sim.now),
@@ -282,6 +283,7 @@ fn a_worker_running_a_stale_attempt_is_told_to_kill_it() {
         running: vec![(id, token)],
         finished: vec![],
         acked: None,
+        progress: Vec::new(),
     };
     sim.rm.worker_polled(w, &poll, sim.now).unwrap();
     sim.drain_effects();
@@ -1007,6 +1009,7 @@ fn an_attempt_in_an_answer_the_worker_has_not_seen_is_not_lost() {
         running: vec![(first, token)],
         finished: vec![],
         acked: Some(seen),
+        progress: Vec::new(),
     };
     let answer = sim.take_assignments(w, &listed);
     assert_eq!(answer.assignments.len(), 1);
@@ -1014,6 +1017,7 @@ fn an_attempt_in_an_answer_the_worker_has_not_seen_is_not_lost() {
         running: vec![(first, token)],
         finished: vec![],
         acked: Some(seen),
+        progress: Vec::new(),
     };
     sim.rm.worker_polled(w, &early, sim.now).unwrap();
     assert_eq!(
@@ -1026,6 +1030,7 @@ fn an_attempt_in_an_answer_the_worker_has_not_seen_is_not_lost() {
         running: vec![(first, token)],
         finished: vec![],
         acked: Some(answer.seq),
+        progress: Vec::new(),
     };
     sim.rm.worker_polled(w, &late, sim.now).unwrap();
     let job = sim.rm.job(second).unwrap();
@@ -1217,4 +1222,95 @@ fn a_bulk_cancel_takes_every_unfinished_job_matching_all_its_criteria() {
         sim.rm.cancel_selected(&unknown, "x", sim.now),
         Err(SelectionError::Queue(_))
     ));
+}
+
+#[test]
+fn a_job_that_asks_to_be_retried_waits_its_countdown_and_uses_an_attempt() {
+    // The worker stays silent through the countdown.
+    let mut sim = Sim::new(Config {
+        heartbeat_timeout: Duration::from_secs(3600),
+        ..Config::default()
+    });
+    sim.queue("root.q", 100.0, 100.0);
+    let w = sim.worker("w", 4, 4000);
+    let mut req = sim.request("root.q", support::one_core());
+    req.retry = Some(RetryPolicy {
+        max_attempts: 2,
+        ..RetryPolicy::default()
+    });
+    let id = sim.submit(req).unwrap().id();
+    sim.pass();
+    sim.poll_running(w);
+    let retry = ReportedResult::Retry {
+        countdown: Some(Duration::from_secs(30)),
+        message: "the gateway is busy".into(),
+    };
+    sim.report(w, id, retry.clone());
+    let job = sim.rm.job(id).unwrap();
+    assert_eq!(job.state, JobState::Pending);
+    assert_eq!(job.failures, 1);
+    assert_eq!(job.not_before, Some(sim.now.after(Duration::from_secs(30))));
+    // Not before the countdown.
+    sim.advance(Duration::from_secs(29));
+    sim.pass();
+    assert!(sim.poll_running(w).is_empty());
+    sim.advance(Duration::from_secs(1));
+    sim.pass();
+    assert_eq!(sim.poll_running(w).len(), 1);
+    // No attempt left: the job fails, saying it asked for a retry.
+    sim.report(w, id, retry);
+    let job = sim.rm.job(id).unwrap();
+    assert_eq!(job.state, JobState::Failed);
+    assert!(matches!(
+        job.termination.as_deref(),
+        Some(Termination::Failed {
+            last: AttemptOutcome::RetryRequested { .. }
+        })
+    ));
+}
+
+#[test]
+fn a_running_job_reports_its_progress_which_is_kept_and_restored() {
+    let mut sim = Sim::new(Config::default());
+    sim.queue("root.q", 100.0, 100.0);
+    let w = sim.worker("w", 4, 4000);
+    let req = sim.request("root.q", support::one_core());
+    let id = sim.submit(req).unwrap().id();
+    sim.pass();
+    sim.poll_running(w);
+    let token = sim.rm.job(id).unwrap().current_token().unwrap();
+    let state = lqsm_core::jobs::Json::from_value(&serde_json::json!({"pct": 40}));
+    let poll = WorkerPoll {
+        running: vec![(id, token)],
+        finished: vec![],
+        acked: None,
+        progress: vec![
+            (id, token, state.clone()),
+            // A stale attempt's progress is ignored.
+            (
+                id,
+                FencingToken(token.0 + 100),
+                lqsm_core::jobs::Json::null(),
+            ),
+        ],
+    };
+    sim.rm.worker_polled(w, &poll, sim.now).unwrap();
+    sim.drain_effects();
+    assert_eq!(sim.rm.job_record(id).unwrap().progress, Some(state.clone()));
+    assert!(sim.log.records.contains(&Record::Job(id)));
+    // The same state again writes nothing.
+    let before = sim.log.records.len();
+    sim.rm.worker_polled(w, &poll, sim.now).unwrap();
+    sim.drain_effects();
+    assert_eq!(sim.log.records.len(), before);
+    let (rm, _) = ResourceManager::restore(
+        Config::default(),
+        Policies::default(),
+        1,
+        sim.stored(None),
+        sim.now,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert_eq!(rm.job_record(id).unwrap().progress, Some(state));
 }

@@ -123,6 +123,7 @@ fn a_replaced_poll_is_answered_empty_with_its_own_refusals() {
             started_at: None,
         }],
         acked: None,
+        progress: Vec::new(),
     };
     let first = park(&mut sim, w, &repeat, Duration::from_secs(3));
     assert!(sim.answer_to(first).is_none());
@@ -174,6 +175,7 @@ fn only_answers_carrying_assignments_are_numbered_counting_from_registration() {
         running: held.clone(),
         finished: vec![],
         acked: Some(first.seq),
+        progress: Vec::new(),
     };
     assert_eq!(sim.take_assignments(w, &listing).seq, 0, "empty again");
     sim.submit_n("root.q", 1, one_core());
@@ -202,6 +204,7 @@ fn an_attempt_killed_for_two_reasons_gets_one_kill_order() {
             running: vec![(id, token)],
             finished: vec![],
             acked: None,
+            progress: Vec::new(),
         },
     );
     assert_eq!(answer.kills.len(), 1, "{:?}", answer.kills);
@@ -223,6 +226,7 @@ fn a_kill_order_wakes_a_waiting_poll() {
         running: sim.still_running(w, None),
         finished: vec![],
         acked: None,
+        progress: Vec::new(),
     };
     let ticket = park(&mut sim, w, &running, Duration::from_secs(3));
     assert!(sim.answer_to(ticket).is_none());
@@ -254,6 +258,7 @@ fn logs_of_refused_reports_are_dropped() {
         running: vec![],
         finished: vec![report(stale), report(token)],
         acked: None,
+        progress: Vec::new(),
     };
     let outcome = sim.rm.worker_polled(w, &poll, sim.now).unwrap();
     assert_eq!(outcome.refused.len(), 1);

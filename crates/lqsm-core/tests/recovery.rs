@@ -145,6 +145,7 @@ fn returning_worker_reclaims_what_it_runs_and_the_rest_is_requeued() {
         running: vec![(kept, token)],
         finished: vec![],
         acked: None,
+        progress: Vec::new(),
     };
     sim.rm.worker_polled(b.w1, &poll, sim.now).unwrap();
     let job = sim.rm.job(kept).unwrap();
@@ -214,6 +215,7 @@ fn a_returning_worker_takes_no_new_work_before_its_first_poll() {
         running: vec![(b.on_w2[0], token)],
         finished: vec![],
         acked: None,
+        progress: Vec::new(),
     };
     sim.rm.worker_polled(b.w2, &poll, sim.now).unwrap();
     assert_eq!(sim.rm.worker(b.w2).unwrap().attempt_count(), 1);
@@ -350,6 +352,7 @@ fn a_returning_worker_gets_the_jobs_set_aside_while_it_reclaimed_its_attempts() 
             started_at: None,
         }],
         acked: Some(0),
+        progress: Vec::new(),
     };
     let answer = sim.take_assignments(w, &poll);
     assert_eq!(sim.state(running[0]), JobState::Running);
@@ -366,6 +369,7 @@ fn a_returning_worker_gets_the_jobs_set_aside_while_it_reclaimed_its_attempts() 
         running: vec![(running[0], tokens[0])],
         finished: vec![],
         acked: Some(answer.seq),
+        progress: Vec::new(),
     };
     let next = sim.take_assignments(w, &poll);
     let mut handed: Vec<JobId> = answer

@@ -162,6 +162,9 @@ pub fn submission(
     if let Some(ms) = job.timeout_ms {
         req.timeout = Some(millis(&format!("{field}.timeout_ms"), ms)?);
     }
+    if let Some(ms) = job.soft_timeout_ms {
+        req.soft_timeout = Some(millis(&format!("{field}.soft_timeout_ms"), ms)?);
+    }
     if let Some(r) = &job.retry {
         req.retry = Some(retry(
             &format!("{field}.retry"),
@@ -454,6 +457,13 @@ fn outcome(o: &core::AttemptOutcome) -> (api::AttemptOutcome, Option<String>) {
         Preempted => (api::AttemptOutcome::Preempted, None),
         Cancelled => (api::AttemptOutcome::Cancelled, None),
         NotReclaimed => (api::AttemptOutcome::NotReclaimed, None),
+        RetryRequested { countdown, message } => (
+            api::AttemptOutcome::RetryRequested,
+            Some(match countdown {
+                Some(wait) => format!("retry in {} ms: {message}", wait.as_millis()),
+                None => message.clone(),
+            }),
+        ),
     }
 }
 
@@ -495,6 +505,8 @@ pub fn job_view(job: &core::JobRecord, queue: &str, now: Timestamp) -> api::JobV
         not_before_ms: job.not_before.map(|t| t.0),
         expires_at_ms: job.spec.expires_at().map(|t| t.0),
         timeout_ms: job.spec.timeout.map(|d| d.as_millis() as u64),
+        soft_timeout_ms: job.spec.soft_timeout().map(|d| d.as_millis() as u64),
+        progress: job.progress.as_ref().map(core::jobs::Json::to_value),
         max_attempts: job.spec.retry.max_attempts,
         tags: job.spec.tags().to_vec(),
         keys: job.spec.keys().to_map(),
@@ -557,6 +569,13 @@ pub fn reported(r: &api::AttemptResult) -> core::ReportedResult {
             message: message.clone(),
         },
         api::AttemptResult::TimedOut => core::ReportedResult::TimedOut,
+        api::AttemptResult::Retry {
+            countdown_ms,
+            message,
+        } => core::ReportedResult::Retry {
+            countdown: countdown_ms.map(|ms| Duration::from_millis(ms.min(MAX_MS))),
+            message: message.clone(),
+        },
     }
 }
 
@@ -575,6 +594,7 @@ pub fn poll_response(dispatch: crate::resource_manager::Dispatch) -> api::PollRe
                 kind: kind_view(&a.kind),
                 resources: figures(&a.request),
                 timeout_ms: a.timeout.map(|d| d.as_millis() as u64),
+                soft_timeout_ms: a.soft_timeout.map(|d| d.as_millis() as u64),
                 inputs_path: matches!(a.inputs, Some(crate::resource_manager::Inputs::Elsewhere))
                     .then(|| format!("/v1/jobs/{}/inputs", a.job)),
                 inputs: match a.inputs {

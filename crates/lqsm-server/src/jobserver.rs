@@ -158,6 +158,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// Most bytes of JSON a running job's progress (`update_state`) may hold.
+pub const MAX_PROGRESS_BYTES: usize = 4096;
+
 fn prefixed(prefix: &str, name: &str) -> String {
     if prefix.is_empty() {
         name.to_owned()
@@ -1221,7 +1224,29 @@ async fn poll_worker(
             })
             .collect(),
         acked: poll.ack,
+        progress: Vec::new(),
     };
+    let mut core_poll = core_poll;
+    for (i, attempt) in poll.running.iter().enumerate() {
+        let Some(progress) = &attempt.progress else {
+            continue;
+        };
+        let text = lqsm_core::jobs::Json::from_value(progress);
+        if text.as_str().len() > MAX_PROGRESS_BYTES {
+            return Err(ApiError::invalid_field(
+                &format!("running[{i}].progress"),
+                format!(
+                    "{} bytes of JSON (at most {MAX_PROGRESS_BYTES}: a job's progress is a small state, its result can be large)",
+                    text.as_str().len()
+                ),
+            ));
+        }
+        core_poll.progress.push((
+            JobId(attempt.job),
+            lqsm_core::FencingToken(attempt.token),
+            text,
+        ));
+    }
     let cap = state.limits.max_log_bytes;
     let logs = poll
         .finished

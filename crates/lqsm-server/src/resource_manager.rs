@@ -89,6 +89,8 @@ pub struct DispatchedAttempt {
     pub request: Resources,
     /// How long it may run.
     pub timeout: Option<Duration>,
+    /// When it is warned that its time runs out.
+    pub soft_timeout: Option<Duration>,
     /// For a job that receives its parents' results: those results, or where to read them.
     pub inputs: Option<Inputs>,
 }
@@ -975,6 +977,7 @@ impl Actor {
                         kind,
                         request: job.spec.request.clone(),
                         timeout: job.spec.timeout,
+                        soft_timeout: job.spec.soft_timeout(),
                         inputs: inputs_of(&self.rm, job),
                     })
                 })
@@ -1258,6 +1261,7 @@ mod tests {
                 running: Vec::new(),
                 finished,
                 acked: None,
+                progress: Vec::new(),
             };
             rm.long_poll(id, PollTicket(ticket), &poll, Duration::ZERO, at)
                 .unwrap();
@@ -1274,6 +1278,7 @@ mod tests {
                     running: running.clone(),
                     finished: Vec::new(),
                     acked: None,
+                    progress: Vec::new(),
                 };
                 rm.long_poll(id, PollTicket(ticket), &poll, Duration::ZERO, at)
                     .unwrap();

@@ -272,6 +272,7 @@ impl SimWorker {
             .extend(resp.assignments.iter().map(|a| api::AttemptRef {
                 job: a.job,
                 token: a.token,
+                progress: None,
             }));
         resp
     }

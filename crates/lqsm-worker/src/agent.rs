@@ -9,6 +9,7 @@
 //! one (the server answers the old one empty), so results reach the server at once.
 
 use crate::cgroup::MemoryLimits;
+use crate::context::AttemptContext;
 use crate::executor::{self, CommandSpec, Ending, ExecOptions, Stop};
 use crate::handlers::{Call, CatchPanic, Handler, HandlerFuture, HandlerResult, panic_message};
 use crate::{RunSummary, WorkerError};
@@ -76,6 +77,8 @@ pub(crate) struct Settings {
     pub serves_commands: bool,
     /// The program that supervises command attempts (see `crate::supervisor`).
     pub supervisor: Option<std::path::PathBuf>,
+    /// The signal a command gets at its soft timeout.
+    pub soft_timeout_signal: nix::sys::signal::Signal,
 }
 
 /// A running attempt.
@@ -86,7 +89,42 @@ struct Running {
     gpus: Vec<u32>,
     /// When it started, ms since the epoch (reported with its end).
     started_at_ms: u64,
+    /// Where its progress (`update_state`) is read from.
+    progress: Progress,
 }
+
+/// Where a running attempt's reported state comes from.
+enum Progress {
+    /// A function handler's context.
+    Handler(Arc<AttemptContext>),
+    /// The file a command writes (`LQSM_PROGRESS_FILE`).
+    File(std::path::PathBuf),
+}
+
+impl Progress {
+    /// The state last reported: a command's file as JSON, or as a string when it is not
+    /// JSON; nothing when the file is empty or absent.
+    fn read(&self) -> Option<serde_json::Value> {
+        match self {
+            Progress::Handler(context) => context.progress(),
+            Progress::File(path) => {
+                let text = std::fs::read_to_string(path).ok()?;
+                let text = text.trim();
+                if text.is_empty() {
+                    return None;
+                }
+                Some(
+                    serde_json::from_str(text)
+                        .unwrap_or_else(|_| serde_json::Value::String(text.to_owned())),
+                )
+            }
+        }
+    }
+}
+
+/// The exit code by which a command asks to be run again (`EX_TEMPFAIL` of sysexits.h:
+/// a temporary failure, to be retried).
+pub const RETRY_EXIT_CODE: i32 = 75;
 
 /// An attempt's end, from its task.
 pub(crate) struct Done {
@@ -444,8 +482,12 @@ impl Agent {
         let request = api::PollRequest {
             running: self
                 .running
-                .keys()
-                .map(|&(job, token)| api::AttemptRef { job, token })
+                .iter()
+                .map(|(&(job, token), running)| api::AttemptRef {
+                    job,
+                    token,
+                    progress: running.progress.read(),
+                })
                 .collect(),
             finished: std::mem::take(&mut self.reports.items),
             wait_ms: wait.as_millis() as u64,
@@ -714,6 +756,7 @@ impl Agent {
         }
         self.summary.started += 1;
         let timeout = assignment.timeout_ms.map(Duration::from_millis);
+        let soft_timeout = assignment.soft_timeout_ms.map(Duration::from_millis);
         match assignment.kind {
             api::JobKind::Function { handler, args } => {
                 let Some(found) = self.handlers.get(&handler) else {
@@ -731,6 +774,12 @@ impl Agent {
                         self.finish_now(key, failed(format!("the job's args are not JSON: {e}")));
                         return;
                     }
+                };
+                let (context, soft) = AttemptContext::new(assignment.job);
+                let limits = Limits {
+                    timeout,
+                    soft_timeout,
+                    soft,
                 };
                 // A job that receives its parents' results gets them with its own
                 // arguments: `{"args": ..., "inputs": [...]}`.
@@ -751,16 +800,20 @@ impl Agent {
                                 Call::Pending(call) => call.await,
                             }
                         });
-                        self.spawn_function(key, call, timeout);
+                        self.spawn_function(key, call, context, limits);
                         return;
                     }
                     (None, None) => args,
                 };
                 // A handler may panic before it even returns its future.
-                let call = std::panic::catch_unwind(AssertUnwindSafe(|| found.call(args)));
+                let call = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    context.enter(|| found.call(args))
+                }));
                 match call {
-                    Ok(Call::Done(result)) => self.finish_now(key, function_result(result)),
-                    Ok(Call::Pending(call)) => self.spawn_function(key, call, timeout),
+                    Ok(Call::Done(result)) => {
+                        self.finish_now(key, handler_result(result, &context));
+                    }
+                    Ok(Call::Pending(call)) => self.spawn_function(key, call, context, limits),
                     Err(panic) => self.finish_now(key, failed(panic_message(panic.as_ref()))),
                 }
             }
@@ -786,8 +839,22 @@ impl Agent {
                     let visible: Vec<String> = gpus.iter().map(u32::to_string).collect();
                     env.push(("CUDA_VISIBLE_DEVICES".to_owned(), visible.join(",")));
                 }
+                // A command reports its state by writing it to this file.
+                let progress = std::env::temp_dir().join(format!(
+                    "lqsm-progress-{}-{}.json",
+                    assignment.job, assignment.attempt
+                ));
+                env.push((
+                    "LQSM_PROGRESS_FILE".to_owned(),
+                    progress.display().to_string(),
+                ));
                 let spec = CommandSpec { argv, env, cwd };
-                self.spawn_command(key, spec, timeout, assignment.resources.memory_mib, gpus);
+                let limits = CommandLimits {
+                    timeout,
+                    soft_timeout,
+                    memory_mib: assignment.resources.memory_mib,
+                };
+                self.spawn_command(key, spec, limits, gpus, progress);
             }
         }
     }
@@ -816,7 +883,13 @@ impl Agent {
         });
     }
 
-    fn spawn_function(&mut self, key: AttemptKey, call: HandlerFuture, timeout: Option<Duration>) {
+    fn spawn_function(
+        &mut self,
+        key: AttemptKey,
+        call: HandlerFuture,
+        context: Arc<AttemptContext>,
+        limits: Limits,
+    ) {
         let (stop_tx, mut stop_rx) = watch::channel(Stop::Run);
         self.running.insert(
             key,
@@ -824,21 +897,27 @@ impl Agent {
                 stop: stop_tx,
                 gpus: Vec::new(),
                 started_at_ms: api::epoch_ms(),
+                progress: Progress::Handler(context.clone()),
             },
         );
         let done = self.done_tx.clone();
         tokio::spawn(async move {
-            let deadline = timeout.map(|t| Instant::now() + t);
-            let call = CatchPanic(call);
+            let deadline = limits.timeout.map(|t| Instant::now() + t);
+            let mut soft_at = limits.soft_timeout.map(|t| Instant::now() + t);
+            let call = CatchPanic(Box::pin(context.clone().scope(call)));
             tokio::pin!(call);
             let result = loop {
                 tokio::select! {
-                    result = &mut call => break function_result(result),
+                    result = &mut call => break handler_result(result, &context),
+                    () = sleep_until_opt(soft_at), if soft_at.is_some() => {
+                        soft_at = None;
+                        let _ = limits.soft.send(true);
+                    }
                     () = sleep_until_opt(deadline) => break api::AttemptResult::TimedOut,
                     changed = stop_rx.changed() => {
                         if changed.is_err() {
                             // Nobody can stop it any more: let it finish.
-                            break function_result(call.await);
+                            break handler_result(call.await, &context);
                         }
                         let order = stop_rx.borrow_and_update().clone();
                         if let Stop::Graceful(reason) | Stop::Now(reason) = order {
@@ -859,9 +938,9 @@ impl Agent {
         &mut self,
         key: AttemptKey,
         spec: CommandSpec,
-        timeout: Option<Duration>,
-        memory_mib: u64,
+        limits: CommandLimits,
         gpus: Vec<u32>,
+        progress_file: std::path::PathBuf,
     ) {
         let (stop_tx, stop_rx) = watch::channel(Stop::Run);
         self.running.insert(
@@ -870,10 +949,15 @@ impl Agent {
                 stop: stop_tx,
                 gpus,
                 started_at_ms: api::epoch_ms(),
+                progress: Progress::File(progress_file.clone()),
             },
         );
+        let memory_mib = limits.memory_mib;
         let options = ExecOptions {
-            timeout,
+            timeout: limits.timeout,
+            soft_timeout: limits
+                .soft_timeout
+                .map(|after| (after, self.settings.soft_timeout_signal)),
             grace: self.settings.kill_grace,
             log_cap: self.settings.log_cap,
             supervisor: self.settings.supervisor.clone(),
@@ -889,6 +973,7 @@ impl Agent {
                 }
             });
             let outcome = executor::run_command(spec, &options, stop_rx, cgroup.as_ref()).await;
+            let _ = tokio::fs::remove_file(&progress_file).await;
             if let Some(cg) = cgroup {
                 let _ = tokio::task::spawn_blocking(move || cg.remove()).await;
             }
@@ -1001,14 +1086,37 @@ fn failed(message: String) -> api::AttemptResult {
     }
 }
 
-fn function_result(result: HandlerResult) -> api::AttemptResult {
+/// How a handler's call ended: a failure is a retry when the handler asked for one
+/// ([`crate::retry`]).
+fn handler_result(result: HandlerResult, context: &AttemptContext) -> api::AttemptResult {
     match result {
         Ok(value) => api::AttemptResult::Succeeded {
             result: Some(value),
             exit_code: None,
         },
-        Err(message) => failed(message),
+        Err(message) => match context.take_retry() {
+            Some(retry) => api::AttemptResult::Retry {
+                countdown_ms: retry.countdown.map(|d| d.as_millis() as u64),
+                message: retry.message,
+            },
+            None => failed(message),
+        },
     }
+}
+
+/// A command attempt's limits.
+struct CommandLimits {
+    timeout: Option<Duration>,
+    soft_timeout: Option<Duration>,
+    memory_mib: u64,
+}
+
+/// A function attempt's time limits.
+struct Limits {
+    timeout: Option<Duration>,
+    soft_timeout: Option<Duration>,
+    /// Told when the soft limit has passed.
+    soft: watch::Sender<bool>,
 }
 
 fn command_result(outcome: &executor::CommandOutcome, memory_mib: u64) -> api::AttemptResult {
@@ -1016,6 +1124,13 @@ fn command_result(outcome: &executor::CommandOutcome, memory_mib: u64) -> api::A
         Ending::Exited(0) => api::AttemptResult::Succeeded {
             result: None,
             exit_code: Some(0),
+        },
+        Ending::Exited(RETRY_EXIT_CODE) if !outcome.memory_exceeded => api::AttemptResult::Retry {
+            countdown_ms: None,
+            message: match outcome.last_line() {
+                "" => format!("the command asked to be run again (exit code {RETRY_EXIT_CODE})"),
+                last => format!("exit code {RETRY_EXIT_CODE}: {last}"),
+            },
         },
         Ending::Exited(code) => {
             let last = outcome.last_line();
@@ -1080,6 +1195,7 @@ mod tests {
             backoff_cap: Duration::from_secs(5),
             serves_commands: true,
             supervisor: None,
+            soft_timeout_signal: nix::sys::signal::Signal::SIGUSR1,
         };
         let handlers = crate::handlers::BUILTIN_HANDLERS
             .iter()
@@ -1102,6 +1218,7 @@ mod tests {
                 custom: Default::default(),
             },
             timeout_ms: None,
+            soft_timeout_ms: None,
             inputs: None,
             inputs_path: None,
         }
@@ -1241,6 +1358,90 @@ mod tests {
             api::AttemptResult::Failed {
                 exit_code: Some(4),
                 message: "exit code 4: no such table".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_command_asks_for_a_retry_with_exit_code_75_and_reports_progress_by_file() {
+        let mut agent = agent();
+        let a = assignment(
+            api::JobKind::Command {
+                argv: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    "echo '{\"pct\": 50}' > \"$LQSM_PROGRESS_FILE\"; while [ ! -e \"$LQSM_PROGRESS_FILE.go\" ]; do sleep 0.02; done; echo upstream down; exit 75".into(),
+                ],
+                env: Default::default(),
+                cwd: None,
+            },
+            1,
+        );
+        let file = std::env::temp_dir().join(format!("lqsm-progress-{}-1.json", a.job));
+        agent.start(a);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let progress = loop {
+            if let Some(p) = agent
+                .running
+                .values()
+                .next()
+                .and_then(|r| r.progress.read())
+            {
+                break p;
+            }
+            assert!(Instant::now() < deadline, "no progress from the command");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(progress, json!({"pct": 50}));
+        std::fs::write(file.with_extension("json.go"), "").unwrap();
+        tokio::time::timeout(Duration::from_secs(10), agent.next_done())
+            .await
+            .unwrap();
+        let _ = std::fs::remove_file(file.with_extension("json.go"));
+        assert_eq!(
+            agent.reports()[0].result,
+            api::AttemptResult::Retry {
+                countdown_ms: None,
+                message: "exit code 75: upstream down".into()
+            }
+        );
+        assert!(
+            !file.exists(),
+            "the progress file is removed with the attempt"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_handler_reports_progress_asks_for_a_retry_and_hears_its_soft_limit() {
+        let mut agent = agent();
+        let custom: crate::handlers::CustomHandler = Arc::new(|_args| -> HandlerFuture {
+            Box::pin(async {
+                crate::update_state(json!({"step": 1}));
+                crate::soft_time_limit().await;
+                Err(crate::retry(Some(Duration::from_secs(7)), "out of time").to_string())
+            })
+        });
+        agent
+            .handlers
+            .insert("slow.step".into(), Handler::Custom(custom));
+        let mut a = assignment(
+            api::JobKind::Function {
+                handler: "slow.step".into(),
+                args: json!(null).into(),
+            },
+            1,
+        );
+        a.soft_timeout_ms = Some(100);
+        a.timeout_ms = Some(10_000);
+        agent.start(a);
+        tokio::time::timeout(Duration::from_secs(10), agent.next_done())
+            .await
+            .unwrap();
+        assert_eq!(
+            agent.reports()[0].result,
+            api::AttemptResult::Retry {
+                countdown_ms: Some(7000),
+                message: "out of time".into()
             }
         );
     }

@@ -133,6 +133,9 @@ pub struct WorkerConfig {
     /// needs [`crate::supervisor::run_if_asked`] called first thing in `main`; turn
     /// it off only where a command outliving a killed worker is acceptable.
     pub supervise_commands: bool,
+    /// The signal a command gets when its soft time limit (`soft_timeout_ms`) passes
+    /// (default SIGUSR1, as Celery's `SoftTimeLimitExceeded` arrives).
+    pub soft_timeout_signal: nix::sys::signal::Signal,
 }
 
 impl WorkerConfig {
@@ -154,6 +157,7 @@ impl WorkerConfig {
             backoff_cap: Duration::from_secs(5),
             memory_limits: true,
             supervise_commands: true,
+            soft_timeout_signal: nix::sys::signal::Signal::SIGUSR1,
         }
     }
 }

@@ -50,6 +50,9 @@ pub struct CommandSpec {
 pub struct ExecOptions {
     /// Kill it after this long.
     pub timeout: Option<Duration>,
+    /// After this long, send it this signal (its soft time limit): once, to its whole
+    /// process group.
+    pub soft_timeout: Option<(Duration, Signal)>,
     /// Between SIGTERM and SIGKILL.
     pub grace: Duration,
     /// Most bytes of output kept (the last ones).
@@ -64,6 +67,7 @@ impl Default for ExecOptions {
     fn default() -> Self {
         Self {
             timeout: None,
+            soft_timeout: None,
             grace: Duration::from_secs(10),
             log_cap: 1024 * 1024,
             supervisor: None,
@@ -221,6 +225,9 @@ pub async fn run_command(
     let mut output = TailBuffer::new(opts.log_cap);
     let mut buf = vec![0u8; 16 * 1024];
     let timeout_at = opts.timeout.map(|t| Instant::now() + t);
+    let mut soft_at = opts
+        .soft_timeout
+        .map(|(t, signal)| (Instant::now() + t, signal));
     // Why the worker is ending it, and when SIGKILL follows SIGTERM.
     let mut stopping: Option<(Ending, Instant)> = None;
     let mut killed_at: Option<Instant> = None;
@@ -252,6 +259,11 @@ pub async fn run_command(
             () = sleep_until_opt(timeout_at), if stopping.is_none() && status.is_none() => {
                 group.terminate();
                 stopping = Some((Ending::TimedOut, Instant::now() + opts.grace));
+            }
+            () = sleep_until_opt(soft_at.map(|s| s.0)), if soft_at.is_some() && stopping.is_none() && status.is_none() => {
+                if let Some((_, signal)) = soft_at.take() {
+                    group.signal(signal);
+                }
             }
             changed = stop.changed(), if orders_open => {
                 if changed.is_err() {
@@ -410,6 +422,9 @@ async fn run_supervised(
     let mut status_buf = [0u8; 256];
     let mut buf = vec![0u8; 16 * 1024];
     let timeout_at = opts.timeout.map(|t| Instant::now() + t);
+    let mut soft_at = opts
+        .soft_timeout
+        .map(|(t, signal)| (Instant::now() + t, signal));
     let mut stopping: Option<(Ending, Instant)> = None;
     let mut killed = false;
     let mut exited: Option<(std::io::Result<std::process::ExitStatus>, Instant)> = None;
@@ -440,6 +455,11 @@ async fn run_supervised(
             () = sleep_until_opt(timeout_at), if stopping.is_none() && exited.is_none() => {
                 orders.terminate();
                 stopping = Some((Ending::TimedOut, Instant::now() + opts.grace));
+            }
+            () = sleep_until_opt(soft_at.map(|s| s.0)), if soft_at.is_some() && stopping.is_none() && exited.is_none() => {
+                if let Some((_, signal)) = soft_at.take() {
+                    orders.signal(signal);
+                }
             }
             changed = stop.changed(), if orders_open => {
                 if changed.is_err() {
@@ -542,6 +562,12 @@ impl SupervisorOrders {
         let _ = self.pipe.try_write(b"T");
     }
 
+    /// `signal` to the command's process group (its soft time limit): `S` and the
+    /// signal's number, in one write.
+    fn signal(&mut self, signal: Signal) {
+        let _ = self.pipe.try_write(&[b'S', signal as i32 as u8]);
+    }
+
     /// SIGKILL to every process of the attempt.
     fn kill(&mut self) {
         let _ = self.pipe.try_write(b"K");
@@ -610,6 +636,10 @@ struct ProcessGroup {
 }
 
 impl ProcessGroup {
+    fn signal(&self, signal: Signal) {
+        let _ = killpg(self.pgid, signal);
+    }
+
     fn terminate(&self) {
         let _ = killpg(self.pgid, Signal::SIGTERM);
         // A stopped process handles SIGTERM only once continued.
@@ -736,6 +766,7 @@ mod tests {
     fn quick() -> ExecOptions {
         ExecOptions {
             timeout: Some(Duration::from_secs(20)),
+            soft_timeout: None,
             grace: Duration::from_millis(300),
             log_cap: 1024 * 1024,
             supervisor: None,
@@ -842,6 +873,7 @@ mod tests {
     async fn timeout_kills_the_whole_group_even_processes_ignoring_sigterm() {
         let opts = ExecOptions {
             timeout: Some(Duration::from_millis(300)),
+            soft_timeout: None,
             grace: Duration::from_millis(300),
             log_cap: 4096,
             supervisor: None,

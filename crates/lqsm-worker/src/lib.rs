@@ -62,11 +62,14 @@
 mod agent;
 mod cgroup;
 mod config;
+mod context;
 pub mod executor;
 mod handlers;
 pub mod supervisor;
 
+pub use agent::RETRY_EXIT_CODE;
 pub use config::{Capacity, WorkerConfig, detect_capacity};
+pub use context::{RetryRequested, job_id, retry, soft_time_limit, update_state};
 pub use handlers::{BUILTIN_HANDLERS, HandlerFuture, HandlerResult};
 
 use agent::{Agent, Settings};
@@ -269,6 +272,7 @@ impl WorkerBuilder {
             backoff_cap: config.backoff_cap,
             serves_commands: config.serves_commands,
             supervisor,
+            soft_timeout_signal: config.soft_timeout_signal,
         };
         let agent = Agent::new(
             client,

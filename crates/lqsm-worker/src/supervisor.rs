@@ -196,6 +196,9 @@ fn supervise(args: &[OsString]) -> i32 {
                 let _ = killpg(child, Signal::SIGKILL);
                 kill_descendants();
             }
+            Order::Signal(signal) => {
+                let _ = killpg(child, signal);
+            }
             Order::WorkerGone => {
                 tree.kill_all();
                 return 0;
@@ -215,6 +218,8 @@ fn supervise(args: &[OsString]) -> i32 {
 /// What the worker asked for, if anything.
 enum Order {
     None,
+    /// A signal of the worker's choosing (the soft time limit's).
+    Signal(Signal),
     Terminate,
     Kill,
     WorkerGone,
@@ -251,6 +256,11 @@ fn wait_for_order(orders: Option<&std::fs::File>, wake: &Wake) -> Order {
                 Order::Kill
             } else if got.contains(&b'T') {
                 Order::Terminate
+            } else if let Some(at) = got.iter().position(|b| *b == b'S')
+                && let Some(&number) = got.get(at + 1)
+                && let Ok(signal) = Signal::try_from(i32::from(number))
+            {
+                Order::Signal(signal)
             } else {
                 Order::None
             }

@@ -42,6 +42,10 @@ fn main() {
         ("dropping_the_attempt_kills_every_process_of_it", || {
             Box::pin(dropping_the_attempt_kills_every_process_of_it())
         }),
+        (
+            "the_soft_time_limit_signals_the_command_before_the_timeout",
+            || Box::pin(the_soft_time_limit_signals_the_command_before_the_timeout()),
+        ),
     ];
     let filter: Vec<String> = std::env::args()
         .skip(1)
@@ -64,6 +68,7 @@ fn main() {
 fn supervised() -> ExecOptions {
     ExecOptions {
         timeout: Some(Duration::from_secs(20)),
+        soft_timeout: None,
         grace: Duration::from_millis(300),
         log_cap: 1024 * 1024,
         supervisor: Some(PathBuf::from("/proc/self/exe")),
@@ -250,4 +255,28 @@ async fn dropping_the_attempt_kills_every_process_of_it() {
     task.abort();
     let _ = task.await;
     all_gone(&pids).await;
+}
+
+/// At its soft time limit the command gets the signal (through the supervisor) and can
+/// save its work and end well before the hard timeout.
+async fn the_soft_time_limit_signals_the_command_before_the_timeout() {
+    let opts = ExecOptions {
+        soft_timeout: Some((
+            Duration::from_millis(200),
+            nix::sys::signal::Signal::SIGUSR1,
+        )),
+        ..supervised()
+    };
+    let started = Instant::now();
+    let out = run(
+        sh("trap 'echo saved; exit 0' USR1; echo working; while :; do sleep 0.05; done"),
+        &opts,
+    )
+    .await;
+    assert_eq!(out.ending, Ending::Exited(0), "{out:?}");
+    assert!(
+        out.output.contains("working") && out.output.contains("saved"),
+        "{out:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
 }

@@ -569,7 +569,14 @@ impl ResourceManager {
             return;
         }
         let jitter = unit_random(self.seed, job.seq, u64::from(job.failures));
-        let wait = job.spec.retry.backoff(job.failures, jitter);
+        let wait = match outcome {
+            // The job named its own wait.
+            AttemptOutcome::RetryRequested {
+                countdown: Some(countdown),
+                ..
+            } => countdown,
+            _ => job.spec.retry.backoff(job.failures, jitter),
+        };
         self.requeue(key, now.after(wait), now);
     }
 

@@ -212,6 +212,8 @@ pub struct ResourceManager {
     pub(crate) ended_parents: Vec<JobKey>,
     /// Whether `ended_parents` is being worked through (further ends only join it).
     pub(crate) ending_parents: bool,
+    /// The state each job last reported of itself while running (`update_state`).
+    pub(crate) progress: HashMap<JobKey, crate::jobs::Json>,
 }
 
 impl std::fmt::Debug for ResourceManager {
@@ -302,6 +304,7 @@ impl ResourceManager {
             children: crate::hashing::map(seed),
             ended_parents: Vec::new(),
             ending_parents: false,
+            progress: crate::hashing::map(seed),
         })
     }
 

@@ -93,6 +93,7 @@ impl ResourceManager {
     pub(crate) fn purge(&mut self, key: JobKey) {
         let job = self.jobs.remove(key).expect("purged jobs exist");
         self.children.remove(&key);
+        self.progress.remove(&key);
         self.job_ids.remove(&job.id);
         if let Some(k) = job.spec.idempotency_key() {
             self.idempotency.remove(&(job.queue, k.to_owned()));

@@ -46,6 +46,10 @@ pub struct WorkerPoll {
     /// `None`: every answer handed out is assumed seen.
     #[serde(default)]
     pub acked: Option<u64>,
+    /// The latest state running attempts reported of themselves (Celery's
+    /// `update_state`): small JSON, kept with the job.
+    #[serde(default)]
+    pub progress: Vec<(JobId, FencingToken, crate::jobs::Json)>,
 }
 
 /// What the core made of a poll.
@@ -259,6 +263,14 @@ impl ResourceManager {
                 }),
             }
         }
+        for (job, token, state) in &poll.progress {
+            if let Ok(key) = self.current_attempt_on(worker_key, *job, *token)
+                && self.progress.get(&key) != Some(state)
+            {
+                self.progress.insert(key, state.clone());
+                self.effects.records.push(Record::Job(*job));
+            }
+        }
         let mut reported: Vec<FencingToken> = poll
             .running
             .iter()
@@ -326,6 +338,13 @@ impl ResourceManager {
                 self.fail_attempt(key, outcome, None, now);
             }
             ReportedResult::TimedOut => self.fail_attempt(key, AttemptOutcome::TimedOut, None, now),
+            ReportedResult::Retry { countdown, message } => {
+                let outcome = AttemptOutcome::RetryRequested {
+                    countdown: *countdown,
+                    message: message.clone(),
+                };
+                self.fail_attempt(key, outcome, None, now);
+            }
         }
     }
 

@@ -204,6 +204,7 @@ impl Sim {
             running: self.still_running(worker, None),
             finished: vec![],
             acked: None,
+            progress: Vec::new(),
         };
         let got = self.take_assignments(worker, &poll).assignments;
         let held = self.received.entry(worker).or_default();
@@ -212,6 +213,7 @@ impl Sim {
             running: self.still_running(worker, None),
             finished: vec![],
             acked: None,
+            progress: Vec::new(),
         };
         self.rm.worker_polled(worker, &poll, self.now).unwrap();
         self.drain_effects();
@@ -266,6 +268,7 @@ impl Sim {
                 started_at: None,
             }],
             acked: None,
+            progress: Vec::new(),
         };
         let out = self.rm.worker_polled(worker, &poll, self.now).unwrap();
         self.drain_effects();
