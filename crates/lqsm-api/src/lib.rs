@@ -531,6 +531,9 @@ pub struct JobView {
     /// Whether it receives their results.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pass_results: bool,
+    /// For a broadcast's job: the one worker it runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_worker: Option<Uuid>,
     /// Every attempt, the latest last.
     pub attempts: Vec<AttemptView>,
     /// The result of a succeeded function job.

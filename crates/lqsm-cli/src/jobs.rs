@@ -87,6 +87,10 @@ pub struct SubmitArgs {
     /// Submit this many copies.
     #[arg(long, default_value_t = 1)]
     count: usize,
+    /// Run it once on every active worker that matches it (a broadcast): one job per
+    /// worker, together a workflow (`lqsm workflow get ID`).
+    #[arg(long, conflicts_with = "count")]
+    broadcast: bool,
 }
 
 fn parse_instant(text: &str) -> Result<u64, String> {
@@ -168,6 +172,26 @@ impl SubmitArgs {
 pub async fn submit(client: &Client, args: &SubmitArgs, output: Output) -> anyhow::Result<u8> {
     let job = args.job()?;
     anyhow::ensure!(args.count >= 1, "--count must be at least 1");
+    if args.broadcast {
+        let submitted = client.broadcast(&job).await?;
+        if !args.wait {
+            let mut human = format!(
+                "broadcast {} on {} workers\n",
+                submitted.id,
+                submitted.nodes.len()
+            );
+            for node in &submitted.nodes {
+                human.push_str(&format!("  {}  {}\n", node.id, node.name));
+            }
+            print(output, &human, &submitted);
+            return Ok(0);
+        }
+        let view = client
+            .wait_workflow(submitted.id, Duration::from_secs(24 * 3600))
+            .await?;
+        print(output, &crate::workflows::draw(&view), &view);
+        return Ok(u8::from(view.state != api::WorkflowState::Succeeded));
+    }
     if args.count == 1 {
         let submitted = client.submit(&job).await?;
         if !args.wait {

@@ -95,3 +95,44 @@ fn a_chord_from_yaml_runs_and_is_drawn() {
         ran.stderr
     );
 }
+
+#[test]
+fn a_broadcast_runs_once_on_every_worker() {
+    let c = Cluster::start(&[], &[("w1", 1), ("w2", 1), ("w3", 1)]);
+    c.eventually("three workers", || {
+        (c.cli.workers().len() == 3).then_some(())
+    });
+    let done: api::WorkflowView = c.cli.json(&[
+        "submit",
+        "--broadcast",
+        "--wait",
+        "--",
+        "sh",
+        "-c",
+        "echo cleaned",
+    ]);
+    assert_eq!(done.state, api::WorkflowState::Succeeded, "{done:?}");
+    assert_eq!(done.nodes.len(), 3);
+    let mut ran_on: Vec<uuid::Uuid> = done
+        .nodes
+        .iter()
+        .map(|n| {
+            assert_eq!(n.attempts.len(), 1);
+            assert_eq!(n.pinned_worker, Some(n.attempts[0].worker));
+            n.attempts[0].worker
+        })
+        .collect();
+    ran_on.sort();
+    ran_on.dedup();
+    assert_eq!(ran_on.len(), 3, "one attempt on each worker");
+    // No worker matches: refused, naming the selector.
+    let ran = c
+        .cli
+        .run(&["submit", "--broadcast", "--label", "gpu=a100", "--", "true"]);
+    assert_ne!(ran.code(), Some(0));
+    assert!(
+        ran.stderr.contains("no active worker matches"),
+        "{}",
+        ran.stderr
+    );
+}

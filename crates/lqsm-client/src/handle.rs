@@ -156,6 +156,7 @@ mod tests {
             after: Vec::new(),
             run_when: None,
             pass_results: false,
+            pinned_worker: None,
             attempts: Vec::new(),
             result,
             exit_code: Some(3),

@@ -320,6 +320,16 @@ impl Client {
         self.send(req, "a workflow submission answer").await
     }
 
+    /// Runs a job once on every active worker that matches it (`POST /v1/broadcasts`):
+    /// one job per worker, together a workflow (read it with [`Client::workflow`]).
+    pub async fn broadcast(
+        &self,
+        job: &api::SubmitJob,
+    ) -> Result<api::WorkflowSubmitted, ClientError> {
+        let req = self.request(Method::POST, &["v1", "broadcasts"]).json(job);
+        self.send(req, "a broadcast answer").await
+    }
+
     /// A workflow with each node's state and result (`GET /v1/workflows/{id}`).
     pub async fn workflow(&self, id: Uuid) -> Result<api::WorkflowView, ClientError> {
         let req = self.request(Method::GET, &["v1", "workflows", &id.to_string()]);

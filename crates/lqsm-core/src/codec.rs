@@ -158,6 +158,9 @@ pub fn encode_job(record: &JobRecord) -> Vec<u8> {
         put_str(w, &node.name);
     });
     put_opt(w, record.spec.soft_timeout(), put_duration);
+    put_opt(w, record.spec.pinned(), |w, worker| {
+        w.extend_from_slice(worker.0.as_bytes())
+    });
     put_opt(w, record.progress.as_ref().map(Json::as_str), put_str);
     out
 }
@@ -245,6 +248,8 @@ impl JobDecoder {
             record.spec = record.spec.with_dependencies(depends, workflow);
             let soft_timeout = r.opt(Reader::duration)?;
             record.spec = record.spec.with_soft_timeout(soft_timeout);
+            let pinned = r.opt(|r| Ok(WorkerId(Uuid::from_bytes(r.array()?))))?;
+            record.spec = record.spec.with_pinned(pinned);
             record.progress = r.opt(Reader::json)?;
         }
         r.finish()?;
@@ -713,6 +718,7 @@ impl<'a> Reader<'a> {
             depends: None,
             workflow: None,
             soft_timeout: None,
+            pinned: None,
         };
         let defaults = JobDefaults {
             timeout: None,
@@ -822,6 +828,7 @@ mod tests {
             depends: None,
             workflow: None,
             soft_timeout: None,
+            pinned: None,
         };
         let spec = request.resolve(&JobDefaults::default()).0;
         let attempt = |number: u32, outcome| Attempt {
@@ -1047,10 +1054,11 @@ mod tests {
             .spec
             .with_soft_timeout(Some(Duration::from_millis(1500)));
         record.progress = Some(Json::from_value(&json!({"pct": 50})));
+        record.spec = record.spec.with_pinned(Some(WorkerId(uuid(9))));
         let bytes = encode_job(&record);
-        // From the options after `retry_of` on (four absent ones in the plain record).
+        // From the options after `retry_of` on (five absent ones in the plain record).
         let plain = encode_job(&full_record()).len();
-        let tail: String = bytes[plain - 4..]
+        let tail: String = bytes[plain - 5..]
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
@@ -1107,15 +1115,16 @@ mod tests {
         "0000000000004de90701cc0801b00901010111066b696c6c656402d00f0000000000000000000000",
         "000000004dea0701cc0801b009010303b8170000000000000000000000000000004deb0701cc0801",
         "b0090100010c7b226f6b223a5b312c325d7d0100020100010c7b226f6b223a5b312c325d7d010001",
-        "b0f3eee5a2340108637573746f6d65720461636d6501b4c8eee5a2340000000000",
+        "b0f3eee5a2340108637573746f6d65720461636d6501b4c8eee5a234000000000000",
     );
 
     /// The last bytes of a record with every field of format 3: two parents,
     /// `all_finished`, results passed; the workflow's id and the node's name; a soft
-    /// timeout of 1.5 s; a progress of `{"pct":50}`.
+    /// timeout of 1.5 s; the worker it is pinned to; a progress of `{"pct":50}`.
     const FORMAT_3_DEPENDENCIES: &str = concat!(
         "0102000000000000000000000000000000060000000000000000000000000000000701010100000000",
-        "000000000000000000000008067265706f7274010180cab5ee01010a7b22706374223a35307d",
+        "000000000000000000000008067265706f7274010180cab5ee01010000000000000000000000000000",
+        "0009010a7b22706374223a35307d",
     );
 
     const FULL_RECORD_FORMAT_2: &str = concat!(

@@ -262,6 +262,9 @@ pub struct SubmitRequest {
     /// handler a notice), before `timeout` kills it.
     #[serde(default)]
     pub soft_timeout: Option<Duration>,
+    /// The one worker it may run on (set by [`ResourceManager::submit_broadcast`](crate::ResourceManager::submit_broadcast)).
+    #[serde(default)]
+    pub pinned: Option<WorkerId>,
     /// The jobs it waits for.
     #[serde(default)]
     pub depends: Option<Dependencies>,
@@ -297,6 +300,7 @@ impl SubmitRequest {
             depends: None,
             workflow: None,
             soft_timeout: None,
+            pinned: None,
         }
     }
 }
@@ -331,6 +335,7 @@ struct JobExtras {
     depends: Option<Dependencies>,
     workflow: Option<WorkflowNode>,
     soft_timeout: Option<Duration>,
+    pinned: Option<WorkerId>,
 }
 
 /// A job's keys (`customer` → `acme`), packed in one allocation in name order: the
@@ -446,6 +451,19 @@ impl JobSpec {
         self.extras.as_ref().and_then(|e| e.workflow.as_ref())
     }
 
+    /// The one worker it may run on (a broadcast's attempt on that worker).
+    pub fn pinned(&self) -> Option<WorkerId> {
+        self.extras.as_ref().and_then(|e| e.pinned)
+    }
+
+    /// The spec pinned to `worker` (records keep it apart from the rest).
+    pub(crate) fn with_pinned(mut self, worker: Option<WorkerId>) -> Self {
+        if worker.is_some() {
+            self.extras.get_or_insert_with(Box::default).pinned = worker;
+        }
+        self
+    }
+
     /// When an attempt is warned that its time runs out, if it is.
     pub fn soft_timeout(&self) -> Option<Duration> {
         self.extras.as_ref().and_then(|e| e.soft_timeout)
@@ -548,6 +566,8 @@ struct JobSpecRecord {
     workflow: Option<WorkflowNode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     soft_timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pinned: Option<WorkerId>,
 }
 
 impl From<JobSpecRecord> for JobSpec {
@@ -563,6 +583,7 @@ impl From<JobSpecRecord> for JobSpec {
             depends: r.depends,
             workflow: r.workflow,
             soft_timeout: r.soft_timeout,
+            pinned: r.pinned,
         };
         JobSpec::from_parts(r.kind, r.request, r.priority, r.timeout, r.retry, extras)
     }
@@ -587,6 +608,7 @@ impl From<JobSpec> for JobSpecRecord {
             depends: extras.depends,
             workflow: extras.workflow,
             soft_timeout: extras.soft_timeout,
+            pinned: extras.pinned,
         }
     }
 }
@@ -613,6 +635,7 @@ impl SubmitRequest {
             depends: self.depends.filter(|d| !d.parents.is_empty()),
             workflow: self.workflow,
             soft_timeout: self.soft_timeout,
+            pinned: self.pinned,
         };
         let is_function = matches!(
             self.kind,

@@ -372,6 +372,11 @@ impl ResourceManager {
             recorded: Some(state),
         });
         self.job_ids.insert(id, key);
+        if let Some(worker) = self.jobs[key].spec.pinned()
+            && !state.is_terminal()
+        {
+            self.pinned_jobs.entry(worker).or_default().push(key);
+        }
         if let Some(progress) = progress {
             self.progress.insert(key, progress);
         }

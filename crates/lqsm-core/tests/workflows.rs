@@ -491,3 +491,85 @@ proptest! {
         }
     }
 }
+
+// ----- broadcast -----------------------------------------------------------------------
+
+#[test]
+fn a_broadcast_runs_once_on_each_matching_worker_and_only_there() {
+    let mut sim = Sim::new(Config::default());
+    sim.queue("root.q", 100.0, 100.0);
+    let gpu1 = sim.worker_with("gpu1", Resources::cores(4, 4000), &[("gpu", "yes")]);
+    let gpu2 = sim.worker_with("gpu2", Resources::cores(4, 4000), &[("gpu", "yes")]);
+    let cpu = sim.worker_with("cpu", Resources::cores(64, 64_000), &[]);
+    let mut template = sim.request("root.q", one_core());
+    template.selector = [("gpu".to_string(), "yes".to_string())].into();
+    let broadcast = uuid::Uuid::from_u128(500);
+    let jobs = sim
+        .rm
+        .submit_broadcast(template.clone(), broadcast, sim.now)
+        .unwrap();
+    let mut on: Vec<WorkerId> = jobs.iter().map(|b| b.worker).collect();
+    on.sort();
+    let mut expected = vec![gpu1, gpu2];
+    expected.sort();
+    assert_eq!(on, expected);
+    sim.check();
+    sim.pass();
+    // The idle large worker gets none of them; each goes to its own worker.
+    assert!(sim.poll_running(cpu).is_empty());
+    for b in &jobs {
+        let got: Vec<JobId> = sim.poll_running(b.worker).iter().map(|a| a.job).collect();
+        assert_eq!(got, vec![b.job]);
+        let view = sim.rm.job(b.job).unwrap();
+        assert_eq!(view.spec.pinned(), Some(b.worker));
+        assert!(view.spec.tags().contains(&WorkflowNode::tag_of(broadcast)));
+    }
+    sim.succeed(gpu1, jobs.iter().find(|b| b.worker == gpu1).unwrap().job);
+    // The same broadcast id names the same jobs: sent again, it is refused whole.
+    assert!(
+        sim.rm
+            .submit_broadcast(template.clone(), broadcast, sim.now)
+            .is_err()
+    );
+    // No worker matches: refused naming the selector.
+    template.selector = [("gpu".to_string(), "tpu".to_string())].into();
+    let err = sim
+        .rm
+        .submit_broadcast(template, uuid::Uuid::from_u128(501), sim.now)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("no active worker matches"),
+        "{err}"
+    );
+    sim.check();
+}
+
+#[test]
+fn a_broadcast_attempt_on_a_lost_worker_is_cancelled_naming_it() {
+    let mut sim = Sim::new(Config::default());
+    sim.queue("root.q", 100.0, 100.0);
+    let a = sim.worker("a", 4, 4000);
+    let b = sim.worker("b", 4, 4000);
+    let mut template = sim.request("root.q", one_core());
+    // With attempts left, a lost attempt would go back to pending: pinned to a worker
+    // that is gone, it is cancelled instead.
+    template.retry = Some(RetryPolicy {
+        max_attempts: 3,
+        ..RetryPolicy::default()
+    });
+    let jobs = sim
+        .rm
+        .submit_broadcast(template, uuid::Uuid::from_u128(502), sim.now)
+        .unwrap();
+    sim.pass();
+    sim.poll_running(a);
+    // b never polls: it is lost, and its broadcast attempt with it.
+    sim.advance(Duration::from_secs(11));
+    sim.poll_running(a);
+    sim.pass();
+    let on_b = jobs.iter().find(|j| j.worker == b).unwrap().job;
+    assert_eq!(reason(&sim, on_b), "its worker b was lost");
+    let on_a = jobs.iter().find(|j| j.worker == a).unwrap().job;
+    assert_eq!(sim.state(on_a), JobState::Running);
+    sim.check();
+}

@@ -527,6 +527,7 @@ pub fn job_view(job: &core::JobRecord, queue: &str, now: Timestamp) -> api::JobV
             core::RunWhen::AllFinished => api::RunWhen::AllFinished,
         }),
         pass_results: job.spec.depends().is_some_and(|d| d.pass_results),
+        pinned_worker: job.spec.pinned().map(|w| w.0),
         attempts: job
             .attempts
             .iter()

@@ -1498,7 +1498,8 @@ async fn not_found() -> ApiError {
         crate::workflow_api::submit_workflow,
         crate::workflow_api::get_workflow,
         crate::workflow_api::cancel_workflow,
-        crate::workflow_api::job_inputs
+        crate::workflow_api::job_inputs,
+        crate::workflow_api::submit_broadcast
     ),
     components(schemas(
         api::ErrorBody,
@@ -1566,6 +1567,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/logs", get(job_logs))
         .route("/v1/jobs/{id}/inputs", get(crate::workflow_api::job_inputs))
         .route("/v1/workflows", post(crate::workflow_api::submit_workflow))
+        .route(
+            "/v1/broadcasts",
+            post(crate::workflow_api::submit_broadcast),
+        )
         .route("/v1/workflows/{id}", get(crate::workflow_api::get_workflow))
         .route(
             "/v1/workflows/{id}/cancel",

@@ -141,6 +141,11 @@ enum Command {
         reason: String,
         reply: oneshot::Sender<Result<(), JobError>>,
     },
+    SubmitBroadcast {
+        template: (SubmitRequest, Option<Vec<u8>>),
+        id: uuid::Uuid,
+        reply: oneshot::Sender<Result<Vec<lqsm_core::BroadcastJob>, lqsm_core::WorkflowError>>,
+    },
     SubmitWorkflow {
         nodes: Vec<(SubmitRequest, Option<Vec<u8>>)>,
         reply: oneshot::Sender<Result<Vec<JobId>, lqsm_core::WorkflowError>>,
@@ -214,6 +219,10 @@ enum Reply {
         oneshot::Sender<Vec<Result<Submitted, SubmitError>>>,
         Vec<Result<Submitted, SubmitError>>,
     ),
+    SubmitBroadcast(
+        oneshot::Sender<Result<Vec<lqsm_core::BroadcastJob>, lqsm_core::WorkflowError>>,
+        Result<Vec<lqsm_core::BroadcastJob>, lqsm_core::WorkflowError>,
+    ),
     SubmitWorkflow(
         oneshot::Sender<Result<Vec<JobId>, lqsm_core::WorkflowError>>,
         Result<Vec<JobId>, lqsm_core::WorkflowError>,
@@ -276,6 +285,21 @@ impl Runtime {
     ) -> Result<Result<Vec<JobId>, lqsm_core::WorkflowError>, SchedulerError> {
         self.call(|reply| Command::SubmitWorkflow { nodes, reply })
             .await
+    }
+
+    /// Submits a broadcast: a job per matching active worker; answers once durable.
+    pub async fn submit_broadcast(
+        &self,
+        template: (SubmitRequest, Option<Vec<u8>>),
+        id: uuid::Uuid,
+    ) -> Result<Result<Vec<lqsm_core::BroadcastJob>, lqsm_core::WorkflowError>, SchedulerError>
+    {
+        self.call(|reply| Command::SubmitBroadcast {
+            template,
+            id,
+            reply,
+        })
+        .await
     }
 
     /// Cancels a job.
@@ -698,6 +722,17 @@ impl Actor {
                         .collect();
                     replies.push(Reply::Submit(reply, results));
                 }
+                Command::SubmitBroadcast {
+                    template: (template, payload),
+                    id,
+                    reply,
+                } => {
+                    let result = self.rm.submit_broadcast(template, id, now);
+                    if let (Ok(jobs), Some(bytes)) = (&result, payload) {
+                        payloads.extend(jobs.iter().map(|b| (*b.job.0.as_bytes(), bytes.clone())));
+                    }
+                    replies.push(Reply::SubmitBroadcast(reply, result));
+                }
                 Command::SubmitWorkflow { nodes, reply } => {
                     let mut stored = Vec::new();
                     let requests = nodes
@@ -862,6 +897,14 @@ impl Actor {
             match reply {
                 Reply::Submit(tx, r) => {
                     self.count_submitted(&r);
+                    let _ = tx.send(r);
+                }
+                Reply::SubmitBroadcast(tx, r) => {
+                    if let Ok(jobs) = &r {
+                        let created: Vec<_> =
+                            jobs.iter().map(|b| Ok(Submitted::Created(b.job))).collect();
+                        self.count_submitted(&created);
+                    }
                     let _ = tx.send(r);
                 }
                 Reply::SubmitWorkflow(tx, r) => {

@@ -85,6 +85,12 @@ pub trait Scheduler: Send + Sync + 'static {
         &self,
         nodes: Vec<(SubmitRequest, Option<Vec<u8>>)>,
     ) -> Answer<'_, Result<Vec<JobId>, lqsm_core::WorkflowError>>;
+    /// Submits a broadcast: one job per matching active worker, as workflow `id`.
+    fn submit_broadcast(
+        &self,
+        template: (SubmitRequest, Option<Vec<u8>>),
+        id: uuid::Uuid,
+    ) -> Answer<'_, Result<Vec<lqsm_core::BroadcastJob>, lqsm_core::WorkflowError>>;
     /// Cancels a job.
     fn cancel(&self, id: JobId, reason: String) -> Answer<'_, Result<(), JobError>>;
     /// Cancels every unfinished job a selection matches; says how many.
@@ -298,6 +304,14 @@ impl Scheduler for InProcess {
         Box::pin(self.runtime.submit_workflow(nodes))
     }
 
+    fn submit_broadcast(
+        &self,
+        template: (SubmitRequest, Option<Vec<u8>>),
+        id: uuid::Uuid,
+    ) -> Answer<'_, Result<Vec<lqsm_core::BroadcastJob>, lqsm_core::WorkflowError>> {
+        Box::pin(self.runtime.submit_broadcast(template, id))
+    }
+
     fn cancel(&self, id: JobId, reason: String) -> Answer<'_, Result<(), JobError>> {
         Box::pin(self.runtime.cancel(id, reason))
     }
@@ -419,6 +433,13 @@ impl Scheduler for Follower {
         &self,
         _nodes: Vec<(SubmitRequest, Option<Vec<u8>>)>,
     ) -> Answer<'_, Result<Vec<JobId>, lqsm_core::WorkflowError>> {
+        not_leader()
+    }
+    fn submit_broadcast(
+        &self,
+        _template: (SubmitRequest, Option<Vec<u8>>),
+        _id: uuid::Uuid,
+    ) -> Answer<'_, Result<Vec<lqsm_core::BroadcastJob>, lqsm_core::WorkflowError>> {
         not_leader()
     }
     fn cancel(&self, _id: JobId, _reason: String) -> Answer<'_, Result<(), JobError>> {
@@ -670,6 +691,13 @@ impl Scheduler for Switch {
         nodes: Vec<(SubmitRequest, Option<Vec<u8>>)>,
     ) -> Answer<'_, Result<Vec<JobId>, lqsm_core::WorkflowError>> {
         forward!(self.submit_workflow(nodes))
+    }
+    fn submit_broadcast(
+        &self,
+        template: (SubmitRequest, Option<Vec<u8>>),
+        id: uuid::Uuid,
+    ) -> Answer<'_, Result<Vec<lqsm_core::BroadcastJob>, lqsm_core::WorkflowError>> {
+        forward!(self.submit_broadcast(template, id))
     }
     fn cancel(&self, id: JobId, reason: String) -> Answer<'_, Result<(), JobError>> {
         forward!(self.cancel(id, reason))

@@ -113,6 +113,54 @@ pub(crate) async fn submit_workflow(
     ))
 }
 
+#[utoipa::path(post, path = "/v1/broadcasts", request_body = api::SubmitJob,
+    responses((status = 201, description = "one job per matching active worker, as a workflow", body = api::WorkflowSubmitted), (status = "4XX", body = api::ErrorBody)))]
+pub(crate) async fn submit_broadcast(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(job): ApiJson<api::SubmitJob>,
+) -> ApiResult<(StatusCode, Json<api::WorkflowSubmitted>)> {
+    let caller = state.auth.caller(&headers)?;
+    for (field, set) in [
+        ("id", job.id.is_some()),
+        ("name", job.name.is_some()),
+        ("after", !job.after.is_empty()),
+        ("idempotency_key", job.idempotency_key.is_some()),
+    ] {
+        if set {
+            return Err(ApiError::invalid_field(
+                field,
+                "a broadcast names its own jobs, one per worker, and waits for nothing",
+            ));
+        }
+    }
+    let (req, size) = prepare_request(&state, &caller, "", &job, wall_clock())?;
+    let id = Uuid::now_v7();
+    let template = offload(req, size, state.limits.inline_payload_bytes);
+    let jobs = state
+        .scheduler
+        .submit_broadcast(template, id)
+        .await?
+        .map_err(|e| match e {
+            // The template is the request's only job: its fields are the request's.
+            WorkflowError::Node { error, .. } => ApiError::from(error),
+            other => ApiError::from(other),
+        })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(api::WorkflowSubmitted {
+            id,
+            nodes: jobs
+                .into_iter()
+                .map(|b| api::WorkflowNodeId {
+                    name: b.name,
+                    id: b.job.0,
+                })
+                .collect(),
+        }),
+    ))
+}
+
 fn parse_workflow_id(text: &str) -> ApiResult<Uuid> {
     Uuid::parse_str(text).map_err(|_| {
         ApiError::invalid_field("id", format!("`{text}` is not a workflow id (a UUID)"))

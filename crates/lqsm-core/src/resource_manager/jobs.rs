@@ -235,8 +235,12 @@ impl ResourceManager {
         let (id, queue, not_before) = (job.id, job.queue, job.not_before);
         let expires_at = job.spec.expires_at();
         let idempotency_key = job.spec.idempotency_key().map(str::to_owned);
+        let pinned = job.spec.pinned();
         let key = self.jobs.insert(job);
         self.job_ids.insert(id, key);
+        if let Some(worker) = pinned {
+            self.pinned_jobs.entry(worker).or_default().push(key);
+        }
         if let Some(k) = idempotency_key {
             self.idempotency.insert((queue, k), key);
         }

@@ -26,7 +26,7 @@ pub use crate::effects::{RefusalReason, RefusedReport};
 pub use jobs::{JobError, JobSelection, SelectionError, Submitted};
 pub use queues::QueueView;
 pub use workers::{PollOutcome, WorkerError, WorkerPoll};
-pub use workflows::{MAX_WORKFLOW_NODES, WorkflowError};
+pub use workflows::{BroadcastJob, MAX_WORKFLOW_NODES, WorkflowError};
 
 use crate::effects::Effects;
 use crate::hashing::HashMap;
@@ -214,6 +214,8 @@ pub struct ResourceManager {
     pub(crate) ending_parents: bool,
     /// The state each job last reported of itself while running (`update_state`).
     pub(crate) progress: HashMap<JobKey, crate::jobs::Json>,
+    /// Jobs pinned to each worker (a broadcast's), possibly ended or purged since.
+    pub(crate) pinned_jobs: HashMap<WorkerId, Vec<JobKey>>,
 }
 
 impl std::fmt::Debug for ResourceManager {
@@ -305,6 +307,7 @@ impl ResourceManager {
             ended_parents: Vec::new(),
             ending_parents: false,
             progress: crate::hashing::map(seed),
+            pinned_jobs: crate::hashing::map(seed),
         })
     }
 

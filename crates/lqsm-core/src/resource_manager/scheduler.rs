@@ -193,10 +193,19 @@ impl ResourceManager {
                 self.refresh_up(capped);
                 continue;
             }
-            let known_unfit = unfit
-                .iter()
-                .any(|(c, r)| *c == constraint && r.fits_in(&job.spec.request));
-            let chosen = if known_unfit {
+            let pinned = job.spec.pinned();
+            // A pinned job's siblings (same constraint and request) are pinned elsewhere:
+            // what one of them could not get says nothing of the others.
+            let known_unfit = pinned.is_none()
+                && unfit
+                    .iter()
+                    .any(|(c, r)| *c == constraint && r.fits_in(&job.spec.request));
+            let chosen = if let Some(worker) = pinned {
+                self.worker_ids
+                    .get(&worker)
+                    .copied()
+                    .filter(|w| self.fits_on(*w, head))
+            } else if known_unfit {
                 None
             } else {
                 let candidates = Candidates {
@@ -216,11 +225,18 @@ impl ResourceManager {
                 }
                 None => {
                     let request = job.spec.request.clone();
-                    if !self.could_ever_run(constraint, &request, &mut capable) {
+                    let could_run = match pinned {
+                        Some(worker) => self.worker(worker).is_some_and(|w| {
+                            w.state == crate::workers::WorkerState::Active
+                                && request.fits_in(&w.capacity)
+                        }),
+                        None => self.could_ever_run(constraint, &request, &mut capable),
+                    };
+                    if !could_run {
                         self.park(leaf, head, now);
                         continue;
                     }
-                    if !known_unfit && unfit.len() < 16 {
+                    if pinned.is_none() && !known_unfit && unfit.len() < 16 {
                         unfit.push((constraint, request));
                     }
                     self.node_mut(leaf).skipped_in_pass = true;

@@ -404,6 +404,8 @@ impl ResourceManager {
         for job in attempts {
             self.fail_attempt(job, AttemptOutcome::Lost, None, now);
         }
+        let name = self.workers[key].name.clone();
+        self.cancel_pinned_to(id, &format!("its worker {name} was lost"), now);
         self.keys_stale = true;
         self.dirty = true;
         self.effects.records.push(Record::Worker(id));

@@ -9,7 +9,7 @@
 
 use super::ResourceManager;
 use crate::ids::{JobId, Timestamp};
-use crate::jobs::{JobKey, JobState, RunWhen, SubmitError, SubmitRequest, Waiting};
+use crate::jobs::{JobKey, JobState, RunWhen, SubmitError, SubmitRequest, Waiting, WorkflowNode};
 use crate::timers::Timer;
 use std::collections::HashMap;
 use thiserror::Error;
@@ -382,5 +382,128 @@ fn cycle_through(
             .filter_map(|p| position.get(p).copied())
             .find(|p| waiting_for[*p] > 0)
             .expect("a node left waiting has a parent left waiting");
+    }
+}
+
+/// A broadcast's job on one worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BroadcastJob {
+    /// The worker.
+    pub worker: crate::ids::WorkerId,
+    /// Its node's name in the broadcast's workflow.
+    pub name: String,
+    /// The job.
+    pub job: JobId,
+}
+
+/// The name of a broadcast's node on a worker: its name and the end of its id (names
+/// need not be unique; ids are).
+fn broadcast_node_name(worker: &crate::workers::Worker) -> String {
+    let id = worker.id.0.simple().to_string();
+    format!("{} ({})", worker.name, &id[id.len() - 8..])
+}
+
+/// The id of a broadcast's job on a worker: a UUIDv7 of `now` whose other bits come
+/// from the broadcast and the worker, so the same broadcast names the same jobs.
+fn broadcast_job_id(broadcast: uuid::Uuid, worker: crate::ids::WorkerId, now: Timestamp) -> JobId {
+    let name = uuid::Uuid::new_v5(&broadcast, worker.0.as_bytes());
+    let mut random = [0u8; 10];
+    random.copy_from_slice(&name.as_bytes()[6..16]);
+    JobId(uuid::Builder::from_unix_timestamp_millis(now.0, &random).into_uuid())
+}
+
+impl ResourceManager {
+    /// A broadcast (Celery's broadcast queue): one job per active worker that matches
+    /// `template` (its selector, its handler or commands, its resources), each pinned to
+    /// its worker, together a workflow of id `broadcast` that succeeds when all of them
+    /// do. Refused when no worker matches.
+    pub fn submit_broadcast(
+        &mut self,
+        template: SubmitRequest,
+        broadcast: uuid::Uuid,
+        now: Timestamp,
+    ) -> Result<Vec<BroadcastJob>, WorkflowError> {
+        let node_error = |error| WorkflowError::Node { index: 0, error };
+        template.validate().map_err(node_error)?;
+        let constraint = self
+            .index
+            .constraint_for(&template.selector, template.kind.handler());
+        let request = match &template.request {
+            Some(r) => r.clone(),
+            None => {
+                let queue = self
+                    .lookup_queue(&template.queue)
+                    .map_err(|e| node_error(e.into()))?;
+                let defaults = &self.node(queue).config.defaults;
+                if template.kind.handler().is_some() {
+                    defaults.function_request.clone()
+                } else {
+                    defaults.request.clone()
+                }
+            }
+        };
+        let mut targets: Vec<&crate::workers::Worker> = self
+            .workers
+            .values()
+            .filter(|w| {
+                w.state == crate::workers::WorkerState::Active
+                    && self.index.class_accepts(w.class, constraint)
+                    && request.fits_in(&w.capacity)
+            })
+            .collect();
+        if targets.is_empty() {
+            return Err(node_error(SubmitError::InvalidField {
+                field: "selector".into(),
+                reason:
+                    "no active worker matches the broadcast (its selector, handler and resources)"
+                        .into(),
+            }));
+        }
+        targets.sort_by_key(|w| w.id);
+        let nodes: Vec<SubmitRequest> = targets
+            .iter()
+            .map(|w| {
+                let mut node = template.clone();
+                node.id = broadcast_job_id(broadcast, w.id, now);
+                node.pinned = Some(w.id);
+                node.workflow = Some(WorkflowNode {
+                    workflow: broadcast,
+                    name: broadcast_node_name(w),
+                });
+                node
+            })
+            .collect();
+        let targets: Vec<(crate::ids::WorkerId, String)> = targets
+            .iter()
+            .map(|w| (w.id, broadcast_node_name(w)))
+            .collect();
+        let ids = self.submit_workflow(nodes, now)?;
+        Ok(targets
+            .into_iter()
+            .zip(ids)
+            .map(|((worker, name), job)| BroadcastJob { worker, name, job })
+            .collect())
+    }
+
+    /// Cancels the unfinished jobs pinned to a worker that can no longer run them (lost,
+    /// or drained), saying why.
+    pub(crate) fn cancel_pinned_to(
+        &mut self,
+        worker: crate::ids::WorkerId,
+        why: &str,
+        now: Timestamp,
+    ) {
+        let Some(keys) = self.pinned_jobs.remove(&worker) else {
+            return;
+        };
+        for key in keys {
+            if self
+                .jobs
+                .get(key)
+                .is_some_and(|j| !j.state.is_terminal() && j.spec.pinned() == Some(worker))
+            {
+                self.cancel_key(key, why, now);
+            }
+        }
     }
 }
