@@ -573,3 +573,50 @@ fn a_broadcast_attempt_on_a_lost_worker_is_cancelled_naming_it() {
     assert_eq!(sim.state(on_a), JobState::Running);
     sim.check();
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// A broadcast makes one job per active matching worker, and each runs there only.
+    #[test]
+    fn one_broadcast_attempt_per_matching_worker(
+        workers in prop::collection::vec((0u8..3, 1u64..4, prop::bool::weighted(0.2)), 1..12),
+        wanted in 0u8..4,
+    ) {
+        let mut sim = Sim::new(Config::default());
+        sim.queue("root.q", 100.0, 100.0);
+        let mut matching = Vec::new();
+        let mut ids = Vec::new();
+        for (i, (zone, cores, drained)) in workers.iter().enumerate() {
+            let zone = zone.to_string();
+            let id = sim.worker_with(&format!("w{i}"), Resources::cores(*cores, 4000), &[("zone", zone.as_str())]);
+            if *drained {
+                sim.rm.drain_worker(id).unwrap();
+            } else if zone == wanted.to_string() {
+                matching.push(id);
+            }
+            ids.push(id);
+        }
+        let mut template = sim.request("root.q", one_core());
+        template.selector = [("zone".to_string(), wanted.to_string())].into();
+        let result = sim.rm.submit_broadcast(template, uuid::Uuid::from_u128(9), sim.now);
+        if matching.is_empty() {
+            prop_assert!(result.is_err());
+            return Ok(());
+        }
+        let jobs = result.unwrap();
+        let mut on: Vec<WorkerId> = jobs.iter().map(|b| b.worker).collect();
+        on.sort();
+        matching.sort();
+        prop_assert_eq!(&on, &matching);
+        sim.pass();
+        for id in &ids {
+            let got: Vec<JobId> = sim.poll_running(*id).iter().map(|a| a.job).collect();
+            let expected: Vec<JobId> = jobs.iter().filter(|b| b.worker == *id).map(|b| b.job).collect();
+            prop_assert_eq!(got, expected);
+        }
+        if let Err(e) = sim.rm.check_consistency() {
+            prop_assert!(false, "inconsistent: {}", e);
+        }
+    }
+}
