@@ -11,6 +11,7 @@
 
 from ._version import __version__
 from .app import App, Task
+from .canvas import Chain, Chord, Group, Signature, WorkflowResult, chain, chord, group
 from .errors import (
     ApiError,
     IncompatibleServer,
@@ -26,6 +27,14 @@ __all__ = [
     "ApiError",
     "App",
     "AsyncResult",
+    "Chain",
+    "Chord",
+    "Group",
+    "Signature",
+    "WorkflowResult",
+    "chain",
+    "chord",
+    "group",
     "EagerResult",
     "IncompatibleServer",
     "LqsmError",

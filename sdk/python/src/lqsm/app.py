@@ -9,12 +9,15 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import time
-from typing import Any, Callable, Dict, Generic, Mapping, Optional, Sequence, TypeVar, Union, overload
+from typing import TYPE_CHECKING, Any, Callable, Dict, Generic, Mapping, Optional, Sequence, TypeVar, Union, overload
 
 from ._server import ServerConnection
 from .arguments import encode_call, resources_spec, round_trip, seconds_to_ms, str_list, str_map
 from .errors import TaskError, UnsupportedOption
 from .result import AsyncResult, EagerResult
+
+if TYPE_CHECKING:
+    from .canvas import Signature
 
 R = TypeVar("R")
 
@@ -254,6 +257,13 @@ class Task(Generic[R]):
 
     def __call__(self, *args: Any, **kwargs: Any) -> R:
         return self.function(*args, **kwargs)
+
+    def s(self, *args: Any, **kwargs: Any) -> "Signature":
+        """This task with these arguments, for a canvas: `a.s(1) | b.s()`, `group(...)`,
+        `chord(...)` (see `lqsm.canvas`)."""
+        from .canvas import Signature
+
+        return Signature(self, args, kwargs)
 
     def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
         """Submits `task(*args, **kwargs)`; `apply_async` with no options."""
