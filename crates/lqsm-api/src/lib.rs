@@ -19,8 +19,12 @@ pub use vocabulary::{
 
 /// The worker protocol version this release speaks (`RegisterWorker.protocol`).
 /// Version 1 is the protocol before registrations carried a version; version 2 adds
-/// the `protocol` field and nothing else, so a version-1 worker is served as before.
-pub const WORKER_PROTOCOL: u32 = 2;
+/// the `protocol` field and nothing else, so a version-1 worker is served as before;
+/// version 3 adds what a job does from inside (a running attempt's `progress`, the
+/// `retry` report) and the assignment's `soft_timeout_ms`, `inputs` and `inputs_path`:
+/// a server older than it refuses a version-3 worker at registration, clearly, instead
+/// of refusing its polls later.
+pub const WORKER_PROTOCOL: u32 = 3;
 
 /// The oldest worker protocol version this release's server accepts.
 pub const OLDEST_WORKER_PROTOCOL: u32 = 1;

@@ -123,6 +123,9 @@ fn exit_code(state: api::WorkflowState) -> u8 {
     }
 }
 
+/// How deep the drawing indents.
+const MAX_DRAWN_DEPTH: usize = 24;
+
 /// The graph in text: a header with the counts, then each node under the first job it
 /// waits for, with its state, id, what else it waits for, and why it ended badly.
 pub fn draw(view: &api::WorkflowView) -> String {
@@ -167,11 +170,16 @@ pub fn draw(view: &api::WorkflowView) -> String {
         .collect();
     while let Some((i, prefix, last, root)) = stack.pop() {
         let node = &view.nodes[i];
-        let (branch, continued) = match (root, last) {
+        let (branch, mut continued) = match (root, last) {
             (true, _) => ("", String::new()),
             (false, true) => ("└─ ", format!("{prefix}   ")),
             (false, false) => ("├─ ", format!("{prefix}│  ")),
         };
+        // Deeper than this, a long chain would print lines of quadratic width: its
+        // tail is drawn at this depth.
+        if continued.chars().count() > 3 * MAX_DRAWN_DEPTH {
+            continued = prefix.clone();
+        }
         let name = node.name.clone().unwrap_or_else(|| node.id.to_string());
         let tree = format!("{prefix}{branch}{name}");
         let mut line = format!("{:<9}  {}", node.state.as_str(), node.id);

@@ -353,17 +353,16 @@ impl Client {
         timeout: Duration,
     ) -> Result<api::WorkflowView, ClientError> {
         let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let view = self.workflow(id).await?;
+        let view = self.workflow(id).await?;
+        // Each node unfinished at first is waited on in turn, on the server (no polling
+        // loop, and the workflow is read twice, not once per node).
+        for node in view.nodes.iter().filter(|n| !n.state.is_terminal()) {
             let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else {
-                return Ok(view);
+                break;
             };
-            // Each unfinished node is waited on in turn, on the server: no polling loop.
-            let Some(open) = view.nodes.iter().find(|n| !n.state.is_terminal()) else {
-                return Ok(view);
-            };
-            self.wait(open.id, left).await?;
+            self.wait(node.id, left).await?;
         }
+        self.workflow(id).await
     }
 
     // --- queues ---

@@ -13,9 +13,11 @@
 //! - **format 2**: format 1 with two fields after a job record's last: the
 //!   job's `keys` (a map, for per-key rate limits) and, optional, the instant until which a
 //!   rate limit held it back. Queue and payload bodies are the same as in format 1.
-//! - **format 3**, written today: format 2 with two optional fields after the last: the
+//! - **format 3**, written today: format 2 with five optional fields after the last: the
 //!   jobs the job waits for (its parents in order, when it may run, whether it receives
-//!   their results) and the workflow it belongs to (the workflow's id, the node's name).
+//!   their results), the workflow it belongs to (the workflow's id, the node's name), its
+//!   soft timeout, the worker it is pinned to (a broadcast's job) and the progress it last
+//!   reported; and one more attempt outcome (`retry_requested`, a countdown and a message).
 //!
 //! A record whose format is newer than [`CURRENT_FORMAT`] is refused with
 //! [`CodecError::NewerFormat`]: it is not damaged, it was written by a newer LQSM.

@@ -881,6 +881,9 @@ pub(crate) enum Waiting {
     RateLimited,
     /// Waiting for parents that have not ended yet.
     Blocked,
+    /// Pinned to a worker that cannot take it now (busy, reclaiming, gone for a while):
+    /// set aside until that worker frees resources or takes work again.
+    PinnedHold,
 }
 
 /// What a worker reports about a finished attempt.

@@ -620,3 +620,80 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_broadcast_job_waiting_for_its_busy_worker_blocks_nothing_else() {
+    let mut sim = Sim::new(Config::default());
+    sim.queue("root.q", 100.0, 100.0);
+    let busy = sim.worker("busy", 1, 1000);
+    let idle = sim.worker("idle", 1, 1000);
+    // Fill `busy` (the only job, placed on one of the two; then pin the rest).
+    let filler = sim.request("root.q", one_core());
+    let filler = sim.submit(filler).unwrap().id();
+    sim.pass();
+    let on = sim
+        .rm
+        .job(filler)
+        .unwrap()
+        .current_attempt()
+        .unwrap()
+        .worker;
+    let (busy, idle) = if on == busy {
+        (busy, idle)
+    } else {
+        (idle, busy)
+    };
+    sim.poll_running(busy);
+    let template = sim.request("root.q", one_core());
+    let jobs = sim
+        .rm
+        .submit_broadcast(template, uuid::Uuid::from_u128(600), sim.now)
+        .unwrap();
+    let later = sim.request("root.q", one_core());
+    let later = sim.submit(later).unwrap().id();
+    let for_busy = jobs.iter().find(|b| b.worker == busy).unwrap().job;
+    let for_idle = jobs.iter().find(|b| b.worker == idle).unwrap().job;
+    sim.pass();
+    let got: Vec<JobId> = sim.poll_running(idle).iter().map(|a| a.job).collect();
+    assert_eq!(got, vec![for_idle]);
+    sim.check();
+    sim.succeed(idle, for_idle);
+    sim.pass();
+    let got: Vec<JobId> = sim.poll_running(idle).iter().map(|a| a.job).collect();
+    assert_eq!(got, vec![later], "the job behind the held one ran");
+    // The busy worker frees up: its broadcast job runs there.
+    sim.succeed(busy, filler);
+    sim.pass();
+    let got: Vec<JobId> = sim.poll_running(busy).iter().map(|a| a.job).collect();
+    assert_eq!(got, vec![for_busy]);
+    sim.check();
+}
+
+#[test]
+fn force_deleting_a_queue_ends_each_of_its_jobs_once() {
+    let (mut sim, _) = setup();
+    let wf = uuid::Uuid::from_u128(601);
+    let a = node(&mut sim, wf, "a", &[]);
+    let b = node(&mut sim, wf, "b", &[a.id]);
+    sim.rm
+        .submit_workflow(vec![a.clone(), b.clone()], sim.now)
+        .unwrap();
+    sim.rm.delete_queue("root.q", true, sim.now).unwrap();
+    sim.drain_effects();
+    sim.check();
+    let ended: Vec<JobId> = sim.log.finished.clone();
+    assert_eq!(ended.iter().filter(|j| **j == b.id).count(), 1);
+}
+
+#[test]
+fn two_nodes_may_not_share_an_idempotency_key() {
+    let (mut sim, _) = setup();
+    let wf = uuid::Uuid::from_u128(602);
+    let mut a = node(&mut sim, wf, "a", &[]);
+    let mut b = node(&mut sim, wf, "b", &[]);
+    a.idempotency_key = Some("k".into());
+    b.idempotency_key = Some("k".into());
+    let err = sim.rm.submit_workflow(vec![a, b], sim.now).unwrap_err();
+    assert_eq!(err.index(), Some(1));
+    assert!(err.to_string().contains("idempotency_key"), "{err}");
+}

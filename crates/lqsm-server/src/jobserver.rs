@@ -595,6 +595,9 @@ async fn retry_job(
     req.request = Some(spec.request.clone());
     req.priority = Some(spec.priority);
     req.timeout = spec.timeout;
+    req.soft_timeout = spec.soft_timeout();
+    // A broadcast's job runs again on its worker.
+    req.pinned = spec.pinned();
     req.retry = Some(spec.retry);
     req.selector = spec.selector().clone();
     // A re-run runs alone: it waits for nothing and is no workflow's node.
@@ -1233,13 +1236,15 @@ async fn poll_worker(
         };
         let text = lqsm_core::jobs::Json::from_value(progress);
         if text.as_str().len() > MAX_PROGRESS_BYTES {
-            return Err(ApiError::invalid_field(
-                &format!("running[{i}].progress"),
-                format!(
-                    "{} bytes of JSON (at most {MAX_PROGRESS_BYTES}: a job's progress is a small state, its result can be large)",
-                    text.as_str().len()
-                ),
-            ));
+            // Refusing the poll would refuse its reports and heartbeat with it, again at
+            // every retry: the oversized state alone is left out.
+            tracing::warn!(
+                job = %attempt.job,
+                bytes = text.as_str().len(),
+                entry = i,
+                "a running job's progress is over {MAX_PROGRESS_BYTES} bytes and is not kept"
+            );
+            continue;
         }
         core_poll.progress.push((
             JobId(attempt.job),

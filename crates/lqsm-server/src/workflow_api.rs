@@ -125,6 +125,8 @@ pub(crate) async fn submit_broadcast(
         ("id", job.id.is_some()),
         ("name", job.name.is_some()),
         ("after", !job.after.is_empty()),
+        ("run_when", job.run_when.is_some()),
+        ("pass_results", job.pass_results),
         ("idempotency_key", job.idempotency_key.is_some()),
     ] {
         if set {

@@ -99,26 +99,44 @@ enum Progress {
     Handler(Arc<AttemptContext>),
     /// The file a command writes (`LQSM_PROGRESS_FILE`).
     File(std::path::PathBuf),
+    /// Nowhere (no private directory for the file).
+    None,
 }
+
+/// The most bytes of JSON a progress report may hold (the server keeps no more).
+pub const MAX_PROGRESS_BYTES: usize = 4096;
 
 impl Progress {
     /// The state last reported: a command's file as JSON, or as a string when it is not
-    /// JSON; nothing when the file is empty or absent.
+    /// JSON; nothing when the file is empty, absent, a link, or over
+    /// [`MAX_PROGRESS_BYTES`] (then the server would not keep it).
     fn read(&self) -> Option<serde_json::Value> {
-        match self {
-            Progress::Handler(context) => context.progress(),
+        let value = match self {
+            Progress::None => return None,
+            Progress::Handler(context) => context.progress()?,
             Progress::File(path) => {
-                let text = std::fs::read_to_string(path).ok()?;
+                use std::io::Read;
+                use std::os::unix::fs::OpenOptionsExt;
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(nix::libc::O_NOFOLLOW)
+                    .open(path)
+                    .ok()?;
+                let mut bytes = Vec::with_capacity(256);
+                file.take(MAX_PROGRESS_BYTES as u64 + 1)
+                    .read_to_end(&mut bytes)
+                    .ok()?;
+                let text = String::from_utf8_lossy(&bytes);
                 let text = text.trim();
-                if text.is_empty() {
+                if text.is_empty() || bytes.len() > MAX_PROGRESS_BYTES {
                     return None;
                 }
-                Some(
-                    serde_json::from_str(text)
-                        .unwrap_or_else(|_| serde_json::Value::String(text.to_owned())),
-                )
+                serde_json::from_str(text)
+                    .unwrap_or_else(|_| serde_json::Value::String(text.to_owned()))
             }
-        }
+        };
+        let size = serde_json::to_vec(&value).map_or(usize::MAX, |v| v.len());
+        (size <= MAX_PROGRESS_BYTES).then_some(value)
     }
 }
 
@@ -271,6 +289,8 @@ pub(crate) struct Agent {
     free_gpus: Vec<u32>,
     has_gpus: bool,
     running: HashMap<AttemptKey, Running>,
+    /// A private directory (mode 0700) for the files of running commands.
+    scratch: Option<tempfile::TempDir>,
     seen: SeenAttempts,
     reports: Reports,
     done_tx: mpsc::UnboundedSender<Done>,
@@ -318,7 +338,15 @@ impl Agent {
         names.sort_unstable();
         let handler_names = names.join(", ");
         let seed = registration.id.as_u128() as u64;
+        let scratch = tempfile::Builder::new()
+            .prefix("lqsm-worker-")
+            .tempdir()
+            .inspect_err(|e| {
+                tracing::warn!(error = %e, "no private temporary directory: commands cannot report progress");
+            })
+            .ok();
         Self {
+            scratch,
             client,
             id: registration.id,
             backoff: Backoff::new(settings.backoff_cap, seed),
@@ -839,15 +867,18 @@ impl Agent {
                     let visible: Vec<String> = gpus.iter().map(u32::to_string).collect();
                     env.push(("CUDA_VISIBLE_DEVICES".to_owned(), visible.join(",")));
                 }
-                // A command reports its state by writing it to this file.
-                let progress = std::env::temp_dir().join(format!(
-                    "lqsm-progress-{}-{}.json",
-                    assignment.job, assignment.attempt
-                ));
-                env.push((
-                    "LQSM_PROGRESS_FILE".to_owned(),
-                    progress.display().to_string(),
-                ));
+                // A command reports its state by writing it to this file, in a directory
+                // only this worker's user may write to (a link planted there by another
+                // user could otherwise make the worker read, or the job write, elsewhere).
+                let progress = self.scratch.as_ref().map(|dir| {
+                    dir.path().join(format!(
+                        "progress-{}-{}.json",
+                        assignment.job, assignment.attempt
+                    ))
+                });
+                if let Some(file) = &progress {
+                    env.push(("LQSM_PROGRESS_FILE".to_owned(), file.display().to_string()));
+                }
                 let spec = CommandSpec { argv, env, cwd };
                 let limits = CommandLimits {
                     timeout,
@@ -940,7 +971,7 @@ impl Agent {
         spec: CommandSpec,
         limits: CommandLimits,
         gpus: Vec<u32>,
-        progress_file: std::path::PathBuf,
+        progress_file: Option<std::path::PathBuf>,
     ) {
         let (stop_tx, stop_rx) = watch::channel(Stop::Run);
         self.running.insert(
@@ -949,7 +980,7 @@ impl Agent {
                 stop: stop_tx,
                 gpus,
                 started_at_ms: api::epoch_ms(),
-                progress: Progress::File(progress_file.clone()),
+                progress: progress_file.clone().map_or(Progress::None, Progress::File),
             },
         );
         let memory_mib = limits.memory_mib;
@@ -973,7 +1004,9 @@ impl Agent {
                 }
             });
             let outcome = executor::run_command(spec, &options, stop_rx, cgroup.as_ref()).await;
-            let _ = tokio::fs::remove_file(&progress_file).await;
+            if let Some(file) = &progress_file {
+                let _ = tokio::fs::remove_file(file).await;
+            }
             if let Some(cg) = cgroup {
                 let _ = tokio::task::spawn_blocking(move || cg.remove()).await;
             }
@@ -1377,7 +1410,12 @@ mod tests {
             },
             1,
         );
-        let file = std::env::temp_dir().join(format!("lqsm-progress-{}-1.json", a.job));
+        let file = agent
+            .scratch
+            .as_ref()
+            .unwrap()
+            .path()
+            .join(format!("progress-{}-1.json", a.job));
         agent.start(a);
         let deadline = Instant::now() + Duration::from_secs(10);
         let progress = loop {

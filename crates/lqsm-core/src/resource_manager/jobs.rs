@@ -490,6 +490,10 @@ impl ResourceManager {
         }
         if let Some(worker_key) = worker_key {
             self.release_on_worker(worker_key, key, &request);
+            // Room on this worker: the jobs pinned to it and held may fit now.
+            if !self.pinned_hold.is_empty() {
+                self.release_pinned(worker_id);
+            }
         }
         if let Some(Some(leaf)) = self.queues.get_mut(queue.0 as usize) {
             leaf.stats.run.record(now.since(scheduled_at));

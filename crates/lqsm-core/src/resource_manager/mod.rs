@@ -216,6 +216,10 @@ pub struct ResourceManager {
     pub(crate) progress: HashMap<JobKey, crate::jobs::Json>,
     /// Jobs pinned to each worker (a broadcast's), possibly ended or purged since.
     pub(crate) pinned_jobs: HashMap<WorkerId, Vec<JobKey>>,
+    /// Pinned jobs set aside until their worker can take them, by worker.
+    pub(crate) pinned_hold: HashMap<WorkerId, Vec<JobKey>>,
+    /// How many dependents of each job have not ended (it is kept while any has not).
+    pub(crate) open_children: HashMap<JobKey, u32>,
 }
 
 impl std::fmt::Debug for ResourceManager {
@@ -308,6 +312,8 @@ impl ResourceManager {
             ending_parents: false,
             progress: crate::hashing::map(seed),
             pinned_jobs: crate::hashing::map(seed),
+            pinned_hold: crate::hashing::map(seed),
+            open_children: crate::hashing::map(seed),
         })
     }
 
@@ -442,6 +448,46 @@ impl ResourceManager {
             if !leaf.attempts.contains(&(token, key)) {
                 return Err(format!("job {} not in its leaf's attempts", job.id));
             }
+        }
+        let mut open: std::collections::HashMap<JobKey, u32> = Default::default();
+        for (key, job) in &self.jobs {
+            if job.waiting == Waiting::PinnedHold {
+                let held = job
+                    .spec
+                    .pinned()
+                    .and_then(|w| self.pinned_hold.get(&w))
+                    .is_some_and(|h| h.contains(&key));
+                if !held || job.state != JobState::Pending {
+                    return Err(format!(
+                        "job {} is held for its worker but not in its hold",
+                        job.id
+                    ));
+                }
+            }
+            if job.state.is_terminal() {
+                continue;
+            }
+            for parent in job.spec.depends().iter().flat_map(|d| &d.parents) {
+                if let Some(p) = self.job_ids.get(parent) {
+                    *open.entry(*p).or_default() += 1;
+                }
+            }
+        }
+        for (parent, n) in &open {
+            if self.open_children.get(parent) != Some(n) {
+                return Err(format!(
+                    "job {} has {n} open dependents, counted {:?}",
+                    self.jobs[*parent].id,
+                    self.open_children.get(parent)
+                ));
+            }
+        }
+        if self.open_children.len() != open.len() {
+            return Err(format!(
+                "{} jobs counted with open dependents, {} have them",
+                self.open_children.len(),
+                open.len()
+            ));
         }
         for (key, worker) in &self.workers {
             let expected = by_worker.remove(&key).unwrap_or_default();

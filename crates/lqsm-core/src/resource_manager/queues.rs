@@ -703,7 +703,10 @@ impl ResourceManager {
         let reason = format!("queue {doomed_path} was deleted");
         let cancelled = doomed.len() as u64;
         for key in doomed {
-            self.cancel_key(key, &reason, now);
+            // Cancelling a parent may have cancelled this one as its dependent already.
+            if !self.jobs[key].state.is_terminal() {
+                self.cancel_key(key, &reason, now);
+            }
         }
         let parent = self.node(id).parent.expect("only root has no parent");
         self.remove_from_parent_set(id);

@@ -225,14 +225,13 @@ impl ResourceManager {
                 }
                 None => {
                     let request = job.spec.request.clone();
-                    let could_run = match pinned {
-                        Some(worker) => self.worker(worker).is_some_and(|w| {
-                            w.state == crate::workers::WorkerState::Active
-                                && request.fits_in(&w.capacity)
-                        }),
-                        None => self.could_ever_run(constraint, &request, &mut capable),
-                    };
-                    if !could_run {
+                    if let Some(worker) = pinned {
+                        // Its worker cannot take it now: it waits for that worker, not
+                        // in front of the rest of its leaf.
+                        self.hold_pinned(leaf, head, worker, now);
+                        continue;
+                    }
+                    if !self.could_ever_run(constraint, &request, &mut capable) {
                         self.park(leaf, head, now);
                         continue;
                     }
@@ -295,6 +294,45 @@ impl ResourceManager {
         node.parked.push(head);
         self.parked_leaves.insert(leaf);
         self.refresh_up(leaf);
+    }
+
+    /// Sets a pinned job aside until its worker frees resources or takes work again.
+    fn hold_pinned(
+        &mut self,
+        leaf: QueueId,
+        head: JobKey,
+        worker: crate::ids::WorkerId,
+        now: Timestamp,
+    ) {
+        if !self.released.is_empty() {
+            self.forget_rate_limited(head, now);
+        }
+        self.jobs[head].waiting = crate::jobs::Waiting::PinnedHold;
+        self.node_mut(leaf).ready.pop_head();
+        self.pinned_hold.entry(worker).or_default().push(head);
+        self.refresh_up(leaf);
+    }
+
+    /// Puts the jobs held for `worker` back at the front of their leaves, in the order
+    /// they had: the worker has room again, or takes work again.
+    pub(crate) fn release_pinned(&mut self, worker: crate::ids::WorkerId) {
+        let Some(held) = self.pinned_hold.remove(&worker) else {
+            return;
+        };
+        for key in held.into_iter().rev() {
+            let Some(job) = self.jobs.get_mut(key) else {
+                continue;
+            };
+            if job.waiting != crate::jobs::Waiting::PinnedHold {
+                continue;
+            }
+            job.waiting = crate::jobs::Waiting::Ready;
+            let (rank, leaf) = (job.rank, job.queue);
+            self.node_mut(leaf).ready.push_front(rank, key);
+            self.refresh_up(leaf);
+            self.head_changed(leaf);
+        }
+        self.dirty = true;
     }
 
     /// Guards against a placement policy choosing a worker that cannot take the job.

@@ -93,7 +93,16 @@ impl ResourceManager {
     pub(crate) fn purge(&mut self, key: JobKey) {
         let job = self.jobs.remove(key).expect("purged jobs exist");
         self.children.remove(&key);
+        self.open_children.remove(&key);
         self.progress.remove(&key);
+        if let Some(worker) = job.spec.pinned()
+            && let Some(pinned) = self.pinned_jobs.get_mut(&worker)
+        {
+            pinned.retain(|k| *k != key);
+            if pinned.is_empty() {
+                self.pinned_jobs.remove(&worker);
+            }
+        }
         self.job_ids.remove(&job.id);
         if let Some(k) = job.spec.idempotency_key() {
             self.idempotency.remove(&(job.queue, k.to_owned()));

@@ -153,6 +153,8 @@ impl ResourceManager {
     pub(crate) fn take_work(&mut self, key: WorkerKey) {
         let worker = &mut self.workers[key];
         self.index.upsert(key, worker);
+        let id = worker.id;
+        self.release_pinned(id);
         self.unpark_all();
         self.dirty = true;
     }

@@ -117,6 +117,7 @@ impl ResourceManager {
     fn parents_first(&self, nodes: &[SubmitRequest]) -> Result<Vec<usize>, WorkflowError> {
         let mut position = HashMap::with_capacity(nodes.len());
         let mut names = std::collections::HashSet::with_capacity(nodes.len());
+        let mut keys = std::collections::HashSet::new();
         for (index, node) in nodes.iter().enumerate() {
             let duplicate = |field: &str, reason: String| WorkflowError::Node {
                 index,
@@ -127,6 +128,14 @@ impl ResourceManager {
             };
             if position.insert(node.id, index).is_some() || self.job_ids.contains_key(&node.id) {
                 return Err(duplicate("id", format!("job id {} is taken", node.id)));
+            }
+            if let Some(key) = &node.idempotency_key
+                && !keys.insert((node.queue.as_str(), key.as_str()))
+            {
+                return Err(duplicate(
+                    "idempotency_key",
+                    format!("`{key}` is given to two nodes of queue `{}`", node.queue),
+                ));
             }
             if let Some(workflow) = &node.workflow
                 && !names.insert(workflow.name.as_str())
@@ -199,6 +208,7 @@ impl ResourceManager {
                 continue;
             };
             self.children.entry(parent_key).or_default().push(key);
+            *self.open_children.entry(parent_key).or_default() += 1;
             let state = self.jobs[parent_key].state;
             if !state.is_terminal() {
                 unmet += 1;
@@ -271,16 +281,26 @@ impl ResourceManager {
         }
     }
 
-    /// A dependent ended: each ended parent past its retention that was kept for it is
-    /// purged now unless another dependent still needs it.
+    /// A dependent ended: each of its parents counts one open dependent less, and one
+    /// past its retention that no dependent needs any more is purged now.
     fn parents_may_go(&mut self, key: JobKey, now: Timestamp) {
         let Some(depends) = self.jobs[key].spec.depends() else {
             return;
         };
-        for parent in &depends.parents {
-            let Some(&parent_key) = self.job_ids.get(parent) else {
+        let parents: Vec<JobKey> = depends
+            .parents
+            .iter()
+            .filter_map(|p| self.job_ids.get(p).copied())
+            .collect();
+        for parent_key in parents {
+            let Some(open) = self.open_children.get_mut(&parent_key) else {
                 continue;
             };
+            *open -= 1;
+            if *open > 0 {
+                continue;
+            }
+            self.open_children.remove(&parent_key);
             if self.jobs[parent_key]
                 .finished_at
                 .is_some_and(|f| f.after(self.config.retention) <= now)
@@ -293,11 +313,7 @@ impl ResourceManager {
     /// Whether a dependent of this job has not ended yet (then it is kept, past its
     /// retention if need be).
     pub(crate) fn needed_by_dependents(&self, key: JobKey) -> bool {
-        self.children.get(&key).is_some_and(|children| {
-            children
-                .iter()
-                .any(|c| self.jobs.get(*c).is_some_and(|j| !j.state.is_terminal()))
-        })
+        self.open_children.contains_key(&key)
     }
 
     /// After a restore: every job with parents is linked to them, and each pending one
@@ -316,9 +332,13 @@ impl ResourceManager {
                 .depends()
                 .map(|d| d.parents.clone())
                 .unwrap_or_default();
+            let open = !self.jobs[key].state.is_terminal();
             for parent in parents {
                 if let Some(&parent_key) = self.job_ids.get(&parent) {
                     self.children.entry(parent_key).or_default().push(key);
+                    if open {
+                        *self.open_children.entry(parent_key).or_default() += 1;
+                    }
                 }
             }
         }
@@ -485,14 +505,15 @@ impl ResourceManager {
             .collect())
     }
 
-    /// Cancels the unfinished jobs pinned to a worker that can no longer run them (lost,
-    /// or drained), saying why.
+    /// Cancels the unfinished jobs pinned to a worker that can no longer run them (it
+    /// was lost), saying why.
     pub(crate) fn cancel_pinned_to(
         &mut self,
         worker: crate::ids::WorkerId,
         why: &str,
         now: Timestamp,
     ) {
+        self.pinned_hold.remove(&worker);
         let Some(keys) = self.pinned_jobs.remove(&worker) else {
             return;
         };
