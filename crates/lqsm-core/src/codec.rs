@@ -1068,13 +1068,17 @@ mod tests {
         assert_eq!(decode_job(&bytes), Ok(record));
     }
 
+    fn from_hex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
     /// Records written by the releases that wrote format 2 still read, as they were.
     #[test]
     fn format_2_bytes_still_read() {
-        let bytes: Vec<u8> = (0..FULL_RECORD_FORMAT_2.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&FULL_RECORD_FORMAT_2[i..i + 2], 16).expect("hex"))
-            .collect();
+        let bytes = from_hex(FULL_RECORD_FORMAT_2);
         assert_eq!(format_of(&bytes), Ok(2));
         assert_eq!(decode_job(&bytes), Ok(full_record()));
     }
@@ -1101,10 +1105,7 @@ mod tests {
     /// Records written by the releases that wrote format 1 still read, as they were.
     #[test]
     fn format_1_bytes_still_read() {
-        let bytes: Vec<u8> = (0..FULL_RECORD_FORMAT_1.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&FULL_RECORD_FORMAT_1[i..i + 2], 16).expect("hex"))
-            .collect();
+        let bytes = from_hex(FULL_RECORD_FORMAT_1);
         assert_eq!(format_of(&bytes), Ok(1));
         assert_eq!(decode_job(&bytes), Ok(full_record_of_format_1()));
     }

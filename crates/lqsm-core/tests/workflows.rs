@@ -35,6 +35,15 @@ fn node(sim: &mut Sim, workflow: uuid::Uuid, name: &str, parents: &[JobId]) -> S
     req
 }
 
+/// Waiting for `parents` until they all succeed, receiving their results or not.
+fn waits_for(parents: Vec<JobId>, pass_results: bool) -> Option<Dependencies> {
+    Some(Dependencies {
+        parents,
+        run_when: RunWhen::AllSucceeded,
+        pass_results,
+    })
+}
+
 fn started(sim: &mut Sim, w: WorkerId) -> Vec<JobId> {
     sim.pass();
     sim.poll_running(w).iter().map(|a| a.job).collect()
@@ -160,11 +169,7 @@ fn a_graph_is_refused_whole_naming_the_node() {
     let a = node(&mut sim, wf, "a", &[]);
     let b = node(&mut sim, wf, "b", &[a.id]);
     let mut a_again = a.clone();
-    a_again.depends = Some(Dependencies {
-        parents: vec![b.id],
-        run_when: RunWhen::AllSucceeded,
-        pass_results: false,
-    });
+    a_again.depends = waits_for(vec![b.id], false);
     let err = sim
         .rm
         .submit_workflow(vec![a_again, b.clone()], sim.now)
@@ -207,11 +212,7 @@ fn a_job_may_wait_for_an_existing_job_even_one_already_ended() {
     let parent = sim.request("root.q", one_core());
     let parent_id = sim.submit(parent).unwrap().id();
     let mut child = sim.request("root.q", one_core());
-    child.depends = Some(Dependencies {
-        parents: vec![parent_id],
-        run_when: RunWhen::AllSucceeded,
-        pass_results: true,
-    });
+    child.depends = waits_for(vec![parent_id], true);
     let child_id = sim.submit(child).unwrap().id();
     assert_eq!(started(&mut sim, w), vec![parent_id]);
     sim.succeed(w, parent_id);
@@ -219,11 +220,7 @@ fn a_job_may_wait_for_an_existing_job_even_one_already_ended() {
     sim.succeed(w, child_id);
     // After a parent that already succeeded: ready at once.
     let mut late = sim.request("root.q", one_core());
-    late.depends = Some(Dependencies {
-        parents: vec![parent_id],
-        run_when: RunWhen::AllSucceeded,
-        pass_results: false,
-    });
+    late.depends = waits_for(vec![parent_id], false);
     let late_id = sim.submit(late).unwrap().id();
     assert_eq!(started(&mut sim, w), vec![late_id]);
     // After one that failed: cancelled at once, naming it.
@@ -231,11 +228,7 @@ fn a_job_may_wait_for_an_existing_job_even_one_already_ended() {
     let doomed_id = sim.submit(doomed).unwrap().id();
     sim.rm.cancel(doomed_id, "by hand", sim.now).unwrap();
     let mut after_doomed = sim.request("root.q", one_core());
-    after_doomed.depends = Some(Dependencies {
-        parents: vec![doomed_id],
-        run_when: RunWhen::AllSucceeded,
-        pass_results: false,
-    });
+    after_doomed.depends = waits_for(vec![doomed_id], false);
     let id = sim.submit(after_doomed).unwrap().id();
     assert_eq!(
         reason(&sim, id),
@@ -243,11 +236,7 @@ fn a_job_may_wait_for_an_existing_job_even_one_already_ended() {
     );
     // An unknown parent is refused, naming the field.
     let mut orphan = sim.request("root.q", one_core());
-    orphan.depends = Some(Dependencies {
-        parents: vec![support::job_id(424_242)],
-        run_when: RunWhen::AllSucceeded,
-        pass_results: false,
-    });
+    orphan.depends = waits_for(vec![support::job_id(424_242)], false);
     assert!(matches!(
         sim.submit(orphan),
         Err(SubmitError::InvalidField { field, .. }) if field == "after"
@@ -296,11 +285,7 @@ fn a_parent_is_kept_past_its_retention_while_a_dependent_waits() {
     let parent = sim.request("root.q", one_core());
     let parent_id = sim.submit(parent).unwrap().id();
     let mut child = sim.request("root.q", one_core());
-    child.depends = Some(Dependencies {
-        parents: vec![parent_id],
-        run_when: RunWhen::AllSucceeded,
-        pass_results: true,
-    });
+    child.depends = waits_for(vec![parent_id], true);
     // The child waits behind a delay far past the parent's retention.
     child.not_before = Some(sim.now.after(Duration::from_secs(600)));
     let child_id = sim.submit(child).unwrap().id();

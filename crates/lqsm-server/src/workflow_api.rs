@@ -200,6 +200,17 @@ async fn workflow_jobs(state: &AppState, id: Uuid) -> ApiResult<Vec<JobRead>> {
     Ok(jobs)
 }
 
+/// `check` once for each queue among `jobs` (a 403 from it stops at the first).
+fn for_each_queue(jobs: &[JobRead], mut check: impl FnMut(&str) -> ApiResult<()>) -> ApiResult<()> {
+    let mut checked = HashSet::new();
+    for job in jobs {
+        if checked.insert(job.queue.as_str()) {
+            check(job.queue.as_str())?;
+        }
+    }
+    Ok(())
+}
+
 /// Where a workflow is, from its jobs' states.
 pub fn workflow_state<'a>(states: impl IntoIterator<Item = &'a JobState>) -> api::WorkflowState {
     let (mut unfinished, mut failed, mut cancelled) = (false, false, false);
@@ -229,12 +240,7 @@ pub(crate) async fn get_workflow(
     let role = state.auth.role(&headers)?;
     let id = parse_workflow_id(&id)?;
     let jobs = workflow_jobs(&state, id).await?;
-    let mut checked = HashSet::new();
-    for job in &jobs {
-        if checked.insert(job.queue.as_str()) {
-            role.require_read(job.queue.as_str())?;
-        }
-    }
+    for_each_queue(&jobs, |queue| role.require_read(queue))?;
     let mut counts: BTreeMap<api::JobState, u64> = BTreeMap::new();
     for job in &jobs {
         *counts.entry(convert::job_state(job.state)).or_default() += 1;
@@ -261,12 +267,7 @@ pub(crate) async fn cancel_workflow(
     let caller = state.auth.caller(&headers)?;
     let id = parse_workflow_id(&id)?;
     let jobs = workflow_jobs(&state, id).await?;
-    let mut checked = HashSet::new();
-    for job in &jobs {
-        if checked.insert(job.queue.as_str()) {
-            caller.role.require_queue(job.queue.as_str())?;
-        }
-    }
+    for_each_queue(&jobs, |queue| caller.role.require_queue(queue))?;
     let selection = lqsm_core::JobSelection {
         tag: Some(WorkflowNode::tag_of(id)),
         ..lqsm_core::JobSelection::default()
