@@ -2,21 +2,25 @@
 # Workflows against their ceiling: three runs, each measurement on a fresh release
 # `lqsm standalone` (server and one worker in one process, embedded store, default
 # settings, empty data directory), no-op function jobs in root.default:
-#   chord     one workflow of CHORD-1 `lqsm.noop` members and one `lqsm.echo` callback
-#             after all of them with `pass_results` (CHORD nodes, at most 10,000: a
-#             workflow holds no more). Timed from sending the POST to the callback's
-#             end (`GET /v1/jobs/{id}/wait`); checks the callback got CHORD-1 inputs.
+#   chord     one workflow of CHORD `lqsm.noop` members and one `lqsm.echo` callback
+#             after all of them with `pass_results` (CHORD+1 nodes). Timed from sending
+#             the POST to the callback's end (`GET /v1/jobs/{id}/wait`); checks the
+#             callback got CHORD inputs.
 #   chord-id  one workflow (a group) of CHORD `lqsm.noop` members, then the callback as
-#             a single job (`POST /v1/jobs`) with `after` = their CHORD ids: the same
-#             chord with one member more, since the callback cannot join the workflow.
+#             a single job (`POST /v1/jobs`) with `after` = their CHORD ids.
 #   ceiling   the same CHORD+1 no-op jobs with no dependencies, `POST /v1/jobs/batch`
-#             (at most 10,000 a request), timed until all have succeeded.
+#             (at most 10,000 a request, so two), timed until the last has succeeded
+#             (its `finished_at_ms`, the server's clock, which is this machine's).
 #   chains    CHAINS workflows of LEN `lqsm.noop` nodes, each after the one before with
 #             `pass_results`, posted by THREADS client threads; jobs/s from the first
 #             POST to the last job's end.
-#   ceiling   the same CHAINS*LEN no-op jobs with no dependencies, in batches.
-# Prints every run, the medians and the ratios to the ceilings, the load average and
-# the cpu seconds the standalone process used per measurement. Build first:
+#   peer      the same CHAINS*LEN no-op jobs with no dependencies, posted the same way:
+#             CHAINS batch requests of LEN jobs by THREADS threads (what the requests
+#             cost, without the dependencies).
+#   ceiling   the same CHAINS*LEN jobs with no dependencies in one batch request.
+# Prints every run, the medians and the ratios (the workflow's time over the other's),
+# the load average and the cpu seconds the standalone process used per measurement.
+# Build first:
 #   CARGO_BUILD_JOBS=1 cargo build --release -p lqsm-cli
 # Usage: scripts/bench-workflows.sh [CHORD] [CHAINS] [LEN] [THREADS]
 #        (defaults 10000 1000 10 4; env PORT (7495), BIN (target/release/lqsm))
@@ -78,6 +82,16 @@ def until_ended(n, t0, deadline=300):
             sys.exit(f"not done after {deadline} s: {c}")
         time.sleep(0.01)
 
+def last_end(wall0):
+    """Seconds from wall0 (ms) to the last job's end, by the server's own timestamps."""
+    last, cursor = 0, ""
+    while True:
+        page = call("GET", f"/v1/jobs?queue={Q}&limit=1000" + cursor)[1]
+        last = max([last] + [j["finished_at_ms"] for j in page["jobs"]])
+        if not page.get("next_cursor"):
+            return (last - wall0) / 1000
+        cursor = "&cursor=" + page["next_cursor"]
+
 def attempt(view):
     return view["attempts"][-1] if view.get("attempts") else {}
 
@@ -120,16 +134,21 @@ def chord(members, by_id):
           f"{len(inputs)} inputs, {'inline' if size <= INLINE else 'by reference'} "
           f"({size} bytes of parents' results, {INLINE} inline at most)")
 
-def batch(n):
+def batch(n, size, threads):
+    """n independent jobs, `size` a request, posted by `threads` threads."""
     jobs = [{"queue": Q, "kind": NOOP} for _ in range(n)]
-    bodies = [json.dumps({"jobs": jobs[i:i + 10000]}).encode() for i in range(0, n, 10000)]
-    t0 = time.monotonic()
-    for body in bodies:
+    bodies = [json.dumps({"jobs": jobs[i:i + size]}).encode() for i in range(0, n, size)]
+    def post(body):
         status, answer = call("POST", "/v1/jobs/batch", body)
         assert status == 200, status
+    wall0, t0 = time.time() * 1000, time.monotonic()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(post, bodies))
     posted = time.monotonic() - t0
-    total = until_ended(n, t0)
-    print(f"{total:.3f} s ({n / total:.0f} jobs/s; {len(bodies)} requests posted in {posted:.3f} s)")
+    polled = until_ended(n, t0)
+    total = last_end(wall0)
+    print(f"{total:.3f} s ({n / total:.0f} jobs/s; {len(bodies)} requests posted in {posted:.3f} s; "
+          f"the last job ended at {total:.3f} s, seen by polling at {polled:.3f} s)")
 
 def chains(count, length, threads):
     bodies = []
@@ -138,15 +157,16 @@ def chains(count, length, threads):
         for i in range(1, length):
             nodes.append({"name": str(i), "queue": Q, "kind": NOOP, "after": [str(i - 1)], "pass_results": True})
         bodies.append(json.dumps({"nodes": nodes}).encode())
-    t0 = time.monotonic()
     def post(body):
         status, answer = call("POST", "/v1/workflows", body)
         assert status == 201, status
         return answer["id"]
+    wall0, t0 = time.time() * 1000, time.monotonic()
     with ThreadPoolExecutor(threads) as pool:
         ids = list(pool.map(post, bodies))
     posted = time.monotonic() - t0
-    total = until_ended(count * length, t0)
+    polled = until_ended(count * length, t0)
+    total = last_end(wall0)
     # Afterwards, untimed: the hop from one link's end to the next one's start, in 20 chains.
     hops = []
     for wf in ids[:: max(1, count // 20)]:
@@ -156,14 +176,14 @@ def chains(count, length, threads):
     hops.sort()
     print(f"{total:.3f} s ({count * length / total:.0f} jobs/s; {count} workflows posted in {posted:.3f} s; "
           f"hop from a link's end to the next one's start p50 {hops[len(hops) // 2]} ms, "
-          f"p90 {hops[len(hops) * 9 // 10]} ms, max {hops[-1]} ms)")
+          f"p90 {hops[len(hops) * 9 // 10]} ms, max {hops[-1]} ms; seen by polling at {polled:.3f} s)")
 
 if mode == "chord":
-    chord(int(sys.argv[3]) - 1, False)
+    chord(int(sys.argv[3]), False)
 elif mode == "chord-id":
     chord(int(sys.argv[3]), True)
 elif mode == "batch":
-    batch(int(sys.argv[3]))
+    batch(int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
 elif mode == "chains":
     chains(int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
 EOF
@@ -182,7 +202,10 @@ fresh() {
             echo "the standalone did not become ready:" >&2; cat "$DIR/standalone.log" >&2; exit 1
         fi
     done
-    until [ "$(curl -sf "$URL/v1/workers" | grep -c '"id"')" -ge 1 ]; do sleep 0.05; done
+    until [ "$(curl -sf "$URL/v1/workers" | grep -c '"id"')" -ge 1 ]; do
+        sleep 0.05; i=$((i + 1))
+        [ $i -gt 1200 ] && { echo "the standalone's worker did not register" >&2; exit 1; }
+    done
 }
 # measure NAME ARGS...: on a fresh standalone; prints the line, appends the seconds to NAME.
 measure() {
@@ -199,23 +222,27 @@ measure() {
 }
 median() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
 
-chord=(); chord_id=(); chord_ceiling=(); chains=(); chains_ceiling=()
+chord=(); chord_id=(); chord_ceiling=(); chains=(); chains_peer=(); chains_ceiling=()
+ratio() { printf '%.2f' "$(echo "scale=4; $1 / $2" | bc)"; }
 echo "lqsm $("$BIN" --version 2>/dev/null | head -1), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "chord $CHORD jobs, ceiling $((CHORD + 1)); chains $CHAINS x $LEN by $THREADS threads"
 for run in 1 2 3; do
     echo "run $run:"
     measure chord chord "$CHORD"
     measure chord_id chord-id "$CHORD"
-    measure chord_ceiling batch $((CHORD + 1))
+    measure chord_ceiling batch $((CHORD + 1)) 10000 1
     measure chains chains "$CHAINS" "$LEN" "$THREADS"
-    measure chains_ceiling batch $((CHAINS * LEN))
+    measure chains_peer batch $((CHAINS * LEN)) "$LEN" "$THREADS"
+    measure chains_ceiling batch $((CHAINS * LEN)) 10000 1
 done
 C=$(median "${chord[@]}"); CI=$(median "${chord_id[@]}"); CC=$(median "${chord_ceiling[@]}")
-H=$(median "${chains[@]}"); HC=$(median "${chains_ceiling[@]}")
-echo "medians:"
-echo "  chord ($CHORD jobs, one workflow):            $C s; ratio to the ceiling $(echo "scale=2; $C / $CC" | bc)"
-echo "  chord-id ($CHORD members + a callback by id): $CI s; ratio to the ceiling $(echo "scale=2; $CI / $CC" | bc)"
-echo "  ceiling ($((CHORD + 1)) independent jobs):        $CC s ($(echo "($CHORD + 1) / $CC" | bc) jobs/s)"
-echo "  chains ($CHAINS x $LEN):                        $H s ($(echo "$CHAINS * $LEN / $H" | bc) jobs/s); ratio to the ceiling (jobs/s) $(echo "scale=2; $HC / $H" | bc)"
-echo "  ceiling ($((CHAINS * LEN)) independent jobs):        $HC s ($(echo "$CHAINS * $LEN / $HC" | bc) jobs/s)"
+H=$(median "${chains[@]}"); HP=$(median "${chains_peer[@]}"); HC=$(median "${chains_ceiling[@]}")
+N=$((CHAINS * LEN))
+echo "medians (time; a ratio is the workflow's time over the other's):"
+echo "  chord, one workflow of $CHORD members + a callback: $C s; ratio to the ceiling $(ratio "$C" "$CC")"
+echo "  chord-id, $CHORD members + a callback by id:     $CI s; ratio to the ceiling $(ratio "$CI" "$CC")"
+echo "  ceiling, $((CHORD + 1)) independent jobs in batches of 10,000: $CC s ($(echo "($CHORD + 1) / $CC" | bc) jobs/s)"
+echo "  chains, $CHAINS workflows of $LEN:                 $H s ($(echo "$N / $H" | bc) jobs/s); ratio to the peer $(ratio "$H" "$HP"), to the ceiling $(ratio "$H" "$HC")"
+echo "  peer, $N independent jobs in $CHAINS batches of $LEN: $HP s ($(echo "$N / $HP" | bc) jobs/s)"
+echo "  ceiling, $N independent jobs in one batch:      $HC s ($(echo "$N / $HC" | bc) jobs/s)"
 echo "load average at the end $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -360,7 +360,7 @@ impl SubmitJob {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitWorkflow {
-    /// The jobs, each with a `name` (at most 10,000).
+    /// The jobs, each with a `name` (at most 20,000).
     pub nodes: Vec<SubmitJob>,
 }
 

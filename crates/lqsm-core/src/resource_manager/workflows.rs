@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use thiserror::Error;
 
 /// Most jobs one workflow may hold.
-pub const MAX_WORKFLOW_NODES: usize = 10_000;
+pub const MAX_WORKFLOW_NODES: usize = 20_000;
 
 /// Where a new dependent stands with its parents.
 pub(crate) enum Parents {
