@@ -67,6 +67,10 @@ const UPSERT_LOGS: &str = "
 INSERT INTO lqsm_logs (key, logs) SELECT * FROM unnest($1::uuid[], $2::bytea[])
 ON CONFLICT (key) DO UPDATE SET logs = excluded.logs";
 
+const UPSERT_RESULTS: &str = "
+INSERT INTO lqsm_results (key, result) SELECT * FROM unnest($1::uuid[], $2::bytea[])
+ON CONFLICT (key) DO UPDATE SET result = excluded.result";
+
 const UPSERT_QUEUES: &str = "
 INSERT INTO lqsm_queues (path, record) SELECT * FROM unnest($1::text[], $2::bytea[])
 ON CONFLICT (path) DO UPDATE SET record = excluded.record";
@@ -83,6 +87,8 @@ WITH tags AS (
     DELETE FROM lqsm_payloads WHERE key = ANY($1::uuid[])
 ), logs AS (
     DELETE FROM lqsm_logs WHERE key = ANY($1::uuid[])
+), results AS (
+    DELETE FROM lqsm_results WHERE key = ANY($1::uuid[])
 ), gone AS (
     DELETE FROM lqsm_jobs WHERE key = ANY($1::uuid[]) RETURNING queue, state
 )
@@ -112,6 +118,8 @@ struct Arrays<'a> {
     payloads: Vec<&'a [u8]>,
     log_keys: Vec<Uuid>,
     logs: Vec<&'a [u8]>,
+    result_keys: Vec<Uuid>,
+    results: Vec<&'a [u8]>,
     queue_paths: Vec<&'a str>,
     queue_records: Vec<&'a [u8]>,
     meta_names: Vec<&'a str>,
@@ -163,6 +171,13 @@ impl<'a> Arrays<'a> {
                 arrays.logs.push(log);
             }
         }
+        let mut seen: HashSet<&JobKey> = HashSet::with_capacity(batch.results.len());
+        for (key, result) in batch.results.iter().rev() {
+            if !deleted.contains(key) && seen.insert(key) {
+                arrays.result_keys.push(Uuid::from_bytes(*key));
+                arrays.results.push(result);
+            }
+        }
         let mut seen: HashSet<&str> = HashSet::with_capacity(batch.queues.len());
         for (path, record) in batch.queues.iter().rev() {
             if !deleted_queues.contains(path.as_str()) && seen.insert(path) {
@@ -190,13 +205,14 @@ pub(crate) fn commit(connection: &mut Connection, batch: &WriteBatch) -> Result<
     let lock_lease = connection
         .statement(crate::LOCK_LEASE)
         .map_err(sql("preparing the commit"))?;
-    let mut statements = Vec::with_capacity(10);
+    let mut statements = Vec::with_capacity(11);
     for text in [
         UPSERT_JOBS,
         DROP_STALE_TAGS,
         INSERT_TAGS,
         UPSERT_PAYLOADS,
         UPSERT_LOGS,
+        UPSERT_RESULTS,
         UPSERT_QUEUES,
         UPSERT_META,
         DELETE_JOBS,
@@ -215,13 +231,14 @@ pub(crate) fn commit(connection: &mut Connection, batch: &WriteBatch) -> Result<
         insert_tags,
         upsert_payloads,
         upsert_logs,
+        upsert_results,
         upsert_queues,
         upsert_meta,
         delete_jobs,
         delete_queues,
         delete_meta,
-    ] = <[postgres::Statement; 10]>::try_from(statements)
-        .expect("ten statements were prepared above");
+    ] = <[postgres::Statement; 11]>::try_from(statements)
+        .expect("eleven statements were prepared above");
 
     let mut tx = connection
         .client
@@ -259,6 +276,10 @@ pub(crate) fn commit(connection: &mut Connection, batch: &WriteBatch) -> Result<
     }
     if !arrays.log_keys.is_empty() {
         tx.execute(&upsert_logs, &[&arrays.log_keys, &arrays.logs])
+            .map_err(&writing)?;
+    }
+    if !arrays.result_keys.is_empty() {
+        tx.execute(&upsert_results, &[&arrays.result_keys, &arrays.results])
             .map_err(&writing)?;
     }
     if !arrays.queue_paths.is_empty() {

@@ -395,6 +395,26 @@ impl Store for PostgresStore {
         Ok(jobs.iter().map(|k| found.get(k).cloned()).collect())
     }
 
+    fn results(&self, jobs: &[JobKey]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<Uuid> = jobs.iter().map(|k| Uuid::from_bytes(*k)).collect();
+        let mut connection = self.connection()?;
+        let statement = connection
+            .statement("SELECT key, result FROM lqsm_results WHERE key = ANY($1)")
+            .map_err(sql("reading results"))?;
+        let rows = connection
+            .client
+            .query(&statement, &[&keys])
+            .map_err(sql("reading results"))?;
+        let mut found = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            found.insert(job_key(row, 0)?, column::<Vec<u8>>(row, 1)?);
+        }
+        Ok(jobs.iter().map(|k| found.get(k).cloned()).collect())
+    }
+
     fn logs(&self, job: &JobKey) -> Result<Option<Vec<u8>>, StoreError> {
         self.by_key(
             "SELECT logs FROM lqsm_logs WHERE key = $1",

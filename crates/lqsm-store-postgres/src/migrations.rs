@@ -80,10 +80,20 @@ CREATE TABLE lqsm_servers (
 );
 "#,
     },
+    Migration {
+        version: 3,
+        // Only adds a table: a server of an older version works on (it keeps no result
+        // apart, and leaves a deleted job's kept result behind, which costs only space).
+        compatible_from: 1,
+        description: "job results too large to keep in the server's memory",
+        sql: r#"
+CREATE TABLE lqsm_results (key uuid PRIMARY KEY, result bytea NOT NULL);
+"#,
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Brings the schema `schema` up to [`SCHEMA_VERSION`], or checks that a newer one is
 /// marked compatible with it.

@@ -377,10 +377,12 @@ fn leases_judged_by_the_database_clock_hold_against_another_server() {
 fn a_database_of_the_previous_schema_is_upgraded_keeping_its_data() {
     let schema = Schema::new();
     store_one_meta_value(&schema);
-    // Back to version 1: the servers table is the only thing version 2 added.
+    // Back to version 1: the servers table is the only thing version 2 added, the
+    // results table the only thing version 3 added.
     schema.execute(
         "DROP TABLE lqsm_servers;
-         DELETE FROM lqsm_schema_version WHERE version = 2",
+         DROP TABLE lqsm_results;
+         DELETE FROM lqsm_schema_version WHERE version IN (2, 3)",
     );
 
     let store = schema.open();
@@ -391,6 +393,12 @@ fn a_database_of_the_previous_schema_is_upgraded_keeping_its_data() {
         seen_at_ms: 1,
     };
     store.announce(&server).expect("version 2's table is there");
+    assert_eq!(
+        store
+            .results(&[[7; 16]])
+            .expect("version 3's table is there"),
+        vec![None]
+    );
 }
 
 #[test]

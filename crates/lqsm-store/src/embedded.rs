@@ -56,6 +56,7 @@ pub struct EmbeddedStore {
     jobs: Keyspace,
     payloads: Keyspace,
     logs: Keyspace,
+    results: Keyspace,
     queues: Keyspace,
     meta: Keyspace,
     by_queue: Keyspace,
@@ -109,6 +110,7 @@ impl EmbeddedStore {
             jobs,
             payloads: keyspace("payloads")?,
             logs: keyspace("logs")?,
+            results: keyspace("results")?,
             queues: keyspace("queues")?,
             meta: keyspace("meta")?,
             by_queue: keyspace("by_queue")?,
@@ -157,9 +159,9 @@ impl EmbeddedStore {
             budget -= 1;
             Ok(())
         };
-        // Deletions of jobs are three operations each (record, payload, logs); a job's
-        // index changes are about two more.
-        let operations = batch.len() + 2 * batch.deleted_jobs.len() + 2 * batch.jobs.len();
+        // Deletions of jobs are four operations each (record, payload, logs, result); a
+        // job's index changes are about two more.
+        let operations = batch.len() + 3 * batch.deleted_jobs.len() + 2 * batch.jobs.len();
         let mut writes = OwnedWriteBatch::with_capacity(self.db.clone(), operations)
             .durability(Some(PersistMode::SyncAll));
         // Writes first, deletions after: within a batch, deletion wins. Until `commit` below,
@@ -176,6 +178,10 @@ impl EmbeddedStore {
             step()?;
             writes.insert(&self.logs, key.as_slice(), log.as_slice());
         }
+        for (key, result) in &batch.results {
+            step()?;
+            writes.insert(&self.results, key.as_slice(), result.as_slice());
+        }
         for (path, record) in &batch.queues {
             step()?;
             writes.insert(&self.queues, path.as_bytes(), record.as_slice());
@@ -190,6 +196,7 @@ impl EmbeddedStore {
             writes.remove(&self.jobs, key);
             writes.remove(&self.payloads, key);
             writes.remove(&self.logs, key);
+            writes.remove(&self.results, key);
         }
         for path in &batch.deleted_queues {
             step()?;
@@ -539,6 +546,16 @@ impl Store for EmbeddedStore {
     fn logs(&self, job: &JobKey) -> Result<Option<Vec<u8>>, StoreError> {
         let found = self.logs.get(job).map_err(engine)?;
         Ok(found.map(|log| log.to_vec()))
+    }
+
+    fn results(&self, jobs: &[JobKey]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let snapshot = self.db.snapshot();
+        jobs.iter()
+            .map(|key| {
+                let found = snapshot.get(&self.results, key).map_err(engine)?;
+                Ok(found.map(|result| result.to_vec()))
+            })
+            .collect()
     }
 
     fn job(&self, key: &JobKey) -> Result<Option<Vec<u8>>, StoreError> {

@@ -283,6 +283,9 @@ pub struct WriteBatch {
     pub payloads: Vec<(JobKey, Vec<u8>)>,
     /// Captured output of jobs' attempts (what a worker uploaded), insert or overwrite.
     pub logs: Vec<(JobKey, Vec<u8>)>,
+    /// Results of jobs too large to keep in the server's memory (JSON text), insert or
+    /// overwrite; deleted with their job.
+    pub results: Vec<(JobKey, Vec<u8>)>,
     /// Jobs to delete (record, payload and logs), e.g. after retention.
     pub deleted_jobs: Vec<JobDeletion>,
     /// Queue records by queue path (e.g. "root.etl"), insert or overwrite.
@@ -311,6 +314,7 @@ impl WriteBatch {
         self.jobs.len()
             + self.payloads.len()
             + self.logs.len()
+            + self.results.len()
             + self.deleted_jobs.len()
             + self.queues.len()
             + self.deleted_queues.len()
@@ -362,6 +366,11 @@ impl WriteBatch {
         for (key, log) in &self.logs {
             value(log.len(), &|| format!("the logs of job {}", JobKeyHex(key)))?;
         }
+        for (key, result) in &self.results {
+            value(result.len(), &|| {
+                format!("the result of job {}", JobKeyHex(key))
+            })?;
+        }
         for (path, record) in &self.queues {
             name(path, "queue path")?;
             value(record.len(), &|| format!("the record of queue `{path}`"))?;
@@ -386,6 +395,7 @@ impl WriteBatch {
         self.jobs.clear();
         self.payloads.clear();
         self.logs.clear();
+        self.results.clear();
         self.deleted_jobs.clear();
         self.queues.clear();
         self.deleted_queues.clear();
@@ -537,6 +547,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// The logs stored for a job (None when it has none, or is gone).
     fn logs(&self, job: &JobKey) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// The results kept apart for these jobs (`WriteBatch::results`), in the same order
+    /// (None for a job without one).
+    fn results(&self, jobs: &[JobKey]) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
 
     /// One job's record (None when there is no such job).
     fn job(&self, key: &JobKey) -> Result<Option<Vec<u8>>, StoreError>;

@@ -54,6 +54,9 @@ impl<S: Store, G: Send + Sync + 'static> Store for Guarded<S, G> {
     fn logs(&self, job: &JobKey) -> Result<Option<Vec<u8>>, StoreError> {
         self.store.logs(job)
     }
+    fn results(&self, jobs: &[JobKey]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        self.store.results(jobs)
+    }
     fn job(&self, key: &JobKey) -> Result<Option<Vec<u8>>, StoreError> {
         self.store.job(key)
     }
@@ -100,6 +103,7 @@ pub struct Model {
     jobs: BTreeMap<JobKey, (Vec<u8>, JobIndex)>,
     payloads: BTreeMap<JobKey, Vec<u8>>,
     logs: BTreeMap<JobKey, Vec<u8>>,
+    results: BTreeMap<JobKey, Vec<u8>>,
     queues: BTreeMap<String, Vec<u8>>,
     meta: BTreeMap<String, Vec<u8>>,
 }
@@ -123,6 +127,9 @@ impl Model {
         for (key, log) in &batch.logs {
             self.logs.insert(*key, log.clone());
         }
+        for (key, result) in &batch.results {
+            self.results.insert(*key, result.clone());
+        }
         for (path, record) in &batch.queues {
             self.queues.insert(path.clone(), record.clone());
         }
@@ -133,6 +140,7 @@ impl Model {
             self.jobs.remove(&deletion.key);
             self.payloads.remove(&deletion.key);
             self.logs.remove(&deletion.key);
+            self.results.remove(&deletion.key);
         }
         for path in &batch.deleted_queues {
             self.queues.remove(path);
@@ -942,6 +950,43 @@ pub fn logs_are_overwritten_and_deleted_with_their_job<S: Store>(new_store: impl
     );
 }
 
+/// Results kept apart are stored per job, read many at once in the order asked, the
+/// last write wins, and they go with the job.
+pub fn results_are_read_in_order_and_deleted_with_their_job<S: Store>(new_store: impl Fn() -> S) {
+    let store = new_store();
+    let mut model = Model::new();
+    let mut batch = WriteBatch::new();
+    batch.jobs.push(job_write(1, record(1, 40)));
+    batch.jobs.push(job_write(2, record(2, 40)));
+    batch.results.push((job_key(1), br#"{"rows":1}"#.to_vec()));
+    batch.results.push((job_key(2), vec![b'7'; 300_000]));
+    commit(&store, &mut model, &batch);
+    let mut batch = WriteBatch::new();
+    batch.results.push((job_key(1), br#"{"rows":2}"#.to_vec()));
+    commit(&store, &mut model, &batch);
+    let keys = [job_key(2), job_key(3), job_key(1)];
+    let got = store
+        .results(&keys)
+        .unwrap_or_else(|e| panic!("results failed: {e}"));
+    let expected: Vec<_> = keys.iter().map(|k| model.results.get(k).cloned()).collect();
+    assert_eq!(got, expected);
+    assert_eq!(got[2].as_deref(), Some(&br#"{"rows":2}"#[..]));
+    let mut batch = WriteBatch::new();
+    batch.deleted_jobs.push(deletion(1));
+    commit(&store, &mut model, &batch);
+    let got = store
+        .results(&[job_key(1), job_key(2)])
+        .unwrap_or_else(|e| panic!("results failed: {e}"));
+    assert_eq!(got[0], None, "a deleted job keeps no result");
+    assert_eq!(got[1].as_ref().map(Vec::len), Some(300_000));
+    assert!(
+        store
+            .results(&[])
+            .unwrap_or_else(|e| panic!("results of nothing failed: {e}"))
+            .is_empty()
+    );
+}
+
 /// Reads follow every change: a job whose state or tags change moves between listings and
 /// counts, a deleted job leaves every listing, the count of an emptied group goes away.
 pub fn reads_follow_changes_and_deletions<S: Store>(new_store: impl Fn() -> S) {
@@ -1351,6 +1396,11 @@ macro_rules! store_testsuite {
         fn concurrent_commits_all_land() {
             $crate::testsuite::concurrent_commits_all_land($new_store);
         }
+        #[test]
+        fn results_are_read_in_order_and_deleted_with_their_job() {
+            $crate::testsuite::results_are_read_in_order_and_deleted_with_their_job($new_store);
+        }
+
         #[test]
         fn logs_are_overwritten_and_deleted_with_their_job() {
             $crate::testsuite::logs_are_overwritten_and_deleted_with_their_job($new_store);
