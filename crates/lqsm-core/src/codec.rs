@@ -17,7 +17,8 @@
 //!   jobs the job waits for (its parents in order, when it may run, whether it receives
 //!   their results), the workflow it belongs to (the workflow's id, the node's name), its
 //!   soft timeout, the worker it is pinned to (a broadcast's job) and the progress it last
-//!   reported; and one more attempt outcome (`retry_requested`, a countdown and a message).
+//!   reported; one more attempt outcome (`retry_requested`, a countdown and a message); and
+//!   one more termination (`succeeded` with its result kept apart in the store).
 //!
 //! A record whose format is newer than [`CURRENT_FORMAT`] is refused with
 //! [`CodecError::NewerFormat`]: it is not damaged, it was written by a newer LQSM.
@@ -502,6 +503,10 @@ fn put_termination(out: &mut Vec<u8>, termination: &Termination) {
             put_str(out, reason);
         }
         Termination::Expired => out.push(3),
+        Termination::SucceededStored { exit_code } => {
+            out.push(4);
+            put_exit_code(out, *exit_code);
+        }
     }
 }
 
@@ -781,6 +786,9 @@ impl<'a> Reader<'a> {
                 reason: self.string()?,
             },
             3 => Termination::Expired,
+            4 => Termination::SucceededStored {
+                exit_code: self.exit_code()?,
+            },
             other => return Err(corrupt(format!("termination {other}"))),
         })
     }
@@ -1090,6 +1098,9 @@ mod tests {
             countdown: Some(Duration::from_secs(30)),
             message: "the API is busy".into(),
         });
+        assert_eq!(decode_job(&encode_job(&record)), Ok(record.clone()));
+        // A result kept apart in the store leaves only its mark in the record.
+        record.termination = Some(Termination::SucceededStored { exit_code: Some(0) });
         assert_eq!(decode_job(&encode_job(&record)), Ok(record));
     }
 

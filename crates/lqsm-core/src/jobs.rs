@@ -803,6 +803,12 @@ pub enum Termination {
     },
     /// Expired before it could start.
     Expired,
+    /// Succeeded with a result too large to hold in memory: the shell keeps it in its
+    /// store (read back with the job) and the core only knows that there is one.
+    SucceededStored {
+        /// The command's exit code.
+        exit_code: Option<i32>,
+    },
 }
 
 /// A job as the core holds it.
@@ -925,6 +931,12 @@ pub enum ReportedResult {
     },
     /// The worker killed it at its timeout.
     TimedOut,
+    /// It succeeded with a result the shell keeps in its store, too large for memory.
+    SucceededStored {
+        /// The command's exit code.
+        #[serde(default)]
+        exit_code: Option<i32>,
+    },
     /// The job asked to be run again (not a failure; it uses an attempt).
     Retry {
         /// How long to wait first; the retry policy's backoff when absent.

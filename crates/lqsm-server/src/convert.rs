@@ -488,6 +488,8 @@ pub fn job_view(job: &core::JobRecord, queue: &str, now: Timestamp) -> api::JobV
             )
         }
         Some(core::Termination::Cancelled { reason }) => (None, None, Some(reason.clone())),
+        // Its result could not be read back from the store.
+        Some(core::Termination::SucceededStored { exit_code }) => (None, *exit_code, None),
         Some(core::Termination::Expired) => {
             (None, None, Some("not started before it expired".into()))
         }

@@ -1210,22 +1210,44 @@ async fn poll_worker(
 ) -> ApiResult<Json<api::PollResponse>> {
     state.auth.role(&headers)?.require_worker()?;
     let id = parse_worker_id(&id)?;
+    // A result larger than the inline limit is kept in the store, not in memory: the
+    // core is told there is one, the store gets its text with the report's batch.
+    let mut results = Vec::new();
+    let finished = poll
+        .finished
+        .iter()
+        .map(|f| {
+            let mut result = convert::reported(&f.result);
+            if let lqsm_core::ReportedResult::Succeeded {
+                result: Some(value),
+                exit_code,
+            } = &result
+                && value.as_str().len() > state.limits.inline_payload_bytes
+            {
+                results.push((
+                    JobId(f.job),
+                    lqsm_core::FencingToken(f.token),
+                    value.as_str().as_bytes().to_vec(),
+                ));
+                result = lqsm_core::ReportedResult::SucceededStored {
+                    exit_code: *exit_code,
+                };
+            }
+            lqsm_core::AttemptReport {
+                job: JobId(f.job),
+                token: lqsm_core::FencingToken(f.token),
+                result,
+                started_at: f.started_at_ms.map(lqsm_core::Timestamp),
+            }
+        })
+        .collect();
     let core_poll = WorkerPoll {
         running: poll
             .running
             .iter()
             .map(|r| (JobId(r.job), lqsm_core::FencingToken(r.token)))
             .collect(),
-        finished: poll
-            .finished
-            .iter()
-            .map(|f| lqsm_core::AttemptReport {
-                job: JobId(f.job),
-                token: lqsm_core::FencingToken(f.token),
-                result: convert::reported(&f.result),
-                started_at: f.started_at_ms.map(lqsm_core::Timestamp),
-            })
-            .collect(),
+        finished,
         acked: poll.ack,
         progress: Vec::new(),
     };
@@ -1270,9 +1292,10 @@ async fn poll_worker(
             ))
         })
         .collect();
+    let uploads = crate::resource_manager::Uploads { logs, results };
     let dispatch = state
         .scheduler
-        .poll(id, core_poll, logs, Duration::from_millis(poll.wait_ms))
+        .poll(id, core_poll, uploads, Duration::from_millis(poll.wait_ms))
         .await??;
     Ok(Json(convert::poll_response(dispatch)))
 }

@@ -56,6 +56,17 @@ pub enum ScheduleOp {
     Delete(String),
 }
 
+/// What a worker's poll uploads with the attempts it reports finished, each named by job
+/// and attempt: their output, and the results too large to keep in memory. Kept only for
+/// reports the core accepts.
+#[derive(Debug, Default)]
+pub struct Uploads {
+    /// Captured output.
+    pub logs: Vec<(JobId, FencingToken, Vec<u8>)>,
+    /// Results (JSON text) the core was told are kept apart (`SucceededStored`).
+    pub results: Vec<(JobId, FencingToken, Vec<u8>)>,
+}
+
 /// What the store keeps a schedule under, in the named values.
 pub const SCHEDULE_PREFIX: &str = "schedule/";
 
@@ -120,6 +131,8 @@ fn inputs_of(rm: &ResourceManager, job: &lqsm_core::Job) -> Option<Inputs> {
                 result: Some(result),
                 ..
             }) => result.clone(),
+            // Kept in the store, not in memory: the worker reads them there.
+            Some(lqsm_core::Termination::SucceededStored { .. }) => return Some(Inputs::Elsewhere),
             _ => lqsm_core::jobs::Json::null(),
         };
         size += result.as_str().len();
@@ -178,7 +191,7 @@ enum Command {
     Poll {
         worker: WorkerId,
         poll: WorkerPoll,
-        logs: Vec<(JobId, FencingToken, Vec<u8>)>,
+        logs: crate::resource_manager::Uploads,
         wait: Duration,
         reply: oneshot::Sender<Result<Dispatch, WorkerError>>,
     },
@@ -389,7 +402,7 @@ impl Runtime {
         &self,
         worker: WorkerId,
         poll: WorkerPoll,
-        logs: Vec<(JobId, FencingToken, Vec<u8>)>,
+        logs: crate::resource_manager::Uploads,
         wait: Duration,
     ) -> Result<Result<Dispatch, WorkerError>, SchedulerError> {
         self.call(|reply| Command::Poll {
@@ -707,6 +720,7 @@ impl Actor {
         let mut job_waits = Vec::new();
         let mut payloads = Vec::new();
         let mut job_logs = Vec::new();
+        let mut job_results = Vec::new();
         for cmd in batch {
             match cmd {
                 Command::Submit { jobs, reply } => {
@@ -841,9 +855,15 @@ impl Actor {
                         Ok(outcome) => {
                             job_logs.extend(
                                 outcome
-                                    .accepted_logs(logs)
+                                    .accepted_logs(logs.logs)
                                     .into_iter()
                                     .map(|(job, log)| (*job.0.as_bytes(), log)),
+                            );
+                            job_results.extend(
+                                outcome
+                                    .accepted_logs(logs.results)
+                                    .into_iter()
+                                    .map(|(job, result)| (*job.0.as_bytes(), result)),
                             );
                             self.waiting_polls.insert(ticket, reply);
                         }
@@ -863,6 +883,7 @@ impl Actor {
         let mut write = write_batch(&mut self.rm, &effects, self.epoch);
         write.payloads = payloads;
         write.logs = job_logs;
+        write.results = job_results;
         // Whether each awaited job is finished is decided now, by the state this batch
         // makes durable (the next batch may already be applied when this one lands).
         let job_waits = job_waits

@@ -12,8 +12,8 @@ use crate::resource_manager::{Dispatch, QueueOp, Runtime, ScheduleOp};
 use crate::view::{ClusterView, Published};
 use lqsm_core::schedules::{ScheduleError, ScheduleRecord};
 use lqsm_core::{
-    FencingToken, JobError, JobId, JobRecord, JobState, QueueError, SubmitError, SubmitRequest,
-    Submitted, WorkerError, WorkerId, WorkerPoll, WorkerRegistration, codec,
+    JobError, JobId, JobRecord, JobState, QueueError, SubmitError, SubmitRequest, Submitted,
+    WorkerError, WorkerId, WorkerPoll, WorkerRegistration, codec,
 };
 use lqsm_store::{JobFilter, JobKey, JobQuery, Order, Store};
 use std::collections::BTreeMap;
@@ -118,7 +118,7 @@ pub trait Scheduler: Send + Sync + 'static {
         &self,
         worker: WorkerId,
         poll: WorkerPoll,
-        logs: Vec<(JobId, FencingToken, Vec<u8>)>,
+        logs: crate::resource_manager::Uploads,
         wait: Duration,
     ) -> Answer<'_, Result<Dispatch, WorkerError>>;
     /// Returns when the job is finished, or `wait` has passed.
@@ -286,6 +286,18 @@ fn decode(store: &dyn Store, key: &JobKey, bytes: &[u8]) -> Result<JobRead, Sche
     {
         record.spec.kind = kind;
     }
+    // A result kept apart is read back, so every reader sees the job as it ended.
+    if let Some(lqsm_core::Termination::SucceededStored { exit_code }) = record.termination
+        && let Ok(found) = store.results(&[*key])
+        && let Some(Some(bytes)) = found.into_iter().next()
+        && let Ok(text) = String::from_utf8(bytes)
+        && let Ok(result) = lqsm_core::jobs::Json::parse(&text)
+    {
+        record.termination = Some(lqsm_core::Termination::Succeeded {
+            result: Some(result),
+            exit_code,
+        });
+    }
     Ok(record)
 }
 
@@ -351,7 +363,7 @@ impl Scheduler for InProcess {
         &self,
         worker: WorkerId,
         poll: WorkerPoll,
-        logs: Vec<(JobId, FencingToken, Vec<u8>)>,
+        logs: crate::resource_manager::Uploads,
         wait: Duration,
     ) -> Answer<'_, Result<Dispatch, WorkerError>> {
         Box::pin(self.runtime.poll(worker, poll, logs, wait))
@@ -474,7 +486,7 @@ impl Scheduler for Follower {
         &self,
         _worker: WorkerId,
         _poll: WorkerPoll,
-        _logs: Vec<(JobId, FencingToken, Vec<u8>)>,
+        _logs: crate::resource_manager::Uploads,
         _wait: Duration,
     ) -> Answer<'_, Result<Dispatch, WorkerError>> {
         not_leader()
@@ -731,7 +743,7 @@ impl Scheduler for Switch {
         &self,
         worker: WorkerId,
         poll: WorkerPoll,
-        logs: Vec<(JobId, FencingToken, Vec<u8>)>,
+        logs: crate::resource_manager::Uploads,
         wait: Duration,
     ) -> Answer<'_, Result<Dispatch, WorkerError>> {
         forward!(self.poll(worker, poll, logs, wait))

@@ -279,3 +279,31 @@ queues = ["root.etl"]
     let id = etl.submit(&waits_for_ours);
     assert_eq!(etl.job(id).after, [ours]);
 }
+
+#[test]
+fn a_large_result_is_kept_in_the_store_and_reaches_readers_and_dependents() {
+    let mut server = BlockingTestServer::start();
+    let api = server.api();
+    let chain = lqsm_client::chain([node("big", "wf.big", 1), node("after", "wf.big", 2)]);
+    let submitted: api::WorkflowSubmitted = api.post("/v1/workflows", &chain).expect(201);
+    let mut worker = SimWorker::register(&api, "wf.big");
+    let first = worker.next_assignment();
+    // Far over the server's inline limit (1 KiB): kept apart, not in memory.
+    let big = json!({"rows": "x".repeat(200 * 1024)});
+    let answer = worker.succeed(&first, big.clone());
+    let second = handed(&mut worker, answer);
+    assert_eq!(second.job, submitted.nodes[1].id);
+    // The dependent reads it from the store, not from its assignment.
+    assert!(second.inputs.is_none());
+    let inputs: api::JobInputs = api
+        .get(second.inputs_path.as_deref().expect("by reference"))
+        .expect(200);
+    assert_eq!(inputs.inputs, vec![big.clone()]);
+    assert_eq!(api.job(first.job).result, Some(big.clone()));
+    // Across a restart too.
+    server.restart();
+    let api = server.api();
+    assert_eq!(api.job(first.job).result, Some(big.clone()));
+    let view = workflow(&api, submitted.id);
+    assert_eq!(view.nodes[0].result, Some(big));
+}

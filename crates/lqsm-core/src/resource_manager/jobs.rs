@@ -401,7 +401,9 @@ impl ResourceManager {
         let job = &mut self.jobs[key];
         debug_assert!(!job.state.is_terminal() && !job.state.is_active());
         let state = match &termination {
-            Termination::Succeeded { .. } => JobState::Succeeded,
+            Termination::Succeeded { .. } | Termination::SucceededStored { .. } => {
+                JobState::Succeeded
+            }
             Termination::Failed { .. } => JobState::Failed,
             Termination::Cancelled { .. } => JobState::Cancelled,
             Termination::Expired => JobState::Expired,

@@ -340,6 +340,20 @@ impl ResourceManager {
                 self.fail_attempt(key, outcome, None, now);
             }
             ReportedResult::TimedOut => self.fail_attempt(key, AttemptOutcome::TimedOut, None, now),
+            ReportedResult::SucceededStored { exit_code } => {
+                let outcome = AttemptOutcome::Succeeded {
+                    result: None,
+                    exit_code: *exit_code,
+                };
+                self.end_attempt(key, outcome, None, now);
+                self.terminate(
+                    key,
+                    Termination::SucceededStored {
+                        exit_code: *exit_code,
+                    },
+                    now,
+                );
+            }
             ReportedResult::Retry { countdown, message } => {
                 let outcome = AttemptOutcome::RetryRequested {
                     countdown: *countdown,
