@@ -91,6 +91,10 @@ pub struct SubmitArgs {
     /// worker, together a workflow (`lqsm workflow get ID`).
     #[arg(long, conflicts_with = "count")]
     broadcast: bool,
+    /// With --broadcast: also run it on each matching worker that registers later, until
+    /// --expires passes or the broadcast is cancelled (`lqsm workflow cancel ID`).
+    #[arg(long, requires = "broadcast")]
+    new_workers: bool,
 }
 
 fn parse_instant(text: &str) -> Result<u64, String> {
@@ -173,7 +177,7 @@ pub async fn submit(client: &Client, args: &SubmitArgs, output: Output) -> anyho
     let job = args.job()?;
     anyhow::ensure!(args.count >= 1, "--count must be at least 1");
     if args.broadcast {
-        let submitted = client.broadcast(&job).await?;
+        let submitted = client.broadcast(&job, args.new_workers).await?;
         if !args.wait {
             let mut human = format!(
                 "broadcast {} on {} workers\n",

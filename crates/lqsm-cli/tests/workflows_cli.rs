@@ -136,3 +136,31 @@ fn a_broadcast_runs_once_on_every_worker() {
         ran.stderr
     );
 }
+
+#[test]
+fn a_broadcast_open_to_new_workers_reaches_one_that_joins_later() {
+    let mut c = Cluster::start(&[], &[("w1", 1)]);
+    c.eventually("one worker", || (c.cli.workers().len() == 1).then_some(()));
+    let submitted: api::WorkflowSubmitted =
+        c.cli
+            .json(&["submit", "--broadcast", "--new-workers", "--", "true"]);
+    assert_eq!(submitted.nodes.len(), 1);
+    c.add_worker("w2", 1);
+    let id = submitted.id.to_string();
+    let view = c.eventually("the broadcast to reach the new worker and end", || {
+        let view: api::WorkflowView = c.cli.json(&["workflow", "get", &id]);
+        (view.nodes.len() == 2 && view.state == api::WorkflowState::Succeeded).then_some(view)
+    });
+    let mut on: Vec<_> = view.nodes.iter().filter_map(|n| n.pinned_worker).collect();
+    on.sort();
+    on.dedup();
+    assert_eq!(on.len(), 2);
+    // Cancelled, it reaches no one else.
+    let _: api::CancelledJobs = c.cli.json(&["workflow", "cancel", &id]);
+    c.add_worker("w3", 1);
+    c.eventually("three workers", || {
+        (c.cli.workers().len() == 3).then_some(())
+    });
+    let view: api::WorkflowView = c.cli.json(&["workflow", "get", &id]);
+    assert_eq!(view.nodes.len(), 2);
+}

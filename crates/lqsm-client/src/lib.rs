@@ -321,12 +321,19 @@ impl Client {
     }
 
     /// Runs a job once on every active worker that matches it (`POST /v1/broadcasts`):
-    /// one job per worker, together a workflow (read it with [`Client::workflow`]).
+    /// one job per worker, together a workflow (read it with [`Client::workflow`]). With
+    /// `new_workers`, also on each matching worker that registers later, until the job's
+    /// expiry or a cancel of the broadcast.
     pub async fn broadcast(
         &self,
         job: &api::SubmitJob,
+        new_workers: bool,
     ) -> Result<api::WorkflowSubmitted, ClientError> {
-        let req = self.request(Method::POST, &["v1", "broadcasts"]).json(job);
+        let mut url = self.url(&["v1", "broadcasts"]);
+        if new_workers {
+            url.query_pairs_mut().append_pair("new_workers", "true");
+        }
+        let req = self.request_url(Method::POST, url).json(job);
         self.send(req, "a broadcast answer").await
     }
 

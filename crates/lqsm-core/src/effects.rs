@@ -38,6 +38,9 @@ pub enum Record {
     Schedule(String),
     /// A schedule was deleted (by name).
     ScheduleDeleted(String),
+    /// A broadcast open to workers that join later was opened, reached a new worker or
+    /// was closed (by id; closed when [`ResourceManager::open_broadcast`](crate::ResourceManager::open_broadcast) no longer has it).
+    Broadcast(uuid::Uuid),
 }
 
 /// Why an attempt must be stopped on its worker.

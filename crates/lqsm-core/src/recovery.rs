@@ -81,6 +81,8 @@ pub struct RestoreInput {
     pub next_token: u64,
     /// Every stored schedule, in any order.
     pub schedules: Vec<crate::schedules::ScheduleRecord>,
+    /// Every stored open broadcast, in any order.
+    pub broadcasts: Vec<crate::resource_manager::OpenBroadcast>,
 }
 
 /// A store whose records cannot be rebuilt into a consistent state.
@@ -279,6 +281,9 @@ impl ResourceManager {
             let name = schedule.spec.name.clone();
             rm.restore_schedule(schedule)
                 .map_err(|error| RestoreError::Schedule { name, error })?;
+        }
+        for broadcast in input.broadcasts {
+            rm.restore_broadcast(broadcast);
         }
         rm.keys_stale = true;
         rm.dirty = true;

@@ -285,6 +285,7 @@ fn restart(sim: &mut Sim, after: Duration, grace: Duration) -> Sim {
         jobs: serde_json::from_str(&serde_json::to_string(&jobs).unwrap()).unwrap(),
         next_token: sim.rm.next_token(),
         schedules: Vec::new(),
+        broadcasts: Vec::new(),
     };
     let mut next = Sim::new(sim.rm.config().clone());
     // Ids keep growing across the restart, as UUIDv7s do.

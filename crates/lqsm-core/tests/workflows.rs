@@ -682,3 +682,59 @@ fn two_nodes_may_not_share_an_idempotency_key() {
     assert_eq!(err.index(), Some(1));
     assert!(err.to_string().contains("idempotency_key"), "{err}");
 }
+
+#[test]
+fn a_broadcast_open_to_new_workers_reaches_them_once_until_cancelled() {
+    let mut sim = Sim::new(Config::default());
+    sim.queue("root.q", 100.0, 100.0);
+    let first = sim.worker("first", 4, 4000);
+    let template = sim.request("root.q", one_core());
+    let id = uuid::Uuid::from_u128(700);
+    let jobs = sim.rm.broadcast(template, id, true, sim.now).unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert!(sim.rm.open_broadcast(id).is_some());
+    // A worker that joins later gets its job; registering again gets no second one.
+    let late = sim.worker("late", 4, 4000);
+    let tag = WorkflowNode::tag_of(id);
+    let count = |sim: &Sim| {
+        sim.rm
+            .jobs()
+            .filter(|j| j.spec.tags().contains(&tag))
+            .count()
+    };
+    assert_eq!(count(&sim), 2);
+    sim.worker_back(late, 4);
+    assert_eq!(count(&sim), 2);
+    sim.pass();
+    let got: Vec<JobId> = sim.poll_running(late).iter().map(|a| a.job).collect();
+    assert_eq!(got.len(), 1);
+    assert_eq!(sim.rm.job(got[0]).unwrap().spec.pinned(), Some(late));
+    sim.check();
+    // Across a restart it stays open, and remembers whom it reached.
+    let (rm, _) = ResourceManager::restore(
+        Config::default(),
+        Policies::default(),
+        3,
+        sim.stored(None),
+        sim.now,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    sim.rm = rm;
+    sim.worker_back(first, 4);
+    sim.worker_back(late, 4);
+    assert_eq!(count(&sim), 2);
+    let third = sim.worker("third", 4, 4000);
+    assert_eq!(count(&sim), 3);
+    // Cancelling it closes it.
+    let selection = JobSelection {
+        tag: Some(tag.clone()),
+        ..JobSelection::default()
+    };
+    sim.rm.cancel_selected(&selection, "done", sim.now).unwrap();
+    assert!(sim.rm.open_broadcast(id).is_none());
+    sim.worker("fourth", 4, 4000);
+    assert_eq!(count(&sim), 3);
+    let _ = third;
+    sim.check();
+}

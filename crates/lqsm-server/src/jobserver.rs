@@ -1450,7 +1450,7 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 }
 
 /// A query-string error, naming the parameter when the message does.
-fn query_error(e: &axum::extract::rejection::QueryRejection) -> ApiError {
+pub(crate) fn query_error(e: &axum::extract::rejection::QueryRejection) -> ApiError {
     let text = e.body_text();
     let message = text
         .trim_start_matches("Failed to deserialize query string: ")

@@ -140,11 +140,24 @@ pub fn restore_and_check(
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let broadcasts = snapshot
+            .meta
+            .iter()
+            .filter(|(k, _)| k.starts_with(resource_manager::BROADCAST_PREFIX))
+            .map(|(k, v)| {
+                serde_json::from_slice(v).map_err(|e| {
+                    ServerError::Store(lqsm_store::StoreError::Corrupt {
+                        what: format!("the stored broadcast `{k}`: {e}"),
+                    })
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let input = RestoreInput {
             queues,
             jobs,
             next_token,
             schedules,
+            broadcasts,
         };
         let grace = Duration::from_millis(config.scheduler.reclaim_grace_ms);
         let (rm, report) = ResourceManager::restore(

@@ -70,6 +70,9 @@ pub struct Uploads {
 /// What the store keeps a schedule under, in the named values.
 pub const SCHEDULE_PREFIX: &str = "schedule/";
 
+/// What the store keeps an open broadcast under, in the named values.
+pub const BROADCAST_PREFIX: &str = "broadcast/";
+
 /// What a poll gets back, in the core's terms (the JobServer renders it for the wire).
 #[derive(Debug, Default)]
 pub struct Dispatch {
@@ -157,6 +160,7 @@ enum Command {
     SubmitBroadcast {
         template: (SubmitRequest, Option<Vec<u8>>),
         id: uuid::Uuid,
+        new_workers: bool,
         reply: oneshot::Sender<Result<Vec<lqsm_core::BroadcastJob>, lqsm_core::WorkflowError>>,
     },
     SubmitWorkflow {
@@ -305,11 +309,13 @@ impl Runtime {
         &self,
         template: (SubmitRequest, Option<Vec<u8>>),
         id: uuid::Uuid,
+        new_workers: bool,
     ) -> Result<Result<Vec<lqsm_core::BroadcastJob>, lqsm_core::WorkflowError>, SchedulerError>
     {
         self.call(|reply| Command::SubmitBroadcast {
             template,
             id,
+            new_workers,
             reply,
         })
         .await
@@ -470,6 +476,8 @@ pub fn write_batch(rm: &mut ResourceManager, effects: &Effects, epoch: Epoch) ->
     };
     let mut seen = HashSet::new();
     let mut seen_queues = HashSet::new();
+    let mut broadcasts: std::collections::BTreeMap<uuid::Uuid, Option<Vec<u8>>> =
+        std::collections::BTreeMap::new();
     let mut schedules: std::collections::BTreeMap<String, Option<Vec<u8>>> =
         std::collections::BTreeMap::new();
     for record in &effects.records {
@@ -515,6 +523,20 @@ pub fn write_batch(rm: &mut ResourceManager, effects: &Effects, epoch: Epoch) ->
                     .and_then(|record| serde_json::to_vec(record).ok());
                 schedules.insert(name.clone(), state);
             }
+            // Written as it is at the end of the batch, or deleted once closed.
+            Record::Broadcast(id) => {
+                let state = rm
+                    .open_broadcast(*id)
+                    .and_then(|open| serde_json::to_vec(open).ok());
+                broadcasts.insert(*id, state);
+            }
+        }
+    }
+    for (id, state) in broadcasts {
+        let key = format!("{BROADCAST_PREFIX}{id}");
+        match state {
+            Some(bytes) => batch.meta.push((key, bytes)),
+            None => batch.deleted_meta.push(key),
         }
     }
     for (name, state) in schedules {
@@ -739,9 +761,10 @@ impl Actor {
                 Command::SubmitBroadcast {
                     template: (template, payload),
                     id,
+                    new_workers,
                     reply,
                 } => {
-                    let result = self.rm.submit_broadcast(template, id, now);
+                    let result = self.rm.broadcast(template, id, new_workers, now);
                     if let (Ok(jobs), Some(bytes)) = (&result, payload) {
                         payloads.extend(jobs.iter().map(|b| (*b.job.0.as_bytes(), bytes.clone())));
                     }

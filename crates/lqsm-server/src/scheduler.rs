@@ -90,6 +90,7 @@ pub trait Scheduler: Send + Sync + 'static {
         &self,
         template: (SubmitRequest, Option<Vec<u8>>),
         id: uuid::Uuid,
+        new_workers: bool,
     ) -> Answer<'_, Result<Vec<lqsm_core::BroadcastJob>, lqsm_core::WorkflowError>>;
     /// Cancels a job.
     fn cancel(&self, id: JobId, reason: String) -> Answer<'_, Result<(), JobError>>;
@@ -320,8 +321,9 @@ impl Scheduler for InProcess {
         &self,
         template: (SubmitRequest, Option<Vec<u8>>),
         id: uuid::Uuid,
+        new_workers: bool,
     ) -> Answer<'_, Result<Vec<lqsm_core::BroadcastJob>, lqsm_core::WorkflowError>> {
-        Box::pin(self.runtime.submit_broadcast(template, id))
+        Box::pin(self.runtime.submit_broadcast(template, id, new_workers))
     }
 
     fn cancel(&self, id: JobId, reason: String) -> Answer<'_, Result<(), JobError>> {
@@ -451,6 +453,7 @@ impl Scheduler for Follower {
         &self,
         _template: (SubmitRequest, Option<Vec<u8>>),
         _id: uuid::Uuid,
+        _new_workers: bool,
     ) -> Answer<'_, Result<Vec<lqsm_core::BroadcastJob>, lqsm_core::WorkflowError>> {
         not_leader()
     }
@@ -708,8 +711,9 @@ impl Scheduler for Switch {
         &self,
         template: (SubmitRequest, Option<Vec<u8>>),
         id: uuid::Uuid,
+        new_workers: bool,
     ) -> Answer<'_, Result<Vec<lqsm_core::BroadcastJob>, lqsm_core::WorkflowError>> {
-        forward!(self.submit_broadcast(template, id))
+        forward!(self.submit_broadcast(template, id, new_workers))
     }
     fn cancel(&self, id: JobId, reason: String) -> Answer<'_, Result<(), JobError>> {
         forward!(self.cancel(id, reason))

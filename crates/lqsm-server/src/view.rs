@@ -206,7 +206,7 @@ impl ViewBuilder {
                     removed.push(path);
                 }
                 Record::Worker(_) => workers_changed = true,
-                Record::Schedule(_) | Record::ScheduleDeleted(_) => {}
+                Record::Schedule(_) | Record::ScheduleDeleted(_) | Record::Broadcast(_) => {}
             }
         }
         for id in job_queues {

@@ -9,7 +9,8 @@ use crate::jobserver::{ApiJson, AppState, check_parents_readable, offload, prepa
 use crate::resource_manager::wall_clock;
 use crate::scheduler::{JobListing, JobRead};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use lqsm_api as api;
 use lqsm_core::{JobId, JobState, MAX_WORKFLOW_NODES, WorkflowError, WorkflowNode};
@@ -113,14 +114,26 @@ pub(crate) async fn submit_workflow(
     ))
 }
 
-#[utoipa::path(post, path = "/v1/broadcasts", request_body = api::SubmitJob,
+/// Options of `POST /v1/broadcasts`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BroadcastQuery {
+    /// Also run the job on each matching worker that registers later, until the job's
+    /// `expires_at_ms` or a cancel of the broadcast (default false).
+    new_workers: Option<bool>,
+}
+
+#[utoipa::path(post, path = "/v1/broadcasts", request_body = api::SubmitJob, params(BroadcastQuery),
     responses((status = 201, description = "one job per matching active worker, as a workflow", body = api::WorkflowSubmitted), (status = "4XX", body = api::ErrorBody)))]
 pub(crate) async fn submit_broadcast(
     State(state): State<AppState>,
     headers: HeaderMap,
+    query: Result<Query<BroadcastQuery>, QueryRejection>,
     ApiJson(job): ApiJson<api::SubmitJob>,
 ) -> ApiResult<(StatusCode, Json<api::WorkflowSubmitted>)> {
     let caller = state.auth.caller(&headers)?;
+    let Query(query) = query.map_err(|e| crate::jobserver::query_error(&e))?;
+    let new_workers = query.new_workers.unwrap_or(false);
     for (field, set) in [
         ("id", job.id.is_some()),
         ("name", job.name.is_some()),
@@ -139,9 +152,18 @@ pub(crate) async fn submit_broadcast(
     let (req, size) = prepare_request(&state, &caller, "", &job, wall_clock())?;
     let id = Uuid::now_v7();
     let template = offload(req, size, state.limits.inline_payload_bytes);
+    if new_workers && template.1.is_some() {
+        return Err(ApiError::invalid_field(
+            "kind",
+            format!(
+                "a broadcast open to new workers keeps its job in memory: its kind must be at most {} bytes (limits.inline_payload_bytes)",
+                state.limits.inline_payload_bytes
+            ),
+        ));
+    }
     let jobs = state
         .scheduler
-        .submit_broadcast(template, id)
+        .submit_broadcast(template, id, new_workers)
         .await?
         .map_err(|e| match e {
             // The template is the request's only job: its fields are the request's.

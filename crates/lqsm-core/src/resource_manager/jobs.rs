@@ -351,6 +351,15 @@ impl ResourceManager {
             })
             .map(|(key, _)| key)
             .collect();
+        // Cancelling a broadcast closes it to workers that join later.
+        if let Some(id) = selection
+            .tag
+            .as_deref()
+            .and_then(|t| t.strip_prefix(crate::jobs::WORKFLOW_TAG_PREFIX))
+            .and_then(|id| uuid::Uuid::parse_str(id).ok())
+        {
+            self.close_broadcast(id);
+        }
         let mut ids = Vec::with_capacity(keys.len());
         for key in keys {
             ids.push(self.jobs[key].id);

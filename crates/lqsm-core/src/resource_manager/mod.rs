@@ -26,7 +26,7 @@ pub use crate::effects::{RefusalReason, RefusedReport};
 pub use jobs::{JobError, JobSelection, SelectionError, Submitted};
 pub use queues::QueueView;
 pub use workers::{PollOutcome, WorkerError, WorkerPoll};
-pub use workflows::{BroadcastJob, MAX_WORKFLOW_NODES, WorkflowError};
+pub use workflows::{BroadcastJob, MAX_WORKFLOW_NODES, OpenBroadcast, WorkflowError};
 
 use crate::effects::Effects;
 use crate::hashing::HashMap;
@@ -220,6 +220,8 @@ pub struct ResourceManager {
     pub(crate) pinned_hold: HashMap<WorkerId, Vec<JobKey>>,
     /// How many dependents of each job have not ended (it is kept while any has not).
     pub(crate) open_children: HashMap<JobKey, u32>,
+    /// Broadcasts that also reach workers registering later, by id.
+    pub(crate) open_broadcasts: BTreeMap<uuid::Uuid, workflows::OpenBroadcast>,
 }
 
 impl std::fmt::Debug for ResourceManager {
@@ -314,6 +316,7 @@ impl ResourceManager {
             pinned_jobs: crate::hashing::map(seed),
             pinned_hold: crate::hashing::map(seed),
             open_children: crate::hashing::map(seed),
+            open_broadcasts: BTreeMap::new(),
         })
     }
 

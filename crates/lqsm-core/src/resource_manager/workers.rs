@@ -138,6 +138,7 @@ impl ResourceManager {
         if !self.unclaimed.contains_key(&reg.id) {
             self.take_work(key);
         }
+        self.join_open_broadcasts(key, now);
         self.arm_heartbeat(key);
         self.effects.records.push(Record::Worker(reg.id));
         self.keys_stale = true;

@@ -405,6 +405,20 @@ fn cycle_through(
     }
 }
 
+/// A broadcast that also reaches workers registering after it: what it runs, until when,
+/// and the workers it has reached.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OpenBroadcast {
+    /// Its id (its workflow's).
+    pub id: uuid::Uuid,
+    /// The job it runs on each worker (its id and pin are each job's own).
+    pub template: SubmitRequest,
+    /// Open until then (the template's expiry); until cancelled when `None`.
+    pub until: Option<Timestamp>,
+    /// The workers it has reached.
+    pub workers: std::collections::BTreeSet<crate::ids::WorkerId>,
+}
+
 /// A broadcast's job on one worker.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BroadcastJob {
@@ -443,6 +457,20 @@ impl ResourceManager {
         broadcast: uuid::Uuid,
         now: Timestamp,
     ) -> Result<Vec<BroadcastJob>, WorkflowError> {
+        self.broadcast(template, broadcast, false, now)
+    }
+
+    /// [`Self::submit_broadcast`], and with `new_workers` also one job on each matching
+    /// worker that registers afterwards, until the template's expiry or a cancel of the
+    /// broadcast.
+    pub fn broadcast(
+        &mut self,
+        template: SubmitRequest,
+        broadcast: uuid::Uuid,
+        new_workers: bool,
+        now: Timestamp,
+    ) -> Result<Vec<BroadcastJob>, WorkflowError> {
+        let kept = new_workers.then(|| template.clone());
         let node_error = |error| WorkflowError::Node { index: 0, error };
         template.validate().map_err(node_error)?;
         let constraint = self
@@ -498,11 +526,117 @@ impl ResourceManager {
             .map(|w| (w.id, broadcast_node_name(w)))
             .collect();
         let ids = self.submit_workflow(nodes, now)?;
+        if let Some(template) = kept {
+            self.open_broadcasts.insert(
+                broadcast,
+                OpenBroadcast {
+                    id: broadcast,
+                    until: template.expires_at,
+                    template,
+                    workers: targets.iter().map(|(w, _)| *w).collect(),
+                },
+            );
+            self.effects
+                .records
+                .push(crate::effects::Record::Broadcast(broadcast));
+        }
         Ok(targets
             .into_iter()
             .zip(ids)
             .map(|((worker, name), job)| BroadcastJob { worker, name, job })
             .collect())
+    }
+
+    /// The open broadcast of this id, if it is open.
+    pub fn open_broadcast(&self, id: uuid::Uuid) -> Option<&OpenBroadcast> {
+        self.open_broadcasts.get(&id)
+    }
+
+    /// Every open broadcast, by id.
+    pub fn open_broadcasts(&self) -> impl Iterator<Item = &OpenBroadcast> {
+        self.open_broadcasts.values()
+    }
+
+    /// Puts a stored open broadcast back.
+    pub(crate) fn restore_broadcast(&mut self, broadcast: OpenBroadcast) {
+        self.open_broadcasts.insert(broadcast.id, broadcast);
+    }
+
+    /// Closes broadcast `id` to workers that join later (its cancel).
+    pub(crate) fn close_broadcast(&mut self, id: uuid::Uuid) {
+        if self.open_broadcasts.remove(&id).is_some() {
+            self.effects
+                .records
+                .push(crate::effects::Record::Broadcast(id));
+        }
+    }
+
+    /// A worker registered: each open broadcast it matches and has not reached yet gives
+    /// it its job; those past their expiry close.
+    pub(crate) fn join_open_broadcasts(
+        &mut self,
+        worker: crate::workers::WorkerKey,
+        now: Timestamp,
+    ) {
+        if self.open_broadcasts.is_empty() {
+            return;
+        }
+        let expired: Vec<uuid::Uuid> = self
+            .open_broadcasts
+            .values()
+            .filter(|b| b.until.is_some_and(|t| t <= now))
+            .map(|b| b.id)
+            .collect();
+        for id in expired {
+            self.close_broadcast(id);
+        }
+        let w = &self.workers[worker];
+        let (worker_id, class, capacity, name) =
+            (w.id, w.class, w.capacity.clone(), broadcast_node_name(w));
+        let due: Vec<OpenBroadcast> = self
+            .open_broadcasts
+            .values()
+            .filter(|b| !b.workers.contains(&worker_id))
+            .cloned()
+            .collect();
+        for open in due {
+            let template = &open.template;
+            let constraint = self
+                .index
+                .constraint_for(&template.selector, template.kind.handler());
+            let request = template.request.clone().or_else(|| {
+                let queue = self.lookup_queue(&template.queue).ok()?;
+                let defaults = &self.node(queue).config.defaults;
+                Some(if template.kind.handler().is_some() {
+                    defaults.function_request.clone()
+                } else {
+                    defaults.request.clone()
+                })
+            });
+            if !self.index.class_accepts(class, constraint)
+                || request.is_none_or(|r| !r.fits_in(&capacity))
+            {
+                continue;
+            }
+            let mut node = open.template.clone();
+            node.id = broadcast_job_id(open.id, worker_id, now);
+            node.pinned = Some(worker_id);
+            node.workflow = Some(WorkflowNode {
+                workflow: open.id,
+                name: name.clone(),
+            });
+            // A queue stopped or full since refuses it, as it would a submission: this
+            // worker is then left out, and the broadcast stays open to others.
+            if let Ok(super::jobs::Checked::New(job)) = self.check_submission(node, now, 0) {
+                self.insert_job(*job, now);
+                if let Some(b) = self.open_broadcasts.get_mut(&open.id) {
+                    b.workers.insert(worker_id);
+                }
+                self.effects
+                    .records
+                    .push(crate::effects::Record::Broadcast(open.id));
+            }
+        }
     }
 
     /// Cancels the unfinished jobs pinned to a worker that can no longer run them (it

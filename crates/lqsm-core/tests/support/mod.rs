@@ -152,6 +152,7 @@ impl Sim {
                 .collect(),
             next_token: self.rm.next_token(),
             schedules: self.rm.schedules().cloned().collect(),
+            broadcasts: self.rm.open_broadcasts().cloned().collect(),
         }
     }
 
