@@ -667,3 +667,50 @@ fn a_workflow_runs_through_a_failover_each_node_once_and_in_order() {
         .expect(200);
     assert_eq!(view.state, api::WorkflowState::Succeeded);
 }
+
+#[test]
+fn a_broadcast_open_to_new_workers_stays_open_across_a_failover() {
+    let mut servers = Servers::start(2);
+    let (leader, _) = servers.wait_for_leader(Duration::from_secs(30));
+    servers.start_worker("bc-w1");
+    eventually_within("the first worker", Duration::from_secs(30), || {
+        let reply = servers.server(leader).api().try_get("/v1/workers").ok()?;
+        (reply.status == 200 && reply.json::<Vec<api::WorkerView>>().len() == 1).then_some(())
+    });
+    let job = api::SubmitJob::new(
+        "root.default",
+        api::JobKind::Command {
+            argv: vec!["true".into()],
+            env: Default::default(),
+            cwd: None,
+        },
+    );
+    let submitted: api::WorkflowSubmitted = servers
+        .server(1 - leader)
+        .api()
+        .post("/v1/broadcasts?new_workers=true", &job)
+        .expect(201);
+    assert_eq!(submitted.nodes.len(), 1);
+    servers.servers[leader].as_mut().unwrap().kill_9();
+    servers.servers[leader] = None;
+    let (new_leader, _) = servers.wait_for_leader(Duration::from_secs(30));
+    servers.start_worker("bc-w2");
+    let view = eventually_explained(
+        "the broadcast to reach the worker that joined after the failover",
+        Duration::from_secs(60),
+        || servers.logs(),
+        || {
+            let reply = servers
+                .server(new_leader)
+                .api()
+                .try_get(&format!("/v1/workflows/{}", submitted.id))
+                .ok()?;
+            let view: api::WorkflowView = (reply.status == 200).then(|| reply.json())?;
+            (view.nodes.len() == 2 && view.state == api::WorkflowState::Succeeded).then_some(view)
+        },
+    );
+    let mut on: Vec<Uuid> = view.nodes.iter().filter_map(|n| n.pinned_worker).collect();
+    on.sort();
+    on.dedup();
+    assert_eq!(on.len(), 2, "one job on each worker");
+}
