@@ -33,6 +33,8 @@ pub(crate) enum Timer {
     GiveBack(HoldKey),
     /// A schedule may be due to fire.
     Schedule(ScheduleKey),
+    /// An open broadcast may have reached its end (`OpenBroadcast::until`).
+    BroadcastUntil(uuid::Uuid),
 }
 
 #[derive(Debug)]

@@ -738,3 +738,65 @@ fn a_broadcast_open_to_new_workers_reaches_them_once_until_cancelled() {
     let _ = third;
     sim.check();
 }
+
+#[test]
+fn a_pinned_job_whose_worker_no_longer_matches_or_was_lost_is_cancelled_saying_so() {
+    let mut sim = Sim::new(Config::default());
+    sim.queue("root.q", 100.0, 100.0);
+    let w = sim.worker_with("w", Resources::cores(1, 1000), &[("zone", "a")]);
+    let filler = sim.request("root.q", one_core());
+    let filler = sim.submit(filler).unwrap().id();
+    sim.pass();
+    sim.poll_running(w);
+    let mut template = sim.request("root.q", one_core());
+    template.selector = [("zone".to_string(), "a".to_string())].into();
+    let jobs = sim
+        .rm
+        .submit_broadcast(template, uuid::Uuid::from_u128(800), sim.now)
+        .unwrap();
+    sim.pass();
+    sim.check();
+    // The worker comes back with other labels: its held job can never run there.
+    sim.rm
+        .register_worker(
+            WorkerRegistration {
+                id: w,
+                name: "w".into(),
+                capacity: Resources::cores(1, 1000),
+                labels: [("zone".to_string(), "b".to_string())].into(),
+                serves_commands: true,
+                handlers: ["*".to_string()].into(),
+            },
+            sim.now,
+        )
+        .unwrap();
+    sim.pass();
+    assert_eq!(
+        reason(&sim, jobs[0].job),
+        "its worker w no longer matches it"
+    );
+    let _ = filler;
+    sim.check();
+}
+
+#[test]
+fn an_open_broadcast_closes_at_its_expiry_and_with_its_queue() {
+    let mut sim = Sim::new(Config::default());
+    sim.queue("root.q", 100.0, 100.0);
+    sim.queue("root.r", 0.0, 100.0);
+    sim.worker("w", 4, 4000);
+    let mut template = sim.request("root.q", one_core());
+    template.expires_at = Some(sim.now.after(Duration::from_secs(60)));
+    let expiring = uuid::Uuid::from_u128(801);
+    sim.rm.broadcast(template, expiring, true, sim.now).unwrap();
+    let in_r = sim.request("root.r", one_core());
+    let doomed = uuid::Uuid::from_u128(802);
+    sim.rm.broadcast(in_r, doomed, true, sim.now).unwrap();
+    sim.advance(Duration::from_secs(61));
+    sim.pass();
+    assert!(sim.rm.open_broadcast(expiring).is_none());
+    assert!(sim.rm.open_broadcast(doomed).is_some());
+    sim.rm.delete_queue("root.r", true, sim.now).unwrap();
+    assert!(sim.rm.open_broadcast(doomed).is_none());
+    sim.check();
+}

@@ -1213,9 +1213,13 @@ async fn poll_worker(
     // A result larger than the inline limit is kept in the store, not in memory: the
     // core is told there is one, the store gets its text with the report's batch.
     let mut results = Vec::new();
+    // A report sent twice in one poll counts once (the second would be refused as stale
+    // and take the first's uploads with it).
+    let mut seen = std::collections::HashSet::new();
     let finished = poll
         .finished
         .iter()
+        .filter(|f| seen.insert((f.job, f.token)))
         .map(|f| {
             let mut result = convert::reported(&f.result);
             if let lqsm_core::ReportedResult::Succeeded {

@@ -210,15 +210,30 @@ impl StoreReads {
 
     fn jobs_by_id(&self, ids: Vec<JobId>) -> Answer<'_, Vec<Option<JobRead>>> {
         Box::pin(self.blocking(move |store| {
-            ids.iter()
-                .map(|id| {
-                    let key = *id.0.as_bytes();
-                    match store.job(&key).map_err(read_error)? {
-                        Some(bytes) => decode(store, &key, &bytes).map(Some),
-                        None => Ok(None),
-                    }
-                })
-                .collect()
+            let mut found = Vec::with_capacity(ids.len());
+            let mut keys = Vec::with_capacity(ids.len());
+            let mut records = Vec::with_capacity(ids.len());
+            for id in &ids {
+                let key = *id.0.as_bytes();
+                let Some(bytes) = store.job(&key).map_err(read_error)? else {
+                    found.push(None);
+                    continue;
+                };
+                let record = codec::decode_job(&bytes).map_err(|e| {
+                    SchedulerError::Read(format!("job {} cannot be decoded: {e}", id.0))
+                })?;
+                found.push(Some(records.len()));
+                keys.push(key);
+                records.push(record);
+            }
+            // The results kept apart, read in one call for them all (a chord's
+            // callback reads thousands).
+            fill_results(store, &keys, &mut records)?;
+            let mut records: Vec<Option<JobRead>> = records.into_iter().map(Some).collect();
+            Ok(found
+                .into_iter()
+                .map(|at| at.and_then(|i| records[i].take()))
+                .collect())
         }))
     }
 
@@ -287,19 +302,53 @@ fn decode(store: &dyn Store, key: &JobKey, bytes: &[u8]) -> Result<JobRead, Sche
     {
         record.spec.kind = kind;
     }
-    // A result kept apart is read back, so every reader sees the job as it ended.
-    if let Some(lqsm_core::Termination::SucceededStored { exit_code }) = record.termination
-        && let Ok(found) = store.results(&[*key])
-        && let Some(Some(bytes)) = found.into_iter().next()
-        && let Ok(text) = String::from_utf8(bytes)
-        && let Ok(result) = lqsm_core::jobs::Json::parse(&text)
-    {
-        record.termination = Some(lqsm_core::Termination::Succeeded {
-            result: Some(result),
-            exit_code,
-        });
-    }
+    let mut records = [record];
+    fill_results(store, &[*key], &mut records)?;
+    let [record] = records;
     Ok(record)
+}
+
+/// Puts back the results kept apart from the records (`SucceededStored`), read in one
+/// call, so every reader sees each job as it ended. A result that cannot be read is an
+/// error, never a silent `null` (a dependent would run on it).
+fn fill_results(
+    store: &dyn Store,
+    keys: &[JobKey],
+    records: &mut [JobRead],
+) -> Result<(), SchedulerError> {
+    let stored: Vec<usize> = records
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| {
+            matches!(
+                r.termination,
+                Some(lqsm_core::Termination::SucceededStored { .. })
+            )
+        })
+        .map(|(i, _)| i)
+        .collect();
+    if stored.is_empty() {
+        return Ok(());
+    }
+    let wanted: Vec<JobKey> = stored.iter().map(|i| keys[*i]).collect();
+    let found = store.results(&wanted).map_err(read_error)?;
+    for (i, bytes) in stored.into_iter().zip(found) {
+        let id = uuid::Uuid::from_bytes(keys[i]);
+        let result = bytes
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|text| lqsm_core::jobs::Json::parse(&text).ok())
+            .ok_or_else(|| {
+                SchedulerError::Read(format!("the kept result of job {id} is missing or damaged"))
+            })?;
+        if let Some(lqsm_core::Termination::SucceededStored { exit_code }) = records[i].termination
+        {
+            records[i].termination = Some(lqsm_core::Termination::Succeeded {
+                result: Some(result),
+                exit_code,
+            });
+        }
+    }
+    Ok(())
 }
 
 impl Scheduler for InProcess {

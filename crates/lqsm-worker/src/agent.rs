@@ -119,7 +119,8 @@ impl Progress {
                 use std::os::unix::fs::OpenOptionsExt;
                 let file = std::fs::OpenOptions::new()
                     .read(true)
-                    .custom_flags(nix::libc::O_NOFOLLOW)
+                    // Never through a link, and never waiting on a pipe put there.
+                    .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
                     .open(path)
                     .ok()?;
                 let mut bytes = Vec::with_capacity(256);

@@ -351,12 +351,14 @@ impl ResourceManager {
             })
             .map(|(key, _)| key)
             .collect();
-        // Cancelling a broadcast closes it to workers that join later.
-        if let Some(id) = selection
-            .tag
-            .as_deref()
-            .and_then(|t| t.strip_prefix(crate::jobs::WORKFLOW_TAG_PREFIX))
-            .and_then(|id| uuid::Uuid::parse_str(id).ok())
+        // Cancelling a broadcast (its tag alone) closes it to workers that join later.
+        if selection.queue.is_none()
+            && selection.state.is_none()
+            && let Some(id) = selection
+                .tag
+                .as_deref()
+                .and_then(|t| t.strip_prefix(crate::jobs::WORKFLOW_TAG_PREFIX))
+                .and_then(|id| uuid::Uuid::parse_str(id).ok())
         {
             self.close_broadcast(id);
         }

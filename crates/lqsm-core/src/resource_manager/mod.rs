@@ -460,7 +460,12 @@ impl ResourceManager {
                     .pinned()
                     .and_then(|w| self.pinned_hold.get(&w))
                     .is_some_and(|h| h.contains(&key));
-                if !held || job.state != JobState::Pending {
+                let worker_lost = job
+                    .spec
+                    .pinned()
+                    .and_then(|w| self.worker(w))
+                    .is_some_and(|w| w.state == crate::workers::WorkerState::Lost);
+                if !held || job.state != JobState::Pending || worker_lost {
                     return Err(format!(
                         "job {} is held for its worker but not in its hold",
                         job.id

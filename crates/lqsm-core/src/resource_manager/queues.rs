@@ -701,6 +701,7 @@ impl ResourceManager {
             .map(|(key, _)| key)
             .collect();
         let reason = format!("queue {doomed_path} was deleted");
+        self.close_broadcasts_into(&doomed_path);
         let cancelled = doomed.len() as u64;
         for key in doomed {
             // Cancelling a parent may have cancelled this one as its dependent already.

@@ -177,6 +177,13 @@ impl ResourceManager {
                     continue;
                 }
             }
+            // A pinned job that can never run on its worker goes now, whatever else.
+            if let Some(worker) = self.jobs[head].spec.pinned()
+                && let Err(reason) = self.pinned_verdict(worker, head)
+            {
+                self.cancel_key(head, &reason, now);
+                continue;
+            }
             let job = &self.jobs[head];
             let constraint = job.constraint;
             if let Some(capped) = self.ceiling_hit(leaf, &job.spec.request) {
@@ -294,6 +301,25 @@ impl ResourceManager {
         node.parked.push(head);
         self.parked_leaves.insert(leaf);
         self.refresh_up(leaf);
+    }
+
+    /// Whether a pinned job its worker cannot take now may still run there one day:
+    /// `Err` with the reason to cancel it when its worker was lost, or no longer matches
+    /// it. A worker not registered (yet) after a restart is waited for.
+    fn pinned_verdict(&self, worker: crate::ids::WorkerId, job: JobKey) -> Result<(), String> {
+        let Some(w) = self.worker(worker) else {
+            return Ok(());
+        };
+        if w.state == crate::workers::WorkerState::Lost {
+            return Err(format!("its worker {} was lost", w.name));
+        }
+        let job = &self.jobs[job];
+        if !self.index.class_accepts(w.class, job.constraint)
+            || !job.spec.request.fits_in(&w.capacity)
+        {
+            return Err(format!("its worker {} no longer matches it", w.name));
+        }
+        Ok(())
     }
 
     /// Sets a pinned job aside until its worker frees resources or takes work again.

@@ -82,6 +82,15 @@ impl ResourceManager {
                 Timer::RateLimit(leaf) => self.rate_limit_due(leaf, now),
                 Timer::GiveBack(hold) => self.give_back(hold),
                 Timer::Schedule(key) => self.fire_schedule(key, now),
+                Timer::BroadcastUntil(id) => {
+                    if self
+                        .open_broadcasts
+                        .get(&id)
+                        .is_some_and(|b| b.until.is_some_and(|t| t <= now))
+                    {
+                        self.close_broadcast(id);
+                    }
+                }
                 Timer::PreemptionDue => {
                     let _ = at;
                     self.dirty = true;

@@ -527,6 +527,9 @@ impl ResourceManager {
             .collect();
         let ids = self.submit_workflow(nodes, now)?;
         if let Some(template) = kept {
+            if let Some(until) = template.expires_at {
+                self.timers.set(until, Timer::BroadcastUntil(broadcast));
+            }
             self.open_broadcasts.insert(
                 broadcast,
                 OpenBroadcast {
@@ -559,7 +562,25 @@ impl ResourceManager {
 
     /// Puts a stored open broadcast back.
     pub(crate) fn restore_broadcast(&mut self, broadcast: OpenBroadcast) {
+        if let Some(until) = broadcast.until {
+            self.timers.set(until, Timer::BroadcastUntil(broadcast.id));
+        }
         self.open_broadcasts.insert(broadcast.id, broadcast);
+    }
+
+    /// Closes the open broadcasts whose jobs go to a queue within `path` (it is deleted).
+    pub(crate) fn close_broadcasts_into(&mut self, path: &crate::queues::QueuePath) {
+        let doomed: Vec<uuid::Uuid> = self
+            .open_broadcasts
+            .values()
+            .filter(|b| {
+                crate::queues::QueuePath::parse(&b.template.queue).is_ok_and(|q| q.is_within(path))
+            })
+            .map(|b| b.id)
+            .collect();
+        for id in doomed {
+            self.close_broadcast(id);
+        }
     }
 
     /// Closes broadcast `id` to workers that join later (its cancel).
