@@ -43,6 +43,7 @@ def test_task_options_reach_the_job(app: lqsm.App) -> None:
         retries=2,
         retry_backoff=1.5,
         timeout=30,
+        soft_timeout=20,
         resources={"cpu": 0.5, "memory": "512M"},
         priority=7,
         tags=["sdk-test"],
@@ -57,6 +58,7 @@ def test_task_options_reach_the_job(app: lqsm.App) -> None:
     assert job["resources"]["cpu"] == 0.5 and job["resources"]["memory_mib"] == 512
     assert job["max_attempts"] == 3
     assert job["timeout_ms"] == 30_000
+    assert job["soft_timeout_ms"] == 20_000
     assert job["priority"] == 7
     assert job["tags"] == ["sdk-test"]
 

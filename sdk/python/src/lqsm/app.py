@@ -26,7 +26,7 @@ _UNSUPPORTED_TASK_OPTIONS: Dict[str, str] = {
     "bind": "tasks run on workers that LQSM's Python SDK does not provide yet, so there is no task instance to bind",
     "max_retries": "use retries= (attempts after the first)",
     "time_limit": "use timeout= (seconds an attempt may run)",
-    "soft_time_limit": "LQSM has one hard limit per attempt: use timeout=",
+    "soft_time_limit": "use soft_timeout= (seconds before the attempt is warned)",
     "rate_limit": "rate limits live on queues and handlers on the server: see docs/RATE_LIMITS.md",
     "default_retry_delay": "use retry_backoff= (seconds before the first retry)",
     "autoretry_for": "every failure is retried up to retries=; exceptions are not told apart",
@@ -39,15 +39,15 @@ _UNSUPPORTED_TASK_OPTIONS: Dict[str, str] = {
 #: Celery `apply_async` options LQSM does not offer (yet), with what to do instead.
 _UNSUPPORTED_SUBMIT_OPTIONS: Dict[str, str] = {
     "task_id": "the server assigns job ids; use idempotency_key= to make a resubmission the same job",
-    "link": "canvas (chains, callbacks) does not exist in LQSM yet",
-    "link_error": "canvas (chains, callbacks) does not exist in LQSM yet",
+    "link": "build a chain instead: task.s(...) | callback.s() (see lqsm.canvas)",
+    "link_error": "a node with run_when all_finished runs after a failure; not offered from Python yet",
     "serializer": "arguments always travel as JSON",
     "routing_key": "route with queue=",
     "exchange": "route with queue=",
     "retry": "submission is one HTTP request; a refused one raises ApiError",
     "headers": "LQSM jobs carry tags= and keys= instead",
     "time_limit": "set timeout= on the task",
-    "soft_time_limit": "set timeout= on the task",
+    "soft_time_limit": "set soft_timeout= on the task",
 }
 
 
@@ -199,6 +199,9 @@ class TaskOptions:
         timeout = options.pop("timeout", None)
         if timeout is not None:
             fields["timeout_ms"] = seconds_to_ms("timeout", timeout)
+        soft_timeout = options.pop("soft_timeout", None)
+        if soft_timeout is not None:
+            fields["soft_timeout_ms"] = seconds_to_ms("soft_timeout", soft_timeout)
         resources = options.pop("resources", None)
         if resources is not None:
             if not isinstance(resources, Mapping):
@@ -217,7 +220,7 @@ class TaskOptions:
             "task",
             options,
             _UNSUPPORTED_TASK_OPTIONS,
-            "name, queue, retries, retry_backoff, retry_backoff_max, timeout, resources, priority, tags, selector",
+            "name, queue, retries, retry_backoff, retry_backoff_max, timeout, soft_timeout, resources, priority, tags, selector",
         )
         return cls(name, queue, fields)
 
