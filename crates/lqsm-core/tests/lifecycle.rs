@@ -1303,14 +1303,6 @@ fn a_running_job_reports_its_progress_which_is_kept_and_restored() {
     sim.rm.worker_polled(w, &poll, sim.now).unwrap();
     sim.drain_effects();
     assert_eq!(sim.log.records.len(), before);
-    let (rm, _) = ResourceManager::restore(
-        Config::default(),
-        Policies::default(),
-        1,
-        sim.stored(None),
-        sim.now,
-        Duration::from_secs(30),
-    )
-    .unwrap();
-    assert_eq!(rm.job_record(id).unwrap().progress, Some(state));
+    sim.restart(Duration::from_secs(30));
+    assert_eq!(sim.rm.job_record(id).unwrap().progress, Some(state));
 }

@@ -322,17 +322,7 @@ fn a_workflow_survives_a_restart_midway() {
     assert_eq!(running, expected);
     sim.succeed(w, b.id);
     // Restart: c is running on w, d waits for c only.
-    let input = sim.stored(None);
-    let (rm, _) = ResourceManager::restore(
-        Config::default(),
-        Policies::default(),
-        3,
-        input,
-        sim.now,
-        Duration::from_secs(30),
-    )
-    .unwrap();
-    sim.rm = rm;
+    sim.restart(Duration::from_secs(30));
     sim.check();
     assert_eq!(sim.rm.waiting_for_parents(d.id), Some(1));
     sim.worker_back(w, 64);
@@ -443,9 +433,7 @@ proptest! {
                     sim.drain_effects();
                 }
                 Step::Restart => {
-                    let input = sim.stored(None);
-                    let (rm, _) = ResourceManager::restore(Config::default(), Policies::default(), 3, input, sim.now, Duration::ZERO).unwrap();
-                    sim.rm = rm;
+                    sim.restart(Duration::ZERO);
                     sim.worker_back(w, 64);
                     sim.received.clear();
                     sim.drain_effects();
@@ -711,16 +699,7 @@ fn a_broadcast_open_to_new_workers_reaches_them_once_until_cancelled() {
     assert_eq!(sim.rm.job(got[0]).unwrap().spec.pinned(), Some(late));
     sim.check();
     // Across a restart it stays open, and remembers whom it reached.
-    let (rm, _) = ResourceManager::restore(
-        Config::default(),
-        Policies::default(),
-        3,
-        sim.stored(None),
-        sim.now,
-        Duration::from_secs(30),
-    )
-    .unwrap();
-    sim.rm = rm;
+    sim.restart(Duration::from_secs(30));
     sim.worker_back(first, 4);
     sim.worker_back(late, 4);
     assert_eq!(count(&sim), 2);

@@ -376,43 +376,19 @@ impl Store for PostgresStore {
     }
 
     fn payloads(&self, jobs: &[JobKey]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        if jobs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<Uuid> = jobs.iter().map(|k| Uuid::from_bytes(*k)).collect();
-        let mut connection = self.connection()?;
-        let statement = connection
-            .statement("SELECT key, payload FROM lqsm_payloads WHERE key = ANY($1)")
-            .map_err(sql("reading payloads"))?;
-        let rows = connection
-            .client
-            .query(&statement, &[&keys])
-            .map_err(sql("reading payloads"))?;
-        let mut found = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            found.insert(job_key(row, 0)?, column::<Vec<u8>>(row, 1)?);
-        }
-        Ok(jobs.iter().map(|k| found.get(k).cloned()).collect())
+        self.bytes_by_keys(
+            "SELECT key, payload FROM lqsm_payloads WHERE key = ANY($1)",
+            jobs,
+            "reading payloads",
+        )
     }
 
     fn results(&self, jobs: &[JobKey]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        if jobs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<Uuid> = jobs.iter().map(|k| Uuid::from_bytes(*k)).collect();
-        let mut connection = self.connection()?;
-        let statement = connection
-            .statement("SELECT key, result FROM lqsm_results WHERE key = ANY($1)")
-            .map_err(sql("reading results"))?;
-        let rows = connection
-            .client
-            .query(&statement, &[&keys])
-            .map_err(sql("reading results"))?;
-        let mut found = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            found.insert(job_key(row, 0)?, column::<Vec<u8>>(row, 1)?);
-        }
-        Ok(jobs.iter().map(|k| found.get(k).cloned()).collect())
+        self.bytes_by_keys(
+            "SELECT key, result FROM lqsm_results WHERE key = ANY($1)",
+            jobs,
+            "reading results",
+        )
     }
 
     fn logs(&self, job: &JobKey) -> Result<Option<Vec<u8>>, StoreError> {
@@ -582,6 +558,31 @@ impl PostgresStore {
             .query_opt(&statement, &[&Uuid::from_bytes(*key)])
             .map_err(sql(action))?;
         row.map(|row| column::<Vec<u8>>(&row, 0)).transpose()
+    }
+
+    /// The bytea column of the rows with these keys, in the order asked (None for a key
+    /// without a row), in one query: `query` selects the key, then the bytes.
+    fn bytes_by_keys(
+        &self,
+        query: &str,
+        jobs: &[JobKey],
+        action: &'static str,
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<Uuid> = jobs.iter().map(|k| Uuid::from_bytes(*k)).collect();
+        let mut connection = self.connection()?;
+        let statement = connection.statement(query).map_err(sql(action))?;
+        let rows = connection
+            .client
+            .query(&statement, &[&keys])
+            .map_err(sql(action))?;
+        let mut found = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            found.insert(job_key(row, 0)?, column::<Vec<u8>>(row, 1)?);
+        }
+        Ok(jobs.iter().map(|k| found.get(k).cloned()).collect())
     }
 }
 

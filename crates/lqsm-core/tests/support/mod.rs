@@ -156,6 +156,21 @@ impl Sim {
         }
     }
 
+    /// A restart: the state rebuilt from what a store would hold now, with `grace` for
+    /// running attempts to be reclaimed (the workers must register again).
+    pub fn restart(&mut self, grace: Duration) {
+        let (rm, _) = ResourceManager::restore(
+            self.rm.config().clone(),
+            Policies::default(),
+            3,
+            self.stored(None),
+            self.now,
+            grace,
+        )
+        .unwrap();
+        self.rm = rm;
+    }
+
     pub fn pass(&mut self) -> PassReport {
         self.rm.tick(self.now);
         let report = self.rm.schedule(self.now);
