@@ -132,12 +132,19 @@ def test_a_queue_that_does_not_exist_raises_api_error(app: lqsm.App) -> None:
     @app.task(name="lqsm.echo", queue="root.does_not_exist")
     def echo() -> None: ...
 
+    # Confirmed: refused at once.
     with pytest.raises(lqsm.ApiError) as raised:
-        echo.delay()
+        echo.apply_async(confirm=True)
     assert raised.value.code == "not_found"
     assert raised.value.field == "queue"
     assert raised.value.status == 404
     assert "root.does_not_exist" in raised.value.message
+    # Unconfirmed: the same error at the result's first use.
+    result = echo.delay()
+    with pytest.raises(lqsm.ApiError) as raised:
+        result.get(timeout=10)
+    assert raised.value.code == "not_found" and raised.value.status == 404
+    assert raised.value.field is not None and raised.value.field.endswith("queue")
 
 
 def test_an_unknown_job_id_raises_api_error_not_found(app: lqsm.App) -> None:

@@ -39,6 +39,13 @@ def test_an_app_without_the_right_token_gets_api_error_unauthorized(guarded_url:
         def echo(*args: Any) -> Any: ...
 
         with pytest.raises(lqsm.ApiError) as raised:
-            echo.delay("hi")
+            echo.apply_async(["hi"], confirm=True)
         assert raised.value.code == "unauthorized"
         assert raised.value.status == 401
+        # Unconfirmed, the refusal comes with the flush (every job of the batch).
+        echo.delay("hi")
+        with pytest.raises(lqsm.SubmissionError) as refused:
+            app.flush()
+        assert all(
+            isinstance(e, lqsm.ApiError) and e.code == "unauthorized" for e in refused.value.errors.values()
+        )

@@ -10,6 +10,7 @@
 """
 
 from ._version import __version__
+from ._batcher import SubmissionError
 from .app import App, Task
 from .canvas import Chain, Chord, Group, Signature, WorkflowResult, chain, chord, group
 from .errors import (
@@ -39,6 +40,7 @@ __all__ = [
     "IncompatibleServer",
     "LqsmError",
     "ServerUnreachable",
+    "SubmissionError",
     "Task",
     "TaskError",
     "TimeoutError",

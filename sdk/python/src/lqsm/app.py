@@ -11,6 +11,7 @@ import functools
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, Generic, Mapping, Optional, Sequence, TypeVar, Union, overload
 
+from ._batcher import Batcher, new_job_id
 from ._server import ServerConnection
 from .arguments import encode_call, resources_spec, round_trip, seconds_to_ms, str_list, str_map
 from .errors import TaskError, UnsupportedOption
@@ -67,6 +68,13 @@ class App:
     in this process at `.delay()` and no server is contacted (Celery's
     `task_always_eager`), for unit tests. `request_timeout` bounds each HTTP request
     (seconds), beyond the time `get()` asks the server to wait.
+
+    Submission: by default `.delay()` returns at once, with the job's id chosen here;
+    jobs are sent in batches of up to `max_batch` after at most `linger` seconds (a loop
+    of `.delay()` makes few requests), and `flush()` (called at exit too) waits for them
+    and raises what the server refused. With `confirm=True` (here, or per call to
+    `apply_async`) `.delay()` returns only once the job is durable, and raises a refusal
+    at once: one request per job. A result's first use waits for its job to be sent.
     """
 
     def __init__(
@@ -76,9 +84,18 @@ class App:
         *,
         eager: bool = False,
         request_timeout: float = 30.0,
+        confirm: bool = False,
+        linger: float = 0.005,
+        max_batch: int = 1000,
     ) -> None:
+        if not 1 <= max_batch <= 10_000:
+            raise ValueError(f"max_batch takes 1 to 10,000 jobs (the server's batch limit), got {max_batch!r}")
+        if linger < 0:
+            raise ValueError(f"linger takes a non-negative number of seconds, got {linger!r}")
         self.eager = eager
+        self.confirm = confirm
         self._server = ServerConnection(url, token, request_timeout)
+        self._batcher = Batcher(self._server, linger, max_batch)
 
     @property
     def url(self) -> str:
@@ -90,9 +107,17 @@ class App:
         server serves the endpoints the SDK needs), raising `IncompatibleServer`."""
         return self._server.server_version()
 
+    def flush(self) -> None:
+        """Waits until every job submitted without confirmation was sent; raises
+        `SubmissionError` naming each one the server did not take."""
+        self._batcher.flush()
+
     def close(self) -> None:
-        """Closes the app's HTTP connections."""
-        self._server.close()
+        """Sends what is still queued, then closes the app's HTTP connections."""
+        try:
+            self._batcher.close()
+        finally:
+            self._server.close()
 
     def __enter__(self) -> "App":
         return self
@@ -283,6 +308,7 @@ class Task(Generic[R]):
         priority: Optional[int] = None,
         queue: Optional[str] = None,
         idempotency_key: Optional[str] = None,
+        confirm: Optional[bool] = None,
         **unsupported: Any,
     ) -> AsyncResult:
         """Submits the task as a function job and returns its handle.
@@ -290,22 +316,34 @@ class Task(Generic[R]):
         `countdown` (seconds from now) or `eta` (a timezone-aware datetime): not to
         start before. `expires` (seconds from now, or an aware datetime): give up if not
         started by then. `priority` and `queue` override the task's. `idempotency_key`:
-        a resubmission with the same key in the same queue returns the same job.
-        Arguments JSON cannot carry raise `TypeError` here; a refused submission raises
-        `ApiError`.
+        a resubmission with the same key in the same queue returns the same job (such a
+        submission is always confirmed: the answer names the job). `confirm`: return only
+        once the job is durable (the app's setting when None). Arguments JSON cannot carry
+        raise `TypeError` here; a refused submission raises `ApiError` (at once when
+        confirmed, else at the result's first use or `app.flush()`).
         """
         _refuse(
             "apply_async",
             unsupported,
             _UNSUPPORTED_SUBMIT_OPTIONS,
-            "countdown, eta, expires, priority, queue, idempotency_key",
+            "countdown, eta, expires, priority, queue, idempotency_key, confirm",
         )
         envelope = encode_call(self.name, tuple(args or ()), dict(kwargs or {}))
         job = self._job(envelope, countdown, eta, expires, priority, queue, idempotency_key)
         if self.app.eager:
             return self._run_eagerly(envelope)
-        submitted = self.app._server.request("POST", "/v1/jobs", json=job)
-        return AsyncResult(str(submitted["id"]), self.app._server)
+        confirmed = self.app.confirm if confirm is None else confirm
+        if confirmed or idempotency_key is not None:
+            submitted = self.app._server.request("POST", "/v1/jobs", json=job)
+            return AsyncResult(str(submitted["id"]), self.app._server)
+        # The first contact is made here, not in the background: a server that cannot
+        # be reached, or is not one this SDK works with, is said at once (then cached).
+        self.app._server.server_version()
+        job_id = new_job_id()
+        job["id"] = job_id
+        batcher = self.app._batcher
+        batcher.add(job)
+        return AsyncResult(job_id, self.app._server, lambda: batcher.flush(job_id))
 
     def _job(
         self,

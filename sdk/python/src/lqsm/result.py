@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
 from .errors import ApiError, TaskError, TimeoutError
 
@@ -26,15 +26,29 @@ class AsyncResult:
     `cancelled` (revoked) or `expired`.
     """
 
-    def __init__(self, job_id: str, server: "ServerConnection") -> None:
+    def __init__(
+        self,
+        job_id: str,
+        server: "ServerConnection",
+        sent: Optional[Callable[[], None]] = None,
+    ) -> None:
         self.id = job_id
         self._server = server
+        # For a job submitted without confirmation: waits until it was sent, and raises
+        # why the server did not take it.
+        self._sent = sent
+
+    def _ensure_sent(self) -> None:
+        if self._sent is not None:
+            self._sent()
+            self._sent = None
 
     def __repr__(self) -> str:
         return f"<AsyncResult {self.id}>"
 
     def fetch(self) -> Dict[str, Any]:
         """The job as the server shows it (`JobView` in docs/openapi.json)."""
+        self._ensure_sent()
         view: Dict[str, Any] = self._server.request("GET", f"/v1/jobs/{self.id}")
         return view
 
@@ -69,6 +83,7 @@ class AsyncResult:
         server holds each request until the job finishes, so no polling interval."""
         if timeout is not None and (timeout < 0 or timeout != timeout):
             raise ValueError(f"timeout takes a non-negative number of seconds or None, got {timeout!r}")
+        self._ensure_sent()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if deadline is None:
@@ -92,6 +107,7 @@ class AsyncResult:
     def revoke(self) -> None:
         """Cancels the job: a pending one never runs, a running attempt is stopped.
         A job that has already finished is left as it is (as Celery does)."""
+        self._ensure_sent()
         try:
             self._server.request("POST", f"/v1/jobs/{self.id}/cancel")
         except ApiError as e:
