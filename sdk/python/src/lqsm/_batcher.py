@@ -175,6 +175,13 @@ class Batcher:
                 last = e
                 time.sleep(min(2.0, 0.1 * 2**attempt))
                 continue
+            except ApiError as e:
+                if e.status != 503:
+                    return {str(j["id"]): e for j in batch}
+                # No leader for a moment (a failover), or the server restoring: again.
+                last = e
+                time.sleep(min(2.0, 0.1 * 2**attempt))
+                continue
             except LqsmError as e:
                 return {str(j["id"]): e for j in batch}
             errors: Dict[str, LqsmError] = {}
