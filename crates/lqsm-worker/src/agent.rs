@@ -339,15 +339,8 @@ impl Agent {
         names.sort_unstable();
         let handler_names = names.join(", ");
         let seed = registration.id.as_u128() as u64;
-        let scratch = tempfile::Builder::new()
-            .prefix("lqsm-worker-")
-            .tempdir()
-            .inspect_err(|e| {
-                tracing::warn!(error = %e, "no private temporary directory: commands cannot report progress");
-            })
-            .ok();
         Self {
-            scratch,
+            scratch: None,
             client,
             id: registration.id,
             backoff: Backoff::new(settings.backoff_cap, seed),
@@ -871,8 +864,8 @@ impl Agent {
                 // A command reports its state by writing it to this file, in a directory
                 // only this worker's user may write to (a link planted there by another
                 // user could otherwise make the worker read, or the job write, elsewhere).
-                let progress = self.scratch.as_ref().map(|dir| {
-                    dir.path().join(format!(
+                let progress = self.scratch_dir().map(|dir| {
+                    dir.join(format!(
                         "progress-{}-{}.json",
                         assignment.job, assignment.attempt
                     ))
@@ -889,6 +882,22 @@ impl Agent {
                 self.spawn_command(key, spec, limits, gpus, progress);
             }
         }
+    }
+
+    /// The worker's private directory (mode 0700) for its commands' files, made at the
+    /// first command (a worker that runs none leaves nothing behind, even when killed)
+    /// and removed with the worker.
+    fn scratch_dir(&mut self) -> Option<std::path::PathBuf> {
+        if self.scratch.is_none() {
+            self.scratch = tempfile::Builder::new()
+                .prefix("lqsm-worker-")
+                .tempdir()
+                .inspect_err(|e| {
+                    tracing::warn!(error = %e, "no private temporary directory: commands cannot report progress");
+                })
+                .ok();
+        }
+        self.scratch.as_ref().map(|dir| dir.path().to_owned())
     }
 
     fn take_gpus(&mut self, wanted: u32) -> Vec<u32> {
@@ -1412,10 +1421,8 @@ mod tests {
             1,
         );
         let file = agent
-            .scratch
-            .as_ref()
+            .scratch_dir()
             .unwrap()
-            .path()
             .join(format!("progress-{}-1.json", a.job));
         agent.start(a);
         let deadline = Instant::now() + Duration::from_secs(10);
