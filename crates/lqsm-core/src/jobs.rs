@@ -637,18 +637,12 @@ impl SubmitRequest {
             soft_timeout: self.soft_timeout,
             pinned: self.pinned,
         };
-        let is_function = matches!(
-            self.kind,
-            JobKind::Function { .. } | JobKind::Stored { handler: Some(_) }
-        );
-        let default_request = if is_function {
-            &defaults.function_request
-        } else {
-            &defaults.request
-        };
+        let request = self
+            .request
+            .unwrap_or_else(|| defaults.request_for(&self.kind).clone());
         let spec = JobSpec::from_parts(
             self.kind,
-            self.request.unwrap_or_else(|| default_request.clone()),
+            request,
             self.priority.unwrap_or(defaults.priority),
             self.timeout.or(defaults.timeout),
             self.retry.unwrap_or(defaults.retry),

@@ -171,6 +171,17 @@ pub struct JobDefaults {
     pub retry: RetryPolicy,
 }
 
+impl JobDefaults {
+    /// The resources a job of `kind` asks for when it names none.
+    pub fn request_for(&self, kind: &crate::jobs::JobKind) -> &Resources {
+        if kind.handler().is_some() {
+            &self.function_request
+        } else {
+            &self.request
+        }
+    }
+}
+
 impl Default for JobDefaults {
     fn default() -> Self {
         Self {

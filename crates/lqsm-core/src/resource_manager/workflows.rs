@@ -437,6 +437,24 @@ fn broadcast_node_name(worker: &crate::workers::Worker) -> String {
     format!("{} ({})", worker.name, &id[id.len() - 8..])
 }
 
+/// A broadcast's job on `worker`: the template, with its own id, pin and node name.
+fn broadcast_node(
+    template: &SubmitRequest,
+    broadcast: uuid::Uuid,
+    worker: crate::ids::WorkerId,
+    name: String,
+    now: Timestamp,
+) -> SubmitRequest {
+    let mut node = template.clone();
+    node.id = broadcast_job_id(broadcast, worker, now);
+    node.pinned = Some(worker);
+    node.workflow = Some(WorkflowNode {
+        workflow: broadcast,
+        name,
+    });
+    node
+}
+
 /// The id of a broadcast's job on a worker: a UUIDv7 of `now` whose other bits come
 /// from the broadcast and the worker, so the same broadcast names the same jobs.
 fn broadcast_job_id(broadcast: uuid::Uuid, worker: crate::ids::WorkerId, now: Timestamp) -> JobId {
@@ -473,23 +491,9 @@ impl ResourceManager {
         let kept = new_workers.then(|| template.clone());
         let node_error = |error| WorkflowError::Node { index: 0, error };
         template.validate().map_err(node_error)?;
-        let constraint = self
-            .index
-            .constraint_for(&template.selector, template.kind.handler());
-        let request = match &template.request {
-            Some(r) => r.clone(),
-            None => {
-                let queue = self
-                    .lookup_queue(&template.queue)
-                    .map_err(|e| node_error(e.into()))?;
-                let defaults = &self.node(queue).config.defaults;
-                if template.kind.handler().is_some() {
-                    defaults.function_request.clone()
-                } else {
-                    defaults.request.clone()
-                }
-            }
-        };
+        let (constraint, request) = self
+            .broadcast_needs(&template)
+            .map_err(|e| node_error(e.into()))?;
         let mut targets: Vec<&crate::workers::Worker> = self
             .workers
             .values()
@@ -510,16 +514,7 @@ impl ResourceManager {
         targets.sort_by_key(|w| w.id);
         let nodes: Vec<SubmitRequest> = targets
             .iter()
-            .map(|w| {
-                let mut node = template.clone();
-                node.id = broadcast_job_id(broadcast, w.id, now);
-                node.pinned = Some(w.id);
-                node.workflow = Some(WorkflowNode {
-                    workflow: broadcast,
-                    name: broadcast_node_name(w),
-                });
-                node
-            })
+            .map(|w| broadcast_node(&template, broadcast, w.id, broadcast_node_name(w), now))
             .collect();
         let targets: Vec<(crate::ids::WorkerId, String)> = targets
             .iter()
@@ -621,31 +616,15 @@ impl ResourceManager {
             .cloned()
             .collect();
         for open in due {
-            let template = &open.template;
-            let constraint = self
-                .index
-                .constraint_for(&template.selector, template.kind.handler());
-            let request = template.request.clone().or_else(|| {
-                let queue = self.lookup_queue(&template.queue).ok()?;
-                let defaults = &self.node(queue).config.defaults;
-                Some(if template.kind.handler().is_some() {
-                    defaults.function_request.clone()
-                } else {
-                    defaults.request.clone()
-                })
-            });
-            if !self.index.class_accepts(class, constraint)
-                || request.is_none_or(|r| !r.fits_in(&capacity))
-            {
+            let fits = self
+                .broadcast_needs(&open.template)
+                .is_ok_and(|(constraint, request)| {
+                    self.index.class_accepts(class, constraint) && request.fits_in(&capacity)
+                });
+            if !fits {
                 continue;
             }
-            let mut node = open.template.clone();
-            node.id = broadcast_job_id(open.id, worker_id, now);
-            node.pinned = Some(worker_id);
-            node.workflow = Some(WorkflowNode {
-                workflow: open.id,
-                name: name.clone(),
-            });
+            let node = broadcast_node(&open.template, open.id, worker_id, name.clone(), now);
             // A queue stopped or full since refuses it, as it would a submission: this
             // worker is then left out, and the broadcast stays open to others.
             if let Ok(super::jobs::Checked::New(job)) = self.check_submission(node, now, 0) {
@@ -658,6 +637,30 @@ impl ResourceManager {
                     .push(crate::effects::Record::Broadcast(open.id));
             }
         }
+    }
+
+    /// What a broadcast's job needs of a worker: its placement constraint and the
+    /// resources it asks for (its queue's default when it names none).
+    fn broadcast_needs(
+        &mut self,
+        template: &SubmitRequest,
+    ) -> Result<(crate::ids::ConstraintId, crate::resources::Resources), crate::queues::QueueError>
+    {
+        let constraint = self
+            .index
+            .constraint_for(&template.selector, template.kind.handler());
+        let request = match &template.request {
+            Some(request) => request.clone(),
+            None => {
+                let queue = self.lookup_queue(&template.queue)?;
+                self.node(queue)
+                    .config
+                    .defaults
+                    .request_for(&template.kind)
+                    .clone()
+            }
+        };
+        Ok((constraint, request))
     }
 
     /// Cancels the unfinished jobs pinned to a worker that can no longer run them (it
