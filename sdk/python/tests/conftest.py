@@ -5,12 +5,15 @@ temporary data directory, started once per session."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
+import sys
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, List, Optional
 
 import httpx
 import pytest
@@ -95,3 +98,80 @@ def app(server_url: str) -> Iterator[lqsm.App]:
     """An app on the session's server."""
     with lqsm.App(server_url) as app:
         yield app
+
+
+TESTS_DIR = Path(__file__).resolve().parent
+WORKER_READY_DEADLINE_S = 30.0
+
+
+class PythonWorker:
+    """A running `python -m lqsm worker -A worker_tasks:app`."""
+
+    def __init__(self, process: "subprocess.Popen[bytes]", name: str, log_path: Path) -> None:
+        self.process = process
+        self.name = name
+        self.log_path = log_path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+
+@contextmanager
+def python_worker(url: str, records: Path, pool: str = "threads", *extra: str) -> Iterator[PythonWorker]:
+    """Runs a Python worker of `tests/worker_tasks.py` for `url` until the block ends
+    (then drains it with SIGTERM); yields once the server lists it as active."""
+    name = f"pytest-{pool}-{uuid.uuid4().hex[:8]}"
+    log_path = records.parent / f"{name}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LQSM_")}
+    env.update(
+        PYTHONPATH=str(TESTS_DIR),
+        LQSM_TEST_SERVER=url,
+        LQSM_TEST_RECORDS=str(records),
+        PYTHONUNBUFFERED="1",
+    )
+    command = [sys.executable, "-m", "lqsm", "worker", "-A", "worker_tasks:app", "--server", url]
+    command += ["--pool", pool, "--name", name, "--stop-grace", "3", *extra]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=TESTS_DIR)
+    worker = PythonWorker(process, name, log_path)
+    try:
+        wait_for(
+            lambda: any(w["name"] == name and w["state"] == "active" for w in httpx.get(f"{url}/v1/workers").json()),
+            WORKER_READY_DEADLINE_S,
+            lambda: f"worker {name} not active:\n{worker.log()}",
+            process,
+        )
+        yield worker
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+def wait_for(
+    condition: Callable[[], bool],
+    deadline_s: float,
+    describe: Callable[[], str],
+    process: "Optional[subprocess.Popen[bytes]]" = None,
+) -> None:
+    """Polls `condition` until it holds; fails with `describe()` after `deadline_s`, or
+    at once if `process` exits."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        if process is not None and process.poll() is not None:
+            pytest.fail(f"exited with {process.returncode}: {describe()}")
+        time.sleep(0.05)
+    pytest.fail(describe())
+
+
+def read_records(records: Path) -> List[List[str]]:
+    """The lines tasks recorded, split: `[event, job_id, pid]`."""
+    if not records.exists():
+        return []
+    return [line.split() for line in records.read_text().splitlines() if line.strip()]

@@ -23,8 +23,9 @@ def test_a_chain_passes_each_result_to_the_next(app: lqsm.App) -> None:
     assert result.kind == "chain" and len(result.results) == 3
     last = result.get(timeout=30)
     first = {"args": [1], "kwargs": {}}
-    second = {"args": {"args": [2], "kwargs": {}}, "inputs": [first]}
-    assert last == {"args": {"args": [3], "kwargs": {}}, "inputs": [second]}
+    # Each link says how it takes what it receives: "one" result, as Celery's chains.
+    second = {"args": {"args": [2], "kwargs": {}, "receive": "one"}, "inputs": [first]}
+    assert last == {"args": {"args": [3], "kwargs": {}, "receive": "one"}, "inputs": [second]}
     assert result.state == "succeeded"
 
 
@@ -39,7 +40,7 @@ def test_a_chord_callback_gets_the_group_results_in_order(app: lqsm.App) -> None
     result = lqsm.chord([echo.s(i) for i in range(3)], echo.s("total")).apply_async()
     value = result.get(timeout=30)
     assert value["inputs"] == [{"args": [i], "kwargs": {}} for i in range(3)]
-    assert value["args"] == {"args": ["total"], "kwargs": {}}
+    assert value["args"] == {"args": ["total"], "kwargs": {}, "receive": "all"}
     view = result.fetch()
     assert [n["name"] for n in view["nodes"]] == ["0", "1", "2", "callback"]
 

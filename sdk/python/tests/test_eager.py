@@ -40,7 +40,7 @@ def test_an_eager_task_sees_its_arguments_as_a_worker_would() -> None:
     assert seen == [[1, 2], {"a": [3]}]
 
 
-def test_an_eager_task_that_raises_gives_task_error_with_the_cause() -> None:
+def test_an_eager_task_that_raises_raises_its_own_exception() -> None:
     app = lqsm.App(NOWHERE, eager=True)
 
     @app.task
@@ -49,12 +49,28 @@ def test_an_eager_task_that_raises_gives_task_error_with_the_cause() -> None:
 
     result = explode.delay()
 
-    with pytest.raises(lqsm.TaskError) as raised:
+    with pytest.raises(ValueError, match="bad input"):
         result.get()
-    assert raised.value.state == "failed"
-    assert raised.value.reason == "ValueError: bad input"
-    assert isinstance(raised.value.__cause__, ValueError)
-    assert result.failed() and isinstance(result.result, lqsm.TaskError)
+    assert result.failed() and isinstance(result.result, ValueError)
+    error = result.fetch()
+    assert error["state"] == "failed"
+    assert error["reason"].startswith("ValueError: bad input\n\nTraceback (most recent call last):")
+    assert 'raise ValueError("bad input")' in error["reason"]
+
+
+def test_an_eager_bound_task_retries_as_its_retries_allow() -> None:
+    app = lqsm.App(NOWHERE, eager=True)
+    attempts = []
+
+    @app.task(bind=True, retries=2)
+    def flaky(self: "lqsm.Task[int]") -> int:
+        attempts.append(self.request.attempt)
+        if self.request.attempt < 3:
+            self.retry(countdown=5)
+        return self.request.retries
+
+    assert flaky.delay().get() == 2
+    assert attempts == [1, 2, 3]
 
 
 def test_an_eager_task_returning_what_json_cannot_carry_fails() -> None:

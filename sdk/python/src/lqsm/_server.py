@@ -44,6 +44,9 @@ class ServerConnection:
         self._client = httpx.Client(base_url=self.url, headers=headers, timeout=request_timeout)
         self._request_timeout = request_timeout
         self._checked_version: Optional[str] = None
+        #: Exception types the app allows results to raise beyond those already
+        #: imported, by `module.QualName` (see `App`).
+        self.exception_types: Dict[str, type] = {}
         self._check_lock = threading.Lock()
 
     def close(self) -> None:

@@ -9,12 +9,27 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Generic, Mapping, Optional, Sequence, TypeVar, Union, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Generic,
+    Iterable,
+    Mapping,
+    NoReturn,
+    Optional,
+    Sequence,
+    TypeVar,
+    Union,
+    overload,
+)
 
 from ._batcher import Batcher, new_job_id
 from ._server import ServerConnection
 from .arguments import encode_call, resources_spec, round_trip, seconds_to_ms, str_list, str_map
-from .errors import TaskError, UnsupportedOption
+from . import context
+from .errors import Retry, TaskError, UnsupportedOption, format_failure
 from .result import AsyncResult, EagerResult
 
 if TYPE_CHECKING:
@@ -24,7 +39,6 @@ R = TypeVar("R")
 
 #: Celery task options LQSM does not offer (yet), with what to do instead.
 _UNSUPPORTED_TASK_OPTIONS: Dict[str, str] = {
-    "bind": "tasks run on workers that LQSM's Python SDK does not provide yet, so there is no task instance to bind",
     "max_retries": "use retries= (attempts after the first)",
     "time_limit": "use timeout= (seconds an attempt may run)",
     "soft_time_limit": "use soft_timeout= (seconds before the attempt is warned)",
@@ -75,6 +89,11 @@ class App:
     and raises what the server refused. With `confirm=True` (here, or per call to
     `apply_async`) `.delay()` returns only once the job is durable, and raises a refusal
     at once: one request per job. A result's first use waits for its job to be sent.
+
+    Exceptions: `AsyncResult.get()` of a task that raised raises the same exception type
+    when that type is already imported in this process, or is one of `exception_types`;
+    nothing is ever imported because a result names it. Otherwise it raises `TaskError`
+    with the type's name, the message and the remote traceback.
     """
 
     def __init__(
@@ -87,6 +106,7 @@ class App:
         confirm: bool = False,
         linger: float = 0.005,
         max_batch: int = 1000,
+        exception_types: Iterable[type] = (),
     ) -> None:
         if not 1 <= max_batch <= 10_000:
             raise ValueError(f"max_batch takes 1 to 10,000 jobs (the server's batch limit), got {max_batch!r}")
@@ -95,7 +115,13 @@ class App:
         self.eager = eager
         self.confirm = confirm
         self._server = ServerConnection(url, token, request_timeout)
+        for kind in exception_types:
+            if not (isinstance(kind, type) and issubclass(kind, Exception)):
+                raise TypeError(f"exception_types takes exception classes, got {kind!r}")
+            self._server.exception_types[f"{kind.__module__}.{kind.__qualname__}"] = kind
         self._batcher = Batcher(self._server, linger, max_batch)
+        #: The tasks declared on this app, by name: what a worker of it serves.
+        self.tasks: Dict[str, "Task[Any]"] = {}
 
     @property
     def url(self) -> str:
@@ -146,6 +172,7 @@ class App:
         priority: Optional[int] = None,
         tags: Optional[Sequence[str]] = None,
         selector: Optional[Mapping[str, str]] = None,
+        bind: bool = False,
         **unsupported: Any,
     ) -> Callable[[Callable[..., R]], "Task[R]"]: ...
 
@@ -159,7 +186,9 @@ class App:
         (attempts after the first), `retry_backoff` / `retry_backoff_max` (seconds
         before the first retry / at most), `timeout` (seconds an attempt may run), `resources` (`{"cpu": 0.5,
         "memory": "512M", "gpu": 1, "custom": {"licence": 1}}`), `priority` (higher runs
-        first), `tags`, `selector` (labels a worker must carry). Any other option raises
+        first), `tags`, `selector` (labels a worker must carry), `bind` (the function
+        takes the task as its first argument, for `self.request`, `self.retry()` and
+        `self.update_state()`). Any other option raises
         `UnsupportedOption`; absent ones take the queue's defaults on the server.
         """
         if function is not None:
@@ -171,6 +200,24 @@ class App:
         # Check the options where they are written, before the decorator is applied.
         TaskOptions.from_kwargs(options, None)
         return declare
+
+
+def describe(error: BaseException) -> "tuple[str, str, str]":
+    """An exception as `format_failure` takes it: its type's path (`ValueError`,
+    `myapp.errors.Invalid`), its message and its traceback."""
+    import os
+    import traceback
+
+    kind = type(error)
+    path = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    # The frames of the SDK that called the task say nothing about it: start at the
+    # task's own code.
+    frames = error.__traceback__
+    package = os.path.dirname(os.path.abspath(__file__))
+    while frames is not None and frames.tb_next is not None and frames.tb_frame.f_code.co_filename.startswith(package):
+        frames = frames.tb_next
+    text = "".join(traceback.format_exception(kind, error, frames))
+    return path, str(error), text
 
 
 def _name_of(function: Callable[..., Any]) -> str:
@@ -188,10 +235,11 @@ class TaskOptions:
     """A task's settings, checked and converted to the server's units once, at
     declaration."""
 
-    def __init__(self, name: str, queue: str, job_fields: Dict[str, Any]) -> None:
+    def __init__(self, name: str, queue: str, job_fields: Dict[str, Any], bind: bool = False) -> None:
         self.name = name
         self.queue = queue
         self.job_fields = job_fields
+        self.bind = bind
 
     @classmethod
     def from_kwargs(cls, options: Mapping[str, Any], function: Optional[Callable[..., Any]]) -> "TaskOptions":
@@ -241,13 +289,17 @@ class TaskOptions:
         selector = options.pop("selector", None)
         if selector is not None:
             fields["selector"] = str_map("selector", selector)
+        bind = options.pop("bind", False)
+        if not isinstance(bind, bool):
+            raise TypeError(f"bind takes True or False, got {bind!r}")
         _refuse(
             "task",
             options,
             _UNSUPPORTED_TASK_OPTIONS,
-            "name, queue, retries, retry_backoff, retry_backoff_max, timeout, soft_timeout, resources, priority, tags, selector",
+            "name, queue, retries, retry_backoff, retry_backoff_max, timeout, soft_timeout, resources, priority, "
+            "tags, selector, bind",
         )
-        return cls(name, queue, fields)
+        return cls(name, queue, fields, bind)
 
 
 def _priority(value: Any) -> int:
@@ -274,6 +326,7 @@ class Task(Generic[R]):
         self.function = function
         self.options = options
         functools.update_wrapper(self, function)
+        app.tasks[options.name] = self
 
     @property
     def name(self) -> str:
@@ -284,7 +337,42 @@ class Task(Generic[R]):
         return f"<Task {self.name} queue={self.options.queue}>"
 
     def __call__(self, *args: Any, **kwargs: Any) -> R:
+        if self.options.bind:
+            return self.function(self, *args, **kwargs)
         return self.function(*args, **kwargs)
+
+    @property
+    def request(self) -> context.Request:
+        """The attempt this task runs in (Celery's `self.request`); empty outside one."""
+        attempt = context.current_attempt()
+        return attempt.request if attempt is not None else context.Request()
+
+    def retry(
+        self, exc: Optional[BaseException] = None, countdown: Optional[float] = None, **unsupported: Any
+    ) -> NoReturn:
+        """Ends this attempt and runs the job again after `countdown` seconds (the task's
+        `retry_backoff` when None); it uses one of the job's `retries`, and once they are
+        spent the job fails with this retry's reason. Call it as `raise self.retry(...)`
+        or bare: it raises `lqsm.Retry` either way. `exc` is the reason given."""
+        _refuse(
+            "retry",
+            unsupported,
+            {"max_retries": "set retries= on the task: the server counts every attempt", "eta": "use countdown="},
+            "exc, countdown",
+        )
+        if countdown is not None:
+            seconds_to_ms("countdown", countdown)
+        reason = f"{type(exc).__name__}: {exc}" if exc is not None else "the task asked to be retried"
+        raise Retry(reason, countdown)
+
+    def update_state(self, state: Optional[str] = None, meta: Any = None) -> None:
+        """Reports where the running attempt stands: the job's `progress` becomes
+        `{"state": state, "meta": meta}` (`state` defaults to "PROGRESS"), at most 4 KiB
+        of JSON. Outside a worker (an eager call, a plain call) it only checks them."""
+        progress = context.progress_of(state, meta)
+        attempt = context.current_attempt()
+        if attempt is not None:
+            attempt.report_progress(progress)
 
     def s(self, *args: Any, **kwargs: Any) -> "Signature":
         """This task with these arguments, for a canvas: `a.s(1) | b.s()`, `group(...)`,
@@ -382,14 +470,26 @@ class Task(Generic[R]):
         return job
 
     def _run_eagerly(self, envelope: Dict[str, Any]) -> EagerResult:
-        # The function sees its arguments as a worker would: through JSON and back.
+        # The function sees its arguments as a worker would: through JSON and back; a
+        # retry runs it again at once, as many times as the task's retries allow.
         received = round_trip(envelope)
-        try:
-            value = self.function(*received["args"], **received["kwargs"])
-        except Exception as e:  # noqa: BLE001 (a task's failure, whatever it is)
-            error = TaskError("eager", "failed", f"{type(e).__name__}: {e}")
-            error.__cause__ = e
-            return EagerResult("failed", None, error)
+        attempts = int(self.options.job_fields.get("retry", {}).get("max_attempts", 1))
+        for attempt in range(1, attempts + 1):
+            request = context.Request(id="eager", attempt=attempt, queue=self.options.queue, is_eager=True)
+            token = context.enter(context.Attempt(request, lambda progress: None))
+            try:
+                value = self(*received["args"], **received["kwargs"])
+            except Retry as e:
+                if attempt < attempts:
+                    continue
+                return EagerResult("failed", None, TaskError("eager", "failed", e.message))
+            except Exception as e:  # noqa: BLE001 (a task's failure, whatever it is)
+                error = TaskError("eager", "failed", format_failure(*describe(e)))
+                error.__cause__ = e
+                return EagerResult("failed", None, error)
+            finally:
+                context.leave(token)
+            break
         try:
             return EagerResult("succeeded", round_trip(value), None)
         except (TypeError, ValueError) as e:

@@ -5,7 +5,9 @@ group succeeded, with their results in order. The server carries them out (one r
 taken whole or refused whole); `apply_async()` answers a `WorkflowResult`.
 
 A node that receives results gets, on the worker, `{"args": <its call>, "inputs":
-[...]}`: the parents' results in order."""
+[...]}`: the parents' results in order. Its call carries `"receive": "one"` (a chain's
+link: its parent's result is the first positional argument) or `"all"` (a chord's
+callback: the list of results is)."""
 
 from __future__ import annotations
 
@@ -38,12 +40,13 @@ class Signature:
         """Submits this one task as a workflow of one."""
         return Chain(self).apply_async()
 
-    def _node(self, name: str, after: List[str], pass_results: bool) -> Dict[str, Any]:
-        job = self.task._job(self.envelope, None, None, None, None, None, None)
+    def _node(self, name: str, after: List[str], receive: Optional[str]) -> Dict[str, Any]:
+        envelope = self.envelope if receive is None else {**self.envelope, "receive": receive}
+        job = self.task._job(envelope, None, None, None, None, None, None)
         job["name"] = name
         if after:
             job["after"] = after
-        if pass_results:
+        if receive is not None:
             job["pass_results"] = True
         return job
 
@@ -54,7 +57,7 @@ class Signature:
         args = list(call["args"])
         if inputs is not None:
             args.insert(0, inputs[0] if len(inputs) == 1 else inputs)
-        return round_trip(self.task.function(*args, **call["kwargs"]))
+        return round_trip(self.task(*args, **call["kwargs"]))
 
 
 class Chain:
@@ -72,7 +75,7 @@ class Chain:
 
     def apply_async(self) -> "WorkflowResult":
         nodes = [
-            sig._node(str(i), [str(i - 1)] if i else [], pass_results=i > 0)
+            sig._node(str(i), [str(i - 1)] if i else [], "one" if i else None)
             for i, sig in enumerate(self.signatures)
         ]
         app = _app_of(self.signatures)
@@ -99,7 +102,7 @@ class Group:
         app = _app_of(self.signatures)
         if app.eager:
             return _eager("group", [sig._run_here(None) for sig in self.signatures])
-        nodes = [sig._node(str(i), [], False) for i, sig in enumerate(self.signatures)]
+        nodes = [sig._node(str(i), [], None) for i, sig in enumerate(self.signatures)]
         return WorkflowResult._submit(app, nodes, "group")
 
 
@@ -118,8 +121,8 @@ class Chord:
             results = [sig._run_here(None) for sig in members]
             return _eager("chord", [self.body._run_here([results])])
         names = [str(i) for i in range(len(members))]
-        nodes = [sig._node(name, [], False) for name, sig in zip(names, members)]
-        nodes.append(self.body._node("callback", names, pass_results=True))
+        nodes = [sig._node(name, [], None) for name, sig in zip(names, members)]
+        nodes.append(self.body._node("callback", names, "all"))
         return WorkflowResult._submit(app, nodes, "chord")
 
 

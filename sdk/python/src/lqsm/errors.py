@@ -5,8 +5,8 @@ so code written for plain Python keeps catching them."""
 from __future__ import annotations
 
 import builtins
-
-from typing import Optional
+import re
+from typing import Optional, Tuple
 
 
 class LqsmError(Exception):
@@ -54,10 +54,64 @@ class TaskError(LqsmError):
     `state` is the job's final state (`failed`, `cancelled`, `expired`), `reason` the
     server's account of why (for a failed task, the message its last attempt failed
     with), `job_id` the job.
+
+    When a Python worker ran the task, the reason is the exception's type, its message
+    and the remote traceback (`exc_type`, `exc_message`, `remote_traceback`; see
+    `parse_failure`), and `AsyncResult.get()` raises the task's own exception type when
+    it may (see `App`).
     """
 
     def __init__(self, job_id: str, state: str, reason: Optional[str]) -> None:
         self.job_id = job_id
         self.state = state
         self.reason = reason
+        failure = parse_failure(reason) if state == "failed" else None
+        self.exc_type: Optional[str] = failure[0] if failure else None
+        self.exc_message: Optional[str] = failure[1] if failure else None
+        self.remote_traceback: Optional[str] = failure[2] if failure else None
         super().__init__(f"job {job_id} {state}: {reason or 'no reason given'}")
+
+
+class Retry(LqsmError):
+    """Raised by `task.retry()` inside a bound task: the attempt ends, and the job runs
+    again after `countdown` seconds (the task's retry backoff when None), using one of
+    its retries. Not a failure."""
+
+    def __init__(self, message: str, countdown: Optional[float]) -> None:
+        self.message = message
+        self.countdown = countdown
+        super().__init__(message)
+
+
+class SoftTimeLimitExceeded(LqsmError):
+    """Raised inside a task when its soft time limit (`soft_timeout=`) has passed, so
+    that it can clean up before the hard `timeout=` ends it (Celery's exception of the
+    same name). On the asyncio pool the task is cancelled instead (it sees
+    `asyncio.CancelledError`)."""
+
+
+#: Where a Python worker's failure message turns into the remote traceback.
+TRACEBACK_MARK = "\n\nTraceback (most recent call last):\n"
+
+_TYPE_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def format_failure(type_path: str, message: str, traceback_text: str) -> str:
+    """A task's exception as a Python worker reports it: `module.Type: message`, then
+    the traceback after `TRACEBACK_MARK` (a built-in type goes without `builtins.`)."""
+    head = "Traceback (most recent call last):\n"
+    body = traceback_text[len(head):] if traceback_text.startswith(head) else traceback_text
+    return f"{type_path}: {message}{TRACEBACK_MARK}{body}"
+
+
+def parse_failure(reason: Optional[str]) -> Optional[Tuple[str, str, str]]:
+    """`(type, message, traceback)` of a reason written by `format_failure`; None when
+    the reason is not one (a command's failure, a timeout, a Rust handler's message,
+    which carry no traceback)."""
+    if not reason:
+        return None
+    head, mark, tail = reason.partition(TRACEBACK_MARK)
+    type_path, colon, message = head.partition(": ")
+    if not mark or not _TYPE_PATH.fullmatch(type_path):
+        return None
+    return type_path, message, "Traceback (most recent call last):\n" + tail

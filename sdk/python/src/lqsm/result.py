@@ -3,9 +3,11 @@ an in-process (eager) call produced."""
 
 from __future__ import annotations
 
+import builtins
+import sys
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional
 
 from .errors import ApiError, TaskError, TimeoutError
 
@@ -72,9 +74,24 @@ class AsyncResult:
 
     @property
     def result(self) -> Any:
-        """The return value once succeeded; the `TaskError` once finished otherwise
-        (returned, not raised, as Celery does); None while unfinished."""
-        return _outcome(self.fetch(), raise_error=False)
+        """The return value once succeeded; the exception once finished otherwise
+        (returned, not raised, as Celery does: the task's own type when `get()` would
+        raise it, else a `TaskError`); None while unfinished."""
+        return _outcome(self.fetch(), raise_error=False, allowed=self._server.exception_types)
+
+    @property
+    def traceback(self) -> Optional[str]:
+        """The remote traceback of a task that raised on a Python worker; else None."""
+        view = self.fetch()
+        if view["state"] != "failed":
+            return None
+        return TaskError(str(view["id"]), "failed", view.get("reason")).remote_traceback
+
+    def __await__(self) -> Any:
+        """`await result`: `get()` on a thread, so that the event loop carries on."""
+        import asyncio
+
+        return asyncio.get_running_loop().run_in_executor(None, self.get).__await__()
 
     def get(self, timeout: Optional[float] = None) -> Any:
         """Waits for the job and returns its result; raises `TaskError` if it failed,
@@ -97,7 +114,7 @@ class AsyncResult:
                 extra_timeout=wait_ms / 1000,
             )
             if view["state"] in FINISHED_STATES:
-                return _outcome(view, raise_error=True)
+                return _outcome(view, raise_error=True, allowed=self._server.exception_types)
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(
                     f"job {self.id} is still {view['state']} after {timeout} s; "
@@ -144,13 +161,20 @@ class EagerResult(AsyncResult):
 
     @property
     def result(self) -> Any:
-        """The return value, or the `TaskError` if the function raised."""
-        return self._error if self._error is not None else self._value
+        """The return value, or the exception the function raised (a `TaskError` when
+        it asked for more retries than it had)."""
+        if self._error is None:
+            return self._value
+        cause = self._error.__cause__
+        return cause if isinstance(cause, Exception) else self._error
 
     def get(self, timeout: Optional[float] = None) -> Any:
-        """The return value; raises `TaskError` (its `__cause__` the function's own
-        exception) if the function raised. `timeout` is accepted for symmetry."""
+        """The return value; raises the function's own exception if it raised (or a
+        `TaskError` when it asked for more retries than it had). `timeout` is accepted
+        for symmetry."""
         if self._error is not None:
+            if isinstance(self._error.__cause__, Exception):
+                raise self._error.__cause__
             raise self._error
         return self._value
 
@@ -158,13 +182,52 @@ class EagerResult(AsyncResult):
         """Nothing to cancel: the call has run."""
 
 
-def _outcome(view: Dict[str, Any], raise_error: bool) -> Any:
+def _outcome(view: Dict[str, Any], raise_error: bool, allowed: Mapping[str, type]) -> Any:
     state = view["state"]
     if state == "succeeded":
         return view.get("result")
     if state not in FINISHED_STATES:
         return None
     error = TaskError(str(view["id"]), state, view.get("reason"))
+    native = native_exception(error, allowed)
+    if native is not None:
+        native.__cause__ = error
+    raised = native if native is not None else error
     if raise_error:
-        raise error
-    return error
+        raise raised
+    return raised
+
+
+def native_exception(error: TaskError, allowed: Mapping[str, type]) -> Optional[Exception]:
+    """The task's own exception, rebuilt from its type and message, when that type is
+    in `allowed` or already imported here (its module in `sys.modules`); None when it
+    is neither, or cannot be made from a message alone. Never imports anything."""
+    if error.exc_type is None:
+        return None
+    kind = allowed.get(error.exc_type) or _imported(error.exc_type)
+    if not (isinstance(kind, type) and issubclass(kind, Exception)):
+        return None
+    try:
+        native = kind(error.exc_message)
+    except Exception:  # noqa: BLE001 (a constructor that wants more than a message)
+        return None
+    return native
+
+
+def _imported(path: str) -> Any:
+    """The object at `path` (`ValueError`, `pkg.mod.Class.Inner`) if its module is
+    already imported; None otherwise."""
+    parts = path.split(".")
+    if len(parts) == 1:
+        return getattr(builtins, path, None)
+    for split in range(len(parts) - 1, 0, -1):
+        module = sys.modules.get(".".join(parts[:split]))
+        if module is None:
+            continue
+        found: Any = module
+        for name in parts[split:]:
+            found = getattr(found, name, None)
+            if found is None:
+                return None
+        return found
+    return None

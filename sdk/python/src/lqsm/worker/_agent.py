@@ -1,0 +1,489 @@
+"""The worker's side of the poll protocol (docs/PROTOCOL.md, version 3): it registers,
+then keeps one poll waiting at the server, lists what it runs, reports what ended
+until a poll that carried the report is answered, acknowledges numbered answers,
+obeys kill orders, and stops its attempts itself when the server has been out of reach
+for so long that it may run them elsewhere (self-fencing)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import time
+import uuid
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import httpx
+
+from .._version import __version__
+from ..app import Task
+from ..context import MAX_PROGRESS_BYTES
+from ._pools import Pool
+
+log = logging.getLogger("lqsm.worker")
+
+#: The protocol version this worker speaks.
+PROTOCOL = 3
+
+#: How many attempts the worker remembers having started, beyond those it runs, so
+#: that an assignment seen twice never runs twice.
+REMEMBERED_ATTEMPTS = 100_000
+
+#: A poll waiting at least this long is replaced by one carrying new reports.
+CUT_SHORT_AFTER = 0.025
+
+#: Most polls replaced and not yet answered.
+MAX_REPLACED_POLLS = 4
+
+#: How long reports may take to reach the server once everything has stopped.
+FINAL_FLUSH = 5.0
+
+#: Longest wait between reconnection attempts.
+BACKOFF_CAP = 5.0
+
+#: Why a fenced attempt was stopped; it is not reported (to the server it is lost).
+FENCED = "stopped by its worker: the server could not be reached for too long"
+
+
+def fence_after(heartbeat_timeout: float) -> float:
+    """How long after the send time of its last answered poll a worker cut off from
+    the server stops its attempts: the server declares it lost no earlier than its
+    heartbeat timeout after receiving that poll, so the timeout less a margin (a fifth,
+    between 1 and 3 s, at most half) leaves time to kill them first."""
+    margin = min(max(heartbeat_timeout / 5, 1.0), 3.0, heartbeat_timeout / 2)
+    return heartbeat_timeout - margin
+
+
+def memory_mib() -> int:
+    """This machine's memory, MiB (1 GiB when it cannot be read)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 1024
+
+
+class Fatal(Exception):
+    """The worker cannot go on (a refused token, an incompatible server)."""
+
+
+class _Attempt:
+    __slots__ = ("job", "token", "progress", "deadline", "stop", "timed_out", "listed")
+
+    def __init__(self, job: str, token: int) -> None:
+        self.job = job
+        self.token = token
+        self.progress: Optional[Dict[str, Any]] = None
+        self.deadline: Optional[asyncio.TimerHandle] = None
+        # Why it is being stopped: a kill order or a fence (then not reported).
+        self.stop: Optional[str] = None
+        self.timed_out = False
+        # Whether it goes in `running`: not once killed or fenced.
+        self.listed = True
+
+
+class Agent:
+    def __init__(
+        self,
+        tasks: Mapping[str, "Task[Any]"],
+        pool: Pool,
+        urls: Sequence[str],
+        token: Optional[str],
+        name: str,
+        cpu: float,
+        memory: int,
+        labels: Mapping[str, str],
+        poll_wait: float = 2.0,
+        request_timeout: float = 30.0,
+    ) -> None:
+        if not urls:
+            raise ValueError("give at least one server URL")
+        self.tasks = tasks
+        self.pool = pool
+        self.urls = [u.rstrip("/") for u in urls]
+        self.url_index = 0
+        self.id = str(uuid.uuid4())
+        self.name = name
+        self.hostname = f"{name}@{socket.gethostname()}"
+        self.capacity = {"cpu": cpu, "memory_mib": memory}
+        self.labels = dict(labels)
+        self.poll_wait = poll_wait
+        headers = {"User-Agent": f"lqsm-python-worker/{__version__}"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        self.client = httpx.AsyncClient(headers=headers, timeout=request_timeout)
+        self.request_timeout = request_timeout
+        self.attempts: Dict[str, _Attempt] = {}
+        self.reports: Dict[str, Dict[str, Any]] = {}
+        self.seen: "collections.OrderedDict[str, None]" = collections.OrderedDict()
+        self.ack = 0
+        self.heartbeat_timeout: Optional[float] = None
+        self.last_contact: Optional[float] = None
+        self.failures = 0
+        self.stopping = False
+        self.drained = False
+        self.killing = False
+        self.wake = asyncio.Event()
+        self.replaced: "set[asyncio.Task[None]]" = set()
+        #: Counts for the summary at exit.
+        self.summary = collections.Counter[str]()
+
+    # -- HTTP ---------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return self.urls[self.url_index]
+
+    def _next_url(self) -> None:
+        self.url_index = (self.url_index + 1) % len(self.urls)
+
+    async def _backoff(self) -> None:
+        self.failures += 1
+        delay = min(BACKOFF_CAP, 0.05 * 2 ** min(self.failures, 10))
+        await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+
+    @staticmethod
+    def _error_of(response: httpx.Response) -> Dict[str, Any]:
+        try:
+            body = response.json()
+        except ValueError:
+            return {"code": "unexpected_response", "message": response.text[:200]}
+        error = body.get("error") if isinstance(body, dict) else None
+        return error if isinstance(error, dict) else {"code": "unexpected_response", "message": str(body)[:200]}
+
+    def _check_fatal(self, response: httpx.Response) -> None:
+        error = self._error_of(response)
+        code = error.get("code")
+        if response.status_code in (401, 403) or code == "incompatible_protocol" or (
+            response.status_code == 400 and code != "register_again"
+        ):
+            raise Fatal(f"the server at {self.url} refused this worker: {code}: {error.get('message')}")
+
+    # -- registration -----------------------------------------------------------------
+
+    async def register(self) -> None:
+        body = {
+            "id": self.id,
+            "name": self.name,
+            "capacity": self.capacity,
+            "labels": self.labels,
+            "serves_commands": False,
+            "handlers": sorted(self.tasks),
+            "protocol": PROTOCOL,
+        }
+        while True:
+            try:
+                response = await self.client.post(f"{self.url}/v1/workers", json=body)
+            except httpx.TransportError as e:
+                log.warning("cannot reach %s to register (%s); trying again", self.url, e)
+                self._next_url()
+                await self._backoff()
+                continue
+            if response.is_success:
+                view = response.json()
+                timeout_ms = view.get("heartbeat_timeout_ms")
+                self.heartbeat_timeout = timeout_ms / 1000 if timeout_ms else None
+                if self.heartbeat_timeout is None:
+                    log.warning(
+                        "the server does not tell its heartbeat timeout: this worker cannot stop its "
+                        "attempts when cut off from it, so a network partition may run a job twice"
+                    )
+                self.ack = 0
+                self.failures = 0
+                self.last_contact = time.monotonic()
+                log.info("registered at %s as %s (%s)", self.url, self.id, self.hostname)
+                return
+            self._check_fatal(response)
+            log.warning("registration answered %d; trying again", response.status_code)
+            await self._backoff()
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def long_poll_wait(self) -> float:
+        """The configured wait, at most a quarter of the fence time, so that a healthy
+        worker is answered well before it would fence."""
+        if self.heartbeat_timeout is None:
+            return self.poll_wait
+        return min(self.poll_wait, fence_after(self.heartbeat_timeout) / 4)
+
+    def fence_deadline(self) -> Optional[float]:
+        if self.heartbeat_timeout is None or self.last_contact is None:
+            return None
+        if not any(a.listed for a in self.attempts.values()):
+            return None
+        return self.last_contact + fence_after(self.heartbeat_timeout)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        # The pool calls these from its own threads; the loop's state is the loop's.
+        def ended(key: str, outcome: Dict[str, Any]) -> None:
+            loop.call_soon_threadsafe(self._ended, key, outcome)
+
+        def progressed(key: str, state: Dict[str, Any]) -> None:
+            loop.call_soon_threadsafe(self._progressed, key, state)
+
+        self.pool.start(self.tasks, self.hostname, ended, progressed)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_signal)
+        try:
+            await self.register()
+            await self._serve()
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+            self.pool.close()
+            await self.client.aclose()
+
+    async def _serve(self) -> None:
+        poll: Optional[asyncio.Task[None]] = None
+        poll_sent = 0.0
+        while True:
+            if self.pool.broken:
+                raise Fatal(self.pool.broken)
+            if self.stopping and not self.drained:
+                await self._drain()
+            if self.stopping and not self.attempts and not self.reports:
+                return
+            if poll is None or poll.done():
+                if poll is not None:
+                    poll.result()
+                wait = 0.0 if self.reports or self.stopping and not self.attempts else self.long_poll_wait()
+                poll = asyncio.create_task(self._poll(wait))
+                poll_sent = time.monotonic()
+            waiter = asyncio.create_task(self.wake.wait())
+            timeout: Optional[float] = None
+            fence_at = self.fence_deadline()
+            if fence_at is not None:
+                timeout = max(0.0, fence_at - time.monotonic())
+            if self.wake.is_set() or self.reports:
+                cut_at = poll_sent + CUT_SHORT_AFTER - time.monotonic()
+                timeout = cut_at if timeout is None else min(timeout, cut_at)
+                timeout = max(0.0, timeout)
+            await asyncio.wait({poll, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            self.wake.clear()
+            fence_at = self.fence_deadline()
+            if fence_at is not None and time.monotonic() >= fence_at:
+                self._fence()
+            if (
+                not poll.done()
+                and self.reports
+                and time.monotonic() - poll_sent >= CUT_SHORT_AFTER
+                and len(self.replaced) < MAX_REPLACED_POLLS
+            ):
+                # Report now rather than when the waiting poll ends; the server answers
+                # the replaced one at once.
+                self.replaced.add(poll)
+                poll.add_done_callback(self.replaced.discard)
+                poll = asyncio.create_task(self._poll(0.0 if self.stopping else self.long_poll_wait()))
+                poll_sent = time.monotonic()
+
+    async def _poll(self, wait: float) -> None:
+        carried = dict(self.reports)
+        running: List[Dict[str, Any]] = []
+        for key, attempt in self.attempts.items():
+            if attempt.listed:
+                entry: Dict[str, Any] = {"job": attempt.job, "token": attempt.token}
+                if attempt.progress is not None:
+                    entry["progress"] = attempt.progress
+                running.append(entry)
+        body = {
+            "running": running,
+            "finished": list(carried.values()),
+            "ack": self.ack,
+            "wait_ms": int(wait * 1000),
+        }
+        sent_at = time.monotonic()
+        try:
+            response = await self.client.post(
+                f"{self.url}/v1/workers/{self.id}/poll", json=body, timeout=self.request_timeout + wait
+            )
+        except httpx.TransportError as e:
+            log.warning("cannot reach %s (%s: %s); attempts carry on", self.url, type(e).__name__, e)
+            self._next_url()
+            await self._backoff()
+            return
+        if response.status_code == 409 and self._error_of(response).get("code") == "register_again":
+            log.info("the server does not know this worker (it restarted, or took it for lost): registering again")
+            await self.register()
+            return
+        if not response.is_success:
+            self._check_fatal(response)
+            log.warning("poll answered %d (%s); trying again", response.status_code, self._error_of(response))
+            await self._backoff()
+            return
+        self.failures = 0
+        self.last_contact = max(self.last_contact or sent_at, sent_at)
+        for key, report in carried.items():
+            if self.reports.get(key) is report:
+                del self.reports[key]
+        answer = response.json()
+        for refused in answer.get("refused", []):
+            log.debug("report of %s (token %s) refused: %s", refused["job"], refused["token"], refused["reason"])
+        for order in answer.get("kill", []):
+            self._kill(order)
+        for assignment in answer.get("assignments", []):
+            await self._start(assignment)
+        seq = answer.get("seq", 0)
+        if seq > self.ack:
+            self.ack = seq
+
+    # -- attempts ----------------------------------------------------------------------
+
+    async def _start(self, assignment: Dict[str, Any]) -> None:
+        job, token = assignment["job"], assignment["token"]
+        key = f"{job}:{token}"
+        if key in self.seen:
+            return
+        self.seen[key] = None
+        while len(self.seen) > REMEMBERED_ATTEMPTS + len(self.attempts):
+            self.seen.popitem(last=False)
+        attempt = _Attempt(job, token)
+        self.attempts[key] = attempt
+        self.summary["started"] += 1
+        loop = asyncio.get_running_loop()
+        kind = assignment["kind"]
+        if kind.get("type") != "function":
+            self._ended(key, _failed("this Python worker runs no command jobs"))
+            return
+        timeout_ms = assignment.get("timeout_ms")
+        if timeout_ms is not None:
+            attempt.deadline = loop.call_later(timeout_ms / 1000, self._time_out, key)
+        soft_ms = assignment.get("soft_timeout_ms")
+        inputs = assignment.get("inputs")
+        if inputs is None and assignment.get("inputs_path"):
+            inputs = await self._fetch_inputs(assignment["inputs_path"])
+            if inputs is None:
+                self._ended(key, _failed("its parents' results could not be read from the server"))
+                return
+        self.pool.submit(
+            {
+                "key": key,
+                "job": job,
+                "attempt": assignment["attempt"],
+                "queue": assignment["queue"],
+                "handler": kind["handler"],
+                "args": kind.get("args"),
+                "inputs": inputs,
+                "soft_deadline": time.monotonic() + soft_ms / 1000 if soft_ms is not None else None,
+            }
+        )
+
+    async def _fetch_inputs(self, path: str) -> Optional[List[Any]]:
+        for _ in range(5):
+            try:
+                response = await self.client.get(f"{self.url}{path}")
+            except httpx.TransportError:
+                await self._backoff()
+                continue
+            if response.is_success:
+                inputs = response.json().get("inputs")
+                return inputs if isinstance(inputs, list) else None
+            if response.status_code < 500:
+                log.warning("reading %s answered %d: %s", path, response.status_code, self._error_of(response))
+                return None
+            await self._backoff()
+        return None
+
+    def _time_out(self, key: str) -> None:
+        attempt = self.attempts.get(key)
+        if attempt is not None and attempt.stop is None:
+            attempt.timed_out = True
+            self.pool.stop(key, "timed out")
+
+    def _kill(self, order: Dict[str, Any]) -> None:
+        key = f"{order['job']}:{order['token']}"
+        attempt = self.attempts.get(key)
+        if attempt is None or attempt.stop is not None:
+            return
+        attempt.stop = f"stopped by the server: {order['reason']}"
+        attempt.listed = False
+        self.summary[f"killed_{order['reason']}"] += 1
+        self.pool.stop(key, attempt.stop)
+
+    def _fence(self) -> None:
+        silent = time.monotonic() - (self.last_contact or 0.0)
+        stopped = 0
+        for key, attempt in self.attempts.items():
+            if attempt.listed:
+                attempt.listed = False
+                attempt.stop = FENCED
+                stopped += 1
+                self.pool.stop(key, FENCED)
+        if stopped:
+            self.summary["fenced"] += stopped
+            log.error(
+                "no answer from the server for %.1f s: stopped %d attempts before it may run them elsewhere",
+                silent,
+                stopped,
+            )
+
+    def _ended(self, key: str, outcome: Dict[str, Any]) -> None:
+        attempt = self.attempts.pop(key, None)
+        if attempt is None:
+            return
+        if attempt.deadline is not None:
+            attempt.deadline.cancel()
+        if attempt.stop is not None:
+            # Killed by the server (which has ended it already) or fenced (the server
+            # will find it missing and run it again): nothing to report.
+            return
+        result = {"type": "timed_out"} if attempt.timed_out else outcome["result"]
+        self.summary[result["type"]] += 1
+        report = {
+            "job": attempt.job,
+            "token": attempt.token,
+            "result": result,
+            "logs": outcome.get("logs") or None,
+            "started_at_ms": outcome.get("started_at_ms"),
+        }
+        self.reports[key] = report
+        self.wake.set()
+
+    def _progressed(self, key: str, state: Dict[str, Any]) -> None:
+        attempt = self.attempts.get(key)
+        if attempt is not None and len(json.dumps(state)) <= MAX_PROGRESS_BYTES:
+            attempt.progress = state
+
+    # -- shutdown ------------------------------------------------------------------------
+
+    def _on_signal(self) -> None:
+        if not self.stopping:
+            self.stopping = True
+            log.warning(
+                "stopping: no new tasks; waiting for %d running ones (a second signal stops them now)",
+                len(self.attempts),
+            )
+        elif not self.killing:
+            self.killing = True
+            log.warning("stopping now: %d running tasks are stopped and reported failed", len(self.attempts))
+            for key, attempt in self.attempts.items():
+                if attempt.stop is None:
+                    self.pool.stop(key, "its worker was shut down")
+        self.wake.set()
+
+    async def _drain(self) -> None:
+        self.drained = True
+        try:
+            response = await self.client.post(f"{self.url}/v1/workers/{self.id}/drain")
+            if not response.is_success:
+                log.warning("the server did not take the drain (%s); no new tasks are started anyway", response.status_code)
+        except httpx.TransportError as e:
+            log.warning("could not tell the server this worker drains (%s)", e)
+
+
+def _failed(message: str) -> Dict[str, Any]:
+    return {"result": {"type": "failed", "message": message}, "logs": "", "started_at_ms": int(time.time() * 1000)}
+
+
+def default_name() -> str:
+    return f"lqsm-py-{os.getpid()}"

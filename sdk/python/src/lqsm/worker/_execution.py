@@ -1,0 +1,279 @@
+"""One attempt of a task, run the same way by every pool: its call decoded from the
+job's arguments, the task's context set, its output captured, and its end described
+as the protocol's `AttemptResult` (docs/PROTOCOL.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import io
+import json
+import logging
+import sys
+import threading
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar
+
+from .. import context
+from ..app import Task, describe
+from ..errors import Retry, format_failure
+
+#: Most bytes of an attempt's captured output uploaded (the last ones), as the Rust
+#: worker does.
+LOG_CAP_BYTES = 1024 * 1024
+
+#: Most characters of a failure's message and traceback reported.
+MESSAGE_CAP = 64 * 1024
+
+#: What a pool runs: plain JSON data, so that it crosses to a child process unchanged.
+#: Keys: `key` ("job:token"), `job`, `attempt`, `queue`, `handler`, `args`, `inputs`
+#: (None, or the parents' results), `soft_deadline` (None, or `time.monotonic()` of
+#: the soft time limit: the clock is the machine's, shared by its processes).
+Work = Dict[str, Any]
+
+#: An attempt's end: `result` (an `AttemptResult`), `logs`, `started_at_ms`.
+Outcome = Dict[str, Any]
+
+T = TypeVar("T")
+
+
+class AttemptStopped(BaseException):
+    """Raised inside a task its worker stops (a kill order, a timeout, a shutdown).
+    A `BaseException`, so that a task's `except Exception` does not swallow it."""
+
+
+class CallError(Exception):
+    """The job's arguments are not a task call this worker can make."""
+
+
+def decode_call(args: Any, inputs: Optional[List[Any]]) -> Tuple[List[Any], Dict[str, Any]]:
+    """The positional and keyword arguments of a job's call.
+
+    `args` is the SDK's envelope `{"args": [...], "kwargs": {...}}` (a bare list is
+    taken as positional arguments, for jobs submitted from the CLI). Parents' results
+    (`inputs`) come first, as Celery passes them: a chain's link (`"receive": "one"`)
+    gets its parent's result, a chord's callback (`"all"`) the list of them.
+    """
+    receive = None
+    if isinstance(args, list):
+        positional: List[Any] = list(args)
+        keywords: Dict[str, Any] = {}
+    elif isinstance(args, dict) and set(args) <= {"args", "kwargs", "receive"}:
+        positional_raw = args.get("args", [])
+        keywords_raw = args.get("kwargs", {})
+        receive = args.get("receive")
+        if not isinstance(positional_raw, list) or not isinstance(keywords_raw, dict):
+            raise CallError('the job\'s args are not a task call: `args` must be a list and `kwargs` an object')
+        positional, keywords = list(positional_raw), dict(keywords_raw)
+    else:
+        raise CallError(
+            "the job's args are not a task call: expected {\"args\": [...], \"kwargs\": {...}} "
+            "(as the Python SDK submits) or a list of positional arguments"
+        )
+    if inputs is not None:
+        if receive == "all" or (receive is None and len(inputs) != 1):
+            positional.insert(0, inputs)
+        elif inputs:
+            positional.insert(0, inputs[0])
+    return positional, keywords
+
+
+class _Capture:
+    """The output of one attempt: captured log records and prints, the last
+    `LOG_CAP_BYTES` of them kept."""
+
+    def __init__(self) -> None:
+        self.parts: List[str] = []
+        self.size = 0
+
+    def write(self, text: str) -> None:
+        self.parts.append(text)
+        self.size += len(text)
+        if self.size > 2 * LOG_CAP_BYTES:
+            joined = "".join(self.parts)[-LOG_CAP_BYTES:]
+            self.parts, self.size = [joined], len(joined)
+
+    def text(self) -> str:
+        return "".join(self.parts)[-LOG_CAP_BYTES:]
+
+
+_capture: contextvars.ContextVar[Optional[_Capture]] = contextvars.ContextVar("lqsm_capture", default=None)
+
+
+class _CapturingStream(io.TextIOBase):
+    """`sys.stdout` / `sys.stderr` while a worker runs: what a task prints goes to its
+    attempt's output; anything else to the real stream."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def write(self, text: str) -> int:
+        capture = _capture.get()
+        if capture is None:
+            return int(self.real.write(text))
+        capture.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if _capture.get() is None:
+            self.real.flush()
+
+    def fileno(self) -> int:
+        return int(self.real.fileno())
+
+    def isatty(self) -> bool:
+        return False
+
+
+class _CapturingHandler(logging.Handler):
+    """Log records made inside an attempt, added to its output."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        capture = _capture.get()
+        if capture is not None:
+            try:
+                capture.write(self.format(record) + "\n")
+            except Exception:  # noqa: BLE001 (a record that cannot be formatted)
+                self.handleError(record)
+
+
+_installed = threading.Lock()
+_capturing = False
+
+
+def install_capture() -> None:
+    """Routes prints and log records made inside attempts to their output (once per
+    process)."""
+    global _capturing
+    with _installed:
+        if _capturing:
+            return
+        _capturing = True
+        sys.stdout = _CapturingStream(sys.stdout)
+        sys.stderr = _CapturingStream(sys.stderr)
+        handler = _CapturingHandler()
+        handler.setFormatter(logging.Formatter("[%(asctime)s %(levelname)s %(name)s] %(message)s"))
+        logging.getLogger().addHandler(handler)
+
+
+def _failed(message: str) -> Dict[str, Any]:
+    if len(message) > MESSAGE_CAP:
+        # Keep the start (type and message) and the end (where it was raised).
+        half = MESSAGE_CAP // 2
+        message = message[:half] + "\n[... cut ...]\n" + message[-half:]
+    return {"type": "failed", "message": message}
+
+
+class Prepared:
+    """An attempt ready to call: its task, arguments and context."""
+
+    def __init__(self, task: "Task[Any]", args: List[Any], kwargs: Dict[str, Any], attempt: context.Attempt) -> None:
+        self.task = task
+        self.args = args
+        self.kwargs = kwargs
+        self.attempt = attempt
+        self.capture = _Capture()
+        self.started_at_ms = int(time.time() * 1000)
+
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.task.function)
+
+
+def prepare(
+    tasks: Mapping[str, "Task[Any]"],
+    work: Work,
+    hostname: str,
+    report_progress: Callable[[Dict[str, Any]], None],
+) -> "Prepared | Outcome":
+    """The attempt ready to run, or its outcome already when it cannot run (a task this
+    worker does not serve, arguments that are not a call)."""
+    started_at_ms = int(time.time() * 1000)
+    task = tasks.get(work["handler"])
+    if task is None:
+        served = ", ".join(sorted(tasks)[:10]) or "none"
+        return outcome(
+            _failed(f"this worker does not serve the task `{work['handler']}` (it serves: {served})"),
+            "",
+            started_at_ms,
+        )
+    try:
+        args, kwargs = decode_call(work["args"], work.get("inputs"))
+    except CallError as e:
+        return outcome(_failed(str(e)), "", started_at_ms)
+    request = context.Request(id=work["job"], attempt=work["attempt"], queue=work["queue"], hostname=hostname)
+    return Prepared(task, args, kwargs, context.Attempt(request, report_progress))
+
+
+def outcome(result: Dict[str, Any], logs: str, started_at_ms: int) -> Outcome:
+    return {"result": result, "logs": logs, "started_at_ms": started_at_ms}
+
+
+def run(prepared: Prepared, call: Callable[[Prepared], Any]) -> Outcome:
+    """Calls the task through `call` with its context and capture set, and describes
+    how it ended. `AttemptStopped` passes through: the pool reports a stopped attempt."""
+    token = context.enter(prepared.attempt)
+    capture_token = _capture.set(prepared.capture)
+    try:
+        try:
+            value = call(prepared)
+        finally:
+            _capture.reset(capture_token)
+            context.leave(token)
+    except Retry as e:
+        retry: Dict[str, Any] = {"type": "retry", "message": e.message}
+        if e.countdown is not None:
+            retry["countdown_ms"] = max(0, int(e.countdown * 1000))
+        return outcome(retry, prepared.capture.text(), prepared.started_at_ms)
+    except Exception as e:  # noqa: BLE001 (whatever the task raised is its failure)
+        return outcome(_failed(format_failure(*describe(e))), prepared.capture.text(), prepared.started_at_ms)
+    return finish(prepared, value)
+
+
+async def run_async(prepared: Prepared) -> Outcome:
+    """`run` for the asyncio pool: a coroutine task is awaited on the running loop, a
+    plain function is called in it."""
+    token = context.enter(prepared.attempt)
+    capture_token = _capture.set(prepared.capture)
+    try:
+        try:
+            value = prepared.task(*prepared.args, **prepared.kwargs)
+            if inspect.isawaitable(value):
+                value = await value
+        finally:
+            _capture.reset(capture_token)
+            context.leave(token)
+    except Retry as e:
+        retry: Dict[str, Any] = {"type": "retry", "message": e.message}
+        if e.countdown is not None:
+            retry["countdown_ms"] = max(0, int(e.countdown * 1000))
+        return outcome(retry, prepared.capture.text(), prepared.started_at_ms)
+    except Exception as e:  # noqa: BLE001 (whatever the task raised is its failure)
+        return outcome(_failed(format_failure(*describe(e))), prepared.capture.text(), prepared.started_at_ms)
+    return finish(prepared, value)
+
+
+def call_blocking(prepared: Prepared) -> Any:
+    """Calls the task in this thread; a coroutine task runs on an event loop of its
+    own (the threads and processes pools)."""
+    value = prepared.task(*prepared.args, **prepared.kwargs)
+    if inspect.isawaitable(value):
+        return asyncio.run(_awaited(value))
+    return value
+
+
+async def _awaited(value: Any) -> Any:
+    return await value
+
+
+def finish(prepared: Prepared, value: Any) -> Outcome:
+    """A task's return value as a success, or a failure if JSON cannot carry it."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        message = (
+            f"the task `{prepared.task.name}` returned what JSON cannot carry ({e}): "
+            "return None, bool, int, float, str, and lists and dicts of them"
+        )
+        return outcome(_failed(message), prepared.capture.text(), prepared.started_at_ms)
+    return outcome({"type": "succeeded", "result": value}, prepared.capture.text(), prepared.started_at_ms)

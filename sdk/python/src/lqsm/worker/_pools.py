@@ -1,0 +1,531 @@
+"""Where a worker's attempts run: `threads`, `processes` or `asyncio`, `concurrency`
+at a time, the rest waiting in the worker in the order they were assigned.
+
+Every pool takes attempts with `submit`, ends one early with `stop` (a kill order,
+a timeout, a shutdown, a fence), and calls `done(key, outcome)` exactly once per
+attempt submitted, from any thread. A pool never leaves a stopped attempt running: a
+thread or coroutine that does not end within the grace after it was stopped makes the
+worker exit (its attempts are then lost to the server and run again, never twice at
+once); a child process is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ctypes
+import functools
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional
+
+from ..app import Task
+from ..errors import SoftTimeLimitExceeded
+from . import _execution
+from ._execution import Outcome, Work
+
+log = logging.getLogger("lqsm.worker")
+
+Done = Callable[[str, Outcome], None]
+Progress = Callable[[str, Dict[str, Any]], None]
+
+#: Exit status of a worker that had to leave because a stopped task would not end.
+EXIT_STUCK_TASK = 70
+
+
+def _stopped(reason: str, started_at_ms: Optional[int] = None) -> Outcome:
+    return _execution.outcome(
+        {"type": "failed", "message": reason}, "", started_at_ms if started_at_ms is not None else int(time.time() * 1000)
+    )
+
+
+def _exit_stuck(key: str, grace: float) -> None:
+    log.critical(
+        "attempt %s did not end %.0f s after it was stopped: the worker exits so that it never "
+        "runs alongside the attempt the server runs in its place",
+        key,
+        grace,
+    )
+    logging.shutdown()
+    os._exit(EXIT_STUCK_TASK)
+
+
+class Pool:
+    """What the worker's loop needs of a pool."""
+
+    name = "pool"
+    broken: Optional[str] = None
+
+    def __init__(self, concurrency: int, stop_grace: float) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency takes 1 or more, got {concurrency}")
+        self.concurrency = concurrency
+        self.stop_grace = stop_grace
+        self.done: Done = lambda key, outcome: None
+        self.progress: Progress = lambda key, state: None
+
+    def start(self, tasks: Mapping[str, "Task[Any]"], hostname: str, done: Done, progress: Progress) -> None:
+        raise NotImplementedError
+
+    def submit(self, work: Work) -> None:
+        raise NotImplementedError
+
+    def stop(self, key: str, reason: str) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Ends the pool's threads or children; called once nothing runs."""
+
+
+def _raise_in_thread(ident: int, exception: type) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exception))
+
+
+def _clear_raise_in_thread(ident: int) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
+
+
+class ThreadPool(Pool):
+    """`concurrency` threads in the worker's process. A soft time limit, or a stop,
+    raises in the task's thread the next time it runs Python code (not while it waits in
+    a C call such as `time.sleep`)."""
+
+    name = "threads"
+
+    def __init__(self, concurrency: int, stop_grace: float) -> None:
+        super().__init__(concurrency, stop_grace)
+        self.lock = threading.Condition()
+        self.backlog: Deque[Work] = collections.deque()
+        self.running: Dict[int, str] = {}
+        self.stop_reasons: Dict[str, str] = {}
+        self.closing = False
+        self.threads: List[threading.Thread] = []
+
+    def start(self, tasks: Mapping[str, "Task[Any]"], hostname: str, done: Done, progress: Progress) -> None:
+        self.tasks, self.hostname, self.done, self.progress = tasks, hostname, done, progress
+        for i in range(self.concurrency):
+            thread = threading.Thread(target=self._serve, name=f"lqsm-task-{i}", daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def submit(self, work: Work) -> None:
+        with self.lock:
+            self.backlog.append(work)
+            self.lock.notify()
+
+    def stop(self, key: str, reason: str) -> None:
+        with self.lock:
+            for work in self.backlog:
+                if work["key"] == key:
+                    self.backlog.remove(work)
+                    break
+            else:
+                for ident, running in self.running.items():
+                    if running == key:
+                        self.stop_reasons[key] = reason
+                        _raise_in_thread(ident, _execution.AttemptStopped)
+                        threading.Timer(self.stop_grace, self._check_ended, (ident, key)).start()
+                return
+        self.done(key, _stopped(reason))
+
+    def _check_ended(self, ident: int, key: str) -> None:
+        with self.lock:
+            if self.running.get(ident) == key:
+                _exit_stuck(key, self.stop_grace)
+
+    def _soft_limit(self, ident: int, key: str) -> None:
+        with self.lock:
+            if self.running.get(ident) == key and key not in self.stop_reasons:
+                _raise_in_thread(ident, SoftTimeLimitExceeded)
+
+    def _serve(self) -> None:
+        ident = threading.get_ident()
+        while True:
+            with self.lock:
+                while not self.backlog and not self.closing:
+                    self.lock.wait()
+                if self.closing:
+                    return
+                work = self.backlog.popleft()
+                key = work["key"]
+                self.running[ident] = key
+            timer = None
+            outcome: Optional[Outcome] = None
+            try:
+                prepared = _execution.prepare(self.tasks, work, self.hostname, functools.partial(self.progress, key))
+                if not isinstance(prepared, _execution.Prepared):
+                    outcome = prepared
+                else:
+                    soft_deadline = work.get("soft_deadline")
+                    if soft_deadline is not None:
+                        timer = threading.Timer(
+                            max(0.0, soft_deadline - time.monotonic()), self._soft_limit, (ident, key)
+                        )
+                        timer.daemon = True
+                        timer.start()
+                    outcome = _execution.run(prepared, _execution.call_blocking)
+            except _execution.AttemptStopped:
+                pass
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                with self.lock:
+                    # An exception raised into this thread after the task ended must not
+                    # land in the next one.
+                    _clear_raise_in_thread(ident)
+                    del self.running[ident]
+                    reason = self.stop_reasons.pop(key, None)
+            if reason is not None:
+                outcome = _stopped(reason)
+            assert outcome is not None
+            self.done(key, outcome)
+
+    def close(self) -> None:
+        with self.lock:
+            self.closing = True
+            self.lock.notify_all()
+
+
+class AsyncioPool(Pool):
+    """Coroutines on an event loop of their own thread, `concurrency` at a time. A
+    soft time limit, or a stop, cancels the task: it sees `asyncio.CancelledError` at
+    its current `await`. A plain (not `async`) task runs on the loop too, blocking it:
+    use the threads pool for those."""
+
+    name = "asyncio"
+
+    def __init__(self, concurrency: int, stop_grace: float) -> None:
+        super().__init__(concurrency, stop_grace)
+        self.loop = asyncio.new_event_loop()
+        self.backlog: Deque[Work] = collections.deque()
+        self.running: Dict[str, "asyncio.Task[None]"] = {}
+        self.stop_reasons: Dict[str, str] = {}
+        self.soft_fired: set[str] = set()
+
+    def start(self, tasks: Mapping[str, "Task[Any]"], hostname: str, done: Done, progress: Progress) -> None:
+        self.tasks, self.hostname, self.done, self.progress = tasks, hostname, done, progress
+        self.thread = threading.Thread(target=self.loop.run_forever, name="lqsm-asyncio-pool", daemon=True)
+        self.thread.start()
+
+    def submit(self, work: Work) -> None:
+        self.loop.call_soon_threadsafe(self._submit, work)
+
+    def stop(self, key: str, reason: str) -> None:
+        self.loop.call_soon_threadsafe(self._stop, key, reason)
+
+    def _submit(self, work: Work) -> None:
+        self.backlog.append(work)
+        self._start_next()
+
+    def _start_next(self) -> None:
+        while self.backlog and len(self.running) < self.concurrency:
+            work = self.backlog.popleft()
+            key = work["key"]
+            self.running[key] = self.loop.create_task(self._run(work))
+            soft_deadline = work.get("soft_deadline")
+            if soft_deadline is not None:
+                delay = max(0.0, soft_deadline - time.monotonic())
+                self.loop.call_later(delay, self._soft_limit, key, self.running[key])
+
+    def _soft_limit(self, key: str, task: "asyncio.Task[None]") -> None:
+        if self.running.get(key) is task and key not in self.stop_reasons:
+            self.soft_fired.add(key)
+            task.cancel("the task's soft time limit has passed")
+
+    def _stop(self, key: str, reason: str) -> None:
+        for work in self.backlog:
+            if work["key"] == key:
+                self.backlog.remove(work)
+                self.done(key, _stopped(reason))
+                return
+        task = self.running.get(key)
+        if task is not None:
+            self.stop_reasons[key] = reason
+            task.cancel(reason)
+            self.loop.call_later(self.stop_grace, self._check_ended, key, task)
+
+    def _check_ended(self, key: str, task: "asyncio.Task[None]") -> None:
+        if not task.done():
+            _exit_stuck(key, self.stop_grace)
+
+    async def _run(self, work: Work) -> None:
+        key = work["key"]
+        outcome: Optional[Outcome] = None
+        try:
+            prepared = _execution.prepare(self.tasks, work, self.hostname, lambda s: self.progress(key, s))
+            if not isinstance(prepared, _execution.Prepared):
+                outcome = prepared
+            else:
+                try:
+                    outcome = await _execution.run_async(prepared)
+                except asyncio.CancelledError:
+                    message = "SoftTimeLimitExceeded: the task's soft time limit has passed (it was cancelled)"
+                    outcome = _execution.outcome(
+                        {"type": "failed", "message": message}, prepared.capture.text(), prepared.started_at_ms
+                    )
+        finally:
+            del self.running[key]
+            self.soft_fired.discard(key)
+            reason = self.stop_reasons.pop(key, None)
+            if reason is not None:
+                outcome = _stopped(reason)
+            assert outcome is not None
+            self.done(key, outcome)
+            self._start_next()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+class _ChildProcess:
+    """One child of the processes pool, and what it was given."""
+
+    def __init__(self, process: "subprocess.Popen[bytes]", remaining: Optional[int]) -> None:
+        self.process = process
+        # Keys sent and not yet done, in order: the child runs them in this order.
+        self.inflight: Deque[str] = collections.deque()
+        # How many more tasks it may be sent before it is replaced (None: no limit).
+        self.remaining = remaining
+        self.leaving = False
+        self.ready = False
+
+
+class ProcessPool(Pool):
+    """`concurrency` child processes (`python -m lqsm.worker._child`), each running one
+    task at a time: what Celery's prefork pool does, with children that die with the
+    worker. A soft time limit raises `SoftTimeLimitExceeded` inside the task (a timer
+    signal); a stop raises inside it too, and the child's process group is killed if the
+    task has not ended within the grace. A child is replaced after `max_tasks_per_child`
+    tasks, or once its peak memory passed `max_memory_per_child` KiB."""
+
+    name = "processes"
+
+    #: Most attempts sent to a child at once (fewer when others wait for a child).
+    MAX_BATCH = 32
+
+    def __init__(
+        self,
+        concurrency: int,
+        stop_grace: float,
+        app_ref: str,
+        max_tasks_per_child: int = 0,
+        max_memory_per_child: int = 0,
+    ) -> None:
+        super().__init__(concurrency, stop_grace)
+        self.app_ref = app_ref
+        self.max_tasks_per_child = max_tasks_per_child
+        self.max_memory_per_child = max_memory_per_child
+        self.lock = threading.RLock()
+        self.backlog: Deque[Work] = collections.deque()
+        self.works: Dict[str, Work] = {}
+        self.children: List[_ChildProcess] = []
+        self.stop_reasons: Dict[str, str] = {}
+        self.closing = False
+        #: How many children were started, for tests and `lqsm-py` summaries.
+        self.children_started = 0
+        #: Why the pool cannot run anything (a child that died before it was ready,
+        #: such as an app that does not import there); the worker stops.
+        self.broken: Optional[str] = None
+
+    def start(self, tasks: Mapping[str, "Task[Any]"], hostname: str, done: Done, progress: Progress) -> None:
+        self.hostname, self.done, self.progress = hostname, done, progress
+        with self.lock:
+            for _ in range(self.concurrency):
+                self._spawn()
+
+    def _spawn(self) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        command = [
+            sys.executable,
+            "-m",
+            "lqsm.worker._child",
+            self.app_ref,
+            self.hostname,
+            str(self.max_tasks_per_child),
+            str(self.max_memory_per_child),
+            str(os.getpid()),
+        ]
+        # Each child leads a process group of its own: stopping it reaches whatever
+        # its task started, and a terminal's Ctrl-C reaches only the worker.
+        process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=True
+        )
+        child = _ChildProcess(process, self.max_tasks_per_child or None)
+        self.children.append(child)
+        self.children_started += 1
+        threading.Thread(target=self._read, args=(child,), name=f"lqsm-child-{process.pid}", daemon=True).start()
+
+    def submit(self, work: Work) -> None:
+        with self.lock:
+            self.works[work["key"]] = work
+            self.backlog.append(work)
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        idle = [c for c in self.children if c.ready and not c.leaving and not c.inflight and c.remaining != 0]
+        for child in idle:
+            if not self.backlog:
+                return
+            # Share what waits among the idle children; a child never gets more than it
+            # may still run before it is replaced.
+            share = -(-len(self.backlog) // len(idle))
+            count = min(share, self.MAX_BATCH, len(self.backlog))
+            if child.remaining is not None:
+                count = min(count, child.remaining)
+                child.remaining -= count
+            batch = [self.backlog.popleft() for _ in range(count)]
+            child.inflight.extend(w["key"] for w in batch)
+            self._send(child, {"run": batch})
+
+    def _send(self, child: _ChildProcess, message: Dict[str, Any]) -> None:
+        stdin = child.process.stdin
+        assert stdin is not None
+        try:
+            stdin.write((json.dumps(message, separators=(",", ":")) + "\n").encode())
+            stdin.flush()
+        except (BrokenPipeError, OSError):
+            # The child died; its reader thread accounts for what it held.
+            pass
+
+    def stop(self, key: str, reason: str) -> None:
+        with self.lock:
+            for work in self.backlog:
+                if work["key"] == key:
+                    self.backlog.remove(work)
+                    del self.works[key]
+                    break
+            else:
+                for child in self.children:
+                    if key in child.inflight:
+                        self.stop_reasons[key] = reason
+                        self._send(child, {"stop": key, "reason": reason})
+                        threading.Timer(self.stop_grace, self._check_ended, (child, key)).start()
+                return
+        self.done(key, _stopped(reason))
+
+    def _check_ended(self, child: _ChildProcess, key: str) -> None:
+        with self.lock:
+            if key in child.inflight:
+                log.warning("attempt %s did not end %.0f s after it was stopped: killing its process", key, self.stop_grace)
+                self._kill(child)
+
+    @staticmethod
+    def _kill(child: _ChildProcess) -> None:
+        try:
+            os.killpg(child.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _read(self, child: _ChildProcess) -> None:
+        stdout = child.process.stdout
+        assert stdout is not None
+        for line in stdout:
+            message = json.loads(line)
+            if "done" in message:
+                key = message["done"]
+                with self.lock:
+                    if child.inflight and child.inflight[0] == key:
+                        child.inflight.popleft()
+                    else:
+                        child.inflight.remove(key)
+                    self.works.pop(key, None)
+                    reason = self.stop_reasons.pop(key, None)
+                    self._dispatch()
+                outcome = message["outcome"]
+                if reason is not None:
+                    outcome = _execution.outcome(
+                        {"type": "failed", "message": reason}, outcome.get("logs", ""), outcome["started_at_ms"]
+                    )
+                self.done(key, outcome)
+            elif "progress" in message:
+                self.progress(message["progress"], message["state"])
+            elif "ready" in message:
+                with self.lock:
+                    child.ready = True
+                    self._dispatch()
+            elif "exit" in message:
+                log.info("child %d is replaced: %s", child.process.pid, message["exit"])
+                with self.lock:
+                    child.leaving = True
+        status = child.process.wait()
+        # What the child's tasks started lives in its process group: it ends too.
+        self._kill(child)
+        self._child_ended(child, status)
+
+    def _child_ended(self, child: _ChildProcess, status: int) -> None:
+        ended: List[tuple[str, str]] = []
+        with self.lock:
+            self.children.remove(child)
+            if not child.ready and not self.closing:
+                self.broken = (
+                    f"a child process of the processes pool exited with status {status} before it was ready "
+                    f"(does `{self.app_ref}` import in a fresh interpreter? its error is above)"
+                )
+                self.closing = True
+            if child.inflight and not child.leaving:
+                # The first attempt it held was running, or about to: it ended with the
+                # child. The others had not started (none had when the child left on
+                # its own, between two tasks).
+                head = child.inflight.popleft()
+                self.works.pop(head, None)
+                reason = self.stop_reasons.pop(head, None)
+                if reason is None:
+                    how = f"signal {-status}" if status < 0 else f"status {status}"
+                    reason = f"the worker's child process running it died ({how})"
+                    log.warning("child %d died (%s) while running %s", child.process.pid, how, head)
+                ended.append((head, reason))
+            # What had not started goes back to the front of the line, in order.
+            for key in reversed(child.inflight):
+                stopped = self.stop_reasons.pop(key, None)
+                if stopped is not None:
+                    self.works.pop(key, None)
+                    ended.append((key, stopped))
+                else:
+                    self.backlog.appendleft(self.works[key])
+            if not self.closing:
+                self._spawn()
+            self._dispatch()
+        for key, reason in ended:
+            self.done(key, _stopped(reason))
+
+    def close(self) -> None:
+        with self.lock:
+            self.closing = True
+            children = list(self.children)
+        for child in children:
+            if child.process.stdin is not None:
+                try:
+                    child.process.stdin.close()
+                except OSError:
+                    pass
+        deadline = time.monotonic() + self.stop_grace
+        for child in children:
+            try:
+                child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self._kill(child)
+
+
+def make_pool(
+    kind: str,
+    concurrency: int,
+    stop_grace: float,
+    app_ref: str,
+    max_tasks_per_child: int = 0,
+    max_memory_per_child: int = 0,
+) -> Pool:
+    """The pool named `kind` (`threads`, `processes` or `asyncio`)."""
+    if kind == "threads":
+        return ThreadPool(concurrency, stop_grace)
+    if kind == "asyncio":
+        return AsyncioPool(concurrency, stop_grace)
+    if kind == "processes":
+        return ProcessPool(concurrency, stop_grace, app_ref, max_tasks_per_child, max_memory_per_child)
+    raise ValueError(f"--pool takes threads, processes or asyncio, got {kind!r}")
