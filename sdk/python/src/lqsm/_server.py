@@ -92,7 +92,8 @@ class ServerConnection:
                 "check the URL, or start one with `lqsm standalone`"
             ) from e
         if response.is_success:
-            return response.json()
+            # 204 No Content (a delete, say) has no body to decode.
+            return response.json() if response.content else None
         raise _api_error(response)
 
     def _check_server(self) -> str:

@@ -29,7 +29,7 @@ from ._batcher import Batcher, new_job_id
 from ._server import ServerConnection
 from .arguments import encode_call, resources_spec, round_trip, seconds_to_ms, str_list, str_map
 from . import context
-from .errors import Retry, TaskError, UnsupportedOption, format_failure
+from .errors import ApiError, Retry, TaskError, UnsupportedOption, format_failure
 from .result import AsyncResult, EagerResult
 
 if TYPE_CHECKING:
@@ -150,6 +150,62 @@ class App:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def schedule(
+        self,
+        name: str,
+        task: "Union[Task[Any], Signature]",
+        *,
+        cron: Optional[str] = None,
+        every: Optional[float] = None,
+        timezone: Optional[str] = None,
+        misfire: Optional[str] = None,
+        overlap: Optional[str] = None,
+    ) -> Dict[str, Any]:
+        """Runs `task` periodically, carried out by the server's schedules (Celery's beat
+        table, with no beat process): `app.schedule("nightly-report", report.s("eu"),
+        cron="0 3 * * *", timezone="Europe/Paris")` or `every=30` (seconds, at least 1).
+
+        `task` is a signature (`task.s(args)`) or a task taking no arguments. `misfire`
+        (`skip`, `run_once`, `catch_up`) says what to do with fires missed while no server
+        ran; `overlap` (`allow`, `skip`) whether a fire may start while the previous one's
+        job runs. Declaring a schedule that exists updates it, so a table of
+        `app.schedule(...)` calls run at each deploy keeps the server's in step. Answers
+        the server's `ScheduleView`; every job it makes is tagged `schedule:NAME`.
+        """
+        from .canvas import Signature
+
+        if (cron is None) == (every is None):
+            raise ValueError("give cron= (a cron expression) or every= (seconds), one of them")
+        signature = task if isinstance(task, Signature) else task.s()
+        job = signature.task._job(signature.envelope, None, None, None, None, None, None)
+        fields: Dict[str, Any] = {"job": job}
+        if cron is not None:
+            if not isinstance(cron, str) or not cron.strip():
+                raise TypeError(f"cron takes a cron expression such as '*/5 * * * *', got {cron!r}")
+            fields["cron"] = cron
+        if every is not None:
+            fields["every_ms"] = seconds_to_ms("every", every)
+        for option, value in (("timezone", timezone), ("misfire", misfire), ("overlap", overlap)):
+            if value is not None:
+                fields[option] = value
+        if self.eager:
+            return {"name": name, **fields}
+        try:
+            view: Dict[str, Any] = self._server.request("POST", "/v1/schedules", json={"name": name, **fields})
+        except ApiError as e:
+            if e.code != "conflict":
+                raise
+            view = self._server.request("PATCH", f"/v1/schedules/{name}", json=fields)
+        return view
+
+    def unschedule(self, name: str) -> None:
+        """Deletes the schedule `name` (its jobs stay); nothing happens if there is none."""
+        try:
+            self._server.request("DELETE", f"/v1/schedules/{name}")
+        except ApiError as e:
+            if e.code != "not_found":
+                raise
 
     def AsyncResult(self, job_id: str) -> AsyncResult:  # noqa: N802 (Celery's name)
         """A handle on a job submitted earlier, by its id."""

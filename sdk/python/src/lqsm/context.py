@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextvars
 import json
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional
 
 #: The largest `update_state` the server keeps (its limit on a running attempt's
@@ -15,21 +14,33 @@ from typing import Any, Callable, Dict, Optional
 MAX_PROGRESS_BYTES = 4096
 
 
-@dataclass(frozen=True)
 class Request:
     """The attempt a task runs in (Celery's `self.request`). Outside a worker every
     field is empty: `id` None, `attempt` 0."""
 
-    #: The job's id.
-    id: Optional[str] = None
-    #: 1 for the first attempt, 2 for the first retry, ...
-    attempt: int = 0
-    #: The leaf queue the job is in.
-    queue: Optional[str] = None
-    #: The worker running it (`name@host`).
-    hostname: Optional[str] = None
-    #: Whether the call runs in the caller's process (`App(eager=True)`).
-    is_eager: bool = False
+    __slots__ = ("id", "attempt", "queue", "hostname", "is_eager")
+
+    def __init__(
+        self,
+        id: Optional[str] = None,
+        attempt: int = 0,
+        queue: Optional[str] = None,
+        hostname: Optional[str] = None,
+        is_eager: bool = False,
+    ) -> None:
+        #: The job's id.
+        self.id = id
+        #: 1 for the first attempt, 2 for the first retry, ...
+        self.attempt = attempt
+        #: The leaf queue the job is in.
+        self.queue = queue
+        #: The worker running it (`name@host`).
+        self.hostname = hostname
+        #: Whether the call runs in the caller's process (`App(eager=True)`).
+        self.is_eager = is_eager
+
+    def __repr__(self) -> str:
+        return f"<Request id={self.id} attempt={self.attempt} queue={self.queue}>"
 
     @property
     def retries(self) -> int:

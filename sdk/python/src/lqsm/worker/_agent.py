@@ -14,9 +14,10 @@ import os
 import random
 import signal
 import socket
+import threading
 import time
 import uuid
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import httpx
 
@@ -225,8 +226,23 @@ class Agent:
         loop = asyncio.get_running_loop()
 
         # The pool calls these from its own threads; the loop's state is the loop's.
-        def ended(key: str, outcome: Dict[str, Any]) -> None:
-            loop.call_soon_threadsafe(self._ended, key, outcome)
+        # Ends that come while the loop has not yet taken the earlier ones join them,
+        # so that a busy pool wakes the loop once for many.
+        ended_lock = threading.Lock()
+        ended_pending: List[Tuple[str, Dict[str, Any]]] = []
+
+        def take_ended() -> None:
+            with ended_lock:
+                batch = ended_pending[:]
+                ended_pending.clear()
+            self._ended_many(batch)
+
+        def ended(attempts: List[Tuple[str, Dict[str, Any]]]) -> None:
+            with ended_lock:
+                first = not ended_pending
+                ended_pending.extend(attempts)
+            if first:
+                loop.call_soon_threadsafe(take_ended)
 
         def progressed(key: str, state: Dict[str, Any]) -> None:
             loop.call_soon_threadsafe(self._progressed, key, state)
@@ -246,6 +262,7 @@ class Agent:
     async def _serve(self) -> None:
         poll: Optional[asyncio.Task[None]] = None
         poll_sent = 0.0
+        poll_waits = False
         while True:
             if self.pool.broken:
                 raise Fatal(self.pool.broken)
@@ -256,9 +273,11 @@ class Agent:
             if poll is None or poll.done():
                 if poll is not None:
                     poll.result()
+                # Reports that came while the last poll was on its way go together:
+                # under load a poll carries many.
                 wait = 0.0 if self.reports or self.stopping and not self.attempts else self.long_poll_wait()
                 poll = asyncio.create_task(self._poll(wait))
-                poll_sent = time.monotonic()
+                poll_sent, poll_waits = time.monotonic(), wait > 0
             waiter = asyncio.create_task(self.wake.wait())
             timeout: Optional[float] = None
             fence_at = self.fence_deadline()
@@ -277,15 +296,20 @@ class Agent:
             if (
                 not poll.done()
                 and self.reports
-                and time.monotonic() - poll_sent >= CUT_SHORT_AFTER
                 and len(self.replaced) < MAX_REPLACED_POLLS
+                # Only a long-poll waiting for work: a poll that carries reports is
+                # answered at once anyway, and replacing it would only delay the
+                # assignments it brings.
+                and poll_waits
+                and time.monotonic() - poll_sent >= CUT_SHORT_AFTER
             ):
-                # Report now rather than when the waiting poll ends; the server answers
-                # the replaced one at once.
+                # Report now rather than when the waiting poll ends: the server answers
+                # the replaced one at once (refusals only); the new one takes its place.
                 self.replaced.add(poll)
                 poll.add_done_callback(self.replaced.discard)
-                poll = asyncio.create_task(self._poll(0.0 if self.stopping else self.long_poll_wait()))
-                poll_sent = time.monotonic()
+                wait = 0.0 if self.stopping else self.long_poll_wait()
+                poll = asyncio.create_task(self._poll(wait))
+                poll_sent, poll_waits = time.monotonic(), wait > 0
 
     async def _poll(self, wait: float) -> None:
         carried = dict(self.reports)
@@ -303,6 +327,7 @@ class Agent:
             "wait_ms": int(wait * 1000),
         }
         sent_at = time.monotonic()
+        self.summary["polls"] += 1
         try:
             response = await self.client.post(
                 f"{self.url}/v1/workers/{self.id}/poll", json=body, timeout=self.request_timeout + wait
@@ -331,52 +356,56 @@ class Agent:
             log.debug("report of %s (token %s) refused: %s", refused["job"], refused["token"], refused["reason"])
         for order in answer.get("kill", []):
             self._kill(order)
+        works = []
         for assignment in answer.get("assignments", []):
-            await self._start(assignment)
+            work = self._start(assignment)
+            if work is not None:
+                if assignment.get("inputs_path") and work["inputs"] is None:
+                    inputs = await self._fetch_inputs(assignment["inputs_path"])
+                    if inputs is None:
+                        self._ended(work["key"], _failed("its parents' results could not be read from the server"))
+                        continue
+                    work["inputs"] = inputs
+                works.append(work)
+        if works:
+            self.pool.submit(works)
         seq = answer.get("seq", 0)
         if seq > self.ack:
             self.ack = seq
 
     # -- attempts ----------------------------------------------------------------------
 
-    async def _start(self, assignment: Dict[str, Any]) -> None:
+    def _start(self, assignment: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        """Takes on an assignment: what the pool is to run, None if there is nothing
+        to run (seen before, or ended already)."""
         job, token = assignment["job"], assignment["token"]
         key = f"{job}:{token}"
         if key in self.seen:
-            return
+            return None
         self.seen[key] = None
         while len(self.seen) > REMEMBERED_ATTEMPTS + len(self.attempts):
             self.seen.popitem(last=False)
         attempt = _Attempt(job, token)
         self.attempts[key] = attempt
         self.summary["started"] += 1
-        loop = asyncio.get_running_loop()
         kind = assignment["kind"]
         if kind.get("type") != "function":
             self._ended(key, _failed("this Python worker runs no command jobs"))
-            return
+            return None
         timeout_ms = assignment.get("timeout_ms")
         if timeout_ms is not None:
-            attempt.deadline = loop.call_later(timeout_ms / 1000, self._time_out, key)
+            attempt.deadline = asyncio.get_running_loop().call_later(timeout_ms / 1000, self._time_out, key)
         soft_ms = assignment.get("soft_timeout_ms")
-        inputs = assignment.get("inputs")
-        if inputs is None and assignment.get("inputs_path"):
-            inputs = await self._fetch_inputs(assignment["inputs_path"])
-            if inputs is None:
-                self._ended(key, _failed("its parents' results could not be read from the server"))
-                return
-        self.pool.submit(
-            {
-                "key": key,
-                "job": job,
-                "attempt": assignment["attempt"],
-                "queue": assignment["queue"],
-                "handler": kind["handler"],
-                "args": kind.get("args"),
-                "inputs": inputs,
-                "soft_deadline": time.monotonic() + soft_ms / 1000 if soft_ms is not None else None,
-            }
-        )
+        return {
+            "key": key,
+            "job": job,
+            "attempt": assignment["attempt"],
+            "queue": assignment["queue"],
+            "handler": kind["handler"],
+            "args": kind.get("args"),
+            "inputs": assignment.get("inputs"),
+            "soft_deadline": time.monotonic() + soft_ms / 1000 if soft_ms is not None else None,
+        }
 
     async def _fetch_inputs(self, path: str) -> Optional[List[Any]]:
         for _ in range(5):
@@ -426,6 +455,10 @@ class Agent:
                 silent,
                 stopped,
             )
+
+    def _ended_many(self, attempts: List[Tuple[str, Dict[str, Any]]]) -> None:
+        for key, outcome in attempts:
+            self._ended(key, outcome)
 
     def _ended(self, key: str, outcome: Dict[str, Any]) -> None:
         attempt = self.attempts.pop(key, None)

@@ -1,7 +1,7 @@
 """A child process of the processes pool: `python -m lqsm.worker._child MODULE:APP`.
 
 It speaks JSON lines with its worker: on stdin `{"run": [work, ...]}` (attempts to run
-in order) and `{"stop": key, "reason": ...}`; on stdout `{"done": key, "outcome": ...}`
+in order) and `{"stop": key, "reason": ...}`; on stdout `{"done": key, "outcome": ..., "took": seconds}`
 as each attempt ends, `{"progress": key, "state": ...}`, and `{"exit": why}` before it
 leaves on its own (`max_tasks_per_child`, `max_memory_per_child`). It dies with its
 worker: the kernel kills it when the worker's process ends (`PR_SET_PDEATHSIG`).
@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from types import FrameType
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from ..errors import SoftTimeLimitExceeded
 from . import _execution
@@ -50,7 +50,8 @@ class Child:
         self.out = os.fdopen(os.dup(1), "wb", buffering=0)
         os.dup2(2, 1)
         self.write_lock = threading.Lock()
-        self.inbox: "queue.Queue[Optional[Dict[str, Any]]]" = queue.Queue()
+        # Batches of attempts, as the worker sent them; None once it closed the pipe.
+        self.inbox: "queue.Queue[Optional[List[Dict[str, Any]]]]" = queue.Queue()
         self.stopped: Dict[str, str] = {}
         self.current: Optional[str] = None
         # Re-entrant: the stop signal's handler takes it in the main thread, which may hold it.
@@ -66,8 +67,7 @@ class Child:
         for line in sys.stdin.buffer:
             message = json.loads(line)
             if "run" in message:
-                for work in message["run"]:
-                    self.inbox.put(work)
+                self.inbox.put(message["run"])
             elif "stop" in message:
                 key = message["stop"]
                 with self.state_lock:
@@ -97,25 +97,31 @@ class Child:
         self.send({"ready": os.getpid()})
         served = 0
         while True:
-            work = self.inbox.get()
-            if work is None:
+            batch = self.inbox.get()
+            if batch is None:
                 return
-            key = work["key"]
-            outcome, stopped = self.run_one(work)
-            self.send({"done": key, "outcome": outcome})
-            served += 1
-            if stopped:
-                # Whatever the stopped task left running in this process (threads, say)
-                # ends with it; the worker kills the rest of its process group.
-                self.send({"exit": "it ran a task that was stopped"})
-                return
-            if self.max_tasks and served >= self.max_tasks:
-                self.send({"exit": f"it ran {served} tasks (max_tasks_per_child)"})
-                return
-            peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            if self.max_memory_kib and peak_kib > self.max_memory_kib:
-                self.send({"exit": f"it used {peak_kib} KiB (max_memory_per_child {self.max_memory_kib})"})
-                return
+            for work in batch:
+                key = work["key"]
+                started = time.perf_counter()
+                outcome, stopped = self.run_one(work)
+                took = round(time.perf_counter() - started, 6)
+                # Sent before the next task starts: if this process dies during that
+                # one, the worker knows this one ended and never runs it again.
+                self.send({"done": key, "outcome": outcome, "took": took})
+                served += 1
+                if stopped:
+                    # Whatever the stopped task left running in this process (threads,
+                    # say) ends with it; the worker kills the rest of its process group.
+                    self.send({"exit": "it ran a task that was stopped"})
+                    return
+                if self.max_tasks and served >= self.max_tasks:
+                    self.send({"exit": f"it ran {served} tasks (max_tasks_per_child)"})
+                    return
+                if self.max_memory_kib:
+                    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                    if peak_kib > self.max_memory_kib:
+                        self.send({"exit": f"it used {peak_kib} KiB (max_memory_per_child {self.max_memory_kib})"})
+                        return
 
     def run_one(self, work: Dict[str, Any]) -> "tuple[Dict[str, Any], bool]":
         """The attempt's outcome, and whether it was stopped while it ran."""
@@ -145,8 +151,9 @@ class Child:
         finally:
             # A stop or soft-limit signal that lands after the task ended is ignored:
             # the handlers raise only for the current task.
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            self.soft_pending = False
+            if self.soft_pending:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                self.soft_pending = False
             with self.state_lock:
                 self.current = None
                 self.stopped.pop(key, None)

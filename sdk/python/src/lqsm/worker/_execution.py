@@ -269,7 +269,8 @@ async def _awaited(value: Any) -> Any:
 def finish(prepared: Prepared, value: Any) -> Outcome:
     """A task's return value as a success, or a failure if JSON cannot carry it."""
     try:
-        json.dumps(value, allow_nan=False)
+        if not (value is None or type(value) in (str, int, bool)):
+            json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as e:
         message = (
             f"the task `{prepared.task.name}` returned what JSON cannot carry ({e}): "

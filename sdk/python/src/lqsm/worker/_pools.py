@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, List, Mapping, Optional
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple
 
 from ..app import Task
 from ..errors import SoftTimeLimitExceeded
@@ -32,7 +32,9 @@ from ._execution import Outcome, Work
 
 log = logging.getLogger("lqsm.worker")
 
-Done = Callable[[str, Outcome], None]
+#: Called with attempts that ended, as (key, outcome) pairs: several at once when they
+#: ended together, so that the worker's loop wakes once for them.
+Done = Callable[[List[Tuple[str, Outcome]]], None]
 Progress = Callable[[str, Dict[str, Any]], None]
 
 #: Exit status of a worker that had to leave because a stopped task would not end.
@@ -67,13 +69,14 @@ class Pool:
             raise ValueError(f"concurrency takes 1 or more, got {concurrency}")
         self.concurrency = concurrency
         self.stop_grace = stop_grace
-        self.done: Done = lambda key, outcome: None
+        self.done: Done = lambda ended: None
         self.progress: Progress = lambda key, state: None
 
     def start(self, tasks: Mapping[str, "Task[Any]"], hostname: str, done: Done, progress: Progress) -> None:
         raise NotImplementedError
 
-    def submit(self, work: Work) -> None:
+    def submit(self, works: List[Work]) -> None:
+        """Queues attempts to run, in order."""
         raise NotImplementedError
 
     def stop(self, key: str, reason: str) -> None:
@@ -114,10 +117,10 @@ class ThreadPool(Pool):
             thread.start()
             self.threads.append(thread)
 
-    def submit(self, work: Work) -> None:
+    def submit(self, works: List[Work]) -> None:
         with self.lock:
-            self.backlog.append(work)
-            self.lock.notify()
+            self.backlog.extend(works)
+            self.lock.notify(len(works))
 
     def stop(self, key: str, reason: str) -> None:
         with self.lock:
@@ -132,7 +135,7 @@ class ThreadPool(Pool):
                         _raise_in_thread(ident, _execution.AttemptStopped)
                         threading.Timer(self.stop_grace, self._check_ended, (ident, key)).start()
                 return
-        self.done(key, _stopped(reason))
+        self.done([(key, _stopped(reason))])
 
     def _check_ended(self, ident: int, key: str) -> None:
         with self.lock:
@@ -184,7 +187,7 @@ class ThreadPool(Pool):
             if reason is not None:
                 outcome = _stopped(reason)
             assert outcome is not None
-            self.done(key, outcome)
+            self.done([(key, outcome)])
 
     def close(self) -> None:
         with self.lock:
@@ -213,14 +216,14 @@ class AsyncioPool(Pool):
         self.thread = threading.Thread(target=self.loop.run_forever, name="lqsm-asyncio-pool", daemon=True)
         self.thread.start()
 
-    def submit(self, work: Work) -> None:
-        self.loop.call_soon_threadsafe(self._submit, work)
+    def submit(self, works: List[Work]) -> None:
+        self.loop.call_soon_threadsafe(self._submit, works)
 
     def stop(self, key: str, reason: str) -> None:
         self.loop.call_soon_threadsafe(self._stop, key, reason)
 
-    def _submit(self, work: Work) -> None:
-        self.backlog.append(work)
+    def _submit(self, works: List[Work]) -> None:
+        self.backlog.extend(works)
         self._start_next()
 
     def _start_next(self) -> None:
@@ -242,7 +245,7 @@ class AsyncioPool(Pool):
         for work in self.backlog:
             if work["key"] == key:
                 self.backlog.remove(work)
-                self.done(key, _stopped(reason))
+                self.done([(key, _stopped(reason))])
                 return
         task = self.running.get(key)
         if task is not None:
@@ -276,7 +279,7 @@ class AsyncioPool(Pool):
             if reason is not None:
                 outcome = _stopped(reason)
             assert outcome is not None
-            self.done(key, outcome)
+            self.done([(key, outcome)])
             self._start_next()
 
     def close(self) -> None:
@@ -309,6 +312,9 @@ class ProcessPool(Pool):
     #: Most attempts sent to a child at once (fewer when others wait for a child).
     MAX_BATCH = 32
 
+    #: Tasks that take longer than this on average are sent one at a time.
+    BATCH_BELOW_SECONDS = 0.002
+
     def __init__(
         self,
         concurrency: int,
@@ -327,6 +333,9 @@ class ProcessPool(Pool):
         self.children: List[_ChildProcess] = []
         self.stop_reasons: Dict[str, str] = {}
         self.closing = False
+        # How long a task runs in a child, on average over the recent ones (seconds;
+        # None until one has run).
+        self.task_seconds: Optional[float] = None
         #: How many children were started, for tests and `lqsm-py` summaries.
         self.children_started = 0
         #: Why the pool cannot run anything (a child that died before it was ready,
@@ -362,20 +371,24 @@ class ProcessPool(Pool):
         self.children_started += 1
         threading.Thread(target=self._read, args=(child,), name=f"lqsm-child-{process.pid}", daemon=True).start()
 
-    def submit(self, work: Work) -> None:
+    def submit(self, works: List[Work]) -> None:
         with self.lock:
-            self.works[work["key"]] = work
-            self.backlog.append(work)
+            for work in works:
+                self.works[work["key"]] = work
+            self.backlog.extend(works)
             self._dispatch()
 
     def _dispatch(self) -> None:
         idle = [c for c in self.children if c.ready and not c.leaving and not c.inflight and c.remaining != 0]
+        # Short tasks travel in batches shared among the idle children (one message for
+        # many); tasks that take a while, or of which nothing is known yet, go one at a
+        # time, so that none waits behind another in a child while a sibling idles.
+        short = self.task_seconds is not None and self.task_seconds < self.BATCH_BELOW_SECONDS
         for child in idle:
             if not self.backlog:
                 return
-            # Share what waits among the idle children; a child never gets more than it
-            # may still run before it is replaced.
-            share = -(-len(self.backlog) // len(idle))
+            share = -(-len(self.backlog) // len(idle)) if short else 1
+            # A child never gets more than it may run before it is replaced.
             count = min(share, self.MAX_BATCH, len(self.backlog))
             if child.remaining is not None:
                 count = min(count, child.remaining)
@@ -408,7 +421,7 @@ class ProcessPool(Pool):
                         self._send(child, {"stop": key, "reason": reason})
                         threading.Timer(self.stop_grace, self._check_ended, (child, key)).start()
                 return
-        self.done(key, _stopped(reason))
+        self.done([(key, _stopped(reason))])
 
     def _check_ended(self, child: _ChildProcess, key: str) -> None:
         with self.lock:
@@ -426,38 +439,52 @@ class ProcessPool(Pool):
     def _read(self, child: _ChildProcess) -> None:
         stdout = child.process.stdout
         assert stdout is not None
-        for line in stdout:
-            message = json.loads(line)
-            if "done" in message:
-                key = message["done"]
-                with self.lock:
+        fd = stdout.fileno()
+        pending = b""
+        while True:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            # Everything the child has written so far is handled at once: one lock, one
+            # wake of the worker's loop for many attempts.
+            *lines, pending = (pending + chunk).split(b"\n")
+            if lines:
+                self._handle(child, json.loads(b"[" + b",".join(lines) + b"]"))
+        status = child.process.wait()
+        # What the child's tasks started lives in its process group: it ends too.
+        self._kill(child)
+        self._child_ended(child, status)
+
+    def _handle(self, child: _ChildProcess, messages: List[Dict[str, Any]]) -> None:
+        ended: List[Tuple[str, Outcome]] = []
+        with self.lock:
+            for message in messages:
+                if "done" in message:
+                    key = message["done"]
                     if child.inflight and child.inflight[0] == key:
                         child.inflight.popleft()
                     else:
                         child.inflight.remove(key)
                     self.works.pop(key, None)
+                    outcome = message["outcome"]
                     reason = self.stop_reasons.pop(key, None)
-                    self._dispatch()
-                outcome = message["outcome"]
-                if reason is not None:
-                    outcome = _execution.outcome(
-                        {"type": "failed", "message": reason}, outcome.get("logs", ""), outcome["started_at_ms"]
-                    )
-                self.done(key, outcome)
-            elif "progress" in message:
-                self.progress(message["progress"], message["state"])
-            elif "ready" in message:
-                with self.lock:
+                    if reason is not None:
+                        outcome = _execution.outcome(
+                            {"type": "failed", "message": reason}, outcome.get("logs", ""), outcome["started_at_ms"]
+                        )
+                    ended.append((key, outcome))
+                    took = float(message.get("took", 0.0))
+                    self.task_seconds = took if self.task_seconds is None else 0.8 * self.task_seconds + 0.2 * took
+                elif "progress" in message:
+                    self.progress(message["progress"], message["state"])
+                elif "ready" in message:
                     child.ready = True
-                    self._dispatch()
-            elif "exit" in message:
-                log.info("child %d is replaced: %s", child.process.pid, message["exit"])
-                with self.lock:
+                elif "exit" in message:
+                    log.info("child %d is replaced: %s", child.process.pid, message["exit"])
                     child.leaving = True
-        status = child.process.wait()
-        # What the child's tasks started lives in its process group: it ends too.
-        self._kill(child)
-        self._child_ended(child, status)
+            self._dispatch()
+        if ended:
+            self.done(ended)
 
     def _child_ended(self, child: _ChildProcess, status: int) -> None:
         ended: List[tuple[str, str]] = []
@@ -492,8 +519,8 @@ class ProcessPool(Pool):
             if not self.closing:
                 self._spawn()
             self._dispatch()
-        for key, reason in ended:
-            self.done(key, _stopped(reason))
+        if ended:
+            self.done([(key, _stopped(reason)) for key, reason in ended])
 
     def close(self) -> None:
         with self.lock:
