@@ -217,6 +217,31 @@ def test_a_schedule_fires_the_task_and_declaring_it_again_updates_it(
         app.schedule(name, tasks.add.s(1, 2))
 
 
+def test_a_rate_limit_spaces_the_starts_on_a_worker(threads_worker: PythonWorker, tasks: ModuleType) -> None:
+    results = [tasks.limited.delay() for _ in range(6)]
+    starts = sorted(r.get(timeout=30) for r in results)
+    # 4/s: one start every 250 ms at most (a little slack for the clocks' reading).
+    gaps = [later - earlier for earlier, later in zip(starts, starts[1:])]
+    assert min(gaps) >= 0.2, gaps
+
+
+def test_a_command_job_from_python(app: lqsm.App) -> None:
+    # The session's `lqsm standalone` runs commands on its Rust worker.
+    result = app.submit_command(["sh", "-c", "echo from-a-command"], timeout=30)
+    result.get(timeout=30)
+    assert "from-a-command" in httpx.get(f"{app.url}/v1/jobs/{result.id}/logs").text
+    with pytest.raises(TypeError, match="argv takes"):
+        app.submit_command("echo hi")
+
+
+def test_several_server_urls_fail_over_to_one_that_answers(server_url: str) -> None:
+    with lqsm.App(["http://127.0.0.1:9", server_url]) as app:
+        assert app.server_version()
+        assert app.url == server_url
+    with pytest.raises(ValueError, match="url takes"):
+        lqsm.App([])
+
+
 @pytest.mark.parametrize("pool", ["threads", "processes"])
 def test_the_soft_time_limit_raises_inside_the_task(
     pool: str, server_url: str, records: Path, tasks: ModuleType

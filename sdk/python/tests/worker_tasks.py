@@ -100,3 +100,8 @@ def talks() -> str:
     print("printed by the task")
     logging.getLogger("tests").warning("logged by the task")
     return "ok"
+
+
+@app.task(name="tests.limited", rate_limit="4/s")
+def limited() -> float:
+    return time.time()

@@ -4,7 +4,7 @@ compatibility check at first contact."""
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import httpx
 
@@ -32,22 +32,39 @@ def parse_version(text: str) -> Tuple[int, int, int]:
     return (int(parts[0]), int(parts[1]), int(parts[2]))
 
 
+def server_urls(url: Union[str, Sequence[str]]) -> List[str]:
+    """The servers' URLs from one URL, a comma-separated list, or a sequence of them."""
+    urls = url.split(",") if isinstance(url, str) else list(url)
+    cleaned = [u.strip().rstrip("/") for u in urls if isinstance(u, str) and u.strip()]
+    if not cleaned or len(cleaned) != len(urls):
+        raise ValueError(f"url takes a server URL such as 'http://127.0.0.1:7420', or several, got {url!r}")
+    return cleaned
+
+
 class ServerConnection:
     """One HTTP client per app, shared by its tasks and results (httpx clients are
-    thread-safe). The first request checks the server's version once."""
+    thread-safe). The first request checks the server's version once. With several
+    servers (any of them serves every call: a follower passes writes to the leader), a
+    request that cannot connect to one goes to the next."""
 
-    def __init__(self, url: str, token: Optional[str], request_timeout: float) -> None:
-        self.url = url.rstrip("/")
+    def __init__(self, url: Union[str, Sequence[str]], token: Optional[str], request_timeout: float) -> None:
+        self.urls = server_urls(url)
+        self._current = 0
         headers = {"User-Agent": f"lqsm-python/{__version__}"}
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
-        self._client = httpx.Client(base_url=self.url, headers=headers, timeout=request_timeout)
+        self._client = httpx.Client(headers=headers, timeout=request_timeout)
         self._request_timeout = request_timeout
         self._checked_version: Optional[str] = None
         #: Exception types the app allows results to raise beyond those already
         #: imported, by `module.QualName` (see `App`).
         self.exception_types: Dict[str, type] = {}
         self._check_lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        """The server requests go to now."""
+        return self.urls[self._current]
 
     def close(self) -> None:
         """Closes the connections the client keeps open."""
@@ -84,17 +101,27 @@ class ServerConnection:
         extra_timeout: float = 0.0,
     ) -> Any:
         timeout = httpx.Timeout(self._request_timeout + extra_timeout)
-        try:
-            response = self._client.request(method, path, json=json, params=params, timeout=timeout)
-        except httpx.TransportError as e:
-            raise ServerUnreachable(
-                f"cannot reach the LQSM server at {self.url} ({type(e).__name__}: {e}); "
-                "check the URL, or start one with `lqsm standalone`"
-            ) from e
+        for tried in range(len(self.urls)):
+            url = self.url
+            try:
+                response = self._client.request(method, url + path, json=json, params=params, timeout=timeout)
+                break
+            except httpx.ConnectError as e:
+                # Nothing was sent: the next server may take it.
+                if tried + 1 < len(self.urls):
+                    self._current = (self._current + 1) % len(self.urls)
+                    continue
+                raise ServerUnreachable(self._unreachable(e)) from e
+            except httpx.TransportError as e:
+                # The request may have arrived: only the caller knows whether to repeat it.
+                raise ServerUnreachable(self._unreachable(e)) from e
         if response.is_success:
             # 204 No Content (a delete, say) has no body to decode.
             return response.json() if response.content else None
         raise _api_error(response)
+
+    def _unreachable(self, error: Exception) -> str:
+        return _unreachable_message(self.urls, error)
 
     def _check_server(self) -> str:
         # The server has no version endpoint; the OpenAPI document it serves carries the
@@ -128,6 +155,14 @@ class ServerConnection:
                 f"{', '.join(missing)}, which this SDK (lqsm {__version__}) needs"
             )
         return version
+
+
+def _unreachable_message(urls: List[str], error: Exception) -> str:
+    where = urls[0] if len(urls) == 1 else f"any of {', '.join(urls)}"
+    return (
+        f"cannot reach the LQSM server at {where} ({type(error).__name__}: {error}); "
+        "check the URL, or start one with `lqsm standalone`"
+    )
 
 
 def _api_error(response: httpx.Response) -> ApiError:

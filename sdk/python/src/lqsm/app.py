@@ -27,7 +27,7 @@ from typing import (
 
 from ._batcher import Batcher, new_job_id
 from ._server import ServerConnection
-from .arguments import encode_call, resources_spec, round_trip, seconds_to_ms, str_list, str_map
+from .arguments import encode_call, rate_per_second, resources_spec, round_trip, seconds_to_ms, str_list, str_map
 from . import context
 from .errors import ApiError, Retry, TaskError, UnsupportedOption, format_failure
 from .result import AsyncResult, EagerResult
@@ -42,7 +42,6 @@ _UNSUPPORTED_TASK_OPTIONS: Dict[str, str] = {
     "max_retries": "use retries= (attempts after the first)",
     "time_limit": "use timeout= (seconds an attempt may run)",
     "soft_time_limit": "use soft_timeout= (seconds before the attempt is warned)",
-    "rate_limit": "rate limits live on queues and handlers on the server: see docs/RATE_LIMITS.md",
     "default_retry_delay": "use retry_backoff= (seconds before the first retry)",
     "autoretry_for": "every failure is retried up to retries=; exceptions are not told apart",
     "acks_late": "LQSM tracks attempts itself: a lost worker's attempt is retried, see docs/RELIABILITY.md",
@@ -77,7 +76,9 @@ def _refuse(kind: str, options: Mapping[str, Any], known: Mapping[str, str], sup
 class App:
     """A connection to an LQSM server and the tasks declared on it.
 
-    `url` is the server's (`lqsm standalone` listens on `http://127.0.0.1:7420`);
+    `url` is the server's (`lqsm standalone` listens on `http://127.0.0.1:7420`), or
+    several servers' (a list, or comma-separated): a request that cannot connect to one
+    goes to the next;
     `token` a bearer token when the server requires one. With `eager=True` tasks run
     in this process at `.delay()` and no server is contacted (Celery's
     `task_always_eager`), for unit tests. `request_timeout` bounds each HTTP request
@@ -98,7 +99,7 @@ class App:
 
     def __init__(
         self,
-        url: str = "http://127.0.0.1:7420",
+        url: Union[str, Sequence[str]] = "http://127.0.0.1:7420",
         token: Optional[str] = None,
         *,
         eager: bool = False,
@@ -150,6 +151,53 @@ class App:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def submit_command(
+        self,
+        argv: Sequence[str],
+        *,
+        queue: str = "root.default",
+        env: Optional[Mapping[str, str]] = None,
+        cwd: Optional[str] = None,
+        timeout: Optional[float] = None,
+        retries: Optional[int] = None,
+        resources: Optional[Mapping[str, Any]] = None,
+        priority: Optional[int] = None,
+        tags: Optional[Sequence[str]] = None,
+        countdown: Optional[float] = None,
+        idempotency_key: Optional[str] = None,
+    ) -> AsyncResult:
+        """Submits a command job: `argv` runs on a worker that runs commands (`lqsm
+        worker`), not a Python function; its result is `{"exit_code": ...}` and its
+        output the job's logs. Always confirmed: returns once the job is durable."""
+        if isinstance(argv, str) or not argv or not all(isinstance(a, str) for a in argv):
+            raise TypeError(f"argv takes a non-empty list of str such as ['echo', 'hi'], got {argv!r}")
+        kind: Dict[str, Any] = {"type": "command", "argv": list(argv)}
+        if env is not None:
+            kind["env"] = str_map("env", env)
+        if cwd is not None:
+            kind["cwd"] = cwd
+        options: Dict[str, Any] = {"queue": queue}
+        if timeout is not None:
+            options["timeout"] = timeout
+        if retries is not None:
+            options["retries"] = retries
+        if resources is not None:
+            options["resources"] = resources
+        if priority is not None:
+            options["priority"] = priority
+        if tags is not None:
+            options["tags"] = tags
+        job: Dict[str, Any] = {"queue": queue, "kind": kind}
+        job.update(TaskOptions.from_kwargs({**options, "name": "command"}, None).job_fields)
+        if countdown is not None:
+            job["delay_ms"] = seconds_to_ms("countdown", countdown)
+        if idempotency_key is not None:
+            job["idempotency_key"] = idempotency_key
+        if self.eager:
+            raise UnsupportedOption("an eager app runs Python tasks only: a command needs a worker")
+        submitted = self._server.request("POST", "/v1/jobs", json=job)
+        return AsyncResult(str(submitted["id"]), self._server)
 
     def schedule(
         self,
@@ -229,6 +277,7 @@ class App:
         tags: Optional[Sequence[str]] = None,
         selector: Optional[Mapping[str, str]] = None,
         bind: bool = False,
+        rate_limit: Union[str, float, None] = None,
         **unsupported: Any,
     ) -> Callable[[Callable[..., R]], "Task[R]"]: ...
 
@@ -244,7 +293,9 @@ class App:
         "memory": "512M", "gpu": 1, "custom": {"licence": 1}}`), `priority` (higher runs
         first), `tags`, `selector` (labels a worker must carry), `bind` (the function
         takes the task as its first argument, for `self.request`, `self.retry()` and
-        `self.update_state()`). Any other option raises
+        `self.update_state()`), `rate_limit` (`"10/s"`, `"100/m"`: the most starts of
+        this task per second on each Python worker, as Celery's; for a limit across the
+        whole cluster use the server's, see docs/RATE_LIMITS.md). Any other option raises
         `UnsupportedOption`; absent ones take the queue's defaults on the server.
         """
         if function is not None:
@@ -291,11 +342,20 @@ class TaskOptions:
     """A task's settings, checked and converted to the server's units once, at
     declaration."""
 
-    def __init__(self, name: str, queue: str, job_fields: Dict[str, Any], bind: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        queue: str,
+        job_fields: Dict[str, Any],
+        bind: bool = False,
+        rate_limit: Optional[float] = None,
+    ) -> None:
         self.name = name
         self.queue = queue
         self.job_fields = job_fields
         self.bind = bind
+        #: Most starts a second on each worker (Celery's per-worker `rate_limit`).
+        self.rate_limit = rate_limit
 
     @classmethod
     def from_kwargs(cls, options: Mapping[str, Any], function: Optional[Callable[..., Any]]) -> "TaskOptions":
@@ -348,14 +408,16 @@ class TaskOptions:
         bind = options.pop("bind", False)
         if not isinstance(bind, bool):
             raise TypeError(f"bind takes True or False, got {bind!r}")
+        rate = options.pop("rate_limit", None)
+        rate_limit = rate_per_second(rate) if rate is not None else None
         _refuse(
             "task",
             options,
             _UNSUPPORTED_TASK_OPTIONS,
             "name, queue, retries, retry_backoff, retry_backoff_max, timeout, soft_timeout, resources, priority, "
-            "tags, selector, bind",
+            "tags, selector, bind, rate_limit",
         )
-        return cls(name, queue, fields, bind)
+        return cls(name, queue, fields, bind, rate_limit)
 
 
 def _priority(value: Any) -> int:

@@ -140,3 +140,23 @@ def str_map(option: str, value: Any) -> Dict[str, str]:
     if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise TypeError(f"{option} takes a dict of str to str, got {value!r}")
     return dict(value)
+
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*([smh])\s*$")
+_SECONDS_PER = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def rate_per_second(value: Any) -> float:
+    """A Celery `rate_limit` (`"10/s"`, `"100/m"`, `"5/h"`, or a number: per second) as
+    starts per second."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        rate = float(value)
+    elif isinstance(value, str) and _RATE.match(value):
+        match = _RATE.match(value)
+        assert match is not None
+        rate = float(match.group(1)) / _SECONDS_PER[match.group(2)]
+    else:
+        raise ValueError(f"rate_limit takes a rate such as '10/s', '100/m' or '5/h', got {value!r}")
+    if not math.isfinite(rate) or rate <= 0:
+        raise ValueError(f"rate_limit must be above 0, got {value!r}")
+    return rate

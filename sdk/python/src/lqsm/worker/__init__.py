@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
         "--server",
         action="append",
         help="a server's URL (repeatable: the worker moves to the next one when one cannot be reached) "
-        "[default: $LQSM_SERVER, else the app's URL]",
+        "[default: $LQSM_SERVER (comma-separated), else the app's URLs]",
     )
     worker.add_argument("--token", help="a token of role worker [default: $LQSM_TOKEN]")
     worker.add_argument("--token-file", help="read the token from this file")
@@ -93,7 +93,9 @@ def run_worker(argv: Optional[List[str]] = None) -> int:
     if args.token_file:
         with open(args.token_file) as f:
             token = f.read().strip()
-    urls = args.server or ([os.environ["LQSM_SERVER"]] if os.environ.get("LQSM_SERVER") else [app.url])
+    urls = args.server or (
+        [u for u in os.environ["LQSM_SERVER"].split(",") if u] if os.environ.get("LQSM_SERVER") else app._server.urls
+    )
     concurrency = args.concurrency or (100 if args.pool == "asyncio" else os.cpu_count() or 1)
     if concurrency < 1:
         print("lqsm-py: --concurrency takes 1 or more", file=sys.stderr)

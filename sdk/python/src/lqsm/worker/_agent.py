@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import httpx
 
@@ -109,6 +109,12 @@ class Agent:
             raise ValueError("give at least one server URL")
         self.tasks = tasks
         self.pool = pool
+        # Per-worker rate limits by task name (starts a second), the attempts waiting
+        # for their turn, when each task may next start, and the timers that wake them.
+        self.rates = {name: task.options.rate_limit for name, task in tasks.items() if task.options.rate_limit}
+        self.held: Dict[str, Deque[Dict[str, Any]]] = {}
+        self.next_start: Dict[str, float] = {}
+        self.release_timers: Dict[str, asyncio.TimerHandle] = {}
         self.urls = [u.rstrip("/") for u in urls]
         self.url_index = 0
         self.id = str(uuid.uuid4())
@@ -368,7 +374,7 @@ class Agent:
                     work["inputs"] = inputs
                 works.append(work)
         if works:
-            self.pool.submit(works)
+            self._submit(works)
         seq = answer.get("seq", 0)
         if seq > self.ack:
             self.ack = seq
@@ -407,6 +413,52 @@ class Agent:
             "soft_deadline": time.monotonic() + soft_ms / 1000 if soft_ms is not None else None,
         }
 
+    def _submit(self, works: List[Dict[str, Any]]) -> None:
+        """Hands attempts to the pool; those of a task with a `rate_limit` wait here
+        for their turn (Celery's per-worker rate limit: starts evenly spaced)."""
+        ready: List[Dict[str, Any]] = []
+        limited = set()
+        for work in works:
+            if work["handler"] in self.rates:
+                self.held.setdefault(work["handler"], collections.deque()).append(work)
+                limited.add(work["handler"])
+            else:
+                ready.append(work)
+        if ready:
+            self.pool.submit(ready)
+        for handler in limited:
+            self._release_held(handler)
+
+    def _release_held(self, handler: str) -> None:
+        self.release_timers.pop(handler, None)
+        held = self.held.get(handler)
+        if not held:
+            return
+        interval = 1.0 / self.rates[handler]
+        now = time.monotonic()
+        released: List[Dict[str, Any]] = []
+        while held and self.next_start.get(handler, 0.0) <= now:
+            released.append(held.popleft())
+            self.next_start[handler] = max(self.next_start.get(handler, 0.0), now) + interval
+        if released:
+            self.pool.submit(released)
+        if held:
+            delay = max(0.0, self.next_start[handler] - now)
+            self.release_timers[handler] = asyncio.get_running_loop().call_later(
+                delay, self._release_held, handler
+            )
+
+    def _stop(self, key: str, reason: str) -> None:
+        """Ends an attempt early: one still waiting for its rate limit ends here, one in
+        the pool is stopped there."""
+        for held in self.held.values():
+            for work in held:
+                if work["key"] == key:
+                    held.remove(work)
+                    self._ended(key, _failed(reason))
+                    return
+        self.pool.stop(key, reason)
+
     async def _fetch_inputs(self, path: str) -> Optional[List[Any]]:
         for _ in range(5):
             try:
@@ -427,7 +479,7 @@ class Agent:
         attempt = self.attempts.get(key)
         if attempt is not None and attempt.stop is None:
             attempt.timed_out = True
-            self.pool.stop(key, "timed out")
+            self._stop(key, "timed out")
 
     def _kill(self, order: Dict[str, Any]) -> None:
         key = f"{order['job']}:{order['token']}"
@@ -437,7 +489,7 @@ class Agent:
         attempt.stop = f"stopped by the server: {order['reason']}"
         attempt.listed = False
         self.summary[f"killed_{order['reason']}"] += 1
-        self.pool.stop(key, attempt.stop)
+        self._stop(key, attempt.stop)
 
     def _fence(self) -> None:
         silent = time.monotonic() - (self.last_contact or 0.0)
@@ -447,7 +499,7 @@ class Agent:
                 attempt.listed = False
                 attempt.stop = FENCED
                 stopped += 1
-                self.pool.stop(key, FENCED)
+                self._stop(key, FENCED)
         if stopped:
             self.summary["fenced"] += stopped
             log.error(
@@ -501,7 +553,7 @@ class Agent:
             log.warning("stopping now: %d running tasks are stopped and reported failed", len(self.attempts))
             for key, attempt in self.attempts.items():
                 if attempt.stop is None:
-                    self.pool.stop(key, "its worker was shut down")
+                    self._stop(key, "its worker was shut down")
         self.wake.set()
 
     async def _drain(self) -> None:
