@@ -39,11 +39,11 @@ def free_loopback_port() -> int:
 
 
 @contextmanager
-def standalone(data_dir: Path, *extra_args: str) -> Iterator[str]:
+def standalone(data_dir: Path, *extra_args: str, port: Optional[int] = None) -> Iterator[str]:
     """Runs `lqsm standalone` with `extra_args` until the block ends; yields its URL
-    once it is ready to serve."""
+    once it is ready to serve. The same `data_dir` and `port` again restart it."""
     log_path = data_dir / "lqsm-standalone.log"
-    port = free_loopback_port()
+    port = port or free_loopback_port()
     url = f"http://127.0.0.1:{port}"
     # The server reads LQSM_* settings from the environment: keep the caller's out.
     env = {k: v for k, v in os.environ.items() if not k.startswith("LQSM_")}
@@ -58,7 +58,7 @@ def standalone(data_dir: Path, *extra_args: str) -> Iterator[str]:
         "--memory", "2G",
         *extra_args,
     ]
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         _wait_until_ready(url, process, log_path)

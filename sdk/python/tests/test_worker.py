@@ -14,13 +14,13 @@ import uuid
 from collections import Counter
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterator, List
+from typing import Any, ContextManager, Iterator, List, Optional
 
 import httpx
 import pytest
 
 import lqsm
-from conftest import PythonWorker, python_worker, read_records, standalone, wait_for
+from conftest import PythonWorker, free_loopback_port, python_worker, read_records, standalone, wait_for
 from lqsm.result import native_exception
 
 
@@ -293,6 +293,66 @@ def test_sigterm_lets_running_tasks_finish(server_url: str, records: Path, tasks
         worker.process.send_signal(signal.SIGTERM)
         assert worker.process.wait(timeout=30) == 0, worker.log()
     assert isinstance(result.get(timeout=5), int)
+
+
+def test_a_second_signal_stops_the_running_tasks(
+    server_url: str, records: Path, tasks: ModuleType
+) -> None:
+    with python_worker(server_url, records, "processes", "--concurrency", "1") as worker:
+        result = tasks.sleep.delay(60)
+        wait_for(lambda: ["start", result.id] in [r[:2] for r in read_records(records)], 30, worker.log)
+        worker.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: "stopping:" in worker.log(), 30, worker.log)
+        worker.process.send_signal(signal.SIGTERM)
+        assert worker.process.wait(timeout=30) == 0, worker.log()
+    with pytest.raises(lqsm.TaskError) as raised:
+        result.get(timeout=30)
+    assert "its worker was shut down" in (raised.value.reason or "")
+    child = int(next(r[2] for r in read_records(records) if r[1] == result.id))
+    wait_for(lambda: not _alive(child), 15, lambda: f"child {child} still runs")
+
+
+def test_max_memory_per_child_replaces_a_child_that_grew(
+    server_url: str, records: Path, tasks: ModuleType
+) -> None:
+    extra = ("--concurrency", "1", "--max-memory-per-child", str(150 * 1024))
+    with python_worker(server_url, records, "processes", *extra):
+        grown = tasks.hog.delay(200).get(timeout=60)
+        after = tasks.pid.delay().get(timeout=60)
+        small = tasks.hog.delay(1).get(timeout=60)
+        again = tasks.pid.delay().get(timeout=60)
+    assert grown != after, "the child that passed the limit was not replaced"
+    assert small == again, "a child under the limit was replaced"
+
+
+def test_a_worker_rejoins_a_restarted_server_and_its_task_completes_once(tmp_path: Path) -> None:
+    records = tmp_path / "records.log"
+    port = free_loopback_port()
+    server = standalone(tmp_path, port=port)
+    url = server.__enter__()
+    first: Optional[ContextManager[str]] = server
+    try:
+        app = lqsm.App(url)
+
+        @app.task(name="tests.sleep")
+        def sleep(seconds: float) -> Any: ...
+
+        with python_worker(url, records, "threads") as worker:
+            result = sleep.delay(4)
+            wait_for(lambda: ["start", result.id] in [r[:2] for r in read_records(records)], 30, worker.log)
+            # The server stops while the task runs, and comes back on the same port
+            # and data: the worker registers again, the server takes back the running
+            # attempt, and its report.
+            server.__exit__(None, None, None)
+            first = None
+            with standalone(tmp_path, port=port):
+                assert isinstance(result.get(timeout=60), int)
+                assert "registering again" in worker.log()
+        assert [r[0] for r in read_records(records) if r[1] == result.id] == ["start", "done"]
+        app.close()
+    finally:
+        if first is not None:
+            first.__exit__(None, None, None)
 
 
 def _alive(pid: int) -> bool:

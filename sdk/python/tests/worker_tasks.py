@@ -105,3 +105,12 @@ def talks() -> str:
 @app.task(name="tests.limited", rate_limit="4/s")
 def limited() -> float:
     return time.time()
+
+
+@app.task(name="tests.hog")
+def hog(mib: int) -> int:
+    """Holds `mib` MiB while it runs (touched, so that it counts); answers its pid."""
+    block = bytearray(mib * 1024 * 1024)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    return os.getpid()
