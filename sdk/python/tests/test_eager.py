@@ -106,3 +106,21 @@ def test_calling_a_task_directly_runs_the_function() -> None:
     assert double(21) == 42
     assert double.name == "test_eager.double"
 
+
+
+def test_an_eager_task_retries_only_what_autoretry_for_names() -> None:
+    app = lqsm.App(NOWHERE, eager=True)
+    attempts = []
+
+    @app.task(bind=True, retries=3, autoretry_for=(ConnectionError,))
+    def picky(self: "lqsm.Task[None]") -> None:
+        attempts.append(self.request.attempt)
+        if self.request.attempt == 1:
+            raise ConnectionError("hung up")
+        raise ValueError("malformed")
+
+    with pytest.raises(ValueError):
+        picky.delay().get()
+    assert attempts == [1, 2]
+    with pytest.raises(TypeError, match="autoretry_for takes exception classes"):
+        app.task(autoretry_for=("ValueError",))  # type: ignore[arg-type]

@@ -109,6 +109,15 @@ def test_failures_are_retried_with_backoff(
     assert attempts[1]["scheduled_at_ms"] - attempts[0]["finished_at_ms"] >= 150
 
 
+def test_autoretry_for_retries_only_the_listed_exceptions(threads_worker: PythonWorker, tasks: ModuleType) -> None:
+    result = tasks.picky.delay()
+
+    with pytest.raises(ValueError, match="malformed"):
+        result.get(timeout=30)
+    # Three retries were left when the ValueError came: none was spent.
+    assert [a["outcome"] for a in attempts_of(result)] == ["retry_requested", "failed"]
+
+
 def test_self_retry_waits_its_countdown(threads_worker: PythonWorker, tasks: ModuleType) -> None:
     result = tasks.asks_retry.delay(0.6)
 

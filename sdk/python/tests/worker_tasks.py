@@ -114,3 +114,11 @@ def hog(mib: int) -> int:
     for i in range(0, len(block), 4096):
         block[i] = 1
     return os.getpid()
+
+
+@app.task(name="tests.picky", bind=True, retries=3, retry_backoff=0.1, autoretry_for=(ConnectionError,))
+def picky(self: "lqsm.Task[None]") -> None:
+    """Retried for a ConnectionError; its ValueError on the second attempt ends it."""
+    if self.request.attempt == 1:
+        raise ConnectionError("the gateway hung up")
+    raise ValueError("the invoice is malformed")

@@ -20,6 +20,7 @@ from typing import (
     NoReturn,
     Optional,
     Sequence,
+    Tuple,
     TypeVar,
     Union,
     overload,
@@ -43,7 +44,6 @@ _UNSUPPORTED_TASK_OPTIONS: Dict[str, str] = {
     "time_limit": "use timeout= (seconds an attempt may run)",
     "soft_time_limit": "use soft_timeout= (seconds before the attempt is warned)",
     "default_retry_delay": "use retry_backoff= (seconds before the first retry)",
-    "autoretry_for": "every failure is retried up to retries=; exceptions are not told apart",
     "acks_late": "LQSM tracks attempts itself: a lost worker's attempt is retried, see docs/RELIABILITY.md",
     "serializer": "arguments always travel as JSON",
     "ignore_result": "results are always kept for the server's retention",
@@ -278,6 +278,7 @@ class App:
         selector: Optional[Mapping[str, str]] = None,
         bind: bool = False,
         rate_limit: Union[str, float, None] = None,
+        autoretry_for: Optional[Sequence[type]] = None,
         **unsupported: Any,
     ) -> Callable[[Callable[..., R]], "Task[R]"]: ...
 
@@ -295,7 +296,9 @@ class App:
         takes the task as its first argument, for `self.request`, `self.retry()` and
         `self.update_state()`), `rate_limit` (`"10/s"`, `"100/m"`: the most starts of
         this task per second on each Python worker, as Celery's; for a limit across the
-        whole cluster use the server's, see docs/RATE_LIMITS.md). Any other option raises
+        whole cluster use the server's, see docs/RATE_LIMITS.md), `autoretry_for` (exception
+        classes: only those are retried, up to `retries`; any other exception fails the job
+        at once). Any other option raises
         `UnsupportedOption`; absent ones take the queue's defaults on the server.
         """
         if function is not None:
@@ -349,11 +352,15 @@ class TaskOptions:
         job_fields: Dict[str, Any],
         bind: bool = False,
         rate_limit: Optional[float] = None,
+        autoretry_for: Optional[Tuple[type, ...]] = None,
     ) -> None:
         self.name = name
         self.queue = queue
         self.job_fields = job_fields
         self.bind = bind
+        #: When set, only these exception types are retried; any other fails the job
+        #: at once (Celery's `autoretry_for`). None: every failure is retried.
+        self.autoretry_for = autoretry_for
         #: Most starts a second on each worker (Celery's per-worker `rate_limit`).
         self.rate_limit = rate_limit
 
@@ -410,14 +417,31 @@ class TaskOptions:
             raise TypeError(f"bind takes True or False, got {bind!r}")
         rate = options.pop("rate_limit", None)
         rate_limit = rate_per_second(rate) if rate is not None else None
+        autoretry_for = _exception_types("autoretry_for", options.pop("autoretry_for", None))
         _refuse(
             "task",
             options,
             _UNSUPPORTED_TASK_OPTIONS,
             "name, queue, retries, retry_backoff, retry_backoff_max, timeout, soft_timeout, resources, priority, "
-            "tags, selector, bind, rate_limit",
+            "tags, selector, bind, rate_limit, autoretry_for",
         )
-        return cls(name, queue, fields, bind, rate_limit)
+        return cls(name, queue, fields, bind, rate_limit, autoretry_for)
+
+
+def _exception_types(option: str, value: Any) -> Optional[Tuple[type, ...]]:
+    if value is None:
+        return None
+    kinds = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    for kind in kinds:
+        if not (isinstance(kind, type) and issubclass(kind, BaseException)):
+            raise TypeError(f"{option} takes exception classes, such as (ConnectionError, TimeoutError), got {kind!r}")
+    return kinds
+
+
+def retried(options: "TaskOptions", error: BaseException) -> bool:
+    """Whether `error` raised by a task with `options` is to be retried: always, unless
+    the task names the types to retry (`autoretry_for`)."""
+    return options.autoretry_for is None or isinstance(error, options.autoretry_for)
 
 
 def _priority(value: Any) -> int:
@@ -602,6 +626,8 @@ class Task(Generic[R]):
                     continue
                 return EagerResult("failed", None, TaskError("eager", "failed", e.message))
             except Exception as e:  # noqa: BLE001 (a task's failure, whatever it is)
+                if self.options.autoretry_for is not None and retried(self.options, e) and attempt < attempts:
+                    continue
                 error = TaskError("eager", "failed", format_failure(*describe(e)))
                 error.__cause__ = e
                 return EagerResult("failed", None, error)

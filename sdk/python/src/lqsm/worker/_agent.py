@@ -1,4 +1,4 @@
-"""The worker's side of the poll protocol (docs/PROTOCOL.md, version 3): it registers,
+"""The worker's side of the poll protocol (docs/PROTOCOL.md, version 4): it registers,
 then keeps one poll waiting at the server, lists what it runs, reports what ended
 until a poll that carried the report is answered, acknowledges numbered answers,
 obeys kill orders, and stops its attempts itself when the server has been out of reach
@@ -28,8 +28,10 @@ from ._pools import Pool
 
 log = logging.getLogger("lqsm.worker")
 
-#: The protocol version this worker speaks.
-PROTOCOL = 3
+#: The protocol version this worker speaks: 4 (a failure may say it is not to be
+#: retried, for `autoretry_for`); with a server that accepts only up to 3, it speaks 3
+#: and such failures are retried like any other.
+PROTOCOL = 4
 
 #: How many attempts the worker remembers having started, beyond those it runs, so
 #: that an assignment seen twice never runs twice.
@@ -117,6 +119,7 @@ class Agent:
         self.release_timers: Dict[str, asyncio.TimerHandle] = {}
         self.urls = [u.rstrip("/") for u in urls]
         self.url_index = 0
+        self.protocol = PROTOCOL
         self.id = str(uuid.uuid4())
         self.name = name
         self.hostname = f"{name}@{socket.gethostname()}"
@@ -184,7 +187,7 @@ class Agent:
             "labels": self.labels,
             "serves_commands": False,
             "handlers": sorted(self.tasks),
-            "protocol": PROTOCOL,
+            "protocol": self.protocol,
         }
         while True:
             try:
@@ -208,6 +211,15 @@ class Agent:
                 self.last_contact = time.monotonic()
                 log.info("registered at %s as %s (%s)", self.url, self.id, self.hostname)
                 return
+            if self.protocol > 3 and self._error_of(response).get("code") == "incompatible_protocol":
+                log.warning(
+                    "the server speaks an older protocol (%s): this worker falls back to version 3, "
+                    "in which every failure is retried up to the task's retries, autoretry_for or not",
+                    self._error_of(response).get("message"),
+                )
+                self.protocol = 3
+                body["protocol"] = 3
+                continue
             self._check_fatal(response)
             log.warning("registration answered %d; trying again", response.status_code)
             await self._backoff()
@@ -523,6 +535,8 @@ class Agent:
             # will find it missing and run it again): nothing to report.
             return
         result = {"type": "timed_out"} if attempt.timed_out else outcome["result"]
+        if self.protocol < 4 and "retry" in result and result["type"] == "failed":
+            result = {k: v for k, v in result.items() if k != "retry"}
         self.summary[result["type"]] += 1
         report = {
             "job": attempt.job,

@@ -16,7 +16,7 @@ import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar
 
 from .. import context
-from ..app import Task, describe
+from ..app import Task, describe, retried
 from ..errors import Retry, format_failure
 
 #: Most bytes of an attempt's captured output uploaded (the last ones), as the Rust
@@ -226,8 +226,23 @@ def run(prepared: Prepared, call: Callable[[Prepared], Any]) -> Outcome:
             retry["countdown_ms"] = max(0, int(e.countdown * 1000))
         return outcome(retry, prepared.capture.text(), prepared.started_at_ms)
     except Exception as e:  # noqa: BLE001 (whatever the task raised is its failure)
-        return outcome(_failed(format_failure(*describe(e))), prepared.capture.text(), prepared.started_at_ms)
+        return outcome(_raised(prepared, e), prepared.capture.text(), prepared.started_at_ms)
     return finish(prepared, value)
+
+
+def _raised(prepared: Prepared, error: Exception) -> Dict[str, Any]:
+    """The end of an attempt whose task raised `error`: a failure, which the server
+    retries unless the task's `autoretry_for` leaves this type out (then `retry: false`);
+    a type it names is reported as a retry."""
+    message = format_failure(*describe(error))
+    options = prepared.task.options
+    if options.autoretry_for is None:
+        return _failed(message)
+    if retried(options, error):
+        return {"type": "retry", "message": message[:MESSAGE_CAP]}
+    failed = _failed(message)
+    failed["retry"] = False
+    return failed
 
 
 async def run_async(prepared: Prepared) -> Outcome:
@@ -249,7 +264,7 @@ async def run_async(prepared: Prepared) -> Outcome:
             retry["countdown_ms"] = max(0, int(e.countdown * 1000))
         return outcome(retry, prepared.capture.text(), prepared.started_at_ms)
     except Exception as e:  # noqa: BLE001 (whatever the task raised is its failure)
-        return outcome(_failed(format_failure(*describe(e))), prepared.capture.text(), prepared.started_at_ms)
+        return outcome(_raised(prepared, e), prepared.capture.text(), prepared.started_at_ms)
     return finish(prepared, value)
 
 
