@@ -23,8 +23,10 @@ pub use vocabulary::{
 /// version 3 adds what a job does from inside (a running attempt's `progress`, the
 /// `retry` report) and the assignment's `soft_timeout_ms`, `inputs` and `inputs_path`:
 /// a server older than it refuses a version-3 worker at registration, clearly, instead
-/// of refusing its polls later.
-pub const WORKER_PROTOCOL: u32 = 3;
+/// of refusing its polls later; version 4 lets a `failed` report carry `retry: false`
+/// (the job fails now, without spending its remaining retries). The server accepts
+/// `OLDEST_WORKER_PROTOCOL..=WORKER_PROTOCOL`.
+pub const WORKER_PROTOCOL: u32 = 4;
 
 /// The oldest worker protocol version this release's server accepts.
 pub const OLDEST_WORKER_PROTOCOL: u32 = 1;
@@ -795,7 +797,7 @@ pub struct RegisterWorker {
     /// Handlers it runs; `*` for all.
     #[serde(default)]
     pub handlers: Vec<String>,
-    /// The worker protocol version it speaks (this release speaks 2); absent means 1,
+    /// The worker protocol version it speaks (this release speaks 4); absent means 1,
     /// the version before registrations carried one.
     #[serde(default = "protocol_one")]
     #[schema(default = 1, minimum = 1)]
@@ -849,6 +851,15 @@ pub enum AttemptResult {
         exit_code: Option<i32>,
         /// What went wrong.
         message: String,
+        /// Whether the job may be retried (protocol 4; absent means true): `false` fails
+        /// the job now, whatever attempts its retry policy has left (Celery's
+        /// `autoretry_for`: an exception not listed there is not retried).
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "retry_flag"
+        )]
+        retry: Option<bool>,
     },
     /// The worker killed it at its timeout.
     #[schema(title = "AttemptTimedOut")]
@@ -864,6 +875,19 @@ pub enum AttemptResult {
         #[serde(default)]
         message: String,
     },
+}
+
+/// `AttemptResult::Failed.retry`: a boolean, or absent (or null). serde reads the fields
+/// of a tagged enum from a buffer, where the path of a wrong type is lost, so the error
+/// names its field itself (`field `retry`: ...`); the server reports it at that field.
+fn retry_flag<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<bool>, D::Error> {
+    use serde::de::Error;
+    match Option::<serde_json::Value>::deserialize(de)? {
+        None => Ok(None),
+        Some(value) => bool::deserialize(value)
+            .map(Some)
+            .map_err(|e| D::Error::custom(format!("field `retry`: {e}"))),
+    }
 }
 
 /// A finished attempt in a poll.

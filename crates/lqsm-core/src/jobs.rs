@@ -922,6 +922,12 @@ pub enum ReportedResult {
         exit_code: Option<i32>,
         /// What went wrong.
         message: String,
+        /// Whether the job may be retried (the default). `false` (Celery's
+        /// `autoretry_for` not listing the error) fails the job with this attempt,
+        /// whatever attempts its retry policy has left. It only changes that decision:
+        /// the attempt's outcome is `Failed` either way.
+        #[serde(default = "retryable")]
+        retry: bool,
     },
     /// The worker killed it at its timeout.
     TimedOut,
@@ -940,6 +946,10 @@ pub enum ReportedResult {
         #[serde(default)]
         message: String,
     },
+}
+
+fn retryable() -> bool {
+    true
 }
 
 /// Most keys one job may carry.

@@ -29,6 +29,7 @@ fn failed(message: &str) -> ReportedResult {
     ReportedResult::Failed {
         exit_code: Some(3),
         message: message.into(),
+        retry: true,
     }
 }
 
@@ -116,6 +117,76 @@ fn failed_attempt_is_retried_after_exponential_backoff_then_fails_for_good() {
         job.termination.as_deref(),
         Some(Termination::Failed { last: AttemptOutcome::Failed { message, exit_code: Some(3) } }) if message == "still broken"
     ));
+    sim.check();
+}
+
+#[test]
+fn a_failure_reported_not_to_be_retried_fails_the_job_at_once_with_attempts_left() {
+    // Celery's `autoretry_for`: an error not listed there fails the task at once.
+    let (mut sim, w) = sim_with_queue();
+    let submit = |sim: &mut Sim| {
+        let mut req = sim.request("root.q", one_core());
+        req.retry = Some(retrying(3));
+        sim.submit(req).unwrap().id()
+    };
+    let final_failure = ReportedResult::Failed {
+        exit_code: Some(3),
+        message: "ValueError: bad input".into(),
+        retry: false,
+    };
+
+    // Without the flag (retry: true, the default), the failure is retried.
+    let retried = submit(&mut sim);
+    sim.pass();
+    sim.poll_running(w);
+    let out = sim.report(w, retried, failed("ConnectionError: reset"));
+    assert_eq!(out.accepted, 1);
+    let job = sim.rm.job(retried).unwrap();
+    assert_eq!(job.state, JobState::Pending, "retried");
+    assert_eq!(job.failures, 1);
+    assert_eq!(
+        job.not_before,
+        Some(sim.now.after(Duration::from_secs(2))),
+        "after the policy's backoff"
+    );
+    assert!(job.termination.is_none());
+
+    // With retry: false, the first attempt's failure ends the job, two attempts unused.
+    let id = submit(&mut sim);
+    sim.pass();
+    sim.poll_running(w);
+    let token = sim.rm.job(id).unwrap().current_token().unwrap();
+    let out = sim.report(w, id, final_failure.clone());
+    assert_eq!(out.accepted, 1);
+    let job = sim.rm.job(id).unwrap();
+    assert_eq!(job.state, JobState::Failed);
+    assert_eq!(job.attempts.len(), 1);
+    assert_eq!(job.failures, 1, "the attempt counts as any failure");
+    assert_eq!(job.not_before, None);
+    assert!(job.finished_at.is_some());
+    // The attempt and the job's end are recorded as for any failure: the flag changed the
+    // decision only.
+    let expected = AttemptOutcome::Failed {
+        exit_code: Some(3),
+        message: "ValueError: bad input".into(),
+    };
+    assert_eq!(job.attempts[0].outcome.as_ref(), Some(&expected));
+    assert_eq!(
+        job.termination.as_deref(),
+        Some(&Termination::Failed { last: expected })
+    );
+    // Nothing runs it again, past the backoff a retry would have waited (2 s).
+    sim.advance(Duration::from_secs(5));
+    sim.pass();
+    assert_eq!(sim.state(id), JobState::Failed);
+    assert!(
+        sim.poll_running(w).iter().all(|a| a.job != id),
+        "never assigned again"
+    );
+    // The same report again is refused as stale and changes nothing.
+    let again = sim.report_token(w, id, token, final_failure);
+    assert_eq!(again.accepted, 0);
+    assert_eq!(sim.state(id), JobState::Failed);
     sim.check();
 }
 

@@ -101,6 +101,7 @@ fn a_retry_spends_a_token_like_a_first_attempt() {
         ReportedResult::Failed {
             exit_code: Some(1),
             message: "boom".into(),
+            retry: true,
         },
     );
     sim.advance(Duration::from_millis(10));

@@ -56,6 +56,7 @@ fn fail(sim: &mut Sim, w: WorkerId, job: JobId) {
         ReportedResult::Failed {
             exit_code: Some(1),
             message: "boom".into(),
+            retry: true,
         },
     );
 }

@@ -567,9 +567,16 @@ pub fn reported(r: &api::AttemptResult) -> core::ReportedResult {
             result: result.as_ref().map(core::jobs::Json::from_value),
             exit_code: *exit_code,
         },
-        api::AttemptResult::Failed { exit_code, message } => core::ReportedResult::Failed {
+        // `retry` is honoured whatever protocol the worker registered with: an older
+        // worker never sends it, and one that does means what a version-4 worker means.
+        api::AttemptResult::Failed {
+            exit_code,
+            message,
+            retry,
+        } => core::ReportedResult::Failed {
             exit_code: *exit_code,
             message: message.clone(),
+            retry: retry.unwrap_or(true),
         },
         api::AttemptResult::TimedOut => core::ReportedResult::TimedOut,
         api::AttemptResult::Retry {

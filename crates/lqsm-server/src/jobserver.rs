@@ -109,17 +109,26 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             );
         }
         let message = inner.to_string();
-        let message = message
+        let mut message = message
             .split(" at line ")
             .next()
             .unwrap_or(&message)
             .to_owned();
+        let mut field = if path == "." { String::new() } else { path };
+        // A field of a tagged enum is read from a buffer, where its path is lost: one
+        // read by hand names itself (`field `retry`: ...`, lqsm_api): blame it.
+        if let Some((name, rest)) = message
+            .strip_prefix("field `")
+            .and_then(|m| m.split_once("`: "))
+        {
+            field = prefixed(&field, name);
+            message = rest.to_owned();
+        }
         let code = if message.starts_with("unknown field") {
             ErrorCode::UnknownField
         } else {
             ErrorCode::InvalidField
         };
-        let mut field = if path == "." { String::new() } else { path };
         // A missing field is reported at its parent: name the field itself.
         if let Some(missing) = message
             .strip_prefix("missing field `")

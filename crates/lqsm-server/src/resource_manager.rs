@@ -1333,6 +1333,7 @@ mod tests {
                         ReportedResult::Failed {
                             exit_code: None,
                             message: "boom".to_owned(),
+                            retry: true,
                         }
                     } else {
                         ReportedResult::Succeeded {

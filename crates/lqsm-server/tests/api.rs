@@ -243,6 +243,7 @@ fn a_finished_job_is_run_again_as_a_new_linked_job_and_never_reopened() {
             api::AttemptResult::Failed {
                 exit_code: None,
                 message: "bad input".into(),
+                retry: None,
             },
         )],
         0,
@@ -293,6 +294,7 @@ fn failed_attempt_is_retried_after_its_backoff_then_succeeds() {
             api::AttemptResult::Failed {
                 exit_code: None,
                 message: "disk full".into(),
+                retry: None,
             },
         )],
         0,

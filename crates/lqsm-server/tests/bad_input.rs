@@ -242,6 +242,18 @@ fn bad_input_of_every_class_is_answered_with_the_field_to_blame() {
         )
         .answer(400, Some(ErrorCode::UnknownField))
         .field("wait"),
+        case(
+            "a report's retry flag not a boolean",
+            "POST",
+            &format!("/v1/workers/{}/poll", uuid::Uuid::now_v7()),
+            json!({"finished": [{
+                "job": uuid::Uuid::now_v7(),
+                "token": 1,
+                "result": {"type": "failed", "message": "m", "retry": "no"},
+            }]}),
+        )
+        .field("finished[0].result.retry")
+        .mentions("expected a boolean"),
         // Sizes.
         case(
             "body over max_request_bytes",

@@ -99,3 +99,68 @@ fn the_current_protocol_is_accepted() {
     let view: api::WorkerView = api.post("/v1/workers", &registration).expect(200);
     assert_eq!(view.state, api::WorkerState::Active);
 }
+
+#[test]
+fn a_failure_reported_not_to_be_retried_fails_the_job_at_once_and_a_bad_flag_is_refused() {
+    let server = BlockingTestServer::start();
+    let api = server.api();
+    // A worker of protocol 3, older than `retry`: the server honours the flag whatever
+    // version the worker registered with.
+    let id = Uuid::now_v7();
+    let mut registration = version_one_registration(id, "proto.final");
+    registration["protocol"] = json!(3);
+    let _: api::WorkerView = api.post("/v1/workers", &registration).expect(200);
+
+    let mut job = function_job("root.default", "proto.final");
+    job.retry = Some(api::RetrySpec {
+        max_attempts: Some(3),
+        backoff_base_ms: Some(0),
+        ..api::RetrySpec::default()
+    });
+    let job = api.submit(&job);
+    let poll_path = format!("/v1/workers/{id}/poll");
+    let poll = eventually("the worker to get the job", || {
+        let answer: api::PollResponse = api.post(&poll_path, &json!({"wait_ms": 200})).expect(200);
+        (!answer.assignments.is_empty()).then_some(answer)
+    });
+    let assignment = &poll.assignments[0];
+    let report = |retry: serde_json::Value| {
+        json!({
+            "ack": poll.seq,
+            "running": [],
+            "finished": [{
+                "job": assignment.job,
+                "token": assignment.token,
+                "result": {"type": "failed", "message": "ValueError: bad input", "retry": retry},
+            }],
+        })
+    };
+
+    // Not a boolean: the whole poll is refused, naming the field, and nothing changes.
+    let error = api.post(&poll_path, &report(json!("no"))).expect_error(400);
+    assert_eq!(error.code, api::ErrorCode::InvalidField, "{error:?}");
+    assert_eq!(
+        error.field.as_deref(),
+        Some("finished[0].result.retry"),
+        "{error:?}"
+    );
+    assert!(error.message.contains("boolean"), "{}", error.message);
+    assert_eq!(api.job(job).attempts[0].outcome, None);
+
+    // `retry: false`: the job fails with its first attempt, two attempts unused.
+    let answer: api::PollResponse = api.post(&poll_path, &report(json!(false))).expect(200);
+    assert!(answer.refused.is_empty(), "{answer:?}");
+    let view = api.job(job);
+    assert_eq!(view.state, api::JobState::Failed, "{view:?}");
+    assert_eq!(view.attempts.len(), 1);
+    assert_eq!(view.attempts[0].outcome, Some(api::AttemptOutcome::Failed));
+    assert_eq!(
+        view.attempts[0].message.as_deref(),
+        Some("ValueError: bad input")
+    );
+    // And it is not offered again.
+    let later: api::PollResponse = api
+        .post(&poll_path, &json!({"ack": poll.seq, "wait_ms": 300}))
+        .expect(200);
+    assert!(later.assignments.is_empty(), "{later:?}");
+}

@@ -140,6 +140,7 @@ fn a_failed_node_cancels_its_dependents_and_a_cancel_reaches_every_node() {
             api::AttemptResult::Failed {
                 exit_code: None,
                 message: "no input".into(),
+                retry: None,
             },
         )],
         0,

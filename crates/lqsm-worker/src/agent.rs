@@ -1126,6 +1126,7 @@ fn failed(message: String) -> api::AttemptResult {
     api::AttemptResult::Failed {
         exit_code: None,
         message,
+        retry: None,
     }
 }
 
@@ -1187,6 +1188,7 @@ fn command_result(outcome: &executor::CommandOutcome, memory_mib: u64) -> api::A
             api::AttemptResult::Failed {
                 exit_code: Some(*code),
                 message,
+                retry: None,
             }
         }
         Ending::Signalled(signal) => {
@@ -1400,7 +1402,8 @@ mod tests {
             agent.reports()[0].result,
             api::AttemptResult::Failed {
                 exit_code: Some(4),
-                message: "exit code 4: no such table".into()
+                message: "exit code 4: no such table".into(),
+                retry: None,
             }
         );
     }

@@ -601,6 +601,14 @@ impl ResourceManager {
         self.requeue(key, now.after(wait), now);
     }
 
+    /// Ends the current attempt as a failure that must not be retried (the worker said
+    /// so): the job fails now, whatever attempts its retry policy has left. The attempt
+    /// counts as a failure as any other.
+    pub(crate) fn fail_job(&mut self, key: JobKey, outcome: AttemptOutcome, now: Timestamp) {
+        self.end_attempt(key, outcome.clone(), None, now);
+        self.terminate(key, Termination::Failed { last: outcome }, now);
+    }
+
     /// Puts a job whose attempt ended back to pending, ready at `at`.
     pub(crate) fn requeue(&mut self, key: JobKey, at: Timestamp, now: Timestamp) {
         if at <= now {

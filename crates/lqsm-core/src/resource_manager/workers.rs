@@ -333,12 +333,20 @@ impl ResourceManager {
                     now,
                 );
             }
-            ReportedResult::Failed { exit_code, message } => {
+            ReportedResult::Failed {
+                exit_code,
+                message,
+                retry,
+            } => {
                 let outcome = AttemptOutcome::Failed {
                     exit_code: *exit_code,
                     message: message.clone(),
                 };
-                self.fail_attempt(key, outcome, None, now);
+                if *retry {
+                    self.fail_attempt(key, outcome, None, now);
+                } else {
+                    self.fail_job(key, outcome, now);
+                }
             }
             ReportedResult::TimedOut => self.fail_attempt(key, AttemptOutcome::TimedOut, None, now),
             ReportedResult::SucceededStored { exit_code } => {
