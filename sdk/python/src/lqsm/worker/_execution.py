@@ -5,6 +5,7 @@ as the protocol's `AttemptResult` (docs/PROTOCOL.md)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import io
@@ -13,7 +14,7 @@ import logging
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, TypeVar
 
 from .. import context
 from ..app import Task, describe, retried
@@ -209,62 +210,62 @@ def outcome(result: Dict[str, Any], logs: str, started_at_ms: int) -> Outcome:
     return {"result": result, "logs": logs, "started_at_ms": started_at_ms}
 
 
-def run(prepared: Prepared, call: Callable[[Prepared], Any]) -> Outcome:
-    """Calls the task through `call` with its context and capture set, and describes
-    how it ended. `AttemptStopped` passes through: the pool reports a stopped attempt."""
+@contextlib.contextmanager
+def _inside(prepared: Prepared) -> Iterator[None]:
+    """The attempt's context (`task.request`, `update_state`) and output capture, set
+    for the task's call."""
     token = context.enter(prepared.attempt)
     capture_token = _capture.set(prepared.capture)
     try:
-        try:
+        yield
+    finally:
+        _capture.reset(capture_token)
+        context.leave(token)
+
+
+def run(prepared: Prepared, call: Callable[[Prepared], Any]) -> Outcome:
+    """Calls the task through `call` with its context and capture set, and describes
+    how it ended. `AttemptStopped` passes through: the pool reports a stopped attempt."""
+    try:
+        with _inside(prepared):
             value = call(prepared)
-        finally:
-            _capture.reset(capture_token)
-            context.leave(token)
-    except Retry as e:
-        retry: Dict[str, Any] = {"type": "retry", "message": e.message}
-        if e.countdown is not None:
-            retry["countdown_ms"] = max(0, int(e.countdown * 1000))
-        return outcome(retry, prepared.capture.text(), prepared.started_at_ms)
-    except Exception as e:  # noqa: BLE001 (whatever the task raised is its failure)
-        return outcome(_raised(prepared, e), prepared.capture.text(), prepared.started_at_ms)
+    except Exception as e:  # noqa: BLE001 (whatever the task raised is its end)
+        return _raised(prepared, e)
     return finish(prepared, value)
 
 
-def _raised(prepared: Prepared, error: Exception) -> Dict[str, Any]:
-    """The end of an attempt whose task raised `error`: a failure, which the server
-    retries unless the task's `autoretry_for` leaves this type out (then `retry: false`);
-    a type it names is reported as a retry."""
-    message = format_failure(*describe(error))
-    options = prepared.task.options
-    if options.autoretry_for is None:
-        return _failed(message)
-    if retried(options, error):
-        return {"type": "retry", "message": message[:MESSAGE_CAP]}
-    failed = _failed(message)
-    failed["retry"] = False
-    return failed
+def _raised(prepared: Prepared, error: Exception) -> Outcome:
+    """The end of an attempt whose task raised `error`. `self.retry()` is a retry; any
+    other exception a failure, which the server retries unless the task's
+    `autoretry_for` leaves its type out (then `retry: false`); a type it names is
+    reported as a retry."""
+    if isinstance(error, Retry):
+        result: Dict[str, Any] = {"type": "retry", "message": error.message}
+        if error.countdown is not None:
+            result["countdown_ms"] = max(0, int(error.countdown * 1000))
+    else:
+        message = format_failure(*describe(error))
+        options = prepared.task.options
+        if options.autoretry_for is None:
+            result = _failed(message)
+        elif retried(options, error):
+            result = {"type": "retry", "message": message[:MESSAGE_CAP]}
+        else:
+            result = _failed(message)
+            result["retry"] = False
+    return outcome(result, prepared.capture.text(), prepared.started_at_ms)
 
 
 async def run_async(prepared: Prepared) -> Outcome:
     """`run` for the asyncio pool: a coroutine task is awaited on the running loop, a
     plain function is called in it."""
-    token = context.enter(prepared.attempt)
-    capture_token = _capture.set(prepared.capture)
     try:
-        try:
+        with _inside(prepared):
             value = prepared.task(*prepared.args, **prepared.kwargs)
             if inspect.isawaitable(value):
                 value = await value
-        finally:
-            _capture.reset(capture_token)
-            context.leave(token)
-    except Retry as e:
-        retry: Dict[str, Any] = {"type": "retry", "message": e.message}
-        if e.countdown is not None:
-            retry["countdown_ms"] = max(0, int(e.countdown * 1000))
-        return outcome(retry, prepared.capture.text(), prepared.started_at_ms)
-    except Exception as e:  # noqa: BLE001 (whatever the task raised is its failure)
-        return outcome(_raised(prepared, e), prepared.capture.text(), prepared.started_at_ms)
+    except Exception as e:  # noqa: BLE001 (whatever the task raised is its end)
+        return _raised(prepared, e)
     return finish(prepared, value)
 
 
