@@ -41,6 +41,10 @@ pub struct ServerArgs {
     /// Listen beyond loopback even without tokens.
     #[arg(long, env = "LQSM_INSECURE")]
     insecure: bool,
+    /// Append the audit log (who changed queues, schedules, workers) to this file, one
+    /// JSON line a call.
+    #[arg(long, env = "LQSM_AUDIT_LOG")]
+    audit_log: Option<std::path::PathBuf>,
     /// An admin token (adds to those in the config file; its jobs are submitted by
     /// `command-line-admin`).
     #[arg(long, env = "LQSM_ADMIN_TOKEN", hide_env_values = true)]
@@ -104,6 +108,9 @@ impl ServerArgs {
         }
         config.store.check().map_err(|e| anyhow::anyhow!(e))?;
         config.insecure |= self.insecure;
+        if let Some(path) = self.audit_log {
+            config.audit_log = Some(path);
+        }
         if let Some(token) = self.admin_token {
             config.tokens.push(lqsm_server::config::TokenConfig {
                 name: Some("command-line-admin".into()),

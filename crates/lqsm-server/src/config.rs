@@ -35,6 +35,9 @@ pub struct ServerConfig {
     pub scheduler: SchedulerConfig,
     /// Size limits.
     pub limits: Limits,
+    /// A file the audit log appends to, one JSON line per call that changed the queue
+    /// tree, the schedules or a worker's state (it goes to the log either way).
+    pub audit_log: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -50,6 +53,7 @@ impl Default for ServerConfig {
             schedules: Vec::new(),
             scheduler: SchedulerConfig::default(),
             limits: Limits::default(),
+            audit_log: None,
         }
     }
 }

@@ -43,6 +43,8 @@ pub struct AppState {
     pub role: tokio::sync::watch::Receiver<crate::leadership::Role>,
     /// Passes calls to the leader while this server follows.
     pub forwarder: crate::forwarding::Forwarder,
+    /// Records the calls that change the cluster.
+    pub audit: Arc<crate::audit::AuditLog>,
 }
 
 impl From<SchedulerError> for ApiError {
@@ -1659,6 +1661,11 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             until_ready,
+        ))
+        // Inside the forwarding: a call is audited where it is carried out.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::audit::record,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -1,6 +1,7 @@
 //! LQSM's server: the JobServer HTTP API and the ResourceManager runtime over a
 //! durable store, in one process with nothing else to install.
 
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod convert;
@@ -503,6 +504,12 @@ pub async fn serve_after(
         )));
     }
     let auth = auth::Auth::new(&config.tokens).map_err(ServerError::Config)?;
+    let audit = match &config.audit_log {
+        Some(path) => {
+            audit::AuditLog::to_file(path).map_err(|e| ServerError::Config(e.to_string()))?
+        }
+        None => audit::AuditLog::log_only(),
+    };
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .ok();
@@ -541,15 +548,19 @@ pub async fn serve_after(
         metrics,
         role: role_updates,
         forwarder: forwarding::Forwarder::new(&identity.node),
+        audit: Arc::new(audit),
     };
     // Serve probes (and 503s) while the state is restored.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let http = tokio::spawn(
-        axum::serve(listener, jobserver::router(state))
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.await;
-            })
-            .into_future(),
+        axum::serve(
+            listener,
+            jobserver::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop_rx.await;
+        })
+        .into_future(),
     );
     tracing::info!(%addr, node = %identity.node, data_dir = %config.data_dir.display(), "listening; restoring state");
     on_listening(addr);

@@ -357,3 +357,53 @@ queues = [\"*\"]
         "a reader of everything submits nothing",
     );
 }
+
+#[test]
+fn the_audit_log_records_who_changed_the_cluster_and_how_it_went() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let settings = format!("audit_log = {:?}\n{TOKENS}", audit.display().to_string());
+    let server = BlockingTestServer::start_with(toml_settings(&settings));
+    let admin = server.api_as("admin-secret");
+    let submitter = server.api_as("etl-secret");
+
+    admin.create_queue(json!({"path": "root.etl"}));
+    assert_code(
+        &submitter.post("/v1/queues", &json!({"path": "root.other"})),
+        403,
+        ErrorCode::Forbidden,
+        "a submitter creates a queue",
+    );
+    // Reads and job traffic are not admin actions.
+    admin.get("/v1/queues").expect_status(200);
+    submitter.submit(&function_job("root.etl", "not audited"));
+    admin
+        .post("/v1/queues/root.etl/drain", &json!({}))
+        .expect_status(200);
+
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let summary: Vec<(String, String, u64)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["caller"].as_str().unwrap().to_owned(),
+                r["action"].as_str().unwrap().to_owned(),
+                r["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("admin-1".to_owned(), "create_queue".to_owned(), 201),
+            ("submitter-1".to_owned(), "create_queue".to_owned(), 403),
+            ("admin-1".to_owned(), "drain_queue".to_owned(), 200),
+        ]
+    );
+    assert_eq!(records[2]["path"], "/v1/queues/root.etl/drain");
+    assert!(records[0]["at_ms"].as_u64().unwrap() > 0);
+}
