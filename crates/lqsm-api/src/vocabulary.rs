@@ -263,6 +263,8 @@ wire_enum! {
         Forbidden => "forbidden",
         /// The server is starting, shutting down, or its store failed; retry elsewhere or later.
         Unavailable => "unavailable",
+        /// Too many failed authentications from this client; retry after `Retry-After`.
+        TooManyRequests => "too_many_requests",
     }
 }
 

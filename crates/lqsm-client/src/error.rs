@@ -134,12 +134,13 @@ impl ClientError {
     }
 
     /// Whether trying the same request later may work: the server was unreachable,
-    /// slow, unavailable (503) or failed inside (5xx).
+    /// slow, unavailable (503), failed inside (5xx), or holds back this address after
+    /// failed authentications (429).
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Unreachable { .. } | Self::Timeout { .. } => true,
             Self::Api { status, .. } | Self::Decode { status, .. } | Self::Http { status, .. } => {
-                *status >= 500
+                *status >= 500 || *status == 429
             }
             _ => false,
         }
@@ -204,6 +205,7 @@ mod tests {
     #[test]
     fn only_unreachable_slow_and_5xx_answers_are_transient() {
         assert!(api(503, ErrorCode::Unavailable, None).is_transient());
+        assert!(api(429, ErrorCode::TooManyRequests, None).is_transient());
         assert!(!api(400, ErrorCode::InvalidField, None).is_transient());
         assert!(!api(409, ErrorCode::RegisterAgain, None).is_transient());
         assert!(api(409, ErrorCode::RegisterAgain, Some("id")).is_register_again());

@@ -366,6 +366,9 @@ pub struct Limits {
     pub inline_payload_bytes: usize,
     /// Most captured output kept per job (the tail is kept).
     pub max_log_bytes: usize,
+    /// Most failed authentications a client address may make a minute before its calls
+    /// are refused (`429`) until one refills; 0 turns the limit off.
+    pub max_failed_auth_per_minute: u32,
 }
 
 impl Default for Limits {
@@ -376,6 +379,7 @@ impl Default for Limits {
             max_batch: 10_000,
             inline_payload_bytes: 1024,
             max_log_bytes: 1 << 20,
+            max_failed_auth_per_minute: 20,
         }
     }
 }

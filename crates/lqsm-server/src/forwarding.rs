@@ -293,6 +293,11 @@ pub(crate) async fn to_leader(
     if answered_locally(&request) {
         return next.run(request).await;
     }
+    // Tokens are checked here, as the leader would: a bad one is this server's to
+    // refuse (and to count against its client), not the leader's.
+    if let Err(refused) = state.auth.caller(request.headers()) {
+        return refused.into_response();
+    }
     if let Some(by) = request.headers().get(FORWARDED_BY) {
         let by = by.to_str().unwrap_or("another server").to_owned();
         return ApiError::unavailable(format!(

@@ -45,6 +45,8 @@ pub struct AppState {
     pub forwarder: crate::forwarding::Forwarder,
     /// Records the calls that change the cluster.
     pub audit: Arc<crate::audit::AuditLog>,
+    /// Failed authentications per client address.
+    pub auth_failures: Arc<crate::auth_failures::AuthFailures>,
 }
 
 impl From<SchedulerError> for ApiError {
@@ -1670,6 +1672,10 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::forwarding::to_leader,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth_failures::limit,
         ))
         .with_state(state)
 }

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod auth_failures;
 pub mod config;
 pub mod convert;
 pub mod error;
@@ -549,6 +550,9 @@ pub async fn serve_after(
         role: role_updates,
         forwarder: forwarding::Forwarder::new(&identity.node),
         audit: Arc::new(audit),
+        auth_failures: Arc::new(auth_failures::AuthFailures::new(
+            config.limits.max_failed_auth_per_minute,
+        )),
     };
     // Serve probes (and 503s) while the state is restored.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

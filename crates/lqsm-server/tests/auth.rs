@@ -407,3 +407,37 @@ fn the_audit_log_records_who_changed_the_cluster_and_how_it_went() {
     assert_eq!(records[2]["path"], "/v1/queues/root.etl/drain");
     assert!(records[0]["at_ms"].as_u64().unwrap() > 0);
 }
+
+#[test]
+fn a_client_that_keeps_failing_to_authenticate_is_refused_for_a_while() {
+    let settings = format!("[limits]\nmax_failed_auth_per_minute = 3\n{TOKENS}");
+    let server = BlockingTestServer::start_with(toml_settings(&settings));
+    let guesser = server.api_as("guessed-secret");
+    for attempt in 0..3 {
+        assert_code(
+            &guesser.get("/v1/queues"),
+            401,
+            ErrorCode::Unauthorized,
+            &format!("guess {attempt}"),
+        );
+    }
+    let blocked = guesser.get("/v1/queues");
+    assert_code(
+        &blocked,
+        429,
+        ErrorCode::TooManyRequests,
+        "the fourth guess",
+    );
+    let retry_after: u64 = blocked.retry_after.as_deref().unwrap().parse().unwrap();
+    assert!((1..=20).contains(&retry_after), "{retry_after}");
+    // Every call from that address waits, a right token included: while blocked, an
+    // answer tells no guess apart.
+    assert_code(
+        &server.api_as("admin-secret").get("/v1/queues"),
+        429,
+        ErrorCode::TooManyRequests,
+        "a right token from the same address",
+    );
+    // Probes and the API document stay open.
+    assert_eq!(server.api().get("/healthz").status, 200);
+}

@@ -15,6 +15,8 @@ pub struct Reply {
     pub status: u16,
     /// The body as text.
     pub body: String,
+    /// The `Retry-After` header, when the answer has one.
+    pub retry_after: Option<String>,
 }
 
 impl Reply {
@@ -101,8 +103,17 @@ impl Api {
         };
         let resp = req.send()?;
         let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = resp.text()?;
-        Ok(Reply { status, body })
+        Ok(Reply {
+            status,
+            body,
+            retry_after,
+        })
     }
 
     fn url(&self, path: &str) -> String {
