@@ -4,11 +4,13 @@ temporary data directory, started once per session."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -175,3 +177,82 @@ def read_records(records: Path) -> List[List[str]]:
     if not records.exists():
         return []
     return [line.split() for line in records.read_text().splitlines() if line.strip()]
+
+
+class FaultProxy:
+    """A TCP proxy on a free loopback port in front of `target` (`host:port`), for
+    network faults: `partition()` stops every byte both ways (connections stay open,
+    new ones are taken and left silent), `heal()` drops what was held and relays again.
+    Runs on a thread of its own."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_loopback_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.partitioned = False
+        self._writers: "set[asyncio.StreamWriter]" = set()
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fault-proxy", daemon=True)
+        self._thread.start()
+        self._started.wait(10)
+
+    def _run(self) -> None:
+
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._serve())
+        self._started.set()
+        self._loop.run_forever()
+
+    async def _serve(self) -> None:
+
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+
+    async def _accept(self, reader: "asyncio.StreamReader", writer: "asyncio.StreamWriter") -> None:
+
+        self._writers.add(writer)
+        try:
+            while self.partitioned:
+                await asyncio.sleep(0.05)
+            upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+            self._writers.add(upstream_writer)
+            await asyncio.gather(
+                self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer), return_exceptions=True
+            )
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def _pipe(self, reader: "asyncio.StreamReader", writer: "asyncio.StreamWriter") -> None:
+
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                while self.partitioned:
+                    # Held, never delivered: the connection is dropped at heal().
+                    await asyncio.sleep(0.05)
+                    if writer.is_closing():
+                        return
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+    def partition(self) -> None:
+        self.partitioned = True
+
+    def heal(self) -> None:
+        def drop_all() -> None:
+            for writer in list(self._writers):
+                writer.close()
+            self._writers.clear()
+            self.partitioned = False
+
+        self._loop.call_soon_threadsafe(drop_all)
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._server.close)
+        self._loop.call_soon_threadsafe(self._loop.stop)

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 import lqsm
-from conftest import PythonWorker, free_loopback_port, python_worker, read_records, standalone, wait_for
+from conftest import FaultProxy, PythonWorker, free_loopback_port, python_worker, read_records, standalone, wait_for
 from lqsm.result import native_exception
 
 
@@ -416,6 +416,43 @@ def test_kill_9_of_a_worker_the_task_completes_exactly_once_elsewhere(tmp_path: 
         assert sorted(done.values()) == [1] * 6, done
         assert set(done) == {r.id for r in results}
         app.close()
+
+
+def test_a_worker_cut_off_from_the_server_stops_its_task_before_it_runs_elsewhere(tmp_path: Path) -> None:
+    """Self-fencing: partitioned from the server, the worker stops its attempt before
+    the server's heartbeat timeout (3 s here) lets it run the job elsewhere; after the
+    partition the job runs again and completes once."""
+    records = tmp_path / "records.log"
+    with standalone(tmp_path, "--heartbeat-timeout-ms", "3000") as url:
+        proxy = FaultProxy(int(url.rsplit(":", 1)[1]))
+        try:
+            app = lqsm.App(url)
+
+            @app.task(name="tests.sleep", retries=2, retry_backoff=0.1)
+            def sleep(seconds: float) -> Any: ...
+
+            with python_worker(proxy.url, records, "processes", "--concurrency", "1") as worker:
+                result = sleep.delay(8)
+                wait_for(lambda: ["start", result.id] in [r[:2] for r in read_records(records)], 30, worker.log)
+                proxy.partition()
+                first = next(r for r in read_records(records) if r[1] == result.id)
+                child = int(first[2])
+                # Fenced: the child running it was stopped (and replaced) while cut off.
+                wait_for(lambda: not _alive(child), 15, lambda: f"child {child} still runs:\n{worker.log()}")
+                assert "no answer from the server" in worker.log()
+                # The server, meanwhile, takes the worker for lost.
+                wait_for(
+                    lambda: any(w["name"] == worker.name and w["state"] == "lost" for w in httpx.get(f"{url}/v1/workers").json()),
+                    15,
+                    worker.log,
+                )
+                proxy.heal()
+                assert isinstance(result.get(timeout=60), int)
+            events = [r[0] for r in read_records(records) if r[1] == result.id]
+            assert events == ["start", "start", "done"], events
+            app.close()
+        finally:
+            proxy.close()
 
 
 def test_a_worker_refuses_an_app_it_cannot_import(server_url: str, tmp_path: Path) -> None:
