@@ -255,7 +255,14 @@ class Agent:
                 ended_pending.clear()
             self._ended_many(batch)
 
+        loop_thread = threading.get_ident()
+
         def ended(attempts: List[Tuple[str, Dict[str, Any]]]) -> None:
+            if threading.get_ident() == loop_thread:
+                # A pool that works on the loop itself (the processes pool reads its
+                # children there).
+                self._ended_many(attempts)
+                return
             with ended_lock:
                 first = not ended_pending
                 ended_pending.extend(attempts)
@@ -263,7 +270,10 @@ class Agent:
                 loop.call_soon_threadsafe(take_ended)
 
         def progressed(key: str, state: Dict[str, Any]) -> None:
-            loop.call_soon_threadsafe(self._progressed, key, state)
+            if threading.get_ident() == loop_thread:
+                self._progressed(key, state)
+            else:
+                loop.call_soon_threadsafe(self._progressed, key, state)
 
         self.pool.start(self.tasks, self.hostname, ended, progressed)
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -297,6 +297,8 @@ class _ChildProcess:
         self.remaining = remaining
         self.leaving = False
         self.ready = False
+        # The start of a message not yet complete.
+        self.pending = b""
 
 
 class ProcessPool(Pool):
@@ -344,6 +346,9 @@ class ProcessPool(Pool):
 
     def start(self, tasks: Mapping[str, "Task[Any]"], hostname: str, done: Done, progress: Progress) -> None:
         self.hostname, self.done, self.progress = hostname, done, progress
+        # The children's pipes are read by the worker's own event loop (it calls this
+        # from inside it): no reader threads, no hand-over between threads per message.
+        self.loop = asyncio.get_running_loop()
         with self.lock:
             for _ in range(self.concurrency):
                 self._spawn()
@@ -369,7 +374,9 @@ class ProcessPool(Pool):
         child = _ChildProcess(process, self.max_tasks_per_child or None)
         self.children.append(child)
         self.children_started += 1
-        threading.Thread(target=self._read, args=(child,), name=f"lqsm-child-{process.pid}", daemon=True).start()
+        assert process.stdout is not None
+        os.set_blocking(process.stdout.fileno(), False)
+        self.loop.add_reader(process.stdout.fileno(), self._read, child)
 
     def submit(self, works: List[Work]) -> None:
         with self.lock:
@@ -437,20 +444,27 @@ class ProcessPool(Pool):
             pass
 
     def _read(self, child: _ChildProcess) -> None:
+        """The child's pipe is readable: everything it has written so far is handled at
+        once (one lock, one report to the worker for many attempts)."""
         stdout = child.process.stdout
         assert stdout is not None
         fd = stdout.fileno()
-        pending = b""
-        while True:
+        try:
             chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                break
-            # Everything the child has written so far is handled at once: one lock, one
-            # wake of the worker's loop for many attempts.
-            *lines, pending = (pending + chunk).split(b"\n")
+        except BlockingIOError:
+            return
+        if chunk:
+            *lines, child.pending = (child.pending + chunk).split(b"\n")
             if lines:
                 self._handle(child, json.loads(b"[" + b",".join(lines) + b"]"))
-        status = child.process.wait()
+            return
+        # The pipe closed: the child is ending. Its exit status is waited for off the
+        # loop, then what it held is accounted for.
+        self.loop.remove_reader(fd)
+        waited = self.loop.run_in_executor(None, child.process.wait)
+        waited.add_done_callback(lambda status: self._reaped(child, status.result()))
+
+    def _reaped(self, child: _ChildProcess, status: int) -> None:
         # What the child's tasks started lives in its process group: it ends too.
         self._kill(child)
         self._child_ended(child, status)
