@@ -152,6 +152,10 @@ def python_worker(url: str, records: Path, pool: str = "threads", *extra: str) -
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
+    # A worker that crashed or gave up during the test fails it (one the test killed
+    # itself is its own business).
+    if process.returncode not in (0, -signal.SIGKILL):
+        pytest.fail(f"worker {name} exited with {process.returncode}:\n{worker.log()}")
 
 
 def wait_for(

@@ -106,7 +106,7 @@ class ServerConnection:
             try:
                 response = self._client.request(method, url + path, json=json, params=params, timeout=timeout)
                 break
-            except httpx.ConnectError as e:
+            except (httpx.ConnectError, httpx.ConnectTimeout) as e:
                 # Nothing was sent: the next server may take it.
                 if tried + 1 < len(self.urls):
                     self._current = (self._current + 1) % len(self.urls)

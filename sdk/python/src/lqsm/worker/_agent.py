@@ -115,6 +115,8 @@ class Agent:
         # for their turn, when each task may next start, and the timers that wake them.
         self.rates = {name: task.options.rate_limit for name, task in tasks.items() if task.options.rate_limit}
         self.held: Dict[str, Deque[Dict[str, Any]]] = {}
+        # Attempts whose parents' results are being read before they run.
+        self.fetching: Dict[str, Dict[str, Any]] = {}
         self.next_start: Dict[str, float] = {}
         self.release_timers: Dict[str, asyncio.TimerHandle] = {}
         self.urls = [u.rstrip("/") for u in urls]
@@ -140,8 +142,10 @@ class Agent:
         self.failures = 0
         self.stopping = False
         self.drained = False
+        self.draining: Optional[asyncio.Task[None]] = None
         self.killing = False
-        self.wake = asyncio.Event()
+        # Made in run(), on the loop it belongs to (Python 3.9 binds it at creation).
+        self.wake: asyncio.Event
         self.replaced: "set[asyncio.Task[None]]" = set()
         #: Counts for the summary at exit.
         self.summary = collections.Counter[str]()
@@ -242,6 +246,7 @@ class Agent:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        self.wake = asyncio.Event()
 
         # The pool calls these from its own threads; the loop's state is the loop's.
         # Ends that come while the loop has not yet taken the earlier ones join them,
@@ -295,8 +300,15 @@ class Agent:
             if self.pool.broken:
                 raise Fatal(self.pool.broken)
             if self.stopping and not self.drained:
-                await self._drain()
-            if self.stopping and not self.attempts and not self.reports:
+                # In the background: a slow or unreachable server must not hold up the
+                # polls (and the fence) behind it.
+                self.drained = True
+                self.draining = asyncio.create_task(self._drain())
+            # A second signal does not wait for the server to take the drain.
+            drained = self.killing or (self.draining is not None and self.draining.done())
+            if self.stopping and drained and not self.attempts and not self.reports and (poll is None or poll.done()):
+                # The server sends nothing more, and the last poll's answer is in: an
+                # assignment made before the drain landed would have come with it.
                 return
             if poll is None or poll.done():
                 if poll is not None:
@@ -311,7 +323,7 @@ class Agent:
             fence_at = self.fence_deadline()
             if fence_at is not None:
                 timeout = max(0.0, fence_at - time.monotonic())
-            if self.wake.is_set() or self.reports:
+            if poll_waits and (self.wake.is_set() or self.reports):
                 cut_at = poll_sent + CUT_SHORT_AFTER - time.monotonic()
                 timeout = cut_at if timeout is None else min(timeout, cut_at)
                 timeout = max(0.0, timeout)
@@ -330,6 +342,9 @@ class Agent:
                 # assignments it brings.
                 and poll_waits
                 and time.monotonic() - poll_sent >= CUT_SHORT_AFTER
+            ) or (
+                # Drained with nothing left: end the waiting long-poll now.
+                not poll.done() and poll_waits and self.stopping and drained and not self.attempts
             ):
                 # Report now rather than when the waiting poll ends: the server answers
                 # the replaced one at once (refusals only); the new one takes its place.
@@ -384,16 +399,18 @@ class Agent:
             log.debug("report of %s (token %s) refused: %s", refused["job"], refused["token"], refused["reason"])
         for order in answer.get("kill", []):
             self._kill(order)
+        # Every assignment is taken on before anything is awaited, so that `ack` below
+        # covers only attempts this worker holds.
         works = []
         for assignment in answer.get("assignments", []):
             work = self._start(assignment)
-            if work is not None:
-                if assignment.get("inputs_path") and work["inputs"] is None:
-                    inputs = await self._fetch_inputs(assignment["inputs_path"])
-                    if inputs is None:
-                        self._ended(work["key"], _failed("its parents' results could not be read from the server"))
-                        continue
-                    work["inputs"] = inputs
+            if work is None:
+                continue
+            if assignment.get("inputs_path") and work["inputs"] is None:
+                # Its parents' results are read first, off the poll loop.
+                self.fetching[work["key"]] = work
+                asyncio.create_task(self._with_inputs(work, assignment["inputs_path"]))
+            else:
                 works.append(work)
         if works:
             self._submit(works)
@@ -408,7 +425,7 @@ class Agent:
         to run (seen before, or ended already)."""
         job, token = assignment["job"], assignment["token"]
         key = f"{job}:{token}"
-        if key in self.seen:
+        if key in self.seen or key in self.attempts:
             return None
         self.seen[key] = None
         while len(self.seen) > REMEMBERED_ATTEMPTS + len(self.attempts):
@@ -470,16 +487,29 @@ class Agent:
                 delay, self._release_held, handler
             )
 
-    def _stop(self, key: str, reason: str) -> None:
+    def _stop(self, key: str, reason: str, at_once: bool = False) -> None:
         """Ends an attempt early: one still waiting for its rate limit ends here, one in
-        the pool is stopped there."""
+        the pool is stopped there (`at_once`: without the grace a task gets to end)."""
+        if self.fetching.pop(key, None) is not None:
+            self._ended(key, _failed(reason))
+            return
         for held in self.held.values():
             for work in held:
                 if work["key"] == key:
                     held.remove(work)
                     self._ended(key, _failed(reason))
                     return
-        self.pool.stop(key, reason)
+        self.pool.stop(key, reason, at_once)
+
+    async def _with_inputs(self, work: Dict[str, Any], path: str) -> None:
+        inputs = await self._fetch_inputs(path)
+        if self.fetching.pop(work["key"], None) is None:
+            return  # stopped meanwhile
+        if inputs is None:
+            self._ended(work["key"], _failed("its parents' results could not be read from the server"))
+            return
+        work["inputs"] = inputs
+        self._submit([work])
 
     async def _fetch_inputs(self, path: str) -> Optional[List[Any]]:
         for _ in range(5):
@@ -516,12 +546,14 @@ class Agent:
     def _fence(self) -> None:
         silent = time.monotonic() - (self.last_contact or 0.0)
         stopped = 0
-        for key, attempt in self.attempts.items():
+        # A copy: stopping an attempt that waits may end it at once.
+        for key, attempt in list(self.attempts.items()):
             if attempt.listed:
                 attempt.listed = False
                 attempt.stop = FENCED
                 stopped += 1
-                self._stop(key, FENCED)
+                # No grace: the server may run it elsewhere a margin from now.
+                self._stop(key, FENCED, at_once=True)
         if stopped:
             self.summary["fenced"] += stopped
             log.error(
@@ -575,19 +607,26 @@ class Agent:
         elif not self.killing:
             self.killing = True
             log.warning("stopping now: %d running tasks are stopped and reported failed", len(self.attempts))
-            for key, attempt in self.attempts.items():
+            for key, attempt in list(self.attempts.items()):
                 if attempt.stop is None:
                     self._stop(key, "its worker was shut down")
         self.wake.set()
 
     async def _drain(self) -> None:
-        self.drained = True
-        try:
-            response = await self.client.post(f"{self.url}/v1/workers/{self.id}/drain")
-            if not response.is_success:
-                log.warning("the server did not take the drain (%s); no new tasks are started anyway", response.status_code)
-        except httpx.TransportError as e:
-            log.warning("could not tell the server this worker drains (%s)", e)
+        """Tells the server to send no more work; tried again until it takes it (new
+        assignments that arrive meanwhile still run: they are this worker's)."""
+        while True:
+            try:
+                response = await self.client.post(f"{self.url}/v1/workers/{self.id}/drain", timeout=5.0)
+            except httpx.TransportError as e:
+                log.warning("could not tell the server this worker drains (%s); trying again", e)
+                await self._backoff()
+                continue
+            if response.is_success or response.status_code < 500 and response.status_code != 429:
+                if not response.is_success:
+                    log.warning("the server did not take the drain (%s)", self._error_of(response))
+                return
+            await self._backoff()
 
 
 def _failed(message: str) -> Dict[str, Any]:

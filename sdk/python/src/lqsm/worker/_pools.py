@@ -79,8 +79,14 @@ class Pool:
         """Queues attempts to run, in order."""
         raise NotImplementedError
 
-    def stop(self, key: str, reason: str) -> None:
+    def stop(self, key: str, reason: str, at_once: bool = False) -> None:
+        """Ends an attempt early: raised inside its task, which has the stop grace to
+        end (`at_once`: half a second at most, for a fence) before its process is
+        killed."""
         raise NotImplementedError
+
+    def grace(self, at_once: bool) -> float:
+        return min(self.stop_grace, 0.5) if at_once else self.stop_grace
 
     def close(self) -> None:
         """Ends the pool's threads or children; called once nothing runs."""
@@ -122,7 +128,7 @@ class ThreadPool(Pool):
             self.backlog.extend(works)
             self.lock.notify(len(works))
 
-    def stop(self, key: str, reason: str) -> None:
+    def stop(self, key: str, reason: str, at_once: bool = False) -> None:
         with self.lock:
             for work in self.backlog:
                 if work["key"] == key:
@@ -133,7 +139,9 @@ class ThreadPool(Pool):
                     if running == key:
                         self.stop_reasons[key] = reason
                         _raise_in_thread(ident, _execution.AttemptStopped)
-                        threading.Timer(self.stop_grace, self._check_ended, (ident, key)).start()
+                        timer = threading.Timer(self.grace(at_once), self._check_ended, (ident, key))
+                        timer.daemon = True
+                        timer.start()
                 return
         self.done([(key, _stopped(reason))])
 
@@ -160,6 +168,7 @@ class ThreadPool(Pool):
                 self.running[ident] = key
             timer = None
             outcome: Optional[Outcome] = None
+            stopped = False
             try:
                 prepared = _execution.prepare(self.tasks, work, self.hostname, functools.partial(self.progress, key))
                 if not isinstance(prepared, _execution.Prepared):
@@ -174,17 +183,18 @@ class ThreadPool(Pool):
                         timer.start()
                     outcome = _execution.run(prepared, _execution.call_blocking)
             except _execution.AttemptStopped:
-                pass
+                stopped = True
             finally:
-                if timer is not None:
-                    timer.cancel()
                 with self.lock:
                     # An exception raised into this thread after the task ended must not
-                    # land in the next one.
+                    # land in the next one (nor in this bookkeeping).
                     _clear_raise_in_thread(ident)
                     del self.running[ident]
                     reason = self.stop_reasons.pop(key, None)
-            if reason is not None:
+                if timer is not None:
+                    timer.cancel()
+            # A stop that came as the task ended on its own leaves its end as it was.
+            if reason is not None and (stopped or outcome is None):
                 outcome = _stopped(reason)
             assert outcome is not None
             self.done([(key, outcome)])
@@ -207,7 +217,7 @@ class AsyncioPool(Pool):
         super().__init__(concurrency, stop_grace)
         self.loop = asyncio.new_event_loop()
         self.backlog: Deque[Work] = collections.deque()
-        self.running: Dict[str, "asyncio.Task[None]"] = {}
+        self.running: Dict[str, "asyncio.Task[Tuple[Outcome, bool]]"] = {}
         self.stop_reasons: Dict[str, str] = {}
         self.soft_fired: set[str] = set()
 
@@ -219,8 +229,8 @@ class AsyncioPool(Pool):
     def submit(self, works: List[Work]) -> None:
         self.loop.call_soon_threadsafe(self._submit, works)
 
-    def stop(self, key: str, reason: str) -> None:
-        self.loop.call_soon_threadsafe(self._stop, key, reason)
+    def stop(self, key: str, reason: str, at_once: bool = False) -> None:
+        self.loop.call_soon_threadsafe(self._stop, key, reason, at_once)
 
     def _submit(self, works: List[Work]) -> None:
         self.backlog.extend(works)
@@ -230,18 +240,22 @@ class AsyncioPool(Pool):
         while self.backlog and len(self.running) < self.concurrency:
             work = self.backlog.popleft()
             key = work["key"]
-            self.running[key] = self.loop.create_task(self._run(work))
+            task = self.loop.create_task(self._run(work))
+            self.running[key] = task
+            # The bookkeeping is the task's end, however it ends: a task cancelled
+            # before its first step never runs its own code at all.
+            task.add_done_callback(functools.partial(self._finished, key))
             soft_deadline = work.get("soft_deadline")
             if soft_deadline is not None:
                 delay = max(0.0, soft_deadline - time.monotonic())
-                self.loop.call_later(delay, self._soft_limit, key, self.running[key])
+                self.loop.call_later(delay, self._soft_limit, key, task)
 
-    def _soft_limit(self, key: str, task: "asyncio.Task[None]") -> None:
+    def _soft_limit(self, key: str, task: "asyncio.Task[Tuple[Outcome, bool]]") -> None:
         if self.running.get(key) is task and key not in self.stop_reasons:
             self.soft_fired.add(key)
             task.cancel("the task's soft time limit has passed")
 
-    def _stop(self, key: str, reason: str) -> None:
+    def _stop(self, key: str, reason: str, at_once: bool = False) -> None:
         for work in self.backlog:
             if work["key"] == key:
                 self.backlog.remove(work)
@@ -251,36 +265,43 @@ class AsyncioPool(Pool):
         if task is not None:
             self.stop_reasons[key] = reason
             task.cancel(reason)
-            self.loop.call_later(self.stop_grace, self._check_ended, key, task)
+            self.loop.call_later(self.grace(at_once), self._check_ended, key, task)
 
-    def _check_ended(self, key: str, task: "asyncio.Task[None]") -> None:
+    def _check_ended(self, key: str, task: "asyncio.Task[Tuple[Outcome, bool]]") -> None:
         if not task.done():
             _exit_stuck(key, self.stop_grace)
 
-    async def _run(self, work: Work) -> None:
+    async def _run(self, work: Work) -> Tuple[Outcome, bool]:
+        """The attempt's outcome, and whether it was cancelled."""
         key = work["key"]
-        outcome: Optional[Outcome] = None
+        prepared = _execution.prepare(self.tasks, work, self.hostname, lambda s: self.progress(key, s))
+        if not isinstance(prepared, _execution.Prepared):
+            return prepared, False
         try:
-            prepared = _execution.prepare(self.tasks, work, self.hostname, lambda s: self.progress(key, s))
-            if not isinstance(prepared, _execution.Prepared):
-                outcome = prepared
+            return await _execution.run_async(prepared), False
+        except asyncio.CancelledError:
+            message = "SoftTimeLimitExceeded: the task's soft time limit has passed (it was cancelled)"
+            failed = {"type": "failed", "message": message}
+            return _execution.outcome(failed, prepared.capture.text(), prepared.started_at_ms), True
+
+    def _finished(self, key: str, task: "asyncio.Task[Tuple[Outcome, bool]]") -> None:
+        del self.running[key]
+        self.soft_fired.discard(key)
+        reason = self.stop_reasons.pop(key, None)
+        outcome: Optional[Outcome] = None
+        cancelled = True
+        if not task.cancelled():
+            error = task.exception()
+            if error is None:
+                outcome, cancelled = task.result()
             else:
-                try:
-                    outcome = await _execution.run_async(prepared)
-                except asyncio.CancelledError:
-                    message = "SoftTimeLimitExceeded: the task's soft time limit has passed (it was cancelled)"
-                    outcome = _execution.outcome(
-                        {"type": "failed", "message": message}, prepared.capture.text(), prepared.started_at_ms
-                    )
-        finally:
-            del self.running[key]
-            self.soft_fired.discard(key)
-            reason = self.stop_reasons.pop(key, None)
-            if reason is not None:
-                outcome = _stopped(reason)
-            assert outcome is not None
-            self.done([(key, outcome)])
-            self._start_next()
+                outcome = _stopped(f"the worker could not run it: {type(error).__name__}: {error}")
+        if reason is not None and (cancelled or outcome is None):
+            outcome = _stopped(reason)
+        if outcome is None:
+            outcome = _stopped("cancelled")
+        self.done([(key, outcome)])
+        self._start_next()
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -414,7 +435,7 @@ class ProcessPool(Pool):
             # The child died; its reader thread accounts for what it held.
             pass
 
-    def stop(self, key: str, reason: str) -> None:
+    def stop(self, key: str, reason: str, at_once: bool = False) -> None:
         with self.lock:
             for work in self.backlog:
                 if work["key"] == key:
@@ -425,16 +446,30 @@ class ProcessPool(Pool):
                 for child in self.children:
                     if key in child.inflight:
                         self.stop_reasons[key] = reason
-                        self._send(child, {"stop": key, "reason": reason})
-                        threading.Timer(self.stop_grace, self._check_ended, (child, key)).start()
+                        if at_once and child.inflight[0] == key:
+                            self._kill(child)
+                        else:
+                            self._send(child, {"stop": key, "reason": reason})
+                            self._arm_check(child, key, self.grace(at_once))
                 return
         self.done([(key, _stopped(reason))])
 
-    def _check_ended(self, child: _ChildProcess, key: str) -> None:
+    def _arm_check(self, child: _ChildProcess, key: str, grace: float) -> None:
+        timer = threading.Timer(grace, self._check_ended, (child, key, grace))
+        timer.daemon = True
+        timer.start()
+
+    def _check_ended(self, child: _ChildProcess, key: str, grace: float) -> None:
         with self.lock:
-            if key in child.inflight:
-                log.warning("attempt %s did not end %.0f s after it was stopped: killing its process", key, self.stop_grace)
-                self._kill(child)
+            if key not in child.inflight:
+                return
+            if child.inflight[0] != key:
+                # Still waiting behind another task in that child (which skips it when
+                # it gets there): the one running is not to be killed for it.
+                self._arm_check(child, key, grace)
+                return
+            log.warning("attempt %s did not end %.1f s after it was stopped: killing its process", key, grace)
+            self._kill(child)
 
     @staticmethod
     def _kill(child: _ChildProcess) -> None:
@@ -480,13 +515,10 @@ class ProcessPool(Pool):
                     else:
                         child.inflight.remove(key)
                     self.works.pop(key, None)
-                    outcome = message["outcome"]
-                    reason = self.stop_reasons.pop(key, None)
-                    if reason is not None:
-                        outcome = _execution.outcome(
-                            {"type": "failed", "message": reason}, outcome.get("logs", ""), outcome["started_at_ms"]
-                        )
-                    ended.append((key, outcome))
+                    # The child says itself when it stopped a task (with the reason); a
+                    # stop that came as the task ended on its own leaves its end as it was.
+                    self.stop_reasons.pop(key, None)
+                    ended.append((key, message["outcome"]))
                     took = float(message.get("took", 0.0))
                     self.task_seconds = took if self.task_seconds is None else 0.8 * self.task_seconds + 0.2 * took
                 elif "progress" in message:
