@@ -413,7 +413,16 @@ fn a_client_that_keeps_failing_to_authenticate_is_refused_for_a_while() {
     let settings = format!("[limits]\nmax_failed_auth_per_minute = 3\n{TOKENS}");
     let server = BlockingTestServer::start_with(toml_settings(&settings));
     let guesser = server.api_as("guessed-secret");
-    for attempt in 0..3 {
+    let worker = server.api_as("worker-secret");
+    assert_code(
+        &guesser.get("/v1/queues"),
+        401,
+        ErrorCode::Unauthorized,
+        "guess",
+    );
+    // A worker on the same address (behind the same NAT, say) authenticates meanwhile.
+    assert_ne!(worker.get("/v1/workers").status, 401);
+    for attempt in 1..3 {
         assert_code(
             &guesser.get("/v1/queues"),
             401,
@@ -430,14 +439,16 @@ fn a_client_that_keeps_failing_to_authenticate_is_refused_for_a_while() {
     );
     let retry_after: u64 = blocked.retry_after.as_deref().unwrap().parse().unwrap();
     assert!((1..=20).contains(&retry_after), "{retry_after}");
-    // Every call from that address waits, a right token included: while blocked, an
-    // answer tells no guess apart.
+    // Every new token from that address waits, a right one included: while blocked, an
+    // answer tells no new guess apart.
     assert_code(
         &server.api_as("admin-secret").get("/v1/queues"),
         429,
         ErrorCode::TooManyRequests,
-        "a right token from the same address",
+        "a right token new to the address",
     );
+    // The token that worked from this address before it was blocked still does.
+    assert_ne!(worker.get("/v1/workers").status, 429);
     // Probes and the API document stay open.
     assert_eq!(server.api().get("/healthz").status, 200);
 }
