@@ -127,6 +127,14 @@ def test_self_retry_waits_its_countdown(threads_worker: PythonWorker, tasks: Mod
     assert second["scheduled_at_ms"] - first["finished_at_ms"] >= 590
 
 
+def test_a_result_larger_than_a_report_may_be_fails_the_task_and_the_worker_serves_on(
+    threads_worker: PythonWorker, tasks: ModuleType
+) -> None:
+    with pytest.raises(lqsm.TaskError, match="more than the 8388608 a result may be"):
+        tasks.huge.delay().get(timeout=60)
+    assert tasks.add.delay(1, 1).get(timeout=30) == 2
+
+
 def test_countdown_and_eta_delay_the_start(threads_worker: PythonWorker, tasks: ModuleType) -> None:
     by_countdown = tasks.add.apply_async((1, 1), countdown=1)
     eta = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1)
@@ -210,6 +218,7 @@ def test_a_schedule_fires_the_task_and_declaring_it_again_updates_it(
     try:
         view = app.schedule(name, tasks.add.s(2, 3), every=1, overlap="skip")
         assert view["kind"]["args"] == {"args": [2, 3], "kwargs": {}}
+        assert view["overlap"] == "skip"
 
         def results() -> List[Any]:
             jobs = httpx.get(
@@ -217,8 +226,10 @@ def test_a_schedule_fires_the_task_and_declaring_it_again_updates_it(
             ).json()["jobs"]
             return [job["result"] for job in jobs]
 
-        wait_for(lambda: len(results()) >= 2, 30, lambda: f"the schedule fired {results()}")
-        assert set(results()) <= {3, 5} and 5 in results()
+        wait_for(lambda: 5 in results(), 30, lambda: f"the schedule fired {results()}")
+        assert set(results()) <= {3, 5}
+        # Declared again without `overlap`: back to the default.
+        assert app.schedule(name, tasks.add.s(2, 3), every=1)["overlap"] == "allow"
     finally:
         app.unschedule(name)
     app.unschedule(name)  # gone already: nothing to do

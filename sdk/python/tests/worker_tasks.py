@@ -125,3 +125,8 @@ def picky(self: "lqsm.Task[None]") -> None:
     if self.request.attempt == 1:
         raise ConnectionError("the gateway hung up")
     raise ValueError("the invoice is malformed")
+
+
+@app.task(name="tests.huge")
+def huge() -> str:
+    return "x" * (9 * 1024 * 1024)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import time
+from urllib.parse import quote
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -244,13 +245,16 @@ class App:
         except ApiError as e:
             if e.code != "conflict":
                 raise
-            view = self._server.request("PATCH", f"/v1/schedules/{name}", json=fields)
+            # A declaration is whole: what it leaves out goes back to the defaults.
+            fields.setdefault("misfire", "run_once")
+            fields.setdefault("overlap", "allow")
+            view = self._server.request("PATCH", f"/v1/schedules/{quote(name, safe='')}", json=fields)
         return view
 
     def unschedule(self, name: str) -> None:
         """Deletes the schedule `name` (its jobs stay); nothing happens if there is none."""
         try:
-            self._server.request("DELETE", f"/v1/schedules/{name}")
+            self._server.request("DELETE", f"/v1/schedules/{quote(name, safe='')}")
         except ApiError as e:
             if e.code != "not_found":
                 raise

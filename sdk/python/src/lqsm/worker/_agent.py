@@ -46,6 +46,10 @@ MAX_REPLACED_POLLS = 4
 #: How long reports may take to reach the server once everything has stopped.
 FINAL_FLUSH = 5.0
 
+#: Most bytes of reports one poll carries (the server takes bodies of 16 MiB by
+#: default); the rest go with the next polls.
+POLL_REPORT_BYTES = 8 * 1024 * 1024
+
 #: Longest wait between reconnection attempts.
 BACKOFF_CAP = 5.0
 
@@ -135,6 +139,8 @@ class Agent:
         self.request_timeout = request_timeout
         self.attempts: Dict[str, _Attempt] = {}
         self.reports: Dict[str, Dict[str, Any]] = {}
+        # The encoded size of the large reports (a result or output over 64 KiB).
+        self.report_sizes: Dict[str, int] = {}
         self.seen: "collections.OrderedDict[str, None]" = collections.OrderedDict()
         self.ack = 0
         self.heartbeat_timeout: Optional[float] = None
@@ -355,7 +361,13 @@ class Agent:
                 poll_sent, poll_waits = time.monotonic(), wait > 0
 
     async def _poll(self, wait: float) -> None:
-        carried = dict(self.reports)
+        carried: Dict[str, Dict[str, Any]] = {}
+        size = 0
+        for key, report in self.reports.items():
+            size += self.report_sizes.get(key, 0)
+            if carried and size > POLL_REPORT_BYTES:
+                break
+            carried[key] = report
         running: List[Dict[str, Any]] = []
         for key, attempt in self.attempts.items():
             if attempt.listed:
@@ -394,6 +406,7 @@ class Agent:
         for key, report in carried.items():
             if self.reports.get(key) is report:
                 del self.reports[key]
+                self.report_sizes.pop(key, None)
         answer = response.json()
         for refused in answer.get("refused", []):
             log.debug("report of %s (token %s) refused: %s", refused["job"], refused["token"], refused["reason"])
@@ -587,6 +600,16 @@ class Agent:
             "logs": outcome.get("logs") or None,
             "started_at_ms": outcome.get("started_at_ms"),
         }
+        # Large reports are weighed, so that one poll never carries more than its share.
+        value = result.get("result")
+        logs = outcome.get("logs") or ""
+        size = len(logs) + len(str(result.get("message", "")))
+        if isinstance(value, str):
+            size += len(value)
+        elif not (value is None or type(value) in (int, bool, float)):
+            size += len(json.dumps(value))
+        if size > 65536:
+            self.report_sizes[key] = size
         self.reports[key] = report
         self.wake.set()
 

@@ -24,6 +24,10 @@ from ..errors import Retry, format_failure
 #: worker does.
 LOG_CAP_BYTES = 1024 * 1024
 
+#: Largest result a task may return, JSON bytes: a report must fit in a poll, whose
+#: body the server takes up to 16 MiB by default.
+MAX_RESULT_BYTES = 8 * 1024 * 1024
+
 #: Most characters of a failure's message and traceback reported.
 MESSAGE_CAP = 64 * 1024
 
@@ -283,14 +287,22 @@ async def _awaited(value: Any) -> Any:
 
 
 def finish(prepared: Prepared, value: Any) -> Outcome:
-    """A task's return value as a success, or a failure if JSON cannot carry it."""
+    """A task's return value as a success, or a failure if JSON cannot carry it or it
+    is larger than a report may be."""
     try:
+        size = len(value) if isinstance(value, str) else 0
         if not (value is None or type(value) in (str, int, bool)):
-            json.dumps(value, allow_nan=False)
+            size = len(json.dumps(value, allow_nan=False))
     except (TypeError, ValueError) as e:
         message = (
             f"the task `{prepared.task.name}` returned what JSON cannot carry ({e}): "
             "return None, bool, int, float, str, and lists and dicts of them"
+        )
+        return outcome(_failed(message), prepared.capture.text(), prepared.started_at_ms)
+    if size > MAX_RESULT_BYTES:
+        message = (
+            f"the task `{prepared.task.name}` returned {size} bytes of JSON, more than the "
+            f"{MAX_RESULT_BYTES} a result may be: store large data elsewhere and return where it is"
         )
         return outcome(_failed(message), prepared.capture.text(), prepared.started_at_ms)
     return outcome({"type": "succeeded", "result": value}, prepared.capture.text(), prepared.started_at_ms)
