@@ -118,7 +118,7 @@ class ServerConnection:
         if response.is_success:
             # 204 No Content (a delete, say) has no body to decode.
             return response.json() if response.content else None
-        raise _api_error(response)
+        raise api_error(response)
 
     def _unreachable(self, error: Exception) -> str:
         return _unreachable_message(self.urls, error)
@@ -165,7 +165,7 @@ def _unreachable_message(urls: List[str], error: Exception) -> str:
     )
 
 
-def _api_error(response: httpx.Response) -> ApiError:
+def api_error(response: httpx.Response) -> ApiError:
     """The server's error answer as an `ApiError`; an answer that is not LQSM's error
     shape (a proxy's page, say) keeps its status and the start of its text."""
     try:

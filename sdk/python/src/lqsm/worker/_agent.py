@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 import os
 import random
@@ -23,7 +22,8 @@ import httpx
 
 from .._version import __version__
 from ..app import Task
-from ..context import MAX_PROGRESS_BYTES
+from .._server import api_error
+from ._execution import failed_outcome
 from ._pools import Pool
 
 log = logging.getLogger("lqsm.worker")
@@ -170,22 +170,12 @@ class Agent:
         delay = min(BACKOFF_CAP, 0.05 * 2 ** min(self.failures, 10))
         await asyncio.sleep(delay * random.uniform(0.5, 1.0))
 
-    @staticmethod
-    def _error_of(response: httpx.Response) -> Dict[str, Any]:
-        try:
-            body = response.json()
-        except ValueError:
-            return {"code": "unexpected_response", "message": response.text[:200]}
-        error = body.get("error") if isinstance(body, dict) else None
-        return error if isinstance(error, dict) else {"code": "unexpected_response", "message": str(body)[:200]}
-
     def _check_fatal(self, response: httpx.Response) -> None:
-        error = self._error_of(response)
-        code = error.get("code")
-        if response.status_code in (401, 403) or code == "incompatible_protocol" or (
-            response.status_code == 400 and code != "register_again"
+        error = api_error(response)
+        if response.status_code in (401, 403) or error.code == "incompatible_protocol" or (
+            response.status_code == 400 and error.code != "register_again"
         ):
-            raise Fatal(f"the server at {self.url} refused this worker: {code}: {error.get('message')}")
+            raise Fatal(f"the server at {self.url} refused this worker: {error}")
 
     # -- registration -----------------------------------------------------------------
 
@@ -221,11 +211,11 @@ class Agent:
                 self.last_contact = time.monotonic()
                 log.info("registered at %s as %s (%s)", self.url, self.id, self.hostname)
                 return
-            if self.protocol > 3 and self._error_of(response).get("code") == "incompatible_protocol":
+            if self.protocol > 3 and api_error(response).code == "incompatible_protocol":
                 log.warning(
                     "the server speaks an older protocol (%s): this worker falls back to version 3, "
                     "in which every failure is retried up to the task's retries, autoretry_for or not",
-                    self._error_of(response).get("message"),
+                    api_error(response).message,
                 )
                 self.protocol = 3
                 body["protocol"] = 3
@@ -392,13 +382,13 @@ class Agent:
             self._next_url()
             await self._backoff()
             return
-        if response.status_code == 409 and self._error_of(response).get("code") == "register_again":
+        if response.status_code == 409 and api_error(response).code == "register_again":
             log.info("the server does not know this worker (it restarted, or took it for lost): registering again")
             await self.register()
             return
         if not response.is_success:
             self._check_fatal(response)
-            log.warning("poll answered %d (%s); trying again", response.status_code, self._error_of(response))
+            log.warning("poll answered %d (%s); trying again", response.status_code, api_error(response))
             await self._backoff()
             return
         self.failures = 0
@@ -448,7 +438,7 @@ class Agent:
         self.summary["started"] += 1
         kind = assignment["kind"]
         if kind.get("type") != "function":
-            self._ended(key, _failed("this Python worker runs no command jobs"))
+            self._ended(key, failed_outcome("this Python worker runs no command jobs"))
             return None
         timeout_ms = assignment.get("timeout_ms")
         if timeout_ms is not None:
@@ -504,13 +494,13 @@ class Agent:
         """Ends an attempt early: one still waiting for its rate limit ends here, one in
         the pool is stopped there (`at_once`: without the grace a task gets to end)."""
         if self.fetching.pop(key, None) is not None:
-            self._ended(key, _failed(reason))
+            self._ended(key, failed_outcome(reason))
             return
         for held in self.held.values():
             for work in held:
                 if work["key"] == key:
                     held.remove(work)
-                    self._ended(key, _failed(reason))
+                    self._ended(key, failed_outcome(reason))
                     return
         self.pool.stop(key, reason, at_once)
 
@@ -519,7 +509,7 @@ class Agent:
         if self.fetching.pop(work["key"], None) is None:
             return  # stopped meanwhile
         if inputs is None:
-            self._ended(work["key"], _failed("its parents' results could not be read from the server"))
+            self._ended(work["key"], failed_outcome("its parents' results could not be read from the server"))
             return
         work["inputs"] = inputs
         self._submit([work])
@@ -535,7 +525,7 @@ class Agent:
                 inputs = response.json().get("inputs")
                 return inputs if isinstance(inputs, list) else None
             if response.status_code < 500:
-                log.warning("reading %s answered %d: %s", path, response.status_code, self._error_of(response))
+                log.warning("reading %s answered %d: %s", path, response.status_code, api_error(response))
                 return None
             await self._backoff()
         return None
@@ -601,21 +591,17 @@ class Agent:
             "started_at_ms": outcome.get("started_at_ms"),
         }
         # Large reports are weighed, so that one poll never carries more than its share.
-        value = result.get("result")
         logs = outcome.get("logs") or ""
-        size = len(logs) + len(str(result.get("message", "")))
-        if isinstance(value, str):
-            size += len(value)
-        elif not (value is None or type(value) in (int, bool, float)):
-            size += len(json.dumps(value))
+        size = len(logs) + len(str(result.get("message", ""))) + int(outcome.get("result_bytes", 0))
         if size > 65536:
             self.report_sizes[key] = size
         self.reports[key] = report
         self.wake.set()
 
     def _progressed(self, key: str, state: Dict[str, Any]) -> None:
+        # The state was checked where it was made (`context.progress_of`).
         attempt = self.attempts.get(key)
-        if attempt is not None and len(json.dumps(state)) <= MAX_PROGRESS_BYTES:
+        if attempt is not None:
             attempt.progress = state
 
     # -- shutdown ------------------------------------------------------------------------
@@ -647,13 +633,9 @@ class Agent:
                 continue
             if response.is_success or response.status_code < 500 and response.status_code != 429:
                 if not response.is_success:
-                    log.warning("the server did not take the drain (%s)", self._error_of(response))
+                    log.warning("the server did not take the drain (%s)", api_error(response))
                 return
             await self._backoff()
-
-
-def _failed(message: str) -> Dict[str, Any]:
-    return {"result": {"type": "failed", "message": message}, "logs": "", "started_at_ms": int(time.time() * 1000)}
 
 
 def default_name() -> str:

@@ -138,7 +138,7 @@ class Child:
             with self.state_lock:
                 reason = self.stopped.pop(key, None)
                 if reason is not None:
-                    return _execution.outcome({"type": "failed", "message": reason}, "", started_at_ms), False
+                    return _execution.failed_outcome(reason, "", started_at_ms), False
                 self.current = key
             soft_deadline = work.get("soft_deadline")
             if soft_deadline is not None:
@@ -147,7 +147,7 @@ class Child:
             return _execution.run(prepared, _execution.call_blocking), False
         except _execution.AttemptStopped:
             message = self.stopped.get(key, "stopped")
-            return _execution.outcome({"type": "failed", "message": message}, prepared.capture.text(), started_at_ms), True
+            return _execution.failed_outcome(message, prepared.capture.text(), started_at_ms), True
         finally:
             # A stop or soft-limit signal that lands after the task ended is ignored:
             # the handlers raise only for the current task.

@@ -197,21 +197,29 @@ def prepare(
     task = tasks.get(work["handler"])
     if task is None:
         served = ", ".join(sorted(tasks)[:10]) or "none"
-        return outcome(
-            _failed(f"this worker does not serve the task `{work['handler']}` (it serves: {served})"),
-            "",
-            started_at_ms,
+        return failed_outcome(
+            f"this worker does not serve the task `{work['handler']}` (it serves: {served})", "", started_at_ms
         )
     try:
         args, kwargs = decode_call(work["args"], work.get("inputs"))
     except CallError as e:
-        return outcome(_failed(str(e)), "", started_at_ms)
+        return failed_outcome(str(e), "", started_at_ms)
     request = context.Request(id=work["job"], attempt=work["attempt"], queue=work["queue"], hostname=hostname)
     return Prepared(task, args, kwargs, context.Attempt(request, report_progress))
 
 
-def outcome(result: Dict[str, Any], logs: str, started_at_ms: int) -> Outcome:
-    return {"result": result, "logs": logs, "started_at_ms": started_at_ms}
+def outcome(result: Dict[str, Any], logs: str, started_at_ms: int, result_bytes: int = 0) -> Outcome:
+    """An attempt's end; `result_bytes`, the size of a success's JSON value when it was
+    measured, lets the worker weigh its report without encoding it again."""
+    ended: Outcome = {"result": result, "logs": logs, "started_at_ms": started_at_ms}
+    if result_bytes:
+        ended["result_bytes"] = result_bytes
+    return ended
+
+
+def failed_outcome(message: str, logs: str = "", started_at_ms: Optional[int] = None) -> Outcome:
+    """An attempt that ended failed with `message` (now, unless it started earlier)."""
+    return outcome(_failed(message), logs, int(time.time() * 1000) if started_at_ms is None else started_at_ms)
 
 
 @contextlib.contextmanager
@@ -298,11 +306,12 @@ def finish(prepared: Prepared, value: Any) -> Outcome:
             f"the task `{prepared.task.name}` returned what JSON cannot carry ({e}): "
             "return None, bool, int, float, str, and lists and dicts of them"
         )
-        return outcome(_failed(message), prepared.capture.text(), prepared.started_at_ms)
+        return failed_outcome(message, prepared.capture.text(), prepared.started_at_ms)
     if size > MAX_RESULT_BYTES:
         message = (
             f"the task `{prepared.task.name}` returned {size} bytes of JSON, more than the "
             f"{MAX_RESULT_BYTES} a result may be: store large data elsewhere and return where it is"
         )
-        return outcome(_failed(message), prepared.capture.text(), prepared.started_at_ms)
-    return outcome({"type": "succeeded", "result": value}, prepared.capture.text(), prepared.started_at_ms)
+        return failed_outcome(message, prepared.capture.text(), prepared.started_at_ms)
+    succeeded = {"type": "succeeded", "result": value}
+    return outcome(succeeded, prepared.capture.text(), prepared.started_at_ms, size)

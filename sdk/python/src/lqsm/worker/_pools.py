@@ -41,12 +41,6 @@ Progress = Callable[[str, Dict[str, Any]], None]
 EXIT_STUCK_TASK = 70
 
 
-def _stopped(reason: str, started_at_ms: Optional[int] = None) -> Outcome:
-    return _execution.outcome(
-        {"type": "failed", "message": reason}, "", started_at_ms if started_at_ms is not None else int(time.time() * 1000)
-    )
-
-
 def _exit_stuck(key: str, grace: float) -> None:
     log.critical(
         "attempt %s did not end %.0f s after it was stopped: the worker exits so that it never "
@@ -143,7 +137,7 @@ class ThreadPool(Pool):
                         timer.daemon = True
                         timer.start()
                 return
-        self.done([(key, _stopped(reason))])
+        self.done([(key, _execution.failed_outcome(reason))])
 
     def _check_ended(self, ident: int, key: str) -> None:
         with self.lock:
@@ -195,7 +189,7 @@ class ThreadPool(Pool):
                     timer.cancel()
             # A stop that came as the task ended on its own leaves its end as it was.
             if reason is not None and (stopped or outcome is None):
-                outcome = _stopped(reason)
+                outcome = _execution.failed_outcome(reason)
             assert outcome is not None
             self.done([(key, outcome)])
 
@@ -259,7 +253,7 @@ class AsyncioPool(Pool):
         for work in self.backlog:
             if work["key"] == key:
                 self.backlog.remove(work)
-                self.done([(key, _stopped(reason))])
+                self.done([(key, _execution.failed_outcome(reason))])
                 return
         task = self.running.get(key)
         if task is not None:
@@ -281,8 +275,7 @@ class AsyncioPool(Pool):
             return await _execution.run_async(prepared), False
         except asyncio.CancelledError:
             message = "SoftTimeLimitExceeded: the task's soft time limit has passed (it was cancelled)"
-            failed = {"type": "failed", "message": message}
-            return _execution.outcome(failed, prepared.capture.text(), prepared.started_at_ms), True
+            return _execution.failed_outcome(message, prepared.capture.text(), prepared.started_at_ms), True
 
     def _finished(self, key: str, task: "asyncio.Task[Tuple[Outcome, bool]]") -> None:
         del self.running[key]
@@ -295,11 +288,11 @@ class AsyncioPool(Pool):
             if error is None:
                 outcome, cancelled = task.result()
             else:
-                outcome = _stopped(f"the worker could not run it: {type(error).__name__}: {error}")
+                outcome = _execution.failed_outcome(f"the worker could not run it: {type(error).__name__}: {error}")
         if reason is not None and (cancelled or outcome is None):
-            outcome = _stopped(reason)
+            outcome = _execution.failed_outcome(reason)
         if outcome is None:
-            outcome = _stopped("cancelled")
+            outcome = _execution.failed_outcome("cancelled")
         self.done([(key, outcome)])
         self._start_next()
 
@@ -452,7 +445,7 @@ class ProcessPool(Pool):
                             self._send(child, {"stop": key, "reason": reason})
                             self._arm_check(child, key, self.grace(at_once))
                 return
-        self.done([(key, _stopped(reason))])
+        self.done([(key, _execution.failed_outcome(reason))])
 
     def _arm_check(self, child: _ChildProcess, key: str, grace: float) -> None:
         timer = threading.Timer(grace, self._check_ended, (child, key, grace))
@@ -566,7 +559,7 @@ class ProcessPool(Pool):
                 self._spawn()
             self._dispatch()
         if ended:
-            self.done([(key, _stopped(reason)) for key, reason in ended])
+            self.done([(key, _execution.failed_outcome(reason)) for key, reason in ended])
 
     def close(self) -> None:
         with self.lock:
