@@ -4,12 +4,15 @@ compatibility check at first contact."""
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import httpx
 
 from ._version import __version__
 from .errors import ApiError, IncompatibleServer, ServerUnreachable
+
+if TYPE_CHECKING:
+    from .worker import _http
 
 #: The oldest server release this SDK was tested against. The wire contract is the
 #: `/v1` path prefix; the release number only rules out servers from before it.
@@ -165,7 +168,7 @@ def _unreachable_message(urls: List[str], error: Exception) -> str:
     )
 
 
-def api_error(response: httpx.Response) -> ApiError:
+def api_error(response: "httpx.Response | _http.Response") -> ApiError:
     """The server's error answer as an `ApiError`; an answer that is not LQSM's error
     shape (a proxy's page, say) keeps its status and the start of its text."""
     try:
@@ -184,6 +187,6 @@ def api_error(response: httpx.Response) -> ApiError:
     return ApiError(
         response.status_code,
         "unexpected_response",
-        f"HTTP {response.status_code} from {response.request.url} without an LQSM error body: "
+        f"HTTP {response.status_code} from {response.url} without an LQSM error body: "
         f"{response.text[:200]!r}",
     )

@@ -18,12 +18,11 @@ import time
 import uuid
 from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import httpx
-
 from .._version import __version__
 from ..app import Task
 from .._server import api_error
 from ._execution import failed_outcome
+from ._http import Client, Response, TransportError
 from ._pools import Pool
 
 log = logging.getLogger("lqsm.worker")
@@ -42,6 +41,11 @@ CUT_SHORT_AFTER = 0.025
 
 #: Most polls replaced and not yet answered.
 MAX_REPLACED_POLLS = 4
+
+#: A poll carrying reports that has waited this long for its answer gets a second one
+#: beside it with the reports that came since: the server works on one while the
+#: worker handles the other's answer, instead of each waiting for the other.
+PIPELINE_AFTER = 0.002
 
 #: How long reports may take to reach the server once everything has stopped.
 FINAL_FLUSH = 5.0
@@ -132,16 +136,25 @@ class Agent:
         self.capacity = {"cpu": cpu, "memory_mib": memory}
         self.labels = dict(labels)
         self.poll_wait = poll_wait
-        headers = {"User-Agent": f"lqsm-python-worker/{__version__}"}
+        headers = [("User-Agent", f"lqsm-python-worker/{__version__}")]
         if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
-        self.client = httpx.AsyncClient(headers=headers, timeout=request_timeout)
+            headers.append(("Authorization", f"Bearer {token}"))
+        self.client = Client(headers, timeout=request_timeout)
         self.request_timeout = request_timeout
         self.attempts: Dict[str, _Attempt] = {}
         self.reports: Dict[str, Dict[str, Any]] = {}
         # The encoded size of the large reports (a result or output over 64 KiB).
         self.report_sizes: Dict[str, int] = {}
         self.seen: "collections.OrderedDict[str, None]" = collections.OrderedDict()
+        # Reports on their way in a poll not yet answered: not carried again meanwhile.
+        self.carrying: "set[str]" = set()
+        # Polls sent and not yet answered, by number; and the answers' numbers (`seq`)
+        # processed but not yet acknowledged, with the polls that were out when each
+        # came: one of those may still bring a lower number, and acknowledging the
+        # higher one first would make the server count that answer's attempts as lost.
+        self.polls_sent = 0
+        self.outstanding: "set[int]" = set()
+        self.unconfirmed: List[Tuple[int, "frozenset[int]"]] = []
         self.ack = 0
         self.heartbeat_timeout: Optional[float] = None
         self.last_contact: Optional[float] = None
@@ -170,7 +183,7 @@ class Agent:
         delay = min(BACKOFF_CAP, 0.05 * 2 ** min(self.failures, 10))
         await asyncio.sleep(delay * random.uniform(0.5, 1.0))
 
-    def _check_fatal(self, response: httpx.Response) -> None:
+    def _check_fatal(self, response: Response) -> None:
         error = api_error(response)
         if response.status_code in (401, 403) or error.code == "incompatible_protocol" or (
             response.status_code == 400 and error.code != "register_again"
@@ -191,8 +204,8 @@ class Agent:
         }
         while True:
             try:
-                response = await self.client.post(f"{self.url}/v1/workers", json=body)
-            except httpx.TransportError as e:
+                response = await self.client.post(f"{self.url}/v1/workers", body)
+            except TransportError as e:
                 log.warning("cannot reach %s to register (%s); trying again", self.url, e)
                 self._next_url()
                 await self._backoff()
@@ -207,6 +220,7 @@ class Agent:
                         "attempts when cut off from it, so a network partition may run a job twice"
                     )
                 self.ack = 0
+                self.unconfirmed.clear()
                 self.failures = 0
                 self.last_contact = time.monotonic()
                 log.info("registered at %s as %s (%s)", self.url, self.id, self.hostname)
@@ -292,6 +306,9 @@ class Agent:
         poll: Optional[asyncio.Task[None]] = None
         poll_sent = 0.0
         poll_waits = False
+        # A second poll with reports, beside the current one while it is answered.
+        beside: Optional[asyncio.Task[None]] = None
+        beside_sent = 0.0
         while True:
             if self.pool.broken:
                 raise Fatal(self.pool.broken)
@@ -302,28 +319,43 @@ class Agent:
                 self.draining = asyncio.create_task(self._drain())
             # A second signal does not wait for the server to take the drain.
             drained = self.killing or (self.draining is not None and self.draining.done())
+            if beside is not None and beside.done():
+                beside.result()
+                beside = None
             if self.stopping and drained and not self.attempts and not self.reports and (poll is None or poll.done()):
                 # The server sends nothing more, and the last poll's answer is in: an
                 # assignment made before the drain landed would have come with it.
                 return
+            if poll is not None and poll.done() and beside is not None:
+                # The poll beside is the current one now.
+                poll.result()
+                poll, poll_sent, poll_waits, beside = beside, beside_sent, False, None
             if poll is None or poll.done():
                 if poll is not None:
                     poll.result()
                 # Reports that came while the last poll was on its way go together:
                 # under load a poll carries many.
-                wait = 0.0 if self.reports or self.stopping and not self.attempts else self.long_poll_wait()
+                wait = 0.0 if self._uncarried() or self.stopping and not self.attempts else self.long_poll_wait()
                 poll = asyncio.create_task(self._poll(wait))
                 poll_sent, poll_waits = time.monotonic(), wait > 0
+            elif not poll_waits and beside is None and self._uncarried():
+                if time.monotonic() - poll_sent >= PIPELINE_AFTER:
+                    beside = asyncio.create_task(self._poll(0.0))
+                    beside_sent = time.monotonic()
             waiter = asyncio.create_task(self.wake.wait())
             timeout: Optional[float] = None
             fence_at = self.fence_deadline()
             if fence_at is not None:
                 timeout = max(0.0, fence_at - time.monotonic())
-            if poll_waits and (self.wake.is_set() or self.reports):
+            if poll_waits and (self.wake.is_set() or self._uncarried()):
                 cut_at = poll_sent + CUT_SHORT_AFTER - time.monotonic()
                 timeout = cut_at if timeout is None else min(timeout, cut_at)
                 timeout = max(0.0, timeout)
-            await asyncio.wait({poll, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            elif not poll_waits and beside is None and self._uncarried():
+                beside_at = max(0.0, poll_sent + PIPELINE_AFTER - time.monotonic())
+                timeout = beside_at if timeout is None else min(timeout, beside_at)
+            waiting = {poll, waiter} if beside is None else {poll, waiter, beside}
+            await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
             self.wake.clear()
             fence_at = self.fence_deadline()
@@ -331,7 +363,7 @@ class Agent:
                 self._fence()
             if (
                 not poll.done()
-                and self.reports
+                and self._uncarried()
                 and len(self.replaced) < MAX_REPLACED_POLLS
                 # Only a long-poll waiting for work: a poll that carries reports is
                 # answered at once anyway, and replacing it would only delay the
@@ -350,10 +382,28 @@ class Agent:
                 poll = asyncio.create_task(self._poll(wait))
                 poll_sent, poll_waits = time.monotonic(), wait > 0
 
+    def _uncarried(self) -> bool:
+        """Whether some report is on no poll's way yet."""
+        return len(self.reports) > len(self.carrying)
+
+    def _acknowledged(self) -> int:
+        """The `ack` a poll sent now carries: the highest answer number processed such
+        that no poll that could bring a lower one is still out."""
+        waiting = []
+        for seq, out_then in self.unconfirmed:
+            if out_then & self.outstanding:
+                waiting.append((seq, out_then))
+            else:
+                self.ack = max(self.ack, seq)
+        self.unconfirmed = waiting
+        return self.ack
+
     async def _poll(self, wait: float) -> None:
         carried: Dict[str, Dict[str, Any]] = {}
         size = 0
         for key, report in self.reports.items():
+            if key in self.carrying:
+                continue
             size += self.report_sizes.get(key, 0)
             if carried and size > POLL_REPORT_BYTES:
                 break
@@ -368,16 +418,29 @@ class Agent:
         body = {
             "running": running,
             "finished": list(carried.values()),
-            "ack": self.ack,
+            "ack": self._acknowledged(),
             "wait_ms": int(wait * 1000),
         }
         sent_at = time.monotonic()
         self.summary["polls"] += 1
+        self.polls_sent += 1
+        number = self.polls_sent
+        self.outstanding.add(number)
+        self.carrying.update(carried)
+        try:
+            await self._polled(number, body, carried, wait, sent_at)
+        finally:
+            self.outstanding.discard(number)
+            self.carrying.difference_update(carried)
+
+    async def _polled(
+        self, number: int, body: Dict[str, Any], carried: Dict[str, Dict[str, Any]], wait: float, sent_at: float
+    ) -> None:
         try:
             response = await self.client.post(
-                f"{self.url}/v1/workers/{self.id}/poll", json=body, timeout=self.request_timeout + wait
+                f"{self.url}/v1/workers/{self.id}/poll", body, timeout=self.request_timeout + wait
             )
-        except httpx.TransportError as e:
+        except TransportError as e:
             log.warning("cannot reach %s (%s: %s); attempts carry on", self.url, type(e).__name__, e)
             self._next_url()
             await self._backoff()
@@ -418,8 +481,8 @@ class Agent:
         if works:
             self._submit(works)
         seq = answer.get("seq", 0)
-        if seq > self.ack:
-            self.ack = seq
+        if seq > 0:
+            self.unconfirmed.append((seq, frozenset(self.outstanding - {number})))
 
     # -- attempts ----------------------------------------------------------------------
 
@@ -518,7 +581,7 @@ class Agent:
         for _ in range(5):
             try:
                 response = await self.client.get(f"{self.url}{path}")
-            except httpx.TransportError:
+            except TransportError:
                 await self._backoff()
                 continue
             if response.is_success:
@@ -627,7 +690,7 @@ class Agent:
         while True:
             try:
                 response = await self.client.post(f"{self.url}/v1/workers/{self.id}/drain", timeout=5.0)
-            except httpx.TransportError as e:
+            except TransportError as e:
                 log.warning("could not tell the server this worker drains (%s); trying again", e)
                 await self._backoff()
                 continue

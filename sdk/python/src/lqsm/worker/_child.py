@@ -1,6 +1,6 @@
 """A child process of the processes pool: `python -m lqsm.worker._child MODULE:APP`.
 
-It speaks JSON lines with its worker: on stdin `{"run": [work, ...]}` (attempts to run
+It speaks with its worker in messages (`_frames`): on stdin `{"run": [work, ...]}` (attempts to run
 in order) and `{"stop": key, "reason": ...}`; on stdout `{"done": key, "outcome": ..., "took": seconds}`
 as each attempt ends, `{"progress": key, "state": ...}`, and `{"exit": why}` before it
 leaves on its own (`max_tasks_per_child`, `max_memory_per_child`). It dies with its
@@ -10,7 +10,6 @@ worker: the kernel kills it when the worker's process ends (`PR_SET_PDEATHSIG`).
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import os
 import queue
@@ -23,7 +22,7 @@ from types import FrameType
 from typing import Any, Dict, List, Optional
 
 from ..errors import SoftTimeLimitExceeded
-from . import _execution
+from . import _execution, _frames
 from ._loading import load_app
 
 _PR_SET_PDEATHSIG = 1
@@ -59,13 +58,18 @@ class Child:
         self.soft_pending = False
 
     def send(self, message: Dict[str, Any]) -> None:
-        data = (json.dumps(message, separators=(",", ":")) + "\n").encode()
+        data = memoryview(_frames.encode(message))
         with self.write_lock:
-            self.out.write(data)
+            # A pipe write may be cut short (by a signal): the rest follows, so that a
+            # message is never broken.
+            while data:
+                data = data[self.out.write(data) or 0 :]
 
     def read_stdin(self) -> None:
-        for line in sys.stdin.buffer:
-            message = json.loads(line)
+        while True:
+            message = _frames.read(sys.stdin.buffer)
+            if message is None:
+                break
             if "run" in message:
                 self.inbox.put(message["run"])
             elif "stop" in message:

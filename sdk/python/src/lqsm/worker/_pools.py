@@ -15,7 +15,6 @@ import asyncio
 import collections
 import ctypes
 import functools
-import json
 import logging
 import os
 import signal
@@ -27,7 +26,7 @@ from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple
 
 from ..app import Task
 from ..errors import SoftTimeLimitExceeded
-from . import _execution
+from . import _execution, _frames
 from ._execution import Outcome, Work
 
 log = logging.getLogger("lqsm.worker")
@@ -311,8 +310,8 @@ class _ChildProcess:
         self.remaining = remaining
         self.leaving = False
         self.ready = False
-        # The start of a message not yet complete.
-        self.pending = b""
+        # What it wrote, up to the end of the last complete message.
+        self.messages = _frames.Decoder()
 
 
 class ProcessPool(Pool):
@@ -422,7 +421,7 @@ class ProcessPool(Pool):
         stdin = child.process.stdin
         assert stdin is not None
         try:
-            stdin.write((json.dumps(message, separators=(",", ":")) + "\n").encode())
+            stdin.write(_frames.encode(message))
             stdin.flush()
         except (BrokenPipeError, OSError):
             # The child died; its reader thread accounts for what it held.
@@ -482,9 +481,9 @@ class ProcessPool(Pool):
         except BlockingIOError:
             return
         if chunk:
-            *lines, child.pending = (child.pending + chunk).split(b"\n")
-            if lines:
-                self._handle(child, json.loads(b"[" + b",".join(lines) + b"]"))
+            messages = child.messages.feed(chunk)
+            if messages:
+                self._handle(child, messages)
             return
         # The pipe closed: the child is ending. Its exit status is waited for off the
         # loop, then what it held is accounted for.

@@ -1,0 +1,165 @@
+"""The worker's own HTTP client (`lqsm.worker._http`) against small loopback servers
+that answer the ways an HTTP/1.1 server may, and the worker's rule for `ack` when
+answers come out of order."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Awaitable, Callable, List, Tuple
+
+import pytest
+
+from lqsm.worker import _http
+from lqsm.worker._agent import Agent
+from lqsm.worker._pools import ThreadPool
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def read_request(reader: asyncio.StreamReader) -> Tuple[str, dict, bytes]:
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+    lines = head.split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return lines[0], headers, body
+
+
+def serve(handler: Handler, check: Callable[[str], Awaitable[None]]) -> None:
+    """Runs `check(base_url)` against a server whose connections `handler` serves."""
+
+    async def main() -> None:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            await check(f"http://127.0.0.1:{port}")
+
+    asyncio.run(main())
+
+
+def test_a_json_request_and_its_answer_on_one_kept_connection() -> None:
+    seen: List[Tuple[str, dict, bytes]] = []
+    connections = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        while True:
+            try:
+                request = await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            seen.append(request)
+            body = json.dumps({"echo": json.loads(request[2] or b"null")}).encode()
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body))
+            writer.write(body)
+            await writer.drain()
+
+    async def check(url: str) -> None:
+        client = _http.Client([("Authorization", "Bearer s3cret")], timeout=5)
+        first = await client.post(f"{url}/v1/workers/w/poll", {"ack": 3, "name": "café"})
+        second = await client.get(f"{url}/v1/jobs/j/inputs?x=1")
+        await client.aclose()
+        assert first.is_success and first.json() == {"echo": {"ack": 3, "name": "café"}}
+        assert second.json() == {"echo": None}
+
+    serve(handler, check)
+    assert [s[0] for s in seen] == ["POST /v1/workers/w/poll HTTP/1.1", "GET /v1/jobs/j/inputs?x=1 HTTP/1.1"]
+    assert seen[0][1]["authorization"] == "Bearer s3cret"
+    assert seen[0][1]["content-type"] == "application/json"
+    assert len(connections) == 1, "the second request reuses the first one's connection"
+
+
+def test_a_chunked_answer_and_one_that_ends_with_its_connection() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line, _, _ = await read_request(reader)
+        if "chunked" in line:
+            writer.write(b"HTTP/1.1 409 Conflict\r\ntransfer-encoding: chunked\r\n\r\n")
+            first, second = b'{"error":{"', b'code":"register_again"}}  '
+            writer.write(b"%x\r\n%s\r\n" % (len(first), first))
+            writer.write(b"%x;ext=1\r\n%s\r\n0\r\nx-trailer: 1\r\n\r\n" % (len(second), second))
+        else:
+            writer.write(b"HTTP/1.1 502 Bad Gateway\r\nconnection: close\r\n\r\nproxy says no")
+        await writer.drain()
+        writer.close()
+
+    async def check(url: str) -> None:
+        client = _http.Client([], timeout=5)
+        chunked = await client.post(f"{url}/chunked", {})
+        assert chunked.status_code == 409 and chunked.json() == {"error": {"code": "register_again"}}
+        closed = await client.post(f"{url}/closed", {})
+        assert closed.status_code == 502 and not closed.is_success and closed.text == "proxy says no"
+        await client.aclose()
+
+    serve(handler, check)
+
+
+def test_a_kept_connection_the_server_closed_is_replaced_without_an_error() -> None:
+    served = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # One answer per connection, then the server closes it (as an idle timeout would).
+        await read_request(reader)
+        served.append(1)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.close()
+
+    async def check(url: str) -> None:
+        client = _http.Client([], timeout=5)
+        await client.post(f"{url}/a", {})
+        await asyncio.sleep(0.2)
+        answer = await client.post(f"{url}/b", {})
+        assert answer.json() == {}
+        await client.aclose()
+
+    serve(handler, check)
+    assert len(served) == 2
+
+
+def test_no_answer_a_refused_connection_and_a_timeout_are_transport_errors() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line, _, _ = await read_request(reader)
+        if "silent" in line:
+            await asyncio.sleep(10)
+        writer.close()
+
+    async def check(url: str) -> None:
+        client = _http.Client([], timeout=5)
+        with pytest.raises(_http.TransportError, match="closed the connection without answering"):
+            await client.post(f"{url}/hang-up", {})
+        with pytest.raises(_http.TransportError, match="no answer from .* within 0 s"):
+            await client.post(f"{url}/silent", {}, timeout=0.2)
+        with pytest.raises(_http.TransportError, match="not an http"):
+            await client.post("ftp://127.0.0.1/x", {})
+        await client.aclose()
+
+    serve(handler, check)
+
+    async def refused() -> None:
+        client = _http.Client([], timeout=5)
+        with pytest.raises(_http.TransportError, match="cannot connect"):
+            await client.post("http://127.0.0.1:9/", {})
+
+    asyncio.run(refused())
+
+
+def test_ack_waits_for_every_poll_that_could_bring_a_lower_answer_number() -> None:
+    agent = Agent({}, ThreadPool(1, 1.0), ["http://127.0.0.1:9"], None, "w", 1.0, 64, {})
+    # Polls 1 and 2 are out; poll 2's answer, number 7, comes first.
+    agent.outstanding = {1}
+    agent.unconfirmed.append((7, frozenset({1})))
+    assert agent._acknowledged() == 0, "poll 1 may still bring number 6"
+    # Poll 3 goes out; then poll 1's answer, number 6, arrives while 3 is out.
+    agent.outstanding = {3}
+    agent.unconfirmed.append((6, frozenset({3})))
+    assert agent._acknowledged() == 7, "7 came while only poll 1 was out, and it is in"
+    # Poll 3 is answered with number 8: nothing is out.
+    agent.outstanding = set()
+    agent.unconfirmed.append((8, frozenset()))
+    assert agent._acknowledged() == 8
+    assert agent.unconfirmed == []
