@@ -797,6 +797,11 @@ pub struct RegisterWorker {
     /// Handlers it runs; `*` for all.
     #[serde(default)]
     pub handlers: Vec<String>,
+    /// The queues whose jobs it runs, each with the queues under it (Celery's
+    /// `worker -Q`): queue paths, which need not exist yet. Empty or absent: every
+    /// queue. Servers before this field refuse it as unknown.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queues: Vec<String>,
     /// The worker protocol version it speaks (this release speaks 4); absent means 1,
     /// the version before registrations carried one.
     #[serde(default = "protocol_one")]
@@ -1017,6 +1022,9 @@ pub struct WorkerView {
     pub attempts: usize,
     /// Its labels.
     pub labels: BTreeMap<String, String>,
+    /// The queues it serves, with those under them; absent: every queue.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queues: Vec<String>,
     /// The server's heartbeat timeout, ms: after this long without a poll the
     /// server declares the worker lost and runs its attempts elsewhere. Given in the
     /// answer to a registration, so that a worker cut off from the server can stop

@@ -158,6 +158,10 @@ pub struct WorkerArgs {
     /// Run only function handlers, no command jobs.
     #[arg(long)]
     no_commands: bool,
+    /// Run only the jobs of these queues and of those under them, e.g.
+    /// `--queues root.etl,root.reports` [default: every queue].
+    #[arg(long, value_delimiter = ',')]
+    queues: Vec<String>,
     /// The signal a command gets at its soft time limit (`--soft-timeout` of a job).
     #[arg(long, default_value = "SIGUSR1", value_parser = parse_signal)]
     soft_timeout_signal: nix::sys::signal::Signal,
@@ -200,6 +204,7 @@ impl WorkerArgs {
             config.name = name;
         }
         config.serves_commands = !self.no_commands;
+        config.queues = self.queues;
         config.soft_timeout_signal = self.soft_timeout_signal;
         Ok(config)
     }

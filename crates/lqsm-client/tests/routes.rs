@@ -193,6 +193,7 @@ async fn worker_routes_register_poll_and_drain() {
             },
             labels: Default::default(),
             serves_commands: true,
+            queues: Default::default(),
             handlers: vec!["*".into()],
             protocol: api::WORKER_PROTOCOL,
         })

@@ -46,6 +46,7 @@ fn register_workers(rm: &mut ResourceManager) {
                 capacity: Resources::cores(256, 1 << 20),
                 labels: Default::default(),
                 serves_commands: true,
+                queues: Default::default(),
                 handlers: ["*".to_string()].into(),
             },
             NOW,

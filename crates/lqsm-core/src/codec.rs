@@ -713,6 +713,7 @@ impl<'a> Reader<'a> {
             request: Some(request),
             priority: Some(priority),
             not_before: None,
+            delay: None,
             expires_at,
             timeout,
             retry: Some(retry),
@@ -821,6 +822,7 @@ mod tests {
             ),
             priority: Some(-7),
             not_before: None,
+            delay: None,
             expires_at: Some(Timestamp(9_000)),
             timeout: Some(Duration::new(600, 5)),
             retry: Some(RetryPolicy {

@@ -227,9 +227,14 @@ pub struct SubmitRequest {
     /// Higher runs first; the queue's default when absent.
     #[serde(default)]
     pub priority: Option<i32>,
-    /// Not to start before this instant (a delay or an ETA).
+    /// Not to start before this instant (an ETA).
     #[serde(default)]
     pub not_before: Option<Timestamp>,
+    /// Not to start before this long after the core takes the submission (a countdown):
+    /// counted from the job's `submitted_at`, so that the two never disagree. With
+    /// `not_before` too, the later of the two holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Duration>,
     /// Give up if it has not started by this instant.
     #[serde(default)]
     pub expires_at: Option<Timestamp>,
@@ -288,6 +293,7 @@ impl SubmitRequest {
             request: None,
             priority: None,
             not_before: None,
+            delay: None,
             expires_at: None,
             timeout: None,
             retry: None,

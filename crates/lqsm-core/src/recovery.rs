@@ -333,9 +333,11 @@ impl ResourceManager {
         if record.state.is_active() && record.attempts.is_empty() {
             return Err(invalid("active without an attempt"));
         }
-        let constraint = self
-            .index
-            .constraint_for(record.spec.selector(), record.spec.kind.handler());
+        let constraint = self.index.constraint_for(
+            record.spec.selector(),
+            record.spec.kind.handler(),
+            &record.queue,
+        );
         let mut record = record;
         match &mut record.spec.kind {
             // One shared copy of each handler name, as for submissions.

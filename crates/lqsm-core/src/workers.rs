@@ -4,6 +4,7 @@
 use crate::hashing::HashMap;
 use crate::ids::JobKey;
 use crate::ids::{Timestamp, WorkerId};
+use crate::queues::QueuePath;
 use crate::resources::Resources;
 use serde::{Deserialize, Serialize};
 use slotmap::SlotMap;
@@ -33,6 +34,10 @@ pub struct WorkerRegistration {
     /// Function handlers it runs; `*` means all.
     #[serde(default)]
     pub handlers: BTreeSet<String>,
+    /// The queues whose jobs it runs, each with the queues under it (Celery's
+    /// `worker -Q`); empty means every queue.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub queues: BTreeSet<QueuePath>,
 }
 
 fn yes() -> bool {
@@ -68,6 +73,8 @@ pub struct Worker {
     pub serves_commands: bool,
     /// The handlers it runs.
     pub handlers: BTreeSet<String>,
+    /// The queues it serves (with those under them); empty: all.
+    pub queues: BTreeSet<QueuePath>,
     /// Whether it takes work.
     pub state: WorkerState,
     /// When it registered (last).
@@ -120,6 +127,7 @@ struct ClassSignature {
     labels: BTreeMap<String, String>,
     serves_commands: bool,
     handlers: BTreeSet<String>,
+    queues: BTreeSet<QueuePath>,
 }
 
 impl ClassSignature {
@@ -129,6 +137,7 @@ impl ClassSignature {
             Some(h) => self.handlers.contains(h) || self.handlers.contains(ANY_HANDLER),
         };
         kind_ok
+            && (self.queues.is_empty() || self.queues.iter().any(|q| constraint.queue.is_within(q)))
             && constraint
                 .selector
                 .iter()
@@ -136,10 +145,14 @@ impl ClassSignature {
     }
 }
 
+/// What a job needs of a worker: labels, a kind it runs, and its queue served. Jobs
+/// of different queues have different constraints even when every worker serves all
+/// queues: which classes accept a constraint is worked out when either appears.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 struct ConstraintSignature {
     selector: BTreeMap<String, String>,
     handler: Option<String>,
+    queue: QueuePath,
 }
 
 /// A worker's position in its class's index: ordered by free cpu, then memory, then gpus.
@@ -181,11 +194,14 @@ pub struct WorkerIndex {
     classes: Vec<WorkerClass>,
     class_ids: HashMap<ClassSignature, ClassId>,
     constraints: Vec<Constraint>,
-    /// Fast path for the common constraint: no selector, keyed by handler ("" = command).
-    plain_constraints: HashMap<String, ConstraintId>,
+    /// Fast path for the common constraint: no selector, keyed by queue, then by
+    /// handler ("" = command).
+    plain_constraints: HashMap<QueuePath, HashMap<String, ConstraintId>>,
     constraint_ids: HashMap<ConstraintSignature, ConstraintId>,
     /// One shared copy of every handler name jobs have used.
     handler_names: std::collections::HashSet<std::sync::Arc<str>, foldhash::quality::FixedState>,
+    /// The seed of the index's maps.
+    seed: u64,
 }
 
 impl WorkerIndex {
@@ -199,6 +215,7 @@ impl WorkerIndex {
             handler_names: std::collections::HashSet::with_hasher(
                 foldhash::quality::FixedState::with_seed(seed),
             ),
+            seed,
         }
     }
 
@@ -208,6 +225,7 @@ impl WorkerIndex {
             labels: registration.labels.clone(),
             serves_commands: registration.serves_commands,
             handlers: registration.handlers.clone(),
+            queues: registration.queues.clone(),
         };
         if let Some(id) = self.class_ids.get(&signature) {
             return *id;
@@ -227,20 +245,26 @@ impl WorkerIndex {
         id
     }
 
-    /// The interned constraint of a job with this selector and handler (`None`: command).
+    /// The interned constraint of a job of `queue` with this selector and handler
+    /// (`None`: command).
     pub(crate) fn constraint_for(
         &mut self,
         selector: &BTreeMap<String, String>,
         handler: Option<&str>,
+        queue: &QueuePath,
     ) -> ConstraintId {
         if selector.is_empty()
-            && let Some(id) = self.plain_constraints.get(handler.unwrap_or(""))
+            && let Some(id) = self
+                .plain_constraints
+                .get(queue)
+                .and_then(|by_handler| by_handler.get(handler.unwrap_or("")))
         {
             return *id;
         }
         let signature = ConstraintSignature {
             selector: selector.clone(),
             handler: handler.map(str::to_owned),
+            queue: queue.clone(),
         };
         if let Some(id) = self.constraint_ids.get(&signature) {
             return *id;
@@ -256,7 +280,10 @@ impl WorkerIndex {
             .map(|(i, _)| ClassId(i as u32))
             .collect();
         if selector.is_empty() {
+            let seed = self.seed;
             self.plain_constraints
+                .entry(queue.clone())
+                .or_insert_with(|| crate::hashing::map(seed))
                 .insert(handler.unwrap_or("").to_owned(), id);
         }
         self.constraint_ids.insert(signature.clone(), id);
@@ -403,6 +430,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             serves_commands: commands,
+            queues: Default::default(),
             handlers: handlers.iter().map(|h| h.to_string()).collect(),
         }
     }
@@ -416,6 +444,7 @@ mod tests {
             labels: reg.labels.clone(),
             serves_commands: reg.serves_commands,
             handlers: reg.handlers.clone(),
+            queues: reg.queues.clone(),
             state: WorkerState::Active,
             registered_at: Timestamp(0),
             heartbeat_deadline: Timestamp(0),
@@ -435,20 +464,44 @@ mod tests {
         let fns = index.class_for(&registration(&[], false, &["billing.invoice"]));
         let any = index.class_for(&registration(&[], false, &[ANY_HANDLER]));
         let no_labels = BTreeMap::new();
+        let queue = QueuePath::parse("root.q").expect("a valid path");
         let want_gpu: BTreeMap<String, String> = [("gpu".to_string(), "a100".to_string())].into();
-        let command = index.constraint_for(&no_labels, None);
-        let gpu_command = index.constraint_for(&want_gpu, None);
-        let invoice = index.constraint_for(&no_labels, Some("billing.invoice"));
-        let other = index.constraint_for(&no_labels, Some("other"));
+        let command = index.constraint_for(&no_labels, None, &queue);
+        let gpu_command = index.constraint_for(&want_gpu, None, &queue);
+        let invoice = index.constraint_for(&no_labels, Some("billing.invoice"), &queue);
+        let other = index.constraint_for(&no_labels, Some("other"), &queue);
         assert_eq!(index.classes_for(command), &[gpu]);
         assert_eq!(index.classes_for(gpu_command), &[gpu]);
         assert_eq!(index.classes_for(invoice), &[fns, any]);
         assert_eq!(index.classes_for(other), &[any]);
         // Interning: the same constraint twice is one id.
-        assert_eq!(index.constraint_for(&want_gpu, None), gpu_command);
+        assert_eq!(index.constraint_for(&want_gpu, None, &queue), gpu_command);
         // A class created later joins the constraints it satisfies.
         let late = index.class_for(&registration(&[("gpu", "a100"), ("zone", "b")], true, &[]));
         assert_eq!(index.classes_for(gpu_command), &[gpu, late]);
+    }
+
+    #[test]
+    fn a_class_given_queues_accepts_their_subtrees_only() {
+        let mut index = WorkerIndex::new(1);
+        let mut eng = registration(&[], true, &[]);
+        eng.queues = [QueuePath::parse("root.eng").expect("a valid path")].into();
+        let eng = index.class_for(&eng);
+        let all = index.class_for(&registration(&[], true, &[]));
+        let no_labels = BTreeMap::new();
+        let mut classes_of = |path: &str| {
+            let queue = QueuePath::parse(path).expect("a valid path");
+            let constraint = index.constraint_for(&no_labels, None, &queue);
+            index.classes_for(constraint).to_vec()
+        };
+        assert_eq!(classes_of("root.eng"), vec![eng, all]);
+        assert_eq!(classes_of("root.eng.ml"), vec![eng, all]);
+        assert_eq!(
+            classes_of("root.engineering"),
+            vec![all],
+            "a prefix is not a parent"
+        );
+        assert_eq!(classes_of("root.ops"), vec![all]);
     }
 
     #[test]
@@ -463,7 +516,7 @@ mod tests {
             index.upsert(key, &mut workers[key]);
             keys.push(key);
         }
-        let command = index.constraint_for(&BTreeMap::new(), None);
+        let command = index.constraint_for(&BTreeMap::new(), None, &QueuePath::root());
         let candidates = Candidates {
             index: &index,
             workers: &workers,

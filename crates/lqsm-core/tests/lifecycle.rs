@@ -284,6 +284,7 @@ fn lost_worker_attempts_are_requeued_once_and_its_late_reports_refused() {
                 capacity: Resources::cores(2, 2000),
                 labels: Default::default(),
                 serves_commands: true,
+                queues: Default::default(),
                 handlers: Default::default(),
             },
             sim.now,
@@ -864,6 +865,7 @@ fn bad_worker_registrations_are_refused() {
         capacity,
         labels: Default::default(),
         serves_commands: true,
+        queues: Default::default(),
         handlers: Default::default(),
     };
     let err = sim
@@ -970,6 +972,7 @@ fn command_jobs_only_go_to_workers_that_run_commands() {
                 capacity: Resources::cores(4, 4000),
                 labels: Default::default(),
                 serves_commands: false,
+                queues: Default::default(),
                 handlers: ["lqsm.echo".to_string()].into(),
             },
             sim.now,
@@ -997,6 +1000,92 @@ fn command_jobs_only_go_to_workers_that_run_commands() {
     sim.pass();
     assert_eq!(sim.state(cmd), JobState::Scheduled);
     assert_eq!(sim.state(other), JobState::Pending);
+    sim.check();
+}
+
+#[test]
+fn a_worker_given_queues_runs_only_their_jobs_and_those_of_queues_under_them() {
+    let mut sim = Sim::new(Config::default());
+    sim.queue("root.eng", 50.0, 100.0);
+    sim.queue("root.eng.ml", 100.0, 100.0);
+    sim.queue("root.ops", 50.0, 100.0);
+    let eng_worker = WorkerId(uuid::Uuid::from_u128(60));
+    sim.rm
+        .register_worker(
+            WorkerRegistration {
+                id: eng_worker,
+                name: "eng".into(),
+                capacity: Resources::cores(4, 4000),
+                labels: Default::default(),
+                serves_commands: true,
+                handlers: ["*".to_string()].into(),
+                queues: [QueuePath::parse("root.eng").unwrap()].into(),
+            },
+            sim.now,
+        )
+        .unwrap();
+    let ml = sim.submit_n("root.eng.ml", 2, one_core());
+    let ops = sim.submit_n("root.ops", 2, one_core());
+    sim.pass();
+    for job in &ml {
+        assert_eq!(
+            sim.state(*job),
+            JobState::Scheduled,
+            "root.eng.ml is under root.eng"
+        );
+    }
+    for job in &ops {
+        assert_eq!(
+            sim.state(*job),
+            JobState::Pending,
+            "the only worker does not serve root.ops, though it has room"
+        );
+    }
+    let eng_jobs: Vec<JobId> = sim.poll_running(eng_worker).iter().map(|a| a.job).collect();
+    assert_eq!(eng_jobs.len(), 2);
+    assert!(eng_jobs.iter().all(|job| ml.contains(job)));
+    // A worker of every queue arrives: root.ops runs there.
+    let any = sim.worker("any", 4, 4000);
+    sim.pass();
+    let any_jobs: Vec<JobId> = sim.poll_running(any).iter().map(|a| a.job).collect();
+    assert_eq!(any_jobs.len(), 2);
+    assert!(any_jobs.iter().all(|job| ops.contains(job)));
+    // More ops work while the all-queues worker is full waits for it, with the eng
+    // worker idle beside it.
+    let more_ops = sim.submit_n("root.ops", 3, Resources::cores(2, 100));
+    sim.pass();
+    assert_eq!(sim.state(more_ops[0]), JobState::Scheduled);
+    assert_eq!(sim.state(more_ops[1]), JobState::Pending);
+    sim.check();
+}
+
+#[test]
+fn a_countdown_counts_from_the_jobs_submission_time() {
+    let mut sim = Sim::new(Config::default());
+    sim.queue("root.q", 100.0, 100.0);
+    sim.worker("w", 2, 2000);
+    let mut req = sim.request("root.q", one_core());
+    req.delay = Some(Duration::from_secs(1));
+    // An ETA earlier than the countdown's end: the later of the two holds.
+    req.not_before = Some(sim.now.after(Duration::from_millis(10)));
+    let id = sim.submit(req).unwrap().id();
+    let submitted_at = sim.rm.job(id).unwrap().submitted_at;
+    assert_eq!(submitted_at, sim.now);
+    sim.advance(Duration::from_millis(999));
+    sim.pass();
+    assert_eq!(sim.state(id), JobState::Pending);
+    sim.advance(Duration::from_millis(1));
+    sim.pass();
+    assert_eq!(sim.state(id), JobState::Scheduled);
+
+    // An expiry that comes before the countdown ends could never let it run.
+    let mut req = sim.request("root.q", one_core());
+    req.delay = Some(Duration::from_secs(5));
+    req.expires_at = Some(sim.now.after(Duration::from_secs(2)));
+    match sim.submit(req) {
+        Err(SubmitError::InvalidField { field, .. }) => assert_eq!(field, "expires_at_ms"),
+        other => panic!("expected a refusal naming expires_at_ms, got {other:?}"),
+    }
     sim.check();
 }
 
@@ -1186,6 +1275,7 @@ fn every_resource_vector_is_checked_against_the_same_bounds_naming_the_wire_fiel
         capacity: Resources::new(Millicores(1000), MiB(1), 1 << 17),
         labels: Default::default(),
         serves_commands: true,
+        queues: Default::default(),
         handlers: Default::default(),
     };
     let err = sim.rm.register_worker(reg, sim.now).unwrap_err();

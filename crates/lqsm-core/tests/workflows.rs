@@ -745,6 +745,7 @@ fn a_pinned_job_whose_worker_no_longer_matches_or_was_lost_is_cancelled_saying_s
                 capacity: Resources::cores(1, 1000),
                 labels: [("zone".to_string(), "b".to_string())].into(),
                 serves_commands: true,
+                queues: Default::default(),
                 handlers: ["*".to_string()].into(),
             },
             sim.now,

@@ -269,6 +269,7 @@ async fn simulated_worker(
         },
         labels: Default::default(),
         serves_commands: false,
+        queues: Default::default(),
         handlers: vec!["lqsm.noop".into()],
         protocol: lqsm_api::WORKER_PROTOCOL,
     };

@@ -138,7 +138,6 @@ pub fn submission(
     field: &str,
     id: JobId,
     job: &api::SubmitJob,
-    now: Timestamp,
 ) -> Result<core::SubmitRequest, ApiError> {
     let mut req = core::SubmitRequest::new(id, &job.queue, kind(&job.kind));
     if let Some(r) = &job.resources {
@@ -154,7 +153,11 @@ pub fn submission(
                 "give delay_ms or not_before_ms, not both",
             ));
         }
-        (Some(ms), None) => Some(now.after(millis(&format!("{field}.delay_ms"), ms)?)),
+        (Some(ms), None) => {
+            // Counted by the core from the job's submission time, not from now.
+            req.delay = Some(millis(&format!("{field}.delay_ms"), ms)?);
+            None
+        }
         (None, Some(at)) => Some(Timestamp(at)),
         (None, None) => None,
     };

@@ -6,7 +6,7 @@ use crate::auth::{Auth, Caller, Role};
 use crate::config::Limits;
 use crate::convert;
 use crate::error::ApiError;
-use crate::resource_manager::{QueueOp, wall_clock};
+use crate::resource_manager::QueueOp;
 use crate::scheduler::{JobListing, Scheduler, SchedulerError};
 use crate::view::{ClusterView, QueueSnapshot};
 use axum::body::Bytes;
@@ -188,9 +188,8 @@ fn prepare(
     caller: &Caller,
     field: &str,
     job: &api::SubmitJob,
-    now: lqsm_core::Timestamp,
 ) -> ApiResult<(lqsm_core::SubmitRequest, Option<Vec<u8>>)> {
-    let (mut req, size) = prepare_request(state, caller, field, job, now)?;
+    let (mut req, size) = prepare_request(state, caller, field, job)?;
     if job.name.is_some() {
         return Err(ApiError::invalid_field(
             &prefixed(field, "name"),
@@ -249,7 +248,6 @@ pub(crate) fn prepare_request(
     caller: &Caller,
     field: &str,
     job: &api::SubmitJob,
-    now: lqsm_core::Timestamp,
 ) -> ApiResult<(lqsm_core::SubmitRequest, usize)> {
     caller
         .role
@@ -280,7 +278,7 @@ pub(crate) fn prepare_request(
             ));
         }
     };
-    let mut req = convert::submission(field, id, job, now).map_err(|e| {
+    let mut req = convert::submission(field, id, job).map_err(|e| {
         // `submission` names fields as `{field}.x`; a single job has no prefix.
         match &e.detail.field {
             Some(f) if field.is_empty() => {
@@ -319,7 +317,7 @@ async fn submit_job(
     ApiJson(job): ApiJson<api::SubmitJob>,
 ) -> ApiResult<Response> {
     let caller = state.auth.caller(&headers)?;
-    let req = prepare(&state, &caller, "", &job, wall_clock())?;
+    let req = prepare(&state, &caller, "", &job)?;
     check_parents_readable(&state, &caller, "", &req.0, &Default::default()).await?;
     submit_one(&state, req).await
 }
@@ -369,12 +367,11 @@ async fn submit_batch(
             ),
         ));
     }
-    let now = wall_clock();
     let mut items: Vec<Option<api::BatchItem>> = Vec::with_capacity(batch.jobs.len());
     let mut valid = Vec::with_capacity(batch.jobs.len());
     for (i, job) in batch.jobs.iter().enumerate() {
         let field = format!("jobs[{i}]");
-        let prepared = match prepare(&state, &caller, &field, job, now) {
+        let prepared = match prepare(&state, &caller, &field, job) {
             Ok(req) => check_parents_readable(&state, &caller, &field, &req.0, &Default::default())
                 .await
                 .map(|()| req),
@@ -1147,6 +1144,15 @@ async fn register_worker(
     state.auth.role(&headers)?.require_worker()?;
     check_protocol(reg.protocol)?;
     let capacity = convert::resources("capacity", &reg.capacity, &lqsm_core::Resources::default())?;
+    let queues = reg
+        .queues
+        .iter()
+        .enumerate()
+        .map(|(i, path)| {
+            lqsm_core::QueuePath::parse(path)
+                .map_err(|e| ApiError::invalid_field(&format!("queues[{i}]"), e.to_string()))
+        })
+        .collect::<Result<_, _>>()?;
     let id = WorkerId(reg.id);
     let registration = lqsm_core::WorkerRegistration {
         id,
@@ -1155,6 +1161,7 @@ async fn register_worker(
         labels: reg.labels,
         serves_commands: reg.serves_commands,
         handlers: reg.handlers.into_iter().collect(),
+        queues,
     };
     state.scheduler.register(registration).await??;
     worker_answer(&state, id).await
@@ -1210,6 +1217,7 @@ fn worker_view(w: &crate::view::WorkerSnapshot) -> api::WorkerView {
         used: convert::figures(&w.used),
         attempts: w.attempts,
         labels: w.labels.clone(),
+        queues: w.queues.clone(),
         heartbeat_timeout_ms: None,
     }
 }

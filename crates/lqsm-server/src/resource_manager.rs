@@ -1282,6 +1282,7 @@ mod tests {
                         capacity: Resources::cores(3, 4096),
                         labels: BTreeMap::new(),
                         serves_commands: true,
+                        queues: Default::default(),
                         handlers: ["*".to_owned()].into(),
                     };
                     rm.register_worker(registration, at).unwrap();

@@ -5,7 +5,7 @@
 use crate::convert;
 use crate::error::ApiError;
 use crate::jobserver::{ApiJson, AppState, prepare_request};
-use crate::resource_manager::{ScheduleOp, wall_clock};
+use crate::resource_manager::ScheduleOp;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -139,7 +139,7 @@ fn template_of(
             ));
         }
     }
-    let (mut job, _) = prepare_request(state, caller, "job", job, wall_clock())?;
+    let (mut job, _) = prepare_request(state, caller, "job", job)?;
     // Each fire gives the job its own id; this one is a placeholder.
     job.id = lqsm_core::JobId(uuid::Uuid::nil());
     Ok(job)
@@ -203,12 +203,7 @@ pub(crate) fn declared_spec(decl: &api::CreateSchedule) -> Result<ScheduleSpec, 
             "each fire gives its job its own id and start time (leave out id and delay_ms)",
         ));
     }
-    let mut job = convert::submission(
-        "job",
-        lqsm_core::JobId(uuid::Uuid::nil()),
-        &decl.job,
-        wall_clock(),
-    )?;
+    let mut job = convert::submission("job", lqsm_core::JobId(uuid::Uuid::nil()), &decl.job)?;
     job.submitted_by = Some("config".to_owned());
     Ok(ScheduleSpec {
         name: decl.name.clone(),

@@ -57,6 +57,8 @@ pub struct WorkerSnapshot {
     pub attempts: usize,
     /// Its labels.
     pub labels: BTreeMap<String, String>,
+    /// The queues it serves (with those under them); empty: all.
+    pub queues: Vec<String>,
 }
 
 /// Queues, workers and capacity as of one commit: immutable once published.
@@ -451,6 +453,7 @@ fn workers(rm: &ResourceManager) -> Vec<WorkerSnapshot> {
             used: w.used.clone(),
             attempts: w.attempt_count(),
             labels: w.labels.clone(),
+            queues: w.queues.iter().map(|q| q.as_str().to_owned()).collect(),
         })
         .collect();
     all.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));

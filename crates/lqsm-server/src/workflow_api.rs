@@ -49,7 +49,6 @@ pub(crate) async fn submit_workflow(
         ));
     }
     let workflow = Uuid::now_v7();
-    let now = wall_clock();
     let mut by_name: HashMap<&str, JobId> = HashMap::with_capacity(count);
     let mut prepared = Vec::with_capacity(count);
     for (i, job) in body.nodes.iter().enumerate() {
@@ -66,7 +65,7 @@ pub(crate) async fn submit_workflow(
                 format!("`{name}` looks like a job id; `after` could not tell them apart"),
             ));
         }
-        let (mut req, size) = prepare_request(&state, &caller, &field, job, now)?;
+        let (mut req, size) = prepare_request(&state, &caller, &field, job)?;
         if by_name.insert(name, req.id).is_some() {
             return Err(ApiError::invalid_field(
                 &format!("{field}.name"),
@@ -149,7 +148,7 @@ pub(crate) async fn submit_broadcast(
             ));
         }
     }
-    let (req, size) = prepare_request(&state, &caller, "", &job, wall_clock())?;
+    let (req, size) = prepare_request(&state, &caller, "", &job)?;
     let id = Uuid::now_v7();
     let template = offload(req, size, state.limits.inline_payload_bytes);
     if new_workers && template.1.is_some() {

@@ -124,6 +124,7 @@ fn tokens_decide_who_may_do_what() {
         },
         labels: Default::default(),
         serves_commands: true,
+        queues: Default::default(),
         handlers: Vec::new(),
         protocol: api::WORKER_PROTOCOL,
     };

@@ -85,6 +85,7 @@ fn finish_everything(api: Api, handler: &'static str, load: Load) -> JoinHandle<
             },
             labels: Default::default(),
             serves_commands: false,
+            queues: Default::default(),
             handlers: vec![handler.to_owned()],
             protocol: api::WORKER_PROTOCOL,
         };

@@ -226,6 +226,7 @@ impl SimWorker {
             },
             labels: Default::default(),
             serves_commands: false,
+            queues: Default::default(),
             handlers: vec![handler.to_owned()],
             protocol: api::WORKER_PROTOCOL,
         };

@@ -1228,6 +1228,7 @@ mod tests {
             capacity: api::Resources::default(),
             labels: Default::default(),
             serves_commands: true,
+            queues: Default::default(),
             handlers: Vec::new(),
             protocol: api::WORKER_PROTOCOL,
         };

@@ -111,6 +111,9 @@ pub struct WorkerConfig {
     pub labels: BTreeMap<String, String>,
     /// Whether it runs command jobs (default true).
     pub serves_commands: bool,
+    /// The queues whose jobs it runs, each with those under it (default: empty,
+    /// every queue). The server checks the paths when the worker registers.
+    pub queues: Vec<String>,
     /// Longest wait of one poll for new work (default 2 s; keep it well below the
     /// server's heartbeat timeout, 20 s by default).
     pub poll_wait: Duration,
@@ -149,6 +152,7 @@ impl WorkerConfig {
             capacity: detect_capacity(),
             labels: BTreeMap::new(),
             serves_commands: true,
+            queues: Vec::new(),
             poll_wait: Duration::from_secs(2),
             cut_short_after: Duration::from_millis(25),
             kill_grace: Duration::from_secs(10),

@@ -259,6 +259,7 @@ impl WorkerBuilder {
             labels: config.labels.clone(),
             serves_commands: config.serves_commands,
             handlers,
+            queues: config.queues.clone(),
             protocol: lqsm_api::WORKER_PROTOCOL,
         };
         let supervisor = (config.serves_commands && config.supervise_commands)

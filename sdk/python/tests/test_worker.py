@@ -345,6 +345,38 @@ def test_max_memory_per_child_replaces_a_child_that_grew(
     assert small == again, "a child under the limit was replaced"
 
 
+def test_a_worker_given_queues_runs_only_their_jobs(tmp_path: Path) -> None:
+    """Celery's `worker -Q`: a worker started with `--queues root.emails` takes the jobs
+    of root.emails (and of queues under it) and leaves the others to other workers."""
+    records = tmp_path / "records.log"
+    with standalone(tmp_path) as url:
+        created = httpx.post(f"{url}/v1/queues", json={"path": "root.emails", "capacity": 0, "max_capacity": 100})
+        assert created.status_code == 201, created.text
+        with lqsm.App(url) as app:
+            add = app.task(name="tests.add")(lambda x, y: x + y)
+            with python_worker(url, records, "threads", "--queues", "root.emails") as emails_worker:
+                workers = {w["name"]: w for w in httpx.get(f"{url}/v1/workers").json()}
+                assert workers[emails_worker.name]["queues"] == ["root.emails"]
+                email = add.apply_async((1, 2), queue="root.emails")
+                other = add.apply_async((3, 4), queue="root.default")
+                assert email.get(timeout=30) == 3
+                with pytest.raises(lqsm.TimeoutError):
+                    other.get(timeout=1.5)
+                assert other.state == "pending"
+                with python_worker(url, records, "threads") as any_worker:
+                    assert other.get(timeout=30) == 7
+                    workers = {w["name"]: w["id"] for w in httpx.get(f"{url}/v1/workers").json()}
+                    assert [a["worker"] for a in other.fetch()["attempts"]] == [workers[any_worker.name]]
+                    assert [a["worker"] for a in email.fetch()["attempts"]] == [workers[emails_worker.name]]
+        refused = httpx.post(
+            f"{url}/v1/workers",
+            json={"id": str(uuid.uuid4()), "name": "w", "capacity": {"cpu": 1, "memory_mib": 64},
+                  "serves_commands": False, "handlers": ["x"], "protocol": 4, "queues": ["emails"]},
+        )
+        assert refused.status_code == 400
+        assert refused.json()["error"]["field"] == "queues[0]"
+
+
 def test_a_worker_rejoins_a_restarted_server_and_its_task_completes_once(tmp_path: Path) -> None:
     records = tmp_path / "records.log"
     port = free_loopback_port()

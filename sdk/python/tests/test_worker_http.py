@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Awaitable, Callable, List, Tuple
+from typing import Awaitable, Callable, Dict, List, Tuple
 
 import pytest
 
@@ -17,7 +17,7 @@ from lqsm.worker._pools import ThreadPool
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-async def read_request(reader: asyncio.StreamReader) -> Tuple[str, dict, bytes]:
+async def read_request(reader: asyncio.StreamReader) -> Tuple[str, Dict[str, str], bytes]:
     head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
     lines = head.split("\r\n")
     headers = {}
@@ -42,7 +42,7 @@ def serve(handler: Handler, check: Callable[[str], Awaitable[None]]) -> None:
 
 
 def test_a_json_request_and_its_answer_on_one_kept_connection() -> None:
-    seen: List[Tuple[str, dict, bytes]] = []
+    seen: List[Tuple[str, Dict[str, str], bytes]] = []
     connections = []
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

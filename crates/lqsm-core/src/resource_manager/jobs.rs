@@ -165,17 +165,30 @@ impl ResourceManager {
                 reason: format!("job {unknown} does not exist (or has passed its retention)"),
             });
         }
-        let (id, queue_path) = (req.id, req.queue.clone());
+        let (id, queue_path, delay) = (req.id, req.queue.clone(), req.delay);
         let (mut spec, not_before) = req.resolve(&node.config.defaults);
+        let not_before = match delay {
+            Some(delay) => not_before.max(Some(now.after(delay))),
+            None => not_before,
+        };
+        if let (Some(start), Some(expires_at)) = (not_before, spec.expires_at())
+            && expires_at <= start
+        {
+            return Err(SubmitError::InvalidField {
+                field: "expires_at_ms".into(),
+                reason: "is not after the job's countdown ends, so it could never run".into(),
+            });
+        }
         spec.request
             .check("resources")
             .map_err(|bad| SubmitError::InvalidField {
                 field: bad.field,
                 reason: bad.reason,
             })?;
-        let constraint = self
-            .index
-            .constraint_for(spec.selector(), spec.kind.handler());
+        let leaf_path = self.node(queue).path.clone();
+        let constraint =
+            self.index
+                .constraint_for(spec.selector(), spec.kind.handler(), &leaf_path);
         match &mut spec.kind {
             // One shared copy of each handler name, however many jobs name it.
             JobKind::Function { handler, .. }

@@ -156,7 +156,9 @@ impl ResourceManager {
 
     fn place_ready(&mut self, now: Timestamp, report: &mut PassReport) {
         // Requests that fit nowhere this pass; resources only shrink during the loop,
-        // so a request at least as large with the same constraint fails too.
+        // so a request at least as large with the same candidates fails too (the same
+        // constraint, or another with the same classes: a job's constraint names its
+        // queue, and most queues are served by the same workers).
         let mut unfit: Vec<(ConstraintId, Resources)> = Vec::new();
         // Whether some worker could run a request when idle, memoised for the pass.
         let mut capable: Vec<(ConstraintId, Resources, bool)> = Vec::new();
@@ -204,9 +206,9 @@ impl ResourceManager {
             // A pinned job's siblings (same constraint and request) are pinned elsewhere:
             // what one of them could not get says nothing of the others.
             let known_unfit = pinned.is_none()
-                && unfit
-                    .iter()
-                    .any(|(c, r)| *c == constraint && r.fits_in(&job.spec.request));
+                && unfit.iter().any(|(c, r)| {
+                    self.same_candidates(*c, constraint) && r.fits_in(&job.spec.request)
+                });
             let chosen = if let Some(worker) = pinned {
                 self.worker_ids
                     .get(&worker)
@@ -267,7 +269,7 @@ impl ResourceManager {
         memo: &mut Vec<(ConstraintId, Resources, bool)>,
     ) -> bool {
         for (c, r, capable) in memo.iter() {
-            if *c != constraint {
+            if !self.same_candidates(*c, constraint) {
                 continue;
             }
             if *capable && request.fits_in(r) {
@@ -287,6 +289,11 @@ impl ResourceManager {
             memo.push((constraint, request.clone(), answer));
         }
         answer
+    }
+
+    /// Whether jobs with these constraints have the same candidate workers.
+    fn same_candidates(&self, a: ConstraintId, b: ConstraintId) -> bool {
+        a == b || self.index.classes_for(a) == self.index.classes_for(b)
     }
 
     /// Sets a ready job aside until a worker registers, so it does not block its leaf.

@@ -101,6 +101,7 @@ impl ResourceManager {
                 worker.labels = reg.labels;
                 worker.serves_commands = reg.serves_commands;
                 worker.handlers = reg.handlers;
+                worker.queues = reg.queues;
                 worker.class = class;
                 worker.state = WorkerState::Active;
                 worker.registered_at = now;
@@ -118,6 +119,7 @@ impl ResourceManager {
                     labels: reg.labels,
                     serves_commands: reg.serves_commands,
                     handlers: reg.handlers,
+                    queues: reg.queues,
                     state: WorkerState::Active,
                     registered_at: now,
                     heartbeat_deadline: deadline,

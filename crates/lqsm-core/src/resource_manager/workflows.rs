@@ -646,9 +646,10 @@ impl ResourceManager {
         template: &SubmitRequest,
     ) -> Result<(crate::ids::ConstraintId, crate::resources::Resources), crate::queues::QueueError>
     {
-        let constraint = self
-            .index
-            .constraint_for(&template.selector, template.kind.handler());
+        let path = crate::queues::QueuePath::parse(&template.queue)?;
+        let constraint =
+            self.index
+                .constraint_for(&template.selector, template.kind.handler(), &path);
         let request = match &template.request {
             Some(request) => request.clone(),
             None => {

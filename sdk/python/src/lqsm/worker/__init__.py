@@ -61,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--cpus", type=float, default=None, help="cpu cores offered [default: this machine's]")
     worker.add_argument("--memory", type=_memory, default=None, help="memory offered, e.g. 4G [default: this machine's]")
     worker.add_argument("--label", action="append", type=_pair, default=[], help="KEY=VALUE jobs select on (repeatable)")
+    worker.add_argument(
+        "-Q",
+        "--queues",
+        default="",
+        help="run only the jobs of these queues and those under them, comma-separated, "
+        "e.g. root.emails,root.reports [default: every queue]",
+    )
     worker.add_argument("--max-tasks-per-child", type=int, default=0, help="processes pool: replace a child after N tasks")
     worker.add_argument(
         "--max-memory-per-child", type=int, default=0, help="processes pool: replace a child whose peak memory passed N KiB"
@@ -116,6 +123,7 @@ def run_worker(argv: Optional[List[str]] = None) -> int:
         args.cpus if args.cpus is not None else float(os.cpu_count() or 1),
         args.memory if args.memory is not None else memory_mib(),
         labels,
+        queues=[q.strip() for q in args.queues.split(",") if q.strip()],
         poll_wait=args.poll_wait,
     )
     logging.getLogger("lqsm.worker").info(

@@ -112,6 +112,7 @@ class Agent:
         cpu: float,
         memory: int,
         labels: Mapping[str, str],
+        queues: Sequence[str] = (),
         poll_wait: float = 2.0,
         request_timeout: float = 30.0,
     ) -> None:
@@ -135,6 +136,7 @@ class Agent:
         self.hostname = f"{name}@{socket.gethostname()}"
         self.capacity = {"cpu": cpu, "memory_mib": memory}
         self.labels = dict(labels)
+        self.queues = list(queues)
         self.poll_wait = poll_wait
         headers = [("User-Agent", f"lqsm-python-worker/{__version__}")]
         if token is not None:
@@ -202,6 +204,8 @@ class Agent:
             "handlers": sorted(self.tasks),
             "protocol": self.protocol,
         }
+        if self.queues:
+            body["queues"] = self.queues
         while True:
             try:
                 response = await self.client.post(f"{self.url}/v1/workers", body)

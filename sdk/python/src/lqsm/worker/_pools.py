@@ -213,6 +213,9 @@ class AsyncioPool(Pool):
         self.running: Dict[str, "asyncio.Task[Tuple[Outcome, bool]]"] = {}
         self.stop_reasons: Dict[str, str] = {}
         self.soft_fired: set[str] = set()
+        # Ends not yet handed to the worker: handed over together once the loop has
+        # run what was ready, so that many short tasks wake the worker once.
+        self.ended: List[Tuple[str, Outcome]] = []
 
     def start(self, tasks: Mapping[str, "Task[Any]"], hostname: str, done: Done, progress: Progress) -> None:
         self.tasks, self.hostname, self.done, self.progress = tasks, hostname, done, progress
@@ -292,8 +295,14 @@ class AsyncioPool(Pool):
             outcome = _execution.failed_outcome(reason)
         if outcome is None:
             outcome = _execution.failed_outcome("cancelled")
-        self.done([(key, outcome)])
+        if not self.ended:
+            self.loop.call_soon(self._hand_over)
+        self.ended.append((key, outcome))
         self._start_next()
+
+    def _hand_over(self) -> None:
+        ended, self.ended = self.ended, []
+        self.done(ended)
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
