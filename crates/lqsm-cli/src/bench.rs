@@ -113,6 +113,7 @@ fn job(args: &BenchArgs, tag: &str) -> api::SubmitJob {
 pub async fn run(
     server: &str,
     token: Option<String>,
+    ca_file: Option<&std::path::Path>,
     args: &BenchArgs,
     output: Output,
 ) -> anyhow::Result<u8> {
@@ -120,7 +121,10 @@ pub async fn run(
         args.jobs > 0 && args.batch > 0 && args.concurrency > 0,
         "--jobs, --batch and --concurrency must be above 0"
     );
-    let client = Client::new(server, token.clone())?;
+    let mut client = Client::new(server, token.clone())?;
+    if let Some(path) = ca_file {
+        client = client.with_ca_file(path)?;
+    }
     let before = client.queue(&args.queue).await?;
     // In-process workers, stopped when the run ends.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -128,6 +132,7 @@ pub async fn run(
     for i in 0..args.workers {
         let mut config = WorkerConfig::new(server);
         config.token = token.clone();
+        config.ca_file = ca_file.map(std::path::Path::to_owned);
         config.name = format!("bench-{i}");
         let worker = WorkerBuilder::new(config).build()?;
         let mut stop = stop_rx.clone();

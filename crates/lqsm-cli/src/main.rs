@@ -33,6 +33,9 @@ struct Cli {
     /// Bearer token.
     #[arg(long, global = true, env = "LQSM_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// PEM CA certificates to trust, besides the system's, for `https://` servers.
+    #[arg(long, global = true, env = "LQSM_CA_FILE")]
+    ca_file: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Human)]
     output: Output,
@@ -104,7 +107,13 @@ pub fn print(output: Output, human: &str, json: &impl serde::Serialize) {
 }
 
 fn client(cli: &Cli) -> anyhow::Result<Client> {
-    Client::new(&cli.server, cli.token.clone()).map_err(|e| anyhow::anyhow!("{e}"))
+    let client = Client::new(&cli.server, cli.token.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    match &cli.ca_file {
+        Some(path) => client
+            .with_ca_file(path)
+            .map_err(|e| anyhow::anyhow!("{e}")),
+        None => Ok(client),
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -121,12 +130,12 @@ fn execute(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Worker(args) => {
-            let client_config = (cli.server.clone(), cli.token.clone());
+            let client_config = (cli.server.clone(), cli.token.clone(), cli.ca_file.clone());
             runtime()?.block_on(run::worker(client_config, args.clone()))?;
             Ok(0)
         }
         Command::Standalone(args) => {
-            runtime()?.block_on(run::standalone(args.clone()))?;
+            runtime()?.block_on(run::standalone(args.clone(), cli.ca_file.clone()))?;
             Ok(0)
         }
         Command::Submit(args) => runtime()?.block_on(jobs::submit(&client(&cli)?, args, output)),
@@ -140,9 +149,13 @@ fn execute(cli: Cli) -> anyhow::Result<u8> {
             runtime()?.block_on(workflows::workflow(&client(&cli)?, cmd, output))
         }
         Command::Cluster => runtime()?.block_on(queues::cluster(&client(&cli)?, output)),
-        Command::Bench(args) => {
-            runtime()?.block_on(bench::run(&cli.server, cli.token.clone(), args, output))
-        }
+        Command::Bench(args) => runtime()?.block_on(bench::run(
+            &cli.server,
+            cli.token.clone(),
+            cli.ca_file.as_deref(),
+            args,
+            output,
+        )),
     }
 }
 

@@ -45,6 +45,12 @@ pub struct ServerArgs {
     /// JSON line a call.
     #[arg(long, env = "LQSM_AUDIT_LOG")]
     audit_log: Option<std::path::PathBuf>,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+    #[arg(long, env = "LQSM_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "LQSM_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// An admin token (adds to those in the config file; its jobs are submitted by
     /// `command-line-admin`).
     #[arg(long, env = "LQSM_ADMIN_TOKEN", hide_env_values = true)]
@@ -108,6 +114,12 @@ impl ServerArgs {
         }
         config.store.check().map_err(|e| anyhow::anyhow!(e))?;
         config.insecure |= self.insecure;
+        if let Some(path) = self.tls_cert {
+            config.tls.cert_file = Some(path);
+        }
+        if let Some(path) = self.tls_key {
+            config.tls.key_file = Some(path);
+        }
         if let Some(path) = self.audit_log {
             config.audit_log = Some(path);
         }
@@ -253,15 +265,20 @@ async fn signal_number(mut rx: watch::Receiver<u32>, n: u32) {
 }
 
 #[allow(clippy::print_stdout)] // The listening line is the command's output.
-fn announce(addr: SocketAddr) {
-    println!("lqsm server listening on http://{addr}");
+fn announce(scheme: &'static str) -> impl FnOnce(SocketAddr) {
+    move |addr| println!("lqsm server listening on {scheme}://{addr}")
 }
 
 /// `lqsm server`.
 pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let config = args.into_config()?;
     let signals = signals();
-    lqsm_server::serve(config, signal_number(signals, 1), announce)
+    let scheme = if config.tls.enabled() {
+        "https"
+    } else {
+        "http"
+    };
+    lqsm_server::serve(config, signal_number(signals, 1), announce(scheme))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
@@ -307,17 +324,28 @@ async fn run_worker(config: WorkerConfig, signals: watch::Receiver<u32>) -> anyh
 
 /// `lqsm worker`.
 pub async fn worker(
-    (server, token): (String, Option<String>),
+    (server, token, ca_file): (String, Option<String>, Option<PathBuf>),
     args: WorkerArgs,
 ) -> anyhow::Result<()> {
-    let config = args.into_config(server, token)?;
+    let mut config = args.into_config(server, token)?;
+    config.ca_file = ca_file;
     run_worker(config, signals()).await
 }
 
 /// `lqsm standalone`: the server and one worker in one process. The first signal
 /// drains the worker, then stops the server; a second kills running jobs.
-pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
+pub async fn standalone(args: StandaloneArgs, ca_file: Option<PathBuf>) -> anyhow::Result<()> {
     let config = args.server.into_config()?;
+    // Its own worker trusts the given CAs, else the server's own certificate (a
+    // self-signed one, say).
+    let worker_ca = ca_file
+        .or_else(|| config.tls.ca_file.clone())
+        .or_else(|| config.tls.cert_file.clone());
+    let scheme = if config.tls.enabled() {
+        "https"
+    } else {
+        "http"
+    };
     let token = config
         .tokens
         .iter()
@@ -337,7 +365,7 @@ pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
             let _ = worker_done_rx.await;
         },
         move |addr| {
-            announce(addr);
+            announce(scheme)(addr);
             let _ = addr_tx.send(addr);
         },
     ));
@@ -351,8 +379,9 @@ pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
             };
         }
     };
-    let url = format!("http://{addr}");
-    let worker_config = args.worker.into_config(url, token)?;
+    let url = format!("{scheme}://{addr}");
+    let mut worker_config = args.worker.into_config(url, token)?;
+    worker_config.ca_file = worker_ca;
     let worker_result = run_worker(worker_config, signals).await;
     let _ = worker_done_tx.send(());
     let server_result = server

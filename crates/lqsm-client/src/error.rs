@@ -6,6 +6,18 @@ use std::time::Duration;
 /// Where the hint about tokens points people.
 const TOKEN_HINT: &str = "pass a valid token with --token or LQSM_TOKEN";
 
+/// What to check when a connection failed with `cause`.
+fn unreachable_hint(cause: &str) -> &'static str {
+    let lower = cause.to_ascii_lowercase();
+    if lower.contains("certificate") {
+        "does the server's certificate name this address, and is its CA trusted? (--ca-file or LQSM_CA_FILE)"
+    } else if lower.contains("invalid http version") {
+        "does the server serve HTTPS? (then use https://)"
+    } else {
+        "is `lqsm server` running? (set --server or LQSM_SERVER)"
+    }
+}
+
 /// A failed call to the LQSM server.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -19,9 +31,19 @@ pub enum ClientError {
         /// Why it cannot be used.
         reason: String,
     },
+    /// The CA file given to [`Client::with_ca_file`](crate::Client::with_ca_file)
+    /// cannot be read or holds no PEM certificate.
+    #[error("the CA file `{path}` cannot be used: {reason} (give a PEM file of CA certificates)")]
+    CaFile {
+        /// The file as given.
+        path: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
     /// No connection could be made, or it broke before an answer arrived.
     #[error(
-        "cannot reach the LQSM server at {url}: {cause}; is `lqsm server` running? (set --server or LQSM_SERVER)"
+        "cannot reach the LQSM server at {url}: {cause}; {}",
+        unreachable_hint(cause)
     )]
     Unreachable {
         /// The server's base URL.

@@ -104,6 +104,17 @@ struct BatchRef<'a> {
     jobs: &'a [api::SubmitJob],
 }
 
+/// The HTTP client every [`Client`] uses: `trusted` CAs besides the system's.
+fn http_client(trusted: &[reqwest::Certificate]) -> Result<reqwest::Client, reqwest::Error> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    for certificate in trusted {
+        builder = builder.add_root_certificate(certificate.clone());
+    }
+    builder.build()
+}
+
 impl Client {
     /// A client of the server at `base_url` (`http://host:7420`; a path prefix is
     /// kept), or of several servers given as a comma-separated list
@@ -125,14 +136,10 @@ impl Client {
             }
             None => None,
         };
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| ClientError::InvalidUrl {
-                url: base_url.to_owned(),
-                reason: format!("cannot set up the HTTP client: {e}"),
-            })?;
+        let http = http_client(&[]).map_err(|e| ClientError::InvalidUrl {
+            url: base_url.to_owned(),
+            reason: format!("cannot set up the HTTP client: {e}"),
+        })?;
         let shown = base_url
             .split(',')
             .map(|one| one.trim().trim_end_matches('/'))
@@ -164,6 +171,33 @@ impl Client {
         Self {
             inner: Arc::new(inner),
         }
+    }
+
+    /// The same client, trusting the CA certificates of the PEM file at `path` besides
+    /// the system's, for servers whose certificates those CAs signed (`https://` URLs).
+    pub fn with_ca_file(self, path: &std::path::Path) -> Result<Self, ClientError> {
+        let bad = |reason: String| ClientError::CaFile {
+            path: path.display().to_string(),
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let trusted =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
+        if trusted.is_empty() {
+            return Err(bad("it holds no PEM certificate".into()));
+        }
+        let http = http_client(&trusted).map_err(|e| bad(e.to_string()))?;
+        let inner = Inner {
+            http,
+            bases: self.inner.bases.clone(),
+            current: std::sync::atomic::AtomicUsize::new(self.current()),
+            shown: self.inner.shown.clone(),
+            auth: self.inner.auth.clone(),
+            timeout: self.inner.timeout,
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
     }
 
     /// The servers' base URLs, as given.

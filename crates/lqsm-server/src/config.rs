@@ -38,6 +38,42 @@ pub struct ServerConfig {
     /// A file the audit log appends to, one JSON line per call that changed the queue
     /// tree, the schedules or a worker's state (it goes to the log either way).
     pub audit_log: Option<PathBuf>,
+    /// HTTPS for the API.
+    pub tls: TlsConfig,
+}
+
+/// The `[tls]` section. With `cert_file` and `key_file` the API is served over HTTPS
+/// only (rustls: TLS 1.2 and 1.3), and the default advertised URL is `https://`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The PEM certificate chain the server presents, its own certificate first.
+    pub cert_file: Option<PathBuf>,
+    /// The PEM private key of that certificate.
+    pub key_file: Option<PathBuf>,
+    /// PEM CA certificates trusted, besides the system's, when this server calls
+    /// another (a follower passing a call to its leader).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Whether the API is served over HTTPS.
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some()
+    }
+
+    /// Refuses half a setting: a certificate without its key, or a key alone.
+    pub fn check(&self) -> Result<(), String> {
+        match (&self.cert_file, &self.key_file) {
+            (Some(_), None) => {
+                Err("tls.cert_file is set but tls.key_file is not: give both".into())
+            }
+            (None, Some(_)) => {
+                Err("tls.key_file is set but tls.cert_file is not: give both".into())
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -54,6 +90,7 @@ impl Default for ServerConfig {
             scheduler: SchedulerConfig::default(),
             limits: Limits::default(),
             audit_log: None,
+            tls: TlsConfig::default(),
         }
     }
 }

@@ -78,8 +78,12 @@ pub struct Forwarder {
 
 impl Forwarder {
     /// A forwarder for the server named `node`.
-    pub fn new(node: &str) -> Self {
-        let client = reqwest::Client::builder()
+    pub fn new(node: &str, trusted: &[reqwest::Certificate]) -> Self {
+        let mut client = reqwest::Client::builder();
+        for certificate in trusted {
+            client = client.add_root_certificate(certificate.clone());
+        }
+        let client = client
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             // Long-polls and waits wait at the leader as long as they asked, up to 5 min;

@@ -74,11 +74,16 @@ impl Identity {
             .node
             .clone()
             .unwrap_or_else(|| format!("{}:{}", host(), bound.port()));
+        let scheme = if config.tls.enabled() {
+            "https"
+        } else {
+            "http"
+        };
         let address = config.advertise.clone().unwrap_or_else(|| {
             if bound.ip().is_unspecified() {
-                format!("http://{}:{}", host(), bound.port())
+                format!("{scheme}://{}:{}", host(), bound.port())
             } else {
-                format!("http://{bound}")
+                format!("{scheme}://{bound}")
             }
         });
         Self { node, address }

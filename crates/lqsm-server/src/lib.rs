@@ -14,10 +14,12 @@ pub mod metrics;
 pub mod resource_manager;
 pub mod schedule_api;
 pub mod scheduler;
+pub mod tls;
 pub mod view;
 pub mod workflow_api;
 
 use crate::config::{ServerConfig, StoreBackend};
+use axum::serve::ListenerExt;
 use lqsm_core::codec::{self, CodecError};
 use lqsm_core::{JobRecord, ResourceManager, RestoreInput};
 use lqsm_store::{EmbeddedStore, Store};
@@ -504,6 +506,22 @@ pub async fn serve_after(
             config.listen
         )));
     }
+    config.tls.check().map_err(ServerError::Config)?;
+    let tls = match (&config.tls.cert_file, &config.tls.key_file) {
+        (Some(cert), Some(key)) => {
+            Some(tls::acceptor(cert, key).map_err(|e| ServerError::Config(e.to_string()))?)
+        }
+        _ => None,
+    };
+    let trusted = match &config.tls.ca_file {
+        Some(path) => tls::certificates("tls.ca_file", path)
+            .map_err(|e| ServerError::Config(e.to_string()))?
+            .into_iter()
+            .map(|der| reqwest::Certificate::from_der(&der))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ServerError::Config(format!("tls.ca_file: {e}")))?,
+        None => Vec::new(),
+    };
     let auth = auth::Auth::new(&config.tokens).map_err(ServerError::Config)?;
     let audit = match &config.audit_log {
         Some(path) => {
@@ -548,7 +566,7 @@ pub async fn serve_after(
         ready: ready.clone(),
         metrics,
         role: role_updates,
-        forwarder: forwarding::Forwarder::new(&identity.node),
+        forwarder: forwarding::Forwarder::new(&identity.node, &trusted),
         audit: Arc::new(audit),
         auth_failures: Arc::new(auth_failures::AuthFailures::new(
             config.limits.max_failed_auth_per_minute,
@@ -556,16 +574,32 @@ pub async fn serve_after(
     };
     // Serve probes (and 503s) while the state is restored.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let http = tokio::spawn(
-        axum::serve(
-            listener,
-            jobserver::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stop_rx.await;
-        })
-        .into_future(),
-    );
+    let app = jobserver::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let stopped = async move {
+        let _ = stop_rx.await;
+    };
+    let http = match tls {
+        None => tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .into_future(),
+        ),
+        Some(acceptor) => {
+            // `tap_io` only so that the connection's address reaches the handlers
+            // (axum gives connect info for it as for a plain listener).
+            let listener = tls::TlsListener::new(listener, acceptor)
+                .map_err(|source| ServerError::Listen {
+                    addr: config.listen,
+                    source,
+                })?
+                .tap_io(|_| {});
+            tokio::spawn(
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .into_future(),
+            )
+        }
+    };
     tracing::info!(%addr, node = %identity.node, data_dir = %config.data_dir.display(), "listening; restoring state");
     on_listening(addr);
     before_restore.await;

@@ -35,6 +35,17 @@ pub mod postgres;
 pub mod process;
 pub mod wait;
 
+/// TLS fixtures (`scripts/make-test-certs.sh` made them): a CA, and a certificate it
+/// signed for `localhost` and `127.0.0.1` with its key, all valid until 2126.
+pub mod tls {
+    /// The test CA's certificate (PEM).
+    pub const CA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tls/ca.pem");
+    /// The server certificate the test CA signed (PEM).
+    pub const CERT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tls/server.pem");
+    /// Its private key (PEM, PKCS#8).
+    pub const KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tls/server.key");
+}
+
 pub use binary::lqsm_binary;
 pub use fault_proxy::FaultProxy;
 pub use http::{Api, Reply, SimWorker, finished_attempt, function_job};

@@ -140,6 +140,13 @@ pub fn run_lqsm(args: &[&str], timeout: Duration) -> Ran {
     run_to_exit(cmd, format!("lqsm {}", args.join(" ")), timeout)
 }
 
+/// Runs `lqsm ARGS...` as [`run_lqsm`] does, with these environment variables set.
+pub fn run_lqsm_with_env(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Ran {
+    let mut cmd = lqsm_command("warn");
+    cmd.args(args).envs(env.iter().copied());
+    run_to_exit(cmd, format!("lqsm {}", args.join(" ")), timeout)
+}
+
 /// Runs `cmd` to its end, at most `timeout`, collecting what it writes.
 fn run_to_exit(mut cmd: Command, command: String, timeout: Duration) -> Ran {
     let mut child = cmd
@@ -218,6 +225,7 @@ impl ServerProcessBuilder {
             args,
             starts: 0,
             dir,
+            tls: false,
         }
     }
 
@@ -253,6 +261,8 @@ pub struct ServerProcess {
     starts: u32,
     /// The data directory, the config file and one stderr log per start.
     dir: TempDir,
+    /// Whether it serves HTTPS (as it announced).
+    tls: bool,
 }
 
 impl ServerProcess {
@@ -270,9 +280,10 @@ impl ServerProcess {
         }
     }
 
-    /// `http://127.0.0.1:PORT`, the same across restarts.
+    /// `http://127.0.0.1:PORT` (`https://` when it serves TLS), the same across restarts.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The address it listens on.
@@ -341,8 +352,12 @@ impl ServerProcess {
         let first = rx.recv_timeout(DEADLINE);
         let addr = match &first {
             Ok(Some(Ok(line))) => line
-                .strip_prefix("lqsm server listening on http://")
-                .and_then(|a| a.trim().parse::<SocketAddr>().ok()),
+                .strip_prefix("lqsm server listening on ")
+                .and_then(|url| url.split_once("://"))
+                .and_then(|(scheme, a)| {
+                    self.tls = scheme == "https";
+                    a.trim().parse::<SocketAddr>().ok()
+                }),
             _ => None,
         };
         let Some(addr) = addr else {

@@ -103,6 +103,8 @@ pub struct WorkerConfig {
     pub server: String,
     /// Bearer token with the `worker` role, when the server requires tokens.
     pub token: Option<String>,
+    /// PEM CA certificates trusted, besides the system's, for an `https://` server.
+    pub ca_file: Option<std::path::PathBuf>,
     /// A name for people (default: the host name).
     pub name: String,
     /// What it offers (default: [`detect_capacity`]).
@@ -148,6 +150,7 @@ impl WorkerConfig {
         Self {
             server: server.into(),
             token: None,
+            ca_file: None,
             name: host_name(),
             capacity: detect_capacity(),
             labels: BTreeMap::new(),

@@ -227,6 +227,10 @@ impl WorkerBuilder {
         let config = self.config;
         check(&config)?;
         let client = Client::new(&config.server, config.token.clone())?;
+        let client = match &config.ca_file {
+            Some(path) => client.with_ca_file(path)?,
+            None => client,
+        };
         let id = Uuid::now_v7();
         let (limits, memory_note) = if !config.memory_limits {
             (None, Some("disabled in the configuration".to_owned()))

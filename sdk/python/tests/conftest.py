@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -25,6 +26,17 @@ import lqsm
 REPO_ROOT = Path(__file__).resolve().parents[3]
 READY_DEADLINE_S = 60.0
 
+#: The test CA (`scripts/make-test-certs.sh`) and the certificate it signed for
+#: 127.0.0.1, which `standalone(..., tls=True)` serves.
+TLS_DIR = REPO_ROOT / "crates" / "lqsm-testkit" / "tls"
+TEST_CA = str(TLS_DIR / "ca.pem")
+
+
+def http_get(url: str, timeout: float = 5.0) -> httpx.Response:
+    """GET with the test CA trusted, for `https://` test servers."""
+    verify = ssl.create_default_context(cafile=TEST_CA) if url.startswith("https://") else True
+    return httpx.get(url, timeout=timeout, verify=verify)
+
 
 def lqsm_binary() -> Path:
     """The `lqsm` binary under test: $LQSM_BIN, else the workspace's debug build."""
@@ -41,12 +53,18 @@ def free_loopback_port() -> int:
 
 
 @contextmanager
-def standalone(data_dir: Path, *extra_args: str, port: Optional[int] = None) -> Iterator[str]:
+def standalone(data_dir: Path, *extra_args: str, port: Optional[int] = None, tls: bool = False) -> Iterator[str]:
     """Runs `lqsm standalone` with `extra_args` until the block ends; yields its URL
-    once it is ready to serve. The same `data_dir` and `port` again restart it."""
+    once it is ready to serve. The same `data_dir` and `port` again restart it. With
+    `tls`, it serves HTTPS with the test CA's certificate (trust `TEST_CA`)."""
     log_path = data_dir / "lqsm-standalone.log"
     port = port or free_loopback_port()
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    if tls:
+        extra_args = (
+            "--tls-cert", str(TLS_DIR / "server.pem"), "--tls-key", str(TLS_DIR / "server.key"),
+            "--ca-file", TEST_CA, *extra_args,
+        )
     # The server reads LQSM_* settings from the environment: keep the caller's out.
     env = {k: v for k, v in os.environ.items() if not k.startswith("LQSM_")}
     env["RUST_LOG"] = "warn"
@@ -87,7 +105,7 @@ def _wait_until_ready(url: str, process: "subprocess.Popen[bytes]", log_path: Pa
         if process.poll() is not None:
             pytest.fail(f"lqsm standalone exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            if http_get(f"{url}/readyz", timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass
@@ -138,7 +156,7 @@ def python_worker(url: str, records: Path, pool: str = "threads", *extra: str) -
     worker = PythonWorker(process, name, log_path)
     try:
         wait_for(
-            lambda: any(w["name"] == name and w["state"] == "active" for w in httpx.get(f"{url}/v1/workers").json()),
+            lambda: any(w["name"] == name and w["state"] == "active" for w in http_get(f"{url}/v1/workers").json()),
             WORKER_READY_DEADLINE_S,
             lambda: f"worker {name} not active:\n{worker.log()}",
             process,

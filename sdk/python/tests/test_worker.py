@@ -20,7 +20,16 @@ import httpx
 import pytest
 
 import lqsm
-from conftest import FaultProxy, PythonWorker, free_loopback_port, python_worker, read_records, standalone, wait_for
+from conftest import (
+    TEST_CA,
+    FaultProxy,
+    PythonWorker,
+    free_loopback_port,
+    python_worker,
+    read_records,
+    standalone,
+    wait_for,
+)
 from lqsm.result import native_exception
 
 
@@ -375,6 +384,24 @@ def test_a_worker_given_queues_runs_only_their_jobs(tmp_path: Path) -> None:
         )
         assert refused.status_code == 400
         assert refused.json()["error"]["field"] == "queues[0]"
+
+
+def test_the_client_and_a_worker_over_https(tmp_path: Path) -> None:
+    """A server serving TLS: the app and the worker trust its CA with `ca_file` /
+    `--ca-file`; an app that does not trust it is refused, saying why."""
+    records = tmp_path / "records.log"
+    with standalone(tmp_path, tls=True) as url:
+        assert url.startswith("https://")
+        with lqsm.App(url, ca_file=TEST_CA) as app:
+            add = app.task(name="tests.add")(lambda x, y: x + y)
+            with python_worker(url, records, "processes", "--ca-file", TEST_CA):
+                assert add.delay(20, 22).get(timeout=30) == 42
+        with lqsm.App(url) as untrusting:
+            add = untrusting.task(name="tests.add")(lambda x, y: x + y)
+            with pytest.raises(lqsm.ServerUnreachable, match="CERTIFICATE_VERIFY_FAILED"):
+                add.apply_async((1, 2), confirm=True)
+    with pytest.raises(ValueError, match="ca_file"):
+        lqsm.App("https://127.0.0.1:9", ca_file=str(tmp_path / "missing.pem"))
 
 
 def test_a_worker_rejoins_a_restarted_server_and_its_task_completes_once(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ compatibility check at first contact."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -44,19 +45,37 @@ def server_urls(url: Union[str, Sequence[str]]) -> List[str]:
     return cleaned
 
 
+def tls_context(ca_file: Optional[str]) -> ssl.SSLContext:
+    """What `https://` servers are checked against: the system's CAs, and those of the
+    PEM file `ca_file` when given."""
+    context = ssl.create_default_context()
+    if ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=ca_file)
+        except (OSError, ssl.SSLError) as e:
+            raise ValueError(f"ca_file {ca_file!r} cannot be used ({e}): give a PEM file of CA certificates") from e
+    return context
+
+
 class ServerConnection:
     """One HTTP client per app, shared by its tasks and results (httpx clients are
     thread-safe). The first request checks the server's version once. With several
     servers (any of them serves every call: a follower passes writes to the leader), a
     request that cannot connect to one goes to the next."""
 
-    def __init__(self, url: Union[str, Sequence[str]], token: Optional[str], request_timeout: float) -> None:
+    def __init__(
+        self,
+        url: Union[str, Sequence[str]],
+        token: Optional[str],
+        request_timeout: float,
+        ca_file: Optional[str] = None,
+    ) -> None:
         self.urls = server_urls(url)
         self._current = 0
         headers = {"User-Agent": f"lqsm-python/{__version__}"}
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
-        self._client = httpx.Client(headers=headers, timeout=request_timeout)
+        self._client = httpx.Client(headers=headers, timeout=request_timeout, verify=tls_context(ca_file))
         self._request_timeout = request_timeout
         self._checked_version: Optional[str] = None
         #: Exception types the app allows results to raise beyond those already

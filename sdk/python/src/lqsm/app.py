@@ -83,7 +83,8 @@ class App:
     `token` a bearer token when the server requires one. With `eager=True` tasks run
     in this process at `.delay()` and no server is contacted (Celery's
     `task_always_eager`), for unit tests. `request_timeout` bounds each HTTP request
-    (seconds), beyond the time `get()` asks the server to wait.
+    (seconds), beyond the time `get()` asks the server to wait. `ca_file`: a PEM file of
+    CA certificates trusted for `https://` servers besides the system's.
 
     Submission: by default `.delay()` returns at once, with the job's id chosen here;
     jobs are sent in batches of up to `max_batch` after at most `linger` seconds (a loop
@@ -109,6 +110,7 @@ class App:
         linger: float = 0.005,
         max_batch: int = 1000,
         exception_types: Iterable[type] = (),
+        ca_file: Optional[str] = None,
     ) -> None:
         if not 1 <= max_batch <= 10_000:
             raise ValueError(f"max_batch takes 1 to 10,000 jobs (the server's batch limit), got {max_batch!r}")
@@ -116,7 +118,7 @@ class App:
             raise ValueError(f"linger takes a non-negative number of seconds, got {linger!r}")
         self.eager = eager
         self.confirm = confirm
-        self._server = ServerConnection(url, token, request_timeout)
+        self._server = ServerConnection(url, token, request_timeout, ca_file)
         for kind in exception_types:
             if not (isinstance(kind, type) and issubclass(kind, Exception)):
                 raise TypeError(f"exception_types takes exception classes, got {kind!r}")

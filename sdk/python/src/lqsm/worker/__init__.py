@@ -19,6 +19,7 @@ from typing import Dict, List, Optional
 
 from ..arguments import memory_mib as parse_memory
 from . import _execution
+from .._server import tls_context
 from ._agent import Agent, Fatal, default_name, memory_mib
 from ._loading import AppNotFound, load_app
 from ._pools import make_pool
@@ -53,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--token", help="a token of role worker [default: $LQSM_TOKEN]")
     worker.add_argument("--token-file", help="read the token from this file")
+    worker.add_argument(
+        "--ca-file",
+        default=os.environ.get("LQSM_CA_FILE"),
+        help="PEM CA certificates trusted for https:// servers besides the system's [default: $LQSM_CA_FILE]",
+    )
     worker.add_argument("--pool", default="threads", choices=["threads", "processes", "asyncio"])
     worker.add_argument(
         "-c", "--concurrency", type=int, default=None, help="tasks at once [default: the cpus, 100 for asyncio]"
@@ -114,6 +120,11 @@ def run_worker(argv: Optional[List[str]] = None) -> int:
         # Tasks run in this process: what they print and log goes to their results.
         _execution.install_capture()
     labels: Dict[str, str] = dict(args.label)
+    try:
+        tls_context(args.ca_file)
+    except ValueError as e:
+        print(f"lqsm-py: --ca-file: {e}", file=sys.stderr)
+        return 2
     agent = Agent(
         app.tasks,
         pool,
@@ -124,6 +135,7 @@ def run_worker(argv: Optional[List[str]] = None) -> int:
         args.memory if args.memory is not None else memory_mib(),
         labels,
         queues=[q.strip() for q in args.queues.split(",") if q.strip()],
+        ca_file=args.ca_file,
         poll_wait=args.poll_wait,
     )
     logging.getLogger("lqsm.worker").info(

@@ -20,7 +20,7 @@ from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .._version import __version__
 from ..app import Task
-from .._server import api_error
+from .._server import api_error, tls_context
 from ._execution import failed_outcome
 from ._http import Client, Response, TransportError
 from ._pools import Pool
@@ -113,6 +113,7 @@ class Agent:
         memory: int,
         labels: Mapping[str, str],
         queues: Sequence[str] = (),
+        ca_file: Optional[str] = None,
         poll_wait: float = 2.0,
         request_timeout: float = 30.0,
     ) -> None:
@@ -141,7 +142,7 @@ class Agent:
         headers = [("User-Agent", f"lqsm-python-worker/{__version__}")]
         if token is not None:
             headers.append(("Authorization", f"Bearer {token}"))
-        self.client = Client(headers, timeout=request_timeout)
+        self.client = Client(headers, timeout=request_timeout, tls=tls_context(ca_file))
         self.request_timeout = request_timeout
         self.attempts: Dict[str, _Attempt] = {}
         self.reports: Dict[str, Dict[str, Any]] = {}

@@ -55,11 +55,12 @@ class Client:
     """Requests to servers named by base URLs (`http://host:port`, or `https://`),
     each on a connection of its own kept for the next: several may be out at once."""
 
-    def __init__(self, headers: List[Tuple[str, str]], timeout: float) -> None:
+    def __init__(self, headers: List[Tuple[str, str]], timeout: float, tls: Optional[ssl.SSLContext] = None) -> None:
         self.header_lines = "".join(f"{name}: {value}\r\n" for name, value in headers)
         self.timeout = timeout
         self.idle: dict[str, List[_Connection]] = {}
-        self.tls: Optional[ssl.SSLContext] = None
+        # How `https://` servers are checked (made on first use when not given).
+        self.tls = tls
 
     async def post(self, url: str, body: Any = None, timeout: Optional[float] = None) -> Response:
         return await self.request("POST", url, body, timeout)
