@@ -26,7 +26,7 @@ pub use vocabulary::{
 /// of refusing its polls later; version 4 lets a `failed` report carry `retry: false`
 /// (the job fails now, without spending its remaining retries). The server accepts
 /// `OLDEST_WORKER_PROTOCOL..=WORKER_PROTOCOL`.
-pub const WORKER_PROTOCOL: u32 = 4;
+pub const WORKER_PROTOCOL: u32 = 5;
 
 /// The oldest worker protocol version this release's server accepts.
 pub const OLDEST_WORKER_PROTOCOL: u32 = 1;
@@ -802,7 +802,7 @@ pub struct RegisterWorker {
     /// queue. Servers before this field refuse it as unknown.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub queues: Vec<String>,
-    /// The worker protocol version it speaks (this release speaks 4); absent means 1,
+    /// The worker protocol version it speaks (this release speaks 5); absent means 1,
     /// the version before registrations carried one.
     #[serde(default = "protocol_one")]
     #[schema(default = 1, minimum = 1)]
@@ -933,6 +933,11 @@ pub struct PollRequest {
     /// expected in `running`. Reset to 0 on registering again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ack: Option<u64>,
+    /// Attempts that ended and whose reports are on their way in another poll still
+    /// out (protocol 5): neither running nor lost. A worker with two polls out names
+    /// them in the second, which the server may take first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ending: Vec<AttemptRef>,
 }
 
 /// A new attempt for the worker.

@@ -658,6 +658,12 @@ impl SubmitRequest {
     }
 }
 
+/// [`Job::delivered_in`] of an attempt its worker must list in every poll whatever it
+/// acknowledged: one it listed itself (reclaimed after a server restart), or one held
+/// when the worker registered again under the same id (a new process knows only what
+/// it still runs; no answer from before can still be on its way to it).
+pub(crate) const KNOWN_TO_WORKER: u64 = u64::MAX;
+
 /// Where a job is in its life.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -850,7 +856,8 @@ pub struct Job {
     /// Internal: where a pending job waits.
     pub(crate) waiting: Waiting,
     /// Internal: whether the current attempt was handed to its worker.
-    /// 0 until handed over; then the number of the poll answer that carried it.
+    /// 0 until handed over; then the number of the poll answer that carried it, or
+    /// [`KNOWN_TO_WORKER`] once the worker cannot be waiting for it any more.
     pub(crate) delivered_in: u64,
     /// Internal: its state in the last record handed out for storage
     /// ([`ResourceManager::record_job`](crate::ResourceManager::record_job)); `None` before

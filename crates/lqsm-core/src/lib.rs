@@ -44,8 +44,9 @@ pub use rate_limits::{Rate, RateLimit, RatePeriod};
 pub use recovery::{JobRecord, QueueRecord, RestoreError, RestoreInput, RestoreReport};
 pub use resource_manager::{
     BroadcastJob, Config, ConfigError, JobError, JobSelection, MAX_WORKFLOW_NODES, OpenBroadcast,
-    PassReport, PollOutcome, PreemptionConfig, QueueView, ROOT, RefusalReason, RefusedReport,
-    ResourceManager, SelectionError, Submitted, WorkerError, WorkerPoll, WorkflowError,
+    PassReport, PollOutcome, PreemptionConfig, QueueView, REDELIVER_AFTER, ROOT, RefusalReason,
+    RefusedReport, ResourceManager, SelectionError, Submitted, WorkerError, WorkerPoll,
+    WorkflowError,
 };
 pub use resources::{BadAmount, MiB, Millicores, ResourceName, Resources};
 pub use workers::{Worker, WorkerRegistration, WorkerState};

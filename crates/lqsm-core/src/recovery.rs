@@ -485,7 +485,7 @@ impl ResourceManager {
         let worker = &mut self.workers[worker_key];
         job.worker = Some(worker_key);
         // Listed by the worker itself: known to it whatever it acknowledged.
-        job.delivered_in = 1;
+        job.delivered_in = crate::jobs::KNOWN_TO_WORKER;
         job.worker_slot = u32::try_from(worker.attempts.len()).expect("fewer than 2^32 attempts");
         worker.attempts.push(key);
         worker.used.add(&request);

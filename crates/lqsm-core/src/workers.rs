@@ -92,6 +92,9 @@ pub struct Worker {
     pub(crate) indexed: Option<FreeKey>,
     /// Deadline the pending heartbeat timer was set for.
     pub(crate) heartbeat_timer: Option<Timestamp>,
+    /// Since when its `acked` has stayed below this answer number (see
+    /// `ResourceManager::redeliver_unacknowledged`).
+    pub(crate) behind: Option<(u64, Timestamp)>,
 }
 
 impl Worker {
@@ -454,6 +457,7 @@ mod tests {
             class: index.class_for(reg),
             indexed: None,
             heartbeat_timer: None,
+            behind: None,
         }
     }
 

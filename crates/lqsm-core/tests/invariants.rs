@@ -242,6 +242,7 @@ impl World {
                     running: still.to_vec(),
                     finished: finished.clone(),
                     acked: None,
+                    ending: Vec::new(),
                     progress: Vec::new(),
                 };
                 // The poll does not wait: its answer hands over what the worker was

@@ -269,6 +269,7 @@ fn lost_worker_attempts_are_requeued_once_and_its_late_reports_refused() {
             started_at: None,
         }],
         acked: None,
+        ending: Vec::new(),
         progress: Vec::new(),
     };
     assert_eq!(
@@ -355,6 +356,7 @@ fn a_worker_running_a_stale_attempt_is_told_to_kill_it() {
         running: vec![(id, token)],
         finished: vec![],
         acked: None,
+        ending: Vec::new(),
         progress: Vec::new(),
     };
     sim.rm.worker_polled(w, &poll, sim.now).unwrap();
@@ -1169,6 +1171,7 @@ fn an_attempt_in_an_answer_the_worker_has_not_seen_is_not_lost() {
         running: vec![(first, token)],
         finished: vec![],
         acked: Some(seen),
+        ending: Vec::new(),
         progress: Vec::new(),
     };
     let answer = sim.take_assignments(w, &listed);
@@ -1177,6 +1180,7 @@ fn an_attempt_in_an_answer_the_worker_has_not_seen_is_not_lost() {
         running: vec![(first, token)],
         finished: vec![],
         acked: Some(seen),
+        ending: Vec::new(),
         progress: Vec::new(),
     };
     sim.rm.worker_polled(w, &early, sim.now).unwrap();
@@ -1190,6 +1194,7 @@ fn an_attempt_in_an_answer_the_worker_has_not_seen_is_not_lost() {
         running: vec![(first, token)],
         finished: vec![],
         acked: Some(answer.seq),
+        ending: Vec::new(),
         progress: Vec::new(),
     };
     sim.rm.worker_polled(w, &late, sim.now).unwrap();
@@ -1445,6 +1450,7 @@ fn a_running_job_reports_its_progress_which_is_kept_and_restored() {
         running: vec![(id, token)],
         finished: vec![],
         acked: None,
+        ending: Vec::new(),
         progress: vec![
             (id, token, state.clone()),
             // A stale attempt's progress is ignored.

@@ -123,6 +123,7 @@ fn a_replaced_poll_is_answered_empty_with_its_own_refusals() {
             started_at: None,
         }],
         acked: None,
+        ending: Vec::new(),
         progress: Vec::new(),
     };
     let first = park(&mut sim, w, &repeat, Duration::from_secs(3));
@@ -175,6 +176,7 @@ fn only_answers_carrying_assignments_are_numbered_counting_from_registration() {
         running: held.clone(),
         finished: vec![],
         acked: Some(first.seq),
+        ending: Vec::new(),
         progress: Vec::new(),
     };
     assert_eq!(sim.take_assignments(w, &listing).seq, 0, "empty again");
@@ -204,6 +206,7 @@ fn an_attempt_killed_for_two_reasons_gets_one_kill_order() {
             running: vec![(id, token)],
             finished: vec![],
             acked: None,
+            ending: Vec::new(),
             progress: Vec::new(),
         },
     );
@@ -226,6 +229,7 @@ fn a_kill_order_wakes_a_waiting_poll() {
         running: sim.still_running(w, None),
         finished: vec![],
         acked: None,
+        ending: Vec::new(),
         progress: Vec::new(),
     };
     let ticket = park(&mut sim, w, &running, Duration::from_secs(3));
@@ -258,6 +262,7 @@ fn logs_of_refused_reports_are_dropped() {
         running: vec![],
         finished: vec![report(stale), report(token)],
         acked: None,
+        ending: Vec::new(),
         progress: Vec::new(),
     };
     let outcome = sim.rm.worker_polled(w, &poll, sim.now).unwrap();
@@ -284,4 +289,128 @@ fn an_unknown_worker_poll_is_refused_and_nothing_waits() {
     assert_eq!(err, WorkerError::Unknown(stranger));
     sim.drain_effects();
     assert!(sim.answer_to(ticket).is_none());
+}
+
+/// A poll that acknowledges `acked` and lists nothing, answered at once.
+fn poll_acking(sim: &mut Sim, w: WorkerId, acked: u64) -> PollAnswer {
+    let poll = WorkerPoll {
+        acked: Some(acked),
+        ..WorkerPoll::default()
+    };
+    let ticket = park(sim, w, &poll, Duration::ZERO);
+    sim.pass();
+    sim.answer_to(ticket)
+        .expect("a poll that does not wait is answered")
+}
+
+#[test]
+fn attempts_of_an_answer_lost_on_its_way_are_handed_again() {
+    let (mut sim, w) = sim_with_queue();
+    let id = sim.submit_n("root.q", 1, one_core())[0];
+    sim.pass();
+    let first = poll_acking(&mut sim, w, 0);
+    assert_eq!((first.seq, first.assignments.len()), (1, 1));
+    // That answer never arrives: the worker keeps acknowledging 0, and the attempt is
+    // neither run nor declared lost (the answer might still be on its way)...
+    let again = poll_acking(&mut sim, w, 0);
+    assert!(again.assignments.is_empty(), "{again:?}");
+    sim.advance(REDELIVER_AFTER - Duration::from_millis(1));
+    assert!(poll_acking(&mut sim, w, 0).assignments.is_empty());
+    assert_eq!(sim.state(id), JobState::Scheduled);
+    // ...until it has been missing long enough: the same attempt comes again, in a new
+    // answer, and runs once listed.
+    sim.advance(Duration::from_millis(1));
+    let redelivered = poll_acking(&mut sim, w, 0);
+    assert_eq!(redelivered.seq, 2);
+    assert_eq!(redelivered.assignments.len(), 1);
+    assert_eq!(
+        (
+            redelivered.assignments[0].job,
+            redelivered.assignments[0].token
+        ),
+        (first.assignments[0].job, first.assignments[0].token)
+    );
+    let poll = WorkerPoll {
+        running: vec![(id, first.assignments[0].token)],
+        acked: Some(2),
+        ..WorkerPoll::default()
+    };
+    sim.rm.worker_polled(w, &poll, sim.now).unwrap();
+    assert_eq!(sim.state(id), JobState::Running);
+    sim.check();
+}
+
+#[test]
+fn a_worker_registering_again_under_its_id_must_list_what_it_held() {
+    let (mut sim, w) = sim_with_queue();
+    let id = sim.submit_n("root.q", 1, one_core())[0];
+    sim.pass();
+    let running = sim.poll_running(w);
+    assert_eq!(running.len(), 1);
+    assert_eq!(sim.state(id), JobState::Running);
+    // Its process restarted and knows nothing of the attempt: it registers again with
+    // the same id, and its first poll (acknowledging nothing yet) does not list it.
+    sim.rm
+        .register_worker(
+            WorkerRegistration {
+                id: w,
+                name: "w".into(),
+                capacity: Resources::cores(4, 4000),
+                labels: Default::default(),
+                serves_commands: true,
+                handlers: ["*".to_string()].into(),
+                queues: Default::default(),
+            },
+            sim.now,
+        )
+        .unwrap();
+    let poll = WorkerPoll {
+        acked: Some(0),
+        ..WorkerPoll::default()
+    };
+    sim.rm.worker_polled(w, &poll, sim.now).unwrap();
+    sim.drain_effects();
+    let attempts = sim.rm.job_record(id).unwrap().attempts;
+    assert_eq!(
+        attempts[0].outcome,
+        Some(AttemptOutcome::Lost),
+        "the attempt died with the old process: {attempts:?}"
+    );
+    assert_ne!(sim.state(id), JobState::Running);
+    sim.check();
+}
+
+#[test]
+fn an_attempt_named_as_ending_is_neither_running_nor_lost() {
+    let (mut sim, w) = sim_with_queue();
+    let id = sim.submit_n("root.q", 1, one_core())[0];
+    sim.pass();
+    let answer = poll_acking(&mut sim, w, 0);
+    let token = answer.assignments[0].token;
+    // A second poll overtook the one carrying the attempt's report: it names the
+    // attempt as ending, and the attempt stays the worker's until its report lands.
+    let poll = WorkerPoll {
+        acked: Some(answer.seq),
+        ending: vec![(id, token)],
+        ..WorkerPoll::default()
+    };
+    sim.rm.worker_polled(w, &poll, sim.now).unwrap();
+    sim.drain_effects();
+    assert_eq!(sim.state(id), JobState::Scheduled);
+    assert!(sim.log.kills.is_empty(), "{:?}", sim.log.kills);
+    sim.succeed(w, id);
+    assert_eq!(sim.state(id), JobState::Succeeded);
+    // Without the name it would have been lost.
+    let other = sim.submit_n("root.q", 1, one_core())[0];
+    sim.pass();
+    let answer = poll_acking(&mut sim, w, answer.seq);
+    assert_eq!(answer.assignments[0].job, other);
+    let poll = WorkerPoll {
+        acked: Some(answer.seq),
+        ..WorkerPoll::default()
+    };
+    sim.rm.worker_polled(w, &poll, sim.now).unwrap();
+    sim.drain_effects();
+    assert_ne!(sim.state(other), JobState::Scheduled);
+    sim.check();
 }

@@ -145,6 +145,7 @@ fn returning_worker_reclaims_what_it_runs_and_the_rest_is_requeued() {
         running: vec![(kept, token)],
         finished: vec![],
         acked: None,
+        ending: Vec::new(),
         progress: Vec::new(),
     };
     sim.rm.worker_polled(b.w1, &poll, sim.now).unwrap();
@@ -215,6 +216,7 @@ fn a_returning_worker_takes_no_new_work_before_its_first_poll() {
         running: vec![(b.on_w2[0], token)],
         finished: vec![],
         acked: None,
+        ending: Vec::new(),
         progress: Vec::new(),
     };
     sim.rm.worker_polled(b.w2, &poll, sim.now).unwrap();
@@ -352,6 +354,7 @@ fn a_returning_worker_gets_the_jobs_set_aside_while_it_reclaimed_its_attempts() 
             started_at: None,
         }],
         acked: Some(0),
+        ending: Vec::new(),
         progress: Vec::new(),
     };
     let answer = sim.take_assignments(w, &poll);
@@ -369,6 +372,7 @@ fn a_returning_worker_gets_the_jobs_set_aside_while_it_reclaimed_its_attempts() 
         running: vec![(running[0], tokens[0])],
         finished: vec![],
         acked: Some(answer.seq),
+        ending: Vec::new(),
         progress: Vec::new(),
     };
     let next = sim.take_assignments(w, &poll);

@@ -288,6 +288,7 @@ async fn simulated_worker(
             // again as soon as an answer arrives.
             wait_ms: if permit.is_some() { 0 } else { 30_000 },
             ack: Some(ack),
+            ending: Vec::new(),
         };
         stats.polls_open.fetch_add(1, Ordering::Relaxed);
         let res = client.post(&url).json(&req).send().await;

@@ -1274,6 +1274,11 @@ async fn poll_worker(
             .collect(),
         finished,
         acked: poll.ack,
+        ending: poll
+            .ending
+            .iter()
+            .map(|r| (JobId(r.job), lqsm_core::FencingToken(r.token)))
+            .collect(),
         progress: Vec::new(),
     };
     let mut core_poll = core_poll;

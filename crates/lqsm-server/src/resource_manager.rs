@@ -1350,6 +1350,7 @@ mod tests {
                 running: Vec::new(),
                 finished,
                 acked: None,
+                ending: Vec::new(),
                 progress: Vec::new(),
             };
             rm.long_poll(id, PollTicket(ticket), &poll, Duration::ZERO, at)
@@ -1367,6 +1368,7 @@ mod tests {
                     running: running.clone(),
                     finished: Vec::new(),
                     acked: None,
+                    ending: Vec::new(),
                     progress: Vec::new(),
                 };
                 rm.long_poll(id, PollTicket(ticket), &poll, Duration::ZERO, at)

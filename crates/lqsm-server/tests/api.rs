@@ -914,6 +914,7 @@ fn only_answers_with_assignments_are_numbered_and_an_unseen_one_loses_nothing() 
         finished: Vec::new(),
         wait_ms: 0,
         ack: Some(carrying.seq - 1),
+        ending: Vec::new(),
     };
     api.post(&format!("/v1/workers/{}/poll", worker.id), &req)
         .expect::<api::PollResponse>(200);

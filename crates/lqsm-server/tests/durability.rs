@@ -111,6 +111,7 @@ fn finish_everything(api: Api, handler: &'static str, load: Load) -> JoinHandle<
                 finished: report.clone(),
                 wait_ms: 50,
                 ack: None,
+                ending: Vec::new(),
             };
             let Ok(reply) = api.try_post(&format!("/v1/workers/{id}/poll"), &poll) else {
                 break;

@@ -264,6 +264,7 @@ impl SimWorker {
             finished: finished.to_vec(),
             wait_ms,
             ack: None,
+            ending: Vec::new(),
         };
         self.api
             .post(&format!("/v1/workers/{}/poll", self.id), &req)

@@ -514,6 +514,7 @@ impl Agent {
             finished: std::mem::take(&mut self.reports.items),
             wait_ms: wait.as_millis() as u64,
             ack: Some(self.ack()),
+            ending: Vec::new(),
         };
         let call = self.client.poll(self.id, &request);
         // The request is encoded: the reports stay here until acknowledged.
@@ -1081,6 +1082,7 @@ impl Agent {
                     finished: std::mem::take(&mut self.reports.items),
                     wait_ms: 0,
                     ack: Some(ack),
+                    ending: Vec::new(),
                 },
             );
             if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), call).await {

@@ -163,3 +163,40 @@ def test_ack_waits_for_every_poll_that_could_bring_a_lower_answer_number() -> No
     agent.unconfirmed.append((8, frozenset()))
     assert agent._acknowledged() == 8
     assert agent.unconfirmed == []
+
+
+@pytest.mark.parametrize("newest, expected", [(5, 5), (4, 4), (3, 3)])
+def test_registration_falls_back_to_the_servers_protocol(newest: int, expected: int) -> None:
+    """A server older than the worker refuses its version at registration; the worker
+    tries the next older one down to 3 (and at 4 or below sends no second reporting
+    poll, since `ending` needs 5)."""
+    offered: List[int] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                _, _, body = await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            version = json.loads(body)["protocol"]
+            offered.append(version)
+            if version > newest:
+                answer = json.dumps(
+                    {"error": {"code": "incompatible_protocol", "message": f"this server speaks 1 to {newest}",
+                               "field": "protocol"}}
+                ).encode()
+                status = b"400 Bad Request"
+            else:
+                answer = json.dumps({"id": "w", "heartbeat_timeout_ms": 20000}).encode()
+                status = b"200 OK"
+            writer.write(b"HTTP/1.1 %s\r\ncontent-length: %d\r\n\r\n%s" % (status, len(answer), answer))
+            await writer.drain()
+
+    async def check(url: str) -> None:
+        agent = Agent({}, ThreadPool(1, 1.0), [url], None, "w", 1.0, 64, {})
+        await agent.register()
+        assert agent.protocol == expected
+        await agent.client.aclose()
+
+    serve(handler, check)
+    assert offered == list(range(5, expected - 1, -1))

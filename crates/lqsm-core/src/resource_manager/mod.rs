@@ -25,7 +25,7 @@ pub(crate) mod workflows;
 pub use crate::effects::{RefusalReason, RefusedReport};
 pub use jobs::{JobError, JobSelection, SelectionError, Submitted};
 pub use queues::QueueView;
-pub use workers::{PollOutcome, WorkerError, WorkerPoll};
+pub use workers::{PollOutcome, REDELIVER_AFTER, WorkerError, WorkerPoll};
 pub use workflows::{BroadcastJob, MAX_WORKFLOW_NODES, OpenBroadcast, WorkflowError};
 
 use crate::effects::Effects;

@@ -12,6 +12,11 @@ use crate::workers::{Worker, WorkerKey, WorkerRegistration, WorkerState};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+/// How long a worker's `acked` may stay below the answers handed to it before their
+/// attempts are handed again: far beyond an answer's time on the wire, since a worker
+/// acknowledges an answer in its next poll.
+pub const REDELIVER_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A refused worker command.
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum WorkerError {
@@ -50,6 +55,10 @@ pub struct WorkerPoll {
     /// `update_state`): small JSON, kept with the job.
     #[serde(default)]
     pub progress: Vec<(JobId, FencingToken, crate::jobs::Json)>,
+    /// Attempts that ended and whose reports are on their way in another poll: neither
+    /// running nor lost (a worker with two polls out names them in the second).
+    #[serde(default)]
+    pub ending: Vec<(JobId, FencingToken)>,
 }
 
 /// What the core made of a poll.
@@ -106,8 +115,15 @@ impl ResourceManager {
                 worker.state = WorkerState::Active;
                 worker.registered_at = now;
                 worker.heartbeat_deadline = deadline;
-                // A worker that registers again counts answers afresh.
+                // A worker that registers again counts answers afresh, and must list
+                // from its next poll on what it still runs of what it held.
                 worker.answers = 0;
+                worker.behind = None;
+                for job in &worker.attempts {
+                    if self.jobs[*job].delivered_in != 0 {
+                        self.jobs[*job].delivered_in = crate::jobs::KNOWN_TO_WORKER;
+                    }
+                }
                 key
             }
             None => {
@@ -129,6 +145,7 @@ impl ResourceManager {
                     class,
                     indexed: None,
                     heartbeat_timer: None,
+                    behind: None,
                 });
                 self.worker_ids.insert(reg.id, key);
                 key
@@ -279,6 +296,7 @@ impl ResourceManager {
         let mut reported: Vec<FencingToken> = poll
             .running
             .iter()
+            .chain(&poll.ending)
             .map(|(_, t)| *t)
             .chain(poll.finished.iter().map(|r| r.token))
             .collect();
@@ -292,15 +310,63 @@ impl ResourceManager {
                 let token = job.current_token().expect("worker attempts are active");
                 // Only an attempt carried by an answer the worker says it has seen
                 // can be missing: a later answer may still be on its way to it.
-                job.delivered_in != 0
-                    && poll.acked.is_none_or(|seen| job.delivered_in <= seen)
-                    && reported.binary_search(&token).is_err()
+                let expected = job.delivered_in == crate::jobs::KNOWN_TO_WORKER
+                    || (job.delivered_in != 0
+                        && poll.acked.is_none_or(|seen| job.delivered_in <= seen));
+                expected && reported.binary_search(&token).is_err()
             })
             .collect();
         for key in vanished {
             self.fail_attempt(key, AttemptOutcome::Lost, None, now);
         }
+        if let Some(seen) = poll.acked {
+            self.redeliver_unacknowledged(worker_key, seen, now);
+        }
         Ok(outcome)
+    }
+
+    /// An answer that carried attempts can be lost on its way (a dropped connection).
+    /// Its attempts would then wait, assigned and holding the worker's resources, until
+    /// a later answer happened to move the worker's `acked` past them, and forever if
+    /// none came. So a worker whose `acked` stays below the answers handed to it for
+    /// [`REDELIVER_AFTER`] is given those attempts again, in a new answer: it runs an
+    /// attempt once however often it sees it, and an answer merely slow costs a
+    /// duplicate message.
+    fn redeliver_unacknowledged(&mut self, key: WorkerKey, seen: u64, now: Timestamp) {
+        let worker = &self.workers[key];
+        let handed = worker.answers;
+        let upto = match worker.behind {
+            Some((upto, _)) if seen >= upto => {
+                self.workers[key].behind = (seen < handed).then_some((handed, now));
+                return;
+            }
+            Some((upto, since)) if now >= since.after(REDELIVER_AFTER) => upto,
+            Some(_) => return,
+            None => {
+                if seen < handed {
+                    self.workers[key].behind = Some((handed, now));
+                }
+                return;
+            }
+        };
+        let again: Vec<JobKey> = worker
+            .attempts
+            .iter()
+            .copied()
+            .filter(|job| {
+                let delivered_in = self.jobs[*job].delivered_in;
+                delivered_in > seen && delivered_in <= upto
+            })
+            .collect();
+        for job in &again {
+            self.jobs[*job].delivered_in = 0;
+        }
+        let worker = &mut self.workers[key];
+        worker.behind = None;
+        if !again.is_empty() {
+            worker.outbox.extend(again);
+            self.to_answer.insert(key);
+        }
     }
 
     pub(crate) fn current_attempt_on(

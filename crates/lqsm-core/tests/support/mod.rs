@@ -222,6 +222,7 @@ impl Sim {
             running: self.still_running(worker, None),
             finished: vec![],
             acked: None,
+            ending: Vec::new(),
             progress: Vec::new(),
         };
         let got = self.take_assignments(worker, &poll).assignments;
@@ -231,6 +232,7 @@ impl Sim {
             running: self.still_running(worker, None),
             finished: vec![],
             acked: None,
+            ending: Vec::new(),
             progress: Vec::new(),
         };
         self.rm.worker_polled(worker, &poll, self.now).unwrap();
@@ -286,6 +288,7 @@ impl Sim {
                 started_at: None,
             }],
             acked: None,
+            ending: Vec::new(),
             progress: Vec::new(),
         };
         let out = self.rm.worker_polled(worker, &poll, self.now).unwrap();

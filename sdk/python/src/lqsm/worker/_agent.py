@@ -1,4 +1,4 @@
-"""The worker's side of the poll protocol (docs/PROTOCOL.md, version 4): it registers,
+"""The worker's side of the poll protocol (docs/PROTOCOL.md, version 5): it registers,
 then keeps one poll waiting at the server, lists what it runs, reports what ended
 until a poll that carried the report is answered, acknowledges numbered answers,
 obeys kill orders, and stops its attempts itself when the server has been out of reach
@@ -27,10 +27,17 @@ from ._pools import Pool
 
 log = logging.getLogger("lqsm.worker")
 
-#: The protocol version this worker speaks: 4 (a failure may say it is not to be
-#: retried, for `autoretry_for`); with a server that accepts only up to 3, it speaks 3
-#: and such failures are retried like any other.
-PROTOCOL = 4
+#: The protocol version this worker speaks: 5 (a second reporting poll names the
+#: attempts whose reports the first carries, `ending`). With an older server it falls
+#: back: at 4 it keeps one reporting poll out at a time; at 3 a failure can no longer
+#: say it is not to be retried (`autoretry_for`), and is retried like any other.
+PROTOCOL = 5
+
+#: What each fallback gives up, for the warning.
+FALLBACKS = {
+    4: "one reporting poll at a time (slower under load)",
+    3: "one reporting poll at a time, and every failure retried up to the task's retries, autoretry_for or not",
+}
 
 #: How many attempts the worker remembers having started, beyond those it runs, so
 #: that an assignment seen twice never runs twice.
@@ -231,13 +238,14 @@ class Agent:
                 log.info("registered at %s as %s (%s)", self.url, self.id, self.hostname)
                 return
             if self.protocol > 3 and api_error(response).code == "incompatible_protocol":
+                self.protocol -= 1
                 log.warning(
-                    "the server speaks an older protocol (%s): this worker falls back to version 3, "
-                    "in which every failure is retried up to the task's retries, autoretry_for or not",
+                    "the server speaks an older protocol (%s): this worker falls back to version %d: %s",
                     api_error(response).message,
+                    self.protocol,
+                    FALLBACKS[self.protocol],
                 )
-                self.protocol = 3
-                body["protocol"] = 3
+                body["protocol"] = self.protocol
                 continue
             self._check_fatal(response)
             log.warning("registration answered %d; trying again", response.status_code)
@@ -343,7 +351,7 @@ class Agent:
                 wait = 0.0 if self._uncarried() or self.stopping and not self.attempts else self.long_poll_wait()
                 poll = asyncio.create_task(self._poll(wait))
                 poll_sent, poll_waits = time.monotonic(), wait > 0
-            elif not poll_waits and beside is None and self._uncarried():
+            elif not poll_waits and beside is None and self.protocol >= 5 and self._uncarried():
                 if time.monotonic() - poll_sent >= PIPELINE_AFTER:
                     beside = asyncio.create_task(self._poll(0.0))
                     beside_sent = time.monotonic()
@@ -356,7 +364,7 @@ class Agent:
                 cut_at = poll_sent + CUT_SHORT_AFTER - time.monotonic()
                 timeout = cut_at if timeout is None else min(timeout, cut_at)
                 timeout = max(0.0, timeout)
-            elif not poll_waits and beside is None and self._uncarried():
+            elif not poll_waits and beside is None and self.protocol >= 5 and self._uncarried():
                 beside_at = max(0.0, poll_sent + PIPELINE_AFTER - time.monotonic())
                 timeout = beside_at if timeout is None else min(timeout, beside_at)
             waiting = {poll, waiter} if beside is None else {poll, waiter, beside}
@@ -426,6 +434,13 @@ class Agent:
             "ack": self._acknowledged(),
             "wait_ms": int(wait * 1000),
         }
+        if self.carrying and self.protocol >= 5:
+            # Reports on their way in another poll, which this one may overtake.
+            body["ending"] = [
+                {"job": self.reports[key]["job"], "token": self.reports[key]["token"]}
+                for key in self.carrying
+                if key in self.reports
+            ]
         sent_at = time.monotonic()
         self.summary["polls"] += 1
         self.polls_sent += 1
