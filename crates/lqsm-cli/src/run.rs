@@ -346,6 +346,7 @@ pub async fn standalone(args: StandaloneArgs, ca_file: Option<PathBuf>) -> anyho
     } else {
         "http"
     };
+    let advertise = config.advertise.clone();
     let token = config
         .tokens
         .iter()
@@ -379,7 +380,12 @@ pub async fn standalone(args: StandaloneArgs, ca_file: Option<PathBuf>) -> anyho
             };
         }
     };
-    let url = format!("{scheme}://{addr}");
+    // Under TLS the worker checks the certificate's names: the advertised URL (a name
+    // the certificate covers, resolving to this machine) when set, else the address.
+    let url = match (&advertise, scheme) {
+        (Some(advertised), "https") => advertised.clone(),
+        _ => format!("{scheme}://{addr}"),
+    };
     let mut worker_config = args.worker.into_config(url, token)?;
     worker_config.ca_file = worker_ca;
     let worker_result = run_worker(worker_config, signals).await;

@@ -9,6 +9,23 @@ use std::time::Duration;
 
 const RUN: Duration = Duration::from_secs(60);
 
+/// `lqsm --ca-file <test CA> -o json submit --wait -- COMMAND...` against `url`.
+fn submit_wait_trusting_the_ca(url: &str, command: &[&str]) -> lqsm_testkit::Ran {
+    let mut args = vec![
+        "--server",
+        url,
+        "--ca-file",
+        tls::CA,
+        "-o",
+        "json",
+        "submit",
+        "--wait",
+        "--",
+    ];
+    args.extend_from_slice(command);
+    run_lqsm(&args, RUN)
+}
+
 fn tls_server() -> ServerProcess {
     ServerProcess::builder()
         .args(&["--tls-cert", tls::CERT, "--tls-key", tls::KEY])
@@ -21,23 +38,7 @@ fn the_cli_and_a_worker_trusting_the_ca_work_over_https() {
     let url = server.url();
     assert!(url.starts_with("https://"), "{url}");
     let _worker = WorkerProcess::start(&url, "tls-worker", &["--ca-file", tls::CA, "--cpus", "1"]);
-    let ran = run_lqsm(
-        &[
-            "--server",
-            &url,
-            "--ca-file",
-            tls::CA,
-            "-o",
-            "json",
-            "submit",
-            "--wait",
-            "--",
-            "sh",
-            "-c",
-            "exit 0",
-        ],
-        RUN,
-    );
+    let ran = submit_wait_trusting_the_ca(&url, &["sh", "-c", "exit 0"]);
     assert_eq!(ran.code(), Some(0), "{ran:#?}\n{}", server.log_tail());
     let job: lqsm_api::JobView = ran.json();
     assert_eq!(job.state, lqsm_api::JobState::Succeeded, "{job:#?}");
@@ -103,20 +104,6 @@ fn standalone_serves_https_and_its_own_worker_trusts_the_ca_given() {
         .start();
     let url = server.url();
     assert!(url.starts_with("https://"), "{url}");
-    let ran = run_lqsm(
-        &[
-            "--server",
-            &url,
-            "--ca-file",
-            tls::CA,
-            "-o",
-            "json",
-            "submit",
-            "--wait",
-            "--",
-            "true",
-        ],
-        RUN,
-    );
+    let ran = submit_wait_trusting_the_ca(&url, &["true"]);
     assert_eq!(ran.code(), Some(0), "{ran:#?}\n{}", server.log_tail());
 }

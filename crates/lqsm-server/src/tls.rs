@@ -74,7 +74,9 @@ pub fn acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, TlsErr
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // HTTP/1.1 only: the server is built without HTTP/2, so a client offering h2 must
+    // not be told it may use it.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,9 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-import httpx
-
-BENCH_DIR = Path(__file__).resolve().parent
+from vs_celery import BENCH_DIR, _ready, free_port, wait_until
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -45,18 +42,10 @@ def machine_busy() -> Tuple[int, int]:
     return fields[3] + fields[4], sum(fields)
 
 
-def wait_until(condition, deadline_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.002)
 
 
 def one_run(binary: str, source: str, tasks: int, work: Path) -> Dict[str, float]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     counter = work / f"counter-{uuid.uuid4().hex}"
     counter.touch()
@@ -111,11 +100,6 @@ def one_run(binary: str, source: str, tasks: int, work: Path) -> Dict[str, float
         server.wait(60)
 
 
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def main() -> None:

@@ -233,9 +233,11 @@ impl ResourceManager {
         self.workers[worker_key].heartbeat_deadline = now.after(self.config.heartbeat_timeout);
         self.arm_heartbeat(worker_key);
         if self.unclaimed.contains_key(&id) {
+            // What it runs, what it reports, and what another poll reports.
             let listed: Vec<(JobId, FencingToken)> = poll
                 .running
                 .iter()
+                .chain(&poll.ending)
                 .copied()
                 .chain(poll.finished.iter().map(|r| (r.job, r.token)))
                 .collect();

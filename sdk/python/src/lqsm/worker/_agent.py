@@ -163,6 +163,11 @@ class Agent:
         # came: one of those may still bring a lower number, and acknowledging the
         # higher one first would make the server count that answer's attempts as lost.
         self.polls_sent = 0
+        # Registrations made so far: a poll sent under an earlier one brings an answer
+        # numbered in the old count, which must not move `ack` nor start anything.
+        self.epoch = 0
+        # The registration under way, which every poll told to register again awaits.
+        self.registering: "Optional[asyncio.Task[None]]" = None
         self.outstanding: "set[int]" = set()
         self.unconfirmed: List[Tuple[int, "frozenset[int]"]] = []
         self.ack = 0
@@ -203,14 +208,15 @@ class Agent:
     # -- registration -----------------------------------------------------------------
 
     async def register(self) -> None:
-        body = {
+        offered = self.protocol
+        body: Dict[str, Any] = {
             "id": self.id,
             "name": self.name,
             "capacity": self.capacity,
             "labels": self.labels,
             "serves_commands": False,
             "handlers": sorted(self.tasks),
-            "protocol": self.protocol,
+            "protocol": offered,
         }
         if self.queues:
             body["queues"] = self.queues
@@ -233,19 +239,22 @@ class Agent:
                     )
                 self.ack = 0
                 self.unconfirmed.clear()
+                self.epoch += 1
                 self.failures = 0
                 self.last_contact = time.monotonic()
                 log.info("registered at %s as %s (%s)", self.url, self.id, self.hostname)
                 return
-            if self.protocol > 3 and api_error(response).code == "incompatible_protocol":
-                self.protocol -= 1
+            if offered > 3 and api_error(response).code == "incompatible_protocol":
+                # From what this request offered: concurrent refusals step down once each.
+                offered -= 1
+                self.protocol = min(self.protocol, offered)
                 log.warning(
                     "the server speaks an older protocol (%s): this worker falls back to version %d: %s",
                     api_error(response).message,
                     self.protocol,
                     FALLBACKS[self.protocol],
                 )
-                body["protocol"] = self.protocol
+                body["protocol"] = offered
                 continue
             self._check_fatal(response)
             log.warning("registration answered %d; trying again", response.status_code)
@@ -310,6 +319,9 @@ class Agent:
             await self.register()
             await self._serve()
         finally:
+            for task in [*asyncio.all_tasks()]:
+                if task is not asyncio.current_task():
+                    task.cancel()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
             self.pool.close()
@@ -351,7 +363,7 @@ class Agent:
                 wait = 0.0 if self._uncarried() or self.stopping and not self.attempts else self.long_poll_wait()
                 poll = asyncio.create_task(self._poll(wait))
                 poll_sent, poll_waits = time.monotonic(), wait > 0
-            elif not poll_waits and beside is None and self.protocol >= 5 and self._uncarried():
+            elif not poll_waits and beside is None and self._may_pipeline():
                 if time.monotonic() - poll_sent >= PIPELINE_AFTER:
                     beside = asyncio.create_task(self._poll(0.0))
                     beside_sent = time.monotonic()
@@ -364,7 +376,7 @@ class Agent:
                 cut_at = poll_sent + CUT_SHORT_AFTER - time.monotonic()
                 timeout = cut_at if timeout is None else min(timeout, cut_at)
                 timeout = max(0.0, timeout)
-            elif not poll_waits and beside is None and self.protocol >= 5 and self._uncarried():
+            elif not poll_waits and beside is None and self._may_pipeline():
                 beside_at = max(0.0, poll_sent + PIPELINE_AFTER - time.monotonic())
                 timeout = beside_at if timeout is None else min(timeout, beside_at)
             waiting = {poll, waiter} if beside is None else {poll, waiter, beside}
@@ -394,6 +406,13 @@ class Agent:
                 wait = 0.0 if self.stopping else self.long_poll_wait()
                 poll = asyncio.create_task(self._poll(wait))
                 poll_sent, poll_waits = time.monotonic(), wait > 0
+
+    def _may_pipeline(self) -> bool:
+        """Whether a second reporting poll may go out beside the current one: the
+        server takes `ending` (protocol 5), no registration is under way, and some
+        report is on no poll's way yet."""
+        registering = self.registering is not None and not self.registering.done()
+        return self.protocol >= 5 and not registering and self._uncarried()
 
     def _uncarried(self) -> bool:
         """Whether some report is on no poll's way yet."""
@@ -434,12 +453,14 @@ class Agent:
             "ack": self._acknowledged(),
             "wait_ms": int(wait * 1000),
         }
-        if self.carrying and self.protocol >= 5:
-            # Reports on their way in another poll, which this one may overtake.
+        if self.protocol >= 5 and len(carried) < len(self.reports):
+            # Ended attempts whose reports this poll does not carry: on their way in
+            # another poll (which this one may overtake), or left for the next one by
+            # the size limit. Neither running nor lost.
             body["ending"] = [
-                {"job": self.reports[key]["job"], "token": self.reports[key]["token"]}
-                for key in self.carrying
-                if key in self.reports
+                {"job": report["job"], "token": report["token"]}
+                for key, report in self.reports.items()
+                if key not in carried
             ]
         sent_at = time.monotonic()
         self.summary["polls"] += 1
@@ -448,26 +469,45 @@ class Agent:
         self.outstanding.add(number)
         self.carrying.update(carried)
         try:
-            await self._polled(number, body, carried, wait, sent_at)
+            await self._polled(number, body, carried, wait, sent_at, self.epoch)
         finally:
             self.outstanding.discard(number)
             self.carrying.difference_update(carried)
 
     async def _polled(
-        self, number: int, body: Dict[str, Any], carried: Dict[str, Dict[str, Any]], wait: float, sent_at: float
+        self,
+        number: int,
+        body: Dict[str, Any],
+        carried: Dict[str, Dict[str, Any]],
+        wait: float,
+        sent_at: float,
+        epoch: int,
     ) -> None:
+        url = self.url
         try:
             response = await self.client.post(
-                f"{self.url}/v1/workers/{self.id}/poll", body, timeout=self.request_timeout + wait
+                f"{url}/v1/workers/{self.id}/poll", body, timeout=self.request_timeout + wait
             )
         except TransportError as e:
-            log.warning("cannot reach %s (%s: %s); attempts carry on", self.url, type(e).__name__, e)
-            self._next_url()
+            log.warning("cannot reach %s (%s: %s); attempts carry on", url, type(e).__name__, e)
+            # Two polls failing together move on once, not back and forth.
+            if self.url == url:
+                self._next_url()
             await self._backoff()
             return
         if response.status_code == 409 and api_error(response).code == "register_again":
-            log.info("the server does not know this worker (it restarted, or took it for lost): registering again")
-            await self.register()
+            if epoch == self.epoch:
+                if self.registering is None or self.registering.done():
+                    log.info(
+                        "the server does not know this worker (it restarted, or took it for lost): registering again"
+                    )
+                    self.registering = asyncio.create_task(self.register())
+                await asyncio.shield(self.registering)
+            return
+        if epoch != self.epoch:
+            # Answered under an earlier registration: its numbering is over, and what it
+            # assigned was counted lost when this worker registered again without it.
+            log.debug("an answer from before registering again is dropped")
             return
         if not response.is_success:
             self._check_fatal(response)

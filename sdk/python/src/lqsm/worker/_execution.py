@@ -300,7 +300,11 @@ def finish(prepared: Prepared, value: Any) -> Outcome:
     try:
         size = len(value) if isinstance(value, str) else 0
         if not (value is None or type(value) in (str, int, bool)):
-            size = len(json.dumps(value, allow_nan=False))
+            encoded = json.dumps(value, allow_nan=False)
+            size = len(encoded)
+            # Plain JSON values from here on (a dict subclass or a tuple becomes a dict
+            # or a list): what crosses to the worker and the server is what JSON carries.
+            value = json.loads(encoded)
     except (TypeError, ValueError) as e:
         message = (
             f"the task `{prepared.task.name}` returned what JSON cannot carry ({e}): "

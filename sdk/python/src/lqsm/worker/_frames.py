@@ -7,11 +7,14 @@ worker is ever unpickled (the job's arguments came as JSON and stay JSON-shaped)
 
 from __future__ import annotations
 
+import logging
 import pickle
 import struct
 from typing import Any, BinaryIO, List, Optional
 
 _LENGTH = struct.Struct(">I")
+
+log = logging.getLogger("lqsm.worker")
 
 
 def encode(message: Any) -> bytes:
@@ -38,9 +41,11 @@ class Decoder:
         self.buffer = bytearray()
 
     def feed(self, chunk: bytes) -> List[Any]:
+        """The messages completed by `chunk`; one that cannot be read is logged and
+        skipped, never left to block those after it."""
         buffer = self.buffer
         buffer += chunk
-        messages = []
+        bodies = []
         at = 0
         end = len(buffer)
         while end - at >= _LENGTH.size:
@@ -48,7 +53,13 @@ class Decoder:
             if end - at - _LENGTH.size < size:
                 break
             start = at + _LENGTH.size
-            messages.append(pickle.loads(buffer[start : start + size]))
+            bodies.append(bytes(buffer[start : start + size]))
             at = start + size
         del buffer[:at]
+        messages = []
+        for body in bodies:
+            try:
+                messages.append(pickle.loads(body))
+            except Exception:  # noqa: BLE001 (a bug in a child must not wedge the pipe)
+                log.exception("a message from a child process could not be read; it is dropped")
         return messages
