@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Awaitable, Callable, Dict, List, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Tuple
 
 import pytest
 
@@ -200,3 +200,49 @@ def test_registration_falls_back_to_the_servers_protocol(newest: int, expected: 
 
     serve(handler, check)
     assert offered == list(range(5, expected - 1, -1))
+
+
+def test_a_server_that_refuses_ending_makes_the_worker_speak_4_and_lose_no_report() -> None:
+    """An older server took over (a rolling upgrade): it refuses the field `ending`
+    by name; the worker speaks protocol 4 from then on and carries every report."""
+    polls: List[Dict[str, Any]] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                _, _, body = await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            poll = json.loads(body)
+            polls.append(poll)
+            if "ending" in poll:
+                status = b"400 Bad Request"
+                answer = json.dumps(
+                    {"error": {"code": "unknown_field", "message": "ending: unknown field `ending`", "field": "ending"}}
+                ).encode()
+            else:
+                status = b"200 OK"
+                answer = json.dumps({"seq": 0, "assignments": [], "kill": [], "refused": []}).encode()
+            writer.write(b"HTTP/1.1 %s\r\ncontent-length: %d\r\n\r\n%s" % (status, len(answer), answer))
+            await writer.drain()
+
+    def report(job: str) -> Dict[str, object]:
+        return {"job": job, "token": 1, "result": {"type": "succeeded", "result": None}, "logs": None,
+                "started_at_ms": 1}
+
+    async def check(url: str) -> None:
+        agent = Agent({}, ThreadPool(1, 1.0), [url], None, "w", 1.0, 64, {})
+        assert agent.protocol == 5
+        # One report is on its way in another poll, one is new.
+        agent.reports = {"a:1": report("a"), "b:1": report("b")}
+        agent.carrying = {"a:1"}
+        await agent._poll(0.0)
+        assert agent.protocol == 4
+        assert set(agent.reports) == {"a:1", "b:1"}, "nothing refused is forgotten"
+        await agent._poll(0.0)
+        await agent.client.aclose()
+
+    serve(handler, check)
+    assert [p.get("ending") for p in polls] == [[{"job": "a", "token": 1}], None]
+    assert [r["job"] for r in polls[0]["finished"]] == ["b"]
+    assert sorted(r["job"] for r in polls[1]["finished"]) == ["a", "b"]

@@ -434,7 +434,10 @@ class Agent:
         carried: Dict[str, Dict[str, Any]] = {}
         size = 0
         for key, report in self.reports.items():
-            if key in self.carrying:
+            if key in self.carrying and self.protocol >= 5:
+                # On its way in another poll, and named in `ending` here. Below
+                # version 5 it is carried again, in case this poll arrives first (the
+                # server refuses the second copy).
                 continue
             size += self.report_sizes.get(key, 0)
             if carried and size > POLL_REPORT_BYTES:
@@ -510,8 +513,15 @@ class Agent:
             log.debug("an answer from before registering again is dropped")
             return
         if not response.is_success:
+            error = api_error(response)
+            if response.status_code == 400 and error.field == "ending" and self.protocol >= 5:
+                # A server of an older version took over (a rolling upgrade, a
+                # rollback): speak 4 from now on, one reporting poll at a time.
+                log.warning("the server at %s does not take `ending` (%s): speaking protocol 4", url, error)
+                self.protocol = 4
+                return
             self._check_fatal(response)
-            log.warning("poll answered %d (%s); trying again", response.status_code, api_error(response))
+            log.warning("poll answered %d (%s); trying again", response.status_code, error)
             await self._backoff()
             return
         self.failures = 0
