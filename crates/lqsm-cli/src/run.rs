@@ -273,11 +273,7 @@ fn announce(scheme: &'static str) -> impl FnOnce(SocketAddr) {
 pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let config = args.into_config()?;
     let signals = signals();
-    let scheme = if config.tls.enabled() {
-        "https"
-    } else {
-        "http"
-    };
+    let scheme = config.tls.scheme();
     lqsm_server::serve(config, signal_number(signals, 1), announce(scheme))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))
@@ -341,11 +337,7 @@ pub async fn standalone(args: StandaloneArgs, ca_file: Option<PathBuf>) -> anyho
     let worker_ca = ca_file
         .or_else(|| config.tls.ca_file.clone())
         .or_else(|| config.tls.cert_file.clone());
-    let scheme = if config.tls.enabled() {
-        "https"
-    } else {
-        "http"
-    };
+    let scheme = config.tls.scheme();
     let advertise = config.advertise.clone();
     let token = config
         .tokens

@@ -160,8 +160,13 @@ impl Client {
     /// The same client with another limit on ordinary calls (default 30 s). Calls that
     /// wait on the server get their wait on top of a margin, whatever this says.
     pub fn with_request_timeout(self, timeout: Duration) -> Self {
+        self.rebuilt(self.inner.http.clone(), timeout)
+    }
+
+    /// The same servers, token and current server, with this HTTP client and timeout.
+    fn rebuilt(&self, http: reqwest::Client, timeout: Duration) -> Self {
         let inner = Inner {
-            http: self.inner.http.clone(),
+            http,
             bases: self.inner.bases.clone(),
             current: std::sync::atomic::AtomicUsize::new(self.current()),
             shown: self.inner.shown.clone(),
@@ -187,17 +192,7 @@ impl Client {
             return Err(bad("it holds no PEM certificate".into()));
         }
         let http = http_client(&trusted).map_err(|e| bad(e.to_string()))?;
-        let inner = Inner {
-            http,
-            bases: self.inner.bases.clone(),
-            current: std::sync::atomic::AtomicUsize::new(self.current()),
-            shown: self.inner.shown.clone(),
-            auth: self.inner.auth.clone(),
-            timeout: self.inner.timeout,
-        };
-        Ok(Self {
-            inner: Arc::new(inner),
-        })
+        Ok(self.rebuilt(http, self.inner.timeout))
     }
 
     /// The servers' base URLs, as given.

@@ -62,6 +62,11 @@ impl TlsConfig {
         self.cert_file.is_some()
     }
 
+    /// The scheme of the API's URLs: `https` with TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.enabled() { "https" } else { "http" }
+    }
+
     /// Refuses half a setting: a certificate without its key, or a key alone.
     pub fn check(&self) -> Result<(), String> {
         match (&self.cert_file, &self.key_file) {

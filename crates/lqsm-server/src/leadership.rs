@@ -74,11 +74,7 @@ impl Identity {
             .node
             .clone()
             .unwrap_or_else(|| format!("{}:{}", host(), bound.port()));
-        let scheme = if config.tls.enabled() {
-            "https"
-        } else {
-            "http"
-        };
+        let scheme = config.tls.scheme();
         let address = config.advertise.clone().unwrap_or_else(|| {
             if bound.ip().is_unspecified() {
                 format!("{scheme}://{}:{}", host(), bound.port())

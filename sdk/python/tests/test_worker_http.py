@@ -29,6 +29,24 @@ async def read_request(reader: asyncio.StreamReader) -> Tuple[str, Dict[str, str
     return lines[0], headers, body
 
 
+def json_server(respond: Callable[[Dict[str, Any]], Tuple[int, Dict[str, Any]]]) -> Handler:
+    """A connection handler answering each JSON request with `respond(body)`: a status
+    and a JSON body."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                _, _, body = await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            status, answer = respond(json.loads(body))
+            encoded = json.dumps(answer).encode()
+            writer.write(b"HTTP/1.1 %d X\r\ncontent-length: %d\r\n\r\n%s" % (status, len(encoded), encoded))
+            await writer.drain()
+
+    return handler
+
+
 def serve(handler: Handler, check: Callable[[str], Awaitable[None]]) -> None:
     """Runs `check(base_url)` against a server whose connections `handler` serves."""
 
@@ -172,25 +190,13 @@ def test_registration_falls_back_to_the_servers_protocol(newest: int, expected: 
     poll, since `ending` needs 5)."""
     offered: List[int] = []
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                _, _, body = await read_request(reader)
-            except asyncio.IncompleteReadError:
-                return
-            version = json.loads(body)["protocol"]
-            offered.append(version)
-            if version > newest:
-                answer = json.dumps(
-                    {"error": {"code": "incompatible_protocol", "message": f"this server speaks 1 to {newest}",
-                               "field": "protocol"}}
-                ).encode()
-                status = b"400 Bad Request"
-            else:
-                answer = json.dumps({"id": "w", "heartbeat_timeout_ms": 20000}).encode()
-                status = b"200 OK"
-            writer.write(b"HTTP/1.1 %s\r\ncontent-length: %d\r\n\r\n%s" % (status, len(answer), answer))
-            await writer.drain()
+    def respond(registration: Dict[str, Any]) -> Tuple[int, Dict[str, Any]]:
+        version = registration["protocol"]
+        offered.append(version)
+        if version > newest:
+            message = f"this server speaks 1 to {newest}"
+            return 400, {"error": {"code": "incompatible_protocol", "message": message, "field": "protocol"}}
+        return 200, {"id": "w", "heartbeat_timeout_ms": 20000}
 
     async def check(url: str) -> None:
         agent = Agent({}, ThreadPool(1, 1.0), [url], None, "w", 1.0, 64, {})
@@ -198,7 +204,7 @@ def test_registration_falls_back_to_the_servers_protocol(newest: int, expected: 
         assert agent.protocol == expected
         await agent.client.aclose()
 
-    serve(handler, check)
+    serve(json_server(respond), check)
     assert offered == list(range(5, expected - 1, -1))
 
 
@@ -207,24 +213,12 @@ def test_a_server_that_refuses_ending_makes_the_worker_speak_4_and_lose_no_repor
     by name; the worker speaks protocol 4 from then on and carries every report."""
     polls: List[Dict[str, Any]] = []
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                _, _, body = await read_request(reader)
-            except asyncio.IncompleteReadError:
-                return
-            poll = json.loads(body)
-            polls.append(poll)
-            if "ending" in poll:
-                status = b"400 Bad Request"
-                answer = json.dumps(
-                    {"error": {"code": "unknown_field", "message": "ending: unknown field `ending`", "field": "ending"}}
-                ).encode()
-            else:
-                status = b"200 OK"
-                answer = json.dumps({"seq": 0, "assignments": [], "kill": [], "refused": []}).encode()
-            writer.write(b"HTTP/1.1 %s\r\ncontent-length: %d\r\n\r\n%s" % (status, len(answer), answer))
-            await writer.drain()
+    def respond(poll: Dict[str, Any]) -> Tuple[int, Dict[str, Any]]:
+        polls.append(poll)
+        if "ending" in poll:
+            refusal = {"code": "unknown_field", "message": "ending: unknown field `ending`", "field": "ending"}
+            return 400, {"error": refusal}
+        return 200, {"seq": 0, "assignments": [], "kill": [], "refused": []}
 
     def report(job: str) -> Dict[str, object]:
         return {"job": job, "token": 1, "result": {"type": "succeeded", "result": None}, "logs": None,
@@ -242,7 +236,7 @@ def test_a_server_that_refuses_ending_makes_the_worker_speak_4_and_lose_no_repor
         await agent._poll(0.0)
         await agent.client.aclose()
 
-    serve(handler, check)
+    serve(json_server(respond), check)
     assert [p.get("ending") for p in polls] == [[{"job": "a", "token": 1}], None]
     assert [r["job"] for r in polls[0]["finished"]] == ["b"]
     assert sorted(r["job"] for r in polls[1]["finished"]) == ["a", "b"]

@@ -158,16 +158,16 @@ class Agent:
         self.seen: "collections.OrderedDict[str, None]" = collections.OrderedDict()
         # Reports on their way in a poll not yet answered: not carried again meanwhile.
         self.carrying: "set[str]" = set()
-        # Polls sent and not yet answered, by number; and the answers' numbers (`seq`)
-        # processed but not yet acknowledged, with the polls that were out when each
-        # came: one of those may still bring a lower number, and acknowledging the
-        # higher one first would make the server count that answer's attempts as lost.
-        self.polls_sent = 0
         # Registrations made so far: a poll sent under an earlier one brings an answer
         # numbered in the old count, which must not move `ack` nor start anything.
         self.epoch = 0
         # The registration under way, which every poll told to register again awaits.
         self.registering: "Optional[asyncio.Task[None]]" = None
+        # Polls sent and not yet answered, by number; and the answers' numbers (`seq`)
+        # processed but not yet acknowledged, with the polls that were out when each
+        # came: one of those may still bring a lower number, and acknowledging the
+        # higher one first would make the server count that answer's attempts as lost.
+        self.polls_sent = 0
         self.outstanding: "set[int]" = set()
         self.unconfirmed: List[Tuple[int, "frozenset[int]"]] = []
         self.ack = 0
