@@ -218,6 +218,14 @@ impl Bucket {
         self.tat = self.tat.max(nanos(now)) + limit.rate.interval_nanos();
     }
 
+    /// Moves its theoretical arrival time by `by_ms` (later when positive), for a step
+    /// of the wall clock: the bucket keeps what it had spent, measured from the new `now`.
+    pub fn shift(&mut self, by_ms: i64) {
+        self.tat = self
+            .tat
+            .saturating_add_signed(by_ms.saturating_mul(NANOS_PER_MS as i64));
+    }
+
     /// True when the bucket is as full as a new one: forgetting it changes nothing.
     pub fn is_full(&self, now: Timestamp) -> bool {
         self.tat <= nanos(now)

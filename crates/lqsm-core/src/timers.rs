@@ -61,6 +61,11 @@ impl Ord for Entry {
     }
 }
 
+/// `at` moved by `by_ms` milliseconds (later when positive), saturating at both ends.
+pub(crate) fn shifted(at: Timestamp, by_ms: i64) -> Timestamp {
+    Timestamp(at.0.saturating_add_signed(by_ms))
+}
+
 /// A min-heap of timers; ties fire in the order they were set.
 #[derive(Debug, Default)]
 pub(crate) struct Timers {
@@ -89,6 +94,22 @@ impl Timers {
     /// When the earliest timer is due.
     pub fn next_due(&self) -> Option<Timestamp> {
         self.heap.peek().map(|Reverse(e)| e.at)
+    }
+
+    /// Moves every timer `moves` picks by `by_ms` (later when positive), keeping the
+    /// order in which timers of one instant were set. For a step of the wall clock
+    /// (see `ResourceManager::clock_jumped`): rare, so rebuilding the heap is fine.
+    pub fn shift(&mut self, by_ms: i64, mut moves: impl FnMut(&Timer) -> bool) {
+        let entries = std::mem::take(&mut self.heap).into_vec();
+        self.heap = entries
+            .into_iter()
+            .map(|Reverse(mut entry)| {
+                if moves(&entry.timer) {
+                    entry.at = shifted(entry.at, by_ms);
+                }
+                Reverse(entry)
+            })
+            .collect();
     }
 
     #[cfg(test)]
@@ -123,5 +144,25 @@ mod tests {
             Some((_, Timer::PreemptionDue))
         ));
         assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn shifting_moves_only_the_timers_picked_and_keeps_their_order() {
+        let mut t = Timers::default();
+        t.set(Timestamp(100), Timer::PreemptionDue);
+        t.set(Timestamp(100), Timer::Purge(JobKey::default()));
+        t.set(Timestamp(200), Timer::Release(JobKey::default()));
+        t.shift(-150, |timer| !matches!(timer, Timer::Release(_)));
+        assert!(matches!(
+            t.pop_due(Timestamp(0)),
+            Some((Timestamp(0), Timer::PreemptionDue))
+        ));
+        assert!(matches!(
+            t.pop_due(Timestamp(0)),
+            Some((Timestamp(0), Timer::Purge(_)))
+        ));
+        assert_eq!(t.pop_due(Timestamp(199)), None);
+        t.shift(1_000, |_| true);
+        assert_eq!(t.next_due(), Some(Timestamp(1_200)));
     }
 }

@@ -12,6 +12,7 @@
 //! - `rate_limits`: the buckets behind queue, key and handler rate limits;
 //! - `scheduler`: the allocation algorithm (one pass) and preemption.
 
+pub(crate) mod clock;
 pub(crate) mod jobs;
 pub(crate) mod polls;
 pub(crate) mod queues;

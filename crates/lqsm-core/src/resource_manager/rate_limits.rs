@@ -90,6 +90,25 @@ pub(crate) enum Verdict {
 }
 
 impl ResourceManager {
+    /// Moves every bucket by `by_ms` for a step of the wall clock (see `clock_jumped`).
+    pub(crate) fn shift_rate_limit_buckets(&mut self, by_ms: i64) {
+        let shifted = |at: Timestamp| crate::timers::shifted(at, by_ms);
+        self.rate_limits_restored_at = self.rate_limits_restored_at.map(shifted);
+        for cell in self.handler_buckets.values_mut() {
+            cell.bucket.shift(by_ms);
+        }
+        for node in self.queues.iter_mut().flatten() {
+            if let Some(bucket) = &mut node.rate_bucket {
+                bucket.shift(by_ms);
+            }
+            for keys in node.key_buckets.values_mut() {
+                for cell in keys.cells.values_mut() {
+                    cell.bucket.shift(by_ms);
+                }
+            }
+        }
+    }
+
     /// A bucket seen for the first time (see [`new_bucket`]).
     fn new_bucket(&self, limit: &RateLimit) -> Bucket {
         new_bucket(self.rate_limits_restored_at, limit)
