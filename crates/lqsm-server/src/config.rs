@@ -40,6 +40,10 @@ pub struct ServerConfig {
     pub audit_log: Option<PathBuf>,
     /// HTTPS for the API.
     pub tls: TlsConfig,
+    /// Where the scheduler reads the wall clock (not a setting: tests inject one they
+    /// can step).
+    #[serde(skip)]
+    pub wall_clock: crate::resource_manager::WallClock,
 }
 
 /// The `[tls]` section. With `cert_file` and `key_file` the API is served over HTTPS
@@ -96,6 +100,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             audit_log: None,
             tls: TlsConfig::default(),
+            wall_clock: crate::resource_manager::WallClock::default(),
         }
     }
 }

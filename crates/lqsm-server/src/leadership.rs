@@ -363,6 +363,7 @@ async fn lead(
         lease.epoch,
         longest_poll,
         published.clone(),
+        ctx.config.wall_clock.clone(),
     );
     let mut actor = spawned.actor;
     ctx.switch.set(Some(Arc::new(InProcess::new(

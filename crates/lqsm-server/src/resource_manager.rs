@@ -428,15 +428,85 @@ impl Runtime {
     }
 }
 
-/// Milliseconds since the epoch, never going backwards within the process.
+/// Where the server reads the wall clock: milliseconds since the Unix epoch. The system
+/// clock by default; tests give one they can step (`ServerConfig::wall_clock`).
+#[derive(Clone)]
+pub struct WallClock(Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl WallClock {
+    /// The system's clock.
+    pub fn system() -> Self {
+        Self(Arc::new(lqsm_api::epoch_ms))
+    }
+
+    /// A clock that reads `read`.
+    pub fn from_fn(read: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        Self(Arc::new(read))
+    }
+
+    /// What it reads now.
+    pub fn now_ms(&self) -> u64 {
+        (self.0)()
+    }
+}
+
+impl Default for WallClock {
+    fn default() -> Self {
+        Self::system()
+    }
+}
+
+impl std::fmt::Debug for WallClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WallClock")
+    }
+}
+
+/// How far the wall clock may stray from the monotonic count before it is taken to have
+/// been stepped. Both clocks are slewed alike by NTP, so only a step (or a suspended
+/// machine) parts them; the margin only absorbs the gap between the two readings.
+const CLOCK_STEP_THRESHOLD_MS: u64 = 250;
+
+/// The actor's `now`: the wall clock's reading when it was anchored plus the monotonic
+/// time since, so that time passes steadily whatever the wall clock does. When the wall
+/// clock is seen to have stepped away from that count, `now` follows it (calendar
+/// instants keep their meaning) and the step is reported, for the core to move its
+/// liveness deadlines by it (`ResourceManager::clock_jumped`).
 struct Clock {
-    last: u64,
+    wall: WallClock,
+    anchored_ms: u64,
+    anchored_at: Instant,
 }
 
 impl Clock {
-    fn now(&mut self) -> Timestamp {
-        self.last = self.last.max(lqsm_api::epoch_ms());
-        Timestamp(self.last)
+    fn new(wall: WallClock) -> Self {
+        let anchored_ms = wall.now_ms();
+        Self {
+            wall,
+            anchored_ms,
+            anchored_at: Instant::now(),
+        }
+    }
+
+    /// The monotonic count, without looking at the wall clock.
+    fn counted(&self) -> Timestamp {
+        let elapsed = u64::try_from(self.anchored_at.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Timestamp(self.anchored_ms.saturating_add(elapsed))
+    }
+
+    /// Now, with the step the wall clock took since the last reading (ms, forward when
+    /// positive) if it took one.
+    fn now(&mut self) -> (Timestamp, Option<i64>) {
+        let counted = self.counted();
+        let wall = self.wall.now_ms();
+        if wall.abs_diff(counted.0) <= CLOCK_STEP_THRESHOLD_MS {
+            return (counted, None);
+        }
+        let step = i64::try_from(i128::from(wall) - i128::from(counted.0))
+            .unwrap_or(if wall > counted.0 { i64::MAX } else { i64::MIN });
+        self.anchored_ms = wall;
+        self.anchored_at = Instant::now();
+        (Timestamp(wall), Some(step))
     }
 }
 
@@ -586,6 +656,7 @@ pub fn spawn(
     epoch: Epoch,
     longest_poll: Duration,
     published: Published,
+    wall: WallClock,
 ) -> Spawned {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut rm = rm;
@@ -596,7 +667,7 @@ pub fn spawn(
         rm,
         store,
         rx,
-        clock: Clock { last: 0 },
+        clock: Clock::new(wall),
         waiting_polls: HashMap::new(),
         next_ticket: 0,
         waiting_jobs: HashMap::new(),
@@ -717,7 +788,9 @@ impl Actor {
     fn next_wake(&self) -> Instant {
         let mut wake = Instant::now() + Duration::from_secs(1);
         if let Some(at) = self.rm.next_timer() {
-            let now = wall_clock();
+            // By the monotonic count: a step of the wall clock not yet seen delays a
+            // calendar timer by at most the one-second wake.
+            let now = self.clock.counted();
             // Timers due within one granule fire together, in one batch and one commit:
             // thousands of schedules, heartbeats or retries spread over a second cost a
             // hundred wakes, not thousands.
@@ -737,7 +810,15 @@ impl Actor {
     /// Applies a batch of commands to the core, runs the timers and a scheduling pass, and
     /// says what to write and, once it is durable, what to answer.
     fn apply(&mut self, batch: Vec<Command>) -> Applied {
-        let now = self.clock.now();
+        let (now, stepped) = self.clock.now();
+        if let Some(by_ms) = stepped {
+            tracing::warn!(
+                by_ms,
+                "the wall clock stepped; heartbeat, timeout, backoff and rate-limit deadlines move with it, ETAs and schedules follow the wall clock"
+            );
+            metrics::counter!("lqsm_clock_steps_total").increment(1);
+            self.rm.clock_jumped(by_ms);
+        }
         let mut replies = Vec::new();
         let mut job_waits = Vec::new();
         let mut payloads = Vec::new();
