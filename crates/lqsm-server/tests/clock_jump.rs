@@ -355,7 +355,7 @@ async fn jobs_survive_a_step_of(step_ms: i64) {
     };
 
     let mut declared_lost = 0;
-    let mut attempts = HashMap::new();
+    let mut outcomes = std::collections::BTreeMap::new();
     for (n, id) in acknowledged.iter().copied().chain([(HANGING_JOB, hang)]) {
         let view = view(&client, id).await;
         // The dead worker's attempt is lost by its death, not by the step.
@@ -364,7 +364,10 @@ async fn jobs_survive_a_step_of(step_ms: i64) {
             .iter()
             .filter(|a| a.outcome == Some(api::AttemptOutcome::Lost) && n != ORPHAN_JOB)
             .count();
-        attempts.insert(n, view.attempts);
+        outcomes.insert(
+            n,
+            view.attempts.iter().map(|a| a.outcome).collect::<Vec<_>>(),
+        );
     }
     let lost = acknowledged
         .iter()
@@ -385,13 +388,16 @@ async fn jobs_survive_a_step_of(step_ms: i64) {
     );
     assert_eq!(
         declared_lost, 0,
-        "attempts declared lost because of the step: {attempts:?}"
+        "attempts declared lost because of the step: attempt outcomes by job: {outcomes:?}"
     );
     assert_eq!(
         lost, 0,
-        "acknowledged jobs that never completed: {attempts:?}"
+        "acknowledged jobs that never completed: attempt outcomes by job: {outcomes:?}"
     );
-    assert_eq!(completed_twice, 0, "jobs completed twice: {attempts:?}");
+    assert_eq!(
+        completed_twice, 0,
+        "jobs completed twice: attempt outcomes by job: {outcomes:?}"
+    );
     let timeout_after = timeout_after.expect("the hanging job timed out");
     assert_eq!(
         hang_view.attempts.last().and_then(|a| a.outcome),
@@ -407,18 +413,16 @@ async fn jobs_survive_a_step_of(step_ms: i64) {
         "the dead worker's job ran again"
     );
     assert!(flaky_done.is_some(), "the job that failed once ran again");
-    let outcomes = |n: u64| -> Vec<Option<api::AttemptOutcome>> {
-        attempts[&n].iter().map(|a| a.outcome).collect()
-    };
+    let outcomes_of = |n: u64| outcomes[&n].clone();
     assert_eq!(
-        outcomes(ORPHAN_JOB),
+        outcomes_of(ORPHAN_JOB),
         [
             Some(api::AttemptOutcome::Lost),
             Some(api::AttemptOutcome::Succeeded)
         ]
     );
     assert_eq!(
-        outcomes(FLAKY_JOB),
+        outcomes_of(FLAKY_JOB),
         [
             Some(api::AttemptOutcome::Failed),
             Some(api::AttemptOutcome::Succeeded)
@@ -426,7 +430,7 @@ async fn jobs_survive_a_step_of(step_ms: i64) {
     );
     for n in (0..SLEEPERS).chain([ETA_JOB]) {
         assert_eq!(
-            outcomes(n),
+            outcomes_of(n),
             [Some(api::AttemptOutcome::Succeeded)],
             "job {n}"
         );
