@@ -1224,6 +1224,38 @@ mod tests {
     use lqsm_store::{EmbeddedStore, JobFilter, JobQuery, Order};
     use std::collections::BTreeMap;
 
+    /// The clock counts on the monotonic clock, says nothing of a wall clock that strays
+    /// by less than the threshold, and follows and reports a step either way.
+    #[test]
+    fn the_clock_follows_and_reports_a_step_of_the_wall_clock_and_nothing_less() {
+        use std::sync::atomic::{AtomicI64, Ordering};
+        let offset = Arc::new(AtomicI64::new(0));
+        let read = offset.clone();
+        let start = lqsm_api::epoch_ms();
+        // A wall clock that stands still unless stepped: all the time that passes is
+        // the monotonic clock's.
+        let mut clock = Clock::new(WallClock::from_fn(move || {
+            start.saturating_add_signed(read.load(Ordering::SeqCst))
+        }));
+        let (now, stepped) = clock.now();
+        assert_eq!(stepped, None);
+        assert!(now.0 >= start && now.0 <= start + CLOCK_STEP_THRESHOLD_MS);
+        offset.store(-200, Ordering::SeqCst);
+        assert_eq!(clock.now().1, None, "200 ms is within the threshold");
+        offset.store(600_000, Ordering::SeqCst);
+        let (now, stepped) = clock.now();
+        let by = stepped.expect("a step forward");
+        assert!((599_000..=600_000).contains(&by), "{by}");
+        assert_eq!(now.0, start + 600_000);
+        assert_eq!(clock.now().1, None, "re-anchored: told once");
+        offset.store(-600_000, Ordering::SeqCst);
+        let (now, stepped) = clock.now();
+        let by = stepped.expect("a step back");
+        assert!((-1_201_000..=-1_199_000).contains(&by), "{by}");
+        assert_eq!(now.0, start - 600_000);
+        assert!(clock.counted() >= now);
+    }
+
     /// Jobs per (queue, state) as the core holds them.
     fn core_counts(rm: &ResourceManager) -> BTreeMap<(String, String), u64> {
         let mut counts = BTreeMap::new();
