@@ -404,8 +404,10 @@ async fn jobs_survive_a_step_of(step_ms: i64) {
         Some(api::AttemptOutcome::TimedOut),
         "{hang_view:?}"
     );
+    // The server counts from the assignment, a little before the job starts: a second
+    // of slack for a slow hand-over, far from a timeout fired at the step.
     assert!(
-        timeout_after >= TIMEOUT - Duration::from_millis(100),
+        timeout_after >= TIMEOUT - Duration::from_secs(1),
         "the {TIMEOUT:?} timeout fired after {timeout_after:?}, at the step"
     );
     assert!(
