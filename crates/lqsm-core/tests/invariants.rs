@@ -1420,6 +1420,13 @@ impl World {
                 }
                 served = parent;
             }
+            // A pass starts nothing under a drain or past a leaf's running limit.
+            prop_assert!(
+                at.servable(tree, m.leaf),
+                "the pass started {} in {}, which may not start anything",
+                m.job,
+                tree.nodes[&m.leaf].path
+            );
             // The decision made: its resources are taken.
             let mut q = Some(m.leaf);
             while let Some(id) = q {
@@ -1458,7 +1465,7 @@ impl World {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(96), max_shrink_iters: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(192), max_shrink_iters: 2000, ..ProptestConfig::default() })]
 
     /// Under any sequence of commands: no worker is over-committed, no queue that
     /// receives work passes its ceiling, an attempt is handed only to its worker and
