@@ -153,7 +153,6 @@ struct Reach {
     endings: u64,
     late_requests: u64,
     answers_out_of_order: u64,
-    stale_requests: u64,
 }
 
 impl Reach {
@@ -163,7 +162,6 @@ impl Reach {
         self.endings += run.endings;
         self.late_requests += run.late_requests;
         self.answers_out_of_order += run.answers_out_of_order;
-        self.stale_requests += run.stale_requests;
     }
 }
 
@@ -325,8 +323,7 @@ impl World {
             return; // the process that sent it is gone
         };
         let Some(out) = worker.out.iter_mut().find(|p| p.number == request.number) else {
-            self.reach.stale_requests += 1;
-            return; // it gave up on this poll, or registered again since
+            return; // it gave up on this poll
         };
         if faults && self.rng.chance(0.05) {
             return; // the answer is lost on its way back
