@@ -184,7 +184,7 @@ impl<'a> PreemptionView<'a> {
         self.facts.request_of(job)
     }
 
-    /// Whether the worker could run jobs with this constraint.
+    /// Whether the worker takes work and could run jobs with this constraint.
     pub fn worker_accepts(&self, worker: WorkerKey, constraint: ConstraintId) -> bool {
         self.facts.worker_accepts(worker, constraint)
     }

@@ -1,7 +1,11 @@
 //! Deterministic simulation: the ResourceManager and several workers that follow
 //! docs/PROTOCOL.md, over simulated time and an unreliable network, with random faults
-//! (lost polls, lost answers, partitions, worker crashes and restarts, server restarts).
-//! Every run is a seed; a failure names its seed and replays from it alone:
+//! (lost polls, lost answers, polls and answers late and out of order, partitions,
+//! worker crashes and restarts, server restarts). Half the workers keep a second poll
+//! out beside the first, as the Python worker does, naming in `ending` (protocol 5) the
+//! attempts whose reports the other carries, and acknowledge an answer only once every
+//! poll out when it arrived is settled. Every run is a seed; a failure names its seed
+//! and replays from it alone:
 //!
 //! ```sh
 //! LQSM_SIM_SEED=1234 cargo test -p lqsm-core --test simulation -- --nocapture
@@ -27,6 +31,9 @@ const STEP: Duration = Duration::from_millis(250);
 const FAULTY_STEPS: u32 = 1200;
 const CALM_STEPS: u32 = 2400;
 const RECLAIM_GRACE: Duration = Duration::from_secs(30);
+/// A poll without an answer this long after it was sent has failed (the worker's
+/// request timeout); an answer later than that is never seen.
+const POLL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A small seeded generator (SplitMix64): the simulation needs nothing more, and its
 /// sequence never changes under it.
@@ -46,6 +53,12 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+    /// How late a late message is: up to three steps, now and then past a poll's
+    /// timeout.
+    fn lateness(&mut self) -> Duration {
+        let most = if self.chance(0.1) { 12 } else { 3 };
+        STEP * (1 + self.below(most) as u32)
+    }
 }
 
 /// When a worker cut off from the server stops its attempts: the heartbeat timeout
@@ -57,31 +70,98 @@ fn fence_after(heartbeat_timeout: Duration) -> Duration {
     heartbeat_timeout - margin
 }
 
-/// A worker as the protocol has it: what it runs, its unconfirmed reports, `ack`.
+/// A worker as the protocol has it: what it runs, its unconfirmed reports, `ack`, and
+/// its polls out.
 struct Worker {
     id: WorkerId,
+    /// This process (a worker back under the same id is another one).
+    process: u64,
+    /// Keeps a second poll out beside the first (protocol 5).
+    pipelined: bool,
     /// Cut off from the server until then: polls and answers are lost.
     cut_until: Timestamp,
     running: BTreeMap<(JobId, FencingToken), Timestamp>,
     reports: BTreeMap<(JobId, FencingToken), ReportedResult>,
     seen: BTreeSet<(JobId, FencingToken)>,
     acked: u64,
+    /// Numbered answers not acknowledged yet, each with the polls that were out when
+    /// it arrived: one of them may still bring a lower number.
+    unacked: Vec<(u64, Vec<u64>)>,
+    out: Vec<PollOut>,
+    next_poll: u64,
     last_contact: Timestamp,
     registered: bool,
 }
 
+/// A poll sent and not yet settled.
+struct PollOut {
+    number: u64,
+    sent_at: Timestamp,
+    /// The reports it carries.
+    carried: Vec<(JobId, FencingToken)>,
+    /// Its answer and when it reaches the worker, once the server took the poll.
+    answer: Option<(Timestamp, Result<PollAnswer, WorkerError>)>,
+}
+
+/// A poll on its way to the server.
+struct Request {
+    arrives_at: Timestamp,
+    worker: WorkerId,
+    process: u64,
+    number: u64,
+    poll: WorkerPoll,
+}
+
 impl Worker {
-    fn new(id: WorkerId, now: Timestamp) -> Self {
+    fn new(id: WorkerId, process: u64, pipelined: bool, now: Timestamp) -> Self {
         Self {
             id,
+            process,
+            pipelined,
             cut_until: now,
             running: BTreeMap::new(),
             reports: BTreeMap::new(),
             seen: BTreeSet::new(),
             acked: 0,
+            unacked: Vec::new(),
+            out: Vec::new(),
+            next_poll: 0,
             last_contact: now,
             registered: false,
         }
+    }
+
+    /// Acknowledges every answer whose number no poll still out can undercut.
+    fn settle_acks(&mut self) {
+        let out: Vec<u64> = self.out.iter().map(|p| p.number).collect();
+        let acked = &mut self.acked;
+        self.unacked.retain(|(seq, waiting)| {
+            let settled = waiting.iter().all(|p| !out.contains(p));
+            if settled {
+                *acked = (*acked).max(*seq);
+            }
+            !settled
+        });
+    }
+}
+
+/// What the runs reached, printed for the record.
+#[derive(Default, Debug)]
+struct Reach {
+    polls: u64,
+    second_polls: u64,
+    endings: u64,
+    late_requests: u64,
+    answers_out_of_order: u64,
+}
+
+impl Reach {
+    fn add(&mut self, run: &Reach) {
+        self.polls += run.polls;
+        self.second_polls += run.second_polls;
+        self.endings += run.endings;
+        self.late_requests += run.late_requests;
+        self.answers_out_of_order += run.answers_out_of_order;
     }
 }
 
@@ -92,6 +172,9 @@ struct World {
     submitted: Vec<JobId>,
     fence_after: Duration,
     next_worker: u128,
+    next_process: u64,
+    network: Vec<Request>,
+    reach: Reach,
 }
 
 impl World {
@@ -106,6 +189,9 @@ impl World {
             submitted: Vec::new(),
             fence_after,
             next_worker: 1,
+            next_process: 0,
+            network: Vec::new(),
+            reach: Reach::default(),
         };
         for _ in 0..3 {
             world.add_worker();
@@ -116,7 +202,15 @@ impl World {
     fn add_worker(&mut self) {
         self.next_worker += 1;
         let id = WorkerId(uuid::Uuid::from_u128(self.next_worker | (7 << 100)));
-        self.workers.push(Worker::new(id, self.sim.now));
+        let worker = self.process(id);
+        self.workers.push(worker);
+    }
+
+    /// A new worker process under `id`.
+    fn process(&mut self, id: WorkerId) -> Worker {
+        self.next_process += 1;
+        let pipelined = self.rng.chance(0.5);
+        Worker::new(id, self.next_process, pipelined, self.sim.now)
     }
 
     fn register(&mut self, w: usize) {
@@ -134,15 +228,205 @@ impl World {
             .rm
             .register_worker(registration, self.sim.now)
             .unwrap();
+        trace(format_args!(
+            "{:?} {} (process {}) registers, running {:?}",
+            self.sim.now,
+            worker.id,
+            worker.process,
+            worker.running.keys().map(|(_, t)| t.0).collect::<Vec<_>>()
+        ));
         worker.registered = true;
         worker.acked = 0;
+        // Answers to polls from before are dropped; their requests may still arrive.
+        worker.unacked.clear();
+        worker.out.clear();
         worker.last_contact = self.sim.now;
         self.sim.drain_effects();
+    }
+
+    /// The server takes a poll: applies it, runs the pass that decides its answer, and
+    /// sends the answer back, which may be lost or late.
+    fn serve(&mut self, request: Request, faults: bool) {
+        let now = self.sim.now;
+        let ticket = self.sim.ticket();
+        // What the poll names as running or ending is neither lost nor ended by it.
+        let named: Vec<(JobId, FencingToken)> = request
+            .poll
+            .running
+            .iter()
+            .chain(&request.poll.ending)
+            .copied()
+            .filter(|(job, token)| {
+                self.sim.rm.job(*job).is_some_and(|j| {
+                    j.current_token() == Some(*token)
+                        && j.attempts.last().map(|a| a.worker) == Some(request.worker)
+                })
+            })
+            .collect();
+        let taken =
+            self.sim
+                .rm
+                .long_poll(request.worker, ticket, &request.poll, Duration::ZERO, now);
+        trace(format_args!(
+            "{now:?} server takes poll {} of {} (process {}): ack {:?}, running {:?}, finished {:?}, ending {:?} -> {}",
+            request.number,
+            request.worker,
+            request.process,
+            request.poll.acked,
+            request
+                .poll
+                .running
+                .iter()
+                .map(|(_, t)| t.0)
+                .collect::<Vec<_>>(),
+            request
+                .poll
+                .finished
+                .iter()
+                .map(|r| r.token.0)
+                .collect::<Vec<_>>(),
+            request
+                .poll
+                .ending
+                .iter()
+                .map(|(_, t)| t.0)
+                .collect::<Vec<_>>(),
+            if taken.is_ok() { "ok" } else { "refused" }
+        ));
+        let answer = match taken {
+            Ok(_) => {
+                for (job, token) in &named {
+                    let current = self.sim.rm.job(*job).and_then(|j| j.current_token());
+                    assert_eq!(
+                        current,
+                        Some(*token),
+                        "{now:?}: a poll of {} named attempt {token} of {job} as running or \
+                         ending, and the poll ended it",
+                        request.worker,
+                    );
+                }
+                // The answer comes after the pass that decides it.
+                self.sim.pass();
+                Ok(self
+                    .sim
+                    .answer_to(ticket)
+                    .expect("a poll that does not wait is answered"))
+            }
+            Err(e @ (WorkerError::Unknown(_) | WorkerError::Lost(_))) => Err(e),
+            Err(e) => panic!("poll refused: {e}"),
+        };
+        let Some(worker) = self
+            .workers
+            .iter_mut()
+            .find(|w| w.process == request.process)
+        else {
+            return; // the process that sent it is gone
+        };
+        let Some(out) = worker.out.iter_mut().find(|p| p.number == request.number) else {
+            return; // it gave up on this poll
+        };
+        if faults && self.rng.chance(0.05) {
+            return; // the answer is lost on its way back
+        }
+        let late = if faults && self.rng.chance(0.2) {
+            self.rng.lateness()
+        } else {
+            Duration::ZERO
+        };
+        out.answer = Some((now.after(late), answer));
+    }
+
+    /// The worker takes the answers that reached it, in the order they arrive, and
+    /// gives up on polls whose answer is overdue.
+    fn receive(&mut self, w: usize) {
+        let now = self.sim.now;
+        loop {
+            let worker = &mut self.workers[w];
+            let arrived = worker
+                .out
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.answer.as_ref().is_some_and(|(at, _)| *at <= now))
+                .min_by_key(|(_, p)| p.answer.as_ref().map(|(at, _)| *at))
+                .map(|(i, _)| i);
+            let Some(i) = arrived else { break };
+            let poll = worker.out.remove(i);
+            if worker.out.iter().any(|p| p.number < poll.number) {
+                self.reach.answers_out_of_order += 1;
+            }
+            let Some((_, answer)) = poll.answer else {
+                unreachable!()
+            };
+            let answer = match answer {
+                Ok(answer) => answer,
+                Err(_) => {
+                    // The server restarted or took it for lost: register again, same
+                    // id, running attempts kept (a restarted server reclaims them) —
+                    // once every poll out is settled (see `act`).
+                    worker.registered = false;
+                    worker.unacked.clear();
+                    continue;
+                }
+            };
+            trace(format_args!(
+                "{now:?} {} (process {}) gets answer to poll {}: seq {}, assignments {:?}, kills {:?}",
+                worker.id,
+                worker.process,
+                poll.number,
+                answer.seq,
+                answer
+                    .assignments
+                    .iter()
+                    .map(|a| (a.job, a.token.0))
+                    .collect::<Vec<_>>(),
+                answer.kills.iter().map(|k| k.token.0).collect::<Vec<_>>()
+            ));
+            if poll.sent_at > worker.last_contact {
+                worker.last_contact = poll.sent_at;
+            }
+            for report in &poll.carried {
+                worker.reports.remove(report);
+            }
+            for kill in &answer.kills {
+                worker.running.remove(&(kill.job, kill.token));
+            }
+            if answer.seq > 0 {
+                let waiting = worker.out.iter().map(|p| p.number).collect();
+                worker.unacked.push((answer.seq, waiting));
+            }
+            // Most attempts are short; some outlast the heartbeat timeout, so that a
+            // partition catches them running.
+            for assignment in &answer.assignments {
+                let duration_ms = if self.rng.chance(0.2) {
+                    8_000 + self.rng.below(32_000)
+                } else {
+                    250 + self.rng.below(8_000)
+                };
+                let worker = &mut self.workers[w];
+                let key = (assignment.job, assignment.token);
+                if worker.seen.insert(key) {
+                    worker
+                        .running
+                        .insert(key, now.after(Duration::from_millis(duration_ms)));
+                }
+            }
+            self.workers[w].settle_acks();
+        }
+        let worker = &mut self.workers[w];
+        let before = worker.out.len();
+        worker.out.retain(|p| {
+            now < p.sent_at.after(POLL_TIMEOUT)
+                || p.answer.as_ref().is_some_and(|(at, _)| *at <= now)
+        });
+        if worker.out.len() != before {
+            worker.settle_acks();
+        }
     }
 
     /// One worker's turn: its attempts end, it fences itself if cut off too long, and
     /// it polls.
     fn act(&mut self, w: usize, faults: bool) {
+        self.receive(w);
         let now = self.sim.now;
         let fence_after = self.fence_after;
         let fail = faults && self.rng.chance(0.1);
@@ -175,76 +459,110 @@ impl World {
         }
         let cut = now < worker.cut_until;
         if !worker.registered {
+            // A poll still out could reach the server after the registration and be
+            // taken for one of the new registration, which decides the reclaim of what
+            // it runs and which of its attempts are lost from a list made before:
+            // nothing in a poll says which registration it belongs to. So a worker
+            // registers again only once every poll out is answered or has failed.
+            if !worker.out.is_empty() {
+                return;
+            }
             if !(cut || faults && self.rng.chance(0.2)) {
                 self.register(w);
             }
             return;
         }
+        let most_out = if worker.pipelined { 2 } else { 1 };
+        if worker.out.len() >= most_out {
+            return;
+        }
+        // Reports another poll out carries are named as ending (protocol 5); the rest
+        // go in this one.
+        let carried_elsewhere: BTreeSet<(JobId, FencingToken)> = worker
+            .out
+            .iter()
+            .flat_map(|p| p.carried.iter().copied())
+            .collect();
+        let finished: Vec<AttemptReport> = worker
+            .reports
+            .iter()
+            .filter(|(key, _)| !carried_elsewhere.contains(key))
+            .map(|(&(job, token), result)| AttemptReport {
+                job,
+                token,
+                result: result.clone(),
+                started_at: None,
+            })
+            .collect();
+        let ending: Vec<(JobId, FencingToken)> = worker
+            .reports
+            .keys()
+            .filter(|key| carried_elsewhere.contains(key))
+            .copied()
+            .collect();
         let poll = WorkerPoll {
             running: worker.running.keys().copied().collect(),
-            finished: worker
-                .reports
-                .iter()
-                .map(|(&(job, token), result)| AttemptReport {
-                    job,
-                    token,
-                    result: result.clone(),
-                    started_at: None,
-                })
-                .collect(),
+            finished,
             acked: Some(worker.acked),
-            ending: Vec::new(),
+            ending,
             progress: Vec::new(),
+        };
+        worker.next_poll += 1;
+        let number = worker.next_poll;
+        self.reach.polls += 1;
+        if !worker.out.is_empty() {
+            self.reach.second_polls += 1;
+        }
+        if !poll.ending.is_empty() {
+            self.reach.endings += 1;
+        }
+        worker.out.push(PollOut {
+            number,
+            sent_at: now,
+            carried: poll.finished.iter().map(|r| (r.job, r.token)).collect(),
+            answer: None,
+        });
+        let request = Request {
+            arrives_at: now,
+            worker: worker.id,
+            process: worker.process,
+            number,
+            poll,
         };
         if cut || (faults && self.rng.chance(0.05)) {
             return; // the poll is lost on its way
         }
-        let id = worker.id;
-        let ticket = self.sim.ticket();
-        match self
-            .sim
-            .rm
-            .long_poll(id, ticket, &poll, Duration::ZERO, now)
-        {
-            Ok(_) => {}
-            Err(WorkerError::Unknown(_) | WorkerError::Lost(_)) => {
-                // The server restarted or took it for lost: register again, same id,
-                // running attempts kept (a restarted server reclaims them).
-                self.workers[w].registered = false;
-                return;
+        if faults && self.rng.chance(0.15) {
+            // Late: it reaches the server after polls sent after it.
+            self.reach.late_requests += 1;
+            // Within the poll's timeout: a request the worker gave up on (its
+            // connection closed) no longer reaches the server.
+            let late = STEP * (1 + self.rng.below(3) as u32);
+            self.network.push(Request {
+                arrives_at: now.after(late),
+                ..request
+            });
+            return;
+        }
+        self.serve(request, faults);
+        self.receive(w);
+    }
+
+    /// Polls whose time on the wire is over reach the server.
+    fn deliver(&mut self, faults: bool) {
+        let now = self.sim.now;
+        let mut due = Vec::new();
+        let mut i = 0;
+        while i < self.network.len() {
+            if self.network[i].arrives_at <= now {
+                due.push(self.network.swap_remove(i));
+            } else {
+                i += 1;
             }
-            Err(e) => panic!("poll refused: {e}"),
         }
-        // The answer comes after the pass that decides it.
-        self.sim.pass();
-        let answer = self.sim.answer_to(ticket);
-        if faults && self.rng.chance(0.05) {
-            return; // the answer is lost on its way back
-        }
-        let Some(answer) = answer else { return };
-        // Most attempts are short; some outlast the heartbeat timeout, so that a
-        // partition catches them running.
-        let duration_ms = if self.rng.chance(0.2) {
-            8_000 + self.rng.below(32_000)
-        } else {
-            250 + self.rng.below(8_000)
-        };
-        let worker = &mut self.workers[w];
-        worker.last_contact = now;
-        for report in &poll.finished {
-            worker.reports.remove(&(report.job, report.token));
-        }
-        for kill in &answer.kills {
-            worker.running.remove(&(kill.job, kill.token));
-        }
-        worker.acked = worker.acked.max(answer.seq);
-        for assignment in &answer.assignments {
-            let key = (assignment.job, assignment.token);
-            if worker.seen.insert(key) {
-                worker
-                    .running
-                    .insert(key, now.after(Duration::from_millis(duration_ms)));
-            }
+        due.sort_by_key(|r| (r.arrives_at, r.process, r.number));
+        for request in due {
+            self.serve(request, faults);
         }
     }
 
@@ -266,7 +584,7 @@ impl World {
             ));
             self.workers.remove(w);
             if same_id {
-                let mut back = Worker::new(old, now);
+                let mut back = self.process(old);
                 back.cut_until = now.after(Duration::from_secs(self.rng.below(30)));
                 self.workers.push(back);
             } else {
@@ -296,6 +614,7 @@ impl World {
         if faults {
             self.faults();
         }
+        self.deliver(faults);
         for w in 0..self.workers.len() {
             self.act(w, faults);
             self.check_one_runner();
@@ -315,7 +634,10 @@ impl World {
             }
         }
         if let Some((job, n)) = runners.iter().find(|(_, n)| **n > 1) {
-            panic!("job {job} runs on {n} workers at once");
+            panic!(
+                "job {job} runs on {n} workers at once: {:?}",
+                self.sim.rm.job_record(*job).map(|r| r.attempts)
+            );
         }
     }
 }
@@ -327,7 +649,7 @@ fn trace(what: std::fmt::Arguments) {
     }
 }
 
-fn run(seed: u64) {
+fn run(seed: u64) -> Reach {
     let mut world = World::new(seed);
     for _ in 0..FAULTY_STEPS {
         world.step(true);
@@ -375,28 +697,41 @@ fn run(seed: u64) {
             "job {id} ended {state:?} with {attempts} of its 20 attempts used"
         );
     }
+    world.reach
 }
 
 #[test]
 fn invariants_hold_across_seeds() {
     if let Ok(seed) = std::env::var("LQSM_SIM_SEED") {
-        run(seed.parse().expect("LQSM_SIM_SEED is a number"));
+        let reach = run(seed.parse().expect("LQSM_SIM_SEED is a number"));
+        eprintln!("{reach:?}");
         return;
     }
     let seeds: u64 = std::env::var("LQSM_SIM_SEEDS")
         .ok()
         .map(|n| n.parse().expect("LQSM_SIM_SEEDS is a number"))
         .unwrap_or(2000);
+    let mut reach = Reach::default();
     for seed in 0..seeds {
-        if let Err(panic) = std::panic::catch_unwind(|| run(seed)) {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            panic!(
-                "seed {seed} failed: {message}\nreplay: LQSM_SIM_SEED={seed} cargo test -p lqsm-core --test simulation"
-            );
+        match std::panic::catch_unwind(|| run(seed)) {
+            Ok(run) => reach.add(&run),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                panic!(
+                    "seed {seed} failed: {message}\nreplay: LQSM_SIM_SEED={seed} cargo test -p lqsm-core --test simulation"
+                );
+            }
         }
     }
+    eprintln!("{seeds} seeds: {reach:?}");
+    // The runs must reach what they claim to test.
+    assert!(reach.second_polls > 0 && reach.endings > 0, "{reach:?}");
+    assert!(
+        reach.late_requests > 0 && reach.answers_out_of_order > 0,
+        "{reach:?}"
+    );
 }

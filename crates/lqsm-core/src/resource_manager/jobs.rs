@@ -305,7 +305,15 @@ impl ResourceManager {
         if was_empty {
             self.refresh_up(queue);
         }
-        if was_empty || front {
+        // A job ranked ahead of the others (a higher priority) is the new head too: a
+        // ceiling mark made for the old head must not hold it back.
+        let jobs = &self.jobs;
+        let first = self.queues[queue.0 as usize]
+            .as_mut()
+            .expect("a ready job's leaf is live")
+            .ready
+            .head(|k| jobs.get(k).is_some_and(|j| j.waiting == Waiting::Ready));
+        if was_empty || front || first == Some(key) {
             self.head_changed(queue);
         }
         self.dirty = true;

@@ -578,7 +578,8 @@ impl ResourceManager {
     }
 
     /// The core's own rules for a victim, whatever the policy proposed: the attempt is
-    /// current, on a worker that can run the starved queue's job, in a queue that is
+    /// current, on a worker that takes work (what a draining one frees goes to no one)
+    /// and can run the starved queue's job, in a queue that is
     /// not the starved one, and no queue on its path opted out or would drop below its
     /// guarantee. That holds for shared ancestors of the starved queue too: the freed
     /// resources may go to a needier queue elsewhere, so an ancestor must afford them.
@@ -598,7 +599,7 @@ impl ResourceManager {
         let Some(worker) = job.worker.and_then(|w| self.workers.get(w)) else {
             return false;
         };
-        if !self.index.class_accepts(worker.class, constraint) {
+        if worker.indexed.is_none() || !self.index.class_accepts(worker.class, constraint) {
             return false;
         }
         let request = &job.spec.request;
@@ -686,6 +687,6 @@ impl PreemptionFacts for ResourceManager {
     fn worker_accepts(&self, worker: WorkerKey, constraint: ConstraintId) -> bool {
         self.workers
             .get(worker)
-            .is_some_and(|w| self.index.class_accepts(w.class, constraint))
+            .is_some_and(|w| w.indexed.is_some() && self.index.class_accepts(w.class, constraint))
     }
 }
