@@ -441,6 +441,8 @@ impl Store for FaultyStore {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::{FaultyStore, WriteFault};
     use crate::memory::MemoryStore;
     use crate::testsuite::{job_key, job_write, record};
