@@ -18,7 +18,8 @@
 //! After every restart each job acknowledged so far must be there; at the end every
 //! acknowledged job has completed exactly once, counted from the marks. Each run prints
 //! `acknowledged=N lost=0 completed_twice=0`. `LQSM_STORE_FAULT_ROUNDS` sets the number
-//! of rounds (1 by default; docs/RELIABILITY.md gives the long run).
+//! of rounds (1 by default; the long run is
+//! `LQSM_STORE_FAULT_ROUNDS=100 cargo test -p lqsm-server --test store_faults -- --nocapture`).
 #![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 #![allow(clippy::print_stdout)] // Each run prints its acknowledged, lost and twice-run counts.
 
@@ -367,7 +368,14 @@ fn failing_commits_a_full_disk_and_crashes_lose_nothing_acknowledged_and_run_not
     );
     let started = Instant::now();
     let submitting = submitter(api.clone(), marks.clone(), run.progress.clone());
-    for _ in 0..rounds {
+    for round in 1..=rounds {
+        if rounds > 1 {
+            println!(
+                "round {round} of {rounds}: {} jobs acknowledged so far, {:.0} s in",
+                run.progress.count(),
+                started.elapsed().as_secs_f64()
+            );
+        }
         run.let_jobs_through(JOBS_BETWEEN_FAULTS);
         run.failing_commit();
         run.let_jobs_through(JOBS_BETWEEN_FAULTS);
@@ -450,8 +458,9 @@ fn failing_commits_a_full_disk_and_crashes_lose_nothing_acknowledged_and_run_not
         acknowledged.len(),
         "the server holds exactly the acknowledged jobs"
     );
+    let acknowledged_ids: HashSet<&Uuid> = acknowledged.iter().collect();
     assert!(
-        completions.keys().all(|id| acknowledged.contains(id)),
+        completions.keys().all(|id| acknowledged_ids.contains(id)),
         "only acknowledged jobs ran"
     );
     // A refusal is a 503 with a JSON error saying why, never another failure.

@@ -306,7 +306,10 @@ impl ServerOnStore {
     /// refused to start it, say).
     pub fn start_again(&mut self, store: Arc<dyn Store>) -> Result<(), String> {
         assert!(!self.is_running(), "the server already runs");
-        self.running = None;
+        if let Some(ended) = self.running.take() {
+            // Not a plain drop: that would wait for its blocking threads (a held commit).
+            ended.runtime.shutdown_background();
+        }
         // A port its last life held may take a moment to be let go after a power-off.
         let give_up = Instant::now() + DEADLINE;
         loop {
