@@ -500,6 +500,28 @@ pub async fn serve_after(
     on_listening: impl FnOnce(SocketAddr),
     before_restore: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    serve_inner(config, shutdown, on_listening, before_restore, None).await
+}
+
+/// As [`serve`], on `store` instead of the one the config names: for tests that build
+/// their own store (one that fails or crashes on demand, `lqsm_store::faults`). The
+/// config's `[store] backend` still decides what a failing store does to the server.
+pub async fn serve_on_store(
+    config: ServerConfig,
+    store: Arc<dyn Store>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), ServerError> {
+    serve_inner(config, shutdown, on_listening, async {}, Some(store)).await
+}
+
+async fn serve_inner(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_listening: impl FnOnce(SocketAddr),
+    before_restore: impl Future<Output = ()>,
+    given_store: Option<Arc<dyn Store>>,
+) -> Result<(), ServerError> {
     if config.tokens.is_empty() && !config.listen.ip().is_loopback() && !config.insecure {
         return Err(ServerError::Config(format!(
             "refusing to listen on {} without tokens: configure tokens, listen on loopback, or pass --insecure",
@@ -605,15 +627,18 @@ pub async fn serve_after(
     before_restore.await;
     let opening = std::time::Instant::now();
     // Opening replays a journal or connects to a database: off the async threads.
-    let opened = {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || open_store(&config))
-            .await
-            .unwrap_or_else(|e| {
-                Err(ServerError::Config(format!(
-                    "opening the store failed: {e}"
-                )))
-            })
+    let opened = match given_store {
+        Some(store) => Ok(store),
+        None => {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || open_store(&config))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(ServerError::Config(format!(
+                        "opening the store failed: {e}"
+                    )))
+                })
+        }
     };
     let store = match opened {
         Ok(store) => store,

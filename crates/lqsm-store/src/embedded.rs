@@ -208,7 +208,22 @@ impl EmbeddedStore {
         }
         self.write_index_changes(batch, &mut writes)?;
         step()?;
-        writes.commit().map_err(engine)
+        writes
+            .commit()
+            .map_err(|e| self.write_error("writing a batch to the journal in", e))
+    }
+
+    /// A failed write as an operator reads it: the operating system's error (a full disk,
+    /// an I/O error) with the data directory, rather than the engine's debug output.
+    fn write_error(&self, action: &'static str, err: fjall::Error) -> StoreError {
+        match err {
+            fjall::Error::Io(source) => StoreError::Io {
+                action,
+                path: self.dir().to_path_buf(),
+                source,
+            },
+            other => engine(other),
+        }
     }
 
     /// Adds to `writes` the index entries and counts `batch` changes: each job's index after
@@ -293,7 +308,9 @@ impl EmbeddedStore {
             Some(lease) => writes.insert(&self.lease, LEASE_KEY, encode_lease(lease)),
             None => writes.remove(&self.lease, LEASE_KEY),
         }
-        writes.commit().map_err(engine)?;
+        writes
+            .commit()
+            .map_err(|e| self.write_error("writing the lease to the journal in", e))?;
         *term = new;
         Ok(())
     }

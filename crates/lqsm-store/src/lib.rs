@@ -20,12 +20,21 @@
 //! Storage is a trait, [`Store`], so that backends can be swapped; every backend must pass
 //! the checks of the test kit (module `testsuite`, cargo feature `testsuite`). The default
 //! backend is [`EmbeddedStore`]: one data directory, nothing to install.
+//!
+//! For tests, the same feature brings a store in memory (module `memory`) and a wrapper
+//! that makes writes fail and the machine crash on demand (module `faults`), which checks
+//! that nothing is acknowledged before it is durable.
 
 mod data_dir;
 mod embedded;
 
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
+
+#[cfg(any(test, feature = "testsuite"))]
+pub mod faults;
+#[cfg(any(test, feature = "testsuite"))]
+pub mod memory;
 
 pub use embedded::EmbeddedStore;
 

@@ -195,6 +195,11 @@ impl Model {
         self.logs.get(job).cloned()
     }
 
+    /// What [`Store::results`] must return for `jobs`.
+    pub fn results(&self, jobs: &[JobKey]) -> Vec<Option<Vec<u8>>> {
+        jobs.iter().map(|k| self.results.get(k).cloned()).collect()
+    }
+
     /// What [`Store::job`] must return.
     pub fn job(&self, key: &JobKey) -> Option<Vec<u8>> {
         self.jobs.get(key).map(|(record, _)| record.clone())
