@@ -246,9 +246,10 @@ pub struct TokenConfig {
     /// An environment variable holding the secret.
     #[serde(default)]
     pub token_env: Option<String>,
-    /// admin, submitter or worker.
+    /// admin, queue-admin, submitter, reader or worker.
     pub role: RoleName,
-    /// For submitters and readers: queue patterns (`root.etl.*`, `root.default`, `*`).
+    /// For queue-admins, submitters and readers: queue patterns (`root.etl.*`,
+    /// `root.default`, `*`). A queue-admin's `root.etl.*` is the subtree it administers.
     #[serde(default)]
     pub queues: Vec<String>,
 }
@@ -308,16 +309,22 @@ pub enum RoleName {
     Worker,
     /// Read jobs, queues and schedules in its queues; change nothing.
     Reader,
+    /// Administer the queues of its subtrees (create, update, delete, stop, start,
+    /// drain the queues below each subtree's root; stop, start, drain the root) and do
+    /// what a submitter does in them.
+    #[serde(rename = "queue-admin", alias = "queue_admin")]
+    QueueAdmin,
 }
 
 impl RoleName {
-    /// The name in the config (`admin`, `submitter`, `worker`, `reader`).
+    /// The name in the config (`admin`, `submitter`, `worker`, `reader`, `queue-admin`).
     pub fn as_str(self) -> &'static str {
         match self {
             RoleName::Admin => "admin",
             RoleName::Submitter => "submitter",
             RoleName::Worker => "worker",
             RoleName::Reader => "reader",
+            RoleName::QueueAdmin => "queue-admin",
         }
     }
 }
