@@ -59,6 +59,15 @@ pub struct JobArgs {
     /// customer=acme.
     #[arg(long = "key", value_parser = parse_pair)]
     keys: Vec<(String, String)>,
+    /// An environment variable of the command, NAME=VALUE (repeatable).
+    #[arg(long = "env", value_parser = parse_pair)]
+    env: Vec<(String, String)>,
+    /// A secret environment variable of the command, NAME=VALUE (repeatable): the
+    /// worker gives it to the command, every view of the job shows `***` for it, and
+    /// its value is masked in the job's logs. Better read from a file or a variable
+    /// than typed: `--secret-env TOKEN="$(cat token)"`.
+    #[arg(long = "secret-env", value_parser = parse_secret_pair)]
+    secret_env: Vec<(String, String)>,
     /// The command and its arguments, after `--`.
     #[arg(last = true)]
     command: Vec<String>,
@@ -97,6 +106,15 @@ pub struct SubmitArgs {
     new_workers: bool,
 }
 
+/// `NAME=VALUE` as `parse_pair` reads it, with an error that does not repeat the text
+/// (it may be the secret).
+fn parse_secret_pair(text: &str) -> Result<(String, String), String> {
+    parse_pair(text).map_err(|_| {
+        "must be NAME=VALUE (the text given is not repeated here: it may hold the secret)"
+            .to_owned()
+    })
+}
+
 fn parse_instant(text: &str) -> Result<u64, String> {
     let t = humantime::parse_rfc3339_weak(text)
         .map_err(|e| format!("`{text}` is not an instant like 2026-12-01T09:00:00Z: {e}"))?;
@@ -110,6 +128,9 @@ impl JobArgs {
     /// each submission's).
     pub fn job(&self) -> anyhow::Result<api::SubmitJob> {
         let kind = match (&self.function, self.command.is_empty()) {
+            (Some(_), true) if !self.env.is_empty() || !self.secret_env.is_empty() => {
+                anyhow::bail!("--env and --secret-env are for commands, not --function")
+            }
             (Some(handler), true) => {
                 // Checked to be JSON, then sent as typed.
                 let args = match &self.args {
@@ -124,7 +145,7 @@ impl JobArgs {
             }
             (None, false) => api::JobKind::Command {
                 argv: self.command.clone(),
-                env: Default::default(),
+                env: self.env.iter().chain(&self.secret_env).cloned().collect(),
                 cwd: None,
             },
             (Some(_), false) => {
@@ -157,6 +178,18 @@ impl JobArgs {
         job.selector = self.labels.iter().cloned().collect();
         job.tags = self.tags.clone();
         job.keys = self.keys.iter().cloned().collect();
+        if let Some((name, _)) = self
+            .secret_env
+            .iter()
+            .find(|(name, _)| self.env.iter().any(|(plain, _)| plain == name))
+        {
+            anyhow::bail!("`{name}` is given both with --env and with --secret-env");
+        }
+        job.secret_env = self
+            .secret_env
+            .iter()
+            .map(|(name, _)| name.clone())
+            .collect();
         Ok(job)
     }
 }
