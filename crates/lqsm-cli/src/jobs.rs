@@ -66,8 +66,9 @@ pub struct JobArgs {
     /// worker gives it to the command, every view of the job shows `***` for it, and
     /// its value is masked in the job's logs. Better read from a file or a variable
     /// than typed: `--secret-env TOKEN="$(cat token)"`.
-    #[arg(long = "secret-env", value_parser = parse_secret_pair)]
-    secret_env: Vec<(String, String)>,
+    // Read as text and split later: a value clap refuses is repeated in its error.
+    #[arg(long = "secret-env", value_name = "NAME=VALUE")]
+    secret_env: Vec<String>,
     /// The command and its arguments, after `--`.
     #[arg(last = true)]
     command: Vec<String>,
@@ -106,15 +107,6 @@ pub struct SubmitArgs {
     new_workers: bool,
 }
 
-/// `NAME=VALUE` as `parse_pair` reads it, with an error that does not repeat the text
-/// (it may be the secret).
-fn parse_secret_pair(text: &str) -> Result<(String, String), String> {
-    parse_pair(text).map_err(|_| {
-        "must be NAME=VALUE (the text given is not repeated here: it may hold the secret)"
-            .to_owned()
-    })
-}
-
 fn parse_instant(text: &str) -> Result<u64, String> {
     let t = humantime::parse_rfc3339_weak(text)
         .map_err(|e| format!("`{text}` is not an instant like 2026-12-01T09:00:00Z: {e}"))?;
@@ -127,6 +119,17 @@ impl JobArgs {
     /// The job these options describe, with no times or identity of its own (those are
     /// each submission's).
     pub fn job(&self) -> anyhow::Result<api::SubmitJob> {
+        let secret_env = self
+            .secret_env
+            .iter()
+            .map(|text| {
+                parse_pair(text).map_err(|_| {
+                    anyhow::anyhow!(
+                        "--secret-env must be NAME=VALUE (the text given is not repeated here: it may hold the secret)"
+                    )
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let kind = match (&self.function, self.command.is_empty()) {
             (Some(_), true) if !self.env.is_empty() || !self.secret_env.is_empty() => {
                 anyhow::bail!("--env and --secret-env are for commands, not --function")
@@ -145,7 +148,7 @@ impl JobArgs {
             }
             (None, false) => api::JobKind::Command {
                 argv: self.command.clone(),
-                env: self.env.iter().chain(&self.secret_env).cloned().collect(),
+                env: self.env.iter().chain(&secret_env).cloned().collect(),
                 cwd: None,
             },
             (Some(_), false) => {
@@ -178,18 +181,13 @@ impl JobArgs {
         job.selector = self.labels.iter().cloned().collect();
         job.tags = self.tags.clone();
         job.keys = self.keys.iter().cloned().collect();
-        if let Some((name, _)) = self
-            .secret_env
+        if let Some((name, _)) = secret_env
             .iter()
             .find(|(name, _)| self.env.iter().any(|(plain, _)| plain == name))
         {
             anyhow::bail!("`{name}` is given both with --env and with --secret-env");
         }
-        job.secret_env = self
-            .secret_env
-            .iter()
-            .map(|(name, _)| name.clone())
-            .collect();
+        job.secret_env = secret_env.into_iter().map(|(name, _)| name).collect();
         Ok(job)
     }
 }

@@ -15,9 +15,11 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 
 /// A server on HTTPS with the test CA's certificate, and its address.
 async fn tls_server(dir: &tempfile::TempDir) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let mut config = ServerConfig::default();
-    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    config.data_dir = dir.path().join("data");
+    let mut config = ServerConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        data_dir: dir.path().join("data"),
+        ..ServerConfig::default()
+    };
     config.tls.cert_file = Some(tls::CERT.into());
     config.tls.key_file = Some(tls::KEY.into());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -806,6 +806,41 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_command_of_another_user_enters_its_cgroup_as_root_before_dropping_to_the_user() {
+        let spec = sh("id -u");
+        let cgroup = AttemptCgroup::at(PathBuf::from("/sys/fs/cgroup/lqsm/a1"));
+        let user = RunAs {
+            name: "nobody".into(),
+            uid: 65534,
+            gid: 65533,
+            home: "/nonexistent".into(),
+        };
+        let binary = Path::new("/usr/bin/lqsm");
+        let line: Vec<String> = command_line(&spec, Some(&cgroup), Some((&user, binary)))
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            line,
+            [
+                "/bin/sh",
+                "-c",
+                "echo $$ > \"$0\" && exec \"$@\"",
+                "/sys/fs/cgroup/lqsm/a1/cgroup.procs",
+                "/usr/bin/lqsm",
+                crate::supervisor::RUN_AS_ARG,
+                "65534",
+                "65533",
+                "/bin/sh",
+                "-c",
+                "id -u",
+            ]
+        );
+        let plain: Vec<OsString> = command_line(&spec, None, None);
+        assert_eq!(plain, ["/bin/sh", "-c", "id -u"]);
+    }
+
     fn quick() -> ExecOptions {
         ExecOptions {
             timeout: Some(Duration::from_secs(20)),
