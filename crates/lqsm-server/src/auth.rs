@@ -397,6 +397,73 @@ mod tests {
         assert!(pattern_matches("*", "root.anything"));
     }
 
+    fn patterns(list: &[&str]) -> Vec<String> {
+        list.iter().map(|p| (*p).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_queue_admin_manages_below_its_subtrees_roots_and_operates_the_roots() {
+        let role = Role::QueueAdmin(patterns(&["root.etl.*", "root.ml"]));
+        assert!(role.require_queue_settings("root.etl.daily").is_ok());
+        assert!(role.require_queue_settings("root.etl.daily.x").is_ok());
+        for (queue, says) in [
+            ("root.etl", "root of this token's subtree"),
+            ("root.ml", "root of this token's subtree"),
+            ("root.ml.x", "not `root.ml.x`"),
+            ("root.etlx", "not `root.etlx`"),
+            ("root", "not `root`"),
+        ] {
+            let refused = role.require_queue_settings(queue).expect_err(queue);
+            assert_eq!(refused.status, StatusCode::FORBIDDEN);
+            assert!(
+                refused.detail.message.contains(says),
+                "{queue}: {refused:?}"
+            );
+        }
+        assert!(role.require_queue_admin("root.etl").is_ok());
+        assert!(role.require_queue_admin("root.ml").is_ok());
+        assert!(role.require_queue_admin("root.default").is_err());
+        // A submitter of the same queues manages none of them.
+        let submitter = Role::Submitter(patterns(&["root.etl.*"]));
+        assert!(submitter.require_queue_settings("root.etl.daily").is_err());
+        assert!(submitter.require_queue_admin("root.etl").is_err());
+        // `*` anchors at root: every queue but root.
+        let everything = Role::QueueAdmin(patterns(&["*"]));
+        assert!(everything.require_queue_settings("root.a").is_ok());
+        assert!(everything.require_queue_settings("root").is_err());
+        assert!(Role::Admin.require_queue_settings("root").is_ok());
+    }
+
+    #[test]
+    fn a_token_sees_its_queues_whole_and_their_ancestors_only_to_place_them() {
+        let sight = Role::Reader(patterns(&["root.etl.daily", "root.ml.*"]))
+            .queue_sight()
+            .expect("a reader reads queues");
+        for (path, whole, shown) in [
+            ("root", false, true),
+            ("root.etl", false, true),
+            ("root.etl.daily", true, true),
+            ("root.etl.daily.x", false, false),
+            ("root.etl.hourly", false, false),
+            ("root.ml", true, true),
+            ("root.ml.a.b", true, true),
+            ("root.mlx", false, false),
+            ("root.default", false, false),
+        ] {
+            assert_eq!(sight.whole(path), whole, "{path} whole");
+            assert_eq!(sight.shows(path), shown, "{path} shown");
+        }
+        assert!(matches!(
+            Role::Reader(patterns(&["*"])).queue_sight(),
+            Ok(QueueSight::Everything)
+        ));
+        assert!(matches!(
+            Role::Admin.queue_sight(),
+            Ok(QueueSight::Everything)
+        ));
+        assert!(Role::Worker.queue_sight().is_err());
+    }
+
     fn token(name: Option<&str>, secret: &str, role: RoleName) -> TokenConfig {
         TokenConfig {
             name: name.map(str::to_owned),

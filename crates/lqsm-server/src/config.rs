@@ -451,7 +451,9 @@ mod tests {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../lqsm.example.toml");
         let text = std::fs::read_to_string(path).expect("example exists");
         let config = ServerConfig::from_toml(&text).expect("example parses");
-        assert_eq!(config.tokens.len(), 3);
+        assert_eq!(config.tokens.len(), 5);
+        assert_eq!(config.tokens[2].role, RoleName::QueueAdmin);
+        assert_eq!(config.tokens[2].queues, ["root.etl.*"]);
         assert_eq!(config.queues.len(), 4);
         assert_eq!(config.queues[1].path, "root.etl.daily");
         let limit = config.scheduler.core().handler_rate_limits["billing.invoice"];
