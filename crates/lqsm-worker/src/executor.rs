@@ -388,8 +388,11 @@ async fn run_supervised(
         Ok(end) => end,
         Err(e) => return CommandOutcome::spawn_failed(format!("cannot create a pipe: {e}")),
     };
-    // The shell of a cgroup execs the binary by path: `/proc/self/exe` would be its own.
+    // The supervisor's child is the same binary, which `/proc/self/exe` names even once
+    // an upgrade replaced the file; a cgroup's shell must be given the binary's path
+    // (its own `/proc/self/exe` is the shell).
     let worker_binary = match &opts.run_as {
+        Some(_) if cgroup.is_none() => Some(supervisor.to_path_buf()),
         Some(_) => match std::fs::canonicalize(supervisor) {
             Ok(path) => Some(path),
             Err(e) => {
