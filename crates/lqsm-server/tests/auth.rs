@@ -481,6 +481,12 @@ role = "reader"
 queues = ["root.etl.daily"]
 
 [[tokens]]
+name = "etl-parent-auditor"
+token = "parent-reader-secret"
+role = "reader"
+queues = ["root.etl"]
+
+[[tokens]]
 name = "watcher"
 token = "all-reader-secret"
 role = "reader"
@@ -874,4 +880,10 @@ fn every_read_endpoint_answers_each_role_as_its_queues_allow() {
     // The job, and the workflow's node.
     assert_eq!(listed.jobs.len(), 2, "{listed:?}");
     assert!(listed.jobs.iter().all(|j| j.queue == "root.etl.daily"));
+    // Nor does a pattern naming the parent alone read its children's jobs or queues.
+    let parent_reader = server.api_as("parent-reader-secret");
+    let listed: api::JobList = parent_reader.get("/v1/jobs?queue=root.etl").expect(200);
+    assert!(listed.jobs.is_empty(), "{listed:?}");
+    let etl: api::QueueView = parent_reader.get("/v1/queues/root.etl").expect(200);
+    assert_eq!(tree_paths(&etl), ["root.etl"], "{etl:#?}");
 }
