@@ -33,6 +33,10 @@ pub const OLDEST_WORKER_PROTOCOL: u32 = 1;
 
 /// `JobView.submitted_by` of a job submitted to a server without tokens.
 pub const ANONYMOUS: &str = "anonymous";
+
+/// What views show instead of the value of a secret environment variable
+/// (`SubmitJob::secret_env`).
+pub const REDACTED: &str = "***";
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -285,6 +289,12 @@ pub struct SubmitJob {
     /// (`Assignment.inputs`): a chain's next link, a chord's callback. Function jobs only.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pass_results: bool,
+    /// Names of variables of the command's `env` whose values are secret: every view of
+    /// the job (and of a schedule's template) shows them as `***`, and the job's captured
+    /// output has their values masked; the worker still receives the real values. The
+    /// server stores them as given (in clear at rest). Command jobs only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_env: Vec<String>,
 }
 
 impl SubmitJob {
@@ -326,6 +336,7 @@ impl SubmitJob {
             after: Vec::new(),
             run_when: None,
             pass_results: false,
+            secret_env: Vec::new(),
         }
     }
 
@@ -540,6 +551,9 @@ pub struct JobView {
     /// For a broadcast's job: the one worker it runs on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pinned_worker: Option<Uuid>,
+    /// The variables of `kind.env` whose values are secret: shown as `***` there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_env: Vec<String>,
     /// Every attempt, the latest last.
     pub attempts: Vec<AttemptView>,
     /// The result of a succeeded function job.
@@ -753,6 +767,11 @@ pub struct QueueView {
     pub rate_limited_until_ms: Option<u64>,
     /// Its settings.
     pub settings: QueueSettings,
+    /// True on a queue shown only to place below it the queues a token limited to some
+    /// queues may read: its own figures (`used`, `pending`, `running`, `counts`) are
+    /// left out (zero), and so are its children the token may not read.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub placement_only: bool,
     /// Its children.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(no_recursion)]

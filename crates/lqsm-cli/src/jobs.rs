@@ -59,6 +59,16 @@ pub struct JobArgs {
     /// customer=acme.
     #[arg(long = "key", value_parser = parse_pair)]
     keys: Vec<(String, String)>,
+    /// An environment variable of the command, NAME=VALUE (repeatable).
+    #[arg(long = "env", value_parser = parse_pair)]
+    env: Vec<(String, String)>,
+    /// A secret environment variable of the command, NAME=VALUE (repeatable): the
+    /// worker gives it to the command, every view of the job shows `***` for it, and
+    /// its value is masked in the job's logs. Better read from a file or a variable
+    /// than typed: `--secret-env TOKEN="$(cat token)"`.
+    // Read as text and split later: a value clap refuses is repeated in its error.
+    #[arg(long = "secret-env", value_name = "NAME=VALUE")]
+    secret_env: Vec<String>,
     /// The command and its arguments, after `--`.
     #[arg(last = true)]
     command: Vec<String>,
@@ -109,7 +119,21 @@ impl JobArgs {
     /// The job these options describe, with no times or identity of its own (those are
     /// each submission's).
     pub fn job(&self) -> anyhow::Result<api::SubmitJob> {
+        let secret_env = self
+            .secret_env
+            .iter()
+            .map(|text| {
+                parse_pair(text).map_err(|_| {
+                    anyhow::anyhow!(
+                        "--secret-env must be NAME=VALUE (the text given is not repeated here: it may hold the secret)"
+                    )
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let kind = match (&self.function, self.command.is_empty()) {
+            (Some(_), true) if !self.env.is_empty() || !self.secret_env.is_empty() => {
+                anyhow::bail!("--env and --secret-env are for commands, not --function")
+            }
             (Some(handler), true) => {
                 // Checked to be JSON, then sent as typed.
                 let args = match &self.args {
@@ -124,7 +148,7 @@ impl JobArgs {
             }
             (None, false) => api::JobKind::Command {
                 argv: self.command.clone(),
-                env: Default::default(),
+                env: self.env.iter().chain(&secret_env).cloned().collect(),
                 cwd: None,
             },
             (Some(_), false) => {
@@ -157,6 +181,13 @@ impl JobArgs {
         job.selector = self.labels.iter().cloned().collect();
         job.tags = self.tags.clone();
         job.keys = self.keys.iter().cloned().collect();
+        if let Some((name, _)) = secret_env
+            .iter()
+            .find(|(name, _)| self.env.iter().any(|(plain, _)| plain == name))
+        {
+            anyhow::bail!("`{name}` is given both with --env and with --secret-env");
+        }
+        job.secret_env = secret_env.into_iter().map(|(name, _)| name).collect();
         Ok(job)
     }
 }

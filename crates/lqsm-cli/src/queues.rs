@@ -247,20 +247,34 @@ fn tree(root: &api::QueueView) -> String {
         } else {
             format!("{prefix}{}{name}", if last { "└─ " } else { "├─ " })
         };
-        rows.push(vec![
+        // A queue shown only to place the token's queues has no figures of its own.
+        let figures = if q.placement_only {
+            vec![
+                format!("- / {}", show_cores(q.guaranteed.cpu)),
+                "-".to_owned(),
+                "-".to_owned(),
+                "-".to_owned(),
+            ]
+        } else {
+            vec![
+                format!(
+                    "{} / {}",
+                    show_cores(q.used.cpu),
+                    show_cores(q.guaranteed.cpu)
+                ),
+                show_mib(q.used.memory_mib),
+                q.pending.to_string(),
+                q.running.to_string(),
+            ]
+        };
+        let mut row = vec![
             label,
             q.state.to_string(),
             percent(q.abs_guarantee),
             percent(q.abs_max),
-            format!(
-                "{} / {}",
-                show_cores(q.used.cpu),
-                show_cores(q.guaranteed.cpu)
-            ),
-            show_mib(q.used.memory_mib),
-            q.pending.to_string(),
-            q.running.to_string(),
-        ]);
+        ];
+        row.extend(figures);
+        rows.push(row);
         let child_prefix = if is_root {
             String::new()
         } else {
@@ -511,4 +525,37 @@ pub async fn cluster(client: &Client, output: Output) -> anyhow::Result<u8> {
     }
     print(output, &human, &c);
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(path: &str, placement_only: bool, pending: u64) -> api::QueueView {
+        let mut view: api::QueueView = serde_json::from_value(serde_json::json!({
+            "path": path, "state": "running", "capacity": 50.0, "max_capacity": 100.0,
+            "abs_guarantee": 0.5, "abs_max": 1.0,
+            "guaranteed": {"cpu": 2.0, "memory_mib": 1024, "gpu": 0},
+            "used": {"cpu": 0.0, "memory_mib": 0, "gpu": 0},
+            "pending": pending, "running": 0,
+            "counts": {"submitted": 0, "succeeded": 0, "failed": 0, "cancelled": 0,
+                       "expired": 0, "mean_wait_ms": 0, "mean_run_ms": 0},
+            "settings": {},
+        }))
+        .expect("a queue view");
+        view.placement_only = placement_only;
+        view
+    }
+
+    #[test]
+    fn a_queue_shown_only_to_place_others_shows_no_figures_of_its_own() {
+        let mut root = queue("root", true, 0);
+        root.children = vec![queue("root.etl", false, 7)];
+        let drawn = tree(&root);
+        let rows: Vec<&str> = drawn.lines().collect();
+        let root_row: Vec<&str> = rows[1].split_whitespace().collect();
+        assert_eq!(root_row[root_row.len() - 3..], ["-", "-", "-"], "{drawn}");
+        let leaf_row: Vec<&str> = rows[2].split_whitespace().collect();
+        assert_eq!(leaf_row[leaf_row.len() - 2..], ["7", "0"], "{drawn}");
+    }
 }

@@ -177,6 +177,11 @@ pub struct WorkerArgs {
     /// The signal a command gets at its soft time limit (`--soft-timeout` of a job).
     #[arg(long, default_value = "SIGUSR1", value_parser = parse_signal)]
     soft_timeout_signal: nix::sys::signal::Signal,
+    /// Run command jobs as this unprivileged user (its uid and primary gid, no
+    /// supplementary groups); the worker itself must run as root. A worker running as
+    /// root without it runs command jobs as root, and says so in its log.
+    #[arg(long, value_name = "USER")]
+    run_as: Option<String>,
 }
 
 fn parse_signal(text: &str) -> Result<nix::sys::signal::Signal, String> {
@@ -218,6 +223,11 @@ impl WorkerArgs {
         config.serves_commands = !self.no_commands;
         config.queues = self.queues;
         config.soft_timeout_signal = self.soft_timeout_signal;
+        if let Some(user) = &self.run_as {
+            config.run_as = Some(
+                lqsm_worker::RunAs::lookup(user).map_err(|e| anyhow::anyhow!("--run-as: {e}"))?,
+            );
+        }
         Ok(config)
     }
 }

@@ -157,6 +157,7 @@ mod tests {
             run_when: None,
             pass_results: false,
             pinned_worker: None,
+            secret_env: Vec::new(),
             attempts: Vec::new(),
             result,
             exit_code: Some(3),

@@ -1,7 +1,7 @@
 //! The audit log: who changed the cluster, and how it went. Every call that changes
 //! the queue tree, the schedules or a worker's state, or cancels jobs in bulk, is
-//! recorded with the caller's identity (its token's name), the client's address, the
-//! call and its status: as an event of the `lqsm::audit` log target, and, when
+//! recorded with the caller's identity (its token's name) and role, the client's
+//! address, the call and its status: as an event of the `lqsm::audit` log target, and, when
 //! `audit_log` names a file, as one JSON line appended to it. A call is recorded where
 //! it is carried out, so a call a follower passed on is recorded by the leader, with
 //! the follower named in `forwarded_by`.
@@ -35,6 +35,7 @@ pub struct AuditLogError {
 struct AuditRecord<'a> {
     at_ms: u64,
     caller: &'a str,
+    role: &'static str,
     client: Option<String>,
     forwarded_by: Option<&'a str>,
     action: &'static str,
@@ -68,6 +69,7 @@ impl AuditLog {
         tracing::info!(
             target: "lqsm::audit",
             caller = record.caller,
+            role = record.role,
             client = record.client.as_deref().unwrap_or("-"),
             forwarded_by = record.forwarded_by.unwrap_or("-"),
             action = record.action,
@@ -141,10 +143,10 @@ pub(crate) async fn record(
     };
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let caller = state
-        .auth
-        .caller(request.headers())
-        .map_or_else(|_| "unauthenticated".to_owned(), |c| c.name);
+    let (caller, role) = state.auth.caller(request.headers()).map_or_else(
+        |_| ("unauthenticated".to_owned(), "-"),
+        |c| (c.name, c.role.name()),
+    );
     let client = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -158,6 +160,7 @@ pub(crate) async fn record(
     state.audit.record(&AuditRecord {
         at_ms: epoch_ms(),
         caller: &caller,
+        role,
         client,
         forwarded_by: forwarded_by.as_deref(),
         action,

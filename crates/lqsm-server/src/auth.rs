@@ -1,10 +1,28 @@
-//! Bearer tokens and roles: `admin` may do everything, `submitter` may submit, read
-//! and cancel jobs (and manage schedules) in the queues its patterns match, `reader` may
-//! only read them, `worker` may use the worker endpoints. What shows the whole cluster
-//! (every worker, the cluster summary, `/metrics`, listings across all queues) needs an
-//! admin token or one whose patterns cover every queue (`*`). Every token has a name, the caller's identity (recorded as the submitter
-//! of its jobs). With no tokens configured everyone is admin and `anonymous` (the
-//! server then listens on loopback only).
+//! Bearer tokens and roles.
+//!
+//! | role | may |
+//! |---|---|
+//! | `admin` | everything |
+//! | `queue-admin` | in the subtrees its patterns name (`root.etl.*`): create, update and delete the queues below each subtree's root, stop, start and drain any queue of it, and everything a submitter may do there |
+//! | `submitter` | submit, read, cancel and retry jobs, manage schedules and workflows, in the queues its patterns match |
+//! | `reader` | read jobs, queues, schedules and workflows in the queues its patterns match |
+//! | `worker` | the worker endpoints (register, poll, drain itself), the worker list |
+//!
+//! A queue-admin's subtree root keeps the settings an admin gave it: its guarantee and
+//! ceiling are a share of its parent, which is not the queue-admin's to hand out, so it
+//! may not update or delete it, nor create a sibling of it; and it may not turn
+//! preemption off anywhere (that would keep borrowed capacity from the other teams). This
+//! is YARN's "administer queue" right, extended to the queues below.
+//!
+//! Reads follow the patterns: a token limited to some queues sees, in the queue tree,
+//! the queues its patterns cover and, to place them, their ancestors (marked
+//! `placement_only`, without their figures or their other children). What shows the
+//! whole cluster (every worker, the cluster summary, `/metrics`, job listings across all
+//! queues) needs an admin token or one whose patterns cover every queue (`*`), whatever
+//! its role besides worker (workers list the workers). Every token has a name, the
+//! caller's identity (recorded as the submitter of its jobs and in the audit log). With
+//! no tokens configured everyone is admin and `anonymous` (the server then listens on
+//! loopback only).
 
 use crate::config::{RoleName, TokenConfig};
 use crate::error::ApiError;
@@ -17,6 +35,8 @@ use std::collections::HashMap;
 pub enum Role {
     /// Everything.
     Admin,
+    /// The queues of the subtrees its patterns name, and jobs in them.
+    QueueAdmin(Vec<String>),
     /// Jobs in matching queues.
     Submitter(Vec<String>),
     /// Worker endpoints.
@@ -87,6 +107,7 @@ impl Auth {
                 RoleName::Submitter => Role::Submitter(t.queues.clone()),
                 RoleName::Worker => Role::Worker,
                 RoleName::Reader => Role::Reader(t.queues.clone()),
+                RoleName::QueueAdmin => Role::QueueAdmin(t.queues.clone()),
             };
             if callers
                 .insert(t.secret(index)?, Caller { name, role })
@@ -167,6 +188,51 @@ fn covered(patterns: &[String], queue: &str) -> Result<(), ApiError> {
     }
 }
 
+/// The queue a pattern is anchored at: `root.etl` for `root.etl.*` and for `root.etl`,
+/// `root` for `*`.
+fn anchor(pattern: &str) -> &str {
+    if pattern == "*" {
+        return "root";
+    }
+    pattern.strip_suffix(".*").unwrap_or(pattern)
+}
+
+/// Whether `path` lies strictly below `ancestor`.
+fn strictly_below(path: &str, ancestor: &str) -> bool {
+    path.len() > ancestor.len()
+        && path.starts_with(ancestor)
+        && path.as_bytes().get(ancestor.len()) == Some(&b'.')
+}
+
+/// Which queues of the tree a caller sees, and how.
+#[derive(Clone, Debug)]
+pub enum QueueSight {
+    /// Every queue, whole.
+    Everything,
+    /// The queues these patterns cover, whole, and their ancestors, to place them.
+    Patterns(Vec<String>),
+}
+
+impl QueueSight {
+    /// Whether the queue is shown with its figures.
+    pub fn whole(&self, path: &str) -> bool {
+        match self {
+            QueueSight::Everything => true,
+            QueueSight::Patterns(patterns) => patterns.iter().any(|p| pattern_matches(p, path)),
+        }
+    }
+
+    /// Whether the queue is shown at all: whole, or as the ancestor of one shown whole.
+    pub fn shows(&self, path: &str) -> bool {
+        match self {
+            QueueSight::Everything => true,
+            QueueSight::Patterns(patterns) => {
+                self.whole(path) || patterns.iter().any(|p| strictly_below(anchor(p), path))
+            }
+        }
+    }
+}
+
 impl Role {
     /// 403 unless admin.
     pub fn require_admin(&self) -> Result<(), ApiError> {
@@ -180,18 +246,18 @@ impl Role {
     pub fn require_worker(&self) -> Result<(), ApiError> {
         match self {
             Role::Admin | Role::Worker => Ok(()),
-            Role::Submitter(_) | Role::Reader(_) => {
+            Role::QueueAdmin(_) | Role::Submitter(_) | Role::Reader(_) => {
                 Err(forbidden("this needs a worker or admin token".into()))
             }
         }
     }
 
-    /// 403 unless admin, or a submitter whose patterns cover `queue`: the right to change
-    /// things in a queue (submit, cancel, retry, manage schedules).
+    /// 403 unless admin, or a queue-admin or submitter whose patterns cover `queue`: the
+    /// right to change things in a queue (submit, cancel, retry, manage schedules).
     pub fn require_queue(&self, queue: &str) -> Result<(), ApiError> {
         match self {
             Role::Admin => Ok(()),
-            Role::Submitter(patterns) => covered(patterns, queue),
+            Role::QueueAdmin(patterns) | Role::Submitter(patterns) => covered(patterns, queue),
             Role::Reader(_) => Err(forbidden(
                 "a reader token may read, not change anything".into(),
             )),
@@ -199,22 +265,24 @@ impl Role {
         }
     }
 
-    /// 403 unless admin, or a submitter or reader whose patterns cover `queue`: the right
-    /// to read a queue, its jobs and its schedules.
+    /// 403 unless admin, or a token other than a worker's whose patterns cover `queue`:
+    /// the right to read a queue, its jobs and its schedules.
     pub fn require_read(&self, queue: &str) -> Result<(), ApiError> {
         match self {
             Role::Admin => Ok(()),
-            Role::Submitter(patterns) | Role::Reader(patterns) => covered(patterns, queue),
+            Role::QueueAdmin(patterns) | Role::Submitter(patterns) | Role::Reader(patterns) => {
+                covered(patterns, queue)
+            }
             Role::Worker => Err(forbidden("a worker token may not use job endpoints".into())),
         }
     }
 
-    /// 403 unless the token may read everything: admin, or a submitter or reader whose
-    /// patterns cover every queue (`*`). What shows the whole cluster needs it.
+    /// 403 unless the token may read everything: admin, or a queue-admin, submitter or
+    /// reader whose patterns cover every queue (`*`). What shows the whole cluster needs it.
     pub fn require_everything(&self) -> Result<(), ApiError> {
         match self {
             Role::Admin => Ok(()),
-            Role::Submitter(patterns) | Role::Reader(patterns)
+            Role::QueueAdmin(patterns) | Role::Submitter(patterns) | Role::Reader(patterns)
                 if patterns.iter().any(|p| p == "*") =>
             {
                 Ok(())
@@ -224,6 +292,94 @@ impl Role {
                     .into(),
             )),
         }
+    }
+
+    /// Which queues of the tree this token sees; 403 for a worker's.
+    pub fn queue_sight(&self) -> Result<QueueSight, ApiError> {
+        if self.require_everything().is_ok() {
+            return Ok(QueueSight::Everything);
+        }
+        match self {
+            Role::QueueAdmin(patterns) | Role::Submitter(patterns) | Role::Reader(patterns) => {
+                Ok(QueueSight::Patterns(patterns.clone()))
+            }
+            Role::Admin | Role::Worker => Err(forbidden(
+                "a worker token may not read the queue tree".into(),
+            )),
+        }
+    }
+
+    /// 403 unless admin or a queue-admin of some subtree: who may try queue changes at all.
+    pub fn require_any_queue_admin(&self) -> Result<(), ApiError> {
+        match self {
+            Role::Admin | Role::QueueAdmin(_) => Ok(()),
+            _ => Err(forbidden(
+                "changing queues needs an admin or queue-admin token".into(),
+            )),
+        }
+    }
+
+    /// 403 unless admin, or a queue-admin whose patterns cover `queue`: the right to
+    /// stop, start and drain it (its subtree's root included).
+    pub fn require_queue_admin(&self, queue: &str) -> Result<(), ApiError> {
+        match self {
+            Role::Admin => Ok(()),
+            Role::QueueAdmin(patterns) => covered(patterns, queue).map_err(|_| {
+                forbidden(format!(
+                    "this token administers the queues of {}, not `{queue}`",
+                    patterns.join(", ")
+                ))
+            }),
+            _ => self.require_any_queue_admin(),
+        }
+    }
+
+    /// 403 unless admin, or a queue-admin with `queue` strictly below the root of one of
+    /// its subtrees: the right to create, update and delete it. A subtree's root is the
+    /// admin's: its settings are its share of a parent the queue-admin does not administer.
+    pub fn require_queue_settings(&self, queue: &str) -> Result<(), ApiError> {
+        let Role::QueueAdmin(patterns) = self else {
+            return match self {
+                Role::Admin => Ok(()),
+                _ => self.require_any_queue_admin(),
+            };
+        };
+        if patterns
+            .iter()
+            .any(|p| pattern_matches(p, queue) && strictly_below(queue, anchor(p)))
+        {
+            return Ok(());
+        }
+        if patterns.iter().any(|p| anchor(p) == queue) {
+            return Err(forbidden(format!(
+                "`{queue}` is the root of this token's subtree: its settings are its share of its parent, set by an admin; a queue-admin creates, updates and deletes the queues below it (and may stop, start and drain it)"
+            )));
+        }
+        Err(forbidden(format!(
+            "this token administers the queues below {}, not `{queue}`",
+            patterns
+                .iter()
+                .map(|p| format!("`{}`", anchor(p)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+    }
+
+    /// The role's name in the config (`admin`, `queue-admin`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::QueueAdmin(_) => "queue-admin",
+            Role::Submitter(_) => "submitter",
+            Role::Reader(_) => "reader",
+            Role::Worker => "worker",
+        }
+    }
+
+    /// Whether this token is a queue-admin (bound by the limits of its subtrees), not
+    /// an admin.
+    pub fn is_queue_admin(&self) -> bool {
+        matches!(self, Role::QueueAdmin(_))
     }
 }
 
@@ -239,6 +395,73 @@ mod tests {
         assert!(pattern_matches("root.default", "root.default"));
         assert!(!pattern_matches("root.default", "root.default.x"));
         assert!(pattern_matches("*", "root.anything"));
+    }
+
+    fn patterns(list: &[&str]) -> Vec<String> {
+        list.iter().map(|p| (*p).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_queue_admin_manages_below_its_subtrees_roots_and_operates_the_roots() {
+        let role = Role::QueueAdmin(patterns(&["root.etl.*", "root.ml"]));
+        assert!(role.require_queue_settings("root.etl.daily").is_ok());
+        assert!(role.require_queue_settings("root.etl.daily.x").is_ok());
+        for (queue, says) in [
+            ("root.etl", "root of this token's subtree"),
+            ("root.ml", "root of this token's subtree"),
+            ("root.ml.x", "not `root.ml.x`"),
+            ("root.etlx", "not `root.etlx`"),
+            ("root", "not `root`"),
+        ] {
+            let refused = role.require_queue_settings(queue).expect_err(queue);
+            assert_eq!(refused.status, StatusCode::FORBIDDEN);
+            assert!(
+                refused.detail.message.contains(says),
+                "{queue}: {refused:?}"
+            );
+        }
+        assert!(role.require_queue_admin("root.etl").is_ok());
+        assert!(role.require_queue_admin("root.ml").is_ok());
+        assert!(role.require_queue_admin("root.default").is_err());
+        // A submitter of the same queues manages none of them.
+        let submitter = Role::Submitter(patterns(&["root.etl.*"]));
+        assert!(submitter.require_queue_settings("root.etl.daily").is_err());
+        assert!(submitter.require_queue_admin("root.etl").is_err());
+        // `*` anchors at root: every queue but root.
+        let everything = Role::QueueAdmin(patterns(&["*"]));
+        assert!(everything.require_queue_settings("root.a").is_ok());
+        assert!(everything.require_queue_settings("root").is_err());
+        assert!(Role::Admin.require_queue_settings("root").is_ok());
+    }
+
+    #[test]
+    fn a_token_sees_its_queues_whole_and_their_ancestors_only_to_place_them() {
+        let sight = Role::Reader(patterns(&["root.etl.daily", "root.ml.*"]))
+            .queue_sight()
+            .expect("a reader reads queues");
+        for (path, whole, shown) in [
+            ("root", false, true),
+            ("root.etl", false, true),
+            ("root.etl.daily", true, true),
+            ("root.etl.daily.x", false, false),
+            ("root.etl.hourly", false, false),
+            ("root.ml", true, true),
+            ("root.ml.a.b", true, true),
+            ("root.mlx", false, false),
+            ("root.default", false, false),
+        ] {
+            assert_eq!(sight.whole(path), whole, "{path} whole");
+            assert_eq!(sight.shows(path), shown, "{path} shown");
+        }
+        assert!(matches!(
+            Role::Reader(patterns(&["*"])).queue_sight(),
+            Ok(QueueSight::Everything)
+        ));
+        assert!(matches!(
+            Role::Admin.queue_sight(),
+            Ok(QueueSight::Everything)
+        ));
+        assert!(Role::Worker.queue_sight().is_err());
     }
 
     fn token(name: Option<&str>, secret: &str, role: RoleName) -> TokenConfig {

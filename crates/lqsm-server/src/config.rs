@@ -251,9 +251,10 @@ pub struct TokenConfig {
     /// An environment variable holding the secret.
     #[serde(default)]
     pub token_env: Option<String>,
-    /// admin, submitter or worker.
+    /// admin, queue-admin, submitter, reader or worker.
     pub role: RoleName,
-    /// For submitters and readers: queue patterns (`root.etl.*`, `root.default`, `*`).
+    /// For queue-admins, submitters and readers: queue patterns (`root.etl.*`,
+    /// `root.default`, `*`). A queue-admin's `root.etl.*` is the subtree it administers.
     #[serde(default)]
     pub queues: Vec<String>,
 }
@@ -313,16 +314,22 @@ pub enum RoleName {
     Worker,
     /// Read jobs, queues and schedules in its queues; change nothing.
     Reader,
+    /// Administer the queues of its subtrees (create, update, delete, stop, start,
+    /// drain the queues below each subtree's root; stop, start, drain the root) and do
+    /// what a submitter does in them.
+    #[serde(rename = "queue-admin", alias = "queue_admin")]
+    QueueAdmin,
 }
 
 impl RoleName {
-    /// The name in the config (`admin`, `submitter`, `worker`, `reader`).
+    /// The name in the config (`admin`, `submitter`, `worker`, `reader`, `queue-admin`).
     pub fn as_str(self) -> &'static str {
         match self {
             RoleName::Admin => "admin",
             RoleName::Submitter => "submitter",
             RoleName::Worker => "worker",
             RoleName::Reader => "reader",
+            RoleName::QueueAdmin => "queue-admin",
         }
     }
 }
@@ -449,7 +456,9 @@ mod tests {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../lqsm.example.toml");
         let text = std::fs::read_to_string(path).expect("example exists");
         let config = ServerConfig::from_toml(&text).expect("example parses");
-        assert_eq!(config.tokens.len(), 3);
+        assert_eq!(config.tokens.len(), 5);
+        assert_eq!(config.tokens[2].role, RoleName::QueueAdmin);
+        assert_eq!(config.tokens[2].queues, ["root.etl.*"]);
         assert_eq!(config.queues.len(), 4);
         assert_eq!(config.queues[1].path, "root.etl.daily");
         let limit = config.scheduler.core().handler_rate_limits["billing.invoice"];

@@ -8,6 +8,7 @@ use crate::error::ApiError;
 use lqsm_api as api;
 use lqsm_core as core;
 use lqsm_core::{JobId, MiB, Millicores, ResourceName, Timestamp};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Longest delay, timeout or backoff accepted (a year), so sums cannot overflow.
@@ -92,13 +93,28 @@ fn retry(
     Ok(out)
 }
 
-/// Wire job kind to core kind (the core checks the program and handler names).
-pub fn kind(k: &api::JobKind) -> core::JobKind {
+/// The `env` entry of a stored command that names its secret variables (a JSON list).
+/// Kept in the command's `env` so that the record's format does not change; no variable
+/// can have this name (a name never holds `=`, and submissions are checked for it), and
+/// it is taken out before a command is shown or dispatched.
+pub const SECRET_ENV_ENTRY: &str = "=lqsm.secret_env";
+
+/// Wire job kind to core kind, the variables `secret` names marked secret (the core
+/// checks the program and handler names; [`submission`] checks the names).
+pub fn kind(k: &api::JobKind, secret: &[String]) -> core::JobKind {
     match k {
         api::JobKind::Command { argv, env, cwd } => {
+            let mut env = env.clone();
+            if !secret.is_empty() {
+                let names: std::collections::BTreeSet<&String> = secret.iter().collect();
+                env.insert(
+                    SECRET_ENV_ENTRY.to_owned(),
+                    serde_json::to_string(&names).unwrap_or_default(),
+                );
+            }
             core::JobKind::Command(Box::new(core::jobs::Command {
                 argv: argv.clone(),
-                env: env.clone(),
+                env,
                 cwd: cwd.clone(),
             }))
         }
@@ -110,12 +126,48 @@ pub fn kind(k: &api::JobKind) -> core::JobKind {
     }
 }
 
-/// Core job kind to wire kind.
+/// The names of a command's secret variables, in order (none for other kinds).
+pub fn secret_names(k: &core::JobKind) -> Vec<String> {
+    match k {
+        core::JobKind::Command(c) => c
+            .env
+            .get(SECRET_ENV_ENTRY)
+            .and_then(|names| serde_json::from_str(names).ok())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+/// A command's variables without the entry naming the secret ones.
+fn plain_env(c: &core::jobs::Command) -> BTreeMap<String, String> {
+    let mut env = c.env.clone();
+    env.remove(SECRET_ENV_ENTRY);
+    env
+}
+
+/// Core job kind to wire kind as views show it: secret variables' values as
+/// [`api::REDACTED`].
 pub fn kind_view(k: &core::JobKind) -> api::JobKind {
+    let secret = secret_names(k);
+    match dispatched_kind(k) {
+        api::JobKind::Command { argv, mut env, cwd } => {
+            for name in &secret {
+                if let Some(value) = env.get_mut(name) {
+                    api::REDACTED.clone_into(value);
+                }
+            }
+            api::JobKind::Command { argv, env, cwd }
+        }
+        other => other,
+    }
+}
+
+/// Core job kind to wire kind as a worker receives it: every variable with its value.
+pub fn dispatched_kind(k: &core::JobKind) -> api::JobKind {
     match k {
         core::JobKind::Command(c) => api::JobKind::Command {
             argv: c.argv.clone(),
-            env: c.env.clone(),
+            env: plain_env(c),
             cwd: c.cwd.clone(),
         },
         core::JobKind::Function { handler, args } => api::JobKind::Function {
@@ -132,6 +184,63 @@ pub fn kind_view(k: &core::JobKind) -> api::JobKind {
     }
 }
 
+/// `output` (a job's captured output) with the values of the job's secret variables
+/// replaced by [`api::REDACTED`], longest first (so that a value holding another is
+/// masked whole).
+pub fn mask_secrets(k: &core::JobKind, output: Vec<u8>) -> Vec<u8> {
+    let core::JobKind::Command(c) = k else {
+        return output;
+    };
+    let mut values: Vec<&str> = secret_names(k)
+        .iter()
+        .filter_map(|name| c.env.get(name).map(String::as_str))
+        .filter(|value| !value.is_empty())
+        .collect();
+    if values.is_empty() {
+        return output;
+    }
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    // Workers send output as text: a byte that is not UTF-8 was lost before.
+    let text = String::from_utf8_lossy(&output).into_owned();
+    values
+        .into_iter()
+        .fold(text, |text, value| text.replace(value, api::REDACTED))
+        .into_bytes()
+}
+
+/// Checks a command's variable names and the names `secret` marks secret.
+fn check_env(field: &str, job: &api::SubmitJob) -> Result<(), ApiError> {
+    let env = match &job.kind {
+        api::JobKind::Command { env, .. } => env,
+        api::JobKind::Function { .. } => {
+            if job.secret_env.is_empty() {
+                return Ok(());
+            }
+            return Err(invalid(
+                &format!("{field}.secret_env"),
+                "only a command job has environment variables to keep secret",
+            ));
+        }
+    };
+    for name in env.keys() {
+        if name.is_empty() || name.contains('=') || name.contains('\0') {
+            return Err(invalid(
+                &format!("{field}.kind.env"),
+                format!("`{name}` is not a variable name (empty, or holds `=` or NUL)"),
+            ));
+        }
+    }
+    for (i, name) in job.secret_env.iter().enumerate() {
+        if !env.contains_key(name) {
+            return Err(invalid(
+                &format!("{field}.secret_env[{i}]"),
+                format!("`{name}` is not a variable of kind.env: give its value there"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A wire submission to a core one with a fresh id. Queue defaults for absent options
 /// are applied by the core; only what the wire alone can check is checked here.
 pub fn submission(
@@ -139,7 +248,8 @@ pub fn submission(
     id: JobId,
     job: &api::SubmitJob,
 ) -> Result<core::SubmitRequest, ApiError> {
-    let mut req = core::SubmitRequest::new(id, &job.queue, kind(&job.kind));
+    check_env(field, job)?;
+    let mut req = core::SubmitRequest::new(id, &job.queue, kind(&job.kind, &job.secret_env));
     if let Some(r) = &job.resources {
         let base = core::Resources::cores(1, 256);
         let resolved = resources(&format!("{field}.resources"), r, &base)?;
@@ -533,6 +643,7 @@ pub fn job_view(job: &core::JobRecord, queue: &str, now: Timestamp) -> api::JobV
         }),
         pass_results: job.spec.depends().is_some_and(|d| d.pass_results),
         pinned_worker: job.spec.pinned().map(|w| w.0),
+        secret_env: secret_names(&job.spec.kind),
         attempts: job
             .attempts
             .iter()
@@ -604,7 +715,7 @@ pub fn poll_response(dispatch: crate::resource_manager::Dispatch) -> api::PollRe
                 token: a.token.0,
                 attempt: a.attempt,
                 queue: a.queue,
-                kind: kind_view(&a.kind),
+                kind: dispatched_kind(&a.kind),
                 resources: figures(&a.request),
                 timeout_ms: a.timeout.map(|d| d.as_millis() as u64),
                 soft_timeout_ms: a.soft_timeout.map(|d| d.as_millis() as u64),

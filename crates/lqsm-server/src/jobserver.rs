@@ -2,7 +2,7 @@
 //! parallel, then hand commands to the ResourceManager runtime and answer once the
 //! runtime says the change is durable.
 
-use crate::auth::{Auth, Caller, Role};
+use crate::auth::{Auth, Caller, QueueSight, Role};
 use crate::config::Limits;
 use crate::convert;
 use crate::error::ApiError;
@@ -533,13 +533,18 @@ async fn list_jobs(
     };
     let page = state.scheduler.jobs(listing).await?;
     let now = crate::resource_manager::wall_clock();
+    // A listing covers the queue's subtree; a token matching the queue alone (an exact
+    // pattern) does not read the queues below it.
+    let sight = role.queue_sight()?;
     let jobs: Vec<api::JobView> = page
         .jobs
         .iter()
+        .filter(|record| sight.whole(record.queue.as_str()))
         .map(|record| convert::job_view(record, record.queue.as_str(), now))
         .collect();
+    // From the page as read, so that a page whose jobs were all left out still leads on.
     let next_cursor = if page.more {
-        jobs.last().map(|j| j.id.to_string())
+        page.jobs.last().map(|j| j.id.0.to_string())
     } else {
         None
     };
@@ -666,9 +671,14 @@ async fn job_logs(
 ) -> ApiResult<Response> {
     let role = state.auth.role(&headers)?;
     let id = parse_job_id(&id)?;
-    let view = view_job(&state, id).await?;
-    role.require_read(&view.queue)?;
+    let record = state
+        .scheduler
+        .job(id)
+        .await?
+        .ok_or_else(|| no_such_job(id))?;
+    role.require_read(record.queue.as_str())?;
     let logs = state.scheduler.logs(id).await?.unwrap_or_default();
+    let logs = convert::mask_secrets(&record.spec.kind, logs);
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,
@@ -707,10 +717,20 @@ async fn wait_job(
     Ok(Json(view_job(&state, id).await?))
 }
 
-/// A queue tree as the wire shows it, `depth` levels of children deep (None: all).
+/// The children of `queue` that `sight` shows.
+fn shown_children<'a>(
+    queue: &'a QueueSnapshot,
+    sight: &'a QueueSight,
+) -> impl Iterator<Item = &'a String> + 'a {
+    queue.children.iter().filter(move |p| sight.shows(p))
+}
+
+/// A queue tree as the wire shows it to a caller with `sight`, `depth` levels of
+/// children deep (None: all).
 fn queue_view(
     cluster: &ClusterView,
     queue: &QueueSnapshot,
+    sight: &QueueSight,
     depth: Option<usize>,
     page: Option<(&Option<String>, usize)>,
 ) -> api::QueueView {
@@ -726,7 +746,7 @@ fn queue_view(
         Some(0) => Vec::new(),
         _ => {
             let deeper = depth.map(|d| d - 1);
-            let listed = queue.children.iter().filter(|p| match page {
+            let listed = shown_children(queue, sight).filter(|p| match page {
                 Some((Some(after), _)) => p.as_str() > after.as_str(),
                 _ => true,
             });
@@ -734,11 +754,11 @@ fn queue_view(
             listed
                 .filter_map(|p| cluster.queue(p))
                 .take(limit)
-                .map(|c| queue_view(cluster, c, deeper, None))
+                .map(|c| queue_view(cluster, c, sight, deeper, None))
                 .collect()
         }
     };
-    api::QueueView {
+    let view = api::QueueView {
         path: queue.path.clone(),
         state: convert::queue_state(queue.state),
         capacity: queue.config.capacity,
@@ -763,13 +783,35 @@ fn queue_view(
             .filter(|until| *until > crate::resource_manager::wall_clock())
             .map(|t| t.0),
         settings: convert::queue_settings(&queue.config),
+        placement_only: false,
         children,
+    };
+    if sight.whole(&queue.path) {
+        view
+    } else {
+        // An ancestor of the queues the caller may read: its figures sum up the queues
+        // it may not read.
+        api::QueueView {
+            used: api::ResourceFigures::default(),
+            pending: 0,
+            running: 0,
+            counts: api::QueueCounts::default(),
+            rate_limited_until_ms: None,
+            placement_only: true,
+            ..view
+        }
     }
 }
 
-/// The core's "no such queue", naming a few queues that do exist.
-fn queue_not_found(cluster: &ClusterView, path: &str) -> ApiError {
-    let known: Vec<&str> = cluster.queues.keys().take(5).map(String::as_str).collect();
+/// The core's "no such queue", naming a few queues that do exist and `sight` shows.
+fn queue_not_found(cluster: &ClusterView, sight: &QueueSight, path: &str) -> ApiError {
+    let known: Vec<&str> = cluster
+        .queues
+        .keys()
+        .filter(|p| sight.whole(p))
+        .take(5)
+        .map(String::as_str)
+        .collect();
     ApiError::from(lqsm_core::QueueError::NotFound {
         path: path.to_owned(),
         known: known.join(", "),
@@ -799,11 +841,12 @@ struct TreeQuery {
 fn queue_tree(
     cluster: &ClusterView,
     path: &str,
+    sight: &QueueSight,
     query: &TreeQuery,
 ) -> ApiResult<(api::QueueView, Option<String>)> {
     let queue = cluster
         .queue(path)
-        .ok_or_else(|| queue_not_found(cluster, path))?;
+        .ok_or_else(|| queue_not_found(cluster, sight, path))?;
     if let Some(limit) = query.limit
         && !(1..=1000).contains(&limit)
     {
@@ -820,10 +863,8 @@ fn queue_tree(
     } else {
         1000
     });
-    let view = queue_view(cluster, queue, depth, Some((&query.cursor, limit)));
-    let remaining = queue
-        .children
-        .iter()
+    let view = queue_view(cluster, queue, sight, depth, Some((&query.cursor, limit)));
+    let remaining = shown_children(queue, sight)
         .filter(|p| {
             query
                 .cursor
@@ -856,11 +897,11 @@ async fn list_queues(
     headers: HeaderMap,
     query: Result<Query<TreeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    // The whole tree; a token limited to some queues reads their subtrees by path.
-    state.auth.role(&headers)?.require_everything()?;
+    // A token limited to some queues sees those, placed under their ancestors.
+    let sight = state.auth.role(&headers)?.queue_sight()?;
     let Query(q) = query.map_err(|e| query_error(&e))?;
     let cluster = state.scheduler.view().await?;
-    let (view, next) = queue_tree(&cluster, "root", &q)?;
+    let (view, next) = queue_tree(&cluster, "root", &sight, &q)?;
     Ok(tree_response(view, next))
 }
 
@@ -870,14 +911,38 @@ async fn create_queue(
     headers: HeaderMap,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> ApiResult<Response> {
-    state.auth.role(&headers)?.require_admin()?;
+    let role = state.auth.role(&headers)?;
+    role.require_any_queue_admin()?;
     let (path, config) = parse_create_queue(body)?;
+    check_queue_admin_settings(&role, &path, &config, true)?;
     state
         .scheduler
         .queue(QueueOp::Create(path.clone(), config))
         .await??;
-    let view = get_queue_view(&state, path).await?;
+    let view = get_queue_view(&state, &role, path).await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// 403 unless `role` may give queue `path` the settings `config`: an admin any; a
+/// queue-admin only below its subtrees' roots, and never with preemption turned off
+/// where it was on (`was_preemptable`; true for a new queue).
+fn check_queue_admin_settings(
+    role: &Role,
+    path: &str,
+    config: &lqsm_core::QueueConfig,
+    was_preemptable: bool,
+) -> ApiResult<()> {
+    role.require_queue_settings(path)
+        .map_err(|e| e.at("path"))?;
+    if role.is_queue_admin() && was_preemptable && !config.preemptable {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "a queue-admin may not turn preemption off: the capacity its queues borrow must stay reclaimable by the other queues; ask an admin",
+        )
+        .at("preemptable"));
+    }
+    Ok(())
 }
 
 /// `CreateQueue` is `path` plus the settings; parsed in two steps so that errors in the
@@ -923,7 +988,8 @@ async fn create_queues(
     headers: HeaderMap,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> ApiResult<Json<api::QueueBatchResult>> {
-    state.auth.role(&headers)?.require_admin()?;
+    let role = state.auth.role(&headers)?;
+    role.require_any_queue_admin()?;
     let items = match body {
         serde_json::Value::Object(mut map) => match map.remove("queues") {
             Some(serde_json::Value::Array(items)) => items,
@@ -963,7 +1029,10 @@ async fn create_queues(
             .and_then(|p| p.as_str())
             .unwrap_or_default()
             .to_owned();
-        match parse_create_queue(item) {
+        let allowed = parse_create_queue(item).and_then(|(path, config)| {
+            check_queue_admin_settings(&role, &path, &config, true).map(|()| (path, config))
+        });
+        match allowed {
             Ok(queue) => valid.push(queue),
             Err(e) => {
                 results.push(api::QueueBatchItem {
@@ -1003,14 +1072,15 @@ async fn create_queues(
 
 /// The queue's tree as of the last commit (which holds any change answered): whole
 /// when small, else one level and the first page of its children.
-async fn get_queue_view(state: &AppState, path: String) -> ApiResult<api::QueueView> {
+async fn get_queue_view(state: &AppState, role: &Role, path: String) -> ApiResult<api::QueueView> {
     let cluster = state.scheduler.view().await?;
     let whole_when_small = TreeQuery {
         depth: None,
         cursor: None,
         limit: None,
     };
-    Ok(queue_tree(&cluster, &path, &whole_when_small)?.0)
+    let sight = role.queue_sight()?;
+    Ok(queue_tree(&cluster, &path, &sight, &whole_when_small)?.0)
 }
 
 #[utoipa::path(get, path = "/v1/queues/{path}", params(("path" = String, Path), TreeQuery), responses((status = 200, body = api::QueueView, headers(("lqsm-next-cursor" = String, description = "the cursor of the next page of the queue's children, when there are more"))), (status = "4XX", body = api::ErrorBody)))]
@@ -1020,10 +1090,16 @@ async fn get_queue(
     Path(path): Path<String>,
     query: Result<Query<TreeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    state.auth.role(&headers)?.require_read(&path)?;
+    let role = state.auth.role(&headers)?;
+    let sight = role.queue_sight()?;
+    // Neither readable nor above a readable queue: refused before looking it up, so
+    // that the answer tells nothing of queues the token may not read.
+    if !sight.shows(&path) {
+        role.require_read(&path)?;
+    }
     let Query(q) = query.map_err(|e| query_error(&e))?;
     let cluster = state.scheduler.view().await?;
-    let (view, next) = queue_tree(&cluster, &path, &q)?;
+    let (view, next) = queue_tree(&cluster, &path, &sight, &q)?;
     Ok(tree_response(view, next))
 }
 
@@ -1034,14 +1110,17 @@ async fn update_queue(
     Path(path): Path<String>,
     ApiJson(settings): ApiJson<api::QueueSettings>,
 ) -> ApiResult<Json<api::QueueView>> {
-    state.auth.role(&headers)?.require_admin()?;
+    let role = state.auth.role(&headers)?;
+    role.require_queue_settings(&path)?;
+    let sight = role.queue_sight()?;
     let p = path.clone();
     let state_view = state.scheduler.view().await?;
     let current = state_view
         .queue(&p)
         .map(|q| q.config.clone())
-        .ok_or_else(|| queue_not_found(&state_view, &p))?;
+        .ok_or_else(|| queue_not_found(&state_view, &sight, &p))?;
     let config = convert::queue_config(&settings, &current)?;
+    check_queue_admin_settings(&role, &path, &config, current.preemptable)?;
     let update = QueueUpdate {
         capacity: Some(config.capacity),
         max_capacity: Some(config.max_capacity),
@@ -1069,7 +1148,7 @@ async fn update_queue(
         .scheduler
         .queue(QueueOp::Update(path.clone(), update))
         .await??;
-    Ok(Json(get_queue_view(&state, path).await?))
+    Ok(Json(get_queue_view(&state, &role, path).await?))
 }
 
 async fn queue_action(
@@ -1078,9 +1157,10 @@ async fn queue_action(
     op: QueueOp,
     path: String,
 ) -> ApiResult<Json<api::QueueView>> {
-    state.auth.role(headers)?.require_admin()?;
+    let role = state.auth.role(headers)?;
+    role.require_queue_admin(&path)?;
     state.scheduler.queue(op).await??;
-    Ok(Json(get_queue_view(state, path).await?))
+    Ok(Json(get_queue_view(state, &role, path).await?))
 }
 
 #[utoipa::path(post, path = "/v1/queues/{path}/stop", params(("path" = String, Path)), responses((status = 200, body = api::QueueView)))]
@@ -1126,7 +1206,7 @@ async fn delete_queue(
     Path(path): Path<String>,
     query: Result<Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<StatusCode> {
-    state.auth.role(&headers)?.require_admin()?;
+    state.auth.role(&headers)?.require_queue_settings(&path)?;
     let Query(q) = query.map_err(|e| query_error(&e))?;
     state
         .scheduler

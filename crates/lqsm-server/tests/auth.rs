@@ -25,13 +25,8 @@ role = "worker"
 "#;
 
 /// What shows the whole cluster: only admins and tokens covering every queue read it.
-const WHOLE_CLUSTER: [&str; 5] = [
-    "/v1/queues",
-    "/v1/workers",
-    "/v1/cluster",
-    "/metrics",
-    "/v1/jobs",
-];
+/// (The queue tree is answered to every token, filtered to its queues.)
+const WHOLE_CLUSTER: [&str; 4] = ["/v1/workers", "/v1/cluster", "/metrics", "/v1/jobs"];
 
 fn assert_code(reply: &Reply, status: u16, code: ErrorCode, what: &str) {
     let error = reply.expect_error(status);
@@ -452,4 +447,443 @@ fn a_client_that_keeps_failing_to_authenticate_is_refused_for_a_while() {
     assert_ne!(worker.get("/v1/workers").status, 429);
     // Probes and the API document stay open.
     assert_eq!(server.api().get("/healthz").status, 200);
+}
+
+/// Tokens of every role, those limited to some queues limited to `root.etl`'s subtree.
+const EVERY_ROLE: &str = r#"
+[[tokens]]
+name = "ops"
+token = "admin-secret"
+role = "admin"
+
+[[tokens]]
+name = "etl-admin"
+token = "queue-admin-secret"
+role = "queue-admin"
+queues = ["root.etl.*"]
+
+[[tokens]]
+name = "etl-bot"
+token = "etl-secret"
+role = "submitter"
+queues = ["root.etl.*"]
+
+[[tokens]]
+name = "etl-auditor"
+token = "reader-secret"
+role = "reader"
+queues = ["root.etl.*"]
+
+[[tokens]]
+name = "daily-auditor"
+token = "daily-reader-secret"
+role = "reader"
+queues = ["root.etl.daily"]
+
+[[tokens]]
+name = "etl-parent-auditor"
+token = "parent-reader-secret"
+role = "reader"
+queues = ["root.etl"]
+
+[[tokens]]
+name = "watcher"
+token = "all-reader-secret"
+role = "reader"
+queues = ["*"]
+
+[[tokens]]
+name = "node"
+token = "worker-secret"
+role = "worker"
+"#;
+
+/// The paths of a queue tree, depth first, each marked `*` when shown only to place
+/// the queues below it.
+fn tree_paths(view: &api::QueueView) -> Vec<String> {
+    let mut paths = vec![format!(
+        "{}{}",
+        view.path,
+        if view.placement_only { "*" } else { "" }
+    )];
+    for child in &view.children {
+        paths.extend(tree_paths(child));
+    }
+    paths
+}
+
+#[test]
+fn a_queue_admin_administers_its_subtree_below_its_root_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let settings = format!(
+        "audit_log = {:?}\n{EVERY_ROLE}",
+        audit.display().to_string()
+    );
+    let server = BlockingTestServer::start_with(toml_settings(&settings));
+    let admin = server.api_as("admin-secret");
+    let queue_admin = server.api_as("queue-admin-secret");
+    let submitter = server.api_as("etl-secret");
+    admin.create_queue(json!({"path": "root.etl", "capacity": 40, "max_capacity": 60}));
+    admin.create_queue(json!({"path": "root.ml", "capacity": 40}));
+    let forbidden = |reply: &Reply, what: &str| assert_code(reply, 403, ErrorCode::Forbidden, what);
+
+    // Below its subtree's root it creates, one by one or in a batch.
+    let daily: api::QueueView = queue_admin
+        .post(
+            "/v1/queues",
+            &json!({"path": "root.etl.daily", "capacity": 70}),
+        )
+        .expect(201);
+    assert!(
+        (daily.abs_guarantee - 0.28).abs() < 1e-9,
+        "a share of the admin's share: {daily:?}"
+    );
+    let batch: api::QueueBatchResult = queue_admin
+        .post(
+            "/v1/queues/batch",
+            &json!({"queues": [{"path": "root.etl.hourly", "capacity": 30}, {"path": "root.ml.x"}]}),
+        )
+        .expect(200);
+    assert_eq!(batch.created, 1, "{batch:?}");
+    let refused = batch.results[1].error.as_ref().unwrap();
+    assert_eq!(refused.code, ErrorCode::Forbidden, "{refused:?}");
+    assert!(admin.get("/v1/queues/root.ml.x").status == 404);
+    // Not outside it, not a sibling of its root, not its root again.
+    let error = queue_admin
+        .post("/v1/queues", &json!({"path": "root.ml.y"}))
+        .expect_error(403);
+    assert_eq!(error.field.as_deref(), Some("path"), "{error:?}");
+    assert!(error.message.contains("`root.etl`"), "{error:?}");
+    forbidden(
+        &queue_admin.post("/v1/queues", &json!({"path": "root.etl2"})),
+        "a sibling of its root",
+    );
+    let error = queue_admin
+        .patch("/v1/queues/root.etl", &json!({"capacity": 90}))
+        .expect_error(403);
+    assert!(
+        error.message.contains("root of this token's subtree"),
+        "raising its own guarantee: {error:?}"
+    );
+    forbidden(
+        &queue_admin.patch("/v1/queues/root.etl", &json!({"max_running": 1000})),
+        "any setting of its root",
+    );
+    let root: api::QueueView = admin.get("/v1/queues/root.etl").expect(200);
+    assert_eq!(root.capacity, 40.0);
+    // Settings below its root are its own, preemption excepted.
+    let updated: api::QueueView = queue_admin
+        .patch("/v1/queues/root.etl.daily", &json!({"max_running": 5}))
+        .expect(200);
+    assert_eq!(updated.settings.max_running, Some(5));
+    let error = queue_admin
+        .patch("/v1/queues/root.etl.daily", &json!({"preemptable": false}))
+        .expect_error(403);
+    assert_eq!(error.field.as_deref(), Some("preemptable"), "{error:?}");
+    forbidden(
+        &queue_admin.patch("/v1/queues/root.ml", &json!({"max_running": 1})),
+        "another team's queue",
+    );
+    // It stops, drains and starts its root and what is below; nothing else.
+    for action in ["drain", "start", "stop", "start"] {
+        queue_admin
+            .post(&format!("/v1/queues/root.etl/{action}"), &json!({}))
+            .expect_status(200);
+    }
+    queue_admin
+        .post("/v1/queues/root.etl.daily/drain", &json!({}))
+        .expect_status(200);
+    queue_admin
+        .post("/v1/queues/root.etl.daily/start", &json!({}))
+        .expect_status(200);
+    forbidden(
+        &queue_admin.post("/v1/queues/root.ml/drain", &json!({})),
+        "draining another team's queue",
+    );
+    forbidden(
+        &queue_admin.post("/v1/queues/root/stop", &json!({})),
+        "stopping the whole tree",
+    );
+    // Everything a submitter does in its queues.
+    let own = queue_admin.submit(&function_job("root.etl.daily", "qa"));
+    let by_bot = submitter.submit(&function_job("root.etl.daily", "qa"));
+    let cancelled: api::JobView = queue_admin
+        .post(&format!("/v1/jobs/{by_bot}/cancel"), &json!({}))
+        .expect(200);
+    assert_eq!(cancelled.state, api::JobState::Cancelled);
+    assert_eq!(queue_admin.job(own).submitted_by, "etl-admin");
+    let error = queue_admin
+        .post("/v1/jobs", &function_job("root.ml", "qa"))
+        .expect_error(403);
+    assert_eq!(error.field.as_deref(), Some("queue"));
+    // Deleting: below its root only.
+    assert_eq!(queue_admin.delete("/v1/queues/root.etl.hourly").status, 204);
+    forbidden(
+        &queue_admin.delete("/v1/queues/root.etl"),
+        "deleting its root",
+    );
+    forbidden(
+        &queue_admin.delete("/v1/queues/root.ml"),
+        "deleting another's",
+    );
+    // Submitters and readers change no queue, even in their subtree.
+    forbidden(
+        &submitter.post("/v1/queues", &json!({"path": "root.etl.z"})),
+        "a submitter creating",
+    );
+    forbidden(
+        &submitter.post("/v1/queues/root.etl.daily/drain", &json!({})),
+        "a submitter draining",
+    );
+    forbidden(
+        &server
+            .api_as("reader-secret")
+            .patch("/v1/queues/root.etl.daily", &json!({"max_running": 9})),
+        "a reader updating",
+    );
+    // Its view of the tree: its subtree, placed under root.
+    let tree: api::QueueView = queue_admin.get("/v1/queues").expect(200);
+    assert_eq!(
+        tree_paths(&tree),
+        ["root*", "root.etl", "root.etl.daily"],
+        "{tree:#?}"
+    );
+
+    // Its changes are audited as an admin's, under its name, refusals included.
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let by_queue_admin: Vec<(String, u64)> = records
+        .iter()
+        .filter(|r| r["caller"] == "etl-admin")
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap().to_owned(),
+                r["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, u64)> = [
+        ("create_queue", 201),
+        ("create_queue", 200),
+        ("create_queue", 403),
+        ("create_queue", 403),
+        ("update_queue", 403),
+        ("update_queue", 403),
+        ("update_queue", 200),
+        ("update_queue", 403),
+        ("update_queue", 403),
+        ("drain_queue", 200),
+        ("start_queue", 200),
+        ("stop_queue", 200),
+        ("start_queue", 200),
+        ("drain_queue", 200),
+        ("start_queue", 200),
+        ("drain_queue", 403),
+        ("stop_queue", 403),
+        ("delete_queue", 204),
+        ("delete_queue", 403),
+        ("delete_queue", 403),
+    ]
+    .iter()
+    .map(|(action, status)| ((*action).to_owned(), *status))
+    .collect();
+    assert_eq!(by_queue_admin, expected);
+    assert!(
+        records
+            .iter()
+            .filter(|r| r["caller"] == "etl-admin")
+            .all(|r| r["role"] == "queue-admin"),
+        "{records:?}"
+    );
+}
+
+#[test]
+fn a_token_limited_to_some_queues_sees_only_them_placed_in_the_tree() {
+    let server = BlockingTestServer::start_with(toml_settings(EVERY_ROLE));
+    let admin = server.api_as("admin-secret");
+    for path in ["root.etl", "root.etl.daily", "root.etl.hourly", "root.ml"] {
+        admin.create_queue(json!({"path": path}));
+    }
+    admin.submit(&function_job("root.ml", "busy"));
+    admin.submit(&function_job("root.etl.hourly", "busy"));
+    let daily = server.api_as("daily-reader-secret");
+    let submitter = server.api_as("etl-secret");
+
+    // One leaf: the leaf whole, its ancestors placed, nothing beside them.
+    let tree: api::QueueView = daily.get("/v1/queues").expect(200);
+    assert_eq!(
+        tree_paths(&tree),
+        ["root*", "root.etl*", "root.etl.daily"],
+        "{tree:#?}"
+    );
+    // An ancestor shows none of the figures of the queues the token may not read.
+    assert_eq!(tree.pending, 0, "root sums every queue's jobs: {tree:#?}");
+    assert_eq!(tree.counts.submitted, 0);
+    assert_eq!(tree.children[0].pending, 0);
+    let etl: api::QueueView = daily.get("/v1/queues/root.etl").expect(200);
+    assert_eq!(tree_paths(&etl), ["root.etl*", "root.etl.daily"]);
+    daily.get("/v1/queues/root.etl.daily").expect_status(200);
+    // Elsewhere: refused the same whether the queue exists or not.
+    for path in [
+        "root.ml",
+        "root.etl.hourly",
+        "root.nowhere",
+        "root.etl.daily.x",
+    ] {
+        assert_code(
+            &daily.get(&format!("/v1/queues/{path}")),
+            403,
+            ErrorCode::Forbidden,
+            path,
+        );
+    }
+
+    // A subtree: whole, with everything below it.
+    let tree: api::QueueView = submitter.get("/v1/queues").expect(200);
+    assert_eq!(
+        tree_paths(&tree),
+        ["root*", "root.etl", "root.etl.daily", "root.etl.hourly"],
+        "{tree:#?}"
+    );
+    assert_eq!(tree.children[0].pending, 1, "its own queues' figures");
+    // A missing queue within it is 404, naming only queues it may read.
+    let missing = submitter.get("/v1/queues/root.etl.nope").expect_error(404);
+    assert!(!missing.message.contains("root.ml"), "{missing:?}");
+    assert!(!missing.message.contains("root.default"), "{missing:?}");
+
+    // Every queue: the whole tree, nothing marked.
+    let tree: api::QueueView = server
+        .api_as("all-reader-secret")
+        .get("/v1/queues")
+        .expect(200);
+    assert_eq!(
+        tree_paths(&tree),
+        [
+            "root",
+            "root.default",
+            "root.etl",
+            "root.etl.daily",
+            "root.etl.hourly",
+            "root.ml"
+        ]
+    );
+    assert_eq!(tree.pending, 2);
+    // A worker reads no queue.
+    assert_code(
+        &server.api_as("worker-secret").get("/v1/queues"),
+        403,
+        ErrorCode::Forbidden,
+        "a worker",
+    );
+}
+
+#[test]
+fn every_read_endpoint_answers_each_role_as_its_queues_allow() {
+    let server = BlockingTestServer::start_with(toml_settings(EVERY_ROLE));
+    let admin = server.api_as("admin-secret");
+    for path in ["root.etl", "root.etl.daily", "root.ml"] {
+        admin.create_queue(json!({"path": path}));
+    }
+    let etl_job = admin.submit(&function_job("root.etl.daily", "reads"));
+    let ml_job = admin.submit(&function_job("root.ml", "reads"));
+    for (name, queue) in [("etl-nightly", "root.etl.daily"), ("ml-nightly", "root.ml")] {
+        admin
+            .post(
+                "/v1/schedules",
+                &json!({"name": name, "every_ms": 3_600_000, "job": function_job(queue, "reads")}),
+            )
+            .expect_status(201);
+    }
+    let workflow = |queue: &str| -> uuid::Uuid {
+        let mut node = function_job(queue, "reads");
+        node.name = Some("only".into());
+        let submitted: api::WorkflowSubmitted = admin
+            .post("/v1/workflows", &json!({"nodes": [node]}))
+            .expect(201);
+        submitted.id
+    };
+    let (etl_flow, ml_flow) = (workflow("root.etl.daily"), workflow("root.ml"));
+
+    let reads: Vec<(String, &str)> = vec![
+        ("/v1/queues".into(), "tree"),
+        ("/v1/queues/root.etl".into(), "etl"),
+        ("/v1/queues/root.ml".into(), "ml"),
+        ("/v1/jobs?queue=root.etl".into(), "etl"),
+        ("/v1/jobs?queue=root.ml".into(), "ml"),
+        ("/v1/jobs".into(), "everything"),
+        (format!("/v1/jobs/{etl_job}"), "etl"),
+        (format!("/v1/jobs/{ml_job}"), "ml"),
+        (format!("/v1/jobs/{etl_job}/logs"), "etl"),
+        (format!("/v1/jobs/{ml_job}/logs"), "ml"),
+        (format!("/v1/jobs/{etl_job}/wait?timeout_ms=1"), "etl"),
+        (format!("/v1/jobs/{ml_job}/wait?timeout_ms=1"), "ml"),
+        ("/v1/schedules/etl-nightly".into(), "etl"),
+        ("/v1/schedules/ml-nightly".into(), "ml"),
+        (format!("/v1/workflows/{etl_flow}"), "etl"),
+        (format!("/v1/workflows/{ml_flow}"), "ml"),
+        ("/v1/workers".into(), "everything"),
+        ("/v1/cluster".into(), "everything"),
+        ("/metrics".into(), "everything"),
+    ];
+    // What each role may read: `etl` the queues of root.etl's subtree, `everything` the
+    // whole cluster; `tree` is answered to all but workers (filtered).
+    let roles: [(&str, &[&str]); 6] = [
+        ("admin-secret", &["tree", "etl", "ml", "everything"]),
+        ("queue-admin-secret", &["tree", "etl"]),
+        ("etl-secret", &["tree", "etl"]),
+        ("reader-secret", &["tree", "etl"]),
+        ("all-reader-secret", &["tree", "etl", "ml", "everything"]),
+        ("worker-secret", &[]),
+    ];
+    for (token, may) in roles {
+        let api = server.api_as(token);
+        for (path, needs) in &reads {
+            let reply = api.get(path);
+            let worker_reads_workers = token == "worker-secret" && path == "/v1/workers";
+            if may.contains(needs) || worker_reads_workers {
+                assert_eq!(reply.status, 200, "{token} GET {path}: {}", reply.body);
+            } else {
+                assert_code(
+                    &reply,
+                    403,
+                    ErrorCode::Forbidden,
+                    &format!("{token} GET {path}"),
+                );
+            }
+        }
+        // A listing of schedules holds only those of the token's queues.
+        let schedules: Vec<api::ScheduleView> = api.get("/v1/schedules").expect(200);
+        let names: Vec<&str> = schedules.iter().map(|s| s.name.as_str()).collect();
+        let expected: &[&str] = match (may.contains(&"ml"), may.contains(&"etl")) {
+            (true, _) => &["etl-nightly", "ml-nightly"],
+            (false, true) => &["etl-nightly"],
+            (false, false) => &[],
+        };
+        assert_eq!(names, expected, "{token}");
+    }
+
+    // A pattern naming a queue alone does not read the queues below it in a listing.
+    let daily_reader = server.api_as("daily-reader-secret");
+    assert_code(
+        &daily_reader.get("/v1/jobs?queue=root.etl"),
+        403,
+        ErrorCode::Forbidden,
+        "listing the parent",
+    );
+    let listed: api::JobList = daily_reader
+        .get("/v1/jobs?queue=root.etl.daily")
+        .expect(200);
+    // The job, and the workflow's node.
+    assert_eq!(listed.jobs.len(), 2, "{listed:?}");
+    assert!(listed.jobs.iter().all(|j| j.queue == "root.etl.daily"));
+    // Nor does a pattern naming the parent alone read its children's jobs or queues.
+    let parent_reader = server.api_as("parent-reader-secret");
+    let listed: api::JobList = parent_reader.get("/v1/jobs?queue=root.etl").expect(200);
+    assert!(listed.jobs.is_empty(), "{listed:?}");
+    let etl: api::QueueView = parent_reader.get("/v1/queues/root.etl").expect(200);
+    assert_eq!(tree_paths(&etl), ["root.etl"], "{etl:#?}");
 }

@@ -79,6 +79,8 @@ pub(crate) struct Settings {
     pub supervisor: Option<std::path::PathBuf>,
     /// The signal a command gets at its soft timeout.
     pub soft_timeout_signal: nix::sys::signal::Signal,
+    /// The user commands run as (the worker runs as root).
+    pub run_as: Option<crate::config::RunAs>,
 }
 
 /// A running attempt.
@@ -101,6 +103,18 @@ enum Progress {
     File(std::path::PathBuf),
     /// Nowhere (no private directory for the file).
     None,
+}
+
+/// Makes a command's progress file, empty, owned by the user the command runs as (mode
+/// 0600), so that the command may write it while the directory stays the worker's.
+fn progress_file_for(file: &std::path::Path, user: &crate::config::RunAs) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)?;
+    std::os::unix::fs::fchown(&created, Some(user.uid), Some(user.gid))
 }
 
 /// The most bytes of JSON a progress report may hold (the server keeps no more).
@@ -865,12 +879,23 @@ impl Agent {
                 // A command reports its state by writing it to this file, in a directory
                 // only this worker's user may write to (a link planted there by another
                 // user could otherwise make the worker read, or the job write, elsewhere).
-                let progress = self.scratch_dir().map(|dir| {
-                    dir.join(format!(
-                        "progress-{}-{}.json",
-                        assignment.job, assignment.attempt
-                    ))
-                });
+                let run_as = self.settings.run_as.clone();
+                let progress = self
+                    .scratch_dir()
+                    .map(|dir| {
+                        dir.join(format!(
+                            "progress-{}-{}.json",
+                            assignment.job, assignment.attempt
+                        ))
+                    })
+                    .filter(|file| match &run_as {
+                        None => true,
+                        Some(user) => progress_file_for(file, user)
+                            .inspect_err(|e| {
+                                tracing::warn!(error = %e, job = %assignment.job, "the command cannot report progress: its file cannot be made for its user");
+                            })
+                            .is_ok(),
+                    });
                 if let Some(file) = &progress {
                     env.push(("LQSM_PROGRESS_FILE".to_owned(), file.display().to_string()));
                 }
@@ -887,11 +912,19 @@ impl Agent {
 
     /// The worker's private directory (mode 0700) for its commands' files, made at the
     /// first command (a worker that runs none leaves nothing behind, even when killed)
-    /// and removed with the worker.
+    /// and removed with the worker. When commands run as another user the directory
+    /// is 0711: that user reaches the files made for it, and still lists, adds and
+    /// replaces nothing there.
     fn scratch_dir(&mut self) -> Option<std::path::PathBuf> {
         if self.scratch.is_none() {
+            let mode = if self.settings.run_as.is_some() {
+                0o711
+            } else {
+                0o700
+            };
             self.scratch = tempfile::Builder::new()
                 .prefix("lqsm-worker-")
+                .permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
                 .tempdir()
                 .inspect_err(|e| {
                     tracing::warn!(error = %e, "no private temporary directory: commands cannot report progress");
@@ -1003,6 +1036,7 @@ impl Agent {
             grace: self.settings.kill_grace,
             log_cap: self.settings.log_cap,
             supervisor: self.settings.supervisor.clone(),
+            run_as: self.settings.run_as.clone(),
         };
         let limits = self.limits.clone();
         let done = self.done_tx.clone();
@@ -1244,6 +1278,7 @@ mod tests {
             serves_commands: true,
             supervisor: None,
             soft_timeout_signal: nix::sys::signal::Signal::SIGUSR1,
+            run_as: None,
         };
         let handlers = crate::handlers::BUILTIN_HANDLERS
             .iter()

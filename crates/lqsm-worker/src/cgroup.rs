@@ -102,6 +102,12 @@ pub struct AttemptCgroup {
 }
 
 impl AttemptCgroup {
+    /// A cgroup at `dir`, made by nothing (for tests of what refers to it).
+    #[cfg(test)]
+    pub(crate) fn at(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
     /// The file a process writes its pid to in order to enter.
     pub(crate) fn procs_file(&self) -> PathBuf {
         self.dir.join("cgroup.procs")

@@ -94,6 +94,87 @@ fn parse_gpu_indices(text: &str) -> Vec<u32> {
     text.lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
+/// The unprivileged user command attempts run as, on a worker running as root
+/// (`lqsm worker --run-as USER`): each command starts with the user's uid and primary
+/// gid, no supplementary groups, and `HOME`, `USER` and `LOGNAME` of the user (unless
+/// the job sets them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunAs {
+    /// The user's name.
+    pub name: String,
+    /// Its uid.
+    pub uid: u32,
+    /// Its primary group's gid.
+    pub gid: u32,
+    /// Its home directory.
+    pub home: std::path::PathBuf,
+}
+
+/// Why `--run-as` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RunAsError {
+    /// No user of that name on this machine.
+    #[error("no user `{0}` on this machine (see `getent passwd`)")]
+    NoSuchUser(String),
+    /// The user database could not be read.
+    #[error("the user `{name}` cannot be looked up: {source}")]
+    Lookup {
+        /// The name asked for.
+        name: String,
+        /// The cause.
+        source: nix::Error,
+    },
+}
+
+impl RunAs {
+    /// The user named `name`, from the system's user database.
+    pub fn lookup(name: &str) -> Result<Self, RunAsError> {
+        let user = nix::unistd::User::from_name(name)
+            .map_err(|source| RunAsError::Lookup {
+                name: name.to_owned(),
+                source,
+            })?
+            .ok_or_else(|| RunAsError::NoSuchUser(name.to_owned()))?;
+        Ok(Self {
+            name: user.name,
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            home: user.dir,
+        })
+    }
+}
+
+/// Whom command attempts run as, given the worker's effective uid `euid` and the
+/// `requested` user: `Ok((user, warning))`, the warning to log when there is one.
+/// A worker running as root without a user runs commands as root (with a warning); a
+/// user asked of a worker that is not root is refused, unless it is the worker's own
+/// user (nothing to change, with a warning).
+pub fn decide_run_as(
+    euid: u32,
+    requested: Option<RunAs>,
+    serves_commands: bool,
+) -> Result<(Option<RunAs>, Option<String>), String> {
+    match requested {
+        None if euid == 0 && serves_commands => Ok((
+            None,
+            Some("this worker runs as root and so do its command jobs: start it with `--run-as USER` (an unprivileged user) to run them as that user".to_owned()),
+        )),
+        None => Ok((None, None)),
+        Some(user) if euid == 0 => Ok((Some(user), None)),
+        Some(user) if user.uid == euid => Ok((
+            None,
+            Some(format!(
+                "--run-as {}: this worker already runs as that user; nothing to change",
+                user.name
+            )),
+        )),
+        Some(user) => Err(format!(
+            "--run-as {}: only a worker running as root can run commands as another user (this one runs as uid {euid}); start it as root, or leave --run-as out",
+            user.name
+        )),
+    }
+}
+
 /// How a worker connects, what it offers and how it runs attempts. Start from
 /// [`WorkerConfig::new`] and change the fields you need.
 #[derive(Clone, Debug)]
@@ -141,6 +222,9 @@ pub struct WorkerConfig {
     /// The signal a command gets when its soft time limit (`soft_timeout_ms`) passes
     /// (default SIGUSR1, as Celery's `SoftTimeLimitExceeded` arrives).
     pub soft_timeout_signal: nix::sys::signal::Signal,
+    /// The user command attempts run as, when the worker runs as root (default: none,
+    /// the worker's own; see [`decide_run_as`]). Needs `supervise_commands`.
+    pub run_as: Option<RunAs>,
 }
 
 impl WorkerConfig {
@@ -165,6 +249,7 @@ impl WorkerConfig {
             memory_limits: true,
             supervise_commands: true,
             soft_timeout_signal: nix::sys::signal::Signal::SIGUSR1,
+            run_as: None,
         }
     }
 }
@@ -193,6 +278,52 @@ mod tests {
     fn gpu_indices_are_parsed_one_a_line() {
         assert_eq!(parse_gpu_indices("0\n1\n 3 \n"), vec![0, 1, 3]);
         assert!(parse_gpu_indices("").is_empty());
+    }
+
+    fn nobody() -> RunAs {
+        RunAs {
+            name: "nobody".into(),
+            uid: 65534,
+            gid: 65534,
+            home: "/nonexistent".into(),
+        }
+    }
+
+    #[test]
+    fn only_root_changes_user_and_root_without_a_user_is_warned_about() {
+        let (user, warning) = decide_run_as(0, Some(nobody()), true).expect("root may");
+        assert_eq!(user, Some(nobody()));
+        assert_eq!(warning, None);
+        let (user, warning) = decide_run_as(0, None, true).expect("root may run as itself");
+        assert_eq!(user, None);
+        assert!(warning.expect("a warning").contains("--run-as USER"));
+        // A worker of function handlers only runs no command as anyone.
+        assert_eq!(decide_run_as(0, None, false).expect("fine"), (None, None));
+        let refused = decide_run_as(1000, Some(nobody()), true).expect_err("not root");
+        assert!(
+            refused.contains("only a worker running as root"),
+            "{refused}"
+        );
+        assert!(refused.contains("uid 1000"), "{refused}");
+        let (user, warning) = decide_run_as(65534, Some(nobody()), true).expect("itself");
+        assert_eq!(user, None);
+        assert!(
+            warning
+                .expect("a warning")
+                .contains("already runs as that user")
+        );
+    }
+
+    #[test]
+    fn run_as_looks_users_up_and_names_an_unknown_one() {
+        let root = RunAs::lookup("root").expect("root exists everywhere");
+        assert_eq!((root.uid, root.gid), (0, 0));
+        let err = RunAs::lookup("lqsm-surely-no-such-user").expect_err("unknown");
+        assert!(
+            err.to_string()
+                .contains("no user `lqsm-surely-no-such-user`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! left the group, and kills everything when the worker itself dies.
 
 pub use crate::cgroup::AttemptCgroup;
+use crate::config::RunAs;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::collections::VecDeque;
@@ -61,6 +62,9 @@ pub struct ExecOptions {
     /// [`crate::supervisor::run_if_asked`] first). Without one, the command is the
     /// worker's own child: a worker killed with SIGKILL leaves its processes running.
     pub supervisor: Option<PathBuf>,
+    /// The user the command runs as (the worker must be root); needs `supervisor`,
+    /// which drops to the user's identity just before it becomes the command.
+    pub run_as: Option<RunAs>,
 }
 
 impl Default for ExecOptions {
@@ -71,6 +75,7 @@ impl Default for ExecOptions {
             grace: Duration::from_secs(10),
             log_cap: 1024 * 1024,
             supervisor: None,
+            run_as: None,
         }
     }
 }
@@ -152,6 +157,12 @@ pub async fn run_command(
     };
     if let Some(supervisor) = &opts.supervisor {
         return run_supervised(&spec, opts, supervisor, stop, cgroup).await;
+    }
+    if let Some(user) = &opts.run_as {
+        return CommandOutcome::spawn_failed(format!(
+            "running a command as `{}` needs the attempt supervisor (supervise_commands)",
+            user.name
+        ));
     }
     let (reader, writer) = match std::io::pipe() {
         Ok(pipe) => pipe,
@@ -317,23 +328,35 @@ pub async fn run_command(
     }
 }
 
-/// The argv to start: the command itself, or, with a cgroup, a shell that moves
-/// itself into the cgroup before it becomes the program, so that nothing the program
-/// starts can escape the limit.
-fn command_line(spec: &CommandSpec, cgroup: Option<&AttemptCgroup>) -> Vec<OsString> {
-    match cgroup {
-        Some(cg) => {
-            let mut argv: Vec<OsString> = vec![
-                "/bin/sh".into(),
-                "-c".into(),
-                "echo $$ > \"$0\" && exec \"$@\"".into(),
-                cg.procs_file().into(),
-            ];
-            argv.extend(spec.argv.iter().map(OsString::from));
-            argv
-        }
-        None => spec.argv.iter().map(OsString::from).collect(),
+/// The argv to start: the command itself; with `run_as`, behind `worker_binary` started
+/// to drop to the user's identity and become the command
+/// ([`crate::supervisor::RUN_AS_ARG`]); with a cgroup, all that behind a shell that moves
+/// itself into the cgroup (as root, before any identity is dropped) and becomes the rest,
+/// so that nothing the program starts can escape the limit.
+fn command_line(
+    spec: &CommandSpec,
+    cgroup: Option<&AttemptCgroup>,
+    run_as: Option<(&RunAs, &Path)>,
+) -> Vec<OsString> {
+    let mut argv: Vec<OsString> = Vec::new();
+    if let Some(cg) = cgroup {
+        argv.extend([
+            "/bin/sh".into(),
+            "-c".into(),
+            "echo $$ > \"$0\" && exec \"$@\"".into(),
+            cg.procs_file().into(),
+        ]);
     }
+    if let Some((user, worker_binary)) = run_as {
+        argv.extend([
+            worker_binary.into(),
+            crate::supervisor::RUN_AS_ARG.into(),
+            user.uid.to_string().into(),
+            user.gid.to_string().into(),
+        ]);
+    }
+    argv.extend(spec.argv.iter().map(OsString::from));
+    argv
 }
 
 /// Runs `spec` under an attempt supervisor (`supervisor`, started with the hidden
@@ -365,13 +388,36 @@ async fn run_supervised(
         Ok(end) => end,
         Err(e) => return CommandOutcome::spawn_failed(format!("cannot create a pipe: {e}")),
     };
+    // The supervisor's child is the same binary, which `/proc/self/exe` names even once
+    // an upgrade replaced the file; a cgroup's shell must be given the binary's path
+    // (its own `/proc/self/exe` is the shell).
+    let worker_binary = match &opts.run_as {
+        Some(_) if cgroup.is_none() => Some(supervisor.to_path_buf()),
+        Some(_) => match std::fs::canonicalize(supervisor) {
+            Ok(path) => Some(path),
+            Err(e) => {
+                return CommandOutcome::spawn_failed(format!(
+                    "cannot find the worker's binary ({}) to run the command as another user: {e}",
+                    supervisor.display()
+                ));
+            }
+        },
+        None => None,
+    };
+    let run_as = opts.run_as.as_ref().zip(worker_binary.as_deref());
     let mut cmd = tokio::process::Command::new(supervisor);
     cmd.arg0(crate::supervisor::SUPERVISOR_NAME)
         .arg(crate::supervisor::SUPERVISOR_ARG)
         .arg(std::process::id().to_string())
-        .args(command_line(spec, cgroup));
+        .args(command_line(spec, cgroup, run_as));
     for name in HIDDEN_ENV {
         cmd.env_remove(name);
+    }
+    if let Some(user) = &opts.run_as {
+        // As `su -` sets them; the job's own values come after and win.
+        cmd.env("HOME", &user.home)
+            .env("USER", &user.name)
+            .env("LOGNAME", &user.name);
     }
     cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(OwnedFd::from(supervisor_end))
@@ -763,6 +809,41 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_command_of_another_user_enters_its_cgroup_as_root_before_dropping_to_the_user() {
+        let spec = sh("id -u");
+        let cgroup = AttemptCgroup::at(PathBuf::from("/sys/fs/cgroup/lqsm/a1"));
+        let user = RunAs {
+            name: "nobody".into(),
+            uid: 65534,
+            gid: 65533,
+            home: "/nonexistent".into(),
+        };
+        let binary = Path::new("/usr/bin/lqsm");
+        let line: Vec<String> = command_line(&spec, Some(&cgroup), Some((&user, binary)))
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            line,
+            [
+                "/bin/sh",
+                "-c",
+                "echo $$ > \"$0\" && exec \"$@\"",
+                "/sys/fs/cgroup/lqsm/a1/cgroup.procs",
+                "/usr/bin/lqsm",
+                crate::supervisor::RUN_AS_ARG,
+                "65534",
+                "65533",
+                "/bin/sh",
+                "-c",
+                "id -u",
+            ]
+        );
+        let plain: Vec<OsString> = command_line(&spec, None, None);
+        assert_eq!(plain, ["/bin/sh", "-c", "id -u"]);
+    }
+
     fn quick() -> ExecOptions {
         ExecOptions {
             timeout: Some(Duration::from_secs(20)),
@@ -770,6 +851,7 @@ mod tests {
             grace: Duration::from_millis(300),
             log_cap: 1024 * 1024,
             supervisor: None,
+            run_as: None,
         }
     }
 
@@ -877,6 +959,7 @@ mod tests {
             grace: Duration::from_millis(300),
             log_cap: 4096,
             supervisor: None,
+            run_as: None,
         };
         // SIGTERM is ignored by the shell and, inherited, by both sleeps: only the
         // SIGKILL after the grace period can end them.

@@ -68,7 +68,7 @@ mod handlers;
 pub mod supervisor;
 
 pub use agent::RETRY_EXIT_CODE;
-pub use config::{Capacity, WorkerConfig, detect_capacity};
+pub use config::{Capacity, RunAs, RunAsError, WorkerConfig, decide_run_as, detect_capacity};
 pub use context::{RetryRequested, job_id, retry, soft_time_limit, update_state};
 pub use handlers::{BUILTIN_HANDLERS, HandlerFuture, HandlerResult};
 
@@ -226,6 +226,18 @@ impl WorkerBuilder {
         }
         let config = self.config;
         check(&config)?;
+        let (run_as, warning) = decide_run_as(
+            nix::unistd::geteuid().as_raw(),
+            config.run_as.clone(),
+            config.serves_commands,
+        )
+        .map_err(WorkerError::Config)?;
+        if let Some(warning) = warning {
+            tracing::warn!("{warning}");
+        }
+        if let Some(user) = &run_as {
+            tracing::info!(user = %user.name, uid = user.uid, gid = user.gid, "command jobs run as this user");
+        }
         let client = Client::new(&config.server, config.token.clone())?;
         let client = match &config.ca_file {
             Some(path) => client.with_ca_file(path)?,
@@ -278,6 +290,7 @@ impl WorkerBuilder {
             serves_commands: config.serves_commands,
             supervisor,
             soft_timeout_signal: config.soft_timeout_signal,
+            run_as,
         };
         let agent = Agent::new(
             client,
@@ -310,6 +323,15 @@ fn check(config: &WorkerConfig) -> Result<(), WorkerError> {
         return bad(
             "command jobs run under a supervisor that is this program started again: call `lqsm_worker::supervisor::run_if_asked()` first thing in `main` (or set `supervise_commands = false`, or `serves_commands = false`)".to_owned(),
         );
+    }
+    if let Some(user) = &config.run_as
+        && config.serves_commands
+        && !config.supervise_commands
+    {
+        return bad(format!(
+            "run_as `{}` needs supervise_commands: the attempt's supervisor drops to the user's identity",
+            user.name
+        ));
     }
     if config.poll_wait.as_millis() > 30_000 {
         return bad(format!(

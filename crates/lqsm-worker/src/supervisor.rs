@@ -47,6 +47,13 @@ use std::time::Duration;
 /// supervisor. Not meant to be typed by people.
 pub const SUPERVISOR_ARG: &str = "__lqsm-attempt-supervisor";
 
+/// The hidden first argument that makes a worker's binary drop to another user's
+/// identity and become a command: `RUN_AS_ARG UID GID PROGRAM ARGS...`. Started (by
+/// the supervisor, behind the cgroup's shell when there is one) as root, it sets no
+/// supplementary groups, the gid, then the uid, and executes the program in place, so
+/// that the command keeps the process the supervisor watches. Not meant to be typed.
+pub const RUN_AS_ARG: &str = "__lqsm-run-as";
+
 /// The name the supervisor shows in `ps`.
 pub(crate) const SUPERVISOR_NAME: &str = "lqsm-attempt-supervisor";
 
@@ -76,7 +83,12 @@ const SWEEP_WAIT: Duration = Duration::from_millis(10);
 /// ```
 pub fn run_if_asked() {
     let mut args = std::env::args_os();
-    if args.nth(1).as_deref() != Some(OsStr::new(SUPERVISOR_ARG)) {
+    let first = args.nth(1);
+    if first.as_deref() == Some(OsStr::new(RUN_AS_ARG)) {
+        let rest: Vec<OsString> = args.collect();
+        std::process::exit(become_user(&rest));
+    }
+    if first.as_deref() != Some(OsStr::new(SUPERVISOR_ARG)) {
         HOOK_CALLED.store(true, Ordering::SeqCst);
         return;
     }
@@ -85,6 +97,36 @@ pub fn run_if_asked() {
     // for itself); the command it runs gets the system's default, as if started by hand.
     let _ = nix::sys::prctl::set_thp_disable(false);
     std::process::exit(supervise(&rest));
+}
+
+/// Runs `args` (`UID GID PROGRAM ARGS...`) as that uid and gid, without supplementary
+/// groups; returns only when that failed, with the exit code saying so (126, as a shell
+/// does for a program it cannot run), the reason written to the command's output.
+fn become_user(args: &[OsString]) -> i32 {
+    let mut output = std::io::stderr();
+    let [uid, gid, program, program_args @ ..] = args else {
+        let _ = writeln!(output, "lqsm: run-as: expected UID GID PROGRAM [ARGS...]");
+        return 126;
+    };
+    let id = |text: &OsString| text.to_str().and_then(|t| t.parse::<u32>().ok());
+    let (Some(uid), Some(gid)) = (id(uid), id(gid)) else {
+        let _ = writeln!(output, "lqsm: run-as: the uid and gid must be numbers");
+        return 126;
+    };
+    // With a uid set, the standard library sets the gid, then empties the supplementary
+    // groups, then sets the uid: nothing of the worker's privileges is left once the
+    // program starts.
+    let error = std::process::Command::new(program)
+        .args(program_args)
+        .uid(uid)
+        .gid(gid)
+        .exec();
+    let _ = writeln!(
+        output,
+        "lqsm: cannot run `{}` as uid {uid}, gid {gid}: {error}",
+        program.to_string_lossy()
+    );
+    126
 }
 
 /// Whether [`run_if_asked`] was called in this process.

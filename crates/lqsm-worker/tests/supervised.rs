@@ -46,6 +46,10 @@ fn main() {
             "the_soft_time_limit_signals_the_command_before_the_timeout",
             || Box::pin(the_soft_time_limit_signals_the_command_before_the_timeout()),
         ),
+        (
+            "a_command_runs_as_the_run_as_user_without_the_workers_groups",
+            || Box::pin(a_command_runs_as_the_run_as_user_without_the_workers_groups()),
+        ),
     ];
     let filter: Vec<String> = std::env::args()
         .skip(1)
@@ -72,6 +76,7 @@ fn supervised() -> ExecOptions {
         grace: Duration::from_millis(300),
         log_cap: 1024 * 1024,
         supervisor: Some(PathBuf::from("/proc/self/exe")),
+        run_as: None,
     }
 }
 
@@ -279,4 +284,43 @@ async fn the_soft_time_limit_signals_the_command_before_the_timeout() {
         "{out:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+async fn a_command_runs_as_the_run_as_user_without_the_workers_groups() {
+    if !nix::unistd::geteuid().is_root() {
+        print!(
+            "skipped: only root may run a command as another user, and this test runs as uid {} ... ",
+            nix::unistd::geteuid()
+        );
+        return;
+    }
+    let nobody = lqsm_worker::RunAs::lookup("nobody").unwrap();
+    let opts = ExecOptions {
+        run_as: Some(nobody.clone()),
+        ..supervised()
+    };
+    let out = run(
+        sh("id -u; id -g; id -G; echo \"home=$HOME user=$USER\"; sleep 30 & echo pid $!; touch /root/lqsm-run-as-probe && echo wrote-as-root"),
+        &opts,
+    )
+    .await;
+    assert_eq!(out.ending, Ending::Exited(1), "{}", out.output);
+    let lines: Vec<&str> = out.output.lines().collect();
+    assert_eq!(lines[0], nobody.uid.to_string(), "{}", out.output);
+    assert_eq!(lines[1], nobody.gid.to_string(), "{}", out.output);
+    // Its primary group only: none of root's supplementary groups.
+    assert_eq!(lines[2], nobody.gid.to_string(), "{}", out.output);
+    assert_eq!(
+        lines[3],
+        format!("home={} user=nobody", nobody.home.display()),
+        "{}",
+        out.output
+    );
+    assert!(
+        !out.output.contains("wrote-as-root"),
+        "the command could write where only root may: {}",
+        out.output
+    );
+    // Processes running as another user still end with the attempt.
+    all_gone(&pids_in(&out.output)).await;
 }

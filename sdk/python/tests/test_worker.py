@@ -263,6 +263,22 @@ def test_a_command_job_from_python(app: lqsm.App) -> None:
         app.submit_command("echo hi")
 
 
+def test_a_command_gets_its_secret_env_which_shows_as_stars(app: lqsm.App) -> None:
+    result = app.submit_command(
+        ["sh", "-c", 'echo "mode=$MODE token=$TOKEN"'],
+        env={"MODE": "fast"},
+        secret_env={"TOKEN": "hunter2-from-python"},
+        timeout=30,
+    )
+    result.get(timeout=30)
+    assert httpx.get(f"{app.url}/v1/jobs/{result.id}/logs").text == "mode=fast token=***\n"
+    view = httpx.get(f"{app.url}/v1/jobs/{result.id}").json()
+    assert view["kind"]["env"] == {"MODE": "fast", "TOKEN": "***"}
+    assert view["secret_env"] == ["TOKEN"]
+    with pytest.raises(ValueError, match="both in env and in secret_env"):
+        app.submit_command(["true"], env={"A": "1"}, secret_env={"A": "2"})
+
+
 def test_several_server_urls_fail_over_to_one_that_answers(server_url: str) -> None:
     with lqsm.App(["http://127.0.0.1:9", server_url]) as app:
         assert app.server_version()

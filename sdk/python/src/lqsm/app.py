@@ -161,6 +161,7 @@ class App:
         *,
         queue: str = "root.default",
         env: Optional[Mapping[str, str]] = None,
+        secret_env: Optional[Mapping[str, str]] = None,
         cwd: Optional[str] = None,
         timeout: Optional[float] = None,
         retries: Optional[int] = None,
@@ -172,12 +173,19 @@ class App:
     ) -> AsyncResult:
         """Submits a command job: `argv` runs on a worker that runs commands (`lqsm
         worker`), not a Python function; its result is `{"exit_code": ...}` and its
-        output the job's logs. Always confirmed: returns once the job is durable."""
+        output the job's logs. `secret_env` holds variables the command gets like
+        `env`'s, shown as `***` in every view of the job and masked in its logs (stored
+        in clear by the server). Always confirmed: returns once the job is durable."""
         if isinstance(argv, str) or not argv or not all(isinstance(a, str) for a in argv):
             raise TypeError(f"argv takes a non-empty list of str such as ['echo', 'hi'], got {argv!r}")
         kind: Dict[str, Any] = {"type": "command", "argv": list(argv)}
-        if env is not None:
-            kind["env"] = str_map("env", env)
+        variables = str_map("env", env) if env is not None else {}
+        secrets = str_map("secret_env", secret_env) if secret_env is not None else {}
+        both = sorted(set(variables) & set(secrets))
+        if both:
+            raise ValueError(f"{both[0]!r} is given both in env and in secret_env")
+        if variables or secrets:
+            kind["env"] = {**variables, **secrets}
         if cwd is not None:
             kind["cwd"] = cwd
         options: Dict[str, Any] = {"queue": queue}
@@ -192,6 +200,8 @@ class App:
         if tags is not None:
             options["tags"] = tags
         job: Dict[str, Any] = {"queue": queue, "kind": kind}
+        if secrets:
+            job["secret_env"] = sorted(secrets)
         job.update(TaskOptions.from_kwargs({**options, "name": "command"}, None).job_fields)
         if countdown is not None:
             job["delay_ms"] = seconds_to_ms("countdown", countdown)
