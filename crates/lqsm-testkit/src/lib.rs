@@ -47,7 +47,7 @@ pub mod tls {
 }
 
 pub use binary::lqsm_binary;
-pub use fault_proxy::FaultProxy;
+pub use fault_proxy::{FaultProxy, FaultStats};
 pub use http::{Api, Reply, SimWorker, finished_attempt, function_job};
 pub use in_process::{BlockingTestServer, TestServer, toml_settings};
 pub use process::{Ran, ServerProcess, WorkerProcess, process_gone, run_lqsm};
