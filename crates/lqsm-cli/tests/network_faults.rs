@@ -12,8 +12,9 @@
 //! drained first, and its long jobs have more left to run than the fence time): a job
 //! that ends then and whose report cannot get through runs again, the documented
 //! at-least-once window (docs/RELIABILITY.md), which is not what this test is about.
-//! Jobs still running when the cut begins must be stopped by the worker's fence;
-//! were they not, they would complete on the cut-off worker and again elsewhere.
+//! Jobs still running when the cut begins must be stopped by the worker's fence; the
+//! cut lasts past their end, so were they not, they would complete on the cut-off
+//! worker and again elsewhere (with the fence turned off, this test fails).
 //!
 //! CI runs 45 s of faults. The long run:
 //! `LQSM_NETWORK_FAULT_SECS=600 cargo test -p lqsm-cli --test network_faults -- --nocapture`.
@@ -240,8 +241,9 @@ struct Target {
 impl Target {
     /// Whether the worker may be cut off for longer than the heartbeat timeout now:
     /// every job the server has on it has started, has not ended, and has more than
-    /// the fence time (and a margin) left to run. Answers how many such jobs run.
-    fn clear_to_cut(&self) -> Option<usize> {
+    /// the fence time (and a margin) left to run. Answers how many such jobs run, and
+    /// the longest any of them has left.
+    fn clear_to_cut(&self) -> Option<(usize, Duration)> {
         let worker = worker_view(&self.api, &self.worker)?;
         let jobs = all_jobs(&self.api)?;
         let durations: HashMap<Uuid, Duration> = self
@@ -253,6 +255,7 @@ impl Target {
             .copied()
             .collect();
         let mut running = 0;
+        let mut longest_left = Duration::ZERO;
         for job in jobs.values().filter(|j| {
             matches!(j.state, api::JobState::Scheduled | api::JobState::Running)
                 && j.attempts.last().is_some_and(|a| a.worker == worker.id)
@@ -274,8 +277,9 @@ impl Target {
                 return None;
             }
             running += 1;
+            longest_left = longest_left.max(length - age);
         }
-        Some(running)
+        Some((running, longest_left))
     }
 
     /// Whether a long job started on the worker moments ago (its current attempt).
@@ -335,13 +339,17 @@ impl Target {
             std::thread::sleep(Duration::from_millis(50));
         };
         match clear {
-            Some(running) => {
+            Some((running, longest_left)) => {
                 self.proxy.partition();
                 injected.long_partitions += 1;
                 if running > 0 {
                     injected.long_partitions_over_a_running_job += 1;
                 }
-                std::thread::sleep(HEARTBEAT + rng.millis(2_000, 6_000));
+                // Past the end its jobs would reach unfenced: healed earlier, the server
+                // would stop a run it no longer counts, and a missing fence go unseen.
+                let hold = (HEARTBEAT + rng.millis(2_000, 6_000))
+                    .max(longest_left + Duration::from_secs(2));
+                std::thread::sleep(hold);
                 self.proxy.heal();
             }
             None => injected.long_partitions_skipped += 1,
