@@ -8,8 +8,9 @@
 //! Every job appends `start` and, when it completes, `done` to its own marker file
 //! in the test's directory: a second `done` is a job that completed twice.
 //!
-//! The long run of the last scenario: `LQSM_NO_ORPHANS_JOBS=200
-//! LQSM_NO_ORPHANS_KILLS=12 cargo test -p lqsm-cli --test no_orphans reported`;
+//! The long run of the last scenario, 100 worker kills (about 5 minutes): `nice -n 10
+//! env LQSM_NO_ORPHANS_JOBS=500 LQSM_NO_ORPHANS_KILLS=100 cargo test -p lqsm-cli --test
+//! no_orphans reported -- --nocapture`;
 //! with `LQSM_NO_ORPHANS_KILL_ANY_TIME=1` kills are not timed clear of jobs' ends
 //! (see [`KILL_CLEAR_OF_THE_END`]).
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // In tests a panic is the failure report.
