@@ -368,16 +368,22 @@ impl Target {
     }
 }
 
-/// One proxy's fault schedule, until `until`: a fault, a quiet spell, the next.
-fn fault_schedule(target: Target, seed: u64, until: Instant) -> JoinHandle<Injected> {
+/// One proxy's fault schedule, until `until`: a fault, a quiet spell, the next. The
+/// first fault is of kind `first` (0–2 delay, 3 drop rate, 4 drop all, 5 reset, 6–7
+/// short partition, 8–9 long partition), so that even the short run sees the rare
+/// kinds; the others are drawn.
+fn fault_schedule(target: Target, seed: u64, first: u64, until: Instant) -> JoinHandle<Injected> {
     std::thread::spawn(move || {
         let mut rng = Rng(seed);
         target.proxy.seed(rng.next());
         let mut injected = Injected::default();
+        let mut kind = first;
         while Instant::now() < until {
             std::thread::sleep(rng.millis(500, 3_000));
             let proxy = &target.proxy;
-            match rng.between(0, 9) {
+            let this = kind;
+            kind = rng.between(0, 9);
+            match this {
                 0..=2 => {
                     proxy.set_delay(rng.millis(50, 2_000));
                     injected.delays += 1;
@@ -504,7 +510,9 @@ fn under_delays_drops_resets_and_partitions_every_acknowledged_job_completes_onc
                 dir: marks_dir.clone(),
                 submitted: submitted.clone(),
             };
-            fault_schedule(target, seed.wrapping_add(1 + i as u64), until)
+            // A long partition, a drop rate and a reset first.
+            let first = [9, 3, 5][i % 3];
+            fault_schedule(target, seed.wrapping_add(1 + i as u64), first, until)
         })
         .collect();
     let mut injected = Injected::default();
