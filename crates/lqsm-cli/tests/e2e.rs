@@ -167,11 +167,14 @@ fn a_worker_never_runs_more_than_its_cpus_allow() {
 
 #[test]
 fn a_job_on_a_killed_worker_is_retried_on_another() {
-    // 6 s: the surviving worker stops its attempts (self-fencing) 4.8 s after its last
-    // answered poll, and polls at least every 1.2 s; a shorter timeout would let a
-    // loaded machine's slow answer stop the retry too. The test does not measure the
-    // timeout, only waits for it once.
-    let mut c = Cluster::start(&["--heartbeat-timeout-ms", "6000"], &[("w1", 1), ("w2", 1)]);
+    // 10 s: the surviving worker stops its attempts (self-fencing) 8 s after its last
+    // answered poll, and polls at least every 2 s; a shorter timeout (it was 6 s) lets
+    // a loaded machine's slow answer fence the survivor and stop the retry too. The
+    // test does not measure the timeout, only waits for it once.
+    let mut c = Cluster::start(
+        &["--heartbeat-timeout-ms", "10000"],
+        &[("w1", 1), ("w2", 1)],
+    );
     let id = c.cli.submit(&["--retries", "1", "--", "sleep", "2"]);
     let running = c.wait_state(id, lqsm_api::JobState::Running);
     let first_worker = running.attempts[0].worker;
@@ -206,7 +209,9 @@ fn a_job_on_a_killed_worker_is_retried_on_another() {
 #[test]
 fn running_jobs_survive_a_server_restart_and_are_recorded_once() {
     let mut c = Cluster::start(&[], &[("w1", 2), ("w2", 2)]);
-    let ids = submit_many(&c.cli, &["--count", "4", "--", "sleep", "2"]);
+    // 8 s: all four must be seen running at once, and still run when the server stops;
+    // on a loaded machine their starts can be seconds apart (it was 2 s).
+    let ids = submit_many(&c.cli, &["--count", "4", "--", "sleep", "8"]);
     assert_eq!(ids.len(), 4);
     c.eventually("the four jobs to run", || {
         let jobs = c.cli.jobs();
@@ -414,7 +419,9 @@ fn a_drained_worker_takes_no_new_jobs_until_undrained() {
 #[test]
 fn sigterm_lets_a_worker_finish_its_job_then_exit_0() {
     let mut c = Cluster::start(&[], &[("w1", 1)]);
-    let id = c.cli.submit(&["--", "sleep", "2"]);
+    // Long enough to be seen running (each look starts a CLI process) with SIGTERM
+    // sent before it ends, on a loaded machine (it was 2 s).
+    let id = c.cli.submit(&["--", "sleep", "5"]);
     c.wait_state(id, lqsm_api::JobState::Running);
 
     c.worker("w1").sigterm();

@@ -22,11 +22,13 @@ fn a_command_reports_progress_hears_its_soft_limit_and_asks_for_a_retry() {
          while :; do sleep 0.05; done",
         gate = gate.display()
     );
+    // A soft limit of 10 s (it was 3 s): the test must see the first attempt's progress
+    // before the signal ends it, and each look starts a CLI process on a loaded machine.
     let id = c.cli.submit(&[
         "--retries",
         "1",
         "--soft-timeout",
-        "3s",
+        "10s",
         "--timeout",
         "60s",
         "--",
@@ -41,7 +43,7 @@ fn a_command_reports_progress_hears_its_soft_limit_and_asks_for_a_retry() {
         job.progress,
         Some(serde_json::json!({"step": "downloading"}))
     );
-    assert_eq!(job.soft_timeout_ms, Some(3000));
+    assert_eq!(job.soft_timeout_ms, Some(10_000));
     let human = c
         .cli
         .run(&["job", "get", &id.to_string()])

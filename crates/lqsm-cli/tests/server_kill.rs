@@ -6,6 +6,11 @@
 //! marks file. When a submission fails (the server is down, or died before it answered)
 //! the submitter sends the same job, same id, again until the server acknowledges it:
 //! a job the dead server had stored is then the same job, not a second one.
+//!
+//! CI runs 3 kills. The long run (docs/RELIABILITY.md; about 20 jobs per cycle keeps
+//! it within minutes):
+//! `LQSM_SERVER_KILL_CYCLES=100 LQSM_SERVER_KILL_JOBS_PER_CYCLE=20 cargo test -p
+//! lqsm-cli --test server_kill -- --nocapture`.
 #![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 #![allow(clippy::print_stdout)] // Each run prints its acknowledged, lost and twice-run counts.
 
@@ -23,10 +28,23 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use uuid::Uuid;
 
-/// Jobs submitted in all.
-const JOBS: usize = 150;
-/// The server is killed once this many jobs are acknowledged, each time.
-const KILL_AT: [usize; 3] = [40, 80, 120];
+/// A number from the environment, or `default`.
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// How many times the server is killed (`LQSM_SERVER_KILL_CYCLES`, 3 by default), and
+/// how many jobs are acknowledged between two kills (`LQSM_SERVER_KILL_JOBS_PER_CYCLE`,
+/// 40 by default): the server dies once every that many acknowledgements, and as many
+/// again are submitted after the last kill.
+fn plan() -> (usize, usize) {
+    let cycles = setting("LQSM_SERVER_KILL_CYCLES", 3).max(1);
+    let per_cycle = setting("LQSM_SERVER_KILL_JOBS_PER_CYCLE", 40).max(1);
+    (cycles, per_cycle)
+}
 
 /// A command job with a client-chosen id that appends its id to `marks` (after a short
 /// sleep, so that kills find jobs running on the workers).
@@ -53,11 +71,11 @@ impl Progress {
     }
 }
 
-/// Submits [`JOBS`] marking jobs one after the other, each the same job (same id) again
+/// Submits `jobs` marking jobs one after the other, each the same job (same id) again
 /// after a failure until the server acknowledges it.
-fn submitter(api: Api, marks: PathBuf, progress: Progress) -> JoinHandle<()> {
+fn submitter(api: Api, jobs: usize, marks: PathBuf, progress: Progress) -> JoinHandle<()> {
     std::thread::spawn(move || {
-        for _ in 0..JOBS {
+        for _ in 0..jobs {
             let id = Uuid::now_v7();
             let job = marking_job(id, &marks);
             let started = Instant::now();
@@ -105,6 +123,12 @@ fn all_jobs(api: &Api) -> Option<HashMap<Uuid, api::JobView>> {
     }
 }
 
+/// How many jobs the server says are running (at most a page: the workers hold 8).
+fn running_jobs(api: &Api) -> Option<usize> {
+    let reply = api.try_get("/v1/jobs?state=running&limit=1000").ok()?;
+    (reply.status == 200).then(|| reply.json::<api::JobList>().jobs.len())
+}
+
 fn workers(api: &Api) -> Option<Vec<api::WorkerView>> {
     let reply = api.try_get("/v1/workers").ok()?;
     (reply.status == 200).then(|| reply.json())
@@ -120,6 +144,9 @@ fn logs(server: &ServerProcess, workers: &[WorkerProcess]) -> String {
 
 #[test]
 fn kill_9_of_the_server_with_workers_running_loses_nothing_and_runs_nothing_twice() {
+    let (cycles, per_cycle) = plan();
+    let total = per_cycle * (cycles + 1);
+    let started = Instant::now();
     let dir = TempDir::with_prefix("lqsm-server-kill-").unwrap();
     let marks = dir.path().join("completed");
     let mut server = ServerProcess::start();
@@ -142,10 +169,10 @@ fn kill_9_of_the_server_with_workers_running_loses_nothing_and_runs_nothing_twic
     );
 
     let progress = Progress::default();
-    let submitting = submitter(api.clone(), marks.clone(), progress.clone());
+    let submitting = submitter(api.clone(), total, marks.clone(), progress.clone());
     let mut in_flight_at_kills = Vec::new();
     let mut running_at_kills = Vec::new();
-    for kill_at in KILL_AT {
+    for kill_at in (1..=cycles).map(|cycle| cycle * per_cycle) {
         eventually_explained(
             &format!("{kill_at} jobs to be acknowledged"),
             Duration::from_secs(90),
@@ -164,11 +191,7 @@ fn kill_9_of_the_server_with_workers_running_loses_nothing_and_runs_nothing_twic
             .count();
         in_flight_at_kills.push(in_flight);
         // And what the workers run as it dies, as the server last said.
-        let running = all_jobs(&api)
-            .unwrap_or_default()
-            .values()
-            .filter(|j| j.state == api::JobState::Running)
-            .count();
+        let running = running_jobs(&api).unwrap_or_default();
         running_at_kills.push(running);
         let failures = progress.failures.load(Ordering::Relaxed);
         server.kill_9();
@@ -183,10 +206,10 @@ fn kill_9_of_the_server_with_workers_running_loses_nothing_and_runs_nothing_twic
     }
     submitting.join().unwrap();
     let acknowledged = progress.acknowledged.lock().unwrap().clone();
-    assert_eq!(acknowledged.len(), JOBS);
+    assert_eq!(acknowledged.len(), total);
     assert_eq!(
         acknowledged.iter().collect::<HashSet<_>>().len(),
-        JOBS,
+        total,
         "distinct ids"
     );
 
@@ -194,7 +217,7 @@ fn kill_9_of_the_server_with_workers_running_loses_nothing_and_runs_nothing_twic
     let api = server.api();
     eventually_explained(
         "every acknowledged job to succeed and the workers to be idle",
-        Duration::from_secs(120),
+        Duration::from_secs(120) + Duration::from_millis(100) * total as u32,
         || {
             let jobs = all_jobs(&api).unwrap_or_default();
             let unfinished: Vec<_> = acknowledged
@@ -220,7 +243,7 @@ fn kill_9_of_the_server_with_workers_running_loses_nothing_and_runs_nothing_twic
     let jobs = all_jobs(&api).unwrap();
     assert_eq!(
         jobs.len(),
-        JOBS,
+        total,
         "the server holds exactly the acknowledged jobs"
     );
 
@@ -232,16 +255,18 @@ fn kill_9_of_the_server_with_workers_running_loses_nothing_and_runs_nothing_twic
     let twice: Vec<(&Uuid, &usize)> = completions.iter().filter(|(_, n)| **n > 1).collect();
     let rerun = jobs.values().filter(|j| j.attempts.len() > 1).count();
     println!(
-        "acknowledged {}, lost {}, completed twice {} (server kills {}, submissions sent \
-         again {}, acknowledged but unfinished at each kill {:?}, running at each kill {:?}, jobs \
-         with more than one attempt {rerun})",
+        "acknowledged {}, lost {}, completed twice {} (server kills {cycles}, submissions \
+         sent again {}, kills that found jobs running {}, acknowledged but unfinished at each \
+         kill {:?}, running at each kill {:?}, jobs with more than one attempt {rerun}, wall \
+         time {:.1?})",
         acknowledged.len(),
         lost.len(),
         twice.len(),
-        KILL_AT.len(),
         progress.failures.load(Ordering::Relaxed),
+        running_at_kills.iter().filter(|n| **n > 0).count(),
         in_flight_at_kills,
         running_at_kills,
+        started.elapsed(),
     );
     let twice_views: Vec<&api::JobView> = twice.iter().filter_map(|(id, _)| jobs.get(id)).collect();
     assert!(

@@ -9,11 +9,12 @@
 //!   it must die (kill -9), its exit code or stderr is checked, its `/metrics` (one
 //!   recorder per process) is read, several servers and workers run together, or the
 //!   CLI is driven. [`ServerProcess`] (`lqsm server` or `lqsm standalone`),
-//!   [`WorkerProcess`] and [`run_lqsm`] start it; [`FaultProxy`] cuts the network between
-//!   processes. The binary is found one way, [`lqsm_binary`], which fails the test,
-//!   saying what to run, when the binary is missing or older than the sources it was
-//!   built from: nothing is tested against old code, nothing is skipped, and no crate's
-//!   tests rely on another crate's tests to build it.
+//!   [`WorkerProcess`] and [`run_lqsm`] start it; [`FaultProxy`] delays, drops, resets
+//!   and cuts the network between processes. The binary is found one way,
+//!   [`lqsm_binary`], which fails the test, saying what to run, when the binary is
+//!   missing or older than the sources it was built from: nothing is tested against old
+//!   code, nothing is skipped, and no crate's tests rely on another crate's tests to
+//!   build it.
 //! - Talking HTTP without the typed client ([`http`]): the blocking [`Api`] with its
 //!   [`Reply`], and [`SimWorker`], a worker played by the test through the poll protocol.
 //! - Waiting ([`wait`]): one deadline policy. [`eventually`] polls every [`POLL_EVERY`]
@@ -47,7 +48,7 @@ pub mod tls {
 }
 
 pub use binary::lqsm_binary;
-pub use fault_proxy::FaultProxy;
+pub use fault_proxy::{FaultProxy, FaultStats};
 pub use http::{Api, Reply, SimWorker, finished_attempt, function_job};
 pub use in_process::{BlockingTestServer, ServerOnStore, TestServer, toml_settings};
 pub use process::{Ran, ServerProcess, WorkerProcess, process_gone, run_lqsm};
