@@ -15,6 +15,10 @@
 //!   survived. A server that acknowledged anything before its commit returned would lose
 //!   it here, which `kill -9` cannot show.
 //!
+//! A second test runs the server with a shared store's rules (`backend = "postgres"`):
+//! there a full disk does not stop it; the leader steps down, answers job reads, and leads
+//! again by itself once there is room.
+//!
 //! After every restart each job acknowledged so far must be there; at the end every
 //! acknowledged job has completed exactly once, counted from the marks. Each run prints
 //! `acknowledged=N lost=0 completed_twice=0`. `LQSM_STORE_FAULT_ROUNDS` sets the number
