@@ -195,6 +195,25 @@ fn jobs_in_state(api: &Api, state: &str) -> Option<Vec<api::JobView>> {
     }
 }
 
+/// Counts per fault, in full for a short run, summed up for a long one.
+struct Spread<'a>(&'a [usize]);
+
+impl std::fmt::Debug for Spread<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.len() <= 12 {
+            return write!(f, "{:?}", self.0);
+        }
+        let min = self.0.iter().min().unwrap_or(&0);
+        let max = self.0.iter().max().unwrap_or(&0);
+        let zero = self.0.iter().filter(|n| **n == 0).count();
+        write!(
+            f,
+            "{} faults: {min} to {max}, 0 at {zero} of them",
+            self.0.len()
+        )
+    }
+}
+
 fn worker_views(api: &Api) -> Option<Vec<api::WorkerView>> {
     let reply = api.try_get("/v1/workers").ok()?;
     (reply.status == 200).then(|| reply.json())
@@ -528,8 +547,8 @@ impl Run {
             refusals.len(),
             self.progress.unanswered.load(Ordering::Relaxed),
             jobs.values().filter(|j| j.attempts.len() > 1).count(),
-            self.running_at_faults,
-            self.failures_at_faults,
+            Spread(&self.running_at_faults),
+            Spread(&self.failures_at_faults),
         );
         println!("the refusals, each kind once: {refusal_messages:#?}");
         assert!(lost.is_empty(), "acknowledged jobs never run: {lost:?}");
