@@ -3,24 +3,28 @@
 //! worker churn against a real `lqsm server` and real `lqsm worker`s, shortened, with
 //! margins fit for a short run on a shared machine.
 //!
-//! The hour's criteria are memory at the end within 10% of minutes 8–12 and p99 latency
-//! within 1.5×. Two minutes cannot hold those margins honestly:
-//! - Memory: the run's server keeps finished jobs for 10 s here (5 minutes in the hour),
-//!   so its job state is steady well before the baseline window (30–50 s); what grows
-//!   after that is the allocator's and the storage engine's working set settling, a few
-//!   MiB on a server of a few tens of MiB. 25% is four times what settling took in the
-//!   runs behind this test (see the notes of docs/BENCHMARKS.md) and still far below
-//!   what a leak of a few KiB per request or per job would add in 70 s of this load.
-//!   Medians of 10 samples a window, not single samples, so one sample taken while a
-//!   batch is decoded does not decide.
-//! - Latency: 20 s windows hold about 230 requests each, so their p99 is the 2nd–3rd
-//!   slowest request; on two cores shared with compilers one descheduled request moves
-//!   it by tens of ms. The ratio is 3× here, and a final p99 within 100 ms of the
-//!   baseline's passes whatever the ratio: what this catches is the server getting
-//!   slower by orders of magnitude (a listing that scans every job ever submitted, a
-//!   lock held across a commit), not a few ms of noise.
-//! - Lost jobs, errors, and jobs completed twice other than through a killed worker's
-//!   at-least-once window are held to 0, as in the hour: they are not noise.
+//! The hour's criteria are memory in minutes 56–60 within 10% of minutes 8–12, and p99
+//! latency within 1.5×. Two minutes cannot hold those margins honestly:
+//! - Memory: the server keeps finished jobs for 10 s here (5 minutes in the hour), so its
+//!   job state is steady before the baseline window (20–60 s). What still grows is the
+//!   embedded storage engine's write buffer: its memtables keep every write until the
+//!   journal reaches the engine's cap (64 MiB, about 45 minutes into the hour at this
+//!   load), about 2–3 MiB of memory per MiB of journal: some 7 MiB a minute at this
+//!   load. Between these windows that was +10% and +15% in the runs behind this test
+//!   (debug build, 44–49 MiB at the baseline). 30% leaves room for it and for noise
+//!   (medians of 20 samples a window, not single samples); a leak fails it from about
+//!   8 MiB more in the minute between the windows' middles, some 12 KiB per request of
+//!   this load: gross leaks only, which is what two minutes can show.
+//! - Latency: a 10 s interval holds about 115 requests, so its p99 is its one or two
+//!   slowest; on two cores shared with compilers one stall moves it by hundreds of ms
+//!   (the runs behind this test saw a 10 s interval at 1.3 s between two at 0.1–0.3 s).
+//!   Each window is judged by the median of its four intervals' p99s, within 3× of the
+//!   baseline's, or within 100 ms of it whatever the ratio: what this catches is the
+//!   server getting slower by multiples (a listing that scans every job ever submitted,
+//!   a lock held across commits), not a few ms of noise.
+//! - Lost jobs, failed requests, cancelled jobs that ran and jobs completed twice other
+//!   than through a killed worker's at-least-once window are held to 0, as in the hour:
+//!   they are not noise.
 #![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 #![allow(clippy::print_stdout)] // The run's figures are printed for the CI log.
 
@@ -44,11 +48,11 @@ fn two_minutes_of_mixed_load_with_workers_joining_and_leaving_keep_memory_and_la
             "--churn-every",
             "20s",
             "--baseline-window",
-            "30s..50s",
+            "20s..60s",
             "--final-window",
-            "100s..120s",
+            "80s..120s",
             "--max-rss-growth",
-            "0.25",
+            "0.30",
             "--max-p99-ratio",
             "3",
             "--p99-slack-ms",
