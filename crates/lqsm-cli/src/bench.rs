@@ -15,7 +15,11 @@ use std::time::{Duration, Instant};
 
 /// Options of `lqsm bench`.
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    /// Another kind of run than the default submit-and-wait one.
+    #[command(subcommand)]
+    other: Option<BenchCommand>,
     /// Jobs to submit.
     #[arg(short = 'n', long, default_value_t = 10_000)]
     jobs: usize,
@@ -43,6 +47,15 @@ pub struct BenchArgs {
     /// Give up waiting for completion after this many seconds.
     #[arg(long, default_value_t = 300)]
     timeout_s: u64,
+}
+
+/// The other kinds of `lqsm bench` run.
+#[derive(clap::Subcommand)]
+enum BenchCommand {
+    /// Steady mixed load for a long time (an hour by default) against a server and
+    /// workers it starts itself, workers joining and leaving: does the server's memory
+    /// or latency drift? Exit code 1 when it did beyond the limits.
+    Soak(crate::soak::SoakArgs),
 }
 
 #[derive(Serialize)]
@@ -117,6 +130,9 @@ pub async fn run(
     args: &BenchArgs,
     output: Output,
 ) -> anyhow::Result<u8> {
+    if let Some(BenchCommand::Soak(soak)) = &args.other {
+        return crate::soak::run(soak, output).await;
+    }
     anyhow::ensure!(
         args.jobs > 0 && args.batch > 0 && args.concurrency > 0,
         "--jobs, --batch and --concurrency must be above 0"

@@ -5,6 +5,7 @@ mod jobs;
 mod queues;
 mod run;
 mod schedules;
+mod soak;
 mod units;
 mod workflows;
 
