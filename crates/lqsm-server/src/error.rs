@@ -5,6 +5,22 @@ use axum::response::{IntoResponse, Response};
 use lqsm_api::{ErrorBody, ErrorCode, ErrorDetail};
 use lqsm_core::{JobError, QueueError, SubmitError, WorkerError};
 
+tokio::task_local! {
+    /// Whether the caller of the request being answered may see every queue. A missing
+    /// queue's error lists queues near it to spot a typo by, which must not name queues
+    /// hidden from the caller; it is set around each API call (`queue_names_for`), so
+    /// that every way a queue error reaches an answer, batch items included, obeys it.
+    static SEES_EVERY_QUEUE: bool;
+}
+
+/// Runs `answer` for a caller who may (or may not) see every queue.
+pub async fn queue_names_for<F: std::future::Future>(
+    sees_every_queue: bool,
+    answer: F,
+) -> F::Output {
+    SEES_EVERY_QUEUE.scope(sees_every_queue, answer).await
+}
+
 /// An error answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
@@ -123,7 +139,15 @@ impl From<QueueError> for ApiError {
                 Some("path".to_owned()),
             ),
         };
-        let mut err = Self::new(status, code, e.to_string());
+        let message = match &e {
+            QueueError::NotFound { path, .. }
+                if !SEES_EVERY_QUEUE.try_with(|sees| *sees).unwrap_or(true) =>
+            {
+                format!("queue `{path}` does not exist, or this token may not see it")
+            }
+            _ => e.to_string(),
+        };
+        let mut err = Self::new(status, code, message);
         err.detail.field = field;
         err
     }

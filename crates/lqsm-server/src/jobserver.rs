@@ -56,7 +56,7 @@ impl From<SchedulerError> for ApiError {
                 "the server is shutting down or its store failed; retry against a healthy server",
             ),
             SchedulerError::Restoring => ApiError::unavailable(
-                "the server is restoring its state from the store; retry once /readyz answers 200",
+                "the server is restoring its state from the store, or stopping after its store failed; retry once /readyz answers 200 (here or on another server)",
             ),
             SchedulerError::Read(why) => {
                 ApiError::unavailable(format!("reading the store failed: {why}; retry later"))
@@ -644,7 +644,21 @@ async fn cancel_jobs(
     let role = state.auth.role(&headers)?;
     // A submitter cancels within the queues it may use; only an admin across them all.
     match &body.queue {
-        Some(queue) => role.require_queue(queue).map_err(|e| e.at("queue"))?,
+        Some(queue) => {
+            role.require_queue(queue).map_err(|e| e.at("queue"))?;
+            // The selection takes the queue's whole subtree: a token naming the queue
+            // alone (an exact pattern) must not reach the queues below it.
+            if !matches!(role, Role::Admin) {
+                let cluster = state.scheduler.view().await?;
+                let below = format!("{queue}.");
+                for (path, _) in cluster.queues.range(below.clone()..) {
+                    if !path.starts_with(&below) {
+                        break;
+                    }
+                    role.require_queue(path).map_err(|e| e.at("queue"))?;
+                }
+            }
+        }
         None => role.require_admin()?,
     }
     let state_filter = body.state.map(convert::core_job_state);
@@ -1517,6 +1531,20 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// Answers the call with errors that name only queues its caller may see.
+async fn queue_names_for_caller(
+    State(state): State<AppState>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    // A refused token is answered by the handler; until then, assume the least.
+    let sees_every_queue = state
+        .auth
+        .role(request.headers())
+        .is_ok_and(|role| role.require_everything().is_ok());
+    crate::error::queue_names_for(sees_every_queue, next.run(request)).await
+}
+
 /// Answers every API call 503 `unavailable` until the state is restored (probes,
 /// metrics and the API document answer at once).
 async fn until_ready(
@@ -1753,6 +1781,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            queue_names_for_caller,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             until_ready,

@@ -245,6 +245,12 @@ pub(crate) async fn run(
             Err(StoreError::LeaseHeld { .. }) if ctx.shared() => {}
             Err(e) if ctx.shared() => {
                 tracing::warn!(error = %e, "could not take the store's lease; following");
+                // A store that reads but cannot write shows the lease free at once:
+                // without a pause this loop would retry the write as fast as it fails.
+                tokio::select! {
+                    () = shutdown.as_mut() => return Ok(()),
+                    () = tokio::time::sleep(FOLLOW_INTERVAL) => {}
+                }
             }
             Err(e) => return Err(e.into()),
         }

@@ -290,6 +290,64 @@ fn a_bulk_cancel_stays_within_the_callers_queues() {
 }
 
 #[test]
+fn a_token_naming_a_parent_queue_alone_cancels_nothing_below_it() {
+    let settings = format!(
+        "{TOKENS}\n[[tokens]]\ntoken = \"parent-secret\"\nrole = \"submitter\"\nqueues = [\"root.etl\"]\n"
+    );
+    let server = BlockingTestServer::start_with(toml_settings(&settings));
+    let admin = server.api_as("admin-secret");
+    let parent_only = server.api_as("parent-secret");
+    admin.create_queue(json!({"path": "root.etl"}));
+    admin.create_queue(json!({"path": "root.etl.daily"}));
+    let below = admin.submit(&function_job("root.etl.daily", "nobody-runs-this"));
+
+    // The selection would take the whole subtree: refused, naming a queue below.
+    let error = parent_only
+        .post("/v1/jobs/cancel", &json!({"queue": "root.etl"}))
+        .expect_error(403);
+    assert_eq!(error.code, ErrorCode::Forbidden, "{error:?}");
+    assert!(error.message.contains("root.etl.daily"), "{error:?}");
+    assert_eq!(admin.job(below).state, api::JobState::Pending);
+    // A token covering the subtree may.
+    let done: api::CancelledJobs = server
+        .api_as("etl-secret")
+        .post("/v1/jobs/cancel", &json!({"queue": "root.etl"}))
+        .expect(200);
+    assert_eq!(done.cancelled, 1);
+}
+
+#[test]
+fn a_missing_queue_is_reported_without_naming_queues_the_caller_may_not_see() {
+    let server = BlockingTestServer::start_with(toml_settings(TOKENS));
+    let admin = server.api_as("admin-secret");
+    admin.create_queue(json!({"path": "root.etl"}));
+    admin.create_queue(json!({"path": "root.hr"}));
+    admin.create_queue(json!({"path": "root.hr.payroll"}));
+    let submitter = server.api_as("etl-secret");
+
+    // A single submission and a batch item alike.
+    let error = submitter
+        .post("/v1/jobs", &function_job("root.etl.typo", "h"))
+        .expect_error(404);
+    assert_eq!(error.field.as_deref(), Some("queue"), "{error:?}");
+    assert!(error.message.contains("root.etl.typo"), "{error:?}");
+    assert!(!error.message.contains("payroll"), "{error:?}");
+    let batch: api::BatchResult = submitter
+        .post(
+            "/v1/jobs/batch",
+            &json!({"jobs": [function_job("root.etl.typo", "h")]}),
+        )
+        .expect(200);
+    let item = batch.results[0].error.as_ref().expect("refused");
+    assert!(!item.message.contains("payroll"), "{item:?}");
+    // An admin still gets the queues near the typo, to spot it by.
+    let error = admin
+        .post("/v1/jobs", &function_job("root.etl.typo", "h"))
+        .expect_error(404);
+    assert!(error.message.contains("root.hr.payroll"), "{error:?}");
+}
+
+#[test]
 fn a_reader_reads_its_queues_and_changes_nothing_and_cluster_views_need_every_queue() {
     let tokens = format!(
         "{TOKENS}
