@@ -174,8 +174,8 @@ fn become_user(args: &[OsString]) -> i32 {
     126
 }
 
-/// Reads the worker's [`JobSetting`] file, refusing one that anybody but this (root)
-/// process's user owns or may read, or a link.
+/// Reads the worker's [`JobSetting`] file and removes it, refusing one that anybody but
+/// this (root) process's user owns or may read, or a link.
 fn read_job_setting(path: &Path) -> std::io::Result<JobSetting> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let file = std::fs::OpenOptions::new()
@@ -190,7 +190,12 @@ fn read_job_setting(path: &Path) -> std::io::Result<JobSetting> {
             meta.mode() & 0o7777
         )));
     }
-    serde_json::from_reader(std::io::BufReader::new(file)).map_err(std::io::Error::other)
+    let setting =
+        serde_json::from_reader(std::io::BufReader::new(file)).map_err(std::io::Error::other)?;
+    // Read once: gone at once, not only when the attempt ends, as the job's secrets
+    // must not stay on disk should the worker die meanwhile.
+    let _ = std::fs::remove_file(path);
+    Ok(setting)
 }
 
 /// Drops every group and then root's uid, and checks that the kernel really did: the

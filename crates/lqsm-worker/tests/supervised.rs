@@ -408,6 +408,17 @@ async fn under_run_as_the_jobs_environment_reaches_the_command_and_no_root_proce
                 .any(|e| e.starts_with("LD_PRELOAD=") || e.starts_with("GREETING=")),
             "the root supervisor got the job's environment: {environ:?}"
         );
+        // The root-only file that carried the job's settings is gone once read (other
+        // attempts' files, of tests running at the same time, do not name our library).
+        let ours = bad_library.display().to_string();
+        let stage_files: Vec<PathBuf> = std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("lqsm-run-as-"))
+            .map(|e| e.path())
+            .filter(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains(&ours)))
+            .collect();
+        assert_eq!(stage_files, Vec::<PathBuf>::new());
         // Its directory is not the job's either: it entered nothing as root.
         let supervisor_cwd = std::fs::read_link(format!("/proc/{supervisor}/cwd")).unwrap();
         assert_ne!(supervisor_cwd, meeting.path().canonicalize().unwrap());
