@@ -1,7 +1,9 @@
 //! Who a command job runs as, and what its secrets look like from outside, through a
 //! real `lqsm server` and `lqsm worker`: `--run-as USER` on a worker running as root runs
 //! commands as that user; a root worker without it says so; an unknown user stops the
-//! worker at start. `lqsm submit --secret-env` reaches the command and shows as `***`.
+//! worker at start. Under `--run-as`, a job's environment (even `LD_PRELOAD`) reaches its
+//! command but no process running as root. `lqsm submit --secret-env` reaches the command
+//! and shows as `***`.
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // A panic is the failure report; a skip says why.
 
 use lqsm_testkit::{ServerProcess, WorkerProcess, run_lqsm, wait};
@@ -164,4 +166,100 @@ fn a_secret_env_variable_reaches_the_command_and_shows_as_stars() {
         "{ran:#?}"
     );
     assert!(!ran.stderr.contains("hunter2"), "{ran:#?}");
+}
+
+/// The processes running as root (real uid 0) whose environment holds `entry`.
+fn root_processes_with(entry: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for dir in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = dir.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let as_root = status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        if as_root && environ.split(|b| *b == 0).any(|e| e == entry.as_bytes()) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[test]
+fn under_run_as_a_jobs_environment_reaches_its_command_and_no_root_process() {
+    if !running_as_root("under_run_as_a_jobs_environment_reaches_its_command") {
+        return;
+    }
+    let server = ServerProcess::start();
+    let url = server.url();
+    let worker = WorkerProcess::start(&url, "run-as-env", &["--run-as", "nobody", "--cpus", "1"]);
+    // Where the command (as nobody) and this test meet, and a "library" that is garbage.
+    let meeting = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        meeting.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let bad_library = meeting.path().join("evil.so");
+    std::fs::write(&bad_library, b"not a shared object").unwrap();
+    let parent_file = meeting.path().join("parent");
+    let go = meeting.path().join("go");
+    let script = format!(
+        "echo $PPID > '{parent}'; i=0; while [ ! -e '{go}' ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; \
+         echo \"preload=$LD_PRELOAD secret=$TOKEN\"",
+        parent = parent_file.display(),
+        go = go.display(),
+    );
+    let preload = format!("LD_PRELOAD={}", bad_library.display());
+    let submit_url = url.clone();
+    let submit_args = [
+        "--env".to_owned(),
+        preload.clone(),
+        "--secret-env".to_owned(),
+        "TOKEN=s3cret-run-as".to_owned(),
+        "--".to_owned(),
+        "sh".to_owned(),
+        "-c".to_owned(),
+        script,
+    ];
+    let submitted = std::thread::spawn(move || {
+        let mut args = vec!["submit", "--wait"];
+        args.extend(submit_args.iter().map(String::as_str));
+        lqsm_json::<lqsm_api::JobView>(&submit_url, &args)
+    });
+    let supervisor: i32 = wait::eventually("the command to write its parent's pid", || {
+        std::fs::read_to_string(&parent_file)
+            .ok()
+            .filter(|t| t.ends_with('\n'))
+            .and_then(|t| t.trim().parse().ok())
+    });
+    let cmdline = std::fs::read(format!("/proc/{supervisor}/cmdline")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("__lqsm-attempt-supervisor"),
+        "the command's parent {supervisor} is not its supervisor: {:?}",
+        String::from_utf8_lossy(&cmdline)
+    );
+    assert_eq!(root_processes_with(&preload), Vec::<i32>::new());
+    assert_eq!(
+        root_processes_with("TOKEN=s3cret-run-as"),
+        Vec::<i32>::new()
+    );
+    std::fs::write(&go, b"").unwrap();
+    let job = submitted.join().unwrap();
+    assert_eq!(
+        job.state,
+        lqsm_api::JobState::Succeeded,
+        "{job:#?}\n{}",
+        worker.log_tail()
+    );
+    // The command's own loader (nobody's) may complain about the garbage; the
+    // variables did reach it.
+    let logs = logs_of(&url, &job.id.to_string());
+    assert!(
+        logs.lines()
+            .any(|l| l == format!("preload={} secret=***", bad_library.display())),
+        "{logs}"
+    );
 }

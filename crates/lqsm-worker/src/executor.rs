@@ -328,15 +328,25 @@ pub async fn run_command(
     }
 }
 
-/// The argv to start: the command itself; with `run_as`, behind `worker_binary` started
-/// to drop to the user's identity and become the command
+/// What the stage that drops to another user's identity needs to know.
+#[derive(Clone, Copy)]
+struct RunAsStage<'a> {
+    user: &'a RunAs,
+    /// The worker's binary, started again as the stage.
+    worker_binary: &'a Path,
+    /// The root-only file holding the job's environment and directory.
+    job_file: &'a Path,
+}
+
+/// The argv to start: the command itself; with `run_as`, behind the worker's binary
+/// started to drop to the user's identity and become the command
 /// ([`crate::supervisor::RUN_AS_ARG`]); with a cgroup, all that behind a shell that moves
 /// itself into the cgroup (as root, before any identity is dropped) and becomes the rest,
 /// so that nothing the program starts can escape the limit.
 fn command_line(
     spec: &CommandSpec,
     cgroup: Option<&AttemptCgroup>,
-    run_as: Option<(&RunAs, &Path)>,
+    run_as: Option<RunAsStage<'_>>,
 ) -> Vec<OsString> {
     let mut argv: Vec<OsString> = Vec::new();
     if let Some(cg) = cgroup {
@@ -347,16 +357,41 @@ fn command_line(
             cg.procs_file().into(),
         ]);
     }
-    if let Some((user, worker_binary)) = run_as {
+    if let Some(stage) = run_as {
         argv.extend([
-            worker_binary.into(),
+            stage.worker_binary.into(),
             crate::supervisor::RUN_AS_ARG.into(),
-            user.uid.to_string().into(),
-            user.gid.to_string().into(),
+            stage.user.uid.to_string().into(),
+            stage.user.gid.to_string().into(),
+            stage.job_file.into(),
         ]);
     }
     argv.extend(spec.argv.iter().map(OsString::from));
     argv
+}
+
+/// Writes what the command gets only once it runs as `user` — the job's environment
+/// (after `HOME`, `USER` and `LOGNAME` set as `su -` does, so the job's own values win)
+/// and directory — to a new file only its owner (root) may read, removed when dropped.
+fn write_job_setting(spec: &CommandSpec, user: &RunAs) -> std::io::Result<tempfile::NamedTempFile> {
+    let mut env = vec![
+        ("HOME".to_owned(), user.home.to_string_lossy().into_owned()),
+        ("USER".to_owned(), user.name.clone()),
+        ("LOGNAME".to_owned(), user.name.clone()),
+    ];
+    env.extend(spec.env.iter().cloned());
+    let setting = crate::supervisor::JobSetting {
+        env,
+        cwd: spec.cwd.clone(),
+    };
+    // Created new (never an existing file or link) with mode 0600.
+    let mut file = tempfile::Builder::new()
+        .prefix("lqsm-run-as-")
+        .suffix(".json")
+        .tempfile()?;
+    serde_json::to_writer(&mut file, &setting).map_err(std::io::Error::other)?;
+    std::io::Write::flush(&mut file)?;
+    Ok(file)
 }
 
 /// Runs `spec` under an attempt supervisor (`supervisor`, started with the hidden
@@ -404,7 +439,32 @@ async fn run_supervised(
         },
         None => None,
     };
-    let run_as = opts.run_as.as_ref().zip(worker_binary.as_deref());
+    // With another user, the supervisor, a cgroup's shell and the stage that drops the
+    // identity all run as root: none of them may see the job's environment (a job's
+    // `LD_PRELOAD` or `GCONV_PATH` would run its code as root) nor enter its directory as
+    // root. They get the worker's (operator's) environment; the job's, and its
+    // directory, go through a root-only file to the stage, which applies them once it
+    // is the user. The file goes when this attempt ends.
+    let job_file = match &opts.run_as {
+        Some(user) => match write_job_setting(spec, user) {
+            Ok(file) => Some(file),
+            Err(e) => {
+                return CommandOutcome::spawn_failed(format!(
+                    "cannot write the job's environment for the user `{}`: {e}",
+                    user.name
+                ));
+            }
+        },
+        None => None,
+    };
+    let run_as = match (&opts.run_as, worker_binary.as_deref(), &job_file) {
+        (Some(user), Some(worker_binary), Some(job_file)) => Some(RunAsStage {
+            user,
+            worker_binary,
+            job_file: job_file.path(),
+        }),
+        _ => None,
+    };
     let mut cmd = tokio::process::Command::new(supervisor);
     cmd.arg0(crate::supervisor::SUPERVISOR_NAME)
         .arg(crate::supervisor::SUPERVISOR_ARG)
@@ -413,22 +473,18 @@ async fn run_supervised(
     for name in HIDDEN_ENV {
         cmd.env_remove(name);
     }
-    if let Some(user) = &opts.run_as {
-        // As `su -` sets them; the job's own values come after and win.
-        cmd.env("HOME", &user.home)
-            .env("USER", &user.name)
-            .env("LOGNAME", &user.name);
+    if run_as.is_none() {
+        cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
+        if let Some(cwd) = &spec.cwd {
+            cmd.current_dir(cwd);
+        }
     }
-    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(OwnedFd::from(supervisor_end))
+    cmd.stdin(OwnedFd::from(supervisor_end))
         .stdout(OwnedFd::from(supervisor_end_too))
         .stderr(output_writer)
         // Its own group: a signal to the worker's group (Ctrl-C in a terminal)
         // must not kill the supervisor before it has killed the command.
         .process_group(0);
-    if let Some(cwd) = &spec.cwd {
-        cmd.current_dir(cwd);
-    }
     let place = spec
         .cwd
         .as_deref()
@@ -819,8 +875,12 @@ mod tests {
             gid: 65533,
             home: "/nonexistent".into(),
         };
-        let binary = Path::new("/usr/bin/lqsm");
-        let line: Vec<String> = command_line(&spec, Some(&cgroup), Some((&user, binary)))
+        let stage = RunAsStage {
+            user: &user,
+            worker_binary: Path::new("/usr/bin/lqsm"),
+            job_file: Path::new("/tmp/lqsm-run-as-1.json"),
+        };
+        let line: Vec<String> = command_line(&spec, Some(&cgroup), Some(stage))
             .into_iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
@@ -835,6 +895,7 @@ mod tests {
                 crate::supervisor::RUN_AS_ARG,
                 "65534",
                 "65533",
+                "/tmp/lqsm-run-as-1.json",
                 "/bin/sh",
                 "-c",
                 "id -u",

@@ -39,6 +39,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -48,10 +49,15 @@ use std::time::Duration;
 pub const SUPERVISOR_ARG: &str = "__lqsm-attempt-supervisor";
 
 /// The hidden first argument that makes a worker's binary drop to another user's
-/// identity and become a command: `RUN_AS_ARG UID GID PROGRAM ARGS...`. Started (by
-/// the supervisor, behind the cgroup's shell when there is one) as root, it sets no
-/// supplementary groups, the gid, then the uid, and executes the program in place, so
-/// that the command keeps the process the supervisor watches. Not meant to be typed.
+/// identity and become a command: `RUN_AS_ARG UID GID JOB_FILE PROGRAM ARGS...`. Started
+/// (by the supervisor, behind the cgroup's shell when there is one) as root, it reads the
+/// job's environment and working directory from `JOB_FILE` (written by the worker, owned
+/// by root, mode 0600: never in argv, which every user can read, nor in the environment
+/// of a process running as root, whose dynamic loader would obey `LD_PRELOAD` and the
+/// like), sets no supplementary groups, the gid, then the uid, checks that nothing of
+/// root is left, and only then enters the directory, applies the environment and executes
+/// the program in place, so that the command keeps the process the supervisor watches.
+/// Not meant to be typed.
 pub const RUN_AS_ARG: &str = "__lqsm-run-as";
 
 /// The name the supervisor shows in `ps`.
@@ -99,13 +105,27 @@ pub fn run_if_asked() {
     std::process::exit(supervise(&rest));
 }
 
-/// Runs `args` (`UID GID PROGRAM ARGS...`) as that uid and gid, without supplementary
-/// groups; returns only when that failed, with the exit code saying so (126, as a shell
-/// does for a program it cannot run), the reason written to the command's output.
+/// What a command run as another user gets only once it runs as that user: written by
+/// the worker to a root-only file, read by the [`RUN_AS_ARG`] stage.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct JobSetting {
+    /// Variables set on top of the inherited (operator's) environment, later ones winning.
+    pub(crate) env: Vec<(String, String)>,
+    /// The directory to enter, as the user.
+    pub(crate) cwd: Option<String>,
+}
+
+/// Runs `args` (`UID GID JOB_FILE PROGRAM ARGS...`) as that uid and gid, without
+/// supplementary groups, with the environment and directory of `JOB_FILE`; returns only
+/// when that failed, with the exit code saying so (126, as a shell does for a program it
+/// cannot run), the reason written to the command's output.
 fn become_user(args: &[OsString]) -> i32 {
     let mut output = std::io::stderr();
-    let [uid, gid, program, program_args @ ..] = args else {
-        let _ = writeln!(output, "lqsm: run-as: expected UID GID PROGRAM [ARGS...]");
+    let [uid, gid, job_file, program, program_args @ ..] = args else {
+        let _ = writeln!(
+            output,
+            "lqsm: run-as: expected UID GID JOB_FILE PROGRAM [ARGS...]"
+        );
         return 126;
     };
     let id = |text: &OsString| text.to_str().and_then(|t| t.parse::<u32>().ok());
@@ -113,13 +133,38 @@ fn become_user(args: &[OsString]) -> i32 {
         let _ = writeln!(output, "lqsm: run-as: the uid and gid must be numbers");
         return 126;
     };
-    // With a uid set, the standard library sets the gid, then empties the supplementary
-    // groups, then sets the uid: nothing of the worker's privileges is left once the
-    // program starts.
+    let setting = match read_job_setting(Path::new(job_file)) {
+        Ok(setting) => setting,
+        Err(e) => {
+            let _ = writeln!(
+                output,
+                "lqsm: run-as: cannot read the job's settings from `{}`: {e}",
+                Path::new(job_file).display()
+            );
+            return 126;
+        }
+    };
+    if let Err(e) = drop_to(uid, gid) {
+        let _ = writeln!(
+            output,
+            "lqsm: cannot run `{}` as uid {uid}, gid {gid}: {e}",
+            program.to_string_lossy()
+        );
+        return 126;
+    }
+    // As the user: a directory the user may not enter fails here, not as root.
+    if let Some(cwd) = &setting.cwd
+        && let Err(e) = std::env::set_current_dir(cwd)
+    {
+        let _ = writeln!(
+            output,
+            "lqsm: cannot enter the working directory `{cwd}` as uid {uid}: {e}"
+        );
+        return 126;
+    }
     let error = std::process::Command::new(program)
         .args(program_args)
-        .uid(uid)
-        .gid(gid)
+        .envs(setting.env)
         .exec();
     let _ = writeln!(
         output,
@@ -127,6 +172,59 @@ fn become_user(args: &[OsString]) -> i32 {
         program.to_string_lossy()
     );
     126
+}
+
+/// Reads the worker's [`JobSetting`] file and removes it, refusing one that anybody but
+/// this (root) process's user owns or may read, or a link.
+fn read_job_setting(path: &Path) -> std::io::Result<JobSetting> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o077 != 0 {
+        return Err(std::io::Error::other(format!(
+            "it is owned by uid {} with mode {:o}; expected this process's uid and no access for others",
+            meta.uid(),
+            meta.mode() & 0o7777
+        )));
+    }
+    let setting =
+        serde_json::from_reader(std::io::BufReader::new(file)).map_err(std::io::Error::other)?;
+    // Read once: gone at once, not only when the attempt ends, as the job's secrets
+    // must not stay on disk should the worker die meanwhile.
+    let _ = std::fs::remove_file(path);
+    Ok(setting)
+}
+
+/// Drops every group and then root's uid, and checks that the kernel really did: the
+/// standard library ignores some `setgroups` failures, and a kept supplementary group
+/// would hand the command the worker's access.
+fn drop_to(uid: u32, gid: u32) -> Result<(), String> {
+    use nix::unistd::{Gid, Uid};
+    let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
+    nix::unistd::setgroups(&[])
+        .map_err(|e| format!("cannot clear the supplementary groups: {e}"))?;
+    nix::unistd::setgid(gid).map_err(|e| format!("cannot set the gid: {e}"))?;
+    nix::unistd::setuid(uid).map_err(|e| format!("cannot set the uid: {e}"))?;
+    let groups =
+        nix::unistd::getgroups().map_err(|e| format!("cannot list the groups left: {e}"))?;
+    if groups.iter().any(|g| *g != gid) {
+        let left: Vec<String> = groups.iter().map(ToString::to_string).collect();
+        return Err(format!(
+            "supplementary groups are left after dropping them: {}",
+            left.join(",")
+        ));
+    }
+    let ids = nix::unistd::getresuid().map_err(|e| format!("cannot read the uids: {e}"))?;
+    let gids = nix::unistd::getresgid().map_err(|e| format!("cannot read the gids: {e}"))?;
+    if [ids.real, ids.effective, ids.saved] != [uid; 3]
+        || [gids.real, gids.effective, gids.saved] != [gid; 3]
+    {
+        return Err("the uid or gid did not change everywhere (real, effective, saved)".into());
+    }
+    Ok(())
 }
 
 /// Whether [`run_if_asked`] was called in this process.

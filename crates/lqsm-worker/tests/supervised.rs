@@ -50,6 +50,18 @@ fn main() {
             "a_command_runs_as_the_run_as_user_without_the_workers_groups",
             || Box::pin(a_command_runs_as_the_run_as_user_without_the_workers_groups()),
         ),
+        (
+            "under_run_as_the_jobs_environment_reaches_the_command_and_no_root_process",
+            || {
+                Box::pin(
+                    under_run_as_the_jobs_environment_reaches_the_command_and_no_root_process(),
+                )
+            },
+        ),
+        (
+            "under_run_as_a_directory_the_user_cannot_enter_fails_the_attempt",
+            || Box::pin(under_run_as_a_directory_the_user_cannot_enter_fails_the_attempt()),
+        ),
     ];
     let filter: Vec<String> = std::env::args()
         .skip(1)
@@ -286,12 +298,20 @@ async fn the_soft_time_limit_signals_the_command_before_the_timeout() {
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
-async fn a_command_runs_as_the_run_as_user_without_the_workers_groups() {
-    if !nix::unistd::geteuid().is_root() {
+/// Whether this test runs as root; prints why the test is skipped when it does not.
+fn running_as_root() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
         print!(
             "skipped: only root may run a command as another user, and this test runs as uid {} ... ",
             nix::unistd::geteuid()
         );
+    }
+    root
+}
+
+async fn a_command_runs_as_the_run_as_user_without_the_workers_groups() {
+    if !running_as_root() {
         return;
     }
     let nobody = lqsm_worker::RunAs::lookup("nobody").unwrap();
@@ -323,4 +343,132 @@ async fn a_command_runs_as_the_run_as_user_without_the_workers_groups() {
     );
     // Processes running as another user still end with the attempt.
     all_gone(&pids_in(&out.output)).await;
+}
+
+/// The NUL-separated `NAME=value` entries of a process's environment.
+fn environ_of(pid: i32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    raw.split(|b| *b == 0)
+        .filter(|e| !e.is_empty())
+        .map(|e| String::from_utf8_lossy(e).into_owned())
+        .collect()
+}
+
+async fn under_run_as_the_jobs_environment_reaches_the_command_and_no_root_process() {
+    if !running_as_root() {
+        return;
+    }
+    let nobody = lqsm_worker::RunAs::lookup("nobody").unwrap();
+    let opts = ExecOptions {
+        run_as: Some(nobody),
+        ..supervised()
+    };
+    // A shared place for the command (as nobody) and this test to meet, and a
+    // "library" that is garbage: a root process whose loader saw it would complain.
+    let meeting = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        meeting.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let bad_library = meeting.path().join("evil.so");
+    std::fs::write(&bad_library, b"not a shared object").unwrap();
+    let supervisor_file = meeting.path().join("supervisor");
+    let go = meeting.path().join("go");
+    let script = format!(
+        "echo $PPID > '{sup}'; i=0; while [ ! -e '{go}' ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; \
+         echo \"preload=$LD_PRELOAD greeting=$GREETING\"; pwd",
+        sup = supervisor_file.display(),
+        go = go.display(),
+    );
+    let mut spec = sh(&script);
+    spec.env = vec![
+        ("LD_PRELOAD".into(), bad_library.display().to_string()),
+        ("GREETING".into(), "hello there".into()),
+    ];
+    spec.cwd = Some(meeting.path().to_str().unwrap().into());
+    let check = async {
+        let supervisor = pids_from(&supervisor_file, 1).await[0];
+        let cmdline = std::fs::read(format!("/proc/{supervisor}/cmdline")).unwrap();
+        assert!(
+            String::from_utf8_lossy(&cmdline).contains(lqsm_worker::supervisor::SUPERVISOR_ARG),
+            "the command's parent {supervisor} is not the supervisor"
+        );
+        let status = std::fs::read_to_string(format!("/proc/{supervisor}/status")).unwrap();
+        assert!(
+            status
+                .lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")),
+            "the supervisor does not run as root:\n{status}"
+        );
+        let environ = environ_of(supervisor);
+        assert!(
+            !environ
+                .iter()
+                .any(|e| e.starts_with("LD_PRELOAD=") || e.starts_with("GREETING=")),
+            "the root supervisor got the job's environment: {environ:?}"
+        );
+        // The root-only file that carried the job's settings is gone once read (other
+        // attempts' files, of tests running at the same time, do not name our library).
+        let ours = bad_library.display().to_string();
+        let stage_files: Vec<PathBuf> = std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("lqsm-run-as-"))
+            .map(|e| e.path())
+            .filter(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains(&ours)))
+            .collect();
+        assert_eq!(stage_files, Vec::<PathBuf>::new());
+        // Its directory is not the job's either: it entered nothing as root.
+        let supervisor_cwd = std::fs::read_link(format!("/proc/{supervisor}/cwd")).unwrap();
+        assert_ne!(supervisor_cwd, meeting.path().canonicalize().unwrap());
+        std::fs::write(&go, b"").unwrap();
+    };
+    let (out, ()) = tokio::join!(run(spec, &opts), check);
+    assert_eq!(out.ending, Ending::Exited(0), "{}", out.output);
+    let lines: Vec<&str> = out.output.lines().collect();
+    let canonical = meeting.path().canonicalize().unwrap();
+    // The command's own loader (nobody's, its own business) may complain about the
+    // garbage on its output; the variable and the directory did reach it.
+    assert!(
+        lines.contains(&format!("preload={} greeting=hello there", bad_library.display()).as_str()),
+        "{}",
+        out.output
+    );
+    assert!(
+        lines.contains(&canonical.to_str().unwrap()),
+        "{}",
+        out.output
+    );
+}
+
+async fn under_run_as_a_directory_the_user_cannot_enter_fails_the_attempt() {
+    if !running_as_root() {
+        return;
+    }
+    let nobody = lqsm_worker::RunAs::lookup("nobody").unwrap();
+    let opts = ExecOptions {
+        run_as: Some(nobody.clone()),
+        ..supervised()
+    };
+    let root_only = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        root_only.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let mut spec = sh("echo ran-in; pwd");
+    spec.cwd = Some(root_only.path().to_str().unwrap().into());
+    let out = run(spec, &opts).await;
+    assert_eq!(out.ending, Ending::Exited(126), "{}", out.output);
+    assert!(!out.output.contains("ran-in"), "{}", out.output);
+    assert!(
+        out.output.contains(&format!(
+            "cannot enter the working directory `{}` as uid {}",
+            root_only.path().display(),
+            nobody.uid
+        )) && out.output.contains("Permission denied"),
+        "{}",
+        out.output
+    );
 }
