@@ -208,7 +208,7 @@ pub fn check_refusal(detail: &ErrorDetail, body: &[u8]) -> Result<(), String> {
     if detail.message.trim().is_empty() {
         return Err("the refusal has no message".into());
     }
-    let named = detail.field.as_deref().is_some_and(|f| !f.trim().is_empty())
+    let named = detail.field.as_deref().is_some_and(|f| !f.is_empty())
         // A key that is the empty string is named by the message alone (`` ` ` ``).
         || detail.message.contains("unknown field ``");
     match detail.code {

@@ -99,7 +99,37 @@ fn random_run(target: Target) {
     }
 }
 
+/// With `LQSM_FUZZ_REPLAY=DIR` (an AFL++ output directory, as `fuzz/run-long.sh` leaves
+/// it), replays every crash AFL++ saved for the target and fails listing those that
+/// still break a property: how a fix is checked against all a long run found.
+fn replay_afl_crashes(target: Target) {
+    let Some(dir) = std::env::var_os("LQSM_FUZZ_REPLAY") else {
+        return;
+    };
+    let crashes = Path::new(&dir)
+        .join(target.name())
+        .join("default")
+        .join("crashes");
+    let files: Vec<PathBuf> = files_under(&crashes)
+        .into_iter()
+        .filter(|f| f.file_name().is_some_and(|n| n != "README.txt"))
+        .collect();
+    let failures: Vec<String> = files
+        .iter()
+        .filter_map(|f| run_one(target, &std::fs::read(f).unwrap(), &f.display().to_string()).err())
+        .collect();
+    eprintln!(
+        "{}: replayed {} crashes of {}, {} still fail",
+        target.name(),
+        files.len(),
+        crashes.display(),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 fn short_run(target: Target) {
+    replay_afl_crashes(target);
     let replayed = replay(target);
     eprintln!("{}: replayed {replayed} committed inputs", target.name());
     random_run(target);
