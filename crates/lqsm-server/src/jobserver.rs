@@ -135,6 +135,15 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         {
             field = prefixed(&field, twice);
         }
+        // An unknown key `.` at the top has the path of the body itself: name it from
+        // the message (found by fuzzing).
+        if field.is_empty()
+            && let Some(unknown) = message
+                .strip_prefix("unknown field `")
+                .and_then(|m| m.split('`').next())
+        {
+            field = unknown.to_owned();
+        }
         let code = if message.starts_with("unknown field") {
             ErrorCode::UnknownField
         } else {
