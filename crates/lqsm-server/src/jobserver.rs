@@ -128,6 +128,22 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             field = prefixed(&field, name);
             message = rest.to_owned();
         }
+        // A field given twice is reported at its parent, like a missing one: name it.
+        if let Some(twice) = message
+            .strip_prefix("duplicate field `")
+            .and_then(|m| m.split('`').next())
+        {
+            field = prefixed(&field, twice);
+        }
+        // An unknown key `.` at the top has the path of the body itself: name it from
+        // the message (found by fuzzing).
+        if field.is_empty()
+            && let Some(unknown) = message
+                .strip_prefix("unknown field `")
+                .and_then(|m| m.split('`').next())
+        {
+            field = unknown.to_owned();
+        }
         let code = if message.starts_with("unknown field") {
             ErrorCode::UnknownField
         } else {
@@ -1547,6 +1563,43 @@ async fn queue_names_for_caller(
 
 /// Answers every API call 503 `unavailable` until the state is restored (probes,
 /// metrics and the API document answer at once).
+/// Refuses a path whose percent-escapes do not decode to UTF-8 with the API's error (the
+/// path extractor's own refusal is plain text; found by fuzzing).
+async fn utf8_path(request: Request, next: axum::middleware::Next) -> Response {
+    let path = request.uri().path();
+    if path.contains('%')
+        && let Err(e) = percent_decoded(path)
+    {
+        return ApiError::invalid_field("path", e).into_response();
+    }
+    next.run(request).await
+}
+
+fn percent_decoded(path: &str) -> Result<String, String> {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out)
+        .map_err(|_| "the URL's path is not UTF-8 once its %-escapes are decoded".to_owned())
+}
+
 async fn until_ready(
     State(state): State<AppState>,
     request: Request,
@@ -1597,7 +1650,18 @@ pub(crate) fn query_error(e: &axum::extract::rejection::QueryRejection) -> ApiEr
         .split('`')
         .nth(1)
         .filter(|_| message.contains("field `"))
-        .map(str::to_owned);
+        .map(str::to_owned)
+        // A bad value is reported as `name: why` (found by fuzzing: `?limit=x` named
+        // no field).
+        .or_else(|| {
+            message
+                .split_once(": ")
+                .map(|(name, _)| name)
+                .filter(|name| {
+                    !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                })
+                .map(str::to_owned)
+        });
     let code = if message.starts_with("unknown field") {
         ErrorCode::UnknownField
     } else {
@@ -1781,6 +1845,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(utf8_path))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             queue_names_for_caller,
@@ -1846,6 +1911,20 @@ mod tests {
         .expect_err("unknown field");
         assert_eq!(err.detail.code, ErrorCode::UnknownField);
         assert_eq!(err.detail.field.as_deref(), Some("prio"));
+        // A field given twice is named, at the top and inside `kind` (found by fuzzing).
+        let err = parse_json::<api::CancelJobs>(br#"{"queue": "root.a", "queue": "root.b"}"#)
+            .expect_err("a field twice");
+        assert_eq!(err.detail.field.as_deref(), Some("queue"));
+        assert!(
+            err.detail.message.contains("duplicate field"),
+            "{}",
+            err.detail.message
+        );
+        let err = parse_json::<api::SubmitJob>(
+            br#"{"queue": "root.q", "kind": {"type": "function", "handler": "h", "handler": "h"}}"#,
+        )
+        .expect_err("a field twice");
+        assert_eq!(err.detail.field.as_deref(), Some("kind.handler"));
         let err = parse_json::<api::SubmitJob>(b"{").expect_err("syntax");
         assert_eq!(err.detail.code, ErrorCode::InvalidJson);
     }

@@ -1,0 +1,8 @@
+//! AFL++ harness for the `api_types` target (see crates/lqsm-fuzz): `cargo afl fuzz`
+//! runs it in persistent mode, many inputs per process.
+
+fn main() {
+    afl::fuzz!(|data: &[u8]| {
+        lqsm_fuzz::Target::ApiTypes.run(data);
+    });
+}
