@@ -133,28 +133,6 @@ fn completions(dir: &Path, job: Uuid) -> usize {
     marks(dir, job).iter().filter(|(w, _)| w == "done").count()
 }
 
-/// Every job the server holds, by id, through the paged listing.
-fn all_jobs(api: &Api) -> Option<HashMap<Uuid, api::JobView>> {
-    let mut jobs = HashMap::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let path = match &cursor {
-            Some(c) => format!("/v1/jobs?limit=1000&cursor={c}"),
-            None => "/v1/jobs?limit=1000".to_owned(),
-        };
-        let reply = api.try_get(&path).ok()?;
-        if reply.status != 200 {
-            return None;
-        }
-        let page: api::JobList = reply.json();
-        jobs.extend(page.jobs.into_iter().map(|j| (j.id, j)));
-        match page.next_cursor {
-            Some(c) => cursor = Some(c),
-            None => return Some(jobs),
-        }
-    }
-}
-
 fn worker_views(api: &Api) -> Option<Vec<api::WorkerView>> {
     let reply = api.try_get("/v1/workers").ok()?;
     (reply.status == 200).then(|| reply.json())
@@ -245,7 +223,7 @@ impl Target {
     /// the longest any of them has left.
     fn clear_to_cut(&self) -> Option<(usize, Duration)> {
         let worker = worker_view(&self.api, &self.worker)?;
-        let jobs = all_jobs(&self.api)?;
+        let jobs = self.api.all_jobs()?;
         let durations: HashMap<Uuid, Duration> = self
             .submitted
             .acknowledged
@@ -284,7 +262,7 @@ impl Target {
 
     /// Whether a long job started on the worker moments ago (its current attempt).
     fn long_job_just_started(&self, worker: Uuid) -> Option<()> {
-        let jobs = all_jobs(&self.api)?;
+        let jobs = self.api.all_jobs()?;
         let long: Vec<Uuid> = self
             .submitted
             .acknowledged
@@ -533,7 +511,7 @@ fn under_delays_drops_resets_and_partitions_every_acknowledged_job_completes_onc
         "every acknowledged job to succeed and the workers to be idle",
         backlog,
         || {
-            let jobs = all_jobs(&api).unwrap_or_default();
+            let jobs = api.all_jobs().unwrap_or_default();
             let unfinished: Vec<_> = acknowledged
                 .iter()
                 .map(|(id, _)| (id, jobs.get(id).map(|j| j.state)))
@@ -542,7 +520,7 @@ fn under_delays_drops_resets_and_partitions_every_acknowledged_job_completes_onc
             format!("not succeeded: {unfinished:?}\n{}", logs(&server, &workers))
         },
         || {
-            let jobs = all_jobs(&api)?;
+            let jobs = api.all_jobs()?;
             let all_succeeded = acknowledged.iter().all(|(id, _)| {
                 jobs.get(id)
                     .is_some_and(|j| j.state == api::JobState::Succeeded)
@@ -559,7 +537,7 @@ fn under_delays_drops_resets_and_partitions_every_acknowledged_job_completes_onc
         || job_processes_left(&marks_dir).is_empty().then_some(()),
     );
 
-    let jobs: BTreeMap<Uuid, api::JobView> = all_jobs(&api).unwrap().into_iter().collect();
+    let jobs: BTreeMap<Uuid, api::JobView> = api.all_jobs().unwrap().into_iter().collect();
     let mut lost = Vec::new();
     let mut twice = Vec::new();
     for (id, _) in &acknowledged {

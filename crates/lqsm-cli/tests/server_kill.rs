@@ -101,28 +101,6 @@ fn submitter(api: Api, jobs: usize, marks: PathBuf, progress: Progress) -> JoinH
     })
 }
 
-/// Every job the server holds, by id, through the paged listing.
-fn all_jobs(api: &Api) -> Option<HashMap<Uuid, api::JobView>> {
-    let mut jobs = HashMap::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let path = match &cursor {
-            Some(c) => format!("/v1/jobs?limit=1000&cursor={c}"),
-            None => "/v1/jobs?limit=1000".to_owned(),
-        };
-        let reply = api.try_get(&path).ok()?;
-        if reply.status != 200 {
-            return None;
-        }
-        let page: api::JobList = reply.json();
-        jobs.extend(page.jobs.into_iter().map(|j| (j.id, j)));
-        match page.next_cursor {
-            Some(c) => cursor = Some(c),
-            None => return Some(jobs),
-        }
-    }
-}
-
 /// How many jobs the server says are running (at most a page: the workers hold 8).
 fn running_jobs(api: &Api) -> Option<usize> {
     let reply = api.try_get("/v1/jobs?state=running&limit=1000").ok()?;
@@ -219,7 +197,7 @@ fn kill_9_of_the_server_with_workers_running_loses_nothing_and_runs_nothing_twic
         "every acknowledged job to succeed and the workers to be idle",
         Duration::from_secs(120) + Duration::from_millis(100) * total as u32,
         || {
-            let jobs = all_jobs(&api).unwrap_or_default();
+            let jobs = api.all_jobs().unwrap_or_default();
             let unfinished: Vec<_> = acknowledged
                 .iter()
                 .map(|id| (id, jobs.get(id).map(|j| j.state)))
@@ -231,7 +209,7 @@ fn kill_9_of_the_server_with_workers_running_loses_nothing_and_runs_nothing_twic
             )
         },
         || {
-            let jobs = all_jobs(&api)?;
+            let jobs = api.all_jobs()?;
             let all_succeeded = acknowledged.iter().all(|id| {
                 jobs.get(id)
                     .is_some_and(|j| j.state == api::JobState::Succeeded)
@@ -240,7 +218,7 @@ fn kill_9_of_the_server_with_workers_running_loses_nothing_and_runs_nothing_twic
             (all_succeeded && idle).then_some(())
         },
     );
-    let jobs = all_jobs(&api).unwrap();
+    let jobs = api.all_jobs().unwrap();
     assert_eq!(
         jobs.len(),
         total,

@@ -151,28 +151,6 @@ fn submitter(api: Api, marks: PathBuf, progress: Progress) -> JoinHandle<()> {
     })
 }
 
-/// Every job the server holds, by id, through the paged listing.
-fn all_jobs(api: &Api) -> Option<HashMap<Uuid, api::JobView>> {
-    let mut jobs = HashMap::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let path = match &cursor {
-            Some(c) => format!("/v1/jobs?limit=1000&cursor={c}"),
-            None => "/v1/jobs?limit=1000".to_owned(),
-        };
-        let reply = api.try_get(&path).ok()?;
-        if reply.status != 200 {
-            return None;
-        }
-        let page: api::JobList = reply.json();
-        jobs.extend(page.jobs.into_iter().map(|j| (j.id, j)));
-        match page.next_cursor {
-            Some(c) => cursor = Some(c),
-            None => return Some(jobs),
-        }
-    }
-}
-
 /// The jobs in one state (a short listing, where every job would be a long one).
 fn jobs_in_state(api: &Api, state: &str) -> Option<Vec<api::JobView>> {
     let mut jobs = Vec::new();
@@ -511,7 +489,7 @@ impl Run {
                 (unfinished == 0 && idle).then_some(())
             },
         );
-        let jobs = all_jobs(&api).unwrap();
+        let jobs = api.all_jobs().unwrap();
         let not_succeeded: Vec<(&Uuid, Option<api::JobState>)> = acknowledged
             .iter()
             .map(|id| (id, jobs.get(id).map(|j| j.state)))

@@ -129,6 +129,30 @@ impl Api {
         self.send(self.http.get(self.url(path)))
     }
 
+    /// Every job the server holds, by id, read through the paged listing; `None` when a
+    /// page cannot be read (the server is down or answers an error), for callers that
+    /// poll across restarts.
+    pub fn all_jobs(&self) -> Option<std::collections::HashMap<Uuid, api::JobView>> {
+        let mut jobs = std::collections::HashMap::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                Some(c) => format!("/v1/jobs?limit=1000&cursor={c}"),
+                None => "/v1/jobs?limit=1000".to_owned(),
+            };
+            let reply = self.try_get(&path).ok()?;
+            if reply.status != 200 {
+                return None;
+            }
+            let page: api::JobList = reply.json();
+            jobs.extend(page.jobs.into_iter().map(|j| (j.id, j)));
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => return Some(jobs),
+            }
+        }
+    }
+
     /// Like `get`, but a transport error is returned rather than a panic.
     pub fn try_get(&self, path: &str) -> Result<Reply, reqwest::Error> {
         self.try_send(self.http.get(self.url(path)))
