@@ -310,14 +310,34 @@ fn running_as_root() -> bool {
     root
 }
 
-async fn a_command_runs_as_the_run_as_user_without_the_workers_groups() {
+/// `nobody` and options that run commands as it, or `None` (printing why) unless this
+/// test runs as root.
+fn as_nobody() -> Option<(lqsm_worker::RunAs, ExecOptions)> {
     if !running_as_root() {
-        return;
+        return None;
     }
     let nobody = lqsm_worker::RunAs::lookup("nobody").unwrap();
     let opts = ExecOptions {
         run_as: Some(nobody.clone()),
         ..supervised()
+    };
+    Some((nobody, opts))
+}
+
+/// A temporary directory with these permission bits.
+fn dir_with_mode(mode: u32) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(mode),
+    )
+    .unwrap();
+    dir
+}
+
+async fn a_command_runs_as_the_run_as_user_without_the_workers_groups() {
+    let Some((nobody, opts)) = as_nobody() else {
+        return;
     };
     let out = run(
         sh("id -u; id -g; id -G; echo \"home=$HOME user=$USER\"; sleep 30 & echo pid $!; touch /root/lqsm-run-as-probe && echo wrote-as-root"),
@@ -355,22 +375,12 @@ fn environ_of(pid: i32) -> Vec<String> {
 }
 
 async fn under_run_as_the_jobs_environment_reaches_the_command_and_no_root_process() {
-    if !running_as_root() {
+    let Some((_, opts)) = as_nobody() else {
         return;
-    }
-    let nobody = lqsm_worker::RunAs::lookup("nobody").unwrap();
-    let opts = ExecOptions {
-        run_as: Some(nobody),
-        ..supervised()
     };
     // A shared place for the command (as nobody) and this test to meet, and a
     // "library" that is garbage: a root process whose loader saw it would complain.
-    let meeting = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        meeting.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .unwrap();
+    let meeting = dir_with_mode(0o777);
     let bad_library = meeting.path().join("evil.so");
     std::fs::write(&bad_library, b"not a shared object").unwrap();
     let supervisor_file = meeting.path().join("supervisor");
@@ -443,20 +453,10 @@ async fn under_run_as_the_jobs_environment_reaches_the_command_and_no_root_proce
 }
 
 async fn under_run_as_a_directory_the_user_cannot_enter_fails_the_attempt() {
-    if !running_as_root() {
+    let Some((nobody, opts)) = as_nobody() else {
         return;
-    }
-    let nobody = lqsm_worker::RunAs::lookup("nobody").unwrap();
-    let opts = ExecOptions {
-        run_as: Some(nobody.clone()),
-        ..supervised()
     };
-    let root_only = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        root_only.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )
-    .unwrap();
+    let root_only = dir_with_mode(0o700);
     let mut spec = sh("echo ran-in; pwd");
     spec.cwd = Some(root_only.path().to_str().unwrap().into());
     let out = run(spec, &opts).await;
