@@ -80,6 +80,9 @@ pub struct PreemptionRequest {
     pub need: Resources,
     /// The constraint of its next job: victims on workers that cannot run it free nothing useful.
     pub constraint: ConstraintId,
+    /// Its next job's request: victims on workers too small to hold it free nothing
+    /// useful either.
+    pub next_request: Resources,
     /// Fraction of a guarantee treated as noise, so rounding never triggers preemption.
     pub dead_zone: f64,
 }
@@ -127,7 +130,12 @@ pub(crate) trait PreemptionFacts {
     fn attempts_newest_first(&self, leaf: QueueId)
     -> Box<dyn Iterator<Item = RunningAttempt> + '_>;
     fn request_of(&self, job: JobKey) -> &Resources;
-    fn worker_accepts(&self, worker: WorkerKey, constraint: ConstraintId) -> bool;
+    fn worker_could_run(
+        &self,
+        worker: WorkerKey,
+        constraint: ConstraintId,
+        request: &Resources,
+    ) -> bool;
 }
 
 /// What a preemption policy may look at: queues, their usage and guarantees, and
@@ -184,9 +192,11 @@ impl<'a> PreemptionView<'a> {
         self.facts.request_of(job)
     }
 
-    /// Whether the worker takes work and could run jobs with this constraint.
-    pub fn worker_accepts(&self, worker: WorkerKey, constraint: ConstraintId) -> bool {
-        self.facts.worker_accepts(worker, constraint)
+    /// Whether the worker takes work and could run the starved queue's next job once
+    /// room is freed on it: it accepts the job's constraint and its capacity holds it.
+    pub fn worker_could_run(&self, worker: WorkerKey, request: &PreemptionRequest) -> bool {
+        self.facts
+            .worker_could_run(worker, request.constraint, &request.next_request)
     }
 }
 
@@ -313,7 +323,7 @@ impl PreemptionPolicy for NewestOverGuarantee {
             used.insert(leaf, view.used(leaf).clone());
             let mut newest_first: Vec<Victim> = view
                 .attempts_newest_first(leaf)
-                .filter(|a| view.worker_accepts(a.worker, request.constraint))
+                .filter(|a| view.worker_could_run(a.worker, request))
                 .map(|a| Victim {
                     job: a.job,
                     token: a.token,

@@ -485,6 +485,9 @@ struct Moment {
     total: Resources,
     used: HashMap<QueueId, Resources>,
     running: HashMap<QueueId, u64>,
+    /// Attempts preemption ended in a leaf during the pass: its running count may be
+    /// this much lower than `running` says.
+    preempted: HashMap<QueueId, u64>,
     /// Free resources of the workers that take work.
     free: HashMap<WorkerId, Resources>,
     head: HashMap<QueueId, Head>,
@@ -514,9 +517,11 @@ impl Moment {
         let node = &tree.nodes[&leaf];
         !node.draining
             && !node.rate_held
-            && node
-                .max_running
-                .is_none_or(|m| self.running[&leaf] < u64::from(m))
+            && node.max_running.is_none_or(|m| {
+                let lowest = self.running[&leaf]
+                    .saturating_sub(self.preempted.get(&leaf).copied().unwrap_or(0));
+                lowest < u64::from(m)
+            })
     }
 
     /// Whether a queue on `leaf`'s path may be marked at its ceiling: some leaf under
@@ -586,6 +591,7 @@ impl Moment {
             total: rm.total().clone(),
             used: HashMap::new(),
             running: HashMap::new(),
+            preempted: HashMap::new(),
             free: rm.workers().map(|w| (w.id, w.free())).collect(),
             head: HashMap::new(),
         };
@@ -1364,6 +1370,9 @@ impl World {
         let end = Moment::now(rm, tree);
         let victim_leaves: BTreeSet<QueueId> = victims.iter().map(|(q, _)| *q).collect();
         let mut at = before;
+        for (q, _) in victims {
+            *at.preempted.entry(*q).or_default() += 1;
+        }
         for (i, m) in made.iter().enumerate() {
             // Each leaf's next job now: its next attempt in this pass, else its next
             // job at the end of the pass (jobs set aside on the way never start).
@@ -1589,5 +1598,46 @@ fn preemption_never_takes_from_a_draining_worker() {
         "root.b is starved below its guarantee"
     );
     assert_eq!(sim.rm.queue("root.b").unwrap().running(), 2);
+    sim.check();
+}
+
+/// Found by CI's random run: a starved queue whose next job needs more memory than a
+/// worker has got preemption on that worker anyway; the freed room went straight back
+/// to the victim's queue, and the same job was killed and started again in one pass.
+#[test]
+fn preemption_never_takes_from_a_worker_too_small_for_the_starved_job() {
+    let mut config = Config::default();
+    config.preemption.enabled = true;
+    config.preemption.delay = Duration::from_secs(5);
+    config.heartbeat_timeout = Duration::from_secs(3600);
+    let mut sim = Sim::new(config);
+    sim.queue("root.a", 50.0, 100.0);
+    sim.queue("root.b", 50.0, 100.0);
+    let big = sim.worker("big", 4, 4000);
+    sim.submit_n("root.a", 4, Resources::cores(1, 250));
+    sim.pass();
+    assert_eq!(sim.rm.worker(big).unwrap().attempt_count(), 4);
+    let small = sim.worker("small", 4, 1000);
+    sim.submit_n("root.a", 4, Resources::cores(1, 250));
+    sim.pass();
+    assert_eq!(sim.rm.worker(small).unwrap().attempt_count(), 4);
+    // root.b's job fits only on the big worker, whose attempts are the oldest: the
+    // policy's first choices are on the small one.
+    sim.submit_n("root.b", 1, Resources::cores(1, 2000));
+    sim.pass();
+    sim.advance(Duration::from_secs(6));
+    sim.pass();
+    assert!(
+        !sim.log.kills.is_empty(),
+        "root.b is starved below its guarantee"
+    );
+    for kill in &sim.log.kills {
+        assert_eq!(kill.reason, KillReason::Preempted);
+        assert_eq!(
+            kill.worker, big,
+            "preempted on a worker too small for root.b's job"
+        );
+    }
+    assert_eq!(sim.rm.queue("root.b").unwrap().running(), 1);
     sim.check();
 }

@@ -505,8 +505,8 @@ impl ResourceManager {
     }
 
     /// What `leaf` needs to reach its guarantee (at least its next job), bounded by
-    /// what it has ready.
-    fn starved_need(&self, leaf: QueueId) -> Option<(Resources, ConstraintId)> {
+    /// what it has ready; and its next job's request and constraint.
+    fn starved_need(&self, leaf: QueueId) -> Option<StarvedNeed> {
         let node = self.node(leaf);
         let live = |k: JobKey| {
             self.jobs
@@ -515,6 +515,7 @@ impl ResourceManager {
         };
         let head = node.ready.iter_live(live).next()?;
         let constraint = self.jobs[head].constraint;
+        let head_request = self.jobs[head].spec.request.clone();
         let mut need = Resources::default();
         for key in node.ready.iter_live(live).take(NEED_SCAN_LIMIT) {
             let request = &self.jobs[key].spec.request;
@@ -525,7 +526,11 @@ impl ResourceManager {
             }
             need.add(request);
         }
-        Some((need, constraint))
+        Some(StarvedNeed {
+            need,
+            head_request,
+            constraint,
+        })
     }
 
     fn preempt_for_starved(&mut self, now: Timestamp, report: &mut PassReport) -> u64 {
@@ -543,13 +548,19 @@ impl ResourceManager {
         due.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         let mut taken = 0;
         for (_, starved) in due {
-            let Some((need, constraint)) = self.starved_need(starved) else {
+            let Some(StarvedNeed {
+                need,
+                head_request,
+                constraint,
+            }) = self.starved_need(starved)
+            else {
                 continue;
             };
             let request = PreemptionRequest {
                 starved,
                 need: need.clone(),
                 constraint,
+                next_request: head_request.clone(),
                 dead_zone: self.config.preemption.dead_zone,
             };
             let victims = self
@@ -560,7 +571,7 @@ impl ResourceManager {
                 if need.fits_in(&freed) {
                     break;
                 }
-                if !self.may_preempt(victim.job, victim.token, starved, constraint) {
+                if !self.may_preempt(victim.job, victim.token, starved, constraint, &head_request) {
                     continue;
                 }
                 freed.add(&self.jobs[victim.job].spec.request);
@@ -579,7 +590,9 @@ impl ResourceManager {
 
     /// The core's own rules for a victim, whatever the policy proposed: the attempt is
     /// current, on a worker that takes work (what a draining one frees goes to no one)
-    /// and can run the starved queue's job, in a queue that is
+    /// and can run the starved queue's next job — it accepts the job and is big enough
+    /// to hold it, else the freed room would only go back to the victim's queue — in a
+    /// queue that is
     /// not the starved one, and no queue on its path opted out or would drop below its
     /// guarantee. That holds for shared ancestors of the starved queue too: the freed
     /// resources may go to a needier queue elsewhere, so an ancestor must afford them.
@@ -589,6 +602,7 @@ impl ResourceManager {
         token: FencingToken,
         starved: QueueId,
         constraint: ConstraintId,
+        head_request: &Resources,
     ) -> bool {
         let Some(job) = self.jobs.get(key) else {
             return false;
@@ -596,10 +610,10 @@ impl ResourceManager {
         if job.current_token() != Some(token) || job.queue == starved {
             return false;
         }
-        let Some(worker) = job.worker.and_then(|w| self.workers.get(w)) else {
+        let Some(worker_key) = job.worker else {
             return false;
         };
-        if worker.indexed.is_none() || !self.index.class_accepts(worker.class, constraint) {
+        if !self.worker_could_run(worker_key, constraint, head_request) {
             return false;
         }
         let request = &job.spec.request;
@@ -617,6 +631,16 @@ impl ResourceManager {
         }
         true
     }
+}
+
+/// What a starved leaf needs, as preemption sizes it.
+struct StarvedNeed {
+    /// Enough to reach its guarantee, or all it has ready.
+    need: Resources,
+    /// Its next job's request: a worker too small for it frees nothing useful.
+    head_request: Resources,
+    /// Its next job's constraint.
+    constraint: ConstraintId,
 }
 
 impl PreemptionFacts for ResourceManager {
@@ -684,9 +708,16 @@ impl PreemptionFacts for ResourceManager {
         &self.jobs[job].spec.request
     }
 
-    fn worker_accepts(&self, worker: WorkerKey, constraint: ConstraintId) -> bool {
-        self.workers
-            .get(worker)
-            .is_some_and(|w| w.indexed.is_some() && self.index.class_accepts(w.class, constraint))
+    fn worker_could_run(
+        &self,
+        worker: WorkerKey,
+        constraint: ConstraintId,
+        request: &Resources,
+    ) -> bool {
+        self.workers.get(worker).is_some_and(|w| {
+            w.indexed.is_some()
+                && self.index.class_accepts(w.class, constraint)
+                && request.fits_in(&w.capacity)
+        })
     }
 }
