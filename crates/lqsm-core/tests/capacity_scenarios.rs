@@ -461,3 +461,31 @@ fn the_deepest_tree_nests_guarantees_all_the_way_down() {
         "idle capacity flows down to the only demand"
     );
 }
+
+/// Found by the random invariant run: a leaf whose next job would lift its parent past
+/// the ceiling marks the parent full, which holds back the siblings' smaller jobs too.
+/// Draining that leaf takes its job out of the running, so the mark must go with it.
+#[test]
+fn draining_the_leaf_that_filled_a_ceiling_frees_its_siblings() {
+    let mut sim = Sim::new(Config::default());
+    sim.queue("root.p", 50.0, 50.0);
+    sim.queue("root.p.x", 50.0, 100.0);
+    sim.queue("root.p.y", 50.0, 100.0);
+    sim.worker("w", 10, 10_000);
+    let first = sim.submit_n("root.p.y", 1, one_core());
+    sim.pass();
+    assert_eq!(sim.state(first[0]), JobState::Scheduled);
+    // p uses 1 of its 5 cores: x's 5-core job would lift it to 6, past the ceiling.
+    sim.submit_n("root.p.x", 1, Resources::cores(5, 100));
+    sim.pass();
+    let waiting = sim.submit_n("root.p.y", 1, one_core());
+    sim.pass();
+    sim.rm.drain_queue("root.p.x").unwrap();
+    sim.pass();
+    assert_eq!(
+        sim.state(waiting[0]),
+        JobState::Scheduled,
+        "p.y's job fits under p's ceiling once p.x drains"
+    );
+    sim.check();
+}

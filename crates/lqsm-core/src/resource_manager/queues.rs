@@ -639,6 +639,9 @@ impl ResourceManager {
         node.state = state;
         let children = node.children.clone();
         if children.is_empty() {
+            // A ceiling mark above may have been made for this leaf's next job, which
+            // a drain takes out of the running: it would hold back the siblings.
+            self.head_changed(id);
             self.refresh_up(id);
         }
         self.effects.records.push(Record::Queue(id));
