@@ -1473,3 +1473,53 @@ fn a_running_job_reports_its_progress_which_is_kept_and_restored() {
     sim.restart(Duration::from_secs(30));
     assert_eq!(sim.rm.job_record(id).unwrap().progress, Some(state));
 }
+
+/// Found by fuzzing: a worker registering again smaller than its running attempts hold
+/// was taken at its word, and left over-committed. The same id is the same process
+/// with the same attempts, so such a registration is refused, naming `capacity`, and
+/// changes nothing; a size that holds them is taken.
+#[test]
+fn a_worker_registering_again_smaller_than_its_attempts_is_refused() {
+    let mut sim = Sim::new(Config::default());
+    sim.queue("root.q", 100.0, 100.0);
+    let worker = sim.worker("w", 4, 4000);
+    let jobs = sim.submit_n("root.q", 3, one_core());
+    sim.pass();
+    assert_eq!(sim.rm.worker(worker).unwrap().attempt_count(), 3);
+    let smaller = WorkerRegistration {
+        id: worker,
+        name: "w".into(),
+        capacity: Resources::cores(2, 4000),
+        labels: Default::default(),
+        serves_commands: true,
+        queues: Default::default(),
+        handlers: ["*".to_string()].into(),
+    };
+    let err = sim
+        .rm
+        .register_worker(smaller.clone(), sim.now)
+        .unwrap_err();
+    match &err {
+        WorkerError::InvalidField { field, reason } => {
+            assert_eq!(field, "capacity");
+            assert!(reason.contains("3 cpu, 300 MiB"), "{reason}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let after = sim.rm.worker(worker).unwrap();
+    assert_eq!(after.capacity, Resources::cores(4, 4000), "nothing changed");
+    assert_eq!(after.attempt_count(), 3);
+    assert_eq!(sim.rm.total(), &Resources::cores(4, 4000));
+    sim.check();
+    // Exactly what the attempts hold is enough; the jobs keep their attempts.
+    let enough = WorkerRegistration {
+        capacity: Resources::cores(3, 4000),
+        ..smaller
+    };
+    sim.rm.register_worker(enough, sim.now).unwrap();
+    assert_eq!(sim.rm.total(), &Resources::cores(3, 4000));
+    for job in jobs {
+        assert_eq!(sim.state(job), JobState::Scheduled);
+    }
+    sim.check();
+}

@@ -440,17 +440,7 @@ impl World {
                 } else {
                     BTreeSet::new()
                 };
-                let mut capacity = Resources::cores(u64::from(cores % 17), u64::from(*gib) * 1000);
-                // Known finding, left to a design decision (notes/fuzz.md): a worker that
-                // registers again smaller than what the core counts it holding is left
-                // over-committed. Such a worker keeps its size here, so that the rest is
-                // still explored; one that holds nothing may change size.
-                if let Some(known) = self.rm.worker(id)
-                    && known.used != Resources::default()
-                    && !known.used.fits_in(&capacity)
-                {
-                    capacity = known.capacity.clone();
-                }
+                let capacity = Resources::cores(u64::from(cores % 17), u64::from(*gib) * 1000);
                 let registration = WorkerRegistration {
                     id,
                     name: format!("w{}", worker % WORKERS),

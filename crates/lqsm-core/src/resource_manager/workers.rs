@@ -97,6 +97,21 @@ impl ResourceManager {
                 "a worker that runs no commands must serve at least one handler",
             ));
         }
+        // The same id is the same process, whose attempts go on running: a smaller
+        // size than they hold would leave the worker over-committed, and the scheduler
+        // would count room that is not there. (A restarted process registers a new id.)
+        if let Some(known) = self.worker_ids.get(&reg.id).map(|k| &self.workers[*k])
+            && !known.used.fits_in(&reg.capacity)
+        {
+            return Err(invalid(
+                "capacity",
+                &format!(
+                    "worker {} is registered again with less than its running attempts hold \
+                     ({}); offer at least that, or register a new worker id",
+                    reg.id, known.used
+                ),
+            ));
+        }
         let class = self.index.class_for(&reg);
         let deadline = now.after(self.config.heartbeat_timeout);
         let key = match self.worker_ids.get(&reg.id) {
