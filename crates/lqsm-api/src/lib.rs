@@ -24,9 +24,12 @@ pub use vocabulary::{
 /// `retry` report) and the assignment's `soft_timeout_ms`, `inputs` and `inputs_path`:
 /// a server older than it refuses a version-3 worker at registration, clearly, instead
 /// of refusing its polls later; version 4 lets a `failed` report carry `retry: false`
-/// (the job fails now, without spending its remaining retries). The server accepts
-/// `OLDEST_WORKER_PROTOCOL..=WORKER_PROTOCOL`.
-pub const WORKER_PROTOCOL: u32 = 5;
+/// (the job fails now, without spending its remaining retries); version 5 lets a poll
+/// name in `ending` the attempts whose reports another poll carries; version 6 has the
+/// registration answer carry a `registration` number that polls name, so that a poll
+/// sent before registering again is refused instead of read for the new registration.
+/// The server accepts `OLDEST_WORKER_PROTOCOL..=WORKER_PROTOCOL`.
+pub const WORKER_PROTOCOL: u32 = 6;
 
 /// The oldest worker protocol version this release's server accepts.
 pub const OLDEST_WORKER_PROTOCOL: u32 = 1;
@@ -957,6 +960,12 @@ pub struct PollRequest {
     /// them in the second, which the server may take first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ending: Vec<AttemptRef>,
+    /// The `registration` of the answer to the registration this poll belongs to
+    /// (protocol 6). A poll sent before the worker registered again can reach the
+    /// server after it, with a list of running attempts from before: the server
+    /// refuses such a poll with `409 stale_registration` and takes nothing from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration: Option<u64>,
 }
 
 /// A new attempt for the worker.
@@ -1055,6 +1064,11 @@ pub struct WorkerView {
     /// its attempts before that happens; absent elsewhere and from older servers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_timeout_ms: Option<u64>,
+    /// The number of its latest registration: polls name it (`PollRequest.registration`,
+    /// protocol 6). It only grows, across server restarts and leaders. Absent from
+    /// older servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration: Option<u64>,
 }
 
 /// `GET /v1/cluster`.

@@ -255,6 +255,10 @@ wire_enum! {
         Refused => "refused",
         /// The server does not know this worker (restarted, or lost it): register again.
         RegisterAgain => "register_again",
+        /// The poll was sent for an earlier registration of the worker than its
+        /// latest: nothing was taken from it. Drop its answer; its reports ride on
+        /// the next poll.
+        StaleRegistration => "stale_registration",
         /// The worker speaks a protocol version this server does not accept.
         IncompatibleProtocol => "incompatible_protocol",
         /// No token, or an unknown one.

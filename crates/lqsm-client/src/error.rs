@@ -155,6 +155,12 @@ impl ClientError {
         self.code() == Some(ErrorCode::RegisterAgain)
     }
 
+    /// The server refused a poll sent for an earlier registration of the worker than
+    /// its latest (`409 stale_registration`): nothing was taken from it.
+    pub fn is_stale_registration(&self) -> bool {
+        self.code() == Some(ErrorCode::StaleRegistration)
+    }
+
     /// Whether trying the same request later may work: the server was unreachable,
     /// slow, unavailable (503), failed inside (5xx), or holds back this address after
     /// failed authentications (429).

@@ -133,6 +133,9 @@ pub struct Effects {
     /// How many attempts were made (each took a fresh fencing token, so the token
     /// high-water mark must be persisted with the batch).
     pub attempts_made: u64,
+    /// Whether a fencing token or a registration number was drawn (they share one
+    /// counter): the counter's high-water mark must be persisted with the batch.
+    pub next_token_moved: bool,
     /// Attempts ordered stopped, in the order decided: an account for metrics and
     /// tests. The orders themselves reach workers through `answers`.
     pub kills: Vec<Kill>,
@@ -146,6 +149,7 @@ impl Effects {
         self.records.is_empty()
             && self.answers.is_empty()
             && self.attempts_made == 0
+            && !self.next_token_moved
             && self.kills.is_empty()
             && self.finished.is_empty()
     }

@@ -79,6 +79,10 @@ pub struct Worker {
     pub state: WorkerState,
     /// When it registered (last).
     pub registered_at: Timestamp,
+    /// The number of its latest registration, drawn from the fencing-token counter so
+    /// that it only grows, across restarts and leaders. A poll naming another number
+    /// was sent for an earlier registration and is refused.
+    pub registration: u64,
     /// It is lost if it has not polled by then.
     pub heartbeat_deadline: Timestamp,
     /// Jobs whose current attempt it holds; each job knows its position here.
@@ -450,6 +454,7 @@ mod tests {
             queues: reg.queues.clone(),
             state: WorkerState::Active,
             registered_at: Timestamp(0),
+            registration: 0,
             heartbeat_deadline: Timestamp(0),
             attempts: Vec::new(),
             outbox: Vec::new(),

@@ -256,6 +256,7 @@ fn a_long_poll_waits_its_time_across_a_backward_jump() {
     let (mut sim, w) = sim_with_worker();
     let ticket = sim.ticket();
     let poll = WorkerPoll {
+        registration: None,
         running: vec![],
         finished: vec![],
         acked: None,

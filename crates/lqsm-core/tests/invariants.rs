@@ -865,6 +865,7 @@ impl World {
             finished.push(old.clone());
         }
         let poll = WorkerPoll {
+            registration: None,
             running: running.to_vec(),
             finished: finished.clone(),
             acked: ack.then_some(self.workers[w].seen),

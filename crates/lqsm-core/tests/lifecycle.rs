@@ -258,6 +258,7 @@ fn lost_worker_attempts_are_requeued_once_and_its_late_reports_refused() {
     }
     // The lost worker's report is refused until it registers again...
     let poll = WorkerPoll {
+        registration: None,
         running: vec![],
         finished: vec![AttemptReport {
             job: ids[0],
@@ -353,6 +354,7 @@ fn a_worker_running_a_stale_attempt_is_told_to_kill_it() {
     sim.rm.cancel(id, "by test", sim.now).unwrap();
     sim.drain_effects();
     let poll = WorkerPoll {
+        registration: None,
         running: vec![(id, token)],
         finished: vec![],
         acked: None,
@@ -1168,6 +1170,7 @@ fn an_attempt_in_an_answer_the_worker_has_not_seen_is_not_lost() {
     let second = sim.submit_n("root.q", 1, one_core())[0];
     sim.pass();
     let listed = WorkerPoll {
+        registration: None,
         running: vec![(first, token)],
         finished: vec![],
         acked: Some(seen),
@@ -1177,6 +1180,7 @@ fn an_attempt_in_an_answer_the_worker_has_not_seen_is_not_lost() {
     let answer = sim.take_assignments(w, &listed);
     assert_eq!(answer.assignments.len(), 1);
     let early = WorkerPoll {
+        registration: None,
         running: vec![(first, token)],
         finished: vec![],
         acked: Some(seen),
@@ -1191,6 +1195,7 @@ fn an_attempt_in_an_answer_the_worker_has_not_seen_is_not_lost() {
     );
     // Once the worker has seen that answer and still does not list it, it is lost.
     let late = WorkerPoll {
+        registration: None,
         running: vec![(first, token)],
         finished: vec![],
         acked: Some(answer.seq),
@@ -1447,6 +1452,7 @@ fn a_running_job_reports_its_progress_which_is_kept_and_restored() {
     let token = sim.rm.job(id).unwrap().current_token().unwrap();
     let state = lqsm_core::jobs::Json::from_value(&serde_json::json!({"pct": 40}));
     let poll = WorkerPoll {
+        registration: None,
         running: vec![(id, token)],
         finished: vec![],
         acked: None,

@@ -112,6 +112,7 @@ fn a_replaced_poll_is_answered_empty_with_its_own_refusals() {
     sim.succeed(w, id);
     // The worker repeats the report (say it never saw the answer) in a waiting poll.
     let repeat = WorkerPoll {
+        registration: None,
         running: vec![],
         finished: vec![AttemptReport {
             job: id,
@@ -173,6 +174,7 @@ fn only_answers_carrying_assignments_are_numbered_counting_from_registration() {
         .chain(first.assignments.iter().map(|a| (a.job, a.token)))
         .collect();
     let listing = WorkerPoll {
+        registration: None,
         running: held.clone(),
         finished: vec![],
         acked: Some(first.seq),
@@ -203,6 +205,7 @@ fn an_attempt_killed_for_two_reasons_gets_one_kill_order() {
     let answer = sim.take_assignments(
         w,
         &WorkerPoll {
+            registration: None,
             running: vec![(id, token)],
             finished: vec![],
             acked: None,
@@ -226,6 +229,7 @@ fn a_kill_order_wakes_a_waiting_poll() {
     sim.pass();
     sim.poll_running(w);
     let running = WorkerPoll {
+        registration: None,
         running: sim.still_running(w, None),
         finished: vec![],
         acked: None,
@@ -259,6 +263,7 @@ fn logs_of_refused_reports_are_dropped() {
         started_at: None,
     };
     let poll = WorkerPoll {
+        registration: None,
         running: vec![],
         finished: vec![report(stale), report(token)],
         acked: None,

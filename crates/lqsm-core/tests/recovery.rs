@@ -142,6 +142,7 @@ fn returning_worker_reclaims_what_it_runs_and_the_rest_is_requeued() {
     let kept = b.on_w1[0];
     let token = b.sim.rm.job(kept).unwrap().current_token().unwrap();
     let poll = WorkerPoll {
+        registration: None,
         running: vec![(kept, token)],
         finished: vec![],
         acked: None,
@@ -213,6 +214,7 @@ fn a_returning_worker_takes_no_new_work_before_its_first_poll() {
     assert_eq!(sim.rm.worker(b.w2).unwrap().attempt_count(), 0);
     let token = b.sim.rm.job(b.on_w2[0]).unwrap().current_token().unwrap();
     let poll = WorkerPoll {
+        registration: None,
         running: vec![(b.on_w2[0], token)],
         finished: vec![],
         acked: None,
@@ -343,6 +345,7 @@ fn a_returning_worker_gets_the_jobs_set_aside_while_it_reclaimed_its_attempts() 
     // Its first poll lists the attempt it still runs and reports the one that ended
     // while the server was down.
     let poll = WorkerPoll {
+        registration: None,
         running: vec![(running[0], tokens[0])],
         finished: vec![AttemptReport {
             job: running[1],
@@ -369,6 +372,7 @@ fn a_returning_worker_gets_the_jobs_set_aside_while_it_reclaimed_its_attempts() 
     assert_eq!(sim.rm.worker(w).unwrap().attempt_count(), 3);
     // They reach the worker in its next answer, numbered from its new registration.
     let poll = WorkerPoll {
+        registration: None,
         running: vec![(running[0], tokens[0])],
         finished: vec![],
         acked: Some(answer.seq),

@@ -4,8 +4,10 @@
 //! worker crashes and restarts, server restarts). Half the workers keep a second poll
 //! out beside the first, as the Python worker does, naming in `ending` (protocol 5) the
 //! attempts whose reports the other carries, and acknowledge an answer only once every
-//! poll out when it arrived is settled. Every run is a seed; a failure names its seed
-//! and replays from it alone:
+//! poll out when it arrived is settled. Polls name their registration (protocol 6), and
+//! a worker registers again at once, polls still out or not: one that arrives after the
+//! registration is refused. Every run is a seed; a failure names its seed and replays
+//! from it alone:
 //!
 //! ```sh
 //! LQSM_SIM_SEED=1234 cargo test -p lqsm-core --test simulation -- --nocapture
@@ -91,6 +93,8 @@ struct Worker {
     next_poll: u64,
     last_contact: Timestamp,
     registered: bool,
+    /// The number of its latest registration, which its polls name (protocol 6).
+    registration: Option<u64>,
 }
 
 /// A poll sent and not yet settled.
@@ -128,6 +132,7 @@ impl Worker {
             next_poll: 0,
             last_contact: now,
             registered: false,
+            registration: None,
         }
     }
 
@@ -153,6 +158,8 @@ struct Reach {
     endings: u64,
     late_requests: u64,
     answers_out_of_order: u64,
+    /// Polls that reached the server after their worker registered again.
+    stale_polls_refused: u64,
 }
 
 impl Reach {
@@ -162,6 +169,7 @@ impl Reach {
         self.endings += run.endings;
         self.late_requests += run.late_requests;
         self.answers_out_of_order += run.answers_out_of_order;
+        self.stale_polls_refused += run.stale_polls_refused;
     }
 }
 
@@ -236,6 +244,7 @@ impl World {
             worker.running.keys().map(|(_, t)| t.0).collect::<Vec<_>>()
         ));
         worker.registered = true;
+        worker.registration = self.sim.rm.worker(worker.id).map(|w| w.registration);
         worker.acked = 0;
         // Answers to polls from before are dropped; their requests may still arrive.
         worker.unacked.clear();
@@ -293,6 +302,9 @@ impl World {
                 .collect::<Vec<_>>(),
             if taken.is_ok() { "ok" } else { "refused" }
         ));
+        if matches!(taken, Err(WorkerError::StaleRegistration { .. })) {
+            self.reach.stale_polls_refused += 1;
+        }
         let answer = match taken {
             Ok(_) => {
                 for (job, token) in &named {
@@ -312,7 +324,11 @@ impl World {
                     .answer_to(ticket)
                     .expect("a poll that does not wait is answered"))
             }
-            Err(e @ (WorkerError::Unknown(_) | WorkerError::Lost(_))) => Err(e),
+            Err(
+                e @ (WorkerError::Unknown(_)
+                | WorkerError::Lost(_)
+                | WorkerError::StaleRegistration { .. }),
+            ) => Err(e),
             Err(e) => panic!("poll refused: {e}"),
         };
         let Some(worker) = self
@@ -359,10 +375,15 @@ impl World {
             };
             let answer = match answer {
                 Ok(answer) => answer,
+                Err(WorkerError::StaleRegistration { .. }) => {
+                    // Sent before the latest registration: the server took nothing
+                    // from it; its reports go in the next poll. (Its answer is
+                    // normally dropped at registration; this one came too soon.)
+                    continue;
+                }
                 Err(_) => {
                     // The server restarted or took it for lost: register again, same
-                    // id, running attempts kept (a restarted server reclaims them) —
-                    // once every poll out is settled (see `act`).
+                    // id, running attempts kept (a restarted server reclaims them).
                     worker.registered = false;
                     worker.unacked.clear();
                     continue;
@@ -459,14 +480,8 @@ impl World {
         }
         let cut = now < worker.cut_until;
         if !worker.registered {
-            // A poll still out could reach the server after the registration and be
-            // taken for one of the new registration, which decides the reclaim of what
-            // it runs and which of its attempts are lost from a list made before:
-            // nothing in a poll says which registration it belongs to. So a worker
-            // registers again only once every poll out is answered or has failed.
-            if !worker.out.is_empty() {
-                return;
-            }
+            // Polls still out may reach the server after the registration: they name
+            // the registration they were sent for, and the server refuses them.
             if !(cut || faults && self.rng.chance(0.2)) {
                 self.register(w);
             }
@@ -506,6 +521,7 @@ impl World {
             acked: Some(worker.acked),
             ending,
             progress: Vec::new(),
+            registration: worker.registration,
         };
         worker.next_poll += 1;
         let number = worker.next_poll;
@@ -535,9 +551,9 @@ impl World {
         if faults && self.rng.chance(0.15) {
             // Late: it reaches the server after polls sent after it.
             self.reach.late_requests += 1;
-            // Within the poll's timeout: a request the worker gave up on (its
-            // connection closed) no longer reaches the server.
-            let late = STEP * (1 + self.rng.below(3) as u32);
+            // Now and then past the poll's timeout, after the worker gave up on it
+            // and perhaps registered again.
+            let late = self.rng.lateness();
             self.network.push(Request {
                 arrives_at: now.after(late),
                 ..request
@@ -711,8 +727,11 @@ fn invariants_hold_across_seeds() {
         .ok()
         .map(|n| n.parse().expect("LQSM_SIM_SEEDS is a number"))
         .unwrap_or(2000);
+    // Seeds that once failed, before the run of fresh ones: 4863 had a poll sent
+    // before its worker registered again reach the server after the registration,
+    // which then counted an attempt lost that the worker still ran.
     let mut reach = Reach::default();
-    for seed in 0..seeds {
+    for seed in [4863].into_iter().chain(0..seeds) {
         match std::panic::catch_unwind(|| run(seed)) {
             Ok(run) => reach.add(&run),
             Err(panic) => {
@@ -734,4 +753,5 @@ fn invariants_hold_across_seeds() {
         reach.late_requests > 0 && reach.answers_out_of_order > 0,
         "{reach:?}"
     );
+    assert!(reach.stale_polls_refused > 0, "{reach:?}");
 }

@@ -652,6 +652,12 @@ impl World {
             },
             ending,
             progress,
+            // A worker of protocol 6 names its registration; an older one does not.
+            registration: if p.ack {
+                self.rm.worker(worker).map(|w| w.registration)
+            } else {
+                None
+            },
         };
         self.next_ticket += 1;
         let ticket = PollTicket(self.next_ticket);

@@ -282,6 +282,7 @@ async fn simulated_worker(
     let mut backoff = Duration::from_millis(50);
     while !stop.load(Ordering::Relaxed) {
         let req = PollRequest {
+            registration: None,
             running: Vec::new(),
             finished: std::mem::take(&mut reports),
             // The server caps it at `max_poll_wait_ms` (4 s by default); the worker polls

@@ -224,6 +224,12 @@ impl From<WorkerError> for ApiError {
                 e.to_string(),
             )
             .at("id"),
+            WorkerError::StaleRegistration { .. } => Self::new(
+                StatusCode::CONFLICT,
+                ErrorCode::StaleRegistration,
+                e.to_string(),
+            )
+            .at("registration"),
             WorkerError::InvalidField { ref field, .. } => {
                 let field = field.clone();
                 Self::new(

@@ -1329,6 +1329,7 @@ fn worker_view(w: &crate::view::WorkerSnapshot) -> api::WorkerView {
         labels: w.labels.clone(),
         queues: w.queues.clone(),
         heartbeat_timeout_ms: None,
+        registration: Some(w.registration),
     }
 }
 
@@ -1390,6 +1391,7 @@ async fn poll_worker(
             .map(|r| (JobId(r.job), lqsm_core::FencingToken(r.token)))
             .collect(),
         progress: Vec::new(),
+        registration: poll.registration,
     };
     let mut core_poll = core_poll;
     for (i, attempt) in poll.running.iter().enumerate() {

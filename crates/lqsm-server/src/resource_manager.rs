@@ -616,7 +616,7 @@ pub fn write_batch(rm: &mut ResourceManager, effects: &Effects, epoch: Epoch) ->
             None => batch.deleted_meta.push(key),
         }
     }
-    if effects.attempts_made > 0 {
+    if effects.next_token_moved {
         batch.meta.push((
             NEXT_TOKEN.to_owned(),
             rm.next_token().to_le_bytes().to_vec(),
@@ -1459,6 +1459,7 @@ mod tests {
                 .collect();
             ticket += 1;
             let poll = WorkerPoll {
+                registration: None,
                 running: Vec::new(),
                 finished,
                 acked: None,
@@ -1477,6 +1478,7 @@ mod tests {
             if step % 2 == 0 && !running.is_empty() {
                 ticket += 1;
                 let poll = WorkerPoll {
+                    registration: None,
                     running: running.clone(),
                     finished: Vec::new(),
                     acked: None,

@@ -59,6 +59,8 @@ pub struct WorkerSnapshot {
     pub labels: BTreeMap<String, String>,
     /// The queues it serves (with those under them); empty: all.
     pub queues: Vec<String>,
+    /// Its latest registration's number.
+    pub registration: u64,
 }
 
 /// Queues, workers and capacity as of one commit: immutable once published.
@@ -454,6 +456,7 @@ fn workers(rm: &ResourceManager) -> Vec<WorkerSnapshot> {
             attempts: w.attempt_count(),
             labels: w.labels.clone(),
             queues: w.queues.iter().map(|q| q.as_str().to_owned()).collect(),
+            registration: w.registration,
         })
         .collect();
     all.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));

@@ -910,6 +910,7 @@ fn only_answers_with_assignments_are_numbered_and_an_unseen_one_loses_nothing() 
     // A poll that acknowledges less than the carrying answer, and does not list its
     // attempt, loses nothing.
     let req = api::PollRequest {
+        registration: None,
         running: Vec::new(),
         finished: Vec::new(),
         wait_ms: 0,
@@ -945,4 +946,60 @@ fn function_args_reach_the_worker_and_the_job_view_as_the_submitter_wrote_them()
         panic!("a function job: {view:?}");
     };
     assert_eq!(shown.as_str(), args);
+}
+
+/// Protocol 6: a poll names the registration it was sent for. One sent before the
+/// worker registered again can reach the server after it, listing what ran before:
+/// it is refused, naming `registration`, and nothing in it is taken — not its
+/// heartbeat, not its reports, not the absence of an attempt from its list.
+#[test]
+fn a_poll_sent_for_an_earlier_registration_is_refused_and_changes_nothing() {
+    let server = BlockingTestServer::start();
+    let api = server.api();
+    let mut worker = SimWorker::register(&api, "numbered");
+    let first = worker
+        .registration_number
+        .expect("the answer carries a number");
+    let id = api.submit(&function_job("root.default", "numbered"));
+    let taken = worker.next_assignment();
+    assert_eq!(taken.job, id);
+
+    worker.register_again();
+    let latest = worker.registration_number.expect("a new number");
+    assert!(latest > first);
+
+    // The late poll lists nothing running and reports the attempt done.
+    let report = finished_attempt(
+        &taken,
+        api::AttemptResult::Succeeded {
+            result: Some(json!("from before")),
+            exit_code: None,
+        },
+    );
+    let late = api::PollRequest {
+        running: Vec::new(),
+        finished: vec![report],
+        wait_ms: 0,
+        ack: Some(0),
+        ending: Vec::new(),
+        registration: Some(first),
+    };
+    let err = api
+        .post(&format!("/v1/workers/{}/poll", worker.id), &late)
+        .expect_error(409);
+    assert_eq!(err.code, lqsm_api::ErrorCode::StaleRegistration);
+    assert_eq!(err.field.as_deref(), Some("registration"));
+    let view = api.job(id);
+    assert_eq!(view.state, lqsm_api::JobState::Scheduled, "{view:?}");
+    assert_eq!(view.attempts.len(), 1, "the attempt was not counted lost");
+
+    // The worker's own poll under its latest number goes on as usual, as does a
+    // poll without a number (a worker before protocol 6).
+    let resp = worker.poll(&[], 0);
+    assert!(resp.refused.is_empty(), "{resp:?}");
+    worker.registration_number = None;
+    worker.succeed(&taken, json!("now"));
+    let view = api.job(id);
+    assert_eq!(view.state, lqsm_api::JobState::Succeeded);
+    assert_eq!(view.result, Some(json!("now")));
 }

@@ -107,6 +107,7 @@ fn finish_everything(api: Api, handler: &'static str, load: Load) -> JoinHandle<
                 })
                 .collect();
             let poll = api::PollRequest {
+                registration: None,
                 running: Vec::new(),
                 finished: report.clone(),
                 wait_ms: 50,

@@ -232,6 +232,8 @@ pub struct SimWorker {
     /// Its worker id.
     pub id: Uuid,
     registration: api::RegisterWorker,
+    /// The number of its latest registration, which its polls name.
+    pub registration_number: Option<u64>,
     /// Attempts it holds now.
     pub running: Vec<api::AttemptRef>,
     /// How long `next_assignment` lets each poll wait (keep it well under the
@@ -262,6 +264,7 @@ impl SimWorker {
             api: api.clone(),
             id,
             registration,
+            registration_number: None,
             running: Vec::new(),
             poll_wait_ms: 200,
         };
@@ -274,6 +277,13 @@ impl SimWorker {
         let view: api::WorkerView = self.api.post("/v1/workers", &self.registration).expect(200);
         assert_eq!(view.id, self.id);
         assert_eq!(view.state, lqsm_api::WorkerState::Active);
+        assert!(
+            view.registration > self.registration_number,
+            "registration numbers grow: {:?} after {:?}",
+            view.registration,
+            self.registration_number
+        );
+        self.registration_number = view.registration;
     }
 
     /// Points the worker at another server address (after a restart).
@@ -289,6 +299,7 @@ impl SimWorker {
             wait_ms,
             ack: None,
             ending: Vec::new(),
+            registration: self.registration_number,
         };
         self.api
             .post(&format!("/v1/workers/{}/poll", self.id), &req)

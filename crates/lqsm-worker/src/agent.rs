@@ -323,6 +323,11 @@ pub(crate) struct Agent {
     /// did would make the server count the attempts of the late answer as lost.
     acked: u64,
     registered: bool,
+    /// The number the server gave this worker's latest registration, which its polls
+    /// name: a poll still out from before registering again is then refused by the
+    /// server, not read as a list of what this registration runs. `None` from servers
+    /// before protocol 6.
+    registration_number: Option<u64>,
     backoff: Backoff,
     retry_at: Option<Instant>,
     replace_at: Option<Instant>,
@@ -378,6 +383,7 @@ impl Agent {
             acked: 0,
             next_seq: 0,
             registered: false,
+            registration_number: None,
             retry_at: None,
             replace_at: None,
             replaced: 0,
@@ -529,6 +535,7 @@ impl Agent {
             wait_ms: wait.as_millis() as u64,
             ack: Some(self.ack()),
             ending: Vec::new(),
+            registration: self.registration_number,
         };
         let call = self.client.poll(self.id, &request);
         // The request is encoded: the reports stay here until acknowledged.
@@ -610,6 +617,7 @@ impl Agent {
                         self.note_contact(sent_at);
                         self.learn_heartbeat_timeout(view.heartbeat_timeout_ms);
                         self.registered = true;
+                        self.registration_number = view.registration;
                         // The server numbers its answers afresh for a new registration.
                         self.answers_seen = 0;
                         self.acked = 0;
@@ -644,6 +652,12 @@ impl Agent {
                     }
                     Err(e) if !is_current => {
                         tracing::debug!(error = %e, "a replaced poll failed; its reports ride on the current one");
+                        Ok(())
+                    }
+                    Err(e) if e.is_stale_registration() => {
+                        // Sent before registering again: the server took nothing from
+                        // it, and its reports, still unacknowledged, go in the next.
+                        tracing::debug!(error = %e, "a poll from before the latest registration was refused");
                         Ok(())
                     }
                     Err(e) if e.is_register_again() => {
@@ -1117,6 +1131,7 @@ impl Agent {
                     wait_ms: 0,
                     ack: Some(ack),
                     ending: Vec::new(),
+                    registration: self.registration_number,
                 },
             );
             if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), call).await {

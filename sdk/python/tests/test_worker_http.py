@@ -183,7 +183,7 @@ def test_ack_waits_for_every_poll_that_could_bring_a_lower_answer_number() -> No
     assert agent.unconfirmed == []
 
 
-@pytest.mark.parametrize("newest, expected", [(5, 5), (4, 4), (3, 3)])
+@pytest.mark.parametrize("newest, expected", [(6, 6), (5, 5), (4, 4), (3, 3)])
 def test_registration_falls_back_to_the_servers_protocol(newest: int, expected: int) -> None:
     """A server older than the worker refuses its version at registration; the worker
     tries the next older one down to 3 (and at 4 or below sends no second reporting
@@ -205,7 +205,7 @@ def test_registration_falls_back_to_the_servers_protocol(newest: int, expected: 
         await agent.client.aclose()
 
     serve(json_server(respond), check)
-    assert offered == list(range(5, expected - 1, -1))
+    assert offered == list(range(6, expected - 1, -1))
 
 
 def test_a_server_that_refuses_ending_makes_the_worker_speak_4_and_lose_no_report() -> None:
@@ -226,7 +226,7 @@ def test_a_server_that_refuses_ending_makes_the_worker_speak_4_and_lose_no_repor
 
     async def check(url: str) -> None:
         agent = Agent({}, ThreadPool(1, 1.0), [url], None, "w", 1.0, 64, {})
-        assert agent.protocol == 5
+        assert agent.protocol == 6
         # One report is on its way in another poll, one is new.
         agent.reports = {"a:1": report("a"), "b:1": report("b")}
         agent.carrying = {"a:1"}
@@ -240,3 +240,70 @@ def test_a_server_that_refuses_ending_makes_the_worker_speak_4_and_lose_no_repor
     assert [p.get("ending") for p in polls] == [[{"job": "a", "token": 1}], None]
     assert [r["job"] for r in polls[0]["finished"]] == ["b"]
     assert sorted(r["job"] for r in polls[1]["finished"]) == ["a", "b"]
+
+
+def test_a_poll_from_before_registering_again_is_dropped_and_its_reports_kept() -> None:
+    """Protocol 6: polls name the registration they were sent for. The server refuses
+    one that reached it after the worker registered again (`409 stale_registration`):
+    the worker neither registers again nor forgets the reports it carried, and its
+    next poll names the latest registration and carries them."""
+    polls: List[Dict[str, Any]] = []
+    registrations = iter([7, 9])
+
+    def respond(body: Dict[str, Any]) -> Tuple[int, Dict[str, Any]]:
+        if "protocol" in body:
+            return 200, {"id": "w", "heartbeat_timeout_ms": 20000, "registration": next(registrations)}
+        polls.append(body)
+        if body.get("registration") != 9:
+            refusal = {"code": "stale_registration", "message": "from registration 7", "field": "registration"}
+            return 409, {"error": refusal}
+        return 200, {"seq": 0, "assignments": [], "kill": [], "refused": []}
+
+    async def check(url: str) -> None:
+        agent = Agent({}, ThreadPool(1, 1.0), [url], None, "w", 1.0, 64, {})
+        await agent.register()
+        assert agent.registration == 7
+        agent.reports = {"a:1": {"job": "a", "token": 1, "result": {"type": "succeeded", "result": None},
+                                 "logs": None, "started_at_ms": 1}}
+        sent = asyncio.create_task(agent._poll(0.0))
+        await agent.register()  # registered again while that poll was on its way
+        assert agent.registration == 9
+        await sent
+        assert set(agent.reports) == {"a:1"}, "a refused poll's reports are kept"
+        assert agent.protocol == 6
+        assert agent.epoch == 2, "a stale poll does not make the worker register again"
+        await agent._poll(0.0)
+        assert agent.reports == {}
+        await agent.client.aclose()
+
+    serve(json_server(respond), check)
+    assert [p.get("registration") for p in polls] == [7, 9]
+    assert [r["job"] for r in polls[1]["finished"]] == ["a"]
+
+
+def test_a_server_that_refuses_registration_makes_the_worker_speak_5() -> None:
+    """An older server took over: it refuses the field `registration` by name; the
+    worker speaks protocol 5 from then on, and loses no report."""
+    polls: List[Dict[str, Any]] = []
+
+    def respond(body: Dict[str, Any]) -> Tuple[int, Dict[str, Any]]:
+        polls.append(body)
+        if "registration" in body:
+            refusal = {"code": "unknown_field", "message": "unknown field `registration`", "field": "registration"}
+            return 400, {"error": refusal}
+        return 200, {"seq": 0, "assignments": [], "kill": [], "refused": []}
+
+    async def check(url: str) -> None:
+        agent = Agent({}, ThreadPool(1, 1.0), [url], None, "w", 1.0, 64, {})
+        agent.registration = 3
+        agent.reports = {"a:1": {"job": "a", "token": 1, "result": {"type": "succeeded", "result": None},
+                                 "logs": None, "started_at_ms": 1}}
+        await agent._poll(0.0)
+        assert agent.protocol == 5
+        assert set(agent.reports) == {"a:1"}
+        await agent._poll(0.0)
+        assert agent.reports == {}
+        await agent.client.aclose()
+
+    serve(json_server(respond), check)
+    assert ["registration" in p for p in polls] == [True, False]

@@ -436,6 +436,7 @@ impl ResourceManager {
         worker.outbox.push(key);
         self.index.upsert(worker_key, worker);
         self.effects.attempts_made += 1;
+        self.effects.next_token_moved = true;
         self.to_answer.insert(worker_key);
         self.effects.records.push(Record::Job(job.id));
         if let Some(timeout) = job.spec.timeout {

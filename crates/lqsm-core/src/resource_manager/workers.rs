@@ -23,6 +23,19 @@ pub enum WorkerError {
     /// The worker never registered (or was forgotten).
     #[error("worker {0} is not registered; register first")]
     Unknown(WorkerId),
+    /// The poll was sent for an earlier registration of the worker than its latest:
+    /// it is taken for nothing (its reports ride on the next poll).
+    #[error(
+        "this poll of worker {worker} belongs to its registration {sent}, not to its latest, {latest}; it is ignored"
+    )]
+    StaleRegistration {
+        /// The worker.
+        worker: WorkerId,
+        /// The registration the poll names.
+        sent: u64,
+        /// The worker's latest registration.
+        latest: u64,
+    },
     /// The worker missed its heartbeat; its attempts were requeued.
     #[error("worker {0} was declared lost; register again")]
     Lost(WorkerId),
@@ -59,6 +72,13 @@ pub struct WorkerPoll {
     /// running nor lost (a worker with two polls out names them in the second).
     #[serde(default)]
     pub ending: Vec<(JobId, FencingToken)>,
+    /// The registration this poll was sent for ([`crate::Worker::registration`]).
+    /// A poll sent before the worker registered again may arrive after it, with a list
+    /// of running attempts that predates the registration: naming it lets the server
+    /// refuse such a poll instead of counting attempts lost from it. `None`: an older
+    /// worker, taken as its latest registration.
+    #[serde(default)]
+    pub registration: Option<u64>,
 }
 
 /// What the core made of a poll.
@@ -114,6 +134,9 @@ impl ResourceManager {
         }
         let class = self.index.class_for(&reg);
         let deadline = now.after(self.config.heartbeat_timeout);
+        let registration = self.next_token;
+        self.next_token += 1;
+        self.effects.next_token_moved = true;
         let key = match self.worker_ids.get(&reg.id) {
             Some(key) => {
                 let key = *key;
@@ -129,6 +152,7 @@ impl ResourceManager {
                 worker.class = class;
                 worker.state = WorkerState::Active;
                 worker.registered_at = now;
+                worker.registration = registration;
                 worker.heartbeat_deadline = deadline;
                 // A worker that registers again counts answers afresh, and must list
                 // from its next poll on what it still runs of what it held.
@@ -153,6 +177,7 @@ impl ResourceManager {
                     queues: reg.queues,
                     state: WorkerState::Active,
                     registered_at: now,
+                    registration,
                     heartbeat_deadline: deadline,
                     attempts: Vec::new(),
                     outbox: Vec::new(),
@@ -245,6 +270,16 @@ impl ResourceManager {
         now: Timestamp,
     ) -> Result<PollOutcome, WorkerError> {
         let worker_key = self.worker_key(id)?;
+        let latest = self.workers[worker_key].registration;
+        if let Some(sent) = poll.registration
+            && sent != latest
+        {
+            return Err(WorkerError::StaleRegistration {
+                worker: id,
+                sent,
+                latest,
+            });
+        }
         self.workers[worker_key].heartbeat_deadline = now.after(self.config.heartbeat_timeout);
         self.arm_heartbeat(worker_key);
         if self.unclaimed.contains_key(&id) {

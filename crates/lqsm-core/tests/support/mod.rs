@@ -219,6 +219,7 @@ impl Sim {
     /// attempts, then reports those as started too.
     pub fn poll_running(&mut self, worker: WorkerId) -> Vec<Assignment> {
         let poll = WorkerPoll {
+            registration: None,
             running: self.still_running(worker, None),
             finished: vec![],
             acked: None,
@@ -229,6 +230,7 @@ impl Sim {
         let held = self.received.entry(worker).or_default();
         held.extend(got.iter().map(|a| (a.job, a.token)));
         let poll = WorkerPoll {
+            registration: None,
             running: self.still_running(worker, None),
             finished: vec![],
             acked: None,
@@ -280,6 +282,7 @@ impl Sim {
         result: ReportedResult,
     ) -> PollOutcome {
         let poll = WorkerPoll {
+            registration: None,
             running: self.still_running(worker, Some(job)),
             finished: vec![AttemptReport {
                 job,

@@ -1,4 +1,4 @@
-"""The worker's side of the poll protocol (docs/PROTOCOL.md, version 5): it registers,
+"""The worker's side of the poll protocol (docs/PROTOCOL.md, version 6): it registers,
 then keeps one poll waiting at the server, lists what it runs, reports what ended
 until a poll that carried the report is answered, acknowledges numbered answers,
 obeys kill orders, and stops its attempts itself when the server has been out of reach
@@ -27,14 +27,17 @@ from ._pools import Pool
 
 log = logging.getLogger("lqsm.worker")
 
-#: The protocol version this worker speaks: 5 (a second reporting poll names the
-#: attempts whose reports the first carries, `ending`). With an older server it falls
-#: back: at 4 it keeps one reporting poll out at a time; at 3 a failure can no longer
-#: say it is not to be retried (`autoretry_for`), and is retried like any other.
-PROTOCOL = 5
+#: The protocol version this worker speaks: 6 (polls name their registration, so that
+#: one sent before registering again is refused, not read for the new registration; a
+#: second reporting poll names the attempts whose reports the first carries,
+#: `ending`). With an older server it falls back: at 5 its polls name no registration;
+#: at 4 it keeps one reporting poll out at a time; at 3 a failure can no longer say it
+#: is not to be retried (`autoretry_for`), and is retried like any other.
+PROTOCOL = 6
 
 #: What each fallback gives up, for the warning.
 FALLBACKS = {
+    5: "polls name no registration (a poll delayed past registering again is read for the new one)",
     4: "one reporting poll at a time (slower under load)",
     3: "one reporting poll at a time, and every failure retried up to the task's retries, autoretry_for or not",
 }
@@ -161,6 +164,9 @@ class Agent:
         # Registrations made so far: a poll sent under an earlier one brings an answer
         # numbered in the old count, which must not move `ack` nor start anything.
         self.epoch = 0
+        # The number the server gave the latest registration, which polls name
+        # (protocol 6); None from an older server.
+        self.registration: Optional[int] = None
         # The registration under way, which every poll told to register again awaits.
         self.registering: "Optional[asyncio.Task[None]]" = None
         # Polls sent and not yet answered, by number; and the answers' numbers (`seq`)
@@ -239,6 +245,7 @@ class Agent:
                     )
                 self.ack = 0
                 self.unconfirmed.clear()
+                self.registration = view.get("registration")
                 self.epoch += 1
                 self.failures = 0
                 self.last_contact = time.monotonic()
@@ -456,6 +463,8 @@ class Agent:
             "ack": self._acknowledged(),
             "wait_ms": int(wait * 1000),
         }
+        if self.protocol >= 6 and self.registration is not None:
+            body["registration"] = self.registration
         if self.protocol >= 5 and len(carried) < len(self.reports):
             # Ended attempts whose reports this poll does not carry: on their way in
             # another poll (which this one may overtake), or left for the next one by
@@ -507,6 +516,11 @@ class Agent:
                     self.registering = asyncio.create_task(self.register())
                 await asyncio.shield(self.registering)
             return
+        if response.status_code == 409 and api_error(response).code == "stale_registration":
+            # Sent before registering again, and it reached the server after: nothing
+            # was taken from it, and its reports, still held, go in a later poll.
+            log.debug("a poll from before the latest registration was refused")
+            return
         if epoch != self.epoch:
             # Answered under an earlier registration: its numbering is over, and what it
             # assigned was counted lost when this worker registered again without it.
@@ -514,11 +528,17 @@ class Agent:
             return
         if not response.is_success:
             error = api_error(response)
-            if response.status_code == 400 and error.field == "ending" and self.protocol >= 5:
+            if response.status_code == 400 and error.field == "registration" and self.protocol >= 6:
                 # A server of an older version took over (a rolling upgrade, a
-                # rollback): speak 4 from now on, one reporting poll at a time.
+                # rollback): speak 5 from now on, without the registration's number.
+                log.warning("the server at %s does not take `registration` (%s): speaking protocol 5", url, error)
+                self.protocol = 5
+                return
+            if response.status_code == 400 and error.field == "ending" and self.protocol >= 5:
+                # The same, from a server older still: speak 4 from now on, one
+                # reporting poll at a time.
                 log.warning("the server at %s does not take `ending` (%s): speaking protocol 4", url, error)
-                self.protocol = 4
+                self.protocol = min(self.protocol, 4)
                 return
             self._check_fatal(response)
             log.warning("poll answered %d (%s); trying again", response.status_code, error)
