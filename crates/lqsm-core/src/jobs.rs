@@ -620,6 +620,12 @@ impl From<JobSpec> for JobSpecRecord {
 }
 
 impl SubmitRequest {
+    /// The job a queue with `defaults` would make of this submission: for the tests of
+    /// policies written outside the core, which rank or admit a [`JobSpec`].
+    pub fn into_spec(self, defaults: &crate::queues::JobDefaults) -> JobSpec {
+        self.resolve(defaults).0
+    }
+
     /// The job's settings: this submission's options, the queue's defaults for the
     /// ones it left out.
     pub(crate) fn resolve(

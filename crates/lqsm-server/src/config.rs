@@ -44,6 +44,10 @@ pub struct ServerConfig {
     /// can step).
     #[serde(skip)]
     pub wall_clock: crate::resource_manager::WallClock,
+    /// The policies queues and the cluster select by name: the built-ins, and those a
+    /// program embedding the server registers (not a setting of the file: code).
+    #[serde(skip)]
+    pub policies: lqsm_core::Policies,
 }
 
 /// The `[tls]` section. With `cert_file` and `key_file` the API is served over HTTPS
@@ -101,6 +105,7 @@ impl Default for ServerConfig {
             audit_log: None,
             tls: TlsConfig::default(),
             wall_clock: crate::resource_manager::WallClock::default(),
+            policies: lqsm_core::Policies::default(),
         }
     }
 }

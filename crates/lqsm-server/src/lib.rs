@@ -106,7 +106,7 @@ pub fn restore_and_check(
     let now = resource_manager::wall_clock();
     let fresh = snapshot.queues.is_empty() && snapshot.jobs.is_empty();
     let mut rm = if fresh {
-        let mut rm = ResourceManager::new(core_config, resource_manager::policies(), seed)
+        let mut rm = ResourceManager::new(core_config, config.policies.clone(), seed)
             .map_err(|e| ServerError::Config(e.to_string()))?;
         // No guarantee: alone it still gets the whole cluster (idle capacity is lent),
         // and new queues can be given guarantees without first shrinking it.
@@ -166,7 +166,7 @@ pub fn restore_and_check(
         let grace = Duration::from_millis(config.scheduler.reclaim_grace_ms);
         let (rm, report) = ResourceManager::restore(
             core_config,
-            resource_manager::policies(),
+            config.policies.clone(),
             seed,
             input,
             now,

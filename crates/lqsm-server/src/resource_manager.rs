@@ -9,9 +9,9 @@ use crate::scheduler::SchedulerError;
 use crate::view::{Published, ViewBuilder};
 use lqsm_core::schedules::{ScheduleError, ScheduleRecord, ScheduleSpec};
 use lqsm_core::{
-    Effects, FencingToken, JobError, JobId, Kill, Policies, PollTicket, QueueError, Record,
-    RefusedReport, ResourceManager, Resources, SubmitError, SubmitRequest, Submitted, Timestamp,
-    WorkerError, WorkerId, WorkerPoll, WorkerRegistration,
+    Effects, FencingToken, JobError, JobId, Kill, PollTicket, QueueError, Record, RefusedReport,
+    ResourceManager, Resources, SubmitError, SubmitRequest, Submitted, Timestamp, WorkerError,
+    WorkerId, WorkerPoll, WorkerRegistration,
 };
 use lqsm_core::{JobRecord, JobState, codec};
 use lqsm_store::{Epoch, JobDeletion, JobIndex, JobWrite, Store, WriteBatch};
@@ -1205,11 +1205,6 @@ pub fn fetch_kinds(
             HashMap::new()
         }
     }
-}
-
-/// The policies this server knows (today: the built-ins).
-pub fn policies() -> Policies {
-    Policies::default()
 }
 
 #[cfg(test)]

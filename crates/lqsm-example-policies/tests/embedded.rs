@@ -1,0 +1,132 @@
+//! The example program end to end: the real `lqsm-custom-server` binary, a queue that
+//! selects `deadline-first` by name through the API and another through the config
+//! file, jobs dispatched earliest deadline first to a worker, and a policy name neither
+//! LQSM nor the program knows refused naming the field.
+#![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
+
+use lqsm_api as api;
+use lqsm_testkit::{Api, DEADLINE, SimWorker, eventually, function_job};
+use serde_json::json;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+
+/// The program, killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(extra_config: &str) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("lqsm.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{extra_config}",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lqsm-custom-server"))
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let _ = tx.send(lines.next());
+        for _ in lines {}
+    });
+    let first = rx.recv_timeout(DEADLINE);
+    let url = match &first {
+        Ok(Some(Ok(line))) => line
+            .strip_prefix("lqsm-custom-server listening on ")
+            .map(str::to_owned),
+        _ => None,
+    };
+    let Some(url) = url else {
+        let _ = child.kill();
+        panic!("the program did not announce its address: {first:?}");
+    };
+    let server = Server {
+        child,
+        url,
+        _dir: dir,
+    };
+    let api = Api::new(&server.url, None);
+    eventually("the server is ready", || {
+        (api.try_get("/readyz").ok()?.status == 200).then_some(())
+    });
+    server
+}
+
+fn with_deadline(queue: &str, handler: &str, deadline: &str) -> api::SubmitJob {
+    let mut job = function_job(queue, handler);
+    job.keys = [("deadline".to_owned(), deadline.to_owned())].into();
+    job
+}
+
+/// Submits jobs with deadlines 300, 100, none and 200, in that order, before any
+/// worker is there; a worker that takes one job at a time gets them 100, 200, 300,
+/// then the one without.
+fn dispatched_earliest_deadline_first(api: &Api, queue: &str, handler: &str) {
+    let late = api.submit(&with_deadline(queue, handler, "300"));
+    let early = api.submit(&with_deadline(queue, handler, "100"));
+    let none = api.submit(&function_job(queue, handler));
+    let middle = api.submit(&with_deadline(queue, handler, "200"));
+    let mut worker = SimWorker::register(api, handler);
+    let mut order = Vec::new();
+    // The poll that reports one job done may bring the next.
+    let mut handed = vec![worker.next_assignment()];
+    while let Some(assignment) = handed.pop() {
+        order.push(assignment.job);
+        handed.extend(worker.succeed(&assignment, json!(null)).assignments);
+        if handed.is_empty() && order.len() < 4 {
+            handed.push(worker.next_assignment());
+        }
+    }
+    assert_eq!(order, [early, middle, late, none]);
+}
+
+#[test]
+fn queues_select_the_programs_own_ordering_by_name() {
+    let server = start(
+        "[[queues]]\npath = \"root.from_config\"\nordering = \"deadline-first\"\nmax_running = 1\n",
+    );
+    let api = Api::new(&server.url, None);
+
+    // Through the API, exactly as a built-in is selected.
+    api.post(
+        "/v1/queues",
+        &json!({"path": "root.by_api", "ordering": "deadline-first", "max_running": 1}),
+    )
+    .expect::<serde_json::Value>(201);
+    let queue: serde_json::Value = api.get("/v1/queues/root.by_api").expect(200);
+    assert_eq!(queue["settings"]["ordering"], "deadline-first", "{queue}");
+    dispatched_earliest_deadline_first(&api, "root.by_api", "api");
+
+    // Through the config file.
+    dispatched_earliest_deadline_first(&api, "root.from_config", "config");
+
+    // A name nobody registered is refused, naming the field and the known names.
+    let err = api
+        .post(
+            "/v1/queues",
+            &json!({"path": "root.bad", "ordering": "latest-first"}),
+        )
+        .expect_error(400);
+    assert_eq!(err.field.as_deref(), Some("ordering"), "{err:?}");
+    assert!(err.message.contains("deadline-first"), "{}", err.message);
+}
