@@ -688,6 +688,12 @@ pub struct QueueSettings {
     /// Whether preemption may take attempts back from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preemptable: Option<bool>,
+    /// A leaf's priority preemption inside it (YARN's intra-queue preemption): a job its
+    /// ordering puts ahead, waiting past the cluster's preemption delay, takes the place
+    /// of running attempts of jobs ranked after it. Default false; needs the cluster's
+    /// preemption on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_preemption: Option<bool>,
     /// A leaf's limit on how often its jobs start (retries included); absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitSpec>,

@@ -36,6 +36,10 @@ pub struct SettingsArgs {
     /// Whether preemption may take attempts back from it.
     #[arg(long)]
     preemptable: Option<bool>,
+    /// A leaf's priority preemption inside it: a higher-ranked job waiting past the
+    /// cluster's preemption delay takes the place of lower-ranked running ones.
+    #[arg(long)]
+    priority_preemption: Option<bool>,
     /// Most job starts per second, minute or hour, e.g. 100/s, 10/m (0: no limit);
     /// retries count.
     #[arg(long)]
@@ -78,6 +82,7 @@ impl SettingsArgs {
             placement: self.placement.clone(),
             admission: self.admission.clone(),
             preemptable: self.preemptable,
+            priority_preemption: self.priority_preemption,
             rate_limit: self.rate_limit.as_ref().map(|rate| api::RateLimitSpec {
                 rate: rate.clone(),
                 burst: self.burst,
@@ -335,7 +340,7 @@ fn detail(q: &api::QueueView) -> String {
         Some(n) => n.to_string(),
     };
     format!(
-        "queue:        {}\nstate:        {}\ncapacity:     {}% of parent ({} of cluster), max {}% ({})\nused:         {} cpu, {}\npending:      {}\nrunning:      {}\nmax running:  {}\nmax pending:  {}\npolicies:     ordering {}, placement {}, admission {}\npreemptable:  {}\nsubmitted:    {}  succeeded {}  failed {}  cancelled {}  expired {}\nmean wait:    {} ms, mean run {} ms\n",
+        "queue:        {}\nstate:        {}\ncapacity:     {}% of parent ({} of cluster), max {}% ({})\nused:         {} cpu, {}\npending:      {}\nrunning:      {}\nmax running:  {}\nmax pending:  {}\npolicies:     ordering {}, placement {}, admission {}\npreemptable:  {}, priority preemption inside: {}\nsubmitted:    {}  succeeded {}  failed {}  cancelled {}  expired {}\nmean wait:    {} ms, mean run {} ms\n",
         q.path,
         q.state,
         q.capacity,
@@ -352,6 +357,7 @@ fn detail(q: &api::QueueView) -> String {
         s.placement.as_deref().unwrap_or("-"),
         s.admission.as_deref().unwrap_or("-"),
         s.preemptable.unwrap_or(true),
+        s.priority_preemption.unwrap_or(false),
         q.counts.submitted,
         q.counts.succeeded,
         q.counts.failed,

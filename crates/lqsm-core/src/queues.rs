@@ -218,6 +218,11 @@ pub struct QueueConfig {
     pub admission: String,
     /// Whether preemption may take attempts back from this queue (and below it).
     pub preemptable: bool,
+    /// Leaf: priority preemption inside the queue (YARN's intra-queue preemption). A
+    /// job its ordering puts ahead, waiting past the cluster's preemption delay, takes
+    /// the place of running attempts of jobs ranked after it, on one worker. Needs the
+    /// cluster's `preemption.enabled`.
+    pub priority_preemption: bool,
     /// Leaf: most dispatches of its jobs over time, retries included. None: no limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
@@ -240,6 +245,7 @@ impl Default for QueueConfig {
             placement: BEST_FIT.into(),
             admission: ACCEPT_ALL.into(),
             preemptable: true,
+            priority_preemption: false,
             rate_limit: None,
             key_limits: BTreeMap::new(),
         }
@@ -390,6 +396,8 @@ pub struct QueueUpdate {
     pub admission: Option<String>,
     /// New preemptable flag.
     pub preemptable: Option<bool>,
+    /// New priority preemption inside the queue.
+    pub priority_preemption: Option<bool>,
     /// New rate limit; `Some(None)` removes it.
     pub rate_limit: Option<Option<RateLimit>>,
     /// New per-key limits, replacing the old ones (an empty map removes them all).
@@ -429,6 +437,9 @@ impl QueueUpdate {
         }
         if let Some(v) = self.preemptable {
             c.preemptable = v;
+        }
+        if let Some(v) = self.priority_preemption {
+            c.priority_preemption = v;
         }
         if let Some(v) = self.rate_limit {
             c.rate_limit = v;

@@ -489,3 +489,125 @@ fn draining_the_leaf_that_filled_a_ceiling_frees_its_siblings() {
     );
     sim.check();
 }
+
+fn priority_preempting(enabled_in_cluster: bool, queue_flag: bool) -> (Sim, WorkerId) {
+    let mut config = Config::default();
+    config.preemption.enabled = enabled_in_cluster;
+    config.preemption.delay = Duration::from_secs(5);
+    config.heartbeat_timeout = Duration::from_secs(3600);
+    let mut sim = Sim::new(config);
+    sim.queue("root.q", 100.0, 100.0);
+    sim.rm
+        .update_queue(
+            "root.q",
+            &QueueUpdate {
+                priority_preemption: Some(queue_flag),
+                ..QueueUpdate::default()
+            },
+        )
+        .unwrap();
+    let worker = sim.worker("w", 4, 4000);
+    (sim, worker)
+}
+
+fn submit_with_priority(sim: &mut Sim, priority: i32, cores: u64) -> JobId {
+    let mut req = sim.request("root.q", Resources::cores(cores, 100));
+    req.priority = Some(priority);
+    sim.submit(req).unwrap().id()
+}
+
+/// YARN's intra-queue preemption: a higher-priority job waiting past the delay takes
+/// the place of the lowest-priority, newest attempts of its own queue — only as many as
+/// it needs, on one worker — and starts there at once; the victims wait, their attempt
+/// not spent.
+#[test]
+fn a_higher_priority_job_takes_the_place_of_lower_ones_in_its_queue() {
+    let (mut sim, worker) = priority_preempting(true, true);
+    let low = submit_with_priority(&mut sim, 0, 1);
+    let lowest: Vec<JobId> = (0..3)
+        .map(|_| submit_with_priority(&mut sim, -1, 1))
+        .collect();
+    sim.pass();
+    assert_eq!(sim.rm.worker(worker).unwrap().attempt_count(), 4);
+    let urgent = submit_with_priority(&mut sim, 5, 2);
+    sim.pass();
+    assert_eq!(sim.state(urgent), JobState::Pending);
+    sim.advance(Duration::from_secs(4));
+    sim.pass();
+    assert!(sim.log.kills.is_empty(), "not before the delay");
+    sim.advance(Duration::from_secs(2));
+    sim.pass();
+    let killed: Vec<JobId> = sim.log.kills.iter().map(|k| k.job).collect();
+    assert_eq!(
+        killed,
+        [lowest[2], lowest[1]],
+        "the newest of the lowest priority, two"
+    );
+    assert!(
+        sim.log
+            .kills
+            .iter()
+            .all(|k| k.reason == KillReason::Preempted)
+    );
+    assert_eq!(sim.state(urgent), JobState::Scheduled);
+    assert_eq!(sim.state(low), JobState::Scheduled);
+    for victim in &killed {
+        assert_eq!(sim.state(*victim), JobState::Pending);
+        assert_eq!(sim.rm.job(*victim).unwrap().failures, 0, "no attempt spent");
+    }
+    sim.check();
+}
+
+/// Equal priority never preempts; neither does a queue without the setting, nor any
+/// queue while the cluster's preemption is off.
+#[test]
+fn priority_preemption_needs_a_higher_rank_the_queue_setting_and_the_cluster_switch() {
+    for (cluster, queue, priority) in [(true, true, 0), (true, false, 5), (false, true, 5)] {
+        let (mut sim, _) = priority_preempting(cluster, queue);
+        for _ in 0..4 {
+            submit_with_priority(&mut sim, 0, 1);
+        }
+        sim.pass();
+        let waiting = submit_with_priority(&mut sim, priority, 1);
+        sim.pass();
+        sim.advance(Duration::from_secs(60));
+        sim.pass();
+        assert!(sim.log.kills.is_empty(), "{cluster} {queue} {priority}");
+        assert_eq!(sim.state(waiting), JobState::Pending);
+        sim.check();
+    }
+}
+
+/// A queue held at its ceiling, not by a full cluster: the freed share lets the job in.
+#[test]
+fn priority_preemption_makes_room_under_the_queues_ceiling() {
+    let (mut sim, worker) = priority_preempting(true, true);
+    sim.rm
+        .update_queue(
+            "root.q",
+            &QueueUpdate {
+                capacity: Some(50.0),
+                max_capacity: Some(50.0),
+                ..QueueUpdate::default()
+            },
+        )
+        .unwrap();
+    sim.worker("other", 4, 4000);
+    for _ in 0..4 {
+        submit_with_priority(&mut sim, 0, 1);
+    }
+    sim.pass();
+    assert_eq!(
+        sim.used_cores("root.q"),
+        4.0,
+        "at its ceiling: half of 8 cores"
+    );
+    let urgent = submit_with_priority(&mut sim, 3, 1);
+    sim.advance(Duration::from_secs(6));
+    sim.pass();
+    assert_eq!(sim.log.kills.len(), 1);
+    assert_eq!(sim.log.kills[0].worker, worker);
+    assert_eq!(sim.state(urgent), JobState::Scheduled);
+    assert_eq!(sim.used_cores("root.q"), 4.0);
+    sim.check();
+}

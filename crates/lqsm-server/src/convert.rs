@@ -424,6 +424,9 @@ pub fn queue_config(
     if let Some(v) = s.preemptable {
         c.preemptable = v;
     }
+    if let Some(v) = s.priority_preemption {
+        c.priority_preemption = v;
+    }
     if let Some(spec) = &s.rate_limit {
         c.rate_limit = rate_limit("rate_limit", spec)?;
     }
@@ -472,6 +475,7 @@ pub fn queue_settings(c: &core::QueueConfig) -> api::QueueSettings {
         placement: Some(c.placement.clone()),
         admission: Some(c.admission.clone()),
         preemptable: Some(c.preemptable),
+        priority_preemption: Some(c.priority_preemption),
         rate_limit: c.rate_limit.as_ref().map(rate_limit_spec),
         key_limits: (!c.key_limits.is_empty()).then(|| {
             c.key_limits

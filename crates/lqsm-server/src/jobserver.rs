@@ -1162,6 +1162,7 @@ async fn update_queue(
         placement: Some(config.placement.clone()),
         admission: Some(config.admission.clone()),
         preemptable: Some(config.preemptable),
+        priority_preemption: Some(config.priority_preemption),
         rate_limit: Some(config.rate_limit),
         key_limits: Some(config.key_limits.clone()),
     };

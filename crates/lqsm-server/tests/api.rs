@@ -1003,3 +1003,36 @@ fn a_poll_sent_for_an_earlier_registration_is_refused_and_changes_nothing() {
     assert_eq!(view.state, lqsm_api::JobState::Succeeded);
     assert_eq!(view.result, Some(json!("now")));
 }
+
+/// `priority_preemption` is a leaf's setting: set and shown through the API, refused
+/// on a queue with children, naming the field.
+#[test]
+fn priority_preemption_is_a_leaf_setting_of_the_api() {
+    let server = BlockingTestServer::start();
+    let api = server.api();
+    let view: api::QueueView = api
+        .post(
+            "/v1/queues",
+            &json!({"path": "root.urgent", "priority_preemption": true}),
+        )
+        .expect(201);
+    assert_eq!(view.settings.priority_preemption, Some(true));
+    let view: api::QueueView = api.get("/v1/queues/root.default").expect(200);
+    assert_eq!(view.settings.priority_preemption, Some(false));
+
+    api.post("/v1/queues", &json!({"path": "root.team"}))
+        .expect::<api::QueueView>(201);
+    api.post("/v1/queues", &json!({"path": "root.team.a"}))
+        .expect::<api::QueueView>(201);
+    let err = api
+        .patch(
+            "/v1/queues/root.team",
+            &json!({"priority_preemption": true}),
+        )
+        .expect_error(400);
+    assert_eq!(err.field.as_deref(), Some("priority_preemption"), "{err:?}");
+    let err = api
+        .post("/v1/queues", &json!({"path": "root.urgent.sub"}))
+        .expect_error(400);
+    assert_eq!(err.field.as_deref(), Some("priority_preemption"), "{err:?}");
+}

@@ -180,6 +180,9 @@ pub struct ResourceManager {
     pub(crate) keys_stale: bool,
     /// Leaves below their guarantee whose demand could not be placed.
     pub(crate) starved: BTreeSet<QueueId>,
+    /// Queues with `priority_preemption` on (the pass looks at their leaves only), each
+    /// with the time its wake-up was last armed for (one timer per due time).
+    pub(crate) priority_preempting: BTreeMap<QueueId, Option<Timestamp>>,
     /// Leaves passed over in the current pass.
     pub(crate) skipped: Vec<QueueId>,
     /// Leaves holding parked jobs.
@@ -296,6 +299,7 @@ impl ResourceManager {
             dirty: false,
             keys_stale: false,
             starved: BTreeSet::new(),
+            priority_preempting: BTreeMap::new(),
             skipped: Vec::new(),
             parked_leaves: BTreeSet::new(),
             unclaimed: crate::hashing::map(seed),

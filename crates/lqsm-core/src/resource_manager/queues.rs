@@ -320,17 +320,25 @@ impl<'a> QueueView<'a> {
     }
 }
 
-/// Rate limits apply to the jobs of a leaf; a queue with children holds none.
-fn rate_limits_on_parent(path: &QueuePath, config: &QueueConfig) -> QueueError {
-    let field = if config.rate_limit.is_some() {
-        "rate_limit"
+/// The first setting of `config` that only a leaf may have: rate limits and priority
+/// preemption act on the jobs of a leaf, and a queue with children holds none.
+fn leaf_only_setting(config: &QueueConfig) -> Option<&'static str> {
+    if config.rate_limit.is_some() {
+        Some("rate_limit")
+    } else if !config.key_limits.is_empty() {
+        Some("key_limits")
+    } else if config.priority_preemption {
+        Some("priority_preemption")
     } else {
-        "key_limits"
-    };
+        None
+    }
+}
+
+fn leaf_setting_on_parent(path: &QueuePath, field: &str) -> QueueError {
     QueueError::InvalidConfig {
         path: path.clone(),
         field: field.to_owned(),
-        reason: "limits the jobs of a leaf queue, and this queue has (or would get) child \
+        reason: "acts on the jobs of a leaf queue, and this queue has (or would get) child \
                  queues; set it on the leaves, or remove it before adding children"
             .to_owned(),
     }
@@ -509,11 +517,8 @@ impl ResourceManager {
         if parent_node.is_leaf() && parent_node.unfinished > 0 {
             return Err(QueueError::ParentHoldsJobs(parent_node.path.clone()));
         }
-        if parent_node.config.has_rate_limits() {
-            return Err(rate_limits_on_parent(
-                &parent_node.path,
-                &parent_node.config,
-            ));
+        if let Some(field) = leaf_only_setting(&parent_node.config) {
+            return Err(leaf_setting_on_parent(&parent_node.path, field));
         }
         self.check_sibling_capacity(parent, None, config.capacity)?;
 
@@ -529,8 +534,18 @@ impl ResourceManager {
         parent_node.children.push(id);
         parent_node.children_capacity += capacity;
         self.queue_ids.insert(path, id);
+        self.note_priority_preemption(id);
         self.effects.records.push(Record::Queue(id));
         Ok(id)
+    }
+
+    /// Keeps the set of queues with priority preemption in line with `id`'s config.
+    fn note_priority_preemption(&mut self, id: QueueId) {
+        if self.node(id).config.priority_preemption {
+            self.priority_preempting.entry(id).or_insert(None);
+        } else {
+            self.priority_preempting.remove(&id);
+        }
     }
 
     /// Changes a queue's settings. Guarantees and ceilings below it follow at once.
@@ -548,8 +563,10 @@ impl ResourceManager {
         if let Some(parent) = node.parent {
             self.check_sibling_capacity(parent, Some(id), config.capacity)?;
         }
-        if !node.is_leaf() && config.has_rate_limits() {
-            return Err(rate_limits_on_parent(&node.path, &config));
+        if !node.is_leaf()
+            && let Some(field) = leaf_only_setting(&config)
+        {
+            return Err(leaf_setting_on_parent(&node.path, field));
         }
         let reorder = node.config.ordering != config.ordering;
         let capacity_change = config.capacity - node.config.capacity;
@@ -569,6 +586,7 @@ impl ResourceManager {
             node.rate_held_until = None;
         }
         node.config = config;
+        self.note_priority_preemption(id);
         if key_limits_changed {
             // Held jobs go back in order; the limits now in force sort them again.
             self.release_key_holds(id);
@@ -742,6 +760,7 @@ impl ResourceManager {
         }
         self.queue_ids.remove(&node.path);
         self.starved.remove(&id);
+        self.priority_preempting.remove(&id);
         self.effects.records.push(Record::QueueDeleted {
             id,
             path: node.path.clone(),

@@ -49,6 +49,7 @@ impl ResourceManager {
                 self.unskip_all();
                 self.place_ready(now, &mut report);
             }
+            self.preempt_for_priority(now, &mut report);
         }
         self.unskip_all();
         report
@@ -587,6 +588,140 @@ impl ResourceManager {
         }
         report.preempted += taken;
         taken
+    }
+
+    /// Priority preemption inside the leaves that ask for it (`priority_preemption`,
+    /// YARN's intra-queue preemption): a leaf's next job, ready for at least the
+    /// preemption delay, takes the place of running attempts of the same leaf whose
+    /// jobs its ordering ranks after it. The victims are taken on one worker that could
+    /// run the job, lowest-ranked and newest first, only as many as make room for it
+    /// there and under every ceiling on its path, and the job is placed on that worker
+    /// at once: the freed room goes to it, not to whoever the next pass serves first.
+    /// Guarantees are untouched (the leaf's use hardly moves), and victims go back to the
+    /// front of their rank without using up an attempt. One job per leaf and pass.
+    fn preempt_for_priority(&mut self, now: Timestamp, report: &mut PassReport) {
+        let delay = self.config.preemption.delay;
+        let leaves: Vec<QueueId> = self.priority_preempting.keys().copied().collect();
+        for leaf in leaves {
+            let node = self.node(leaf);
+            if !node.is_leaf()
+                || node.state != QueueState::Running
+                || node.rate_held_until.is_some()
+                || node.attempts.len() <= node.dead_attempts
+            {
+                continue;
+            }
+            let Some(head) = self.leaf_head(leaf) else {
+                continue;
+            };
+            let job = &self.jobs[head];
+            if job.spec.pinned().is_some() || self.rate_verdict(leaf, head, now).is_some() {
+                continue;
+            }
+            let due = job.ready_since.after(delay);
+            if now < due {
+                // Looked at again once it has waited long enough, if still waiting.
+                if self.has_lower_ranked_attempt(leaf, job.rank)
+                    && let Some(armed) = self.priority_preempting.get_mut(&leaf)
+                    && *armed != Some(due)
+                {
+                    *armed = Some(due);
+                    self.timers.set(due, Timer::PreemptionDue);
+                }
+                continue;
+            }
+            let Some((worker, victims)) = self.priority_victims(leaf, head) else {
+                continue;
+            };
+            for victim in &victims {
+                self.preempt_attempt(*victim, now);
+            }
+            report.preempted += victims.len() as u64;
+            // The victims rank after the job, so it is still the leaf's next.
+            debug_assert_eq!(self.leaf_head(leaf), Some(head));
+            if self.leaf_head(leaf) == Some(head)
+                && self.fits_on(worker, head)
+                && self
+                    .ceiling_hit(leaf, &self.jobs[head].spec.request.clone())
+                    .is_none()
+            {
+                self.assign(leaf, head, worker, now);
+                report.placed += 1;
+            }
+        }
+    }
+
+    fn has_lower_ranked_attempt(&self, leaf: QueueId, rank: i64) -> bool {
+        self.node(leaf).attempts.iter().any(|(token, key)| {
+            self.jobs
+                .get(*key)
+                .is_some_and(|j| j.current_token() == Some(*token) && j.rank > rank)
+        })
+    }
+
+    /// The worker and victims for [`Self::preempt_for_priority`], or `None` when no
+    /// single worker can make room for `head` from lower-ranked attempts of its leaf.
+    fn priority_victims(&self, leaf: QueueId, head: JobKey) -> Option<(WorkerKey, Vec<JobKey>)> {
+        let job = &self.jobs[head];
+        let (rank, request, constraint) = (job.rank, &job.spec.request, job.constraint);
+        // Lower-ranked current attempts of the leaf, by worker: the lowest-ranked first,
+        // the newest first among equals.
+        let mut by_worker: std::collections::BTreeMap<WorkerKey, Vec<(i64, FencingToken, JobKey)>> =
+            std::collections::BTreeMap::new();
+        for (token, key) in &self.node(leaf).attempts {
+            let Some(j) = self.jobs.get(*key) else {
+                continue;
+            };
+            if j.current_token() != Some(*token) || j.rank <= rank {
+                continue;
+            }
+            if let Some(w) = j.worker {
+                by_worker.entry(w).or_default().push((j.rank, *token, *key));
+            }
+        }
+        let mut best: Option<(WorkerKey, Vec<JobKey>)> = None;
+        for (worker, mut attempts) in by_worker {
+            if !self.worker_could_run(worker, constraint, request) {
+                continue;
+            }
+            attempts.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
+            let mut free = self.workers[worker].free();
+            let mut freed = Resources::default();
+            let mut chosen = Vec::new();
+            for (_, _, key) in attempts {
+                if request.fits_in(&free) && self.fits_under_ceilings(leaf, &freed, request) {
+                    break;
+                }
+                let r = &self.jobs[key].spec.request;
+                free.add(r);
+                freed.add(r);
+                chosen.push(key);
+            }
+            let enough = request.fits_in(&free) && self.fits_under_ceilings(leaf, &freed, request);
+            if enough && best.as_ref().is_none_or(|(_, b)| chosen.len() < b.len()) {
+                best = Some((worker, chosen));
+            }
+        }
+        best.filter(|(_, victims)| !victims.is_empty())
+    }
+
+    /// Whether `request` fits under every ceiling on `leaf`'s path once `freed` (held in
+    /// the leaf) is given back.
+    fn fits_under_ceilings(&self, leaf: QueueId, freed: &Resources, request: &Resources) -> bool {
+        let mut at = leaf;
+        while let Some(parent) = self.node(at).parent {
+            let node = self.node(at);
+            if node
+                .used
+                .minus(freed)
+                .dominant_share_with(request, &self.total)
+                > node.abs_max + EPSILON
+            {
+                return false;
+            }
+            at = parent;
+        }
+        true
     }
 
     /// The core's own rules for a victim, whatever the policy proposed: the attempt is
