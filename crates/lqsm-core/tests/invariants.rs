@@ -1566,10 +1566,8 @@ fn a_higher_priority_job_is_not_held_back_by_the_ceiling_of_the_job_it_overtakes
     sim.check();
 }
 
-/// Preemption takes attempts back only from workers that take work: what a draining
-/// worker frees goes to no one, so the starved queue's share comes from active ones.
-#[test]
-fn preemption_never_takes_from_a_draining_worker() {
+/// `root.a` and `root.b`, half each, preemption on after 5 s, no heartbeat losses.
+fn halves_with_preemption() -> Sim {
     let mut config = Config::default();
     config.preemption.enabled = true;
     config.preemption.delay = Duration::from_secs(5);
@@ -1577,6 +1575,14 @@ fn preemption_never_takes_from_a_draining_worker() {
     let mut sim = Sim::new(config);
     sim.queue("root.a", 50.0, 100.0);
     sim.queue("root.b", 50.0, 100.0);
+    sim
+}
+
+/// Preemption takes attempts back only from workers that take work: what a draining
+/// worker frees goes to no one, so the starved queue's share comes from active ones.
+#[test]
+fn preemption_never_takes_from_a_draining_worker() {
+    let mut sim = halves_with_preemption();
     let first = sim.worker("first", 4, 4000);
     sim.submit_n("root.a", 4, Resources::cores(1, 100));
     sim.pass();
@@ -1607,13 +1613,7 @@ fn preemption_never_takes_from_a_draining_worker() {
 /// to the victim's queue, and the same job was killed and started again in one pass.
 #[test]
 fn preemption_never_takes_from_a_worker_too_small_for_the_starved_job() {
-    let mut config = Config::default();
-    config.preemption.enabled = true;
-    config.preemption.delay = Duration::from_secs(5);
-    config.heartbeat_timeout = Duration::from_secs(3600);
-    let mut sim = Sim::new(config);
-    sim.queue("root.a", 50.0, 100.0);
-    sim.queue("root.b", 50.0, 100.0);
+    let mut sim = halves_with_preemption();
     let big = sim.worker("big", 4, 4000);
     sim.submit_n("root.a", 4, Resources::cores(1, 250));
     sim.pass();

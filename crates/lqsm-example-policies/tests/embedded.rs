@@ -5,11 +5,9 @@
 #![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 
 use lqsm_api as api;
-use lqsm_testkit::{Api, DEADLINE, SimWorker, eventually, function_job};
+use lqsm_testkit::{Api, SimWorker, announced_url, eventually, function_job};
 use serde_json::json;
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 
 /// The program, killed when dropped.
 struct Server {
@@ -42,23 +40,12 @@ fn start(extra_config: &str) -> Server {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let _ = tx.send(lines.next());
-        for _ in lines {}
-    });
-    let first = rx.recv_timeout(DEADLINE);
-    let url = match &first {
-        Ok(Some(Ok(line))) => line
-            .strip_prefix("lqsm-custom-server listening on ")
-            .map(str::to_owned),
-        _ => None,
-    };
-    let Some(url) = url else {
-        let _ = child.kill();
-        panic!("the program did not announce its address: {first:?}");
+    let url = match announced_url(&mut child, "lqsm-custom-server listening on ") {
+        Ok(url) => url,
+        Err(first) => {
+            let _ = child.kill();
+            panic!("the program did not announce its address: {first}");
+        }
     };
     let server = Server {
         child,

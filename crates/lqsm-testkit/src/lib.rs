@@ -51,7 +51,7 @@ pub use binary::lqsm_binary;
 pub use fault_proxy::{FaultProxy, FaultStats};
 pub use http::{Api, Reply, SimWorker, finished_attempt, function_job};
 pub use in_process::{BlockingTestServer, ServerOnStore, TestServer, toml_settings};
-pub use process::{Ran, ServerProcess, WorkerProcess, process_gone, run_lqsm};
+pub use process::{Ran, ServerProcess, WorkerProcess, announced_url, process_gone, run_lqsm};
 pub use wait::{
     DEADLINE, POLL_EVERY, eventually, eventually_async, eventually_async_within,
     eventually_explained, eventually_within,

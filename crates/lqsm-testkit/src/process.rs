@@ -22,6 +22,26 @@ use tempfile::TempDir;
 /// How many lines of a log a failure message shows.
 const LOG_TAIL_LINES: usize = 40;
 
+/// The URL a server process announces on the first line of its stdout
+/// (`<prefix>http://127.0.0.1:PORT`), waited for up to [`DEADLINE`]; the rest of its
+/// stdout is read and dropped so that it never writes into a closed pipe. `Err` holds
+/// what came instead. The process's stdout must be piped.
+pub fn announced_url(child: &mut Child, prefix: &str) -> Result<String, String> {
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let _ = tx.send(lines.next());
+        for _ in lines {}
+    });
+    let first = rx.recv_timeout(DEADLINE);
+    match &first {
+        Ok(Some(Ok(line))) => line.strip_prefix(prefix).map(|url| url.trim().to_owned()),
+        _ => None,
+    }
+    .ok_or_else(|| format!("first line: {first:?}"))
+}
+
 /// `lqsm` (found by [`lqsm_binary`]) with settings from the test alone: no `LQSM_*`
 /// variable of the environment, no colour, `RUST_LOG=log_filter`, backtraces on (a
 /// panic must show as one), stdin closed.
@@ -341,29 +361,16 @@ impl ServerProcess {
         cmd.stdout(Stdio::piped())
             .stderr(File::create(&log).expect("create the server's log"));
         let mut child = cmd.spawn().expect("spawn lqsm");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let _ = tx.send(lines.next());
-            // Keep reading so the process never writes into a closed pipe.
-            for _ in lines {}
+        let first = announced_url(&mut child, "lqsm server listening on ");
+        let addr = first.as_ref().ok().and_then(|url| {
+            let (scheme, a) = url.split_once("://")?;
+            self.tls = scheme == "https";
+            a.parse::<SocketAddr>().ok()
         });
-        let first = rx.recv_timeout(DEADLINE);
-        let addr = match &first {
-            Ok(Some(Ok(line))) => line
-                .strip_prefix("lqsm server listening on ")
-                .and_then(|url| url.split_once("://"))
-                .and_then(|(scheme, a)| {
-                    self.tls = scheme == "https";
-                    a.trim().parse::<SocketAddr>().ok()
-                }),
-            _ => None,
-        };
         let Some(addr) = addr else {
             kill_and_reap(&mut child);
             panic!(
-                "lqsm {} did not announce its address (first line: {first:?}); its log:\n{}",
+                "lqsm {} did not announce its address ({first:?}); its log:\n{}",
                 self.subcommand,
                 tail(&log)
             );
