@@ -28,6 +28,13 @@ const ENGINE_DIR: &str = "fjall";
 /// million jobs spent seconds replaying it; this is the engine's minimum.
 const MAX_JOURNAL_BYTES: u64 = 64 << 20;
 
+/// Largest memtable of a keyspace before it is flushed to a table. The engine's default
+/// (64 MiB) is never reached by a keyspace's share of steady churn: in an hour of
+/// `lqsm bench soak` no keyspace flushed, every write stayed in memory and in the
+/// journal, and the server's memory grew by 124 MiB. 4 MiB flushes each keyspace every
+/// few thousand jobs, so memory and the journal stay bounded (docs/RELIABILITY.md, Soak).
+const MAX_MEMTABLE_BYTES: u64 = 4 << 20;
+
 /// Background threads for flushes and compactions. One: with two or more, fjall's first
 /// worker hands every compaction to the others and, while they are busy, keeps taking the
 /// same message back and sending it again, a busy loop that cost about a seventh of the
@@ -94,8 +101,10 @@ impl EmbeddedStore {
             .open()
             .map_err(engine)?;
         let keyspace = |name: &str| {
-            db.keyspace(name, KeyspaceCreateOptions::default)
-                .map_err(engine)
+            db.keyspace(name, || {
+                KeyspaceCreateOptions::default().max_memtable_size(MAX_MEMTABLE_BYTES)
+            })
+            .map_err(engine)
         };
         let jobs = keyspace("jobs")?;
         // Data written by the releases that read each job's index back kept it in a keyspace
@@ -697,6 +706,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::{JobDeletion, JobWrite};
     use tempfile::TempDir;
 
     /// A store with the temporary directory it lives in (removed when dropped).
@@ -756,5 +766,116 @@ mod tests {
         let store = EmbeddedStore::open(&nested).unwrap();
         assert!(nested.is_dir());
         assert_eq!(store.load().unwrap(), Snapshot::default());
+    }
+
+    /// The disk space the engine's journal files take: allocated blocks, not their length,
+    /// which the engine sets to 64 MiB up front.
+    fn journal_bytes(dir: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::read_dir(dir.join(ENGINE_DIR))
+            .unwrap()
+            .flatten()
+            .filter(|entry| entry.path().extension().is_some_and(|e| e == "jnl"))
+            .map(|entry| entry.metadata().unwrap().blocks() * 512)
+            .sum()
+    }
+
+    /// Waits up to a minute for the engine's background work to make `done` true.
+    fn eventually(mut done: impl FnMut() -> bool) -> bool {
+        let give_up = std::time::Instant::now() + Duration::from_secs(60);
+        while !done() {
+            if std::time::Instant::now() >= give_up {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    /// Steady churn that no single keyspace's share would ever flush at the engine's
+    /// default memtable size (64 MiB): jobs written with a record, a payload, a log and a
+    /// result of 1,200 bytes each, and deleted a round later, 192 MiB in all, 48 MiB per
+    /// keyspace. With the default, nothing flushed, the whole journal stayed on disk and
+    /// in memory (as in the hour of `lqsm bench soak`). Bounded memtables flush, the
+    /// journal rotates at 64 MB, and the journal limit makes the idle keyspaces flush too,
+    /// so that the oldest journal is deleted.
+    #[test]
+    fn churn_flushes_memtables_and_journal_limit_bounds_the_journal() {
+        const JOBS_PER_ROUND: usize = 1_000;
+        const ROUNDS: usize = 40;
+        const VALUE_BYTES: usize = 1_200;
+        let test = fresh();
+        let index = JobIndex {
+            queue: "root.default".to_string(),
+            state: "succeeded".to_string(),
+            tags: vec![],
+        };
+        let value = |n: usize, kind: u8| {
+            let mut v = vec![kind; VALUE_BYTES];
+            v[..8].copy_from_slice(&(n as u64).to_be_bytes());
+            v
+        };
+        let mut previous: Vec<JobKey> = Vec::new();
+        let mut flushed_early = false;
+        for round in 0..ROUNDS {
+            let mut batch = WriteBatch::new();
+            let keys: Vec<JobKey> = (0..JOBS_PER_ROUND)
+                .map(|i| {
+                    let n = round * JOBS_PER_ROUND + i;
+                    let mut key = [0u8; 16];
+                    key[..8].copy_from_slice(&(n as u64).to_be_bytes());
+                    key
+                })
+                .collect();
+            for (i, key) in keys.iter().enumerate() {
+                let n = round * JOBS_PER_ROUND + i;
+                batch.jobs.push(JobWrite {
+                    key: *key,
+                    record: value(n, 1),
+                    index: index.clone(),
+                    previous: None,
+                });
+                batch.payloads.push((*key, value(n, 2)));
+                batch.logs.push((*key, value(n, 3)));
+                batch.results.push((*key, value(n, 4)));
+            }
+            batch.deleted_jobs = previous
+                .iter()
+                .map(|key| JobDeletion {
+                    key: *key,
+                    previous: Some(index.clone()),
+                })
+                .collect();
+            test.store.commit(&batch).unwrap();
+            previous = keys;
+            // A quarter in (12 MiB of records written), the records' keyspace has
+            // written tables: its memtable is far below the engine's default.
+            if round == ROUNDS / 4 {
+                flushed_early = eventually(|| test.store.jobs.disk_space() > 0);
+            }
+        }
+        assert!(
+            flushed_early,
+            "no table of job records after 12 MiB of them: the memtables are not bounded"
+        );
+        // The engine rotates its journal at 64 MB, at a flush, and checks its limit at a
+        // rotation: a sealed journal that the idle keyspaces still hold waits for the next
+        // rotation to make them flush. So: up to 64 MB sealed, up to 64 MB active, and the
+        // commit that crossed 64 MB before the next flush noticed.
+        let bound = 2 * MAX_JOURNAL_BYTES + MAX_JOURNAL_BYTES / 4;
+        let mut journal = 0;
+        let bounded = eventually(|| {
+            journal = journal_bytes(test.store.dir());
+            journal <= bound
+        });
+        assert!(
+            bounded,
+            "journal {:.1} MiB on disk after 192 MiB of churn, above {} MiB",
+            journal as f64 / f64::from(1 << 20),
+            bound >> 20
+        );
+        // Everything written since the last round's deletions is still there.
+        let loaded = test.load().unwrap();
+        assert_eq!(loaded.jobs.len(), JOBS_PER_ROUND);
     }
 }
