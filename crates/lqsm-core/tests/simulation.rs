@@ -6,7 +6,10 @@
 //! attempts whose reports the other carries, and acknowledge an answer only once every
 //! poll out when it arrived is settled. Polls name their registration (protocol 6), and
 //! a worker registers again at once, polls still out or not: one that arrives after the
-//! registration is refused. Every run is a seed; a failure names its seed and replays
+//! registration is refused. Now and then a registration reaches the server twice, the
+//! copy late (a registration sent again while the first was on its way): the worker
+//! holds the earlier number, its polls are refused naming it, and it registers again.
+//! Every run is a seed; a failure names its seed and replays
 //! from it alone:
 //!
 //! ```sh
@@ -160,6 +163,11 @@ struct Reach {
     answers_out_of_order: u64,
     /// Polls that reached the server after their worker registered again.
     stale_polls_refused: u64,
+    /// Registrations that reached the server again, late.
+    late_registrations: u64,
+    /// Workers that registered again because a poll naming the number they held
+    /// was refused.
+    registered_again_for_stale: u64,
 }
 
 impl Reach {
@@ -170,6 +178,8 @@ impl Reach {
         self.late_requests += run.late_requests;
         self.answers_out_of_order += run.answers_out_of_order;
         self.stale_polls_refused += run.stale_polls_refused;
+        self.late_registrations += run.late_registrations;
+        self.registered_again_for_stale += run.registered_again_for_stale;
     }
 }
 
@@ -182,6 +192,11 @@ struct World {
     next_worker: u128,
     next_process: u64,
     network: Vec<Request>,
+    /// Copies of registrations on their way, late: when each arrives, and whose.
+    late_registrations: Vec<(Timestamp, WorkerId)>,
+    /// Draws for late registrations apart from `rng`, so that the other faults of a
+    /// seed stay what they were before these existed.
+    late_rng: Rng,
     reach: Reach,
 }
 
@@ -199,6 +214,8 @@ impl World {
             next_worker: 1,
             next_process: 0,
             network: Vec::new(),
+            late_registrations: Vec::new(),
+            late_rng: Rng(seed ^ 0x5eed_1a7e),
             reach: Reach::default(),
         };
         for _ in 0..3 {
@@ -221,21 +238,30 @@ impl World {
         Worker::new(id, self.next_process, pipelined, self.sim.now)
     }
 
-    fn register(&mut self, w: usize) {
-        let worker = &mut self.workers[w];
-        let registration = WorkerRegistration {
-            id: worker.id,
+    fn registration(id: WorkerId) -> WorkerRegistration {
+        WorkerRegistration {
+            id,
             name: "sim".into(),
             capacity: Resources::cores(2, 2000),
             labels: BTreeMap::new(),
             serves_commands: true,
             handlers: ["*".to_string()].into(),
             queues: BTreeSet::new(),
-        };
+        }
+    }
+
+    fn register(&mut self, w: usize, faults: bool) {
+        let late_copy = self.late_rng.chance(0.05);
+        let late_by = self.late_rng.lateness();
+        let worker = &mut self.workers[w];
         self.sim
             .rm
-            .register_worker(registration, self.sim.now)
+            .register_worker(Self::registration(worker.id), self.sim.now)
             .unwrap();
+        if faults && late_copy {
+            self.late_registrations
+                .push((self.sim.now.after(late_by), worker.id));
+        }
         trace(format_args!(
             "{:?} {} (process {}) registers, running {:?}",
             self.sim.now,
@@ -375,10 +401,17 @@ impl World {
             };
             let answer = match answer {
                 Ok(answer) => answer,
-                Err(WorkerError::StaleRegistration { .. }) => {
-                    // Sent before the latest registration: the server took nothing
-                    // from it; its reports go in the next poll. (Its answer is
-                    // normally dropped at registration; this one came too soon.)
+                Err(WorkerError::StaleRegistration { sent, .. }) => {
+                    // The server took nothing from it; its reports go in the next
+                    // poll. Sent before the latest registration, its answer is
+                    // normally dropped at registration (this one came too soon). But
+                    // if it named the number the worker holds, the server has a later
+                    // registration the worker never saw: it registers again.
+                    if worker.registration == Some(sent) {
+                        worker.registered = false;
+                        worker.unacked.clear();
+                        self.reach.registered_again_for_stale += 1;
+                    }
                     continue;
                 }
                 Err(_) => {
@@ -483,7 +516,7 @@ impl World {
             // Polls still out may reach the server after the registration: they name
             // the registration they were sent for, and the server refuses them.
             if !(cut || faults && self.rng.chance(0.2)) {
-                self.register(w);
+                self.register(w, faults);
             }
             return;
         }
@@ -564,9 +597,25 @@ impl World {
         self.receive(w);
     }
 
-    /// Polls whose time on the wire is over reach the server.
+    /// Polls and late registrations whose time on the wire is over reach the server.
     fn deliver(&mut self, faults: bool) {
         let now = self.sim.now;
+        let (due, later) = std::mem::take(&mut self.late_registrations)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.late_registrations = later;
+        for (_, id) in due {
+            // The same worker, the same size: a registration is never refused here.
+            self.sim
+                .rm
+                .register_worker(Self::registration(id), now)
+                .unwrap();
+            trace(format_args!(
+                "{now:?} a late copy of {id}'s registration arrives"
+            ));
+            self.reach.late_registrations += 1;
+            self.sim.drain_effects();
+        }
         let mut due = Vec::new();
         let mut i = 0;
         while i < self.network.len() {
@@ -754,4 +803,8 @@ fn invariants_hold_across_seeds() {
         "{reach:?}"
     );
     assert!(reach.stale_polls_refused > 0, "{reach:?}");
+    assert!(
+        reach.late_registrations > 0 && reach.registered_again_for_stale > 0,
+        "{reach:?}"
+    );
 }

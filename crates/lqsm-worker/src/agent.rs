@@ -178,6 +178,8 @@ enum Net {
         sent_at: Instant,
         /// Reports numbered below this were in the poll.
         carried_below: u64,
+        /// The registration the poll named.
+        registration: Option<u64>,
         result: Result<api::PollResponse, ClientError>,
     },
     Drained(Result<api::WorkerView, ClientError>),
@@ -541,6 +543,7 @@ impl Agent {
         // The request is encoded: the reports stay here until acknowledged.
         self.reports.items = request.finished;
         let carried_below = self.reports.end_seq();
+        let registration = request.registration;
         let tx = self.net_tx.clone();
         let sent_at = Instant::now();
         self.spawn_call(async move {
@@ -549,6 +552,7 @@ impl Agent {
                 seq,
                 sent_at,
                 carried_below,
+                registration,
                 result,
             });
         });
@@ -635,6 +639,7 @@ impl Agent {
                 seq,
                 sent_at,
                 carried_below,
+                registration,
                 result,
             } => {
                 let is_current = self.current.as_ref().is_some_and(|c| c.seq == seq);
@@ -655,9 +660,31 @@ impl Agent {
                         Ok(())
                     }
                     Err(e) if e.is_stale_registration() => {
-                        // Sent before registering again: the server took nothing from
-                        // it, and its reports, still unacknowledged, go in the next.
-                        tracing::debug!(error = %e, "a poll from before the latest registration was refused");
+                        // The server took nothing from it; its reports, still
+                        // unacknowledged, go in the next poll.
+                        if registration.is_some() && registration == self.registration_number {
+                            // It named the number this worker holds, so the server has
+                            // a later registration whose answer never came back (a
+                            // registration retried while the first was on its way).
+                            // Every poll would be refused: register again, not at once
+                            // should that keep happening.
+                            tracing::info!(worker = %self.id, "the server holds a later registration of this worker than it was told; registering again");
+                            self.registered = false;
+                            self.retry_later(&e, "poll");
+                        } else {
+                            tracing::debug!(error = %e, "a poll from before the latest registration was refused");
+                        }
+                        Ok(())
+                    }
+                    Err(ClientError::Api { status: 400, error })
+                        if error.field.as_deref() == Some("registration")
+                            && registration.is_some() =>
+                    {
+                        // A leader of protocol 5 (a rollback, or an older server in
+                        // its place after a failover) does not take the number: poll
+                        // without it, as version 5 does.
+                        tracing::warn!(worker = %self.id, error = %error.message, "the server does not take `registration`: polling without it (protocol 5)");
+                        self.registration_number = None;
                         Ok(())
                     }
                     Err(e) if e.is_register_again() => {
@@ -1737,6 +1764,80 @@ mod tests {
         agent.replaced = 0;
         agent.on_answer(answer(2), 0, false);
         assert_eq!(agent.ack(), 3);
+    }
+
+    /// The answer to a poll numbered `seq` that named `registration`, refused with
+    /// `status` and `code`, blaming `field`.
+    fn refused_poll(
+        seq: u64,
+        registration: Option<u64>,
+        status: u16,
+        code: api::ErrorCode,
+        field: &str,
+    ) -> Net {
+        Net::Polled {
+            seq,
+            sent_at: Instant::now(),
+            carried_below: 0,
+            registration,
+            result: Err(ClientError::Api {
+                status,
+                error: api::ErrorDetail {
+                    code,
+                    message: "refused".into(),
+                    field: Some(field.into()),
+                },
+            }),
+        }
+    }
+
+    fn registered_as(agent: &mut Agent, number: u64) {
+        agent.registered = true;
+        agent.registration_number = Some(number);
+        agent.current = Some(Current {
+            seq: 1,
+            sent_at: Instant::now(),
+            long_poll: true,
+        });
+    }
+
+    #[tokio::test]
+    async fn a_stale_poll_makes_the_worker_register_again_only_if_it_named_the_held_number() {
+        let mut agent = agent();
+        // Sent before the worker registered again (it holds 9 now): dropped.
+        registered_as(&mut agent, 9);
+        let stale = api::ErrorCode::StaleRegistration;
+        agent
+            .on_net(refused_poll(1, Some(7), 409, stale, "registration"))
+            .unwrap();
+        assert!(agent.registered, "an older poll does not make it register");
+        assert_eq!(agent.retry_at, None);
+        // Naming 9, the number it holds: the server has a later registration the
+        // worker never saw, and would refuse every poll. Register again, after a pause.
+        registered_as(&mut agent, 9);
+        agent
+            .on_net(refused_poll(1, Some(9), 409, stale, "registration"))
+            .unwrap();
+        assert!(!agent.registered, "registers again");
+        assert!(agent.retry_at.is_some(), "not in a tight loop");
+    }
+
+    #[tokio::test]
+    async fn a_leader_that_refuses_the_registration_number_is_polled_without_it() {
+        let mut agent = agent();
+        registered_as(&mut agent, 4);
+        agent
+            .on_net(refused_poll(
+                1,
+                Some(4),
+                400,
+                api::ErrorCode::UnknownField,
+                "registration",
+            ))
+            .unwrap();
+        assert_eq!(agent.registration_number, None, "polls name no number now");
+        assert!(agent.registered);
+        assert_eq!(agent.retry_at, None, "polls again at once");
     }
 
     #[test]

@@ -281,6 +281,42 @@ def test_a_poll_from_before_registering_again_is_dropped_and_its_reports_kept() 
     assert [r["job"] for r in polls[1]["finished"]] == ["a"]
 
 
+def test_a_refused_poll_naming_the_held_registration_makes_the_worker_register_again() -> None:
+    """A registration sent again while the first was on its way, the first arriving
+    last: the server's latest registration (8) is one the worker never saw, and it
+    refuses polls naming the number the worker holds (7). The worker registers again,
+    keeps its reports, and its next poll names the new number."""
+    polls: List[Dict[str, Any]] = []
+    registrations = iter([7, 9])
+    latest = {"number": 8}
+
+    def respond(body: Dict[str, Any]) -> Tuple[int, Dict[str, Any]]:
+        if "protocol" in body:
+            latest["number"] = next(registrations)
+            return 200, {"id": "w", "heartbeat_timeout_ms": 20000, "registration": latest["number"]}
+        polls.append(body)
+        if body.get("registration") != latest["number"]:
+            refusal = {"code": "stale_registration", "message": "not the latest", "field": "registration"}
+            return 409, {"error": refusal}
+        return 200, {"seq": 0, "assignments": [], "kill": [], "refused": []}
+
+    async def check(url: str) -> None:
+        agent = Agent({}, ThreadPool(1, 1.0), [url], None, "w", 1.0, 64, {})
+        await agent.register()
+        latest["number"] = 8  # the late copy of the first registration arrives
+        agent.reports = {"a:1": {"job": "a", "token": 1, "result": {"type": "succeeded", "result": None},
+                                 "logs": None, "started_at_ms": 1}}
+        await agent._poll(0.0)
+        assert agent.registration == 9, "registered again"
+        assert set(agent.reports) == {"a:1"}, "a refused poll's reports are kept"
+        await agent._poll(0.0)
+        assert agent.reports == {}
+        await agent.client.aclose()
+
+    serve(json_server(respond), check)
+    assert [p.get("registration") for p in polls] == [7, 9]
+
+
 def test_a_server_that_refuses_registration_makes_the_worker_speak_5() -> None:
     """An older server took over: it refuses the field `registration` by name; the
     worker speaks protocol 5 from then on, and loses no report."""

@@ -68,16 +68,7 @@ impl ResourceManager {
     ) -> Result<PollOutcome, WorkerError> {
         let outcome = self.worker_polled(id, poll, now)?;
         let key = self.worker_ids[&id];
-        if let Some(replaced) = self.parked_polls.remove(&key) {
-            self.effects.answers.push(PollAnswer {
-                worker: id,
-                ticket: replaced.ticket,
-                seq: 0,
-                assignments: Vec::new(),
-                kills: Vec::new(),
-                refused: replaced.refused,
-            });
-        }
+        self.end_parked_poll(key, id);
         let wait = self.poll_wait(wait);
         if !wait.is_zero() {
             self.timers
@@ -93,6 +84,21 @@ impl ResourceManager {
         );
         self.to_answer.insert(key);
         Ok(outcome)
+    }
+
+    /// Answers the worker's parked poll, if it has one, at once and empty: a newer poll
+    /// or a registration replaced it.
+    pub(crate) fn end_parked_poll(&mut self, key: WorkerKey, id: WorkerId) {
+        if let Some(replaced) = self.parked_polls.remove(&key) {
+            self.effects.answers.push(PollAnswer {
+                worker: id,
+                ticket: replaced.ticket,
+                seq: 0,
+                assignments: Vec::new(),
+                kills: Vec::new(),
+                refused: replaced.refused,
+            });
+        }
     }
 
     /// How long a poll that asks to wait `asked` may wait: at most

@@ -140,6 +140,9 @@ impl ResourceManager {
         let key = match self.worker_ids.get(&reg.id) {
             Some(key) => {
                 let key = *key;
+                // A poll parked from before this registration would carry answers of
+                // the new one to a caller that no longer counts them: it ends, empty.
+                self.end_parked_poll(key, reg.id);
                 let worker = &mut self.workers[key];
                 self.total.sub(worker.share_of_total());
                 self.index.remove(worker);

@@ -517,8 +517,18 @@ class Agent:
                 await asyncio.shield(self.registering)
             return
         if response.status_code == 409 and api_error(response).code == "stale_registration":
-            # Sent before registering again, and it reached the server after: nothing
-            # was taken from it, and its reports, still held, go in a later poll.
+            # Nothing was taken from it, and its reports, still held, go in a later poll.
+            if body.get("registration") is not None and body.get("registration") == self.registration:
+                # It named the number this worker holds: the server has a later
+                # registration whose answer never came back (one retried while the first
+                # was on its way). Every poll would be refused, so register again, after
+                # a pause should that keep happening.
+                log.info("the server holds a later registration of this worker than it was told: registering again")
+                await self._backoff()
+                if self.registering is None or self.registering.done():
+                    self.registering = asyncio.create_task(self.register())
+                await asyncio.shield(self.registering)
+                return
             log.debug("a poll from before the latest registration was refused")
             return
         if epoch != self.epoch:
