@@ -611,3 +611,81 @@ fn priority_preemption_makes_room_under_the_queues_ceiling() {
     assert_eq!(sim.used_cores("root.q"), 4.0);
     sim.check();
 }
+
+/// Room freed on two workers adds up to a starved queue's need but holds its job on
+/// neither: nothing is preempted for nothing. Two 4-core workers each run a 2-core job
+/// of root.c (at its guarantee, so not a victim) and one of root.b (borrowing); root.a
+/// waits with a 4-core job. Taking both of root.b's jobs would free 4 cores, 2 on each.
+#[test]
+fn preemption_takes_nothing_when_the_freed_room_holds_the_job_on_no_worker() {
+    let mut config = Config::default();
+    config.preemption.enabled = true;
+    config.preemption.delay = Duration::from_secs(10);
+    config.heartbeat_timeout = Duration::from_secs(3600);
+    let mut sim = Sim::new(config);
+    sim.queue("root.a", 50.0, 100.0);
+    sim.queue("root.b", 0.0, 100.0);
+    sim.queue("root.c", 50.0, 100.0);
+    sim.worker("w1", 4, 4000);
+    sim.worker("w2", 4, 4000);
+    let mut placed_jobs = Vec::new();
+    for queue in ["root.c", "root.b", "root.c", "root.b"] {
+        let req = sim.request(queue, Resources::cores(2, 100));
+        let id = sim.submit(req).unwrap().id();
+        sim.pass();
+        let worker = sim
+            .rm
+            .job(id)
+            .and_then(|j| j.attempts.last().map(|a| a.worker));
+        placed_jobs.push((queue, id, worker));
+    }
+    let placed: Vec<_> = placed_jobs.iter().map(|(q, _, w)| (*q, *w)).collect();
+    let on = |queue: &str| -> std::collections::BTreeSet<_> {
+        placed
+            .iter()
+            .filter(|(q, _)| *q == queue)
+            .map(|(_, w)| w.unwrap())
+            .collect()
+    };
+    assert_eq!(
+        on("root.b").len(),
+        2,
+        "one job of root.b on each worker: {placed:?}"
+    );
+    assert_eq!(
+        on("root.c").len(),
+        2,
+        "one job of root.c on each worker: {placed:?}"
+    );
+
+    let req = sim.request("root.a", Resources::cores(4, 100));
+    sim.submit(req).unwrap();
+    sim.pass();
+    sim.advance(Duration::from_secs(11));
+    assert_eq!(
+        sim.pass().preempted,
+        0,
+        "2 cores freed on each worker hold no 4-core job"
+    );
+    assert_eq!(sim.used_cores("root.b"), 4.0);
+
+    // Once root.c's job on one worker ends, taking root.b's job there makes the room.
+    let (c_job, c_worker) = placed_jobs
+        .iter()
+        .find(|(q, _, _)| *q == "root.c")
+        .map(|(_, job, worker)| (*job, worker.unwrap()))
+        .unwrap();
+    sim.succeed(c_worker, c_job);
+    sim.pass();
+    sim.advance(Duration::from_secs(11));
+    let report = sim.pass();
+    assert_eq!(report.preempted, 1, "root.b's job beside the freed 2 cores");
+    let victim = sim.log.kills.last().unwrap().job;
+    assert_eq!(
+        sim.rm
+            .job(victim)
+            .and_then(|j| j.attempts.last().map(|a| a.worker)),
+        Some(c_worker)
+    );
+    sim.check();
+}

@@ -19,6 +19,7 @@ use crate::queues::QueueState;
 use crate::resources::Resources;
 use crate::timers::Timer;
 use crate::workers::{Candidates, ConstraintId, WorkerKey};
+use std::collections::BTreeMap;
 
 /// Slack for float comparisons of shares against guarantees and ceilings.
 const EPSILON: f64 = 1e-9;
@@ -568,12 +569,37 @@ impl ResourceManager {
             let victims = self
                 .preemption_policy
                 .select_victims(&request, &PreemptionView::new(self));
+            // Room freed on several workers adds up to the need without holding the
+            // next job anywhere: a victim counts only on a worker where the job fits
+            // once every victim proposed there is gone.
+            let mut room: BTreeMap<WorkerKey, Resources> = BTreeMap::new();
+            for victim in &victims {
+                if !self.may_preempt(victim.job, victim.token, starved, constraint, &head_request) {
+                    continue;
+                }
+                let job = &self.jobs[victim.job];
+                if let Some(worker) = job.worker {
+                    room.entry(worker)
+                        .or_insert_with(|| {
+                            let w = &self.workers[worker];
+                            w.capacity.minus(&w.used)
+                        })
+                        .add(&job.spec.request);
+                }
+            }
             let mut freed = Resources::default();
             for victim in victims {
                 if need.fits_in(&freed) {
                     break;
                 }
                 if !self.may_preempt(victim.job, victim.token, starved, constraint, &head_request) {
+                    continue;
+                }
+                let holds_the_job = self.jobs[victim.job]
+                    .worker
+                    .and_then(|w| room.get(&w))
+                    .is_some_and(|room| head_request.fits_in(room));
+                if !holds_the_job {
                     continue;
                 }
                 freed.add(&self.jobs[victim.job].spec.request);
