@@ -188,6 +188,16 @@ impl ResourceManager {
         self.next_token
     }
 
+    /// Hands out no token or registration number below `next`: for a cluster started
+    /// afresh on a store that already counted (say every queue and job of it was
+    /// removed), so that a number is never given twice.
+    pub fn resume_tokens_from(&mut self, next: u64) {
+        if next > self.next_token {
+            self.next_token = next;
+            self.effects.next_token_moved = true;
+        }
+    }
+
     /// Rebuilds the ResourceManager from its records at `now`. Running attempts wait
     /// `grace` for their workers to reclaim them.
     pub fn restore(

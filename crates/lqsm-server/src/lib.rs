@@ -105,6 +105,12 @@ pub fn restore_and_check(
     let core_config = config.scheduler.core();
     let now = resource_manager::wall_clock();
     let fresh = snapshot.queues.is_empty() && snapshot.jobs.is_empty();
+    let next_token = snapshot
+        .meta
+        .iter()
+        .find(|(k, _)| k == resource_manager::NEXT_TOKEN)
+        .and_then(|(_, v)| v.as_slice().try_into().ok())
+        .map_or(0, u64::from_le_bytes);
     let mut rm = if fresh {
         let mut rm = ResourceManager::new(core_config, config.policies.clone(), seed)
             .map_err(|e| ServerError::Config(e.to_string()))?;
@@ -115,6 +121,9 @@ pub fn restore_and_check(
             lqsm_core::QueueConfig::with_capacity(0.0, 100.0),
         )
         .map_err(|e| ServerError::Config(e.to_string()))?;
+        // The counter outlives the queues and jobs: a worker registered before they
+        // were all removed must not be given its number again.
+        rm.resume_tokens_from(next_token);
         rm
     } else {
         let queues = snapshot
@@ -126,12 +135,6 @@ pub fn restore_and_check(
             .collect::<Result<Vec<_>, _>>()?;
         let jobs = decode_jobs(std::mem::take(&mut snapshot.jobs))?;
         let decoded = started.elapsed();
-        let next_token = snapshot
-            .meta
-            .iter()
-            .find(|(k, _)| k == resource_manager::NEXT_TOKEN)
-            .and_then(|(_, v)| v.as_slice().try_into().ok())
-            .map_or(0, u64::from_le_bytes);
         let schedules = snapshot
             .meta
             .iter()

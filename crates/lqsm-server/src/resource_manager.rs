@@ -1340,6 +1340,41 @@ mod tests {
         effects
     }
 
+    /// A store that holds the token counter but no queue and no job (every one of them
+    /// removed) starts a cluster afresh that still counts on from it: a registration
+    /// number, which a late poll is checked against, is never handed out twice.
+    #[test]
+    fn a_fresh_start_on_a_store_that_counted_counts_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ServerConfig {
+            data_dir: dir.path().join("data"),
+            ..ServerConfig::default()
+        };
+        let store = EmbeddedStore::open(&config.data_dir).unwrap();
+        let mut batch = lqsm_store::WriteBatch::default();
+        batch
+            .meta
+            .push((NEXT_TOKEN.to_owned(), 5_000u64.to_le_bytes().to_vec()));
+        store.commit(&batch).unwrap();
+        let mut rm = crate::restore(&store, &config).unwrap();
+        assert!(rm.queue("root.default").is_ok(), "started afresh");
+        let id = WorkerId(uuid::Uuid::now_v7());
+        let registration = WorkerRegistration {
+            id,
+            name: "w".into(),
+            capacity: Resources::cores(1, 512),
+            labels: BTreeMap::new(),
+            serves_commands: true,
+            queues: Default::default(),
+            handlers: ["*".to_owned()].into(),
+        };
+        rm.register_worker(registration, wall_clock()).unwrap();
+        assert_eq!(rm.worker(id).map(|w| w.registration), Some(5_000));
+        commit(&mut rm, &store);
+        let again = crate::restore(&store, &config).unwrap();
+        assert_eq!(again.next_token(), 5_001);
+    }
+
     /// The store keeps its index from the previous index the writer passes (it never reads
     /// its own back): through submissions, assignments, starts, successes, failures with
     /// retries, cancellations, purges after retention and restarts (after which attempts
