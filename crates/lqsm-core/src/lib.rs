@@ -7,6 +7,7 @@
 //! from a seed, and every outcome the shell must act on is returned as
 //! [`Effects`]. The same inputs always give the same state and the same effects.
 
+pub mod autoscale;
 pub mod codec;
 pub mod effects;
 mod hashing;
@@ -30,6 +31,10 @@ pub mod scheduler {
     pub use crate::policy::{PreemptionView, RunningAttempt};
 }
 
+pub use autoscale::{
+    Autoscaler, AutoscalingPolicy, PoolSnapshot, PoolSpec, PoolSpecError, PoolWorker, ScaleAction,
+    ScaleDecision, ScaleEvent, ScaleEventKind,
+};
 pub use effects::{Assignment, Effects, Kill, KillReason, PollAnswer, Record};
 pub use ids::{FencingToken, JobId, PollTicket, QueueId, Timestamp, WorkerId};
 pub use jobs::{

@@ -4,6 +4,9 @@
 //! built-in does. Policies are pure functions of what they are shown: they decide,
 //! the core applies and enforces its invariants whatever a policy returns.
 
+// The autoscaling trait lives with the pools it decides for (`autoscale`); the registry
+// only holds it by name like the others.
+use crate::autoscale::{AutoscalingPolicy, TargetBacklog};
 use crate::hashing::HashMap;
 use crate::ids::ConstraintId;
 use crate::ids::{FencingToken, QueueId, Timestamp};
@@ -377,6 +380,7 @@ pub struct Policies {
     placement: HashMap<String, Arc<dyn PlacementPolicy>>,
     admission: HashMap<String, Arc<dyn AdmissionPolicy>>,
     preemption: HashMap<String, Arc<dyn PreemptionPolicy>>,
+    autoscaling: HashMap<String, Arc<dyn AutoscalingPolicy>>,
 }
 
 impl fmt::Debug for Policies {
@@ -386,6 +390,7 @@ impl fmt::Debug for Policies {
             .field("placement", &names(&self.placement))
             .field("admission", &names(&self.admission))
             .field("preemption", &names(&self.preemption))
+            .field("autoscaling", &names(&self.autoscaling))
             .finish()
     }
 }
@@ -403,6 +408,7 @@ impl Default for Policies {
             placement: crate::hashing::map(0),
             admission: crate::hashing::map(0),
             preemption: crate::hashing::map(0),
+            autoscaling: crate::hashing::map(0),
         };
         p.register_ordering(Arc::new(PriorityFifo));
         p.register_ordering(Arc::new(Fifo));
@@ -412,6 +418,7 @@ impl Default for Policies {
         p.register_admission(Arc::new(AcceptAll));
         p.register_admission(Arc::new(RequireCapableWorker));
         p.register_preemption(Arc::new(NewestOverGuarantee));
+        p.register_autoscaling(Arc::new(TargetBacklog));
         p
     }
 }
@@ -432,6 +439,21 @@ impl Policies {
     /// Adds (or replaces) a preemption policy under its name.
     pub fn register_preemption(&mut self, policy: Arc<dyn PreemptionPolicy>) {
         self.preemption.insert(policy.name().to_owned(), policy);
+    }
+
+    /// Adds (or replaces) an autoscaling policy under its name; pools select it by
+    /// [`PoolSpec::policy`](crate::autoscale::PoolSpec::policy).
+    pub fn register_autoscaling(&mut self, policy: Arc<dyn AutoscalingPolicy>) {
+        self.autoscaling.insert(policy.name().to_owned(), policy);
+    }
+
+    /// The autoscaling policy registered under `name`, or the registered names (sorted,
+    /// comma-separated) for a message when there is none.
+    pub fn autoscaling(&self, name: &str) -> Result<Arc<dyn AutoscalingPolicy>, String> {
+        self.autoscaling
+            .get(name)
+            .cloned()
+            .ok_or_else(|| names(&self.autoscaling))
     }
 
     pub(crate) fn ordering(&self, name: &str) -> Result<Arc<dyn OrderingPolicy>, String> {

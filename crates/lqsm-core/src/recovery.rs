@@ -498,6 +498,7 @@ impl ResourceManager {
         job.delivered_in = crate::jobs::KNOWN_TO_WORKER;
         job.worker_slot = u32::try_from(worker.attempts.len()).expect("fewer than 2^32 attempts");
         worker.attempts.push(key);
+        worker.idle_since = None;
         worker.used.add(&request);
         let node = self.node_mut(queue);
         node.attempts.push((token, key));

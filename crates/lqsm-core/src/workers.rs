@@ -85,6 +85,9 @@ pub struct Worker {
     pub registration: u64,
     /// It is lost if it has not polled by then.
     pub heartbeat_deadline: Timestamp,
+    /// Since when it has held no attempt; `None` while it holds one. The autoscaler
+    /// drains only workers idle long enough, idlest first.
+    pub idle_since: Option<Timestamp>,
     /// Jobs whose current attempt it holds; each job knows its position here.
     pub(crate) attempts: Vec<JobKey>,
     /// Attempts assigned but not yet handed over in a poll answer.
@@ -456,6 +459,7 @@ mod tests {
             registered_at: Timestamp(0),
             registration: 0,
             heartbeat_deadline: Timestamp(0),
+            idle_since: None,
             attempts: Vec::new(),
             outbox: Vec::new(),
             answers: 0,

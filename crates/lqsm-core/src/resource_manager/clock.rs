@@ -53,6 +53,9 @@ impl ResourceManager {
         for worker in self.workers.values_mut() {
             worker.heartbeat_deadline = shifted(worker.heartbeat_deadline, by_ms);
             worker.heartbeat_timer = worker.heartbeat_timer.map(|at| shifted(at, by_ms));
+            // Idle time is measured like a heartbeat: a step must not make a busy
+            // worker's neighbour look idle for ten minutes, nor hide one that is.
+            worker.idle_since = worker.idle_since.map(|at| shifted(at, by_ms));
             if let Some((upto, since)) = worker.behind {
                 worker.behind = Some((upto, shifted(since, by_ms)));
             }

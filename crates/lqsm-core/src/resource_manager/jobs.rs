@@ -524,6 +524,10 @@ impl ResourceManager {
         }
         if let Some(worker_key) = worker_key {
             self.release_on_worker(worker_key, key, &request);
+            let worker = &mut self.workers[worker_key];
+            if worker.attempts.is_empty() {
+                worker.idle_since = Some(now);
+            }
             // Room on this worker: the jobs pinned to it and held may fit now.
             if !self.pinned_hold.is_empty() {
                 self.release_pinned(worker_id);

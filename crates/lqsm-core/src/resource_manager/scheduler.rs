@@ -435,6 +435,7 @@ impl ResourceManager {
         job.worker_slot =
             u32::try_from(worker.attempts.len()).expect("fewer than 2^32 attempts per worker");
         worker.attempts.push(key);
+        worker.idle_since = None;
         worker.outbox.push(key);
         self.index.upsert(worker_key, worker);
         self.effects.attempts_made += 1;

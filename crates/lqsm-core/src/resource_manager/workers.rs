@@ -144,6 +144,14 @@ impl ResourceManager {
                 // the new one to a caller that no longer counts them: it ends, empty.
                 self.end_parked_poll(key, reg.id);
                 let worker = &mut self.workers[key];
+                // A worker back from lost starts its idle time afresh; one registering
+                // again while it was idle keeps the time it has been idle.
+                if worker.state == WorkerState::Lost || !worker.attempts.is_empty() {
+                    worker.idle_since = None;
+                }
+                if worker.attempts.is_empty() {
+                    worker.idle_since.get_or_insert(now);
+                }
                 self.total.sub(worker.share_of_total());
                 self.index.remove(worker);
                 worker.name = reg.name;
@@ -182,6 +190,7 @@ impl ResourceManager {
                     registered_at: now,
                     registration,
                     heartbeat_deadline: deadline,
+                    idle_since: Some(now),
                     attempts: Vec::new(),
                     outbox: Vec::new(),
                     answers: 0,
