@@ -35,14 +35,6 @@ const MAX_JOURNAL_BYTES: u64 = 64 << 20;
 /// few thousand jobs, so memory and the journal stay bounded (docs/RELIABILITY.md, Soak).
 const MAX_MEMTABLE_BYTES: u64 = 4 << 20;
 
-/// Longest a write stays only in a memtable (and the journal) before its keyspace is
-/// flushed to a table. Size alone leaves the small keyspaces (queues, meta, the indexes),
-/// which a steady load fills slowly, unflushed until the journal limit forces them: in
-/// an hour of `lqsm bench soak` that took 40 minutes, and the server's memory grew all
-/// that while, by a third. Flushing each keyspace at most this long after it was
-/// written to keeps memory and the journal at what a minute of load needs.
-const MAX_MEMTABLE_AGE: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// Background threads for flushes and compactions. One: with two or more, fjall's first
 /// worker hands every compaction to the others and, while they are busy, keeps taking the
 /// same message back and sending it again, a busy loop that cost about a seventh of the
@@ -81,9 +73,6 @@ pub struct EmbeddedStore {
     counts: Keyspace,
     /// The epoch and the lease.
     lease: Keyspace,
-    /// When the memtables were last flushed for their age ([`MAX_MEMTABLE_AGE`]).
-    memtables_flushed_at: Mutex<std::time::Instant>,
-    memtable_max_age: std::time::Duration,
     /// One writer at a time: a commit reads the counts it changes, and the epoch it checks
     /// must not change before it lands. Holds the current epoch and lease.
     writer: Mutex<Term>,
@@ -139,8 +128,6 @@ impl EmbeddedStore {
             counts: keyspace("counts")?,
             lease,
             writer: Mutex::new(term),
-            memtables_flushed_at: Mutex::new(std::time::Instant::now()),
-            memtable_max_age: MAX_MEMTABLE_AGE,
             db,
             dir,
         };
@@ -232,41 +219,7 @@ impl EmbeddedStore {
         step()?;
         writes
             .commit()
-            .map_err(|e| self.write_error("writing a batch to the journal in", e))?;
-        self.flush_old_memtables();
-        Ok(())
-    }
-
-    /// Every [`MAX_MEMTABLE_AGE`], seals each keyspace's memtable that holds anything,
-    /// for the engine's background thread to write as a table (an empty one is left as
-    /// it is). Sealing waits for no disk; the batch just committed is durable in the
-    /// journal either way.
-    fn flush_old_memtables(&self) {
-        let mut flushed_at = self
-            .memtables_flushed_at
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if flushed_at.elapsed() < self.memtable_max_age {
-            return;
-        }
-        *flushed_at = std::time::Instant::now();
-        for keyspace in [
-            &self.jobs,
-            &self.payloads,
-            &self.logs,
-            &self.results,
-            &self.queues,
-            &self.meta,
-            &self.by_queue,
-            &self.by_state,
-            &self.by_tag,
-            &self.counts,
-            &self.lease,
-        ] {
-            // A failure here is the engine's journal or disk failing, which the next
-            // commit reports; nothing written is at stake.
-            let _ = keyspace.rotate_memtable();
-        }
+            .map_err(|e| self.write_error("writing a batch to the journal in", e))
     }
 
     /// A failed write as an operator reads it: the operating system's error (a full disk,
@@ -846,37 +799,6 @@ mod tests {
     /// in memory (as in the hour of `lqsm bench soak`). Bounded memtables flush, the
     /// journal rotates at 64 MB, and the journal limit makes the idle keyspaces flush too,
     /// so that the oldest journal is deleted.
-    /// A trickle of small writes, far below any size limit, is flushed by age: each
-    /// keyspace written to gets a table, and the journal that held the writes goes.
-    #[test]
-    fn a_trickle_of_writes_is_flushed_by_age() {
-        let mut test = fresh();
-        test.store.memtable_max_age = std::time::Duration::ZERO;
-        assert_eq!(test.store.queues.disk_space(), 0);
-        for n in 0..3u64 {
-            let mut batch = WriteBatch::new();
-            batch
-                .queues
-                .push((format!("root.q{n}"), n.to_le_bytes().to_vec()));
-            batch
-                .meta
-                .push(("next_token".to_string(), n.to_le_bytes().to_vec()));
-            test.store.commit(&batch).unwrap();
-        }
-        assert!(
-            eventually(|| test.store.queues.disk_space() > 0 && test.store.meta.disk_space() > 0),
-            "small keyspaces were not flushed for their age"
-        );
-        let loaded = test.load().unwrap();
-        assert_eq!(loaded.queues.len(), 3);
-        // At the default age, the same trickle stays in memory.
-        let test = fresh();
-        let mut batch = WriteBatch::new();
-        batch.queues.push(("root.q".to_string(), vec![1]));
-        test.store.commit(&batch).unwrap();
-        assert_eq!(test.store.queues.disk_space(), 0);
-    }
-
     #[test]
     fn churn_flushes_memtables_and_journal_limit_bounds_the_journal() {
         const JOBS_PER_ROUND: usize = 1_000;
