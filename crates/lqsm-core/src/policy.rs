@@ -133,6 +133,7 @@ pub(crate) trait PreemptionFacts {
     fn attempts_newest_first(&self, leaf: QueueId)
     -> Box<dyn Iterator<Item = RunningAttempt> + '_>;
     fn request_of(&self, job: JobKey) -> &Resources;
+    fn worker_free(&self, worker: WorkerKey) -> Resources;
     fn worker_could_run(
         &self,
         worker: WorkerKey,
@@ -193,6 +194,11 @@ impl<'a> PreemptionView<'a> {
     /// The resources a job's attempt holds.
     pub fn request_of(&self, job: JobKey) -> &Resources {
         self.facts.request_of(job)
+    }
+
+    /// What a worker has free now: its capacity less what its attempts hold.
+    pub fn worker_free(&self, worker: WorkerKey) -> Resources {
+        self.facts.worker_free(worker)
     }
 
     /// Whether the worker takes work and could run the starved queue's next job once
@@ -297,7 +303,9 @@ impl AdmissionPolicy for RequireCapableWorker {
 }
 
 /// Takes the newest attempts of the leaves furthest over their guarantee first,
-/// re-ranking the leaves after every pick, until the need is covered.
+/// re-ranking the leaves after every pick, until the need is covered and some worker
+/// would hold the starved queue's next job (room freed across workers may cover the
+/// need and hold the job nowhere).
 #[derive(Debug, Default)]
 pub struct NewestOverGuarantee;
 impl PreemptionPolicy for NewestOverGuarantee {
@@ -314,7 +322,7 @@ impl PreemptionPolicy for NewestOverGuarantee {
         let over_limit = 1.0 + request.dead_zone;
         // Simulated usage of each candidate leaf as victims are picked.
         let mut used: BTreeMap<QueueId, Resources> = BTreeMap::new();
-        let mut cursors: BTreeMap<QueueId, Vec<Victim>> = BTreeMap::new();
+        let mut cursors: BTreeMap<QueueId, Vec<(Victim, WorkerKey)>> = BTreeMap::new();
         for leaf in view.leaves_with_attempts() {
             if leaf == request.starved || !view.preemptable(leaf) {
                 continue;
@@ -324,12 +332,15 @@ impl PreemptionPolicy for NewestOverGuarantee {
                 continue;
             }
             used.insert(leaf, view.used(leaf).clone());
-            let mut newest_first: Vec<Victim> = view
+            let mut newest_first: Vec<(Victim, WorkerKey)> = view
                 .attempts_newest_first(leaf)
                 .filter(|a| view.worker_could_run(a.worker, request))
-                .map(|a| Victim {
-                    job: a.job,
-                    token: a.token,
+                .map(|a| {
+                    let victim = Victim {
+                        job: a.job,
+                        token: a.token,
+                    };
+                    (victim, a.worker)
                 })
                 .collect();
             newest_first.reverse(); // pop() now yields the newest
@@ -345,8 +356,10 @@ impl PreemptionPolicy for NewestOverGuarantee {
             }
         };
         let mut freed = Resources::default();
+        let mut room: BTreeMap<WorkerKey, Resources> = BTreeMap::new();
+        let mut some_worker_holds = false;
         let mut victims = Vec::new();
-        while !request.need.fits_in(&freed) {
+        while !(request.need.fits_in(&freed) && some_worker_holds) {
             let Some((leaf, _)) = used
                 .iter()
                 .filter(|(leaf, _)| cursors.get(leaf).is_some_and(|c| !c.is_empty()))
@@ -358,7 +371,7 @@ impl PreemptionPolicy for NewestOverGuarantee {
             else {
                 break;
             };
-            let Some(victim) = cursors.get_mut(&leaf).and_then(Vec::pop) else {
+            let Some((victim, worker)) = cursors.get_mut(&leaf).and_then(Vec::pop) else {
                 break;
             };
             let request_of = view.request_of(victim.job);
@@ -366,6 +379,11 @@ impl PreemptionPolicy for NewestOverGuarantee {
                 u.sub(request_of);
             }
             freed.add(request_of);
+            let on_worker = room
+                .entry(worker)
+                .or_insert_with(|| view.worker_free(worker));
+            on_worker.add(request_of);
+            some_worker_holds |= request.next_request.fits_in(on_worker);
             victims.push(victim);
         }
         victims

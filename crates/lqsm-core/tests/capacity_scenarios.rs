@@ -689,3 +689,63 @@ fn preemption_takes_nothing_when_the_freed_room_holds_the_job_on_no_worker() {
     );
     sim.check();
 }
+
+/// The policy proposes victims on two workers in turn (root.b's jobs were spread, and
+/// the newest go first): 2 cores from one worker and 2 from the other would cover the
+/// 4-core need and hold the job on neither. Victims are taken one worker at a time, so
+/// both come from one worker, and root.a's job starts there.
+#[test]
+fn preemption_frees_the_room_on_one_worker_when_victims_alternate_between_workers() {
+    let mut config = Config::default();
+    config.preemption.enabled = true;
+    config.preemption.delay = Duration::from_secs(10);
+    config.heartbeat_timeout = Duration::from_secs(3600);
+    let mut sim = Sim::new(config);
+    sim.queue("root.a", 50.0, 100.0);
+    let mut spread = QueueConfig::with_capacity(0.0, 100.0);
+    spread.placement = lqsm_core::policy::SPREAD.into();
+    sim.rm.create_queue("root.b", spread).unwrap();
+    sim.worker("w1", 4, 4000);
+    sim.worker("w2", 4, 4000);
+    let mut on = Vec::new();
+    for _ in 0..4 {
+        let req = sim.request("root.b", Resources::cores(2, 100));
+        let id = sim.submit(req).unwrap().id();
+        sim.pass();
+        on.push(
+            sim.rm
+                .job(id)
+                .and_then(|j| j.attempts.last().map(|a| a.worker)),
+        );
+    }
+    assert!(
+        on[0] != on[1] && on[2] != on[3],
+        "root.b's jobs alternate between the workers: {on:?}"
+    );
+
+    let req = sim.request("root.a", Resources::cores(4, 100));
+    let a_job = sim.submit(req).unwrap().id();
+    sim.pass();
+    sim.advance(Duration::from_secs(11));
+    assert_eq!(sim.pass().preempted, 2);
+    let victims: std::collections::BTreeSet<_> = sim
+        .log
+        .kills
+        .iter()
+        .map(|k| {
+            sim.rm
+                .job(k.job)
+                .and_then(|j| j.attempts.last().map(|a| a.worker))
+        })
+        .collect();
+    assert_eq!(victims.len(), 1, "both victims on one worker: {victims:?}");
+    sim.pass();
+    assert_eq!(
+        sim.rm
+            .job(a_job)
+            .and_then(|j| j.attempts.last().map(|a| a.worker)),
+        victims.into_iter().next().flatten(),
+        "root.a's job starts where the room was made"
+    );
+    sim.check();
+}

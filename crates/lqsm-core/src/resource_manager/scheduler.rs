@@ -588,24 +588,51 @@ impl ResourceManager {
                         .add(&job.spec.request);
                 }
             }
+            // Victims are taken one worker at a time: once one is taken on a worker
+            // that cannot yet hold the job, victims elsewhere wait until it can, so
+            // that 2 cores freed here and 2 there never stand for a 4-core job. The
+            // need is met once it is freed in all and some worker holds the job.
+            let mut queue: std::collections::VecDeque<_> = victims.into();
+            let mut deferred = Vec::new();
+            let mut filling: Option<WorkerKey> = None;
             let mut freed = Resources::default();
-            for victim in victims {
-                if need.fits_in(&freed) {
+            let mut some_worker_holds = false;
+            loop {
+                if need.fits_in(&freed) && some_worker_holds {
                     break;
                 }
+                let Some(victim) = queue.pop_front() else {
+                    break;
+                };
                 if !self.may_preempt(victim.job, victim.token, starved, constraint, &head_request) {
                     continue;
                 }
-                let holds_the_job = self.jobs[victim.job]
-                    .worker
-                    .and_then(|w| room.get(&w))
-                    .is_some_and(|room| head_request.fits_in(room));
-                if !holds_the_job {
+                let Some(worker) = self.jobs[victim.job].worker else {
+                    continue;
+                };
+                if !room
+                    .get(&worker)
+                    .is_some_and(|room| head_request.fits_in(room))
+                {
+                    continue;
+                }
+                if filling.is_some_and(|f| f != worker) {
+                    deferred.push(victim);
                     continue;
                 }
                 freed.add(&self.jobs[victim.job].spec.request);
                 self.preempt_attempt(victim.job, now);
                 taken += 1;
+                let w = &self.workers[worker];
+                if head_request.fits_in(&w.capacity.minus(&w.used)) {
+                    some_worker_holds = true;
+                    filling = None;
+                    for victim in deferred.drain(..).rev() {
+                        queue.push_front(victim);
+                    }
+                } else {
+                    filling = Some(worker);
+                }
             }
             // The starved queue's clock starts again; it is served before anyone in
             // the placement that follows, and if it still falls short the delay
@@ -869,6 +896,12 @@ impl PreemptionFacts for ResourceManager {
 
     fn request_of(&self, job: JobKey) -> &Resources {
         &self.jobs[job].spec.request
+    }
+
+    fn worker_free(&self, worker: WorkerKey) -> Resources {
+        self.workers
+            .get(worker)
+            .map_or_else(Resources::default, |w| w.capacity.minus(&w.used))
     }
 
     fn worker_could_run(
