@@ -34,6 +34,10 @@ const REMEMBERED_ATTEMPTS: usize = 100_000;
 /// current poll instead of replacing it.
 const MAX_REPLACED_POLLS: usize = 4;
 
+/// The oldest protocol this worker speaks, offered to a leader that refuses the current
+/// one: 5 (`ending`; its polls then name no registration).
+const OLDEST_PROTOCOL_SPOKEN: u32 = 5;
+
 /// How long reports may take to reach the server once everything has stopped.
 const FINAL_FLUSH: Duration = Duration::from_secs(5);
 
@@ -625,11 +629,23 @@ impl Agent {
                         // The server numbers its answers afresh for a new registration.
                         self.answers_seen = 0;
                         self.acked = 0;
-                        self.backoff.reset();
+                        // The backoff is reset by the first poll answered, not here: a
+                        // registration that its polls keep undoing (stale_registration)
+                        // must slow down, not repeat ten times a second.
                         Ok(())
                     }
                     Err(e) if e.is_transient() => {
                         self.retry_later(&e, "registration");
+                        Ok(())
+                    }
+                    Err(ClientError::Api { error, .. })
+                        if error.code == api::ErrorCode::IncompatibleProtocol
+                            && self.registration.protocol > OLDEST_PROTOCOL_SPOKEN =>
+                    {
+                        // A leader of an older version (a rolling upgrade, a rollback):
+                        // offer one version less, down to the oldest this worker speaks.
+                        self.registration.protocol -= 1;
+                        tracing::warn!(worker = %self.id, protocol = self.registration.protocol, error = %error.message, "the server speaks an older protocol: offering an older version");
                         Ok(())
                     }
                     Err(e) => Err(WorkerError::Refused(e)),
@@ -677,7 +693,8 @@ impl Agent {
                         Ok(())
                     }
                     Err(ClientError::Api { status: 400, error })
-                        if error.field.as_deref() == Some("registration")
+                        if error.code == api::ErrorCode::UnknownField
+                            && error.field.as_deref() == Some("registration")
                             && registration.is_some() =>
                     {
                         // A leader of protocol 5 (a rollback, or an older server in
@@ -1820,6 +1837,32 @@ mod tests {
             .unwrap();
         assert!(!agent.registered, "registers again");
         assert!(agent.retry_at.is_some(), "not in a tight loop");
+    }
+
+    #[tokio::test]
+    async fn a_leader_of_an_older_protocol_is_offered_an_older_version_down_to_5() {
+        let mut agent = agent();
+        let refusal = |agent: &Agent| Net::Registered {
+            seq: agent.current.as_ref().map_or(0, |c| c.seq),
+            sent_at: Instant::now(),
+            result: Err(ClientError::Api {
+                status: 400,
+                error: api::ErrorDetail {
+                    code: api::ErrorCode::IncompatibleProtocol,
+                    message: "this server speaks 1..=5".into(),
+                    field: Some("protocol".into()),
+                },
+            }),
+        };
+        assert_eq!(agent.registration.protocol, api::WORKER_PROTOCOL);
+        agent.on_net(refusal(&agent)).unwrap();
+        assert_eq!(agent.registration.protocol, 5);
+        assert!(!agent.registered, "registers again at once, at 5");
+        let refused = agent.on_net(refusal(&agent));
+        assert!(
+            matches!(refused, Err(WorkerError::Refused(_))),
+            "nothing older than 5 is spoken: {refused:?}"
+        );
     }
 
     #[tokio::test]

@@ -247,7 +247,8 @@ class Agent:
                 self.unconfirmed.clear()
                 self.registration = view.get("registration")
                 self.epoch += 1
-                self.failures = 0
+                # The backoff restarts with the first poll answered, not here: a
+                # registration that refused polls keep undoing must slow down.
                 self.last_contact = time.monotonic()
                 log.info("registered at %s as %s (%s)", self.url, self.id, self.hostname)
                 return
@@ -525,6 +526,8 @@ class Agent:
                 # a pause should that keep happening.
                 log.info("the server holds a later registration of this worker than it was told: registering again")
                 await self._backoff()
+                if epoch != self.epoch:
+                    return  # another poll's refusal registered it again meanwhile
                 if self.registering is None or self.registering.done():
                     self.registering = asyncio.create_task(self.register())
                 await asyncio.shield(self.registering)
