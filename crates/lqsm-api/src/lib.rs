@@ -702,6 +702,17 @@ pub struct QueueSettings {
     /// removes them all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_limits: Option<BTreeMap<String, RateLimitSpec>>,
+    /// A leaf's fair sharing among the values of a key of its jobs: `user` (the
+    /// submitter, its token's identity) or a key of the jobs' `keys` (`tenant`). Inside
+    /// a priority, the next job is the oldest of the value holding least of the
+    /// cluster in this queue. `""` removes it (first come, first served).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fairness_key: Option<String>,
+    /// A leaf's user limit: the most one value of the fairness key may hold, as a
+    /// multiple of the queue's guarantee (YARN's user-limit-factor); each may always
+    /// run one job. Needs `fairness_key` and a capacity above 0. 0 removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_limit_factor: Option<f64>,
 }
 
 /// `POST /v1/queues`.
@@ -774,6 +785,10 @@ pub struct QueueView {
     /// While a rate limit holds this leaf's next job back: the instant it allows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limited_until_ms: Option<u64>,
+    /// A leaf with a fairness key: the values of it holding most here (at most 20),
+    /// largest share first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<UserShare>,
     /// Its settings.
     pub settings: QueueSettings,
     /// True on a queue shown only to place below it the queues a token limited to some
@@ -785,6 +800,19 @@ pub struct QueueView {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(no_recursion)]
     pub children: Vec<QueueView>,
+}
+
+/// What one value of a leaf's fairness key (a user, a tenant) holds in the leaf.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UserShare {
+    /// The value (`alice`); `""` for the jobs without the key.
+    pub name: String,
+    /// Resources its attempts hold.
+    pub used: ResourceFigures,
+    /// Its attempts scheduled or running.
+    pub running: u32,
+    /// Its dominant share of the cluster (0..=1).
+    pub share: f64,
 }
 
 /// Lifetime counters of a queue's subtree.

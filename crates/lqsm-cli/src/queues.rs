@@ -52,6 +52,15 @@ pub struct SettingsArgs {
     /// queue's key limits; NAME=0 removes them.
     #[arg(long = "key-limit", value_parser = parse_key_limit)]
     key_limits: Vec<(String, api::RateLimitSpec)>,
+    /// A leaf's fair sharing among the values of a job key: `user` (the submitter) or a
+    /// key of the jobs (`tenant`); the value holding least goes next, inside each
+    /// priority. "" removes it.
+    #[arg(long)]
+    fairness_key: Option<String>,
+    /// The most one value of the fairness key may hold, as a multiple of the queue's
+    /// guarantee (YARN's user-limit-factor); 0 removes it.
+    #[arg(long)]
+    user_limit_factor: Option<f64>,
 }
 
 /// `customer=5/s` or `customer=5/s:10` (a burst of 10).
@@ -89,6 +98,8 @@ impl SettingsArgs {
             }),
             key_limits: (!self.key_limits.is_empty())
                 .then(|| self.key_limits.iter().cloned().collect()),
+            fairness_key: self.fairness_key.clone(),
+            user_limit_factor: self.user_limit_factor,
         }
     }
 }
@@ -366,6 +377,31 @@ fn detail(q: &api::QueueView) -> String {
         q.counts.mean_wait_ms,
         q.counts.mean_run_ms,
     ) + &rate_limit_lines(q)
+        + &fairness_lines(q)
+}
+
+/// A leaf's fair sharing: its key, its user limit, and who holds most.
+fn fairness_lines(q: &api::QueueView) -> String {
+    let s = &q.settings;
+    let Some(key) = &s.fairness_key else {
+        return String::new();
+    };
+    let limit = match s.user_limit_factor {
+        Some(factor) => format!(", each at most {factor}x the guarantee"),
+        None => String::new(),
+    };
+    let mut out = format!("fair among:   {key}{limit}\n");
+    for u in &q.users {
+        let name = if u.name.is_empty() { "(none)" } else { &u.name };
+        out.push_str(&format!(
+            "  {name:<20} {} running, {} cpu, {} ({} of cluster)\n",
+            u.running,
+            show_cores(u.used.cpu),
+            show_mib(u.used.memory_mib),
+            percent(u.share),
+        ));
+    }
+    out
 }
 
 /// Runs `lqsm queue ...`.

@@ -43,15 +43,16 @@ pub use jobs::{
 };
 pub use policy::Policies;
 pub use queues::{
-    JobDefaults, QueueConfig, QueueError, QueuePath, QueueState, QueueStats, QueueUpdate,
+    FAIRNESS_BY_USER, JobDefaults, QueueConfig, QueueError, QueuePath, QueueState, QueueStats,
+    QueueUpdate,
 };
 pub use rate_limits::{Rate, RateLimit, RatePeriod};
 pub use recovery::{JobRecord, QueueRecord, RestoreError, RestoreInput, RestoreReport};
 pub use resource_manager::{
     BroadcastJob, Config, ConfigError, JobError, JobSelection, MAX_WORKFLOW_NODES, OpenBroadcast,
     PassReport, PollOutcome, PreemptionConfig, QueueView, REDELIVER_AFTER, ROOT, RefusalReason,
-    RefusedReport, ResourceManager, SelectionError, Submitted, WorkerError, WorkerPoll,
-    WorkflowError,
+    RefusedReport, ResourceManager, SelectionError, Submitted, UserShareView, WorkerError,
+    WorkerPoll, WorkflowError,
 };
 pub use resources::{BadAmount, MiB, Millicores, ResourceName, Resources};
 pub use workers::{Worker, WorkerRegistration, WorkerState};

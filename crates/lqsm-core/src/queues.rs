@@ -230,6 +230,17 @@ pub struct QueueConfig {
     /// (`acme`) has its own bucket. A job without the key is not limited by it.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub key_limits: BTreeMap<String, RateLimit>,
+    /// Leaf: shares the queue fairly among the values of this key of its jobs: `user`
+    /// (the submitter: its token's identity) or any key of a job's `keys` (`tenant`). Inside a priority the next job is the oldest of the value
+    /// holding least of the cluster in this queue. None: first come, first served.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fairness_key: Option<String>,
+    /// Leaf: the most one value of the fairness key may hold, as a multiple of the
+    /// queue's guarantee (YARN's user-limit-factor): 1 keeps a user within the
+    /// guarantee, 2 lets one take twice it when the queue borrows. Each may always run
+    /// one job. None: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_limit_factor: Option<f64>,
 }
 
 impl Default for QueueConfig {
@@ -248,6 +259,8 @@ impl Default for QueueConfig {
             priority_preemption: false,
             rate_limit: None,
             key_limits: BTreeMap::new(),
+            fairness_key: None,
+            user_limit_factor: None,
         }
     }
 }
@@ -343,7 +356,44 @@ impl QueueConfig {
                 .check(&format!("key_limits.{name}"))
                 .map_err(|(field, reason)| invalid(&field, reason))?;
         }
+        if let Some(name) = &self.fairness_key {
+            check_key_name(name).map_err(|reason| invalid("fairness_key", reason))?;
+        }
+        if let Some(factor) = self.user_limit_factor {
+            if !factor.is_finite() || factor <= 0.0 {
+                return Err(invalid(
+                    "user_limit_factor",
+                    format!("{factor} is not a multiple above 0 of the queue's guarantee"),
+                ));
+            }
+            if self.fairness_key.is_none() {
+                return Err(invalid(
+                    "user_limit_factor",
+                    "limits each value of the fairness key: set fairness_key (e.g. `user`)".into(),
+                ));
+            }
+            if self.capacity <= 0.0 {
+                return Err(invalid(
+                    "user_limit_factor",
+                    "is a multiple of the queue's guarantee, and its capacity is 0".into(),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The fairness value of a job in this queue: its value of the fairness key, or ""
+    /// for a job without it; None when the queue has no fairness key.
+    pub fn fairness_value<'a>(&self, spec: &'a crate::jobs::JobSpec) -> Option<&'a str> {
+        let name = self.fairness_key.as_deref()?;
+        let value = if name == FAIRNESS_BY_USER {
+            // The token's identity, never a key the job names itself: a user must not
+            // escape its limit by calling itself someone else.
+            spec.submitted_by()
+        } else {
+            spec.keys().get(name)
+        };
+        Some(value.unwrap_or(""))
     }
 
     /// Whether any rate limit of this queue's own applies to its jobs.
@@ -351,6 +401,9 @@ impl QueueConfig {
         self.rate_limit.is_some() || !self.key_limits.is_empty()
     }
 }
+
+/// The fairness key that means the job's submitter (the identity of its token).
+pub const FAIRNESS_BY_USER: &str = "user";
 
 /// Longest name of a job key (`customer`).
 pub const MAX_KEY_NAME: usize = 64;
@@ -402,6 +455,10 @@ pub struct QueueUpdate {
     pub rate_limit: Option<Option<RateLimit>>,
     /// New per-key limits, replacing the old ones (an empty map removes them all).
     pub key_limits: Option<BTreeMap<String, RateLimit>>,
+    /// New fairness key; `Some(None)` removes it.
+    pub fairness_key: Option<Option<String>>,
+    /// New user limit; `Some(None)` removes it.
+    pub user_limit_factor: Option<Option<f64>>,
 }
 
 impl QueueUpdate {
@@ -446,6 +503,12 @@ impl QueueUpdate {
         }
         if let Some(v) = &self.key_limits {
             c.key_limits = v.clone();
+        }
+        if let Some(v) = &self.fairness_key {
+            c.fairness_key = v.clone();
+        }
+        if let Some(v) = self.user_limit_factor {
+            c.user_limit_factor = v;
         }
         c
     }

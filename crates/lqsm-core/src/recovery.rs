@@ -500,8 +500,17 @@ impl ResourceManager {
         worker.attempts.push(key);
         worker.idle_since = None;
         worker.used.add(&request);
-        let node = self.node_mut(queue);
+        let node = self.queues[queue.0 as usize]
+            .as_mut()
+            .expect("leaf is live");
         node.attempts.push((token, key));
+        if node.ready.is_fair() {
+            let user = node
+                .config
+                .fairness_value(&self.jobs[key].spec)
+                .unwrap_or("");
+            node.ready.started(user, &request);
+        }
         let mut at = Some(queue);
         while let Some(id) = at {
             let node = self.node_mut(id);

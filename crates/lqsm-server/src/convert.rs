@@ -427,6 +427,12 @@ pub fn queue_config(
     if let Some(v) = s.priority_preemption {
         c.priority_preemption = v;
     }
+    if let Some(v) = &s.fairness_key {
+        c.fairness_key = (!v.is_empty()).then(|| v.clone());
+    }
+    if let Some(v) = s.user_limit_factor {
+        c.user_limit_factor = (v != 0.0).then_some(v);
+    }
     if let Some(spec) = &s.rate_limit {
         c.rate_limit = rate_limit("rate_limit", spec)?;
     }
@@ -476,6 +482,8 @@ pub fn queue_settings(c: &core::QueueConfig) -> api::QueueSettings {
         admission: Some(c.admission.clone()),
         preemptable: Some(c.preemptable),
         priority_preemption: Some(c.priority_preemption),
+        fairness_key: c.fairness_key.clone(),
+        user_limit_factor: c.user_limit_factor,
         rate_limit: c.rate_limit.as_ref().map(rate_limit_spec),
         key_limits: (!c.key_limits.is_empty()).then(|| {
             c.key_limits

@@ -812,6 +812,16 @@ fn queue_view(
             .rate_limited_until
             .filter(|until| *until > crate::resource_manager::wall_clock())
             .map(|t| t.0),
+        users: queue
+            .users
+            .iter()
+            .map(|u| api::UserShare {
+                name: u.name.clone(),
+                used: convert::figures(&u.used),
+                running: u.running,
+                share: u.share,
+            })
+            .collect(),
         settings: convert::queue_settings(&queue.config),
         placement_only: false,
         children,
@@ -827,6 +837,7 @@ fn queue_view(
             running: 0,
             counts: api::QueueCounts::default(),
             rate_limited_until_ms: None,
+            users: Vec::new(),
             placement_only: true,
             ..view
         }
@@ -1165,6 +1176,8 @@ async fn update_queue(
         priority_preemption: Some(config.priority_preemption),
         rate_limit: Some(config.rate_limit),
         key_limits: Some(config.key_limits.clone()),
+        fairness_key: Some(config.fairness_key.clone()),
+        user_limit_factor: Some(config.user_limit_factor),
     };
     let update = if path == "root" {
         QueueUpdate {

@@ -38,6 +38,18 @@ pub struct QueueSnapshot {
     /// Until when a rate limit held its next job back, as of the last change to the
     /// queue (a reader compares it with the time).
     pub rate_limited_until: Option<lqsm_core::Timestamp>,
+    /// A leaf with a fairness key: the values of it holding most here, largest first.
+    pub users: Vec<lqsm_core::UserShareView>,
+}
+
+/// The most values of a fairness key a queue's view lists.
+const USERS_SHOWN: usize = 20;
+
+/// The values of `view`'s fairness key holding most, for its snapshot.
+fn top_users(view: &lqsm_core::QueueView<'_>) -> Vec<lqsm_core::UserShareView> {
+    let mut users = view.users();
+    users.truncate(USERS_SHOWN);
+    users
 }
 
 /// One worker as of the last commit.
@@ -331,6 +343,7 @@ fn own_figures(rm: &ResourceManager, path: &str, old: &QueueSnapshot) -> QueueSn
         stats: old.stats,
         children: old.children.clone(),
         rate_limited_until: view.rate_limited_until(),
+        users: top_users(&view),
     }
 }
 
@@ -428,6 +441,7 @@ fn snapshot(rm: &ResourceManager, id: QueueId) -> QueueSnapshot {
             stats: QueueStats::default(),
             children: Arc::default(),
             rate_limited_until: None,
+            users: Vec::new(),
         };
     };
     QueueSnapshot {
@@ -441,6 +455,7 @@ fn snapshot(rm: &ResourceManager, id: QueueId) -> QueueSnapshot {
         stats: view.stats(),
         children: Arc::new(view.children().iter().map(|p| p.to_string()).collect()),
         rate_limited_until: view.rate_limited_until(),
+        users: top_users(&view),
     }
 }
 

@@ -1036,3 +1036,90 @@ fn priority_preemption_is_a_leaf_setting_of_the_api() {
         .expect_error(400);
     assert_eq!(err.field.as_deref(), Some("priority_preemption"), "{err:?}");
 }
+
+/// A leaf's fair sharing through the API: set with the queue, its users shown in the
+/// queue's view, the job the fairness key picks handed out first, bad settings refused
+/// naming the field.
+#[test]
+fn a_fair_leaf_hands_the_next_core_to_the_tenant_holding_least_and_shows_who_holds_what() {
+    let server = BlockingTestServer::start();
+    let api = server.api();
+    let view: api::QueueView = api
+        .post(
+            "/v1/queues",
+            &json!({
+                "path": "root.shared",
+                "capacity": 50,
+                "fairness_key": "tenant",
+                "user_limit_factor": 2,
+                "defaults": {"function_resources": {"cpu": 1, "memory_mib": 100}},
+            }),
+        )
+        .expect(201);
+    assert_eq!(view.settings.fairness_key.as_deref(), Some("tenant"));
+    assert_eq!(view.settings.user_limit_factor, Some(2.0));
+    let submit = |tenant: &str| {
+        let mut job = api::SubmitJob::function("root.shared", "work", json!(null));
+        job.keys.insert("tenant".into(), tenant.into());
+        api.submit(&job)
+    };
+    // Acme floods the queue first; globex comes later with two jobs.
+    let acme: Vec<Uuid> = (0..6).map(|_| submit("acme")).collect();
+    let globex: Vec<Uuid> = (0..2).map(|_| submit("globex")).collect();
+    // The cluster's first worker joins with all eight waiting.
+    let mut worker = SimWorker::register(&api, "work");
+    let mut taken = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while taken.len() < 4 && std::time::Instant::now() < deadline {
+        taken.extend(worker.poll(&[], 1_000).assignments);
+    }
+    // Four cores: two each, although acme's six came first.
+    let jobs: Vec<Uuid> = taken.iter().map(|a| a.job).collect();
+    assert_eq!(
+        jobs.iter().filter(|j| acme.contains(j)).count(),
+        2,
+        "{jobs:?}"
+    );
+    assert_eq!(
+        jobs.iter().filter(|j| globex.contains(j)).count(),
+        2,
+        "{jobs:?}"
+    );
+    let view: api::QueueView = api.get("/v1/queues/root.shared").expect(200);
+    let users: Vec<(&str, u32)> = view
+        .users
+        .iter()
+        .map(|u| (u.name.as_str(), u.running))
+        .collect();
+    assert_eq!(users, [("acme", 2), ("globex", 2)]);
+    assert!((view.users[0].share - 0.5).abs() < 1e-9, "{view:?}");
+
+    // Removing the key: "" (and 0 for the limit).
+    let view: api::QueueView = api
+        .patch(
+            "/v1/queues/root.shared",
+            &json!({"fairness_key": "", "user_limit_factor": 0}),
+        )
+        .expect(200);
+    assert_eq!(view.settings.fairness_key, None);
+    assert_eq!(view.settings.user_limit_factor, None);
+    assert!(view.users.is_empty());
+
+    for (settings, field) in [
+        (json!({"fairness_key": "Tenant!"}), "fairness_key"),
+        (json!({"user_limit_factor": 1}), "user_limit_factor"),
+        (
+            json!({"fairness_key": "user", "user_limit_factor": -1}),
+            "user_limit_factor",
+        ),
+    ] {
+        let err = api
+            .patch("/v1/queues/root.shared", &settings)
+            .expect_error(400);
+        assert_eq!(err.field.as_deref(), Some(field), "{settings}: {err:?}");
+    }
+    let err = api
+        .patch("/v1/queues/root", &json!({"fairness_key": "user"}))
+        .expect_error(400);
+    assert_eq!(err.field.as_deref(), Some("fairness_key"), "{err:?}");
+}

@@ -287,6 +287,15 @@ impl ResourceManager {
         }
     }
 
+    /// Adds `key` to `leaf`'s ready jobs under its rank and its fairness value: behind
+    /// the others, or ahead of them for a job that had already been dispatched.
+    pub(crate) fn enqueue_ready(&mut self, leaf: QueueId, key: JobKey, front: bool) {
+        let job = &self.jobs[key];
+        let node = self.queues[leaf.0 as usize].as_mut().expect("leaf is live");
+        let user = node.config.fairness_value(&job.spec).unwrap_or("");
+        node.ready.push(job.rank, key, user, front);
+    }
+
     /// Puts a pending job into its leaf's ready queue: behind the others of its rank,
     /// or ahead of them for a job that had already been dispatched (preempted).
     pub(crate) fn make_ready(&mut self, key: JobKey, now: Timestamp, front: bool) {
@@ -294,15 +303,10 @@ impl ResourceManager {
         job.not_before = None;
         job.ready_since = now;
         job.waiting = Waiting::Ready;
-        let (rank, queue) = (job.rank, job.queue);
-        let leaf = self.node_mut(queue);
-        let was_empty = leaf.ready.is_empty();
-        if front {
-            leaf.ready.push_front(rank, key);
-        } else {
-            leaf.ready.push_back(rank, key);
-        }
-        if was_empty {
+        let queue = job.queue;
+        let had_next = self.node(queue).ready.has_next();
+        self.enqueue_ready(queue, key, front);
+        if !had_next {
             self.refresh_up(queue);
         }
         // A job ranked ahead of the others (a higher priority) is the new head too: a
@@ -313,7 +317,7 @@ impl ResourceManager {
             .expect("a ready job's leaf is live")
             .ready
             .head(|k| jobs.get(k).is_some_and(|j| j.waiting == Waiting::Ready));
-        if was_empty || front || first == Some(key) {
+        if !had_next || front || first == Some(key) {
             self.head_changed(queue);
         }
         self.dirty = true;
@@ -459,7 +463,7 @@ impl ResourceManager {
                 leaf.stats.pending -= 1;
                 if was_ready {
                     leaf.ready.forget_one();
-                    if leaf.ready.is_empty() {
+                    if !leaf.ready.has_next() {
                         self.refresh_up(queue);
                     }
                     // The leaf's next job may have changed to one that fits.
@@ -538,7 +542,7 @@ impl ResourceManager {
             leaf.stats.pending += 1;
             self.effects.records.push(Record::Queue(queue));
             if worker_key.is_some() {
-                self.release_on_path(queue, &request);
+                self.release_on_path(queue, key, &request);
             }
         }
         self.effects.records.push(Record::Job(id));
@@ -569,8 +573,13 @@ impl ResourceManager {
         }
     }
 
-    pub(crate) fn release_on_path(&mut self, leaf: QueueId, request: &Resources) {
-        let node = self.node_mut(leaf);
+    pub(crate) fn release_on_path(&mut self, leaf: QueueId, job: JobKey, request: &Resources) {
+        let spec = &self.jobs[job].spec;
+        let node = self.queues[leaf.0 as usize].as_mut().expect("leaf is live");
+        if node.ready.is_fair() {
+            let user = node.config.fairness_value(spec).unwrap_or("");
+            node.ready.ended(user, request);
+        }
         node.dead_attempts += 1;
         if node.dead_attempts * 2 > node.attempts.len() && node.attempts.len() >= 32 {
             self.compact_leaf_attempts(leaf);

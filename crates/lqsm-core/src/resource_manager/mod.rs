@@ -17,6 +17,7 @@ pub(crate) mod jobs;
 pub(crate) mod polls;
 pub(crate) mod queues;
 pub(crate) mod rate_limits;
+pub(crate) mod ready;
 pub(crate) mod scheduler;
 pub(crate) mod schedules;
 pub(crate) mod timers;
@@ -25,7 +26,7 @@ pub(crate) mod workflows;
 
 pub use crate::effects::{RefusalReason, RefusedReport};
 pub use jobs::{JobError, JobSelection, SelectionError, Submitted};
-pub use queues::QueueView;
+pub use queues::{QueueView, UserShareView};
 pub use workers::{PollOutcome, REDELIVER_AFTER, WorkerError, WorkerPoll};
 pub use workflows::{BroadcastJob, MAX_WORKFLOW_NODES, OpenBroadcast, WorkflowError};
 

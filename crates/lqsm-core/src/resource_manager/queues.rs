@@ -1,6 +1,7 @@
 //! The QueuesManager: the queue tree, each queue's settings, lifecycle and runtime
 //! bookkeeping, and read-only views of it.
 
+pub(crate) use super::ready::ReadyQueue;
 use super::{ROOT, ResourceManager};
 use crate::effects::Record;
 use crate::ids::{JobId, QueueId, Timestamp};
@@ -23,89 +24,6 @@ pub(crate) struct SelectionKey {
     pub inverse_weight: u32,
     /// The child itself; makes keys unique.
     pub queue: QueueId,
-}
-
-/// A leaf's ready jobs in dispatch order: by rank under the queue's ordering policy,
-/// then first come first served. Each rank is a FIFO deque, so taking the next job is
-/// O(1) and touches little memory. Entries of jobs that stopped waiting (cancelled,
-/// expired) are dropped lazily when they reach the front; `len` counts live ones.
-#[derive(Debug, Default)]
-pub(crate) struct ReadyQueue {
-    buckets: std::collections::BTreeMap<i64, std::collections::VecDeque<JobKey>>,
-    live: usize,
-}
-
-impl ReadyQueue {
-    pub fn len(&self) -> usize {
-        self.live
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.live == 0
-    }
-
-    /// Adds a job behind the others of its rank.
-    pub fn push_back(&mut self, rank: i64, job: JobKey) {
-        self.buckets.entry(rank).or_default().push_back(job);
-        self.live += 1;
-    }
-
-    /// Adds a job ahead of the others of its rank (it had already been dispatched once).
-    pub fn push_front(&mut self, rank: i64, job: JobKey) {
-        self.buckets.entry(rank).or_default().push_front(job);
-        self.live += 1;
-    }
-
-    /// The next live job, dropping dead entries in front of it.
-    pub fn head(&mut self, is_live: impl Fn(JobKey) -> bool) -> Option<JobKey> {
-        loop {
-            let mut bucket = self.buckets.first_entry()?;
-            match bucket.get().front() {
-                None => {
-                    bucket.remove();
-                }
-                Some(job) if is_live(*job) => return Some(*job),
-                Some(_) => {
-                    bucket.get_mut().pop_front();
-                }
-            }
-        }
-    }
-
-    /// Removes the entry `head` just returned.
-    pub fn pop_head(&mut self) {
-        if let Some(mut bucket) = self.buckets.first_entry() {
-            bucket.get_mut().pop_front();
-            if bucket.get().is_empty() {
-                bucket.remove();
-            }
-            self.live -= 1;
-        }
-    }
-
-    /// A live entry died in place (its job stopped waiting); it is dropped lazily.
-    pub fn forget_one(&mut self) {
-        self.live -= 1;
-    }
-
-    /// Live jobs in dispatch order.
-    pub fn iter_live<'a>(
-        &'a self,
-        is_live: impl Fn(JobKey) -> bool + 'a,
-    ) -> impl Iterator<Item = JobKey> + 'a {
-        self.buckets
-            .values()
-            .flatten()
-            .copied()
-            .filter(move |j| is_live(*j))
-    }
-
-    /// Empties the queue, returning the live jobs in dispatch order.
-    pub fn drain_live(&mut self, is_live: impl Fn(JobKey) -> bool) -> Vec<JobKey> {
-        let jobs = self.iter_live(is_live).collect();
-        *self = Self::default();
-        jobs
-    }
 }
 
 /// A queue's ordering, placement and admission policies, looked up by name.
@@ -183,6 +101,11 @@ impl QueueNode {
         config: QueueConfig,
         (ordering, placement, admission): QueuePolicies,
     ) -> Self {
+        let ready = if config.fairness_key.is_some() {
+            ReadyQueue::fair()
+        } else {
+            ReadyQueue::default()
+        };
         Self {
             id,
             path,
@@ -197,7 +120,7 @@ impl QueueNode {
             running: 0,
             unfinished: 0,
             stats: QueueStats::default(),
-            ready: ReadyQueue::default(),
+            ready,
             parked: Vec::new(),
             attempts: Vec::new(),
             dead_attempts: 0,
@@ -219,6 +142,19 @@ impl QueueNode {
     pub fn is_leaf(&self) -> bool {
         self.children.is_empty()
     }
+}
+
+/// What one value of a leaf's fairness key (a user, a tenant) holds in the leaf.
+#[derive(Clone, PartialEq, Debug)]
+pub struct UserShareView {
+    /// The value (`alice`; "" for jobs without the key).
+    pub name: String,
+    /// Resources its attempts hold.
+    pub used: Resources,
+    /// Its attempts scheduled or running.
+    pub running: u32,
+    /// Its dominant share of the cluster.
+    pub share: f64,
 }
 
 /// A read-only view of one queue.
@@ -268,6 +204,25 @@ impl<'a> QueueView<'a> {
     /// Resources its subtree's attempts hold.
     pub fn used(&self) -> &'a Resources {
         &self.node.used
+    }
+    /// Leaf with a fairness key: what each value of it holds here (resources and
+    /// attempts), by value, largest share first. Empty otherwise.
+    pub fn users(&self) -> Vec<UserShareView> {
+        let total = &self.rm.total;
+        let mut users: Vec<UserShareView> = self
+            .node
+            .ready
+            .user_shares()
+            .filter(|(_, _, running)| *running > 0)
+            .map(|(name, used, running)| UserShareView {
+                name: name.to_owned(),
+                used: used.clone(),
+                running,
+                share: used.dominant_share(total),
+            })
+            .collect();
+        users.sort_by(|a, b| b.share.total_cmp(&a.share).then(a.name.cmp(&b.name)));
+        users
     }
     /// Its dominant share of the cluster.
     pub fn dominant_share(&self) -> f64 {
@@ -320,8 +275,16 @@ impl<'a> QueueView<'a> {
     }
 }
 
-/// The first setting of `config` that only a leaf may have: rate limits and priority
-/// preemption act on the jobs of a leaf, and a queue with children holds none.
+/// The most share of the cluster one value of a leaf's fairness key may hold: its
+/// `user_limit_factor` times the leaf's guarantee.
+pub(crate) fn user_share_limit(node: &QueueNode) -> Option<f64> {
+    node.config
+        .user_limit_factor
+        .map(|factor| factor * node.abs_guarantee)
+}
+
+/// The first setting of `config` that only a leaf may have: rate limits, priority
+/// preemption and fair sharing act on the jobs of a leaf, and a queue with children holds none.
 fn leaf_only_setting(config: &QueueConfig) -> Option<&'static str> {
     if config.rate_limit.is_some() {
         Some("rate_limit")
@@ -329,6 +292,10 @@ fn leaf_only_setting(config: &QueueConfig) -> Option<&'static str> {
         Some("key_limits")
     } else if config.priority_preemption {
         Some("priority_preemption")
+    } else if config.fairness_key.is_some() {
+        Some("fairness_key")
+    } else if config.user_limit_factor.is_some() {
+        Some("user_limit_factor")
     } else {
         None
     }
@@ -568,7 +535,8 @@ impl ResourceManager {
         {
             return Err(leaf_setting_on_parent(&node.path, field));
         }
-        let reorder = node.config.ordering != config.ordering;
+        let reorder = node.config.ordering != config.ordering
+            || node.config.fairness_key != config.fairness_key;
         let capacity_change = config.capacity - node.config.capacity;
         if let Some(parent) = node.parent {
             self.node_mut(parent).children_capacity += capacity_change;
@@ -610,17 +578,37 @@ impl ResourceManager {
         Ok(())
     }
 
-    /// Ranks a leaf's ready jobs again after its ordering policy changed.
+    /// Ranks a leaf's ready jobs again after its ordering policy or its fairness key
+    /// changed; with a fairness key, the users' shares are counted again from the
+    /// attempts running.
     pub(crate) fn rerank(&mut self, id: QueueId) {
         let node = self.node_mut(id);
         let ordering = node.ordering.clone();
-        let mut ready = std::mem::take(&mut node.ready);
-        let jobs = &mut self.jobs;
+        let mut ready = if node.config.fairness_key.is_some() {
+            ReadyQueue::fair()
+        } else {
+            ReadyQueue::default()
+        };
+        std::mem::swap(&mut node.ready, &mut ready);
+        let jobs = &self.jobs;
         let live = ready.drain_live(|k| jobs.get(k).is_some_and(|j| j.waiting == Waiting::Ready));
+        let node = self.queues[id.0 as usize].as_mut().expect("leaf is live");
+        if node.ready.is_fair() {
+            for (token, key) in &node.attempts {
+                if let Some(job) = jobs.get(*key)
+                    && job.current_token() == Some(*token)
+                {
+                    let user = node.config.fairness_value(&job.spec).unwrap_or("");
+                    node.ready.started(user, &job.spec.request);
+                }
+            }
+            let max_share = user_share_limit(node);
+            node.ready.reshare(&self.total, max_share);
+        }
         for key in live {
             let job = &mut self.jobs[key];
             job.rank = ordering.rank(&job.spec);
-            ready.push_back(job.rank, key);
+            self.enqueue_ready(id, key, false);
         }
         let parked = self.node(id).parked.clone();
         for key in parked {
@@ -628,7 +616,6 @@ impl ResourceManager {
                 job.rank = ordering.rank(&job.spec);
             }
         }
-        self.node_mut(id).ready = ready;
     }
 
     pub(crate) fn recompute_absolute(&mut self, id: QueueId) {

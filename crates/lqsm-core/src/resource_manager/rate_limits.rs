@@ -424,8 +424,8 @@ impl ResourceManager {
         self.held_until.remove(&job);
         let j = &mut self.jobs[job];
         j.waiting = Waiting::Ready;
-        let (rank, leaf) = (j.rank, j.queue);
-        self.node_mut(leaf).ready.push_front(rank, job);
+        let leaf = j.queue;
+        self.enqueue_ready(leaf, job, true);
         self.refresh_up(leaf);
         self.head_changed(leaf);
     }
@@ -502,8 +502,7 @@ impl ResourceManager {
                     self.held_until.remove(&job);
                     let j = &mut self.jobs[job];
                     j.waiting = Waiting::Ready;
-                    let rank = j.rank;
-                    self.node_mut(leaf).ready.push_front(rank, job);
+                    self.enqueue_ready(leaf, job, true);
                 }
             }
             self.drop_hold(hold);

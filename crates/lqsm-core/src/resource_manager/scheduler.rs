@@ -66,6 +66,9 @@ impl ResourceManager {
             node.at_ceiling = false;
             if node.is_leaf() {
                 leaves.push(node.id);
+                // The cluster or the guarantees changed: so did the users' shares.
+                let max_share = super::queues::user_share_limit(node);
+                node.ready.reshare(&self.total, max_share);
             }
         }
         for leaf in leaves {
@@ -86,7 +89,7 @@ impl ResourceManager {
             .config
             .running_limit()
             .is_none_or(|max| node.running < u64::from(max));
-        !node.ready.is_empty()
+        node.ready.has_next()
             && !node.skipped_in_pass
             && under_running_limit
             && node.rate_held_until.is_none()
@@ -362,8 +365,8 @@ impl ResourceManager {
                 continue;
             }
             job.waiting = crate::jobs::Waiting::Ready;
-            let (rank, leaf) = (job.rank, job.queue);
-            self.node_mut(leaf).ready.push_front(rank, key);
+            let leaf = job.queue;
+            self.enqueue_ready(leaf, key, true);
             self.refresh_up(leaf);
             self.head_changed(leaf);
         }
@@ -449,6 +452,10 @@ impl ResourceManager {
 
         let node = self.queues[leaf.0 as usize].as_mut().expect("leaf is live");
         node.ready.pop_head();
+        if node.ready.is_fair() {
+            let user = node.config.fairness_value(&job.spec).unwrap_or("");
+            node.ready.started(user, request);
+        }
         node.attempts.push((token, key));
         node.stats.pending -= 1;
         node.stats.wait.record(wait);
@@ -499,7 +506,7 @@ impl ResourceManager {
         for leaf in starved {
             let node = self.node(leaf);
             let still = node.state != QueueState::Draining
-                && !node.ready.is_empty()
+                && node.ready.has_next()
                 && self.share_ratio(leaf) < below;
             if !still {
                 self.node_mut(leaf).starved_since = None;

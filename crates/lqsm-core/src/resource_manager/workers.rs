@@ -247,8 +247,7 @@ impl ResourceManager {
                     continue;
                 }
                 job.waiting = Waiting::Ready;
-                let rank = job.rank;
-                self.node_mut(leaf).ready.push_front(rank, key);
+                self.enqueue_ready(leaf, key, true);
             }
             self.refresh_up(leaf);
             self.head_changed(leaf);
