@@ -464,8 +464,12 @@ mod tests {
         assert_eq!(config.tokens.len(), 5);
         assert_eq!(config.tokens[2].role, RoleName::QueueAdmin);
         assert_eq!(config.tokens[2].queues, ["root.etl.*"]);
-        assert_eq!(config.queues.len(), 4);
+        assert_eq!(config.queues.len(), 5);
         assert_eq!(config.queues[1].path, "root.etl.daily");
+        assert_eq!(
+            config.queues[4].settings.fairness_key.as_deref(),
+            Some("user")
+        );
         let limit = config.scheduler.core().handler_rate_limits["billing.invoice"];
         assert_eq!((limit.rate.to_string(), limit.burst), ("10/m".into(), 1));
     }
