@@ -145,9 +145,7 @@ impl std::fmt::Debug for PoolSetup {
 impl Setup {
     /// Every pool of the config checked against `policies`, tokens read; the error
     /// names the field (`autoscale.pools[1].max`). `None` when autoscaling is off.
-    pub fn from_config(
-        config: &crate::config::ServerConfig,
-    ) -> Result<Option<Arc<Setup>>, String> {
+    pub fn from_config(config: &crate::config::ServerConfig) -> Result<Option<Arc<Setup>>, String> {
         let autoscale = &config.autoscale;
         autoscale.check()?;
         let specs = autoscale.specs(&config.policies)?;
@@ -278,8 +276,7 @@ impl Scaling {
                 metrics::gauge!("lqsm_autoscale_desired_workers", "pool" => spec.name.clone())
                     .set(f64::from(desired));
             }
-            self.last
-                .insert(spec.name.clone(), (now, snapshot.clone()));
+            self.last.insert(spec.name.clone(), (now, snapshot.clone()));
             pools.insert(spec.name.clone(), snapshot);
         }
         for p in &mut planned {
@@ -468,7 +465,9 @@ pub async fn lead(runtime: Runtime, setup: Arc<Setup>, local: Arc<LocalWorkers>,
             };
             for event in events {
                 if event.kind == "workers_started" {
-                    let _ = runtime.autoscale_started(&event.pool, event.to - event.from).await;
+                    let _ = runtime
+                        .autoscale_started(&event.pool, event.to - event.from)
+                        .await;
                 }
                 let _ = runtime.autoscale_note(event).await;
             }

@@ -378,10 +378,7 @@ impl PoolConfig {
                 self.idle_before_scale_down_ms,
                 defaults.idle_before_scale_down,
             ),
-            registration_timeout: ms(
-                self.registration_timeout_ms,
-                defaults.registration_timeout,
-            ),
+            registration_timeout: ms(self.registration_timeout_ms, defaults.registration_timeout),
             policy: self.policy.clone(),
         })
     }
@@ -455,7 +452,10 @@ impl AutoscaleConfig {
 
     /// The core's pools, every setting checked against the registered `policies`; the
     /// error names the field, `autoscale.pools[1].max`.
-    pub fn specs(&self, policies: &lqsm_core::Policies) -> Result<Vec<lqsm_core::PoolSpec>, String> {
+    pub fn specs(
+        &self,
+        policies: &lqsm_core::Policies,
+    ) -> Result<Vec<lqsm_core::PoolSpec>, String> {
         let mut specs = Vec::with_capacity(self.pools.len());
         for (i, pool) in self.pools.iter().enumerate() {
             let field = |name: &str| format!("autoscale.pools[{i}].{name}");
@@ -479,9 +479,21 @@ impl AutoscaleConfig {
                             field("command")
                         ));
                     }
-                    specific("worker_binary", pool.worker_binary.is_some(), ProviderKind::Local)?;
-                    specific("worker_args", !pool.worker_args.is_empty(), ProviderKind::Local)?;
-                    specific("drain_timeout_ms", pool.drain_timeout_ms.is_some(), ProviderKind::Local)?;
+                    specific(
+                        "worker_binary",
+                        pool.worker_binary.is_some(),
+                        ProviderKind::Local,
+                    )?;
+                    specific(
+                        "worker_args",
+                        !pool.worker_args.is_empty(),
+                        ProviderKind::Local,
+                    )?;
+                    specific(
+                        "drain_timeout_ms",
+                        pool.drain_timeout_ms.is_some(),
+                        ProviderKind::Local,
+                    )?;
                 }
                 ProviderKind::Local => {
                     specific("command", pool.command.is_some(), ProviderKind::Exec)?;
@@ -493,7 +505,10 @@ impl AutoscaleConfig {
                 }
             }
             if pool.command_timeout_ms == Some(0) {
-                return Err(format!("{}: must be above zero", field("command_timeout_ms")));
+                return Err(format!(
+                    "{}: must be above zero",
+                    field("command_timeout_ms")
+                ));
             }
             if pool.token_env.is_some() && pool.token_file.is_some() {
                 return Err(format!(
@@ -843,7 +858,10 @@ mod tests {
         let err = pool_error(&format!(
             "{local}[[autoscale.pools]]\nname = \"b\"\nprovider = \"local\"\nmin = 3\nmax = 2\n"
         ));
-        assert!(err.starts_with("autoscale.pools[1].min: 3 is above max"), "{err}");
+        assert!(
+            err.starts_with("autoscale.pools[1].min: 3 is above max"),
+            "{err}"
+        );
         let err = pool_error(&format!("{local}{local}"));
         assert!(err.starts_with("autoscale.pools[1].name:"), "{err}");
         let err = pool_error("[[autoscale.pools]]\nname = \"e\"\nprovider = \"exec\"\nmax = 2\n");
@@ -851,16 +869,23 @@ mod tests {
         let err = pool_error(&format!("{local}command = \"/bin/true\"\n"));
         assert!(err.starts_with("autoscale.pools[0].command:"), "{err}");
         let err = pool_error(&format!("{local}target_utilisation = 1.5\n"));
-        assert!(err.starts_with("autoscale.pools[0].target_utilisation:"), "{err}");
+        assert!(
+            err.starts_with("autoscale.pools[0].target_utilisation:"),
+            "{err}"
+        );
         let err = pool_error(&format!("{local}worker_capacity = {{ cpu = -1 }}\n"));
-        assert!(err.starts_with("autoscale.pools[0].worker_capacity.cpu:"), "{err}");
+        assert!(
+            err.starts_with("autoscale.pools[0].worker_capacity.cpu:"),
+            "{err}"
+        );
         let err = pool_error(&format!("{local}registration_timeout_ms = 0\n"));
-        assert!(err.starts_with("autoscale.pools[0].registration_timeout_ms:"), "{err}");
+        assert!(
+            err.starts_with("autoscale.pools[0].registration_timeout_ms:"),
+            "{err}"
+        );
         let err = pool_error(&format!("{local}labels = {{ \"lqsm.pool\" = \"x\" }}\n"));
         assert!(err.starts_with("autoscale.pools[0].labels:"), "{err}");
-        let err = pool_error(&format!(
-            "{local}token_env = \"A\"\ntoken_file = \"/f\"\n"
-        ));
+        let err = pool_error(&format!("{local}token_env = \"A\"\ntoken_file = \"/f\"\n"));
         assert!(err.starts_with("autoscale.pools[0].token_env:"), "{err}");
         let err = pool_error(&format!("{local}providr = \"local\"\n"));
         assert!(err.contains("providr"), "{err}");
@@ -875,7 +900,10 @@ mod tests {
         )
         .expect("a program may register `mine`");
         let err = crate::autoscale::Setup::from_config(&config).expect_err("not registered");
-        assert!(err.starts_with("autoscale.pools[0].policy: unknown policy `mine`"), "{err}");
+        assert!(
+            err.starts_with("autoscale.pools[0].policy: unknown policy `mine`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -379,9 +379,9 @@ async fn lead(
         longest_poll,
         published.clone(),
         ctx.config.wall_clock.clone(),
-        ctx.autoscale.as_ref().map(|a| {
-            crate::autoscale::Scaling::new(&a.setup, ctx.config.policies.clone())
-        }),
+        ctx.autoscale
+            .as_ref()
+            .map(|a| crate::autoscale::Scaling::new(&a.setup, ctx.config.policies.clone())),
     );
     let mut actor = spawned.actor;
     // Only the leader scales: the task ends with this spell of leading.

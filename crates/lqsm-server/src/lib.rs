@@ -2,9 +2,9 @@
 //! durable store, in one process with nothing else to install.
 
 pub mod audit;
-pub mod autoscale;
 pub mod auth;
 pub mod auth_failures;
+pub mod autoscale;
 pub mod config;
 pub mod convert;
 pub mod error;
