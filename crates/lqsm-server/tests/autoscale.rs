@@ -177,17 +177,17 @@ fn the_exec_provider_is_told_the_pool_the_counts_and_the_workers_to_let_go() {
         &format!("token_file = \"{}\"\n", token_file.display()),
     )));
     let api = server.api();
-    for _ in 0..2 {
-        api.submit(&function_job("root.default", "autoscale.nobody"));
-    }
+    // In one batch, so that one evaluation sees both.
+    let batch = api::SubmitBatch {
+        jobs: vec![function_job("root.default", "autoscale.nobody"); 2],
+    };
+    api.post("/v1/jobs/batch", &batch).expect_status(200);
     let first = eventually("the command called for the backlog", || {
         calls(&log).into_iter().next()
     });
     assert_eq!(
         first,
-        format!(
-            "args=batch 2 pool=batch desired=2 current=0 drain= names= labels=lqsm.pool=batch,zone=z1 token=t-exec-worker"
-        )
+        "args=batch 2 pool=batch desired=2 current=0 drain= names= labels=lqsm.pool=batch,zone=z1 token=t-exec-worker"
     );
     let view = eventually("the scale-up shown with its reason", || {
         let view = autoscale(&server);
