@@ -292,11 +292,9 @@ fn a_failing_exec_command_becomes_an_event_with_its_stderr_and_nothing_stops() {
         "broken",
         "echo 'quota exceeded in region z1' >&2\nexit 3",
     );
-    let server = BlockingTestServer::start_with(toml_settings(&exec_pool(
-        "flaky",
-        &command,
-        "scale_up_cooldown_ms = 500\n",
-    )));
+    let settings = exec_pool("flaky", &command, "")
+        .replace("scale_up_cooldown_ms = 0", "scale_up_cooldown_ms = 500");
+    let server = BlockingTestServer::start_with(toml_settings(&settings));
     let api = server.api();
     let job = api.submit(&function_job("root.default", "autoscale.nobody"));
     let failed = eventually("a provider_failed event", || {
