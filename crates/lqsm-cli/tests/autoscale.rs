@@ -54,7 +54,15 @@ fn processes_naming(needle: &str) -> Vec<u32> {
             continue;
         };
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if args.iter().any(|a| *a == needle.as_bytes()) && !lqsm_testkit::process_gone(pid, "") {
+        // A zombie has exited: only its parent has yet to reap it.
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let end = stat.rfind(')')?;
+                stat[end + 1..].split_whitespace().next().map(str::to_owned)
+            })
+            .is_none_or(|state| state == "Z" || state == "X");
+        if args.iter().any(|a| *a == needle.as_bytes()) && !zombie {
             found.push(pid);
         }
     }
@@ -146,7 +154,13 @@ fn a_backlog_starts_local_workers_that_run_every_job_once_then_drain_and_stop() 
             let view: api::AutoscaleView = api.get("/v1/autoscale").expect(200);
             let pool = &view.pools[0];
             let gone = names.iter().all(|n| processes_naming(n).is_empty());
-            (pool.current == 0 && pool.pending == 0 && gone).then_some(())
+            // The server saw them exit (it reaps its children every interval).
+            let reaped = view
+                .events
+                .iter()
+                .filter(|e| e.kind == "worker_stopped")
+                .count();
+            (pool.current == 0 && pool.pending == 0 && gone && reaped >= names.len()).then_some(())
         },
     );
     let view: api::AutoscaleView = api.get("/v1/autoscale").expect(200);
