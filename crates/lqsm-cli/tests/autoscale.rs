@@ -62,7 +62,7 @@ fn processes_naming(needle: &str) -> Vec<u32> {
                 stat[end + 1..].split_whitespace().next().map(str::to_owned)
             })
             .is_none_or(|state| state == "Z" || state == "X");
-        if args.iter().any(|a| *a == needle.as_bytes()) && !zombie {
+        if args.contains(&needle.as_bytes()) && !zombie {
             found.push(pid);
         }
     }
