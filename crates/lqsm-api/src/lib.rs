@@ -1310,8 +1310,9 @@ pub struct AutoscaleEvent {
     pub at_ms: u64,
     /// The pool.
     pub pool: String,
-    /// `scale_up`, `scale_down`, `at_max`, `cooldown`, `no_idle_worker`,
-    /// `starts_expired`, `invalid`, `workers_started`, `worker_stopped` or
+    /// The autoscaler's decisions: `scale_up`, `scale_down`, `at_max`, `cooldown`,
+    /// `no_idle_worker`, `starts_expired`, `invalid`; what a provider did:
+    /// `workers_started`, `worker_stopping`, `worker_stopped`, `exec_done`,
     /// `provider_failed`.
     pub kind: String,
     /// Workers counted before.
