@@ -1259,6 +1259,98 @@ pub struct ServerSummary {
     pub seen_at_ms: u64,
 }
 
+/// `GET /v1/autoscale`: the worker autoscaler of the leader, its pools and its recent
+/// decisions.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AutoscaleView {
+    /// Whether the autoscaler runs (`[autoscale] enabled` on the leader).
+    pub enabled: bool,
+    /// How often it evaluates the pools, ms.
+    pub interval_ms: u64,
+    /// The pools, in the config's order.
+    pub pools: Vec<AutoscalePoolView>,
+    /// Recent events of every pool, oldest first: scale-ups and -downs, refusals
+    /// (cooldown, at max, no idle worker), starts that never registered, workers the
+    /// provider started or stopped, and provider failures. Steady evaluations are not
+    /// recorded.
+    pub events: Vec<AutoscaleEvent>,
+}
+
+/// One pool as the autoscaler last evaluated it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AutoscalePoolView {
+    /// Its name (the workers it starts carry the label `lqsm.pool=<name>`).
+    pub name: String,
+    /// `local` or `exec`.
+    pub provider: String,
+    /// The autoscaling policy's name.
+    pub policy: String,
+    /// The labels its workers carry, `lqsm.pool` included.
+    pub labels: BTreeMap<String, String>,
+    /// Fewest workers kept.
+    pub min: u32,
+    /// Most workers.
+    pub max: u32,
+    /// Workers registered and taking work, not being drained.
+    pub current: u32,
+    /// Workers draining (finishing their attempts before they stop).
+    pub draining: u32,
+    /// Workers asked for and not yet registered.
+    pub pending: u32,
+    /// The size last decided, once evaluated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<u32>,
+    /// Jobs waiting that a new worker of the pool could run.
+    pub backlog: u64,
+    /// Attempts its workers hold.
+    pub running: u64,
+    /// When it was last evaluated (ms since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluated_at_ms: Option<u64>,
+    /// Its last recorded decision, with its reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_decision: Option<AutoscaleEvent>,
+    /// Its workers (active and draining).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<AutoscaleWorker>,
+}
+
+/// A worker of an autoscaled pool.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AutoscaleWorker {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Active or draining.
+    pub state: WorkerState,
+    /// Attempts it holds.
+    pub attempts: u32,
+    /// Since when it has run nothing (ms since the Unix epoch), if it runs nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_since_ms: Option<u64>,
+}
+
+/// One autoscaling decision or provider event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AutoscaleEvent {
+    /// When (ms since the Unix epoch).
+    pub at_ms: u64,
+    /// The pool.
+    pub pool: String,
+    /// The autoscaler's decisions: `scale_up`, `scale_down`, `at_max`, `cooldown`,
+    /// `no_idle_worker`, `starts_expired`, `invalid`; what a provider did:
+    /// `workers_started`, `worker_stopping`, `worker_stopped`, `exec_done`,
+    /// `provider_failed`.
+    pub kind: String,
+    /// Workers counted before.
+    pub from: u32,
+    /// Workers wanted (for a scale-down: those left).
+    pub to: u32,
+    /// Why, with the numbers (a provider failure: its error and the end of its stderr).
+    pub reason: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -78,8 +78,8 @@ enum Command {
     /// Workflows: graphs of jobs (chains, groups, chords) submitted whole from a file.
     #[command(subcommand)]
     Workflow(workflows::WorkflowCommand),
-    /// The cluster at a glance.
-    Cluster,
+    /// The cluster at a glance, with the worker autoscaler's pools.
+    Cluster(queues::ClusterArgs),
     /// Load-test the cluster: submit jobs and measure rates and latencies.
     Bench(bench::BenchArgs),
 }
@@ -149,7 +149,9 @@ fn execute(cli: Cli) -> anyhow::Result<u8> {
         Command::Workflow(cmd) => {
             runtime()?.block_on(workflows::workflow(&client(&cli)?, cmd, output))
         }
-        Command::Cluster => runtime()?.block_on(queues::cluster(&client(&cli)?, output)),
+        Command::Cluster(args) => {
+            runtime()?.block_on(queues::cluster(&client(&cli)?, args, output))
+        }
         Command::Bench(args) => runtime()?.block_on(bench::run(
             &cli.server,
             cli.token.clone(),

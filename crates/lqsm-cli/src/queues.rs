@@ -517,7 +517,79 @@ pub async fn workers(client: &Client, cmd: &WorkersCommand, output: Output) -> a
 }
 
 /// Runs `lqsm cluster`.
-pub async fn cluster(client: &Client, output: Output) -> anyhow::Result<u8> {
+/// `lqsm cluster`.
+#[derive(clap::Args, Clone)]
+pub struct ClusterArgs {
+    /// List the autoscaler's recent events (decisions with their reasons, workers
+    /// started and stopped, provider failures).
+    #[arg(long)]
+    events: bool,
+}
+
+fn ago(at_ms: u64) -> String {
+    lqsm_api::human_duration(std::time::Duration::from_millis(
+        lqsm_api::epoch_ms().saturating_sub(at_ms),
+    ))
+}
+
+/// The autoscale section of `lqsm cluster`: a line per pool, then the events if asked.
+fn autoscale_text(view: &api::AutoscaleView, events: bool) -> String {
+    let mut text = String::new();
+    if !view.enabled {
+        text.push_str("autoscale: off\n");
+        return text;
+    }
+    text.push_str(&format!(
+        "autoscale: every {:.1} s, {} pool(s)\n",
+        view.interval_ms as f64 / 1000.0,
+        view.pools.len()
+    ));
+    for pool in &view.pools {
+        let desired = pool
+            .desired
+            .map_or_else(|| "-".to_owned(), |d| d.to_string());
+        text.push_str(&format!(
+            "  pool {} ({}): {} taking work, {} draining, {} starting, desired {desired} in [{}, {}], backlog {}, running {}\n",
+            pool.name,
+            pool.provider,
+            pool.current,
+            pool.draining,
+            pool.pending,
+            pool.min,
+            pool.max,
+            pool.backlog,
+            pool.running
+        ));
+        if let Some(last) = &pool.last_decision {
+            text.push_str(&format!(
+                "    last: {} {} ago: {}\n",
+                last.kind,
+                ago(last.at_ms),
+                last.reason
+            ));
+        }
+    }
+    if events {
+        text.push_str("events:\n");
+        if view.events.is_empty() {
+            text.push_str("  none\n");
+        }
+        for e in &view.events {
+            text.push_str(&format!(
+                "  {} ago  {}  {}  {} -> {}  {}\n",
+                ago(e.at_ms),
+                e.pool,
+                e.kind,
+                e.from,
+                e.to,
+                e.reason
+            ));
+        }
+    }
+    text
+}
+
+pub async fn cluster(client: &Client, args: &ClusterArgs, output: Output) -> anyhow::Result<u8> {
     let c = client.cluster().await?;
     fn counts<K: std::fmt::Display>(
         m: &std::collections::BTreeMap<K, impl std::fmt::Display>,
@@ -565,8 +637,31 @@ pub async fn cluster(client: &Client, output: Output) -> anyhow::Result<u8> {
             ));
         }
     }
-    print(output, &human, &c);
+    // A server of a release without the autoscaler answers 404: show the rest.
+    let autoscale = match client.autoscale().await {
+        Ok(view) => Some(view),
+        Err(e) if e.status() == Some(404) => None,
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(view) = &autoscale {
+        human.push_str(&autoscale_text(view, args.events));
+    }
+    // Scripts reading `lqsm cluster -o json` keep the summary's shape, with the
+    // autoscaler in one more field.
+    print(output, &human, &merged(&c, autoscale.as_ref()));
     Ok(0)
+}
+
+/// The cluster summary's JSON with an `autoscale` field added.
+fn merged(c: &api::ClusterSummary, autoscale: Option<&api::AutoscaleView>) -> serde_json::Value {
+    let mut value = serde_json::to_value(c).unwrap_or_default();
+    if let (Some(fields), Some(view)) = (value.as_object_mut(), autoscale) {
+        fields.insert(
+            "autoscale".to_owned(),
+            serde_json::to_value(view).unwrap_or_default(),
+        );
+    }
+    value
 }
 
 #[cfg(test)]

@@ -643,6 +643,12 @@ impl Client {
         self.send(req, "a cluster summary").await
     }
 
+    /// The worker autoscaler: pools, decisions and events (`GET /v1/autoscale`).
+    pub async fn autoscale(&self) -> Result<api::AutoscaleView, ClientError> {
+        let req = self.request(Method::GET, &["v1", "autoscale"]);
+        self.send(req, "the autoscaler's view").await
+    }
+
     /// Whether the server has restored its state and serves (`GET /readyz`): `false`
     /// while it restores, an error when it cannot be reached.
     pub async fn ready(&self) -> Result<bool, ClientError> {

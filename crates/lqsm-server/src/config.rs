@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub audit_log: Option<PathBuf>,
     /// HTTPS for the API.
     pub tls: TlsConfig,
+    /// The worker autoscaler (`[autoscale]`, `[[autoscale.pools]]`).
+    pub autoscale: AutoscaleConfig,
     /// Where the scheduler reads the wall clock (not a setting: tests inject one they
     /// can step).
     #[serde(skip)]
@@ -104,6 +106,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             audit_log: None,
             tls: TlsConfig::default(),
+            autoscale: AutoscaleConfig::default(),
             wall_clock: crate::resource_manager::WallClock::default(),
             policies: lqsm_core::Policies::default(),
         }
@@ -211,6 +214,362 @@ impl StoreConfig {
                     None => Ok(()),
                 }
             }
+        }
+    }
+}
+
+/// The `[autoscale]` section: pools of workers the leader sizes to the work waiting.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AutoscaleConfig {
+    /// Whether the leader runs the autoscaler (default false).
+    pub enabled: bool,
+    /// How often the pools are evaluated, ms (default 5000).
+    pub interval_ms: u64,
+    /// The pools (`[[autoscale.pools]]`).
+    pub pools: Vec<PoolConfig>,
+}
+
+impl Default for AutoscaleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            interval_ms: 5_000,
+            pools: Vec::new(),
+        }
+    }
+}
+
+/// The label every worker of an autoscaled pool carries, with the pool's name: what the
+/// autoscaler counts and drains are the workers carrying it (those a previous leader
+/// started included), never a worker started by hand without it.
+pub const POOL_LABEL: &str = "lqsm.pool";
+
+/// How a pool's workers are started and stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// `lqsm worker` processes on the leader's machine.
+    Local,
+    /// An operator's command, told the pool and the number of workers wanted.
+    Exec,
+}
+
+impl ProviderKind {
+    /// Its name in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Local => "local",
+            ProviderKind::Exec => "exec",
+        }
+    }
+}
+
+/// One `[[autoscale.pools]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Its name, unique among pools (1 to 128 characters).
+    pub name: String,
+    /// Labels its workers carry (besides `lqsm.pool = <name>`, always added); jobs
+    /// select them with their selector.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Fewest workers kept; 0 lets the pool scale to zero (default 0).
+    #[serde(default)]
+    pub min: u32,
+    /// Most workers, at least 1.
+    pub max: u32,
+    /// What one worker offers (`{ cpu = 2, memory_mib = 4096 }`; default 1 core and
+    /// 1024 MiB): a job that does not fit is no reason to start one.
+    #[serde(default)]
+    pub worker_capacity: lqsm_api::Resources,
+    /// The autoscaling policy (default `target-backlog`).
+    #[serde(default = "default_policy")]
+    pub policy: String,
+    /// Waiting jobs per worker the built-in policy aims at (default 2).
+    #[serde(default)]
+    pub target_backlog_per_worker: Option<f64>,
+    /// Share of the workers' capacity the built-in policy keeps in use (default 0.8).
+    #[serde(default)]
+    pub target_utilisation: Option<f64>,
+    /// Least time between two scale-ups, ms (default 30000).
+    #[serde(default)]
+    pub scale_up_cooldown_ms: Option<u64>,
+    /// Least time between a scale-down and the scale event before it, ms (default 120000).
+    #[serde(default)]
+    pub scale_down_cooldown_ms: Option<u64>,
+    /// A worker is drained only after running nothing this long, ms (default 300000).
+    #[serde(default)]
+    pub idle_before_scale_down_ms: Option<u64>,
+    /// Workers asked for and not registered within this are counted no more, ms
+    /// (default 300000).
+    #[serde(default)]
+    pub registration_timeout_ms: Option<u64>,
+    /// `local` or `exec`.
+    pub provider: ProviderKind,
+    /// `exec` only: the program run as `command <pool> <desired>` (no shell), with
+    /// `LQSM_POOL`, `LQSM_DESIRED`, `LQSM_CURRENT` and `LQSM_DRAIN_WORKERS` set.
+    #[serde(default)]
+    pub command: Option<PathBuf>,
+    /// `exec` only: how long the command may run before it is killed, ms (default 60000).
+    #[serde(default)]
+    pub command_timeout_ms: Option<u64>,
+    /// `local` only: the program started as the worker (default: this server's own
+    /// executable, `lqsm`).
+    #[serde(default)]
+    pub worker_binary: Option<PathBuf>,
+    /// `local` only: extra arguments of `lqsm worker` (`["--queues", "root.gpu"]`).
+    #[serde(default)]
+    pub worker_args: Vec<String>,
+    /// `local` only: a drained worker still running attempts this long after its drain
+    /// is stopped anyway (SIGTERM: the worker's own shutdown then lets them finish
+    /// within its drain grace), ms (default 3600000).
+    #[serde(default)]
+    pub drain_timeout_ms: Option<u64>,
+    /// An environment variable of the server holding the token the workers use
+    /// (passed to them in `LQSM_TOKEN`, never on a command line).
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// A file holding that token instead.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+fn default_policy() -> String {
+    lqsm_core::autoscale::TARGET_BACKLOG.to_owned()
+}
+
+impl PoolConfig {
+    /// The core's pool: its settings, with `lqsm.pool = <name>` among its labels.
+    /// `index` names the entry in errors (`autoscale.pools[1].worker_capacity.cpu`).
+    pub fn spec(&self, index: usize) -> Result<lqsm_core::PoolSpec, String> {
+        let defaults = lqsm_core::PoolSpec::default();
+        let capacity = crate::convert::resources(
+            &format!("autoscale.pools[{index}].worker_capacity"),
+            &self.worker_capacity,
+            &defaults.worker_capacity,
+        )
+        .map_err(|e| {
+            format!(
+                "{}: {}",
+                e.detail.field.unwrap_or_default(),
+                e.detail.message
+            )
+        })?;
+        let ms = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_millis);
+        let mut labels = self.labels.clone();
+        labels.insert(POOL_LABEL.to_owned(), self.name.clone());
+        Ok(lqsm_core::PoolSpec {
+            name: self.name.clone(),
+            labels,
+            min: self.min,
+            max: self.max,
+            worker_capacity: capacity,
+            target_backlog_per_worker: self
+                .target_backlog_per_worker
+                .unwrap_or(defaults.target_backlog_per_worker),
+            target_utilisation: self
+                .target_utilisation
+                .unwrap_or(defaults.target_utilisation),
+            scale_up_cooldown: ms(self.scale_up_cooldown_ms, defaults.scale_up_cooldown),
+            scale_down_cooldown: ms(self.scale_down_cooldown_ms, defaults.scale_down_cooldown),
+            idle_before_scale_down: ms(
+                self.idle_before_scale_down_ms,
+                defaults.idle_before_scale_down,
+            ),
+            registration_timeout: ms(self.registration_timeout_ms, defaults.registration_timeout),
+            policy: self.policy.clone(),
+        })
+    }
+
+    /// How long a drained worker of the `local` provider may keep running attempts.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms.unwrap_or(3_600_000))
+    }
+
+    /// How long the `exec` provider's command may run.
+    pub fn command_timeout(&self) -> Duration {
+        Duration::from_millis(self.command_timeout_ms.unwrap_or(60_000))
+    }
+
+    /// The workers' token, from `token_env` or `token_file`, if either is set.
+    pub fn token(&self, index: usize) -> Result<Option<String>, String> {
+        let field = |name: &str| format!("autoscale.pools[{index}].{name}");
+        match (&self.token_env, &self.token_file) {
+            (None, None) => Ok(None),
+            (Some(var), None) => match std::env::var(var) {
+                Ok(secret) if !secret.trim().is_empty() => Ok(Some(secret.trim().to_owned())),
+                _ => Err(format!(
+                    "{}: the environment variable {var} is unset or empty",
+                    field("token_env")
+                )),
+            },
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    format!(
+                        "{}: cannot read {} ({e})",
+                        field("token_file"),
+                        path.display()
+                    )
+                })?;
+                match text.trim() {
+                    "" => Err(format!(
+                        "{}: {} is empty",
+                        field("token_file"),
+                        path.display()
+                    )),
+                    secret => Ok(Some(secret.to_owned())),
+                }
+            }
+            (Some(_), Some(_)) => Err(format!(
+                "{}: give the workers' token one way only: `token_env` or `token_file`",
+                field("token_env")
+            )),
+        }
+    }
+}
+
+impl AutoscaleConfig {
+    /// Checks every setting but the policy names (see [`AutoscaleConfig::specs`]); the
+    /// error names the field, `autoscale.pools[1].max`.
+    pub fn check(&self) -> Result<(), String> {
+        if self.interval_ms < 100 {
+            return Err(format!(
+                "autoscale.interval_ms: {} is below the least interval, 100 ms",
+                self.interval_ms
+            ));
+        }
+        let mut policies = lqsm_core::Policies::default();
+        // Any name passes here: only the start knows every registered policy.
+        for pool in &self.pools {
+            if !pool.policy.is_empty() && policies.autoscaling(&pool.policy).is_err() {
+                policies.register_autoscaling(std::sync::Arc::new(NamedOnly(pool.policy.clone())));
+            }
+        }
+        self.specs(&policies).map(|_| ())
+    }
+
+    /// The core's pools, every setting checked against the registered `policies`; the
+    /// error names the field, `autoscale.pools[1].max`.
+    pub fn specs(
+        &self,
+        policies: &lqsm_core::Policies,
+    ) -> Result<Vec<lqsm_core::PoolSpec>, String> {
+        let mut specs = Vec::with_capacity(self.pools.len());
+        for (i, pool) in self.pools.iter().enumerate() {
+            let field = |name: &str| format!("autoscale.pools[{i}].{name}");
+            let specific = |name: &str, set: bool, provider: ProviderKind| {
+                if set {
+                    Err(format!(
+                        "{}: a setting of the {} provider, but this pool's provider is `{}`",
+                        field(name),
+                        provider.as_str(),
+                        pool.provider.as_str()
+                    ))
+                } else {
+                    Ok(())
+                }
+            };
+            match pool.provider {
+                ProviderKind::Exec => {
+                    if pool.command.is_none() {
+                        return Err(format!(
+                            "{}: the exec provider needs the command it runs as `command <pool> <desired>`",
+                            field("command")
+                        ));
+                    }
+                    specific(
+                        "worker_binary",
+                        pool.worker_binary.is_some(),
+                        ProviderKind::Local,
+                    )?;
+                    specific(
+                        "worker_args",
+                        !pool.worker_args.is_empty(),
+                        ProviderKind::Local,
+                    )?;
+                    specific(
+                        "drain_timeout_ms",
+                        pool.drain_timeout_ms.is_some(),
+                        ProviderKind::Local,
+                    )?;
+                }
+                ProviderKind::Local => {
+                    specific("command", pool.command.is_some(), ProviderKind::Exec)?;
+                    specific(
+                        "command_timeout_ms",
+                        pool.command_timeout_ms.is_some(),
+                        ProviderKind::Exec,
+                    )?;
+                }
+            }
+            if pool.command_timeout_ms == Some(0) {
+                return Err(format!(
+                    "{}: must be above zero",
+                    field("command_timeout_ms")
+                ));
+            }
+            if pool.token_env.is_some() && pool.token_file.is_some() {
+                return Err(format!(
+                    "{}: give the workers' token one way only: `token_env` or `token_file`",
+                    field("token_env")
+                ));
+            }
+            if pool.labels.contains_key(POOL_LABEL) {
+                return Err(format!(
+                    "{}: `{POOL_LABEL}` is set by the autoscaler to the pool's name; leave it out",
+                    field("labels")
+                ));
+            }
+            specs.push(pool.spec(i)?);
+        }
+        lqsm_core::autoscale::validate_pools(&specs, policies).map_err(|e| {
+            let index = self
+                .pools
+                .iter()
+                .position(|p| p.name == e.pool)
+                .unwrap_or_default();
+            // The core names durations without their unit; the config's names carry it.
+            let field = match e.field.as_str() {
+                "registration_timeout" => "registration_timeout_ms".to_owned(),
+                other => other.to_owned(),
+            };
+            // A duplicate name blames the second pool of that name.
+            let index = if e.field == "name" && e.reason.contains("another pool") {
+                self.pools
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.name == e.pool)
+                    .nth(1)
+                    .map_or(index, |(i, _)| i)
+            } else {
+                index
+            };
+            format!("autoscale.pools[{index}].{field}: {}", e.reason)
+        })?;
+        Ok(specs)
+    }
+}
+
+/// A stand-in for a policy a program may register later, so that the file's check
+/// accepts its name.
+#[derive(Debug)]
+struct NamedOnly(String);
+
+impl lqsm_core::AutoscalingPolicy for NamedOnly {
+    fn name(&self) -> &str {
+        &self.0
+    }
+    fn decide(
+        &self,
+        _pool: &lqsm_core::PoolSpec,
+        _snapshot: &lqsm_core::PoolSnapshot,
+        _now: lqsm_core::Timestamp,
+    ) -> lqsm_core::autoscale::ScaleDecision {
+        lqsm_core::autoscale::ScaleDecision {
+            desired: 0,
+            reason: String::new(),
         }
     }
 }
@@ -448,6 +807,9 @@ impl ServerConfig {
     pub fn from_toml(text: &str) -> Result<Self, String> {
         let config: Self = toml::from_str(text).map_err(|e| e.to_string())?;
         config.store.check()?;
+        // Policy names are checked at start, once a program embedding the server has
+        // registered its own.
+        config.autoscale.check()?;
         Ok(config)
     }
 }
@@ -472,6 +834,80 @@ mod tests {
         );
         let limit = config.scheduler.core().handler_rate_limits["billing.invoice"];
         assert_eq!((limit.rate.to_string(), limit.burst), ("10/m".into(), 1));
+        assert!(!config.autoscale.enabled);
+        assert_eq!(config.autoscale.pools.len(), 2);
+        assert_eq!(config.autoscale.pools[1].provider, ProviderKind::Exec);
+        let specs = config
+            .autoscale
+            .specs(&lqsm_core::Policies::default())
+            .expect("valid pools");
+        assert_eq!(specs[0].labels[POOL_LABEL], "cpu");
+        assert_eq!(specs[0].labels["kind"], "cpu");
+        assert_eq!(specs[1].worker_capacity.gpu, 1);
+        assert_eq!(specs[0].scale_down_cooldown, Duration::from_secs(120));
+    }
+
+    fn pool_error(pools: &str) -> String {
+        ServerConfig::from_toml(&format!("[autoscale]\nenabled = true\n{pools}"))
+            .expect_err("refused")
+    }
+
+    #[test]
+    fn autoscale_settings_are_refused_naming_the_field() {
+        let local = "[[autoscale.pools]]\nname = \"a\"\nprovider = \"local\"\nmax = 2\n";
+        let err = pool_error(&format!(
+            "{local}[[autoscale.pools]]\nname = \"b\"\nprovider = \"local\"\nmin = 3\nmax = 0\n"
+        ));
+        assert!(err.starts_with("autoscale.pools[1].max:"), "{err}");
+        let err = pool_error(&format!(
+            "{local}[[autoscale.pools]]\nname = \"b\"\nprovider = \"local\"\nmin = 3\nmax = 2\n"
+        ));
+        assert!(
+            err.starts_with("autoscale.pools[1].min: 3 is above max"),
+            "{err}"
+        );
+        let err = pool_error(&format!("{local}{local}"));
+        assert!(err.starts_with("autoscale.pools[1].name:"), "{err}");
+        let err = pool_error("[[autoscale.pools]]\nname = \"e\"\nprovider = \"exec\"\nmax = 2\n");
+        assert!(err.starts_with("autoscale.pools[0].command:"), "{err}");
+        let err = pool_error(&format!("{local}command = \"/bin/true\"\n"));
+        assert!(err.starts_with("autoscale.pools[0].command:"), "{err}");
+        let err = pool_error(&format!("{local}target_utilisation = 1.5\n"));
+        assert!(
+            err.starts_with("autoscale.pools[0].target_utilisation:"),
+            "{err}"
+        );
+        let err = pool_error(&format!("{local}worker_capacity = {{ cpu = -1 }}\n"));
+        assert!(
+            err.starts_with("autoscale.pools[0].worker_capacity.cpu:"),
+            "{err}"
+        );
+        let err = pool_error(&format!("{local}registration_timeout_ms = 0\n"));
+        assert!(
+            err.starts_with("autoscale.pools[0].registration_timeout_ms:"),
+            "{err}"
+        );
+        let err = pool_error(&format!("{local}labels = {{ \"lqsm.pool\" = \"x\" }}\n"));
+        assert!(err.starts_with("autoscale.pools[0].labels:"), "{err}");
+        let err = pool_error(&format!("{local}token_env = \"A\"\ntoken_file = \"/f\"\n"));
+        assert!(err.starts_with("autoscale.pools[0].token_env:"), "{err}");
+        let err = pool_error(&format!("{local}providr = \"local\"\n"));
+        assert!(err.contains("providr"), "{err}");
+        let err = ServerConfig::from_toml("[autoscale]\ninterval_ms = 0\n").expect_err("too often");
+        assert!(err.starts_with("autoscale.interval_ms:"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_policy_passes_the_file_and_is_refused_at_start_naming_the_field() {
+        let config = ServerConfig::from_toml(
+            "[autoscale]\nenabled = true\n[[autoscale.pools]]\nname = \"a\"\nprovider = \"local\"\nmax = 2\npolicy = \"mine\"\n",
+        )
+        .expect("a program may register `mine`");
+        let err = crate::autoscale::Setup::from_config(&config).expect_err("not registered");
+        assert!(
+            err.starts_with("autoscale.pools[0].policy: unknown policy `mine`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -236,6 +236,7 @@ fn reads_the_leaders_view(request: &Request) -> bool {
     }
     let path = request.uri().path();
     path == "/v1/cluster"
+        || path == "/v1/autoscale"
         || path == "/v1/workers"
         || path == "/v1/queues"
         || path.starts_with("/v1/queues/")

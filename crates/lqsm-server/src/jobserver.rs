@@ -1541,6 +1541,17 @@ async fn cluster(
     }))
 }
 
+#[utoipa::path(get, path = "/v1/autoscale", responses((status = 200, body = api::AutoscaleView), (status = "4XX", body = api::ErrorBody)))]
+async fn autoscale(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Json<api::AutoscaleView>> {
+    // Pools and their workers are the whole cluster's: readers of every queue see them.
+    state.auth.role(&headers)?.require_everything()?;
+    let report = state.scheduler.autoscale().await?;
+    Ok(Json(crate::autoscale::wire(&report)))
+}
+
 async fn healthz() -> &'static str {
     "ok"
 }
@@ -1734,6 +1745,7 @@ async fn not_found() -> ApiError {
         undrain_worker,
         list_workers,
         cluster,
+        autoscale,
         crate::schedule_api::create_schedule,
         crate::schedule_api::list_schedules,
         crate::schedule_api::get_schedule,
@@ -1788,6 +1800,10 @@ async fn not_found() -> ApiError {
         api::ScheduleView,
         api::StoreSummary,
         api::ServerSummary,
+        api::AutoscaleView,
+        api::AutoscalePoolView,
+        api::AutoscaleWorker,
+        api::AutoscaleEvent,
         api::RunWhen,
         api::SubmitWorkflow,
         api::WorkflowNodeId,
@@ -1836,6 +1852,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/workers/{id}/drain", post(drain_worker))
         .route("/v1/workers/{id}/undrain", post(undrain_worker))
         .route("/v1/cluster", get(cluster))
+        .route("/v1/autoscale", get(autoscale))
         .route(
             "/v1/schedules",
             post(crate::schedule_api::create_schedule).get(crate::schedule_api::list_schedules),

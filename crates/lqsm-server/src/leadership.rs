@@ -96,6 +96,15 @@ pub(crate) struct Context {
     pub(crate) ready: Arc<AtomicBool>,
     /// The lease as this server last saw it (its own while it leads).
     pub(crate) lease: watch::Sender<Option<Lease>>,
+    /// The worker autoscaler, when it is on: it runs while this server leads.
+    pub(crate) autoscale: Option<Autoscaling>,
+}
+
+/// What the autoscaler needs to run under a leader.
+pub(crate) struct Autoscaling {
+    pub(crate) setup: Arc<crate::autoscale::Setup>,
+    pub(crate) local: Arc<crate::autoscale::LocalWorkers>,
+    pub(crate) reach: crate::autoscale::Reach,
 }
 
 impl Context {
@@ -370,8 +379,20 @@ async fn lead(
         longest_poll,
         published.clone(),
         ctx.config.wall_clock.clone(),
+        ctx.autoscale
+            .as_ref()
+            .map(|a| crate::autoscale::Scaling::new(&a.setup, ctx.config.policies.clone())),
     );
     let mut actor = spawned.actor;
+    // Only the leader scales: the task ends with this spell of leading.
+    let scaling = ctx.autoscale.as_ref().map(|a| {
+        tokio::spawn(crate::autoscale::lead(
+            spawned.runtime.clone(),
+            a.setup.clone(),
+            a.local.clone(),
+            a.reach.clone(),
+        ))
+    });
     ctx.switch.set(Some(Arc::new(InProcess::new(
         spawned.runtime,
         published,
@@ -393,6 +414,10 @@ async fn lead(
     };
     // Whatever ended it, the actor stops: the commit in flight lands (or is fenced), and
     // nothing more is dispatched under this lease.
+    if let Some(task) = scaling {
+        task.abort();
+        let _ = task.await;
+    }
     spawned.stop.notify_one();
     ctx.switch.set(None);
     // A commit stuck on an unreachable database would hold the actor: it is given up

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod auth;
 pub mod auth_failures;
+pub mod autoscale;
 pub mod config;
 pub mod convert;
 pub mod error;
@@ -548,6 +549,7 @@ async fn serve_inner(
         None => Vec::new(),
     };
     let auth = auth::Auth::new(&config.tokens).map_err(ServerError::Config)?;
+    let autoscaling = autoscale::Setup::from_config(&config).map_err(ServerError::Config)?;
     let audit = match &config.audit_log {
         Some(path) => {
             audit::AuditLog::to_file(path).map_err(|e| ServerError::Config(e.to_string()))?
@@ -691,6 +693,15 @@ async fn serve_inner(
         Duration::from_millis(config.store.lease_renew_ms.max(1)),
     );
     let (lease, _) = tokio::sync::watch::channel(None);
+    let local_workers = Arc::new(autoscale::LocalWorkers::default());
+    let reach = autoscale::Reach {
+        url: identity.address.clone(),
+        ca_file: config
+            .tls
+            .ca_file
+            .clone()
+            .or_else(|| config.tls.cert_file.clone()),
+    };
     let led = leadership::run(
         leadership::Context {
             config,
@@ -700,10 +711,17 @@ async fn serve_inner(
             role,
             ready,
             lease,
+            autoscale: autoscaling.map(|setup| leadership::Autoscaling {
+                setup,
+                local: local_workers.clone(),
+                reach,
+            }),
         },
         shutdown,
     )
     .await;
+    // The workers this server started drain and stop with it.
+    local_workers.stop_all();
     announcing.abort();
     let _ = announcing.await;
     let _ = stop_tx.send(());

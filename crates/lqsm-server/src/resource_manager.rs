@@ -211,6 +211,21 @@ enum Command {
     Schedules {
         reply: oneshot::Sender<Vec<ScheduleRecord>>,
     },
+    Autoscale {
+        reply: oneshot::Sender<crate::autoscale::Outcome>,
+    },
+    AutoscaleStarted {
+        pool: String,
+        count: u32,
+        reply: oneshot::Sender<()>,
+    },
+    AutoscaleNote {
+        event: crate::autoscale::Event,
+        reply: oneshot::Sender<()>,
+    },
+    AutoscaleReport {
+        reply: oneshot::Sender<crate::autoscale::AutoscaleReport>,
+    },
 }
 
 /// A batch applied to the core: what to write, and what to answer once it is written.
@@ -426,6 +441,35 @@ impl Runtime {
         self.call(|reply| Command::WaitJob { id, wait, reply })
             .await
     }
+
+    /// Evaluates the autoscaled pools now; the drains decided are applied before it
+    /// answers. Pools none when autoscaling is off.
+    pub async fn autoscale(&self) -> Result<crate::autoscale::Outcome, SchedulerError> {
+        self.call(|reply| Command::Autoscale { reply }).await
+    }
+
+    /// The provider started `count` workers of `pool`: they count until they register.
+    pub async fn autoscale_started(&self, pool: &str, count: u32) -> Result<(), SchedulerError> {
+        let pool = pool.to_owned();
+        self.call(|reply| Command::AutoscaleStarted { pool, count, reply })
+            .await
+    }
+
+    /// Records what a provider did.
+    pub async fn autoscale_note(
+        &self,
+        event: crate::autoscale::Event,
+    ) -> Result<(), SchedulerError> {
+        self.call(|reply| Command::AutoscaleNote { event, reply })
+            .await
+    }
+
+    /// The autoscaler's pools and events.
+    pub async fn autoscale_report(
+        &self,
+    ) -> Result<crate::autoscale::AutoscaleReport, SchedulerError> {
+        self.call(|reply| Command::AutoscaleReport { reply }).await
+    }
 }
 
 /// Where the server reads the wall clock: milliseconds since the Unix epoch. The system
@@ -533,6 +577,8 @@ pub struct Actor {
     /// Told when the actor must end even though handles remain (the server steps down or
     /// shuts down while long-polls hold handles).
     stop: Arc<tokio::sync::Notify>,
+    /// The worker autoscaler, when it runs.
+    scaling: Option<crate::autoscale::Scaling>,
 }
 
 /// Encodes what a batch changed into one store write at `epoch`, in the current record
@@ -657,6 +703,7 @@ pub fn spawn(
     longest_poll: Duration,
     published: Published,
     wall: WallClock,
+    scaling: Option<crate::autoscale::Scaling>,
 ) -> Spawned {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut rm = rm;
@@ -674,6 +721,7 @@ pub fn spawn(
         epoch,
         views,
         stop: stop.clone(),
+        scaling,
     };
     Spawned {
         runtime: Runtime { tx },
@@ -818,6 +866,9 @@ impl Actor {
             );
             metrics::counter!("lqsm_clock_steps_total").increment(1);
             self.rm.clock_jumped(by_ms);
+            if let Some(scaling) = &mut self.scaling {
+                scaling.clock_jumped(by_ms);
+            }
         }
         let mut replies = Vec::new();
         let mut job_waits = Vec::new();
@@ -975,6 +1026,35 @@ impl Actor {
                     }
                 }
                 Command::WaitJob { id, wait, reply } => job_waits.push((id, wait, reply)),
+                // The autoscaler's commands change nothing durable (a drain is the
+                // worker's state, which is not stored): answered at once.
+                Command::Autoscale { reply } => {
+                    let outcome = match &mut self.scaling {
+                        Some(scaling) => scaling.evaluate(&mut self.rm, now),
+                        None => crate::autoscale::Outcome::default(),
+                    };
+                    let _ = reply.send(outcome);
+                }
+                Command::AutoscaleStarted { pool, count, reply } => {
+                    if let Some(scaling) = &mut self.scaling {
+                        scaling.started(&pool, count, now);
+                    }
+                    let _ = reply.send(());
+                }
+                Command::AutoscaleNote { event, reply } => {
+                    if let Some(scaling) = &mut self.scaling {
+                        scaling.note(event);
+                    }
+                    let _ = reply.send(());
+                }
+                Command::AutoscaleReport { reply } => {
+                    let report = self
+                        .scaling
+                        .as_ref()
+                        .map(|s| s.report(&self.rm, now))
+                        .unwrap_or_default();
+                    let _ = reply.send(report);
+                }
             }
         }
         self.rm.tick(now);

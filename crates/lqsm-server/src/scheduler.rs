@@ -144,6 +144,11 @@ pub trait Scheduler: Send + Sync + 'static {
     -> Answer<'_, Result<Option<ScheduleRecord>, ScheduleError>>;
     /// Every schedule with its state, in name order.
     fn schedules(&self) -> Answer<'_, Vec<ScheduleRecord>>;
+    /// The worker autoscaler's pools and recent events. A scheduler without one (a
+    /// test's stub) answers that autoscaling is off.
+    fn autoscale(&self) -> Answer<'_, crate::autoscale::AutoscaleReport> {
+        Box::pin(async { Ok(crate::autoscale::AutoscaleReport::default()) })
+    }
 }
 
 /// The scheduler of this process: the actor for changes, the store and the published
@@ -435,6 +440,10 @@ impl Scheduler for InProcess {
         Box::pin(self.runtime.schedules())
     }
 
+    fn autoscale(&self) -> Answer<'_, crate::autoscale::AutoscaleReport> {
+        Box::pin(self.runtime.autoscale_report())
+    }
+
     fn job(&self, id: JobId) -> Answer<'_, Option<JobRead>> {
         self.reads.job(id)
     }
@@ -553,6 +562,9 @@ impl Scheduler for Follower {
         not_leader()
     }
     fn schedules(&self) -> Answer<'_, Vec<ScheduleRecord>> {
+        not_leader()
+    }
+    fn autoscale(&self) -> Answer<'_, crate::autoscale::AutoscaleReport> {
         not_leader()
     }
     fn job(&self, id: JobId) -> Answer<'_, Option<JobRead>> {
@@ -812,6 +824,9 @@ impl Scheduler for Switch {
     }
     fn schedules(&self) -> Answer<'_, Vec<ScheduleRecord>> {
         forward!(self.schedules())
+    }
+    fn autoscale(&self) -> Answer<'_, crate::autoscale::AutoscaleReport> {
+        forward!(self.autoscale())
     }
     fn job(&self, id: JobId) -> Answer<'_, Option<JobRead>> {
         forward!(self.job(id))
