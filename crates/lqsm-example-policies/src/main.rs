@@ -1,6 +1,8 @@
-//! `lqsm-custom-server CONFIG.toml`: the LQSM server with this program's policies
-//! beside the built-ins. It reads the same config file as `lqsm server`, and queues
-//! select `deadline-first` by name like any built-in. Stops on SIGINT or SIGTERM.
+//! `lqsm-custom-server CONFIG.toml [--cheaper-pool-max N]`: the LQSM server with this
+//! program's policies beside the built-ins. It reads the same config file as
+//! `lqsm server`; queues select `deadline-first` and worker pools `spill-over` by name
+//! like any built-in (`--cheaper-pool-max`, default 4: the `max` of the pool that
+//! `spill-over` pools spill over from). Stops on SIGINT or SIGTERM.
 
 use anyhow::Context;
 use lqsm_server::config::ServerConfig;
@@ -14,12 +16,20 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let path = std::env::args()
-        .nth(1)
-        .context("usage: lqsm-custom-server CONFIG.toml")?;
+    const USAGE: &str = "usage: lqsm-custom-server CONFIG.toml [--cheaper-pool-max N]";
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (path, cheaper_pool_max) = match args.as_slice() {
+        [path] => (path.clone(), 4),
+        [path, flag, n] if flag == "--cheaper-pool-max" => (
+            path.clone(),
+            n.parse::<u32>()
+                .with_context(|| format!("--cheaper-pool-max: `{n}` is not a whole number"))?,
+        ),
+        _ => anyhow::bail!(USAGE),
+    };
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
     let mut config = ServerConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
-    config.policies = lqsm_example_policies::policies();
+    config.policies = lqsm_example_policies::policies(cheaper_pool_max);
     let scheme = config.tls.scheme();
     lqsm_server::serve(config, stopped(), announce(scheme))
         .await
