@@ -118,8 +118,15 @@ enum QueueChange {
     Guarantee(f64),
     MaxCapacity(f64),
     MaxRunning(Option<u32>),
-    Create { capacity: f64, max: f64 },
-    Delete { force: bool },
+    Create {
+        capacity: f64,
+        max: f64,
+    },
+    Delete {
+        force: bool,
+    },
+    /// Fair sharing by the jobs' `tenant` key, with a user limit of this factor.
+    Fairness(Option<u32>),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -187,6 +194,7 @@ fn op() -> impl Strategy<Value = Op> {
             max: f64::from(m),
         }),
         1 => any::<bool>().prop_map(|force| QueueChange::Delete { force }),
+        1 => proptest::option::of(1..=3u32).prop_map(QueueChange::Fairness),
     ];
     prop_oneof![
         10 => submit,
@@ -236,6 +244,8 @@ struct Reach {
     /// Leaves checked for work conservation while no worker had 4 cpus and 4,000 MiB
     /// free (the old check exempted every one of them).
     contended_leaf_checks: u64,
+    /// Leaves made to share fairly among tenants (some with a user limit).
+    fairness_changes: u64,
 }
 
 impl Reach {
@@ -275,6 +285,7 @@ impl Reach {
                 "contended work-conservation checks",
                 self.contended_leaf_checks,
             ),
+            ("fair-sharing changes", self.fairness_changes),
         ]
     }
 
@@ -299,6 +310,7 @@ impl Reach {
             &mut self.cancels,
             &mut self.contested_decisions,
             &mut self.contended_leaf_checks,
+            &mut self.fairness_changes,
         ]
     }
 }
@@ -607,6 +619,42 @@ impl Moment {
     }
 }
 
+/// What each tenant's attempts hold in `leaf`, counted from the jobs themselves:
+/// `(resources, attempts)` by tenant.
+fn tenant_use(rm: &ResourceManager, leaf: QueueId) -> BTreeMap<String, (Resources, u32)> {
+    let mut by_tenant: BTreeMap<String, (Resources, u32)> = BTreeMap::new();
+    for job in rm.jobs() {
+        if job.queue == leaf && matches!(job.state, JobState::Scheduled | JobState::Running) {
+            let tenant = job.spec.keys().get("tenant").unwrap_or("").to_owned();
+            let entry = by_tenant.entry(tenant).or_default();
+            entry.0.add(&job.spec.request);
+            entry.1 += 1;
+        }
+    }
+    by_tenant
+}
+
+/// Whether `job`'s tenant holds all its leaf's user limit allows (it may always run
+/// one job): the rule of `QueueConfig::user_limit_factor`, restated over the jobs.
+fn tenant_at_limit(rm: &ResourceManager, job: &Job) -> bool {
+    let Some(path) = rm.queue_path(job.queue) else {
+        return false;
+    };
+    let Ok(queue) = rm.queue(path.as_str()) else {
+        return false;
+    };
+    let Some(factor) = queue.config().user_limit_factor else {
+        return false;
+    };
+    let tenant = job.spec.keys().get("tenant").unwrap_or("");
+    let max_share = factor * queue.abs_guarantee();
+    tenant_use(rm, job.queue)
+        .get(tenant)
+        .is_some_and(|(used, running)| {
+            *running > 0 && used.dominant_share(rm.total()) >= max_share - EPS
+        })
+}
+
 /// One attempt a pass made.
 struct Made {
     token: FencingToken,
@@ -788,6 +836,9 @@ impl World {
         if let Some(z) = zone {
             req.selector.insert("zone".into(), ZONES[z].into());
         }
+        // Three tenants in turn, for the leaves that share fairly among them.
+        req.keys
+            .insert("tenant".into(), ["a", "b", "c"][self.jobs.len() % 3].into());
         let accepting = self
             .sim
             .rm
@@ -1041,9 +1092,12 @@ impl World {
                         ..QueueUpdate::default()
                     },
                 ),
-                config
-                    .as_ref()
-                    .is_some_and(|cfg| *c <= cfg.max_capacity && siblings + c <= 100.0 + EPS),
+                config.as_ref().is_some_and(|cfg| {
+                    *c <= cfg.max_capacity
+                        && siblings + c <= 100.0 + EPS
+                        // A user limit is a multiple of the guarantee: it needs one.
+                        && (*c > 0.0 || cfg.user_limit_factor.is_none())
+                }),
             ),
             QueueChange::MaxCapacity(m) => (
                 rm.update_queue(
@@ -1066,15 +1120,27 @@ impl World {
                 exists,
             ),
             QueueChange::Create { capacity, max } => {
-                let parent_ok = rm
-                    .find_queue(parent.as_str())
-                    .is_some_and(|p| !(p.is_leaf() && p.unfinished() > 0));
+                // A leaf with jobs or with a leaf's own settings cannot take children.
+                let parent_ok = rm.find_queue(parent.as_str()).is_some_and(|p| {
+                    !(p.is_leaf() && p.unfinished() > 0) && p.config().fairness_key.is_none()
+                });
                 let expected =
                     !exists && parent_ok && siblings + capacity <= 100.0 + EPS && max >= capacity;
                 let result = rm
                     .create_queue(path, QueueConfig::with_capacity(*capacity, *max))
                     .map(|_| ());
                 (result, expected)
+            }
+            QueueChange::Fairness(factor) => {
+                let expected = rm.find_queue(path).is_some_and(|q| {
+                    q.is_leaf() && (factor.is_none() || q.config().capacity > 0.0)
+                });
+                let update = QueueUpdate {
+                    fairness_key: Some(Some("tenant".into())),
+                    user_limit_factor: Some(factor.map(f64::from)),
+                    ..QueueUpdate::default()
+                };
+                (rm.update_queue(path, &update), expected)
             }
             QueueChange::Delete { force } => {
                 let result = rm.delete_queue(path, *force, now);
@@ -1137,6 +1203,12 @@ impl World {
             (QueueChange::MaxRunning(m), Ok(())) => {
                 prop_assert_eq!(rm.queue(path).unwrap().config().running_limit(), *m);
             }
+            (QueueChange::Fairness(factor), Ok(())) => {
+                let config = rm.queue(path).unwrap().config();
+                prop_assert_eq!(config.fairness_key.as_deref(), Some("tenant"));
+                prop_assert_eq!(config.user_limit_factor, factor.map(f64::from));
+                self.reach.fairness_changes += 1;
+            }
             (QueueChange::Create { .. }, Ok(())) => {
                 let q = rm.queue(path).unwrap();
                 prop_assert!(q.is_leaf());
@@ -1174,6 +1246,23 @@ impl World {
                 prop_assert_eq!(job.state.is_terminal(), self.finished_once.contains(id));
                 prop_assert!(job.failures <= job.spec.retry.max_attempts);
             }
+        }
+        // A fair leaf's account of its tenants is what their attempts hold.
+        for queue in self.sim.rm.queues() {
+            if queue.config().fairness_key.is_none() || !queue.is_leaf() {
+                continue;
+            }
+            let counted: BTreeMap<String, (Resources, u32)> = queue
+                .users()
+                .into_iter()
+                .map(|u| (u.name, (u.used, u.running)))
+                .collect();
+            prop_assert_eq!(
+                &counted,
+                &tenant_use(&self.sim.rm, queue.id()),
+                "{}",
+                queue.path()
+            );
         }
         // A lost worker holds nothing and counts for nothing.
         for w in self.sim.rm.workers() {
@@ -1237,6 +1326,43 @@ impl World {
             self.last_token = highest.token;
         }
         self.reach.placements += made.len() as u64;
+        // A tenant of a leaf with a user limit was below it when its last attempt of
+        // the pass was made, or ran nothing then (preemption in the pass only lowers
+        // what it holds at the end).
+        let mut last_made: BTreeMap<(QueueId, String), &Made> = BTreeMap::new();
+        for m in &made {
+            let tenant = rm
+                .job(m.job)
+                .unwrap()
+                .spec
+                .keys()
+                .get("tenant")
+                .unwrap_or("");
+            last_made.insert((m.leaf, tenant.to_owned()), m);
+        }
+        for ((leaf, tenant), m) in &last_made {
+            let queue = rm.queue(tree.nodes[leaf].path.as_str()).unwrap();
+            let Some(factor) = queue.config().user_limit_factor else {
+                continue;
+            };
+            let (used, running) = tenant_use(rm, *leaf).remove(tenant).unwrap_or_default();
+            if running <= 1 {
+                continue;
+            }
+            let mut before = used.clone();
+            before.sub(&m.request);
+            let max_share = factor * queue.abs_guarantee();
+            prop_assert!(
+                before.dominant_share(rm.total()) < max_share + EPS,
+                "tenant {} of {} held {:?} of {:?}, at its limit {}, and got {}",
+                tenant,
+                queue.path(),
+                before,
+                rm.total(),
+                max_share,
+                m.job
+            );
+        }
         for m in &made {
             // A queue that received work stays within its ceiling.
             for q in tree.path_below_root(m.leaf) {
@@ -1332,6 +1458,11 @@ impl World {
                 continue;
             };
             if job.not_before.is_some() || end.head[&job.queue] != Head::None {
+                continue;
+            }
+            if tenant_at_limit(rm, job) {
+                // Its tenant holds all its user limit allows: it waits for one of its
+                // attempts to end, not for a worker.
                 continue;
             }
             let capable = rm.workers().any(|w| {

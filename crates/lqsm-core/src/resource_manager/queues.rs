@@ -240,17 +240,17 @@ impl<'a> QueueView<'a> {
     pub fn rate_limited_until(&self) -> Option<Timestamp> {
         self.node.rate_held_until
     }
-    /// The job this leaf dispatches next, if it has a ready one.
+    /// The job this leaf dispatches next, if it has a ready one (with a user limit:
+    /// of a user below its limit).
     pub fn next_job(&self) -> Option<JobId> {
         self.node
             .ready
-            .iter_live(|k| {
+            .peek(|k| {
                 self.rm
                     .jobs
                     .get(k)
                     .is_some_and(|j| j.waiting == Waiting::Ready)
             })
-            .next()
             .map(|k| self.rm.jobs[k].id)
     }
 

@@ -177,6 +177,22 @@ impl FairShares {
         None
     }
 
+    /// The job `head` would return, without dropping anything.
+    fn peek(&self, is_live: &impl Fn(JobKey) -> bool) -> Option<JobKey> {
+        self.buckets.values().find_map(|bucket| {
+            bucket.order.iter().find_map(|(_, _, name)| {
+                let at_limit = self
+                    .users
+                    .get(name)
+                    .is_some_and(|u| u.at_limit(self.max_share));
+                if at_limit {
+                    return None;
+                }
+                bucket.jobs.get(name)?.iter().copied().find(|j| is_live(*j))
+            })
+        })
+    }
+
     fn pop_head(&mut self) -> bool {
         let Some((rank, name)) = self.head.take() else {
             return false;
@@ -272,6 +288,14 @@ impl ReadyQueue {
                     bucket.get_mut().pop_front();
                 }
             }
+        }
+    }
+
+    /// The job `head` would return now, without dropping dead entries.
+    pub fn peek(&self, is_live: impl Fn(JobKey) -> bool) -> Option<JobKey> {
+        match &self.fair {
+            Some(fair) => fair.peek(&is_live),
+            None => self.iter_live(is_live).next(),
         }
     }
 
