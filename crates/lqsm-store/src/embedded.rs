@@ -28,12 +28,21 @@ const ENGINE_DIR: &str = "fjall";
 /// million jobs spent seconds replaying it; this is the engine's minimum.
 const MAX_JOURNAL_BYTES: u64 = 64 << 20;
 
-/// Largest memtable of a keyspace before it is flushed to a table. The engine's default
-/// (64 MiB) is never reached by a keyspace's share of steady churn: in an hour of
-/// `lqsm bench soak` no keyspace flushed, every write stayed in memory and in the
-/// journal, and the server's memory grew by 124 MiB. 4 MiB flushes each keyspace every
-/// few thousand jobs, so memory and the journal stay bounded (docs/RELIABILITY.md, Soak).
-const MAX_MEMTABLE_BYTES: u64 = 4 << 20;
+/// Largest memtable of a keyspace before it is flushed to a table. What a keyspace
+/// holds in memory is what it was written since its last flush, so this bounds the
+/// engine's write buffers at a dozen times it. The engine's default (64 MiB) was never
+/// reached by a keyspace's share of steady churn: in an hour of `lqsm bench soak` nothing
+/// flushed and the server's memory grew by 124 MiB; at 4 MiB, only 3 of 12 keyspaces had
+/// flushed after 25 minutes and memory grew with the journal until its limit forced the
+/// rest 40 minutes in (+44% in the hour). At 512 KiB every keyspace but the two smallest
+/// flushes within minutes, and throughput through a server and a worker was no lower
+/// (docs/RELIABILITY.md and docs/BENCHMARKS.md, Soak).
+const MAX_MEMTABLE_BYTES: u64 = 512 << 10;
+
+/// The engine's cache of table blocks. The server keeps its state in memory and reads
+/// tables for listings and for jobs past that; 4 MiB bounds what the engine keeps of them
+/// (its default, 32 MiB, would be most of a small server's memory once tables fill it).
+const BLOCK_CACHE_BYTES: u64 = 4 << 20;
 
 /// Background threads for flushes and compactions. One: with two or more, fjall's first
 /// worker hands every compaction to the others and, while they are busy, keeps taking the
@@ -97,6 +106,7 @@ impl EmbeddedStore {
         let dir = DataDir::acquire(dir)?;
         let db = Database::builder(dir.path().join(ENGINE_DIR))
             .max_journaling_size(MAX_JOURNAL_BYTES)
+            .cache_size(BLOCK_CACHE_BYTES)
             .worker_threads(ENGINE_WORKERS)
             .open()
             .map_err(engine)?;
