@@ -398,35 +398,35 @@ impl PoolConfig {
         let field = |name: &str| format!("autoscale.pools[{index}].{name}");
         match (&self.token_env, &self.token_file) {
             (None, None) => Ok(None),
-            (Some(var), None) => match std::env::var(var) {
-                Ok(secret) if !secret.trim().is_empty() => Ok(Some(secret.trim().to_owned())),
-                _ => Err(format!(
-                    "{}: the environment variable {var} is unset or empty",
-                    field("token_env")
-                )),
-            },
-            (None, Some(path)) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    format!(
-                        "{}: cannot read {} ({e})",
-                        field("token_file"),
-                        path.display()
-                    )
-                })?;
-                match text.trim() {
-                    "" => Err(format!(
-                        "{}: {} is empty",
-                        field("token_file"),
-                        path.display()
-                    )),
-                    secret => Ok(Some(secret.to_owned())),
-                }
-            }
+            (Some(var), None) => secret_from_env(var, &field("token_env")).map(Some),
+            (None, Some(path)) => secret_from_file(path, &field("token_file")).map(Some),
             (Some(_), Some(_)) => Err(format!(
                 "{}: give the workers' token one way only: `token_env` or `token_file`",
                 field("token_env")
             )),
         }
+    }
+}
+
+/// A secret held in the environment variable `var`, trimmed; `field` names the setting
+/// in errors.
+fn secret_from_env(var: &str, field: &str) -> Result<String, String> {
+    match std::env::var(var) {
+        Ok(secret) if !secret.trim().is_empty() => Ok(secret.trim().to_owned()),
+        _ => Err(format!(
+            "{field}: the environment variable {var} is unset or empty"
+        )),
+    }
+}
+
+/// A secret held in the file `path` (a mounted secret), trimmed; `field` names the
+/// setting in errors.
+fn secret_from_file(path: &std::path::Path, field: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{field}: cannot read {} ({e})", path.display()))?;
+    match text.trim() {
+        "" => Err(format!("{field}: {} is empty", path.display())),
+        secret => Ok(secret.to_owned()),
     }
 }
 
@@ -629,31 +629,8 @@ impl TokenConfig {
         let field = |name: &str| format!("tokens[{index}].{name}");
         match (self.token.is_empty(), &self.token_file, &self.token_env) {
             (false, None, None) => Ok(self.token.clone()),
-            (true, Some(path), None) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    format!(
-                        "{}: cannot read {} ({e})",
-                        field("token_file"),
-                        path.display()
-                    )
-                })?;
-                let secret = text.trim();
-                if secret.is_empty() {
-                    return Err(format!(
-                        "{}: {} is empty",
-                        field("token_file"),
-                        path.display()
-                    ));
-                }
-                Ok(secret.to_owned())
-            }
-            (true, None, Some(var)) => match std::env::var(var) {
-                Ok(secret) if !secret.trim().is_empty() => Ok(secret.trim().to_owned()),
-                _ => Err(format!(
-                    "{}: the environment variable {var} is unset or empty",
-                    field("token_env")
-                )),
-            },
+            (true, Some(path), None) => secret_from_file(path, &field("token_file")),
+            (true, None, Some(var)) => secret_from_env(var, &field("token_env")),
             (true, None, None) => Err(format!(
                 "{}: each token needs its secret: `token`, `token_file` or `token_env`",
                 field("token")
