@@ -357,7 +357,9 @@ impl AutoscalingPolicy for TargetBacklog {
     }
 }
 
-fn whole_workers(n: f64) -> u32 {
+/// `n` workers' worth rounded up to whole workers: 0 for nothing (or NaN), and at most
+/// `u32::MAX` — for policies that turn a load into a count.
+pub fn whole_workers(n: f64) -> u32 {
     if n.is_nan() || n <= 0.0 {
         0
     } else if n >= f64::from(u32::MAX) {

@@ -15,13 +15,18 @@ fn hundred_cpus(sim: &mut Sim) {
     }
 }
 
-fn seventy_thirty(preemption: bool, a_max: f64, b_max: f64) -> Sim {
+/// A cluster with preemption on or off, acting `delay_s` after a queue starves, whose
+/// workers are never declared lost (they do not poll in these scenarios).
+fn preempting_sim(enabled: bool, delay_s: u64) -> Sim {
     let mut config = Config::default();
-    config.preemption.enabled = preemption;
-    config.preemption.delay = Duration::from_secs(10);
-    // These workers never poll; keep them from being declared lost.
+    config.preemption.enabled = enabled;
+    config.preemption.delay = Duration::from_secs(delay_s);
     config.heartbeat_timeout = Duration::from_secs(3600);
-    let mut sim = Sim::new(config);
+    Sim::new(config)
+}
+
+fn seventy_thirty(preemption: bool, a_max: f64, b_max: f64) -> Sim {
+    let mut sim = preempting_sim(preemption, 10);
     sim.queue("root.a", 70.0, a_max);
     sim.queue("root.b", 30.0, b_max);
     hundred_cpus(&mut sim);
@@ -491,11 +496,7 @@ fn draining_the_leaf_that_filled_a_ceiling_frees_its_siblings() {
 }
 
 fn priority_preempting(enabled_in_cluster: bool, queue_flag: bool) -> (Sim, WorkerId) {
-    let mut config = Config::default();
-    config.preemption.enabled = enabled_in_cluster;
-    config.preemption.delay = Duration::from_secs(5);
-    config.heartbeat_timeout = Duration::from_secs(3600);
-    let mut sim = Sim::new(config);
+    let mut sim = preempting_sim(enabled_in_cluster, 5);
     sim.queue("root.q", 100.0, 100.0);
     sim.rm
         .update_queue(
@@ -618,11 +619,7 @@ fn priority_preemption_makes_room_under_the_queues_ceiling() {
 /// waits with a 4-core job. Taking both of root.b's jobs would free 4 cores, 2 on each.
 #[test]
 fn preemption_takes_nothing_when_the_freed_room_holds_the_job_on_no_worker() {
-    let mut config = Config::default();
-    config.preemption.enabled = true;
-    config.preemption.delay = Duration::from_secs(10);
-    config.heartbeat_timeout = Duration::from_secs(3600);
-    let mut sim = Sim::new(config);
+    let mut sim = preempting_sim(true, 10);
     sim.queue("root.a", 50.0, 100.0);
     sim.queue("root.b", 0.0, 100.0);
     sim.queue("root.c", 50.0, 100.0);
@@ -696,11 +693,7 @@ fn preemption_takes_nothing_when_the_freed_room_holds_the_job_on_no_worker() {
 /// both come from one worker, and root.a's job starts there.
 #[test]
 fn preemption_frees_the_room_on_one_worker_when_victims_alternate_between_workers() {
-    let mut config = Config::default();
-    config.preemption.enabled = true;
-    config.preemption.delay = Duration::from_secs(10);
-    config.heartbeat_timeout = Duration::from_secs(3600);
-    let mut sim = Sim::new(config);
+    let mut sim = preempting_sim(true, 10);
     sim.queue("root.a", 50.0, 100.0);
     let mut spread = QueueConfig::with_capacity(0.0, 100.0);
     spread.placement = lqsm_core::policy::SPREAD.into();

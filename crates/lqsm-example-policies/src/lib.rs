@@ -4,7 +4,9 @@
 //! (`policy = "spill-over"`) the same way; the core applies its invariants whatever a
 //! policy decides.
 
-use lqsm_core::autoscale::{AutoscalingPolicy, PoolSnapshot, PoolSpec, ScaleDecision};
+use lqsm_core::autoscale::{
+    AutoscalingPolicy, PoolSnapshot, PoolSpec, ScaleDecision, whole_workers,
+};
 use lqsm_core::policy::OrderingPolicy;
 use lqsm_core::{JobSpec, Policies, Timestamp};
 use std::sync::Arc;
@@ -57,9 +59,9 @@ impl AutoscalingPolicy for SpillOver {
         let per_worker = pool.target_backlog_per_worker.max(f64::MIN_POSITIVE);
         let cheaper_takes = f64::from(self.cheaper_max) * per_worker;
         let overflow = (snapshot.backlog as f64 - cheaper_takes).max(0.0);
-        let for_overflow = whole(overflow / per_worker);
+        let for_overflow = whole_workers(overflow / per_worker);
         let utilisation = pool.target_utilisation.clamp(f64::MIN_POSITIVE, 1.0);
-        let for_running = whole(snapshot.in_use() / utilisation - 1e-9);
+        let for_running = whole_workers(snapshot.in_use() / utilisation - 1e-9);
         let wanted = for_overflow.saturating_add(for_running);
         let desired = wanted.clamp(pool.min, pool.max.max(pool.min));
         let reason = format!(
@@ -68,16 +70,6 @@ impl AutoscalingPolicy for SpillOver {
             snapshot.backlog, self.cheaper_max, pool.min, pool.max
         );
         ScaleDecision { desired, reason }
-    }
-}
-
-fn whole(n: f64) -> u32 {
-    if n.is_nan() || n <= 0.0 {
-        0
-    } else if n >= f64::from(u32::MAX) {
-        u32::MAX
-    } else {
-        n.ceil() as u32
     }
 }
 
