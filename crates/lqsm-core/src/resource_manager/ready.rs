@@ -73,10 +73,10 @@ struct FairShares {
 
 impl FairShares {
     /// Moves `user`'s place in every rank where it waits after its share changed.
-    fn reorder(&mut self, name: &Arc<str>, update: impl FnOnce(&mut UserShare, &Resources)) {
+    fn reorder(&mut self, name: &Arc<str>, update: impl FnOnce(&mut UserShare)) {
         let user = self.users.entry(name.clone()).or_default();
         let before = user.order(name);
-        update(user, &self.total);
+        update(user);
         user.share_bits = user.used.dominant_share(&self.total).max(0.0).to_bits();
         let after = user.order(name);
         if before != after {
@@ -134,8 +134,14 @@ impl FairShares {
 
     fn head(&mut self, is_live: &impl Fn(JobKey) -> bool) -> Option<JobKey> {
         self.head = None;
-        let ranks: Vec<i64> = self.buckets.keys().copied().collect();
-        for rank in ranks {
+        // Ranks in order, without holding the map: emptied users leave it on the way.
+        let mut next = self.buckets.keys().next().copied();
+        while let Some(rank) = next {
+            next = self
+                .buckets
+                .range((std::ops::Bound::Excluded(rank), std::ops::Bound::Unbounded))
+                .next()
+                .map(|(r, _)| *r);
             let mut emptied = Vec::new();
             let mut found = None;
             let Some(bucket) = self.buckets.get_mut(&rank) else {
@@ -368,7 +374,7 @@ impl ReadyQueue {
             Some((known, _)) => known.clone(),
             None => Arc::from(user),
         };
-        fair.reorder(&name, |u, _| {
+        fair.reorder(&name, |u| {
             u.used.add(request);
             u.running += 1;
             u.last_served = served;
@@ -384,7 +390,7 @@ impl ReadyQueue {
             return;
         };
         let name = name.clone();
-        fair.reorder(&name, |u, _| {
+        fair.reorder(&name, |u| {
             u.used.sub(request);
             u.running = u.running.saturating_sub(1);
         });
@@ -405,7 +411,7 @@ impl ReadyQueue {
         fair.all_at_limit = false;
         let names: Vec<Arc<str>> = fair.users.keys().cloned().collect();
         for name in names {
-            fair.reorder(&name, |_, _| {});
+            fair.reorder(&name, |_| {});
         }
     }
 
