@@ -40,9 +40,11 @@ const MAX_JOURNAL_BYTES: u64 = 64 << 20;
 const MAX_MEMTABLE_BYTES: u64 = 512 << 10;
 
 /// The engine's cache of table blocks. The server keeps its state in memory and reads
-/// tables for listings and for jobs past that; 4 MiB bounds what the engine keeps of them
-/// (its default, 32 MiB, would be most of a small server's memory once tables fill it).
-const BLOCK_CACHE_BYTES: u64 = 4 << 20;
+/// tables only for listings and for jobs past that, and the operating system's page cache
+/// keeps the table files' recent pages anyway, so this cache saves a block's decoding, not
+/// a disk read. Its default, 32 MiB, would be most of a small server's memory once reads
+/// fill it; at 4 MiB the soak hour still grew for 20 minutes while it filled.
+const BLOCK_CACHE_BYTES: u64 = 1 << 20;
 
 /// Background threads for flushes and compactions. One: with two or more, fjall's first
 /// worker hands every compaction to the others and, while they are busy, keeps taking the
@@ -241,7 +243,34 @@ impl EmbeddedStore {
                 path: self.dir().to_path_buf(),
                 source,
             },
+            fjall::Error::Poisoned => StoreError::Poisoned(self.why_poisoned()),
             other => engine(other),
+        }
+    }
+
+    /// What an operator needs when the engine refuses writes. The write that failed may
+    /// have been the engine's own, in the background (a flush or a compaction), whose error
+    /// only reached the log; a full disk is by far the likeliest cause, and the one that
+    /// can be checked from here.
+    fn why_poisoned(&self) -> String {
+        let dir = self.dir();
+        let failed = format!(
+            "an earlier journal write, fsync, flush or compaction in `{}` failed",
+            dir.display()
+        );
+        match nix::sys::statvfs::statvfs(dir) {
+            Ok(disk) => {
+                let free = disk.blocks_available() * disk.fragment_size();
+                if free < NEARLY_FULL_BYTES {
+                    format!("{failed}, and its disk is full: {} free", mebibytes(free))
+                } else {
+                    format!(
+                        "{failed}; its disk has {} free, so see the server log for the engine's error",
+                        mebibytes(free)
+                    )
+                }
+            }
+            Err(e) => format!("{failed}; its free space cannot be read: {e}"),
         }
     }
 
@@ -656,10 +685,15 @@ impl Store for EmbeddedStore {
         Ok(term.lease.clone().expect("an acquired term has a lease"))
     }
 
+    /// A renewal is kept in memory, not written. The engine's lock file lets one process
+    /// at a time open the directory, so no other reads the lease while this one lives,
+    /// and once it is gone its lease means nothing: only the epoch (written by every
+    /// acquisition) must survive it. Writing the lease each second, as the leader renews
+    /// it, kept a memtable growing all hour that never filled enough to flush
+    /// (docs/BENCHMARKS.md, "Soak").
     fn renew_lease(&self, lease: &Lease, ttl: Duration, now_ms: u64) -> Result<Lease, StoreError> {
         let mut term = self.writer();
-        let new = term.renewed(lease, ttl, now_ms)?;
-        self.store_term(&mut term, new)?;
+        *term = term.renewed(lease, ttl, now_ms)?;
         Ok(term.lease.clone().expect("a renewed term has a lease"))
     }
 
@@ -687,12 +721,21 @@ fn read_named(
     Ok(out)
 }
 
+/// Free space under which a disk counts as full: a compaction writes tables about this
+/// large, and the journal grows to it.
+const NEARLY_FULL_BYTES: u64 = MAX_JOURNAL_BYTES;
+
+fn mebibytes(bytes: u64) -> String {
+    let mib = bytes as f64 / f64::from(1 << 20);
+    format!("{mib:.2} MiB")
+}
+
 /// Maps fjall's errors onto what an operator can act on.
 fn engine(err: fjall::Error) -> StoreError {
     match err {
-        fjall::Error::Poisoned => {
-            StoreError::Poisoned("an earlier journal write or fsync failed".to_string())
-        }
+        fjall::Error::Poisoned => StoreError::Poisoned(
+            "an earlier journal write, fsync, flush or compaction failed".to_string(),
+        ),
         fjall::Error::JournalRecovery(e) => StoreError::Corrupt {
             what: format!("the journal cannot be replayed ({e})"),
         },

@@ -97,8 +97,11 @@ fn a_full_disk_fails_the_commit_keeps_every_acknowledged_batch_and_takes_commits
         acknowledged > 0,
         "the disk was full before the first batch: {message}"
     );
+    // The commit's own journal write may be the one that finds the disk full, or a flush
+    // in the engine's background may find it first and stop the engine; either way the
+    // failure says the disk is full.
     assert!(
-        message.contains("No space left on device"),
+        message.contains("No space left on device") || message.contains("its disk is full"),
         "the failure does not say the disk is full: {message}"
     );
     assert!(
