@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test of the project: the Rust workspace (unit, integration, the store conformance
 # kit on the embedded store and on PostgreSQL at 127.0.0.1:5432, database `test`), then
-# the Python SDK's (sdk/python), type-checked and run against the real `lqsm` binary.
+# the Python SDK's (sdk/python), type-checked and run against the real `lqsm` binary, then
+# the dashboard in a real browser (tests/browser).
 # Integration tests start the real `lqsm` binary; it is built first so that none is stale.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,3 +34,14 @@ cp -r sdk/python/pyproject.toml sdk/python/README.md sdk/python/src "$SDK_COPY/"
 }
 (cd sdk/python && MYPY_CACHE_DIR=../../target/mypy-cache "../../$VENV/bin/mypy" && LQSM_BIN="$PWD/../../target/debug/lqsm" \
     "../../$VENV/bin/python" -m pytest -q -p no:cacheprovider)
+
+# The dashboard in a real browser: Debian's chromium driven by playwright-core (pinned by
+# tests/browser/package-lock.json, installed from the npm registry), against a real
+# `lqsm standalone`.
+scripts/ensure-chromium.sh
+command -v npm >/dev/null || {
+    echo "the browser tests need Node.js 20+ with npm (on Debian: apt-get install nodejs npm)" >&2
+    exit 1
+}
+(cd tests/browser && npm ci --no-audit --no-fund --silent && \
+    LQSM_BIN="$PWD/../../target/debug/lqsm" node --test --test-reporter=spec dashboard.test.mjs)

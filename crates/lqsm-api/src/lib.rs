@@ -12,6 +12,19 @@ mod vocabulary;
 
 pub use json::RawJson;
 pub use time::{epoch_ms, human_duration};
+
+/// Drops the continuation bytes that open `bytes` (at most 3: output read from a byte
+/// offset may start inside a character) and says how many, so that a reader of output by
+/// offsets starts at a whole character and advances its offset by the bytes skipped.
+pub fn skip_partial_character(bytes: &mut Vec<u8>) -> usize {
+    let cut = bytes
+        .iter()
+        .take(3)
+        .take_while(|b| **b & 0b1100_0000 == 0b1000_0000)
+        .count();
+    bytes.drain(..cut);
+    cut
+}
 pub use vocabulary::{
     AttemptOutcome, ErrorCode, JobState, KillReason, QueueState, RefusalReason, RunWhen,
     UnknownName, WorkerState, WorkflowState,
@@ -27,9 +40,15 @@ pub use vocabulary::{
 /// (the job fails now, without spending its remaining retries); version 5 lets a poll
 /// name in `ending` the attempts whose reports another poll carries; version 6 has the
 /// registration answer carry a `registration` number that polls name, so that a poll
-/// sent before registering again is refused instead of read for the new registration.
+/// sent before registering again is refused instead of read for the new registration;
+/// version 7 lets a report carry the attempt's measured `usage` and a failed one
+/// `memory_exceeded`; version 8 adds `POST /v1/workers/{id}/logs`, the output of running
+/// attempts uploaded as it grows (a preview: the report's `logs` stay the truth).
 /// The server accepts `OLDEST_WORKER_PROTOCOL..=WORKER_PROTOCOL`.
-pub const WORKER_PROTOCOL: u32 = 6;
+pub const WORKER_PROTOCOL: u32 = 8;
+
+/// The first worker protocol version with `POST /v1/workers/{id}/logs`.
+pub const LIVE_LOGS_PROTOCOL: u32 = 8;
 
 /// The oldest worker protocol version this release's server accepts.
 pub const OLDEST_WORKER_PROTOCOL: u32 = 1;
@@ -242,6 +261,12 @@ pub struct SubmitJob {
     /// Resources per attempt; the queue's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
+    /// Size cpu and memory from what this job's name (handler or program) used in its
+    /// queue: the 95th percentile times a margin, within the queue's `auto_resources`
+    /// bounds (or the defaults). Until enough attempts were observed, `resources` or the
+    /// queue's default hold.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_resources: bool,
     /// Higher runs first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<i32>,
@@ -324,6 +349,7 @@ impl SubmitJob {
             queue: queue.into(),
             kind,
             resources: None,
+            auto_resources: false,
             priority: None,
             delay_ms: None,
             not_before_ms: None,
@@ -626,7 +652,10 @@ pub struct CancelledJobs {
 pub struct JobList {
     /// The jobs, in the order asked for (oldest first by default).
     pub jobs: Vec<JobView>,
-    /// Pass as `cursor` for the next page; absent on the last page.
+    /// Pass as `cursor` for the next page; absent on the last page. A page may hold
+    /// fewer jobs than `limit`, even none, while this is present: a listing examines at
+    /// most 2,000 jobs per page for filters its index does not cover, and ends short
+    /// rather than scan on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
 }
@@ -713,6 +742,99 @@ pub struct QueueSettings {
     /// run one job. Needs `fairness_key` and a capacity above 0. 0 removes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_limit_factor: Option<f64>,
+    /// A parent's template for queues made on demand (`root.users.*`): the first submit
+    /// to `<this queue>.<name>` creates that leaf with the template's settings. A queue
+    /// with a template takes no jobs itself. In an update, absent fields of the
+    /// template stay as they are; `max_queues: 0` removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<QueueTemplateSpec>,
+    /// A leaf's right-sizing: its jobs that name no resources (and jobs that ask for
+    /// `auto_resources`) request what their name's recent attempts used. `{}` turns it
+    /// on with the defaults; `{"margin": 0}` turns it off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_resources: Option<AutoResourcesSpec>,
+}
+
+/// A leaf's right-sizing settings; absent fields take their defaults (in an update,
+/// stay as they are).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AutoResourcesSpec {
+    /// A request is the 95th percentile of observed use times this (default 1.2, from 1
+    /// to 10); 0 turns right-sizing off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margin: Option<f64>,
+    /// Attempts of a name observed before its requests follow them (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_samples: Option<u32>,
+    /// The least a right-sized request asks for (default 0.05 cpu, 32 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<Resources>,
+    /// The most (default: no bound but the workers'); also the most memory an attempt
+    /// killed for exceeding its memory is retried with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<Resources>,
+}
+
+/// `GET /v1/queues/{path}/usage`: what a leaf's attempts used, by job name.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct QueueUsage {
+    /// The leaf.
+    pub path: String,
+    /// Whether the leaf right-sizes its jobs' requests.
+    pub auto_resources: bool,
+    /// One entry per handler or program seen, by name.
+    pub names: Vec<NameUsage>,
+}
+
+/// What the latest attempts of one job name used against what they asked for. Function
+/// jobs run inside their worker's process and are not measured one by one: only
+/// commands appear here.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NameUsage {
+    /// The handler, or the command's program file name.
+    pub name: String,
+    /// Attempts measured since the leader started.
+    pub attempts: u64,
+    /// Attempts the figures are taken over (the latest, at most 256).
+    pub window: u64,
+    /// Mean cpu (cores) and memory (MiB) their jobs asked for.
+    pub requested: ResourceFigures,
+    /// Median and 95th percentile of peak memory, and the largest, MiB.
+    pub memory_p50_mib: u64,
+    /// 95th percentile of peak memory, MiB.
+    pub memory_p95_mib: u64,
+    /// Largest peak memory, MiB.
+    pub memory_max_mib: u64,
+    /// Median of the cores used on average over an attempt.
+    pub cpu_p50: f64,
+    /// 95th percentile of the cores used on average over an attempt.
+    pub cpu_p95: f64,
+    /// What `auto` requests for a new job of this name now; absent before enough
+    /// attempts were observed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_request: Option<ResourceFigures>,
+}
+
+/// The template of a parent whose children are made on demand, as YARN's auto-created
+/// leaf queues.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueueTemplateSpec {
+    /// A child that has held no unfinished job this long is removed, ms (default
+    /// 600,000); its finished jobs and lifetime counters stay readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_ms: Option<u64>,
+    /// Most children made on demand at once (default 1,000); past it a submit to a new
+    /// one is refused. 0 removes the template (the children stay, as ordinary queues).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queues: Option<u32>,
+    /// Each child's settings, as a queue's. `capacity` is the guarantee each child asks
+    /// for: it gets it while the siblings' guarantees and it fit under 100%, else 0,
+    /// with a note saying so.
+    #[serde(flatten)]
+    #[schema(no_recursion)]
+    pub settings: Box<QueueSettings>,
 }
 
 /// `POST /v1/queues`.
@@ -789,6 +911,21 @@ pub struct QueueView {
     /// largest share first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub users: Vec<UserShare>,
+    /// Made on demand by its parent's template; removed once idle.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_demand: bool,
+    /// Made on demand and holding no unfinished job: since when (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_since_ms: Option<u64>,
+    /// A queue made on demand and removed after its idle time: when (ms since the
+    /// epoch). Its settings and lifetime counters are as they were then; a submit to it
+    /// makes it again, its counters carried on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_at_ms: Option<u64>,
+    /// Why its settings differ from what was asked (a template's guarantee that did not
+    /// fit beside its siblings').
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     /// Its settings.
     pub settings: QueueSettings,
     /// True on a queue shown only to place below it the queues a token limited to some
@@ -921,6 +1058,11 @@ pub enum AttemptResult {
             deserialize_with = "retry_flag"
         )]
         retry: Option<bool>,
+        /// It was killed for using more memory than its request (protocol 7): the job
+        /// runs again with twice the memory without spending an attempt, while that stays
+        /// within its queue's bound for right-sized requests.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        memory_exceeded: bool,
     },
     /// The worker killed it at its timeout.
     #[schema(title = "AttemptTimedOut")]
@@ -969,6 +1111,86 @@ pub struct FinishedAttempt {
     /// not yet seen it running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at_ms: Option<u64>,
+    /// What it used, as the worker measured it (protocol 7); absent when not measured
+    /// (a function run inside the worker's own process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<AttemptUsage>,
+}
+
+/// What one attempt used, as its worker measured it: the peak of its processes'
+/// resident memory together (cgroup v2's `memory.peak` where the attempt has a cgroup,
+/// else the largest sum sampled over its process tree) and their CPU time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttemptUsage {
+    /// Peak resident memory, MiB (rounded up).
+    pub peak_memory_mib: u64,
+    /// CPU time, user and system, ms.
+    pub cpu_ms: u64,
+}
+
+/// A piece of a running attempt's output (protocol 8), in `LogChunks`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogChunk {
+    /// The job.
+    pub job: Uuid,
+    /// The attempt's token.
+    pub token: u64,
+    /// Where `text` starts in the attempt's output: the number of bytes the attempt
+    /// wrote before it (so a chunk sent again after a failed call overlaps, and the
+    /// server takes only what it does not hold yet).
+    pub offset: u64,
+    /// The output from `offset` on (UTF-8; a character the worker had to cut is
+    /// replaced, the offsets count the bytes the attempt wrote).
+    pub text: String,
+}
+
+/// `POST /v1/workers/{id}/logs` (protocol 8): the new output of running attempts, for
+/// several attempts in one call, sent at most about once a second per attempt and only
+/// when there is new output. A preview for readers while the attempts run: the report's
+/// `logs` replace it when the attempt ends.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogChunks {
+    /// The chunks, at most one per attempt.
+    pub chunks: Vec<LogChunk>,
+}
+
+/// The answer to `POST /v1/workers/{id}/logs`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LogChunksAnswer {
+    /// Chunks of attempts that are not current on this worker (`stale_attempt`) or of
+    /// jobs the server does not hold (`unknown_job`): nothing of them was kept, and the
+    /// worker sends no more of those attempts. Every other chunk was taken.
+    pub refused: Vec<RefusedReport>,
+}
+
+/// `GET /v1/jobs/{id}/logs?offset=N`: the job's output from byte `N` on, for a reader
+/// that follows it. While an attempt runs, its output as its worker uploaded it so far
+/// (the last `limits.max_log_bytes` of it); once it ended, its report's `logs`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobLogs {
+    /// Where `text` starts in the attempt's output. Equal to the `offset` asked, unless
+    /// the output kept no longer reaches back to it (`missed`).
+    pub offset: u64,
+    /// Ask from here next time: `offset` plus the bytes of `text`.
+    pub next_offset: u64,
+    /// The output from `offset` on.
+    pub text: String,
+    /// True when the output between the `offset` asked and this answer's `offset` is no
+    /// longer kept (it passed out of the tail of `limits.max_log_bytes`, or never
+    /// reached this server): that much was skipped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub missed: bool,
+    /// True while the attempt runs: more may come. False once its report's `logs` are
+    /// what is shown (those are the attempt's output as kept for good).
+    pub running: bool,
+    /// The number of the attempt whose output this is (offsets start again at 0 with
+    /// each attempt); absent when no attempt has output yet. For an ended attempt, the
+    /// last attempt that ended with a report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
 }
 
 /// `POST /v1/workers/{id}/poll`: heartbeat, reports and a long-poll for work.
@@ -1103,6 +1325,11 @@ pub struct WorkerView {
     /// older servers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registration: Option<u64>,
+    /// It has not polled again in time after an answer (docs/PROTOCOL.md, "Quiet
+    /// workers"): it gets no new attempts until it polls, though it is not yet
+    /// declared lost. Absent when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quiet: bool,
 }
 
 /// `GET /v1/cluster`.
@@ -1121,6 +1348,44 @@ pub struct ClusterSummary {
     /// The store, and the server that writes to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<StoreSummary>,
+}
+
+/// `GET /v1/cluster/history`: the leader's figures once a second over the last hour,
+/// oldest first (a new leader starts its hour afresh).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterHistory {
+    /// Time between samples, ms.
+    pub interval_ms: u64,
+    /// The samples, oldest first.
+    pub samples: Vec<ClusterSample>,
+}
+
+/// The cluster at one moment. Counters are totals since the queues were created, so a
+/// rate is the difference of two samples over their time apart.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterSample {
+    /// When, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// CPU cores offered by the workers.
+    pub cpu_total: f64,
+    /// CPU cores held by running attempts.
+    pub cpu_used: f64,
+    /// Memory offered, MiB.
+    pub memory_total_mib: u64,
+    /// Memory held by running attempts, MiB.
+    pub memory_used_mib: u64,
+    /// Jobs waiting (ready or delayed).
+    pub pending: u64,
+    /// Attempts running.
+    pub running: u64,
+    /// Jobs accepted, in total.
+    pub submitted: u64,
+    /// Jobs finished (succeeded, failed, cancelled or expired), in total.
+    pub finished: u64,
+    /// Jobs that failed for good, in total.
+    pub failed: u64,
+    /// Workers taking jobs.
+    pub workers_active: u32,
 }
 
 /// A periodic schedule to create (`POST /v1/schedules`): at each fire time it submits one

@@ -173,6 +173,9 @@ wire_enum! {
         Cancelled => "cancelled",
         /// Its worker did not confirm stopping it in time.
         NotReclaimed => "not_reclaimed",
+        /// Its worker stopped polling before it was handed over: it never started, was
+        /// placed again, and used none of the job's attempts.
+        Withdrawn => "withdrawn",
         /// The job asked to be run again (Celery's `self.retry`): it used an attempt.
         RetryRequested => "retry_requested",
     }

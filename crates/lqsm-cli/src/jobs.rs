@@ -36,6 +36,11 @@ pub struct JobArgs {
     /// offering it (`lqsm worker --resource licence=2`) runs the job.
     #[arg(long = "resource", value_parser = parse_resource)]
     resources: Vec<(String, u64)>,
+    /// Size cpu and memory from what this program or handler used in the queue (95th
+    /// percentile × margin, `lqsm queue usage`); --cpus/--memory hold until enough
+    /// attempts were observed.
+    #[arg(long)]
+    auto_resources: bool,
     /// Higher runs first.
     #[arg(long, allow_negative_numbers = true)]
     priority: Option<i32>,
@@ -171,6 +176,7 @@ impl JobArgs {
                 custom: self.resources.iter().cloned().collect(),
             });
         }
+        job.auto_resources = self.auto_resources;
         job.priority = self.priority;
         job.timeout_ms = self.timeout.map(|d| d.as_millis() as u64);
         job.soft_timeout_ms = self.soft_timeout.map(|d| d.as_millis() as u64);
@@ -445,6 +451,10 @@ pub enum JobCommand {
         /// Only jobs with this tag.
         #[arg(long)]
         tag: Option<String>,
+        /// Only jobs submitted with this token name (`anonymous` on a server without
+        /// tokens). A page may then hold fewer than `--limit` while more follow.
+        #[arg(long)]
+        submitter: Option<String>,
         /// Oldest first instead.
         #[arg(long)]
         oldest: bool,
@@ -490,11 +500,78 @@ pub enum JobCommand {
         #[arg(long, value_parser = parse_duration)]
         timeout: Option<Duration>,
     },
-    /// Print the captured output of a job.
+    /// Print the captured output of a job (while it runs, what its worker uploaded so
+    /// far).
     Logs {
         /// The job's id.
         id: Uuid,
+        /// Keep printing the output as it grows, until the job finishes (with `-o json`,
+        /// one `JobLogs` per line).
+        #[arg(long, short = 'f')]
+        follow: bool,
     },
+}
+
+/// How often `lqsm job logs --follow` asks for more output (workers upload it about
+/// once a second).
+const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+
+/// Prints the output of job `id` as it grows, until the job has finished and its
+/// report's output is printed to the end.
+async fn follow_logs(client: &Client, id: Uuid, output: Output) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut offset = 0;
+    let mut attempt = None;
+    let mut finished = false;
+    let mut told_cut = false;
+    loop {
+        let logs = client.logs_from(id, offset).await?;
+        if logs.attempt.is_some() && attempt.is_some() && logs.attempt != attempt {
+            // Another attempt: its output counts from its own first byte.
+            if let (Output::Human, Some(n)) = (output, logs.attempt) {
+                eprintln!("[lqsm: attempt {n}]");
+            }
+            attempt = logs.attempt;
+            offset = 0;
+            continue;
+        }
+        attempt = logs.attempt.or(attempt);
+        match output {
+            Output::Human => {
+                if logs.missed {
+                    eprintln!("[lqsm: output skipped: no longer kept by the server]");
+                }
+                if logs.next_offset < offset && !told_cut {
+                    told_cut = true;
+                    eprintln!(
+                        "[lqsm: the output was cut to its tail: `lqsm job logs {id}` shows what is kept]"
+                    );
+                }
+                let mut stdout = std::io::stdout().lock();
+                stdout.write_all(logs.text.as_bytes())?;
+                stdout.flush()?;
+            }
+            Output::Json => {
+                #[allow(clippy::print_stdout)] // Printing is this binary's job.
+                {
+                    println!("{}", serde_json::to_string(&logs)?);
+                }
+            }
+        }
+        offset = offset.max(logs.next_offset);
+        if finished {
+            return Ok(());
+        }
+        if !logs.running {
+            // One more read once the job is seen finished: its report may have come
+            // after this answer.
+            finished = client.job(id).await?.state.is_terminal();
+            if finished {
+                continue;
+            }
+        }
+        tokio::time::sleep(FOLLOW_EVERY).await;
+    }
 }
 
 /// Runs `lqsm job ...`.
@@ -508,6 +585,7 @@ pub async fn job(client: &Client, cmd: &JobCommand, output: Output) -> anyhow::R
             queue,
             state,
             tag,
+            submitter,
             oldest,
             limit,
             cursor,
@@ -517,6 +595,7 @@ pub async fn job(client: &Client, cmd: &JobCommand, output: Output) -> anyhow::R
                 queue: queue.clone(),
                 state: *state,
                 tag: tag.clone(),
+                submitter: submitter.clone(),
                 order: if *oldest {
                     api::ListOrder::Oldest
                 } else {
@@ -593,7 +672,8 @@ pub async fn job(client: &Client, cmd: &JobCommand, output: Output) -> anyhow::R
             }
             return Ok(exit_code(&view));
         }
-        JobCommand::Logs { id } => {
+        JobCommand::Logs { id, follow: true } => follow_logs(client, *id, output).await?,
+        JobCommand::Logs { id, follow: false } => {
             let logs = client.logs(*id).await?;
             print(
                 output,

@@ -6,6 +6,7 @@ mod queues;
 mod run;
 mod schedules;
 mod soak;
+mod top;
 mod units;
 mod workflows;
 
@@ -15,6 +16,7 @@ use std::process::ExitCode;
 
 // The server allocates per request and per record; mimalloc is measurably faster
 // than the system allocator there (docs/BENCHMARKS.md).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -82,28 +84,33 @@ enum Command {
     Cluster(queues::ClusterArgs),
     /// Load-test the cluster: submit jobs and measure rates and latencies.
     Bench(bench::BenchArgs),
+    /// A live view of the cluster, its queues and its workers (q quits).
+    Top(top::TopArgs),
 }
 
-/// What a command prints, as text or JSON.
+/// What a command prints, as text or JSON. A reader that went away (`lqsm ... | head`)
+/// ends the command quietly, as it ends any Unix tool, rather than a panic.
 pub fn print(output: Output, human: &str, json: &impl serde::Serialize) {
-    match output {
-        Output::Human => {
-            #[allow(clippy::print_stdout)] // Printing is this binary's job.
-            {
-                print!("{human}");
-                if !human.ends_with('\n') && !human.is_empty() {
-                    println!();
-                }
-            }
-        }
+    let mut text = match output {
+        Output::Human => human.to_owned(),
         Output::Json => {
-            let text = serde_json::to_string_pretty(json)
-                .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
-            #[allow(clippy::print_stdout)]
-            {
-                println!("{text}");
-            }
+            serde_json::to_string_pretty(json).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
         }
+    };
+    if !text.ends_with('\n') && !text.is_empty() {
+        text.push('\n');
+    }
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("lqsm: cannot write to standard output: {e}");
+        std::process::exit(1);
     }
 }
 
@@ -159,6 +166,7 @@ fn execute(cli: Cli) -> anyhow::Result<u8> {
             args,
             output,
         )),
+        Command::Top(args) => top::top(client(&cli)?, &cli.server, args, output),
     }
 }
 

@@ -61,6 +61,27 @@ pub struct SettingsArgs {
     /// guarantee (YARN's user-limit-factor); 0 removes it.
     #[arg(long)]
     user_limit_factor: Option<f64>,
+    /// Make children on demand (a parent such as root.users): the first submit to
+    /// `<path>.<name>` creates that leaf with these settings, as JSON: a queue's settings
+    /// plus `idle_ms` (removed after this long without unfinished jobs, default 600000)
+    /// and `max_queues` (default 1000; 0 removes the template), e.g.
+    /// '{"capacity": 5, "max_capacity": 50, "idle_ms": 600000, "max_queues": 200}'.
+    #[arg(long, value_parser = parse_template)]
+    template: Option<api::QueueTemplateSpec>,
+    /// A leaf's right-sizing, as JSON: jobs that name no resources request what their
+    /// program or handler used (95th percentile × margin), e.g. '{}' for the defaults
+    /// or '{"margin": 1.3, "max": {"cpu": 4, "memory_mib": 8192}}'; '{"margin": 0}'
+    /// turns it off.
+    #[arg(long, value_parser = parse_auto_resources)]
+    auto_resources: Option<api::AutoResourcesSpec>,
+}
+
+fn parse_auto_resources(text: &str) -> Result<api::AutoResourcesSpec, String> {
+    serde_json::from_str(text).map_err(|e| format!("not right-sizing settings: {e}"))
+}
+
+fn parse_template(text: &str) -> Result<api::QueueTemplateSpec, String> {
+    serde_json::from_str(text).map_err(|e| format!("not a queue template: {e}"))
 }
 
 /// `customer=5/s` or `customer=5/s:10` (a burst of 10).
@@ -100,6 +121,8 @@ impl SettingsArgs {
                 .then(|| self.key_limits.iter().cloned().collect()),
             fairness_key: self.fairness_key.clone(),
             user_limit_factor: self.user_limit_factor,
+            template: self.template.clone(),
+            auto_resources: self.auto_resources.clone(),
         }
     }
 }
@@ -126,6 +149,12 @@ pub enum QueueCommand {
     /// One queue in detail.
     Show {
         /// Its path.
+        path: String,
+    },
+    /// What a leaf's attempts used against what they asked for, by program or handler,
+    /// and what right-sizing (`--auto-resources`) requests for each.
+    Usage {
+        /// The leaf's path.
         path: String,
     },
     /// Accept nothing new; keep running what it holds.
@@ -378,6 +407,48 @@ fn detail(q: &api::QueueView) -> String {
         q.counts.mean_run_ms,
     ) + &rate_limit_lines(q)
         + &fairness_lines(q)
+        + &on_demand_lines(q)
+}
+
+/// A template's line, and a queue made on demand's: idle since, removed, its note.
+fn on_demand_lines(q: &api::QueueView) -> String {
+    let mut out = String::new();
+    if let Some(t) = &q.settings.template {
+        out.push_str(&format!(
+            "template:     children made on demand, at most {}: capacity {}%, max {}%, removed after {} idle\n",
+            t.max_queues.unwrap_or(0),
+            t.settings.capacity.unwrap_or(0.0),
+            t.settings.max_capacity.unwrap_or(100.0),
+            crate::units::show_ms(t.idle_ms.unwrap_or(0)),
+        ));
+    }
+    if q.on_demand {
+        let when = match (q.removed_at_ms, q.idle_since_ms) {
+            (Some(at), _) => format!("removed {} (idle); a submit makes it again", ago(at)),
+            (None, Some(since)) => format!("idle since {}", ago(since)),
+            (None, None) => "in use".to_owned(),
+        };
+        out.push_str(&format!("made on demand: {when}\n"));
+    }
+    if let Some(note) = &q.note {
+        out.push_str(&format!("note:         {note}\n"));
+    }
+    if let Some(auto) = &q.settings.auto_resources {
+        let bound = auto.max.as_ref().map_or_else(String::new, |max| {
+            format!(
+                ", at most {} cpu, {}",
+                show_cores(max.cpu.unwrap_or(0.0)),
+                show_mib(max.memory_mib.unwrap_or(0))
+            )
+        });
+        out.push_str(&format!(
+            "right-sizing: p95 x {} after {} attempts{bound} (lqsm queue usage {})\n",
+            auto.margin.unwrap_or(0.0),
+            auto.min_samples.unwrap_or(0),
+            q.path
+        ));
+    }
+    out
 }
 
 /// A leaf's fair sharing: its key, its user limit, and who holds most.
@@ -404,6 +475,67 @@ fn fairness_lines(q: &api::QueueView) -> String {
     out
 }
 
+/// `lqsm queue usage`: requested against used, one line per name.
+fn usage_table(usage: &api::QueueUsage) -> String {
+    let rows: Vec<Vec<String>> = usage
+        .names
+        .iter()
+        .map(|u| {
+            vec![
+                u.name.clone(),
+                u.attempts.to_string(),
+                format!(
+                    "{} cpu, {}",
+                    show_cores(u.requested.cpu),
+                    show_mib(u.requested.memory_mib)
+                ),
+                format!(
+                    "{} / {} / {}",
+                    show_mib(u.memory_p50_mib),
+                    show_mib(u.memory_p95_mib),
+                    show_mib(u.memory_max_mib)
+                ),
+                format!(
+                    "{} / {}",
+                    show_cores(round_cores(u.cpu_p50)),
+                    show_cores(round_cores(u.cpu_p95))
+                ),
+                u.auto_request.as_ref().map_or_else(
+                    || "-".to_owned(),
+                    |r| format!("{} cpu, {}", show_cores(r.cpu), show_mib(r.memory_mib)),
+                ),
+            ]
+        })
+        .collect();
+    let state = if usage.auto_resources {
+        "right-sizes jobs that name no resources"
+    } else {
+        "does not right-size (jobs may ask with --auto-resources)"
+    };
+    let mut out = format!("{}: {state}\n", usage.path);
+    if rows.is_empty() {
+        out.push_str("no measured attempts yet (only commands are measured)\n");
+        return out;
+    }
+    out.push_str(&table(
+        &[
+            "NAME",
+            "ATTEMPTS",
+            "REQUESTED",
+            "PEAK MEMORY P50 / P95 / MAX",
+            "CPU P50 / P95",
+            "AUTO REQUEST",
+        ],
+        &rows,
+    ));
+    out
+}
+
+/// Cores to three decimals, as a request can hold.
+fn round_cores(cores: f64) -> f64 {
+    (cores * 1000.0).round() / 1000.0
+}
+
 /// Runs `lqsm queue ...`.
 pub async fn queue(client: &Client, cmd: &QueueCommand, output: Output) -> anyhow::Result<u8> {
     let view = match cmd {
@@ -424,6 +556,11 @@ pub async fn queue(client: &Client, cmd: &QueueCommand, output: Output) -> anyho
             return Ok(0);
         }
         QueueCommand::Show { path } => client.queue(path).await?,
+        QueueCommand::Usage { path } => {
+            let usage = client.queue_usage(path).await?;
+            print(output, &usage_table(&usage), &usage);
+            return Ok(0);
+        }
         QueueCommand::Stop { path } => client.stop_queue(path).await?,
         QueueCommand::Start { path } => client.start_queue(path).await?,
         QueueCommand::Drain { path } => client.drain_queue(path).await?,
@@ -465,7 +602,11 @@ fn worker_rows(workers: &[api::WorkerView]) -> Vec<Vec<String>> {
             vec![
                 w.name.clone(),
                 w.id.to_string(),
-                w.state.to_string(),
+                if w.quiet {
+                    format!("{} (quiet)", w.state)
+                } else {
+                    w.state.to_string()
+                },
                 format!(
                     "{} / {}",
                     show_cores(w.used.cpu),

@@ -182,6 +182,15 @@ pub struct WorkerArgs {
     /// root without it runs command jobs as root, and says so in its log.
     #[arg(long, value_name = "USER")]
     run_as: Option<String>,
+    /// Enforce command jobs' memory requests without cgroups: where an attempt gets no
+    /// cgroup v2 memory limit (cgroup v1 machines, containers), its supervisor samples
+    /// the resident memory of the attempt's processes together about every 100 ms and
+    /// kills them all once it exceeds the job's memory request; the attempt fails as
+    /// having exceeded its memory limit. Peaks shorter than the sampling period can be
+    /// missed, and memory the processes share is counted once for each. Off by default;
+    /// with cgroups, `memory.max` enforces the limit either way.
+    #[arg(long)]
+    memory_check: bool,
 }
 
 fn parse_signal(text: &str) -> Result<nix::sys::signal::Signal, String> {
@@ -223,6 +232,7 @@ impl WorkerArgs {
         config.serves_commands = !self.no_commands;
         config.queues = self.queues;
         config.soft_timeout_signal = self.soft_timeout_signal;
+        config.memory_check = self.memory_check;
         if let Some(user) = &self.run_as {
             config.run_as = Some(
                 lqsm_worker::RunAs::lookup(user).map_err(|e| anyhow::anyhow!("--run-as: {e}"))?,

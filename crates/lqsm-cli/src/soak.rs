@@ -87,6 +87,11 @@ pub struct SoakArgs {
     /// Keep the temporary directory (data, logs, marks) even when the run passes.
     #[arg(long)]
     keep_dir: bool,
+    /// A command the server runs under, split at whitespace and put before the server's
+    /// own command line (e.g. `heaptrack -o /tmp/soak-heap`): for profiling its memory
+    /// over the run. Memory and signals then go to the `lqsm` process under it.
+    #[arg(long, hide = true)]
+    server_wrapper: Option<String>,
 }
 
 /// A span of the run, in seconds from its start.
@@ -306,9 +311,21 @@ fn marking_job(id: Uuid, marks: &Path, tag: &str, sleep: bool) -> api::SubmitJob
 /// The `lqsm` binary's processes: this binary, with no `LQSM_*` setting of the caller's
 /// environment, logging warnings to `log`.
 fn lqsm(log: &Path) -> anyhow::Result<Command> {
-    let exe = std::env::current_exe()
-        .map_err(|e| anyhow::anyhow!("cannot find this program's path to start lqsm: {e}"))?;
-    let mut cmd = Command::new(exe);
+    lqsm_under(log, &[])
+}
+
+/// This binary, as [`lqsm`], started by `wrapper` (a program and its arguments, given
+/// this binary's command line after them) when there is one.
+fn lqsm_under(log: &Path, wrapper: &[String]) -> anyhow::Result<Command> {
+    let exe = this_program()?;
+    let mut cmd = match wrapper.split_first() {
+        Some((program, arguments)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(arguments).arg(exe);
+            cmd
+        }
+        None => Command::new(exe),
+    };
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("LQSM_") {
             cmd.env_remove(key);
@@ -320,10 +337,48 @@ fn lqsm(log: &Path) -> anyhow::Result<Command> {
     Ok(cmd)
 }
 
+fn this_program() -> anyhow::Result<PathBuf> {
+    std::env::current_exe()
+        .map_err(|e| anyhow::anyhow!("cannot find this program's path to start lqsm: {e}"))
+}
+
 fn signal(child: &Child, signal: nix::sys::signal::Signal) {
-    if let Ok(pid) = i32::try_from(child.id()) {
+    signal_pid(child.id(), signal);
+}
+
+fn signal_pid(pid: u32, signal: nix::sys::signal::Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
     }
+}
+
+/// The process running `program` among `root` and its descendants (breadth first), from
+/// `/proc`: the server under a wrapper, which may start it as a child rather than exec it.
+fn process_running(root: u32, program: &Path) -> Option<u32> {
+    let runs_program =
+        |pid: u32| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == program);
+    let parent_of = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name in parentheses may hold spaces; the parent follows the state.
+        let after_name = &stat[stat.rfind(')')? + 1..];
+        after_name.split_whitespace().nth(1)?.parse().ok()
+    };
+    let processes: Vec<u32> = std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let mut generation = vec![root];
+    while !generation.is_empty() {
+        if let Some(&found) = generation.iter().find(|&&pid| runs_program(pid)) {
+            return Some(found);
+        }
+        generation = processes
+            .iter()
+            .copied()
+            .filter(|&pid| parent_of(pid).is_some_and(|parent| generation.contains(&parent)))
+            .collect();
+    }
+    None
 }
 
 /// Waits for `child` to exit, at most `timeout`; kills it (SIGKILL) after that. Whether
@@ -354,8 +409,12 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 /// Starts `lqsm server` in `dir` on a random loopback port; its URL once it answers
 /// `/readyz`.
-async fn start_server(dir: &Path, retention: Duration) -> anyhow::Result<(Child, String)> {
-    let mut cmd = lqsm(&dir.join("server.log"))?;
+async fn start_server(
+    dir: &Path,
+    retention: Duration,
+    wrapper: &[String],
+) -> anyhow::Result<(Child, String)> {
+    let mut cmd = lqsm_under(&dir.join("server.log"), wrapper)?;
     cmd.arg("server")
         .arg("--listen")
         .arg("127.0.0.1:0")
@@ -373,18 +432,21 @@ async fn start_server(dir: &Path, retention: Duration) -> anyhow::Result<(Child,
         .ok_or_else(|| anyhow::anyhow!("the server's stdout is not piped"))?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
+        // A wrapper may print lines of its own before the server's announcement.
         let mut lines = BufReader::new(stdout).lines();
-        let _ = tx.send(lines.next());
+        let announcement = lines.by_ref().map_while(Result::ok).find_map(|line| {
+            line.strip_prefix("lqsm server listening on ")
+                .map(|url| url.trim().to_owned())
+        });
+        let _ = tx.send(announcement);
         // Keep reading so the server never writes into a closed pipe.
         for _ in lines {}
     });
-    let first = tokio::time::timeout(Duration::from_secs(30), rx).await;
-    let url = match first {
-        Ok(Ok(Some(Ok(line)))) => line
-            .strip_prefix("lqsm server listening on ")
-            .map(|u| u.trim().to_owned()),
-        _ => None,
-    };
+    let url = tokio::time::timeout(Duration::from_secs(30), rx)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
     let Some(url) = url else {
         let _ = child.kill();
         let _ = child.wait();
@@ -859,6 +921,10 @@ struct Totals {
     workers_killed: usize,
     /// Workers that did not stop within 60 s of SIGTERM.
     workers_stop_timeouts: usize,
+    /// What the server said of some of the lost jobs after the drain (state, then each
+    /// attempt's worker and outcome): what a failed run leaves to explain it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    lost_jobs_seen: Vec<String>,
 }
 
 /// The whole report of a soak run.
@@ -1187,8 +1253,27 @@ pub async fn run(args: &SoakArgs, output: Output) -> anyhow::Result<u8> {
     let dir = tempfile::TempDir::with_prefix("lqsm-soak-")?;
     let marks = dir.path().join("marks");
     std::fs::File::create(&marks)?;
-    let (mut server, url) = start_server(dir.path(), args.retention).await?;
-    let server_pid = server.id();
+    let wrapper: Vec<String> = args
+        .server_wrapper
+        .as_deref()
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let (mut server, url) = start_server(dir.path(), args.retention, &wrapper).await?;
+    // Under a wrapper, the `lqsm` process is the one measured and stopped; the wrapper
+    // ends when it does.
+    let server_pid = if wrapper.is_empty() {
+        server.id()
+    } else {
+        let program = this_program()?;
+        process_running(server.id(), &program).ok_or_else(|| {
+            anyhow::anyhow!(
+                "no process runs {} under the server's wrapper",
+                program.display()
+            )
+        })?
+    };
     progress(
         output,
         &format!(
@@ -1325,6 +1410,7 @@ pub async fn run(args: &SoakArgs, output: Output) -> anyhow::Result<u8> {
     }
     // Time for a job left behind by a killed worker to show a second completion.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let lost_jobs_seen = describe_lost_jobs(&shared, &client).await;
     let _ = end_tx.send(true);
     let _ = marks_reader.await;
     let _ = sampler.await;
@@ -1341,11 +1427,16 @@ pub async fn run(args: &SoakArgs, output: Output) -> anyhow::Result<u8> {
     for worker in &mut workers {
         stop_within(&mut worker.child, Duration::from_secs(30)).await;
     }
-    signal(&server, nix::sys::signal::Signal::SIGTERM);
-    stop_within(&mut server, Duration::from_secs(30)).await;
+    signal_pid(server_pid, nix::sys::signal::Signal::SIGTERM);
+    // A profiler wrapping the server may take a while to write its data out.
+    let server_stop_timeout = if wrapper.is_empty() { 30 } else { 300 };
+    stop_within(&mut server, Duration::from_secs(server_stop_timeout)).await;
 
     let criteria = criteria(&shared, &intervals, report_every, args, baseline, last);
-    let totals = totals(&shared, workers_stop_timeouts);
+    let totals = Totals {
+        lost_jobs_seen,
+        ..totals(&shared, workers_stop_timeouts)
+    };
     let mut failures = Vec::new();
     if !criteria.rss_ok {
         failures.push(format!(
@@ -1367,8 +1458,9 @@ pub async fn run(args: &SoakArgs, output: Output) -> anyhow::Result<u8> {
     }
     if totals.jobs_lost > 0 {
         failures.push(format!(
-            "{} acknowledged jobs never completed",
-            totals.jobs_lost
+            "{} acknowledged jobs never completed; the server's view of some: {}",
+            totals.jobs_lost,
+            totals.lost_jobs_seen.join("; ")
         ));
     }
     if totals.completed_twice_otherwise > 0 {
@@ -1419,6 +1511,37 @@ pub async fn run(args: &SoakArgs, output: Output) -> anyhow::Result<u8> {
     Ok(if report.passed { 0 } else { 1 })
 }
 
+/// The server's view of up to 10 acknowledged jobs that never completed.
+async fn describe_lost_jobs(shared: &Shared, client: &Client) -> Vec<String> {
+    let lost: Vec<Uuid> = lock(&shared.jobs)
+        .iter()
+        .filter(|(_, j)| j.acknowledged && !j.to_cancel && j.runs == 0)
+        .map(|(id, _)| *id)
+        .take(10)
+        .collect();
+    let mut seen = Vec::with_capacity(lost.len());
+    for id in lost {
+        let text = match client.job(id).await {
+            Ok(job) => {
+                let attempts: Vec<String> = job
+                    .attempts
+                    .iter()
+                    .map(|a| {
+                        let outcome = a
+                            .outcome
+                            .map_or_else(|| "current".to_owned(), |o| o.to_string());
+                        format!("#{} on {}: {outcome}", a.number, a.worker)
+                    })
+                    .collect();
+                format!("{id}: {} [{}]", job.state, attempts.join(", "))
+            }
+            Err(e) => format!("{id}: {e}"),
+        };
+        seen.push(text);
+    }
+    seen
+}
+
 fn totals(shared: &Shared, workers_stop_timeouts: usize) -> Totals {
     let errors = lock(&shared.errors);
     let jobs = lock(&shared.jobs);
@@ -1450,6 +1573,7 @@ fn totals(shared: &Shared, workers_stop_timeouts: usize) -> Totals {
         workers_stopped: churned(Churn::Stopped),
         workers_killed: churned(Churn::Killed),
         workers_stop_timeouts,
+        lost_jobs_seen: Vec::new(),
     }
 }
 

@@ -761,3 +761,21 @@ fn job_cancel_takes_one_job_or_every_job_of_a_tag() {
     );
     assert_eq!(c.cli.job(other).state, lqsm_api::JobState::Cancelled);
 }
+
+#[test]
+fn job_logs_follow_prints_a_running_commands_output_to_its_end() {
+    let c = Cluster::start(&[], &[("w1", 1)]);
+    let id = c.cli.submit(&[
+        "--",
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5 6 7 8 9 10; do echo \"line $i\"; sleep 0.2; done",
+    ]);
+    // Started while the job waits or runs; ends once it has finished, having printed
+    // all of its output once.
+    let followed = c.cli.run(&["job", "logs", &id.to_string(), "--follow"]);
+    followed.success();
+    let all: String = (1..=10).map(|i| format!("line {i}\n")).collect();
+    assert_eq!(followed.stdout, all, "{followed:#?}\n{}", c.logs());
+    assert!(c.cli.job(id).state.is_terminal());
+}

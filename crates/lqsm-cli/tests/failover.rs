@@ -714,3 +714,47 @@ fn a_broadcast_open_to_new_workers_stays_open_across_a_failover() {
     on.dedup();
     assert_eq!(on.len(), 2, "one job on each worker");
 }
+
+#[test]
+fn a_follower_answers_a_running_jobs_output_from_the_leader() {
+    let mut servers = Servers::start(2);
+    let (leader, _) = servers.wait_for_leader(Duration::from_secs(30));
+    servers.start_worker("live-w1");
+    let follower = servers.server(1 - leader).api();
+    let mut job = api::SubmitJob::new(
+        "root.default",
+        api::JobKind::Command {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "for i in 1 2 3 4 5 6 7 8 9 10; do echo \"line $i\"; sleep 0.2; done".into(),
+            ],
+            env: Default::default(),
+            cwd: None,
+        },
+    );
+    job.id = Some(Uuid::now_v7());
+    let id = job.id.unwrap();
+    servers.submit_until_acknowledged(&job, leader);
+    // The running output lives in the leader's memory: the follower passes the read on.
+    let live: api::JobLogs = eventually_explained(
+        "the follower to show the running job's output",
+        Duration::from_secs(30),
+        || servers.logs(),
+        || {
+            let read: api::JobLogs = follower
+                .get(&format!("/v1/jobs/{id}/logs?offset=0"))
+                .expect(200);
+            (read.running && read.text.starts_with("line 1\n")).then_some(read)
+        },
+    );
+    assert_eq!(live.attempt, Some(1));
+    eventually_explained(
+        "the job to finish",
+        Duration::from_secs(30),
+        || servers.logs(),
+        || (servers.job_state(id) == Some(api::JobState::Succeeded)).then_some(()),
+    );
+    let all: String = (1..=10).map(|i| format!("line {i}\n")).collect();
+    assert_eq!(follower.get(&format!("/v1/jobs/{id}/logs")).body, all);
+}

@@ -54,6 +54,8 @@ pub struct JobFilter {
     pub state: Option<api::JobState>,
     /// Only jobs carrying this tag.
     pub tag: Option<String>,
+    /// Only jobs submitted by this token name (`anonymous` on a server without tokens).
+    pub submitter: Option<String>,
     /// Oldest (the default) or newest first.
     pub order: api::ListOrder,
 }
@@ -249,6 +251,7 @@ impl Client {
                 ("queue", filter.queue.as_deref()),
                 ("state", filter.state.map(api::JobState::as_str)),
                 ("tag", filter.tag.as_deref()),
+                ("submitter", filter.submitter.as_deref()),
                 ("order", Some(filter.order.as_str())),
                 ("cursor", cursor),
             ];
@@ -306,12 +309,24 @@ impl Client {
         self.send(req, "a job").await
     }
 
-    /// The captured output (stdout and stderr) of the job's last reported attempt;
-    /// empty when there is none (`GET /v1/jobs/{id}/logs`).
+    /// The captured output (stdout and stderr) of the job: while an attempt runs, what
+    /// its worker uploaded so far; else that of its last reported attempt; empty when
+    /// there is none (`GET /v1/jobs/{id}/logs`).
     pub async fn logs(&self, id: Uuid) -> Result<String, ClientError> {
         let req = self.request(Method::GET, &["v1", "jobs", &id.to_string(), "logs"]);
         let (_, bytes) = self.exchange(req).await?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// The job's output from byte `offset` on, for a reader that follows it
+    /// (`GET /v1/jobs/{id}/logs?offset=N`): ask again from the answer's `next_offset`
+    /// while it is `running`. A server before protocol 8 refuses the parameter.
+    pub async fn logs_from(&self, id: Uuid, offset: u64) -> Result<api::JobLogs, ClientError> {
+        let mut url = self.url(&["v1", "jobs", &id.to_string(), "logs"]);
+        url.query_pairs_mut()
+            .append_pair("offset", &offset.to_string());
+        let req = self.request_url(Method::GET, url);
+        self.send(req, "a job's output").await
     }
 
     /// Submits a function job with the queue's defaults and answers with a handle to
@@ -434,6 +449,12 @@ impl Client {
     /// One queue and its subtree (`GET /v1/queues/{path}`).
     pub async fn queue(&self, path: &str) -> Result<api::QueueView, ClientError> {
         let req = self.request(Method::GET, &["v1", "queues", path]);
+        self.send(req, "a queue").await
+    }
+
+    /// What a leaf's attempts used, by job name (`GET /v1/queues/{path}/usage`).
+    pub async fn queue_usage(&self, path: &str) -> Result<api::QueueUsage, ClientError> {
+        let req = self.request(Method::GET, &["v1", "queues", path, "usage"]);
         self.send(req, "a queue").await
     }
 
@@ -619,6 +640,22 @@ impl Client {
             )
             .timeout(wait + WAIT_MARGIN);
         async move { client.send(req.body(body), "a poll answer").await }
+    }
+
+    /// Uploads the new output of the worker's running attempts (protocol 8,
+    /// `POST /v1/workers/{id}/logs`); the answer names the chunks refused.
+    pub async fn upload_logs(
+        &self,
+        worker: Uuid,
+        chunks: &api::LogChunks,
+    ) -> Result<api::LogChunksAnswer, ClientError> {
+        let req = self
+            .request(
+                Method::POST,
+                &["v1", "workers", &worker.to_string(), "logs"],
+            )
+            .json(chunks);
+        self.send(req, "a log upload answer").await
     }
 
     /// Tells the server to give the worker nothing new; its running attempts finish

@@ -121,6 +121,18 @@ async fn job_routes_submit_list_page_and_cancel() {
         .await
         .unwrap();
     assert_eq!(nightly.jobs.len(), 1);
+    // Jobs by who submitted them: `anonymous` on a server without tokens.
+    let by = |who: &str| JobFilter {
+        submitter: Some(who.into()),
+        ..JobFilter::default()
+    };
+    let anonymous = client
+        .list_jobs(&by("anonymous"), None, None)
+        .await
+        .unwrap();
+    assert_eq!(anonymous.jobs.len(), 3);
+    let nobody = client.list_jobs(&by("nobody"), None, None).await.unwrap();
+    assert!(nobody.jobs.is_empty() && nobody.next_cursor.is_none());
 
     let cancelled = client.cancel(first.id).await.unwrap();
     assert_eq!(cancelled.state, lqsm_api::JobState::Cancelled);

@@ -469,6 +469,7 @@ fn put_outcome(out: &mut Vec<u8>, outcome: &AttemptOutcome) {
         AttemptOutcome::Preempted => out.push(4),
         AttemptOutcome::Cancelled => out.push(5),
         AttemptOutcome::NotReclaimed => out.push(6),
+        AttemptOutcome::Withdrawn => out.push(8),
         AttemptOutcome::RetryRequested { countdown, message } => {
             out.push(7);
             put_opt(out, *countdown, put_duration);
@@ -725,6 +726,7 @@ impl<'a> Reader<'a> {
             retry_of: None,
             depends: None,
             workflow: None,
+            auto_request: false,
             soft_timeout: None,
             pinned: None,
         };
@@ -754,6 +756,7 @@ impl<'a> Reader<'a> {
             4 => AttemptOutcome::Preempted,
             5 => AttemptOutcome::Cancelled,
             6 => AttemptOutcome::NotReclaimed,
+            8 => AttemptOutcome::Withdrawn,
             7 => AttemptOutcome::RetryRequested {
                 countdown: self.opt(Self::duration)?,
                 message: self.string()?,
@@ -839,6 +842,7 @@ mod tests {
             retry_of: None,
             depends: None,
             workflow: None,
+            auto_request: false,
             soft_timeout: None,
             pinned: None,
         };
@@ -935,6 +939,7 @@ mod tests {
             AttemptOutcome::Preempted,
             AttemptOutcome::Cancelled,
             AttemptOutcome::NotReclaimed,
+            AttemptOutcome::Withdrawn,
             AttemptOutcome::Succeeded {
                 result: None,
                 exit_code: None,
@@ -977,10 +982,44 @@ mod tests {
             config: QueueConfig::with_capacity(30.0, 100.0),
             state: QueueState::Stopped,
             counters: None,
+            on_demand: false,
+            note: None,
+            removed_at: None,
         };
         let json = serde_json::to_vec(&queue).expect("serialises");
         assert_eq!(decode_queue(&json), Ok(queue.clone()));
         assert_eq!(decode_queue(&encode_queue(&queue)), Ok(queue));
+        let template = QueueRecord {
+            path: QueuePath::parse("root.users").expect("valid"),
+            config: QueueConfig {
+                template: Some(Box::new(crate::queues::QueueTemplate {
+                    child: QueueConfig::with_capacity(5.0, 50.0),
+                    idle_removal: std::time::Duration::from_secs(90),
+                    max_queues: 7,
+                })),
+                ..QueueConfig::default()
+            },
+            state: QueueState::Running,
+            counters: None,
+            on_demand: false,
+            note: None,
+            removed_at: None,
+        };
+        let retired = QueueRecord {
+            path: QueuePath::parse("root.users.alice").expect("valid"),
+            config: QueueConfig::with_capacity(0.0, 50.0),
+            state: QueueState::Running,
+            counters: Some(crate::queues::QueueStats {
+                submitted: 3,
+                ..crate::queues::QueueStats::default()
+            }),
+            on_demand: true,
+            note: Some("created with a guarantee of 0".into()),
+            removed_at: Some(Timestamp(42)),
+        };
+        for queue in [template, retired] {
+            assert_eq!(decode_queue(&encode_queue(&queue)), Ok(queue));
+        }
         let kind = JobKind::function("lqsm.echo", json!({"blob": "x"}));
         let json = serde_json::to_vec(&kind).expect("serialises");
         assert_eq!(decode_payload(&json), Ok(kind.clone()));

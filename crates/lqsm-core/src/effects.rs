@@ -25,6 +25,11 @@ pub enum Record {
     },
     /// A queue was created or changed.
     Queue(QueueId),
+    /// A queue created on demand was removed after its idle time (kept as retired, its
+    /// counters readable), or a retired queue was forgotten after the retention: write
+    /// what the path holds at the end of the batch
+    /// ([`ResourceManager::durable_queue`](crate::ResourceManager::durable_queue)).
+    QueueRetired(QueuePath),
     /// A queue was deleted.
     QueueDeleted {
         /// Its id.

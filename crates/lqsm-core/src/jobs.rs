@@ -2,7 +2,7 @@
 //! moves from pending to a terminal state.
 
 use crate::ids::{FencingToken, JobId, QueueId, Timestamp, WorkerId};
-use crate::resources::Resources;
+use crate::resources::{MiB, Resources};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -276,6 +276,11 @@ pub struct SubmitRequest {
     /// The workflow it belongs to.
     #[serde(default)]
     pub workflow: Option<WorkflowNode>,
+    /// Size the request from what attempts of its name used (its queue's
+    /// `auto_resources` bounds, or the defaults), even when it names resources: those
+    /// then hold until enough attempts were observed.
+    #[serde(default)]
+    pub auto_request: bool,
 }
 
 impl SubmitRequest {
@@ -305,6 +310,7 @@ impl SubmitRequest {
             retry_of: None,
             depends: None,
             workflow: None,
+            auto_request: false,
             soft_timeout: None,
             pinned: None,
         }
@@ -758,6 +764,9 @@ pub enum AttemptOutcome {
     /// After a restart its worker did not reclaim it within the grace period; it
     /// does not count as a failure.
     NotReclaimed,
+    /// Its worker stopped polling before the attempt was handed to it, so it never
+    /// started: it was taken back and placed again, and it does not count as a failure.
+    Withdrawn,
 }
 
 impl AttemptOutcome {
@@ -865,6 +874,10 @@ pub struct Job {
     /// 0 until handed over; then the number of the poll answer that carried it, or
     /// [`KNOWN_TO_WORKER`] once the worker cannot be waiting for it any more.
     pub(crate) delivered_in: u64,
+    /// Internal: whether the current attempt was ever handed to its worker (a
+    /// redelivery resets `delivered_in`, never this): an attempt never handed over
+    /// cannot have started, so it may be taken back without counting as a failure.
+    pub(crate) handed: bool,
     /// Internal: its state in the last record handed out for storage
     /// ([`ResourceManager::record_job`](crate::ResourceManager::record_job)); `None` before
     /// the first.
@@ -919,6 +932,23 @@ pub struct AttemptReport {
     /// running; never later than the report).
     #[serde(default)]
     pub started_at: Option<Timestamp>,
+    /// What it used, when its worker measured it (a command's processes).
+    #[serde(default)]
+    pub usage: Option<Usage>,
+    /// It was killed for using more memory than its request (a `Failed` result): the
+    /// job runs again with twice the memory, without spending an attempt, while that
+    /// stays within its queue's bound for right-sized requests.
+    #[serde(default)]
+    pub memory_exceeded: bool,
+}
+
+/// What one attempt used, as its worker measured it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct Usage {
+    /// Peak resident memory of its processes together.
+    pub peak_memory: MiB,
+    /// CPU time its processes used, user and system.
+    pub cpu_ms: u64,
 }
 
 /// The part of an attempt's end a worker can know.
@@ -983,6 +1013,9 @@ pub enum SubmitError {
     /// Jobs only go to leaves.
     #[error("queue `{0}` has child queues; submit to one of its leaves")]
     NotALeaf(String),
+    /// A parent with a template takes no jobs: its children do, made on demand.
+    #[error("queue `{0}` creates its children on demand; submit to `{0}.<name>`")]
+    OnDemandParent(String),
     /// The queue is stopped or draining.
     #[error("queue `{path}` is {state} and accepts no new jobs")]
     NotAccepting {

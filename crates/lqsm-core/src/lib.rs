@@ -22,6 +22,7 @@ pub mod resources;
 mod retry;
 pub mod schedules;
 mod timers;
+pub mod usage;
 pub mod workers;
 
 /// What preemption policies see of the running attempts (kept at this path for the
@@ -39,20 +40,22 @@ pub use effects::{Assignment, Effects, Kill, KillReason, PollAnswer, Record};
 pub use ids::{FencingToken, JobId, PollTicket, QueueId, Timestamp, WorkerId};
 pub use jobs::{
     Attempt, AttemptOutcome, AttemptReport, Dependencies, Job, JobKind, JobSpec, JobState,
-    ReportedResult, RetryPolicy, RunWhen, SubmitError, SubmitRequest, Termination, WorkflowNode,
+    ReportedResult, RetryPolicy, RunWhen, SubmitError, SubmitRequest, Termination, Usage,
+    WorkflowNode,
 };
 pub use policy::Policies;
 pub use queues::{
-    FAIRNESS_BY_USER, JobDefaults, QueueConfig, QueueError, QueuePath, QueueState, QueueStats,
-    QueueUpdate,
+    AutoResources, FAIRNESS_BY_USER, JobDefaults, QueueConfig, QueueError, QueuePath, QueueState,
+    QueueStats, QueueTemplate, QueueUpdate, RetiredQueue,
 };
 pub use rate_limits::{Rate, RateLimit, RatePeriod};
 pub use recovery::{JobRecord, QueueRecord, RestoreError, RestoreInput, RestoreReport};
 pub use resource_manager::{
-    BroadcastJob, Config, ConfigError, JobError, JobSelection, MAX_WORKFLOW_NODES, OpenBroadcast,
-    PassReport, PollOutcome, PreemptionConfig, QueueView, REDELIVER_AFTER, ROOT, RefusalReason,
-    RefusedReport, ResourceManager, SelectionError, Submitted, UserShareView, WorkerError,
-    WorkerPoll, WorkflowError,
+    BroadcastJob, Config, ConfigError, JobError, JobSelection, MAX_WORKFLOW_NODES, NameUsage,
+    OpenBroadcast, PassReport, PollOutcome, PreemptionConfig, QUIET_GRACE, QueueView,
+    REDELIVER_AFTER, ROOT, RefusalReason, RefusedReport, ResourceManager, SelectionError,
+    Submitted, UserShareView, WorkerError, WorkerPoll, WorkflowError,
 };
 pub use resources::{BadAmount, MiB, Millicores, ResourceName, Resources};
+pub use usage::UsageSummary;
 pub use workers::{Worker, WorkerRegistration, WorkerState};

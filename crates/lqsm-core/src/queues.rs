@@ -241,6 +241,92 @@ pub struct QueueConfig {
     /// one job. None: no limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_limit_factor: Option<f64>,
+    /// Leaf: right-sizing. Jobs that name no resources (and jobs that ask for `auto`)
+    /// request what their name's recent attempts used (95th percentile × margin, within
+    /// bounds); the queue's default until enough were observed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_resources: Option<AutoResources>,
+    /// Parent: its children are created on demand, by the first submit to a path under
+    /// it (`root.users.alice`), with these settings. Such a parent takes no jobs itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<Box<QueueTemplate>>,
+}
+
+/// A leaf's right-sizing: the requests of its jobs that name none (and of jobs that ask
+/// for `auto`) follow what their name's attempts used.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AutoResources {
+    /// A request is the 95th percentile of observed use times this.
+    pub margin: f64,
+    /// Attempts observed before requests follow them; until then a job gets the
+    /// queue's default request.
+    pub min_samples: u32,
+    /// The least cpu and memory a right-sized request asks for.
+    pub min: Resources,
+    /// The most; also the ceiling of the memory an attempt killed for exceeding its
+    /// memory is retried with. None: no bound but the workers'.
+    pub max: Option<Resources>,
+}
+
+impl Default for AutoResources {
+    fn default() -> Self {
+        Self {
+            margin: 1.2,
+            min_samples: 5,
+            min: Resources::new(Millicores(50), MiB(32), 0),
+            max: None,
+        }
+    }
+}
+
+impl AutoResources {
+    /// Why these settings cannot be used, naming the field.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        if !self.margin.is_finite() || !(1.0..=10.0).contains(&self.margin) {
+            return Err((
+                "auto_resources.margin".into(),
+                format!("{} is not a factor between 1 and 10", self.margin),
+            ));
+        }
+        if let Some(max) = &self.max
+            && (max.cpu < self.min.cpu || max.memory < self.min.memory)
+        {
+            return Err((
+                "auto_resources.max".into(),
+                "is below auto_resources.min".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A parent's template for the children it creates on demand (`root.users.*`), as
+/// YARN's auto-created leaf queues.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueTemplate {
+    /// The settings each child starts with. Its `capacity` is the guarantee a child
+    /// gets while its siblings' guarantees and it fit under 100%; past that a child gets
+    /// 0, and its note says so.
+    pub child: QueueConfig,
+    /// A child that has held no unfinished job this long is removed; its finished jobs
+    /// and lifetime counters stay readable, and a later submit creates it again with
+    /// its counters.
+    pub idle_removal: Duration,
+    /// Most children created on demand that may exist at once; a submit past it is
+    /// refused.
+    pub max_queues: u32,
+}
+
+impl Default for QueueTemplate {
+    fn default() -> Self {
+        Self {
+            child: QueueConfig::default(),
+            idle_removal: Duration::from_secs(600),
+            max_queues: 1000,
+        }
+    }
 }
 
 impl Default for QueueConfig {
@@ -261,6 +347,8 @@ impl Default for QueueConfig {
             key_limits: BTreeMap::new(),
             fairness_key: None,
             user_limit_factor: None,
+            auto_resources: None,
+            template: None,
         }
     }
 }
@@ -379,7 +467,65 @@ impl QueueConfig {
                 ));
             }
         }
+        if let Some(auto) = &self.auto_resources {
+            auto.check()
+                .map_err(|(field, reason)| invalid(&field, reason))?;
+            if let Err(bad) = auto.min.check("auto_resources.min") {
+                return Err(invalid(&bad.field, bad.reason));
+            }
+            if let Some(max) = &auto.max
+                && let Err(bad) = max.check("auto_resources.max")
+            {
+                return Err(invalid(&bad.field, bad.reason));
+            }
+        }
+        if let Some(template) = &self.template {
+            if template.max_queues == 0 {
+                return Err(invalid(
+                    "template.max_queues",
+                    "must be at least 1 (to stop creating queues, remove the template)".into(),
+                ));
+            }
+            if template.child.template.is_some() {
+                return Err(invalid(
+                    "template.template",
+                    "a queue created on demand cannot create queues itself".into(),
+                ));
+            }
+            if let Some(field) = self.leaf_only_setting() {
+                return Err(invalid(
+                    field,
+                    "belongs to a leaf, and a queue with a template is a parent".into(),
+                ));
+            }
+            template.child.validate(path).map_err(|error| match error {
+                QueueError::InvalidConfig { field, reason, .. } => {
+                    invalid(&format!("template.{field}"), reason)
+                }
+                other => other,
+            })?;
+        }
         Ok(())
+    }
+
+    /// The first setting only a leaf may have: rate limits, priority preemption and fair
+    /// sharing act on the jobs of a leaf, and a queue with children holds none.
+    pub fn leaf_only_setting(&self) -> Option<&'static str> {
+        if self.rate_limit.is_some() {
+            Some("rate_limit")
+        } else if !self.key_limits.is_empty() {
+            Some("key_limits")
+        } else if self.priority_preemption {
+            Some("priority_preemption")
+        } else if self.fairness_key.is_some() {
+            Some("fairness_key")
+        } else if self.user_limit_factor.is_some() {
+            Some("user_limit_factor")
+        } else if self.auto_resources.is_some() {
+            Some("auto_resources")
+        } else {
+            None
+        }
     }
 
     /// The fairness value of a job in this queue: its value of the fairness key, or ""
@@ -425,6 +571,20 @@ pub fn check_key_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// A queue created on demand and removed after its idle time: what stays readable of it
+/// for the retention.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct RetiredQueue {
+    /// Its last settings.
+    pub config: QueueConfig,
+    /// Its lifetime counters (nothing pending).
+    pub stats: QueueStats,
+    /// When it was removed.
+    pub removed_at: crate::ids::Timestamp,
+    /// Its note, if it had one.
+    pub note: Option<String>,
+}
+
 /// A partial change to a queue's settings; absent fields stay as they are.
 #[derive(Clone, PartialEq, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -459,6 +619,11 @@ pub struct QueueUpdate {
     pub fairness_key: Option<Option<String>>,
     /// New user limit; `Some(None)` removes it.
     pub user_limit_factor: Option<Option<f64>>,
+    /// New right-sizing; `Some(None)` removes it.
+    pub auto_resources: Option<Option<AutoResources>>,
+    /// New template for children created on demand; `Some(None)` removes it (the
+    /// children it made stay, as ordinary queues).
+    pub template: Option<Option<Box<QueueTemplate>>>,
 }
 
 impl QueueUpdate {
@@ -509,6 +674,12 @@ impl QueueUpdate {
         }
         if let Some(v) = self.user_limit_factor {
             c.user_limit_factor = v;
+        }
+        if let Some(v) = &self.auto_resources {
+            c.auto_resources = v.clone();
+        }
+        if let Some(v) = &self.template {
+            c.template = v.clone();
         }
         c
     }
@@ -627,6 +798,17 @@ pub enum QueueError {
     /// Root cannot be deleted or given a capacity.
     #[error("the root queue cannot be {0}")]
     Root(&'static str),
+    /// A parent's template has made as many queues as it may.
+    #[error(
+        "queue `{parent}` already has {max} queues created on demand (its template's \
+         max_queues): wait until idle ones are removed, or raise the limit"
+    )]
+    OnDemandLimit {
+        /// The parent with the template.
+        parent: QueuePath,
+        /// Its template's `max_queues`.
+        max: u32,
+    },
 }
 
 #[cfg(test)]

@@ -34,6 +34,16 @@ pub struct QueueRecord {
     /// the jobs still held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counters: Option<QueueStats>,
+    /// Created on demand from its parent's template.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_demand: bool,
+    /// Why its settings differ from what was asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Set for a queue created on demand and removed after its idle time: the record
+    /// keeps its settings and counters readable until the retention has passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_at: Option<Timestamp>,
 }
 
 /// Everything durable about a job.
@@ -179,6 +189,9 @@ impl ResourceManager {
                 pending: 0,
                 ..node.stats
             }),
+            on_demand: node.on_demand,
+            note: node.note.clone(),
+            removed_at: None,
         })
     }
 
@@ -223,6 +236,10 @@ impl ResourceManager {
         });
         let mut durable_counters = Vec::new();
         for record in input.queues {
+            if let Some(removed_at) = record.removed_at {
+                rm.restore_retired(record, removed_at);
+                continue;
+            }
             let failed = |error| RestoreError::Queue {
                 path: record.path.clone(),
                 error,
@@ -239,6 +256,7 @@ impl ResourceManager {
                     preemptable: Some(record.config.preemptable),
                     rate_limit: Some(record.config.rate_limit),
                     key_limits: Some(record.config.key_limits.clone()),
+                    template: Some(record.config.template.clone()),
                     ..QueueUpdate::default()
                 };
                 rm.update_queue("root", &update).map_err(failed)?;
@@ -248,7 +266,10 @@ impl ResourceManager {
                 report.queues += 1;
             }
             let id = rm.queue_ids[&record.path];
-            rm.node_mut(id).state = record.state;
+            let node = rm.node_mut(id);
+            node.state = record.state;
+            node.on_demand = record.on_demand;
+            node.note = record.note;
             if let Some(counters) = record.counters {
                 durable_counters.push((id, counters));
             }
@@ -284,6 +305,17 @@ impl ResourceManager {
                 pending: node.stats.pending,
                 ..counters
             };
+        }
+        // A queue created on demand that holds nothing starts its idle time afresh.
+        let on_demand: Vec<QueueId> = rm
+            .queues
+            .iter()
+            .flatten()
+            .filter(|n| n.on_demand)
+            .map(|n| n.id)
+            .collect();
+        for id in on_demand {
+            rm.mark_idle(id, now);
         }
         rm.next_token = rm.next_token.max(max_token);
         rm.next_seq = max_seq + 1;
@@ -385,6 +417,7 @@ impl ResourceManager {
             worker_slot: 0,
             waiting: Waiting::Not,
             delivered_in: 0,
+            handed: false,
             // Restored from the store, which holds this very state.
             recorded: Some(state),
         });
@@ -496,6 +529,7 @@ impl ResourceManager {
         job.worker = Some(worker_key);
         // Listed by the worker itself: known to it whatever it acknowledged.
         job.delivered_in = crate::jobs::KNOWN_TO_WORKER;
+        job.handed = true;
         job.worker_slot = u32::try_from(worker.attempts.len()).expect("fewer than 2^32 attempts");
         worker.attempts.push(key);
         worker.idle_since = None;

@@ -19,6 +19,10 @@ pub(crate) enum Timer {
     AttemptTimeout(JobKey, FencingToken),
     /// A worker may have missed its heartbeat.
     Heartbeat(WorkerKey),
+    /// A worker may not have polled again in time (`QUIET_GRACE`).
+    Quiet(WorkerKey),
+    /// A lost worker may have been kept for `Config::lost_worker_retention`.
+    ForgetWorker(WorkerKey),
     /// A finished job may have passed its retention.
     Purge(JobKey),
     /// A starved queue may have waited past the preemption delay.
@@ -31,6 +35,10 @@ pub(crate) enum Timer {
     RateLimit(QueueId),
     /// A per-key or per-handler limit may let the next job it holds start.
     GiveBack(HoldKey),
+    /// A queue created on demand may have been idle past its template's idle time.
+    QueueIdle(QueueId),
+    /// A retired queue may have passed the retention.
+    ForgetRetiredQueues,
     /// A schedule may be due to fire.
     Schedule(ScheduleKey),
     /// An open broadcast may have reached its end (`OpenBroadcast::until`).

@@ -102,6 +102,13 @@ pub struct Worker {
     /// Since when its `acked` has stayed below this answer number (see
     /// `ResourceManager::redeliver_unacknowledged`).
     pub(crate) behind: Option<(u64, Timestamp)>,
+    /// It has not polled again in time (see [`QUIET_GRACE`](crate::QUIET_GRACE)): it
+    /// gets no new attempts until it does, though it is not yet declared lost.
+    pub quiet: bool,
+    /// It is quiet if it has not polled by then.
+    pub(crate) quiet_deadline: Timestamp,
+    /// Deadline the pending quiet timer was set for.
+    pub(crate) quiet_timer: Option<Timestamp>,
 }
 
 impl Worker {
@@ -467,6 +474,9 @@ mod tests {
             indexed: None,
             heartbeat_timer: None,
             behind: None,
+            quiet: false,
+            quiet_deadline: Timestamp(0),
+            quiet_timer: None,
         }
     }
 

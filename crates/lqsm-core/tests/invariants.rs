@@ -246,6 +246,10 @@ struct Reach {
     contended_leaf_checks: u64,
     /// Leaves made to share fairly among tenants (some with a user limit).
     fairness_changes: u64,
+    /// Registrations of a worker lost so long ago that the cluster had forgotten it.
+    forgotten_workers_back: u64,
+    /// Times a worker went quiet (silent past its poll wait and grace).
+    quiet_spells: u64,
 }
 
 impl Reach {
@@ -286,6 +290,11 @@ impl Reach {
                 self.contended_leaf_checks,
             ),
             ("fair-sharing changes", self.fairness_changes),
+            (
+                "registrations again once forgotten",
+                self.forgotten_workers_back,
+            ),
+            ("workers gone quiet", self.quiet_spells),
         ]
     }
 
@@ -311,6 +320,8 @@ impl Reach {
             &mut self.contested_decisions,
             &mut self.contended_leaf_checks,
             &mut self.fairness_changes,
+            &mut self.forgotten_workers_back,
+            &mut self.quiet_spells,
         ]
     }
 }
@@ -341,6 +352,8 @@ struct World {
     finished_once: HashSet<JobId>,
     sent_reports: Vec<(WorkerId, AttemptReport)>,
     lost: BTreeSet<WorkerId>,
+    /// Workers quiet at the last check.
+    quiet: BTreeSet<WorkerId>,
     reach: Reach,
 }
 
@@ -373,6 +386,9 @@ fn build() -> World {
     config.preemption.enabled = true;
     config.preemption.delay = Duration::from_secs(5);
     config.max_skips_per_pass = 10_000;
+    // Short enough that a silent worker is forgotten within a run, so polls, drains and
+    // registrations also meet a worker the cluster no longer knows.
+    config.lost_worker_retention = Duration::from_secs(20);
     let mut sim = Sim::new(config);
     sim.queue("root.a", 40.0, 100.0);
     sim.queue("root.a.a1", 50.0, 80.0);
@@ -398,6 +414,7 @@ fn build() -> World {
         finished_once: HashSet::new(),
         sent_reports: Vec::new(),
         lost: BTreeSet::new(),
+        quiet: BTreeSet::new(),
         reach: Reach::default(),
     };
     world.add_worker(8, 8000, None, None);
@@ -562,7 +579,7 @@ impl Moment {
         leaf: &QueuePath,
     ) -> Option<WorkerId> {
         rm.workers()
-            .filter(|w| w.state == WorkerState::Active && accepts(w, job, leaf))
+            .filter(|w| w.state == WorkerState::Active && !w.quiet && accepts(w, job, leaf))
             .find(|w| job.spec.request.fits_in(&self.free[&w.id]))
             .map(|w| w.id)
     }
@@ -686,6 +703,20 @@ impl World {
         (!self.workers.is_empty()).then(|| i % self.workers.len())
     }
 
+    /// The core's state of the model's worker `w`; `None` once it was forgotten.
+    fn state_of(&self, w: usize) -> Option<WorkerState> {
+        self.sim
+            .rm
+            .worker(self.workers[w].id)
+            .map(|worker| worker.state)
+    }
+
+    /// Whether the worker's polls are answered (it is neither lost nor forgotten).
+    fn takes_polls(&self, w: usize) -> bool {
+        self.state_of(w)
+            .is_some_and(|state| state != WorkerState::Lost)
+    }
+
     fn apply(&mut self, op: &Op) -> Result<(), TestCaseError> {
         match op {
             Op::Submit {
@@ -751,17 +782,20 @@ impl World {
             Op::DrainWorker { worker } | Op::UndrainWorker { worker } => {
                 if let Some(w) = self.pick_worker(*worker) {
                     let id = self.workers[w].id;
-                    let before = self.sim.rm.worker(id).unwrap().state;
+                    let before = self.state_of(w);
                     let drain = matches!(op, Op::DrainWorker { .. });
                     let result = if drain {
                         self.sim.rm.drain_worker(id)
                     } else {
                         self.sim.rm.undrain_worker(id)
                     };
-                    let after = self.sim.rm.worker(id).unwrap().state;
-                    if before == WorkerState::Lost {
+                    let after = self.state_of(w);
+                    if before.is_none() {
+                        prop_assert_eq!(result, Err(WorkerError::Unknown(id)));
+                        prop_assert_eq!(after, None);
+                    } else if before == Some(WorkerState::Lost) {
                         prop_assert_eq!(result, Err(WorkerError::Lost(id)));
-                        prop_assert_eq!(after, WorkerState::Lost);
+                        prop_assert_eq!(after, Some(WorkerState::Lost));
                     } else {
                         prop_assert_eq!(result, Ok(()));
                         let expected = if drain {
@@ -769,7 +803,7 @@ impl World {
                         } else {
                             WorkerState::Active
                         };
-                        prop_assert_eq!(after, expected);
+                        prop_assert_eq!(after, Some(expected));
                     }
                 }
             }
@@ -795,10 +829,11 @@ impl World {
             Op::Advance { secs } => {
                 // Workers poll all the time: every one that is not silent has polled
                 // (with nothing to report) before the time passes, so only the silent
-                // ones are lost for missing their heartbeat.
+                // ones are lost for missing their heartbeat. Not polling again after
+                // that answer, any of them may go quiet until its next poll, which
+                // exercises the quiet rules far more often than real workers would.
                 for w in 0..self.workers.len() {
-                    let id = self.workers[w].id;
-                    if self.sim.rm.worker(id).unwrap().state != WorkerState::Lost {
+                    if self.takes_polls(w) {
                         self.poll(w, 0, true, false, false, 0, true, false)?;
                     }
                 }
@@ -874,7 +909,8 @@ impl World {
             return Ok(());
         }
         let id = self.workers[w].id;
-        let lost = self.sim.rm.worker(id).unwrap().state == WorkerState::Lost;
+        let state = self.state_of(w);
+        let lost = state != Some(WorkerState::Active) && state != Some(WorkerState::Draining);
         let held: Vec<(JobId, FencingToken)> = self.workers[w].held.iter().copied().collect();
         let (done, rest) = held.split_at(finish.min(held.len()));
         let (dropped, running) = rest.split_at(omit.min(rest.len()));
@@ -898,6 +934,8 @@ impl World {
                     }
                 },
                 started_at: None,
+                usage: None,
+                memory_exceeded: false,
             })
             .collect();
         let mut finished = std::mem::take(&mut self.workers[w].deferred);
@@ -936,7 +974,11 @@ impl World {
             .rm
             .long_poll(id, ticket, &poll, Duration::ZERO, self.sim.now);
         if lost {
-            prop_assert_eq!(result, Err(WorkerError::Lost(id)));
+            if state.is_none() {
+                prop_assert_eq!(result, Err(WorkerError::Unknown(id)));
+            } else {
+                prop_assert_eq!(result, Err(WorkerError::Lost(id)));
+            }
             prop_assert_eq!(self.sim.rm.job_count(), jobs_before);
             // It learns it was lost; what it ran was taken back and it stops it all.
             let model = &mut self.workers[w];
@@ -1019,7 +1061,11 @@ impl World {
 
     fn reregister(&mut self, w: usize, keep_running: bool) -> Result<(), TestCaseError> {
         let id = self.workers[w].id;
-        let was_lost = self.sim.rm.worker(id).unwrap().state == WorkerState::Lost;
+        let was_forgotten = self.state_of(w).is_none();
+        if was_forgotten {
+            self.reach.forgotten_workers_back += 1;
+        }
+        let was_lost = was_forgotten || self.state_of(w) == Some(WorkerState::Lost);
         let reg = self.workers[w].registration.clone();
         let result = self.sim.rm.register_worker(reg, self.sim.now);
         prop_assert_eq!(result, Ok(()));
@@ -1272,6 +1318,31 @@ impl World {
                     self.reach.worker_losses += 1;
                 }
             }
+            if !w.quiet {
+                self.quiet.remove(&w.id);
+            } else if self.quiet.insert(w.id) {
+                self.reach.quiet_spells += 1;
+            }
+        }
+        // A quiet worker keeps only attempts it was handed: it may be running those,
+        // and the rest went back to their queues.
+        for job in self.sim.rm.jobs() {
+            let Some(attempt) = job.attempts.last() else {
+                continue;
+            };
+            let on_quiet = self
+                .sim
+                .rm
+                .worker(attempt.worker)
+                .is_some_and(|w| w.quiet && w.state != WorkerState::Lost);
+            if job.state.is_active() && on_quiet {
+                prop_assert!(
+                    self.handed.contains_key(&attempt.token),
+                    "job {} waits on quiet worker {} that was never handed it",
+                    job.id,
+                    attempt.worker
+                );
+            }
         }
         Ok(())
     }
@@ -1426,7 +1497,7 @@ impl World {
         let roomy = Resources::cores(4, 4000);
         let contended = !rm
             .workers()
-            .any(|w| w.state == WorkerState::Active && roomy.fits_in(&w.free()));
+            .any(|w| w.state == WorkerState::Active && !w.quiet && roomy.fits_in(&w.free()));
         for (leaf, node) in &tree.nodes {
             if !node.leaf {
                 continue;
@@ -1467,6 +1538,7 @@ impl World {
             }
             let capable = rm.workers().any(|w| {
                 w.state == WorkerState::Active
+                    && !w.quiet
                     && accepts(w, job, &node.path)
                     && job.spec.request.fits_in(&w.capacity)
             });

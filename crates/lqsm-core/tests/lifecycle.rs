@@ -268,6 +268,8 @@ fn lost_worker_attempts_are_requeued_once_and_its_late_reports_refused() {
                 exit_code: Some(0),
             },
             started_at: None,
+            usage: None,
+            memory_exceeded: false,
         }],
         acked: None,
         ending: Vec::new(),
@@ -295,6 +297,81 @@ fn lost_worker_attempts_are_requeued_once_and_its_late_reports_refused() {
     let out = sim.rm.worker_polled(lost, &poll, sim.now).unwrap();
     assert_eq!(out.refused[0].reason, RefusalReason::StaleAttempt);
     assert_eq!(sim.state(ids[0]), JobState::Failed);
+    sim.check();
+}
+
+#[test]
+fn a_lost_worker_is_listed_for_its_retention_then_forgotten_and_may_register_again() {
+    let config = Config {
+        lost_worker_retention: Duration::from_secs(60),
+        ..Config::default()
+    };
+    let mut sim = Sim::new(config);
+    sim.queue("root.q", 100.0, 100.0);
+    let gone = sim.worker("gone", 1, 1000);
+    let stays = sim.worker("stays", 1, 1000);
+    // Heartbeat timeout 10 s: `gone` is due at 10 s and lost from then.
+    sim.advance(Duration::from_secs(5));
+    sim.poll_running(stays);
+    sim.advance(Duration::from_secs(5));
+    sim.pass();
+    assert_eq!(sim.rm.worker(gone).unwrap().state, WorkerState::Lost);
+    // Still listed until 60 s after it was due...
+    sim.poll_running(stays);
+    sim.advance(Duration::from_secs(59));
+    sim.pass();
+    assert_eq!(sim.rm.worker(gone).unwrap().state, WorkerState::Lost);
+    // ...then forgotten: the cluster no longer counts or lists it.
+    sim.advance(Duration::from_secs(1));
+    sim.pass();
+    assert!(sim.rm.worker(gone).is_none());
+    assert!(sim.rm.worker(stays).is_some());
+    let poll = WorkerPoll {
+        registration: None,
+        running: vec![],
+        finished: vec![],
+        acked: None,
+        ending: Vec::new(),
+        progress: Vec::new(),
+    };
+    assert_eq!(
+        sim.rm.worker_polled(gone, &poll, sim.now),
+        Err(WorkerError::Unknown(gone))
+    );
+    // The process, back, registers as after a server restart and takes work.
+    sim.worker_back(gone, 1);
+    let id = sim.submit_n("root.q", 1, one_core())[0];
+    sim.pass();
+    let job = sim.rm.job(id).unwrap();
+    assert_eq!(job.state, JobState::Scheduled);
+    assert_eq!(job.current_attempt().unwrap().worker, gone);
+    sim.check();
+}
+
+#[test]
+fn a_worker_lost_again_is_kept_for_the_retention_after_its_latest_loss() {
+    let config = Config {
+        lost_worker_retention: Duration::from_secs(60),
+        ..Config::default()
+    };
+    let mut sim = Sim::new(config);
+    sim.queue("root.q", 100.0, 100.0);
+    let flaky = sim.worker("flaky", 1, 1000);
+    sim.advance(Duration::from_secs(10));
+    sim.pass();
+    assert_eq!(sim.rm.worker(flaky).unwrap().state, WorkerState::Lost);
+    // Back at 40 s, lost again at 50 s: the first loss's timer (70 s) must not drop it.
+    sim.advance(Duration::from_secs(30));
+    sim.worker_back(flaky, 1);
+    sim.advance(Duration::from_secs(10));
+    sim.pass();
+    assert_eq!(sim.rm.worker(flaky).unwrap().state, WorkerState::Lost);
+    sim.advance(Duration::from_secs(30));
+    sim.pass();
+    assert_eq!(sim.rm.worker(flaky).unwrap().state, WorkerState::Lost);
+    sim.advance(Duration::from_secs(30));
+    sim.pass();
+    assert!(sim.rm.worker(flaky).is_none());
     sim.check();
 }
 

@@ -122,6 +122,8 @@ fn a_replaced_poll_is_answered_empty_with_its_own_refusals() {
                 exit_code: Some(0),
             },
             started_at: None,
+            usage: None,
+            memory_exceeded: false,
         }],
         acked: None,
         ending: Vec::new(),
@@ -261,6 +263,8 @@ fn logs_of_refused_reports_are_dropped() {
             exit_code: Some(0),
         },
         started_at: None,
+        usage: None,
+        memory_exceeded: false,
     };
     let poll = WorkerPoll {
         registration: None,
@@ -417,5 +421,187 @@ fn an_attempt_named_as_ending_is_neither_running_nor_lost() {
     sim.rm.worker_polled(w, &poll, sim.now).unwrap();
     sim.drain_effects();
     assert_ne!(sim.state(other), JobState::Scheduled);
+    sim.check();
+}
+
+/// The attempts' outcomes and the worker of each, oldest first.
+fn attempts_of(sim: &Sim, job: JobId) -> Vec<(WorkerId, Option<AttemptOutcome>)> {
+    sim.rm
+        .job(job)
+        .unwrap()
+        .attempts
+        .iter()
+        .map(|a| (a.worker, a.outcome.clone()))
+        .collect()
+}
+
+#[test]
+fn a_worker_that_stops_polling_gets_no_new_work_and_what_it_was_never_handed_runs_elsewhere() {
+    // Heartbeat 20 s: a worker that has not polled again QUIET_GRACE after an answer is
+    // quiet long before it may be declared lost.
+    let config = Config {
+        heartbeat_timeout: Duration::from_secs(20),
+        ..Config::default()
+    };
+    let mut sim = Sim::new(config);
+    sim.queue("root.q", 100.0, 100.0);
+    let dead = sim.worker("dead", 4, 4000);
+    park(
+        &mut sim,
+        dead,
+        &WorkerPoll::default(),
+        Duration::from_secs(4),
+    );
+    // Its waiting poll is answered with the first job: it was handed that one, so it
+    // may be running it. Then it dies and polls no more.
+    let handed = sim.submit_n("root.q", 1, one_core())[0];
+    sim.pass();
+    assert_eq!(sim.log.assignments.len(), 1);
+    let never_handed = sim.submit_n("root.q", 2, one_core());
+    sim.pass();
+    for job in &never_handed {
+        assert_eq!(attempts_of(&sim, *job), vec![(dead, None)], "placed on it");
+    }
+    let alive = sim.worker("alive", 4, 4000);
+    let ticket = park(
+        &mut sim,
+        alive,
+        &WorkerPoll::default(),
+        Duration::from_secs(4),
+    );
+
+    sim.advance(QUIET_GRACE - Duration::from_millis(1));
+    sim.pass();
+    assert!(
+        !sim.rm.worker(dead).unwrap().quiet,
+        "not quiet within its grace"
+    );
+    sim.advance(Duration::from_millis(1));
+    sim.pass();
+    assert!(sim.rm.worker(dead).unwrap().quiet);
+    assert!(!sim.rm.worker(alive).unwrap().quiet);
+    assert_eq!(
+        sim.answer_to(ticket).map(|a| a.assignments.len()),
+        Some(2),
+        "the waiting poll is answered with what was taken back"
+    );
+    sim.check();
+    for job in &never_handed {
+        assert_eq!(
+            attempts_of(&sim, *job),
+            vec![(dead, Some(AttemptOutcome::Withdrawn)), (alive, None)],
+            "taken back and placed on the worker that polls"
+        );
+        assert_eq!(sim.rm.job(*job).unwrap().failures, 0, "not a failure");
+    }
+    assert_eq!(
+        attempts_of(&sim, handed),
+        vec![(dead, None)],
+        "what it was handed it may be running: only its loss may take it back"
+    );
+    // New work goes to the worker that polls, though the quiet one has room.
+    let new = sim.submit_n("root.q", 1, one_core())[0];
+    sim.pass();
+    assert_eq!(attempts_of(&sim, new), vec![(alive, None)]);
+    let held = sim.received.entry(alive).or_default();
+    for a in sim.log.assignments.iter().filter(|a| a.worker == alive) {
+        held.insert((a.job, a.token));
+    }
+    sim.poll_running(alive);
+    assert_eq!(
+        sim.still_running(alive, None).len(),
+        3,
+        "the two taken back and the new one"
+    );
+
+    // Its heartbeat timeout, from its last poll, declares it lost.
+    sim.advance(Duration::from_secs(20) - QUIET_GRACE);
+    sim.poll_running(alive);
+    sim.pass();
+    assert_eq!(
+        sim.rm.worker(dead).unwrap().state,
+        WorkerState::Lost,
+        "lost at its heartbeat timeout"
+    );
+    assert_eq!(
+        attempts_of(&sim, handed),
+        vec![(dead, Some(AttemptOutcome::Lost))],
+        "retried after its backoff"
+    );
+    assert_eq!(
+        sim.rm.job(handed).unwrap().failures,
+        1,
+        "a loss is a failure"
+    );
+    sim.check();
+}
+
+#[test]
+fn a_quiet_worker_takes_work_again_with_its_next_poll() {
+    let (mut sim, w) = sim_with_queue();
+    sim.poll_running(w);
+    sim.advance(QUIET_GRACE);
+    sim.pass();
+    assert!(
+        sim.rm.worker(w).unwrap().quiet,
+        "answered, and never polled again"
+    );
+    let job = sim.submit_n("root.q", 1, one_core())[0];
+    sim.pass();
+    assert_eq!(attempts_of(&sim, job), vec![], "no worker takes it");
+    let got = sim.poll_running(w);
+    assert!(!sim.rm.worker(w).unwrap().quiet);
+    sim.pass();
+    let got = [got, sim.poll_running(w)].concat();
+    assert_eq!(
+        got.iter().map(|a| a.job).collect::<Vec<_>>(),
+        vec![job],
+        "its poll makes it take work again"
+    );
+    sim.check();
+}
+
+#[test]
+fn a_worker_waiting_in_a_poll_is_not_quiet() {
+    let config = Config {
+        heartbeat_timeout: Duration::from_secs(60),
+        max_poll_wait: Duration::from_secs(30),
+        ..Config::default()
+    };
+    let mut sim = Sim::new(config);
+    sim.queue("root.q", 100.0, 100.0);
+    let w = sim.worker("w", 4, 4000);
+    // Polls that wait their whole 30 s, each sent as soon as the last is answered.
+    for _ in 0..4 {
+        let ticket = park(&mut sim, w, &WorkerPoll::default(), Duration::from_secs(30));
+        sim.advance(Duration::from_secs(30));
+        sim.pass();
+        assert!(sim.answer_to(ticket).is_some());
+        assert!(!sim.rm.worker(w).unwrap().quiet, "it polls as it should");
+    }
+}
+
+#[test]
+fn a_lost_worker_s_attempts_it_was_never_handed_use_none_of_their_jobs_attempts() {
+    // A heartbeat timeout shorter than the quiet time: the loss comes first.
+    let config = Config {
+        heartbeat_timeout: Duration::from_secs(2),
+        ..Config::default()
+    };
+    let mut sim = Sim::new(config);
+    sim.queue("root.q", 100.0, 100.0);
+    let w = sim.worker("w", 4, 4000);
+    let job = sim.submit_n("root.q", 1, one_core())[0];
+    sim.pass();
+    assert_eq!(attempts_of(&sim, job), vec![(w, None)]);
+    sim.advance(Duration::from_secs(2));
+    sim.pass();
+    assert_eq!(sim.rm.worker(w).unwrap().state, WorkerState::Lost);
+    let found = sim.rm.job(job).unwrap();
+    assert_eq!(
+        attempts_of(&sim, job),
+        vec![(w, Some(AttemptOutcome::Withdrawn))]
+    );
+    assert_eq!((found.state, found.failures), (JobState::Pending, 0));
     sim.check();
 }

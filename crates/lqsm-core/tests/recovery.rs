@@ -355,6 +355,8 @@ fn a_returning_worker_gets_the_jobs_set_aside_while_it_reclaimed_its_attempts() 
                 exit_code: Some(0),
             },
             started_at: None,
+            usage: None,
+            memory_exceeded: false,
         }],
         acked: Some(0),
         ending: Vec::new(),

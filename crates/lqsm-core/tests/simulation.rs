@@ -540,6 +540,8 @@ impl World {
                 token,
                 result: result.clone(),
                 started_at: None,
+                usage: None,
+                memory_exceeded: false,
             })
             .collect();
         let ending: Vec<(JobId, FencingToken)> = worker

@@ -52,6 +52,8 @@ fn server() -> &'static Server {
                 forwarder: lqsm_server::forwarding::Forwarder::new("fuzz", &[]),
                 audit: Arc::new(lqsm_server::audit::AuditLog::log_only()),
                 auth_failures: Arc::new(lqsm_server::auth_failures::AuthFailures::new(0)),
+                history: Arc::new(lqsm_server::history::History::default()),
+                tls: false,
             };
             lqsm_server::jobserver::router(state)
         });

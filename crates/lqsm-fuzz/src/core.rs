@@ -624,6 +624,8 @@ impl World {
                     },
                 },
                 started_at: None,
+                usage: None,
+                memory_exceeded: false,
             })
             .collect();
         let mut ending = Vec::new();

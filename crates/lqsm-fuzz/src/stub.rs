@@ -137,6 +137,14 @@ impl Scheduler for AcceptingScheduler {
         stopped()
     }
 
+    fn log_chunks(
+        &self,
+        _worker: WorkerId,
+        _chunks: Vec<lqsm_server::resource_manager::LogChunk>,
+    ) -> Answer<'_, Result<Vec<lqsm_core::RefusedReport>, WorkerError>> {
+        stopped()
+    }
+
     fn wait_job(&self, _id: JobId, _wait: Duration) -> Answer<'_, ()> {
         ready(())
     }

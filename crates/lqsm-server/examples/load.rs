@@ -343,6 +343,7 @@ async fn simulated_worker(
                         exit_code: None,
                     },
                     logs: None,
+                    usage: None,
                     started_at_ms: Some(now),
                 })
                 .collect();

@@ -700,6 +700,8 @@ pub struct SchedulerConfig {
     pub heartbeat_timeout_ms: u64,
     /// Finished jobs are kept this long.
     pub retention_ms: u64,
+    /// A lost worker stays listed this long, then is forgotten.
+    pub lost_worker_retention_ms: u64,
     /// After a restart, running attempts wait this long to be reclaimed.
     pub reclaim_grace_ms: u64,
     /// Longest a poll waits for work.
@@ -720,6 +722,7 @@ impl Default for SchedulerConfig {
         Self {
             heartbeat_timeout_ms: 20_000,
             retention_ms: 24 * 3600 * 1000,
+            lost_worker_retention_ms: 600_000,
             reclaim_grace_ms: 30_000,
             max_poll_wait_ms: 4_000,
             preemption: false,
@@ -736,6 +739,7 @@ impl SchedulerConfig {
         let mut c = lqsm_core::Config {
             heartbeat_timeout: Duration::from_millis(self.heartbeat_timeout_ms),
             retention: Duration::from_millis(self.retention_ms),
+            lost_worker_retention: Duration::from_millis(self.lost_worker_retention_ms),
             handler_rate_limits: self.handler_rate_limits.clone(),
             ..lqsm_core::Config::default()
         };
@@ -803,12 +807,31 @@ mod tests {
         assert_eq!(config.tokens.len(), 5);
         assert_eq!(config.tokens[2].role, RoleName::QueueAdmin);
         assert_eq!(config.tokens[2].queues, ["root.etl.*"]);
-        assert_eq!(config.queues.len(), 5);
+        assert_eq!(config.queues.len(), 6);
         assert_eq!(config.queues[1].path, "root.etl.daily");
         assert_eq!(
             config.queues[4].settings.fairness_key.as_deref(),
             Some("user")
         );
+        let template = config.queues[5]
+            .settings
+            .template
+            .as_ref()
+            .expect("a template");
+        assert_eq!(
+            (
+                template.settings.capacity,
+                template.idle_ms,
+                template.max_queues
+            ),
+            (Some(10.0), Some(600_000), Some(500))
+        );
+        let auto = template
+            .settings
+            .auto_resources
+            .as_ref()
+            .expect("right-sizing");
+        assert_eq!(auto.max.as_ref().and_then(|m| m.memory_mib), Some(8192));
         let limit = config.scheduler.core().handler_rate_limits["billing.invoice"];
         assert_eq!((limit.rate.to_string(), limit.burst), ("10/m".into(), 1));
         assert!(!config.autoscale.enabled);

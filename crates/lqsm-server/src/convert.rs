@@ -188,24 +188,106 @@ pub fn dispatched_kind(k: &core::JobKind) -> api::JobKind {
 /// replaced by [`api::REDACTED`], longest first (so that a value holding another is
 /// masked whole).
 pub fn mask_secrets(k: &core::JobKind, output: Vec<u8>) -> Vec<u8> {
-    let core::JobKind::Command(c) = k else {
-        return output;
-    };
-    let mut values: Vec<&str> = secret_names(k)
-        .iter()
-        .filter_map(|name| c.env.get(name).map(String::as_str))
-        .filter(|value| !value.is_empty())
-        .collect();
+    let values = secret_values(k);
     if values.is_empty() {
         return output;
     }
-    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
     // Workers send output as text: a byte that is not UTF-8 was lost before.
     let text = String::from_utf8_lossy(&output).into_owned();
     values
         .into_iter()
         .fold(text, |text, value| text.replace(value, api::REDACTED))
         .into_bytes()
+}
+
+/// The values of the job's secret variables, longest first (none for a function).
+pub fn secret_values(k: &core::JobKind) -> Vec<&str> {
+    let core::JobKind::Command(c) = k else {
+        return Vec::new();
+    };
+    let mut values: Vec<&str> = secret_names(k)
+        .iter()
+        .filter_map(|name| c.env.get(name).map(String::as_str))
+        .filter(|value| !value.is_empty())
+        .collect();
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    values
+}
+
+/// The part of a job's output a follower asks for (`GET /v1/jobs/{id}/logs?offset=N`),
+/// with its secrets masked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogWindow {
+    /// Where `text` starts in the output (before masking: offsets count the bytes the
+    /// attempt wrote).
+    pub offset: u64,
+    /// Where the next read starts.
+    pub next_offset: u64,
+    /// The output from `offset` to `next_offset`, masked.
+    pub text: String,
+    /// Whether the output between the offset asked and `offset` is no longer kept.
+    pub missed: bool,
+}
+
+/// The output from byte `from` on of `kept`, which holds the output from byte `start`
+/// on, with every secret value (`secrets`, longest first) masked wherever it overlaps
+/// the window, also when it began before it (so a value cut between two reads shows in
+/// neither). While more may come (`growing`), an end that could be the start of a
+/// secret value is held back for the next read.
+pub fn log_window(kept: &str, start: u64, from: u64, secrets: &[&str], growing: bool) -> LogWindow {
+    let bytes = kept.as_bytes();
+    let missed = from < start;
+    let mut begin = usize::try_from(from.saturating_sub(start))
+        .unwrap_or(usize::MAX)
+        .min(bytes.len());
+    while !kept.is_char_boundary(begin) {
+        begin += 1;
+    }
+    let mut end = bytes.len();
+    if growing {
+        let held = secrets
+            .iter()
+            .filter_map(|value| {
+                (1..value.len())
+                    .rev()
+                    .find(|&k| bytes.ends_with(&value.as_bytes()[..k]))
+            })
+            .max()
+            .unwrap_or(0);
+        end -= held;
+        while !kept.is_char_boundary(end) {
+            end -= 1;
+        }
+    }
+    let end = end.max(begin);
+    // Every occurrence, longest values first, none overlapping another.
+    let mut found: Vec<(usize, usize)> = Vec::new();
+    for value in secrets {
+        for (at, _) in kept.match_indices(value) {
+            let range = (at, at + value.len());
+            if !found.iter().any(|f| f.0 < range.1 && range.0 < f.1) {
+                found.push(range);
+            }
+        }
+    }
+    found.sort_unstable();
+    let mut text = String::with_capacity(end - begin);
+    let mut at = begin;
+    for (from, to) in found {
+        if to <= at || from >= end {
+            continue;
+        }
+        text.push_str(&kept[at..from.max(at)]);
+        text.push_str(api::REDACTED);
+        at = to.min(end);
+    }
+    text.push_str(&kept[at..end]);
+    LogWindow {
+        offset: start + begin as u64,
+        next_offset: start + end as u64,
+        text,
+        missed,
+    }
 }
 
 /// Checks a command's variable names and the names `secret` marks secret.
@@ -255,6 +337,7 @@ pub fn submission(
         let resolved = resources(&format!("{field}.resources"), r, &base)?;
         req.request = Some(resolved);
     }
+    req.auto_request = job.auto_resources;
     req.priority = job.priority;
     req.not_before = match (job.delay_ms, job.not_before_ms) {
         (Some(_), Some(_)) => {
@@ -444,7 +527,68 @@ pub fn queue_config(
             }
         }
     }
+    if let Some(spec) = &s.template {
+        c.template = queue_template(spec, c.template.as_deref())?;
+    }
+    if let Some(spec) = &s.auto_resources {
+        c.auto_resources = auto_resources(spec, c.auto_resources.as_ref())?;
+    }
     Ok(c)
+}
+
+/// Wire right-sizing settings to the core's, starting from those in force; `None` when
+/// they turn it off (`margin: 0`).
+fn auto_resources(
+    spec: &api::AutoResourcesSpec,
+    base: Option<&core::AutoResources>,
+) -> Result<Option<core::AutoResources>, ApiError> {
+    if spec.margin == Some(0.0) {
+        return Ok(None);
+    }
+    let mut auto = base.cloned().unwrap_or_default();
+    if let Some(margin) = spec.margin {
+        auto.margin = margin;
+    }
+    if let Some(n) = spec.min_samples {
+        auto.min_samples = n;
+    }
+    if let Some(min) = &spec.min {
+        auto.min = resources("auto_resources.min", min, &auto.min)?;
+    }
+    if let Some(max) = &spec.max {
+        let base = auto.max.clone().unwrap_or(auto.min.clone());
+        auto.max = Some(resources("auto_resources.max", max, &base)?);
+    }
+    Ok(Some(auto))
+}
+
+/// A wire template to the core's, starting from the template in force (an update
+/// changes only what it names); `None` when it asks to remove the template.
+fn queue_template(
+    spec: &api::QueueTemplateSpec,
+    base: Option<&core::QueueTemplate>,
+) -> Result<Option<Box<core::QueueTemplate>>, ApiError> {
+    if spec.max_queues == Some(0) {
+        return Ok(None);
+    }
+    if spec.settings.template.is_some() {
+        return Err(invalid(
+            "template.template",
+            "a queue made on demand cannot make queues itself",
+        ));
+    }
+    let base = base.cloned().unwrap_or_default();
+    let child = queue_config(&spec.settings, &base.child).map_err(|mut e| {
+        e.detail.field = e.detail.field.map(|field| format!("template.{field}"));
+        e
+    })?;
+    Ok(Some(Box::new(core::QueueTemplate {
+        child,
+        idle_removal: spec.idle_ms.map_or(base.idle_removal, |ms| {
+            Duration::from_millis(ms.min(MAX_MS))
+        }),
+        max_queues: spec.max_queues.unwrap_or(base.max_queues),
+    })))
 }
 
 /// A queue's default request as wire resources (every field present).
@@ -490,6 +634,17 @@ pub fn queue_settings(c: &core::QueueConfig) -> api::QueueSettings {
                 .iter()
                 .map(|(name, limit)| (name.clone(), rate_limit_spec(limit)))
                 .collect()
+        }),
+        auto_resources: c.auto_resources.as_ref().map(|a| api::AutoResourcesSpec {
+            margin: Some(a.margin),
+            min_samples: Some(a.min_samples),
+            min: Some(default_resources(&a.min)),
+            max: a.max.as_ref().map(default_resources),
+        }),
+        template: c.template.as_deref().map(|t| api::QueueTemplateSpec {
+            idle_ms: Some(t.idle_removal.as_millis() as u64),
+            max_queues: Some(t.max_queues),
+            settings: Box::new(queue_settings(&t.child)),
         }),
     }
 }
@@ -582,6 +737,7 @@ fn outcome(o: &core::AttemptOutcome) -> (api::AttemptOutcome, Option<String>) {
         Preempted => (api::AttemptOutcome::Preempted, None),
         Cancelled => (api::AttemptOutcome::Cancelled, None),
         NotReclaimed => (api::AttemptOutcome::NotReclaimed, None),
+        Withdrawn => (api::AttemptOutcome::Withdrawn, None),
         RetryRequested { countdown, message } => (
             api::AttemptOutcome::RetryRequested,
             Some(match countdown {
@@ -699,6 +855,7 @@ pub fn reported(r: &api::AttemptResult) -> core::ReportedResult {
             exit_code,
             message,
             retry,
+            ..
         } => core::ReportedResult::Failed {
             exit_code: *exit_code,
             message: message.clone(),
@@ -759,5 +916,42 @@ pub fn poll_response(dispatch: crate::resource_manager::Dispatch) -> api::PollRe
                 reason: refusal_reason(r.reason),
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_window_masks_secrets_cut_by_its_offset_and_holds_back_a_possible_start() {
+        let secrets = ["hunter2"];
+        // The whole output, nothing secret in it.
+        let all = log_window("abc", 0, 0, &secrets, false);
+        assert_eq!(
+            (all.offset, all.next_offset, all.text.as_str()),
+            (0, 3, "abc")
+        );
+        // A read starting inside a secret shows none of it.
+        let text = "pw=hunter2 ok";
+        let cut = log_window(text, 0, 6, &secrets, false);
+        assert_eq!((cut.offset, cut.text.as_str()), (6, "*** ok"));
+        // While the output grows, an end that may begin a secret waits for the next read.
+        let growing = log_window("pw=hun", 0, 0, &secrets, true);
+        assert_eq!((growing.text.as_str(), growing.next_offset), ("pw=", 3));
+        let later = log_window("pw=hunter2!", 0, growing.next_offset, &secrets, true);
+        assert_eq!((later.text.as_str(), later.next_offset), ("***!", 11));
+        // An offset before what is kept says so.
+        let gone = log_window("tail", 100, 40, &secrets, true);
+        assert_eq!(
+            (gone.offset, gone.missed, gone.text.as_str()),
+            (100, true, "tail")
+        );
+        // An offset past the end answers nothing, at the end.
+        let past = log_window("short", 0, 50, &secrets, false);
+        assert_eq!(
+            (past.offset, past.next_offset, past.text.as_str()),
+            (5, 5, "")
+        );
     }
 }

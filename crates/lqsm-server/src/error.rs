@@ -133,6 +133,11 @@ impl From<QueueError> for ApiError {
                 ErrorCode::Conflict,
                 Some("force".to_owned()),
             ),
+            QueueError::OnDemandLimit { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::QueueFull,
+                Some("queue".to_owned()),
+            ),
             QueueError::Root(_) => (
                 StatusCode::BAD_REQUEST,
                 ErrorCode::InvalidField,
@@ -157,7 +162,7 @@ impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
         match e {
             SubmitError::Queue(q) => ApiError::from(q).at("queue"),
-            SubmitError::NotALeaf(_) => Self::new(
+            SubmitError::NotALeaf(_) | SubmitError::OnDemandParent(_) => Self::new(
                 StatusCode::BAD_REQUEST,
                 ErrorCode::InvalidField,
                 e.to_string(),

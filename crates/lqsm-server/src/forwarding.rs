@@ -153,7 +153,8 @@ impl Forwarder {
         snapshot.response()
     }
 
-    async fn pass(&self, leader: &str, request: Request, body_limit: usize) -> Response {
+    /// Passes `request` to the leader at `leader` and returns its answer unchanged.
+    pub(crate) async fn pass(&self, leader: &str, request: Request, body_limit: usize) -> Response {
         let (parts, body) = request.into_parts();
         let bytes = match axum::body::to_bytes(body, body_limit).await {
             Ok(bytes) => bytes,

@@ -47,6 +47,10 @@ pub struct AppState {
     pub audit: Arc<crate::audit::AuditLog>,
     /// Failed authentications per client address.
     pub auth_failures: Arc<crate::auth_failures::AuthFailures>,
+    /// The last hour of the cluster's figures, while this server leads.
+    pub history: Arc<crate::history::History>,
+    /// Whether the server listens with TLS (the dashboard's cookie is then `Secure`).
+    pub tls: bool,
 }
 
 impl From<SchedulerError> for ApiError {
@@ -487,6 +491,7 @@ async fn get_job(
 
 /// Filters of a job listing.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     /// Only this queue (and below it).
@@ -495,6 +500,8 @@ struct ListQuery {
     state: Option<String>,
     /// Only jobs with this tag.
     tag: Option<String>,
+    /// Only jobs submitted by this token name (`anonymous` on a server without tokens).
+    submitter: Option<String>,
     /// `oldest` (default) or `newest` first, by submission time.
     order: Option<api::ListOrder>,
     /// The `next_cursor` of the previous page.
@@ -540,6 +547,7 @@ async fn list_jobs(
         queue: q.queue.clone(),
         state: wanted_state,
         tag: q.tag.clone(),
+        submitter: q.submitter.clone().filter(|s| !s.is_empty()),
         order: match q.order.unwrap_or_default() {
             api::ListOrder::Oldest => lqsm_store::Order::OldestFirst,
             api::ListOrder::Newest => lqsm_store::Order::NewestFirst,
@@ -558,12 +566,12 @@ async fn list_jobs(
         .filter(|record| sight.whole(record.queue.as_str()))
         .map(|record| convert::job_view(record, record.queue.as_str(), now))
         .collect();
-    // From the page as read, so that a page whose jobs were all left out still leads on.
-    let next_cursor = if page.more {
-        page.jobs.last().map(|j| j.id.0.to_string())
-    } else {
-        None
-    };
+    // From the page as read (the last job examined), so that a page whose jobs were all
+    // left out, or that ended short after examining its most records, still leads on.
+    let next_cursor = page
+        .resume_after
+        .filter(|_| page.more)
+        .map(|id| id.0.to_string());
     Ok(Json(api::JobList { jobs, next_cursor }))
 }
 
@@ -692,14 +700,28 @@ async fn cancel_jobs(
     }))
 }
 
-#[utoipa::path(get, path = "/v1/jobs/{id}/logs", params(("id" = String, Path)),
-    responses((status = 200, description = "the captured output of the job's last reported attempt", content_type = "text/plain", body = String), (status = "4XX", body = api::ErrorBody)))]
+/// From where a follower of a job's output reads.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    /// Answer a `JobLogs` (JSON) with the output from this byte on (the previous
+    /// answer's `next_offset`; 0 the first time). Without it, the whole output kept, as
+    /// text.
+    offset: Option<u64>,
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}/logs", params(("id" = String, Path), LogsQuery),
+    responses((status = 200, description = "the job's output: while an attempt runs, what its worker uploaded so far (protocol 8 workers), else the captured output of its last reported attempt; as text, or with `offset` as a `JobLogs`", content((String = "text/plain"), (api::JobLogs = "application/json"))), (status = "4XX", body = api::ErrorBody)))]
 async fn job_logs(
     State(state): State<AppState>,
     headers: HeaderMap,
+    uri: axum::http::Uri,
     Path(id): Path<String>,
+    query: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     let role = state.auth.role(&headers)?;
+    let Query(q) = query.map_err(|e| query_error(&e))?;
     let id = parse_job_id(&id)?;
     let record = state
         .scheduler
@@ -707,20 +729,130 @@ async fn job_logs(
         .await?
         .ok_or_else(|| no_such_job(id))?;
     role.require_read(record.queue.as_str())?;
-    let logs = state.scheduler.logs(id).await?.unwrap_or_default();
-    let logs = convert::mask_secrets(&record.spec.kind, logs);
-    Ok((
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; charset=utf-8",
-        )],
-        logs,
+    let secrets = convert::secret_values(&record.spec.kind);
+    // Read a little before the offset asked, so that masking sees whole a secret value
+    // the offset cuts.
+    let context = secrets.first().map_or(0, |v| v.len() as u64);
+    let read_from = q.offset.unwrap_or(0).saturating_sub(context);
+    // A running attempt's output lives in the leader's memory; the store has the last
+    // report's. The record read decides which: once the report is durable the record
+    // says so, and the leader drops the running output only after that.
+    let running = record
+        .attempts
+        .last()
+        .filter(|a| record.state.is_active() && a.outcome.is_none());
+    let live = match running {
+        None => None,
+        Some(attempt) => {
+            match state
+                .scheduler
+                .live_logs(id, attempt.token, read_from)
+                .await
+            {
+                Ok(read) => read,
+                Err(SchedulerError::NotLeader) => {
+                    if let Some(answer) = ask_the_leader(&state, &headers, &uri).await {
+                        return Ok(answer);
+                    }
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    let Some(offset) = q.offset else {
+        let logs = match live {
+            // Masked as a follower's read is, so that a secret value still coming is
+            // not shown in part.
+            Some(live) => convert::log_window(&live.text, live.offset, 0, &secrets, true)
+                .text
+                .into_bytes(),
+            None => {
+                let logs = state.scheduler.logs(id).await?.unwrap_or_default();
+                convert::mask_secrets(&record.spec.kind, logs)
+            }
+        };
+        return Ok((
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8",
+            )],
+            logs,
+        )
+            .into_response());
+    };
+    let answer = match live {
+        Some(live) => {
+            let window = convert::log_window(&live.text, live.offset, offset, &secrets, true);
+            api::JobLogs {
+                offset: window.offset,
+                next_offset: window.next_offset,
+                text: window.text,
+                missed: window.missed,
+                running: true,
+                attempt: Some(live.attempt),
+            }
+        }
+        None => {
+            let logs = state.scheduler.logs(id).await?.unwrap_or_default();
+            let logs = String::from_utf8_lossy(&logs);
+            // The report's logs count from their first byte, as the running output did:
+            // the two agree unless the output was cut to its tail.
+            let window = convert::log_window(&logs, 0, offset, &secrets, false);
+            let reported = record.attempts.iter().rev().find(|a| {
+                matches!(
+                    a.outcome,
+                    Some(
+                        lqsm_core::AttemptOutcome::Succeeded { .. }
+                            | lqsm_core::AttemptOutcome::Failed { .. }
+                            | lqsm_core::AttemptOutcome::TimedOut
+                            | lqsm_core::AttemptOutcome::RetryRequested { .. }
+                    )
+                )
+            });
+            api::JobLogs {
+                offset: window.offset,
+                next_offset: window.next_offset,
+                text: window.text,
+                missed: false,
+                running: false,
+                attempt: reported.map(|a| a.number),
+            }
+        }
+    };
+    Ok(Json(answer).into_response())
+}
+
+/// Passes a read of a running job's output to the leader, which holds it; `None` when
+/// no leader is known or the call was already passed (then the store's logs answer).
+async fn ask_the_leader(
+    state: &AppState,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+) -> Option<Response> {
+    let crate::leadership::Role::Follower {
+        leader: Some(leader),
+    } = state.role.borrow().clone()
+    else {
+        return None;
+    };
+    if headers.contains_key(crate::forwarding::FORWARDED_BY) {
+        return None;
+    }
+    let mut request = Request::new(axum::body::Body::empty());
+    *request.uri_mut() = uri.clone();
+    *request.headers_mut() = headers.clone();
+    Some(
+        state
+            .forwarder
+            .pass(&leader, request, state.limits.max_request_bytes)
+            .await,
     )
-        .into_response())
 }
 
 /// How long to wait.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct WaitQuery {
     /// Milliseconds (default 30,000, at most 300,000).
@@ -799,15 +931,7 @@ fn queue_view(
         used: convert::figures(&queue.used),
         pending: stats.pending,
         running: queue.running,
-        counts: api::QueueCounts {
-            submitted: stats.submitted,
-            succeeded: stats.succeeded,
-            failed: stats.failed,
-            cancelled: stats.cancelled,
-            expired: stats.expired,
-            mean_wait_ms: stats.wait.mean().map_or(0, |d| d.as_millis() as u64),
-            mean_run_ms: stats.run.mean().map_or(0, |d| d.as_millis() as u64),
-        },
+        counts: queue_counts(stats),
         rate_limited_until_ms: queue
             .rate_limited_until
             .filter(|until| *until > crate::resource_manager::wall_clock())
@@ -822,6 +946,10 @@ fn queue_view(
                 share: u.share,
             })
             .collect(),
+        on_demand: queue.on_demand,
+        idle_since_ms: queue.idle_since.map(|t| t.0),
+        removed_at_ms: None,
+        note: queue.note.clone(),
         settings: convert::queue_settings(&queue.config),
         placement_only: false,
         children,
@@ -841,6 +969,47 @@ fn queue_view(
             placement_only: true,
             ..view
         }
+    }
+}
+
+/// A queue's lifetime counters as the wire shows them.
+fn queue_counts(stats: &lqsm_core::QueueStats) -> api::QueueCounts {
+    api::QueueCounts {
+        submitted: stats.submitted,
+        succeeded: stats.succeeded,
+        failed: stats.failed,
+        cancelled: stats.cancelled,
+        expired: stats.expired,
+        mean_wait_ms: stats.wait.mean().map_or(0, |d| d.as_millis() as u64),
+        mean_run_ms: stats.run.mean().map_or(0, |d| d.as_millis() as u64),
+    }
+}
+
+/// A queue made on demand and removed once idle: its last settings and lifetime
+/// counters, nothing pending or running.
+fn retired_view(path: &str, retired: &lqsm_core::RetiredQueue) -> api::QueueView {
+    let stats = &retired.stats;
+    api::QueueView {
+        path: path.to_owned(),
+        state: api::QueueState::Running,
+        capacity: retired.config.capacity,
+        max_capacity: retired.config.max_capacity,
+        abs_guarantee: 0.0,
+        abs_max: 0.0,
+        guaranteed: api::ResourceFigures::default(),
+        used: api::ResourceFigures::default(),
+        pending: 0,
+        running: 0,
+        counts: queue_counts(stats),
+        rate_limited_until_ms: None,
+        users: Vec::new(),
+        on_demand: true,
+        idle_since_ms: None,
+        removed_at_ms: Some(retired.removed_at.0),
+        note: retired.note.clone(),
+        settings: convert::queue_settings(&retired.config),
+        placement_only: false,
+        children: Vec::new(),
     }
 }
 
@@ -864,6 +1033,7 @@ const WHOLE_TREE_QUEUES: usize = 1000;
 
 /// How much of a queue tree to answer.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct TreeQuery {
     /// Levels of children to include (0: the queue alone). Default: the whole tree when
@@ -885,9 +1055,12 @@ fn queue_tree(
     sight: &QueueSight,
     query: &TreeQuery,
 ) -> ApiResult<(api::QueueView, Option<String>)> {
-    let queue = cluster
-        .queue(path)
-        .ok_or_else(|| queue_not_found(cluster, sight, path))?;
+    let Some(queue) = cluster.queue(path) else {
+        return match cluster.retired.get(path) {
+            Some(retired) if sight.whole(path) => Ok((retired_view(path, retired), None)),
+            _ => Err(queue_not_found(cluster, sight, path)),
+        };
+    };
     if let Some(limit) = query.limit
         && !(1..=1000).contains(&limit)
     {
@@ -1178,6 +1351,8 @@ async fn update_queue(
         key_limits: Some(config.key_limits.clone()),
         fairness_key: Some(config.fairness_key.clone()),
         user_limit_factor: Some(config.user_limit_factor),
+        template: Some(config.template.clone()),
+        auto_resources: Some(config.auto_resources.clone()),
     };
     let update = if path == "root" {
         QueueUpdate {
@@ -1205,6 +1380,46 @@ async fn queue_action(
     role.require_queue_admin(&path)?;
     state.scheduler.queue(op).await??;
     Ok(Json(get_queue_view(state, &role, path).await?))
+}
+
+#[utoipa::path(get, path = "/v1/queues/{path}/usage", params(("path" = String, Path)), responses((status = 200, body = api::QueueUsage), (status = "4XX", body = api::ErrorBody)))]
+async fn queue_usage(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(path): Path<String>,
+) -> ApiResult<Json<api::QueueUsage>> {
+    let role = state.auth.role(&headers)?;
+    role.require_read(&path)?;
+    let sight = role.queue_sight()?;
+    let cluster = state.scheduler.view().await?;
+    let queue = cluster
+        .queue(&path)
+        .ok_or_else(|| queue_not_found(&cluster, &sight, &path))?;
+    let cores = |m: lqsm_core::Millicores| m.0 as f64 / 1000.0;
+    let names = queue
+        .usage
+        .iter()
+        .map(|u| {
+            let s = &u.summary;
+            api::NameUsage {
+                name: u.name.clone(),
+                attempts: s.attempts,
+                window: s.window as u64,
+                requested: convert::figures(&s.requested),
+                memory_p50_mib: s.memory_p50.0,
+                memory_p95_mib: s.memory_p95.0,
+                memory_max_mib: s.memory_max.0,
+                cpu_p50: cores(s.cpu_p50),
+                cpu_p95: cores(s.cpu_p95),
+                auto_request: u.auto_request.as_ref().map(convert::figures),
+            }
+        })
+        .collect();
+    Ok(Json(api::QueueUsage {
+        path,
+        auto_resources: queue.config.auto_resources.is_some(),
+        names,
+    }))
 }
 
 #[utoipa::path(post, path = "/v1/queues/{path}/stop", params(("path" = String, Path)), responses((status = 200, body = api::QueueView)))]
@@ -1236,6 +1451,7 @@ async fn drain_queue(
 
 /// Deleting a queue that holds jobs needs `force=true`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct DeleteQuery {
     /// Cancel its unfinished jobs.
@@ -1344,6 +1560,7 @@ fn worker_view(w: &crate::view::WorkerSnapshot) -> api::WorkerView {
         queues: w.queues.clone(),
         heartbeat_timeout_ms: None,
         registration: Some(w.registration),
+        quiet: w.quiet,
     }
 }
 
@@ -1388,6 +1605,17 @@ async fn poll_worker(
                 token: lqsm_core::FencingToken(f.token),
                 result,
                 started_at: f.started_at_ms.map(lqsm_core::Timestamp),
+                usage: f.usage.map(|u| lqsm_core::Usage {
+                    peak_memory: lqsm_core::MiB(u.peak_memory_mib),
+                    cpu_ms: u.cpu_ms,
+                }),
+                memory_exceeded: matches!(
+                    f.result,
+                    api::AttemptResult::Failed {
+                        memory_exceeded: true,
+                        ..
+                    }
+                ),
             }
         })
         .collect();
@@ -1454,6 +1682,52 @@ async fn poll_worker(
         .poll(id, core_poll, uploads, Duration::from_millis(poll.wait_ms))
         .await??;
     Ok(Json(convert::poll_response(dispatch)))
+}
+
+#[utoipa::path(post, path = "/v1/workers/{id}/logs", params(("id" = String, Path)), request_body = api::LogChunks, responses((status = 200, body = api::LogChunksAnswer), (status = "4XX", body = api::ErrorBody)))]
+async fn upload_logs(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    ApiJson(upload): ApiJson<api::LogChunks>,
+) -> ApiResult<Json<api::LogChunksAnswer>> {
+    state.auth.role(&headers)?.require_worker()?;
+    let id = parse_worker_id(&id)?;
+    let cap = state.limits.max_log_bytes;
+    let chunks = upload
+        .chunks
+        .into_iter()
+        .map(|chunk| {
+            // Only the end of a chunk larger than the server keeps can matter.
+            let mut text = chunk.text;
+            let mut offset = chunk.offset;
+            let mut cut = text.len().saturating_sub(cap);
+            while !text.is_char_boundary(cut) {
+                cut += 1;
+            }
+            if cut > 0 {
+                text.drain(..cut);
+                offset = offset.saturating_add(cut as u64);
+            }
+            crate::resource_manager::LogChunk {
+                job: JobId(chunk.job),
+                token: lqsm_core::FencingToken(chunk.token),
+                offset,
+                text,
+            }
+        })
+        .collect();
+    let refused = state.scheduler.log_chunks(id, chunks).await??;
+    Ok(Json(api::LogChunksAnswer {
+        refused: refused
+            .into_iter()
+            .map(|r| api::RefusedReport {
+                job: r.job.0,
+                token: r.token.0,
+                reason: convert::refusal_reason(r.reason),
+            })
+            .collect(),
+    }))
 }
 
 #[utoipa::path(post, path = "/v1/workers/{id}/drain", params(("id" = String, Path)), responses((status = 200, body = api::WorkerView), (status = "4XX", body = api::ErrorBody)))]
@@ -1539,6 +1813,27 @@ async fn cluster(
         queues: cluster.queues.len(),
         store,
     }))
+}
+
+/// `GET /v1/cluster/history`'s query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct HistoryQuery {
+    /// Only samples taken at or after this time (ms since the Unix epoch).
+    since_ms: Option<u64>,
+}
+
+#[utoipa::path(get, path = "/v1/cluster/history", params(HistoryQuery), responses((status = 200, body = api::ClusterHistory), (status = "4XX", body = api::ErrorBody)))]
+async fn cluster_history(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<api::ClusterHistory>> {
+    state.auth.role(&headers)?.require_everything()?;
+    let Query(q) = query.map_err(|e| query_error(&e))?;
+    // Only the leader samples; a call that reached a follower was passed to it, so this
+    // one is the leader's (or the server is starting and answers 503 before this).
+    Ok(Json(state.history.since(q.since_ms.unwrap_or(0))))
 }
 
 #[utoipa::path(get, path = "/v1/autoscale", responses((status = 200, body = api::AutoscaleView), (status = "4XX", body = api::ErrorBody)))]
@@ -1730,12 +2025,14 @@ async fn not_found() -> ApiError {
         retry_job,
         wait_job,
         job_logs,
+        upload_logs,
         list_queues,
         create_queue,
         create_queues,
         get_queue,
         update_queue,
         stop_queue,
+        queue_usage,
         start_queue,
         drain_queue,
         delete_queue,
@@ -1745,6 +2042,7 @@ async fn not_found() -> ApiError {
         undrain_worker,
         list_workers,
         cluster,
+        cluster_history,
         autoscale,
         crate::schedule_api::create_schedule,
         crate::schedule_api::list_schedules,
@@ -1795,6 +2093,8 @@ async fn not_found() -> ApiError {
         api::PollResponse,
         api::WorkerView,
         api::ClusterSummary,
+        api::ClusterHistory,
+        api::ClusterSample,
         api::CreateSchedule,
         api::UpdateSchedule,
         api::ScheduleView,
@@ -1810,13 +2110,24 @@ async fn not_found() -> ApiError {
         api::WorkflowSubmitted,
         api::WorkflowState,
         api::WorkflowView,
-        api::JobInputs
+        api::JobInputs,
+        api::LogChunk,
+        api::LogChunks,
+        api::LogChunksAnswer,
+        api::JobLogs
     ))
 )]
 pub struct ApiDoc;
 
-/// The whole HTTP API.
+/// The whole HTTP API and the dashboard (`/ui`), which calls the API in process.
 pub fn router(state: AppState) -> Router {
+    let api = api_router(state.clone());
+    let dashboard = crate::dashboard::router(api.clone(), state);
+    api.merge(dashboard)
+}
+
+/// The HTTP API alone.
+fn api_router(state: AppState) -> Router {
     let body_limit = state.limits.max_request_bytes;
     Router::new()
         .route("/v1/jobs", post(submit_job).get(list_jobs))
@@ -1845,13 +2156,16 @@ pub fn router(state: AppState) -> Router {
             get(get_queue).patch(update_queue).delete(delete_queue),
         )
         .route("/v1/queues/{path}/stop", post(stop_queue))
+        .route("/v1/queues/{path}/usage", get(queue_usage))
         .route("/v1/queues/{path}/start", post(start_queue))
         .route("/v1/queues/{path}/drain", post(drain_queue))
         .route("/v1/workers", post(register_worker).get(list_workers))
         .route("/v1/workers/{id}/poll", post(poll_worker))
+        .route("/v1/workers/{id}/logs", post(upload_logs))
         .route("/v1/workers/{id}/drain", post(drain_worker))
         .route("/v1/workers/{id}/undrain", post(undrain_worker))
         .route("/v1/cluster", get(cluster))
+        .route("/v1/cluster/history", get(cluster_history))
         .route("/v1/autoscale", get(autoscale))
         .route(
             "/v1/schedules",

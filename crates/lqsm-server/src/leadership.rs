@@ -370,13 +370,16 @@ async fn lead(
             return Err(e);
         }
     };
-    let longest_poll = Duration::from_millis(ctx.config.scheduler.max_poll_wait_ms);
+    let settings = resource_manager::ActorSettings {
+        longest_poll: Duration::from_millis(ctx.config.scheduler.max_poll_wait_ms),
+        log_cap: ctx.config.limits.max_log_bytes,
+    };
     let published = view::Published::default();
     let spawned = resource_manager::spawn(
         rm,
         ctx.store.clone(),
         lease.epoch,
-        longest_poll,
+        settings,
         published.clone(),
         ctx.config.wall_clock.clone(),
         ctx.autoscale

@@ -7,10 +7,13 @@ pub mod auth_failures;
 pub mod autoscale;
 pub mod config;
 pub mod convert;
+pub mod dashboard;
 pub mod error;
 pub mod forwarding;
+pub mod history;
 pub mod jobserver;
 pub mod leadership;
+pub mod live_logs;
 pub mod metrics;
 pub mod resource_manager;
 pub mod schedule_api;
@@ -201,6 +204,30 @@ pub fn restore_and_check(
 const UPGRADE_BATCH: usize = 50_000;
 
 /// Hands memory the allocator holds free back to the system. A restore frees as much as
+/// Samples the cluster's figures once a second while this server leads, for
+/// `GET /v1/cluster/history`; forgets them when it stops leading.
+async fn sample_history(
+    history: Arc<history::History>,
+    scheduler: Arc<dyn scheduler::Scheduler>,
+    role: tokio::sync::watch::Receiver<leadership::Role>,
+) {
+    let mut every = tokio::time::interval(history::SAMPLE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        every.tick().await;
+        if *role.borrow() != leadership::Role::Leader {
+            history.clear();
+            continue;
+        }
+        if let Ok(view) = scheduler.view().await {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            history.record(history::sample(&view, now_ms));
+        }
+    }
+}
+
 /// it keeps (the raw records, decoding buffers); mimalloc would return it over the next
 /// seconds, so a server would report ready at up to half again its steady size.
 pub(crate) fn return_freed_memory() {
@@ -598,7 +625,14 @@ async fn serve_inner(
         auth_failures: Arc::new(auth_failures::AuthFailures::new(
             config.limits.max_failed_auth_per_minute,
         )),
+        history: Arc::new(history::History::default()),
+        tls: tls.is_some(),
     };
+    tokio::spawn(sample_history(
+        state.history.clone(),
+        state.scheduler.clone(),
+        state.role.clone(),
+    ));
     // Serve probes (and 503s) while the state is restored.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let app = jobserver::router(state).into_make_service_with_connect_info::<SocketAddr>();

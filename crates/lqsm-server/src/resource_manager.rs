@@ -67,6 +67,19 @@ pub struct Uploads {
     pub results: Vec<(JobId, FencingToken, Vec<u8>)>,
 }
 
+/// A piece of a running attempt's output, as its worker uploaded it (protocol 8).
+#[derive(Debug, Clone)]
+pub struct LogChunk {
+    /// The job.
+    pub job: JobId,
+    /// The attempt.
+    pub token: FencingToken,
+    /// Where `text` starts in the attempt's output.
+    pub offset: u64,
+    /// The output from `offset` on.
+    pub text: String,
+}
+
 /// What the store keeps a schedule under, in the named values.
 pub const SCHEDULE_PREFIX: &str = "schedule/";
 
@@ -211,6 +224,11 @@ enum Command {
     Schedules {
         reply: oneshot::Sender<Vec<ScheduleRecord>>,
     },
+    LogChunks {
+        worker: WorkerId,
+        chunks: Vec<LogChunk>,
+        reply: oneshot::Sender<Result<Vec<lqsm_core::RefusedReport>, WorkerError>>,
+    },
     Autoscale {
         reply: oneshot::Sender<crate::autoscale::Outcome>,
     },
@@ -236,6 +254,10 @@ struct Applied {
     /// Awaited jobs: whether to answer at once (finished in this batch's state, or no
     /// wait), and otherwise how long to wait.
     job_waits: Vec<(JobId, bool, Duration, oneshot::Sender<()>)>,
+    /// Jobs with a running attempt's output held whose record this batch changed, with
+    /// their current attempt as of this batch: once the batch is durable, the output of
+    /// any other attempt is dropped (readers then find the report's logs in the store).
+    live_current: Vec<(JobId, Option<FencingToken>)>,
 }
 
 /// A batch whose commit is on its way to disk.
@@ -287,6 +309,7 @@ enum Reply {
 #[derive(Clone)]
 pub struct Runtime {
     tx: mpsc::UnboundedSender<Command>,
+    live: Arc<crate::live_logs::LiveLogs>,
 }
 
 impl Runtime {
@@ -436,6 +459,26 @@ impl Runtime {
         .await
     }
 
+    /// Takes the output of running attempts a worker uploaded, for the current attempts
+    /// only; answers at once with the chunks refused (stale or unknown attempts).
+    pub async fn log_chunks(
+        &self,
+        worker: WorkerId,
+        chunks: Vec<LogChunk>,
+    ) -> Result<Result<Vec<lqsm_core::RefusedReport>, WorkerError>, SchedulerError> {
+        self.call(|reply| Command::LogChunks {
+            worker,
+            chunks,
+            reply,
+        })
+        .await
+    }
+
+    /// The output of running attempts, as uploaded so far (read without the actor).
+    pub fn live_logs(&self) -> &Arc<crate::live_logs::LiveLogs> {
+        &self.live
+    }
+
     /// Returns when the job is finished, or `wait` has passed.
     pub async fn wait_job(&self, id: JobId, wait: Duration) -> Result<(), SchedulerError> {
         self.call(|reply| Command::WaitJob { id, wait, reply })
@@ -579,6 +622,8 @@ pub struct Actor {
     stop: Arc<tokio::sync::Notify>,
     /// The worker autoscaler, when it runs.
     scaling: Option<crate::autoscale::Scaling>,
+    /// The output of running attempts (shared with the readers).
+    live: Arc<crate::live_logs::LiveLogs>,
 }
 
 /// Encodes what a batch changed into one store write at `epoch`, in the current record
@@ -591,7 +636,11 @@ pub fn write_batch(rm: &mut ResourceManager, effects: &Effects, epoch: Epoch) ->
         ..WriteBatch::default()
     };
     let mut seen = HashSet::new();
-    let mut seen_queues = HashSet::new();
+    // Every queue path the batch touched: each is written as it is at the end of the
+    // batch (live or retired) or deleted, so a path deleted and made again in one batch
+    // keeps its last state.
+    let mut queue_paths: std::collections::BTreeSet<lqsm_core::QueuePath> =
+        std::collections::BTreeSet::new();
     let mut broadcasts: std::collections::BTreeMap<uuid::Uuid, Option<Vec<u8>>> =
         std::collections::BTreeMap::new();
     let mut schedules: std::collections::BTreeMap<String, Option<Vec<u8>>> =
@@ -620,16 +669,13 @@ pub fn write_batch(rm: &mut ResourceManager, effects: &Effects, epoch: Epoch) ->
                 }),
             }),
             Record::Queue(id) => {
-                if !seen_queues.insert(*id) {
-                    continue;
-                }
-                if let Some(r) = rm.queue_record(*id) {
-                    batch
-                        .queues
-                        .push((r.path.to_string(), codec::encode_queue(&r)));
+                if let Some(path) = rm.queue_path(*id) {
+                    queue_paths.insert(path.clone());
                 }
             }
-            Record::QueueDeleted { path, .. } => batch.deleted_queues.push(path.to_string()),
+            Record::QueueDeleted { path, .. } | Record::QueueRetired(path) => {
+                queue_paths.insert(path.clone());
+            }
             Record::Worker(_) => {}
             // The last change of a schedule in the batch decides whether it is written
             // or deleted.
@@ -653,6 +699,14 @@ pub fn write_batch(rm: &mut ResourceManager, effects: &Effects, epoch: Epoch) ->
         match state {
             Some(bytes) => batch.meta.push((key, bytes)),
             None => batch.deleted_meta.push(key),
+        }
+    }
+    for path in queue_paths {
+        match rm.durable_queue(&path) {
+            Some(r) => batch
+                .queues
+                .push((path.to_string(), codec::encode_queue(&r))),
+            None => batch.deleted_queues.push(path.to_string()),
         }
     }
     for (name, state) in schedules {
@@ -695,19 +749,29 @@ pub fn job_entry(record: &JobRecord, previous: Option<JobState>) -> JobWrite {
 /// Meta key of the fencing-token high-water mark.
 pub const NEXT_TOKEN: &str = "next_token";
 
+/// The server's settings the actor works with.
+#[derive(Debug, Clone, Copy)]
+pub struct ActorSettings {
+    /// The longest a worker's long-poll waits (`scheduler.max_poll_wait_ms`).
+    pub longest_poll: Duration,
+    /// The most bytes of a running attempt's output kept (`limits.max_log_bytes`).
+    pub log_cap: usize,
+}
+
 /// Starts the actor on the current tokio runtime.
 pub fn spawn(
     rm: ResourceManager,
     store: Arc<dyn Store>,
     epoch: Epoch,
-    longest_poll: Duration,
+    settings: ActorSettings,
     published: Published,
     wall: WallClock,
     scaling: Option<crate::autoscale::Scaling>,
 ) -> Spawned {
     let (tx, rx) = mpsc::unbounded_channel();
+    let live = Arc::new(crate::live_logs::LiveLogs::new(settings.log_cap));
     let mut rm = rm;
-    rm.set_max_poll_wait(longest_poll);
+    rm.set_max_poll_wait(settings.longest_poll);
     let views = ViewBuilder::new(&rm, published);
     let stop = Arc::new(tokio::sync::Notify::new());
     let actor = Actor {
@@ -722,9 +786,10 @@ pub fn spawn(
         views,
         stop: stop.clone(),
         scaling,
+        live: live.clone(),
     };
     Spawned {
-        runtime: Runtime { tx },
+        runtime: Runtime { tx, live },
         actor: tokio::spawn(actor.run()),
         stop,
     }
@@ -972,6 +1037,14 @@ impl Actor {
                     // A read: answered at once, it changes nothing to make durable.
                     let _ = reply.send(self.rm.schedules().cloned().collect());
                 }
+                Command::LogChunks {
+                    worker,
+                    chunks,
+                    reply,
+                } => {
+                    // Nothing durable: answered at once.
+                    let _ = reply.send(self.take_log_chunks(worker, chunks));
+                }
                 Command::CreateQueues { queues, reply } => {
                     let results = queues
                         .into_iter()
@@ -1064,6 +1137,20 @@ impl Actor {
             metrics::histogram!("lqsm_schedule_seconds").record(started.elapsed().as_secs_f64());
         }
         let effects = self.rm.take_effects();
+        let live_current = if self.live.is_empty() {
+            Vec::new()
+        } else {
+            effects
+                .records
+                .iter()
+                .filter_map(|record| match record {
+                    lqsm_core::Record::Job(id) | lqsm_core::Record::JobPurged { id, .. } => {
+                        Some((*id, self.rm.job(*id).and_then(|j| j.current_token())))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
         let mut write = write_batch(&mut self.rm, &effects, self.epoch);
         write.payloads = payloads;
         write.logs = job_logs;
@@ -1082,7 +1169,37 @@ impl Actor {
             write,
             replies,
             job_waits,
+            live_current,
         }
+    }
+
+    /// Keeps the chunks of attempts current on `worker`; says which were refused, and
+    /// why, as its reports would be.
+    fn take_log_chunks(
+        &mut self,
+        worker: WorkerId,
+        chunks: Vec<LogChunk>,
+    ) -> Result<Vec<lqsm_core::RefusedReport>, WorkerError> {
+        // An unknown worker registers again first, even with nothing to upload.
+        self.rm.check_worker(worker)?;
+        let mut refused = Vec::new();
+        for chunk in chunks {
+            match self.rm.running_attempt(worker, chunk.job, chunk.token)? {
+                Ok(attempt) => self.live.append(
+                    chunk.job,
+                    chunk.token,
+                    attempt,
+                    chunk.offset,
+                    chunk.text.as_bytes(),
+                ),
+                Err(reason) => refused.push(lqsm_core::RefusedReport {
+                    job: chunk.job,
+                    token: chunk.token,
+                    reason,
+                }),
+            }
+        }
+        Ok(refused)
     }
 
     /// Answers a batch once it is durable: publishes what readers see, then answers (so an
@@ -1092,8 +1209,13 @@ impl Actor {
             effects,
             replies,
             job_waits,
+            live_current,
             ..
         } = applied;
+        // The reports' logs are durable now: readers find them in the store.
+        for (job, current) in live_current {
+            self.live.keep_only(job, current);
+        }
         let started = Instant::now();
         self.views.update(&self.rm, &effects);
         metrics::histogram!("lqsm_view_publish_seconds").record(started.elapsed().as_secs_f64());
@@ -1565,6 +1687,8 @@ mod tests {
                         }
                     },
                     started_at: None,
+                    usage: None,
+                    memory_exceeded: false,
                 })
                 .collect();
             ticket += 1;

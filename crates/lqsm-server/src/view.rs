@@ -40,6 +40,15 @@ pub struct QueueSnapshot {
     pub rate_limited_until: Option<lqsm_core::Timestamp>,
     /// A leaf with a fairness key: the values of it holding most here, largest first.
     pub users: Vec<lqsm_core::UserShareView>,
+    /// Created on demand from its parent's template.
+    pub on_demand: bool,
+    /// Created on demand and holding nothing: since when (it is removed once idle for
+    /// the template's idle time).
+    pub idle_since: Option<lqsm_core::Timestamp>,
+    /// Why its settings differ from what was asked.
+    pub note: Option<String>,
+    /// A leaf's right-sizing figures by job name.
+    pub usage: Vec<lqsm_core::NameUsage>,
 }
 
 /// The most values of a fairness key a queue's view lists.
@@ -73,6 +82,8 @@ pub struct WorkerSnapshot {
     pub queues: Vec<String>,
     /// Its latest registration's number.
     pub registration: u64,
+    /// It has not polled again in time: it gets no new attempts until it does.
+    pub quiet: bool,
 }
 
 /// Queues, workers and capacity as of one commit: immutable once published.
@@ -80,6 +91,8 @@ pub struct WorkerSnapshot {
 pub struct ClusterView {
     /// Every queue, by path (so a subtree is a contiguous range of paths).
     pub queues: imbl::OrdMap<String, Arc<QueueSnapshot>>,
+    /// Queues created on demand and removed once idle, by path, for the retention.
+    pub retired: imbl::OrdMap<String, Arc<lqsm_core::RetiredQueue>>,
     /// Every worker, by name then id.
     pub workers: Arc<Vec<WorkerSnapshot>>,
     /// The resources all workers offer.
@@ -150,6 +163,11 @@ impl ViewBuilder {
                 .queues
                 .insert(view.path().to_string(), Arc::new(snapshot(rm, view.id())));
         }
+        for (path, retired) in rm.retired_queues() {
+            current
+                .retired
+                .insert(path.to_string(), Arc::new(retired.clone()));
+        }
         current.workers = Arc::new(workers(rm));
         current.total = rm.total().clone();
         current.jobs_held = rm.job_count();
@@ -175,6 +193,7 @@ impl ViewBuilder {
         let mut removed: Vec<String> = Vec::new();
         let mut workers_changed = false;
         let mut purged = false;
+        let mut retired_changed = false;
         let mut job_queues: BTreeSet<QueueId> = BTreeSet::new();
         for record in &effects.records {
             match record {
@@ -221,6 +240,18 @@ impl ViewBuilder {
                     recount.extend(ancestors(&path));
                     removed.push(path);
                 }
+                Record::QueueRetired(path) => {
+                    let key = path.to_string();
+                    match rm.retired_queue(&key) {
+                        Some(retired) => {
+                            self.current.retired.insert(key, Arc::new(retired.clone()));
+                        }
+                        None => {
+                            self.current.retired.remove(&key);
+                        }
+                    }
+                    retired_changed = true;
+                }
                 Record::Worker(_) => workers_changed = true,
                 Record::Schedule(_) | Record::ScheduleDeleted(_) | Record::Broadcast(_) => {}
             }
@@ -234,6 +265,7 @@ impl ViewBuilder {
         if touched.is_empty()
             && recount.is_empty()
             && removed.is_empty()
+            && !retired_changed
             && !workers_changed
             && !total_changed
             && !purged
@@ -344,6 +376,10 @@ fn own_figures(rm: &ResourceManager, path: &str, old: &QueueSnapshot) -> QueueSn
         children: old.children.clone(),
         rate_limited_until: view.rate_limited_until(),
         users: top_users(&view),
+        on_demand: view.on_demand(),
+        idle_since: view.idle_since(),
+        note: view.note().map(str::to_owned),
+        usage: view.usage(),
     }
 }
 
@@ -442,6 +478,10 @@ fn snapshot(rm: &ResourceManager, id: QueueId) -> QueueSnapshot {
             children: Arc::default(),
             rate_limited_until: None,
             users: Vec::new(),
+            on_demand: false,
+            idle_since: None,
+            note: None,
+            usage: Vec::new(),
         };
     };
     QueueSnapshot {
@@ -456,6 +496,10 @@ fn snapshot(rm: &ResourceManager, id: QueueId) -> QueueSnapshot {
         children: Arc::new(view.children().iter().map(|p| p.to_string()).collect()),
         rate_limited_until: view.rate_limited_until(),
         users: top_users(&view),
+        on_demand: view.on_demand(),
+        idle_since: view.idle_since(),
+        note: view.note().map(str::to_owned),
+        usage: view.usage(),
     }
 }
 
@@ -472,6 +516,7 @@ fn workers(rm: &ResourceManager) -> Vec<WorkerSnapshot> {
             labels: w.labels.clone(),
             queues: w.queues.iter().map(|q| q.as_str().to_owned()).collect(),
             registration: w.registration,
+            quiet: w.quiet,
         })
         .collect();
     all.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));

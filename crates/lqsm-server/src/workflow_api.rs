@@ -115,6 +115,7 @@ pub(crate) async fn submit_workflow(
 
 /// Options of `POST /v1/broadcasts`.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct BroadcastQuery {
     /// Also run the job on each matching worker that registers later, until the job's
@@ -202,12 +203,13 @@ async fn workflow_jobs(state: &AppState, id: Uuid) -> ApiResult<Vec<JobRead>> {
                 queue: None,
                 state: None,
                 tag: Some(WorkflowNode::tag_of(id)),
+                submitter: None,
                 order: lqsm_store::Order::OldestFirst,
                 after,
                 limit: 1000,
             })
             .await?;
-        after = page.jobs.last().map(|j| j.id);
+        after = page.resume_after;
         jobs.extend(page.jobs);
         if !page.more || after.is_none() {
             break;

@@ -244,6 +244,7 @@ fn a_finished_job_is_run_again_as_a_new_linked_job_and_never_reopened() {
                 exit_code: None,
                 message: "bad input".into(),
                 retry: None,
+                memory_exceeded: false,
             },
         )],
         0,
@@ -295,6 +296,7 @@ fn failed_attempt_is_retried_after_its_backoff_then_succeeds() {
                 exit_code: None,
                 message: "disk full".into(),
                 retry: None,
+                memory_exceeded: false,
             },
         )],
         0,
@@ -467,6 +469,7 @@ fn report_with_a_stale_token_is_refused() {
             token: 1,
             result: api::AttemptResult::TimedOut,
             logs: None,
+            usage: None,
             started_at_ms: None,
         }],
         0,
@@ -1040,6 +1043,231 @@ fn priority_preemption_is_a_leaf_setting_of_the_api() {
 /// A leaf's fair sharing through the API: set with the queue, its users shown in the
 /// queue's view, the job the fairness key picks handed out first, bad settings refused
 /// naming the field.
+#[test]
+fn measured_usage_right_sizes_requests_and_an_attempt_killed_for_memory_runs_again_with_more() {
+    let server = BlockingTestServer::start();
+    let api = server.api();
+    let view: api::QueueView = api
+        .post(
+            "/v1/queues",
+            &json!({
+                "path": "root.sized",
+                "capacity": 0,
+                "defaults": {"function_resources": {"cpu": 1, "memory_mib": 400}},
+                "auto_resources": {"min_samples": 3, "max": {"cpu": 2, "memory_mib": 1000}},
+            }),
+        )
+        .expect(201);
+    let auto = view.settings.auto_resources.as_ref().unwrap();
+    assert_eq!((auto.margin, auto.min_samples), (Some(1.2), Some(3)));
+    let mut worker = SimWorker::register(&api, "etl.load");
+    let measured = |a: &api::Assignment, memory: u64| api::FinishedAttempt {
+        usage: Some(api::AttemptUsage {
+            peak_memory_mib: memory,
+            cpu_ms: 10,
+        }),
+        ..finished_attempt(
+            a,
+            api::AttemptResult::Succeeded {
+                result: None,
+                exit_code: None,
+            },
+        )
+    };
+    for memory in [90, 100, 110] {
+        let id = api.submit(&api::SubmitJob::function(
+            "root.sized",
+            "etl.load",
+            json!(null),
+        ));
+        let job: api::JobView = api.get(&format!("/v1/jobs/{id}")).expect(200);
+        assert_eq!(
+            job.resources.memory_mib, 400,
+            "before 3 attempts: the default"
+        );
+        let a = worker.next_assignment();
+        worker.poll(&[measured(&a, memory)], 0);
+    }
+    let usage: api::QueueUsage = api.get("/v1/queues/root.sized/usage").expect(200);
+    assert!(usage.auto_resources);
+    assert_eq!(usage.names.len(), 1, "{usage:?}");
+    let load = &usage.names[0];
+    assert_eq!((load.name.as_str(), load.attempts), ("etl.load", 3));
+    assert_eq!(
+        (
+            load.memory_p50_mib,
+            load.memory_p95_mib,
+            load.memory_max_mib
+        ),
+        (100, 110, 110)
+    );
+    assert_eq!(load.requested.memory_mib, 400);
+    assert_eq!(load.auto_request.as_ref().unwrap().memory_mib, 132);
+    // Now a new job asks for 110 MiB × 1.2.
+    let id = api.submit(&api::SubmitJob::function(
+        "root.sized",
+        "etl.load",
+        json!(null),
+    ));
+    let job: api::JobView = api.get(&format!("/v1/jobs/{id}")).expect(200);
+    assert_eq!(job.resources.memory_mib, 132);
+    // Its attempt is killed for its memory: it runs again with 264 MiB, no retry spent.
+    let a = worker.next_assignment();
+    let oom = finished_attempt(
+        &a,
+        api::AttemptResult::Failed {
+            exit_code: None,
+            message: "killed by the kernel for exceeding its memory limit of 132 MiB".into(),
+            retry: None,
+            memory_exceeded: true,
+        },
+    );
+    let answer = worker.poll(&[oom], 0);
+    let job: api::JobView = api.get(&format!("/v1/jobs/{id}")).expect(200);
+    assert_eq!(job.resources.memory_mib, 264);
+    assert_ne!(job.state, api::JobState::Failed);
+    let again = match answer.assignments.first() {
+        Some(a) => a.clone(),
+        None => worker.next_assignment(),
+    };
+    assert_eq!(
+        (again.job, again.attempt, again.resources.memory_mib),
+        (id, 2, 264)
+    );
+    // Bad settings name their field.
+    let err = api
+        .patch(
+            "/v1/queues/root.sized",
+            &json!({"auto_resources": {"margin": 0.5}}),
+        )
+        .expect_error(400);
+    assert_eq!(
+        err.field.as_deref(),
+        Some("auto_resources.margin"),
+        "{err:?}"
+    );
+    let err = api
+        .patch("/v1/queues/root", &json!({"auto_resources": {}}))
+        .expect_error(400);
+    assert_eq!(err.field.as_deref(), Some("auto_resources"), "{err:?}");
+    // Off again.
+    let view: api::QueueView = api
+        .patch(
+            "/v1/queues/root.sized",
+            &json!({"auto_resources": {"margin": 0}}),
+        )
+        .expect(200);
+    assert!(view.settings.auto_resources.is_none());
+}
+
+#[test]
+fn a_template_makes_leaves_on_demand_removes_idle_ones_and_keeps_their_counters_across_a_restart() {
+    let mut server = BlockingTestServer::start();
+    let api = server.api();
+    let view: api::QueueView = api
+        .post(
+            "/v1/queues",
+            &json!({
+                "path": "root.users",
+                "template": {"capacity": 60, "max_capacity": 80, "max_running": 2, "idle_ms": 300, "max_queues": 2},
+            }),
+        )
+        .expect(201);
+    let template = view.settings.template.as_ref().unwrap();
+    assert_eq!(
+        (
+            template.settings.capacity,
+            template.idle_ms,
+            template.max_queues
+        ),
+        (Some(60.0), Some(300), Some(2))
+    );
+    let alice = api.submit(&api::SubmitJob::function(
+        "root.users.alice",
+        "work",
+        json!(null),
+    ));
+    let view: api::QueueView = api.get("/v1/queues/root.users.alice").expect(200);
+    assert!(view.on_demand, "{view:?}");
+    assert_eq!((view.capacity, view.settings.max_running), (60.0, Some(2)));
+    assert_eq!(view.pending, 1);
+    assert_eq!(view.idle_since_ms, None);
+    // 60 + 60 would pass 100%: bob gets 0, and is told why.
+    api.submit(&api::SubmitJob::function(
+        "root.users.bob",
+        "work",
+        json!(null),
+    ));
+    let bob: api::QueueView = api.get("/v1/queues/root.users.bob").expect(200);
+    assert_eq!(bob.capacity, 0.0);
+    assert!(
+        bob.note.as_deref().unwrap().contains("past 100%"),
+        "{bob:?}"
+    );
+    // The parent takes no jobs; a third child is past the template's limit.
+    let err = api
+        .post("/v1/jobs", &function_job("root.users", "work"))
+        .expect_error(400);
+    assert_eq!(err.field.as_deref(), Some("queue"), "{err:?}");
+    let err = api
+        .post("/v1/jobs", &function_job("root.users.carol", "work"))
+        .expect_error(429);
+    assert_eq!(err.field.as_deref(), Some("queue"), "{err:?}");
+    assert!(err.message.contains("max_queues"), "{err:?}");
+    api.get("/v1/queues/root.users.carol").expect_error(404);
+    // The template's settings are checked and named under `template.`.
+    let err = api
+        .patch(
+            "/v1/queues/root.users",
+            &json!({"template": {"max_capacity": 200}}),
+        )
+        .expect_error(400);
+    assert_eq!(
+        err.field.as_deref(),
+        Some("template.max_capacity"),
+        "{err:?}"
+    );
+
+    // Alice's job ends; 300 ms later her queue is removed, her job and counters kept.
+    let _: api::JobView = api
+        .post(&format!("/v1/jobs/{alice}/cancel"), &json!({}))
+        .expect(200);
+    let retired = eventually("alice's idle queue removed", || {
+        let view: api::QueueView = api.get("/v1/queues/root.users.alice").expect(200);
+        view.removed_at_ms.is_some().then_some(view)
+    });
+    assert_eq!((retired.counts.submitted, retired.counts.cancelled), (1, 1));
+    assert!(retired.on_demand && retired.pending == 0);
+    let tree: api::QueueView = api.get("/v1/queues/root.users").expect(200);
+    let children: Vec<&str> = tree.children.iter().map(|c| c.path.as_str()).collect();
+    assert_eq!(children, ["root.users.bob"]);
+    let job: api::JobView = api.get(&format!("/v1/jobs/{alice}")).expect(200);
+    assert_eq!(
+        (job.queue.as_str(), job.state),
+        ("root.users.alice", api::JobState::Cancelled)
+    );
+
+    // A restart keeps the template, bob, and alice's retired counters; her next job
+    // makes her queue again with them.
+    server.restart();
+    let api = server.api();
+    let view: api::QueueView = api.get("/v1/queues/root.users.alice").expect(200);
+    assert_eq!(view.removed_at_ms, retired.removed_at_ms);
+    assert_eq!(view.counts.submitted, 1);
+    let bob: api::QueueView = api.get("/v1/queues/root.users.bob").expect(200);
+    assert!(bob.on_demand && bob.note.is_some());
+    api.submit(&api::SubmitJob::function(
+        "root.users.alice",
+        "work",
+        json!(null),
+    ));
+    let view: api::QueueView = api.get("/v1/queues/root.users.alice").expect(200);
+    assert_eq!(
+        (view.removed_at_ms, view.counts.submitted, view.pending),
+        (None, 2, 1)
+    );
+}
+
 #[test]
 fn a_fair_leaf_hands_the_next_core_to_the_tenant_holding_least_and_shows_who_holds_what() {
     let server = BlockingTestServer::start();

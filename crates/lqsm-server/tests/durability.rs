@@ -103,6 +103,7 @@ fn finish_everything(api: Api, handler: &'static str, load: Load) -> JoinHandle<
                         exit_code: None,
                     },
                     logs: None,
+                    usage: None,
                     started_at_ms: None,
                 })
                 .collect();

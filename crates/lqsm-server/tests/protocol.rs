@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 
 use lqsm_api as api;
-use lqsm_testkit::{BlockingTestServer, eventually, function_job};
+use lqsm_testkit::{BlockingTestServer, SimWorker, eventually, function_job};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -163,4 +163,60 @@ fn a_failure_reported_not_to_be_retried_fails_the_job_at_once_and_a_bad_flag_is_
         .post(&poll_path, &json!({"ack": poll.seq, "wait_ms": 300}))
         .expect(200);
     assert!(later.assignments.is_empty(), "{later:?}");
+}
+
+/// A worker that stops polling after an answer (killed without a word) is *quiet* 3 s
+/// later, long before its heartbeat timeout: the job placed on it but never handed to it
+/// runs on a worker that polls, its first attempt `withdrawn` and not counted as a
+/// failure, while the quiet worker is still active (not lost). Its next poll ends it.
+#[test]
+fn a_job_placed_on_a_worker_that_stopped_polling_runs_on_one_that_polls() {
+    let server = BlockingTestServer::start_with(|c| c.scheduler.heartbeat_timeout_ms = 600_000);
+    let api = server.api();
+    let mut silent = SimWorker::register(&api, "quiet.h");
+    silent.poll(&[], 0);
+    // Placed on the only worker serving the handler, which never polls again.
+    let job = api.submit(&function_job("root.default", "quiet.h"));
+    eventually("the job placed on the silent worker", || {
+        let view = api.job(job);
+        (view.attempts.len() == 1).then_some(())
+    });
+    assert_eq!(api.job(job).attempts[0].worker, silent.id);
+
+    let mut polling = SimWorker::register(&api, "quiet.h");
+    let assignment = polling.next_assignment();
+    assert_eq!(assignment.job, job);
+    let view = api.job(job);
+    assert_eq!(
+        view.attempts
+            .iter()
+            .map(|a| (a.worker, a.outcome))
+            .collect::<Vec<_>>(),
+        vec![
+            (silent.id, Some(api::AttemptOutcome::Withdrawn)),
+            (polling.id, None)
+        ]
+    );
+    let worker_view = |id: Uuid| -> api::WorkerView {
+        let workers: Vec<api::WorkerView> = api.get("/v1/workers").expect(200);
+        workers.into_iter().find(|w| w.id == id).unwrap()
+    };
+    let quiet = worker_view(silent.id);
+    assert!(
+        quiet.quiet && quiet.state == api::WorkerState::Active,
+        "quiet, not lost: {quiet:?}"
+    );
+    polling.succeed(&assignment, json!("done"));
+    let done = api.wait_for_state(job, api::JobState::Succeeded);
+    assert_eq!(
+        done.attempts.len(),
+        2,
+        "the withdrawn attempt and the one that ran"
+    );
+
+    silent.poll(&[], 0);
+    assert!(
+        !worker_view(silent.id).quiet,
+        "its poll makes it take work again"
+    );
 }

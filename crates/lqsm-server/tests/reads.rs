@@ -243,3 +243,77 @@ fn readyz_answers_503_and_the_api_unavailable_while_the_store_is_restoring() {
     stop_tx.send(()).unwrap();
     server.join().unwrap().unwrap();
 }
+
+/// A filter no index covers (here: a submitter, and a state within a queue) is checked
+/// job by job, but a page examines at most `MAX_EXAMINED` (2,000) of them: a rare match
+/// behind many others is reached through short pages whose cursors go on, never by one
+/// page reading a million jobs.
+#[test]
+fn a_submitter_filter_finds_rare_jobs_through_short_pages() {
+    const TOKENS: &str = r#"
+[[tokens]]
+name = "ada"
+token = "ada-secret"
+role = "admin"
+
+[[tokens]]
+name = "bob"
+token = "bob-secret"
+role = "submitter"
+queues = ["root.default"]
+"#;
+    let server = BlockingTestServer::start_with(lqsm_testkit::toml_settings(TOKENS));
+    let ada = server.api_as("ada-secret");
+    let bob = server.api_as("bob-secret");
+    let bobs_first = bob.submit(&function_job("root.default", "rare"));
+    // 12,000 of ada's after bob's first: more than one page examines.
+    for _ in 0..3 {
+        let batch = api::SubmitBatch {
+            jobs: (0..4000)
+                .map(|_| function_job("root.default", "common"))
+                .collect(),
+        };
+        let answer: api::BatchResult = ada.post("/v1/jobs/batch", &batch).expect(200);
+        assert_eq!(answer.accepted, 4000);
+    }
+    let bobs_last = bob.submit(&function_job("root.default", "rare"));
+
+    // Newest first: bob's last job, then pages that end short after examining 2,000 of
+    // ada's each, then bob's first.
+    let query = "/v1/jobs?queue=root.default&submitter=bob&order=newest&limit=50";
+    let first: api::JobList = ada.get(query).expect(200);
+    assert_eq!(
+        first.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [bobs_last]
+    );
+    let mut cursor = first.next_cursor.expect("the scan goes on");
+    let mut pages = 1;
+    let mut found = vec![bobs_last];
+    loop {
+        let page: api::JobList = ada.get(&format!("{query}&cursor={cursor}")).expect(200);
+        pages += 1;
+        assert!(page.jobs.iter().all(|j| j.submitted_by == "bob"));
+        found.extend(page.jobs.iter().map(|j| j.id));
+        match page.next_cursor {
+            Some(next) => cursor = next,
+            None => break,
+        }
+        assert!(pages < 20, "the listing ends");
+    }
+    assert_eq!(found, [bobs_last, bobs_first]);
+    assert!(
+        pages >= 6,
+        "12,000 jobs take six pages' scans ({pages} pages)"
+    );
+    // The whole listing by the filter alone, oldest first, agrees.
+    assert_eq!(all_pages(&ada, "submitter=bob"), [bobs_first, bobs_last]);
+    // A state no job of the queue is in, the same way.
+    assert!(all_pages(&ada, "queue=root.default&state=failed").is_empty());
+    let none: api::JobList = ada
+        .get("/v1/jobs?queue=root.default&state=failed&limit=10")
+        .expect(200);
+    assert!(
+        none.jobs.is_empty() && none.next_cursor.is_some(),
+        "short, and going on"
+    );
+}

@@ -200,3 +200,46 @@ fn secret_env_must_name_variables_of_a_commands_env() {
         "{error:?}"
     );
 }
+
+#[test]
+fn a_running_commands_output_is_masked_even_when_a_read_or_an_upload_cuts_a_secret() {
+    let server = BlockingTestServer::start();
+    let api = server.api();
+    let id = api.submit(&job_with_a_secret());
+    let (worker, a) = take_command(&api);
+    let upload = |offset: u64, text: &str| {
+        let answer: api::LogChunksAnswer = api
+            .post(
+                &format!("/v1/workers/{worker}/logs"),
+                &api::LogChunks {
+                    chunks: vec![api::LogChunk {
+                        job: a.job,
+                        token: a.token,
+                        offset,
+                        text: text.to_owned(),
+                    }],
+                },
+            )
+            .expect(200);
+        assert!(answer.refused.is_empty(), "{answer:?}");
+    };
+    // The upload stops inside the secret: what may be its start is not shown yet.
+    upload(0, &format!("token is {}", &SECRET[..4]));
+    assert_eq!(api.get(&format!("/v1/jobs/{id}/logs")).body, "token is ");
+    let first: api::JobLogs = api.get(&format!("/v1/jobs/{id}/logs?offset=0")).expect(200);
+    assert_eq!((first.text.as_str(), first.next_offset), ("token is ", 9));
+    upload(13, &format!("{} ok\n", &SECRET[4..]));
+    // A read from inside the secret shows none of it.
+    let inside: api::JobLogs = api
+        .get(&format!("/v1/jobs/{id}/logs?offset=11"))
+        .expect(200);
+    assert_eq!(inside.text, "*** ok\n");
+    let next: api::JobLogs = api
+        .get(&format!("/v1/jobs/{id}/logs?offset={}", first.next_offset))
+        .expect(200);
+    assert_eq!(next.text, "*** ok\n");
+    assert_eq!(
+        api.get(&format!("/v1/jobs/{id}/logs")).body,
+        "token is *** ok\n"
+    );
+}

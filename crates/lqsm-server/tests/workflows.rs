@@ -141,6 +141,7 @@ fn a_failed_node_cancels_its_dependents_and_a_cancel_reaches_every_node() {
                 exit_code: None,
                 message: "no input".into(),
                 retry: None,
+                memory_exceeded: false,
             },
         )],
         0,

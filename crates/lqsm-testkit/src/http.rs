@@ -364,5 +364,6 @@ pub fn finished_attempt(a: &api::Assignment, result: api::AttemptResult) -> api:
         result,
         logs: None,
         started_at_ms: None,
+        usage: None,
     }
 }

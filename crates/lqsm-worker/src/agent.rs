@@ -10,7 +10,7 @@
 
 use crate::cgroup::MemoryLimits;
 use crate::context::AttemptContext;
-use crate::executor::{self, CommandSpec, Ending, ExecOptions, Stop};
+use crate::executor::{self, CommandSpec, Ending, ExecOptions, LiveOutput, Stop};
 use crate::handlers::{Call, CatchPanic, Handler, HandlerFuture, HandlerResult, panic_message};
 use crate::{RunSummary, WorkerError};
 use lqsm_api as api;
@@ -37,6 +37,18 @@ const MAX_REPLACED_POLLS: usize = 4;
 /// The oldest protocol this worker speaks, offered to a leader that refuses the current
 /// one: 5 (`ending`; its polls then name no registration).
 const OLDEST_PROTOCOL_SPOKEN: u32 = 5;
+
+/// The protocol from which a report may carry `usage` and a failed one
+/// `memory_exceeded`: an older server refuses both as unknown fields.
+const USAGE_PROTOCOL: u32 = 7;
+
+/// How often the new output of running attempts is uploaded (protocol 8): at most once
+/// per this period, in one call for every attempt that wrote something since.
+const LOG_UPLOAD_PERIOD: Duration = Duration::from_secs(1);
+
+/// Most bytes of output one upload carries (the server takes bodies of 16 MiB by
+/// default): an attempt that wrote more since its last upload sends its end.
+const LOG_UPLOAD_BYTES: usize = 4 * 1024 * 1024;
 
 /// How long reports may take to reach the server once everything has stopped.
 const FINAL_FLUSH: Duration = Duration::from_secs(5);
@@ -85,6 +97,9 @@ pub(crate) struct Settings {
     pub soft_timeout_signal: nix::sys::signal::Signal,
     /// The user commands run as (the worker runs as root).
     pub run_as: Option<crate::config::RunAs>,
+    /// Whether the supervisor kills a command attempt (without a cgroup) whose
+    /// processes' resident memory exceeds its request (`WorkerConfig::memory_check`).
+    pub memory_check: bool,
 }
 
 /// A running attempt.
@@ -97,6 +112,12 @@ struct Running {
     started_at_ms: u64,
     /// Where its progress (`update_state`) is read from.
     progress: Progress,
+    /// Its output as it grows (commands), uploaded while it runs.
+    output: Option<LiveOutput>,
+    /// How much of `output` the server took: uploads resume from here.
+    uploaded: u64,
+    /// The server refused its output (the attempt is not current): no more uploads.
+    upload_refused: bool,
 }
 
 /// Where a running attempt's reported state comes from.
@@ -168,6 +189,8 @@ pub(crate) struct Done {
     key: AttemptKey,
     result: api::AttemptResult,
     logs: Option<String>,
+    /// What a command attempt used, when it was measured.
+    usage: Option<api::AttemptUsage>,
 }
 
 /// The answer of a call made in the background.
@@ -187,6 +210,12 @@ enum Net {
         result: Result<api::PollResponse, ClientError>,
     },
     Drained(Result<api::WorkerView, ClientError>),
+    /// An upload of running attempts' output was answered: each attempt sent with the
+    /// offset its chunk reached.
+    LogsUploaded {
+        sent: Vec<(AttemptKey, u64)>,
+        result: Result<api::LogChunksAnswer, ClientError>,
+    },
 }
 
 /// The call the loop waits on.
@@ -347,6 +376,8 @@ pub(crate) struct Agent {
     last_contact: Option<Instant>,
     /// Attempts stopped because the server could not be reached; not reported.
     fenced: HashSet<AttemptKey>,
+    /// An upload of output is on its way (one at a time).
+    uploading: bool,
 }
 
 impl Agent {
@@ -397,6 +428,7 @@ impl Agent {
             heartbeat_timeout: None,
             last_contact: None,
             fenced: HashSet::new(),
+            uploading: false,
         }
     }
 
@@ -413,6 +445,8 @@ impl Agent {
         let mut drain_deadline: Option<Instant> = None;
         let mut stopped_all = false;
         let mut flush_deadline: Option<Instant> = None;
+        let mut upload_tick = tokio::time::interval(LOG_UPLOAD_PERIOD);
+        upload_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let outcome = loop {
             if *kill.borrow() {
                 self.kill_now().await;
@@ -467,6 +501,7 @@ impl Agent {
                     }
                 }
                 Some(done) = self.done_rx.recv() => self.on_done(done),
+                _ = upload_tick.tick() => self.upload_logs(),
                 () = sleep_until_opt(self.replace_at) => self.replace_current_poll(),
                 () = sleep_until_opt(fence_at) => self.fence(),
                 () = sleep_until_opt(self.retry_at), if self.current.is_none() => {}
@@ -537,7 +572,7 @@ impl Agent {
                     progress: running.progress.read(),
                 })
                 .collect(),
-            finished: std::mem::take(&mut self.reports.items),
+            finished: self.take_reports(),
             wait_ms: wait.as_millis() as u64,
             ack: Some(self.ack()),
             ending: Vec::new(),
@@ -566,6 +601,84 @@ impl Agent {
             long_poll: !wait.is_zero(),
         });
         self.replace_at = None;
+    }
+
+    /// Uploads what running attempts wrote since their last upload, all in one call,
+    /// when the server takes it (protocol 8) and no upload is on its way. A failed
+    /// upload is not retried as such: the next one starts where the server's last
+    /// answer left each attempt, so nothing is skipped or doubled.
+    fn upload_logs(&mut self) {
+        if self.uploading
+            || !self.registered
+            || self.registration.protocol < api::LIVE_LOGS_PROTOCOL
+        {
+            return;
+        }
+        let mut budget = LOG_UPLOAD_BYTES;
+        let mut chunks = Vec::new();
+        let mut sent = Vec::new();
+        for (&(job, token), running) in &self.running {
+            if running.upload_refused || budget == 0 {
+                continue;
+            }
+            let Some(output) = &running.output else {
+                continue;
+            };
+            let Some((offset, text)) = output.since(running.uploaded, budget) else {
+                continue;
+            };
+            budget = budget.saturating_sub(text.len());
+            sent.push(((job, token), offset + text.len() as u64));
+            chunks.push(api::LogChunk {
+                job,
+                token,
+                offset,
+                text,
+            });
+        }
+        if chunks.is_empty() {
+            return;
+        }
+        self.uploading = true;
+        let call = {
+            let client = self.client.clone();
+            let id = self.id;
+            let body = api::LogChunks { chunks };
+            async move { client.upload_logs(id, &body).await }
+        };
+        let tx = self.net_tx.clone();
+        self.spawn_call(async move {
+            let result = call.await;
+            let _ = tx.send(Net::LogsUploaded { sent, result });
+        });
+    }
+
+    fn on_logs_uploaded(
+        &mut self,
+        sent: Vec<(AttemptKey, u64)>,
+        result: Result<api::LogChunksAnswer, ClientError>,
+    ) {
+        self.uploading = false;
+        let answer = match result {
+            Ok(answer) => answer,
+            Err(e) => {
+                // A preview: the next upload sends it again, and the report has it all.
+                tracing::debug!(error = %e, "uploading running attempts' output failed");
+                return;
+            }
+        };
+        let refused: HashSet<AttemptKey> =
+            answer.refused.iter().map(|r| (r.job, r.token)).collect();
+        for (key, end) in sent {
+            let Some(running) = self.running.get_mut(&key) else {
+                continue;
+            };
+            if refused.contains(&key) {
+                running.upload_refused = true;
+            } else {
+                running.uploaded = running.uploaded.max(end);
+            }
+        }
     }
 
     fn begin_drain(&mut self) {
@@ -607,6 +720,18 @@ impl Agent {
             return;
         }
         self.replace_at = Some(current.sent_at + self.settings.cut_short_after);
+    }
+
+    /// The reports to send, as the protocol in use with the server allows: below
+    /// version 7 without `usage` and `memory_exceeded`, which an older server refuses.
+    fn take_reports(&mut self) -> Vec<api::FinishedAttempt> {
+        let mut reports = std::mem::take(&mut self.reports.items);
+        if self.registration.protocol < USAGE_PROTOCOL {
+            for report in &mut reports {
+                for_older_protocol(report);
+            }
+        }
+        reports
     }
 
     fn on_net(&mut self, net: Net) -> Result<(), WorkerError> {
@@ -722,6 +847,10 @@ impl Agent {
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "could not tell the server this worker drains; it stops taking work anyway");
                 }
+                Ok(())
+            }
+            Net::LogsUploaded { sent, result } => {
+                self.on_logs_uploaded(sent, result);
                 Ok(())
             }
         }
@@ -1013,6 +1142,7 @@ impl Agent {
             key,
             result,
             logs: None,
+            usage: None,
         });
     }
 
@@ -1031,6 +1161,10 @@ impl Agent {
                 gpus: Vec::new(),
                 started_at_ms: api::epoch_ms(),
                 progress: Progress::Handler(context.clone()),
+                // A handler runs in the worker's process: its output is not captured.
+                output: None,
+                uploaded: 0,
+                upload_refused: false,
             },
         );
         let done = self.done_tx.clone();
@@ -1059,10 +1193,12 @@ impl Agent {
                     }
                 }
             };
+            // A function shares the worker's process: nothing to measure it by.
             let _ = done.send(Done {
                 key,
                 result,
                 logs: None,
+                usage: None,
             });
         });
     }
@@ -1076,6 +1212,7 @@ impl Agent {
         progress_file: Option<std::path::PathBuf>,
     ) {
         let (stop_tx, stop_rx) = watch::channel(Stop::Run);
+        let output = LiveOutput::new(self.settings.log_cap);
         self.running.insert(
             key,
             Running {
@@ -1083,6 +1220,9 @@ impl Agent {
                 gpus,
                 started_at_ms: api::epoch_ms(),
                 progress: progress_file.clone().map_or(Progress::None, Progress::File),
+                output: Some(output.clone()),
+                uploaded: 0,
+                upload_refused: false,
             },
         );
         let memory_mib = limits.memory_mib;
@@ -1095,6 +1235,8 @@ impl Agent {
             log_cap: self.settings.log_cap,
             supervisor: self.settings.supervisor.clone(),
             run_as: self.settings.run_as.clone(),
+            memory_check_mib: (self.settings.memory_check && memory_mib > 0).then_some(memory_mib),
+            live: Some(output),
         };
         let limits = self.limits.clone();
         let done = self.done_tx.clone();
@@ -1114,8 +1256,17 @@ impl Agent {
                 let _ = tokio::task::spawn_blocking(move || cg.remove()).await;
             }
             let result = command_result(&outcome, memory_mib);
+            let usage = outcome.usage.map(|u| api::AttemptUsage {
+                peak_memory_mib: u.peak_memory_mib(),
+                cpu_ms: u.cpu_ms,
+            });
             let logs = (!outcome.output.is_empty()).then_some(outcome.output);
-            let _ = done.send(Done { key, result, logs });
+            let _ = done.send(Done {
+                key,
+                result,
+                logs,
+                usage,
+            });
         });
     }
 
@@ -1141,6 +1292,7 @@ impl Agent {
             result: done.result,
             logs: done.logs,
             started_at_ms,
+            usage: done.usage,
         });
         self.hurry_report();
     }
@@ -1167,11 +1319,12 @@ impl Agent {
         }
         if self.registered && !self.reports.is_empty() {
             let ack = self.ack();
+            let finished = self.take_reports();
             let call = self.client.poll(
                 self.id,
                 &api::PollRequest {
                     running: Vec::new(),
-                    finished: std::mem::take(&mut self.reports.items),
+                    finished,
                     wait_ms: 0,
                     ack: Some(ack),
                     ending: Vec::new(),
@@ -1217,11 +1370,23 @@ fn escalate(current: &mut Stop, order: Stop) -> bool {
     }
 }
 
+/// Takes out of `report` what a server before protocol 7 does not know.
+fn for_older_protocol(report: &mut api::FinishedAttempt) {
+    report.usage = None;
+    if let api::AttemptResult::Failed {
+        memory_exceeded, ..
+    } = &mut report.result
+    {
+        *memory_exceeded = false;
+    }
+}
+
 fn failed(message: String) -> api::AttemptResult {
     api::AttemptResult::Failed {
         exit_code: None,
         message,
         retry: None,
+        memory_exceeded: false,
     }
 }
 
@@ -1284,17 +1449,25 @@ fn command_result(outcome: &executor::CommandOutcome, memory_mib: u64) -> api::A
                 exit_code: Some(*code),
                 message,
                 retry: None,
+                memory_exceeded: outcome.memory_exceeded,
             }
         }
         Ending::Signalled(signal) => {
             let name = nix::sys::signal::Signal::try_from(*signal)
                 .map_or_else(|_| "unknown".to_owned(), |s| s.as_str().to_owned());
-            let message = if outcome.memory_exceeded {
+            let message = if outcome.memory_check {
+                format!("killed for exceeding its memory limit of {memory_mib} MiB")
+            } else if outcome.memory_exceeded {
                 format!("killed by the kernel for exceeding its memory limit of {memory_mib} MiB")
             } else {
                 format!("killed by signal {signal} ({name})")
             };
-            failed(message)
+            api::AttemptResult::Failed {
+                exit_code: None,
+                message,
+                retry: None,
+                memory_exceeded: outcome.memory_exceeded,
+            }
         }
         Ending::TimedOut => api::AttemptResult::TimedOut,
         Ending::Stopped(reason) => failed(reason.clone()),
@@ -1338,6 +1511,7 @@ mod tests {
             supervisor: None,
             soft_timeout_signal: nix::sys::signal::Signal::SIGUSR1,
             run_as: None,
+            memory_check: false,
         };
         let handlers = crate::handlers::BUILTIN_HANDLERS
             .iter()
@@ -1501,7 +1675,170 @@ mod tests {
                 exit_code: Some(4),
                 message: "exit code 4: no such table".into(),
                 retry: None,
+                memory_exceeded: false,
             }
+        );
+    }
+
+    fn outcome(
+        ending: Ending,
+        memory_exceeded: bool,
+        memory_check: bool,
+    ) -> executor::CommandOutcome {
+        executor::CommandOutcome {
+            ending,
+            output: "last words\n".into(),
+            memory_exceeded,
+            memory_check,
+            usage: None,
+        }
+    }
+
+    #[test]
+    fn a_command_killed_for_its_memory_fails_with_memory_exceeded_naming_the_limit() {
+        let by_check = command_result(&outcome(Ending::Signalled(9), true, true), 50);
+        assert_eq!(
+            by_check,
+            api::AttemptResult::Failed {
+                exit_code: None,
+                message: "killed for exceeding its memory limit of 50 MiB".into(),
+                retry: None,
+                memory_exceeded: true,
+            }
+        );
+        let by_kernel = command_result(&outcome(Ending::Signalled(9), true, false), 50);
+        assert_eq!(
+            by_kernel,
+            api::AttemptResult::Failed {
+                exit_code: None,
+                message: "killed by the kernel for exceeding its memory limit of 50 MiB".into(),
+                retry: None,
+                memory_exceeded: true,
+            }
+        );
+        // A process of it was killed, and the main one exited with an error.
+        let exited = command_result(&outcome(Ending::Exited(1), true, false), 50);
+        assert!(
+            matches!(
+                exited,
+                api::AttemptResult::Failed {
+                    exit_code: Some(1),
+                    memory_exceeded: true,
+                    ..
+                }
+            ),
+            "{exited:?}"
+        );
+        let plain = command_result(&outcome(Ending::Signalled(9), false, false), 50);
+        assert_eq!(
+            plain,
+            api::AttemptResult::Failed {
+                exit_code: None,
+                message: "killed by signal 9 (SIGKILL)".into(),
+                retry: None,
+                memory_exceeded: false,
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn output_is_uploaded_only_to_a_server_of_protocol_8_from_where_it_took_it() {
+        let mut agent = agent();
+        agent.registered = true;
+        let (stop, _) = watch::channel(Stop::Run);
+        let output = LiveOutput::new(1024);
+        let key = (Uuid::now_v7(), 3);
+        agent.running.insert(
+            key,
+            Running {
+                stop,
+                gpus: Vec::new(),
+                started_at_ms: 0,
+                progress: Progress::None,
+                output: Some(output.clone()),
+                uploaded: 0,
+                upload_refused: false,
+            },
+        );
+        output.push(b"line 1\n");
+        // The server refused version 8: the worker stepped down and uploads nothing.
+        agent.registration.protocol = 7;
+        agent.upload_logs();
+        assert!(!agent.uploading);
+        agent.registration.protocol = api::LIVE_LOGS_PROTOCOL;
+        agent.upload_logs();
+        assert!(agent.uploading, "an upload is on its way");
+        // A failed upload leaves the offset: the next one sends the same bytes again.
+        agent.on_logs_uploaded(
+            vec![(key, 7)],
+            Err(ClientError::Timeout {
+                url: "http://127.0.0.1:9".into(),
+                after: Duration::from_secs(30),
+            }),
+        );
+        assert_eq!(agent.running[&key].uploaded, 0);
+        agent.on_logs_uploaded(vec![(key, 7)], Ok(api::LogChunksAnswer::default()));
+        assert_eq!(agent.running[&key].uploaded, 7);
+        assert!(!agent.uploading);
+        // Nothing new: nothing sent.
+        agent.upload_logs();
+        assert!(!agent.uploading);
+        output.push(b"line 2\n");
+        agent.upload_logs();
+        assert!(agent.uploading);
+        let refused = api::LogChunksAnswer {
+            refused: vec![api::RefusedReport {
+                job: key.0,
+                token: key.1,
+                reason: api::RefusalReason::StaleAttempt,
+            }],
+        };
+        agent.on_logs_uploaded(vec![(key, 14)], Ok(refused));
+        assert!(agent.running[&key].upload_refused);
+        output.push(b"line 3\n");
+        agent.upload_logs();
+        assert!(!agent.uploading, "a refused attempt uploads no more");
+    }
+
+    #[tokio::test]
+    async fn usage_and_memory_exceeded_go_only_to_a_server_of_protocol_7() {
+        let mut agent = agent();
+        let usage = api::AttemptUsage {
+            peak_memory_mib: 90,
+            cpu_ms: 340,
+        };
+        let result = api::AttemptResult::Failed {
+            exit_code: None,
+            message: "killed by the kernel for exceeding its memory limit of 50 MiB".into(),
+            retry: None,
+            memory_exceeded: true,
+        };
+        agent.on_done(Done {
+            key: (Uuid::now_v7(), 1),
+            result: result.clone(),
+            logs: None,
+            usage: Some(usage),
+        });
+        // A function is not measured: it shares the worker's process.
+        agent.start(assignment(echo(json!(1)), 2));
+        assert_eq!(agent.reports()[1].usage, None);
+        let sent = agent.take_reports();
+        assert_eq!(sent[0].usage, Some(usage));
+        assert_eq!(sent[0].result, result);
+        let json = serde_json::to_value(&sent[0]).unwrap();
+        assert_eq!(json["usage"], json!({"peak_memory_mib": 90, "cpu_ms": 340}));
+        assert_eq!(json["result"]["memory_exceeded"], json!(true));
+        // The server refused version 7: the worker stepped down, and sends neither.
+        agent.reports.items = sent;
+        agent.registration.protocol = 6;
+        let sent = agent.take_reports();
+        assert_eq!(sent[0].usage, None);
+        let json = serde_json::to_value(&sent[0]).unwrap();
+        assert!(json.get("usage").is_none(), "{json}");
+        assert!(json["result"].get("memory_exceeded").is_none(), "{json}");
+        assert_eq!(
+            json["result"]["message"],
+            json!("killed by the kernel for exceeding its memory limit of 50 MiB")
         );
     }
 
@@ -1653,6 +1990,7 @@ mod tests {
             token: n,
             result: api::AttemptResult::TimedOut,
             logs: None,
+            usage: None,
             started_at_ms: None,
         };
         reports.push(report(1));
@@ -1855,9 +2193,12 @@ mod tests {
             }),
         };
         assert_eq!(agent.registration.protocol, api::WORKER_PROTOCOL);
-        agent.on_net(refusal(&agent)).unwrap();
-        assert_eq!(agent.registration.protocol, 5);
-        assert!(!agent.registered, "registers again at once, at 5");
+        // One version less at each refusal, down to 5.
+        for expected in (5..api::WORKER_PROTOCOL).rev() {
+            agent.on_net(refusal(&agent)).unwrap();
+            assert_eq!(agent.registration.protocol, expected);
+            assert!(!agent.registered, "registers again at once, at {expected}");
+        }
         let refused = agent.on_net(refusal(&agent));
         assert!(
             matches!(refused, Err(WorkerError::Refused(_))),

@@ -1,7 +1,12 @@
 //! Memory limits through cgroup v2: when the worker may create cgroups with the memory
 //! controller, every command attempt runs in its own cgroup with `memory.max` set to
-//! the memory it was granted. Otherwise limits are not enforced, and the worker says
-//! so once at start.
+//! the memory it was granted. Otherwise limits are not enforced (unless the worker's
+//! memory check samples the attempt's processes instead, see [`crate::supervisor`]), and
+//! the worker says so once at start.
+//!
+//! An attempt's cgroup also measures it: its peak memory (`memory.peak`, or the largest
+//! `memory.current` seen on a kernel older than 5.19) and its CPU time (`cpu.stat`),
+//! read before the cgroup is removed.
 
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
@@ -130,6 +135,29 @@ impl AttemptCgroup {
             .any(|n| n.trim().parse::<u64>().is_ok_and(|n| n > 0))
     }
 
+    /// Whether the kernel keeps the cgroup's peak memory use (`memory.peak`, Linux
+    /// 5.19+); without it the executor samples [`Self::memory_current`].
+    pub(crate) fn has_memory_peak(&self) -> bool {
+        self.dir.join("memory.peak").exists()
+    }
+
+    /// The most memory the cgroup's processes used together since it was made, bytes
+    /// (`memory.peak`).
+    pub(crate) fn memory_peak(&self) -> Option<u64> {
+        parse_bytes(&std::fs::read_to_string(self.dir.join("memory.peak")).ok()?)
+    }
+
+    /// The memory its processes use now, bytes (`memory.current`).
+    pub(crate) fn memory_current(&self) -> Option<u64> {
+        parse_bytes(&std::fs::read_to_string(self.dir.join("memory.current")).ok()?)
+    }
+
+    /// The CPU time its processes used, user and system, microseconds (`cpu.stat`'s
+    /// `usage_usec`).
+    pub(crate) fn cpu_usec(&self) -> Option<u64> {
+        cpu_usage_usec(&std::fs::read_to_string(self.dir.join("cpu.stat")).ok()?)
+    }
+
     /// Removes the (empty) cgroup; a few tries, as the kernel may lag behind the
     /// last process's exit.
     pub(crate) fn remove(self) {
@@ -143,10 +171,70 @@ impl AttemptCgroup {
     }
 }
 
+/// A file of one number of bytes (`memory.peak`, `memory.current`): `123456\n`.
+fn parse_bytes(text: &str) -> Option<u64> {
+    text.trim().parse().ok()
+}
+
+/// `usage_usec` of a `cpu.stat` file: lines of `KEY VALUE`, `usage_usec` the user and
+/// system time together.
+fn cpu_usage_usec(text: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (key, value) = line.split_once(' ')?;
+        if key == "usage_usec" {
+            value.trim().parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
 /// The worker's own cgroup v2 path (`/user.slice/...`), from /proc/self/cgroup.
 fn own_cgroup() -> Option<String> {
     let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix("0::"))
         .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_files_and_cpu_stat_are_parsed() {
+        assert_eq!(parse_bytes("94371840\n"), Some(94_371_840));
+        assert_eq!(parse_bytes("max\n"), None);
+        assert_eq!(parse_bytes(""), None);
+        let stat = "usage_usec 1234567\nuser_usec 1000000\nsystem_usec 234567\n\
+                    nr_periods 0\nnr_throttled 0\nthrottled_usec 0\n";
+        assert_eq!(cpu_usage_usec(stat), Some(1_234_567));
+        // Only the exact key counts, wherever it is.
+        assert_eq!(
+            cpu_usage_usec("core_sched.force_idle_usec 5\nusage_usec 42\n"),
+            Some(42)
+        );
+        assert_eq!(cpu_usage_usec("user_usec 1\nsystem_usec 2\n"), None);
+        assert_eq!(cpu_usage_usec("usage_usec lots\n"), None);
+    }
+
+    #[test]
+    fn an_attempts_cgroup_is_measured_from_its_files() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let cgroup = AttemptCgroup::at(dir.path().to_path_buf());
+        assert!(!cgroup.has_memory_peak());
+        assert_eq!(cgroup.memory_peak(), None);
+        assert_eq!(cgroup.cpu_usec(), None);
+        std::fs::write(dir.path().join("memory.peak"), "104857600\n").expect("written");
+        std::fs::write(dir.path().join("memory.current"), "4096\n").expect("written");
+        std::fs::write(
+            dir.path().join("cpu.stat"),
+            "usage_usec 250000\nuser_usec 200000\nsystem_usec 50000\n",
+        )
+        .expect("written");
+        assert!(cgroup.has_memory_peak());
+        assert_eq!(cgroup.memory_peak(), Some(100 << 20));
+        assert_eq!(cgroup.memory_current(), Some(4096));
+        assert_eq!(cgroup.cpu_usec(), Some(250_000));
+    }
 }

@@ -214,6 +214,15 @@ pub struct WorkerConfig {
     pub backoff_cap: Duration,
     /// Whether to try cgroup v2 memory limits for commands (default true).
     pub memory_limits: bool,
+    /// The memory check, for machines without cgroup v2 limits (default false): the
+    /// supervisor of a command attempt that has no cgroup samples the resident memory
+    /// of the attempt's processes together (about every 100 ms) and kills them all
+    /// once it exceeds the attempt's memory request, as YARN's NodeManager does; the
+    /// attempt fails with `memory_exceeded`. A peak shorter than the sampling period
+    /// can be missed, and memory shared between the processes counts once for each.
+    /// Needs `supervise_commands`. An attempt with a cgroup keeps the kernel's
+    /// `memory.max` enforcement.
+    pub memory_check: bool,
     /// Whether every command attempt runs under a supervisor process that kills
     /// all its processes when the worker dies, even by SIGKILL (default true). It
     /// needs [`crate::supervisor::run_if_asked`] called first thing in `main`; turn
@@ -247,6 +256,7 @@ impl WorkerConfig {
             drain_grace: Duration::from_secs(60),
             backoff_cap: Duration::from_secs(5),
             memory_limits: true,
+            memory_check: false,
             supervise_commands: true,
             soft_timeout_signal: nix::sys::signal::Signal::SIGUSR1,
             run_as: None,

@@ -9,6 +9,11 @@
 //! With [`ExecOptions::supervisor`] set (as a worker does), the command runs under
 //! an attempt supervisor ([`crate::supervisor`]), which also kills the processes that
 //! left the group, and kills everything when the worker itself dies.
+//!
+//! An attempt is measured ([`CommandOutcome::usage`]) by its cgroup when it has one
+//! (`memory.peak`, or the largest `memory.current` sampled, and `cpu.stat`), else by
+//! its supervisor (the sampled sum of its processes' resident memory, and their CPU
+//! time once reaped). A command run without either is not measured.
 
 pub use crate::cgroup::AttemptCgroup;
 use crate::config::RunAs;
@@ -34,6 +39,10 @@ const SETTLE: Duration = Duration::from_secs(1);
 
 /// How often to look whether a group whose leader exited still has live members.
 const GROUP_CHECK: Duration = Duration::from_millis(20);
+
+/// How often to sample an attempt cgroup's `memory.current`, on a kernel without
+/// `memory.peak`.
+const CGROUP_SAMPLE: Duration = Duration::from_millis(100);
 
 /// What to run.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -65,6 +74,14 @@ pub struct ExecOptions {
     /// The user the command runs as (the worker must be root); needs `supervisor`,
     /// which drops to the user's identity just before it becomes the command.
     pub run_as: Option<RunAs>,
+    /// The memory check: kill the attempt once the resident memory of its processes
+    /// together exceeds this many MiB, as sampled by the supervisor about every 100 ms.
+    /// Needs `supervisor`; ignored for an attempt with a cgroup, whose `memory.max`
+    /// enforces its limit.
+    pub memory_check_mib: Option<u64>,
+    /// Where the output also goes as it comes, for the worker to upload while the
+    /// attempt runs (protocol 8).
+    pub live: Option<LiveOutput>,
 }
 
 impl Default for ExecOptions {
@@ -76,7 +93,114 @@ impl Default for ExecOptions {
             log_cap: 1024 * 1024,
             supervisor: None,
             run_as: None,
+            memory_check_mib: None,
+            live: None,
         }
+    }
+}
+
+/// An attempt's output as it grows, shared between the attempt's task (which writes)
+/// and the worker's loop (which uploads it while the attempt runs): the text so far,
+/// decoded as the report's is (a byte that is not UTF-8 becomes U+FFFD; a character
+/// still incomplete waits for its end), its last `cap` bytes kept, and offsets that
+/// count the bytes of that text from its first.
+#[derive(Clone, Debug)]
+pub struct LiveOutput(std::sync::Arc<std::sync::Mutex<LiveText>>);
+
+#[derive(Debug)]
+struct LiveText {
+    cap: usize,
+    /// Where `text` starts.
+    start: u64,
+    text: VecDeque<u8>,
+    /// The first bytes of a character whose end has not come yet.
+    pending: Vec<u8>,
+}
+
+/// The same output (one attempt's), not equal contents.
+impl PartialEq for LiveOutput {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for LiveOutput {}
+
+impl LiveOutput {
+    /// Keeps the last `cap` bytes.
+    pub fn new(cap: usize) -> Self {
+        Self(std::sync::Arc::new(std::sync::Mutex::new(LiveText {
+            cap,
+            start: 0,
+            text: VecDeque::new(),
+            pending: Vec::new(),
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LiveText> {
+        // Whatever a panic left is still text: a preview at worst incomplete.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds bytes the attempt wrote.
+    pub fn push(&self, bytes: &[u8]) {
+        let mut live = self.lock();
+        let mut input = std::mem::take(&mut live.pending);
+        input.extend_from_slice(bytes);
+        let mut rest = input.as_slice();
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(text) => {
+                    live.text.extend(text.as_bytes());
+                    break;
+                }
+                Err(e) => {
+                    let (valid, after) = rest.split_at(e.valid_up_to());
+                    live.text.extend(valid);
+                    match e.error_len() {
+                        Some(bad) => {
+                            live.text
+                                .extend(char::REPLACEMENT_CHARACTER.to_string().as_bytes());
+                            rest = &after[bad..];
+                        }
+                        None => {
+                            live.pending = after.to_vec();
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let excess = live.text.len().saturating_sub(live.cap);
+        if excess > 0 {
+            live.text.drain(..excess);
+            live.start += excess as u64;
+        }
+    }
+
+    /// Where the text so far ends: the offset of the next byte.
+    pub fn end(&self) -> u64 {
+        let live = self.lock();
+        live.start + live.text.len() as u64
+    }
+
+    /// The text from offset `from` on (from the first byte kept when `from` is
+    /// before it), at most its last `most` bytes, with the offset it starts at; `None`
+    /// when nothing came after `from`.
+    pub fn since(&self, from: u64, most: usize) -> Option<(u64, String)> {
+        let live = self.lock();
+        let end = live.start + live.text.len() as u64;
+        if end <= from {
+            return None;
+        }
+        let mut at = from.max(live.start).max(end.saturating_sub(most as u64));
+        let skip = usize::try_from(at - live.start).unwrap_or(usize::MAX);
+        let mut bytes: Vec<u8> = live.text.iter().skip(skip).copied().collect();
+        // Start at a whole character.
+        at += lqsm_api::skip_partial_character(&mut bytes) as u64;
+        Some((at, String::from_utf8_lossy(&bytes).into_owned()))
     }
 }
 
@@ -107,6 +231,23 @@ pub enum Ending {
     SpawnFailed(String),
 }
 
+/// What a command's processes used, together.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// The peak of their memory, bytes: the cgroup's peak, or the largest sum of their
+    /// resident memory sampled (peaks shorter than the sampling period can be missed).
+    pub peak_memory_bytes: u64,
+    /// Their CPU time, user and system, ms.
+    pub cpu_ms: u64,
+}
+
+impl Usage {
+    /// The peak memory in MiB, rounded up.
+    pub fn peak_memory_mib(&self) -> u64 {
+        self.peak_memory_bytes.div_ceil(1 << 20)
+    }
+}
+
 /// What came of running a command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CommandOutcome {
@@ -115,8 +256,14 @@ pub struct CommandOutcome {
     /// Its stdout and stderr as they interleaved, the tail kept; when bytes were
     /// dropped a first line says how many.
     pub output: String,
-    /// Whether the kernel killed something in it for exceeding its memory limit.
+    /// Whether something in it was killed for exceeding its memory limit: by the
+    /// kernel in its cgroup, or by the supervisor's memory check
+    /// ([`ExecOptions::memory_check_mib`]; then `memory_check` is set too).
     pub memory_exceeded: bool,
+    /// Whether the memory check killed it.
+    pub memory_check: bool,
+    /// What it used, when it was measured (by its cgroup or its supervisor).
+    pub usage: Option<Usage>,
 }
 
 impl CommandOutcome {
@@ -125,6 +272,8 @@ impl CommandOutcome {
             ending: Ending::SpawnFailed(message),
             output: String::new(),
             memory_exceeded: false,
+            memory_check: false,
+            usage: None,
         }
     }
 
@@ -235,6 +384,7 @@ pub async fn run_command(
 
     let mut output = TailBuffer::new(opts.log_cap);
     let mut buf = vec![0u8; 16 * 1024];
+    let mut meter = cgroup.map(CgroupMeter::new);
     let timeout_at = opts.timeout.map(|t| Instant::now() + t);
     let mut soft_at = opts
         .soft_timeout
@@ -257,7 +407,12 @@ pub async fn run_command(
         tokio::select! {
             read = reader.read(&mut buf), if !eof => match read {
                 Ok(0) | Err(_) => eof = true,
-                Ok(n) => output.push(&buf[..n]),
+                Ok(n) => {
+                    output.push(&buf[..n]);
+                    if let Some(live) = &opts.live {
+                        live.push(&buf[..n]);
+                    }
+                }
             },
             exit = child.wait(), if status.is_none() => {
                 status = Some(exit);
@@ -306,11 +461,17 @@ pub async fn run_command(
                 killed_at = Some(Instant::now());
             }
             () = sleep(GROUP_CHECK), if status.is_some() => {}
+            () = sleep_until_opt(meter.as_ref().and_then(CgroupMeter::next_sample)) => {
+                if let Some(meter) = &mut meter {
+                    meter.sample();
+                }
+            }
         }
     }
     // The whole group is gone (or killed and given up on).
     group.done = true;
     let memory_exceeded = cgroup.is_some_and(AttemptCgroup::oom_killed);
+    let usage = meter.and_then(|m| m.finish(None));
     let ending = match (stopping, status) {
         (Some((why, _)), _) => why,
         (None, Some(Ok(status))) => match (status.code(), status.signal()) {
@@ -325,6 +486,67 @@ pub async fn run_command(
         ending,
         output: output.finish(),
         memory_exceeded,
+        memory_check: false,
+        usage,
+    }
+}
+
+/// Measures an attempt by its cgroup: `memory.peak` where the kernel keeps it, else
+/// the largest `memory.current` sampled; `cpu.stat`'s `usage_usec`. Read before the
+/// cgroup is removed.
+struct CgroupMeter<'a> {
+    cgroup: &'a AttemptCgroup,
+    /// The largest `memory.current` seen, when there is no `memory.peak`.
+    sampled: Option<u64>,
+    /// When to sample `memory.current` next (a deadline, not a pause that every
+    /// line of output would restart).
+    next: Instant,
+}
+
+impl<'a> CgroupMeter<'a> {
+    fn new(cgroup: &'a AttemptCgroup) -> Self {
+        let sampled = (!cgroup.has_memory_peak()).then_some(0);
+        Self {
+            cgroup,
+            sampled,
+            next: Instant::now(),
+        }
+    }
+
+    /// When `memory.current` is to be sampled next; never when the kernel keeps
+    /// `memory.peak`.
+    fn next_sample(&self) -> Option<Instant> {
+        self.sampled.map(|_| self.next)
+    }
+
+    fn sample(&mut self) {
+        if let (Some(peak), Some(now)) = (&mut self.sampled, self.cgroup.memory_current()) {
+            *peak = (*peak).max(now);
+        }
+        self.next = Instant::now() + CGROUP_SAMPLE;
+    }
+
+    /// The usage: what the cgroup knows, completed by `fallback` (the supervisor's
+    /// measurement) where it knows nothing.
+    fn finish(mut self, fallback: Option<Usage>) -> Option<Usage> {
+        self.sample();
+        let peak = self
+            .cgroup
+            .memory_peak()
+            .or(self.sampled)
+            .or(fallback.map(|u| u.peak_memory_bytes));
+        let cpu_ms = self
+            .cgroup
+            .cpu_usec()
+            .map(|usec| usec / 1000)
+            .or(fallback.map(|u| u.cpu_ms));
+        match (peak, cpu_ms) {
+            (None, None) => None,
+            (peak, cpu_ms) => Some(Usage {
+                peak_memory_bytes: peak.unwrap_or(0),
+                cpu_ms: cpu_ms.unwrap_or(0),
+            }),
+        }
     }
 }
 
@@ -465,10 +687,17 @@ async fn run_supervised(
         }),
         _ => None,
     };
+    // Without a cgroup, the supervisor measures the attempt's memory, and enforces its
+    // limit when the memory check is on.
+    let settings = crate::supervisor::SupervisorSettings {
+        sample_memory: cgroup.is_none(),
+        memory_limit_mib: opts.memory_check_mib.filter(|_| cgroup.is_none()),
+    };
     let mut cmd = tokio::process::Command::new(supervisor);
     cmd.arg0(crate::supervisor::SUPERVISOR_NAME)
         .arg(crate::supervisor::SUPERVISOR_ARG)
         .arg(std::process::id().to_string())
+        .arg(settings.to_arg())
         .args(command_line(spec, cgroup, run_as));
     for name in HIDDEN_ENV {
         cmd.env_remove(name);
@@ -520,6 +749,7 @@ async fn run_supervised(
     };
 
     let mut output = TailBuffer::new(opts.log_cap);
+    let mut meter = cgroup.map(CgroupMeter::new);
     let mut status_text = Vec::new();
     let mut status_buf = [0u8; 256];
     let mut buf = vec![0u8; 16 * 1024];
@@ -545,7 +775,12 @@ async fn run_supervised(
         tokio::select! {
             read = output_pipe.read(&mut buf), if !output_eof => match read {
                 Ok(0) | Err(_) => output_eof = true,
-                Ok(n) => output.push(&buf[..n]),
+                Ok(n) => {
+                    output.push(&buf[..n]);
+                    if let Some(live) = &opts.live {
+                        live.push(&buf[..n]);
+                    }
+                }
             },
             read = status_pipe.read(&mut status_buf), if !status_eof => match read {
                 Ok(0) | Err(_) => status_eof = true,
@@ -593,10 +828,19 @@ async fn run_supervised(
                 killed = true;
             }
             () = sleep(GROUP_CHECK), if exited.is_some() => {}
+            () = sleep_until_opt(meter.as_ref().and_then(CgroupMeter::next_sample)) => {
+                if let Some(meter) = &mut meter {
+                    meter.sample();
+                }
+            }
         }
     }
-    let memory_exceeded = cgroup.is_some_and(AttemptCgroup::oom_killed);
     let report = SupervisorReport::parse(&String::from_utf8_lossy(&status_text));
+    let memory_exceeded = report.memory_exceeded || cgroup.is_some_and(AttemptCgroup::oom_killed);
+    let usage = match meter {
+        Some(meter) => meter.finish(report.usage),
+        None => report.usage,
+    };
     if report.ending.is_none()
         && let Some(pid) = report.started
     {
@@ -622,6 +866,8 @@ async fn run_supervised(
         ending,
         output: output.finish(),
         memory_exceeded,
+        memory_check: report.memory_exceeded,
+        usage,
     }
 }
 
@@ -686,11 +932,16 @@ enum SupervisedEnding {
     SpawnFailed(String),
 }
 
-/// What a supervisor wrote on its status pipe.
+/// What a supervisor wrote on its status pipe. A line it does not know is skipped
+/// (a supervisor of a later release may say more).
 struct SupervisorReport {
     /// The command's main process (and process group).
     started: Option<i32>,
     ending: Option<SupervisedEnding>,
+    /// `usage PEAK_KIB CPU_MS`: what the attempt's processes used.
+    usage: Option<Usage>,
+    /// `memory-exceeded …`: the memory check killed the attempt.
+    memory_exceeded: bool,
 }
 
 impl SupervisorReport {
@@ -698,11 +949,24 @@ impl SupervisorReport {
         let mut report = Self {
             started: None,
             ending: None,
+            usage: None,
+            memory_exceeded: false,
         };
         for line in text.lines() {
             let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
             match word {
                 "started" => report.started = rest.trim().parse().ok(),
+                "usage" => {
+                    let mut numbers = rest.split_whitespace().map(str::parse::<u64>);
+                    if let (Some(Ok(peak_kib)), Some(Ok(cpu_ms))) = (numbers.next(), numbers.next())
+                    {
+                        report.usage = Some(Usage {
+                            peak_memory_bytes: peak_kib.saturating_mul(1024),
+                            cpu_ms,
+                        });
+                    }
+                }
+                "memory-exceeded" => report.memory_exceeded = true,
                 "exited" => {
                     if let Ok(code) = rest.trim().parse() {
                         report.ending = Some(SupervisedEnding::Ended(Ending::Exited(code)));
@@ -858,6 +1122,28 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    #[test]
+    fn live_output_counts_the_text_decodes_as_the_report_does_and_keeps_the_end() {
+        let live = LiveOutput::new(1024);
+        live.push(b"one\n");
+        // A character cut between two reads waits for its end; a bad byte is replaced.
+        live.push(&"\u{e9}".as_bytes()[..1]);
+        assert_eq!(live.since(0, usize::MAX), Some((0, "one\n".to_owned())));
+        live.push(&"\u{e9}".as_bytes()[1..]);
+        live.push(b"\xff!");
+        let all = "one\n\u{e9}\u{fffd}!";
+        assert_eq!(live.end(), all.len() as u64);
+        assert_eq!(live.since(4, usize::MAX), Some((4, all[4..].to_owned())));
+        assert_eq!(live.since(live.end(), usize::MAX), None);
+        assert_eq!(
+            live.since(0, 4),
+            Some((all.len() as u64 - 4, all[all.len() - 4..].to_owned()))
+        );
+        let small = LiveOutput::new(4);
+        small.push(b"0123456789");
+        assert_eq!(small.since(0, usize::MAX), Some((6, "6789".to_owned())));
+    }
+
     fn sh(script: &str) -> CommandSpec {
         CommandSpec {
             argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
@@ -913,6 +1199,8 @@ mod tests {
             log_cap: 1024 * 1024,
             supervisor: None,
             run_as: None,
+            memory_check_mib: None,
+            live: None,
         }
     }
 
@@ -1021,6 +1309,8 @@ mod tests {
             log_cap: 4096,
             supervisor: None,
             run_as: None,
+            memory_check_mib: None,
+            live: None,
         };
         // SIGTERM is ignored by the shell and, inherited, by both sleeps: only the
         // SIGKILL after the grace period can end them.
@@ -1099,6 +1389,82 @@ mod tests {
             .expect("a kill does not wait for the 30 s grace")
             .unwrap();
         assert_eq!(out.ending, Ending::Stopped("worker shutting down".into()));
+    }
+
+    #[test]
+    fn the_supervisors_status_lines_are_read_and_unknown_ones_skipped() {
+        let report = SupervisorReport::parse(
+            "started 1234\nsomething-new 1 2 3\nmemory-exceeded 92160 50\nusage 92160 340\nsignalled 9\n",
+        );
+        assert_eq!(report.started, Some(1234));
+        assert!(report.memory_exceeded);
+        assert_eq!(
+            report.usage,
+            Some(Usage {
+                peak_memory_bytes: 90 << 20,
+                cpu_ms: 340
+            })
+        );
+        assert_eq!(report.usage.unwrap().peak_memory_mib(), 90);
+        assert!(matches!(
+            report.ending,
+            Some(SupervisedEnding::Ended(Ending::Signalled(9)))
+        ));
+        // A supervisor that measured nothing, and a malformed line, say nothing.
+        let report = SupervisorReport::parse("started 7\nusage lots 3\nexited 0\n");
+        assert_eq!(report.usage, None);
+        assert!(!report.memory_exceeded);
+        assert!(matches!(
+            report.ending,
+            Some(SupervisedEnding::Ended(Ending::Exited(0)))
+        ));
+        // More numbers than it knows (a later release) still give the first two.
+        let report = SupervisorReport::parse("usage 1 2 3\n");
+        assert_eq!(
+            report.usage,
+            Some(Usage {
+                peak_memory_bytes: 1024,
+                cpu_ms: 2
+            })
+        );
+    }
+
+    #[test]
+    fn a_cgroup_measures_from_memory_peak_or_the_largest_current_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let cgroup = AttemptCgroup::at(dir.path().to_path_buf());
+        std::fs::write(dir.path().join("memory.current"), "1000\n").unwrap();
+        // No memory.peak (a kernel before 5.19): the largest sample counts.
+        let mut meter = CgroupMeter::new(&cgroup);
+        assert!(meter.next_sample().is_some());
+        meter.sample();
+        std::fs::write(dir.path().join("memory.current"), "5000\n").unwrap();
+        meter.sample();
+        std::fs::write(dir.path().join("memory.current"), "2000\n").unwrap();
+        meter.sample();
+        let supervisor = Usage {
+            peak_memory_bytes: 1,
+            cpu_ms: 77,
+        };
+        // No cpu.stat: the supervisor's CPU time fills in.
+        assert_eq!(
+            meter.finish(Some(supervisor)),
+            Some(Usage {
+                peak_memory_bytes: 5000,
+                cpu_ms: 77
+            })
+        );
+        std::fs::write(dir.path().join("memory.peak"), "9000\n").unwrap();
+        std::fs::write(dir.path().join("cpu.stat"), "usage_usec 123456\n").unwrap();
+        let meter = CgroupMeter::new(&cgroup);
+        assert_eq!(meter.next_sample(), None);
+        assert_eq!(
+            meter.finish(Some(supervisor)),
+            Some(Usage {
+                peak_memory_bytes: 9000,
+                cpu_ms: 123
+            })
+        );
     }
 
     #[test]

@@ -43,8 +43,15 @@
 //!   declare them lost (self-fencing): once nothing it sent has been answered for the
 //!   server's heartbeat timeout less a margin, it kills them and does not report
 //!   them, so that the server runs them again elsewhere while no copy runs here.
-//! - Memory limits are enforced with cgroup v2 only where the worker may create
-//!   cgroups with the memory controller; [`Worker::memory_enforced`] says whether.
+//! - Memory limits are enforced with cgroup v2 where the worker may create cgroups
+//!   with the memory controller, or, with [`WorkerConfig::memory_check`], by the
+//!   attempt's supervisor sampling its processes' memory; [`Worker::memory_enforced`]
+//!   says whether.
+//! - Every command attempt run under a supervisor or in a cgroup is measured (peak
+//!   memory, CPU time), and the report carries it to a server of protocol 7 or later.
+//! - A command's output goes up while it runs, to a server of protocol 8 or later:
+//!   about once a second, what every running command wrote since, in one call
+//!   (`POST /v1/workers/{id}/logs`); the report still carries all of it.
 //!
 //! # Reporting latency
 //!
@@ -114,7 +121,8 @@ pub struct StartupReport {
     pub handlers: Vec<String>,
     /// Whether it runs command jobs.
     pub serves_commands: bool,
-    /// Whether commands' memory is limited to what they were granted.
+    /// Whether commands' memory is limited to what they were granted (cgroup v2, or
+    /// [`WorkerConfig::memory_check`]).
     pub memory_enforced: bool,
     /// Why memory is not limited, when it is not.
     pub memory_note: Option<String>,
@@ -244,13 +252,23 @@ impl WorkerBuilder {
             None => client,
         };
         let id = Uuid::now_v7();
+        let memory_check = config.memory_check && config.serves_commands;
         let (limits, memory_note) = if !config.memory_limits {
-            (None, Some("disabled in the configuration".to_owned()))
+            (
+                None,
+                (!memory_check).then(|| "disabled in the configuration".to_owned()),
+            )
         } else if !config.serves_commands {
             (None, Some("this worker runs no commands".to_owned()))
         } else {
             match MemoryLimits::detect(id) {
                 Ok(limits) => (Some(Arc::new(limits)), None),
+                Err(why) if memory_check => {
+                    tracing::info!(
+                        "memory limits of commands are enforced by the memory check (sampling each attempt's processes), not cgroups: {why}"
+                    );
+                    (None, None)
+                }
                 Err(why) => {
                     tracing::warn!("memory limits of commands are not enforced: {why}");
                     (None, Some(why))
@@ -265,7 +283,7 @@ impl WorkerBuilder {
             capacity: config.capacity.clone(),
             handlers: handlers.clone(),
             serves_commands: config.serves_commands,
-            memory_enforced: limits.is_some(),
+            memory_enforced: limits.is_some() || memory_check,
             memory_note,
         };
         let registration = lqsm_api::RegisterWorker {
@@ -291,6 +309,7 @@ impl WorkerBuilder {
             supervisor,
             soft_timeout_signal: config.soft_timeout_signal,
             run_as,
+            memory_check,
         };
         let agent = Agent::new(
             client,
@@ -333,6 +352,12 @@ fn check(config: &WorkerConfig) -> Result<(), WorkerError> {
             user.name
         ));
     }
+    if config.memory_check && config.serves_commands && !config.supervise_commands {
+        return bad(
+            "memory_check needs supervise_commands: the attempt's supervisor samples its processes' memory"
+                .to_owned(),
+        );
+    }
     if config.poll_wait.as_millis() > 30_000 {
         return bad(format!(
             "poll_wait is {}; the server waits at most 30 s, and it must stay below its heartbeat timeout (20 s by default)",
@@ -361,7 +386,8 @@ impl Worker {
         &self.startup
     }
 
-    /// Whether commands' memory is limited (cgroup v2) to what they were granted.
+    /// Whether commands' memory is limited to what they were granted (cgroup v2, or
+    /// the memory check).
     pub fn memory_enforced(&self) -> bool {
         self.startup.memory_enforced
     }
@@ -437,6 +463,18 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn the_memory_check_needs_the_supervisor_and_counts_as_enforcement() {
+        let mut checked = config();
+        checked.memory_check = true;
+        let err = WorkerBuilder::new(checked.clone()).build().err().unwrap();
+        assert!(err.to_string().contains("supervise_commands"), "{err}");
+        // A worker of functions only has nothing to check.
+        checked.serves_commands = false;
+        let worker = WorkerBuilder::new(checked).build().unwrap();
+        assert!(!worker.memory_enforced());
     }
 
     #[test]

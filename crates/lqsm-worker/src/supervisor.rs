@@ -15,14 +15,23 @@
 //!   process id changing;
 //! - on the worker's death, on a kill order, or when the command's main process
 //!   exits, SIGKILLs every descendant (found in /proc), reaps them until it has no
-//!   child left, reports how the command ended and exits.
+//!   child left, reports how the command ended and exits;
+//! - measures the attempt: every descendant is reaped by it, so their CPU time
+//!   accrues to its `getrusage(RUSAGE_CHILDREN)`; when asked (no cgroup measures the
+//!   attempt), it also samples the resident memory of its descendants together about
+//!   every 100 ms and keeps the peak, and with a memory limit (the worker's memory
+//!   check) kills the whole tree once the sum exceeds it, as YARN's NodeManager does
+//!   with its process-tree monitor. A peak shorter than the sampling period can be
+//!   missed; `ru_maxrss`, the largest single process's peak, is a floor.
 //!
 //! Its file descriptors 0 and 1 are one socket to the worker: it reads orders on
 //! 0 (`T`: SIGTERM to the command's process group; `K`: kill everything; end of
 //! file: the worker is gone, kill everything) and writes status lines on 1
-//! (`started PID`, then one of `exited CODE`, `signalled SIGNAL`,
-//! `spawn-failed MESSAGE`); 2 is the command's output, given to it as both its
-//! stdout and stderr.
+//! (`started PID`; `memory-exceeded USED_KIB LIMIT_MIB` when the memory check killed
+//! the attempt; `usage PEAK_KIB CPU_MS` once everything is reaped; then one of
+//! `exited CODE`, `signalled SIGNAL`, `spawn-failed MESSAGE`). The worker ignores a
+//! line it does not know. 2 is the command's output, given to it as both its stdout
+//! and stderr.
 //!
 //! A binary that runs a worker must call [`run_if_asked`] first thing in `main`:
 //! `lqsm` does, and so must a program of one's own built on this crate
@@ -30,6 +39,7 @@
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::resource::{UsageWho, getrusage};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Pid, getpid, getppid};
@@ -42,7 +52,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The hidden first argument that turns a worker's binary into an attempt's
 /// supervisor. Not meant to be typed by people.
@@ -73,6 +83,61 @@ const PARENT_CHECK: Duration = Duration::from_millis(250);
 
 /// While killing the tree, how long to wait for children to die between two sweeps.
 const SWEEP_WAIT: Duration = Duration::from_millis(10);
+
+/// How often the supervisor samples the resident memory of the attempt's processes,
+/// when asked to.
+const SAMPLE_PERIOD: Duration = Duration::from_millis(100);
+
+/// A sample walks all of /proc: on a machine with very many processes the period
+/// grows to this many times the time one walk took, so that sampling costs at most
+/// about 2% of a core per attempt.
+const SAMPLE_COST_FACTOR: u32 = 50;
+
+/// What the worker asks of an attempt's supervisor besides running the command: the
+/// argument after the worker's pid, words separated by commas (`-` for none). Words
+/// it does not know are ignored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SupervisorSettings {
+    /// Sample the resident memory of the attempt's processes (`sample-memory`), when
+    /// no cgroup measures it.
+    pub(crate) sample_memory: bool,
+    /// Kill the attempt once its processes' resident memory together exceeds this many
+    /// MiB (`memory-limit-mib=N`, the worker's memory check); implies sampling.
+    pub(crate) memory_limit_mib: Option<u64>,
+}
+
+impl SupervisorSettings {
+    /// The argument that says this.
+    pub(crate) fn to_arg(self) -> String {
+        let mut words = Vec::new();
+        if self.sample_memory {
+            words.push("sample-memory".to_owned());
+        }
+        if let Some(limit) = self.memory_limit_mib {
+            words.push(format!("memory-limit-mib={limit}"));
+        }
+        if words.is_empty() {
+            "-".to_owned()
+        } else {
+            words.join(",")
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        let mut settings = Self::default();
+        for word in text.split(',') {
+            if word == "sample-memory" {
+                settings.sample_memory = true;
+            } else if let Some(limit) = word.strip_prefix("memory-limit-mib=")
+                && let Ok(limit) = limit.parse()
+            {
+                settings.memory_limit_mib = Some(limit);
+                settings.sample_memory = true;
+            }
+        }
+        settings
+    }
+}
 
 /// Becomes an attempt's supervisor when this process was started as one (its first
 /// argument is [`SUPERVISOR_ARG`]), and then never returns: it exits once the
@@ -232,7 +297,8 @@ pub(crate) fn hook_called() -> bool {
     HOOK_CALLED.load(Ordering::SeqCst)
 }
 
-/// The supervisor's life: `args` are the worker's pid, then the command's argv.
+/// The supervisor's life: `args` are the worker's pid, its [`SupervisorSettings`],
+/// then the command's argv.
 fn supervise(args: &[OsString]) -> i32 {
     let mut status_out = std::io::stdout().lock();
     let mut report = |line: &str| {
@@ -252,6 +318,11 @@ fn supervise(args: &[OsString]) -> i32 {
         report("spawn-failed the supervisor was started without the worker's pid");
         return 2;
     };
+    let Some((settings, argv)) = argv.split_first() else {
+        report("spawn-failed the supervisor was started without its settings");
+        return 2;
+    };
+    let settings = SupervisorSettings::parse(&settings.to_string_lossy());
     let Some((program, program_args)) = argv.split_first() else {
         report("spawn-failed the command is empty (argv has no program)");
         return 2;
@@ -315,6 +386,8 @@ fn supervise(args: &[OsString]) -> i32 {
         Ok(fd) => Some(std::fs::File::from(fd)),
         Err(_) => None,
     };
+    let mut meter = settings.sample_memory.then(MemoryMeter::new);
+    let mut next_sample = Instant::now();
     loop {
         tree.reap_ready();
         if tree.main_status.is_some() {
@@ -325,7 +398,30 @@ fn supervise(args: &[OsString]) -> i32 {
             tree.kill_all();
             return 0;
         }
-        match wait_for_order(orders.as_ref(), &wake) {
+        let mut wait = PARENT_CHECK;
+        if let Some(meter) = &mut meter {
+            let now = Instant::now();
+            if now >= next_sample {
+                let used = meter.sample();
+                next_sample = now + meter.period;
+                if let Some(limit) = settings.memory_limit_mib
+                    && used > limit.saturating_mul(1 << 20)
+                {
+                    let used_kib = used.div_ceil(1024);
+                    report(&format!("memory-exceeded {used_kib} {limit}"));
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "lqsm: the attempt's processes used {} MiB of memory together, above its limit of {limit} MiB: killing them",
+                        used.div_ceil(1 << 20)
+                    );
+                    let _ = killpg(child, Signal::SIGKILL);
+                    kill_descendants();
+                    break;
+                }
+            }
+            wait = wait.min(next_sample.saturating_duration_since(now));
+        }
+        match wait_for_order(orders.as_ref(), &wake, wait) {
             Order::None => {}
             Order::Terminate => {
                 let _ = killpg(child, Signal::SIGTERM);
@@ -347,6 +443,18 @@ fn supervise(args: &[OsString]) -> i32 {
     }
     // The main process ended: whatever it left behind goes with it.
     tree.kill_all();
+    // Everything is reaped, so all of the attempt's CPU time is counted.
+    if let Ok(usage) = getrusage(UsageWho::RUSAGE_CHILDREN) {
+        let usec = |t: nix::sys::time::TimeVal| {
+            u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000
+                + u64::try_from(t.tv_usec()).unwrap_or(0)
+        };
+        let cpu_ms = (usec(usage.user_time()) + usec(usage.system_time())) / 1000;
+        // The largest single process's peak (KiB) is a floor for the sum's.
+        let largest_kib = u64::try_from(usage.max_rss()).unwrap_or(0);
+        let sampled_kib = meter.map_or(0, |m| m.peak.div_ceil(1024));
+        report(&format!("usage {} {cpu_ms}", sampled_kib.max(largest_kib)));
+    }
     match tree.main_status {
         Some(WaitStatus::Exited(_, code)) => report(&format!("exited {code}")),
         Some(WaitStatus::Signaled(_, signal, _)) => report(&format!("signalled {}", signal as i32)),
@@ -365,15 +473,16 @@ enum Order {
     WorkerGone,
 }
 
-/// Waits a moment for an order from the worker or a signal (a child ended, the
+/// Waits up to `wait` for an order from the worker or a signal (a child ended, the
 /// parent died), whichever comes first.
-fn wait_for_order(orders: Option<&std::fs::File>, wake: &Wake) -> Order {
+fn wait_for_order(orders: Option<&std::fs::File>, wake: &Wake, wait: Duration) -> Order {
     let mut fds = vec![PollFd::new(wake.reader.as_fd(), PollFlags::POLLIN)];
     if let Some(file) = orders {
         fds.push(PollFd::new(file.as_fd(), PollFlags::POLLIN));
     }
-    let timeout =
-        PollTimeout::try_from(PARENT_CHECK.as_millis() as i32).unwrap_or(PollTimeout::MAX);
+    // Rounded up: a wait of 0.4 ms must not become a busy loop of zero-length polls.
+    let millis = i32::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+    let timeout = PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX);
     match poll(&mut fds, timeout) {
         Ok(0) | Err(_) => return Order::None,
         Ok(_) => {}
@@ -447,6 +556,53 @@ impl Tree {
             std::thread::sleep(SWEEP_WAIT);
         }
     }
+}
+
+/// The resident memory of the attempt's processes together, sampled.
+#[derive(Clone, Copy)]
+struct MemoryMeter {
+    page_size: u64,
+    /// The largest sum sampled, bytes.
+    peak: u64,
+    /// Until the next sample.
+    period: Duration,
+}
+
+impl MemoryMeter {
+    fn new() -> Self {
+        let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .and_then(|size| u64::try_from(size).ok())
+            .unwrap_or(4096);
+        Self {
+            page_size,
+            peak: 0,
+            period: SAMPLE_PERIOD,
+        }
+    }
+
+    /// The resident memory of every process below this one together, bytes; keeps
+    /// the peak, and spaces samples out when a walk of /proc is slow.
+    fn sample(&mut self) -> u64 {
+        let started = Instant::now();
+        let used = descendants_of(getpid())
+            .into_iter()
+            .filter_map(|pid| {
+                let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+                resident_pages(&statm)
+            })
+            .sum::<u64>()
+            .saturating_mul(self.page_size);
+        self.peak = self.peak.max(used);
+        self.period = SAMPLE_PERIOD.max(started.elapsed() * SAMPLE_COST_FACTOR);
+        used
+    }
+}
+
+/// The resident pages from a `/proc/<pid>/statm` line: `size resident shared …`.
+fn resident_pages(statm: &str) -> Option<u64> {
+    statm.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// SIGKILLs every process below this one.
@@ -537,5 +693,40 @@ mod tests {
             Some(77)
         );
         assert_eq!(parent_in_stat("garbage"), None);
+    }
+
+    #[test]
+    fn resident_pages_are_read_from_statm() {
+        assert_eq!(resident_pages("5678 1234 300 1 0 700 0\n"), Some(1234));
+        assert_eq!(resident_pages("5678"), None);
+        assert_eq!(resident_pages(""), None);
+    }
+
+    #[test]
+    fn settings_travel_as_one_argument_and_unknown_words_are_ignored() {
+        let none = SupervisorSettings::default();
+        assert_eq!(none.to_arg(), "-");
+        assert_eq!(SupervisorSettings::parse("-"), none);
+        let sample = SupervisorSettings {
+            sample_memory: true,
+            memory_limit_mib: None,
+        };
+        assert_eq!(sample.to_arg(), "sample-memory");
+        assert_eq!(SupervisorSettings::parse(&sample.to_arg()), sample);
+        let check = SupervisorSettings {
+            sample_memory: true,
+            memory_limit_mib: Some(50),
+        };
+        assert_eq!(check.to_arg(), "sample-memory,memory-limit-mib=50");
+        assert_eq!(SupervisorSettings::parse(&check.to_arg()), check);
+        // A limit alone means sampling; a word of a later release is skipped.
+        assert_eq!(
+            SupervisorSettings::parse("something-new=3,memory-limit-mib=50"),
+            check
+        );
+        assert_eq!(
+            SupervisorSettings::parse("memory-limit-mib=lots"),
+            SupervisorSettings::default()
+        );
     }
 }

@@ -354,3 +354,52 @@ async fn a_running_attempt_survives_a_server_restart_and_is_reported_after_it() 
     assert_eq!(client.logs(id).await.unwrap(), "started\ndone\n");
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_commands_output_is_readable_before_it_ends_and_the_report_completes_it() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    let worker = start_worker(WorkerBuilder::new(config(&server)), &client).await;
+    // A line every 200 ms for 2 s.
+    let job = client
+        .submit(&command(
+            "for i in 1 2 3 4 5 6 7 8 9 10; do echo \"line $i\"; sleep 0.2; done",
+        ))
+        .await
+        .unwrap();
+    // Followed as `lqsm job logs --follow` does: from each answer's next offset.
+    let mut followed = String::new();
+    let first = eventually_async("some output while the command runs", || {
+        let client = client.clone();
+        async move {
+            let read = client.logs_from(job.id, 0).await.unwrap();
+            (read.running && read.text.starts_with("line 1\n")).then_some(read)
+        }
+    })
+    .await;
+    // `running`: the server answered with the output uploaded while the attempt ran,
+    // before its report.
+    assert_eq!((first.offset, first.attempt), (0, Some(1)));
+    followed.push_str(&first.text);
+    let mut offset = first.next_offset;
+    loop {
+        let read = client.logs_from(job.id, offset).await.unwrap();
+        assert!(!read.missed, "{read:?}");
+        assert_eq!(read.offset, offset, "{read:?}");
+        followed.push_str(&read.text);
+        offset = read.next_offset;
+        if !read.running && client.job(job.id).await.unwrap().state.is_terminal() {
+            let last = client.logs_from(job.id, offset).await.unwrap();
+            followed.push_str(&last.text);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let view = finished(&client, job.id).await;
+    assert_eq!(view.state, api::JobState::Succeeded, "{view:?}");
+    let all: String = (1..=10).map(|i| format!("line {i}\n")).collect();
+    assert_eq!(client.logs(job.id).await.unwrap(), all);
+    // Nothing lost, nothing doubled, between the preview and the report.
+    assert_eq!(followed, all);
+    worker.stop().await;
+}

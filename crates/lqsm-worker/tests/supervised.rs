@@ -62,6 +62,23 @@ fn main() {
             "under_run_as_a_directory_the_user_cannot_enter_fails_the_attempt",
             || Box::pin(under_run_as_a_directory_the_user_cannot_enter_fails_the_attempt()),
         ),
+        ("the_peak_memory_of_a_command_is_measured", || {
+            Box::pin(the_peak_memory_of_a_command_is_measured())
+        }),
+        ("the_memory_of_processes_running_together_is_summed", || {
+            Box::pin(the_memory_of_processes_running_together_is_summed())
+        }),
+        ("the_cpu_time_of_every_process_is_counted", || {
+            Box::pin(the_cpu_time_of_every_process_is_counted())
+        }),
+        (
+            "the_memory_check_kills_an_attempt_over_its_limit_and_spares_one_within",
+            || Box::pin(the_memory_check_kills_an_attempt_over_its_limit_and_spares_one_within()),
+        ),
+        (
+            "a_worker_reports_a_memory_check_kill_and_usage_to_the_server",
+            || Box::pin(a_worker_reports_a_memory_check_kill_and_usage_to_the_server()),
+        ),
     ];
     let filter: Vec<String> = std::env::args()
         .skip(1)
@@ -89,6 +106,8 @@ fn supervised() -> ExecOptions {
         log_cap: 1024 * 1024,
         supervisor: Some(PathBuf::from("/proc/self/exe")),
         run_as: None,
+        memory_check_mib: None,
+        live: None,
     }
 }
 
@@ -471,4 +490,180 @@ async fn under_run_as_a_directory_the_user_cannot_enter_fails_the_attempt() {
         "{}",
         out.output
     );
+}
+
+/// A command of Python that holds `mib` MiB (written, so resident) for `seconds`.
+fn python_holding(mib: u64, seconds: f64) -> String {
+    format!("python3 -c 'b = bytearray({mib} << 20); import time; time.sleep({seconds})'")
+}
+
+async fn the_peak_memory_of_a_command_is_measured() {
+    let out = run(sh(&python_holding(80, 0.5)), &supervised()).await;
+    assert_eq!(out.ending, Ending::Exited(0), "{}", out.output);
+    let usage = out.usage.expect("a supervised command is measured");
+    let peak = usage.peak_memory_mib();
+    print!("[peak {peak} MiB, cpu {} ms] ", usage.cpu_ms);
+    assert!((80..200).contains(&peak), "peak {peak} MiB: {usage:?}");
+    assert!(!out.memory_exceeded);
+}
+
+/// Two processes of 50 MiB at once: more than either alone (`ru_maxrss`, the largest
+/// single process, would say about 60), so the sampled sum counts.
+async fn the_memory_of_processes_running_together_is_summed() {
+    let script = format!(
+        "{one} & {two} & wait",
+        one = python_holding(50, 1.0),
+        two = python_holding(50, 1.0)
+    );
+    let out = run(sh(&script), &supervised()).await;
+    assert_eq!(out.ending, Ending::Exited(0), "{}", out.output);
+    let usage = out.usage.expect("a supervised command is measured");
+    let peak = usage.peak_memory_mib();
+    print!("[peak {peak} MiB] ");
+    assert!((100..300).contains(&peak), "peak {peak} MiB: {usage:?}");
+}
+
+/// Two processes each burning 0.2 s of CPU below a shell: their CPU time counts, as
+/// the shell's children.
+async fn the_cpu_time_of_every_process_is_counted() {
+    let burn = "python3 -c 'import time\nwhile time.process_time() < 0.2: pass'";
+    let out = run(sh(&format!("{burn} & {burn} & wait")), &supervised()).await;
+    assert_eq!(out.ending, Ending::Exited(0), "{}", out.output);
+    let usage = out.usage.expect("a supervised command is measured");
+    print!("[cpu {} ms] ", usage.cpu_ms);
+    assert!(usage.cpu_ms >= 400, "{usage:?}");
+    // A sleeping command uses almost none.
+    let idle = run(sh("sleep 0.3"), &supervised()).await;
+    let usage = idle.usage.expect("a supervised command is measured");
+    assert!(usage.cpu_ms < 100, "{usage:?}");
+}
+
+async fn the_memory_check_kills_an_attempt_over_its_limit_and_spares_one_within() {
+    let checked = ExecOptions {
+        memory_check_mib: Some(50),
+        ..supervised()
+    };
+    let started = Instant::now();
+    // It would hold the memory for 20 s: the check ends it long before.
+    let out = run(sh(&python_holding(80, 20.0)), &checked).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(out.ending, Ending::Signalled(9), "{}", out.output);
+    assert!(out.memory_exceeded && out.memory_check, "{out:?}");
+    assert!(
+        out.output.contains("above its limit of 50 MiB"),
+        "{}",
+        out.output
+    );
+    let peak = out.usage.expect("measured").peak_memory_mib();
+    print!("[killed after {:?} at {peak} MiB] ", started.elapsed());
+    assert!(peak > 50, "peak {peak} MiB");
+    // Within its limit, a command runs as without the check.
+    let out = run(sh(&python_holding(10, 0.3)), &checked).await;
+    assert_eq!(out.ending, Ending::Exited(0), "{}", out.output);
+    assert!(!out.memory_exceeded && !out.memory_check, "{out:?}");
+}
+
+/// A whole worker with the memory check, against a server: a job over its memory
+/// request fails naming its limit, one within it succeeds (the server takes the
+/// reports' `usage` and `memory_exceeded`, protocol 7).
+async fn a_worker_reports_a_memory_check_kill_and_usage_to_the_server() {
+    use lqsm_api as api;
+    let server = lqsm_testkit::TestServer::start().await;
+    let client = server.client();
+    let mut config = lqsm_worker::WorkerConfig::new(server.url());
+    config.capacity = lqsm_worker::Capacity {
+        cpus: 2.0,
+        memory_mib: 1024,
+        ..lqsm_worker::Capacity::default()
+    };
+    // The memory check, whatever this machine's cgroups.
+    config.memory_limits = false;
+    config.memory_check = true;
+    config.kill_grace = Duration::from_millis(300);
+    config.poll_wait = Duration::from_millis(1000);
+    let worker = lqsm_worker::WorkerBuilder::new(config).build().unwrap();
+    assert!(worker.memory_enforced());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(worker.run(async move {
+        let _ = stopped.await;
+    }));
+    let job = |script: String, memory_mib: u64| {
+        let mut job = api::SubmitJob::new(
+            "root.default",
+            api::JobKind::Command {
+                argv: vec!["/bin/sh".into(), "-c".into(), script],
+                env: Default::default(),
+                cwd: None,
+            },
+        );
+        job.resources = Some(api::Resources {
+            cpu: Some(0.1),
+            memory_mib: Some(memory_mib),
+            ..Default::default()
+        });
+        job.retry = Some(api::RetrySpec {
+            max_attempts: Some(1),
+            ..Default::default()
+        });
+        job
+    };
+    let over = client
+        .submit(&job(python_holding(80, 20.0), 50))
+        .await
+        .unwrap()
+        .id;
+    let within = client
+        .submit(&job(python_holding(80, 0.2), 200))
+        .await
+        .unwrap()
+        .id;
+    let deadline = Instant::now() + lqsm_testkit::DEADLINE;
+    let first_attempt_of = |view: &api::JobView| {
+        view.attempts
+            .first()
+            .filter(|a| a.outcome.is_some())
+            .cloned()
+    };
+    let (over_attempt, within_view) = loop {
+        let over_view = client.job(over).await.unwrap();
+        let within_view = client.job(within).await.unwrap();
+        if let Some(attempt) = first_attempt_of(&over_view)
+            && within_view.state.is_terminal()
+        {
+            break (attempt, within_view);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the jobs did not end: {over_view:?} {within_view:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The server's core took the kill as too small a request: the job runs again with
+    // twice the memory, and that attempt spent none of its single allowed attempt.
+    assert_eq!(
+        over_attempt.message.as_deref(),
+        Some(
+            "killed for exceeding its memory limit of 50 MiB; runs again with 100 MiB, \
+             not counted against its retries"
+        ),
+        "{over_attempt:?}"
+    );
+    let over_view = client.job(over).await.unwrap();
+    assert_eq!(over_view.resources.memory_mib, 100, "{over_view:?}");
+    assert!(!over_view.state.is_terminal(), "{over_view:?}");
+    assert_eq!(
+        within_view.state,
+        api::JobState::Succeeded,
+        "{within_view:?}"
+    );
+    let _ = stop.send(());
+    tokio::time::timeout(lqsm_testkit::DEADLINE, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }

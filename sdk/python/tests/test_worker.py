@@ -198,6 +198,36 @@ def test_update_state_shows_as_the_jobs_progress(threads_worker: PythonWorker, t
     result.get(timeout=30)
 
 
+@pytest.mark.parametrize("pool", ["threads", "processes"])
+def test_what_a_task_prints_is_readable_while_it_runs_and_the_report_completes_it(
+    server_url: str, records: Path, tasks: ModuleType, pool: str
+) -> None:
+    with python_worker(server_url, records, pool, "--concurrency", "2"):
+        result = tasks.counts.delay()
+        url = f"{tasks.app.url}/v1/jobs/{result.id}/logs"
+        seen: List[Any] = []
+
+        def running_output() -> bool:
+            read = httpx.get(url, params={"offset": 0}).json()
+            if read["running"] and read["text"].startswith("line 1\n"):
+                seen.append(read)
+            return bool(seen)
+
+        wait_for(running_output, 30, lambda: f"no output while the task ran: {httpx.get(url).text!r}")
+        assert seen[0]["offset"] == 0 and seen[0]["attempt"] == 1
+        # Followed from each answer's next offset, to the end.
+        followed = seen[0]["text"]
+        offset = seen[0]["next_offset"]
+        assert result.get(timeout=30) == 10
+        rest = httpx.get(url, params={"offset": offset}).json()
+        assert not rest["running"] and rest["offset"] == offset, rest
+        followed += rest["text"]
+        everything = "".join(f"line {i}\n" for i in range(1, 11))
+        assert httpx.get(url).text == everything
+        # Nothing lost, nothing doubled, between the preview and the report.
+        assert followed == everything
+
+
 def test_canvas_results_flow_between_python_tasks(processes_worker: PythonWorker, tasks: ModuleType) -> None:
     assert (tasks.add.s(1, 2) | tasks.add.s(10) | tasks.add.s(100)).apply_async().get(timeout=30) == 113
     assert lqsm.group(tasks.add.s(1, 1), tasks.add.s(2, 2)).apply_async().get(timeout=30) == [2, 4]

@@ -10,7 +10,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Tuple
 
 import pytest
 
-from lqsm.worker import _http
+from lqsm.worker import _agent, _http
 from lqsm.worker._agent import Agent
 from lqsm.worker._pools import ThreadPool
 
@@ -183,7 +183,7 @@ def test_ack_waits_for_every_poll_that_could_bring_a_lower_answer_number() -> No
     assert agent.unconfirmed == []
 
 
-@pytest.mark.parametrize("newest, expected", [(6, 6), (5, 5), (4, 4), (3, 3)])
+@pytest.mark.parametrize("newest, expected", [(8, 8), (7, 7), (6, 6), (5, 5), (4, 4), (3, 3)])
 def test_registration_falls_back_to_the_servers_protocol(newest: int, expected: int) -> None:
     """A server older than the worker refuses its version at registration; the worker
     tries the next older one down to 3 (and at 4 or below sends no second reporting
@@ -205,7 +205,7 @@ def test_registration_falls_back_to_the_servers_protocol(newest: int, expected: 
         await agent.client.aclose()
 
     serve(json_server(respond), check)
-    assert offered == list(range(6, expected - 1, -1))
+    assert offered == list(range(8, expected - 1, -1))
 
 
 def test_a_server_that_refuses_ending_makes_the_worker_speak_4_and_lose_no_report() -> None:
@@ -226,7 +226,7 @@ def test_a_server_that_refuses_ending_makes_the_worker_speak_4_and_lose_no_repor
 
     async def check(url: str) -> None:
         agent = Agent({}, ThreadPool(1, 1.0), [url], None, "w", 1.0, 64, {})
-        assert agent.protocol == 6
+        assert agent.protocol == 8
         # One report is on its way in another poll, one is new.
         agent.reports = {"a:1": report("a"), "b:1": report("b")}
         agent.carrying = {"a:1"}
@@ -270,7 +270,7 @@ def test_a_poll_from_before_registering_again_is_dropped_and_its_reports_kept() 
         assert agent.registration == 9
         await sent
         assert set(agent.reports) == {"a:1"}, "a refused poll's reports are kept"
-        assert agent.protocol == 6
+        assert agent.protocol == 8
         assert agent.epoch == 2, "a stale poll does not make the worker register again"
         await agent._poll(0.0)
         assert agent.reports == {}
@@ -343,3 +343,47 @@ def test_a_server_that_refuses_registration_makes_the_worker_speak_5() -> None:
 
     serve(json_server(respond), check)
     assert ["registration" in p for p in polls] == [True, False]
+
+
+def test_running_output_is_uploaded_from_where_the_server_took_it_and_not_once_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Protocol 8: what running tasks printed goes up in one call for all of them, each
+    chunk from where the server's last answer left its attempt; an attempt whose chunk
+    was refused (no longer current there) sends no more."""
+    monkeypatch.setattr(_agent, "OUTPUT_UPLOAD_EVERY", 0.01)
+    uploads: List[Dict[str, Any]] = []
+
+    def respond(body: Dict[str, Any]) -> Tuple[int, Dict[str, Any]]:
+        uploads.append(body)
+        stale = [c for c in body["chunks"] if c["job"] == "b"]
+        return 200, {"refused": [{"job": c["job"], "token": c["token"], "reason": "stale_attempt"} for c in stale]}
+
+    async def uploaded(count: int) -> None:
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(uploads) < count:
+            assert asyncio.get_running_loop().time() < deadline, f"only {len(uploads)} uploads"
+            await asyncio.sleep(0.01)
+
+    async def check(url: str) -> None:
+        agent = Agent({}, ThreadPool(1, 1.0), [url], None, "w", 1.0, 64, {})
+        agent.attempts = {"a:1": _agent._Attempt("a", 1), "b:2": _agent._Attempt("b", 2)}
+        agent._outputted("a:1", "line 1\n")
+        agent._outputted("b:2", "stale\n")
+        uploading = asyncio.create_task(agent._upload_output())
+        await uploaded(1)
+        agent._outputted("a:1", "\u00e9\n")
+        agent._outputted("b:2", "more\n")
+        await uploaded(2)
+        agent._outputted("a:1", "end\n")
+        await uploaded(3)
+        uploading.cancel()
+        await agent.client.aclose()
+
+    serve(json_server(respond), check)
+    assert uploads[0]["chunks"] == [
+        {"job": "a", "token": 1, "offset": 0, "text": "line 1\n"},
+        {"job": "b", "token": 2, "offset": 0, "text": "stale\n"},
+    ]
+    assert uploads[1]["chunks"] == [{"job": "a", "token": 1, "offset": 7, "text": "\u00e9\n"}]
+    assert uploads[2]["chunks"] == [{"job": "a", "token": 1, "offset": 10, "text": "end\n"}]

@@ -105,6 +105,15 @@ def talks() -> str:
     return "ok"
 
 
+@app.task(name="tests.counts")
+def counts() -> int:
+    """A line every 200 ms for 2 s: its output is readable while it runs."""
+    for i in range(1, 11):
+        print(f"line {i}")
+        time.sleep(0.2)
+    return 10
+
+
 @app.task(name="tests.limited", rate_limit="4/s")
 def limited() -> float:
     return time.time()

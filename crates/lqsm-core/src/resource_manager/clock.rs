@@ -32,15 +32,20 @@ impl ResourceManager {
         self.timers.shift(by_ms, |timer| match timer {
             Timer::AttemptTimeout(..)
             | Timer::Heartbeat(_)
+            | Timer::Quiet(_)
+            | Timer::ForgetWorker(_)
+            | Timer::QueueIdle(_)
             | Timer::Reclaim(..)
             | Timer::PollDue(..)
             | Timer::PreemptionDue
             | Timer::RateLimit(_)
             | Timer::GiveBack(_) => true,
             Timer::Release(key) => jobs.get(*key).is_some_and(waits_for_backoff),
-            Timer::Expire(_) | Timer::Purge(_) | Timer::Schedule(_) | Timer::BroadcastUntil(_) => {
-                false
-            }
+            Timer::Expire(_)
+            | Timer::Purge(_)
+            | Timer::ForgetRetiredQueues
+            | Timer::Schedule(_)
+            | Timer::BroadcastUntil(_) => false,
         });
         for job in self.jobs.values_mut() {
             if waits_for_backoff(job) {
@@ -53,6 +58,8 @@ impl ResourceManager {
         for worker in self.workers.values_mut() {
             worker.heartbeat_deadline = shifted(worker.heartbeat_deadline, by_ms);
             worker.heartbeat_timer = worker.heartbeat_timer.map(|at| shifted(at, by_ms));
+            worker.quiet_deadline = shifted(worker.quiet_deadline, by_ms);
+            worker.quiet_timer = worker.quiet_timer.map(|at| shifted(at, by_ms));
             // Idle time is measured like a heartbeat: a step must not make a busy
             // worker's neighbour look idle for ten minutes, nor hide one that is.
             worker.idle_since = worker.idle_since.map(|at| shifted(at, by_ms));
@@ -63,6 +70,7 @@ impl ResourceManager {
         for node in self.queues.iter_mut().flatten() {
             node.starved_since = node.starved_since.map(|at| shifted(at, by_ms));
             node.rate_held_until = node.rate_held_until.map(|at| shifted(at, by_ms));
+            node.idle_since = node.idle_since.map(|at| shifted(at, by_ms));
         }
         for until in self.held_until.values_mut() {
             *until = shifted(*until, by_ms);

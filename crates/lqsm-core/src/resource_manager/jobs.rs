@@ -91,9 +91,16 @@ impl ResourceManager {
     /// Accepts a job into a leaf queue, or says precisely why not. A repeated
     /// idempotency key returns the original job and changes nothing.
     pub fn submit(&mut self, req: SubmitRequest, now: Timestamp) -> Result<Submitted, SubmitError> {
-        match self.check_submission(req, now, 0)? {
-            Checked::Existing(id) => Ok(Submitted::Existing(id)),
-            Checked::New(job) => Ok(Submitted::Created(self.insert_job(*job, now))),
+        let made = self.create_on_demand(&req.queue, now)?;
+        match self.check_submission(req, now, 0) {
+            Ok(Checked::Existing(id)) => Ok(Submitted::Existing(id)),
+            Ok(Checked::New(job)) => Ok(Submitted::Created(self.insert_job(*job, now))),
+            Err(refused) => {
+                if let Some(made) = made {
+                    self.undo_on_demand(made);
+                }
+                Err(refused)
+            }
         }
     }
 
@@ -113,6 +120,9 @@ impl ResourceManager {
         if !node.is_leaf() {
             return Err(SubmitError::NotALeaf(req.queue));
         }
+        if node.config.template.is_some() {
+            return Err(SubmitError::OnDemandParent(req.queue));
+        }
         if let Some(key) = &req.idempotency_key
             && let Some(existing) = self.idempotency.get(&(queue, key.clone()))
         {
@@ -123,8 +133,14 @@ impl ResourceManager {
         if let Some(&existing) = self.job_ids.get(&req.id) {
             let id = req.id;
             let defaults = node.config.defaults.clone();
-            let (spec, _) = req.resolve(&defaults);
+            let sized =
+                req.auto_request || (req.request.is_none() && node.config.auto_resources.is_some());
+            let (mut spec, _) = req.resolve(&defaults);
             let job = &self.jobs[existing];
+            if sized {
+                // Its request followed the figures of the time it was first taken.
+                spec.request = job.spec.request.clone();
+            }
             if job.queue == queue && job.spec == spec {
                 return Ok(Checked::Existing(id));
             }
@@ -166,7 +182,11 @@ impl ResourceManager {
             });
         }
         let (id, queue_path, delay) = (req.id, req.queue.clone(), req.delay);
+        let (named, asked_auto) = (req.request.is_some(), req.auto_request);
         let (mut spec, not_before) = req.resolve(&node.config.defaults);
+        if let Some(sized) = self.sized_request(node, &spec, named, asked_auto) {
+            spec.request = sized;
+        }
         let not_before = match delay {
             Some(delay) => not_before.max(Some(now.after(delay))),
             None => not_before,
@@ -236,6 +256,7 @@ impl ResourceManager {
             worker_slot: 0,
             waiting: Waiting::Not,
             delivered_in: 0,
+            handed: false,
             recorded: None,
         })))
     }
@@ -479,6 +500,7 @@ impl ResourceManager {
             }
             self.effects.records.push(Record::Queue(queue));
             self.add_unfinished(queue, -1);
+            self.mark_idle(queue, now);
         }
         self.timers
             .set(now.after(self.config.retention), Timer::Purge(key));
@@ -517,6 +539,7 @@ impl ResourceManager {
         attempt.outcome = Some(outcome);
         job.state = JobState::Pending;
         job.delivered_in = 0;
+        job.handed = false;
         let (id, queue, request) = (job.id, job.queue, job.spec.request.clone());
         if let Some(reason) = kill {
             self.order_kill(Kill {
@@ -651,6 +674,14 @@ impl ResourceManager {
             self.jobs[key].not_before = Some(at);
             self.timers.set(at, Timer::Release(key));
         }
+    }
+
+    /// Takes back an attempt its worker was never handed (the worker went quiet or was
+    /// lost first): it never started, so it goes back to pending, ready at once at the
+    /// front of its leaf, without counting as a failure.
+    pub(crate) fn withdraw_attempt(&mut self, key: JobKey, now: Timestamp) {
+        self.end_attempt(key, AttemptOutcome::Withdrawn, None, now);
+        self.make_ready(key, now, true);
     }
 
     /// Takes an attempt back for preemption: it goes back to pending, ready at once,

@@ -8,26 +8,30 @@
 //! - `queues`: the QueuesManager: the queue tree, its settings and lifecycle;
 //! - `jobs`: submission, cancellation and the end of attempts;
 //! - `workers`: registration, polls (the worker protocol) and draining;
+//! - `on_demand`: queues created from a parent's template, removed once idle;
 //! - `timers`: what happens when time passes;
+//! - `usage`: what attempts used, right-sized requests, more memory after an OOM kill;
 //! - `rate_limits`: the buckets behind queue, key and handler rate limits;
 //! - `scheduler`: the allocation algorithm (one pass) and preemption.
 
 pub(crate) mod clock;
 pub(crate) mod jobs;
+pub(crate) mod on_demand;
 pub(crate) mod polls;
-pub(crate) mod queues;
+mod queues;
 pub(crate) mod rate_limits;
 pub(crate) mod ready;
 pub(crate) mod scheduler;
 pub(crate) mod schedules;
 pub(crate) mod timers;
+pub(crate) mod usage;
 pub(crate) mod workers;
 pub(crate) mod workflows;
 
 pub use crate::effects::{RefusalReason, RefusedReport};
 pub use jobs::{JobError, JobSelection, SelectionError, Submitted};
-pub use queues::{QueueView, UserShareView};
-pub use workers::{PollOutcome, REDELIVER_AFTER, WorkerError, WorkerPoll};
+pub use queues::{NameUsage, QueueView, UserShareView};
+pub use workers::{PollOutcome, QUIET_GRACE, REDELIVER_AFTER, WorkerError, WorkerPoll};
 pub use workflows::{BroadcastJob, MAX_WORKFLOW_NODES, OpenBroadcast, WorkflowError};
 
 use crate::effects::Effects;
@@ -85,6 +89,10 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     /// Finished jobs (and their idempotency keys) are kept this long.
     pub retention: Duration,
+    /// A lost worker stays listed (as `lost`) this long after its missed heartbeat,
+    /// then is forgotten: a cluster whose workers come and go (autoscaling, spot
+    /// machines, rolling restarts) would otherwise hold every worker it ever had.
+    pub lost_worker_retention: Duration,
     /// Preemption settings.
     pub preemption: PreemptionConfig,
     /// Longest a worker's long-poll waits for work (it is also cut to half the
@@ -103,6 +111,7 @@ impl Default for Config {
         Self {
             heartbeat_timeout: Duration::from_secs(10),
             retention: Duration::from_secs(24 * 3600),
+            lost_worker_retention: Duration::from_secs(600),
             preemption: PreemptionConfig::default(),
             max_poll_wait: Duration::from_secs(4),
             max_skips_per_pass: 64,
@@ -162,6 +171,9 @@ pub struct ResourceManager {
     pub(crate) queue_ids: HashMap<QueuePath, QueueId>,
     /// Paths of deleted queues, so their finished jobs still name them.
     pub(crate) deleted_paths: HashMap<QueueId, QueuePath>,
+    /// Queues created on demand and removed after their idle time, by path: their
+    /// settings and lifetime counters stay readable for the retention.
+    pub(crate) retired_queues: BTreeMap<QueuePath, crate::queues::RetiredQueue>,
     pub(crate) jobs: SlotMap<JobKey, Job>,
     pub(crate) job_ids: HashMap<JobId, JobKey>,
     pub(crate) idempotency: HashMap<(QueueId, String), JobKey>,
@@ -192,6 +204,9 @@ pub struct ResourceManager {
     pub(crate) unclaimed: HashMap<WorkerId, Vec<JobKey>>,
     /// Long-polls waiting for work, by worker (at most one each).
     pub(crate) parked_polls: HashMap<WorkerKey, polls::ParkedPoll>,
+    /// The latest `now` the shell passed in: the time of the poll answers a batch
+    /// gives, which carry no time of their own.
+    pub(crate) latest_now: Timestamp,
     /// Kill orders not yet sent, by worker, one per attempt.
     pub(crate) kill_orders: HashMap<WorkerKey, Vec<crate::effects::Kill>>,
     /// Workers whose waiting poll may have something to answer.
@@ -286,6 +301,7 @@ impl ResourceManager {
             queues: vec![Some(root)],
             queue_ids,
             deleted_paths: crate::hashing::map(seed),
+            retired_queues: BTreeMap::new(),
             jobs: SlotMap::with_key(),
             job_ids: crate::hashing::map(seed),
             idempotency: crate::hashing::map(seed),
@@ -305,6 +321,7 @@ impl ResourceManager {
             parked_leaves: BTreeSet::new(),
             unclaimed: crate::hashing::map(seed),
             parked_polls: crate::hashing::map(seed),
+            latest_now: Timestamp(0),
             kill_orders: crate::hashing::map(seed),
             to_answer: BTreeSet::new(),
             handler_buckets: crate::hashing::map(seed),

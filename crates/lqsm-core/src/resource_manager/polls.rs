@@ -173,6 +173,7 @@ impl ResourceManager {
                 kills: self.kill_orders.remove(&key).unwrap_or_default(),
                 refused: parked.refused,
             });
+            self.expect_poll(key);
         }
     }
 
@@ -191,6 +192,7 @@ impl ResourceManager {
                 continue;
             }
             job.delivered_in = answer;
+            job.handed = true;
             let attempt = job.attempts.last().expect("an active job has an attempt");
             out.push(Assignment {
                 worker: id,

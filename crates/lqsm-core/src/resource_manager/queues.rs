@@ -54,6 +54,15 @@ pub(crate) struct QueueNode {
     pub running: u64,
     /// Unfinished jobs in this subtree (pending, delayed, scheduled, running).
     pub unfinished: u64,
+    /// Created on demand from its parent's template: removed once idle.
+    pub on_demand: bool,
+    /// Leaf created on demand: since when it has held no unfinished job.
+    pub idle_since: Option<Timestamp>,
+    /// Why its settings differ from what was asked (a template's guarantee that did
+    /// not fit).
+    pub note: Option<String>,
+    /// Leaf: what its attempts used, by job name (handler or program).
+    pub usage: std::collections::BTreeMap<Arc<str>, crate::usage::UsageStats>,
     pub stats: QueueStats,
     /// Leaf: jobs ready to be scheduled, in dispatch order.
     pub ready: ReadyQueue,
@@ -119,6 +128,10 @@ impl QueueNode {
             used: Resources::default(),
             running: 0,
             unfinished: 0,
+            on_demand: false,
+            idle_since: None,
+            note: None,
+            usage: std::collections::BTreeMap::new(),
             stats: QueueStats::default(),
             ready,
             parked: Vec::new(),
@@ -236,6 +249,41 @@ impl<'a> QueueView<'a> {
     pub fn unfinished(&self) -> u64 {
         self.node.unfinished
     }
+
+    /// Whether it was created on demand from its parent's template (and is removed
+    /// once idle).
+    pub fn on_demand(&self) -> bool {
+        self.node.on_demand
+    }
+
+    /// Created on demand and holding no unfinished job: since when.
+    pub fn idle_since(&self) -> Option<Timestamp> {
+        self.node.idle_since.filter(|_| self.node.unfinished == 0)
+    }
+
+    /// Why its settings differ from what was asked, if they do.
+    pub fn note(&self) -> Option<&'a str> {
+        self.node.note.as_deref()
+    }
+
+    /// A leaf's right-sizing figures by job name (handler or program): what the latest
+    /// attempts used against what they asked for, and the request `auto` gives a new
+    /// job of that name now (`None` before enough attempts were observed).
+    pub fn usage(&self) -> Vec<NameUsage> {
+        let auto = self.node.config.auto_resources.clone().unwrap_or_default();
+        self.node
+            .usage
+            .iter()
+            .map(|(name, stats)| {
+                let base = self.node.config.defaults.request.clone();
+                NameUsage {
+                    name: name.to_string(),
+                    summary: stats.summary(),
+                    auto_request: stats.auto_request(&auto, &base),
+                }
+            })
+            .collect()
+    }
     /// Until when a rate limit holds this leaf's next job back, while one does.
     pub fn rate_limited_until(&self) -> Option<Timestamp> {
         self.node.rate_held_until
@@ -275,30 +323,23 @@ impl<'a> QueueView<'a> {
     }
 }
 
+/// One job name's right-sizing figures in a leaf ([`QueueView::usage`]).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct NameUsage {
+    /// The handler or program.
+    pub name: String,
+    /// What its latest attempts used and asked for.
+    pub summary: crate::usage::UsageSummary,
+    /// The cpu and memory `auto` requests now, if enough attempts were observed.
+    pub auto_request: Option<Resources>,
+}
+
 /// The most share of the cluster one value of a leaf's fairness key may hold: its
 /// `user_limit_factor` times the leaf's guarantee.
 pub(crate) fn user_share_limit(node: &QueueNode) -> Option<f64> {
     node.config
         .user_limit_factor
         .map(|factor| factor * node.abs_guarantee)
-}
-
-/// The first setting of `config` that only a leaf may have: rate limits, priority
-/// preemption and fair sharing act on the jobs of a leaf, and a queue with children holds none.
-fn leaf_only_setting(config: &QueueConfig) -> Option<&'static str> {
-    if config.rate_limit.is_some() {
-        Some("rate_limit")
-    } else if !config.key_limits.is_empty() {
-        Some("key_limits")
-    } else if config.priority_preemption {
-        Some("priority_preemption")
-    } else if config.fairness_key.is_some() {
-        Some("fairness_key")
-    } else if config.user_limit_factor.is_some() {
-        Some("user_limit_factor")
-    } else {
-        None
-    }
 }
 
 fn leaf_setting_on_parent(path: &QueuePath, field: &str) -> QueueError {
@@ -484,7 +525,7 @@ impl ResourceManager {
         if parent_node.is_leaf() && parent_node.unfinished > 0 {
             return Err(QueueError::ParentHoldsJobs(parent_node.path.clone()));
         }
-        if let Some(field) = leaf_only_setting(&parent_node.config) {
+        if let Some(field) = parent_node.config.leaf_only_setting() {
             return Err(leaf_setting_on_parent(&parent_node.path, field));
         }
         self.check_sibling_capacity(parent, None, config.capacity)?;
@@ -531,9 +572,13 @@ impl ResourceManager {
             self.check_sibling_capacity(parent, Some(id), config.capacity)?;
         }
         if !node.is_leaf()
-            && let Some(field) = leaf_only_setting(&config)
+            && let Some(field) = config.leaf_only_setting()
         {
             return Err(leaf_setting_on_parent(&node.path, field));
+        }
+        // A queue with a template is a parent: its own jobs would have nowhere to go.
+        if config.template.is_some() && node.is_leaf() && node.unfinished > 0 {
+            return Err(QueueError::ParentHoldsJobs(node.path.clone()));
         }
         let reorder = node.config.ordering != config.ordering
             || node.config.fairness_key != config.fairness_key;
@@ -717,6 +762,12 @@ impl ResourceManager {
                 self.cancel_key(key, &reason, now);
             }
         }
+        self.unlink_queue(id);
+        Ok(cancelled)
+    }
+
+    /// Takes a queue and its subtree out of the tree (they hold no unfinished job).
+    pub(crate) fn unlink_queue(&mut self, id: QueueId) {
         let parent = self.node(id).parent.expect("only root has no parent");
         self.remove_from_parent_set(id);
         let capacity = self.node(id).config.capacity;
@@ -726,7 +777,6 @@ impl ResourceManager {
         self.drop_subtree(id);
         self.keys_stale = true;
         self.dirty = true;
-        Ok(cancelled)
     }
 
     pub(crate) fn remove_from_parent_set(&mut self, id: QueueId) {

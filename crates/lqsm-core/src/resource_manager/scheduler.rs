@@ -32,6 +32,7 @@ impl ResourceManager {
     /// algorithm dictates, and preempts for queues starved past the delay. Returns at
     /// once when nothing changed since the last pass.
     pub fn schedule(&mut self, now: Timestamp) -> PassReport {
+        self.latest_now = now;
         if !self.dirty {
             return PassReport::default();
         }
@@ -432,6 +433,7 @@ impl ResourceManager {
         job.waiting = crate::jobs::Waiting::Not;
         job.worker = Some(worker_key);
         job.delivered_in = 0;
+        job.handed = false;
         let wait = now.since(job.ready_since);
         let request = &job.spec.request;
         worker.used.add(request);

@@ -13,6 +13,7 @@ impl ResourceManager {
     /// attempts past their timeout are killed, silent workers are lost, finished jobs
     /// past retention are purged, and due preemption makes the next pass act.
     pub fn tick(&mut self, now: Timestamp) {
+        self.latest_now = now;
         while let Some((at, timer)) = self.timers.pop_due(now) {
             match timer {
                 Timer::Release(key) => {
@@ -61,6 +62,35 @@ impl ResourceManager {
                         self.lose_worker(key, now);
                     } else {
                         self.arm_heartbeat(key);
+                    }
+                }
+                Timer::Quiet(key) => {
+                    let Some(worker) = self.workers.get_mut(key) else {
+                        continue;
+                    };
+                    worker.quiet_timer = None;
+                    if worker.state == WorkerState::Lost || worker.quiet {
+                        continue;
+                    }
+                    if worker.quiet_deadline > now {
+                        self.arm_quiet(key);
+                    } else if !self.parked_polls.contains_key(&key) {
+                        // A worker waiting in a poll polled again: the answer to that
+                        // one sets its next deadline.
+                        self.go_quiet(key, now);
+                    }
+                }
+                Timer::QueueIdle(id) => self.queue_idle_due(id, now),
+                Timer::ForgetRetiredQueues => self.forget_retired_queues(now),
+                Timer::ForgetWorker(key) => {
+                    // A worker lost, back and lost again is kept from its latest loss.
+                    if self.workers.get(key).is_some_and(|w| {
+                        w.state == WorkerState::Lost
+                            && w.heartbeat_deadline
+                                .after(self.config.lost_worker_retention)
+                                <= now
+                    }) {
+                        self.forget_worker(key);
                     }
                 }
                 Timer::Purge(key) => {

@@ -17,6 +17,15 @@ use thiserror::Error;
 /// acknowledges an answer in its next poll.
 pub const REDELIVER_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long after a poll of a worker is answered the worker may take to poll again
+/// before it is *quiet*: a worker polls again as soon as it has processed an answer, so
+/// one that has not is dead, cut off or stalled. A quiet worker gets no new attempts, and
+/// those placed on it but not yet handed over are placed elsewhere; it takes work again
+/// with its next poll. Without this, a worker killed without a word goes on being chosen for new work
+/// until its heartbeat timeout declares it lost (20 s by default): work the cluster
+/// could have run, waiting on a dead worker.
+pub const QUIET_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// A refused worker command.
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum WorkerError {
@@ -198,12 +207,17 @@ impl ResourceManager {
                     indexed: None,
                     heartbeat_timer: None,
                     behind: None,
+                    quiet: false,
+                    quiet_deadline: now,
+                    quiet_timer: None,
                 });
                 self.worker_ids.insert(reg.id, key);
                 key
             }
         };
         self.total.add(&self.workers[key].capacity);
+        self.latest_now = now;
+        self.heard_from(key);
         // A worker with attempts to reclaim takes no new work until its first poll
         // has said which of them it still runs; that poll lets it take work.
         if !self.unclaimed.contains_key(&reg.id) {
@@ -222,11 +236,17 @@ impl ResourceManager {
     /// this one may. Every way a worker starts taking work goes through here (a
     /// registration, an undrain, the end of its reclaim after a restart): a job
     /// parked while the worker was held back would otherwise never be looked at again.
+    ///
+    /// A quiet worker joins the index only with its next poll (`heard_from`), but its
+    /// capacity counts in the cluster already, which raises the queues' ceilings: jobs
+    /// set aside at a ceiling get their look now, on the workers that poll.
     pub(crate) fn take_work(&mut self, key: WorkerKey) {
         let worker = &mut self.workers[key];
-        self.index.upsert(key, worker);
-        let id = worker.id;
-        self.release_pinned(id);
+        if !worker.quiet {
+            self.index.upsert(key, worker);
+            let id = worker.id;
+            self.release_pinned(id);
+        }
         self.unpark_all();
         self.dirty = true;
     }
@@ -263,6 +283,75 @@ impl ResourceManager {
         }
     }
 
+    /// The worker was heard from (a registration or a poll): it is not quiet. Returns
+    /// whether it was.
+    pub(crate) fn heard_from(&mut self, key: WorkerKey) -> bool {
+        let was_quiet = std::mem::replace(&mut self.workers[key].quiet, false);
+        if was_quiet {
+            self.effects
+                .records
+                .push(Record::Worker(self.workers[key].id));
+        }
+        was_quiet
+    }
+
+    /// A poll of the worker was answered now: it is quiet unless it polls again within
+    /// [`QUIET_GRACE`].
+    pub(crate) fn expect_poll(&mut self, key: WorkerKey) {
+        self.workers[key].quiet_deadline = self.latest_now.after(QUIET_GRACE);
+        self.arm_quiet(key);
+    }
+
+    pub(crate) fn arm_quiet(&mut self, key: WorkerKey) {
+        let worker = &mut self.workers[key];
+        if worker.quiet_timer.is_none() {
+            worker.quiet_timer = Some(worker.quiet_deadline);
+            self.timers.set(worker.quiet_deadline, Timer::Quiet(key));
+        }
+    }
+
+    /// The worker has not polled again in time: it takes no new work, and the attempts
+    /// placed on it that it was never handed go back to their queues, at the front,
+    /// without counting as failures. Those it was handed stay: it may be running them,
+    /// and only its heartbeat timeout may declare them lost.
+    pub(crate) fn go_quiet(&mut self, key: WorkerKey, now: Timestamp) {
+        let worker = &mut self.workers[key];
+        worker.quiet = true;
+        self.index.remove(worker);
+        let withdrawn: Vec<JobKey> = self.workers[key]
+            .attempts
+            .iter()
+            .copied()
+            .filter(|job| self.never_handed(*job))
+            .collect();
+        self.withdraw_attempts(withdrawn, now);
+        let jobs = &self.jobs;
+        self.workers[key]
+            .outbox
+            .retain(|job| jobs.get(*job).is_some_and(|j| j.worker == Some(key)));
+        self.dirty = true;
+        self.effects
+            .records
+            .push(Record::Worker(self.workers[key].id));
+    }
+
+    /// Withdraws these attempts, each back at the front of its leaf, in the order the
+    /// jobs were submitted.
+    fn withdraw_attempts(&mut self, mut jobs: Vec<JobKey>, now: Timestamp) {
+        jobs.sort_unstable_by_key(|job| std::cmp::Reverse(self.jobs[*job].seq));
+        for job in jobs {
+            self.withdraw_attempt(job, now);
+        }
+    }
+
+    /// Whether the job's current attempt was never handed to its worker, so that it
+    /// cannot have started. A job pinned to its worker (a broadcast's) can run nowhere
+    /// else, and is left where it is.
+    fn never_handed(&self, key: JobKey) -> bool {
+        let job = &self.jobs[key];
+        job.delivered_in == 0 && !job.handed && job.spec.pinned().is_none()
+    }
+
     pub(crate) fn worker_key(&self, id: WorkerId) -> Result<WorkerKey, WorkerError> {
         let key = *self.worker_ids.get(&id).ok_or(WorkerError::Unknown(id))?;
         if self.workers[key].state == WorkerState::Lost {
@@ -293,6 +382,13 @@ impl ResourceManager {
         }
         self.workers[worker_key].heartbeat_deadline = now.after(self.config.heartbeat_timeout);
         self.arm_heartbeat(worker_key);
+        self.latest_now = now;
+        if self.heard_from(worker_key)
+            && self.workers[worker_key].state == WorkerState::Active
+            && !self.unclaimed.contains_key(&id)
+        {
+            self.take_work(worker_key);
+        }
         if self.unclaimed.contains_key(&id) {
             // What it runs, what it reports, and what another poll reports.
             let listed: Vec<(JobId, FencingToken)> = poll
@@ -319,7 +415,10 @@ impl ResourceManager {
                                 .map_or(now, |t| t.max(attempt.scheduled_at).min(now)),
                         );
                     }
-                    self.apply_report(key, &report.result, now);
+                    self.note_usage(key, report, now);
+                    if !self.retry_with_more_memory(key, report, now) {
+                        self.apply_report(key, &report.result, now);
+                    }
                 }
                 Err(reason) => outcome.refused.push(RefusedReport {
                     job: report.job,
@@ -430,6 +529,31 @@ impl ResourceManager {
             worker.outbox.extend(again);
             self.to_answer.insert(key);
         }
+    }
+
+    /// Whether `worker` may talk to the server: registered and not declared lost (else
+    /// it must register again first).
+    pub fn check_worker(&self, worker: WorkerId) -> Result<(), WorkerError> {
+        self.worker_key(worker).map(|_| ())
+    }
+
+    /// The number of attempt `token` of job `id` when it is that job's current attempt
+    /// on `worker`, by the rule reports follow (so a stale attempt's output, uploaded
+    /// while it runs, is refused as its report would be). Changes nothing: a worker
+    /// uploading output is not heard from (its polls are its heartbeat).
+    pub fn running_attempt(
+        &self,
+        worker: WorkerId,
+        id: JobId,
+        token: FencingToken,
+    ) -> Result<Result<u32, RefusalReason>, WorkerError> {
+        let worker = self.worker_key(worker)?;
+        Ok(self.current_attempt_on(worker, id, token).and_then(|key| {
+            self.jobs[key]
+                .current_attempt()
+                .map(|a| a.number)
+                .ok_or(RefusalReason::StaleAttempt)
+        }))
     }
 
     pub(crate) fn current_attempt_on(
@@ -557,13 +681,36 @@ impl ResourceManager {
         self.index.remove(worker);
         let id = worker.id;
         let attempts: Vec<JobKey> = worker.attempts.clone();
-        for job in attempts {
+        let (withdrawn, lost): (Vec<JobKey>, Vec<JobKey>) = attempts
+            .into_iter()
+            .partition(|job| self.never_handed(*job));
+        self.withdraw_attempts(withdrawn, now);
+        for job in lost {
             self.fail_attempt(job, AttemptOutcome::Lost, None, now);
         }
         let name = self.workers[key].name.clone();
         self.cancel_pinned_to(id, &format!("its worker {name} was lost"), now);
+        let forget_at = self.workers[key]
+            .heartbeat_deadline
+            .after(self.config.lost_worker_retention);
+        self.timers.set(forget_at, Timer::ForgetWorker(key));
         self.keys_stale = true;
         self.dirty = true;
         self.effects.records.push(Record::Worker(id));
+    }
+
+    /// Drops a lost worker the cluster has kept for its retention. It holds no attempt
+    /// (they failed when it was lost) and takes no work; if the process comes back it
+    /// is told it is unknown and registers again, as after a restart of the server.
+    pub(crate) fn forget_worker(&mut self, key: WorkerKey) {
+        let Some(worker) = self.workers.remove(key) else {
+            return;
+        };
+        debug_assert!(worker.attempts.is_empty() && worker.indexed.is_none());
+        self.worker_ids.remove(&worker.id);
+        self.end_parked_poll(key, worker.id);
+        self.kill_orders.remove(&key);
+        self.to_answer.remove(&key);
+        self.effects.records.push(Record::Worker(worker.id));
     }
 }

@@ -88,9 +88,48 @@ impl ResourceManager {
         }
         let order = self.parents_first(&nodes)?;
         let ids: Vec<JobId> = nodes.iter().map(|n| n.id).collect();
+        // Queues the nodes name that their parents create on demand; taken back if the
+        // graph is refused, so that a refused request leaves nothing behind.
+        let mut made = Vec::new();
+        let checked = self.check_workflow(nodes, now, &mut made);
+        let checked = match checked {
+            Ok(checked) => checked,
+            Err(refused) => {
+                for queue in made.into_iter().rev() {
+                    self.undo_on_demand(queue);
+                }
+                return Err(refused);
+            }
+        };
+        let mut checked = checked;
+        for index in order {
+            let job = checked[index].take().expect("each node is taken once");
+            self.insert_job(*job, now);
+        }
+        Ok(ids)
+    }
+
+    /// Every node of a workflow checked as a submission; queues created on demand for
+    /// them are added to `made`.
+    fn check_workflow(
+        &mut self,
+        nodes: Vec<SubmitRequest>,
+        now: Timestamp,
+        made: &mut Vec<super::on_demand::MadeOnDemand>,
+    ) -> Result<Vec<Option<Box<crate::jobs::Job>>>, WorkflowError> {
         let mut checked = Vec::with_capacity(nodes.len());
         let mut pending_by_queue: HashMap<String, u64> = HashMap::new();
         for (index, node) in nodes.into_iter().enumerate() {
+            match self.create_on_demand(&node.queue, now) {
+                Ok(Some(queue)) => made.push(queue),
+                Ok(None) => {}
+                Err(error) => {
+                    return Err(WorkflowError::Node {
+                        index,
+                        error: error.into(),
+                    });
+                }
+            }
             let also = pending_by_queue.entry(node.queue.clone()).or_default();
             let job = match self.check_submission(node, now, *also) {
                 Ok(super::jobs::Checked::New(job)) => job,
@@ -105,11 +144,7 @@ impl ResourceManager {
             *also += 1;
             checked.push(Some(job));
         }
-        for index in order {
-            let job = checked[index].take().expect("each node is taken once");
-            self.insert_job(*job, now);
-        }
-        Ok(ids)
+        Ok(checked)
     }
 
     /// The nodes' positions, each after its parents in the request; refuses a cycle, a

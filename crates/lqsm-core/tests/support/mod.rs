@@ -141,6 +141,11 @@ impl Sim {
             .queues()
             .iter()
             .map(|q| self.rm.queue_record(q.id()).unwrap())
+            .chain(
+                self.rm
+                    .retired_queues()
+                    .map(|(path, _)| self.rm.durable_queue(path).unwrap()),
+            )
             .collect();
         let ids: Vec<JobId> = match jobs {
             Some(ids) => ids.to_vec(),
@@ -243,12 +248,15 @@ impl Sim {
     }
 
     /// A poll that does not wait: its answer hands over whatever the worker has been
-    /// given since its last answer.
+    /// given since its last answer, and what the pass of the poll's batch gives it (as
+    /// the server runs one after each batch of commands: a quiet worker that polls
+    /// takes work again in that pass).
     pub fn take_assignments(&mut self, worker: WorkerId, poll: &WorkerPoll) -> PollAnswer {
         let ticket = self.ticket();
         self.rm
             .long_poll(worker, ticket, poll, Duration::ZERO, self.now)
             .unwrap();
+        self.rm.schedule(self.now);
         self.drain_effects();
         self.answer_to(ticket)
             .expect("a poll that does not wait is answered at once")
@@ -281,6 +289,20 @@ impl Sim {
         token: FencingToken,
         result: ReportedResult,
     ) -> PollOutcome {
+        self.report_measured(worker, job, token, result, None, false)
+    }
+
+    /// A report carrying what the worker measured, and whether it killed the attempt for
+    /// exceeding its memory.
+    pub fn report_measured(
+        &mut self,
+        worker: WorkerId,
+        job: JobId,
+        token: FencingToken,
+        result: ReportedResult,
+        usage: Option<Usage>,
+        memory_exceeded: bool,
+    ) -> PollOutcome {
         let poll = WorkerPoll {
             registration: None,
             running: self.still_running(worker, Some(job)),
@@ -289,6 +311,8 @@ impl Sim {
                 token,
                 result,
                 started_at: None,
+                usage,
+                memory_exceeded,
             }],
             acked: None,
             ending: Vec::new(),

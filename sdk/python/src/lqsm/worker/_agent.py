@@ -1,8 +1,9 @@
-"""The worker's side of the poll protocol (docs/PROTOCOL.md, version 6): it registers,
+"""The worker's side of the poll protocol (docs/PROTOCOL.md, version 8): it registers,
 then keeps one poll waiting at the server, lists what it runs, reports what ended
 until a poll that carried the report is answered, acknowledges numbered answers,
 obeys kill orders, and stops its attempts itself when the server has been out of reach
-for so long that it may run them elsewhere (self-fencing)."""
+for so long that it may run them elsewhere (self-fencing). About once a second it
+uploads what running tasks printed and logged since (`POST /v1/workers/{id}/logs`)."""
 
 from __future__ import annotations
 
@@ -21,22 +22,37 @@ from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 from .._version import __version__
 from ..app import Task
 from .._server import api_error, tls_context
-from ._execution import failed_outcome
+from ._execution import LOG_CAP_BYTES, failed_outcome
 from ._http import Client, Response, TransportError
 from ._pools import Pool
 
 log = logging.getLogger("lqsm.worker")
 
-#: The protocol version this worker speaks: 6 (polls name their registration, so that
-#: one sent before registering again is refused, not read for the new registration; a
-#: second reporting poll names the attempts whose reports the first carries,
-#: `ending`). With an older server it falls back: at 5 its polls name no registration;
-#: at 4 it keeps one reporting poll out at a time; at 3 a failure can no longer say it
-#: is not to be retried (`autoretry_for`), and is retried like any other.
-PROTOCOL = 6
+#: The protocol version this worker speaks: 8 (running tasks' output is uploaded as it
+#: grows; polls name their registration, so that one sent before registering again is
+#: refused, not read for the new registration; a second reporting poll names the
+#: attempts whose reports the first carries, `ending`). It sends nothing of version 7
+#: (`usage`: a task runs inside the worker's processes, unmeasured). With an older
+#: server it falls back: at 7 and 6 the output goes only with the reports; at 5 its
+#: polls name no registration; at 4 it keeps one reporting poll out at a time; at 3 a
+#: failure can no longer say it is not to be retried (`autoretry_for`), and is retried
+#: like any other.
+PROTOCOL = 8
+
+#: The first protocol with `POST /v1/workers/{id}/logs`.
+LIVE_LOGS_PROTOCOL = 8
+
+#: How often running tasks' new output is uploaded (one call for all of them).
+OUTPUT_UPLOAD_EVERY = 1.0
+
+#: Most bytes of output one upload carries; an attempt that printed more since its
+#: last upload sends its end.
+OUTPUT_UPLOAD_BYTES = 4 * 1024 * 1024
 
 #: What each fallback gives up, for the warning.
 FALLBACKS = {
+    7: "running tasks' output reaches the server only with their reports",
+    6: "running tasks' output reaches the server only with their reports",
     5: "polls name no registration (a poll delayed past registering again is read for the new one)",
     4: "one reporting poll at a time (slower under load)",
     3: "one reporting poll at a time, and every failure retried up to the task's retries, autoretry_for or not",
@@ -97,7 +113,19 @@ class Fatal(Exception):
 
 
 class _Attempt:
-    __slots__ = ("job", "token", "progress", "deadline", "stop", "timed_out", "listed")
+    __slots__ = (
+        "job",
+        "token",
+        "progress",
+        "deadline",
+        "stop",
+        "timed_out",
+        "listed",
+        "output",
+        "output_start",
+        "uploaded",
+        "output_refused",
+    )
 
     def __init__(self, job: str, token: int) -> None:
         self.job = job
@@ -109,6 +137,33 @@ class _Attempt:
         self.timed_out = False
         # Whether it goes in `running`: not once killed or fenced.
         self.listed = True
+        # What it printed and logged (UTF-8), its last LOG_CAP_BYTES, starting at byte
+        # `output_start` of its output; the server holds it up to `uploaded`.
+        self.output = bytearray()
+        self.output_start = 0
+        self.uploaded = 0
+        # The server refused its output (the attempt is no longer current there).
+        self.output_refused = False
+
+    def output_end(self) -> int:
+        return self.output_start + len(self.output)
+
+    def add_output(self, text: str) -> None:
+        self.output += text.encode("utf-8", "replace")
+        excess = len(self.output) - LOG_CAP_BYTES
+        if excess > 0:
+            del self.output[:excess]
+            self.output_start += excess
+
+    def output_since(self, offset: int, most: int) -> Tuple[int, str]:
+        """The output from byte `offset` on (from the first kept when it is gone), at
+        most its last `most` bytes, starting at a whole character: (its offset, text)."""
+        at = max(offset, self.output_start, self.output_end() - most)
+        data = bytes(self.output[at - self.output_start :])
+        cut = 0
+        while cut < min(3, len(data)) and data[cut] & 0xC0 == 0x80:
+            cut += 1
+        return at + cut, data[cut:].decode("utf-8", "replace")
 
 
 class Agent:
@@ -320,12 +375,37 @@ class Agent:
             else:
                 loop.call_soon_threadsafe(self._progressed, key, state)
 
+        # Output comes a line at a time from the pool's threads: gathered here, taken
+        # by the loop once per wake-up.
+        output_lock = threading.Lock()
+        output_pending: List[Tuple[str, str]] = []
+
+        def take_output() -> None:
+            with output_lock:
+                batch = output_pending[:]
+                output_pending.clear()
+            for key, text in batch:
+                self._outputted(key, text)
+
+        def outputted(key: str, text: str) -> None:
+            if threading.get_ident() == loop_thread:
+                self._outputted(key, text)
+                return
+            with output_lock:
+                first = not output_pending
+                output_pending.append((key, text))
+            if first:
+                loop.call_soon_threadsafe(take_output)
+
+        self.pool.output = outputted
         self.pool.start(self.tasks, self.hostname, ended, progressed)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal)
         try:
             await self.register()
+            uploads = asyncio.create_task(self._upload_output())
             await self._serve()
+            uploads.cancel()
         finally:
             for task in [*asyncio.all_tasks()]:
                 if task is not asyncio.current_task():
@@ -763,6 +843,56 @@ class Agent:
             self.report_sizes[key] = size
         self.reports[key] = report
         self.wake.set()
+
+    def _outputted(self, key: str, text: str) -> None:
+        attempt = self.attempts.get(key)
+        if attempt is not None:
+            attempt.add_output(text)
+
+    async def _upload_output(self) -> None:
+        """Uploads what running tasks printed and logged since their last upload, about
+        once a second, in one call for all of them (protocol 8). An upload that fails is
+        not retried as such: the next starts where the server's last answer left each
+        attempt, so nothing is skipped or doubled, and the reports carry it all anyway."""
+        while True:
+            await asyncio.sleep(OUTPUT_UPLOAD_EVERY)
+            if self.protocol < LIVE_LOGS_PROTOCOL:
+                continue
+            budget = OUTPUT_UPLOAD_BYTES
+            chunks: List[Dict[str, Any]] = []
+            sent: List[Tuple[str, int]] = []
+            for key, attempt in self.attempts.items():
+                if attempt.output_refused or attempt.stop is not None or budget <= 0:
+                    continue
+                if attempt.output_end() <= attempt.uploaded:
+                    continue
+                offset, text = attempt.output_since(attempt.uploaded, budget)
+                budget -= len(text)
+                sent.append((key, attempt.output_end()))
+                chunks.append({"job": attempt.job, "token": attempt.token, "offset": offset, "text": text})
+            if not chunks:
+                continue
+            try:
+                response = await self.client.post(f"{self.url}/v1/workers/{self.id}/logs", {"chunks": chunks})
+            except TransportError as e:
+                log.debug("uploading running tasks' output failed (%s)", e)
+                continue
+            if not response.is_success:
+                log.debug("uploading running tasks' output was answered %d", response.status_code)
+                continue
+            try:
+                refused = {(r["job"], r["token"]) for r in response.json().get("refused", [])}
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                log.debug("the answer to an output upload is not understood (%s)", e)
+                continue
+            for key, end in sent:
+                still = self.attempts.get(key)
+                if still is None:
+                    continue
+                if (still.job, still.token) in refused:
+                    still.output_refused = True
+                else:
+                    still.uploaded = max(still.uploaded, end)
 
     def _progressed(self, key: str, state: Dict[str, Any]) -> None:
         # The state was checked where it was made (`context.progress_of`).

@@ -2,7 +2,8 @@
 
 It speaks with its worker in messages (`_frames`): on stdin `{"run": [work, ...]}` (attempts to run
 in order) and `{"stop": key, "reason": ...}`; on stdout `{"done": key, "outcome": ..., "took": seconds}`
-as each attempt ends, `{"progress": key, "state": ...}`, and `{"exit": why}` before it
+as each attempt ends, `{"progress": key, "state": ...}`, `{"output": key, "text": ...}` (what the
+attempt printed and logged since the last one, about twice a second), and `{"exit": why}` before it
 leaves on its own (`max_tasks_per_child`, `max_memory_per_child`). It dies with its
 worker: the kernel kills it when the worker's process ends (`PR_SET_PDEATHSIG`).
 """
@@ -26,6 +27,10 @@ from . import _execution, _frames
 from ._loading import load_app
 
 _PR_SET_PDEATHSIG = 1
+
+#: How often what running tasks printed and logged goes to the worker, which uploads it
+#: about once a second.
+OUTPUT_EVERY = 0.5
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -56,6 +61,9 @@ class Child:
         # Re-entrant: the stop signal's handler takes it in the main thread, which may hold it.
         self.state_lock = threading.RLock()
         self.soft_pending = False
+        # What the running attempt printed and logged since it was last sent, by key.
+        self.output_lock = threading.Lock()
+        self.output: Dict[str, List[str]] = {}
 
     def send(self, message: Dict[str, Any]) -> None:
         data = memoryview(_frames.encode(message))
@@ -64,6 +72,16 @@ class Child:
             # message is never broken.
             while data:
                 data = data[self.out.write(data) or 0 :]
+
+    def send_output(self) -> None:
+        """Sends what tasks printed and logged to the worker every `OUTPUT_EVERY`, one
+        message per attempt, instead of one per line."""
+        while True:
+            time.sleep(OUTPUT_EVERY)
+            with self.output_lock:
+                pending, self.output = self.output, {}
+            for key, parts in pending.items():
+                self.send({"output": key, "text": "".join(parts)})
 
     def read_stdin(self) -> None:
         while True:
@@ -98,6 +116,7 @@ class Child:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         _execution.install_capture()
         threading.Thread(target=self.read_stdin, name="lqsm-child-stdin", daemon=True).start()
+        threading.Thread(target=self.send_output, name="lqsm-child-output", daemon=True).start()
         self.send({"ready": os.getpid()})
         served = 0
         while True:
@@ -134,7 +153,11 @@ class Child:
         def report_progress(state: Dict[str, Any]) -> None:
             self.send({"progress": key, "state": state})
 
-        prepared = _execution.prepare(self.tasks, work, self.hostname, report_progress)
+        def report_output(text: str) -> None:
+            with self.output_lock:
+                self.output.setdefault(key, []).append(text)
+
+        prepared = _execution.prepare(self.tasks, work, self.hostname, report_progress, report_output)
         if not isinstance(prepared, _execution.Prepared):
             return prepared, False
         started_at_ms = prepared.started_at_ms

@@ -86,13 +86,17 @@ def decode_call(args: Any, inputs: Optional[List[Any]]) -> Tuple[List[Any], Dict
 
 class _Capture:
     """The output of one attempt: captured log records and prints, the last
-    `LOG_CAP_BYTES` of them kept."""
+    `LOG_CAP_BYTES` of them kept. Each piece also goes to `sink`, when there is one,
+    for the worker to upload while the attempt runs (protocol 8)."""
 
-    def __init__(self) -> None:
+    def __init__(self, sink: Optional[Callable[[str], None]] = None) -> None:
         self.parts: List[str] = []
         self.size = 0
+        self.sink = sink
 
     def write(self, text: str) -> None:
+        if self.sink is not None:
+            self.sink(text)
         self.parts.append(text)
         self.size += len(text)
         if self.size > 2 * LOG_CAP_BYTES:
@@ -173,12 +177,19 @@ def _failed(message: str) -> Dict[str, Any]:
 class Prepared:
     """An attempt ready to call: its task, arguments and context."""
 
-    def __init__(self, task: "Task[Any]", args: List[Any], kwargs: Dict[str, Any], attempt: context.Attempt) -> None:
+    def __init__(
+        self,
+        task: "Task[Any]",
+        args: List[Any],
+        kwargs: Dict[str, Any],
+        attempt: context.Attempt,
+        report_output: Optional[Callable[[str], None]] = None,
+    ) -> None:
         self.task = task
         self.args = args
         self.kwargs = kwargs
         self.attempt = attempt
-        self.capture = _Capture()
+        self.capture = _Capture(report_output)
         self.started_at_ms = int(time.time() * 1000)
 
     def is_async(self) -> bool:
@@ -190,9 +201,11 @@ def prepare(
     work: Work,
     hostname: str,
     report_progress: Callable[[Dict[str, Any]], None],
+    report_output: Optional[Callable[[str], None]] = None,
 ) -> "Prepared | Outcome":
     """The attempt ready to run, or its outcome already when it cannot run (a task this
-    worker does not serve, arguments that are not a call)."""
+    worker does not serve, arguments that are not a call). `report_output` gets what
+    the task prints and logs as it comes."""
     started_at_ms = int(time.time() * 1000)
     task = tasks.get(work["handler"])
     if task is None:
@@ -205,7 +218,7 @@ def prepare(
     except CallError as e:
         return failed_outcome(str(e), "", started_at_ms)
     request = context.Request(id=work["job"], attempt=work["attempt"], queue=work["queue"], hostname=hostname)
-    return Prepared(task, args, kwargs, context.Attempt(request, report_progress))
+    return Prepared(task, args, kwargs, context.Attempt(request, report_progress), report_output)
 
 
 def outcome(result: Dict[str, Any], logs: str, started_at_ms: int, result_bytes: int = 0) -> Outcome:

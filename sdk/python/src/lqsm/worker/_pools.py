@@ -35,6 +35,8 @@ log = logging.getLogger("lqsm.worker")
 #: ended together, so that the worker's loop wakes once for them.
 Done = Callable[[List[Tuple[str, Outcome]]], None]
 Progress = Callable[[str, Dict[str, Any]], None]
+#: Called with what a running attempt printed or logged, as (key, text), from any thread.
+Output = Callable[[str, str], None]
 
 #: Exit status of a worker that had to leave because a stopped task would not end.
 EXIT_STUCK_TASK = 70
@@ -64,6 +66,8 @@ class Pool:
         self.stop_grace = stop_grace
         self.done: Done = lambda ended: None
         self.progress: Progress = lambda key, state: None
+        # Set by the worker before `start` when it uploads running attempts' output.
+        self.output: Output = lambda key, text: None
 
     def start(self, tasks: Mapping[str, "Task[Any]"], hostname: str, done: Done, progress: Progress) -> None:
         raise NotImplementedError
@@ -163,7 +167,13 @@ class ThreadPool(Pool):
             outcome: Optional[Outcome] = None
             stopped = False
             try:
-                prepared = _execution.prepare(self.tasks, work, self.hostname, functools.partial(self.progress, key))
+                prepared = _execution.prepare(
+                    self.tasks,
+                    work,
+                    self.hostname,
+                    functools.partial(self.progress, key),
+                    functools.partial(self.output, key),
+                )
                 if not isinstance(prepared, _execution.Prepared):
                     outcome = prepared
                 else:
@@ -270,7 +280,9 @@ class AsyncioPool(Pool):
     async def _run(self, work: Work) -> Tuple[Outcome, bool]:
         """The attempt's outcome, and whether it was cancelled."""
         key = work["key"]
-        prepared = _execution.prepare(self.tasks, work, self.hostname, lambda s: self.progress(key, s))
+        prepared = _execution.prepare(
+            self.tasks, work, self.hostname, lambda s: self.progress(key, s), lambda t: self.output(key, t)
+        )
         if not isinstance(prepared, _execution.Prepared):
             return prepared, False
         try:
@@ -524,6 +536,8 @@ class ProcessPool(Pool):
                     self.task_seconds = took if self.task_seconds is None else 0.8 * self.task_seconds + 0.2 * took
                 elif "progress" in message:
                     self.progress(message["progress"], message["state"])
+                elif "output" in message:
+                    self.output(message["output"], message["text"])
                 elif "ready" in message:
                     child.ready = True
                 elif "exit" in message:
