@@ -8,7 +8,7 @@
 //! - Memory: the server keeps finished jobs for 10 s here (5 minutes in the hour), so its
 //!   job state is steady before the baseline window (20–60 s). What still grows is the
 //!   embedded storage engine's write buffers, until each keyspace has flushed its first
-//!   512 KiB memtable (a few minutes at this load; before that bound, 4 MiB memtables
+//!   256 KiB memtable (a few minutes at this load; before that bound, 4 MiB memtables
 //!   grew +10% to +15% between these windows, debug build, 44–49 MiB at the baseline).
 //!   30% leaves room for that and for noise (medians of 20 samples a window, not single
 //!   samples); a leak fails it from about 8 MiB more in the minute between the windows'

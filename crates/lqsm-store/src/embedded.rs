@@ -35,9 +35,11 @@ const MAX_JOURNAL_BYTES: u64 = 64 << 20;
 /// flushed and the server's memory grew by 124 MiB; at 4 MiB, only 3 of 12 keyspaces had
 /// flushed after 25 minutes and memory grew with the journal until its limit forced the
 /// rest 40 minutes in (+44% in the hour). At 512 KiB every keyspace but the two smallest
-/// flushes within minutes, and throughput through a server and a worker was no lower
-/// (docs/RELIABILITY.md and docs/BENCHMARKS.md, Soak).
-const MAX_MEMTABLE_BYTES: u64 = 512 << 10;
+/// flushes within minutes, and throughput through a server and a worker was no lower; at
+/// 256 KiB the hour's memory is flat from minute 12 and 4 MiB lower than at 512 KiB, the
+/// slow keyspaces' buffers being half as large (docs/RELIABILITY.md and
+/// docs/BENCHMARKS.md, Soak).
+const MAX_MEMTABLE_BYTES: u64 = 256 << 10;
 
 /// The engine's cache of table blocks. The server keeps its state in memory and reads
 /// tables only for listings and for jobs past that, and the operating system's page cache
