@@ -4,6 +4,7 @@
 use crate::jobs::{JobKind, JobSpec, Usage};
 use crate::queues::AutoResources;
 use crate::resources::{MiB, Millicores, Resources};
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -47,6 +48,10 @@ pub struct UsageStats {
     samples: VecDeque<Sample>,
     /// Attempts counted in all, beyond the window too.
     total: u64,
+    /// The window's 95th percentiles (memory, cpu), kept from one change of the window to
+    /// the next: every submission sized from them reads them, and attempts end far less
+    /// often than a batch of submissions asks.
+    p95: Cell<Option<(MiB, Millicores)>>,
 }
 
 impl UsageStats {
@@ -62,6 +67,7 @@ impl UsageStats {
             requested: (request.cpu, request.memory),
         });
         self.total += 1;
+        self.p95.set(None);
     }
 
     /// Attempts in the window.
@@ -100,10 +106,10 @@ impl UsageStats {
         if self.samples.len() < auto.min_samples.max(1) as usize {
             return None;
         }
-        let summary = self.summary();
+        let (memory_p95, cpu_p95) = self.p95s();
         let scale = |v: u64| (v as f64 * auto.margin).ceil() as u64;
-        let mut cpu = scale(summary.cpu_p95.0).max(auto.min.cpu.0);
-        let mut memory = scale(summary.memory_p95.0).max(auto.min.memory.0);
+        let mut cpu = scale(cpu_p95.0).max(auto.min.cpu.0);
+        let mut memory = scale(memory_p95.0).max(auto.min.memory.0);
         if let Some(max) = &auto.max {
             cpu = cpu.min(max.cpu.0);
             memory = memory.min(max.memory.0);
@@ -112,6 +118,17 @@ impl UsageStats {
         sized.cpu = Millicores(cpu);
         sized.memory = MiB(memory);
         Some(sized)
+    }
+
+    /// The window's 95th percentiles of memory and cpu, worked out once per change.
+    fn p95s(&self) -> (MiB, Millicores) {
+        if let Some(known) = self.p95.get() {
+            return known;
+        }
+        let summary = self.summary();
+        let known = (summary.memory_p95, summary.cpu_p95);
+        self.p95.set(Some(known));
+        known
     }
 }
 
@@ -219,6 +236,27 @@ mod tests {
         );
         assert_eq!(summary.memory_max, MiB(10));
         assert_eq!(summary.requested.memory, MiB(400));
+    }
+
+    #[test]
+    fn the_auto_request_follows_attempts_recorded_after_it_was_read() {
+        let auto = AutoResources::default();
+        let base = Resources::cores(1, 400);
+        let mut stats = stats(&[(100, 0); 5]);
+        let before = stats.auto_request(&auto, &base).expect("enough samples");
+        assert_eq!(before.memory, MiB(120));
+        for _ in 0..USAGE_WINDOW {
+            stats.record(
+                Usage {
+                    peak_memory: MiB(200),
+                    cpu_ms: 0,
+                },
+                1000,
+                &base,
+            );
+        }
+        let after = stats.auto_request(&auto, &base).expect("enough samples");
+        assert_eq!(after.memory, MiB(240));
     }
 
     #[test]
